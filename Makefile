@@ -1,0 +1,47 @@
+# Edgeward build. Every target installs what it needs (idempotently); see README.md.
+SHELL        := /bin/bash
+GO           ?= go
+DEPS_DIR     ?= $(CURDIR)/.deps
+BIN          := $(CURDIR)/bin
+STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+# The pinned ONNX Runtime that scripts/deps/onnxruntime.sh installs; override to use another.
+export ONNXRUNTIME_LIB ?= $(DEPS_DIR)/onnxruntime/lib/libonnxruntime.so.1
+export EDGEWARD_DEPS_DIR := $(DEPS_DIR)
+export CGO_ENABLED := 1
+
+.PHONY: all build deps test test-short lint bench demo clean
+
+all: build
+
+# deps runs every scripts/deps/*.sh in name order; each is idempotent and installs into
+# $(DEPS_DIR) or through apt-get when something is missing.
+deps:
+	@set -e; for s in scripts/deps/*.sh; do [ -e "$$s" ] || continue; bash "$$s" "$(DEPS_DIR)"; done
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# test is everything CI runs. EDGEWARD_REQUIRE_DEPS=1 turns "dependency missing" from a skip
+# into a failure, so a green run means the real TPM, ONNX Runtime, etc. were exercised.
+test: deps
+	$(GO) vet ./...
+	EDGEWARD_REQUIRE_DEPS=1 $(GO) test -count=1 -timeout 75m ./...
+
+# test-short is the quick loop while developing: no e2e, no dependency requirement.
+test-short:
+	$(GO) test -short ./...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench/last.txt
+
+demo: deps build
+	$(BIN)/edgeward demo --dir $(CURDIR)/demo-data $(DEMO_ARGS)
+
+clean:
+	rm -rf $(BIN) demo-data
