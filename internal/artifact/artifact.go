@@ -1,0 +1,270 @@
+// Package artifact defines what Edgeward publishes and installs: the custom TUF metadata
+// carried by every target, and the target-path layout of the repository. It is shared by
+// the repository (which writes it) and the agent (which reads it), so it has no
+// dependencies beyond the standard library.
+package artifact
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Kind is what a target is. Models and runtimes are installed into A/B slots; probes are
+// data the agent downloads to decide whether a model or runtime may be committed.
+type Kind string
+
+const (
+	KindModel   Kind = "model"
+	KindProbe   Kind = "probe"
+	KindRuntime Kind = "runtime"
+)
+
+// ParseKind returns the Kind named s, or an error naming the accepted kinds.
+func ParseKind(s string) (Kind, error) {
+	switch k := Kind(s); k {
+	case KindModel, KindProbe, KindRuntime:
+		return k, nil
+	}
+	return "", fmt.Errorf("unknown kind %q: want model, probe or runtime", s)
+}
+
+// Dir is the first path element of this kind's targets ("models", "probes", "runtimes").
+func (k Kind) Dir() string { return string(k) + "s" }
+
+// Role is the delegated TUF role that signs this kind's targets.
+func (k Kind) Role() string {
+	if k == KindRuntime {
+		return "runtimes"
+	}
+	return "models" // models and their probe sets are signed by the same team
+}
+
+// Gates are the thresholds a probe run must meet before the agent commits a new version.
+// A zero field means "no gate" on that measure.
+type Gates struct {
+	MinAccuracy float64 `json:"min_accuracy,omitempty"`
+	MaxAbsError float64 `json:"max_abs_error,omitempty"`
+	MaxP99Ms    float64 `json:"max_p99_ms,omitempty"`
+	MaxRSSMB    float64 `json:"max_rss_mb,omitempty"`
+}
+
+// Meta is the custom metadata of an Edgeward target (the "custom" field of its TUF
+// target entry). Unknown fields given by a publisher are kept in Extra.
+type Meta struct {
+	Kind       Kind     `json:"kind"`
+	Name       string   `json:"name"`
+	Version    string   `json:"version"`
+	Format     string   `json:"format,omitempty"`      // "onnx" for models, "tar" etc.
+	Probe      string   `json:"probe,omitempty"`       // target path of the probe set (models, runtimes)
+	Gates      *Gates   `json:"gates,omitempty"`       // commit gates (models, runtimes)
+	Hardware   []string `json:"hardware,omitempty"`    // e.g. x86_64, aarch64
+	MinRuntime string   `json:"min_runtime,omitempty"` // lowest runtime version a model needs
+	// Extra holds publisher-supplied fields Edgeward does not interpret.
+	Extra map[string]json.RawMessage `json:"-"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// Validate checks the fields every target must have and their syntax.
+func (m *Meta) Validate() error {
+	if _, err := ParseKind(string(m.Kind)); err != nil {
+		return err
+	}
+	if !nameRE.MatchString(m.Name) {
+		return fmt.Errorf("name %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters, starting with a letter or digit", m.Name)
+	}
+	if _, err := ParseVersion(m.Version); err != nil {
+		return err
+	}
+	if g := m.Gates; g != nil {
+		if g.MinAccuracy < 0 || g.MinAccuracy > 1 {
+			return fmt.Errorf("gate min_accuracy %v: want a value in [0, 1]", g.MinAccuracy)
+		}
+		if g.MaxAbsError < 0 || g.MaxP99Ms < 0 || g.MaxRSSMB < 0 {
+			return errors.New("gates must not be negative")
+		}
+	}
+	return nil
+}
+
+// MarshalJSON writes the known fields and Extra side by side.
+func (m Meta) MarshalJSON() ([]byte, error) {
+	type plain Meta
+	b, err := json.Marshal(plain(m))
+	if err != nil || len(m.Extra) == 0 {
+		return b, err
+	}
+	all := map[string]json.RawMessage{}
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, err
+	}
+	for k, v := range m.Extra {
+		if _, known := all[k]; !known {
+			all[k] = v
+		}
+	}
+	return json.Marshal(all)
+}
+
+// UnmarshalJSON reads the known fields and keeps the others in Extra.
+func (m *Meta) UnmarshalJSON(b []byte) error {
+	type plain Meta
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	all := map[string]json.RawMessage{}
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	for _, k := range []string{"kind", "name", "version", "format", "probe", "gates", "hardware", "min_runtime"} {
+		delete(all, k)
+	}
+	*m = Meta(p)
+	if len(all) > 0 {
+		m.Extra = all
+	}
+	return nil
+}
+
+// TargetPath is where a target of this meta lives in the repository:
+// <kind dir>/<name>/<version><ext>, e.g. models/iris/1.0.0.onnx or probes/iris/1.0.0.json.
+// ext includes its dot, or is empty.
+func TargetPath(k Kind, name, version, ext string) string {
+	return path.Join(k.Dir(), name, version+ext)
+}
+
+// ParseTargetPath splits a target path made by TargetPath. It returns an error for any
+// other shape, so it can be used to reject hostile or foreign paths.
+func ParseTargetPath(p string) (k Kind, name, version string, err error) {
+	parts := strings.Split(p, "/")
+	if len(parts) != 3 {
+		return "", "", "", fmt.Errorf("target path %q: want <kind>s/<name>/<version>[.ext]", p)
+	}
+	switch parts[0] {
+	case "models":
+		k = KindModel
+	case "probes":
+		k = KindProbe
+	case "runtimes":
+		k = KindRuntime
+	default:
+		return "", "", "", fmt.Errorf("target path %q: unknown kind directory %q", p, parts[0])
+	}
+	name = parts[1]
+	if !nameRE.MatchString(name) {
+		return "", "", "", fmt.Errorf("target path %q: bad name %q", p, name)
+	}
+	file := parts[2]
+	for _, ext := range []string{".onnx", ".json", ".tar.gz", ".tgz", ".tar", ".bin", ".so"} {
+		if strings.HasSuffix(file, ext) {
+			file = strings.TrimSuffix(file, ext)
+			break
+		}
+	}
+	if _, err := ParseVersion(file); err != nil {
+		return "", "", "", fmt.Errorf("target path %q: %w", p, err)
+	}
+	return k, name, file, nil
+}
+
+// Version is a semantic version MAJOR.MINOR.PATCH with an optional pre-release, compared
+// by precedence. Build metadata ("+...") is not accepted: two builds of the same version
+// would be indistinguishable to the anti-rollback floor.
+type Version struct {
+	Major, Minor, Patch uint32
+	Pre                 string
+}
+
+var versionRE = regexp.MustCompile(`^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})(?:-([0-9A-Za-z.-]{1,64}))?$`)
+
+// ParseVersion parses s as MAJOR.MINOR.PATCH[-PRE].
+func ParseVersion(s string) (Version, error) {
+	m := versionRE.FindStringSubmatch(s)
+	if m == nil {
+		return Version{}, fmt.Errorf("version %q: want MAJOR.MINOR.PATCH[-PRERELEASE] (semantic version)", s)
+	}
+	var v Version
+	for i, dst := range []*uint32{&v.Major, &v.Minor, &v.Patch} {
+		n, _ := strconv.ParseUint(m[i+1], 10, 32)
+		*dst = uint32(n)
+	}
+	v.Pre = m[4]
+	return v, nil
+}
+
+func (v Version) String() string {
+	s := fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Patch)
+	if v.Pre != "" {
+		s += "-" + v.Pre
+	}
+	return s
+}
+
+// Compare returns -1, 0 or +1 as v is lower than, equal to or higher than w
+// (semantic-version precedence; a pre-release is lower than its release).
+func (v Version) Compare(w Version) int {
+	for _, d := range [][2]uint32{{v.Major, w.Major}, {v.Minor, w.Minor}, {v.Patch, w.Patch}} {
+		if d[0] != d[1] {
+			if d[0] < d[1] {
+				return -1
+			}
+			return 1
+		}
+	}
+	switch {
+	case v.Pre == w.Pre:
+		return 0
+	case v.Pre == "":
+		return 1
+	case w.Pre == "":
+		return -1
+	}
+	a, b := strings.Split(v.Pre, "."), strings.Split(w.Pre, ".")
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if a[i] == b[i] {
+			continue
+		}
+		an, aerr := strconv.ParseUint(a[i], 10, 64)
+		bn, berr := strconv.ParseUint(b[i], 10, 64)
+		switch {
+		case aerr == nil && berr == nil:
+			if an < bn {
+				return -1
+			}
+			return 1
+		case aerr == nil:
+			return -1
+		case berr == nil:
+			return 1
+		case a[i] < b[i]:
+			return -1
+		default:
+			return 1
+		}
+	}
+	switch {
+	case len(a) < len(b):
+		return -1
+	case len(a) > len(b):
+		return 1
+	}
+	return 0
+}
+
+// Floor is the anti-rollback number of a version, small enough for a TPM NV counter:
+// MAJOR<<40 | MINOR<<20 | PATCH, each part below 2^20. It is monotonic in precedence
+// across MAJOR.MINOR.PATCH; pre-releases of X.Y.Z share the floor of X.Y.Z, so a caller
+// that must also order pre-releases compares Versions with Compare.
+func (v Version) Floor() (uint64, error) {
+	const lim = 1 << 20
+	if v.Major >= lim || v.Minor >= lim || v.Patch >= lim {
+		return 0, fmt.Errorf("version %s: each part must be below %d to map to an anti-rollback floor", v, lim)
+	}
+	return uint64(v.Major)<<40 | uint64(v.Minor)<<20 | uint64(v.Patch), nil
+}
