@@ -1,0 +1,394 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// Handler returns the public HTTP API: the Open Inference Protocol (KServe v2) and
+// /metrics. Applications on the device call it; it cannot load or unload models.
+func (r *Runtime) Handler() http.Handler {
+	mux := http.NewServeMux()
+	r.publicRoutes(mux)
+	return r.recoverer(mux)
+}
+
+// ControlHandler returns the public API plus the agent's control API: the KServe
+// model-repository extension (index, load, unload), Edgeward's default switch and probe.
+// Serve it only where the agent alone can reach it (a unix socket or loopback).
+func (r *Runtime) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	r.publicRoutes(mux)
+	mux.HandleFunc("POST /v2/repository/index", r.handleIndex)
+	mux.HandleFunc("POST /v2/repository/models/{name}/load", r.handleLoad)
+	mux.HandleFunc("POST /v2/repository/models/{name}/unload", r.handleUnload)
+	mux.HandleFunc("POST /v2/repository/models/{name}/versions/{version}/default", r.handleDefault)
+	mux.HandleFunc("POST /v2/models/{name}/versions/{version}/probe", r.handleProbe)
+	return r.recoverer(mux)
+}
+
+func (r *Runtime) publicRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v2", r.handleServer)
+	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]bool{"live": true})
+	})
+	mux.HandleFunc("GET /v2/health/ready", func(w http.ResponseWriter, _ *http.Request) {
+		code := http.StatusOK
+		if !r.Ready() {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]bool{"ready": code == http.StatusOK})
+	})
+	mux.HandleFunc("GET /v2/models/{name}", r.handleMetadata)
+	mux.HandleFunc("GET /v2/models/{name}/versions/{version}", r.handleMetadata)
+	mux.HandleFunc("GET /v2/models/{name}/ready", r.handleModelReady)
+	mux.HandleFunc("GET /v2/models/{name}/versions/{version}/ready", r.handleModelReady)
+	mux.HandleFunc("POST /v2/models/{name}/infer", r.handleInfer)
+	mux.HandleFunc("POST /v2/models/{name}/versions/{version}/infer", r.handleInfer)
+	mux.Handle("GET /metrics", r.metrics.handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s", req.Method, req.URL.Path))
+	})
+}
+
+// recoverer turns a panic in a handler into a 500 so that one bad request cannot take the
+// process down (ORT itself is only ever given validated tensors).
+func (r *Runtime) recoverer(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				r.log.Error("handler panic", "path", req.URL.Path, "panic", fmt.Sprint(p))
+				writeError(w, http.StatusInternalServerError, errors.New("internal error"))
+			}
+		}()
+		h.ServeHTTP(w, req)
+	})
+}
+
+func (r *Runtime) handleServer(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"name":        "edgeward-runtime",
+		"version":     r.ORTVersion(),
+		"extensions":  []string{"model_repository", "edgeward_probe"},
+		"onnxruntime": r.ORTVersion(),
+	})
+}
+
+func (r *Runtime) handleMetadata(w http.ResponseWriter, req *http.Request) {
+	info, err := r.Metadata(req.PathValue("name"), req.PathValue("version"))
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (r *Runtime) handleModelReady(w http.ResponseWriter, req *http.Request) {
+	name, version := req.PathValue("name"), req.PathValue("version")
+	if _, err := r.Metadata(name, version); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"name": name, "ready": true})
+}
+
+// InferRequest is the Open Inference Protocol request body.
+type InferRequest struct {
+	ID         string                     `json:"id,omitempty"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Inputs     []RequestTensor            `json:"inputs"`
+	Outputs    []RequestOutput            `json:"outputs,omitempty"`
+}
+
+// RequestTensor is one input tensor of an InferRequest; Data is a JSON array, flat or
+// nested in row-major order.
+type RequestTensor struct {
+	Name       string                     `json:"name"`
+	Shape      []int64                    `json:"shape"`
+	Datatype   Datatype                   `json:"datatype"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Data       json.RawMessage            `json:"data"`
+}
+
+// RequestOutput names an output the client wants.
+type RequestOutput struct {
+	Name       string                     `json:"name"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+}
+
+// InferResponse is the Open Inference Protocol response body.
+type InferResponse struct {
+	ModelName    string           `json:"model_name"`
+	ModelVersion string           `json:"model_version"`
+	ID           string           `json:"id,omitempty"`
+	Outputs      []ResponseTensor `json:"outputs"`
+}
+
+// ResponseTensor is one output tensor; Data is flat, row-major.
+type ResponseTensor struct {
+	Name     string          `json:"name"`
+	Shape    []int64         `json:"shape"`
+	Datatype Datatype        `json:"datatype"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// DecodeInferRequest parses an Open Inference Protocol request body into inputs and the
+// requested output names. maxElements bounds each tensor. Every error wraps ErrInvalid.
+func DecodeInferRequest(body []byte, maxElements int) (InferRequest, []Input, []string, error) {
+	var req InferRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&req); err != nil {
+		return req, nil, nil, fmt.Errorf("%w: request body: %w", ErrInvalid, err)
+	}
+	if dec.More() {
+		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", ErrInvalid)
+	}
+	if len(req.Inputs) == 0 {
+		return req, nil, nil, fmt.Errorf("%w: request has no inputs", ErrInvalid)
+	}
+	inputs := make([]Input, len(req.Inputs))
+	for i, t := range req.Inputs {
+		if t.Name == "" {
+			return req, nil, nil, fmt.Errorf("%w: input %d has no name", ErrInvalid, i)
+		}
+		if !knownDatatype(t.Datatype) {
+			return req, nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", ErrInvalid, t.Name, t.Datatype)
+		}
+		v, err := decodeData(t.Data, t.Datatype, maxElements)
+		if err != nil {
+			return req, nil, nil, fmt.Errorf("%w: input %q: %w", ErrInvalid, t.Name, err)
+		}
+		inputs[i] = Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, values: v}
+	}
+	names := make([]string, len(req.Outputs))
+	for i, o := range req.Outputs {
+		names[i] = o.Name
+	}
+	return req, inputs, names, nil
+}
+
+func knownDatatype(dt Datatype) bool {
+	switch dt {
+	case FP32, FP64, INT8, INT16, INT32, INT64, UINT8, UINT16, UINT32, UINT64, BOOL:
+		return true
+	}
+	return false
+}
+
+func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
+	start := time.Now()
+	name, version := req.PathValue("name"), req.PathValue("version")
+	code, served, err := r.serveInfer(w, req, name, version)
+	if err != nil {
+		writeError(w, code, err)
+	}
+	if served == "" { // unknown model: no per-model series for arbitrary names
+		name = ""
+	}
+	r.metrics.observe(name, served, code, time.Since(start))
+}
+
+// serveInfer returns the status code, the version that served (empty when the model is
+// unknown) and the error to report, if any.
+func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, string, error) {
+	m, err := r.acquire(name, version)
+	if err != nil {
+		return statusOf(err), "", err
+	}
+	defer m.inflight.Done()
+	body, err := readBody(w, req, r.cfg.maxRequestBytes())
+	if err != nil {
+		return statusOf(err), m.version, err
+	}
+	ir, inputs, names, err := DecodeInferRequest(body, m.maxElements)
+	if err != nil {
+		return statusOf(err), m.version, err
+	}
+	outs, err := m.run(req.Context(), inputs, names)
+	if err != nil {
+		return statusOf(err), m.version, err
+	}
+	b := encodeInferResponse(make([]byte, 0, 256), m.name, m.version, ir.ID, outs)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(b)
+	return http.StatusOK, m.version, nil
+}
+
+func encodeInferResponse(b []byte, model, version, id string, outs []Output) []byte {
+	q := func(s string) []byte { j, _ := json.Marshal(s); return j }
+	b = append(b, `{"model_name":`...)
+	b = append(b, q(model)...)
+	b = append(b, `,"model_version":`...)
+	b = append(b, q(version)...)
+	if id != "" {
+		b = append(b, `,"id":`...)
+		b = append(b, q(id)...)
+	}
+	b = append(b, `,"outputs":[`...)
+	for i := range outs {
+		o := &outs[i]
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"name":`...)
+		b = append(b, q(o.Name)...)
+		b = append(b, `,"datatype":"`...)
+		b = append(b, o.Datatype...)
+		b = append(b, `","shape":[`...)
+		for j, d := range o.Shape {
+			if j > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, d, 10)
+		}
+		b = append(b, `],"data":`...)
+		b = o.appendJSON(b)
+		b = append(b, '}')
+	}
+	return append(b, "]}\n"...)
+}
+
+func (r *Runtime) handleIndex(w http.ResponseWriter, _ *http.Request) {
+	idx := r.Index()
+	if idx == nil {
+		idx = []IndexEntry{}
+	}
+	writeJSON(w, http.StatusOK, idx)
+}
+
+func (r *Runtime) handleLoad(w http.ResponseWriter, req *http.Request) {
+	var lr LoadRequest
+	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &lr); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	lr.Name = req.PathValue("name")
+	info, err := r.Load(req.Context(), lr)
+	if err != nil {
+		r.log.Warn("model load failed", "model", lr.Name, "version", lr.Version, "err", err)
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+// UnloadRequest is the body of POST /v2/repository/models/{name}/unload.
+type UnloadRequest struct {
+	Version string `json:"version"`
+}
+
+func (r *Runtime) handleUnload(w http.ResponseWriter, req *http.Request) {
+	var ur UnloadRequest
+	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &ur); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	if err := r.Unload(req.Context(), req.PathValue("name"), ur.Version); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"name": req.PathValue("name"), "version": ur.Version, "state": "UNAVAILABLE"})
+}
+
+func (r *Runtime) handleDefault(w http.ResponseWriter, req *http.Request) {
+	name, version := req.PathValue("name"), req.PathValue("version")
+	if err := r.SetDefault(name, version); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"name": name, "default": version})
+}
+
+// ProbeRequest is the body of POST /v2/models/{name}/versions/{version}/probe.
+type ProbeRequest struct {
+	Probe ProbeSet        `json:"probe"`
+	Gates *artifact.Gates `json:"gates,omitempty"`
+}
+
+func (r *Runtime) handleProbe(w http.ResponseWriter, req *http.Request) {
+	var pr ProbeRequest
+	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &pr); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	rep, err := r.Probe(req.Context(), req.PathValue("name"), req.PathValue("version"), &pr.Probe, pr.Gates)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// readBody reads at most max bytes of the request body; a larger body is ErrInvalid.
+func readBody(w http.ResponseWriter, req *http.Request, max int64) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, max))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
+		}
+		return nil, fmt.Errorf("%w: read request body: %w", ErrInvalid, err)
+	}
+	return body, nil
+}
+
+var errTooLarge = fmt.Errorf("%w: too large", ErrInvalid)
+
+func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) error {
+	body, err := readBody(w, req, max)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: request body: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// statusOf maps the package's errors to HTTP status codes.
+func statusOf(err error) int {
+	switch {
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrInvalid), errors.Is(err, errRun):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrConflict):
+		return http.StatusConflict
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		code, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, map[string]string{"error": err.Error()})
+}

@@ -1,0 +1,96 @@
+package runtime
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the runtime's Prometheus series, in a registry of their own (no global
+// state, so several Runtimes in one process — tests — do not collide).
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec   // model, version, code
+	errors      *prometheus.CounterVec   // model, version, code
+	latency     *prometheus.HistogramVec // model, version
+	modelLoaded *prometheus.GaugeVec     // model, version, default
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeward_runtime_requests_total",
+			Help: "Inference requests by model, version and HTTP status code.",
+		}, []string{"model", "version", "code"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgeward_runtime_request_errors_total",
+			Help: "Inference requests that failed, by model, version and HTTP status code.",
+		}, []string{"model", "version", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "edgeward_runtime_request_duration_seconds",
+			Help:    "Inference request latency (decode, run, encode) by model and version.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18), // 50µs … ~6.5s
+		}, []string{"model", "version"}),
+		modelLoaded: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_model_loaded",
+			Help: "1 for each loaded model version; default=\"true\" marks the version unversioned requests reach.",
+		}, []string{"model", "version", "default"}),
+	}
+	m.reg.MustRegister(m.requests, m.errors, m.latency, m.modelLoaded,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+func (m *metrics) observe(model, version string, code int, d time.Duration) {
+	codeLabel := strconv.Itoa(code)
+	m.requests.WithLabelValues(model, version, codeLabel).Inc()
+	if code >= 400 {
+		m.errors.WithLabelValues(model, version, codeLabel).Inc()
+	}
+	if code < 400 {
+		m.latency.WithLabelValues(model, version).Observe(d.Seconds())
+	}
+}
+
+func (m *metrics) loaded(model, version, def string) {
+	m.setLoaded(model, version, version == def)
+	if def != version && def != "" {
+		m.setLoaded(model, def, true)
+	}
+}
+
+func (m *metrics) setLoaded(model, version string, isDefault bool) {
+	m.modelLoaded.DeleteLabelValues(model, version, "true")
+	m.modelLoaded.DeleteLabelValues(model, version, "false")
+	d := "false"
+	if isDefault {
+		d = "true"
+	}
+	m.modelLoaded.WithLabelValues(model, version, d).Set(1)
+}
+
+func (m *metrics) defaultChanged(model, old, new string) {
+	if old != "" && old != new {
+		m.setLoaded(model, old, false)
+	}
+	m.setLoaded(model, new, true)
+}
+
+// unloaded forgets every series of a version, so label cardinality follows what is
+// loaded rather than everything ever loaded.
+func (m *metrics) unloaded(model, version string) {
+	l := prometheus.Labels{"model": model, "version": version}
+	m.modelLoaded.DeletePartialMatch(l)
+	m.latency.DeletePartialMatch(l)
+	m.requests.DeletePartialMatch(l)
+	m.errors.DeletePartialMatch(l)
+}

@@ -1,0 +1,282 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// TensorMeta describes a model input or output. A dimension of -1 is dynamic.
+type TensorMeta struct {
+	Name     string   `json:"name"`
+	Datatype Datatype `json:"datatype"`
+	Shape    []int64  `json:"shape"`
+}
+
+// ModelInfo is the Open Inference Protocol model metadata of a loaded version.
+type ModelInfo struct {
+	Name     string       `json:"name"`
+	Versions []string     `json:"versions"`
+	Platform string       `json:"platform"`
+	Inputs   []TensorMeta `json:"inputs"`
+	Outputs  []TensorMeta `json:"outputs"`
+	// SHA256 is the digest of the bytes the session was created from.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// Input is one decoded input tensor of an inference request.
+type Input struct {
+	Name     string
+	Datatype Datatype
+	Shape    []int64
+	values
+}
+
+// NewInput returns an input tensor from float64 values (for FP32 and FP64 inputs);
+// Go callers (probes, benchmarks, the agent) use it instead of JSON.
+func NewInput(name string, dt Datatype, shape []int64, data []float64) Input {
+	return Input{Name: name, Datatype: dt, Shape: shape, values: values{F: data}}
+}
+
+// Model is one loaded version of a model: its ORT session and its signature. Requests
+// run on it concurrently; it is closed only after every request that acquired it is
+// done.
+type Model struct {
+	name, version string
+	sha256        string
+	loadedAt      time.Time
+	inputs        []TensorMeta
+	outputs       []TensorMeta // tensor outputs only; others are not served
+	session       *ort.DynamicAdvancedSession
+	inflight      sync.WaitGroup
+	maxElements   int
+}
+
+func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
+	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not a loadable ONNX model: %w", ErrInvalid, err)
+	}
+	m := &Model{name: name, version: version, maxElements: cfg.maxElements()}
+	for _, in := range ins {
+		dt, ok := datatypeOf(in.DataType)
+		if in.OrtValueType != ort.ONNXTypeTensor || !ok {
+			return nil, fmt.Errorf("%w: input %q: %s %s is not supported", ErrInvalid, in.Name, in.OrtValueType, in.DataType)
+		}
+		m.inputs = append(m.inputs, TensorMeta{Name: in.Name, Datatype: dt, Shape: []int64(in.Dimensions.Clone())})
+	}
+	for _, out := range outs {
+		dt, ok := datatypeOf(out.DataType)
+		if out.OrtValueType != ort.ONNXTypeTensor || !ok {
+			continue // e.g. scikit-learn's sequence-of-maps probabilities
+		}
+		m.outputs = append(m.outputs, TensorMeta{Name: out.Name, Datatype: dt, Shape: []int64(out.Dimensions.Clone())})
+	}
+	if len(m.inputs) == 0 || len(m.outputs) == 0 {
+		return nil, fmt.Errorf("%w: model has no servable tensor inputs or outputs", ErrInvalid)
+	}
+	opts, err := ort.NewSessionOptions()
+	if err != nil {
+		return nil, fmt.Errorf("session options: %w", err)
+	}
+	defer opts.Destroy()
+	if err := opts.SetIntraOpNumThreads(orDefault(cfg.IntraOpThreads, 1)); err != nil {
+		return nil, fmt.Errorf("intra-op threads: %w", err)
+	}
+	if err := opts.SetInterOpNumThreads(orDefault(cfg.InterOpThreads, 1)); err != nil {
+		return nil, fmt.Errorf("inter-op threads: %w", err)
+	}
+	inNames := make([]string, len(m.inputs))
+	for i, in := range m.inputs {
+		inNames[i] = in.Name
+	}
+	outNames := make([]string, len(m.outputs))
+	for i, out := range m.outputs {
+		outNames[i] = out.Name
+	}
+	m.session, err = ort.NewDynamicAdvancedSessionWithONNXData(data, inNames, outNames, opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: create session: %w", ErrInvalid, err)
+	}
+	return m, nil
+}
+
+func (m *Model) info() ModelInfo {
+	return ModelInfo{
+		Name: m.name, Versions: []string{m.version}, Platform: "onnxruntime_onnx",
+		Inputs: m.inputs, Outputs: m.outputs, SHA256: m.sha256,
+	}
+}
+
+// drainAndClose waits for the in-flight requests, then destroys the session. If ctx ends
+// first it returns ctx's error and the session is destroyed when the last request ends.
+func (m *Model) drainAndClose(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		m.inflight.Wait()
+		m.session.Destroy()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("unload %s %s: waiting for in-flight requests: %w", m.name, m.version, ctx.Err())
+	}
+}
+
+// validate checks inputs against the model's signature so that ORT only ever sees
+// well-formed tensors. It returns the inputs in the model's order.
+func (m *Model) validate(inputs []Input) ([]*Input, error) {
+	if len(inputs) != len(m.inputs) {
+		return nil, fmt.Errorf("%w: model %s takes %d inputs, got %d", ErrInvalid, m.name, len(m.inputs), len(inputs))
+	}
+	ordered := make([]*Input, len(m.inputs))
+	for i := range inputs {
+		in := &inputs[i]
+		j := slices.IndexFunc(m.inputs, func(t TensorMeta) bool { return t.Name == in.Name })
+		if j < 0 {
+			return nil, fmt.Errorf("%w: model %s has no input %q", ErrInvalid, m.name, in.Name)
+		}
+		if ordered[j] != nil {
+			return nil, fmt.Errorf("%w: input %q given twice", ErrInvalid, in.Name)
+		}
+		want := m.inputs[j]
+		if in.Datatype != want.Datatype {
+			return nil, fmt.Errorf("%w: input %q: datatype %s, model wants %s", ErrInvalid, in.Name, in.Datatype, want.Datatype)
+		}
+		if len(in.Shape) != len(want.Shape) {
+			return nil, fmt.Errorf("%w: input %q: shape %v has rank %d, model wants %v", ErrInvalid, in.Name, in.Shape, len(in.Shape), want.Shape)
+		}
+		n := int64(1)
+		for k, d := range in.Shape {
+			if d < 1 {
+				return nil, fmt.Errorf("%w: input %q: dimension %d is %d, want at least 1", ErrInvalid, in.Name, k, d)
+			}
+			if want.Shape[k] > 0 && d != want.Shape[k] {
+				return nil, fmt.Errorf("%w: input %q: shape %v, model wants %v", ErrInvalid, in.Name, in.Shape, want.Shape)
+			}
+			if n > math.MaxInt32/d {
+				return nil, fmt.Errorf("%w: input %q: shape %v is too large", ErrInvalid, in.Name, in.Shape)
+			}
+			n *= d
+		}
+		if n > int64(m.maxElements) {
+			return nil, fmt.Errorf("%w: input %q: %d elements, at most %d allowed", ErrInvalid, in.Name, n, m.maxElements)
+		}
+		if int64(in.len()) != n {
+			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", ErrInvalid, in.Name, in.Shape, n, in.len())
+		}
+		if !in.kindMatches() {
+			return nil, fmt.Errorf("%w: input %q: data does not hold %s values", ErrInvalid, in.Name, in.Datatype)
+		}
+		ordered[j] = in
+	}
+	return ordered, nil
+}
+
+// kindMatches reports whether the values are held in the field the datatype uses.
+func (in *Input) kindMatches() bool {
+	n := in.len()
+	switch in.Datatype {
+	case FP32, FP64:
+		return len(in.F) == n
+	case INT8, INT16, INT32, INT64:
+		return len(in.I) == n
+	case UINT8, UINT16, UINT32, UINT64:
+		return len(in.U) == n
+	case BOOL:
+		return len(in.B) == n
+	}
+	return false
+}
+
+// run validates inputs, runs the session and returns the requested outputs (all when
+// names is empty). Cancelling ctx terminates the ORT run.
+func (m *Model) run(ctx context.Context, inputs []Input, names []string) ([]Output, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	ordered, err := m.validate(inputs)
+	if err != nil {
+		return nil, err
+	}
+	want := make([]bool, len(m.outputs))
+	if len(names) == 0 {
+		for i := range want {
+			want[i] = true
+		}
+	}
+	for _, n := range names {
+		j := slices.IndexFunc(m.outputs, func(t TensorMeta) bool { return t.Name == n })
+		if j < 0 {
+			return nil, fmt.Errorf("%w: model %s has no output %q", ErrInvalid, m.name, n)
+		}
+		want[j] = true
+	}
+	tensors := make([]ort.Value, len(ordered))
+	defer func() {
+		for _, t := range tensors {
+			if t != nil {
+				t.Destroy()
+			}
+		}
+	}()
+	for i, in := range ordered {
+		tensors[i], err = newTensor(in.Datatype, in.Shape, in.values)
+		if err != nil {
+			return nil, fmt.Errorf("input %q: %w", in.Name, err)
+		}
+	}
+	outs := make([]ort.Value, len(m.outputs))
+	defer func() {
+		for _, o := range outs {
+			if o != nil {
+				o.Destroy()
+			}
+		}
+	}()
+	var runErr error
+	if ctx.Done() == nil {
+		runErr = m.session.Run(tensors, outs)
+	} else {
+		opts, err := ort.NewRunOptions()
+		if err != nil {
+			return nil, fmt.Errorf("run options: %w", err)
+		}
+		defer opts.Destroy()
+		stop := context.AfterFunc(ctx, func() { opts.Terminate() })
+		runErr = m.session.RunWithOptions(tensors, outs, opts)
+		stop()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
+		}
+	}
+	if runErr != nil {
+		// Inputs were validated, so this is the model's own failure (e.g. a value its
+		// operators reject); the request can be fixed only by its sender.
+		return nil, fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, runErr)
+	}
+	result := make([]Output, 0, len(outs))
+	for i, o := range outs {
+		if !want[i] {
+			continue
+		}
+		out, err := outputFrom(m.outputs[i].Name, o)
+		if err != nil {
+			return nil, err
+		}
+		result = append(result, out)
+	}
+	return result, nil
+}
+
+// errRun marks a failure inside ORT's Run (mapped to 400: inputs passed validation, so
+// what failed is the combination of these values and this model).
+var errRun = errors.New("inference failed")

@@ -1,0 +1,447 @@
+// Package runtime is Edgeward's inference runtime: ONNX Runtime sessions (one per loaded
+// model version), the Open Inference Protocol (KServe v2) HTTP API, hot model swap,
+// probes with commit gates, and Prometheus metrics.
+//
+// # Model swap
+//
+// Several versions of a model can be loaded side by side; one of them is the default that
+// unversioned requests reach. The agent loads a new version beside the serving one
+// (Load), probes it (Probe), then makes it the default (SetDefault, an atomic pointer
+// switch under the registry lock) and unloads the old one (Unload). A request takes a
+// reference on the version it runs on while the registry lock is held, so Unload, which
+// first removes the version from the registry and then waits for those references to be
+// released before destroying the ORT session, never pulls a session from under a running
+// request, and no request fails because of a swap.
+//
+// # Runtime (library) swap
+//
+// A new libonnxruntime or runtime binary needs a new process: ONNX Runtime's environment
+// is process-wide and cannot be re-initialised from another library. The public port
+// keeps serving throughout because the agent, not the runtime, owns the listening socket:
+// it binds the public address once and starts each runtime process with the socket
+// inherited as a file descriptor (cmd/edgeward-runtime --listen-fd 3, i.e. exec.Cmd
+// ExtraFiles[0]). Both processes accept on the same socket while the new one is probed
+// over its own control socket; the agent then sends SIGTERM to the old process, which
+// stops accepting, finishes its in-flight requests (Server.Drain) and exits. The kernel
+// queues connections on the shared socket, so none is refused at any moment. On a
+// failed probe the agent stops the new process instead and the old one never noticed.
+package runtime
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// Errors a caller decides on. HTTP handlers map them to status codes: ErrNotFound → 404,
+// ErrInvalid → 400, ErrConflict → 409, ErrUnavailable → 503.
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrInvalid     = errors.New("invalid request")
+	ErrConflict    = errors.New("conflict")
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// Config configures a Runtime. The zero value works on a laptop with the library in the
+// dynamic loader's search path; a Config must not be modified after New.
+type Config struct {
+	// LibraryPath is the ONNX Runtime shared library. Empty means $ONNXRUNTIME_LIB, or
+	// "libonnxruntime.so.1" found by the dynamic loader when that is unset too.
+	LibraryPath string
+	// IntraOpThreads and InterOpThreads size each session's thread pools. Zero means 1,
+	// which suits a small device serving many small requests concurrently.
+	IntraOpThreads int
+	InterOpThreads int
+	// MaxRequestBytes bounds an HTTP request body. Zero means 16 MiB.
+	MaxRequestBytes int64
+	// MaxTensorElements bounds the elements of one input tensor. Zero means 4 Mi.
+	MaxTensorElements int
+	// MaxModelBytes bounds a model file. Zero means 1 GiB.
+	MaxModelBytes int64
+	// Logger receives operational logs. Nil means no logs.
+	Logger *slog.Logger
+	// Now is the clock for probe latencies and load times. Nil means time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) libraryPath() string {
+	switch {
+	case c.LibraryPath != "":
+		return c.LibraryPath
+	case os.Getenv("ONNXRUNTIME_LIB") != "":
+		return os.Getenv("ONNXRUNTIME_LIB")
+	}
+	return "libonnxruntime.so.1"
+}
+
+func orDefault[T int | int64](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+func (c *Config) maxRequestBytes() int64 { return orDefault(c.MaxRequestBytes, 16<<20) }
+func (c *Config) maxElements() int       { return orDefault(c.MaxTensorElements, 4<<20) }
+func (c *Config) maxModelBytes() int64   { return orDefault(c.MaxModelBytes, 1<<30) }
+func (c *Config) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// envMu serialises initialisation of the ONNX Runtime environment, which the
+// onnxruntime_go package keeps process-wide; it guards no state of this package.
+var envMu sync.Mutex
+
+// initEnvironment loads the ONNX Runtime library unless this process already did.
+func initEnvironment(path string) error {
+	envMu.Lock()
+	defer envMu.Unlock()
+	if ort.IsInitialized() {
+		return nil
+	}
+	ort.SetSharedLibraryPath(path)
+	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+		return fmt.Errorf("onnx runtime library %s: %w", path, err)
+	}
+	return nil
+}
+
+// Runtime serves loaded model versions. It is safe for concurrent use.
+type Runtime struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+
+	mu     sync.RWMutex
+	models map[string]*modelVersions // by model name
+	closed bool
+
+	draining atomic.Bool
+	probeMu  sync.Mutex // one probe at a time
+}
+
+type modelVersions struct {
+	versions map[string]*Model
+	def      string // the version unversioned requests reach
+}
+
+// New initialises ONNX Runtime from cfg.LibraryPath (once per process: the ONNX Runtime
+// environment is process-wide and stays loaded until the process exits) and returns a
+// Runtime with no models.
+func New(cfg Config) (*Runtime, error) {
+	if err := initEnvironment(cfg.libraryPath()); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{}}, nil
+}
+
+// ORTVersion is the version of the loaded ONNX Runtime library.
+func (r *Runtime) ORTVersion() string { return ort.GetVersion() }
+
+// Close unloads every model, waiting for their in-flight requests, or until ctx ends.
+func (r *Runtime) Close(ctx context.Context) error {
+	r.mu.Lock()
+	r.closed = true
+	var all []*Model
+	for _, mv := range r.models {
+		for _, m := range mv.versions {
+			all = append(all, m)
+		}
+	}
+	r.models = map[string]*modelVersions{}
+	r.mu.Unlock()
+	var errs []error
+	for _, m := range all {
+		r.metrics.unloaded(m.name, m.version)
+		errs = append(errs, m.drainAndClose(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+func checkNameVersion(name, version string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: model name %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", ErrInvalid, name)
+	}
+	if _, err := artifact.ParseVersion(version); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// LoadRequest names a model version to load.
+type LoadRequest struct {
+	Name    string `json:"-"`
+	Version string `json:"version"`
+	// Path is the ONNX file, e.g. in the agent's model slot.
+	Path string `json:"path"`
+	// SHA256, when set, must match the file's bytes (hex); the load fails otherwise.
+	SHA256 string `json:"sha256,omitempty"`
+	// Default makes the new version the default at once. The first loaded version of a
+	// model always becomes its default.
+	Default bool `json:"default,omitempty"`
+}
+
+// Load reads an ONNX model, creates its session and adds it beside any loaded versions
+// of the same model. It returns the model's metadata, including the sha256 of the bytes
+// actually loaded (for the agent's measurement log).
+func (r *Runtime) Load(ctx context.Context, req LoadRequest) (ModelInfo, error) {
+	if err := checkNameVersion(req.Name, req.Version); err != nil {
+		return ModelInfo{}, err
+	}
+	if req.Path == "" {
+		return ModelInfo{}, fmt.Errorf("%w: load %s %s: path is required", ErrInvalid, req.Name, req.Version)
+	}
+	r.mu.RLock()
+	_, missing := r.lookupLocked(req.Name, req.Version)
+	closed := r.closed
+	r.mu.RUnlock()
+	if closed {
+		return ModelInfo{}, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+	}
+	if missing == nil {
+		return ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", ErrConflict, req.Name, req.Version)
+	}
+	data, err := r.readModel(ctx, req.Path)
+	if err != nil {
+		return ModelInfo{}, err
+	}
+	sum := sha256.Sum256(data)
+	digest := hex.EncodeToString(sum[:])
+	if req.SHA256 != "" && req.SHA256 != digest {
+		return ModelInfo{}, fmt.Errorf("%w: model %s: sha256 %s, want %s", ErrInvalid, req.Path, digest, req.SHA256)
+	}
+	m, err := newModel(req.Name, req.Version, data, r.cfg)
+	if err != nil {
+		return ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
+	}
+	m.sha256 = digest
+	m.loadedAt = r.cfg.now()
+
+	r.mu.Lock()
+	mv := r.models[req.Name]
+	if mv == nil {
+		mv = &modelVersions{versions: map[string]*Model{}}
+	}
+	if r.closed || mv.versions[req.Version] != nil {
+		r.mu.Unlock()
+		m.session.Destroy()
+		if r.closed {
+			return ModelInfo{}, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+		}
+		return ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", ErrConflict, req.Name, req.Version)
+	}
+	r.models[req.Name] = mv
+	mv.versions[req.Version] = m
+	if mv.def == "" || req.Default {
+		mv.def = req.Version
+	}
+	def := mv.def
+	info := m.info()
+	r.mu.Unlock()
+	r.metrics.loaded(req.Name, req.Version, def)
+	r.log.Info("model loaded", "model", req.Name, "version", req.Version, "sha256", digest, "default", def == req.Version)
+	return info, nil
+}
+
+func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: model file: %w", ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("model file: %w", err)
+	}
+	defer f.Close()
+	max := r.cfg.maxModelBytes()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read model %s: %w", path, err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%w: model %s is larger than %d bytes", ErrInvalid, path, max)
+	}
+	return data, nil
+}
+
+// SetDefault makes a loaded version the one unversioned requests reach. The switch is
+// atomic: every request sees either the old or the new default.
+func (r *Runtime) SetDefault(name, version string) error {
+	r.mu.Lock()
+	mv := r.models[name]
+	if mv == nil || mv.versions[version] == nil {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: model %s version %s is not loaded", ErrNotFound, name, version)
+	}
+	old := mv.def
+	mv.def = version
+	r.mu.Unlock()
+	r.metrics.defaultChanged(name, old, version)
+	r.log.Info("default model version", "model", name, "version", version, "previous", old)
+	return nil
+}
+
+// Unload removes a version so that no new request reaches it, waits until its in-flight
+// requests finish (or ctx ends; the session is then closed when they do) and closes its
+// session. The default version cannot be unloaded while other versions are loaded: make
+// another one the default first.
+func (r *Runtime) Unload(ctx context.Context, name, version string) error {
+	r.mu.Lock()
+	mv := r.models[name]
+	if mv == nil || mv.versions[version] == nil {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: model %s version %s is not loaded", ErrNotFound, name, version)
+	}
+	if mv.def == version && len(mv.versions) > 1 {
+		r.mu.Unlock()
+		return fmt.Errorf("%w: model %s version %s is the default; make another version the default first", ErrConflict, name, version)
+	}
+	m := mv.versions[version]
+	delete(mv.versions, version)
+	if len(mv.versions) == 0 {
+		delete(r.models, name)
+	}
+	r.mu.Unlock()
+	r.metrics.unloaded(name, version)
+	r.log.Info("model unloading", "model", name, "version", version)
+	return m.drainAndClose(ctx)
+}
+
+// lookupLocked finds a version ("" for the default). It returns a non-nil error only
+// when the model or version is missing.
+func (r *Runtime) lookupLocked(name, version string) (*Model, error) {
+	mv := r.models[name]
+	if mv == nil {
+		return nil, fmt.Errorf("%w: model %q is not loaded", ErrNotFound, name)
+	}
+	if version == "" {
+		version = mv.def
+	}
+	m := mv.versions[version]
+	if m == nil {
+		return nil, fmt.Errorf("%w: model %q has no loaded version %q", ErrNotFound, name, version)
+	}
+	return m, nil
+}
+
+// acquire returns a loaded version ("" for the default) with a reference taken; the
+// caller must call release when its request is done.
+func (r *Runtime) acquire(name, version string) (*Model, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, err := r.lookupLocked(name, version)
+	if err != nil {
+		return nil, err
+	}
+	m.inflight.Add(1)
+	return m, nil
+}
+
+// Infer runs a loaded version ("" for the default) on inputs, returning the named
+// outputs (all tensor outputs when names is empty). Inputs are checked against the model
+// first; a mismatch is an ErrInvalid naming the input.
+func (r *Runtime) Infer(ctx context.Context, name, version string, inputs []Input, names []string) (*Result, error) {
+	m, err := r.acquire(name, version)
+	if err != nil {
+		return nil, err
+	}
+	defer m.inflight.Done()
+	outs, err := m.run(ctx, inputs, names)
+	if err != nil {
+		return nil, err
+	}
+	return &Result{Model: m.name, Version: m.version, Outputs: outs}, nil
+}
+
+// Result is what Infer returns.
+type Result struct {
+	Model, Version string
+	Outputs        []Output
+}
+
+// Metadata describes a loaded version ("" for the default).
+func (r *Runtime) Metadata(name, version string) (ModelInfo, error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, err := r.lookupLocked(name, version)
+	if err != nil {
+		return ModelInfo{}, err
+	}
+	info := m.info()
+	if version == "" {
+		info.Versions = slices.Sorted(maps.Keys(r.models[name].versions))
+	}
+	return info, nil
+}
+
+// IndexEntry is one loaded model version in the repository index.
+type IndexEntry struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	State   string `json:"state"`
+	Default bool   `json:"default"`
+	SHA256  string `json:"sha256"`
+}
+
+// Index lists the loaded model versions, sorted by name and version.
+func (r *Runtime) Index() []IndexEntry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []IndexEntry
+	for name, mv := range r.models {
+		for v, m := range mv.versions {
+			out = append(out, IndexEntry{Name: name, Version: v, State: "READY", Default: v == mv.def, SHA256: m.sha256})
+		}
+	}
+	slices.SortFunc(out, func(a, b IndexEntry) int {
+		if a.Name != b.Name {
+			if a.Name < b.Name {
+				return -1
+			}
+			return 1
+		}
+		va, _ := artifact.ParseVersion(a.Version)
+		vb, _ := artifact.ParseVersion(b.Version)
+		return va.Compare(vb)
+	})
+	return out
+}
+
+// Ready reports whether the runtime serves: it is not draining and has a model loaded.
+func (r *Runtime) Ready() bool {
+	if r.draining.Load() {
+		return false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.models) > 0
+}
+
+// SetDraining marks the runtime as shutting down: readiness turns false so that load
+// balancers and the agent stop sending it traffic, while requests still run.
+func (r *Runtime) SetDraining() { r.draining.Store(true) }

@@ -1,0 +1,398 @@
+package runtime
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// Datatype is an Open Inference Protocol tensor datatype name ("FP32", "INT64", …).
+type Datatype string
+
+// The datatypes the runtime accepts as inputs and returns as outputs.
+const (
+	FP32   Datatype = "FP32"
+	FP64   Datatype = "FP64"
+	INT8   Datatype = "INT8"
+	INT16  Datatype = "INT16"
+	INT32  Datatype = "INT32"
+	INT64  Datatype = "INT64"
+	UINT8  Datatype = "UINT8"
+	UINT16 Datatype = "UINT16"
+	UINT32 Datatype = "UINT32"
+	UINT64 Datatype = "UINT64"
+	BOOL   Datatype = "BOOL"
+)
+
+// datatypeOf maps an ONNX element type to its protocol name; ok is false for element
+// types the runtime does not serve (strings, float16, …).
+func datatypeOf(t ort.TensorElementDataType) (Datatype, bool) {
+	switch t {
+	case ort.TensorElementDataTypeFloat:
+		return FP32, true
+	case ort.TensorElementDataTypeDouble:
+		return FP64, true
+	case ort.TensorElementDataTypeInt8:
+		return INT8, true
+	case ort.TensorElementDataTypeInt16:
+		return INT16, true
+	case ort.TensorElementDataTypeInt32:
+		return INT32, true
+	case ort.TensorElementDataTypeInt64:
+		return INT64, true
+	case ort.TensorElementDataTypeUint8:
+		return UINT8, true
+	case ort.TensorElementDataTypeUint16:
+		return UINT16, true
+	case ort.TensorElementDataTypeUint32:
+		return UINT32, true
+	case ort.TensorElementDataTypeUint64:
+		return UINT64, true
+	case ort.TensorElementDataTypeBool:
+		return BOOL, true
+	}
+	return "", false
+}
+
+// Values is the decoded data of one tensor: exactly one field is set, chosen by the
+// datatype (F for FP32/FP64, I for signed integers, U for unsigned, B for BOOL). Integers
+// are range-checked against their datatype when decoded.
+type values struct {
+	F []float64
+	I []int64
+	U []uint64
+	B []bool
+}
+
+func (v *values) len() int {
+	return len(v.F) + len(v.I) + len(v.U) + len(v.B)
+}
+
+// maxNesting bounds the bracket depth of a tensor's "data", so hostile input cannot make
+// the decoder recurse or allocate without limit.
+const maxNesting = 32
+
+// decodeData parses the "data" member of a request tensor: a JSON array, flat or nested
+// (row-major), of numbers (or true/false for BOOL). It returns at most max elements and
+// rejects anything that is not of the datatype: strings, objects, null, fractions for
+// integer types, out-of-range integers.
+func decodeData(raw []byte, dt Datatype, max int) (values, error) {
+	var v values
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '[' {
+		return v, errors.New("data must be a JSON array")
+	}
+	depth, n := 0, 0
+	expectValue := true // at the start of an array or after a comma
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			i++
+		case c == '[':
+			if !expectValue {
+				return v, fmt.Errorf("data: unexpected '[' at offset %d", i)
+			}
+			depth++
+			if depth > maxNesting {
+				return v, fmt.Errorf("data: nested deeper than %d", maxNesting)
+			}
+			i++
+		case c == ']':
+			if depth == 0 {
+				return v, fmt.Errorf("data: unbalanced ']' at offset %d", i)
+			}
+			depth--
+			expectValue = false
+			i++
+			if depth == 0 {
+				if rest := bytes.TrimSpace(raw[i:]); len(rest) > 0 {
+					return v, errors.New("data: trailing characters after the array")
+				}
+			}
+		case c == ',':
+			if expectValue || depth == 0 {
+				return v, fmt.Errorf("data: unexpected ',' at offset %d", i)
+			}
+			expectValue = true
+			i++
+		default:
+			if !expectValue || depth == 0 {
+				return v, fmt.Errorf("data: unexpected %q at offset %d", c, i)
+			}
+			j := i
+			for j < len(raw) && raw[j] != ',' && raw[j] != ']' && raw[j] != ' ' && raw[j] != '\n' && raw[j] != '\t' && raw[j] != '\r' {
+				j++
+			}
+			if n >= max {
+				return v, fmt.Errorf("data: more than %d elements", max)
+			}
+			if err := v.appendToken(string(raw[i:j]), dt); err != nil {
+				return v, fmt.Errorf("data element %d: %w", n, err)
+			}
+			n++
+			expectValue = false
+			i = j
+		}
+	}
+	if depth != 0 {
+		return v, errors.New("data: unterminated array")
+	}
+	return v, nil
+}
+
+func (v *values) appendToken(tok string, dt Datatype) error {
+	switch dt {
+	case BOOL:
+		switch tok {
+		case "true":
+			v.B = append(v.B, true)
+		case "false":
+			v.B = append(v.B, false)
+		default:
+			return fmt.Errorf("%.32q is not a BOOL (want true or false)", tok)
+		}
+	case FP32, FP64:
+		if !isJSONNumber(tok) {
+			return fmt.Errorf("%.32q is not a number", tok)
+		}
+		bits := 64
+		if dt == FP32 {
+			bits = 32
+		}
+		f, err := strconv.ParseFloat(tok, bits)
+		if err != nil {
+			return fmt.Errorf("%.32q out of range for %s", tok, dt)
+		}
+		v.F = append(v.F, f)
+	case INT8, INT16, INT32, INT64:
+		if !isJSONNumber(tok) {
+			return fmt.Errorf("%.32q is not a number", tok)
+		}
+		i, err := strconv.ParseInt(tok, 10, bitsOf(dt))
+		if err != nil {
+			return fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
+		}
+		v.I = append(v.I, i)
+	case UINT8, UINT16, UINT32, UINT64:
+		if !isJSONNumber(tok) {
+			return fmt.Errorf("%.32q is not a number", tok)
+		}
+		u, err := strconv.ParseUint(tok, 10, bitsOf(dt))
+		if err != nil {
+			return fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
+		}
+		v.U = append(v.U, u)
+	default:
+		return fmt.Errorf("datatype %s is not supported", dt)
+	}
+	return nil
+}
+
+func bitsOf(dt Datatype) int {
+	switch dt {
+	case INT8, UINT8:
+		return 8
+	case INT16, UINT16:
+		return 16
+	case INT32, UINT32:
+		return 32
+	}
+	return 64
+}
+
+// isJSONNumber reports whether s is a number in JSON syntax (so "NaN", "0x1", "+1" and
+// "1_000", which strconv would accept, are rejected).
+func isJSONNumber(s string) bool {
+	i := 0
+	if i < len(s) && s[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i - j
+	}
+	if i < len(s) && s[i] == '0' {
+		i++
+	} else if digits() == 0 {
+		return false
+	}
+	if i < len(s) && s[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
+}
+
+// newTensor builds an ORT tensor of the given datatype and shape from decoded values.
+// The caller destroys it.
+func newTensor(dt Datatype, shape []int64, v values) (ort.Value, error) {
+	s := ort.NewShape(shape...)
+	switch dt {
+	case FP32:
+		return ort.NewTensor(s, convert[float32](v.F))
+	case FP64:
+		return ort.NewTensor(s, v.F)
+	case INT8:
+		return ort.NewTensor(s, convert[int8](v.I))
+	case INT16:
+		return ort.NewTensor(s, convert[int16](v.I))
+	case INT32:
+		return ort.NewTensor(s, convert[int32](v.I))
+	case INT64:
+		return ort.NewTensor(s, v.I)
+	case UINT8:
+		return ort.NewTensor(s, convert[uint8](v.U))
+	case UINT16:
+		return ort.NewTensor(s, convert[uint16](v.U))
+	case UINT32:
+		return ort.NewTensor(s, convert[uint32](v.U))
+	case UINT64:
+		return ort.NewTensor(s, v.U)
+	case BOOL:
+		return ort.NewTensor(s, v.B)
+	}
+	return nil, fmt.Errorf("datatype %s is not supported", dt)
+}
+
+type number interface {
+	~float32 | ~float64 | ~int8 | ~int16 | ~int32 | ~int64 | ~uint8 | ~uint16 | ~uint32 | ~uint64
+}
+
+func convert[T number, S number](in []S) []T {
+	out := make([]T, len(in))
+	for i, x := range in {
+		out[i] = T(x)
+	}
+	return out
+}
+
+// Output is one output tensor of an inference: its values in row-major order, widened
+// to float64 (F), int64 (I), uint64 (U) or bool (B) by datatype.
+type Output struct {
+	Name     string
+	Datatype Datatype
+	Shape    []int64
+	values
+}
+
+// Floats returns the output's elements as float64, whatever its datatype (bools as 0/1).
+func (o *Output) Floats() []float64 {
+	switch {
+	case o.F != nil:
+		return o.F
+	case o.I != nil:
+		return convert[float64](o.I)
+	case o.U != nil:
+		return convert[float64](o.U)
+	}
+	out := make([]float64, len(o.B))
+	for i, b := range o.B {
+		if b {
+			out[i] = 1
+		}
+	}
+	return out
+}
+
+// outputFrom copies an ORT output value into an Output. It does not destroy v.
+func outputFrom(name string, v ort.Value) (Output, error) {
+	o := Output{Name: name, Shape: []int64(v.GetShape().Clone())}
+	switch t := v.(type) {
+	case *ort.Tensor[float32]:
+		o.Datatype, o.F = FP32, convert[float64](t.GetData())
+	case *ort.Tensor[float64]:
+		o.Datatype, o.F = FP64, append([]float64(nil), t.GetData()...)
+	case *ort.Tensor[int8]:
+		o.Datatype, o.I = INT8, convert[int64](t.GetData())
+	case *ort.Tensor[int16]:
+		o.Datatype, o.I = INT16, convert[int64](t.GetData())
+	case *ort.Tensor[int32]:
+		o.Datatype, o.I = INT32, convert[int64](t.GetData())
+	case *ort.Tensor[int64]:
+		o.Datatype, o.I = INT64, append([]int64(nil), t.GetData()...)
+	case *ort.Tensor[uint8]:
+		o.Datatype, o.U = UINT8, convert[uint64](t.GetData())
+	case *ort.Tensor[uint16]:
+		o.Datatype, o.U = UINT16, convert[uint64](t.GetData())
+	case *ort.Tensor[uint32]:
+		o.Datatype, o.U = UINT32, convert[uint64](t.GetData())
+	case *ort.Tensor[uint64]:
+		o.Datatype, o.U = UINT64, append([]uint64(nil), t.GetData()...)
+	case *ort.Tensor[bool]:
+		o.Datatype, o.B = BOOL, append([]bool(nil), t.GetData()...)
+	default:
+		return o, fmt.Errorf("output %q: unsupported value type %T", name, v)
+	}
+	// Keep the "exactly one field set" invariant for empty outputs too.
+	if o.len() == 0 {
+		switch o.Datatype {
+		case FP32, FP64:
+			o.F = []float64{}
+		case BOOL:
+			o.B = []bool{}
+		case UINT8, UINT16, UINT32, UINT64:
+			o.U = []uint64{}
+		default:
+			o.I = []int64{}
+		}
+	}
+	return o, nil
+}
+
+// appendJSON appends the output's data as a flat JSON array. Non-finite floats, which
+// JSON cannot carry, are written as null.
+func (o *Output) appendJSON(b []byte) []byte {
+	b = append(b, '[')
+	bits := 64
+	if o.Datatype == FP32 {
+		bits = 32
+	}
+	for i, f := range o.F {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			b = append(b, "null"...)
+			continue
+		}
+		b = strconv.AppendFloat(b, f, 'g', -1, bits)
+	}
+	for i, x := range o.I {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, x, 10)
+	}
+	for i, x := range o.U {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, x, 10)
+	}
+	for i, x := range o.B {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendBool(b, x)
+	}
+	return append(b, ']')
+}
