@@ -1,0 +1,280 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// Status of a rollout.
+type Status string
+
+const (
+	// StatusActive (also the zero value): waves advance as their soak times pass.
+	StatusActive Status = "active"
+	// StatusPaused: devices that have the target keep it; no other device gets it.
+	StatusPaused Status = "paused"
+	// StatusAborted: the rollout no longer claims devices; those running its target are
+	// sent back to their previous committed version. Final.
+	StatusAborted Status = "aborted"
+	// StatusCompleted: the last wave has soaked. Devices keep getting the target.
+	StatusCompleted Status = "completed"
+)
+
+// RolloutState is the mutable state of a rollout, persisted by the server. The zero
+// value is a rollout that has not started: Plan starts it.
+type RolloutState struct {
+	ID     string `json:"id"`
+	Status Status `json:"status,omitempty"`
+	// Wave is the index (from 0) of the last wave started.
+	Wave        int       `json:"wave"`
+	WaveStarted time.Time `json:"wave_started,omitzero"`
+	Started     time.Time `json:"started,omitzero"`
+	// Approved are the wave indices an operator approved.
+	Approved []int `json:"approved,omitempty"`
+	// AwaitingApproval is set while the next wave waits for an operator.
+	AwaitingApproval bool `json:"awaiting_approval,omitempty"`
+	// Reason for the last pause or abort.
+	Reason string `json:"reason,omitempty"`
+	// CountSince: reports before it do not count toward auto-pause (set on resume, so
+	// the failures that caused a pause do not pause the rollout again at once).
+	CountSince time.Time `json:"count_since,omitzero"`
+	Updated    time.Time `json:"updated,omitzero"`
+}
+
+func (s RolloutState) status() Status {
+	if s.Status == "" {
+		return StatusActive
+	}
+	return s.Status
+}
+
+// Outcome is the result of one install on a device.
+type Outcome string
+
+const (
+	OutcomeCommitted            Outcome = "committed"
+	OutcomeProbeFailed          Outcome = "probe_failed"
+	OutcomeRolledBack           Outcome = "rolled_back"
+	OutcomeInstallError         Outcome = "install_error"
+	OutcomeAttestationUntrusted Outcome = "attestation_untrusted"
+)
+
+// ParseOutcome checks s.
+func ParseOutcome(s string) (Outcome, error) {
+	switch o := Outcome(s); o {
+	case OutcomeCommitted, OutcomeProbeFailed, OutcomeRolledBack, OutcomeInstallError, OutcomeAttestationUntrusted:
+		return o, nil
+	}
+	return "", fmt.Errorf("unknown outcome %q: want committed, probe_failed, rolled_back, install_error or attestation_untrusted", s)
+}
+
+// Failed reports whether the outcome counts against a wave.
+func (o Outcome) Failed() bool { return o != OutcomeCommitted }
+
+// Report is one install result sent by a device, attributed by the server to the
+// rollout whose decision caused the install.
+type Report struct {
+	DeviceID  string        `json:"device_id"`
+	RolloutID string        `json:"rollout_id,omitempty"`
+	Kind      artifact.Kind `json:"kind"`
+	Name      string        `json:"name"`
+	Version   string        `json:"version"`
+	Outcome   Outcome       `json:"outcome"`
+	// Cause is the detail of a failure, e.g. "accuracy 0.91 < 0.95".
+	Cause string    `json:"cause,omitempty"`
+	At    time.Time `json:"at"`
+	// Bytes downloaded for this install, if known.
+	Bytes int64 `json:"bytes,omitempty"`
+}
+
+// EventType names a rollout event.
+type EventType string
+
+const (
+	EventStarted          EventType = "started"
+	EventWaveStarted      EventType = "wave_started"
+	EventAwaitingApproval EventType = "awaiting_approval"
+	EventApproved         EventType = "approved"
+	EventAutoPaused       EventType = "auto_paused"
+	EventPaused           EventType = "paused"
+	EventResumed          EventType = "resumed"
+	EventAborted          EventType = "aborted"
+	EventCompleted        EventType = "completed"
+)
+
+// Event is something that happened to a rollout, for the audit log and the API.
+type Event struct {
+	Rollout string    `json:"rollout"`
+	Type    EventType `json:"type"`
+	Wave    int       `json:"wave"`
+	Reason  string    `json:"reason,omitempty"`
+	Actor   string    `json:"actor,omitempty"` // operator, or "" for the planner
+	At      time.Time `json:"at"`
+}
+
+// WaveStat counts the latest report of each device of one wave.
+type WaveStat struct {
+	Wave      int     `json:"wave"`
+	Reported  int     `json:"reported"`
+	Succeeded int     `json:"succeeded"`
+	Failed    int     `json:"failed"`
+	Ratio     float64 `json:"failure_ratio"`
+}
+
+// WaveStats counts, per wave of r, the devices whose latest report for r's target (at
+// or after since) succeeded or failed. Reports for other rollouts or versions are
+// ignored.
+func WaveStats(r *Rollout, reports []Report, since time.Time) []WaveStat {
+	latest := map[string]Report{}
+	for _, rep := range reports {
+		if rep.RolloutID != r.ID || rep.Version != r.Target.Version || rep.Name != r.Target.Name || rep.At.Before(since) {
+			continue
+		}
+		if prev, ok := latest[rep.DeviceID]; !ok || !rep.At.Before(prev.At) {
+			latest[rep.DeviceID] = rep
+		}
+	}
+	stats := make([]WaveStat, len(r.Waves))
+	for i := range stats {
+		stats[i].Wave = i
+	}
+	for id, rep := range latest {
+		w := r.WaveOf(id)
+		if w >= len(stats) {
+			continue
+		}
+		stats[w].Reported++
+		if rep.Outcome.Failed() {
+			stats[w].Failed++
+		} else {
+			stats[w].Succeeded++
+		}
+	}
+	for i := range stats {
+		if stats[i].Reported > 0 {
+			stats[i].Ratio = float64(stats[i].Failed) / float64(stats[i].Reported)
+		}
+	}
+	return stats
+}
+
+// Plan advances rollout r from state s given all reports for it so far and the time
+// now. It is pure: the caller persists the returned state, then records the events.
+//
+// In order: a zero state is started (first wave). An aborted or completed rollout does
+// not change. If any started wave has at least MinReports reports and a failure ratio
+// above MaxFailureRatio, the rollout pauses itself. A paused rollout waits for Resume.
+// Otherwise, once the current wave has soaked, the next wave starts, unless it needs an
+// approval not yet given; after the last wave soaks the rollout is completed.
+func Plan(r *Rollout, s RolloutState, reports []Report, now time.Time) (RolloutState, []Event) {
+	var evs []Event
+	emit := func(t EventType, reason string) {
+		evs = append(evs, Event{Rollout: r.ID, Type: t, Wave: s.Wave, Reason: reason, At: now})
+		s.Updated = now
+	}
+	s.ID = r.ID
+	if s.Started.IsZero() {
+		s.Status, s.Wave, s.Started, s.WaveStarted = StatusActive, 0, now, now
+		emit(EventStarted, "")
+		emit(EventWaveStarted, fmt.Sprintf("%v%%", r.Waves[0].Percent))
+	}
+	if s.Wave >= len(r.Waves) { // the policy lost waves since the state was written
+		s.Wave = len(r.Waves) - 1
+	}
+	switch s.status() {
+	case StatusAborted, StatusCompleted:
+		return s, evs
+	}
+	stats := WaveStats(r, reports, s.CountSince)
+	for i := 0; i <= s.Wave; i++ {
+		w, st := r.Waves[i], stats[i]
+		if s.status() == StatusActive && st.Reported >= w.MinReports && st.Ratio > w.MaxFailureRatio {
+			s.Status = StatusPaused
+			s.Reason = fmt.Sprintf("wave %d: %d of %d devices failed (%.0f%% > %.0f%%)", i, st.Failed, st.Reported, st.Ratio*100, w.MaxFailureRatio*100)
+			emit(EventAutoPaused, s.Reason)
+		}
+	}
+	if s.status() != StatusActive {
+		return s, evs
+	}
+	for now.Sub(s.WaveStarted) >= r.Waves[s.Wave].Soak {
+		if s.Wave == len(r.Waves)-1 {
+			s.Status = StatusCompleted
+			emit(EventCompleted, "")
+			break
+		}
+		next := s.Wave + 1
+		if r.Waves[next].Approval && !slices.Contains(s.Approved, next) {
+			if !s.AwaitingApproval {
+				s.AwaitingApproval = true
+				emit(EventAwaitingApproval, fmt.Sprintf("wave %d needs approval", next))
+			}
+			break
+		}
+		// The next wave starts when the previous one has soaked, not when Plan ran.
+		start := now
+		if r.Waves[s.Wave].Soak > 0 && !r.Waves[next].Approval {
+			start = s.WaveStarted.Add(r.Waves[s.Wave].Soak)
+		}
+		s.Wave, s.WaveStarted, s.AwaitingApproval = next, start, false
+		emit(EventWaveStarted, fmt.Sprintf("%v%%", r.Waves[next].Percent))
+	}
+	return s, evs
+}
+
+// Errors of operator actions.
+var (
+	ErrBadTransition = errors.New("rollout cannot do that in its current status")
+	ErrNoSuchWave    = errors.New("no such wave")
+)
+
+// Pause stops a rollout's progress (operator action).
+func Pause(s RolloutState, actor, reason string, now time.Time) (RolloutState, Event, error) {
+	if st := s.status(); st != StatusActive {
+		return s, Event{}, fmt.Errorf("pause rollout %q (%s): %w", s.ID, st, ErrBadTransition)
+	}
+	s.Status, s.Reason, s.Updated = StatusPaused, reason, now
+	return s, Event{Rollout: s.ID, Type: EventPaused, Wave: s.Wave, Reason: reason, Actor: actor, At: now}, nil
+}
+
+// Resume restarts a paused rollout. Reports made before now no longer count toward
+// auto-pause, and the current wave soaks again from now.
+func Resume(s RolloutState, actor string, now time.Time) (RolloutState, Event, error) {
+	if st := s.status(); st != StatusPaused {
+		return s, Event{}, fmt.Errorf("resume rollout %q (%s): %w", s.ID, st, ErrBadTransition)
+	}
+	s.Status, s.Reason, s.CountSince, s.WaveStarted, s.Updated = StatusActive, "", now, now, now
+	return s, Event{Rollout: s.ID, Type: EventResumed, Wave: s.Wave, Actor: actor, At: now}, nil
+}
+
+// Abort ends a rollout for good: see StatusAborted.
+func Abort(s RolloutState, actor, reason string, now time.Time) (RolloutState, Event, error) {
+	if st := s.status(); st == StatusAborted {
+		return s, Event{}, fmt.Errorf("abort rollout %q (%s): %w", s.ID, st, ErrBadTransition)
+	}
+	if s.Started.IsZero() {
+		s.Started = now
+	}
+	s.Status, s.Reason, s.Updated = StatusAborted, reason, now
+	return s, Event{Rollout: s.ID, Type: EventAborted, Wave: s.Wave, Reason: reason, Actor: actor, At: now}, nil
+}
+
+// Approve lets wave (an index) of r start once the wave before it has soaked.
+func Approve(r *Rollout, s RolloutState, wave int, actor string, now time.Time) (RolloutState, Event, error) {
+	if wave <= 0 || wave >= len(r.Waves) {
+		return s, Event{}, fmt.Errorf("approve rollout %q wave %d (%d waves): %w", r.ID, wave, len(r.Waves), ErrNoSuchWave)
+	}
+	if st := s.status(); st == StatusAborted || st == StatusCompleted {
+		return s, Event{}, fmt.Errorf("approve rollout %q (%s): %w", r.ID, st, ErrBadTransition)
+	}
+	if !slices.Contains(s.Approved, wave) {
+		s.Approved = append(slices.Clone(s.Approved), wave)
+		slices.Sort(s.Approved)
+	}
+	s.Updated = now
+	return s, Event{Rollout: r.ID, Type: EventApproved, Wave: wave, Actor: actor, At: now}, nil
+}
