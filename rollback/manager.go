@@ -1,0 +1,471 @@
+package rollback
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback/crashpoint"
+)
+
+// PayloadName is the file name of a slot's content inside its directory.
+const PayloadName = "payload"
+
+// Fetcher writes a verified target into a file.
+type Fetcher interface {
+	// Fetch streams t to the file at path, resuming from what an earlier call durably
+	// wrote beside it. It returns nil only when path holds exactly t's length and sha256
+	// and is durable (written to a temporary file, synced, renamed, directory synced).
+	// An error for which Permanent reports true ends the install; any other error leaves
+	// the transaction downloading, to be resumed.
+	Fetch(ctx context.Context, t Target, path string) error
+}
+
+// Permanent is implemented by errors that retrying cannot fix (wrong hash, too long,
+// disk full, not found).
+type Permanent interface{ Permanent() bool }
+
+// IsPermanent reports whether err (or an error it wraps) says it is permanent.
+func IsPermanent(err error) bool {
+	var p Permanent
+	return errors.As(err, &p) && p.Permanent()
+}
+
+// TrialRunner runs a staged version beside the serving one (health, probes). The
+// outcome arrives later through Manager.Confirm; Start only reports whether it started.
+type TrialRunner interface {
+	Start(ctx context.Context, kind artifact.Kind, payload string, t Target, deadline time.Time) error
+	Stop(ctx context.Context, kind artifact.Kind, slot Slot) error
+}
+
+// Config configures a Manager. The zero value of each field but Dir is usable.
+type Config struct {
+	// Dir is the agent's state directory: state.db and slots/<kind>/<a|b>/payload.
+	Dir string
+	// Floors is the authoritative anti-rollback store (the TPM NV counter). Nil means
+	// the sqlite mirror alone. When set, the floor used is the higher of the two and
+	// both are raised on commit, Floors first.
+	Floors FloorStore
+	// Fetch downloads targets. Nil means Install fails.
+	Fetch Fetcher
+	// Trial starts and stops trials. Nil means a trial only waits for Confirm or its deadline.
+	Trial TrialRunner
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+	// Logger receives one line per transition. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Manager is the thin shell around Step: it persists every transition before performing
+// its actions. It is safe for concurrent use; transitions are serialized.
+type Manager struct {
+	cfg   Config
+	db    *DB
+	mu    sync.Mutex
+	crash crashpoint.Counter
+}
+
+// Open opens the state in cfg.Dir. Call Recover before anything else.
+func Open(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("rollback: Config.Dir is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	for _, k := range Kinds {
+		for _, s := range []Slot{SlotA, SlotB} {
+			if err := os.MkdirAll(filepath.Join(cfg.Dir, "slots", string(k), string(s)), 0o700); err != nil {
+				return nil, fmt.Errorf("create slot directories: %w", err)
+			}
+		}
+	}
+	db, err := OpenDB(ctx, filepath.Join(cfg.Dir, "state.db"))
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{cfg: cfg, db: db}, nil
+}
+
+// Close closes the state database.
+func (m *Manager) Close() error { return m.db.Close() }
+
+// DB returns the state database (for the outbox and status).
+func (m *Manager) DB() *DB { return m.db }
+
+// SlotDir is the directory of one slot.
+func (m *Manager) SlotDir(kind artifact.Kind, slot Slot) string {
+	return filepath.Join(m.cfg.Dir, "slots", string(kind), string(slot))
+}
+
+// Payload is the path of a slot's content.
+func (m *Manager) Payload(kind artifact.Kind, slot Slot) string {
+	return filepath.Join(m.SlotDir(kind, slot), PayloadName)
+}
+
+// State returns kind's persisted state.
+func (m *Manager) State(ctx context.Context, kind artifact.Kind) (State, error) {
+	return m.db.Load(ctx, kind)
+}
+
+// Floor returns kind's anti-rollback floor: the higher of Config.Floors and the mirror.
+func (m *Manager) Floor(ctx context.Context, kind artifact.Kind) (uint64, error) {
+	f, err := m.db.Floor(ctx, kind)
+	if err != nil {
+		return 0, err
+	}
+	if m.cfg.Floors != nil {
+		g, err := m.cfg.Floors.Floor(ctx, kind)
+		if err != nil {
+			return 0, fmt.Errorf("read %s floor: %w", kind, err)
+		}
+		f = max(f, g)
+	}
+	return f, nil
+}
+
+// Recover brings every kind to a resting phase after a start: it resumes an interrupted
+// download, re-verifies, rolls back a trial past its deadline, and discards anything in an
+// inactive slot that no transaction owns. A download that fails again is returned as an
+// error after the other kinds were recovered.
+func (m *Manager) Recover(ctx context.Context) error {
+	var errs []error
+	for _, k := range Kinds {
+		kindDir := filepath.Join(m.cfg.Dir, "slots", string(k))
+		if err := removeTemps(kindDir); err != nil {
+			errs = append(errs, err)
+		}
+		if _, err := m.drive(ctx, k, EvRecover{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Install downloads and verifies t into kind's inactive slot and stages it. t must come
+// from verified TUF metadata. A version below the floor fails with a *DowngradeError
+// before anything is written.
+func (m *Manager) Install(ctx context.Context, kind artifact.Kind, t Target) (State, error) {
+	floor, err := m.Floor(ctx, kind)
+	if err != nil {
+		return State{}, err
+	}
+	return m.drive(ctx, kind, EvInstall{Target: t, Floor: floor})
+}
+
+// BeginTrial starts the trial of kind's staged version; it rolls back unless Confirm
+// reports a pass within timeout.
+func (m *Manager) BeginTrial(ctx context.Context, kind artifact.Kind, timeout time.Duration) (State, error) {
+	return m.drive(ctx, kind, EvBeginTrial{Timeout: timeout})
+}
+
+// Confirm ends kind's trial: a pass commits the trial slot and raises the floor, anything
+// else rolls back to the committed slot.
+func (m *Manager) Confirm(ctx context.Context, kind artifact.Kind, pass bool, reason string) (State, error) {
+	if !pass {
+		return m.drive(ctx, kind, EvTrialFailed{Reason: reason})
+	}
+	floor, err := m.Floor(ctx, kind)
+	if err != nil {
+		return State{}, err
+	}
+	return m.drive(ctx, kind, EvTrialPassed{Floor: floor})
+}
+
+// Abort gives up kind's install if it has not reached its trial.
+func (m *Manager) Abort(ctx context.Context, kind artifact.Kind, reason string) (State, error) {
+	return m.drive(ctx, kind, EvAbort{Reason: reason})
+}
+
+// Tick rolls back trials past their deadline.
+func (m *Manager) Tick(ctx context.Context) error {
+	var errs []error
+	for _, k := range Kinds {
+		if _, err := m.drive(ctx, k, EvTick{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var persistCrash = map[Phase]string{
+	Downloading: "after-install",
+	Staged:      "after-stage",
+	Trial:       "after-trial-start",
+	Committed:   "after-commit",
+	RolledBack:  "after-rollback",
+}
+
+// drive feeds ev to Step, persists the new state, performs its actions and feeds any
+// follow-up event (download done, verification result, trial start failure) until the
+// transaction rests.
+func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event) (State, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for {
+		s, err := m.db.Load(ctx, kind)
+		if err != nil {
+			return State{}, err
+		}
+		now := m.cfg.Now()
+		n, acts, err := Step(s, ev, now)
+		if err != nil {
+			return s, err
+		}
+		if n.Seq != s.Seq {
+			// Persist before acting.
+			if err := m.db.Save(ctx, n, ev.event(), now.UTC().Format(time.RFC3339Nano)); err != nil {
+				return s, err
+			}
+			m.cfg.Logger.Info("slot transition", "kind", kind, "event", ev.event(), "from", s.phase(), "to", n.Phase, "seq", n.Seq, "reason", n.Reason)
+			if (n.Phase != Downloading || s.phase() != Downloading) && persistCrash[n.Phase] != "" {
+				crashpoint.Hit(&m.crash, persistCrash[n.Phase])
+			}
+		}
+		next, err := m.perform(ctx, n, acts)
+		if err != nil || next == nil {
+			return n, err
+		}
+		ev = next
+	}
+}
+
+// perform does acts in order. It returns the follow-up event of the last action, if any.
+func (m *Manager) perform(ctx context.Context, s State, acts []Action) (Event, error) {
+	for _, a := range acts {
+		switch a.Kind {
+		case ClearSlot:
+			if err := m.clearSlot(s.Kind, a.Slot); err != nil {
+				return nil, err
+			}
+			if s.Phase == Downloading {
+				crashpoint.Hit(&m.crash, "after-clear-slot")
+			}
+		case Download:
+			if m.cfg.Fetch == nil {
+				return EvFailed{Reason: "no fetcher configured"}, nil
+			}
+			err := m.cfg.Fetch.Fetch(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
+			switch {
+			case err == nil:
+				crashpoint.Hit(&m.crash, "after-download")
+				return EvDownloaded{}, nil
+			case ctx.Err() == nil && IsPermanent(err):
+				return EvFailed{Reason: err.Error()}, nil
+			default: // transient: stay downloading; Recover or the next Install resumes
+				return nil, fmt.Errorf("download %s into %s slot %s: %w", a.Target.Path, s.Kind, a.Slot, err)
+			}
+		case Verify:
+			err := verifyFile(m.Payload(s.Kind, a.Slot), *a.Target)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return EvFailed{Reason: err.Error()}, nil
+			}
+			crashpoint.Hit(&m.crash, "after-verify")
+			return EvVerified{}, nil
+		case StartTrial:
+			if m.cfg.Trial != nil {
+				if err := m.cfg.Trial.Start(ctx, s.Kind, m.Payload(s.Kind, a.Slot), *a.Target, a.Deadline); err != nil {
+					return EvTrialFailed{Reason: "start: " + err.Error()}, nil
+				}
+			}
+		case StopTrial:
+			if m.cfg.Trial != nil {
+				if err := m.cfg.Trial.Stop(ctx, s.Kind, a.Slot); err != nil {
+					return nil, fmt.Errorf("stop %s trial in slot %s: %w", s.Kind, a.Slot, err)
+				}
+			}
+		case RaiseFloor:
+			if m.cfg.Floors != nil {
+				if err := m.cfg.Floors.Raise(ctx, s.Kind, a.Floor); err != nil {
+					return nil, fmt.Errorf("raise %s floor: %w", s.Kind, err)
+				}
+			}
+			if err := m.db.Raise(ctx, s.Kind, a.Floor); err != nil {
+				return nil, err
+			}
+			crashpoint.Hit(&m.crash, "after-floor-raise")
+		case Activate:
+			if err := m.activate(s.Kind, a.Slot, *a.Target); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return nil, nil
+}
+
+// clearSlot empties a slot's directory and makes that durable.
+func (m *Manager) clearSlot(kind artifact.Kind, slot Slot) error {
+	dir := m.SlotDir(kind, slot)
+	entries, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("clear %s slot %s: %w", kind, slot, err)
+	}
+	if len(entries) == 0 && err == nil {
+		return nil
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("clear %s slot %s: %w", kind, slot, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("clear %s slot %s: %w", kind, slot, err)
+	}
+	return SyncDir(dir)
+}
+
+// Pointer is the content of slots/<kind>/current, read by whatever serves the kind.
+type Pointer struct {
+	Slot    Slot   `json:"slot"`
+	Version string `json:"version"`
+	Path    string `json:"path"`
+	SHA256  string `json:"sha256"`
+	Payload string `json:"payload"`
+}
+
+func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
+	b, err := json.Marshal(Pointer{Slot: slot, Version: t.Version, Path: t.Path, SHA256: t.SHA256, Payload: m.Payload(kind, slot)})
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(m.cfg.Dir, "slots", string(kind), "current"), b)
+}
+
+// CheckInvariant returns an error unless, for every kind, the active slot holds the
+// committed version intact, the floor is at least that version's floor and no temporary
+// file is left outside a download in progress.
+func (m *Manager) CheckInvariant(ctx context.Context) error {
+	var errs []error
+	for _, k := range Kinds {
+		s, err := m.db.Load(ctx, k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if s.Current != nil {
+			if err := verifyFile(m.Payload(k, s.Active), *s.Current); err != nil {
+				errs = append(errs, fmt.Errorf("%s active slot %s: %w", k, s.Active, err))
+			}
+			f, err := m.Floor(ctx, k)
+			if err != nil {
+				errs = append(errs, err)
+			} else if f < s.Current.Floor {
+				errs = append(errs, fmt.Errorf("%s floor %s below the committed version %s", k, floorString(f), s.Current.Version))
+			}
+		}
+		err = filepath.WalkDir(filepath.Join(m.cfg.Dir, "slots", string(k)), func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			name := d.Name()
+			inProgress := s.phase() == Downloading && filepath.Dir(p) == m.SlotDir(k, s.Inactive())
+			if isTemp(name) && !inProgress {
+				return fmt.Errorf("%s: temporary file left behind: %s", k, p)
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func isTemp(name string) bool {
+	return strings.Contains(name, ".tmp") || strings.HasSuffix(name, ".part") || strings.HasSuffix(name, ".part.state")
+}
+
+// removeTemps deletes the temporary files WriteFileAtomic may leave in dir after a crash.
+func removeTemps(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		if !e.IsDir() && strings.Contains(e.Name(), ".tmp") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return fmt.Errorf("remove temporary file: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// verifyFile checks that the file at path has t's length and sha256, reading it with a
+// fixed buffer.
+func verifyFile(path string, t Target) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", t.Path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, io.LimitReader(f, t.Length+1), make([]byte, 64<<10))
+	if err != nil {
+		return fmt.Errorf("verify %s: %w", t.Path, err)
+	}
+	if n != t.Length {
+		return fmt.Errorf("verify %s: %d bytes, want %d", t.Path, n, t.Length)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != t.SHA256 {
+		return fmt.Errorf("verify %s: sha256 %s, want %s", t.Path, got, t.SHA256)
+	}
+	return nil
+}
+
+// WriteFileAtomic replaces path with data: a temporary file in the same directory is
+// written, synced and renamed over path, then the directory is synced.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory, making renames and removals in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
+

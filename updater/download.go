@@ -1,0 +1,479 @@
+// Package updater is the device side of Edgeward's updates: the TUF client (go-tuf v2 with
+// the root pinned at enrollment), streaming resumable verified downloads into A/B slots,
+// and the glue that installs only what TUF verified.
+package updater
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/rollback/crashpoint"
+)
+
+// Errors of a download. Each is wrapped in a *DownloadError.
+var (
+	// ErrTooLong: the server sent more than the TUF length; the body was cut off there.
+	ErrTooLong = errors.New("body longer than the target's TUF length")
+	// ErrHashMismatch: the bytes do not hash to what TUF says.
+	ErrHashMismatch = errors.New("hash mismatch")
+	// ErrTruncated: the body ended before the TUF length (retried, resumed with Range).
+	ErrTruncated = errors.New("body shorter than the target's TUF length")
+	// ErrDiskFull: writing the slot ran out of space.
+	ErrDiskFull = errors.New("no space left for the target")
+	// ErrNoHash: TUF lists no hash this client supports (sha256, sha512).
+	ErrNoHash = errors.New("no supported hash for the target")
+)
+
+// DownloadError is the error of Downloader.Download.
+type DownloadError struct {
+	URL    string
+	Status int // HTTP status when the server refused, else 0
+	Err    error
+	perm   bool
+}
+
+func (e *DownloadError) Error() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("download %s: HTTP %d: %v", e.URL, e.Status, e.Err)
+	}
+	return fmt.Sprintf("download %s: %v", e.URL, e.Err)
+}
+func (e *DownloadError) Unwrap() error { return e.Err }
+
+// Permanent reports whether retrying cannot help (wrong hash, too long, disk full, 4xx).
+func (e *DownloadError) Permanent() bool { return e.perm }
+
+var _ rollback.Permanent = (*DownloadError)(nil)
+
+// Want is what TUF says a target is: its length and hashes (algorithm → digest).
+type Want struct {
+	Length int64
+	Hashes map[string][]byte
+}
+
+// Backoff bounds retries: attempt i (from 0) waits a random duration in [d/2, d] with
+// d = min(Max, Base·2^i).
+type Backoff struct {
+	Attempts int           // total attempts; 0 means 6
+	Base     time.Duration // 0 means 500ms
+	Max      time.Duration // 0 means 30s
+}
+
+// Downloader streams targets to files with a fixed buffer, hashing while writing, and
+// resumes interrupted downloads with HTTP Range from a durable checkpoint (the offset and
+// the marshalled hash state, in <dst>.part.state beside <dst>.part). The zero value is
+// usable. A Downloader is safe for concurrent use on different destinations.
+type Downloader struct {
+	// Client makes the requests. Nil means http.DefaultClient.
+	Client *http.Client
+	// BufferSize is the copy buffer; 0 means 64 KiB. Memory use does not grow with the target.
+	BufferSize int
+	// CheckpointBytes is how much is written between durable checkpoints; 0 means 8 MiB.
+	CheckpointBytes int64
+	// Retry bounds retries of transient failures.
+	Retry Backoff
+	// Sleep waits between attempts. Nil means a timer honouring ctx.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Rand returns a number in [0, 1) for jitter. Nil means math/rand/v2.
+	Rand func() float64
+	// NoResume removes partial files when Download fails, leaving nothing behind.
+	NoResume bool
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+
+	crash crashpoint.Counter
+	// wrapFile, when set (tests), wraps the partial file's writer (e.g. to fail like a full disk).
+	wrapFile func(io.Writer) io.Writer
+}
+
+func (d *Downloader) logger() *slog.Logger {
+	if d.Logger != nil {
+		return d.Logger
+	}
+	return slog.Default()
+}
+
+// delay is the wait before attempt i+1.
+func (d *Downloader) delay(i int) time.Duration {
+	base, lim := d.Retry.Base, d.Retry.Max
+	if base <= 0 {
+		base = 500 * time.Millisecond
+	}
+	if lim <= 0 {
+		lim = 30 * time.Second
+	}
+	dur := lim
+	if i < 30 && base<<i < lim {
+		dur = base << i
+	}
+	r := rand.Float64
+	if d.Rand != nil {
+		r = d.Rand
+	}
+	return dur/2 + time.Duration(r()*float64(dur/2))
+}
+
+func sleepCtx(ctx context.Context, dur time.Duration) error {
+	t := time.NewTimer(dur)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Download makes dst hold exactly the target want describes, fetched from url. It returns
+// nil only after dst's length and every supported hash matched and dst was made durable
+// (synced, renamed from dst.part, directory synced). Nothing is ever written to dst that
+// did not match. Transient failures are retried with backoff and jitter; permanent ones
+// (see DownloadError.Permanent) remove the partial file and return at once.
+func (d *Downloader) Download(ctx context.Context, url string, want Want, dst string) error {
+	attempts := d.Retry.Attempts
+	if attempts <= 0 {
+		attempts = 6
+	}
+	sleep := d.Sleep
+	if sleep == nil {
+		sleep = sleepCtx
+	}
+	var err error
+	for i := range attempts {
+		if i > 0 {
+			wait := d.delay(i - 1)
+			d.logger().Warn("download failed, retrying", "url", url, "attempt", i, "wait", wait, "err", err)
+			if serr := sleep(ctx, wait); serr != nil {
+				err = serr
+				break
+			}
+		}
+		err = d.once(ctx, url, want, dst)
+		var de *DownloadError
+		if err == nil || ctx.Err() != nil || (errors.As(err, &de) && de.perm) {
+			break
+		}
+	}
+	if err != nil && (d.NoResume || rollback.IsPermanent(err)) {
+		removePart(dst)
+	}
+	return err
+}
+
+func removePart(dst string) {
+	os.Remove(dst + ".part")
+	os.Remove(dst + ".part.state")
+	_ = rollback.SyncDir(filepath.Dir(dst))
+}
+
+// partState is the durable checkpoint of a partial download.
+type partState struct {
+	Length int64             `json:"length"`
+	Hashes map[string]string `json:"hashes"` // expected, hex: identifies the target
+	Offset int64             `json:"offset"`
+	State  map[string][]byte `json:"state"` // marshalled hash states at Offset
+}
+
+func newHashers(want Want) (map[string]hash.Hash, error) {
+	hs := map[string]hash.Hash{}
+	for alg := range want.Hashes {
+		switch alg {
+		case "sha256":
+			hs[alg] = sha256.New()
+		case "sha512":
+			hs[alg] = sha512.New()
+		}
+	}
+	if len(hs) == 0 {
+		return nil, ErrNoHash
+	}
+	return hs, nil
+}
+
+func hexHashes(want Want) map[string]string {
+	m := map[string]string{}
+	for k, v := range want.Hashes {
+		m[k] = hex.EncodeToString(v)
+	}
+	return m
+}
+
+// part is an open partial download.
+type part struct {
+	f      *os.File
+	path   string
+	offset int64
+	hs     map[string]hash.Hash
+}
+
+// openPart opens dst.part at its last checkpoint, or empty if there is none that matches want.
+func (d *Downloader) openPart(dst string, want Want) (*part, error) {
+	hs, err := newHashers(want)
+	if err != nil {
+		return nil, err
+	}
+	p := &part{path: dst + ".part", hs: hs}
+	p.f, err = os.OpenFile(p.path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if b, err := os.ReadFile(dst + ".part.state"); err == nil {
+		var st partState
+		if json.Unmarshal(b, &st) == nil && p.resume(st, want) {
+			return p, p.f.Truncate(p.offset) // bytes after the checkpoint are not hashed: drop them
+		}
+		d.logger().Warn("discarding a partial download that does not match its checkpoint", "path", p.path)
+	}
+	return p, p.reset()
+}
+
+// resume adopts checkpoint st if it belongs to want and the file holds its bytes.
+func (p *part) resume(st partState, want Want) bool {
+	if st.Length != want.Length || st.Offset < 0 || st.Offset > want.Length || fmt.Sprint(st.Hashes) != fmt.Sprint(hexHashes(want)) {
+		return false
+	}
+	if fi, err := p.f.Stat(); err != nil || fi.Size() < st.Offset {
+		return false
+	}
+	for alg, h := range p.hs {
+		u, ok := h.(encoding.BinaryUnmarshaler)
+		if !ok || u.UnmarshalBinary(st.State[alg]) != nil {
+			return false
+		}
+	}
+	p.offset = st.Offset
+	return true
+}
+
+func (p *part) reset() error {
+	for _, h := range p.hs {
+		h.Reset()
+	}
+	p.offset = 0
+	return p.f.Truncate(0)
+}
+
+// checkpoint makes the bytes so far durable, then records the offset and hash state.
+func (p *part) checkpoint(want Want) error {
+	if err := p.f.Sync(); err != nil {
+		return err
+	}
+	st := partState{Length: want.Length, Hashes: hexHashes(want), Offset: p.offset, State: map[string][]byte{}}
+	for alg, h := range p.hs {
+		b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+		if err != nil {
+			return err
+		}
+		st.State[alg] = b
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return rollback.WriteFileAtomic(strings.TrimSuffix(p.path, ".part")+".part.state", b)
+}
+
+func (d *Downloader) once(ctx context.Context, url string, want Want, dst string) (err error) {
+	perm := func(e error) error { return &DownloadError{URL: url, Err: e, perm: true} }
+	transient := func(e error) error { return &DownloadError{URL: url, Err: e} }
+	if want.Length < 0 {
+		return perm(fmt.Errorf("negative length %d", want.Length))
+	}
+	p, err := d.openPart(dst, want)
+	if err != nil {
+		if errors.Is(err, ErrNoHash) {
+			return perm(err)
+		}
+		return perm(fmt.Errorf("open partial file: %w", classifyWrite(err)))
+	}
+	defer p.f.Close()
+	if p.offset < want.Length {
+		if err := d.fetch(ctx, url, want, p); err != nil {
+			var de *DownloadError
+			if !errors.As(err, &de) {
+				err = transient(err)
+			}
+			if errors.As(err, &de) && !de.perm && p.offset > 0 {
+				// Keep what arrived for the next attempt.
+				if cerr := p.checkpoint(want); cerr != nil {
+					return perm(fmt.Errorf("checkpoint: %w", classifyWrite(cerr)))
+				}
+			}
+			return err
+		}
+	}
+	for alg, h := range p.hs {
+		if got := h.Sum(nil); !equalBytes(got, want.Hashes[alg]) {
+			return perm(fmt.Errorf("%w: %s %x, want %x", ErrHashMismatch, alg, got, want.Hashes[alg]))
+		}
+	}
+	if err := p.f.Sync(); err != nil {
+		return perm(classifyWrite(err))
+	}
+	if err := p.f.Close(); err != nil {
+		return perm(classifyWrite(err))
+	}
+	if err := os.Rename(p.path, dst); err != nil {
+		return perm(err)
+	}
+	os.Remove(dst + ".part.state")
+	if err := rollback.SyncDir(filepath.Dir(dst)); err != nil {
+		return perm(err)
+	}
+	return nil
+}
+
+func equalBytes(a, b []byte) bool { return len(a) == len(b) && string(a) == string(b) }
+
+func classifyWrite(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	}
+	return err
+}
+
+// fetch requests the rest of the target and streams it into p.
+func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return &DownloadError{URL: url, Err: err, perm: true}
+	}
+	if p.offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", p.offset))
+	}
+	client := d.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if p.offset > 0 {
+			d.logger().Info("server ignored Range, restarting the download", "url", url, "had", p.offset)
+			if err := p.reset(); err != nil {
+				return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+			}
+		}
+	case http.StatusPartialContent:
+		start, ok := contentRangeStart(resp.Header.Get("Content-Range"))
+		if !ok || start != p.offset {
+			if err := p.reset(); err != nil {
+				return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+			}
+			return &DownloadError{URL: url, Status: resp.StatusCode, Err: fmt.Errorf("Content-Range %q does not start at %d: starting over", resp.Header.Get("Content-Range"), p.offset)}
+		}
+	case http.StatusRequestedRangeNotSatisfiable:
+		if err := p.reset(); err != nil {
+			return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+		}
+		return &DownloadError{URL: url, Status: resp.StatusCode, Err: errors.New("range not satisfiable: starting over")}
+	default:
+		c := resp.StatusCode
+		perm := c >= 400 && c < 500 && c != http.StatusRequestTimeout && c != http.StatusTooManyRequests
+		return &DownloadError{URL: url, Status: c, Err: errors.New(http.StatusText(c)), perm: perm}
+	}
+	if resp.ContentLength > want.Length-p.offset {
+		return &DownloadError{URL: url, Err: fmt.Errorf("%w: server announces %d more bytes, TUF allows %d", ErrTooLong, resp.ContentLength, want.Length-p.offset), perm: true}
+	}
+	if _, err := p.f.Seek(p.offset, io.SeekStart); err != nil {
+		return err
+	}
+	size := d.BufferSize
+	if size <= 0 {
+		size = 64 << 10
+	}
+	every := d.CheckpointBytes
+	if every <= 0 {
+		every = 8 << 20
+	}
+	var w io.Writer = p.f
+	if d.wrapFile != nil {
+		w = d.wrapFile(w)
+	}
+	buf := make([]byte, size)
+	body := io.LimitReader(resp.Body, want.Length-p.offset+1) // one more byte reveals an over-long body
+	last := p.offset
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if p.offset+int64(n) > want.Length {
+				return &DownloadError{URL: url, Err: fmt.Errorf("%w (%d)", ErrTooLong, want.Length), perm: true}
+			}
+			if _, err := w.Write(buf[:n]); err != nil {
+				return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+			}
+			for _, h := range p.hs {
+				h.Write(buf[:n])
+			}
+			p.offset += int64(n)
+			if p.offset-last >= every {
+				if err := p.checkpoint(want); err != nil {
+					return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+				}
+				last = p.offset
+				crashpoint.Hit(&d.crash, "mid-download")
+			}
+		}
+		if rerr == io.EOF {
+			if p.offset < want.Length {
+				return &DownloadError{URL: url, Err: fmt.Errorf("%w: %d of %d bytes", ErrTruncated, p.offset, want.Length)}
+			}
+			return nil
+		}
+		if rerr != nil {
+			return &DownloadError{URL: url, Err: fmt.Errorf("%w at %d of %d bytes: %w", ErrTruncated, p.offset, want.Length, rerr)}
+		}
+	}
+}
+
+// contentRangeStart parses "bytes START-END/TOTAL".
+func contentRangeStart(h string) (int64, bool) {
+	rest, ok := strings.CutPrefix(h, "bytes ")
+	if !ok {
+		return 0, false
+	}
+	first, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(first, 10, 64)
+	return n, err == nil
+}
+
+// sortedHashes returns the algorithm names of h in a stable order, sha256 first.
+func sortedHashes(h map[string][]byte) []string {
+	algs := make([]string, 0, len(h))
+	for a := range h {
+		algs = append(algs, a)
+	}
+	sort.Slice(algs, func(i, j int) bool {
+		if (algs[i] == "sha256") != (algs[j] == "sha256") {
+			return algs[i] == "sha256"
+		}
+		return algs[i] < algs[j]
+	})
+	return algs
+}

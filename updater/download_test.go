@@ -1,0 +1,320 @@
+package updater
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/rollback"
+)
+
+// origin serves one target and can misbehave in the ways real servers and networks do.
+type origin struct {
+	content []byte
+	mu      sync.Mutex
+	// cutAt[i], if > 0, aborts the i-th request's body after that many bytes (of the response).
+	cutAt       []int
+	ignoreRange bool
+	extra       []byte // appended to the body
+	noLength    bool   // no Content-Length (chunked)
+	status      int    // if set, every request gets this status
+	requests    []string
+}
+
+func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	o.mu.Lock()
+	i := len(o.requests)
+	o.requests = append(o.requests, r.Header.Get("Range"))
+	o.mu.Unlock()
+	if o.status != 0 {
+		w.WriteHeader(o.status)
+		return
+	}
+	var out io.Writer = w
+	if i < len(o.cutAt) && o.cutAt[i] > 0 {
+		out = &cutWriter{w: w, left: o.cutAt[i]}
+	}
+	if o.ignoreRange || len(o.extra) > 0 || o.noLength {
+		body := append(append([]byte{}, o.content...), o.extra...)
+		if !o.noLength {
+			w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		}
+		w.WriteHeader(http.StatusOK)
+		if o.noLength {
+			w.(http.Flusher).Flush()
+		}
+		out.Write(body)
+		return
+	}
+	http.ServeContent(&rw{ResponseWriter: w, out: out}, r, "t", time.Time{}, bytes.NewReader(o.content))
+}
+
+type rw struct {
+	http.ResponseWriter
+	out io.Writer
+}
+
+func (r *rw) Write(b []byte) (int, error) { return r.out.Write(b) }
+
+// cutWriter writes left bytes, then aborts the connection.
+type cutWriter struct {
+	w    http.ResponseWriter
+	left int
+}
+
+func (c *cutWriter) Write(b []byte) (int, error) {
+	if len(b) > c.left {
+		c.w.Write(b[:c.left])
+		c.w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	c.left -= len(b)
+	return c.w.Write(b)
+}
+
+func wantOf(b []byte) Want {
+	s := sha256.Sum256(b)
+	return Want{Length: int64(len(b)), Hashes: map[string][]byte{"sha256": s[:]}}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{1})
+	r.Read(b)
+	return b
+}
+
+// testDownloader never sleeps; it records the waits.
+func testDownloader(waits *[]time.Duration) *Downloader {
+	return &Downloader{
+		CheckpointBytes: 4 << 10,
+		BufferSize:      1 << 10,
+		Rand:            func() float64 { return 0 },
+		Sleep: func(_ context.Context, d time.Duration) error {
+			if waits != nil {
+				*waits = append(*waits, d)
+			}
+			return nil
+		},
+	}
+}
+
+func leftovers(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func TestDownloadResumesAfterCut(t *testing.T) {
+	content := randomBytes(256 << 10)
+	for _, pct := range []int{10, 50, 90} {
+		t.Run(fmt.Sprintf("%d%%", pct), func(t *testing.T) {
+			cut := len(content) * pct / 100
+			o := &origin{content: content, cutAt: []int{cut}}
+			srv := httptest.NewServer(o)
+			defer srv.Close()
+			dir := t.TempDir()
+			dst := filepath.Join(dir, "payload")
+			if err := testDownloader(nil).Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+				t.Fatalf("Download = %v", err)
+			}
+			got, _ := os.ReadFile(dst)
+			if !bytes.Equal(got, content) {
+				t.Fatalf("payload differs from the target")
+			}
+			if len(o.requests) != 2 || o.requests[0] != "" {
+				t.Fatalf("requests = %q; want a full request then a resume", o.requests)
+			}
+			var from int
+			if _, err := fmt.Sscanf(o.requests[1], "bytes=%d-", &from); err != nil || from <= 0 || from > cut {
+				t.Errorf("resume request Range %q; want bytes=N- with 0 < N <= %d", o.requests[1], cut)
+			}
+			if l := leftovers(t, dir); len(l) != 1 {
+				t.Errorf("files left in the slot: %v; want only payload", l)
+			}
+		})
+	}
+}
+
+// TestDownloadResumesAcrossRestart stops the first "agent" after one failed attempt and
+// resumes with a new Downloader from the checkpoint on disk.
+func TestDownloadResumesAcrossRestart(t *testing.T) {
+	content := randomBytes(100 << 10)
+	o := &origin{content: content, cutAt: []int{60 << 10}}
+	srv := httptest.NewServer(o)
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "payload")
+	first := testDownloader(nil)
+	first.Retry.Attempts = 1
+	err := first.Download(context.Background(), srv.URL, wantOf(content), dst)
+	if !errors.Is(err, ErrTruncated) || rollback.IsPermanent(err) {
+		t.Fatalf("first Download = %v; want a transient ErrTruncated", err)
+	}
+	if _, err := os.Stat(dst + ".part.state"); err != nil {
+		t.Fatalf("no checkpoint after the cut: %v", err)
+	}
+	if err := testDownloader(nil).Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+		t.Fatalf("second Download = %v", err)
+	}
+	if !strings.HasPrefix(o.requests[1], "bytes=") {
+		t.Errorf("second agent did not resume: Range %q", o.requests[1])
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Errorf("resumed payload differs from the target")
+	}
+}
+
+func TestDownloadServerIgnoresRange(t *testing.T) {
+	content := randomBytes(64 << 10)
+	o := &origin{content: content, cutAt: []int{30 << 10}, ignoreRange: true}
+	srv := httptest.NewServer(o)
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "payload")
+	if err := testDownloader(nil).Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+		t.Fatalf("Download = %v", err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Errorf("payload after a restarted download differs from the target")
+	}
+	if len(o.requests) != 2 || o.requests[1] == "" {
+		t.Errorf("requests = %q; want a resume attempt answered with 200", o.requests)
+	}
+}
+
+func TestDownloadRejects(t *testing.T) {
+	content := randomBytes(32 << 10)
+	wrong := randomBytes(32 << 10)
+	wrong[0] ^= 1
+	for _, tc := range []struct {
+		name     string
+		o        *origin
+		want     Want
+		err      error
+		requests int
+	}{
+		{"extra bytes with length", &origin{content: content, extra: []byte("evil")}, wantOf(content), ErrTooLong, 1},
+		{"extra bytes chunked", &origin{content: content, extra: []byte("evil"), noLength: true}, wantOf(content), ErrTooLong, 1},
+		{"wrong hash", &origin{content: wrong}, wantOf(content), ErrHashMismatch, 1},
+		{"shorter than TUF says", &origin{content: content[:1000]}, wantOf(content), ErrTruncated, 3},
+		{"no supported hash", &origin{content: content}, Want{Length: 1, Hashes: map[string][]byte{"md5": {1}}}, ErrNoHash, 0},
+		{"not found", &origin{status: http.StatusNotFound}, wantOf(content), nil, 1},
+		{"server error", &origin{status: http.StatusBadGateway}, wantOf(content), nil, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(tc.o)
+			defer srv.Close()
+			dir := t.TempDir()
+			dst := filepath.Join(dir, "payload")
+			var waits []time.Duration
+			d := testDownloader(&waits)
+			d.Retry.Attempts = 3
+			d.NoResume = true
+			err := d.Download(context.Background(), srv.URL, tc.want, dst)
+			if err == nil || (tc.err != nil && !errors.Is(err, tc.err)) {
+				t.Fatalf("Download = %v; want %v", err, tc.err)
+			}
+			if len(tc.o.requests) != tc.requests {
+				t.Errorf("%d requests; want %d", len(tc.o.requests), tc.requests)
+			}
+			if l := leftovers(t, dir); len(l) != 0 {
+				t.Errorf("files left behind: %v", l)
+			}
+		})
+	}
+}
+
+func TestDownloadBackoff(t *testing.T) {
+	o := &origin{status: http.StatusServiceUnavailable}
+	srv := httptest.NewServer(o)
+	defer srv.Close()
+	var waits []time.Duration
+	d := testDownloader(&waits)
+	d.Retry = Backoff{Attempts: 6, Base: time.Second, Max: 10 * time.Second}
+	d.Rand = func() float64 { return 0.5 }
+	err := d.Download(context.Background(), srv.URL, wantOf([]byte("x")), filepath.Join(t.TempDir(), "p"))
+	var de *DownloadError
+	if !errors.As(err, &de) || de.Status != http.StatusServiceUnavailable || de.Permanent() {
+		t.Fatalf("Download = %v; want a transient 503", err)
+	}
+	// d = 1s, 2s, 4s, 8s, 10s; wait = d/2 + 0.5·d/2.
+	want := []time.Duration{750 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second, 6 * time.Second, 7500 * time.Millisecond}
+	if fmt.Sprint(waits) != fmt.Sprint(want) {
+		t.Errorf("waits = %v; want %v", waits, want)
+	}
+}
+
+// fullDisk fails every write after room bytes with ENOSPC, like a full file system.
+type fullDisk struct {
+	w    io.Writer
+	room int
+}
+
+func (f *fullDisk) Write(b []byte) (int, error) {
+	if len(b) > f.room {
+		n, _ := f.w.Write(b[:f.room])
+		f.room = 0
+		return n, &os.PathError{Op: "write", Path: "payload.part", Err: syscall.ENOSPC}
+	}
+	f.room -= len(b)
+	return f.w.Write(b)
+}
+
+func TestDownloadDiskFull(t *testing.T) {
+	content := randomBytes(64 << 10)
+	o := &origin{content: content}
+	srv := httptest.NewServer(o)
+	defer srv.Close()
+	dir := t.TempDir()
+	d := testDownloader(nil)
+	d.wrapFile = func(w io.Writer) io.Writer { return &fullDisk{w: w, room: 10 << 10} }
+	err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(dir, "payload"))
+	if !errors.Is(err, ErrDiskFull) || !rollback.IsPermanent(err) {
+		t.Fatalf("Download = %v; want a permanent ErrDiskFull", err)
+	}
+	if len(o.requests) != 1 {
+		t.Errorf("%d requests; a full disk must not be retried", len(o.requests))
+	}
+	if l := leftovers(t, dir); len(l) != 0 {
+		t.Errorf("files left behind: %v", l)
+	}
+}
+
+func TestDownloadCorruptCheckpoint(t *testing.T) {
+	content := randomBytes(16 << 10)
+	o := &origin{content: content}
+	srv := httptest.NewServer(o)
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "payload")
+	os.WriteFile(dst+".part", content[:8<<10], 0o600)
+	for _, state := range []string{`{"length":`, `{"length":16384,"hashes":{"sha256":"00"},"offset":8192,"state":{}}`} {
+		os.WriteFile(dst+".part.state", []byte(state), 0o600)
+		o.requests = nil
+		if err := testDownloader(nil).Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+			t.Fatalf("Download with checkpoint %q = %v", state, err)
+		}
+		if o.requests[0] != "" {
+			t.Errorf("checkpoint %q: resumed with Range %q; want a clean start", state, o.requests[0])
+		}
+		os.Remove(dst)
+	}
+}
