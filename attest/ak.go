@@ -1,0 +1,223 @@
+package attest
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// akTemplate is an RSA-2048 restricted signing key (RSASSA, SHA-256): it can
+// only sign data the TPM produced itself (quotes, certify), which is what
+// makes its signatures evidence. RSA because step-ca's device-attest-01
+// verifier accepts only RSA attestation keys.
+var akTemplate = tpm2.TPMTPublic{
+	Type:    tpm2.TPMAlgRSA,
+	NameAlg: tpm2.TPMAlgSHA256,
+	ObjectAttributes: tpm2.TPMAObject{
+		FixedTPM:            true,
+		FixedParent:         true,
+		SensitiveDataOrigin: true,
+		UserWithAuth:        true,
+		NoDA:                true,
+		Restricted:          true,
+		SignEncrypt:         true,
+	},
+	Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+		Scheme: tpm2.TPMTRSAScheme{
+			Scheme:  tpm2.TPMAlgRSASSA,
+			Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA256}),
+		},
+		KeyBits: 2048,
+	}),
+	Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)}),
+}
+
+// AK describes the attestation key.
+type AK struct {
+	Public crypto.PublicKey
+	// TPMPublic is the marshalled TPMT_PUBLIC; its name (hash) is what the
+	// attestation CA's credential is bound to.
+	TPMPublic []byte
+}
+
+// AK returns the attestation key. It is a primary key of the owner hierarchy
+// derived from a fixed template, so it is the same key after every boot until
+// the owner hierarchy is cleared; nothing needs storing on disk.
+func (t *TPM) AK(ctx context.Context) (*AK, error) {
+	o, err := t.akObject(ctx)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := tpm2.Pub(o.public)
+	if err != nil {
+		return nil, fmt.Errorf("attest: AK public: %w", err)
+	}
+	return &AK{Public: pub, TPMPublic: tpm2.Marshal(o.public)}, nil
+}
+
+func (t *TPM) akObject(ctx context.Context) (*object, error) {
+	var o *object
+	err := t.do(ctx, func(tp transport.TPM) error {
+		if o = t.ak; o != nil {
+			return nil
+		}
+		rsp, err := tpm2.CreatePrimary{
+			PrimaryHandle: tpm2.TPMRHOwner,
+			InPublic:      tpm2.New2B(akTemplate),
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: create AK: %w", err)
+		}
+		pub, err := rsp.OutPublic.Contents()
+		if err != nil {
+			return fmt.Errorf("attest: AK public: %w", err)
+		}
+		o = &object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub}
+		t.ak = o
+		return nil
+	})
+	return o, err
+}
+
+// ActivateCredential recovers the secret the attestation CA encrypted to the
+// EK (of algorithm alg) and bound to the AK's name. The TPM releases it only
+// if the AK is loaded in the TPM that holds the EK: this is the proof the CA
+// relies on before it certifies the AK.
+func (t *TPM) ActivateCredential(ctx context.Context, alg KeyAlg, credentialBlob, encryptedSecret []byte) ([]byte, error) {
+	ek, err := t.ekObject(ctx, alg)
+	if err != nil {
+		return nil, err
+	}
+	ak, err := t.akObject(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var secret []byte
+	err = t.do(ctx, func(tp transport.TPM) error {
+		rsp, err := tpm2.ActivateCredential{
+			ActivateHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+			KeyHandle: tpm2.AuthHandle{
+				Handle: ek.handle, Name: ek.name,
+				// The TCG EK template's policy is PolicySecret(TPM_RH_ENDORSEMENT).
+				Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, func(tp transport.TPM, h tpm2.TPMISHPolicy, nonce tpm2.TPM2BNonce) error {
+					_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: h, NonceTPM: nonce}.Execute(tp)
+					return err
+				}),
+			},
+			CredentialBlob: tpm2.TPM2BIDObject{Buffer: credentialBlob},
+			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encryptedSecret},
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: ActivateCredential: %w", err)
+		}
+		secret = rsp.CertInfo.Buffer
+		return nil
+	})
+	return secret, err
+}
+
+// Quote is a TPM2_Quote signed by the AK, plus the PCR values it covers.
+type Quote struct {
+	// Attest is the marshalled TPMS_ATTEST the AK signed.
+	Attest []byte `json:"attest"`
+	// Signature is the marshalled TPMT_SIGNATURE over Attest.
+	Signature []byte `json:"signature"`
+	// PCRs are the SHA-256 bank values of the quoted PCRs, read right before
+	// the quote. The verifier checks them against the quote's digest.
+	PCRs map[int][]byte `json:"pcrs"`
+}
+
+// Quote signs the SHA-256 bank values of pcrs and the nonce with the AK. The
+// nonce (from the verifier, at most 64 bytes) prevents replay: a verifier
+// must issue a fresh one per quote.
+func (t *TPM) Quote(ctx context.Context, nonce []byte, pcrs []int) (*Quote, error) {
+	if len(pcrs) == 0 {
+		return nil, fmt.Errorf("attest: quote: no PCRs selected")
+	}
+	for _, p := range pcrs {
+		if p < 0 || p > 23 {
+			return nil, fmt.Errorf("attest: quote: PCR %d out of range", p)
+		}
+	}
+	ak, err := t.akObject(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sel := pcrSelection(pcrs)
+	q := &Quote{PCRs: map[int][]byte{}}
+	err = t.do(ctx, func(tp transport.TPM) error {
+		vals, err := readPCRs(tp, pcrs)
+		if err != nil {
+			return err
+		}
+		q.PCRs = vals
+		rsp, err := tpm2.Quote{
+			SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+			QualifyingData: tpm2.TPM2BData{Buffer: nonce},
+			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+			PCRSelect:      sel,
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: quote: %w", err)
+		}
+		q.Attest = rsp.Quoted.Bytes()
+		q.Signature = tpm2.Marshal(rsp.Signature)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+func pcrSelection(pcrs []int) tpm2.TPMLPCRSelection {
+	u := make([]uint, len(pcrs))
+	for i, p := range pcrs {
+		u[i] = uint(p)
+	}
+	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+		Hash:      tpm2.TPMAlgSHA256,
+		PCRSelect: tpm2.PCClientCompatible.PCRs(u...),
+	}}}
+}
+
+// readPCRs reads SHA-256 PCR values; TPM2_PCR_Read returns at most 8 per call.
+func readPCRs(tp transport.TPM, pcrs []int) (map[int][]byte, error) {
+	want := slices.Clone(pcrs)
+	slices.Sort(want)
+	want = slices.Compact(want)
+	out := map[int][]byte{}
+	for len(want) > 0 {
+		rsp, err := tpm2.PCRRead{PCRSelectionIn: pcrSelection(want)}.Execute(tp)
+		if err != nil {
+			return nil, fmt.Errorf("attest: PCR_Read: %w", err)
+		}
+		got := 0
+		// The response lists values in ascending PCR order of the returned selection.
+		var returned []int
+		for _, s := range rsp.PCRSelectionOut.PCRSelections {
+			for i, b := range s.PCRSelect {
+				for bit := 0; bit < 8; bit++ {
+					if b&(1<<bit) != 0 {
+						returned = append(returned, i*8+bit)
+					}
+				}
+			}
+		}
+		for i, p := range returned {
+			if i < len(rsp.PCRValues.Digests) {
+				out[p] = slices.Clone(rsp.PCRValues.Digests[i].Buffer)
+				got++
+			}
+		}
+		if got == 0 {
+			return nil, fmt.Errorf("attest: PCR_Read returned no values for %v", want)
+		}
+		want = slices.DeleteFunc(want, func(p int) bool { _, ok := out[p]; return ok })
+	}
+	return out, nil
+}

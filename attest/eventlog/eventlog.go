@@ -1,0 +1,144 @@
+// Package eventlog is Edgeward's measurement log: one event per artifact
+// load, each extended into a PCR as SHA-256(kind|name|version|sha256). It is
+// pure (no I/O, no TPM) and shared by the agent, which appends events, and the
+// verifier, which replays them against quoted PCR values.
+package eventlog
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// PCRs used for measurements (DESIGN.md: 16 in development, 23 in production).
+// Both are resettable by software, so the log is per boot: an agent must
+// persist its log across restarts within a boot and start a new one after a
+// reboot (the quote's reset count tells which).
+const (
+	PCRDevelopment = 16
+	PCRProduction  = 23
+)
+
+// MaxEvents bounds a parsed log; MaxFieldLen bounds each string field.
+const (
+	MaxEvents   = 4096
+	MaxFieldLen = 256
+	// MaxLogBytes bounds the JSON encoding Parse accepts.
+	MaxLogBytes = 2 << 20
+)
+
+// ErrMalformed is wrapped by every Parse and Validate error.
+var ErrMalformed = errors.New("eventlog: malformed")
+
+// Event is one measured artifact load.
+type Event struct {
+	// PCR is the PCR the event was extended into.
+	PCR int `json:"pcr"`
+	// Kind is the slot kind ("model", "runtime").
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// SHA256 is the lowercase hex SHA-256 of the bytes actually loaded.
+	SHA256 string `json:"sha256"`
+}
+
+// Digest is the value extended into the PCR:
+// SHA-256(kind "|" name "|" version "|" sha256-hex). Validate rejects "|" in
+// the fields, so the encoding is unambiguous.
+func (e Event) Digest() [32]byte {
+	return sha256.Sum256([]byte(e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256))
+}
+
+// Validate checks the fields are well formed.
+func (e Event) Validate() error {
+	if e.PCR < 0 || e.PCR > 23 {
+		return fmt.Errorf("%w: PCR %d out of range", ErrMalformed, e.PCR)
+	}
+	for _, f := range []struct{ n, v string }{{"kind", e.Kind}, {"name", e.Name}, {"version", e.Version}} {
+		if f.v == "" || len(f.v) > MaxFieldLen {
+			return fmt.Errorf("%w: %s must be 1..%d bytes", ErrMalformed, f.n, MaxFieldLen)
+		}
+		if strings.ContainsAny(f.v, "|\x00\n") {
+			return fmt.Errorf("%w: %s %q contains a separator", ErrMalformed, f.n, f.v)
+		}
+	}
+	if len(e.SHA256) != 64 || strings.ToLower(e.SHA256) != e.SHA256 {
+		return fmt.Errorf("%w: sha256 %q is not 64 lowercase hex digits", ErrMalformed, e.SHA256)
+	}
+	if _, err := hex.DecodeString(e.SHA256); err != nil {
+		return fmt.Errorf("%w: sha256 %q: %w", ErrMalformed, e.SHA256, err)
+	}
+	return nil
+}
+
+// Log is a measurement log in extend order.
+type Log []Event
+
+// Parse decodes and validates a JSON log (an array of events). It rejects
+// unknown fields, trailing data, oversized input and malformed events.
+func Parse(b []byte) (Log, error) {
+	if len(b) > MaxLogBytes {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(b), MaxLogBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var l Log
+	if err := dec.Decode(&l); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("%w: trailing data", ErrMalformed)
+	}
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Validate checks every event and the size bound.
+func (l Log) Validate() error {
+	if len(l) > MaxEvents {
+		return fmt.Errorf("%w: %d events, limit %d", ErrMalformed, len(l), MaxEvents)
+	}
+	for i, e := range l {
+		if err := e.Validate(); err != nil {
+			return fmt.Errorf("event %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Replay computes the SHA-256 PCR values the log produces from PCRs that
+// start at zero (PCRs 16 and 23 after a reset or boot). Only PCRs the log
+// touches appear in the result.
+func (l Log) Replay() map[int][32]byte {
+	out := map[int][32]byte{}
+	for _, e := range l {
+		d := e.Digest()
+		cur := out[e.PCR]
+		out[e.PCR] = sha256.Sum256(append(cur[:], d[:]...))
+	}
+	return out
+}
+
+// Artifact identifies what a slot holds.
+type Artifact struct {
+	Kind    string `json:"kind"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	SHA256  string `json:"sha256"`
+}
+
+// Latest returns, per (kind, name), the last measured artifact: what the
+// device loaded most recently.
+func (l Log) Latest() map[[2]string]Artifact {
+	out := map[[2]string]Artifact{}
+	for _, e := range l {
+		out[[2]string{e.Kind, e.Name}] = Artifact{Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256}
+	}
+	return out
+}

@@ -1,0 +1,201 @@
+package attest
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// Key is a TPM-resident ECDSA P-256 signing key (not restricted, fixed to the
+// TPM, generated inside it). Its private part never leaves the TPM. It
+// implements crypto.Signer, so it can back a TLS client certificate.
+//
+// A Key is a primary key derived from the owner seed and its label:
+// CreateKey with the same label returns the same key after a reboot, so the
+// agent stores only the (non-secret) label. It is valid until Close or until
+// the TPM is closed.
+type Key struct {
+	t      *TPM
+	obj    object
+	pub    *ecdsa.PublicKey
+	closed bool
+}
+
+// CreateKey creates (or re-creates, for the same label) a TPM-resident signing
+// key. Different labels give unrelated keys.
+func (t *TPM) CreateKey(ctx context.Context, label []byte) (*Key, error) {
+	x := sha256.Sum256(append([]byte("edgeward key\x00"), label...))
+	tmpl := tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM:            true,
+			FixedParent:         true,
+			SensitiveDataOrigin: true,
+			UserWithAuth:        true,
+			NoDA:                true,
+			SignEncrypt:         true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Scheme: tpm2.TPMTECCScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: x[:]},
+			Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+		}),
+	}
+	k := &Key{t: t}
+	err := t.do(ctx, func(tp transport.TPM) error {
+		rsp, err := tpm2.CreatePrimary{
+			PrimaryHandle: tpm2.TPMRHOwner,
+			InPublic:      tpm2.New2B(tmpl),
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: create signing key: %w", err)
+		}
+		pub, err := rsp.OutPublic.Contents()
+		if err != nil {
+			return fmt.Errorf("attest: signing key public: %w", err)
+		}
+		k.obj = object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p, err := tpm2.Pub(k.obj.public)
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("attest: signing key public: %w", err)
+	}
+	k.pub = p.(*ecdsa.PublicKey)
+	return k, nil
+}
+
+// Public implements crypto.Signer.
+func (k *Key) Public() crypto.PublicKey { return k.pub }
+
+// TPMPublic returns the marshalled TPMT_PUBLIC of the key (the "pubArea" of a
+// device-attest-01 attestation statement).
+func (k *Key) TPMPublic() []byte { return tpm2.Marshal(k.obj.public) }
+
+// Close flushes the key from the TPM. The same key comes back from CreateKey
+// with the same label.
+func (k *Key) Close() error {
+	return k.t.do(context.Background(), func(tp transport.TPM) error {
+		if k.closed {
+			return nil
+		}
+		k.closed = true
+		_, err := tpm2.FlushContext{FlushHandle: k.obj.handle}.Execute(tp)
+		return err
+	})
+}
+
+// Sign implements crypto.Signer with TPM2_Sign; digest must be a SHA-256
+// digest (the key's scheme). The signature is ASN.1 DER, as crypto/ecdsa
+// produces. Sign ignores rand: the TPM uses its own RNG.
+func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	return k.SignContext(context.Background(), digest, opts)
+}
+
+// SignContext is Sign with a context.
+func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if opts == nil || opts.HashFunc() != crypto.SHA256 {
+		return nil, errors.New("attest: TPM key signs SHA-256 digests only")
+	}
+	if len(digest) != sha256.Size {
+		return nil, fmt.Errorf("attest: digest is %d bytes, want %d", len(digest), sha256.Size)
+	}
+	var out []byte
+	err := k.t.do(ctx, func(tp transport.TPM) error {
+		if k.closed {
+			return errors.New("attest: key is closed")
+		}
+		rsp, err := tpm2.Sign{
+			KeyHandle: tpm2.AuthHandle{Handle: k.obj.handle, Name: k.obj.name, Auth: tpm2.PasswordAuth(nil)},
+			Digest:    tpm2.TPM2BDigest{Buffer: digest},
+			InScheme: tpm2.TPMTSigScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: TPM2_Sign: %w", err)
+		}
+		sig, err := rsp.Signature.Signature.ECDSA()
+		if err != nil {
+			return fmt.Errorf("attest: TPM2_Sign: %w", err)
+		}
+		var b cryptobyte.Builder
+		b.AddASN1(asn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1BigInt(new(big.Int).SetBytes(sig.SignatureR.Buffer))
+			b.AddASN1BigInt(new(big.Int).SetBytes(sig.SignatureS.Buffer))
+		})
+		out, err = b.Bytes()
+		return err
+	})
+	return out, err
+}
+
+// Certification is a TPM2_Certify of a key by the AK: proof, signed by the
+// AK, that the key with this public area lives in the same TPM. These are
+// the pubArea, certInfo and sig fields of a device-attest-01 "tpm"
+// attestation statement.
+type Certification struct {
+	// Public is the marshalled TPMT_PUBLIC of the certified key.
+	Public []byte `json:"public"`
+	// CertifyInfo is the marshalled TPMS_ATTEST (type TPM_ST_ATTEST_CERTIFY)
+	// whose extraData is the qualifying data given to Certify.
+	CertifyInfo []byte `json:"certify_info"`
+	// Signature is the AK's marshalled TPMT_SIGNATURE over CertifyInfo
+	// (RSASSA-PKCS1-v1_5, SHA-256).
+	Signature []byte `json:"signature"`
+}
+
+// Certify has the AK certify the key. qualifyingData (at most 64 bytes) ends
+// up in the signed certifyInfo; for ACME device-attest-01 it is
+// SHA-256(keyAuthorization), which binds the statement to one challenge.
+func (k *Key) Certify(ctx context.Context, qualifyingData []byte) (*Certification, error) {
+	ak, err := k.t.akObject(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var c *Certification
+	err = k.t.do(ctx, func(tp transport.TPM) error {
+		if k.closed {
+			return errors.New("attest: key is closed")
+		}
+		rsp, err := tpm2.Certify{
+			ObjectHandle:   tpm2.AuthHandle{Handle: k.obj.handle, Name: k.obj.name, Auth: tpm2.PasswordAuth(nil)},
+			SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+			QualifyingData: tpm2.TPM2BData{Buffer: qualifyingData},
+			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+		}.Execute(tp)
+		if err != nil {
+			return fmt.Errorf("attest: TPM2_Certify: %w", err)
+		}
+		c = &Certification{
+			Public:      tpm2.Marshal(k.obj.public),
+			CertifyInfo: rsp.CertifyInfo.Bytes(),
+			Signature:   tpm2.Marshal(rsp.Signature),
+		}
+		return nil
+	})
+	return c, err
+}
