@@ -1,0 +1,189 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// Client calls a runtime's control API (ControlHandler); the agent uses it to load,
+// probe, promote and unload model versions. The zero value is not usable: set BaseURL.
+// A Client is safe for concurrent use.
+type Client struct {
+	// BaseURL is the control API's root, e.g. "http://127.0.0.1:8081" or, with
+	// NewUnixClient, "http://runtime".
+	BaseURL string
+	// HTTPClient sends the requests. Nil means http.DefaultClient.
+	HTTPClient *http.Client
+}
+
+// NewUnixClient returns a Client for a control API served on a unix socket.
+func NewUnixClient(socket string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	return &Client{BaseURL: "http://runtime", HTTPClient: &http.Client{Transport: tr}}
+}
+
+// APIError is a non-2xx answer of the runtime; Code is the HTTP status.
+type APIError struct {
+	Code    int
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("runtime: %d: %s", e.Code, e.Message) }
+
+// Is lets callers test an APIError against the package's sentinels (ErrNotFound, …).
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Code == http.StatusNotFound
+	case ErrInvalid:
+		return e.Code == http.StatusBadRequest || e.Code == http.StatusRequestEntityTooLarge
+	case ErrConflict:
+		return e.Code == http.StatusConflict
+	case ErrUnavailable:
+		return e.Code == http.StatusServiceUnavailable
+	}
+	return false
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("runtime %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.BaseURL, "/")+path, body)
+	if err != nil {
+		return fmt.Errorf("runtime %s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	hc := c.HTTPClient
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("runtime %s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("runtime %s %s: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return fmt.Errorf("runtime %s %s: %w", method, path, &APIError{Code: resp.StatusCode, Message: e.Error})
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("runtime %s %s: decode answer: %w", method, path, err)
+	}
+	return nil
+}
+
+func esc(s string) string { return url.PathEscape(s) }
+
+// Ready reports whether the runtime is ready to serve (GET /v2/health/ready).
+func (c *Client) Ready(ctx context.Context) (bool, error) {
+	err := c.do(ctx, http.MethodGet, "/v2/health/ready", nil, nil)
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Code == http.StatusServiceUnavailable {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Load loads a model version beside the loaded ones. The answer carries the sha256 of
+// the bytes the runtime loaded, for the measurement log.
+func (c *Client) Load(ctx context.Context, req LoadRequest) (ModelInfo, error) {
+	var info ModelInfo
+	err := c.do(ctx, http.MethodPost, "/v2/repository/models/"+esc(req.Name)+"/load", req, &info)
+	return info, err
+}
+
+// Unload removes a version once its in-flight requests are done.
+func (c *Client) Unload(ctx context.Context, name, version string) error {
+	return c.do(ctx, http.MethodPost, "/v2/repository/models/"+esc(name)+"/unload", UnloadRequest{Version: version}, nil)
+}
+
+// SetDefault makes a loaded version the one unversioned requests reach.
+func (c *Client) SetDefault(ctx context.Context, name, version string) error {
+	return c.do(ctx, http.MethodPost, "/v2/repository/models/"+esc(name)+"/versions/"+esc(version)+"/default", nil, nil)
+}
+
+// Index lists the loaded versions.
+func (c *Client) Index(ctx context.Context) ([]IndexEntry, error) {
+	var idx []IndexEntry
+	err := c.do(ctx, http.MethodPost, "/v2/repository/index", nil, &idx)
+	return idx, err
+}
+
+// Probe runs a probe set against a loaded version and applies gates.
+func (c *Client) Probe(ctx context.Context, name, version string, ps *ProbeSet, gates *artifact.Gates) (ProbeReport, error) {
+	var rep ProbeReport
+	err := c.do(ctx, http.MethodPost, "/v2/models/"+esc(name)+"/versions/"+esc(version)+"/probe",
+		ProbeRequest{Probe: *ps, Gates: gates}, &rep)
+	return rep, err
+}
+
+// Trial loads a new version beside the serving one and probes it. The new version does
+// not serve unversioned traffic yet: on rep.Pass the agent calls Promote, otherwise
+// Abort. A load or probe error leaves nothing loaded.
+func (c *Client) Trial(ctx context.Context, load LoadRequest, ps *ProbeSet, gates *artifact.Gates) (ModelInfo, ProbeReport, error) {
+	load.Default = false
+	info, err := c.Load(ctx, load)
+	if err != nil {
+		return info, ProbeReport{}, err
+	}
+	rep, err := c.Probe(ctx, load.Name, load.Version, ps, gates)
+	if err != nil {
+		return info, rep, errors.Join(err, c.Abort(ctx, load.Name, load.Version))
+	}
+	return info, rep, nil
+}
+
+// Promote makes version the default and unloads old ("" when there is none); requests
+// in flight on old finish there first.
+func (c *Client) Promote(ctx context.Context, name, version, old string) error {
+	if err := c.SetDefault(ctx, name, version); err != nil {
+		return err
+	}
+	if old == "" || old == version {
+		return nil
+	}
+	return c.Unload(ctx, name, old)
+}
+
+// Abort unloads a version that failed its trial. The serving version is untouched.
+func (c *Client) Abort(ctx context.Context, name, version string) error {
+	err := c.Unload(ctx, name, version)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// IsConflict reports whether err is a conflict (e.g. the version is already loaded).
+func IsConflict(err error) bool { return errors.Is(err, ErrConflict) }
