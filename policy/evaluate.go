@@ -32,6 +32,10 @@ type Slot struct {
 	// Previous is the version committed before Version ("" if none): where an aborted
 	// rollout sends the device back to.
 	Previous string `json:"previous,omitempty"`
+	// Failed is a version of Name whose last install on this device failed (probe,
+	// rollback, install error). The device is not asked to install it again: a new
+	// version or a Failed cleared by an operator is needed.
+	Failed string `json:"failed,omitempty"`
 }
 
 // Verdict is the outcome of verifying a device's quote.
@@ -69,6 +73,7 @@ const (
 	ReasonAttestationUntrusted Reason = "attestation_untrusted"
 	ReasonAttestationStale     Reason = "attestation_stale"
 	ReasonOutsideWindow        Reason = "outside_window"
+	ReasonFailedOnDevice       Reason = "failed_on_device"
 )
 
 // SlotDecision is the desired state of one slot kind.
@@ -80,8 +85,9 @@ type SlotDecision struct {
 	// download, the one held back, or (up_to_date) the one it has. Nil when no rollout
 	// selects the device.
 	Target *Target `json:"target,omitempty"`
-	// Revert marks an install that goes back to a lower version after an abort; the
-	// agent still enforces its anti-rollback floor.
+	// Revert marks an install of a version lower than the committed one (after an
+	// abort). The agent still enforces its anti-rollback floor, so a device that has
+	// raised its floor past Target refuses it and reports an install error.
 	Revert  bool   `json:"revert,omitempty"`
 	Rollout string `json:"rollout,omitempty"`
 	// Wave is the index (from 0) of the device's wave in Rollout.
@@ -201,6 +207,11 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 		return sd
 	}
 	sd.Reason = ReasonInWave
+	sd.Revert = cur.Name == t.Name && lower(t.Version, cur.Version)
+	if cur.Failed == t.Version && (cur.Name == t.Name || cur.Name == "") {
+		sd.Action, sd.Reason = ActionHold, ReasonFailedOnDevice
+		return sd
+	}
 	if chosenState.Status == StatusPaused {
 		sd.Action, sd.Reason, sd.Detail = ActionHold, ReasonPaused, chosenState.Reason
 		return sd
@@ -254,3 +265,10 @@ func (p *Policy) windowFor(d *Device, r *Rollout) *Window {
 
 // Selected reports whether rollout r selects device d, and if not, why.
 func (r *Rollout) Selected(d *Device) (bool, string) { return r.Selector.Match(d) }
+
+// lower reports whether version a is lower than b (false if either does not parse).
+func lower(a, b string) bool {
+	va, err1 := artifact.ParseVersion(a)
+	vb, err2 := artifact.ParseVersion(b)
+	return err1 == nil && err2 == nil && va.Compare(vb) < 0
+}

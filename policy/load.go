@@ -208,12 +208,12 @@ type rawMaintenance struct {
 }
 
 type rawSelector struct {
-	Devices        located[[]string]  `yaml:"devices"`
-	Labels         map[string]string  `yaml:"labels"`
-	Hardware       located[[]string]  `yaml:"hardware"`
-	AgentVersion   located[string]    `yaml:"agent_version"`
-	RuntimeVersion located[string]    `yaml:"runtime_version"`
-	Expr           located[string]    `yaml:"expr"`
+	Devices        located[[]string] `yaml:"devices"`
+	Labels         map[string]string `yaml:"labels"`
+	Hardware       located[[]string] `yaml:"hardware"`
+	AgentVersion   located[string]   `yaml:"agent_version"`
+	RuntimeVersion located[string]   `yaml:"runtime_version"`
+	Expr           located[string]   `yaml:"expr"`
 }
 
 type rawTarget struct {

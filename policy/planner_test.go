@@ -1,0 +1,149 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+func planRollout() *Rollout {
+	return &Rollout{ID: "r", Target: Target{artifact.KindModel, "vib", "3.1.0"}, Waves: []Wave{
+		{Percent: 10, Soak: time.Hour, MaxFailureRatio: 0.2, MinReports: 5},
+		{Percent: 50, Soak: 2 * time.Hour, Approval: true, MaxFailureRatio: 0.2, MinReports: 5},
+		{Percent: 100, MaxFailureRatio: 0.2, MinReports: 5},
+	}}
+}
+
+// reportsFor makes one report per device of the given wave: failed of them fail.
+func reportsFor(r *Rollout, wave, total, failed int, at time.Time) []Report {
+	var out []Report
+	for i := 0; len(out) < total; i++ {
+		id := fmt.Sprintf("dev-%d", i)
+		if r.WaveOf(id) != wave {
+			continue
+		}
+		o := OutcomeCommitted
+		if len(out) < failed {
+			o = OutcomeProbeFailed
+		}
+		out = append(out, Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: r.Target.Name, Version: r.Target.Version, Outcome: o, At: at})
+	}
+	return out
+}
+
+func eventTypes(evs []Event) string {
+	var s []string
+	for _, e := range evs {
+		s = append(s, fmt.Sprintf("%s@%d", e.Type, e.Wave))
+	}
+	return strings.Join(s, " ")
+}
+
+func TestPlan(t *testing.T) {
+	r := planRollout()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	started := RolloutState{ID: "r", Status: StatusActive, Started: t0, WaveStarted: t0}
+	tests := []struct {
+		name       string
+		s          RolloutState
+		reports    []Report
+		now        time.Time
+		wantStatus Status
+		wantWave   int
+		wantEvents string
+	}{
+		{"zero state starts", RolloutState{}, nil, t0, StatusActive, 0, "started@0 wave_started@0"},
+		{"soaking", started, nil, t0.Add(59 * time.Minute), StatusActive, 0, ""},
+		{"soaked, next needs approval", started, nil, t0.Add(time.Hour), StatusActive, 0, "awaiting_approval@0"},
+		{"approval asked once", func() RolloutState { s := started; s.AwaitingApproval = true; return s }(), nil, t0.Add(2 * time.Hour), StatusActive, 0, ""},
+		{"approved advances", func() RolloutState { s := started; s.Approved = []int{1}; return s }(), nil, t0.Add(time.Hour), StatusActive, 1, "wave_started@1"},
+		{"failures below min count do not pause", started, reportsFor(r, 0, 4, 4, t0), t0.Add(time.Minute), StatusActive, 0, ""},
+		{"ratio at threshold does not pause", started, reportsFor(r, 0, 10, 2, t0), t0.Add(time.Minute), StatusActive, 0, ""},
+		{"ratio above threshold pauses", started, reportsFor(r, 0, 10, 3, t0), t0.Add(time.Minute), StatusPaused, 0, "auto_paused@0"},
+		{"pause wins over advancing", func() RolloutState { s := started; s.Approved = []int{1}; return s }(), reportsFor(r, 0, 5, 5, t0), t0.Add(3 * time.Hour), StatusPaused, 0, "auto_paused@0"},
+		{"reports before count_since ignored", func() RolloutState { s := started; s.CountSince = t0.Add(time.Second); return s }(), reportsFor(r, 0, 10, 10, t0), t0.Add(time.Minute), StatusActive, 0, ""},
+		{"reports of another version ignored", started, func() []Report {
+			rs := reportsFor(r, 0, 10, 10, t0)
+			for i := range rs {
+				rs[i].Version = "3.0.0"
+			}
+			return rs
+		}(), t0.Add(time.Minute), StatusActive, 0, ""},
+		{"latest report per device counts", started, append(reportsFor(r, 0, 10, 10, t0), reportsFor(r, 0, 10, 0, t0.Add(time.Minute))...), t0.Add(2 * time.Minute), StatusActive, 0, ""},
+		{"paused stays paused", func() RolloutState { s := started; s.Status = StatusPaused; return s }(), nil, t0.Add(5 * time.Hour), StatusPaused, 0, ""},
+		{"aborted is final", func() RolloutState { s := started; s.Status = StatusAborted; return s }(), reportsFor(r, 0, 10, 10, t0), t0.Add(5 * time.Hour), StatusAborted, 0, ""},
+		{"last wave soaked completes", RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 2}, nil, t0, StatusCompleted, 2, "completed@2"},
+		{"failure in an earlier wave pauses later", RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 1}, reportsFor(r, 0, 5, 2, t0), t0, StatusPaused, 1, "auto_paused@1"},
+	}
+	for _, tt := range tests {
+		s, evs := Plan(r, tt.s, tt.reports, tt.now)
+		if s.status() != tt.wantStatus || s.Wave != tt.wantWave || eventTypes(evs) != tt.wantEvents {
+			t.Errorf("%s: Plan = status %s wave %d events %q; want %s %d %q", tt.name, s.status(), s.Wave, eventTypes(evs), tt.wantStatus, tt.wantWave, tt.wantEvents)
+		}
+	}
+}
+
+func TestPlanBackdatesWaveStart(t *testing.T) {
+	r := &Rollout{ID: "r", Waves: []Wave{{Percent: 1, Soak: time.Hour}, {Percent: 10, Soak: time.Hour}, {Percent: 100}}}
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s, _ := Plan(r, RolloutState{}, nil, t0)
+	// The planner did not run for 2h30m: both soaks have passed.
+	s, evs := Plan(r, s, nil, t0.Add(150*time.Minute))
+	if s.Wave != 2 || !s.WaveStarted.Equal(t0.Add(2*time.Hour)) || eventTypes(evs) != "wave_started@1 wave_started@2 completed@2" {
+		t.Errorf("Plan after 2h30m = wave %d started %v events %q; want wave 2 started at +2h", s.Wave, s.WaveStarted, eventTypes(evs))
+	}
+}
+
+func TestOperatorActions(t *testing.T) {
+	r := planRollout()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s, _ := Plan(r, RolloutState{}, nil, t0)
+	if _, _, err := Resume(s, "alice", t0); !errors.Is(err, ErrBadTransition) {
+		t.Errorf("Resume(active) err = %v; want ErrBadTransition", err)
+	}
+	s, ev, err := Pause(s, "alice", "looks odd", t0.Add(time.Minute))
+	if err != nil || s.Status != StatusPaused || ev.Type != EventPaused || ev.Actor != "alice" || ev.Reason != "looks odd" {
+		t.Fatalf("Pause = %+v, %+v, %v", s, ev, err)
+	}
+	if _, _, err := Pause(s, "alice", "", t0); !errors.Is(err, ErrBadTransition) {
+		t.Errorf("Pause(paused) err = %v; want ErrBadTransition", err)
+	}
+	// Resume forgets the earlier failures and soaks the wave again.
+	bad := reportsFor(r, 0, 10, 10, t0.Add(time.Minute))
+	resumeAt := t0.Add(10 * time.Minute)
+	s, _, err = Resume(s, "alice", resumeAt)
+	if err != nil || s.Status != StatusActive || !s.CountSince.Equal(resumeAt) || !s.WaveStarted.Equal(resumeAt) {
+		t.Fatalf("Resume = %+v, %v", s, err)
+	}
+	if s2, evs := Plan(r, s, bad, resumeAt.Add(time.Minute)); s2.Status != StatusActive || len(evs) != 0 {
+		t.Errorf("Plan after resume = %s %q; want active, old failures ignored", s2.Status, eventTypes(evs))
+	}
+	if _, _, err := Approve(r, s, 3, "bob", t0); !errors.Is(err, ErrNoSuchWave) {
+		t.Errorf("Approve(wave 3) err = %v; want ErrNoSuchWave", err)
+	}
+	if _, _, err := Approve(r, s, 0, "bob", t0); !errors.Is(err, ErrNoSuchWave) {
+		t.Errorf("Approve(wave 0) err = %v; want ErrNoSuchWave", err)
+	}
+	s, ev, err = Approve(r, s, 1, "bob", t0)
+	if err != nil || ev.Wave != 1 || len(s.Approved) != 1 {
+		t.Fatalf("Approve = %+v, %v", s, err)
+	}
+	s, ev, err = Abort(s, "carol", "bad accuracy", t0)
+	if err != nil || s.Status != StatusAborted || ev.Type != EventAborted {
+		t.Fatalf("Abort = %+v, %v", s, err)
+	}
+	for name, f := range map[string]func() error{
+		"abort":   func() error { _, _, err := Abort(s, "c", "", t0); return err },
+		"resume":  func() error { _, _, err := Resume(s, "c", t0); return err },
+		"pause":   func() error { _, _, err := Pause(s, "c", "", t0); return err },
+		"approve": func() error { _, _, err := Approve(r, s, 2, "c", t0); return err },
+	} {
+		if err := f(); !errors.Is(err, ErrBadTransition) {
+			t.Errorf("%s after abort: err = %v; want ErrBadTransition", name, err)
+		}
+	}
+}
