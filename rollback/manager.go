@@ -468,4 +468,3 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
-

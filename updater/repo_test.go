@@ -1,0 +1,194 @@
+package updater
+
+import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// testRepo is a TUF repository built with go-tuf's metadata API and served over HTTP:
+// /metadata/<version>.<role>.json, /metadata/timestamp.json and, with consistent
+// snapshots, /targets/<dir>/<hash>.<name> for every listed hash.
+type testRepo struct {
+	t         *testing.T
+	keys      map[string]ed25519.PrivateKey
+	root      *metadata.Metadata[metadata.RootType]
+	targets   *metadata.Metadata[metadata.TargetsType]
+	snapshot  *metadata.Metadata[metadata.SnapshotType]
+	timestamp *metadata.Metadata[metadata.TimestampType]
+	mu        sync.Mutex
+	files     map[string][]byte
+	hits      map[string]int
+	srv       *httptest.Server
+	// rootSigners are the extra keys signing the next root (the old root's, on rotation).
+	rootSigners []ed25519.PrivateKey
+}
+
+func newTestRepo(t *testing.T) *testRepo {
+	t.Helper()
+	exp := time.Now().Add(365 * 24 * time.Hour)
+	r := &testRepo{t: t, keys: map[string]ed25519.PrivateKey{}, files: map[string][]byte{}, hits: map[string]int{},
+		root: metadata.Root(exp), targets: metadata.Targets(exp), snapshot: metadata.Snapshot(exp), timestamp: metadata.Timestamp(exp)}
+	r.root.Signed.ConsistentSnapshot = true
+	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
+		r.setKey(role)
+	}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	r.publishRoot()
+	r.publish()
+	return r
+}
+
+func (r *testRepo) setKey(role string) {
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if old, ok := r.keys[role]; ok {
+		k, _ := metadata.KeyFromPublicKey(old.Public())
+		id, _ := k.ID()
+		if err := r.root.Signed.RevokeKey(id, role); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.keys[role] = priv
+	k, err := metadata.KeyFromPublicKey(priv.Public())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.root.Signed.AddKey(k, role); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func signer(t *testing.T, k ed25519.PrivateKey) signature.Signer {
+	s, err := signature.LoadSigner(k, crypto.Hash(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (r *testRepo) serve(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	b, ok := r.files[req.URL.Path]
+	r.hits[req.URL.Path]++
+	r.mu.Unlock()
+	if !ok {
+		http.NotFound(w, req)
+		return
+	}
+	http.ServeContent(w, req, "", time.Time{}, strings.NewReader(string(b)))
+}
+
+func (r *testRepo) put(p string, b []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.files[p] = b
+}
+
+func (r *testRepo) hitCount(prefix string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for p, c := range r.hits {
+		if strings.HasPrefix(p, prefix) {
+			n += c
+		}
+	}
+	return n
+}
+
+func (r *testRepo) metadataURL() string { return r.srv.URL + "/metadata" }
+func (r *testRepo) targetsURL() string  { return r.srv.URL + "/targets" }
+
+// publishRoot signs the current root (with the extra rotation signers) as its version.
+func (r *testRepo) publishRoot() {
+	r.root.Signatures = nil
+	for _, k := range append([]ed25519.PrivateKey{r.keys["root"]}, r.rootSigners...) {
+		if _, err := r.root.Sign(signer(r.t, k)); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.rootSigners = nil
+	b, err := r.root.ToBytes(false)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.put(fmt.Sprintf("/metadata/%d.root.json", r.root.Signed.Version), b)
+}
+
+func (r *testRepo) rootBytes(version int64) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.files[fmt.Sprintf("/metadata/%d.root.json", version)]
+}
+
+// rotateRoot replaces the root key: the new root is signed by the old and the new key.
+func (r *testRepo) rotateRoot() {
+	r.rootSigners = []ed25519.PrivateKey{r.keys["root"]}
+	r.setKey("root")
+	r.root.Signed.Version++
+	r.publishRoot()
+}
+
+// addTarget lists data at targetPath (sha256 and sha512) with custom metadata and serves it.
+func (r *testRepo) addTarget(targetPath string, data []byte, custom any) {
+	s256, s512 := sha256.Sum256(data), sha512.Sum512(data)
+	tf := &metadata.TargetFiles{Length: int64(len(data)), Hashes: metadata.Hashes{"sha256": s256[:], "sha512": s512[:]}, Path: targetPath}
+	if custom != nil {
+		b, _ := json.Marshal(custom)
+		raw := json.RawMessage(b)
+		tf.Custom = &raw
+	}
+	r.targets.Signed.Targets[targetPath] = tf
+	dir, base := path.Split(targetPath)
+	for _, h := range [][]byte{s256[:], s512[:]} {
+		r.put("/targets/"+dir+hex.EncodeToString(h)+"."+base, data)
+	}
+}
+
+// publish signs new versions of targets, snapshot and timestamp.
+func (r *testRepo) publish() {
+	r.targets.Signed.Version++
+	r.snapshot.Signed.Version++
+	r.timestamp.Signed.Version++
+	r.targets.Signatures, r.snapshot.Signatures, r.timestamp.Signatures = nil, nil, nil
+	r.targets.Sign(signer(r.t, r.keys["targets"]))
+	tb, _ := r.targets.ToBytes(false)
+	r.put(fmt.Sprintf("/metadata/%d.targets.json", r.targets.Signed.Version), tb)
+	r.snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(r.targets.Signed.Version)
+	r.snapshot.Sign(signer(r.t, r.keys["snapshot"]))
+	sb, _ := r.snapshot.ToBytes(false)
+	r.put(fmt.Sprintf("/metadata/%d.snapshot.json", r.snapshot.Signed.Version), sb)
+	r.timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.snapshot.Signed.Version)
+	r.timestamp.Sign(signer(r.t, r.keys["timestamp"]))
+	ts, _ := r.timestamp.ToBytes(false)
+	r.put("/metadata/timestamp.json", ts)
+}
+
+// addModel publishes a model version and returns its content.
+func (r *testRepo) addModel(name, version string) (string, []byte) {
+	p := artifact.TargetPath(artifact.KindModel, name, version, ".onnx")
+	data := []byte(strings.Repeat("onnx "+version+" ", 1000))
+	r.addTarget(p, data, artifact.Meta{Kind: artifact.KindModel, Name: name, Version: version, Format: "onnx"})
+	r.publish()
+	return p, data
+}

@@ -1,0 +1,300 @@
+package updater
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+)
+
+// RootFile is the name of the pinned root in the metadata directory.
+const RootFile = "root.json"
+
+// PinRoot writes the root the device trusts, obtained at enrollment, as root.json in
+// dir. It makes no request. Later refreshes rotate it only along the chain of roots each
+// signed by its predecessor's threshold.
+func PinRoot(dir string, root []byte) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("pin root: %w", err)
+	}
+	if err := rollback.WriteFileAtomic(filepath.Join(dir, RootFile), root); err != nil {
+		return fmt.Errorf("pin root: %w", err)
+	}
+	return nil
+}
+
+// TUFConfig configures a TUF client. MetadataDir and MetadataURL are required.
+type TUFConfig struct {
+	// MetadataDir holds the trusted metadata under unversioned names (root.json,
+	// timestamp.json, snapshot.json, targets.json, delegated roles).
+	MetadataDir string
+	// MetadataURL is the repository's metadata base URL.
+	MetadataURL string
+	// TargetsURL is the repository's targets base URL. Empty means MetadataURL's sibling
+	// "targets" directory.
+	TargetsURL string
+	// HTTPClient fetches metadata; nil means http.DefaultClient.
+	HTTPClient *http.Client
+	// Now is the reference time for expiry checks, read once per refresh; nil means time.Now.
+	Now func() time.Time
+	// Downloader fetches targets; nil means a Downloader using HTTPClient.
+	Downloader *Downloader
+}
+
+// TUF is the device's TUF client: go-tuf's updater, with targets streamed through
+// Downloader and checked against what the trusted targets metadata says. It is not safe
+// for concurrent use.
+type TUF struct {
+	cfg     TUFConfig
+	up      *updater.Updater
+	fetcher *metaFetcher
+	dl      *Downloader
+}
+
+// NewTUF loads the trusted root from cfg.MetadataDir. It makes no request.
+func NewTUF(cfg TUFConfig) (*TUF, error) {
+	if cfg.MetadataDir == "" || cfg.MetadataURL == "" {
+		return nil, errors.New("tuf: MetadataDir and MetadataURL are required")
+	}
+	root, err := os.ReadFile(filepath.Join(cfg.MetadataDir, RootFile))
+	if err != nil {
+		return nil, fmt.Errorf("tuf: read trusted root (was the device enrolled?): %w", err)
+	}
+	if cfg.TargetsURL == "" {
+		u, err := url.Parse(strings.TrimSuffix(cfg.MetadataURL, "/"))
+		if err != nil {
+			return nil, fmt.Errorf("tuf: metadata URL: %w", err)
+		}
+		u.Path = path.Join(path.Dir(u.Path), "targets")
+		cfg.TargetsURL = u.String()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	client := cfg.HTTPClient
+	if client == nil {
+		client = http.DefaultClient
+	}
+	dl := cfg.Downloader
+	if dl == nil {
+		dl = &Downloader{Client: client}
+	}
+	ucfg, err := config.New(cfg.MetadataURL, root)
+	if err != nil {
+		return nil, fmt.Errorf("tuf: %w", err)
+	}
+	f := &metaFetcher{client: client, ctx: context.Background()}
+	ucfg.Fetcher = f
+	ucfg.LocalMetadataDir = cfg.MetadataDir
+	ucfg.LocalTargetsDir = cfg.MetadataDir // unused: targets never go through go-tuf's in-memory download
+	ucfg.RemoteTargetsURL = cfg.TargetsURL
+	up, err := updater.New(ucfg)
+	if err != nil {
+		return nil, fmt.Errorf("tuf: trusted root in %s: %w", cfg.MetadataDir, err)
+	}
+	// go-tuf leaves its temporary file behind when a write fails; nothing else writes here.
+	return &TUF{cfg: cfg, up: up, fetcher: f, dl: dl}, nil
+}
+
+// Refresh updates the top-level metadata following the TUF client workflow (root
+// rotations, timestamp, snapshot, targets), persisting each verified file.
+func (c *TUF) Refresh(ctx context.Context) error {
+	c.fetcher.ctx = ctx
+	defer func() { c.fetcher.ctx = context.Background() }()
+	c.up.UnsafeSetRefTime(c.cfg.Now())
+	if err := c.up.Refresh(); err != nil {
+		return fmt.Errorf("tuf refresh from %s: %w", c.cfg.MetadataURL, err)
+	}
+	return nil
+}
+
+// Target returns the trusted targets entry for path, walking delegations as needed.
+// Refresh must have succeeded first.
+func (c *TUF) Target(ctx context.Context, targetPath string) (*metadata.TargetFiles, error) {
+	c.fetcher.ctx = ctx
+	defer func() { c.fetcher.ctx = context.Background() }()
+	tf, err := c.up.GetTargetInfo(targetPath)
+	if err != nil {
+		return nil, fmt.Errorf("tuf target %s: %w", targetPath, err)
+	}
+	return tf, nil
+}
+
+// URL is where the target's bytes are fetched: with consistent snapshots, its file name
+// is prefixed with a hash (sha256 when listed).
+func (c *TUF) URL(tf *metadata.TargetFiles) string {
+	return c.url(tf.Path, tf.Hashes)
+}
+
+func (c *TUF) url(targetPath string, hashes metadata.Hashes) string {
+	remote := targetPath
+	if c.up.GetTrustedMetadataSet().Root.Signed.ConsistentSnapshot && len(hashes) > 0 {
+		h := map[string][]byte{}
+		for k, v := range hashes {
+			h[k] = v
+		}
+		prefix := hex.EncodeToString(hashes[sortedHashes(h)[0]])
+		dir, base := path.Split(targetPath)
+		remote = dir + prefix + "." + base
+	}
+	return strings.TrimSuffix(c.cfg.TargetsURL, "/") + "/" + remote
+}
+
+// WantOf is what TUF says about a target.
+func WantOf(tf *metadata.TargetFiles) Want {
+	w := Want{Length: tf.Length, Hashes: map[string][]byte{}}
+	for k, v := range tf.Hashes {
+		w.Hashes[k] = v
+	}
+	return w
+}
+
+// Download makes dst hold the target tf describes. If dst already holds it (length and
+// every supported hash match), nothing is fetched and cached is true.
+func (c *TUF) Download(ctx context.Context, tf *metadata.TargetFiles, dst string) (cached bool, err error) {
+	want := WantOf(tf)
+	if ok, err := fileMatches(dst, want); err == nil && ok {
+		return true, nil
+	}
+	return false, c.dl.Download(ctx, c.URL(tf), want, dst)
+}
+
+// fileMatches reports whether the file at p has want's length and hashes, reading it
+// with a fixed buffer.
+func fileMatches(p string, want Want) (bool, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	hs, err := newHashers(want)
+	if err != nil {
+		return false, err
+	}
+	ws := make([]io.Writer, 0, len(hs))
+	for _, h := range hs {
+		ws = append(ws, h)
+	}
+	n, err := io.CopyBuffer(io.MultiWriter(ws...), io.LimitReader(f, want.Length+1), make([]byte, 64<<10))
+	if err != nil || n != want.Length {
+		return false, err
+	}
+	for alg, h := range hs {
+		if !equalBytes(h.Sum(nil), want.Hashes[alg]) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+
+// Resolve turns a target path into what the slots install: it looks the target up in
+// trusted metadata, reads its Edgeward metadata (kind, version) and requires a sha256.
+// The returned Target carries the anti-rollback floor of its version.
+func (c *TUF) Resolve(ctx context.Context, kind artifact.Kind, targetPath string) (rollback.Target, artifact.Meta, error) {
+	tf, err := c.Target(ctx, targetPath)
+	if err != nil {
+		return rollback.Target{}, artifact.Meta{}, err
+	}
+	return TargetOf(kind, tf)
+}
+
+// TargetOf checks a trusted targets entry against the slot kind and returns what the
+// slots install.
+func TargetOf(kind artifact.Kind, tf *metadata.TargetFiles) (rollback.Target, artifact.Meta, error) {
+	var meta artifact.Meta
+	if tf.Custom == nil {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: no Edgeward metadata in its custom field", tf.Path)
+	}
+	if err := json.Unmarshal(*tf.Custom, &meta); err != nil {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: custom metadata: %w", tf.Path, err)
+	}
+	if err := meta.Validate(); err != nil {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: %w", tf.Path, err)
+	}
+	if meta.Kind != kind {
+		return rollback.Target{}, meta, fmt.Errorf("target %s is a %s, not a %s", tf.Path, meta.Kind, kind)
+	}
+	pk, _, pv, err := artifact.ParseTargetPath(tf.Path)
+	if err != nil {
+		return rollback.Target{}, meta, err
+	}
+	if pk != meta.Kind || pv != meta.Version {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: path says %s %s, metadata says %s %s", tf.Path, pk, pv, meta.Kind, meta.Version)
+	}
+	v, _ := artifact.ParseVersion(meta.Version)
+	floor, err := v.Floor()
+	if err != nil {
+		return rollback.Target{}, meta, err
+	}
+	sum, ok := tf.Hashes["sha256"]
+	if !ok || len(sum) != sha256.Size {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: no sha256 hash", tf.Path)
+	}
+	return rollback.Target{Path: tf.Path, Version: meta.Version, Floor: floor, Length: tf.Length, SHA256: hex.EncodeToString(sum)}, meta, nil
+}
+
+// SlotFetcher returns the rollback.Fetcher that streams a resolved Target into a slot.
+// It trusts only the Target's length and sha256, which Resolve took from TUF and the
+// slot state persisted, so an interrupted install resumes even before the next refresh.
+func (c *TUF) SlotFetcher() rollback.Fetcher { return slotFetcher{c} }
+
+type slotFetcher struct{ c *TUF }
+
+func (f slotFetcher) Fetch(ctx context.Context, t rollback.Target, dst string) error {
+	sum, err := hex.DecodeString(t.SHA256)
+	if err != nil || len(sum) != sha256.Size {
+		return &DownloadError{URL: t.Path, Err: fmt.Errorf("bad sha256 %q", t.SHA256), perm: true}
+	}
+	hashes := metadata.Hashes{"sha256": sum}
+	return f.c.dl.Download(ctx, f.c.url(t.Path, hashes), Want{Length: t.Length, Hashes: map[string][]byte{"sha256": sum}}, dst)
+}
+
+// metaFetcher implements go-tuf's fetcher.Fetcher with a context and bounded reads.
+type metaFetcher struct {
+	client *http.Client
+	ctx    context.Context
+}
+
+func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, _ time.Duration) ([]byte, error) {
+	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, urlPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		return nil, &metadata.ErrDownload{Msg: err.Error()}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: urlPath}
+	}
+	if resp.ContentLength > maxLength {
+		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s: %d bytes announced, at most %d allowed", urlPath, resp.ContentLength, maxLength)}
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLength+1))
+	if err != nil {
+		return nil, &metadata.ErrDownload{Msg: fmt.Sprintf("%s: %v", urlPath, err)}
+	}
+	if int64(len(b)) > maxLength {
+		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s: longer than %d bytes", urlPath, maxLength)}
+	}
+	return b, nil
+}
