@@ -85,7 +85,7 @@ func TestWindowContains(t *testing.T) {
 		{"utc instant converted to Berlin", weeknightsBerlin, at(time.UTC, "2026-11-27 21:30"), true}, // 22:30 CET
 		{"utc instant before window", weeknightsBerlin, at(time.UTC, "2026-11-27 20:59"), false},
 		{"summer time shifts the utc hour", weeknightsBerlin, at(time.UTC, "2026-07-03 20:30"), true}, // 22:30 CEST
-		{"tokyo daytime seen from utc", daytimeTokyo, at(time.UTC, "2026-11-27 00:30"), true},     // 09:30 JST
+		{"tokyo daytime seen from utc", daytimeTokyo, at(time.UTC, "2026-11-27 00:30"), true},         // 09:30 JST
 		{"tokyo night", daytimeTokyo, at(tokyo, "2026-11-27 17:00"), false},
 		{"whole day 00:00", wholeSunday, at(time.UTC, "2026-11-29 00:00"), true},
 		{"whole day 23:59", wholeSunday, at(time.UTC, "2026-11-29 23:59"), true},
