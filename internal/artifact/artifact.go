@@ -46,11 +46,83 @@ func (k Kind) Role() string {
 
 // Gates are the thresholds a probe run must meet before the agent commits a new version.
 // A zero field means "no gate" on that measure.
+//
+// In JSON each gate is written as a decimal string ("0.95"): TUF signs canonical JSON,
+// which has no floating-point numbers. Numbers are accepted when reading.
 type Gates struct {
 	MinAccuracy float64 `json:"min_accuracy,omitempty"`
 	MaxAbsError float64 `json:"max_abs_error,omitempty"`
 	MaxP99Ms    float64 `json:"max_p99_ms,omitempty"`
 	MaxRSSMB    float64 `json:"max_rss_mb,omitempty"`
+}
+
+func (g Gates) fields() []struct {
+	name string
+	v    float64
+} {
+	return []struct {
+		name string
+		v    float64
+	}{{"min_accuracy", g.MinAccuracy}, {"max_abs_error", g.MaxAbsError}, {"max_p99_ms", g.MaxP99Ms}, {"max_rss_mb", g.MaxRSSMB}}
+}
+
+// MarshalJSON writes the set gates as decimal strings.
+func (g Gates) MarshalJSON() ([]byte, error) {
+	m := map[string]string{}
+	for _, f := range g.fields() {
+		if f.v != 0 {
+			m[f.name] = strconv.FormatFloat(f.v, 'f', -1, 64)
+		}
+	}
+	return json.Marshal(m)
+}
+
+// UnmarshalJSON reads gates given as numbers or decimal strings; unknown gates are an
+// error, so a misspelt gate is never silently ignored.
+func (g *Gates) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return fmt.Errorf("gates: %w", err)
+	}
+	*g = Gates{}
+	dst := map[string]*float64{"min_accuracy": &g.MinAccuracy, "max_abs_error": &g.MaxAbsError, "max_p99_ms": &g.MaxP99Ms, "max_rss_mb": &g.MaxRSSMB}
+	for k, v := range raw {
+		p, ok := dst[k]
+		if !ok {
+			return fmt.Errorf("unknown gate %q: want min_accuracy, max_abs_error, max_p99_ms or max_rss_mb", k)
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			s = string(v)
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("gate %s: %q is not a number", k, s)
+		}
+		*p = f
+	}
+	return nil
+}
+
+// ParseGates reads "min_accuracy=0.9,max_p99_ms=5" (the --gates flag).
+func ParseGates(s string) (*Gates, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok {
+			return nil, fmt.Errorf("gates %q: want name=value[,name=value]", s)
+		}
+		m[k] = v
+	}
+	b, _ := json.Marshal(m)
+	var g Gates
+	if err := json.Unmarshal(b, &g); err != nil {
+		return nil, err
+	}
+	return &g, nil
 }
 
 // Meta is the custom metadata of an Edgeward target (the "custom" field of its TUF

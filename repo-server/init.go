@@ -1,0 +1,163 @@
+package reposerver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// InitOptions configure a new repository. The zero value makes a 2-of-3 root with
+// Ed25519 keys and default expiry; Passphrase is required.
+type InitOptions struct {
+	KeyType       KeyType
+	RootKeys      int // number of root keys; 0: 3
+	RootThreshold int // 0: 2
+	// Passphrase encrypts the offline keys (root, targets, models, runtimes).
+	Passphrase []byte
+	// OfflineKeyDir receives the offline keys; "": DIR/keys/offline.
+	OfflineKeyDir string
+	Expiry        Expiry
+}
+
+// InitResult says what Init created.
+type InitResult struct {
+	Repo     *Repo
+	KeyFiles map[string][]string // role → key files
+}
+
+// Init creates a repository in cfg.Dir: keys for every role, root (threshold
+// RootThreshold of RootKeys), targets delegating models/* and probes/* to "models" and
+// runtimes/* to "runtimes", empty delegated roles, snapshot and timestamp, all version 1,
+// consistent snapshots on. It refuses a directory that already holds a repository.
+func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error) {
+	if opt.RootKeys == 0 {
+		opt.RootKeys = 3
+	}
+	if opt.RootThreshold == 0 {
+		opt.RootThreshold = 2
+	}
+	if opt.RootThreshold < 1 || opt.RootThreshold > opt.RootKeys {
+		return nil, fmt.Errorf("root threshold %d of %d keys: want 1 <= threshold <= keys", opt.RootThreshold, opt.RootKeys)
+	}
+	if len(opt.Passphrase) == 0 {
+		return nil, errors.New("a passphrase is needed to encrypt the offline keys")
+	}
+	r := newRepo(cfg)
+	r.expiry = opt.Expiry.withDefaults()
+	if _, err := os.Stat(r.path("edgeward-repo.json")); err == nil {
+		return nil, fmt.Errorf("%s already holds a repository", cfg.Dir)
+	}
+	if ents, _ := os.ReadDir(r.MetadataDir()); len(ents) > 0 {
+		return nil, fmt.Errorf("%s already holds metadata", r.MetadataDir())
+	}
+	offDir := opt.OfflineKeyDir
+	if offDir == "" {
+		offDir = r.OfflineKeyDir()
+	}
+	for _, d := range []string{offDir, r.OnlineKeyDir(), r.MetadataDir(), r.path("blobs", "sha256")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Chmod(r.MetadataDir(), 0o755); err != nil {
+		return nil, err
+	}
+
+	res := &InitResult{Repo: r, KeyFiles: map[string][]string{}}
+	keys := map[string][]*Key{}
+	gen := func(role string, n int, online bool) error {
+		for range n {
+			k, err := GenerateKey(role, opt.KeyType, nil)
+			if err != nil {
+				return err
+			}
+			dir, pass := offDir, opt.Passphrase
+			if online {
+				dir, pass = r.OnlineKeyDir(), nil
+			}
+			path, err := WriteKeyFile(r.fs, dir, k, pass, cfg.KDF)
+			if err != nil {
+				return err
+			}
+			keys[role] = append(keys[role], k)
+			res.KeyFiles[role] = append(res.KeyFiles[role], path)
+		}
+		return nil
+	}
+	steps := []struct {
+		role   string
+		n      int
+		online bool
+	}{
+		{metadata.ROOT, opt.RootKeys, false},
+		{metadata.TARGETS, 1, false},
+		{RoleModels, 1, false},
+		{RoleRuntimes, 1, false},
+		{metadata.SNAPSHOT, 1, true},
+		{metadata.TIMESTAMP, 1, true},
+	}
+	for _, s := range steps {
+		if err := gen(s.role, s.n, s.online); err != nil {
+			return nil, err
+		}
+	}
+
+	root := metadata.Root(r.expires(metadata.ROOT))
+	root.Signed.ConsistentSnapshot = true
+	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
+		for _, k := range keys[role] {
+			if err := root.Signed.AddKey(k.Public, role); err != nil {
+				return nil, fmt.Errorf("add %s key: %w", role, err)
+			}
+		}
+	}
+	root.Signed.Roles[metadata.ROOT].Threshold = opt.RootThreshold
+
+	targets := metadata.Targets(r.expires(metadata.TARGETS))
+	targets.Signed.Delegations = &metadata.Delegations{Keys: map[string]*metadata.Key{}}
+	for _, role := range delegatedNames() {
+		k := keys[role][0]
+		targets.Signed.Delegations.Keys[k.ID()] = k.Public
+		targets.Signed.Delegations.Roles = append(targets.Signed.Delegations.Roles, metadata.DelegatedRole{
+			Name: role, KeyIDs: []string{k.ID()}, Threshold: 1, Terminating: true, Paths: delegatedPaths[role],
+		})
+	}
+	snapshot := metadata.Snapshot(r.expires(metadata.SNAPSHOT))
+	snapshot.Signed.Meta[metadata.TARGETS+".json"] = metadata.MetaFile(1)
+	for _, role := range delegatedNames() {
+		snapshot.Signed.Meta[role+".json"] = metadata.MetaFile(1)
+	}
+	timestamp := metadata.Timestamp(r.expires(metadata.TIMESTAMP))
+
+	if err := writeMeta(r, "1.root.json", root, keys[metadata.ROOT]); err != nil {
+		return nil, err
+	}
+	if err := writeMeta(r, "1.targets.json", targets, keys[metadata.TARGETS]); err != nil {
+		return nil, err
+	}
+	for _, role := range delegatedNames() {
+		m := metadata.Targets(r.expires(role))
+		if err := writeMeta(r, "1."+role+".json", m, keys[role]); err != nil {
+			return nil, err
+		}
+	}
+	if err := writeMeta(r, "1.snapshot.json", snapshot, keys[metadata.SNAPSHOT]); err != nil {
+		return nil, err
+	}
+	if err := writeMeta(r, "timestamp.json", timestamp, keys[metadata.TIMESTAMP]); err != nil {
+		return nil, err
+	}
+	// The settings file is written last: its presence means the repository is complete.
+	data, _ := json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry}, "", "  ")
+	if err := r.fs.WriteFile(r.path("edgeward-repo.json"), data, 0o644); err != nil {
+		return nil, err
+	}
+	r.event(ctx, "repo.init", map[string]any{
+		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
+	})
+	return res, nil
+}

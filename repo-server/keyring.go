@@ -1,0 +1,121 @@
+package reposerver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// KeyRing finds the private keys an operation needs, among key files named explicitly
+// and key files in directories, and decrypts them with a passphrase asked for at most
+// once. It never writes a key. Not safe for concurrent use.
+type KeyRing struct {
+	// Files are key files given explicitly (e.g. --key). A missing one is an error.
+	Files []string
+	// Dirs are searched for *.key files, besides the repository's own key directories.
+	Dirs []string
+	// Passphrase returns the passphrase for encrypted keys. nil: encrypted keys cannot
+	// be used.
+	Passphrase func() ([]byte, error)
+
+	pass []byte
+}
+
+type keyCandidate struct {
+	path string
+	data []byte
+}
+
+// Find returns threshold keys among ids, or an error saying which are missing.
+func (kr *KeyRing) Find(role string, ids []string, threshold int, dirs []string) ([]*Key, error) {
+	cands, err := kr.candidates(dirs)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Key
+	seen := map[string]bool{}
+	for _, c := range cands {
+		_, id, _, err := PeekKey(c.data)
+		if err != nil || !slices.Contains(ids, id) || seen[id] {
+			continue
+		}
+		k, err := kr.open(c)
+		if err != nil {
+			return nil, err
+		}
+		seen[id] = true
+		out = append(out, k)
+		if len(out) == threshold {
+			return out, nil
+		}
+	}
+	short := make([]string, len(ids))
+	for i, id := range ids {
+		short[i] = id[:min(8, len(id))]
+	}
+	where := append(append([]string{}, kr.Files...), append(kr.Dirs, dirs...)...)
+	return nil, fmt.Errorf("role %s needs %d of its keys [%s]; found %d in %s (name key files with --key)",
+		role, threshold, strings.Join(short, " "), len(out), strings.Join(where, ", "))
+}
+
+// Load decrypts one explicit key file.
+func (kr *KeyRing) Load(path string) (*Key, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	return kr.open(keyCandidate{path, data})
+}
+
+func (kr *KeyRing) open(c keyCandidate) (*Key, error) {
+	k, err := ParseKey(c.data, nil)
+	if err == nil {
+		return k, nil
+	}
+	if kr.Passphrase == nil {
+		return nil, fmt.Errorf("key %s: %w", c.path, err)
+	}
+	if kr.pass == nil {
+		p, perr := kr.Passphrase()
+		if perr != nil {
+			return nil, fmt.Errorf("passphrase: %w", perr)
+		}
+		kr.pass = p
+	}
+	k, err = ParseKey(c.data, kr.pass)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", c.path, err)
+	}
+	return k, nil
+}
+
+func (kr *KeyRing) candidates(dirs []string) ([]keyCandidate, error) {
+	var out []keyCandidate
+	for _, f := range kr.Files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("key file: %w", err)
+		}
+		out = append(out, keyCandidate{f, data})
+	}
+	for _, d := range append(append([]string{}, kr.Dirs...), dirs...) {
+		matches, err := filepath.Glob(filepath.Join(d, "*.key"))
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range matches {
+			data, err := os.ReadFile(m)
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				return nil, fmt.Errorf("key file: %w", err)
+			}
+			out = append(out, keyCandidate{m, data})
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,233 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"sort"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/secure-systems-lab/go-securesystemslib/cjson"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// ErrConflict is returned when a name+version is published again with other bytes.
+// Published versions are immutable: devices may already run them.
+var ErrConflict = errors.New("already published with different content")
+
+// ErrOutsideDelegation is returned when a target path is not one the signing role is
+// trusted for; a client would reject it.
+var ErrOutsideDelegation = errors.New("target path outside the role's delegation")
+
+// PublishRequest is one target to publish.
+type PublishRequest struct {
+	Meta artifact.Meta
+	// Ext is the file extension of the target path, with its dot (".onnx"); "" for none.
+	Ext string
+	// Content is read once, streaming: it is hashed while it is copied into the blob store.
+	Content io.Reader
+	// Role overrides the signing role (default Meta.Kind.Role()). Only useful to tests
+	// and to repositories with custom delegations.
+	Role string
+}
+
+// PublishResult says what was published.
+type PublishResult struct {
+	Path      string // target path
+	Role      string
+	SHA256    string
+	Length    int64
+	Unchanged bool // the same bytes were already published under this name+version
+	Version   int64
+}
+
+// Publish adds a target: it copies Content into the blob store (hashing as it goes),
+// adds the target with its custom metadata to the delegated role, and re-signs that role,
+// the snapshot and the timestamp. Publishing the same name+version again with the same
+// bytes changes nothing; with other bytes it fails with ErrConflict.
+func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
+	m := req.Meta
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+	role := req.Role
+	if role == "" {
+		role = m.Kind.Role()
+	}
+	if _, err := cjson.EncodeCanonical(m); err != nil {
+		return nil, fmt.Errorf("publish: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", err)
+	}
+	tpath := artifact.TargetPath(m.Kind, m.Name, m.Version, req.Ext)
+	if _, _, _, err := artifact.ParseTargetPath(tpath); err != nil {
+		return nil, fmt.Errorf("publish: %w", err)
+	}
+
+	// Stream the content into an incoming file first (outside the lock: it may be GiBs).
+	incoming, sum, n, err := r.receiveBlob(ctx, req.Content)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(incoming) // no-op once renamed into the store
+
+	res := &PublishResult{Path: tpath, Role: role, SHA256: sum, Length: n}
+	err = r.update(ctx, keys, func(t *txn) error {
+		if _, ok := t.st.Targets[role]; !ok {
+			return fmt.Errorf("publish %s: no delegated role %q", tpath, role)
+		}
+		if err := checkDelegation(t.st, role, tpath); err != nil {
+			return err
+		}
+		targets := t.st.Targets[role].Signed.Targets
+		for p, tf := range targets {
+			k, name, ver, err := artifact.ParseTargetPath(p)
+			if err != nil || k != m.Kind || name != m.Name || ver != m.Version {
+				continue
+			}
+			if p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n {
+				res.Unchanged = true
+				return errNothingToDo
+			}
+			return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
+		}
+		if m.Kind == artifact.KindModel && m.Probe == "" {
+			// A probe set published beforehand for the same name+version gates this model.
+			probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
+			if _, ok := targets[probe]; ok {
+				m.Probe = probe
+			}
+		}
+		if m.Probe != "" {
+			if _, ok := t.st.Targets[RoleModels].Signed.Targets[m.Probe]; !ok {
+				return fmt.Errorf("publish %s: probe set %s is not published", tpath, m.Probe)
+			}
+		}
+		custom, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		raw := json.RawMessage(custom)
+		digest, _ := hex.DecodeString(sum)
+		tf := &metadata.TargetFiles{
+			Length: n, Hashes: metadata.Hashes{"sha256": digest}, Custom: &raw, Path: tpath,
+		}
+		if _, err := os.Stat(r.BlobPath(sum)); err != nil {
+			t.create(r.BlobPath(sum))
+		}
+		if err := r.fs.Rename(incoming, r.BlobPath(sum)); err != nil {
+			return fmt.Errorf("store blob: %w", err)
+		}
+		targets[tpath] = tf
+		t.touch(role)
+		return nil
+	})
+	if errors.Is(err, errNothingToDo) {
+		return res, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Version = 0
+	if st, lerr := r.Load(ctx); lerr == nil {
+		res.Version = st.Targets[role].Signed.Version
+	}
+	r.event(ctx, "publish", map[string]any{
+		"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
+	})
+	return res, nil
+}
+
+// receiveBlob copies r into DIR/blobs/incoming/<random>, hashing it, with a fixed buffer.
+func (r *Repo) receiveBlob(ctx context.Context, src io.Reader) (path string, sum string, n int64, err error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return "", "", 0, err
+	}
+	path = r.path("blobs", "incoming", hex.EncodeToString(rnd[:]))
+	h := sha256.New()
+	n, err = r.fs.WriteStream(path, io.TeeReader(ctxReader{ctx, src}, h), 0o644)
+	if err != nil {
+		os.Remove(path)
+		return "", "", 0, fmt.Errorf("store target content: %w", err)
+	}
+	return path, hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// checkDelegation refuses a path the role is not delegated: the client would not accept
+// it from this role.
+func checkDelegation(st *State, role, tpath string) error {
+	d := st.Targets[metadata.TARGETS].Signed.Delegations
+	if d == nil {
+		return fmt.Errorf("%w: targets has no delegations", ErrOutsideDelegation)
+	}
+	for _, dr := range d.Roles {
+		if dr.Name != role {
+			continue
+		}
+		ok, err := dr.IsDelegatedPath(tpath)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: role %s is trusted for %v, not %s", ErrOutsideDelegation, role, dr.Paths, tpath)
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: no delegation to %s", ErrOutsideDelegation, role)
+}
+
+// TargetInfo is a published target as the repository lists it.
+type TargetInfo struct {
+	Path   string         `json:"path"`
+	Role   string         `json:"role"`
+	Length int64          `json:"length"`
+	SHA256 string         `json:"sha256"`
+	Meta   *artifact.Meta `json:"meta,omitempty"`
+}
+
+// List lists the targets of the delegated roles.
+func (st *State) List() []TargetInfo {
+	var out []TargetInfo
+	for _, role := range delegatedNames() {
+		for p, tf := range st.Targets[role].Signed.Targets {
+			ti := TargetInfo{Path: p, Role: role, Length: tf.Length, SHA256: hex.EncodeToString(tf.Hashes["sha256"])}
+			if tf.Custom != nil {
+				var m artifact.Meta
+				if json.Unmarshal(*tf.Custom, &m) == nil {
+					ti.Meta = &m
+				}
+			}
+			out = append(out, ti)
+		}
+	}
+	sortTargets(out)
+	return out
+}
+
+// ConsistentTargetPath is the URL path under /targets/ a consistent-snapshot client asks
+// for: <dir>/<sha256>.<base>.
+func ConsistentTargetPath(tpath, sha256hex string) string {
+	return path.Join(path.Dir(tpath), sha256hex+"."+path.Base(tpath))
+}
+
+func sortTargets(ts []TargetInfo) {
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Path < ts[j].Path })
+}

@@ -1,0 +1,526 @@
+// Package reposerver is Edgeward's TUF repository and the server around it: keys and
+// roles, publishing, root ceremonies and key rotation, expiry refresh, and the HTTP
+// server that serves metadata and targets to devices.
+//
+// A repository is a directory:
+//
+//	DIR/edgeward-repo.json        settings (expiry periods)
+//	DIR/repository/metadata/      served TUF metadata: N.root.json, N.<role>.json, timestamp.json
+//	DIR/blobs/sha256/<hex>        target contents, content-addressed
+//	DIR/keys/online/              snapshot and timestamp keys (the server signs with them)
+//	DIR/keys/offline/             root, targets, models, runtimes keys, encrypted (default place;
+//	                              key holders may keep theirs anywhere)
+//	DIR/staged/root/N.root.json   a proposed root collecting signatures
+//	DIR/repo.db                   sqlite: repository events
+//
+// Invariant: every mutation writes new versioned metadata first and timestamp.json last
+// (each file atomically), under an exclusive lock on DIR/.lock shared by the server and
+// the CLI. A client therefore never sees a timestamp that names a snapshot not yet
+// written, and a failed write leaves the served repository as it was.
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// Delegated role names.
+const (
+	RoleModels   = "models"
+	RoleRuntimes = "runtimes"
+)
+
+// delegatedPaths are the roles the top-level targets role delegates to, with their path
+// patterns. TUF patterns match one path segment per "*", and targets are
+// <kind>/<name>/<version><ext> (artifact.TargetPath), hence two stars.
+var delegatedPaths = map[string][]string{
+	RoleModels:   {"models/*/*", "probes/*/*"},
+	RoleRuntimes: {"runtimes/*/*"},
+}
+
+func delegatedNames() []string { return []string{RoleModels, RoleRuntimes} }
+
+// Expiry is how long each role's metadata stays valid after it is signed. A zero field
+// means the default: root 365 days, targets 180, delegated roles 90, snapshot 7,
+// timestamp 1 day.
+type Expiry struct {
+	Root      time.Duration `json:"root"`
+	Targets   time.Duration `json:"targets"`
+	Delegated time.Duration `json:"delegated"`
+	Snapshot  time.Duration `json:"snapshot"`
+	Timestamp time.Duration `json:"timestamp"`
+}
+
+func (e Expiry) withDefaults() Expiry {
+	day := 24 * time.Hour
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&e.Root, 365*day)
+	def(&e.Targets, 180*day)
+	def(&e.Delegated, 90*day)
+	def(&e.Snapshot, 7*day)
+	def(&e.Timestamp, day)
+	return e
+}
+
+func (e Expiry) forRole(role string) time.Duration {
+	switch role {
+	case metadata.ROOT:
+		return e.Root
+	case metadata.TARGETS:
+		return e.Targets
+	case metadata.SNAPSHOT:
+		return e.Snapshot
+	case metadata.TIMESTAMP:
+		return e.Timestamp
+	}
+	return e.Delegated
+}
+
+// Config says where a repository is and how to work on it. The zero value of every field
+// but Dir is usable.
+type Config struct {
+	Dir    string
+	FS     FS               // nil: the real file system
+	Now    func() time.Time // nil: time.Now
+	KDF    KDFParams        // scrypt cost for new encrypted keys; zero: defaults
+	Logger *slog.Logger     // nil: discard
+	// Actor names who acts, for the event log ("cli:alice", "server"). Empty: "cli".
+	Actor string
+}
+
+// Repo is a handle on a repository directory. It holds no metadata in memory between
+// calls: every operation loads the current state under the lock, so several processes
+// can share one directory. Safe for concurrent use.
+type Repo struct {
+	cfg    Config
+	fs     FS
+	now    func() time.Time
+	log    *slog.Logger
+	expiry Expiry
+}
+
+type settings struct {
+	Format string `json:"format"`
+	Expiry Expiry `json:"expiry"`
+}
+
+const settingsFormat = "edgeward-repo-v1"
+
+// Open opens an existing repository.
+func Open(cfg Config) (*Repo, error) {
+	r := newRepo(cfg)
+	data, err := os.ReadFile(r.path("edgeward-repo.json"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s is not an edgeward repository (no edgeward-repo.json; run 'edgeward repo init')", cfg.Dir)
+		}
+		return nil, err
+	}
+	var s settings
+	if err := json.Unmarshal(data, &s); err != nil || s.Format != settingsFormat {
+		return nil, fmt.Errorf("%s: bad edgeward-repo.json: %v", cfg.Dir, err)
+	}
+	r.expiry = s.Expiry.withDefaults()
+	return r, nil
+}
+
+func newRepo(cfg Config) *Repo {
+	r := &Repo{cfg: cfg, fs: cfg.FS, now: cfg.Now, log: cfg.Logger}
+	if r.fs == nil {
+		r.fs = OSFS{}
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.cfg.Actor == "" {
+		r.cfg.Actor = "cli"
+	}
+	return r
+}
+
+// Dir is the repository directory.
+func (r *Repo) Dir() string { return r.cfg.Dir }
+
+// Expiry is the repository's expiry settings.
+func (r *Repo) Expiry() Expiry { return r.expiry }
+
+func (r *Repo) path(elem ...string) string {
+	return filepath.Join(append([]string{r.cfg.Dir}, elem...)...)
+}
+
+// MetadataDir is the served metadata directory.
+func (r *Repo) MetadataDir() string { return r.path("repository", "metadata") }
+
+// BlobPath is where the target content with this sha256 is stored.
+func (r *Repo) BlobPath(sha256hex string) string { return r.path("blobs", "sha256", sha256hex) }
+
+// OnlineKeyDir holds the snapshot and timestamp keys.
+func (r *Repo) OnlineKeyDir() string { return r.path("keys", "online") }
+
+// OfflineKeyDir is the default home of offline keys.
+func (r *Repo) OfflineKeyDir() string { return r.path("keys", "offline") }
+
+func (r *Repo) expires(role string) time.Time {
+	return r.now().UTC().Add(r.expiry.forRole(role)).Truncate(time.Second)
+}
+
+// State is the repository's current metadata, as loaded and verified from disk.
+type State struct {
+	Root      *metadata.Metadata[metadata.RootType]
+	Targets   map[string]*metadata.Metadata[metadata.TargetsType] // "targets", "models", "runtimes"
+	Snapshot  *metadata.Metadata[metadata.SnapshotType]
+	Timestamp *metadata.Metadata[metadata.TimestampType]
+}
+
+// MetadataError reports a metadata file in the repository that cannot be used.
+type MetadataError struct {
+	File string
+	Err  error
+}
+
+func (e *MetadataError) Error() string { return fmt.Sprintf("metadata %s: %v", e.File, e.Err) }
+func (e *MetadataError) Unwrap() error { return e.Err }
+
+var rootFileRE = regexp.MustCompile(`^([1-9][0-9]{0,9})\.root\.json$`)
+
+// Load reads the current metadata and verifies it: root is signed by its own threshold,
+// timestamp, snapshot and targets by root's keys, delegated roles by targets' delegation,
+// and every version named by timestamp and snapshot is the one on disk. It does not check
+// expiry (an expired repository must still be loadable to be refreshed).
+func (r *Repo) Load(ctx context.Context) (*State, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dir := r.MetadataDir()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read metadata dir: %w", err)
+	}
+	rootVersion := 0
+	for _, e := range entries {
+		if m := rootFileRE.FindStringSubmatch(e.Name()); m != nil {
+			if v, _ := strconv.Atoi(m[1]); v > rootVersion {
+				rootVersion = v
+			}
+		}
+	}
+	if rootVersion == 0 {
+		return nil, &MetadataError{File: filepath.Join(dir, "1.root.json"), Err: os.ErrNotExist}
+	}
+	st := &State{Targets: map[string]*metadata.Metadata[metadata.TargetsType]{}}
+	if st.Root, err = loadMeta(dir, fmt.Sprintf("%d.root.json", rootVersion), metadata.Root()); err != nil {
+		return nil, err
+	}
+	if err := st.Root.VerifyDelegate(metadata.ROOT, st.Root); err != nil {
+		return nil, &MetadataError{File: fmt.Sprintf("%d.root.json", rootVersion), Err: fmt.Errorf("not signed by its own threshold: %w", err)}
+	}
+	if st.Timestamp, err = loadMeta(dir, "timestamp.json", metadata.Timestamp()); err != nil {
+		return nil, err
+	}
+	if err := st.Root.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp); err != nil {
+		return nil, &MetadataError{File: "timestamp.json", Err: err}
+	}
+	snapMeta := st.Timestamp.Signed.Meta["snapshot.json"]
+	if snapMeta == nil {
+		return nil, &MetadataError{File: "timestamp.json", Err: errors.New("names no snapshot")}
+	}
+	snapFile := fmt.Sprintf("%d.snapshot.json", snapMeta.Version)
+	if st.Snapshot, err = loadMeta(dir, snapFile, metadata.Snapshot()); err != nil {
+		return nil, err
+	}
+	if err := st.Root.VerifyDelegate(metadata.SNAPSHOT, st.Snapshot); err != nil {
+		return nil, &MetadataError{File: snapFile, Err: err}
+	}
+	for _, role := range append([]string{metadata.TARGETS}, delegatedNames()...) {
+		m := st.Snapshot.Signed.Meta[role+".json"]
+		if m == nil {
+			return nil, &MetadataError{File: snapFile, Err: fmt.Errorf("names no %s.json", role)}
+		}
+		file := fmt.Sprintf("%d.%s.json", m.Version, role)
+		t, err := loadMeta(dir, file, metadata.Targets())
+		if err != nil {
+			return nil, err
+		}
+		if t.Signed.Version != m.Version {
+			return nil, &MetadataError{File: file, Err: fmt.Errorf("version %d, snapshot says %d", t.Signed.Version, m.Version)}
+		}
+		var verr error
+		if role == metadata.TARGETS {
+			verr = st.Root.VerifyDelegate(role, t)
+		} else {
+			verr = st.Targets[metadata.TARGETS].VerifyDelegate(role, t)
+		}
+		if verr != nil {
+			return nil, &MetadataError{File: file, Err: verr}
+		}
+		st.Targets[role] = t
+	}
+	return st, nil
+}
+
+// maxMetadataBytes bounds what Load reads of one metadata file.
+const maxMetadataBytes = 32 << 20
+
+func loadMeta[T metadata.Roles](dir, name string, m *metadata.Metadata[T]) (*metadata.Metadata[T], error) {
+	path := filepath.Join(dir, name)
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, &MetadataError{File: path, Err: err}
+	}
+	defer f.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxMetadataBytes+1)); err != nil {
+		return nil, &MetadataError{File: path, Err: err}
+	}
+	if buf.Len() > maxMetadataBytes {
+		return nil, &MetadataError{File: path, Err: fmt.Errorf("larger than %d bytes", maxMetadataBytes)}
+	}
+	if !json.Valid(buf.Bytes()) {
+		return nil, &MetadataError{File: path, Err: errors.New("not valid JSON (truncated or corrupted)")}
+	}
+	out, err := m.FromBytes(buf.Bytes())
+	if err != nil {
+		return nil, &MetadataError{File: path, Err: err}
+	}
+	return out, nil
+}
+
+// writeMeta signs m with keys (replacing its signatures) and writes it to file in the
+// metadata directory.
+func writeMeta[T metadata.Roles](r *Repo, file string, m *metadata.Metadata[T], keys []*Key) error {
+	m.ClearSignatures()
+	for _, k := range keys {
+		s, err := k.Signer()
+		if err != nil {
+			return err
+		}
+		if _, err := m.Sign(s); err != nil {
+			return fmt.Errorf("sign %s: %w", file, err)
+		}
+	}
+	data, err := m.ToBytes(true)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", file, err)
+	}
+	if err := r.fs.WriteFile(filepath.Join(r.MetadataDir(), file), data, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", file, err)
+	}
+	return nil
+}
+
+// txn is one mutation of the repository, applied in the safe order by commit.
+type txn struct {
+	r        *Repo
+	st       *State
+	keys     *KeyRing
+	changed  map[string]bool // targets roles with a new version to write
+	extraSig map[string][]*Key
+	newSnap  bool
+	// tsWritten is set once the new timestamp.json was attempted.
+	tsWritten bool
+	// after runs once the metadata is written, still under the lock.
+	after func() error
+	// created are files this transaction added; they are removed if it fails before
+	// timestamp.json names them.
+	created []string
+}
+
+// update runs fn on the freshly loaded state under the repository lock, then writes what
+// it changed: delegated and targets metadata, then snapshot, then timestamp.
+func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error) error {
+	unlock, err := lockFile(r.path(".lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	st, err := r.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if keys == nil {
+		keys = &KeyRing{}
+	}
+	t := &txn{r: r, st: st, keys: keys, changed: map[string]bool{}, extraSig: map[string][]*Key{}}
+	if err := fn(t); err != nil {
+		t.rollback()
+		return err
+	}
+	if err := t.commit(ctx); err != nil {
+		t.rollback()
+		return err
+	}
+	if t.after != nil {
+		return t.after()
+	}
+	return nil
+}
+
+// rollback removes the files the transaction created, unless timestamp.json already
+// names its snapshot (the rename happened and only a later step failed): then they are
+// live and must stay.
+func (t *txn) rollback() {
+	if len(t.created) == 0 {
+		return
+	}
+	ts, err := loadMeta(t.r.MetadataDir(), "timestamp.json", metadata.Timestamp())
+	if err == nil && ts.Signed.Version == t.st.Timestamp.Signed.Version && t.tsWritten {
+		return
+	}
+	for _, f := range t.created {
+		os.Remove(f)
+	}
+}
+
+// create records that the transaction added file.
+func (t *txn) create(file string) { t.created = append(t.created, file) }
+
+// touch marks a targets role as changed: its version rises and its expiry renews.
+func (t *txn) touch(role string) {
+	if !t.changed[role] {
+		m := t.st.Targets[role]
+		m.Signed.Version++
+		m.Signed.Expires = t.r.expires(role)
+		t.changed[role] = true
+	}
+}
+
+// roleKeys finds threshold signing keys for a role named in root or a delegation.
+func (t *txn) roleKeys(role string) ([]*Key, error) {
+	ids, threshold, err := roleKeyIDs(t.st, role)
+	if err != nil {
+		return nil, err
+	}
+	dirs := []string{}
+	if role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
+		dirs = append(dirs, t.r.OnlineKeyDir())
+	} else {
+		dirs = append(dirs, t.r.OfflineKeyDir())
+	}
+	return t.keys.Find(role, ids, threshold, dirs)
+}
+
+func roleKeyIDs(st *State, role string) ([]string, int, error) {
+	if r, ok := st.Root.Signed.Roles[role]; ok {
+		return r.KeyIDs, r.Threshold, nil
+	}
+	if d := st.Targets[metadata.TARGETS].Signed.Delegations; d != nil {
+		for _, dr := range d.Roles {
+			if dr.Name == role {
+				return dr.KeyIDs, dr.Threshold, nil
+			}
+		}
+	}
+	return nil, 0, fmt.Errorf("no role %q in this repository", role)
+}
+
+func (t *txn) commit(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Sign everything before writing anything: a missing key must change nothing.
+	type pending struct {
+		role string
+		keys []*Key
+	}
+	var todo []pending
+	roles := []string{}
+	for role := range t.changed {
+		roles = append(roles, role)
+	}
+	sort.Strings(roles)
+	for _, role := range roles {
+		k, err := t.roleKeys(role)
+		if err != nil {
+			return err
+		}
+		todo = append(todo, pending{role, append(k, t.extraSig[role]...)})
+	}
+	snapKeys, err := t.roleKeys(metadata.SNAPSHOT)
+	if err != nil {
+		return err
+	}
+	tsKeys, err := t.roleKeys(metadata.TIMESTAMP)
+	if err != nil {
+		return err
+	}
+	for _, p := range todo {
+		m := t.st.Targets[p.role]
+		file := fmt.Sprintf("%d.%s.json", m.Signed.Version, p.role)
+		t.create(filepath.Join(t.r.MetadataDir(), file))
+		if err := writeMeta(t.r, file, m, p.keys); err != nil {
+			return err
+		}
+		t.st.Snapshot.Signed.Meta[p.role+".json"] = metadata.MetaFile(m.Signed.Version)
+	}
+	if len(todo) > 0 || t.newSnap {
+		s := t.st.Snapshot
+		s.Signed.Version++
+		s.Signed.Expires = t.r.expires(metadata.SNAPSHOT)
+		file := fmt.Sprintf("%d.snapshot.json", s.Signed.Version)
+		t.create(filepath.Join(t.r.MetadataDir(), file))
+		if err := writeMeta(t.r, file, s, append(snapKeys, t.extraSig[metadata.SNAPSHOT]...)); err != nil {
+			return err
+		}
+		t.st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(s.Signed.Version)
+	}
+	ts := t.st.Timestamp
+	ts.Signed.Version++
+	ts.Signed.Expires = t.r.expires(metadata.TIMESTAMP)
+	t.tsWritten = true
+	return writeMeta(t.r, "timestamp.json", ts, append(tsKeys, t.extraSig[metadata.TIMESTAMP]...))
+}
+
+// Refresh re-signs the timestamp (and the snapshot) with the online keys when they expire
+// within half of their lifetime, and reports what it renewed. Offline roles cannot be
+// renewed here; their expiry is reported by Status.
+func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
+	err = r.update(ctx, nil, func(t *txn) error {
+		now := r.now()
+		if t.st.Snapshot.Signed.Expires.Sub(now) < r.expiry.Snapshot/2 {
+			t.newSnap = true
+			renewed = append(renewed, metadata.SNAPSHOT)
+		}
+		if t.newSnap || t.st.Timestamp.Signed.Expires.Sub(now) < r.expiry.Timestamp/2 {
+			renewed = append(renewed, metadata.TIMESTAMP)
+			return nil
+		}
+		return errNothingToDo
+	})
+	if errors.Is(err, errNothingToDo) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.event(ctx, "refresh", map[string]any{"renewed": renewed})
+	return renewed, nil
+}
+
+var errNothingToDo = errors.New("nothing to do")
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}

@@ -1,0 +1,816 @@
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+)
+
+const testPass = "correct horse battery staple"
+
+// fakeClock is a settable clock shared by the repository and the TUF client.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+type fixture struct {
+	t      *testing.T
+	repo   *Repo
+	srv    *Server
+	http   *httptest.Server
+	clock  *fakeClock
+	keys   map[string][]string // role → key files from Init
+	root1  []byte              // the root a client pins
+	offDir string
+}
+
+func newFixture(t *testing.T, kt KeyType) *fixture {
+	t.Helper()
+	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
+	dir := t.TempDir()
+	res, err := Init(context.Background(), Config{Dir: dir, Now: clock.Now, KDF: KDFParams{N: 1 << 10}}, InitOptions{
+		KeyType: kt, Passphrase: []byte(testPass),
+	})
+	if err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	srv, err := NewServer(ServerConfig{Repo: res.Repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	root1, err := os.ReadFile(filepath.Join(res.Repo.MetadataDir(), "1.root.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{t: t, repo: res.Repo, srv: srv, http: hs, clock: clock, keys: res.KeyFiles, root1: root1, offDir: res.Repo.OfflineKeyDir()}
+}
+
+func (f *fixture) keyring(files ...string) *KeyRing {
+	return &KeyRing{Files: files, Passphrase: func() ([]byte, error) { return []byte(testPass), nil }}
+}
+
+func (f *fixture) publish(kind artifact.Kind, name, version, ext string, content []byte, mod func(*PublishRequest)) (*PublishResult, error) {
+	req := PublishRequest{
+		Meta:    artifact.Meta{Kind: kind, Name: name, Version: version, Format: strings.TrimPrefix(ext, ".")},
+		Ext:     ext,
+		Content: bytes.NewReader(content),
+	}
+	if mod != nil {
+		mod(&req)
+	}
+	return f.repo.Publish(context.Background(), req, f.keyring())
+}
+
+// client is a real go-tuf updater over HTTP with its own metadata cache directory, which
+// it keeps across refreshes (as a device does).
+type client struct {
+	f   *fixture
+	dir string
+}
+
+func (f *fixture) newClient() *client {
+	return &client{f: f, dir: f.t.TempDir()}
+}
+
+func (c *client) refresh() (*updater.Updater, error) {
+	root := c.f.root1
+	if b, err := os.ReadFile(filepath.Join(c.dir, "root.json")); err == nil {
+		root = b
+	}
+	cfg, err := config.New(c.f.http.URL+"/metadata", root)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RemoteTargetsURL = c.f.http.URL + "/targets"
+	cfg.LocalMetadataDir = c.dir
+	cfg.LocalTargetsDir = filepath.Join(c.dir, "targets")
+	up, err := updater.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	up.UnsafeSetRefTime(c.f.clock.Now())
+	return up, up.Refresh()
+}
+
+func (c *client) mustRefresh() *updater.Updater {
+	c.f.t.Helper()
+	up, err := c.refresh()
+	if err != nil {
+		c.f.t.Fatalf("client refresh: %v", err)
+	}
+	return up
+}
+
+func (c *client) download(up *updater.Updater, path string) ([]byte, *metadata.TargetFiles, error) {
+	tf, err := up.GetTargetInfo(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, data, err := up.DownloadTarget(tf, filepath.Join(c.dir, "dl-"+filepath.Base(path)), "")
+	return data, tf, err
+}
+
+func TestClientFetchesPublishedModel(t *testing.T) {
+	for _, kt := range []KeyType{KeyEd25519, KeyECDSAP256} {
+		t.Run(string(kt), func(t *testing.T) {
+			f := newFixture(t, kt)
+			c := f.newClient()
+			up := c.mustRefresh()
+			if v := up.GetTrustedMetadataSet().Timestamp.Signed.Version; v != 1 {
+				t.Fatalf("initial timestamp version = %d; want 1", v)
+			}
+			if _, err := up.GetTargetInfo("models/iris/1.0.0.onnx"); err == nil {
+				t.Fatal("GetTargetInfo on an empty repository succeeded")
+			}
+
+			probe := []byte(`{"inputs":[[5.1,3.5,1.4,0.2]],"labels":[0]}`)
+			if _, err := f.publish(artifact.KindProbe, "iris", "1.0.0", ".json", probe, nil); err != nil {
+				t.Fatalf("publish probe: %v", err)
+			}
+			model := bytes.Repeat([]byte("onnx-model-bytes"), 1000)
+			res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", model, func(r *PublishRequest) {
+				r.Meta.Gates = &artifact.Gates{MinAccuracy: 0.9, MaxP99Ms: 5}
+				r.Meta.Extra = map[string]json.RawMessage{"team": json.RawMessage(`"vision"`)}
+			})
+			if err != nil {
+				t.Fatalf("publish model: %v", err)
+			}
+			if res.Role != RoleModels || res.Path != "models/iris/1.0.0.onnx" || res.Length != int64(len(model)) {
+				t.Fatalf("publish result = %+v", res)
+			}
+
+			up = c.mustRefresh()
+			data, tf, err := c.download(up, "models/iris/1.0.0.onnx")
+			if err != nil {
+				t.Fatalf("download model: %v", err)
+			}
+			if !bytes.Equal(data, model) {
+				t.Fatalf("downloaded %d bytes; want the %d published", len(data), len(model))
+			}
+			var meta artifact.Meta
+			if err := json.Unmarshal(*tf.Custom, &meta); err != nil {
+				t.Fatal(err)
+			}
+			if meta.Probe != "probes/iris/1.0.0.json" || meta.Gates == nil || meta.Gates.MinAccuracy != 0.9 || string(meta.Extra["team"]) != `"vision"` {
+				t.Fatalf("custom metadata = %+v; want probe, gates and extra kept", meta)
+			}
+			if data, _, err := c.download(up, "probes/iris/1.0.0.json"); err != nil || !bytes.Equal(data, probe) {
+				t.Fatalf("download probe = %q, %v", data, err)
+			}
+		})
+	}
+}
+
+func TestServerRefreshesExpiringTimestamp(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	c.mustRefresh()
+
+	// 20 hours later the one-day timestamp has less than half its life left.
+	f.clock.Add(20 * time.Hour)
+	late := f.newClient() // a client living 10 hours after that
+	f.clock.Add(10 * time.Hour)
+	if _, err := late.refresh(); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("refresh with an expired timestamp = %v; want an expiry error", err)
+	}
+	f.clock.Add(-10 * time.Hour)
+	f.srv.RefreshOnce(context.Background())
+	f.clock.Add(10 * time.Hour)
+	up := c.mustRefresh()
+	if v := up.GetTrustedMetadataSet().Timestamp.Signed.Version; v != 2 {
+		t.Fatalf("timestamp version after refresh = %d; want 2", v)
+	}
+	// Six days later the snapshot needs re-signing too.
+	f.clock.Add(6 * 24 * time.Hour)
+	f.srv.RefreshOnce(context.Background())
+	up = c.mustRefresh()
+	if v := up.GetTrustedMetadataSet().Snapshot.Signed.Version; v != 2 {
+		t.Fatalf("snapshot version after refresh = %d; want 2", v)
+	}
+	// A refresh with nothing due changes nothing.
+	renewed, err := f.repo.Refresh(context.Background())
+	if err != nil || len(renewed) != 0 {
+		t.Fatalf("Refresh with nothing due = %v, %v; want nothing renewed", renewed, err)
+	}
+}
+
+func (f *fixture) rootKeyFiles(i ...int) []string {
+	var out []string
+	for _, n := range i {
+		out = append(out, f.keys[metadata.ROOT][n])
+	}
+	return out
+}
+
+func TestRootRotationByThreshold(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	c := f.newClient()
+	c.mustRefresh()
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Three new root keys replace the three old ones; threshold stays 2.
+	newDir := t.TempDir()
+	var newFiles []string
+	var newPubs []*metadata.Key
+	for range 3 {
+		k, err := GenerateKey("root", KeyEd25519, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := WriteKeyFile(OSFS{}, newDir, k, []byte(testPass), KDFParams{N: 1 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		newFiles = append(newFiles, p)
+		newPubs = append(newPubs, k.Public)
+	}
+	prop, err := f.repo.ProposeRoot(ctx, RootChange{
+		AddKeys:    map[string][]*metadata.Key{metadata.ROOT: newPubs},
+		RevokeKeys: map[string][]string{metadata.ROOT: st.Root.Signed.Roles[metadata.ROOT].KeyIDs},
+	})
+	if err != nil {
+		t.Fatalf("ProposeRoot: %v", err)
+	}
+	sign := func(file string) {
+		t.Helper()
+		k, err := f.keyring().Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Each holder signs the proposal file alone, as on their own machine.
+		if _, err := SignRootFile(nil, prop, k); err != nil {
+			t.Fatalf("SignRootFile: %v", err)
+		}
+	}
+	publish := func() error {
+		_, err := f.repo.PublishRoot(ctx, prop, f.keyring())
+		return err
+	}
+
+	if err := publish(); !errors.Is(err, ErrThreshold) {
+		t.Fatalf("publish unsigned = %v; want ErrThreshold", err)
+	}
+	sign(f.rootKeyFiles(0)[0])
+	sign(newFiles[0])
+	sign(newFiles[1])
+	if err := publish(); !errors.Is(err, ErrThreshold) || !strings.Contains(err.Error(), "current root") {
+		t.Fatalf("publish with 1 of 3 old keys = %v; want ErrThreshold for the current root", err)
+	}
+	sign(f.rootKeyFiles(1)[0])
+	// Signing again with the same key does not count twice.
+	sign(newFiles[1])
+	if err := publish(); err != nil {
+		t.Fatalf("publish with 2 old + 2 new: %v", err)
+	}
+	up := c.mustRefresh()
+	if v := up.GetTrustedMetadataSet().Root.Signed.Version; v != 2 {
+		t.Fatalf("client root version = %d; want 2", v)
+	}
+
+	// v3 signed by the new keys only: the old ones no longer matter.
+	prop, err = f.repo.ProposeRoot(ctx, RootChange{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign(newFiles[0])
+	sign(f.rootKeyFiles(0)[0]) // an old key's signature is now just noise
+	if err := publish(); !errors.Is(err, ErrThreshold) {
+		t.Fatalf("publish v3 with one current key = %v; want ErrThreshold", err)
+	}
+	sign(newFiles[2])
+	if err := publish(); err != nil {
+		t.Fatalf("publish v3: %v", err)
+	}
+	up = c.mustRefresh()
+	if v := up.GetTrustedMetadataSet().Root.Signed.Version; v != 3 {
+		t.Fatalf("client root version = %d; want 3", v)
+	}
+	// A stale proposal (for a version already published) is refused.
+	if _, err := f.repo.PublishRoot(ctx, prop, nil); err == nil {
+		t.Fatal("publishing a consumed proposal succeeded")
+	}
+}
+
+func TestOnlineKeyRotation(t *testing.T) {
+	for _, role := range []string{metadata.TIMESTAMP, metadata.SNAPSHOT} {
+		t.Run(role, func(t *testing.T) {
+			f := newFixture(t, KeyEd25519)
+			ctx := context.Background()
+			c := f.newClient()
+			c.mustRefresh()
+			before, _ := f.repo.Load(ctx)
+			oldIDs := before.Root.Signed.Roles[role].KeyIDs
+
+			// Without root keys the rotation waits for the ceremony.
+			res, err := f.repo.RotateKey(ctx, role, KeyECDSAP256, "", &KeyRing{})
+			if err != nil {
+				t.Fatalf("RotateKey: %v", err)
+			}
+			if res.Published {
+				t.Fatal("rotation published without root signatures")
+			}
+			// A client still works while the proposal waits.
+			c.mustRefresh()
+			kr := f.keyring(f.rootKeyFiles(0, 2)...)
+			for _, file := range kr.Files {
+				k, err := kr.Load(file)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
+					t.Fatalf("SignRoot: %v", err)
+				}
+			}
+			if _, err := f.repo.PublishRoot(ctx, "", nil); err != nil {
+				t.Fatalf("PublishRoot: %v", err)
+			}
+			up := c.mustRefresh()
+			trusted := up.GetTrustedMetadataSet()
+			if got := trusted.Root.Signed.Roles[role].KeyIDs; len(got) != 1 || got[0] != res.NewKeyID || got[0] == oldIDs[0] {
+				t.Fatalf("client's %s keys = %v; want [%s]", role, got, short(res.NewKeyID))
+			}
+			// The old online key is gone: metadata signed only by it is rejected.
+			if err := trusted.Root.VerifyDelegate(role, onlyOldSigned(t, f, role, oldIDs[0])); err == nil {
+				t.Fatalf("%s signed by the revoked key verifies", role)
+			}
+			// The server keeps working with the new key alone, and a fresh client too.
+			f.clock.Add(23 * time.Hour)
+			f.srv.RefreshOnce(ctx)
+			c.mustRefresh()
+			f.newClient().mustRefresh()
+
+			// One-step rotation when the caller holds root keys.
+			res2, err := f.repo.RotateKey(ctx, role, KeyEd25519, "", f.keyring(f.rootKeyFiles(0, 1)...))
+			if err != nil || !res2.Published {
+				t.Fatalf("RotateKey with root keys = %+v, %v; want published", res2, err)
+			}
+			up = c.mustRefresh()
+			if got := up.GetTrustedMetadataSet().Root.Signed.Roles[role].KeyIDs; got[0] != res2.NewKeyID {
+				t.Fatalf("client's %s key = %s; want %s", role, short(got[0]), short(res2.NewKeyID))
+			}
+		})
+	}
+}
+
+// onlyOldSigned returns the role's current metadata re-signed by the revoked key only.
+func onlyOldSigned(t *testing.T, f *fixture, role, oldID string) any {
+	t.Helper()
+	k, err := (&KeyRing{}).Find(role, []string{oldID}, 1, []string{f.repo.OnlineKeyDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := k[0].Signer()
+	if role == metadata.TIMESTAMP {
+		m, err := metadata.Timestamp().FromFile(filepath.Join(f.repo.MetadataDir(), "timestamp.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.ClearSignatures()
+		m.Sign(s)
+		return m
+	}
+	st, _ := f.repo.Load(context.Background())
+	st.Snapshot.ClearSignatures()
+	st.Snapshot.Sign(s)
+	return st.Snapshot
+}
+
+func TestDelegatedKeyRotationAndWrongKey(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	c := f.newClient()
+	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("v1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.mustRefresh()
+
+	oldModelsKey := f.keys[RoleModels][0]
+	res, err := f.repo.RotateKey(ctx, RoleModels, KeyEd25519, "", f.keyring())
+	if err != nil || !res.Published {
+		t.Fatalf("RotateKey(models) = %+v, %v", res, err)
+	}
+	// The client follows the rotation and still verifies the old target.
+	up := c.mustRefresh()
+	if data, _, err := c.download(up, "models/iris/1.0.0.onnx"); err != nil || string(data) != "v1" {
+		t.Fatalf("download after rotation = %q, %v", data, err)
+	}
+	// Publishing with only the revoked key is refused before anything is written.
+	tsBefore := readFile(t, filepath.Join(f.repo.MetadataDir(), "timestamp.json"))
+	onlyOld := &KeyRing{Files: []string{oldModelsKey}, Passphrase: f.keyring().Passphrase}
+	moveAway(t, f.offDir, res.NewKey)
+	_, err = f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "2.0.0"}, Ext: ".onnx", Content: strings.NewReader("v2")}, onlyOld)
+	if err == nil || !strings.Contains(err.Error(), "role models needs 1") {
+		t.Fatalf("publish with the revoked key = %v; want a missing-key error", err)
+	}
+	if !bytes.Equal(tsBefore, readFile(t, filepath.Join(f.repo.MetadataDir(), "timestamp.json"))) {
+		t.Fatal("a refused publish changed timestamp.json")
+	}
+
+	// An attacker holding the online keys and the revoked models key forges a models
+	// version: the client rejects it.
+	forgeDelegated(t, f, RoleModels, oldModelsKey, "models/evil/6.6.6.onnx")
+	up, err = c.refresh()
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	if _, err := up.GetTargetInfo("models/evil/6.6.6.onnx"); err == nil {
+		t.Fatal("client accepted a models role signed by the wrong key")
+	}
+}
+
+func moveAway(t *testing.T, dir, file string) {
+	t.Helper()
+	if err := os.Rename(file, filepath.Join(t.TempDir(), filepath.Base(file))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forgeDelegated writes a new version of role signed with keyFile, and a snapshot and
+// timestamp pointing to it signed with the real online keys.
+func forgeDelegated(t *testing.T, f *fixture, role, keyFile, tpath string) {
+	t.Helper()
+	st, err := f.repo.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := f.keyring().Load(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := st.Targets[role]
+	m.Signed.Version++
+	tf, _ := metadata.TargetFile().FromBytes(tpath, []byte("malware"))
+	m.Signed.Targets[tpath] = tf
+	if err := writeMeta(f.repo, fmt.Sprintf("%d.%s.json", m.Signed.Version, role), m, []*Key{bad}); err != nil {
+		t.Fatal(err)
+	}
+	online := func(r string) []*Key {
+		ids, n, _ := roleKeyIDs(st, r)
+		k, err := (&KeyRing{}).Find(r, ids, n, []string{f.repo.OnlineKeyDir()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	st.Snapshot.Signed.Version++
+	st.Snapshot.Signed.Meta[role+".json"] = metadata.MetaFile(m.Signed.Version)
+	if err := writeMeta(f.repo, fmt.Sprintf("%d.snapshot.json", st.Snapshot.Signed.Version), st.Snapshot, online(metadata.SNAPSHOT)); err != nil {
+		t.Fatal(err)
+	}
+	st.Timestamp.Signed.Version++
+	st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(st.Snapshot.Signed.Version)
+	if err := writeMeta(f.repo, "timestamp.json", st.Timestamp, online(metadata.TIMESTAMP)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestRepublishSameVersion(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	if _, err := f.publish(artifact.KindRuntime, "onnxruntime", "1.24.3", ".tar", []byte("runtime A"), nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.publish(artifact.KindRuntime, "onnxruntime", "1.24.3", ".tar", []byte("runtime A"), nil)
+	if err != nil || !res.Unchanged {
+		t.Fatalf("republish identical = %+v, %v; want Unchanged", res, err)
+	}
+	before := snapshotFiles(t, f)
+	for _, ext := range []string{".tar", ".tgz"} {
+		_, err = f.publish(artifact.KindRuntime, "onnxruntime", "1.24.3", ext, []byte("runtime B"), nil)
+		if !errors.Is(err, ErrConflict) {
+			t.Fatalf("republish %s with new bytes = %v; want ErrConflict", ext, err)
+		}
+	}
+	if after := snapshotFiles(t, f); after != before {
+		t.Fatalf("refused republish changed the metadata:\n%s\nthen\n%s", before, after)
+	}
+	up := c.mustRefresh()
+	if data, _, err := c.download(up, "runtimes/onnxruntime/1.24.3.tar"); err != nil || string(data) != "runtime A" {
+		t.Fatalf("download = %q, %v; want the first bytes", data, err)
+	}
+}
+
+// snapshotFiles lists the metadata directory with sizes, and the incoming blob area.
+func snapshotFiles(t *testing.T, f *fixture) string {
+	t.Helper()
+	var b strings.Builder
+	for _, d := range []string{f.repo.MetadataDir(), f.repo.path("blobs", "incoming"), f.repo.path("blobs", "sha256")} {
+		ents, _ := os.ReadDir(d)
+		for _, e := range ents {
+			fi, _ := e.Info()
+			fmt.Fprintf(&b, "%s/%s %d\n", filepath.Base(d), e.Name(), fi.Size())
+		}
+	}
+	fmt.Fprintf(&b, "timestamp %x", readFile(t, filepath.Join(f.repo.MetadataDir(), "timestamp.json")))
+	return b.String()
+}
+
+// failingFS fails writes whose name matches, like a full disk.
+type failingFS struct {
+	OSFS
+	match string
+	after int64 // bytes written before failing
+}
+
+var errNoSpace = fmt.Errorf("simulated: %w", syscall.ENOSPC)
+
+func (f failingFS) WriteFile(name string, data []byte, perm os.FileMode) error {
+	if strings.Contains(name, f.match) {
+		// Write part of the data to a temp file, then fail, as a full disk would.
+		_, err := f.WriteStream(name, bytes.NewReader(data), perm)
+		return err
+	}
+	return f.OSFS.WriteFile(name, data, perm)
+}
+
+func (f failingFS) WriteStream(name string, r io.Reader, perm os.FileMode) (int64, error) {
+	if strings.Contains(name, f.match) {
+		return atomicWrite(name, perm, func(w io.Writer) (int64, error) {
+			n, err := io.CopyN(w, r, f.after)
+			if err != nil && err != io.EOF {
+				return n, err
+			}
+			return n, errNoSpace
+		})
+	}
+	return f.OSFS.WriteStream(name, r, perm)
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	ctx := context.Background()
+	model := func() PublishRequest {
+		return PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "2.0.0"}, Ext: ".onnx", Content: strings.NewReader("model v2")}
+	}
+	tests := []struct {
+		name    string
+		prepare func(f *fixture) (PublishRequest, *KeyRing, *Repo)
+		want    string
+		is      error
+	}{
+		{
+			name: "wrong passphrase",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				return model(), &KeyRing{Passphrase: func() ([]byte, error) { return []byte("wrong"), nil }}, f.repo
+			},
+			is: ErrWrongPassphrase,
+		},
+		{
+			name: "missing key file",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				kr := f.keyring(filepath.Join(t.TempDir(), "nope.key"))
+				return model(), kr, f.repo
+			},
+			is: os.ErrNotExist,
+		},
+		{
+			name: "no key for the role",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				moveAway(t, f.offDir, f.keys[RoleModels][0])
+				return model(), f.keyring(), f.repo
+			},
+			want: "role models needs 1",
+		},
+		{
+			name: "path outside the role's delegation",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				r := model()
+				r.Role = RoleRuntimes
+				return r, f.keyring(), f.repo
+			},
+			is: ErrOutsideDelegation,
+		},
+		{
+			name: "truncated delegated metadata",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				p := filepath.Join(f.repo.MetadataDir(), "2.models.json")
+				b := readFile(t, p)
+				os.WriteFile(p, b[:len(b)/2], 0o644)
+				return model(), f.keyring(), f.repo
+			},
+			want: "2.models.json: not valid JSON",
+		},
+		{
+			name: "non-JSON timestamp",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				os.WriteFile(filepath.Join(f.repo.MetadataDir(), "timestamp.json"), []byte("<html>oops</html>"), 0o644)
+				return model(), f.keyring(), f.repo
+			},
+			want: "timestamp.json: not valid JSON",
+		},
+		{
+			name: "disk full writing the snapshot",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				r := *f.repo
+				r.fs = failingFS{match: "snapshot.json", after: 100}
+				return model(), f.keyring(), &r
+			},
+			is: syscall.ENOSPC,
+		},
+		{
+			name: "disk full storing the content",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				r := *f.repo
+				r.fs = failingFS{match: "incoming", after: 3}
+				return model(), f.keyring(), &r
+			},
+			is: syscall.ENOSPC,
+		},
+		{
+			name: "invalid version",
+			prepare: func(f *fixture) (PublishRequest, *KeyRing, *Repo) {
+				r := model()
+				r.Meta.Version = "../../etc"
+				return r, f.keyring(), f.repo
+			},
+			want: "semantic version",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, KeyEd25519)
+			if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("model v1"), nil); err != nil {
+				t.Fatal(err)
+			}
+			req, kr, repo := tc.prepare(f)
+			before := snapshotFiles(t, f)
+			_, err := repo.Publish(ctx, req, kr)
+			if err == nil {
+				t.Fatal("Publish succeeded; want an error")
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("Publish = %v; want errors.Is %v", err, tc.is)
+			}
+			if tc.want != "" && !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Publish = %v; want it to mention %q", err, tc.want)
+			}
+			if after := snapshotFiles(t, f); after != before {
+				t.Fatalf("failed publish changed the repository:\n%s\nthen\n%s", before, after)
+			}
+		})
+	}
+}
+
+func TestRepositoryStaysConsistentWhilePublishing(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := f.newClient()
+			for ctx.Err() == nil {
+				if _, err := c.refresh(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for i := range 15 {
+		if _, err := f.publish(artifact.KindModel, "m", fmt.Sprintf("1.0.%d", i), ".onnx", []byte{byte(i)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a client saw an inconsistent repository: %v", err)
+	}
+}
+
+func TestServerHTTP(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	content := bytes.Repeat([]byte("0123456789"), 100)
+	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", content, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string, hdr ...string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("GET", f.http.URL+path, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	ts := get("/metadata/timestamp.json")
+	etag := ts.Header.Get("ETag")
+	if ts.StatusCode != 200 || etag == "" || ts.Header.Get("Cache-Control") != "no-cache" {
+		t.Fatalf("timestamp: %d etag %q cache %q", ts.StatusCode, etag, ts.Header.Get("Cache-Control"))
+	}
+	if r := get("/metadata/timestamp.json", "If-None-Match", etag); r.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match current etag = %d; want 304", r.StatusCode)
+	}
+	f.srv.RefreshOnce(context.Background()) // nothing due: same file
+	f.clock.Add(20 * time.Hour)
+	f.srv.RefreshOnce(context.Background()) // re-signed: new etag
+	if r := get("/metadata/timestamp.json", "If-None-Match", etag); r.StatusCode != 200 || r.Header.Get("ETag") == etag {
+		t.Fatalf("If-None-Match after re-signing = %d (etag %q); want 200 with a new etag", r.StatusCode, r.Header.Get("ETag"))
+	}
+	if r := get("/metadata/1.root.json"); r.StatusCode != 200 || !strings.Contains(r.Header.Get("Cache-Control"), "immutable") {
+		t.Fatalf("1.root.json: %d %q", r.StatusCode, r.Header.Get("Cache-Control"))
+	}
+
+	url := "/targets/" + ConsistentTargetPath(res.Path, res.SHA256)
+	r := get(url, "Range", "bytes=10-19")
+	body, _ := io.ReadAll(r.Body)
+	if r.StatusCode != http.StatusPartialContent || string(body) != "0123456789" {
+		t.Fatalf("Range 10-19 = %d %q; want 206 and the bytes", r.StatusCode, body)
+	}
+	r = get(url)
+	body, _ = io.ReadAll(r.Body)
+	if r.StatusCode != 200 || !bytes.Equal(body, content) {
+		t.Fatalf("target = %d, %d bytes", r.StatusCode, len(body))
+	}
+
+	for _, bad := range []string{
+		"/metadata/../edgeward-repo.json", "/metadata/..%2Fedgeward-repo.json", "/metadata/root", "/metadata/1.root.json.tmp",
+		"/targets/models/iris/1.0.0.onnx", "/targets/models/iris/" + strings.Repeat("0", 64) + ".1.0.0.onnx",
+		"/targets/../blobs/sha256/" + res.SHA256, "/metadata/999.root.json",
+	} {
+		if r := get(bad); r.StatusCode != http.StatusNotFound && r.StatusCode != http.StatusBadRequest && r.StatusCode != http.StatusMovedPermanently {
+			t.Errorf("GET %s = %d; want 404", bad, r.StatusCode)
+		}
+	}
+	if r := get("/healthz"); r.StatusCode != 200 {
+		t.Fatalf("healthz = %d", r.StatusCode)
+	}
+	r = get("/metrics")
+	body, _ = io.ReadAll(r.Body)
+	for _, want := range []string{`edgeward_tuf_metadata_version{role="models"} 2`, `edgeward_repo_http_requests_total{code="206",route="targets"} 1`, `edgeward_tuf_refresh_total{result="renewed"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// Expired online metadata makes the server unhealthy.
+	f.clock.Add(48 * time.Hour)
+	if r := get("/healthz"); r.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("healthz with expired timestamp = %d; want 503", r.StatusCode)
+	}
+}
+
+func TestEventsRecorded(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := f.repo.Events(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, e := range ev {
+		actions = append(actions, e.Action)
+	}
+	if got := strings.Join(actions, ","); got != "repo.init,publish" {
+		t.Fatalf("events = %s; want repo.init,publish", got)
+	}
+	if ev[1].Details["path"] != "models/iris/1.0.0.onnx" {
+		t.Fatalf("publish event details = %v", ev[1].Details)
+	}
+}

@@ -1,0 +1,378 @@
+package reposerver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// ErrThreshold is returned when a proposed root lacks the signatures it needs.
+var ErrThreshold = errors.New("signature threshold not met")
+
+// RootChange describes a new root version. Zero fields change nothing.
+type RootChange struct {
+	AddKeys    map[string][]*metadata.Key // role → keys to add
+	RevokeKeys map[string][]string        // role → key IDs to remove
+	Thresholds map[string]int             // role → new threshold
+	Expires    time.Duration              // lifetime of the new root; 0: the repository's
+}
+
+// ProposalPath is where the proposal for root version v is staged.
+func (r *Repo) ProposalPath(v int64) string {
+	return r.path("staged", "root", fmt.Sprintf("%d.root.json", v))
+}
+
+// ProposeRoot writes an unsigned root, one version above the current one, with the
+// change applied, to the staging area, and returns its path. Key holders then sign it
+// with SignRoot (each on their own machine, passing the file around) and PublishRoot
+// makes it current once the old and the new root's thresholds are both met.
+func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
+	st, err := r.Load(ctx)
+	if err != nil {
+		return "", err
+	}
+	next, err := metadata.Root().FromBytes(mustBytes(st.Root))
+	if err != nil {
+		return "", err
+	}
+	next.ClearSignatures()
+	next.Signed.Version++
+	life := ch.Expires
+	if life == 0 {
+		life = r.expiry.Root
+	}
+	next.Signed.Expires = r.now().UTC().Add(life).Truncate(time.Second)
+	for role, ids := range ch.RevokeKeys {
+		for _, id := range ids {
+			if err := next.Signed.RevokeKey(id, role); err != nil {
+				return "", fmt.Errorf("revoke %s key %s: %w", role, short(id), err)
+			}
+		}
+	}
+	for role, keys := range ch.AddKeys {
+		for _, k := range keys {
+			if err := next.Signed.AddKey(k, role); err != nil {
+				return "", fmt.Errorf("add %s key: %w", role, err)
+			}
+		}
+	}
+	for role, n := range ch.Thresholds {
+		rr, ok := next.Signed.Roles[role]
+		if !ok {
+			return "", fmt.Errorf("threshold for unknown role %q", role)
+		}
+		rr.Threshold = n
+	}
+	for name, rr := range next.Signed.Roles {
+		if rr.Threshold < 1 || rr.Threshold > len(rr.KeyIDs) {
+			return "", fmt.Errorf("role %s would need %d of %d keys: want 1 <= threshold <= keys", name, rr.Threshold, len(rr.KeyIDs))
+		}
+	}
+	path := r.ProposalPath(next.Signed.Version)
+	data, err := next.ToBytes(true)
+	if err != nil {
+		return "", err
+	}
+	if err := r.fs.WriteFile(path, data, 0o644); err != nil {
+		return "", fmt.Errorf("write proposal: %w", err)
+	}
+	return path, nil
+}
+
+func mustBytes[T metadata.Roles](m *metadata.Metadata[T]) []byte {
+	b, err := m.ToBytes(false)
+	if err != nil {
+		panic(err) // metadata that was just parsed always encodes
+	}
+	return b
+}
+
+// SignRootFile adds key's signature to the proposed root in file. The key must be a root
+// key of the proposal or of the root before it (old keys sign a rotation away from
+// them). It works on the file alone: a key holder needs nothing else of the repository.
+// It returns the key IDs that have signed.
+func SignRootFile(fsys FS, path string, key *Key) ([]string, error) {
+	if fsys == nil {
+		fsys = OSFS{}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read proposal: %w", err)
+	}
+	prop, err := metadata.Root().FromBytes(data)
+	if err != nil {
+		return nil, &MetadataError{File: path, Err: err}
+	}
+	id := key.ID()
+	sigs := prop.Signatures[:0]
+	for _, s := range prop.Signatures {
+		if s.KeyID != id {
+			sigs = append(sigs, s)
+		}
+	}
+	prop.Signatures = sigs
+	signer, err := key.Signer()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := prop.Sign(signer); err != nil {
+		return nil, fmt.Errorf("sign proposal: %w", err)
+	}
+	out, err := prop.ToBytes(true)
+	if err != nil {
+		return nil, err
+	}
+	if err := fsys.WriteFile(path, out, 0o644); err != nil {
+		return nil, fmt.Errorf("write proposal: %w", err)
+	}
+	var ids []string
+	for _, s := range prop.Signatures {
+		ids = append(ids, s.KeyID)
+	}
+	return ids, nil
+}
+
+// SignRoot signs the staged proposal for the next root version with key, refusing a key
+// that is a root key of neither the current root nor the proposal.
+func (r *Repo) SignRoot(ctx context.Context, key *Key) (string, []string, error) {
+	st, err := r.Load(ctx)
+	if err != nil {
+		return "", nil, err
+	}
+	path := r.ProposalPath(st.Root.Signed.Version + 1)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("no proposal for root v%d (run 'edgeward root propose'): %w", st.Root.Signed.Version+1, err)
+	}
+	prop, err := metadata.Root().FromBytes(data)
+	if err != nil {
+		return "", nil, &MetadataError{File: path, Err: err}
+	}
+	id := key.ID()
+	if !slices.Contains(st.Root.Signed.Roles[metadata.ROOT].KeyIDs, id) && !slices.Contains(prop.Signed.Roles[metadata.ROOT].KeyIDs, id) {
+		return "", nil, fmt.Errorf("key %s is not a root key of v%d or v%d", short(id), st.Root.Signed.Version, prop.Signed.Version)
+	}
+	ids, err := SignRootFile(r.fs, path, key)
+	return path, ids, err
+}
+
+// thresholdMet counts the proposal's valid signatures by the root keys of signer and
+// returns an ErrThreshold error saying how many are missing.
+func thresholdMet(which string, signer, prop *metadata.Metadata[metadata.RootType]) error {
+	err := signer.VerifyDelegate(metadata.ROOT, prop)
+	if err == nil {
+		return nil
+	}
+	role := signer.Signed.Roles[metadata.ROOT]
+	have := 0
+	for _, s := range prop.Signatures {
+		if slices.Contains(role.KeyIDs, s.KeyID) {
+			have++
+		}
+	}
+	return fmt.Errorf("%w: root v%d needs %d signatures by the %s root's keys (v%d), has %d: %v",
+		ErrThreshold, prop.Signed.Version, role.Threshold, which, signer.Signed.Version, have, err)
+}
+
+// PublishRoot makes the proposal at path (default: the staged one) the current root,
+// after checking it is the next version and is signed by a threshold of the current
+// root's keys and of its own. When it changes the online keys, the next snapshot and
+// timestamp are signed by both the old and the new keys and written before the root, so
+// that clients on either root keep working; when it changes the targets keys, targets is
+// re-signed (the new targets key must be found by keys).
+func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int64, error) {
+	var version int64
+	err := r.update(ctx, keys, func(t *txn) error {
+		cur := t.st.Root
+		if path == "" {
+			path = r.ProposalPath(cur.Signed.Version + 1)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("read proposal: %w", err)
+		}
+		prop, err := metadata.Root().FromBytes(data)
+		if err != nil {
+			return &MetadataError{File: path, Err: err}
+		}
+		if prop.Signed.Version != cur.Signed.Version+1 {
+			return fmt.Errorf("proposal is root v%d but the current root is v%d: propose again", prop.Signed.Version, cur.Signed.Version)
+		}
+		if err := thresholdMet("current", cur, prop); err != nil {
+			return err
+		}
+		if err := thresholdMet("new", prop, prop); err != nil {
+			return err
+		}
+		if prop.Signed.Expires.Before(r.now()) {
+			return fmt.Errorf("proposal expired at %s", prop.Signed.Expires)
+		}
+		for _, role := range []string{metadata.SNAPSHOT, metadata.TIMESTAMP} {
+			if !slices.Equal(sorted(cur.Signed.Roles[role].KeyIDs), sorted(prop.Signed.Roles[role].KeyIDs)) {
+				old, err := t.roleKeys(role)
+				if err != nil {
+					return fmt.Errorf("sign %s with the old keys during the rotation: %w", role, err)
+				}
+				t.extraSig[role] = old
+				if role == metadata.SNAPSHOT {
+					t.newSnap = true
+				}
+			}
+		}
+		if !slices.Equal(sorted(cur.Signed.Roles[metadata.TARGETS].KeyIDs), sorted(prop.Signed.Roles[metadata.TARGETS].KeyIDs)) {
+			defer t.touch(metadata.TARGETS)
+		}
+		t.st.Root = prop
+		version = prop.Signed.Version
+		t.after = func() error {
+			out, err := prop.ToBytes(true)
+			if err != nil {
+				return err
+			}
+			if err := r.fs.WriteFile(filepath.Join(r.MetadataDir(), fmt.Sprintf("%d.root.json", version)), out, 0o644); err != nil {
+				return fmt.Errorf("write root v%d: %w", version, err)
+			}
+			os.Remove(path)
+			return nil
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	r.event(ctx, "root.publish", map[string]any{"version": version})
+	return version, nil
+}
+
+func sorted(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}
+
+// RotateResult says what a key rotation did.
+type RotateResult struct {
+	Role      string
+	NewKeyID  string
+	NewKey    string   // path of the new key file
+	Revoked   []string // key IDs removed
+	Proposal  string   // for online roles: the staged root proposal
+	Published bool     // the rotation is live (for online roles: the root was published)
+}
+
+// RotateKey replaces the keys of role with one new key.
+//
+// For the delegated roles (models, runtimes) it is immediate: the new key is written,
+// encrypted with the keyring's passphrase, to keyDir (default DIR/keys/offline), targets
+// is re-signed with the targets key and the role with the new key.
+//
+// For the online roles (snapshot, timestamp) the keys are listed in root, so a rotation
+// is a root change: the new key is written to DIR/keys/online, a root proposal is staged,
+// and if keys holds a threshold of root keys it is signed and published at once;
+// otherwise the proposal waits for 'edgeward root sign' and 'edgeward root publish'.
+func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir string, keys *KeyRing) (*RotateResult, error) {
+	if keys == nil {
+		keys = &KeyRing{}
+	}
+	res := &RotateResult{Role: role}
+	switch role {
+	case metadata.SNAPSHOT, metadata.TIMESTAMP:
+		st, err := r.Load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		k, err := GenerateKey(role, kt, nil)
+		if err != nil {
+			return nil, err
+		}
+		res.NewKeyID = k.ID()
+		res.Revoked = slices.Clone(st.Root.Signed.Roles[role].KeyIDs)
+		if res.NewKey, err = WriteKeyFile(r.fs, r.OnlineKeyDir(), k, nil, KDFParams{}); err != nil {
+			return nil, err
+		}
+		res.Proposal, err = r.ProposeRoot(ctx, RootChange{
+			AddKeys:    map[string][]*metadata.Key{role: {k.Public}},
+			RevokeKeys: map[string][]string{role: res.Revoked},
+		})
+		if err != nil {
+			return nil, err
+		}
+		rootKeys, err := keys.Find(metadata.ROOT, st.Root.Signed.Roles[metadata.ROOT].KeyIDs, st.Root.Signed.Roles[metadata.ROOT].Threshold, nil)
+		if err != nil {
+			return res, nil // the ceremony continues with root sign / root publish
+		}
+		for _, rk := range rootKeys {
+			if _, err := SignRootFile(r.fs, res.Proposal, rk); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := r.PublishRoot(ctx, res.Proposal, keys); err != nil {
+			return nil, err
+		}
+		res.Published = true
+	case RoleModels, RoleRuntimes:
+		if keys.Passphrase == nil {
+			return nil, errors.New("a passphrase is needed to encrypt the new key")
+		}
+		pass, err := keys.Passphrase()
+		if err != nil {
+			return nil, err
+		}
+		if keyDir == "" {
+			keyDir = r.OfflineKeyDir()
+		}
+		k, err := GenerateKey(role, kt, nil)
+		if err != nil {
+			return nil, err
+		}
+		res.NewKeyID = k.ID()
+		err = r.update(ctx, keys, func(t *txn) error {
+			d := t.st.Targets[metadata.TARGETS].Signed.Delegations
+			idx := slices.IndexFunc(d.Roles, func(dr metadata.DelegatedRole) bool { return dr.Name == role })
+			if idx < 0 {
+				return fmt.Errorf("no delegated role %q", role)
+			}
+			res.Revoked = d.Roles[idx].KeyIDs
+			d.Roles[idx].KeyIDs = []string{k.ID()}
+			d.Roles[idx].Threshold = 1
+			d.Keys[k.ID()] = k.Public
+			for _, old := range res.Revoked {
+				used := false
+				for _, dr := range d.Roles {
+					used = used || slices.Contains(dr.KeyIDs, old)
+				}
+				if !used {
+					delete(d.Keys, old)
+				}
+			}
+			t.touch(metadata.TARGETS)
+			t.touch(role)
+			// The new key is written before anything is signed with it, and is found
+			// by roleKeys in keyDir.
+			if res.NewKey, err = WriteKeyFile(r.fs, keyDir, k, pass, r.cfg.KDF); err != nil {
+				return err
+			}
+			keys.Dirs = append(keys.Dirs, keyDir)
+			return nil
+		})
+		if err != nil {
+			if res.NewKey != "" {
+				os.Remove(res.NewKey)
+			}
+			return nil, err
+		}
+		res.Published = true
+	default:
+		return nil, fmt.Errorf("rotate %q: want timestamp, snapshot, models or runtimes (root and targets keys change through 'edgeward root propose')", role)
+	}
+	if res.Published {
+		r.event(ctx, "keys.rotate", map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked})
+	}
+	return res, nil
+}

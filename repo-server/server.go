@@ -1,0 +1,319 @@
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// ServerConfig configures the repository server. Only Repo is required.
+type ServerConfig struct {
+	Repo *Repo
+	// RefreshInterval is how often the server checks whether the timestamp and snapshot
+	// need re-signing. 0: one minute, or a tenth of the timestamp lifetime if shorter.
+	RefreshInterval time.Duration
+	Logger          *slog.Logger         // nil: discard
+	Registry        *prometheus.Registry // nil: a new one (served at /metrics)
+}
+
+// Server serves a repository's metadata and targets over HTTP and keeps its online
+// metadata fresh. Other subsystems mount their handlers with Handle. Safe for concurrent
+// use.
+type Server struct {
+	cfg  ServerConfig
+	log  *slog.Logger
+	mux  *http.ServeMux
+	reg  *prometheus.Registry
+	meta *fileCache
+
+	requests  *prometheus.CounterVec
+	versions  *prometheus.GaugeVec
+	expiresIn *prometheus.GaugeVec
+	refreshes *prometheus.CounterVec
+}
+
+// NewServer builds the server; it serves nothing until its Handler is used.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Repo == nil {
+		return nil, errors.New("server: no repository")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, mux: http.NewServeMux(), meta: &fileCache{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if s.cfg.RefreshInterval <= 0 {
+		s.cfg.RefreshInterval = min(time.Minute, cfg.Repo.Expiry().Timestamp/10)
+	}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_repo_http_requests_total", Help: "Repository HTTP requests by route and status code.",
+	}, []string{"route", "code"})
+	s.versions = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeward_tuf_metadata_version", Help: "Current version of each TUF role's metadata.",
+	}, []string{"role"})
+	s.expiresIn = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "edgeward_tuf_metadata_expires_in_seconds", Help: "Seconds until each TUF role's metadata expires (negative: expired).",
+	}, []string{"role"})
+	s.refreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_tuf_refresh_total", Help: "Online metadata refreshes by result (renewed, unchanged, error).",
+	}, []string{"result"})
+	s.reg.MustRegister(s.requests, s.versions, s.expiresIn, s.refreshes)
+
+	s.mux.Handle("GET /metadata/{file}", s.count("metadata", http.HandlerFunc(s.serveMetadata)))
+	s.mux.Handle("GET /targets/{path...}", s.count("targets", http.HandlerFunc(s.serveTarget)))
+	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	return s, nil
+}
+
+// Handler is the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Handle mounts another subsystem's handler (device API, attestation CA, dashboard).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// Registry is where the server's metrics are registered; other subsystems may add theirs.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Serve serves on ln and refreshes the online metadata until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	go s.RunRefresher(ctx)
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(shutdown)
+	}()
+	err := hs.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// RunRefresher re-signs timestamp and snapshot before they expire, until ctx ends.
+func (s *Server) RunRefresher(ctx context.Context) {
+	t := time.NewTicker(s.cfg.RefreshInterval)
+	defer t.Stop()
+	for {
+		s.RefreshOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// RefreshOnce performs one refresh check and updates the metadata gauges.
+func (s *Server) RefreshOnce(ctx context.Context) {
+	renewed, err := s.cfg.Repo.Refresh(ctx)
+	switch {
+	case err != nil:
+		s.refreshes.WithLabelValues("error").Inc()
+		s.log.Error("refresh online metadata", "err", err)
+	case len(renewed) > 0:
+		s.refreshes.WithLabelValues("renewed").Inc()
+		s.log.Info("re-signed online metadata", "roles", renewed)
+	default:
+		s.refreshes.WithLabelValues("unchanged").Inc()
+	}
+	if st, err := s.cfg.Repo.Load(ctx); err == nil {
+		s.observe(st)
+	}
+}
+
+func (s *Server) observe(st *State) {
+	now := s.cfg.Repo.now()
+	set := func(role string, v int64, exp time.Time) {
+		s.versions.WithLabelValues(role).Set(float64(v))
+		s.expiresIn.WithLabelValues(role).Set(exp.Sub(now).Seconds())
+	}
+	set(metadata.ROOT, st.Root.Signed.Version, st.Root.Signed.Expires)
+	set(metadata.TIMESTAMP, st.Timestamp.Signed.Version, st.Timestamp.Signed.Expires)
+	set(metadata.SNAPSHOT, st.Snapshot.Signed.Version, st.Snapshot.Signed.Expires)
+	for role, t := range st.Targets {
+		set(role, t.Signed.Version, t.Signed.Expires)
+	}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) count(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		s.requests.WithLabelValues(route, fmt.Sprint(sw.code)).Inc()
+	})
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Del("ETag")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+var metaNameRE = regexp.MustCompile(`^(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9_-]{0,63}\.json$`)
+
+// serveMetadata serves one metadata file. Versioned files never change and are cached
+// by clients forever; timestamp.json is revalidated with its ETag.
+func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("file")
+	if !metaNameRE.MatchString(name) {
+		writeError(w, http.StatusNotFound, "no such metadata file")
+		return
+	}
+	f, err := s.meta.get(filepath.Join(s.cfg.Repo.MetadataDir(), name))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			writeError(w, http.StatusNotFound, "no such metadata file")
+			return
+		}
+		s.log.Error("read metadata", "file", name, "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot read metadata")
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("ETag", f.etag)
+	if name == "timestamp.json" || !strings.Contains(strings.TrimSuffix(name, ".json"), ".") {
+		h.Set("Cache-Control", "no-cache")
+	} else {
+		h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	}
+	http.ServeContent(w, r, "", f.mod, bytes.NewReader(f.data))
+}
+
+var hexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// serveTarget serves target content by its consistent-snapshot path
+// <dir>/<sha256>.<name>, with Range and conditional requests.
+func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
+	p := r.PathValue("path")
+	if p == "" || strings.Contains(p, "..") || path.Clean(p) != p {
+		writeError(w, http.StatusNotFound, "no such target")
+		return
+	}
+	base := path.Base(p)
+	sum, _, ok := strings.Cut(base, ".")
+	if !ok || !hexRE.MatchString(sum) {
+		writeError(w, http.StatusNotFound, "no such target (want <dir>/<sha256>.<name>)")
+		return
+	}
+	f, err := os.Open(s.cfg.Repo.BlobPath(sum))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "no such target")
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "cannot read target")
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("ETag", `"`+sum+`"`)
+	h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	st, err := s.cfg.Repo.Load(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "repository: "+err.Error())
+		return
+	}
+	s.observe(st)
+	now := s.cfg.Repo.now()
+	if st.Timestamp.Signed.IsExpired(now) || st.Snapshot.Signed.IsExpired(now) {
+		writeError(w, http.StatusServiceUnavailable, "online metadata expired")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(map[string]any{
+		"status": "ok", "root": st.Root.Signed.Version, "timestamp": st.Timestamp.Signed.Version,
+		"timestamp_expires": st.Timestamp.Signed.Expires,
+	})
+}
+
+// fileCache keeps metadata file contents keyed by path and validated by (inode, size,
+// mtime), so a file replaced by rename is re-read at once. Bounded: it is emptied when it
+// holds more than maxEntries files.
+type fileCache struct {
+	mu      sync.Mutex
+	entries map[string]*cachedFile
+}
+
+type cachedFile struct {
+	ino  uint64
+	size int64
+	mod  time.Time
+	data []byte
+	etag string
+}
+
+const maxEntries = 1024
+
+func (c *fileCache) get(path string) (*cachedFile, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	c.mu.Lock()
+	e := c.entries[path]
+	c.mu.Unlock()
+	if e != nil && e.ino == ino && e.size == fi.Size() && e.mod.Equal(fi.ModTime()) {
+		return e, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	e = &cachedFile{ino: ino, size: int64(len(data)), mod: fi.ModTime(), data: data, etag: `"` + hex.EncodeToString(sum[:16]) + `"`}
+	c.mu.Lock()
+	if c.entries == nil || len(c.entries) >= maxEntries {
+		c.entries = map[string]*cachedFile{}
+	}
+	c.entries[path] = e
+	c.mu.Unlock()
+	return e, nil
+}
