@@ -88,6 +88,7 @@ func decodeData(raw []byte, dt Datatype, max int) (values, error) {
 	}
 	depth, n := 0, 0
 	expectValue := true // at the start of an array or after a comma
+	afterComma := false
 	for i := 0; i < len(raw); {
 		c := raw[i]
 		switch {
@@ -98,12 +99,13 @@ func decodeData(raw []byte, dt Datatype, max int) (values, error) {
 				return v, fmt.Errorf("data: unexpected '[' at offset %d", i)
 			}
 			depth++
+			afterComma = false
 			if depth > maxNesting {
 				return v, fmt.Errorf("data: nested deeper than %d", maxNesting)
 			}
 			i++
 		case c == ']':
-			if depth == 0 {
+			if depth == 0 || afterComma {
 				return v, fmt.Errorf("data: unbalanced ']' at offset %d", i)
 			}
 			depth--
@@ -118,7 +120,7 @@ func decodeData(raw []byte, dt Datatype, max int) (values, error) {
 			if expectValue || depth == 0 {
 				return v, fmt.Errorf("data: unexpected ',' at offset %d", i)
 			}
-			expectValue = true
+			expectValue, afterComma = true, true
 			i++
 		default:
 			if !expectValue || depth == 0 {
@@ -135,7 +137,7 @@ func decodeData(raw []byte, dt Datatype, max int) (values, error) {
 				return v, fmt.Errorf("data element %d: %w", n, err)
 			}
 			n++
-			expectValue = false
+			expectValue, afterComma = false, false
 			i = j
 		}
 	}
