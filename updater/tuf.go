@@ -204,7 +204,6 @@ func fileMatches(p string, want Want) (bool, error) {
 	return true, nil
 }
 
-
 // Resolve turns a target path into what the slots install: it looks the target up in
 // trusted metadata, reads its Edgeward metadata (kind, version) and requires a sha256.
 // The returned Target carries the anti-rollback floor of its version.

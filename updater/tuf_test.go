@@ -12,11 +12,12 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater/tuftest"
 )
 
-func newClient(t *testing.T, r *testRepo, dir string) *TUF {
+func newClient(t *testing.T, r *tuftest.Repo, dir string) *TUF {
 	t.Helper()
-	c, err := NewTUF(TUFConfig{MetadataDir: dir, MetadataURL: r.metadataURL(), TargetsURL: r.targetsURL(), Downloader: testDownloader(nil)})
+	c, err := NewTUF(TUFConfig{MetadataDir: dir, MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), Downloader: testDownloader(nil)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,14 +37,14 @@ func dirNames(t *testing.T, dir string) []string {
 
 func TestTUFRefreshDownloadAndCache(t *testing.T) {
 	ctx := context.Background()
-	r := newTestRepo(t)
-	p, data := r.addModel("iris", "1.0.0")
+	r := tuftest.New(t)
+	p, data := r.AddModel("iris", "1.0.0", 0)
 	mdir, tdir := t.TempDir(), t.TempDir()
-	if err := PinRoot(mdir, r.rootBytes(1)); err != nil {
+	if err := PinRoot(mdir, r.RootBytes(1)); err != nil {
 		t.Fatal(err)
 	}
-	r.rotateRoot()
-	r.rotateRoot()
+	r.RotateRoot()
+	r.RotateRoot()
 	c := newClient(t, r, mdir)
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatalf("Refresh across two root rotations = %v", err)
@@ -52,7 +53,7 @@ func TestTUFRefreshDownloadAndCache(t *testing.T) {
 		t.Errorf("metadata dir holds %v; want %v", got, want)
 	}
 	b, _ := os.ReadFile(filepath.Join(mdir, "root.json"))
-	if !bytes.Equal(b, r.rootBytes(3)) {
+	if !bytes.Equal(b, r.RootBytes(3)) {
 		t.Errorf("root.json is not the rotated root version 3")
 	}
 	tf, err := c.Target(ctx, p)
@@ -66,7 +67,7 @@ func TestTUFRefreshDownloadAndCache(t *testing.T) {
 			t.Fatalf("Download #%d = %v, %v; want cached=%v", i, cached, err, wantCached)
 		}
 	}
-	if n := r.hitCount("/targets/"); n != 1 {
+	if n := r.Hits("/targets/"); n != 1 {
 		t.Errorf("%d target requests; a cached target must not be downloaded again", n)
 	}
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, data) {
@@ -79,17 +80,17 @@ func TestTUFRefreshDownloadAndCache(t *testing.T) {
 
 func TestTUFRejects(t *testing.T) {
 	ctx := context.Background()
-	r := newTestRepo(t)
-	p, _ := r.addModel("iris", "1.0.0")
+	r := tuftest.New(t)
+	p, _ := r.AddModel("iris", "1.0.0", 0)
 	mdir, tdir := t.TempDir(), t.TempDir()
-	PinRoot(mdir, r.rootBytes(1))
+	PinRoot(mdir, r.RootBytes(1))
 	c := newClient(t, r, mdir)
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
 	// The server swaps the target's bytes: TUF's hashes catch it.
 	tf, _ := c.Target(ctx, p)
-	r.put("/targets/models/iris/"+filepath.Base(c.URL(tf)), bytes.Repeat([]byte("x"), int(tf.Length)))
+	r.Put("/targets/models/iris/"+filepath.Base(c.URL(tf)), bytes.Repeat([]byte("x"), int(tf.Length)))
 	d := *c.dl
 	d.NoResume = true
 	c.dl = &d
@@ -103,7 +104,7 @@ func TestTUFRejects(t *testing.T) {
 		t.Errorf("Target of an unlisted path succeeded")
 	}
 	// Expired metadata: the client's clock is past every expiry.
-	c2, _ := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: r.metadataURL(), TargetsURL: r.targetsURL(), Now: func() time.Time { return time.Now().Add(2 * 365 * 24 * time.Hour) }})
+	c2, _ := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), Now: func() time.Time { return time.Now().Add(2 * 365 * 24 * time.Hour) }})
 	if err := c2.Refresh(ctx); err == nil {
 		t.Errorf("Refresh with expired metadata succeeded")
 	}
@@ -113,12 +114,12 @@ func TestTUFRejects(t *testing.T) {
 // the slots and refuses a validly signed older version.
 func TestInstallThroughTUF(t *testing.T) {
 	ctx := context.Background()
-	r := newTestRepo(t)
-	p1, d1 := r.addModel("iris", "1.0.0")
-	p2, d2 := r.addModel("iris", "2.0.0")
+	r := tuftest.New(t)
+	p1, d1 := r.AddModel("iris", "1.0.0", 0)
+	p2, d2 := r.AddModel("iris", "2.0.0", 0)
 	state := t.TempDir()
 	mdir := filepath.Join(state, "tuf")
-	PinRoot(mdir, r.rootBytes(1))
+	PinRoot(mdir, r.RootBytes(1))
 	c := newClient(t, r, mdir)
 	if err := c.Refresh(ctx); err != nil {
 		t.Fatal(err)

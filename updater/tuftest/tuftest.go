@@ -1,4 +1,6 @@
-package updater
+// Package tuftest builds TUF repositories with go-tuf's metadata API and serves them over
+// HTTP, for tests of the agent. It is not linked into the agent.
+package tuftest
 
 import (
 	"crypto"
@@ -8,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"path"
@@ -22,11 +25,11 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 )
 
-// testRepo is a TUF repository built with go-tuf's metadata API and served over HTTP:
+// Repo is a TUF repository built with go-tuf's metadata API and served over HTTP:
 // /metadata/<version>.<role>.json, /metadata/timestamp.json and, with consistent
 // snapshots, /targets/<dir>/<hash>.<name> for every listed hash.
-type testRepo struct {
-	t         *testing.T
+type Repo struct {
+	t         testing.TB
 	keys      map[string]ed25519.PrivateKey
 	root      *metadata.Metadata[metadata.RootType]
 	targets   *metadata.Metadata[metadata.TargetsType]
@@ -40,10 +43,10 @@ type testRepo struct {
 	rootSigners []ed25519.PrivateKey
 }
 
-func newTestRepo(t *testing.T) *testRepo {
+func New(t testing.TB) *Repo {
 	t.Helper()
 	exp := time.Now().Add(365 * 24 * time.Hour)
-	r := &testRepo{t: t, keys: map[string]ed25519.PrivateKey{}, files: map[string][]byte{}, hits: map[string]int{},
+	r := &Repo{t: t, keys: map[string]ed25519.PrivateKey{}, files: map[string][]byte{}, hits: map[string]int{},
 		root: metadata.Root(exp), targets: metadata.Targets(exp), snapshot: metadata.Snapshot(exp), timestamp: metadata.Timestamp(exp)}
 	r.root.Signed.ConsistentSnapshot = true
 	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
@@ -52,11 +55,11 @@ func newTestRepo(t *testing.T) *testRepo {
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
 	r.publishRoot()
-	r.publish()
+	r.Publish()
 	return r
 }
 
-func (r *testRepo) setKey(role string) {
+func (r *Repo) setKey(role string) {
 	_, priv, err := ed25519.GenerateKey(nil)
 	if err != nil {
 		r.t.Fatal(err)
@@ -78,7 +81,7 @@ func (r *testRepo) setKey(role string) {
 	}
 }
 
-func signer(t *testing.T, k ed25519.PrivateKey) signature.Signer {
+func signer(t testing.TB, k ed25519.PrivateKey) signature.Signer {
 	s, err := signature.LoadSigner(k, crypto.Hash(0))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +89,7 @@ func signer(t *testing.T, k ed25519.PrivateKey) signature.Signer {
 	return s
 }
 
-func (r *testRepo) serve(w http.ResponseWriter, req *http.Request) {
+func (r *Repo) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	b, ok := r.files[req.URL.Path]
 	r.hits[req.URL.Path]++
@@ -98,13 +101,15 @@ func (r *testRepo) serve(w http.ResponseWriter, req *http.Request) {
 	http.ServeContent(w, req, "", time.Time{}, strings.NewReader(string(b)))
 }
 
-func (r *testRepo) put(p string, b []byte) {
+// Put serves b at the URL path p (e.g. to tamper with a target).
+func (r *Repo) Put(p string, b []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.files[p] = b
 }
 
-func (r *testRepo) hitCount(prefix string) int {
+// Hits counts the requests for URL paths starting with prefix.
+func (r *Repo) Hits(prefix string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
@@ -116,11 +121,14 @@ func (r *testRepo) hitCount(prefix string) int {
 	return n
 }
 
-func (r *testRepo) metadataURL() string { return r.srv.URL + "/metadata" }
-func (r *testRepo) targetsURL() string  { return r.srv.URL + "/targets" }
+// MetadataURL is the metadata base URL.
+func (r *Repo) MetadataURL() string { return r.srv.URL + "/metadata" }
+
+// TargetsURL is the targets base URL.
+func (r *Repo) TargetsURL() string { return r.srv.URL + "/targets" }
 
 // publishRoot signs the current root (with the extra rotation signers) as its version.
-func (r *testRepo) publishRoot() {
+func (r *Repo) publishRoot() {
 	r.root.Signatures = nil
 	for _, k := range append([]ed25519.PrivateKey{r.keys["root"]}, r.rootSigners...) {
 		if _, err := r.root.Sign(signer(r.t, k)); err != nil {
@@ -132,25 +140,26 @@ func (r *testRepo) publishRoot() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	r.put(fmt.Sprintf("/metadata/%d.root.json", r.root.Signed.Version), b)
+	r.Put(fmt.Sprintf("/metadata/%d.root.json", r.root.Signed.Version), b)
 }
 
-func (r *testRepo) rootBytes(version int64) []byte {
+// RootBytes returns the published root of that version.
+func (r *Repo) RootBytes(version int64) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.files[fmt.Sprintf("/metadata/%d.root.json", version)]
 }
 
-// rotateRoot replaces the root key: the new root is signed by the old and the new key.
-func (r *testRepo) rotateRoot() {
+// RotateRoot replaces the root key: the new root is signed by the old and the new key.
+func (r *Repo) RotateRoot() {
 	r.rootSigners = []ed25519.PrivateKey{r.keys["root"]}
 	r.setKey("root")
 	r.root.Signed.Version++
 	r.publishRoot()
 }
 
-// addTarget lists data at targetPath (sha256 and sha512) with custom metadata and serves it.
-func (r *testRepo) addTarget(targetPath string, data []byte, custom any) {
+// AddTarget lists data at targetPath (sha256 and sha512) with custom metadata and serves it.
+func (r *Repo) AddTarget(targetPath string, data []byte, custom any) {
 	s256, s512 := sha256.Sum256(data), sha512.Sum512(data)
 	tf := &metadata.TargetFiles{Length: int64(len(data)), Hashes: metadata.Hashes{"sha256": s256[:], "sha512": s512[:]}, Path: targetPath}
 	if custom != nil {
@@ -161,34 +170,41 @@ func (r *testRepo) addTarget(targetPath string, data []byte, custom any) {
 	r.targets.Signed.Targets[targetPath] = tf
 	dir, base := path.Split(targetPath)
 	for _, h := range [][]byte{s256[:], s512[:]} {
-		r.put("/targets/"+dir+hex.EncodeToString(h)+"."+base, data)
+		r.Put("/targets/"+dir+hex.EncodeToString(h)+"."+base, data)
 	}
 }
 
 // publish signs new versions of targets, snapshot and timestamp.
-func (r *testRepo) publish() {
+func (r *Repo) Publish() {
 	r.targets.Signed.Version++
 	r.snapshot.Signed.Version++
 	r.timestamp.Signed.Version++
 	r.targets.Signatures, r.snapshot.Signatures, r.timestamp.Signatures = nil, nil, nil
 	r.targets.Sign(signer(r.t, r.keys["targets"]))
 	tb, _ := r.targets.ToBytes(false)
-	r.put(fmt.Sprintf("/metadata/%d.targets.json", r.targets.Signed.Version), tb)
+	r.Put(fmt.Sprintf("/metadata/%d.targets.json", r.targets.Signed.Version), tb)
 	r.snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(r.targets.Signed.Version)
 	r.snapshot.Sign(signer(r.t, r.keys["snapshot"]))
 	sb, _ := r.snapshot.ToBytes(false)
-	r.put(fmt.Sprintf("/metadata/%d.snapshot.json", r.snapshot.Signed.Version), sb)
+	r.Put(fmt.Sprintf("/metadata/%d.snapshot.json", r.snapshot.Signed.Version), sb)
 	r.timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.snapshot.Signed.Version)
 	r.timestamp.Sign(signer(r.t, r.keys["timestamp"]))
 	ts, _ := r.timestamp.ToBytes(false)
-	r.put("/metadata/timestamp.json", ts)
+	r.Put("/metadata/timestamp.json", ts)
 }
 
-// addModel publishes a model version and returns its content.
-func (r *testRepo) addModel(name, version string) (string, []byte) {
+// AddModel publishes a model version of size bytes (deterministic pseudo-random content;
+// 0 means 8 KiB) and returns its target path and content.
+func (r *Repo) AddModel(name, version string, size int) (string, []byte) {
 	p := artifact.TargetPath(artifact.KindModel, name, version, ".onnx")
-	data := []byte(strings.Repeat("onnx "+version+" ", 1000))
-	r.addTarget(p, data, artifact.Meta{Kind: artifact.KindModel, Name: name, Version: version, Format: "onnx"})
-	r.publish()
+	if size == 0 {
+		size = 8 << 10
+	}
+	data := make([]byte, size)
+	var seed [32]byte
+	copy(seed[:], p)
+	rand.NewChaCha8(seed).Read(data)
+	r.AddTarget(p, data, artifact.Meta{Kind: artifact.KindModel, Name: name, Version: version, Format: "onnx"})
+	r.Publish()
 	return p, data
 }

@@ -1,0 +1,73 @@
+// Command edgeward-agent is Edgeward's device agent: it verifies updates with TUF, installs
+// them into A/B slots, runs their trial, commits or rolls back, and reports.
+//
+// Usage:
+//
+//	edgeward-agent tuf-client [--metadata-dir DIR] [--metadata-url URL] [--target-name PATH]...
+//	                          [--target-base-url URL] [--target-dir DIR] init ROOT | refresh | download
+//	edgeward-agent enroll   --state-dir DIR --root FILE --metadata-url URL [--targets-url URL]
+//	edgeward-agent install  --state-dir DIR --kind model|runtime --target PATH
+//	edgeward-agent trial    --state-dir DIR --kind KIND [--timeout 10m]
+//	edgeward-agent confirm  --state-dir DIR --kind KIND (--pass | --fail REASON)
+//	edgeward-agent recover  --state-dir DIR
+//	edgeward-agent status   --state-dir DIR
+//
+// Every command that opens the state first recovers it, so a command after a crash
+// continues from the persisted transaction.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: edgeward-agent <command> [flags]
+
+commands:
+  tuf-client  the tuf-conformance client-under-test protocol (init, refresh, download)
+  enroll      pin the TUF root and the repository URLs in the state directory
+  install     download, verify and stage a target into the inactive slot
+  trial       start the trial of the staged version
+  confirm     end the trial: --pass commits, --fail REASON rolls back
+  recover     recover the state after a restart (resume, roll back expired trials)
+  status      show slots, versions, floors and the transaction in progress
+`
+
+// run is main without the process: it returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	var err error
+	switch args[0] {
+	case "tuf-client":
+		err = tufClient(ctx, args[1:], stdout, log)
+	case "enroll", "install", "trial", "confirm", "recover", "status":
+		err = slotCommand(ctx, args[0], args[1:], stdout, log)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "edgeward-agent: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "edgeward-agent %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}
