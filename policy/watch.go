@@ -1,0 +1,217 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// WatcherConfig configures a Watcher. The zero value of every field but Dir is usable.
+type WatcherConfig struct {
+	// Dir is the policy directory (see Load).
+	Dir string
+	// Registerer receives the watcher's metrics; nil registers none.
+	//   edgeward_policy_valid                           1 if the last load succeeded, 0 if the
+	//                                                   last good policy is in force despite an error
+	//   edgeward_policy_reloads_total{result}           loads by result (success, failure)
+	//   edgeward_policy_last_success_timestamp_seconds  when the policy in force was loaded
+	//   edgeward_policy_rollouts                        rollouts in the policy in force
+	Registerer prometheus.Registerer
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Debounce is how long the directory must be quiet before a reload, so that an
+	// editor's several writes and renames give one load. Zero means 100ms.
+	Debounce time.Duration
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Watcher keeps the policy of a directory loaded: it reloads it when a file in the
+// directory changes (writes, creations, removals, and the rename-over-the-original of
+// editors and of Kubernetes ConfigMap updates). An invalid policy never replaces a valid
+// one: the last good policy stays in force and the error is kept for Status and the
+// metrics. Its methods are safe for concurrent use.
+type Watcher struct {
+	cfg WatcherConfig
+	fsw *fsnotify.Watcher
+	log *slog.Logger
+
+	valid, lastOK, rollouts prometheus.Gauge
+	reloads                 *prometheus.CounterVec
+
+	mu      sync.Mutex
+	cur     *Policy
+	st      ReloadStatus
+	changed chan struct{}
+}
+
+// ReloadStatus describes the policy in force and the last load attempt.
+type ReloadStatus struct {
+	// Digest and LoadedAt are those of the policy in force.
+	Digest   string    `json:"digest"`
+	LoadedAt time.Time `json:"loaded_at"`
+	// Err is the error of the last load attempt, nil if it succeeded; ErrAt is when.
+	// An ErrorList carries every problem with its file and line.
+	Err   error     `json:"-"`
+	ErrAt time.Time `json:"error_at,omitzero"`
+	// Error is Err's text, for JSON.
+	Error    string `json:"error,omitempty"`
+	Reloads  int    `json:"reloads"`
+	Failures int    `json:"failures"`
+}
+
+// NewWatcher loads the policy in cfg.Dir and starts watching the directory; call Run
+// to process changes and Close (or cancel Run's context) to stop. It fails if the
+// initial policy is invalid: there is no last good policy to keep in force.
+func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	w := &Watcher{cfg: cfg, log: cfg.Logger, changed: make(chan struct{})}
+	if w.log == nil {
+		w.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	w.valid = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeward_policy_valid",
+		Help: "1 if the last policy load succeeded; 0 if it failed and the last good policy is still in force."})
+	w.lastOK = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeward_policy_last_success_timestamp_seconds",
+		Help: "Unix time at which the policy in force was loaded."})
+	w.rollouts = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgeward_policy_rollouts",
+		Help: "Number of rollouts in the policy in force."})
+	w.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeward_policy_reloads_total",
+		Help: "Policy loads by result (success, failure)."}, []string{"result"})
+	w.reloads.WithLabelValues("success")
+	w.reloads.WithLabelValues("failure")
+
+	p, err := Load(cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	w.install(p)
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{w.valid, w.lastOK, w.rollouts, w.reloads} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("policy watcher: metrics: %w", err)
+			}
+		}
+	}
+	if w.fsw, err = fsnotify.NewWatcher(); err != nil {
+		return nil, fmt.Errorf("policy watcher: %w", err)
+	}
+	if err := w.fsw.Add(cfg.Dir); err != nil {
+		w.fsw.Close()
+		return nil, fmt.Errorf("policy watcher: watch %s: %w", cfg.Dir, err)
+	}
+	return w, nil
+}
+
+// Policy returns the policy in force. It never returns nil.
+func (w *Watcher) Policy() *Policy {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.cur
+}
+
+// Status returns the state of the policy in force and of the last load.
+func (w *Watcher) Status() ReloadStatus {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.st
+}
+
+// Changed returns a channel that is closed after the next load attempt, successful or
+// not. Take it before the change you wait for.
+func (w *Watcher) Changed() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.changed
+}
+
+// Reload loads the directory now (for example on SIGHUP) and returns the load error,
+// if any; the policy in force changes only on success.
+func (w *Watcher) Reload() error {
+	p, err := Load(w.cfg.Dir)
+	now := w.cfg.Now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.st.Reloads++
+	if err != nil {
+		w.st.Failures++
+		w.st.Err, w.st.ErrAt, w.st.Error = err, now, err.Error()
+		w.valid.Set(0)
+		w.reloads.WithLabelValues("failure").Inc()
+		w.log.Error("policy rejected; the last good policy stays in force", "dir", w.cfg.Dir, "err", err, "digest", w.st.Digest)
+	} else {
+		if p.Digest != w.st.Digest {
+			w.log.Info("policy loaded", "dir", w.cfg.Dir, "digest", p.Digest, "rollouts", len(p.Rollouts))
+		}
+		w.installLocked(p, now)
+		w.reloads.WithLabelValues("success").Inc()
+	}
+	close(w.changed)
+	w.changed = make(chan struct{})
+	return err
+}
+
+func (w *Watcher) install(p *Policy) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.installLocked(p, w.cfg.Now())
+}
+
+func (w *Watcher) installLocked(p *Policy, now time.Time) {
+	w.cur = p
+	w.st.Digest, w.st.LoadedAt = p.Digest, now
+	w.st.Err, w.st.ErrAt, w.st.Error = nil, time.Time{}, ""
+	w.valid.Set(1)
+	w.lastOK.Set(float64(now.UnixNano()) / 1e9)
+	w.rollouts.Set(float64(len(p.Rollouts)))
+}
+
+// Run reloads the policy after changes in the directory until ctx is done or Close is
+// called; it then stops watching and returns nil, or the watch's error.
+func (w *Watcher) Run(ctx context.Context) error {
+	defer w.fsw.Close()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.fsw.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			w.log.Debug("policy directory changed", "event", ev.String())
+			timer.Reset(w.cfg.Debounce)
+		case err, ok := <-w.fsw.Errors:
+			if !ok {
+				return nil
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				// Events were lost: reload to be sure.
+				timer.Reset(w.cfg.Debounce)
+				continue
+			}
+			w.log.Error("policy watch", "dir", w.cfg.Dir, "err", err)
+		case <-timer.C:
+			_ = w.Reload() // recorded in Status and the metrics
+		}
+	}
+}
+
+// Close stops watching; Run returns.
+func (w *Watcher) Close() error { return w.fsw.Close() }
