@@ -8,6 +8,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/edgeward/edgeward/attest/protocol"
 )
 
 // akTemplate is an RSA-2048 restricted signing key (RSASSA, SHA-256): it can
@@ -88,16 +90,12 @@ func (t *TPM) akObject(ctx context.Context) (*object, error) {
 // if the AK is loaded in the TPM that holds the EK: this is the proof the CA
 // relies on before it certifies the AK.
 func (t *TPM) ActivateCredential(ctx context.Context, alg KeyAlg, credentialBlob, encryptedSecret []byte) ([]byte, error) {
-	ek, err := t.ekObject(ctx, alg)
-	if err != nil {
-		return nil, err
-	}
 	ak, err := t.akObject(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var secret []byte
-	err = t.do(ctx, func(tp transport.TPM) error {
+	err = t.withEK(ctx, alg, func(tp transport.TPM, ek *object) error {
 		rsp, err := tpm2.ActivateCredential{
 			ActivateHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
 			KeyHandle: tpm2.AuthHandle{
@@ -120,16 +118,9 @@ func (t *TPM) ActivateCredential(ctx context.Context, alg KeyAlg, credentialBlob
 	return secret, err
 }
 
-// Quote is a TPM2_Quote signed by the AK, plus the PCR values it covers.
-type Quote struct {
-	// Attest is the marshalled TPMS_ATTEST the AK signed.
-	Attest []byte `json:"attest"`
-	// Signature is the marshalled TPMT_SIGNATURE over Attest.
-	Signature []byte `json:"signature"`
-	// PCRs are the SHA-256 bank values of the quoted PCRs, read right before
-	// the quote. The verifier checks them against the quote's digest.
-	PCRs map[int][]byte `json:"pcrs"`
-}
+// Quote is a TPM2_Quote signed by the AK, plus the SHA-256 PCR values it
+// covers (read right before the quote).
+type Quote = protocol.Quote
 
 // Quote signs the SHA-256 bank values of pcrs and the nonce with the AK. The
 // nonce (from the verifier, at most 64 bytes) prevents replay: a verifier

@@ -76,8 +76,8 @@ type EK struct {
 // is not an error (Certificate is nil); a certificate that does not match the
 // EK the TPM derives is.
 func (t *TPM) EK(ctx context.Context, alg KeyAlg) (*EK, error) {
-	o, err := t.ekObject(ctx, alg)
-	if err != nil {
+	var o *object
+	if err := t.withEK(ctx, alg, func(_ transport.TPM, ek *object) error { o = ek; return nil }); err != nil {
 		return nil, err
 	}
 	pub, err := tpm2.Pub(o.public)
@@ -159,14 +159,12 @@ func (t *TPM) ReadNV(ctx context.Context, index tpm2.TPMHandle) ([]byte, error) 
 	return out, err
 }
 
-// ekObject creates (once) the EK as a transient primary key under the
-// endorsement hierarchy with the TCG default template.
-func (t *TPM) ekObject(ctx context.Context, alg KeyAlg) (*object, error) {
-	var o *object
-	err := t.do(ctx, func(tp transport.TPM) error {
-		if o = t.ek[alg]; o != nil {
-			return nil
-		}
+// withEK creates the EK as a transient primary key under the endorsement
+// hierarchy with the TCG default template, runs f, and flushes it: TPMs have
+// few transient object slots (the reference simulator has three), so only the
+// AK stays loaded.
+func (t *TPM) withEK(ctx context.Context, alg KeyAlg, f func(tp transport.TPM, ek *object) error) error {
+	return t.do(ctx, func(tp transport.TPM) error {
 		rsp, err := tpm2.CreatePrimary{
 			PrimaryHandle: tpm2.TPMRHEndorsement,
 			InPublic:      tpm2.New2B(alg.template()),
@@ -174,13 +172,11 @@ func (t *TPM) ekObject(ctx context.Context, alg KeyAlg) (*object, error) {
 		if err != nil {
 			return fmt.Errorf("attest: create %s EK: %w", alg, err)
 		}
+		defer tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(tp)
 		pub, err := rsp.OutPublic.Contents()
 		if err != nil {
 			return fmt.Errorf("attest: %s EK public: %w", alg, err)
 		}
-		o = &object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub}
-		t.ek[alg] = o
-		return nil
+		return f(tp, &object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub})
 	})
-	return o, err
 }

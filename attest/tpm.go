@@ -41,9 +41,9 @@ type TPM struct {
 	t   Transport
 	url string
 
-	// Cached transient objects, created on first use and flushed by Close.
-	ek map[KeyAlg]*object
-	ak *object
+	// The AK, created on first use and flushed by Close.
+	ak     *object
+	closed bool
 }
 
 type object struct {
@@ -79,7 +79,7 @@ func Open(ctx context.Context, url string) (*TPM, error) {
 // New wraps an already open transport. The TPM must be started (TPM2_Startup
 // sent). Close closes the transport.
 func New(t Transport, name string) *TPM {
-	return &TPM{t: t, url: name, ek: map[KeyAlg]*object{}}
+	return &TPM{t: t, url: name}
 }
 
 func openTransport(u string) (Transport, error) {
@@ -119,11 +119,11 @@ func (t *TPM) Close() error {
 			}
 		}
 	}
-	for _, o := range t.ek {
-		flush(o)
+	if t.closed {
+		return nil
 	}
 	flush(t.ak)
-	t.ek, t.ak = nil, nil
+	t.ak, t.closed = nil, true
 	errs = append(errs, t.t.Close())
 	return errors.Join(errs...)
 }
@@ -136,7 +136,7 @@ func (t *TPM) do(ctx context.Context, f func(tp transport.TPM) error) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.ek == nil {
+	if t.closed {
 		return errors.New("attest: TPM is closed")
 	}
 	return f(t.t)

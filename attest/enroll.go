@@ -1,0 +1,140 @@
+package attest
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/edgeward/edgeward/attest/protocol"
+)
+
+// ErrEnrollRejected wraps a 4xx answer of the attestation CA.
+var ErrEnrollRejected = errors.New("attest: attestation CA refused enrollment")
+
+// maxResponseBytes bounds what the client reads from the CA.
+const maxResponseBytes = 256 << 10
+
+// EnrollClient talks to the attestation CA (attest/attestca) to obtain an AK
+// certificate.
+type EnrollClient struct {
+	// URL is the CA's base URL, e.g. https://repo.example/v1/attest.
+	URL string
+	// HTTP is the client; nil means http.DefaultClient.
+	HTTP *http.Client
+	// EKAlg selects the EK; the zero value is RSA.
+	EKAlg KeyAlg
+	// EKChain are optional DER intermediates for the EK certificate.
+	EKChain [][]byte
+}
+
+// AKCertificate is an issued AK certificate and its chain.
+type AKCertificate struct {
+	Certificate *x509.Certificate
+	// Chain is issuer first; the last one is the attestation CA root.
+	Chain []*x509.Certificate
+	// PermanentIdentifier is the EK-derived device identifier.
+	PermanentIdentifier string
+}
+
+// Enroll proves to the attestation CA that the TPM's AK lives beside its EK
+// and returns the AK certificate. It checks that the certificate is for the
+// TPM's AK; trusting the CA's root is the caller's configuration.
+func (c *EnrollClient) Enroll(ctx context.Context, t *TPM) (*AKCertificate, error) {
+	ek, err := t.EK(ctx, c.EKAlg)
+	if err != nil {
+		return nil, err
+	}
+	ak, err := t.AK(ctx)
+	if err != nil {
+		return nil, err
+	}
+	info, err := t.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	req := protocol.EnrollRequest{
+		EKAlg:    c.EKAlg.String(),
+		EKCert:   ek.CertificateDER,
+		EKChain:  c.EKChain,
+		EKPublic: tpm2.Marshal(ek.TPMPublic),
+		AKPublic: ak.TPMPublic,
+		TPM:      protocol.TPMInfo(info),
+	}
+	var ch protocol.EnrollChallenge
+	if err := c.post(ctx, "/enroll", req, &ch); err != nil {
+		return nil, err
+	}
+	secret, err := t.ActivateCredential(ctx, c.EKAlg, ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		return nil, err
+	}
+	var resp protocol.EnrollResponse
+	if err := c.post(ctx, "/activate", protocol.ActivateRequest{ID: ch.ID, Secret: secret}, &resp); err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(resp.AKCert)
+	if err != nil {
+		return nil, fmt.Errorf("attest: AK certificate from CA: %w", err)
+	}
+	if !PublicKeyEqual(cert.PublicKey, ak.Public) {
+		return nil, errors.New("attest: CA returned a certificate for another key")
+	}
+	out := &AKCertificate{Certificate: cert, PermanentIdentifier: resp.PermanentIdentifier}
+	for i, der := range resp.Chain {
+		cc, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("attest: AK chain[%d]: %w", i, err)
+		}
+		out.Chain = append(out.Chain, cc)
+	}
+	return out, nil
+}
+
+func (c *EnrollClient) post(ctx context.Context, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	url := strings.TrimSuffix(c.URL, "/") + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("attest: %s: %w", url, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("attest: %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return fmt.Errorf("attest: %s: %w", url, err)
+	}
+	if len(b) > maxResponseBytes {
+		return fmt.Errorf("attest: %s: response larger than %d bytes", url, maxResponseBytes)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e protocol.Error
+		_ = json.Unmarshal(b, &e)
+		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+			return fmt.Errorf("%w: %s: %d %s", ErrEnrollRejected, url, resp.StatusCode, e.Error)
+		}
+		return fmt.Errorf("attest: %s: %d %s", url, resp.StatusCode, e.Error)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("attest: %s: %w", url, err)
+	}
+	return nil
+}

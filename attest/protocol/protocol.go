@@ -1,0 +1,92 @@
+// Package protocol holds the wire types shared by the device (package attest)
+// and the server (attest/attestca, attest/verify), and the pure helpers both
+// sides must compute identically. It has no TPM and no I/O.
+//
+// Byte fields are base64 in JSON (encoding/json's []byte encoding).
+package protocol
+
+import (
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+)
+
+// TPMInfo is what the device's TPM reports about itself.
+type TPMInfo struct {
+	Manufacturer string `json:"manufacturer"`
+	Model        string `json:"model"`
+	Version      string `json:"version"`
+}
+
+// EnrollRequest starts enrollment: POST {prefix}/enroll.
+type EnrollRequest struct {
+	// EKAlg is "rsa" or "ecc".
+	EKAlg string `json:"ek_alg"`
+	// EKCert is the DER EK certificate from the TPM's NV; empty when the TPM
+	// has none (then the EK must be on the CA's allowlist).
+	EKCert []byte `json:"ek_cert,omitempty"`
+	// EKChain are optional DER intermediates between EKCert and a
+	// manufacturer root.
+	EKChain [][]byte `json:"ek_chain,omitempty"`
+	// EKPublic is the EK's marshalled TPMT_PUBLIC; its key must equal
+	// EKCert's.
+	EKPublic []byte `json:"ek_public"`
+	// AKPublic is the AK's marshalled TPMT_PUBLIC.
+	AKPublic []byte  `json:"ak_public"`
+	TPM      TPMInfo `json:"tpm"`
+}
+
+// EnrollChallenge is the CA's answer: a credential encrypted to the EK and
+// bound to the AK's name (TPM2_MakeCredential done in software).
+type EnrollChallenge struct {
+	ID              string `json:"id"`
+	CredentialBlob  []byte `json:"credential_blob"`
+	EncryptedSecret []byte `json:"encrypted_secret"`
+}
+
+// ActivateRequest proves the AK is in the EK's TPM: POST {prefix}/activate.
+type ActivateRequest struct {
+	ID     string `json:"id"`
+	Secret []byte `json:"secret"`
+}
+
+// EnrollResponse carries the AK certificate.
+type EnrollResponse struct {
+	// AKCert is the DER AK certificate.
+	AKCert []byte `json:"ak_cert"`
+	// Chain are the DER CA certificates above AKCert, issuer first; the last
+	// one is the attestation CA root.
+	Chain [][]byte `json:"chain"`
+	// PermanentIdentifier is the EK-derived device identifier in AKCert's
+	// SAN, the value of an ACME "permanent-identifier".
+	PermanentIdentifier string `json:"permanent_identifier"`
+}
+
+// Error is the body of every 4xx/5xx answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Quote is a TPM2_Quote by the AK plus the PCR values it covers.
+type Quote struct {
+	// Attest is the marshalled TPMS_ATTEST the AK signed.
+	Attest []byte `json:"attest"`
+	// Signature is the marshalled TPMT_SIGNATURE over Attest.
+	Signature []byte `json:"signature"`
+	// PCRs are the SHA-256 bank values of the quoted PCRs.
+	PCRs map[int][]byte `json:"pcrs"`
+}
+
+// EKID is the device's permanent identifier derived from its EK public key:
+// "urn:ek:sha256:" + base64(SHA-256(PKIX DER of the key)), the form
+// smallstep's TPM tooling uses. It is stable for the TPM's lifetime.
+func EKID(pub crypto.PublicKey) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("protocol: EK public key: %w", err)
+	}
+	sum := sha256.Sum256(der)
+	return "urn:ek:sha256:" + base64.StdEncoding.EncodeToString(sum[:]), nil
+}
