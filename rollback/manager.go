@@ -292,6 +292,10 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action) (Event, e
 				}
 			}
 		case RaiseFloor:
+			before, err := m.db.Floor(ctx, s.Kind)
+			if err != nil {
+				return nil, err
+			}
 			if m.cfg.Floors != nil {
 				if err := m.cfg.Floors.Raise(ctx, s.Kind, a.Floor); err != nil {
 					return nil, fmt.Errorf("raise %s floor: %w", s.Kind, err)
@@ -300,7 +304,9 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action) (Event, e
 			if err := m.db.Raise(ctx, s.Kind, a.Floor); err != nil {
 				return nil, err
 			}
-			crashpoint.Hit(&m.crash, "after-floor-raise")
+			if before < a.Floor {
+				crashpoint.Hit(&m.crash, "after-floor-raise")
+			}
 		case Activate:
 			if err := m.activate(s.Kind, a.Slot, *a.Target); err != nil {
 				return nil, err

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/rollback/crashpoint"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+// requireDep skips the test when something external is missing, unless
+// EDGEWARD_REQUIRE_DEPS=1 makes that a failure.
+func requireDep(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+		t.Fatalf("%s: %v", what, err)
+	}
+	t.Skipf("%s: %v", what, err)
+}
+
+// buildAgent builds this command with crash points enabled.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	requireDep(t, "the go tool builds the agent with -tags crashpoints", err)
+	bin := filepath.Join(t.TempDir(), "edgeward-agent")
+	out, err := exec.Command(gobin, "build", "-tags", "crashpoints", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build -tags crashpoints: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type agentRunner struct {
+	t     *testing.T
+	bin   string
+	state string
+}
+
+// run runs one agent command; it reports whether the process was killed by a crash point.
+func (a agentRunner) run(crash string, args ...string) (code int, killed bool) {
+	a.t.Helper()
+	cmd := exec.Command(a.bin, append(args[:1:1], append([]string{"--state-dir", a.state}, args[1:]...)...)...)
+	cmd.Env = append(os.Environ(), crashpoint.Env+"="+crash)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return -1, true
+		}
+		code = ee.ExitCode()
+	} else if err != nil {
+		a.t.Fatalf("run %v: %v", args, err)
+	}
+	if code != 0 {
+		a.t.Logf("edgeward-agent %v: exit %d\n%s", args, code, out.String())
+	}
+	return code, false
+}
+
+// inspect opens the state in-process, as a restarted agent would find it, without recovering.
+func inspect(t *testing.T, state string) (rollback.State, uint64, *rollback.Manager) {
+	t.Helper()
+	m, err := rollback.Open(context.Background(), rollback.Config{Dir: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	s, err := m.State(context.Background(), artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := m.Floor(context.Background(), artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, f, m
+}
+
+// TestCrashPoints kills the agent at every named crash point during an upgrade from 1.0.0
+// to 2.0.0 and checks, after the kill and after the restart, that the active slot holds a
+// complete committed version, that the floor never dropped and that finishing the
+// transaction reaches the intended outcome.
+func TestCrashPoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent and runs it a hundred times")
+	}
+	bin := buildAgent(t)
+	ctx := context.Background()
+	for _, point := range crashpoint.Names {
+		for _, outcome := range []string{"pass", "fail"} {
+			if point == "after-rollback" && outcome == "pass" || (strings.Contains(point, "commit") || point == "after-floor-raise") && outcome == "fail" {
+				continue
+			}
+			t.Run(point+"/"+outcome, func(t *testing.T) {
+				r := tuftest.New(t)
+				p1, _ := r.AddModel("iris", "1.0.0", 256<<10)
+				p2, _ := r.AddModel("iris", "2.0.0", 1<<20)
+				state := t.TempDir()
+				rootFile := filepath.Join(state, "..", "root.json")
+				os.WriteFile(rootFile, r.RootBytes(1), 0o600)
+				a := agentRunner{t: t, bin: bin, state: state}
+				if code, _ := a.run("", "enroll", "--root", rootFile, "--metadata-url", r.MetadataURL(), "--targets-url", r.TargetsURL()); code != 0 {
+					t.Fatal("enroll failed")
+				}
+				for _, step := range [][]string{{"install", "--target", p1}, {"trial"}, {"confirm", "--pass"}} {
+					if code, _ := a.run("", step...); code != 0 {
+						t.Fatalf("%v failed", step)
+					}
+				}
+				_, floor1, m := inspect(t, state)
+				m.Close()
+
+				confirm := []string{"confirm", "--pass"}
+				if outcome == "fail" {
+					confirm = []string{"confirm", "--fail", "probe accuracy below gate"}
+				}
+				steps := [][]string{{"install", "--target", p2, "--checkpoint-bytes", "65536"}, {"trial"}, confirm}
+				killed := false
+				for _, step := range steps {
+					code, k := a.run(point, step...)
+					if k {
+						killed = true
+						break
+					}
+					if code != 0 && step[0] != "confirm" {
+						t.Fatalf("%v: exit %d", step, code)
+					}
+				}
+				if !killed {
+					t.Fatalf("crash point %s was never reached", point)
+				}
+
+				// As found after the kill, before any recovery.
+				s, floor, m := inspect(t, state)
+				if s.Current == nil {
+					t.Fatalf("after the kill at %s: no committed version: %v", point, s)
+				}
+				if floor < floor1 && floor < s.Current.Floor {
+					t.Errorf("after the kill at %s: floor dropped", point)
+				}
+				if point == "mid-download" {
+					// The checkpoint is durable: the restart resumes rather than starts over.
+					part := m.Payload(artifact.KindModel, s.Inactive()) + ".part.state"
+					if b, err := os.ReadFile(part); err != nil || !strings.Contains(string(b), `"offset":65536`) {
+						t.Errorf("after the kill at mid-download: checkpoint %s = %.80s, %v; want offset 65536", part, b, err)
+					}
+				}
+				m.Close()
+
+				// Restart, then finish the transaction.
+				if code, _ := a.run("", "recover"); code != 0 {
+					t.Fatalf("recover after the kill at %s failed", point)
+				}
+				s, _, m = inspect(t, state)
+				if err := m.CheckInvariant(ctx); err != nil {
+					t.Fatalf("after recovery from %s: %v", point, err)
+				}
+				m.Close()
+				rest := map[rollback.Phase][][]string{
+					rollback.Staged: {{"trial"}, confirm},
+					rollback.Trial:  {confirm},
+				}[s.Phase]
+				for _, step := range rest {
+					a.run("", step...)
+				}
+				s, floor, m = inspect(t, state)
+				if err := m.CheckInvariant(ctx); err != nil {
+					t.Errorf("after finishing: %v", err)
+				}
+				want, wantPhase := "2.0.0", rollback.Committed
+				if outcome == "fail" {
+					want, wantPhase = "1.0.0", rollback.RolledBack
+				}
+				if s.Phase != wantPhase || s.Current.Version != want {
+					t.Errorf("after the kill at %s and a restart: %v; want %s with %s active", point, s, wantPhase, want)
+				}
+				if floor < floor1 {
+					t.Errorf("floor dropped from %d to %d", floor1, floor)
+				}
+			})
+		}
+	}
+}
