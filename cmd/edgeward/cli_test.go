@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+)
+
+type cli struct {
+	t    *testing.T
+	env  map[string]string
+	repo string
+}
+
+func newCLI(t *testing.T) *cli {
+	return &cli{t: t, env: map[string]string{}, repo: filepath.Join(t.TempDir(), "repo")}
+}
+
+// run runs the CLI in-process with the given arguments and returns stdout, stderr.
+func (c *cli) run(args ...string) (string, string, error) {
+	var out, errb bytes.Buffer
+	env := &cliEnv{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(k string) string {
+		if k == "EDGEWARD_REPO" {
+			return c.repo
+		}
+		return c.env[k]
+	}}
+	err := run(context.Background(), env, args)
+	return out.String(), errb.String(), err
+}
+
+func (c *cli) must(args ...string) string {
+	c.t.Helper()
+	out, errs, err := c.run(args...)
+	if err != nil {
+		c.t.Fatalf("edgeward %s: %v\n%s", strings.Join(args, " "), err, errs)
+	}
+	return out
+}
+
+func writeTemp(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCLIRepositoryLifecycle(t *testing.T) {
+	c := newCLI(t)
+	pass := writeTemp(t, "pass", "s3cret\n")
+	out := c.must("repo", "init", c.repo, "--passphrase-file", pass, "--key-type", "ecdsa-p256")
+	if !strings.Contains(out, "root: 2 of 3 ecdsa-p256 keys") {
+		t.Fatalf("repo init output:\n%s", out)
+	}
+	if _, _, err := c.run("repo", "init", c.repo, "--passphrase-file", pass); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Fatalf("second init = %v; want a refusal", err)
+	}
+
+	model := writeTemp(t, "model.onnx", "model bytes v1")
+	// No passphrase anywhere, no terminal: a clear error, nothing published.
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", model); err == nil || !strings.Contains(err.Error(), "no passphrase") {
+		t.Fatalf("publish without passphrase = %v", err)
+	}
+	c.env["EDGEWARD_PASSPHRASE"] = "wrong"
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", model); err == nil || !strings.Contains(err.Error(), "wrong passphrase") {
+		t.Fatalf("publish with a wrong passphrase = %v", err)
+	}
+	c.env["EDGEWARD_PASSPHRASE"] = "s3cret"
+	out = c.must("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", "--gates", "min_accuracy=0.95,max_p99_ms=5", "--custom", `{"owner":"vision"}`, model)
+	if !strings.Contains(out, "published models/iris/1.0.0.onnx") {
+		t.Fatalf("publish output: %s", out)
+	}
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", "--gates", "min_acuracy=1", model); err == nil || !strings.Contains(err.Error(), "unknown gate") {
+		t.Fatalf("misspelt gate = %v", err)
+	}
+	other := writeTemp(t, "model.onnx", "other bytes")
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", other); err == nil || !strings.Contains(err.Error(), "different content") {
+		t.Fatalf("republish = %v; want refused", err)
+	}
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", "--key", "/nonexistent.key", model+"x"); err == nil {
+		t.Fatal("publish of a missing file succeeded")
+	}
+
+	var status struct {
+		Roles []struct {
+			Role    string `json:"role"`
+			Version int64  `json:"version"`
+		} `json:"roles"`
+		Targets []reposerver.TargetInfo `json:"targets"`
+	}
+	if err := json.Unmarshal([]byte(c.must("repo", "status", "--json")), &status); err != nil {
+		t.Fatal(err)
+	}
+	if len(status.Targets) != 1 || status.Targets[0].Meta.Gates.MinAccuracy != 0.95 || string(status.Targets[0].Meta.Extra["owner"]) != `"vision"` {
+		t.Fatalf("status targets = %+v", status.Targets)
+	}
+
+	// Root ceremony: a holder makes a new key on their machine; root v2 adds it with
+	// threshold 3; signed by two holders (old threshold 2) and ... the new threshold 3.
+	holder := t.TempDir()
+	out = c.must("keys", "gen", "--role", "root", "--out", holder)
+	newKey, _ := filepath.Glob(filepath.Join(holder, "root-*.key"))
+	if len(newKey) != 1 {
+		t.Fatalf("keys gen wrote %v (%s)", newKey, out)
+	}
+	c.must("root", "propose", "--add-key", "root="+newKey[0], "--threshold", "root=3")
+	old, _ := filepath.Glob(filepath.Join(c.repo, "keys", "offline", "root-*.key"))
+	// Copy the proposal away and sign the copy, as a holder on another machine would.
+	prop := filepath.Join(c.repo, "staged", "root", "2.root.json")
+	c.must("root", "sign", "--key", old[0])
+	c.must("root", "sign", "--key", old[1])
+	if _, _, err := c.run("root", "publish"); err == nil || !strings.Contains(err.Error(), "threshold") {
+		t.Fatalf("root publish with 2 of 3 new signatures = %v; want a threshold error", err)
+	}
+	copyFile(t, prop, filepath.Join(holder, "2.root.json"))
+	c.must("root", "sign", "--proposal", filepath.Join(holder, "2.root.json"), "--key", newKey[0])
+	out = c.must("root", "publish", "--proposal", filepath.Join(holder, "2.root.json"))
+	if !strings.Contains(out, "root v2 published") {
+		t.Fatalf("root publish: %s", out)
+	}
+	out = c.must("keys", "rotate", "--role", "models")
+	if !strings.Contains(out, "models: new key") {
+		t.Fatalf("keys rotate: %s", out)
+	}
+	out = c.must("keys", "rotate", "--role", "timestamp")
+	if !strings.Contains(out, "root proposal staged") {
+		t.Fatalf("keys rotate timestamp without root keys should stage a proposal: %s", out)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServerProcess runs the real binary as a server process and a go-tuf client
+// against it over HTTP, while the CLI publishes into the same directory.
+func TestServerProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "edgeward")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	repo := filepath.Join(t.TempDir(), "repo")
+	env := append(os.Environ(), "EDGEWARD_PASSPHRASE=pw", "EDGEWARD_REPO="+repo)
+	runBin := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("edgeward %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	runBin("repo", "init", repo)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	srv := exec.Command(bin, "server", "--listen", addr)
+	srv.Env = env
+	var logs bytes.Buffer
+	srv.Stderr = &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	url := "http://" + addr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not healthy: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	model := writeTemp(t, "m.onnx", "real bytes")
+	runBin("publish", "--kind", "model", "--name", "m", "--version", "1.0.0", model)
+
+	root, _ := os.ReadFile(filepath.Join(repo, "repository", "metadata", "1.root.json"))
+	cfg, _ := config.New(url+"/metadata", root)
+	cfg.RemoteTargetsURL = url + "/targets"
+	cfg.LocalMetadataDir = t.TempDir()
+	cfg.LocalTargetsDir = t.TempDir()
+	up, err := updater.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.Refresh(); err != nil {
+		t.Fatalf("refresh against the server process: %v", err)
+	}
+	tf, err := up.GetTargetInfo("models/m/1.0.0.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, data, err := up.DownloadTarget(tf, filepath.Join(cfg.LocalTargetsDir, "m"), "")
+	if err != nil || string(data) != "real bytes" {
+		t.Fatalf("download = %q, %v", data, err)
+	}
+}
+
+func TestDemoScenario(t *testing.T) {
+	c := newCLI(t)
+	out := c.must("demo", "--dir", filepath.Join(t.TempDir(), "demo"), "--devices", "2")
+	for _, want := range []string{"2 devices refreshed TUF metadata (root v2)", "refused: publish model vibration-anomaly 1.1.0", "device-2  2"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+// Command edgeward is the operator CLI and the server of Edgeward.
+//
+//	edgeward repo init DIR            create a TUF repository (2-of-3 root by default)
+//	edgeward repo status              versions, expiry and targets of a repository
+//	edgeward keys gen --role R        make a key on this machine (for a root ceremony)
+//	edgeward keys rotate --role R     replace the timestamp, snapshot, models or runtimes key
+//	edgeward root propose|sign|publish  change the root without gathering its keys
+//	edgeward publish --kind K --name N --version V FILE   publish a model, probe set or runtime
+//	edgeward server                   serve the repository (and, later, the device API)
+//	edgeward demo                     run the demonstration scenario
+//
+// The repository directory is --repo, or $EDGEWARD_REPO, or ./edgeward-repo. Passphrases
+// for offline keys come from --passphrase-file, $EDGEWARD_PASSPHRASE or a prompt.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, env *cliEnv, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"repo init", "create a repository: edgeward repo init DIR", cmdRepoInit},
+		{"repo status", "show a repository's roles, versions, expiry and targets", cmdRepoStatus},
+		{"keys gen", "generate a key file on this machine", cmdKeysGen},
+		{"keys rotate", "replace the key of timestamp, snapshot, models or runtimes", cmdKeysRotate},
+		{"root propose", "stage a new root version", cmdRootPropose},
+		{"root sign", "add one signature to the staged root", cmdRootSign},
+		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},
+		{"publish", "publish a model, probe set or runtime", cmdPublish},
+		{"server", "serve the repository over HTTP", cmdServer},
+		{"demo", "run the demonstration scenario", cmdDemo},
+	}
+}
+
+// cliEnv is what commands read from the outside world; tests replace it.
+type cliEnv struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := &cliEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	if err := run(ctx, env, os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "edgeward: %v\n", err)
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, env *cliEnv, args []string) error {
+	for _, c := range commands() {
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
+			return c.run(ctx, env, args[len(words):])
+		}
+	}
+	usage(env.stderr)
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		return nil
+	}
+	return fmt.Errorf("unknown command %q: %w", strings.Join(args, " "), flag.ErrHelp)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: edgeward <command> [flags] [args]")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+	}
+}
+
+// parse parses flags that may come before, between or after positional arguments and
+// returns the positional ones.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// multi is a repeatable string flag.
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }

@@ -1,0 +1,504 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"golang.org/x/term"
+)
+
+// repoFlags are the flags every repository command shares.
+type repoFlags struct {
+	dir      string
+	passFile string
+	keys     multi
+	env      *cliEnv
+}
+
+func (f *repoFlags) register(fs *flag.FlagSet, env *cliEnv) {
+	f.env = env
+	def := env.getenv("EDGEWARD_REPO")
+	if def == "" {
+		def = "edgeward-repo"
+	}
+	fs.StringVar(&f.dir, "repo", def, "repository directory ($EDGEWARD_REPO)")
+	fs.StringVar(&f.passFile, "passphrase-file", "", "file holding the passphrase of offline keys (else $EDGEWARD_PASSPHRASE, else a prompt)")
+	fs.Var(&f.keys, "key", "key file to sign with (repeatable); default: the repository's key directories")
+}
+
+func (f *repoFlags) open() (*reposerver.Repo, error) {
+	return reposerver.Open(reposerver.Config{Dir: f.dir, Actor: actor(f.env)})
+}
+
+func actor(env *cliEnv) string {
+	if u := env.getenv("USER"); u != "" {
+		return "cli:" + u
+	}
+	return "cli"
+}
+
+func (f *repoFlags) keyring() *reposerver.KeyRing {
+	return &reposerver.KeyRing{Files: f.keys, Passphrase: f.passphrase}
+}
+
+// passphrase reads the offline-key passphrase from --passphrase-file,
+// $EDGEWARD_PASSPHRASE or the terminal, in that order. It is never logged.
+func (f *repoFlags) passphrase() ([]byte, error) {
+	if f.passFile != "" {
+		b, err := os.ReadFile(f.passFile)
+		if err != nil {
+			return nil, fmt.Errorf("passphrase file: %w", err)
+		}
+		p := strings.TrimRight(string(b), "\r\n")
+		if p == "" {
+			return nil, fmt.Errorf("passphrase file %s is empty", f.passFile)
+		}
+		return []byte(p), nil
+	}
+	if p := f.env.getenv("EDGEWARD_PASSPHRASE"); p != "" {
+		return []byte(p), nil
+	}
+	if in, ok := f.env.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
+		fmt.Fprint(f.env.stderr, "Passphrase for offline keys: ")
+		p, err := term.ReadPassword(int(in.Fd()))
+		fmt.Fprintln(f.env.stderr)
+		if err != nil {
+			return nil, err
+		}
+		if len(p) == 0 {
+			return nil, errors.New("empty passphrase")
+		}
+		return p, nil
+	}
+	return nil, errors.New("no passphrase: give --passphrase-file or set EDGEWARD_PASSPHRASE (no terminal to prompt on)")
+}
+
+func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("repo init", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	keyType := fs.String("key-type", "ed25519", "key algorithm: ed25519 or ecdsa-p256")
+	rootKeys := fs.Int("root-keys", 3, "number of root keys")
+	threshold := fs.Int("root-threshold", 2, "root signatures needed")
+	offline := fs.String("offline-keys", "", "directory for the offline keys (default DIR/keys/offline)")
+	var exp reposerver.Expiry
+	fs.DurationVar(&exp.Timestamp, "timestamp-expiry", 0, "timestamp lifetime (default 24h)")
+	fs.DurationVar(&exp.Snapshot, "snapshot-expiry", 0, "snapshot lifetime (default 168h)")
+	fs.DurationVar(&exp.Delegated, "delegated-expiry", 0, "models/runtimes lifetime (default 2160h)")
+	fs.DurationVar(&exp.Targets, "targets-expiry", 0, "targets lifetime (default 4320h)")
+	fs.DurationVar(&exp.Root, "root-expiry", 0, "root lifetime (default 8760h)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 1 {
+		rf.dir = pos[0]
+	} else if len(pos) > 1 {
+		return errors.New("usage: edgeward repo init DIR")
+	}
+	kt, err := reposerver.ParseKeyType(*keyType)
+	if err != nil {
+		return err
+	}
+	pass, err := rf.passphrase()
+	if err != nil {
+		return err
+	}
+	res, err := reposerver.Init(ctx, reposerver.Config{Dir: rf.dir, Actor: actor(env)}, reposerver.InitOptions{
+		KeyType: kt, RootKeys: *rootKeys, RootThreshold: *threshold, Passphrase: pass, OfflineKeyDir: *offline, Expiry: exp,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d %s keys)\n", rf.dir, *threshold, *rootKeys, kt)
+	for _, role := range []string{"root", "targets", "models", "runtimes", "snapshot", "timestamp"} {
+		for _, p := range res.KeyFiles[role] {
+			fmt.Fprintf(env.stdout, "  %-9s %s\n", role, p)
+		}
+	}
+	fmt.Fprintf(env.stdout, "clients pin %s\n", filepath.Join(res.Repo.MetadataDir(), "1.root.json"))
+	fmt.Fprintln(env.stdout, "move each root key to its holder; keep the offline keys off the server")
+	return nil
+}
+
+func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("repo status", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	st, err := repo.Load(ctx)
+	if err != nil {
+		return err
+	}
+	type roleInfo struct {
+		Role      string    `json:"role"`
+		Version   int64     `json:"version"`
+		Expires   time.Time `json:"expires"`
+		Threshold int       `json:"threshold"`
+		Keys      []string  `json:"keys"`
+	}
+	var roles []roleInfo
+	add := func(role string, v int64, exp time.Time) {
+		ri := roleInfo{Role: role, Version: v, Expires: exp}
+		if r, ok := st.Root.Signed.Roles[role]; ok {
+			ri.Threshold, ri.Keys = r.Threshold, r.KeyIDs
+		} else if d := st.Targets["targets"].Signed.Delegations; d != nil {
+			for _, dr := range d.Roles {
+				if dr.Name == role {
+					ri.Threshold, ri.Keys = dr.Threshold, dr.KeyIDs
+				}
+			}
+		}
+		roles = append(roles, ri)
+	}
+	add(metadata.ROOT, st.Root.Signed.Version, st.Root.Signed.Expires)
+	add(metadata.TARGETS, st.Targets["targets"].Signed.Version, st.Targets["targets"].Signed.Expires)
+	for _, r := range []string{reposerver.RoleModels, reposerver.RoleRuntimes} {
+		add(r, st.Targets[r].Signed.Version, st.Targets[r].Signed.Expires)
+	}
+	add(metadata.SNAPSHOT, st.Snapshot.Signed.Version, st.Snapshot.Signed.Expires)
+	add(metadata.TIMESTAMP, st.Timestamp.Signed.Version, st.Timestamp.Signed.Expires)
+	targets := st.List()
+	if *asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"roles": roles, "targets": targets})
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLE\tVERSION\tEXPIRES\tTHRESHOLD\tKEYS")
+	for _, r := range roles {
+		ids := make([]string, len(r.Keys))
+		for i, k := range r.Keys {
+			ids[i] = k[:8]
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", r.Role, r.Version, r.Expires.Format(time.RFC3339), r.Threshold, strings.Join(ids, " "))
+	}
+	tw.Flush()
+	fmt.Fprintln(env.stdout)
+	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TARGET\tROLE\tBYTES\tSHA256")
+	for _, t := range targets {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", t.Path, t.Role, t.Length, t.SHA256[:16])
+	}
+	return tw.Flush()
+}
+
+func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("keys gen", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	role := fs.String("role", "root", "role the key is for")
+	out := fs.String("out", ".", "directory to write the key file to")
+	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	kt, err := reposerver.ParseKeyType(*keyType)
+	if err != nil {
+		return err
+	}
+	pass, err := rf.passphrase()
+	if err != nil {
+		return err
+	}
+	k, err := reposerver.GenerateKey(*role, kt, nil)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	p, err := reposerver.WriteKeyFile(reposerver.OSFS{}, *out, k, pass, reposerver.KDFParams{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
+	return nil
+}
+
+func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	role := fs.String("role", "", "timestamp, snapshot, models or runtimes")
+	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
+	keyDir := fs.String("key-dir", "", "where a new offline key is written (default DIR/keys/offline)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	kt, err := reposerver.ParseKeyType(*keyType)
+	if err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	res, err := repo.RotateKey(ctx, *role, kt, *keyDir, rf.keyring())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "%s: new key %s (%s); revoked %s\n", res.Role, res.NewKeyID[:8], res.NewKey, shortIDs(res.Revoked))
+	if !res.Published {
+		fmt.Fprintf(env.stdout, "root proposal staged at %s: have root key holders run 'edgeward root sign', then 'edgeward root publish'\n", res.Proposal)
+	}
+	return nil
+}
+
+func shortIDs(ids []string) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = id[:min(8, len(id))]
+	}
+	return strings.Join(s, " ")
+}
+
+func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("root propose", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	var add, revoke, thresholds multi
+	fs.Var(&add, "add-key", "ROLE=KEYFILE: add the public key of a key file to ROLE (repeatable)")
+	fs.Var(&revoke, "revoke-key", "ROLE=KEYID: remove a key from ROLE (repeatable; a unique prefix of the ID is enough)")
+	fs.Var(&thresholds, "threshold", "ROLE=N (repeatable)")
+	expires := fs.Duration("expires", 0, "lifetime of the new root (default: the repository's)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	st, err := repo.Load(ctx)
+	if err != nil {
+		return err
+	}
+	ch := reposerver.RootChange{AddKeys: map[string][]*metadata.Key{}, RevokeKeys: map[string][]string{}, Thresholds: map[string]int{}, Expires: *expires}
+	for _, a := range add {
+		role, file, ok := strings.Cut(a, "=")
+		if !ok {
+			return fmt.Errorf("--add-key %q: want ROLE=KEYFILE", a)
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		_, _, pub, err := reposerver.PeekKey(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		ch.AddKeys[role] = append(ch.AddKeys[role], pub)
+	}
+	for _, r := range revoke {
+		role, prefix, ok := strings.Cut(r, "=")
+		if !ok {
+			return fmt.Errorf("--revoke-key %q: want ROLE=KEYID", r)
+		}
+		rr, ok := st.Root.Signed.Roles[role]
+		if !ok {
+			return fmt.Errorf("--revoke-key: no role %q in root", role)
+		}
+		var match []string
+		for _, id := range rr.KeyIDs {
+			if strings.HasPrefix(id, prefix) {
+				match = append(match, id)
+			}
+		}
+		if len(match) != 1 {
+			return fmt.Errorf("--revoke-key %s: %d keys of %s match", r, len(match), role)
+		}
+		ch.RevokeKeys[role] = append(ch.RevokeKeys[role], match[0])
+	}
+	for _, t := range thresholds {
+		role, n, ok := strings.Cut(t, "=")
+		v, err := strconv.Atoi(n)
+		if !ok || err != nil {
+			return fmt.Errorf("--threshold %q: want ROLE=N", t)
+		}
+		ch.Thresholds[role] = v
+	}
+	p, err := repo.ProposeRoot(ctx, ch)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "root v%d proposed at %s\n", st.Root.Signed.Version+1, p)
+	fmt.Fprintf(env.stdout, "it needs %d signatures from v%d's root keys and the threshold of its own\n",
+		st.Root.Signed.Roles[metadata.ROOT].Threshold, st.Root.Signed.Version)
+	return nil
+}
+
+func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("root sign", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	proposal := fs.String("proposal", "", "proposal file to sign (default: the repository's staged proposal); lets a key holder sign a copy away from the repository")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(rf.keys) != 1 {
+		return errors.New("root sign needs exactly one --key")
+	}
+	kr := rf.keyring()
+	key, err := kr.Load(rf.keys[0])
+	if err != nil {
+		return err
+	}
+	var ids []string
+	path := *proposal
+	if path != "" {
+		ids, err = reposerver.SignRootFile(nil, path, key)
+	} else {
+		repo, oerr := rf.open()
+		if oerr != nil {
+			return oerr
+		}
+		path, ids, err = repo.SignRoot(ctx, key)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "signed %s with %s; signatures now: %s\n", path, key.ID()[:8], shortIDs(ids))
+	return nil
+}
+
+func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("root publish", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	proposal := fs.String("proposal", "", "signed proposal file (default: the staged one)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	v, err := repo.PublishRoot(ctx, *proposal, rf.keyring())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "root v%d published\n", v)
+	return nil
+}
+
+func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var rf repoFlags
+	rf.register(fs, env)
+	kind := fs.String("kind", "", "model, probe or runtime")
+	name := fs.String("name", "", "artifact name")
+	version := fs.String("version", "", "semantic version MAJOR.MINOR.PATCH")
+	custom := fs.String("custom", "", "extra custom metadata, a JSON object (known fields override the flags)")
+	gates := fs.String("gates", "", "commit gates, e.g. min_accuracy=0.95,max_p99_ms=5,max_rss_mb=256")
+	probe := fs.String("probe", "", "target path of the probe set (default: probes/NAME/VERSION.json if published)")
+	hardware := fs.String("hardware", "", "comma-separated hardware classes, e.g. x86_64,aarch64")
+	minRuntime := fs.String("min-runtime", "", "lowest runtime version the model needs")
+	format := fs.String("format", "", "artifact format (default: from the file extension)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward publish --kind K --name N --version V FILE")
+	}
+	k, err := artifact.ParseKind(*kind)
+	if err != nil {
+		return err
+	}
+	meta := artifact.Meta{}
+	if *custom != "" {
+		if err := json.Unmarshal([]byte(*custom), &meta); err != nil {
+			return fmt.Errorf("--custom: %w", err)
+		}
+	}
+	meta.Kind, meta.Name, meta.Version = k, *name, *version
+	if *gates != "" {
+		if meta.Gates, err = artifact.ParseGates(*gates); err != nil {
+			return fmt.Errorf("--gates: %w", err)
+		}
+	}
+	if *probe != "" {
+		meta.Probe = *probe
+	}
+	if *hardware != "" {
+		meta.Hardware = strings.Split(*hardware, ",")
+	}
+	if *minRuntime != "" {
+		meta.MinRuntime = *minRuntime
+	}
+	ext := fileExt(pos[0])
+	if *format != "" {
+		meta.Format = *format
+	} else if meta.Format == "" {
+		meta.Format = strings.TrimPrefix(ext, ".")
+	}
+	if err := meta.Validate(); err != nil {
+		return err
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	var content io.Reader = f
+	if out, ok := env.stderr.(*os.File); ok && term.IsTerminal(int(out.Fd())) {
+		p := newProgress(out, fi.Size())
+		defer p.done()
+		content = p.reader(f)
+	}
+	res, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
+	if err != nil {
+		return err
+	}
+	if res.Unchanged {
+		fmt.Fprintf(env.stdout, "%s already published with the same content (sha256 %s)\n", res.Path, res.SHA256)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "published %s (%d bytes, sha256 %s) signed by %s v%d\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
+	return nil
+}
+
+// fileExt keeps double extensions such as .tar.gz.
+func fileExt(name string) string {
+	base := filepath.Base(name)
+	if strings.HasSuffix(base, ".tar.gz") {
+		return ".tar.gz"
+	}
+	return filepath.Ext(base)
+}
