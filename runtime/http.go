@@ -19,7 +19,16 @@ import (
 func (r *Runtime) Handler() http.Handler {
 	mux := http.NewServeMux()
 	r.publicRoutes(mux)
-	return r.recoverer(mux)
+	h := r.recoverer(mux)
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if r.draining.Load() {
+			// Close each connection after its response, so clients move to new
+			// connections (served by the next runtime process on a shared socket) without
+			// the server having to close idle keep-alive connections under them.
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, req)
+	})
 }
 
 // ControlHandler returns the public API plus the agent's control API: the KServe

@@ -1,0 +1,177 @@
+// Command edgeward-runtime serves ONNX models over the Open Inference Protocol.
+//
+// The agent starts it from a runtime slot. The public API (applications) listens on
+// --listen, or on an inherited socket (--listen-fd) so that a runtime swap never closes
+// the public port: the agent binds the port once, passes the socket to every runtime
+// process it starts (exec.Cmd.ExtraFiles, fd 3 onwards) and drains the old process with
+// SIGTERM once the new one serves. The control API (load, unload, default, probe) is
+// served on --control, a unix socket or loopback address only the agent reaches.
+//
+// With --hold the process does not accept public connections until the agent sends
+// POST /v2/edgeward/serve on the control API, so the agent can load and probe a new
+// runtime before it takes any traffic.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/edgeward/edgeward/runtime"
+)
+
+type modelFlags []runtime.LoadRequest
+
+func (m *modelFlags) String() string { return fmt.Sprint(*m) }
+func (m *modelFlags) Set(s string) error {
+	parts := strings.SplitN(s, "=", 3)
+	if len(parts) != 3 {
+		return fmt.Errorf("want NAME=VERSION=PATH, got %q", s)
+	}
+	*m = append(*m, runtime.LoadRequest{Name: parts[0], Version: parts[1], Path: parts[2]})
+	return nil
+}
+
+func main() {
+	if err := run(context.Background(), os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "edgeward-runtime:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("edgeward-runtime", flag.ContinueOnError)
+	var (
+		cfg      runtime.Config
+		models   modelFlags
+		listen   = fs.String("listen", "127.0.0.1:8080", "public Open Inference Protocol address")
+		listenFD = fs.Int("listen-fd", 0, "serve the public API on this inherited listening socket (e.g. 3) instead of --listen")
+		control  = fs.String("control", "127.0.0.1:8081", "control API address (host:port or unix:/path); only the agent may reach it")
+		hold     = fs.Bool("hold", false, "do not accept public connections until POST /v2/edgeward/serve on the control API")
+		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
+		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
+	)
+	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
+	fs.IntVar(&cfg.IntraOpThreads, "intra-op-threads", 1, "threads inside one operator, per session")
+	fs.IntVar(&cfg.InterOpThreads, "inter-op-threads", 1, "threads across operators, per session")
+	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", 16<<20, "largest request body")
+	fs.Var(&models, "model", "load NAME=VERSION=PATH before serving (repeatable; the first of a name is its default)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	cfg.Logger = log
+
+	rt, err := runtime.New(cfg)
+	if err != nil {
+		return err
+	}
+	for _, m := range models {
+		if _, err := rt.Load(ctx, m); err != nil {
+			return err
+		}
+	}
+
+	pub, err := publicListener(*listen, *listenFD)
+	if err != nil {
+		return err
+	}
+	ctl, err := controlListener(*control)
+	if err != nil {
+		return err
+	}
+
+	public := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	serve := sync.OnceFunc(func() {
+		log.Info("serving public API", "addr", pub.Addr().String())
+		go func() {
+			if err := public.Serve(pub); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("public API", "err", err)
+			}
+		}()
+	})
+	ctlMux := http.NewServeMux()
+	ctlMux.HandleFunc("POST /v2/edgeward/serve", func(w http.ResponseWriter, _ *http.Request) {
+		serve()
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"serving":true}` + "\n"))
+	})
+	ctlMux.Handle("/", rt.ControlHandler())
+	ctlSrv := &http.Server{Handler: ctlMux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := ctlSrv.Serve(ctl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("control API", "err", err)
+		}
+	}()
+	log.Info("edgeward-runtime started", "onnxruntime", rt.ORTVersion(), "control", ctl.Addr().String(), "hold", *hold, "pid", os.Getpid())
+	if !*hold {
+		serve()
+	}
+
+	sig, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	<-sig.Done()
+
+	// Drain. First keep serving for a grace period with every response closing its
+	// connection (the runtime does that once draining), so busy clients move to new connections, which the shared
+	// socket gives to the next runtime process. Then stop accepting (the socket stays open
+	// in the agent and the next process), close idle connections, let in-flight requests
+	// finish, and close the sessions. A client that reuses a connection idle for the whole
+	// grace period at the instant it is closed sees a reset; HTTP clients retry that when
+	// the request carries an Idempotency-Key header (inference is idempotent).
+	log.Info("draining", "grace", grace.String(), "timeout", drain.String())
+	rt.SetDraining()
+	select {
+	case <-time.After(*grace):
+	case <-ctx.Done():
+	}
+	dctx, cancel := context.WithTimeout(context.Background(), *drain)
+	defer cancel()
+	errs := []error{public.Shutdown(dctx), ctlSrv.Shutdown(dctx), rt.Close(dctx)}
+	if err := errors.Join(errs...); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("drain: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func publicListener(addr string, fd int) (net.Listener, error) {
+	if fd <= 0 {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("public listener: %w", err)
+		}
+		return ln, nil
+	}
+	return runtime.ListenerFromFD(fd)
+}
+
+func controlListener(addr string) (net.Listener, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		_ = os.Remove(path) // a stale socket from a previous process
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			return nil, fmt.Errorf("control listener: %w", err)
+		}
+		if err := os.Chmod(path, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control listener: %w", err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("control listener: %w", err)
+	}
+	return ln, nil
+}

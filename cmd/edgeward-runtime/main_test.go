@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/runtime"
+)
+
+func ortLib(t *testing.T) string {
+	t.Helper()
+	p := os.Getenv("ONNXRUNTIME_LIB")
+	if p == "" {
+		p = filepath.Join("..", "..", ".deps", "onnxruntime", "lib", "libonnxruntime.so.1")
+	}
+	p, _ = filepath.Abs(p)
+	if _, err := os.Stat(p); err != nil {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatalf("ONNX Runtime library: %v (run `make deps`)", err)
+		}
+		t.Skipf("ONNX Runtime library missing (%v); run `make deps`", err)
+	}
+	return p
+}
+
+func irisModel(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/yalue/onnxruntime_go").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	return filepath.Join(strings.TrimSpace(string(out)), "test_data", "sklearn_randomforest.onnx")
+}
+
+// proc is one edgeward-runtime process sharing the public socket.
+type proc struct {
+	cmd     *exec.Cmd
+	control *runtime.Client
+	done    chan error
+}
+
+func start(t *testing.T, bin, lib string, pub *os.File, sock string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"--ort-lib", lib, "--listen-fd", "3", "--control", "unix:" + sock}, args...)...)
+	cmd.ExtraFiles = []*os.File{pub}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, control: runtime.NewUnixClient(sock), done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", filepath.Base(sock), stderr.String())
+		}
+	})
+	for i := 0; ; i++ {
+		ok, _ := p.control.Ready(context.Background())
+		if ok {
+			return p
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("runtime exited before ready: %v\n%s", err, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// TestRuntimeSwap hands the public socket from one runtime process to another under
+// continuous load from two clients: the agent's runtime-swap mechanism. No request may
+// fail. It also reports the cost: the new process's start-to-ready time.
+func TestRuntimeSwap(t *testing.T) {
+	lib := ortLib(t)
+	iris := irisModel(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "edgeward-runtime")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pub, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	url := "http://" + ln.Addr().String() + "/v2/models/iris/infer"
+	model := "iris=1.0.0=" + iris
+
+	a := start(t, bin, lib, pub, filepath.Join(dir, "a.sock"), "--model", model)
+
+	var (
+		stop     atomic.Bool
+		ok, fail atomic.Int64
+		mu       sync.Mutex
+		errs     []string
+		wg       sync.WaitGroup
+	)
+	body := []byte(`{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[6.3,2.3,4.4,1.3]}]}`)
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				if err := infer(url, body); err != nil {
+					fail.Add(1)
+					mu.Lock()
+					errs = append(errs, err.Error())
+					mu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // load on the old process alone
+
+	began := time.Now()
+	b := start(t, bin, lib, pub, filepath.Join(dir, "b.sock"), "--hold", "--model", model)
+	ready := time.Since(began)
+	rep, err := b.control.Probe(context.Background(), "iris", "1.0.0", probeSet(), nil)
+	if err != nil || rep.Cases != 4 {
+		t.Fatalf("probe of the new process = %+v, %v", rep, err)
+	}
+	if err := serve(b.control); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-a.done; err != nil {
+		t.Errorf("old runtime exit: %v", err)
+	}
+	a.done <- nil // for the cleanup
+	time.Sleep(500 * time.Millisecond) // load on the new process alone
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("runtime swap: new process ready %v after start; %d requests ok, %d failed", ready, ok.Load(), fail.Load())
+	if fail.Load() != 0 {
+		t.Errorf("%d requests failed during the runtime swap: %v", fail.Load(), errs[:min(len(errs), 3)])
+	}
+}
+
+func probeSet() *runtime.ProbeSet {
+	return &runtime.ProbeSet{
+		Inputs: []runtime.RequestTensor{{Name: "X", Datatype: runtime.FP32, Shape: []int64{4, 4},
+			Data: json.RawMessage(`[5.1,3.5,1.4,0.2, 7.7,2.8,6.7,2.0, 6.3,2.3,4.4,1.3, 5.9,3.0,5.1,1.8]`)}},
+		Output: "output_label", Labels: []int64{0, 2, 1, 2}, Warmup: 1, Runs: 4,
+	}
+}
+
+func serve(c *runtime.Client) error {
+	req, _ := http.NewRequest(http.MethodPost, c.BaseURL+"/v2/edgeward/serve", nil)
+	resp, err := c.HTTPClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("serve: %s", resp.Status)
+	}
+	return nil
+}
+
+func infer(url string, body []byte) error {
+	req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != 200 || !bytes.Contains(b, []byte(`"data":[1]`)) {
+		return fmt.Errorf("%d %s", resp.StatusCode, b)
+	}
+	return nil
+}
