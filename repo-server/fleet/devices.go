@@ -1,0 +1,380 @@
+package fleet
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// Bounds on what a device or an operator can make the store keep.
+const (
+	MaxLabels      = 64
+	MaxLabelKey    = 63
+	MaxLabelValue  = 256
+	MaxAttrsBytes  = 16 << 10
+	MaxCause       = 1024
+	MaxListLimit   = 1000
+	DefaultLimit   = 100
+	maxShortString = 128
+)
+
+var (
+	deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	labelKeyRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]{0,62})$`)
+	printRE    = regexp.MustCompile(`^[[:print:]]*$`)
+)
+
+// Device is a device as the store knows it: the facts policy evaluation needs, plus
+// bookkeeping.
+type Device struct {
+	policy.Device
+	QuarantineReason string
+	EnrolledAt       time.Time
+	LastCheckIn      time.Time
+}
+
+// CheckIn is what a device reports about itself at a check-in.
+type CheckIn struct {
+	ID           string
+	Hardware     string
+	AgentVersion string
+	// Slots are the committed versions per kind, as the agent reports them. The store
+	// keeps Failed (from reports) and sets Previous when Version changes.
+	Slots map[artifact.Kind]policy.Slot
+	Attrs map[string]any
+	At    time.Time
+}
+
+func validID(id string) error {
+	if !deviceIDRE.MatchString(id) {
+		return invalid("device id", "%q: want 1-128 letters, digits, '.', '_', ':' or '-'", truncate(id))
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+func validShort(field, s string) error {
+	if len(s) > maxShortString || !printRE.MatchString(s) {
+		return invalid(field, "%q: want at most %d printable characters", truncate(s), maxShortString)
+	}
+	return nil
+}
+
+func validVersion(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	if _, err := artifact.ParseVersion(s); err != nil {
+		return invalid(field, "%v", err)
+	}
+	return nil
+}
+
+// ValidLabels checks operator- or enrollment-supplied labels.
+func ValidLabels(labels map[string]string) error {
+	if len(labels) > MaxLabels {
+		return invalid("labels", "%d labels: at most %d", len(labels), MaxLabels)
+	}
+	for k, v := range labels {
+		if !labelKeyRE.MatchString(k) {
+			return invalid("labels", "key %q: want lower-case letters, digits, '.', '_', '/' or '-', at most %d", truncate(k), MaxLabelKey)
+		}
+		if len(v) > MaxLabelValue || !printRE.MatchString(v) {
+			return invalid("labels", "value of %s: want at most %d printable characters", k, MaxLabelValue)
+		}
+	}
+	return nil
+}
+
+func (c *CheckIn) validate() error {
+	if err := validID(c.ID); err != nil {
+		return err
+	}
+	if err := validShort("hardware", c.Hardware); err != nil {
+		return err
+	}
+	if err := validVersion("agent version", c.AgentVersion); err != nil {
+		return err
+	}
+	for k, sl := range c.Slots {
+		if k != artifact.KindModel && k != artifact.KindRuntime {
+			return invalid("slots", "kind %q: want model or runtime", k)
+		}
+		if err := validShort("slot name", sl.Name); err != nil {
+			return err
+		}
+		if err := validVersion("slot version", sl.Version); err != nil {
+			return err
+		}
+		if err := validVersion("slot previous version", sl.Previous); err != nil {
+			return err
+		}
+	}
+	if c.At.IsZero() {
+		return invalid("at", "check-in time missing")
+	}
+	return nil
+}
+
+func encodeAttrs(attrs map[string]any) (string, error) {
+	if attrs == nil {
+		return "{}", nil
+	}
+	b, err := json.Marshal(attrs)
+	if err != nil {
+		return "", invalid("attrs", "%v", err)
+	}
+	if len(b) > MaxAttrsBytes {
+		return "", invalid("attrs", "%d bytes encoded: at most %d", len(b), MaxAttrsBytes)
+	}
+	return string(b), nil
+}
+
+// Enroll adds a device with its labels; it fails with ErrExists if the ID is known.
+func (s *Store) Enroll(ctx context.Context, id string, labels map[string]string, at time.Time) error {
+	if err := validID(id); err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	if err := ValidLabels(labels); err != nil {
+		return fmt.Errorf("enroll %s: %w", id, err)
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO devices (id, labels, enrolled_at) VALUES (?, ?, ?)
+		ON CONFLICT(id) DO NOTHING`, id, mustJSON(labels), ns(at))
+	if err != nil {
+		return fmt.Errorf("enroll %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("enroll %s: device %w", id, ErrExists)
+	}
+	return nil
+}
+
+// CheckIn records a device's reported facts and returns the device as policy
+// evaluation should see it. The device must be enrolled (ErrNotFound otherwise).
+// When a slot's version changed, the old one becomes its Previous; a slot's Failed
+// mark (set by reports) is kept unless the device now runs a newer version.
+func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
+	if err := c.validate(); err != nil {
+		return Device{}, fmt.Errorf("check-in: %w", err)
+	}
+	attrs, err := encodeAttrs(c.Attrs)
+	if err != nil {
+		return Device{}, fmt.Errorf("check-in %s: %w", c.ID, err)
+	}
+	var d Device
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		old, err := getDevice(ctx, tx, c.ID)
+		if err != nil {
+			return err
+		}
+		slots := map[artifact.Kind]policy.Slot{}
+		for k, sl := range c.Slots {
+			prev := old.Slots[k]
+			if sl.Previous == "" && prev.Name == sl.Name && prev.Version != sl.Version {
+				sl.Previous = prev.Version
+			} else if sl.Previous == "" && prev.Version == sl.Version {
+				sl.Previous = prev.Previous
+			}
+			if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != "" && !newer(sl.Version, prev.Failed) {
+				sl.Failed = prev.Failed
+			}
+			slots[k] = sl
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, last_check_in = ? WHERE id = ?`,
+			c.Hardware, c.AgentVersion, mustJSON(slots), attrs, ns(c.At), c.ID)
+		if err != nil {
+			return err
+		}
+		d, err = getDevice(ctx, tx, c.ID)
+		return err
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("check-in %s: %w", c.ID, err)
+	}
+	return d, nil
+}
+
+// newer reports whether version a is at or above b.
+func newer(a, b string) bool {
+	va, err1 := artifact.ParseVersion(a)
+	vb, err2 := artifact.ParseVersion(b)
+	return err1 == nil && err2 == nil && va.Compare(vb) >= 0
+}
+
+// SetLabels replaces a device's labels (operator action).
+func (s *Store) SetLabels(ctx context.Context, id string, labels map[string]string) error {
+	if err := ValidLabels(labels); err != nil {
+		return fmt.Errorf("set labels of %s: %w", id, err)
+	}
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return s.updateDevice(ctx, id, "set labels", `UPDATE devices SET labels = ? WHERE id = ?`, mustJSON(labels), id)
+}
+
+// SetQuarantine quarantines a device (no new versions) or releases it.
+func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, reason string) error {
+	if len(reason) > MaxCause {
+		return fmt.Errorf("quarantine %s: %w", id, invalid("reason", "at most %d bytes", MaxCause))
+	}
+	if !quarantined {
+		reason = ""
+	}
+	return s.updateDevice(ctx, id, "quarantine", `UPDATE devices SET quarantined = ?, quarantine_reason = ? WHERE id = ?`, quarantined, reason, id)
+}
+
+// ClearFailed forgets that an install of the given slot kind failed on a device, so
+// that the device is offered that version again (operator action).
+func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		d, err := getDevice(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("clear failed %s: %w", id, err)
+		}
+		sl := d.Slots[kind]
+		sl.Failed = ""
+		d.Slots[kind] = sl
+		_, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), id)
+		return err
+	})
+}
+
+// RecordVerdict records an attestation verdict for a device (kept as history for the
+// attestation pass rate) and makes it the device's current one.
+func (s *Store) RecordVerdict(ctx context.Context, id string, v policy.Verdict, detail string, at time.Time) error {
+	if err := validShort("verdict", string(v)); err != nil || v == "" {
+		return fmt.Errorf("record verdict for %s: %w", id, invalid("verdict", "%q", v))
+	}
+	if len(detail) > MaxCause {
+		detail = detail[:MaxCause]
+	}
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET verdict = ?, verdict_at = ? WHERE id = ?`, string(v), ns(at), id)
+		if err != nil {
+			return fmt.Errorf("record verdict for %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("record verdict for %s: device %w", id, ErrNotFound)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO verdicts (device_id, verdict, detail, at) VALUES (?, ?, ?, ?)`, id, string(v), detail, ns(at))
+		return err
+	})
+}
+
+func (s *Store) updateDevice(ctx context.Context, id, what, query string, args ...any) error {
+	res, err := s.db.ExecContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("%s %s: device %w", what, id, ErrNotFound)
+	}
+	return nil
+}
+
+// Device returns one device, or ErrNotFound.
+func (s *Store) Device(ctx context.Context, id string) (Device, error) {
+	d, err := getDevice(ctx, s.db, id)
+	if err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// ListOptions pages through a listing: items after After (by ID), at most Limit
+// (zero means DefaultLimit, at most MaxListLimit).
+type ListOptions struct {
+	After string
+	Limit int
+}
+
+func (o ListOptions) limit() int {
+	switch {
+	case o.Limit <= 0:
+		return DefaultLimit
+	case o.Limit > MaxListLimit:
+		return MaxListLimit
+	}
+	return o.Limit
+}
+
+// Devices lists devices in ID order.
+func (s *Store) Devices(ctx context.Context, o ListOptions) ([]Device, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, o.After, o.limit())
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// CountDevices returns the number of enrolled devices.
+func (s *Store) CountDevices(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM devices`).Scan(&n)
+	return n, err
+}
+
+const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in`
+
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func getDevice(ctx context.Context, q querier, id string) (Device, error) {
+	d, err := scanDevice(q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, fmt.Errorf("device %w", ErrNotFound)
+	}
+	return d, err
+}
+
+func scanDevice(sc scanner) (Device, error) {
+	var d Device
+	var labels, slots, attrs, verdict string
+	var verdictAt, enrolled, last int64
+	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last)
+	if err != nil {
+		return Device{}, err
+	}
+	d.Verdict, d.VerdictAt, d.EnrolledAt, d.LastCheckIn = policy.Verdict(verdict), fromNS(verdictAt), fromNS(enrolled), fromNS(last)
+	for _, f := range []struct {
+		s   string
+		dst any
+	}{{labels, &d.Labels}, {slots, &d.Slots}, {attrs, &d.Attrs}} {
+		if err := json.NewDecoder(strings.NewReader(f.s)).Decode(f.dst); err != nil {
+			return Device{}, fmt.Errorf("device %s: corrupt column: %w", d.ID, err)
+		}
+	}
+	if d.Slots == nil {
+		d.Slots = map[artifact.Kind]policy.Slot{}
+	}
+	return d, nil
+}

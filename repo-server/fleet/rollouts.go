@@ -1,0 +1,307 @@
+package fleet
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// RolloutStates returns the stored state of every rollout, by ID, ready for
+// policy.Evaluate. A rollout never planned is absent (Evaluate and Plan treat it as
+// not started).
+func (s *Store) RolloutStates(ctx context.Context) (map[string]policy.RolloutState, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT state FROM rollouts`)
+	if err != nil {
+		return nil, fmt.Errorf("rollout states: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]policy.RolloutState{}
+	for rows.Next() {
+		var js string
+		if err := rows.Scan(&js); err != nil {
+			return nil, fmt.Errorf("rollout states: %w", err)
+		}
+		var st policy.RolloutState
+		if err := json.Unmarshal([]byte(js), &st); err != nil {
+			return nil, fmt.Errorf("rollout states: corrupt row: %w", err)
+		}
+		out[st.ID] = st
+	}
+	return out, rows.Err()
+}
+
+// RolloutState returns one rollout's state, or ErrNotFound if it was never saved.
+func (s *Store) RolloutState(ctx context.Context, id string) (policy.RolloutState, error) {
+	var js string
+	err := s.db.QueryRowContext(ctx, `SELECT state FROM rollouts WHERE id = ?`, id).Scan(&js)
+	if errors.Is(err, sql.ErrNoRows) {
+		return policy.RolloutState{}, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return policy.RolloutState{}, fmt.Errorf("rollout %s: %w", id, err)
+	}
+	var st policy.RolloutState
+	if err := json.Unmarshal([]byte(js), &st); err != nil {
+		return policy.RolloutState{}, fmt.Errorf("rollout %s: corrupt row: %w", id, err)
+	}
+	return st, nil
+}
+
+// SaveRollout stores a rollout's new state and appends its events, atomically. Call it
+// with what policy.Plan, Pause, Resume, Abort or Approve returned, before acting on it.
+func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events []policy.Event) error {
+	if st.ID == "" {
+		return fmt.Errorf("save rollout: %w", invalid("id", "missing"))
+	}
+	status := st.Status
+	if status == "" {
+		status = policy.StatusActive
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO rollouts (id, status, state, updated_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT(id) DO UPDATE SET status = excluded.status, state = excluded.state, updated_at = excluded.updated_at`,
+			st.ID, string(status), mustJSON(st), ns(st.Updated))
+		if err != nil {
+			return err
+		}
+		for _, e := range events {
+			if e.Rollout != st.ID {
+				return invalid("event", "event of rollout %q saved with rollout %q", e.Rollout, st.ID)
+			}
+			if len(e.Reason) > MaxCause {
+				e.Reason = e.Reason[:MaxCause]
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO rollout_events (rollout_id, type, wave, reason, actor, at) VALUES (?, ?, ?, ?, ?, ?)`,
+				e.Rollout, string(e.Type), e.Wave, e.Reason, e.Actor, ns(e.At))
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save rollout %s: %w", st.ID, err)
+	}
+	return nil
+}
+
+// RolloutEvents returns a rollout's events, oldest first, the last limit of them
+// (zero: DefaultLimit, at most MaxListLimit).
+func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]policy.Event, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, type, wave, reason, actor, at FROM
+		(SELECT * FROM rollout_events WHERE rollout_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq`, id, ListOptions{Limit: limit}.limit())
+	if err != nil {
+		return nil, fmt.Errorf("rollout %s events: %w", id, err)
+	}
+	defer rows.Close()
+	var out []policy.Event
+	for rows.Next() {
+		var e policy.Event
+		var at int64
+		if err := rows.Scan(&e.Rollout, &e.Type, &e.Wave, &e.Reason, &e.Actor, &at); err != nil {
+			return nil, fmt.Errorf("rollout %s events: %w", id, err)
+		}
+		e.At = fromNS(at)
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// AddReport stores an install result. A failed install marks the version Failed in
+// the device's slot, so policy evaluation does not offer it again; a committed one
+// clears the mark. The device must exist.
+func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
+	if err := validateReport(&r); err != nil {
+		return fmt.Errorf("add report: %w", err)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		d, err := getDevice(ctx, tx, r.DeviceID)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, ns(r.At))
+		if err != nil {
+			return err
+		}
+		sl := d.Slots[r.Kind]
+		switch {
+		case r.Outcome.Failed():
+			sl.Failed = r.Version
+		case sl.Failed == r.Version:
+			sl.Failed = ""
+		default:
+			return nil
+		}
+		if sl.Name == "" {
+			sl.Name = r.Name
+		}
+		d.Slots[r.Kind] = sl
+		_, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), r.DeviceID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("add report from %s: %w", r.DeviceID, err)
+	}
+	return nil
+}
+
+func validateReport(r *policy.Report) error {
+	if err := validID(r.DeviceID); err != nil {
+		return err
+	}
+	if r.Kind != artifact.KindModel && r.Kind != artifact.KindRuntime {
+		return invalid("kind", "%q: want model or runtime", r.Kind)
+	}
+	if err := validShort("name", r.Name); err != nil || r.Name == "" {
+		return invalid("name", "%q: want 1-%d printable characters", truncate(r.Name), maxShortString)
+	}
+	if _, err := artifact.ParseVersion(r.Version); err != nil {
+		return invalid("version", "%v", err)
+	}
+	if _, err := policy.ParseOutcome(string(r.Outcome)); err != nil {
+		return invalid("outcome", "%v", err)
+	}
+	if err := validShort("rollout", r.RolloutID); err != nil {
+		return err
+	}
+	if r.At.IsZero() {
+		return invalid("at", "report time missing")
+	}
+	if r.Bytes < 0 {
+		return invalid("bytes", "negative")
+	}
+	if len(r.Cause) > MaxCause {
+		r.Cause = r.Cause[:MaxCause]
+	}
+	return nil
+}
+
+// ReportFilter selects reports: of one rollout (or all, if empty), of one device (or
+// all), at or after Since, at most Limit (zero: no limit — a rollout's planner needs
+// them all; the table holds one row per install attempt).
+type ReportFilter struct {
+	RolloutID string
+	DeviceID  string
+	Since     time.Time
+	Limit     int
+}
+
+// Reports returns the matching reports, oldest first.
+func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]policy.Report, error) {
+	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, at FROM reports WHERE at >= ?`
+	args := []any{ns(f.Since)}
+	if f.RolloutID != "" {
+		q += ` AND rollout_id = ?`
+		args = append(args, f.RolloutID)
+	}
+	if f.DeviceID != "" {
+		q += ` AND device_id = ?`
+		args = append(args, f.DeviceID)
+	}
+	q += ` ORDER BY at, seq`
+	if f.Limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, f.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reports: %w", err)
+	}
+	defer rows.Close()
+	var out []policy.Report
+	for rows.Next() {
+		var r policy.Report
+		var at int64
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &at); err != nil {
+			return nil, fmt.Errorf("reports: %w", err)
+		}
+		r.At = fromNS(at)
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// RecordDecision stores the decision made at a check-in. The device must exist.
+func (s *Store) RecordDecision(ctx context.Context, d policy.Decision) error {
+	if err := validID(d.DeviceID); err != nil {
+		return fmt.Errorf("record decision: %w", err)
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO decisions (device_id, at, policy_digest, decision) VALUES (?, ?, ?, ?)`,
+		d.DeviceID, ns(d.At), d.PolicyDigest, mustJSON(d))
+	if err != nil {
+		if isForeignKey(err) {
+			return fmt.Errorf("record decision for %s: device %w", d.DeviceID, ErrNotFound)
+		}
+		return fmt.Errorf("record decision for %s: %w", d.DeviceID, err)
+	}
+	return nil
+}
+
+// Decisions returns a device's last decisions, newest first (limit: zero means
+// DefaultLimit, at most MaxListLimit).
+func (s *Store) Decisions(ctx context.Context, deviceID string, limit int) ([]policy.Decision, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT decision FROM decisions WHERE device_id = ? ORDER BY seq DESC LIMIT ?`, deviceID, ListOptions{Limit: limit}.limit())
+	if err != nil {
+		return nil, fmt.Errorf("decisions of %s: %w", deviceID, err)
+	}
+	defer rows.Close()
+	var out []policy.Decision
+	for rows.Next() {
+		var js string
+		if err := rows.Scan(&js); err != nil {
+			return nil, fmt.Errorf("decisions of %s: %w", deviceID, err)
+		}
+		var d policy.Decision
+		if err := json.Unmarshal([]byte(js), &d); err != nil {
+			return nil, fmt.Errorf("decisions of %s: corrupt row: %w", deviceID, err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// PruneDecisions deletes decisions made before before, keeping the newest of each
+// device, and returns how many it deleted. Run it periodically: decisions are one
+// row per check-in.
+func (s *Store) PruneDecisions(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM decisions WHERE at < ? AND seq NOT IN (SELECT max(seq) FROM decisions GROUP BY device_id)`, ns(before))
+	if err != nil {
+		return 0, fmt.Errorf("prune decisions: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// VerdictRecord is one attestation verdict.
+type VerdictRecord struct {
+	DeviceID string
+	Verdict  policy.Verdict
+	Detail   string
+	At       time.Time
+}
+
+// Verdicts returns the verdicts made at or after since, oldest first.
+func (s *Store) Verdicts(ctx context.Context, since time.Time) ([]VerdictRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT device_id, verdict, detail, at FROM verdicts WHERE at >= ? ORDER BY at, seq`, ns(since))
+	if err != nil {
+		return nil, fmt.Errorf("verdicts: %w", err)
+	}
+	defer rows.Close()
+	var out []VerdictRecord
+	for rows.Next() {
+		var v VerdictRecord
+		var at int64
+		if err := rows.Scan(&v.DeviceID, &v.Verdict, &v.Detail, &at); err != nil {
+			return nil, fmt.Errorf("verdicts: %w", err)
+		}
+		v.At = fromNS(at)
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,268 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func openStore(t *testing.T) (*Store, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatalf("Open = %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, path
+}
+
+func TestOpenMigratesOnceAndUsesWAL(t *testing.T) {
+	ctx := context.Background()
+	s, path := openStore(t)
+	var mode string
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
+	}
+	if err := s.Enroll(ctx, "dev-1", map[string]string{"site": "berlin"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s2, err := Open(ctx, path)
+	if err != nil {
+		t.Fatalf("reopen = %v", err)
+	}
+	if d, err := s2.Device(ctx, "dev-1"); err != nil || d.Labels["site"] != "berlin" {
+		t.Errorf("after reopen: %+v, %v", d, err)
+	}
+	// A database from a newer server is left alone.
+	if _, err := s2.db.ExecContext(ctx, "PRAGMA user_version = 99"); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if _, err := Open(ctx, path); err == nil || !strings.Contains(err.Error(), "newer than this server") {
+		t.Errorf("Open(newer schema) = %v; want a refusal", err)
+	}
+}
+
+func TestDeviceLifecycle(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	if _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", At: t0}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CheckIn(unknown) = %v; want ErrNotFound", err)
+	}
+	if err := s.Enroll(ctx, "dev-1", map[string]string{"line": "press"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Enroll(ctx, "dev-1", nil, t0.Add(time.Second)); !errors.Is(err, ErrExists) {
+		t.Errorf("Enroll twice = %v; want ErrExists", err)
+	}
+	d, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", Hardware: "aarch64", AgentVersion: "0.5.0",
+		Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.0.0"}},
+		Attrs: map[string]any{"ram_mb": 1024}, At: t0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Hardware != "aarch64" || d.Labels["line"] != "press" || d.Attrs["ram_mb"] != 1024.0 || !d.LastCheckIn.Equal(t0) || !d.EnrolledAt.Equal(t0) {
+		t.Errorf("CheckIn = %+v", d)
+	}
+	// A failed install marks the version; the next check-in keeps the mark.
+	rep := policy.Report{DeviceID: "dev-1", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeProbeFailed, Cause: "accuracy 0.9 < 0.95", At: t0.Add(time.Minute)}
+	if err := s.AddReport(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	d, err = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.0.0"}}, At: t0.Add(2 * time.Minute)})
+	if err != nil || d.Slots[artifact.KindModel].Failed != "3.1.0" {
+		t.Fatalf("after failed report: slot %+v, %v; want Failed 3.1.0", d.Slots[artifact.KindModel], err)
+	}
+	// Reaching a newer version (e.g. installed by hand) clears it; Previous is kept.
+	d, err = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.2.0"}}, At: t0.Add(3 * time.Minute)})
+	if sl := d.Slots[artifact.KindModel]; err != nil || sl.Failed != "" || sl.Previous != "3.0.0" {
+		t.Errorf("after upgrade: slot %+v, %v; want Previous 3.0.0 and no Failed", sl, err)
+	}
+	d, _ = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.2.0"}}, At: t0.Add(4 * time.Minute)})
+	if sl := d.Slots[artifact.KindModel]; sl.Previous != "3.0.0" {
+		t.Errorf("same version again: slot %+v; want Previous still 3.0.0", sl)
+	}
+	// A committed report clears the mark too.
+	rep.Outcome, rep.Version = policy.OutcomeInstallError, "3.3.0"
+	s.AddReport(ctx, rep)
+	rep.Outcome, rep.At = policy.OutcomeCommitted, rep.At.Add(time.Hour)
+	s.AddReport(ctx, rep)
+	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" {
+		t.Errorf("after committed report: slot %+v; want no Failed", d.Slots[artifact.KindModel])
+	}
+	// Verdicts, quarantine, labels.
+	if err := s.RecordVerdict(ctx, "dev-1", policy.VerdictTrusted, "", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordVerdict(ctx, "nobody", policy.VerdictTrusted, "", t0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RecordVerdict(unknown) = %v; want ErrNotFound", err)
+	}
+	if err := s.SetQuarantine(ctx, "dev-1", true, "tampered"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLabels(ctx, "dev-1", map[string]string{"site": "tokyo"}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ = s.Device(ctx, "dev-1")
+	if d.Verdict != policy.VerdictTrusted || !d.VerdictAt.Equal(t0) || !d.Quarantined || d.QuarantineReason != "tampered" || d.Labels["site"] != "tokyo" || d.Labels["line"] != "" {
+		t.Errorf("device = %+v", d)
+	}
+	if err := s.SetQuarantine(ctx, "nobody", true, ""); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetQuarantine(unknown) = %v; want ErrNotFound", err)
+	}
+	vs, err := s.Verdicts(ctx, time.Time{})
+	if err != nil || len(vs) != 1 || vs[0].DeviceID != "dev-1" {
+		t.Errorf("Verdicts = %+v, %v", vs, err)
+	}
+	if err := s.ClearFailed(ctx, "dev-1", artifact.KindModel); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestInvalidInput(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	s.Enroll(ctx, "dev-1", nil, t0)
+	long := strings.Repeat("x", 200)
+	manyLabels := map[string]string{}
+	for i := range MaxLabels + 1 {
+		manyLabels[string(rune('a'+i%26))+strings.Repeat("a", i/26+1)] = "v"
+	}
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"empty id", s.Enroll(ctx, "", nil, t0)},
+		{"id with slash", s.Enroll(ctx, "a/b", nil, t0)},
+		{"long id", s.Enroll(ctx, long, nil, t0)},
+		{"bad label key", s.Enroll(ctx, "dev-2", map[string]string{"Bad Key": "v"}, t0)},
+		{"too many labels", s.Enroll(ctx, "dev-2", manyLabels, t0)},
+		{"long label value", s.SetLabels(ctx, "dev-1", map[string]string{"k": strings.Repeat("v", MaxLabelValue+1)})},
+		{"bad agent version", func() error { _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", AgentVersion: "latest", At: t0}); return err }()},
+		{"bad slot kind", func() error {
+			_, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{"probe": {}}, At: t0})
+			return err
+		}()},
+		{"bad slot version", func() error {
+			_, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "m", Version: "x"}}, At: t0})
+			return err
+		}()},
+		{"huge attrs", func() error {
+			_, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", Attrs: map[string]any{"k": strings.Repeat("x", MaxAttrsBytes)}, At: t0})
+			return err
+		}()},
+		{"no time", func() error { _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1"}); return err }()},
+		{"bad outcome", s.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: "meh", At: t0})},
+		{"bad report version", s.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "v1", Outcome: policy.OutcomeCommitted, At: t0})},
+		{"empty verdict", s.RecordVerdict(ctx, "dev-1", "", "", t0)},
+		{"rollout without id", s.SaveRollout(ctx, policy.RolloutState{}, nil)},
+	}
+	for _, tt := range tests {
+		var ie *InvalidError
+		if !errors.Is(tt.err, ErrInvalid) || !errors.As(tt.err, &ie) {
+			t.Errorf("%s: err = %v; want an *InvalidError matching ErrInvalid", tt.name, tt.err)
+		}
+	}
+	if err := s.AddReport(ctx, policy.Report{DeviceID: "ghost", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeCommitted, At: t0}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("report from unknown device = %v; want ErrNotFound", err)
+	}
+	if err := s.RecordDecision(ctx, policy.Decision{DeviceID: "ghost", At: t0}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("decision for unknown device = %v; want ErrNotFound", err)
+	}
+}
+
+func TestRolloutsReportsDecisions(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	if _, err := s.RolloutState(ctx, "r"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RolloutState(new) = %v; want ErrNotFound", err)
+	}
+	r := &policy.Rollout{ID: "r", Target: policy.Target{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"}, Waves: []policy.Wave{{Percent: 10, Soak: time.Hour}, {Percent: 100}}}
+	st, evs := policy.Plan(r, policy.RolloutState{}, nil, t0)
+	if err := s.SaveRollout(ctx, st, evs); err != nil {
+		t.Fatal(err)
+	}
+	st, ev, _ := policy.Pause(st, "alice", "checking", t0.Add(time.Minute))
+	if err := s.SaveRollout(ctx, st, []policy.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.RolloutState(ctx, "r")
+	if err != nil || got.Status != policy.StatusPaused || !got.Started.Equal(t0) {
+		t.Errorf("RolloutState = %+v, %v", got, err)
+	}
+	all, err := s.RolloutStates(ctx)
+	if err != nil || len(all) != 1 || all["r"].Reason != "checking" {
+		t.Errorf("RolloutStates = %+v, %v", all, err)
+	}
+	events, err := s.RolloutEvents(ctx, "r", 0)
+	if err != nil || len(events) != 3 || events[2].Type != policy.EventPaused || events[2].Actor != "alice" {
+		t.Errorf("RolloutEvents = %+v, %v", events, err)
+	}
+	if last, _ := s.RolloutEvents(ctx, "r", 1); len(last) != 1 || last[0].Type != policy.EventPaused {
+		t.Errorf("RolloutEvents(limit 1) = %+v; want the newest", last)
+	}
+	if err := s.SaveRollout(ctx, st, []policy.Event{{Rollout: "other"}}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("SaveRollout(foreign event) = %v; want ErrInvalid", err)
+	}
+
+	for _, id := range []string{"a", "b"} {
+		s.Enroll(ctx, id, nil, t0)
+	}
+	for i, rep := range []policy.Report{
+		{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeCommitted, At: t0.Add(2 * time.Minute), Bytes: 100},
+		{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: t0.Add(time.Minute)},
+		{DeviceID: "b", RolloutID: "other", Kind: artifact.KindRuntime, Name: "ort", Version: "1.0.0", Outcome: policy.OutcomeCommitted, At: t0.Add(3 * time.Minute)},
+	} {
+		if err := s.AddReport(ctx, rep); err != nil {
+			t.Fatalf("report %d: %v", i, err)
+		}
+	}
+	reps, err := s.Reports(ctx, ReportFilter{RolloutID: "r"})
+	if err != nil || len(reps) != 2 || reps[0].DeviceID != "b" || reps[0].Cause != "p99 9ms > 5ms" || reps[1].Bytes != 100 {
+		t.Errorf("Reports(r) = %+v, %v; want b then a", reps, err)
+	}
+	if reps, _ := s.Reports(ctx, ReportFilter{DeviceID: "b", Since: t0.Add(2 * time.Minute)}); len(reps) != 1 || reps[0].RolloutID != "other" {
+		t.Errorf("Reports(b, since) = %+v", reps)
+	}
+
+	for i := range 5 {
+		dec := policy.Decision{DeviceID: "a", At: t0.Add(time.Duration(i) * time.Hour), PolicyDigest: "d",
+			Slots: []policy.SlotDecision{{Kind: artifact.KindModel, Action: policy.ActionHold, Reason: policy.ReasonUpToDate}}}
+		if err := s.RecordDecision(ctx, dec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.RecordDecision(ctx, policy.Decision{DeviceID: "b", At: t0})
+	decs, err := s.Decisions(ctx, "a", 2)
+	if err != nil || len(decs) != 2 || !decs[0].At.Equal(t0.Add(4*time.Hour)) || decs[0].Slots[0].Reason != policy.ReasonUpToDate {
+		t.Errorf("Decisions = %+v, %v", decs, err)
+	}
+	n, err := s.PruneDecisions(ctx, t0.Add(10*time.Hour))
+	if err != nil || n != 4 {
+		t.Errorf("PruneDecisions = %d, %v; want 4 (newest of each device kept)", n, err)
+	}
+	if decs, _ := s.Decisions(ctx, "b", 0); len(decs) != 1 {
+		t.Errorf("b's only decision pruned")
+	}
+	if n, _ := s.CountDevices(ctx); n != 2 {
+		t.Errorf("CountDevices = %d", n)
+	}
+	page, err := s.Devices(ctx, ListOptions{Limit: 1})
+	if err != nil || len(page) != 1 || page[0].ID != "a" {
+		t.Fatalf("Devices page 1 = %+v, %v", page, err)
+	}
+	page, _ = s.Devices(ctx, ListOptions{After: "a", Limit: 5000})
+	if len(page) != 1 || page[0].ID != "b" {
+		t.Errorf("Devices page 2 = %+v", page)
+	}
+}
