@@ -148,6 +148,18 @@ func (c *Client) Probe(ctx context.Context, name, version string, ps *ProbeSet, 
 	return rep, err
 }
 
+// Drift reports a version's served inputs against its training baseline ("" for the
+// default version), for the check-in.
+func (c *Client) Drift(ctx context.Context, name, version string) (DriftReport, error) {
+	path := "/v2/models/" + esc(name)
+	if version != "" {
+		path += "/versions/" + esc(version)
+	}
+	var rep DriftReport
+	err := c.do(ctx, http.MethodGet, path+"/drift", nil, &rep)
+	return rep, err
+}
+
 // Trial loads a new version beside the serving one and probes it. The new version does
 // not serve unversioned traffic yet: on rep.Pass the agent calls Promote, otherwise
 // Abort. A load or probe error leaves nothing loaded.

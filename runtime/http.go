@@ -42,6 +42,8 @@ func (r *Runtime) ControlHandler() http.Handler {
 	mux.HandleFunc("POST /v2/repository/models/{name}/unload", r.handleUnload)
 	mux.HandleFunc("POST /v2/repository/models/{name}/versions/{version}/default", r.handleDefault)
 	mux.HandleFunc("POST /v2/models/{name}/versions/{version}/probe", r.handleProbe)
+	mux.HandleFunc("GET /v2/models/{name}/drift", r.handleDrift)
+	mux.HandleFunc("GET /v2/models/{name}/versions/{version}/drift", r.handleDrift)
 	return r.recoverer(mux)
 }
 
@@ -212,20 +214,22 @@ func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 // serveInfer returns the status code, the version that served (empty when the model is
 // unknown) and the error to report, if any.
 func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, string, error) {
+	// Read and decode before taking a reference on a version, so that a slow upload
+	// cannot hold an old version's session open during a swap.
+	body, err := readBody(w, req, r.cfg.maxRequestBytes())
+	if err != nil {
+		return statusOf(err), r.servedVersion(name, version), err
+	}
+	ir, inputs, names, err := DecodeInferRequest(body, r.cfg.maxElements())
+	if err != nil {
+		return statusOf(err), r.servedVersion(name, version), err
+	}
 	m, err := r.acquire(name, version)
 	if err != nil {
 		return statusOf(err), "", err
 	}
 	defer m.inflight.Done()
-	body, err := readBody(w, req, r.cfg.maxRequestBytes())
-	if err != nil {
-		return statusOf(err), m.version, err
-	}
-	ir, inputs, names, err := DecodeInferRequest(body, m.maxElements)
-	if err != nil {
-		return statusOf(err), m.version, err
-	}
-	outs, err := m.run(req.Context(), inputs, names)
+	outs, err := m.run(req.Context(), inputs, names, true)
 	if err != nil {
 		return statusOf(err), m.version, err
 	}
@@ -234,6 +238,18 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 	return http.StatusOK, m.version, nil
+}
+
+// servedVersion is the version a request for name and version would reach, "" when none
+// (for metrics labels of requests that failed before reaching a model).
+func (r *Runtime) servedVersion(name, version string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, err := r.lookupLocked(name, version)
+	if err != nil {
+		return ""
+	}
+	return m.version
 }
 
 func encodeInferResponse(b []byte, model, version, id string, outs []Output) []byte {
@@ -334,6 +350,15 @@ func (r *Runtime) handleProbe(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	rep, err := r.Probe(req.Context(), req.PathValue("name"), req.PathValue("version"), &pr.Probe, pr.Gates)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func (r *Runtime) handleDrift(w http.ResponseWriter, req *http.Request) {
+	rep, err := r.Drift(req.PathValue("name"), req.PathValue("version"))
 	if err != nil {
 		writeError(w, statusOf(err), err)
 		return

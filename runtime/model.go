@@ -56,6 +56,7 @@ type Model struct {
 	session       *ort.DynamicAdvancedSession
 	inflight      sync.WaitGroup
 	maxElements   int
+	drift         *drift // nil without a baseline in the model's metadata
 }
 
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
@@ -80,6 +81,17 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 	}
 	if len(m.inputs) == 0 || len(m.outputs) == 0 {
 		return nil, fmt.Errorf("%w: model has no servable tensor inputs or outputs", ErrInvalid)
+	}
+	if md, err := ort.GetModelMetadataWithONNXData(data); err == nil {
+		s, ok, err := md.LookupCustomMetadataMap(BaselineKey)
+		md.Destroy()
+		if err == nil && ok {
+			b, err := ParseBaseline(s)
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+			}
+			m.drift = &drift{baseline: b, input: m.inputs[0].Name}
+		}
 	}
 	opts, err := ort.NewSessionOptions()
 	if err != nil {
@@ -198,8 +210,9 @@ func (in *Input) kindMatches() bool {
 }
 
 // run validates inputs, runs the session and returns the requested outputs (all when
-// names is empty). Cancelling ctx terminates the ORT run.
-func (m *Model) run(ctx context.Context, inputs []Input, names []string) ([]Output, error) {
+// names is empty). Cancelling ctx terminates the ORT run. observe folds the inputs into
+// the drift statistics (serving traffic, not probes).
+func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe bool) ([]Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -262,6 +275,9 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string) ([]Outp
 		// Inputs were validated, so this is the model's own failure (e.g. a value its
 		// operators reject); the request can be fixed only by its sender.
 		return nil, fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, runErr)
+	}
+	if m.drift != nil && observe {
+		m.drift.observe(ordered)
 	}
 	result := make([]Output, 0, len(outs))
 	for i, o := range outs {

@@ -79,7 +79,7 @@ func (r *Runtime) Probe(ctx context.Context, name, version string, ps *ProbeSet,
 	resetPeakRSS()
 	warmup := orDefault(ps.Warmup, 10)
 	for i := range warmup {
-		if _, err := m.run(ctx, cases[i%len(cases)], nil); err != nil {
+		if _, err := m.run(ctx, cases[i%len(cases)], nil, false); err != nil {
 			return ProbeReport{}, fmt.Errorf("probe %s %s: warm-up: %w", name, version, err)
 		}
 	}
@@ -88,7 +88,7 @@ func (r *Runtime) Probe(ctx context.Context, name, version string, ps *ProbeSet,
 	got := make([][]float64, len(cases))
 	for i := range runs {
 		start := r.cfg.now()
-		outs, err := m.run(ctx, cases[i%len(cases)], []string{ps.Output})
+		outs, err := m.run(ctx, cases[i%len(cases)], []string{ps.Output}, false)
 		lat[i] = r.cfg.now().Sub(start)
 		if err != nil {
 			return ProbeReport{}, fmt.Errorf("probe %s %s: case %d: %w", name, version, i%len(cases), err)

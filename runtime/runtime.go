@@ -371,7 +371,7 @@ func (r *Runtime) Infer(ctx context.Context, name, version string, inputs []Inpu
 		return nil, err
 	}
 	defer m.inflight.Done()
-	outs, err := m.run(ctx, inputs, names)
+	outs, err := m.run(ctx, inputs, names, true)
 	if err != nil {
 		return nil, err
 	}

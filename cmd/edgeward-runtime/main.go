@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 
-	public := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	public := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	serve := sync.OnceFunc(func() {
 		log.Info("serving public API", "addr", pub.Addr().String())
 		go func() {

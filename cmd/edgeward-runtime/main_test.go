@@ -150,7 +150,7 @@ func TestRuntimeSwap(t *testing.T) {
 	if err := <-a.done; err != nil {
 		t.Errorf("old runtime exit: %v", err)
 	}
-	a.done <- nil // for the cleanup
+	a.done <- nil                      // for the cleanup
 	time.Sleep(500 * time.Millisecond) // load on the new process alone
 	stop.Store(true)
 	wg.Wait()

@@ -1,0 +1,167 @@
+package runtime
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"sync"
+)
+
+// BaselineKey is the ONNX metadata_props key of a model's drift baseline: JSON
+// {"features":[{"name":…,"mean":…,"var":…}, …]}, one entry per element of the last axis
+// of the model's first input, computed on the training inputs.
+const BaselineKey = "edgeward.baseline"
+
+// Baseline is the training-time distribution of a model's input features.
+type Baseline struct {
+	Features []FeatureBaseline `json:"features"`
+}
+
+// FeatureBaseline is one feature's training mean and variance.
+type FeatureBaseline struct {
+	Name string  `json:"name"`
+	Mean float64 `json:"mean"`
+	Var  float64 `json:"var"`
+}
+
+// ParseBaseline reads a BaselineKey value.
+func ParseBaseline(s string) (*Baseline, error) {
+	var b Baseline
+	if err := json.Unmarshal([]byte(s), &b); err != nil {
+		return nil, fmt.Errorf("drift baseline: %w", err)
+	}
+	if len(b.Features) == 0 {
+		return nil, fmt.Errorf("drift baseline: no features")
+	}
+	return &b, nil
+}
+
+// Moments are running per-feature mean and variance (Welford's algorithm). The zero
+// value is empty; Add sizes it on first use. It is not safe for concurrent use.
+type Moments struct {
+	N    int64
+	Mean []float64
+	m2   []float64
+}
+
+// Add folds one row (one value per feature) in. Rows of another width are ignored.
+func (m *Moments) Add(row []float64) {
+	if m.Mean == nil {
+		m.Mean, m.m2 = make([]float64, len(row)), make([]float64, len(row))
+	}
+	if len(row) != len(m.Mean) {
+		return
+	}
+	m.N++
+	for i, x := range row {
+		d := x - m.Mean[i]
+		m.Mean[i] += d / float64(m.N)
+		m.m2[i] += d * (x - m.Mean[i])
+	}
+}
+
+// Var is the population variance of feature i.
+func (m *Moments) Var(i int) float64 {
+	if m.N == 0 {
+		return 0
+	}
+	return m.m2[i] / float64(m.N)
+}
+
+// DriftReport compares served inputs with the baseline, for the check-in.
+type DriftReport struct {
+	Model    string         `json:"model"`
+	Version  string         `json:"version"`
+	Rows     int64          `json:"rows"`
+	Features []FeatureDrift `json:"features"`
+	// Drifted names the features whose |mean shift| exceeds the threshold (in baseline
+	// standard deviations) or whose variance ratio is outside [1/4, 4].
+	Drifted []string `json:"drifted,omitempty"`
+}
+
+// FeatureDrift is one feature's served statistics next to its baseline.
+type FeatureDrift struct {
+	Name         string  `json:"name"`
+	Mean         float64 `json:"mean"`
+	Var          float64 `json:"var"`
+	BaselineMean float64 `json:"baseline_mean"`
+	BaselineVar  float64 `json:"baseline_var"`
+	// MeanShift is (mean - baseline mean) / baseline standard deviation.
+	MeanShift float64 `json:"mean_shift"`
+	// VarRatio is var / baseline var.
+	VarRatio float64 `json:"var_ratio"`
+}
+
+// Compare is the pure drift decision: served moments against a baseline, flagging
+// features whose mean moved more than threshold baseline deviations (zero means 3) or
+// whose variance changed more than fourfold. Fewer rows than minRows flag nothing.
+func Compare(m *Moments, b *Baseline, threshold float64, minRows int64) ([]FeatureDrift, []string) {
+	if threshold <= 0 {
+		threshold = 3
+	}
+	var out []FeatureDrift
+	var drifted []string
+	for i, f := range b.Features {
+		fd := FeatureDrift{Name: f.Name, BaselineMean: f.Mean, BaselineVar: f.Var}
+		if i < len(m.Mean) {
+			fd.Mean, fd.Var = m.Mean[i], m.Var(i)
+		}
+		if f.Var > 0 {
+			fd.MeanShift = (fd.Mean - f.Mean) / math.Sqrt(f.Var)
+			fd.VarRatio = fd.Var / f.Var
+		}
+		out = append(out, fd)
+		if m.N >= minRows && m.N > 0 && (math.Abs(fd.MeanShift) > threshold || fd.VarRatio > 4 || fd.VarRatio < 0.25) {
+			drifted = append(drifted, f.Name)
+		}
+	}
+	return out, drifted
+}
+
+// drift is a model version's running input statistics; safe for concurrent use.
+type drift struct {
+	baseline *Baseline
+	input    string // the model input whose last axis holds the features
+	mu       sync.Mutex
+	moments  Moments
+}
+
+// observe folds the feature rows of a request's inputs in (FP32/FP64 inputs only).
+func (d *drift) observe(inputs []*Input) {
+	for _, in := range inputs {
+		if in.Name != d.input || in.F == nil || len(in.Shape) == 0 {
+			continue
+		}
+		w := int(in.Shape[len(in.Shape)-1])
+		if w != len(d.baseline.Features) {
+			return
+		}
+		d.mu.Lock()
+		for lo := 0; lo+w <= len(in.F); lo += w {
+			d.moments.Add(in.F[lo : lo+w])
+		}
+		d.mu.Unlock()
+	}
+}
+
+func (d *drift) report(name, version string) DriftReport {
+	d.mu.Lock()
+	m := Moments{N: d.moments.N, Mean: append([]float64(nil), d.moments.Mean...), m2: append([]float64(nil), d.moments.m2...)}
+	d.mu.Unlock()
+	feats, drifted := Compare(&m, d.baseline, 0, 30)
+	return DriftReport{Model: name, Version: version, Rows: m.N, Features: feats, Drifted: drifted}
+}
+
+// Drift reports a loaded version's served inputs against its baseline ("" for the
+// default version). A model without a baseline in its metadata is ErrNotFound.
+func (r *Runtime) Drift(name, version string) (DriftReport, error) {
+	m, err := r.acquire(name, version)
+	if err != nil {
+		return DriftReport{}, err
+	}
+	defer m.inflight.Done()
+	if m.drift == nil {
+		return DriftReport{}, fmt.Errorf("%w: model %s %s has no %s metadata", ErrNotFound, m.name, m.version, BaselineKey)
+	}
+	return m.drift.report(m.name, m.version), nil
+}
