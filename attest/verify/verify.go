@@ -1,0 +1,395 @@
+// Package verify is the server-side quote verifier. Verify is a pure function
+// of the evidence a device sent, the nonce the server issued and the policy:
+// it does no I/O and reads no clock. Nonces is the small stateful piece that
+// makes nonces single-use and short-lived.
+//
+// Security contract: a Verdict is Trusted only when every check passed —
+// the AK certificate chains to the attestation CA and has the AK profile, the
+// quote is signed by that certificate's key, carries exactly the issued
+// nonce, covers the PCR values sent, the measurement log replays to the
+// measurement PCR's value, and the artifacts measured last are exactly the
+// expected ones. Anything not covered is a reason, never a pass.
+package verify
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/attest/protocol"
+)
+
+// Code classifies why evidence is not trusted.
+type Code string
+
+// Reason codes.
+const (
+	AKCertInvalid         Code = "ak_cert_invalid"
+	IdentityMismatch      Code = "identity_mismatch"
+	QuoteMalformed        Code = "quote_malformed"
+	SignatureInvalid      Code = "signature_invalid"
+	NonceMismatch         Code = "nonce_mismatch"
+	PCRDigestMismatch     Code = "pcr_digest_mismatch"
+	PCRNotQuoted          Code = "pcr_not_quoted"
+	LogMalformed          Code = "log_malformed"
+	LogReplayMismatch     Code = "log_replay_mismatch"
+	ArtifactMismatch      Code = "artifact_mismatch"
+	ArtifactNotMeasured   Code = "artifact_not_measured"
+	ArtifactUnexpected    Code = "artifact_unexpected"
+	NonceUnknownOrReused  Code = "nonce_unknown_or_reused"
+	NonceExpired          Code = "nonce_expired"
+	measurementPCRDefault      = eventlog.PCRDevelopment
+)
+
+// Reason is one failed check.
+type Reason struct {
+	Code   Code   `json:"code"`
+	Detail string `json:"detail"`
+}
+
+func (r Reason) String() string { return string(r.Code) + ": " + r.Detail }
+
+// Evidence is what a device sends at check-in.
+type Evidence struct {
+	// AKCert is the DER AK certificate the attestation CA issued.
+	AKCert []byte `json:"ak_cert"`
+	// AKChain are DER intermediates between AKCert and the CA root.
+	AKChain [][]byte       `json:"ak_chain,omitempty"`
+	Quote   protocol.Quote `json:"quote"`
+	// Log is the measurement log of this boot.
+	Log eventlog.Log `json:"log"`
+}
+
+// Policy is what the verifier expects.
+type Policy struct {
+	// Roots are the attestation CA roots. Required.
+	Roots *x509.CertPool
+	// MeasurementPCR is the PCR the log extends; zero means 16 (development);
+	// production uses 23.
+	MeasurementPCR int
+	// PermanentIdentifier, if set, must be in the AK certificate: the
+	// device the server thinks it is talking to.
+	PermanentIdentifier string
+	// Expected are the artifacts the server believes the device runs. The
+	// last measured artifact of each (kind, name) must equal one of them,
+	// every expected one must be measured, and nothing else may be. Nil
+	// skips the comparison (enrollment-time checks).
+	Expected []eventlog.Artifact
+}
+
+// Verdict is the result of Verify.
+type Verdict struct {
+	Trusted bool     `json:"trusted"`
+	Reasons []Reason `json:"reasons,omitempty"`
+	// Measured is, per (kind, name), the artifact loaded last, sorted.
+	Measured []eventlog.Artifact `json:"measured,omitempty"`
+	// PermanentIdentifiers are from the verified AK certificate.
+	PermanentIdentifiers []string `json:"permanent_identifiers,omitempty"`
+	// ResetCount and RestartCount are the TPM's boot counters from the
+	// quote; a change in ResetCount means a reboot (a new log).
+	ResetCount   uint32 `json:"reset_count"`
+	RestartCount uint32 `json:"restart_count"`
+}
+
+func (v *Verdict) add(c Code, format string, args ...any) {
+	v.Reasons = append(v.Reasons, Reason{Code: c, Detail: fmt.Sprintf(format, args...)})
+}
+
+// Verify checks evidence against the nonce the server issued for it (already
+// consumed from Nonces) and the policy, at time now (for certificate
+// validity). It stops at the first failure of the AK certificate, signature
+// or nonce, since nothing after them can be believed; later checks all run
+// and all report.
+func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
+	defer func() { v.Trusted = len(v.Reasons) == 0 }()
+	pcr := p.MeasurementPCR
+	if pcr == 0 {
+		pcr = measurementPCRDefault
+	}
+
+	// 1. The AK certificate.
+	akCert, err := x509.ParseCertificate(ev.AKCert)
+	if err != nil {
+		v.add(AKCertInvalid, "parse: %v", err)
+		return v
+	}
+	inter := x509.NewCertPool()
+	for i, der := range ev.AKChain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			v.add(AKCertInvalid, "chain[%d]: %v", i, err)
+			return v
+		}
+		inter.AddCert(c)
+	}
+	if p.Roots == nil {
+		v.add(AKCertInvalid, "no attestation CA roots configured")
+		return v
+	}
+	ids, err := attestca.VerifyAKCert(akCert, p.Roots, inter, now)
+	if err != nil {
+		v.add(AKCertInvalid, "%v", err)
+		return v
+	}
+	v.PermanentIdentifiers = ids
+	if p.PermanentIdentifier != "" && !slices.Contains(ids, p.PermanentIdentifier) {
+		v.add(IdentityMismatch, "AK certificate is for %q, not %q", ids, p.PermanentIdentifier)
+		return v
+	}
+
+	// 2. The quote's signature by the certified AK.
+	if err := checkSignature(akCert.PublicKey, ev.Quote.Attest, ev.Quote.Signature); err != nil {
+		v.add(SignatureInvalid, "%v", err)
+		return v
+	}
+	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](ev.Quote.Attest)
+	if err != nil {
+		v.add(QuoteMalformed, "TPMS_ATTEST: %v", err)
+		return v
+	}
+	if att.Magic != tpm2.TPMGeneratedValue {
+		v.add(QuoteMalformed, "not generated by a TPM (magic %#x)", uint32(att.Magic))
+		return v
+	}
+	qi, err := att.Attested.Quote()
+	if err != nil {
+		v.add(QuoteMalformed, "not a quote: %v", err)
+		return v
+	}
+	v.ResetCount, v.RestartCount = att.ClockInfo.ResetCount, att.ClockInfo.RestartCount
+
+	// 3. Freshness: exactly the issued nonce.
+	if len(nonce) == 0 || subtle.ConstantTimeCompare(att.ExtraData.Buffer, nonce) != 1 {
+		v.add(NonceMismatch, "quote is not over the issued nonce")
+		return v
+	}
+
+	// 4. The PCR values sent are the ones quoted.
+	selected, err := selectedPCRs(qi.PCRSelect)
+	if err != nil {
+		v.add(QuoteMalformed, "%v", err)
+		return v
+	}
+	sent := make([]int, 0, len(ev.Quote.PCRs))
+	for k := range ev.Quote.PCRs {
+		sent = append(sent, k)
+	}
+	sort.Ints(sent)
+	if !slices.Equal(sent, selected) {
+		v.add(PCRDigestMismatch, "PCRs sent %v, quoted %v", sent, selected)
+	} else {
+		h := sha256.New()
+		for _, i := range selected {
+			h.Write(ev.Quote.PCRs[i])
+		}
+		if !bytes.Equal(h.Sum(nil), qi.PCRDigest.Buffer) {
+			v.add(PCRDigestMismatch, "PCR values do not match the quoted digest")
+		}
+	}
+
+	// 5. The log replays to the measurement PCR.
+	if !slices.Contains(selected, pcr) {
+		v.add(PCRNotQuoted, "measurement PCR %d is not in the quote", pcr)
+	}
+	if err := ev.Log.Validate(); err != nil {
+		v.add(LogMalformed, "%v", err)
+	} else {
+		for i, e := range ev.Log {
+			if e.PCR != pcr {
+				v.add(LogMalformed, "event %d extends PCR %d, not the measurement PCR %d", i, e.PCR, pcr)
+			}
+		}
+		replay := ev.Log.Replay()[pcr]
+		if got := ev.Quote.PCRs[pcr]; !bytes.Equal(got, replay[:]) {
+			v.add(LogReplayMismatch, "log replays PCR %d to %x, TPM has %x", pcr, replay, got)
+		}
+		latest := ev.Log.Latest()
+		for _, a := range latest {
+			v.Measured = append(v.Measured, a)
+		}
+		slices.SortFunc(v.Measured, func(a, b eventlog.Artifact) int {
+			if c := cmpStr(a.Kind, b.Kind); c != 0 {
+				return c
+			}
+			return cmpStr(a.Name, b.Name)
+		})
+		// 6. What runs is what the server expects.
+		if p.Expected != nil {
+			want := map[[2]string]eventlog.Artifact{}
+			for _, a := range p.Expected {
+				want[[2]string{a.Kind, a.Name}] = a
+			}
+			for _, a := range v.Measured {
+				w, ok := want[[2]string{a.Kind, a.Name}]
+				switch {
+				case !ok:
+					v.add(ArtifactUnexpected, "%s %s@%s is not expected", a.Kind, a.Name, a.Version)
+				case w.Version != a.Version || w.SHA256 != a.SHA256:
+					v.add(ArtifactMismatch, "%s %s: runs %s (%s), expected %s (%s)", a.Kind, a.Name, a.Version, short(a.SHA256), w.Version, short(w.SHA256))
+				}
+			}
+			for k, w := range want {
+				if _, ok := latest[k]; !ok {
+					v.add(ArtifactNotMeasured, "%s %s@%s was not measured this boot", w.Kind, w.Name, w.Version)
+				}
+			}
+		}
+	}
+	slices.SortStableFunc(v.Reasons, func(a, b Reason) int { return cmpStr(string(a.Code), string(b.Code)) })
+	return v
+}
+
+func cmpStr(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func short(s string) string {
+	if len(s) > 12 {
+		return s[:12]
+	}
+	return s
+}
+
+func selectedPCRs(sel tpm2.TPMLPCRSelection) ([]int, error) {
+	var out []int
+	for _, s := range sel.PCRSelections {
+		if s.Hash != tpm2.TPMAlgSHA256 {
+			return nil, fmt.Errorf("quote selects bank %v; only SHA-256 is verified", s.Hash)
+		}
+		for i, b := range s.PCRSelect {
+			for bit := 0; bit < 8; bit++ {
+				if b&(1<<bit) != 0 {
+					out = append(out, i*8+bit)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("quote selects no PCR")
+	}
+	if len(sel.PCRSelections) > 1 {
+		sort.Ints(out)
+		if len(slices.Compact(slices.Clone(out))) != len(out) {
+			return nil, fmt.Errorf("quote selects a PCR twice")
+		}
+	}
+	return out, nil
+}
+
+// checkSignature verifies a TPMT_SIGNATURE over data with pub.
+func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
+	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sigBytes)
+	if err != nil {
+		return fmt.Errorf("TPMT_SIGNATURE: %w", err)
+	}
+	hashOf := func(alg tpm2.TPMIAlgHash) (crypto.Hash, []byte, error) {
+		var h crypto.Hash
+		switch alg {
+		case tpm2.TPMAlgSHA256:
+			h = crypto.SHA256
+		case tpm2.TPMAlgSHA384:
+			h = crypto.SHA384
+		case tpm2.TPMAlgSHA512:
+			h = crypto.SHA512
+		default:
+			return 0, nil, fmt.Errorf("signature hash %v not accepted", alg)
+		}
+		d := h.New()
+		d.Write(data)
+		return h, d.Sum(nil), nil
+	}
+	switch sig.SigAlg {
+	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
+		rpub, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return fmt.Errorf("RSA signature but the AK certificate has a %T", pub)
+		}
+		var s *tpm2.TPMSSignatureRSA
+		if sig.SigAlg == tpm2.TPMAlgRSASSA {
+			s, err = sig.Signature.RSASSA()
+		} else {
+			s, err = sig.Signature.RSAPSS()
+		}
+		if err != nil {
+			return err
+		}
+		h, d, err := hashOf(s.Hash)
+		if err != nil {
+			return err
+		}
+		if sig.SigAlg == tpm2.TPMAlgRSASSA {
+			err = rsa.VerifyPKCS1v15(rpub, h, d, s.Sig.Buffer)
+		} else {
+			err = rsa.VerifyPSS(rpub, h, d, s.Sig.Buffer, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("signature does not verify with the AK certificate's key: %w", err)
+		}
+		return nil
+	case tpm2.TPMAlgECDSA:
+		epub, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			return fmt.Errorf("ECDSA signature but the AK certificate has a %T", pub)
+		}
+		s, err := sig.Signature.ECDSA()
+		if err != nil {
+			return err
+		}
+		_, d, err := hashOf(s.Hash)
+		if err != nil {
+			return err
+		}
+		r, ss := new(big.Int).SetBytes(s.SignatureR.Buffer), new(big.Int).SetBytes(s.SignatureS.Buffer)
+		if !ecdsa.Verify(epub, d, r, ss) {
+			return fmt.Errorf("signature does not verify with the AK certificate's key")
+		}
+		return nil
+	default:
+		return fmt.Errorf("signature algorithm %v not accepted", sig.SigAlg)
+	}
+}
+
+// Check is Verify plus nonce freshness: the quote's qualifying data must be
+// the nonce outstanding for device in n, which Check then consumes. The
+// signature is checked before the nonce is consumed, so forged evidence
+// cannot burn a device's nonce; a replayed genuine quote fails with
+// NonceUnknownOrReused.
+func Check(n *Nonces, device string, p Policy, ev Evidence, now time.Time) Verdict {
+	var extra []byte
+	if att, err := tpm2.Unmarshal[tpm2.TPMSAttest](ev.Quote.Attest); err == nil {
+		extra = att.ExtraData.Buffer
+	}
+	v := Verify(p, ev, extra, now)
+	if len(v.Reasons) > 0 && (v.Reasons[0].Code == AKCertInvalid || v.Reasons[0].Code == SignatureInvalid ||
+		v.Reasons[0].Code == IdentityMismatch || v.Reasons[0].Code == QuoteMalformed) {
+		return v
+	}
+	switch err := n.Consume(device, extra); {
+	case errors.Is(err, ErrNonceExpired):
+		v.add(NonceExpired, "nonce was issued more than the TTL ago")
+	case err != nil:
+		v.add(NonceUnknownOrReused, "nonce was not issued to %q or was already used", device)
+	}
+	v.Trusted = len(v.Reasons) == 0
+	return v
+}
