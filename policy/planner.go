@@ -89,6 +89,9 @@ type Report struct {
 	At    time.Time `json:"at"`
 	// Bytes downloaded for this install, if known.
 	Bytes int64 `json:"bytes,omitempty"`
+	// Accuracy and P99Ms measured by the probe run, if any (0: not measured).
+	Accuracy float64 `json:"accuracy,omitempty"`
+	P99Ms    float64 `json:"p99_ms,omitempty"`
 }
 
 // EventType names a rollout event.

@@ -125,8 +125,8 @@ func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, ns(r.At))
+		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, ns(r.At))
 		if err != nil {
 			return err
 		}
@@ -177,6 +177,12 @@ func validateReport(r *policy.Report) error {
 	if r.Bytes < 0 {
 		return invalid("bytes", "negative")
 	}
+	if !(r.Accuracy >= 0 && r.Accuracy <= 1) {
+		return invalid("accuracy", "%v: want a value in [0, 1]", r.Accuracy)
+	}
+	if !(r.P99Ms >= 0 && r.P99Ms < 1e9) {
+		return invalid("p99_ms", "%v: want a non-negative number", r.P99Ms)
+	}
 	if len(r.Cause) > MaxCause {
 		r.Cause = r.Cause[:MaxCause]
 	}
@@ -195,7 +201,7 @@ type ReportFilter struct {
 
 // Reports returns the matching reports, oldest first.
 func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]policy.Report, error) {
-	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, at FROM reports WHERE at >= ?`
+	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, at FROM reports WHERE at >= ?`
 	args := []any{ns(f.Since)}
 	if f.RolloutID != "" {
 		q += ` AND rollout_id = ?`
@@ -219,7 +225,7 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]policy.Report, e
 	for rows.Next() {
 		var r policy.Report
 		var at int64
-		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &at); err != nil {
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &at); err != nil {
 			return nil, fmt.Errorf("reports: %w", err)
 		}
 		r.At = fromNS(at)

@@ -132,6 +132,8 @@ var migrations = []string{
 		outcome    TEXT NOT NULL,
 		cause      TEXT NOT NULL DEFAULT '',
 		bytes      INTEGER NOT NULL DEFAULT 0,
+		accuracy   REAL NOT NULL DEFAULT 0,
+		p99_ms     REAL NOT NULL DEFAULT 0,
 		at         INTEGER NOT NULL
 	) STRICT;
 	CREATE INDEX reports_rollout ON reports(rollout_id, at);

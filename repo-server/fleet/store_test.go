@@ -148,7 +148,10 @@ func TestInvalidInput(t *testing.T) {
 		{"bad label key", s.Enroll(ctx, "dev-2", map[string]string{"Bad Key": "v"}, t0)},
 		{"too many labels", s.Enroll(ctx, "dev-2", manyLabels, t0)},
 		{"long label value", s.SetLabels(ctx, "dev-1", map[string]string{"k": strings.Repeat("v", MaxLabelValue+1)})},
-		{"bad agent version", func() error { _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", AgentVersion: "latest", At: t0}); return err }()},
+		{"bad agent version", func() error {
+			_, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", AgentVersion: "latest", At: t0})
+			return err
+		}()},
 		{"bad slot kind", func() error {
 			_, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{"probe": {}}, At: t0})
 			return err

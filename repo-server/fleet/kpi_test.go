@@ -1,0 +1,93 @@
+package fleet
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+func rep(dev, rollout string, o policy.Outcome, cause string, at time.Duration) policy.Report {
+	return policy.Report{DeviceID: dev, RolloutID: rollout, Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: o, Cause: cause, At: t0.Add(at), Bytes: 10}
+}
+
+func TestComputeRollout(t *testing.T) {
+	reports := []policy.Report{
+		rep("a", "r", policy.OutcomeCommitted, "", 10*time.Minute),
+		rep("b", "r", policy.OutcomeProbeFailed, "accuracy 0.91 < 0.95", 20*time.Minute),
+		rep("b", "r", policy.OutcomeCommitted, "", 40*time.Minute), // retried after ClearFailed
+		rep("c", "r", policy.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
+		rep("d", "r", policy.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
+		rep("e", "other", policy.OutcomeCommitted, "", time.Minute),
+	}
+	reports[0].Accuracy, reports[0].P99Ms = 0.96, 4
+	reports[2].Accuracy, reports[2].P99Ms = 0.98, 2
+	k := ComputeRollout("r", t0, reports)
+	if k.Attempts != 5 || k.Devices != 4 || k.Committed != 2 || k.SuccessRate != 0.4 || k.BytesDownloaded != 50 {
+		t.Errorf("ComputeRollout counts = %+v", k)
+	}
+	if k.Failures[policy.OutcomeRolledBack] != 2 || k.Failures[policy.OutcomeProbeFailed] != 1 ||
+		k.Causes["rolled_back: p99 9ms > 5ms"] != 2 || k.Causes["probe_failed: accuracy 0.91 < 0.95"] != 1 {
+		t.Errorf("failures = %v causes = %v", k.Failures, k.Causes)
+	}
+	if k.CommitP50 != 10*time.Minute || k.CommitP95 != 40*time.Minute {
+		t.Errorf("commit p50/p95 = %v/%v; want 10m/40m", k.CommitP50, k.CommitP95)
+	}
+	if k.MeanAccuracy != 0.97 || k.MeanP99Ms != 3 {
+		t.Errorf("mean accuracy/p99 = %v/%v", k.MeanAccuracy, k.MeanP99Ms)
+	}
+	if e := ComputeRollout("none", t0, reports); e.Attempts != 0 || e.SuccessRate != 0 || e.CommitP50 != 0 {
+		t.Errorf("empty rollout KPI = %+v", e)
+	}
+}
+
+func TestTimeToPercent(t *testing.T) {
+	var reports []policy.Report
+	for i := range 10 {
+		reports = append(reports, rep(fmt.Sprintf("d%d", i), "r", policy.OutcomeCommitted, "", time.Duration(i+1)*time.Hour))
+	}
+	reports = append(reports, rep("d0", "r", policy.OutcomeCommitted, "", 50*time.Hour)) // a later commit does not count
+	reports = append(reports, rep("x", "r", policy.OutcomeInstallError, "", time.Minute))
+	tests := []struct {
+		size    int
+		pct     float64
+		want    time.Duration
+		reached bool
+	}{
+		{100, 1, time.Hour, true},
+		{100, 10, 10 * time.Hour, true},
+		{100, 11, 0, false},
+		{10, 50, 5 * time.Hour, true},
+		{10, 100, 10 * time.Hour, true},
+		{10, 95, 10 * time.Hour, true}, // 9.5 devices round up to 10
+		{0, 50, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := TimeToPercent("r", t0, tt.size, reports, tt.pct)
+		if got != tt.want || ok != tt.reached {
+			t.Errorf("TimeToPercent(size %d, %v%%) = %v, %v; want %v, %v", tt.size, tt.pct, got, ok, tt.want, tt.reached)
+		}
+	}
+}
+
+func TestComputeFleet(t *testing.T) {
+	reports := []policy.Report{
+		rep("a", "r1", policy.OutcomeCommitted, "", time.Hour),
+		rep("b", "r1", policy.OutcomeAttestationUntrusted, "", time.Hour),
+		rep("a", "r2", policy.OutcomeCommitted, "", 2*time.Hour),
+		rep("c", "r2", policy.OutcomeCommitted, "", 3*time.Hour),
+	}
+	verdicts := []VerdictRecord{{DeviceID: "a", Verdict: policy.VerdictTrusted}, {DeviceID: "b", Verdict: policy.VerdictUntrusted}, {DeviceID: "a", Verdict: policy.VerdictTrusted}, {DeviceID: "c", Verdict: policy.VerdictTrusted}}
+	f := ComputeFleet(reports, verdicts, map[string]time.Time{"r1": t0})
+	if f.Attempts != 4 || f.SuccessRate != 0.75 || f.Failures[policy.OutcomeAttestationUntrusted] != 1 || f.Verdicts != 4 || f.AttestationPassRate != 0.75 {
+		t.Errorf("ComputeFleet = %+v", f)
+	}
+	if len(f.Rollouts) != 2 || f.Rollouts[0].Rollout != "r1" || f.Rollouts[0].CommitP50 != time.Hour || f.Rollouts[1].CommitP95 != time.Hour {
+		t.Errorf("per-rollout = %+v", f.Rollouts)
+	}
+	if e := ComputeFleet(nil, nil, nil); e.SuccessRate != 0 || e.AttestationPassRate != 0 || len(e.Rollouts) != 0 {
+		t.Errorf("empty fleet = %+v", e)
+	}
+}
