@@ -145,8 +145,7 @@ func (m *Manager) Floor(ctx context.Context, kind artifact.Kind) (uint64, error)
 func (m *Manager) Recover(ctx context.Context) error {
 	var errs []error
 	for _, k := range Kinds {
-		kindDir := filepath.Join(m.cfg.Dir, "slots", string(k))
-		if err := removeTemps(kindDir); err != nil {
+		if err := m.removeLeftovers(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
 		if _, err := m.drive(ctx, k, EvRecover{}); err != nil {
@@ -398,14 +397,32 @@ func isTemp(name string) bool {
 	return strings.Contains(name, ".tmp") || strings.HasSuffix(name, ".part") || strings.HasSuffix(name, ".part.state")
 }
 
-// removeTemps deletes the temporary files WriteFileAtomic may leave in dir after a crash.
-func removeTemps(dir string) error {
+// removeLeftovers deletes what a crash can leave behind: temporary files of atomic writes
+// anywhere under the kind's slots, and partial downloads no download owns any more.
+func (m *Manager) removeLeftovers(ctx context.Context, kind artifact.Kind) error {
+	s, err := m.db.Load(ctx, kind)
+	if err != nil {
+		return err
+	}
+	dirs := []string{filepath.Join(m.cfg.Dir, "slots", string(kind)), m.SlotDir(kind, SlotA), m.SlotDir(kind, SlotB)}
+	for _, dir := range dirs {
+		resumable := s.phase() == Downloading && dir == m.SlotDir(kind, s.Inactive())
+		if err := removeTemps(dir, !resumable); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeTemps deletes temporary files in dir and, if parts, partial downloads.
+func removeTemps(dir string, parts bool) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}
 	for _, e := range entries {
-		if !e.IsDir() && strings.Contains(e.Name(), ".tmp") {
+		n := e.Name()
+		if !e.IsDir() && (strings.Contains(n, ".tmp") || parts && isTemp(n)) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
 				return fmt.Errorf("remove temporary file: %w", err)
 			}
