@@ -263,7 +263,12 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 		switch s.Phase {
 		case Downloading, Verifying, Staged, Trial:
 			if s.Pending != nil && *s.Pending == t {
-				return s, nil, nil // the same install again: already under way
+				// The same install again: resume what is under way.
+				switch s.Phase {
+				case Downloading, Verifying:
+					return s.recover(now)
+				}
+				return s, nil, nil
 			}
 			return s, nil, ErrBusy
 		}
