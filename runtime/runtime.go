@@ -17,14 +17,18 @@
 //
 // A new libonnxruntime or runtime binary needs a new process: ONNX Runtime's environment
 // is process-wide and cannot be re-initialised from another library. The public port
-// keeps serving throughout because the agent, not the runtime, owns the listening socket:
-// it binds the public address once and starts each runtime process with the socket
-// inherited as a file descriptor (cmd/edgeward-runtime --listen-fd 3, i.e. exec.Cmd
-// ExtraFiles[0]). Both processes accept on the same socket while the new one is probed
-// over its own control socket; the agent then sends SIGTERM to the old process, which
-// stops accepting, finishes its in-flight requests (Server.Drain) and exits. The kernel
-// queues connections on the shared socket, so none is refused at any moment. On a
-// failed probe the agent stops the new process instead and the old one never noticed.
+// keeps serving throughout because the agent, not the runtime, owns the listening
+// socket: it binds the public address once and starts each runtime process with the
+// socket inherited as a file descriptor (cmd/edgeward-runtime --listen-fd 3, i.e.
+// exec.Cmd.ExtraFiles[0]) and a control socket of its own. The new process starts with
+// --hold: it loads its models and answers its control API but does not accept public
+// connections, so the agent can probe it first. On pass the agent tells it to serve
+// (POST /v2/edgeward/serve) and sends SIGTERM to the old process, which turns not-ready,
+// answers every further request with "Connection: close" for a grace period so clients
+// move to new connections (which the kernel hands to the new process), then stops
+// accepting, finishes its in-flight requests and exits. On a failed probe the agent
+// stops the new process instead; the old one never noticed. See ListenerFromFD and
+// SetDraining.
 package runtime
 
 import (
