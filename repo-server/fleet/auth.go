@@ -1,0 +1,230 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Role is an operator's role.
+type Role string
+
+const (
+	// RoleSecurityAdmin holds the keys: root and role keys, attestation policy, device
+	// quarantine, operator tokens. Also reads everything and exports the audit log.
+	RoleSecurityAdmin Role = "security-admin"
+	// RoleReleaseManager publishes targets and runs rollouts; reads fleet state.
+	RoleReleaseManager Role = "release-manager"
+	// RoleAuditor reads everything and exports the audit log; changes nothing.
+	RoleAuditor Role = "auditor"
+)
+
+// ParseRole checks s.
+func ParseRole(s string) (Role, error) {
+	switch r := Role(s); r {
+	case RoleSecurityAdmin, RoleReleaseManager, RoleAuditor:
+		return r, nil
+	}
+	return "", invalid("role", "%q: want security-admin, release-manager or auditor", s)
+}
+
+// Action is an operator API operation; the server maps each endpoint to one.
+type Action string
+
+const (
+	ActionFleetRead    Action = "fleet.read"    // devices list/show, rollout status, KPIs, policy status
+	ActionPublish      Action = "publish"       // publish a model, probe set or runtime
+	ActionRolloutWrite Action = "rollout.write" // rollout create, pause, resume, abort, approve
+	ActionDeviceLabel  Action = "device.label"  // set device labels, clear a failed mark
+	ActionQuarantine   Action = "device.quarantine"
+	ActionKeys         Action = "keys"               // root, role keys, rotation, delegation
+	ActionAttestPolicy Action = "attestation.policy" // attestation requirements, manufacturer roots
+	ActionTokens       Action = "tokens"             // create, list, revoke operator tokens
+	ActionAuditExport  Action = "audit.export"
+)
+
+// permissions: which roles may do what. Anything absent is denied.
+var permissions = map[Action][]Role{
+	ActionFleetRead:    {RoleSecurityAdmin, RoleReleaseManager, RoleAuditor},
+	ActionPublish:      {RoleReleaseManager},
+	ActionRolloutWrite: {RoleReleaseManager},
+	ActionDeviceLabel:  {RoleReleaseManager},
+	ActionQuarantine:   {RoleSecurityAdmin},
+	ActionKeys:         {RoleSecurityAdmin},
+	ActionAttestPolicy: {RoleSecurityAdmin},
+	ActionTokens:       {RoleSecurityAdmin},
+	ActionAuditExport:  {RoleSecurityAdmin, RoleAuditor},
+}
+
+// Actions lists every action, for tests and documentation.
+func Actions() []Action {
+	return []Action{ActionFleetRead, ActionPublish, ActionRolloutWrite, ActionDeviceLabel, ActionQuarantine,
+		ActionKeys, ActionAttestPolicy, ActionTokens, ActionAuditExport}
+}
+
+// PrincipalKind tells operators from devices.
+type PrincipalKind string
+
+const (
+	PrincipalOperator PrincipalKind = "operator"
+	PrincipalDevice   PrincipalKind = "device"
+)
+
+// Principal is who makes a request, as authenticated by the server: an operator (by
+// API token or operator client certificate) or a device (by its TPM-backed device
+// certificate). Name is the operator's name or the device ID; it attributes writes in
+// the audit log.
+type Principal struct {
+	Kind PrincipalKind
+	Name string
+	Role Role // operators only
+}
+
+// Authorization errors.
+var (
+	ErrUnauthenticated = errors.New("unauthenticated")
+	ErrForbidden       = errors.New("forbidden")
+)
+
+// Authorize decides whether p may perform a on the operator API. It is pure. A device
+// is never allowed an operator action, whatever else it claims; an unknown action or
+// role is denied. The error matches ErrForbidden.
+func Authorize(p Principal, a Action) error {
+	if p.Kind != PrincipalOperator {
+		return fmt.Errorf("%s %q may not use the operator API: %w", p.Kind, p.Name, ErrForbidden)
+	}
+	for _, r := range permissions[a] {
+		if r == p.Role {
+			return nil
+		}
+	}
+	return fmt.Errorf("operator %q (role %q) may not %s: %w", p.Name, p.Role, a, ErrForbidden)
+}
+
+// AuthorizeDevice decides whether p may use the device API as device id: only that
+// device itself. An operator credential can never act as a device.
+func AuthorizeDevice(p Principal, id string) error {
+	if p.Kind != PrincipalDevice {
+		return fmt.Errorf("%s %q may not use the device API: %w", p.Kind, p.Name, ErrForbidden)
+	}
+	if p.Name != id {
+		return fmt.Errorf("device %q may not act as device %q: %w", p.Name, id, ErrForbidden)
+	}
+	return nil
+}
+
+// Token errors; both match ErrUnauthenticated too.
+var (
+	ErrTokenExpired = fmt.Errorf("token expired: %w", ErrUnauthenticated)
+	ErrTokenRevoked = fmt.Errorf("token revoked: %w", ErrUnauthenticated)
+)
+
+// MaxTokenTTL bounds the lifetime of an operator token.
+const MaxTokenTTL = 366 * 24 * time.Hour
+
+const tokenPrefix = "ewo_"
+
+// TokenInfo describes a token; the secret itself is never stored, only its SHA-256.
+type TokenInfo struct {
+	ID        string    `json:"id"`
+	Operator  string    `json:"operator"`
+	Role      Role      `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	RevokedAt time.Time `json:"revoked_at,omitzero"`
+}
+
+// CreateToken issues an API token for operator with role, valid for ttl from now. The
+// returned token string is shown once to the caller and never again.
+func (s *Store) CreateToken(ctx context.Context, operator string, role Role, ttl time.Duration, now time.Time) (string, TokenInfo, error) {
+	if err := validShort("operator", operator); err != nil || operator == "" {
+		return "", TokenInfo{}, fmt.Errorf("create token: %w", invalid("operator", "%q: want 1-%d printable characters", truncate(operator), maxShortString))
+	}
+	if _, err := ParseRole(string(role)); err != nil {
+		return "", TokenInfo{}, fmt.Errorf("create token: %w", err)
+	}
+	if ttl <= 0 || ttl > MaxTokenTTL {
+		return "", TokenInfo{}, fmt.Errorf("create token: %w", invalid("ttl", "%v: want more than 0 and at most %v", ttl, MaxTokenTTL))
+	}
+	var idb [8]byte
+	var secret [32]byte
+	rand.Read(idb[:]) // never fails (crypto/rand)
+	rand.Read(secret[:])
+	id := hex.EncodeToString(idb[:])
+	tok := tokenPrefix + id + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
+	info := TokenInfo{ID: id, Operator: operator, Role: role, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
+	h := sha256.Sum256([]byte(tok))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, hash, operator, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		id, h[:], operator, string(role), ns(info.CreatedAt), ns(info.ExpiresAt))
+	if err != nil {
+		return "", TokenInfo{}, fmt.Errorf("create token: %w", err)
+	}
+	return tok, info, nil
+}
+
+// Authenticate returns the operator a bearer token belongs to. Errors match
+// ErrUnauthenticated (and ErrTokenExpired or ErrTokenRevoked when that is the case);
+// their text never contains the token.
+func (s *Store) Authenticate(ctx context.Context, token string, now time.Time) (Principal, error) {
+	if len(token) > 128 || !strings.HasPrefix(token, tokenPrefix) {
+		return Principal{}, fmt.Errorf("authenticate: malformed token: %w", ErrUnauthenticated)
+	}
+	h := sha256.Sum256([]byte(token))
+	var info TokenInfo
+	var created, expires, revoked int64
+	err := s.db.QueryRowContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?`, h[:]).
+		Scan(&info.ID, &info.Operator, &info.Role, &created, &expires, &revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Principal{}, fmt.Errorf("authenticate: unknown token: %w", ErrUnauthenticated)
+	}
+	if err != nil {
+		return Principal{}, fmt.Errorf("authenticate: %w", err)
+	}
+	switch {
+	case revoked != 0:
+		return Principal{}, fmt.Errorf("authenticate: token %s of %q: %w", info.ID, info.Operator, ErrTokenRevoked)
+	case !now.Before(fromNS(expires)):
+		return Principal{}, fmt.Errorf("authenticate: token %s of %q: %w", info.ID, info.Operator, ErrTokenExpired)
+	}
+	return Principal{Kind: PrincipalOperator, Name: info.Operator, Role: info.Role}, nil
+}
+
+// RevokeToken revokes a token by ID (ErrNotFound if unknown). Revoking twice is not
+// an error; the first revocation time is kept.
+func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, ns(now), id)
+	if err != nil {
+		return fmt.Errorf("revoke token %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("revoke token %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// Tokens lists every token (without secrets), oldest first.
+func (s *Store) Tokens(ctx context.Context) ([]TokenInfo, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []TokenInfo
+	for rows.Next() {
+		var t TokenInfo
+		var c, e, r int64
+		if err := rows.Scan(&t.ID, &t.Operator, &t.Role, &c, &e, &r); err != nil {
+			return nil, fmt.Errorf("tokens: %w", err)
+		}
+		t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNS(c), fromNS(e), fromNS(r)
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
