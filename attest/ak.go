@@ -35,7 +35,8 @@ var akTemplate = tpm2.TPMTPublic{
 		},
 		KeyBits: 2048,
 	}),
-	Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)}),
+	// Empty unique: the same key tpm2_createprimary makes from these attributes.
+	Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{}),
 }
 
 // AK describes the attestation key.

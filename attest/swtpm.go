@@ -42,15 +42,23 @@ func openSwtpm(raw string) (Transport, error) {
 	if err != nil || port <= 0 || port >= 65535 {
 		return nil, fmt.Errorf("%w: %q: bad port", ErrBadURL, raw)
 	}
-	if err := swtpmInit(net.JoinHostPort(host, strconv.Itoa(port+1))); err != nil {
-		return nil, fmt.Errorf("attest: swtpm %s power on: %w", raw, err)
-	}
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 10*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("attest: swtpm %s: %w", raw, err)
 	}
 	t := &swtpmTransport{conn: conn}
-	if _, err := (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t); err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
+	// A running TPM answers TPM_RC_INITIALIZE (already started: keep its
+	// PCRs, e.g. across an agent restart); a powered-off swtpm answers
+	// TPM_RC_FAILURE until CMD_INIT on the control port powers it on.
+	_, err = (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t)
+	if errors.Is(err, tpm2.TPMRCFailure) {
+		if err := swtpmInit(net.JoinHostPort(host, strconv.Itoa(port+1))); err != nil {
+			t.Close()
+			return nil, fmt.Errorf("attest: swtpm %s power on: %w", raw, err)
+		}
+		_, err = (tpm2.Startup{StartupType: tpm2.TPMSUClear}).Execute(t)
+	}
+	if err != nil && !errors.Is(err, tpm2.TPMRCInitialize) {
 		t.Close()
 		return nil, fmt.Errorf("attest: swtpm %s startup: %w", raw, err)
 	}

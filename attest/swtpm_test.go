@@ -1,12 +1,15 @@
 package attest_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
+	"strings"
 	"testing"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/eventlog"
 )
 
 // TestSwtpmEKCertAndFloor runs against a real swtpm process: the EK
@@ -38,6 +41,21 @@ func TestSwtpmEKCertAndFloor(t *testing.T) {
 	if v, err := tpm.Floor("model").RaiseTo(ctx, 42); err != nil || v != 42 {
 		t.Fatalf("RaiseTo(42) = %d, %v", v, err)
 	}
+	e := eventlog.Event{PCR: 16, Kind: "model", Name: "m", Version: "1", SHA256: strings.Repeat("d", 64)}
+	if _, err := tpm.Measure(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	tpm.Close()
+
+	// Reopening (an agent restart) keeps the PCRs; a power cycle clears them.
+	tpm, err = attest.Open(ctx, sw.URL)
+	if err != nil {
+		t.Fatalf("reopen = %v", err)
+	}
+	want := eventlog.Log{e}.Replay()[16]
+	if got, err := tpm.ReadPCRs(ctx, 16); err != nil || !bytes.Equal(got[16], want[:]) {
+		t.Errorf("PCR16 after reopen = %x, %v; want %x", got[16], err, want)
+	}
 	tpm.Close()
 
 	sw.Restart()
@@ -48,5 +66,8 @@ func TestSwtpmEKCertAndFloor(t *testing.T) {
 	defer tpm.Close()
 	if v, err := tpm.Floor("model").Read(ctx); err != nil || v != 42 {
 		t.Errorf("floor after power cycle = %d, %v; want 42", v, err)
+	}
+	if got, err := tpm.ReadPCRs(ctx, 16); err != nil || !bytes.Equal(got[16], make([]byte, 32)) {
+		t.Errorf("PCR16 after power cycle = %x, %v; want zero", got[16], err)
 	}
 }

@@ -63,8 +63,9 @@ type object struct {
 //     processes can share the TPM.
 //   - "swtpm://host:port": swtpm (or the reference simulator) speaking the
 //     TCG TCP protocol; port is the command port and port+1 the control port,
-//     used to power the TPM on. TPM2_Startup(CLEAR) is sent; a TPM that was
-//     already started is accepted.
+//     used (CMD_INIT) only to power on a TPM that is off. TPM2_Startup(CLEAR)
+//     is sent; a TPM that was already started keeps its state and PCRs, so
+//     reopening (an agent restart) is not a reboot.
 func Open(ctx context.Context, url string) (*TPM, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
