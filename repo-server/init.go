@@ -105,6 +105,14 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 			return nil, err
 		}
 	}
+	// The audit log's checkpoint key is online too: the server signs checkpoints.
+	auditKey, err := GenerateKey("audit", KeyEd25519, nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := WriteKeyFile(r.fs, r.OnlineKeyDir(), auditKey, nil, KDFParams{}); err != nil {
+		return nil, err
+	}
 
 	root := metadata.Root(r.expires(metadata.ROOT))
 	root.Signed.ConsistentSnapshot = true
@@ -156,7 +164,7 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	if err := r.fs.WriteFile(r.path("edgeward-repo.json"), data, 0o644); err != nil {
 		return nil, err
 	}
-	r.event(ctx, "repo.init", map[string]any{
+	r.event(ctx, "init", cfg.Dir, map[string]any{
 		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
 	})
 	return res, nil

@@ -137,7 +137,7 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 	if st, lerr := r.Load(ctx); lerr == nil {
 		res.Version = st.Targets[role].Signed.Version
 	}
-	r.event(ctx, "publish", map[string]any{
+	r.event(ctx, "publish", tpath, map[string]any{
 		"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
 	})
 	return res, nil

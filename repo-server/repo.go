@@ -514,7 +514,7 @@ func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.event(ctx, "refresh", map[string]any{"renewed": renewed})
+	r.event(ctx, "refresh", "", map[string]any{"renewed": renewed})
 	return renewed, nil
 }
 

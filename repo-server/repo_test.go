@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
@@ -799,18 +800,28 @@ func TestEventsRecorded(t *testing.T) {
 	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("x"), nil); err != nil {
 		t.Fatal(err)
 	}
-	ev, err := f.repo.Events(context.Background())
+	ctx := context.Background()
+	l, db, err := f.repo.OpenAudit(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var actions []string
+	defer db.Close()
+	ev, err := l.Records(ctx, audit.Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
 	for _, e := range ev {
-		actions = append(actions, e.Action)
+		kinds = append(kinds, e.Kind+" "+e.Subject)
 	}
-	if got := strings.Join(actions, ","); got != "repo.init,publish" {
-		t.Fatalf("events = %s; want repo.init,publish", got)
+	if got := strings.Join(kinds, ","); got != "repo.init "+f.repo.Dir()+",repo.publish models/iris/1.0.0.onnx" {
+		t.Fatalf("audit records = %s", got)
 	}
-	if ev[1].Details["path"] != "models/iris/1.0.0.onnx" {
-		t.Fatalf("publish event details = %v", ev[1].Details)
+	var buf bytes.Buffer
+	if err := l.Export(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := audit.Verify(&buf, l.PublicKey()); err != nil {
+		t.Fatalf("verify the repository's audit export: %v", err)
 	}
 }

@@ -82,6 +82,7 @@ func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
 	if err := r.fs.WriteFile(path, data, 0o644); err != nil {
 		return "", fmt.Errorf("write proposal: %w", err)
 	}
+	r.event(ctx, "root.propose", fmt.Sprintf("root v%d", next.Signed.Version), map[string]any{"version": next.Signed.Version, "proposal": path})
 	return path, nil
 }
 
@@ -246,7 +247,7 @@ func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int
 	if err != nil {
 		return 0, err
 	}
-	r.event(ctx, "root.publish", map[string]any{"version": version})
+	r.event(ctx, "root.publish", fmt.Sprintf("root v%d", version), map[string]any{"version": version})
 	return version, nil
 }
 
@@ -372,7 +373,7 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 		return nil, fmt.Errorf("rotate %q: want timestamp, snapshot, models or runtimes (root and targets keys change through 'edgeward root propose')", role)
 	}
 	if res.Published {
-		r.event(ctx, "keys.rotate", map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked})
+		r.event(ctx, "keys.rotate", role, map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked})
 	}
 	return res, nil
 }

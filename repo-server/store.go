@@ -2,11 +2,13 @@ package reposerver
 
 import (
 	"context"
+	"crypto/ed25519"
 	"database/sql"
-	"encoding/json"
 	"fmt"
-	"time"
+	"os"
+	"path/filepath"
 
+	"github.com/edgeward/edgeward/repo-server/audit"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
@@ -25,72 +27,58 @@ func OpenDB(ctx context.Context, path string) (*sql.DB, error) {
 	return db, nil
 }
 
-const eventsSchema = `CREATE TABLE IF NOT EXISTS repo_events (
-	id      INTEGER PRIMARY KEY AUTOINCREMENT,
-	at      TEXT NOT NULL,
-	actor   TEXT NOT NULL,
-	action  TEXT NOT NULL,
-	details TEXT NOT NULL
-)`
+// DBPath is the repository's sqlite database (audit log; later the fleet).
+func (r *Repo) DBPath() string { return r.path("repo.db") }
 
-// Event is one recorded repository change.
-type Event struct {
-	ID      int64          `json:"id"`
-	At      time.Time      `json:"at"`
-	Actor   string         `json:"actor"`
-	Action  string         `json:"action"`
-	Details map[string]any `json:"details"`
-}
-
-func (r *Repo) withDB(ctx context.Context, fn func(*sql.DB) error) error {
-	db, err := OpenDB(ctx, r.path("repo.db"))
+// AuditKey loads the audit checkpoint key (an online key, role "audit").
+func (r *Repo) AuditKey() (ed25519.PrivateKey, error) {
+	matches, _ := filepath.Glob(filepath.Join(r.OnlineKeyDir(), "audit-*.key"))
+	if len(matches) != 1 {
+		return nil, fmt.Errorf("want one audit checkpoint key in %s, found %d", r.OnlineKeyDir(), len(matches))
+	}
+	data, err := os.ReadFile(matches[0])
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer db.Close()
-	if _, err := db.ExecContext(ctx, eventsSchema); err != nil {
-		return fmt.Errorf("repo.db schema: %w", err)
-	}
-	return fn(db)
-}
-
-// event records a change that has already been made. A failure to record is logged, not
-// returned: the metadata on disk is the truth, and the change cannot be undone.
-func (r *Repo) event(ctx context.Context, action string, details map[string]any) {
-	err := r.withDB(ctx, func(db *sql.DB) error {
-		d, err := json.Marshal(details)
-		if err != nil {
-			return err
-		}
-		_, err = db.ExecContext(ctx, `INSERT INTO repo_events(at, actor, action, details) VALUES(?,?,?,?)`,
-			r.now().UTC().Format(time.RFC3339Nano), r.cfg.Actor, action, string(d))
-		return err
-	})
+	k, err := ParseKey(data, nil)
 	if err != nil {
-		r.log.Error("record repository event", "action", action, "err", err)
+		return nil, fmt.Errorf("audit key %s: %w", matches[0], err)
 	}
+	priv, ok := k.Private.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit key %s is not ed25519", matches[0])
+	}
+	return priv, nil
 }
 
-// Events returns the recorded repository events, oldest first.
-func (r *Repo) Events(ctx context.Context) ([]Event, error) {
-	var out []Event
-	err := r.withDB(ctx, func(db *sql.DB) error {
-		rows, err := db.QueryContext(ctx, `SELECT id, at, actor, action, details FROM repo_events ORDER BY id`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var e Event
-			var at, details string
-			if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Action, &details); err != nil {
-				return err
-			}
-			e.At, _ = time.Parse(time.RFC3339Nano, at)
-			_ = json.Unmarshal([]byte(details), &e.Details)
-			out = append(out, e)
-		}
-		return rows.Err()
-	})
-	return out, err
+// OpenAudit opens the repository's audit log; close the returned database when done.
+func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
+	key, err := r.AuditKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	db, err := OpenDB(ctx, r.DBPath())
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Now: r.now})
+	if err != nil {
+		db.Close()
+		return nil, nil, err
+	}
+	return l, db, nil
+}
+
+// event appends a change that has already been made to the audit log. A failure to
+// record is logged, not returned: the metadata on disk is the truth, and the change
+// cannot be undone.
+func (r *Repo) event(ctx context.Context, action, subject string, details map[string]any) {
+	l, db, err := r.OpenAudit(ctx)
+	if err == nil {
+		defer db.Close()
+		_, err = l.Append(ctx, r.cfg.Actor, "repo."+action, subject, details)
+	}
+	if err != nil {
+		r.log.Error("record repository event in the audit log", "action", action, "err", err)
+	}
 }

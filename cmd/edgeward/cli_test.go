@@ -140,6 +140,22 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if !strings.Contains(out, "root proposal staged") {
 		t.Fatalf("keys rotate timestamp without root keys should stage a proposal: %s", out)
 	}
+
+	// The auditor exports and verifies the log offline with the checkpoint key alone.
+	dir := t.TempDir()
+	export, pub := filepath.Join(dir, "audit.jsonl"), filepath.Join(dir, "audit.pem")
+	c.must("audit", "export", "-o", export)
+	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
+	out = c.must("audit", "verify", export, "--key", pub)
+	// init, publish, root v2 proposed, root v2 published, models rotated, root v3 proposed
+	if !strings.Contains(out, "ok: 6 records") {
+		t.Fatalf("audit verify: %s", out)
+	}
+	data, _ := os.ReadFile(export)
+	os.WriteFile(export, []byte(strings.Replace(string(data), "models/iris/1.0.0.onnx", "models/iris/6.6.6.onnx", 1)), 0o644)
+	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "record 2") {
+		t.Fatalf("audit verify of a modified export = %v; want record 2 reported", err)
+	}
 }
 
 func copyFile(t *testing.T, from, to string) {

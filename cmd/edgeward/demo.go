@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -142,6 +143,12 @@ func (d *demo) run(ctx context.Context, listen string, serve bool) error {
 	}
 	fmt.Fprintf(d.env.stdout, "    refused: %v\n", err)
 
+	d.say("auditor exports the audit log and verifies it offline with the checkpoint key alone")
+	auditFile := filepath.Join(d.dir, "audit.jsonl")
+	if err := d.verifyAudit(ctx, auditFile); err != nil {
+		return err
+	}
+
 	st, err := d.repo.Load(ctx)
 	if err != nil {
 		return err
@@ -160,6 +167,27 @@ func (d *demo) run(ctx context.Context, listen string, serve bool) error {
 		fmt.Fprintln(d.env.stdout, "serving until interrupted")
 		<-ctx.Done()
 	}
+	return nil
+}
+
+func (d *demo) verifyAudit(ctx context.Context, file string) error {
+	l, db, err := d.repo.OpenAudit(ctx)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var buf bytes.Buffer
+	if err := l.Export(ctx, &buf); err != nil {
+		return err
+	}
+	if err := os.WriteFile(file, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	rep, err := audit.Verify(bytes.NewReader(buf.Bytes()), l.PublicKey())
+	if err != nil {
+		return fmt.Errorf("audit export does not verify: %w", err)
+	}
+	fmt.Fprintf(d.env.stdout, "    %s: %d records, %d signed checkpoints, all covered\n", file, rep.Records, rep.Checkpoints)
 	return nil
 }
 

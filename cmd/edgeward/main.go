@@ -6,6 +6,7 @@
 //	edgeward keys rotate --role R     replace the timestamp, snapshot, models or runtimes key
 //	edgeward root propose|sign|publish  change the root without gathering its keys
 //	edgeward publish --kind K --name N --version V FILE   publish a model, probe set or runtime
+//	edgeward audit export|verify|pubkey  the tamper-evident log, verifiable offline
 //	edgeward server                   serve the repository (and, later, the device API)
 //	edgeward demo                     run the demonstration scenario
 //
@@ -41,6 +42,9 @@ func commands() []command {
 		{"root sign", "add one signature to the staged root", cmdRootSign},
 		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},
 		{"publish", "publish a model, probe set or runtime", cmdPublish},
+		{"audit export", "export the audit log (JSON Lines with signed checkpoints)", cmdAuditExport},
+		{"audit verify", "verify an audit export offline: edgeward audit verify FILE --key PUB", cmdAuditVerify},
+		{"audit pubkey", "print the audit checkpoint public key (PEM)", cmdAuditPubkey},
 		{"server", "serve the repository over HTTP", cmdServer},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}

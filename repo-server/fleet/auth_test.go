@@ -2,8 +2,8 @@ package fleet
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"strings"
 	"testing"
