@@ -1,0 +1,165 @@
+package updater
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Outbox stores reports until the server acknowledges them (store-and-forward): a report
+// is durable before anyone tries to send it, each carries an ID the server uses to ignore
+// duplicates, and one the server did not acknowledge is retried with backoff. It is safe
+// for concurrent use.
+type Outbox struct {
+	db *sql.DB
+}
+
+// Message is one stored report.
+type Message struct {
+	ID       string          `json:"id"`
+	Kind     string          `json:"kind"` // e.g. "install", "attestation"
+	Body     json.RawMessage `json:"body"`
+	Created  time.Time       `json:"created"`
+	Attempts int             `json:"-"`
+}
+
+// Sender delivers messages; it returns the IDs the server acknowledged (stored or seen
+// before). Messages it does not acknowledge stay in the outbox.
+type Sender interface {
+	Send(ctx context.Context, msgs []Message) (acked []string, err error)
+}
+
+// MaxMessageBytes bounds one report's body.
+const MaxMessageBytes = 64 << 10
+
+// OpenOutbox opens (creating if needed) the outbox database at path (sqlite, WAL,
+// synchronous=FULL).
+func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)"} {
+		q.Add("_pragma", p)
+	}
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("open outbox %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
+  attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL)`); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open outbox %s: %w", path, err)
+	}
+	return &Outbox{db: db}, nil
+}
+
+// Close closes the database.
+func (o *Outbox) Close() error { return o.db.Close() }
+
+// Put stores a report and returns its ID. It is durable when Put returns.
+func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) (string, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return "", fmt.Errorf("outbox: encode %s report: %w", kind, err)
+	}
+	if len(b) > MaxMessageBytes {
+		return "", fmt.Errorf("outbox: %s report of %d bytes exceeds %d", kind, len(b), MaxMessageBytes)
+	}
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return "", err
+	}
+	ids := hex.EncodeToString(id[:])
+	ts := now.UTC().Format(time.RFC3339Nano)
+	if _, err := o.db.ExecContext(ctx, `INSERT INTO outbox (id, kind, body, created, next_at) VALUES (?, ?, ?, ?, ?)`,
+		ids, kind, string(b), ts, ts); err != nil {
+		return "", fmt.Errorf("outbox: store %s report: %w", kind, err)
+	}
+	return ids, nil
+}
+
+// Len is the number of reports not yet acknowledged.
+func (o *Outbox) Len(ctx context.Context) (int, error) {
+	var n int
+	err := o.db.QueryRowContext(ctx, `SELECT count(*) FROM outbox`).Scan(&n)
+	return n, err
+}
+
+// Due returns up to limit reports whose next attempt is at or before now, oldest first.
+func (o *Outbox) Due(ctx context.Context, now time.Time, limit int) ([]Message, error) {
+	rows, err := o.db.QueryContext(ctx, `SELECT id, kind, body, created, attempts FROM outbox WHERE next_at <= ? ORDER BY created, id LIMIT ?`,
+		now.UTC().Format(time.RFC3339Nano), limit)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		var m Message
+		var body, created string
+		if err := rows.Scan(&m.ID, &m.Kind, &body, &created, &m.Attempts); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
+		}
+		if !json.Valid([]byte(body)) {
+			continue // a corrupt row cannot be sent; it stays for inspection
+		}
+		m.Body = json.RawMessage(body)
+		m.Created, _ = time.Parse(time.RFC3339Nano, created)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Flush sends the due reports in batches of up to 100, deletes those acknowledged and
+// reschedules the others with backoff (b.Base·2^attempts up to b.Max, jittered by rnd in
+// [0,1)). It returns how many were acknowledged; a send error is returned after the
+// reports were rescheduled.
+func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, rnd func() float64) (int, error) {
+	d := Downloader{Retry: b, Rand: rnd}
+	sent := 0
+	for {
+		msgs, err := o.Due(ctx, now, 100)
+		if err != nil || len(msgs) == 0 {
+			return sent, err
+		}
+		acked, serr := s.Send(ctx, msgs)
+		ok := map[string]bool{}
+		for _, id := range acked {
+			ok[id] = true
+		}
+		tx, err := o.db.BeginTx(ctx, nil)
+		if err != nil {
+			return sent, fmt.Errorf("outbox: %w", err)
+		}
+		for _, m := range msgs {
+			if ok[m.ID] {
+				_, err = tx.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, m.ID)
+				sent++
+			} else {
+				next := now.Add(d.delay(m.Attempts)).UTC().Format(time.RFC3339Nano)
+				_, err = tx.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?`, next, m.ID)
+			}
+			if err != nil {
+				tx.Rollback()
+				return sent, fmt.Errorf("outbox: %w", err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return sent, fmt.Errorf("outbox: %w", err)
+		}
+		if serr != nil {
+			return sent, fmt.Errorf("outbox: send: %w", serr)
+		}
+		if len(ok) == 0 {
+			return sent, errors.New("outbox: the server acknowledged none of the reports")
+		}
+	}
+}
