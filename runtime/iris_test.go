@@ -1,7 +1,11 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -29,5 +33,41 @@ func TestIrisProbe(t *testing.T) {
 	}
 	if !rep.Pass {
 		t.Errorf("iris probe failed gates: %v", rep.Failures)
+	}
+}
+
+// TestIrisHTTP serves the whole Iris data set in one request over HTTP, nested rows as
+// in the probe file, and checks the labels against the data set's.
+func TestIrisHTTP(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	srv := httptest.NewServer(r.Handler())
+	defer srv.Close()
+	ps := readProbeSet(t, "testdata/probes/iris/1.0.0.json")
+	body, err := json.Marshal(InferRequest{Inputs: ps.Inputs, Outputs: []RequestOutput{{Name: "output_label"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(srv.URL+"/v2/models/iris/infer", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ir InferResponse
+	if err := json.NewDecoder(resp.Body).Decode(&ir); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("infer = %d, %v", resp.StatusCode, err)
+	}
+	var labels []int64
+	if err := json.Unmarshal(ir.Outputs[0].Data, &labels); err != nil || len(labels) != len(ps.Labels) {
+		t.Fatalf("labels = %s (%v); want %d", ir.Outputs[0].Data, err, len(ps.Labels))
+	}
+	correct := 0
+	for i, l := range labels {
+		if l == ps.Labels[i] {
+			correct++
+		}
+	}
+	if got := float64(correct) / float64(len(labels)); got != irisAccuracy {
+		t.Errorf("iris accuracy over HTTP = %v (%d/%d); want %v", got, correct, len(labels), irisAccuracy)
 	}
 }

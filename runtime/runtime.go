@@ -358,6 +358,9 @@ func (r *Runtime) lookupLocked(name, version string) (*Model, error) {
 func (r *Runtime) acquire(name, version string) (*Model, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	if r.closed {
+		return nil, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+	}
 	m, err := r.lookupLocked(name, version)
 	if err != nil {
 		return nil, err

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,4 +112,53 @@ func post(url string, body []byte) (version string, err error) {
 		return "", err
 	}
 	return ir.ModelVersion, nil
+}
+
+// TestUnloadWaitsForInFlight holds a request's reference on a version across its
+// Unload: the version disappears for new requests at once, the held request still runs
+// on its session, and Unload returns only after that request is done.
+func TestUnloadWaitsForInFlight(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	loadIris(t, r, "1.1.0")
+	m, err := r.acquire("iris", "1.1.0") // an in-flight request on 1.1.0
+	if err != nil {
+		t.Fatal(err)
+	}
+	unloaded := make(chan error, 1)
+	go func() { unloaded <- r.Unload(context.Background(), "iris", "1.1.0") }()
+	for len(r.Index()) != 1 { // wait until 1.1.0 is out of the registry
+		runtime.Gosched()
+	}
+	if _, err := r.Infer(context.Background(), "iris", "1.1.0", []Input{NewInput("X", FP32, []int64{1, 4}, []float64{5.1, 3.5, 1.4, 0.2})}, nil); !errors.Is(err, ErrNotFound) {
+		t.Errorf("new request to an unloading version: error %v; want ErrNotFound", err)
+	}
+	select {
+	case err := <-unloaded:
+		t.Fatalf("Unload returned (%v) while a request still held the version", err)
+	default:
+	}
+	outs, err := m.run(context.Background(), []Input{NewInput("X", FP32, []int64{1, 4}, []float64{7.7, 2.8, 6.7, 2.0})}, nil, false)
+	if err != nil || outs[0].I[0] != 2 {
+		t.Fatalf("in-flight request on the unloading version = %v, %v; want label 2", outs, err)
+	}
+	m.inflight.Done()
+	if err := <-unloaded; err != nil {
+		t.Errorf("Unload: %v", err)
+	}
+
+	// An Unload whose context ends first reports it; the session closes later.
+	m, _ = r.acquire("iris", "1.0.0")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.Unload(ctx, "iris", "1.0.0"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Unload(cancelled ctx) = %v; want context.Canceled", err)
+	}
+	m.inflight.Done()
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Infer(context.Background(), "iris", "", nil, nil); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Infer after Close: %v; want ErrUnavailable", err)
+	}
 }
