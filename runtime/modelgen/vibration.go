@@ -12,25 +12,28 @@ import (
 
 // Features are the inputs of the vibration-anomaly model, in order: RMS velocity (mm/s),
 // crest factor, kurtosis, bearing temperature (°C). Label 1 is an anomaly.
-var features = [...]string{"rms_mm_s", "crest_factor", "kurtosis", "temp_c"}
+func Features() [4]string {
+	return [4]string{"rms_mm_s", "crest_factor", "kurtosis", "temp_c"}
+}
 
-// class-conditional means and standard deviations of each feature (normal, anomaly).
-var (
-	normalMean  = [4]float64{2.0, 3.0, 3.0, 45}
-	normalStd   = [4]float64{0.6, 0.4, 0.5, 5}
-	anomalyMean = [4]float64{2.6, 3.4, 3.9, 49}
-	anomalyStd  = [4]float64{1.0, 0.8, 1.5, 8}
-)
+// classStats are the class-conditional means and standard deviations of each feature.
+func classStats(anomaly bool) (mean, std [4]float64) {
+	if anomaly {
+		return [4]float64{2.6, 3.4, 3.9, 49}, [4]float64{1.0, 0.8, 1.5, 8}
+	}
+	return [4]float64{2.0, 3.0, 3.0, 45}, [4]float64{0.6, 0.4, 0.5, 5}
+}
 
 // Dataset draws n labelled sensor readings (30% anomalies), deterministically from seed.
 func Dataset(seed uint64, n int) (x [][4]float64, y []int) {
 	rng := rand.New(rand.NewPCG(seed, 0x7669627261))
 	x, y = make([][4]float64, n), make([]int, n)
 	for i := range n {
-		mean, std := normalMean, normalStd
-		if rng.Float64() < 0.3 {
-			y[i], mean, std = 1, anomalyMean, anomalyStd
+		anomaly := rng.Float64() < 0.3
+		if anomaly {
+			y[i] = 1
 		}
+		mean, std := classStats(anomaly)
 		for j := range 4 {
 			x[i][j] = mean[j] + std[j]*rng.NormFloat64()
 		}
@@ -243,7 +246,7 @@ func Model(version string) ([]byte, error) {
 	mean, std := stats(x)
 	var b strings.Builder
 	b.WriteString(`{"features":[`)
-	for j, f := range features {
+	for j, f := range Features() {
 		if j > 0 {
 			b.WriteByte(',')
 		}
