@@ -169,7 +169,8 @@ func (s *Store) Enroll(ctx context.Context, id string, labels map[string]string,
 // CheckIn records a device's reported facts and returns the device as policy
 // evaluation should see it. The device must be enrolled (ErrNotFound otherwise).
 // When a slot's version changed, the old one becomes its Previous; a slot's Failed
-// mark (set by reports) is kept unless the device now runs a newer version.
+// mark (set by reports) is kept until a commit report, ClearFailed, or the device
+// running that very version clears it.
 func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 	if err := c.validate(); err != nil {
 		return Device{}, fmt.Errorf("check-in: %w", err)
@@ -192,7 +193,7 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 			} else if sl.Previous == "" && prev.Version == sl.Version {
 				sl.Previous = prev.Previous
 			}
-			if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != "" && !newer(sl.Version, prev.Failed) {
+			if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != sl.Version {
 				sl.Failed = prev.Failed
 			}
 			slots[k] = sl
@@ -209,13 +210,6 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 		return Device{}, fmt.Errorf("check-in %s: %w", c.ID, err)
 	}
 	return d, nil
-}
-
-// newer reports whether version a is at or above b.
-func newer(a, b string) bool {
-	va, err1 := artifact.ParseVersion(a)
-	vb, err2 := artifact.ParseVersion(b)
-	return err1 == nil && err2 == nil && va.Compare(vb) >= 0
 }
 
 // SetLabels replaces a device's labels (operator action).

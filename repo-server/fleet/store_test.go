@@ -83,10 +83,16 @@ func TestDeviceLifecycle(t *testing.T) {
 	if err != nil || d.Slots[artifact.KindModel].Failed != "3.1.0" {
 		t.Fatalf("after failed report: slot %+v, %v; want Failed 3.1.0", d.Slots[artifact.KindModel], err)
 	}
-	// Reaching a newer version (e.g. installed by hand) clears it; Previous is kept.
+	// Another version keeps it; Previous follows.
 	d, err = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.2.0"}}, At: t0.Add(3 * time.Minute)})
-	if sl := d.Slots[artifact.KindModel]; err != nil || sl.Failed != "" || sl.Previous != "3.0.0" {
-		t.Errorf("after upgrade: slot %+v, %v; want Previous 3.0.0 and no Failed", sl, err)
+	if sl := d.Slots[artifact.KindModel]; err != nil || sl.Failed != "3.1.0" || sl.Previous != "3.0.0" {
+		t.Errorf("after upgrade: slot %+v, %v; want Previous 3.0.0 and Failed 3.1.0", sl, err)
+	}
+	if err := s.ClearFailed(ctx, "dev-1", artifact.KindModel); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" {
+		t.Errorf("ClearFailed left %+v", d.Slots[artifact.KindModel])
 	}
 	d, _ = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.2.0"}}, At: t0.Add(4 * time.Minute)})
 	if sl := d.Slots[artifact.KindModel]; sl.Previous != "3.0.0" {
@@ -124,8 +130,8 @@ func TestDeviceLifecycle(t *testing.T) {
 	if err != nil || len(vs) != 1 || vs[0].DeviceID != "dev-1" {
 		t.Errorf("Verdicts = %+v, %v", vs, err)
 	}
-	if err := s.ClearFailed(ctx, "dev-1", artifact.KindModel); err != nil {
-		t.Error(err)
+	if err := s.ClearFailed(ctx, "nobody", artifact.KindModel); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ClearFailed(unknown) = %v; want ErrNotFound", err)
 	}
 }
 

@@ -1,0 +1,61 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/edgeward/edgeward/policy"
+)
+
+// Decide is the server's check-in: it records the device's facts, evaluates the policy
+// for it with the rollouts' stored states, records the decision, and returns it. The
+// caller verifies the device's quote and calls RecordVerdict first, so the decision
+// sees the fresh verdict.
+func (s *Store) Decide(ctx context.Context, p *policy.Policy, c CheckIn) (policy.Decision, error) {
+	d, err := s.CheckIn(ctx, c)
+	if err != nil {
+		return policy.Decision{}, err
+	}
+	states, err := s.RolloutStates(ctx)
+	if err != nil {
+		return policy.Decision{}, fmt.Errorf("check-in %s: %w", c.ID, err)
+	}
+	dec := policy.Evaluate(p, &d.Device, states, c.At)
+	if err := s.RecordDecision(ctx, dec); err != nil {
+		return policy.Decision{}, err
+	}
+	return dec, nil
+}
+
+// PlanRollouts runs the planner for every rollout of the policy and saves the states
+// that changed with their events, which it returns (for the audit log). Call it on a
+// ticker (every minute, say) and after storing reports, so that a failing wave pauses
+// promptly.
+func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Time) ([]policy.Event, error) {
+	states, err := s.RolloutStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var all []policy.Event
+	for _, r := range p.Rollouts {
+		st := states[r.ID]
+		switch st.Status {
+		case policy.StatusAborted, policy.StatusCompleted:
+			continue // final for the planner; skip reading the reports
+		}
+		reps, err := s.Reports(ctx, ReportFilter{RolloutID: r.ID})
+		if err != nil {
+			return all, err
+		}
+		next, evs := policy.Plan(r, st, reps, now)
+		if len(evs) == 0 {
+			continue
+		}
+		if err := s.SaveRollout(ctx, next, evs); err != nil {
+			return all, err
+		}
+		all = append(all, evs...)
+	}
+	return all, nil
+}

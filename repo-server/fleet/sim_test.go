@@ -1,0 +1,230 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// simFleet is an in-process fleet of fake agents against the store and the policy, the
+// way the server drives them: verdict, check-in (Decide), install, report, plan.
+type simFleet struct {
+	t      *testing.T
+	s      *Store
+	p      *policy.Policy
+	now    time.Time
+	slots  map[string]policy.Slot // model slot per device
+	floors map[string]string
+	bad    map[string]bool // target versions whose probes fail
+	events []policy.Event
+}
+
+func newSimFleet(t *testing.T, n int, pol string) *simFleet {
+	t.Helper()
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	p, err := policy.Parse(policy.File{Name: "sim.yaml", Data: []byte(pol)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &simFleet{t: t, s: s, p: p, now: t0, slots: map[string]policy.Slot{}, floors: map[string]string{}, bad: map[string]bool{}}
+	for i := range n {
+		id := fmt.Sprintf("dev-%04d", i)
+		if err := s.Enroll(ctx, id, map[string]string{"line": "press"}, t0); err != nil {
+			t.Fatal(err)
+		}
+		f.slots[id] = policy.Slot{Name: "vib", Version: "3.0.0"}
+		f.floors[id] = "3.0.0"
+	}
+	return f
+}
+
+// step advances time, plans, and has every device check in once.
+func (f *simFleet) step(d time.Duration) (installs, failures int) {
+	f.t.Helper()
+	ctx := context.Background()
+	f.now = f.now.Add(d)
+	evs, err := f.s.PlanRollouts(ctx, f.p, f.now)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.events = append(f.events, evs...)
+	for id, sl := range f.slots {
+		if err := f.s.RecordVerdict(ctx, id, policy.VerdictTrusted, "", f.now); err != nil {
+			f.t.Fatal(err)
+		}
+		dec, err := f.s.Decide(ctx, f.p, CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.5.0",
+			Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: sl.Name, Version: sl.Version}}, At: f.now})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		sd := dec.Slots[0]
+		if sd.Action != policy.ActionInstall {
+			continue
+		}
+		installs++
+		rep := policy.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name, Version: sd.Target.Version, At: f.now, Outcome: policy.OutcomeCommitted, Bytes: 1000}
+		tv, _ := artifact.ParseVersion(sd.Target.Version)
+		fv, _ := artifact.ParseVersion(f.floors[id])
+		switch {
+		case tv.Compare(fv) < 0:
+			rep.Outcome, rep.Cause = policy.OutcomeInstallError, "downgrade refused"
+		case f.bad[sd.Target.Version]:
+			rep.Outcome, rep.Cause = policy.OutcomeProbeFailed, "accuracy 0.80 < 0.95"
+		default:
+			f.slots[id] = policy.Slot{Name: sd.Target.Name, Version: sd.Target.Version}
+			f.floors[id] = sd.Target.Version
+		}
+		if rep.Outcome.Failed() {
+			failures++
+		}
+		if err := f.s.AddReport(ctx, rep); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	if _, err := f.s.PlanRollouts(ctx, f.p, f.now); err != nil { // react to the reports
+		f.t.Fatal(err)
+	}
+	return installs, failures
+}
+
+func (f *simFleet) count(version string) int {
+	n := 0
+	for _, sl := range f.slots {
+		if sl.Version == version {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *simFleet) state(id string) policy.RolloutState {
+	st, err := f.s.RolloutState(context.Background(), id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return st
+}
+
+func simSize(t *testing.T) int {
+	if testing.Short() {
+		return 200
+	}
+	return 1000
+}
+
+const simPolicy = `
+rollouts:
+  - id: vib-3.1.0
+    target: {kind: model, name: vib, version: 3.1.0}
+    selector: {labels: {line: press}}
+    waves:
+      - {percent: 2, soak: 1h, max_failure_ratio: 0.2, min_reports: 3}
+      - {percent: 10, soak: 1h}
+      - {percent: 50, soak: 1h}
+      - {percent: 100}
+  - id: vib-3.0.0
+    target: {kind: model, name: vib, version: 3.0.0}
+`
+
+func TestSimulatedFleetGoodRollout(t *testing.T) {
+	n := simSize(t)
+	f := newSimFleet(t, n, simPolicy)
+	f.step(0)
+	if got := f.count("3.1.0"); got == 0 || got > n*5/100 {
+		t.Fatalf("after wave 0: %d of %d devices on 3.1.0; want about 2%%", got, n)
+	}
+	for range 4 {
+		f.step(time.Hour)
+	}
+	if got := f.count("3.1.0"); got != n {
+		t.Errorf("good rollout reached %d of %d devices; want all", got, n)
+	}
+	if st := f.state("vib-3.1.0"); st.Status != policy.StatusCompleted {
+		t.Errorf("rollout status = %s; want completed", st.Status)
+	}
+	reps, _ := f.s.Reports(context.Background(), ReportFilter{RolloutID: "vib-3.1.0"})
+	k := ComputeRollout("vib-3.1.0", t0, reps)
+	if k.SuccessRate != 1 || k.Committed != n {
+		t.Errorf("KPI = %+v", k)
+	}
+	if d, ok := TimeToPercent("vib-3.1.0", t0, n, reps, 100); !ok || d != 3*time.Hour {
+		t.Errorf("time to 100%% = %v, %v; want 3h", d, ok)
+	}
+}
+
+func TestSimulatedFleetBadRolloutPausesAndAborts(t *testing.T) {
+	n := simSize(t)
+	f := newSimFleet(t, n, simPolicy)
+	f.bad["3.1.0"] = true
+	_, failures := f.step(0)
+	if failures == 0 {
+		t.Fatal("no failures in the first wave")
+	}
+	st := f.state("vib-3.1.0")
+	if st.Status != policy.StatusPaused || st.Wave != 0 {
+		t.Fatalf("after failing first wave: %+v; want paused in wave 0", st)
+	}
+	for range 3 {
+		if installs, _ := f.step(time.Hour); installs != 0 {
+			t.Errorf("paused rollout still installs (%d)", installs)
+		}
+	}
+	if got := f.count("3.0.0"); got != n {
+		t.Errorf("%d of %d devices on 3.0.0; want the whole fleet untouched", got, n)
+	}
+	// Only the first wave saw the target.
+	reps, _ := f.s.Reports(context.Background(), ReportFilter{RolloutID: "vib-3.1.0"})
+	r := f.p.Rollout("vib-3.1.0")
+	for _, rep := range reps {
+		if w := r.WaveOf(rep.DeviceID); w != 0 {
+			t.Fatalf("device %s of wave %d installed", rep.DeviceID, w)
+		}
+	}
+	st, ev, err := policy.Abort(st, "alice", "probe failures", f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.s.SaveRollout(context.Background(), st, []policy.Event{ev}); err != nil {
+		t.Fatal(err)
+	}
+	f.step(time.Minute)
+	if got := f.count("3.0.0"); got != n {
+		t.Errorf("after abort %d of %d on 3.0.0", got, n)
+	}
+	evs, _ := f.s.RolloutEvents(context.Background(), "vib-3.1.0", 0)
+	var types []policy.EventType
+	for _, e := range evs {
+		types = append(types, e.Type)
+	}
+	if want := fmt.Sprint([]policy.EventType{policy.EventStarted, policy.EventWaveStarted, policy.EventAutoPaused, policy.EventAborted}); fmt.Sprint(types) != want {
+		t.Errorf("events = %v; want %s", types, want)
+	}
+}
+
+// TestSimulatedFleetAbortAfterCommit: devices that committed the target before an
+// abort are sent their previous version; the agent's floor refuses it, which the
+// store records as an install error of the older rollout, and the device is not asked again.
+func TestSimulatedFleetAbortAfterCommit(t *testing.T) {
+	f := newSimFleet(t, 200, simPolicy)
+	f.step(0)
+	on := f.count("3.1.0")
+	st, ev, _ := policy.Abort(f.state("vib-3.1.0"), "alice", "regret", f.now)
+	f.s.SaveRollout(context.Background(), st, []policy.Event{ev})
+	installs, failures := f.step(time.Minute)
+	if installs != on || failures != on {
+		t.Errorf("after abort: %d installs, %d failures; want %d reverts refused by the floor", installs, failures, on)
+	}
+	if installs, _ := f.step(time.Minute); installs != 0 {
+		t.Errorf("refused revert retried %d times", installs)
+	}
+}
