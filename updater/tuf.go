@@ -96,21 +96,30 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 	if dl == nil {
 		dl = &Downloader{Client: client}
 	}
-	ucfg, err := config.New(cfg.MetadataURL, root)
-	if err != nil {
-		return nil, fmt.Errorf("tuf: %w", err)
+	c := &TUF{cfg: cfg, fetcher: &metaFetcher{client: client, ctx: context.Background()}, dl: dl}
+	if err := c.load(root); err != nil {
+		return nil, err
 	}
-	f := &metaFetcher{client: client, ctx: context.Background()}
-	ucfg.Fetcher = f
-	ucfg.LocalMetadataDir = cfg.MetadataDir
-	ucfg.LocalTargetsDir = cfg.MetadataDir // unused: targets never go through go-tuf's in-memory download
-	ucfg.RemoteTargetsURL = cfg.TargetsURL
+	return c, nil
+}
+
+// load starts a new go-tuf updater from the trusted root: go-tuf's trusted set is built
+// once per refresh, in the specification's order.
+func (c *TUF) load(root []byte) error {
+	ucfg, err := config.New(c.cfg.MetadataURL, root)
+	if err != nil {
+		return fmt.Errorf("tuf: %w", err)
+	}
+	ucfg.Fetcher = c.fetcher
+	ucfg.LocalMetadataDir = c.cfg.MetadataDir
+	ucfg.LocalTargetsDir = c.cfg.MetadataDir // unused: targets never go through go-tuf's in-memory download
+	ucfg.RemoteTargetsURL = c.cfg.TargetsURL
 	up, err := updater.New(ucfg)
 	if err != nil {
-		return nil, fmt.Errorf("tuf: trusted root in %s: %w", cfg.MetadataDir, err)
+		return fmt.Errorf("tuf: trusted root in %s: %w", c.cfg.MetadataDir, err)
 	}
-	// go-tuf leaves its temporary file behind when a write fails; nothing else writes here.
-	return &TUF{cfg: cfg, up: up, fetcher: f, dl: dl}, nil
+	c.up = up
+	return nil
 }
 
 // Refresh updates the top-level metadata following the TUF client workflow (root
@@ -118,6 +127,13 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 func (c *TUF) Refresh(ctx context.Context) error {
 	c.fetcher.ctx = ctx
 	defer func() { c.fetcher.ctx = context.Background() }()
+	root, err := os.ReadFile(filepath.Join(c.cfg.MetadataDir, RootFile))
+	if err != nil {
+		return fmt.Errorf("tuf: read trusted root: %w", err)
+	}
+	if err := c.load(root); err != nil {
+		return err
+	}
 	c.up.UnsafeSetRefTime(c.cfg.Now())
 	if err := c.up.Refresh(); err != nil {
 		return fmt.Errorf("tuf refresh from %s: %w", c.cfg.MetadataURL, err)

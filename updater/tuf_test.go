@@ -76,6 +76,14 @@ func TestTUFRefreshDownloadAndCache(t *testing.T) {
 	if got := dirNames(t, tdir); !slices.Equal(got, []string{"iris"}) {
 		t.Errorf("target dir holds %v; want only the target", got)
 	}
+	// The same client refreshes again and sees what was published since.
+	p2, _ := r.AddModel("iris", "1.1.0", 0)
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatalf("second Refresh = %v", err)
+	}
+	if _, err := c.Target(ctx, p2); err != nil {
+		t.Errorf("Target(%s) after the second refresh = %v", p2, err)
+	}
 }
 
 func TestTUFRejects(t *testing.T) {

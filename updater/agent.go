@@ -1,0 +1,241 @@
+package updater
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+)
+
+// SlotStatus is what the agent reports about one slot kind at a check-in.
+type SlotStatus struct {
+	Phase   rollback.Phase `json:"phase"`
+	Version string         `json:"version,omitempty"` // committed version
+	Path    string         `json:"path,omitempty"`
+	Pending string         `json:"pending,omitempty"`
+	Reason  string         `json:"reason,omitempty"`
+}
+
+// Director tells the agent what it should run: given the agent's status it returns the
+// desired target path per slot kind (the repo-server's device API; a missing kind means
+// "no change"). It can only choose among targets TUF verifies and the floor allows.
+type Director interface {
+	CheckIn(ctx context.Context, status map[artifact.Kind]SlotStatus) (map[artifact.Kind]string, error)
+}
+
+// Judge runs the trial of a staged version (health, probes against its gates) and says
+// whether it passed. ctx ends at the trial deadline; anything but pass rolls back.
+type Judge interface {
+	Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, meta artifact.Meta) (pass bool, reason string)
+}
+
+// InstallReport is the report of one install, as stored in the outbox (JSON field names
+// follow the server's report).
+type InstallReport struct {
+	DeviceID string        `json:"device_id,omitempty"`
+	Kind     artifact.Kind `json:"kind"`
+	Name     string        `json:"name"`
+	Version  string        `json:"version"`
+	Outcome  string        `json:"outcome"` // committed, probe_failed, rolled_back, install_error
+	Cause    string        `json:"cause,omitempty"`
+	At       time.Time     `json:"at"`
+	Bytes    int64         `json:"bytes,omitempty"`
+}
+
+// AgentConfig configures an Agent. TUF, Slots and Director are required.
+type AgentConfig struct {
+	DeviceID string
+	TUF      *TUF
+	Slots    *rollback.Manager
+	Director Director
+	// Judge runs trials; nil means no trial can pass (every install rolls back at its deadline).
+	Judge Judge
+	// Outbox and Sender carry reports; nil Outbox means reports are only logged.
+	Outbox *Outbox
+	Sender Sender
+	// Interval between check-ins, jittered by ±Jitter·Interval; 0 means 5m and 0.2.
+	Interval time.Duration
+	Jitter   float64
+	// TrialTimeout bounds each trial; 0 means 10m.
+	TrialTimeout time.Duration
+	// Now, Rand and Sleep are the clock, randomness and waiting; nil means the real ones.
+	Now    func() time.Time
+	Rand   func() float64
+	Sleep  func(ctx context.Context, d time.Duration) error
+	Logger *slog.Logger
+}
+
+// Agent is the device's main loop: check in, install what is desired and verified, trial,
+// commit or roll back, report. It is not safe for concurrent use.
+type Agent struct {
+	cfg AgentConfig
+	// refused remembers targets that failed, so they are not retried until the desired
+	// target changes.
+	refused map[string]string
+}
+
+// NewAgent checks cfg and fills in defaults.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if cfg.TUF == nil || cfg.Slots == nil || cfg.Director == nil {
+		return nil, errors.New("agent: TUF, Slots and Director are required")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 5 * time.Minute
+	}
+	if cfg.Jitter <= 0 {
+		cfg.Jitter = 0.2
+	}
+	if cfg.TrialTimeout <= 0 {
+		cfg.TrialTimeout = 10 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	if cfg.Sleep == nil {
+		cfg.Sleep = sleepCtx
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{cfg: cfg, refused: map[string]string{}}, nil
+}
+
+// Run recovers the slots, then checks in every Interval (jittered) until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := a.cfg.Slots.Recover(ctx); err != nil {
+		a.cfg.Logger.Error("recover", "err", err)
+	}
+	for {
+		if err := a.Step(ctx); err != nil {
+			a.cfg.Logger.Warn("check-in round failed", "err", err)
+		}
+		wait := time.Duration(float64(a.cfg.Interval) * (1 + a.cfg.Jitter*(2*a.cfg.Rand()-1)))
+		if err := a.cfg.Sleep(ctx, wait); err != nil {
+			return err
+		}
+	}
+}
+
+// Step is one round: roll back expired trials, check in, install and trial what the
+// director wants, flush the outbox.
+func (a *Agent) Step(ctx context.Context) error {
+	var errs []error
+	if err := a.cfg.Slots.Tick(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	status := map[artifact.Kind]SlotStatus{}
+	for _, k := range rollback.Kinds {
+		s, err := a.cfg.Slots.State(ctx, k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := SlotStatus{Phase: s.Phase, Reason: s.Reason}
+		if s.Current != nil {
+			st.Version, st.Path = s.Current.Version, s.Current.Path
+		}
+		if s.Pending != nil {
+			st.Pending = s.Pending.Version
+		}
+		status[k] = st
+	}
+	desired, err := a.cfg.Director.CheckIn(ctx, status)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("check-in: %w", err))
+	}
+	if len(desired) > 0 {
+		if err := a.cfg.TUF.Refresh(ctx); err != nil {
+			errs = append(errs, err)
+			desired = nil
+		}
+	}
+	for _, k := range rollback.Kinds {
+		p, ok := desired[k]
+		if !ok || p == status[k].Path || a.refused[string(k)] == p {
+			continue
+		}
+		delete(a.refused, string(k))
+		if err := a.install(ctx, k, p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.cfg.Outbox != nil && a.cfg.Sender != nil {
+		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: time.Minute, Max: time.Hour}, a.cfg.Rand); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// install takes one kind through install, trial and commit or rollback, and reports.
+func (a *Agent) install(ctx context.Context, kind artifact.Kind, targetPath string) error {
+	rep := InstallReport{DeviceID: a.cfg.DeviceID, Kind: kind}
+	t, meta, err := a.cfg.TUF.Resolve(ctx, kind, targetPath)
+	rep.Name, rep.Version = meta.Name, meta.Version
+	if err != nil {
+		return a.fail(ctx, kind, targetPath, rep, err)
+	}
+	s, err := a.cfg.Slots.Install(ctx, kind, t)
+	if err != nil {
+		if errors.Is(err, rollback.ErrBusy) || (!errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading) {
+			return err // transient, or another install: try again next round
+		}
+		return a.fail(ctx, kind, targetPath, rep, err)
+	}
+	if s.Phase == rollback.Failed {
+		return a.fail(ctx, kind, targetPath, rep, errors.New(s.Reason))
+	}
+	rep.Bytes = t.Length
+	if s.Phase == rollback.Staged {
+		if s, err = a.cfg.Slots.BeginTrial(ctx, kind, a.cfg.TrialTimeout); err != nil {
+			return err
+		}
+	}
+	if s.Phase != rollback.Trial {
+		return nil
+	}
+	pass, reason := false, "no judge configured"
+	if a.cfg.Judge != nil {
+		tctx, cancel := context.WithDeadline(ctx, s.Deadline)
+		pass, reason = a.cfg.Judge.Judge(tctx, kind, a.cfg.Slots.Payload(kind, s.Inactive()), t, meta)
+		cancel()
+	}
+	if s, err = a.cfg.Slots.Confirm(ctx, kind, pass, reason); err != nil {
+		return err
+	}
+	switch s.Phase {
+	case rollback.Committed:
+		rep.Outcome = "committed"
+	default:
+		rep.Outcome, rep.Cause = "probe_failed", s.Reason
+		a.refused[string(kind)] = targetPath
+	}
+	a.report(ctx, rep)
+	return nil
+}
+
+func (a *Agent) fail(ctx context.Context, kind artifact.Kind, targetPath string, rep InstallReport, err error) error {
+	a.refused[string(kind)] = targetPath
+	rep.Outcome, rep.Cause = "install_error", err.Error()
+	a.report(ctx, rep)
+	return err
+}
+
+func (a *Agent) report(ctx context.Context, rep InstallReport) {
+	rep.At = a.cfg.Now().UTC()
+	a.cfg.Logger.Info("install report", "kind", rep.Kind, "version", rep.Version, "outcome", rep.Outcome, "cause", rep.Cause)
+	if a.cfg.Outbox == nil {
+		return
+	}
+	if _, err := a.cfg.Outbox.Put(ctx, "install", rep, a.cfg.Now()); err != nil {
+		a.cfg.Logger.Error("store report", "err", err)
+	}
+}

@@ -1,0 +1,151 @@
+package updater
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+type director struct {
+	want    map[artifact.Kind]string
+	offline bool
+	seen    []map[artifact.Kind]SlotStatus
+}
+
+func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]string, error) {
+	d.seen = append(d.seen, st)
+	if d.offline {
+		return nil, errors.New("no route to host")
+	}
+	return d.want, nil
+}
+
+// judge passes every version but those listed.
+type judge map[string]string
+
+func (j judge) Judge(_ context.Context, _ artifact.Kind, _ string, t rollback.Target, _ artifact.Meta) (bool, string) {
+	if reason, bad := j[t.Version]; bad {
+		return false, reason
+	}
+	return true, ""
+}
+
+func TestAgentRounds(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	p0, _ := r.AddModel("iris", "0.5.0", 0)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := &director{offline: true}
+	srv := &server{seen: map[string]int{}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{"2.0.0": "accuracy 0.91 < 0.95"},
+		Outbox: o, Sender: srv, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string {
+		s, _ := m.State(ctx, artifact.KindModel)
+		if s.Current == nil {
+			return ""
+		}
+		return s.Current.Version
+	}
+	for _, round := range []struct {
+		name    string
+		want    string
+		offline bool
+		current string
+		reports int // unsent reports after the round
+	}{
+		{"offline", p1, true, "", 0},
+		{"install 1.0.0 while the server cannot take reports", p1, false, "1.0.0", 1},
+		{"2.0.0 fails its probes", p2, false, "1.0.0", 2},
+		{"2.0.0 is not retried", p2, false, "1.0.0", 2},
+		{"an older signed version is refused", p0, false, "1.0.0", 3},
+	} {
+		d.want, d.offline = map[artifact.Kind]string{artifact.KindModel: round.want}, round.offline
+		a.Step(ctx)
+		if got := current(); got != round.current {
+			t.Errorf("%s: committed %q; want %q", round.name, got, round.current)
+		}
+		if n, _ := o.Len(ctx); n != round.reports {
+			t.Errorf("%s: %d reports waiting; want %d", round.name, n, round.reports)
+		}
+		now = now.Add(2 * time.Hour)
+	}
+	msgs, _ := o.Due(ctx, now, 10)
+	var outcomes []string
+	for _, msg := range msgs {
+		var rep InstallReport
+		json.Unmarshal(msg.Body, &rep)
+		outcomes = append(outcomes, rep.Version+" "+rep.Outcome)
+		if rep.Version == "0.5.0" && !strings.Contains(rep.Cause, "refusing") {
+			t.Errorf("downgrade report cause = %q", rep.Cause)
+		}
+	}
+	if got, want := strings.Join(outcomes, ", "), "1.0.0 committed, 2.0.0 probe_failed, 0.5.0 install_error"; got != want {
+		t.Errorf("reports = %s; want %s", got, want)
+	}
+	srv.up = true
+	a.Step(ctx)
+	if n, _ := o.Len(ctx); n != 0 {
+		t.Errorf("%d reports left after the server came back", n)
+	}
+	if st := d.seen[len(d.seen)-1][artifact.KindModel]; st.Version != "1.0.0" || st.Phase != rollback.RolledBack {
+		t.Errorf("last check-in status = %+v; want 1.0.0 after a rollback", st)
+	}
+}
+
+func TestAgentRunJitter(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	m, _ := rollback.Open(ctx, rollback.Config{Dir: state})
+	defer m.Close()
+	var waits []time.Duration
+	rnd := []float64{0, 0.5, 0.999}
+	a, _ := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{}, Interval: time.Minute, Jitter: 0.2,
+		Rand: func() float64 { v := rnd[len(waits)%3]; return v },
+		Sleep: func(_ context.Context, d time.Duration) error {
+			waits = append(waits, d)
+			if len(waits) == 3 {
+				return context.Canceled
+			}
+			return nil
+		}})
+	if err := a.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v", err)
+	}
+	for i, w := range waits {
+		if w < 48*time.Second || w > 72*time.Second {
+			t.Errorf("wait %d = %v; want within 1m ± 20%%", i, w)
+		}
+	}
+	if waits[0] == waits[1] {
+		t.Errorf("waits not jittered: %v", waits)
+	}
+}
