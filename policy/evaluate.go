@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -74,7 +75,35 @@ const (
 	ReasonAttestationStale     Reason = "attestation_stale"
 	ReasonOutsideWindow        Reason = "outside_window"
 	ReasonFailedOnDevice       Reason = "failed_on_device"
+	ReasonUnpublished          Reason = "unpublished"  // the repository has no such signed target
+	ReasonIncompatible         Reason = "incompatible" // hardware or runtime version does not fit the target
 )
+
+// Catalog tells Evaluate what the TUF repository holds: the custom metadata of a
+// target, and false if it is not published. A nil Catalog trusts that every target
+// exists and fits every device.
+type Catalog func(Target) (artifact.Meta, bool)
+
+// Compatible checks a target's requirements against a device: its hardware classes
+// and its minimum runtime version (a model's min_runtime against the device's
+// committed runtime).
+func Compatible(m artifact.Meta, d *Device) error {
+	if len(m.Hardware) > 0 && !slices.Contains(m.Hardware, d.Hardware) {
+		return fmt.Errorf("hardware %q not among %v", d.Hardware, m.Hardware)
+	}
+	if m.MinRuntime != "" {
+		rt := d.Slots[artifact.KindRuntime].Version
+		need, err := artifact.ParseVersion(m.MinRuntime)
+		if err != nil {
+			return fmt.Errorf("target min_runtime: %w", err)
+		}
+		v, err := artifact.ParseVersion(rt)
+		if err != nil || v.Compare(need) < 0 {
+			return fmt.Errorf("runtime %q is below the target's min_runtime %s", rt, m.MinRuntime)
+		}
+	}
+	return nil
+}
 
 // SlotDecision is the desired state of one slot kind.
 type SlotDecision struct {
@@ -139,18 +168,19 @@ func (r *Rollout) WaveOf(deviceID string) int {
 // device that runs the target of an aborted rollout and is not claimed by another
 // rollout is sent back to its previous committed version.
 //
-// A change of version needs: the device not quarantined, the rollout not paused, a
+// A change of version needs: the target published and compatible with the device
+// (if cat is not nil), the device not quarantined, the rollout not paused, a
 // trusted and fresh attestation verdict (unless disabled), and now inside the device's
 // maintenance window (outside it the target is only downloaded).
-func Evaluate(p *Policy, d *Device, states map[string]RolloutState, now time.Time) Decision {
+func Evaluate(p *Policy, d *Device, states map[string]RolloutState, now time.Time, cat Catalog) Decision {
 	dec := Decision{DeviceID: d.ID, At: now, PolicyDigest: p.Digest}
 	for _, k := range SlotKinds {
-		dec.Slots = append(dec.Slots, p.evaluateSlot(k, d, states, now))
+		dec.Slots = append(dec.Slots, p.evaluateSlot(k, d, states, now, cat))
 	}
 	return dec
 }
 
-func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]RolloutState, now time.Time) SlotDecision {
+func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]RolloutState, now time.Time, cat Catalog) SlotDecision {
 	cur := d.Slots[kind]
 	var chosen *Rollout
 	var chosenState RolloutState
@@ -188,7 +218,7 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 			sd := *aborted
 			sd.Kind, sd.Target, sd.Revert, sd.Reason = kind, &t, true, ReasonAborted
 			sd.Gates = &p.Gates
-			return p.gate(sd, d, nil, now)
+			return p.gate(sd, d, nil, now, cat)
 		}
 		if notReached != nil {
 			notReached.Kind = kind
@@ -216,12 +246,23 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 		sd.Action, sd.Reason, sd.Detail = ActionHold, ReasonPaused, chosenState.Reason
 		return sd
 	}
-	return p.gate(sd, d, chosen, now)
+	return p.gate(sd, d, chosen, now, cat)
 }
 
 // gate applies the checks every change of version must pass.
-func (p *Policy) gate(sd SlotDecision, d *Device, r *Rollout, now time.Time) SlotDecision {
+func (p *Policy) gate(sd SlotDecision, d *Device, r *Rollout, now time.Time, cat Catalog) SlotDecision {
 	sd.Action = ActionHold
+	if cat != nil {
+		m, ok := cat(*sd.Target)
+		if !ok {
+			sd.Reason, sd.Detail = ReasonUnpublished, sd.Target.String()+" is not a published target"
+			return sd
+		}
+		if err := Compatible(m, d); err != nil {
+			sd.Reason, sd.Detail = ReasonIncompatible, err.Error()
+			return sd
+		}
+	}
 	if d.Quarantined {
 		sd.Reason = ReasonQuarantined
 		return sd

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -115,7 +116,7 @@ func TestEvaluate(t *testing.T) {
 			SlotDecision{Action: ActionHold, Reason: ReasonQuarantined}, false, "3.1.0"},
 	}
 	for _, tt := range tests {
-		dec := Evaluate(p, tt.d, tt.states, tt.now)
+		dec := Evaluate(p, tt.d, tt.states, tt.now, nil)
 		if len(dec.Slots) != 2 || dec.Slots[0].Kind != artifact.KindModel || dec.PolicyDigest != p.Digest || dec.DeviceID != tt.d.ID {
 			t.Fatalf("%s: Evaluate = %+v", tt.name, dec)
 		}
@@ -142,7 +143,7 @@ func TestEvaluateGatesAndRevert(t *testing.T) {
 	d := &Device{ID: first, Labels: map[string]string{"line": "press"}, Hardware: "aarch64",
 		Slots:   map[artifact.Kind]Slot{artifact.KindModel: {Name: "vib", Version: "3.0.0"}},
 		Verdict: VerdictTrusted, VerdictAt: now}
-	dec := Evaluate(p, d, nil, now)
+	dec := Evaluate(p, d, nil, now, nil)
 	if g := dec.Slots[0].Gates; g == nil || g.MinAccuracy != 0.97 {
 		t.Errorf("rollout gates = %+v; want the rollout's own (0.97)", g)
 	}
@@ -157,19 +158,19 @@ func TestEvaluateGatesAndRevert(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0", Previous: "3.0.0"}
-	got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted, Reason: "bad model"}}, now).Slots[0]
+	got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted, Reason: "bad model"}}, now, nil).Slots[0]
 	if got.Action != ActionInstall || !got.Revert || got.Reason != ReasonAborted || got.Target.Version != "3.0.0" || got.Rollout != "new" {
 		t.Errorf("abort without older rollout = %+v; want revert install of 3.0.0", got)
 	}
 	// A revert needs attestation too.
 	d.Verdict = VerdictUntrusted
-	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now).Slots[0]; got.Action != ActionHold || got.Reason != ReasonAttestationUntrusted || !got.Revert {
+	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now, nil).Slots[0]; got.Action != ActionHold || got.Reason != ReasonAttestationUntrusted || !got.Revert {
 		t.Errorf("revert of an untrusted device = %+v; want hold attestation_untrusted", got)
 	}
 	// No previous version: nothing to go back to.
 	d.Verdict = VerdictTrusted
 	d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0"}
-	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now).Slots[0]; got.Action != ActionHold || got.Reason != ReasonNotSelected {
+	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now, nil).Slots[0]; got.Action != ActionHold || got.Reason != ReasonNotSelected {
 		t.Errorf("abort without previous = %+v; want hold not_selected", got)
 	}
 	// Disabled attestation lets unattested devices install.
@@ -177,7 +178,42 @@ func TestEvaluateGatesAndRevert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := Evaluate(p3, &Device{ID: "x"}, nil, now).Slots[0]; got.Action != ActionInstall {
+	if got := Evaluate(p3, &Device{ID: "x"}, nil, now, nil).Slots[0]; got.Action != ActionInstall {
 		t.Errorf("attestation disabled: %+v; want install", got)
+	}
+}
+
+func TestEvaluateCatalog(t *testing.T) {
+	p, err := Parse(File{Name: "p.yaml", Data: []byte("attestation: {required: false}\nrollouts:\n  - id: new\n    target: {kind: model, name: vib, version: 3.1.0}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	meta := artifact.Meta{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Hardware: []string{"x86_64"}, MinRuntime: "1.24.0"}
+	cat := func(tg Target) (artifact.Meta, bool) {
+		return meta, tg == Target{artifact.KindModel, "vib", "3.1.0"}
+	}
+	dev := func(hw, rt string) *Device {
+		return &Device{ID: "d", Hardware: hw, Slots: map[artifact.Kind]Slot{artifact.KindRuntime: {Name: "ort", Version: rt}}}
+	}
+	tests := []struct {
+		name   string
+		d      *Device
+		cat    Catalog
+		reason Reason
+		detail string
+	}{
+		{"fits", dev("x86_64", "1.24.0"), cat, ReasonInWave, ""},
+		{"no catalog", dev("riscv", ""), nil, ReasonInWave, ""},
+		{"wrong hardware", dev("aarch64", "1.24.0"), cat, ReasonIncompatible, `hardware "aarch64" not among [x86_64]`},
+		{"old runtime", dev("x86_64", "1.23.9"), cat, ReasonIncompatible, `runtime "1.23.9" is below the target's min_runtime 1.24.0`},
+		{"no runtime", dev("x86_64", ""), cat, ReasonIncompatible, "below"},
+		{"unpublished", dev("x86_64", "1.24.0"), func(Target) (artifact.Meta, bool) { return artifact.Meta{}, false }, ReasonUnpublished, "model/vib@3.1.0 is not a published target"},
+	}
+	for _, tt := range tests {
+		got := Evaluate(p, tt.d, nil, now, tt.cat).Slots[0]
+		if got.Reason != tt.reason || !strings.Contains(got.Detail, tt.detail) {
+			t.Errorf("%s: Evaluate = %s %s (%s); want %s (%s)", tt.name, got.Action, got.Reason, got.Detail, tt.reason, tt.detail)
+		}
 	}
 }

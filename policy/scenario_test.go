@@ -223,7 +223,7 @@ func (s *sim) step() {
 	installs, failures := 0, 0
 	for _, d := range s.devs {
 		d.VerdictAt = s.now
-		dec := Evaluate(s.p, &d.Device, s.states, s.now)
+		dec := Evaluate(s.p, &d.Device, s.states, s.now, nil)
 		for _, sd := range dec.Slots {
 			if sd.Action != ActionInstall {
 				if sd.Reason != ReasonUpToDate && sd.Reason != ReasonNotSelected {

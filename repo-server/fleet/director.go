@@ -11,8 +11,9 @@ import (
 // Decide is the server's check-in: it records the device's facts, evaluates the policy
 // for it with the rollouts' stored states, records the decision, and returns it. The
 // caller verifies the device's quote and calls RecordVerdict first, so the decision
-// sees the fresh verdict.
-func (s *Store) Decide(ctx context.Context, p *policy.Policy, c CheckIn) (policy.Decision, error) {
+// sees the fresh verdict. cat maps a target to its TUF custom metadata (nil: every
+// target is taken as published and compatible).
+func (s *Store) Decide(ctx context.Context, p *policy.Policy, cat policy.Catalog, c CheckIn) (policy.Decision, error) {
 	d, err := s.CheckIn(ctx, c)
 	if err != nil {
 		return policy.Decision{}, err
@@ -21,7 +22,7 @@ func (s *Store) Decide(ctx context.Context, p *policy.Policy, c CheckIn) (policy
 	if err != nil {
 		return policy.Decision{}, fmt.Errorf("check-in %s: %w", c.ID, err)
 	}
-	dec := policy.Evaluate(p, &d.Device, states, c.At)
+	dec := policy.Evaluate(p, &d.Device, states, c.At, cat)
 	if err := s.RecordDecision(ctx, dec); err != nil {
 		return policy.Decision{}, err
 	}

@@ -62,7 +62,7 @@ func (f *simFleet) step(d time.Duration) (installs, failures int) {
 		if err := f.s.RecordVerdict(ctx, id, policy.VerdictTrusted, "", f.now); err != nil {
 			f.t.Fatal(err)
 		}
-		dec, err := f.s.Decide(ctx, f.p, CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.5.0",
+		dec, err := f.s.Decide(ctx, f.p, nil, CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.5.0",
 			Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: sl.Name, Version: sl.Version}}, At: f.now})
 		if err != nil {
 			f.t.Fatal(err)

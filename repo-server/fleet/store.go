@@ -5,17 +5,12 @@
 //
 // A check-in, as the server is expected to run it:
 //
-//	d, err := st.CheckIn(ctx, fleet.CheckIn{ID: id, Hardware: …, Slots: …, At: now})
 //	st.RecordVerdict(ctx, id, verdict, detail, now)          // after verifying the quote
-//	states, err := st.RolloutStates(ctx)
-//	dec := policy.Evaluate(watcher.Policy(), &d.Device, states, now)
-//	st.RecordDecision(ctx, dec)                              // before answering
+//	dec, err := st.Decide(ctx, watcher.Policy(), catalog, checkIn)  // CheckIn + Evaluate + RecordDecision
 //
-// and, on a ticker and after reports, for each rollout r of the policy:
+// and, on a ticker and after storing reports (AddReport):
 //
-//	reps, _ := st.Reports(ctx, fleet.ReportFilter{RolloutID: r.ID})
-//	s, events := policy.Plan(r, states[r.ID], reps, now)
-//	st.SaveRollout(ctx, s, events)                           // persist, then audit-log events
+//	events, err := st.PlanRollouts(ctx, watcher.Policy(), now)  // Plan + SaveRollout; then audit-log events
 package fleet
 
 import (
