@@ -217,7 +217,12 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 			t := Target{Kind: kind, Name: cur.Name, Version: cur.Previous}
 			sd := *aborted
 			sd.Kind, sd.Target, sd.Revert, sd.Reason = kind, &t, true, ReasonAborted
-			sd.Gates = &p.Gates
+			g := p.Gates
+			sd.Gates = &g
+			if cur.Failed == cur.Previous {
+				sd.Action, sd.Reason = ActionHold, ReasonFailedOnDevice
+				return sd
+			}
 			return p.gate(sd, d, nil, now, cat)
 		}
 		if notReached != nil {
@@ -228,10 +233,11 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 	}
 
 	t := chosen.Target
-	sd := SlotDecision{Kind: kind, Target: &t, Rollout: chosen.ID, Wave: chosen.WaveOf(d.ID), Gates: chosen.Gates}
-	if sd.Gates == nil {
-		sd.Gates = &p.Gates
+	g := p.Gates
+	if chosen.Gates != nil {
+		g = *chosen.Gates
 	}
+	sd := SlotDecision{Kind: kind, Target: &t, Rollout: chosen.ID, Wave: chosen.WaveOf(d.ID), Gates: &g}
 	if cur.Name == t.Name && cur.Version == t.Version {
 		sd.Action, sd.Reason = ActionHold, ReasonUpToDate
 		return sd

@@ -167,6 +167,11 @@ func TestEvaluateGatesAndRevert(t *testing.T) {
 	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now, nil).Slots[0]; got.Action != ActionHold || got.Reason != ReasonAttestationUntrusted || !got.Revert {
 		t.Errorf("revert of an untrusted device = %+v; want hold attestation_untrusted", got)
 	}
+	// A revert that failed (the floor refused it) is not asked again.
+	d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0", Previous: "3.0.0", Failed: "3.0.0"}
+	if got := Evaluate(p2, d, map[string]RolloutState{"new": {Status: StatusAborted}}, now, nil).Slots[0]; got.Action != ActionHold || got.Reason != ReasonFailedOnDevice {
+		t.Errorf("failed revert = %+v; want hold failed_on_device", got)
+	}
 	// No previous version: nothing to go back to.
 	d.Verdict = VerdictTrusted
 	d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0"}

@@ -249,7 +249,7 @@ var (
 	idRE          = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 	yamlLineRE    = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
 	unknownFieldR = regexp.MustCompile(`field (\S+) not found in type \S+`)
-	typeNameR     = regexp.MustCompile(` into (?:\[\])?\S*\.?located\[[^\]]*\]| into \S+\.raw\w+`)
+	intoTypeR     = regexp.MustCompile(` into (\S+)$`)
 )
 
 type builder struct {
@@ -306,13 +306,32 @@ func (b *builder) yamlError(file string, err error) {
 			m = sm[2]
 		}
 		m = unknownFieldR.ReplaceAllString(m, "unknown field $1")
-		m = typeNameR.ReplaceAllString(m, "")
+		m = intoTypeR.ReplaceAllStringFunc(m, func(into string) string { return ": want " + yamlKind(strings.TrimPrefix(into, " into ")) })
 		// Nested "line N:" from a located value repeats the line; drop it.
 		if sm := yamlLineRE.FindStringSubmatch(m); sm != nil {
 			m = sm[2]
 		}
 		b.errorf(file, line, "%s", m)
 	}
+}
+
+// yamlKind names, for an operator, what a Go type expects in YAML.
+func yamlKind(goType string) string {
+	switch {
+	case strings.HasPrefix(goType, "[]"):
+		return "a list"
+	case strings.HasPrefix(goType, "map["), strings.Contains(goType, ".raw"):
+		return "a mapping"
+	case strings.Contains(goType, "float"):
+		return "a number"
+	case strings.Contains(goType, "int"):
+		return "an integer"
+	case goType == "bool":
+		return "true or false"
+	case goType == "string":
+		return "a string"
+	}
+	return "another type"
 }
 
 func (b *builder) duration(file string, l located[string], what string) (time.Duration, bool) {
