@@ -60,3 +60,32 @@ func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Tim
 	}
 	return all, nil
 }
+
+// Attest records an attestation verdict (RecordVerdict) and, when it is not trusted,
+// also records an attestation_untrusted report against every rollout whose target the
+// device runs, so that a wave whose devices stop attesting pauses like one whose
+// installs fail. Use it instead of RecordVerdict at check-in.
+func (s *Store) Attest(ctx context.Context, p *policy.Policy, id string, v policy.Verdict, detail string, at time.Time) error {
+	if err := s.RecordVerdict(ctx, id, v, detail, at); err != nil {
+		return err
+	}
+	if v == policy.VerdictTrusted {
+		return nil
+	}
+	d, err := s.Device(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, r := range p.Rollouts {
+		sl := d.Slots[r.Target.Kind]
+		if sl.Name != r.Target.Name || sl.Version != r.Target.Version {
+			continue
+		}
+		err := s.AddReport(ctx, policy.Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: sl.Name, Version: sl.Version,
+			Outcome: policy.OutcomeAttestationUntrusted, Cause: detail, At: at})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

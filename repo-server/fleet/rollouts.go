@@ -115,7 +115,8 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 
 // AddReport stores an install result. A failed install marks the version Failed in
 // the device's slot, so policy evaluation does not offer it again; a committed one
-// clears the mark. The device must exist.
+// makes it the slot's version (the old one becoming Previous) and clears the mark.
+// The device must exist.
 func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
 	if err := validateReport(&r); err != nil {
 		return fmt.Errorf("add report: %w", err)
@@ -132,15 +133,25 @@ func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
 		}
 		sl := d.Slots[r.Kind]
 		switch {
+		case r.Outcome == policy.OutcomeAttestationUntrusted && sl.Version == r.Version:
+			return nil // about the running version, not a failed install
 		case r.Outcome.Failed():
 			sl.Failed = r.Version
-		case sl.Failed == r.Version:
-			sl.Failed = ""
-		default:
-			return nil
-		}
-		if sl.Name == "" {
-			sl.Name = r.Name
+			if sl.Name == "" {
+				sl.Name = r.Name
+			}
+		default: // committed: the device now runs it, until its next check-in says otherwise
+			if sl.Name != r.Name || sl.Version != r.Version {
+				if sl.Name == r.Name {
+					sl.Previous = sl.Version
+				} else {
+					sl.Previous = ""
+				}
+				sl.Name, sl.Version = r.Name, r.Version
+			}
+			if sl.Failed == r.Version {
+				sl.Failed = ""
+			}
 		}
 		d.Slots[r.Kind] = sl
 		_, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), r.DeviceID)

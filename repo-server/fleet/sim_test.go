@@ -228,3 +228,42 @@ func TestSimulatedFleetAbortAfterCommit(t *testing.T) {
 		t.Errorf("refused revert retried %d times", installs)
 	}
 }
+
+// TestSimulatedFleetAttestationFailurePauses: devices that installed the target and
+// then stop attesting count against the wave.
+func TestSimulatedFleetAttestationFailurePauses(t *testing.T) {
+	ctx := context.Background()
+	f := newSimFleet(t, 200, simPolicy)
+	f.step(0)
+	var onTarget []string
+	for id, sl := range f.slots {
+		if sl.Version == "3.1.0" {
+			onTarget = append(onTarget, id)
+		}
+	}
+	if len(onTarget) < 3 {
+		t.Fatalf("only %d devices in the first wave", len(onTarget))
+	}
+	for _, id := range onTarget {
+		if err := f.s.Attest(ctx, f.p, id, policy.VerdictUntrusted, "PCR 16 mismatch", f.now.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.s.PlanRollouts(ctx, f.p, f.now.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	st := f.state("vib-3.1.0")
+	if st.Status != policy.StatusPaused {
+		t.Errorf("after untrusted verdicts: %+v; want paused", st)
+	}
+	d, _ := f.s.Device(ctx, onTarget[0])
+	if d.Slots[artifact.KindModel].Failed != "" || d.Verdict != policy.VerdictUntrusted {
+		t.Errorf("device after untrusted verdict: %+v", d)
+	}
+	// A trusted verdict adds no report.
+	before, _ := f.s.Reports(ctx, ReportFilter{})
+	f.s.Attest(ctx, f.p, onTarget[0], policy.VerdictTrusted, "", f.now.Add(3*time.Minute))
+	if after, _ := f.s.Reports(ctx, ReportFilter{}); len(after) != len(before) {
+		t.Errorf("trusted verdict added %d reports", len(after)-len(before))
+	}
+}

@@ -5,7 +5,7 @@
 //
 // A check-in, as the server is expected to run it:
 //
-//	st.RecordVerdict(ctx, id, verdict, detail, now)          // after verifying the quote
+//	st.Attest(ctx, watcher.Policy(), id, verdict, detail, now)  // after verifying the quote
 //	dec, err := st.Decide(ctx, watcher.Policy(), catalog, checkIn)  // CheckIn + Evaluate + RecordDecision
 //
 // and, on a ticker and after storing reports (AddReport):
