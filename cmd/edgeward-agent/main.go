@@ -11,6 +11,7 @@
 //	edgeward-agent confirm  --state-dir DIR --kind KIND (--pass | --fail REASON)
 //	edgeward-agent recover  --state-dir DIR
 //	edgeward-agent status   --state-dir DIR
+//	edgeward-agent run      --state-dir DIR [--want KIND=PATH]... [--judge-cmd CMD] [--once]
 //
 // Every command that opens the state first recovers it, so a command after a crash
 // continues from the persisted transaction.
@@ -42,6 +43,7 @@ commands:
   trial       start the trial of the staged version
   confirm     end the trial: --pass commits, --fail REASON rolls back
   recover     recover the state after a restart (resume, roll back expired trials)
+  run         the main loop: check in, install, trial, commit or roll back, report
   status      show slots, versions, floors and the transaction in progress
 `
 
@@ -56,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "tuf-client":
 		err = tufClient(ctx, args[1:], stdout, log)
+	case "run":
+		err = runAgent(ctx, args[1:], log)
 	case "enroll", "install", "trial", "confirm", "recover", "status":
 		err = slotCommand(ctx, args[0], args[1:], stdout, log)
 	case "-h", "--help", "help":

@@ -64,13 +64,9 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		b, _ := json.Marshal(agentConfig{MetadataURL: *metadataURL, TargetsURL: *targetsURL})
 		return rollback.WriteFileAtomic(cfgPath, b)
 	}
-	var cfg agentConfig
-	b, err := os.ReadFile(cfgPath)
+	cfg, err := readAgentConfig(*stateDir)
 	if err != nil {
-		return fmt.Errorf("read %s (enroll first): %w", cfgPath, err)
-	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return fmt.Errorf("read %s: %w", cfgPath, err)
+		return err
 	}
 	tuf, err := updater.NewTUF(updater.TUFConfig{
 		MetadataDir: tufDir, MetadataURL: cfg.MetadataURL, TargetsURL: cfg.TargetsURL,

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// staticDirector wants the same targets at every check-in (until the device API exists,
+// or for a device managed by hand).
+type staticDirector map[artifact.Kind]string
+
+func (d staticDirector) CheckIn(context.Context, map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]string, error) {
+	return d, nil
+}
+
+// cmdJudge runs a shell command for each trial: exit status 0 is a pass. The command gets
+// EDGEWARD_KIND, EDGEWARD_TARGET, EDGEWARD_VERSION and EDGEWARD_PAYLOAD; it is killed at
+// the trial deadline.
+type cmdJudge string
+
+func (j cmdJudge) Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, _ artifact.Meta) (bool, string) {
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", string(j))
+	cmd.Env = append(os.Environ(), "EDGEWARD_KIND="+string(kind), "EDGEWARD_TARGET="+t.Path,
+		"EDGEWARD_VERSION="+t.Version, "EDGEWARD_PAYLOAD="+payload)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(out.String())
+		if len(msg) > 200 {
+			msg = msg[len(msg)-200:]
+		}
+		return false, fmt.Sprintf("judge: %v: %s", err, msg)
+	}
+	return true, ""
+}
+
+type wants map[artifact.Kind]string
+
+func (w wants) String() string { b, _ := json.Marshal(map[artifact.Kind]string(w)); return string(b) }
+func (w wants) Set(s string) error {
+	k, p, ok := strings.Cut(s, "=")
+	if !ok {
+		return errors.New("want KIND=TARGET_PATH")
+	}
+	kind, err := artifact.ParseKind(k)
+	if err != nil {
+		return err
+	}
+	w[kind] = p
+	return nil
+}
+
+// runAgent runs the agent's main loop.
+func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		stateDir = fs.String("state-dir", "/var/lib/edgeward", "agent state directory")
+		deviceID = fs.String("device-id", "", "device ID in reports")
+		judgeCmd = fs.String("judge-cmd", "", "shell command judging a trial (exit 0: pass); empty: trials never pass")
+		interval = fs.Duration("interval", 5*time.Minute, "check-in interval (jittered ±20%)")
+		trial    = fs.Duration("trial-timeout", 10*time.Minute, "how long a trial may take to pass")
+		once     = fs.Bool("once", false, "run one round and exit")
+		want     = wants{}
+	)
+	fs.Var(want, "want", "KIND=TARGET_PATH to install (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := readAgentConfig(*stateDir)
+	if err != nil {
+		return err
+	}
+	tuf, err := updater.NewTUF(updater.TUFConfig{MetadataDir: filepath.Join(*stateDir, "tuf"), MetadataURL: cfg.MetadataURL,
+		TargetsURL: cfg.TargetsURL, Downloader: &updater.Downloader{Logger: log}})
+	if err != nil {
+		return err
+	}
+	m, err := rollback.Open(ctx, rollback.Config{Dir: *stateDir, Fetch: tuf.SlotFetcher(), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	ac := updater.AgentConfig{DeviceID: *deviceID, TUF: tuf, Slots: m, Director: staticDirector(want), Outbox: o,
+		Interval: *interval, TrialTimeout: *trial, Logger: log}
+	if *judgeCmd != "" {
+		ac.Judge = cmdJudge(*judgeCmd)
+	}
+	a, err := updater.NewAgent(ac)
+	if err != nil {
+		return err
+	}
+	if *once {
+		if err := m.Recover(ctx); err != nil {
+			return err
+		}
+		return a.Step(ctx)
+	}
+	err = a.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func readAgentConfig(stateDir string) (agentConfig, error) {
+	var cfg agentConfig
+	p := filepath.Join(stateDir, "agent.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return cfg, fmt.Errorf("read %s (enroll first): %w", p, err)
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("read %s: %w", p, err)
+	}
+	return cfg, nil
+}
