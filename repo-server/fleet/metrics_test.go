@@ -1,0 +1,61 @@
+package fleet
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+)
+
+func TestCollector(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	for _, id := range []string{"a", "b", "c"} {
+		s.Enroll(ctx, id, nil, t0)
+	}
+	s.SetQuarantine(ctx, "c", true, "tamper")
+	s.RecordVerdict(ctx, "a", policy.VerdictTrusted, "", t0)
+	s.RecordVerdict(ctx, "b", policy.VerdictUntrusted, "", t0)
+	s.AddReport(ctx, policy.Report{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeCommitted, Bytes: 500, At: t0})
+	s.AddReport(ctx, policy.Report{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeRolledBack, Bytes: 500, At: t0})
+	r := &policy.Rollout{ID: "r", Waves: []policy.Wave{{Percent: 10, Soak: time.Hour}, {Percent: 100}}}
+	st, evs := policy.Plan(r, policy.RolloutState{}, nil, t0)
+	s.SaveRollout(ctx, st, evs)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(s, 0, nil))
+	want := `
+# HELP edgeward_attestation_verdicts_total Attestation verdicts by verdict.
+# TYPE edgeward_attestation_verdicts_total counter
+edgeward_attestation_verdicts_total{verdict="trusted"} 1
+edgeward_attestation_verdicts_total{verdict="untrusted"} 1
+# HELP edgeward_fleet_devices Enrolled devices.
+# TYPE edgeward_fleet_devices gauge
+edgeward_fleet_devices 3
+# HELP edgeward_fleet_devices_quarantined Quarantined devices.
+# TYPE edgeward_fleet_devices_quarantined gauge
+edgeward_fleet_devices_quarantined 1
+# HELP edgeward_fleet_downloaded_bytes_total Bytes downloaded for installs, by rollout.
+# TYPE edgeward_fleet_downloaded_bytes_total counter
+edgeward_fleet_downloaded_bytes_total{rollout="r"} 1000
+# HELP edgeward_fleet_install_reports_total Install reports by rollout and outcome.
+# TYPE edgeward_fleet_install_reports_total counter
+edgeward_fleet_install_reports_total{outcome="committed",rollout="r"} 1
+edgeward_fleet_install_reports_total{outcome="rolled_back",rollout="r"} 1
+# HELP edgeward_rollout_status 1 for the rollout's current status.
+# TYPE edgeward_rollout_status gauge
+edgeward_rollout_status{rollout="r",status="active"} 1
+# HELP edgeward_rollout_wave Index (from 0) of the rollout's current wave.
+# TYPE edgeward_rollout_wave gauge
+edgeward_rollout_wave{rollout="r"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
