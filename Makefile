@@ -5,7 +5,7 @@ DEPS_DIR     ?= $(CURDIR)/.deps
 BIN          := $(CURDIR)/bin
 STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-# The pinned ONNX Runtime that scripts/deps/onnxruntime.sh installs; override to use another.
+# The pinned ONNX Runtime that scripts/deps/20-onnxruntime.sh installs; override to use another.
 export ONNXRUNTIME_LIB ?= $(DEPS_DIR)/onnxruntime/lib/libonnxruntime.so.1
 export EDGEWARD_DEPS_DIR := $(DEPS_DIR)
 export CGO_ENABLED := 1

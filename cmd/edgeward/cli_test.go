@@ -198,7 +198,7 @@ func TestServerProcess(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	srv := exec.Command(bin, "server", "--listen", addr)
+	srv := exec.Command(bin, "server", "--listen", addr, "--sign-delegated")
 	srv.Env = env
 	var logs bytes.Buffer
 	srv.Stderr = &logs
@@ -224,6 +224,15 @@ func TestServerProcess(t *testing.T) {
 	model := writeTemp(t, "m.onnx", "real bytes")
 	runBin("publish", "--kind", "model", "--name", "m", "--version", "1.0.0", model)
 
+	// Publishing through the server's operator API, with a release manager's token.
+	tok := strings.TrimSpace(runBin("token", "create", "--name", "rita", "--role", "release-manager"))
+	tok = tok[strings.LastIndex(tok, "\n")+1:]
+	model2 := writeTemp(t, "m2.onnx", "api bytes")
+	out := runBin("publish", "--server", url, "--token", tok, "--kind", "model", "--name", "m", "--version", "2.0.0", "--gates", "min_accuracy=0.5", model2)
+	if !strings.Contains(out, "published models/m/2.0.0.onnx") {
+		t.Fatalf("publish through the server: %s", out)
+	}
+
 	root, _ := os.ReadFile(filepath.Join(repo, "repository", "metadata", "1.root.json"))
 	cfg, _ := config.New(url+"/metadata", root)
 	cfg.RemoteTargetsURL = url + "/targets"
@@ -243,6 +252,14 @@ func TestServerProcess(t *testing.T) {
 	_, data, err := up.DownloadTarget(tf, filepath.Join(cfg.LocalTargetsDir, "m"), "")
 	if err != nil || string(data) != "real bytes" {
 		t.Fatalf("download = %q, %v", data, err)
+	}
+	tf, err = up.GetTargetInfo("models/m/2.0.0.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, data, err = up.DownloadTarget(tf, filepath.Join(cfg.LocalTargetsDir, "m2"), "")
+	if err != nil || string(data) != "api bytes" {
+		t.Fatalf("download of the API-published target = %q, %v", data, err)
 	}
 }
 

@@ -46,6 +46,7 @@ func commands() []command {
 		{"audit verify", "verify an audit export offline: edgeward audit verify FILE --key PUB", cmdAuditVerify},
 		{"audit pubkey", "print the audit checkpoint public key (PEM)", cmdAuditPubkey},
 		{"server", "serve the repository over HTTP", cmdServer},
+		{"token create", "issue an operator API token: --name N --role R", cmdTokenCreate},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}
 }

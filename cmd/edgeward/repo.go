@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -422,6 +424,8 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	hardware := fs.String("hardware", "", "comma-separated hardware classes, e.g. x86_64,aarch64")
 	minRuntime := fs.String("min-runtime", "", "lowest runtime version the model needs")
 	format := fs.String("format", "", "artifact format (default: from the file extension)")
+	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "publish through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
+	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -472,17 +476,22 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	repo, err := rf.open()
-	if err != nil {
-		return err
-	}
 	var content io.Reader = f
 	if out, ok := env.stderr.(*os.File); ok && term.IsTerminal(int(out.Fd())) {
 		p := newProgress(out, fi.Size())
 		defer p.done()
 		content = p.reader(f)
 	}
-	res, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
+	var res *reposerver.PublishResult
+	if *server != "" {
+		res, err = publishRemote(ctx, *server, *token, meta, ext, content, fi.Size())
+	} else {
+		repo, oerr := rf.open()
+		if oerr != nil {
+			return oerr
+		}
+		res, err = repo.Publish(ctx, reposerver.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
+	}
 	if err != nil {
 		return err
 	}
@@ -501,4 +510,40 @@ func fileExt(name string) string {
 		return ".tar.gz"
 	}
 	return filepath.Ext(base)
+}
+
+// publishRemote streams a target to a server's operator API.
+func publishRemote(ctx context.Context, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*reposerver.PublishResult, error) {
+	if token == "" {
+		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
+	}
+	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(server, "/")+"/v1/publish?"+q.Encode(), body)
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = size
+	mj, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("X-Edgeward-Meta", string(mj))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", server, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		var e struct{ Error string }
+		json.Unmarshal(data, &e)
+		return nil, fmt.Errorf("publish to %s: %s: %s", server, resp.Status, e.Error)
+	}
+	var res reposerver.PublishResult
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("publish to %s: bad answer: %w", server, err)
+	}
+	return &res, nil
 }

@@ -1,0 +1,199 @@
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+func TestOperatorAPI(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	token := func(name string, role fleet.Role) string {
+		tok, _, err := store.CreateToken(ctx, name, role, time.Hour, f.clock.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	rm, auditor, admin := token("rita", fleet.RoleReleaseManager), token("otto", fleet.RoleAuditor), token("sam", fleet.RoleSecurityAdmin)
+	revoked := token("gone", fleet.RoleReleaseManager)
+
+	do := func(method, path, tok string, body io.Reader, hdr ...string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, f.http.URL+path, body)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	pub := "/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx"
+	meta := `{"gates":{"min_accuracy":"0.9"}}`
+
+	tests := []struct {
+		name, method, path, tok string
+		body                    string
+		want                    int
+		contains                string
+	}{
+		{"no token", "POST", pub, "", "m", 401, "missing bearer token"},
+		{"unknown token", "POST", pub, "ewt_nope", "m", 401, "unauthenticated"},
+		{"auditor cannot publish", "POST", pub, auditor, "m", 403, "may not publish"},
+		{"release manager publishes", "POST", pub, rm, "model v1", 201, `"Path":"models/iris/1.0.0.onnx"`},
+		{"same bytes again", "POST", pub, rm, "model v1", 200, `"Unchanged":true`},
+		{"other bytes refused", "POST", pub, rm, "model v1 evil", 409, "already published"},
+		{"bad version", "POST", "/v1/publish?kind=model&name=iris&version=latest", rm, "x", 400, "semantic version"},
+		{"bad kind", "POST", "/v1/publish?kind=firmware&name=iris&version=1.0.0", rm, "x", 400, "unknown kind"},
+		{"bad ext", "POST", "/v1/publish?kind=model&name=iris&version=1.0.1&ext=/../x", rm, "x", 400, "ext"},
+		{"too large", "POST", "/v1/publish?kind=model&name=big&version=1.0.0", rm, strings.Repeat("x", 2<<20), 413, "larger than"},
+		{"release manager reads", "GET", "/v1/repository", rm, "", 200, `"models/iris/1.0.0.onnx"`},
+		{"release manager cannot export audit", "GET", "/v1/audit/export", rm, "", 403, "may not audit.export"},
+		{"security admin cannot publish", "POST", pub, admin, "m", 403, "may not publish"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := do(tc.method, tc.path, tc.tok, strings.NewReader(tc.body), "X-Edgeward-Meta", meta)
+			if code != tc.want || !strings.Contains(body, tc.contains) {
+				t.Fatalf("%s %s = %d %s; want %d containing %q", tc.method, tc.path, code, body, tc.want, tc.contains)
+			}
+		})
+	}
+
+	// The published target reaches a TUF client with its custom metadata.
+	c := f.newClient()
+	up := c.mustRefresh()
+	data, tf, err := c.download(up, "models/iris/1.0.0.onnx")
+	if err != nil || string(data) != "model v1" {
+		t.Fatalf("download = %q, %v", data, err)
+	}
+	var m artifact.Meta
+	json.Unmarshal(*tf.Custom, &m)
+	if m.Gates == nil || m.Gates.MinAccuracy != 0.9 {
+		t.Fatalf("custom = %s", *tf.Custom)
+	}
+
+	// Revoked tokens stop working.
+	if code, _ := do("GET", "/v1/repository", revoked, nil); code != 200 {
+		t.Fatalf("valid token = %d", code)
+	}
+	tokens, _ := store.Tokens(ctx)
+	for _, ti := range tokens {
+		if ti.Operator == "gone" {
+			store.RevokeToken(ctx, ti.ID, f.clock.Now())
+		}
+	}
+	if code, body := do("GET", "/v1/repository", revoked, nil); code != 401 || !strings.Contains(body, "revoked") {
+		t.Fatalf("revoked token = %d %s; want 401 revoked", code, body)
+	}
+
+	// The auditor exports the log: the API publish is attributed to the operator.
+	code, body := do("GET", "/v1/audit/export", auditor, nil)
+	if code != 200 || !strings.Contains(body, `"actor":"operator:rita"`) {
+		t.Fatalf("audit export = %d\n%s", code, body)
+	}
+	l, db, _ := f.repo.OpenAudit(ctx)
+	defer db.Close()
+	if _, err := audit.Verify(strings.NewReader(body), l.PublicKey()); err != nil {
+		t.Fatalf("verify exported audit log: %v", err)
+	}
+}
+
+// TestPublishThroughServerAndCLIConcurrently publishes through the operator API and
+// directly on the directory (as the CLI does) at the same time, while a client
+// refreshes: every publish lands and the client never sees an inconsistent repository.
+func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring()})
+	tok, _, _ := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	const n = 8
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			req, _ := http.NewRequest("POST", fmt.Sprintf("%s/v1/publish?kind=model&name=api&version=1.0.%d&ext=.onnx", f.http.URL, i), bytes.NewReader([]byte{byte(i)}))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 201 {
+				errs <- fmt.Errorf("api publish %d: %d", i, resp.StatusCode)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			if _, err := f.publish(artifact.KindModel, "cli", fmt.Sprintf("1.0.%d", i), ".onnx", []byte{byte(i)}, nil); err != nil {
+				errs <- err
+			}
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		c := f.newClient()
+		for {
+			select {
+			case <-done:
+				close(errs)
+				return
+			default:
+			}
+			if _, err := c.refresh(); err != nil {
+				errs <- fmt.Errorf("client: %w", err)
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(st.List()); got != 2*n {
+		t.Fatalf("targets = %d; want %d", got, 2*n)
+	}
+}
