@@ -135,8 +135,8 @@ type Decision struct {
 	Slots        []SlotDecision `json:"slots"` // model, then runtime
 }
 
-// SlotKinds are the kinds of slot a device has, in decision order.
-var SlotKinds = [...]artifact.Kind{artifact.KindModel, artifact.KindRuntime}
+// SlotKinds returns the kinds of slot a device has, in decision order.
+func SlotKinds() [2]artifact.Kind { return [2]artifact.Kind{artifact.KindModel, artifact.KindRuntime} }
 
 // Bucket returns the device's position in a rollout, in [0, 10000): the device is in
 // every wave whose Percent*100 is above it. It depends only on the two IDs, so it is
@@ -174,7 +174,7 @@ func (r *Rollout) WaveOf(deviceID string) int {
 // maintenance window (outside it the target is only downloaded).
 func Evaluate(p *Policy, d *Device, states map[string]RolloutState, now time.Time, cat Catalog) Decision {
 	dec := Decision{DeviceID: d.ID, At: now, PolicyDigest: p.Digest}
-	for _, k := range SlotKinds {
+	for _, k := range SlotKinds() {
 		dec.Slots = append(dec.Slots, p.evaluateSlot(k, d, states, now, cat))
 	}
 	return dec

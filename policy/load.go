@@ -489,8 +489,31 @@ func (b *builder) selector(file string, rs *rawSelector, line int) *Selector {
 	return s
 }
 
+// firstLine returns the smallest non-zero line, or 0.
+func firstLine(lines ...int) int {
+	out := 0
+	for _, l := range lines {
+		if l > 0 && (out == 0 || l < out) {
+			out = l
+		}
+	}
+	return out
+}
+
 func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 	line := rr.ID.Line
+	if line == 0 { // no id: point at the first field we have
+		if t := rr.Target; t != nil {
+			line = firstLine(t.Kind.Line, t.Name.Line, t.Version.Line)
+		}
+		line = firstLine(line, rr.Window.Line)
+		if s := rr.Selector; s != nil {
+			line = firstLine(line, s.Devices.Line, s.Hardware.Line, s.AgentVersion.Line, s.RuntimeVersion.Line, s.Expr.Line)
+		}
+		for _, w := range rr.Waves {
+			line = firstLine(line, w.Percent.Line, w.Soak.Line)
+		}
+	}
 	nerr := len(b.errs)
 	if !rr.ID.Set || !idRE.MatchString(rr.ID.V) {
 		b.errorf(file, line, "rollout id %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", rr.ID.V)

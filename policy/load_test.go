@@ -70,6 +70,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad labels", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    selector:\n      labels: [a]\n", "f.yaml:5: cannot unmarshal !!seq: want a mapping"},
 		{"bad version", "rollouts:\n  - id: a\n    target:\n      kind: model\n      name: m\n      version: 1.0\n", `f.yaml:6: rollout "a": target version "1.0"`},
 		{"bad kind", "rollouts:\n  - id: a\n    target:\n      kind: probe\n      name: m\n      version: 1.0.0\n", `f.yaml:4: rollout "a": target kind "probe": want model or runtime`},
+		{"missing id", "rollouts:\n  - window: w\n    target: {kind: model, name: m, version: 1.0.0}\n", `f.yaml:2: rollout id ""`},
 		{"missing target", "rollouts:\n  - id: a\n", `f.yaml:2: rollout "a": target missing`},
 		{"bad id", "rollouts:\n  - id: Big Rollout\n", `f.yaml:2: rollout id "Big Rollout"`},
 		{"duplicate id", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n  - id: a\n    target: {kind: model, name: m, version: 1.0.1}\n", `f.yaml:4: rollout "a" already defined at f.yaml:2`},

@@ -266,7 +266,7 @@ func (s *sim) step() {
 func (s *sim) versions() string {
 	c := map[string]int{}
 	for _, d := range s.devs {
-		for _, k := range SlotKinds {
+		for _, k := range SlotKinds() {
 			if sl := d.Slots[k]; sl.Version != "" {
 				c[string(k)+":"+sl.Name+"@"+sl.Version]++
 			}

@@ -31,15 +31,17 @@ type Selector struct {
 }
 
 // CELVariables documents the variables a selector expression can use.
-var CELVariables = []string{
-	"id: string — the device ID",
-	"labels: map(string, string)",
-	"hardware: string — e.g. x86_64, aarch64",
-	"agent_version: string",
-	"runtime_version: string — committed runtime, \"\" if none",
-	"model: string — name of the committed model, \"\" if none",
-	"model_version: string",
-	"attrs: map(string, dyn) — other attributes the agent reports (numbers are doubles)",
+func CELVariables() []string {
+	return []string{
+		"id: string — the device ID",
+		"labels: map(string, string)",
+		"hardware: string — e.g. x86_64, aarch64",
+		"agent_version: string",
+		"runtime_version: string — committed runtime, \"\" if none",
+		"model: string — name of the committed model, \"\" if none",
+		"model_version: string",
+		"attrs: map(string, dyn) — other attributes the agent reports (numbers are doubles)",
+	}
 }
 
 // maxCELCost bounds the work of one selector evaluation.

@@ -50,17 +50,19 @@ const (
 	ActionAuditExport  Action = "audit.export"
 )
 
-// permissions: which roles may do what. Anything absent is denied.
-var permissions = map[Action][]Role{
-	ActionFleetRead:    {RoleSecurityAdmin, RoleReleaseManager, RoleAuditor},
-	ActionPublish:      {RoleReleaseManager},
-	ActionRolloutWrite: {RoleReleaseManager},
-	ActionDeviceLabel:  {RoleReleaseManager},
-	ActionQuarantine:   {RoleSecurityAdmin},
-	ActionKeys:         {RoleSecurityAdmin},
-	ActionAttestPolicy: {RoleSecurityAdmin},
-	ActionTokens:       {RoleSecurityAdmin},
-	ActionAuditExport:  {RoleSecurityAdmin, RoleAuditor},
+// allowed says which roles may do what. Anything absent is denied.
+func allowed(a Action, r Role) bool {
+	switch a {
+	case ActionFleetRead:
+		return r == RoleSecurityAdmin || r == RoleReleaseManager || r == RoleAuditor
+	case ActionPublish, ActionRolloutWrite, ActionDeviceLabel:
+		return r == RoleReleaseManager
+	case ActionQuarantine, ActionKeys, ActionAttestPolicy, ActionTokens:
+		return r == RoleSecurityAdmin
+	case ActionAuditExport:
+		return r == RoleSecurityAdmin || r == RoleAuditor
+	}
+	return false
 }
 
 // Actions lists every action, for tests and documentation.
@@ -100,10 +102,8 @@ func Authorize(p Principal, a Action) error {
 	if p.Kind != PrincipalOperator {
 		return fmt.Errorf("%s %q may not use the operator API: %w", p.Kind, p.Name, ErrForbidden)
 	}
-	for _, r := range permissions[a] {
-		if r == p.Role {
-			return nil
-		}
+	if allowed(a, p.Role) {
+		return nil
 	}
 	return fmt.Errorf("operator %q (role %q) may not %s: %w", p.Name, p.Role, a, ErrForbidden)
 }
