@@ -422,7 +422,7 @@ func (b *builder) rest(file string, r *rawPolicy) {
 	}
 	if g := r.Gates; g != nil {
 		if b.gateFile != "" {
-			b.errorf(file, 0, "gates already set in %s; set default gates in one file only", b.gateFile)
+			b.errorf(file, firstLine(g.MinAccuracy.Line, g.MaxAbsError.Line, g.MaxP99Ms.Line, g.MaxRSSMB.Line), "gates already set in %s; set default gates in one file only", b.gateFile)
 		} else {
 			b.gateFile = file
 			b.pol.Gates = b.gates(file, g)

@@ -133,6 +133,10 @@ func TestParseSeveralFiles(t *testing.T) {
 	if w := p.Rollouts[0].Waves; len(w) != 1 || w[0].Percent != 100 {
 		t.Errorf("default waves = %+v", w)
 	}
+	_, err = Parse(File{Name: "g1.yaml", Data: []byte("gates: {max_p99_ms: 5}\n")}, File{Name: "g2.yaml", Data: []byte("version: 1\ngates:\n  max_p99_ms: 4\n")})
+	if err == nil || !strings.Contains(err.Error(), "g2.yaml:3: gates already set in g1.yaml") {
+		t.Errorf("duplicate gates: err = %v", err)
+	}
 	_, err = Parse(a, File{Name: "c.yaml", Data: []byte("\nattestation: {required: false}\n")})
 	if err == nil || !strings.Contains(err.Error(), "c.yaml:2: attestation already set in a.yaml") {
 		t.Errorf("duplicate attestation: err = %v", err)
