@@ -82,20 +82,12 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg, err := readAgentConfig(*stateDir)
+	st, err := openState(ctx, *stateDir, &updater.Downloader{Logger: log}, log)
 	if err != nil {
 		return err
 	}
-	tuf, err := updater.NewTUF(updater.TUFConfig{MetadataDir: filepath.Join(*stateDir, "tuf"), MetadataURL: cfg.MetadataURL,
-		TargetsURL: cfg.TargetsURL, Downloader: &updater.Downloader{Logger: log}})
-	if err != nil {
-		return err
-	}
-	m, err := rollback.Open(ctx, rollback.Config{Dir: *stateDir, Fetch: tuf.SlotFetcher(), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+	defer st.Close()
+	tuf, m := st.tuf, st.slots
 	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
 	if err != nil {
 		return err
@@ -123,15 +115,3 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	return err
 }
 
-func readAgentConfig(stateDir string) (agentConfig, error) {
-	var cfg agentConfig
-	p := filepath.Join(stateDir, "agent.json")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return cfg, fmt.Errorf("read %s (enroll first): %w", p, err)
-	}
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return cfg, fmt.Errorf("read %s: %w", p, err)
-	}
-	return cfg, nil
-}

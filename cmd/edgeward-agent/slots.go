@@ -17,12 +17,6 @@ import (
 	"github.com/edgeward/edgeward/updater"
 )
 
-// agentConfig is written at enrollment into the state directory.
-type agentConfig struct {
-	MetadataURL string `json:"metadata_url"`
-	TargetsURL  string `json:"targets_url,omitempty"`
-}
-
 func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -31,6 +25,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		rootFile    = fs.String("root", "", "enroll: trusted root.json obtained at enrollment")
 		metadataURL = fs.String("metadata-url", "", "enroll: repository metadata URL")
 		targetsURL  = fs.String("targets-url", "", "enroll: repository targets URL (default: sibling of metadata)")
+		tpmURL      = fs.String("tpm", "", "enroll: TPM holding the anti-rollback floors (/dev/tpmrm0, swtpm://host:port); empty: sqlite only")
 		kindName    = fs.String("kind", "model", "slot kind: model or runtime")
 		target      = fs.String("target", "", "install: TUF target path")
 		timeout     = fs.Duration("timeout", 10*time.Minute, "trial: how long the trial may take to pass")
@@ -61,25 +56,15 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		if err := updater.PinRoot(tufDir, root); err != nil {
 			return err
 		}
-		b, _ := json.Marshal(agentConfig{MetadataURL: *metadataURL, TargetsURL: *targetsURL})
+		b, _ := json.Marshal(agentConfig{MetadataURL: *metadataURL, TargetsURL: *targetsURL, TPM: *tpmURL})
 		return rollback.WriteFileAtomic(cfgPath, b)
 	}
-	cfg, err := readAgentConfig(*stateDir)
+	st, err := openState(ctx, *stateDir, &updater.Downloader{Logger: log, CheckpointBytes: *checkpoint}, log)
 	if err != nil {
 		return err
 	}
-	tuf, err := updater.NewTUF(updater.TUFConfig{
-		MetadataDir: tufDir, MetadataURL: cfg.MetadataURL, TargetsURL: cfg.TargetsURL,
-		Downloader: &updater.Downloader{Logger: log, CheckpointBytes: *checkpoint},
-	})
-	if err != nil {
-		return err
-	}
-	m, err := rollback.Open(ctx, rollback.Config{Dir: *stateDir, Fetch: tuf.SlotFetcher(), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+	defer st.Close()
+	tuf, m := st.tuf, st.slots
 	if cmd != "status" {
 		if err := m.Recover(ctx); err != nil {
 			return fmt.Errorf("recover: %w", err)
