@@ -114,4 +114,3 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	return err
 }
-
