@@ -22,8 +22,6 @@ package reposerver
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -519,8 +517,3 @@ func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
 }
 
 var errNothingToDo = errors.New("nothing to do")
-
-func sha256Hex(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}

@@ -31,10 +31,6 @@ func (b pb) bytes(field int, v []byte) pb {
 func (b pb) str(field int, s string) pb { return b.bytes(field, []byte(s)) }
 func (b pb) msg(field int, m pb) pb     { return b.bytes(field, m) }
 
-func (b pb) float(field int, f float32) pb {
-	return binary.LittleEndian.AppendUint32(b.tag(field, 5), math.Float32bits(f))
-}
-
 // ONNX field numbers (onnx.proto, IR version 8).
 const (
 	elemFloat = 1 // TensorProto.DataType FLOAT
