@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -265,5 +266,39 @@ func TestSimulatedFleetAttestationFailurePauses(t *testing.T) {
 	f.s.Attest(ctx, f.p, onTarget[0], policy.VerdictTrusted, "", f.now.Add(3*time.Minute))
 	if after, _ := f.s.Reports(ctx, ReportFilter{}); len(after) != len(before) {
 		t.Errorf("trusted verdict added %d reports", len(after)-len(before))
+	}
+}
+
+func TestStatus(t *testing.T) {
+	ctx := context.Background()
+	f := newSimFleet(t, 300, simPolicy)
+	if _, err := f.s.Status(ctx, f.p, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Status(unknown) = %v; want ErrNotFound", err)
+	}
+	f.step(0)
+	st, err := f.s.Status(ctx, f.p, "vib-3.1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, w := range st.Waves {
+		total += w.Devices
+	}
+	if st.Selected != 300 || total != 300 || len(st.Waves) != 4 {
+		t.Errorf("selected %d, wave devices %d; want 300", st.Selected, total)
+	}
+	w0 := st.Waves[0]
+	if w0.Devices == 0 || w0.Reported != w0.Devices || w0.Succeeded != w0.Devices || st.KPI.Committed != w0.Devices {
+		t.Errorf("wave 0 = %+v, KPI %+v; want every device of wave 0 committed", w0, st.KPI)
+	}
+	if !st.NextWaveAt.Equal(t0.Add(time.Hour)) || len(st.Events) != 2 || len(st.TimeTo) != 0 {
+		t.Errorf("next wave %v, events %d, time to %v", st.NextWaveAt, len(st.Events), st.TimeTo)
+	}
+	for range 4 {
+		f.step(time.Hour)
+	}
+	st, _ = f.s.Status(ctx, f.p, "vib-3.1.0")
+	if half := st.TimeTo["50%"]; st.TimeTo["100%"] != 3*time.Hour || (half != 2*time.Hour && half != 3*time.Hour) || !st.NextWaveAt.IsZero() {
+		t.Errorf("after completion: time to %v, next wave %v", st.TimeTo, st.NextWaveAt)
 	}
 }

@@ -1,0 +1,94 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgeward/edgeward/policy"
+)
+
+// RolloutStatus is what `edgeward rollout status` and the dashboard show.
+type RolloutStatus struct {
+	ID     string              `json:"id"`
+	Target policy.Target       `json:"target"`
+	State  policy.RolloutState `json:"state"`
+	// Selected is the number of enrolled devices the rollout's selector matches.
+	Selected int          `json:"selected"`
+	Waves    []WaveStatus `json:"waves"`
+	KPI      RolloutKPI   `json:"kpi"`
+	// TimeTo gives the time from the start to the first commit on 50%, 90% and 100% of
+	// the selected devices, for the percentages reached.
+	TimeTo map[string]time.Duration `json:"time_to,omitempty"`
+	// NextWaveAt is when the next wave may start (its soak ends), if the rollout is
+	// active and has one.
+	NextWaveAt time.Time      `json:"next_wave_at,omitzero"`
+	Events     []policy.Event `json:"events"`
+}
+
+// WaveStatus is one wave's plan and progress.
+type WaveStatus struct {
+	Percent  float64       `json:"percent"`
+	Soak     time.Duration `json:"soak"`
+	Approval bool          `json:"approval,omitempty"`
+	// Devices is the number of selected devices in this wave (not counting earlier ones).
+	Devices int `json:"devices"`
+	policy.WaveStat
+}
+
+// Status assembles a rollout's status from the store: its state, the devices it
+// selects (a pass over all devices), the waves' statistics and KPIs, and its last events.
+// ErrNotFound if the policy has no such rollout.
+func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (RolloutStatus, error) {
+	r := p.Rollout(id)
+	if r == nil {
+		return RolloutStatus{}, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
+	}
+	st, err := s.RolloutState(ctx, id)
+	if err != nil && !isNotFound(err) {
+		return RolloutStatus{}, err
+	}
+	st.ID = id
+	reps, err := s.Reports(ctx, ReportFilter{RolloutID: id})
+	if err != nil {
+		return RolloutStatus{}, err
+	}
+	out := RolloutStatus{ID: id, Target: r.Target, State: st, TimeTo: map[string]time.Duration{}}
+	perWave := make([]int, len(r.Waves)+1)
+	for after := ""; ; {
+		devs, err := s.Devices(ctx, ListOptions{After: after, Limit: MaxListLimit})
+		if err != nil {
+			return RolloutStatus{}, err
+		}
+		for i := range devs {
+			if ok, _ := r.Selected(&devs[i].Device); ok {
+				out.Selected++
+				perWave[r.WaveOf(devs[i].ID)]++
+			}
+		}
+		if len(devs) < MaxListLimit {
+			break
+		}
+		after = devs[len(devs)-1].ID
+	}
+	stats := policy.WaveStats(r, reps, st.CountSince)
+	for i, w := range r.Waves {
+		out.Waves = append(out.Waves, WaveStatus{Percent: w.Percent, Soak: w.Soak, Approval: w.Approval, Devices: perWave[i], WaveStat: stats[i]})
+	}
+	out.KPI = ComputeRollout(id, st.Started, reps)
+	for _, pct := range []float64{50, 90, 100} {
+		if d, ok := TimeToPercent(id, st.Started, out.Selected, reps, pct); ok {
+			out.TimeTo[fmt.Sprintf("%g%%", pct)] = d
+		}
+	}
+	if (st.Status == policy.StatusActive || st.Status == "") && !st.Started.IsZero() && st.Wave+1 < len(r.Waves) {
+		out.NextWaveAt = st.WaveStarted.Add(r.Waves[st.Wave].Soak)
+	}
+	if out.Events, err = s.RolloutEvents(ctx, id, 50); err != nil {
+		return RolloutStatus{}, err
+	}
+	return out, nil
+}
+
+func isNotFound(err error) bool { return err != nil && errors.Is(err, ErrNotFound) }
