@@ -36,7 +36,7 @@ func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); ret
 func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	repo   *Repo
 	srv    *Server
 	http   *httptest.Server
@@ -46,7 +46,7 @@ type fixture struct {
 	offDir string
 }
 
-func newFixture(t *testing.T, kt KeyType) *fixture {
+func newFixture(t testing.TB, kt KeyType) *fixture {
 	t.Helper()
 	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
 	dir := t.TempDir()
