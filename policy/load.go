@@ -228,7 +228,14 @@ type rawRollout struct {
 	Selector *rawSelector    `yaml:"selector"`
 	Window   located[string] `yaml:"window"`
 	Gates    *rawGates       `yaml:"gates"`
+	Pause    *rawPause       `yaml:"pause"`
 	Waves    []rawWave       `yaml:"waves"`
+}
+
+// rawPause is a rollout's default auto-pause rule for its waves.
+type rawPause struct {
+	MaxFailureRatio located[float64] `yaml:"max_failure_ratio"`
+	MinReports      located[int]     `yaml:"min_reports"`
 }
 
 type rawWave struct {
@@ -556,12 +563,27 @@ func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 		g := b.gates(file, rr.Gates)
 		ro.Gates = &g
 	}
+	ratio, minReports := DefaultMaxFailureRatio, DefaultMinReports
+	if pr := rr.Pause; pr != nil {
+		if pr.MaxFailureRatio.Set {
+			ratio = pr.MaxFailureRatio.V
+			if ratio < 0 || ratio > 1 || math.IsNaN(ratio) {
+				b.errorf(file, pr.MaxFailureRatio.Line, "rollout %q: pause max_failure_ratio %v: want a value in [0, 1]", ro.ID, ratio)
+			}
+		}
+		if pr.MinReports.Set {
+			minReports = pr.MinReports.V
+			if minReports < 1 {
+				b.errorf(file, pr.MinReports.Line, "rollout %q: pause min_reports %d: want at least 1", ro.ID, minReports)
+			}
+		}
+	}
 	if len(rr.Waves) == 0 {
-		ro.Waves = []Wave{{Percent: 100, MaxFailureRatio: DefaultMaxFailureRatio, MinReports: DefaultMinReports}}
+		ro.Waves = []Wave{{Percent: 100, MaxFailureRatio: ratio, MinReports: minReports}}
 	}
 	prev := 0.0
 	for i, rw := range rr.Waves {
-		w := Wave{Percent: rw.Percent.V, Approval: rw.Approval.V, MaxFailureRatio: DefaultMaxFailureRatio, MinReports: DefaultMinReports}
+		w := Wave{Percent: rw.Percent.V, Approval: rw.Approval.V, MaxFailureRatio: ratio, MinReports: minReports}
 		wl := max(rw.Percent.Line, line)
 		if !rw.Percent.Set {
 			b.errorf(file, max(rw.Soak.Line, rw.Approval.Line, line), "rollout %q: wave %d: percent missing", ro.ID, i+1)

@@ -26,7 +26,7 @@ func TestLoadExample(t *testing.T) {
 	if r.Target != (Target{artifact.KindModel, "vibration-anomaly", "3.1.0"}) {
 		t.Errorf("target = %v", r.Target)
 	}
-	if len(r.Waves) != 4 || r.Waves[0].Percent != 1 || r.Waves[0].MaxFailureRatio != 0.2 || r.Waves[1].MinReports != DefaultMinReports || !r.Waves[2].Approval || r.Waves[1].Soak != 4*time.Hour {
+	if len(r.Waves) != 4 || r.Waves[0].Percent != 1 || r.Waves[0].MaxFailureRatio != 0.2 || r.Waves[1].MinReports != 5 || !r.Waves[2].Approval || r.Waves[1].Soak != 4*time.Hour {
 		t.Errorf("waves = %+v", r.Waves)
 	}
 	if r.Gates == nil || r.Gates.MinAccuracy != 0.96 {
@@ -78,6 +78,8 @@ func TestParseErrors(t *testing.T) {
 		{"wave over 100", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 101\n", `f.yaml:5: rollout "a": wave 1: percent 101`},
 		{"bad soak", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 100\n        soak: 1 day\n", `f.yaml:6: rollout "a": wave 1: soak "1 day"`},
 		{"bad ratio", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 100\n        max_failure_ratio: 1.5\n", `f.yaml:6: rollout "a": wave 1: max_failure_ratio 1.5`},
+		{"bad pause ratio", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    pause:\n      max_failure_ratio: -1\n", `f.yaml:5: rollout "a": pause max_failure_ratio -1`},
+		{"unknown pause field", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    pause: {ratio: 1}\n", `f.yaml:4: unknown field ratio`},
 		{"bad range", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    selector:\n      agent_version: '>=1.x'\n", `f.yaml:5: selector agent_version: version range ">=1.x"`},
 		{"CEL syntax", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    selector:\n      expr: 'hardware == '\n", `f.yaml:5: selector expr: CEL expression: ERROR: <input>:1:13: Syntax error`},
 		{"CEL unknown variable", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    selector:\n      expr: 'hw == \"x\"'\n", `f.yaml:5: selector expr: CEL expression: ERROR: <input>:1:1: undeclared reference to 'hw'`},
@@ -128,6 +130,13 @@ func TestParseSeveralFiles(t *testing.T) {
 	}
 	if p.Rollouts[0].Window != p.Windows["w"] || p.Attestation.MaxAge != 5*time.Minute {
 		t.Errorf("merged policy wrong: %+v", p)
+	}
+	pp, err := Parse(File{Name: "p.yaml", Data: []byte("rollouts:\n  - id: r\n    target: {kind: model, name: m, version: 1.0.0}\n    pause: {max_failure_ratio: 0.5, min_reports: 20}\n    waves:\n      - {percent: 1}\n      - {percent: 100, min_reports: 7}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := pp.Rollouts[0].Waves; w[0].MaxFailureRatio != 0.5 || w[0].MinReports != 20 || w[1].MaxFailureRatio != 0.5 || w[1].MinReports != 7 {
+		t.Errorf("pause defaults: waves = %+v", w)
 	}
 	// Waves default to one wave of 100%.
 	if w := p.Rollouts[0].Waves; len(w) != 1 || w[0].Percent != 100 {
