@@ -148,7 +148,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.removeLeftovers(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
-		if _, err := m.drive(ctx, k, EvRecover{}); err != nil {
+		if _, err := m.drive(ctx, k, EvRecover{}, m.cfg.Fetch); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -163,38 +163,49 @@ func (m *Manager) Install(ctx context.Context, kind artifact.Kind, t Target) (St
 	if err != nil {
 		return State{}, err
 	}
-	return m.drive(ctx, kind, EvInstall{Target: t, Floor: floor})
+	return m.drive(ctx, kind, EvInstall{Target: t, Floor: floor}, m.cfg.Fetch)
+}
+
+// InstallFrom is Install with another Fetcher for this install (an offline bundle). A
+// download it leaves unfinished is resumed by Recover with Config.Fetch, or by calling
+// InstallFrom again with the same target.
+func (m *Manager) InstallFrom(ctx context.Context, kind artifact.Kind, t Target, f Fetcher) (State, error) {
+	floor, err := m.Floor(ctx, kind)
+	if err != nil {
+		return State{}, err
+	}
+	return m.drive(ctx, kind, EvInstall{Target: t, Floor: floor}, f)
 }
 
 // BeginTrial starts the trial of kind's staged version; it rolls back unless Confirm
 // reports a pass within timeout.
 func (m *Manager) BeginTrial(ctx context.Context, kind artifact.Kind, timeout time.Duration) (State, error) {
-	return m.drive(ctx, kind, EvBeginTrial{Timeout: timeout})
+	return m.drive(ctx, kind, EvBeginTrial{Timeout: timeout}, m.cfg.Fetch)
 }
 
 // Confirm ends kind's trial: a pass commits the trial slot and raises the floor, anything
 // else rolls back to the committed slot.
 func (m *Manager) Confirm(ctx context.Context, kind artifact.Kind, pass bool, reason string) (State, error) {
 	if !pass {
-		return m.drive(ctx, kind, EvTrialFailed{Reason: reason})
+		return m.drive(ctx, kind, EvTrialFailed{Reason: reason}, m.cfg.Fetch)
 	}
 	floor, err := m.Floor(ctx, kind)
 	if err != nil {
 		return State{}, err
 	}
-	return m.drive(ctx, kind, EvTrialPassed{Floor: floor})
+	return m.drive(ctx, kind, EvTrialPassed{Floor: floor}, m.cfg.Fetch)
 }
 
 // Abort gives up kind's install if it has not reached its trial.
 func (m *Manager) Abort(ctx context.Context, kind artifact.Kind, reason string) (State, error) {
-	return m.drive(ctx, kind, EvAbort{Reason: reason})
+	return m.drive(ctx, kind, EvAbort{Reason: reason}, m.cfg.Fetch)
 }
 
 // Tick rolls back trials past their deadline.
 func (m *Manager) Tick(ctx context.Context) error {
 	var errs []error
 	for _, k := range Kinds {
-		if _, err := m.drive(ctx, k, EvTick{}); err != nil {
+		if _, err := m.drive(ctx, k, EvTick{}, m.cfg.Fetch); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -212,7 +223,7 @@ var persistCrash = map[Phase]string{
 // drive feeds ev to Step, persists the new state, performs its actions and feeds any
 // follow-up event (download done, verification result, trial start failure) until the
 // transaction rests.
-func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event) (State, error) {
+func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch Fetcher) (State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for {
@@ -235,7 +246,7 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event) (Stat
 				crashpoint.Hit(&m.crash, persistCrash[n.Phase])
 			}
 		}
-		next, err := m.perform(ctx, n, acts)
+		next, err := m.perform(ctx, n, acts, fetch)
 		if err != nil || next == nil {
 			return n, err
 		}
@@ -244,7 +255,7 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event) (Stat
 }
 
 // perform does acts in order. It returns the follow-up event of the last action, if any.
-func (m *Manager) perform(ctx context.Context, s State, acts []Action) (Event, error) {
+func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fetcher) (Event, error) {
 	for _, a := range acts {
 		switch a.Kind {
 		case ClearSlot:
@@ -255,10 +266,10 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action) (Event, e
 				crashpoint.Hit(&m.crash, "after-clear-slot")
 			}
 		case Download:
-			if m.cfg.Fetch == nil {
+			if fetch == nil {
 				return EvFailed{Reason: "no fetcher configured"}, nil
 			}
-			err := m.cfg.Fetch.Fetch(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
+			err := fetch.Fetch(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
 			switch {
 			case err == nil:
 				crashpoint.Hit(&m.crash, "after-download")

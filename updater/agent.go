@@ -177,13 +177,18 @@ func (a *Agent) Step(ctx context.Context) error {
 
 // install takes one kind through install, trial and commit or rollback, and reports.
 func (a *Agent) install(ctx context.Context, kind artifact.Kind, targetPath string) error {
+	return a.installWith(ctx, a.cfg.TUF, kind, targetPath)
+}
+
+// installWith is install with targets resolved and fetched through tuf.
+func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, targetPath string) error {
 	rep := InstallReport{DeviceID: a.cfg.DeviceID, Kind: kind}
-	t, meta, err := a.cfg.TUF.Resolve(ctx, kind, targetPath)
+	t, meta, err := tuf.Resolve(ctx, kind, targetPath)
 	rep.Name, rep.Version = meta.Name, meta.Version
 	if err != nil {
 		return a.fail(ctx, kind, targetPath, rep, err)
 	}
-	s, err := a.cfg.Slots.Install(ctx, kind, t)
+	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, tuf.SlotFetcher())
 	if err != nil {
 		if errors.Is(err, rollback.ErrBusy) || (!errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading) {
 			return err // transient, or another install: try again next round

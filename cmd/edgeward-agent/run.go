@@ -76,6 +76,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		interval = fs.Duration("interval", 5*time.Minute, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 10*time.Minute, "how long a trial may take to pass")
 		once     = fs.Bool("once", false, "run one round and exit")
+		bundles  = fs.String("bundle-dir", "", "directory watched for offline bundles (metadata/, targets/, desired.json)")
 		want     = wants{}
 	)
 	fs.Var(want, "want", "KIND=TARGET_PATH to install (repeatable)")
@@ -107,6 +108,13 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 			return err
 		}
 		return a.Step(ctx)
+	}
+	if *bundles != "" {
+		go func() {
+			if err := a.WatchBundles(ctx, *bundles, nil); err != nil && ctx.Err() == nil {
+				log.Error("offline bundles", "dir", *bundles, "err", err)
+			}
+		}()
 	}
 	err = a.Run(ctx)
 	if errors.Is(err, context.Canceled) {

@@ -12,10 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -273,4 +276,25 @@ func (r *Repo) AddPattern(name, version string, size int64) string {
 	r.mu.Unlock()
 	r.Publish()
 	return p
+}
+
+// WriteBundle writes the repository as an offline bundle into dir: metadata/ and
+// targets/ as served (generated Pattern targets excluded), then desired.json last.
+func (r *Repo) WriteBundle(dir string, desired map[string]string) {
+	r.mu.Lock()
+	files := maps.Clone(r.files)
+	r.mu.Unlock()
+	for p, b := range files {
+		dst := filepath.Join(dir, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			r.t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	b, _ := json.Marshal(desired)
+	if err := os.WriteFile(filepath.Join(dir, "desired.json"), b, 0o644); err != nil {
+		r.t.Fatal(err)
+	}
 }

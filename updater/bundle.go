@@ -1,0 +1,167 @@
+package updater
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// An offline bundle is a directory an operator drops on the device (e.g. from a USB
+// stick) holding the repository as it is served:
+//
+//	<bundle>/metadata/   1.root.json … N.root.json, timestamp.json, N.snapshot.json, N.targets.json, …
+//	<bundle>/targets/    the targets, hash-prefixed as the repository serves them
+//	<bundle>/desired.json {"model": "models/iris/1.2.0.onnx", "runtime": "…"}, written last
+//
+// It is verified exactly like an online update, against the device's own trusted
+// metadata: same pinned root, same rollback checks on metadata, same floor on versions.
+const DesiredFile = "desired.json"
+
+// fileClient is an HTTP client that also reads file:// URLs (with Range support).
+func fileClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.RegisterProtocol("file", http.NewFileTransport(http.Dir("/")))
+	return &http.Client{Transport: t}
+}
+
+// BundleTUF returns a TUF client reading the bundle in dir, sharing the device's trusted
+// metadata in metadataDir.
+func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := fileClient()
+	dl.Client = c
+	base := url.URL{Scheme: "file", Path: abs}
+	return NewTUF(TUFConfig{MetadataDir: metadataDir, MetadataURL: base.JoinPath("metadata").String(),
+		TargetsURL: base.JoinPath("targets").String(), HTTPClient: c, Downloader: &dl})
+}
+
+// ReadDesired reads a bundle's desired.json.
+func ReadDesired(dir string) (map[artifact.Kind]string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, DesiredFile))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > 64<<10 {
+		return nil, fmt.Errorf("bundle %s: %s too large", dir, DesiredFile)
+	}
+	var raw map[string]string
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("bundle %s: %s: %w", dir, DesiredFile, err)
+	}
+	out := map[artifact.Kind]string{}
+	for k, p := range raw {
+		kind, err := artifact.ParseKind(k)
+		if err != nil {
+			return nil, fmt.Errorf("bundle %s: %w", dir, err)
+		}
+		out[kind] = p
+	}
+	return out, nil
+}
+
+// InstallBundle installs what a bundle's desired.json names, verified through the
+// bundle's metadata against the device's trusted metadata.
+func (a *Agent) InstallBundle(ctx context.Context, dir string) error {
+	desired, err := ReadDesired(dir)
+	if err != nil {
+		return err
+	}
+	tuf, err := BundleTUF(a.cfg.TUF.cfg.MetadataDir, dir, Downloader{Logger: a.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	if err := tuf.Refresh(ctx); err != nil {
+		return fmt.Errorf("bundle %s: %w", dir, err)
+	}
+	var errs []error
+	for _, k := range sortedKinds(desired) {
+		if err := a.installWith(ctx, tuf, k, desired[k]); err != nil {
+			errs = append(errs, fmt.Errorf("bundle %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKinds(m map[artifact.Kind]string) []artifact.Kind {
+	ks := make([]artifact.Kind, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Slice(ks, func(i, j int) bool { return ks[i] < ks[j] })
+	return ks
+}
+
+// WatchBundles installs every bundle that appears under dir (a subdirectory with a
+// desired.json), once per desired.json version, until ctx ends. Bundles already there
+// when it starts are installed first. Errors are logged; the watch goes on.
+func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle string, err error)) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	seen := map[string]string{} // bundle dir → desired.json mod time
+	scan := func() {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			a.cfg.Logger.Warn("scan bundles", "dir", dir, "err", err)
+			return
+		}
+		for _, e := range entries {
+			if !e.IsDir() {
+				continue
+			}
+			b := filepath.Join(dir, e.Name())
+			_ = w.Add(b) // to see desired.json arrive
+			fi, err := os.Stat(filepath.Join(b, DesiredFile))
+			if err != nil {
+				continue
+			}
+			stamp := fi.ModTime().String() + fmt.Sprint(fi.Size())
+			if seen[b] == stamp {
+				continue
+			}
+			seen[b] = stamp
+			err = a.InstallBundle(ctx, b)
+			a.cfg.Logger.Info("offline bundle", "bundle", b, "err", err)
+			if done != nil {
+				done(b, err)
+			}
+		}
+	}
+	scan()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("bundle watcher closed")
+			}
+			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Rename) != 0 {
+				scan()
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return errors.New("bundle watcher closed")
+			}
+			a.cfg.Logger.Warn("bundle watcher", "err", err)
+		}
+	}
+}
