@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -71,9 +72,11 @@ type AgentConfig struct {
 }
 
 // Agent is the device's main loop: check in, install what is desired and verified, trial,
-// commit or roll back, report. It is not safe for concurrent use.
+// commit or roll back, report. Run and WatchBundles may run at the same time: rounds
+// and bundle installs are serialized.
 type Agent struct {
 	cfg AgentConfig
+	mu  sync.Mutex // serializes Step and InstallBundle
 	// refused remembers targets that failed, so they are not retried until the desired
 	// target changes.
 	refused map[string]string
@@ -127,6 +130,8 @@ func (a *Agent) Run(ctx context.Context) error {
 // Step is one round: roll back expired trials, check in, install and trial what the
 // director wants, flush the outbox.
 func (a *Agent) Step(ctx context.Context) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var errs []error
 	if err := a.cfg.Slots.Tick(ctx); err != nil {
 		errs = append(errs, err)

@@ -75,6 +75,8 @@ func ReadDesired(dir string) (map[artifact.Kind]string, error) {
 // InstallBundle installs what a bundle's desired.json names, verified through the
 // bundle's metadata against the device's trusted metadata.
 func (a *Agent) InstallBundle(ctx context.Context, dir string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	desired, err := ReadDesired(dir)
 	if err != nil {
 		return err
