@@ -193,6 +193,9 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 			continue
 		}
 		st := states[r.ID]
+		if !st.AppliesTo(r) {
+			st = RolloutState{} // edited to another target: not started again yet
+		}
 		wave := r.WaveOf(d.ID)
 		t := r.Target
 		switch {

@@ -29,6 +29,10 @@ const (
 type RolloutState struct {
 	ID     string `json:"id"`
 	Status Status `json:"status,omitempty"`
+	// Target is the rollout's target when it started. A state whose Target differs
+	// from the rollout's (the policy was edited to ship another version under the same
+	// ID) does not apply to it: the rollout starts again from its first wave.
+	Target Target `json:"target,omitzero"`
 	// Wave is the index (from 0) of the last wave started.
 	Wave        int       `json:"wave"`
 	WaveStarted time.Time `json:"wave_started,omitzero"`
@@ -43,6 +47,12 @@ type RolloutState struct {
 	// the failures that caused a pause do not pause the rollout again at once).
 	CountSince time.Time `json:"count_since,omitzero"`
 	Updated    time.Time `json:"updated,omitzero"`
+}
+
+// AppliesTo reports whether s is a state of r as it is now: started for r's target,
+// or not started at all.
+func (s RolloutState) AppliesTo(r *Rollout) bool {
+	return s.Started.IsZero() || s.Target == (Target{}) || s.Target == r.Target
 }
 
 func (s RolloutState) status() Status {
@@ -99,6 +109,7 @@ type EventType string
 
 const (
 	EventStarted          EventType = "started"
+	EventRestarted        EventType = "restarted" // the target changed under the same rollout ID
 	EventWaveStarted      EventType = "wave_started"
 	EventAwaitingApproval EventType = "awaiting_approval"
 	EventApproved         EventType = "approved"
@@ -180,8 +191,13 @@ func Plan(r *Rollout, s RolloutState, reports []Report, now time.Time) (RolloutS
 		s.Updated = now
 	}
 	s.ID = r.ID
+	if !s.AppliesTo(r) {
+		old := s.Target
+		s = RolloutState{ID: r.ID}
+		emit(EventRestarted, fmt.Sprintf("target changed from %s to %s", old, r.Target))
+	}
 	if s.Started.IsZero() {
-		s.Status, s.Wave, s.Started, s.WaveStarted = StatusActive, 0, now, now
+		s.Status, s.Wave, s.Started, s.WaveStarted, s.Target = StatusActive, 0, now, now, r.Target
 		emit(EventStarted, "")
 		emit(EventWaveStarted, fmt.Sprintf("%v%%", r.Waves[0].Percent))
 	}

@@ -87,6 +87,29 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+func TestPlanRestartsWhenTargetChanges(t *testing.T) {
+	r := planRollout()
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s, _ := Plan(r, RolloutState{}, nil, t0)
+	s.Wave, s.Status = 2, StatusCompleted
+	if s.Target != r.Target {
+		t.Fatalf("state target = %v; want %v", s.Target, r.Target)
+	}
+	// The operator reuses the rollout ID for a new version: it must not go to 100% at once.
+	r2 := planRollout()
+	r2.Target.Version = "3.2.0"
+	later := t0.Add(24 * time.Hour)
+	dev := &Device{ID: deviceIn(t, r2, 1), Verdict: VerdictTrusted, VerdictAt: later}
+	p := &Policy{Rollouts: []*Rollout{r2}}
+	if got := Evaluate(p, dev, map[string]RolloutState{"r": s}, later, nil).Slots[0]; got.Reason != ReasonWaveNotReached {
+		t.Errorf("Evaluate with a stale state = %s; want wave_not_reached", got.Reason)
+	}
+	s2, evs := Plan(r2, s, nil, later)
+	if s2.Wave != 0 || s2.status() != StatusActive || s2.Target != r2.Target || !s2.Started.Equal(later) || eventTypes(evs) != "restarted@0 started@0 wave_started@0" {
+		t.Errorf("Plan after target change = %+v, %q", s2, eventTypes(evs))
+	}
+}
+
 func TestPlanBackdatesWaveStart(t *testing.T) {
 	r := &Rollout{ID: "r", Waves: []Wave{{Percent: 1, Soak: time.Hour}, {Percent: 10, Soak: time.Hour}, {Percent: 100}}}
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)

@@ -41,8 +41,7 @@ func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Tim
 	var all []policy.Event
 	for _, r := range p.Rollouts {
 		st := states[r.ID]
-		switch st.Status {
-		case policy.StatusAborted, policy.StatusCompleted:
+		if st.AppliesTo(r) && (st.Status == policy.StatusAborted || st.Status == policy.StatusCompleted) {
 			continue // final for the planner; skip reading the reports
 		}
 		reps, err := s.Reports(ctx, ReportFilter{RolloutID: r.ID})
