@@ -174,3 +174,30 @@ func TestInstallThroughTUF(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestTUFDelegatedRoles looks targets up through Edgeward's delegations: models/* and
+// probes/* signed by "models", runtimes/* by "runtimes".
+func TestTUFDelegatedRoles(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	r.Delegate("models", "models/*/*", "probes/*/*")
+	r.Delegate("runtimes", "runtimes/*/*")
+	r.Publish()
+	p, data := r.AddModel("iris", "1.0.0", 0)
+	mdir := t.TempDir()
+	PinRoot(mdir, r.RootBytes(1))
+	c := newClient(t, r, mdir)
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tg, meta, err := c.Resolve(ctx, artifact.KindModel, p)
+	if err != nil || meta.Name != "iris" || tg.Length != int64(len(data)) {
+		t.Fatalf("Resolve(%s) through the models delegation = %+v, %v", p, tg, err)
+	}
+	if got, want := dirNames(t, mdir), []string{"models.json", "root.json", "snapshot.json", "targets.json", "timestamp.json"}; !slices.Equal(got, want) {
+		t.Errorf("metadata dir = %v; want %v", got, want)
+	}
+	if _, err := c.Target(ctx, "runtimes/ort/1.0.0.tar"); err == nil {
+		t.Errorf("Target of an unlisted runtime succeeded")
+	}
+}

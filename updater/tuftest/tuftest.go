@@ -44,6 +44,8 @@ type Repo struct {
 	files     map[string][]byte
 	hits      map[string]int
 	streams   map[string]int64
+	// delegated roles (Edgeward's models and runtimes), in delegation order
+	delegated []*delegation
 	srv       *httptest.Server
 	// rootSigners are the extra keys signing the next root (the old root's, on rotation).
 	rootSigners []ed25519.PrivateKey
@@ -169,6 +171,44 @@ func (r *Repo) RotateRoot() {
 	r.publishRoot()
 }
 
+type delegation struct {
+	name  string
+	paths []string
+	key   ed25519.PrivateKey
+	md    *metadata.Metadata[metadata.TargetsType]
+}
+
+// Delegate delegates paths (shell patterns, e.g. "models/*") from targets to a new role
+// with its own key; later targets matching them are listed by that role. Call Publish.
+func (r *Repo) Delegate(role string, paths ...string) {
+	_, priv, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	k, _ := metadata.KeyFromPublicKey(priv.Public())
+	id, _ := k.ID()
+	if r.targets.Signed.Delegations == nil {
+		r.targets.Signed.Delegations = &metadata.Delegations{Keys: map[string]*metadata.Key{}}
+	}
+	r.targets.Signed.Delegations.Keys[id] = k
+	r.targets.Signed.Delegations.Roles = append(r.targets.Signed.Delegations.Roles, metadata.DelegatedRole{
+		Name: role, KeyIDs: []string{id}, Threshold: 1, Terminating: true, Paths: paths})
+	r.delegated = append(r.delegated, &delegation{name: role, paths: paths, key: priv,
+		md: metadata.Targets(time.Now().Add(365 * 24 * time.Hour))})
+}
+
+// roleFor returns the delegated metadata listing targetPath, or targets.
+func (r *Repo) roleFor(targetPath string) *metadata.Metadata[metadata.TargetsType] {
+	for _, d := range r.delegated {
+		for _, p := range d.paths {
+			if ok, _ := path.Match(p, targetPath); ok {
+				return d.md
+			}
+		}
+	}
+	return r.targets
+}
+
 // AddTarget lists data at targetPath (sha256 and sha512) with custom metadata and serves it.
 func (r *Repo) AddTarget(targetPath string, data []byte, custom any) {
 	s256, s512 := sha256.Sum256(data), sha512.Sum512(data)
@@ -178,7 +218,7 @@ func (r *Repo) AddTarget(targetPath string, data []byte, custom any) {
 		raw := json.RawMessage(b)
 		tf.Custom = &raw
 	}
-	r.targets.Signed.Targets[targetPath] = tf
+	r.roleFor(targetPath).Signed.Targets[targetPath] = tf
 	dir, base := path.Split(targetPath)
 	for _, h := range [][]byte{s256[:], s512[:]} {
 		r.Put("/targets/"+dir+hex.EncodeToString(h)+"."+base, data)
@@ -195,6 +235,16 @@ func (r *Repo) Publish() {
 	tb, _ := r.targets.ToBytes(false)
 	r.Put(fmt.Sprintf("/metadata/%d.targets.json", r.targets.Signed.Version), tb)
 	r.snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(r.targets.Signed.Version)
+	for _, d := range r.delegated {
+		d.md.Signed.Version++
+		d.md.Signatures = nil
+		if _, err := d.md.Sign(signer(r.t, d.key)); err != nil {
+			r.t.Fatal(err)
+		}
+		b, _ := d.md.ToBytes(false)
+		r.Put(fmt.Sprintf("/metadata/%d.%s.json", d.md.Signed.Version, d.name), b)
+		r.snapshot.Signed.Meta[d.name+".json"] = metadata.MetaFile(d.md.Signed.Version)
+	}
 	r.snapshot.Sign(signer(r.t, r.keys["snapshot"]))
 	sb, _ := r.snapshot.ToBytes(false)
 	r.Put(fmt.Sprintf("/metadata/%d.snapshot.json", r.snapshot.Signed.Version), sb)
@@ -269,7 +319,7 @@ func (r *Repo) AddPattern(name, version string, size int64) string {
 	sum := h.Sum(nil)
 	b, _ := json.Marshal(artifact.Meta{Kind: artifact.KindModel, Name: name, Version: version, Format: "onnx"})
 	raw := json.RawMessage(b)
-	r.targets.Signed.Targets[p] = &metadata.TargetFiles{Length: size, Hashes: metadata.Hashes{"sha256": sum}, Path: p, Custom: &raw}
+	r.roleFor(p).Signed.Targets[p] = &metadata.TargetFiles{Length: size, Hashes: metadata.Hashes{"sha256": sum}, Path: p, Custom: &raw}
 	dir, base := path.Split(p)
 	r.mu.Lock()
 	r.streams["/targets/"+dir+hex.EncodeToString(sum)+"."+base] = size
