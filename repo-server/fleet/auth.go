@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"database/sql"
 	"encoding/base64"
 	"encoding/hex"
@@ -35,7 +36,22 @@ func ParseRole(s string) (Role, error) {
 	return "", invalid("role", "%q: want security-admin, release-manager or auditor", s)
 }
 
-// Action is an operator API operation; the server maps each endpoint to one.
+// Action is an operator API operation; the server maps each endpoint to one:
+//
+//	GET  devices, devices/{id}, rollouts, rollouts/{id} (Status), kpis, policy  fleet.read
+//	POST publish                                                               publish
+//	POST rollouts/{id}/pause|resume|abort|approve                              rollout.write
+//	PUT  devices/{id}/labels, POST devices/{id}/clear-failed                   device.label
+//	POST devices/{id}/quarantine|release                                       device.quarantine
+//	POST keys/…, root/…                                                        keys
+//	PUT  attestation policy, manufacturer roots                                attestation.policy
+//	POST/GET/DELETE tokens                                                     tokens
+//	GET  audit/export                                                          audit.export
+//
+// A request is handled as: principal from the credential (Authenticate for a bearer
+// token, OperatorFromCert for a client certificate verified against the operator CA
+// only), then Authorize(principal, action), then the write, attributed to
+// principal.Name in the audit log.
 type Action string
 
 const (
@@ -118,6 +134,31 @@ func AuthorizeDevice(p Principal, id string) error {
 		return fmt.Errorf("device %q may not act as device %q: %w", p.Name, id, ErrForbidden)
 	}
 	return nil
+}
+
+// OperatorFromCert maps an operator client certificate to a Principal: its Subject
+// CommonName is the operator's name, and exactly one Subject OrganizationalUnit is a
+// role. The caller must already have verified the chain against the operator CA pool,
+// which must not be the device CA: that separation is what keeps a device certificate
+// out of the operator API.
+func OperatorFromCert(cert *x509.Certificate) (Principal, error) {
+	if cert == nil {
+		return Principal{}, fmt.Errorf("operator certificate: none: %w", ErrUnauthenticated)
+	}
+	name := cert.Subject.CommonName
+	if err := validShort("operator", name); err != nil || name == "" {
+		return Principal{}, fmt.Errorf("operator certificate: bad common name %q: %w", truncate(name), ErrUnauthenticated)
+	}
+	var roles []Role
+	for _, ou := range cert.Subject.OrganizationalUnit {
+		if r, err := ParseRole(ou); err == nil {
+			roles = append(roles, r)
+		}
+	}
+	if len(roles) != 1 {
+		return Principal{}, fmt.Errorf("operator certificate %q: want exactly one role in OU, found %d: %w", name, len(roles), ErrUnauthenticated)
+	}
+	return Principal{Kind: PrincipalOperator, Name: name, Role: roles[0]}, nil
 }
 
 // Token errors; both match ErrUnauthenticated too.

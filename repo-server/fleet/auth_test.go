@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"strings"
 	"testing"
@@ -108,6 +110,30 @@ func TestTokens(t *testing.T) {
 	}{{"", RoleAuditor, time.Hour}, {"bob", "root", time.Hour}, {"bob", RoleAuditor, 0}, {"bob", RoleAuditor, 2 * MaxTokenTTL}} {
 		if _, _, err := s.CreateToken(ctx, c.op, c.role, c.ttl, t0); !errors.Is(err, ErrInvalid) {
 			t.Errorf("CreateToken(%q, %q, %v) = %v; want ErrInvalid", c.op, c.role, c.ttl, err)
+		}
+	}
+}
+
+func TestOperatorFromCert(t *testing.T) {
+	cert := func(cn string, ous ...string) *x509.Certificate {
+		return &x509.Certificate{Subject: pkix.Name{CommonName: cn, OrganizationalUnit: ous}}
+	}
+	tests := []struct {
+		c    *x509.Certificate
+		want Principal
+		ok   bool
+	}{
+		{cert("alice", "release-manager"), Principal{Kind: PrincipalOperator, Name: "alice", Role: RoleReleaseManager}, true},
+		{cert("sam", "platform", "security-admin"), Principal{Kind: PrincipalOperator, Name: "sam", Role: RoleSecurityAdmin}, true},
+		{cert("eve", "release-manager", "security-admin"), Principal{}, false},
+		{cert("dev-0001"), Principal{}, false},
+		{cert("", "auditor"), Principal{}, false},
+		{nil, Principal{}, false},
+	}
+	for _, tt := range tests {
+		got, err := OperatorFromCert(tt.c)
+		if (err == nil) != tt.ok || got != tt.want || (err != nil && !errors.Is(err, ErrUnauthenticated)) {
+			t.Errorf("OperatorFromCert(%v) = %+v, %v; want %+v, ok=%v", tt.c, got, err, tt.want, tt.ok)
 		}
 	}
 }
