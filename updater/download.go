@@ -39,8 +39,9 @@ var (
 	ErrTruncated = errors.New("body shorter than the target's TUF length")
 	// ErrDiskFull: writing the slot ran out of space.
 	ErrDiskFull = errors.New("no space left for the target")
-	// ErrNoHash: TUF lists no hash this client supports (sha256, sha512).
-	ErrNoHash = errors.New("no supported hash for the target")
+	// ErrNoHash: TUF lists no hash, or one this client cannot check (it supports sha256,
+	// sha384 and sha512).
+	ErrNoHash = errors.New("unsupported or missing hash for the target")
 )
 
 // DownloadError is the error of Downloader.Download.
@@ -193,14 +194,20 @@ type partState struct {
 	State  map[string][]byte `json:"state"` // marshalled hash states at Offset
 }
 
+// newHashers returns a hash for every algorithm want lists. A listed algorithm this
+// client cannot compute fails the download: every listed hash must be checked.
 func newHashers(want Want) (map[string]hash.Hash, error) {
 	hs := map[string]hash.Hash{}
 	for alg := range want.Hashes {
 		switch alg {
 		case "sha256":
 			hs[alg] = sha256.New()
+		case "sha384":
+			hs[alg] = sha512.New384()
 		case "sha512":
 			hs[alg] = sha512.New()
+		default:
+			return nil, fmt.Errorf("%w: %q", ErrNoHash, alg)
 		}
 	}
 	if len(hs) == 0 {

@@ -217,6 +217,8 @@ func TestDownloadRejects(t *testing.T) {
 		{"wrong hash", &origin{content: wrong}, wantOf(content), ErrHashMismatch, 1},
 		{"shorter than TUF says", &origin{content: content[:1000]}, wantOf(content), ErrTruncated, 3},
 		{"no supported hash", &origin{content: content}, Want{Length: 1, Hashes: map[string][]byte{"md5": {1}}}, ErrNoHash, 0},
+		{"one unsupported hash", &origin{content: content}, Want{Length: wantOf(content).Length, Hashes: map[string][]byte{"sha256": wantOf(content).Hashes["sha256"], "blake2b": {1}}}, ErrNoHash, 0},
+		{"no hash", &origin{content: content}, Want{Length: 1}, ErrNoHash, 0},
 		{"not found", &origin{status: http.StatusNotFound}, wantOf(content), nil, 1},
 		{"server error", &origin{status: http.StatusBadGateway}, wantOf(content), nil, 3},
 	} {
