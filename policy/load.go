@@ -441,7 +441,7 @@ func (b *builder) rest(file string, r *rawPolicy) {
 			b.errorf(file, m.Window.Line, "maintenance: unknown window %q", m.Window.V)
 			continue
 		}
-		b.pol.Maintenance = append(b.pol.Maintenance, Maintenance{Selector: b.selector(file, m.Selector, m.Window.Line), Window: w})
+		b.pol.Maintenance = append(b.pol.Maintenance, Maintenance{Selector: b.selector(file, m.Selector), Window: w})
 	}
 	for i := range r.Rollouts {
 		if ro := b.rollout(file, &r.Rollouts[i]); ro != nil {
@@ -466,7 +466,7 @@ func (b *builder) gates(file string, g *rawGates) artifact.Gates {
 	return out
 }
 
-func (b *builder) selector(file string, rs *rawSelector, line int) *Selector {
+func (b *builder) selector(file string, rs *rawSelector) *Selector {
 	if rs == nil {
 		return nil
 	}
@@ -551,7 +551,7 @@ func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 		}
 		ro.Target = Target{Kind: m.Kind, Name: m.Name, Version: m.Version}
 	}
-	ro.Selector = b.selector(file, rr.Selector, line)
+	ro.Selector = b.selector(file, rr.Selector)
 	if rr.Window.Set {
 		w, ok := b.pol.Windows[rr.Window.V]
 		if !ok {
