@@ -153,8 +153,15 @@ func (a *Agent) Step(ctx context.Context) error {
 		status[k] = st
 	}
 	desired, err := a.cfg.Director.CheckIn(ctx, status)
+	result := "ok"
 	if err != nil {
 		errs = append(errs, fmt.Errorf("check-in: %w", err))
+		result = err.Error()
+	}
+	if a.cfg.Outbox != nil {
+		if err := a.cfg.Outbox.RecordCheckIn(ctx, a.cfg.Now(), result); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(desired) > 0 {
 		if err := a.cfg.TUF.Refresh(ctx); err != nil {

@@ -113,6 +113,9 @@ func TestAgentRounds(t *testing.T) {
 	if n, _ := o.Len(ctx); n != 0 {
 		t.Errorf("%d reports left after the server came back", n)
 	}
+	if at, res, err := o.LastCheckIn(ctx); err != nil || res != "ok" || !at.Equal(now) {
+		t.Errorf("LastCheckIn = %v, %q, %v; want %v, ok", at, res, err, now)
+	}
 	if st := d.seen[len(d.seen)-1][artifact.KindModel]; st.Version != "1.0.0" || st.Phase != rollback.RolledBack {
 		t.Errorf("last check-in status = %+v; want 1.0.0 after a rollback", st)
 	}

@@ -54,7 +54,8 @@ func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
 	db.SetMaxOpenConns(1)
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL)`); err != nil {
+  attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkins (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL, result TEXT NOT NULL)`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	}
@@ -162,4 +163,28 @@ func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, 
 			return sent, errors.New("outbox: the server acknowledged none of the reports")
 		}
 	}
+}
+
+// RecordCheckIn remembers the time and result ("ok" or the error) of the last check-in.
+func (o *Outbox) RecordCheckIn(ctx context.Context, at time.Time, result string) error {
+	_, err := o.db.ExecContext(ctx, `INSERT INTO checkins (id, at, result) VALUES (1, ?, ?)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, result = excluded.result`, at.UTC().Format(time.RFC3339Nano), result)
+	if err != nil {
+		return fmt.Errorf("outbox: record check-in: %w", err)
+	}
+	return nil
+}
+
+// LastCheckIn returns what RecordCheckIn stored; a zero time if there was none.
+func (o *Outbox) LastCheckIn(ctx context.Context) (time.Time, string, error) {
+	var at, result string
+	err := o.db.QueryRowContext(ctx, `SELECT at, result FROM checkins WHERE id = 1`).Scan(&at, &result)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, "", nil
+	}
+	if err != nil {
+		return time.Time{}, "", fmt.Errorf("outbox: last check-in: %w", err)
+	}
+	t, _ := time.Parse(time.RFC3339Nano, at)
+	return t, result, nil
 }

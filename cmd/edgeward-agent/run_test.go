@@ -39,4 +39,7 @@ func TestRunOnce(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "model: rolled_back") || !strings.Contains(out, "active slot a: 1.0.0") || !strings.Contains(out, "floor: 1.0.0") {
 		t.Errorf("status after a failed 2.0.0 trial:\n%s", out)
 	}
+	if !strings.Contains(out, "last check-in: 20") || !strings.Contains(out, "reports waiting: 2") {
+		t.Errorf("status does not show the last check-in and the two waiting reports:\n%s", out)
+	}
 }

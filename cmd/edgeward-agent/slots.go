@@ -99,7 +99,26 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 			return err
 		}
 	case "recover", "status":
-		return status(ctx, m, stdout)
+		if err := status(ctx, m, stdout); err != nil {
+			return err
+		}
+		o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
+		if err != nil {
+			return err
+		}
+		defer o.Close()
+		at, result, err := o.LastCheckIn(ctx)
+		if err != nil {
+			return err
+		}
+		n, _ := o.Len(ctx)
+		if at.IsZero() {
+			fmt.Fprintf(stdout, "last check-in: never\n")
+		} else {
+			fmt.Fprintf(stdout, "last check-in: %s (%s)\n", at.UTC().Format(time.RFC3339), result)
+		}
+		fmt.Fprintf(stdout, "reports waiting: %d\n", n)
+		return nil
 	}
 	fmt.Fprintln(stdout, s)
 	if s.Phase == rollback.Failed || s.Phase == rollback.RolledBack {
