@@ -145,11 +145,17 @@ func sleepCtx(ctx context.Context, dur time.Duration) error {
 }
 
 // Download makes dst hold exactly the target want describes, fetched from url. It returns
-// nil only after dst's length and every supported hash matched and dst was made durable
+// nil only after dst's length and every listed hash matched and dst was made durable
 // (synced, renamed from dst.part, directory synced). Nothing is ever written to dst that
-// did not match. Transient failures are retried with backoff and jitter; permanent ones
-// (see DownloadError.Permanent) remove the partial file and return at once.
+// did not match; a dst that already matches is kept without a request. Transient
+// failures are retried with backoff and jitter; permanent ones (see
+// DownloadError.Permanent) remove the partial file and return at once.
 func (d *Downloader) Download(ctx context.Context, url string, want Want, dst string) error {
+	if ok, _ := fileMatches(dst, want); ok {
+		// Already there (an earlier call completed before a crash): only tidy up.
+		removePart(dst)
+		return nil
+	}
 	attempts := d.Retry.Attempts
 	if attempts <= 0 {
 		attempts = 6
