@@ -27,7 +27,7 @@ const (
 )
 
 var (
-	deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}$`) // EK-derived IDs are urn:ek:sha256:<base64>
 	labelKeyRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._/-]{0,62})$`)
 	printRE    = regexp.MustCompile(`^[[:print:]]*$`)
 )
@@ -55,7 +55,7 @@ type CheckIn struct {
 
 func validID(id string) error {
 	if !deviceIDRE.MatchString(id) {
-		return invalid("device id", "%q: want 1-128 letters, digits, '.', '_', ':' or '-'", truncate(id))
+		return invalid("device id", "%q: want 1-128 letters, digits, '.', '_', ':', '+', '/', '=' or '-'", truncate(id))
 	}
 	return nil
 }

@@ -56,6 +56,10 @@ func TestOpenMigratesOnceAndUsesWAL(t *testing.T) {
 func TestDeviceLifecycle(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openStore(t)
+	// EK-derived IDs (urn:ek:sha256:<base64>) are accepted.
+	if err := s.Enroll(ctx, "urn:ek:sha256:n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=", nil, t0); err != nil {
+		t.Errorf("Enroll(EK-derived ID) = %v", err)
+	}
 	if _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1", At: t0}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("CheckIn(unknown) = %v; want ErrNotFound", err)
 	}
