@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -20,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,6 +52,12 @@ type Server struct {
 	versions  *prometheus.GaugeVec
 	expiresIn *prometheus.GaugeVec
 	refreshes *prometheus.CounterVec
+
+	devices *deviceAPI // nil until EnableDeviceAPI
+
+	auditMu sync.Mutex
+	audit   *audit.Log
+	auditDB *sql.DB
 }
 
 // NewServer builds the server; it serves nothing until its Handler is used.
@@ -102,11 +110,20 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	go s.RunRefresher(ctx)
+	if s.devices != nil {
+		go s.devices.runPlanner(ctx)
+	}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		hs.Shutdown(shutdown)
+		s.auditMu.Lock()
+		if s.auditDB != nil {
+			s.auditDB.Close()
+			s.audit, s.auditDB = nil, nil
+		}
+		s.auditMu.Unlock()
 	}()
 	err := hs.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {

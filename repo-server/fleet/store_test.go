@@ -153,7 +153,8 @@ func TestInvalidInput(t *testing.T) {
 		err  error
 	}{
 		{"empty id", s.Enroll(ctx, "", nil, t0)},
-		{"id with slash", s.Enroll(ctx, "a/b", nil, t0)},
+		{"id with space", s.Enroll(ctx, "a b", nil, t0)},
+		{"id with dot-dot start", s.Enroll(ctx, "../x", nil, t0)},
 		{"long id", s.Enroll(ctx, long, nil, t0)},
 		{"bad label key", s.Enroll(ctx, "dev-2", map[string]string{"Bad Key": "v"}, t0)},
 		{"too many labels", s.Enroll(ctx, "dev-2", manyLabels, t0)},

@@ -1,0 +1,454 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DeviceConfig enables the device API on a Server.
+type DeviceConfig struct {
+	// Fleet stores devices, verdicts, reports and rollouts. Required.
+	Fleet *fleet.Store
+	// AttestRoots are the attestation CA roots AK certificates must chain to. Required
+	// unless AttestCA is set.
+	AttestRoots *x509.CertPool
+	// AttestCA, if set, is mounted at deviceapi.PathAttest (enrollment: EK → AK
+	// certificate), and its roots are used when AttestRoots is nil.
+	AttestCA *attestca.CA
+	// Policy returns the policy in force (e.g. policy.Watcher.Policy). nil, or a nil
+	// result: no rollouts, devices are only attested.
+	Policy func() *policy.Policy
+	// MeasurementPCR is the PCR of the measurement log; 0: 16 (development).
+	MeasurementPCR int
+	// Nonces issues quote nonces; nil: a new store with default TTL.
+	Nonces *verify.Nonces
+	// CheckInInterval is the interval suggested to devices; 0: 30 seconds.
+	CheckInInterval time.Duration
+	// PlanInterval is how often rollouts are re-planned (soak times, approvals);
+	// 0: 5 seconds. Reports also trigger a plan at once.
+	PlanInterval time.Duration
+	// QuarantineUntrusted quarantines a device whose evidence does not verify, until
+	// an operator releases it. Default true (set DontQuarantine to disable).
+	DontQuarantine bool
+}
+
+// deviceAPI serves the device side of the server: nonces and check-ins. Every check-in
+// is authenticated by the device's TPM (see package deviceapi): the AK certificate
+// names the device, the quote covers the nonce and the whole request.
+type deviceAPI struct {
+	s   *Server
+	cfg DeviceConfig
+
+	catMu  sync.Mutex
+	catKey string
+	cat    map[policy.Target]TargetInfo
+
+	checkins *prometheus.CounterVec
+	verdicts *prometheus.CounterVec
+}
+
+var deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,255}$`)
+
+// EnableDeviceAPI mounts the device API and starts nothing; Serve runs its planner.
+func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
+	if cfg.AttestRoots == nil && cfg.AttestCA != nil {
+		cfg.AttestRoots = cfg.AttestCA.Roots()
+	}
+	if cfg.Fleet == nil || cfg.AttestRoots == nil {
+		return errors.New("device API: a fleet store and attestation roots are needed")
+	}
+	if cfg.Nonces == nil {
+		cfg.Nonces = verify.NewNonces(verify.NoncesConfig{Now: s.cfg.Repo.now})
+	}
+	if cfg.MeasurementPCR == 0 {
+		cfg.MeasurementPCR = eventlog.PCRDevelopment
+	}
+	if cfg.CheckInInterval <= 0 {
+		cfg.CheckInInterval = 30 * time.Second
+	}
+	if cfg.PlanInterval <= 0 {
+		cfg.PlanInterval = 5 * time.Second
+	}
+	d := &deviceAPI{s: s, cfg: cfg}
+	d.checkins = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_device_checkins_total", Help: "Device check-ins by result (ok, rejected, bad_request, error).",
+	}, []string{"result"})
+	d.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_attestation_verdicts_total", Help: "Attestation verdicts by outcome (trusted, untrusted, rejected).",
+	}, []string{"verdict"})
+	s.reg.MustRegister(d.checkins, d.verdicts)
+	s.mux.Handle("POST "+deviceapi.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
+	s.mux.Handle("POST "+deviceapi.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
+	if cfg.AttestCA != nil {
+		s.mux.Handle(deviceapi.PathAttest+"/", s.count("attest", http.StripPrefix(deviceapi.PathAttest, cfg.AttestCA.Handler())))
+	}
+	s.devices = d
+	return nil
+}
+
+func (d *deviceAPI) policy() *policy.Policy {
+	if d.cfg.Policy != nil {
+		if p := d.cfg.Policy(); p != nil {
+			return p
+		}
+	}
+	return &policy.Policy{}
+}
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
+		return false
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, max))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", max))
+		} else {
+			writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
+		}
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "malformed request: trailing data")
+		return false
+	}
+	return true
+}
+
+func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
+	var req deviceapi.NonceRequest
+	if !decodeJSON(w, r, 4<<10, &req) {
+		return
+	}
+	if !deviceIDRE.MatchString(req.DeviceID) {
+		writeError(w, http.StatusBadRequest, "bad device_id")
+		return
+	}
+	n, err := d.cfg.Nonces.Issue(req.DeviceID)
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, deviceapi.NonceResponse{Nonce: n})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// authCodes are the verifier's reasons that mean the request itself is not
+// authenticated: nothing in it can be attributed to the device, so nothing is stored
+// but the rejection in the audit log.
+var authCodes = map[verify.Code]bool{
+	verify.AKCertInvalid: true, verify.IdentityMismatch: true, verify.QuoteMalformed: true,
+	verify.SignatureInvalid: true, verify.NonceMismatch: true,
+}
+
+func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	now := d.s.cfg.Repo.now()
+	var req deviceapi.CheckInRequest
+	if !decodeJSON(w, r, deviceapi.MaxRequestBytes, &req) {
+		d.checkins.WithLabelValues("bad_request").Inc()
+		return
+	}
+	if !deviceIDRE.MatchString(req.DeviceID) || len(req.Reports) > 1000 {
+		d.checkins.WithLabelValues("bad_request").Inc()
+		writeError(w, http.StatusBadRequest, "bad device_id or too many reports")
+		return
+	}
+	reject := func(code int, msg string, detail any) {
+		d.checkins.WithLabelValues("rejected").Inc()
+		d.verdicts.WithLabelValues("rejected").Inc()
+		d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail})
+		writeError(w, code, msg)
+	}
+	bound, err := deviceapi.QuoteData(req.Nonce, &req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if err := d.cfg.Nonces.Consume(req.DeviceID, req.Nonce); err != nil {
+		reject(http.StatusUnauthorized, "nonce: "+err.Error(), nil)
+		return
+	}
+	cat, err := d.catalog(ctx)
+	if err != nil {
+		d.checkins.WithLabelValues("error").Inc()
+		writeError(w, http.StatusServiceUnavailable, "repository: "+err.Error())
+		return
+	}
+	expected := []eventlog.Artifact{}
+	var unknown []string
+	for kind, sl := range req.Slots {
+		if sl.Version == "" {
+			continue
+		}
+		ti, ok := cat[policy.Target{Kind: kind, Name: sl.Name, Version: sl.Version}]
+		if !ok {
+			unknown = append(unknown, fmt.Sprintf("%s %s %s", kind, sl.Name, sl.Version))
+			continue
+		}
+		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: ti.SHA256})
+	}
+	v := verify.Verify(verify.Policy{
+		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
+	}, verify.Evidence{AKCert: req.Evidence.AKCert, AKChain: req.Evidence.AKChain, Quote: req.Evidence.Quote, Log: req.Evidence.Log}, bound, now)
+	for _, reason := range v.Reasons {
+		if authCodes[reason.Code] {
+			reject(http.StatusForbidden, "evidence rejected: "+reason.String(), v.Reasons)
+			return
+		}
+	}
+	// From here on the request is the device's own: its TPM signed it.
+	var reasons []string
+	for _, reason := range v.Reasons {
+		reasons = append(reasons, reason.String())
+	}
+	for _, u := range unknown {
+		reasons = append(reasons, "runs an artifact the repository does not hold: "+u)
+	}
+	verdict := policy.VerdictTrusted
+	if !v.Trusted || len(unknown) > 0 {
+		verdict = policy.VerdictUntrusted
+	}
+	resp, err := d.admit(ctx, &req, verdict, reasons, cat, now)
+	if err != nil {
+		d.checkins.WithLabelValues("error").Inc()
+		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
+		var inv *fleet.InvalidError
+		if errors.As(err, &inv) {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "check-in failed")
+		return
+	}
+	d.checkins.WithLabelValues("ok").Inc()
+	d.verdicts.WithLabelValues(string(verdict)).Inc()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// admit records an authenticated check-in: enrollment on first sight, reports, the
+// verdict, then the decision.
+func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]TargetInfo, now time.Time) (*deviceapi.CheckInResponse, error) {
+	st := d.cfg.Fleet
+	actor := "device:" + req.DeviceID
+	p := d.policy()
+	if _, err := st.Device(ctx, req.DeviceID); errors.Is(err, fleet.ErrNotFound) {
+		if err := st.Enroll(ctx, req.DeviceID, req.Labels, now); err != nil && !errors.Is(err, fleet.ErrExists) {
+			return nil, err
+		}
+		d.s.auditLog(ctx, actor, "device.enroll", req.DeviceID, map[string]any{"labels": req.Labels, "hardware": req.Hardware})
+	} else if err != nil {
+		return nil, err
+	}
+	slots := map[artifact.Kind]policy.Slot{}
+	for k, sl := range req.Slots {
+		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
+	}
+	// The device's reported slots first, so reports and the verdict see them.
+	if _, err := st.CheckIn(ctx, fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now}); err != nil {
+		return nil, err
+	}
+	accepted := 0
+	planned := false
+	for _, rep := range req.Reports {
+		fresh, err := d.s.firstSeen(ctx, req.DeviceID, rep.ID)
+		if err != nil {
+			return nil, err
+		}
+		accepted++
+		if !fresh {
+			continue
+		}
+		pr := policy.Report{DeviceID: req.DeviceID, Kind: rep.Kind, Name: rep.Name, Version: rep.Version,
+			Outcome: policy.Outcome(rep.Outcome), Cause: rep.Cause, At: rep.At, Bytes: rep.Bytes, Accuracy: rep.Accuracy, P99Ms: rep.P99Ms}
+		for _, ro := range p.Rollouts {
+			if ro.Target.Kind == rep.Kind && ro.Target.Name == rep.Name && ro.Target.Version == rep.Version {
+				pr.RolloutID = ro.ID
+				break
+			}
+		}
+		if err := st.AddReport(ctx, pr); err != nil {
+			return nil, err
+		}
+		d.s.auditLog(ctx, actor, "install.report", req.DeviceID, pr)
+		planned = true
+	}
+	detail := strings.Join(reasons, "; ")
+	if err := st.Attest(ctx, p, req.DeviceID, verdict, detail, now); err != nil {
+		return nil, err
+	}
+	d.s.auditLog(ctx, actor, "attestation.verdict", req.DeviceID, map[string]any{"verdict": verdict, "reasons": reasons})
+	if verdict != policy.VerdictTrusted && !d.cfg.DontQuarantine {
+		if err := st.SetQuarantine(ctx, req.DeviceID, true, "attestation: "+detail); err != nil {
+			return nil, err
+		}
+		d.s.auditLog(ctx, "server", "device.quarantine", req.DeviceID, map[string]any{"reason": detail})
+		planned = true
+	}
+	if planned {
+		d.plan(ctx, p, now)
+	}
+	dec, err := st.Decide(ctx, p, catalogFunc(cat), fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now})
+	if err != nil {
+		return nil, err
+	}
+	dev, err := st.Device(ctx, req.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &deviceapi.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
+		Quarantined: dev.Quarantined, ReportsAccepted: accepted, NextCheckIn: d.cfg.CheckInInterval}
+	for _, sd := range dec.Slots {
+		out := deviceapi.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
+			Rollout: sd.Rollout, Gates: sd.Gates, Detail: sd.Detail}
+		if sd.Target != nil {
+			out.Name, out.Version = sd.Target.Name, sd.Target.Version
+			if ti, ok := cat[*sd.Target]; ok {
+				out.Target = ti.Path
+			}
+		}
+		resp.Slots = append(resp.Slots, out)
+	}
+	return resp, nil
+}
+
+// plan advances the rollouts and audits what changed.
+func (d *deviceAPI) plan(ctx context.Context, p *policy.Policy, now time.Time) {
+	evs, err := d.cfg.Fleet.PlanRollouts(ctx, p, now)
+	if err != nil {
+		d.s.log.Error("plan rollouts", "err", err)
+	}
+	for _, ev := range evs {
+		d.s.auditLog(ctx, "server", "rollout."+string(ev.Type), ev.Rollout, ev)
+	}
+}
+
+// runPlanner re-plans rollouts periodically until ctx ends.
+func (d *deviceAPI) runPlanner(ctx context.Context) {
+	t := time.NewTicker(d.cfg.PlanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.plan(ctx, d.policy(), d.s.cfg.Repo.now())
+		}
+	}
+}
+
+// catalog maps (kind, name, version) to the published target, reloaded when the
+// timestamp changes.
+func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]TargetInfo, error) {
+	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
+	if err != nil {
+		return nil, err
+	}
+	key := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		key += fmt.Sprint("/", st.Ino)
+	}
+	d.catMu.Lock()
+	defer d.catMu.Unlock()
+	if d.cat != nil && d.catKey == key {
+		return d.cat, nil
+	}
+	state, err := d.s.cfg.Repo.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cat := map[policy.Target]TargetInfo{}
+	for _, ti := range state.List() {
+		if ti.Meta == nil {
+			continue
+		}
+		cat[policy.Target{Kind: ti.Meta.Kind, Name: ti.Meta.Name, Version: ti.Meta.Version}] = ti
+	}
+	d.cat, d.catKey = cat, key
+	return cat, nil
+}
+
+func catalogFunc(cat map[policy.Target]TargetInfo) policy.Catalog {
+	return func(t policy.Target) (artifact.Meta, bool) {
+		ti, ok := cat[t]
+		if !ok || ti.Meta == nil {
+			return artifact.Meta{}, false
+		}
+		return *ti.Meta, true
+	}
+}
+
+// auditLog appends to the server's audit log; failures are logged (the event already
+// happened and must not be undone by a logging failure).
+func (s *Server) auditLog(ctx context.Context, actor, kind, subject string, data any) {
+	l, err := s.openAudit(ctx)
+	if err == nil {
+		_, err = l.Append(ctx, actor, kind, subject, data)
+	}
+	if err != nil {
+		s.log.Error("audit", "kind", kind, "subject", subject, "err", err)
+	}
+}
+
+// openAudit opens the audit log once for the server's lifetime.
+func (s *Server) openAudit(ctx context.Context) (*audit.Log, error) {
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	if s.audit != nil {
+		return s.audit, nil
+	}
+	l, db, err := s.cfg.Repo.OpenAudit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.audit, s.auditDB = l, db
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS device_reports_seen (device TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(device, id))`); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// firstSeen records a report ID and says whether it is new (idempotent retries).
+func (s *Server) firstSeen(ctx context.Context, device, id string) (bool, error) {
+	if id == "" {
+		return true, nil
+	}
+	if _, err := s.openAudit(ctx); err != nil {
+		return false, err
+	}
+	res, err := s.auditDB.ExecContext(ctx, `INSERT OR IGNORE INTO device_reports_seen(device, id) VALUES(?, ?)`, device, id)
+	if err != nil {
+		return false, err
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}

@@ -1,0 +1,300 @@
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+const testPolicy = `version: 1
+attestation: {required: true, max_age: 30m}
+rollouts:
+  - id: vib-1.0.0
+    target: {kind: model, name: vibration, version: 1.0.0}
+    selector: {labels: {line: press}}
+    waves: [{percent: 100}]
+`
+
+// device is an agent's TPM side: a simulator TPM with a manufacturer EK certificate,
+// an AK certificate from the server's attestation CA, and a measurement log.
+type device struct {
+	t    *testing.T
+	tpm  *attest.TPM
+	ak   *attest.AKCertificate
+	log  eventlog.Log
+	api  *deviceapi.Client
+	id   string
+	slot map[artifact.Kind]deviceapi.Slot
+}
+
+type deviceFixture struct {
+	*fixture
+	store *fleet.Store
+}
+
+func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
+	t.Helper()
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	maker, err := attesttest.NewManufacturer("Acme TPM")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, root, err := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	ca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The device API uses the real clock (certificates, nonces); so does the repository.
+	f.repo.now = time.Now
+	if err := f.srv.EnableDeviceAPI(DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := (&attest.EnrollClient{URL: f.http.URL + deviceapi.PathAttest}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	if err := tpm.ResetPCR(ctx, eventlog.PCRDevelopment); err != nil {
+		t.Fatal(err)
+	}
+	d := &device{t: t, tpm: tpm, ak: ak, api: &deviceapi.Client{BaseURL: f.http.URL}, id: ak.PermanentIdentifier, slot: map[artifact.Kind]deviceapi.Slot{}}
+	return &deviceFixture{fixture: f, store: store}, d
+}
+
+// request builds and quotes a check-in.
+func (d *device) request(reports ...deviceapi.Report) *deviceapi.CheckInRequest {
+	d.t.Helper()
+	ctx := context.Background()
+	nonce, err := d.api.Nonce(ctx, d.id)
+	if err != nil {
+		d.t.Fatalf("nonce: %v", err)
+	}
+	req := &deviceapi.CheckInRequest{DeviceID: d.id, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+		AgentVersion: "0.1.0", Slots: d.slot, Reports: reports, Nonce: nonce}
+	d.quote(req)
+	return req
+}
+
+func (d *device) quote(req *deviceapi.CheckInRequest) {
+	d.t.Helper()
+	bound, err := deviceapi.QuoteData(req.Nonce, req)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	q, err := d.tpm.Quote(context.Background(), bound, []int{eventlog.PCRDevelopment})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	req.Evidence = deviceapi.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...)}
+	for _, c := range d.ak.Chain[:len(d.ak.Chain)-1] {
+		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
+	}
+}
+
+// load measures an artifact as the agent does when the runtime loads it.
+func (d *device) load(kind artifact.Kind, name, version string, content []byte) {
+	d.t.Helper()
+	sum := sha256.Sum256(content)
+	ev, err := d.tpm.Measure(context.Background(), eventlog.Event{PCR: eventlog.PCRDevelopment, Kind: string(kind), Name: name, Version: version, SHA256: hex.EncodeToString(sum[:])})
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.log = append(d.log, ev)
+}
+
+func (d *device) checkIn(req *deviceapi.CheckInRequest) (*deviceapi.CheckInResponse, error) {
+	return d.api.CheckIn(context.Background(), req)
+}
+
+func auditKinds(t *testing.T, f *fixture, subject string) []string {
+	t.Helper()
+	l, db, err := f.repo.OpenAudit(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(context.Background(), audit.Query{Subject: subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Kind)
+	}
+	return out
+}
+
+func TestDeviceCheckInLifecycle(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	model := []byte("vibration model 1.0.0 bytes")
+	if _, err := f.publish(artifact.KindModel, "vibration", "1.0.0", ".onnx", model, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// First check-in: nothing installed; trusted; told to install the rollout's target.
+	resp, err := d.checkIn(d.request())
+	if err != nil {
+		t.Fatalf("check-in: %v", err)
+	}
+	if !resp.Trusted || len(resp.Slots) == 0 || resp.Slots[0].Action != "install" || resp.Slots[0].Target != "models/vibration/1.0.0.onnx" {
+		t.Fatalf("first check-in = %+v; want trusted and install models/vibration/1.0.0.onnx", resp)
+	}
+
+	// The agent installs it, loads (measures) it, and reports the commit.
+	d.load(artifact.KindModel, "vibration", "1.0.0", model)
+	d.slot[artifact.KindModel] = deviceapi.Slot{Name: "vibration", Version: "1.0.0"}
+	rep := deviceapi.Report{ID: "r1", Kind: artifact.KindModel, Name: "vibration", Version: "1.0.0", Outcome: "committed", At: time.Now()}
+	req := d.request(rep)
+	resp, err = d.checkIn(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Trusted || resp.Slots[0].Action != "hold" || resp.Slots[0].Reason != "up_to_date" || resp.ReportsAccepted != 1 {
+		t.Fatalf("second check-in = %+v; want trusted, up to date, 1 report", resp)
+	}
+	dev, err := f.store.Device(context.Background(), d.id)
+	if err != nil || dev.Slots[artifact.KindModel].Version != "1.0.0" || dev.Verdict != policy.VerdictTrusted {
+		t.Fatalf("stored device = %+v, %v", dev, err)
+	}
+
+	// Attacks are rejected, audited, and change nothing about the device.
+	attacks := []struct {
+		name string
+		req  func() *deviceapi.CheckInRequest
+		want string
+	}{
+		{"replayed check-in", func() *deviceapi.CheckInRequest { return req }, "nonce"},
+		{"body altered after quoting", func() *deviceapi.CheckInRequest {
+			r := d.request()
+			r.Slots = map[artifact.Kind]deviceapi.Slot{artifact.KindModel: {Name: "vibration", Version: "9.9.9"}}
+			return r
+		}, "nonce_mismatch"},
+		{"another device's identity", func() *deviceapi.CheckInRequest {
+			r := d.request()
+			nonce, _ := d.api.Nonce(context.Background(), "other-device")
+			r.DeviceID, r.Nonce = "other-device", nonce
+			d.quote(r)
+			return r
+		}, "identity_mismatch"},
+		{"forged AK certificate", func() *deviceapi.CheckInRequest {
+			r := d.request()
+			r.Evidence.AKCert = d.ak.Chain[len(d.ak.Chain)-1].Raw // the CA root is not an AK cert
+			return r
+		}, "ak_cert_invalid"},
+		{"stale nonce", func() *deviceapi.CheckInRequest {
+			r := d.request()
+			r.Nonce = bytes.Repeat([]byte{1}, 32)
+			d.quote(r)
+			return r
+		}, "nonce"},
+	}
+	for _, a := range attacks {
+		_, err := d.checkIn(a.req())
+		var apiErr *deviceapi.Error
+		if !errors.As(err, &apiErr) || (apiErr.Status != 401 && apiErr.Status != 403) || !strings.Contains(apiErr.Message, a.want) {
+			t.Fatalf("%s: check-in = %v; want 401/403 mentioning %q", a.name, err, a.want)
+		}
+	}
+	after, _ := f.store.Device(context.Background(), d.id)
+	if after.Verdict != policy.VerdictTrusted || after.Quarantined || after.Slots[artifact.KindModel].Version != "1.0.0" {
+		t.Fatalf("device after rejected attacks = %+v; want it unchanged", after)
+	}
+	kinds := strings.Join(auditKinds(t, f.fixture, d.id), ",")
+	if n := strings.Count(kinds, "attestation.rejected"); n < 3 {
+		t.Fatalf("audit records for %s = %s; want the rejections recorded", d.id, kinds)
+	}
+
+	// The model file changes on disk; at its next load the measurement differs from the
+	// published target: the verdict is untrusted and the device is quarantined.
+	d.load(artifact.KindModel, "vibration", "1.0.0", []byte("tampered model bytes"))
+	resp, err = d.checkIn(d.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Trusted || !resp.Quarantined || !strings.Contains(strings.Join(resp.Reasons, " "), "artifact_mismatch") {
+		t.Fatalf("check-in after tampering = %+v; want untrusted (artifact_mismatch) and quarantined", resp)
+	}
+	// A new version is published and rolled out: the quarantined device does not get it.
+	if _, err := f.publish(artifact.KindModel, "vibration", "1.1.0", ".onnx", []byte("v1.1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = d.checkIn(d.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range resp.Slots {
+		if s.Action == "install" {
+			t.Fatalf("quarantined device was told to install %s", s.Target)
+		}
+	}
+	if !strings.Contains(strings.Join(auditKinds(t, f.fixture, d.id), ","), "device.quarantine") {
+		t.Fatal("quarantine not in the audit log")
+	}
+}
+
+func TestDeviceAPIRejectsMalformedRequests(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	for _, body := range []string{`{`, `[]`, `{"device_id":"x","unknown":1}`, `{"device_id":"../../etc"}`, strings.Repeat(" ", 5<<20)} {
+		resp, err := httpPost(f.http.URL+deviceapi.PathCheckIn, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp != 400 && resp != 413 && resp != 401 {
+			t.Errorf("POST checkin %.30q = %d; want 400/413", body, resp)
+		}
+	}
+	// The device can still check in.
+	if _, err := d.checkIn(d.request()); err != nil {
+		t.Fatalf("check-in after malformed requests: %v", err)
+	}
+}
+
+func httpPost(url, body string) (int, error) {
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
