@@ -180,6 +180,16 @@ type EvTrialFailed struct{ Reason string }
 // EvTick lets time pass: a trial past its deadline rolls back.
 type EvTick struct{}
 
+// EvAdopt takes over a committed version found on disk when the state was lost (the
+// sqlite file wiped or replaced): Target is what the slots/<kind>/current pointer names,
+// already checked against the file in Slot. Floor is the kind's current floor; a target
+// below it is refused like any downgrade.
+type EvAdopt struct {
+	Target Target
+	Slot   Slot
+	Floor  uint64
+}
+
 // EvRecover is the first event after the agent starts: it re-issues what the persisted
 // state still needs, and rolls back a trial that is past its deadline.
 type EvRecover struct{}
@@ -194,6 +204,7 @@ func (EvTrialPassed) event() string { return "trial-passed" }
 func (EvTrialFailed) event() string { return "trial-failed" }
 func (EvTick) event() string        { return "tick" }
 func (EvRecover) event() string     { return "recover" }
+func (EvAdopt) event() string       { return "adopt" }
 
 // ErrBadTransition is returned (wrapped) by Step for an event the current phase does not accept.
 var ErrBadTransition = errors.New("event not allowed in this phase")
@@ -355,6 +366,17 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 
 	case EvRecover:
 		return s.recover(now)
+
+	case EvAdopt:
+		if s.Phase != Idle || s.Active != "" || (e.Slot != SlotA && e.Slot != SlotB) {
+			return s, nil, ErrBadTransition
+		}
+		if err := s.checkFloor(e.Target, e.Floor); err != nil {
+			return s, nil, err
+		}
+		t := e.Target
+		s.Phase, s.Active, s.Current, s.Reason = Committed, e.Slot, &t, "adopted after the state was lost"
+		return s, []Action{{Kind: RaiseFloor, Floor: t.Floor}, {Kind: ClearSlot, Slot: e.Slot.Other()}, {Kind: Activate, Slot: e.Slot, Target: &t}}, nil
 	}
 	return s, nil, fmt.Errorf("unknown event %T", ev)
 }

@@ -41,6 +41,7 @@ func floorOf(tb testing.TB, v string) uint64 { return target(tb, v).Floor }
 //
 //	install VERSION [floor=VERSION]   downloaded   verified   failed REASON   abort REASON
 //	begin-trial DURATION   pass [floor=VERSION]   fail REASON   tick   recover   advance DURATION
+//	adopt SLOT VERSION [floor=VERSION]
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -101,6 +102,8 @@ func runScenario(t *testing.T, script string) string {
 		switch fields[0] {
 		case "install":
 			ev = EvInstall{Target: target(t, fields[1]), Floor: fl}
+		case "adopt":
+			ev = EvAdopt{Slot: Slot(fields[1]), Target: target(t, fields[2]), Floor: fl}
 		case "downloaded":
 			ev = EvDownloaded{}
 		case "verified":
@@ -156,7 +159,7 @@ func runScenario(t *testing.T, script string) string {
 // version that had just passed its trial, or lost the committed version.
 func checkInvariant(t *testing.T, line string, old, n State) {
 	t.Helper()
-	if n.Active != old.Active && !(old.Phase == Trial && n.Phase == Committed) {
+	if n.Active != old.Active && !(old.Phase == Trial && n.Phase == Committed) && !(old.Active == "" && n.Phase == Committed) {
 		t.Errorf("%s: active slot moved from %q to %q outside a commit", line, old.Active, n.Active)
 	}
 	if old.Current != nil && n.Current == nil {

@@ -148,11 +148,53 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.removeLeftovers(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
+		if err := m.adopt(ctx, k); err != nil {
+			errs = append(errs, err)
+		}
 		if _, err := m.drive(ctx, k, EvRecover{}, m.cfg.Fetch); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// adopt takes over the committed version the current pointer names when the state is
+// empty (lost), if the slot still holds it intact and the floor allows it. Otherwise
+// recovery of the empty state clears slot a like any inactive slot.
+func (m *Manager) adopt(ctx context.Context, kind artifact.Kind) error {
+	s, err := m.db.Load(ctx, kind)
+	if err != nil || s.Seq != 0 || s.Active != "" {
+		return err
+	}
+	b, err := os.ReadFile(filepath.Join(m.cfg.Dir, "slots", string(kind), "current"))
+	if err != nil {
+		return nil // nothing was ever committed here
+	}
+	var p Pointer
+	if err := json.Unmarshal(b, &p); err != nil || (p.Slot != SlotA && p.Slot != SlotB) {
+		m.cfg.Logger.Warn("ignoring an unreadable slot pointer", "kind", kind, "err", err)
+		return nil
+	}
+	t := Target{Path: p.Path, Version: p.Version, Floor: p.Floor, Length: p.Length, SHA256: p.SHA256}
+	if err := verifyFile(m.Payload(kind, p.Slot), t); err != nil {
+		m.cfg.Logger.Warn("not adopting the slot the pointer names", "kind", kind, "slot", p.Slot, "err", err)
+		return nil
+	}
+	if v, err := artifact.ParseVersion(t.Version); err != nil {
+		return nil
+	} else if f, err := v.Floor(); err != nil || f != t.Floor {
+		return nil
+	}
+	floor, err := m.Floor(ctx, kind)
+	if err != nil {
+		return err
+	}
+	_, err = m.drive(ctx, kind, EvAdopt{Target: t, Slot: p.Slot, Floor: floor}, m.cfg.Fetch)
+	if errors.Is(err, ErrDowngrade) {
+		m.cfg.Logger.Warn("not adopting a version below the floor", "kind", kind, "version", t.Version, "err", err)
+		return nil
+	}
+	return err
 }
 
 // Install downloads and verifies t into kind's inactive slot and stages it. t must come
@@ -354,10 +396,12 @@ type Pointer struct {
 	Path    string `json:"path"`
 	SHA256  string `json:"sha256"`
 	Payload string `json:"payload"`
+	Length  int64  `json:"length"`
+	Floor   uint64 `json:"floor"`
 }
 
 func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
-	b, err := json.Marshal(Pointer{Slot: slot, Version: t.Version, Path: t.Path, SHA256: t.SHA256, Payload: m.Payload(kind, slot)})
+	b, err := json.Marshal(Pointer{Slot: slot, Version: t.Version, Path: t.Path, SHA256: t.SHA256, Payload: m.Payload(kind, slot), Length: t.Length, Floor: t.Floor})
 	if err != nil {
 		return err
 	}

@@ -167,6 +167,13 @@ func TestManagerFloorSurvivesWipe(t *testing.T) {
 		os.Remove(filepath.Join(dir, f))
 	}
 	m = openTest(t, dir, b, p, c)
+	// Recovery adopted the committed version the slot pointer names, intact.
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != Committed || s.Current.Version != "2.0.0" {
+		t.Errorf("after wiping sqlite: %v; want 2.0.0 adopted", s)
+	}
+	if err := m.CheckInvariant(ctx); err != nil {
+		t.Error(err)
+	}
 	_, err := m.Install(ctx, artifact.KindModel, v1)
 	var de *DowngradeError
 	if !errors.As(err, &de) || de.Current != v2.Floor {

@@ -37,12 +37,22 @@ func TestFloorSurvivesWipe(t *testing.T) {
 			t.Fatalf("%v: %s", s, out)
 		}
 	}
-	for _, f := range []string{"state.db", "state.db-wal", "state.db-shm"} {
-		os.Remove(filepath.Join(state, f))
+	wipeDB := func() {
+		for _, f := range []string{"state.db", "state.db-wal", "state.db-shm"} {
+			os.Remove(filepath.Join(state, f))
+		}
 	}
+	// Only the sqlite state lost: the committed slot is adopted, 1.0.0 refused.
+	wipeDB()
+	if code, out := agent("install", "--target", p1); code != 1 || !strings.Contains(out, "refusing model version 1.0.0") {
+		t.Errorf("install of 1.0.0 after wiping the sqlite state: exit %d\n%s\nwant a refusal", code, out)
+	}
+	// The whole disk state lost but the TPM: the floor alone refuses 1.0.0.
+	wipeDB()
+	os.RemoveAll(filepath.Join(state, "slots"))
 	code, out := agent("install", "--target", p1)
 	if code != 1 || !strings.Contains(out, "below the device's floor 2.0.0") {
-		t.Errorf("install of 1.0.0 after wiping the sqlite state: exit %d\n%s\nwant a refusal at floor 2.0.0", code, out)
+		t.Errorf("install of 1.0.0 after wiping sqlite and slots: exit %d\n%s\nwant a refusal at floor 2.0.0", code, out)
 	}
 	if _, out := agent("status"); !strings.Contains(out, "floor: 2.0.0") {
 		t.Errorf("status after the wipe:\n%s\nwant floor 2.0.0 (from the TPM)", out)
