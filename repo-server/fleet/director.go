@@ -8,21 +8,30 @@ import (
 	"github.com/edgeward/edgeward/policy"
 )
 
-// Decide is the server's check-in: it records the device's facts, evaluates the policy
-// for it with the rollouts' stored states, records the decision, and returns it. The
-// caller verifies the device's quote and calls RecordVerdict first, so the decision
-// sees the fresh verdict. cat maps a target to its TUF custom metadata (nil: every
-// target is taken as published and compatible).
+// Decide is the server's check-in: it records the device's facts (CheckIn), then
+// evaluates and records the decision (DecideAt). The caller verifies the device's quote
+// and calls Attest first, so the decision sees the fresh verdict. cat maps a target to
+// its TUF custom metadata (nil: every target is taken as published and compatible).
 func (s *Store) Decide(ctx context.Context, p *policy.Policy, cat policy.Catalog, c CheckIn) (policy.Decision, error) {
-	d, err := s.CheckIn(ctx, c)
+	if _, err := s.CheckIn(ctx, c); err != nil {
+		return policy.Decision{}, err
+	}
+	return s.DecideAt(ctx, p, cat, c.ID, c.At)
+}
+
+// DecideAt evaluates the policy for a stored device at time at, with the rollouts'
+// stored states, records the decision and returns it. Use it instead of Decide when the
+// check-in's facts are already stored.
+func (s *Store) DecideAt(ctx context.Context, p *policy.Policy, cat policy.Catalog, id string, at time.Time) (policy.Decision, error) {
+	d, err := s.Device(ctx, id)
 	if err != nil {
 		return policy.Decision{}, err
 	}
 	states, err := s.RolloutStates(ctx)
 	if err != nil {
-		return policy.Decision{}, fmt.Errorf("check-in %s: %w", c.ID, err)
+		return policy.Decision{}, fmt.Errorf("decide for %s: %w", id, err)
 	}
-	dec := policy.Evaluate(p, &d.Device, states, c.At, cat)
+	dec := policy.Evaluate(p, &d.Device, states, at, cat)
 	if err := s.RecordDecision(ctx, dec); err != nil {
 		return policy.Decision{}, err
 	}

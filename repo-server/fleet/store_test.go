@@ -280,3 +280,33 @@ func TestRolloutsReportsDecisions(t *testing.T) {
 		t.Errorf("Devices page 2 = %+v", page)
 	}
 }
+
+func TestDecideAt(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte("attestation: {max_age: 10m}\nrollouts:\n  - id: r\n    target: {kind: model, name: vib, version: 2.0.0}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DecideAt(ctx, p, nil, "ghost", t0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("DecideAt(unknown) = %v; want ErrNotFound", err)
+	}
+	s.Enroll(ctx, "d", nil, t0)
+	s.CheckIn(ctx, CheckIn{ID: "d", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.0.0"}}, At: t0})
+	dec, err := s.DecideAt(ctx, p, nil, "d", t0)
+	if err != nil || dec.Slots[0].Reason != policy.ReasonAttestationUntrusted {
+		t.Fatalf("DecideAt(unattested) = %+v, %v", dec, err)
+	}
+	s.Attest(ctx, p, "d", policy.VerdictTrusted, "", t0)
+	dec, _ = s.DecideAt(ctx, p, nil, "d", t0.Add(5*time.Minute))
+	if dec.Slots[0].Action != policy.ActionInstall {
+		t.Errorf("DecideAt(attested) = %+v; want install", dec.Slots[0])
+	}
+	dec, _ = s.DecideAt(ctx, p, nil, "d", t0.Add(11*time.Minute))
+	if dec.Slots[0].Reason != policy.ReasonAttestationStale {
+		t.Errorf("DecideAt(11 min later) = %+v; want attestation_stale", dec.Slots[0])
+	}
+	if decs, _ := s.Decisions(ctx, "d", 0); len(decs) != 3 || decs[0].PolicyDigest != p.Digest {
+		t.Errorf("recorded decisions = %d; want 3 with the policy digest", len(decs))
+	}
+}
