@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -34,8 +36,9 @@ type WatcherConfig struct {
 }
 
 // Watcher keeps the policy of a directory loaded: it reloads it when a file in the
-// directory changes (writes, creations, removals, and the rename-over-the-original of
-// editors and of Kubernetes ConfigMap updates). An invalid policy never replaces a valid
+// directory changes (writes, creations, removals, the rename-over-the-original of
+// editors and of Kubernetes ConfigMap updates, and the directory itself being removed
+// and created again). An invalid policy never replaces a valid
 // one: the last good policy stays in force and the error is kept for Status and the
 // metrics. Its methods are safe for concurrent use.
 type Watcher struct {
@@ -184,6 +187,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// When the directory itself goes away (rm -r, mv), the watch goes with it: retry
+	// adding it until it is back.
+	var retry <-chan time.Time
+	var retryTicker *time.Ticker
+	defer func() {
+		if retryTicker != nil {
+			retryTicker.Stop()
+		}
+	}()
+	dir := filepath.Clean(w.cfg.Dir)
 	for {
 		select {
 		case <-ctx.Done():
@@ -196,6 +209,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 				continue
 			}
 			w.log.Debug("policy directory changed", "event", ev.String())
+			if filepath.Clean(ev.Name) == dir && ev.Op.Has(fsnotify.Remove|fsnotify.Rename) && retry == nil {
+				w.fsw.Remove(w.cfg.Dir) // may already be gone
+				retryTicker = time.NewTicker(5 * w.cfg.Debounce)
+				retry = retryTicker.C
+			}
+			timer.Reset(w.cfg.Debounce)
+		case <-retry:
+			if _, err := os.Stat(w.cfg.Dir); err != nil {
+				continue
+			}
+			if err := w.fsw.Add(w.cfg.Dir); err != nil {
+				continue
+			}
+			retryTicker.Stop()
+			retryTicker, retry = nil, nil
+			w.log.Info("policy directory is back", "dir", w.cfg.Dir)
 			timer.Reset(w.cfg.Debounce)
 		case err, ok := <-w.fsw.Errors:
 			if !ok {

@@ -159,6 +159,26 @@ func TestWatchRemoveAndRecreate(t *testing.T) {
 	waitFor(t, w, 5*time.Second, "recreated file loaded", func() bool { return rolloutID(w) == "b" && w.Status().Err == nil })
 }
 
+func TestWatchDirectoryReplaced(t *testing.T) {
+	w, dir, _ := startWatcher(t)
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, 5*time.Second, "removal noticed", func() bool { return w.Status().Err != nil })
+	if rolloutID(w) != "a" {
+		t.Errorf("policy changed when its directory went away")
+	}
+	// A deploy that recreates the directory (rm -r, then copy) is picked up.
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV2)
+	waitFor(t, w, 5*time.Second, "recreated directory loaded", func() bool { return rolloutID(w) == "b" && w.Status().Err == nil })
+	// And it is watched again.
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV1)
+	waitFor(t, w, 5*time.Second, "edit in recreated directory", func() bool { return rolloutID(w) == "a" })
+}
+
 func TestWatchEditorRenames(t *testing.T) {
 	w, dir, _ := startWatcher(t)
 	path := filepath.Join(dir, "fleet.yaml")
