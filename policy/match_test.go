@@ -87,7 +87,7 @@ func TestWindowContains(t *testing.T) {
 		{"summer time shifts the utc hour", weeknightsBerlin, at(time.UTC, "2026-07-03 20:30"), true}, // 22:30 CEST
 		{"DST night: 03:30 CEST is after the 02:00 jump", mustWindow(t, "Europe/Berlin", []string{"sat"}, "22:00", "04:00"), at(time.UTC, "2026-03-29 01:30"), true},
 		{"DST night ends at 04:00 CEST", mustWindow(t, "Europe/Berlin", []string{"sat"}, "22:00", "04:00"), at(time.UTC, "2026-03-29 02:00"), false},
-		{"tokyo daytime seen from utc", daytimeTokyo, at(time.UTC, "2026-11-27 00:30"), true},         // 09:30 JST
+		{"tokyo daytime seen from utc", daytimeTokyo, at(time.UTC, "2026-11-27 00:30"), true}, // 09:30 JST
 		{"tokyo night", daytimeTokyo, at(tokyo, "2026-11-27 17:00"), false},
 		{"whole day 00:00", wholeSunday, at(time.UTC, "2026-11-29 00:00"), true},
 		{"whole day 23:59", wholeSunday, at(time.UTC, "2026-11-29 23:59"), true},
