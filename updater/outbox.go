@@ -188,3 +188,21 @@ func (o *Outbox) LastCheckIn(ctx context.Context) (time.Time, string, error) {
 	t, _ := time.Parse(time.RFC3339Nano, at)
 	return t, result, nil
 }
+
+// Ack deletes acknowledged reports.
+func (o *Outbox) Ack(ctx context.Context, ids []string) error {
+	tx, err := o.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	defer tx.Rollback()
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, id); err != nil {
+			return fmt.Errorf("outbox: ack %s: %w", id, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
+}
