@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,7 +79,16 @@ func IsPolicyFile(name string) bool {
 // attestation and gates sections may each appear in at most one file. On any problem it
 // returns an ErrorList (or ErrNoPolicy) and no policy.
 func Load(dir string) (*Policy, error) {
-	ents, err := os.ReadDir(dir)
+	files, err := readDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(files...)
+}
+
+// readDir reads the policy files of dir in name order.
+func readDir(dir string) ([]File, error) {
+	ents, err := os.ReadDir(dir) // sorted by name
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -100,7 +110,11 @@ func Load(dir string) (*Policy, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("policy: %s: %w", dir, ErrNoPolicy)
 	}
-	return Parse(files...)
+	return files, nil
+}
+
+func sortFiles(files []File) {
+	slices.SortFunc(files, func(a, b File) int { return strings.Compare(filepath.Base(a.Name), filepath.Base(b.Name)) })
 }
 
 func readBounded(path string) ([]byte, error) {

@@ -1,0 +1,144 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// RolloutSpec is a rollout as the operator API receives it (`edgeward rollout
+// create`); CreateRollout turns it into a policy file. Its fields are those of a rollout
+// in a policy file.
+type RolloutSpec struct {
+	ID       string        `json:"id" yaml:"id"`
+	Target   TargetSpec    `json:"target" yaml:"target"`
+	Selector *SelectorSpec `json:"selector,omitempty" yaml:"selector,omitempty"`
+	Window   string        `json:"window,omitempty" yaml:"window,omitempty"`
+	Gates    *GatesSpec    `json:"gates,omitempty" yaml:"gates,omitempty"`
+	Pause    *PauseSpec    `json:"pause,omitempty" yaml:"pause,omitempty"`
+	Waves    []WaveSpec    `json:"waves,omitempty" yaml:"waves,omitempty"`
+}
+
+// TargetSpec names a target.
+type TargetSpec struct {
+	Kind    artifact.Kind `json:"kind" yaml:"kind"`
+	Name    string        `json:"name" yaml:"name"`
+	Version string        `json:"version" yaml:"version"`
+}
+
+// SelectorSpec is a selector as written in a policy file.
+type SelectorSpec struct {
+	Devices        []string          `json:"devices,omitempty" yaml:"devices,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty" yaml:"labels,omitempty"`
+	Hardware       []string          `json:"hardware,omitempty" yaml:"hardware,omitempty"`
+	AgentVersion   string            `json:"agent_version,omitempty" yaml:"agent_version,omitempty"`
+	RuntimeVersion string            `json:"runtime_version,omitempty" yaml:"runtime_version,omitempty"`
+	Expr           string            `json:"expr,omitempty" yaml:"expr,omitempty"`
+}
+
+// GatesSpec are commit gates as written in a policy file.
+type GatesSpec struct {
+	MinAccuracy float64 `json:"min_accuracy,omitempty" yaml:"min_accuracy,omitempty"`
+	MaxAbsError float64 `json:"max_abs_error,omitempty" yaml:"max_abs_error,omitempty"`
+	MaxP99Ms    float64 `json:"max_p99_ms,omitempty" yaml:"max_p99_ms,omitempty"`
+	MaxRSSMB    float64 `json:"max_rss_mb,omitempty" yaml:"max_rss_mb,omitempty"`
+}
+
+// PauseSpec is a rollout's default auto-pause rule.
+type PauseSpec struct {
+	MaxFailureRatio *float64 `json:"max_failure_ratio,omitempty" yaml:"max_failure_ratio,omitempty"`
+	MinReports      *int     `json:"min_reports,omitempty" yaml:"min_reports,omitempty"`
+}
+
+// WaveSpec is a wave as written in a policy file; Soak is a Go duration ("1h30m").
+type WaveSpec struct {
+	Percent         float64  `json:"percent" yaml:"percent"`
+	Soak            string   `json:"soak,omitempty" yaml:"soak,omitempty"`
+	Approval        bool     `json:"approval,omitempty" yaml:"approval,omitempty"`
+	MaxFailureRatio *float64 `json:"max_failure_ratio,omitempty" yaml:"max_failure_ratio,omitempty"`
+	MinReports      *int     `json:"min_reports,omitempty" yaml:"min_reports,omitempty"`
+}
+
+// CreatedPrefix starts the names of the files CreateRollout writes.
+const CreatedPrefix = "created-"
+
+// CreateRollout adds a rollout to the policy in dir as a file of its own, named so that
+// it sorts before every rollout created earlier (a newer rollout takes precedence, see
+// Policy.Rollouts): created-<10^10 - unix seconds>-<id>.yaml. It first checks that the
+// whole policy with the new file is valid (ErrorList otherwise, and nothing is
+// written), then writes the file atomically (temporary file, fsync, rename, directory
+// fsync); a Watcher on dir loads it. It returns the new file's path.
+//
+// Callers serialise calls for one directory (two concurrent creations could each pass
+// the check alone and conflict together; the Watcher would then keep the last good
+// policy and report the conflict). Hand-written files whose names sort before
+// "created-" (digits, "a"…"b") take precedence over created rollouts.
+func CreateRollout(dir string, spec RolloutSpec, now time.Time) (string, error) {
+	if !idRE.MatchString(spec.ID) {
+		return "", ErrorList{{Pos: Pos{File: "rollout"}, Msg: fmt.Sprintf("rollout id %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", spec.ID)}}
+	}
+	doc := struct {
+		Version  int           `yaml:"version"`
+		Rollouts []RolloutSpec `yaml:"rollouts"`
+	}{1, []RolloutSpec{spec}}
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "# Created through the operator API at %s.\n", now.UTC().Format(time.RFC3339))
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return "", fmt.Errorf("create rollout %q: %w", spec.ID, err)
+	}
+	enc.Close()
+	name := fmt.Sprintf("%s%010d-%s.yaml", CreatedPrefix, max(0, 1e10-now.Unix()), spec.ID)
+	path := filepath.Join(dir, name)
+	files, err := readDir(dir)
+	if err != nil && !errors.Is(err, ErrNoPolicy) {
+		return "", err
+	}
+	files = append(files, File{Name: path, Data: buf.Bytes()})
+	sortFiles(files)
+	if _, err := Parse(files...); err != nil {
+		return "", err
+	}
+	if err := writeAtomic(path, buf.Bytes()); err != nil {
+		return "", fmt.Errorf("create rollout %q: %w", spec.ID, err)
+	}
+	return path, nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
