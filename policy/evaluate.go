@@ -204,7 +204,9 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 				aborted = &SlotDecision{Rollout: r.ID, Wave: wave, Detail: "rollout aborted: " + st.Reason}
 			}
 			continue
-		case wave > st.Wave:
+		case wave > st.Wave && !(cur.Name == t.Name && cur.Version == t.Version):
+			// (A device that already runs the target keeps it, even if an edit of the
+			// waves moved it out of the waves reached.)
 			if notReached == nil {
 				notReached = &SlotDecision{Action: ActionHold, Reason: ReasonWaveNotReached, Target: &t, Rollout: r.ID, Wave: wave,
 					Detail: fmt.Sprintf("device is in wave %d, rollout is at wave %d", wave, st.Wave)}

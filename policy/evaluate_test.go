@@ -82,6 +82,8 @@ func TestEvaluate(t *testing.T) {
 			SlotDecision{Action: ActionInstall, Reason: ReasonInWave, Rollout: "old"}, false, "3.0.0"},
 		{"second wave reached", dev(later, nil), map[string]RolloutState{"new": {Wave: 1}}, now,
 			SlotDecision{Action: ActionInstall, Reason: ReasonInWave, Rollout: "new", Wave: 1}, false, "3.1.0"},
+		{"already there though its wave is not reached", dev(later, func(d *Device) { d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0"} }), active, now,
+			SlotDecision{Action: ActionHold, Reason: ReasonUpToDate, Rollout: "new"}, false, "3.1.0"},
 		{"already there", dev(first, func(d *Device) { d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0"} }), active, now,
 			SlotDecision{Action: ActionHold, Reason: ReasonUpToDate, Rollout: "new"}, false, "3.1.0"},
 		{"not selected", dev(first, func(d *Device) { d.Labels = nil }), active, now,
