@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeward/edgeward/runtime/modelgen"
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// inferModel is one model of the inference comparison.
+type inferModel struct {
+	Name   string `json:"name"`
+	Note   string `json:"note"`
+	path   string
+	input  string
+	shape  []int64
+	data   []float32
+	output string
+	body   []byte
+}
+
+// wideMLP is a dense 64-2304-2304-2304-2304-10 network with random (He-scaled) weights:
+// about 16 M multiply-adds per row, chosen so one in-process run takes over 1 ms on
+// one thread.
+func wideMLP() []byte {
+	r := rand.New(rand.NewPCG(1, 2))
+	dims := []int{64, 2304, 2304, 2304, 2304, 10}
+	var m modelgen.MLP
+	for i := 0; i+1 < len(dims); i++ {
+		in, out := dims[i], dims[i+1]
+		l := modelgen.Layer{In: in, Out: out, W: make([]float32, in*out), B: make([]float32, out)}
+		s := math.Sqrt(2 / float64(in))
+		for j := range l.W {
+			l.W[j] = float32(r.NormFloat64() * s)
+		}
+		m.Layers = append(m.Layers, l)
+	}
+	return m.ONNX("wide", nil, nil)
+}
+
+// prepareModels writes the three models into dir and returns them with a request each.
+func prepareModels(ctx context.Context, dir string) ([]*inferModel, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "github.com/yalue/onnxruntime_go").Output()
+	if err != nil {
+		return nil, fmt.Errorf("locate onnxruntime_go module (Iris model): %w", err)
+	}
+	iris := &inferModel{Name: "iris", Note: "scikit-learn random forest (onnxruntime_go test_data), 4 features",
+		path:  filepath.Join(strings.TrimSpace(string(out)), "test_data", "sklearn_randomforest.onnx"),
+		input: "X", shape: []int64{1, 4}, data: []float32{5.1, 3.5, 1.4, 0.2}, output: "output_label"}
+	vib, err := modelgen.Model("1.1.0")
+	if err != nil {
+		return nil, err
+	}
+	vibration := &inferModel{Name: "vibration", Note: "modelgen MLP 4-H-2 (vibration 1.1.0)",
+		path: filepath.Join(dir, "vibration-1.1.0.onnx"), input: "x", shape: []int64{1, 4},
+		data: []float32{2.1, 3.0, 3.1, 44}, output: "label"}
+	if err := os.WriteFile(vibration.path, vib, 0o644); err != nil {
+		return nil, err
+	}
+	wide := &inferModel{Name: "wide", Note: "dense MLP 64-2304x4-10, random weights (~16 M MACs/row)",
+		path: filepath.Join(dir, "wide.onnx"), input: "x", shape: []int64{1, 64}, output: "label"}
+	for i := range 64 {
+		wide.data = append(wide.data, float32(i%7)-3)
+	}
+	if err := os.WriteFile(wide.path, wideMLP(), 0o644); err != nil {
+		return nil, err
+	}
+	models := []*inferModel{iris, vibration, wide}
+	for _, m := range models {
+		req := map[string]any{
+			"inputs":  []map[string]any{{"name": m.input, "shape": m.shape, "datatype": "FP32", "data": m.data}},
+			"outputs": []map[string]any{{"name": m.output}},
+		}
+		m.body, _ = json.Marshal(req)
+	}
+	return models, nil
+}
+
+// system is one way of running a model: in-process, or an HTTP server.
+type system interface {
+	name() string
+	// worker returns a function doing one inference; each concurrent worker has its own.
+	worker(m *inferModel) (func() error, func(), error)
+}
+
+type inProcess struct {
+	sessions map[string]*ort.DynamicAdvancedSession
+}
+
+func newInProcess(lib string, models []*inferModel) (*inProcess, error) {
+	ort.SetSharedLibraryPath(lib)
+	if err := ort.InitializeEnvironment(); err != nil {
+		return nil, fmt.Errorf("onnxruntime: %w", err)
+	}
+	p := &inProcess{sessions: map[string]*ort.DynamicAdvancedSession{}}
+	for _, m := range models {
+		opts, err := ort.NewSessionOptions()
+		if err != nil {
+			return nil, err
+		}
+		opts.SetIntraOpNumThreads(1) // edgeward-runtime's defaults
+		opts.SetInterOpNumThreads(1)
+		s, err := ort.NewDynamicAdvancedSession(m.path, []string{m.input}, []string{m.output}, opts)
+		opts.Destroy()
+		if err != nil {
+			return nil, fmt.Errorf("session %s: %w", m.Name, err)
+		}
+		p.sessions[m.Name] = s
+	}
+	return p, nil
+}
+
+func (p *inProcess) name() string { return "in-process session.Run" }
+
+func (p *inProcess) worker(m *inferModel) (func() error, func(), error) {
+	x, err := ort.NewTensor(ort.NewShape(m.shape...), slices.Clone(m.data))
+	if err != nil {
+		return nil, nil, err
+	}
+	s := p.sessions[m.Name]
+	in := []ort.Value{x}
+	outs := make([]ort.Value, 1)
+	run := func() error {
+		outs[0] = nil
+		if err := s.Run(in, outs); err != nil {
+			return err
+		}
+		outs[0].Destroy()
+		return nil
+	}
+	return run, func() { x.Destroy() }, nil
+}
+
+type httpSystem struct {
+	label string
+	base  string
+}
+
+func (h *httpSystem) name() string { return h.label }
+
+func (h *httpSystem) worker(m *inferModel) (func() error, func(), error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}
+	c := &http.Client{Transport: tr}
+	url := h.base + "/v2/models/" + m.Name + "/infer"
+	run := func() error {
+		resp, err := c.Post(url, "application/json", bytes.NewReader(m.body))
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: status %d", url, resp.StatusCode)
+		}
+		return err
+	}
+	return run, tr.CloseIdleConnections, nil
+}
+
+// sample is one timed window of one system: latencies of every request and throughput.
+type sample struct {
+	p50, p99, rps float64
+}
+
+// measure runs conc workers for d and returns the window's p50/p99 (µs) and req/s.
+func measure(sys system, m *inferModel, conc int, d time.Duration) (sample, error) {
+	runs := make([]func() error, conc)
+	for i := range conc {
+		run, done, err := sys.worker(m)
+		if err != nil {
+			return sample{}, err
+		}
+		defer done()
+		if err := run(); err != nil { // connect and warm outside the window
+			return sample{}, err
+		}
+		runs[i] = run
+	}
+	lats := make([][]time.Duration, conc)
+	errs := make([]error, conc)
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for i := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l := make([]time.Duration, 0, 1<<14)
+			for {
+				t := time.Now()
+				if !t.Before(end) {
+					break
+				}
+				if err := runs[i](); err != nil {
+					errs[i] = err
+					return
+				}
+				l = append(l, time.Since(t))
+			}
+			lats[i] = l
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for i := range conc {
+		if errs[i] != nil {
+			return sample{}, errs[i]
+		}
+		all = append(all, lats[i]...)
+	}
+	slices.Sort(all)
+	return sample{p50: percentile(all, 0.50), p99: percentile(all, 0.99), rps: float64(len(all)) / elapsed.Seconds()}, nil
+}
+
+// InferRow is one (model, concurrency, system) line of the results.
+type InferRow struct {
+	Model       string  `json:"model"`
+	Concurrency int     `json:"concurrency"`
+	System      string  `json:"system"`
+	P50us       float64 `json:"p50_us"`
+	P99us       float64 `json:"p99_us"`
+	ReqPerSec   float64 `json:"req_per_s"`
+	// Relative to in-process in the same round, medians over rounds.
+	OverheadP50us  float64 `json:"overhead_p50_us,omitempty"`
+	ThroughputFrac float64 `json:"throughput_vs_in_process,omitempty"`
+	// Edgeward HTTP over this system, medians over rounds (req/s ratio).
+	EdgewardSpeedup float64 `json:"edgeward_speedup,omitempty"`
+	Rounds          int     `json:"rounds"`
+}
+
+type InferResult struct {
+	Models []*inferModel `json:"models"`
+	Window string        `json:"window"`
+	Rows   []InferRow    `json:"rows"`
+}
+
+func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
+	models, err := prepareModels(ctx, filepath.Join(cfg.work, "models"))
+	if err != nil {
+		return nil, err
+	}
+	inproc, err := newInProcess(cfg.ortLib, models)
+	if err != nil {
+		return nil, err
+	}
+	// edgeward-runtime, the real binary, with the three models.
+	ep := freePort()
+	args := []string{"--listen", fmt.Sprintf("127.0.0.1:%d", ep), "--control", fmt.Sprintf("127.0.0.1:%d", freePort()), "--ort-lib", cfg.ortLib}
+	for _, m := range models {
+		args = append(args, "--model", m.Name+"=1.0.0="+m.path)
+	}
+	rt, err := startService("edgeward-runtime", filepath.Join(cfg.work, "edgeward-runtime.log"), nil, filepath.Join(cfg.bin, "edgeward-runtime"), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rt.stop()
+	// The Node.js peer.
+	np := freePort()
+	nargs := []string{filepath.Join(cfg.benchDir, "node", "server.js"), fmt.Sprint(np)}
+	for _, m := range models {
+		nargs = append(nargs, m.Name+"="+m.path)
+	}
+	node, err := startService("node", filepath.Join(cfg.work, "node.log"), nil, "node", nargs...)
+	if err != nil {
+		return nil, err
+	}
+	defer node.stop()
+	eb, nb := fmt.Sprintf("http://127.0.0.1:%d", ep), fmt.Sprintf("http://127.0.0.1:%d", np)
+	if err := waitHTTP(eb+"/v2/health/ready", 30*time.Second); err != nil {
+		return nil, err
+	}
+	if err := waitHTTP(nb+"/v2/health/ready", 30*time.Second); err != nil {
+		return nil, err
+	}
+	edge := &httpSystem{label: "edgeward-runtime HTTP", base: eb}
+	peer := &httpSystem{label: "Node.js onnxruntime-node HTTP", base: nb}
+	systems := []system{inproc, edge, peer}
+	res := &InferResult{Models: models, Window: cfg.inferWindow.String()}
+	for _, m := range models {
+		for _, conc := range []int{1, 2} {
+			// warm every system (JIT, allocator, connection pools)
+			for _, s := range systems {
+				if _, err := measure(s, m, conc, cfg.inferWindow/4); err != nil {
+					return nil, fmt.Errorf("%s %s: %w", s.name(), m.Name, err)
+				}
+			}
+			per := make([][]sample, len(systems))
+			var overhead, frac, speedup []float64
+			for r := range cfg.rounds {
+				got := make([]sample, len(systems))
+				for k := range systems { // rotate the order each round
+					i := (k + r) % len(systems)
+					s, err := measure(systems[i], m, conc, cfg.inferWindow)
+					if err != nil {
+						return nil, fmt.Errorf("%s %s: %w", systems[i].name(), m.Name, err)
+					}
+					got[i] = s
+					per[i] = append(per[i], s)
+				}
+				overhead = append(overhead, got[1].p50-got[0].p50)
+				frac = append(frac, got[1].rps/got[0].rps)
+				speedup = append(speedup, got[1].rps/got[2].rps)
+			}
+			for i, s := range systems {
+				var p50, p99, rps []float64
+				for _, x := range per[i] {
+					p50, p99, rps = append(p50, x.p50), append(p99, x.p99), append(rps, x.rps)
+				}
+				row := InferRow{Model: m.Name, Concurrency: conc, System: s.name(), P50us: round(median(p50), 1),
+					P99us: round(median(p99), 1), ReqPerSec: round(median(rps), 0), Rounds: cfg.rounds}
+				if i == 1 {
+					row.OverheadP50us, row.ThroughputFrac = round(median(overhead), 1), round(median(frac), 3)
+					row.EdgewardSpeedup = round(median(speedup), 2)
+				}
+				res.Rows = append(res.Rows, row)
+				logf("infer %-9s c=%d %-30s p50 %8.1fµs p99 %8.1fµs %8.0f req/s", m.Name, conc, s.name(), row.P50us, row.P99us, row.ReqPerSec)
+			}
+		}
+	}
+	return res, nil
+}
