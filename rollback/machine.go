@@ -45,8 +45,8 @@ const (
 	Failed      Phase = "failed"      // the last download or verification failed; Active untouched
 )
 
-// Kinds are the slot kinds: the ones installed into A/B slots.
-var Kinds = []artifact.Kind{artifact.KindModel, artifact.KindRuntime}
+// Kinds returns the slot kinds: the ones installed into A/B slots.
+func Kinds() []artifact.Kind { return []artifact.Kind{artifact.KindModel, artifact.KindRuntime} }
 
 // Target is what TUF verified about a version to install: where it lives, its length and
 // sha256, its version and the anti-rollback floor of that version.

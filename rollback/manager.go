@@ -87,7 +87,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	for _, k := range Kinds {
+	for _, k := range Kinds() {
 		for _, s := range []Slot{SlotA, SlotB} {
 			if err := os.MkdirAll(filepath.Join(cfg.Dir, "slots", string(k), string(s)), 0o700); err != nil {
 				return nil, fmt.Errorf("create slot directories: %w", err)
@@ -144,7 +144,7 @@ func (m *Manager) Floor(ctx context.Context, kind artifact.Kind) (uint64, error)
 // error after the other kinds were recovered.
 func (m *Manager) Recover(ctx context.Context) error {
 	var errs []error
-	for _, k := range Kinds {
+	for _, k := range Kinds() {
 		if err := m.removeLeftovers(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
@@ -246,7 +246,7 @@ func (m *Manager) Abort(ctx context.Context, kind artifact.Kind, reason string) 
 // Tick rolls back trials past their deadline.
 func (m *Manager) Tick(ctx context.Context) error {
 	var errs []error
-	for _, k := range Kinds {
+	for _, k := range Kinds() {
 		if _, err := m.drive(ctx, k, EvTick{}, m.cfg.Fetch); err != nil {
 			errs = append(errs, err)
 		}
@@ -254,12 +254,21 @@ func (m *Manager) Tick(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-var persistCrash = map[Phase]string{
-	Downloading: "after-install",
-	Staged:      "after-stage",
-	Trial:       "after-trial-start",
-	Committed:   "after-commit",
-	RolledBack:  "after-rollback",
+// persistCrash names the crash point right after a phase is persisted.
+func persistCrash(p Phase) string {
+	switch p {
+	case Downloading:
+		return "after-install"
+	case Staged:
+		return "after-stage"
+	case Trial:
+		return "after-trial-start"
+	case Committed:
+		return "after-commit"
+	case RolledBack:
+		return "after-rollback"
+	}
+	return ""
 }
 
 // drive feeds ev to Step, persists the new state, performs its actions and feeds any
@@ -284,8 +293,8 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch
 				return s, err
 			}
 			m.cfg.Logger.Info("slot transition", "kind", kind, "event", ev.event(), "from", s.phase(), "to", n.Phase, "seq", n.Seq, "reason", n.Reason)
-			if (n.Phase != Downloading || s.phase() != Downloading) && persistCrash[n.Phase] != "" {
-				crashpoint.Hit(&m.crash, persistCrash[n.Phase])
+			if name := persistCrash(n.Phase); name != "" && (n.Phase != Downloading || s.phase() != Downloading) {
+				crashpoint.Hit(&m.crash, name)
 			}
 		}
 		next, err := m.perform(ctx, n, acts, fetch)
@@ -413,7 +422,7 @@ func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
 // file is left outside a download in progress.
 func (m *Manager) CheckInvariant(ctx context.Context) error {
 	var errs []error
-	for _, k := range Kinds {
+	for _, k := range Kinds() {
 		s, err := m.db.Load(ctx, k)
 		if err != nil {
 			errs = append(errs, err)

@@ -137,7 +137,7 @@ func (a *Agent) Step(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	status := map[artifact.Kind]SlotStatus{}
-	for _, k := range rollback.Kinds {
+	for _, k := range rollback.Kinds() {
 		s, err := a.cfg.Slots.State(ctx, k)
 		if err != nil {
 			errs = append(errs, err)
@@ -169,7 +169,7 @@ func (a *Agent) Step(ctx context.Context) error {
 			desired = nil
 		}
 	}
-	for _, k := range rollback.Kinds {
+	for _, k := range rollback.Kinds() {
 		p, ok := desired[k]
 		if !ok || p == status[k].Path || a.refused[string(k)] == p {
 			continue

@@ -102,7 +102,7 @@ func TestCrashPoints(t *testing.T) {
 	}
 	bin := buildAgent(t)
 	ctx := context.Background()
-	for _, point := range crashpoint.Names {
+	for _, point := range crashpoint.Names() {
 		for _, outcome := range []string{"pass", "fail"} {
 			if point == "after-rollback" && outcome == "pass" || (strings.Contains(point, "commit") || point == "after-floor-raise") && outcome == "fail" {
 				continue

@@ -49,7 +49,7 @@ func TestRandomKills(t *testing.T) {
 	}
 	var floor uint64
 	killed, next := 0, 1
-	for round := 0; killed < kills && round < kills*4; round++ {
+	for round := 0; killed < kills && round < kills*10; round++ {
 		s, _, m := inspect(t, state)
 		m.Close()
 		if s.Current != nil {

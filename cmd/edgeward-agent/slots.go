@@ -129,7 +129,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 
 // status prints, for a person on the device, each kind's slots and transaction.
 func status(ctx context.Context, m *rollback.Manager, w io.Writer) error {
-	for _, k := range rollback.Kinds {
+	for _, k := range rollback.Kinds() {
 		s, err := m.State(ctx, k)
 		if err != nil {
 			fmt.Fprintf(w, "%s: %v\n", k, err)

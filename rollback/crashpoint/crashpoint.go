@@ -10,15 +10,17 @@ package crashpoint
 const Env = "EDGEWARD_CRASHPOINT"
 
 // Names lists every crash point the agent has, in the order an install reaches them.
-var Names = []string{
-	"after-install",     // downloading persisted, inactive slot not yet cleared
-	"after-clear-slot",  // inactive slot cleared, download not started
-	"mid-download",      // a download checkpoint (offset and hash state) is durable
-	"after-download",    // slot file complete and renamed, "downloaded" not yet persisted
-	"after-verify",      // verifying persisted and verify done, staged not yet persisted
-	"after-stage",       // staged persisted
-	"after-trial-start", // trial persisted, trial not yet started
-	"after-commit",      // committed persisted, floor not yet raised
-	"after-floor-raise", // floor raised, new slot not yet activated
-	"after-rollback",    // rolled_back persisted, trial slot not yet cleared
+func Names() []string {
+	return []string{
+		"after-install",     // downloading persisted, inactive slot not yet cleared
+		"after-clear-slot",  // inactive slot cleared, download not started
+		"mid-download",      // a download checkpoint (offset and hash state) is durable
+		"after-download",    // slot file complete and renamed, "downloaded" not yet persisted
+		"after-verify",      // verifying persisted and verify done, staged not yet persisted
+		"after-stage",       // staged persisted
+		"after-trial-start", // trial persisted, trial not yet started
+		"after-commit",      // committed persisted, floor not yet raised
+		"after-floor-raise", // floor raised, new slot not yet activated
+		"after-rollback",    // rolled_back persisted, trial slot not yet cleared
+	}
 }
