@@ -1,0 +1,242 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// ortLibrary finds the ONNX Runtime library installed by make deps; a missing library
+// skips the test, or fails it when EDGEWARD_REQUIRE_DEPS=1.
+func ortLibrary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("ONNXRUNTIME_LIB"); p != "" {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err == nil {
+		p := filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), ".deps", "onnxruntime", "lib", "libonnxruntime.so.1")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+		t.Fatal("ONNX Runtime library not found (run make deps)")
+	}
+	t.Skip("ONNX Runtime library not found (run make deps)")
+	return ""
+}
+
+func rolloutPolicy(t *testing.T, version string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(`version: 1
+attestation: {required: true, max_age: 30m}
+rollouts:
+  - id: vib-` + version + `
+    target: {kind: model, name: vibration-anomaly, version: ` + version + `}
+    pause: {max_failure_ratio: 0.5, min_reports: 1}
+    waves: [{percent: 100}]
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestDeviceStory runs one device through the product's story, in one process but with
+// every real part: a TUF repository and its server with the device API, the TPM
+// simulator with a manufacturer EK certificate enrolled through the attestation CA, the
+// agent's slots, TUF client and main loop, and ONNX Runtime serving and probing the
+// models. A good model commits; a degraded one fails its probe, rolls back, and pauses
+// its rollout; the device stays trusted throughout.
+func TestDeviceStory(t *testing.T) {
+	lib := ortLibrary(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	pass := []byte("pw")
+
+	// Server side.
+	res, err := reposerver.Init(ctx, reposerver.Config{Dir: filepath.Join(dir, "repo")}, reposerver.InitOptions{Passphrase: pass})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := res.Repo
+	keys := &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return pass, nil }}
+	publish := func(version string) {
+		t.Helper()
+		probe, err := modelgen.ProbeSet(version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		model, err := modelgen.Model(version)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, keys); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
+			Gates: &artifact.Gates{MinAccuracy: 0.85}}, Ext: ".onnx", Content: bytes.NewReader(model)}, keys); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("1.0.0")
+	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pol atomic.Pointer[policy.Policy]
+	pol.Store(rolloutPolicy(t, "1.0.0"))
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: pol.Load}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+
+	// Device side: TPM, enrollment, runtime, slots, TUF, agent.
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := (&attest.EnrollClient{URL: hs.URL + deviceapi.PathAttest}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	state := filepath.Join(dir, "device")
+	mlog, err := OpenMeasurementLog(ctx, filepath.Join(state, "measurements.json"), tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := runtime.New(runtime.Config{LibraryPath: lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close(ctx)
+	control := httptest.NewServer(rt.ControlHandler())
+	defer control.Close()
+	rc := &runtime.Client{BaseURL: control.URL}
+
+	root, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "1.root.json"))
+	mdir := filepath.Join(state, "tuf")
+	if err := updater.PinRoot(mdir, root); err != nil {
+		t.Fatal(err)
+	}
+	tuf, err := updater.NewTUF(updater.TUFConfig{MetadataDir: mdir, MetadataURL: hs.URL + "/metadata", TargetsURL: hs.URL + "/targets"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: tuf.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	outbox, err := updater.OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outbox.Close()
+	link := &Attested{API: &deviceapi.Client{BaseURL: hs.URL}, TPM: tpm, AK: ak, Log: mlog, Labels: map[string]string{"line": "press"}, Hardware: "x86_64", AgentVersion: "0.1.0", Slots: slots}
+	judge := &RuntimeJudge{Runtime: rc, TUF: tuf, Log: mlog, WorkDir: state}
+	ag, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: tuf, Slots: slots, Director: link, Judge: judge, Outbox: outbox, Sender: link})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	committed := func() string {
+		st, err := slots.State(ctx, artifact.KindModel)
+		if err != nil || st.Current == nil {
+			return ""
+		}
+		return st.Current.Version
+	}
+
+	// 1.0.0 rolls out: installed, probed, committed, reported; the device stays trusted.
+	if err := ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if v := committed(); v != "1.0.0" {
+		t.Fatalf("committed model = %q; want 1.0.0", v)
+	}
+	if err := ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	last := link.Last()
+	if !last.Trusted || last.Slots[0].Reason != "up_to_date" {
+		t.Fatalf("check-in after commit = %+v; want trusted and up to date", last)
+	}
+	reps, _ := store.Reports(ctx, fleet.ReportFilter{})
+	if len(reps) != 1 || reps[0].Outcome != policy.OutcomeCommitted || reps[0].RolloutID != "vib-1.0.0" {
+		t.Fatalf("reports = %+v; want one committed report for vib-1.0.0", reps)
+	}
+
+	// The degraded 2.0.0 rolls out: its probe fails, the slot rolls back to 1.0.0, and the
+	// failure report pauses the rollout.
+	publish("2.0.0")
+	pol.Store(rolloutPolicy(t, "2.0.0"))
+	ag.Step(ctx) // the install's failure is reported, not returned as an error
+	if v := committed(); v != "1.0.0" {
+		t.Fatalf("committed model after a failed probe = %q; want 1.0.0 kept", v)
+	}
+	st, _ := slots.State(ctx, artifact.KindModel)
+	if !strings.Contains(st.Reason, "probe failed") {
+		t.Fatalf("slot reason = %q; want the probe failure", st.Reason)
+	}
+	ag.Step(ctx)
+	rs, err := store.RolloutState(ctx, "vib-2.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Status != policy.StatusPaused {
+		t.Fatalf("rollout vib-2.0.0 status = %s; want paused after its wave failed", rs.Status)
+	}
+	if last := link.Last(); !last.Trusted {
+		t.Fatalf("device untrusted after rollback: %v", last.Reasons)
+	}
+	// The runtime still serves 1.0.0 as the default.
+	idx, _ := rc.Index(ctx)
+	for _, e := range idx {
+		if e.Default && e.Version != "1.0.0" {
+			t.Fatalf("runtime default = %s; want 1.0.0", e.Version)
+		}
+	}
+}

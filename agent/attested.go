@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// Attested is the agent's side of the device API. Every call is one check-in proven by
+// the TPM: a fresh nonce, the request, and a quote over both (deviceapi.QuoteData) with
+// the measurement log. It implements updater.Director (desired state) and
+// updater.Sender (reports, acknowledged once the server stored them). Safe for
+// concurrent use; check-ins are serialised (one nonce per device at a time).
+type Attested struct {
+	API          *deviceapi.Client
+	TPM          *attest.TPM
+	AK           *attest.AKCertificate
+	Log          *MeasurementLog
+	Labels       map[string]string
+	Hardware     string
+	AgentVersion string
+	Attrs        map[string]any
+	Logger       *slog.Logger
+	// Slots, if set, is read at every check-in, so that reports sent after an install
+	// carry the slots as they are then (the quote covers what was loaded since).
+	Slots *rollback.Manager
+
+	mu     sync.Mutex
+	status map[artifact.Kind]updater.SlotStatus
+	last   *deviceapi.CheckInResponse
+}
+
+// DeviceID is the device's identity: the permanent identifier of its AK certificate.
+func (a *Attested) DeviceID() string { return a.AK.PermanentIdentifier }
+
+// Last is the server's last answer (nil before the first check-in).
+func (a *Attested) Last() *deviceapi.CheckInResponse {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last
+}
+
+// CheckIn reports the slots and returns the targets the server wants installed.
+// Targets the server only wants downloaded (outside the maintenance window) are not
+// returned: the agent installs only inside its window.
+func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]string, error) {
+	a.mu.Lock()
+	a.status = status
+	a.mu.Unlock()
+	resp, err := a.send(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	want := map[artifact.Kind]string{}
+	for _, s := range resp.Slots {
+		if s.Action == "install" && s.Target != "" {
+			want[s.Kind] = s.Target
+		}
+	}
+	return want, nil
+}
+
+// Send delivers install reports in a check-in.
+func (a *Attested) Send(ctx context.Context, msgs []updater.Message) ([]string, error) {
+	var reps []deviceapi.Report
+	var ids []string
+	for _, m := range msgs {
+		if m.Kind != "install" {
+			ids = append(ids, m.ID) // nothing else is reported today: acknowledge, do not resend forever
+			continue
+		}
+		var ir updater.InstallReport
+		if err := json.Unmarshal(m.Body, &ir); err != nil {
+			ids = append(ids, m.ID)
+			continue
+		}
+		reps = append(reps, deviceapi.Report{ID: m.ID, Kind: ir.Kind, Name: ir.Name, Version: ir.Version,
+			Outcome: ir.Outcome, Cause: ir.Cause, At: ir.At, Bytes: ir.Bytes})
+	}
+	if len(reps) == 0 {
+		return ids, nil
+	}
+	resp, err := a.send(ctx, reps)
+	if err != nil {
+		return ids, err
+	}
+	if resp.ReportsAccepted != len(reps) {
+		return ids, fmt.Errorf("server stored %d of %d reports", resp.ReportsAccepted, len(reps))
+	}
+	for _, r := range reps {
+		ids = append(ids, r.ID)
+	}
+	return ids, nil
+}
+
+func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*deviceapi.CheckInResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id := a.DeviceID()
+	nonce, err := a.API.Nonce(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	req := &deviceapi.CheckInRequest{DeviceID: id, Labels: a.Labels, Hardware: a.Hardware, AgentVersion: a.AgentVersion,
+		Attrs: a.Attrs, Slots: map[artifact.Kind]deviceapi.Slot{}, Reports: reports, Nonce: nonce}
+	status := a.status
+	if a.Slots != nil {
+		status = map[artifact.Kind]updater.SlotStatus{}
+		for _, k := range rollback.Kinds() {
+			s, err := a.Slots.State(ctx, k)
+			if err != nil {
+				return nil, err
+			}
+			if s.Current != nil {
+				status[k] = updater.SlotStatus{Version: s.Current.Version, Path: s.Current.Path}
+			}
+		}
+	}
+	for kind, st := range status {
+		if st.Version == "" {
+			continue
+		}
+		_, name, _, err := artifact.ParseTargetPath(st.Path)
+		if err != nil {
+			return nil, fmt.Errorf("slot %s: %w", kind, err)
+		}
+		req.Slots[kind] = deviceapi.Slot{Name: name, Version: st.Version}
+	}
+	bound, err := deviceapi.QuoteData(nonce, req)
+	if err != nil {
+		return nil, err
+	}
+	// The log is read before the quote: a measurement between the two would make the
+	// quote cover an event the log lacks, which the server rejects (fail closed).
+	log := a.Log.Log()
+	q, err := a.TPM.Quote(ctx, bound, []int{a.Log.PCR()})
+	if err != nil {
+		return nil, fmt.Errorf("quote: %w", err)
+	}
+	req.Evidence = deviceapi.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log}
+	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
+		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
+	}
+	resp, err := a.API.CheckIn(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.Trusted && a.Logger != nil {
+		a.Logger.Warn("server does not trust this device's evidence", "reasons", resp.Reasons, "quarantined", resp.Quarantined)
+	}
+	a.last = resp
+	return resp, nil
+}
+
+// ErrNotEnrolled is returned when the agent has no AK certificate.
+var ErrNotEnrolled = errors.New("agent: not enrolled")

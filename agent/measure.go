@@ -1,0 +1,104 @@
+// Package agent composes the device side of Edgeward: the TPM-attested link to the
+// server's device API (an updater.Director and updater.Sender), the measurement log, and
+// the trial judge that loads a new model into the runtime beside the serving one, probes
+// it against its gates and commits only on pass. The agent's main loop is updater.Agent;
+// cmd/edgeward-agent wires these parts to it.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/rollback"
+)
+
+// MeasurementLog is the agent's measurement log: every artifact load is extended into
+// the measurement PCR and appended here, durably, in the same order. The log is per
+// boot of the TPM (the PCR is reset at boot); Open starts a new one when the stored log
+// no longer replays to the PCR. Safe for concurrent use.
+type MeasurementLog struct {
+	path string
+	tpm  *attest.TPM
+	pcr  int
+	mu   sync.Mutex
+	log  eventlog.Log
+}
+
+// OpenMeasurementLog loads the log at path and keeps it if it replays to the TPM's
+// current PCR value; otherwise (a new boot, a new TPM, a lost file) it resets the PCR
+// (a software-resettable PCR: 16 or 23) and starts an empty log.
+func OpenMeasurementLog(ctx context.Context, path string, tpm *attest.TPM, pcr int) (*MeasurementLog, error) {
+	if pcr == 0 {
+		pcr = eventlog.PCRDevelopment
+	}
+	m := &MeasurementLog{path: path, tpm: tpm, pcr: pcr}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("measurement log: %w", err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("measurement log: %w", err)
+	}
+	if err == nil {
+		if l, perr := eventlog.Parse(data); perr == nil {
+			pcrs, rerr := tpm.ReadPCRs(ctx, pcr)
+			if rerr != nil {
+				return nil, rerr
+			}
+			if want, ok := l.Replay()[pcr]; ok && string(want[:]) == string(pcrs[pcr]) {
+				m.log = l
+				return m, nil
+			}
+		}
+	}
+	if err := tpm.ResetPCR(ctx, pcr); err != nil {
+		return nil, fmt.Errorf("measurement log: reset PCR %d: %w", pcr, err)
+	}
+	if err := m.saveLocked(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Measure extends the PCR with the artifact and appends it to the log, durably.
+func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha256hex string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: kind, Name: name, Version: version, SHA256: sha256hex})
+	if err != nil {
+		return fmt.Errorf("measure %s %s %s: %w", kind, name, version, err)
+	}
+	m.log = append(m.log, ev)
+	return m.saveLocked()
+}
+
+// Log returns a copy of the log.
+func (m *MeasurementLog) Log() eventlog.Log {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append(eventlog.Log(nil), m.log...)
+}
+
+// PCR is the measurement PCR.
+func (m *MeasurementLog) PCR() int { return m.pcr }
+
+func (m *MeasurementLog) saveLocked() error {
+	data, err := json.Marshal(m.log)
+	if err != nil {
+		return err
+	}
+	if m.log == nil {
+		data = []byte("[]")
+	}
+	if err := rollback.WriteFileAtomic(m.path, data); err != nil {
+		return fmt.Errorf("measurement log: %w", err)
+	}
+	return nil
+}
