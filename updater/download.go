@@ -39,6 +39,8 @@ var (
 	ErrTruncated = errors.New("body shorter than the target's TUF length")
 	// ErrDiskFull: writing the slot ran out of space.
 	ErrDiskFull = errors.New("no space left for the target")
+	// ErrStalled: no byte arrived for Downloader.StallTimeout (retried, resumed).
+	ErrStalled = errors.New("download stalled")
 	// ErrNoHash: TUF lists no hash, or one this client cannot check (it supports sha256,
 	// sha384 and sha512).
 	ErrNoHash = errors.New("unsupported or missing hash for the target")
@@ -92,6 +94,9 @@ type Downloader struct {
 	CheckpointBytes int64
 	// Retry bounds retries of transient failures.
 	Retry Backoff
+	// StallTimeout ends an attempt when no byte arrives for this long (the next attempt
+	// resumes); 0 means 60s.
+	StallTimeout time.Duration
 	// Sleep waits between attempts. Nil means a timer honouring ctx.
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Rand returns a number in [0, 1) for jitter. Nil means math/rand/v2.
@@ -365,7 +370,20 @@ func classifyWrite(err error) error {
 }
 
 // fetch requests the rest of the target and streams it into p.
-func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) error {
+func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) (err error) {
+	stall := d.StallTimeout
+	if stall <= 0 {
+		stall = 60 * time.Second
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(stall, func() { cancel(ErrStalled) })
+	defer timer.Stop()
+	defer func() {
+		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && !errors.Is(err, ErrStalled) {
+			err = &DownloadError{URL: url, Err: fmt.Errorf("%w: nothing received for %v at %d of %d bytes", ErrStalled, stall, p.offset, want.Length)}
+		}
+	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return &DownloadError{URL: url, Err: err, perm: true}
@@ -432,6 +450,7 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	for {
 		n, rerr := body.Read(buf)
 		if n > 0 {
+			timer.Reset(stall)
 			if p.offset+int64(n) > want.Length {
 				return &DownloadError{URL: url, Err: fmt.Errorf("%w (%d)", ErrTooLong, want.Length), perm: true}
 			}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -318,5 +319,41 @@ func TestDownloadCorruptCheckpoint(t *testing.T) {
 			t.Errorf("checkpoint %q: resumed with Range %q; want a clean start", state, o.requests[0])
 		}
 		os.Remove(dst)
+	}
+}
+
+// TestDownloadStall resumes a download whose server stops sending mid-body.
+func TestDownloadStall(t *testing.T) {
+	content := randomBytes(64 << 10)
+	release := make(chan struct{})
+	defer close(release)
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+			w.Write(content[:20<<10])
+			w.(http.Flusher).Flush()
+			select { // hang, as a dead link does
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(content))
+	}))
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "payload")
+	d := testDownloader(nil)
+	d.StallTimeout = 50 * time.Millisecond
+	var waits []time.Duration
+	d.Sleep = func(_ context.Context, w time.Duration) error { waits = append(waits, w); return nil }
+	if err := d.Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+		t.Fatalf("Download = %v", err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Errorf("payload after a stall differs")
+	}
+	if calls.Load() != 2 || len(waits) != 1 {
+		t.Errorf("%d requests, %d retries; want one stalled request and one resume", calls.Load(), len(waits))
 	}
 }
