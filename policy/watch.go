@@ -49,6 +49,8 @@ type Watcher struct {
 	valid, lastOK, rollouts prometheus.Gauge
 	reloads                 *prometheus.CounterVec
 
+	reloadMu sync.Mutex // serialises Reload, so that an older load never replaces a newer one
+
 	mu      sync.Mutex
 	cur     *Policy
 	st      ReloadStatus
@@ -142,6 +144,8 @@ func (w *Watcher) Changed() <-chan struct{} {
 // Reload loads the directory now (for example on SIGHUP) and returns the load error,
 // if any; the policy in force changes only on success.
 func (w *Watcher) Reload() error {
+	w.reloadMu.Lock()
+	defer w.reloadMu.Unlock()
 	p, err := Load(w.cfg.Dir)
 	now := w.cfg.Now()
 	w.mu.Lock()
