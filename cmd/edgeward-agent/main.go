@@ -12,6 +12,7 @@
 //	edgeward-agent recover  --state-dir DIR
 //	edgeward-agent status   --state-dir DIR
 //	edgeward-agent run      --state-dir DIR [--want KIND=PATH]... [--judge-cmd CMD] [--once]
+//	edgeward-agent device   --state-dir DIR --server URL [--labels k=v,...] [--listen ADDR] [--once]
 //
 // Every command that opens the state first recovers it, so a command after a crash
 // continues from the persisted transaction.
@@ -44,6 +45,8 @@ commands:
   confirm     end the trial: --pass commits, --fail REASON rolls back
   recover     recover the state after a restart (resume, roll back expired trials)
   run         the main loop: check in, install, trial, commit or roll back, report
+  device      the whole device: TPM enrollment, attested check-ins with the server,
+              its inference runtime, probe-gated commits (after enroll --tpm)
   status      show slots, versions, floors and the transaction in progress
 `
 
@@ -60,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = tufClient(ctx, args[1:], stdout, log)
 	case "run":
 		err = runAgent(ctx, args[1:], log)
+	case "device":
+		err = runDevice(ctx, args[1:], log)
 	case "enroll", "install", "trial", "confirm", "recover", "status":
 		err = slotCommand(ctx, args[0], args[1:], stdout, log)
 	case "-h", "--help", "help":

@@ -2,13 +2,20 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -20,6 +27,11 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	rf.register(fs, env)
 	listen := fs.String("listen", "127.0.0.1:8440", "address to serve on")
 	refresh := fs.Duration("refresh-interval", 0, "how often to check online metadata expiry (default: min(1m, timestamp lifetime/10))")
+	attestDir := fs.String("attest-dir", "", "attestation CA key and certificate (default DIR/attest; created on first start)")
+	ekRoots := fs.String("ek-roots", "", "PEM file of TPM manufacturer root certificates EK certificates must chain to")
+	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
+	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded (default DIR/policy; absent: no rollouts)")
+	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -49,6 +61,47 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		}
 	}
 	if err := srv.EnableOperatorAPI(op); err != nil {
+		return err
+	}
+	if *attestDir == "" {
+		*attestDir = filepath.Join(rf.dir, "attest")
+	}
+	caKey, caCert, err := loadOrCreateAttestCA(*attestDir)
+	if err != nil {
+		return err
+	}
+	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log}
+	if *ekRoots != "" {
+		if cacfg.ManufacturerRoots, err = loadPool(*ekRoots); err != nil {
+			return err
+		}
+	} else {
+		log.Warn("no --ek-roots: no TPM can enroll")
+	}
+	if *ekInter != "" {
+		if cacfg.ManufacturerIntermediates, err = loadPool(*ekInter); err != nil {
+			return err
+		}
+	}
+	ca, err := attestca.New(cacfg)
+	if err != nil {
+		return err
+	}
+	if *policyDir == "" {
+		*policyDir = filepath.Join(rf.dir, "policy")
+	}
+	var current func() *policy.Policy
+	if _, err := os.Stat(*policyDir); err == nil {
+		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: *policyDir, Registerer: srv.Registry(), Logger: log})
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		go w.Run(ctx)
+		current = w.Policy
+		log.Info("policy", "dir", *policyDir, "status", w.Status())
+	}
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -86,4 +139,81 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stderr, "token %s for %s (%s), expires %s; it is shown once:\n", info.ID, *name, r, info.ExpiresAt.Format(time.RFC3339))
 	fmt.Fprintln(env.stdout, tok)
 	return nil
+}
+
+// loadOrCreateAttestCA reads the attestation CA's key and certificate from dir, creating
+// a self-signed CA (valid ten years) on first use. The key file is mode 0600.
+func loadOrCreateAttestCA(dir string) (crypto.Signer, *x509.Certificate, error) {
+	keyPath, certPath := filepath.Join(dir, "ca.key"), filepath.Join(dir, "ca.pem")
+	kb, kerr := os.ReadFile(keyPath)
+	cb, cerr := os.ReadFile(certPath)
+	if errors.Is(kerr, os.ErrNotExist) && errors.Is(cerr, os.ErrNotExist) {
+		signer, cert, err := attestca.NewRoot("Edgeward Attestation CA", 10*365*24*time.Hour)
+		if err != nil {
+			return nil, nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(signer)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, err
+		}
+		fsys := reposerver.OSFS{}
+		if err := fsys.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return nil, nil, err
+		}
+		if err := fsys.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+			return nil, nil, err
+		}
+		return signer, cert, nil
+	}
+	if kerr != nil || cerr != nil {
+		return nil, nil, fmt.Errorf("attestation CA in %s: %v %v", dir, kerr, cerr)
+	}
+	kblk, _ := pem.Decode(kb)
+	cblk, _ := pem.Decode(cb)
+	if kblk == nil || cblk == nil {
+		return nil, nil, fmt.Errorf("attestation CA in %s: not PEM", dir)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kblk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: not a signing key", keyPath)
+	}
+	cert, err := x509.ParseCertificate(cblk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	return signer, cert, nil
+}
+
+// loadPool reads every certificate of a PEM file.
+func loadPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificates", path)
+	}
+	return pool, nil
 }
