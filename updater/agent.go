@@ -35,6 +35,16 @@ type Judge interface {
 	Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, meta artifact.Meta) (pass bool, reason string)
 }
 
+// Outcome is implemented by a Judge that must act on what was recorded after its
+// verdict: Committed is called once a pass is durably committed (the moment to make the
+// new version serve), RolledBack when the slot rolled back (a failed verdict, or a pass
+// that came too late or met a raised floor), to undo whatever the trial left behind.
+// A Judge should not make a version serve before Committed: the commit can still fail.
+type Outcome interface {
+	Committed(ctx context.Context, kind artifact.Kind, t rollback.Target, meta artifact.Meta) error
+	RolledBack(ctx context.Context, kind artifact.Kind, t rollback.Target, meta artifact.Meta) error
+}
+
 // InstallReport is the report of one install, as stored in the outbox (JSON field names
 // follow the server's report).
 type InstallReport struct {
@@ -228,14 +238,28 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, t
 	if s, err = a.cfg.Slots.Confirm(ctx, kind, pass, reason); err != nil {
 		return err
 	}
+	var hookErr error
+	o, hooked := a.cfg.Judge.(Outcome)
 	switch s.Phase {
 	case rollback.Committed:
 		rep.Outcome = "committed"
+		if hooked {
+			hookErr = o.Committed(ctx, kind, t, meta)
+		}
 	default:
 		rep.Outcome, rep.Cause = "probe_failed", s.Reason
+		if pass {
+			rep.Outcome = "rolled_back"
+		}
 		a.refused[string(kind)] = targetPath
+		if hooked {
+			hookErr = o.RolledBack(ctx, kind, t, meta)
+		}
 	}
 	a.report(ctx, rep)
+	if hookErr != nil {
+		return fmt.Errorf("%s %s: after %s: %w", kind, t.Version, rep.Outcome, hookErr)
+	}
 	return nil
 }
 

@@ -31,6 +31,22 @@ func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (
 // judge passes every version but those listed.
 type judge map[string]string
 
+// hookedJudge records the outcomes it is told about.
+type hookedJudge struct {
+	judge
+	events []string
+}
+
+func (h *hookedJudge) Committed(_ context.Context, _ artifact.Kind, t rollback.Target, _ artifact.Meta) error {
+	h.events = append(h.events, "committed "+t.Version)
+	return nil
+}
+
+func (h *hookedJudge) RolledBack(_ context.Context, _ artifact.Kind, t rollback.Target, _ artifact.Meta) error {
+	h.events = append(h.events, "rolled back "+t.Version)
+	return nil
+}
+
 func (j judge) Judge(_ context.Context, _ artifact.Kind, _ string, t rollback.Target, _ artifact.Meta) (bool, string) {
 	if reason, bad := j[t.Version]; bad {
 		return false, reason
@@ -60,7 +76,8 @@ func TestAgentRounds(t *testing.T) {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	d := &director{offline: true}
 	srv := &server{seen: map[string]int{}}
-	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{"2.0.0": "accuracy 0.91 < 0.95"},
+	hj := &hookedJudge{judge: judge{"2.0.0": "accuracy 0.91 < 0.95"}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: hj,
 		Outbox: o, Sender: srv, Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +124,9 @@ func TestAgentRounds(t *testing.T) {
 	}
 	if got, want := strings.Join(outcomes, ", "), "1.0.0 committed, 2.0.0 probe_failed, 0.5.0 install_error"; got != want {
 		t.Errorf("reports = %s; want %s", got, want)
+	}
+	if got, want := strings.Join(hj.events, ", "), "committed 1.0.0, rolled back 2.0.0"; got != want {
+		t.Errorf("judge told %q; want %q", got, want)
 	}
 	srv.up = true
 	a.Step(ctx)
