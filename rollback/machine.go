@@ -5,6 +5,26 @@
 // Invariant: for each slot kind, the active slot always holds a complete, verified,
 // previously committed version. New versions are only ever written into the inactive
 // slot, and the active slot changes only on commit.
+//
+// Transitions (Step), with the actions the shell performs after persisting each:
+//
+//	idle|committed|rolled_back|failed --install--> downloading   clear-slot, download
+//	downloading --downloaded--> verifying                        verify
+//	verifying   --verified-->   staged
+//	downloading|verifying --failed--> failed                     clear-slot
+//	downloading|verifying|staged --abort--> failed               clear-slot
+//	staged      --begin-trial--> trial                           start-trial
+//	trial       --trial-passed--> committed (active flips)       stop-trial, raise-floor, activate
+//	trial       --trial-failed|deadline--> rolled_back           stop-trial, clear-slot, activate(old)
+//	any         --recover-->    (same)                           what the phase still needs
+//	idle, no state --adopt-->   committed                        raise-floor, clear-slot, activate
+//
+// An install below the anti-rollback floor, or older than the committed version, is
+// refused before anything is written (*DowngradeError). The floor rises only on commit,
+// so rolling back to the committed slot is never a downgrade.
+//
+// Crash points (test builds with -tags crashpoints, see package crashpoint) sit between
+// each persisted transition and its actions.
 package rollback
 
 import (
