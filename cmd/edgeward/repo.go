@@ -476,6 +476,9 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", pos[0])
+	}
 	var content io.Reader = f
 	if out, ok := env.stderr.(*os.File); ok && term.IsTerminal(int(out.Fd())) {
 		p := newProgress(out, fi.Size())
