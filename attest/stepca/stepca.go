@@ -1,0 +1,292 @@
+// Package stepca embeds step-ca (github.com/smallstep/certificates) as the
+// device certificate authority: one ACME provisioner that allows only the
+// device-attest-01 challenge with attestation format "tpm", trusting AK
+// certificates from Edgeward's attestation CA (attest/attestca). Devices get
+// short-lived certificates for TPM-resident keys (see attest.RequestDeviceCert)
+// and use them for mTLS.
+//
+// Server side only; the agent never links it.
+package stepca
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/smallstep/certificates/authority/config"
+	"github.com/smallstep/certificates/ca"
+)
+
+// Config configures the embedded CA. Zero values are useful defaults.
+type Config struct {
+	// Dir holds the CA's keys, certificates, config and database; created
+	// when missing, reused (same root) when present. Required.
+	Dir string
+	// Address is the HTTPS listen address; empty means 127.0.0.1 on a free
+	// port.
+	Address string
+	// DNSNames are the names in the CA's TLS certificate; nil means
+	// localhost, 127.0.0.1 and ::1.
+	DNSNames []string
+	// AttestationRoots are the roots AK certificates must chain to: the
+	// attestation CA's root. Required.
+	AttestationRoots []*x509.Certificate
+	// CertDuration is the device certificate lifetime; zero means 24h.
+	CertDuration time.Duration
+	// Provisioner is the ACME provisioner name; empty means "edgeward".
+	Provisioner string
+}
+
+// Server is a running embedded step-ca.
+type Server struct {
+	// URL is the CA's base URL, https://host:port.
+	URL string
+	// DirectoryURL is the ACME directory of the device provisioner.
+	DirectoryURL string
+	// Root is the CA root devices' certificates chain to (trust it for
+	// mTLS client certificates and for talking to the CA).
+	Root *x509.Certificate
+	ca   *ca.CA
+	done chan error
+}
+
+// ConfigFile is the step-ca configuration file Start writes into Dir; the
+// real step-ca binary runs with it too (`step-ca Dir/ca.json`).
+const ConfigFile = "ca.json"
+
+// Start writes the configuration (keys on first start) and runs step-ca
+// until ctx is done or Close is called.
+func Start(ctx context.Context, c Config) (*Server, error) {
+	if c.Dir == "" {
+		return nil, errors.New("stepca: Dir is required")
+	}
+	if len(c.AttestationRoots) == 0 {
+		return nil, errors.New("stepca: AttestationRoots are required")
+	}
+	path, root, addr, err := WriteConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.LoadConfiguration(path)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: %w", err)
+	}
+	srv, err := ca.New(cfg, ca.WithConfigFile(path), ca.WithQuiet(true))
+	if err != nil {
+		return nil, fmt.Errorf("stepca: start: %w", err)
+	}
+	s := &Server{
+		URL:  "https://" + addr,
+		Root: root,
+		ca:   srv,
+		done: make(chan error, 1),
+	}
+	s.DirectoryURL = s.URL + "/acme/" + provisionerName(c) + "/directory"
+	go func() { s.done <- srv.Run() }()
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	// Wait until it serves.
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	hc := s.Client(pool)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := hc.Get(s.URL + "/health")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return s, nil
+			}
+		}
+		select {
+		case err := <-s.done:
+			return nil, fmt.Errorf("stepca: stopped at start: %w", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.Close()
+			return nil, fmt.Errorf("stepca: not serving on %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Client returns an HTTP client that trusts roots (nil: the CA's root).
+func (s *Server) Client(roots *x509.CertPool) *http.Client {
+	if roots == nil {
+		roots = x509.NewCertPool()
+		roots.AddCert(s.Root)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig.RootCAs = roots
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// Close stops the CA (idempotent).
+func (s *Server) Close() error {
+	if s.ca == nil {
+		return nil
+	}
+	err := s.ca.Stop()
+	s.ca = nil
+	return err
+}
+
+func provisionerName(c Config) string {
+	if c.Provisioner == "" {
+		return "edgeward"
+	}
+	return c.Provisioner
+}
+
+// WriteConfig writes Dir/ca.json (and, on first use, a root and an
+// intermediate CA with unencrypted keys, mode 0600) for a step-ca with a
+// single ACME provisioner: challenges ["device-attest-01"], attestation
+// formats ["tpm"], attestationRoots = c.AttestationRoots, default and
+// maximum TLS certificate duration c.CertDuration. It returns the config
+// path, the root and the listen address.
+func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, err error) {
+	if err := os.MkdirAll(filepath.Join(c.Dir, "db"), 0o700); err != nil {
+		return "", nil, "", fmt.Errorf("stepca: %w", err)
+	}
+	root, err = ensureCA(c.Dir)
+	if err != nil {
+		return "", nil, "", err
+	}
+	addr = c.Address
+	if addr == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, "", fmt.Errorf("stepca: %w", err)
+		}
+		addr = l.Addr().String()
+		l.Close()
+	}
+	dur := c.CertDuration
+	if dur == 0 {
+		dur = 24 * time.Hour
+	}
+	var attRoots []byte
+	for _, r := range c.AttestationRoots {
+		attRoots = append(attRoots, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+	}
+	dns := c.DNSNames
+	if dns == nil {
+		dns = []string{"localhost", "127.0.0.1", "::1"}
+	}
+	prov := map[string]any{
+		"type":               "ACME",
+		"name":               provisionerName(c),
+		"challenges":         []string{"device-attest-01"},
+		"attestationFormats": []string{"tpm"},
+		"attestationRoots":   attRoots,
+		"claims": map[string]any{
+			"minTLSCertDuration":     "5m",
+			"defaultTLSCertDuration": dur.String(),
+			"maxTLSCertDuration":     dur.String(),
+		},
+	}
+	conf := map[string]any{
+		"root":     filepath.Join(c.Dir, "root_ca.crt"),
+		"crt":      filepath.Join(c.Dir, "intermediate_ca.crt"),
+		"key":      filepath.Join(c.Dir, "intermediate_ca_key"),
+		"address":  addr,
+		"dnsNames": dns,
+		"logger":   map[string]any{"format": "json"},
+		"db":       map[string]any{"type": "bbolt", "dataSource": filepath.Join(c.Dir, "db", "bolt.db")},
+		"authority": map[string]any{
+			"provisioners": []any{prov},
+		},
+		"tls": map[string]any{"minVersion": 1.2, "maxVersion": 1.3},
+	}
+	b, err := json.MarshalIndent(conf, "", "  ")
+	if err != nil {
+		return "", nil, "", err
+	}
+	path = filepath.Join(c.Dir, ConfigFile)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", nil, "", fmt.Errorf("stepca: %w", err)
+	}
+	return path, root, addr, nil
+}
+
+// ensureCA creates the root and intermediate when missing.
+func ensureCA(dir string) (*x509.Certificate, error) {
+	rootPath := filepath.Join(dir, "root_ca.crt")
+	if b, err := os.ReadFile(rootPath); err == nil {
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("stepca: %s: no PEM certificate", rootPath)
+		}
+		return x509.ParseCertificate(blk.Bytes)
+	}
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	intKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	serial := func() *big.Int {
+		n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+		return n
+	}
+	rootT := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "Edgeward Device Root CA"},
+		NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(10 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, MaxPathLen: 1,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	rootDER, err := x509.CreateCertificate(rand.Reader, rootT, rootT, rootKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	root, _ := x509.ParseCertificate(rootDER)
+	intT := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "Edgeward Device Intermediate CA"},
+		NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(5 * 365 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, MaxPathLenZero: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	intDER, err := x509.CreateCertificate(rand.Reader, intT, root, intKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(intKey)
+	if err != nil {
+		return nil, err
+	}
+	files := []struct {
+		name string
+		blk  *pem.Block
+	}{
+		{"intermediate_ca_key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}},
+		{"intermediate_ca.crt", &pem.Block{Type: "CERTIFICATE", Bytes: intDER}},
+		{"root_ca.crt", &pem.Block{Type: "CERTIFICATE", Bytes: rootDER}}, // last: its presence means "done"
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(f.blk), 0o600); err != nil {
+			return nil, fmt.Errorf("stepca: %w", err)
+		}
+	}
+	// The root key is not kept: the intermediate signs everything, and a
+	// new intermediate means a new root (re-enrollment of devices' trust).
+	return root, nil
+}
