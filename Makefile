@@ -37,8 +37,18 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# bench measures Edgeward beside its peers and the physical limit (docs/BENCHMARKS.md): it
+# installs nginx, wrk, curl and onnxruntime-node when missing (bench/deps.sh), runs the Go
+# micro-benchmarks through benchstat (bench/gobench.sh; BENCH_GO=0 skips them), then the
+# drivers, which write bench/results.json and the generated part of docs/BENCHMARKS.md.
+# BENCH_ARGS passes flags to the driver, e.g. BENCH_ARGS="-only infer -rounds 3". It
+# reports missed targets; it does not fail on them. CI does not run it.
+BENCH_GO   ?= 1
+BENCH_ARGS ?=
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench/last.txt
+	bash bench/deps.sh
+	if [ "$(BENCH_GO)" = 1 ]; then GO=$(GO) bash bench/gobench.sh; fi
+	$(GO) run ./bench/driver $(BENCH_ARGS)
 
 demo: deps build
 	$(BIN)/edgeward demo --dir $(CURDIR)/demo-data $(DEMO_ARGS)

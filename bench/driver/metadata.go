@@ -175,7 +175,7 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 	}
 	defer ngx.stop()
 	ver, _ := exec.Command("nginx", "-v").CombinedOutput()
-	res := &MetadataResult{File: "/metadata/timestamp.json", Nginx: strings.TrimSpace(string(ver)),
+	res := &MetadataResult{File: "/metadata/timestamp.json", Nginx: strings.TrimPrefix(strings.TrimSpace(string(ver)), "nginx version: "),
 		Load:   fmt.Sprintf("wrk -t1 -c16 -d%s --latency (keep-alive), on the same 2 cores as the server", cfg.wrkDuration),
 		Status: map[string]int{}}
 	type target struct {

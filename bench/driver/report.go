@@ -1,0 +1,243 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Target is one of the issue's targets, judged from the results. The suite reports; a
+// missed target does not fail it.
+type Target struct {
+	Row      int    `json:"row"`
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	// Status is "met", "missed" or "not measured".
+	Status string `json:"status"`
+	Gap    string `json:"gap,omitempty"`
+}
+
+func (r *Results) inferRow(model string, conc int, prefix string) *InferRow {
+	if r.Infer == nil {
+		return nil
+	}
+	for i := range r.Infer.Rows {
+		x := &r.Infer.Rows[i]
+		if x.Model == model && x.Concurrency == conc && strings.HasPrefix(x.System, prefix) {
+			return x
+		}
+	}
+	return nil
+}
+
+func status(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "missed"
+}
+
+func targets(r *Results) []Target {
+	var ts []Target
+	add := func(t Target) { ts = append(ts, t) }
+	if r.Infer != nil {
+		for _, m := range r.Infer.Models {
+			e := r.inferRow(m.Name, 1, "edgeward")
+			if e == nil {
+				continue
+			}
+			t := Target{Row: 1, Target: fmt.Sprintf("%s: serving overhead (HTTP p50 − in-process p50) ≤ 60 µs at concurrency 1", m.Name),
+				Measured: fmt.Sprintf("%.0f µs", e.OverheadP50us), Status: status(e.OverheadP50us <= 60)}
+			if e.OverheadP50us > 60 {
+				t.Gap = fmt.Sprintf("+%.0f µs (%.1f×)", e.OverheadP50us-60, e.OverheadP50us/60)
+			}
+			add(t)
+		}
+		for _, c := range []int{1, 2} {
+			if e := r.inferRow("wide", c, "edgeward"); e != nil {
+				in := r.inferRow("wide", c, "in-process")
+				t := Target{Row: 1, Target: fmt.Sprintf("wide (in-process p50 %.2f ms): HTTP ≥ 85 %% of in-process req/s at concurrency %d", in.P50us/1000, c),
+					Measured: fmt.Sprintf("%.1f %%", 100*e.ThroughputFrac), Status: status(e.ThroughputFrac >= 0.85)}
+				if in.P50us < 1000 {
+					t.Gap = "model under 1 ms in-process on this run"
+				}
+				if e.ThroughputFrac < 0.85 {
+					t.Gap = fmt.Sprintf("%.1f points short", 100*(0.85-e.ThroughputFrac))
+				}
+				add(t)
+			}
+		}
+		var worst float64 = 1e9
+		var where string
+		for _, row := range r.Infer.Rows {
+			if row.EdgewardSpeedup > 0 && row.EdgewardSpeedup < worst {
+				worst, where = row.EdgewardSpeedup, fmt.Sprintf("%s c=%d", row.Model, row.Concurrency)
+			}
+		}
+		t := Target{Row: 1, Target: "faster than the Node.js peer on every model (req/s, concurrency 1 and 2)",
+			Measured: fmt.Sprintf("worst case %.2f× (%s)", worst, where), Status: status(worst > 1)}
+		if worst <= 1 {
+			t.Gap = fmt.Sprintf("%.0f %% slower at %s", 100*(1-worst), where)
+		}
+		add(t)
+	}
+	if r.Install != nil {
+		for _, row := range r.Install.Rows {
+			if row.System != "edgeward-agent install" {
+				continue
+			}
+			t := Target{Row: 2, Target: fmt.Sprintf("install %d MiB ≥ 90 %% of curl's throughput", row.SizeMiB),
+				Measured: fmt.Sprintf("%.1f %% (%.0f MiB/s)", 100*row.VsCurl, row.MiBPerSec), Status: status(row.VsCurl >= 0.9)}
+			if row.VsCurl < 0.9 {
+				t.Gap = fmt.Sprintf("%.1f points short", 100*(0.9-row.VsCurl))
+			}
+			add(t)
+			if row.SizeMiB == 1024 {
+				t := Target{Row: 2, Target: "agent peak RSS < 64 MiB at 1 GiB", Measured: fmt.Sprintf("%.1f MiB", row.PeakRSSMiB), Status: status(row.PeakRSSMiB < 64)}
+				add(t)
+			}
+		}
+		for _, row := range r.Install.Rows {
+			if row.System == "go-tuf DownloadTarget" && row.SizeMiB == 1024 {
+				add(Target{Row: 2, Target: "go-tuf's in-memory download shown beside it (1 GiB)", Measured: fmt.Sprintf("peak RSS %.0f MiB, %.0f MiB/s", row.PeakRSSMiB, row.MiBPerSec), Status: "met"})
+			}
+		}
+	}
+	if r.Metadata != nil {
+		for _, row := range r.Metadata.Rows {
+			if row.VsNginx == 0 {
+				continue
+			}
+			t := Target{Row: 3, Target: "metadata serving ≥ 70 % of nginx's req/s, " + row.Request,
+				Measured: fmt.Sprintf("%.1f %% (%.0f req/s)", 100*row.VsNginx, row.ReqPerSec), Status: status(row.VsNginx >= 0.7)}
+			if row.VsNginx < 0.7 {
+				t.Gap = fmt.Sprintf("%.1f points short", 100*(0.7-row.VsNginx))
+			}
+			add(t)
+		}
+	}
+	if c := r.CheckIn; c != nil {
+		t := Target{Row: 4, Target: "≥ 2,000 check-ins/s with verified quotes on 2 cores",
+			Measured: fmt.Sprintf("%.0f/s in-process into sqlite (raw quote verification %.0f/s)", c.CheckIn2, c.RawVerify2),
+			Status:   status(c.CheckIn2 >= 2000), Gap: "device API over HTTP/mTLS not built: not measured end to end"}
+		if c.CheckIn2 < 2000 {
+			t.Gap = fmt.Sprintf("%.0f %% short (%.2f×); ", 100*(1-c.CheckIn2/2000), 2000/c.CheckIn2) + t.Gap
+		}
+		add(t)
+	}
+	if f := r.Fleet; f != nil && len(f.Runs) > 0 {
+		big := f.Runs[len(f.Runs)-1]
+		add(Target{Row: 5, Target: fmt.Sprintf("%d simulated devices through a rollout on one server", big.Devices),
+			Measured: fmt.Sprintf("%d/%d on target in %.0f s of server time (%.0f s CPU), peak RSS %.0f MiB", big.Done, big.Devices, big.RolloutSeconds, big.RolloutCPU, big.PeakRSSMiB),
+			Status:   status(big.Devices >= 10000 && big.Done == big.Devices), Gap: "in-process devices (no network device API yet)"})
+	}
+	return ts
+}
+
+const (
+	beginMark = "<!-- BEGIN GENERATED by `make bench` (bench/driver); edits here are overwritten -->"
+	endMark   = "<!-- END GENERATED -->"
+)
+
+// writeDoc replaces the generated block of doc (creating the file if needed).
+func writeDoc(doc string, r *Results) error {
+	old, err := os.ReadFile(doc)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	block := beginMark + "\n" + render(r) + endMark
+	s := string(old)
+	i, j := strings.Index(s, beginMark), strings.Index(s, endMark)
+	switch {
+	case i >= 0 && j > i:
+		s = s[:i] + block + s[j+len(endMark):]
+	default:
+		s = "# Benchmarks\n\n" + block + "\n" + s
+	}
+	return os.WriteFile(doc, []byte(s), 0o644)
+}
+
+func render(r *Results) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	m := r.Machine
+	p("\nMachine: %d × %s, %d MiB RAM, Linux %s, %s.\n\n", m.CPUs, m.CPU, m.MemMiB, m.Kernel, m.Go)
+	p("| section | measured at (UTC) | load average before → after | seconds |\n|---|---|---|---|\n")
+	for _, k := range []string{"infer", "install", "metadata", "checkin", "fleet", "footprint"} {
+		if ri, ok := r.Runs[k]; ok {
+			p("| %s | %s | %s → %s | %d |\n", k, ri.At, ri.LoadBefore, ri.LoadAfter, ri.Seconds)
+		}
+	}
+	p("\n### Targets\n\n| row | target | measured | status | gap |\n|---|---|---|---|---|\n")
+	for _, t := range r.Targets {
+		p("| %d | %s | %s | **%s** | %s |\n", t.Row, t.Target, t.Measured, t.Status, t.Gap)
+	}
+	if in := r.Infer; in != nil {
+		p("\n### 1. Inference\n\nModels: ")
+		for i, mo := range in.Models {
+			if i > 0 {
+				p("; ")
+			}
+			p("`%s` — %s", mo.Name, mo.Note)
+		}
+		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the three systems for %s each, in rotating order; figures are medians over rounds.\n\n", in.Window)
+		p("| model | conc. | system | p50 µs | p99 µs | req/s | overhead p50 µs | vs in-process req/s | Edgeward vs Node req/s |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, x := range in.Rows {
+			over, frac, sp := "", "", ""
+			if x.ThroughputFrac != 0 {
+				over, frac, sp = fmt.Sprintf("%.0f", x.OverheadP50us), fmt.Sprintf("%.1f %%", 100*x.ThroughputFrac), fmt.Sprintf("%.2f×", x.EdgewardSpeedup)
+			}
+			p("| %s | %d | %s | %.1f | %.1f | %.0f | %s | %s | %s |\n", x.Model, x.Concurrency, x.System, x.P50us, x.P99us, x.ReqPerSec, over, frac, sp)
+		}
+	}
+	if in := r.Install; in != nil {
+		p("\n### 2. Install\n\nServer: %s. Each system is its own child process (peak RSS = its VmHWM, polled every 2 ms); rounds rotate the order; medians.\n\n", in.Server)
+		p("| size | system | seconds | MiB/s | vs curl | peak RSS MiB | CPU s |\n|---|---|---|---|---|---|---|\n")
+		for _, x := range in.Rows {
+			p("| %d MiB | %s | %.2f | %.0f | %.1f %% | %.1f | %.2f |\n", x.SizeMiB, x.System, x.Seconds, x.MiBPerSec, 100*x.VsCurl, x.PeakRSSMiB, x.CPUSeconds)
+		}
+	}
+	if md := r.Metadata; md != nil {
+		p("\n### 3. Metadata serving\n\n`GET %s` (%d bytes) from `edgeward server` and from %s serving the same directory; load: %s. Rounds rotate the four runs; medians.\n\n", md.File, md.Bytes, md.Nginx, md.Load)
+		p("| server | request | req/s | p50 µs | p99 µs | vs nginx |\n|---|---|---|---|---|---|\n")
+		for _, x := range md.Rows {
+			vs := ""
+			if x.VsNginx != 0 {
+				vs = fmt.Sprintf("%.1f %%", 100*x.VsNginx)
+			}
+			p("| %s | %s | %.0f | %.0f | %.0f | %s |\n", x.Server, x.Request, x.ReqPerSec, x.P50us, x.P99us, vs)
+		}
+	}
+	if c := r.CheckIn; c != nil {
+		p("\n### 4. Check-in (partial: no device API yet)\n\nEvidence: %s. %d devices enrolled in a fleet store (sqlite on disk, WAL, synchronous=FULL); %d quotes per measurement, each nonce issued by `verify.Nonces` and consumed once. Medians of %d rounds.\n\n", c.Evidence, c.Devices, c.Quotes, c.Rounds)
+		p("| per second | 1 goroutine | 2 goroutines |\n|---|---|---|\n")
+		p("| raw quote verification (`verify.Verify`, the crypto limit) | %.0f | %.0f |\n", c.RawVerify1, c.RawVerify2)
+		p("| store only (`Store.Attest` + `Store.Decide`, no quote) | %.0f | %.0f |\n", c.Store1, c.Store2)
+		p("| check-in (`verify.Check` + `Attest` + `Decide`) | %.0f | %.0f |\n", c.CheckIn1, c.CheckIn2)
+		p("| check-in, sqlite on tmpfs (fsync free) | | %.0f |\n", c.CheckIn2Tmpfs)
+		p("\nNot measured: %s.\n", c.NotMeasured)
+	}
+	if f := r.Fleet; f != nil {
+		p("\n### 5. Fleet rollout (partial: in-process devices)\n\nPolicy: %s. Server work per device per check-in: `Store.Attest` (trusted), `Store.Decide` (policy.Evaluate), `Store.AddReport` on install; `Store.PlanRollouts` (policy.Plan) before and after each hour. Each size is one child process.\n\n", f.Policy)
+		p("| devices | enroll s | rollout wall s | rollout CPU s | check-ins | on target | simulated time to 100 %% | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n")
+		for _, x := range f.Runs {
+			p("| %d | %.2f | %.2f | %.2f | %d | %d | %s | %.1f |\n", x.Devices, x.EnrollSeconds, x.RolloutSeconds, x.RolloutCPU, x.CheckIns, x.Done, x.SimTimeTo100, x.PeakRSSMiB)
+		}
+		p("\nPer 1,000 devices (largest run): %.2f s of server CPU for the whole rollout; %.2f MiB of RSS (marginal, between the smallest and largest run); %.0f check-ins/s sustained.\n\nNot measured: %s.\n", f.CPUPer1k, f.RSSPer1kMiB, f.CheckInsPerS, f.NotMeasured)
+	}
+	if fp := r.Footprint; fp != nil {
+		p("\n### 6. Footprint\n\n| what | MiB |\n|---|---|\n")
+		p("| `edgeward-agent` binary | %.1f |\n| `edgeward-agent` binary, `-ldflags=\"-s -w\"` | %.1f |\n", fp.AgentBinaryMiB, fp.AgentBinaryStrippedMiB)
+		p("| `edgeward-agent` idle RSS (%s) | %.1f (peak %.1f) |\n", fp.AgentMode, fp.AgentIdleRSSMiB, fp.AgentIdleHWMMiB)
+		p("| `edgeward-runtime` binary (ONNX Runtime library not included) | %.1f |\n", fp.RuntimeBinaryMiB)
+		p("| `edgeward-runtime` RSS, Iris loaded, idle | %.1f |\n", fp.RuntimeIrisLoadedMiB)
+		p("| `edgeward-runtime` RSS, Iris, after %d requests (peak) | %.1f (%.1f) |\n", fp.Requests, fp.RuntimeIrisRSSMiB, fp.RuntimeIrisHWMMiB)
+		p("| Node.js peer RSS, Iris, after %d requests (for comparison) | %.1f |\n", fp.Requests, fp.NodeIrisRSSMiB)
+		p("| `edgeward` (operator CLI + server) binary | %.1f |\n", fp.ServerBinaryMiB)
+	}
+	if st, err := os.ReadFile("bench/benchstat.txt"); err == nil {
+		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process) and `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server), `-count 5`:\n\n```\n%s```\n", st)
+	}
+	p("\n")
+	return b.String()
+}
