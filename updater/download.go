@@ -324,6 +324,12 @@ func (d *Downloader) once(ctx context.Context, url string, want Want, dst string
 		return perm(fmt.Errorf("open partial file: %w", classifyWrite(err)))
 	}
 	defer p.f.Close()
+	if need := want.Length - p.offset; need > 0 {
+		// Fail before fetching what cannot be stored (a write failing later is caught too).
+		if free, ok := freeBytes(filepath.Dir(dst)); ok && free < need {
+			return perm(fmt.Errorf("%w: %d more bytes needed, %d free in %s", ErrDiskFull, need, free, filepath.Dir(dst)))
+		}
+	}
 	if p.offset < want.Length {
 		if err := d.fetch(ctx, url, want, p); err != nil {
 			var de *DownloadError
