@@ -124,7 +124,8 @@ func trimDER(b []byte) ([]byte, error) {
 }
 
 // ReadNV reads a whole NV index with owner authorisation (empty password),
-// as EK certificate indices allow. It returns ErrNoEKCert when the index is
+// or else the index's own empty authorisation, as EK certificate indices
+// allow. It returns ErrNoEKCert when the index is
 // not defined.
 func (t *TPM) ReadNV(ctx context.Context, index tpm2.TPMHandle) ([]byte, error) {
 	var out []byte
@@ -143,12 +144,19 @@ func (t *TPM) ReadNV(ctx context.Context, index tpm2.TPMHandle) ([]byte, error) 
 		size := int(pub.DataSize)
 		for off := 0; off < size; off += maxNVChunk {
 			n := min(maxNVChunk, size-off)
-			r, err := tpm2.NVRead{
+			read := tpm2.NVRead{
 				AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
 				NVIndex:    tpm2.NamedHandle{Handle: index, Name: rp.NVName},
 				Size:       uint16(n),
 				Offset:     uint16(off),
-			}.Execute(tp)
+			}
+			r, err := read.Execute(tp)
+			if err != nil && pub.Attributes.AuthRead {
+				// The owner has a password: EK certificate indices are
+				// also readable with their own (empty) authorisation.
+				read.AuthHandle = tpm2.AuthHandle{Handle: index, Name: rp.NVName, Auth: tpm2.PasswordAuth(nil)}
+				r, err = read.Execute(tp)
+			}
 			if err != nil {
 				return fmt.Errorf("attest: NV_Read %#x at %d: %w", uint32(index), off, err)
 			}

@@ -29,6 +29,16 @@ func openSim(t *testing.T) *attest.TPM {
 	return tpm
 }
 
+func openSimB(b *testing.B) *attest.TPM {
+	b.Helper()
+	tpm, err := attest.Open(context.Background(), "sim")
+	if err != nil {
+		b.Fatalf("Open(sim) = %v", err)
+	}
+	b.Cleanup(func() { tpm.Close() })
+	return tpm
+}
+
 func TestOpenBadURL(t *testing.T) {
 	for _, u := range []string{"", "tpm", "swtpm://nohost", "swtpm://127.0.0.1:0", "http://x"} {
 		if _, err := attest.Open(context.Background(), u); !errors.Is(err, attest.ErrBadURL) {

@@ -39,10 +39,31 @@ func TestDeviceCertificateAndMTLS(t *testing.T) {
 	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
 		t.Fatal(err)
 	}
-	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
 	inter := x509.NewCertPool()
 	inter.AddCert(maker.Intermediate)
-	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	deviceFlow(ctx, t, tpm, maker.Roots(), inter, true)
+}
+
+// TestDeviceCertificateSwtpm is the same flow with swtpm over TCP, its EK
+// certificate from swtpm_setup.
+func TestDeviceCertificateSwtpm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sw := attesttest.StartSwtpm(t, true)
+	tpm, err := attest.Open(ctx, sw.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	deviceFlow(ctx, t, tpm, sw.CARoots, sw.CAIntermediates, false)
+}
+
+func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, inter *x509.CertPool, hostile bool) {
+	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
+	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: makerRoots, ManufacturerIntermediates: inter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,9 +133,12 @@ func TestDeviceCertificateAndMTLS(t *testing.T) {
 		t.Errorf("server saw device %q; want %q", seen, ak.PermanentIdentifier)
 	}
 
+	if !hostile {
+		return
+	}
 	// Hostile: an AK certificate from a CA step-ca does not trust.
 	signer2, root2, _ := attestca.NewRoot("Rogue CA", time.Hour)
-	rogue, _ := attestca.New(attestca.Config{Signer: signer2, Certificate: root2, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	rogue, _ := attestca.New(attestca.Config{Signer: signer2, Certificate: root2, ManufacturerRoots: makerRoots, ManufacturerIntermediates: inter})
 	rogueSrv := httptest.NewServer(rogue.Handler())
 	defer rogueSrv.Close()
 	rogueAK, err := (&attest.EnrollClient{URL: rogueSrv.URL}).Enroll(ctx, tpm)

@@ -36,7 +36,7 @@ type device struct {
 	log    eventlog.Log
 }
 
-func enrolledDevice(t *testing.T, ca *attestca.CA, maker *attesttest.Manufacturer) *device {
+func enrolledDevice(t testing.TB, ca *attestca.CA, maker *attesttest.Manufacturer) *device {
 	t.Helper()
 	ctx := context.Background()
 	tpm, err := attest.Open(ctx, "sim")
@@ -63,7 +63,7 @@ func enrolledDevice(t *testing.T, ca *attestca.CA, maker *attesttest.Manufacture
 	return d
 }
 
-func (d *device) measure(t *testing.T, e eventlog.Event) {
+func (d *device) measure(t testing.TB, e eventlog.Event) {
 	t.Helper()
 	if _, err := d.tpm.Measure(context.Background(), e); err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func (d *device) measure(t *testing.T, e eventlog.Event) {
 	d.log = append(d.log, e)
 }
 
-func (d *device) evidence(t *testing.T, nonce []byte) verify.Evidence {
+func (d *device) evidence(t testing.TB, nonce []byte) verify.Evidence {
 	t.Helper()
 	q, err := d.tpm.Quote(context.Background(), nonce, []int{0, 16})
 	if err != nil {
@@ -80,7 +80,7 @@ func (d *device) evidence(t *testing.T, nonce []byte) verify.Evidence {
 	return verify.Evidence{AKCert: d.akCert.Certificate.Raw, Quote: *q, Log: slices.Clone(d.log)}
 }
 
-func newCA(t *testing.T) (*attestca.CA, *attesttest.Manufacturer) {
+func newCA(t testing.TB) (*attestca.CA, *attesttest.Manufacturer) {
 	t.Helper()
 	m, err := attesttest.NewManufacturer("Acme TPM")
 	if err != nil {
