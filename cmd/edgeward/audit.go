@@ -16,10 +16,7 @@ import (
 )
 
 func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("audit export", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("audit export", env)
 	out := fs.String("o", "-", "output file (JSON Lines); - for stdout")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -55,10 +52,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdAuditPubkey(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("audit pubkey", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("audit pubkey", env)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}

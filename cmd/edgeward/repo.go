@@ -41,6 +41,15 @@ func (f *repoFlags) register(fs *flag.FlagSet, env *cliEnv) {
 	fs.Var(&f.keys, "key", "key file to sign with (repeatable); default: the repository's key directories")
 }
 
+// newCommand makes the flag set of a repository command with the shared flags.
+func newCommand(name string, env *cliEnv) (*flag.FlagSet, *repoFlags) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	rf := &repoFlags{}
+	rf.register(fs, env)
+	return fs, rf
+}
+
 func (f *repoFlags) open() (*reposerver.Repo, error) {
 	return reposerver.Open(reposerver.Config{Dir: f.dir, Actor: actor(f.env)})
 }
@@ -89,10 +98,7 @@ func (f *repoFlags) passphrase() ([]byte, error) {
 }
 
 func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("repo init", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("repo init", env)
 	keyType := fs.String("key-type", "ed25519", "key algorithm: ed25519 or ecdsa-p256")
 	rootKeys := fs.Int("root-keys", 3, "number of root keys")
 	threshold := fs.Int("root-threshold", 2, "root signatures needed")
@@ -138,10 +144,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("repo status", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("repo status", env)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -208,10 +211,7 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("keys gen", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("keys gen", env)
 	role := fs.String("role", "root", "role the key is for")
 	out := fs.String("out", ".", "directory to write the key file to")
 	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
@@ -242,10 +242,7 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("keys rotate", env)
 	role := fs.String("role", "", "timestamp, snapshot, models or runtimes")
 	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
 	keyDir := fs.String("key-dir", "", "where a new offline key is written (default DIR/keys/offline)")
@@ -280,10 +277,7 @@ func shortIDs(ids []string) string {
 }
 
 func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("root propose", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("root propose", env)
 	var add, revoke, thresholds multi
 	fs.Var(&add, "add-key", "ROLE=KEYFILE: add the public key of a key file to ROLE (repeatable)")
 	fs.Var(&revoke, "revoke-key", "ROLE=KEYID: remove a key from ROLE (repeatable; a unique prefix of the ID is enough)")
@@ -355,10 +349,7 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("root sign", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("root sign", env)
 	proposal := fs.String("proposal", "", "proposal file to sign (default: the repository's staged proposal); lets a key holder sign a copy away from the repository")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -390,10 +381,7 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("root publish", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("root publish", env)
 	proposal := fs.String("proposal", "", "signed proposal file (default: the staged one)")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -411,10 +399,7 @@ func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("publish", env)
 	kind := fs.String("kind", "", "model, probe or runtime")
 	name := fs.String("name", "", "artifact name")
 	version := fs.String("version", "", "semantic version MAJOR.MINOR.PATCH")
