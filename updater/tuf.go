@@ -13,6 +13,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	goruntime "runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,6 +58,9 @@ type TUFConfig struct {
 	Now func() time.Time
 	// Downloader fetches targets; nil means a Downloader using HTTPClient.
 	Downloader *Downloader
+	// Hardware is this device's class as targets list it ("x86_64", "aarch64"); a target
+	// listing others is refused. Empty means the class of the running binary.
+	Hardware string
 }
 
 // TUF is the device's TUF client: go-tuf's updater, with targets streamed through
@@ -87,6 +92,9 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Hardware == "" {
+		cfg.Hardware = hardwareClass()
 	}
 	client := cfg.HTTPClient
 	if client == nil {
@@ -228,7 +236,25 @@ func (c *TUF) Resolve(ctx context.Context, kind artifact.Kind, targetPath string
 	if err != nil {
 		return rollback.Target{}, artifact.Meta{}, err
 	}
-	return TargetOf(kind, tf)
+	t, meta, err := TargetOf(kind, tf)
+	if err != nil {
+		return t, meta, err
+	}
+	if hw := c.cfg.Hardware; len(meta.Hardware) > 0 && !slices.Contains(meta.Hardware, hw) {
+		return t, meta, fmt.Errorf("target %s is built for %v, not for this device (%s)", targetPath, meta.Hardware, hw)
+	}
+	return t, meta, nil
+}
+
+// hardwareClass names the machine as targets' "hardware" lists do.
+func hardwareClass() string {
+	switch goruntime.GOARCH {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	}
+	return goruntime.GOARCH
 }
 
 // TargetOf checks a trusted targets entry against the slot kind and returns what the
@@ -247,12 +273,12 @@ func TargetOf(kind artifact.Kind, tf *metadata.TargetFiles) (rollback.Target, ar
 	if meta.Kind != kind {
 		return rollback.Target{}, meta, fmt.Errorf("target %s is a %s, not a %s", tf.Path, meta.Kind, kind)
 	}
-	pk, _, pv, err := artifact.ParseTargetPath(tf.Path)
+	pk, pn, pv, err := artifact.ParseTargetPath(tf.Path)
 	if err != nil {
 		return rollback.Target{}, meta, err
 	}
-	if pk != meta.Kind || pv != meta.Version {
-		return rollback.Target{}, meta, fmt.Errorf("target %s: path says %s %s, metadata says %s %s", tf.Path, pk, pv, meta.Kind, meta.Version)
+	if pk != meta.Kind || pn != meta.Name || pv != meta.Version {
+		return rollback.Target{}, meta, fmt.Errorf("target %s: path says %s %s %s, metadata says %s %s %s", tf.Path, pk, pn, pv, meta.Kind, meta.Name, meta.Version)
 	}
 	v, _ := artifact.ParseVersion(meta.Version)
 	floor, err := v.Floor()

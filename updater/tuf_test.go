@@ -170,6 +170,18 @@ func TestInstallThroughTUF(t *testing.T) {
 	if _, _, err := c.Resolve(ctx, artifact.KindRuntime, p1); err == nil {
 		t.Errorf("Resolve of a model as a runtime succeeded")
 	}
+	// Metadata that disagrees with its path, or a target for other hardware, is refused.
+	r.AddTarget("models/iris/3.0.0.onnx", []byte("x"), artifact.Meta{Kind: artifact.KindModel, Name: "wine", Version: "3.0.0"})
+	r.AddTarget("models/iris/4.0.0.onnx", []byte("y"), artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "4.0.0", Hardware: []string{"riscv64"}})
+	r.Publish()
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"models/iris/3.0.0.onnx", "models/iris/4.0.0.onnx"} {
+		if _, _, err := c.Resolve(ctx, artifact.KindModel, p); err == nil {
+			t.Errorf("Resolve(%s) succeeded; want a refusal", p)
+		}
+	}
 	if err := m.CheckInvariant(ctx); err != nil {
 		t.Error(err)
 	}
