@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/edgeward/edgeward/attest/eventlog"
 	"github.com/edgeward/edgeward/attest/protocol"
 )
 
@@ -212,4 +213,23 @@ func readPCRs(tp transport.TPM, pcrs []int) (map[int][]byte, error) {
 		want = slices.DeleteFunc(want, func(p int) bool { _, ok := out[p]; return ok })
 	}
 	return out, nil
+}
+
+// Evidence quotes pcrs over nonce and packages the quote with the AK
+// certificate and the measurement log, ready for the server's verifier
+// (attest/verify). The log must be the complete log of this boot for the
+// measurement PCR; intermediates of the AK chain are included, the root is
+// not (the verifier has it).
+func (t *TPM) Evidence(ctx context.Context, ak *AKCertificate, nonce []byte, pcrs []int, log eventlog.Log) (*protocol.Evidence, error) {
+	q, err := t.Quote(ctx, nonce, pcrs)
+	if err != nil {
+		return nil, err
+	}
+	ev := &protocol.Evidence{AKCert: ak.Certificate.Raw, Quote: *q, Log: log}
+	for _, c := range ak.Chain {
+		if string(c.RawSubject) != string(c.RawIssuer) {
+			ev.AKChain = append(ev.AKChain, c.Raw)
+		}
+	}
+	return ev, nil
 }

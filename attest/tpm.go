@@ -1,15 +1,3 @@
-// Package attest is the device side of Edgeward attestation: access to the TPM
-// (simulator, /dev/tpmrm0, swtpm over TCP), the endorsement key and its
-// certificate, the attestation key (AK), quotes, TPM2_Certify of TPM-resident
-// signing keys, PCR measurements and NV anti-rollback floors, plus the client of
-// the attestation CA (see Enroll).
-//
-// The server side lives in subpackages that the agent does not link:
-// attest/attestca (the attestation CA) and attest/verify (the quote verifier).
-// The pure pieces shared by both sides are in attest/eventlog (the measurement
-// log) and attest/protocol (wire types).
-//
-// A *TPM serialises its commands; it is safe for concurrent use.
 package attest
 
 import (

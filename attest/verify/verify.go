@@ -64,15 +64,7 @@ type Reason struct {
 func (r Reason) String() string { return string(r.Code) + ": " + r.Detail }
 
 // Evidence is what a device sends at check-in.
-type Evidence struct {
-	// AKCert is the DER AK certificate the attestation CA issued.
-	AKCert []byte `json:"ak_cert"`
-	// AKChain are DER intermediates between AKCert and the CA root.
-	AKChain [][]byte       `json:"ak_chain,omitempty"`
-	Quote   protocol.Quote `json:"quote"`
-	// Log is the measurement log of this boot.
-	Log eventlog.Log `json:"log"`
-}
+type Evidence = protocol.Evidence
 
 // Policy is what the verifier expects.
 type Policy struct {

@@ -73,11 +73,11 @@ func (d *device) measure(t testing.TB, e eventlog.Event) {
 
 func (d *device) evidence(t testing.TB, nonce []byte) verify.Evidence {
 	t.Helper()
-	q, err := d.tpm.Quote(context.Background(), nonce, []int{0, 16})
+	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, []int{0, 16}, slices.Clone(d.log))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return verify.Evidence{AKCert: d.akCert.Certificate.Raw, Quote: *q, Log: slices.Clone(d.log)}
+	return *ev
 }
 
 func newCA(t testing.TB) (*attestca.CA, *attesttest.Manufacturer) {
