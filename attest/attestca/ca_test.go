@@ -338,6 +338,7 @@ func TestHandlerHostileInput(t *testing.T) {
 		{"wrong content type", "/enroll", "text/plain", string(good), 415},
 		{"unknown challenge", "/activate", "application/json", `{"id":"nope","secret":"AAAA"}`, 404},
 		{"good", "/enroll", "application/json", string(good), 200},
+		{"good with charset", "/enroll", "application/json; charset=utf-8", string(good), 200},
 	}
 	for _, tc := range tests {
 		resp, err := f.srv.Client().Post(f.srv.URL+"/v1/attest"+tc.path, tc.ctype, strings.NewReader(tc.body))
