@@ -58,6 +58,9 @@ type TUFConfig struct {
 	Now func() time.Time
 	// Downloader fetches targets; nil means a Downloader using HTTPClient.
 	Downloader *Downloader
+	// RootBackup, if set, is a file outside MetadataDir where the trusted root is kept
+	// (synced) after each refresh, and from which a damaged root.json is restored.
+	RootBackup string
 	// Hardware is this device's class as targets list it ("x86_64", "aarch64"); a target
 	// listing others is refused. Empty means the class of the running binary.
 	Hardware string
@@ -78,9 +81,9 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 	if cfg.MetadataDir == "" || cfg.MetadataURL == "" {
 		return nil, errors.New("tuf: MetadataDir and MetadataURL are required")
 	}
-	root, err := os.ReadFile(filepath.Join(cfg.MetadataDir, RootFile))
+	root, err := readRoot(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("tuf: read trusted root (was the device enrolled?): %w", err)
+		return nil, err
 	}
 	if cfg.TargetsURL == "" {
 		u, err := url.Parse(strings.TrimSuffix(cfg.MetadataURL, "/"))
@@ -135,9 +138,9 @@ func (c *TUF) load(root []byte) error {
 func (c *TUF) Refresh(ctx context.Context) error {
 	c.fetcher.ctx = ctx
 	defer func() { c.fetcher.ctx = context.Background() }()
-	root, err := os.ReadFile(filepath.Join(c.cfg.MetadataDir, RootFile))
+	root, err := readRoot(c.cfg)
 	if err != nil {
-		return fmt.Errorf("tuf: read trusted root: %w", err)
+		return err
 	}
 	if err := c.load(root); err != nil {
 		return err
@@ -146,7 +149,68 @@ func (c *TUF) Refresh(ctx context.Context) error {
 	if err := c.up.Refresh(); err != nil {
 		return fmt.Errorf("tuf refresh from %s: %w", c.cfg.MetadataURL, err)
 	}
-	return nil
+	return c.persist()
+}
+
+// persist makes what go-tuf wrote durable (it renames without syncing) and, with
+// RootBackup, keeps a synced copy of the trusted root outside the metadata directory.
+func (c *TUF) persist() error {
+	entries, err := os.ReadDir(c.cfg.MetadataDir)
+	if err != nil {
+		return fmt.Errorf("tuf: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		f, err := os.Open(filepath.Join(c.cfg.MetadataDir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("tuf: %w", err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("tuf: sync %s: %w", e.Name(), err)
+		}
+	}
+	if err := rollback.SyncDir(c.cfg.MetadataDir); err != nil {
+		return err
+	}
+	if c.cfg.RootBackup == "" {
+		return nil
+	}
+	root, err := os.ReadFile(filepath.Join(c.cfg.MetadataDir, RootFile))
+	if err != nil {
+		return fmt.Errorf("tuf: %w", err)
+	}
+	if old, err := os.ReadFile(c.cfg.RootBackup); err == nil && string(old) == string(root) {
+		return nil
+	}
+	return rollback.WriteFileAtomic(c.cfg.RootBackup, root)
+}
+
+// readRoot reads the trusted root, falling back to RootBackup when root.json is missing
+// or damaged (a crash while go-tuf rewrote it).
+func readRoot(cfg TUFConfig) ([]byte, error) {
+	root, err := os.ReadFile(filepath.Join(cfg.MetadataDir, RootFile))
+	if err == nil {
+		if _, perr := metadata.Root().FromBytes(root); perr == nil {
+			return root, nil
+		} else {
+			err = perr
+		}
+	}
+	if cfg.RootBackup != "" {
+		if b, berr := os.ReadFile(cfg.RootBackup); berr == nil {
+			if _, perr := metadata.Root().FromBytes(b); perr == nil {
+				if werr := rollback.WriteFileAtomic(filepath.Join(cfg.MetadataDir, RootFile), b); werr != nil {
+					return nil, fmt.Errorf("tuf: restore trusted root: %w", werr)
+				}
+				return b, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("tuf: read trusted root in %s (was the device enrolled?): %w", cfg.MetadataDir, err)
 }
 
 // Target returns the trusted targets entry for path, walking delegations as needed.

@@ -213,3 +213,38 @@ func TestTUFDelegatedRoles(t *testing.T) {
 		t.Errorf("Target of an unlisted runtime succeeded")
 	}
 }
+
+// TestTUFRootBackup restores a root.json damaged by a crash from the backup copy kept
+// after the last refresh (which followed a rotation).
+func TestTUFRootBackup(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mdir := t.TempDir()
+	backup := filepath.Join(t.TempDir(), "root.pinned")
+	PinRoot(mdir, r.RootBytes(1))
+	r.RotateRoot()
+	cfg := TUFConfig{MetadataDir: mdir, MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), RootBackup: backup}
+	c, err := NewTUF(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(mdir, "root.json"), nil, 0o644) // torn write
+	c, err = NewTUF(cfg)
+	if err != nil {
+		t.Fatalf("NewTUF with a damaged root.json = %v", err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatalf("Refresh after restoring the root = %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(mdir, "root.json")); !bytes.Equal(b, r.RootBytes(2)) {
+		t.Errorf("restored root is not the rotated version 2")
+	}
+	os.WriteFile(filepath.Join(mdir, "root.json"), []byte("{"), 0o644)
+	os.Remove(backup)
+	if _, err := NewTUF(cfg); err == nil {
+		t.Errorf("NewTUF with a damaged root and no backup succeeded")
+	}
+}

@@ -51,7 +51,7 @@ func openState(ctx context.Context, stateDir string, dl *updater.Downloader, log
 	}
 	st := &agentState{}
 	st.tuf, err = updater.NewTUF(updater.TUFConfig{MetadataDir: filepath.Join(stateDir, "tuf"), MetadataURL: cfg.MetadataURL,
-		TargetsURL: cfg.TargetsURL, Downloader: dl})
+		TargetsURL: cfg.TargetsURL, Downloader: dl, RootBackup: filepath.Join(stateDir, "root.pinned")})
 	if err != nil {
 		return nil, err
 	}
