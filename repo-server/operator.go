@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
 
@@ -23,15 +25,43 @@ type OperatorConfig struct {
 	Signing *KeyRing
 	// MaxPublishBytes bounds an uploaded target; 0: 16 GiB.
 	MaxPublishBytes int64
+	// PolicyDir is the fleet policy directory: POST /v1/rollouts writes a rollout file
+	// there (policy.CreateRollout) for the policy watcher on it to load. "": the server
+	// creates no rollouts (503).
+	PolicyDir string
+	// Policy returns the policy in force (policy.Watcher.Policy). nil, or a nil result:
+	// no rollouts are known.
+	Policy func() *policy.Policy
+	// PolicyStatus returns the state of the last policy load (policy.Watcher.Status),
+	// shown by GET /v1/policy. nil: not shown.
+	PolicyStatus func() policy.ReloadStatus
+	// VerdictWindow is how far back GET /v1/devices/{id} reads attestation verdicts by
+	// default; 0: 7 days.
+	VerdictWindow time.Duration
+	// LoadWait bounds how long POST /v1/rollouts waits for the policy watcher to load the
+	// new rollout before it answers; 0: 3 seconds.
+	LoadWait time.Duration
+	// NoFleetMetrics leaves the fleet collector (fleet.NewCollector) off the server's
+	// registry.
+	NoFleetMetrics bool
 }
 
 // operatorAPI serves /v1/ for operators: JSON, bearer tokens, roles checked by
-// fleet.Authorize, every write attributed in the audit log.
+// fleet.Authorize, every write attributed in the audit log as "operator:<name>".
+//
+// Operator tokens are accepted here only: the device API (/v1/devices/nonce,
+// /v1/devices/checkin, /v1/attest/) never reads the Authorization header, a device is
+// who its TPM quote says it is. A device has no operator credential at all (it holds
+// no token and the server accepts no client certificate on the operator API).
 type operatorAPI struct {
 	s   *Server
 	cfg OperatorConfig
 	// signMu serialises use of the KeyRing, which is not safe for concurrent use.
 	signMu sync.Mutex
+	// createMu serialises policy.CreateRollout on the policy directory.
+	createMu sync.Mutex
+	// rolloutMu serialises the operator's read-modify-write of rollout states.
+	rolloutMu sync.Mutex
 }
 
 // EnableOperatorAPI mounts the operator API.
@@ -42,11 +72,56 @@ func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
 	if cfg.MaxPublishBytes <= 0 {
 		cfg.MaxPublishBytes = 16 << 30
 	}
+	if cfg.VerdictWindow <= 0 {
+		cfg.VerdictWindow = 7 * 24 * time.Hour
+	}
+	if cfg.LoadWait <= 0 {
+		cfg.LoadWait = 3 * time.Second
+	}
 	o := &operatorAPI{s: s, cfg: cfg}
-	s.mux.Handle("POST /v1/publish", s.count("operator", o.auth(fleet.ActionPublish, o.publish)))
-	s.mux.Handle("GET /v1/repository", s.count("operator", o.auth(fleet.ActionFleetRead, o.status)))
-	s.mux.Handle("GET /v1/audit/export", s.count("operator", o.auth(fleet.ActionAuditExport, o.auditExport)))
+	for _, e := range o.endpoints() {
+		s.mux.Handle(e.pattern, s.count("operator", o.auth(e.action, e.h)))
+	}
+	if !cfg.NoFleetMetrics {
+		if err := s.reg.Register(fleetMetrics(fleet.NewCollector(cfg.Fleet, 0, s.log))); err != nil {
+			return fmt.Errorf("operator API: fleet metrics: %w", err)
+		}
+	}
 	return nil
+}
+
+// endpoint is one route of the operator API and the action it needs.
+type endpoint struct {
+	pattern string
+	action  fleet.Action
+	h       http.HandlerFunc
+}
+
+// endpoints lists every route of the operator API (the authorization tests walk it).
+func (o *operatorAPI) endpoints() []endpoint {
+	return []endpoint{
+		{"POST /v1/publish", fleet.ActionPublish, o.publish},
+		{"GET /v1/repository", fleet.ActionFleetRead, o.status},
+		{"GET /v1/audit/export", fleet.ActionAuditExport, o.auditExport},
+		{"GET /v1/policy", fleet.ActionFleetRead, o.policyStatus},
+		{"GET /v1/kpis", fleet.ActionFleetRead, o.kpis},
+		{"GET /v1/rollouts", fleet.ActionFleetRead, o.rolloutList},
+		{"POST /v1/rollouts", fleet.ActionRolloutWrite, o.rolloutCreate},
+		{"GET /v1/rollouts/{id}", fleet.ActionFleetRead, o.rolloutStatus},
+		{"POST /v1/rollouts/{id}/pause", fleet.ActionRolloutWrite, o.rolloutAction(pauseRollout)},
+		{"POST /v1/rollouts/{id}/resume", fleet.ActionRolloutWrite, o.rolloutAction(resumeRollout)},
+		{"POST /v1/rollouts/{id}/abort", fleet.ActionRolloutWrite, o.rolloutAction(abortRollout)},
+		{"POST /v1/rollouts/{id}/approve", fleet.ActionRolloutWrite, o.rolloutAction(approveRollout)},
+		{"GET /v1/devices", fleet.ActionFleetRead, o.deviceList},
+		{"GET /v1/devices/{id}", fleet.ActionFleetRead, o.deviceShow},
+		{"POST /v1/devices/{id}/quarantine", fleet.ActionQuarantine, o.deviceQuarantine},
+		{"POST /v1/devices/{id}/release", fleet.ActionQuarantine, o.deviceRelease},
+		{"PUT /v1/devices/{id}/labels", fleet.ActionDeviceLabel, o.deviceLabels},
+		{"POST /v1/devices/{id}/clear-failed", fleet.ActionDeviceLabel, o.deviceClearFailed},
+		{"GET /v1/tokens", fleet.ActionTokens, o.tokenList},
+		{"POST /v1/tokens", fleet.ActionTokens, o.tokenCreate},
+		{"DELETE /v1/tokens/{id}", fleet.ActionTokens, o.tokenRevoke},
+	}
 }
 
 type principalKey struct{}

@@ -1,0 +1,538 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// opFixture is a server with the operator API on a fleet store and a watched policy
+// directory, and a token per role.
+type opFixture struct {
+	*fixture
+	store   *fleet.Store
+	dir     string
+	watcher *policy.Watcher
+	tok     map[fleet.Role]string
+}
+
+const opPolicy = `version: 1
+attestation: {required: false}
+rollouts:
+  - id: vib-2
+    target: {kind: model, name: vibration, version: 2.0.0}
+    waves: [{percent: 50, soak: 1h}, {percent: 100, approval: true}]
+`
+
+func newOpFixture(t *testing.T) *opFixture {
+	t.Helper()
+	f := newFixture(t, KeyEd25519)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "00-fleet.yaml"), []byte(opPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := policy.NewWatcher(policy.WatcherConfig{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	err = f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20,
+		PolicyDir: dir, Policy: w.Policy, PolicyStatus: w.Status})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &opFixture{fixture: f, store: store, dir: dir, watcher: w, tok: map[fleet.Role]string{}}
+	for _, r := range []fleet.Role{fleet.RoleSecurityAdmin, fleet.RoleReleaseManager, fleet.RoleAuditor} {
+		o.tok[r] = o.token(string(r)+"-op", r, time.Hour, f.clock.Now())
+	}
+	return o
+}
+
+func (o *opFixture) token(name string, role fleet.Role, ttl time.Duration, now time.Time) string {
+	o.t.Helper()
+	tok, _, err := o.store.CreateToken(context.Background(), name, role, ttl, now)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	return tok
+}
+
+// do sends a request with an optional bearer token and JSON body.
+func (o *opFixture) do(method, path, tok, body string) (int, string) {
+	o.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, o.http.URL+path, rd)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (o *opFixture) must(method, path string, role fleet.Role, body string, want int, v any) {
+	o.t.Helper()
+	code, out := o.do(method, path, o.tok[role], body)
+	if code != want {
+		o.t.Fatalf("%s %s as %s = %d %s; want %d", method, path, role, code, out, want)
+	}
+	if v != nil {
+		if err := json.Unmarshal([]byte(out), v); err != nil {
+			o.t.Fatalf("%s %s: %v in %s", method, path, err, out)
+		}
+	}
+}
+
+// seed enrolls devices with slots, verdicts and reports.
+func (o *opFixture) seed(ids ...string) {
+	o.t.Helper()
+	ctx := context.Background()
+	now := o.clock.Now()
+	for _, id := range ids {
+		if err := o.store.Enroll(ctx, id, map[string]string{"line": "press"}, now); err != nil {
+			o.t.Fatal(err)
+		}
+		if _, err := o.store.CheckIn(ctx, fleet.CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.1.0", At: now,
+			Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vibration", Version: "1.0.0"}}}); err != nil {
+			o.t.Fatal(err)
+		}
+		if err := o.store.RecordVerdict(ctx, id, policy.VerdictTrusted, "", now); err != nil {
+			o.t.Fatal(err)
+		}
+	}
+}
+
+// routeCase is a request that reaches an endpoint's handler once authorized; allowed
+// lists the roles that may call it (s: security-admin, r: release-manager, a: auditor).
+type routeCase struct {
+	pattern      string
+	method, path string
+	body         string
+	allowed      string
+}
+
+func routeCases() []routeCase {
+	return []routeCase{
+		{"POST /v1/publish", "POST", "/v1/publish?kind=firmware&name=x&version=1.0.0", "", "r"},
+		{"GET /v1/repository", "GET", "/v1/repository", "", "sra"},
+		{"GET /v1/audit/export", "GET", "/v1/audit/export", "", "sa"},
+		{"GET /v1/policy", "GET", "/v1/policy", "", "sra"},
+		{"GET /v1/kpis", "GET", "/v1/kpis", "", "sra"},
+		{"GET /v1/rollouts", "GET", "/v1/rollouts", "", "sra"},
+		{"POST /v1/rollouts", "POST", "/v1/rollouts", `{"id":"BAD ID"}`, "r"},
+		{"GET /v1/rollouts/{id}", "GET", "/v1/rollouts/vib-2", "", "sra"},
+		{"POST /v1/rollouts/{id}/pause", "POST", "/v1/rollouts/nope/pause", "", "r"},
+		{"POST /v1/rollouts/{id}/resume", "POST", "/v1/rollouts/nope/resume", "", "r"},
+		{"POST /v1/rollouts/{id}/abort", "POST", "/v1/rollouts/nope/abort", "", "r"},
+		{"POST /v1/rollouts/{id}/approve", "POST", "/v1/rollouts/nope/approve", "", "r"},
+		{"GET /v1/devices", "GET", "/v1/devices", "", "sra"},
+		{"GET /v1/devices/{id}", "GET", "/v1/devices/dev-1", "", "sra"},
+		{"POST /v1/devices/{id}/quarantine", "POST", "/v1/devices/nope/quarantine", "", "s"},
+		{"POST /v1/devices/{id}/release", "POST", "/v1/devices/nope/release", "", "s"},
+		{"PUT /v1/devices/{id}/labels", "PUT", "/v1/devices/nope/labels", `{"labels":{}}`, "r"},
+		{"POST /v1/devices/{id}/clear-failed", "POST", "/v1/devices/nope/clear-failed", `{"kind":"model"}`, "r"},
+		{"GET /v1/tokens", "GET", "/v1/tokens", "", "s"},
+		{"POST /v1/tokens", "POST", "/v1/tokens", `{"operator":"x","role":"nobody"}`, "s"},
+		{"DELETE /v1/tokens/{id}", "DELETE", "/v1/tokens/nope", "", "s"},
+	}
+}
+
+// TestOperatorAuthorization calls every endpoint as every role (allowed: the handler
+// answers; denied: 403), and without a valid credential (401).
+func TestOperatorAuthorization(t *testing.T) {
+	o := newOpFixture(t)
+	o.seed("dev-1")
+	cases := routeCases()
+
+	var patterns []string
+	for _, e := range (&operatorAPI{}).endpoints() {
+		patterns = append(patterns, e.pattern)
+	}
+	var covered []string
+	for _, c := range cases {
+		covered = append(covered, c.pattern)
+	}
+	slices.Sort(patterns)
+	slices.Sort(covered)
+	if !slices.Equal(patterns, covered) {
+		t.Fatalf("endpoints %v\ncovered by the test %v", patterns, covered)
+	}
+
+	letter := map[fleet.Role]string{fleet.RoleSecurityAdmin: "s", fleet.RoleReleaseManager: "r", fleet.RoleAuditor: "a"}
+	for _, c := range cases {
+		for role, l := range letter {
+			code, body := o.do(c.method, c.path, o.tok[role], c.body)
+			if strings.Contains(c.allowed, l) {
+				if code == 401 || code == 403 {
+					t.Errorf("%s %s as %s = %d %s; want it allowed", c.method, c.path, role, code, body)
+				}
+			} else if code != 403 || !strings.Contains(body, "may not") {
+				t.Errorf("%s %s as %s = %d %s; want 403", c.method, c.path, role, code, body)
+			}
+		}
+	}
+
+	now := o.clock.Now()
+	expired := o.token("late", fleet.RoleSecurityAdmin, time.Hour, now.Add(-2*time.Hour))
+	revoked := o.token("gone", fleet.RoleSecurityAdmin, time.Hour, now)
+	tokens, _ := o.store.Tokens(context.Background())
+	for _, ti := range tokens {
+		if ti.Operator == "gone" {
+			// Revoked through the API by the security admin.
+			o.must("DELETE", "/v1/tokens/"+ti.ID, fleet.RoleSecurityAdmin, "", 200, nil)
+		}
+	}
+	creds := []struct{ name, header, want string }{
+		{"none", "", "missing bearer token"},
+		{"basic auth", "Basic cml0YTpzM2NyZXQ=", "missing bearer token"},
+		{"garbage", "Bearer not-a-token", "malformed token"},
+		{"unknown", "Bearer ewo_0000000000000000_AAAA", "unknown token"},
+		{"expired", "Bearer " + expired, "token expired"},
+		{"revoked", "Bearer " + revoked, "token revoked"},
+	}
+	for _, c := range cases {
+		for _, cr := range creds {
+			req, _ := http.NewRequest(c.method, o.http.URL+c.path, strings.NewReader(c.body))
+			if cr.header != "" {
+				req.Header.Set("Authorization", cr.header)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 401 || !strings.Contains(string(b), cr.want) {
+				t.Errorf("%s %s with %s credential = %d %s; want 401 %q", c.method, c.path, cr.name, resp.StatusCode, b, cr.want)
+			}
+			if strings.Contains(string(b), "ewo_") {
+				t.Errorf("%s %s: the error echoes a token: %s", c.method, c.path, b)
+			}
+		}
+	}
+}
+
+// TestOperatorTokenIsNothingToTheDeviceAPI: the device API ignores operator
+// credentials; a check-in with a security admin's token and no TPM evidence stores
+// nothing, and the device API's nonce endpoint is the same with or without it.
+func TestOperatorTokenIsNothingToTheDeviceAPI(t *testing.T) {
+	o := newOpFixture(t)
+	_, root, err := attestca.NewRoot("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := root
+	pool := newPool(ca)
+	if err := o.srv.EnableDeviceAPI(DeviceConfig{Fleet: o.store, AttestRoots: pool, Policy: o.watcher.Policy}); err != nil {
+		t.Fatal(err)
+	}
+	admin := o.tok[fleet.RoleSecurityAdmin]
+	code, body := o.do("POST", deviceapi.PathNonce, admin, `{"device_id":"dev-9"}`)
+	if code != 200 {
+		t.Fatalf("nonce = %d %s", code, body)
+	}
+	var n deviceapi.NonceResponse
+	json.Unmarshal([]byte(body), &n)
+	req := deviceapi.CheckInRequest{DeviceID: "dev-9", Nonce: n.Nonce, Hardware: "x86_64", AgentVersion: "0.1.0",
+		Labels: map[string]string{"line": "press"}}
+	js, _ := json.Marshal(req)
+	code, body = o.do("POST", deviceapi.PathCheckIn, admin, string(js))
+	if code < 400 || code >= 500 {
+		t.Fatalf("check-in with an operator token and no evidence = %d %s; want a 4xx refusal", code, body)
+	}
+	if _, err := o.store.Device(context.Background(), "dev-9"); !errors.Is(err, fleet.ErrNotFound) {
+		t.Fatalf("device after a refused check-in: %v; want not found", err)
+	}
+	// And the operator API shows the attempt as a rejection by the device's own name,
+	// never as the operator's.
+	var rep strings.Builder
+	l, db, _ := o.repo.OpenAudit(context.Background())
+	defer db.Close()
+	recs, _ := l.Records(context.Background(), audit.Query{})
+	for _, r := range recs {
+		if strings.HasPrefix(r.Actor, "operator:") {
+			rep.WriteString(r.Actor + " " + r.Kind + "\n")
+		}
+	}
+	if rep.Len() > 0 {
+		t.Fatalf("the device API attributed something to an operator:\n%s", rep.String())
+	}
+}
+
+func TestOperatorRollouts(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	o.seed("dev-1", "dev-2", "dev-3", "dev-4")
+	rm := fleet.RoleReleaseManager
+
+	// Create: the file lands in the policy directory and the watcher loads it.
+	var created RolloutCreated
+	o.must("POST", "/v1/rollouts", rm, `{"id":"vib-3","target":{"kind":"model","name":"vibration","version":"3.0.0"},
+		"selector":{"labels":{"line":"press"}},"waves":[{"percent":25,"soak":"10m"},{"percent":100,"approval":true}]}`, 201, &created)
+	if !created.Loaded || !strings.HasPrefix(created.File, policy.CreatedPrefix) || !strings.Contains(created.Warning, "no model vibration 3.0.0") {
+		t.Fatalf("create = %+v", created)
+	}
+	if _, err := os.Stat(filepath.Join(o.dir, created.File)); err != nil {
+		t.Fatal(err)
+	}
+	code, body := o.do("POST", "/v1/rollouts", o.tok[rm], `{"id":"vib-3","target":{"kind":"model","name":"vibration","version":"3.0.1"}}`)
+	if code != 400 || !strings.Contains(body, "vib-3") {
+		t.Fatalf("duplicate rollout = %d %s; want 400", code, body)
+	}
+	code, body = o.do("POST", "/v1/rollouts", o.tok[rm], `{"id":"x","target":{"kind":"model","name":"v","version":"1.0.0"},"waves":[{"percent":50},{"percent":20}]}`)
+	if code != 400 || !strings.Contains(body, "wave") {
+		t.Fatalf("non-increasing waves = %d %s; want 400 naming the waves", code, body)
+	}
+
+	var list struct{ Rollouts []RolloutSummary }
+	o.must("GET", "/v1/rollouts", fleet.RoleAuditor, "", 200, &list)
+	if len(list.Rollouts) != 2 || list.Rollouts[1].ID != "vib-3" && list.Rollouts[0].ID != "vib-3" {
+		t.Fatalf("rollouts = %+v", list.Rollouts)
+	}
+
+	// Pause before the planner ever ran: the rollout is started, then paused.
+	var ch RolloutChanged
+	o.must("POST", "/v1/rollouts/vib-3/pause", rm, `{"reason":"probe drift on line 3"}`, 200, &ch)
+	if ch.State.Status != policy.StatusPaused || ch.State.Reason != "probe drift on line 3" || len(ch.Events) != 3 {
+		t.Fatalf("pause = %+v", ch)
+	}
+	code, body = o.do("POST", "/v1/rollouts/vib-3/pause", o.tok[rm], "")
+	if code != 409 {
+		t.Fatalf("pause twice = %d %s; want 409", code, body)
+	}
+	var st fleet.RolloutStatus
+	o.must("GET", "/v1/rollouts/vib-3", fleet.RoleAuditor, "", 200, &st)
+	if st.State.Status != policy.StatusPaused || st.State.Reason != "probe drift on line 3" || st.Selected != 4 || len(st.Waves) != 2 {
+		t.Fatalf("status = %+v", st)
+	}
+	o.must("POST", "/v1/rollouts/vib-3/resume", rm, "", 200, &ch)
+	if ch.State.Status != policy.StatusActive || ch.Events[0].Actor != "operator:release-manager-op" {
+		t.Fatalf("resume = %+v", ch)
+	}
+	o.must("POST", "/v1/rollouts/vib-3/approve", rm, `{"wave":1}`, 200, &ch)
+	if !slices.Contains(ch.State.Approved, 1) {
+		t.Fatalf("approve = %+v", ch)
+	}
+	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":7}`)
+	if code != 400 || !strings.Contains(body, "no such wave") {
+		t.Fatalf("approve wave 7 = %d %s", code, body)
+	}
+
+	// Reports feed the KPIs of the status.
+	now := o.clock.Now()
+	for i, id := range []string{"dev-1", "dev-2"} {
+		out := policy.OutcomeCommitted
+		if i == 1 {
+			out = policy.OutcomeProbeFailed
+		}
+		err := o.store.AddReport(ctx, policy.Report{DeviceID: id, RolloutID: "vib-3", Kind: artifact.KindModel, Name: "vibration",
+			Version: "3.0.0", Outcome: out, Cause: "accuracy 0.80 < 0.95", Bytes: 1000, Accuracy: 0.97, At: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	o.must("GET", "/v1/rollouts/vib-3", rm, "", 200, &st)
+	if st.KPI.Attempts != 2 || st.KPI.SuccessRate != 0.5 || st.KPI.BytesDownloaded != 2000 || st.KPI.Failures[policy.OutcomeProbeFailed] != 1 {
+		t.Fatalf("KPI = %+v", st.KPI)
+	}
+	var sum FleetSummary
+	o.must("GET", "/v1/kpis?since=1h", fleet.RoleAuditor, "", 200, &sum)
+	if sum.Devices != 4 || sum.KPI.Attempts != 2 || sum.Verdicts["trusted"] != 4 {
+		t.Fatalf("fleet summary = %+v", sum)
+	}
+
+	o.must("POST", "/v1/rollouts/vib-3/abort", rm, `{"reason":"bad model"}`, 200, &ch)
+	if ch.State.Status != policy.StatusAborted {
+		t.Fatalf("abort = %+v", ch)
+	}
+	if code, _ := o.do("POST", "/v1/rollouts/vib-3/resume", o.tok[rm], ""); code != 409 {
+		t.Fatalf("resume after abort = %d; want 409", code)
+	}
+	if code, _ := o.do("POST", "/v1/rollouts/nope/pause", o.tok[rm], ""); code != 404 {
+		t.Fatalf("pause unknown = %d; want 404", code)
+	}
+
+	// Every write is in the audit log, attributed, and the log verifies.
+	code, body = o.do("GET", "/v1/audit/export", o.tok[fleet.RoleAuditor], "")
+	if code != 200 {
+		t.Fatalf("export = %d", code)
+	}
+	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.resumed"`, `"kind":"rollout.approved"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("audit export lacks %s", want)
+		}
+	}
+	l, db, _ := o.repo.OpenAudit(ctx)
+	defer db.Close()
+	if _, err := audit.Verify(strings.NewReader(body), l.PublicKey()); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+
+	var ps map[string]any
+	o.must("GET", "/v1/policy", fleet.RoleAuditor, "", 200, &ps)
+	if ps["rollouts"] != float64(2) || ps["writable"] != true {
+		t.Fatalf("policy = %v", ps)
+	}
+}
+
+func TestOperatorDevices(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	ekID := "urn:ek:sha256:ab/cd+ef="
+	o.seed("dev-1", "dev-2", ekID)
+	now := o.clock.Now()
+	o.store.RecordVerdict(ctx, "dev-1", policy.VerdictUntrusted, "pcr 16 mismatch", now.Add(time.Minute))
+	o.store.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "vibration", Version: "2.0.0",
+		Outcome: policy.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: now})
+	o.store.RecordDecision(ctx, policy.Decision{DeviceID: "dev-1", At: now, PolicyDigest: "abc",
+		Slots: []policy.SlotDecision{{Kind: artifact.KindModel, Action: policy.ActionHold, Reason: policy.ReasonFailedOnDevice}}})
+
+	var list DeviceList
+	o.must("GET", "/v1/devices?limit=2", fleet.RoleAuditor, "", 200, &list)
+	if len(list.Devices) != 2 || list.Next != "dev-2" {
+		t.Fatalf("page 1 = %+v", list)
+	}
+	after := list.Next
+	list = DeviceList{}
+	o.must("GET", "/v1/devices?after="+after, fleet.RoleAuditor, "", 200, &list)
+	if len(list.Devices) != 1 || list.Devices[0].ID != ekID || list.Next != "" {
+		t.Fatalf("page 2 = %+v", list)
+	}
+
+	var d DeviceDetail
+	o.must("GET", "/v1/devices/dev-1", fleet.RoleAuditor, "", 200, &d)
+	if d.Device.Verdict != policy.VerdictUntrusted || len(d.Verdicts) != 2 || d.Verdicts[0].Detail != "pcr 16 mismatch" ||
+		len(d.Reports) != 1 || d.Reports[0].Cause != "p99 9ms > 5ms" || len(d.Decisions) != 1 || d.Device.Slots[artifact.KindModel].Failed != "2.0.0" {
+		t.Fatalf("device = %+v", d)
+	}
+	// An ID with '/' travels percent-encoded.
+	o.must("GET", "/v1/devices/"+url.PathEscape(ekID), fleet.RoleAuditor, "", 200, &d)
+	if d.Device.ID != ekID {
+		t.Fatalf("device %q = %+v", ekID, d.Device)
+	}
+	if code, _ := o.do("GET", "/v1/devices/nope", o.tok[fleet.RoleAuditor], ""); code != 404 {
+		t.Fatalf("unknown device = %d", code)
+	}
+
+	var dv DeviceView
+	o.must("POST", "/v1/devices/dev-2/quarantine", fleet.RoleSecurityAdmin, `{"reason":"stolen"}`, 200, &dv)
+	if !dv.Quarantined || dv.QuarantineReason != "stolen" {
+		t.Fatalf("quarantine = %+v", dv)
+	}
+	o.must("POST", "/v1/devices/dev-2/release", fleet.RoleSecurityAdmin, "", 200, &dv)
+	if dv.Quarantined {
+		t.Fatalf("release = %+v", dv)
+	}
+	o.must("PUT", "/v1/devices/dev-2/labels", fleet.RoleReleaseManager, `{"labels":{"line":"lathe","site":"<b>x</b>"}}`, 200, &dv)
+	if dv.Labels["line"] != "lathe" {
+		t.Fatalf("labels = %+v", dv)
+	}
+	if code, body := o.do("PUT", "/v1/devices/dev-2/labels", o.tok[fleet.RoleReleaseManager], `{"labels":{"BAD KEY":"x"}}`); code != 400 {
+		t.Fatalf("bad label = %d %s", code, body)
+	}
+	o.must("POST", "/v1/devices/dev-1/clear-failed", fleet.RoleReleaseManager, `{"kind":"model"}`, 200, &dv)
+	if dv.Slots[artifact.KindModel].Failed != "" {
+		t.Fatalf("clear failed = %+v", dv)
+	}
+
+	code, body := o.do("GET", "/v1/audit/export", o.tok[fleet.RoleSecurityAdmin], "")
+	for _, want := range []string{`"kind":"device.quarantine"`, `"kind":"device.release"`, `"kind":"device.labels"`, `"kind":"device.clear_failed"`, `"actor":"operator:security-admin-op"`} {
+		if code != 200 || !strings.Contains(body, want) {
+			t.Errorf("audit export lacks %s", want)
+		}
+	}
+}
+
+func TestOperatorTokens(t *testing.T) {
+	o := newOpFixture(t)
+	var tc TokenCreated
+	o.must("POST", "/v1/tokens", fleet.RoleSecurityAdmin, `{"operator":"ada","role":"auditor","ttl":"2h"}`, 201, &tc)
+	if !strings.HasPrefix(tc.Token, "ewo_") || tc.Info.Role != fleet.RoleAuditor {
+		t.Fatalf("token = %+v", tc)
+	}
+	if code, _ := o.do("GET", "/v1/audit/export", tc.Token, ""); code != 200 {
+		t.Fatalf("new auditor exports = %d", code)
+	}
+	code, body := o.do("GET", "/v1/tokens", o.tok[fleet.RoleSecurityAdmin], "")
+	if code != 200 || !strings.Contains(body, `"operator":"ada"`) || strings.Contains(body, "ewo_") {
+		t.Fatalf("token list = %d %s", code, body)
+	}
+	if code, body := o.do("POST", "/v1/tokens", o.tok[fleet.RoleSecurityAdmin], `{"operator":"x","role":"auditor","ttl":"9000h"}`); code != 400 {
+		t.Fatalf("too long ttl = %d %s", code, body)
+	}
+	o.must("DELETE", "/v1/tokens/"+tc.Info.ID, fleet.RoleSecurityAdmin, "", 200, nil)
+	if code, body := o.do("GET", "/v1/rollouts", tc.Token, ""); code != 401 || !strings.Contains(body, "revoked") {
+		t.Fatalf("revoked token = %d %s", code, body)
+	}
+	code, body = o.do("GET", "/v1/audit/export", o.tok[fleet.RoleAuditor], "")
+	if code != 200 || !strings.Contains(body, `"kind":"token.create"`) || !strings.Contains(body, `"kind":"token.revoke"`) || strings.Contains(body, tc.Token) {
+		t.Fatalf("audit of tokens = %d (token.create, token.revoke, never the secret)", code)
+	}
+}
+
+func TestOperatorFleetMetrics(t *testing.T) {
+	o := newOpFixture(t)
+	o.seed("dev-1", "dev-2")
+	_, root, _ := attestca.NewRoot("test CA", time.Hour)
+	// The device API registers its own verdict counter after the fleet collector.
+	if err := o.srv.EnableDeviceAPI(DeviceConfig{Fleet: o.store, AttestRoots: newPool(root)}); err != nil {
+		t.Fatal(err)
+	}
+	o.store.SaveRollout(context.Background(), policy.RolloutState{ID: "vib-2", Status: policy.StatusPaused, Wave: 1}, nil)
+	resp, err := http.Get(o.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"edgeward_fleet_devices 2", `edgeward_rollout_status{rollout="vib-2",status="paused"} 1`, `edgeward_rollout_wave{rollout="vib-2"} 1`} {
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s (status %d)", want, resp.StatusCode)
+		}
+	}
+}
+
+func newPool(certs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}

@@ -1,0 +1,192 @@
+package reposerver
+
+import (
+	"context"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// The read models of the operator API. The dashboard (repo-server/ui) shows the same
+// values, built by the same functions, so its numbers match the API's.
+
+// DeviceView is a device as the operator API shows it.
+type DeviceView struct {
+	ID               string                        `json:"id"`
+	Labels           map[string]string             `json:"labels"`
+	Hardware         string                        `json:"hardware,omitempty"`
+	AgentVersion     string                        `json:"agent_version,omitempty"`
+	Slots            map[artifact.Kind]policy.Slot `json:"slots"`
+	Attrs            map[string]any                `json:"attrs,omitempty"`
+	Verdict          policy.Verdict                `json:"verdict,omitempty"`
+	VerdictAt        time.Time                     `json:"verdict_at,omitzero"`
+	Quarantined      bool                          `json:"quarantined"`
+	QuarantineReason string                        `json:"quarantine_reason,omitempty"`
+	EnrolledAt       time.Time                     `json:"enrolled_at,omitzero"`
+	LastCheckIn      time.Time                     `json:"last_check_in,omitzero"`
+}
+
+// NewDeviceView converts a stored device.
+func NewDeviceView(d fleet.Device) DeviceView {
+	v := DeviceView{ID: d.ID, Labels: d.Labels, Hardware: d.Hardware, AgentVersion: d.AgentVersion, Slots: d.Slots,
+		Attrs: d.Attrs, Verdict: d.Verdict, VerdictAt: d.VerdictAt, Quarantined: d.Quarantined,
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn}
+	if v.Labels == nil {
+		v.Labels = map[string]string{}
+	}
+	if v.Slots == nil {
+		v.Slots = map[artifact.Kind]policy.Slot{}
+	}
+	return v
+}
+
+// VerdictView is one attestation verdict of a device.
+type VerdictView struct {
+	Verdict policy.Verdict `json:"verdict"`
+	Detail  string         `json:"detail,omitempty"`
+	At      time.Time      `json:"at"`
+}
+
+// DeviceDetail is a device with its history: attestation verdicts (since Since),
+// the decisions made at its last check-ins and its install reports, each newest first.
+type DeviceDetail struct {
+	Device    DeviceView        `json:"device"`
+	Since     time.Time         `json:"verdicts_since"`
+	Verdicts  []VerdictView     `json:"verdicts"`
+	Decisions []policy.Decision `json:"decisions"`
+	Reports   []policy.Report   `json:"reports"`
+}
+
+// MaxHistory bounds each history list of a DeviceDetail.
+const MaxHistory = 100
+
+// LoadDeviceDetail reads a device and its history from the store: verdicts made at or
+// after since (the store keeps verdicts of the whole fleet by time, so the window bounds
+// the scan), its last MaxHistory decisions and install reports. ErrNotFound (fleet) if
+// the device is unknown.
+func LoadDeviceDetail(ctx context.Context, st *fleet.Store, id string, since time.Time) (DeviceDetail, error) {
+	d, err := st.Device(ctx, id)
+	if err != nil {
+		return DeviceDetail{}, err
+	}
+	out := DeviceDetail{Device: NewDeviceView(d), Since: since, Verdicts: []VerdictView{}, Reports: []policy.Report{}}
+	vs, err := st.Verdicts(ctx, since)
+	if err != nil {
+		return DeviceDetail{}, err
+	}
+	for i := len(vs) - 1; i >= 0 && len(out.Verdicts) < MaxHistory; i-- {
+		if vs[i].DeviceID == id {
+			out.Verdicts = append(out.Verdicts, VerdictView{Verdict: vs[i].Verdict, Detail: vs[i].Detail, At: vs[i].At})
+		}
+	}
+	if out.Decisions, err = st.Decisions(ctx, id, MaxHistory); err != nil {
+		return DeviceDetail{}, err
+	}
+	if out.Decisions == nil {
+		out.Decisions = []policy.Decision{}
+	}
+	reps, err := st.Reports(ctx, fleet.ReportFilter{DeviceID: id})
+	if err != nil {
+		return DeviceDetail{}, err
+	}
+	for i := len(reps) - 1; i >= 0 && len(out.Reports) < MaxHistory; i-- {
+		out.Reports = append(out.Reports, reps[i])
+	}
+	return out, nil
+}
+
+// RolloutSummary is one line of the rollout list.
+type RolloutSummary struct {
+	ID     string        `json:"id"`
+	Target policy.Target `json:"target"`
+	// Status is the stored status ("" until the planner first ran: not started).
+	Status           policy.Status `json:"status"`
+	Wave             int           `json:"wave"`
+	Waves            []float64     `json:"waves"`
+	AwaitingApproval bool          `json:"awaiting_approval,omitempty"`
+	Reason           string        `json:"reason,omitempty"`
+	Started          time.Time     `json:"started,omitzero"`
+	Updated          time.Time     `json:"updated,omitzero"`
+	// File is the policy file that defines the rollout.
+	File string `json:"file,omitempty"`
+}
+
+// ListRollouts summarises the rollouts of p (in policy order, newest first) with their
+// stored states. A state saved for another target of the same ID (the rollout was
+// edited and will restart) shows as not started.
+func ListRollouts(ctx context.Context, st *fleet.Store, p *policy.Policy) ([]RolloutSummary, error) {
+	states, err := st.RolloutStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []RolloutSummary{}
+	if p == nil {
+		return out, nil
+	}
+	for _, r := range p.Rollouts {
+		s := RolloutSummary{ID: r.ID, Target: r.Target, File: r.Pos.File}
+		for _, w := range r.Waves {
+			s.Waves = append(s.Waves, w.Percent)
+		}
+		if state, ok := states[r.ID]; ok && state.AppliesTo(r) {
+			s.Status, s.Wave, s.AwaitingApproval, s.Reason = state.Status, state.Wave, state.AwaitingApproval, state.Reason
+			s.Started, s.Updated = state.Started, state.Updated
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// FleetSummary is the fleet-wide view: device counts and the KPIs of a period.
+type FleetSummary struct {
+	Since       time.Time      `json:"since"`
+	Devices     int            `json:"devices"`
+	Quarantined int            `json:"quarantined"`
+	Verdicts    map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
+	KPI         fleet.FleetKPI `json:"kpi"`
+}
+
+// LoadFleetSummary counts the devices (one pass over them) and computes the fleet KPIs
+// from the reports and verdicts made at or after since.
+func LoadFleetSummary(ctx context.Context, st *fleet.Store, since time.Time) (FleetSummary, error) {
+	out := FleetSummary{Since: since, Verdicts: map[string]int{}}
+	for after := ""; ; {
+		devs, err := st.Devices(ctx, fleet.ListOptions{After: after, Limit: fleet.MaxListLimit})
+		if err != nil {
+			return FleetSummary{}, err
+		}
+		for _, d := range devs {
+			out.Devices++
+			if d.Quarantined {
+				out.Quarantined++
+			}
+			out.Verdicts[string(d.Verdict)]++
+		}
+		if len(devs) < fleet.MaxListLimit {
+			break
+		}
+		after = devs[len(devs)-1].ID
+	}
+	reps, err := st.Reports(ctx, fleet.ReportFilter{Since: since})
+	if err != nil {
+		return FleetSummary{}, err
+	}
+	vs, err := st.Verdicts(ctx, since)
+	if err != nil {
+		return FleetSummary{}, err
+	}
+	states, err := st.RolloutStates(ctx)
+	if err != nil {
+		return FleetSummary{}, err
+	}
+	starts := map[string]time.Time{}
+	for id, s := range states {
+		if !s.Started.IsZero() {
+			starts[id] = s.Started
+		}
+	}
+	out.KPI = fleet.ComputeFleet(reps, vs, starts)
+	return out, nil
+}
