@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The Go micro-benchmarks beside the drivers: runtime's in-process vs HTTP ratio on one
-# model and updater's streaming download, -count 5, summarised by benchstat (median and
+# model and updater's streaming download, -count 6, summarised by benchstat (median and
 # confidence interval per metric). Writes bench/gobench.txt (raw) and bench/benchstat.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GO="${GO:-go}"
 BENCHSTAT="golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da"
 {
-  $GO test -run '^$' -bench 'BenchmarkInfer(SessionRun|Runtime|HTTP|Ratio)$' -benchmem -count 5 ./runtime
-  $GO test -run '^$' -bench 'BenchmarkDownload$' -benchtime 3x -benchmem -count 5 ./updater
+  $GO test -run '^$' -bench 'BenchmarkInfer(SessionRun|Runtime|HTTP|Ratio)$' -benchmem -count 6 ./runtime
+  $GO test -run '^$' -bench 'BenchmarkDownload$' -benchtime 3x -benchmem -count 6 ./updater
 } | tee bench/gobench.txt
 $GO run "$BENCHSTAT" bench/gobench.txt | tee bench/benchstat.txt

@@ -93,7 +93,8 @@ func prepareModels(ctx context.Context, dir string) ([]*inferModel, error) {
 	return models, nil
 }
 
-// system is one way of running a model: in-process, or an HTTP server.
+// system is one way of running a model: in-process, or an HTTP server (or the transport
+// floor, which runs none).
 type system interface {
 	name() string
 	// worker returns a function doing one inference; each concurrent worker has its own.
@@ -241,9 +242,12 @@ type InferRow struct {
 	// Relative to in-process in the same round, medians over rounds.
 	OverheadP50us  float64 `json:"overhead_p50_us,omitempty"`
 	ThroughputFrac float64 `json:"throughput_vs_in_process,omitempty"`
-	// Edgeward HTTP over this system, medians over rounds (req/s ratio).
+	// Edgeward HTTP over the Node.js peer, medians over rounds (req/s ratio).
 	EdgewardSpeedup float64 `json:"edgeward_speedup,omitempty"`
-	Rounds          int     `json:"rounds"`
+	// OwnWorkP50us is edgeward's p50 minus the transport floor's p50 minus in-process
+	// p50: what edgeward-runtime itself adds (decode, validate, tensors, encode, metrics).
+	OwnWorkP50us float64 `json:"own_work_p50_us,omitempty"`
+	Rounds       int     `json:"rounds"`
 }
 
 type InferResult struct {
@@ -283,6 +287,21 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 		return nil, err
 	}
 	defer node.stop()
+	// The transport floor: a canned answer from a Go net/http server in its own process.
+	floorBin := filepath.Join(cfg.work, "bin", "httpfloor")
+	if _, err := runChild(ctx, "go", []string{"build", "-o", floorBin, "./bench/httpfloor"}, nil); err != nil {
+		return nil, err
+	}
+	fp := freePort()
+	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), nil, floorBin, fmt.Sprint(fp))
+	if err != nil {
+		return nil, err
+	}
+	defer fl.stop()
+	fb := fmt.Sprintf("http://127.0.0.1:%d", fp)
+	if err := waitHTTP(fb+"/v2/health/ready", 30*time.Second); err != nil {
+		return nil, err
+	}
 	eb, nb := fmt.Sprintf("http://127.0.0.1:%d", ep), fmt.Sprintf("http://127.0.0.1:%d", np)
 	if err := waitHTTP(eb+"/v2/health/ready", 30*time.Second); err != nil {
 		return nil, err
@@ -292,7 +311,8 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 	}
 	edge := &httpSystem{label: "edgeward-runtime HTTP", base: eb}
 	peer := &httpSystem{label: "Node.js onnxruntime-node HTTP", base: nb}
-	systems := []system{inproc, edge, peer}
+	floor := &httpSystem{label: "HTTP floor (canned answer, no model)", base: fb}
+	systems := []system{inproc, edge, peer, floor}
 	res := &InferResult{Models: models, Window: cfg.inferWindow.String()}
 	for _, m := range models {
 		for _, conc := range []int{1, 2} {
@@ -303,7 +323,7 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 				}
 			}
 			per := make([][]sample, len(systems))
-			var overhead, frac, speedup []float64
+			var overhead, frac, speedup, own []float64
 			for r := range cfg.rounds {
 				got := make([]sample, len(systems))
 				for k := range systems { // rotate the order each round
@@ -318,6 +338,7 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 				overhead = append(overhead, got[1].p50-got[0].p50)
 				frac = append(frac, got[1].rps/got[0].rps)
 				speedup = append(speedup, got[1].rps/got[2].rps)
+				own = append(own, got[1].p50-got[3].p50-got[0].p50)
 			}
 			for i, s := range systems {
 				var p50, p99, rps []float64
@@ -328,7 +349,7 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 					P99us: round(median(p99), 1), ReqPerSec: round(median(rps), 0), Rounds: cfg.rounds}
 				if i == 1 {
 					row.OverheadP50us, row.ThroughputFrac = round(median(overhead), 1), round(median(frac), 3)
-					row.EdgewardSpeedup = round(median(speedup), 2)
+					row.EdgewardSpeedup, row.OwnWorkP50us = round(median(speedup), 2), round(median(own), 1)
 				}
 				res.Rows = append(res.Rows, row)
 				logf("infer %-9s c=%d %-30s p50 %8.1fµs p99 %8.1fµs %8.0f req/s", m.Name, conc, s.name(), row.P50us, row.P99us, row.ReqPerSec)

@@ -174,6 +174,21 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		return nil, err
 	}
 	defer ngx.stop()
+	floorBin := filepath.Join(cfg.work, "bin", "httpfloor")
+	if _, err := runChild(ctx, "go", []string{"build", "-o", floorBin, "./bench/httpfloor"}, nil); err != nil {
+		return nil, err
+	}
+	fport := freePort()
+	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor-metadata.log"), nil, floorBin, fmt.Sprint(fport),
+		filepath.Join(repo.Dir, "repository", "metadata", "timestamp.json"))
+	if err != nil {
+		return nil, err
+	}
+	defer fl.stop()
+	fb := fmt.Sprintf("http://127.0.0.1:%d", fport)
+	if err := waitHTTP(fb+"/metadata/timestamp.json", 10*time.Second); err != nil {
+		return nil, err
+	}
 	ver, _ := exec.Command("nginx", "-v").CombinedOutput()
 	res := &MetadataResult{File: "/metadata/timestamp.json", Nginx: strings.TrimPrefix(strings.TrimSpace(string(ver)), "nginx version: "),
 		Load:   fmt.Sprintf("wrk -t1 -c16 -d%s --latency (keep-alive), on the same 2 cores as the server", cfg.wrkDuration),
@@ -182,7 +197,7 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		server, request, url, header string
 	}
 	var targets []target
-	for _, s := range []struct{ name, base string }{{"edgeward server", eb}, {"nginx", nb}} {
+	for _, s := range []struct{ name, base string }{{"edgeward server", eb}, {"nginx", nb}, {"Go net/http floor (bytes in memory, no handler work)", fb}} {
 		url := s.base + res.File
 		etag, size, cond, err := etagOf(url)
 		if err != nil {
@@ -193,7 +208,8 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		targets = append(targets, target{s.name, "GET (200, full body)", url, ""},
 			target{s.name, "GET If-None-Match (304)", url, "If-None-Match: " + etag})
 	}
-	// order: edgeward plain, edgeward INM, nginx plain, nginx INM; pairs are (0,2) and (1,3)
+	// order: edgeward plain, edgeward INM, nginx plain, nginx INM, floor plain, floor INM;
+	// pairs are (0,2) and (1,3)
 	acc := make([][]wrkRun, len(targets))
 	var vs [2][]float64
 	for _, t := range targets { // warm-up

@@ -180,14 +180,16 @@ func render(r *Results) string {
 			}
 			p("`%s` — %s", mo.Name, mo.Note)
 		}
-		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the three systems for %s each, in rotating order; figures are medians over rounds.\n\n", in.Window)
-		p("| model | conc. | system | p50 µs | p99 µs | req/s | overhead p50 µs | vs in-process req/s | Edgeward vs Node req/s |\n|---|---|---|---|---|---|---|---|---|\n")
+		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the four systems for %s each, in rotating order; figures are medians over rounds.\n\n", in.Window)
+		p("Columns for the edgeward row: *overhead* = its p50 − in-process p50; *own work* = its p50 − the HTTP floor's p50 − in-process p50 (what edgeward-runtime adds beyond loopback HTTP between two processes); *vs in-process* and *vs Node* are req/s ratios.\n\n")
+		p("| model | conc. | system | p50 µs | p99 µs | req/s | overhead p50 µs | own work p50 µs | vs in-process req/s | Edgeward vs Node req/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range in.Rows {
-			over, frac, sp := "", "", ""
+			over, own, frac, sp := "", "", "", ""
 			if x.ThroughputFrac != 0 {
 				over, frac, sp = fmt.Sprintf("%.0f", x.OverheadP50us), fmt.Sprintf("%.1f %%", 100*x.ThroughputFrac), fmt.Sprintf("%.2f×", x.EdgewardSpeedup)
+				own = fmt.Sprintf("%.0f", x.OwnWorkP50us)
 			}
-			p("| %s | %d | %s | %.1f | %.1f | %.0f | %s | %s | %s |\n", x.Model, x.Concurrency, x.System, x.P50us, x.P99us, x.ReqPerSec, over, frac, sp)
+			p("| %s | %d | %s | %.1f | %.1f | %.0f | %s | %s | %s | %s |\n", x.Model, x.Concurrency, x.System, x.P50us, x.P99us, x.ReqPerSec, over, own, frac, sp)
 		}
 	}
 	if in := r.Install; in != nil {
@@ -198,7 +200,7 @@ func render(r *Results) string {
 		}
 	}
 	if md := r.Metadata; md != nil {
-		p("\n### 3. Metadata serving\n\n`GET %s` (%d bytes) from `edgeward server` and from %s serving the same directory; load: %s. Rounds rotate the four runs; medians.\n\n", md.File, md.Bytes, md.Nginx, md.Load)
+		p("\n### 3. Metadata serving\n\n`GET %s` (%d bytes) from `edgeward server` and from %s serving the same directory; load: %s. The Go net/http floor is `bench/httpfloor` answering the same bytes from memory through `http.ServeContent` with a fixed ETag: what Go's HTTP server costs before any handler work. Rounds rotate the six runs; medians.\n\n", md.File, md.Bytes, md.Nginx, md.Load)
 		p("| server | request | req/s | p50 µs | p99 µs | vs nginx |\n|---|---|---|---|---|---|\n")
 		for _, x := range md.Rows {
 			vs := ""
@@ -236,7 +238,7 @@ func render(r *Results) string {
 		p("| `edgeward` (operator CLI + server) binary | %.1f |\n", fp.ServerBinaryMiB)
 	}
 	if st, err := os.ReadFile("bench/benchstat.txt"); err == nil {
-		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process) and `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server), `-count 5`:\n\n```\n%s```\n", st)
+		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process) and `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server), `-count 6`:\n\n```\n%s```\n", st)
 	}
 	p("\n")
 	return b.String()
