@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/smallstep/certificates/authority/config"
@@ -58,9 +59,11 @@ type Server struct {
 	DirectoryURL string
 	// Root is the CA root devices' certificates chain to (trust it for
 	// mTLS client certificates and for talking to the CA).
-	Root *x509.Certificate
-	ca   *ca.CA
-	done chan error
+	Root     *x509.Certificate
+	ca       *ca.CA
+	done     chan error
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // ConfigFile is the step-ca configuration file Start writes into Dir; the
@@ -137,14 +140,10 @@ func (s *Server) Client(roots *x509.CertPool) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
 }
 
-// Close stops the CA (idempotent).
+// Close stops the CA. It is idempotent and safe for concurrent use.
 func (s *Server) Close() error {
-	if s.ca == nil {
-		return nil
-	}
-	err := s.ca.Stop()
-	s.ca = nil
-	return err
+	s.stopOnce.Do(func() { s.stopErr = s.ca.Stop() })
+	return s.stopErr
 }
 
 func provisionerName(c Config) string {

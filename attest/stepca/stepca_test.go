@@ -41,7 +41,7 @@ func TestDeviceCertificateAndMTLS(t *testing.T) {
 	}
 	inter := x509.NewCertPool()
 	inter.AddCert(maker.Intermediate)
-	deviceFlow(ctx, t, tpm, maker.Roots(), inter, true)
+	deviceFlow(ctx, t, tpm, maker.Roots(), inter, true, embedded)
 }
 
 // TestDeviceCertificateSwtpm is the same flow with swtpm over TCP, its EK
@@ -58,10 +58,28 @@ func TestDeviceCertificateSwtpm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tpm.Close()
-	deviceFlow(ctx, t, tpm, sw.CARoots, sw.CAIntermediates, false)
+	deviceFlow(ctx, t, tpm, sw.CARoots, sw.CAIntermediates, false, embedded)
 }
 
-func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, inter *x509.CertPool, hostile bool) {
+// deviceCA is a running step-ca: its ACME directory, a client trusting it,
+// and the root device certificates chain to.
+type deviceCA struct {
+	dir    string
+	client *http.Client
+	root   *x509.Certificate
+}
+
+func embedded(ctx context.Context, t *testing.T, attRoot *x509.Certificate) deviceCA {
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{attRoot}})
+	if err != nil {
+		t.Fatalf("stepca.Start() = %v", err)
+	}
+	t.Cleanup(func() { sca.Close() })
+	return deviceCA{dir: sca.DirectoryURL, client: sca.Client(nil), root: sca.Root}
+}
+
+func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, inter *x509.CertPool, hostile bool,
+	startCA func(context.Context, *testing.T, *x509.Certificate) deviceCA) {
 	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
 	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: makerRoots, ManufacturerIntermediates: inter})
 	if err != nil {
@@ -74,11 +92,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		t.Fatalf("Enroll() = %v", err)
 	}
 
-	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{root}})
-	if err != nil {
-		t.Fatalf("stepca.Start() = %v", err)
-	}
-	defer sca.Close()
+	sca := startCA(ctx, t, root)
 
 	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
 	if err != nil {
@@ -87,7 +101,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 	defer key.Close()
 	start := time.Now()
 	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{
-		DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key,
+		DirectoryURL: sca.dir, HTTP: sca.client, AK: ak, Key: key,
 	})
 	if err != nil {
 		t.Fatalf("RequestDeviceCert() = %v", err)
@@ -105,7 +119,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 	// mTLS: a server that requires client certificates from step-ca's root;
 	// the client's private key is the TPM key.
 	roots := x509.NewCertPool()
-	roots.AddCert(sca.Root)
+	roots.AddCert(sca.root)
 	var seen string
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := r.TLS.PeerCertificates[0]
@@ -145,13 +159,13 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: rogueAK, Key: key}); !errors.Is(err, attest.ErrACME) || !strings.Contains(err.Error(), "x5c is not valid") {
+	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: rogueAK, Key: key}); !errors.Is(err, attest.ErrACME) || !strings.Contains(err.Error(), "x5c is not valid") {
 		t.Errorf("RequestDeviceCert(rogue AK cert) = %v; want ErrACME", err)
 	}
 	// Hostile: an order for another device's permanent identifier.
 	other := *ak
 	other.PermanentIdentifier = "urn:ek:sha256:c29tZW9uZSBlbHNl"
-	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: &other, Key: key}); !errors.Is(err, attest.ErrACME) || !strings.Contains(err.Error(), "permanent identifier") {
+	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: &other, Key: key}); !errors.Is(err, attest.ErrACME) || !strings.Contains(err.Error(), "permanent identifier") {
 		t.Errorf("RequestDeviceCert(other identifier) = %v; want ErrACME", err)
 	}
 }
