@@ -1,9 +1,11 @@
 package stepca_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -17,7 +19,10 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/attest/protocol"
 	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/attest/verify"
 )
 
 // TestDeviceCertificateAndMTLS runs the whole device identity flow with real
@@ -58,7 +63,55 @@ func TestDeviceCertificateSwtpm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tpm.Close()
-	deviceFlow(ctx, t, tpm, sw.CARoots, sw.CAIntermediates, false, embedded)
+	// The attestation CA also trusts a second manufacturer, whose TPM (the
+	// simulator) is another enrolled device.
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	roots, inter := sw.CARoots.Clone(), sw.CAIntermediates.Clone()
+	roots.AddCert(maker.Root)
+	inter.AddCert(maker.Intermediate)
+	f := deviceFlow(ctx, t, tpm, roots, inter, false, embedded)
+
+	// Hostile: device B's genuine evidence sent over device A's mTLS
+	// connection (a device certificate presented by another device).
+	sim, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	if _, err := maker.Provision(ctx, sim, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	acaSrv := httptest.NewServer(f.aca.Handler())
+	defer acaSrv.Close()
+	akB, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, sim)
+	if err != nil {
+		t.Fatalf("Enroll(device B) = %v", err)
+	}
+	if err := sim.ResetPCR(ctx, 16); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range f.log {
+		if _, err := sim.Measure(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evB, err := sim.Evidence(ctx, akB, f.nonce(), []int{16}, f.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := f.checkin(evB); v.Trusted || v.Reasons[0].Code != verify.IdentityMismatch {
+		t.Errorf("device B's evidence over device A's connection = %v; want identity_mismatch", v.Reasons)
+	}
+}
+
+// flow is what deviceFlow leaves running for further checks: the attestation
+// CA, the device's AK certificate and log, and its mTLS check-in.
+type flow struct {
+	aca     *attestca.CA
+	ak      *attest.AKCertificate
+	log     eventlog.Log
+	nonce   func() []byte
+	checkin func(*protocol.Evidence) verify.Verdict
 }
 
 // deviceCA is a running step-ca: its ACME directory, a client trusting it,
@@ -79,14 +132,14 @@ func embedded(ctx context.Context, t *testing.T, attRoot *x509.Certificate) devi
 }
 
 func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, inter *x509.CertPool, hostile bool,
-	startCA func(context.Context, *testing.T, *x509.Certificate) deviceCA) {
+	startCA func(context.Context, *testing.T, *x509.Certificate) deviceCA) flow {
 	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
 	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: makerRoots, ManufacturerIntermediates: inter})
 	if err != nil {
 		t.Fatal(err)
 	}
 	acaSrv := httptest.NewServer(aca.Handler())
-	defer acaSrv.Close()
+	t.Cleanup(acaSrv.Close)
 	ak, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, tpm)
 	if err != nil {
 		t.Fatalf("Enroll() = %v", err)
@@ -98,7 +151,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer key.Close()
+	t.Cleanup(func() { key.Close() })
 	start := time.Now()
 	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{
 		DirectoryURL: sca.dir, HTTP: sca.client, AK: ak, Key: key,
@@ -116,39 +169,94 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		t.Errorf("device certificate permanent identifiers = %+v, %v; want %q", sans.PermanentIdentifiers, err, ak.PermanentIdentifier)
 	}
 
-	// mTLS: a server that requires client certificates from step-ca's root;
-	// the client's private key is the TPM key.
+	// mTLS check-in: the server takes the device identity from the client
+	// certificate (whose key is the TPM key), issues a nonce, and verifies
+	// the device's quote and log against that identity.
 	roots := x509.NewCertPool()
 	roots.AddCert(sca.root)
-	var seen string
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c := r.TLS.PeerCertificates[0]
-		s, _ := x509util.ParseSubjectAlternativeNames(c)
-		if len(s.PermanentIdentifiers) > 0 {
-			seen = s.PermanentIdentifiers[0].Identifier
+	nonces := verify.NewNonces(verify.NoncesConfig{})
+	expected := []eventlog.Artifact{{Kind: "model", Name: "m", Version: "1.0.0", SHA256: strings.Repeat("ab", 32)}}
+	identity := func(r *http.Request) string {
+		s, _ := x509util.ParseSubjectAlternativeNames(r.TLS.PeerCertificates[0])
+		if len(s.PermanentIdentifiers) != 1 {
+			return ""
 		}
-		io.WriteString(w, "ok")
-	}))
+		return s.PermanentIdentifiers[0].Identifier
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /nonce", func(w http.ResponseWriter, r *http.Request) {
+		n, err := nonces.Issue(identity(r))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write(n)
+	})
+	mux.HandleFunc("POST /checkin", func(w http.ResponseWriter, r *http.Request) {
+		var ev protocol.Evidence
+		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&ev); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		id := identity(r)
+		v := verify.Check(nonces, id, verify.Policy{Roots: aca.Roots(), PermanentIdentifier: id, Expected: expected}, ev, time.Now())
+		json.NewEncoder(w).Encode(v)
+	})
+	srv := httptest.NewUnstartedServer(mux)
 	srv.TLS = &tls.Config{ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: roots}
 	srv.StartTLS()
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	tlsCert := tls.Certificate{PrivateKey: key, Leaf: leaf}
 	for _, c := range chain {
 		tlsCert.Certificate = append(tlsCert.Certificate, c.Raw)
 	}
 	hc := srv.Client()
 	hc.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{tlsCert}
-	resp, err := hc.Get(srv.URL)
-	if err != nil {
-		t.Fatalf("mTLS GET with the TPM key = %v", err)
+	f := flow{aca: aca, ak: ak}
+	f.nonce = func() []byte {
+		resp, err := hc.Get(srv.URL + "/nonce")
+		if err != nil {
+			t.Fatalf("mTLS GET /nonce with the TPM key = %v", err)
+		}
+		defer resp.Body.Close()
+		n, _ := io.ReadAll(resp.Body)
+		return n
 	}
-	resp.Body.Close()
-	if seen != ak.PermanentIdentifier {
-		t.Errorf("server saw device %q; want %q", seen, ak.PermanentIdentifier)
+	f.checkin = func(ev *protocol.Evidence) verify.Verdict {
+		b, _ := json.Marshal(ev)
+		resp, err := hc.Post(srv.URL+"/checkin", "application/json", bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("mTLS POST /checkin = %v", err)
+		}
+		defer resp.Body.Close()
+		var v verify.Verdict
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+			t.Fatalf("check-in answer: %v", err)
+		}
+		return v
+	}
+
+	if err := tpm.ResetPCR(ctx, 16); err != nil {
+		t.Fatal(err)
+	}
+	e := eventlog.Event{PCR: 16, Kind: "model", Name: "m", Version: "1.0.0", SHA256: strings.Repeat("ab", 32)}
+	if _, err := tpm.Measure(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	f.log = eventlog.Log{e}
+	ev, err := tpm.Evidence(ctx, ak, f.nonce(), []int{16}, f.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := f.checkin(ev); !v.Trusted {
+		t.Errorf("mTLS check-in verdict = %v; want trusted", v.Reasons)
+	}
+	if v := f.checkin(ev); v.Trusted || len(v.Reasons) != 1 || v.Reasons[0].Code != verify.NonceUnknownOrReused {
+		t.Errorf("replayed check-in verdict = %v; want nonce_unknown_or_reused", v.Reasons)
 	}
 
 	if !hostile {
-		return
+		return f
 	}
 	// Hostile: an AK certificate from a CA step-ca does not trust.
 	signer2, root2, _ := attestca.NewRoot("Rogue CA", time.Hour)
@@ -168,4 +276,13 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: &other, Key: key}); !errors.Is(err, attest.ErrACME) || !strings.Contains(err.Error(), "permanent identifier") {
 		t.Errorf("RequestDeviceCert(other identifier) = %v; want ErrACME", err)
 	}
+	// Hostile: a quote presented with an AK certificate from another CA.
+	ev, err = tpm.Evidence(ctx, rogueAK, f.nonce(), []int{16}, f.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := f.checkin(ev); v.Trusted || v.Reasons[0].Code != verify.AKCertInvalid {
+		t.Errorf("check-in with a rogue AK certificate = %v; want ak_cert_invalid", v.Reasons)
+	}
+	return f
 }
