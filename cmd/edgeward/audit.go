@@ -18,18 +18,24 @@ import (
 func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("audit export", env)
 	out := fs.String("o", "-", "output file (JSON Lines); - for stdout")
+	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "export through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
+	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	repo, err := rf.open()
-	if err != nil {
-		return err
+	export := func(w io.Writer) error { return auditExportRemote(ctx, *server, *token, w) }
+	if *server == "" {
+		repo, err := rf.open()
+		if err != nil {
+			return err
+		}
+		l, db, err := repo.OpenAudit(ctx)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		export = func(w io.Writer) error { return l.Export(ctx, w) }
 	}
-	l, db, err := repo.OpenAudit(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
 	var w io.Writer = env.stdout
 	if *out != "-" {
 		f, err := os.Create(*out)
@@ -39,7 +45,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 		defer f.Close()
 		w = f
 	}
-	if err := l.Export(ctx, w); err != nil {
+	if err := export(w); err != nil {
 		return fmt.Errorf("audit export: %w", err)
 	}
 	if f, ok := w.(*os.File); ok && f != os.Stdout {

@@ -7,11 +7,16 @@
 //	edgeward root propose|sign|publish  change the root without gathering its keys
 //	edgeward publish --kind K --name N --version V FILE   publish a model, probe set or runtime
 //	edgeward audit export|verify|pubkey  the tamper-evident log, verifiable offline
-//	edgeward server                   serve the repository (and, later, the device API)
+//	edgeward server                   serve the repository, the device and operator APIs, the dashboard (/ui)
+//	edgeward rollout create|status|pause|resume|abort|approve   staged rollouts (--server)
+//	edgeward devices list|show|quarantine|release|label         the fleet (--server)
+//	edgeward token create|list|revoke operator API tokens
 //	edgeward demo                     run the demonstration scenario
 //
 // The repository directory is --repo, or $EDGEWARD_REPO, or ./edgeward-repo. Passphrases
 // for offline keys come from --passphrase-file, $EDGEWARD_PASSPHRASE or a prompt.
+// Commands that use a server's operator API take --server and --token, or
+// $EDGEWARD_SERVER and $EDGEWARD_TOKEN.
 package main
 
 import (
@@ -46,7 +51,20 @@ func commands() []command {
 		{"audit verify", "verify an audit export offline: edgeward audit verify FILE --key PUB", cmdAuditVerify},
 		{"audit pubkey", "print the audit checkpoint public key (PEM)", cmdAuditPubkey},
 		{"server", "serve the repository over HTTP", cmdServer},
-		{"token create", "issue an operator API token: --name N --role R", cmdTokenCreate},
+		{"token create", "issue an operator API token: --name N --role R [--server URL]", cmdTokenCreate},
+		{"token list", "list operator tokens (no secrets): --server URL", cmdTokenList},
+		{"token revoke", "revoke an operator token: edgeward token revoke ID --server URL", cmdTokenRevoke},
+		{"rollout create", "create a staged rollout: --id ID --name N --version V [--waves 1:30m,10:1h,100]", cmdRolloutCreate},
+		{"rollout status", "rollouts and fleet KPIs, or one rollout's waves, KPIs and events: [ID]", cmdRolloutStatus},
+		{"rollout pause", "pause a rollout: ID [--reason TEXT]", rolloutActionCmd("pause")},
+		{"rollout resume", "resume a paused rollout: ID", rolloutActionCmd("resume")},
+		{"rollout abort", "abort a rollout, devices go back to their previous version: ID [--reason TEXT]", rolloutActionCmd("abort")},
+		{"rollout approve", "approve a rollout's next wave: ID [--wave N]", rolloutActionCmd("approve")},
+		{"devices list", "list devices: slots, verdict, quarantine, last check-in", cmdDevicesList},
+		{"devices show", "a device with its attestation and install history: ID", cmdDevicesShow},
+		{"devices quarantine", "stop giving a device new versions: ID [--reason TEXT]", deviceActionCmd("quarantine")},
+		{"devices release", "release a quarantined device: ID", deviceActionCmd("release")},
+		{"devices label", "set a device's labels: ID key=value… [--replace]", cmdDevicesLabel},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}
 }
@@ -89,7 +107,7 @@ func run(ctx context.Context, env *cliEnv, args []string) error {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: edgeward <command> [flags] [args]")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-18s %s\n", c.name, c.summary)
 	}
 }
 

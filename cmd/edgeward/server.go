@@ -30,7 +30,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	attestDir := fs.String("attest-dir", "", "attestation CA key and certificate (default DIR/attest; created on first start)")
 	ekRoots := fs.String("ek-roots", "", "PEM file of TPM manufacturer root certificates EK certificates must chain to")
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
-	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded (default DIR/policy; absent: no rollouts)")
+	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
@@ -53,16 +53,6 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer store.Close()
-	op := reposerver.OperatorConfig{Fleet: store}
-	if *signing {
-		op.Signing = rf.keyring()
-		if _, err := op.Signing.Passphrase(); err != nil {
-			return fmt.Errorf("--sign-delegated: %w", err)
-		}
-	}
-	if err := srv.EnableOperatorAPI(op); err != nil {
-		return err
-	}
 	if *attestDir == "" {
 		*attestDir = filepath.Join(rf.dir, "attest")
 	}
@@ -87,10 +77,15 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *policyDir == "" {
+	defaultPolicy := *policyDir == ""
+	if defaultPolicy {
 		*policyDir = filepath.Join(rf.dir, "policy")
 	}
+	if err := ensurePolicyDir(*policyDir, defaultPolicy); err != nil {
+		return err
+	}
 	var current func() *policy.Policy
+	op := reposerver.OperatorConfig{Fleet: store}
 	if _, err := os.Stat(*policyDir); err == nil {
 		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: *policyDir, Registerer: srv.Registry(), Logger: log})
 		if err != nil {
@@ -99,7 +94,17 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		defer w.Close()
 		go w.Run(ctx)
 		current = w.Policy
+		op.PolicyDir, op.Policy, op.PolicyStatus = *policyDir, w.Policy, w.Status
 		log.Info("policy", "dir", *policyDir, "status", w.Status())
+	}
+	if *signing {
+		op.Signing = rf.keyring()
+		if _, err := op.Signing.Passphrase(); err != nil {
+			return fmt.Errorf("--sign-delegated: %w", err)
+		}
+	}
+	if err := srv.EnableOperatorAPI(op); err != nil {
+		return err
 	}
 	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}); err != nil {
 		return err
@@ -120,12 +125,23 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	name := fs.String("name", "", "operator name (attributes their actions in the audit log)")
 	role := fs.String("role", "", "security-admin, release-manager or auditor")
 	ttl := fs.Duration("ttl", 30*24*time.Hour, "token lifetime")
+	var c opClient
+	c.register(fs, env)
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	r, err := fleet.ParseRole(*role)
 	if err != nil {
 		return err
+	}
+	if c.server != "" { // through the operator API, as a security admin
+		res, err := createTokenRemote(ctx, &c, *name, r, *ttl)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stderr, "token %s for %s (%s), expires %s; it is shown once:\n", res.Info.ID, *name, r, res.Info.ExpiresAt.Format(time.RFC3339))
+		fmt.Fprintln(env.stdout, res.Token)
+		return nil
 	}
 	store, err := fleet.Open(ctx, filepath.Join(rf.dir, "fleet.db"))
 	if err != nil {
@@ -216,4 +232,24 @@ func loadPool(path string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s: no PEM certificates", path)
 	}
 	return pool, nil
+}
+
+// starterPolicy is written into a new default policy directory: no rollouts yet
+// ('edgeward rollout create' adds them), attestation required.
+const starterPolicy = `# Edgeward fleet policy. Every *.yaml file of this directory is read in name order;
+# 'edgeward rollout create' adds files named created-*.yaml. Format: policy/README.md.
+version: 1
+`
+
+// ensurePolicyDir creates the default policy directory with a starter policy on first
+// start, so that rollouts can be created through the operator API. A directory given
+// with --policy is never created: a typo must not start an empty fleet policy.
+func ensurePolicyDir(dir string, isDefault bool) error {
+	if _, err := os.Stat(dir); err == nil || !isDefault || !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return reposerver.OSFS{}.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644)
 }

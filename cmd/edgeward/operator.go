@@ -1,0 +1,794 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// The commands that talk to a server's operator API: rollout, devices, remote token
+// management and audit export --server. Each takes --server and --token, defaulting to
+// $EDGEWARD_SERVER and $EDGEWARD_TOKEN.
+
+// opClient calls the operator API.
+type opClient struct {
+	server, token string
+	asJSON        bool
+	env           *cliEnv
+}
+
+func (c *opClient) register(fs *flag.FlagSet, env *cliEnv) {
+	c.env = env
+	fs.StringVar(&c.server, "server", env.getenv("EDGEWARD_SERVER"), "server URL ($EDGEWARD_SERVER)")
+	fs.StringVar(&c.token, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
+	fs.BoolVar(&c.asJSON, "json", false, "print the server's JSON answer")
+}
+
+// APIError is an error answer of the operator API.
+type APIError struct {
+	Status int
+	Msg    string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Msg)
+}
+
+// do sends a request and decodes a JSON answer into out (unless nil); it returns the
+// raw answer too.
+func (c *opClient) do(ctx context.Context, method, path string, body, out any) ([]byte, error) {
+	if c.server == "" {
+		return nil, errors.New("no server: give --server URL or set EDGEWARD_SERVER")
+	}
+	if c.token == "" {
+		return nil, errors.New("no token: give --token or set EDGEWARD_TOKEN (issued by 'edgeward token create')")
+	}
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.server, "/")+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, c.server, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return nil, fmt.Errorf("%s %s: %w", method, path, &APIError{Status: resp.StatusCode, Msg: e.Error})
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return nil, fmt.Errorf("%s %s: bad answer: %w", method, path, err)
+		}
+	}
+	return data, nil
+}
+
+// show prints the raw JSON when --json was given and reports whether it did.
+func (c *opClient) show(raw []byte) bool {
+	if !c.asJSON {
+		return false
+	}
+	var buf bytes.Buffer
+	if json.Indent(&buf, raw, "", "  ") != nil {
+		buf.Reset()
+		buf.Write(raw)
+	}
+	buf.WriteByte('\n')
+	c.env.stdout.Write(buf.Bytes())
+	return true
+}
+
+func deviceURL(id string) string  { return "/v1/devices/" + url.PathEscape(id) }
+func rolloutURL(id string) string { return "/v1/rollouts/" + url.PathEscape(id) }
+
+func newTab(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
+
+func ago(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t).Round(time.Second)
+	if d < 0 {
+		return "in " + (-d).String()
+	}
+	return d.String() + " ago"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// ---- rollout ----
+
+func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("rollout create", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	file := fs.String("file", "", "rollout spec (YAML or JSON, the fields of a rollout in a policy file); flags below override it")
+	id := fs.String("id", "", "rollout ID (lower-case letters, digits, '.', '_', '-')")
+	kind := fs.String("kind", "", "target kind: model or runtime (default model)")
+	name := fs.String("name", "", "target name")
+	version := fs.String("version", "", "target version")
+	waves := fs.String("waves", "", `waves as PERCENT[:SOAK][:approve],… e.g. "1:30m,10:1h,50:1h:approve,100"`)
+	labels := fs.String("labels", "", "selector: device labels k=v,k=v (all must match)")
+	hardware := fs.String("hardware", "", "selector: hardware classes a,b (any of)")
+	devices := fs.String("devices", "", "selector: device IDs a,b")
+	expr := fs.String("expr", "", "selector: CEL expression over device attributes")
+	window := fs.String("window", "", "maintenance window name (overrides the devices' windows)")
+	maxFail := fs.Float64("max-failure-ratio", -1, "auto-pause when more than this fraction of a wave failed (default 0.1)")
+	minReports := fs.Int("min-reports", -1, "… once at least this many devices of the wave reported (default 3)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var spec policy.RolloutSpec
+	if *file != "" {
+		data, err := os.ReadFile(*file)
+		if err != nil {
+			return err
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data)) // YAML is a superset of JSON
+		dec.KnownFields(true)
+		if err := dec.Decode(&spec); err != nil {
+			return fmt.Errorf("%s: %w", *file, err)
+		}
+	}
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&spec.ID, *id)
+	set((*string)(&spec.Target.Kind), *kind)
+	set(&spec.Target.Name, *name)
+	set(&spec.Target.Version, *version)
+	set(&spec.Window, *window)
+	if spec.Target.Kind == "" {
+		spec.Target.Kind = artifact.KindModel
+	}
+	if *waves != "" {
+		ws, err := parseWaves(*waves)
+		if err != nil {
+			return err
+		}
+		spec.Waves = ws
+	}
+	if *labels != "" || *hardware != "" || *devices != "" || *expr != "" {
+		if spec.Selector == nil {
+			spec.Selector = &policy.SelectorSpec{}
+		}
+		if *labels != "" {
+			spec.Selector.Labels = map[string]string{}
+			for _, kv := range strings.Split(*labels, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--labels: %q: want key=value", kv)
+				}
+				spec.Selector.Labels[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			}
+		}
+		if *hardware != "" {
+			spec.Selector.Hardware = strings.Split(*hardware, ",")
+		}
+		if *devices != "" {
+			spec.Selector.Devices = strings.Split(*devices, ",")
+		}
+		set(&spec.Selector.Expr, *expr)
+	}
+	if *maxFail >= 0 || *minReports >= 0 {
+		if spec.Pause == nil {
+			spec.Pause = &policy.PauseSpec{}
+		}
+		if *maxFail >= 0 {
+			spec.Pause.MaxFailureRatio = maxFail
+		}
+		if *minReports >= 0 {
+			spec.Pause.MinReports = minReports
+		}
+	}
+	if spec.ID == "" || spec.Target.Name == "" || spec.Target.Version == "" {
+		return errors.New("usage: edgeward rollout create --id ID --name NAME --version V [--kind model|runtime] [--waves 1:30m,10:1h,100] [--labels k=v] … (or --file SPEC)")
+	}
+	var res reposerver.RolloutCreated
+	raw, err := c.do(ctx, "POST", "/v1/rollouts", spec, &res)
+	if err != nil {
+		return err
+	}
+	if c.show(raw) {
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "created rollout %s (%s %s %s) in %s\n", res.ID, spec.Target.Kind, spec.Target.Name, spec.Target.Version, res.File)
+	if !res.Loaded {
+		fmt.Fprintln(env.stdout, "the server has not loaded it yet: check 'edgeward rollout status' in a moment")
+	}
+	if res.Warning != "" {
+		fmt.Fprintln(env.stdout, "warning: "+res.Warning)
+	}
+	return nil
+}
+
+// parseWaves parses "1:30m,10:1h,50:1h:approve,100".
+func parseWaves(s string) ([]policy.WaveSpec, error) {
+	var out []policy.WaveSpec
+	for _, item := range strings.Split(s, ",") {
+		parts := strings.Split(strings.TrimSpace(item), ":")
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(parts[0], "%"), 64)
+		if err != nil {
+			return nil, fmt.Errorf("--waves: %q: want PERCENT[:SOAK][:approve]", item)
+		}
+		w := policy.WaveSpec{Percent: pct}
+		for _, p := range parts[1:] {
+			switch {
+			case p == "approve" || p == "approval":
+				w.Approval = true
+			case p != "":
+				if _, err := time.ParseDuration(p); err != nil {
+					return nil, fmt.Errorf("--waves: %q: soak %q: %w", item, p, err)
+				}
+				w.Soak = p
+			}
+		}
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("rollout status", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	events := fs.Int("events", 10, "number of recent events to print")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return errors.New("usage: edgeward rollout status [ID]")
+	}
+	now := time.Now()
+	if len(pos) == 0 {
+		var list struct{ Rollouts []reposerver.RolloutSummary }
+		raw, err := c.do(ctx, "GET", "/v1/rollouts", nil, &list)
+		if err != nil {
+			return err
+		}
+		if c.show(raw) {
+			return nil
+		}
+		var fleetSum reposerver.FleetSummary
+		if _, err := c.do(ctx, "GET", "/v1/kpis", nil, &fleetSum); err != nil {
+			return err
+		}
+		tw := newTab(env.stdout)
+		fmt.Fprintln(tw, "ROLLOUT\tTARGET\tSTATUS\tWAVE\tUPDATED\tREASON")
+		for _, r := range list.Rollouts {
+			status := string(r.Status)
+			if status == "" {
+				status = "not started"
+			}
+			if r.AwaitingApproval {
+				status += " (awaiting approval)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d (%g%%)\t%s\t%s\n", r.ID, r.Target, status, r.Wave+1, len(r.Waves), r.Waves[min(r.Wave, len(r.Waves)-1)], ago(r.Updated, now), orDash(r.Reason))
+		}
+		tw.Flush()
+		printFleetKPI(env.stdout, fleetSum)
+		return nil
+	}
+	var st fleet.RolloutStatus
+	raw, err := c.do(ctx, "GET", rolloutURL(pos[0]), nil, &st)
+	if err != nil {
+		return err
+	}
+	if c.show(raw) {
+		return nil
+	}
+	printRolloutStatus(env.stdout, st, *events, now)
+	return nil
+}
+
+func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now time.Time) {
+	status := string(st.State.Status)
+	if status == "" {
+		status = "not started"
+	}
+	fmt.Fprintf(w, "rollout %s: %s %s %s — %s\n", st.ID, st.Target.Kind, st.Target.Name, st.Target.Version, status)
+	if st.State.Reason != "" {
+		fmt.Fprintf(w, "reason: %s\n", st.State.Reason)
+	}
+	if st.State.AwaitingApproval {
+		fmt.Fprintf(w, "wave %d awaits approval: edgeward rollout approve %s\n", st.State.Wave+1, st.ID)
+	}
+	fmt.Fprintf(w, "selected devices: %d; started %s; wave %d of %d", st.Selected, ago(st.State.Started, now), st.State.Wave+1, len(st.Waves))
+	if !st.NextWaveAt.IsZero() {
+		fmt.Fprintf(w, "; next wave %s", ago(st.NextWaveAt, now))
+	}
+	fmt.Fprintln(w)
+	tw := newTab(w)
+	fmt.Fprintln(tw, "WAVE\tPERCENT\tDEVICES\tREPORTED\tOK\tFAILED\tFAILURE RATIO\tSOAK\tAPPROVAL")
+	for i, wv := range st.Waves {
+		mark := ""
+		if i == st.State.Wave && !st.State.Started.IsZero() {
+			mark = "*"
+		}
+		approval := "-"
+		if wv.Approval {
+			approval = "needed"
+		}
+		fmt.Fprintf(tw, "%d%s\t%g%%\t%d\t%d\t%d\t%d\t%.0f%%\t%s\t%s\n", i, mark, wv.Percent, wv.Devices, wv.Reported, wv.Succeeded, wv.Failed, wv.Ratio*100, wv.Soak, approval)
+	}
+	tw.Flush()
+	k := st.KPI
+	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%, %d devices committed, %s downloaded\n",
+		k.Attempts, k.Devices, k.SuccessRate*100, k.Committed, bytesHuman(k.BytesDownloaded))
+	if k.Committed > 0 {
+		fmt.Fprintf(w, "      time to commit p50 %s, p95 %s; mean accuracy %.3f, mean p99 %.2f ms\n", k.CommitP50.Round(time.Second), k.CommitP95.Round(time.Second), k.MeanAccuracy, k.MeanP99Ms)
+	}
+	for _, pct := range []string{"50%", "90%", "100%"} {
+		if d, ok := st.TimeTo[pct]; ok {
+			fmt.Fprintf(w, "      %s of the selected devices committed %s after the start\n", pct, d.Round(time.Second))
+		}
+	}
+	printCounts(w, "failures by cause", k.Causes)
+	if events > 0 && len(st.Events) > 0 {
+		fmt.Fprintln(w, "events:")
+		evs := st.Events[max(0, len(st.Events)-events):]
+		for _, e := range evs {
+			fmt.Fprintf(w, "  %s  %-17s wave %d  %s %s\n", e.At.Local().Format(time.DateTime), e.Type, e.Wave, orDash(e.Actor), e.Reason)
+		}
+	}
+}
+
+func printFleetKPI(w io.Writer, s reposerver.FleetSummary) {
+	k := s.KPI
+	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%, attestation pass rate %.1f%% of %d verdicts\n",
+		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, k.AttestationPassRate*100, k.Verdicts)
+	printCounts(w, "failures by cause", k.Causes)
+}
+
+func printCounts(w io.Writer, title string, m map[string]int) {
+	if len(m) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%s:\n", title)
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %4d  %s\n", m[k], k)
+	}
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// rolloutActionCmd builds pause, resume, abort and approve.
+func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args []string) error {
+	return func(ctx context.Context, env *cliEnv, args []string) error {
+		fs := flag.NewFlagSet("rollout "+action, flag.ContinueOnError)
+		fs.SetOutput(env.stderr)
+		var c opClient
+		c.register(fs, env)
+		var reason *string
+		var wave *int
+		switch action {
+		case "pause", "abort":
+			reason = fs.String("reason", "", "why (shown in status and the audit log)")
+		case "approve":
+			wave = fs.Int("wave", 0, "wave number to approve, from 1 (default: the next one)")
+		}
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return fmt.Errorf("usage: edgeward rollout %s ID", action)
+		}
+		body := map[string]any{}
+		if reason != nil && *reason != "" {
+			body["reason"] = *reason
+		}
+		if wave != nil && *wave > 0 {
+			body["wave"] = *wave
+		}
+		var res reposerver.RolloutChanged
+		raw, err := c.do(ctx, "POST", rolloutURL(pos[0])+"/"+action, body, &res)
+		if err != nil {
+			return err
+		}
+		if c.show(raw) {
+			return nil
+		}
+		for _, e := range res.Events {
+			line := fmt.Sprintf("rollout %s: %s (wave %d)", e.Rollout, e.Type, e.Wave)
+			if e.Reason != "" {
+				line += ": " + e.Reason
+			}
+			fmt.Fprintln(env.stdout, line)
+		}
+		return nil
+	}
+}
+
+// ---- devices ----
+
+func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("devices list", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	limit := fs.Int("limit", 0, "at most this many devices (default: all)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var all []reposerver.DeviceView
+	var raws [][]byte
+	for after := ""; ; {
+		q := url.Values{"limit": {strconv.Itoa(fleet.MaxListLimit)}}
+		if after != "" {
+			q.Set("after", after)
+		}
+		var page reposerver.DeviceList
+		raw, err := c.do(ctx, "GET", "/v1/devices?"+q.Encode(), nil, &page)
+		if err != nil {
+			return err
+		}
+		raws = append(raws, raw)
+		all = append(all, page.Devices...)
+		if page.Next == "" || (*limit > 0 && len(all) >= *limit) {
+			break
+		}
+		after = page.Next
+	}
+	if *limit > 0 && len(all) > *limit {
+		all = all[:*limit]
+	}
+	if c.asJSON {
+		b, _ := json.Marshal(reposerver.DeviceList{Devices: all})
+		c.show(b)
+		return nil
+	}
+	now := time.Now()
+	tw := newTab(env.stdout)
+	fmt.Fprintln(tw, "DEVICE\tMODEL\tRUNTIME\tVERDICT\tQUARANTINED\tLAST CHECK-IN\tLABELS")
+	for _, d := range all {
+		q := "-"
+		if d.Quarantined {
+			q = "yes: " + d.QuarantineReason
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, slotText(d.Slots[artifact.KindModel]), slotText(d.Slots[artifact.KindRuntime]),
+			orDash(string(d.Verdict)), q, ago(d.LastCheckIn, now), labelText(d.Labels))
+	}
+	tw.Flush()
+	fmt.Fprintf(env.stdout, "%d devices\n", len(all))
+	return nil
+}
+
+func slotText(s policy.Slot) string {
+	if s.Name == "" && s.Version == "" {
+		return "-"
+	}
+	t := s.Name + " " + orDash(s.Version)
+	if s.Failed != "" {
+		t += " (failed " + s.Failed + ")"
+	}
+	return t
+}
+
+func labelText(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k + "=" + l[k])
+	}
+	return orDash(b.String())
+}
+
+func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("devices show", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	since := fs.Duration("since", 7*24*time.Hour, "attestation history of this period")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward devices show ID")
+	}
+	var d reposerver.DeviceDetail
+	raw, err := c.do(ctx, "GET", deviceURL(pos[0])+"?since="+since.String(), nil, &d)
+	if err != nil {
+		return err
+	}
+	if c.show(raw) {
+		return nil
+	}
+	now := time.Now()
+	w := env.stdout
+	v := d.Device
+	fmt.Fprintf(w, "device %s\n", v.ID)
+	tw := newTab(w)
+	fmt.Fprintf(tw, "  labels\t%s\n", labelText(v.Labels))
+	fmt.Fprintf(tw, "  hardware\t%s\n", orDash(v.Hardware))
+	fmt.Fprintf(tw, "  agent\t%s\n", orDash(v.AgentVersion))
+	for _, k := range policy.SlotKinds() {
+		sl := v.Slots[k]
+		prev := ""
+		if sl.Previous != "" {
+			prev = " (previous " + sl.Previous + ")"
+		}
+		fmt.Fprintf(tw, "  %s slot\t%s%s\n", k, slotText(sl), prev)
+	}
+	fmt.Fprintf(tw, "  verdict\t%s (%s)\n", orDash(string(v.Verdict)), ago(v.VerdictAt, now))
+	if v.Quarantined {
+		fmt.Fprintf(tw, "  quarantined\tyes: %s\n", v.QuarantineReason)
+	} else {
+		fmt.Fprintf(tw, "  quarantined\tno\n")
+	}
+	fmt.Fprintf(tw, "  enrolled\t%s\n", ago(v.EnrolledAt, now))
+	fmt.Fprintf(tw, "  last check-in\t%s\n", ago(v.LastCheckIn, now))
+	tw.Flush()
+	fmt.Fprintf(w, "attestation history (since %s):\n", d.Since.Local().Format(time.DateTime))
+	for _, vr := range d.Verdicts {
+		fmt.Fprintf(w, "  %s  %-9s %s\n", vr.At.Local().Format(time.DateTime), vr.Verdict, vr.Detail)
+	}
+	fmt.Fprintln(w, "install history:")
+	for _, r := range d.Reports {
+		line := fmt.Sprintf("  %s  %s %s %s  %s", r.At.Local().Format(time.DateTime), r.Kind, r.Name, r.Version, r.Outcome)
+		if r.RolloutID != "" {
+			line += "  rollout " + r.RolloutID
+		}
+		if r.Accuracy > 0 || r.P99Ms > 0 {
+			line += fmt.Sprintf("  accuracy %.3f p99 %.2fms", r.Accuracy, r.P99Ms)
+		}
+		if r.Cause != "" {
+			line += "  " + r.Cause
+		}
+		fmt.Fprintln(w, line)
+	}
+	if len(d.Decisions) > 0 {
+		dec := d.Decisions[0]
+		fmt.Fprintf(w, "last decision (%s):\n", dec.At.Local().Format(time.DateTime))
+		for _, s := range dec.Slots {
+			target := "-"
+			if s.Target != nil {
+				target = s.Target.Name + " " + s.Target.Version
+			}
+			fmt.Fprintf(w, "  %-8s %-8s %-22s %s %s\n", s.Kind, s.Action, s.Reason, target, s.Detail)
+		}
+	}
+	return nil
+}
+
+// deviceActionCmd builds quarantine and release.
+func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args []string) error {
+	return func(ctx context.Context, env *cliEnv, args []string) error {
+		fs := flag.NewFlagSet("devices "+action, flag.ContinueOnError)
+		fs.SetOutput(env.stderr)
+		var c opClient
+		c.register(fs, env)
+		reason := fs.String("reason", "", "why (kept with the device and in the audit log)")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return fmt.Errorf("usage: edgeward devices %s ID [--reason TEXT]", action)
+		}
+		var body any
+		if *reason != "" {
+			body = map[string]string{"reason": *reason}
+		}
+		var d reposerver.DeviceView
+		raw, err := c.do(ctx, "POST", deviceURL(pos[0])+"/"+action, body, &d)
+		if err != nil {
+			return err
+		}
+		if c.show(raw) {
+			return nil
+		}
+		if d.Quarantined {
+			fmt.Fprintf(env.stdout, "device %s quarantined: %s\n", d.ID, d.QuarantineReason)
+		} else {
+			fmt.Fprintf(env.stdout, "device %s released\n", d.ID)
+		}
+		return nil
+	}
+}
+
+func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("devices label", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	replace := fs.Bool("replace", false, "replace all labels instead of merging (key= removes a key when merging)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 2 {
+		return errors.New("usage: edgeward devices label ID key=value… [--replace]")
+	}
+	labels := map[string]string{}
+	if !*replace {
+		var d reposerver.DeviceDetail
+		if _, err := c.do(ctx, "GET", deviceURL(pos[0]), nil, &d); err != nil {
+			return err
+		}
+		for k, v := range d.Device.Labels {
+			labels[k] = v
+		}
+	}
+	for _, kv := range pos[1:] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("%q: want key=value", kv)
+		}
+		if v == "" && !*replace {
+			delete(labels, k)
+			continue
+		}
+		labels[k] = v
+	}
+	var d reposerver.DeviceView
+	raw, err := c.do(ctx, "PUT", deviceURL(pos[0])+"/labels", map[string]any{"labels": labels}, &d)
+	if err != nil {
+		return err
+	}
+	if c.show(raw) {
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "device %s labels: %s\n", d.ID, labelText(d.Labels))
+	return nil
+}
+
+// ---- tokens through the server ----
+
+func cmdTokenList(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("token list", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var res struct{ Tokens []fleet.TokenInfo }
+	raw, err := c.do(ctx, "GET", "/v1/tokens", nil, &res)
+	if err != nil {
+		return err
+	}
+	if c.show(raw) {
+		return nil
+	}
+	now := time.Now()
+	tw := newTab(env.stdout)
+	fmt.Fprintln(tw, "ID\tOPERATOR\tROLE\tCREATED\tEXPIRES\tSTATE")
+	for _, t := range res.Tokens {
+		state := "valid"
+		switch {
+		case !t.RevokedAt.IsZero():
+			state = "revoked " + ago(t.RevokedAt, now)
+		case !now.Before(t.ExpiresAt):
+			state = "expired"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Operator, t.Role, t.CreatedAt.Local().Format(time.DateTime), t.ExpiresAt.Local().Format(time.DateTime), state)
+	}
+	return tw.Flush()
+}
+
+func cmdTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("token revoke", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward token revoke ID --server URL")
+	}
+	if _, err := c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "token %s revoked\n", pos[0])
+	return nil
+}
+
+// createTokenRemote issues a token through the server (security-admin).
+func createTokenRemote(ctx context.Context, c *opClient, name string, role fleet.Role, ttl time.Duration) (reposerver.TokenCreated, error) {
+	var res reposerver.TokenCreated
+	_, err := c.do(ctx, "POST", "/v1/tokens", map[string]string{"operator": name, "role": string(role), "ttl": ttl.String()}, &res)
+	return res, err
+}
+
+// auditExportRemote streams GET /v1/audit/export into w.
+func auditExportRemote(ctx context.Context, server, token string, w io.Writer) error {
+	if token == "" {
+		return errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(server, "/")+"/v1/audit/export", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("audit export from %s: %w", server, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e struct{ Error string }
+		json.Unmarshal(data, &e)
+		return fmt.Errorf("audit export from %s: %w", server, &APIError{Status: resp.StatusCode, Msg: e.Error})
+	}
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("audit export from %s: %w", server, err)
+	}
+	return nil
+}

@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// opServer is an in-process server with the operator API, a watched policy directory
+// and a seeded fleet.
+type opServer struct {
+	url   string
+	store *fleet.Store
+	repo  *reposerver.Repo
+	dir   string
+	tok   map[fleet.Role]string
+}
+
+func newOpServer(t *testing.T) *opServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	dir := filepath.Join(t.TempDir(), "repo")
+	res, err := reposerver.Init(ctx, reposerver.Config{Dir: dir, KDF: reposerver.KDFParams{N: 1 << 10}}, reposerver.InitOptions{Passphrase: []byte("pw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: res.Repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	pdir := filepath.Join(dir, "policy")
+	if err := ensurePolicyDir(pdir, true); err != nil {
+		t.Fatal(err)
+	}
+	w, err := policy.NewWatcher(policy.WatcherConfig{Dir: pdir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go w.Run(ctx)
+	if err := srv.EnableOperatorAPI(reposerver.OperatorConfig{Fleet: store, PolicyDir: pdir, Policy: w.Policy, PolicyStatus: w.Status}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	s := &opServer{url: hs.URL, store: store, repo: res.Repo, dir: pdir, tok: map[fleet.Role]string{}}
+	for _, r := range []fleet.Role{fleet.RoleSecurityAdmin, fleet.RoleReleaseManager, fleet.RoleAuditor} {
+		tok, _, err := store.CreateToken(ctx, string(r)+"-op", r, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.tok[r] = tok
+	}
+	now := time.Now()
+	for i, id := range []string{"cam-1", "cam-2", "cam-3"} {
+		if err := store.Enroll(ctx, id, map[string]string{"line": "press"}, now); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.CheckIn(ctx, fleet.CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.1.0", At: now,
+			Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vibration", Version: "1.0.0"}}}); err != nil {
+			t.Fatal(err)
+		}
+		v := policy.VerdictTrusted
+		if i == 2 {
+			v = policy.VerdictUntrusted
+		}
+		store.RecordVerdict(ctx, id, v, "measurement log replay: pcr 16 differs", now)
+	}
+	return s
+}
+
+func (s *opServer) cli(t *testing.T, role fleet.Role) *cli {
+	c := newCLI(t)
+	c.env["EDGEWARD_SERVER"] = s.url
+	c.env["EDGEWARD_TOKEN"] = s.tok[role]
+	return c
+}
+
+func TestCLIRollouts(t *testing.T) {
+	s := newOpServer(t)
+	rm := s.cli(t, fleet.RoleReleaseManager)
+	out := rm.must("rollout", "create", "--id", "vib-2", "--name", "vibration", "--version", "2.0.0",
+		"--waves", "34:10m,100:1h:approve", "--labels", "line=press", "--max-failure-ratio", "0.2")
+	if !strings.Contains(out, "created rollout vib-2 (model vibration 2.0.0)") || !strings.Contains(out, "warning: the repository holds no model vibration 2.0.0") {
+		t.Fatalf("rollout create:\n%s", out)
+	}
+	files, _ := filepath.Glob(filepath.Join(s.dir, policy.CreatedPrefix+"*-vib-2.yaml"))
+	if len(files) != 1 {
+		t.Fatalf("policy files %v", files)
+	}
+	data, _ := os.ReadFile(files[0])
+	for _, want := range []string{"percent: 34", "soak: 10m", "approval: true", "line: press", "max_failure_ratio: 0.2"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("policy file lacks %q:\n%s", want, data)
+		}
+	}
+	if _, _, err := rm.run("rollout", "create", "--id", "x", "--name", "v", "--version", "1.0.0", "--waves", "50,20"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Fatalf("bad waves = %v; want the server's 400", err)
+	}
+
+	out = rm.must("rollout", "pause", "vib-2", "--reason", "probe drift")
+	if !strings.Contains(out, "rollout vib-2: paused (wave 0): probe drift") {
+		t.Fatalf("pause:\n%s", out)
+	}
+	aud := s.cli(t, fleet.RoleAuditor)
+	out = aud.must("rollout", "status", "vib-2")
+	for _, want := range []string{"rollout vib-2: model vibration 2.0.0 — paused", "reason: probe drift", "selected devices: 3", "WAVE", "34%", "KPIs: 0 attempts", "paused", "operator:release-manager-op"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rollout status lacks %q:\n%s", want, out)
+		}
+	}
+	out = aud.must("rollout", "status")
+	if !strings.Contains(out, "vib-2") || !strings.Contains(out, "probe drift") || !strings.Contains(out, "fleet: 3 devices") || !strings.Contains(out, "attestation pass rate 66.7%") {
+		t.Fatalf("rollout list:\n%s", out)
+	}
+	if _, _, err := aud.run("rollout", "resume", "vib-2"); err == nil || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "may not rollout.write") {
+		t.Fatalf("auditor resume = %v; want 403", err)
+	}
+	rm.must("rollout", "resume", "vib-2")
+	out = rm.must("rollout", "approve", "vib-2")
+	if !strings.Contains(out, "approved (wave 1)") {
+		t.Fatalf("approve:\n%s", out)
+	}
+	out = rm.must("rollout", "abort", "vib-2", "--reason", "superseded")
+	if !strings.Contains(out, "aborted") {
+		t.Fatalf("abort:\n%s", out)
+	}
+	out = rm.must("rollout", "status", "vib-2", "--json")
+	if !strings.Contains(out, `"status": "aborted"`) {
+		t.Fatalf("status --json:\n%s", out)
+	}
+
+	// The auditor exports the log through the server and verifies it offline.
+	export := filepath.Join(t.TempDir(), "audit.jsonl")
+	aud.must("audit", "export", "-o", export)
+	pub := filepath.Join(t.TempDir(), "pub.pem")
+	c := newCLI(t)
+	c.repo = filepath.Dir(s.dir)
+	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
+	out = c.must("audit", "verify", export, "--key", pub)
+	if !strings.HasPrefix(out, "ok: ") {
+		t.Fatalf("verify: %s", out)
+	}
+	data, _ = os.ReadFile(export)
+	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("export lacks %s", want)
+		}
+	}
+	if _, _, err := rm.run("audit", "export"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("release manager audit export = %v; want 403", err)
+	}
+}
+
+func TestCLIDevices(t *testing.T) {
+	s := newOpServer(t)
+	aud := s.cli(t, fleet.RoleAuditor)
+	out := aud.must("devices", "list")
+	for _, want := range []string{"cam-1", "cam-3", "vibration 1.0.0", "untrusted", "line=press", "3 devices"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("devices list lacks %q:\n%s", want, out)
+		}
+	}
+	s.store.AddReport(context.Background(), policy.Report{DeviceID: "cam-3", Kind: artifact.KindModel, Name: "vibration", Version: "1.1.0",
+		Outcome: policy.OutcomeProbeFailed, Cause: "accuracy 0.81 < 0.95", At: time.Now()})
+	out = aud.must("devices", "show", "cam-3")
+	for _, want := range []string{"device cam-3", "untrusted", "pcr 16 differs", "install history:", "probe_failed", "accuracy 0.81 < 0.95", "(failed 1.1.0)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("devices show lacks %q:\n%s", want, out)
+		}
+	}
+	if _, _, err := aud.run("devices", "show", "nope"); err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("show unknown = %v", err)
+	}
+
+	rm := s.cli(t, fleet.RoleReleaseManager)
+	if _, _, err := rm.run("devices", "quarantine", "cam-1"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("release manager quarantine = %v; want 403", err)
+	}
+	admin := s.cli(t, fleet.RoleSecurityAdmin)
+	out = admin.must("devices", "quarantine", "cam-1", "--reason", "stolen from site B")
+	if !strings.Contains(out, "device cam-1 quarantined: stolen from site B") {
+		t.Fatalf("quarantine: %s", out)
+	}
+	if out = aud.must("devices", "list"); !strings.Contains(out, "yes: stolen from site B") {
+		t.Fatalf("list after quarantine:\n%s", out)
+	}
+	if out = admin.must("devices", "release", "cam-1"); !strings.Contains(out, "device cam-1 released") {
+		t.Fatalf("release: %s", out)
+	}
+	out = rm.must("devices", "label", "cam-1", "site=b", "line=")
+	if !strings.Contains(out, "labels: site=b") || strings.Contains(out, "line=") {
+		t.Fatalf("label: %s", out)
+	}
+
+	// Tokens through the server; the new token works, then is revoked.
+	tok := strings.TrimSpace(admin.must("token", "create", "--name", "ada", "--role", "auditor", "--ttl", "1h"))
+	out = admin.must("token", "list")
+	if !strings.Contains(out, "ada") || strings.Contains(out, "ewo_") {
+		t.Fatalf("token list:\n%s", out)
+	}
+	ada := newCLI(t)
+	ada.env["EDGEWARD_SERVER"], ada.env["EDGEWARD_TOKEN"] = s.url, tok
+	ada.must("devices", "list")
+	id := tok[len("ewo_") : len("ewo_")+16] // ewo_<16 hex id>_<secret>
+	admin.must("token", "revoke", id)
+	_, _, err := ada.run("devices", "list")
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != 401 || !strings.Contains(ae.Msg, "revoked") {
+		t.Fatalf("revoked token = %v; want 401 revoked", err)
+	}
+
+	noServer := newCLI(t)
+	if _, _, err := noServer.run("devices", "list"); err == nil || !strings.Contains(err.Error(), "--server") {
+		t.Fatalf("no server = %v", err)
+	}
+}
