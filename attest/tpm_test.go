@@ -221,3 +221,20 @@ func TestFloor(t *testing.T) {
 		t.Errorf("Read() of a new floor = %d; want 0", v)
 	}
 }
+
+// TestFloorCollision: an NV index at a floor's number that is not that
+// kind's floor is reported, never read as a floor or overwritten.
+func TestFloorCollision(t *testing.T) {
+	ctx := context.Background()
+	tpm := openSim(t)
+	f := tpm.Floor("model")
+	if err := attesttest.WriteNV(ctx, tpm, f.Index(), []byte("someone else's data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Read(ctx); !errors.Is(err, attest.ErrFloorCollision) {
+		t.Errorf("Read() = %v; want ErrFloorCollision", err)
+	}
+	if _, err := f.RaiseTo(ctx, 1); !errors.Is(err, attest.ErrFloorCollision) {
+		t.Errorf("RaiseTo() = %v; want ErrFloorCollision", err)
+	}
+}
