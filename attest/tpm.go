@@ -49,9 +49,10 @@ type object struct {
 //   - "/dev/tpmrm0" (or any absolute path): a Linux TPM character device; use
 //     the kernel resource manager (tpmrm), not /dev/tpm0, so several
 //     processes can share the TPM.
-//   - "swtpm://host:port": swtpm (or the reference simulator) speaking the
-//     TCG TCP protocol; port is the command port and port+1 the control port,
-//     used (CMD_INIT) only to power on a TPM that is off. TPM2_Startup(CLEAR)
+//   - "swtpm://host:port": swtpm's TCP socket interface (what tpm2-tools'
+//     "swtpm" TCTI speaks, not the reference simulator's mssim protocol):
+//     raw TPM commands on port, swtpm's control protocol on port+1, used
+//     (CMD_INIT) only to power on a TPM that is off. TPM2_Startup(CLEAR)
 //     is sent; a TPM that was already started keeps its state and PCRs, so
 //     reopening (an agent restart) is not a reboot.
 func Open(ctx context.Context, url string) (*TPM, error) {
