@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -137,4 +138,44 @@ func (c *EnrollClient) post(ctx context.Context, path string, in, out any) error
 		return fmt.Errorf("attest: %s: %w", url, err)
 	}
 	return nil
+}
+
+// MarshalPEM encodes the AK certificate and its chain as PEM, for the agent
+// to store (none of it is secret).
+func (a *AKCertificate) MarshalPEM() []byte {
+	var out []byte
+	for _, c := range append([]*x509.Certificate{a.Certificate}, a.Chain...) {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
+
+// ParseAKCertificatePEM decodes what MarshalPEM wrote: the AK certificate
+// first, then its chain. The permanent identifier is read back from the
+// certificate.
+func ParseAKCertificatePEM(b []byte) (*AKCertificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("attest: AK certificate PEM: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("attest: AK certificate PEM: no certificate")
+	}
+	ids := protocol.PermanentIdentifiers(certs[0])
+	if len(ids) != 1 {
+		return nil, fmt.Errorf("attest: AK certificate has %d permanent identifiers; want 1", len(ids))
+	}
+	return &AKCertificate{Certificate: certs[0], Chain: certs[1:], PermanentIdentifier: ids[0]}, nil
 }

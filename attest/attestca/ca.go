@@ -427,76 +427,11 @@ func MarshalSAN(info protocol.TPMInfo, permanentID string) ([]byte, error) {
 
 // TPMDetails extracts the TPM manufacturer, model and version from a
 // certificate's SAN directoryName (EK and AK certificate profile).
-func TPMDetails(c *x509.Certificate) (protocol.TPMInfo, bool) {
-	var info protocol.TPMInfo
-	for _, e := range c.Extensions {
-		if !e.Id.Equal(oidSAN) {
-			continue
-		}
-		var names []asn1.RawValue
-		if _, err := asn1.Unmarshal(e.Value, &names); err != nil {
-			return info, false
-		}
-		for _, n := range names {
-			if n.Class != asn1.ClassContextSpecific || n.Tag != 4 {
-				continue
-			}
-			var rdns pkix.RDNSequence
-			if _, err := asn1.Unmarshal(n.Bytes, &rdns); err != nil {
-				continue
-			}
-			for _, rdn := range rdns {
-				for _, atv := range rdn {
-					s, _ := atv.Value.(string)
-					switch {
-					case atv.Type.Equal(oidTPMManufacturer):
-						info.Manufacturer = s
-					case atv.Type.Equal(oidTPMModel):
-						info.Model = s
-					case atv.Type.Equal(oidTPMVersion):
-						info.Version = s
-					}
-				}
-			}
-		}
-	}
-	return info, info.Manufacturer != "" && info.Model != "" && info.Version != ""
-}
+func TPMDetails(c *x509.Certificate) (protocol.TPMInfo, bool) { return protocol.TPMDetails(c) }
 
 // PermanentIdentifiers returns the RFC 4043 permanent identifiers in a
-// certificate's SAN.
-func PermanentIdentifiers(c *x509.Certificate) []string {
-	var out []string
-	for _, e := range c.Extensions {
-		if !e.Id.Equal(oidSAN) {
-			continue
-		}
-		var names []asn1.RawValue
-		if _, err := asn1.Unmarshal(e.Value, &names); err != nil {
-			return nil
-		}
-		for _, n := range names {
-			if n.Class != asn1.ClassContextSpecific || n.Tag != 0 {
-				continue
-			}
-			var on struct {
-				TypeID asn1.ObjectIdentifier
-				Value  asn1.RawValue
-			}
-			if _, err := asn1.UnmarshalWithParams(n.FullBytes, &on, "tag:0"); err != nil || !on.TypeID.Equal(oidPermanentIdentifer) {
-				continue
-			}
-			var pid struct {
-				IdentifierValue string                `asn1:"utf8,optional"`
-				Assigner        asn1.ObjectIdentifier `asn1:"optional"`
-			}
-			if _, err := asn1.UnmarshalWithParams(on.Value.FullBytes, &pid, "explicit,tag:0"); err == nil && pid.IdentifierValue != "" {
-				out = append(out, pid.IdentifierValue)
-			}
-		}
-	}
-	return out
-}
+// certificate's SAN: an AK certificate's or a device certificate's.
+func PermanentIdentifiers(c *x509.Certificate) []string { return protocol.PermanentIdentifiers(c) }
 
 // VerifyEKCert checks an EK certificate chains to roots at time now. EK and
 // AK certificates carry a critical SAN of TPM-specific names that crypto/x509

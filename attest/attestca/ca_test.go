@@ -134,6 +134,10 @@ func TestEnrollIssuesStepCAProfile(t *testing.T) {
 			if len(sans.PermanentIdentifiers) != 1 || sans.PermanentIdentifiers[0].Identifier != wantID {
 				t.Errorf("PermanentIdentifiers = %+v; want %q", sans.PermanentIdentifiers, wantID)
 			}
+			back, err := attest.ParseAKCertificatePEM(got.MarshalPEM())
+			if err != nil || !back.Certificate.Equal(c) || back.PermanentIdentifier != wantID || len(back.Chain) != len(got.Chain) {
+				t.Errorf("ParseAKCertificatePEM(MarshalPEM()) = %+v, %v", back, err)
+			}
 			ids, err := attestca.VerifyAKCert(c, f.ca.Roots(), nil, time.Now())
 			if err != nil || len(ids) != 1 || ids[0] != wantID {
 				t.Errorf("VerifyAKCert() = %v, %v", ids, err)

@@ -9,6 +9,8 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"fmt"
 
@@ -102,4 +104,85 @@ func EKID(pub crypto.PublicKey) (string, error) {
 	}
 	sum := sha256.Sum256(der)
 	return "urn:ek:sha256:" + base64.StdEncoding.EncodeToString(sum[:]), nil
+}
+
+var (
+	oidSAN                 = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidTPMManufacturer     = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
+	oidTPMModel            = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
+	oidTPMVersion          = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
+	oidPermanentIdentifier = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 3}
+)
+
+// TPMDetails extracts the TPM manufacturer, model and version from a
+// certificate's SAN directoryName (EK and AK certificate profile).
+func TPMDetails(c *x509.Certificate) (TPMInfo, bool) {
+	var info TPMInfo
+	for _, e := range c.Extensions {
+		if !e.Id.Equal(oidSAN) {
+			continue
+		}
+		var names []asn1.RawValue
+		if _, err := asn1.Unmarshal(e.Value, &names); err != nil {
+			return info, false
+		}
+		for _, n := range names {
+			if n.Class != asn1.ClassContextSpecific || n.Tag != 4 {
+				continue
+			}
+			var rdns pkix.RDNSequence
+			if _, err := asn1.Unmarshal(n.Bytes, &rdns); err != nil {
+				continue
+			}
+			for _, rdn := range rdns {
+				for _, atv := range rdn {
+					s, _ := atv.Value.(string)
+					switch {
+					case atv.Type.Equal(oidTPMManufacturer):
+						info.Manufacturer = s
+					case atv.Type.Equal(oidTPMModel):
+						info.Model = s
+					case atv.Type.Equal(oidTPMVersion):
+						info.Version = s
+					}
+				}
+			}
+		}
+	}
+	return info, info.Manufacturer != "" && info.Model != "" && info.Version != ""
+}
+
+// PermanentIdentifiers returns the RFC 4043 permanent identifiers in a
+// certificate's SAN.
+func PermanentIdentifiers(c *x509.Certificate) []string {
+	var out []string
+	for _, e := range c.Extensions {
+		if !e.Id.Equal(oidSAN) {
+			continue
+		}
+		var names []asn1.RawValue
+		if _, err := asn1.Unmarshal(e.Value, &names); err != nil {
+			return nil
+		}
+		for _, n := range names {
+			if n.Class != asn1.ClassContextSpecific || n.Tag != 0 {
+				continue
+			}
+			var on struct {
+				TypeID asn1.ObjectIdentifier
+				Value  asn1.RawValue
+			}
+			if _, err := asn1.UnmarshalWithParams(n.FullBytes, &on, "tag:0"); err != nil || !on.TypeID.Equal(oidPermanentIdentifier) {
+				continue
+			}
+			var pid struct {
+				IdentifierValue string                `asn1:"utf8,optional"`
+				Assigner        asn1.ObjectIdentifier `asn1:"optional"`
+			}
+			if _, err := asn1.UnmarshalWithParams(on.Value.FullBytes, &pid, "explicit,tag:0"); err == nil && pid.IdentifierValue != "" {
+				out = append(out, pid.IdentifierValue)
+			}
+		}
+	}
+	return out
 }
