@@ -238,3 +238,42 @@ func TestFloorCollision(t *testing.T) {
 		t.Errorf("RaiseTo() = %v; want ErrFloorCollision", err)
 	}
 }
+
+// TestConcurrentUse: quotes, signatures and floor raises from several
+// goroutines on one TPM are serialised correctly (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	ctx := context.Background()
+	tpm := openSim(t)
+	k, err := tpm.CreateKey(ctx, []byte("tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	d := sha256.Sum256([]byte("x"))
+	errs := make(chan error, 30)
+	for i := range 10 {
+		go func() {
+			_, err := tpm.Quote(ctx, []byte{byte(i)}, []int{16})
+			errs <- err
+		}()
+		go func() {
+			sig, err := k.Sign(nil, d[:], crypto.SHA256)
+			if err == nil && !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], sig) {
+				err = errors.New("bad signature")
+			}
+			errs <- err
+		}()
+		go func() {
+			_, err := tpm.Floor("model").RaiseTo(ctx, uint64(i))
+			errs <- err
+		}()
+	}
+	for range 30 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if v, _ := tpm.Floor("model").Read(ctx); v != 9 {
+		t.Errorf("floor after concurrent raises = %d; want 9", v)
+	}
+}
