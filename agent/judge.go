@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/rollback"
@@ -18,27 +19,65 @@ import (
 // maxProbeBytes bounds a probe set read from disk (it was verified by TUF already).
 const maxProbeBytes = 64 << 20
 
-// RuntimeJudge runs the trial of a model version: it fetches the model's probe set
-// through TUF, loads the version into the runtime beside the serving one (measuring the
-// bytes the runtime actually loaded), probes it against the gates of its TUF metadata,
-// and promotes it only if every gate holds; otherwise it unloads it and the slot rolls
-// back. It implements updater.Judge.
+// RuntimeJudge runs trials. It implements updater.Judge and updater.Outcome.
+//
+// A model trial fetches the model's probe set through TUF, loads the version into the
+// runtime beside the serving one (measuring the bytes the runtime actually loaded) and
+// probes it against the gates of its TUF metadata; the version serves only once the
+// slot committed it (Committed: atomic default switch), otherwise it is unloaded and the
+// serving version is measured again.
+//
+// A runtime trial (with Runtimes set) starts a new runtime process from the runtime
+// slot's ONNX Runtime library with --hold beside the serving process, loads the
+// committed model into it and probes that model with its probe set and gates; on commit
+// the new process takes the public socket and the old one drains (Committed), and the
+// runtime and the model it loaded are measured. Without Runtimes a runtime trial fails
+// closed.
 type RuntimeJudge struct {
+	// Runtime is the runtime's control API when Runtimes is nil (a runtime the agent
+	// does not supervise).
 	Runtime *runtime.Client
-	TUF     *updater.TUF
-	Log     *MeasurementLog
+	// Runtimes, if set, supervises the runtime processes; the judge then talks to the
+	// current one and can run runtime trials.
+	Runtimes *Runtimes
+	// Slots are read by runtime trials (the committed model to probe). Required with
+	// Runtimes.
+	Slots *rollback.Manager
+	TUF   *updater.TUF
+	Log   *MeasurementLog
 	// WorkDir holds downloaded probe sets.
 	WorkDir string
 	Logger  *slog.Logger
+
+	mu      sync.Mutex
+	old     map[string]string // model name → the version serving when its trial passed
+	pending *RuntimeProc      // the runtime process whose trial passed, until Committed
+}
+
+// rc is the control API of the serving runtime.
+func (j *RuntimeJudge) rc() *runtime.Client {
+	if j.Runtimes != nil {
+		if p := j.Runtimes.Current(); p != nil {
+			return p.Client
+		}
+	}
+	return j.Runtime
+}
+
+func (j *RuntimeJudge) logger() *slog.Logger {
+	if j.Logger != nil {
+		return j.Logger
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 // Judge implements updater.Judge.
 func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, meta artifact.Meta) (bool, string) {
+	if kind == artifact.KindRuntime {
+		return j.judgeRuntime(ctx, payload, t)
+	}
 	if kind != artifact.KindModel {
-		// A runtime trial starts the new runtime binary from its slot beside the serving
-		// one and switches traffic (runtime/README.md); the agent does not do that yet,
-		// so a runtime update never commits. Fail closed, with the reason in the report.
-		return false, "runtime trials are not supported by this agent yet"
+		return false, fmt.Sprintf("no trial for a %s", kind)
 	}
 	_, name, _, err := artifact.ParseTargetPath(t.Path)
 	if err != nil {
@@ -52,44 +91,191 @@ func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload st
 	} else if meta.Gates != nil {
 		return false, "the target has gates but no probe set"
 	}
-	old := j.serving(ctx, name)
-	info, rep, err := j.Runtime.Trial(ctx, runtime.LoadRequest{Name: name, Version: t.Version, Path: payload, SHA256: t.SHA256}, ps, meta.Gates)
+	rc := j.rc()
+	old := serving(ctx, rc, name)
+	info, rep, err := rc.Trial(ctx, runtime.LoadRequest{Name: name, Version: t.Version, Path: payload, SHA256: t.SHA256}, ps, meta.Gates)
 	if err != nil {
 		return false, "trial: " + err.Error()
 	}
 	if err := j.Log.Measure(ctx, string(kind), name, t.Version, info.SHA256); err != nil {
-		j.Runtime.Abort(ctx, name, t.Version)
+		rc.Abort(ctx, name, t.Version)
 		return false, err.Error()
 	}
 	if ps != nil && !rep.Pass {
-		if err := j.Runtime.Abort(ctx, name, t.Version); err != nil && j.Logger != nil {
-			j.Logger.Warn("unload failed trial", "model", name, "version", t.Version, "err", err)
+		if err := rc.Abort(ctx, name, t.Version); err != nil {
+			j.logger().Warn("unload failed trial", "model", name, "version", t.Version, "err", err)
 		}
-		j.remeasureServing(ctx, name)
+		j.remeasureServing(ctx, rc, name)
 		return false, fmt.Sprintf("probe failed: %s (accuracy %.4f, p99 %.2f ms)", strings.Join(rep.Failures, "; "), rep.Accuracy, rep.P99Ms)
 	}
-	if err := j.Runtime.Promote(ctx, name, t.Version, old); err != nil {
-		return false, "promote: " + err.Error()
+	j.mu.Lock()
+	if j.old == nil {
+		j.old = map[string]string{}
 	}
-	if j.Logger != nil {
-		j.Logger.Info("trial passed", "model", name, "version", t.Version, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
-	}
+	j.old[name] = old
+	j.mu.Unlock()
+	j.logger().Info("trial passed", "model", name, "version", t.Version, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
 	return true, ""
+}
+
+// Committed implements updater.Outcome: the committed version starts serving.
+func (j *RuntimeJudge) Committed(ctx context.Context, kind artifact.Kind, t rollback.Target, _ artifact.Meta) error {
+	_, name, _, err := artifact.ParseTargetPath(t.Path)
+	if err != nil {
+		return err
+	}
+	if kind == artifact.KindRuntime {
+		return j.promoteRuntime(ctx, name, t)
+	}
+	j.mu.Lock()
+	old := j.old[name]
+	delete(j.old, name)
+	j.mu.Unlock()
+	if err := j.rc().Promote(ctx, name, t.Version, old); err != nil {
+		return fmt.Errorf("promote %s %s: %w", name, t.Version, err)
+	}
+	return nil
+}
+
+// RolledBack implements updater.Outcome: whatever the trial left is undone, and what
+// serves is measured again.
+func (j *RuntimeJudge) RolledBack(ctx context.Context, kind artifact.Kind, t rollback.Target, _ artifact.Meta) error {
+	_, name, _, err := artifact.ParseTargetPath(t.Path)
+	if err != nil {
+		return err
+	}
+	if kind == artifact.KindRuntime {
+		j.mu.Lock()
+		p := j.pending
+		j.pending = nil
+		j.mu.Unlock()
+		if p != nil && j.Runtimes != nil {
+			j.Runtimes.Stop(p)
+		}
+		return nil
+	}
+	j.mu.Lock()
+	delete(j.old, name)
+	j.mu.Unlock()
+	rc := j.rc()
+	if !loaded(ctx, rc, name, t.Version) {
+		return nil // the failed trial cleaned up already
+	}
+	if err := rc.Abort(ctx, name, t.Version); err != nil {
+		return err
+	}
+	j.remeasureServing(ctx, rc, name)
+	return nil
+}
+
+// judgeRuntime starts the staged runtime with --hold and probes the committed model in it.
+func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollback.Target) (bool, string) {
+	if j.Runtimes == nil || j.Slots == nil {
+		return false, errNoRuntimes.Error()
+	}
+	p, err := j.Runtimes.Start(ctx, payload, true)
+	if err != nil {
+		return false, "start the new runtime: " + err.Error()
+	}
+	fail := func(reason string) (bool, string) {
+		j.Runtimes.Stop(p)
+		return false, reason
+	}
+	if p.SHA256 != t.SHA256 {
+		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", p.SHA256, t.SHA256))
+	}
+	st, err := j.Slots.State(ctx, artifact.KindModel)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if st.Current == nil {
+		return true, "" // nothing to probe: the process started and answers
+	}
+	cur := st.Current
+	_, name, _, err := artifact.ParseTargetPath(cur.Path)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if _, err := p.Client.Load(ctx, runtime.LoadRequest{Name: name, Version: cur.Version, SHA256: cur.SHA256,
+		Path: j.Slots.Payload(artifact.KindModel, st.Active), Default: true}); err != nil {
+		return fail(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
+	}
+	_, meta, err := j.TUF.Resolve(ctx, artifact.KindModel, cur.Path)
+	if err != nil {
+		return fail("model metadata: " + err.Error())
+	}
+	if meta.Probe != "" {
+		ps, err := j.probeSet(ctx, meta.Probe)
+		if err != nil {
+			return fail("probe set: " + err.Error())
+		}
+		rep, err := p.Client.Probe(ctx, name, cur.Version, ps, meta.Gates)
+		if err != nil {
+			return fail("probe: " + err.Error())
+		}
+		if !rep.Pass {
+			return fail(fmt.Sprintf("probe of %s %s in the new runtime failed: %s (accuracy %.4f, p99 %.2f ms)",
+				name, cur.Version, strings.Join(rep.Failures, "; "), rep.Accuracy, rep.P99Ms))
+		}
+		j.logger().Info("runtime trial passed", "runtime", t.Path, "model", name, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
+	}
+	j.mu.Lock()
+	if j.pending != nil {
+		go j.Runtimes.Stop(j.pending)
+	}
+	j.pending = p
+	j.mu.Unlock()
+	return true, ""
+}
+
+// promoteRuntime switches traffic to the runtime whose trial passed and measures it
+// and the models it loaded.
+func (j *RuntimeJudge) promoteRuntime(ctx context.Context, name string, t rollback.Target) error {
+	j.mu.Lock()
+	p := j.pending
+	j.pending = nil
+	j.mu.Unlock()
+	if p == nil || j.Runtimes == nil {
+		return fmt.Errorf("runtime %s committed without a passed trial process", t.Version)
+	}
+	if err := j.Runtimes.Serve(ctx, p); err != nil {
+		return err
+	}
+	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, t.Version, p.SHA256); err != nil {
+		return err
+	}
+	return j.measureLoaded(ctx, p.Client)
+}
+
+// measureLoaded measures the default version of every model a runtime has loaded.
+func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtime.Client) error {
+	idx, err := rc.Index(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range idx {
+		if e.Default && e.SHA256 != "" {
+			if err := j.Log.Measure(ctx, string(artifact.KindModel), e.Name, e.Version, e.SHA256); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // remeasureServing records that the serving version of name is again what runs, after
 // a failed trial loaded (and measured) another one beside it: the log's latest entry
 // for the model must be what the device serves. The digest is the runtime's, of the
 // bytes its session was created from.
-func (j *RuntimeJudge) remeasureServing(ctx context.Context, name string) {
-	idx, err := j.Runtime.Index(ctx)
+func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtime.Client, name string) {
+	idx, err := rc.Index(ctx)
 	if err != nil {
 		return
 	}
 	for _, e := range idx {
 		if e.Name == name && e.Default && e.SHA256 != "" {
-			if err := j.Log.Measure(ctx, string(artifact.KindModel), name, e.Version, e.SHA256); err != nil && j.Logger != nil {
-				j.Logger.Warn("re-measure serving model", "model", name, "err", err)
+			if err := j.Log.Measure(ctx, string(artifact.KindModel), name, e.Version, e.SHA256); err != nil {
+				j.logger().Warn("re-measure serving model", "model", name, "err", err)
 			}
 			return
 		}
@@ -97,8 +283,8 @@ func (j *RuntimeJudge) remeasureServing(ctx context.Context, name string) {
 }
 
 // serving returns the version of name the runtime serves by default ("" if none).
-func (j *RuntimeJudge) serving(ctx context.Context, name string) string {
-	idx, err := j.Runtime.Index(ctx)
+func serving(ctx context.Context, rc *runtime.Client, name string) string {
+	idx, err := rc.Index(ctx)
 	if err != nil {
 		return ""
 	}
@@ -108,6 +294,19 @@ func (j *RuntimeJudge) serving(ctx context.Context, name string) string {
 		}
 	}
 	return ""
+}
+
+func loaded(ctx context.Context, rc *runtime.Client, name, version string) bool {
+	idx, err := rc.Index(ctx)
+	if err != nil {
+		return false
+	}
+	for _, e := range idx {
+		if e.Name == name && e.Version == version {
+			return true
+		}
+	}
+	return false
 }
 
 func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtime.ProbeSet, error) {
@@ -136,9 +335,21 @@ func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtime.Prob
 	return &ps, nil
 }
 
-// LoadCommitted loads the committed model of the slots into the runtime (at agent start:
-// the runtime process is new) and measures each, so the next quote covers what runs.
+// LoadCommitted starts what the slots committed, at agent start, and measures it from
+// the bytes on disk, so the next quote covers what runs. With Runtimes it first starts
+// the runtime process: from the committed runtime slot's library, or the default
+// library when none is committed. Then it loads the committed model.
+//
+// An artifact whose bytes on disk no longer match what was committed (changed after
+// its commit) is measured as found — the server will not trust the quote and quarantines
+// the device — and is not started: a changed runtime library is replaced by the default
+// one, a changed model is not served. The agent keeps running so that it reports.
 func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manager) error {
+	if j.Runtimes != nil {
+		if err := j.startCommittedRuntime(ctx, slots); err != nil {
+			return err
+		}
+	}
 	st, err := slots.State(ctx, artifact.KindModel)
 	if err != nil {
 		return err
@@ -152,13 +363,52 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 		return err
 	}
 	payload := slots.Payload(artifact.KindModel, st.Active)
-	info, err := j.Runtime.Load(ctx, runtime.LoadRequest{Name: name, Version: cur.Version, Path: payload, SHA256: cur.SHA256, Default: true})
+	sum, err := fileSHA256(payload)
+	if err != nil {
+		return fmt.Errorf("committed model %s %s: %w", name, cur.Version, err)
+	}
+	if sum != cur.SHA256 {
+		j.logger().Error("the committed model changed on disk since its commit: measured as found, not served",
+			"model", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
+		return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
+	}
+	info, err := j.rc().Load(ctx, runtime.LoadRequest{Name: name, Version: cur.Version, Path: payload, SHA256: cur.SHA256, Default: true})
 	if err != nil && !runtime.IsConflict(err) {
 		return fmt.Errorf("load committed %s %s: %w", name, cur.Version, err)
 	}
-	sum := info.SHA256
-	if sum == "" {
-		sum = cur.SHA256
+	if info.SHA256 != "" {
+		sum = info.SHA256
 	}
 	return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
+}
+
+func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollback.Manager) error {
+	st, err := slots.State(ctx, artifact.KindRuntime)
+	if err != nil {
+		return err
+	}
+	if st.Active == "" || st.Current == nil {
+		_, err := j.Runtimes.Start(ctx, "", false)
+		return err
+	}
+	cur := st.Current
+	_, name, _, err := artifact.ParseTargetPath(cur.Path)
+	if err != nil {
+		return err
+	}
+	lib := slots.Payload(artifact.KindRuntime, st.Active)
+	sum, err := fileSHA256(lib)
+	if err != nil {
+		return fmt.Errorf("committed runtime %s %s: %w", name, cur.Version, err)
+	}
+	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, cur.Version, sum); err != nil {
+		return err
+	}
+	if sum != cur.SHA256 {
+		j.logger().Error("the committed runtime library changed on disk since its commit: measured as found, default library started",
+			"runtime", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
+		lib = ""
+	}
+	_, err = j.Runtimes.Start(ctx, lib, false)
+	return err
 }

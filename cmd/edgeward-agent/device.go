@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/agent"
@@ -77,22 +76,20 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 
-	var rc *runtime.Client
+	judge := &agent.RuntimeJudge{TUF: st.tuf, Log: mlog, WorkDir: *stateDir, Logger: log, Slots: st.slots}
 	if *rtURL != "" {
-		rc = &runtime.Client{BaseURL: *rtURL}
+		judge.Runtime = &runtime.Client{BaseURL: *rtURL}
+		if err := waitReady(ctx, judge.Runtime); err != nil {
+			return err
+		}
 	} else {
-		sock := filepath.Join(*stateDir, "runtime.sock")
-		stop, err := startRuntime(ctx, *rtBin, *listen, sock, log)
+		rts, err := supervisor(*rtBin, *listen, *stateDir, log)
 		if err != nil {
 			return err
 		}
-		defer stop()
-		rc = runtime.NewUnixClient(sock)
+		defer rts.Close()
+		judge.Runtimes = rts
 	}
-	if err := waitReady(ctx, rc); err != nil {
-		return err
-	}
-	judge := &agent.RuntimeJudge{Runtime: rc, TUF: st.tuf, Log: mlog, WorkDir: *stateDir, Logger: log}
 	if err := judge.LoadCommitted(ctx, st.slots); err != nil {
 		return err
 	}
@@ -143,9 +140,9 @@ func parseLabels(s string) (map[string]string, error) {
 	return out, nil
 }
 
-// startRuntime starts edgeward-runtime with its control API on a unix socket in the
-// state directory and returns a function that stops it (SIGTERM: it drains).
-func startRuntime(ctx context.Context, bin, listen, sock string, log *slog.Logger) (func(), error) {
+// supervisor binds the public inference socket, which the agent keeps across runtime
+// swaps and passes to every runtime process it starts (agent.Runtimes).
+func supervisor(bin, listen, stateDir string, log *slog.Logger) (*agent.Runtimes, error) {
 	if bin == "" {
 		self, err := os.Executable()
 		if err != nil {
@@ -153,25 +150,11 @@ func startRuntime(ctx context.Context, bin, listen, sock string, log *slog.Logge
 		}
 		bin = filepath.Join(filepath.Dir(self), "edgeward-runtime")
 	}
-	os.Remove(sock)
-	cmd := exec.Command(bin, "--listen", listen, "--control", "unix:"+sock)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the agent
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start runtime %s: %w", bin, err)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("public inference socket: %w", err)
 	}
-	log.Info("runtime started", "pid", cmd.Process.Pid, "listen", listen)
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	return func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	}, nil
+	return &agent.Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: stateDir, Logger: log}, nil
 }
 
 func waitReady(ctx context.Context, rc *runtime.Client) error {

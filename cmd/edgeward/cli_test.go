@@ -263,12 +263,22 @@ func TestServerProcess(t *testing.T) {
 	}
 }
 
-func TestDemoScenario(t *testing.T) {
+// TestDemoRefusesForeignDir: the demo recreates its folder, but never one that holds
+// something it did not make. (The scenario itself runs over real processes in
+// e2e.TestDemo.)
+func TestDemoRefusesForeignDir(t *testing.T) {
 	c := newCLI(t)
-	out := c.must("demo", "--dir", filepath.Join(t.TempDir(), "demo"), "--devices", "2")
-	for _, want := range []string{"2 devices refreshed TUF metadata (root v2)", "refused: publish model vibration-anomaly 1.1.0", "device-2  2"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, out)
-		}
+	dir := t.TempDir()
+	keep := filepath.Join(dir, "precious.txt")
+	os.WriteFile(keep, []byte("x"), 0o600)
+	_, _, err := c.run("demo", "--dir", dir)
+	if err == nil || !strings.Contains(err.Error(), "refusing to delete it") {
+		t.Fatalf("demo on a foreign folder: %v; want a refusal", err)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("the demo deleted a file it did not make: %v", err)
+	}
+	if _, _, err := c.run("demo", "--dir", filepath.Join(t.TempDir(), "d"), "--devices", "2"); err == nil {
+		t.Fatal("demo --devices 2 succeeded; want an error (the story needs 3)")
 	}
 }

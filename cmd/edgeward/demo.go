@@ -1,196 +1,293 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
+	"slices"
+	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
-	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/runtime/modelgen"
-	"github.com/theupdateframework/go-tuf/v2/metadata"
-	"github.com/theupdateframework/go-tuf/v2/metadata/config"
-	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 )
 
-// demo is the demonstration scenario. It works in its own folder, which it recreates,
-// with demo keys whose passphrase is printed: never use them for anything else.
+// demo is the demonstration scenario, played with real processes: the server, and per
+// device a swtpm and an edgeward-agent with its edgeward-runtime. It works in its own
+// folder, which it recreates, with demo keys whose passphrase is printed: never use them
+// for anything else.
 type demo struct {
-	env     *cliEnv
-	dir     string
-	devices int
-	repo    *reposerver.Repo
-	url     string
-	kr      *reposerver.KeyRing
-	step    int
+	env      *cliEnv
+	dir      string
+	n        int
+	lab      *devlab.Lab
+	srv      *devlab.Server
+	repo     *reposerver.Repo
+	kr       *reposerver.KeyRing
+	repoDir  string
+	polDir   string
+	devs     []*devlab.Device
+	step     int
+	title    string
+	start    time.Time
+	lastRoll time.Time
+	canary   *devlab.Device
+	victim   *devlab.Device
+	rtVer    string
+	listen   string
 }
 
-const demoPassphrase = "edgeward-demo-only"
+const (
+	demoPassphrase = "edgeward-demo-only"
+	demoModel      = "vibration-anomaly"
+	demoMarker     = ".edgeward-demo"
+	stepTimeout    = 90 * time.Second
+)
 
 func cmdDemo(ctx context.Context, env *cliEnv, args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	d := &demo{env: env}
-	fs.StringVar(&d.dir, "dir", "demo-data", "working folder (recreated)")
-	fs.IntVar(&d.devices, "devices", 5, "number of devices")
-	serve := fs.Bool("serve", false, "keep serving after the scenario")
-	listen := fs.String("listen", "127.0.0.1:0", "server address")
+	fs.StringVar(&d.dir, "dir", "demo-data", "working folder (recreated; must be empty, absent, or a previous demo's)")
+	fs.IntVar(&d.n, "devices", 5, "number of devices (at least 3)")
+	fs.StringVar(&d.rtVer, "runtime-version", "1.24.3", "version under which the ONNX Runtime library ($ONNXRUNTIME_LIB) is published as a runtime update")
+	serve := fs.Bool("serve", false, "keep the server and the devices running after the scenario, until interrupted")
+	listen := fs.String("listen", "", "server address (default: a free port on 127.0.0.1)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	if d.devices < 1 {
-		return errors.New("--devices must be at least 1")
+	if d.n < 3 {
+		return errors.New("--devices must be at least 3 (a canary, a tampered device and the rest)")
 	}
-	if err := d.run(ctx, *listen, *serve); err != nil {
-		return fmt.Errorf("demo failed at step %d: %w", d.step, err)
-	}
-	return nil
-}
-
-func (d *demo) say(format string, a ...any) {
-	d.step++
-	fmt.Fprintf(d.env.stdout, "[%d] %s\n", d.step, fmt.Sprintf(format, a...))
-}
-
-func (d *demo) run(ctx context.Context, listen string, serve bool) error {
-	if err := os.RemoveAll(d.dir); err != nil {
+	if err := d.checkDir(); err != nil {
 		return err
 	}
-	repoDir := filepath.Join(d.dir, "repo")
-	d.say("security team creates the TUF repository in %s (root 2-of-3, delegated roles models and runtimes; demo passphrase %q)", repoDir, demoPassphrase)
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: repoDir, Actor: "demo:security"}, reposerver.InitOptions{Passphrase: []byte(demoPassphrase)})
+	bins, err := devlab.FindBins()
 	if err != nil {
 		return err
 	}
-	d.repo = res.Repo
-	d.kr = &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(demoPassphrase), nil }}
-	rootKeys := res.KeyFiles[metadata.ROOT]
-
-	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: d.repo})
+	if err := devlab.CheckDeps(); err != nil {
+		return fmt.Errorf("the demo needs:\n%w\nrun 'make demo' (it runs make deps first)", err)
+	}
+	if err := d.prepareDir(); err != nil {
+		return err
+	}
+	d.lab, err = devlab.New(d.dir, bins)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go srv.Serve(sctx, ln)
-	d.url = "http://" + ln.Addr().String()
-	d.say("repository server listening on %s", d.url)
-
-	root1, err := os.ReadFile(filepath.Join(d.repo.MetadataDir(), "1.root.json"))
-	if err != nil {
-		return err
-	}
-	devs := make([]*demoDevice, d.devices)
-	for i := range devs {
-		devs[i] = &demoDevice{id: fmt.Sprintf("device-%d", i+1), dir: filepath.Join(d.dir, "devices", fmt.Sprintf("device-%d", i+1)), root: root1}
-	}
-
-	d.say("release manager publishes probe set and model vibration-anomaly 1.0.0 (a real ONNX model) with gates")
-	if err := d.publishModel(ctx, "1.0.0"); err != nil {
-		return err
-	}
-	if err := d.fleetFetch(ctx, devs, "models/vibration-anomaly/1.0.0.onnx"); err != nil {
-		return err
-	}
-
-	d.say("security team rotates the timestamp key: root v2 proposed, signed by 2 of 3 root key holders, published")
-	rot, err := d.repo.RotateKey(ctx, metadata.TIMESTAMP, reposerver.KeyEd25519, "", &reposerver.KeyRing{})
-	if err != nil {
-		return err
-	}
-	for _, kf := range rootKeys[:2] {
-		k, err := d.kr.Load(kf)
-		if err != nil {
-			return err
+	defer d.lab.Close()
+	d.start = time.Now()
+	if err := d.run(ctx, *listen); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("demo interrupted at step %d (%s)", d.step, d.title)
 		}
-		if _, err := reposerver.SignRootFile(nil, rot.Proposal, k); err != nil {
-			return err
-		}
+		return fmt.Errorf("demo FAILED at step %d (%s): %w\n(process logs: %s)", d.step, d.title, err, filepath.Join(d.lab.Dir, "logs"))
 	}
-	if _, err := d.repo.PublishRoot(ctx, rot.Proposal, d.kr); err != nil {
-		return err
-	}
-
-	d.say("release manager publishes vibration-anomaly 1.1.0")
-	if err := d.publishModel(ctx, "1.1.0"); err != nil {
-		return err
-	}
-	if err := d.fleetFetch(ctx, devs, "models/vibration-anomaly/1.1.0.onnx"); err != nil {
-		return err
-	}
-
-	d.say("someone republishes 1.1.0 with other bytes: refused")
-	_, err = d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: "1.1.0", Format: "onnx"},
-		Ext:  ".onnx", Content: strings.NewReader("tampered"),
-	}, d.kr)
-	if !errors.Is(err, reposerver.ErrConflict) {
-		return fmt.Errorf("republish with other bytes = %v; want a conflict", err)
-	}
-	fmt.Fprintf(d.env.stdout, "    refused: %v\n", err)
-
-	d.say("auditor exports the audit log and verifies it offline with the checkpoint key alone")
-	auditFile := filepath.Join(d.dir, "audit.jsonl")
-	if err := d.verifyAudit(ctx, auditFile); err != nil {
-		return err
-	}
-
-	st, err := d.repo.Load(ctx)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(d.env.stdout, "\nSummary")
-	tw := tabwriter.NewWriter(d.env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tROOT\tTIMESTAMP\tMODEL\tSHA256\tVERIFIED")
-	for _, dv := range devs {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", dv.id, dv.rootVersion, dv.tsVersion, dv.model, dv.sha[:16], "yes (TUF)")
-	}
-	tw.Flush()
-	fmt.Fprintf(d.env.stdout, "\nrepository: root v%d, timestamp v%d, %d targets; events in %s\n",
-		st.Root.Signed.Version, st.Timestamp.Signed.Version, len(st.List()), filepath.Join(repoDir, "repo.db"))
-	fmt.Fprintf(d.env.stdout, "metadata: %s/metadata/timestamp.json   metrics: %s/metrics\n", d.url, d.url)
-	if serve {
-		fmt.Fprintln(d.env.stdout, "serving until interrupted")
+	if *serve {
+		fmt.Fprintf(env.stdout, "\nserving until interrupted (Ctrl-C): server %s, devices on ports %s\n", d.srv.URL, d.ports())
 		<-ctx.Done()
 	}
 	return nil
 }
 
-func (d *demo) verifyAudit(ctx context.Context, file string) error {
-	l, db, err := d.repo.OpenAudit(ctx)
+// checkDir refuses a demo folder that holds anything but a previous demo.
+func (d *demo) checkDir() error {
+	entries, err := os.ReadDir(d.dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	var buf bytes.Buffer
-	if err := l.Export(ctx, &buf); err != nil {
-		return err
+	if len(entries) > 0 {
+		if _, err := os.Stat(filepath.Join(d.dir, demoMarker)); err != nil {
+			return fmt.Errorf("%s is not empty and not a previous demo's folder: refusing to delete it", d.dir)
+		}
 	}
-	if err := os.WriteFile(file, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	rep, err := audit.Verify(bytes.NewReader(buf.Bytes()), l.PublicKey())
-	if err != nil {
-		return fmt.Errorf("audit export does not verify: %w", err)
-	}
-	fmt.Fprintf(d.env.stdout, "    %s: %d records, %d signed checkpoints, all covered\n", file, rep.Records, rep.Checkpoints)
 	return nil
 }
 
+// prepareDir empties the demo folder (checked by checkDir) and marks it as the demo's.
+func (d *demo) prepareDir() error {
+	if err := os.RemoveAll(d.dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(d.dir, demoMarker), []byte("made by edgeward demo; deleted by the next run\n"), 0o644)
+}
+
+func (d *demo) say(title string) {
+	d.step++
+	d.title = title
+	el := time.Since(d.start).Round(time.Second)
+	fmt.Fprintf(d.env.stdout, "\n[%02d:%02d] %d. %s\n", int(el.Minutes()), int(el.Seconds())%60, d.step, title)
+}
+
+func (d *demo) info(format string, a ...any) {
+	fmt.Fprintf(d.env.stdout, "      %s\n", fmt.Sprintf(format, a...))
+}
+
+func (d *demo) ports() string {
+	var ps []string
+	for _, dv := range d.devs {
+		ps = append(ps, fmt.Sprint(dv.Port))
+	}
+	return strings.Join(ps, ",")
+}
+
+func (d *demo) run(ctx context.Context, listen string) error {
+	steps := []struct {
+		title string
+		f     func(context.Context) error
+	}{
+		{"security team creates the TUF repository (root 2-of-3) and the attestation policy", d.createRepo},
+		{fmt.Sprintf("%d devices enroll: EK certificate (manufacturer CA) → AK certificate → trusted quote", d.n), d.enroll},
+		{"model v1 (1.0.0) with its probe set rolls out in waves; every device commits and serves", d.modelV1},
+		{"model v2 (1.1.0, better) rolls out and commits", d.modelV2},
+		{"model v3 (2.0.0, degraded) reaches the first wave, fails its probe, rolls back; the rollout pauses", d.modelV3},
+		{"a device is tampered with: its committed model changes on disk", d.tamper},
+		{"runtime update: ONNX Runtime from the runtime slot, trial beside the serving runtime, traffic switched", d.runtimeUpdate},
+		{"the auditor exports the audit log and verifies it offline", d.audit},
+	}
+	d.listen = listen
+	for _, s := range steps {
+		d.say(s.title)
+		if err := s.f(ctx); err != nil {
+			return err
+		}
+	}
+	return d.summary(ctx)
+}
+
+// createRepo initialises the repository, writes the attestation policy and starts the server.
+func (d *demo) createRepo(ctx context.Context) error {
+	d.repoDir = filepath.Join(d.lab.Dir, "repo")
+	res, err := reposerver.Init(ctx, reposerver.Config{Dir: d.repoDir, Actor: "cli:security-team"}, reposerver.InitOptions{Passphrase: []byte(demoPassphrase)})
+	if err != nil {
+		return err
+	}
+	d.repo = res.Repo
+	d.kr = &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(demoPassphrase), nil }}
+	st, err := d.repo.Load(ctx)
+	if err != nil {
+		return err
+	}
+	rr := st.Root.Signed.Roles["root"]
+	d.info("repository %s: root threshold %d of %d keys; targets delegate models/*, probes/* to 'models' and runtimes/* to 'runtimes'", d.repoDir, rr.Threshold, len(rr.KeyIDs))
+	d.info("offline keys encrypted with the demo passphrase %q (demo only)", demoPassphrase)
+	d.polDir = filepath.Join(d.repoDir, "policy")
+	if err := os.MkdirAll(d.polDir, 0o755); err != nil {
+		return err
+	}
+	pol := "# Attestation policy: a device gets a new version only with a trusted quote at most 5 minutes old.\nversion: 1\nattestation: {required: true, max_age: 5m}\n"
+	if err := os.WriteFile(filepath.Join(d.polDir, "00-attestation.yaml"), []byte(pol), 0o644); err != nil {
+		return err
+	}
+	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.polDir, "00-attestation.yaml"))
+	d.srv, err = d.lab.StartServer(ctx, devlab.ServerConfig{Repo: d.repoDir, Listen: d.listen, CheckIn: time.Second})
+	if err != nil {
+		return err
+	}
+	m, _ := d.lab.Manufacturer()
+	d.info("server %s (pid %d): TUF metadata and targets, device API, attestation CA trusting the TPM manufacturer CA %s", d.srv.URL, d.srv.Proc.Pid(), m.RootPEM)
+	return nil
+}
+
+func (d *demo) fleet(ctx context.Context) (*fleet.Store, error) { return d.srv.Fleet(ctx) }
+
+// devices returns the server's view of every demo device, by device name.
+func (d *demo) devices(ctx context.Context) (map[string]fleet.Device, error) {
+	st, err := d.fleet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	out := map[string]fleet.Device{}
+	for _, dv := range d.devs {
+		if dv.ID == "" {
+			continue
+		}
+		fd, err := st.Device(ctx, dv.ID)
+		if errors.Is(err, fleet.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[dv.Name] = fd
+	}
+	return out, nil
+}
+
+func (d *demo) enroll(ctx context.Context) error {
+	root := filepath.Join(d.repoDir, "repository", "metadata", "1.root.json")
+	for i := range d.n {
+		name := fmt.Sprintf("device-%d", i+1)
+		dv, err := d.lab.NewDevice(ctx, name, map[string]string{"line": []string{"press", "lathe"}[i%2]}, d.srv, root)
+		if err != nil {
+			return err
+		}
+		d.devs = append(d.devs, dv)
+	}
+	d.info("%d TPMs manufactured (swtpm_setup --create-ek-cert, one local CA), swtpm processes started", d.n)
+	errs := make(chan error, d.n)
+	for _, dv := range d.devs {
+		go func() { errs <- dv.StartAgent(ctx) }()
+	}
+	for range d.devs {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	err := devlab.WaitFor(ctx, stepTimeout, "every device to check in with a trusted quote", func(ctx context.Context) (bool, string, error) {
+		fds, err := d.devices(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		var not []string
+		for _, dv := range d.devs {
+			if fds[dv.Name].Verdict != policy.VerdictTrusted {
+				not = append(not, dv.Name+":"+string(fds[dv.Name].Verdict))
+			}
+		}
+		return len(not) == 0, strings.Join(not, " "), nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, dv := range d.devs {
+		d.info("%s  %s  swtpm :%d  agent pid %d  inference :%d  verdict trusted", dv.Name, short(dv.ID), dv.TPMPort, dv.Agent.Pid(), dv.Port)
+	}
+	return nil
+}
+
+func short(id string) string {
+	if len(id) > 30 {
+		return id[:30] + "…"
+	}
+	return id
+}
+
+// publishModel publishes the probe set and the model of a vibration-anomaly version.
 func (d *demo) publishModel(ctx context.Context, version string) error {
 	probe, err := modelgen.ProbeSet(version)
 	if err != nil {
@@ -201,92 +298,559 @@ func (d *demo) publishModel(ctx context.Context, version string) error {
 		return err
 	}
 	if _, err := d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version, Format: "json"},
+		Meta: artifact.Meta{Kind: artifact.KindProbe, Name: demoModel, Version: version, Format: "json"},
 		Ext:  ".json", Content: bytes.NewReader(probe),
 	}, d.kr); err != nil {
 		return err
 	}
 	res, err := d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
-			Gates: &artifact.Gates{MinAccuracy: 0.9, MaxP99Ms: 50, MaxRSSMB: 512}, Hardware: []string{"x86_64", "aarch64"}, MinRuntime: "1.24.0"},
+		Meta: artifact.Meta{Kind: artifact.KindModel, Name: demoModel, Version: version, Format: "onnx",
+			Gates: &artifact.Gates{MinAccuracy: 0.85, MaxRSSMB: 1024}, Hardware: []string{"x86_64", "aarch64"}},
 		Ext: ".onnx", Content: bytes.NewReader(model),
 	}, d.kr)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.env.stdout, "    published %s (%d bytes, sha256 %s…) signed by %s\n", res.Path, res.Length, res.SHA256[:16], res.Role)
+	d.info("published %s (%d bytes, sha256 %s…) with probe set probes/%s/%s.json, gates min_accuracy=0.85 max_rss_mb=1024, signed by '%s'",
+		res.Path, res.Length, res.SHA256[:12], demoModel, version, res.Role)
 	return nil
 }
 
-// demoDevice is a TUF client with its own trusted-metadata cache.
-type demoDevice struct {
-	id, dir     string
-	root        []byte
-	rootVersion int64
-	tsVersion   int64
-	model, sha  string
+// createRollout writes a rollout into the policy directory (the server hot-reloads it).
+func (d *demo) createRollout(spec policy.RolloutSpec) error {
+	now := time.Now()
+	if !now.After(d.lastRoll.Add(time.Second)) {
+		now = d.lastRoll.Add(time.Second) // newer rollouts must sort first
+	}
+	d.lastRoll = now
+	path, err := policy.CreateRollout(d.polDir, spec, now)
+	if err != nil {
+		return err
+	}
+	var waves []string
+	for _, w := range spec.Waves {
+		s := fmt.Sprintf("%g%%", w.Percent)
+		if w.Soak != "" {
+			s += " soak " + w.Soak
+		}
+		waves = append(waves, s)
+	}
+	if len(waves) == 0 {
+		waves = []string{"100%"}
+	}
+	d.info("rollout %s → %s %s: waves [%s] (%s)", spec.ID, spec.Target.Kind, spec.Target.Version, strings.Join(waves, ", "), filepath.Base(path))
+	return nil
 }
 
-func (d *demo) fleetFetch(ctx context.Context, devs []*demoDevice, target string) error {
+// byBucket returns the devices ordered by their position in a rollout.
+func (d *demo) byBucket(rollout string, devs []*devlab.Device) []*devlab.Device {
+	out := slices.Clone(devs)
+	sort.SliceStable(out, func(i, j int) bool { return policy.Bucket(rollout, out[i].ID) < policy.Bucket(rollout, out[j].ID) })
+	return out
+}
+
+// percentFor returns the smallest wave percentage that includes exactly the first k
+// devices of ordered (ordered by bucket).
+func percentFor(rollout string, ordered []*devlab.Device, k int) float64 {
+	return float64(policy.Bucket(rollout, ordered[k-1].ID)+1) / 100
+}
+
+func names(devs []*devlab.Device) string {
+	var s []string
 	for _, dv := range devs {
-		if err := dv.fetch(d.url, target); err != nil {
-			return fmt.Errorf("%s: %w", dv.id, err)
+		s = append(s, dv.Name)
+	}
+	return strings.Join(s, ", ")
+}
+
+// waitCommitted waits until every device in devs reports kind committed at version.
+func (d *demo) waitCommitted(ctx context.Context, devs []*devlab.Device, kind artifact.Kind, version string) error {
+	return devlab.WaitFor(ctx, stepTimeout, fmt.Sprintf("%s to commit %s %s", names(devs), kind, version), func(ctx context.Context) (bool, string, error) {
+		fds, err := d.devices(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		var not []string
+		for _, dv := range devs {
+			if fds[dv.Name].Quarantined {
+				return false, "", devlab.Final(fmt.Errorf("%s was quarantined: %s", dv.Name, fds[dv.Name].QuarantineReason))
+			}
+			if got := fds[dv.Name].Slots[kind].Version; got != version {
+				not = append(not, fmt.Sprintf("%s=%q", dv.Name, got))
+			}
+		}
+		return len(not) == 0, strings.Join(not, " "), nil
+	})
+}
+
+// waitServing waits until each device answers an inference request with version.
+func (d *demo) waitServing(ctx context.Context, devs []*devlab.Device, version string) error {
+	for _, dv := range devs {
+		var last devlab.InferResult
+		err := devlab.WaitFor(ctx, 30*time.Second, fmt.Sprintf("%s to answer inference with %s", dv.Name, version), func(ctx context.Context) (bool, string, error) {
+			r, err := dv.Infer(ctx, demoModel)
+			last = r
+			return err == nil && r.Code == 200 && r.Version == version, fmt.Sprintf("HTTP %d version %q %s", r.Code, r.Version, r.Error), err
+		})
+		if err != nil {
+			return err
+		}
+		d.info("%s  POST :%d/v2/models/%s/infer → 200, model_version %s, %s", dv.Name, dv.Port, demoModel, last.Version, last.Output)
+	}
+	return nil
+}
+
+func (d *demo) modelV1(ctx context.Context) error {
+	if err := d.publishModel(ctx, "1.0.0"); err != nil {
+		return err
+	}
+	const id = "vib-1.0.0"
+	ordered := d.byBucket(id, d.devs)
+	k := (len(d.devs) + 1) / 3
+	pct := percentFor(id, ordered, k)
+	if err := d.createRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: demoModel, Version: "1.0.0"},
+		Waves: []policy.WaveSpec{{Percent: pct, Soak: "3s"}, {Percent: 100}}}); err != nil {
+		return err
+	}
+	wave1 := ordered[:k]
+	if err := d.waitCommitted(ctx, wave1, artifact.KindModel, "1.0.0"); err != nil {
+		return err
+	}
+	d.info("wave 1 (%s) committed 1.0.0 after its probe passed; wave 2 starts after the soak", names(wave1))
+	if err := d.waitCommitted(ctx, d.devs, artifact.KindModel, "1.0.0"); err != nil {
+		return err
+	}
+	d.info("wave 2 (%s) committed 1.0.0", names(ordered[k:]))
+	return d.waitServing(ctx, d.devs, "1.0.0")
+}
+
+func (d *demo) modelV2(ctx context.Context) error {
+	if err := d.publishModel(ctx, "1.1.0"); err != nil {
+		return err
+	}
+	if err := d.createRollout(policy.RolloutSpec{ID: "vib-1.1.0", Target: policy.TargetSpec{Kind: artifact.KindModel, Name: demoModel, Version: "1.1.0"}}); err != nil {
+		return err
+	}
+	if err := d.waitCommitted(ctx, d.devs, artifact.KindModel, "1.1.0"); err != nil {
+		return err
+	}
+	d.info("every device committed 1.1.0 (probe accuracy 0.9367 ≥ 0.85); the anti-rollback floor is now 1.1.0")
+	return d.waitServing(ctx, d.devs, "1.1.0")
+}
+
+func (d *demo) reports(ctx context.Context, f fleet.ReportFilter) ([]policy.Report, error) {
+	st, err := d.fleet(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	return st.Reports(ctx, f)
+}
+
+func (d *demo) rolloutState(ctx context.Context, id string) (policy.RolloutState, error) {
+	st, err := d.fleet(ctx)
+	if err != nil {
+		return policy.RolloutState{}, err
+	}
+	defer st.Close()
+	return st.RolloutState(ctx, id)
+}
+
+func (d *demo) modelV3(ctx context.Context) error {
+	if err := d.publishModel(ctx, "2.0.0"); err != nil {
+		return err
+	}
+	const id = "vib-2.0.0"
+	ordered := d.byBucket(id, d.devs)
+	d.canary = ordered[0]
+	zero, one := 0.0, 1
+	if err := d.createRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: demoModel, Version: "2.0.0"},
+		Pause: &policy.PauseSpec{MaxFailureRatio: &zero, MinReports: &one},
+		Waves: []policy.WaveSpec{{Percent: percentFor(id, ordered, 1), Soak: "1h"}, {Percent: 100}}}); err != nil {
+		return err
+	}
+	d.info("wave 1 is the canary %s (its bucket %d is the lowest of the fleet for %s); one failed report pauses the rollout",
+		d.canary.Name, policy.Bucket(id, d.canary.ID), id)
+	var failed policy.Report
+	err := devlab.WaitFor(ctx, stepTimeout, d.canary.Name+" to report the failed trial of 2.0.0", func(ctx context.Context) (bool, string, error) {
+		reps, err := d.reports(ctx, fleet.ReportFilter{RolloutID: id})
+		if err != nil {
+			return false, "", err
+		}
+		for _, r := range reps {
+			if r.DeviceID != d.canary.ID {
+				return false, "", devlab.Final(fmt.Errorf("%s outside wave 1 installed 2.0.0", r.DeviceID))
+			}
+			if r.Outcome == policy.OutcomeCommitted {
+				return false, "", devlab.Final(errors.New("the canary committed the degraded model"))
+			}
+			failed = r
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("%d reports", len(reps)), nil
+	})
+	if err != nil {
+		return err
+	}
+	d.info("%s: %s — %s", d.canary.Name, failed.Outcome, failed.Cause)
+	err = devlab.WaitFor(ctx, 30*time.Second, "rollout "+id+" to pause", func(ctx context.Context) (bool, string, error) {
+		rs, err := d.rolloutState(ctx, id)
+		return err == nil && rs.Status == policy.StatusPaused, string(rs.Status), err
+	})
+	if err != nil {
+		return err
+	}
+	rs, _ := d.rolloutState(ctx, id)
+	d.info("rollout %s paused: %s", id, rs.Reason)
+	if err := d.waitServing(ctx, []*devlab.Device{d.canary}, "1.1.0"); err != nil {
+		return err
+	}
+	// Let every device check in a few more times: none may get 2.0.0.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(4 * time.Second):
+	}
+	reps, err := d.reports(ctx, fleet.ReportFilter{RolloutID: id})
+	if err != nil {
+		return err
+	}
+	for _, r := range reps {
+		if r.DeviceID != d.canary.ID {
+			return fmt.Errorf("device %s outside the first wave installed 2.0.0", r.DeviceID)
 		}
 	}
-	fmt.Fprintf(d.env.stdout, "    %d devices refreshed TUF metadata (root v%d) and downloaded and verified %s\n", len(devs), devs[0].rootVersion, target)
+	fds, err := d.devices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, dv := range d.devs {
+		if v := fds[dv.Name].Slots[artifact.KindModel].Version; v != "1.1.0" {
+			return fmt.Errorf("%s runs model %q; want 1.1.0", dv.Name, v)
+		}
+	}
+	d.info("the other %d devices never saw 2.0.0: all still run 1.1.0", len(d.devs)-1)
 	return nil
 }
 
-func (dv *demoDevice) fetch(url, target string) error {
-	mdir := filepath.Join(dv.dir, "metadata")
-	if err := os.MkdirAll(mdir, 0o755); err != nil {
-		return err
+func (d *demo) tamper(ctx context.Context) error {
+	for i := len(d.devs) - 1; i >= 0; i-- {
+		if d.devs[i] != d.canary {
+			d.victim = d.devs[i]
+			break
+		}
 	}
-	root := dv.root
-	if b, err := os.ReadFile(filepath.Join(mdir, "root.json")); err == nil {
-		root = b
-	}
-	cfg, err := config.New(url+"/metadata", root)
+	v := d.victim
+	want, err := d.targetSHA(ctx, "models/"+demoModel+"/1.1.0.onnx")
 	if err != nil {
 		return err
 	}
-	cfg.RemoteTargetsURL = url + "/targets"
-	cfg.LocalMetadataDir = mdir
-	cfg.LocalTargetsDir = filepath.Join(dv.dir, "targets")
-	up, err := updater.New(cfg)
+	slot := ""
+	for _, s := range []string{"a", "b"} {
+		if sum, err := fileSHA256(v.ModelPayload(s)); err == nil && sum == want {
+			slot = s
+		}
+	}
+	if slot == "" {
+		return fmt.Errorf("%s: no model slot holds 1.1.0", v.Name)
+	}
+	payload := v.ModelPayload(slot)
+	if err := os.Chmod(payload, 0o644); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(payload, os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		return err
 	}
-	if err := up.Refresh(); err != nil {
-		return fmt.Errorf("refresh: %w", err)
+	_, err = f.Write([]byte("\x00tampered"))
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	tf, err := up.GetTargetInfo(target)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.LocalTargetsDir, 0o755); err != nil {
+	d.info("%s: appended 9 bytes to its committed model %s, then restarted its agent (the model is measured again at load)", v.Name, payload)
+	if err := v.StopAgent(ctx); err != nil {
 		return err
 	}
-	path, data, err := up.DownloadTarget(tf, filepath.Join(cfg.LocalTargetsDir, filepath.Base(target)), "")
+	if err := v.StartAgent(ctx); err != nil {
+		return err
+	}
+	var fd fleet.Device
+	err = devlab.WaitFor(ctx, stepTimeout, v.Name+" to be quarantined", func(ctx context.Context) (bool, string, error) {
+		fds, err := d.devices(ctx)
+		fd = fds[v.Name]
+		return err == nil && fd.Quarantined, string(fd.Verdict), err
+	})
 	if err != nil {
 		return err
 	}
-	if err := tf.VerifyLengthHashes(data); err != nil {
+	d.info("%s: verdict %s → quarantined: %s", v.Name, fd.Verdict, fd.QuarantineReason)
+	r, err := v.Infer(ctx, demoModel)
+	if err != nil {
 		return err
 	}
-	f, err := os.Open(path)
+	d.info("%s no longer serves the changed model: inference → HTTP %d %s", v.Name, r.Code, r.Error)
+	fds, err := d.devices(ctx)
+	if err != nil {
+		return err
+	}
+	for _, dv := range d.devs {
+		if dv != v && (fds[dv.Name].Quarantined || fds[dv.Name].Verdict != policy.VerdictTrusted) {
+			return fmt.Errorf("%s is not trusted (%s) though only %s was tampered with", dv.Name, fds[dv.Name].Verdict, v.Name)
+		}
+	}
+	d.info("the other %d devices remain trusted", len(d.devs)-1)
+	return nil
+}
+
+func (d *demo) runtimeUpdate(ctx context.Context) error {
+	lib := os.Getenv("ONNXRUNTIME_LIB")
+	f, err := os.Open(lib)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	n, _ := io.Copy(io.Discard, f)
-	if n != tf.Length {
-		return fmt.Errorf("stored %d bytes; TUF says %d", n, tf.Length)
+	res, err := d.repo.Publish(ctx, reposerver.PublishRequest{
+		Meta: artifact.Meta{Kind: artifact.KindRuntime, Name: "onnxruntime", Version: d.rtVer, Format: "so", Hardware: []string{hardwareClass()}},
+		Ext:  ".so", Content: f,
+	}, d.kr)
+	if err != nil {
+		return err
 	}
-	trusted := up.GetTrustedMetadataSet()
-	dv.rootVersion = trusted.Root.Signed.Version
-	dv.tsVersion = trusted.Timestamp.Signed.Version
-	dv.model = target
-	dv.sha = hex.EncodeToString(tf.Hashes["sha256"])
+	d.info("published %s (%.1f MiB: the ONNX Runtime library %s) signed by '%s'", res.Path, float64(res.Length)/(1<<20), lib, res.Role)
+	if err := d.createRollout(policy.RolloutSpec{ID: "ort-" + d.rtVer, Target: policy.TargetSpec{Kind: artifact.KindRuntime, Name: "onnxruntime", Version: d.rtVer}}); err != nil {
+		return err
+	}
+	var healthy []*devlab.Device
+	for _, dv := range d.devs {
+		if dv != d.victim {
+			healthy = append(healthy, dv)
+		}
+	}
+	if err := d.waitCommitted(ctx, healthy, artifact.KindRuntime, d.rtVer); err != nil {
+		return err
+	}
+	d.info("%d devices: new runtime started from the runtime slot with --hold, model 1.1.0 loaded and probed in it, then it took the public socket and the old runtime drained", len(healthy))
+	// The next quotes cover the new runtime: the devices stay trusted.
+	since := time.Now()
+	err = devlab.WaitFor(ctx, stepTimeout, "a trusted quote covering the new runtime from every updated device", func(ctx context.Context) (bool, string, error) {
+		fds, err := d.devices(ctx)
+		if err != nil {
+			return false, "", err
+		}
+		var not []string
+		for _, dv := range healthy {
+			fd := fds[dv.Name]
+			if fd.Quarantined {
+				return false, "", devlab.Final(fmt.Errorf("%s was quarantined after its runtime update: %s", dv.Name, fd.QuarantineReason))
+			}
+			if fd.Verdict != policy.VerdictTrusted || fd.VerdictAt.Before(since) {
+				not = append(not, dv.Name)
+			}
+		}
+		return len(not) == 0, strings.Join(not, " "), nil
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.waitServing(ctx, healthy, "1.1.0"); err != nil {
+		return err
+	}
+	fds, err := d.devices(ctx)
+	if err != nil {
+		return err
+	}
+	if fv := fds[d.victim.Name]; fv.Slots[artifact.KindRuntime].Version != "" || !fv.Quarantined {
+		return fmt.Errorf("quarantined %s got the runtime update (runtime %q, quarantined %v)", d.victim.Name, fv.Slots[artifact.KindRuntime].Version, fv.Quarantined)
+	}
+	reps, err := d.reports(ctx, fleet.ReportFilter{DeviceID: d.victim.ID, RolloutID: "ort-" + d.rtVer})
+	if err != nil {
+		return err
+	}
+	if len(reps) > 0 {
+		return fmt.Errorf("quarantined %s installed the runtime update", d.victim.Name)
+	}
+	d.info("quarantined %s got no update: it still has no runtime from the slot and reported no install", d.victim.Name)
 	return nil
+}
+
+func (d *demo) audit(ctx context.Context) error {
+	file := filepath.Join(d.lab.Dir, "audit.jsonl")
+	pub := filepath.Join(d.lab.Dir, "audit-checkpoint.pem")
+	bin := d.lab.Bins.Edgeward
+	if _, err := d.lab.Run(ctx, nil, bin, "audit", "export", "--repo", d.repoDir, "-o", file); err != nil {
+		return err
+	}
+	key, err := d.lab.Run(ctx, nil, bin, "audit", "pubkey", "--repo", d.repoDir)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(pub, []byte(key), 0o644); err != nil {
+		return err
+	}
+	out, err := d.lab.Run(ctx, nil, bin, "audit", "verify", file, "--key", pub)
+	if err != nil {
+		return err
+	}
+	d.info("edgeward audit export → %s; edgeward audit pubkey → %s", file, pub)
+	d.info("edgeward audit verify: %s", strings.TrimSpace(out))
+	kinds, err := auditKinds(file)
+	if err != nil {
+		return err
+	}
+	var ks []string
+	for _, k := range []string{"publish", "device.enroll", "attestation.verdict", "install.report", "rollout.started", "rollout.paused", "device.quarantine"} {
+		if kinds[k] > 0 {
+			ks = append(ks, fmt.Sprintf("%s ×%d", k, kinds[k]))
+		}
+	}
+	d.info("records: %s", strings.Join(ks, ", "))
+	for _, k := range []string{"install.report", "attestation.verdict", "device.quarantine"} {
+		if kinds[k] == 0 {
+			return fmt.Errorf("the audit log has no %s record", k)
+		}
+	}
+	// A changed record must not verify.
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	bad := bytes.Replace(data, []byte(`"verdict":"untrusted"`), []byte(`"verdict":"trusted"`), 1)
+	if bytes.Equal(bad, data) {
+		return errors.New("no untrusted verdict in the audit log")
+	}
+	badFile := filepath.Join(d.lab.Dir, "audit-edited.jsonl")
+	if err := os.WriteFile(badFile, bad, 0o644); err != nil {
+		return err
+	}
+	if out, err := d.lab.Run(ctx, nil, bin, "audit", "verify", badFile, "--key", pub); err == nil {
+		return fmt.Errorf("an edited audit log verified: %s", out)
+	}
+	d.info("an export with the tampered device's verdict edited to \"trusted\" does not verify (%s)", filepath.Base(badFile))
+	return nil
+}
+
+// targetSHA is the sha256 of a published target.
+func (d *demo) targetSHA(ctx context.Context, path string) (string, error) {
+	st, err := d.repo.Load(ctx)
+	if err != nil {
+		return "", err
+	}
+	for _, ti := range st.List() {
+		if ti.Path == path {
+			return ti.SHA256, nil
+		}
+	}
+	return "", fmt.Errorf("target %s is not published", path)
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// auditKinds counts the records of an export by kind.
+func auditKinds(file string) (map[string]int, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]int{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var r struct{ Kind string }
+		if json.Unmarshal(sc.Bytes(), &r) == nil && r.Kind != "" {
+			out[r.Kind]++
+		}
+	}
+	return out, sc.Err()
+}
+
+func (d *demo) summary(ctx context.Context) error {
+	st, err := d.fleet(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	w := d.env.stdout
+	fmt.Fprintf(w, "\nSummary (%s)\n\n", time.Since(d.start).Round(time.Second))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tID\tMODEL\tRUNTIME\tVERDICT\tSTATE\tINFERENCE")
+	for _, dv := range d.devs {
+		fd, err := st.Device(ctx, dv.ID)
+		if err != nil {
+			return err
+		}
+		state := "serving"
+		if fd.Quarantined {
+			state = "QUARANTINED"
+		}
+		inf := "-"
+		if r, err := dv.Infer(ctx, demoModel); err == nil {
+			inf = fmt.Sprintf("%d %s", r.Code, r.Version)
+		}
+		rt := fd.Slots[artifact.KindRuntime].Version
+		if rt == "" {
+			rt = "(factory)"
+		}
+		model := fd.Slots[artifact.KindModel].Version
+		if f := fd.Slots[artifact.KindModel].Failed; f != "" {
+			model += " (" + f + " rolled back)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", dv.Name, short(dv.ID), model, rt, fd.Verdict, state, inf)
+	}
+	tw.Flush()
+
+	reps, err := st.Reports(ctx, fleet.ReportFilter{})
+	if err != nil {
+		return err
+	}
+	verdicts, err := st.Verdicts(ctx, time.Time{})
+	if err != nil {
+		return err
+	}
+	states, err := st.RolloutStates(ctx)
+	if err != nil {
+		return err
+	}
+	starts := map[string]time.Time{}
+	for id, s := range states {
+		starts[id] = s.Started
+	}
+	k := fleet.ComputeFleet(reps, verdicts, starts)
+	fmt.Fprintf(w, "\nFleet: %d install attempts, success rate %.0f%%, failures %v; %d attestation verdicts, %.1f%% trusted\n",
+		k.Attempts, 100*k.SuccessRate, k.Failures, k.Verdicts, 100*k.AttestationPassRate)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tDEVICES\tCOMMITTED\tFAILED\tCOMMIT P50\tREASON")
+	for _, r := range k.Rollouts {
+		failed := r.Devices - r.Committed // devices whose latest report is a failure
+		s := states[r.Rollout]
+		status := s.Status
+		if status == "" {
+			status = policy.StatusActive
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.Rollout, status, r.Devices, r.Committed, failed, r.CommitP50.Round(100*time.Millisecond), s.Reason)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nEvery step held. Server %s (metrics %s/metrics, dashboard %s/ui); data and logs in %s\n", d.srv.URL, d.srv.URL, d.srv.URL, d.lab.Dir)
+	return nil
+}
+
+// hardwareClass is the hardware class the agent reports for this machine.
+func hardwareClass() string {
+	if c, ok := map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[goruntime.GOARCH]; ok {
+		return c
+	}
+	return goruntime.GOARCH
 }
