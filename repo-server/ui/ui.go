@@ -1,0 +1,483 @@
+// Package ui is the server's dashboard at /ui: read-only pages, rendered on the server
+// with html/template and no JavaScript, for the fleet (devices, slots, versions,
+// verdicts, last check-in), the rollouts (wave progress, failure ratio, pause reason,
+// KPIs), one device (attestation and install history) and the audit log (with an
+// in-process verification of the hash chain and its signed checkpoints).
+//
+// # Authentication
+//
+// The dashboard accepts the operator API's tokens and nothing else. An operator pastes
+// a token into the login form (POST /ui/login); the server authenticates it
+// (fleet.Store.Authenticate), checks the role may read the fleet, and starts a session:
+// a random 256-bit session ID in a cookie that is HttpOnly (no script reads it),
+// SameSite=Strict (no other site's page sends it, so no cross-site request forgery),
+// Path=/ui, and Secure when the request came over TLS or Config.SecureCookie is set.
+// The token itself never goes back to the browser and never appears in a URL (a
+// ?token= link would end up in histories, logs and Referer headers). The session, held
+// in memory, keeps the token and re-authenticates it on every request, so a revoked or
+// expired token ends its sessions at once; a session also ends after SessionTTL, at
+// logout, and when the server restarts. Every page sends a Content-Security-Policy that
+// allows no script at all.
+//
+// Roles: every operator role may read the fleet and rollout pages (fleet.read); the
+// audit page needs audit.export (auditor, security-admin), as GET /v1/audit/export does.
+package ui
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Config configures the dashboard. Fleet is required; every other field's zero value
+// is usable.
+type Config struct {
+	// Fleet authenticates operators and holds what the pages show.
+	Fleet *fleet.Store
+	// Policy returns the policy in force (policy.Watcher.Policy); nil: no rollouts.
+	Policy func() *policy.Policy
+	// PolicyStatus returns the last policy reload (policy.Watcher.Status); nil: not shown.
+	PolicyStatus func() policy.ReloadStatus
+	// Audit opens the audit log for reading; the closer is called when the page is
+	// done (reposerver.Repo.OpenAudit returns the log and its database). nil: the audit
+	// page says there is none.
+	Audit func(ctx context.Context) (*audit.Log, io.Closer, error)
+	// Now is the clock; nil: time.Now.
+	Now func() time.Time
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// SecureCookie marks the session cookie Secure even on plain-HTTP requests (set it
+	// when a TLS proxy fronts the server). Requests that arrive over TLS always get it.
+	SecureCookie bool
+	// SessionTTL bounds a session (never beyond its token's expiry); 0: 8 hours.
+	SessionTTL time.Duration
+	// MaxSessions bounds the sessions kept in memory; 0: 1024. When full, the oldest
+	// session ends.
+	MaxSessions int
+	// VerdictWindow is how far back a device page reads attestation verdicts; 0: 7 days.
+	VerdictWindow time.Duration
+}
+
+// UI serves the dashboard. Safe for concurrent use.
+type UI struct {
+	cfg   Config
+	log   *slog.Logger
+	pages map[string]*template.Template
+	mux   *http.ServeMux
+
+	mu       sync.Mutex
+	sessions map[string]*session
+}
+
+type session struct {
+	token   string // the operator token, kept on the server only
+	csrf    string // echoed by the logout form
+	created time.Time
+	expires time.Time
+}
+
+// CookieName is the session cookie.
+const CookieName = "edgeward_session"
+
+// New builds the dashboard.
+func New(cfg Config) (*UI, error) {
+	if cfg.Fleet == nil {
+		return nil, errors.New("dashboard: no fleet store")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 8 * time.Hour
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 1024
+	}
+	if cfg.VerdictWindow <= 0 {
+		cfg.VerdictWindow = 7 * 24 * time.Hour
+	}
+	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, sessions: map[string]*session{}}
+	if u.log == nil {
+		u.log = slog.New(slog.DiscardHandler)
+	}
+	for _, name := range []string{"login", "fleet", "device", "rollouts", "rollout", "audit", "error"} {
+		t, err := template.New(name).Funcs(u.funcs()).ParseFS(templateFS, "templates/base.html", "templates/"+name+".html")
+		if err != nil {
+			return nil, fmt.Errorf("dashboard template %s: %w", name, err)
+		}
+		u.pages[name] = t
+	}
+	static, _ := fs.Sub(staticFS, "static")
+	m := http.NewServeMux()
+	m.HandleFunc("GET /ui/{$}", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ui/fleet", http.StatusSeeOther) })
+	m.HandleFunc("GET /ui/login", u.loginForm)
+	m.HandleFunc("POST /ui/login", u.login)
+	m.HandleFunc("POST /ui/logout", u.logout)
+	m.Handle("GET /ui/fleet", u.auth(fleet.ActionFleetRead, u.fleetPage))
+	m.Handle("GET /ui/devices/{id...}", u.auth(fleet.ActionFleetRead, u.devicePage))
+	m.Handle("GET /ui/rollouts", u.auth(fleet.ActionFleetRead, u.rolloutsPage))
+	m.Handle("GET /ui/rollouts/{id}", u.auth(fleet.ActionFleetRead, u.rolloutPage))
+	m.Handle("GET /ui/audit", u.auth(fleet.ActionAuditExport, u.auditPage))
+	m.Handle("GET /ui/static/", http.StripPrefix("/ui/static/", http.FileServerFS(static)))
+	m.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
+		u.render(w, r, http.StatusNotFound, "error", view{Title: "Not found"}, "No such page.")
+	})
+	u.mux = m
+	return u, nil
+}
+
+// Handler serves /ui/…; mount it with Server.Handle("/ui/", h).
+func (u *UI) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Cache-Control", "no-store")
+		u.mux.ServeHTTP(w, r)
+	})
+}
+
+// view is what every page template gets.
+type view struct {
+	Title    string
+	Op       fleet.Principal
+	CanAudit bool
+	CSRF     string
+	Now      time.Time
+	Data     any
+}
+
+func (u *UI) render(w http.ResponseWriter, r *http.Request, code int, page string, v view, data any) {
+	v.Data = data
+	if v.Now.IsZero() {
+		v.Now = u.cfg.Now()
+	}
+	var buf strings.Builder
+	if err := u.pages[page].ExecuteTemplate(&buf, "base", v); err != nil {
+		u.log.Error("dashboard: render", "page", page, "err", err)
+		http.Error(w, "the page could not be rendered", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(code)
+	io.WriteString(w, buf.String())
+}
+
+// ---- sessions ----
+
+func randomID() string {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// sameOrigin rejects a state-changing request sent by another site's page (a login
+// CSRF would sign the victim in as the attacker). Browsers send Sec-Fetch-Site or
+// Origin on a form POST; a request with neither (a script, curl) is not a browser's.
+func sameOrigin(r *http.Request) bool {
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		ou, err := url.Parse(o)
+		if err != nil || ou.Host != r.Host {
+			return false
+		}
+	}
+	return true
+}
+
+func (u *UI) loginForm(w http.ResponseWriter, r *http.Request) {
+	msg := ""
+	switch r.URL.Query().Get("m") {
+	case "expired":
+		msg = "Your session ended (signed out, expired, or the token was revoked). Sign in again."
+	case "out":
+		msg = "Signed out."
+	}
+	u.render(w, r, http.StatusOK, "login", view{Title: "Sign in"}, map[string]string{"Msg": msg})
+}
+
+func (u *UI) login(w http.ResponseWriter, r *http.Request) {
+	if !sameOrigin(r) {
+		u.render(w, r, http.StatusForbidden, "login", view{Title: "Sign in"}, map[string]string{"Err": "Cross-site sign-in refused."})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	tok := strings.TrimSpace(r.PostFormValue("token"))
+	now := u.cfg.Now()
+	p, err := u.cfg.Fleet.Authenticate(r.Context(), tok, now)
+	if err == nil {
+		err = fleet.Authorize(p, fleet.ActionFleetRead)
+	}
+	if err != nil {
+		u.log.Info("dashboard: sign-in refused", "err", err)
+		u.render(w, r, http.StatusUnauthorized, "login", view{Title: "Sign in"}, map[string]string{"Err": "Sign-in refused: " + publicAuthError(err)})
+		return
+	}
+	expires := now.Add(u.cfg.SessionTTL)
+	if exp := u.tokenExpiry(r.Context(), tok); !exp.IsZero() && exp.Before(expires) {
+		expires = exp
+	}
+	id := randomID()
+	u.mu.Lock()
+	u.pruneLocked(now)
+	u.sessions[id] = &session{token: tok, csrf: randomID(), created: now, expires: expires}
+	u.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: id, Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: u.cfg.SecureCookie || r.TLS != nil, MaxAge: int(expires.Sub(now).Seconds())})
+	u.log.Info("dashboard: signed in", "operator", p.Name, "role", p.Role)
+	http.Redirect(w, r, "/ui/fleet", http.StatusSeeOther)
+}
+
+// publicAuthError says why a token was refused without echoing it.
+func publicAuthError(err error) string {
+	switch {
+	case errors.Is(err, fleet.ErrTokenExpired):
+		return "the token has expired."
+	case errors.Is(err, fleet.ErrTokenRevoked):
+		return "the token was revoked."
+	case errors.Is(err, fleet.ErrForbidden):
+		return "this role may not read the fleet."
+	}
+	return "unknown or malformed token."
+}
+
+// tokenExpiry finds when tok expires, from the token list (its ID is in the token).
+func (u *UI) tokenExpiry(ctx context.Context, tok string) time.Time {
+	id, _, _ := strings.Cut(strings.TrimPrefix(tok, "ewo_"), "_")
+	ts, err := u.cfg.Fleet.Tokens(ctx)
+	if err != nil {
+		return time.Time{}
+	}
+	for _, t := range ts {
+		if t.ID == id {
+			return t.ExpiresAt
+		}
+	}
+	return time.Time{}
+}
+
+// pruneLocked drops expired sessions and, when still full, the oldest ones.
+func (u *UI) pruneLocked(now time.Time) {
+	for id, s := range u.sessions {
+		if !now.Before(s.expires) {
+			delete(u.sessions, id)
+		}
+	}
+	for len(u.sessions) >= u.cfg.MaxSessions {
+		oldest := ""
+		for id, s := range u.sessions {
+			if oldest == "" || s.created.Before(u.sessions[oldest].created) {
+				oldest = id
+			}
+		}
+		delete(u.sessions, oldest)
+	}
+}
+
+func (u *UI) session(r *http.Request) (string, *session) {
+	c, err := r.Cookie(CookieName)
+	if err != nil {
+		return "", nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	s := u.sessions[c.Value]
+	if s == nil {
+		return "", nil
+	}
+	if !u.cfg.Now().Before(s.expires) {
+		delete(u.sessions, c.Value)
+		return "", nil
+	}
+	return c.Value, s
+}
+
+func (u *UI) endSession(w http.ResponseWriter, r *http.Request, id string) {
+	u.mu.Lock()
+	delete(u.sessions, id)
+	u.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
+		Secure: u.cfg.SecureCookie || r.TLS != nil, MaxAge: -1})
+}
+
+func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
+	id, s := u.session(r)
+	if s != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+		if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+			u.render(w, r, http.StatusForbidden, "error", view{Title: "Refused"}, "Sign-out refused: the form did not come from this dashboard.")
+			return
+		}
+		u.endSession(w, r, id)
+	}
+	http.Redirect(w, r, "/ui/login?m=out", http.StatusSeeOther)
+}
+
+type pageFunc func(w http.ResponseWriter, r *http.Request, v view)
+
+// auth runs h for a signed-in operator whose token is still valid and whose role may
+// perform action; it sends anyone else to the login form or answers 403.
+func (u *UI) auth(action fleet.Action, h pageFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, s := u.session(r)
+		if s == nil {
+			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
+			return
+		}
+		now := u.cfg.Now()
+		p, err := u.cfg.Fleet.Authenticate(r.Context(), s.token, now)
+		if err != nil {
+			u.endSession(w, r, id)
+			http.Redirect(w, r, "/ui/login?m=expired", http.StatusSeeOther)
+			return
+		}
+		v := view{Op: p, CanAudit: fleet.Authorize(p, fleet.ActionAuditExport) == nil, CSRF: s.csrf, Now: now}
+		if err := fleet.Authorize(p, action); err != nil {
+			v.Title = "Forbidden"
+			u.render(w, r, http.StatusForbidden, "error", v, fmt.Sprintf("Your role (%s) may not see this page.", p.Role))
+			return
+		}
+		h(w, r, v)
+	})
+}
+
+func (u *UI) fail(w http.ResponseWriter, r *http.Request, v view, what string, err error) {
+	if errors.Is(err, fleet.ErrNotFound) {
+		v.Title = "Not found"
+		u.render(w, r, http.StatusNotFound, "error", v, what+": not found.")
+		return
+	}
+	u.log.Error("dashboard", "what", what, "err", err)
+	v.Title = "Error"
+	u.render(w, r, http.StatusInternalServerError, "error", v, what+" failed; see the server log.")
+}
+
+// ---- template functions ----
+
+func (u *UI) funcs() template.FuncMap {
+	return template.FuncMap{
+		"ago": func(now, t time.Time) string {
+			if t.IsZero() {
+				return "never"
+			}
+			d := now.Sub(t)
+			neg := d < 0
+			if neg {
+				d = -d
+			}
+			var s string
+			switch {
+			case d < time.Minute:
+				s = fmt.Sprintf("%ds", int(d.Seconds()))
+			case d < time.Hour:
+				s = fmt.Sprintf("%dm", int(d.Minutes()))
+			case d < 48*time.Hour:
+				s = fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+			default:
+				s = fmt.Sprintf("%dd", int(d.Hours()/24))
+			}
+			if neg {
+				return "in " + s
+			}
+			return s + " ago"
+		},
+		"ts": func(t time.Time) string {
+			if t.IsZero() {
+				return "—"
+			}
+			return t.UTC().Format("2006-01-02 15:04:05Z")
+		},
+		"pct":  func(f float64) string { return fmt.Sprintf("%.1f%%", f*100) },
+		"dur":  func(d time.Duration) string { return d.Round(time.Second).String() },
+		"f3":   func(f float64) string { return fmt.Sprintf("%.3f", f) },
+		"f2":   func(f float64) string { return fmt.Sprintf("%.2f", f) },
+		"inc":  func(i int) int { return i + 1 },
+		"slot": slotText,
+		"model": func(s map[artifact.Kind]policy.Slot) policy.Slot {
+			return s[artifact.KindModel]
+		},
+		"runtime": func(s map[artifact.Kind]policy.Slot) policy.Slot {
+			return s[artifact.KindRuntime]
+		},
+		"labels": func(m map[string]string) []string {
+			out := []string{}
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				out = append(out, k+"="+m[k])
+			}
+			return out
+		},
+		"sortedCounts": func(m map[string]int) []kv {
+			out := []kv{}
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				out = append(out, kv{k, m[k]})
+			}
+			return out
+		},
+		"bytes": bytesHuman,
+		"statusOf": func(s policy.Status) string {
+			if s == "" {
+				return "not started"
+			}
+			return string(s)
+		},
+	}
+}
+
+type kv struct {
+	K string
+	V int
+}
+
+func slotText(s policy.Slot) string {
+	if s.Name == "" && s.Version == "" {
+		return "—"
+	}
+	t := s.Name + " " + s.Version
+	if s.Version == "" {
+		t = s.Name + " (none committed)"
+	}
+	return t
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
