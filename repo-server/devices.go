@@ -48,9 +48,19 @@ type DeviceConfig struct {
 	// PlanInterval is how often rollouts are re-planned (soak times, approvals);
 	// 0: 5 seconds. Reports also trigger a plan at once.
 	PlanInterval time.Duration
-	// QuarantineUntrusted quarantines a device whose evidence does not verify, until
-	// an operator releases it. Default true (set DontQuarantine to disable).
+	// DontQuarantine disables quarantining a device whose evidence does not verify
+	// (by default it stays quarantined until an operator releases it).
 	DontQuarantine bool
+	// ClientRoots, when set, makes the device API require mTLS: nonce and check-in
+	// requests must come over TLS with a client certificate chaining to these roots
+	// (step-ca's device certificates, for TPM-resident keys), whose permanent
+	// identifier is the device ID the request names. The TLS listener verifies the
+	// chain (tls.VerifyClientCertIfGiven with ClientCAs = ClientRoots); the handler
+	// checks that one was given and binds it to the device.
+	ClientRoots *x509.CertPool
+	// DeviceCA describes where devices get their certificates (served at
+	// GET /v1/devices/ca); nil when the deployment has no device CA.
+	DeviceCA *deviceapi.DeviceCA
 }
 
 // deviceAPI serves the device side of the server: nonces and check-ins. Every check-in
@@ -98,6 +108,7 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		Name: "edgeward_attestation_verdicts_total", Help: "Attestation verdicts by outcome (trusted, untrusted, rejected).",
 	}, []string{"verdict"})
 	s.reg.MustRegister(d.checkins, d.verdicts)
+	s.mux.Handle("GET "+deviceapi.PathDeviceCA, s.count("device", http.HandlerFunc(d.deviceCA)))
 	s.mux.Handle("POST "+deviceapi.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
 	s.mux.Handle("POST "+deviceapi.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
 	if cfg.AttestCA != nil {
@@ -139,6 +150,42 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 	return true
 }
 
+func (d *deviceAPI) deviceCA(w http.ResponseWriter, r *http.Request) {
+	if d.cfg.DeviceCA == nil {
+		writeError(w, http.StatusNotFound, "this server has no device CA")
+		return
+	}
+	writeJSON(w, http.StatusOK, d.cfg.DeviceCA)
+}
+
+// peerIdentity checks the request's device certificate when mTLS is required and
+// returns "" if device may act, or why not.
+func (d *deviceAPI) peerIdentity(r *http.Request, device string) string {
+	if d.cfg.ClientRoots == nil {
+		return ""
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return "a device certificate (mTLS) is required"
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	inter := x509.NewCertPool()
+	for _, c := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	cc := *leaf
+	cc.UnhandledCriticalExtensions = nil // the permanent-identifier SAN; checked below
+	if _, err := cc.Verify(x509.VerifyOptions{Roots: d.cfg.ClientRoots, Intermediates: inter, CurrentTime: d.s.cfg.Repo.now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return "device certificate: " + err.Error()
+	}
+	for _, id := range attestca.PermanentIdentifiers(leaf) {
+		if id == device {
+			return ""
+		}
+	}
+	return fmt.Sprintf("identity_mismatch: the device certificate is for %v, not %s", attestca.PermanentIdentifiers(leaf), device)
+}
+
 func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
 	var req deviceapi.NonceRequest
 	if !decodeJSON(w, r, 4<<10, &req) {
@@ -146,6 +193,10 @@ func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
 	}
 	if !deviceIDRE.MatchString(req.DeviceID) {
 		writeError(w, http.StatusBadRequest, "bad device_id")
+		return
+	}
+	if why := d.peerIdentity(r, req.DeviceID); why != "" {
+		writeError(w, http.StatusForbidden, why)
 		return
 	}
 	n, err := d.cfg.Nonces.Issue(req.DeviceID)
@@ -188,6 +239,10 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		d.verdicts.WithLabelValues("rejected").Inc()
 		d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail})
 		writeError(w, code, msg)
+	}
+	if why := d.peerIdentity(r, req.DeviceID); why != "" {
+		reject(http.StatusForbidden, why, nil)
+		return
 	}
 	bound, err := deviceapi.QuoteData(req.Nonce, &req)
 	if err != nil {

@@ -31,6 +31,8 @@ import (
 const (
 	PathNonce   = "/v1/devices/nonce"
 	PathCheckIn = "/v1/devices/checkin"
+	// PathDeviceCA describes the device CA (GET): DeviceCA.
+	PathDeviceCA = "/v1/devices/ca"
 	// PathAttest is where the attestation CA's enrollment protocol is mounted
 	// (POST {PathAttest}/enroll, POST {PathAttest}/activate).
 	PathAttest = "/v1/attest"
@@ -38,6 +40,26 @@ const (
 
 // MaxRequestBytes bounds a check-in request (evidence, log and reports included).
 const MaxRequestBytes = 4 << 20
+
+// DeviceCA tells a device where to get its certificate: step-ca's ACME directory for
+// device-attest-01 and the root of its TLS certificate and of device certificates.
+type DeviceCA struct {
+	DirectoryURL string `json:"acme_directory"`
+	RootPEM      string `json:"root_pem"`
+}
+
+// DeviceCA fetches the server's device CA description.
+func (c *Client) DeviceCA(ctx context.Context) (*DeviceCA, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.BaseURL, "/")+PathDeviceCA, nil)
+	if err != nil {
+		return nil, err
+	}
+	var out DeviceCA
+	if err := c.do(req, PathDeviceCA, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
 
 // NonceRequest asks for a quote nonce.
 type NonceRequest struct {
@@ -179,6 +201,10 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	return c.do(req, path, out)
+}
+
+func (c *Client) do(req *http.Request, path string, out any) error {
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient

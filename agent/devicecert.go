@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+)
+
+// DeviceCert keeps the device's TLS client certificate: a short-lived certificate
+// from step-ca (ACME device-attest-01, format tpm) for a TPM-resident key certified
+// by the AK. The private key never leaves the TPM. The certificate is renewed when a
+// third of its lifetime remains. Safe for concurrent use.
+type DeviceCert struct {
+	tpm  *attest.TPM
+	ak   *attest.AKCertificate
+	key  *attest.Key
+	dir  string
+	http *http.Client
+	now  func() time.Time
+
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+// NewDeviceCert creates (or re-creates, for the same label) the TPM key and obtains its
+// first certificate from the device CA ca.
+func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificate, ca *deviceapi.DeviceCA, label string) (*DeviceCert, error) {
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(ca.RootPEM)) {
+		return nil, errors.New("device CA: no root certificate")
+	}
+	key, err := tpm.CreateKey(ctx, []byte(label))
+	if err != nil {
+		return nil, fmt.Errorf("device key: %w", err)
+	}
+	d := &DeviceCert{tpm: tpm, ak: ak, key: key, dir: ca.DirectoryURL, now: time.Now,
+		http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
+	if err := d.Renew(ctx); err != nil {
+		key.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Renew obtains a new certificate now.
+func (d *DeviceCert) Renew(ctx context.Context) error {
+	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: d.dir, HTTP: d.http, AK: d.ak, Key: d.key})
+	if err != nil {
+		return fmt.Errorf("device certificate: %w", err)
+	}
+	c := &tls.Certificate{PrivateKey: d.key, Leaf: chain[0]}
+	for _, x := range chain {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	d.mu.Lock()
+	d.cert = c
+	d.mu.Unlock()
+	return nil
+}
+
+// Leaf is the current certificate.
+func (d *DeviceCert) Leaf() *x509.Certificate {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cert.Leaf
+}
+
+// GetClientCertificate is the tls.Config hook: it returns the current certificate,
+// renewing it first when a third of its lifetime or less remains. A failed renewal
+// keeps the current certificate while it is valid.
+func (d *DeviceCert) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	d.mu.Lock()
+	c := d.cert
+	d.mu.Unlock()
+	now := d.now()
+	life := c.Leaf.NotAfter.Sub(c.Leaf.NotBefore)
+	if c.Leaf.NotAfter.Sub(now) < life/3 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := d.Renew(ctx)
+		cancel()
+		if err != nil && now.After(c.Leaf.NotAfter) {
+			return nil, err
+		}
+		d.mu.Lock()
+		c = d.cert
+		d.mu.Unlock()
+	}
+	return c, nil
+}
+
+// Close releases the TPM key handle.
+func (d *DeviceCert) Close() error { return d.key.Close() }
+
+// PEMChain encodes the current certificate chain (for status output).
+func (d *DeviceCert) PEMChain() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []byte
+	for _, der := range d.cert.Certificate {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	return out
+}

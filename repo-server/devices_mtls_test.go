@@ -1,0 +1,128 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/agent"
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// TestDeviceMTLSCheckIn is the attestation happy path end to end: simulator TPM → AK
+// certificate from the attestation CA → device certificate for a TPM-resident key from
+// the embedded step-ca (ACME device-attest-01) → mTLS check-in with a trusted quote →
+// audit record. Then the hostile cases: no client certificate, and a device
+// certificate presented for another device's check-in.
+func TestDeviceMTLSCheckIn(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	f.repo.now = time.Now
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}})
+	if err != nil {
+		t.Fatalf("start step-ca: %v", err)
+	}
+	defer sca.Close()
+	clientRoots := x509.NewCertPool()
+	clientRoots.AddCert(sca.Root)
+	pol, _ := policy.Parse(policy.File{Name: "p.yaml", Data: []byte("version: 1\n")})
+	if err := f.srv.EnableDeviceAPI(DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol },
+		ClientRoots: clientRoots, DeviceCA: &deviceapi.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: pemCert(sca.Root)}}); err != nil {
+		t.Fatal(err)
+	}
+	tlsSrv := httptest.NewUnstartedServer(f.srv.Handler())
+	tlsSrv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: clientRoots}
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	serverRoots := x509.NewCertPool()
+	serverRoots.AddCert(tlsSrv.Certificate())
+
+	// The device: enrolled over TLS without a client certificate.
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serverRoots}}}
+	ak, err := (&attest.EnrollClient{URL: tlsSrv.URL + deviceapi.PathAttest, HTTP: plain}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	tpm.ResetPCR(ctx, eventlog.PCRDevelopment)
+	info, err := (&deviceapi.Client{BaseURL: tlsSrv.URL, HTTP: plain}).DeviceCA(ctx)
+	if err != nil || info.DirectoryURL != sca.DirectoryURL {
+		t.Fatalf("device CA = %+v, %v", info, err)
+	}
+	dc, err := agent.NewDeviceCert(ctx, tpm, ak, info, "edgeward-device-tls")
+	if err != nil {
+		t.Fatalf("device certificate: %v", err)
+	}
+	mtls := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serverRoots, GetClientCertificate: dc.GetClientCertificate}}}
+	d := &device{t: t, tpm: tpm, ak: ak, id: ak.PermanentIdentifier, api: &deviceapi.Client{BaseURL: tlsSrv.URL, HTTP: mtls}}
+
+	resp, err := d.checkIn(d.request())
+	if err != nil || !resp.Trusted {
+		t.Fatalf("mTLS check-in = %+v, %v; want trusted", resp, err)
+	}
+	if kinds := strings.Join(auditKinds(t, f, d.id), ","); !strings.Contains(kinds, "attestation.verdict") {
+		t.Fatalf("audit records = %s; want the verdict", kinds)
+	}
+
+	// Without a client certificate the device API refuses, even with valid evidence.
+	d.api = &deviceapi.Client{BaseURL: tlsSrv.URL, HTTP: plain}
+	_, err = d.api.Nonce(ctx, d.id)
+	var apiErr *deviceapi.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != 403 || !strings.Contains(apiErr.Message, "mTLS") {
+		t.Fatalf("nonce without a client certificate = %v; want 403 mTLS required", err)
+	}
+	// Over plain HTTP (no TLS at all) too.
+	plainSrv := httptest.NewServer(f.srv.Handler())
+	defer plainSrv.Close()
+	if _, err := (&deviceapi.Client{BaseURL: plainSrv.URL}).Nonce(ctx, d.id); !errors.As(err, &apiErr) || apiErr.Status != 403 {
+		t.Fatalf("nonce over plain HTTP = %v; want 403", err)
+	}
+
+	// A device certificate presented for another device's check-in is refused.
+	d.api = &deviceapi.Client{BaseURL: tlsSrv.URL, HTTP: mtls}
+	req := d.request()
+	req.DeviceID = "urn:ek:sha256:c29tZW9uZS1lbHNl"
+	_, err = d.checkIn(req)
+	if !errors.As(err, &apiErr) || apiErr.Status != 403 || !strings.Contains(apiErr.Message, "identity_mismatch") {
+		t.Fatalf("check-in as another device = %v; want 403 identity_mismatch", err)
+	}
+}
+
+func pemCert(c *x509.Certificate) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}
