@@ -13,9 +13,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
-	"slices"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,9 +20,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/devlab"
 	"github.com/edgeward/edgeward/policy"
-	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
-	"github.com/edgeward/edgeward/runtime/modelgen"
 )
 
 // demo is the demonstration scenario, played with real processes: the server, and per
@@ -33,24 +28,21 @@ import (
 // folder, which it recreates, with demo keys whose passphrase is printed: never use them
 // for anything else.
 type demo struct {
-	env      *cliEnv
-	dir      string
-	n        int
-	lab      *devlab.Lab
-	srv      *devlab.Server
-	repo     *reposerver.Repo
-	kr       *reposerver.KeyRing
-	repoDir  string
-	polDir   string
-	devs     []*devlab.Device
-	step     int
-	title    string
-	start    time.Time
-	lastRoll time.Time
-	canary   *devlab.Device
-	victim   *devlab.Device
-	rtVer    string
-	listen   string
+	env     *cliEnv
+	dir     string
+	n       int
+	lab     *devlab.Lab
+	srv     *devlab.Server
+	r       *devlab.Repo
+	repoDir string
+	devs    []*devlab.Device
+	step    int
+	title   string
+	start   time.Time
+	canary  *devlab.Device
+	victim  *devlab.Device
+	rtVer   string
+	listen  string
 }
 
 const (
@@ -181,28 +173,19 @@ func (d *demo) run(ctx context.Context, listen string) error {
 // createRepo initialises the repository, writes the attestation policy and starts the server.
 func (d *demo) createRepo(ctx context.Context) error {
 	d.repoDir = filepath.Join(d.lab.Dir, "repo")
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: d.repoDir, Actor: "cli:security-team"}, reposerver.InitOptions{Passphrase: []byte(demoPassphrase)})
-	if err != nil {
+	pol := "# Attestation policy: a device gets a new version only with a trusted quote at most 5 minutes old.\nversion: 1\nattestation: {required: true, max_age: 5m}\n"
+	var err error
+	if d.r, err = devlab.InitRepo(ctx, d.repoDir, demoPassphrase, pol); err != nil {
 		return err
 	}
-	d.repo = res.Repo
-	d.kr = &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(demoPassphrase), nil }}
-	st, err := d.repo.Load(ctx)
+	st, err := d.r.Repo.Load(ctx)
 	if err != nil {
 		return err
 	}
 	rr := st.Root.Signed.Roles["root"]
 	d.info("repository %s: root threshold %d of %d keys; targets delegate models/*, probes/* to 'models' and runtimes/* to 'runtimes'", d.repoDir, rr.Threshold, len(rr.KeyIDs))
 	d.info("offline keys encrypted with the demo passphrase %q (demo only)", demoPassphrase)
-	d.polDir = filepath.Join(d.repoDir, "policy")
-	if err := os.MkdirAll(d.polDir, 0o755); err != nil {
-		return err
-	}
-	pol := "# Attestation policy: a device gets a new version only with a trusted quote at most 5 minutes old.\nversion: 1\nattestation: {required: true, max_age: 5m}\n"
-	if err := os.WriteFile(filepath.Join(d.polDir, "00-attestation.yaml"), []byte(pol), 0o644); err != nil {
-		return err
-	}
-	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.polDir, "00-attestation.yaml"))
+	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.r.PolicyDir, "00-attestation.yaml"))
 	d.srv, err = d.lab.StartServer(ctx, devlab.ServerConfig{Repo: d.repoDir, Listen: d.listen, CheckIn: time.Second})
 	if err != nil {
 		return err
@@ -212,34 +195,12 @@ func (d *demo) createRepo(ctx context.Context) error {
 	return nil
 }
 
-func (d *demo) fleet(ctx context.Context) (*fleet.Store, error) { return d.srv.Fleet(ctx) }
-
-// devices returns the server's view of every demo device, by device name.
 func (d *demo) devices(ctx context.Context) (map[string]fleet.Device, error) {
-	st, err := d.fleet(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	out := map[string]fleet.Device{}
-	for _, dv := range d.devs {
-		if dv.ID == "" {
-			continue
-		}
-		fd, err := st.Device(ctx, dv.ID)
-		if errors.Is(err, fleet.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		out[dv.Name] = fd
-	}
-	return out, nil
+	return d.srv.Devices(ctx, d.devs)
 }
 
 func (d *demo) enroll(ctx context.Context) error {
-	root := filepath.Join(d.repoDir, "repository", "metadata", "1.root.json")
+	root := d.r.RootJSON()
 	for i := range d.n {
 		name := fmt.Sprintf("device-%d", i+1)
 		dv, err := d.lab.NewDevice(ctx, name, map[string]string{"line": []string{"press", "lathe"}[i%2]}, d.srv, root)
@@ -289,25 +250,7 @@ func short(id string) string {
 
 // publishModel publishes the probe set and the model of a vibration-anomaly version.
 func (d *demo) publishModel(ctx context.Context, version string) error {
-	probe, err := modelgen.ProbeSet(version)
-	if err != nil {
-		return err
-	}
-	model, err := modelgen.Model(version)
-	if err != nil {
-		return err
-	}
-	if _, err := d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindProbe, Name: demoModel, Version: version, Format: "json"},
-		Ext:  ".json", Content: bytes.NewReader(probe),
-	}, d.kr); err != nil {
-		return err
-	}
-	res, err := d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindModel, Name: demoModel, Version: version, Format: "onnx",
-			Gates: &artifact.Gates{MinAccuracy: 0.85, MaxRSSMB: 1024}, Hardware: []string{"x86_64", "aarch64"}},
-		Ext: ".onnx", Content: bytes.NewReader(model),
-	}, d.kr)
+	res, err := d.r.PublishModel(ctx, version, artifact.Gates{MinAccuracy: 0.85, MaxRSSMB: 1024})
 	if err != nil {
 		return err
 	}
@@ -318,12 +261,7 @@ func (d *demo) publishModel(ctx context.Context, version string) error {
 
 // createRollout writes a rollout into the policy directory (the server hot-reloads it).
 func (d *demo) createRollout(spec policy.RolloutSpec) error {
-	now := time.Now()
-	if !now.After(d.lastRoll.Add(time.Second)) {
-		now = d.lastRoll.Add(time.Second) // newer rollouts must sort first
-	}
-	d.lastRoll = now
-	path, err := policy.CreateRollout(d.polDir, spec, now)
+	path, err := d.r.CreateRollout(spec)
 	if err != nil {
 		return err
 	}
@@ -342,60 +280,19 @@ func (d *demo) createRollout(spec policy.RolloutSpec) error {
 	return nil
 }
 
-// byBucket returns the devices ordered by their position in a rollout.
-func (d *demo) byBucket(rollout string, devs []*devlab.Device) []*devlab.Device {
-	out := slices.Clone(devs)
-	sort.SliceStable(out, func(i, j int) bool { return policy.Bucket(rollout, out[i].ID) < policy.Bucket(rollout, out[j].ID) })
-	return out
-}
-
-// percentFor returns the smallest wave percentage that includes exactly the first k
-// devices of ordered (ordered by bucket).
-func percentFor(rollout string, ordered []*devlab.Device, k int) float64 {
-	return float64(policy.Bucket(rollout, ordered[k-1].ID)+1) / 100
-}
-
-func names(devs []*devlab.Device) string {
-	var s []string
-	for _, dv := range devs {
-		s = append(s, dv.Name)
-	}
-	return strings.Join(s, ", ")
-}
-
 // waitCommitted waits until every device in devs reports kind committed at version.
 func (d *demo) waitCommitted(ctx context.Context, devs []*devlab.Device, kind artifact.Kind, version string) error {
-	return devlab.WaitFor(ctx, stepTimeout, fmt.Sprintf("%s to commit %s %s", names(devs), kind, version), func(ctx context.Context) (bool, string, error) {
-		fds, err := d.devices(ctx)
-		if err != nil {
-			return false, "", err
-		}
-		var not []string
-		for _, dv := range devs {
-			if fds[dv.Name].Quarantined {
-				return false, "", devlab.Final(fmt.Errorf("%s was quarantined: %s", dv.Name, fds[dv.Name].QuarantineReason))
-			}
-			if got := fds[dv.Name].Slots[kind].Version; got != version {
-				not = append(not, fmt.Sprintf("%s=%q", dv.Name, got))
-			}
-		}
-		return len(not) == 0, strings.Join(not, " "), nil
-	})
+	return d.srv.WaitCommitted(ctx, stepTimeout, devs, kind, version)
 }
 
 // waitServing waits until each device answers an inference request with version.
 func (d *demo) waitServing(ctx context.Context, devs []*devlab.Device, version string) error {
 	for _, dv := range devs {
-		var last devlab.InferResult
-		err := devlab.WaitFor(ctx, 30*time.Second, fmt.Sprintf("%s to answer inference with %s", dv.Name, version), func(ctx context.Context) (bool, string, error) {
-			r, err := dv.Infer(ctx, demoModel)
-			last = r
-			return err == nil && r.Code == 200 && r.Version == version, fmt.Sprintf("HTTP %d version %q %s", r.Code, r.Version, r.Error), err
-		})
+		r, err := dv.WaitServing(ctx, 30*time.Second, version)
 		if err != nil {
 			return err
 		}
-		d.info("%s  POST :%d/v2/models/%s/infer → 200, model_version %s, %s", dv.Name, dv.Port, demoModel, last.Version, last.Output)
+		d.info("%s  POST :%d/v2/models/%s/infer → 200, model_version %s, %s", dv.Name, dv.Port, demoModel, r.Version, r.Output)
 	}
 	return nil
 }
@@ -405,9 +302,9 @@ func (d *demo) modelV1(ctx context.Context) error {
 		return err
 	}
 	const id = "vib-1.0.0"
-	ordered := d.byBucket(id, d.devs)
+	ordered := devlab.ByBucket(id, d.devs)
 	k := (len(d.devs) + 1) / 3
-	pct := percentFor(id, ordered, k)
+	pct := devlab.PercentFor(id, ordered, k)
 	if err := d.createRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: demoModel, Version: "1.0.0"},
 		Waves: []policy.WaveSpec{{Percent: pct, Soak: "3s"}, {Percent: 100}}}); err != nil {
 		return err
@@ -416,11 +313,11 @@ func (d *demo) modelV1(ctx context.Context) error {
 	if err := d.waitCommitted(ctx, wave1, artifact.KindModel, "1.0.0"); err != nil {
 		return err
 	}
-	d.info("wave 1 (%s) committed 1.0.0 after its probe passed; wave 2 starts after the soak", names(wave1))
+	d.info("wave 1 (%s) committed 1.0.0 after its probe passed; wave 2 starts after the soak", devlab.Names(wave1))
 	if err := d.waitCommitted(ctx, d.devs, artifact.KindModel, "1.0.0"); err != nil {
 		return err
 	}
-	d.info("wave 2 (%s) committed 1.0.0", names(ordered[k:]))
+	d.info("wave 2 (%s) committed 1.0.0", devlab.Names(ordered[k:]))
 	return d.waitServing(ctx, d.devs, "1.0.0")
 }
 
@@ -439,21 +336,11 @@ func (d *demo) modelV2(ctx context.Context) error {
 }
 
 func (d *demo) reports(ctx context.Context, f fleet.ReportFilter) ([]policy.Report, error) {
-	st, err := d.fleet(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	return st.Reports(ctx, f)
+	return d.srv.Reports(ctx, f)
 }
 
 func (d *demo) rolloutState(ctx context.Context, id string) (policy.RolloutState, error) {
-	st, err := d.fleet(ctx)
-	if err != nil {
-		return policy.RolloutState{}, err
-	}
-	defer st.Close()
-	return st.RolloutState(ctx, id)
+	return d.srv.RolloutState(ctx, id)
 }
 
 func (d *demo) modelV3(ctx context.Context) error {
@@ -461,12 +348,12 @@ func (d *demo) modelV3(ctx context.Context) error {
 		return err
 	}
 	const id = "vib-2.0.0"
-	ordered := d.byBucket(id, d.devs)
+	ordered := devlab.ByBucket(id, d.devs)
 	d.canary = ordered[0]
 	zero, one := 0.0, 1
 	if err := d.createRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: demoModel, Version: "2.0.0"},
 		Pause: &policy.PauseSpec{MaxFailureRatio: &zero, MinReports: &one},
-		Waves: []policy.WaveSpec{{Percent: percentFor(id, ordered, 1), Soak: "1h"}, {Percent: 100}}}); err != nil {
+		Waves: []policy.WaveSpec{{Percent: devlab.PercentFor(id, ordered, 1), Soak: "1h"}, {Percent: 100}}}); err != nil {
 		return err
 	}
 	d.info("wave 1 is the canary %s (its bucket %d is the lowest of the fleet for %s); one failed report pauses the rollout",
@@ -541,7 +428,7 @@ func (d *demo) tamper(ctx context.Context) error {
 		}
 	}
 	v := d.victim
-	want, err := d.targetSHA(ctx, "models/"+demoModel+"/1.1.0.onnx")
+	want, err := d.r.TargetSHA(ctx, "models/"+demoModel+"/1.1.0.onnx")
 	if err != nil {
 		return err
 	}
@@ -606,15 +493,7 @@ func (d *demo) tamper(ctx context.Context) error {
 
 func (d *demo) runtimeUpdate(ctx context.Context) error {
 	lib := os.Getenv("ONNXRUNTIME_LIB")
-	f, err := os.Open(lib)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	res, err := d.repo.Publish(ctx, reposerver.PublishRequest{
-		Meta: artifact.Meta{Kind: artifact.KindRuntime, Name: "onnxruntime", Version: d.rtVer, Format: "so", Hardware: []string{hardwareClass()}},
-		Ext:  ".so", Content: f,
-	}, d.kr)
+	res, err := d.r.PublishRuntime(ctx, "onnxruntime", d.rtVer, lib)
 	if err != nil {
 		return err
 	}
@@ -633,25 +512,7 @@ func (d *demo) runtimeUpdate(ctx context.Context) error {
 	}
 	d.info("%d devices: new runtime started from the runtime slot with --hold, model 1.1.0 loaded and probed in it, then it took the public socket and the old runtime drained", len(healthy))
 	// The next quotes cover the new runtime: the devices stay trusted.
-	since := time.Now()
-	err = devlab.WaitFor(ctx, stepTimeout, "a trusted quote covering the new runtime from every updated device", func(ctx context.Context) (bool, string, error) {
-		fds, err := d.devices(ctx)
-		if err != nil {
-			return false, "", err
-		}
-		var not []string
-		for _, dv := range healthy {
-			fd := fds[dv.Name]
-			if fd.Quarantined {
-				return false, "", devlab.Final(fmt.Errorf("%s was quarantined after its runtime update: %s", dv.Name, fd.QuarantineReason))
-			}
-			if fd.Verdict != policy.VerdictTrusted || fd.VerdictAt.Before(since) {
-				not = append(not, dv.Name)
-			}
-		}
-		return len(not) == 0, strings.Join(not, " "), nil
-	})
-	if err != nil {
+	if err := d.srv.WaitTrusted(ctx, stepTimeout, healthy, time.Now()); err != nil {
 		return err
 	}
 	if err := d.waitServing(ctx, healthy, "1.1.0"); err != nil {
@@ -731,20 +592,6 @@ func (d *demo) audit(ctx context.Context) error {
 	return nil
 }
 
-// targetSHA is the sha256 of a published target.
-func (d *demo) targetSHA(ctx context.Context, path string) (string, error) {
-	st, err := d.repo.Load(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, ti := range st.List() {
-		if ti.Path == path {
-			return ti.SHA256, nil
-		}
-	}
-	return "", fmt.Errorf("target %s is not published", path)
-}
-
 func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -778,7 +625,7 @@ func auditKinds(file string) (map[string]int, error) {
 }
 
 func (d *demo) summary(ctx context.Context) error {
-	st, err := d.fleet(ctx)
+	st, err := d.srv.Fleet(ctx)
 	if err != nil {
 		return err
 	}
@@ -845,12 +692,4 @@ func (d *demo) summary(ctx context.Context) error {
 	tw.Flush()
 	fmt.Fprintf(w, "\nEvery step held. Server %s (metrics %s/metrics, dashboard %s/ui); data and logs in %s\n", d.srv.URL, d.srv.URL, d.srv.URL, d.lab.Dir)
 	return nil
-}
-
-// hardwareClass is the hardware class the agent reports for this machine.
-func hardwareClass() string {
-	if c, ok := map[string]string{"amd64": "x86_64", "arm64": "aarch64"}[goruntime.GOARCH]; ok {
-		return c
-	}
-	return goruntime.GOARCH
 }
