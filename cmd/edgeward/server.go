@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -17,7 +18,9 @@ import (
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repo-server/ui"
 )
 
 func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
@@ -32,6 +35,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
+	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -106,6 +110,12 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err := srv.EnableOperatorAPI(op); err != nil {
 		return err
 	}
+	dash, err := ui.New(ui.Config{Fleet: store, Policy: op.Policy, PolicyStatus: op.PolicyStatus, Logger: log, SecureCookie: *secureCookie,
+		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return repo.OpenAudit(ctx) }})
+	if err != nil {
+		return err
+	}
+	srv.Handle("/ui/", dash.Handler())
 	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}); err != nil {
 		return err
 	}
@@ -113,7 +123,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", rf.dir)
+	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", rf.dir, "dashboard", "http://"+ln.Addr().String()+"/ui/")
 	return srv.Serve(ctx, ln)
 }
 
