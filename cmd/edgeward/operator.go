@@ -303,7 +303,7 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		tw := newTab(env.stdout)
-		fmt.Fprintln(tw, "ROLLOUT\tTARGET\tSTATUS\tWAVE\tUPDATED\tREASON")
+		fmt.Fprintln(tw, "ROLLOUT\tTARGET\tSTATUS\tWAVES STARTED\tUPDATED\tREASON")
 		for _, r := range list.Rollouts {
 			status := string(r.Status)
 			if status == "" {
@@ -312,7 +312,11 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 			if r.AwaitingApproval {
 				status += " (awaiting approval)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d (%g%%)\t%s\t%s\n", r.ID, r.Target, status, r.Wave+1, len(r.Waves), r.Waves[min(r.Wave, len(r.Waves)-1)], ago(r.Updated, now), orDash(r.Reason))
+			started := "0/" + strconv.Itoa(len(r.Waves))
+			if !r.Started.IsZero() && len(r.Waves) > 0 {
+				started = fmt.Sprintf("%d/%d (up to %g%%)", r.Wave+1, len(r.Waves), r.Waves[min(r.Wave, len(r.Waves)-1)])
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Target, status, started, ago(r.Updated, now), orDash(r.Reason))
 		}
 		tw.Flush()
 		printFleetKPI(env.stdout, fleetSum)
@@ -342,7 +346,7 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	if st.State.AwaitingApproval {
 		fmt.Fprintf(w, "wave %d awaits approval: edgeward rollout approve %s\n", st.State.Wave+1, st.ID)
 	}
-	fmt.Fprintf(w, "selected devices: %d; started %s; wave %d of %d", st.Selected, ago(st.State.Started, now), st.State.Wave+1, len(st.Waves))
+	fmt.Fprintf(w, "selected devices: %d; started %s; current wave %d (waves 0-%d)", st.Selected, ago(st.State.Started, now), st.State.Wave, len(st.Waves)-1)
 	if !st.NextWaveAt.IsZero() {
 		fmt.Fprintf(w, "; next wave %s", ago(st.NextWaveAt, now))
 	}
@@ -430,7 +434,7 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 		case "pause", "abort":
 			reason = fs.String("reason", "", "why (shown in status and the audit log)")
 		case "approve":
-			wave = fs.Int("wave", 0, "wave number to approve, from 1 (default: the next one)")
+			wave = fs.Int("wave", 0, "index of the wave to approve, as 'rollout status' numbers them from 0 (default: the next one)")
 		}
 		pos, err := parse(fs, args)
 		if err != nil {
