@@ -106,24 +106,40 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // Registry is where the server's metrics are registered; other subsystems may add theirs.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// Serve serves on ln and refreshes the online metadata until ctx ends.
+// Serve serves on ln and refreshes the online metadata (and plans rollouts, when the
+// device API is enabled) until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	go s.RunRefresher(ctx)
 	if s.devices != nil {
 		go s.devices.runPlanner(ctx)
 	}
-	go func() {
-		<-ctx.Done()
-		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs.Shutdown(shutdown)
+	defer func() {
 		s.auditMu.Lock()
 		if s.auditDB != nil {
 			s.auditDB.Close()
 			s.audit, s.auditDB = nil, nil
 		}
 		s.auditMu.Unlock()
+	}()
+	return s.ServeListener(ctx, ln)
+}
+
+// ServeListener serves the same handler on another listener (for example a TLS
+// listener for devices, made with tls.NewListener) until ctx ends; it runs no
+// background jobs, so call Serve once as well.
+func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+			return
+		}
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		hs.Shutdown(shutdown)
 	}()
 	err := hs.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {

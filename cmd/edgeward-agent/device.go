@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -43,6 +46,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		interval = fs.Duration("interval", 30*time.Second, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 2*time.Minute, "how long a trial may take")
 		once     = fs.Bool("once", false, "run one round and exit")
+		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem); with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,7 +70,11 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 
-	ak, err := (&attest.EnrollClient{URL: strings.TrimRight(*server, "/") + deviceapi.PathAttest}).Enroll(ctx, st.tpm)
+	httpc, err := serverClient(*serverCA)
+	if err != nil {
+		return err
+	}
+	ak, err := (&attest.EnrollClient{URL: strings.TrimRight(*server, "/") + deviceapi.PathAttest, HTTP: httpc}).Enroll(ctx, st.tpm)
 	if err != nil {
 		return fmt.Errorf("enroll with the attestation CA: %w", err)
 	}
@@ -93,7 +101,11 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := judge.LoadCommitted(ctx, st.slots); err != nil {
 		return err
 	}
-	link := &agent.Attested{API: &deviceapi.Client{BaseURL: *server}, TPM: st.tpm, AK: ak, Log: mlog, Labels: lbl,
+	api, err := deviceClient(ctx, *server, httpc, st.tpm, ak, log)
+	if err != nil {
+		return err
+	}
+	link := &agent.Attested{API: api, TPM: st.tpm, AK: ak, Log: mlog, Labels: lbl,
 		Hardware: *hardware, AgentVersion: agentVersion, Logger: log, Slots: st.slots}
 	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
 	if err != nil {
@@ -171,4 +183,51 @@ func waitReady(ctx context.Context, rc *runtime.Client) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// serverClient trusts the PEM certificates in caFile for an https server ("" keeps the
+// system roots).
+func serverClient(caFile string) (*http.Client, error) {
+	if caFile == "" {
+		return http.DefaultClient, nil
+	}
+	pemBytes, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--server-ca: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("--server-ca %s: no PEM certificates", caFile)
+	}
+	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil
+}
+
+// deviceClient returns the device API client. When the server names a device CA, the
+// device obtains a certificate for a TPM-resident key (ACME device-attest-01) and
+// every check-in uses it for mTLS; otherwise the TPM quote alone authenticates it.
+func deviceClient(ctx context.Context, server string, httpc *http.Client, tpm *attest.TPM, ak *attest.AKCertificate, log *slog.Logger) (*deviceapi.Client, error) {
+	plain := &deviceapi.Client{BaseURL: server, HTTP: httpc}
+	info, err := plain.DeviceCA(ctx)
+	var apiErr *deviceapi.Error
+	if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
+		return plain, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device CA: %w", err)
+	}
+	dc, err := agent.NewDeviceCert(ctx, tpm, ak, info, "edgeward-device-tls")
+	if err != nil {
+		return nil, err
+	}
+	log.Info("device certificate", "subject", dc.Leaf().Subject.CommonName, "not_after", dc.Leaf().NotAfter)
+	tr, ok := httpc.Transport.(*http.Transport)
+	if !ok || tr == nil {
+		tr = http.DefaultTransport.(*http.Transport)
+	}
+	tr = tr.Clone()
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	tr.TLSClientConfig.GetClientCertificate = dc.GetClientCertificate
+	return &deviceapi.Client{BaseURL: server, HTTP: &http.Client{Timeout: 2 * time.Minute, Transport: tr}}, nil
 }

@@ -3,19 +3,28 @@ package main
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -35,6 +44,10 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
+	tlsListen := fs.String("tls-listen", "", "also serve HTTPS here and require devices to use mTLS with certificates from the device CA (embedded step-ca unless --ca-url)")
+	tlsNames := fs.String("tls-names", "localhost,127.0.0.1", "names in the server's TLS certificate (comma-separated DNS names or IPs)")
+	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
+	caRoot := fs.String("ca-root", "", "PEM root of the external step-ca")
 	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
@@ -116,12 +129,52 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	srv.Handle("/ui/", dash.Handler())
-	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}); err != nil {
+	dcfg := reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}
+	var tlsLn net.Listener
+	if *tlsListen != "" {
+		if *caURL != "" {
+			pool, err := loadPool(*caRoot)
+			if err != nil {
+				return fmt.Errorf("--ca-root: %w", err)
+			}
+			pemBytes, _ := os.ReadFile(*caRoot)
+			dcfg.ClientRoots, dcfg.DeviceCA = pool, &deviceapi.DeviceCA{DirectoryURL: *caURL, RootPEM: string(pemBytes)}
+		} else {
+			sca, err := stepca.Start(ctx, stepca.Config{Dir: filepath.Join(rf.dir, "stepca"), AttestationRoots: []*x509.Certificate{caCert}})
+			if err != nil {
+				return fmt.Errorf("embedded step-ca: %w", err)
+			}
+			defer sca.Close()
+			dcfg.ClientRoots = x509.NewCertPool()
+			dcfg.ClientRoots.AddCert(sca.Root)
+			dcfg.DeviceCA = &deviceapi.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
+			log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL)
+		}
+		cert, err := loadOrCreateServerCert(filepath.Join(rf.dir, "tls"), strings.Split(*tlsNames, ","))
+		if err != nil {
+			return err
+		}
+		raw, err := net.Listen("tcp", *tlsListen)
+		if err != nil {
+			return err
+		}
+		tlsLn = tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs: dcfg.ClientRoots, MinVersion: tls.VersionTLS12})
+		log.Info("serving TLS (devices must use mTLS)", "addr", "https://"+raw.Addr().String(), "server_cert", filepath.Join(rf.dir, "tls", "server.pem"))
+	}
+	if err := srv.EnableDeviceAPI(dcfg); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
+	}
+	if tlsLn != nil {
+		go func() {
+			if err := srv.ServeListener(ctx, tlsLn); err != nil {
+				log.Error("TLS listener", "err", err)
+			}
+		}()
 	}
 	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", rf.dir, "dashboard", "http://"+ln.Addr().String()+"/ui/")
 	return srv.Serve(ctx, ln)
@@ -262,4 +315,52 @@ func ensurePolicyDir(dir string, isDefault bool) error {
 		return err
 	}
 	return reposerver.OSFS{}.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644)
+}
+
+// loadOrCreateServerCert reads the server's TLS certificate from dir, creating a
+// self-signed one (ECDSA P-256, ten years) for names on first use. Devices pin it
+// (edgeward-agent device --server-ca DIR/tls/server.pem).
+func loadOrCreateServerCert(dir string, names []string) (tls.Certificate, error) {
+	keyPath, certPath := filepath.Join(dir, "server.key"), filepath.Join(dir, "server.pem")
+	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		return c, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, fmt.Errorf("server TLS certificate: %w", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "edgeward server"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true}
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if n != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return tls.Certificate{}, err
+	}
+	fsys := reposerver.OSFS{}
+	if err := fsys.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := fsys.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.LoadX509KeyPair(certPath, keyPath)
 }
