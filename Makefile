@@ -10,7 +10,7 @@ export ONNXRUNTIME_LIB ?= $(DEPS_DIR)/onnxruntime/lib/libonnxruntime.so.1
 export EDGEWARD_DEPS_DIR := $(DEPS_DIR)
 export CGO_ENABLED := 1
 
-.PHONY: all build deps test test-short lint bench demo clean
+.PHONY: all build deps test test-short fuzz lint bench demo clean
 
 all: build
 
@@ -28,6 +28,17 @@ build:
 test: deps
 	$(GO) vet ./...
 	EDGEWARD_REQUIRE_DEPS=1 $(GO) test -count=1 -timeout 75m ./...
+	$(MAKE) fuzz
+
+# fuzz runs each parser of untrusted input under the fuzzer for a short fixed time
+# (FUZZTIME); a crash fails the build and leaves the input in testdata/fuzz/.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./attest/eventlog:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
+	./runtime:FuzzDecodeInferRequest ./policy:FuzzParse ./rollback:FuzzStep
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME); done
 
 # test-short is the quick loop while developing: no e2e, no dependency requirement.
 test-short:
