@@ -113,6 +113,17 @@ func TestCLIRollouts(t *testing.T) {
 		t.Fatalf("bad waves = %v; want the server's 400", err)
 	}
 
+	// A spec file (YAML, the fields of a policy-file rollout); flags override it.
+	spec := writeTemp(t, "rollout.yaml", "id: rt-1\ntarget: {kind: runtime, name: onnxruntime, version: 1.0.0}\nwaves:\n  - {percent: 10, soak: 5m}\n  - {percent: 100}\n")
+	out = rm.must("rollout", "create", "--file", spec, "--version", "1.24.1")
+	if !strings.Contains(out, "created rollout rt-1 (runtime onnxruntime 1.24.1)") {
+		t.Fatalf("rollout create --file:\n%s", out)
+	}
+	bad := writeTemp(t, "bad.yaml", "id: rt-2\ntarget: {kind: runtime, name: x, version: 1.0.0}\nwavez: []\n")
+	if _, _, err := rm.run("rollout", "create", "--file", bad); err == nil || !strings.Contains(err.Error(), "wavez") {
+		t.Fatalf("unknown field in a spec = %v", err)
+	}
+
 	out = rm.must("rollout", "pause", "vib-2", "--reason", "probe drift")
 	if !strings.Contains(out, "rollout vib-2: paused (wave 0): probe drift") {
 		t.Fatalf("pause:\n%s", out)

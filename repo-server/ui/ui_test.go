@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -148,6 +149,9 @@ func newDash(t *testing.T) *dash {
 		d.tok[role], d.tokIDs[role] = tok, info.ID
 	}
 	u, err := New(Config{Fleet: store, Policy: func() *policy.Policy { return pol },
+		PolicyStatus: func() policy.ReloadStatus {
+			return policy.ReloadStatus{Digest: pol.Digest, Err: errors.New("fleet.yaml:7: rollout <b>x</b>: unknown window"), Failures: 1}
+		},
 		Audit: func(context.Context) (*audit.Log, io.Closer, error) { return l, nopCloser{}, nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -317,6 +321,9 @@ func TestDashboardPages(t *testing.T) {
 		if strings.Contains(body, bad) {
 			t.Errorf("fleet page contains unescaped %q", bad)
 		}
+	}
+	if !strings.Contains(body, `id="policy-error">The last edit was rejected, the previous policy stays in force: fleet.yaml:7: rollout &lt;b&gt;x&lt;/b&gt;: unknown window`) {
+		t.Errorf("fleet page does not show the policy reload error")
 	}
 	if !strings.Contains(body, "&lt;script&gt;window.__pwned=1&lt;/script&gt;") || !strings.Contains(body, "&#34;&gt;&lt;img src=x") {
 		t.Errorf("fleet page does not show the hostile labels escaped")
