@@ -15,6 +15,7 @@ type FootprintResult struct {
 	AgentBinaryMiB         float64 `json:"agent_binary_mib"`
 	AgentBinaryStrippedMiB float64 `json:"agent_binary_stripped_mib"`
 	RuntimeBinaryMiB       float64 `json:"runtime_binary_mib"`
+	ORTLibraryMiB          float64 `json:"onnxruntime_library_mib"`
 	ServerBinaryMiB        float64 `json:"server_binary_mib"`
 	AgentIdleRSSMiB        float64 `json:"agent_idle_rss_mib"`
 	AgentIdleHWMMiB        float64 `json:"agent_idle_peak_rss_mib"`
@@ -74,6 +75,7 @@ func benchFootprint(ctx context.Context, cfg *config) (*FootprintResult, error) 
 		return nil, err
 	}
 	res.AgentBinaryStrippedMiB = fileMiB(stripped)
+	res.ORTLibraryMiB = fileMiB(cfg.ortLib) // os.Stat follows the symlink
 
 	// The agent's main loop, idle.
 	repo, err := ensureRepo(ctx, cfg)

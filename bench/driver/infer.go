@@ -247,7 +247,11 @@ type InferRow struct {
 	// OwnWorkP50us is edgeward's p50 minus the transport floor's p50 minus in-process
 	// p50: what edgeward-runtime itself adds (decode, validate, tensors, encode, metrics).
 	OwnWorkP50us float64 `json:"own_work_p50_us,omitempty"`
-	Rounds       int     `json:"rounds"`
+	// Min and max over rounds of the per-round ratios above: the noise.
+	OverheadRange   [2]float64 `json:"overhead_p50_us_range,omitempty"`
+	ThroughputRange [2]float64 `json:"throughput_vs_in_process_range,omitempty"`
+	SpeedupRange    [2]float64 `json:"edgeward_speedup_range,omitempty"`
+	Rounds          int        `json:"rounds"`
 }
 
 type InferResult struct {
@@ -350,6 +354,9 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 				if i == 1 {
 					row.OverheadP50us, row.ThroughputFrac = round(median(overhead), 1), round(median(frac), 3)
 					row.EdgewardSpeedup, row.OwnWorkP50us = round(median(speedup), 2), round(median(own), 1)
+					row.OverheadRange = roundRange(overhead, 1)
+					row.ThroughputRange = roundRange(frac, 3)
+					row.SpeedupRange = roundRange(speedup, 2)
 				}
 				res.Rows = append(res.Rows, row)
 				logf("infer %-9s c=%d %-30s p50 %8.1fµs p99 %8.1fµs %8.0f req/s", m.Name, conc, s.name(), row.P50us, row.P99us, row.ReqPerSec)

@@ -16,8 +16,9 @@ type InstallRow struct {
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
 	CPUSeconds float64 `json:"cpu_s"`
 	// VsCurl is this system's throughput over curl's in the same round, median of rounds.
-	VsCurl float64 `json:"throughput_vs_curl"`
-	Rounds int     `json:"rounds"`
+	VsCurl      float64    `json:"throughput_vs_curl"`
+	VsCurlRange [2]float64 `json:"throughput_vs_curl_range"`
+	Rounds      int        `json:"rounds"`
 }
 
 type InstallResult struct {
@@ -140,7 +141,7 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 			a := accs[i]
 			res.Rows = append(res.Rows, InstallRow{SizeMiB: p.Size >> 20, System: s.name, Seconds: round(median(a.secs), 2),
 				MiBPerSec: round(median(a.rate), 1), PeakRSSMiB: round(median(a.rss), 1), CPUSeconds: round(median(a.cpu), 2),
-				VsCurl: round(median(a.vs), 3), Rounds: rounds})
+				VsCurl: round(median(a.vs), 3), VsCurlRange: roundRange(a.vs, 3), Rounds: rounds})
 		}
 	}
 	return res, nil

@@ -21,8 +21,9 @@ type MetadataRow struct {
 	P50us     float64 `json:"p50_us"`
 	P99us     float64 `json:"p99_us"`
 	// VsNginx is edgeward's req/s over nginx's in the same round, median of rounds.
-	VsNginx float64 `json:"req_per_s_vs_nginx,omitempty"`
-	Rounds  int     `json:"rounds"`
+	VsNginx      float64    `json:"req_per_s_vs_nginx,omitempty"`
+	VsNginxRange [2]float64 `json:"req_per_s_vs_nginx_range,omitempty"`
+	Rounds       int        `json:"rounds"`
 }
 
 type MetadataResult struct {
@@ -211,7 +212,7 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 	// order: edgeward plain, edgeward INM, nginx plain, nginx INM, floor plain, floor INM;
 	// pairs are (0,2) and (1,3)
 	acc := make([][]wrkRun, len(targets))
-	var vs [2][]float64
+	var vs [4][]float64
 	for _, t := range targets { // warm-up
 		if _, err := runWrk(ctx, &config{wrkDuration: time.Second}, t.url, t.header); err != nil {
 			return nil, err
@@ -234,6 +235,8 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		}
 		vs[0] = append(vs[0], got[0].rps/got[2].rps)
 		vs[1] = append(vs[1], got[1].rps/got[3].rps)
+		vs[2] = append(vs[2], got[4].rps/got[2].rps)
+		vs[3] = append(vs[3], got[5].rps/got[3].rps)
 	}
 	for i, t := range targets {
 		var rps, p50, p99 []float64
@@ -242,8 +245,11 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		}
 		row := MetadataRow{Server: t.server, Request: t.request, ReqPerSec: round(median(rps), 0),
 			P50us: round(median(p50), 1), P99us: round(median(p99), 1), Rounds: cfg.rounds}
-		if i < 2 {
-			row.VsNginx = round(median(vs[i]), 3)
+		switch i {
+		case 0, 1:
+			row.VsNginx, row.VsNginxRange = round(median(vs[i]), 3), roundRange(vs[i], 3)
+		case 4, 5:
+			row.VsNginx, row.VsNginxRange = round(median(vs[i-2]), 3), roundRange(vs[i-2], 3)
 		}
 		res.Rows = append(res.Rows, row)
 	}

@@ -200,6 +200,12 @@ func loadavg() string {
 	return strings.Join(f[:3], " ")
 }
 
+// roundRange is [min, max] of xs, rounded.
+func roundRange(xs []float64, digits int) [2]float64 {
+	lo, hi := minMax(xs)
+	return [2]float64{round(lo, digits), round(hi, digits)}
+}
+
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
 func round(x float64, digits int) float64 {
