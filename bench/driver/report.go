@@ -242,7 +242,7 @@ func render(r *Results) string {
 		p("| `edgeward` (operator CLI + server) binary | %.1f |\n", fp.ServerBinaryMiB)
 	}
 	if st, err := os.ReadFile("bench/benchstat.txt"); err == nil {
-		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process) and `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server), `-count 6`:\n\n```\n%s```\n", st)
+		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process), `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server) and BenchmarkInstallPath (256 MiB from an in-process file server: plain copy, + sha256, + fsync, then the Downloader with its defaults and larger buffer/checkpoint settings), `-count 6`:\n\n```\n%s```\n", st)
 	}
 	p("\n")
 	return b.String()
