@@ -2,11 +2,18 @@ package reposerver
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
+	"math/big"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -535,4 +542,46 @@ func newPool(certs ...*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
+}
+
+// TestDeviceCertificateIsNothingToTheOperatorAPI serves the operator API over TLS that
+// asks for client certificates (as a listener for device mTLS does) and presents a
+// device certificate: without an operator token every endpoint answers 401.
+func TestDeviceCertificateIsNothingToTheOperatorAPI(t *testing.T) {
+	o := newOpFixture(t)
+	signer, ca, err := attestca.NewRoot("device CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "dev-1", OrganizationalUnit: []string{"security-admin"}},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(o.srv.Handler())
+	ts.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: newPool(ca)}
+	ts.StartTLS()
+	defer ts.Close()
+	client := ts.Client()
+	client.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}
+	for _, c := range routeCases() {
+		req, _ := http.NewRequest(c.method, ts.URL+c.path, strings.NewReader(c.body))
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+			t.Fatal("not a TLS connection")
+		}
+		if resp.StatusCode != 401 {
+			t.Errorf("%s %s with a device certificate = %d; want 401", c.method, c.path, resp.StatusCode)
+		}
+	}
 }
