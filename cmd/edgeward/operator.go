@@ -481,18 +481,15 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	var all []reposerver.DeviceView
-	var raws [][]byte
 	for after := ""; ; {
 		q := url.Values{"limit": {strconv.Itoa(fleet.MaxListLimit)}}
 		if after != "" {
 			q.Set("after", after)
 		}
 		var page reposerver.DeviceList
-		raw, err := c.do(ctx, "GET", "/v1/devices?"+q.Encode(), nil, &page)
-		if err != nil {
+		if _, err := c.do(ctx, "GET", "/v1/devices?"+q.Encode(), nil, &page); err != nil {
 			return err
 		}
-		raws = append(raws, raw)
 		all = append(all, page.Devices...)
 		if page.Next == "" || (*limit > 0 && len(all) >= *limit) {
 			break
