@@ -200,19 +200,23 @@ func randomID() string {
 }
 
 // sameOrigin rejects a state-changing request sent by another site's page (a login
-// CSRF would sign the victim in as the attacker). Browsers send Sec-Fetch-Site or
-// Origin on a form POST; a request with neither (a script, curl) is not a browser's.
+// CSRF would sign the victim in as the attacker). Browsers say where a request comes
+// from in Sec-Fetch-Site, which a reverse proxy leaves alone; older ones only send
+// Origin, compared with the Host (or X-Forwarded-Host) the request was made to. A
+// request with neither header is not a browser's form post.
 func sameOrigin(r *http.Request) bool {
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" {
+		return s == "same-origin" || s == "none"
+	}
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	ou, err := url.Parse(o)
+	if err != nil || o == "null" {
 		return false
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != "null" {
-		ou, err := url.Parse(o)
-		if err != nil || ou.Host != r.Host {
-			return false
-		}
-	}
-	return true
+	return ou.Host == r.Host || (r.Header.Get("X-Forwarded-Host") != "" && ou.Host == r.Header.Get("X-Forwarded-Host"))
 }
 
 func (u *UI) loginForm(w http.ResponseWriter, r *http.Request) {

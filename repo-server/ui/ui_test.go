@@ -247,6 +247,15 @@ func TestDashboardAuth(t *testing.T) {
 		t.Fatalf("cross-site (Sec-Fetch-Site) login = %d; want 403", resp.StatusCode)
 	}
 
+	if resp, _ := d.post(c, "/ui/login", url.Values{"token": {d.tok[fleet.RoleAuditor]}}, "Origin", "null"); resp.StatusCode != 403 {
+		t.Fatalf("opaque-origin login = %d; want 403", resp.StatusCode)
+	}
+	// Behind a proxy that rewrites Host, a same-origin browser post still signs in.
+	if resp, _ := d.post(d.client(), "/ui/login", url.Values{"token": {d.tok[fleet.RoleAuditor]}},
+		"Origin", "https://edgeward.example", "Sec-Fetch-Site", "same-origin"); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("same-origin login behind a proxy = %d; want 303", resp.StatusCode)
+	}
+
 	ck := d.login(c, fleet.RoleAuditor)
 	if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/ui" || ck.MaxAge <= 0 || ck.MaxAge > 3600 {
 		t.Fatalf("session cookie = %+v; want HttpOnly, SameSite=Strict, Path=/ui, bounded by the token's hour", ck)
