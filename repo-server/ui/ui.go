@@ -11,7 +11,8 @@
 // (fleet.Store.Authenticate), checks the role may read the fleet, and starts a session:
 // a random 256-bit session ID in a cookie that is HttpOnly (no script reads it),
 // SameSite=Strict (no other site's page sends it, so no cross-site request forgery),
-// Path=/ui, and Secure when the request came over TLS or Config.SecureCookie is set.
+// Path=/ui, and Secure when the request came over TLS (directly or, by
+// X-Forwarded-Proto, through a proxy) or Config.SecureCookie is set.
 // The token itself never goes back to the browser and never appears in a URL (a
 // ?token= link would end up in histories, logs and Referer headers). The session, held
 // in memory, keeps the token and re-authenticates it on every request, so a revoked or
@@ -257,7 +258,7 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 	u.sessions[id] = &session{token: tok, csrf: randomID(), created: now, expires: expires}
 	u.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: id, Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: u.cfg.SecureCookie || r.TLS != nil, MaxAge: int(expires.Sub(now).Seconds())})
+		Secure: u.secure(r), MaxAge: int(expires.Sub(now).Seconds())})
 	u.log.Info("dashboard: signed in", "operator", p.Name, "role", p.Role)
 	http.Redirect(w, r, "/ui/fleet", http.StatusSeeOther)
 }
@@ -331,7 +332,14 @@ func (u *UI) endSession(w http.ResponseWriter, r *http.Request, id string) {
 	delete(u.sessions, id)
 	u.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
-		Secure: u.cfg.SecureCookie || r.TLS != nil, MaxAge: -1})
+		Secure: u.secure(r), MaxAge: -1})
+}
+
+// secure says whether the session cookie gets the Secure attribute: over TLS, behind a
+// proxy that says it terminated TLS (a spoofed header only loses its sender the cookie),
+// or when configured.
+func (u *UI) secure(r *http.Request) bool {
+	return u.cfg.SecureCookie || r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https"
 }
 
 func (u *UI) logout(w http.ResponseWriter, r *http.Request) {

@@ -251,12 +251,16 @@ func TestDashboardAuth(t *testing.T) {
 		t.Fatalf("opaque-origin login = %d; want 403", resp.StatusCode)
 	}
 	// Behind a proxy that rewrites Host, a same-origin browser post still signs in.
-	if resp, _ := d.post(d.client(), "/ui/login", url.Values{"token": {d.tok[fleet.RoleAuditor]}},
-		"Origin", "https://edgeward.example", "Sec-Fetch-Site", "same-origin"); resp.StatusCode != http.StatusSeeOther {
-		t.Fatalf("same-origin login behind a proxy = %d; want 303", resp.StatusCode)
+	resp, _ = d.post(d.client(), "/ui/login", url.Values{"token": {d.tok[fleet.RoleAuditor]}},
+		"Origin", "https://edgeward.example", "Sec-Fetch-Site", "same-origin", "X-Forwarded-Proto", "https")
+	if resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 || !resp.Cookies()[0].Secure {
+		t.Fatalf("same-origin login behind a TLS proxy = %d %v; want 303 and a Secure cookie", resp.StatusCode, resp.Cookies())
 	}
 
 	ck := d.login(c, fleet.RoleAuditor)
+	if ck.Secure {
+		t.Fatalf("plain-HTTP session cookie marked Secure: the browser would not send it back")
+	}
 	if !ck.HttpOnly || ck.SameSite != http.SameSiteStrictMode || ck.Path != "/ui" || ck.MaxAge <= 0 || ck.MaxAge > 3600 {
 		t.Fatalf("session cookie = %+v; want HttpOnly, SameSite=Strict, Path=/ui, bounded by the token's hour", ck)
 	}
