@@ -253,7 +253,8 @@ type RolloutChanged struct {
 // rolloutAction applies a pure operator action (policy.Pause, Resume, Abort, Approve) to
 // the rollout's stored state and saves the result with its events. A rollout the
 // planner has not started yet (or whose target changed) is planned first, so the action
-// applies to the state the planner would otherwise write over it.
+// applies to the state the planner would otherwise write over it; the result is planned
+// again, so an approved wave whose predecessor has soaked starts at once.
 func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req rolloutRequest
@@ -281,13 +282,13 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			return
 		}
 		now := o.s.cfg.Repo.now()
+		reps, err := o.cfg.Fleet.Reports(ctx, fleet.ReportFilter{RolloutID: id})
+		if err != nil {
+			o.fail(w, r, "rollout reports", err)
+			return
+		}
 		var evs []policy.Event
 		if st.Started.IsZero() || !st.AppliesTo(ro) {
-			reps, err := o.cfg.Fleet.Reports(ctx, fleet.ReportFilter{RolloutID: id})
-			if err != nil {
-				o.fail(w, r, "rollout reports", err)
-				return
-			}
 			st, evs = policy.Plan(ro, st, reps, now)
 		}
 		next, ev, err := act(ro, st, req, actor, now)
@@ -295,16 +296,19 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			o.fail(w, r, "rollout action", err)
 			return
 		}
-		planned := len(evs)
 		evs = append(evs, ev)
+		// Plan again at once, so that an approval or a resume takes effect now rather
+		// than at the planner's next tick (a pause or an abort plans to no change).
+		next, after := policy.Plan(ro, next, reps, now)
+		evs = append(evs, after...)
 		if err := o.cfg.Fleet.SaveRollout(ctx, next, evs); err != nil {
 			o.fail(w, r, "save rollout", err)
 			return
 		}
-		for i, e := range evs {
-			who := actor
-			if i < planned {
-				who = "server"
+		for _, e := range evs {
+			who := "server" // the planner's events
+			if e.Actor == actor {
+				who = actor
 			}
 			o.s.auditLog(ctx, who, "rollout."+string(e.Type), id, e)
 		}

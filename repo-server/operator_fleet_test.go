@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -121,6 +122,7 @@ func (o *opFixture) must(method, path string, role fleet.Role, body string, want
 		o.t.Fatalf("%s %s as %s = %d %s; want %d", method, path, role, code, out, want)
 	}
 	if v != nil {
+		reflect.ValueOf(v).Elem().SetZero() // no field left over from an earlier answer
 		if err := json.Unmarshal([]byte(out), v); err != nil {
 			o.t.Fatalf("%s %s: %v in %s", method, path, err, out)
 		}
@@ -312,7 +314,7 @@ func TestOperatorRollouts(t *testing.T) {
 	// Create: the file lands in the policy directory and the watcher loads it.
 	var created RolloutCreated
 	o.must("POST", "/v1/rollouts", rm, `{"id":"vib-3","target":{"kind":"model","name":"vibration","version":"3.0.0"},
-		"selector":{"labels":{"line":"press"}},"waves":[{"percent":25,"soak":"10m"},{"percent":100,"approval":true}]}`, 201, &created)
+		"selector":{"labels":{"line":"press"}},"waves":[{"percent":25,"soak":"10m"},{"percent":100,"approval":true,"soak":"1h"}]}`, 201, &created)
 	if !created.Loaded || !strings.HasPrefix(created.File, policy.CreatedPrefix) || !strings.Contains(created.Warning, "no model vibration 3.0.0") {
 		t.Fatalf("create = %+v", created)
 	}
@@ -353,8 +355,11 @@ func TestOperatorRollouts(t *testing.T) {
 	if ch.State.Status != policy.StatusActive || ch.Events[0].Actor != "operator:release-manager-op" {
 		t.Fatalf("resume = %+v", ch)
 	}
+	// The first wave soaks 10 minutes from the resume; approving wave 1 after that
+	// starts it at once.
+	o.clock.Add(11 * time.Minute)
 	o.must("POST", "/v1/rollouts/vib-3/approve", rm, `{"wave":1}`, 200, &ch)
-	if !slices.Contains(ch.State.Approved, 1) {
+	if !slices.Contains(ch.State.Approved, 1) || ch.State.Wave != 1 || len(ch.Events) != 2 || ch.Events[1].Type != policy.EventWaveStarted {
 		t.Fatalf("approve = %+v", ch)
 	}
 	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":7}`)
