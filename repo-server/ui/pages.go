@@ -237,8 +237,9 @@ func (u *UI) auditPage(w http.ResponseWriter, r *http.Request, v view) {
 	}
 	if q.Get("verify") != "" {
 		d.Verified = true
-		d.Report, err = verify(ctx, l)
-		if err != nil {
+		if d.Head == 0 {
+			d.VerifyErr = "the log holds no record yet"
+		} else if d.Report, err = verify(ctx, l); err != nil {
 			d.VerifyErr = err.Error()
 		}
 	}
