@@ -82,6 +82,7 @@ type Lab struct {
 	mu    sync.Mutex
 	procs map[*Proc]bool
 	maker *Manufacturer
+	ports map[int]bool // handed out, so never handed out twice
 }
 
 // New makes a lab in dir (created if needed).
@@ -282,19 +283,35 @@ func FreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// freePortPair finds a port p with p and p+1 free (swtpm: command and control port).
-func freePortPair() (int, error) {
-	for range 100 {
+// port returns a free port (a pair p, p+1 with pair) that the lab has not handed out
+// before: a port just freed is often handed out again by the kernel, and the process
+// meant to bind it may not have started yet.
+func (l *Lab) port(pair bool) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ports == nil {
+		l.ports = map[int]bool{}
+	}
+	for range 200 {
 		p, err := FreePort()
 		if err != nil {
 			return 0, err
 		}
-		if l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1)); err == nil {
-			l2.Close()
-			return p, nil
+		if l.ports[p] || (pair && l.ports[p+1]) {
+			continue
 		}
+		if pair {
+			l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
+			if err != nil {
+				continue
+			}
+			l2.Close()
+			l.ports[p+1] = true
+		}
+		l.ports[p] = true
+		return p, nil
 	}
-	return 0, errors.New("no free port pair")
+	return 0, errors.New("no free port")
 }
 
 // portOpen reports whether something accepts connections on 127.0.0.1:port.

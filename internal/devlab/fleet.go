@@ -113,7 +113,7 @@ type Server struct {
 // and waits until it answers.
 func (l *Lab) StartServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.Listen == "" {
-		p, err := FreePort()
+		p, err := l.port(false)
 		if err != nil {
 			return nil, err
 		}
@@ -203,7 +203,7 @@ func (l *Lab) NewDevice(ctx context.Context, name string, labels map[string]stri
 	if err := m.Provision(ctx, d.TPMDir); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if d.Port, err = FreePort(); err != nil {
+	if d.Port, err = l.port(false); err != nil {
 		return nil, err
 	}
 	if err := d.StartTPM(ctx); err != nil {
@@ -223,7 +223,7 @@ func (d *Device) TPMURL() string { return fmt.Sprintf("swtpm://127.0.0.1:%d", d.
 // same across restarts once chosen.
 func (d *Device) StartTPM(ctx context.Context) error {
 	if d.TPMPort == 0 {
-		p, err := freePortPair()
+		p, err := d.lab.port(true)
 		if err != nil {
 			return err
 		}
@@ -392,4 +392,17 @@ func InferBody() ([]byte, error) {
 	in.Data = data
 	in.Shape = []int64{1, int64(len(rows[0]))}
 	return json.Marshal(runtime.InferRequest{Inputs: []runtime.RequestTensor{in}})
+}
+
+// WaitStopped waits until the agent has exited and its inference port is closed (its
+// runtime processes drained), e.g. after a crash point killed it.
+func (d *Device) WaitStopped(ctx context.Context, timeout time.Duration) error {
+	select {
+	case <-d.Agent.Done():
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(timeout):
+		return fmt.Errorf("%s: agent still running after %s", d.Name, timeout)
+	}
+	return waitPort(ctx, d.Port, false, timeout, nil)
 }

@@ -1,0 +1,74 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// TestDemo runs `edgeward demo` (the whole story: enrollment, three model rollouts, a
+// failed canary that pauses its rollout, a tampered device, a runtime update, the audit
+// log) and checks its outcome in the server's fleet store, independently of what the
+// demo printed.
+func TestDemo(t *testing.T) {
+	need(t)
+	dir := filepath.Join(t.TempDir(), "demo")
+	var out bytes.Buffer
+	cmd := exec.Command(bins.Edgeward, "demo", "--dir", dir)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("edgeward demo: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"Every step held", "QUARANTINED", "paused", "edgeward audit verify: ok"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s", want, out.String())
+		}
+	}
+	ctx := context.Background()
+	st, err := fleet.Open(ctx, filepath.Join(dir, "repo", "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	devs, err := st.Devices(ctx, fleet.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 5 {
+		t.Fatalf("%d devices in the fleet; want 5", len(devs))
+	}
+	quarantined := 0
+	for _, d := range devs {
+		if d.Slots[artifact.KindModel].Version != "1.1.0" {
+			t.Errorf("device %s runs model %q; want 1.1.0", d.ID, d.Slots[artifact.KindModel].Version)
+		}
+		if d.Quarantined {
+			quarantined++
+			if d.Slots[artifact.KindRuntime].Version != "" {
+				t.Errorf("quarantined device %s got runtime %s", d.ID, d.Slots[artifact.KindRuntime].Version)
+			}
+			continue
+		}
+		if d.Verdict != policy.VerdictTrusted || d.Slots[artifact.KindRuntime].Version != "1.24.3" {
+			t.Errorf("device %s: verdict %s, runtime %q; want trusted with runtime 1.24.3", d.ID, d.Verdict, d.Slots[artifact.KindRuntime].Version)
+		}
+	}
+	if quarantined != 1 {
+		t.Errorf("%d quarantined devices; want 1", quarantined)
+	}
+	rs, err := st.RolloutState(ctx, "vib-2.0.0")
+	if err != nil || rs.Status != policy.StatusPaused {
+		t.Errorf("rollout vib-2.0.0: %+v, %v; want paused", rs, err)
+	}
+	reps, err := st.Reports(ctx, fleet.ReportFilter{RolloutID: "vib-2.0.0"})
+	if err != nil || len(reps) != 1 || reps[0].Outcome != policy.OutcomeProbeFailed {
+		t.Errorf("reports of vib-2.0.0 = %+v, %v; want one probe failure (the canary's)", reps, err)
+	}
+}
