@@ -381,7 +381,11 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 		fmt.Fprintln(w, "events:")
 		evs := st.Events[max(0, len(st.Events)-events):]
 		for _, e := range evs {
-			fmt.Fprintf(w, "  %s  %-17s wave %d  %s %s\n", e.At.Local().Format(time.DateTime), e.Type, e.Wave, orDash(e.Actor), e.Reason)
+			who := e.Actor
+			if who == "" {
+				who = "planner"
+			}
+			fmt.Fprintf(w, "  %s  %-17s wave %d  %s %s\n", e.At.Local().Format(time.DateTime), e.Type, e.Wave, who, e.Reason)
 		}
 	}
 }
