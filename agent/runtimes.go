@@ -49,6 +49,7 @@ type RuntimeProc struct {
 	// Lib is the ONNX Runtime library it was started with ("" = its default), SHA256 the
 	// digest of that file's bytes when it was started.
 	Lib, SHA256 string
+	sock        string
 	cmd         *exec.Cmd
 	done        chan struct{}
 }
@@ -72,7 +73,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	defer f.Close()
 	r.mu.Lock()
 	r.seq++
-	sock := filepath.Join(r.Dir, fmt.Sprintf("runtime-%d.sock", r.seq%2))
+	sock := filepath.Join(r.Dir, fmt.Sprintf("runtime-%d.sock", r.seq))
 	r.mu.Unlock()
 	os.Remove(sock)
 	args := []string{"--listen-fd", "3", "--control", "unix:" + sock}
@@ -89,7 +90,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start runtime %s: %w", r.Binary, err)
 	}
-	p.cmd = cmd
+	p.cmd, p.sock = cmd, sock
 	go func() { cmd.Wait(); close(p.done) }()
 	p.Client = runtime.NewUnixClient(sock)
 	r.mu.Lock()
@@ -160,6 +161,7 @@ func (r *Runtimes) Stop(p *RuntimeProc) {
 		p.cmd.Process.Kill()
 		<-p.done
 	}
+	os.Remove(p.sock)
 	r.mu.Lock()
 	delete(r.all, p)
 	if r.cur == p {
