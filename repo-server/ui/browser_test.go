@@ -50,6 +50,7 @@ func browser(t *testing.T) context.Context {
 		chromedp.Flag("disable-extensions", true),
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.CombinedOutput(&logs),
+		chromedp.WSURLReadTimeout(60 * time.Second), // a loaded CI machine starts chromium slowly
 	}
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelB := chromedp.NewContext(actx)
@@ -71,7 +72,7 @@ func browser(t *testing.T) context.Context {
 func TestDashboardInBrowser(t *testing.T) {
 	d := newDash(t)
 	bctx := browser(t)
-	ctx, cancel := context.WithTimeout(bctx, 90*time.Second)
+	ctx, cancel := context.WithTimeout(bctx, 2*time.Minute)
 	defer cancel()
 	base := d.srv.URL
 
