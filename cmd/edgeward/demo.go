@@ -152,7 +152,7 @@ func (d *demo) run(ctx context.Context, listen string) error {
 		f     func(context.Context) error
 	}{
 		{"security team creates the TUF repository (root 2-of-3) and the attestation policy", d.createRepo},
-		{fmt.Sprintf("%d devices enroll: EK certificate (manufacturer CA) → AK certificate → trusted quote", d.n), d.enroll},
+		{fmt.Sprintf("%d devices enroll: EK certificate (manufacturer CA) → AK certificate → device certificate → trusted quote", d.n), d.enroll},
 		{"model v1 (1.0.0) with its probe set rolls out in waves; every device commits and serves", d.modelV1},
 		{"model v2 (1.1.0, better) rolls out and commits", d.modelV2},
 		{"model v3 (2.0.0, degraded) reaches the first wave, fails its probe, rolls back; the rollout pauses", d.modelV3},
@@ -186,12 +186,13 @@ func (d *demo) createRepo(ctx context.Context) error {
 	d.info("repository %s: root threshold %d of %d keys; targets delegate models/*, probes/* to 'models' and runtimes/* to 'runtimes'", d.repoDir, rr.Threshold, len(rr.KeyIDs))
 	d.info("offline keys encrypted with the demo passphrase %q (demo only)", demoPassphrase)
 	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.r.PolicyDir, "00-attestation.yaml"))
-	d.srv, err = d.lab.StartServer(ctx, devlab.ServerConfig{Repo: d.repoDir, Listen: d.listen, CheckIn: time.Second})
+	d.srv, err = d.lab.StartServer(ctx, devlab.ServerConfig{Repo: d.repoDir, Listen: d.listen, CheckIn: time.Second, TLS: true})
 	if err != nil {
 		return err
 	}
 	m, _ := d.lab.Manufacturer()
-	d.info("server %s (pid %d): TUF metadata and targets, device API, attestation CA trusting the TPM manufacturer CA %s", d.srv.URL, d.srv.Proc.Pid(), m.RootPEM)
+	d.info("server %s (pid %d): TUF metadata and targets, operator API; attestation CA trusting the TPM manufacturer CA %s", d.srv.URL, d.srv.Proc.Pid(), m.RootPEM)
+	d.info("device API %s: mTLS only, device certificates from the embedded step-ca (ACME device-attest-01)", d.srv.TLSURL)
 	return nil
 }
 
@@ -236,7 +237,14 @@ func (d *demo) enroll(ctx context.Context) error {
 		return err
 	}
 	for _, dv := range d.devs {
-		d.info("%s  %s  swtpm :%d  agent pid %d  inference :%d  verdict trusted", dv.Name, short(dv.ID), dv.TPMPort, dv.Agent.Pid(), dv.Port)
+		cert := dv.DeviceCert()
+		if cert == "" {
+			return fmt.Errorf("%s has no device certificate", dv.Name)
+		}
+		if cert == dv.ID {
+			cert = "CN = its ID"
+		}
+		d.info("%s  %s  swtpm :%d  agent pid %d  inference :%d  device cert (%s)  mTLS check-in: trusted", dv.Name, short(dv.ID), dv.TPMPort, dv.Agent.Pid(), dv.Port, cert)
 	}
 	return nil
 }

@@ -95,6 +95,10 @@ type ServerConfig struct {
 	Listen string
 	// CheckIn is the check-in interval suggested to devices; 0: 1s.
 	CheckIn time.Duration
+	// TLS also serves HTTPS (--tls-listen) with the embedded step-ca as device CA:
+	// devices then check in over mTLS with a TPM-backed device certificate
+	// (ACME device-attest-01). TUF metadata and targets stay on the plain URL.
+	TLS bool
 	// Args are further flags.
 	Args []string
 }
@@ -103,10 +107,14 @@ type ServerConfig struct {
 type Server struct {
 	URL  string
 	Addr string
-	Proc *Proc
-	cfg  ServerConfig
-	lab  *Lab
-	n    int
+	// TLSURL is the HTTPS address devices use with ServerConfig.TLS ("" otherwise), and
+	// TLSCert the server certificate they pin.
+	TLSURL  string
+	TLSCert string
+	Proc    *Proc
+	cfg     ServerConfig
+	lab     *Lab
+	n       int
 }
 
 // StartServer starts the server on the repository, trusting the lab's manufacturer,
@@ -123,6 +131,15 @@ func (l *Lab) StartServer(ctx context.Context, cfg ServerConfig) (*Server, error
 		cfg.CheckIn = time.Second
 	}
 	s := &Server{URL: "http://" + cfg.Listen, Addr: cfg.Listen, cfg: cfg, lab: l}
+	if cfg.TLS {
+		p, err := l.port(false)
+		if err != nil {
+			return nil, err
+		}
+		s.TLSURL = fmt.Sprintf("https://127.0.0.1:%d", p)
+		s.TLSCert = filepath.Join(cfg.Repo, "tls", "server.pem")
+		s.cfg.Args = append(s.cfg.Args, "--tls-listen", strings.TrimPrefix(s.TLSURL, "https://"))
+	}
 	return s, s.Start(ctx)
 }
 
@@ -147,7 +164,12 @@ func (s *Server) Start(ctx context.Context) error {
 			return false, "", Final(fmt.Errorf("server exited: %s", s.Proc.Tail(10)))
 		}
 		code, _, err := httpGet(ctx, s.URL+"/healthz")
-		return err == nil && code == http.StatusOK, fmt.Sprint("HTTP ", code), nil
+		ok := err == nil && code == http.StatusOK
+		if ok && s.TLSURL != "" {
+			_, err := os.Stat(s.TLSCert)
+			ok = err == nil && portOpen(portOf(s.TLSURL))
+		}
+		return ok, fmt.Sprint("HTTP ", code), nil
 	})
 }
 
@@ -256,8 +278,13 @@ func (d *Device) StartAgent(ctx context.Context) error {
 		lbl = append(lbl, k+"="+v)
 	}
 	sort.Strings(lbl)
-	args := []string{"device", "--state-dir", d.StateDir, "--server", d.srv.URL, "--labels", strings.Join(lbl, ","),
+	server := []string{"--server", d.srv.URL}
+	if d.srv.TLSURL != "" {
+		server = []string{"--server", d.srv.TLSURL, "--server-ca", d.srv.TLSCert}
+	}
+	args := []string{"device", "--state-dir", d.StateDir, "--labels", strings.Join(lbl, ","),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", d.Port), "--interval", "1s", "--trial-timeout", "90s"}
+	args = append(args, server...)
 	if d.lab.Bins.Runtime != "" {
 		args = append(args, "--runtime", d.lab.Bins.Runtime)
 	}
@@ -405,4 +432,27 @@ func (d *Device) WaitStopped(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("%s: agent still running after %s", d.Name, timeout)
 	}
 	return waitPort(ctx, d.Port, false, timeout, nil)
+}
+
+func portOf(url string) int {
+	i := strings.LastIndex(url, ":")
+	p, _ := strconv.Atoi(url[i+1:])
+	return p
+}
+
+var deviceCertRE = regexp.MustCompile(`msg="device certificate" subject=("(?:[^"\\]|\\.)*"|\S+)`)
+
+// DeviceCert is the subject of the device certificate the agent logged in its last
+// start ("" if it has none: no device CA on the server).
+func (d *Device) DeviceCert() string {
+	b, _ := os.ReadFile(d.Agent.LogPath)
+	m := deviceCertRE.FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return ""
+	}
+	s := string(m[len(m)-1][1])
+	if u, err := strconv.Unquote(s); err == nil {
+		s = u
+	}
+	return s
 }

@@ -55,7 +55,9 @@ func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, e
 }
 
 // RootJSON is the path of the first root metadata, which devices pin at enrollment.
-func (r *Repo) RootJSON() string { return filepath.Join(r.Dir, "repository", "metadata", "1.root.json") }
+func (r *Repo) RootJSON() string {
+	return filepath.Join(r.Dir, "repository", "metadata", "1.root.json")
+}
 
 // PublishModel publishes modelgen's probe set and model of a vibration-anomaly version
 // with gates.
