@@ -35,8 +35,10 @@ type OperatorConfig struct {
 	// PolicyStatus returns the state of the last policy load (policy.Watcher.Status),
 	// shown by GET /v1/policy. nil: not shown.
 	PolicyStatus func() policy.ReloadStatus
-	// VerdictWindow is how far back GET /v1/devices/{id} reads attestation verdicts by
-	// default; 0: 7 days.
+	// VerdictWindow is how far back GET /v1/devices/{id} reads attestation verdicts, and
+	// GET /v1/kpis computes the attestation pass rate, by default; 0: one hour. The
+	// store keeps a verdict per check-in and reads them by time for the whole fleet, so
+	// the window bounds the work (an hour of 30 s check-ins fills a device's history).
 	VerdictWindow time.Duration
 	// LoadWait bounds how long POST /v1/rollouts waits for the policy watcher to load the
 	// new rollout before it answers; 0: 3 seconds.
@@ -73,7 +75,7 @@ func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
 		cfg.MaxPublishBytes = 16 << 30
 	}
 	if cfg.VerdictWindow <= 0 {
-		cfg.VerdictWindow = 7 * 24 * time.Hour
+		cfg.VerdictWindow = time.Hour
 	}
 	if cfg.LoadWait <= 0 {
 		cfg.LoadWait = 3 * time.Second

@@ -101,14 +101,21 @@ func (o *operatorAPI) policyStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// GET /v1/kpis?since=24h: fleet-wide KPIs of the period and device counts.
+// GET /v1/kpis?since=24h&verdicts_since=1h: fleet-wide KPIs of the period (the
+// attestation pass rate of the shorter verdict period) and device counts.
 func (o *operatorAPI) kpis(w http.ResponseWriter, r *http.Request) {
-	since, err := parseSince(r, "since", o.s.cfg.Repo.now(), 24*time.Hour)
+	now := o.s.cfg.Repo.now()
+	since, err := parseSince(r, "since", now, 24*time.Hour)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	sum, err := LoadFleetSummary(r.Context(), o.cfg.Fleet, since)
+	vsince, err := parseSince(r, "verdicts_since", now, o.cfg.VerdictWindow)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	sum, err := LoadFleetSummary(r.Context(), o.cfg.Fleet, since, vsince)
 	if err != nil {
 		o.fail(w, r, "fleet KPIs", err)
 		return
@@ -354,7 +361,7 @@ func (o *operatorAPI) deviceList(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// GET /v1/devices/{id}?since=168h: the device, its attestation history (verdicts of the
+// GET /v1/devices/{id}?since=1h: the device, its attestation history (verdicts of the
 // period), its last decisions and its install history. A device ID holding '/' is
 // sent percent-encoded (%2F).
 func (o *operatorAPI) deviceShow(w http.ResponseWriter, r *http.Request) {

@@ -139,9 +139,12 @@ func ListRollouts(ctx context.Context, st *fleet.Store, p *policy.Policy) ([]Rol
 	return out, nil
 }
 
-// FleetSummary is the fleet-wide view: device counts and the KPIs of a period.
+// FleetSummary is the fleet-wide view: device counts and the KPIs of a period. The
+// attestation figures (KPI.Verdicts, KPI.AttestationPassRate) cover VerdictsSince, a
+// shorter period: verdicts are one per check-in.
 type FleetSummary struct {
-	Since       time.Time      `json:"since"`
+	Since         time.Time `json:"since"`
+	VerdictsSince time.Time `json:"verdicts_since"`
 	Devices     int            `json:"devices"`
 	Quarantined int            `json:"quarantined"`
 	Verdicts    map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
@@ -149,9 +152,10 @@ type FleetSummary struct {
 }
 
 // LoadFleetSummary counts the devices (one pass over them) and computes the fleet KPIs
-// from the reports and verdicts made at or after since.
-func LoadFleetSummary(ctx context.Context, st *fleet.Store, since time.Time) (FleetSummary, error) {
-	out := FleetSummary{Since: since, Verdicts: map[string]int{}}
+// from the install reports made at or after since and the attestation verdicts made at
+// or after verdictsSince.
+func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince time.Time) (FleetSummary, error) {
+	out := FleetSummary{Since: since, VerdictsSince: verdictsSince, Verdicts: map[string]int{}}
 	for after := ""; ; {
 		devs, err := st.Devices(ctx, fleet.ListOptions{After: after, Limit: fleet.MaxListLimit})
 		if err != nil {
@@ -173,7 +177,7 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since time.Time) (Fl
 	if err != nil {
 		return FleetSummary{}, err
 	}
-	vs, err := st.Verdicts(ctx, since)
+	vs, err := st.Verdicts(ctx, verdictsSince)
 	if err != nil {
 		return FleetSummary{}, err
 	}

@@ -392,8 +392,8 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 
 func printFleetKPI(w io.Writer, s reposerver.FleetSummary) {
 	k := s.KPI
-	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%, attestation pass rate %.1f%% of %d verdicts\n",
-		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, k.AttestationPassRate*100, k.Verdicts)
+	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%; since %s: attestation pass rate %.1f%% of %d verdicts\n",
+		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, s.VerdictsSince.Local().Format(time.DateTime), k.AttestationPassRate*100, k.Verdicts)
 	printCounts(w, "failures by cause", k.Causes)
 }
 
@@ -556,7 +556,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	fs.SetOutput(env.stderr)
 	var c opClient
 	c.register(fs, env)
-	since := fs.Duration("since", 7*24*time.Hour, "attestation history of this period")
+	since := fs.Duration("since", time.Hour, "attestation history of this period (the server reads the whole fleet's verdicts of it)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err

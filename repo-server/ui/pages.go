@@ -60,7 +60,7 @@ type fleetData struct {
 
 func (u *UI) fleetPage(w http.ResponseWriter, r *http.Request, v view) {
 	ctx := r.Context()
-	sum, err := reposerver.LoadFleetSummary(ctx, u.cfg.Fleet, v.Now.Add(-24*time.Hour))
+	sum, err := reposerver.LoadFleetSummary(ctx, u.cfg.Fleet, v.Now.Add(-24*time.Hour), v.Now.Add(-u.cfg.VerdictWindow))
 	if err != nil {
 		u.fail(w, r, v, "fleet summary", err)
 		return
@@ -83,7 +83,13 @@ func (u *UI) fleetPage(w http.ResponseWriter, r *http.Request, v view) {
 
 func (u *UI) devicePage(w http.ResponseWriter, r *http.Request, v view) {
 	id := r.PathValue("id")
-	d, err := reposerver.LoadDeviceDetail(r.Context(), u.cfg.Fleet, id, v.Now.Add(-u.cfg.VerdictWindow))
+	window := u.cfg.VerdictWindow
+	if s := r.URL.Query().Get("since"); s != "" {
+		if w, err := time.ParseDuration(s); err == nil && w > 0 && w <= 31*24*time.Hour {
+			window = w
+		}
+	}
+	d, err := reposerver.LoadDeviceDetail(r.Context(), u.cfg.Fleet, id, v.Now.Add(-window))
 	if err != nil {
 		u.fail(w, r, v, "device "+id, err)
 		return

@@ -81,7 +81,9 @@ type Config struct {
 	// MaxSessions bounds the sessions kept in memory; 0: 1024. When full, the oldest
 	// session ends.
 	MaxSessions int
-	// VerdictWindow is how far back a device page reads attestation verdicts; 0: 7 days.
+	// VerdictWindow is how far back a device page reads attestation verdicts and the
+	// fleet page computes the attestation pass rate; 0: one hour (see
+	// reposerver.OperatorConfig.VerdictWindow). A device page's ?since= widens it.
 	VerdictWindow time.Duration
 }
 
@@ -121,7 +123,7 @@ func New(cfg Config) (*UI, error) {
 		cfg.MaxSessions = 1024
 	}
 	if cfg.VerdictWindow <= 0 {
-		cfg.VerdictWindow = 7 * 24 * time.Hour
+		cfg.VerdictWindow = time.Hour
 	}
 	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, sessions: map[string]*session{}}
 	if u.log == nil {
