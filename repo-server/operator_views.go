@@ -143,12 +143,12 @@ func ListRollouts(ctx context.Context, st *fleet.Store, p *policy.Policy) ([]Rol
 // attestation figures (KPI.Verdicts, KPI.AttestationPassRate) cover VerdictsSince, a
 // shorter period: verdicts are one per check-in.
 type FleetSummary struct {
-	Since         time.Time `json:"since"`
-	VerdictsSince time.Time `json:"verdicts_since"`
-	Devices     int            `json:"devices"`
-	Quarantined int            `json:"quarantined"`
-	Verdicts    map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
-	KPI         fleet.FleetKPI `json:"kpi"`
+	Since         time.Time      `json:"since"`
+	VerdictsSince time.Time      `json:"verdicts_since"`
+	Devices       int            `json:"devices"`
+	Quarantined   int            `json:"quarantined"`
+	Verdicts      map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
+	KPI           fleet.FleetKPI `json:"kpi"`
 }
 
 // LoadFleetSummary counts the devices (one pass over them) and computes the fleet KPIs
