@@ -34,15 +34,16 @@ type config struct {
 
 // Results is bench/results.json.
 type Results struct {
-	Machine   Machine            `json:"machine"`
-	Infer     *InferResult       `json:"inference,omitempty"`
-	Install   *InstallResult     `json:"install,omitempty"`
-	Metadata  *MetadataResult    `json:"metadata_serving,omitempty"`
-	CheckIn   *CheckInResult     `json:"check_in,omitempty"`
-	Fleet     *FleetResult       `json:"fleet,omitempty"`
-	Footprint *FootprintResult   `json:"footprint,omitempty"`
-	Targets   []Target           `json:"targets"`
-	Runs      map[string]RunInfo `json:"runs"`
+	Machine   Machine          `json:"machine"`
+	Infer     *InferResult     `json:"inference,omitempty"`
+	Install   *InstallResult   `json:"install,omitempty"`
+	Metadata  *MetadataResult  `json:"metadata_serving,omitempty"`
+	CheckIn   *CheckInResult   `json:"check_in,omitempty"`
+	Fleet     *FleetResult     `json:"fleet,omitempty"`
+	Footprint *FootprintResult `json:"footprint,omitempty"`
+	Targets   []Target         `json:"targets"`
+	// Runs are, per section, the runs its figures are medians of (bench/history).
+	Runs map[string][]RunInfo `json:"runs"`
 }
 
 type Machine struct {
@@ -67,7 +68,7 @@ func main() {
 	quick := flag.Bool("quick", false, "short windows and small sizes (to try the suite, not to quote)")
 	out := flag.String("out", "bench/results.json", "results file")
 	doc := flag.String("doc", "docs/BENCHMARKS.md", "document whose generated section is rewritten")
-	rounds := flag.Int("rounds", 5, "rounds per comparison (medians are over rounds)")
+	rounds := flag.Int("rounds", 5, "rounds per comparison (medians are over rounds, then over the last 3 runs in bench/history)")
 	flag.Parse()
 	cfg := &config{root: root, bin: filepath.Join(root, "bin"), work: filepath.Join(root, "bench", ".work"),
 		benchDir: filepath.Join(root, "bench"), ortLib: os.Getenv("ONNXRUNTIME_LIB"), rounds: *rounds,
@@ -87,25 +88,29 @@ func main() {
 	if err := os.MkdirAll(cfg.work, 0o755); err != nil {
 		fatal(err)
 	}
-	res := &Results{Runs: map[string]RunInfo{}}
-	if b, err := os.ReadFile(*out); err == nil {
-		json.Unmarshal(b, res)
-		if res.Runs == nil {
-			res.Runs = map[string]RunInfo{}
-		}
+	res := &Results{Runs: map[string][]RunInfo{}, Machine: machine()}
+	history := filepath.Join(cfg.benchDir, "history")
+	if *quick {
+		history = filepath.Join(cfg.work, "history-quick")
 	}
-	res.Machine = machine()
 	ctx := context.Background()
 	sections := []struct {
 		name string
-		run  func() error
+		run  func() (any, error)
+		agg  func(es []historyEntry) (err error)
 	}{
-		{"infer", func() (err error) { res.Infer, err = benchInfer(ctx, cfg); return }},
-		{"install", func() (err error) { res.Install, err = benchInstall(ctx, cfg); return }},
-		{"metadata", func() (err error) { res.Metadata, err = benchMetadata(ctx, cfg); return }},
-		{"checkin", func() (err error) { res.CheckIn, err = benchCheckIn(ctx, cfg); return }},
-		{"fleet", func() (err error) { res.Fleet, err = benchFleet(ctx, cfg); return }},
-		{"footprint", func() (err error) { res.Footprint, err = benchFootprint(ctx, cfg); return }},
+		{"infer", func() (any, error) { return benchInfer(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Infer, err = aggregate[InferResult](es); return }},
+		{"install", func() (any, error) { return benchInstall(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Install, err = aggregate[InstallResult](es); return }},
+		{"metadata", func() (any, error) { return benchMetadata(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Metadata, err = aggregate[MetadataResult](es); return }},
+		{"checkin", func() (any, error) { return benchCheckIn(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.CheckIn, err = aggregate[CheckInResult](es); return }},
+		{"fleet", func() (any, error) { return benchFleet(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Fleet, err = aggregate[FleetResult](es); return }},
+		{"footprint", func() (any, error) { return benchFootprint(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Footprint, err = aggregate[FootprintResult](es); return }},
 	}
 	failed := false
 	for _, s := range sections {
@@ -115,17 +120,29 @@ func main() {
 		info := RunInfo{At: time.Now().UTC().Format(time.RFC3339), LoadBefore: loadavg()}
 		logf("%s: start (load %s)", s.name, info.LoadBefore)
 		t := time.Now()
-		if err := s.run(); err != nil {
+		r, err := s.run()
+		if err != nil {
 			logf("%s: FAILED: %v", s.name, err)
 			failed = true
 			continue
 		}
 		info.LoadAfter, info.Seconds = loadavg(), int(time.Since(t).Seconds())
-		if *quick {
-			info.At += " (quick)"
+		if err := saveHistory(history, s.name, info, r); err != nil {
+			fatal(err)
 		}
-		res.Runs[s.name] = info
 		logf("%s: done in %ds (load %s)", s.name, info.Seconds, info.LoadAfter)
+	}
+	for _, s := range sections {
+		es, err := loadHistory(history, s.name, historyRuns)
+		if err != nil {
+			fatal(err)
+		}
+		if err := s.agg(es); err != nil {
+			fatal(fmt.Errorf("aggregate %s: %w", s.name, err))
+		}
+		for _, e := range es {
+			res.Runs[s.name] = append(res.Runs[s.name], e.Run)
+		}
 	}
 	res.Targets = targets(res)
 	b, _ := json.MarshalIndent(res, "", "  ")

@@ -165,9 +165,10 @@ func render(r *Results) string {
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	m := r.Machine
 	p("\nMachine: %d × %s, %d MiB RAM, Linux %s, %s.\n\n", m.CPUs, m.CPU, m.MemMiB, m.Kernel, m.Go)
-	p("| section | measured at (UTC) | load average before → after | seconds |\n|---|---|---|---|\n")
+	p("Every figure below is the median over the runs listed here (the last %d of each section in `bench/history/`), each itself a median over rounds; ranges cover every round of every run. The machine's other users show in the load average (2 cores: a load of 2 is saturation).\n\n", historyRuns)
+	p("| section | run at (UTC) | load average before → after | seconds |\n|---|---|---|---|\n")
 	for _, k := range []string{"infer", "install", "metadata", "checkin", "fleet", "footprint"} {
-		if ri, ok := r.Runs[k]; ok {
+		for _, ri := range r.Runs[k] {
 			p("| %s | %s | %s → %s | %d |\n", k, ri.At, ri.LoadBefore, ri.LoadAfter, ri.Seconds)
 		}
 	}
@@ -183,7 +184,7 @@ func render(r *Results) string {
 			}
 			p("`%s` — %s", mo.Name, mo.Note)
 		}
-		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the four systems for %s each, in rotating order; figures are medians over rounds.\n\n", in.Window)
+		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the four systems for %s each, in rotating order; figures are medians over rounds, then over runs.\n\n", in.Window)
 		p("Columns for the edgeward row: *overhead* = its p50 − in-process p50; *own work* = its p50 − the HTTP floor's p50 − in-process p50 (what edgeward-runtime adds beyond loopback HTTP between two processes); *vs in-process* and *vs Node* are req/s ratios.\n\n")
 		p("| model | conc. | system | p50 µs | p99 µs | req/s | overhead p50 µs | own work p50 µs | vs in-process req/s | Edgeward vs Node req/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range in.Rows {
