@@ -398,7 +398,9 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 
 // plan advances the rollouts and audits what changed.
 func (d *deviceAPI) plan(ctx context.Context, p *policy.Policy, now time.Time) {
+	d.s.rolloutMu.Lock()
 	evs, err := d.cfg.Fleet.PlanRollouts(ctx, p, now)
+	d.s.rolloutMu.Unlock()
 	if err != nil {
 		d.s.log.Error("plan rollouts", "err", err)
 	}

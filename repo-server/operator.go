@@ -62,8 +62,6 @@ type operatorAPI struct {
 	signMu sync.Mutex
 	// createMu serialises policy.CreateRollout on the policy directory.
 	createMu sync.Mutex
-	// rolloutMu serialises the operator's read-modify-write of rollout states.
-	rolloutMu sync.Mutex
 }
 
 // EnableOperatorAPI mounts the operator API.

@@ -278,8 +278,8 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("rollout %s: not in the policy in force", id))
 			return
 		}
-		o.rolloutMu.Lock()
-		defer o.rolloutMu.Unlock()
+		o.s.rolloutMu.Lock()
+		defer o.s.rolloutMu.Unlock()
 		st, err := o.cfg.Fleet.RolloutState(ctx, id)
 		if errors.Is(err, fleet.ErrNotFound) {
 			st, err = policy.RolloutState{ID: id}, nil

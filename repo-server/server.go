@@ -55,6 +55,11 @@ type Server struct {
 
 	devices *deviceAPI // nil until EnableDeviceAPI
 
+	// rolloutMu serialises every read-modify-write of rollout states in this process:
+	// the planner (after reports and on its ticker) and operator actions, so a planner
+	// save never overwrites an operator's pause.
+	rolloutMu sync.Mutex
+
 	auditMu sync.Mutex
 	audit   *audit.Log
 	auditDB *sql.DB
