@@ -24,31 +24,50 @@ import (
 	"github.com/edgeward/edgeward/updater"
 )
 
-// TestNetworkCut stops the server in the middle of a rollout (after its first wave,
-// while the devices keep checking in) and starts it again: every device catches up and
-// commits, the server holds exactly one committed report per device, and no report is
-// left waiting in an agent's outbox.
+// TestNetworkCut cuts the server off in the middle of a rollout: it is killed while
+// the first wave's device runs its trial, so that device commits with the server gone
+// and its report waits in its outbox, while every device's check-ins fail. After the
+// server restarts every device catches up and commits, the server holds exactly one
+// committed report per device and rollout, and no report is left in an outbox.
 func TestNetworkCut(t *testing.T) {
 	f := newFleet(t, 3)
 	f.startAgents()
 	f.commit("1.0.0")
-	f.publish("1.1.0")
+	// A probe set with many runs makes the trial last long enough to cut the server
+	// off during it.
+	if _, err := f.repo.PublishModelRuns(f.ctx, "1.1.0", gates, 300000); err != nil {
+		t.Fatal(err)
+	}
 	const id = "vib-1.1.0"
 	ordered := devlab.ByBucket(id, f.devs)
+	first := ordered[0]
+	mark := fileSize(first.Agent.LogPath)
 	f.rollout(id, "1.1.0", []policy.WaveSpec{{Percent: devlab.PercentFor(id, ordered, 1), Soak: "2s"}, {Percent: 100}})
-	if err := f.srv.WaitCommitted(f.ctx, wait, ordered[:1], artifact.KindModel, "1.1.0"); err != nil {
+	err := devlab.WaitFor(f.ctx, wait, first.Name+" to start the trial of 1.1.0", func(context.Context) (bool, string, error) {
+		return strings.Contains(tailFrom(first.Agent.LogPath, mark), `"msg":"model loaded","model":"vibration-anomaly","version":"1.1.0"`), "", nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	f.srv.Kill()
-	// Every agent notices: its check-ins fail while the server is away.
+	err = devlab.WaitFor(f.ctx, wait, first.Name+" to commit 1.1.0 with the server away", func(context.Context) (bool, string, error) {
+		return strings.Contains(tailFrom(first.Agent.LogPath, mark), "msg=\"install report\" kind=model version=1.1.0 outcome=committed"), "", nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every agent notices the cut: its check-ins fail.
 	for _, d := range f.devs {
-		mark := fileSize(d.Agent.LogPath)
+		m := fileSize(d.Agent.LogPath)
 		err := devlab.WaitFor(f.ctx, wait, d.Name+" to fail a check-in", func(context.Context) (bool, string, error) {
-			return strings.Contains(tailFrom(d.Agent.LogPath, mark), "check-in round failed"), "", nil
+			return strings.Contains(tailFrom(d.Agent.LogPath, m), "check-in round failed"), "", nil
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	if n := outboxLen(t, first); n == 0 {
+		t.Fatalf("%s: no report waiting in the outbox while the server is away", first.Name)
 	}
 	if err := f.srv.Start(f.ctx); err != nil {
 		t.Fatal(err)
@@ -64,13 +83,8 @@ func TestNetworkCut(t *testing.T) {
 			t.Errorf("%s: agent exited during the cut:\n%s", d.Name, d.Agent.Tail(10))
 		}
 		err := devlab.WaitFor(f.ctx, wait, d.Name+"'s outbox to drain", func(ctx context.Context) (bool, string, error) {
-			o, err := updater.OpenOutbox(ctx, filepath.Join(d.StateDir, "outbox.db"))
-			if err != nil {
-				return false, "", err
-			}
-			defer o.Close()
-			n, err := o.Len(ctx)
-			return n == 0, fmt.Sprint(n, " waiting"), err
+			n := outboxLen(t, d)
+			return n == 0, fmt.Sprint(n, " waiting"), nil
 		})
 		if err != nil {
 			t.Error(err)
@@ -84,6 +98,22 @@ func TestNetworkCut(t *testing.T) {
 			}
 		}
 	}
+}
+
+// outboxLen counts the reports waiting in a device's outbox.
+func outboxLen(t *testing.T, d *devlab.Device) int {
+	t.Helper()
+	ctx := context.Background()
+	o, err := updater.OpenOutbox(ctx, filepath.Join(d.StateDir, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	n, err := o.Len(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // TestAgentCrash kills agents with SIGKILL at crash points of an upgrade (after the

@@ -190,7 +190,9 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 	}
 	if a.cfg.Outbox != nil && a.cfg.Sender != nil {
-		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: time.Minute, Max: time.Hour}, a.cfg.Rand); err != nil {
+		// Reports that could not be sent are retried from the next check-in on (doubling,
+		// at most hourly): a failure report waiting longer would delay auto-pause.
+		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: min(time.Minute, a.cfg.Interval), Max: time.Hour}, a.cfg.Rand); err != nil {
 			errs = append(errs, err)
 		}
 	}

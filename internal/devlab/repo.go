@@ -3,6 +3,7 @@ package devlab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -62,9 +63,25 @@ func (r *Repo) RootJSON() string {
 // PublishModel publishes modelgen's probe set and model of a vibration-anomaly version
 // with gates.
 func (r *Repo) PublishModel(ctx context.Context, version string, gates artifact.Gates) (*reposerver.PublishResult, error) {
+	return r.PublishModelRuns(ctx, version, gates, 0)
+}
+
+// PublishModelRuns is PublishModel with the probe set's number of measured runs set to
+// runs (0: the probe set's own), e.g. to make a trial last a while.
+func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artifact.Gates, runs int) (*reposerver.PublishResult, error) {
 	probe, err := modelgen.ProbeSet(version)
 	if err != nil {
 		return nil, err
+	}
+	if runs > 0 {
+		var ps map[string]any
+		if err := json.Unmarshal(probe, &ps); err != nil {
+			return nil, err
+		}
+		ps["runs"] = runs
+		if probe, err = json.Marshal(ps); err != nil {
+			return nil, err
+		}
 	}
 	model, err := modelgen.Model(version)
 	if err != nil {
