@@ -239,4 +239,37 @@ func TestDeviceStory(t *testing.T) {
 			t.Fatalf("runtime default = %s; want 1.0.0", e.Version)
 		}
 	}
+
+	// The committed model changes on disk; the agent restarts (a new runtime process):
+	// LoadCommitted measures the bytes as found and does not serve them, and the next
+	// quote is not trusted: the device is quarantined.
+	st, _ = slots.State(ctx, artifact.KindModel)
+	payload := slots.Payload(artifact.KindModel, st.Active)
+	os.Chmod(payload, 0o644)
+	f, err := os.OpenFile(payload, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("tampered"))
+	f.Close()
+	rt2, err := runtime.New(runtime.Config{LibraryPath: lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt2.Close(ctx)
+	control2 := httptest.NewServer(rt2.ControlHandler())
+	defer control2.Close()
+	judge2 := &RuntimeJudge{Runtime: &runtime.Client{BaseURL: control2.URL}, TUF: tuf, Log: mlog, WorkDir: state}
+	if err := judge2.LoadCommitted(ctx, slots); err != nil {
+		t.Fatalf("LoadCommitted of a changed model = %v; want it measured, not an error", err)
+	}
+	if idx, _ := judge2.Runtime.Index(ctx); len(idx) != 0 {
+		t.Errorf("the changed model is loaded: %+v", idx)
+	}
+	if _, err := link.CheckIn(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if last := link.Last(); last.Trusted || !last.Quarantined {
+		t.Fatalf("check-in after the model changed on disk = trusted %v, quarantined %v (%v); want untrusted and quarantined", last.Trusted, last.Quarantined, last.Reasons)
+	}
 }
