@@ -27,8 +27,11 @@ build:
 # into a failure, so a green run means the real TPM, ONNX Runtime, etc. were exercised.
 test: deps
 	$(GO) vet ./...
-	EDGEWARD_REQUIRE_DEPS=1 $(GO) test -count=1 -timeout 75m ./...
+	EDGEWARD_REQUIRE_DEPS=1 EDGEWARD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 75m ./...
 	$(MAKE) fuzz
+
+# KILLS is how many random SIGKILLs the agent's crash test deals (issue: >= 200 per run).
+KILLS ?= 200
 
 # fuzz runs each parser of untrusted input under the fuzzer for a short fixed time
 # (FUZZTIME); a crash fails the build and leaves the input in testdata/fuzz/.

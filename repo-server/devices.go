@@ -464,6 +464,12 @@ func catalogFunc(cat map[policy.Target]TargetInfo) policy.Catalog {
 	}
 }
 
+// AuditEvent appends an event to the server's audit log (for subsystems the server
+// mounts, such as the attestation CA's decisions). Failures are logged.
+func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, data any) {
+	s.auditLog(ctx, actor, kind, subject, data)
+}
+
 // auditLog appends to the server's audit log; failures are logged (the event already
 // happened and must not be undone by a logging failure).
 func (s *Server) auditLog(ctx context.Context, actor, kind, subject string, data any) {

@@ -69,7 +69,10 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 	}
 	inter := x509.NewCertPool()
 	inter.AddCert(maker.Intermediate)
-	ca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	ca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter,
+		Audit: func(ctx context.Context, e attestca.Event) {
+			f.srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason})
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,4 +300,32 @@ func httpPost(url, body string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// TestEnrollmentWithForeignEKIsRejectedAndAudited: a TPM whose EK certificate does not
+// chain to the configured manufacturer roots gets no AK certificate, and the refusal is
+// in the audit log.
+func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	evil, err := attesttest.NewManufacturer("Evil TPM")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := evil.Provision(ctx, d.tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	_, err = (&attest.EnrollClient{URL: f.http.URL + deviceapi.PathAttest}).Enroll(ctx, d.tpm)
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("enroll with a foreign EK = %v; want 403", err)
+	}
+	l, db, err := f.repo.OpenAudit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, _ := l.Records(ctx, audit.Query{Kind: "enrollment.rejected"})
+	if len(recs) != 1 || !strings.Contains(string(recs[0].Data), "EK certificate") {
+		t.Fatalf("audit records of rejected enrollments = %+v; want one naming the EK certificate", recs)
+	}
 }

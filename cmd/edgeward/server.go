@@ -77,7 +77,11 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log}
+	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log,
+		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
+		Audit: func(ctx context.Context, e attestca.Event) {
+			srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason, "serial": e.Serial})
+		}}
 	if *ekRoots != "" {
 		if cacfg.ManufacturerRoots, err = loadPool(*ekRoots); err != nil {
 			return err
