@@ -197,8 +197,25 @@ func TestDeviceStory(t *testing.T) {
 	if v := committed(); v != "1.0.0" {
 		t.Fatalf("committed model = %q; want 1.0.0", v)
 	}
+	// Traffic far from the training distribution: the next check-in carries the drift.
+	link.Extra = judge.DriftAttrs
+	for i := range 50 {
+		x := float64(i%5) + 40 // training inputs are near 0
+		if _, err := rt.Infer(ctx, "vibration-anomaly", "", []runtime.Input{runtime.NewInput("x", runtime.FP32, []int64{1, 4}, []float64{x, x, x, x})}, nil); err != nil {
+			t.Fatalf("infer: %v", err)
+		}
+	}
 	if err := ag.Step(ctx); err != nil {
 		t.Fatalf("step: %v", err)
+	}
+	dev, err := store.Device(ctx, link.DeviceID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	drift, _ := dev.Attrs["drift"].(map[string]any)
+	vib, _ := drift["vibration-anomaly"].(map[string]any)
+	if vib == nil || vib["rows"] != float64(50) || len(vib["drifted"].([]any)) == 0 {
+		t.Fatalf("device attrs = %v; want a drift summary of 50 rows with drifted features", dev.Attrs)
 	}
 	last := link.Last()
 	if !last.Trusted || last.Slots[0].Reason != "up_to_date" {

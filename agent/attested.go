@@ -30,6 +30,9 @@ type Attested struct {
 	AgentVersion string
 	Attrs        map[string]any
 	Logger       *slog.Logger
+	// Extra, if set, adds attributes measured at check-in time (e.g. the drift summary
+	// of the serving model) to Attrs.
+	Extra func(ctx context.Context) map[string]any
 	// Slots, if set, is read at every check-in, so that reports sent after an install
 	// carry the slots as they are then (the quote covers what was loaded since).
 	Slots *rollback.Manager
@@ -110,8 +113,20 @@ func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*devic
 	if err != nil {
 		return nil, err
 	}
+	attrs := a.Attrs
+	if a.Extra != nil {
+		if extra := a.Extra(ctx); len(extra) > 0 {
+			attrs = make(map[string]any, len(a.Attrs)+len(extra))
+			for k, v := range a.Attrs {
+				attrs[k] = v
+			}
+			for k, v := range extra {
+				attrs[k] = v
+			}
+		}
+	}
 	req := &deviceapi.CheckInRequest{DeviceID: id, Labels: a.Labels, Hardware: a.Hardware, AgentVersion: a.AgentVersion,
-		Attrs: a.Attrs, Slots: map[artifact.Kind]deviceapi.Slot{}, Reports: reports, Nonce: nonce}
+		Attrs: attrs, Slots: map[artifact.Kind]deviceapi.Slot{}, Reports: reports, Nonce: nonce}
 	status := a.status
 	if a.Slots != nil {
 		status = map[artifact.Kind]updater.SlotStatus{}

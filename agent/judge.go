@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -411,4 +412,38 @@ func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollbac
 	}
 	_, err = j.Runtimes.Start(ctx, lib, false)
 	return err
+}
+
+// DriftAttrs summarises, for the check-in, how the inputs the serving models received
+// compare with their training baselines: per model, the rows seen, the features that
+// drifted and the largest mean shift (in baseline standard deviations). Models without
+// a baseline or without traffic are left out.
+func (j *RuntimeJudge) DriftAttrs(ctx context.Context) map[string]any {
+	rc := j.rc()
+	if rc == nil {
+		return nil
+	}
+	idx, err := rc.Index(ctx)
+	if err != nil {
+		return nil
+	}
+	out := map[string]any{}
+	for _, e := range idx {
+		if !e.Default {
+			continue
+		}
+		rep, err := rc.Drift(ctx, e.Name, "")
+		if err != nil || rep.Rows == 0 {
+			continue
+		}
+		maxShift := 0.0
+		for _, f := range rep.Features {
+			maxShift = max(maxShift, math.Abs(f.MeanShift))
+		}
+		out[e.Name] = map[string]any{"version": rep.Version, "rows": rep.Rows, "drifted": rep.Drifted, "max_mean_shift": math.Round(maxShift*1000) / 1000}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return map[string]any{"drift": out}
 }

@@ -106,7 +106,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	link := &agent.Attested{API: api, TPM: st.tpm, AK: ak, Log: mlog, Labels: lbl,
-		Hardware: *hardware, AgentVersion: agentVersion, Logger: log, Slots: st.slots}
+		Hardware: *hardware, AgentVersion: agentVersion, Logger: log, Slots: st.slots, Extra: judge.DriftAttrs}
 	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
 	if err != nil {
 		return err
