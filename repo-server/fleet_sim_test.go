@@ -293,4 +293,3 @@ func mustReports(t *testing.T, s *fleet.Store, rollout string) []policy.Report {
 	}
 	return r
 }
-
