@@ -372,7 +372,8 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 	if planned {
 		d.plan(ctx, p, now)
 	}
-	dec, err := st.Decide(ctx, p, catalogFunc(cat), fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now})
+	// The facts were stored above; DecideAt evaluates and records without writing them twice.
+	dec, err := st.DecideAt(ctx, p, catalogFunc(cat), req.DeviceID, now)
 	if err != nil {
 		return nil, err
 	}
