@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,21 +30,22 @@ import (
 // folder, which it recreates, with demo keys whose passphrase is printed: never use them
 // for anything else.
 type demo struct {
-	env     *cliEnv
-	dir     string
-	n       int
-	lab     *devlab.Lab
-	srv     *devlab.Server
-	r       *devlab.Repo
-	repoDir string
-	devs    []*devlab.Device
-	step    int
-	title   string
-	start   time.Time
-	canary  *devlab.Device
-	victim  *devlab.Device
-	rtVer   string
-	listen  string
+	env       *cliEnv
+	dir       string
+	n         int
+	lab       *devlab.Lab
+	srv       *devlab.Server
+	r         *devlab.Repo
+	repoDir   string
+	devs      []*devlab.Device
+	step      int
+	title     string
+	start     time.Time
+	canary    *devlab.Device
+	victim    *devlab.Device
+	rtVer     string
+	listen    string
+	tokenFile string
 }
 
 const (
@@ -597,6 +600,18 @@ func (d *demo) audit(ctx context.Context) error {
 		return fmt.Errorf("an edited audit log verified: %s", out)
 	}
 	d.info("an export with the tampered device's verdict edited to \"trusted\" does not verify (%s)", filepath.Base(badFile))
+
+	// A read-only dashboard login for the auditor.
+	cmd := exec.CommandContext(ctx, bin, "token", "create", "--repo", d.repoDir, "--name", "auditor", "--role", "auditor", "--ttl", "24h")
+	tok, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("edgeward token create: %w", err)
+	}
+	d.tokenFile = filepath.Join(d.lab.Dir, "auditor.token")
+	if err := os.WriteFile(d.tokenFile, tok, 0o600); err != nil {
+		return err
+	}
+	d.info("auditor token for the read-only dashboard (valid 24h): %s", d.tokenFile)
 	return nil
 }
 
@@ -684,8 +699,13 @@ func (d *demo) summary(ctx context.Context) error {
 		starts[id] = s.Started
 	}
 	k := fleet.ComputeFleet(reps, verdicts, starts)
-	fmt.Fprintf(w, "\nFleet: %d install attempts, success rate %.0f%%, failures %v; %d attestation verdicts, %.1f%% trusted\n",
-		k.Attempts, 100*k.SuccessRate, k.Failures, k.Verdicts, 100*k.AttestationPassRate)
+	var fails []string
+	for o, n := range k.Failures {
+		fails = append(fails, fmt.Sprintf("%s %d", o, n))
+	}
+	slices.Sort(fails)
+	fmt.Fprintf(w, "\nFleet: %d install attempts, %.0f%% committed (failures: %s); %d attestation verdicts, %.1f%% trusted\n",
+		k.Attempts, 100*k.SuccessRate, strings.Join(fails, ", "), k.Verdicts, 100*k.AttestationPassRate)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tDEVICES\tCOMMITTED\tFAILED\tCOMMIT P50\tREASON")
 	for _, r := range k.Rollouts {
@@ -698,6 +718,7 @@ func (d *demo) summary(ctx context.Context) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.Rollout, status, r.Devices, r.Committed, failed, r.CommitP50.Round(100*time.Millisecond), s.Reason)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nEvery step held. Server %s (metrics %s/metrics, dashboard %s/ui); data and logs in %s\n", d.srv.URL, d.srv.URL, d.srv.URL, d.lab.Dir)
+	fmt.Fprintf(w, "\nEvery step held.\n  server     %s  (metrics %s/metrics)\n  dashboard  %s/ui/  (sign in with the token in %s)\n  data, logs %s\n",
+		d.srv.URL, d.srv.URL, d.srv.URL, d.tokenFile, d.lab.Dir)
 	return nil
 }
