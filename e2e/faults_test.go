@@ -26,7 +26,8 @@ import (
 
 // TestNetworkCut cuts the server off in the middle of a rollout: it is killed while
 // the first wave's device runs its trial, so that device commits with the server gone
-// and its report waits in its outbox, while every device's check-ins fail. After the
+// and its report waits in its outbox, while every device's check-ins fail; a device
+// restarted meanwhile serves its committed model without the server. After the
 // server restarts every device catches up and commits, the server holds exactly one
 // committed report per device and rollout, and no report is left in an outbox.
 func TestNetworkCut(t *testing.T) {
@@ -68,6 +69,17 @@ func TestNetworkCut(t *testing.T) {
 	}
 	if n := outboxLen(t, first); n == 0 {
 		t.Fatalf("%s: no report waiting in the outbox while the server is away", first.Name)
+	}
+	// A device that restarts during the outage serves its committed model at once.
+	other := ordered[1]
+	if err := other.StopAgent(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.StartAgentOffline(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.WaitServing(f.ctx, wait, "1.0.0"); err != nil {
+		t.Fatalf("%s restarted without a server: %v", other.Name, err)
 	}
 	if err := f.srv.Start(f.ctx); err != nil {
 		t.Fatal(err)

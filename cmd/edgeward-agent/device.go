@@ -74,11 +74,8 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ak, err := (&attest.EnrollClient{URL: strings.TrimRight(*server, "/") + deviceapi.PathAttest, HTTP: httpc}).Enroll(ctx, st.tpm)
-	if err != nil {
-		return fmt.Errorf("enroll with the attestation CA: %w", err)
-	}
-	log.Info("enrolled", "device", ak.PermanentIdentifier)
+	// What the slots committed serves first, from the measured bytes, whether or not the
+	// server is reachable: an edge device that restarts during an outage keeps serving.
 	mlog, err := agent.OpenMeasurementLog(ctx, filepath.Join(*stateDir, "measurements.json"), st.tpm, 0)
 	if err != nil {
 		return err
@@ -101,7 +98,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	if err := judge.LoadCommitted(ctx, st.slots); err != nil {
 		return err
 	}
-	api, err := deviceClient(ctx, *server, httpc, st.tpm, ak, log)
+	ak, api, err := connect(ctx, *server, httpc, st.tpm, *interval, !*once, log)
 	if err != nil {
 		return err
 	}
@@ -200,6 +197,37 @@ func serverClient(caFile string) (*http.Client, error) {
 		return nil, fmt.Errorf("--server-ca %s: no PEM certificates", caFile)
 	}
 	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil
+}
+
+// connect enrolls the TPM with the server's attestation CA (EK certificate → AK
+// certificate) and returns the device API client, retrying while the server cannot be
+// reached or refuses (backoff up to interval) until ctx ends; without retry it returns
+// the first error.
+func connect(ctx context.Context, server string, httpc *http.Client, tpm *attest.TPM, interval time.Duration, retry bool, log *slog.Logger) (*attest.AKCertificate, *deviceapi.Client, error) {
+	wait := time.Second
+	for {
+		ak, err := (&attest.EnrollClient{URL: strings.TrimRight(server, "/") + deviceapi.PathAttest, HTTP: httpc}).Enroll(ctx, tpm)
+		if err != nil {
+			err = fmt.Errorf("enroll with the attestation CA: %w", err)
+		} else {
+			log.Info("enrolled", "device", ak.PermanentIdentifier)
+			api, derr := deviceClient(ctx, server, httpc, tpm, ak, log)
+			if derr == nil {
+				return ak, api, nil
+			}
+			err = fmt.Errorf("device certificate: %w", derr)
+		}
+		if !retry {
+			return nil, nil, err
+		}
+		log.Warn("cannot connect to the server yet; serving what is committed, retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, max(interval, time.Second))
+	}
 }
 
 // deviceClient returns the device API client. When the server names a device CA, the

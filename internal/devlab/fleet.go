@@ -265,7 +265,13 @@ var enrolledRE = regexp.MustCompile(`msg=enrolled device=("(?:[^"\\]|\\.)*"|\S+)
 
 // StartAgent starts `edgeward-agent device` and waits until it enrolled with the
 // attestation CA (its device ID is then known) and its runtime accepts connections.
-func (d *Device) StartAgent(ctx context.Context) error {
+func (d *Device) StartAgent(ctx context.Context) error { return d.startAgent(ctx, true) }
+
+// StartAgentOffline starts the agent and waits only until its runtime accepts
+// connections: for a server that cannot be reached (the agent keeps trying to enroll).
+func (d *Device) StartAgentOffline(ctx context.Context) error { return d.startAgent(ctx, false) }
+
+func (d *Device) startAgent(ctx context.Context, enrolled bool) error {
 	if d.Agent != nil && !d.Agent.Exited() {
 		return fmt.Errorf("%s: agent already running", d.Name)
 	}
@@ -313,6 +319,9 @@ func (d *Device) StartAgent(ctx context.Context) error {
 					}
 				}
 			}
+		}
+		if !enrolled {
+			return portOpen(d.Port), "", nil
 		}
 		return d.ID != "" && before == 0 && portOpen(d.Port), "", nil
 	})
