@@ -131,6 +131,46 @@ func TestRuntimeUpdate(t *testing.T) {
 	if !strings.Contains(devlab.Tail(d.Agent.LogPath, 400), filepath.Join(d.StateDir, "slots", "runtime")) {
 		t.Errorf("after the restart the runtime was not started from the runtime slot:\n%s", d.Agent.Tail(20))
 	}
+
+	// The committed library changes on disk: at the next start it is measured as found
+	// (and not run: the default library serves), the quote is not trusted, the device is
+	// quarantined.
+	want, err := f.repo.TargetSHA(f.ctx, "runtimes/onnxruntime/1.24.3.so")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.StopAgent(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	lib := ""
+	for _, slot := range []string{"a", "b"} {
+		p := filepath.Join(d.StateDir, "slots", "runtime", slot, "payload")
+		if sum, err := sha256File(p); err == nil && sum == want {
+			lib = p
+		}
+	}
+	if lib == "" {
+		t.Fatal("no runtime slot holds 1.24.3")
+	}
+	os.Chmod(lib, 0o644)
+	fh, err := os.OpenFile(lib, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fh.Write([]byte("tampered"))
+	fh.Close()
+	f.startAgents()
+	err = devlab.WaitFor(f.ctx, wait, d.Name+" to be quarantined", func(ctx context.Context) (bool, string, error) {
+		fds, err := f.srv.Devices(ctx, f.devs)
+		return err == nil && fds[d.Name].Quarantined, string(fds[d.Name].Verdict), err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fds, _ := f.srv.Devices(f.ctx, f.devs)
+	if r := fds[d.Name].QuarantineReason; !strings.Contains(r, "runtime onnxruntime") {
+		t.Errorf("quarantine reason %q; want the runtime's mismatch", r)
+	}
 }
 
 // runtimeRollout rolls a runtime version out to every device.
