@@ -324,7 +324,7 @@ func (d *demo) modelV1(ctx context.Context) error {
 	if err := d.waitCommitted(ctx, wave1, artifact.KindModel, "1.0.0"); err != nil {
 		return err
 	}
-	d.info("wave 1 (%s) committed 1.0.0 after its probe passed; wave 2 starts after the soak", devlab.Names(wave1))
+	d.info("wave 1 = %s (the %.2f%% is computed from policy.Bucket so that exactly %d of %d devices are in it) committed 1.0.0 after its probe passed; wave 2 starts after the soak", devlab.Names(wave1), pct, k, len(d.devs))
 	if err := d.waitCommitted(ctx, d.devs, artifact.KindModel, "1.0.0"); err != nil {
 		return err
 	}
