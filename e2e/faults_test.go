@@ -203,39 +203,50 @@ func TestAgentCrash(t *testing.T) {
 	}
 }
 
-// TestAgentCrashMidDownload kills the agent in the middle of downloading a runtime (a
-// 35 MB ONNX Runtime library, past its first durable download checkpoint) and restarts
-// it: the download resumes where the checkpoint left it, the runtime commits, and the
-// device stays trusted and serving.
-func TestAgentCrashMidDownload(t *testing.T) {
-	f := newFleet(t, 1)
-	d := f.devs[0]
-	d.AgentBin = crashAgent
-	d.AgentEnv = []string{"EDGEWARD_CRASHPOINT=mid-download"} // models are too small to reach a checkpoint
+// TestAgentCrashRuntime kills agents during a runtime update (a 35 MB ONNX Runtime
+// library): one in the middle of the download, past its first durable checkpoint; one
+// during the runtime trial, while the new runtime process is held beside the serving
+// one. Both runtime processes go with the agent (the public port closes). After a
+// restart each resumes or retries, commits the runtime, stays trusted and serves.
+func TestAgentCrashRuntime(t *testing.T) {
+	f := newFleet(t, 2)
+	dl, trial := f.devs[0], f.devs[1]
+	dl.AgentBin = crashAgent
+	dl.AgentEnv = []string{"EDGEWARD_CRASHPOINT=mid-download"} // models are too small to reach a checkpoint
 	f.startAgents()
 	f.commit("1.0.0")
 	if _, err := f.repo.PublishRuntime(f.ctx, "onnxruntime", "1.24.3", os.Getenv("ONNXRUNTIME_LIB")); err != nil {
 		t.Fatal(err)
 	}
+	mark := fileSize(trial.Agent.LogPath)
 	f.runtimeRollout("ort", "1.24.3")
-	if err := d.WaitStopped(f.ctx, wait); err != nil {
+	err := devlab.WaitFor(f.ctx, wait, trial.Name+" to start the new runtime held", func(context.Context) (bool, string, error) {
+		return strings.Contains(tailFrom(trial.Agent.LogPath, mark), "hold=true"), "", nil
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if code := d.Agent.ExitCode(); code != -1 {
-		t.Fatalf("agent exited with %d; want killed at mid-download:\n%s", code, d.Agent.Tail(10))
+	trial.Agent.Kill()
+	for _, d := range f.devs {
+		if err := d.WaitStopped(f.ctx, wait); err != nil {
+			t.Fatal(err)
+		}
+		if code := d.Agent.ExitCode(); code != -1 {
+			t.Fatalf("%s: agent exited with %d; want killed:\n%s", d.Name, code, d.Agent.Tail(10))
+		}
 	}
 	var part int64
-	filepath.Walk(filepath.Join(d.StateDir, "slots", "runtime"), func(p string, fi os.FileInfo, err error) error {
+	filepath.Walk(filepath.Join(dl.StateDir, "slots", "runtime"), func(p string, fi os.FileInfo, err error) error {
 		if err == nil && strings.HasSuffix(p, ".part") {
 			part = fi.Size()
 		}
 		return nil
 	})
 	if part <= 0 {
-		t.Fatalf("no partial download in the runtime slot after the kill")
+		t.Fatalf("%s: no partial download in the runtime slot after the kill", dl.Name)
 	}
-	t.Logf("killed with %d bytes of the runtime downloaded", part)
-	d.AgentEnv = nil
+	t.Logf("%s killed with %d bytes of the runtime downloaded", dl.Name, part)
+	dl.AgentEnv = nil
 	since := time.Now()
 	f.startAgents()
 	if err := f.srv.WaitCommitted(f.ctx, wait, f.devs, artifact.KindRuntime, "1.24.3"); err != nil {
@@ -244,8 +255,10 @@ func TestAgentCrashMidDownload(t *testing.T) {
 	if err := f.srv.WaitTrusted(f.ctx, wait, f.devs, since); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.WaitServing(f.ctx, wait, "1.0.0"); err != nil {
-		t.Fatal(err)
+	for _, d := range f.devs {
+		if _, err := d.WaitServing(f.ctx, wait, "1.0.0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
