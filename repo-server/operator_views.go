@@ -149,13 +149,51 @@ type FleetSummary struct {
 	Quarantined   int            `json:"quarantined"`
 	Verdicts      map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
 	KPI           fleet.FleetKPI `json:"kpi"`
+	// Drift summarises, per model, the drift the devices reported at their last
+	// check-in (agent attrs "drift").
+	Drift map[string]*ModelDrift `json:"drift,omitempty"`
+}
+
+// ModelDrift is the fleet's drift summary of one model.
+type ModelDrift struct {
+	Devices      int     `json:"devices"`         // devices that reported served inputs
+	Drifted      int     `json:"drifted"`         // of them, with at least one drifted feature
+	Rows         float64 `json:"rows"`            // inputs served, summed
+	MaxMeanShift float64 `json:"max_mean_shift"` // the largest |mean shift| reported, in baseline standard deviations
+}
+
+// addDrift folds one device's reported drift attributes into sum. Malformed values
+// (the attributes come from devices) are ignored.
+func addDrift(sum map[string]*ModelDrift, attrs map[string]any) {
+	models, _ := attrs["drift"].(map[string]any)
+	for model, v := range models {
+		m, _ := v.(map[string]any)
+		if m == nil {
+			continue
+		}
+		d := sum[model]
+		if d == nil {
+			d = &ModelDrift{}
+			sum[model] = d
+		}
+		d.Devices++
+		if rows, ok := m["rows"].(float64); ok && rows > 0 {
+			d.Rows += rows
+		}
+		if drifted, _ := m["drifted"].([]any); len(drifted) > 0 {
+			d.Drifted++
+		}
+		if shift, ok := m["max_mean_shift"].(float64); ok {
+			d.MaxMeanShift = max(d.MaxMeanShift, shift)
+		}
+	}
 }
 
 // LoadFleetSummary counts the devices (one pass over them) and computes the fleet KPIs
 // from the install reports made at or after since and the attestation verdicts made at
 // or after verdictsSince.
 func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince time.Time) (FleetSummary, error) {
-	out := FleetSummary{Since: since, VerdictsSince: verdictsSince, Verdicts: map[string]int{}}
+	out := FleetSummary{Since: since, VerdictsSince: verdictsSince, Verdicts: map[string]int{}, Drift: map[string]*ModelDrift{}}
 	for after := ""; ; {
 		devs, err := st.Devices(ctx, fleet.ListOptions{After: after, Limit: fleet.MaxListLimit})
 		if err != nil {
@@ -167,6 +205,7 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 				out.Quarantined++
 			}
 			out.Verdicts[string(d.Verdict)]++
+			addDrift(out.Drift, d.Attrs)
 		}
 		if len(devs) < fleet.MaxListLimit {
 			break
