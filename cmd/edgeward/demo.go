@@ -30,22 +30,23 @@ import (
 // folder, which it recreates, with demo keys whose passphrase is printed: never use them
 // for anything else.
 type demo struct {
-	env       *cliEnv
-	dir       string
-	n         int
-	lab       *devlab.Lab
-	srv       *devlab.Server
-	r         *devlab.Repo
-	repoDir   string
-	devs      []*devlab.Device
-	step      int
-	title     string
-	start     time.Time
-	canary    *devlab.Device
-	victim    *devlab.Device
-	rtVer     string
-	listen    string
-	tokenFile string
+	env         *cliEnv
+	dir         string
+	n           int
+	lab         *devlab.Lab
+	srv         *devlab.Server
+	r           *devlab.Repo
+	repoDir     string
+	devs        []*devlab.Device
+	step        int
+	title       string
+	start       time.Time
+	canary      *devlab.Device
+	victim      *devlab.Device
+	rtVer       string
+	listen      string
+	tokenFile   string
+	rootVersion int64
 }
 
 const (
@@ -343,7 +344,16 @@ func (d *demo) modelV2(ctx context.Context) error {
 		return err
 	}
 	d.info("every device committed 1.1.0 (probe accuracy 0.9367 ≥ 0.85); the anti-rollback floor is now 1.1.0")
-	return d.waitServing(ctx, d.devs, "1.1.0")
+	if err := d.waitServing(ctx, d.devs, "1.1.0"); err != nil {
+		return err
+	}
+	v, err := d.r.RotateTimestampKey(ctx)
+	if err != nil {
+		return fmt.Errorf("timestamp key rotation: %w", err)
+	}
+	d.rootVersion = v
+	d.info("security team rotates the timestamp key: root v%d proposed, signed by 2 of the 3 root key holders, published (devices follow it at their next refresh)", v)
+	return nil
 }
 
 func (d *demo) reports(ctx context.Context, f fleet.ReportFilter) ([]policy.Report, error) {
@@ -544,6 +554,16 @@ func (d *demo) runtimeUpdate(ctx context.Context) error {
 		return fmt.Errorf("quarantined %s installed the runtime update", d.victim.Name)
 	}
 	d.info("quarantined %s got no update: it still has no runtime from the slot and reported no install", d.victim.Name)
+	for _, dv := range healthy {
+		v, err := dv.TrustedRootVersion()
+		if err != nil {
+			return err
+		}
+		if v != d.rootVersion {
+			return fmt.Errorf("%s trusts root v%d; want v%d (the rotated root)", dv.Name, v, d.rootVersion)
+		}
+	}
+	d.info("the updated devices verified this update under root v%d (the rotated timestamp key)", d.rootVersion)
 	return nil
 }
 

@@ -465,3 +465,20 @@ func (d *Device) DeviceCert() string {
 	}
 	return s
 }
+
+// TrustedRootVersion is the version of the TUF root the device's agent trusts now.
+func (d *Device) TrustedRootVersion() (int64, error) {
+	b, err := os.ReadFile(filepath.Join(d.StateDir, "tuf", "root.json"))
+	if err != nil {
+		return 0, err
+	}
+	var root struct {
+		Signed struct {
+			Version int64 `json:"version"`
+		} `json:"signed"`
+	}
+	if err := json.Unmarshal(b, &root); err != nil {
+		return 0, err
+	}
+	return root.Signed.Version, nil
+}

@@ -19,6 +19,7 @@ import (
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // Model is the name under which the lab publishes modelgen's vibration-anomaly models.
@@ -31,6 +32,8 @@ type Repo struct {
 	PolicyDir string
 	Repo      *reposerver.Repo
 	Keys      *reposerver.KeyRing
+	// RootKeys are the root key files (offline, encrypted): three, threshold two.
+	RootKeys []string
 
 	mu       sync.Mutex
 	lastRoll time.Time
@@ -45,7 +48,8 @@ func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, e
 		return nil, err
 	}
 	r := &Repo{Dir: dir, PolicyDir: filepath.Join(dir, "policy"), Repo: res.Repo,
-		Keys: &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(passphrase), nil }}}
+		Keys:     &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(passphrase), nil }},
+		RootKeys: res.KeyFiles[metadata.ROOT]}
 	if err := os.MkdirAll(r.PolicyDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -53,6 +57,29 @@ func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, e
 		return nil, err
 	}
 	return r, nil
+}
+
+// RotateTimestampKey replaces the online timestamp key: a root proposal, signed by two
+// of the three root key holders (one signature at a time, as in a ceremony), then
+// published. It returns the new root version.
+func (r *Repo) RotateTimestampKey(ctx context.Context) (int64, error) {
+	rot, err := r.Repo.RotateKey(ctx, metadata.TIMESTAMP, reposerver.KeyEd25519, "", &reposerver.KeyRing{})
+	if err != nil {
+		return 0, err
+	}
+	if len(r.RootKeys) < 2 {
+		return 0, errors.New("fewer than two root keys at hand")
+	}
+	for _, kf := range r.RootKeys[:2] {
+		k, err := r.Keys.Load(kf)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := reposerver.SignRootFile(nil, rot.Proposal, k); err != nil {
+			return 0, err
+		}
+	}
+	return r.Repo.PublishRoot(ctx, rot.Proposal, r.Keys)
 }
 
 // RootJSON is the path of the first root metadata, which devices pin at enrollment.
