@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Go micro-benchmarks beside the drivers: runtime's in-process vs HTTP ratio on one
 # model, updater's streaming download and the decomposition of the install path
-# (copy, + sha256, + fsync, Downloader settings), -count 6, summarised by benchstat (median and
+# (copy, + sha256, + fsync, Downloader settings), and repo-server's whole check-ins over
+# HTTP with verified quotes (the device API), -count 6, summarised by benchstat (median and
 # confidence interval per metric). Writes bench/gobench.txt (raw) and bench/benchstat.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,5 +12,6 @@ BENCHSTAT="golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da"
   $GO test -run '^$' -bench 'BenchmarkInfer(SessionRun|Runtime|HTTP|Ratio)$' -benchmem -count 6 ./runtime
   $GO test -run '^$' -bench 'BenchmarkDownload$' -benchtime 3x -benchmem -count 6 ./updater
   $GO test -run '^$' -bench 'BenchmarkInstallPath$' -benchtime 2x -count 6 ./updater
+  $GO test -run '^$' -bench 'BenchmarkCheckIn$' -count 6 ./repo-server
 } | tee bench/gobench.txt
 $GO run "$BENCHSTAT" bench/gobench.txt | tee bench/benchstat.txt

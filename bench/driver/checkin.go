@@ -44,6 +44,8 @@ type CheckInResult struct {
 	Rounds        int     `json:"rounds"`
 }
 
+const checkInNotMeasured = "this driver calls verify.Check, fleet.Store.Attest and fleet.Store.Decide in-process, without HTTP; whole check-ins through the device API (HTTP, nonce, quote verification, fleet writes, audit records) are repo-server's BenchmarkCheckIn among the Go micro-benchmarks below (plain HTTP within one process: no mTLS handshake, no network)"
+
 const checkInPolicy = `
 rollouts:
   - id: vib-3.1.0
@@ -166,7 +168,7 @@ func benchCheckIn(ctx context.Context, cfg *config) (*CheckInResult, error) {
 	logf("check-in: %d quotes from the simulator TPM per round", n)
 	res := &CheckInResult{Devices: 3 * n, Quotes: n, Rounds: rounds,
 		Evidence:    "TPM 2.0 reference simulator (in-process), RSA-2048 EK and AK, AK certificate from attest/attestca (ECDSA P-256), quote over PCRs 0 and 16 with a 2-event measurement log; verified by attest/verify",
-		NotMeasured: "the device API over HTTP with mTLS (not built yet): these are in-process calls of verify.Check, fleet.Store.Attest and fleet.Store.Decide"}
+		NotMeasured: checkInNotMeasured}
 	dir, err := os.MkdirTemp(cfg.work, "checkin-")
 	if err != nil {
 		return nil, err

@@ -34,6 +34,8 @@ rollouts:
     target: {kind: model, name: vib, version: 3.0.0}
 `
 
+const fleetNotMeasured = "agents over the network and their downloads: each simulated device here is in-process calls on the fleet store; a real device is a swtpm, an agent and a runtime (about 50 MiB together, row 6), so a 1k-10k fleet over the device API needs a load generator with software TPMs (attesttest.NewSoftDevice), not processes"
+
 // fleetRun is what fleet-child prints (JSON) for one size.
 type fleetRun struct {
 	Devices        int     `json:"devices"`
@@ -166,7 +168,7 @@ func benchFleet(ctx context.Context, cfg *config) (*FleetResult, error) {
 		return nil, err
 	}
 	res := &FleetResult{Policy: "waves 2 % (soak 1h, failure gate), 10 % (1h), 50 % (1h), 100 %; every device checks in once per simulated hour",
-		NotMeasured: "devices over the network (HTTP/mTLS device API not built yet): devices are in-process calls on the fleet store; no agents download anything"}
+		NotMeasured: fleetNotMeasured}
 	for _, n := range cfg.fleetSizes {
 		dir, err := os.MkdirTemp(cfg.work, "fleet-")
 		if err != nil {

@@ -7,7 +7,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/devlab"
 )
 
 // FootprintResult is row 6 (MiB).
@@ -24,7 +27,13 @@ type FootprintResult struct {
 	RuntimeIrisLoadedMiB   float64 `json:"runtime_iris_rss_after_load_mib"`
 	RuntimeIrisHWMMiB      float64 `json:"runtime_iris_peak_rss_mib"`
 	NodeIrisRSSMiB         float64 `json:"node_peer_iris_rss_mib"`
-	Requests               int     `json:"requests_before_rss"`
+	// The whole device (`edgeward-agent device`: swtpm, attested check-ins every second
+	// over mTLS, its own edgeward-runtime), via internal/devlab.
+	DeviceAgentRSSMiB float64 `json:"device_agent_idle_rss_mib"`
+	DeviceAgentHWMMiB float64 `json:"device_agent_idle_peak_rss_mib"`
+	DeviceRuntimeMiB  float64 `json:"device_runtime_rss_mib"`
+	DeviceNote        string  `json:"device_note,omitempty"`
+	Requests          int     `json:"requests_before_rss"`
 }
 
 func fileMiB(path string) float64 {
@@ -109,6 +118,11 @@ func benchFootprint(ctx context.Context, cfg *config) (*FootprintResult, error) 
 	a.stop()
 	logf("footprint: agent %.1f MiB (stripped %.1f), idle RSS %.1f MiB (peak %.1f)", res.AgentBinaryMiB, res.AgentBinaryStrippedMiB, res.AgentIdleRSSMiB, res.AgentIdleHWMMiB)
 
+	if err := deviceFootprint(ctx, cfg, res); err != nil {
+		res.DeviceNote = "not measured: " + err.Error()
+		logf("footprint: device mode: %v", err)
+	}
+
 	// The runtime with the Iris model, idle after load and after requests; the Node.js
 	// peer beside it.
 	models, err := prepareModels(ctx, filepath.Join(cfg.work, "models"))
@@ -157,4 +171,82 @@ func benchFootprint(ctx context.Context, cfg *config) (*FootprintResult, error) 
 	logf("footprint: runtime %.1f MiB, Iris RSS %.1f MiB after load, %.1f MiB after %d requests (peak %.1f); Node.js peer %.1f MiB",
 		res.RuntimeBinaryMiB, res.RuntimeIrisLoadedMiB, res.RuntimeIrisRSSMiB, res.Requests, res.RuntimeIrisHWMMiB, res.NodeIrisRSSMiB)
 	return res, nil
+}
+
+// deviceFootprint runs one device the way `edgeward demo` does (a swtpm with an EK
+// certificate, `edgeward server --tls-listen`, `edgeward-agent device` with its runtime)
+// and samples the agent's RSS after it enrolled and has checked in for a few seconds.
+func deviceFootprint(ctx context.Context, cfg *config, res *FootprintResult) error {
+	if err := devlab.CheckDeps(); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp(cfg.work, "device-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bins := devlab.Bins{Edgeward: filepath.Join(cfg.bin, "edgeward"), Agent: filepath.Join(cfg.bin, "edgeward-agent"), Runtime: filepath.Join(cfg.bin, "edgeward-runtime")}
+	lab, err := devlab.New(dir, bins)
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	lab.Env = append(lab.Env, "ONNXRUNTIME_LIB="+cfg.ortLib)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	repo, err := devlab.InitRepo(ctx, filepath.Join(dir, "repo"), benchPassphrase, "version: 1\nattestation: {required: true, max_age: 5m}\n")
+	if err != nil {
+		return fmt.Errorf("repository: %w", err)
+	}
+	srv, err := lab.StartServer(ctx, devlab.ServerConfig{Repo: filepath.Join(dir, "repo"), CheckIn: time.Second, TLS: true})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	dev, err := lab.NewDevice(ctx, "bench-device", map[string]string{"line": "press"}, srv, repo.RootJSON())
+	if err != nil {
+		return fmt.Errorf("device: %w", err)
+	}
+	if err := dev.StartAgent(ctx); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	time.Sleep(5 * time.Second) // a few attested check-ins
+	if res.DeviceAgentRSSMiB, res.DeviceAgentHWMMiB, err = rssAfter(dev.Agent.Pid()); err != nil {
+		return err
+	}
+	// The runtime is the agent's child.
+	if pid := childOf(dev.Agent.Pid()); pid > 0 {
+		if v, err := procStatus(pid, "VmRSS"); err == nil {
+			res.DeviceRuntimeMiB = round(mib(v), 1)
+		}
+	}
+	res.DeviceNote = "edgeward-agent device: enrolled through the attestation CA with a swtpm EK certificate, mTLS check-ins every 1 s, no model installed; sampled 8-11 s after enrollment"
+	logf("footprint: device agent idle RSS %.1f MiB (peak %.1f), its runtime %.1f MiB", res.DeviceAgentRSSMiB, res.DeviceAgentHWMMiB, res.DeviceRuntimeMiB)
+	return nil
+}
+
+// childOf returns a child process of ppid (0 if none), from /proc/*/stat.
+func childOf(ppid int) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces, so parse after the last ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		var state string
+		var pp int
+		if _, err := fmt.Sscan(s[i+1:], &state, &pp); err == nil && pp == ppid {
+			return pid
+		}
+	}
+	return 0
 }
