@@ -122,9 +122,17 @@ func targets(r *Results) []Target {
 	if c := r.CheckIn; c != nil {
 		t := Target{Row: 4, Target: "≥ 2,000 check-ins/s with verified quotes on 2 cores",
 			Measured: fmt.Sprintf("%.0f/s in-process into sqlite (raw quote verification %.0f/s)", c.CheckIn2, c.RawVerify2),
-			Status:   status(c.CheckIn2 >= 2000), Gap: "whole check-ins over HTTP: see BenchmarkCheckIn below"}
+			Status:   status(c.CheckIn2 >= 2000)}
 		if c.CheckIn2 < 2000 {
-			t.Gap = fmt.Sprintf("%.0f %% short (%.2f×); ", 100*(1-c.CheckIn2/2000), 2000/c.CheckIn2) + t.Gap
+			t.Gap = fmt.Sprintf("in-process %.2f× short", 2000/c.CheckIn2)
+		}
+		// Whole check-ins through the device API: repo-server's BenchmarkCheckIn.
+		if n, x := httpCheckIns("bench/gobench.txt"); n > 0 {
+			t.Measured = fmt.Sprintf("%.0f/s over HTTP (repo-server BenchmarkCheckIn, median of %d); ", x, n) + t.Measured
+			t.Status = status(x >= 2000 && c.CheckIn2 >= 2000)
+			if x < 2000 {
+				t.Gap = fmt.Sprintf("over HTTP %.1f× short; ", 2000/x) + t.Gap
+			}
 		}
 		add(t)
 	}
@@ -253,4 +261,29 @@ func render(r *Results) string {
 	}
 	p("\n")
 	return b.String()
+}
+
+// httpCheckIns returns the number of repo-server BenchmarkCheckIn samples in the Go
+// benchmark output and the median of their checkins/s.
+func httpCheckIns(path string) (int, float64) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0
+	}
+	var xs []float64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 || !strings.HasPrefix(f[0], "BenchmarkCheckIn-") {
+			continue
+		}
+		for i := 1; i < len(f); i++ {
+			if f[i] == "checkins/s" {
+				var x float64
+				if _, err := fmt.Sscan(f[i-1], &x); err == nil {
+					xs = append(xs, x)
+				}
+			}
+		}
+	}
+	return len(xs), median(xs)
 }
