@@ -69,15 +69,21 @@ func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Tim
 	return all, nil
 }
 
-// Attest records an attestation verdict (RecordVerdict) and, when it is not trusted,
-// also records an attestation_untrusted report against every rollout whose target the
+// Attest records an attestation verdict (RecordVerdict) and, when it turns untrusted,
+// also records one attestation_untrusted report against every rollout whose target the
 // device runs, so that a wave whose devices stop attesting pauses like one whose
 // installs fail. Use it instead of RecordVerdict at check-in.
 func (s *Store) Attest(ctx context.Context, p *policy.Policy, id string, v policy.Verdict, detail string, at time.Time) error {
+	before, err := s.Device(ctx, id)
+	if err != nil {
+		return err
+	}
 	if err := s.RecordVerdict(ctx, id, v, detail, at); err != nil {
 		return err
 	}
-	if v == policy.VerdictTrusted {
+	// A device that stays untrusted check-in after check-in is one failure, not one per
+	// check-in: only the change from trusted (or never attested) is reported.
+	if v == policy.VerdictTrusted || before.Verdict == policy.VerdictUntrusted {
 		return nil
 	}
 	d, err := s.Device(ctx, id)
