@@ -316,7 +316,8 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 	st := d.cfg.Fleet
 	actor := "device:" + req.DeviceID
 	p := d.policy()
-	if _, err := st.Device(ctx, req.DeviceID); errors.Is(err, fleet.ErrNotFound) {
+	prev, err := st.Device(ctx, req.DeviceID)
+	if errors.Is(err, fleet.ErrNotFound) {
 		if err := st.Enroll(ctx, req.DeviceID, req.Labels, now); err != nil && !errors.Is(err, fleet.ErrExists) {
 			return nil, err
 		}
@@ -362,7 +363,7 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 		return nil, err
 	}
 	d.s.auditLog(ctx, actor, "attestation.verdict", req.DeviceID, map[string]any{"verdict": verdict, "reasons": reasons})
-	if verdict != policy.VerdictTrusted && !d.cfg.DontQuarantine {
+	if verdict != policy.VerdictTrusted && !d.cfg.DontQuarantine && !prev.Quarantined {
 		if err := st.SetQuarantine(ctx, req.DeviceID, true, "attestation: "+detail); err != nil {
 			return nil, err
 		}
