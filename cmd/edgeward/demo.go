@@ -385,6 +385,7 @@ func (d *demo) modelV3(ctx context.Context) error {
 		if err != nil {
 			return false, "", err
 		}
+		// Every report must be the canary's, and none a commit; the first failure ends the wait.
 		for _, r := range reps {
 			if r.DeviceID != d.canary.ID {
 				return false, "", devlab.Final(fmt.Errorf("%s outside wave 1 installed 2.0.0", r.DeviceID))
@@ -392,10 +393,12 @@ func (d *demo) modelV3(ctx context.Context) error {
 			if r.Outcome == policy.OutcomeCommitted {
 				return false, "", devlab.Final(errors.New("the canary committed the degraded model"))
 			}
-			failed = r
+		}
+		if len(reps) > 0 {
+			failed = reps[0]
 			return true, "", nil
 		}
-		return false, fmt.Sprintf("%d reports", len(reps)), nil
+		return false, "no report yet", nil
 	})
 	if err != nil {
 		return err
