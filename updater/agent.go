@@ -56,6 +56,8 @@ type InstallReport struct {
 	Cause    string        `json:"cause,omitempty"`
 	At       time.Time     `json:"at"`
 	Bytes    int64         `json:"bytes,omitempty"`
+
+	id string // the outbox ID when it derives from what is reported ("": random)
 }
 
 // AgentConfig configures an Agent. TUF, Slots and Director are required.
@@ -90,6 +92,8 @@ type Agent struct {
 	// refused remembers targets that failed, so they are not retried until the desired
 	// target changes.
 	refused map[string]string
+	// reconciled is set once the first round queued any commit left unreported.
+	reconciled bool
 }
 
 // NewAgent checks cfg and fills in defaults.
@@ -142,6 +146,10 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Step(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if !a.reconciled {
+		a.reconcileReports(ctx)
+		a.reconciled = true
+	}
 	var errs []error
 	if err := a.cfg.Slots.Tick(ctx); err != nil {
 		errs = append(errs, err)
@@ -245,6 +253,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, t
 	switch s.Phase {
 	case rollback.Committed:
 		rep.Outcome = "committed"
+		rep.id = commitReportID(kind, s.Seq)
 		if hooked {
 			hookErr = o.Committed(ctx, kind, t, meta)
 		}
@@ -278,7 +287,42 @@ func (a *Agent) report(ctx context.Context, rep InstallReport) {
 	if a.cfg.Outbox == nil {
 		return
 	}
-	if _, err := a.cfg.Outbox.Put(ctx, "install", rep, a.cfg.Now()); err != nil {
+	var err error
+	if rep.id != "" {
+		_, err = a.cfg.Outbox.PutOnce(ctx, rep.id, "install", rep, a.cfg.Now())
+	} else {
+		_, err = a.cfg.Outbox.Put(ctx, "install", rep, a.cfg.Now())
+	}
+	if err != nil {
 		a.cfg.Logger.Error("store report", "err", err)
+	}
+}
+
+// commitReportID names the report of the commit that was the slot's seq-th transition:
+// the same after a restart, so a commit is reported exactly once.
+func commitReportID(kind artifact.Kind, seq uint64) string {
+	return fmt.Sprintf("commit-%s-%d", kind, seq)
+}
+
+// reconcileReports queues the report of a commit the agent did not get to report (it
+// was killed between saving the commit and queuing the report). A commit that was
+// reported is not reported again: its report ID is derived from the commit.
+func (a *Agent) reconcileReports(ctx context.Context) {
+	if a.cfg.Outbox == nil {
+		return
+	}
+	for _, k := range rollback.Kinds() {
+		s, err := a.cfg.Slots.State(ctx, k)
+		if err != nil || s.Phase != rollback.Committed || s.Current == nil {
+			continue
+		}
+		_, name, _, _ := artifact.ParseTargetPath(s.Current.Path)
+		rep := InstallReport{DeviceID: a.cfg.DeviceID, Kind: k, Name: name, Version: s.Current.Version, Outcome: "committed",
+			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), id: commitReportID(k, s.Seq)}
+		if stored, err := a.cfg.Outbox.PutOnce(ctx, rep.id, "install", rep, a.cfg.Now()); err != nil {
+			a.cfg.Logger.Error("store report", "err", err)
+		} else if stored {
+			a.cfg.Logger.Info("install report recovered after a restart", "kind", k, "version", rep.Version)
+		}
 	}
 }

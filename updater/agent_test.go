@@ -172,3 +172,68 @@ func TestAgentRunJitter(t *testing.T) {
 		t.Errorf("waits not jittered: %v", waits)
 	}
 }
+
+// TestCommitReportSurvivesACrash: an agent killed after saving a commit but before
+// queuing its report reports it at its next start, exactly once; an agent that did
+// report it does not report it again.
+func TestCommitReportSurvivesACrash(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	// The commit happens without the agent (as if it died right after it).
+	tf, err := c.Target(ctx, p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := TargetOf(artifact.KindModel, tf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.InstallFrom(ctx, artifact.KindModel, tgt, c.SlotFetcher()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.BeginTrial(ctx, artifact.KindModel, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m.Confirm(ctx, artifact.KindModel, true, ""); err != nil || s.Phase != rollback.Committed {
+		t.Fatalf("commit = %v, %v", s.Phase, err)
+	}
+	newAgent := func() *Agent {
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: &director{offline: true}, Outbox: o})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	newAgent().Step(ctx)
+	msgs, _ := o.Due(ctx, time.Now().Add(time.Hour), 10)
+	if len(msgs) != 1 {
+		t.Fatalf("reports after the restart = %d; want the lost commit report", len(msgs))
+	}
+	var rep InstallReport
+	json.Unmarshal(msgs[0].Body, &rep)
+	if rep.Version != "1.0.0" || rep.Outcome != "committed" || rep.Name != "iris" {
+		t.Fatalf("recovered report = %+v", rep)
+	}
+	// Acknowledged, then another restart: not reported again.
+	if err := o.Ack(ctx, []string{msgs[0].ID}); err != nil {
+		t.Fatal(err)
+	}
+	newAgent().Step(ctx)
+	if n, _ := o.Len(ctx); n != 0 {
+		t.Fatalf("%d reports after a second restart; want the commit reported once", n)
+	}
+}

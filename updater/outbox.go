@@ -55,7 +55,8 @@ func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checkins (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL, result TEXT NOT NULL)`); err != nil {
+CREATE TABLE IF NOT EXISTS checkins (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY)`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	}
@@ -85,6 +86,41 @@ func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) 
 		return "", fmt.Errorf("outbox: store %s report: %w", kind, err)
 	}
 	return ids, nil
+}
+
+// PutOnce stores a report under a caller-chosen ID unless a report with that ID was
+// ever stored (even if it has been acknowledged and removed since): a report whose ID
+// derives from what it reports can be put again after a crash without being sent twice.
+// It says whether it stored the report.
+func (o *Outbox) PutOnce(ctx context.Context, id, kind string, body any, now time.Time) (bool, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return false, fmt.Errorf("outbox: encode %s report: %w", kind, err)
+	}
+	if len(b) > MaxMessageBytes {
+		return false, fmt.Errorf("outbox: %s report of %d bytes exceeds %d", kind, len(b), MaxMessageBytes)
+	}
+	tx, err := o.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("outbox: %w", err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO queued (id) VALUES (?)`, id)
+	if err != nil {
+		return false, fmt.Errorf("outbox: store %s report: %w", kind, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return false, nil
+	}
+	ts := now.UTC().Format(time.RFC3339Nano)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, kind, body, created, next_at) VALUES (?, ?, ?, ?, ?)`,
+		id, kind, string(b), ts, ts); err != nil {
+		return false, fmt.Errorf("outbox: store %s report: %w", kind, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("outbox: %w", err)
+	}
+	return true, nil
 }
 
 // Len is the number of reports not yet acknowledged.
