@@ -130,7 +130,7 @@ func New(cfg Config) (*UI, error) {
 		u.log = slog.New(slog.DiscardHandler)
 	}
 	for _, name := range []string{"login", "fleet", "device", "rollouts", "rollout", "audit", "error"} {
-		t, err := template.New(name).Funcs(u.funcs()).ParseFS(templateFS, "templates/base.html", "templates/"+name+".html")
+		t, err := template.New(name).Funcs(u.funcs()).ParseFS(templateFS, "templates/base.html", "templates/partials.html", "templates/"+name+".html")
 		if err != nil {
 			return nil, fmt.Errorf("dashboard template %s: %w", name, err)
 		}
