@@ -192,35 +192,7 @@ func TestServerProcess(t *testing.T) {
 		return string(out)
 	}
 	runBin("repo", "init", repo)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	srv := exec.Command(bin, "server", "--listen", addr, "--sign-delegated")
-	srv.Env = env
-	var logs bytes.Buffer
-	srv.Stderr = &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	url := "http://" + addr
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not healthy: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	url := startServerProcess(t, bin, env, "--sign-delegated")
 	model := writeTemp(t, "m.onnx", "real bytes")
 	runBin("publish", "--kind", "model", "--name", "m", "--version", "1.0.0", model)
 
@@ -280,5 +252,41 @@ func TestDemoRefusesForeignDir(t *testing.T) {
 	}
 	if _, _, err := c.run("demo", "--dir", filepath.Join(t.TempDir(), "d"), "--devices", "2"); err == nil {
 		t.Fatal("demo --devices 2 succeeded; want an error (the story needs 3)")
+	}
+}
+
+// startServerProcess starts `edgeward server` (the built binary) on a free loopback port
+// with extra flags, waits until /healthz answers 200, and returns its URL. The process
+// is killed when the test ends; its log is shown if it never becomes healthy.
+func startServerProcess(t *testing.T, bin string, env []string, extra ...string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	srv := exec.Command(bin, append([]string{"server", "--listen", addr}, extra...)...)
+	srv.Env = env
+	var logs bytes.Buffer
+	srv.Stderr = &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
+	url := "http://" + addr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(url + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return url
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not healthy: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestServerProcessOperators runs `edgeward server` as a process on a fresh repository
@@ -50,35 +48,7 @@ func TestServerProcessOperators(t *testing.T) {
 	must(nil, "repo", "init", repo)
 	admin := strings.TrimSpace(must(nil, "token", "create", "--name", "sam", "--role", "security-admin"))
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	srv := exec.Command(bin, "server", "--listen", addr)
-	srv.Env = env
-	var logs bytes.Buffer
-	srv.Stderr = &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() })
-	url := "http://" + addr
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not healthy: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	url := startServerProcess(t, bin, env)
 	if _, err := os.Stat(filepath.Join(repo, "policy", "fleet.yaml")); err != nil {
 		t.Fatalf("the server did not create the starter policy: %v", err)
 	}
