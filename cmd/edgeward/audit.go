@@ -23,7 +23,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	export := func(w io.Writer) error { return auditExportRemote(ctx, *server, *token, w) }
+	export := func(w io.Writer) error { return auditExportRemote(ctx, env, *server, *token, w) }
 	if *server == "" {
 		repo, err := rf.open()
 		if err != nil {

@@ -192,7 +192,13 @@ func TestServerProcess(t *testing.T) {
 		return string(out)
 	}
 	runBin("repo", "init", repo)
-	url := startServerProcess(t, bin, env, "--sign-delegated")
+	tlsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsAddr := tlsLn.Addr().String()
+	tlsLn.Close()
+	url := startServerProcess(t, bin, env, "--sign-delegated", "--tls-listen", tlsAddr)
 	model := writeTemp(t, "m.onnx", "real bytes")
 	runBin("publish", "--kind", "model", "--name", "m", "--version", "1.0.0", model)
 
@@ -203,6 +209,19 @@ func TestServerProcess(t *testing.T) {
 	out := runBin("publish", "--server", url, "--token", tok, "--kind", "model", "--name", "m", "--version", "2.0.0", "--gates", "min_accuracy=0.5", model2)
 	if !strings.Contains(out, "published models/m/2.0.0.onnx") {
 		t.Fatalf("publish through the server: %s", out)
+	}
+	// The same over HTTPS: refused without trusting the server's certificate, accepted
+	// with $EDGEWARD_SERVER_CA.
+	model3 := writeTemp(t, "m3.onnx", "tls bytes")
+	args := []string{"publish", "--server", "https://" + tlsAddr, "--token", tok, "--kind", "model", "--name", "m", "--version", "3.0.0", model3}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "certificate") {
+		t.Fatalf("publish over https to an untrusted certificate = %v\n%s", err, out)
+	}
+	env = append(env, "EDGEWARD_SERVER_CA="+filepath.Join(repo, "tls", "server.pem"))
+	if out := runBin(args...); !strings.Contains(out, "published models/m/3.0.0.onnx") {
+		t.Fatalf("publish over https: %s", out)
 	}
 
 	root, _ := os.ReadFile(filepath.Join(repo, "repository", "metadata", "1.root.json"))

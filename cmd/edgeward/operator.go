@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"context"
 	"encoding/json"
 	"errors"
@@ -78,7 +80,11 @@ func (c *opClient) do(ctx context.Context, method, path string, body, out any) (
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := operatorHTTP(c.env)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", method, c.server, err)
 	}
@@ -772,7 +778,7 @@ func createTokenRemote(ctx context.Context, c *opClient, name string, role fleet
 }
 
 // auditExportRemote streams GET /v1/audit/export into w.
-func auditExportRemote(ctx context.Context, server, token string, w io.Writer) error {
+func auditExportRemote(ctx context.Context, env *cliEnv, server, token string, w io.Writer) error {
 	if token == "" {
 		return errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
 	}
@@ -781,7 +787,11 @@ func auditExportRemote(ctx context.Context, server, token string, w io.Writer) e
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := operatorHTTP(env)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("audit export from %s: %w", server, err)
 	}
@@ -796,4 +806,26 @@ func auditExportRemote(ctx context.Context, server, token string, w io.Writer) e
 		return fmt.Errorf("audit export from %s: %w", server, err)
 	}
 	return nil
+}
+
+// operatorHTTP is the client for a server's operator API: it trusts the PEM
+// certificates in $EDGEWARD_SERVER_CA (an https server with its own certificate, e.g.
+// DIR/tls/server.pem of 'edgeward server --tls-listen'), else the system roots.
+func operatorHTTP(env *cliEnv) (*http.Client, error) {
+	ca := ""
+	if env != nil {
+		ca = env.getenv("EDGEWARD_SERVER_CA")
+	}
+	if ca == "" {
+		return http.DefaultClient, nil
+	}
+	pemBytes, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, fmt.Errorf("EDGEWARD_SERVER_CA: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("EDGEWARD_SERVER_CA %s: no PEM certificates", ca)
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil
 }

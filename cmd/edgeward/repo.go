@@ -472,7 +472,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var res *reposerver.PublishResult
 	if *server != "" {
-		res, err = publishRemote(ctx, *server, *token, meta, ext, content, fi.Size())
+		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size())
 	} else {
 		repo, oerr := rf.open()
 		if oerr != nil {
@@ -501,7 +501,7 @@ func fileExt(name string) string {
 }
 
 // publishRemote streams a target to a server's operator API.
-func publishRemote(ctx context.Context, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*reposerver.PublishResult, error) {
+func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*reposerver.PublishResult, error) {
 	if token == "" {
 		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
 	}
@@ -518,7 +518,11 @@ func publishRemote(ctx context.Context, server, token string, meta artifact.Meta
 	req.Header.Set("X-Edgeward-Meta", string(mj))
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := operatorHTTP(env)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("publish to %s: %w", server, err)
 	}
