@@ -46,6 +46,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		interval = fs.Duration("interval", 30*time.Second, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 2*time.Minute, "how long a trial may take")
 		once     = fs.Bool("once", false, "run one round and exit")
+		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem); with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -76,7 +77,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	// What the slots committed serves first, from the measured bytes, whether or not the
 	// server is reachable: an edge device that restarts during an outage keeps serving.
-	mlog, err := agent.OpenMeasurementLog(ctx, filepath.Join(*stateDir, "measurements.json"), st.tpm, 0)
+	mlog, err := agent.OpenMeasurementLog(ctx, filepath.Join(*stateDir, "measurements.json"), st.tpm, *pcr)
 	if err != nil {
 		return err
 	}

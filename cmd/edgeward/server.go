@@ -44,6 +44,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
+	pcr := fs.Int("measurement-pcr", 16, "the PCR devices measure artifacts into: 16 in development, 23 in production (must match the agents' --pcr)")
 	tlsListen := fs.String("tls-listen", "", "also serve HTTPS here and require devices to use mTLS with certificates from the device CA (embedded step-ca unless --ca-url)")
 	tlsNames := fs.String("tls-names", "localhost,127.0.0.1", "names in the server's TLS certificate (comma-separated DNS names or IPs)")
 	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
@@ -133,7 +134,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	srv.Handle("/ui/", dash.Handler())
-	dcfg := reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn}
+	dcfg := reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: *checkIn, MeasurementPCR: *pcr}
 	var tlsLn net.Listener
 	if *tlsListen != "" {
 		if *caURL != "" {
