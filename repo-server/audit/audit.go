@@ -141,42 +141,63 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // PublicKey is the checkpoint verification key.
 func (l *Log) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.PublicKey) }
 
-// Append adds a record and returns it with its sequence number and hash. data is any
-// JSON-encodable value. A checkpoint is signed when Every records have accumulated.
+// Append adds a record in its own transaction and returns it with its sequence number
+// and hash. data is any JSON-encodable value. A checkpoint is signed when Every records
+// have accumulated.
 func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any) (*Record, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var rec *Record
+	err := l.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		rec, err = l.AppendTx(ctx, tx, actor, kind, subject, data)
+		return err
+	})
+	return rec, err
+}
+
+// AppendTx adds a record inside the caller's transaction tx, which must be open on the
+// log's database (Config.DB). The record exists only if tx commits: a state change and
+// its record commit together or not at all, and a rolled-back tx leaves no gap.
+//
+// Appends are serialised on the chain head: AppendTx takes the database's write lock
+// (sqlite; a no-op when tx already holds it, as BEGIN IMMEDIATE does) before it reads
+// the head, so a concurrent appender, in this process or another, waits until tx ends
+// and then chains onto the record tx wrote. AppendTx does not take the Log's mutex, so
+// it may be called while the caller holds the database's only connection.
+func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, actor, kind, subject string, data any) (*Record, error) {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return nil, fmt.Errorf("audit %s: encode data: %w", kind, err)
 	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, raw); err != nil {
+		return nil, fmt.Errorf("audit %s: encode data: %w", kind, err)
+	}
+	if err := lockHead(ctx, tx); err != nil {
 		return nil, err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var rec *Record
-	err = l.tx(ctx, func(tx *sql.Tx) error {
-		seq, prev, err := head(ctx, tx)
-		if err != nil {
-			return err
+	seq, prev, err := head(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	rec := &Record{Seq: seq + 1, At: l.now().UTC(), Actor: actor, Kind: kind, Subject: subject, Data: compact.Bytes(), Prev: prev}
+	rec.Hash = hashRecord(rec)
+	_, err = tx.ExecContext(ctx, `INSERT INTO audit_records(seq, at, actor, kind, subject, data, prev, hash) VALUES(?,?,?,?,?,?,?,?)`,
+		rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data), rec.Prev, rec.Hash)
+	if err != nil {
+		return nil, fmt.Errorf("audit append %s: %w", kind, err)
+	}
+	last, err := lastCheckpoint(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Seq-last >= l.every {
+		if err := l.checkpointTx(ctx, tx, rec.Seq, rec.Hash); err != nil {
+			return nil, err
 		}
-		rec = &Record{Seq: seq + 1, At: l.now().UTC(), Actor: actor, Kind: kind, Subject: subject, Data: compact.Bytes(), Prev: prev}
-		rec.Hash = hashRecord(rec)
-		_, err = tx.ExecContext(ctx, `INSERT INTO audit_records(seq, at, actor, kind, subject, data, prev, hash) VALUES(?,?,?,?,?,?,?,?)`,
-			rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data), rec.Prev, rec.Hash)
-		if err != nil {
-			return fmt.Errorf("audit append: %w", err)
-		}
-		last, err := lastCheckpoint(ctx, tx)
-		if err != nil {
-			return err
-		}
-		if rec.Seq-last >= l.every {
-			return l.checkpointTx(ctx, tx, rec.Seq, rec.Hash)
-		}
-		return nil
-	})
-	return rec, err
+	}
+	return rec, nil
 }
 
 // Checkpoint signs a checkpoint over all records now in the log, unless the newest
@@ -241,15 +262,24 @@ func (l *Log) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 		return fmt.Errorf("audit: begin: %w", err)
 	}
 	// Take the write lock before reading the head.
-	if _, err := tx.ExecContext(ctx, `UPDATE audit_checkpoints SET count = count WHERE 0`); err != nil {
+	if err := lockHead(ctx, tx); err != nil {
 		tx.Rollback()
-		return fmt.Errorf("audit: lock: %w", err)
+		return err
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
 		return err
 	}
 	return tx.Commit()
+}
+
+// lockHead takes the database's write lock (sqlite: an UPDATE, even of no row, makes
+// the transaction a writer), so that no other appender reads the same head.
+func lockHead(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, `UPDATE audit_checkpoints SET count = count WHERE 0`); err != nil {
+		return fmt.Errorf("audit: lock the chain head: %w", err)
+	}
+	return nil
 }
 
 func head(ctx context.Context, tx *sql.Tx) (int64, string, error) {

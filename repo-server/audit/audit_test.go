@@ -205,3 +205,68 @@ func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
 		t.Fatalf("Verify after concurrent appends = %+v, %v; want 51 records", rep, err)
 	}
 }
+
+// AppendTx commits with the caller's transaction: a rolled-back transaction leaves
+// neither its state change nor its record, and the chain goes on without a gap.
+func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	db := openDB(t, filepath.Join(t.TempDir(), "fleet.db"))
+	l, err := Open(ctx, Config{DB: db, Key: key, Every: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE state (k TEXT PRIMARY KEY, v TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	change := func(k string, commit bool) {
+		t.Helper()
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO state VALUES (?, 'x')`, k); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.AppendTx(ctx, tx, "test", "state.set", k, nil); err != nil {
+			t.Fatalf("AppendTx(%s) = %v", k, err)
+		}
+		if commit {
+			err = tx.Commit()
+		} else {
+			err = tx.Rollback()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	change("a", true)
+	change("b", false)
+	change("c", true)
+	if _, err := l.Append(ctx, "test", "plain", "d", nil); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Records(ctx, Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%d:%s", r.Seq, r.Subject))
+	}
+	if want := "1:a 2:c 3:d"; strings.Join(got, " ") != want {
+		t.Fatalf("records = %v; want %s", got, want)
+	}
+	var n int
+	db.QueryRowContext(ctx, `SELECT count(*) FROM state`).Scan(&n)
+	if n != 2 {
+		t.Fatalf("state rows = %d; want 2 (the rolled-back one is gone)", n)
+	}
+	var buf bytes.Buffer
+	if err := l.Export(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(&buf, l.PublicKey()); err != nil {
+		t.Fatalf("Verify(export after AppendTx) = %v", err)
+	}
+}
