@@ -24,6 +24,7 @@ import (
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -154,7 +155,7 @@ func TestDeviceStory(t *testing.T) {
 	defer rt.Close(ctx)
 	control := httptest.NewServer(rt.ControlHandler())
 	defer control.Close()
-	rc := &runtime.Client{BaseURL: control.URL}
+	rc := &runtimeapi.Client{BaseURL: control.URL}
 
 	root, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "1.root.json"))
 	mdir := filepath.Join(state, "tuf")
@@ -201,7 +202,7 @@ func TestDeviceStory(t *testing.T) {
 	link.Extra = judge.DriftAttrs
 	for i := range 50 {
 		x := float64(i%5) + 40 // training inputs are near 0
-		if _, err := rt.Infer(ctx, "vibration-anomaly", "", []runtime.Input{runtime.NewInput("x", runtime.FP32, []int64{1, 4}, []float64{x, x, x, x})}, nil); err != nil {
+		if _, err := rt.Infer(ctx, "vibration-anomaly", "", []runtime.Input{runtime.NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{x, x, x, x})}, nil); err != nil {
 			t.Fatalf("infer: %v", err)
 		}
 	}
@@ -276,7 +277,7 @@ func TestDeviceStory(t *testing.T) {
 	defer rt2.Close(ctx)
 	control2 := httptest.NewServer(rt2.ControlHandler())
 	defer control2.Close()
-	judge2 := &RuntimeJudge{Runtime: &runtime.Client{BaseURL: control2.URL}, TUF: tuf, Log: mlog, WorkDir: state}
+	judge2 := &RuntimeJudge{Runtime: &runtimeapi.Client{BaseURL: control2.URL}, TUF: tuf, Log: mlog, WorkDir: state}
 	if err := judge2.LoadCommitted(ctx, slots); err != nil {
 		t.Fatalf("LoadCommitted of a changed model = %v; want it measured, not an error", err)
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/rollback"
-	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -37,7 +37,7 @@ const maxProbeBytes = 64 << 20
 type RuntimeJudge struct {
 	// Runtime is the runtime's control API when Runtimes is nil (a runtime the agent
 	// does not supervise).
-	Runtime *runtime.Client
+	Runtime *runtimeapi.Client
 	// Runtimes, if set, supervises the runtime processes; the judge then talks to the
 	// current one and can run runtime trials.
 	Runtimes *Runtimes
@@ -56,7 +56,7 @@ type RuntimeJudge struct {
 }
 
 // rc is the control API of the serving runtime.
-func (j *RuntimeJudge) rc() *runtime.Client {
+func (j *RuntimeJudge) rc() *runtimeapi.Client {
 	if j.Runtimes != nil {
 		if p := j.Runtimes.Current(); p != nil {
 			return p.Client
@@ -84,7 +84,7 @@ func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload st
 	if err != nil {
 		return false, err.Error()
 	}
-	var ps *runtime.ProbeSet
+	var ps *runtimeapi.ProbeSet
 	if meta.Probe != "" {
 		if ps, err = j.probeSet(ctx, meta.Probe); err != nil {
 			return false, "probe set: " + err.Error()
@@ -94,7 +94,7 @@ func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload st
 	}
 	rc := j.rc()
 	old := serving(ctx, rc, name)
-	info, rep, err := rc.Trial(ctx, runtime.LoadRequest{Name: name, Version: t.Version, Path: payload, SHA256: t.SHA256}, ps, meta.Gates)
+	info, rep, err := rc.Trial(ctx, runtimeapi.LoadRequest{Name: name, Version: t.Version, Path: payload, SHA256: t.SHA256}, ps, meta.Gates)
 	if err != nil {
 		return false, "trial: " + err.Error()
 	}
@@ -197,7 +197,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 	if err != nil {
 		return fail(err.Error())
 	}
-	if _, err := p.Client.Load(ctx, runtime.LoadRequest{Name: name, Version: cur.Version, SHA256: cur.SHA256,
+	if _, err := p.Client.Load(ctx, runtimeapi.LoadRequest{Name: name, Version: cur.Version, SHA256: cur.SHA256,
 		Path: j.Slots.Payload(artifact.KindModel, st.Active), Default: true}); err != nil {
 		return fail(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
 	}
@@ -249,7 +249,7 @@ func (j *RuntimeJudge) promoteRuntime(ctx context.Context, name string, t rollba
 }
 
 // measureLoaded measures the default version of every model a runtime has loaded.
-func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtime.Client) error {
+func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtimeapi.Client) error {
 	idx, err := rc.Index(ctx)
 	if err != nil {
 		return err
@@ -268,7 +268,7 @@ func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtime.Client) er
 // a failed trial loaded (and measured) another one beside it: the log's latest entry
 // for the model must be what the device serves. The digest is the runtime's, of the
 // bytes its session was created from.
-func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtime.Client, name string) {
+func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtimeapi.Client, name string) {
 	idx, err := rc.Index(ctx)
 	if err != nil {
 		return
@@ -284,7 +284,7 @@ func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtime.Client,
 }
 
 // serving returns the version of name the runtime serves by default ("" if none).
-func serving(ctx context.Context, rc *runtime.Client, name string) string {
+func serving(ctx context.Context, rc *runtimeapi.Client, name string) string {
 	idx, err := rc.Index(ctx)
 	if err != nil {
 		return ""
@@ -297,7 +297,7 @@ func serving(ctx context.Context, rc *runtime.Client, name string) string {
 	return ""
 }
 
-func loaded(ctx context.Context, rc *runtime.Client, name, version string) bool {
+func loaded(ctx context.Context, rc *runtimeapi.Client, name, version string) bool {
 	idx, err := rc.Index(ctx)
 	if err != nil {
 		return false
@@ -310,7 +310,7 @@ func loaded(ctx context.Context, rc *runtime.Client, name, version string) bool 
 	return false
 }
 
-func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtime.ProbeSet, error) {
+func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtimeapi.ProbeSet, error) {
 	tf, err := j.TUF.Target(ctx, path)
 	if err != nil {
 		return nil, err
@@ -329,7 +329,7 @@ func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtime.Prob
 	if len(data) > maxProbeBytes {
 		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxProbeBytes)
 	}
-	var ps runtime.ProbeSet
+	var ps runtimeapi.ProbeSet
 	if err := json.Unmarshal(data, &ps); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -373,8 +373,8 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 			"model", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
 		return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
 	}
-	info, err := j.rc().Load(ctx, runtime.LoadRequest{Name: name, Version: cur.Version, Path: payload, SHA256: cur.SHA256, Default: true})
-	if err != nil && !runtime.IsConflict(err) {
+	info, err := j.rc().Load(ctx, runtimeapi.LoadRequest{Name: name, Version: cur.Version, Path: payload, SHA256: cur.SHA256, Default: true})
+	if err != nil && !runtimeapi.IsConflict(err) {
 		return fmt.Errorf("load committed %s %s: %w", name, cur.Version, err)
 	}
 	if info.SHA256 != "" {

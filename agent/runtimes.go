@@ -17,7 +17,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // Runtimes starts and supervises the device's edgeward-runtime processes. The agent owns
@@ -45,7 +45,7 @@ type Runtimes struct {
 // RuntimeProc is one edgeward-runtime process.
 type RuntimeProc struct {
 	// Client calls its control API.
-	Client *runtime.Client
+	Client *runtimeapi.Client
 	// Lib is the ONNX Runtime library it was started with ("" = its default), SHA256 the
 	// digest of that file's bytes when it was started.
 	Lib, SHA256 string
@@ -92,7 +92,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	}
 	p.cmd, p.sock = cmd, sock
 	go func() { cmd.Wait(); close(p.done) }()
-	p.Client = runtime.NewUnixClient(sock)
+	p.Client = runtimeapi.NewUnixClient(sock)
 	r.mu.Lock()
 	if r.all == nil {
 		r.all = map[*RuntimeProc]bool{}

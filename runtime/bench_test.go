@@ -11,6 +11,8 @@ import (
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // The benchmarks compare, for the same model (generated vibration 1.1.0, one row) and
@@ -25,7 +27,7 @@ func benchRuntime(b *testing.B) (*Runtime, *Model) {
 	b.Helper()
 	r := newTestRuntime(b)
 	path := filepath.Join(vibrationDir(b), "models", "vibration", "1.1.0.onnx")
-	if _, err := r.Load(context.Background(), LoadRequest{Name: "vibration", Version: "1.1.0", Path: path}); err != nil {
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "vibration", Version: "1.1.0", Path: path}); err != nil {
 		b.Fatal(err)
 	}
 	m, err := r.acquire("vibration", "1.1.0")
@@ -98,7 +100,7 @@ func BenchmarkInferSessionRun(b *testing.B) {
 // around session.Run, without HTTP.
 func BenchmarkInferRuntime(b *testing.B) {
 	r, _ := benchRuntime(b)
-	in := []Input{NewInput("x", FP32, []int64{1, 4}, []float64{2.1, 3.0, 3.1, 44})}
+	in := []Input{NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{2.1, 3.0, 3.1, 44})}
 	ctx := context.Background()
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()

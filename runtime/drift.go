@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"sync"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // BaselineKey is the ONNX metadata_props key of a model's drift baseline: JSON
@@ -68,41 +70,17 @@ func (m *Moments) Var(i int) float64 {
 	return m.m2[i] / float64(m.N)
 }
 
-// DriftReport compares served inputs with the baseline, for the check-in.
-type DriftReport struct {
-	Model    string         `json:"model"`
-	Version  string         `json:"version"`
-	Rows     int64          `json:"rows"`
-	Features []FeatureDrift `json:"features"`
-	// Drifted names the features whose |mean shift| exceeds the threshold (in baseline
-	// standard deviations) or whose variance ratio is outside [1/4, 4].
-	Drifted []string `json:"drifted,omitempty"`
-}
-
-// FeatureDrift is one feature's served statistics next to its baseline.
-type FeatureDrift struct {
-	Name         string  `json:"name"`
-	Mean         float64 `json:"mean"`
-	Var          float64 `json:"var"`
-	BaselineMean float64 `json:"baseline_mean"`
-	BaselineVar  float64 `json:"baseline_var"`
-	// MeanShift is (mean - baseline mean) / baseline standard deviation.
-	MeanShift float64 `json:"mean_shift"`
-	// VarRatio is var / baseline var.
-	VarRatio float64 `json:"var_ratio"`
-}
-
 // Compare is the pure drift decision: served moments against a baseline, flagging
 // features whose mean moved more than threshold baseline deviations (zero means 3) or
 // whose variance changed more than fourfold. Fewer rows than minRows flag nothing.
-func Compare(m *Moments, b *Baseline, threshold float64, minRows int64) ([]FeatureDrift, []string) {
+func Compare(m *Moments, b *Baseline, threshold float64, minRows int64) ([]runtimeapi.FeatureDrift, []string) {
 	if threshold <= 0 {
 		threshold = 3
 	}
-	var out []FeatureDrift
+	var out []runtimeapi.FeatureDrift
 	var drifted []string
 	for i, f := range b.Features {
-		fd := FeatureDrift{Name: f.Name, BaselineMean: f.Mean, BaselineVar: f.Var}
+		fd := runtimeapi.FeatureDrift{Name: f.Name, BaselineMean: f.Mean, BaselineVar: f.Var}
 		if i < len(m.Mean) {
 			fd.Mean, fd.Var = m.Mean[i], m.Var(i)
 		}
@@ -144,24 +122,24 @@ func (d *drift) observe(inputs []*Input) {
 	}
 }
 
-func (d *drift) report(name, version string) DriftReport {
+func (d *drift) report(name, version string) runtimeapi.DriftReport {
 	d.mu.Lock()
 	m := Moments{N: d.moments.N, Mean: append([]float64(nil), d.moments.Mean...), m2: append([]float64(nil), d.moments.m2...)}
 	d.mu.Unlock()
 	feats, drifted := Compare(&m, d.baseline, 0, 30)
-	return DriftReport{Model: name, Version: version, Rows: m.N, Features: feats, Drifted: drifted}
+	return runtimeapi.DriftReport{Model: name, Version: version, Rows: m.N, Features: feats, Drifted: drifted}
 }
 
 // Drift reports a loaded version's served inputs against its baseline ("" for the
 // default version). A model without a baseline in its metadata is ErrNotFound.
-func (r *Runtime) Drift(name, version string) (DriftReport, error) {
+func (r *Runtime) Drift(name, version string) (runtimeapi.DriftReport, error) {
 	m, err := r.acquire(name, version)
 	if err != nil {
-		return DriftReport{}, err
+		return runtimeapi.DriftReport{}, err
 	}
 	defer m.inflight.Done()
 	if m.drift == nil {
-		return DriftReport{}, fmt.Errorf("%w: model %s %s has no %s metadata", ErrNotFound, m.name, m.version, BaselineKey)
+		return runtimeapi.DriftReport{}, fmt.Errorf("%w: model %s %s has no %s metadata", runtimeapi.ErrNotFound, m.name, m.version, BaselineKey)
 	}
 	return m.drift.report(m.name, m.version), nil
 }

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/edgeward/edgeward/runtime/modelgen"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 func TestCompare(t *testing.T) {
@@ -43,14 +45,14 @@ func TestCompare(t *testing.T) {
 func TestDriftServed(t *testing.T) {
 	r := newTestRuntime(t)
 	path := filepath.Join(vibrationDir(t), "models", "vibration", "1.1.0.onnx")
-	if _, err := r.Load(context.Background(), LoadRequest{Name: "vibration", Version: "1.1.0", Path: path}); err != nil {
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "vibration", Version: "1.1.0", Path: path}); err != nil {
 		t.Fatal(err)
 	}
 	x, _ := modelgen.Dataset(3, 200)
 	serve := func(shiftTemp float64) {
 		t.Helper()
 		for _, row := range x {
-			in := NewInput("x", FP32, []int64{1, 4}, []float64{row[0], row[1], row[2], row[3] + shiftTemp})
+			in := NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{row[0], row[1], row[2], row[3] + shiftTemp})
 			if _, err := r.Infer(context.Background(), "vibration", "", []Input{in}, nil); err != nil {
 				t.Fatal(err)
 			}

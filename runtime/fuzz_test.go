@@ -3,6 +3,8 @@ package runtime
 import (
 	"errors"
 	"testing"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // FuzzDecodeInferRequest feeds arbitrary bodies to the request decoder: it must never
@@ -24,7 +26,7 @@ func FuzzDecodeInferRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		_, inputs, _, err := DecodeInferRequest(body, max)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
+			if !errors.Is(err, runtimeapi.ErrInvalid) {
 				t.Fatalf("DecodeInferRequest(%q) error %v does not wrap ErrInvalid", body, err)
 			}
 			return
@@ -43,29 +45,29 @@ func FuzzDecodeInferRequest(f *testing.F) {
 func TestDecodeData(t *testing.T) {
 	tests := []struct {
 		data    string
-		dt      Datatype
+		dt      runtimeapi.Datatype
 		wantLen int
 		wantErr bool
 	}{
-		{"[1,2,3]", FP32, 3, false},
-		{"[[1,2],[3,4]]", INT64, 4, false},
-		{" [ [ true ] , [false] ] ", BOOL, 2, false},
-		{"[]", FP32, 0, false},
-		{"[-0.5e-3]", FP64, 1, false},
-		{"[1,]", FP32, 0, true},
-		{"[,1]", FP32, 0, true},
-		{"[1 2]", FP32, 0, true},
-		{"[[1]", FP32, 0, true},
-		{"[1]]", FP32, 0, true},
-		{"[1][2]", FP32, 0, true},
-		{"[01]", INT64, 0, true},
-		{"[+1]", INT64, 0, true},
-		{"[0x10]", INT64, 0, true},
-		{"[1e2]", INT64, 0, true},
-		{"[Infinity]", FP64, 0, true},
-		{"[1,2,3,4,5]", FP32, 0, true}, // over the bound of 4
-		{"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", FP32, 0, true},
-		{`["a"]`, BOOL, 0, true},
+		{"[1,2,3]", runtimeapi.FP32, 3, false},
+		{"[[1,2],[3,4]]", runtimeapi.INT64, 4, false},
+		{" [ [ true ] , [false] ] ", runtimeapi.BOOL, 2, false},
+		{"[]", runtimeapi.FP32, 0, false},
+		{"[-0.5e-3]", runtimeapi.FP64, 1, false},
+		{"[1,]", runtimeapi.FP32, 0, true},
+		{"[,1]", runtimeapi.FP32, 0, true},
+		{"[1 2]", runtimeapi.FP32, 0, true},
+		{"[[1]", runtimeapi.FP32, 0, true},
+		{"[1]]", runtimeapi.FP32, 0, true},
+		{"[1][2]", runtimeapi.FP32, 0, true},
+		{"[01]", runtimeapi.INT64, 0, true},
+		{"[+1]", runtimeapi.INT64, 0, true},
+		{"[0x10]", runtimeapi.INT64, 0, true},
+		{"[1e2]", runtimeapi.INT64, 0, true},
+		{"[Infinity]", runtimeapi.FP64, 0, true},
+		{"[1,2,3,4,5]", runtimeapi.FP32, 0, true}, // over the bound of 4
+		{"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", runtimeapi.FP32, 0, true},
+		{`["a"]`, runtimeapi.BOOL, 0, true},
 	}
 	for _, tt := range tests {
 		v, err := decodeData([]byte(tt.data), tt.dt, 4)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // ortLib returns the ONNX Runtime library for tests: $ONNXRUNTIME_LIB, else the one
@@ -83,22 +85,22 @@ func irisModel(tb testing.TB) string {
 	return irisOnce.path
 }
 
-func readProbeSet(tb testing.TB, path string) *ProbeSet {
+func readProbeSet(tb testing.TB, path string) *runtimeapi.ProbeSet {
 	tb.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var ps ProbeSet
+	var ps runtimeapi.ProbeSet
 	if err := json.Unmarshal(b, &ps); err != nil {
 		tb.Fatalf("%s: %v", path, err)
 	}
 	return &ps
 }
 
-func loadIris(tb testing.TB, r *Runtime, version string) ModelInfo {
+func loadIris(tb testing.TB, r *Runtime, version string) runtimeapi.ModelInfo {
 	tb.Helper()
-	info, err := r.Load(context.Background(), LoadRequest{Name: "iris", Version: version, Path: irisModel(tb)})
+	info, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "iris", Version: version, Path: irisModel(tb)})
 	if err != nil {
 		tb.Fatalf("Load(iris %s): %v", version, err)
 	}

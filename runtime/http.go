@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // Handler returns the public HTTP API: the Open Inference Protocol (KServe v2) and
@@ -115,71 +115,31 @@ func (r *Runtime) handleModelReady(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "ready": true})
 }
 
-// InferRequest is the Open Inference Protocol request body.
-type InferRequest struct {
-	ID         string                     `json:"id,omitempty"`
-	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
-	Inputs     []RequestTensor            `json:"inputs"`
-	Outputs    []RequestOutput            `json:"outputs,omitempty"`
-}
-
-// RequestTensor is one input tensor of an InferRequest; Data is a JSON array, flat or
-// nested in row-major order.
-type RequestTensor struct {
-	Name       string                     `json:"name"`
-	Shape      []int64                    `json:"shape"`
-	Datatype   Datatype                   `json:"datatype"`
-	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
-	Data       json.RawMessage            `json:"data"`
-}
-
-// RequestOutput names an output the client wants.
-type RequestOutput struct {
-	Name       string                     `json:"name"`
-	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
-}
-
-// InferResponse is the Open Inference Protocol response body.
-type InferResponse struct {
-	ModelName    string           `json:"model_name"`
-	ModelVersion string           `json:"model_version"`
-	ID           string           `json:"id,omitempty"`
-	Outputs      []ResponseTensor `json:"outputs"`
-}
-
-// ResponseTensor is one output tensor; Data is flat, row-major.
-type ResponseTensor struct {
-	Name     string          `json:"name"`
-	Shape    []int64         `json:"shape"`
-	Datatype Datatype        `json:"datatype"`
-	Data     json.RawMessage `json:"data"`
-}
-
 // DecodeInferRequest parses an Open Inference Protocol request body into inputs and the
 // requested output names. maxElements bounds each tensor. Every error wraps ErrInvalid.
-func DecodeInferRequest(body []byte, maxElements int) (InferRequest, []Input, []string, error) {
-	var req InferRequest
+func DecodeInferRequest(body []byte, maxElements int) (runtimeapi.InferRequest, []Input, []string, error) {
+	var req runtimeapi.InferRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if err := dec.Decode(&req); err != nil {
-		return req, nil, nil, fmt.Errorf("%w: request body: %w", ErrInvalid, err)
+		return req, nil, nil, fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
 	}
 	if dec.More() {
-		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", ErrInvalid)
+		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
 	}
 	if len(req.Inputs) == 0 {
-		return req, nil, nil, fmt.Errorf("%w: request has no inputs", ErrInvalid)
+		return req, nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
 	}
 	inputs := make([]Input, len(req.Inputs))
 	for i, t := range req.Inputs {
 		if t.Name == "" {
-			return req, nil, nil, fmt.Errorf("%w: input %d has no name", ErrInvalid, i)
+			return req, nil, nil, fmt.Errorf("%w: input %d has no name", runtimeapi.ErrInvalid, i)
 		}
-		if !knownDatatype(t.Datatype) {
-			return req, nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", ErrInvalid, t.Name, t.Datatype)
+		if !t.Datatype.Known() {
+			return req, nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", runtimeapi.ErrInvalid, t.Name, t.Datatype)
 		}
 		v, err := decodeData(t.Data, t.Datatype, maxElements)
 		if err != nil {
-			return req, nil, nil, fmt.Errorf("%w: input %q: %w", ErrInvalid, t.Name, err)
+			return req, nil, nil, fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 		}
 		inputs[i] = Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, values: v}
 	}
@@ -188,14 +148,6 @@ func DecodeInferRequest(body []byte, maxElements int) (InferRequest, []Input, []
 		names[i] = o.Name
 	}
 	return req, inputs, names, nil
-}
-
-func knownDatatype(dt Datatype) bool {
-	switch dt {
-	case FP32, FP64, INT8, INT16, INT32, INT64, UINT8, UINT16, UINT32, UINT64, BOOL:
-		return true
-	}
-	return false
 }
 
 func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
@@ -289,13 +241,13 @@ func encodeInferResponse(b []byte, model, version, id string, outs []Output) []b
 func (r *Runtime) handleIndex(w http.ResponseWriter, _ *http.Request) {
 	idx := r.Index()
 	if idx == nil {
-		idx = []IndexEntry{}
+		idx = []runtimeapi.IndexEntry{}
 	}
 	writeJSON(w, http.StatusOK, idx)
 }
 
 func (r *Runtime) handleLoad(w http.ResponseWriter, req *http.Request) {
-	var lr LoadRequest
+	var lr runtimeapi.LoadRequest
 	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &lr); err != nil {
 		writeError(w, statusOf(err), err)
 		return
@@ -310,13 +262,8 @@ func (r *Runtime) handleLoad(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, info)
 }
 
-// UnloadRequest is the body of POST /v2/repository/models/{name}/unload.
-type UnloadRequest struct {
-	Version string `json:"version"`
-}
-
 func (r *Runtime) handleUnload(w http.ResponseWriter, req *http.Request) {
-	var ur UnloadRequest
+	var ur runtimeapi.UnloadRequest
 	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &ur); err != nil {
 		writeError(w, statusOf(err), err)
 		return
@@ -337,14 +284,8 @@ func (r *Runtime) handleDefault(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"name": name, "default": version})
 }
 
-// ProbeRequest is the body of POST /v2/models/{name}/versions/{version}/probe.
-type ProbeRequest struct {
-	Probe ProbeSet        `json:"probe"`
-	Gates *artifact.Gates `json:"gates,omitempty"`
-}
-
 func (r *Runtime) handleProbe(w http.ResponseWriter, req *http.Request) {
-	var pr ProbeRequest
+	var pr runtimeapi.ProbeRequest
 	if err := decodeBody(w, req, r.cfg.maxRequestBytes(), &pr); err != nil {
 		writeError(w, statusOf(err), err)
 		return
@@ -374,12 +315,12 @@ func readBody(w http.ResponseWriter, req *http.Request, max int64) ([]byte, erro
 		if errors.As(err, &tooBig) {
 			return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
 		}
-		return nil, fmt.Errorf("%w: read request body: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
 	}
 	return body, nil
 }
 
-var errTooLarge = fmt.Errorf("%w: too large", ErrInvalid)
+var errTooLarge = fmt.Errorf("%w: too large", runtimeapi.ErrInvalid)
 
 func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) error {
 	body, err := readBody(w, req, max)
@@ -389,7 +330,7 @@ func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) erro
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: request body: %w", ErrInvalid, err)
+		return fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
 	}
 	return nil
 }
@@ -399,13 +340,13 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, errTooLarge):
 		return http.StatusRequestEntityTooLarge
-	case errors.Is(err, ErrInvalid), errors.Is(err, errRun):
+	case errors.Is(err, runtimeapi.ErrInvalid), errors.Is(err, errRun):
 		return http.StatusBadRequest
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, runtimeapi.ErrNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, runtimeapi.ErrConflict):
 		return http.StatusConflict
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, runtimeapi.ErrUnavailable):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable

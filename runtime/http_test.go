@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 type httpCase struct {
@@ -158,16 +160,16 @@ func TestHTTPServerClient(t *testing.T) {
 	r := newTestRuntime(t)
 	srv := httptest.NewServer(r.ControlHandler())
 	defer srv.Close()
-	c := &Client{BaseURL: srv.URL}
+	c := &runtimeapi.Client{BaseURL: srv.URL}
 	ctx := context.Background()
 	if ok, err := c.Ready(ctx); ok || err != nil {
 		t.Fatalf("Ready() = %v, %v; want false, nil", ok, err)
 	}
-	info, err := c.Load(ctx, LoadRequest{Name: "iris", Version: "1.0.0", Path: irisModel(t)})
+	info, err := c.Load(ctx, runtimeapi.LoadRequest{Name: "iris", Version: "1.0.0", Path: irisModel(t)})
 	if err != nil || len(info.SHA256) != 64 {
 		t.Fatalf("Load = %+v, %v", info, err)
 	}
-	if _, err := c.Load(ctx, LoadRequest{Name: "iris", Version: "1.0.0", Path: irisModel(t)}); !IsConflict(err) {
+	if _, err := c.Load(ctx, runtimeapi.LoadRequest{Name: "iris", Version: "1.0.0", Path: irisModel(t)}); !runtimeapi.IsConflict(err) {
 		t.Errorf("second Load error = %v; want ErrConflict", err)
 	}
 	resp, err := http.Post(srv.URL+"/v2/models/iris/infer", "application/json", strings.NewReader(irisRow))
@@ -176,7 +178,7 @@ func TestHTTPServerClient(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	var ir InferResponse
+	var ir runtimeapi.InferResponse
 	if err := json.Unmarshal(b, &ir); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("infer = %d %s (%v)", resp.StatusCode, b, err)
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // irisAccuracy is the measured accuracy of the onnxruntime_go test_data random forest on
@@ -18,7 +20,7 @@ const irisAccuracy = 148.0 / 150
 func TestIrisProbe(t *testing.T) {
 	r := newTestRuntime(t)
 	info := loadIris(t, r, "1.0.0")
-	if len(info.Inputs) != 1 || info.Inputs[0].Name != "X" || info.Inputs[0].Datatype != FP32 {
+	if len(info.Inputs) != 1 || info.Inputs[0].Name != "X" || info.Inputs[0].Datatype != runtimeapi.FP32 {
 		t.Fatalf("iris inputs = %+v; want X FP32", info.Inputs)
 	}
 	ps := readProbeSet(t, "testdata/probes/iris/1.0.0.json")
@@ -44,7 +46,7 @@ func TestIrisHTTP(t *testing.T) {
 	srv := httptest.NewServer(r.Handler())
 	defer srv.Close()
 	ps := readProbeSet(t, "testdata/probes/iris/1.0.0.json")
-	body, err := json.Marshal(InferRequest{Inputs: ps.Inputs, Outputs: []RequestOutput{{Name: "output_label"}}})
+	body, err := json.Marshal(runtimeapi.InferRequest{Inputs: ps.Inputs, Outputs: []runtimeapi.RequestOutput{{Name: "output_label"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +55,7 @@ func TestIrisHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var ir InferResponse
+	var ir runtimeapi.InferResponse
 	if err := json.NewDecoder(resp.Body).Decode(&ir); err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("infer = %d, %v", resp.StatusCode, err)
 	}

@@ -10,37 +10,21 @@ import (
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
-
-// TensorMeta describes a model input or output. A dimension of -1 is dynamic.
-type TensorMeta struct {
-	Name     string   `json:"name"`
-	Datatype Datatype `json:"datatype"`
-	Shape    []int64  `json:"shape"`
-}
-
-// ModelInfo is the Open Inference Protocol model metadata of a loaded version.
-type ModelInfo struct {
-	Name     string       `json:"name"`
-	Versions []string     `json:"versions"`
-	Platform string       `json:"platform"`
-	Inputs   []TensorMeta `json:"inputs"`
-	Outputs  []TensorMeta `json:"outputs"`
-	// SHA256 is the digest of the bytes the session was created from.
-	SHA256 string `json:"sha256,omitempty"`
-}
 
 // Input is one decoded input tensor of an inference request.
 type Input struct {
 	Name     string
-	Datatype Datatype
+	Datatype runtimeapi.Datatype
 	Shape    []int64
 	values
 }
 
 // NewInput returns an input tensor from float64 values (for FP32 and FP64 inputs);
 // Go callers (probes, benchmarks, the agent) use it instead of JSON.
-func NewInput(name string, dt Datatype, shape []int64, data []float64) Input {
+func NewInput(name string, dt runtimeapi.Datatype, shape []int64, data []float64) Input {
 	return Input{Name: name, Datatype: dt, Shape: shape, values: values{F: data}}
 }
 
@@ -51,8 +35,8 @@ type Model struct {
 	name, version string
 	sha256        string
 	loadedAt      time.Time
-	inputs        []TensorMeta
-	outputs       []TensorMeta // tensor outputs only; others are not served
+	inputs        []runtimeapi.TensorMeta
+	outputs       []runtimeapi.TensorMeta // tensor outputs only; others are not served
 	session       *ort.DynamicAdvancedSession
 	inflight      sync.WaitGroup
 	maxElements   int
@@ -62,25 +46,25 @@ type Model struct {
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 	ins, outs, err := ort.GetInputOutputInfoWithONNXData(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not a loadable ONNX model: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: not a loadable ONNX model: %w", runtimeapi.ErrInvalid, err)
 	}
 	m := &Model{name: name, version: version, maxElements: cfg.maxElements()}
 	for _, in := range ins {
 		dt, ok := datatypeOf(in.DataType)
 		if in.OrtValueType != ort.ONNXTypeTensor || !ok {
-			return nil, fmt.Errorf("%w: input %q: %s %s is not supported", ErrInvalid, in.Name, in.OrtValueType, in.DataType)
+			return nil, fmt.Errorf("%w: input %q: %s %s is not supported", runtimeapi.ErrInvalid, in.Name, in.OrtValueType, in.DataType)
 		}
-		m.inputs = append(m.inputs, TensorMeta{Name: in.Name, Datatype: dt, Shape: []int64(in.Dimensions.Clone())})
+		m.inputs = append(m.inputs, runtimeapi.TensorMeta{Name: in.Name, Datatype: dt, Shape: []int64(in.Dimensions.Clone())})
 	}
 	for _, out := range outs {
 		dt, ok := datatypeOf(out.DataType)
 		if out.OrtValueType != ort.ONNXTypeTensor || !ok {
 			continue // e.g. scikit-learn's sequence-of-maps probabilities
 		}
-		m.outputs = append(m.outputs, TensorMeta{Name: out.Name, Datatype: dt, Shape: []int64(out.Dimensions.Clone())})
+		m.outputs = append(m.outputs, runtimeapi.TensorMeta{Name: out.Name, Datatype: dt, Shape: []int64(out.Dimensions.Clone())})
 	}
 	if len(m.inputs) == 0 || len(m.outputs) == 0 {
-		return nil, fmt.Errorf("%w: model has no servable tensor inputs or outputs", ErrInvalid)
+		return nil, fmt.Errorf("%w: model has no servable tensor inputs or outputs", runtimeapi.ErrInvalid)
 	}
 	if md, err := ort.GetModelMetadataWithONNXData(data); err == nil {
 		s, ok, err := md.LookupCustomMetadataMap(BaselineKey)
@@ -88,7 +72,7 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 		if err == nil && ok {
 			b, err := ParseBaseline(s)
 			if err != nil {
-				return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+				return nil, fmt.Errorf("%w: %w", runtimeapi.ErrInvalid, err)
 			}
 			m.drift = &drift{baseline: b, input: m.inputs[0].Name}
 		}
@@ -114,13 +98,13 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 	}
 	m.session, err = ort.NewDynamicAdvancedSessionWithONNXData(data, inNames, outNames, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: create session: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: create session: %w", runtimeapi.ErrInvalid, err)
 	}
 	return m, nil
 }
 
-func (m *Model) info() ModelInfo {
-	return ModelInfo{
+func (m *Model) info() runtimeapi.ModelInfo {
+	return runtimeapi.ModelInfo{
 		Name: m.name, Versions: []string{m.version}, Platform: "onnxruntime_onnx",
 		Inputs: m.inputs, Outputs: m.outputs, SHA256: m.sha256,
 	}
@@ -147,46 +131,46 @@ func (m *Model) drainAndClose(ctx context.Context) error {
 // well-formed tensors. It returns the inputs in the model's order.
 func (m *Model) validate(inputs []Input) ([]*Input, error) {
 	if len(inputs) != len(m.inputs) {
-		return nil, fmt.Errorf("%w: model %s takes %d inputs, got %d", ErrInvalid, m.name, len(m.inputs), len(inputs))
+		return nil, fmt.Errorf("%w: model %s takes %d inputs, got %d", runtimeapi.ErrInvalid, m.name, len(m.inputs), len(inputs))
 	}
 	ordered := make([]*Input, len(m.inputs))
 	for i := range inputs {
 		in := &inputs[i]
-		j := slices.IndexFunc(m.inputs, func(t TensorMeta) bool { return t.Name == in.Name })
+		j := slices.IndexFunc(m.inputs, func(t runtimeapi.TensorMeta) bool { return t.Name == in.Name })
 		if j < 0 {
-			return nil, fmt.Errorf("%w: model %s has no input %q", ErrInvalid, m.name, in.Name)
+			return nil, fmt.Errorf("%w: model %s has no input %q", runtimeapi.ErrInvalid, m.name, in.Name)
 		}
 		if ordered[j] != nil {
-			return nil, fmt.Errorf("%w: input %q given twice", ErrInvalid, in.Name)
+			return nil, fmt.Errorf("%w: input %q given twice", runtimeapi.ErrInvalid, in.Name)
 		}
 		want := m.inputs[j]
 		if in.Datatype != want.Datatype {
-			return nil, fmt.Errorf("%w: input %q: datatype %s, model wants %s", ErrInvalid, in.Name, in.Datatype, want.Datatype)
+			return nil, fmt.Errorf("%w: input %q: datatype %s, model wants %s", runtimeapi.ErrInvalid, in.Name, in.Datatype, want.Datatype)
 		}
 		if len(in.Shape) != len(want.Shape) {
-			return nil, fmt.Errorf("%w: input %q: shape %v has rank %d, model wants %v", ErrInvalid, in.Name, in.Shape, len(in.Shape), want.Shape)
+			return nil, fmt.Errorf("%w: input %q: shape %v has rank %d, model wants %v", runtimeapi.ErrInvalid, in.Name, in.Shape, len(in.Shape), want.Shape)
 		}
 		n := int64(1)
 		for k, d := range in.Shape {
 			if d < 1 {
-				return nil, fmt.Errorf("%w: input %q: dimension %d is %d, want at least 1", ErrInvalid, in.Name, k, d)
+				return nil, fmt.Errorf("%w: input %q: dimension %d is %d, want at least 1", runtimeapi.ErrInvalid, in.Name, k, d)
 			}
 			if want.Shape[k] > 0 && d != want.Shape[k] {
-				return nil, fmt.Errorf("%w: input %q: shape %v, model wants %v", ErrInvalid, in.Name, in.Shape, want.Shape)
+				return nil, fmt.Errorf("%w: input %q: shape %v, model wants %v", runtimeapi.ErrInvalid, in.Name, in.Shape, want.Shape)
 			}
 			if n > math.MaxInt32/d {
-				return nil, fmt.Errorf("%w: input %q: shape %v is too large", ErrInvalid, in.Name, in.Shape)
+				return nil, fmt.Errorf("%w: input %q: shape %v is too large", runtimeapi.ErrInvalid, in.Name, in.Shape)
 			}
 			n *= d
 		}
 		if n > int64(m.maxElements) {
-			return nil, fmt.Errorf("%w: input %q: %d elements, at most %d allowed", ErrInvalid, in.Name, n, m.maxElements)
+			return nil, fmt.Errorf("%w: input %q: %d elements, at most %d allowed", runtimeapi.ErrInvalid, in.Name, n, m.maxElements)
 		}
 		if int64(in.len()) != n {
-			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", ErrInvalid, in.Name, in.Shape, n, in.len())
+			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", runtimeapi.ErrInvalid, in.Name, in.Shape, n, in.len())
 		}
 		if !in.kindMatches() {
-			return nil, fmt.Errorf("%w: input %q: data does not hold %s values", ErrInvalid, in.Name, in.Datatype)
+			return nil, fmt.Errorf("%w: input %q: data does not hold %s values", runtimeapi.ErrInvalid, in.Name, in.Datatype)
 		}
 		ordered[j] = in
 	}
@@ -197,13 +181,13 @@ func (m *Model) validate(inputs []Input) ([]*Input, error) {
 func (in *Input) kindMatches() bool {
 	n := in.len()
 	switch in.Datatype {
-	case FP32, FP64:
+	case runtimeapi.FP32, runtimeapi.FP64:
 		return len(in.F) == n
-	case INT8, INT16, INT32, INT64:
+	case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
 		return len(in.I) == n
-	case UINT8, UINT16, UINT32, UINT64:
+	case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
 		return len(in.U) == n
-	case BOOL:
+	case runtimeapi.BOOL:
 		return len(in.B) == n
 	}
 	return false
@@ -227,9 +211,9 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		}
 	}
 	for _, n := range names {
-		j := slices.IndexFunc(m.outputs, func(t TensorMeta) bool { return t.Name == n })
+		j := slices.IndexFunc(m.outputs, func(t runtimeapi.TensorMeta) bool { return t.Name == n })
 		if j < 0 {
-			return nil, fmt.Errorf("%w: model %s has no output %q", ErrInvalid, m.name, n)
+			return nil, fmt.Errorf("%w: model %s has no output %q", runtimeapi.ErrInvalid, m.name, n)
 		}
 		want[j] = true
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/runtime/modelgen"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // vibrationDir returns a directory, laid out like the repository's targets, holding the
@@ -59,7 +61,7 @@ func TestVibrationProbeGates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		path := filepath.Join(dir, "models", "vibration", tt.version+".onnx")
-		if _, err := r.Load(context.Background(), LoadRequest{Name: "vibration", Version: tt.version, Path: path}); err != nil {
+		if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "vibration", Version: tt.version, Path: path}); err != nil {
 			t.Fatalf("Load(vibration %s): %v", tt.version, err)
 		}
 		ps := readProbeSet(t, filepath.Join(dir, "probes", "vibration", tt.version+".json"))
@@ -84,13 +86,15 @@ func TestTrialPromoteAbort(t *testing.T) {
 	ctx := context.Background()
 	dir := vibrationDir(t)
 	model := func(v string) string { return filepath.Join(dir, "models", "vibration", v+".onnx") }
-	probe := func(v string) *ProbeSet { return readProbeSet(t, filepath.Join(dir, "probes", "vibration", v+".json")) }
+	probe := func(v string) *runtimeapi.ProbeSet {
+		return readProbeSet(t, filepath.Join(dir, "probes", "vibration", v+".json"))
+	}
 	gates := &artifact.Gates{MinAccuracy: 0.85}
 
-	if _, err := c.Load(ctx, LoadRequest{Name: "vibration", Version: "1.0.0", Path: model("1.0.0")}); err != nil {
+	if _, err := c.Load(ctx, runtimeapi.LoadRequest{Name: "vibration", Version: "1.0.0", Path: model("1.0.0")}); err != nil {
 		t.Fatal(err)
 	}
-	_, rep, err := c.Trial(ctx, LoadRequest{Name: "vibration", Version: "2.0.0", Path: model("2.0.0")}, probe("2.0.0"), gates)
+	_, rep, err := c.Trial(ctx, runtimeapi.LoadRequest{Name: "vibration", Version: "2.0.0", Path: model("2.0.0")}, probe("2.0.0"), gates)
 	if err != nil || rep.Pass {
 		t.Fatalf("Trial(2.0.0) = %+v, %v; want a failed probe", rep, err)
 	}
@@ -100,7 +104,7 @@ func TestTrialPromoteAbort(t *testing.T) {
 	if got := defaultVersion(t, r, "vibration"); got != "1.0.0" {
 		t.Errorf("after aborting 2.0.0 the default is %q; want 1.0.0", got)
 	}
-	_, rep, err = c.Trial(ctx, LoadRequest{Name: "vibration", Version: "1.1.0", Path: model("1.1.0")}, probe("1.1.0"), gates)
+	_, rep, err = c.Trial(ctx, runtimeapi.LoadRequest{Name: "vibration", Version: "1.1.0", Path: model("1.1.0")}, probe("1.1.0"), gates)
 	if err != nil || !rep.Pass {
 		t.Fatalf("Trial(1.1.0) = %+v, %v; want a passed probe", rep, err)
 	}
@@ -111,7 +115,7 @@ func TestTrialPromoteAbort(t *testing.T) {
 	if err != nil || len(idx) != 1 || idx[0].Version != "1.1.0" || !idx[0].Default {
 		t.Errorf("Index after promote = %+v, %v; want only 1.1.0, default", idx, err)
 	}
-	if _, err := c.Probe(ctx, "vibration", "2.0.0", probe("2.0.0"), nil); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Probe(ctx, "vibration", "2.0.0", probe("2.0.0"), nil); !errors.Is(err, runtimeapi.ErrNotFound) {
 		t.Errorf("Probe(aborted 2.0.0) error = %v; want ErrNotFound", err)
 	}
 }
@@ -133,11 +137,11 @@ func TestDatatypes(t *testing.T) {
 	if err := os.WriteFile(path, modelgen.Echo(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Load(context.Background(), LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
 		t.Fatalf("Load(echo): %v", err)
 	}
 	multitype := filepath.Join(filepath.Dir(irisModel(t)), "example_multitype.onnx")
-	if _, err := r.Load(context.Background(), LoadRequest{Name: "multitype", Version: "1.0.0", Path: multitype}); err != nil {
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "multitype", Version: "1.0.0", Path: multitype}); err != nil {
 		t.Fatalf("Load(multitype): %v", err)
 	}
 	inputs := func(i32, flag, bytes, f64 string) string {
@@ -167,14 +171,14 @@ func TestDatatypes(t *testing.T) {
 func TestMetadataIntrospection(t *testing.T) {
 	r := newTestRuntime(t)
 	dir := vibrationDir(t)
-	if _, err := r.Load(context.Background(), LoadRequest{Name: "vibration", Version: "1.1.0", Path: filepath.Join(dir, "models", "vibration", "1.1.0.onnx")}); err != nil {
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "vibration", Version: "1.1.0", Path: filepath.Join(dir, "models", "vibration", "1.1.0.onnx")}); err != nil {
 		t.Fatal(err)
 	}
 	info, err := r.Metadata("vibration", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, _ := json.Marshal(struct{ Inputs, Outputs []TensorMeta }{info.Inputs, info.Outputs})
+	got, _ := json.Marshal(struct{ Inputs, Outputs []runtimeapi.TensorMeta }{info.Inputs, info.Outputs})
 	want := `{"Inputs":[{"name":"x","datatype":"FP32","shape":[-1,4]}],"Outputs":[{"name":"probabilities","datatype":"FP32","shape":[-1,2]},{"name":"label","datatype":"INT64","shape":[-1]}]}`
 	if string(got) != want {
 		t.Errorf("Metadata(vibration) = %s; want %s", got, want)

@@ -49,15 +49,8 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	ort "github.com/yalue/onnxruntime_go"
-)
 
-// Errors a caller decides on. HTTP handlers map them to status codes: ErrNotFound → 404,
-// ErrInvalid → 400, ErrConflict → 409, ErrUnavailable → 503.
-var (
-	ErrNotFound    = errors.New("not found")
-	ErrInvalid     = errors.New("invalid request")
-	ErrConflict    = errors.New("conflict")
-	ErrUnavailable = errors.New("unavailable")
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // Config configures a Runtime. The zero value works on a laptop with the library in the
@@ -187,59 +180,46 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
 func checkNameVersion(name, version string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%w: model name %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", ErrInvalid, name)
+		return fmt.Errorf("%w: model name %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", runtimeapi.ErrInvalid, name)
 	}
 	if _, err := artifact.ParseVersion(version); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalid, err)
+		return fmt.Errorf("%w: %w", runtimeapi.ErrInvalid, err)
 	}
 	return nil
-}
-
-// LoadRequest names a model version to load.
-type LoadRequest struct {
-	Name    string `json:"-"`
-	Version string `json:"version"`
-	// Path is the ONNX file, e.g. in the agent's model slot.
-	Path string `json:"path"`
-	// SHA256, when set, must match the file's bytes (hex); the load fails otherwise.
-	SHA256 string `json:"sha256,omitempty"`
-	// Default makes the new version the default at once. The first loaded version of a
-	// model always becomes its default.
-	Default bool `json:"default,omitempty"`
 }
 
 // Load reads an ONNX model, creates its session and adds it beside any loaded versions
 // of the same model. It returns the model's metadata, including the sha256 of the bytes
 // actually loaded (for the agent's measurement log).
-func (r *Runtime) Load(ctx context.Context, req LoadRequest) (ModelInfo, error) {
+func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtimeapi.ModelInfo, error) {
 	if err := checkNameVersion(req.Name, req.Version); err != nil {
-		return ModelInfo{}, err
+		return runtimeapi.ModelInfo{}, err
 	}
 	if req.Path == "" {
-		return ModelInfo{}, fmt.Errorf("%w: load %s %s: path is required", ErrInvalid, req.Name, req.Version)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: load %s %s: path is required", runtimeapi.ErrInvalid, req.Name, req.Version)
 	}
 	r.mu.RLock()
 	_, missing := r.lookupLocked(req.Name, req.Version)
 	closed := r.closed
 	r.mu.RUnlock()
 	if closed {
-		return ModelInfo{}, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: runtime is closed", runtimeapi.ErrUnavailable)
 	}
 	if missing == nil {
-		return ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", ErrConflict, req.Name, req.Version)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", runtimeapi.ErrConflict, req.Name, req.Version)
 	}
 	data, err := r.readModel(ctx, req.Path)
 	if err != nil {
-		return ModelInfo{}, err
+		return runtimeapi.ModelInfo{}, err
 	}
 	sum := sha256.Sum256(data)
 	digest := hex.EncodeToString(sum[:])
 	if req.SHA256 != "" && req.SHA256 != digest {
-		return ModelInfo{}, fmt.Errorf("%w: model %s: sha256 %s, want %s", ErrInvalid, req.Path, digest, req.SHA256)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s: sha256 %s, want %s", runtimeapi.ErrInvalid, req.Path, digest, req.SHA256)
 	}
 	m, err := newModel(req.Name, req.Version, data, r.cfg)
 	if err != nil {
-		return ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
 	}
 	m.sha256 = digest
 	m.loadedAt = r.cfg.now()
@@ -253,9 +233,9 @@ func (r *Runtime) Load(ctx context.Context, req LoadRequest) (ModelInfo, error) 
 		r.mu.Unlock()
 		m.session.Destroy()
 		if r.closed {
-			return ModelInfo{}, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+			return runtimeapi.ModelInfo{}, fmt.Errorf("%w: runtime is closed", runtimeapi.ErrUnavailable)
 		}
-		return ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", ErrConflict, req.Name, req.Version)
+		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", runtimeapi.ErrConflict, req.Name, req.Version)
 	}
 	r.models[req.Name] = mv
 	mv.versions[req.Version] = m
@@ -277,7 +257,7 @@ func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: model file: %w", ErrNotFound, err)
+			return nil, fmt.Errorf("%w: model file: %w", runtimeapi.ErrNotFound, err)
 		}
 		return nil, fmt.Errorf("model file: %w", err)
 	}
@@ -288,7 +268,7 @@ func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("read model %s: %w", path, err)
 	}
 	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%w: model %s is larger than %d bytes", ErrInvalid, path, max)
+		return nil, fmt.Errorf("%w: model %s is larger than %d bytes", runtimeapi.ErrInvalid, path, max)
 	}
 	return data, nil
 }
@@ -300,7 +280,7 @@ func (r *Runtime) SetDefault(name, version string) error {
 	mv := r.models[name]
 	if mv == nil || mv.versions[version] == nil {
 		r.mu.Unlock()
-		return fmt.Errorf("%w: model %s version %s is not loaded", ErrNotFound, name, version)
+		return fmt.Errorf("%w: model %s version %s is not loaded", runtimeapi.ErrNotFound, name, version)
 	}
 	old := mv.def
 	mv.def = version
@@ -319,11 +299,11 @@ func (r *Runtime) Unload(ctx context.Context, name, version string) error {
 	mv := r.models[name]
 	if mv == nil || mv.versions[version] == nil {
 		r.mu.Unlock()
-		return fmt.Errorf("%w: model %s version %s is not loaded", ErrNotFound, name, version)
+		return fmt.Errorf("%w: model %s version %s is not loaded", runtimeapi.ErrNotFound, name, version)
 	}
 	if mv.def == version && len(mv.versions) > 1 {
 		r.mu.Unlock()
-		return fmt.Errorf("%w: model %s version %s is the default; make another version the default first", ErrConflict, name, version)
+		return fmt.Errorf("%w: model %s version %s is the default; make another version the default first", runtimeapi.ErrConflict, name, version)
 	}
 	m := mv.versions[version]
 	delete(mv.versions, version)
@@ -341,14 +321,14 @@ func (r *Runtime) Unload(ctx context.Context, name, version string) error {
 func (r *Runtime) lookupLocked(name, version string) (*Model, error) {
 	mv := r.models[name]
 	if mv == nil {
-		return nil, fmt.Errorf("%w: model %q is not loaded", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: model %q is not loaded", runtimeapi.ErrNotFound, name)
 	}
 	if version == "" {
 		version = mv.def
 	}
 	m := mv.versions[version]
 	if m == nil {
-		return nil, fmt.Errorf("%w: model %q has no loaded version %q", ErrNotFound, name, version)
+		return nil, fmt.Errorf("%w: model %q has no loaded version %q", runtimeapi.ErrNotFound, name, version)
 	}
 	return m, nil
 }
@@ -359,7 +339,7 @@ func (r *Runtime) acquire(name, version string) (*Model, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.closed {
-		return nil, fmt.Errorf("%w: runtime is closed", ErrUnavailable)
+		return nil, fmt.Errorf("%w: runtime is closed", runtimeapi.ErrUnavailable)
 	}
 	m, err := r.lookupLocked(name, version)
 	if err != nil {
@@ -392,12 +372,12 @@ type Result struct {
 }
 
 // Metadata describes a loaded version ("" for the default).
-func (r *Runtime) Metadata(name, version string) (ModelInfo, error) {
+func (r *Runtime) Metadata(name, version string) (runtimeapi.ModelInfo, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	m, err := r.lookupLocked(name, version)
 	if err != nil {
-		return ModelInfo{}, err
+		return runtimeapi.ModelInfo{}, err
 	}
 	info := m.info()
 	if version == "" {
@@ -406,26 +386,17 @@ func (r *Runtime) Metadata(name, version string) (ModelInfo, error) {
 	return info, nil
 }
 
-// IndexEntry is one loaded model version in the repository index.
-type IndexEntry struct {
-	Name    string `json:"name"`
-	Version string `json:"version"`
-	State   string `json:"state"`
-	Default bool   `json:"default"`
-	SHA256  string `json:"sha256"`
-}
-
 // Index lists the loaded model versions, sorted by name and version.
-func (r *Runtime) Index() []IndexEntry {
+func (r *Runtime) Index() []runtimeapi.IndexEntry {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	var out []IndexEntry
+	var out []runtimeapi.IndexEntry
 	for name, mv := range r.models {
 		for v, m := range mv.versions {
-			out = append(out, IndexEntry{Name: name, Version: v, State: "READY", Default: v == mv.def, SHA256: m.sha256})
+			out = append(out, runtimeapi.IndexEntry{Name: name, Version: v, State: "READY", Default: v == mv.def, SHA256: m.sha256})
 		}
 	}
-	slices.SortFunc(out, func(a, b IndexEntry) int {
+	slices.SortFunc(out, func(a, b runtimeapi.IndexEntry) int {
 		if a.Name != b.Name {
 			if a.Name < b.Name {
 				return -1

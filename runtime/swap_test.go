@@ -15,11 +15,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
-func controlClient(tb testing.TB, r *Runtime) (*Client, func()) {
+func controlClient(tb testing.TB, r *Runtime) (*runtimeapi.Client, func()) {
 	srv := httptest.NewServer(r.ControlHandler())
-	return &Client{BaseURL: srv.URL}, srv.Close
+	return &runtimeapi.Client{BaseURL: srv.URL}, srv.Close
 }
 
 // TestSwapUnderLoad swaps the default version back and forth while two clients send
@@ -28,11 +30,11 @@ func TestSwapUnderLoad(t *testing.T) {
 	r := newTestRuntime(t)
 	srv := httptest.NewServer(r.ControlHandler())
 	defer srv.Close()
-	c := &Client{BaseURL: srv.URL}
+	c := &runtimeapi.Client{BaseURL: srv.URL}
 	ctx := context.Background()
 	dir := vibrationDir(t)
 	model := func(v string) string { return filepath.Join(dir, "models", "vibration", v+".onnx") }
-	if _, err := c.Load(ctx, LoadRequest{Name: "vibration", Version: "1.0.0", Path: model("1.0.0")}); err != nil {
+	if _, err := c.Load(ctx, runtimeapi.LoadRequest{Name: "vibration", Version: "1.0.0", Path: model("1.0.0")}); err != nil {
 		t.Fatal(err)
 	}
 	body := []byte(`{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[2.1,3.0,3.1,44]}]}`)
@@ -74,7 +76,7 @@ func TestSwapUnderLoad(t *testing.T) {
 	swaps := 0
 	deadline := time.Now().Add(loadFor)
 	for time.Now().Before(deadline) || swaps < 2 {
-		if _, err := c.Load(ctx, LoadRequest{Name: "vibration", Version: next, Path: model(next)}); err != nil {
+		if _, err := c.Load(ctx, runtimeapi.LoadRequest{Name: "vibration", Version: next, Path: model(next)}); err != nil {
 			t.Fatalf("swap %d: Load(%s): %v", swaps, next, err)
 		}
 		if err := c.Promote(ctx, "vibration", next, cur); err != nil {
@@ -107,7 +109,7 @@ func post(url string, body []byte) (version string, err error) {
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
 	}
-	var ir InferResponse
+	var ir runtimeapi.InferResponse
 	if err := json.Unmarshal(b, &ir); err != nil {
 		return "", err
 	}
@@ -130,7 +132,7 @@ func TestUnloadWaitsForInFlight(t *testing.T) {
 	for len(r.Index()) != 1 { // wait until 1.1.0 is out of the registry
 		runtime.Gosched()
 	}
-	if _, err := r.Infer(context.Background(), "iris", "1.1.0", []Input{NewInput("X", FP32, []int64{1, 4}, []float64{5.1, 3.5, 1.4, 0.2})}, nil); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Infer(context.Background(), "iris", "1.1.0", []Input{NewInput("X", runtimeapi.FP32, []int64{1, 4}, []float64{5.1, 3.5, 1.4, 0.2})}, nil); !errors.Is(err, runtimeapi.ErrNotFound) {
 		t.Errorf("new request to an unloading version: error %v; want ErrNotFound", err)
 	}
 	select {
@@ -138,7 +140,7 @@ func TestUnloadWaitsForInFlight(t *testing.T) {
 		t.Fatalf("Unload returned (%v) while a request still held the version", err)
 	default:
 	}
-	outs, err := m.run(context.Background(), []Input{NewInput("X", FP32, []int64{1, 4}, []float64{7.7, 2.8, 6.7, 2.0})}, nil, false)
+	outs, err := m.run(context.Background(), []Input{NewInput("X", runtimeapi.FP32, []int64{1, 4}, []float64{7.7, 2.8, 6.7, 2.0})}, nil, false)
 	if err != nil || outs[0].I[0] != 2 {
 		t.Fatalf("in-flight request on the unloading version = %v, %v; want label 2", outs, err)
 	}
@@ -158,7 +160,7 @@ func TestUnloadWaitsForInFlight(t *testing.T) {
 	if err := r.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Infer(context.Background(), "iris", "", nil, nil); !errors.Is(err, ErrUnavailable) {
+	if _, err := r.Infer(context.Background(), "iris", "", nil, nil); !errors.Is(err, runtimeapi.ErrUnavailable) {
 		t.Errorf("Infer after Close: %v; want ErrUnavailable", err)
 	}
 }

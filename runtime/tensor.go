@@ -8,52 +8,36 @@ import (
 	"strconv"
 
 	ort "github.com/yalue/onnxruntime_go"
-)
 
-// Datatype is an Open Inference Protocol tensor datatype name ("FP32", "INT64", …).
-type Datatype string
-
-// The datatypes the runtime accepts as inputs and returns as outputs.
-const (
-	FP32   Datatype = "FP32"
-	FP64   Datatype = "FP64"
-	INT8   Datatype = "INT8"
-	INT16  Datatype = "INT16"
-	INT32  Datatype = "INT32"
-	INT64  Datatype = "INT64"
-	UINT8  Datatype = "UINT8"
-	UINT16 Datatype = "UINT16"
-	UINT32 Datatype = "UINT32"
-	UINT64 Datatype = "UINT64"
-	BOOL   Datatype = "BOOL"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // datatypeOf maps an ONNX element type to its protocol name; ok is false for element
 // types the runtime does not serve (strings, float16, …).
-func datatypeOf(t ort.TensorElementDataType) (Datatype, bool) {
+func datatypeOf(t ort.TensorElementDataType) (runtimeapi.Datatype, bool) {
 	switch t {
 	case ort.TensorElementDataTypeFloat:
-		return FP32, true
+		return runtimeapi.FP32, true
 	case ort.TensorElementDataTypeDouble:
-		return FP64, true
+		return runtimeapi.FP64, true
 	case ort.TensorElementDataTypeInt8:
-		return INT8, true
+		return runtimeapi.INT8, true
 	case ort.TensorElementDataTypeInt16:
-		return INT16, true
+		return runtimeapi.INT16, true
 	case ort.TensorElementDataTypeInt32:
-		return INT32, true
+		return runtimeapi.INT32, true
 	case ort.TensorElementDataTypeInt64:
-		return INT64, true
+		return runtimeapi.INT64, true
 	case ort.TensorElementDataTypeUint8:
-		return UINT8, true
+		return runtimeapi.UINT8, true
 	case ort.TensorElementDataTypeUint16:
-		return UINT16, true
+		return runtimeapi.UINT16, true
 	case ort.TensorElementDataTypeUint32:
-		return UINT32, true
+		return runtimeapi.UINT32, true
 	case ort.TensorElementDataTypeUint64:
-		return UINT64, true
+		return runtimeapi.UINT64, true
 	case ort.TensorElementDataTypeBool:
-		return BOOL, true
+		return runtimeapi.BOOL, true
 	}
 	return "", false
 }
@@ -80,7 +64,7 @@ const maxNesting = 32
 // (row-major), of numbers (or true/false for BOOL). It returns at most max elements and
 // rejects anything that is not of the datatype: strings, objects, null, fractions for
 // integer types, out-of-range integers.
-func decodeData(raw []byte, dt Datatype, max int) (values, error) {
+func decodeData(raw []byte, dt runtimeapi.Datatype, max int) (values, error) {
 	var v values
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '[' {
@@ -147,9 +131,9 @@ func decodeData(raw []byte, dt Datatype, max int) (values, error) {
 	return v, nil
 }
 
-func (v *values) appendToken(tok string, dt Datatype) error {
+func (v *values) appendToken(tok string, dt runtimeapi.Datatype) error {
 	switch dt {
-	case BOOL:
+	case runtimeapi.BOOL:
 		switch tok {
 		case "true":
 			v.B = append(v.B, true)
@@ -158,12 +142,12 @@ func (v *values) appendToken(tok string, dt Datatype) error {
 		default:
 			return fmt.Errorf("%.32q is not a BOOL (want true or false)", tok)
 		}
-	case FP32, FP64:
+	case runtimeapi.FP32, runtimeapi.FP64:
 		if !isJSONNumber(tok) {
 			return fmt.Errorf("%.32q is not a number", tok)
 		}
 		bits := 64
-		if dt == FP32 {
+		if dt == runtimeapi.FP32 {
 			bits = 32
 		}
 		f, err := strconv.ParseFloat(tok, bits)
@@ -171,7 +155,7 @@ func (v *values) appendToken(tok string, dt Datatype) error {
 			return fmt.Errorf("%.32q out of range for %s", tok, dt)
 		}
 		v.F = append(v.F, f)
-	case INT8, INT16, INT32, INT64:
+	case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
 		if !isJSONNumber(tok) {
 			return fmt.Errorf("%.32q is not a number", tok)
 		}
@@ -180,7 +164,7 @@ func (v *values) appendToken(tok string, dt Datatype) error {
 			return fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
 		}
 		v.I = append(v.I, i)
-	case UINT8, UINT16, UINT32, UINT64:
+	case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
 		if !isJSONNumber(tok) {
 			return fmt.Errorf("%.32q is not a number", tok)
 		}
@@ -195,13 +179,13 @@ func (v *values) appendToken(tok string, dt Datatype) error {
 	return nil
 }
 
-func bitsOf(dt Datatype) int {
+func bitsOf(dt runtimeapi.Datatype) int {
 	switch dt {
-	case INT8, UINT8:
+	case runtimeapi.INT8, runtimeapi.UINT8:
 		return 8
-	case INT16, UINT16:
+	case runtimeapi.INT16, runtimeapi.UINT16:
 		return 16
-	case INT32, UINT32:
+	case runtimeapi.INT32, runtimeapi.UINT32:
 		return 32
 	}
 	return 64
@@ -246,30 +230,30 @@ func isJSONNumber(s string) bool {
 
 // newTensor builds an ORT tensor of the given datatype and shape from decoded values.
 // The caller destroys it.
-func newTensor(dt Datatype, shape []int64, v values) (ort.Value, error) {
+func newTensor(dt runtimeapi.Datatype, shape []int64, v values) (ort.Value, error) {
 	s := ort.NewShape(shape...)
 	switch dt {
-	case FP32:
+	case runtimeapi.FP32:
 		return ort.NewTensor(s, convert[float32](v.F))
-	case FP64:
+	case runtimeapi.FP64:
 		return ort.NewTensor(s, v.F)
-	case INT8:
+	case runtimeapi.INT8:
 		return ort.NewTensor(s, convert[int8](v.I))
-	case INT16:
+	case runtimeapi.INT16:
 		return ort.NewTensor(s, convert[int16](v.I))
-	case INT32:
+	case runtimeapi.INT32:
 		return ort.NewTensor(s, convert[int32](v.I))
-	case INT64:
+	case runtimeapi.INT64:
 		return ort.NewTensor(s, v.I)
-	case UINT8:
+	case runtimeapi.UINT8:
 		return ort.NewTensor(s, convert[uint8](v.U))
-	case UINT16:
+	case runtimeapi.UINT16:
 		return ort.NewTensor(s, convert[uint16](v.U))
-	case UINT32:
+	case runtimeapi.UINT32:
 		return ort.NewTensor(s, convert[uint32](v.U))
-	case UINT64:
+	case runtimeapi.UINT64:
 		return ort.NewTensor(s, v.U)
-	case BOOL:
+	case runtimeapi.BOOL:
 		return ort.NewTensor(s, v.B)
 	}
 	return nil, fmt.Errorf("datatype %s is not supported", dt)
@@ -291,7 +275,7 @@ func convert[T number, S number](in []S) []T {
 // to float64 (F), int64 (I), uint64 (U) or bool (B) by datatype.
 type Output struct {
 	Name     string
-	Datatype Datatype
+	Datatype runtimeapi.Datatype
 	Shape    []int64
 	values
 }
@@ -320,38 +304,38 @@ func outputFrom(name string, v ort.Value) (Output, error) {
 	o := Output{Name: name, Shape: []int64(v.GetShape().Clone())}
 	switch t := v.(type) {
 	case *ort.Tensor[float32]:
-		o.Datatype, o.F = FP32, convert[float64](t.GetData())
+		o.Datatype, o.F = runtimeapi.FP32, convert[float64](t.GetData())
 	case *ort.Tensor[float64]:
-		o.Datatype, o.F = FP64, append([]float64(nil), t.GetData()...)
+		o.Datatype, o.F = runtimeapi.FP64, append([]float64(nil), t.GetData()...)
 	case *ort.Tensor[int8]:
-		o.Datatype, o.I = INT8, convert[int64](t.GetData())
+		o.Datatype, o.I = runtimeapi.INT8, convert[int64](t.GetData())
 	case *ort.Tensor[int16]:
-		o.Datatype, o.I = INT16, convert[int64](t.GetData())
+		o.Datatype, o.I = runtimeapi.INT16, convert[int64](t.GetData())
 	case *ort.Tensor[int32]:
-		o.Datatype, o.I = INT32, convert[int64](t.GetData())
+		o.Datatype, o.I = runtimeapi.INT32, convert[int64](t.GetData())
 	case *ort.Tensor[int64]:
-		o.Datatype, o.I = INT64, append([]int64(nil), t.GetData()...)
+		o.Datatype, o.I = runtimeapi.INT64, append([]int64(nil), t.GetData()...)
 	case *ort.Tensor[uint8]:
-		o.Datatype, o.U = UINT8, convert[uint64](t.GetData())
+		o.Datatype, o.U = runtimeapi.UINT8, convert[uint64](t.GetData())
 	case *ort.Tensor[uint16]:
-		o.Datatype, o.U = UINT16, convert[uint64](t.GetData())
+		o.Datatype, o.U = runtimeapi.UINT16, convert[uint64](t.GetData())
 	case *ort.Tensor[uint32]:
-		o.Datatype, o.U = UINT32, convert[uint64](t.GetData())
+		o.Datatype, o.U = runtimeapi.UINT32, convert[uint64](t.GetData())
 	case *ort.Tensor[uint64]:
-		o.Datatype, o.U = UINT64, append([]uint64(nil), t.GetData()...)
+		o.Datatype, o.U = runtimeapi.UINT64, append([]uint64(nil), t.GetData()...)
 	case *ort.Tensor[bool]:
-		o.Datatype, o.B = BOOL, append([]bool(nil), t.GetData()...)
+		o.Datatype, o.B = runtimeapi.BOOL, append([]bool(nil), t.GetData()...)
 	default:
 		return o, fmt.Errorf("output %q: unsupported value type %T", name, v)
 	}
 	// Keep the "exactly one field set" invariant for empty outputs too.
 	if o.len() == 0 {
 		switch o.Datatype {
-		case FP32, FP64:
+		case runtimeapi.FP32, runtimeapi.FP64:
 			o.F = []float64{}
-		case BOOL:
+		case runtimeapi.BOOL:
 			o.B = []bool{}
-		case UINT8, UINT16, UINT32, UINT64:
+		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
 			o.U = []uint64{}
 		default:
 			o.I = []int64{}
@@ -365,7 +349,7 @@ func outputFrom(name string, v ort.Value) (Output, error) {
 func (o *Output) appendJSON(b []byte) []byte {
 	b = append(b, '[')
 	bits := 64
-	if o.Datatype == FP32 {
+	if o.Datatype == runtimeapi.FP32 {
 		bits = 32
 	}
 	for i, f := range o.F {

@@ -20,7 +20,7 @@ import (
 	"github.com/edgeward/edgeward/agent"
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
-	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -84,7 +84,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 
 	judge := &agent.RuntimeJudge{TUF: st.tuf, Log: mlog, WorkDir: *stateDir, Logger: log, Slots: st.slots}
 	if *rtURL != "" {
-		judge.Runtime = &runtime.Client{BaseURL: *rtURL}
+		judge.Runtime = &runtimeapi.Client{BaseURL: *rtURL}
 		if err := waitReady(ctx, judge.Runtime); err != nil {
 			return err
 		}
@@ -167,7 +167,7 @@ func supervisor(bin, listen, stateDir string, log *slog.Logger) (*agent.Runtimes
 	return &agent.Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: stateDir, Logger: log}, nil
 }
 
-func waitReady(ctx context.Context, rc *runtime.Client) error {
+func waitReady(ctx context.Context, rc *runtimeapi.Client) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if _, err := rc.Index(ctx); err == nil {

@@ -28,9 +28,10 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
-type modelFlags []runtime.LoadRequest
+type modelFlags []runtimeapi.LoadRequest
 
 func (m *modelFlags) String() string { return fmt.Sprint(*m) }
 func (m *modelFlags) Set(s string) error {
@@ -38,7 +39,7 @@ func (m *modelFlags) Set(s string) error {
 	if len(parts) != 3 {
 		return fmt.Errorf("want NAME=VERSION=PATH, got %q", s)
 	}
-	*m = append(*m, runtime.LoadRequest{Name: parts[0], Version: parts[1], Path: parts[2]})
+	*m = append(*m, runtimeapi.LoadRequest{Name: parts[0], Version: parts[1], Path: parts[2]})
 	return nil
 }
 

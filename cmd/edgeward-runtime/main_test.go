@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 func ortLib(t *testing.T) string {
@@ -49,7 +49,7 @@ func irisModel(t *testing.T) string {
 // proc is one edgeward-runtime process sharing the public socket.
 type proc struct {
 	cmd     *exec.Cmd
-	control *runtime.Client
+	control *runtimeapi.Client
 	done    chan error
 }
 
@@ -62,7 +62,7 @@ func start(t *testing.T, bin, lib string, pub *os.File, sock string, args ...str
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, control: runtime.NewUnixClient(sock), done: make(chan error, 1)}
+	p := &proc{cmd: cmd, control: runtimeapi.NewUnixClient(sock), done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -160,15 +160,15 @@ func TestRuntimeSwap(t *testing.T) {
 	}
 }
 
-func probeSet() *runtime.ProbeSet {
-	return &runtime.ProbeSet{
-		Inputs: []runtime.RequestTensor{{Name: "X", Datatype: runtime.FP32, Shape: []int64{4, 4},
+func probeSet() *runtimeapi.ProbeSet {
+	return &runtimeapi.ProbeSet{
+		Inputs: []runtimeapi.RequestTensor{{Name: "X", Datatype: runtimeapi.FP32, Shape: []int64{4, 4},
 			Data: json.RawMessage(`[5.1,3.5,1.4,0.2, 7.7,2.8,6.7,2.0, 6.3,2.3,4.4,1.3, 5.9,3.0,5.1,1.8]`)}},
 		Output: "output_label", Labels: []int64{0, 2, 1, 2}, Warmup: 1, Runs: 4,
 	}
 }
 
-func serve(c *runtime.Client) error {
+func serve(c *runtimeapi.Client) error {
 	req, _ := http.NewRequest(http.MethodPost, c.BaseURL+"/v2/edgeward/serve", nil)
 	resp, err := c.HTTPClient.Do(req)
 	if err != nil {

@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/repo-server/fleet"
-	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
 // Manufacturer is a TPM manufacturer: swtpm's local CA, which signs the EK certificate
@@ -389,7 +389,7 @@ func (d *Device) Infer(ctx context.Context, model string) (InferResult, error) {
 		r.Error = e.Error
 		return r, nil
 	}
-	var ir runtime.InferResponse
+	var ir runtimeapi.InferResponse
 	if err := json.Unmarshal(b, &ir); err != nil {
 		return r, err
 	}
@@ -415,7 +415,7 @@ func InferBody() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ps runtime.ProbeSet
+	var ps runtimeapi.ProbeSet
 	if err := json.Unmarshal(probe, &ps); err != nil {
 		return nil, err
 	}
@@ -427,7 +427,7 @@ func InferBody() ([]byte, error) {
 	data, _ := json.Marshal(rows[:1])
 	in.Data = data
 	in.Shape = []int64{1, int64(len(rows[0]))}
-	return json.Marshal(runtime.InferRequest{Inputs: []runtime.RequestTensor{in}})
+	return json.Marshal(runtimeapi.InferRequest{Inputs: []runtimeapi.RequestTensor{in}})
 }
 
 // WaitStopped waits until the agent has exited and its inference port is closed (its

@@ -1,4 +1,14 @@
-package runtime
+// Package runtimeapi is the contract between Edgeward's inference runtime and its callers:
+// the wire types of the runtime's control API and of the Open Inference Protocol, the
+// probe set a model version is judged by, the gates decision, and the client the agent
+// drives a runtime with.
+//
+// It imports only the standard library and internal/artifact (itself stdlib-only), so a
+// program that talks to a runtime — the device agent — links neither ONNX Runtime nor
+// Prometheus. The package runtime serves this contract; it is the only place that
+// knows how a probe is run. Everything here is pure or plain HTTP: no package state, no
+// I/O other than the Client's requests.
+package runtimeapi
 
 import (
 	"bytes"
@@ -33,29 +43,6 @@ func NewUnixClient(socket string) *Client {
 		return d.DialContext(ctx, "unix", socket)
 	}}
 	return &Client{BaseURL: "http://runtime", HTTPClient: &http.Client{Transport: tr}}
-}
-
-// APIError is a non-2xx answer of the runtime; Code is the HTTP status.
-type APIError struct {
-	Code    int
-	Message string
-}
-
-func (e *APIError) Error() string { return fmt.Sprintf("runtime: %d: %s", e.Code, e.Message) }
-
-// Is lets callers test an APIError against the package's sentinels (ErrNotFound, …).
-func (e *APIError) Is(target error) bool {
-	switch target {
-	case ErrNotFound:
-		return e.Code == http.StatusNotFound
-	case ErrInvalid:
-		return e.Code == http.StatusBadRequest || e.Code == http.StatusRequestEntityTooLarge
-	case ErrConflict:
-		return e.Code == http.StatusConflict
-	case ErrUnavailable:
-		return e.Code == http.StatusServiceUnavailable
-	}
-	return false
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
@@ -196,6 +183,3 @@ func (c *Client) Abort(ctx context.Context, name, version string) error {
 	}
 	return err
 }
-
-// IsConflict reports whether err is a conflict (e.g. the version is already loaded).
-func IsConflict(err error) bool { return errors.Is(err, ErrConflict) }

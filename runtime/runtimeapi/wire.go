@@ -1,0 +1,140 @@
+package runtimeapi
+
+import "encoding/json"
+
+// Datatype is an Open Inference Protocol tensor datatype name ("FP32", "INT64", …).
+type Datatype string
+
+// The datatypes the runtime accepts as inputs and returns as outputs.
+const (
+	FP32   Datatype = "FP32"
+	FP64   Datatype = "FP64"
+	INT8   Datatype = "INT8"
+	INT16  Datatype = "INT16"
+	INT32  Datatype = "INT32"
+	INT64  Datatype = "INT64"
+	UINT8  Datatype = "UINT8"
+	UINT16 Datatype = "UINT16"
+	UINT32 Datatype = "UINT32"
+	UINT64 Datatype = "UINT64"
+	BOOL   Datatype = "BOOL"
+)
+
+// Known reports whether the runtime serves dt.
+func (dt Datatype) Known() bool {
+	switch dt {
+	case FP32, FP64, INT8, INT16, INT32, INT64, UINT8, UINT16, UINT32, UINT64, BOOL:
+		return true
+	}
+	return false
+}
+
+// InferRequest is the Open Inference Protocol request body.
+type InferRequest struct {
+	ID         string                     `json:"id,omitempty"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Inputs     []RequestTensor            `json:"inputs"`
+	Outputs    []RequestOutput            `json:"outputs,omitempty"`
+}
+
+// RequestTensor is one input tensor of an InferRequest; Data is a JSON array, flat or
+// nested in row-major order.
+type RequestTensor struct {
+	Name       string                     `json:"name"`
+	Shape      []int64                    `json:"shape"`
+	Datatype   Datatype                   `json:"datatype"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Data       json.RawMessage            `json:"data"`
+}
+
+// RequestOutput names an output the client wants.
+type RequestOutput struct {
+	Name       string                     `json:"name"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+}
+
+// InferResponse is the Open Inference Protocol response body.
+type InferResponse struct {
+	ModelName    string           `json:"model_name"`
+	ModelVersion string           `json:"model_version"`
+	ID           string           `json:"id,omitempty"`
+	Outputs      []ResponseTensor `json:"outputs"`
+}
+
+// ResponseTensor is one output tensor; Data is flat, row-major.
+type ResponseTensor struct {
+	Name     string          `json:"name"`
+	Shape    []int64         `json:"shape"`
+	Datatype Datatype        `json:"datatype"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// TensorMeta describes a model input or output. A dimension of -1 is dynamic.
+type TensorMeta struct {
+	Name     string   `json:"name"`
+	Datatype Datatype `json:"datatype"`
+	Shape    []int64  `json:"shape"`
+}
+
+// ModelInfo is the Open Inference Protocol model metadata of a loaded version.
+type ModelInfo struct {
+	Name     string       `json:"name"`
+	Versions []string     `json:"versions"`
+	Platform string       `json:"platform"`
+	Inputs   []TensorMeta `json:"inputs"`
+	Outputs  []TensorMeta `json:"outputs"`
+	// SHA256 is the digest of the bytes the session was created from.
+	SHA256 string `json:"sha256,omitempty"`
+}
+
+// IndexEntry is one loaded model version in the repository index.
+type IndexEntry struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	State   string `json:"state"`
+	Default bool   `json:"default"`
+	SHA256  string `json:"sha256"`
+}
+
+// LoadRequest names a model version to load (the body of
+// POST /v2/repository/models/{name}/load; Name travels in the path).
+type LoadRequest struct {
+	Name    string `json:"-"`
+	Version string `json:"version"`
+	// Path is the ONNX file, e.g. in the agent's model slot.
+	Path string `json:"path"`
+	// SHA256, when set, must match the file's bytes (hex); the load fails otherwise.
+	SHA256 string `json:"sha256,omitempty"`
+	// Default makes the new version the default at once. The first loaded version of a
+	// model always becomes its default.
+	Default bool `json:"default,omitempty"`
+}
+
+// UnloadRequest is the body of POST /v2/repository/models/{name}/unload.
+type UnloadRequest struct {
+	Version string `json:"version"`
+}
+
+// DriftReport compares served inputs with the baseline, for the check-in.
+type DriftReport struct {
+	Model    string         `json:"model"`
+	Version  string         `json:"version"`
+	Rows     int64          `json:"rows"`
+	Features []FeatureDrift `json:"features"`
+	// Drifted names the features whose |mean shift| exceeds the threshold (in baseline
+	// standard deviations) or whose variance ratio is outside [1/4, 4].
+	Drifted []string `json:"drifted,omitempty"`
+}
+
+// FeatureDrift is one feature's served statistics next to its baseline.
+type FeatureDrift struct {
+	Name         string  `json:"name"`
+	Mean         float64 `json:"mean"`
+	Var          float64 `json:"var"`
+	BaselineMean float64 `json:"baseline_mean"`
+	BaselineVar  float64 `json:"baseline_var"`
+	// MeanShift is (mean - baseline mean) / baseline standard deviation.
+	MeanShift float64 `json:"mean_shift"`
+	// VarRatio is var / baseline var.
+	VarRatio float64 `json:"var_ratio"`
+}
