@@ -32,11 +32,10 @@ const agentVersion = "0.1.0"
 // and runs the main loop with TPM-attested check-ins and probe-gated trials.
 // Prerequisite: 'edgeward-agent enroll' pinned the TUF root, the repository URLs and the
 // TPM in the state directory.
-func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
+func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("device", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var (
-		stateDir = fs.String("state-dir", "/var/lib/edgeward", "agent state directory (after 'edgeward-agent enroll')")
+		stateDir = fs.String("state-dir", agent.DefaultStateDir, "agent state directory (after 'edgeward-agent enroll')")
 		server   = fs.String("server", "", "server base URL (device API), e.g. http://127.0.0.1:8440")
 		labels   = fs.String("labels", "", "labels k=v,k=v the device enrolls with")
 		hardware = fs.String("hardware", hardwareClass(), "hardware class reported to the server")
@@ -49,7 +48,7 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem); with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	if *server == "" {
@@ -59,15 +58,15 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	st, err := openState(ctx, *stateDir, &updater.Downloader{Logger: log}, log)
+	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: agent.StateDir(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if st.tpm == nil {
+	if st.TPM == nil {
 		return errors.New("the device needs a TPM: run 'edgeward-agent enroll --tpm URL' first")
 	}
-	if err := st.slots.Recover(ctx); err != nil {
+	if err := st.Slots.Recover(ctx); err != nil {
 		return err
 	}
 
@@ -77,12 +76,12 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	// What the slots committed serves first, from the measured bytes, whether or not the
 	// server is reachable: an edge device that restarts during an outage keeps serving.
-	mlog, err := agent.OpenMeasurementLog(ctx, filepath.Join(*stateDir, "measurements.json"), st.tpm, *pcr)
+	mlog, err := agent.OpenMeasurementLog(ctx, agent.StateDir(*stateDir).Measurements(), st.TPM, *pcr)
 	if err != nil {
 		return err
 	}
 
-	judge := &agent.RuntimeJudge{TUF: st.tuf, Log: mlog, WorkDir: *stateDir, Logger: log, Slots: st.slots}
+	judge := &agent.RuntimeJudge{TUF: st.TUF, Log: mlog, WorkDir: *stateDir, Logger: log, Slots: st.Slots}
 	if *rtURL != "" {
 		judge.Runtime = &runtimeapi.Client{BaseURL: *rtURL}
 		if err := waitReady(ctx, judge.Runtime); err != nil {
@@ -96,21 +95,21 @@ func runDevice(ctx context.Context, args []string, log *slog.Logger) error {
 		defer rts.Close()
 		judge.Runtimes = rts
 	}
-	if err := judge.LoadCommitted(ctx, st.slots); err != nil {
+	if err := judge.LoadCommitted(ctx, st.Slots); err != nil {
 		return err
 	}
-	ak, api, err := connect(ctx, *server, httpc, st.tpm, *interval, !*once, log)
+	ak, api, err := connect(ctx, *server, httpc, st.TPM, *interval, !*once, log)
 	if err != nil {
 		return err
 	}
-	link := &agent.Attested{API: api, TPM: st.tpm, AK: ak, Log: mlog, Labels: lbl,
-		Hardware: *hardware, AgentVersion: agentVersion, Logger: log, Slots: st.slots, Extra: judge.DriftAttrs}
-	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
+	link := &agent.Attested{API: api, TPM: st.TPM, AK: ak, Log: mlog, Labels: lbl,
+		Hardware: *hardware, AgentVersion: agentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs}
+	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
 	if err != nil {
 		return err
 	}
 	defer o.Close()
-	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.tuf, Slots: st.slots, Director: link,
+	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.TUF, Slots: st.Slots, Director: link,
 		Judge: judge, Outbox: o, Sender: link, Interval: *interval, TrialTimeout: *trial, Logger: log})
 	if err != nil {
 		return err

@@ -20,6 +20,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -62,9 +64,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "tuf-client":
 		err = tufClient(ctx, args[1:], stdout, log)
 	case "run":
-		err = runAgent(ctx, args[1:], log)
+		err = runAgent(ctx, args[1:], stdout, log)
 	case "device":
-		err = runDevice(ctx, args[1:], log)
+		err = runDevice(ctx, args[1:], stdout, log)
 	case "enroll", "install", "trial", "confirm", "recover", "status":
 		err = slotCommand(ctx, args[0], args[1:], stdout, log)
 	case "-h", "--help", "help":
@@ -74,9 +76,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "edgeward-agent: unknown command %q\n%s", args[0], usage)
 		return 2
 	}
+	if errors.Is(err, errHelp) {
+		return 0
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "edgeward-agent %s: %v\n", args[0], err)
 		return 1
 	}
 	return 0
+}
+
+// errHelp ends a command whose flags asked for help (printed): exit status 0.
+var errHelp = errors.New("help printed")
+
+// parseFlags parses a command's flags. Parse errors are returned (and printed once, by
+// run); -h or --help prints the command's flags with their help to stdout and returns
+// errHelp.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(stdout, "usage: edgeward-agent %s [flags]\n\nflags:\n", fs.Name())
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return errHelp
+	}
+	return err
 }

@@ -11,10 +11,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/agent"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
@@ -66,11 +66,10 @@ func (w wants) Set(s string) error {
 }
 
 // runAgent runs the agent's main loop.
-func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
+func runAgent(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var (
-		stateDir = fs.String("state-dir", "/var/lib/edgeward", "agent state directory")
+		stateDir = fs.String("state-dir", agent.DefaultStateDir, "agent state directory")
 		deviceID = fs.String("device-id", "", "device ID in reports")
 		judgeCmd = fs.String("judge-cmd", "", "shell command judging a trial (exit 0: pass); empty: trials never pass")
 		interval = fs.Duration("interval", 5*time.Minute, "check-in interval (jittered ±20%)")
@@ -80,16 +79,16 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		want     = wants{}
 	)
 	fs.Var(want, "want", "KIND=TARGET_PATH to install (repeatable)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	st, err := openState(ctx, *stateDir, &updater.Downloader{Logger: log}, log)
+	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: agent.StateDir(*stateDir), Logger: log})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	tuf, m := st.tuf, st.slots
-	o, err := updater.OpenOutbox(ctx, filepath.Join(*stateDir, "outbox.db"))
+	tuf, m := st.TUF, st.Slots
+	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
 	if err != nil {
 		return err
 	}

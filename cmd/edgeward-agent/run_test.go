@@ -43,3 +43,25 @@ func TestRunOnce(t *testing.T) {
 		t.Errorf("status does not show the last check-in and the two waiting reports:\n%s", out)
 	}
 }
+
+// TestSubcommandHelp checks that every command's --help prints its flags with their help
+// and exits 0, and that a bad flag still fails.
+func TestSubcommandHelp(t *testing.T) {
+	ctx := context.Background()
+	for cmd, flag := range map[string]string{
+		"tuf-client": "-metadata-dir", "enroll": "-state-dir", "install": "-target", "trial": "-timeout",
+		"confirm": "-pass", "recover": "-state-dir", "status": "-state-dir", "run": "-judge-cmd", "device": "-server-ca",
+	} {
+		for _, h := range []string{"--help", "-h"} {
+			var stdout, stderr bytes.Buffer
+			code := run(ctx, []string{cmd, h}, &stdout, &stderr)
+			if code != 0 || !strings.Contains(stdout.String(), flag) || !strings.Contains(stdout.String(), "usage: edgeward-agent "+cmd) {
+				t.Errorf("edgeward-agent %s %s = exit %d, stdout:\n%s\nstderr:\n%s\nwant exit 0 and the flags (%s) on stdout", cmd, h, code, stdout.String(), stderr.String(), flag)
+			}
+		}
+		var out bytes.Buffer
+		if code := run(ctx, []string{cmd, "--no-such-flag"}, &out, &out); code == 0 || !strings.Contains(out.String(), "no-such-flag") {
+			t.Errorf("edgeward-agent %s --no-such-flag = exit %d, output:\n%s\nwant a failure naming the flag", cmd, code, out.String())
+		}
+	}
+}

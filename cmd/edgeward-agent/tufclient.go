@@ -27,7 +27,6 @@ func (r *repeated) Set(s string) error { *r = append(*r, s); return nil }
 // command; exit status 0 on success and 1 on any failure.
 func tufClient(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("tuf-client", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	var (
 		metadataDir = fs.String("metadata-dir", "", "directory of trusted metadata")
 		metadataURL = fs.String("metadata-url", "", "repository metadata URL")
@@ -37,7 +36,7 @@ func tufClient(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	)
 	fs.Var(&names, "target-name", "target path to download (repeatable, processed in order)")
 	fs.Bool("verbose", false, "ignored: the client always logs to stderr")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
 	rest := fs.Args()
