@@ -18,6 +18,7 @@ import (
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -139,7 +140,7 @@ func TestDeviceStory(t *testing.T) {
 	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
 		t.Fatal(err)
 	}
-	ak, err := (&attest.EnrollClient{URL: hs.URL + deviceapi.PathAttest}).Enroll(ctx, tpm)
+	ak, err := (&attest.EnrollClient{URL: hs.URL + wire.PathAttest}).Enroll(ctx, tpm)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
@@ -223,7 +224,7 @@ func TestDeviceStory(t *testing.T) {
 		t.Fatalf("check-in after commit = %+v; want trusted and up to date", last)
 	}
 	reps, _ := store.Reports(ctx, fleet.ReportFilter{})
-	if len(reps) != 1 || reps[0].Outcome != policy.OutcomeCommitted || reps[0].RolloutID != "vib-1.0.0" {
+	if len(reps) != 1 || reps[0].Outcome != wire.OutcomeCommitted || reps[0].RolloutID != "vib-1.0.0" {
 		t.Fatalf("reports = %+v; want one committed report for vib-1.0.0", reps)
 	}
 

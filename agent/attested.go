@@ -11,12 +11,13 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
 )
 
 // Attested is the agent's side of the device API. Every call is one check-in proven by
-// the TPM: a fresh nonce, the request, and a quote over both (deviceapi.QuoteData) with
+// the TPM: a fresh nonce, the request, and a quote over both (wire.QuoteData) with
 // the measurement log. It implements updater.Director (desired state) and
 // updater.Sender (reports, acknowledged once the server stored them). Safe for
 // concurrent use; check-ins are serialised (one nonce per device at a time).
@@ -39,23 +40,23 @@ type Attested struct {
 
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
-	last   *deviceapi.CheckInResponse
+	last   *wire.CheckInResponse
 }
 
 // DeviceID is the device's identity: the permanent identifier of its AK certificate.
 func (a *Attested) DeviceID() string { return a.AK.PermanentIdentifier }
 
 // Last is the server's last answer (nil before the first check-in).
-func (a *Attested) Last() *deviceapi.CheckInResponse {
+func (a *Attested) Last() *wire.CheckInResponse {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.last
 }
 
-// CheckIn reports the slots and returns the targets the server wants installed.
-// Targets the server only wants downloaded (outside the maintenance window) are not
-// returned: the agent installs only inside its window.
-func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]string, error) {
+// CheckIn reports the slots and returns the server's whole decision per slot kind
+// (target, action, gates, revert, rollout). The updater acts only on installs: a
+// target the server only wants downloaded (outside the maintenance window) waits.
+func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
 	a.mu.Lock()
 	a.status = status
 	a.mu.Unlock()
@@ -63,31 +64,31 @@ func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater
 	if err != nil {
 		return nil, err
 	}
-	want := map[artifact.Kind]string{}
+	out := make(map[artifact.Kind]wire.SlotDecision, len(resp.Slots))
 	for _, s := range resp.Slots {
-		if s.Action == "install" && s.Target != "" {
-			want[s.Kind] = s.Target
-		}
+		out[s.Kind] = s
 	}
-	return want, nil
+	return out, nil
 }
 
 // Send delivers install reports in a check-in.
 func (a *Attested) Send(ctx context.Context, msgs []updater.Message) ([]string, error) {
-	var reps []deviceapi.Report
+	var reps []wire.Report
 	var ids []string
 	for _, m := range msgs {
 		if m.Kind != "install" {
 			ids = append(ids, m.ID) // nothing else is reported today: acknowledge, do not resend forever
 			continue
 		}
-		var ir updater.InstallReport
-		if err := json.Unmarshal(m.Body, &ir); err != nil {
+		var r wire.Report
+		if err := json.Unmarshal(m.Body, &r); err != nil {
 			ids = append(ids, m.ID)
 			continue
 		}
-		reps = append(reps, deviceapi.Report{ID: m.ID, Kind: ir.Kind, Name: ir.Name, Version: ir.Version,
-			Outcome: ir.Outcome, Cause: ir.Cause, At: ir.At, Bytes: ir.Bytes})
+		// The request names the device and the server attributes the rollout: the
+		// report carries neither.
+		r.ID, r.DeviceID, r.RolloutID = m.ID, "", ""
+		reps = append(reps, r)
 	}
 	if len(reps) == 0 {
 		return ids, nil
@@ -105,7 +106,7 @@ func (a *Attested) Send(ctx context.Context, msgs []updater.Message) ([]string, 
 	return ids, nil
 }
 
-func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*deviceapi.CheckInResponse, error) {
+func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.CheckInResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	id := a.DeviceID()
@@ -125,8 +126,8 @@ func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*devic
 			}
 		}
 	}
-	req := &deviceapi.CheckInRequest{DeviceID: id, Labels: a.Labels, Hardware: a.Hardware, AgentVersion: a.AgentVersion,
-		Attrs: attrs, Slots: map[artifact.Kind]deviceapi.Slot{}, Reports: reports, Nonce: nonce}
+	req := &wire.CheckInRequest{DeviceID: id, Labels: a.Labels, Hardware: a.Hardware, AgentVersion: a.AgentVersion,
+		Attrs: attrs, Slots: map[artifact.Kind]wire.Slot{}, Reports: reports, Nonce: nonce}
 	status := a.status
 	if a.Slots != nil {
 		status = map[artifact.Kind]updater.SlotStatus{}
@@ -148,9 +149,9 @@ func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*devic
 		if err != nil {
 			return nil, fmt.Errorf("slot %s: %w", kind, err)
 		}
-		req.Slots[kind] = deviceapi.Slot{Name: name, Version: st.Version}
+		req.Slots[kind] = wire.Slot{Name: name, Version: st.Version}
 	}
-	bound, err := deviceapi.QuoteData(nonce, req)
+	bound, err := wire.QuoteData(nonce, req)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +162,7 @@ func (a *Attested) send(ctx context.Context, reports []deviceapi.Report) (*devic
 	if err != nil {
 		return nil, fmt.Errorf("quote: %w", err)
 	}
-	req.Evidence = deviceapi.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log}
+	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log}
 	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}

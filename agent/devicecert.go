@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // DeviceCert keeps the device's TLS client certificate: a short-lived certificate
@@ -33,7 +33,7 @@ type DeviceCert struct {
 
 // NewDeviceCert creates (or re-creates, for the same label) the TPM key and obtains its
 // first certificate from the device CA ca.
-func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificate, ca *deviceapi.DeviceCA, label string) (*DeviceCert, error) {
+func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificate, ca *wire.DeviceCA, label string) (*DeviceCert, error) {
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM([]byte(ca.RootPEM)) {
 		return nil, errors.New("device CA: no root certificate")

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
@@ -72,42 +73,56 @@ func (j *RuntimeJudge) logger() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// Judge implements updater.Judge.
-func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, meta artifact.Meta) (bool, string) {
+// probeFigures is what goes into the install report of a probe run.
+func probeFigures(rep runtimeapi.ProbeReport) wire.Probe {
+	return wire.Probe{Accuracy: rep.Accuracy, P99Ms: rep.P99Ms, PeakRSSMB: rep.PeakRSSMB}
+}
+
+func fail(reason string) updater.Verdict { return updater.Verdict{Reason: reason} }
+
+// Judge implements updater.Judge. A model is probed against tr.Gates (the stricter of
+// its signed gates and its rollout's).
+func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verdict {
+	kind, t, meta := tr.Kind, tr.Target, tr.Meta
 	if kind == artifact.KindRuntime {
-		return j.judgeRuntime(ctx, payload, t)
+		return j.judgeRuntime(ctx, tr.Payload, t, tr.Gates)
 	}
 	if kind != artifact.KindModel {
-		return false, fmt.Sprintf("no trial for a %s", kind)
+		return fail(fmt.Sprintf("no trial for a %s", kind))
 	}
 	_, name, _, err := artifact.ParseTargetPath(t.Path)
 	if err != nil {
-		return false, err.Error()
+		return fail(err.Error())
 	}
 	var ps *runtimeapi.ProbeSet
 	if meta.Probe != "" {
 		if ps, err = j.probeSet(ctx, meta.Probe); err != nil {
-			return false, "probe set: " + err.Error()
+			return fail("probe set: " + err.Error())
 		}
-	} else if meta.Gates != nil {
-		return false, "the target has gates but no probe set"
+	} else if tr.Gates != nil {
+		return fail("the trial has gates but the target no probe set")
 	}
 	rc := j.rc()
 	old := serving(ctx, rc, name)
-	info, rep, err := rc.Trial(ctx, runtimeapi.LoadRequest{Name: name, Version: t.Version, Path: payload, SHA256: t.SHA256}, ps, meta.Gates)
+	info, rep, err := rc.Trial(ctx, runtimeapi.LoadRequest{Name: name, Version: t.Version, Path: tr.Payload, SHA256: t.SHA256}, ps, tr.Gates)
 	if err != nil {
-		return false, "trial: " + err.Error()
+		return fail("trial: " + err.Error())
+	}
+	var figures wire.Probe
+	if ps != nil {
+		figures = probeFigures(rep)
 	}
 	if err := j.Log.Measure(ctx, string(kind), name, t.Version, info.SHA256); err != nil {
 		rc.Abort(ctx, name, t.Version)
-		return false, err.Error()
+		return updater.Verdict{Reason: err.Error(), Probe: figures}
 	}
 	if ps != nil && !rep.Pass {
 		if err := rc.Abort(ctx, name, t.Version); err != nil {
 			j.logger().Warn("unload failed trial", "model", name, "version", t.Version, "err", err)
 		}
 		j.remeasureServing(ctx, rc, name)
-		return false, fmt.Sprintf("probe failed: %s (accuracy %.4f, p99 %.2f ms)", strings.Join(rep.Failures, "; "), rep.Accuracy, rep.P99Ms)
+		return updater.Verdict{Probe: figures,
+			Reason: fmt.Sprintf("probe failed: %s (accuracy %.4f, p99 %.2f ms)", strings.Join(rep.Failures, "; "), rep.Accuracy, rep.P99Ms)}
 	}
 	j.mu.Lock()
 	if j.old == nil {
@@ -115,8 +130,8 @@ func (j *RuntimeJudge) Judge(ctx context.Context, kind artifact.Kind, payload st
 	}
 	j.old[name] = old
 	j.mu.Unlock()
-	j.logger().Info("trial passed", "model", name, "version", t.Version, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
-	return true, ""
+	j.logger().Info("trial passed", "model", name, "version", t.Version, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms, "peak_rss_mb", rep.PeakRSSMB)
+	return updater.Verdict{Pass: true, Probe: figures}
 }
 
 // Committed implements updater.Outcome: the committed version starts serving.
@@ -169,18 +184,21 @@ func (j *RuntimeJudge) RolledBack(ctx context.Context, kind artifact.Kind, t rol
 	return nil
 }
 
-// judgeRuntime starts the staged runtime with --hold and probes the committed model in it.
-func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollback.Target) (bool, string) {
+// judgeRuntime starts the staged runtime with --hold and probes the committed model in
+// it, against the stricter of the model's signed gates and gates (the runtime
+// rollout's).
+func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollback.Target, gates *artifact.Gates) updater.Verdict {
 	if j.Runtimes == nil || j.Slots == nil {
-		return false, errNoRuntimes.Error()
+		return fail(errNoRuntimes.Error())
 	}
 	p, err := j.Runtimes.Start(ctx, payload, true)
 	if err != nil {
-		return false, "start the new runtime: " + err.Error()
+		return fail("start the new runtime: " + err.Error())
 	}
-	fail := func(reason string) (bool, string) {
+	var figures wire.Probe
+	fail := func(reason string) updater.Verdict {
 		j.Runtimes.Stop(p)
-		return false, reason
+		return updater.Verdict{Reason: reason, Probe: figures}
 	}
 	if p.SHA256 != t.SHA256 {
 		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", p.SHA256, t.SHA256))
@@ -190,7 +208,8 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		return fail(err.Error())
 	}
 	if st.Current == nil {
-		return true, "" // nothing to probe: the process started and answers
+		j.keepPending(p)
+		return updater.Verdict{Pass: true} // nothing to probe: the process started and answers
 	}
 	cur := st.Current
 	_, name, _, err := artifact.ParseTargetPath(cur.Path)
@@ -210,23 +229,31 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		if err != nil {
 			return fail("probe set: " + err.Error())
 		}
-		rep, err := p.Client.Probe(ctx, name, cur.Version, ps, meta.Gates)
+		rep, err := p.Client.Probe(ctx, name, cur.Version, ps, artifact.CommitGates(meta.Gates, gates))
 		if err != nil {
 			return fail("probe: " + err.Error())
 		}
+		figures = probeFigures(rep)
 		if !rep.Pass {
 			return fail(fmt.Sprintf("probe of %s %s in the new runtime failed: %s (accuracy %.4f, p99 %.2f ms)",
 				name, cur.Version, strings.Join(rep.Failures, "; "), rep.Accuracy, rep.P99Ms))
 		}
 		j.logger().Info("runtime trial passed", "runtime", t.Path, "model", name, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
+	} else if gates != nil {
+		return fail(fmt.Sprintf("the runtime rollout has gates but model %s %s no probe set", name, cur.Version))
 	}
+	j.keepPending(p)
+	return updater.Verdict{Pass: true, Probe: figures}
+}
+
+// keepPending holds p, whose trial passed, until Committed or RolledBack.
+func (j *RuntimeJudge) keepPending(p *RuntimeProc) {
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	if j.pending != nil {
 		go j.Runtimes.Stop(j.pending)
 	}
 	j.pending = p
-	j.mu.Unlock()
-	return true, ""
 }
 
 // promoteRuntime switches traffic to the runtime whose trial passed and measures it

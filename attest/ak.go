@@ -11,6 +11,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/eventlog"
 	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // akTemplate is an RSA-2048 restricted signing key (RSASSA, SHA-256): it can
@@ -220,12 +221,12 @@ func readPCRs(tp transport.TPM, pcrs []int) (map[int][]byte, error) {
 // (attest/verify). The log must be the complete log of this boot for the
 // measurement PCR; intermediates of the AK chain are included, the root is
 // not (the verifier has it).
-func (t *TPM) Evidence(ctx context.Context, ak *AKCertificate, nonce []byte, pcrs []int, log eventlog.Log) (*protocol.Evidence, error) {
+func (t *TPM) Evidence(ctx context.Context, ak *AKCertificate, nonce []byte, pcrs []int, log eventlog.Log) (*wire.Evidence, error) {
 	q, err := t.Quote(ctx, nonce, pcrs)
 	if err != nil {
 		return nil, err
 	}
-	ev := &protocol.Evidence{AKCert: ak.Certificate.Raw, Quote: *q, Log: log}
+	ev := &wire.Evidence{AKCert: ak.Certificate.Raw, Quote: *q, Log: log}
 	for _, c := range ak.Chain {
 		if string(c.RawSubject) != string(c.RawIssuer) {
 			ev.AKChain = append(ev.AKChain, c.Raw)

@@ -23,7 +23,7 @@
 //     AK certificate in step-ca's profile) and its http.Handler
 //     (POST /enroll, POST /activate).
 //   - attest/verify: Verify (pure) and Check (with single-use Nonces) turn
-//     protocol.Evidence into a Verdict.
+//     wire.Evidence into a Verdict.
 //   - attest/stepca: embedded step-ca with an ACME provisioner that allows
 //     only device-attest-01, format tpm, trusting the attestation CA root.
 //

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -68,7 +69,7 @@ func TestDemo(t *testing.T) {
 		t.Errorf("rollout vib-2.0.0: %+v, %v; want paused", rs, err)
 	}
 	reps, err := st.Reports(ctx, fleet.ReportFilter{RolloutID: "vib-2.0.0"})
-	if err != nil || len(reps) != 1 || reps[0].Outcome != policy.OutcomeProbeFailed {
+	if err != nil || len(reps) != 1 || reps[0].Outcome != wire.OutcomeProbeFailed {
 		t.Errorf("reports of vib-2.0.0 = %+v, %v; want one probe failure (the canary's)", reps, err)
 	}
 }

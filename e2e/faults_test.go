@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
@@ -105,7 +106,7 @@ func TestNetworkCut(t *testing.T) {
 	for _, rollout := range []string{"vib-1.0.0", id} {
 		reps := f.reports(rollout)
 		for _, d := range f.devs {
-			if rs := reps[d.ID]; len(rs) != 1 || rs[0].Outcome != policy.OutcomeCommitted {
+			if rs := reps[d.ID]; len(rs) != 1 || rs[0].Outcome != wire.OutcomeCommitted {
 				t.Errorf("%s: reports of %s = %+v; want exactly one commit", d.Name, rollout, rs)
 			}
 		}
@@ -190,7 +191,7 @@ func TestAgentCrash(t *testing.T) {
 		m.Close()
 		committed := 0
 		for _, r := range reps[d.ID] {
-			if r.Outcome == policy.OutcomeCommitted {
+			if r.Outcome == wire.OutcomeCommitted {
 				committed++
 			}
 		}
@@ -290,7 +291,7 @@ func TestDiskFull(t *testing.T) {
 	if _, err := f.repo.CreateRollout(policy.RolloutSpec{ID: "ort", Target: policy.TargetSpec{Kind: artifact.KindRuntime, Name: "onnxruntime", Version: "1.24.3"}}); err != nil {
 		t.Fatal(err)
 	}
-	var rep policy.Report
+	var rep wire.Report
 	err = devlab.WaitFor(f.ctx, wait, "the runtime install's failure report", func(context.Context) (bool, string, error) {
 		for _, r := range f.reports("ort")[d.ID] {
 			rep = r
@@ -301,7 +302,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Outcome != policy.OutcomeInstallError || !strings.Contains(rep.Cause, "no space left") {
+	if rep.Outcome != wire.OutcomeInstallError || !strings.Contains(rep.Cause, "no space left") {
 		t.Fatalf("report = %+v; want an install error for lack of space", rep)
 	}
 	if r, err := d.Infer(f.ctx, devlab.Model); err != nil || r.Code != 200 || r.Version != "1.0.0" {

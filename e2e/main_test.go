@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -224,13 +225,13 @@ func (f *fleetLab) rollout(id, version string, waves []policy.WaveSpec) {
 }
 
 // reports returns the server's reports of one rollout, by device ID.
-func (f *fleetLab) reports(rollout string) map[string][]policy.Report {
+func (f *fleetLab) reports(rollout string) map[string][]wire.Report {
 	f.t.Helper()
 	reps, err := f.srv.Reports(f.ctx, fleet.ReportFilter{RolloutID: rollout})
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	out := map[string][]policy.Report{}
+	out := map[string][]wire.Report{}
 	for _, r := range reps {
 		out[r.DeviceID] = append(out[r.DeviceID], r)
 	}

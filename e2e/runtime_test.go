@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -37,7 +38,7 @@ func TestRuntimeUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.runtimeRollout("ort-broken", "1.24.0")
-	var rep policy.Report
+	var rep wire.Report
 	err := devlab.WaitFor(f.ctx, wait, "the broken runtime's report", func(context.Context) (bool, string, error) {
 		for _, r := range f.reports("ort-broken")[d.ID] {
 			rep = r
@@ -48,7 +49,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Outcome != policy.OutcomeProbeFailed || !strings.Contains(rep.Cause, "start the new runtime") {
+	if rep.Outcome != wire.OutcomeProbeFailed || !strings.Contains(rep.Cause, "start the new runtime") {
 		t.Fatalf("report of the broken runtime = %+v; want a failed trial (the process did not start)", rep)
 	}
 	if _, err := d.WaitServing(f.ctx, wait, "1.0.0"); err != nil {

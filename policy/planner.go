@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // Status of a rollout.
@@ -62,48 +62,6 @@ func (s RolloutState) status() Status {
 	return s.Status
 }
 
-// Outcome is the result of one install on a device.
-type Outcome string
-
-const (
-	OutcomeCommitted            Outcome = "committed"
-	OutcomeProbeFailed          Outcome = "probe_failed"
-	OutcomeRolledBack           Outcome = "rolled_back"
-	OutcomeInstallError         Outcome = "install_error"
-	OutcomeAttestationUntrusted Outcome = "attestation_untrusted"
-)
-
-// ParseOutcome checks s.
-func ParseOutcome(s string) (Outcome, error) {
-	switch o := Outcome(s); o {
-	case OutcomeCommitted, OutcomeProbeFailed, OutcomeRolledBack, OutcomeInstallError, OutcomeAttestationUntrusted:
-		return o, nil
-	}
-	return "", fmt.Errorf("unknown outcome %q: want committed, probe_failed, rolled_back, install_error or attestation_untrusted", s)
-}
-
-// Failed reports whether the outcome counts against a wave.
-func (o Outcome) Failed() bool { return o != OutcomeCommitted }
-
-// Report is one install result sent by a device, attributed by the server to the
-// rollout whose decision caused the install.
-type Report struct {
-	DeviceID  string        `json:"device_id"`
-	RolloutID string        `json:"rollout_id,omitempty"`
-	Kind      artifact.Kind `json:"kind"`
-	Name      string        `json:"name"`
-	Version   string        `json:"version"`
-	Outcome   Outcome       `json:"outcome"`
-	// Cause is the detail of a failure, e.g. "accuracy 0.91 < 0.95".
-	Cause string    `json:"cause,omitempty"`
-	At    time.Time `json:"at"`
-	// Bytes downloaded for this install, if known.
-	Bytes int64 `json:"bytes,omitempty"`
-	// Accuracy and P99Ms measured by the probe run, if any (0: not measured).
-	Accuracy float64 `json:"accuracy,omitempty"`
-	P99Ms    float64 `json:"p99_ms,omitempty"`
-}
-
 // EventType names a rollout event.
 type EventType string
 
@@ -142,8 +100,8 @@ type WaveStat struct {
 // WaveStats counts, per wave of r, the devices whose latest report for r's target (at
 // or after since) succeeded or failed. Reports for other rollouts or versions are
 // ignored.
-func WaveStats(r *Rollout, reports []Report, since time.Time) []WaveStat {
-	latest := map[string]Report{}
+func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
+	latest := map[string]wire.Report{}
 	for _, rep := range reports {
 		if rep.RolloutID != r.ID || rep.Version != r.Target.Version || rep.Name != r.Target.Name || rep.At.Before(since) {
 			continue
@@ -184,7 +142,7 @@ func WaveStats(r *Rollout, reports []Report, since time.Time) []WaveStat {
 // above MaxFailureRatio, the rollout pauses itself. A paused rollout waits for Resume.
 // Otherwise, once the current wave has soaked, the next wave starts, unless it needs an
 // approval not yet given; after the last wave soaks the rollout is completed.
-func Plan(r *Rollout, s RolloutState, reports []Report, now time.Time) (RolloutState, []Event) {
+func Plan(r *Rollout, s RolloutState, reports []wire.Report, now time.Time) (RolloutState, []Event) {
 	var evs []Event
 	emit := func(t EventType, reason string) {
 		evs = append(evs, Event{Rollout: r.ID, Type: t, Wave: s.Wave, Reason: reason, At: now})

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 func planRollout() *Rollout {
@@ -19,18 +20,18 @@ func planRollout() *Rollout {
 }
 
 // reportsFor makes one report per device of the given wave: failed of them fail.
-func reportsFor(r *Rollout, wave, total, failed int, at time.Time) []Report {
-	var out []Report
+func reportsFor(r *Rollout, wave, total, failed int, at time.Time) []wire.Report {
+	var out []wire.Report
 	for i := 0; len(out) < total; i++ {
 		id := fmt.Sprintf("dev-%d", i)
 		if r.WaveOf(id) != wave {
 			continue
 		}
-		o := OutcomeCommitted
+		o := wire.OutcomeCommitted
 		if len(out) < failed {
-			o = OutcomeProbeFailed
+			o = wire.OutcomeProbeFailed
 		}
-		out = append(out, Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: r.Target.Name, Version: r.Target.Version, Outcome: o, At: at})
+		out = append(out, wire.Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: r.Target.Name, Version: r.Target.Version, Outcome: o, At: at})
 	}
 	return out
 }
@@ -50,7 +51,7 @@ func TestPlan(t *testing.T) {
 	tests := []struct {
 		name       string
 		s          RolloutState
-		reports    []Report
+		reports    []wire.Report
 		now        time.Time
 		wantStatus Status
 		wantWave   int
@@ -66,7 +67,7 @@ func TestPlan(t *testing.T) {
 		{"ratio above threshold pauses", started, reportsFor(r, 0, 10, 3, t0), t0.Add(time.Minute), StatusPaused, 0, "auto_paused@0"},
 		{"pause wins over advancing", func() RolloutState { s := started; s.Approved = []int{1}; return s }(), reportsFor(r, 0, 5, 5, t0), t0.Add(3 * time.Hour), StatusPaused, 0, "auto_paused@0"},
 		{"reports before count_since ignored", func() RolloutState { s := started; s.CountSince = t0.Add(time.Second); return s }(), reportsFor(r, 0, 10, 10, t0), t0.Add(time.Minute), StatusActive, 0, ""},
-		{"reports of another version ignored", started, func() []Report {
+		{"reports of another version ignored", started, func() []wire.Report {
 			rs := reportsFor(r, 0, 10, 10, t0)
 			for i := range rs {
 				rs[i].Version = "3.0.0"

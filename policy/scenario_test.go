@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata/scenarios")
@@ -70,7 +71,7 @@ type sim struct {
 	start   time.Time
 	devs    []*simDevice
 	states  map[string]RolloutState
-	reports []Report
+	reports []wire.Report
 	fail    map[string]float64 // name@version → fraction failing
 	holds   string             // the last step's holds, to print only changes
 	out     strings.Builder
@@ -232,14 +233,14 @@ func (s *sim) step() {
 				continue
 			}
 			installs++
-			rep := Report{DeviceID: d.ID, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name, Version: sd.Target.Version, At: s.now, Outcome: OutcomeCommitted}
+			rep := wire.Report{DeviceID: d.ID, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name, Version: sd.Target.Version, At: s.now, Outcome: wire.OutcomeCommitted}
 			cur := d.Slots[sd.Kind]
 			key := sd.Target.Name + "@" + sd.Target.Version
 			switch {
 			case d.floor[sd.Kind] != "" && lower(sd.Target.Version, d.floor[sd.Kind]):
-				rep.Outcome, rep.Cause = OutcomeInstallError, "downgrade refused"
+				rep.Outcome, rep.Cause = wire.OutcomeInstallError, "downgrade refused"
 			case Bucket("fail:"+key, d.ID) < int(s.fail[key]*10000):
-				rep.Outcome, rep.Cause = OutcomeProbeFailed, "accuracy below gate"
+				rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, "accuracy below gate"
 			}
 			if rep.Outcome.Failed() {
 				failures++

@@ -19,7 +19,7 @@ import (
 	"github.com/edgeward/edgeward/attest/eventlog"
 	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -33,7 +33,7 @@ type DeviceConfig struct {
 	// AttestRoots are the attestation CA roots AK certificates must chain to. Required
 	// unless AttestCA is set.
 	AttestRoots *x509.CertPool
-	// AttestCA, if set, is mounted at deviceapi.PathAttest (enrollment: EK → AK
+	// AttestCA, if set, is mounted at wire.PathAttest (enrollment: EK → AK
 	// certificate), and its roots are used when AttestRoots is nil.
 	AttestCA *attestca.CA
 	// Policy returns the policy in force (e.g. policy.Watcher.Policy). nil, or a nil
@@ -60,7 +60,7 @@ type DeviceConfig struct {
 	ClientRoots *x509.CertPool
 	// DeviceCA describes where devices get their certificates (served at
 	// GET /v1/devices/ca); nil when the deployment has no device CA.
-	DeviceCA *deviceapi.DeviceCA
+	DeviceCA *wire.DeviceCA
 }
 
 // deviceAPI serves the device side of the server: nonces and check-ins. Every check-in
@@ -108,11 +108,11 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		Name: "edgeward_attestation_verdicts_total", Help: "Attestation verdicts by outcome (trusted, untrusted, rejected).",
 	}, []string{"verdict"})
 	s.reg.MustRegister(d.checkins, d.verdicts)
-	s.mux.Handle("GET "+deviceapi.PathDeviceCA, s.count("device", http.HandlerFunc(d.deviceCA)))
-	s.mux.Handle("POST "+deviceapi.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
-	s.mux.Handle("POST "+deviceapi.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
+	s.mux.Handle("GET "+wire.PathDeviceCA, s.count("device", http.HandlerFunc(d.deviceCA)))
+	s.mux.Handle("POST "+wire.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
+	s.mux.Handle("POST "+wire.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
 	if cfg.AttestCA != nil {
-		s.mux.Handle(deviceapi.PathAttest+"/", s.count("attest", http.StripPrefix(deviceapi.PathAttest, cfg.AttestCA.Handler())))
+		s.mux.Handle(wire.PathAttest+"/", s.count("attest", http.StripPrefix(wire.PathAttest, cfg.AttestCA.Handler())))
 	}
 	s.devices = d
 	return nil
@@ -187,7 +187,7 @@ func (d *deviceAPI) peerIdentity(r *http.Request, device string) string {
 }
 
 func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
-	var req deviceapi.NonceRequest
+	var req wire.NonceRequest
 	if !decodeJSON(w, r, 4<<10, &req) {
 		return
 	}
@@ -204,7 +204,7 @@ func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, deviceapi.NonceResponse{Nonce: n})
+	writeJSON(w, http.StatusOK, wire.NonceResponse{Nonce: n})
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -224,8 +224,8 @@ var authCodes = map[verify.Code]bool{
 func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	now := d.s.cfg.Repo.now()
-	var req deviceapi.CheckInRequest
-	if !decodeJSON(w, r, deviceapi.MaxRequestBytes, &req) {
+	var req wire.CheckInRequest
+	if !decodeJSON(w, r, wire.MaxRequestBytes, &req) {
 		d.checkins.WithLabelValues("bad_request").Inc()
 		return
 	}
@@ -244,7 +244,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusForbidden, why, nil)
 		return
 	}
-	bound, err := deviceapi.QuoteData(req.Nonce, &req)
+	bound, err := wire.QuoteData(req.Nonce, &req)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -312,7 +312,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 
 // admit records an authenticated check-in: enrollment on first sight, reports, the
 // verdict, then the decision.
-func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]TargetInfo, now time.Time) (*deviceapi.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	st := d.cfg.Fleet
 	actor := "device:" + req.DeviceID
 	p := d.policy()
@@ -344,8 +344,9 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 		if !fresh {
 			continue
 		}
-		pr := policy.Report{DeviceID: req.DeviceID, Kind: rep.Kind, Name: rep.Name, Version: rep.Version,
-			Outcome: policy.Outcome(rep.Outcome), Cause: rep.Cause, At: rep.At, Bytes: rep.Bytes, Accuracy: rep.Accuracy, P99Ms: rep.P99Ms}
+		// The authenticated request names the device; the server attributes the rollout.
+		pr := rep
+		pr.DeviceID, pr.RolloutID = req.DeviceID, ""
 		for _, ro := range p.Rollouts {
 			if ro.Target.Kind == rep.Kind && ro.Target.Name == rep.Name && ro.Target.Version == rep.Version {
 				pr.RolloutID = ro.ID
@@ -382,10 +383,10 @@ func (d *deviceAPI) admit(ctx context.Context, req *deviceapi.CheckInRequest, ve
 	if err != nil {
 		return nil, err
 	}
-	resp := &deviceapi.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
+	resp := &wire.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
 		Quarantined: dev.Quarantined, ReportsAccepted: accepted, NextCheckIn: d.cfg.CheckInInterval}
 	for _, sd := range dec.Slots {
-		out := deviceapi.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
+		out := wire.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
 			Rollout: sd.Rollout, Gates: sd.Gates, Detail: sd.Detail}
 		if sd.Target != nil {
 			out.Name, out.Version = sd.Target.Name, sd.Target.Version

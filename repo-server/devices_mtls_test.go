@@ -20,6 +20,7 @@ import (
 	"github.com/edgeward/edgeward/attest/eventlog"
 	"github.com/edgeward/edgeward/attest/stepca"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -55,7 +56,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 	clientRoots.AddCert(sca.Root)
 	pol, _ := policy.Parse(policy.File{Name: "p.yaml", Data: []byte("version: 1\n")})
 	if err := f.srv.EnableDeviceAPI(DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol },
-		ClientRoots: clientRoots, DeviceCA: &deviceapi.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: pemCert(sca.Root)}}); err != nil {
+		ClientRoots: clientRoots, DeviceCA: &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: pemCert(sca.Root)}}); err != nil {
 		t.Fatal(err)
 	}
 	tlsSrv := httptest.NewUnstartedServer(f.srv.Handler())
@@ -75,7 +76,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serverRoots}}}
-	ak, err := (&attest.EnrollClient{URL: tlsSrv.URL + deviceapi.PathAttest, HTTP: plain}).Enroll(ctx, tpm)
+	ak, err := (&attest.EnrollClient{URL: tlsSrv.URL + wire.PathAttest, HTTP: plain}).Enroll(ctx, tpm)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/attest/eventlog"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -42,7 +43,7 @@ type device struct {
 	log  eventlog.Log
 	api  *deviceapi.Client
 	id   string
-	slot map[artifact.Kind]deviceapi.Slot
+	slot map[artifact.Kind]wire.Slot
 }
 
 type deviceFixture struct {
@@ -94,34 +95,34 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
 		t.Fatal(err)
 	}
-	ak, err := (&attest.EnrollClient{URL: f.http.URL + deviceapi.PathAttest}).Enroll(ctx, tpm)
+	ak, err := (&attest.EnrollClient{URL: f.http.URL + wire.PathAttest}).Enroll(ctx, tpm)
 	if err != nil {
 		t.Fatalf("enroll: %v", err)
 	}
 	if err := tpm.ResetPCR(ctx, eventlog.PCRDevelopment); err != nil {
 		t.Fatal(err)
 	}
-	d := &device{t: t, tpm: tpm, ak: ak, api: &deviceapi.Client{BaseURL: f.http.URL}, id: ak.PermanentIdentifier, slot: map[artifact.Kind]deviceapi.Slot{}}
+	d := &device{t: t, tpm: tpm, ak: ak, api: &deviceapi.Client{BaseURL: f.http.URL}, id: ak.PermanentIdentifier, slot: map[artifact.Kind]wire.Slot{}}
 	return &deviceFixture{fixture: f, store: store}, d
 }
 
 // request builds and quotes a check-in.
-func (d *device) request(reports ...deviceapi.Report) *deviceapi.CheckInRequest {
+func (d *device) request(reports ...wire.Report) *wire.CheckInRequest {
 	d.t.Helper()
 	ctx := context.Background()
 	nonce, err := d.api.Nonce(ctx, d.id)
 	if err != nil {
 		d.t.Fatalf("nonce: %v", err)
 	}
-	req := &deviceapi.CheckInRequest{DeviceID: d.id, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+	req := &wire.CheckInRequest{DeviceID: d.id, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
 		AgentVersion: "0.1.0", Slots: d.slot, Reports: reports, Nonce: nonce}
 	d.quote(req)
 	return req
 }
 
-func (d *device) quote(req *deviceapi.CheckInRequest) {
+func (d *device) quote(req *wire.CheckInRequest) {
 	d.t.Helper()
-	bound, err := deviceapi.QuoteData(req.Nonce, req)
+	bound, err := wire.QuoteData(req.Nonce, req)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func (d *device) quote(req *deviceapi.CheckInRequest) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	req.Evidence = deviceapi.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...)}
+	req.Evidence = wire.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...)}
 	for _, c := range d.ak.Chain[:len(d.ak.Chain)-1] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}
@@ -146,7 +147,7 @@ func (d *device) load(kind artifact.Kind, name, version string, content []byte) 
 	d.log = append(d.log, ev)
 }
 
-func (d *device) checkIn(req *deviceapi.CheckInRequest) (*deviceapi.CheckInResponse, error) {
+func (d *device) checkIn(req *wire.CheckInRequest) (*wire.CheckInResponse, error) {
 	return d.api.CheckIn(context.Background(), req)
 }
 
@@ -186,8 +187,8 @@ func TestDeviceCheckInLifecycle(t *testing.T) {
 
 	// The agent installs it, loads (measures) it, and reports the commit.
 	d.load(artifact.KindModel, "vibration", "1.0.0", model)
-	d.slot[artifact.KindModel] = deviceapi.Slot{Name: "vibration", Version: "1.0.0"}
-	rep := deviceapi.Report{ID: "r1", Kind: artifact.KindModel, Name: "vibration", Version: "1.0.0", Outcome: "committed", At: time.Now()}
+	d.slot[artifact.KindModel] = wire.Slot{Name: "vibration", Version: "1.0.0"}
+	rep := wire.Report{ID: "r1", Kind: artifact.KindModel, Name: "vibration", Version: "1.0.0", Outcome: "committed", At: time.Now()}
 	req := d.request(rep)
 	resp, err = d.checkIn(req)
 	if err != nil {
@@ -204,28 +205,28 @@ func TestDeviceCheckInLifecycle(t *testing.T) {
 	// Attacks are rejected, audited, and change nothing about the device.
 	attacks := []struct {
 		name string
-		req  func() *deviceapi.CheckInRequest
+		req  func() *wire.CheckInRequest
 		want string
 	}{
-		{"replayed check-in", func() *deviceapi.CheckInRequest { return req }, "nonce"},
-		{"body altered after quoting", func() *deviceapi.CheckInRequest {
+		{"replayed check-in", func() *wire.CheckInRequest { return req }, "nonce"},
+		{"body altered after quoting", func() *wire.CheckInRequest {
 			r := d.request()
-			r.Slots = map[artifact.Kind]deviceapi.Slot{artifact.KindModel: {Name: "vibration", Version: "9.9.9"}}
+			r.Slots = map[artifact.Kind]wire.Slot{artifact.KindModel: {Name: "vibration", Version: "9.9.9"}}
 			return r
 		}, "nonce_mismatch"},
-		{"another device's identity", func() *deviceapi.CheckInRequest {
+		{"another device's identity", func() *wire.CheckInRequest {
 			r := d.request()
 			nonce, _ := d.api.Nonce(context.Background(), "other-device")
 			r.DeviceID, r.Nonce = "other-device", nonce
 			d.quote(r)
 			return r
 		}, "identity_mismatch"},
-		{"forged AK certificate", func() *deviceapi.CheckInRequest {
+		{"forged AK certificate", func() *wire.CheckInRequest {
 			r := d.request()
 			r.Evidence.AKCert = d.ak.Chain[len(d.ak.Chain)-1].Raw // the CA root is not an AK cert
 			return r
 		}, "ak_cert_invalid"},
-		{"stale nonce", func() *deviceapi.CheckInRequest {
+		{"stale nonce", func() *wire.CheckInRequest {
 			r := d.request()
 			r.Nonce = bytes.Repeat([]byte{1}, 32)
 			d.quote(r)
@@ -279,7 +280,7 @@ func TestDeviceCheckInLifecycle(t *testing.T) {
 func TestDeviceAPIRejectsMalformedRequests(t *testing.T) {
 	f, d := newDeviceFixture(t)
 	for _, body := range []string{`{`, `[]`, `{"device_id":"x","unknown":1}`, `{"device_id":"../../etc"}`, strings.Repeat(" ", 5<<20)} {
-		resp, err := httpPost(f.http.URL+deviceapi.PathCheckIn, body)
+		resp, err := httpPost(f.http.URL+wire.PathCheckIn, body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -315,7 +316,7 @@ func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
 	if _, err := evil.Provision(ctx, d.tpm, attest.RSA); err != nil {
 		t.Fatal(err)
 	}
-	_, err = (&attest.EnrollClient{URL: f.http.URL + deviceapi.PathAttest}).Enroll(ctx, d.tpm)
+	_, err = (&attest.EnrollClient{URL: f.http.URL + wire.PathAttest}).Enroll(ctx, d.tpm)
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("enroll with a foreign EK = %v; want 403", err)
 	}

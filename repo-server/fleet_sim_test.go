@@ -16,6 +16,7 @@ import (
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -27,8 +28,8 @@ import (
 type fakeAgent struct {
 	dev     *attesttest.SoftDevice
 	api     *deviceapi.Client
-	model   deviceapi.Slot
-	reports []deviceapi.Report
+	model   wire.Slot
+	reports []wire.Report
 	seq     int
 	// offered records every version the server told it to install; reverts counts
 	// the installs the server marked as a revert (after an abort).
@@ -42,17 +43,17 @@ func olderThan(a, b string) bool {
 	return va.Compare(vb) < 0
 }
 
-func (a *fakeAgent) checkIn(ctx context.Context, good map[string][]byte) (*deviceapi.CheckInResponse, error) {
+func (a *fakeAgent) checkIn(ctx context.Context, good map[string][]byte) (*wire.CheckInResponse, error) {
 	nonce, err := a.api.Nonce(ctx, a.dev.ID)
 	if err != nil {
 		return nil, err
 	}
-	req := &deviceapi.CheckInRequest{DeviceID: a.dev.ID, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
-		AgentVersion: "0.1.0", Slots: map[artifact.Kind]deviceapi.Slot{}, Reports: a.reports, Nonce: nonce}
+	req := &wire.CheckInRequest{DeviceID: a.dev.ID, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+		AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}, Reports: a.reports, Nonce: nonce}
 	if a.model.Version != "" {
 		req.Slots[artifact.KindModel] = a.model
 	}
-	bound, err := deviceapi.QuoteData(nonce, req)
+	bound, err := wire.QuoteData(nonce, req)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +61,7 @@ func (a *fakeAgent) checkIn(ctx context.Context, good map[string][]byte) (*devic
 	if err != nil {
 		return nil, err
 	}
-	req.Evidence = deviceapi.Evidence{AKCert: a.dev.AKCert, Quote: q, Log: log}
+	req.Evidence = wire.Evidence{AKCert: a.dev.AKCert, Quote: q, Log: log}
 	resp, err := a.api.CheckIn(ctx, req)
 	if err != nil {
 		return nil, err
@@ -77,14 +78,14 @@ func (a *fakeAgent) checkIn(ctx context.Context, good map[string][]byte) (*devic
 			a.reverts++
 		}
 		a.seq++
-		rep := deviceapi.Report{ID: fmt.Sprintf("%s-%d", a.dev.ID, a.seq), Kind: artifact.KindModel, Name: s.Name, Version: s.Version, At: time.Now()}
+		rep := wire.Report{ID: fmt.Sprintf("%s-%d", a.dev.ID, a.seq), Kind: artifact.KindModel, Name: s.Name, Version: s.Version, At: time.Now()}
 		if a.model.Version != "" && olderThan(s.Version, a.model.Version) {
 			// The agent's anti-rollback floor refuses a version older than the committed one.
 			rep.Outcome, rep.Cause = "install_error", "downgrade refused: anti-rollback floor"
 		} else if content, ok := good[s.Version]; ok {
 			sum := sha256.Sum256(content)
 			a.dev.Measure("model", s.Name, s.Version, hex.EncodeToString(sum[:]))
-			a.model = deviceapi.Slot{Name: s.Name, Version: s.Version}
+			a.model = wire.Slot{Name: s.Name, Version: s.Version}
 			rep.Outcome = "committed"
 		} else {
 			rep.Outcome, rep.Cause = "probe_failed", "accuracy 0.32 < 0.85"
@@ -285,7 +286,7 @@ rollouts:
 	t.Logf("fleet of %d: waves of the good rollout reached %v; bad rollout paused after %d offers; KPI %+v", n, seen, offered, kpi)
 }
 
-func mustReports(t *testing.T, s *fleet.Store, rollout string) []policy.Report {
+func mustReports(t *testing.T, s *fleet.Store, rollout string) []wire.Report {
 	t.Helper()
 	r, err := s.Reports(context.Background(), fleet.ReportFilter{RolloutID: rollout})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -55,7 +55,7 @@ func TestOperatorActionsReachADevice(t *testing.T) {
 			}
 		}
 	}
-	checkIn := func(wantAction, wantReason string) *deviceapi.CheckInResponse {
+	checkIn := func(wantAction, wantReason string) *wire.CheckInResponse {
 		t.Helper()
 		resp, err := d.checkIn(d.request())
 		if err != nil {

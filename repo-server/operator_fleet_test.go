@@ -25,7 +25,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -273,16 +273,16 @@ func TestOperatorTokenIsNothingToTheDeviceAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin := o.tok[fleet.RoleSecurityAdmin]
-	code, body := o.do("POST", deviceapi.PathNonce, admin, `{"device_id":"dev-9"}`)
+	code, body := o.do("POST", wire.PathNonce, admin, `{"device_id":"dev-9"}`)
 	if code != 200 {
 		t.Fatalf("nonce = %d %s", code, body)
 	}
-	var n deviceapi.NonceResponse
+	var n wire.NonceResponse
 	json.Unmarshal([]byte(body), &n)
-	req := deviceapi.CheckInRequest{DeviceID: "dev-9", Nonce: n.Nonce, Hardware: "x86_64", AgentVersion: "0.1.0",
+	req := wire.CheckInRequest{DeviceID: "dev-9", Nonce: n.Nonce, Hardware: "x86_64", AgentVersion: "0.1.0",
 		Labels: map[string]string{"line": "press"}}
 	js, _ := json.Marshal(req)
-	code, body = o.do("POST", deviceapi.PathCheckIn, admin, string(js))
+	code, body = o.do("POST", wire.PathCheckIn, admin, string(js))
 	if code < 400 || code >= 500 {
 		t.Fatalf("check-in with an operator token and no evidence = %d %s; want a 4xx refusal", code, body)
 	}
@@ -370,18 +370,18 @@ func TestOperatorRollouts(t *testing.T) {
 	// Reports feed the KPIs of the status.
 	now := o.clock.Now()
 	for i, id := range []string{"dev-1", "dev-2"} {
-		out := policy.OutcomeCommitted
+		out := wire.OutcomeCommitted
 		if i == 1 {
-			out = policy.OutcomeProbeFailed
+			out = wire.OutcomeProbeFailed
 		}
-		err := o.store.AddReport(ctx, policy.Report{DeviceID: id, RolloutID: "vib-3", Kind: artifact.KindModel, Name: "vibration",
-			Version: "3.0.0", Outcome: out, Cause: "accuracy 0.80 < 0.95", Bytes: 1000, Accuracy: 0.97, At: now})
+		err := o.store.AddReport(ctx, wire.Report{DeviceID: id, RolloutID: "vib-3", Kind: artifact.KindModel, Name: "vibration",
+			Version: "3.0.0", Outcome: out, Cause: "accuracy 0.80 < 0.95", Bytes: 1000, Probe: wire.Probe{Accuracy: 0.97}, At: now})
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	o.must("GET", "/v1/rollouts/vib-3", rm, "", 200, &st)
-	if st.KPI.Attempts != 2 || st.KPI.SuccessRate != 0.5 || st.KPI.BytesDownloaded != 2000 || st.KPI.Failures[policy.OutcomeProbeFailed] != 1 {
+	if st.KPI.Attempts != 2 || st.KPI.SuccessRate != 0.5 || st.KPI.BytesDownloaded != 2000 || st.KPI.Failures[wire.OutcomeProbeFailed] != 1 {
 		t.Fatalf("KPI = %+v", st.KPI)
 	}
 	var sum FleetSummary
@@ -431,8 +431,8 @@ func TestOperatorDevices(t *testing.T) {
 	o.seed("dev-1", "dev-2", ekID)
 	now := o.clock.Now()
 	o.store.RecordVerdict(ctx, "dev-1", policy.VerdictUntrusted, "pcr 16 mismatch", now.Add(time.Minute))
-	o.store.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "vibration", Version: "2.0.0",
-		Outcome: policy.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: now})
+	o.store.AddReport(ctx, wire.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "vibration", Version: "2.0.0",
+		Outcome: wire.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: now})
 	o.store.RecordDecision(ctx, policy.Decision{DeviceID: "dev-1", At: now, PolicyDigest: "abc",
 		Slots: []policy.SlotDecision{{Kind: artifact.KindModel, Action: policy.ActionHold, Reason: policy.ReasonFailedOnDevice}}})
 

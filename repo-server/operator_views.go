@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -56,7 +57,7 @@ type DeviceDetail struct {
 	Since     time.Time         `json:"verdicts_since"`
 	Verdicts  []VerdictView     `json:"verdicts"`
 	Decisions []policy.Decision `json:"decisions"`
-	Reports   []policy.Report   `json:"reports"`
+	Reports   []wire.Report     `json:"reports"`
 }
 
 // MaxHistory bounds each history list of a DeviceDetail.
@@ -71,7 +72,7 @@ func LoadDeviceDetail(ctx context.Context, st *fleet.Store, id string, since tim
 	if err != nil {
 		return DeviceDetail{}, err
 	}
-	out := DeviceDetail{Device: NewDeviceView(d), Since: since, Verdicts: []VerdictView{}, Reports: []policy.Report{}}
+	out := DeviceDetail{Device: NewDeviceView(d), Since: since, Verdicts: []VerdictView{}, Reports: []wire.Report{}}
 	vs, err := st.Verdicts(ctx, since)
 	if err != nil {
 		return DeviceDetail{}, err
@@ -156,9 +157,9 @@ type FleetSummary struct {
 
 // ModelDrift is the fleet's drift summary of one model.
 type ModelDrift struct {
-	Devices      int     `json:"devices"`         // devices that reported served inputs
-	Drifted      int     `json:"drifted"`         // of them, with at least one drifted feature
-	Rows         float64 `json:"rows"`            // inputs served, summed
+	Devices      int     `json:"devices"`        // devices that reported served inputs
+	Drifted      int     `json:"drifted"`        // of them, with at least one drifted feature
+	Rows         float64 `json:"rows"`           // inputs served, summed
 	MaxMeanShift float64 `json:"max_mean_shift"` // the largest |mean shift| reported, in baseline standard deviations
 }
 

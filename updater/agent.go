@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 )
 
@@ -23,16 +24,43 @@ type SlotStatus struct {
 }
 
 // Director tells the agent what it should run: given the agent's status it returns the
-// desired target path per slot kind (the repo-server's device API; a missing kind means
-// "no change"). It can only choose among targets TUF verifies and the floor allows.
+// server's whole decision per slot kind (the repo-server's device API; a missing kind
+// means "no change"). The agent installs a decision's target only when its action is
+// wire.ActionInstall, and commits it against artifact.CommitGates(signed gates, the
+// decision's gates). A director can only choose among targets TUF verifies and the floor
+// allows, and can only tighten the signed gates.
 type Director interface {
-	CheckIn(ctx context.Context, status map[artifact.Kind]SlotStatus) (map[artifact.Kind]string, error)
+	CheckIn(ctx context.Context, status map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error)
 }
 
-// Judge runs the trial of a staged version (health, probes against its gates) and says
+// Trial is a staged version to judge.
+type Trial struct {
+	Kind artifact.Kind
+	// Payload is the path of the staged bytes.
+	Payload string
+	Target  rollback.Target
+	// Meta is the target's signed TUF metadata.
+	Meta artifact.Meta
+	// Gates are what the trial must meet: artifact.CommitGates(Meta.Gates, the
+	// decision's gates). nil means no gate.
+	Gates *artifact.Gates
+	// Rollout is the rollout whose decision asked for the install ("" if none).
+	Rollout string
+}
+
+// Verdict is a Judge's answer.
+type Verdict struct {
+	Pass   bool
+	Reason string // why it failed
+	// Probe is what the probe run measured (zero when nothing was probed); it goes
+	// into the install report whether the trial passed or not.
+	Probe wire.Probe
+}
+
+// Judge runs the trial of a staged version (health, probes against t.Gates) and says
 // whether it passed. ctx ends at the trial deadline; anything but pass rolls back.
 type Judge interface {
-	Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, meta artifact.Meta) (pass bool, reason string)
+	Judge(ctx context.Context, t Trial) Verdict
 }
 
 // Outcome is implemented by a Judge that must act on what was recorded after its
@@ -43,21 +71,6 @@ type Judge interface {
 type Outcome interface {
 	Committed(ctx context.Context, kind artifact.Kind, t rollback.Target, meta artifact.Meta) error
 	RolledBack(ctx context.Context, kind artifact.Kind, t rollback.Target, meta artifact.Meta) error
-}
-
-// InstallReport is the report of one install, as stored in the outbox (JSON field names
-// follow the server's report).
-type InstallReport struct {
-	DeviceID string        `json:"device_id,omitempty"`
-	Kind     artifact.Kind `json:"kind"`
-	Name     string        `json:"name"`
-	Version  string        `json:"version"`
-	Outcome  string        `json:"outcome"` // committed, probe_failed, rolled_back, install_error
-	Cause    string        `json:"cause,omitempty"`
-	At       time.Time     `json:"at"`
-	Bytes    int64         `json:"bytes,omitempty"`
-
-	id string // the outbox ID when it derives from what is reported ("": random)
 }
 
 // AgentConfig configures an Agent. TUF, Slots and Director are required.
@@ -181,19 +194,19 @@ func (a *Agent) Step(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if len(desired) > 0 {
+	if wantsInstall(desired) {
 		if err := a.cfg.TUF.Refresh(ctx); err != nil {
 			errs = append(errs, err)
 			desired = nil
 		}
 	}
 	for _, k := range rollback.Kinds() {
-		p, ok := desired[k]
-		if !ok || p == status[k].Path || a.refused[string(k)] == p {
+		d, ok := desired[k]
+		if !ok || d.Action != wire.ActionInstall || d.Target == "" || d.Target == status[k].Path || a.refused[string(k)] == d.Target {
 			continue
 		}
 		delete(a.refused, string(k))
-		if err := a.install(ctx, k, p); err != nil {
+		if err := a.install(ctx, k, d); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -207,14 +220,26 @@ func (a *Agent) Step(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// install takes one kind through install, trial and commit or rollback, and reports.
-func (a *Agent) install(ctx context.Context, kind artifact.Kind, targetPath string) error {
-	return a.installWith(ctx, a.cfg.TUF, kind, targetPath)
+// wantsInstall reports whether any decision asks for an install.
+func wantsInstall(desired map[artifact.Kind]wire.SlotDecision) bool {
+	for _, d := range desired {
+		if d.Action == wire.ActionInstall && d.Target != "" {
+			return true
+		}
+	}
+	return false
 }
 
-// installWith is install with targets resolved and fetched through tuf.
-func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, targetPath string) error {
-	rep := InstallReport{DeviceID: a.cfg.DeviceID, Kind: kind}
+// install takes one kind through install, trial and commit or rollback, and reports.
+func (a *Agent) install(ctx context.Context, kind artifact.Kind, d wire.SlotDecision) error {
+	return a.installWith(ctx, a.cfg.TUF, kind, d)
+}
+
+// installWith is install with targets resolved and fetched through tuf. d names the
+// target and the rollout's gates (d.Gates nil: the signed gates alone).
+func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d wire.SlotDecision) error {
+	targetPath := d.Target
+	rep := wire.Report{DeviceID: a.cfg.DeviceID, RolloutID: d.Rollout, Kind: kind}
 	t, meta, err := tuf.Resolve(ctx, kind, targetPath)
 	rep.Name, rep.Version = meta.Name, meta.Version
 	if err != nil {
@@ -239,28 +264,31 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, t
 	if s.Phase != rollback.Trial {
 		return nil
 	}
-	pass, reason := false, "no judge configured"
+	v := Verdict{Reason: "no judge configured"}
 	if a.cfg.Judge != nil {
 		tctx, cancel := context.WithDeadline(ctx, s.Deadline)
-		pass, reason = a.cfg.Judge.Judge(tctx, kind, a.cfg.Slots.Payload(kind, s.Inactive()), t, meta)
+		v = a.cfg.Judge.Judge(tctx, Trial{Kind: kind, Payload: a.cfg.Slots.Payload(kind, s.Inactive()), Target: t, Meta: meta,
+			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout})
 		cancel()
 	}
-	if s, err = a.cfg.Slots.Confirm(ctx, kind, pass, reason); err != nil {
+	pass := v.Pass
+	rep.Probe = v.Probe
+	if s, err = a.cfg.Slots.Confirm(ctx, kind, pass, v.Reason); err != nil {
 		return err
 	}
 	var hookErr error
 	o, hooked := a.cfg.Judge.(Outcome)
 	switch s.Phase {
 	case rollback.Committed:
-		rep.Outcome = "committed"
-		rep.id = commitReportID(kind, s.Seq)
+		rep.Outcome = wire.OutcomeCommitted
+		rep.ID = commitReportID(kind, s.Seq)
 		if hooked {
 			hookErr = o.Committed(ctx, kind, t, meta)
 		}
 	default:
-		rep.Outcome, rep.Cause = "probe_failed", s.Reason
+		rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, s.Reason
 		if pass {
-			rep.Outcome = "rolled_back"
+			rep.Outcome = wire.OutcomeRolledBack
 		}
 		a.refused[string(kind)] = targetPath
 		if hooked {
@@ -274,22 +302,24 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, t
 	return nil
 }
 
-func (a *Agent) fail(ctx context.Context, kind artifact.Kind, targetPath string, rep InstallReport, err error) error {
+func (a *Agent) fail(ctx context.Context, kind artifact.Kind, targetPath string, rep wire.Report, err error) error {
 	a.refused[string(kind)] = targetPath
-	rep.Outcome, rep.Cause = "install_error", err.Error()
+	rep.Outcome, rep.Cause = wire.OutcomeInstallError, err.Error()
 	a.report(ctx, rep)
 	return err
 }
 
-func (a *Agent) report(ctx context.Context, rep InstallReport) {
+// report queues rep in the outbox: under rep.ID once when it is set (derived from what is
+// reported), else under a random ID.
+func (a *Agent) report(ctx context.Context, rep wire.Report) {
 	rep.At = a.cfg.Now().UTC()
 	a.cfg.Logger.Info("install report", "kind", rep.Kind, "version", rep.Version, "outcome", rep.Outcome, "cause", rep.Cause)
 	if a.cfg.Outbox == nil {
 		return
 	}
 	var err error
-	if rep.id != "" {
-		_, err = a.cfg.Outbox.PutOnce(ctx, rep.id, "install", rep, a.cfg.Now())
+	if rep.ID != "" {
+		_, err = a.cfg.Outbox.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now())
 	} else {
 		_, err = a.cfg.Outbox.Put(ctx, "install", rep, a.cfg.Now())
 	}
@@ -317,9 +347,9 @@ func (a *Agent) reconcileReports(ctx context.Context) {
 			continue
 		}
 		_, name, _, _ := artifact.ParseTargetPath(s.Current.Path)
-		rep := InstallReport{DeviceID: a.cfg.DeviceID, Kind: k, Name: name, Version: s.Current.Version, Outcome: "committed",
-			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), id: commitReportID(k, s.Seq)}
-		if stored, err := a.cfg.Outbox.PutOnce(ctx, rep.id, "install", rep, a.cfg.Now()); err != nil {
+		rep := wire.Report{DeviceID: a.cfg.DeviceID, Kind: k, Name: name, Version: s.Current.Version, Outcome: wire.OutcomeCommitted,
+			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), ID: commitReportID(k, s.Seq)}
+		if stored, err := a.cfg.Outbox.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now()); err != nil {
 			a.cfg.Logger.Error("store report", "err", err)
 		} else if stored {
 			a.cfg.Logger.Info("install report recovered after a restart", "kind", k, "version", rep.Version)

@@ -4,28 +4,35 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater/tuftest"
 )
 
 type director struct {
 	want    map[artifact.Kind]string
+	gates   *artifact.Gates // the rollout's gates in every decision
 	offline bool
 	seen    []map[artifact.Kind]SlotStatus
 }
 
-func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]string, error) {
+func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
 	d.seen = append(d.seen, st)
 	if d.offline {
 		return nil, errors.New("no route to host")
 	}
-	return d.want, nil
+	out := map[artifact.Kind]wire.SlotDecision{}
+	for k, p := range d.want {
+		out[k] = wire.SlotDecision{Kind: k, Action: wire.ActionInstall, Target: p, Rollout: "r-" + string(k), Gates: d.gates}
+	}
+	return out, nil
 }
 
 // judge passes every version but those listed.
@@ -47,11 +54,11 @@ func (h *hookedJudge) RolledBack(_ context.Context, _ artifact.Kind, t rollback.
 	return nil
 }
 
-func (j judge) Judge(_ context.Context, _ artifact.Kind, _ string, t rollback.Target, _ artifact.Meta) (bool, string) {
-	if reason, bad := j[t.Version]; bad {
-		return false, reason
+func (j judge) Judge(_ context.Context, t Trial) Verdict {
+	if reason, bad := j[t.Target.Version]; bad {
+		return Verdict{Reason: reason}
 	}
-	return true, ""
+	return Verdict{Pass: true}
 }
 
 func TestAgentRounds(t *testing.T) {
@@ -115,9 +122,9 @@ func TestAgentRounds(t *testing.T) {
 	msgs, _ := o.Due(ctx, now, 10)
 	var outcomes []string
 	for _, msg := range msgs {
-		var rep InstallReport
+		var rep wire.Report
 		json.Unmarshal(msg.Body, &rep)
-		outcomes = append(outcomes, rep.Version+" "+rep.Outcome)
+		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
 		if rep.Version == "0.5.0" && !strings.Contains(rep.Cause, "refusing") {
 			t.Errorf("downgrade report cause = %q", rep.Cause)
 		}
@@ -223,7 +230,7 @@ func TestCommitReportSurvivesACrash(t *testing.T) {
 	if len(msgs) != 1 {
 		t.Fatalf("reports after the restart = %d; want the lost commit report", len(msgs))
 	}
-	var rep InstallReport
+	var rep wire.Report
 	json.Unmarshal(msgs[0].Body, &rep)
 	if rep.Version != "1.0.0" || rep.Outcome != "committed" || rep.Name != "iris" {
 		t.Fatalf("recovered report = %+v", rep)
@@ -235,5 +242,82 @@ func TestCommitReportSurvivesACrash(t *testing.T) {
 	newAgent().Step(ctx)
 	if n, _ := o.Len(ctx); n != 0 {
 		t.Fatalf("%d reports after a second restart; want the commit reported once", n)
+	}
+}
+
+// gateJudge measures the same figures for every version and passes it only if they
+// meet the trial's gates.
+type gateJudge struct{ measured wire.Probe }
+
+func (j gateJudge) Judge(_ context.Context, t Trial) Verdict {
+	v := Verdict{Pass: true, Probe: j.measured}
+	if g := t.Gates; g != nil && (j.measured.Accuracy < g.MinAccuracy || g.MaxP99Ms != 0 && j.measured.P99Ms > g.MaxP99Ms) {
+		v.Pass, v.Reason = false, fmt.Sprintf("gates %+v not met", *g)
+	}
+	return v
+}
+
+// TestDecisionGates: the agent judges a trial against the stricter of the signed
+// target's gates and the rollout's, and reports the probe's figures and the rollout.
+func TestDecisionGates(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	signed := &artifact.Gates{MinAccuracy: 0.9, MaxP99Ms: 5}
+	add := func(version string, g *artifact.Gates) string {
+		p := artifact.TargetPath(artifact.KindModel, "iris", version, ".onnx")
+		r.AddTarget(p, []byte("model "+version), artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: version, Format: "onnx", Gates: g})
+		r.Publish()
+		return p
+	}
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	measured := wire.Probe{Accuracy: 0.95, P99Ms: 2.5, PeakRSSMB: 41}
+	d := &director{}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: gateJudge{measured}, Outbox: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name    string
+		signed  *artifact.Gates
+		rollout *artifact.Gates
+		version string
+		want    wire.Outcome
+	}{
+		{"a rollout stricter than its target fails a trial the target's gates pass", signed, &artifact.Gates{MinAccuracy: 0.99}, "1.0.0", wire.OutcomeProbeFailed},
+		{"a rollout cannot loosen the signed gates", &artifact.Gates{MinAccuracy: 0.97}, &artifact.Gates{MinAccuracy: 0.5}, "1.0.1", wire.OutcomeProbeFailed},
+		{"gates only from the rollout", nil, &artifact.Gates{MaxP99Ms: 1}, "1.0.2", wire.OutcomeProbeFailed},
+		{"the target's own gates pass", signed, nil, "1.1.0", wire.OutcomeCommitted},
+		{"a rollout within what was measured passes", signed, &artifact.Gates{MinAccuracy: 0.94, MaxP99Ms: 3}, "1.2.0", wire.OutcomeCommitted},
+	} {
+		d.want, d.gates = map[artifact.Kind]string{artifact.KindModel: add(tt.version, tt.signed)}, tt.rollout
+		before, _ := o.Len(ctx)
+		a.Step(ctx)
+		msgs, _ := o.Due(ctx, time.Now().Add(24*time.Hour), 100)
+		if len(msgs) != before+1 {
+			t.Fatalf("%s: %d reports; want %d", tt.name, len(msgs), before+1)
+		}
+		var rep wire.Report
+		for _, msg := range msgs {
+			var r wire.Report
+			json.Unmarshal(msg.Body, &r)
+			if r.Version == tt.version {
+				rep = r
+			}
+		}
+		if rep.Outcome != tt.want || rep.Probe != measured || rep.RolloutID != "r-model" {
+			t.Errorf("%s: report %s %s probe %+v rollout %q; want %s with %+v from r-model", tt.name, rep.Version, rep.Outcome, rep.Probe, rep.RolloutID, tt.want, measured)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // An offline bundle is a directory an operator drops on the device (e.g. from a USB
@@ -90,7 +91,7 @@ func (a *Agent) InstallBundle(ctx context.Context, dir string) error {
 	}
 	var errs []error
 	for _, k := range sortedKinds(desired) {
-		if err := a.installWith(ctx, tuf, k, desired[k]); err != nil {
+		if err := a.installWith(ctx, tuf, k, wire.SlotDecision{Kind: k, Action: wire.ActionInstall, Target: desired[k]}); err != nil {
 			errs = append(errs, fmt.Errorf("bundle %s: %w", dir, err))
 		}
 	}

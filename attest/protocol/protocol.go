@@ -13,8 +13,6 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"fmt"
-
-	"github.com/edgeward/edgeward/attest/eventlog"
 )
 
 // TPMInfo is what the device's TPM reports about itself.
@@ -81,17 +79,6 @@ type Quote struct {
 	Signature []byte `json:"signature"`
 	// PCRs are the SHA-256 bank values of the quoted PCRs.
 	PCRs map[int][]byte `json:"pcrs"`
-}
-
-// Evidence is what a device sends at check-in for verify.Verify.
-type Evidence struct {
-	// AKCert is the DER AK certificate the attestation CA issued.
-	AKCert []byte `json:"ak_cert"`
-	// AKChain are DER intermediates between AKCert and the CA root.
-	AKChain [][]byte `json:"ak_chain,omitempty"`
-	Quote   Quote    `json:"quote"`
-	// Log is the measurement log of this boot.
-	Log eventlog.Log `json:"log"`
 }
 
 // EKID is the device's permanent identifier derived from its EK public key:

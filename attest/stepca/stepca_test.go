@@ -20,9 +20,9 @@ import (
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
 	"github.com/edgeward/edgeward/attest/stepca"
 	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // TestDeviceCertificateAndMTLS runs the whole device identity flow with real
@@ -111,7 +111,7 @@ type flow struct {
 	ak      *attest.AKCertificate
 	log     eventlog.Log
 	nonce   func() []byte
-	checkin func(*protocol.Evidence) verify.Verdict
+	checkin func(*wire.Evidence) verify.Verdict
 }
 
 // deviceCA is a running step-ca: its ACME directory, a client trusting it,
@@ -193,7 +193,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		w.Write(n)
 	})
 	mux.HandleFunc("POST /checkin", func(w http.ResponseWriter, r *http.Request) {
-		var ev protocol.Evidence
+		var ev wire.Evidence
 		if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&ev); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
@@ -222,7 +222,7 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		n, _ := io.ReadAll(resp.Body)
 		return n
 	}
-	f.checkin = func(ev *protocol.Evidence) verify.Verdict {
+	f.checkin = func(ev *wire.Evidence) verify.Verdict {
 		b, _ := json.Marshal(ev)
 		resp, err := hc.Post(srv.URL+"/checkin", "application/json", bytes.NewReader(b))
 		if err != nil {

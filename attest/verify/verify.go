@@ -30,7 +30,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // Code classifies why evidence is not trusted.
@@ -64,7 +64,7 @@ type Reason struct {
 func (r Reason) String() string { return string(r.Code) + ": " + r.Detail }
 
 // Evidence is what a device sends at check-in.
-type Evidence = protocol.Evidence
+type Evidence = wire.Evidence
 
 // Policy is what the verifier expects.
 type Policy struct {

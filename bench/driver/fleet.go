@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -122,8 +123,8 @@ func simulateRollout(ctx context.Context, n int, dir string) (*fleetRun, error) 
 			if sd.Target.Version == "3.1.0" {
 				r.Done++
 			}
-			if err := st.AddReport(ctx, policy.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name,
-				Version: sd.Target.Version, At: now, Outcome: policy.OutcomeCommitted, Bytes: 1 << 20}); err != nil {
+			if err := st.AddReport(ctx, wire.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name,
+				Version: sd.Target.Version, At: now, Outcome: wire.OutcomeCommitted, Bytes: 1 << 20}); err != nil {
 				return nil, err
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/edgeward/edgeward/agent"
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
 )
@@ -206,7 +207,7 @@ func serverClient(caFile string) (*http.Client, error) {
 func connect(ctx context.Context, server string, httpc *http.Client, tpm *attest.TPM, interval time.Duration, retry bool, log *slog.Logger) (*attest.AKCertificate, *deviceapi.Client, error) {
 	wait := time.Second
 	for {
-		ak, err := (&attest.EnrollClient{URL: strings.TrimRight(server, "/") + deviceapi.PathAttest, HTTP: httpc}).Enroll(ctx, tpm)
+		ak, err := (&attest.EnrollClient{URL: strings.TrimRight(server, "/") + wire.PathAttest, HTTP: httpc}).Enroll(ctx, tpm)
 		if err != nil {
 			err = fmt.Errorf("enroll with the attestation CA: %w", err)
 		} else {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/agent"
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -24,8 +24,12 @@ import (
 // or for a device managed by hand).
 type staticDirector map[artifact.Kind]string
 
-func (d staticDirector) CheckIn(context.Context, map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]string, error) {
-	return d, nil
+func (d staticDirector) CheckIn(context.Context, map[artifact.Kind]updater.SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
+	out := make(map[artifact.Kind]wire.SlotDecision, len(d))
+	for k, p := range d {
+		out[k] = wire.SlotDecision{Kind: k, Action: wire.ActionInstall, Target: p}
+	}
+	return out, nil
 }
 
 // cmdJudge runs a shell command for each trial: exit status 0 is a pass. The command gets
@@ -33,10 +37,10 @@ func (d staticDirector) CheckIn(context.Context, map[artifact.Kind]updater.SlotS
 // the trial deadline.
 type cmdJudge string
 
-func (j cmdJudge) Judge(ctx context.Context, kind artifact.Kind, payload string, t rollback.Target, _ artifact.Meta) (bool, string) {
+func (j cmdJudge) Judge(ctx context.Context, t updater.Trial) updater.Verdict {
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", string(j))
-	cmd.Env = append(os.Environ(), "EDGEWARD_KIND="+string(kind), "EDGEWARD_TARGET="+t.Path,
-		"EDGEWARD_VERSION="+t.Version, "EDGEWARD_PAYLOAD="+payload)
+	cmd.Env = append(os.Environ(), "EDGEWARD_KIND="+string(t.Kind), "EDGEWARD_TARGET="+t.Target.Path,
+		"EDGEWARD_VERSION="+t.Target.Version, "EDGEWARD_PAYLOAD="+t.Payload)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -44,9 +48,9 @@ func (j cmdJudge) Judge(ctx context.Context, kind artifact.Kind, payload string,
 		if len(msg) > 200 {
 			msg = msg[len(msg)-200:]
 		}
-		return false, fmt.Sprintf("judge: %v: %s", err, msg)
+		return updater.Verdict{Reason: fmt.Sprintf("judge: %v: %s", err, msg)}
 	}
-	return true, ""
+	return updater.Verdict{Pass: true}
 }
 
 type wants map[artifact.Kind]string

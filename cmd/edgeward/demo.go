@@ -21,6 +21,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -356,7 +357,7 @@ func (d *demo) modelV2(ctx context.Context) error {
 	return nil
 }
 
-func (d *demo) reports(ctx context.Context, f fleet.ReportFilter) ([]policy.Report, error) {
+func (d *demo) reports(ctx context.Context, f fleet.ReportFilter) ([]wire.Report, error) {
 	return d.srv.Reports(ctx, f)
 }
 
@@ -379,7 +380,7 @@ func (d *demo) modelV3(ctx context.Context) error {
 	}
 	d.info("wave 1 is the canary %s (its bucket %d is the lowest of the fleet for %s); one failed report pauses the rollout",
 		d.canary.Name, policy.Bucket(id, d.canary.ID), id)
-	var failed policy.Report
+	var failed wire.Report
 	err := devlab.WaitFor(ctx, stepTimeout, d.canary.Name+" to report the failed trial of 2.0.0", func(ctx context.Context) (bool, string, error) {
 		reps, err := d.reports(ctx, fleet.ReportFilter{RolloutID: id})
 		if err != nil {
@@ -390,7 +391,7 @@ func (d *demo) modelV3(ctx context.Context) error {
 			if r.DeviceID != d.canary.ID {
 				return false, "", devlab.Final(fmt.Errorf("%s outside wave 1 installed 2.0.0", r.DeviceID))
 			}
-			if r.Outcome == policy.OutcomeCommitted {
+			if r.Outcome == wire.OutcomeCommitted {
 				return false, "", devlab.Final(errors.New("the canary committed the degraded model"))
 			}
 		}

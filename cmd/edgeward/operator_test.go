@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -187,8 +188,8 @@ func TestCLIDevices(t *testing.T) {
 			t.Errorf("devices list lacks %q:\n%s", want, out)
 		}
 	}
-	s.store.AddReport(context.Background(), policy.Report{DeviceID: "cam-3", Kind: artifact.KindModel, Name: "vibration", Version: "1.1.0",
-		Outcome: policy.OutcomeProbeFailed, Cause: "accuracy 0.81 < 0.95", At: time.Now()})
+	s.store.AddReport(context.Background(), wire.Report{DeviceID: "cam-3", Kind: artifact.KindModel, Name: "vibration", Version: "1.1.0",
+		Outcome: wire.OutcomeProbeFailed, Cause: "accuracy 0.81 < 0.95", At: time.Now()})
 	out = aud.must("devices", "show", "cam-3")
 	for _, want := range []string{"device cam-3", "untrusted", "pcr 16 differs", "install history:", "probe_failed", "accuracy 0.81 < 0.95", "(failed 1.1.0)"} {
 		if !strings.Contains(out, want) {

@@ -24,7 +24,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/stepca"
-	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -143,7 +143,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 				return fmt.Errorf("--ca-root: %w", err)
 			}
 			pemBytes, _ := os.ReadFile(*caRoot)
-			dcfg.ClientRoots, dcfg.DeviceCA = pool, &deviceapi.DeviceCA{DirectoryURL: *caURL, RootPEM: string(pemBytes)}
+			dcfg.ClientRoots, dcfg.DeviceCA = pool, &wire.DeviceCA{DirectoryURL: *caURL, RootPEM: string(pemBytes)}
 		} else {
 			sca, err := stepca.Start(ctx, stepca.Config{Dir: filepath.Join(rf.dir, "stepca"), AttestationRoots: []*x509.Certificate{caCert}})
 			if err != nil {
@@ -152,7 +152,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 			defer sca.Close()
 			dcfg.ClientRoots = x509.NewCertPool()
 			dcfg.ClientRoots.AddCert(sca.Root)
-			dcfg.DeviceCA = &deviceapi.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
+			dcfg.DeviceCA = &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
 			log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL)
 		}
 		cert, err := loadOrCreateServerCert(filepath.Join(rf.dir, "tls"), strings.Split(*tlsNames, ","))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -215,7 +216,7 @@ func (s *Server) Devices(ctx context.Context, devs []*Device) (map[string]fleet.
 }
 
 // Reports returns the server's install reports matching f.
-func (s *Server) Reports(ctx context.Context, f fleet.ReportFilter) ([]policy.Report, error) {
+func (s *Server) Reports(ctx context.Context, f fleet.ReportFilter) ([]wire.Report, error) {
 	st, err := s.Fleet(ctx)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -95,8 +96,8 @@ func (s *Store) Attest(ctx context.Context, p *policy.Policy, id string, v polic
 		if sl.Name != r.Target.Name || sl.Version != r.Target.Version {
 			continue
 		}
-		err := s.AddReport(ctx, policy.Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: sl.Name, Version: sl.Version,
-			Outcome: policy.OutcomeAttestationUntrusted, Cause: detail, At: at})
+		err := s.AddReport(ctx, wire.Report{DeviceID: id, RolloutID: r.ID, Kind: r.Target.Kind, Name: sl.Name, Version: sl.Version,
+			Outcome: wire.OutcomeAttestationUntrusted, Cause: detail, At: at})
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -25,8 +26,8 @@ type RolloutKPI struct {
 	// Failures counts failed attempts by outcome (probe_failed, rolled_back,
 	// install_error, attestation_untrusted); Causes counts them by outcome and cause,
 	// "rolled_back: p99 9ms > 5ms", the cause cut at 80 characters.
-	Failures map[policy.Outcome]int `json:"failures"`
-	Causes   map[string]int         `json:"causes"`
+	Failures map[wire.Outcome]int `json:"failures"`
+	Causes   map[string]int       `json:"causes"`
 	// BytesDownloaded sums the reports' bytes.
 	BytesDownloaded int64 `json:"bytes_downloaded"`
 	// CommitP50 and CommitP95 are quantiles of the time from the rollout's start to each
@@ -42,9 +43,9 @@ type RolloutKPI struct {
 // ComputeRollout computes a rollout's KPIs from its reports (reports of other rollouts
 // are ignored). started is the rollout's start (policy.RolloutState.Started), the
 // publish time as far as the fleet is concerned.
-func ComputeRollout(rolloutID string, started time.Time, reports []policy.Report) RolloutKPI {
-	k := RolloutKPI{Rollout: rolloutID, Failures: map[policy.Outcome]int{}, Causes: map[string]int{}}
-	latest := map[string]policy.Report{}
+func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) RolloutKPI {
+	k := RolloutKPI{Rollout: rolloutID, Failures: map[wire.Outcome]int{}, Causes: map[string]int{}}
+	latest := map[string]wire.Report{}
 	firstCommit := map[string]time.Time{}
 	var acc, p99 []float64
 	committedAttempts := 0
@@ -92,7 +93,7 @@ func ComputeRollout(rolloutID string, started time.Time, reports []policy.Report
 	return k
 }
 
-func causeKey(r policy.Report) string {
+func causeKey(r wire.Report) string {
 	c := strings.TrimSpace(r.Cause)
 	if len(c) > 80 {
 		c = c[:80]
@@ -126,7 +127,7 @@ func mean(v []float64) float64 {
 // TimeToPercent returns how long after started the rollout's target was first
 // committed on percent of fleetSize devices (the devices the rollout selects), and false
 // if it has not happened yet.
-func TimeToPercent(rolloutID string, started time.Time, fleetSize int, reports []policy.Report, percent float64) (time.Duration, bool) {
+func TimeToPercent(rolloutID string, started time.Time, fleetSize int, reports []wire.Report, percent float64) (time.Duration, bool) {
 	if fleetSize <= 0 || percent <= 0 {
 		return 0, false
 	}
@@ -149,10 +150,10 @@ func TimeToPercent(rolloutID string, started time.Time, fleetSize int, reports [
 
 // FleetKPI summarises every rollout and the attestation of the fleet over a period.
 type FleetKPI struct {
-	Attempts    int                    `json:"attempts"`
-	SuccessRate float64                `json:"success_rate"`
-	Failures    map[policy.Outcome]int `json:"failures"`
-	Causes      map[string]int         `json:"causes"`
+	Attempts    int                  `json:"attempts"`
+	SuccessRate float64              `json:"success_rate"`
+	Failures    map[wire.Outcome]int `json:"failures"`
+	Causes      map[string]int       `json:"causes"`
 	// Verdicts counts attestation verdicts; AttestationPassRate is the fraction that
 	// were trusted (0 when there are none).
 	Verdicts            int     `json:"verdicts"`
@@ -165,8 +166,8 @@ type FleetKPI struct {
 // caller chooses it, e.g. the store's Reports and Verdicts since a time). starts gives
 // each rollout's start time, for the commit latency; a missing one counts from zero
 // latency (the first report).
-func ComputeFleet(reports []policy.Report, verdicts []VerdictRecord, starts map[string]time.Time) FleetKPI {
-	f := FleetKPI{Failures: map[policy.Outcome]int{}, Causes: map[string]int{}}
+func ComputeFleet(reports []wire.Report, verdicts []VerdictRecord, starts map[string]time.Time) FleetKPI {
+	f := FleetKPI{Failures: map[wire.Outcome]int{}, Causes: map[string]int{}}
 	ids := map[string]time.Time{}
 	ok := 0
 	for _, r := range reports {

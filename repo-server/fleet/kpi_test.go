@@ -6,21 +6,22 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
-func rep(dev, rollout string, o policy.Outcome, cause string, at time.Duration) policy.Report {
-	return policy.Report{DeviceID: dev, RolloutID: rollout, Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: o, Cause: cause, At: t0.Add(at), Bytes: 10}
+func rep(dev, rollout string, o wire.Outcome, cause string, at time.Duration) wire.Report {
+	return wire.Report{DeviceID: dev, RolloutID: rollout, Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: o, Cause: cause, At: t0.Add(at), Bytes: 10}
 }
 
 func TestComputeRollout(t *testing.T) {
-	reports := []policy.Report{
-		rep("a", "r", policy.OutcomeCommitted, "", 10*time.Minute),
-		rep("b", "r", policy.OutcomeProbeFailed, "accuracy 0.91 < 0.95", 20*time.Minute),
-		rep("b", "r", policy.OutcomeCommitted, "", 40*time.Minute), // retried after ClearFailed
-		rep("c", "r", policy.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
-		rep("d", "r", policy.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
-		rep("e", "other", policy.OutcomeCommitted, "", time.Minute),
+	reports := []wire.Report{
+		rep("a", "r", wire.OutcomeCommitted, "", 10*time.Minute),
+		rep("b", "r", wire.OutcomeProbeFailed, "accuracy 0.91 < 0.95", 20*time.Minute),
+		rep("b", "r", wire.OutcomeCommitted, "", 40*time.Minute), // retried after ClearFailed
+		rep("c", "r", wire.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
+		rep("d", "r", wire.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
+		rep("e", "other", wire.OutcomeCommitted, "", time.Minute),
 	}
 	reports[0].Accuracy, reports[0].P99Ms = 0.96, 4
 	reports[2].Accuracy, reports[2].P99Ms = 0.98, 2
@@ -28,7 +29,7 @@ func TestComputeRollout(t *testing.T) {
 	if k.Attempts != 5 || k.Devices != 4 || k.Committed != 2 || k.SuccessRate != 0.4 || k.BytesDownloaded != 50 {
 		t.Errorf("ComputeRollout counts = %+v", k)
 	}
-	if k.Failures[policy.OutcomeRolledBack] != 2 || k.Failures[policy.OutcomeProbeFailed] != 1 ||
+	if k.Failures[wire.OutcomeRolledBack] != 2 || k.Failures[wire.OutcomeProbeFailed] != 1 ||
 		k.Causes["rolled_back: p99 9ms > 5ms"] != 2 || k.Causes["probe_failed: accuracy 0.91 < 0.95"] != 1 {
 		t.Errorf("failures = %v causes = %v", k.Failures, k.Causes)
 	}
@@ -44,12 +45,12 @@ func TestComputeRollout(t *testing.T) {
 }
 
 func TestTimeToPercent(t *testing.T) {
-	var reports []policy.Report
+	var reports []wire.Report
 	for i := range 10 {
-		reports = append(reports, rep(fmt.Sprintf("d%d", i), "r", policy.OutcomeCommitted, "", time.Duration(i+1)*time.Hour))
+		reports = append(reports, rep(fmt.Sprintf("d%d", i), "r", wire.OutcomeCommitted, "", time.Duration(i+1)*time.Hour))
 	}
-	reports = append(reports, rep("d0", "r", policy.OutcomeCommitted, "", 50*time.Hour)) // a later commit does not count
-	reports = append(reports, rep("x", "r", policy.OutcomeInstallError, "", time.Minute))
+	reports = append(reports, rep("d0", "r", wire.OutcomeCommitted, "", 50*time.Hour)) // a later commit does not count
+	reports = append(reports, rep("x", "r", wire.OutcomeInstallError, "", time.Minute))
 	tests := []struct {
 		size    int
 		pct     float64
@@ -73,15 +74,15 @@ func TestTimeToPercent(t *testing.T) {
 }
 
 func TestComputeFleet(t *testing.T) {
-	reports := []policy.Report{
-		rep("a", "r1", policy.OutcomeCommitted, "", time.Hour),
-		rep("b", "r1", policy.OutcomeAttestationUntrusted, "", time.Hour),
-		rep("a", "r2", policy.OutcomeCommitted, "", 2*time.Hour),
-		rep("c", "r2", policy.OutcomeCommitted, "", 3*time.Hour),
+	reports := []wire.Report{
+		rep("a", "r1", wire.OutcomeCommitted, "", time.Hour),
+		rep("b", "r1", wire.OutcomeAttestationUntrusted, "", time.Hour),
+		rep("a", "r2", wire.OutcomeCommitted, "", 2*time.Hour),
+		rep("c", "r2", wire.OutcomeCommitted, "", 3*time.Hour),
 	}
 	verdicts := []VerdictRecord{{DeviceID: "a", Verdict: policy.VerdictTrusted}, {DeviceID: "b", Verdict: policy.VerdictUntrusted}, {DeviceID: "a", Verdict: policy.VerdictTrusted}, {DeviceID: "c", Verdict: policy.VerdictTrusted}}
 	f := ComputeFleet(reports, verdicts, map[string]time.Time{"r1": t0})
-	if f.Attempts != 4 || f.SuccessRate != 0.75 || f.Failures[policy.OutcomeAttestationUntrusted] != 1 || f.Verdicts != 4 || f.AttestationPassRate != 0.75 {
+	if f.Attempts != 4 || f.SuccessRate != 0.75 || f.Failures[wire.OutcomeAttestationUntrusted] != 1 || f.Verdicts != 4 || f.AttestationPassRate != 0.75 {
 		t.Errorf("ComputeFleet = %+v", f)
 	}
 	if len(f.Rollouts) != 2 || f.Rollouts[0].Rollout != "r1" || f.Rollouts[0].CommitP50 != time.Hour || f.Rollouts[1].CommitP95 != time.Hour {

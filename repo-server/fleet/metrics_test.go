@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -22,8 +23,8 @@ func TestCollector(t *testing.T) {
 	s.SetQuarantine(ctx, "c", true, "tamper")
 	s.RecordVerdict(ctx, "a", policy.VerdictTrusted, "", t0)
 	s.RecordVerdict(ctx, "b", policy.VerdictUntrusted, "", t0)
-	s.AddReport(ctx, policy.Report{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeCommitted, Bytes: 500, At: t0})
-	s.AddReport(ctx, policy.Report{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeRolledBack, Bytes: 500, At: t0})
+	s.AddReport(ctx, wire.Report{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeCommitted, Bytes: 500, At: t0})
+	s.AddReport(ctx, wire.Report{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeRolledBack, Bytes: 500, At: t0})
 	r := &policy.Rollout{ID: "r", Waves: []policy.Wave{{Percent: 10, Soak: time.Hour}, {Percent: 100}}}
 	st, evs := policy.Plan(r, policy.RolloutState{}, nil, t0)
 	s.SaveRollout(ctx, st, evs)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -117,7 +118,7 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 // the device's slot, so policy evaluation does not offer it again; a committed one
 // makes it the slot's version (the old one becoming Previous) and clears the mark.
 // The device must exist.
-func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
+func (s *Store) AddReport(ctx context.Context, r wire.Report) error {
 	if err := validateReport(&r); err != nil {
 		return fmt.Errorf("add report: %w", err)
 	}
@@ -126,14 +127,14 @@ func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, ns(r.At))
+		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At))
 		if err != nil {
 			return err
 		}
 		sl := d.Slots[r.Kind]
 		switch {
-		case r.Outcome == policy.OutcomeAttestationUntrusted && sl.Version == r.Version:
+		case r.Outcome == wire.OutcomeAttestationUntrusted && sl.Version == r.Version:
 			return nil // about the running version, not a failed install
 		case r.Outcome.Failed():
 			sl.Failed = r.Version
@@ -163,7 +164,7 @@ func (s *Store) AddReport(ctx context.Context, r policy.Report) error {
 	return nil
 }
 
-func validateReport(r *policy.Report) error {
+func validateReport(r *wire.Report) error {
 	if err := validID(r.DeviceID); err != nil {
 		return err
 	}
@@ -176,7 +177,7 @@ func validateReport(r *policy.Report) error {
 	if _, err := artifact.ParseVersion(r.Version); err != nil {
 		return invalid("version", "%v", err)
 	}
-	if _, err := policy.ParseOutcome(string(r.Outcome)); err != nil {
+	if _, err := wire.ParseOutcome(string(r.Outcome)); err != nil {
 		return invalid("outcome", "%v", err)
 	}
 	if err := validShort("rollout", r.RolloutID); err != nil {
@@ -193,6 +194,9 @@ func validateReport(r *policy.Report) error {
 	}
 	if !(r.P99Ms >= 0 && r.P99Ms < 1e9) {
 		return invalid("p99_ms", "%v: want a non-negative number", r.P99Ms)
+	}
+	if !(r.PeakRSSMB >= 0 && r.PeakRSSMB < 1e9) {
+		return invalid("peak_rss_mb", "%v: want a non-negative number", r.PeakRSSMB)
 	}
 	if len(r.Cause) > MaxCause {
 		r.Cause = r.Cause[:MaxCause]
@@ -211,8 +215,8 @@ type ReportFilter struct {
 }
 
 // Reports returns the matching reports, oldest first.
-func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]policy.Report, error) {
-	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, at FROM reports WHERE at >= ?`
+func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, error) {
+	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at FROM reports WHERE at >= ?`
 	args := []any{ns(f.Since)}
 	if f.RolloutID != "" {
 		q += ` AND rollout_id = ?`
@@ -232,11 +236,11 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]policy.Report, e
 		return nil, fmt.Errorf("reports: %w", err)
 	}
 	defer rows.Close()
-	var out []policy.Report
+	var out []wire.Report
 	for rows.Next() {
-		var r policy.Report
+		var r wire.Report
 		var at int64
-		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &at); err != nil {
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &r.PeakRSSMB, &at); err != nil {
 			return nil, fmt.Errorf("reports: %w", err)
 		}
 		r.At = fromNS(at)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -73,14 +74,14 @@ func (f *simFleet) step(d time.Duration) (installs, failures int) {
 			continue
 		}
 		installs++
-		rep := policy.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name, Version: sd.Target.Version, At: f.now, Outcome: policy.OutcomeCommitted, Bytes: 1000}
+		rep := wire.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name, Version: sd.Target.Version, At: f.now, Outcome: wire.OutcomeCommitted, Bytes: 1000}
 		tv, _ := artifact.ParseVersion(sd.Target.Version)
 		fv, _ := artifact.ParseVersion(f.floors[id])
 		switch {
 		case tv.Compare(fv) < 0:
-			rep.Outcome, rep.Cause = policy.OutcomeInstallError, "downgrade refused"
+			rep.Outcome, rep.Cause = wire.OutcomeInstallError, "downgrade refused"
 		case f.bad[sd.Target.Version]:
-			rep.Outcome, rep.Cause = policy.OutcomeProbeFailed, "accuracy 0.80 < 0.95"
+			rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, "accuracy 0.80 < 0.95"
 		default:
 			f.slots[id] = policy.Slot{Name: sd.Target.Name, Version: sd.Target.Version}
 			f.floors[id] = sd.Target.Version

@@ -151,6 +151,7 @@ var migrations = []string{
 		expires_at INTEGER NOT NULL,
 		revoked_at INTEGER NOT NULL DEFAULT 0
 	) STRICT;`,
+	`ALTER TABLE reports ADD COLUMN peak_rss_mb REAL NOT NULL DEFAULT 0;`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -79,7 +80,7 @@ func TestDeviceLifecycle(t *testing.T) {
 		t.Errorf("CheckIn = %+v", d)
 	}
 	// A failed install marks the version; the next check-in keeps the mark.
-	rep := policy.Report{DeviceID: "dev-1", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeProbeFailed, Cause: "accuracy 0.9 < 0.95", At: t0.Add(time.Minute)}
+	rep := wire.Report{DeviceID: "dev-1", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: wire.OutcomeProbeFailed, Cause: "accuracy 0.9 < 0.95", At: t0.Add(time.Minute)}
 	if err := s.AddReport(ctx, rep); err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +104,9 @@ func TestDeviceLifecycle(t *testing.T) {
 		t.Errorf("same version again: slot %+v; want Previous still 3.0.0", sl)
 	}
 	// A committed report clears the mark too.
-	rep.Outcome, rep.Version = policy.OutcomeInstallError, "3.3.0"
+	rep.Outcome, rep.Version = wire.OutcomeInstallError, "3.3.0"
 	s.AddReport(ctx, rep)
-	rep.Outcome, rep.At = policy.OutcomeCommitted, rep.At.Add(time.Hour)
+	rep.Outcome, rep.At = wire.OutcomeCommitted, rep.At.Add(time.Hour)
 	s.AddReport(ctx, rep)
 	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" {
 		t.Errorf("after committed report: slot %+v; want no Failed", d.Slots[artifact.KindModel])
@@ -176,8 +177,8 @@ func TestInvalidInput(t *testing.T) {
 			return err
 		}()},
 		{"no time", func() error { _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1"}); return err }()},
-		{"bad outcome", s.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: "meh", At: t0})},
-		{"bad report version", s.AddReport(ctx, policy.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "v1", Outcome: policy.OutcomeCommitted, At: t0})},
+		{"bad outcome", s.AddReport(ctx, wire.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: "meh", At: t0})},
+		{"bad report version", s.AddReport(ctx, wire.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "v1", Outcome: wire.OutcomeCommitted, At: t0})},
 		{"empty verdict", s.RecordVerdict(ctx, "dev-1", "", "", t0)},
 		{"rollout without id", s.SaveRollout(ctx, policy.RolloutState{}, nil)},
 	}
@@ -187,7 +188,7 @@ func TestInvalidInput(t *testing.T) {
 			t.Errorf("%s: err = %v; want an *InvalidError matching ErrInvalid", tt.name, tt.err)
 		}
 	}
-	if err := s.AddReport(ctx, policy.Report{DeviceID: "ghost", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: policy.OutcomeCommitted, At: t0}); !errors.Is(err, ErrNotFound) {
+	if err := s.AddReport(ctx, wire.Report{DeviceID: "ghost", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: t0}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("report from unknown device = %v; want ErrNotFound", err)
 	}
 	if err := s.RecordDecision(ctx, policy.Decision{DeviceID: "ghost", At: t0}); !errors.Is(err, ErrNotFound) {
@@ -232,10 +233,10 @@ func TestRolloutsReportsDecisions(t *testing.T) {
 	for _, id := range []string{"a", "b"} {
 		s.Enroll(ctx, id, nil, t0)
 	}
-	for i, rep := range []policy.Report{
-		{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeCommitted, At: t0.Add(2 * time.Minute), Bytes: 100},
-		{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: policy.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: t0.Add(time.Minute)},
-		{DeviceID: "b", RolloutID: "other", Kind: artifact.KindRuntime, Name: "ort", Version: "1.0.0", Outcome: policy.OutcomeCommitted, At: t0.Add(3 * time.Minute)},
+	for i, rep := range []wire.Report{
+		{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: wire.OutcomeCommitted, At: t0.Add(2 * time.Minute), Bytes: 100},
+		{DeviceID: "b", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: wire.OutcomeRolledBack, Cause: "p99 9ms > 5ms", At: t0.Add(time.Minute)},
+		{DeviceID: "b", RolloutID: "other", Kind: artifact.KindRuntime, Name: "ort", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: t0.Add(3 * time.Minute)},
 	} {
 		if err := s.AddReport(ctx, rep); err != nil {
 			t.Fatalf("report %d: %v", i, err)

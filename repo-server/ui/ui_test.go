@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -120,13 +121,13 @@ func newDash(t *testing.T) *dash {
 		if r.WaveOf(dv.id) != 0 {
 			continue
 		}
-		out, cause := policy.OutcomeCommitted, ""
+		out, cause := wire.OutcomeCommitted, ""
 		if failed < 1 || i%2 == 1 {
-			out, cause = policy.OutcomeProbeFailed, "accuracy 0.81 < 0.95"
+			out, cause = wire.OutcomeProbeFailed, "accuracy 0.81 < 0.95"
 			failed++
 		}
-		err := store.AddReport(ctx, policy.Report{DeviceID: dv.id, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
-			Version: "2.0.0", Outcome: out, Cause: cause, Bytes: 4 << 20, Accuracy: 0.97, P99Ms: 3.2, At: start.Add(time.Duration(i+1) * time.Minute)})
+		err := store.AddReport(ctx, wire.Report{DeviceID: dv.id, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
+			Version: "2.0.0", Outcome: out, Cause: cause, Bytes: 4 << 20, Probe: wire.Probe{Accuracy: 0.97, P99Ms: 3.2}, At: start.Add(time.Duration(i+1) * time.Minute)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,212 @@
+// Package wire holds what the device and the server exchange, defined once: check-in
+// requests and answers, the attestation evidence, the server's decision per slot kind and
+// install reports (with the probe's figures). Both sides import it; it has no I/O and no
+// server, policy or CA code, so the agent binary stays small. The device API client is
+// internal/deviceapi.
+//
+// A check-in is authenticated by the device's TPM: the agent asks for a nonce, builds its
+// request (facts, slots, reports), and quotes its PCRs with qualifying data
+// QuoteData(nonce, request) — a hash over the nonce and every field but the evidence. The
+// server recomputes it, so the AK signature covers the whole check-in: a replayed,
+// altered or forged request is rejected. The AK certificate names the device (its
+// permanent identifier, derived from the EK).
+//
+// JSON field names are the wire format: new fields are optional (omitempty) and come
+// after the old ones, so the JSON an older agent quotes is what this package re-encodes.
+package wire
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+// Paths of the device API.
+const (
+	PathNonce   = "/v1/devices/nonce"
+	PathCheckIn = "/v1/devices/checkin"
+	// PathDeviceCA describes the device CA (GET): DeviceCA.
+	PathDeviceCA = "/v1/devices/ca"
+	// PathAttest is where the attestation CA's enrollment protocol is mounted
+	// (POST {PathAttest}/enroll, POST {PathAttest}/activate).
+	PathAttest = "/v1/attest"
+)
+
+// MaxRequestBytes bounds a check-in request (evidence, log and reports included).
+const MaxRequestBytes = 4 << 20
+
+// DeviceCA tells a device where to get its certificate: step-ca's ACME directory for
+// device-attest-01 and the root of its TLS certificate and of device certificates.
+type DeviceCA struct {
+	DirectoryURL string `json:"acme_directory"`
+	RootPEM      string `json:"root_pem"`
+}
+
+// NonceRequest asks for a quote nonce.
+type NonceRequest struct {
+	DeviceID string `json:"device_id"`
+}
+
+// NonceResponse carries a single-use, short-lived nonce.
+type NonceResponse struct {
+	Nonce []byte `json:"nonce"`
+}
+
+// Slot is what a device reports of one slot kind: the committed version.
+type Slot struct {
+	Name    string `json:"name,omitempty"`
+	Version string `json:"version,omitempty"`
+}
+
+// Outcome is the result of one install on a device.
+type Outcome string
+
+const (
+	OutcomeCommitted            Outcome = "committed"
+	OutcomeProbeFailed          Outcome = "probe_failed"
+	OutcomeRolledBack           Outcome = "rolled_back"
+	OutcomeInstallError         Outcome = "install_error"
+	OutcomeAttestationUntrusted Outcome = "attestation_untrusted"
+)
+
+// ParseOutcome checks s.
+func ParseOutcome(s string) (Outcome, error) {
+	switch o := Outcome(s); o {
+	case OutcomeCommitted, OutcomeProbeFailed, OutcomeRolledBack, OutcomeInstallError, OutcomeAttestationUntrusted:
+		return o, nil
+	}
+	return "", fmt.Errorf("unknown outcome %q: want committed, probe_failed, rolled_back, install_error or attestation_untrusted", s)
+}
+
+// Failed reports whether the outcome counts against a wave.
+func (o Outcome) Failed() bool { return o != OutcomeCommitted }
+
+// Probe is what a trial's probe run measured of the version it judged. A zero field
+// means "not measured" (no probe set, or the trial failed before the probe).
+type Probe struct {
+	Accuracy float64 `json:"accuracy,omitempty"`
+	P99Ms    float64 `json:"p99_ms,omitempty"`
+	// PeakRSSMB is the runtime process's peak resident memory during the probe.
+	PeakRSSMB float64 `json:"peak_rss_mb,omitempty"`
+}
+
+// Measured reports whether the probe ran.
+func (p Probe) Measured() bool { return p != Probe{} }
+
+// Report is the result of one install. The agent queues it in its outbox and sends it
+// in a check-in; the server stores it attributed to a rollout.
+type Report struct {
+	// ID is unique per report, so a retried check-in is idempotent.
+	ID      string        `json:"id,omitempty"`
+	Kind    artifact.Kind `json:"kind"`
+	Name    string        `json:"name"`
+	Version string        `json:"version"`
+	Outcome Outcome       `json:"outcome"`
+	// Cause is the detail of a failure, e.g. "accuracy 0.91 < 0.95".
+	Cause string    `json:"cause,omitempty"`
+	At    time.Time `json:"at"`
+	// Bytes downloaded for this install, if known.
+	Bytes int64 `json:"bytes,omitempty"`
+	// Probe holds the trial's figures (accuracy, p99_ms, peak_rss_mb).
+	Probe
+	// DeviceID is the device that reported. The server sets it from the authenticated
+	// check-in, whatever the device wrote.
+	DeviceID string `json:"device_id,omitempty"`
+	// RolloutID is the rollout whose decision caused the install. The server attributes
+	// it itself.
+	RolloutID string `json:"rollout_id,omitempty"`
+}
+
+// Evidence is the TPM's proof at a check-in (what attest/verify checks): the AK
+// certificate, a quote and the measurement log.
+type Evidence struct {
+	// AKCert is the DER AK certificate the attestation CA issued.
+	AKCert []byte `json:"ak_cert"`
+	// AKChain are DER intermediates between AKCert and the CA root.
+	AKChain [][]byte       `json:"ak_chain,omitempty"`
+	Quote   protocol.Quote `json:"quote"`
+	// Log is the measurement log of this boot.
+	Log eventlog.Log `json:"log"`
+}
+
+// CheckInRequest is what a device sends at a check-in.
+type CheckInRequest struct {
+	DeviceID     string                 `json:"device_id"`
+	Labels       map[string]string      `json:"labels,omitempty"` // used when the device is first seen
+	Hardware     string                 `json:"hardware,omitempty"`
+	AgentVersion string                 `json:"agent_version,omitempty"`
+	Slots        map[artifact.Kind]Slot `json:"slots,omitempty"`
+	Attrs        map[string]any         `json:"attrs,omitempty"`
+	Reports      []Report               `json:"reports,omitempty"`
+	Nonce        []byte                 `json:"nonce"`
+	Evidence     Evidence               `json:"evidence"`
+}
+
+// QuoteData is the qualifying data the device's quote must carry for this request:
+// SHA-256 over a domain tag, the nonce and the JSON of every field but the evidence.
+func QuoteData(nonce []byte, r *CheckInRequest) ([]byte, error) {
+	body := *r
+	body.Nonce = nil
+	body.Evidence = Evidence{}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("check-in digest: %w", err)
+	}
+	h := sha256.New()
+	h.Write([]byte("edgeward-checkin-v1\x00"))
+	h.Write(nonce)
+	h.Write([]byte{0})
+	h.Write(b)
+	return h.Sum(nil), nil
+}
+
+// Actions of a SlotDecision.
+const (
+	// ActionInstall: install, trial and commit Target now.
+	ActionInstall = "install"
+	// ActionDownload: Target is wanted but outside the maintenance window.
+	ActionDownload = "download"
+	// ActionHold: keep what is committed.
+	ActionHold = "hold"
+)
+
+// SlotDecision is the server's desired state for one slot kind: the whole decision the
+// device acts on.
+type SlotDecision struct {
+	Kind   artifact.Kind `json:"kind"`
+	Action string        `json:"action"` // ActionInstall, ActionDownload, ActionHold
+	Reason string        `json:"reason"`
+	// Target is the TUF target path to install or download ("" when the action is hold
+	// and nothing is named). The agent installs it only if TUF verifies it.
+	Target  string `json:"target,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Revert is set when the rollout goes back to an older version (abort); the
+	// device's anti-rollback floor may refuse it.
+	Revert bool `json:"revert,omitempty"`
+	// Rollout is the rollout that decided.
+	Rollout string `json:"rollout,omitempty"`
+	// Gates are the rollout's commit gates. The device commits against
+	// artifact.Stricter(signed target gates, Gates): a rollout can tighten what the
+	// publisher signed, never loosen it.
+	Gates  *artifact.Gates `json:"gates,omitempty"`
+	Detail string          `json:"detail,omitempty"`
+}
+
+// CheckInResponse is the server's answer.
+type CheckInResponse struct {
+	DeviceID    string         `json:"device_id"`
+	Trusted     bool           `json:"trusted"`
+	Reasons     []string       `json:"reasons,omitempty"`
+	Quarantined bool           `json:"quarantined,omitempty"`
+	Slots       []SlotDecision `json:"slots"`
+	// ReportsAccepted counts the reports stored (duplicates of stored ones included).
+	ReportsAccepted int `json:"reports_accepted"`
+	// NextCheckIn is when the server would like to hear from the device again.
+	NextCheckIn time.Duration `json:"next_check_in"`
+}
