@@ -16,7 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // MeasurementLog is the agent's measurement log: every artifact load is extended into
@@ -97,7 +97,7 @@ func (m *MeasurementLog) saveLocked() error {
 	if m.log == nil {
 		data = []byte("[]")
 	}
-	if err := rollback.WriteFileAtomic(m.path, data); err != nil {
+	if err := durable.WriteFile(m.path, data, 0o600); err != nil {
 		return fmt.Errorf("measurement log: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
 )
@@ -73,7 +74,7 @@ func Enroll(dir StateDir, root []byte, e Enrollment) error {
 	if err != nil {
 		return err
 	}
-	if err := rollback.WriteFileAtomic(dir.Enrollment(), b); err != nil {
+	if err := durable.WriteFile(dir.Enrollment(), b, 0o600); err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
 	return nil

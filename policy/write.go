@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // RolloutSpec is a rollout as the operator API receives it (`edgeward rollout
@@ -107,38 +107,8 @@ func CreateRollout(dir string, spec RolloutSpec, now time.Time) (string, error) 
 	if _, err := Parse(files...); err != nil {
 		return "", err
 	}
-	if err := writeAtomic(path, buf.Bytes()); err != nil {
+	if err := durable.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		return "", fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
 	return path, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

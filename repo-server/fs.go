@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // FS is the repository's write path. Every write is atomic: temp file in the same
@@ -20,77 +22,28 @@ type FS interface {
 	Rename(oldname, newname string) error
 }
 
-// OSFS is the real file system.
+// OSFS is the real file system: internal/durable, creating missing directories.
 type OSFS struct{}
 
 func (OSFS) WriteFile(name string, data []byte, perm os.FileMode) error {
-	_, err := atomicWrite(name, perm, func(w io.Writer) (int64, error) {
-		n, err := w.Write(data)
-		return int64(n), err
-	})
-	return err
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		return err
+	}
+	return durable.WriteFile(name, data, perm)
 }
 
 func (OSFS) WriteStream(name string, r io.Reader, perm os.FileMode) (int64, error) {
-	return atomicWrite(name, perm, func(w io.Writer) (int64, error) {
-		buf := make([]byte, 1<<20)
-		return io.CopyBuffer(w, r, buf)
-	})
+	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+		return 0, err
+	}
+	return durable.WriteFrom(name, r, perm)
 }
 
 func (OSFS) Rename(oldname, newname string) error {
 	if err := os.MkdirAll(filepath.Dir(newname), 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(oldname, newname); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(newname))
-}
-
-func atomicWrite(name string, perm os.FileMode, fill func(io.Writer) (int64, error)) (n int64, err error) {
-	dir := filepath.Dir(name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp-*")
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if n, err = fill(tmp); err != nil {
-		return n, fmt.Errorf("write %s: %w", name, err)
-	}
-	if err = tmp.Chmod(perm); err != nil {
-		return n, err
-	}
-	if err = tmp.Sync(); err != nil {
-		return n, fmt.Errorf("fsync %s: %w", name, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return n, err
-	}
-	if err = os.Rename(tmp.Name(), name); err != nil {
-		return n, err
-	}
-	return n, syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && err != syscall.EINVAL {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
+	return durable.Rename(oldname, newname)
 }
 
 // lockFile takes an exclusive advisory lock on path (created if missing), so that the

@@ -560,15 +560,13 @@ func (f failingFS) WriteFile(name string, data []byte, perm os.FileMode) error {
 	return f.OSFS.WriteFile(name, data, perm)
 }
 
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
 func (f failingFS) WriteStream(name string, r io.Reader, perm os.FileMode) (int64, error) {
 	if strings.Contains(name, f.match) {
-		return atomicWrite(name, perm, func(w io.Writer) (int64, error) {
-			n, err := io.CopyN(w, r, f.after)
-			if err != nil && err != io.EOF {
-				return n, err
-			}
-			return n, errNoSpace
-		})
+		return f.OSFS.WriteStream(name, io.MultiReader(io.LimitReader(r, f.after), errReader{errNoSpace}), perm)
 	}
 	return f.OSFS.WriteStream(name, r, perm)
 }

@@ -8,23 +8,14 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repo-server/audit"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
 // OpenDB opens (creating if needed) a sqlite database in WAL mode with full
 // synchronous writes and a busy timeout, so that several processes may share it.
 func OpenDB(ctx context.Context, path string) (*sql.DB, error) {
-	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)"
-	db, err := sql.Open("sqlite", dsn)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	return db, nil
+	return durable.OpenSQLite(ctx, path, durable.SQLite{})
 }
 
 // DBPath is the repository's sqlite database (audit log; later the fleet).

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/rollback/crashpoint"
 )
 
@@ -395,7 +396,7 @@ func (m *Manager) clearSlot(kind artifact.Kind, slot Slot) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("clear %s slot %s: %w", kind, slot, err)
 	}
-	return SyncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // Pointer is the content of slots/<kind>/current, read by whatever serves the kind.
@@ -414,7 +415,7 @@ func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(m.cfg.Dir, "slots", string(kind), "current"), b)
+	return durable.WriteFile(filepath.Join(m.cfg.Dir, "slots", string(kind), "current"), b, 0o600)
 }
 
 // CheckInvariant returns an error unless, for every kind, the active slot holds the
@@ -513,45 +514,6 @@ func verifyFile(path string, t Target) error {
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != t.SHA256 {
 		return fmt.Errorf("verify %s: sha256 %s, want %s", t.Path, got, t.SHA256)
-	}
-	return nil
-}
-
-// WriteFileAtomic replaces path with data: a temporary file in the same directory is
-// written, synced and renamed over path, then the directory is synced.
-func WriteFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir fsyncs a directory, making renames and removals in it durable.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
 }

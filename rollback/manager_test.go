@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // blobs is a Fetcher serving targets from memory, written like the real downloader
@@ -50,7 +51,7 @@ func (b *blobs) Fetch(ctx context.Context, t Target, path string) error {
 	if b.fail != nil {
 		return b.fail
 	}
-	return WriteFileAtomic(path, b.data[t.Path])
+	return durable.WriteFile(path, b.data[t.Path], 0o600)
 }
 
 // tpm stands in for the TPM NV counters: it survives deleting the agent's state.

@@ -8,10 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // FloorStore holds the anti-rollback floor of each slot kind. Implementations never lower
@@ -35,15 +34,10 @@ type DB struct {
 // OpenDB opens (creating if needed) the sqlite database at path in WAL mode with
 // synchronous=FULL, so a transition is durable when its transaction commits.
 func OpenDB(ctx context.Context, path string) (*DB, error) {
-	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)"} {
-		q.Add("_pragma", p)
-	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1})
 	if err != nil {
-		return nil, fmt.Errorf("open state db %s: %w", path, err)
+		return nil, fmt.Errorf("open state db: %w", err)
 	}
-	db.SetMaxOpenConns(1)
 	const schema = `
 CREATE TABLE IF NOT EXISTS slot_state (kind TEXT PRIMARY KEY, seq INTEGER NOT NULL, state TEXT NOT NULL, sum TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS transitions (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -52,11 +46,6 @@ CREATE TABLE IF NOT EXISTS floors (kind TEXT PRIMARY KEY, floor INTEGER NOT NULL
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create schema in %s: %w", path, err)
-	}
-	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
-		db.Close()
-		return nil, fmt.Errorf("state db %s: journal mode %q, want wal: %v", path, mode, err)
 	}
 	return &DB{db: db}, nil
 }

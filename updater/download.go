@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/rollback/crashpoint"
 )
@@ -194,7 +195,7 @@ func (d *Downloader) Download(ctx context.Context, url string, want Want, dst st
 func removePart(dst string) {
 	os.Remove(dst + ".part")
 	os.Remove(dst + ".part.state")
-	_ = rollback.SyncDir(filepath.Dir(dst))
+	_ = durable.SyncDir(filepath.Dir(dst))
 }
 
 // partState is the durable checkpoint of a partial download.
@@ -307,7 +308,7 @@ func (p *part) checkpoint(want Want) error {
 	if err != nil {
 		return err
 	}
-	return rollback.WriteFileAtomic(strings.TrimSuffix(p.path, ".part")+".part.state", b)
+	return durable.WriteFile(strings.TrimSuffix(p.path, ".part")+".part.state", b, 0o600)
 }
 
 func (d *Downloader) once(ctx context.Context, url string, want Want, dst string) (err error) {
@@ -360,7 +361,7 @@ func (d *Downloader) once(ctx context.Context, url string, want Want, dst string
 		return perm(err)
 	}
 	os.Remove(dst + ".part.state")
-	if err := rollback.SyncDir(filepath.Dir(dst)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(dst)); err != nil {
 		return perm(err)
 	}
 	return nil

@@ -8,10 +8,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // Outbox stores reports until the server acknowledges them (store-and-forward): a report
@@ -43,15 +42,10 @@ const MaxMessageBytes = 64 << 10
 // OpenOutbox opens (creating if needed) the outbox database at path (sqlite, WAL,
 // synchronous=FULL).
 func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
-	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)"} {
-		q.Add("_pragma", p)
-	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1})
 	if err != nil {
-		return nil, fmt.Errorf("open outbox %s: %w", path, err)
+		return nil, fmt.Errorf("open outbox: %w", err)
 	}
-	db.SetMaxOpenConns(1)
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL);

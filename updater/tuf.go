@@ -23,6 +23,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/rollback"
 )
 
@@ -36,7 +37,7 @@ func PinRoot(dir string, root []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pin root: %w", err)
 	}
-	if err := rollback.WriteFileAtomic(filepath.Join(dir, RootFile), root); err != nil {
+	if err := durable.WriteFile(filepath.Join(dir, RootFile), root, 0o600); err != nil {
 		return fmt.Errorf("pin root: %w", err)
 	}
 	return nil
@@ -173,7 +174,7 @@ func (c *TUF) persist() error {
 			return fmt.Errorf("tuf: sync %s: %w", e.Name(), err)
 		}
 	}
-	if err := rollback.SyncDir(c.cfg.MetadataDir); err != nil {
+	if err := durable.SyncDir(c.cfg.MetadataDir); err != nil {
 		return err
 	}
 	if c.cfg.RootBackup == "" {
@@ -186,7 +187,7 @@ func (c *TUF) persist() error {
 	if old, err := os.ReadFile(c.cfg.RootBackup); err == nil && string(old) == string(root) {
 		return nil
 	}
-	return rollback.WriteFileAtomic(c.cfg.RootBackup, root)
+	return durable.WriteFile(c.cfg.RootBackup, root, 0o600)
 }
 
 // readRoot reads the trusted root, falling back to RootBackup when root.json is missing
@@ -203,7 +204,7 @@ func readRoot(cfg TUFConfig) ([]byte, error) {
 	if cfg.RootBackup != "" {
 		if b, berr := os.ReadFile(cfg.RootBackup); berr == nil {
 			if _, perr := metadata.Root().FromBytes(b); perr == nil {
-				if werr := rollback.WriteFileAtomic(filepath.Join(cfg.MetadataDir, RootFile), b); werr != nil {
+				if werr := durable.WriteFile(filepath.Join(cfg.MetadataDir, RootFile), b, 0o600); werr != nil {
 					return nil, fmt.Errorf("tuf: restore trusted root: %w", werr)
 				}
 				return b, nil

@@ -19,11 +19,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // Errors a caller decides on. Every error the store returns for these cases matches
@@ -53,18 +52,12 @@ type Store struct {
 
 // Open opens (creating if needed) the store at path and brings its schema up to date.
 func Open(ctx context.Context, path string) (*Store, error) {
-	q := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
-		q.Add("_pragma", p)
-	}
-	q.Set("_txlock", "immediate")
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
-	if err != nil {
-		return nil, fmt.Errorf("fleet store %s: %w", path, err)
-	}
 	// One connection: sqlite serialises writers anyway, and a single connection
 	// never sees SQLITE_BUSY. Reads are short.
-	db.SetMaxOpenConns(1)
+	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1, ImmediateTx: true})
+	if err != nil {
+		return nil, fmt.Errorf("fleet store: %w", err)
+	}
 	s := &Store{db: db}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()

@@ -1,0 +1,93 @@
+// Package durable holds the two ways Edgeward makes data survive a crash: atomic file
+// replacement (temporary file, fsync, rename, directory fsync) and sqlite databases
+// opened in WAL mode with synchronous=FULL. Server and agent both use it; it imports
+// nothing of Edgeward's.
+package durable
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+)
+
+// WriteFile atomically replaces path with data. The data goes to a temporary file in
+// the same directory, which is given mode perm, fsynced, renamed over path, and then
+// the directory is fsynced. A reader (or a process restarted after a crash) therefore
+// sees the old file or the new one, never a part of either. The directory must exist.
+func WriteFile(path string, data []byte, perm os.FileMode) error {
+	_, err := write(path, perm, func(w io.Writer) (int64, error) {
+		n, err := w.Write(data)
+		return int64(n), err
+	})
+	return err
+}
+
+// WriteFrom is WriteFile with the content read from r; it returns the bytes written.
+// If r fails, path is left as it was.
+func WriteFrom(path string, r io.Reader, perm os.FileMode) (int64, error) {
+	return write(path, perm, func(w io.Writer) (int64, error) {
+		return io.CopyBuffer(w, r, make([]byte, 1<<20))
+	})
+}
+
+// Rename moves oldpath to newpath and fsyncs newpath's directory (and oldpath's, when
+// it is another one), so the move survives a crash.
+func Rename(oldpath, newpath string) error {
+	if err := os.Rename(oldpath, newpath); err != nil {
+		return err // *LinkError names both paths
+	}
+	if err := SyncDir(filepath.Dir(newpath)); err != nil {
+		return err
+	}
+	if filepath.Dir(oldpath) != filepath.Dir(newpath) {
+		return SyncDir(filepath.Dir(oldpath))
+	}
+	return nil
+}
+
+func write(path string, perm os.FileMode, fill func(io.Writer) (int64, error)) (n int64, err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return 0, fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if n, err = fill(tmp); err != nil {
+		return n, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = tmp.Chmod(perm); err != nil {
+		return n, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = tmp.Sync(); err != nil {
+		return n, fmt.Errorf("fsync %s: %w", path, err)
+	}
+	if err = tmp.Close(); err != nil {
+		return n, fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = os.Rename(tmp.Name(), path); err != nil {
+		return n, fmt.Errorf("write %s: %w", path, err)
+	}
+	return n, SyncDir(dir)
+}
+
+// SyncDir fsyncs a directory, making renames, creations and removals in it durable.
+// File systems that cannot fsync a directory (EINVAL) are accepted.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
