@@ -147,6 +147,9 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 			return nil, fmt.Errorf("open the TPM holding the floors (%s): %w", e.TPM, err)
 		}
 		st.ownTPM = true
+		if l := st.TPM.Leftovers(); l.Objects+l.Sessions > 0 {
+			cfg.Logger.Warn("flushed TPM objects and sessions a previous process left loaded", "tpm", e.TPM, "objects", l.Objects, "sessions", l.Sessions)
+		}
 	}
 	rc := rollback.Config{Dir: string(cfg.Dir), Fetch: st.TUF.SlotFetcher(), Now: cfg.Now, Logger: cfg.Logger}
 	if st.TPM != nil {

@@ -53,39 +53,22 @@ type AK struct {
 // derived from a fixed template, so it is the same key after every boot until
 // the owner hierarchy is cleared; nothing needs storing on disk.
 func (t *TPM) AK(ctx context.Context) (*AK, error) {
-	o, err := t.akObject(ctx)
+	var public tpm2.TPMTPublic
+	err := t.do(ctx, func(tp transport.TPM) error {
+		if err := t.loadLocked(tp, t.ak); err != nil {
+			return err
+		}
+		public = t.ak.public
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	pub, err := tpm2.Pub(o.public)
+	pub, err := tpm2.Pub(public)
 	if err != nil {
 		return nil, fmt.Errorf("attest: AK public: %w", err)
 	}
-	return &AK{Public: pub, TPMPublic: tpm2.Marshal(o.public)}, nil
-}
-
-func (t *TPM) akObject(ctx context.Context) (*object, error) {
-	var o *object
-	err := t.do(ctx, func(tp transport.TPM) error {
-		if o = t.ak; o != nil {
-			return nil
-		}
-		rsp, err := tpm2.CreatePrimary{
-			PrimaryHandle: tpm2.TPMRHOwner,
-			InPublic:      tpm2.New2B(akTemplate),
-		}.Execute(tp)
-		if err != nil {
-			return fmt.Errorf("attest: create AK: %w", err)
-		}
-		pub, err := rsp.OutPublic.Contents()
-		if err != nil {
-			return fmt.Errorf("attest: AK public: %w", err)
-		}
-		o = &object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub}
-		t.ak = o
-		return nil
-	})
-	return o, err
+	return &AK{Public: pub, TPMPublic: tpm2.Marshal(public)}, nil
 }
 
 // ActivateCredential recovers the secret the attestation CA encrypted to the
@@ -93,12 +76,9 @@ func (t *TPM) akObject(ctx context.Context) (*object, error) {
 // if the AK is loaded in the TPM that holds the EK: this is the proof the CA
 // relies on before it certifies the AK.
 func (t *TPM) ActivateCredential(ctx context.Context, alg KeyAlg, credentialBlob, encryptedSecret []byte) ([]byte, error) {
-	ak, err := t.akObject(ctx)
-	if err != nil {
-		return nil, err
-	}
+	ak := t.ak
 	var secret []byte
-	err = t.withEK(ctx, alg, func(tp transport.TPM, ek *object) error {
+	err := t.withEK(ctx, alg, []*object{ak}, func(tp transport.TPM, ek *object) error {
 		rsp, err := tpm2.ActivateCredential{
 			ActivateHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
 			KeyHandle: tpm2.AuthHandle{
@@ -137,13 +117,13 @@ func (t *TPM) Quote(ctx context.Context, nonce []byte, pcrs []int) (*Quote, erro
 			return nil, fmt.Errorf("attest: quote: PCR %d out of range", p)
 		}
 	}
-	ak, err := t.akObject(ctx)
-	if err != nil {
-		return nil, err
-	}
+	ak := t.ak
 	sel := pcrSelection(pcrs)
 	q := &Quote{PCRs: map[int][]byte{}}
-	err = t.do(ctx, func(tp transport.TPM) error {
+	err := t.do(ctx, func(tp transport.TPM) error {
+		if err := t.loadLocked(tp, ak); err != nil {
+			return err
+		}
 		vals, err := readPCRs(tp, pcrs)
 		if err != nil {
 			return err

@@ -77,7 +77,7 @@ type EK struct {
 // EK the TPM derives is.
 func (t *TPM) EK(ctx context.Context, alg KeyAlg) (*EK, error) {
 	var o *object
-	if err := t.withEK(ctx, alg, func(_ transport.TPM, ek *object) error { o = ek; return nil }); err != nil {
+	if err := t.withEK(ctx, alg, nil, func(_ transport.TPM, ek *object) error { o = ek; return nil }); err != nil {
 		return nil, err
 	}
 	pub, err := tpm2.Pub(o.public)
@@ -168,23 +168,22 @@ func (t *TPM) ReadNV(ctx context.Context, index tpm2.TPMHandle) ([]byte, error) 
 }
 
 // withEK creates the EK as a transient primary key under the endorsement
-// hierarchy with the TCG default template, runs f, and flushes it: TPMs have
-// few transient object slots (the reference simulator has three), so only the
-// AK stays loaded.
-func (t *TPM) withEK(ctx context.Context, alg KeyAlg, f func(tp transport.TPM, ek *object) error) error {
+// hierarchy with the TCG default template, loads also (objects f uses with
+// it), runs f, and flushes the EK: TPMs have few transient object slots (the
+// reference simulator has three), so only the AK and device keys stay
+// loaded.
+func (t *TPM) withEK(ctx context.Context, alg KeyAlg, also []*object, f func(tp transport.TPM, ek *object) error) error {
 	return t.do(ctx, func(tp transport.TPM) error {
-		rsp, err := tpm2.CreatePrimary{
-			PrimaryHandle: tpm2.TPMRHEndorsement,
-			InPublic:      tpm2.New2B(alg.template()),
-		}.Execute(tp)
-		if err != nil {
-			return fmt.Errorf("attest: create %s EK: %w", alg, err)
+		for i, o := range also {
+			if err := t.loadLocked(tp, o, also[:i]...); err != nil {
+				return err
+			}
 		}
-		defer tpm2.FlushContext{FlushHandle: rsp.ObjectHandle}.Execute(tp)
-		pub, err := rsp.OutPublic.Contents()
-		if err != nil {
-			return fmt.Errorf("attest: %s EK public: %w", alg, err)
+		ek := &object{what: alg.String() + " EK", hierarchy: tpm2.TPMRHEndorsement, template: alg.template()}
+		if err := t.loadLocked(tp, ek, also...); err != nil {
+			return err
 		}
-		return f(tp, &object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub})
+		defer t.unloadLocked(tp, ek)
+		return f(tp, ek)
 	})
 }

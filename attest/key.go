@@ -23,12 +23,13 @@ import (
 // A Key is a primary key derived from the owner seed and its label:
 // CreateKey with the same label returns the same key after a reboot, so the
 // agent stores only the (non-secret) label. It is valid until Close or until
-// the TPM is closed.
+// the TPM is closed. While it is open the TPM may flush it to make room
+// (see MaxLoaded) and re-creates it at its next use.
 type Key struct {
 	t      *TPM
-	obj    object
+	obj    *object
 	pub    *ecdsa.PublicKey
-	closed bool
+	closed bool // guarded by t.mu
 }
 
 // CreateKey creates (or re-creates, for the same label) a TPM-resident signing
@@ -58,22 +59,8 @@ func (t *TPM) CreateKey(ctx context.Context, label []byte) (*Key, error) {
 			Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
 		}),
 	}
-	k := &Key{t: t}
-	err := t.do(ctx, func(tp transport.TPM) error {
-		rsp, err := tpm2.CreatePrimary{
-			PrimaryHandle: tpm2.TPMRHOwner,
-			InPublic:      tpm2.New2B(tmpl),
-		}.Execute(tp)
-		if err != nil {
-			return fmt.Errorf("attest: create signing key: %w", err)
-		}
-		pub, err := rsp.OutPublic.Contents()
-		if err != nil {
-			return fmt.Errorf("attest: signing key public: %w", err)
-		}
-		k.obj = object{handle: rsp.ObjectHandle, name: rsp.Name, public: *pub}
-		return nil
-	})
+	k := &Key{t: t, obj: &object{what: "signing key", hierarchy: tpm2.TPMRHOwner, template: tmpl}}
+	err := t.do(ctx, func(tp transport.TPM) error { return t.loadLocked(tp, k.obj) })
 	if err != nil {
 		return nil, err
 	}
@@ -101,8 +88,7 @@ func (k *Key) Close() error {
 			return nil
 		}
 		k.closed = true
-		_, err := tpm2.FlushContext{FlushHandle: k.obj.handle}.Execute(tp)
-		return err
+		return k.t.unloadLocked(tp, k.obj)
 	})
 }
 
@@ -125,6 +111,9 @@ func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.Signer
 	err := k.t.do(ctx, func(tp transport.TPM) error {
 		if k.closed {
 			return errors.New("attest: key is closed")
+		}
+		if err := k.t.loadLocked(tp, k.obj); err != nil {
+			return err
 		}
 		rsp, err := tpm2.Sign{
 			KeyHandle: tpm2.AuthHandle{Handle: k.obj.handle, Name: k.obj.name, Auth: tpm2.PasswordAuth(nil)},
@@ -172,14 +161,17 @@ type Certification struct {
 // up in the signed certifyInfo; for ACME device-attest-01 it is
 // SHA-256(keyAuthorization), which binds the statement to one challenge.
 func (k *Key) Certify(ctx context.Context, qualifyingData []byte) (*Certification, error) {
-	ak, err := k.t.akObject(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var c *Certification
-	err = k.t.do(ctx, func(tp transport.TPM) error {
+	err := k.t.do(ctx, func(tp transport.TPM) error {
 		if k.closed {
 			return errors.New("attest: key is closed")
+		}
+		ak := k.t.ak
+		if err := k.t.loadLocked(tp, k.obj); err != nil {
+			return err
+		}
+		if err := k.t.loadLocked(tp, ak, k.obj); err != nil {
+			return err
 		}
 		rsp, err := tpm2.Certify{
 			ObjectHandle:   tpm2.AuthHandle{Handle: k.obj.handle, Name: k.obj.name, Auth: tpm2.PasswordAuth(nil)},

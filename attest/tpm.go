@@ -29,15 +29,13 @@ type TPM struct {
 	t   Transport
 	url string
 
-	// The AK, created on first use and flushed by Close.
-	ak     *object
-	closed bool
-}
-
-type object struct {
-	handle tpm2.TPMHandle
-	name   tpm2.TPM2BName
-	public tpm2.TPMTPublic
+	// Guarded by mu. ak is the AK, loaded on first use; loaded lists the
+	// objects loaded now (at most MaxLoaded), all flushed by Close.
+	ak        *object
+	loaded    []*object
+	useTick   uint64
+	leftovers Leftovers
+	closed    bool
 }
 
 // Open opens the TPM named by url:
@@ -55,21 +53,41 @@ type object struct {
 //     (CMD_INIT) only to power on a TPM that is off. TPM2_Startup(CLEAR)
 //     is sent; a TPM that was already started keeps its state and PCRs, so
 //     reopening (an agent restart) is not a reboot.
+//
+// Open first flushes every transient object and session the TPM holds (see
+// Leftovers): a process killed before Close leaves its objects loaded, and
+// two such kills used to fill the TPM's object slots for good.
 func Open(ctx context.Context, url string) (*TPM, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	t, err := openTransport(url)
+	tr, err := openTransport(url)
 	if err != nil {
 		return nil, err
 	}
-	return New(t, url), nil
+	left, err := flushLeftovers(tr)
+	if err != nil {
+		tr.Close()
+		return nil, fmt.Errorf("attest: %s: flush what a previous process left: %w", url, err)
+	}
+	t := New(tr, url)
+	t.leftovers = left
+	return t, nil
 }
 
 // New wraps an already open transport. The TPM must be started (TPM2_Startup
-// sent). Close closes the transport.
+// sent). Unlike Open, New flushes nothing: the caller may own objects in
+// it. Close closes the transport.
 func New(t Transport, name string) *TPM {
-	return &TPM{t: t, url: name}
+	return &TPM{t: t, url: name, ak: &object{what: "AK", hierarchy: tpm2.TPMRHOwner, template: akTemplate}}
+}
+
+// Leftovers reports what Open found and flushed: transient objects and
+// sessions of a process that did not close the TPM.
+func (t *TPM) Leftovers() Leftovers {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.leftovers
 }
 
 func openTransport(u string) (Transport, error) {
@@ -101,19 +119,14 @@ func (t *TPM) URL() string { return t.url }
 func (t *TPM) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var errs []error
-	flush := func(o *object) {
-		if o != nil {
-			if _, err := (tpm2.FlushContext{FlushHandle: o.handle}).Execute(t.t); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
 	if t.closed {
 		return nil
 	}
-	flush(t.ak)
-	t.ak, t.closed = nil, true
+	var errs []error
+	for len(t.loaded) > 0 {
+		errs = append(errs, t.unloadLocked(t.t, t.loaded[0]))
+	}
+	t.closed = true
 	errs = append(errs, t.t.Close())
 	return errors.Join(errs...)
 }
