@@ -249,10 +249,6 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	if err := d.cfg.Nonces.Consume(req.DeviceID, req.Nonce); err != nil {
-		reject(http.StatusUnauthorized, "nonce: "+err.Error(), nil)
-		return
-	}
 	cat, err := d.catalog(ctx)
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
@@ -272,12 +268,18 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		}
 		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: ti.SHA256})
 	}
-	v := verify.Verify(verify.Policy{
+	// Check verifies the quote's signature over bound before it consumes the nonce, so
+	// a forged or altered check-in does not burn the device's nonce.
+	v := verify.Check(d.cfg.Nonces, req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
-	}, verify.Evidence{AKCert: req.Evidence.AKCert, AKChain: req.Evidence.AKChain, Quote: req.Evidence.Quote, Log: req.Evidence.Log}, bound, now)
+	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
-		if authCodes[reason.Code] {
+		switch {
+		case authCodes[reason.Code]:
 			reject(http.StatusForbidden, "evidence rejected: "+reason.String(), v.Reasons)
+			return
+		case reason.Code == verify.NonceUnknownOrReused || reason.Code == verify.NonceExpired:
+			reject(http.StatusUnauthorized, "nonce: "+reason.String(), v.Reasons)
 			return
 		}
 	}

@@ -330,3 +330,37 @@ func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
 		t.Fatalf("audit records of rejected enrollments = %+v; want one naming the EK certificate", recs)
 	}
 }
+
+// TestRejectedCheckInKeepsTheNonce: a check-in whose quote signature does not verify,
+// or whose body is not what the device quoted, is rejected before its nonce is
+// consumed (verify.Check's contract), so the device's genuine check-in with that nonce
+// still succeeds; after it, the nonce is spent.
+func TestRejectedCheckInKeepsTheNonce(t *testing.T) {
+	_, d := newDeviceFixture(t)
+	req := d.request()
+	badSig := *req
+	badSig.Evidence.Quote.Signature = bytes.Clone(req.Evidence.Quote.Signature)
+	badSig.Evidence.Quote.Signature[len(badSig.Evidence.Quote.Signature)-1] ^= 0xff
+	altered := *req
+	altered.Hardware = "aarch64"
+	for _, tt := range []struct {
+		name   string
+		req    *wire.CheckInRequest
+		status int
+		want   string
+	}{
+		{"bad signature", &badSig, http.StatusForbidden, "signature_invalid"},
+		{"body altered after quoting", &altered, http.StatusForbidden, "nonce_mismatch"},
+		{"genuine, same nonce", req, http.StatusOK, ""},
+		{"genuine, replayed", req, http.StatusUnauthorized, "nonce_unknown_or_reused"},
+	} {
+		resp, err := d.checkIn(tt.req)
+		var apiErr *deviceapi.Error
+		switch {
+		case tt.status == http.StatusOK && (err != nil || !resp.Trusted):
+			t.Fatalf("%s: check-in = %+v, %v; want trusted", tt.name, resp, err)
+		case tt.status != http.StatusOK && (!errors.As(err, &apiErr) || apiErr.Status != tt.status || !strings.Contains(apiErr.Message, tt.want)):
+			t.Fatalf("%s: check-in = %v; want %d mentioning %q", tt.name, err, tt.status, tt.want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"go.step.sm/crypto/x509util"
 
 	"github.com/edgeward/edgeward/attest"
@@ -199,7 +200,12 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 			return
 		}
 		id := identity(r)
-		v := verify.Check(nonces, id, verify.Policy{Roots: aca.Roots(), PermanentIdentifier: id, Expected: expected}, ev, time.Now())
+		// This protocol quotes the nonce itself: the nonce to consume is what was quoted.
+		var nonce []byte
+		if att, err := tpm2.Unmarshal[tpm2.TPMSAttest](ev.Quote.Attest); err == nil {
+			nonce = att.ExtraData.Buffer
+		}
+		v := verify.Check(nonces, id, nonce, nil, verify.Policy{Roots: aca.Roots(), PermanentIdentifier: id, Expected: expected}, ev, time.Now())
 		json.NewEncoder(w).Encode(v)
 	})
 	srv := httptest.NewUnstartedServer(mux)

@@ -362,21 +362,23 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 }
 
 // Check is Verify plus nonce freshness: the quote's qualifying data must be
-// the nonce outstanding for device in n, which Check then consumes. The
-// signature is checked before the nonce is consumed, so forged evidence
-// cannot burn a device's nonce; a replayed genuine quote fails with
-// NonceUnknownOrReused.
-func Check(n *Nonces, device string, p Policy, ev Evidence, now time.Time) Verdict {
-	var extra []byte
-	if att, err := tpm2.Unmarshal[tpm2.TPMSAttest](ev.Quote.Attest); err == nil {
-		extra = att.ExtraData.Buffer
+// qualifying, and nonce must be outstanding for device in n, which Check then
+// consumes. qualifying is what the device quoted for this nonce: the nonce itself
+// (nil qualifying) or a digest binding it to more (the device API quotes
+// wire.QuoteData(nonce, request)).
+//
+// The AK certificate, the identity, the signature and the qualifying data are checked
+// before the nonce is consumed, so forged or altered evidence cannot burn a device's
+// nonce; a replayed genuine quote fails with NonceUnknownOrReused.
+func Check(n *Nonces, device string, nonce, qualifying []byte, p Policy, ev Evidence, now time.Time) Verdict {
+	if qualifying == nil {
+		qualifying = nonce
 	}
-	v := Verify(p, ev, extra, now)
-	if len(v.Reasons) > 0 && (v.Reasons[0].Code == AKCertInvalid || v.Reasons[0].Code == SignatureInvalid ||
-		v.Reasons[0].Code == IdentityMismatch || v.Reasons[0].Code == QuoteMalformed) {
+	v := Verify(p, ev, qualifying, now)
+	if len(v.Reasons) > 0 && unauthenticated(v.Reasons[0].Code) {
 		return v
 	}
-	switch err := n.Consume(device, extra); {
+	switch err := n.Consume(device, nonce); {
 	case errors.Is(err, ErrNonceExpired):
 		v.add(NonceExpired, "nonce was issued more than the TTL ago")
 	case err != nil:
@@ -384,4 +386,14 @@ func Check(n *Nonces, device string, p Policy, ev Evidence, now time.Time) Verdi
 	}
 	v.Trusted = len(v.Reasons) == 0
 	return v
+}
+
+// unauthenticated reports whether Verify stopped at c: the evidence is not the
+// device's own (or not over this nonce), so it must not consume the device's nonce.
+func unauthenticated(c Code) bool {
+	switch c {
+	case AKCertInvalid, SignatureInvalid, IdentityMismatch, QuoteMalformed, NonceMismatch:
+		return true
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package verify_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"net/http/httptest"
 	"slices"
@@ -227,34 +228,46 @@ func TestCheckNonces(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := d.evidence(t, n1)
-	if v := verify.Check(nonces, dev, policy, ev, now); !v.Trusted {
+	if v := verify.Check(nonces, dev, n1, nil, policy, ev, now); !v.Trusted {
 		t.Fatalf("Check(fresh) = %v; want trusted", v.Reasons)
 	}
 	// Replay of the same (genuine) quote.
-	if v := verify.Check(nonces, dev, policy, ev, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceUnknownOrReused}) {
+	if v := verify.Check(nonces, dev, n1, nil, policy, ev, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceUnknownOrReused}) {
 		t.Errorf("Check(replayed) = %v; want nonce_unknown_or_reused", v.Reasons)
 	}
 	// A nonce issued to another device.
 	n2, _ := nonces.Issue("device-2")
-	if v := verify.Check(nonces, dev, policy, d.evidence(t, n2), now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceUnknownOrReused}) {
+	if v := verify.Check(nonces, dev, n2, nil, policy, d.evidence(t, n2), now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceUnknownOrReused}) {
 		t.Errorf("Check(other device's nonce) = %v; want nonce_unknown_or_reused", v.Reasons)
 	}
 	// A stale nonce.
 	n3, _ := nonces.Issue(dev)
 	ev3 := d.evidence(t, n3)
 	now = now.Add(2 * time.Minute)
-	if v := verify.Check(nonces, dev, policy, ev3, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceExpired}) {
+	if v := verify.Check(nonces, dev, n3, nil, policy, ev3, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceExpired}) {
 		t.Errorf("Check(stale) = %v; want nonce_expired", v.Reasons)
 	}
 	// Forged evidence does not burn the device's outstanding nonce.
 	n4, _ := nonces.Issue(dev)
 	bad := d.evidence(t, n4)
 	bad.Quote.Signature = []byte{1}
-	if v := verify.Check(nonces, dev, policy, bad, now); v.Trusted {
+	if v := verify.Check(nonces, dev, n4, nil, policy, bad, now); v.Trusted {
 		t.Errorf("Check(forged) trusted")
 	}
-	if v := verify.Check(nonces, dev, policy, d.evidence(t, n4), now); !v.Trusted {
+	if v := verify.Check(nonces, dev, n4, nil, policy, d.evidence(t, n4), now); !v.Trusted {
 		t.Errorf("Check(genuine after forged) = %v; want trusted", v.Reasons)
+	}
+	// A quote over a digest binding the nonce to a request (as the device API's): an
+	// altered request (another digest) is rejected without burning the nonce.
+	n7, _ := nonces.Issue(dev)
+	bound := sha256.Sum256(append([]byte("request\x00"), n7...))
+	altered := sha256.Sum256(append([]byte("altered\x00"), n7...))
+	evb := d.evidence(t, bound[:])
+	if v := verify.Check(nonces, dev, n7, altered[:], policy, evb, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.NonceMismatch}) {
+		t.Errorf("Check(altered request) = %v; want nonce_mismatch", v.Reasons)
+	}
+	if v := verify.Check(nonces, dev, n7, bound[:], policy, evb, now); !v.Trusted {
+		t.Errorf("Check(bound, after an altered request) = %v; want trusted", v.Reasons)
 	}
 	// A file changed on disk shows up at its next load: PCR extended
 	// with the new digest, server still expects the committed one.
@@ -262,7 +275,7 @@ func TestCheckNonces(t *testing.T) {
 	changed := modelV3
 	changed.SHA256 = strings.Repeat("e", 64)
 	d.measure(t, changed)
-	if v := verify.Check(nonces, dev, policy, d.evidence(t, n5), now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.ArtifactMismatch}) {
+	if v := verify.Check(nonces, dev, n5, nil, policy, d.evidence(t, n5), now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.ArtifactMismatch}) {
 		t.Errorf("Check(modified model) = %v; want artifact_mismatch", v.Reasons)
 	}
 	// An extend the log does not record.
@@ -270,7 +283,7 @@ func TestCheckNonces(t *testing.T) {
 	if _, err := d.tpm.Measure(context.Background(), modelV2); err != nil {
 		t.Fatal(err)
 	}
-	if v := verify.Check(nonces, dev, policy, d.evidence(t, n6), now); v.Trusted || !slices.Contains(codes(v), verify.LogReplayMismatch) {
+	if v := verify.Check(nonces, dev, n6, nil, policy, d.evidence(t, n6), now); v.Trusted || !slices.Contains(codes(v), verify.LogReplayMismatch) {
 		t.Errorf("Check(unlogged extend) = %v; want log_replay_mismatch", v.Reasons)
 	}
 }

@@ -242,7 +242,7 @@ func benchCheckIn(ctx context.Context, cfg *config) (*CheckInResult, error) {
 		storeF := func(i int) error { return store(now, qs.ids[i], trusted) }
 		checkF := func(s *quoteSet) func(i int) error {
 			return func(i int) error {
-				v := verify.Check(nonces, s.ids[i], s.policy, s.ev[i], time.Now())
+				v := verify.Check(nonces, s.ids[i], s.nonces[i], nil, s.policy, s.ev[i], time.Now())
 				if !v.Trusted {
 					return fmt.Errorf("check-in %d not trusted: %+v", i, v.Reasons)
 				}
