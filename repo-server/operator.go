@@ -103,6 +103,7 @@ func (o *operatorAPI) endpoints() []endpoint {
 		{"POST /v1/publish", fleet.ActionPublish, o.publish},
 		{"GET /v1/repository", fleet.ActionFleetRead, o.status},
 		{"GET /v1/audit/export", fleet.ActionAuditExport, o.auditExport},
+		{"GET /v1/audit/prove", fleet.ActionAuditExport, o.auditProve},
 		{"GET /v1/policy", fleet.ActionFleetRead, o.policyStatus},
 		{"GET /v1/kpis", fleet.ActionFleetRead, o.kpis},
 		{"GET /v1/rollouts", fleet.ActionFleetRead, o.rolloutList},

@@ -162,6 +162,7 @@ func routeCases() []routeCase {
 		{"POST /v1/publish", "POST", "/v1/publish?kind=firmware&name=x&version=1.0.0", "", "r"},
 		{"GET /v1/repository", "GET", "/v1/repository", "", "sra"},
 		{"GET /v1/audit/export", "GET", "/v1/audit/export", "", "sa"},
+		{"GET /v1/audit/prove", "GET", "/v1/audit/prove?seq=1", "", "sa"},
 		{"GET /v1/policy", "GET", "/v1/policy", "", "sra"},
 		{"GET /v1/kpis", "GET", "/v1/kpis", "", "sra"},
 		{"GET /v1/rollouts", "GET", "/v1/rollouts", "", "sra"},
@@ -413,7 +414,7 @@ func TestOperatorRollouts(t *testing.T) {
 	}
 	l, db, _ := o.repo.OpenAudit(ctx)
 	defer db.Close()
-	if _, err := audit.Verify(strings.NewReader(body), l.PublicKey()); err != nil {
+	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 

@@ -122,7 +122,7 @@ func TestOperatorAPI(t *testing.T) {
 	}
 	l, db, _ := f.repo.OpenAudit(ctx)
 	defer db.Close()
-	if _, err := audit.Verify(strings.NewReader(body), l.PublicKey()); err != nil {
+	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify exported audit log: %v", err)
 	}
 }

@@ -819,7 +819,7 @@ func TestEventsRecorded(t *testing.T) {
 	if err := l.Export(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := audit.Verify(&buf, l.PublicKey()); err != nil {
+	if _, err := audit.Verify(&buf, audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify the repository's audit export: %v", err)
 	}
 }

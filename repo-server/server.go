@@ -99,6 +99,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.mux.Handle("GET /targets/{path...}", s.count("targets", http.HandlerFunc(s.serveTarget)))
 	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	s.mountAuditAPI()
 	return s, nil
 }
 

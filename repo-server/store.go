@@ -42,6 +42,10 @@ func (r *Repo) AuditKey() (ed25519.PrivateKey, error) {
 	return priv, nil
 }
 
+// AuditOrigin is the name of the repository's audit log: the first line of its
+// checkpoints and the name of its key.
+func (r *Repo) AuditOrigin() string { return audit.DefaultOrigin }
+
 // OpenAudit opens the repository's audit log; close the returned database when done.
 func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
 	key, err := r.AuditKey()
@@ -52,7 +56,7 @@ func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Now: r.now})
+	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Origin: r.AuditOrigin(), Now: r.now})
 	if err != nil {
 		db.Close()
 		return nil, nil, err

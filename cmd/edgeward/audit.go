@@ -4,15 +4,22 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
+	"golang.org/x/mod/sumdb/note"
 )
 
 func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
@@ -52,13 +59,16 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 		if err := f.Sync(); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stderr, "audit log exported to %s (verify with: edgeward audit verify %s --key <checkpoint public key>)\n", *out, *out)
+		fmt.Fprintf(env.stderr, "audit log exported to %s (verify with: edgeward audit verify %s --key <log key> --state <your last-seen checkpoint>)\n", *out, *out)
 	}
 	return nil
 }
 
+// cmdAuditPubkey prints the log's note verifier key ("origin+hash+base64"), the line an
+// auditor, a witness and a device are given to trust.
 func cmdAuditPubkey(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("audit pubkey", env)
+	pemOut := fs.Bool("pem", false, "print the Ed25519 public key as PEM instead of the note verifier key")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -70,64 +80,304 @@ func cmdAuditPubkey(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if *pemOut {
+		der, err := x509.MarshalPKIXPublicKey(key.Public())
+		if err != nil {
+			return err
+		}
+		return pem.Encode(env.stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	}
+	vkey, err := audit.VerifierKey(repo.AuditOrigin(), key.Public().(ed25519.PublicKey))
 	if err != nil {
 		return err
 	}
-	return pem.Encode(env.stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	fmt.Fprintln(env.stdout, vkey)
+	return nil
+}
+
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+// auditTrust is what an auditor trusts: the log key, witnesses and a quorum, and the
+// last-seen checkpoint kept in a state file.
+type auditTrust struct {
+	key, origin, state string
+	witnesses          listFlag
+	quorum             int
+}
+
+func (a *auditTrust) register(fs *flag.FlagSet) {
+	fs.StringVar(&a.key, "key", "", "the log's verifier key (from 'edgeward audit pubkey'), inline or a file; a PEM public key also works with --origin")
+	fs.StringVar(&a.origin, "origin", audit.DefaultOrigin, "the log's origin, for a PEM --key")
+	fs.Var(&a.witnesses, "witness", "a trusted witness's verifier key (inline or a file); repeat for each")
+	fs.IntVar(&a.quorum, "quorum", 0, "how many of the --witness keys must have cosigned the newest checkpoint (default: all of them)")
+	fs.StringVar(&a.state, "state", "", "file keeping the last checkpoint this auditor verified: read, checked for consistency, and advanced on success (created if missing)")
+}
+
+func (a *auditTrust) options() (audit.VerifyOptions, error) {
+	var o audit.VerifyOptions
+	if a.key == "" {
+		return o, errors.New("--key is needed (the log's verifier key from 'edgeward audit pubkey')")
+	}
+	var err error
+	if o.LogKey, err = readVerifier(a.key, a.origin); err != nil {
+		return o, fmt.Errorf("--key: %w", err)
+	}
+	for _, w := range a.witnesses {
+		v, err := readVerifier(w, "")
+		if err != nil {
+			return o, fmt.Errorf("--witness: %w", err)
+		}
+		o.Witnesses = append(o.Witnesses, v)
+	}
+	o.Quorum = a.quorum
+	if o.Quorum == 0 {
+		o.Quorum = len(o.Witnesses)
+	}
+	if o.Quorum > len(o.Witnesses) {
+		return o, fmt.Errorf("--quorum %d with %d --witness keys", o.Quorum, len(o.Witnesses))
+	}
+	if a.state != "" {
+		data, err := os.ReadFile(a.state)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return o, err
+		}
+		if len(data) > 0 {
+			o.LastSeen = data
+		}
+	}
+	return o, nil
+}
+
+// advance stores c as the last-seen checkpoint if it is newer than the stored one.
+func (a *auditTrust) advance(o audit.VerifyOptions, c *audit.Checkpoint) (bool, error) {
+	if a.state == "" {
+		return false, nil
+	}
+	if o.LastSeen != nil {
+		if last, err := audit.ParseCheckpointUnverified(o.LastSeen); err == nil && last.Size >= c.Size {
+			return false, nil
+		}
+	}
+	tmp := a.state + ".tmp"
+	if err := os.WriteFile(tmp, c.Note, 0o644); err != nil {
+		return false, err
+	}
+	return true, os.Rename(tmp, a.state)
+}
+
+// readVerifier reads a note verifier key given inline or in a file, or a PEM Ed25519 public
+// key (then named origin).
+func readVerifier(s, origin string) (note.Verifier, error) {
+	text := s
+	if data, err := os.ReadFile(s); err == nil {
+		text = string(data)
+	} else if !strings.Contains(s, "+") {
+		return nil, err
+	}
+	if b, _ := pem.Decode([]byte(text)); b != nil {
+		if origin == "" {
+			return nil, fmt.Errorf("%s: a PEM key needs a name", s)
+		}
+		k, err := x509.ParsePKIXPublicKey(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s, err)
+		}
+		pk, ok := k.(ed25519.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("%s: not an ed25519 key", s)
+		}
+		vkey, err := audit.VerifierKey(origin, pk)
+		if err != nil {
+			return nil, err
+		}
+		return note.NewVerifier(vkey)
+	}
+	if _, _, pub, err := reposerver.PeekKey([]byte(text)); err == nil && origin != "" {
+		k, err := pub.ToPublicKey()
+		if err != nil {
+			return nil, err
+		}
+		if pk, ok := k.(ed25519.PublicKey); ok {
+			vkey, err := audit.VerifierKey(origin, pk)
+			if err != nil {
+				return nil, err
+			}
+			return note.NewVerifier(vkey)
+		}
+	}
+	return audit.ParseVerifier(strings.TrimSpace(text))
 }
 
 func cmdAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	keyFile := fs.String("key", "", "checkpoint public key (PEM, from 'edgeward audit pubkey')")
+	var trust auditTrust
+	trust.register(fs)
+	proofFile := fs.String("proof", "", "verify one record's proof (from 'edgeward audit prove') instead of a whole export")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 || *keyFile == "" {
-		return errors.New("usage: edgeward audit verify FILE --key PUB.pem")
+	if (len(pos) != 1) == (*proofFile == "") {
+		return errors.New("usage: edgeward audit verify FILE --key KEY [--witness KEY… --quorum N] [--state FILE], or --proof FILE --key KEY …")
 	}
-	pub, err := readEd25519Pub(*keyFile)
+	o, err := trust.options()
 	if err != nil {
 		return err
+	}
+	if *proofFile != "" {
+		data, err := os.ReadFile(*proofFile)
+		if err != nil {
+			return err
+		}
+		var p audit.Proof
+		if err := json.Unmarshal(data, &p); err != nil {
+			return fmt.Errorf("%s: %w", *proofFile, err)
+		}
+		c, err := audit.VerifyProof(&p, o)
+		if err != nil {
+			return fmt.Errorf("proof %s does NOT verify: %w", *proofFile, err)
+		}
+		adv, err := trust.advance(o, c)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "ok: record %d (%s %s by %s) is in the tree of %d records signed by %s%s%s\n",
+			p.Record.Seq, p.Record.Kind, p.Record.Subject, p.Record.Actor, c.Size, o.LogKey.Name(), quorumText(o), stateText(trust.state, adv, c))
+		return nil
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	rep, err := audit.Verify(f, pub)
+	rep, err := audit.Verify(f, o)
 	if err != nil {
 		return fmt.Errorf("audit log %s does NOT verify: %w", pos[0], err)
 	}
-	fmt.Fprintf(env.stdout, "ok: %d records, %d checkpoints signed by %s, all records covered\n", rep.Records, rep.Checkpoints, audit.KeyID(pub))
+	adv, err := trust.advance(o, rep.Checkpoint)
+	if err != nil {
+		return err
+	}
+	ext := ""
+	if rep.LastSeen > 0 {
+		ext = fmt.Sprintf(", extends the last-seen checkpoint of %d records", rep.LastSeen)
+	}
+	fmt.Fprintf(env.stdout, "ok: %d records, all in the tree signed by %s (checkpoint %d)%s%s, all records covered%s\n",
+		rep.Records, o.LogKey.Name(), rep.Checkpoint.Size, quorumText(o), ext, stateText(trust.state, adv, rep.Checkpoint))
 	return nil
 }
 
-func readEd25519Pub(path string) (ed25519.PublicKey, error) {
-	data, err := os.ReadFile(path)
+func quorumText(o audit.VerifyOptions) string {
+	if len(o.Witnesses) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", cosigned by at least %d of %d witnesses", o.Quorum, len(o.Witnesses))
+}
+
+func stateText(state string, advanced bool, c *audit.Checkpoint) string {
+	if state == "" {
+		return " (no --state: rollbacks and forks are not checked)"
+	}
+	if advanced {
+		return fmt.Sprintf("; %s now holds checkpoint %d", filepath.Base(state), c.Size)
+	}
+	return ""
+}
+
+// cmdAuditProve prints one record with its inclusion proof against the newest checkpoint
+// (and a consistency proof from the auditor's last-seen checkpoint), as JSON for
+// 'edgeward audit verify --proof'.
+func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
+	fs, rf := newCommand("audit prove", env)
+	since := fs.Int64("since", 0, "also prove consistency from this tree size (the auditor's last-seen checkpoint)")
+	state := fs.String("state", "", "take --since from this last-seen checkpoint file")
+	out := fs.String("o", "-", "output file; - for stdout")
+	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "ask this server's API instead of the repository directory ($EDGEWARD_SERVER)")
+	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
+	pos, err := parse(fs, args)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if b, _ := pem.Decode(data); b != nil {
-		k, err := x509.ParsePKIXPublicKey(b.Bytes)
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward audit prove SEQ [--since N | --state FILE] [-o FILE]")
+	}
+	seq, err := strconv.ParseInt(pos[0], 10, 64)
+	if err != nil || seq < 1 {
+		return fmt.Errorf("record %q: want a sequence number (1, 2, …)", pos[0])
+	}
+	if *state != "" {
+		data, err := os.ReadFile(*state)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return err
 		}
-		if pk, ok := k.(ed25519.PublicKey); ok {
-			return pk, nil
-		}
-		return nil, fmt.Errorf("%s: not an ed25519 key", path)
-	}
-	if _, _, pub, err := reposerver.PeekKey(data); err == nil {
-		k, err := pub.ToPublicKey()
+		c, err := audit.ParseCheckpointUnverified(data)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("%s: %w", *state, err)
 		}
-		if pk, ok := k.(ed25519.PublicKey); ok {
-			return pk, nil
+		*since = c.Size
+	}
+	var p *audit.Proof
+	if *server != "" {
+		p = new(audit.Proof)
+		q := url.Values{"seq": {pos[0]}, "since": {strconv.FormatInt(*since, 10)}}
+		if err := operatorGetJSON(ctx, env, *server, *token, "/v1/audit/prove?"+q.Encode(), p); err != nil {
+			return err
+		}
+	} else {
+		repo, err := rf.open()
+		if err != nil {
+			return err
+		}
+		l, db, err := repo.OpenAudit(ctx)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		if p, err = l.Prove(ctx, seq, *since); err != nil {
+			return err
 		}
 	}
-	return nil, fmt.Errorf("%s: not a PEM public key", path)
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	if *out == "-" {
+		_, err = env.stdout.Write(data)
+		return err
+	}
+	return os.WriteFile(*out, data, 0o644)
+}
+
+// operatorGetJSON GETs path from a server's operator API into v.
+func operatorGetJSON(ctx context.Context, env *cliEnv, server, token, path string, v any) error {
+	if token == "" {
+		return errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(server, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	hc, err := operatorHTTP(env)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", server, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		json.Unmarshal(data, &e)
+		return fmt.Errorf("%s%s: %w", server, path, &APIError{Status: resp.StatusCode, Msg: e.Error})
+	}
+	return json.Unmarshal(data, v)
 }

@@ -141,20 +141,34 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("keys rotate timestamp without root keys should stage a proposal: %s", out)
 	}
 
-	// The auditor exports and verifies the log offline with the checkpoint key alone.
+	// The auditor exports and verifies the log offline with the log key, keeping the
+	// checkpoint it verified in a state file.
 	dir := t.TempDir()
-	export, pub := filepath.Join(dir, "audit.jsonl"), filepath.Join(dir, "audit.pem")
+	export, pub, state := filepath.Join(dir, "audit.jsonl"), filepath.Join(dir, "audit.vkey"), filepath.Join(dir, "last-seen")
 	c.must("audit", "export", "-o", export)
 	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
-	out = c.must("audit", "verify", export, "--key", pub)
+	out = c.must("audit", "verify", export, "--key", pub, "--state", state)
 	// init, publish, root v2 proposed, root v2 published, models rotated, root v3 proposed
-	if !strings.Contains(out, "ok: 6 records") {
+	if !strings.Contains(out, "ok: 6 records") || !strings.Contains(out, "last-seen now holds checkpoint 6") {
 		t.Fatalf("audit verify: %s", out)
+	}
+	// One record with its inclusion proof, checked alone against the state.
+	proof := filepath.Join(dir, "proof.json")
+	c.must("audit", "prove", "2", "--state", state, "-o", proof)
+	out = c.must("audit", "verify", "--proof", proof, "--key", pub, "--state", state)
+	if !strings.Contains(out, "ok: record 2 (repo.publish models/iris/1.0.0.onnx") {
+		t.Fatalf("audit verify --proof: %s", out)
 	}
 	data, _ := os.ReadFile(export)
 	os.WriteFile(export, []byte(strings.Replace(string(data), "models/iris/1.0.0.onnx", "models/iris/6.6.6.onnx", 1)), 0o644)
-	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "record 2") {
-		t.Fatalf("audit verify of a modified export = %v; want record 2 reported", err)
+	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "the log was rewritten") {
+		t.Fatalf("audit verify of a modified export = %v; want a rewrite reported", err)
+	}
+	// An export cut short (head -n 3) is caught: no checkpoint covers it.
+	lines := strings.SplitAfter(string(data), "\n")
+	os.WriteFile(export, []byte(strings.Join(lines[:3], "")), 0o644)
+	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("audit verify of a truncated export = %v; want truncation reported", err)
 	}
 }
 

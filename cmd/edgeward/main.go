@@ -6,7 +6,7 @@
 //	edgeward keys rotate --role R     replace the timestamp, snapshot, models or runtimes key
 //	edgeward root propose|sign|publish  change the root without gathering its keys
 //	edgeward publish --kind K --name N --version V FILE   publish a model, probe set or runtime
-//	edgeward audit export|verify|pubkey  the tamper-evident log, verifiable offline
+//	edgeward audit export|verify|prove|pubkey|witness  the transparency log, verifiable offline
 //	edgeward server                   serve the repository, the device and operator APIs, the dashboard (/ui)
 //	edgeward rollout create|status|pause|resume|abort|approve   staged rollouts (--server)
 //	edgeward devices list|show|quarantine|release|label         the fleet (--server)
@@ -48,8 +48,9 @@ func commands() []command {
 		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},
 		{"publish", "publish a model, probe set or runtime", cmdPublish},
 		{"audit export", "export the audit log (JSON Lines with signed checkpoints)", cmdAuditExport},
-		{"audit verify", "verify an audit export offline: edgeward audit verify FILE --key PUB", cmdAuditVerify},
-		{"audit pubkey", "print the audit checkpoint public key (PEM)", cmdAuditPubkey},
+		{"audit verify", "verify an audit export or proof offline: FILE --key KEY [--witness KEY --quorum N] --state FILE", cmdAuditVerify},
+		{"audit prove", "one record with its inclusion proof: edgeward audit prove SEQ [--state FILE]", cmdAuditProve},
+		{"audit pubkey", "print the audit log's verifier key (note format; --pem for PEM)", cmdAuditPubkey},
 		{"server", "serve the repository over HTTP", cmdServer},
 		{"token create", "issue an operator API token: --name N --role R [--server URL]", cmdTokenCreate},
 		{"token list", "list operator tokens (no secrets): --server URL", cmdTokenList},

@@ -1,16 +1,24 @@
-// Package audit is Edgeward's tamper-evident log: an append-only sqlite table in which
-// every record carries the hash of the one before it, and signed checkpoints (count,
-// head hash) that commit to a prefix of the chain. An export (JSON Lines) can be verified
-// offline with only the checkpoint public key: a record that was modified, deleted,
-// reordered or appended after the last checkpoint is found and reported.
+// Package audit is Edgeward's transparency log: every audited event is a leaf of a Merkle
+// tree with RFC 6962 hashing (golang.org/x/mod/sumdb/tlog), and the server signs
+// checkpoints of the tree in the C2SP tlog-checkpoint format (signed notes,
+// golang.org/x/mod/sumdb/note). Witnesses (independent `edgeward audit witness` services
+// and the devices themselves) keep the newest checkpoint they have seen and accept a new
+// one only with a consistency proof, so the log cannot be rewritten, truncated, forked or
+// rolled back without a signature, a witness or a device noticing. An export (JSON Lines)
+// is verified offline against the log key, the witnesses' keys and the auditor's last-seen
+// checkpoint.
+//
+// The log lives in the caller's database: AppendTx appends inside the caller's
+// transaction, so a record commits with the state change it records. Appends are
+// serialised on the tree-size row (an UPDATE takes its write lock first), so two writers,
+// in one process or in several replicas, can never fork the tree. The SQL is portable
+// (sqlite and PostgreSQL: $n parameters, TEXT and BIGINT columns).
 package audit
 
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/binary"
@@ -19,57 +27,51 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Record is one audited event.
+// Record is one audited event: a leaf of the tree.
 type Record struct {
-	Seq     int64           `json:"seq"`     // 1, 2, 3, … without gaps
+	Seq     int64           `json:"seq"`     // 1, 2, 3 … without gaps; its leaf index is Seq-1
 	At      time.Time       `json:"at"`      // when it was appended (UTC)
 	Actor   string          `json:"actor"`   // who acted: "server", "cli:alice", "device:<id>"
 	Kind    string          `json:"kind"`    // what happened: "publish", "attestation.verdict", …
 	Subject string          `json:"subject"` // what it is about: a target path, a device ID, a rollout
 	Data    json.RawMessage `json:"data"`    // details, compact JSON
-	Prev    string          `json:"prev"`    // hex hash of record Seq-1 (zeros for the first)
-	Hash    string          `json:"hash"`    // hex hash of this record
 }
 
-// Checkpoint is a signed statement that the log's first Count records end in Head.
-type Checkpoint struct {
-	Count int64     `json:"count"`
-	Head  string    `json:"head"`
-	At    time.Time `json:"at"`
-	KeyID string    `json:"key_id"`
-	Sig   []byte    `json:"sig"`
-}
-
-var zeroHash = hex.EncodeToString(make([]byte, sha256.Size))
-
-// hashRecord is the chain hash: SHA-256 over a domain tag and the length-prefixed fields,
-// so no two different records encode alike.
-func hashRecord(r *Record) string {
-	h := sha256.New()
-	h.Write([]byte("edgeward-audit-record-v1"))
-	field := func(b []byte) {
+// Leaf is the record's canonical encoding, the data of its tree leaf: a domain tag and
+// the length-prefixed fields (Data as compact JSON), so no two different records encode
+// alike and re-indenting a record does not change its leaf.
+func (r *Record) Leaf() []byte {
+	data := []byte(r.Data)
+	var compact bytes.Buffer
+	if json.Compact(&compact, data) == nil {
+		data = compact.Bytes()
+	}
+	var b bytes.Buffer
+	b.WriteString("edgeward-audit-leaf-v2\n")
+	field := func(s []byte) {
 		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		b.Write(n[:])
+		b.Write(s)
 	}
 	field([]byte(strconv.FormatInt(r.Seq, 10)))
 	field([]byte(r.At.UTC().Format(time.RFC3339Nano)))
 	field([]byte(r.Actor))
 	field([]byte(r.Kind))
 	field([]byte(r.Subject))
-	field(r.Data)
-	field([]byte(r.Prev))
-	return hex.EncodeToString(h.Sum(nil))
+	field(data)
+	return b.Bytes()
 }
 
-func checkpointMessage(c *Checkpoint) []byte {
-	return fmt.Appendf(nil, "edgeward-audit-checkpoint-v1\n%d\n%s\n%s\n", c.Count, c.Head, c.At.UTC().Format(time.RFC3339Nano))
-}
+// LeafHash is the record's RFC 6962 leaf hash.
+func (r *Record) LeafHash() tlog.Hash { return tlog.RecordHash(r.Leaf()) }
 
 // KeyID names a checkpoint public key: the first 16 hex digits of SHA-256 of it.
 func KeyID(pub ed25519.PublicKey) string {
@@ -77,63 +79,97 @@ func KeyID(pub ed25519.PublicKey) string {
 	return hex.EncodeToString(s[:8])
 }
 
-// Config configures a Log. Zero values: a checkpoint every 100 records or 60 seconds,
-// time.Now.
+// DefaultOrigin is the checkpoint origin (and log key name) when Config.Origin is empty.
+const DefaultOrigin = "edgeward.audit"
+
+// Config configures a Log. Zero values: origin DefaultOrigin, a checkpoint every 100
+// records appended through Append, time.Now.
 type Config struct {
-	DB    *sql.DB
-	Key   ed25519.PrivateKey // signs checkpoints
-	Every int                // records between checkpoints; 0: 100
-	Now   func() time.Time
+	DB  *sql.DB
+	Key ed25519.PrivateKey // signs checkpoints
+	// Origin is the log's name: the first line of its checkpoints and the name of its
+	// key. It should be unique to this log, e.g. "audit.edgeward.example.com".
+	Origin string
+	Every  int // records appended through Append between checkpoints; 0: 100
+	Now    func() time.Time
 }
 
-// Log is the audit log in a sqlite database. Safe for concurrent use, and for use by
-// several processes on one database (appends take sqlite's write lock).
+// Log is the audit log in a SQL database. Safe for concurrent use, and for use by several
+// processes or replicas on one database.
 type Log struct {
-	db    *sql.DB
-	key   ed25519.PrivateKey
-	every int64
-	now   func() time.Time
-	mu    sync.Mutex
+	db     *sql.DB
+	key    ed25519.PrivateKey
+	signer note.Signer
+	origin string
+	every  int64
+	now    func() time.Time
 }
 
-const schema = `
-CREATE TABLE IF NOT EXISTS audit_records (
-	seq     INTEGER PRIMARY KEY,
-	at      TEXT NOT NULL,
-	actor   TEXT NOT NULL,
-	kind    TEXT NOT NULL,
-	subject TEXT NOT NULL,
-	data    TEXT NOT NULL,
-	prev    TEXT NOT NULL,
-	hash    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (
-	count  INTEGER PRIMARY KEY,
-	head   TEXT NOT NULL,
-	at     TEXT NOT NULL,
-	key_id TEXT NOT NULL,
-	sig    BLOB NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS audit_records_no_update BEFORE UPDATE ON audit_records
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_records_no_delete BEFORE DELETE ON audit_records
-BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-`
+var schema = []string{
+	`CREATE TABLE IF NOT EXISTS audit_tree_size (id INTEGER PRIMARY KEY, size BIGINT NOT NULL)`,
+	`INSERT INTO audit_tree_size(id, size) VALUES (1, 0) ON CONFLICT DO NOTHING`,
+	`CREATE TABLE IF NOT EXISTS audit_leaves (
+		seq     BIGINT PRIMARY KEY,
+		at      TEXT NOT NULL,
+		actor   TEXT NOT NULL,
+		kind    TEXT NOT NULL,
+		subject TEXT NOT NULL,
+		data    TEXT NOT NULL
+	)`,
+	`CREATE INDEX IF NOT EXISTS audit_leaves_kind ON audit_leaves(kind, seq)`,
+	`CREATE INDEX IF NOT EXISTS audit_leaves_subject ON audit_leaves(subject, seq)`,
+	// Stored hashes of the tree (tlog.StoredHashIndex), base64.
+	`CREATE TABLE IF NOT EXISTS audit_hashes (id BIGINT PRIMARY KEY, hash TEXT NOT NULL)`,
+	// Signed checkpoints (notes, with the cosignatures collected so far).
+	`CREATE TABLE IF NOT EXISTS audit_checkpoints_v2 (size BIGINT PRIMARY KEY, note TEXT NOT NULL, at TEXT NOT NULL)`,
+}
+
+// sqliteSchema adds defence in depth where the engine is sqlite. The log does not rely on
+// it: whoever can drop a trigger can rewrite rows, and the signed checkpoints, the
+// witnesses and the devices are what catch that.
+var sqliteSchema = []string{
+	`CREATE TRIGGER IF NOT EXISTS audit_leaves_no_update BEFORE UPDATE ON audit_leaves
+	BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END`,
+	`CREATE TRIGGER IF NOT EXISTS audit_leaves_no_delete BEFORE DELETE ON audit_leaves
+	BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END`,
+	`CREATE TRIGGER IF NOT EXISTS audit_hashes_no_update BEFORE UPDATE ON audit_hashes
+	BEGIN SELECT RAISE(ABORT, 'audit hashes are append-only'); END`,
+	`CREATE TRIGGER IF NOT EXISTS audit_hashes_no_delete BEFORE DELETE ON audit_hashes
+	BEGIN SELECT RAISE(ABORT, 'audit hashes are append-only'); END`,
+}
+
+// Schema returns the statements that create the log's tables (idempotent), for a caller
+// that manages migrations itself. Open runs them.
+func Schema() []string { return append([]string(nil), schema...) }
 
 // Open prepares the log's tables in cfg.DB.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.DB == nil || len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, errors.New("audit: a database and an ed25519 checkpoint key are needed")
 	}
-	l := &Log{db: cfg.DB, key: cfg.Key, every: int64(cfg.Every), now: cfg.Now}
+	l := &Log{db: cfg.DB, key: cfg.Key, origin: cfg.Origin, every: int64(cfg.Every), now: cfg.Now}
+	if l.origin == "" {
+		l.origin = DefaultOrigin
+	}
+	var err error
+	if l.signer, err = Signer(l.origin, cfg.Key); err != nil {
+		return nil, err
+	}
 	if l.every <= 0 {
 		l.every = 100
 	}
 	if l.now == nil {
 		l.now = time.Now
 	}
-	if _, err := l.db.ExecContext(ctx, schema); err != nil {
-		return nil, fmt.Errorf("audit schema: %w", err)
+	stmts := schema
+	var v string
+	if l.db.QueryRowContext(ctx, `SELECT sqlite_version()`).Scan(&v) == nil {
+		stmts = append(append([]string(nil), schema...), sqliteSchema...)
+	}
+	for _, s := range stmts {
+		if _, err := l.db.ExecContext(ctx, s); err != nil {
+			return nil, fmt.Errorf("audit schema: %w", err)
+		}
 	}
 	return l, nil
 }
@@ -141,89 +177,236 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // PublicKey is the checkpoint verification key.
 func (l *Log) PublicKey() ed25519.PublicKey { return l.key.Public().(ed25519.PublicKey) }
 
-// Append adds a record in its own transaction and returns it with its sequence number
-// and hash. data is any JSON-encodable value. A checkpoint is signed when Every records
-// have accumulated.
-func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any) (*Record, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var rec *Record
-	err := l.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		rec, err = l.AppendTx(ctx, tx, actor, kind, subject, data)
-		return err
-	})
-	return rec, err
+// Origin is the log's name (first line of its checkpoints).
+func (l *Log) Origin() string { return l.origin }
+
+// VerifierKey is the encoded note verifier key of the log ("origin+hash+base64"): what an
+// auditor, a witness and a device trust.
+func (l *Log) VerifierKey() string {
+	k, _ := VerifierKey(l.origin, l.PublicKey())
+	return k
 }
 
-// AppendTx adds a record inside the caller's transaction tx, which must be open on the
-// log's database (Config.DB). The record exists only if tx commits: a state change and
-// its record commit together or not at all, and a rolled-back tx leaves no gap.
-//
-// Appends are serialised on the chain head: AppendTx takes the database's write lock
-// (sqlite; a no-op when tx already holds it, as BEGIN IMMEDIATE does) before it reads
-// the head, so a concurrent appender, in this process or another, waits until tx ends
-// and then chains onto the record tx wrote. AppendTx does not take the Log's mutex, so
-// it may be called while the caller holds the database's only connection.
-func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, actor, kind, subject string, data any) (*Record, error) {
+// Verifier is the log's note verifier.
+func (l *Log) Verifier() note.Verifier {
+	v, _ := note.NewVerifier(l.VerifierKey())
+	return v
+}
+
+func compactJSON(kind string, data any) ([]byte, error) {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return nil, fmt.Errorf("audit %s: encode data: %w", kind, err)
 	}
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, raw); err != nil {
-		return nil, fmt.Errorf("audit %s: encode data: %w", kind, err)
-	}
-	if err := lockHead(ctx, tx); err != nil {
 		return nil, err
 	}
-	seq, prev, err := head(ctx, tx)
+	return compact.Bytes(), nil
+}
+
+// Append adds a record in its own transaction and returns it. data is any
+// JSON-encodable value. A checkpoint is signed when Every records have accumulated.
+func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any) (*Record, error) {
+	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
+		return nil, fmt.Errorf("audit: begin: %w", err)
+	}
+	rec, err := l.AppendTx(ctx, tx, actor, kind, subject, data)
+	if err != nil {
+		tx.Rollback()
 		return nil, err
 	}
-	rec := &Record{Seq: seq + 1, At: l.now().UTC(), Actor: actor, Kind: kind, Subject: subject, Data: compact.Bytes(), Prev: prev}
-	rec.Hash = hashRecord(rec)
-	_, err = tx.ExecContext(ctx, `INSERT INTO audit_records(seq, at, actor, kind, subject, data, prev, hash) VALUES(?,?,?,?,?,?,?,?)`,
-		rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data), rec.Prev, rec.Hash)
-	if err != nil {
-		return nil, fmt.Errorf("audit append %s: %w", kind, err)
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("audit append: commit: %w", err)
 	}
-	last, err := lastCheckpoint(ctx, tx)
-	if err != nil {
-		return nil, err
-	}
-	if rec.Seq-last >= l.every {
-		if err := l.checkpointTx(ctx, tx, rec.Seq, rec.Hash); err != nil {
-			return nil, err
+	if rec.Seq%l.every == 0 {
+		if _, err := l.Checkpoint(ctx); err != nil {
+			return rec, err
 		}
 	}
 	return rec, nil
 }
 
-// Checkpoint signs a checkpoint over all records now in the log, unless the newest
-// checkpoint already covers them. It returns the newest checkpoint.
-func (l *Log) Checkpoint(ctx context.Context) (*Checkpoint, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	err := l.tx(ctx, func(tx *sql.Tx) error {
-		seq, h, err := head(ctx, tx)
-		if err != nil {
-			return err
-		}
-		last, err := lastCheckpoint(ctx, tx)
-		if err != nil || seq == last || seq == 0 {
-			return err
-		}
-		return l.checkpointTx(ctx, tx, seq, h)
-	})
+// AppendTx adds a record inside the caller's transaction tx (on the log's database), so
+// the record commits or rolls back with the change it records. Its first statement takes
+// the write lock on the tree size, so appenders serialise on the tree head: call it early
+// in a transaction that will write anyway, and keep the transaction short.
+func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, actor, kind, subject string, data any) (*Record, error) {
+	raw, err := compactJSON(kind, data)
 	if err != nil {
 		return nil, err
 	}
-	cps, err := l.checkpoints(ctx, 1)
-	if err != nil || len(cps) == 0 {
+	var size int64
+	if err := tx.QueryRowContext(ctx, `UPDATE audit_tree_size SET size = size + 1 WHERE id = 1 RETURNING size`).Scan(&size); err != nil {
+		return nil, fmt.Errorf("audit append: tree head: %w", err)
+	}
+	rec := &Record{Seq: size, At: l.now().UTC(), Actor: actor, Kind: kind, Subject: subject, Data: raw}
+	hashes, err := tlog.StoredHashes(size-1, rec.Leaf(), hashReader(ctx, tx))
+	if err != nil {
+		return nil, fmt.Errorf("audit append: tree: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_leaves(seq, at, actor, kind, subject, data) VALUES ($1, $2, $3, $4, $5, $6)`,
+		rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data)); err != nil {
+		return nil, fmt.Errorf("audit append: %w", err)
+	}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO audit_hashes(id, hash) VALUES `)
+	args := make([]any, 0, 2*len(hashes))
+	first := tlog.StoredHashIndex(0, size-1)
+	for i, h := range hashes {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		fmt.Fprintf(&q, "($%d, $%d)", 2*i+1, 2*i+2)
+		args = append(args, first+int64(i), h.String())
+	}
+	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+		return nil, fmt.Errorf("audit append: hashes: %w", err)
+	}
+	return rec, nil
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// hashReader reads stored hashes from the database (or a transaction on it).
+func hashReader(ctx context.Context, q querier) tlog.HashReader {
+	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
+		if len(indexes) == 0 {
+			return nil, nil
+		}
+		var b strings.Builder
+		b.WriteString(`SELECT id, hash FROM audit_hashes WHERE id IN (`)
+		args := make([]any, len(indexes))
+		for i, ix := range indexes {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, "$%d", i+1)
+			args[i] = ix
+		}
+		b.WriteString(")")
+		rows, err := q.QueryContext(ctx, b.String(), args...)
+		if err != nil {
+			return nil, fmt.Errorf("audit hashes: %w", err)
+		}
+		defer rows.Close()
+		got := make(map[int64]tlog.Hash, len(indexes))
+		for rows.Next() {
+			var id int64
+			var s string
+			if err := rows.Scan(&id, &s); err != nil {
+				return nil, err
+			}
+			h, err := tlog.ParseHash(s)
+			if err != nil {
+				return nil, fmt.Errorf("audit hash %d: %w", id, err)
+			}
+			got[id] = h
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		out := make([]tlog.Hash, len(indexes))
+		for i, ix := range indexes {
+			h, ok := got[ix]
+			if !ok {
+				return nil, fmt.Errorf("audit: stored hash %d is missing", ix)
+			}
+			out[i] = h
+		}
+		return out, nil
+	})
+}
+
+// Size is the number of records in the log (committed).
+func (l *Log) Size(ctx context.Context) (int64, error) {
+	var n int64
+	if err := l.db.QueryRowContext(ctx, `SELECT size FROM audit_tree_size WHERE id = 1`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("audit size: %w", err)
+	}
+	return n, nil
+}
+
+// TreeHash is the root hash of the log's first n records.
+func (l *Log) TreeHash(ctx context.Context, n int64) (tlog.Hash, error) {
+	return tlog.TreeHash(n, hashReader(ctx, l.db))
+}
+
+// Checkpoint signs a checkpoint over all records now in the log, unless one at that size
+// exists already, and returns the newest checkpoint. Signing is idempotent: the note has
+// no timestamp, so two replicas signing the same tree produce the same checkpoint.
+func (l *Log) Checkpoint(ctx context.Context) (*Checkpoint, error) {
+	size, err := l.Size(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return &cps[0], nil
+	if c, err := l.CheckpointAt(ctx, size); err == nil {
+		return c, nil
+	} else if !errors.Is(err, ErrNoCheckpoint) {
+		return nil, err
+	}
+	h, err := l.TreeHash(ctx, size)
+	if err != nil {
+		return nil, err
+	}
+	msg, err := note.Sign(&note.Note{Text: checkpointText(l.origin, size, h)}, l.signer)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := l.db.ExecContext(ctx, `INSERT INTO audit_checkpoints_v2(size, note, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+		size, string(msg), l.now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return nil, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	return l.CheckpointAt(ctx, size)
+}
+
+// ErrNoCheckpoint says no checkpoint was signed at the size asked for.
+var ErrNoCheckpoint = errors.New("no checkpoint at that size")
+
+// CheckpointAt returns the checkpoint signed at tree size n, with the cosignatures
+// collected for it.
+func (l *Log) CheckpointAt(ctx context.Context, n int64) (*Checkpoint, error) {
+	return l.scanCheckpoint(l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE size = $1`, n))
+}
+
+// Latest returns the newest signed checkpoint, or ErrNoCheckpoint.
+func (l *Log) Latest(ctx context.Context) (*Checkpoint, error) {
+	return l.scanCheckpoint(l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 ORDER BY size DESC LIMIT 1`))
+}
+
+func (l *Log) scanCheckpoint(row *sql.Row) (*Checkpoint, error) {
+	var msg string
+	if err := row.Scan(&msg); errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNoCheckpoint
+	} else if err != nil {
+		return nil, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	// Verified, not only parsed: a row written behind the log's back must not be served.
+	return OpenCheckpoint([]byte(msg), l.Verifier(), nil, 0)
+}
+
+// AddCosignatures merges the witness signature lines of cosigned (a copy of the
+// checkpoint at the same size, verified by the caller) into the stored checkpoint.
+func (l *Log) AddCosignatures(ctx context.Context, size int64, sigLines []string) error {
+	c, err := l.CheckpointAt(ctx, size)
+	if err != nil {
+		return err
+	}
+	msg := string(c.Note)
+	for _, s := range sigLines {
+		s = strings.TrimRight(s, "\n") + "\n"
+		if !strings.HasPrefix(s, "— ") || strings.Contains(msg, s) {
+			continue
+		}
+		msg += s
+	}
+	if _, err := l.db.ExecContext(ctx, `UPDATE audit_checkpoints_v2 SET note = $1 WHERE size = $2`, msg, size); err != nil {
+		return fmt.Errorf("audit cosignatures: %w", err)
+	}
+	return nil
 }
 
 // Run signs a checkpoint every interval while records accumulate, until ctx ends.
@@ -240,88 +423,116 @@ func (l *Log) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-func (l *Log) checkpointTx(ctx context.Context, tx *sql.Tx, count int64, headHash string) error {
-	c := &Checkpoint{Count: count, Head: headHash, At: l.now().UTC(), KeyID: KeyID(l.PublicKey())}
-	sig, err := l.key.Sign(rand.Reader, checkpointMessage(c), crypto.Hash(0))
+// ErrBeyondTree says a proof was asked for a tree larger than the log.
+var ErrBeyondTree = errors.New("beyond the log's tree")
+
+func (l *Log) checkSize(ctx context.Context, n int64) error {
+	size, err := l.Size(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO audit_checkpoints(count, head, at, key_id, sig) VALUES(?,?,?,?,?)`,
-		c.Count, c.Head, c.At.Format(time.RFC3339Nano), c.KeyID, sig)
-	if err != nil {
-		return fmt.Errorf("audit checkpoint: %w", err)
+	if n < 0 || n > size {
+		return fmt.Errorf("audit: tree size %d: %w (size %d)", n, ErrBeyondTree, size)
 	}
 	return nil
 }
 
-// tx runs fn in a write transaction taken up front (BEGIN IMMEDIATE semantics through a
-// dedicated connection), so concurrent appenders in other processes serialise.
-func (l *Log) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := l.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("audit: begin: %w", err)
+// InclusionProof proves that record seq is in the tree of size n.
+func (l *Log) InclusionProof(ctx context.Context, seq, n int64) (tlog.RecordProof, error) {
+	if err := l.checkSize(ctx, n); err != nil {
+		return nil, err
 	}
-	// Take the write lock before reading the head.
-	if err := lockHead(ctx, tx); err != nil {
-		tx.Rollback()
-		return err
+	if seq < 1 || seq > n {
+		return nil, fmt.Errorf("audit: record %d is not in a tree of size %d: %w", seq, n, ErrBeyondTree)
 	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return tlog.ProveRecord(n, seq-1, hashReader(ctx, l.db))
 }
 
-// lockHead takes the database's write lock (sqlite: an UPDATE, even of no row, makes
-// the transaction a writer), so that no other appender reads the same head.
-func lockHead(ctx context.Context, tx *sql.Tx) error {
-	if _, err := tx.ExecContext(ctx, `UPDATE audit_checkpoints SET count = count WHERE 0`); err != nil {
-		return fmt.Errorf("audit: lock the chain head: %w", err)
+// ConsistencyProof proves that the tree of size old is a prefix of the tree of size n.
+// The proof from an empty tree is empty.
+func (l *Log) ConsistencyProof(ctx context.Context, old, n int64) (tlog.TreeProof, error) {
+	if err := l.checkSize(ctx, n); err != nil {
+		return nil, err
+	}
+	if old < 0 || old > n {
+		return nil, fmt.Errorf("audit: consistency from %d to %d: %w", old, n, ErrBeyondTree)
+	}
+	if old == 0 || old == n {
+		return tlog.TreeProof{}, nil
+	}
+	return tlog.ProveTree(n, old, hashReader(ctx, l.db))
+}
+
+// CheckConsistency verifies that checkpoint newer extends checkpoint older, with proof p
+// (from ConsistencyProof). Both must be verified checkpoints of the same log.
+func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
+	switch {
+	case older.Origin != newer.Origin:
+		return fmt.Errorf("%w: checkpoints of two logs (%q, %q)", ErrInconsistent, older.Origin, newer.Origin)
+	case newer.Size < older.Size:
+		return fmt.Errorf("%w: the tree went back from size %d to %d (rollback)", ErrInconsistent, older.Size, newer.Size)
+	case older.Size == 0:
+		return nil
+	case newer.Size == older.Size:
+		if newer.Hash != older.Hash {
+			return fmt.Errorf("%w: two different trees of size %d (fork)", ErrInconsistent, older.Size)
+		}
+		return nil
+	}
+	if err := tlog.CheckTree(p, newer.Size, newer.Hash, older.Size, older.Hash); err != nil {
+		return fmt.Errorf("%w: the tree of size %d does not extend the one of size %d (fork or rewrite): %v", ErrInconsistent, newer.Size, older.Size, err)
 	}
 	return nil
 }
 
-func head(ctx context.Context, tx *sql.Tx) (int64, string, error) {
-	var seq int64
-	var h string
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1`).Scan(&seq, &h)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, zeroHash, nil
-	}
-	if err != nil {
-		return 0, "", fmt.Errorf("audit head: %w", err)
-	}
-	return seq, h, nil
-}
-
-func lastCheckpoint(ctx context.Context, tx *sql.Tx) (int64, error) {
-	var n sql.NullInt64
-	if err := tx.QueryRowContext(ctx, `SELECT MAX(count) FROM audit_checkpoints`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("audit checkpoints: %w", err)
-	}
-	return n.Int64, nil
-}
+// ErrInconsistent says a checkpoint does not extend an earlier one: the log was forked,
+// rewritten or rolled back.
+var ErrInconsistent = errors.New("inconsistent checkpoints")
 
 // Query selects records. Zero fields select everything.
 type Query struct {
 	Kind    string
 	Subject string
 	After   int64 // only records with Seq > After
+	Upto    int64 // only records with Seq <= Upto; 0: no bound
 	Limit   int   // 0: no limit
 }
 
+const recordColumns = `seq, at, actor, kind, subject, data`
+
 // Records returns the records matching q, oldest first.
 func (l *Log) Records(ctx context.Context, q Query) ([]Record, error) {
-	sqlq := `SELECT seq, at, actor, kind, subject, data, prev, hash FROM audit_records WHERE seq > ?`
+	var out []Record
+	err := l.eachRecord(ctx, q, func(r *Record) error { out = append(out, *r); return nil })
+	return out, err
+}
+
+// Record returns record seq.
+func (l *Log) Record(ctx context.Context, seq int64) (*Record, error) {
+	recs, err := l.Records(ctx, Query{After: seq - 1, Upto: seq, Limit: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("audit record %d: %w", seq, ErrBeyondTree)
+	}
+	return &recs[0], nil
+}
+
+func (l *Log) eachRecord(ctx context.Context, q Query, fn func(*Record) error) error {
+	sqlq := `SELECT ` + recordColumns + ` FROM audit_leaves WHERE seq > $1`
 	args := []any{q.After}
+	if q.Upto > 0 {
+		args = append(args, q.Upto)
+		sqlq += fmt.Sprintf(` AND seq <= $%d`, len(args))
+	}
 	if q.Kind != "" {
-		sqlq += ` AND kind = ?`
 		args = append(args, q.Kind)
+		sqlq += fmt.Sprintf(` AND kind = $%d`, len(args))
 	}
 	if q.Subject != "" {
-		sqlq += ` AND subject = ?`
 		args = append(args, q.Subject)
+		sqlq += fmt.Sprintf(` AND subject = $%d`, len(args))
 	}
 	sqlq += ` ORDER BY seq`
 	if q.Limit > 0 {
@@ -329,45 +540,22 @@ func (l *Log) Records(ctx context.Context, q Query) ([]Record, error) {
 	}
 	rows, err := l.db.QueryContext(ctx, sqlq, args...)
 	if err != nil {
-		return nil, fmt.Errorf("audit records: %w", err)
+		return fmt.Errorf("audit records: %w", err)
 	}
 	defer rows.Close()
-	var out []Record
 	for rows.Next() {
 		var r Record
 		var at, data string
-		if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Kind, &r.Subject, &data, &r.Prev, &r.Hash); err != nil {
-			return nil, err
+		if err := rows.Scan(&r.Seq, &at, &r.Actor, &r.Kind, &r.Subject, &data); err != nil {
+			return err
 		}
 		if r.At, err = time.Parse(time.RFC3339Nano, at); err != nil {
-			return nil, fmt.Errorf("audit record %d: time: %w", r.Seq, err)
+			return fmt.Errorf("audit record %d: time: %w", r.Seq, err)
 		}
 		r.Data = json.RawMessage(data)
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-// checkpoints returns the newest n checkpoints (all when n <= 0), newest first.
-func (l *Log) checkpoints(ctx context.Context, n int) ([]Checkpoint, error) {
-	q := `SELECT count, head, at, key_id, sig FROM audit_checkpoints ORDER BY count DESC`
-	if n > 0 {
-		q += ` LIMIT ` + strconv.Itoa(n)
-	}
-	rows, err := l.db.QueryContext(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Checkpoint
-	for rows.Next() {
-		var c Checkpoint
-		var at string
-		if err := rows.Scan(&c.Count, &c.Head, &at, &c.KeyID, &c.Sig); err != nil {
-			return nil, err
+		if err := fn(&r); err != nil {
+			return err
 		}
-		c.At, _ = time.Parse(time.RFC3339Nano, at)
-		out = append(out, c)
 	}
-	return out, rows.Err()
+	return rows.Err()
 }

@@ -13,12 +13,14 @@ import (
 	"sync"
 	"testing"
 
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 	_ "modernc.org/sqlite"
 )
 
-func openDB(t *testing.T, path string) *sql.DB {
+func openDB(t testing.TB, path string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)")
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,46 +28,73 @@ func openDB(t *testing.T, path string) *sql.DB {
 	return db
 }
 
-func newLog(t *testing.T, every int) (*Log, string) {
+func newLogWithKey(t testing.TB, key ed25519.PrivateKey, every int) (*Log, string) {
 	t.Helper()
-	_, key, _ := ed25519.GenerateKey(nil)
 	path := filepath.Join(t.TempDir(), "audit.db")
-	l, err := Open(context.Background(), Config{DB: openDB(t, path), Key: key, Every: every})
+	l, err := Open(context.Background(), Config{DB: openDB(t, path), Key: key, Every: every, Origin: "audit.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return l, path
 }
 
-func exportOf(t *testing.T, l *Log, n int) []string {
+func newLog(t testing.TB, every int) (*Log, string) {
 	t.Helper()
-	ctx := context.Background()
-	for i := 1; i <= n; i++ {
-		if _, err := l.Append(ctx, "server", "attestation.verdict", fmt.Sprintf("device-%d", i%3), map[string]any{"verdict": "trusted", "i": i}); err != nil {
+	_, key, _ := ed25519.GenerateKey(nil)
+	return newLogWithKey(t, key, every)
+}
+
+func appendN(t testing.TB, l *Log, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		if _, err := l.Append(context.Background(), "server", "attestation.verdict", fmt.Sprintf("device-%d", i%3), map[string]any{"verdict": "trusted", "i": i}); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+func export(t testing.TB, l *Log) []string {
+	t.Helper()
 	var buf bytes.Buffer
-	if err := l.Export(ctx, &buf); err != nil {
+	if err := l.Export(context.Background(), &buf); err != nil {
 		t.Fatal(err)
 	}
 	return strings.Split(strings.TrimSpace(buf.String()), "\n")
 }
 
+func exportOf(t testing.TB, l *Log, n int) []string {
+	appendN(t, l, 1, n)
+	return export(t, l)
+}
+
+func opts(l *Log) VerifyOptions { return VerifyOptions{LogKey: l.Verifier()} }
+
+func verifyLines(lines []string, o VerifyOptions) (*Report, error) {
+	return Verify(strings.NewReader(strings.Join(lines, "\n")+"\n"), o)
+}
+
 func TestExportVerifies(t *testing.T) {
 	l, _ := newLog(t, 4)
 	lines := exportOf(t, l, 10)
-	rep, err := Verify(strings.NewReader(strings.Join(lines, "\n")), l.PublicKey())
+	rep, err := verifyLines(lines, opts(l))
 	if err != nil {
 		t.Fatalf("Verify(untouched export) = %v", err)
 	}
-	// Checkpoints at 4 and 8 by count, and one at 10 signed by the export.
-	if rep.Records != 10 || rep.Checkpoints != 3 || rep.Covered != 10 {
-		t.Fatalf("report = %+v; want 10 records, 3 checkpoints, 10 covered", rep)
+	if rep.Records != 10 || rep.Checkpoint.Size != 10 || len(lines) != 11 {
+		t.Fatalf("report = %+v, %d lines; want 10 records under a checkpoint of 10, 11 lines", rep, len(lines))
 	}
 	recs, _ := l.Records(context.Background(), Query{Subject: "device-1"})
 	if len(recs) != 4 {
 		t.Fatalf("records about device-1 = %d; want 4", len(recs))
+	}
+	// The dashboard's check: the key alone, origin from the log.
+	if _, err := VerifyWithKey(strings.NewReader(strings.Join(lines, "\n")), l.PublicKey(), l.Origin()); err != nil {
+		t.Fatalf("VerifyWithKey = %v", err)
+	}
+	// The checkpoint is a C2SP tlog-checkpoint note.
+	c, _ := l.Latest(context.Background())
+	if !strings.HasPrefix(string(c.Note), "audit.test\n10\n"+c.Hash.String()+"\n\n— audit.test ") {
+		t.Fatalf("checkpoint note = %q", c.Note)
 	}
 }
 
@@ -87,79 +116,189 @@ func rewrite(line string, fn func(r *Record)) string {
 	return `{"type":"record",` + string(b[1:])
 }
 
-func TestVerifyFindsTampering(t *testing.T) {
+func TestVerifyFindsTamperedExports(t *testing.T) {
 	tests := []struct {
 		name   string
-		tamper func(lines []string, l *Log) []string
+		tamper func(lines []string) []string
 		want   string
-		seq    int64
 	}{
-		{"modified", func(lines []string, _ *Log) []string {
+		{"modified", func(lines []string) []string {
 			i := recordLine(lines, 3)
-			lines[i] = strings.Replace(lines[i], `trusted`, `untrusted`, 1)
+			lines[i] = strings.Replace(lines[i], `"trusted"`, `"untrusted"`, 1)
 			return lines
-		}, "modified", 3},
-		{"deleted", func(lines []string, _ *Log) []string {
+		}, "the log was rewritten"},
+		{"actor changed", func(lines []string) []string {
+			i := recordLine(lines, 7)
+			lines[i] = rewrite(lines[i], func(r *Record) { r.Actor = "cli:mallory" })
+			return lines
+		}, "the log was rewritten"},
+		{"deleted", func(lines []string) []string {
 			i := recordLine(lines, 6)
 			return append(lines[:i:i], lines[i+1:]...)
-		}, "out of sequence", 7},
-		{"reordered", func(lines []string, _ *Log) []string {
+		}, "out of sequence: expected record 6"},
+		{"deleted and renumbered", func(lines []string) []string {
+			i := recordLine(lines, 6)
+			lines = append(lines[:i:i], lines[i+1:]...)
+			for j := i; j < len(lines)-1; j++ {
+				lines[j] = rewrite(lines[j], func(r *Record) { r.Seq-- })
+			}
+			return lines
+		}, "signs a tree of 10 records but the export holds 9"},
+		{"reordered", func(lines []string) []string {
 			i, j := recordLine(lines, 2), recordLine(lines, 3)
 			lines[i], lines[j] = lines[j], lines[i]
 			return lines
-		}, "out of sequence", 3},
-		{"appended after the last checkpoint", func(lines []string, _ *Log) []string {
-			var last Record
-			json.Unmarshal([]byte(lines[recordLine(lines, 10)]), &last)
-			forged := Record{Seq: 11, At: last.At, Actor: "server", Kind: "publish", Subject: "models/evil/1.0.0.onnx", Data: json.RawMessage(`{}`), Prev: last.Hash}
-			forged.Hash = hashRecord(&forged)
+		}, "out of sequence"},
+		{"appended after the checkpoint", func(lines []string) []string {
+			forged := Record{Seq: 11, Actor: "server", Kind: "publish", Subject: "models/evil/1.0.0.onnx", Data: json.RawMessage(`{}`)}
 			b, _ := json.Marshal(forged)
 			return append(lines, `{"type":"record",`+string(b[1:]))
-		}, "appended", 11},
-		{"chain rewritten after a modification", func(lines []string, _ *Log) []string {
-			// The attacker modifies record 5 and recomputes every later hash: the chain
-			// is self-consistent but the checkpoint at 8 no longer matches.
-			prev := ""
-			for i, ln := range lines {
-				if !strings.HasPrefix(ln, `{"type":"record"`) {
-					continue
-				}
-				lines[i] = rewrite(ln, func(r *Record) {
-					if r.Seq == 5 {
-						r.Data = json.RawMessage(`{"verdict":"untrusted"}`)
-					}
-					if r.Seq >= 5 {
-						r.Prev = prev
-						r.Hash = hashRecord(r)
-					}
-					prev = r.Hash
-				})
-			}
-			return lines
-		}, "rewritten", 8},
-		{"checkpoint by another key", func(lines []string, _ *Log) []string {
+		}, "lines after the checkpoint"},
+		{"truncated (head -n 6)", func(lines []string) []string { return lines[:6] }, "no signed checkpoint covers the 6 records"},
+		{"checkpoint by another key", func(lines []string) []string {
 			other, _ := newLog(t, 1000)
 			olines := exportOf(t, other, 10)
-			var out []string
-			for _, ln := range lines {
-				if !strings.HasPrefix(ln, `{"type":"checkpoint"`) {
-					out = append(out, ln)
-				}
-			}
-			return append(out, olines[len(olines)-1])
-		}, "signature does not verify", 0},
+			return append(lines[:len(lines)-1], olines[len(olines)-1])
+		}, "not signed by the log key"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			l, _ := newLog(t, 4)
-			lines := tc.tamper(exportOf(t, l, 10), l)
-			_, err := Verify(strings.NewReader(strings.Join(lines, "\n")), l.PublicKey())
+			lines := tc.tamper(exportOf(t, l, 10))
+			_, err := verifyLines(lines, opts(l))
 			var ve *VerifyError
-			if !errors.As(err, &ve) || !strings.Contains(ve.Msg, tc.want) {
+			if !errors.As(err, &ve) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Verify = %v; want a VerifyError saying %q", err, tc.want)
 			}
-			if tc.seq != 0 && ve.Seq != tc.seq {
-				t.Fatalf("Verify reported record %d; want %d (%v)", ve.Seq, tc.seq, err)
+		})
+	}
+}
+
+// attacker stands for someone with write access to the database but not the key: a backup
+// operator or a compromised host. It rewrites the tables directly, recomputing the tree.
+type attacker struct {
+	t  *testing.T
+	db *sql.DB
+}
+
+func (a attacker) exec(q string, args ...any) {
+	a.t.Helper()
+	if _, err := a.db.Exec(q, args...); err != nil {
+		a.t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func (a attacker) dropTriggers() {
+	for _, tr := range []string{"audit_leaves_no_update", "audit_leaves_no_delete", "audit_hashes_no_update", "audit_hashes_no_delete"} {
+		a.exec(`DROP TRIGGER ` + tr)
+	}
+}
+
+// rebuild recomputes every stored hash from the leaves, removes the checkpoints the
+// rebuilt tree contradicts (those from size from on), and sets the tree size.
+func (a attacker) rebuild(l *Log, from int64) {
+	a.t.Helper()
+	ctx := context.Background()
+	var recs []Record
+	l.eachRecord(ctx, Query{}, func(r *Record) error { recs = append(recs, *r); return nil })
+	a.exec(`DELETE FROM audit_hashes`)
+	var stored []tlog.Hash
+	mem := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(ix))
+		for i, x := range ix {
+			out[i] = stored[x]
+		}
+		return out, nil
+	})
+	for i, r := range recs {
+		hs, _ := tlog.StoredHashes(int64(i), r.Leaf(), mem)
+		stored = append(stored, hs...)
+	}
+	for i, h := range stored {
+		a.exec(`INSERT INTO audit_hashes(id, hash) VALUES ($1, $2)`, i, h.String())
+	}
+	a.exec(`DELETE FROM audit_checkpoints_v2 WHERE size >= $1`, from)
+	a.exec(`UPDATE audit_tree_size SET size = $1`, len(recs))
+}
+
+// auditor keeps the last checkpoint it verified, as `edgeward audit verify --state` does.
+type auditor struct{ lastSeen []byte }
+
+func (au *auditor) verify(l *Log, lines []string) error {
+	o := opts(l)
+	o.LastSeen = au.lastSeen
+	rep, err := verifyLines(lines, o)
+	if err == nil {
+		au.lastSeen = rep.Checkpoint.Note
+	}
+	return err
+}
+
+// TestAttacksOnTheDatabase replays issue 13: an attacker with the database but not the
+// key rewrites records and recomputes the tree, deletes and re-adds, truncates, or puts
+// back an old backup. A fresh export then verifies against the key alone (the server
+// signs what is in its database), but not against the auditor's last-seen checkpoint.
+func TestAttacksOnTheDatabase(t *testing.T) {
+	tests := []struct {
+		name   string
+		attack func(a attacker, l *Log, path string) *Log
+		want   string
+	}{
+		{"rewrite with recomputed tree", func(a attacker, l *Log, _ string) *Log {
+			a.dropTriggers()
+			a.exec(`UPDATE audit_leaves SET actor = 'cli:mallory' WHERE seq = 17`)
+			a.rebuild(l, 17)
+			return l
+		}, "fork: the export's first 30 records are not the tree of the last-seen checkpoint"},
+		{"delete and re-add", func(a attacker, l *Log, _ string) *Log {
+			a.dropTriggers()
+			a.exec(`DELETE FROM audit_leaves WHERE seq >= 20`)
+			a.rebuild(l, 20)
+			appendN(t, l, 1000, 11)
+			return l
+		}, "fork: the export's first 30 records"},
+		{"truncation of the last 10 records", func(a attacker, l *Log, _ string) *Log {
+			a.dropTriggers()
+			a.exec(`DELETE FROM audit_leaves WHERE seq > 20`)
+			a.rebuild(l, 21)
+			return l
+		}, "rollback: the export's tree has 20 records but the last-seen checkpoint has 30"},
+		{"rollback to an older backup", func(a attacker, l *Log, path string) *Log {
+			// The backup was taken at 20 records; the attacker copies it back.
+			return nil
+		}, "rollback: the export's tree has 20 records but the last-seen checkpoint has 30"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			_, key, _ := ed25519.GenerateKey(nil)
+			l, path := newLogWithKey(t, key, 5)
+			appendN(t, l, 1, 20)
+			backup := filepath.Join(t.TempDir(), "backup.db")
+			if _, err := l.db.Exec(`VACUUM INTO '` + backup + `'`); err != nil {
+				t.Fatal(err)
+			}
+			appendN(t, l, 21, 10)
+			au := &auditor{}
+			if err := au.verify(l, export(t, l)); err != nil {
+				t.Fatalf("first verification: %v", err)
+			}
+			if got := l.Verifier(); got == nil {
+				t.Fatal("no verifier")
+			}
+			a := attacker{t, l.db}
+			l2 := tc.attack(a, l, path)
+			if l2 == nil {
+				l2, _ = Open(ctx, Config{DB: openDB(t, backup), Key: key, Origin: "audit.test"})
+			}
+			lines := export(t, l2)
+			// The key alone does not see it: the server signed the rewritten tree.
+			if _, err := verifyLines(lines, opts(l2)); err != nil {
+				t.Fatalf("Verify without last-seen = %v; the attack should pass the key-only check", err)
+			}
+			err := au.verify(l2, lines)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrInconsistent) {
+				t.Fatalf("Verify with the last-seen checkpoint = %v; want %q (ErrInconsistent)", err, tc.want)
 			}
 		})
 	}
@@ -171,14 +310,14 @@ func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
 	if _, err := l.Append(ctx, "cli", "publish", "models/a/1.0.0.onnx", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.db.ExecContext(ctx, `UPDATE audit_records SET subject = 'x'`); err == nil || !strings.Contains(err.Error(), "append-only") {
+	if _, err := l.db.ExecContext(ctx, `UPDATE audit_leaves SET subject = 'x'`); err == nil || !strings.Contains(err.Error(), "append-only") {
 		t.Fatalf("UPDATE of an audit record = %v; want refused", err)
 	}
-	if _, err := l.db.ExecContext(ctx, `DELETE FROM audit_records`); err == nil {
+	if _, err := l.db.ExecContext(ctx, `DELETE FROM audit_leaves`); err == nil {
 		t.Fatal("DELETE of audit records succeeded")
 	}
-	// A second handle on the same file stands for another process.
-	other, err := Open(ctx, Config{DB: openDB(t, path), Key: l.key})
+	// A second handle on the same file stands for another process or replica.
+	other, err := Open(ctx, Config{DB: openDB(t, path), Key: l.key, Origin: l.origin})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,16 +335,136 @@ func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	var buf bytes.Buffer
-	if err := l.Export(ctx, &buf); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := Verify(&buf, l.PublicKey())
+	rep, err := verifyLines(export(t, l), opts(l))
 	if err != nil || rep.Records != 51 {
 		t.Fatalf("Verify after concurrent appends = %+v, %v; want 51 records", rep, err)
 	}
 }
 
+// TestAppendTxCommitsWithTheChange: a record appended in the caller's transaction is
+// there exactly when the transaction commits.
+func TestAppendTxCommitsWithTheChange(t *testing.T) {
+	l, _ := newLog(t, 1000)
+	ctx := context.Background()
+	if _, err := l.db.Exec(`CREATE TABLE things (id INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	for i, commit := range []bool{false, true, false, true} {
+		tx, err := l.db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.AppendTx(ctx, tx, "server", "thing.add", fmt.Sprint(i), nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(`INSERT INTO things(id) VALUES ($1)`, i); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit()
+		} else {
+			err = tx.Rollback()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, _ := l.Records(ctx, Query{})
+	if len(recs) != 2 || recs[0].Subject != "1" || recs[1].Subject != "3" || recs[1].Seq != 2 {
+		t.Fatalf("records = %+v; want the two committed, numbered 1 and 2", recs)
+	}
+	if _, err := verifyLines(export(t, l), opts(l)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestProofs(t *testing.T) {
+	l, _ := newLog(t, 1000)
+	ctx := context.Background()
+	appendN(t, l, 1, 37)
+	c1, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 38, 40)
+	for _, seq := range []int64{1, 2, 17, 37, 60, 77} {
+		p, err := l.Prove(ctx, seq, c1.Size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := opts(l)
+		o.LastSeen = c1.Note
+		if _, err := VerifyProof(p, o); err != nil {
+			t.Fatalf("VerifyProof(record %d) = %v", seq, err)
+		}
+		p.Record.Subject = "other"
+		if _, err := VerifyProof(p, o); err == nil {
+			t.Fatalf("VerifyProof(modified record %d) passed", seq)
+		}
+	}
+	// A proof without the consistency part is refused when the auditor has a last-seen.
+	p, _ := l.Prove(ctx, 5, 0)
+	o := opts(l)
+	o.LastSeen = c1.Note
+	if _, err := VerifyProof(p, o); err == nil || !strings.Contains(err.Error(), "no consistency proof") {
+		t.Fatalf("VerifyProof without consistency = %v", err)
+	}
+	if _, err := l.InclusionProof(ctx, 5, 1000); !errors.Is(err, ErrBeyondTree) {
+		t.Fatalf("InclusionProof beyond the tree = %v", err)
+	}
+}
+
+// TestForkShownToTwoParties: the key's holder runs two logs under one key and shows one
+// to each party. Each branch verifies alone; a witness or device that has seen one branch
+// refuses the other, whatever proof comes with it.
+func TestForkShownToTwoParties(t *testing.T) {
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	a, _ := newLogWithKey(t, key, 1000)
+	b, _ := newLogWithKey(t, key, 1000)
+	appendN(t, a, 1, 10)
+	appendN(t, b, 1, 10)
+	a.Append(ctx, "server", "repo.publish", "models/m/2.0.0.onnx", nil)
+	b.Append(ctx, "server", "repo.publish", "models/evil/2.0.0.onnx", nil)
+	appendN(t, b, 100, 5)
+	ca, _ := a.Checkpoint(ctx)
+	cb, _ := b.Checkpoint(ctx)
+	// Two devices (or auditors), each shown one branch, accept it.
+	if _, err := Next(a.Verifier(), nil, ca.Note, nil); err != nil {
+		t.Fatal(err)
+	}
+	// The device that saw branch a is shown branch b with the best proof b can make.
+	proof, _ := b.ConsistencyProof(ctx, ca.Size, cb.Size)
+	if _, err := Next(a.Verifier(), ca.Note, cb.Note, proof); !errors.Is(err, ErrInconsistent) {
+		t.Fatalf("Next(branch b after branch a) = %v; want ErrInconsistent", err)
+	}
+	// Same sizes, different trees.
+	b2, _ := b.CheckpointAt(ctx, 16)
+	a.Checkpoint(ctx)
+	if _, err := Next(a.Verifier(), ca.Note, b2.Note, nil); err == nil {
+		t.Fatal("Next accepted a second tree of a size it had seen")
+	}
+	// An older tree after a newer one is a rollback.
+	appendN(t, a, 200, 3)
+	ca2, _ := a.Checkpoint(ctx)
+	if _, err := Next(a.Verifier(), ca2.Note, ca.Note, nil); !errors.Is(err, ErrInconsistent) || !strings.Contains(err.Error(), "rollback") {
+		t.Fatalf("Next(older) = %v; want a rollback", err)
+	}
+	// And the genuine extension passes.
+	pa, _ := a.ConsistencyProof(ctx, ca.Size, ca2.Size)
+	if _, err := Next(a.Verifier(), ca.Note, ca2.Note, pa); err != nil {
+		t.Fatalf("Next(genuine extension) = %v", err)
+	}
+}
+
+func mustVerifier(t testing.TB, vkey string) note.Verifier {
+	t.Helper()
+	v, err := ParseVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
 // AppendTx commits with the caller's transaction: a rolled-back transaction leaves
 // neither its state change nor its record, and the chain goes on without a gap.
 func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
@@ -266,7 +525,7 @@ func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
 	if err := l.Export(ctx, &buf); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Verify(&buf, l.PublicKey()); err != nil {
+	if _, err := Verify(&buf, opts(l)); err != nil {
 		t.Fatalf("Verify(export after AppendTx) = %v", err)
 	}
 }

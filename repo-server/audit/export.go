@@ -2,13 +2,16 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // writeLine writes v as one JSON line with a leading "type" field.
@@ -27,131 +30,226 @@ func writeLine(w io.Writer, typ string, v any) error {
 	return err
 }
 
-// Export writes the whole log as JSON Lines: every record in order, and each checkpoint
-// right after the record it covers. It first signs a checkpoint over everything, so a
-// verifier can tell an untouched export from one with records appended after it.
+// checkpointLine is an export's last line: the signed checkpoint covering every record.
+type checkpointLine struct {
+	Note string `json:"note"`
+}
+
+// Export writes the log as JSON Lines: every record in order, then one line holding the
+// newest signed checkpoint (with its cosignatures), whose tree is exactly those records.
+// It first signs a checkpoint over everything, so the export is complete as of now.
 func (l *Log) Export(ctx context.Context, w io.Writer) error {
-	if _, err := l.Checkpoint(ctx); err != nil {
-		return err
-	}
-	recs, err := l.Records(ctx, Query{})
+	c, err := l.Checkpoint(ctx)
 	if err != nil {
 		return err
 	}
-	cps, err := l.checkpoints(ctx, 0)
-	if err != nil {
-		return err
-	}
-	sort.Slice(cps, func(i, j int) bool { return cps[i].Count < cps[j].Count })
 	bw := bufio.NewWriter(w)
-	ci := 0
-	for i := range recs {
-		if err := writeLine(bw, "record", &recs[i]); err != nil {
-			return err
-		}
-		for ci < len(cps) && cps[ci].Count == recs[i].Seq {
-			if err := writeLine(bw, "checkpoint", &cps[ci]); err != nil {
-				return err
-			}
-			ci++
-		}
+	if err := l.eachRecord(ctx, Query{Upto: c.Size}, func(r *Record) error { return writeLine(bw, "record", r) }); err != nil {
+		return err
+	}
+	if err := writeLine(bw, "checkpoint", checkpointLine{Note: string(c.Note)}); err != nil {
+		return err
 	}
 	return bw.Flush()
 }
 
 // Report is what Verify found.
 type Report struct {
-	Records     int64 // records read
-	Checkpoints int   // valid checkpoints read
-	Covered     int64 // records covered by the last valid checkpoint
+	Records    int64       // records read, all proven to be in the tree
+	Checkpoint *Checkpoint // the checkpoint covering them (verified)
+	Cosigners  []string    // the trusted witnesses that cosigned it
+	LastSeen   int64       // size of the auditor's last-seen checkpoint the tree extends (0: none)
 }
 
 // VerifyError says where an export stops being trustworthy.
 type VerifyError struct {
-	Line int   // 1-based line of the export
+	Line int   // 1-based line of the export (0: not about one line)
 	Seq  int64 // the record concerned (0 if none)
 	Msg  string
+	Err  error // the underlying error, if any (ErrInconsistent, *QuorumError, …)
 }
 
 func (e *VerifyError) Error() string {
+	s := e.Msg
 	if e.Seq > 0 {
-		return fmt.Sprintf("line %d: record %d: %s", e.Line, e.Seq, e.Msg)
+		s = fmt.Sprintf("record %d: %s", e.Seq, s)
 	}
-	return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	if e.Line > 0 {
+		s = fmt.Sprintf("line %d: %s", e.Line, s)
+	}
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
 }
+
+func (e *VerifyError) Unwrap() error { return e.Err }
 
 // maxLine bounds one line of an export.
 const maxLine = 4 << 20
 
-// Verify checks an export offline with only the checkpoint public key: sequence numbers
-// run 1, 2, 3…; every record's prev is its predecessor's hash and its hash is recomputed;
-// every checkpoint is signed by pub and names the hash of the record it follows; and the
-// last checkpoint covers the last record. It returns the first problem as a *VerifyError.
-func Verify(r io.Reader, pub ed25519.PublicKey) (*Report, error) {
-	if len(pub) != ed25519.PublicKeySize {
-		return nil, errors.New("verify: not an ed25519 public key")
+// VerifyOptions says what an export is verified against.
+type VerifyOptions struct {
+	// LogKey verifies the log's checkpoint signature (required).
+	LogKey note.Verifier
+	// Witnesses are the trusted witnesses' keys; Quorum of them must have cosigned the
+	// checkpoint covering the export. Zero: no cosignature is required.
+	Witnesses []note.Verifier
+	Quorum    int
+	// LastSeen is the auditor's last-seen checkpoint (a signed note), from an earlier
+	// verification, a witness or a device. The export's tree must extend it. nil: none.
+	LastSeen []byte
+}
+
+// Verify checks an export offline. It proves that every record, numbered 1, 2, 3 … in
+// order, is a leaf of the tree whose root the last line's checkpoint signs (it rebuilds
+// the tree from the records with tlog and compares roots), that the checkpoint is signed
+// by the log key and cosigned by a quorum of witnesses, that it covers exactly the
+// records of the export (so a truncated export fails), and that the tree extends the
+// last-seen checkpoint (so a rollback or a fork fails). It returns the first problem as a
+// *VerifyError.
+func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
+	if opts.LogKey == nil {
+		return nil, errors.New("verify: the log's verifier key is needed")
 	}
+	rep := &Report{}
+	var lastSeen *Checkpoint
+	if opts.LastSeen != nil {
+		var err error
+		if lastSeen, err = OpenCheckpoint(opts.LastSeen, opts.LogKey, nil, 0); err != nil {
+			return rep, &VerifyError{Msg: "the last-seen checkpoint does not verify", Err: err}
+		}
+	}
+	// The tree is rebuilt in memory with tlog's stored-hash layout.
+	var stored []tlog.Hash
+	mem := tlog.HashReaderFunc(func(ix []int64) ([]tlog.Hash, error) {
+		out := make([]tlog.Hash, len(ix))
+		for i, x := range ix {
+			if x >= int64(len(stored)) {
+				return nil, fmt.Errorf("stored hash %d missing", x)
+			}
+			out[i] = stored[x]
+		}
+		return out, nil
+	})
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
-	rep := &Report{}
-	prev := zeroHash
-	hashes := map[int64]string{}
 	n := 0
+	var cpLine []byte
 	for sc.Scan() {
 		n++
-		var raw map[string]json.RawMessage
-		if err := json.Unmarshal(sc.Bytes(), &raw); err != nil {
-			return rep, &VerifyError{Line: n, Msg: "not JSON: " + err.Error()}
+		if cpLine != nil {
+			return rep, &VerifyError{Line: n, Msg: "lines after the checkpoint: the checkpoint must be the export's last line"}
 		}
-		var typ string
-		json.Unmarshal(raw["type"], &typ)
-		switch typ {
+		var head struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &head); err != nil {
+			return rep, &VerifyError{Line: n, Msg: "not JSON", Err: err}
+		}
+		switch head.Type {
 		case "record":
 			var rec Record
 			if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-				return rep, &VerifyError{Line: n, Msg: "bad record: " + err.Error()}
+				return rep, &VerifyError{Line: n, Msg: "bad record", Err: err}
 			}
-			want := rep.Records + 1
-			switch {
-			case rec.Seq != want:
+			var data bytes.Buffer
+			if err := json.Compact(&data, rec.Data); err != nil {
+				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: "bad data", Err: err}
+			}
+			rec.Data = data.Bytes()
+			if want := rep.Records + 1; rec.Seq != want {
 				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: fmt.Sprintf("out of sequence: expected record %d (a record was deleted or reordered)", want)}
-			case rec.Prev != prev:
-				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: "does not chain to the record before it"}
-			case hashRecord(&rec) != rec.Hash:
-				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: "contents do not match its hash (modified)"}
 			}
-			prev = rec.Hash
-			hashes[rec.Seq] = rec.Hash
+			hs, err := tlog.StoredHashes(rec.Seq-1, rec.Leaf(), mem)
+			if err != nil {
+				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: "tree", Err: err}
+			}
+			stored = append(stored, hs...)
 			rep.Records++
 		case "checkpoint":
-			var c Checkpoint
-			if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
-				return rep, &VerifyError{Line: n, Msg: "bad checkpoint: " + err.Error()}
+			var cl checkpointLine
+			if err := json.Unmarshal(sc.Bytes(), &cl); err != nil {
+				return rep, &VerifyError{Line: n, Msg: "bad checkpoint line", Err: err}
 			}
-			if c.KeyID != KeyID(pub) || !ed25519.Verify(pub, checkpointMessage(&c), c.Sig) {
-				return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("checkpoint at %d: signature does not verify with key %s", c.Count, KeyID(pub))}
-			}
-			h, ok := hashes[c.Count]
-			if !ok || c.Count != rep.Records {
-				return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("checkpoint at %d does not follow record %d", c.Count, c.Count)}
-			}
-			if h != c.Head {
-				return rep, &VerifyError{Line: n, Seq: c.Count, Msg: "the chain up to here differs from what the checkpoint signed (records were rewritten)"}
-			}
-			rep.Checkpoints++
-			rep.Covered = c.Count
+			cpLine = []byte(cl.Note)
 		default:
-			return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("unknown line type %q", typ)}
+			return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("unknown line type %q", head.Type)}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return rep, &VerifyError{Line: n + 1, Msg: err.Error()}
+		return rep, &VerifyError{Line: n + 1, Msg: "read", Err: err}
 	}
-	if rep.Records == 0 {
-		return rep, &VerifyError{Line: n, Msg: "no records"}
+	if cpLine == nil {
+		return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("no signed checkpoint covers the %d records of the export: it was truncated", rep.Records)}
 	}
-	if rep.Covered != rep.Records {
-		return rep, &VerifyError{Line: n, Seq: rep.Covered + 1, Msg: fmt.Sprintf("%d records after the last checkpoint (%d) are not covered by any signature (appended)", rep.Records-rep.Covered, rep.Covered)}
+	c, err := OpenCheckpoint(cpLine, opts.LogKey, opts.Witnesses, opts.Quorum)
+	if err != nil {
+		return rep, &VerifyError{Line: n, Msg: "checkpoint", Err: err}
+	}
+	rep.Checkpoint = c
+	for _, s := range mustOpen(cpLine, opts.Witnesses) {
+		rep.Cosigners = append(rep.Cosigners, s)
+	}
+	if c.Size != rep.Records {
+		return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("the checkpoint signs a tree of %d records but the export holds %d: records were removed or added", c.Size, rep.Records)}
+	}
+	root, err := tlog.TreeHash(c.Size, mem)
+	if err != nil {
+		return rep, &VerifyError{Line: n, Msg: "tree", Err: err}
+	}
+	if root != c.Hash {
+		return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("the %d records are not the tree the checkpoint signs (root %s, signed %s): the log was rewritten", c.Size, root, c.Hash)}
+	}
+	if lastSeen != nil {
+		if lastSeen.Size > c.Size {
+			return rep, &VerifyError{Msg: fmt.Sprintf("rollback: the export's tree has %d records but the last-seen checkpoint has %d (records were removed, or an old log is shown)", c.Size, lastSeen.Size), Err: ErrInconsistent}
+		}
+		// The records themselves give the tree at the last-seen size: stronger than a
+		// consistency proof, and the same check.
+		old, err := tlog.TreeHash(lastSeen.Size, mem)
+		if err != nil {
+			return rep, &VerifyError{Msg: "tree", Err: err}
+		}
+		if lastSeen.Size > 0 && old != lastSeen.Hash {
+			return rep, &VerifyError{Msg: fmt.Sprintf("fork: the export's first %d records are not the tree of the last-seen checkpoint (root %s, last seen %s): the log was rewritten or forked", lastSeen.Size, old, lastSeen.Hash), Err: ErrInconsistent}
+		}
+		if lastSeen.Size > 0 && lastSeen.Size < c.Size {
+			p, err := tlog.ProveTree(c.Size, lastSeen.Size, mem)
+			if err == nil {
+				err = CheckConsistency(lastSeen, c, p)
+			}
+			if err != nil {
+				return rep, &VerifyError{Msg: "consistency with the last-seen checkpoint", Err: err}
+			}
+		}
+		rep.LastSeen = lastSeen.Size
 	}
 	return rep, nil
+}
+
+// mustOpen names the witnesses among ws that validly cosigned msg.
+func mustOpen(msg []byte, ws []note.Verifier) []string {
+	var out []string
+	for _, w := range ws {
+		if n, err := note.Open(msg, note.VerifierList(w)); err == nil && len(n.Sigs) == 1 {
+			out = append(out, w.Name())
+		}
+	}
+	return out
+}
+
+// VerifyWithKey verifies an export against the log's Ed25519 public key alone, taking
+// the log's name from the export's checkpoint: no witness quorum, no last-seen
+// checkpoint. For the dashboard and tests; auditors use Verify.
+func VerifyWithKey(r io.Reader, pub ed25519.PublicKey, origin string) (*Report, error) {
+	vk, err := VerifierKey(origin, pub)
+	if err != nil {
+		return nil, err
+	}
+	v, err := note.NewVerifier(vk)
+	if err != nil {
+		return nil, err
+	}
+	return Verify(r, VerifyOptions{LogKey: v})
 }

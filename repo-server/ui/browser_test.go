@@ -183,7 +183,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	// The audit log verifies in-process.
 	do("audit page", chromedp.Click(chromedp.CSS(`a[href="/ui/audit"]`)), chromedp.WaitVisible(chromedp.ID("verify")),
 		chromedp.Click(chromedp.ID("verify")), chromedp.WaitVisible(chromedp.CSS("#verify-result.ok")))
-	if result := text("#verify-result"); !strings.HasPrefix(result, "Verified: 5 records chained") {
+	if result := text("#verify-result"); !strings.HasPrefix(result, "Verified: 5 records in the Merkle tree") {
 		t.Errorf("verification = %q", result)
 	}
 

@@ -381,15 +381,15 @@ func TestDashboardPages(t *testing.T) {
 	}
 
 	_, body = d.get(c, "/ui/audit?verify=1")
-	if !strings.Contains(body, `id="verify-result">Verified: 5 records chained`) {
+	if !strings.Contains(body, `id="verify-result">Verified: 5 records in the Merkle tree`) {
 		t.Errorf("audit verify: %s", between(body, `id="verify-result"`, "</p>"))
 	}
 	// Tamper with a record behind the log's back: the verification says where.
-	if _, err := d.db.Exec(`DROP TRIGGER audit_records_no_update; UPDATE audit_records SET subject = 'press-99' WHERE seq = 2`); err != nil {
+	if _, err := d.db.Exec(`DROP TRIGGER audit_leaves_no_update; UPDATE audit_leaves SET subject = 'press-99' WHERE seq = 2`); err != nil {
 		t.Fatal(err)
 	}
 	_, body = d.get(c, "/ui/audit?verify=1")
-	if !strings.Contains(body, "NOT verified: line 2: record 2: contents do not match its hash (modified)") {
+	if !strings.Contains(body, "NOT verified: line 6: the 5 records are not the tree the checkpoint signs") {
 		t.Errorf("audit verify of a tampered log: %s", between(body, `id="verify-result"`, "</p>"))
 	}
 }

@@ -1,0 +1,379 @@
+package audit
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Next is what every witness of the log does, an `edgeward audit witness`, a device or an
+// auditor: given the newest checkpoint it has verified (lastSeen, nil for none), it
+// accepts next only if the log key signed it and proof shows it extends lastSeen. It
+// returns the verified next checkpoint. An error wrapping ErrInconsistent means the log
+// was forked, rewritten or rolled back: refuse it, report it, keep lastSeen.
+func Next(logKey note.Verifier, lastSeen, next []byte, proof tlog.TreeProof) (*Checkpoint, error) {
+	c, err := OpenCheckpoint(next, logKey, nil, 0)
+	if err != nil {
+		return nil, err
+	}
+	if lastSeen == nil {
+		return c, nil
+	}
+	last, err := OpenCheckpoint(lastSeen, logKey, nil, 0)
+	if err != nil {
+		return nil, fmt.Errorf("last-seen checkpoint: %w", err)
+	}
+	if err := CheckConsistency(last, c, proof); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// WitnessConfig configures a Witness.
+type WitnessConfig struct {
+	Signer note.Signer     // the witness's cosignature/v1 signer (Cosigner)
+	Logs   []note.Verifier // the logs it witnesses; a log's origin is its key's name
+	// State is the file where the witness keeps the newest checkpoint of each log it has
+	// cosigned (created if missing). Keep it: a witness that forgets can be shown a fork.
+	State string
+}
+
+// Witness cosigns checkpoints that consistently extend the last one it cosigned, per log
+// (C2SP tlog-witness: POST /add-checkpoint). Safe for concurrent use.
+type Witness struct {
+	cfg  WitnessConfig
+	logs map[string]note.Verifier
+	mu   sync.Mutex
+	st   witnessState
+}
+
+type witnessState struct {
+	Logs map[string]string `json:"logs"` // origin → newest cosigned checkpoint (note)
+}
+
+// NewWitness loads the witness's state.
+func NewWitness(cfg WitnessConfig) (*Witness, error) {
+	if cfg.Signer == nil || cfg.State == "" || len(cfg.Logs) == 0 {
+		return nil, errors.New("witness: a signer, a state file and at least one log key are needed")
+	}
+	w := &Witness{cfg: cfg, logs: map[string]note.Verifier{}, st: witnessState{Logs: map[string]string{}}}
+	for _, l := range cfg.Logs {
+		w.logs[l.Name()] = l
+	}
+	data, err := os.ReadFile(cfg.State)
+	if err == nil {
+		if err := json.Unmarshal(data, &w.st); err != nil {
+			return nil, fmt.Errorf("witness state %s: %w", cfg.State, err)
+		}
+		if w.st.Logs == nil {
+			w.st.Logs = map[string]string{}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return w, nil
+}
+
+// ConflictError says the witness's newest checkpoint for the log is not the size the
+// caller assumed: retry with a consistency proof from Size.
+type ConflictError struct{ Size int64 }
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("witness: its newest checkpoint has size %d", e.Size)
+}
+
+// ErrUnknownLog says the witness does not witness that origin.
+var ErrUnknownLog = errors.New("witness: unknown log")
+
+// Latest returns the newest checkpoint the witness cosigned for origin (nil: none).
+func (w *Witness) Latest(origin string) []byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s, ok := w.st.Logs[origin]; ok {
+		return []byte(s)
+	}
+	return nil
+}
+
+// AddCheckpoint verifies msg (signed by its log's key) against the newest checkpoint the
+// witness holds for that log, old being the size the caller believes that is and proof a
+// consistency proof from it, records it, and returns the witness's cosignature line(s).
+func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]byte, error) {
+	u, err := ParseCheckpointUnverified(msg)
+	if err != nil {
+		return nil, err
+	}
+	logKey, ok := w.logs[u.Origin]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownLog, u.Origin)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var last []byte
+	var lastSize int64
+	if s, ok := w.st.Logs[u.Origin]; ok {
+		last = []byte(s)
+		lc, err := ParseCheckpointUnverified(last)
+		if err != nil {
+			return nil, err
+		}
+		lastSize = lc.Size
+	}
+	if old != lastSize {
+		return nil, &ConflictError{Size: lastSize}
+	}
+	c, err := Next(logKey, last, msg, proof)
+	if err != nil {
+		return nil, err
+	}
+	// Cosign the checkpoint text only (with the log's signature, not others').
+	n, err := note.Open(msg, note.VerifierList(logKey))
+	if err != nil {
+		return nil, err
+	}
+	n.UnverifiedSigs = nil
+	signed, err := note.Sign(&note.Note{Text: n.Text, Sigs: n.Sigs}, w.cfg.Signer)
+	if err != nil {
+		return nil, err
+	}
+	if last == nil || c.Size > lastSize {
+		w.st.Logs[u.Origin] = string(signed)
+		if err := w.save(); err != nil {
+			return nil, err
+		}
+	}
+	return cosignatureLines(signed, w.cfg.Signer.Name()), nil
+}
+
+// cosignatureLines picks the signature lines by name out of a signed note.
+func cosignatureLines(msg []byte, name string) []byte {
+	var out bytes.Buffer
+	i := bytes.LastIndex(msg, []byte("\n\n"))
+	for _, ln := range strings.SplitAfter(string(msg[i+2:]), "\n") {
+		if strings.HasPrefix(ln, "— "+name+" ") {
+			out.WriteString(ln)
+		}
+	}
+	return out.Bytes()
+}
+
+func (w *Witness) save() error {
+	data, err := json.MarshalIndent(&w.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := w.cfg.State + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("witness state: %w", err)
+	}
+	if err := os.Rename(tmp, w.cfg.State); err != nil {
+		return err
+	}
+	if d, err := os.Open(filepath.Dir(w.cfg.State)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// FormatAddCheckpoint is the body of a tlog-witness add-checkpoint request.
+func FormatAddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "old %d\n", old)
+	for _, h := range proof {
+		fmt.Fprintf(&b, "%s\n", h)
+	}
+	b.WriteString("\n")
+	b.Write(msg)
+	return b.Bytes()
+}
+
+// ParseAddCheckpoint parses an add-checkpoint request body.
+func ParseAddCheckpoint(body []byte) (old int64, proof tlog.TreeProof, msg []byte, err error) {
+	head, rest, ok := bytes.Cut(body, []byte("\n\n"))
+	if !ok {
+		return 0, nil, nil, errors.New("add-checkpoint: no blank line before the checkpoint")
+	}
+	sc := bufio.NewScanner(bytes.NewReader(head))
+	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "old ") {
+		return 0, nil, nil, errors.New("add-checkpoint: first line must be \"old <size>\"")
+	}
+	if old, err = strconv.ParseInt(strings.TrimPrefix(sc.Text(), "old "), 10, 64); err != nil || old < 0 {
+		return 0, nil, nil, fmt.Errorf("add-checkpoint: old size %q", sc.Text())
+	}
+	for sc.Scan() {
+		h, err := tlog.ParseHash(sc.Text())
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("add-checkpoint: proof line %q", sc.Text())
+		}
+		if len(proof) == 63 {
+			return 0, nil, nil, errors.New("add-checkpoint: proof too long")
+		}
+		proof = append(proof, h)
+	}
+	return old, proof, rest, nil
+}
+
+// ServeHTTP serves POST /add-checkpoint (C2SP tlog-witness): 200 with the cosignature
+// lines; 409 with the witness's size (text/x.tlog.size) when old is not it; 404 for an
+// unknown log; 403 when the log's signature does not verify; 422 when the checkpoint is
+// not consistent with the witness's newest one; 400 for a malformed request. GET
+// /checkpoint?origin=O returns the newest cosigned checkpoint of a log.
+func (w *Witness) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/checkpoint":
+		c := w.Latest(r.URL.Query().Get("origin"))
+		if c == nil {
+			http.Error(rw, "no checkpoint for that origin", http.StatusNotFound)
+			return
+		}
+		rw.Write(c)
+		return
+	case r.Method != http.MethodPost || r.URL.Path != "/add-checkpoint":
+		http.Error(rw, "POST /add-checkpoint", http.StatusNotFound)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxNote+64*64+1))
+	if err != nil || len(body) > maxNote+64*64 {
+		http.Error(rw, "request too large", http.StatusBadRequest)
+		return
+	}
+	old, proof, msg, err := ParseAddCheckpoint(body)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+		return
+	}
+	sig, err := w.AddCheckpoint(old, proof, msg)
+	var conflict *ConflictError
+	switch {
+	case err == nil:
+		rw.Write(sig)
+	case errors.As(err, &conflict):
+		rw.Header().Set("Content-Type", "text/x.tlog.size")
+		rw.WriteHeader(http.StatusConflict)
+		fmt.Fprintf(rw, "%d\n", conflict.Size)
+	case errors.Is(err, ErrUnknownLog):
+		http.Error(rw, err.Error(), http.StatusNotFound)
+	case errors.Is(err, ErrInconsistent):
+		http.Error(rw, err.Error(), http.StatusUnprocessableEntity)
+	case errors.Is(err, ErrCheckpoint):
+		http.Error(rw, err.Error(), http.StatusBadRequest)
+	default:
+		http.Error(rw, err.Error(), http.StatusForbidden)
+	}
+}
+
+// WitnessClient sends a log's checkpoints to one witness. It remembers the size the
+// witness last accepted (learning it from a 409 when it does not know). Not safe for
+// concurrent use; the server's checkpoint signer owns it.
+type WitnessClient struct {
+	URL  string // base URL; requests go to URL + "/add-checkpoint"
+	HTTP *http.Client
+	size int64
+	seen bool
+}
+
+// Cosign sends the log's newest checkpoint to each witness, collects their cosignatures
+// into the stored checkpoint, and returns the checkpoint with them. Witnesses that refuse
+// are reported in the error (joined); the others' cosignatures are kept.
+func (l *Log) Cosign(ctx context.Context, witnesses []*WitnessClient) (*Checkpoint, error) {
+	c, err := l.Checkpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	var lines []string
+	for _, wc := range witnesses {
+		sig, err := wc.add(ctx, l, c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("witness %s: %w", wc.URL, err))
+			continue
+		}
+		lines = append(lines, strings.SplitAfter(strings.TrimRight(string(sig), "\n"), "\n")...)
+	}
+	if len(lines) > 0 {
+		if err := l.AddCosignatures(ctx, c.Size, lines); err != nil {
+			return nil, err
+		}
+		if c, err = l.CheckpointAt(ctx, c.Size); err != nil {
+			return nil, err
+		}
+	}
+	return c, errors.Join(errs...)
+}
+
+func (wc *WitnessClient) add(ctx context.Context, l *Log, c *Checkpoint) ([]byte, error) {
+	hc := wc.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	for try := 0; try < 2; try++ {
+		proof, err := l.ConsistencyProof(ctx, min(wc.size, c.Size), c.Size)
+		if err != nil {
+			return nil, err
+		}
+		// Send the log's signature only: a witness cosigns what the log signed.
+		body := FormatAddCheckpoint(wc.size, proof, logSignedOnly(c.Note, l.Verifier()))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(wc.URL, "/")+"/add-checkpoint", bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxNote))
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			wc.size, wc.seen = c.Size, true
+			return data, nil
+		case http.StatusConflict:
+			n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+			if err != nil || n > c.Size {
+				return nil, fmt.Errorf("%w: the witness holds a checkpoint of size %s, larger than the log's %d (rollback?)", ErrInconsistent, strings.TrimSpace(string(data)), c.Size)
+			}
+			wc.size = n
+			continue
+		default:
+			return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
+		}
+	}
+	return nil, errors.New("the witness keeps changing its size")
+}
+
+// logSignedOnly strips every signature but the log's from a checkpoint note.
+func logSignedOnly(msg []byte, logKey note.Verifier) []byte {
+	n, err := note.Open(msg, note.VerifierList(logKey))
+	if err != nil {
+		return msg
+	}
+	out, err := note.Sign(&note.Note{Text: n.Text, Sigs: n.Sigs})
+	if err != nil {
+		return msg
+	}
+	return out
+}

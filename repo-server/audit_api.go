@@ -1,0 +1,143 @@
+package reposerver
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// The audit log's public API: checkpoints and proofs hold only hashes, so anyone (a
+// witness, a device, an auditor) may fetch them without a token, as with TUF metadata.
+//
+//	GET /v1/audit/checkpoint                         the newest signed checkpoint (a note, with cosignatures)
+//	GET /v1/audit/checkpoint?size=N                  the checkpoint signed at size N
+//	GET /v1/audit/proof/inclusion?index=I&size=N     the leaf I (record I+1) is in the tree of size N
+//	GET /v1/audit/proof/consistency?old=M&new=N      the tree of size M is a prefix of the tree of size N
+//
+// Proofs are JSON arrays of base64 hashes (tlog.RecordProof, tlog.TreeProof).
+func (s *Server) mountAuditAPI() {
+	s.mux.Handle("GET /v1/audit/checkpoint", s.count("audit", http.HandlerFunc(s.auditCheckpoint)))
+	s.mux.Handle("GET /v1/audit/proof/inclusion", s.count("audit", http.HandlerFunc(s.auditInclusion)))
+	s.mux.Handle("GET /v1/audit/proof/consistency", s.count("audit", http.HandlerFunc(s.auditConsistency)))
+}
+
+func (s *Server) auditCheckpoint(w http.ResponseWriter, r *http.Request) {
+	l, err := s.openAudit(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	var c *audit.Checkpoint
+	if q := r.URL.Query().Get("size"); q != "" {
+		n, err := strconv.ParseInt(q, 10, 64)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, "size: want a tree size")
+			return
+		}
+		c, err = l.CheckpointAt(r.Context(), n)
+		if errors.Is(err, audit.ErrNoCheckpoint) {
+			writeError(w, http.StatusNotFound, "no checkpoint was signed at that size")
+			return
+		}
+	} else {
+		c, err = l.Latest(r.Context())
+		if errors.Is(err, audit.ErrNoCheckpoint) {
+			c, err = l.Checkpoint(r.Context())
+		}
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(c.Note)
+}
+
+func queryInt(r *http.Request, names ...string) ([]int64, bool) {
+	out := make([]int64, len(names))
+	for i, n := range names {
+		v, err := strconv.ParseInt(r.URL.Query().Get(n), 10, 64)
+		if err != nil || v < 0 {
+			return nil, false
+		}
+		out[i] = v
+	}
+	return out, true
+}
+
+func (s *Server) auditInclusion(w http.ResponseWriter, r *http.Request) {
+	v, ok := queryInt(r, "index", "size")
+	if !ok {
+		writeError(w, http.StatusBadRequest, "want index=I&size=N")
+		return
+	}
+	s.auditProof(w, r, func(l *audit.Log) (any, error) { return l.InclusionProof(r.Context(), v[0]+1, v[1]) })
+}
+
+func (s *Server) auditConsistency(w http.ResponseWriter, r *http.Request) {
+	v, ok := queryInt(r, "old", "new")
+	if !ok {
+		writeError(w, http.StatusBadRequest, "want old=M&new=N")
+		return
+	}
+	s.auditProof(w, r, func(l *audit.Log) (any, error) {
+		p, err := l.ConsistencyProof(r.Context(), v[0], v[1])
+		if p == nil {
+			p = tlog.TreeProof{}
+		}
+		return p, err
+	})
+}
+
+func (s *Server) auditProof(w http.ResponseWriter, r *http.Request, prove func(*audit.Log) (any, error)) {
+	l, err := s.openAudit(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	p, err := prove(l)
+	switch {
+	case errors.Is(err, audit.ErrBeyondTree):
+		writeError(w, http.StatusNotFound, err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, p)
+	}
+}
+
+// auditProve serves GET /v1/audit/prove?seq=S[&since=M]: record S with its inclusion
+// proof against the newest checkpoint, and a consistency proof from size M (operators
+// with audit.export, since it returns the record itself).
+func (o *operatorAPI) auditProve(w http.ResponseWriter, r *http.Request) {
+	seq, err := strconv.ParseInt(r.URL.Query().Get("seq"), 10, 64)
+	if err != nil || seq < 1 {
+		writeError(w, http.StatusBadRequest, "seq: want a record number (1, 2, …)")
+		return
+	}
+	var since int64
+	if q := r.URL.Query().Get("since"); q != "" {
+		if since, err = strconv.ParseInt(q, 10, 64); err != nil || since < 0 {
+			writeError(w, http.StatusBadRequest, "since: want a tree size")
+			return
+		}
+	}
+	l, err := o.s.openAudit(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	p, err := l.Prove(r.Context(), seq, since)
+	switch {
+	case errors.Is(err, audit.ErrBeyondTree):
+		writeError(w, http.StatusNotFound, err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, p)
+	}
+}
