@@ -52,15 +52,20 @@ func ortLibrary(t *testing.T) string {
 	return ""
 }
 
-func rolloutPolicy(t *testing.T, version string) *policy.Policy {
+// rolloutPolicy rolls version out to every device; gates, if not empty, are the
+// rollout's gates in YAML flow form.
+func rolloutPolicy(t *testing.T, version, gates string) *policy.Policy {
 	t.Helper()
+	if gates != "" {
+		gates = "\n    gates: " + gates
+	}
 	p, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(`version: 1
 attestation: {required: true, max_age: 30m}
 rollouts:
   - id: vib-` + version + `
     target: {kind: model, name: vibration-anomaly, version: ` + version + `}
     pause: {max_failure_ratio: 0.5, min_reports: 1}
-    waves: [{percent: 100}]
+    waves: [{percent: 100}]` + gates + `
 `)})
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +125,7 @@ func TestDeviceStory(t *testing.T) {
 		t.Fatal(err)
 	}
 	var pol atomic.Pointer[policy.Policy]
-	pol.Store(rolloutPolicy(t, "1.0.0"))
+	pol.Store(rolloutPolicy(t, "1.0.0", ""))
 	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo})
 	if err != nil {
 		t.Fatal(err)
@@ -227,11 +232,32 @@ func TestDeviceStory(t *testing.T) {
 	if len(reps) != 1 || reps[0].Outcome != wire.OutcomeCommitted || reps[0].RolloutID != "vib-1.0.0" {
 		t.Fatalf("reports = %+v; want one committed report for vib-1.0.0", reps)
 	}
+	// The report carries what the probe measured, as the server stored it.
+	if p := reps[0].Probe; p.Accuracy < 0.85 || p.Accuracy > 1 || p.P99Ms <= 0 || p.PeakRSSMB <= 0 {
+		t.Fatalf("committed report's probe = %+v; want accuracy >= 0.85 (its gate), p99 and peak RSS measured", p)
+	}
+
+	// 1.1.0 (better) passes its signed gates, but its rollout asks for more than any
+	// device can give (p99 under a microsecond): the device judges against the stricter
+	// of the two, so the trial fails and 1.0.0 keeps serving.
+	publish("1.1.0")
+	pol.Store(rolloutPolicy(t, "1.1.0", "{max_p99_ms: 0.001}"))
+	ag.Step(ctx)
+	if v := committed(); v != "1.0.0" {
+		t.Fatalf("committed model after a trial against the rollout's stricter gates = %q; want 1.0.0 kept", v)
+	}
+	reps, _ = store.Reports(ctx, fleet.ReportFilter{RolloutID: "vib-1.1.0"})
+	if len(reps) != 1 || reps[0].Outcome != wire.OutcomeProbeFailed || !strings.Contains(reps[0].Cause, "p99") {
+		t.Fatalf("vib-1.1.0 reports = %+v; want one probe_failed on p99", reps)
+	}
+	if p := reps[0].Probe; p.Accuracy < 0.85 || p.P99Ms <= 0.001 || p.PeakRSSMB <= 0 {
+		t.Fatalf("failed report's probe = %+v; want the figures that passed the signed gates (accuracy >= 0.85) and failed the rollout's", p)
+	}
 
 	// The degraded 2.0.0 rolls out: its probe fails, the slot rolls back to 1.0.0, and the
 	// failure report pauses the rollout.
 	publish("2.0.0")
-	pol.Store(rolloutPolicy(t, "2.0.0"))
+	pol.Store(rolloutPolicy(t, "2.0.0", ""))
 	ag.Step(ctx) // the install's failure is reported, not returned as an error
 	if v := committed(); v != "1.0.0" {
 		t.Fatalf("committed model after a failed probe = %q; want 1.0.0 kept", v)

@@ -23,9 +23,13 @@ func Stricter(a, b Gates) Gates {
 }
 
 // CommitGates is what a trial is judged against: Stricter of the gates the target's
-// signed metadata carries and the rollout's, either of which may be absent (nil). It
-// is nil only when both are.
+// signed metadata carries and the rollout's, either of which may be absent (nil; a
+// rollout's zero Gates, no gate at all, counts as absent). It is nil only when both
+// are.
 func CommitGates(signed, rollout *Gates) *Gates {
+	if rollout != nil && *rollout == (Gates{}) {
+		rollout = nil
+	}
 	switch {
 	case signed == nil && rollout == nil:
 		return nil

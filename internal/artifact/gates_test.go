@@ -31,6 +31,8 @@ func TestCommitGates(t *testing.T) {
 		want            *Gates
 	}{
 		{"neither", nil, nil, nil},
+		{"a rollout without gates", nil, &Gates{}, nil},
+		{"signed, rollout without gates", signed, &Gates{}, signed},
 		{"signed only", signed, nil, signed},
 		{"rollout only", nil, rollout, rollout},
 		{"both", signed, rollout, &Gates{MinAccuracy: 0.99, MaxP99Ms: 5}},
