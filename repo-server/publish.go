@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
+	"syscall"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/secure-systems-lab/go-securesystemslib/cjson"
@@ -69,7 +71,27 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 		return nil, fmt.Errorf("publish: %w", err)
 	}
 
-	// Stream the content into an incoming file first (outside the lock: it may be GiBs).
+	// Stream the content into an incoming file first (outside the lock: it may be GiBs),
+	// holding the incoming directory shared so that no sweep removes it meanwhile.
+	unlock, err := r.lockIncoming(syscall.LOCK_SH)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", tpath, err)
+	}
+	res, err := r.publishLocked(ctx, req, keys, role, tpath)
+	unlock()
+	if err != nil {
+		// Remove what a killed publish (this one's own files are gone already) left.
+		if n, size, serr := r.SweepIncoming(); serr != nil {
+			r.log.Warn("sweep abandoned incoming files", "err", serr)
+		} else if n > 0 {
+			r.log.Info("removed abandoned incoming files after a failed publish", "files", n, "bytes", size)
+		}
+	}
+	return res, err
+}
+
+func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyRing, role, tpath string) (*PublishResult, error) {
+	m := req.Meta
 	incoming, sum, n, err := r.receiveBlob(ctx, req.Content)
 	if err != nil {
 		return nil, err
@@ -157,6 +179,68 @@ func (r *Repo) receiveBlob(ctx context.Context, src io.Reader) (path string, sum
 		return "", "", 0, fmt.Errorf("store target content: %w", err)
 	}
 	return path, hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// incomingDir holds the content of publishes in progress.
+func (r *Repo) incomingDir() string { return r.path("blobs", "incoming") }
+
+// lockIncoming takes the incoming directory's lock: shared (syscall.LOCK_SH) by every
+// publish for as long as it has files there, in any process; exclusive by a sweep.
+// With syscall.LOCK_NB it fails with syscall.EWOULDBLOCK instead of waiting.
+func (r *Repo) lockIncoming(how int) (func(), error) {
+	if err := os.MkdirAll(r.incomingDir(), 0o755); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(r.incomingDir(), incomingLockName)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", p, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", p, err)
+	}
+	return func() { f.Close() }, nil // closing the last descriptor releases the lock
+}
+
+const incomingLockName = ".lock"
+
+// SweepIncoming removes what killed publishes left in DIR/blobs/incoming: content that
+// was never moved into the store and the temporary files of unfinished writes. It runs
+// only when no publish is in progress in any process (it takes the incoming lock
+// exclusively, without waiting), so it never removes a file in use; otherwise it removes
+// nothing and returns 0. The server sweeps when it starts and Publish after a failure.
+func (r *Repo) SweepIncoming() (files int, bytes int64, err error) {
+	unlock, err := r.lockIncoming(syscall.LOCK_EX | syscall.LOCK_NB)
+	if errors.Is(err, syscall.EWOULDBLOCK) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("sweep incoming: %w", err)
+	}
+	defer unlock()
+	entries, err := os.ReadDir(r.incomingDir())
+	if err != nil {
+		return 0, 0, fmt.Errorf("sweep incoming: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if e.Name() == incomingLockName || e.IsDir() {
+			continue
+		}
+		p := filepath.Join(r.incomingDir(), e.Name())
+		info, err := e.Info()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove %s: %w", p, err))
+			continue
+		}
+		files++
+		bytes += info.Size()
+	}
+	return files, bytes, errors.Join(errs...)
 }
 
 type ctxReader struct {

@@ -115,6 +115,11 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // Serve serves on ln and refreshes the online metadata (and plans rollouts, when the
 // device API is enabled) until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if n, size, err := s.cfg.Repo.SweepIncoming(); err != nil {
+		s.log.Warn("sweep abandoned incoming files", "err", err)
+	} else if n > 0 {
+		s.log.Info("removed incoming files that killed publishes left", "files", n, "bytes", size)
+	}
 	go s.RunRefresher(ctx)
 	if s.devices != nil {
 		go s.devices.runPlanner(ctx)
