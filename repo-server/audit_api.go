@@ -1,9 +1,11 @@
 package reposerver
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"golang.org/x/mod/sumdb/tlog"
@@ -139,5 +141,46 @@ func (o *operatorAPI) auditProve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:
 		writeJSON(w, http.StatusOK, p)
+	}
+}
+
+// runCheckpointer signs the audit log's checkpoint every CheckpointInterval while records
+// accumulate and collects the witnesses' cosignatures on it, until ctx ends. A witness
+// that refuses (a fork, a rollback) is logged as an error and counted.
+func (s *Server) runCheckpointer(ctx context.Context) {
+	interval := s.cfg.CheckpointInterval
+	if interval <= 0 {
+		interval = 10 * time.Second
+	}
+	var clients []*audit.WitnessClient
+	for _, u := range s.cfg.Witnesses {
+		clients = append(clients, &audit.WitnessClient{URL: u, HTTP: &http.Client{Timeout: 10 * time.Second}})
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var cosigned int64 = -1
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l, err := s.openAudit(ctx)
+		if err != nil {
+			continue
+		}
+		c, err := l.Checkpoint(ctx)
+		if err != nil {
+			s.log.Error("audit checkpoint", "err", err)
+			continue
+		}
+		if len(clients) == 0 || c.Size == cosigned {
+			continue
+		}
+		if _, err := l.Cosign(ctx, clients); err != nil {
+			s.log.Error("audit witnesses", "size", c.Size, "err", err)
+			continue
+		}
+		cosigned = c.Size
 	}
 }

@@ -36,6 +36,12 @@ type ServerConfig struct {
 	RefreshInterval time.Duration
 	Logger          *slog.Logger         // nil: discard
 	Registry        *prometheus.Registry // nil: a new one (served at /metrics)
+	// CheckpointInterval is how often the audit log's checkpoint is signed while records
+	// accumulate, and sent to the witnesses. 0: 10 seconds.
+	CheckpointInterval time.Duration
+	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
+	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
+	Witnesses []string
 }
 
 // Server serves a repository's metadata and targets over HTTP and keeps its online
@@ -121,6 +127,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Info("removed incoming files that killed publishes left", "files", n, "bytes", size)
 	}
 	go s.RunRefresher(ctx)
+	go s.runCheckpointer(ctx)
 	if s.devices != nil {
 		go s.devices.runPlanner(ctx)
 	}

@@ -38,6 +38,9 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	var rf repoFlags
 	rf.register(fs, env)
 	listen := fs.String("listen", "127.0.0.1:8440", "address to serve on")
+	var witnesses listFlag
+	fs.Var(&witnesses, "witness", "base URL of an 'edgeward audit witness' that cosigns the audit log's checkpoints; repeat for each")
+	cpInterval := fs.Duration("checkpoint-interval", 10*time.Second, "how often the audit log's checkpoint is signed and sent to the witnesses")
 	refresh := fs.Duration("refresh-interval", 0, "how often to check online metadata expiry (default: min(1m, timestamp lifetime/10))")
 	attestDir := fs.String("attest-dir", "", "attestation CA key and certificate (default DIR/attest; created on first start)")
 	ekRoots := fs.String("ek-roots", "", "PEM file of TPM manufacturer root certificates EK certificates must chain to")
@@ -62,7 +65,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := repo.Load(ctx); err != nil {
 		return fmt.Errorf("repository %s: %w", rf.dir, err)
 	}
-	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo, RefreshInterval: *refresh, Logger: log})
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo, RefreshInterval: *refresh, Logger: log, Witnesses: witnesses, CheckpointInterval: *cpInterval})
 	if err != nil {
 		return err
 	}

@@ -120,6 +120,9 @@ func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownLog, u.Origin)
 	}
+	if _, err := OpenCheckpoint(msg, logKey, nil, 0); err != nil {
+		return nil, err
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var last []byte

@@ -1,0 +1,133 @@
+package audit
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+)
+
+type testWitness struct {
+	w    *Witness
+	url  string
+	vkey note.Verifier
+}
+
+func newWitness(t *testing.T, name string, logs ...*Log) *testWitness {
+	t.Helper()
+	_, key, _ := ed25519.GenerateKey(nil)
+	var lk []note.Verifier
+	for _, l := range logs {
+		lk = append(lk, l.Verifier())
+	}
+	w, err := NewWitness(WitnessConfig{Signer: Cosigner(name, key, nil), Logs: lk, State: filepath.Join(t.TempDir(), "witness.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(w)
+	t.Cleanup(srv.Close)
+	return &testWitness{w: w, url: srv.URL, vkey: mustVerifier(t, CosignerKey(name, key.Public().(ed25519.PublicKey)))}
+}
+
+// TestWitnessQuorum: the server collects cosignatures over HTTP (tlog-witness), the
+// export carries them, and audit verify counts a quorum of trusted witnesses.
+func TestWitnessQuorum(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 1000)
+	w1, w2, w3 := newWitness(t, "w1.example", l), newWitness(t, "w2.example", l), newWitness(t, "w3.example", l)
+	clients := []*WitnessClient{{URL: w1.url}, {URL: w2.url}}
+	appendN(t, l, 1, 10)
+	if _, err := l.Cosign(ctx, clients); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 11, 7)
+	c, err := l.Cosign(ctx, clients) // the witnesses now need a consistency proof from 10
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Size != 17 || strings.Count(string(c.Note), "\n— ") != 3 {
+		t.Fatalf("cosigned checkpoint = %q; want size 17 with the log's and two witnesses' signatures", c.Note)
+	}
+	lines := export(t, l)
+	trusted := []note.Verifier{w1.vkey, w2.vkey, w3.vkey}
+	rep, err := verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: trusted, Quorum: 2})
+	if err != nil || len(rep.Cosigners) != 2 {
+		t.Fatalf("Verify with 2 of 3 = %+v, %v", rep, err)
+	}
+	_, err = verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: trusted, Quorum: 3})
+	var qe *QuorumError
+	if !errors.As(err, &qe) || qe.Have != 2 || qe.Want != 3 {
+		t.Fatalf("Verify with 3 of 3 = %v; want a QuorumError 2 < 3", err)
+	}
+	// A cosignature/v1 line carries its time.
+	n, _ := note.Open(c.Note, note.VerifierList(l.Verifier(), w1.vkey))
+	for _, s := range n.Sigs {
+		if s.Name == "w1.example" {
+			if at, ok := CosignatureTime(s); !ok || time.Since(at) > time.Minute {
+				t.Fatalf("cosignature time = %v, %v", at, ok)
+			}
+		}
+	}
+}
+
+// TestWitnessRefusesForkAndRollback: a witness that has cosigned one branch refuses the
+// other branch of a fork under the same key, and an older tree (rollback).
+func TestWitnessRefusesForkAndRollback(t *testing.T) {
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	a, _ := newLogWithKey(t, key, 1000)
+	b, _ := newLogWithKey(t, key, 1000)
+	w := newWitness(t, "w.example", a)
+	appendN(t, a, 1, 20)
+	appendN(t, b, 1, 12)
+	b.Append(ctx, "server", "repo.publish", "models/evil/1.0.0.onnx", nil)
+	appendN(t, b, 100, 10)
+	if _, err := a.Cosign(ctx, []*WitnessClient{{URL: w.url}}); err != nil {
+		t.Fatal(err)
+	}
+	// Branch b, shown to the same witness, cannot get a cosignature: the witness answers
+	// 409 with its size, b's consistency proof from 20 fails, the witness says 422.
+	_, err := b.Cosign(ctx, []*WitnessClient{{URL: w.url}})
+	if err == nil || !strings.Contains(err.Error(), "422") {
+		t.Fatalf("Cosign(fork) = %v; want the witness to refuse (422)", err)
+	}
+	// An old backup of a (10 records) is a rollback: the witness holds 20.
+	old, _ := newLogWithKey(t, key, 1000)
+	appendN(t, old, 1, 10)
+	_, err = old.Cosign(ctx, []*WitnessClient{{URL: w.url}})
+	if !errors.Is(err, ErrInconsistent) || !strings.Contains(err.Error(), "rollback") {
+		t.Fatalf("Cosign(rollback) = %v; want a rollback", err)
+	}
+	// And the witness's state survives a restart.
+	w2, err := NewWitness(w.w.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ParseCheckpointUnverified(w2.Latest(a.Origin())); err != nil || c.Size != 20 {
+		t.Fatalf("witness state after restart = %v, %v; want size 20", c, err)
+	}
+	// Malformed and unknown requests get clear errors.
+	if _, _, _, err := ParseAddCheckpoint([]byte("new 3\n\nx")); err == nil {
+		t.Fatal("ParseAddCheckpoint accepted a bad first line")
+	}
+	other, _ := newLog(t, 1000) // same origin, another key
+	appendN(t, other, 1, 1)
+	co, _ := other.Checkpoint(ctx)
+	if _, err := w.w.AddCheckpoint(20, nil, co.Note); err == nil || !strings.Contains(err.Error(), "not signed by the log key") {
+		t.Fatalf("AddCheckpoint(another key) = %v", err)
+	}
+	unknown, err := Open(ctx, Config{DB: openDB(t, filepath.Join(t.TempDir(), "u.db")), Key: key, Origin: "unknown.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cu, _ := unknown.Checkpoint(ctx)
+	if _, err := w.w.AddCheckpoint(0, nil, cu.Note); !errors.Is(err, ErrUnknownLog) {
+		t.Fatalf("AddCheckpoint(unknown origin) = %v", err)
+	}
+}
