@@ -465,6 +465,7 @@ func mustVerifier(t testing.TB, vkey string) note.Verifier {
 	}
 	return v
 }
+
 // AppendTx commits with the caller's transaction: a rolled-back transaction leaves
 // neither its state change nor its record, and the chain goes on without a gap.
 func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
