@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/devlab"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/lab"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
@@ -41,18 +41,18 @@ func TestNetworkCut(t *testing.T) {
 		t.Fatal(err)
 	}
 	const id = "vib-1.1.0"
-	ordered := devlab.ByBucket(id, f.devs)
+	ordered := lab.ByBucket(id, f.devs)
 	first := ordered[0]
 	mark := fileSize(first.Agent.LogPath)
-	f.rollout(id, "1.1.0", []policy.WaveSpec{{Percent: devlab.PercentFor(id, ordered, 1), Soak: "2s"}, {Percent: 100}})
-	err := devlab.WaitFor(f.ctx, wait, first.Name+" to start the trial of 1.1.0", func(context.Context) (bool, string, error) {
+	f.rollout(id, "1.1.0", []policy.WaveSpec{{Percent: lab.PercentFor(id, ordered, 1), Soak: "2s"}, {Percent: 100}})
+	err := lab.WaitFor(f.ctx, wait, first.Name+" to start the trial of 1.1.0", func(context.Context) (bool, string, error) {
 		return strings.Contains(tailFrom(first.Agent.LogPath, mark), `"msg":"model loaded","model":"vibration-anomaly","version":"1.1.0"`), "", nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.srv.Kill()
-	err = devlab.WaitFor(f.ctx, wait, first.Name+" to commit 1.1.0 with the server away", func(context.Context) (bool, string, error) {
+	err = lab.WaitFor(f.ctx, wait, first.Name+" to commit 1.1.0 with the server away", func(context.Context) (bool, string, error) {
 		return strings.Contains(tailFrom(first.Agent.LogPath, mark), "msg=\"install report\" kind=model version=1.1.0 outcome=committed"), "", nil
 	})
 	if err != nil {
@@ -61,7 +61,7 @@ func TestNetworkCut(t *testing.T) {
 	// Every agent notices the cut: its check-ins fail.
 	for _, d := range f.devs {
 		m := fileSize(d.Agent.LogPath)
-		err := devlab.WaitFor(f.ctx, wait, d.Name+" to fail a check-in", func(context.Context) (bool, string, error) {
+		err := lab.WaitFor(f.ctx, wait, d.Name+" to fail a check-in", func(context.Context) (bool, string, error) {
 			return strings.Contains(tailFrom(d.Agent.LogPath, m), "check-in round failed"), "", nil
 		})
 		if err != nil {
@@ -95,7 +95,7 @@ func TestNetworkCut(t *testing.T) {
 		if d.Agent.Exited() {
 			t.Errorf("%s: agent exited during the cut:\n%s", d.Name, d.Agent.Tail(10))
 		}
-		err := devlab.WaitFor(f.ctx, wait, d.Name+"'s outbox to drain", func(ctx context.Context) (bool, string, error) {
+		err := lab.WaitFor(f.ctx, wait, d.Name+"'s outbox to drain", func(ctx context.Context) (bool, string, error) {
 			n := outboxLen(t, d)
 			return n == 0, fmt.Sprint(n, " waiting"), nil
 		})
@@ -114,7 +114,7 @@ func TestNetworkCut(t *testing.T) {
 }
 
 // outboxLen counts the reports waiting in a device's outbox.
-func outboxLen(t *testing.T, d *devlab.Device) int {
+func outboxLen(t *testing.T, d *lab.Device) int {
 	t.Helper()
 	ctx := context.Background()
 	o, err := updater.OpenOutbox(ctx, filepath.Join(d.StateDir, "outbox.db"))
@@ -221,7 +221,7 @@ func TestAgentCrashRuntime(t *testing.T) {
 	}
 	mark := fileSize(trial.Agent.LogPath)
 	f.runtimeRollout("ort", "1.24.3")
-	err := devlab.WaitFor(f.ctx, wait, trial.Name+" to start the new runtime held", func(context.Context) (bool, string, error) {
+	err := lab.WaitFor(f.ctx, wait, trial.Name+" to start the new runtime held", func(context.Context) (bool, string, error) {
 		return strings.Contains(tailFrom(trial.Agent.LogPath, mark), "hold=true"), "", nil
 	})
 	if err != nil {
@@ -292,7 +292,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	var rep wire.Report
-	err = devlab.WaitFor(f.ctx, wait, "the runtime install's failure report", func(context.Context) (bool, string, error) {
+	err = lab.WaitFor(f.ctx, wait, "the runtime install's failure report", func(context.Context) (bool, string, error) {
 		for _, r := range f.reports("ort")[d.ID] {
 			rep = r
 			return true, "", nil
@@ -305,7 +305,7 @@ func TestDiskFull(t *testing.T) {
 	if rep.Outcome != wire.OutcomeInstallError || !strings.Contains(rep.Cause, "no space left") {
 		t.Fatalf("report = %+v; want an install error for lack of space", rep)
 	}
-	if r, err := d.Infer(f.ctx, devlab.Model); err != nil || r.Code != 200 || r.Version != "1.0.0" {
+	if r, err := d.Infer(f.ctx, lab.Model); err != nil || r.Code != 200 || r.Version != "1.0.0" {
 		t.Errorf("inference after the full disk = %+v, %v; want 1.0.0 served", r, err)
 	}
 	if err := f.srv.WaitTrusted(f.ctx, wait, f.devs, time.Now()); err != nil {
@@ -345,14 +345,14 @@ func TestDiskFull(t *testing.T) {
 func TestServerRestartMidPublish(t *testing.T) {
 	need(t)
 	ctx := context.Background()
-	lab, err := devlab.New(t.TempDir(), bins)
+	lb, err := lab.New(t.TempDir(), bins)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(lab.Close)
+	t.Cleanup(lb.Close)
 	const pass = "e2e-passphrase"
-	lab.Env = []string{"EDGEWARD_PASSPHRASE=" + pass}
-	repo, err := devlab.InitRepo(ctx, filepath.Join(lab.Dir, "repo"), pass, attestationPolicy)
+	lb.Env = []string{"EDGEWARD_PASSPHRASE=" + pass}
+	repo, err := lab.InitRepo(ctx, filepath.Join(lb.Dir, "repo"), pass, attestationPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestServerRestartMidPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(string(tok))
-	srv, err := lab.StartServer(ctx, devlab.ServerConfig{Repo: repo.Dir, Args: []string{"--sign-delegated"}})
+	srv, err := lb.StartServer(ctx, lab.ServerConfig{Repo: repo.Dir, Args: []string{"--sign-delegated"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +370,7 @@ func TestServerRestartMidPublish(t *testing.T) {
 		t.Fatal(err)
 	}
 	newClient := func(i int) *updater.TUF {
-		dir := filepath.Join(lab.Dir, fmt.Sprintf("client-%d", i))
+		dir := filepath.Join(lb.Dir, fmt.Sprintf("client-%d", i))
 		if err := updater.PinRoot(dir, root); err != nil {
 			t.Fatal(err)
 		}
@@ -416,7 +416,7 @@ func TestServerRestartMidPublish(t *testing.T) {
 	var published []string
 	for i := 1; i <= 12; i++ {
 		version := fmt.Sprintf("1.0.%d", i)
-		file := filepath.Join(lab.Dir, version+".onnx")
+		file := filepath.Join(lb.Dir, version+".onnx")
 		data := make([]byte, 256<<10)
 		for j := range data {
 			data[j] = byte(rand.IntN(256))
@@ -464,7 +464,7 @@ func TestServerRestartMidPublish(t *testing.T) {
 
 // slotState reads the model slots of a device whose agent is not running, without
 // recovering them.
-func slotState(t *testing.T, d *devlab.Device) rollback.State {
+func slotState(t *testing.T, d *lab.Device) rollback.State {
 	t.Helper()
 	m, err := rollback.Open(context.Background(), rollback.Config{Dir: d.StateDir})
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package e2e tests Edgeward end to end over real processes: the binaries built from
 // this tree, `edgeward server`, swtpm TPMs with EK certificates from one manufacturer CA,
 // `edgeward-agent device` processes and their edgeward-runtime (ONNX Runtime). The
-// orchestration is internal/devlab, shared with `edgeward demo`.
+// orchestration is the lab (lab/), shared with `edgeward demo` (lab/demo).
 //
 // A missing swtpm or ONNX Runtime skips the tests, unless EDGEWARD_REQUIRE_DEPS=1 makes
 // that a failure.
@@ -18,14 +18,14 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/devlab"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/lab"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
 
 var (
-	bins       devlab.Bins
+	bins       lab.Bins
 	crashAgent string // edgeward-agent built with -tags crashpoints
 	buildErr   error
 )
@@ -81,7 +81,7 @@ func build(dir string) error {
 	if err := run("build", "-tags", "crashpoints", "-o", crash+"/", "./cmd/edgeward-agent"); err != nil {
 		return err
 	}
-	bins = devlab.Bins{Edgeward: filepath.Join(dir, "edgeward"), Agent: filepath.Join(dir, "edgeward-agent"), Runtime: filepath.Join(dir, "edgeward-runtime")}
+	bins = lab.Bins{Edgeward: filepath.Join(dir, "edgeward"), Agent: filepath.Join(dir, "edgeward-agent"), Runtime: filepath.Join(dir, "edgeward-runtime")}
 	crashAgent = filepath.Join(crash, "edgeward-agent")
 	return nil
 }
@@ -111,7 +111,7 @@ func need(t *testing.T) {
 	}
 	err := buildErr
 	if err == nil {
-		err = devlab.CheckDeps()
+		err = lab.CheckDeps()
 	}
 	if err == nil {
 		return
@@ -128,10 +128,10 @@ const wait = 90 * time.Second
 type fleetLab struct {
 	t    *testing.T
 	ctx  context.Context
-	lab  *devlab.Lab
-	repo *devlab.Repo
-	srv  *devlab.Server
-	devs []*devlab.Device
+	lab  *lab.Lab
+	repo *lab.Repo
+	srv  *lab.Server
+	devs []*lab.Device
 }
 
 const attestationPolicy = "version: 1\nattestation: {required: true, max_age: 5m}\n"
@@ -143,30 +143,30 @@ func newFleet(t *testing.T, n int) *fleetLab {
 	t.Helper()
 	need(t)
 	ctx := context.Background()
-	lab, err := devlab.New(t.TempDir(), bins)
+	lb, err := lab.New(t.TempDir(), bins)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fleetLab{t: t, ctx: ctx, lab: lab}
+	f := &fleetLab{t: t, ctx: ctx, lab: lb}
 	t.Cleanup(func() {
-		lab.Close()
+		lb.Close()
 		if t.Failed() {
-			entries, _ := os.ReadDir(filepath.Join(lab.Dir, "logs"))
+			entries, _ := os.ReadDir(filepath.Join(lb.Dir, "logs"))
 			for _, e := range entries {
-				t.Logf("--- %s (tail)\n%s", e.Name(), devlab.Tail(filepath.Join(lab.Dir, "logs", e.Name()), 25))
+				t.Logf("--- %s (tail)\n%s", e.Name(), lab.Tail(filepath.Join(lb.Dir, "logs", e.Name()), 25))
 			}
 		}
 	})
-	f.repo, err = devlab.InitRepo(ctx, filepath.Join(lab.Dir, "repo"), "e2e-passphrase", attestationPolicy)
+	f.repo, err = lab.InitRepo(ctx, filepath.Join(lb.Dir, "repo"), "e2e-passphrase", attestationPolicy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv, err = lab.StartServer(ctx, devlab.ServerConfig{Repo: f.repo.Dir})
+	f.srv, err = lb.StartServer(ctx, lab.ServerConfig{Repo: f.repo.Dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {
-		d, err := lab.NewDevice(ctx, fmt.Sprintf("device-%d", i+1), nil, f.srv, f.repo.RootJSON())
+		d, err := lb.NewDevice(ctx, fmt.Sprintf("device-%d", i+1), nil, f.srv, f.repo.RootJSON())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -176,7 +176,7 @@ func newFleet(t *testing.T, n int) *fleetLab {
 }
 
 // startAgents starts the agents of devs (all devices if none given) in parallel.
-func (f *fleetLab) startAgents(devs ...*devlab.Device) {
+func (f *fleetLab) startAgents(devs ...*lab.Device) {
 	f.t.Helper()
 	if len(devs) == 0 {
 		devs = f.devs
@@ -204,7 +204,7 @@ func (f *fleetLab) publish(version string) {
 
 // commit publishes a model version, rolls it out to every device in one wave and waits
 // until all of devs (default: all) committed it.
-func (f *fleetLab) commit(version string, devs ...*devlab.Device) {
+func (f *fleetLab) commit(version string, devs ...*lab.Device) {
 	f.t.Helper()
 	if len(devs) == 0 {
 		devs = f.devs
@@ -219,7 +219,7 @@ func (f *fleetLab) commit(version string, devs ...*devlab.Device) {
 // rollout creates a model rollout of version (nil waves: one wave of 100%).
 func (f *fleetLab) rollout(id, version string, waves []policy.WaveSpec) {
 	f.t.Helper()
-	if _, err := f.repo.CreateRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: devlab.Model, Version: version}, Waves: waves}); err != nil {
+	if _, err := f.repo.CreateRollout(policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: lab.Model, Version: version}, Waves: waves}); err != nil {
 		f.t.Fatal(err)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/devlab"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/lab"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -39,7 +39,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	}
 	f.runtimeRollout("ort-broken", "1.24.0")
 	var rep wire.Report
-	err := devlab.WaitFor(f.ctx, wait, "the broken runtime's report", func(context.Context) (bool, string, error) {
+	err := lab.WaitFor(f.ctx, wait, "the broken runtime's report", func(context.Context) (bool, string, error) {
 		for _, r := range f.reports("ort-broken")[d.ID] {
 			rep = r
 			return true, "", nil
@@ -60,7 +60,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	}
 
 	// The real library, under load.
-	body, err := devlab.InferBody()
+	body, err := lab.InferBody()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	var firstErr atomic.Value
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	url := fmt.Sprintf("http://127.0.0.1:%d/v2/models/%s/infer", d.Port, devlab.Model)
+	url := fmt.Sprintf("http://127.0.0.1:%d/v2/models/%s/infer", d.Port, lab.Model)
 	for c := range 2 {
 		wg.Add(1)
 		go func() {
@@ -129,7 +129,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	if _, err := d.WaitServing(f.ctx, wait, "1.0.0"); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(devlab.Tail(d.Agent.LogPath, 400), filepath.Join(d.StateDir, "slots", "runtime")) {
+	if !strings.Contains(lab.Tail(d.Agent.LogPath, 400), filepath.Join(d.StateDir, "slots", "runtime")) {
 		t.Errorf("after the restart the runtime was not started from the runtime slot:\n%s", d.Agent.Tail(20))
 	}
 
@@ -161,7 +161,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	fh.Write([]byte("tampered"))
 	fh.Close()
 	f.startAgents()
-	err = devlab.WaitFor(f.ctx, wait, d.Name+" to be quarantined", func(ctx context.Context) (bool, string, error) {
+	err = lab.WaitFor(f.ctx, wait, d.Name+" to be quarantined", func(ctx context.Context) (bool, string, error) {
 		fds, err := f.srv.Devices(ctx, f.devs)
 		return err == nil && fds[d.Name].Quarantined, string(fds[d.Name].Verdict), err
 	})

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/devlab"
+	"github.com/edgeward/edgeward/lab"
 )
 
 // FootprintResult is row 6 (MiB).
@@ -28,7 +28,7 @@ type FootprintResult struct {
 	RuntimeIrisHWMMiB      float64 `json:"runtime_iris_peak_rss_mib"`
 	NodeIrisRSSMiB         float64 `json:"node_peer_iris_rss_mib"`
 	// The whole device (`edgeward-agent device`: swtpm, attested check-ins every second
-	// over mTLS, its own edgeward-runtime), via internal/devlab.
+	// over mTLS, its own edgeward-runtime), via internal/lab.
 	DeviceAgentRSSMiB float64 `json:"device_agent_idle_rss_mib"`
 	DeviceAgentHWMMiB float64 `json:"device_agent_idle_peak_rss_mib"`
 	DeviceRuntimeMiB  float64 `json:"device_runtime_rss_mib"`
@@ -177,7 +177,7 @@ func benchFootprint(ctx context.Context, cfg *config) (*FootprintResult, error) 
 // certificate, `edgeward server --tls-listen`, `edgeward-agent device` with its runtime)
 // and samples the agent's RSS after it enrolled and has checked in for a few seconds.
 func deviceFootprint(ctx context.Context, cfg *config, res *FootprintResult) error {
-	if err := devlab.CheckDeps(); err != nil {
+	if err := lab.CheckDeps(); err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp(cfg.work, "device-")
@@ -185,24 +185,24 @@ func deviceFootprint(ctx context.Context, cfg *config, res *FootprintResult) err
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bins := devlab.Bins{Edgeward: filepath.Join(cfg.bin, "edgeward"), Agent: filepath.Join(cfg.bin, "edgeward-agent"), Runtime: filepath.Join(cfg.bin, "edgeward-runtime")}
-	lab, err := devlab.New(dir, bins)
+	bins := lab.Bins{Edgeward: filepath.Join(cfg.bin, "edgeward"), Agent: filepath.Join(cfg.bin, "edgeward-agent"), Runtime: filepath.Join(cfg.bin, "edgeward-runtime")}
+	lb, err := lab.New(dir, bins)
 	if err != nil {
 		return err
 	}
-	defer lab.Close()
-	lab.Env = append(lab.Env, "ONNXRUNTIME_LIB="+cfg.ortLib)
+	defer lb.Close()
+	lb.Env = append(lb.Env, "ONNXRUNTIME_LIB="+cfg.ortLib)
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	repo, err := devlab.InitRepo(ctx, filepath.Join(dir, "repo"), benchPassphrase, "version: 1\nattestation: {required: true, max_age: 5m}\n")
+	repo, err := lab.InitRepo(ctx, filepath.Join(dir, "repo"), benchPassphrase, "version: 1\nattestation: {required: true, max_age: 5m}\n")
 	if err != nil {
 		return fmt.Errorf("repository: %w", err)
 	}
-	srv, err := lab.StartServer(ctx, devlab.ServerConfig{Repo: filepath.Join(dir, "repo"), CheckIn: time.Second, TLS: true})
+	srv, err := lb.StartServer(ctx, lab.ServerConfig{Repo: filepath.Join(dir, "repo"), CheckIn: time.Second, TLS: true})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	dev, err := lab.NewDevice(ctx, "bench-device", map[string]string{"line": "press"}, srv, repo.RootJSON())
+	dev, err := lb.NewDevice(ctx, "bench-device", map[string]string{"line": "press"}, srv, repo.RootJSON())
 	if err != nil {
 		return fmt.Errorf("device: %w", err)
 	}

@@ -76,7 +76,7 @@ func main() {
 		fleetSizes: []int{1000, 10000}, checkins: 2000}
 	if cfg.ortLib == "" {
 		cfg.ortLib = filepath.Join(root, ".deps", "onnxruntime", "lib", "libonnxruntime.so.1")
-		os.Setenv("ONNXRUNTIME_LIB", cfg.ortLib) // for the processes devlab starts
+		os.Setenv("ONNXRUNTIME_LIB", cfg.ortLib) // for the processes the lab starts
 	}
 	if *quick {
 		cfg.rounds, cfg.inferWindow, cfg.wrkDuration = 2, 500*time.Millisecond, 2*time.Second

@@ -30,7 +30,7 @@ func TestDeps(t *testing.T) {
 		"github.com/edgeward/edgeward/attest/verify",
 		"github.com/edgeward/edgeward/policy",
 		"github.com/edgeward/edgeward/lab",
-		"github.com/edgeward/edgeward/internal/devlab",
+		"github.com/edgeward/edgeward/lab",
 	}
 	allowed := map[string]bool{"github.com/edgeward/edgeward/runtime/runtimeapi": true}
 	for _, d := range deps {

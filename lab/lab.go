@@ -1,9 +1,9 @@
-// Package devlab runs Edgeward as real processes on one machine: a swtpm "manufacturer"
+// Package lab runs Edgeward as real processes on one machine: a swtpm "manufacturer"
 // (a local CA that issues EK certificates), the server (`edgeward server`), and devices,
 // each a swtpm process plus an `edgeward-agent device` process (which starts its own
 // edgeward-runtime). It is shared by `edgeward demo` and the e2e suite, so it must not
 // import testing. Every process it starts is stopped by Lab.Close.
-package devlab
+package lab
 
 import (
 	"bufio"

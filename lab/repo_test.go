@@ -1,4 +1,4 @@
-package devlab
+package lab
 
 import (
 	"fmt"
