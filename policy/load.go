@@ -79,11 +79,20 @@ func IsPolicyFile(name string) bool {
 // attestation and gates sections may each appear in at most one file. On any problem it
 // returns an ErrorList (or ErrNoPolicy) and no policy.
 func Load(dir string) (*Policy, error) {
+	p, err := NewParser()
+	if err != nil {
+		return nil, err
+	}
+	return p.Load(dir)
+}
+
+// Load is the package's Load with p's CEL environment.
+func (p *Parser) Load(dir string) (*Policy, error) {
 	files, err := readDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	return Parse(files...)
+	return p.Parse(files...)
 }
 
 // readDir reads the policy files of dir in name order.
@@ -139,13 +148,35 @@ type File struct {
 	Data []byte
 }
 
-// Parse parses and validates policy files as Load does, without touching the disk.
-func Parse(files ...File) (*Policy, error) {
+// Parser parses policy files. It holds what every parse shares, the CEL environment
+// selector expressions compile in, so that a caller parsing many times (the Watcher on
+// every edit, a fuzzer on every input) builds it once. A Parser is immutable and safe
+// for concurrent use.
+type Parser struct {
+	env *cel.Env
+}
+
+// NewParser returns a Parser.
+func NewParser() (*Parser, error) {
 	env, err := newCELEnv()
 	if err != nil {
 		return nil, fmt.Errorf("policy: CEL environment: %w", err)
 	}
-	b := &builder{env: env, pol: &Policy{Windows: map[string]*Window{}}}
+	return &Parser{env: env}, nil
+}
+
+// Parse parses and validates policy files as Load does, without touching the disk.
+func Parse(files ...File) (*Policy, error) {
+	p, err := NewParser()
+	if err != nil {
+		return nil, err
+	}
+	return p.Parse(files...)
+}
+
+// Parse is the package's Parse with p's CEL environment.
+func (p *Parser) Parse(files ...File) (*Policy, error) {
+	b := &builder{env: p.env, pol: &Policy{Windows: map[string]*Window{}}}
 	h := sha256.New()
 	raws := make([]*rawPolicy, len(files))
 	for i, f := range files {

@@ -42,9 +42,10 @@ type WatcherConfig struct {
 // one: the last good policy stays in force and the error is kept for Status and the
 // metrics. Its methods are safe for concurrent use.
 type Watcher struct {
-	cfg WatcherConfig
-	fsw *fsnotify.Watcher
-	log *slog.Logger
+	cfg    WatcherConfig
+	fsw    *fsnotify.Watcher
+	log    *slog.Logger
+	parser *Parser
 
 	valid, lastOK, rollouts prometheus.Gauge
 	reloads                 *prometheus.CounterVec
@@ -97,7 +98,11 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	w.reloads.WithLabelValues("success")
 	w.reloads.WithLabelValues("failure")
 
-	p, err := Load(cfg.Dir)
+	var err error
+	if w.parser, err = NewParser(); err != nil {
+		return nil, err
+	}
+	p, err := w.parser.Load(cfg.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +151,7 @@ func (w *Watcher) Changed() <-chan struct{} {
 func (w *Watcher) Reload() error {
 	w.reloadMu.Lock()
 	defer w.reloadMu.Unlock()
-	p, err := Load(w.cfg.Dir)
+	p, err := w.parser.Load(w.cfg.Dir)
 	now := w.cfg.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -143,7 +144,9 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 		}
 		return false
 	}
-	if dec.More() {
+	// Anything but the end of the body after the value is trailing data (Decoder.More
+	// would let a stray '}' or ']' through).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		writeError(w, http.StatusBadRequest, "malformed request: trailing data")
 		return false
 	}
@@ -221,17 +224,31 @@ var authCodes = map[verify.Code]bool{
 	verify.SignatureInvalid: true, verify.NonceMismatch: true,
 }
 
+// maxReports bounds the install reports one check-in carries.
+const maxReports = 1000
+
+// decodeCheckIn reads a check-in request: one JSON value of at most
+// wire.MaxRequestBytes with no unknown field, a well-formed device ID and at most
+// maxReports reports. Nothing in it is authenticated yet. On failure it has written the
+// error response.
+func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest, bool) {
+	var req wire.CheckInRequest
+	if !decodeJSON(w, r, wire.MaxRequestBytes, &req) {
+		return req, false
+	}
+	if !deviceIDRE.MatchString(req.DeviceID) || len(req.Reports) > maxReports {
+		writeError(w, http.StatusBadRequest, "bad device_id or too many reports")
+		return req, false
+	}
+	return req, true
+}
+
 func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	now := d.s.cfg.Repo.now()
-	var req wire.CheckInRequest
-	if !decodeJSON(w, r, wire.MaxRequestBytes, &req) {
+	req, ok := decodeCheckIn(w, r)
+	if !ok {
 		d.checkins.WithLabelValues("bad_request").Inc()
-		return
-	}
-	if !deviceIDRE.MatchString(req.DeviceID) || len(req.Reports) > 1000 {
-		d.checkins.WithLabelValues("bad_request").Inc()
-		writeError(w, http.StatusBadRequest, "bad device_id or too many reports")
 		return
 	}
 	reject := func(code int, msg string, detail any) {

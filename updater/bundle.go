@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -49,14 +50,23 @@ func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
 		TargetsURL: base.JoinPath("targets").String(), HTTPClient: c, Downloader: &dl})
 }
 
-// ReadDesired reads a bundle's desired.json.
+// maxDesiredBytes bounds a bundle's desired.json.
+const maxDesiredBytes = 64 << 10
+
+// ReadDesired reads a bundle's desired.json. The bundle comes from whoever handed over
+// the USB stick: the read is bounded before anything is parsed.
 func ReadDesired(dir string) (map[artifact.Kind]string, error) {
-	b, err := os.ReadFile(filepath.Join(dir, DesiredFile))
+	f, err := os.Open(filepath.Join(dir, DesiredFile))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > 64<<10 {
-		return nil, fmt.Errorf("bundle %s: %s too large", dir, DesiredFile)
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxDesiredBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %s: %w", dir, DesiredFile, err)
+	}
+	if len(b) > maxDesiredBytes {
+		return nil, fmt.Errorf("bundle %s: %s larger than %d bytes", dir, DesiredFile, maxDesiredBytes)
 	}
 	var raw map[string]string
 	if err := json.Unmarshal(b, &raw); err != nil {
