@@ -86,42 +86,10 @@ func runAgent(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
-	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: agent.StateDir(*stateDir), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	tuf, m := st.TUF, st.Slots
-	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
-	if err != nil {
-		return err
-	}
-	defer o.Close()
-	ac := updater.AgentConfig{DeviceID: *deviceID, TUF: tuf, Slots: m, Director: staticDirector(want), Outbox: o,
-		Interval: *interval, TrialTimeout: *trial, Logger: log}
+	cfg := agent.Config{StateDir: agent.StateDir(*stateDir), Director: staticDirector(want), DeviceID: *deviceID,
+		BundleDir: *bundles, Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log}
 	if *judgeCmd != "" {
-		ac.Judge = cmdJudge(*judgeCmd)
+		cfg.Judge = cmdJudge(*judgeCmd)
 	}
-	a, err := updater.NewAgent(ac)
-	if err != nil {
-		return err
-	}
-	if *once {
-		if err := m.Recover(ctx); err != nil {
-			return err
-		}
-		return a.Step(ctx)
-	}
-	if *bundles != "" {
-		go func() {
-			if err := a.WatchBundles(ctx, *bundles, nil); err != nil && ctx.Err() == nil {
-				log.Error("offline bundles", "dir", *bundles, "err", err)
-			}
-		}()
-	}
-	err = a.Run(ctx)
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	return agent.Run(ctx, cfg)
 }

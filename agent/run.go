@@ -1,0 +1,369 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// Version is the agent version reported at check-in when Config.AgentVersion is empty.
+const Version = "0.1.0"
+
+// Config configures Run. Every field's zero value is documented and useful: the zero
+// Config with Server set is a device enrolled in DefaultStateDir ('edgeward-agent enroll
+// --tpm') that starts edgeward-runtime from beside its own executable and serves on
+// 127.0.0.1:8080. A Config must not be modified after it is passed to Run.
+type Config struct {
+	// StateDir is the state directory written by Enroll; empty: DefaultStateDir.
+	StateDir StateDir
+
+	// Server is the device API's base URL (http://… or https://…). With a Server the
+	// agent is a whole device: it needs a TPM, supervises its inference runtime, enrolls
+	// with the server's attestation CA, checks in with TPM quotes and judges trials by
+	// probing in the runtime. Empty: no server, no runtime; Director says what to install
+	// and Judge judges the trials (a device managed by hand or by offline bundles).
+	Server string
+	// ServerRoots are the certificates trusted for an https Server; nil: the system roots.
+	ServerRoots *x509.CertPool
+	// Labels are sent at every check-in; the fleet's selectors match them.
+	Labels map[string]string
+	// Hardware is the hardware class sent at check-in; empty: HardwareClass().
+	Hardware string
+	// AgentVersion is sent at check-in; empty: Version.
+	AgentVersion string
+	// PCR is the measurement PCR the quotes cover; 0: 16 (development). Production
+	// devices use 23 (both are resettable, so the log is per boot).
+	PCR int
+	// TPM, if set, is used instead of opening the TPM named at enrollment; Run does not
+	// close it. With a Server, a device without a TPM is refused.
+	TPM *attest.TPM
+
+	// RuntimeBinary is the edgeward-runtime executable the agent starts and supervises;
+	// empty: edgeward-runtime in the directory of the running executable.
+	RuntimeBinary string
+	// Listen is the public inference address the agent binds and hands to every runtime
+	// process; empty: 127.0.0.1:8080.
+	Listen string
+	// RuntimeControl, if set, is the control API URL of a runtime the agent does not
+	// supervise: no runtime process is started (and runtime trials fail closed).
+	RuntimeControl string
+
+	// Director and Judge are used without a Server: what to install, and who judges a
+	// trial. Director is then required; a nil Judge means no trial passes (every install
+	// rolls back at its deadline).
+	Director updater.Director
+	Judge    updater.Judge
+	// DeviceID names the device in reports without a Server (with one, the device's
+	// identity is its AK certificate's).
+	DeviceID string
+	// BundleDir, if set, is watched for offline bundles (updater.Agent.WatchBundles).
+	BundleDir string
+
+	// Interval between check-ins, jittered ±20%; 0: 5 minutes.
+	Interval time.Duration
+	// TrialTimeout bounds each trial; 0: 10 minutes.
+	TrialTimeout time.Duration
+	// Once runs one round (no retries, no waiting) and returns its error.
+	Once bool
+
+	// Now and Sleep are the clock and the waiting (between check-ins, connection
+	// attempts and runtime readiness polls); nil: the real ones.
+	Now    func() time.Time
+	Sleep  func(ctx context.Context, d time.Duration) error
+	Logger *slog.Logger
+}
+
+// ErrNoTPM is returned by Run when a device with a Server has no TPM.
+var ErrNoTPM = errors.New("agent: the device needs a TPM: enroll with one ('edgeward-agent enroll --tpm URL')")
+
+func (c Config) withDefaults() Config {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.Hardware == "" {
+		c.Hardware = HardwareClass()
+	}
+	if c.AgentVersion == "" {
+		c.AgentVersion = Version
+	}
+	if c.PCR == 0 {
+		c.PCR = 16
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8080"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Sleep == nil {
+		c.Sleep = sleep
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Run runs the agent until ctx ends (then it returns nil) or, with Once, for one round.
+//
+// With a Server it serves first: it recovers the slots, binds the public inference
+// socket, starts the runtime and loads and measures the committed model before any
+// network work, so a device that restarts during an outage keeps serving what it
+// committed. Then it enrolls with the server's attestation CA and obtains its device
+// certificate (mTLS), retrying with backoff up to Interval while the server cannot be
+// reached or refuses; then it runs the update loop (updater.Agent) with attested
+// check-ins and probe-gated trials.
+func Run(ctx context.Context, cfg Config) error {
+	cfg = cfg.withDefaults()
+	log := cfg.Logger
+	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Now: cfg.Now, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if cfg.Server == "" {
+		return runManaged(ctx, cfg, st)
+	}
+	if st.TPM == nil {
+		return ErrNoTPM
+	}
+	if err := st.Slots.Recover(ctx); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+
+	// Serve first: nothing below waits on the network.
+	mlog, err := OpenMeasurementLog(ctx, st.Dir.Measurements(), st.TPM, cfg.PCR)
+	if err != nil {
+		return err
+	}
+	judge := &RuntimeJudge{TUF: st.TUF, Log: mlog, WorkDir: string(st.Dir), Logger: log, Slots: st.Slots}
+	if cfg.RuntimeControl != "" {
+		judge.Runtime = &runtimeapi.Client{BaseURL: cfg.RuntimeControl}
+		if err := waitReady(ctx, cfg, judge.Runtime); err != nil {
+			return err
+		}
+	} else {
+		rts, err := supervise(cfg, st.Dir)
+		if err != nil {
+			return err
+		}
+		defer rts.Close()
+		judge.Runtimes = rts
+	}
+	if err := judge.LoadCommitted(ctx, st.Slots); err != nil {
+		return err
+	}
+
+	// Then the network.
+	ak, api, err := connect(ctx, cfg, st.TPM)
+	if err != nil {
+		if ctx.Err() != nil && !cfg.Once {
+			return nil
+		}
+		return err
+	}
+	link := &Attested{API: api, TPM: st.TPM, AK: ak, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
+		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs}
+	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.TUF, Slots: st.Slots,
+		Director: link, Judge: judge, Outbox: o, Sender: link, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
+		Now: cfg.Now, Sleep: cfg.Sleep, Logger: log})
+	if err != nil {
+		return err
+	}
+	return loop(ctx, cfg, a)
+}
+
+// runManaged is the agent without a server: cfg.Director and cfg.Judge decide.
+func runManaged(ctx context.Context, cfg Config, st *State) error {
+	if cfg.Director == nil {
+		return errors.New("agent: without a Server, Config.Director is required")
+	}
+	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
+	if err != nil {
+		return err
+	}
+	defer o.Close()
+	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: cfg.DeviceID, TUF: st.TUF, Slots: st.Slots,
+		Director: cfg.Director, Judge: cfg.Judge, Outbox: o, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
+		Now: cfg.Now, Sleep: cfg.Sleep, Logger: cfg.Logger})
+	if err != nil {
+		return err
+	}
+	if cfg.Once {
+		if err := st.Slots.Recover(ctx); err != nil {
+			return fmt.Errorf("recover: %w", err)
+		}
+	}
+	return loop(ctx, cfg, a)
+}
+
+// loop runs a's rounds (one with Once) and the offline bundle watch.
+func loop(ctx context.Context, cfg Config, a *updater.Agent) error {
+	if cfg.Once {
+		return a.Step(ctx)
+	}
+	if cfg.BundleDir != "" {
+		go func() {
+			if err := a.WatchBundles(ctx, cfg.BundleDir, nil); err != nil && ctx.Err() == nil {
+				cfg.Logger.Error("offline bundles", "dir", cfg.BundleDir, "err", err)
+			}
+		}()
+	}
+	err := a.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// HardwareClass is the hardware class of this machine as the fleet names it (x86_64,
+// aarch64, or Go's GOARCH otherwise).
+func HardwareClass() string {
+	switch goruntime.GOARCH {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	}
+	return goruntime.GOARCH
+}
+
+// supervise binds the public inference socket, which the agent keeps across runtime
+// swaps and passes to every runtime process it starts.
+func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
+	bin := cfg.RuntimeBinary
+	if bin == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find edgeward-runtime beside the agent: %w", err)
+		}
+		bin = filepath.Join(filepath.Dir(self), "edgeward-runtime")
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
+	}
+	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), Logger: cfg.Logger}, nil
+}
+
+// waitReady waits up to 30 s for the control API of a runtime the agent does not supervise.
+func waitReady(ctx context.Context, cfg Config, rc *runtimeapi.Client) error {
+	deadline := cfg.Now().Add(30 * time.Second)
+	for {
+		_, err := rc.Index(ctx)
+		if err == nil {
+			return nil
+		}
+		if cfg.Now().After(deadline) {
+			return fmt.Errorf("runtime control API %s not reachable: %w", rc.BaseURL, err)
+		}
+		if err := cfg.Sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// connect enrolls the TPM with the server's attestation CA (EK certificate → AK
+// certificate) and returns the device API client, retrying while the server cannot be
+// reached or refuses (backoff from 1 s up to the interval) until ctx ends; with Once it
+// returns the first error.
+func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*attest.AKCertificate, *deviceapi.Client, error) {
+	httpc := serverClient(cfg.ServerRoots)
+	interval := cfg.Interval
+	if interval <= 0 {
+		interval = 5 * time.Minute
+	}
+	wait := time.Second
+	for {
+		ak, err := (&attest.EnrollClient{URL: strings.TrimRight(cfg.Server, "/") + wire.PathAttest, HTTP: httpc}).Enroll(ctx, tpm)
+		if err != nil {
+			err = fmt.Errorf("enroll with the attestation CA at %s: %w", cfg.Server, err)
+		} else {
+			cfg.Logger.Info("enrolled", "device", ak.PermanentIdentifier)
+			api, derr := deviceClient(ctx, cfg, httpc, tpm, ak)
+			if derr == nil {
+				return ak, api, nil
+			}
+			err = fmt.Errorf("device certificate: %w", derr)
+		}
+		if cfg.Once {
+			return nil, nil, err
+		}
+		cfg.Logger.Warn("cannot connect to the server yet; serving what is committed, retrying", "err", err, "in", wait)
+		if err := cfg.Sleep(ctx, wait); err != nil {
+			return nil, nil, err
+		}
+		wait = min(2*wait, max(interval, time.Second))
+	}
+}
+
+// serverClient is the HTTP client for the server: roots nil keeps the system roots.
+func serverClient(roots *x509.CertPool) *http.Client {
+	if roots == nil {
+		return http.DefaultClient
+	}
+	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+}
+
+// deviceClient returns the device API client. When the server names a device CA, the
+// device obtains a certificate for a TPM-resident key (ACME device-attest-01) and
+// every check-in uses it for mTLS; otherwise the TPM quote alone authenticates it.
+func deviceClient(ctx context.Context, cfg Config, httpc *http.Client, tpm *attest.TPM, ak *attest.AKCertificate) (*deviceapi.Client, error) {
+	plain := &deviceapi.Client{BaseURL: cfg.Server, HTTP: httpc}
+	info, err := plain.DeviceCA(ctx)
+	var apiErr *deviceapi.Error
+	if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
+		return plain, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device CA: %w", err)
+	}
+	dc, err := NewDeviceCert(ctx, tpm, ak, info, "edgeward-device-tls")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logger.Info("device certificate", "subject", dc.Leaf().Subject.CommonName, "not_after", dc.Leaf().NotAfter)
+	tr, ok := httpc.Transport.(*http.Transport)
+	if !ok || tr == nil {
+		tr = http.DefaultTransport.(*http.Transport)
+	}
+	tr = tr.Clone()
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	tr.TLSClientConfig.GetClientCertificate = dc.GetClientCertificate
+	return &deviceapi.Client{BaseURL: cfg.Server, HTTP: &http.Client{Timeout: 2 * time.Minute, Transport: tr}}, nil
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
