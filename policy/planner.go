@@ -143,6 +143,53 @@ func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 // Otherwise, once the current wave has soaked, the next wave starts, unless it needs an
 // approval not yet given; after the last wave soaks the rollout is completed.
 func Plan(r *Rollout, s RolloutState, reports []wire.Report, now time.Time) (RolloutState, []Event) {
+	return PlanStats(r, s, WaveStats(r, reports, StatsSince(r, s)), now)
+}
+
+// StatsSince is the time from which Plan counts reports for r in state s: s.CountSince,
+// or the zero time when s does not apply to r (Plan restarts the rollout).
+func StatsSince(r *Rollout, s RolloutState) time.Time {
+	if !s.AppliesTo(r) {
+		return time.Time{}
+	}
+	return s.CountSince
+}
+
+// Counts are the latest reports of the devices of one bucket range: how many succeeded
+// and how many failed.
+type Counts struct{ Succeeded, Failed int }
+
+// WaveRange is the range of buckets [Lo, Hi) whose devices belong to wave i of r (see
+// Bucket and WaveOf): a store can count a wave's reports through an index on the bucket.
+func (r *Rollout) WaveRange(i int) (lo, hi int) {
+	for _, w := range r.Waves[:i] {
+		lo = max(lo, int(w.Percent*100+0.5))
+	}
+	hi = int(r.Waves[i].Percent*100 + 0.5)
+	return min(lo, hi), hi
+}
+
+// StatsOf builds the wave statistics of r from per-wave counts of the devices' latest
+// reports (what WaveStats computes from the reports themselves).
+func StatsOf(r *Rollout, counts []Counts) []WaveStat {
+	stats := make([]WaveStat, len(r.Waves))
+	for i := range stats {
+		stats[i].Wave = i
+		if i < len(counts) {
+			c := counts[i]
+			stats[i].Succeeded, stats[i].Failed, stats[i].Reported = c.Succeeded, c.Failed, c.Succeeded+c.Failed
+			if stats[i].Reported > 0 {
+				stats[i].Ratio = float64(c.Failed) / float64(stats[i].Reported)
+			}
+		}
+	}
+	return stats
+}
+
+// PlanStats is Plan given the wave statistics (WaveStats of r's reports since
+// StatsSince(r, s)) instead of the reports, so that a store can count them through an
+// index rather than read every report. It is pure.
+func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (RolloutState, []Event) {
 	var evs []Event
 	emit := func(t EventType, reason string) {
 		evs = append(evs, Event{Rollout: r.ID, Type: t, Wave: s.Wave, Reason: reason, At: now})
@@ -166,8 +213,7 @@ func Plan(r *Rollout, s RolloutState, reports []wire.Report, now time.Time) (Rol
 	case StatusAborted, StatusCompleted:
 		return s, evs
 	}
-	stats := WaveStats(r, reports, s.CountSince)
-	for i := 0; i <= s.Wave; i++ {
+	for i := 0; i <= s.Wave && i < len(stats); i++ {
 		w, st := r.Waves[i], stats[i]
 		if s.status() == StatusActive && st.Reported >= w.MinReports && st.Ratio > w.MaxFailureRatio {
 			s.Status = StatusPaused

@@ -171,3 +171,46 @@ func TestOperatorActions(t *testing.T) {
 		}
 	}
 }
+
+// WaveRange agrees with WaveOf, so counting a wave by bucket range (what the fleet
+// store does through an index) counts the same devices as WaveStats.
+func TestWaveRangeAgreesWithWaveOf(t *testing.T) {
+	r := &Rollout{ID: "ro", Waves: []Wave{{Percent: 1}, {Percent: 10}, {Percent: 50}, {Percent: 100}}}
+	for i := 0; i < 3000; i++ {
+		id := fmt.Sprintf("dev-%d", i)
+		b, w := Bucket(r.ID, id), r.WaveOf(id)
+		for j := range r.Waves {
+			lo, hi := r.WaveRange(j)
+			if in := b >= lo && b < hi; in != (j == w) {
+				t.Fatalf("device %s: bucket %d, WaveOf = %d, WaveRange(%d) = [%d, %d)", id, b, w, j, lo, hi)
+			}
+		}
+	}
+}
+
+// PlanStats with counts of the latest reports plans as Plan does with the reports.
+func TestPlanStatsEqualsPlan(t *testing.T) {
+	r := &Rollout{ID: "ro", Target: Target{Kind: "model", Name: "m", Version: "2.0.0"},
+		Waves: []Wave{{Percent: 10, MinReports: 2, MaxFailureRatio: 0.2, Soak: time.Hour}, {Percent: 100}}}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s, _ := Plan(r, RolloutState{}, nil, t0)
+	var reps []wire.Report
+	for i := 0; i < 400; i++ {
+		out := wire.OutcomeCommitted
+		if i%3 == 0 {
+			out = wire.OutcomeProbeFailed
+		}
+		reps = append(reps, wire.Report{DeviceID: fmt.Sprintf("d%d", i%150), RolloutID: "ro", Name: "m", Version: "2.0.0", Outcome: out, At: t0.Add(time.Duration(i) * time.Second)})
+	}
+	counts := make([]Counts, len(r.Waves))
+	for _, st := range WaveStats(r, reps, StatsSince(r, s)) {
+		counts[st.Wave] = Counts{Succeeded: st.Succeeded, Failed: st.Failed}
+	}
+	for _, now := range []time.Time{t0.Add(time.Minute), t0.Add(2 * time.Hour)} {
+		a, ae := Plan(r, s, reps, now)
+		b, be := PlanStats(r, s, StatsOf(r, counts), now)
+		if fmt.Sprint(a, ae) != fmt.Sprint(b, be) {
+			t.Fatalf("PlanStats = %v %v; want Plan's %v %v", b, be, a, ae)
+		}
+	}
+}

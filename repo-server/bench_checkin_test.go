@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,7 +24,7 @@ func BenchmarkCheckIn(b *testing.B) {
 	ctx := context.Background()
 	f := newFixture(b, KeyEd25519)
 	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, filepath.Join(b.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
-	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -68,8 +67,9 @@ type DeviceConfig struct {
 // is authenticated by the device's TPM (see package deviceapi): the AK certificate
 // names the device, the quote covers the nonce and the whole request.
 type deviceAPI struct {
-	s   *Server
-	cfg DeviceConfig
+	s     *Server
+	cfg   DeviceConfig
+	fleet *fleet.Store // cfg.Fleet, auditing into the server's audit log
 
 	catMu  sync.Mutex
 	catKey string
@@ -101,7 +101,11 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	if cfg.PlanInterval <= 0 {
 		cfg.PlanInterval = 5 * time.Second
 	}
-	d := &deviceAPI{s: s, cfg: cfg}
+	audited, err := s.attachFleet(context.Background(), cfg.Fleet)
+	if err != nil {
+		return fmt.Errorf("device API: %w", err)
+	}
+	d := &deviceAPI{s: s, cfg: cfg, fleet: audited}
 	d.checkins = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeward_device_checkins_total", Help: "Device check-ins by result (ok, rejected, bad_request, error).",
 	}, []string{"result"})
@@ -252,9 +256,13 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reject := func(code int, msg string, detail any) {
+		if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail}); err != nil {
+			d.checkins.WithLabelValues("error").Inc()
+			writeError(w, http.StatusServiceUnavailable, "cannot record the rejection: try again")
+			return
+		}
 		d.checkins.WithLabelValues("rejected").Inc()
 		d.verdicts.WithLabelValues("rejected").Inc()
-		d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail})
 		writeError(w, code, msg)
 	}
 	if why := d.peerIdentity(r, req.DeviceID); why != "" {
@@ -329,82 +337,27 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// admit records an authenticated check-in: enrollment on first sight, reports, the
-// verdict, then the decision.
+// admit records an authenticated check-in in one transaction (fleet.Store.Admit, around
+// the pure fleet.Admit): enrollment on first sight, the facts, the reports, the verdict,
+// the quarantine, the rollouts' plan and the decision, each with its audit records. It
+// commits whole or not at all.
 func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
-	st := d.cfg.Fleet
-	actor := "device:" + req.DeviceID
-	p := d.policy()
-	prev, err := st.Device(ctx, req.DeviceID)
-	if errors.Is(err, fleet.ErrNotFound) {
-		if err := st.Enroll(ctx, req.DeviceID, req.Labels, now); err != nil && !errors.Is(err, fleet.ErrExists) {
-			return nil, err
-		}
-		d.s.auditLog(ctx, actor, "device.enroll", req.DeviceID, map[string]any{"labels": req.Labels, "hardware": req.Hardware})
-	} else if err != nil {
-		return nil, err
-	}
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
 	}
-	// The device's reported slots first, so reports and the verdict see them.
-	if _, err := st.CheckIn(ctx, fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now}); err != nil {
-		return nil, err
+	a := fleet.Admission{
+		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now},
+		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
-	accepted := 0
-	planned := false
-	for _, rep := range req.Reports {
-		fresh, err := d.s.firstSeen(ctx, req.DeviceID, rep.ID)
-		if err != nil {
-			return nil, err
-		}
-		accepted++
-		if !fresh {
-			continue
-		}
-		// The authenticated request names the device; the server attributes the rollout.
-		pr := rep
-		pr.DeviceID, pr.RolloutID = req.DeviceID, ""
-		for _, ro := range p.Rollouts {
-			if ro.Target.Kind == rep.Kind && ro.Target.Name == rep.Name && ro.Target.Version == rep.Version {
-				pr.RolloutID = ro.ID
-				break
-			}
-		}
-		if err := st.AddReport(ctx, pr); err != nil {
-			return nil, err
-		}
-		d.s.auditLog(ctx, actor, "install.report", req.DeviceID, pr)
-		planned = true
-	}
-	detail := strings.Join(reasons, "; ")
-	if err := st.Attest(ctx, p, req.DeviceID, verdict, detail, now); err != nil {
-		return nil, err
-	}
-	d.s.auditLog(ctx, actor, "attestation.verdict", req.DeviceID, map[string]any{"verdict": verdict, "reasons": reasons})
-	if verdict != policy.VerdictTrusted && !d.cfg.DontQuarantine && !prev.Quarantined {
-		if err := st.SetQuarantine(ctx, req.DeviceID, true, "attestation: "+detail); err != nil {
-			return nil, err
-		}
-		d.s.auditLog(ctx, "server", "device.quarantine", req.DeviceID, map[string]any{"reason": detail})
-		planned = true
-	}
-	if planned {
-		d.plan(ctx, p, now)
-	}
-	// The facts were stored above; DecideAt evaluates and records without writing them twice.
-	dec, err := st.DecideAt(ctx, p, catalogFunc(cat), req.DeviceID, now)
-	if err != nil {
-		return nil, err
-	}
-	dev, err := st.Device(ctx, req.DeviceID)
+	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
+	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))
 	if err != nil {
 		return nil, err
 	}
 	resp := &wire.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
-		Quarantined: dev.Quarantined, ReportsAccepted: accepted, NextCheckIn: d.cfg.CheckInInterval}
-	for _, sd := range dec.Slots {
+		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, NextCheckIn: d.cfg.CheckInInterval}
+	for _, sd := range res.Decision.Slots {
 		out := wire.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
 			Rollout: sd.Rollout, Gates: sd.Gates, Detail: sd.Detail}
 		if sd.Target != nil {
@@ -418,16 +371,10 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict
 	return resp, nil
 }
 
-// plan advances the rollouts and audits what changed.
+// plan advances the rollouts; the store saves each change with its audit records.
 func (d *deviceAPI) plan(ctx context.Context, p *policy.Policy, now time.Time) {
-	d.s.rolloutMu.Lock()
-	evs, err := d.cfg.Fleet.PlanRollouts(ctx, p, now)
-	d.s.rolloutMu.Unlock()
-	if err != nil {
+	if _, err := d.fleet.PlanRollouts(ctx, p, now); err != nil {
 		d.s.log.Error("plan rollouts", "err", err)
-	}
-	for _, ev := range evs {
-		d.s.auditLog(ctx, "server", "rollout."+string(ev.Type), ev.Rollout, ev)
 	}
 }
 
@@ -487,53 +434,8 @@ func catalogFunc(cat map[policy.Target]TargetInfo) policy.Catalog {
 }
 
 // AuditEvent appends an event to the server's audit log (for subsystems the server
-// mounts, such as the attestation CA's decisions). Failures are logged.
-func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, data any) {
-	s.auditLog(ctx, actor, kind, subject, data)
-}
-
-// auditLog appends to the server's audit log; failures are logged (the event already
-// happened and must not be undone by a logging failure).
-func (s *Server) auditLog(ctx context.Context, actor, kind, subject string, data any) {
-	l, err := s.openAudit(ctx)
-	if err == nil {
-		_, err = l.Append(ctx, actor, kind, subject, data)
-	}
-	if err != nil {
-		s.log.Error("audit", "kind", kind, "subject", subject, "err", err)
-	}
-}
-
-// openAudit opens the audit log once for the server's lifetime.
-func (s *Server) openAudit(ctx context.Context) (*audit.Log, error) {
-	s.auditMu.Lock()
-	defer s.auditMu.Unlock()
-	if s.audit != nil {
-		return s.audit, nil
-	}
-	l, db, err := s.cfg.Repo.OpenAudit(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s.audit, s.auditDB = l, db
-	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS device_reports_seen (device TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(device, id))`); err != nil {
-		return nil, err
-	}
-	return l, nil
-}
-
-// firstSeen records a report ID and says whether it is new (idempotent retries).
-func (s *Server) firstSeen(ctx context.Context, device, id string) (bool, error) {
-	if id == "" {
-		return true, nil
-	}
-	if _, err := s.openAudit(ctx); err != nil {
-		return false, err
-	}
-	res, err := s.auditDB.ExecContext(ctx, `INSERT OR IGNORE INTO device_reports_seen(device, id) VALUES(?, ?)`, device, id)
-	if err != nil {
-		return false, err
-	}
-	n, _ := res.RowsAffected()
-	return n == 1, nil
+// mounts, such as the attestation CA's decisions), in its own transaction, and returns
+// the error if it could not be recorded.
+func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, data any) error {
+	return s.auditLog(ctx, actor, kind, subject, data)
 }

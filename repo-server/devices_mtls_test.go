@@ -8,7 +8,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +33,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, KeyEd25519)
 	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}

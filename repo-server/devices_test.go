@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -55,7 +54,7 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 	t.Helper()
 	f := newFixture(t, KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -107,7 +106,7 @@ func TestSimulatedFleet(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, KeyEd25519)
 	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,6 +78,11 @@ func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
 	if cfg.LoadWait <= 0 {
 		cfg.LoadWait = 3 * time.Second
 	}
+	audited, err := s.attachFleet(context.Background(), cfg.Fleet)
+	if err != nil {
+		return fmt.Errorf("operator API: %w", err)
+	}
+	cfg.Fleet = audited // every change appends its audit records in its transaction
 	o := &operatorAPI{s: s, cfg: cfg}
 	for _, e := range o.endpoints() {
 		s.mux.Handle(e.pattern, s.count("operator", o.auth(e.action, e.h)))

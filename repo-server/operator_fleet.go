@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -176,7 +177,14 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
-	o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File})
+	if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
+		// No audit record, no change: take the file back.
+		if rmErr := os.Remove(path); rmErr != nil {
+			o.s.log.Error("remove unaudited rollout file", "file", path, "err", rmErr)
+		}
+		o.fail(w, r, "create rollout", err)
+		return
+	}
 	if st, err := o.s.cfg.Repo.Load(ctx); err == nil {
 		published := false
 		for _, ti := range st.List() {
@@ -278,46 +286,13 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("rollout %s: not in the policy in force", id))
 			return
 		}
-		o.s.rolloutMu.Lock()
-		defer o.s.rolloutMu.Unlock()
-		st, err := o.cfg.Fleet.RolloutState(ctx, id)
-		if errors.Is(err, fleet.ErrNotFound) {
-			st, err = policy.RolloutState{ID: id}, nil
-		}
-		if err != nil {
-			o.fail(w, r, "rollout state", err)
-			return
-		}
 		now := o.s.cfg.Repo.now()
-		reps, err := o.cfg.Fleet.Reports(ctx, fleet.ReportFilter{RolloutID: id})
-		if err != nil {
-			o.fail(w, r, "rollout reports", err)
-			return
-		}
-		var evs []policy.Event
-		if st.Started.IsZero() || !st.AppliesTo(ro) {
-			st, evs = policy.Plan(ro, st, reps, now)
-		}
-		next, ev, err := act(ro, st, req, actor, now)
+		next, evs, err := o.cfg.Fleet.ActOnRollout(ctx, ro, actor, func(st policy.RolloutState) (policy.RolloutState, policy.Event, error) {
+			return act(ro, st, req, actor, now)
+		}, now)
 		if err != nil {
 			o.fail(w, r, "rollout action", err)
 			return
-		}
-		evs = append(evs, ev)
-		// Plan again at once, so that an approval or a resume takes effect now rather
-		// than at the planner's next tick (a pause or an abort plans to no change).
-		next, after := policy.Plan(ro, next, reps, now)
-		evs = append(evs, after...)
-		if err := o.cfg.Fleet.SaveRollout(ctx, next, evs); err != nil {
-			o.fail(w, r, "save rollout", err)
-			return
-		}
-		for _, e := range evs {
-			who := "server" // the planner's events
-			if e.Actor == actor {
-				who = actor
-			}
-			o.s.auditLog(ctx, who, "rollout."+string(e.Type), id, e)
 		}
 		writeJSON(w, http.StatusOK, RolloutChanged{State: next, Events: evs})
 	}
@@ -390,11 +365,11 @@ func (o *operatorAPI) deviceQuarantine(w http.ResponseWriter, r *http.Request) {
 	if req.Reason == "" {
 		req.Reason = "quarantined by " + actorOf(r)
 	}
-	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, true, req.Reason); err != nil {
+	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, true, req.Reason,
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.quarantine", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
 		o.fail(w, r, "quarantine", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "device.quarantine", id, map[string]any{"reason": req.Reason})
 	o.writeDevice(w, r, id)
 }
 
@@ -407,11 +382,11 @@ func (o *operatorAPI) deviceRelease(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, false, ""); err != nil {
+	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, false, "",
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.release", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
 		o.fail(w, r, "release", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "device.release", id, map[string]any{"reason": req.Reason})
 	o.writeDevice(w, r, id)
 }
 
@@ -424,11 +399,11 @@ func (o *operatorAPI) deviceLabels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	if err := o.cfg.Fleet.SetLabels(r.Context(), id, req.Labels); err != nil {
+	if err := o.cfg.Fleet.SetLabels(r.Context(), id, req.Labels,
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.labels", Subject: id, Data: map[string]any{"labels": req.Labels}}); err != nil {
 		o.fail(w, r, "set labels", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "device.labels", id, map[string]any{"labels": req.Labels})
 	o.writeDevice(w, r, id)
 }
 
@@ -447,11 +422,11 @@ func (o *operatorAPI) deviceClearFailed(w http.ResponseWriter, r *http.Request) 
 		return
 	}
 	id := r.PathValue("id")
-	if err := o.cfg.Fleet.ClearFailed(r.Context(), id, kind); err != nil {
+	if err := o.cfg.Fleet.ClearFailed(r.Context(), id, kind,
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.clear_failed", Subject: id, Data: map[string]any{"kind": kind}}); err != nil {
 		o.fail(w, r, "clear failed", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "device.clear_failed", id, map[string]any{"kind": kind})
 	o.writeDevice(w, r, id)
 }
 
@@ -492,12 +467,13 @@ func (o *operatorAPI) tokenCreate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	tok, info, err := o.cfg.Fleet.CreateToken(r.Context(), req.Operator, role, ttl, o.s.cfg.Repo.now())
+	now := o.s.cfg.Repo.now()
+	tok, info, err := o.cfg.Fleet.CreateToken(r.Context(), req.Operator, role, ttl, now,
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "token.create", Data: map[string]any{"operator": req.Operator, "role": role, "expires_at": now.Add(ttl).UTC()}})
 	if err != nil {
 		o.fail(w, r, "create token", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "token.create", info.ID, map[string]any{"operator": info.Operator, "role": info.Role, "expires_at": info.ExpiresAt})
 	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, Info: info})
 }
 
@@ -517,11 +493,10 @@ func (o *operatorAPI) tokenList(w http.ResponseWriter, r *http.Request) {
 // DELETE /v1/tokens/{id}: revokes a token at once.
 func (o *operatorAPI) tokenRevoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := o.cfg.Fleet.RevokeToken(r.Context(), id, o.s.cfg.Repo.now()); err != nil {
+	if err := o.cfg.Fleet.RevokeToken(r.Context(), id, o.s.cfg.Repo.now(), fleet.AuditRecord{Actor: actorOf(r), Kind: "token.revoke", Subject: id}); err != nil {
 		o.fail(w, r, "revoke token", err)
 		return
 	}
-	o.s.auditLog(r.Context(), actorOf(r), "token.revoke", id, nil)
 	writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
 }
 

@@ -54,7 +54,7 @@ func newOpFixture(t *testing.T) *opFixture {
 	f := newFixture(t, KeyEd25519)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +20,7 @@ import (
 func TestOperatorAPI(t *testing.T) {
 	f := newFixture(t, KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +132,7 @@ func TestOperatorAPI(t *testing.T) {
 func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
 	f := newFixture(t, KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	store, err := fleet.Open(ctx, f.repo.DBPath())
 	if err != nil {
 		t.Fatal(err)
 	}

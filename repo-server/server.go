@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -61,14 +62,11 @@ type Server struct {
 
 	devices *deviceAPI // nil until EnableDeviceAPI
 
-	// rolloutMu serialises every read-modify-write of rollout states in this process:
-	// the planner (after reports and on its ticker) and operator actions, so a planner
-	// save never overwrites an operator's pause.
-	rolloutMu sync.Mutex
-
 	auditMu sync.Mutex
 	audit   *audit.Log
-	auditDB *sql.DB
+	auditDB *sql.DB      // the repository's audit database, when no fleet store is attached
+	fleetDB *sql.DB      // the attached fleet store's database (holds the audit log)
+	fleet   *fleet.Store // the attached fleet store, auditing into audit
 }
 
 // NewServer builds the server; it serves nothing until its Handler is used.

@@ -18,8 +18,10 @@ func OpenDB(ctx context.Context, path string) (*sql.DB, error) {
 	return durable.OpenSQLite(ctx, path, durable.SQLite{})
 }
 
-// DBPath is the repository's sqlite database (audit log; later the fleet).
-func (r *Repo) DBPath() string { return r.path("repo.db") }
+// DBPath is the server's sqlite database: the fleet store and the audit log, in one
+// file so that a change and its audit record commit together (fleet.db; before
+// Edgeward 0.2 the audit log had its own repo.db, imported on first open).
+func (r *Repo) DBPath() string { return r.path("fleet.db") }
 
 // AuditKey loads the audit checkpoint key (an online key, role "audit").
 func (r *Repo) AuditKey() (ed25519.PrivateKey, error) {
@@ -57,6 +59,9 @@ func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
 		return nil, nil, err
 	}
 	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Origin: r.AuditOrigin(), Now: r.now})
+	if err == nil {
+		err = r.importLegacyAudit(ctx, db)
+	}
 	if err != nil {
 		db.Close()
 		return nil, nil, err

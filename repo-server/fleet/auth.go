@@ -184,7 +184,10 @@ type TokenInfo struct {
 
 // CreateToken issues an API token for operator with role, valid for ttl from now. The
 // returned token string is shown once to the caller and never again.
-func (s *Store) CreateToken(ctx context.Context, operator string, role Role, ttl time.Duration, now time.Time) (string, TokenInfo, error) {
+//
+// recs are appended to the audit log in the same transaction; a record without a
+// Subject gets the token's ID.
+func (s *Store) CreateToken(ctx context.Context, operator string, role Role, ttl time.Duration, now time.Time, recs ...AuditRecord) (string, TokenInfo, error) {
 	if err := validShort("operator", operator); err != nil || operator == "" {
 		return "", TokenInfo{}, fmt.Errorf("create token: %w", invalid("operator", "%q: want 1-%d printable characters", truncate(operator), maxShortString))
 	}
@@ -202,8 +205,19 @@ func (s *Store) CreateToken(ctx context.Context, operator string, role Role, ttl
 	tok := tokenPrefix + id + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
 	info := TokenInfo{ID: id, Operator: operator, Role: role, CreatedAt: now.UTC(), ExpiresAt: now.Add(ttl).UTC()}
 	h := sha256.Sum256([]byte(tok))
-	_, err := s.db.ExecContext(ctx, `INSERT INTO tokens (id, hash, operator, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		id, h[:], operator, string(role), ns(info.CreatedAt), ns(info.ExpiresAt))
+	for i := range recs {
+		if recs[i].Subject == "" {
+			recs[i].Subject = id
+		}
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO tokens (id, hash, operator, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			id, h[:], operator, string(role), ns(info.CreatedAt), ns(info.ExpiresAt))
+		if err != nil {
+			return err
+		}
+		return s.record(ctx, tx, recs...)
+	})
 	if err != nil {
 		return "", TokenInfo{}, fmt.Errorf("create token: %w", err)
 	}
@@ -239,15 +253,8 @@ func (s *Store) Authenticate(ctx context.Context, token string, now time.Time) (
 
 // RevokeToken revokes a token by ID (ErrNotFound if unknown). Revoking twice is not
 // an error; the first revocation time is kept.
-func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE tokens SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, ns(now), id)
-	if err != nil {
-		return fmt.Errorf("revoke token %s: %w", id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("revoke token %s: %w", id, ErrNotFound)
-	}
-	return nil
+func (s *Store) RevokeToken(ctx context.Context, id string, now time.Time, recs ...AuditRecord) error {
+	return s.update(ctx, "revoke token", id, recs, `UPDATE tokens SET revoked_at = CASE WHEN revoked_at = 0 THEN ? ELSE revoked_at END WHERE id = ?`, ns(now), id)
 }
 
 // Tokens lists every token (without secrets), oldest first.

@@ -185,19 +185,7 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 		if err != nil {
 			return err
 		}
-		slots := map[artifact.Kind]policy.Slot{}
-		for k, sl := range c.Slots {
-			prev := old.Slots[k]
-			if sl.Previous == "" && prev.Name == sl.Name && prev.Version != sl.Version {
-				sl.Previous = prev.Version
-			} else if sl.Previous == "" && prev.Version == sl.Version {
-				sl.Previous = prev.Previous
-			}
-			if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != sl.Version {
-				sl.Failed = prev.Failed
-			}
-			slots[k] = sl
-		}
+		slots := mergeFacts(old, c).Slots
 		_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, last_check_in = ? WHERE id = ?`,
 			c.Hardware, c.AgentVersion, mustJSON(slots), attrs, ns(c.At), c.ID)
 		if err != nil {
@@ -213,30 +201,30 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 }
 
 // SetLabels replaces a device's labels (operator action).
-func (s *Store) SetLabels(ctx context.Context, id string, labels map[string]string) error {
+func (s *Store) SetLabels(ctx context.Context, id string, labels map[string]string, recs ...AuditRecord) error {
 	if err := ValidLabels(labels); err != nil {
 		return fmt.Errorf("set labels of %s: %w", id, err)
 	}
 	if labels == nil {
 		labels = map[string]string{}
 	}
-	return s.updateDevice(ctx, id, "set labels", `UPDATE devices SET labels = ? WHERE id = ?`, mustJSON(labels), id)
+	return s.update(ctx, "set labels", id, recs, `UPDATE devices SET labels = ? WHERE id = ?`, mustJSON(labels), id)
 }
 
 // SetQuarantine quarantines a device (no new versions) or releases it.
-func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, reason string) error {
+func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, reason string, recs ...AuditRecord) error {
 	if len(reason) > MaxCause {
 		return fmt.Errorf("quarantine %s: %w", id, invalid("reason", "at most %d bytes", MaxCause))
 	}
 	if !quarantined {
 		reason = ""
 	}
-	return s.updateDevice(ctx, id, "quarantine", `UPDATE devices SET quarantined = ?, quarantine_reason = ? WHERE id = ?`, quarantined, reason, id)
+	return s.update(ctx, "quarantine", id, recs, `UPDATE devices SET quarantined = ?, quarantine_reason = ? WHERE id = ?`, quarantined, reason, id)
 }
 
 // ClearFailed forgets that an install of the given slot kind failed on a device, so
 // that the device is offered that version again (operator action).
-func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind) error {
+func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind, recs ...AuditRecord) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
 		d, err := getDevice(ctx, tx, id)
 		if err != nil {
@@ -245,8 +233,10 @@ func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind) 
 		sl := d.Slots[kind]
 		sl.Failed = ""
 		d.Slots[kind] = sl
-		_, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), id)
-		return err
+		if _, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), id); err != nil {
+			return fmt.Errorf("clear failed %s: %w", id, err)
+		}
+		return s.record(ctx, tx, recs...)
 	})
 }
 
@@ -272,13 +262,21 @@ func (s *Store) RecordVerdict(ctx context.Context, id string, v policy.Verdict, 
 	})
 }
 
-func (s *Store) updateDevice(ctx context.Context, id, what, query string, args ...any) error {
-	res, err := s.db.ExecContext(ctx, query, args...)
+// update runs query (which must change one row of id) and appends recs, in one
+// transaction; ErrNotFound when no row changed.
+func (s *Store) update(ctx context.Context, what, id string, recs []AuditRecord, query string, args ...any) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return s.record(ctx, tx, recs...)
+	})
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", what, id, err)
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("%s %s: device %w", what, id, ErrNotFound)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -39,35 +40,23 @@ func (s *Store) DecideAt(ctx context.Context, p *policy.Policy, cat policy.Catal
 	return dec, nil
 }
 
-// PlanRollouts runs the planner for every rollout of the policy and saves the states
-// that changed with their events, which it returns (for the audit log). Call it on a
+// PlanRollouts runs the planner for every rollout of the policy, in one transaction,
+// and saves the states that changed with their events and audit records (actor
+// "server"); it returns the events. It counts waves through an index
+// (rollout_latest), never reading a rollout's reports. Call it on a
 // ticker (every minute, say) and after storing reports, so that a failing wave pauses
 // promptly.
 func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Time) ([]policy.Event, error) {
-	states, err := s.RolloutStates(ctx)
+	var evs []policy.Event
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		evs, err = s.planTx(ctx, tx, p, now)
+		return err
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("plan rollouts: %w", err)
 	}
-	var all []policy.Event
-	for _, r := range p.Rollouts {
-		st := states[r.ID]
-		if st.AppliesTo(r) && (st.Status == policy.StatusAborted || st.Status == policy.StatusCompleted) {
-			continue // final for the planner; skip reading the reports
-		}
-		reps, err := s.Reports(ctx, ReportFilter{RolloutID: r.ID})
-		if err != nil {
-			return all, err
-		}
-		next, evs := policy.Plan(r, st, reps, now)
-		if len(evs) == 0 {
-			continue
-		}
-		if err := s.SaveRollout(ctx, next, evs); err != nil {
-			return all, err
-		}
-		all = append(all, evs...)
-	}
-	return all, nil
+	return evs, nil
 }
 
 // Attest records an attestation verdict (RecordVerdict) and, when it turns untrusted,

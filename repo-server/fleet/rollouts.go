@@ -17,7 +17,11 @@ import (
 // policy.Evaluate. A rollout never planned is absent (Evaluate and Plan treat it as
 // not started).
 func (s *Store) RolloutStates(ctx context.Context) (map[string]policy.RolloutState, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT state FROM rollouts`)
+	return rolloutStates(ctx, s.db)
+}
+
+func rolloutStates(ctx context.Context, q dbtx) (map[string]policy.RolloutState, error) {
+	rows, err := q.QueryContext(ctx, `SELECT state FROM rollouts`)
 	if err != nil {
 		return nil, fmt.Errorf("rollout states: %w", err)
 	}
@@ -39,8 +43,12 @@ func (s *Store) RolloutStates(ctx context.Context) (map[string]policy.RolloutSta
 
 // RolloutState returns one rollout's state, or ErrNotFound if it was never saved.
 func (s *Store) RolloutState(ctx context.Context, id string) (policy.RolloutState, error) {
+	return rolloutState(ctx, s.db, id)
+}
+
+func rolloutState(ctx context.Context, q dbtx, id string) (policy.RolloutState, error) {
 	var js string
-	err := s.db.QueryRowContext(ctx, `SELECT state FROM rollouts WHERE id = ?`, id).Scan(&js)
+	err := q.QueryRowContext(ctx, `SELECT state FROM rollouts WHERE id = ?`, id).Scan(&js)
 	if errors.Is(err, sql.ErrNoRows) {
 		return policy.RolloutState{}, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
 	}
@@ -54,9 +62,14 @@ func (s *Store) RolloutState(ctx context.Context, id string) (policy.RolloutStat
 	return st, nil
 }
 
-// SaveRollout stores a rollout's new state and appends its events, atomically. Call it
-// with what policy.Plan, Pause, Resume, Abort or Approve returned, before acting on it.
-func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events []policy.Event) error {
+// SaveRollout stores a rollout's new state and appends its events, atomically, with
+// the audit records recs. Call it with what policy.Plan, Pause, Resume, Abort or
+// Approve returned, before acting on it.
+func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events []policy.Event, recs ...AuditRecord) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return s.saveRolloutTx(ctx, tx, st, events, recs...) })
+}
+
+func (s *Store) saveRolloutTx(ctx context.Context, tx *sql.Tx, st policy.RolloutState, events []policy.Event, recs ...AuditRecord) error {
 	if st.ID == "" {
 		return fmt.Errorf("save rollout: %w", invalid("id", "missing"))
 	}
@@ -64,7 +77,7 @@ func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events 
 	if status == "" {
 		status = policy.StatusActive
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := func() error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO rollouts (id, status, state, updated_at) VALUES (?, ?, ?, ?)
 			ON CONFLICT(id) DO UPDATE SET status = excluded.status, state = excluded.state, updated_at = excluded.updated_at`,
 			st.ID, string(status), mustJSON(st), ns(st.Updated))
@@ -84,8 +97,8 @@ func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events 
 				return err
 			}
 		}
-		return nil
-	})
+		return s.record(ctx, tx, recs...)
+	}()
 	if err != nil {
 		return fmt.Errorf("save rollout %s: %w", st.ID, err)
 	}
@@ -114,11 +127,11 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 	return out, rows.Err()
 }
 
-// AddReport stores an install result. A failed install marks the version Failed in
-// the device's slot, so policy evaluation does not offer it again; a committed one
-// makes it the slot's version (the old one becoming Previous) and clears the mark.
-// The device must exist.
-func (s *Store) AddReport(ctx context.Context, r wire.Report) error {
+// AddReport stores an install result, with the audit records recs. A failed install
+// marks the version Failed in the device's slot, so policy evaluation does not offer it
+// again; a committed one makes it the slot's version (the old one becoming Previous)
+// and clears the mark. The device must exist.
+func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecord) error {
 	if err := validateReport(&r); err != nil {
 		return fmt.Errorf("add report: %w", err)
 	}
@@ -127,36 +140,14 @@ func (s *Store) AddReport(ctx context.Context, r wire.Report) error {
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At))
-		if err != nil {
+		if err := insertReport(ctx, tx, r); err != nil {
 			return err
 		}
-		sl := d.Slots[r.Kind]
-		switch {
-		case r.Outcome == wire.OutcomeAttestationUntrusted && sl.Version == r.Version:
-			return nil // about the running version, not a failed install
-		case r.Outcome.Failed():
-			sl.Failed = r.Version
-			if sl.Name == "" {
-				sl.Name = r.Name
-			}
-		default: // committed: the device now runs it, until its next check-in says otherwise
-			if sl.Name != r.Name || sl.Version != r.Version {
-				if sl.Name == r.Name {
-					sl.Previous = sl.Version
-				} else {
-					sl.Previous = ""
-				}
-				sl.Name, sl.Version = r.Name, r.Version
-			}
-			if sl.Failed == r.Version {
-				sl.Failed = ""
-			}
+		applyReport(&d, r)
+		if _, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), r.DeviceID); err != nil {
+			return err
 		}
-		d.Slots[r.Kind] = sl
-		_, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), r.DeviceID)
-		return err
+		return s.record(ctx, tx, recs...)
 	})
 	if err != nil {
 		return fmt.Errorf("add report from %s: %w", r.DeviceID, err)
@@ -251,10 +242,14 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, err
 
 // RecordDecision stores the decision made at a check-in. The device must exist.
 func (s *Store) RecordDecision(ctx context.Context, d policy.Decision) error {
+	return recordDecision(ctx, s.db, d)
+}
+
+func recordDecision(ctx context.Context, q dbtx, d policy.Decision) error {
 	if err := validID(d.DeviceID); err != nil {
 		return fmt.Errorf("record decision: %w", err)
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO decisions (device_id, at, policy_digest, decision) VALUES (?, ?, ?, ?)`,
+	_, err := q.ExecContext(ctx, `INSERT INTO decisions (device_id, at, policy_digest, decision) VALUES (?, ?, ?, ?)`,
 		d.DeviceID, ns(d.At), d.PolicyDigest, mustJSON(d))
 	if err != nil {
 		if isForeignKey(err) {

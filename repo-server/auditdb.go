@@ -1,0 +1,166 @@
+package reposerver
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// attachFleet opens the server's audit log in the fleet store's database (so that every
+// fleet change appends its audit records in its own transaction) and returns the store
+// wired to it. The device and operator APIs must share one store.
+func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store, error) {
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	if s.fleetDB != nil {
+		if s.fleetDB != st.DB() {
+			return nil, errors.New("the device and operator APIs need the same fleet store")
+		}
+		return s.fleet, nil
+	}
+	key, err := s.cfg.Repo.AuditKey()
+	if err != nil {
+		return nil, err
+	}
+	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Now: s.cfg.Repo.now})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Repo.importLegacyAudit(ctx, st.DB()); err != nil {
+		return nil, err
+	}
+	if s.auditDB != nil { // a log opened before the fleet was attached
+		s.auditDB.Close()
+	}
+	s.audit, s.auditDB, s.fleetDB = l, nil, st.DB()
+	s.fleet = st.WithAudit(func(ctx context.Context, tx *sql.Tx, r fleet.AuditRecord) error {
+		_, err := l.AppendTx(ctx, tx, r.Actor, r.Kind, r.Subject, r.Data)
+		return err
+	})
+	return s.fleet, nil
+}
+
+// AuditLog is the server's audit log: in the fleet store's database once the device or
+// operator API is enabled, else the repository's (Repo.OpenAudit).
+func (s *Server) AuditLog(ctx context.Context) (*audit.Log, error) { return s.openAudit(ctx) }
+
+// auditLog appends an event that changes nothing in the fleet store (a rejection, a
+// file written) in its own transaction. Callers fail the request when it fails: no
+// audit record, no change.
+func (s *Server) auditLog(ctx context.Context, actor, kind, subject string, data any) error {
+	l, err := s.openAudit(ctx)
+	if err == nil {
+		_, err = l.Append(ctx, actor, kind, subject, data)
+	}
+	if err != nil {
+		s.log.Error("audit", "kind", kind, "subject", subject, "err", err)
+		return fmt.Errorf("audit %s: %w", kind, err)
+	}
+	return nil
+}
+
+// openAudit returns the server's audit log, opening the repository's once if no fleet
+// store is attached.
+func (s *Server) openAudit(ctx context.Context) (*audit.Log, error) {
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	if s.audit != nil {
+		return s.audit, nil
+	}
+	l, db, err := s.cfg.Repo.OpenAudit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.audit, s.auditDB = l, db
+	return l, nil
+}
+
+// legacySeenDDL is fleet's device_reports_seen table (schema migration 3), created here
+// when the legacy import runs before the fleet store first opened the database.
+const legacySeenDDL = `CREATE TABLE IF NOT EXISTS device_reports_seen (
+		device_id TEXT NOT NULL,
+		id        TEXT NOT NULL,
+		PRIMARY KEY (device_id, id)
+	) STRICT, WITHOUT ROWID`
+
+// importLegacyAudit moves the audit log and the report dedup marks of a data directory
+// written before they lived in fleet.db (DIR/repo.db) into db, in one transaction, and
+// renames repo.db to repo.db.imported. It refuses when both hold audit records.
+func (r *Repo) importLegacyAudit(ctx context.Context, db *sql.DB) error {
+	legacy := r.path("repo.db")
+	if _, err := os.Stat(legacy); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `ATTACH DATABASE ? AS legacy`, "file:"+legacy); err != nil {
+		return fmt.Errorf("import the audit log of %s: %w", legacy, err)
+	}
+	err = func() error {
+		has := func(schema, table string) (bool, error) {
+			var n int
+			err := conn.QueryRowContext(ctx, `SELECT count(*) FROM `+schema+`.sqlite_master WHERE type = 'table' AND name = ?`, table).Scan(&n)
+			return n > 0, err
+		}
+		stmts := []string{legacySeenDDL}
+		if ok, err := has("legacy", "device_reports_seen"); err != nil {
+			return err
+		} else if ok {
+			stmts = append(stmts, `INSERT OR IGNORE INTO main.device_reports_seen (device_id, id) SELECT device, id FROM legacy.device_reports_seen`)
+		}
+		// The Merkle-tree log's tables (audit.Schema). The hash chain of Edgeward 0.1
+		// (audit_records) is not carried over: the tree log starts afresh (issue 13).
+		if ok, err := has("legacy", "audit_tree_size"); err != nil {
+			return err
+		} else if ok {
+			var mine, theirs int64
+			if err := conn.QueryRowContext(ctx, `SELECT (SELECT coalesce(max(size), 0) FROM main.audit_tree_size), (SELECT coalesce(max(size), 0) FROM legacy.audit_tree_size)`).Scan(&mine, &theirs); err != nil {
+				return err
+			}
+			if mine > 0 && theirs > 0 {
+				return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, r.DBPath(), mine)
+			}
+			if theirs > 0 {
+				stmts = append(stmts,
+					`INSERT INTO main.audit_leaves SELECT * FROM legacy.audit_leaves`,
+					`INSERT INTO main.audit_hashes SELECT * FROM legacy.audit_hashes`,
+					`INSERT INTO main.audit_checkpoints_v2 SELECT * FROM legacy.audit_checkpoints_v2`,
+					`UPDATE main.audit_tree_size SET size = (SELECT size FROM legacy.audit_tree_size WHERE id = 1) WHERE id = 1`)
+			}
+		}
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		for _, q := range stmts {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("import the audit log of %s: %w", legacy, err)
+			}
+		}
+		return tx.Commit()
+	}()
+	if _, derr := conn.ExecContext(ctx, `DETACH DATABASE legacy`); err == nil && derr != nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Rename(legacy+suffix, legacy+".imported"+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	r.log.Info("imported the audit log into the fleet database", "from", legacy, "to", r.DBPath())
+	return nil
+}

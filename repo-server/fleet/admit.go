@@ -1,0 +1,223 @@
+package fleet
+
+import (
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// AuditRecord is an audit log entry that a store change carries: the store appends it
+// in the change's own transaction (see Store.WithAudit), so the change and its record
+// commit together or not at all.
+type AuditRecord struct {
+	Actor   string // "server", "cli:alice", "device:<id>"
+	Kind    string // "install.report", "attestation.verdict", …
+	Subject string // a device ID, a rollout ID, …
+	Data    any    // JSON-encodable details
+}
+
+// Admission is what the server knows when it admits an authenticated check-in.
+type Admission struct {
+	// Stored is the device's stored row; nil on its first check-in (it is enrolled).
+	Stored *Device
+	// Seen holds the IDs of the request's reports that are already stored.
+	Seen map[string]bool
+	// CheckIn is the device's facts; Labels are its labels at enrollment.
+	CheckIn CheckIn
+	Labels  map[string]string
+	// Reports are the install results the request carries, in order. Their IDs make
+	// retries idempotent ("" for none: stored every time it is sent); DeviceID and
+	// RolloutID are set by Admit, whatever the device wrote.
+	Reports []wire.Report
+	// Verdict of the device's evidence, and why (empty when trusted).
+	Verdict policy.Verdict
+	Reasons []string
+	// Policy in force; its rollouts attribute reports and receive the untrusted reports.
+	Policy *policy.Policy
+	// Quarantine: quarantine the device if its verdict is not trusted.
+	Quarantine bool
+	Now        time.Time
+}
+
+// Admitted is what admitting a check-in changes: the writes to apply and the audit
+// records to append, all in one transaction.
+type Admitted struct {
+	Enroll  bool   // insert Device (first check-in) rather than update it
+	Device  Device // the device row after the check-in
+	Reports []wire.Report
+	Seen    []string // report IDs to mark stored
+	Verdict VerdictRecord
+	Audit   []AuditRecord
+	// Replan: reports were stored or the device was quarantined, so the rollouts are
+	// planned again at once (a failing wave pauses promptly).
+	Replan bool
+	// Accepted is the number of reports the device may drop from its outbox: all of
+	// them, new or retried.
+	Accepted int
+}
+
+// Admit decides what an authenticated check-in changes. It is pure: it reads only its
+// input, and the caller (Store.Admit) applies the result in one transaction. In order:
+// enrollment on first sight, the device's facts, its new reports (a report whose ID is
+// in a.Seen was stored by an earlier attempt and is only acknowledged), the verdict
+// (and, when the device turns untrusted, one attestation_untrusted report against
+// every rollout whose target it runs), then the quarantine.
+func Admit(a Admission) (Admitted, error) {
+	id := a.CheckIn.ID
+	if err := a.CheckIn.validate(); err != nil {
+		return Admitted{}, err
+	}
+	if _, err := encodeAttrs(a.CheckIn.Attrs); err != nil {
+		return Admitted{}, err
+	}
+	p := a.Policy
+	if p == nil {
+		p = &policy.Policy{}
+	}
+	actor := "device:" + id
+	var out Admitted
+	var before Device
+	if a.Stored == nil {
+		if err := ValidLabels(a.Labels); err != nil {
+			return Admitted{}, err
+		}
+		labels := a.Labels
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		before = Device{EnrolledAt: a.Now}
+		before.ID, before.Labels, before.Slots = id, maps.Clone(labels), map[artifact.Kind]policy.Slot{}
+		out.Enroll = true
+		out.Audit = append(out.Audit, AuditRecord{actor, "device.enroll", id, map[string]any{"labels": labels, "hardware": a.CheckIn.Hardware}})
+	} else {
+		before = *a.Stored
+	}
+	d := mergeFacts(before, a.CheckIn)
+
+	seen := map[string]bool{}
+	for _, rep := range a.Reports {
+		out.Accepted++
+		if rep.ID != "" && (a.Seen[rep.ID] || seen[rep.ID]) {
+			continue
+		}
+		r := rep
+		r.DeviceID, r.RolloutID = id, ""
+		for _, ro := range p.Rollouts {
+			if ro.Target.Kind == r.Kind && ro.Target.Name == r.Name && ro.Target.Version == r.Version {
+				r.RolloutID = ro.ID
+				break
+			}
+		}
+		if err := validateReport(&r); err != nil {
+			return Admitted{}, err
+		}
+		applyReport(&d, r)
+		out.Reports = append(out.Reports, r)
+		if rep.ID != "" {
+			seen[rep.ID] = true
+			out.Seen = append(out.Seen, rep.ID)
+		}
+		out.Audit = append(out.Audit, AuditRecord{actor, "install.report", id, r})
+		out.Replan = true
+	}
+
+	detail := strings.Join(a.Reasons, "; ")
+	if len(detail) > MaxCause {
+		detail = detail[:MaxCause]
+	}
+	if err := validShort("verdict", string(a.Verdict)); err != nil || a.Verdict == "" {
+		return Admitted{}, invalid("verdict", "%q", a.Verdict)
+	}
+	out.Verdict = VerdictRecord{DeviceID: id, Verdict: a.Verdict, Detail: detail, At: a.Now}
+	d.Verdict, d.VerdictAt = a.Verdict, a.Now
+	// A device that stays untrusted check-in after check-in is one failure, not one per
+	// check-in: only the change from trusted (or never attested) is reported.
+	if a.Verdict != policy.VerdictTrusted && before.Verdict != policy.VerdictUntrusted {
+		for _, ro := range p.Rollouts {
+			sl := d.Slots[ro.Target.Kind]
+			if sl.Name != ro.Target.Name || sl.Version != ro.Target.Version {
+				continue
+			}
+			r := wire.Report{DeviceID: id, RolloutID: ro.ID, Kind: ro.Target.Kind, Name: sl.Name, Version: sl.Version,
+				Outcome: wire.OutcomeAttestationUntrusted, Cause: detail, At: a.Now}
+			applyReport(&d, r)
+			out.Reports = append(out.Reports, r)
+			out.Replan = true
+		}
+	}
+	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, map[string]any{"verdict": a.Verdict, "reasons": a.Reasons}})
+	if a.Verdict != policy.VerdictTrusted && a.Quarantine && !before.Quarantined {
+		d.Quarantined, d.QuarantineReason = true, "attestation: "+detail
+		if len(d.QuarantineReason) > MaxCause {
+			d.QuarantineReason = d.QuarantineReason[:MaxCause]
+		}
+		out.Audit = append(out.Audit, AuditRecord{"server", "device.quarantine", id, map[string]any{"reason": detail}})
+		out.Replan = true
+	}
+	out.Device = d
+	return out, nil
+}
+
+// mergeFacts returns the device with the check-in's facts. When a slot's version
+// changed, the old one becomes its Previous; a slot's Failed mark (set by reports) is
+// kept until a commit report, ClearFailed, or the device running that very version
+// clears it.
+func mergeFacts(old Device, c CheckIn) Device {
+	d := old
+	d.Slots = map[artifact.Kind]policy.Slot{}
+	for k, sl := range c.Slots {
+		prev := old.Slots[k]
+		if sl.Previous == "" && prev.Name == sl.Name && prev.Version != sl.Version {
+			sl.Previous = prev.Version
+		} else if sl.Previous == "" && prev.Version == sl.Version {
+			sl.Previous = prev.Previous
+		}
+		if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != sl.Version {
+			sl.Failed = prev.Failed
+		}
+		d.Slots[k] = sl
+	}
+	d.Hardware, d.AgentVersion, d.Attrs, d.LastCheckIn = c.Hardware, c.AgentVersion, c.Attrs, c.At
+	if d.Attrs == nil {
+		d.Attrs = map[string]any{}
+	}
+	return d
+}
+
+// applyReport updates the device's slot for an install result. A failed install marks
+// the version Failed, so policy evaluation does not offer it again; a committed one
+// makes it the slot's version (the old one becoming Previous) and clears the mark.
+func applyReport(d *Device, r wire.Report) {
+	if d.Slots == nil {
+		d.Slots = map[artifact.Kind]policy.Slot{}
+	} else {
+		d.Slots = maps.Clone(d.Slots)
+	}
+	sl := d.Slots[r.Kind]
+	switch {
+	case r.Outcome == wire.OutcomeAttestationUntrusted && sl.Version == r.Version:
+		return // about the running version, not a failed install
+	case r.Outcome.Failed():
+		sl.Failed = r.Version
+		if sl.Name == "" {
+			sl.Name = r.Name
+		}
+	default: // committed: the device now runs it, until its next check-in says otherwise
+		if sl.Name != r.Name || sl.Version != r.Version {
+			if sl.Name == r.Name {
+				sl.Previous = sl.Version
+			} else {
+				sl.Previous = ""
+			}
+			sl.Name, sl.Version = r.Name, r.Version
+		}
+		if sl.Failed == r.Version {
+			sl.Failed = ""
+		}
+	}
+	d.Slots[r.Kind] = sl
+}

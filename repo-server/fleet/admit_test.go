@@ -1,0 +1,99 @@
+package fleet
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// summary is the part of Admitted a scenario checks, one line.
+func summary(out Admitted) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "enroll=%v accepted=%d replan=%v verdict=%s quarantined=%v slot=%+v reports=[", out.Enroll, out.Accepted, out.Replan,
+		out.Verdict.Verdict, out.Device.Quarantined, out.Device.Slots[artifact.KindModel])
+	for _, r := range out.Reports {
+		fmt.Fprintf(&b, " %s:%s@%s", r.RolloutID, r.Outcome, r.Version)
+	}
+	fmt.Fprintf(&b, " ] seen=%v audit=[", out.Seen)
+	for _, a := range out.Audit {
+		fmt.Fprintf(&b, " %s:%s", a.Actor, a.Kind)
+	}
+	b.WriteString(" ]")
+	return b.String()
+}
+
+func TestAdmit(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
+rollouts:
+  - id: vib-2
+    target: {kind: model, name: vib, version: 2.0.0}
+    waves: [{percent: 100}]
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := func(version, verdict string, quarantined bool) *Device {
+		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
+		d.ID, d.Verdict, d.Quarantined = "dev-1", policy.Verdict(verdict), quarantined
+		d.Slots = map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: version}}
+		return d
+	}
+	committed := wire.Report{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeCommitted, At: t0}
+	failed := wire.Report{ID: "r2", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, At: t0}
+	slot := func(v string) map[artifact.Kind]policy.Slot {
+		return map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: v}}
+	}
+	type admission struct {
+		stored  *Device
+		slots   map[artifact.Kind]policy.Slot
+		seen    map[string]bool
+		reports []wire.Report
+		verdict policy.Verdict
+		reasons []string
+	}
+	trusted, untrusted := policy.VerdictTrusted, policy.VerdictUntrusted
+	for _, tc := range []struct {
+		name    string
+		a       admission
+		want    string
+		wantErr string
+	}{
+		{"first check-in enrolls", admission{verdict: trusted},
+			"enroll=true accepted=0 replan=false verdict=trusted quarantined=false slot={Name: Version: Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:device.enroll device:dev-1:attestation.verdict ]", ""},
+		{"a commit report is stored, attributed, marked seen", admission{stored: running("1.0.0", "trusted", false), slots: slot("2.0.0"), reports: []wire.Report{committed}, verdict: trusted},
+			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous:1.0.0 Failed:} reports=[ vib-2:committed@2.0.0 ] seen=[r1] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+		{"a retried report is acknowledged, not stored again", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), seen: map[string]bool{"r1": true}, reports: []wire.Report{committed}, verdict: trusted},
+			"enroll=false accepted=1 replan=false verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+		{"a report sent twice in one request is stored once", admission{stored: running("1.0.0", "trusted", false), slots: slot("1.0.0"), reports: []wire.Report{failed, failed}, verdict: trusted},
+			"enroll=false accepted=2 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+		{"turning untrusted on the target: a failure for its rollout, quarantine", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), verdict: untrusted, reasons: []string{"artifact_mismatch"}},
+			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
+		{"staying untrusted: no new failure, no second quarantine", admission{stored: running("2.0.0", "untrusted", true), slots: slot("2.0.0"), verdict: untrusted},
+			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+		{"a bad report refuses the whole check-in", admission{stored: running("1.0.0", "trusted", false), reports: []wire.Report{{ID: "x", Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}}, verdict: trusted},
+			"", "version"},
+	} {
+		a := Admission{Stored: tc.a.stored, Seen: tc.a.seen, Reports: tc.a.reports, Verdict: tc.a.verdict, Reasons: tc.a.reasons, Quarantine: true, Policy: p, Now: t0,
+			CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", Slots: tc.a.slots, At: t0}}
+		out, err := Admit(a)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%s: Admit = %v; want an error about %s", tc.name, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: Admit = %v", tc.name, err)
+			continue
+		}
+		if got := summary(out); got != tc.want {
+			t.Errorf("%s: Admit =\n  %s\nwant\n  %s", tc.name, got, tc.want)
+		}
+	}
+}

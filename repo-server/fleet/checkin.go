@@ -1,0 +1,336 @@
+package fleet
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+)
+
+// AppendFunc appends an audit record inside a store transaction (the server wires
+// audit.Log.AppendTx). An error aborts the transaction: no record, no change.
+type AppendFunc func(ctx context.Context, tx *sql.Tx, r AuditRecord) error
+
+// WithAudit returns a store on the same database whose changes append their audit
+// records with f, each in the change's own transaction. A store without it discards
+// them (tools, benchmarks, tests); the server always sets one.
+func (s *Store) WithAudit(f AppendFunc) *Store {
+	c := *s
+	c.audit = f
+	return &c
+}
+
+// DB is the store's database, for an audit log that shares its transactions.
+func (s *Store) DB() *sql.DB { return s.db }
+
+// record appends recs in tx.
+func (s *Store) record(ctx context.Context, tx *sql.Tx, recs ...AuditRecord) error {
+	if s.audit == nil {
+		return nil
+	}
+	for _, r := range recs {
+		if err := s.audit(ctx, tx, r); err != nil {
+			return fmt.Errorf("audit %s %s: %w", r.Kind, r.Subject, err)
+		}
+	}
+	return nil
+}
+
+// dbtx is what reads and writes need: the database or a transaction.
+type dbtx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Admitted check-in, as Store.Admit returns it.
+type CheckInResult struct {
+	Device   Device
+	Decision policy.Decision
+	Accepted int // reports the device may drop from its outbox
+}
+
+// Admit applies an authenticated check-in in one transaction: it reads the device's
+// row and which of the request's report IDs are stored, calls the pure Admit, writes
+// what it returns (device row, reports and their dedup marks, verdict) and its audit
+// records, plans the rollouts again if reports arrived (policy.PlanStats, saving the
+// states that changed with their events and audit records), then evaluates and records
+// the decision. It commits whole or not at all: on any error, audit append included,
+// nothing is changed and the device's retry (same report IDs) is counted once.
+// a.Stored and a.Seen are filled in by Admit.
+func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (CheckInResult, error) {
+	var res CheckInResult
+	id := a.CheckIn.ID
+	p := a.Policy
+	if p == nil {
+		p = &policy.Policy{}
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		stored, err := getDevice(ctx, tx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			a.Stored = nil
+		case err != nil:
+			return err
+		default:
+			a.Stored = &stored
+		}
+		a.Seen = map[string]bool{}
+		for _, r := range a.Reports {
+			if r.ID == "" || a.Seen[r.ID] {
+				continue
+			}
+			var one int
+			err := tx.QueryRowContext(ctx, `SELECT 1 FROM device_reports_seen WHERE device_id = ? AND id = ?`, id, r.ID).Scan(&one)
+			if err == nil {
+				a.Seen[r.ID] = true
+			} else if !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+		}
+		out, err := Admit(a)
+		if err != nil {
+			return err
+		}
+		if err := putDevice(ctx, tx, out.Device, out.Enroll); err != nil {
+			return err
+		}
+		for _, rid := range out.Seen {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO device_reports_seen (device_id, id) VALUES (?, ?)`, id, rid); err != nil {
+				return fmt.Errorf("mark report %s: %w", rid, err)
+			}
+		}
+		for _, r := range out.Reports {
+			if err := insertReport(ctx, tx, r); err != nil {
+				return err
+			}
+		}
+		v := out.Verdict
+		if _, err := tx.ExecContext(ctx, `INSERT INTO verdicts (device_id, verdict, detail, at) VALUES (?, ?, ?, ?)`, id, string(v.Verdict), v.Detail, ns(v.At)); err != nil {
+			return fmt.Errorf("record verdict: %w", err)
+		}
+		if err := s.record(ctx, tx, out.Audit...); err != nil {
+			return err
+		}
+		if out.Replan {
+			if _, err := s.planTx(ctx, tx, p, a.Now); err != nil {
+				return err
+			}
+		}
+		states, err := rolloutStates(ctx, tx)
+		if err != nil {
+			return err
+		}
+		dec := policy.Evaluate(p, &out.Device.Device, states, a.Now, cat)
+		if err := recordDecision(ctx, tx, dec); err != nil {
+			return err
+		}
+		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted}
+		return nil
+	})
+	if err != nil {
+		return CheckInResult{}, fmt.Errorf("check-in %s: %w", id, err)
+	}
+	return res, nil
+}
+
+// putDevice writes the whole row of d: inserted when enroll, else updated.
+func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
+	attrs, err := encodeAttrs(d.Attrs)
+	if err != nil {
+		return err
+	}
+	if d.Labels == nil {
+		d.Labels = map[string]string{}
+	}
+	if enroll {
+		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn))
+		if err != nil {
+			return fmt.Errorf("enroll %s: %w", d.ID, err)
+		}
+		return nil
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET labels = ?, hardware = ?, agent_version = ?, slots = ?, attrs = ?, verdict = ?, verdict_at = ?,
+		quarantined = ?, quarantine_reason = ?, last_check_in = ? WHERE id = ?`, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), d.ID)
+	if err != nil {
+		return fmt.Errorf("update device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// insertReport stores a report and, for a rollout's report, makes it the device's
+// latest for that rollout and target unless a later one is stored (rollout_latest, what
+// the planner counts).
+func insertReport(ctx context.Context, tx dbtx, r wire.Report) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At))
+	if err != nil {
+		return fmt.Errorf("store report: %w", err)
+	}
+	if r.RolloutID == "" {
+		return nil
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (rollout_id, name, version, device_id) DO UPDATE SET failed = excluded.failed, at = excluded.at WHERE excluded.at >= rollout_latest.at`,
+		r.RolloutID, r.Name, r.Version, r.DeviceID, policy.Bucket(r.RolloutID, r.DeviceID), r.Outcome.Failed(), ns(r.At))
+	if err != nil {
+		return fmt.Errorf("store latest report: %w", err)
+	}
+	return nil
+}
+
+// backfillRolloutLatest fills rollout_latest from the reports stored before it existed.
+func backfillRolloutLatest(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, `SELECT device_id, rollout_id, name, version, outcome, at FROM reports WHERE rollout_id != '' ORDER BY at, seq`)
+	if err != nil {
+		return err
+	}
+	var reps []wire.Report
+	for rows.Next() {
+		var r wire.Report
+		var at int64
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Name, &r.Version, &r.Outcome, &at); err != nil {
+			rows.Close()
+			return err
+		}
+		r.At = fromNS(at)
+		reps = append(reps, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, r := range reps {
+		_, err = tx.ExecContext(ctx, `INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at) VALUES (?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (rollout_id, name, version, device_id) DO UPDATE SET failed = excluded.failed, at = excluded.at WHERE excluded.at >= rollout_latest.at`,
+			r.RolloutID, r.Name, r.Version, r.DeviceID, policy.Bucket(r.RolloutID, r.DeviceID), r.Outcome.Failed(), ns(r.At))
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waveCountsQuery counts one wave's devices by the outcome of their latest report for
+// the rollout's target, through the rollout_latest_bucket index (a range of buckets).
+const waveCountsQuery = `SELECT count(*), coalesce(sum(failed), 0) FROM rollout_latest
+	WHERE rollout_id = ? AND name = ? AND version = ? AND bucket >= ? AND bucket < ? AND at >= ?`
+
+// waveStats counts r's waves from the devices' latest reports at or after since: the
+// store's WaveStats, reading one index range per wave and never the reports.
+func waveStats(ctx context.Context, q dbtx, r *policy.Rollout, since time.Time) ([]policy.WaveStat, error) {
+	counts := make([]policy.Counts, len(r.Waves))
+	for i := range r.Waves {
+		lo, hi := r.WaveRange(i)
+		var n, failed int
+		if err := q.QueryRowContext(ctx, waveCountsQuery, r.ID, r.Target.Name, r.Target.Version, lo, hi, ns(since)).Scan(&n, &failed); err != nil {
+			return nil, fmt.Errorf("rollout %s wave %d: %w", r.ID, i, err)
+		}
+		counts[i] = policy.Counts{Succeeded: n - failed, Failed: failed}
+	}
+	return policy.StatsOf(r, counts), nil
+}
+
+// WaveStats returns r's wave statistics from the devices' latest reports at or after
+// since (policy.WaveStats without reading the reports).
+func (s *Store) WaveStats(ctx context.Context, r *policy.Rollout, since time.Time) ([]policy.WaveStat, error) {
+	return waveStats(ctx, s.db, r, since)
+}
+
+// planTx plans every rollout of p in tx and saves the states that changed with their
+// events and audit records; it returns the events.
+func (s *Store) planTx(ctx context.Context, tx *sql.Tx, p *policy.Policy, now time.Time) ([]policy.Event, error) {
+	states, err := rolloutStates(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	var all []policy.Event
+	for _, r := range p.Rollouts {
+		st := states[r.ID]
+		if st.AppliesTo(r) && (st.Status == policy.StatusAborted || st.Status == policy.StatusCompleted) {
+			continue // final for the planner
+		}
+		stats, err := waveStats(ctx, tx, r, policy.StatsSince(r, st))
+		if err != nil {
+			return nil, err
+		}
+		next, evs := policy.PlanStats(r, st, stats, now)
+		if len(evs) == 0 {
+			continue
+		}
+		if err := s.saveRolloutTx(ctx, tx, next, evs, rolloutRecords(evs, "")...); err != nil {
+			return nil, err
+		}
+		all = append(all, evs...)
+	}
+	return all, nil
+}
+
+// rolloutRecords are the audit records of rollout events: the operator's own events
+// under actor, the planner's under "server".
+func rolloutRecords(evs []policy.Event, actor string) []AuditRecord {
+	var out []AuditRecord
+	for _, e := range evs {
+		who := "server"
+		if actor != "" && e.Actor == actor {
+			who = actor
+		}
+		out = append(out, AuditRecord{who, "rollout." + string(e.Type), e.Rollout, e})
+	}
+	return out
+}
+
+// RolloutAct is an operator action on a rollout (policy.Pause, Resume, Abort, Approve
+// bound to its arguments).
+type RolloutAct func(s policy.RolloutState) (policy.RolloutState, policy.Event, error)
+
+// ActOnRollout applies an operator action to r's stored state in one transaction. A
+// rollout the planner has not started yet (or whose target changed) is planned first,
+// so the action applies to the state the planner would otherwise write over; the
+// result is planned again, so an approved wave whose predecessor has soaked starts at
+// once. The new state, its events and their audit records (the action's under actor)
+// commit together. It returns the new state and the events.
+func (s *Store) ActOnRollout(ctx context.Context, r *policy.Rollout, actor string, act RolloutAct, now time.Time) (policy.RolloutState, []policy.Event, error) {
+	var next policy.RolloutState
+	var evs []policy.Event
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		st, err := rolloutState(ctx, tx, r.ID)
+		if errors.Is(err, ErrNotFound) {
+			st, err = policy.RolloutState{ID: r.ID}, nil
+		}
+		if err != nil {
+			return err
+		}
+		if st.Started.IsZero() || !st.AppliesTo(r) {
+			stats, err := waveStats(ctx, tx, r, policy.StatsSince(r, st))
+			if err != nil {
+				return err
+			}
+			st, evs = policy.PlanStats(r, st, stats, now)
+		}
+		acted, ev, err := act(st)
+		if err != nil {
+			return err
+		}
+		evs = append(evs, ev)
+		stats, err := waveStats(ctx, tx, r, policy.StatsSince(r, acted))
+		if err != nil {
+			return err
+		}
+		var after []policy.Event
+		next, after = policy.PlanStats(r, acted, stats, now)
+		evs = append(evs, after...)
+		return s.saveRolloutTx(ctx, tx, next, evs, rolloutRecords(evs, actor)...)
+	})
+	if err != nil {
+		return policy.RolloutState{}, nil, fmt.Errorf("rollout %s: %w", r.ID, err)
+	}
+	return next, evs, nil
+}

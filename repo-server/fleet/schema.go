@@ -1,0 +1,142 @@
+package fleet
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are applied in order; PRAGMA user_version counts those applied. Append
+// only: never edit one that has shipped.
+var migrations = []string{
+	`CREATE TABLE devices (
+		id                TEXT PRIMARY KEY,
+		labels            TEXT NOT NULL DEFAULT '{}',
+		hardware          TEXT NOT NULL DEFAULT '',
+		agent_version     TEXT NOT NULL DEFAULT '',
+		slots             TEXT NOT NULL DEFAULT '{}',
+		attrs             TEXT NOT NULL DEFAULT '{}',
+		verdict           TEXT NOT NULL DEFAULT '',
+		verdict_at        INTEGER NOT NULL DEFAULT 0,
+		quarantined       INTEGER NOT NULL DEFAULT 0,
+		quarantine_reason TEXT NOT NULL DEFAULT '',
+		enrolled_at       INTEGER NOT NULL,
+		last_check_in     INTEGER NOT NULL DEFAULT 0
+	) STRICT;
+	CREATE TABLE verdicts (
+		seq       INTEGER PRIMARY KEY,
+		device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		verdict   TEXT NOT NULL,
+		detail    TEXT NOT NULL DEFAULT '',
+		at        INTEGER NOT NULL
+	) STRICT;
+	CREATE INDEX verdicts_at ON verdicts(at);
+	CREATE TABLE rollouts (
+		id         TEXT PRIMARY KEY,
+		status     TEXT NOT NULL,
+		state      TEXT NOT NULL,
+		updated_at INTEGER NOT NULL
+	) STRICT;
+	CREATE TABLE rollout_events (
+		seq        INTEGER PRIMARY KEY,
+		rollout_id TEXT NOT NULL,
+		type       TEXT NOT NULL,
+		wave       INTEGER NOT NULL,
+		reason     TEXT NOT NULL DEFAULT '',
+		actor      TEXT NOT NULL DEFAULT '',
+		at         INTEGER NOT NULL
+	) STRICT;
+	CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, seq);
+	CREATE TABLE reports (
+		seq        INTEGER PRIMARY KEY,
+		device_id  TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		rollout_id TEXT NOT NULL DEFAULT '',
+		kind       TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		version    TEXT NOT NULL,
+		outcome    TEXT NOT NULL,
+		cause      TEXT NOT NULL DEFAULT '',
+		bytes      INTEGER NOT NULL DEFAULT 0,
+		accuracy   REAL NOT NULL DEFAULT 0,
+		p99_ms     REAL NOT NULL DEFAULT 0,
+		at         INTEGER NOT NULL
+	) STRICT;
+	CREATE INDEX reports_rollout ON reports(rollout_id, at);
+	CREATE INDEX reports_device ON reports(device_id, at);
+	CREATE TABLE decisions (
+		seq           INTEGER PRIMARY KEY,
+		device_id     TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		at            INTEGER NOT NULL,
+		policy_digest TEXT NOT NULL,
+		decision      TEXT NOT NULL
+	) STRICT;
+	CREATE INDEX decisions_device ON decisions(device_id, seq);
+	CREATE INDEX decisions_at ON decisions(at);`,
+	`CREATE TABLE tokens (
+		id         TEXT PRIMARY KEY,
+		hash       BLOB NOT NULL UNIQUE,
+		operator   TEXT NOT NULL,
+		role       TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		revoked_at INTEGER NOT NULL DEFAULT 0
+	) STRICT;`,
+	`ALTER TABLE reports ADD COLUMN peak_rss_mb REAL NOT NULL DEFAULT 0;`,
+	// 4: check-ins in one transaction, reads bounded by an index.
+	// device_reports_seen moves here from the audit database (repo.db), so that a report
+	// and the mark that deduplicates its retries commit together.
+	// rollout_latest keeps, per rollout, target and device, the device's latest report:
+	// the planner counts a wave from it through an index, never reading the reports.
+	`CREATE TABLE device_reports_seen (
+		device_id TEXT NOT NULL,
+		id        TEXT NOT NULL,
+		PRIMARY KEY (device_id, id)
+	) STRICT, WITHOUT ROWID;
+	CREATE TABLE rollout_latest (
+		rollout_id TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		version    TEXT NOT NULL,
+		device_id  TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		bucket     INTEGER NOT NULL,
+		failed     INTEGER NOT NULL,
+		at         INTEGER NOT NULL,
+		PRIMARY KEY (rollout_id, name, version, device_id)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX rollout_latest_bucket ON rollout_latest(rollout_id, name, version, bucket, at, failed);
+	CREATE INDEX rollout_latest_device ON rollout_latest(device_id);
+	CREATE INDEX verdicts_device ON verdicts(device_id, at);`,
+}
+
+// backfills run after the migration of the same index (1-based), in its transaction,
+// for what SQL alone cannot compute.
+var backfills = map[int]func(ctx context.Context, tx *sql.Tx) error{
+	4: backfillRolloutLatest,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	var v int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this server (%d): refusing to touch it", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return err
+			}
+			if f := backfills[i+1]; f != nil {
+				if err := f(ctx, tx); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
