@@ -391,7 +391,7 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 		return err
 	}
 	payload := slots.Payload(artifact.KindModel, st.Active)
-	sum, err := fileSHA256(payload)
+	sum, err := artifact.FileSHA256(payload)
 	if err != nil {
 		return fmt.Errorf("committed model %s %s: %w", name, cur.Version, err)
 	}
@@ -425,7 +425,7 @@ func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollbac
 		return err
 	}
 	lib := slots.Payload(artifact.KindRuntime, st.Active)
-	sum, err := fileSHA256(lib)
+	sum, err := artifact.FileSHA256(lib)
 	if err != nil {
 		return fmt.Errorf("committed runtime %s %s: %w", name, cur.Version, err)
 	}

@@ -11,11 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -43,7 +43,7 @@ type Config struct {
 	ServerRoots *x509.CertPool
 	// Labels are sent at every check-in; the fleet's selectors match them.
 	Labels map[string]string
-	// Hardware is the hardware class sent at check-in; empty: HardwareClass().
+	// Hardware is the hardware class sent at check-in; empty: artifact.HostHardware().
 	Hardware string
 	// AgentVersion is sent at check-in; empty: Version.
 	AgentVersion string
@@ -97,7 +97,7 @@ func (c Config) withDefaults() Config {
 		c.StateDir = DefaultStateDir
 	}
 	if c.Hardware == "" {
-		c.Hardware = HardwareClass()
+		c.Hardware = artifact.HostHardware()
 	}
 	if c.AgentVersion == "" {
 		c.AgentVersion = Version
@@ -235,18 +235,6 @@ func loop(ctx context.Context, cfg Config, a *updater.Agent) error {
 		return nil
 	}
 	return err
-}
-
-// HardwareClass is the hardware class of this machine as the fleet names it (x86_64,
-// aarch64, or Go's GOARCH otherwise).
-func HardwareClass() string {
-	switch goruntime.GOARCH {
-	case "amd64":
-		return "x86_64"
-	case "arm64":
-		return "aarch64"
-	}
-	return goruntime.GOARCH
 }
 
 // supervise binds the public inference socket, which the agent keeps across runtime

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
@@ -60,7 +59,7 @@ type RuntimeProc struct {
 func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimeProc, error) {
 	p := &RuntimeProc{Lib: lib, done: make(chan struct{})}
 	if lib != "" {
-		sum, err := fileSHA256(lib)
+		sum, err := artifact.FileSHA256(lib)
 		if err != nil {
 			return nil, fmt.Errorf("runtime library: %w", err)
 		}
@@ -218,20 +217,6 @@ func (r *Runtimes) log() *slog.Logger {
 		return r.Logger
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-// fileSHA256 is the hex SHA-256 of a file's bytes.
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 var errNoRuntimes = errors.New("runtime trials need the agent to supervise its runtime processes")

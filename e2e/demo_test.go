@@ -68,6 +68,30 @@ func TestDemo(t *testing.T) {
 	if err != nil || rs.Status != policy.StatusPaused {
 		t.Errorf("rollout vib-2.0.0: %+v, %v; want paused", rs, err)
 	}
+	// Completed rollouts show what the devices' probes measured (ONNX Runtime on each
+	// device), not "—".
+	states, err := st.RolloutStates(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	completed := 0
+	for id, rs := range states {
+		if rs.Status != policy.StatusCompleted {
+			continue
+		}
+		completed++
+		reps, err := st.Reports(ctx, fleet.ReportFilter{RolloutID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := fleet.ComputeRollout(id, rs.Started, reps)
+		if k.MeanAccuracy <= 0 || k.MeanAccuracy > 1 || k.MeanP99Ms <= 0 || k.MeanPeakRSSMB <= 0 {
+			t.Errorf("completed rollout %s: mean accuracy %v, p99 %v ms, peak RSS %v MB; want measured figures", id, k.MeanAccuracy, k.MeanP99Ms, k.MeanPeakRSSMB)
+		}
+	}
+	if completed < 3 {
+		t.Errorf("%d completed rollouts; want the demo's two models and its runtime", completed)
+	}
 	reps, err := st.Reports(ctx, fleet.ReportFilter{RolloutID: "vib-2.0.0"})
 	if err != nil || len(reps) != 1 || reps[0].Outcome != wire.OutcomeProbeFailed {
 		t.Errorf("reports of vib-2.0.0 = %+v, %v; want one probe failure (the canary's)", reps, err)

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	goruntime "runtime"
 	"slices"
 	"strings"
 	"time"
@@ -98,7 +97,7 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Hardware == "" {
-		cfg.Hardware = hardwareClass()
+		cfg.Hardware = artifact.HostHardware()
 	}
 	client := cfg.HTTPClient
 	if client == nil {
@@ -309,17 +308,6 @@ func (c *TUF) Resolve(ctx context.Context, kind artifact.Kind, targetPath string
 		return t, meta, fmt.Errorf("target %s is built for %v, not for this device (%s)", targetPath, meta.Hardware, hw)
 	}
 	return t, meta, nil
-}
-
-// hardwareClass names the machine as targets' "hardware" lists do.
-func hardwareClass() string {
-	switch goruntime.GOARCH {
-	case "amd64":
-		return "x86_64"
-	case "arm64":
-		return "aarch64"
-	}
-	return goruntime.GOARCH
 }
 
 // TargetOf checks a trusted targets entry against the slot kind and returns what the

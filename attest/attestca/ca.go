@@ -355,16 +355,6 @@ func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*pro
 	return resp, nil
 }
 
-// OIDs of the AK certificate profile.
-var (
-	oidSAN                = asn1.ObjectIdentifier{2, 5, 29, 17}
-	oidTCGKpAIKCert       = asn1.ObjectIdentifier{2, 23, 133, 8, 3}
-	oidTPMManufacturer    = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
-	oidTPMModel           = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
-	oidTPMVersion         = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
-	oidPermanentIdentifer = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 3}
-)
-
 // issue builds the AK certificate: X.509 v3, empty subject, not a CA, EKU
 // tcg-kp-AIKCertificate only, critical SAN with the TPM manufacturer, model
 // and version (directoryName) and the EK-derived PermanentIdentifier
@@ -384,10 +374,10 @@ func (ca *CA) issue(p *pending) ([]byte, error) {
 		NotBefore:             now.Add(-5 * time.Minute),
 		NotAfter:              now.Add(ca.cfg.AKCertValidity),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
-		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidTCGKpAIKCert},
+		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{protocol.OIDAIKCertificate()},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
-		ExtraExtensions:       []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
+		ExtraExtensions:       []pkix.Extension{{Id: protocol.OIDSubjectAltName(), Critical: true, Value: san}},
 	}
 	der, err := x509.CreateCertificate(ca.cfg.Rand, t, ca.cfg.Certificate, p.akPub, ca.cfg.Signer)
 	if err != nil {
@@ -399,9 +389,9 @@ func (ca *CA) issue(p *pending) ([]byte, error) {
 // MarshalSAN encodes the AK certificate's subject alternative names.
 func MarshalSAN(info protocol.TPMInfo, permanentID string) ([]byte, error) {
 	dir, err := asn1.Marshal(pkix.RDNSequence{
-		{{Type: oidTPMManufacturer, Value: info.Manufacturer}},
-		{{Type: oidTPMModel, Value: info.Model}},
-		{{Type: oidTPMVersion, Value: info.Version}},
+		{{Type: protocol.OIDTPMManufacturer(), Value: info.Manufacturer}},
+		{{Type: protocol.OIDTPMModel(), Value: info.Model}},
+		{{Type: protocol.OIDTPMVersion(), Value: info.Version}},
 	})
 	if err != nil {
 		return nil, err
@@ -415,7 +405,7 @@ func MarshalSAN(info protocol.TPMInfo, permanentID string) ([]byte, error) {
 	other, err := asn1.Marshal(struct {
 		TypeID asn1.ObjectIdentifier
 		Value  asn1.RawValue
-	}{oidPermanentIdentifer, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: pid}})
+	}{protocol.OIDPermanentIdentifier(), asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 0, IsCompound: true, Bytes: pid}})
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +435,7 @@ func verifyTPMCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now
 	cc := *c
 	cc.UnhandledCriticalExtensions = nil
 	for _, oid := range c.UnhandledCriticalExtensions {
-		if !oid.Equal(oidSAN) {
+		if !oid.Equal(protocol.OIDSubjectAltName()) {
 			cc.UnhandledCriticalExtensions = append(cc.UnhandledCriticalExtensions, oid)
 		}
 	}
@@ -470,7 +460,7 @@ func VerifyAKCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now 
 	}
 	ok := false
 	for _, u := range c.UnknownExtKeyUsage {
-		ok = ok || u.Equal(oidTCGKpAIKCert)
+		ok = ok || u.Equal(protocol.OIDAIKCertificate())
 	}
 	if !ok {
 		return nil, errors.New("AK certificate lacks EKU tcg-kp-AIKCertificate")

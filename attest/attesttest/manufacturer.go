@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/protocol"
 )
 
 // Manufacturer is a test TPM manufacturer: a root CA and an intermediate that
@@ -83,22 +84,14 @@ func (m *Manufacturer) Roots() *x509.CertPool {
 	return p
 }
 
-var (
-	oidTPMManufacturer = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
-	oidTPMModel        = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
-	oidTPMVersion      = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
-	oidSAN             = asn1.ObjectIdentifier{2, 5, 29, 17}
-	oidEKCertificate   = asn1.ObjectIdentifier{2, 23, 133, 8, 1}
-)
-
 // IssueEKCert issues an EK certificate in the TCG EK credential profile
 // shape: empty subject, critical SAN directoryName with the TPM
 // manufacturer, model and version, EKU tcg-kp-EKCertificate.
 func (m *Manufacturer) IssueEKCert(ek crypto.PublicKey, info attest.Info) ([]byte, error) {
 	dir := pkix.RDNSequence{
-		{{Type: oidTPMManufacturer, Value: info.Manufacturer}},
-		{{Type: oidTPMModel, Value: info.Model}},
-		{{Type: oidTPMVersion, Value: info.Version}},
+		{{Type: protocol.OIDTPMManufacturer(), Value: info.Manufacturer}},
+		{{Type: protocol.OIDTPMModel(), Value: info.Model}},
+		{{Type: protocol.OIDTPMVersion(), Value: info.Version}},
 	}
 	dirDER, err := asn1.Marshal(dir)
 	if err != nil {
@@ -118,8 +111,8 @@ func (m *Manufacturer) IssueEKCert(ek crypto.PublicKey, info attest.Info) ([]byt
 		NotAfter:              time.Now().Add(10 * 365 * 24 * time.Hour),
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageKeyEncipherment,
-		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidEKCertificate},
-		ExtraExtensions:       []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
+		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{protocol.OIDEKCertificate()},
+		ExtraExtensions:       []pkix.Extension{{Id: protocol.OIDSubjectAltName(), Critical: true, Value: san}},
 	}
 	return x509.CreateCertificate(rand.Reader, t, m.Intermediate, ek, m.intKey)
 }

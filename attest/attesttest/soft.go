@@ -41,8 +41,6 @@ type SoftDevice struct {
 	clock uint64
 }
 
-var oidTCGKpAIKCert = asn1.ObjectIdentifier{2, 23, 133, 8, 3}
-
 // NewSoftDevice makes a device named name with an AK certificate signed by the test
 // attestation CA (caKey, caCert), in the profile the attestation CA issues.
 func NewSoftDevice(caKey crypto.Signer, caCert *x509.Certificate, name string) (*SoftDevice, error) {
@@ -60,8 +58,8 @@ func NewSoftDevice(caKey crypto.Signer, caCert *x509.Certificate, name string) (
 	now := time.Now()
 	t := &x509.Certificate{
 		SerialNumber: serial, NotBefore: now.Add(-5 * time.Minute), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, UnknownExtKeyUsage: []asn1.ObjectIdentifier{oidTCGKpAIKCert},
-		BasicConstraintsValid: true, ExtraExtensions: []pkix.Extension{{Id: oidSAN, Critical: true, Value: san}},
+		KeyUsage: x509.KeyUsageDigitalSignature, UnknownExtKeyUsage: []asn1.ObjectIdentifier{protocol.OIDAIKCertificate()},
+		BasicConstraintsValid: true, ExtraExtensions: []pkix.Extension{{Id: protocol.OIDSubjectAltName(), Critical: true, Value: san}},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, t, caCert, &key.PublicKey, caKey)
 	if err != nil {

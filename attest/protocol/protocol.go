@@ -93,20 +93,31 @@ func EKID(pub crypto.PublicKey) (string, error) {
 	return "urn:ek:sha256:" + base64.StdEncoding.EncodeToString(sum[:]), nil
 }
 
-var (
-	oidSAN                 = asn1.ObjectIdentifier{2, 5, 29, 17}
-	oidTPMManufacturer     = asn1.ObjectIdentifier{2, 23, 133, 2, 1}
-	oidTPMModel            = asn1.ObjectIdentifier{2, 23, 133, 2, 2}
-	oidTPMVersion          = asn1.ObjectIdentifier{2, 23, 133, 2, 3}
-	oidPermanentIdentifier = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 3}
-)
+// OIDs of the TPM certificate profiles (the TCG EK credential profile, RFC 5280's
+// subjectAltName, RFC 4043's permanent identifier), for the CA, the verifier and the
+// test manufacturer alike. Functions, not variables: an asn1.ObjectIdentifier is a
+// slice, and a shared variable could be changed by any importer.
+func OIDSubjectAltName() asn1.ObjectIdentifier  { return asn1.ObjectIdentifier{2, 5, 29, 17} }
+func OIDTPMManufacturer() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 23, 133, 2, 1} }
+func OIDTPMModel() asn1.ObjectIdentifier        { return asn1.ObjectIdentifier{2, 23, 133, 2, 2} }
+func OIDTPMVersion() asn1.ObjectIdentifier      { return asn1.ObjectIdentifier{2, 23, 133, 2, 3} }
+
+// OIDPermanentIdentifier is RFC 4043's otherName type.
+func OIDPermanentIdentifier() asn1.ObjectIdentifier {
+	return asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 8, 3}
+}
+
+// OIDEKCertificate and OIDAIKCertificate are the TCG extended key usages of EK and AK
+// certificates (tcg-kp-EKCertificate, tcg-kp-AIKCertificate).
+func OIDEKCertificate() asn1.ObjectIdentifier  { return asn1.ObjectIdentifier{2, 23, 133, 8, 1} }
+func OIDAIKCertificate() asn1.ObjectIdentifier { return asn1.ObjectIdentifier{2, 23, 133, 8, 3} }
 
 // TPMDetails extracts the TPM manufacturer, model and version from a
 // certificate's SAN directoryName (EK and AK certificate profile).
 func TPMDetails(c *x509.Certificate) (TPMInfo, bool) {
 	var info TPMInfo
 	for _, e := range c.Extensions {
-		if !e.Id.Equal(oidSAN) {
+		if !e.Id.Equal(OIDSubjectAltName()) {
 			continue
 		}
 		var names []asn1.RawValue
@@ -125,11 +136,11 @@ func TPMDetails(c *x509.Certificate) (TPMInfo, bool) {
 				for _, atv := range rdn {
 					s, _ := atv.Value.(string)
 					switch {
-					case atv.Type.Equal(oidTPMManufacturer):
+					case atv.Type.Equal(OIDTPMManufacturer()):
 						info.Manufacturer = s
-					case atv.Type.Equal(oidTPMModel):
+					case atv.Type.Equal(OIDTPMModel()):
 						info.Model = s
-					case atv.Type.Equal(oidTPMVersion):
+					case atv.Type.Equal(OIDTPMVersion()):
 						info.Version = s
 					}
 				}
@@ -144,7 +155,7 @@ func TPMDetails(c *x509.Certificate) (TPMInfo, bool) {
 func PermanentIdentifiers(c *x509.Certificate) []string {
 	var out []string
 	for _, e := range c.Extensions {
-		if !e.Id.Equal(oidSAN) {
+		if !e.Id.Equal(OIDSubjectAltName()) {
 			continue
 		}
 		var names []asn1.RawValue
@@ -159,7 +170,7 @@ func PermanentIdentifiers(c *x509.Certificate) []string {
 				TypeID asn1.ObjectIdentifier
 				Value  asn1.RawValue
 			}
-			if _, err := asn1.UnmarshalWithParams(n.FullBytes, &on, "tag:0"); err != nil || !on.TypeID.Equal(oidPermanentIdentifier) {
+			if _, err := asn1.UnmarshalWithParams(n.FullBytes, &on, "tag:0"); err != nil || !on.TypeID.Equal(OIDPermanentIdentifier()) {
 				continue
 			}
 			var pid struct {

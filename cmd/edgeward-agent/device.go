@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/agent"
+	"github.com/edgeward/edgeward/internal/artifact"
 )
 
 // runDevice is the whole device (agent.Run with a server): it serves what its slots
@@ -25,7 +26,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		stateDir = fs.String("state-dir", agent.DefaultStateDir, "agent state directory (after 'edgeward-agent enroll')")
 		server   = fs.String("server", "", "server base URL (device API), e.g. http://127.0.0.1:8440")
 		labels   = fs.String("labels", "", "labels k=v,k=v the device enrolls with")
-		hardware = fs.String("hardware", agent.HardwareClass(), "hardware class reported to the server")
+		hardware = fs.String("hardware", artifact.HostHardware(), "hardware class reported to the server")
 		rtBin    = fs.String("runtime", "", "edgeward-runtime binary to start (default: next to this binary)")
 		listen   = fs.String("listen", "127.0.0.1:8080", "public inference address of the runtime")
 		rtURL    = fs.String("runtime-control", "", "use an already running runtime's control API (URL) instead of starting one")

@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -22,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/units"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -373,9 +374,10 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	tw.Flush()
 	k := st.KPI
 	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%, %d devices committed, %s downloaded\n",
-		k.Attempts, k.Devices, k.SuccessRate*100, k.Committed, bytesHuman(k.BytesDownloaded))
+		k.Attempts, k.Devices, k.SuccessRate*100, k.Committed, units.Bytes(k.BytesDownloaded))
 	if k.Committed > 0 {
-		fmt.Fprintf(w, "      time to commit p50 %s, p95 %s; mean accuracy %.3f, mean p99 %.2f ms\n", k.CommitP50.Round(time.Second), k.CommitP95.Round(time.Second), k.MeanAccuracy, k.MeanP99Ms)
+		fmt.Fprintf(w, "      time to commit p50 %s, p95 %s\n", k.CommitP50.Round(time.Second), k.CommitP95.Round(time.Second))
+		fmt.Fprintf(w, "      probes of the committed installs: %s\n", probeFigures(k))
 	}
 	for _, pct := range []string{"50%", "90%", "100%"} {
 		if d, ok := st.TimeTo[pct]; ok {
@@ -416,19 +418,6 @@ func printCounts(w io.Writer, title string, m map[string]int) {
 	for _, k := range keys {
 		fmt.Fprintf(w, "  %4d  %s\n", m[k], k)
 	}
-}
-
-func bytesHuman(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // rolloutActionCmd builds pause, resume, abort and approve.
@@ -828,4 +817,17 @@ func operatorHTTP(env *cliEnv) (*http.Client, error) {
 		return nil, fmt.Errorf("EDGEWARD_SERVER_CA %s: no PEM certificates", ca)
 	}
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil
+}
+
+// probeFigures says what the probes of a rollout's committed installs measured on
+// average, "not measured" where no report carried a figure.
+func probeFigures(k fleet.RolloutKPI) string {
+	fig := func(name string, v float64, format string) string {
+		if v == 0 {
+			return name + " not measured"
+		}
+		return name + " " + fmt.Sprintf(format, v)
+	}
+	return fig("mean accuracy", k.MeanAccuracy, "%.3f") + ", " + fig("mean p99", k.MeanP99Ms, "%.2f ms") + ", " +
+		fig("mean peak RSS", k.MeanPeakRSSMB, "%.1f MB")
 }

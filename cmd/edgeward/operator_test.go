@@ -136,6 +136,14 @@ func TestCLIRollouts(t *testing.T) {
 			t.Errorf("rollout status lacks %q:\n%s", want, out)
 		}
 	}
+	// A committed install reports what its probe measured; the status shows it.
+	if err := s.store.AddReport(context.Background(), wire.Report{DeviceID: "cam-1", RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
+		Version: "2.0.0", Outcome: wire.OutcomeCommitted, At: time.Now(), Probe: wire.Probe{Accuracy: 0.962, P99Ms: 2.5, PeakRSSMB: 48}}); err != nil {
+		t.Fatal(err)
+	}
+	if out = aud.must("rollout", "status", "vib-2"); !strings.Contains(out, "mean accuracy 0.962, mean p99 2.50 ms, mean peak RSS 48.0 MB") {
+		t.Errorf("rollout status lacks the probe figures:\n%s", out)
+	}
 	out = aud.must("rollout", "status")
 	if !strings.Contains(out, "vib-2") || !strings.Contains(out, "probe drift") || !strings.Contains(out, "fleet: 3 devices") || !strings.Contains(out, "attestation pass rate 66.7%") {
 		t.Fatalf("rollout list:\n%s", out)

@@ -14,8 +14,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -500,7 +498,7 @@ func (d *scenario) tamper(ctx context.Context) error {
 	}
 	slot := ""
 	for _, s := range []string{"a", "b"} {
-		if sum, err := fileSHA256(v.ModelPayload(s)); err == nil && sum == want {
+		if sum, err := artifact.FileSHA256(v.ModelPayload(s)); err == nil && sum == want {
 			slot = s
 		}
 	}
@@ -680,19 +678,6 @@ func (d *scenario) audit(ctx context.Context) error {
 	return nil
 }
 
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // auditKinds counts the records of an export by kind.
 func auditKinds(file string) (map[string]int, error) {
 	f, err := os.Open(file)
@@ -772,7 +757,8 @@ func (d *scenario) summary(ctx context.Context) error {
 	fmt.Fprintf(w, "\nFleet: %d install attempts, %.0f%% committed (failures: %s); %d attestation verdicts, %.1f%% trusted\n",
 		k.Attempts, 100*k.SuccessRate, strings.Join(fails, ", "), k.Verdicts, 100*k.AttestationPassRate)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tDEVICES\tCOMMITTED\tFAILED\tCOMMIT P50\tREASON")
+	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tDEVICES\tCOMMITTED\tFAILED\tCOMMIT P50\tACCURACY\tP99\tPEAK RSS\tREASON")
+	var unmeasured []string
 	for _, r := range k.Rollouts {
 		failed := r.Devices - r.Committed // devices whose latest report is a failure
 		s := states[r.Rollout]
@@ -780,9 +766,26 @@ func (d *scenario) summary(ctx context.Context) error {
 		if status == "" {
 			status = policy.StatusActive
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.Rollout, status, r.Devices, r.Committed, failed, r.CommitP50.Round(100*time.Millisecond), s.Reason)
+		acc, p99, rss := "-", "-", "-"
+		if r.MeanAccuracy > 0 {
+			acc = fmt.Sprintf("%.3f", r.MeanAccuracy)
+		}
+		if r.MeanP99Ms > 0 {
+			p99 = fmt.Sprintf("%.2f ms", r.MeanP99Ms)
+		}
+		if r.MeanPeakRSSMB > 0 {
+			rss = fmt.Sprintf("%.0f MB", r.MeanPeakRSSMB)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", r.Rollout, status, r.Devices, r.Committed, failed, r.CommitP50.Round(100*time.Millisecond), acc, p99, rss, s.Reason)
+		if status == policy.StatusCompleted && (r.MeanAccuracy == 0 || r.MeanP99Ms == 0 || r.MeanPeakRSSMB == 0) {
+			unmeasured = append(unmeasured, r.Rollout)
+		}
 	}
 	tw.Flush()
+	// Every install the demo completes was probed: its reports carry the figures.
+	if len(unmeasured) > 0 {
+		return fmt.Errorf("completed rollouts whose reports carry no probe figures: %s", strings.Join(unmeasured, ", "))
+	}
 	fmt.Fprintf(w, "\nEvery step held.\n  server     %s  (metrics %s/metrics)\n  dashboard  %s/ui/  (sign in with the token in %s)\n  data, logs %s\n",
 		d.srv.URL, d.srv.URL, d.srv.URL, d.tokenFile, d.lab.Dir)
 	return nil

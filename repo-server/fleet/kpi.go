@@ -34,10 +34,11 @@ type RolloutKPI struct {
 	// device's first commit.
 	CommitP50 time.Duration `json:"commit_p50"`
 	CommitP95 time.Duration `json:"commit_p95"`
-	// MeanAccuracy and MeanP99Ms average the probe measurements of committed attempts
-	// that carry them (0 if none).
-	MeanAccuracy float64 `json:"mean_accuracy"`
-	MeanP99Ms    float64 `json:"mean_p99_ms"`
+	// MeanAccuracy, MeanP99Ms and MeanPeakRSSMB average the probe measurements of
+	// committed attempts that carry them (0 if none).
+	MeanAccuracy  float64 `json:"mean_accuracy"`
+	MeanP99Ms     float64 `json:"mean_p99_ms"`
+	MeanPeakRSSMB float64 `json:"mean_peak_rss_mb"`
 }
 
 // ComputeRollout computes a rollout's KPIs from its reports (reports of other rollouts
@@ -47,7 +48,7 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 	k := RolloutKPI{Rollout: rolloutID, Failures: map[wire.Outcome]int{}, Causes: map[string]int{}}
 	latest := map[string]wire.Report{}
 	firstCommit := map[string]time.Time{}
-	var acc, p99 []float64
+	var acc, p99, rss []float64
 	committedAttempts := 0
 	for _, r := range reports {
 		if r.RolloutID != rolloutID {
@@ -73,6 +74,9 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 		if r.P99Ms > 0 {
 			p99 = append(p99, r.P99Ms)
 		}
+		if r.PeakRSSMB > 0 {
+			rss = append(rss, r.PeakRSSMB)
+		}
 	}
 	k.Devices = len(latest)
 	for _, r := range latest {
@@ -89,7 +93,7 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 	}
 	slices.Sort(lat)
 	k.CommitP50, k.CommitP95 = quantile(lat, 0.50), quantile(lat, 0.95)
-	k.MeanAccuracy, k.MeanP99Ms = mean(acc), mean(p99)
+	k.MeanAccuracy, k.MeanP99Ms, k.MeanPeakRSSMB = mean(acc), mean(p99), mean(rss)
 	return k
 }
 

@@ -23,8 +23,9 @@ func TestComputeRollout(t *testing.T) {
 		rep("d", "r", wire.OutcomeRolledBack, "p99 9ms > 5ms", 30*time.Minute),
 		rep("e", "other", wire.OutcomeCommitted, "", time.Minute),
 	}
-	reports[0].Accuracy, reports[0].P99Ms = 0.96, 4
-	reports[2].Accuracy, reports[2].P99Ms = 0.98, 2
+	reports[0].Probe = wire.Probe{Accuracy: 0.96, P99Ms: 4, PeakRSSMB: 40}
+	reports[1].Probe = wire.Probe{Accuracy: 0.91, P99Ms: 1, PeakRSSMB: 100} // failed: not averaged
+	reports[2].Probe = wire.Probe{Accuracy: 0.98, P99Ms: 2, PeakRSSMB: 50}
 	k := ComputeRollout("r", t0, reports)
 	if k.Attempts != 5 || k.Devices != 4 || k.Committed != 2 || k.SuccessRate != 0.4 || k.BytesDownloaded != 50 {
 		t.Errorf("ComputeRollout counts = %+v", k)
@@ -36,8 +37,8 @@ func TestComputeRollout(t *testing.T) {
 	if k.CommitP50 != 10*time.Minute || k.CommitP95 != 40*time.Minute {
 		t.Errorf("commit p50/p95 = %v/%v; want 10m/40m", k.CommitP50, k.CommitP95)
 	}
-	if k.MeanAccuracy != 0.97 || k.MeanP99Ms != 3 {
-		t.Errorf("mean accuracy/p99 = %v/%v", k.MeanAccuracy, k.MeanP99Ms)
+	if k.MeanAccuracy != 0.97 || k.MeanP99Ms != 3 || k.MeanPeakRSSMB != 45 {
+		t.Errorf("mean accuracy/p99/peak RSS = %v/%v/%v; want 0.97/3/45", k.MeanAccuracy, k.MeanP99Ms, k.MeanPeakRSSMB)
 	}
 	if e := ComputeRollout("none", t0, reports); e.Attempts != 0 || e.SuccessRate != 0 || e.CommitP50 != 0 {
 		t.Errorf("empty rollout KPI = %+v", e)

@@ -3,6 +3,7 @@ package ui
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -166,6 +167,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if success != "50.0%" || st.KPI.SuccessRate != 0.5 {
 		t.Errorf("success rate on the page %q, in the store %v", success, st.KPI.SuccessRate)
+	}
+	// The probe figures the devices reported, not "—".
+	accuracy, p99, rss := text("#rollout-vib-2 .kpi-accuracy"), text("#rollout-vib-2 .kpi-p99"), text("#rollout-vib-2 .kpi-rss")
+	if accuracy != fmt.Sprintf("%.3f", st.KPI.MeanAccuracy) || p99 != fmt.Sprintf("%.2f ms", st.KPI.MeanP99Ms) || rss != fmt.Sprintf("%.1f MB", st.KPI.MeanPeakRSSMB) ||
+		st.KPI.MeanAccuracy == 0 || st.KPI.MeanP99Ms == 0 || st.KPI.MeanPeakRSSMB == 0 {
+		t.Errorf("probe figures on the page: accuracy %q, p99 %q, peak RSS %q; store: %v, %v, %v", accuracy, p99, rss, st.KPI.MeanAccuracy, st.KPI.MeanP99Ms, st.KPI.MeanPeakRSSMB)
 	}
 	bars, err := chromedp.Run(ctx, chromedp.AttributesAll(chromedp.CSSAll("#rollout-vib-2 progress")))
 	if err != nil {

@@ -45,6 +45,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/units"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -435,6 +436,7 @@ func (u *UI) funcs() template.FuncMap {
 		"dur":  func(d time.Duration) string { return d.Round(time.Second).String() },
 		"f3":   func(f float64) string { return fmt.Sprintf("%.3f", f) },
 		"f2":   func(f float64) string { return fmt.Sprintf("%.2f", f) },
+		"f1":   func(f float64) string { return fmt.Sprintf("%.1f", f) },
 		"inc":  func(i int) int { return i + 1 },
 		"slot": slotText,
 		"model": func(s map[artifact.Kind]policy.Slot) policy.Slot {
@@ -457,7 +459,7 @@ func (u *UI) funcs() template.FuncMap {
 			}
 			return out
 		},
-		"bytes": bytesHuman,
+		"bytes": units.Bytes,
 		"statusOf": func(s policy.Status) string {
 			if s == "" {
 				return "not started"
@@ -481,17 +483,4 @@ func slotText(s policy.Slot) string {
 		t = s.Name + " (none committed)"
 	}
 	return t
-}
-
-func bytesHuman(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

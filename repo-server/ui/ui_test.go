@@ -127,7 +127,7 @@ func newDash(t *testing.T) *dash {
 			failed++
 		}
 		err := store.AddReport(ctx, wire.Report{DeviceID: dv.id, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
-			Version: "2.0.0", Outcome: out, Cause: cause, Bytes: 4 << 20, Probe: wire.Probe{Accuracy: 0.97, P99Ms: 3.2}, At: start.Add(time.Duration(i+1) * time.Minute)})
+			Version: "2.0.0", Outcome: out, Cause: cause, Bytes: 4 << 20, Probe: wire.Probe{Accuracy: 0.97, P99Ms: 3.2, PeakRSSMB: 52}, At: start.Add(time.Duration(i+1) * time.Minute)})
 		if err != nil {
 			t.Fatal(err)
 		}
