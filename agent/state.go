@@ -174,3 +174,17 @@ func (s *State) Close() {
 		s.TPM.Close()
 	}
 }
+
+// Install refreshes the TUF metadata, resolves the target path (verified custom
+// metadata, anti-rollback) and installs it into kind's inactive slot. Call
+// Slots.Recover first.
+func (s *State) Install(ctx context.Context, kind artifact.Kind, path string) (rollback.State, error) {
+	if err := s.TUF.Refresh(ctx); err != nil {
+		return rollback.State{}, err
+	}
+	t, _, err := s.TUF.Resolve(ctx, kind, path)
+	if err != nil {
+		return rollback.State{}, err
+	}
+	return s.Slots.Install(ctx, kind, t)
+}

@@ -57,7 +57,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		return err
 	}
 	defer st.Close()
-	tuf, m := st.TUF, st.Slots
+	m := st.Slots
 	if cmd != "status" {
 		if err := m.Recover(ctx); err != nil {
 			return fmt.Errorf("recover: %w", err)
@@ -69,15 +69,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		if *target == "" {
 			return errors.New("install needs --target")
 		}
-		if err := tuf.Refresh(ctx); err != nil {
-			return err
-		}
-		t, _, err := tuf.Resolve(ctx, kind, *target)
-		if err != nil {
-			return err
-		}
-		s, err = m.Install(ctx, kind, t)
-		if err != nil {
+		if s, err = st.Install(ctx, kind, *target); err != nil {
 			return err
 		}
 	case "trial":
