@@ -28,6 +28,7 @@ const DefaultStateDir = "/var/lib/edgeward"
 //	state.db, slots/   the A/B slots and their transaction (package rollback)
 //	outbox.db          reports waiting for the server (updater.Outbox)
 //	measurements.json  the measurement log the quotes cover (MeasurementLog)
+//	probes/            probe sets downloaded for trials (RuntimeJudge)
 //	runtime-N.sock     control sockets of the runtime processes (Runtimes)
 //
 // Everything in it is private to the agent (0700).
