@@ -61,12 +61,11 @@ func (j judge) Judge(_ context.Context, t Trial) Verdict {
 	return Verdict{Pass: true}
 }
 
-func TestAgentRounds(t *testing.T) {
+// deviceState is a device's TUF client of r, slots and outbox in a temporary directory,
+// closed when the test ends.
+func deviceState(t *testing.T, r *tuftest.Repo) (*TUF, *rollback.Manager, *Outbox) {
+	t.Helper()
 	ctx := context.Background()
-	r := tuftest.New(t)
-	p1, _ := r.AddModel("iris", "1.0.0", 0)
-	p2, _ := r.AddModel("iris", "2.0.0", 0)
-	p0, _ := r.AddModel("iris", "0.5.0", 0)
 	state := t.TempDir()
 	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
 	c := newClient(t, r, filepath.Join(state, "tuf"))
@@ -74,12 +73,22 @@ func TestAgentRounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
 	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer o.Close()
+	t.Cleanup(func() { o.Close() })
+	return c, m, o
+}
+
+func TestAgentRounds(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	p0, _ := r.AddModel("iris", "0.5.0", 0)
+	c, m, o := deviceState(t, r)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	d := &director{offline: true}
 	srv := &server{seen: map[string]int{}}
@@ -187,19 +196,7 @@ func TestCommitReportSurvivesACrash(t *testing.T) {
 	ctx := context.Background()
 	r := tuftest.New(t)
 	p1, _ := r.AddModel("iris", "1.0.0", 0)
-	state := t.TempDir()
-	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
-	c := newClient(t, r, filepath.Join(state, "tuf"))
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	c, m, o := deviceState(t, r)
 	// The commit happens without the agent (as if it died right after it).
 	tf, err := c.Target(ctx, p1)
 	if err != nil {
@@ -269,19 +266,7 @@ func TestDecisionGates(t *testing.T) {
 		r.Publish()
 		return p
 	}
-	state := t.TempDir()
-	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
-	c := newClient(t, r, filepath.Join(state, "tuf"))
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	c, m, o := deviceState(t, r)
 	measured := wire.Probe{Accuracy: 0.95, P99Ms: 2.5, PeakRSSMB: 41}
 	d := &director{}
 	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: gateJudge{measured}, Outbox: o})
