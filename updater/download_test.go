@@ -344,7 +344,9 @@ func TestDownloadStall(t *testing.T) {
 	defer srv.Close()
 	dst := filepath.Join(t.TempDir(), "payload")
 	d := testDownloader(nil)
-	d.StallTimeout = 50 * time.Millisecond
+	// Long enough that a healthy transfer on a loaded machine never trips it (the stalled
+	// request hangs until the client gives up, so the test still waits exactly this once).
+	d.StallTimeout = time.Second
 	var waits []time.Duration
 	d.Sleep = func(_ context.Context, w time.Duration) error { waits = append(waits, w); return nil }
 	if err := d.Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
