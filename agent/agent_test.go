@@ -22,6 +22,7 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/modelgen"
@@ -86,12 +87,12 @@ func TestDeviceStory(t *testing.T) {
 	pass := []byte("pw")
 
 	// Server side.
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: filepath.Join(dir, "repo")}, reposerver.InitOptions{Passphrase: pass})
+	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: pass})
 	if err != nil {
 		t.Fatal(err)
 	}
 	repo := res.Repo
-	keys := &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return pass, nil }}
+	keys := &repository.KeyRing{Passphrase: func() ([]byte, error) { return pass, nil }}
 	publish := func(version string) {
 		t.Helper()
 		probe, err := modelgen.ProbeSet(version)
@@ -102,10 +103,10 @@ func TestDeviceStory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, keys); err != nil {
+		if _, err := repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, keys); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := repo.Publish(ctx, reposerver.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
+		if _, err := repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
 			Gates: &artifact.Gates{MinAccuracy: 0.85}}, Ext: ".onnx", Content: bytes.NewReader(model)}, keys); err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
@@ -31,8 +32,8 @@ const Model = "vibration-anomaly"
 type Repo struct {
 	Dir       string
 	PolicyDir string
-	Repo      *reposerver.Repo
-	Keys      *reposerver.KeyRing
+	Repo      *repository.Repo
+	Keys      *repository.KeyRing
 	// RootKeys are the root key files (offline, encrypted): three, threshold two.
 	RootKeys []string
 
@@ -44,12 +45,12 @@ type Repo struct {
 // offline keys are encrypted with passphrase, and a policy directory holding
 // policyYAML as 00-attestation.yaml.
 func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, error) {
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: dir, Actor: "cli:security-team"}, reposerver.InitOptions{Passphrase: []byte(passphrase)})
+	res, err := repository.Init(ctx, repository.Config{Dir: dir, Actor: "cli:security-team", Recorder: reposerver.AuditRecorder{Dir: dir}}, repository.InitOptions{Passphrase: []byte(passphrase)})
 	if err != nil {
 		return nil, err
 	}
 	r := &Repo{Dir: dir, PolicyDir: filepath.Join(dir, "policy"), Repo: res.Repo,
-		Keys:     &reposerver.KeyRing{Passphrase: func() ([]byte, error) { return []byte(passphrase), nil }},
+		Keys:     &repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(passphrase), nil }},
 		RootKeys: res.KeyFiles[metadata.ROOT]}
 	if err := os.MkdirAll(r.PolicyDir, 0o755); err != nil {
 		return nil, err
@@ -64,7 +65,7 @@ func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, e
 // of the three root key holders (one signature at a time, as in a ceremony), then
 // published. It returns the new root version.
 func (r *Repo) RotateTimestampKey(ctx context.Context) (int64, error) {
-	rot, err := r.Repo.RotateKey(ctx, metadata.TIMESTAMP, reposerver.KeyEd25519, "", &reposerver.KeyRing{})
+	rot, err := r.Repo.RotateKey(ctx, metadata.TIMESTAMP, repository.KeyEd25519, "", &repository.KeyRing{})
 	if err != nil {
 		return 0, err
 	}
@@ -76,7 +77,7 @@ func (r *Repo) RotateTimestampKey(ctx context.Context) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if _, err := reposerver.SignRootFile(nil, rot.Proposal, k); err != nil {
+		if _, err := repository.SignRootFile(nil, rot.Proposal, k); err != nil {
 			return 0, err
 		}
 	}
@@ -90,13 +91,13 @@ func (r *Repo) RootJSON() string {
 
 // PublishModel publishes modelgen's probe set and model of a vibration-anomaly version
 // with gates.
-func (r *Repo) PublishModel(ctx context.Context, version string, gates artifact.Gates) (*reposerver.PublishResult, error) {
+func (r *Repo) PublishModel(ctx context.Context, version string, gates artifact.Gates) (*repository.PublishResult, error) {
 	return r.PublishModelRuns(ctx, version, gates, 0)
 }
 
 // PublishModelRuns is PublishModel with the probe set's number of measured runs set to
 // runs (0: the probe set's own), e.g. to make a trial last a while.
-func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artifact.Gates, runs int) (*reposerver.PublishResult, error) {
+func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artifact.Gates, runs int) (*repository.PublishResult, error) {
 	probe, err := modelgen.ProbeSet(version)
 	if err != nil {
 		return nil, err
@@ -115,26 +116,26 @@ func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artif
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.Repo.Publish(ctx, reposerver.PublishRequest{
+	if _, err := r.Repo.Publish(ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindProbe, Name: Model, Version: version, Format: "json"},
 		Ext:  ".json", Content: bytes.NewReader(probe),
 	}, r.Keys); err != nil {
 		return nil, err
 	}
-	return r.Repo.Publish(ctx, reposerver.PublishRequest{
+	return r.Repo.Publish(ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindModel, Name: Model, Version: version, Format: "onnx", Gates: &gates},
 		Ext:  ".onnx", Content: bytes.NewReader(model),
 	}, r.Keys)
 }
 
 // PublishRuntime publishes an ONNX Runtime shared library as runtime name@version.
-func (r *Repo) PublishRuntime(ctx context.Context, name, version, lib string) (*reposerver.PublishResult, error) {
+func (r *Repo) PublishRuntime(ctx context.Context, name, version, lib string) (*repository.PublishResult, error) {
 	f, err := os.Open(lib)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return r.Repo.Publish(ctx, reposerver.PublishRequest{
+	return r.Repo.Publish(ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindRuntime, Name: name, Version: version, Format: "so"},
 		Ext:  ".so", Content: f,
 	}, r.Keys)

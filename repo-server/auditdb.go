@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -27,11 +28,11 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 	if err != nil {
 		return nil, err
 	}
-	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Now: s.cfg.Repo.now})
+	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Now: s.cfg.Repo.Now})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Repo.importLegacyAudit(ctx, st.DB()); err != nil {
+	if err := importLegacyAudit(ctx, s.cfg.Repo.Dir(), st.DB()); err != nil {
 		return nil, err
 	}
 	if s.auditDB != nil { // a log opened before the fleet was attached
@@ -72,7 +73,7 @@ func (s *Server) openAudit(ctx context.Context) (*audit.Log, error) {
 	if s.audit != nil {
 		return s.audit, nil
 	}
-	l, db, err := s.cfg.Repo.OpenAudit(ctx)
+	l, db, err := OpenAudit(ctx, s.cfg.Repo)
 	if err != nil {
 		return nil, err
 	}
@@ -91,8 +92,8 @@ const legacySeenDDL = `CREATE TABLE IF NOT EXISTS device_reports_seen (
 // importLegacyAudit moves the audit log and the report dedup marks of a data directory
 // written before they lived in fleet.db (DIR/repo.db) into db, in one transaction, and
 // renames repo.db to repo.db.imported. It refuses when both hold audit records.
-func (r *Repo) importLegacyAudit(ctx context.Context, db *sql.DB) error {
-	legacy := r.path("repo.db")
+func importLegacyAudit(ctx context.Context, dir string, db *sql.DB) error {
+	legacy := filepath.Join(dir, "repo.db")
 	if _, err := os.Stat(legacy); errors.Is(err, os.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -128,7 +129,7 @@ func (r *Repo) importLegacyAudit(ctx context.Context, db *sql.DB) error {
 				return err
 			}
 			if mine > 0 && theirs > 0 {
-				return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, r.DBPath(), mine)
+				return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, DBPath(dir), mine)
 			}
 			if theirs > 0 {
 				stmts = append(stmts,
@@ -161,6 +162,5 @@ func (r *Repo) importLegacyAudit(ctx context.Context, db *sql.DB) error {
 			return err
 		}
 	}
-	r.log.Info("imported the audit log into the fleet database", "from", legacy, "to", r.DBPath())
 	return nil
 }

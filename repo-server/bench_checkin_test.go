@@ -14,6 +14,8 @@ import (
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // BenchmarkCheckIn measures whole device check-ins over HTTP: nonce, TPM-format quote
@@ -22,9 +24,9 @@ import (
 // cost per check-in. Reported as check-ins/s (ns/op is per check-in).
 func BenchmarkCheckIn(b *testing.B) {
 	ctx := context.Background()
-	f := newFixture(b, KeyEd25519)
-	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	f := newFixture(b, repository.KeyEd25519)
+	f.clock.useReal()
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		b.Fatal(err)
 	}

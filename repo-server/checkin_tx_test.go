@@ -58,7 +58,7 @@ func TestCheckInCommitsWholeOrNotAtAll(t *testing.T) {
 			d.slot[artifact.KindModel] = wire.Slot{Name: "vibration", Version: "1.0.0"}
 			rep := wire.Report{ID: "commit-1", Kind: artifact.KindModel, Name: "vibration", Version: "1.0.0", Outcome: "committed", At: time.Now()}
 
-			db, err := OpenDB(ctx, f.repo.DBPath())
+			db, err := OpenDB(ctx, DBPath(f.repo.Dir()))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -24,6 +24,8 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // DeviceConfig enables the device API on a Server.
@@ -73,7 +75,7 @@ type deviceAPI struct {
 
 	catMu  sync.Mutex
 	catKey string
-	cat    map[policy.Target]TargetInfo
+	cat    map[policy.Target]repository.TargetInfo
 
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
@@ -90,7 +92,7 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		return errors.New("device API: a fleet store and attestation roots are needed")
 	}
 	if cfg.Nonces == nil {
-		cfg.Nonces = verify.NewNonces(verify.NoncesConfig{Now: s.cfg.Repo.now})
+		cfg.Nonces = verify.NewNonces(verify.NoncesConfig{Now: s.cfg.Repo.Now})
 	}
 	if cfg.MeasurementPCR == 0 {
 		cfg.MeasurementPCR = eventlog.PCRDevelopment
@@ -181,7 +183,7 @@ func (d *deviceAPI) peerIdentity(r *http.Request, device string) string {
 	}
 	cc := *leaf
 	cc.UnhandledCriticalExtensions = nil // the permanent-identifier SAN; checked below
-	if _, err := cc.Verify(x509.VerifyOptions{Roots: d.cfg.ClientRoots, Intermediates: inter, CurrentTime: d.s.cfg.Repo.now(),
+	if _, err := cc.Verify(x509.VerifyOptions{Roots: d.cfg.ClientRoots, Intermediates: inter, CurrentTime: d.s.cfg.Repo.Now(),
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return "device certificate: " + err.Error()
 	}
@@ -249,7 +251,7 @@ func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest,
 
 func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	now := d.s.cfg.Repo.now()
+	now := d.s.cfg.Repo.Now()
 	req, ok := decodeCheckIn(w, r)
 	if !ok {
 		d.checkins.WithLabelValues("bad_request").Inc()
@@ -341,7 +343,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // the pure fleet.Admit): enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
@@ -387,14 +389,14 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.plan(ctx, d.policy(), d.s.cfg.Repo.now())
+			d.plan(ctx, d.policy(), d.s.cfg.Repo.Now())
 		}
 	}
 }
 
 // catalog maps (kind, name, version) to the published target, reloaded when the
 // timestamp changes.
-func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]TargetInfo, error) {
+func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, error) {
 	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
 	if err != nil {
 		return nil, err
@@ -412,7 +414,7 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]TargetInfo, 
 	if err != nil {
 		return nil, err
 	}
-	cat := map[policy.Target]TargetInfo{}
+	cat := map[policy.Target]repository.TargetInfo{}
 	for _, ti := range state.List() {
 		if ti.Meta == nil {
 			continue
@@ -423,7 +425,7 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]TargetInfo, 
 	return cat, nil
 }
 
-func catalogFunc(cat map[policy.Target]TargetInfo) policy.Catalog {
+func catalogFunc(cat map[policy.Target]repository.TargetInfo) policy.Catalog {
 	return func(t policy.Target) (artifact.Meta, bool) {
 		ti, ok := cat[t]
 		if !ok || ti.Meta == nil {

@@ -22,6 +22,8 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // TestDeviceMTLSCheckIn is the attestation happy path end to end: simulator TPM → AK
@@ -31,9 +33,9 @@ import (
 // certificate presented for another device's check-in.
 func TestDeviceMTLSCheckIn(t *testing.T) {
 	ctx := context.Background()
-	f := newFixture(t, KeyEd25519)
-	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	f := newFixture(t, repository.KeyEd25519)
+	f.clock.useReal()
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}

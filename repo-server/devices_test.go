@@ -22,6 +22,8 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 const testPolicy = `version: 1
@@ -52,9 +54,9 @@ type deviceFixture struct {
 
 func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 	t.Helper()
-	f := newFixture(t, KeyEd25519)
+	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +83,7 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 		t.Fatal(err)
 	}
 	// The device API uses the real clock (certificates, nonces); so does the repository.
-	f.repo.now = time.Now
+	f.clock.useReal()
 	if err := f.srv.EnableDeviceAPI(DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +154,7 @@ func (d *device) checkIn(req *wire.CheckInRequest) (*wire.CheckInResponse, error
 
 func auditKinds(t *testing.T, f *fixture, subject string) []string {
 	t.Helper()
-	l, db, err := f.repo.OpenAudit(context.Background())
+	l, db, err := OpenAudit(context.Background(), f.repo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +321,7 @@ func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("enroll with a foreign EK = %v; want 403", err)
 	}
-	l, db, err := f.repo.OpenAudit(ctx)
+	l, db, err := OpenAudit(ctx, f.repo)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // fakeAgent is a device for fleet-scale tests: a software TPM (attesttest.SoftDevice)
@@ -104,9 +106,9 @@ func TestSimulatedFleet(t *testing.T) {
 		n = 200
 	}
 	ctx := context.Background()
-	f := newFixture(t, KeyEd25519)
-	f.repo.now = time.Now
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	f := newFixture(t, repository.KeyEd25519)
+	f.clock.useReal()
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 const publishHolderEnv = "EDGEWARD_TEST_PUBLISH_REPO"
@@ -28,20 +30,20 @@ func TestPublishHolder(t *testing.T) {
 	if dir == "" {
 		t.Skip("run by TestAbandonedIncomingFilesRemoved")
 	}
-	r, err := Open(Config{Dir: dir})
+	r, err := repository.Open(repository.Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.Publish(context.Background(), PublishRequest{
+	_, err = r.Publish(context.Background(), repository.PublishRequest{
 		Meta:    artifact.Meta{Kind: artifact.KindModel, Name: "killed", Version: "1.0.0", Format: "onnx"},
 		Ext:     ".onnx",
 		Content: os.Stdin,
-	}, &KeyRing{})
+	}, &repository.KeyRing{})
 	t.Fatalf("Publish returned %v; it should have been killed", err)
 }
 
 // incomingFiles lists blobs/incoming without its lock file.
-func incomingFiles(t *testing.T, r *Repo) []string {
+func incomingFiles(t *testing.T, r *repository.Repo) []string {
 	t.Helper()
 	entries, err := os.ReadDir(r.incomingDir())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -58,7 +60,7 @@ func incomingFiles(t *testing.T, r *Repo) []string {
 
 // killPublish starts a publish in a child process, waits until it has streamed into
 // blobs/incoming, and SIGKILLs it.
-func killPublish(t *testing.T, r *Repo) {
+func killPublish(t *testing.T, r *repository.Repo) {
 	t.Helper()
 	before := len(incomingFiles(t, r))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestPublishHolder$")
@@ -96,7 +98,7 @@ func TestAbandonedIncomingFilesRemoved(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes")
 	}
-	f := newFixture(t, KeyEd25519)
+	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
 
 	killPublish(t, f.repo)
@@ -113,7 +115,7 @@ func TestAbandonedIncomingFilesRemoved(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.publish(artifact.KindModel, "slow", "1.0.0", ".onnx", nil, func(r *PublishRequest) { r.Content = pr })
+		_, err := f.publish(artifact.KindModel, "slow", "1.0.0", ".onnx", nil, func(r *repository.PublishRequest) { r.Content = pr })
 		done <- err
 	}()
 	if _, err := pw.Write([]byte("first half ")); err != nil {
@@ -132,7 +134,7 @@ func TestAbandonedIncomingFilesRemoved(t *testing.T) {
 	}
 
 	// A failed publish removes its own file and what killed publishes left.
-	_, err := f.publish(artifact.KindModel, "broken", "1.0.0", ".onnx", nil, func(r *PublishRequest) {
+	_, err := f.publish(artifact.KindModel, "broken", "1.0.0", ".onnx", nil, func(r *repository.PublishRequest) {
 		r.Content = io.MultiReader(bytes.NewReader(make([]byte, 1<<20)), errReader{errors.New("connection reset by client")})
 	})
 	if err == nil {

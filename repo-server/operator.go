@@ -13,6 +13,8 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // OperatorConfig enables the operator API on a Server.
@@ -22,7 +24,7 @@ type OperatorConfig struct {
 	// Signing holds the delegated-role keys the server may sign published targets
 	// with. nil: the server publishes nothing itself (operators publish with the CLI
 	// on the repository directory), and POST /v1/publish answers 503.
-	Signing *KeyRing
+	Signing *repository.KeyRing
 	// MaxPublishBytes bounds an uploaded target; 0: 16 GiB.
 	MaxPublishBytes int64
 	// PolicyDir is the fleet policy directory: POST /v1/rollouts writes a rollout file
@@ -140,7 +142,7 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 			writeError(w, http.StatusUnauthorized, "missing bearer token")
 			return
 		}
-		p, err := o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.now())
+		p, err := o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
 		if err != nil {
 			writeError(w, http.StatusUnauthorized, err.Error())
 			return
@@ -204,20 +206,19 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	body := http.MaxBytesReader(w, r.Body, o.cfg.MaxPublishBytes)
 	p := principal(r)
-	repo := *o.s.cfg.Repo
-	repo.cfg.Actor = "operator:" + p.Name
+	repo := o.s.cfg.Repo.WithActor("operator:" + p.Name)
 	o.signMu.Lock()
-	res, err := repo.Publish(r.Context(), PublishRequest{Meta: meta, Ext: ext, Content: body}, o.cfg.Signing)
+	res, err := repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body}, o.cfg.Signing)
 	o.signMu.Unlock()
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, repository.ErrConflict):
 		writeError(w, http.StatusConflict, err.Error())
 		return
-	case errors.Is(err, ErrOutsideDelegation):
+	case errors.Is(err, repository.ErrOutsideDelegation):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	case err != nil:
@@ -246,7 +247,7 @@ func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (o *operatorAPI) auditExport(w http.ResponseWriter, r *http.Request) {
-	l, db, err := o.s.cfg.Repo.OpenAudit(r.Context())
+	l, db, err := OpenAudit(r.Context(), o.s.cfg.Repo)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return

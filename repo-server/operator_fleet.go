@@ -105,7 +105,7 @@ func (o *operatorAPI) policyStatus(w http.ResponseWriter, r *http.Request) {
 // GET /v1/kpis?since=24h&verdicts_since=1h: fleet-wide KPIs of the period (the
 // attestation pass rate of the shorter verdict period) and device counts.
 func (o *operatorAPI) kpis(w http.ResponseWriter, r *http.Request) {
-	now := o.s.cfg.Repo.now()
+	now := o.s.cfg.Repo.Now()
 	since, err := parseSince(r, "since", now, 24*time.Hour)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -168,7 +168,7 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	now := o.s.cfg.Repo.now()
+	now := o.s.cfg.Repo.Now()
 	o.createMu.Lock()
 	path, err := policy.CreateRollout(o.cfg.PolicyDir, spec, now)
 	o.createMu.Unlock()
@@ -286,7 +286,7 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("rollout %s: not in the policy in force", id))
 			return
 		}
-		now := o.s.cfg.Repo.now()
+		now := o.s.cfg.Repo.Now()
 		next, evs, err := o.cfg.Fleet.ActOnRollout(ctx, ro, actor, func(st policy.RolloutState) (policy.RolloutState, policy.Event, error) {
 			return act(ro, st, req, actor, now)
 		}, now)
@@ -340,7 +340,7 @@ func (o *operatorAPI) deviceList(w http.ResponseWriter, r *http.Request) {
 // period), its last decisions and its install history. A device ID holding '/' is
 // sent percent-encoded (%2F).
 func (o *operatorAPI) deviceShow(w http.ResponseWriter, r *http.Request) {
-	since, err := parseSince(r, "since", o.s.cfg.Repo.now(), o.cfg.VerdictWindow)
+	since, err := parseSince(r, "since", o.s.cfg.Repo.Now(), o.cfg.VerdictWindow)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
@@ -467,7 +467,7 @@ func (o *operatorAPI) tokenCreate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	now := o.s.cfg.Repo.now()
+	now := o.s.cfg.Repo.Now()
 	tok, info, err := o.cfg.Fleet.CreateToken(r.Context(), req.Operator, role, ttl, now,
 		fleet.AuditRecord{Actor: actorOf(r), Kind: "token.create", Data: map[string]any{"operator": req.Operator, "role": role, "expires_at": now.Add(ttl).UTC()}})
 	if err != nil {
@@ -493,7 +493,7 @@ func (o *operatorAPI) tokenList(w http.ResponseWriter, r *http.Request) {
 // DELETE /v1/tokens/{id}: revokes a token at once.
 func (o *operatorAPI) tokenRevoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := o.cfg.Fleet.RevokeToken(r.Context(), id, o.s.cfg.Repo.now(), fleet.AuditRecord{Actor: actorOf(r), Kind: "token.revoke", Subject: id}); err != nil {
+	if err := o.cfg.Fleet.RevokeToken(r.Context(), id, o.s.cfg.Repo.Now(), fleet.AuditRecord{Actor: actorOf(r), Kind: "token.revoke", Subject: id}); err != nil {
 		o.fail(w, r, "revoke token", err)
 		return
 	}

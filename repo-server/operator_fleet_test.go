@@ -29,6 +29,8 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // opFixture is a server with the operator API on a fleet store and a watched policy
@@ -51,10 +53,10 @@ rollouts:
 
 func newOpFixture(t *testing.T) *opFixture {
 	t.Helper()
-	f := newFixture(t, KeyEd25519)
+	f := newFixture(t, repository.KeyEd25519)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +295,7 @@ func TestOperatorTokenIsNothingToTheDeviceAPI(t *testing.T) {
 	// And the operator API shows the attempt as a rejection by the device's own name,
 	// never as the operator's.
 	var rep strings.Builder
-	l, db, _ := o.repo.OpenAudit(context.Background())
+	l, db, _ := OpenAudit(context.Background(), o.repo)
 	defer db.Close()
 	recs, _ := l.Records(context.Background(), audit.Query{})
 	for _, r := range recs {
@@ -412,7 +414,7 @@ func TestOperatorRollouts(t *testing.T) {
 			t.Errorf("audit export lacks %s", want)
 		}
 	}
-	l, db, _ := o.repo.OpenAudit(ctx)
+	l, db, _ := OpenAudit(ctx, o.repo)
 	defer db.Close()
 	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify: %v", err)

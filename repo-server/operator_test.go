@@ -15,12 +15,14 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 func TestOperatorAPI(t *testing.T) {
-	f := newFixture(t, KeyEd25519)
+	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +121,7 @@ func TestOperatorAPI(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"actor":"operator:rita"`) {
 		t.Fatalf("audit export = %d\n%s", code, body)
 	}
-	l, db, _ := f.repo.OpenAudit(ctx)
+	l, db, _ := OpenAudit(ctx, f.repo)
 	defer db.Close()
 	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify exported audit log: %v", err)
@@ -130,9 +132,9 @@ func TestOperatorAPI(t *testing.T) {
 // directly on the directory (as the CLI does) at the same time, while a client
 // refreshes: every publish lands and the client never sees an inconsistent repository.
 func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
-	f := newFixture(t, KeyEd25519)
+	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, f.repo.DBPath())
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 	if err != nil {
 		t.Fatal(err)
 	}

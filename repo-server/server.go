@@ -27,11 +27,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/edgeward/edgeward/repository"
 )
 
 // ServerConfig configures the repository server. Only Repo is required.
 type ServerConfig struct {
-	Repo *Repo
+	Repo *repository.Repo
 	// RefreshInterval is how often the server checks whether the timestamp and snapshot
 	// need re-signing. 0: one minute, or a tenth of the timestamp lifetime if shorter.
 	RefreshInterval time.Duration
@@ -196,8 +198,8 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 	}
 }
 
-func (s *Server) observe(st *State) {
-	now := s.cfg.Repo.now()
+func (s *Server) observe(st *repository.State) {
+	now := s.cfg.Repo.Now()
 	set := func(role string, v int64, exp time.Time) {
 		s.versions.WithLabelValues(role).Set(float64(v))
 		s.expiresIn.WithLabelValues(role).Set(exp.Sub(now).Seconds())
@@ -307,7 +309,7 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.observe(st)
-	now := s.cfg.Repo.now()
+	now := s.cfg.Repo.Now()
 	if st.Timestamp.Signed.IsExpired(now) || st.Snapshot.Signed.IsExpired(now) {
 		writeError(w, http.StatusServiceUnavailable, "online metadata expired")
 		return

@@ -2,14 +2,14 @@ package reposerver
 
 import (
 	"context"
-	"crypto/ed25519"
 	"database/sql"
 	"fmt"
-	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repository"
 )
 
 // OpenDB opens (creating if needed) a sqlite database in WAL mode with full
@@ -18,49 +18,34 @@ func OpenDB(ctx context.Context, path string) (*sql.DB, error) {
 	return durable.OpenSQLite(ctx, path, durable.SQLite{})
 }
 
-// DBPath is the server's sqlite database: the fleet store and the audit log, in one
-// file so that a change and its audit record commit together (fleet.db; before
-// Edgeward 0.2 the audit log had its own repo.db, imported on first open).
-func (r *Repo) DBPath() string { return r.path("fleet.db") }
+// DBPath is the server's sqlite database in the repository directory dir: the fleet
+// store and the audit log, in one file so that a change and its audit record commit
+// together (fleet.db; before Edgeward 0.2 the audit log had its own repo.db, imported
+// on first open). The repository library itself opens no database.
+func DBPath(dir string) string { return filepath.Join(dir, "fleet.db") }
 
-// AuditKey loads the audit checkpoint key (an online key, role "audit").
-func (r *Repo) AuditKey() (ed25519.PrivateKey, error) {
-	matches, _ := filepath.Glob(filepath.Join(r.OnlineKeyDir(), "audit-*.key"))
-	if len(matches) != 1 {
-		return nil, fmt.Errorf("want one audit checkpoint key in %s, found %d", r.OnlineKeyDir(), len(matches))
-	}
-	data, err := os.ReadFile(matches[0])
-	if err != nil {
-		return nil, err
-	}
-	k, err := ParseKey(data, nil)
-	if err != nil {
-		return nil, fmt.Errorf("audit key %s: %w", matches[0], err)
-	}
-	priv, ok := k.Private.(ed25519.PrivateKey)
-	if !ok {
-		return nil, fmt.Errorf("audit key %s is not ed25519", matches[0])
-	}
-	return priv, nil
+// AuditOrigin is the name of repo's audit log: the first line of its checkpoints and
+// the name of its key.
+func AuditOrigin(repo *repository.Repo) string { return audit.DefaultOrigin }
+
+// OpenAudit opens repo's audit log (DBPath, checkpoints signed with the repository's
+// audit key); close the returned database when done.
+func OpenAudit(ctx context.Context, repo *repository.Repo) (*audit.Log, *sql.DB, error) {
+	return openAudit(ctx, repo.Dir(), time.Now)
 }
 
-// AuditOrigin is the name of the repository's audit log: the first line of its
-// checkpoints and the name of its key.
-func (r *Repo) AuditOrigin() string { return audit.DefaultOrigin }
-
-// OpenAudit opens the repository's audit log; close the returned database when done.
-func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
-	key, err := r.AuditKey()
+func openAudit(ctx context.Context, dir string, now func() time.Time) (*audit.Log, *sql.DB, error) {
+	key, err := repository.AuditKey(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	db, err := OpenDB(ctx, r.DBPath())
+	db, err := OpenDB(ctx, DBPath(dir))
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Origin: r.AuditOrigin(), Now: r.now})
+	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Origin: audit.DefaultOrigin, Now: now})
 	if err == nil {
-		err = r.importLegacyAudit(ctx, db)
+		err = importLegacyAudit(ctx, dir, db)
 	}
 	if err != nil {
 		db.Close()
@@ -69,16 +54,30 @@ func (r *Repo) OpenAudit(ctx context.Context) (*audit.Log, *sql.DB, error) {
 	return l, db, nil
 }
 
-// event appends a change that has already been made to the audit log. A failure to
-// record is logged, not returned: the metadata on disk is the truth, and the change
-// cannot be undone.
-func (r *Repo) event(ctx context.Context, action, subject string, details map[string]any) {
-	l, db, err := r.OpenAudit(ctx)
-	if err == nil {
-		defer db.Close()
-		_, err = l.Append(ctx, r.cfg.Actor, "repo."+action, subject, details)
+// AuditRecorder records a repository's events in its audit log (a
+// repository.Recorder). It opens the log for each event, so the CLI and a running
+// server can record into the same log, and it can be configured before the repository
+// exists (repository.Init records its creation once the audit key is written).
+type AuditRecorder struct {
+	// Dir is the repository directory.
+	Dir string
+	// Now stamps the records. nil: time.Now.
+	Now func() time.Time
+}
+
+// Record appends one event to the audit log; an error means it was not recorded.
+func (a AuditRecorder) Record(ctx context.Context, actor, kind, subject string, data any) error {
+	now := a.Now
+	if now == nil {
+		now = time.Now
 	}
+	l, db, err := openAudit(ctx, a.Dir, now)
 	if err != nil {
-		r.log.Error("record repository event in the audit log", "action", action, "err", err)
+		return fmt.Errorf("open audit log: %w", err)
 	}
+	defer db.Close()
+	if _, err := l.Append(ctx, actor, kind, subject, data); err != nil {
+		return fmt.Errorf("append to audit log: %w", err)
+	}
+	return nil
 }

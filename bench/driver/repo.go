@@ -12,7 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
-	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repository"
 )
 
 const benchPassphrase = "edgeward-bench"
@@ -26,7 +26,7 @@ type payload struct {
 }
 
 func (p payload) url(base string) string {
-	return base + "/targets/" + reposerver.ConsistentTargetPath(p.Target, p.SHA256)
+	return base + "/targets/" + repository.ConsistentTargetPath(p.Target, p.SHA256)
 }
 
 // benchRepo is a TUF repository made with the edgeward CLI, holding one incompressible

@@ -19,6 +19,7 @@ import (
 
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repository"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -36,7 +37,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		l, db, err := repo.OpenAudit(ctx)
+		l, db, err := reposerver.OpenAudit(ctx, repo)
 		if err != nil {
 			return err
 		}
@@ -87,7 +88,7 @@ func cmdAuditPubkey(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		return pem.Encode(env.stdout, &pem.Block{Type: "PUBLIC KEY", Bytes: der})
 	}
-	vkey, err := audit.VerifierKey(repo.AuditOrigin(), key.Public().(ed25519.PublicKey))
+	vkey, err := audit.VerifierKey(reposerver.AuditOrigin(repo), key.Public().(ed25519.PublicKey))
 	if err != nil {
 		return err
 	}
@@ -196,7 +197,7 @@ func readVerifier(s, origin string) (note.Verifier, error) {
 		}
 		return note.NewVerifier(vkey)
 	}
-	if _, _, pub, err := reposerver.PeekKey([]byte(text)); err == nil && origin != "" {
+	if _, _, pub, err := repository.PeekKey([]byte(text)); err == nil && origin != "" {
 		k, err := pub.ToPublicKey()
 		if err != nil {
 			return nil, err
@@ -333,7 +334,7 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		l, db, err := repo.OpenAudit(ctx)
+		l, db, err := reposerver.OpenAudit(ctx, repo)
 		if err != nil {
 			return err
 		}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 )
@@ -100,7 +100,7 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 			Role    string `json:"role"`
 			Version int64  `json:"version"`
 		} `json:"roles"`
-		Targets []reposerver.TargetInfo `json:"targets"`
+		Targets []repository.TargetInfo `json:"targets"`
 	}
 	if err := json.Unmarshal([]byte(c.must("repo", "status", "--json")), &status); err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 )
 
 // opServer is an in-process server with the operator API, a watched policy directory
@@ -22,7 +23,7 @@ import (
 type opServer struct {
 	url   string
 	store *fleet.Store
-	repo  *reposerver.Repo
+	repo  *repository.Repo
 	dir   string
 	tok   map[fleet.Role]string
 }
@@ -32,7 +33,7 @@ func newOpServer(t *testing.T) *opServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	dir := filepath.Join(t.TempDir(), "repo")
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: dir, KDF: reposerver.KDFParams{N: 1 << 10}}, reposerver.InitOptions{Passphrase: []byte("pw")})
+	res, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}}, repository.InitOptions{Passphrase: []byte("pw")})
 	if err != nil {
 		t.Fatal(err)
 	}

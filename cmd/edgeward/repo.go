@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"golang.org/x/term"
 )
@@ -50,8 +51,8 @@ func newCommand(name string, env *cliEnv) (*flag.FlagSet, *repoFlags) {
 	return fs, rf
 }
 
-func (f *repoFlags) open() (*reposerver.Repo, error) {
-	return reposerver.Open(reposerver.Config{Dir: f.dir, Actor: actor(f.env)})
+func (f *repoFlags) open() (*repository.Repo, error) {
+	return repository.Open(repository.Config{Dir: f.dir, Actor: actor(f.env), Recorder: reposerver.AuditRecorder{Dir: f.dir}})
 }
 
 func actor(env *cliEnv) string {
@@ -61,8 +62,8 @@ func actor(env *cliEnv) string {
 	return "cli"
 }
 
-func (f *repoFlags) keyring() *reposerver.KeyRing {
-	return &reposerver.KeyRing{Files: f.keys, Passphrase: f.passphrase}
+func (f *repoFlags) keyring() *repository.KeyRing {
+	return &repository.KeyRing{Files: f.keys, Passphrase: f.passphrase}
 }
 
 // passphrase reads the offline-key passphrase from --passphrase-file,
@@ -103,7 +104,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	rootKeys := fs.Int("root-keys", 3, "number of root keys")
 	threshold := fs.Int("root-threshold", 2, "root signatures needed")
 	offline := fs.String("offline-keys", "", "directory for the offline keys (default DIR/keys/offline)")
-	var exp reposerver.Expiry
+	var exp repository.Expiry
 	fs.DurationVar(&exp.Timestamp, "timestamp-expiry", 0, "timestamp lifetime (default 24h)")
 	fs.DurationVar(&exp.Snapshot, "snapshot-expiry", 0, "snapshot lifetime (default 168h)")
 	fs.DurationVar(&exp.Delegated, "delegated-expiry", 0, "models/runtimes lifetime (default 2160h)")
@@ -118,7 +119,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	} else if len(pos) > 1 {
 		return errors.New("usage: edgeward repo init DIR")
 	}
-	kt, err := reposerver.ParseKeyType(*keyType)
+	kt, err := repository.ParseKeyType(*keyType)
 	if err != nil {
 		return err
 	}
@@ -126,7 +127,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: rf.dir, Actor: actor(env)}, reposerver.InitOptions{
+	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir}}, repository.InitOptions{
 		KeyType: kt, RootKeys: *rootKeys, RootThreshold: *threshold, Passphrase: pass, OfflineKeyDir: *offline, Expiry: exp,
 	})
 	if err != nil {
@@ -180,7 +181,7 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	add(metadata.ROOT, st.Root.Signed.Version, st.Root.Signed.Expires)
 	add(metadata.TARGETS, st.Targets["targets"].Signed.Version, st.Targets["targets"].Signed.Expires)
-	for _, r := range []string{reposerver.RoleModels, reposerver.RoleRuntimes} {
+	for _, r := range []string{repository.RoleModels, repository.RoleRuntimes} {
 		add(r, st.Targets[r].Signed.Version, st.Targets[r].Signed.Expires)
 	}
 	add(metadata.SNAPSHOT, st.Snapshot.Signed.Version, st.Snapshot.Signed.Expires)
@@ -218,7 +219,7 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	kt, err := reposerver.ParseKeyType(*keyType)
+	kt, err := repository.ParseKeyType(*keyType)
 	if err != nil {
 		return err
 	}
@@ -226,14 +227,14 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	k, err := reposerver.GenerateKey(*role, kt, nil)
+	k, err := repository.GenerateKey(*role, kt, nil)
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return err
 	}
-	p, err := reposerver.WriteKeyFile(reposerver.OSFS{}, *out, k, pass, reposerver.KDFParams{})
+	p, err := repository.WriteKeyFile(repository.OSFS{}, *out, k, pass, repository.KDFParams{})
 	if err != nil {
 		return err
 	}
@@ -249,7 +250,7 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	kt, err := reposerver.ParseKeyType(*keyType)
+	kt, err := repository.ParseKeyType(*keyType)
 	if err != nil {
 		return err
 	}
@@ -294,7 +295,7 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ch := reposerver.RootChange{AddKeys: map[string][]*metadata.Key{}, RevokeKeys: map[string][]string{}, Thresholds: map[string]int{}, Expires: *expires}
+	ch := repository.RootChange{AddKeys: map[string][]*metadata.Key{}, RevokeKeys: map[string][]string{}, Thresholds: map[string]int{}, Expires: *expires}
 	for _, a := range add {
 		role, file, ok := strings.Cut(a, "=")
 		if !ok {
@@ -304,7 +305,7 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		_, _, pub, err := reposerver.PeekKey(data)
+		_, _, pub, err := repository.PeekKey(data)
 		if err != nil {
 			return fmt.Errorf("%s: %w", file, err)
 		}
@@ -365,7 +366,7 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	var ids []string
 	path := *proposal
 	if path != "" {
-		ids, err = reposerver.SignRootFile(nil, path, key)
+		ids, err = repository.SignRootFile(nil, path, key)
 	} else {
 		repo, oerr := rf.open()
 		if oerr != nil {
@@ -470,7 +471,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		defer p.done()
 		content = p.reader(f)
 	}
-	var res *reposerver.PublishResult
+	var res *repository.PublishResult
 	if *server != "" {
 		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size())
 	} else {
@@ -478,7 +479,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		if oerr != nil {
 			return oerr
 		}
-		res, err = repo.Publish(ctx, reposerver.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
+		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
 	}
 	if err != nil {
 		return err
@@ -501,7 +502,7 @@ func fileExt(name string) string {
 }
 
 // publishRemote streams a target to a server's operator API.
-func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*reposerver.PublishResult, error) {
+func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*repository.PublishResult, error) {
 	if token == "" {
 		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
 	}
@@ -533,7 +534,7 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 		json.Unmarshal(data, &e)
 		return nil, fmt.Errorf("publish to %s: %s: %s", server, resp.Status, e.Error)
 	}
-	var res reposerver.PublishResult
+	var res repository.PublishResult
 	if err := json.Unmarshal(data, &res); err != nil {
 		return nil, fmt.Errorf("publish to %s: bad answer: %w", server, err)
 	}

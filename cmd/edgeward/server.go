@@ -30,6 +30,7 @@ import (
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repo-server/ui"
+	"github.com/edgeward/edgeward/repository"
 )
 
 func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
@@ -58,7 +59,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(env.stderr, nil))
-	repo, err := reposerver.Open(reposerver.Config{Dir: rf.dir, Actor: "server", Logger: log})
+	repo, err := repository.Open(repository.Config{Dir: rf.dir, Actor: "server", Logger: log, Recorder: reposerver.AuditRecorder{Dir: rf.dir}})
 	if err != nil {
 		return err
 	}
@@ -132,7 +133,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	dash, err := ui.New(ui.Config{Fleet: store, Policy: op.Policy, PolicyStatus: op.PolicyStatus, Logger: log, SecureCookie: *secureCookie,
-		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return repo.OpenAudit(ctx) }})
+		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return reposerver.OpenAudit(ctx, repo) }})
 	if err != nil {
 		return err
 	}
@@ -246,7 +247,7 @@ func loadOrCreateAttestCA(dir string) (crypto.Signer, *x509.Certificate, error) 
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, nil, err
 		}
-		fsys := reposerver.OSFS{}
+		fsys := repository.OSFS{}
 		if err := fsys.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return nil, nil, err
 		}
@@ -322,7 +323,7 @@ func ensurePolicyDir(dir string, isDefault bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	return reposerver.OSFS{}.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644)
+	return repository.OSFS{}.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644)
 }
 
 // loadOrCreateServerCert reads the server's TLS certificate from dir, creating a
@@ -363,7 +364,7 @@ func loadOrCreateServerCert(dir string, names []string) (tls.Certificate, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, err
 	}
-	fsys := reposerver.OSFS{}
+	fsys := repository.OSFS{}
 	if err := fsys.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		return tls.Certificate{}, err
 	}

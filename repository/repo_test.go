@@ -1,4 +1,4 @@
-package reposerver
+package repository
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,7 +19,6 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
@@ -38,35 +38,75 @@ func (c *fakeClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.U
 type fixture struct {
 	t      testing.TB
 	repo   *Repo
-	srv    *Server
 	http   *httptest.Server
 	clock  *fakeClock
 	keys   map[string][]string // role → key files from Init
 	root1  []byte              // the root a client pins
 	offDir string
+	events *events
+}
+
+// events is a Recorder that keeps what it is given and fails while fail is set.
+type events struct {
+	mu   sync.Mutex
+	list []string
+	fail error
+}
+
+func (e *events) Record(ctx context.Context, actor, kind, subject string, data any) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.fail != nil {
+		return e.fail
+	}
+	e.list = append(e.list, actor+" "+kind+" "+subject)
+	return nil
+}
+
+func (e *events) all() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.list...)
 }
 
 func newFixture(t testing.TB, kt KeyType) *fixture {
 	t.Helper()
 	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
 	dir := t.TempDir()
-	res, err := Init(context.Background(), Config{Dir: dir, Now: clock.Now, KDF: KDFParams{N: 1 << 10}}, InitOptions{
+	ev := &events{}
+	res, err := Init(context.Background(), Config{Dir: dir, Now: clock.Now, KDF: KDFParams{N: 1 << 10}, Recorder: ev}, InitOptions{
 		KeyType: kt, Passphrase: []byte(testPass),
 	})
 	if err != nil {
 		t.Fatalf("Init: %v", err)
 	}
-	srv, err := NewServer(ServerConfig{Repo: res.Repo})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewServer(staticHandler(res.Repo))
 	t.Cleanup(hs.Close)
 	root1, err := os.ReadFile(filepath.Join(res.Repo.MetadataDir(), "1.root.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, repo: res.Repo, srv: srv, http: hs, clock: clock, keys: res.KeyFiles, root1: root1, offDir: res.Repo.OfflineKeyDir()}
+	return &fixture{t: t, repo: res.Repo, http: hs, clock: clock, keys: res.KeyFiles, root1: root1, offDir: res.Repo.OfflineKeyDir(), events: ev}
+}
+
+// staticHandler serves the repository as a static mirror would (repo-server does it
+// with caching and metrics): metadata files by name, targets by their consistent
+// path <dir>/<sha256>.<name> from the blob store.
+func staticHandler(r *Repo) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metadata/{file}", func(w http.ResponseWriter, req *http.Request) {
+		http.ServeFile(w, req, filepath.Join(r.MetadataDir(), filepath.Base(req.PathValue("file"))))
+	})
+	mux.HandleFunc("GET /targets/{path...}", func(w http.ResponseWriter, req *http.Request) {
+		base := path.Base(req.PathValue("path"))
+		sum, _, ok := strings.Cut(base, ".")
+		if !ok || len(sum) != 64 {
+			http.NotFound(w, req)
+			return
+		}
+		http.ServeFile(w, req, r.BlobPath(sum))
+	})
+	return mux
 }
 
 func (f *fixture) keyring(files ...string) *KeyRing {
@@ -182,39 +222,6 @@ func TestClientFetchesPublishedModel(t *testing.T) {
 				t.Fatalf("download probe = %q, %v", data, err)
 			}
 		})
-	}
-}
-
-func TestServerRefreshesExpiringTimestamp(t *testing.T) {
-	f := newFixture(t, KeyEd25519)
-	c := f.newClient()
-	c.mustRefresh()
-
-	// 20 hours later the one-day timestamp has less than half its life left.
-	f.clock.Add(20 * time.Hour)
-	late := f.newClient() // a client living 10 hours after that
-	f.clock.Add(10 * time.Hour)
-	if _, err := late.refresh(); err == nil || !strings.Contains(err.Error(), "expired") {
-		t.Fatalf("refresh with an expired timestamp = %v; want an expiry error", err)
-	}
-	f.clock.Add(-10 * time.Hour)
-	f.srv.RefreshOnce(context.Background())
-	f.clock.Add(10 * time.Hour)
-	up := c.mustRefresh()
-	if v := up.GetTrustedMetadataSet().Timestamp.Signed.Version; v != 2 {
-		t.Fatalf("timestamp version after refresh = %d; want 2", v)
-	}
-	// Six days later the snapshot needs re-signing too.
-	f.clock.Add(6 * 24 * time.Hour)
-	f.srv.RefreshOnce(context.Background())
-	up = c.mustRefresh()
-	if v := up.GetTrustedMetadataSet().Snapshot.Signed.Version; v != 2 {
-		t.Fatalf("snapshot version after refresh = %d; want 2", v)
-	}
-	// A refresh with nothing due changes nothing.
-	renewed, err := f.repo.Refresh(context.Background())
-	if err != nil || len(renewed) != 0 {
-		t.Fatalf("Refresh with nothing due = %v, %v; want nothing renewed", renewed, err)
 	}
 }
 
@@ -363,7 +370,7 @@ func TestOnlineKeyRotation(t *testing.T) {
 			}
 			// The server keeps working with the new key alone, and a fresh client too.
 			f.clock.Add(23 * time.Hour)
-			f.srv.RefreshOnce(ctx)
+			f.repo.Refresh(ctx)
 			c.mustRefresh()
 			f.newClient().mustRefresh()
 
@@ -714,112 +721,5 @@ func TestRepositoryStaysConsistentWhilePublishing(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatalf("a client saw an inconsistent repository: %v", err)
-	}
-}
-
-func TestServerHTTP(t *testing.T) {
-	f := newFixture(t, KeyEd25519)
-	content := bytes.Repeat([]byte("0123456789"), 100)
-	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", content, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	get := func(path string, hdr ...string) *http.Response {
-		t.Helper()
-		req, _ := http.NewRequest("GET", f.http.URL+path, nil)
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { resp.Body.Close() })
-		return resp
-	}
-	ts := get("/metadata/timestamp.json")
-	etag := ts.Header.Get("ETag")
-	if ts.StatusCode != 200 || etag == "" || ts.Header.Get("Cache-Control") != "no-cache" {
-		t.Fatalf("timestamp: %d etag %q cache %q", ts.StatusCode, etag, ts.Header.Get("Cache-Control"))
-	}
-	if r := get("/metadata/timestamp.json", "If-None-Match", etag); r.StatusCode != http.StatusNotModified {
-		t.Fatalf("If-None-Match current etag = %d; want 304", r.StatusCode)
-	}
-	f.srv.RefreshOnce(context.Background()) // nothing due: same file
-	f.clock.Add(20 * time.Hour)
-	f.srv.RefreshOnce(context.Background()) // re-signed: new etag
-	if r := get("/metadata/timestamp.json", "If-None-Match", etag); r.StatusCode != 200 || r.Header.Get("ETag") == etag {
-		t.Fatalf("If-None-Match after re-signing = %d (etag %q); want 200 with a new etag", r.StatusCode, r.Header.Get("ETag"))
-	}
-	if r := get("/metadata/1.root.json"); r.StatusCode != 200 || !strings.Contains(r.Header.Get("Cache-Control"), "immutable") {
-		t.Fatalf("1.root.json: %d %q", r.StatusCode, r.Header.Get("Cache-Control"))
-	}
-
-	url := "/targets/" + ConsistentTargetPath(res.Path, res.SHA256)
-	r := get(url, "Range", "bytes=10-19")
-	body, _ := io.ReadAll(r.Body)
-	if r.StatusCode != http.StatusPartialContent || string(body) != "0123456789" {
-		t.Fatalf("Range 10-19 = %d %q; want 206 and the bytes", r.StatusCode, body)
-	}
-	r = get(url)
-	body, _ = io.ReadAll(r.Body)
-	if r.StatusCode != 200 || !bytes.Equal(body, content) {
-		t.Fatalf("target = %d, %d bytes", r.StatusCode, len(body))
-	}
-
-	for _, bad := range []string{
-		"/metadata/../edgeward-repo.json", "/metadata/..%2Fedgeward-repo.json", "/metadata/root", "/metadata/1.root.json.tmp",
-		"/targets/models/iris/1.0.0.onnx", "/targets/models/iris/" + strings.Repeat("0", 64) + ".1.0.0.onnx",
-		"/targets/../blobs/sha256/" + res.SHA256, "/metadata/999.root.json",
-	} {
-		if r := get(bad); r.StatusCode != http.StatusNotFound && r.StatusCode != http.StatusBadRequest && r.StatusCode != http.StatusMovedPermanently {
-			t.Errorf("GET %s = %d; want 404", bad, r.StatusCode)
-		}
-	}
-	if r := get("/healthz"); r.StatusCode != 200 {
-		t.Fatalf("healthz = %d", r.StatusCode)
-	}
-	r = get("/metrics")
-	body, _ = io.ReadAll(r.Body)
-	for _, want := range []string{`edgeward_tuf_metadata_version{role="models"} 2`, `edgeward_repo_http_requests_total{code="206",route="targets"} 1`, `edgeward_tuf_refresh_total{result="renewed"} 1`} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("/metrics lacks %q", want)
-		}
-	}
-	// Expired online metadata makes the server unhealthy.
-	f.clock.Add(48 * time.Hour)
-	if r := get("/healthz"); r.StatusCode != http.StatusServiceUnavailable {
-		t.Fatalf("healthz with expired timestamp = %d; want 503", r.StatusCode)
-	}
-}
-
-func TestEventsRecorded(t *testing.T) {
-	f := newFixture(t, KeyEd25519)
-	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("x"), nil); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	l, db, err := f.repo.OpenAudit(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	ev, err := l.Records(ctx, audit.Query{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var kinds []string
-	for _, e := range ev {
-		kinds = append(kinds, e.Kind+" "+e.Subject)
-	}
-	if got := strings.Join(kinds, ","); got != "repo.init "+f.repo.Dir()+",repo.publish models/iris/1.0.0.onnx" {
-		t.Fatalf("audit records = %s", got)
-	}
-	var buf bytes.Buffer
-	if err := l.Export(ctx, &buf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := audit.Verify(&buf, audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
-		t.Fatalf("verify the repository's audit export: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package reposerver
+package repository
 
 import (
 	"context"
@@ -79,10 +79,12 @@ func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := r.fs.WriteFile(path, data, 0o644); err != nil {
-		return "", fmt.Errorf("write proposal: %w", err)
+	if err := r.record(ctx, event{"root.propose", fmt.Sprintf("root v%d", next.Signed.Version), map[string]any{"version": next.Signed.Version, "proposal": path}}); err != nil {
+		return "", err
 	}
-	r.event(ctx, "root.propose", fmt.Sprintf("root v%d", next.Signed.Version), map[string]any{"version": next.Signed.Version, "proposal": path})
+	if err := r.fs.WriteFile(path, data, 0o644); err != nil {
+		return "", fmt.Errorf("write proposal (recorded as proposed): %w", err)
+	}
 	return path, nil
 }
 
@@ -188,6 +190,11 @@ func thresholdMet(which string, signer, prop *metadata.Metadata[metadata.RootTyp
 // that clients on either root keep working; when it changes the targets keys, targets is
 // re-signed (the new targets key must be found by keys).
 func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int64, error) {
+	return r.publishRoot(ctx, path, keys, nil)
+}
+
+// publishRoot is PublishRoot; also records extra (if not nil) with the root's publication.
+func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extra *event) (int64, error) {
 	var version int64
 	err := r.update(ctx, keys, func(t *txn) error {
 		cur := t.st.Root
@@ -231,6 +238,10 @@ func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int
 		}
 		t.st.Root = prop
 		version = prop.Signed.Version
+		t.record("root.publish", fmt.Sprintf("root v%d", version), map[string]any{"version": version})
+		if extra != nil {
+			t.events = append(t.events, *extra)
+		}
 		t.after = func() error {
 			out, err := prop.ToBytes(true)
 			if err != nil {
@@ -247,7 +258,6 @@ func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int
 	if err != nil {
 		return 0, err
 	}
-	r.event(ctx, "root.publish", fmt.Sprintf("root v%d", version), map[string]any{"version": version})
 	return version, nil
 }
 
@@ -313,7 +323,8 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 				return nil, err
 			}
 		}
-		if _, err := r.PublishRoot(ctx, res.Proposal, keys); err != nil {
+		rotated := event{"keys.rotate", role, map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked}}
+		if _, err := r.publishRoot(ctx, res.Proposal, keys, &rotated); err != nil {
 			return nil, err
 		}
 		res.Published = true
@@ -360,6 +371,7 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 				return err
 			}
 			keys.Dirs = append(keys.Dirs, keyDir)
+			t.record("keys.rotate", role, map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked})
 			return nil
 		})
 		if err != nil {
@@ -371,9 +383,6 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 		res.Published = true
 	default:
 		return nil, fmt.Errorf("rotate %q: want timestamp, snapshot, models or runtimes (root and targets keys change through 'edgeward root propose')", role)
-	}
-	if res.Published {
-		r.event(ctx, "keys.rotate", role, map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked})
 	}
 	return res, nil
 }

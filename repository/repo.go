@@ -1,6 +1,8 @@
-// Package reposerver is Edgeward's TUF repository and the server around it: keys and
-// roles, publishing, root ceremonies and key rotation, expiry refresh, and the HTTP
-// server that serves metadata and targets to devices.
+// Package repository is Edgeward's TUF repository library: keys and roles, publishing,
+// root ceremonies and key rotation, expiry refresh. It reads and writes a repository
+// directory and nothing else: it serves nothing (repo-server does) and opens no
+// database; it reports every change to an injected Recorder, which fails the change
+// when it cannot record it.
 //
 // A repository is a directory:
 //
@@ -11,17 +13,18 @@
 //	DIR/keys/offline/             root, targets, models, runtimes keys, encrypted (default place;
 //	                              key holders may keep theirs anywhere)
 //	DIR/staged/root/N.root.json   a proposed root collecting signatures
-//	DIR/repo.db                   sqlite: repository events
+//	DIR/keys/online/audit-*.key   the audit log's checkpoint key (used by the server)
 //
 // Invariant: every mutation writes new versioned metadata first and timestamp.json last
 // (each file atomically), under an exclusive lock on DIR/.lock shared by the server and
 // the CLI. A client therefore never sees a timestamp that names a snapshot not yet
 // written, and a failed write leaves the served repository as it was.
-package reposerver
+package repository
 
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -103,6 +106,10 @@ type Config struct {
 	Logger *slog.Logger     // nil: discard
 	// Actor names who acts, for the event log ("cli:alice", "server"). Empty: "cli".
 	Actor string
+	// Recorder receives every change as an event, before the change becomes visible;
+	// a failure to record fails the change. nil: changes are not recorded (tests,
+	// tools that keep no log).
+	Recorder Recorder
 }
 
 // Repo is a handle on a repository directory. It holds no metadata in memory between
@@ -158,6 +165,18 @@ func newRepo(cfg Config) *Repo {
 	return r
 }
 
+// Now is the repository's clock (Config.Now): it stamps expiries, and the server uses it
+// for everything it decides about the same metadata.
+func (r *Repo) Now() time.Time { return r.now() }
+
+// WithActor returns a handle on the same repository whose events name actor (an
+// operator acting through the server, for example).
+func (r *Repo) WithActor(actor string) *Repo {
+	c := *r
+	c.cfg.Actor = actor
+	return &c
+}
+
 // Dir is the repository directory.
 func (r *Repo) Dir() string { return r.cfg.Dir }
 
@@ -179,6 +198,32 @@ func (r *Repo) OnlineKeyDir() string { return r.path("keys", "online") }
 
 // OfflineKeyDir is the default home of offline keys.
 func (r *Repo) OfflineKeyDir() string { return r.path("keys", "offline") }
+
+// AuditKey loads the audit checkpoint key (an online key, role "audit") that Init
+// created in the repository directory dir. The server signs audit checkpoints with it.
+func AuditKey(dir string) (ed25519.PrivateKey, error) {
+	keyDir := filepath.Join(dir, "keys", "online")
+	matches, _ := filepath.Glob(filepath.Join(keyDir, "audit-*.key"))
+	if len(matches) != 1 {
+		return nil, fmt.Errorf("want one audit checkpoint key in %s, found %d", keyDir, len(matches))
+	}
+	data, err := os.ReadFile(matches[0])
+	if err != nil {
+		return nil, err
+	}
+	k, err := ParseKey(data, nil)
+	if err != nil {
+		return nil, fmt.Errorf("audit key %s: %w", matches[0], err)
+	}
+	priv, ok := k.Private.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("audit key %s is not ed25519", matches[0])
+	}
+	return priv, nil
+}
+
+// AuditKey loads the repository's audit checkpoint key (see the function AuditKey).
+func (r *Repo) AuditKey() (ed25519.PrivateKey, error) { return AuditKey(r.cfg.Dir) }
 
 func (r *Repo) expires(role string) time.Time {
 	return r.now().UTC().Add(r.expiry.forRole(role)).Truncate(time.Second)
@@ -343,6 +388,13 @@ type txn struct {
 	// created are files this transaction added; they are removed if it fails before
 	// timestamp.json names them.
 	created []string
+	// events are recorded, in order, just before timestamp.json is written.
+	events []event
+}
+
+// record adds an event that commit records before the change becomes visible.
+func (t *txn) record(action, subject string, data map[string]any) {
+	t.events = append(t.events, event{action, subject, data})
 }
 
 // update runs fn on the freshly loaded state under the repository lock, then writes what
@@ -483,6 +535,13 @@ func (t *txn) commit(ctx context.Context) error {
 		}
 		t.st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(s.Signed.Version)
 	}
+	// Record before timestamp.json makes the change visible: a failure to record
+	// leaves the repository as it was (rollback removes the new files).
+	for _, ev := range t.events {
+		if err := t.r.record(ctx, ev); err != nil {
+			return err
+		}
+	}
 	ts := t.st.Timestamp
 	ts.Signed.Version++
 	ts.Signed.Expires = t.r.expires(metadata.TIMESTAMP)
@@ -502,6 +561,7 @@ func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
 		}
 		if t.newSnap || t.st.Timestamp.Signed.Expires.Sub(now) < r.expiry.Timestamp/2 {
 			renewed = append(renewed, metadata.TIMESTAMP)
+			t.record("refresh", "", map[string]any{"renewed": renewed})
 			return nil
 		}
 		return errNothingToDo
@@ -512,7 +572,6 @@ func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
 	if err != nil {
 		return nil, err
 	}
-	r.event(ctx, "refresh", "", map[string]any{"renewed": renewed})
 	return renewed, nil
 }
 

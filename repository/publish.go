@@ -1,4 +1,4 @@
-package reposerver
+package repository
 
 import (
 	"context"
@@ -147,6 +147,9 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		}
 		targets[tpath] = tf
 		t.touch(role)
+		t.record("publish", tpath, map[string]any{
+			"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
+		})
 		return nil
 	})
 	if errors.Is(err, errNothingToDo) {
@@ -159,9 +162,6 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 	if st, lerr := r.Load(ctx); lerr == nil {
 		res.Version = st.Targets[role].Signed.Version
 	}
-	r.event(ctx, "publish", tpath, map[string]any{
-		"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
-	})
 	return res, nil
 }
 

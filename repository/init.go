@@ -1,4 +1,4 @@
-package reposerver
+package repository
 
 import (
 	"context"
@@ -160,12 +160,14 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 		return nil, err
 	}
 	// The settings file is written last: its presence means the repository is complete.
+	if err := r.record(ctx, event{"init", cfg.Dir, map[string]any{
+		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
+	}}); err != nil {
+		return nil, err
+	}
 	data, _ := json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry}, "", "  ")
 	if err := r.fs.WriteFile(r.path("edgeward-repo.json"), data, 0o644); err != nil {
 		return nil, err
 	}
-	r.event(ctx, "init", cfg.Dir, map[string]any{
-		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
-	})
 	return res, nil
 }

@@ -1,0 +1,132 @@
+package repository
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+)
+
+func TestEventsRecordedInOrder(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.RotateKey(ctx, RoleModels, KeyEd25519, "", f.keyring()); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(20 * time.Hour)
+	if _, err := f.repo.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.WithActor("operator:alice").Publish(ctx, PublishRequest{
+		Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.1.0"}, Ext: ".onnx", Content: strings.NewReader("y"),
+	}, f.keyring()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"cli repo.init " + f.repo.Dir(),
+		"cli repo.publish models/iris/1.0.0.onnx",
+		"cli repo.keys.rotate models",
+		"cli repo.refresh ",
+		"operator:alice repo.publish models/iris/1.1.0.onnx",
+	}
+	if got := f.events.all(); !slices.Equal(got, want) {
+		t.Errorf("recorded events:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// snapshotDir returns every file under dir with its content.
+func snapshotDir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			out[p] = string(b)
+		}
+		return nil
+	})
+	return out
+}
+
+// A change the recorder cannot record does not happen: the metadata on disk (and what
+// clients see) stays as it was, and the error says why.
+func TestRecordFailureFailsClosed(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	c := f.newClient()
+	c.mustRefresh()
+	if _, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	errDown := errors.New("audit database unavailable")
+	f.events.fail = errDown
+	before := snapshotDir(t, f.repo.MetadataDir())
+	keysBefore := snapshotDir(t, f.offDir)
+
+	_, err := f.publish(artifact.KindModel, "iris", "2.0.0", ".onnx", []byte("y"), nil)
+	if !errors.Is(err, errDown) {
+		t.Errorf("Publish with a failing recorder = %v; want %v", err, errDown)
+	}
+	_, err = f.repo.RotateKey(ctx, RoleModels, KeyEd25519, "", f.keyring())
+	if !errors.Is(err, errDown) {
+		t.Errorf("RotateKey with a failing recorder = %v; want %v", err, errDown)
+	}
+	f.clock.Add(20 * time.Hour)
+	if _, err := f.repo.Refresh(ctx); !errors.Is(err, errDown) {
+		t.Errorf("Refresh with a failing recorder = %v; want %v", err, errDown)
+	}
+	if _, err := f.repo.ProposeRoot(ctx, RootChange{Thresholds: map[string]int{"root": 1}}); !errors.Is(err, errDown) {
+		t.Errorf("ProposeRoot with a failing recorder = %v; want %v", err, errDown)
+	}
+
+	after := snapshotDir(t, f.repo.MetadataDir())
+	if len(after) != len(before) {
+		t.Errorf("metadata files: %d before, %d after refused changes", len(before), len(after))
+	}
+	for p, b := range before {
+		if after[p] != b {
+			t.Errorf("%s changed although its change was not recorded", p)
+		}
+	}
+	if got := snapshotDir(t, f.offDir); len(got) != len(keysBefore) {
+		t.Errorf("offline keys: %d before, %d after a refused rotation", len(keysBefore), len(got))
+	}
+	if _, err := os.Stat(f.repo.ProposalPath(2)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("root proposal written although not recorded: %v", err)
+	}
+	f.clock.Add(-20 * time.Hour)
+	up := c.mustRefresh()
+	if _, err := up.GetTargetInfo("models/iris/2.0.0.onnx"); err == nil {
+		t.Error("a client sees the target whose publication was not recorded")
+	}
+
+	// Once the log works again, so does the repository.
+	f.events.fail = nil
+	if _, err := f.publish(artifact.KindModel, "iris", "2.0.0", ".onnx", []byte("y"), nil); err != nil {
+		t.Fatalf("Publish after the recorder recovered: %v", err)
+	}
+	if _, err := c.mustRefresh().GetTargetInfo("models/iris/2.0.0.onnx"); err != nil {
+		t.Errorf("after recovery: %v", err)
+	}
+}
+
+func TestInitFailsClosed(t *testing.T) {
+	dir := t.TempDir()
+	errDown := errors.New("audit database unavailable")
+	_, err := Init(context.Background(), Config{Dir: dir, KDF: KDFParams{N: 1 << 10}, Recorder: &events{fail: errDown}}, InitOptions{Passphrase: []byte(testPass)})
+	if !errors.Is(err, errDown) {
+		t.Fatalf("Init with a failing recorder = %v; want %v", err, errDown)
+	}
+	if _, err := Open(Config{Dir: dir}); err == nil {
+		t.Error("Open after an unrecorded Init succeeded; want no repository")
+	}
+}
