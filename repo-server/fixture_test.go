@@ -138,3 +138,8 @@ func (c *client) download(up *updater.Updater, path string) ([]byte, *metadata.T
 	_, data, err := up.DownloadTarget(tf, filepath.Join(c.dir, "dl-"+filepath.Base(path)), "")
 	return data, tf, err
 }
+
+// errReader fails every read with err.
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }

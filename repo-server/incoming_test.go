@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-
 	"github.com/edgeward/edgeward/repository"
 )
 
@@ -45,13 +44,13 @@ func TestPublishHolder(t *testing.T) {
 // incomingFiles lists blobs/incoming without its lock file.
 func incomingFiles(t *testing.T, r *repository.Repo) []string {
 	t.Helper()
-	entries, err := os.ReadDir(r.incomingDir())
+	entries, err := os.ReadDir(r.IncomingDir())
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
 	var names []string
 	for _, e := range entries {
-		if e.Name() != incomingLockName {
+		if e.Name() != repository.IncomingLock {
 			names = append(names, e.Name())
 		}
 	}
@@ -103,7 +102,7 @@ func TestAbandonedIncomingFilesRemoved(t *testing.T) {
 
 	killPublish(t, f.repo)
 	// Content a killed publish streamed completely but never moved into the store.
-	if err := os.WriteFile(filepath.Join(f.repo.incomingDir(), "0123456789abcdef"), []byte("orphan"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(f.repo.IncomingDir(), "0123456789abcdef"), []byte("orphan"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	left := incomingFiles(t, f.repo)

@@ -181,17 +181,18 @@ func (r *Repo) receiveBlob(ctx context.Context, src io.Reader) (path string, sum
 	return path, hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// incomingDir holds the content of publishes in progress.
-func (r *Repo) incomingDir() string { return r.path("blobs", "incoming") }
+// IncomingDir holds the content of publishes in progress (and their shared lock file,
+// IncomingLock).
+func (r *Repo) IncomingDir() string { return r.path("blobs", "incoming") }
 
 // lockIncoming takes the incoming directory's lock: shared (syscall.LOCK_SH) by every
 // publish for as long as it has files there, in any process; exclusive by a sweep.
 // With syscall.LOCK_NB it fails with syscall.EWOULDBLOCK instead of waiting.
 func (r *Repo) lockIncoming(how int) (func(), error) {
-	if err := os.MkdirAll(r.incomingDir(), 0o755); err != nil {
+	if err := os.MkdirAll(r.IncomingDir(), 0o755); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(r.incomingDir(), incomingLockName)
+	p := filepath.Join(r.IncomingDir(), incomingLockName)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", p, err)
@@ -203,7 +204,10 @@ func (r *Repo) lockIncoming(how int) (func(), error) {
 	return func() { f.Close() }, nil // closing the last descriptor releases the lock
 }
 
-const incomingLockName = ".lock"
+const incomingLockName = IncomingLock
+
+// IncomingLock is the name of the lock file in IncomingDir.
+const IncomingLock = ".lock"
 
 // SweepIncoming removes what killed publishes left in DIR/blobs/incoming: content that
 // was never moved into the store and the temporary files of unfinished writes. It runs
@@ -219,7 +223,7 @@ func (r *Repo) SweepIncoming() (files int, bytes int64, err error) {
 		return 0, 0, fmt.Errorf("sweep incoming: %w", err)
 	}
 	defer unlock()
-	entries, err := os.ReadDir(r.incomingDir())
+	entries, err := os.ReadDir(r.IncomingDir())
 	if err != nil {
 		return 0, 0, fmt.Errorf("sweep incoming: %w", err)
 	}
@@ -228,7 +232,7 @@ func (r *Repo) SweepIncoming() (files int, bytes int64, err error) {
 		if e.Name() == incomingLockName || e.IsDir() {
 			continue
 		}
-		p := filepath.Join(r.incomingDir(), e.Name())
+		p := filepath.Join(r.IncomingDir(), e.Name())
 		info, err := e.Info()
 		if err != nil {
 			continue // gone meanwhile
