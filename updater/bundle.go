@@ -53,15 +53,20 @@ func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
 // maxDesiredBytes bounds a bundle's desired.json.
 const maxDesiredBytes = 64 << 10
 
-// ReadDesired reads a bundle's desired.json. The bundle comes from whoever handed over
-// the USB stick: the read is bounded before anything is parsed.
+// ReadDesired reads a bundle's desired.json.
 func ReadDesired(dir string) (map[artifact.Kind]string, error) {
 	f, err := os.Open(filepath.Join(dir, DesiredFile))
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxDesiredBytes+1))
+	return decodeDesired(dir, f)
+}
+
+// decodeDesired decodes the desired.json of the bundle in dir from r. The bundle comes
+// from whoever handed over the USB stick: the read is bounded before anything is parsed.
+func decodeDesired(dir string, r io.Reader) (map[artifact.Kind]string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxDesiredBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %s: %w", dir, DesiredFile, err)
 	}

@@ -1,6 +1,7 @@
 package updater
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -11,7 +12,7 @@ import (
 )
 
 // FuzzReadDesired: whatever desired.json an offline bundle carries, the reader neither
-// panics nor reads past its bound, and what it accepts is a JSON object (or null) naming
+// panics nor accepts more than its bound, and what it accepts is a JSON object (or null) naming
 // a target path for known kinds only.
 func FuzzReadDesired(f *testing.F) {
 	f.Add([]byte(`{"model": "models/iris/1.2.0.onnx", "runtime": "runtimes/ort/1.24.1.tar.gz"}`))
@@ -20,33 +21,30 @@ func FuzzReadDesired(f *testing.F) {
 	f.Add([]byte(`{"firmware": "x"}`))
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`[]`))
-	// One bundle directory per fuzz process; each input overwrites its desired.json.
-	dir := f.TempDir()
-	path := filepath.Join(dir, DesiredFile)
+	// The file read is ReadDesired's only I/O (TestReadDesiredBounded covers it); the
+	// fuzzer feeds the bytes straight to the decoder, without a disk write per input.
+	const dir = "/media/usb/bundle"
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		got, err := ReadDesired(dir)
+		got, err := decodeDesired(dir, bytes.NewReader(data))
 		if err != nil {
 			if !strings.Contains(err.Error(), dir) {
-				t.Fatalf("ReadDesired error %q does not name the bundle", err)
+				t.Fatalf("decodeDesired error %q does not name the bundle", err)
 			}
 			return
 		}
 		if len(data) > maxDesiredBytes {
-			t.Fatalf("ReadDesired accepted %d bytes; the bound is %d", len(data), maxDesiredBytes)
+			t.Fatalf("decodeDesired accepted %d bytes; the bound is %d", len(data), maxDesiredBytes)
 		}
 		var raw map[string]string
 		if err := json.Unmarshal(data, &raw); err != nil {
-			t.Fatalf("ReadDesired accepted %q, which is not a JSON object of strings: %v", data, err)
+			t.Fatalf("decodeDesired accepted %q, which is not a JSON object of strings: %v", data, err)
 		}
 		if len(got) != len(raw) {
-			t.Fatalf("ReadDesired(%q) = %v; want the %d entries of the file", data, got, len(raw))
+			t.Fatalf("decodeDesired(%q) = %v; want the %d entries of the file", data, got, len(raw))
 		}
 		for k, p := range got {
 			if _, err := artifact.ParseKind(string(k)); err != nil || raw[string(k)] != p {
-				t.Fatalf("ReadDesired(%q) = %v: entry %s=%q is not in the file or not a kind", data, got, k, p)
+				t.Fatalf("decodeDesired(%q) = %v: entry %s=%q is not in the file or not a kind", data, got, k, p)
 			}
 		}
 	})
