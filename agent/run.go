@@ -84,8 +84,9 @@ type Config struct {
 
 	// Now and Sleep are the clock and the waiting (between check-ins, connection
 	// attempts and runtime readiness polls); nil: the real ones.
-	Now    func() time.Time
-	Sleep  func(ctx context.Context, d time.Duration) error
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Logger receives the agent's log; nil: slog.Default().
 	Logger *slog.Logger
 }
 
@@ -115,7 +116,7 @@ func (c Config) withDefaults() Config {
 		c.Sleep = sleep
 	}
 	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
+		c.Logger = slog.Default()
 	}
 	return c
 }

@@ -105,7 +105,8 @@ type StateConfig struct {
 	// keeps ownership (State.Close does not close it).
 	TPM *attest.TPM
 	// Now is the clock of the slots; nil: time.Now.
-	Now    func() time.Time
+	Now func() time.Time
+	// Logger receives the slots' transitions and the downloads' progress; nil: slog.Default().
 	Logger *slog.Logger
 }
 
@@ -128,7 +129,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 		cfg.Dir = DefaultStateDir
 	}
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+		cfg.Logger = slog.Default()
 	}
 	if cfg.Downloader == nil {
 		cfg.Downloader = &updater.Downloader{Logger: cfg.Logger}
