@@ -2,6 +2,12 @@
 // model version), the Open Inference Protocol (KServe v2) HTTP API, hot model swap,
 // probes with commit gates, and Prometheus metrics.
 //
+// It serves the contract in runtime/runtimeapi: the wire types, the probe set, the gates
+// decision and the client the agent drives it with live there, stdlib-only, so that
+// callers link neither ONNX Runtime nor Prometheus. This package returns that package's
+// errors (runtimeapi.ErrNotFound, …) and maps them to the status codes the client maps
+// back.
+//
 // # Model swap
 //
 // Several versions of a model can be loaded side by side; one of them is the default that
