@@ -98,12 +98,12 @@ type WaveStat struct {
 }
 
 // WaveStats counts, per wave of r, the devices whose latest report for r's target (at
-// or after since) succeeded or failed. Reports for other rollouts or versions are
-// ignored.
+// or after since) succeeded or failed. Reports for other rollouts or versions, and
+// infrastructure failures (the device retries; not a result), are ignored.
 func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 	latest := map[string]wire.Report{}
 	for _, rep := range reports {
-		if rep.RolloutID != r.ID || rep.Version != r.Target.Version || rep.Name != r.Target.Name || rep.At.Before(since) {
+		if rep.RolloutID != r.ID || rep.Version != r.Target.Version || rep.Name != r.Target.Name || rep.At.Before(since) || !rep.Outcome.Final() {
 			continue
 		}
 		if prev, ok := latest[rep.DeviceID]; !ok || !rep.At.Before(prev.At) {

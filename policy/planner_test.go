@@ -75,6 +75,21 @@ func TestPlan(t *testing.T) {
 			return rs
 		}(), t0.Add(time.Minute), StatusActive, 0, ""},
 		{"latest report per device counts", started, append(reportsFor(r, 0, 10, 10, t0), reportsFor(r, 0, 10, 0, t0.Add(time.Minute))...), t0.Add(2 * time.Minute), StatusActive, 0, ""},
+		{"infrastructure failures (retried by the device) do not pause", started, func() []wire.Report {
+			rs := reportsFor(r, 0, 10, 10, t0)
+			for i := range rs {
+				rs[i].Outcome = wire.OutcomeInfrastructure
+			}
+			return rs
+		}(), t0.Add(time.Minute), StatusActive, 0, ""},
+		{"an infrastructure failure does not hide a final one", started, func() []wire.Report {
+			rs := reportsFor(r, 0, 10, 10, t0)
+			for _, x := range reportsFor(r, 0, 10, 10, t0.Add(time.Minute)) {
+				x.Outcome = wire.OutcomeInfrastructure
+				rs = append(rs, x)
+			}
+			return rs
+		}(), t0.Add(2 * time.Minute), StatusPaused, 0, "auto_paused@0"},
 		{"paused stays paused", func() RolloutState { s := started; s.Status = StatusPaused; return s }(), nil, t0.Add(5 * time.Hour), StatusPaused, 0, ""},
 		{"aborted is final", func() RolloutState { s := started; s.Status = StatusAborted; return s }(), reportsFor(r, 0, 10, 10, t0), t0.Add(5 * time.Hour), StatusAborted, 0, ""},
 		{"last wave soaked completes", RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 2}, nil, t0, StatusCompleted, 2, "completed@2"},

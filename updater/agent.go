@@ -105,6 +105,9 @@ type Agent struct {
 	// refused remembers targets that failed, so they are not retried until the desired
 	// target changes.
 	refused map[string]string
+	// retries holds back, per kind, a target whose last install failed for a transient
+	// cause (see Transient) until its backoff has passed.
+	retries map[string]retry
 	// reconciled is set once the first round queued any commit left unreported.
 	reconciled bool
 }
@@ -135,7 +138,24 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Agent{cfg: cfg, refused: map[string]string{}}, nil
+	return &Agent{cfg: cfg, refused: map[string]string{}, retries: map[string]retry{}}, nil
+}
+
+// retry is a target held back after a transient failure.
+type retry struct {
+	target    string
+	attempts  int
+	notBefore time.Time
+}
+
+// retryBackoff is the wait after the n-th (from 1) transient failure of a target:
+// doubling from the check-in interval (at most a minute), at most an hour.
+func (a *Agent) retryBackoff(n int) time.Duration {
+	d := min(time.Minute, a.cfg.Interval)
+	for i := 1; i < n && d < time.Hour; i++ {
+		d *= 2
+	}
+	return min(d, time.Hour)
 }
 
 // Run recovers the slots, then checks in every Interval (jittered) until ctx ends.
@@ -205,6 +225,9 @@ func (a *Agent) Step(ctx context.Context) error {
 		if !ok || d.Action != wire.ActionInstall || d.Target == "" || d.Target == status[k].Path || a.refused[string(k)] == d.Target {
 			continue
 		}
+		if r, held := a.retries[string(k)]; held && r.target == d.Target && a.cfg.Now().Before(r.notBefore) {
+			continue
+		}
 		delete(a.refused, string(k))
 		if err := a.install(ctx, k, d); err != nil {
 			errs = append(errs, err)
@@ -245,14 +268,26 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	if err != nil {
 		return a.fail(ctx, kind, targetPath, rep, err)
 	}
-	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, tuf.SlotFetcher())
+	fetch := &recordingFetcher{f: tuf.SlotFetcher()}
+	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, fetch)
 	if err != nil {
-		if errors.Is(err, rollback.ErrBusy) || (!errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading) {
-			return err // transient, or another install: try again next round
+		if errors.Is(err, rollback.ErrBusy) {
+			return err // another install: try again next round
+		}
+		if !errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading {
+			// Interrupted: the download resumes at the next attempt.
+			if ctx.Err() == nil && Transient(err) {
+				return a.retryLater(ctx, kind, targetPath, rep, err)
+			}
+			return err
 		}
 		return a.fail(ctx, kind, targetPath, rep, err)
 	}
 	if s.Phase == rollback.Failed {
+		// The slot gave up the download; whether the version is at fault depends on why.
+		if fetch.err != nil && Transient(fetch.err) {
+			return a.retryLater(ctx, kind, targetPath, rep, fetch.err)
+		}
 		return a.fail(ctx, kind, targetPath, rep, errors.New(s.Reason))
 	}
 	rep.Bytes = t.Length
@@ -280,6 +315,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	o, hooked := a.cfg.Judge.(Outcome)
 	switch s.Phase {
 	case rollback.Committed:
+		delete(a.retries, string(kind))
 		rep.Outcome = wire.OutcomeCommitted
 		rep.ID = commitReportID(kind, s.Seq)
 		if hooked {
@@ -290,6 +326,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 		if pass {
 			rep.Outcome = wire.OutcomeRolledBack
 		}
+		delete(a.retries, string(kind))
 		a.refused[string(kind)] = targetPath
 		if hooked {
 			hookErr = o.RolledBack(ctx, kind, t, meta)
@@ -303,10 +340,32 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 }
 
 func (a *Agent) fail(ctx context.Context, kind artifact.Kind, targetPath string, rep wire.Report, err error) error {
+	if Transient(err) {
+		return a.retryLater(ctx, kind, targetPath, rep, err)
+	}
+	delete(a.retries, string(kind))
 	a.refused[string(kind)] = targetPath
 	rep.Outcome, rep.Cause = wire.OutcomeInstallError, err.Error()
 	a.report(ctx, rep)
 	return err
+}
+
+// retryLater holds targetPath back for its backoff after a failure with a transient
+// cause (see Transient), and reports the failure as infrastructure: the version is not
+// at fault, so it is neither refused here nor marked Failed by the server.
+func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath string, rep wire.Report, err error) error {
+	r := a.retries[string(kind)]
+	if r.target != targetPath {
+		r = retry{target: targetPath}
+	}
+	r.attempts++
+	wait := a.retryBackoff(r.attempts)
+	r.notBefore = a.cfg.Now().Add(wait)
+	a.retries[string(kind)] = r
+	rep.Outcome = wire.OutcomeInfrastructure
+	rep.Cause = fmt.Sprintf("%v (attempt %d, retrying in %v)", err, r.attempts, wait)
+	a.report(ctx, rep)
+	return fmt.Errorf("%s %s: attempt %d failed, retrying in %v: %w", kind, targetPath, r.attempts, wait, err)
 }
 
 // report queues rep in the outbox: under rep.ID once when it is set (derived from what is

@@ -66,6 +66,7 @@ func commands() []command {
 		{"devices show", "a device with its attestation and install history: ID", cmdDevicesShow},
 		{"devices quarantine", "stop giving a device new versions: ID [--reason TEXT]", deviceActionCmd("quarantine")},
 		{"devices release", "release a quarantined device: ID", deviceActionCmd("release")},
+		{"devices clear-failed", "offer a device the versions that failed on it again: ID [--kind model|runtime] (default both)", cmdDevicesClearFailed},
 		{"devices label", "set a device's labels: ID key=value… [--replace]", cmdDevicesLabel},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}

@@ -660,6 +660,46 @@ func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args 
 	}
 }
 
+// cmdDevicesClearFailed clears a device's Failed marks (POST /v1/devices/{id}/clear-failed,
+// audited by the server as device.clear_failed), so that a version that failed on it is
+// offered again, e.g. after the cause was fixed on the device.
+func cmdDevicesClearFailed(ctx context.Context, env *cliEnv, args []string) error {
+	fs := flag.NewFlagSet("devices clear-failed", flag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	var c opClient
+	c.register(fs, env)
+	kind := fs.String("kind", "", "slot kind: model or runtime (default: both)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward devices clear-failed ID [--kind model|runtime]")
+	}
+	kinds := []artifact.Kind{artifact.KindModel, artifact.KindRuntime}
+	if *kind != "" {
+		k, err := artifact.ParseKind(*kind)
+		if err != nil || (k != artifact.KindModel && k != artifact.KindRuntime) {
+			return fmt.Errorf("--kind %q: want model or runtime", *kind)
+		}
+		kinds = []artifact.Kind{k}
+	}
+	var d reposerver.DeviceView
+	var raw []byte
+	for _, k := range kinds {
+		if raw, err = c.do(ctx, "POST", deviceURL(pos[0])+"/clear-failed", map[string]string{"kind": string(k)}, &d); err != nil {
+			return fmt.Errorf("clear failed %s of %s: %w", k, pos[0], err)
+		}
+	}
+	if c.show(raw) {
+		return nil
+	}
+	for _, k := range kinds {
+		fmt.Fprintf(env.stdout, "device %s: %s %s, no failed version\n", d.ID, k, slotText(d.Slots[k]))
+	}
+	return nil
+}
+
 func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
 	fs := flag.NewFlagSet("devices label", flag.ContinueOnError)
 	fs.SetOutput(env.stderr)

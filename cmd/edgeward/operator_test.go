@@ -210,6 +210,26 @@ func TestCLIDevices(t *testing.T) {
 	}
 
 	rm := s.cli(t, fleet.RoleReleaseManager)
+	// The release manager offers cam-3 the version that failed on it again (audited).
+	if _, _, err := aud.run("devices", "clear-failed", "cam-3"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("auditor clear-failed = %v; want 403", err)
+	}
+	if _, _, err := rm.run("devices", "clear-failed", "cam-3", "--kind", "probe"); err == nil || !strings.Contains(err.Error(), "want model or runtime") {
+		t.Fatalf("clear-failed --kind probe = %v; want a usage error", err)
+	}
+	out = rm.must("devices", "clear-failed", "cam-3", "--kind", "model")
+	if !strings.Contains(out, "device cam-3: model vibration") || strings.Contains(out, "(failed") {
+		t.Fatalf("clear-failed:\n%s", out)
+	}
+	if out = aud.must("devices", "show", "cam-3"); strings.Contains(out, "(failed 1.1.0)") {
+		t.Errorf("devices show after clear-failed still shows the Failed mark:\n%s", out)
+	}
+	export := filepath.Join(t.TempDir(), "audit.jsonl")
+	aud.must("audit", "export", "-o", export)
+	if data, _ := os.ReadFile(export); !strings.Contains(string(data), `"kind":"device.clear_failed"`) || !strings.Contains(string(data), `"actor":"operator:release-manager-op"`) {
+		t.Errorf("audit export lacks the clear-failed by the release manager:\n%s", data)
+	}
+
 	if _, _, err := rm.run("devices", "quarantine", "cam-1"); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("release manager quarantine = %v; want 403", err)
 	}

@@ -72,19 +72,29 @@ const (
 	OutcomeRolledBack           Outcome = "rolled_back"
 	OutcomeInstallError         Outcome = "install_error"
 	OutcomeAttestationUntrusted Outcome = "attestation_untrusted"
+	// OutcomeInfrastructure: the install failed for a cause outside the version (no
+	// space left, the network or the server, the local runtime down). The agent retries
+	// it with backoff; the version is not marked Failed and the wave does not count it.
+	OutcomeInfrastructure Outcome = "infrastructure"
 )
 
 // ParseOutcome checks s.
 func ParseOutcome(s string) (Outcome, error) {
 	switch o := Outcome(s); o {
-	case OutcomeCommitted, OutcomeProbeFailed, OutcomeRolledBack, OutcomeInstallError, OutcomeAttestationUntrusted:
+	case OutcomeCommitted, OutcomeProbeFailed, OutcomeRolledBack, OutcomeInstallError, OutcomeAttestationUntrusted, OutcomeInfrastructure:
 		return o, nil
 	}
-	return "", fmt.Errorf("unknown outcome %q: want committed, probe_failed, rolled_back, install_error or attestation_untrusted", s)
+	return "", fmt.Errorf("unknown outcome %q: want committed, probe_failed, rolled_back, install_error, attestation_untrusted or infrastructure", s)
 }
 
-// Failed reports whether the outcome counts against a wave.
+// Failed reports whether the install did not commit (every outcome but committed).
 func (o Outcome) Failed() bool { return o != OutcomeCommitted }
+
+// Final reports whether the outcome is the version's result on the device: it commits,
+// or it fails in a way retrying cannot fix (probes, verification), which marks the
+// version Failed for the device and counts against its wave. An infrastructure failure
+// is not final: the device retries.
+func (o Outcome) Final() bool { return o != OutcomeInfrastructure }
 
 // Probe is what a trial's probe run measured of the version it judged. A zero field
 // means "not measured" (no probe set, or the trial failed before the probe).

@@ -201,6 +201,8 @@ func applyReport(d *Device, r wire.Report) {
 	switch {
 	case r.Outcome == wire.OutcomeAttestationUntrusted && sl.Version == r.Version:
 		return // about the running version, not a failed install
+	case !r.Outcome.Final():
+		return // retried by the device: says nothing about the version
 	case r.Outcome.Failed():
 		sl.Failed = r.Version
 		if sl.Name == "" {

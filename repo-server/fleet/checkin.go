@@ -165,8 +165,9 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 	return nil
 }
 
-// insertReport stores a report and, for a rollout's report, makes it the device's
-// latest for that rollout and target unless a later one is stored (rollout_latest, what
+// insertReport stores a report and, for a rollout's final report (not an
+// infrastructure failure), makes it the device's latest for that rollout and target
+// unless a later one is stored (rollout_latest, what
 // the planner counts).
 func insertReport(ctx context.Context, tx dbtx, r wire.Report) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -174,8 +175,8 @@ func insertReport(ctx context.Context, tx dbtx, r wire.Report) error {
 	if err != nil {
 		return fmt.Errorf("store report: %w", err)
 	}
-	if r.RolloutID == "" {
-		return nil
+	if r.RolloutID == "" || !r.Outcome.Final() {
+		return nil // an infrastructure failure is retried: not a result for the wave
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at) VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (rollout_id, name, version, device_id) DO UPDATE SET failed = excluded.failed, at = excluded.at WHERE excluded.at >= rollout_latest.at`,
@@ -208,6 +209,9 @@ func backfillRolloutLatest(ctx context.Context, tx *sql.Tx) error {
 		return err
 	}
 	for _, r := range reps {
+		if !r.Outcome.Final() {
+			continue
+		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at) VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (rollout_id, name, version, device_id) DO UPDATE SET failed = excluded.failed, at = excluded.at WHERE excluded.at >= rollout_latest.at`,
 			r.RolloutID, r.Name, r.Version, r.DeviceID, policy.Bucket(r.RolloutID, r.DeviceID), r.Outcome.Failed(), ns(r.At))

@@ -129,7 +129,8 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 
 // AddReport stores an install result, with the audit records recs. A failed install
 // marks the version Failed in the device's slot, so policy evaluation does not offer it
-// again; a committed one makes it the slot's version (the old one becoming Previous)
+// again, unless the failure is not final (infrastructure: the device retries it); a
+// committed one makes it the slot's version (the old one becoming Previous)
 // and clears the mark. The device must exist.
 func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecord) error {
 	if err := validateReport(&r); err != nil {

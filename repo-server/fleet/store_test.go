@@ -107,6 +107,16 @@ func TestDeviceLifecycle(t *testing.T) {
 	if sl := d.Slots[artifact.KindModel]; sl.Previous != "3.0.0" {
 		t.Errorf("same version again: slot %+v; want Previous still 3.0.0", sl)
 	}
+	// An infrastructure failure (no space, network, runtime down) is retried by the
+	// device: stored, but the version is not marked Failed.
+	infra := rep
+	infra.Outcome, infra.Version, infra.Cause = wire.OutcomeInfrastructure, "3.3.0", "no space left for the target (attempt 1, retrying in 1m0s)"
+	if err := s.AddReport(ctx, infra); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" {
+		t.Errorf("after an infrastructure report: slot %+v; want no Failed mark", d.Slots[artifact.KindModel])
+	}
 	// A committed report clears the mark too.
 	rep.Outcome, rep.Version = wire.OutcomeInstallError, "3.3.0"
 	s.AddReport(ctx, rep)

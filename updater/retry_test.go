@@ -1,0 +1,151 @@
+package updater
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+func TestTransient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, refused := net.Dial("tcp", addr) // a runtime or server that is down
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("install: %w", &DownloadError{Err: fmt.Errorf("%w: 4 MiB needed", ErrDiskFull), perm: true}), true},
+		{&os.PathError{Op: "write", Path: "/slots/b/payload", Err: syscall.ENOSPC}, true},
+		{fmt.Errorf("load: %w", refused), true},
+		{&DownloadError{URL: "u", Status: 503, Err: errors.New("unavailable")}, true},
+		{&DownloadError{URL: "u", Status: 404, Err: errors.New("not found")}, false},
+		{&DownloadError{Err: ErrHashMismatch, perm: true}, false},
+		{errors.New("accuracy 0.91 < 0.95"), false},
+		{context.Canceled, false},
+		{nil, false},
+	} {
+		if got := Transient(tc.err); got != tc.want {
+			t.Errorf("Transient(%v) = %v; want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// TestNoSpaceIsRetried fills the file system of the model slots: the install fails
+// cleanly for lack of space and is reported as an infrastructure failure, the version
+// is not refused, and once space is freed the same running agent installs it at its
+// next attempt (issue 14: only a restart used to).
+func TestNoSpaceIsRetried(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatal("mounting a tmpfs needs root and EDGEWARD_REQUIRE_DEPS=1")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 4<<20)
+	state := t.TempDir()
+	slots := filepath.Join(state, "slots", "model")
+	if err := os.MkdirAll(slots, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", slots).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", slots).Run() })
+	filler := filepath.Join(slots, "filler")
+	if err := os.WriteFile(filler, make([]byte, 6<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+		Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string {
+		s, _ := m.State(ctx, artifact.KindModel)
+		if s.Current == nil {
+			return ""
+		}
+		return s.Current.Version
+	}
+
+	err = a.Step(ctx)
+	if !errors.Is(err, ErrDiskFull) {
+		t.Fatalf("Step on a full disk = %v; want ErrDiskFull", err)
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != rollback.Failed || current() != "" {
+		t.Fatalf("slot after the full disk = %s, committed %q; want failed, nothing committed", s.Phase, current())
+	}
+	// Within the backoff the agent does not try again.
+	now = now.Add(30 * time.Second)
+	if err := a.Step(ctx); err != nil {
+		t.Errorf("Step within the backoff = %v; want no attempt", err)
+	}
+	now = now.Add(31 * time.Second)
+	if err := a.Step(ctx); !errors.Is(err, ErrDiskFull) || !strings.Contains(err.Error(), "attempt 2") {
+		t.Errorf("Step after the backoff with the disk still full = %v; want attempt 2 failing", err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute) // the backoff doubled to 2m
+	if err := a.Step(ctx); err != nil {
+		t.Errorf("Step within the doubled backoff = %v; want no attempt", err)
+	}
+	now = now.Add(time.Minute)
+	if err := a.Step(ctx); err != nil {
+		t.Fatalf("Step after freeing space = %v", err)
+	}
+	if got := current(); got != "1.0.0" {
+		t.Fatalf("committed %q after freeing space; want 1.0.0, with no restart", got)
+	}
+
+	msgs, _ := o.Due(ctx, now, 10)
+	var outcomes []string
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		outcomes = append(outcomes, string(rep.Outcome))
+		if rep.Outcome == wire.OutcomeInfrastructure && (!strings.Contains(rep.Cause, "no space left") || !strings.Contains(rep.Cause, "retrying in")) {
+			t.Errorf("infrastructure report cause = %q; want the lack of space and the retry", rep.Cause)
+		}
+	}
+	if got, want := strings.Join(outcomes, ", "), "infrastructure, infrastructure, committed"; got != want {
+		t.Errorf("reports = %s; want %s", got, want)
+	}
+}
