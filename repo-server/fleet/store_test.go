@@ -325,3 +325,40 @@ func TestDecideAt(t *testing.T) {
 		t.Errorf("recorded decisions = %d; want 3 with the policy digest", len(decs))
 	}
 }
+
+// TestInfrastructureReportsAreNotWaveResults: a device that reports only
+// infrastructure failures (no space, network, runtime down: it retries) has no result
+// in its wave, and a later infrastructure failure does not hide its final one.
+func TestInfrastructureReportsAreNotWaveResults(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t)
+	r := &policy.Rollout{ID: "r", Target: policy.Target{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"}, Waves: []policy.Wave{{Percent: 100}}}
+	for _, id := range []string{"dev-1", "dev-2"} {
+		if err := s.Enroll(ctx, id, nil, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep := func(id string, o wire.Outcome, at time.Duration) wire.Report {
+		return wire.Report{DeviceID: id, RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: o, Cause: "x", At: t0.Add(at)}
+	}
+	for i, step := range []struct {
+		rep              wire.Report
+		reported, failed int
+	}{
+		{rep("dev-1", wire.OutcomeInfrastructure, time.Minute), 0, 0},
+		{rep("dev-2", wire.OutcomeProbeFailed, 2*time.Minute), 1, 1},
+		{rep("dev-2", wire.OutcomeInfrastructure, 3*time.Minute), 1, 1},
+		{rep("dev-1", wire.OutcomeCommitted, 4*time.Minute), 2, 1},
+	} {
+		if err := s.AddReport(ctx, step.rep); err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.WaveStats(ctx, r, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st[0].Reported != step.reported || st[0].Failed != step.failed {
+			t.Errorf("step %d (%s %s): WaveStats = %+v; want %d reported, %d failed", i, step.rep.DeviceID, step.rep.Outcome, st[0], step.reported, step.failed)
+		}
+	}
+}
