@@ -463,32 +463,6 @@ func (l *Log) ConsistencyProof(ctx context.Context, old, n int64) (tlog.TreeProo
 	return tlog.ProveTree(n, old, hashReader(ctx, l.db))
 }
 
-// CheckConsistency verifies that checkpoint newer extends checkpoint older, with proof p
-// (from ConsistencyProof). Both must be verified checkpoints of the same log.
-func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
-	switch {
-	case older.Origin != newer.Origin:
-		return fmt.Errorf("%w: checkpoints of two logs (%q, %q)", ErrInconsistent, older.Origin, newer.Origin)
-	case newer.Size < older.Size:
-		return fmt.Errorf("%w: the tree went back from size %d to %d (rollback)", ErrInconsistent, older.Size, newer.Size)
-	case older.Size == 0:
-		return nil
-	case newer.Size == older.Size:
-		if newer.Hash != older.Hash {
-			return fmt.Errorf("%w: two different trees of size %d (fork)", ErrInconsistent, older.Size)
-		}
-		return nil
-	}
-	if err := tlog.CheckTree(p, newer.Size, newer.Hash, older.Size, older.Hash); err != nil {
-		return fmt.Errorf("%w: the tree of size %d does not extend the one of size %d (fork or rewrite): %v", ErrInconsistent, newer.Size, older.Size, err)
-	}
-	return nil
-}
-
-// ErrInconsistent says a checkpoint does not extend an earlier one: the log was forked,
-// rewritten or rolled back.
-var ErrInconsistent = errors.New("inconsistent checkpoints")
-
 // Query selects records. Zero fields select everything.
 type Query struct {
 	Kind    string

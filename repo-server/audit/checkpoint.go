@@ -1,258 +1,78 @@
 package audit
 
 import (
-	"bytes"
 	"crypto/ed25519"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
-	"errors"
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/checkpoint"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// A Checkpoint is a signed statement of the log's tree head, in the C2SP tlog-checkpoint
-// format: a signed note whose text is the origin line, the tree size and the base64 root
-// hash. Witnesses add cosignatures (C2SP tlog-cosignature, cosignature/v1) to the same
-// note.
-type Checkpoint struct {
-	Origin string
-	Size   int64
-	Hash   tlog.Hash
-	// Note is the whole signed note (text, blank line, signature lines) as served.
-	Note []byte
-}
+// The checkpoint format and checks live in internal/checkpoint (the agent uses them too);
+// these names keep the log's API in one place.
 
-// Tree is the checkpoint's tree head.
-func (c *Checkpoint) Tree() tlog.Tree { return tlog.Tree{N: c.Size, Hash: c.Hash} }
-
-// Text is the signed text of the note (without signatures).
-func (c *Checkpoint) Text() string { return checkpointText(c.Origin, c.Size, c.Hash) }
-
-func checkpointText(origin string, size int64, h tlog.Hash) string {
-	return fmt.Sprintf("%s\n%d\n%s\n", origin, size, h)
-}
-
-// maxNote bounds a checkpoint note read from an untrusted source.
-const maxNote = 16 << 10
-
-// ErrCheckpoint says a checkpoint's text is malformed.
-var ErrCheckpoint = errors.New("malformed checkpoint")
-
-// parseCheckpointText parses the text of a checkpoint note. Extension lines after the root
-// hash are allowed and ignored, as the format says.
-func parseCheckpointText(text string) (origin string, size int64, h tlog.Hash, err error) {
-	lines := strings.SplitN(text, "\n", 4)
-	if len(lines) < 4 || lines[0] == "" {
-		return "", 0, h, fmt.Errorf("%w: want origin, size and root hash lines", ErrCheckpoint)
-	}
-	size, err = strconv.ParseInt(lines[1], 10, 64)
-	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
-		return "", 0, h, fmt.Errorf("%w: tree size %q", ErrCheckpoint, lines[1])
-	}
-	if h, err = tlog.ParseHash(lines[2]); err != nil {
-		return "", 0, h, fmt.Errorf("%w: root hash %q", ErrCheckpoint, lines[2])
-	}
-	return lines[0], size, h, nil
-}
-
-// OpenCheckpoint verifies a checkpoint note: it must be signed by the log's key (logKey),
-// its origin must be that key's name, and at least quorum of the witnesses must have
-// cosigned it. Signatures by keys not listed are ignored. The errors name what is missing.
-func OpenCheckpoint(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum int) (*Checkpoint, error) {
-	if len(msg) > maxNote {
-		return nil, fmt.Errorf("%w: note longer than %d bytes", ErrCheckpoint, maxNote)
-	}
-	n, err := note.Open(msg, note.VerifierList(append([]note.Verifier{logKey}, witnesses...)...))
-	if err != nil {
-		var inv *note.InvalidSignatureError
-		switch {
-		case errors.As(err, &inv):
-			return nil, fmt.Errorf("checkpoint: signature by %s (%08x) does not verify: %w", inv.Name, inv.Hash, err)
-		case errors.As(err, new(*note.UnverifiedNoteError)):
-			return nil, fmt.Errorf("checkpoint: not signed by the log key %s: %w", logKey.Name(), err)
-		}
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	logSigned := false
-	cosigned := map[string]bool{}
-	for _, s := range n.Sigs {
-		if s.Name == logKey.Name() && s.Hash == logKey.KeyHash() {
-			logSigned = true
-			continue
-		}
-		cosigned[fmt.Sprintf("%s+%08x", s.Name, s.Hash)] = true
-	}
-	if !logSigned {
-		return nil, fmt.Errorf("checkpoint: not signed by the log key %s", logKey.Name())
-	}
-	origin, size, h, err := parseCheckpointText(n.Text)
-	if err != nil {
-		return nil, err
-	}
-	if origin != logKey.Name() {
-		return nil, fmt.Errorf("checkpoint: origin %q is not the log key's name %q", origin, logKey.Name())
-	}
-	if len(cosigned) < quorum {
-		var names []string
-		for _, w := range witnesses {
-			names = append(names, w.Name())
-		}
-		return nil, &QuorumError{Size: size, Have: len(cosigned), Want: quorum, Witnesses: names}
-	}
-	return &Checkpoint{Origin: origin, Size: size, Hash: h, Note: msg}, nil
-}
+// Checkpoint is a signed checkpoint of the log (C2SP tlog-checkpoint).
+type Checkpoint = checkpoint.Checkpoint
 
 // QuorumError says a checkpoint lacks enough witness cosignatures.
-type QuorumError struct {
-	Size       int64
-	Have, Want int
-	Witnesses  []string
+type QuorumError = checkpoint.QuorumError
+
+// CosignatureVerifier verifies a witness's cosignature/v1 signatures.
+type CosignatureVerifier = checkpoint.CosignatureVerifier
+
+// ErrInconsistent says a checkpoint does not extend an earlier one.
+var ErrInconsistent = checkpoint.ErrInconsistent
+
+// ErrCheckpoint says a checkpoint's text is malformed.
+var ErrCheckpoint = checkpoint.ErrMalformed
+
+const maxNote = checkpoint.MaxNote
+
+func checkpointText(origin string, size int64, h tlog.Hash) string {
+	return checkpoint.Body(origin, size, h)
 }
 
-func (e *QuorumError) Error() string {
-	return fmt.Sprintf("checkpoint at size %d is cosigned by %d of the trusted witnesses %v; the quorum is %d", e.Size, e.Have, e.Witnesses, e.Want)
+// OpenCheckpoint verifies a checkpoint note (see checkpoint.Open).
+func OpenCheckpoint(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum int) (*Checkpoint, error) {
+	return checkpoint.Open(msg, logKey, witnesses, quorum)
 }
 
-// ParseCheckpointUnverified reads a checkpoint note's text without checking any signature:
-// for display and for finding which key to check it with. Never trust its result.
+// ParseCheckpointUnverified reads a checkpoint's text without checking signatures.
 func ParseCheckpointUnverified(msg []byte) (*Checkpoint, error) {
-	i := bytes.LastIndex(msg, []byte("\n\n"))
-	if i < 0 {
-		return nil, fmt.Errorf("%w: no signature block", ErrCheckpoint)
-	}
-	origin, size, h, err := parseCheckpointText(string(msg[:i+1]))
-	if err != nil {
-		return nil, err
-	}
-	return &Checkpoint{Origin: origin, Size: size, Hash: h, Note: msg}, nil
+	return checkpoint.ParseUnverified(msg)
 }
 
-// Signer is an Ed25519 note signer for a log (the log's origin is its name).
+// Signer is an Ed25519 note signer for a log.
 func Signer(name string, key ed25519.PrivateKey) (note.Signer, error) {
-	vkey, err := note.NewEd25519VerifierKey(name, key.Public().(ed25519.PublicKey))
-	if err != nil {
-		return nil, err
-	}
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
-		return nil, fmt.Errorf("audit key name %q: %w", name, err)
-	}
-	return &edSigner{name: name, hash: v.KeyHash(), key: key}, nil
+	return checkpoint.Signer(name, key)
 }
 
-type edSigner struct {
-	name string
-	hash uint32
-	key  ed25519.PrivateKey
-}
-
-func (s *edSigner) Name() string                    { return s.name }
-func (s *edSigner) KeyHash() uint32                 { return s.hash }
-func (s *edSigner) Sign(msg []byte) ([]byte, error) { return ed25519.Sign(s.key, msg), nil }
-
-// VerifierKey is the encoded note verifier key ("name+hash+base64") of a log or witness
-// Ed25519 key: what an auditor is given to trust.
+// VerifierKey is the encoded note verifier key of an Ed25519 key.
 func VerifierKey(name string, pub ed25519.PublicKey) (string, error) {
-	return note.NewEd25519VerifierKey(name, pub)
-}
-
-// Cosignatures (C2SP tlog-cosignature, cosignature/v1): the witness signs
-// "cosignature/v1\ntime <unix seconds>\n" followed by the checkpoint text, and the note
-// signature is the 8-byte big-endian time followed by the Ed25519 signature. The key's
-// algorithm byte is 0x04.
-const algCosignatureV1 = 0x04
-
-func cosignedMessage(t uint64, text []byte) []byte {
-	return append(fmt.Appendf(nil, "cosignature/v1\ntime %d\n", t), text...)
-}
-
-func cosignKeyHash(name string, pub ed25519.PublicKey) uint32 {
-	h := sha256.New()
-	h.Write([]byte(name + "\n"))
-	h.Write(append([]byte{algCosignatureV1}, pub...))
-	return binary.BigEndian.Uint32(h.Sum(nil))
+	return checkpoint.VerifierKey(name, pub)
 }
 
 // CosignerKey is the encoded verifier key of a witness's cosignature/v1 key.
-func CosignerKey(name string, pub ed25519.PublicKey) string {
-	return fmt.Sprintf("%s+%08x+%s", name, cosignKeyHash(name, pub), base64.StdEncoding.EncodeToString(append([]byte{algCosignatureV1}, pub...)))
-}
+func CosignerKey(name string, pub ed25519.PublicKey) string { return checkpoint.CosignerKey(name, pub) }
 
-// Cosigner is a witness's cosignature/v1 signer. now gives the signing time (nil: time.Now).
+// Cosigner is a witness's cosignature/v1 signer.
 func Cosigner(name string, key ed25519.PrivateKey, now func() time.Time) note.Signer {
-	if now == nil {
-		now = time.Now
-	}
-	pub := key.Public().(ed25519.PublicKey)
-	return &cosigner{name: name, hash: cosignKeyHash(name, pub), key: key, now: now}
+	return checkpoint.Cosigner(name, key, now)
 }
 
-type cosigner struct {
-	name string
-	hash uint32
-	key  ed25519.PrivateKey
-	now  func() time.Time
+// ParseVerifier parses an encoded verifier key (Ed25519 or cosignature/v1).
+func ParseVerifier(vkey string) (note.Verifier, error) { return checkpoint.ParseVerifier(vkey) }
+
+// CosignatureTime returns the time in a cosignature/v1 signature.
+func CosignatureTime(s note.Signature) (time.Time, bool) { return checkpoint.CosignatureTime(s) }
+
+// CheckConsistency verifies that newer extends older with proof p.
+func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
+	return checkpoint.CheckConsistency(older, newer, p)
 }
 
-func (s *cosigner) Name() string    { return s.name }
-func (s *cosigner) KeyHash() uint32 { return s.hash }
-func (s *cosigner) Sign(msg []byte) ([]byte, error) {
-	t := uint64(s.now().Unix())
-	sig := binary.BigEndian.AppendUint64(nil, t)
-	return append(sig, ed25519.Sign(s.key, cosignedMessage(t, msg))...), nil
-}
-
-// CosignatureVerifier is a note.Verifier of cosignature/v1 signatures; it also reports
-// the time of the last cosignature it verified.
-type CosignatureVerifier struct {
-	name string
-	hash uint32
-	pub  ed25519.PublicKey
-}
-
-func (v *CosignatureVerifier) Name() string    { return v.name }
-func (v *CosignatureVerifier) KeyHash() uint32 { return v.hash }
-func (v *CosignatureVerifier) Verify(msg, sig []byte) bool {
-	if len(sig) != 8+ed25519.SignatureSize {
-		return false
-	}
-	return ed25519.Verify(v.pub, cosignedMessage(binary.BigEndian.Uint64(sig[:8]), msg), sig[8:])
-}
-
-// ParseVerifier parses an encoded verifier key: an Ed25519 note key (algorithm 1, a log's
-// or a witness's plain signature) or a cosignature/v1 key (algorithm 4).
-func ParseVerifier(vkey string) (note.Verifier, error) {
-	vkey = strings.TrimSpace(vkey)
-	name, rest, _ := strings.Cut(vkey, "+")
-	hash16, key64, _ := strings.Cut(rest, "+")
-	key, err := base64.StdEncoding.DecodeString(key64)
-	if err == nil && len(key) == 1+ed25519.PublicKeySize && key[0] == algCosignatureV1 {
-		pub := ed25519.PublicKey(key[1:])
-		h, err := strconv.ParseUint(hash16, 16, 32)
-		if err != nil || len(hash16) != 8 || uint32(h) != cosignKeyHash(name, pub) || name == "" {
-			return nil, fmt.Errorf("verifier key %q: malformed or wrong key hash", vkey)
-		}
-		return &CosignatureVerifier{name: name, hash: uint32(h), pub: pub}, nil
-	}
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
-		return nil, fmt.Errorf("verifier key %q: %w", vkey, err)
-	}
-	return v, nil
-}
-
-// CosignatureTime returns the time in a cosignature/v1 signature line's signature
-// (base64 of key hash, time, signature), or false if it is not one.
-func CosignatureTime(s note.Signature) (time.Time, bool) {
-	b, err := base64.StdEncoding.DecodeString(s.Base64)
-	if err != nil || len(b) != 4+8+ed25519.SignatureSize {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(binary.BigEndian.Uint64(b[4:12])), 0).UTC(), true
+// Next accepts next after lastSeen only with a valid consistency proof (see checkpoint.Next).
+func Next(logKey note.Verifier, lastSeen, next []byte, proof tlog.TreeProof) (*Checkpoint, error) {
+	return checkpoint.Next(logKey, lastSeen, next, proof)
 }

@@ -19,29 +19,6 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Next is what every witness of the log does, an `edgeward audit witness`, a device or an
-// auditor: given the newest checkpoint it has verified (lastSeen, nil for none), it
-// accepts next only if the log key signed it and proof shows it extends lastSeen. It
-// returns the verified next checkpoint. An error wrapping ErrInconsistent means the log
-// was forked, rewritten or rolled back: refuse it, report it, keep lastSeen.
-func Next(logKey note.Verifier, lastSeen, next []byte, proof tlog.TreeProof) (*Checkpoint, error) {
-	c, err := OpenCheckpoint(next, logKey, nil, 0)
-	if err != nil {
-		return nil, err
-	}
-	if lastSeen == nil {
-		return c, nil
-	}
-	last, err := OpenCheckpoint(lastSeen, logKey, nil, 0)
-	if err != nil {
-		return nil, fmt.Errorf("last-seen checkpoint: %w", err)
-	}
-	if err := CheckConsistency(last, c, proof); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
 // WitnessConfig configures a Witness.
 type WitnessConfig struct {
 	Signer note.Signer     // the witness's cosignature/v1 signer (Cosigner)
