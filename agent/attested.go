@@ -37,6 +37,10 @@ type Attested struct {
 	// Slots, if set, is read at every check-in, so that reports sent after an install
 	// carry the slots as they are then (the quote covers what was loaded since).
 	Slots *rollback.Manager
+	// Audit, if set, makes the device a witness of the server's audit log: a check-in
+	// whose answer carries a checkpoint inconsistent with the last one the device
+	// verified fails with ErrAuditInconsistent, and the answer is not acted on.
+	Audit *AuditWitness
 
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
@@ -151,6 +155,11 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 		}
 		req.Slots[kind] = wire.Slot{Name: name, Version: st.Version}
 	}
+	if a.Audit != nil {
+		if req.AuditCheckpoint, err = a.Audit.Echo(); err != nil {
+			return nil, err
+		}
+	}
 	bound, err := wire.QuoteData(nonce, req)
 	if err != nil {
 		return nil, err
@@ -169,6 +178,14 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 	resp, err := a.API.CheckIn(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	if a.Audit != nil {
+		if _, err := a.Audit.Accept(resp.Audit); err != nil {
+			if a.Logger != nil {
+				a.Logger.Error("the server's audit log does not extend what this device witnessed: its answer is refused", "err", err)
+			}
+			return nil, err
+		}
 	}
 	if !resp.Trusted && a.Logger != nil {
 		a.Logger.Warn("server does not trust this device's evidence", "reasons", resp.Reasons, "quarantined", resp.Quarantined)

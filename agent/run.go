@@ -20,6 +20,7 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // Version is the agent version reported at check-in when Config.AgentVersion is empty.
@@ -47,6 +48,10 @@ type Config struct {
 	Hardware string
 	// AgentVersion is sent at check-in; empty: Version.
 	AgentVersion string
+	// AuditKey, if set, is the server's audit log verifier key: the device then
+	// witnesses the log (AuditWitness, its checkpoint kept in StateDir) and refuses
+	// check-in answers from a log that was forked, rewritten or rolled back. nil: it does not.
+	AuditKey note.Verifier
 	// PCR is the measurement PCR the quotes cover; 0: 16 (development). Production
 	// devices use 23 (both are resettable, so the log is per boot).
 	PCR int
@@ -181,6 +186,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	link := &Attested{API: api, TPM: st.TPM, AK: ak, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
 		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs}
+	if cfg.AuditKey != nil {
+		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
+	}
 	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
 	if err != nil {
 		return err

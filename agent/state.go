@@ -49,6 +49,9 @@ func (d StateDir) Outbox() string { return filepath.Join(string(d), "outbox.db")
 // Measurements returns the path of the measurement log.
 func (d StateDir) Measurements() string { return filepath.Join(string(d), "measurements.json") }
 
+// AuditCheckpoint is the newest audit-log checkpoint the device has verified.
+func (d StateDir) AuditCheckpoint() string { return filepath.Join(string(d), "audit-checkpoint") }
+
 // Enrollment is what a device is enrolled with: where its repository is and which TPM
 // holds its anti-rollback floors. Enroll writes it into the state directory.
 type Enrollment struct {

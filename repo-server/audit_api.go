@@ -3,10 +3,12 @@ package reposerver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -183,4 +185,52 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 		}
 		cosigned = c.Size
 	}
+}
+
+// auditWitness is the audit part of a check-in response: the newest checkpoint and a
+// consistency proof from the checkpoint the device echoed. When the echoed checkpoint
+// is not one of this log's (a fork, or a rollback of the server's database), the server
+// cannot prove anything; it says so in its own log and still answers, and the device
+// refuses the answer. Errors are logged: the check-in has already committed.
+func (s *Server) auditWitness(ctx context.Context, device, echoed string) *wire.AuditCheckpoint {
+	l, err := s.openAudit(ctx)
+	if err != nil {
+		return nil
+	}
+	c, err := l.Latest(ctx)
+	if errors.Is(err, audit.ErrNoCheckpoint) {
+		c, err = l.Checkpoint(ctx)
+	}
+	if err != nil {
+		s.log.Error("audit checkpoint for a check-in", "device", device, "err", err)
+		return nil
+	}
+	out := &wire.AuditCheckpoint{Checkpoint: string(c.Note)}
+	if echoed == "" {
+		return out
+	}
+	old, err := audit.OpenCheckpoint([]byte(echoed), l.Verifier(), nil, 0)
+	if err == nil {
+		if old.Size > c.Size {
+			err = fmt.Errorf("%w: the device has seen a tree of %d records, the log has %d", audit.ErrInconsistent, old.Size, c.Size)
+		} else if h, herr := l.TreeHash(ctx, old.Size); herr != nil {
+			err = herr
+		} else if h != old.Hash {
+			err = fmt.Errorf("%w: the device's checkpoint of size %d is not this log's tree", audit.ErrInconsistent, old.Size)
+		}
+	}
+	if err != nil {
+		s.log.Error("a device holds an audit checkpoint this log cannot extend", "device", device, "err", err)
+		s.auditLog(ctx, "device:"+device, "audit.inconsistent", device, map[string]any{"checkpoint": echoed, "error": err.Error()})
+		return out
+	}
+	p, err := l.ConsistencyProof(ctx, old.Size, c.Size)
+	if err != nil {
+		s.log.Error("audit consistency proof", "device", device, "err", err)
+		return out
+	}
+	for _, h := range p {
+		out.Proof = append(out.Proof, append([]byte(nil), h[:]...))
+	}
+	return out
 }

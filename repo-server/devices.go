@@ -334,6 +334,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "check-in failed")
 		return
 	}
+	resp.Audit = d.s.auditWitness(ctx, req.DeviceID, req.AuditCheckpoint)
 	d.checkins.WithLabelValues("ok").Inc()
 	d.verdicts.WithLabelValues(string(verdict)).Inc()
 	writeJSON(w, http.StatusOK, resp)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/edgeward/edgeward/agent"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/checkpoint"
+	"golang.org/x/mod/sumdb/note"
 )
 
 // runDevice is the whole device (agent.Run with a server): it serves what its slots
@@ -34,6 +36,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		trial    = fs.Duration("trial-timeout", 2*time.Minute, "how long a trial may take")
 		once     = fs.Bool("once", false, "run one round and exit")
 		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
+		auditKey = fs.String("audit-key", "", "the server's audit log verifier key ('edgeward audit pubkey'), inline or a file: the device then witnesses the log and refuses answers whose checkpoint does not extend the last one it verified")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem); with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -50,7 +53,13 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	if err != nil {
 		return err
 	}
-	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots,
+	var ak note.Verifier
+	if *auditKey != "" {
+		if ak, err = readAuditKey(*auditKey); err != nil {
+			return err
+		}
+	}
+	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
 		Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log})
 }
@@ -84,4 +93,16 @@ func readRoots(file string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("--server-ca %s: no PEM certificates", file)
 	}
 	return roots, nil
+}
+
+// readAuditKey reads the audit log's verifier key, inline or from a file.
+func readAuditKey(s string) (note.Verifier, error) {
+	if data, err := os.ReadFile(s); err == nil {
+		s = string(data)
+	}
+	v, err := checkpoint.ParseVerifier(strings.TrimSpace(s))
+	if err != nil {
+		return nil, fmt.Errorf("--audit-key: %w", err)
+	}
+	return v, nil
 }

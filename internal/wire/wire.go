@@ -154,7 +154,11 @@ type CheckInRequest struct {
 	Attrs        map[string]any         `json:"attrs,omitempty"`
 	Reports      []Report               `json:"reports,omitempty"`
 	Nonce        []byte                 `json:"nonce"`
-	Evidence     Evidence               `json:"evidence"`
+	// AuditCheckpoint is the newest audit-log checkpoint the device has verified (a
+	// signed note), echoed so that the server must prove its new checkpoint consistent
+	// with it: every device is a witness of the audit log. Empty: none yet.
+	AuditCheckpoint string   `json:"audit_checkpoint,omitempty"`
+	Evidence        Evidence `json:"evidence"`
 }
 
 // QuoteData is the qualifying data the device's quote must carry for this request:
@@ -219,4 +223,15 @@ type CheckInResponse struct {
 	ReportsAccepted int `json:"reports_accepted"`
 	// NextCheckIn is when the server would like to hear from the device again.
 	NextCheckIn time.Duration `json:"next_check_in"`
+	// Audit is the audit log's newest checkpoint with a consistency proof from the one
+	// the device echoed (nil: the server keeps no audit log).
+	Audit *AuditCheckpoint `json:"audit,omitempty"`
+}
+
+// AuditCheckpoint is a checkpoint of the audit log (C2SP tlog-checkpoint signed note)
+// and the consistency proof (tlog.TreeProof, 32-byte hashes) from the tree size of the
+// checkpoint the device echoed.
+type AuditCheckpoint struct {
+	Checkpoint string   `json:"checkpoint"`
+	Proof      [][]byte `json:"proof,omitempty"`
 }

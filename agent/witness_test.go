@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/checkpoint"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// TestDeviceWitnessesTheAuditLog: a device keeps the newest audit checkpoint it verified
+// and refuses the server's answer when the server's log was rolled back (truncated in
+// its database) or forked (rewritten to other records past the device's checkpoint).
+func TestDeviceWitnessesTheAuditLog(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	res, err := reposerver.Init(ctx, reposerver.Config{Dir: filepath.Join(dir, "repo")}, reposerver.InitOptions{Passphrase: []byte("pw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := res.Repo
+	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := (&attest.EnrollClient{URL: hs.URL + wire.PathAttest}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	state := filepath.Join(dir, "device")
+	mlog, err := OpenMeasurementLog(ctx, filepath.Join(state, "measurements.json"), tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, db, err := repo.OpenAudit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	witness := &AuditWitness{Key: l.Verifier(), Path: StateDir(state).AuditCheckpoint()}
+	link := &Attested{API: &deviceapi.Client{BaseURL: hs.URL}, TPM: tpm, AK: ak, Log: mlog, Hardware: "x86_64", Audit: witness}
+	held := func() int64 {
+		t.Helper()
+		echo, err := (&AuditWitness{Key: l.Verifier(), Path: witness.Path}).Echo() // as after a restart
+		if err != nil || echo == "" {
+			t.Fatalf("device checkpoint = %q, %v", echo, err)
+		}
+		c, _ := checkpoint.ParseUnverified([]byte(echo))
+		return c.Size
+	}
+	grow := func(n int, kind string) int64 {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			if _, err := l.Append(ctx, "server", kind, fmt.Sprint(i), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := l.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Size
+	}
+
+	if _, err := link.CheckIn(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	grow(5, "repo.publish")
+	if _, err := link.CheckIn(ctx, nil); err != nil {
+		t.Fatalf("check-in over a grown log = %v", err)
+	}
+	n1 := held()
+	size2 := grow(5, "repo.publish")
+	if _, err := link.CheckIn(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(); got != size2 || got <= n1 {
+		t.Fatalf("device holds checkpoint %d; want %d", got, size2)
+	}
+
+	// Rollback: the attacker truncates the log in the database back to n1 records.
+	attack := func(stmts ...string) {
+		t.Helper()
+		for _, s := range stmts {
+			if _, err := db.Exec(s); err != nil {
+				t.Fatalf("%s: %v", s, err)
+			}
+		}
+	}
+	attack(`DROP TRIGGER audit_leaves_no_delete`, `DROP TRIGGER audit_hashes_no_delete`,
+		fmt.Sprintf(`DELETE FROM audit_leaves WHERE seq > %d`, n1),
+		fmt.Sprintf(`DELETE FROM audit_hashes WHERE id >= %d`, tlog.StoredHashIndex(0, n1)),
+		fmt.Sprintf(`DELETE FROM audit_checkpoints_v2 WHERE size > %d`, n1),
+		fmt.Sprintf(`UPDATE audit_tree_size SET size = %d`, n1))
+	_, err = link.CheckIn(ctx, nil)
+	if !errors.Is(err, ErrAuditInconsistent) || !strings.Contains(err.Error(), "rollback") {
+		t.Fatalf("check-in after a rollback = %v; want refused as a rollback", err)
+	}
+	// Fork: the log grows again past the device's checkpoint, with other records.
+	grow(int(size2-n1)+3, "forged")
+	_, err = link.CheckIn(ctx, nil)
+	if !errors.Is(err, ErrAuditInconsistent) {
+		t.Fatalf("check-in after a fork = %v; want refused", err)
+	}
+	if got := held(); got != size2 {
+		t.Fatalf("device holds checkpoint %d after refusing; want still %d", got, size2)
+	}
+	// The server, shown the device's checkpoint, recorded that it cannot extend it.
+	recs, err := l.Records(ctx, audit.Query{Kind: "audit.inconsistent"})
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("audit.inconsistent records = %d, %v; want the fork recorded", len(recs), err)
+	}
+}
