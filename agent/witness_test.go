@@ -21,6 +21,7 @@ import (
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 	"golang.org/x/mod/sumdb/tlog"
 )
 
@@ -30,7 +31,7 @@ import (
 func TestDeviceWitnessesTheAuditLog(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	res, err := reposerver.Init(ctx, reposerver.Config{Dir: filepath.Join(dir, "repo")}, reposerver.InitOptions{Passphrase: []byte("pw")})
+	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: []byte("pw")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +80,11 @@ func TestDeviceWitnessesTheAuditLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, db, err := repo.OpenAudit(ctx)
+	l, err := srv.AuditLog(ctx) // in the fleet store's database
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	db := store.DB()
 	witness := &AuditWitness{Key: l.Verifier(), Path: StateDir(state).AuditCheckpoint()}
 	link := &Attested{API: &deviceapi.Client{BaseURL: hs.URL}, TPM: tpm, AK: ak, Log: mlog, Hardware: "x86_64", Audit: witness}
 	held := func() int64 {

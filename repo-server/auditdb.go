@@ -28,7 +28,7 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 	if err != nil {
 		return nil, err
 	}
-	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Now: s.cfg.Repo.Now})
+	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Origin: AuditOrigin(s.cfg.Repo), Now: s.cfg.Repo.Now})
 	if err != nil {
 		return nil, err
 	}
