@@ -8,8 +8,8 @@ import (
 
 // TestDeps keeps the agent small and its attack surface a device's: it talks to the
 // runtime through runtime/runtimeapi and never links ONNX Runtime (the runtime process
-// does), Prometheus, the server, the attestation CA, the quote verifier, the policy
-// engine or the lab.
+// does), Prometheus, the server, the TUF repository library, the attestation CA, the
+// quote verifier, the policy engine or the lab.
 func TestDeps(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
 	if err != nil {
@@ -26,10 +26,10 @@ func TestDeps(t *testing.T) {
 		"github.com/prometheus/",
 		"github.com/edgeward/edgeward/runtime",
 		"github.com/edgeward/edgeward/repo-server",
+		"github.com/edgeward/edgeward/repository",
 		"github.com/edgeward/edgeward/attest/attestca",
 		"github.com/edgeward/edgeward/attest/verify",
 		"github.com/edgeward/edgeward/policy",
-		"github.com/edgeward/edgeward/lab",
 		"github.com/edgeward/edgeward/lab",
 	}
 	allowed := map[string]bool{"github.com/edgeward/edgeward/runtime/runtimeapi": true}
