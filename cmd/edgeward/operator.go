@@ -602,8 +602,8 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 		if r.RolloutID != "" {
 			line += "  rollout " + r.RolloutID
 		}
-		if r.Accuracy > 0 || r.P99Ms > 0 {
-			line += fmt.Sprintf("  accuracy %.3f p99 %.2fms", r.Accuracy, r.P99Ms)
+		if r.Probe.Measured() {
+			line += fmt.Sprintf("  accuracy %.3f p99 %.2fms peak RSS %.1fMB", r.Accuracy, r.P99Ms, r.PeakRSSMB)
 		}
 		if r.Cause != "" {
 			line += "  " + r.Cause
