@@ -106,7 +106,8 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	old := serving(ctx, rc, name)
 	info, rep, err := rc.Trial(ctx, runtimeapi.LoadRequest{Name: name, Version: t.Version, Path: tr.Payload, SHA256: t.SHA256}, ps, tr.Gates)
 	if err != nil {
-		return fail("trial: " + err.Error())
+		// A runtime that refuses or drops the connection is not the model's fault.
+		return updater.Verdict{Reason: "trial: " + err.Error(), Err: err}
 	}
 	var figures wire.Probe
 	if ps != nil {

@@ -55,7 +55,15 @@ type Verdict struct {
 	// Probe is what the probe run measured (zero when nothing was probed); it goes
 	// into the install report whether the trial passed or not.
 	Probe wire.Probe
+	// Err is the error that ended a failed trial, if any. When it is Transient (the
+	// runtime refused the connection or died mid-trial) the version is not at fault:
+	// the trial rolls back and is retried later, at most MaxTrialRetries times.
+	Err error
 }
+
+// MaxTrialRetries bounds the trials of one version that fail for a transient cause
+// (see Verdict.Err); the next such failure counts against the version.
+const MaxTrialRetries = 5
 
 // Judge runs the trial of a staged version (health, probes against t.Gates) and says
 // whether it passed. ctx ends at the trial deadline; anything but pass rolls back.
@@ -322,6 +330,13 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 			hookErr = o.Committed(ctx, kind, t, meta)
 		}
 	default:
+		if r := a.retries[string(kind)]; !pass && Transient(v.Err) && (r.target != targetPath || r.attempts < MaxTrialRetries) {
+			if hooked {
+				hookErr = o.RolledBack(ctx, kind, t, meta)
+			}
+			err := a.retryLater(ctx, kind, targetPath, rep, fmt.Errorf("trial: %w", v.Err))
+			return errors.Join(err, hookErr)
+		}
 		rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, s.Reason
 		if pass {
 			rep.Outcome = wire.OutcomeRolledBack

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -147,5 +148,83 @@ func TestNoSpaceIsRetried(t *testing.T) {
 	}
 	if got, want := strings.Join(outcomes, ", "), "infrastructure, infrastructure, committed"; got != want {
 		t.Errorf("reports = %s; want %s", got, want)
+	}
+}
+
+// downRuntimeJudge fails trials as a judge does whose runtime is down (a refused
+// connection) while down is set, and passes them otherwise.
+type downRuntimeJudge struct {
+	down   bool
+	trials int
+}
+
+func (j *downRuntimeJudge) Judge(_ context.Context, _ Trial) Verdict {
+	j.trials++
+	if j.down {
+		err := fmt.Errorf("runtime POST /v2/repository/models/iris/load: %w", &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
+		return Verdict{Reason: "trial: " + err.Error(), Err: err}
+	}
+	return Verdict{Pass: true}
+}
+
+// TestRuntimeDownDuringTrialIsRetried: a trial that fails because the runtime refused
+// the connection rolls back as infrastructure, not probe_failed; the version is tried
+// again once the runtime is back, and only MaxTrialRetries times if it never is.
+func TestRuntimeDownDuringTrialIsRetried(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	c, m, o := deviceState(t, r)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}
+	j := &downRuntimeJudge{down: true}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: j,
+		Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string {
+		s, _ := m.State(ctx, artifact.KindModel)
+		if s.Current == nil {
+			return ""
+		}
+		return s.Current.Version
+	}
+	if err := a.Step(ctx); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("Step with the runtime down = %v; want ECONNREFUSED", err)
+	}
+	j.down = false
+	now = now.Add(time.Minute)
+	if err := a.Step(ctx); err != nil || current() != "1.0.0" {
+		t.Fatalf("Step with the runtime back = %v, committed %q; want 1.0.0", err, current())
+	}
+
+	// A runtime that never comes back: bounded retries, then the version is refused.
+	j.down, j.trials = true, 0
+	d.want[artifact.KindModel] = p2
+	for range MaxTrialRetries + 3 {
+		a.Step(ctx)
+		now = now.Add(2 * time.Hour)
+	}
+	if j.trials != MaxTrialRetries+1 {
+		t.Errorf("%d trials with the runtime down for good; want %d", j.trials, MaxTrialRetries+1)
+	}
+	msgs, _ := o.Due(ctx, now, 20)
+	var outcomes []string
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
+	}
+	want := []string{"1.0.0 infrastructure", "1.0.0 committed"}
+	for range MaxTrialRetries {
+		want = append(want, "2.0.0 infrastructure")
+	}
+	want = append(want, "2.0.0 probe_failed")
+	slices.Sort(outcomes)
+	slices.Sort(want)
+	if got := strings.Join(outcomes, ", "); got != strings.Join(want, ", ") {
+		t.Errorf("reports = %s\nwant %s", got, strings.Join(want, ", "))
 	}
 }
