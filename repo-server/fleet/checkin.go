@@ -85,7 +85,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 				continue
 			}
 			var one int
-			err := tx.QueryRowContext(ctx, `SELECT 1 FROM device_reports_seen WHERE device_id = ? AND id = ?`, id, r.ID).Scan(&one)
+			err := tx.QueryRowContext(ctx, seenQuery, id, r.ID).Scan(&one)
 			if err == nil {
 				a.Seen[r.ID] = true
 			} else if !errors.Is(err, sql.ErrNoRows) {
@@ -121,7 +121,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 				return err
 			}
 		}
-		states, err := rolloutStates(ctx, tx)
+		states, err := policyStates(ctx, tx, p)
 		if err != nil {
 			return err
 		}
@@ -222,6 +222,28 @@ func backfillRolloutLatest(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
+// The reads of a check-in besides the device row (deviceQuery) and the rollout states
+// (rolloutQuery): each is one index search, whatever the size of the history
+// (TestCheckInReadsAreBounded).
+const seenQuery = `SELECT 1 FROM device_reports_seen WHERE device_id = ? AND id = ?`
+
+// policyStates returns the stored states of p's rollouts, by ID, one primary-key search
+// each (a rollout never planned is absent).
+func policyStates(ctx context.Context, q dbtx, p *policy.Policy) (map[string]policy.RolloutState, error) {
+	out := map[string]policy.RolloutState{}
+	for _, r := range p.Rollouts {
+		st, err := rolloutState(ctx, q, r.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[r.ID] = st
+	}
+	return out, nil
+}
+
 // waveCountsQuery counts one wave's devices by the outcome of their latest report for
 // the rollout's target, through the rollout_latest_bucket index (a range of buckets).
 const waveCountsQuery = `SELECT count(*), coalesce(sum(failed), 0) FROM rollout_latest
@@ -251,7 +273,7 @@ func (s *Store) WaveStats(ctx context.Context, r *policy.Rollout, since time.Tim
 // planTx plans every rollout of p in tx and saves the states that changed with their
 // events and audit records; it returns the events.
 func (s *Store) planTx(ctx context.Context, tx *sql.Tx, p *policy.Policy, now time.Time) ([]policy.Event, error) {
-	states, err := rolloutStates(ctx, tx)
+	states, err := policyStates(ctx, tx, p)
 	if err != nil {
 		return nil, err
 	}

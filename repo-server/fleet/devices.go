@@ -340,8 +340,10 @@ type querier interface {
 
 type scanner interface{ Scan(dest ...any) error }
 
+const deviceQuery = `SELECT ` + deviceCols + ` FROM devices WHERE id = ?`
+
 func getDevice(ctx context.Context, q querier, id string) (Device, error) {
-	d, err := scanDevice(q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	d, err := scanDevice(q.QueryRowContext(ctx, deviceQuery, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %w", ErrNotFound)
 	}

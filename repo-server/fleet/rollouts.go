@@ -46,9 +46,11 @@ func (s *Store) RolloutState(ctx context.Context, id string) (policy.RolloutStat
 	return rolloutState(ctx, s.db, id)
 }
 
+const rolloutQuery = `SELECT state FROM rollouts WHERE id = ?`
+
 func rolloutState(ctx context.Context, q dbtx, id string) (policy.RolloutState, error) {
 	var js string
-	err := q.QueryRowContext(ctx, `SELECT state FROM rollouts WHERE id = ?`, id).Scan(&js)
+	err := q.QueryRowContext(ctx, rolloutQuery, id).Scan(&js)
 	if errors.Is(err, sql.ErrNoRows) {
 		return policy.RolloutState{}, fmt.Errorf("rollout %s: %w", id, ErrNotFound)
 	}
