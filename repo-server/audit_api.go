@@ -167,6 +167,9 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if err := s.FlushRefusals(ctx, false); err != nil {
+			s.log.Error("audit refusal summaries", "err", err)
+		}
 		l, err := s.openAudit(ctx)
 		if err != nil {
 			continue

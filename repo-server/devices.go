@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,6 +80,7 @@ type deviceAPI struct {
 
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
+	refusals *prometheus.CounterVec
 }
 
 var deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,255}$`)
@@ -114,7 +116,10 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	d.verdicts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeward_attestation_verdicts_total", Help: "Attestation verdicts by outcome (trusted, untrusted, rejected).",
 	}, []string{"verdict"})
-	s.reg.MustRegister(d.checkins, d.verdicts)
+	d.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_device_refusals_total", Help: "Refused device check-ins by HTTP status (every one, though the audit log aggregates them per source and interval).",
+	}, []string{"code"})
+	s.reg.MustRegister(d.checkins, d.verdicts, d.refusals)
 	s.mux.Handle("GET "+wire.PathDeviceCA, s.count("device", http.HandlerFunc(d.deviceCA)))
 	s.mux.Handle("POST "+wire.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
 	s.mux.Handle("POST "+wire.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
@@ -258,7 +263,15 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	reject := func(code int, msg string, detail any) {
-		if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail}); err != nil {
+		// The first refusal per source, device and reason in an interval is recorded;
+		// the rest are counted into one summary record (refusals.go).
+		first, closed := d.s.refused.note(refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}, now)
+		err := d.s.recordRefusals(ctx, closed)
+		if err == nil && first {
+			err = d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail, "source": requestSource(r)})
+		}
+		d.refusals.WithLabelValues(strconv.Itoa(code)).Inc()
+		if err != nil {
 			d.checkins.WithLabelValues("error").Inc()
 			writeError(w, http.StatusServiceUnavailable, "cannot record the rejection: try again")
 			return

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -363,5 +364,53 @@ func TestRejectedCheckInKeepsTheNonce(t *testing.T) {
 		case tt.status != http.StatusOK && (!errors.As(err, &apiErr) || apiErr.Status != tt.status || !strings.Contains(apiErr.Message, tt.want)):
 			t.Fatalf("%s: check-in = %v; want %d mentioning %q", tt.name, err, tt.status, tt.want)
 		}
+	}
+}
+
+// TestRefusalsAreAggregated: 2,000 refused check-ins (a replayed request) add a bounded
+// number of audit records, one at once and one summary with the count, while the metric
+// counts every one.
+func TestRefusalsAreAggregated(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	req := d.request()
+	if _, err := d.checkIn(req); err != nil {
+		t.Fatal(err)
+	}
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := l.Size(ctx)
+	const n = 2000
+	for i := 0; i < n; i++ {
+		var apiErr *deviceapi.Error
+		if _, err := d.checkIn(req); !errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized {
+			t.Fatalf("replay %d = %v; want 401", i, err)
+		}
+	}
+	if err := f.srv.FlushRefusals(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := l.Size(ctx)
+	if added := after - before; added < 2 || added > 4 {
+		t.Fatalf("%d refused check-ins added %d audit records; want 2 (the first, and one summary)", n, added)
+	}
+	sums, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected.summary"})
+	var s struct{ Refused int }
+	if len(sums) != 1 || json.Unmarshal(sums[0].Data, &s) != nil || s.Refused != n-1 {
+		t.Fatalf("summaries = %+v; want one counting %d refusals after the first", sums, n-1)
+	}
+	var got float64
+	mfs, _ := f.srv.Registry().Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "edgeward_device_refusals_total" {
+			for _, m := range mf.GetMetric() {
+				got += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if got != n {
+		t.Fatalf("edgeward_device_refusals_total = %v; want %d", got, n)
 	}
 }

@@ -42,6 +42,9 @@ type ServerConfig struct {
 	// CheckpointInterval is how often the audit log's checkpoint is signed while records
 	// accumulate, and sent to the witnesses. 0: 10 seconds.
 	CheckpointInterval time.Duration
+	// RefusalInterval is the window over which refused device requests from one source
+	// are aggregated into one audit record. 0: one minute.
+	RefusalInterval time.Duration
 	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
 	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
 	Witnesses []string
@@ -64,6 +67,8 @@ type Server struct {
 
 	devices *deviceAPI // nil until EnableDeviceAPI
 
+	refused refusals
+
 	auditMu sync.Mutex
 	audit   *audit.Log
 	auditDB *sql.DB      // the repository's audit database, when no fleet store is attached
@@ -77,6 +82,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("server: no repository")
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, mux: http.NewServeMux(), meta: &fileCache{}}
+	s.refused.interval = cfg.RefusalInterval
+	if s.refused.interval <= 0 {
+		s.refused.interval = time.Minute
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

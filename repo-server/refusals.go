@@ -1,0 +1,111 @@
+package reposerver
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Refused device requests are counted, but an unauthenticated client must not grow the
+// audit log without bound. The first refusal of a (source address, claimed device,
+// reason) in an interval is recorded at once ("attestation.rejected"); the others are
+// counted, and one "attestation.rejected.summary" record per window says how many there
+// were when the window closes. At most maxRefusalWindows windows are open at a time;
+// refusals beyond them share one overflow window. So a flood of refused requests adds at
+// most 2 × (maxRefusalWindows+1) records per interval, whatever its size.
+const maxRefusalWindows = 256
+
+type refusalKey struct{ source, device, reason string }
+
+type refusalWindow struct {
+	from, last time.Time
+	count      int // refusals after the first (the first has its own record)
+}
+
+type refusals struct {
+	interval time.Duration
+	mu       sync.Mutex
+	open     map[refusalKey]*refusalWindow
+}
+
+var overflowKey = refusalKey{source: "*", device: "*", reason: "more sources than the server tracks"}
+
+// refusalSummary is the data of an attestation.rejected.summary record.
+type refusalSummary struct {
+	Source  string    `json:"source"`
+	Device  string    `json:"device"`
+	Reason  string    `json:"reason"`
+	From    time.Time `json:"from"`
+	To      time.Time `json:"to"`
+	Refused int       `json:"refused"` // refusals in the window after the first, which has its own record
+}
+
+// note counts a refusal at now. It returns whether this is the first of its window (the
+// caller records it at once) and the summaries of the windows it closed.
+func (r *refusals) note(k refusalKey, now time.Time) (first bool, closed []refusalSummary) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.open == nil {
+		r.open = map[refusalKey]*refusalWindow{}
+	}
+	closed = r.closeLocked(now, false)
+	w, ok := r.open[k]
+	if !ok && len(r.open) >= maxRefusalWindows {
+		k = overflowKey
+		w, ok = r.open[k]
+	}
+	if !ok {
+		r.open[k] = &refusalWindow{from: now, last: now}
+		return true, closed
+	}
+	w.count++
+	w.last = now
+	return false, closed
+}
+
+// closeLocked removes the windows older than the interval (all with force) and returns
+// the summaries of those that counted more than their first refusal.
+func (r *refusals) closeLocked(now time.Time, force bool) []refusalSummary {
+	var out []refusalSummary
+	for k, w := range r.open {
+		if !force && now.Sub(w.from) < r.interval {
+			continue
+		}
+		delete(r.open, k)
+		if w.count > 0 {
+			out = append(out, refusalSummary{Source: k.source, Device: k.device, Reason: k.reason, From: w.from, To: w.last, Refused: w.count})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].From.Before(out[j].From) })
+	return out
+}
+
+// FlushRefusals records the summaries of the refusal windows that have closed (all of
+// them with force, as at shutdown). The checkpoint ticker calls it.
+func (s *Server) FlushRefusals(ctx context.Context, force bool) error {
+	s.refused.mu.Lock()
+	closed := s.refused.closeLocked(s.cfg.Repo.Now(), force)
+	s.refused.mu.Unlock()
+	return s.recordRefusals(ctx, closed)
+}
+
+func (s *Server) recordRefusals(ctx context.Context, closed []refusalSummary) error {
+	for _, c := range closed {
+		if err := s.auditLog(ctx, "server", "attestation.rejected.summary", c.Device, c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// requestSource is the address a request came from (without the port).
+func requestSource(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
