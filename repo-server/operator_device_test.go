@@ -14,6 +14,8 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
 
 // TestOperatorActionsReachADevice: a device with a simulated TPM checks in through the
@@ -88,7 +90,7 @@ func TestOperatorActionsReachADevice(t *testing.T) {
 	}
 	checkIn("hold", "not_selected")
 
-	var det DeviceDetail
+	var det operatorapi.DeviceDetail
 	call("GET", "/v1/devices/"+dev, fleet.RoleAuditor, "", &det)
 	if det.Device.ID != d.id || len(det.Verdicts) != 4 || det.Verdicts[0].Verdict != policy.VerdictTrusted || len(det.Decisions) != 4 {
 		t.Fatalf("device detail: %d verdicts, %d decisions (%+v)", len(det.Verdicts), len(det.Decisions), det.Device)

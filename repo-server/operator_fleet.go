@@ -17,6 +17,8 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
 
 // Fleet endpoints of the operator API: rollouts, devices, tokens, KPIs. Every write is
@@ -116,7 +118,7 @@ func (o *operatorAPI) kpis(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	sum, err := LoadFleetSummary(r.Context(), o.cfg.Fleet, since, vsince)
+	sum, err := operatorapi.LoadFleetSummary(r.Context(), o.cfg.Fleet, since, vsince)
 	if err != nil {
 		o.fail(w, r, "fleet KPIs", err)
 		return
@@ -126,7 +128,7 @@ func (o *operatorAPI) kpis(w http.ResponseWriter, r *http.Request) {
 
 // GET /v1/rollouts
 func (o *operatorAPI) rolloutList(w http.ResponseWriter, r *http.Request) {
-	list, err := ListRollouts(r.Context(), o.cfg.Fleet, o.policy())
+	list, err := operatorapi.ListRollouts(r.Context(), o.cfg.Fleet, o.policy())
 	if err != nil {
 		o.fail(w, r, "list rollouts", err)
 		return
@@ -300,7 +302,7 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 
 // DeviceList answers GET /v1/devices.
 type DeviceList struct {
-	Devices []DeviceView `json:"devices"`
+	Devices []operatorapi.DeviceView `json:"devices"`
 	// Next, if set, is the after= of the next page.
 	Next string `json:"next,omitempty"`
 }
@@ -322,9 +324,9 @@ func (o *operatorAPI) deviceList(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "list devices", err)
 		return
 	}
-	out := DeviceList{Devices: []DeviceView{}}
+	out := DeviceList{Devices: []operatorapi.DeviceView{}}
 	for _, d := range devs {
-		out.Devices = append(out.Devices, NewDeviceView(d))
+		out.Devices = append(out.Devices, operatorapi.NewDeviceView(d))
 	}
 	limit := opt.Limit
 	if limit == 0 {
@@ -345,7 +347,7 @@ func (o *operatorAPI) deviceShow(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	d, err := LoadDeviceDetail(r.Context(), o.cfg.Fleet, r.PathValue("id"), since)
+	d, err := operatorapi.LoadDeviceDetail(r.Context(), o.cfg.Fleet, r.PathValue("id"), since)
 	if err != nil {
 		o.fail(w, r, "show device", err)
 		return
@@ -436,7 +438,7 @@ func (o *operatorAPI) writeDevice(w http.ResponseWriter, r *http.Request, id str
 		o.fail(w, r, "read device", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, NewDeviceView(d))
+	writeJSON(w, http.StatusOK, operatorapi.NewDeviceView(d))
 }
 
 // TokenCreated answers POST /v1/tokens. The token is shown this once.

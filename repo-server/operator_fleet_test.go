@@ -31,6 +31,8 @@ import (
 	"github.com/edgeward/edgeward/repo-server/fleet"
 
 	"github.com/edgeward/edgeward/repository"
+
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
 
 // opFixture is a server with the operator API on a fleet store and a watched policy
@@ -333,7 +335,7 @@ func TestOperatorRollouts(t *testing.T) {
 		t.Fatalf("non-increasing waves = %d %s; want 400 naming the waves", code, body)
 	}
 
-	var list struct{ Rollouts []RolloutSummary }
+	var list struct{ Rollouts []operatorapi.RolloutSummary }
 	o.must("GET", "/v1/rollouts", fleet.RoleAuditor, "", 200, &list)
 	if len(list.Rollouts) != 2 || list.Rollouts[1].ID != "vib-3" && list.Rollouts[0].ID != "vib-3" {
 		t.Fatalf("rollouts = %+v", list.Rollouts)
@@ -387,7 +389,7 @@ func TestOperatorRollouts(t *testing.T) {
 	if st.KPI.Attempts != 2 || st.KPI.SuccessRate != 0.5 || st.KPI.BytesDownloaded != 2000 || st.KPI.Failures[wire.OutcomeProbeFailed] != 1 {
 		t.Fatalf("KPI = %+v", st.KPI)
 	}
-	var sum FleetSummary
+	var sum operatorapi.FleetSummary
 	o.must("GET", "/v1/kpis?since=1h", fleet.RoleAuditor, "", 200, &sum)
 	if sum.Devices != 4 || sum.KPI.Attempts != 2 || sum.Verdicts["trusted"] != 4 {
 		t.Fatalf("fleet summary = %+v", sum)
@@ -451,7 +453,7 @@ func TestOperatorDevices(t *testing.T) {
 		t.Fatalf("page 2 = %+v", list)
 	}
 
-	var d DeviceDetail
+	var d operatorapi.DeviceDetail
 	o.must("GET", "/v1/devices/dev-1", fleet.RoleAuditor, "", 200, &d)
 	if d.Device.Verdict != policy.VerdictUntrusted || len(d.Verdicts) != 2 || d.Verdicts[0].Detail != "pcr 16 mismatch" ||
 		len(d.Reports) != 1 || d.Reports[0].Cause != "p99 9ms > 5ms" || len(d.Decisions) != 1 || d.Device.Slots[artifact.KindModel].Failed != "2.0.0" {
@@ -466,7 +468,7 @@ func TestOperatorDevices(t *testing.T) {
 		t.Fatalf("unknown device = %d", code)
 	}
 
-	var dv DeviceView
+	var dv operatorapi.DeviceView
 	o.must("POST", "/v1/devices/dev-2/quarantine", fleet.RoleSecurityAdmin, `{"reason":"stolen"}`, 200, &dv)
 	if !dv.Quarantined || dv.QuarantineReason != "stolen" {
 		t.Fatalf("quarantine = %+v", dv)

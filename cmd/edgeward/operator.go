@@ -26,6 +26,7 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
 
 // The commands that talk to a server's operator API: rollout, devices, remote token
@@ -297,7 +298,7 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	now := time.Now()
 	if len(pos) == 0 {
-		var list struct{ Rollouts []reposerver.RolloutSummary }
+		var list struct{ Rollouts []operatorapi.RolloutSummary }
 		raw, err := c.do(ctx, "GET", "/v1/rollouts", nil, &list)
 		if err != nil {
 			return err
@@ -305,7 +306,7 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		if c.show(raw) {
 			return nil
 		}
-		var fleetSum reposerver.FleetSummary
+		var fleetSum operatorapi.FleetSummary
 		if _, err := c.do(ctx, "GET", "/v1/kpis", nil, &fleetSum); err != nil {
 			return err
 		}
@@ -398,7 +399,7 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	}
 }
 
-func printFleetKPI(w io.Writer, s reposerver.FleetSummary) {
+func printFleetKPI(w io.Writer, s operatorapi.FleetSummary) {
 	k := s.KPI
 	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%; since %s: attestation pass rate %.1f%% of %d verdicts\n",
 		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, s.VerdictsSince.Local().Format(time.DateTime), k.AttestationPassRate*100, k.Verdicts)
@@ -479,7 +480,7 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var all []reposerver.DeviceView
+	var all []operatorapi.DeviceView
 	for after := ""; ; {
 		q := url.Values{"limit": {strconv.Itoa(fleet.MaxListLimit)}}
 		if after != "" {
@@ -559,7 +560,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("usage: edgeward devices show ID")
 	}
-	var d reposerver.DeviceDetail
+	var d operatorapi.DeviceDetail
 	raw, err := c.do(ctx, "GET", deviceURL(pos[0])+"?since="+since.String(), nil, &d)
 	if err != nil {
 		return err
@@ -643,7 +644,7 @@ func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args 
 		if *reason != "" {
 			body = map[string]string{"reason": *reason}
 		}
-		var d reposerver.DeviceView
+		var d operatorapi.DeviceView
 		raw, err := c.do(ctx, "POST", deviceURL(pos[0])+"/"+action, body, &d)
 		if err != nil {
 			return err
@@ -715,7 +716,7 @@ func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	labels := map[string]string{}
 	if !*replace {
-		var d reposerver.DeviceDetail
+		var d operatorapi.DeviceDetail
 		if _, err := c.do(ctx, "GET", deviceURL(pos[0]), nil, &d); err != nil {
 			return err
 		}
@@ -734,7 +735,7 @@ func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		labels[k] = v
 	}
-	var d reposerver.DeviceView
+	var d operatorapi.DeviceView
 	raw, err := c.do(ctx, "PUT", deviceURL(pos[0])+"/labels", map[string]any{"labels": labels}, &d)
 	if err != nil {
 		return err

@@ -9,12 +9,12 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/policy"
-	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
 
-// The pages read through the operator API's read models (reposerver.LoadFleetSummary,
+// The pages read through the operator API's read models (operatorapi.LoadFleetSummary,
 // LoadDeviceDetail, ListRollouts, fleet.Store.Status), so they show the API's numbers.
 
 func (u *UI) policy() *policy.Policy {
@@ -52,15 +52,15 @@ func (u *UI) policyInfo() policyInfo {
 const devicesPerPage = 100
 
 type fleetData struct {
-	Summary reposerver.FleetSummary
-	Devices []reposerver.DeviceView
+	Summary operatorapi.FleetSummary
+	Devices []operatorapi.DeviceView
 	Next    string
 	Policy  policyInfo
 }
 
 func (u *UI) fleetPage(w http.ResponseWriter, r *http.Request, v view) {
 	ctx := r.Context()
-	sum, err := reposerver.LoadFleetSummary(ctx, u.cfg.Fleet, v.Now.Add(-24*time.Hour), v.Now.Add(-u.cfg.VerdictWindow))
+	sum, err := operatorapi.LoadFleetSummary(ctx, u.cfg.Fleet, v.Now.Add(-24*time.Hour), v.Now.Add(-u.cfg.VerdictWindow))
 	if err != nil {
 		u.fail(w, r, v, "fleet summary", err)
 		return
@@ -72,7 +72,7 @@ func (u *UI) fleetPage(w http.ResponseWriter, r *http.Request, v view) {
 	}
 	d := fleetData{Summary: sum, Policy: u.policyInfo()}
 	for _, dev := range devs {
-		d.Devices = append(d.Devices, reposerver.NewDeviceView(dev))
+		d.Devices = append(d.Devices, operatorapi.NewDeviceView(dev))
 	}
 	if len(devs) == devicesPerPage {
 		d.Next = devs[len(devs)-1].ID
@@ -89,7 +89,7 @@ func (u *UI) devicePage(w http.ResponseWriter, r *http.Request, v view) {
 			window = w
 		}
 	}
-	d, err := reposerver.LoadDeviceDetail(r.Context(), u.cfg.Fleet, id, v.Now.Add(-window))
+	d, err := operatorapi.LoadDeviceDetail(r.Context(), u.cfg.Fleet, id, v.Now.Add(-window))
 	if err != nil {
 		u.fail(w, r, v, "device "+id, err)
 		return
@@ -101,7 +101,7 @@ func (u *UI) devicePage(w http.ResponseWriter, r *http.Request, v view) {
 // rolloutView is a rollout's status with the bars' numbers.
 type rolloutView struct {
 	fleet.RolloutStatus
-	Summary reposerver.RolloutSummary
+	Summary operatorapi.RolloutSummary
 	Waves   []waveView
 }
 
@@ -116,7 +116,7 @@ type waveView struct {
 	Failing   bool // failure ratio above zero
 }
 
-func (u *UI) rolloutView(ctx context.Context, p *policy.Policy, s reposerver.RolloutSummary) (rolloutView, error) {
+func (u *UI) rolloutView(ctx context.Context, p *policy.Policy, s operatorapi.RolloutSummary) (rolloutView, error) {
 	st, err := u.cfg.Fleet.Status(ctx, p, s.ID)
 	if err != nil {
 		return rolloutView{}, err
@@ -134,7 +134,7 @@ func (u *UI) rolloutView(ctx context.Context, p *policy.Policy, s reposerver.Rol
 func (u *UI) rolloutsPage(w http.ResponseWriter, r *http.Request, v view) {
 	ctx := r.Context()
 	p := u.policy()
-	list, err := reposerver.ListRollouts(ctx, u.cfg.Fleet, p)
+	list, err := operatorapi.ListRollouts(ctx, u.cfg.Fleet, p)
 	if err != nil {
 		u.fail(w, r, v, "rollouts", err)
 		return
@@ -156,7 +156,7 @@ func (u *UI) rolloutPage(w http.ResponseWriter, r *http.Request, v view) {
 	ctx := r.Context()
 	p := u.policy()
 	id := r.PathValue("id")
-	list, err := reposerver.ListRollouts(ctx, u.cfg.Fleet, p)
+	list, err := operatorapi.ListRollouts(ctx, u.cfg.Fleet, p)
 	if err != nil {
 		u.fail(w, r, v, "rollouts", err)
 		return

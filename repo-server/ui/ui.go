@@ -67,7 +67,7 @@ type Config struct {
 	// PolicyStatus returns the last policy reload (policy.Watcher.Status); nil: not shown.
 	PolicyStatus func() policy.ReloadStatus
 	// Audit opens the audit log for reading; the closer is called when the page is
-	// done (reposerver.Repo.OpenAudit returns the log and its database). nil: the audit
+	// done (reposerver.OpenAudit returns the log and its database). nil: the audit
 	// page says there is none.
 	Audit func(ctx context.Context) (*audit.Log, io.Closer, error)
 	// Now is the clock; nil: time.Now.

@@ -1,4 +1,4 @@
-package reposerver
+package operatorapi
 
 import (
 	"encoding/json"

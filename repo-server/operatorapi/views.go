@@ -1,4 +1,7 @@
-package reposerver
+// Package operatorapi is what the operator API (/v1, served by repo-server) and its
+// clients share: the read models the API and the dashboard show, built by one set of
+// functions so their numbers match.
+package operatorapi
 
 import (
 	"context"
