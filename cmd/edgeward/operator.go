@@ -685,7 +685,7 @@ func cmdDevicesClearFailed(ctx context.Context, env *cliEnv, args []string) erro
 		}
 		kinds = []artifact.Kind{k}
 	}
-	var d reposerver.DeviceView
+	var d operatorapi.DeviceView
 	var raw []byte
 	for _, k := range kinds {
 		if raw, err = c.do(ctx, "POST", deviceURL(pos[0])+"/clear-failed", map[string]string{"kind": string(k)}, &d); err != nil {

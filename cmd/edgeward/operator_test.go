@@ -47,7 +47,10 @@ func newOpServer(t *testing.T) *opServer {
 	}
 	t.Cleanup(func() { store.Close() })
 	pdir := filepath.Join(dir, "policy")
-	if err := ensurePolicyDir(pdir, true); err != nil {
+	if err := os.MkdirAll(pdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pdir, "fleet.yaml"), []byte("version: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	w, err := policy.NewWatcher(policy.WatcherConfig{Dir: pdir})

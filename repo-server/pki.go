@@ -1,0 +1,170 @@
+package reposerver
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/internal/durable"
+)
+
+// The server's own key material and starter files, created on first start.
+
+// loadOrCreateAttestCA reads the attestation CA's key and certificate from dir, creating
+// a self-signed CA (valid ten years) on first use. The key file is mode 0600.
+func loadOrCreateAttestCA(dir string) (crypto.Signer, *x509.Certificate, error) {
+	keyPath, certPath := filepath.Join(dir, "ca.key"), filepath.Join(dir, "ca.pem")
+	kb, kerr := os.ReadFile(keyPath)
+	cb, cerr := os.ReadFile(certPath)
+	if errors.Is(kerr, os.ErrNotExist) && errors.Is(cerr, os.ErrNotExist) {
+		signer, cert, err := attestca.NewRoot("Edgeward Attestation CA", 10*365*24*time.Hour)
+		if err != nil {
+			return nil, nil, err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(signer)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, err
+		}
+		if err := durable.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return nil, nil, err
+		}
+		if err := durable.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+			return nil, nil, err
+		}
+		return signer, cert, nil
+	}
+	if kerr != nil || cerr != nil {
+		return nil, nil, fmt.Errorf("attestation CA in %s: %v %v", dir, kerr, cerr)
+	}
+	kblk, _ := pem.Decode(kb)
+	cblk, _ := pem.Decode(cb)
+	if kblk == nil || cblk == nil {
+		return nil, nil, fmt.Errorf("attestation CA in %s: not PEM", dir)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kblk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyPath, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: not a signing key", keyPath)
+	}
+	cert, err := x509.ParseCertificate(cblk.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	return signer, cert, nil
+}
+
+// loadPool reads every certificate of a PEM file.
+func loadPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%s: no PEM certificates", path)
+	}
+	return pool, nil
+}
+
+// starterPolicy is written into a new default policy directory: no rollouts yet
+// ('edgeward rollout create' adds them), attestation required.
+const starterPolicy = `# Edgeward fleet policy. Every *.yaml file of this directory is read in name order;
+# 'edgeward rollout create' adds files named created-*.yaml. Format: policy/README.md.
+version: 1
+`
+
+// ensurePolicyDir creates the default policy directory with a starter policy on first
+// start, so that rollouts can be created through the operator API.
+func ensurePolicyDir(dir string) error {
+	if _, err := os.Stat(dir); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := durable.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644); err != nil {
+		return fmt.Errorf("starter policy: %w", err)
+	}
+	return nil
+}
+
+// loadOrCreateServerCert reads the server's TLS certificate from dir, creating a
+// self-signed one (ECDSA P-256, ten years) for names on first use. Devices pin it
+// (edgeward-agent device --server-ca DIR/tls/server.pem).
+func loadOrCreateServerCert(dir string, names []string) (tls.Certificate, error) {
+	keyPath, certPath := filepath.Join(dir, "server.key"), filepath.Join(dir, "server.pem")
+	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		return c, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return tls.Certificate{}, fmt.Errorf("server TLS certificate: %w", err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "edgeward server"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true}
+	for _, n := range names {
+		n = strings.TrimSpace(n)
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if n != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := durable.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := durable.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.LoadX509KeyPair(certPath, keyPath)
+}

@@ -1,0 +1,275 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repo-server/ui"
+	"github.com/edgeward/edgeward/repository"
+)
+
+// Config is a whole Edgeward server (`edgeward server`): the repository it serves and
+// signs online metadata for, the fleet store and audit log, the attestation CA, the
+// device and operator APIs, the dashboard, the fleet policy and, with TLSListen, TLS
+// with a device CA. Only Dir is required; every other zero value is documented and
+// works on a laptop. Run does not modify the Config.
+//
+// State lives beside the repository in Dir: fleet.db (fleet store and audit log),
+// attest/ (attestation CA), policy/ (fleet policy), tls/ (server certificate), stepca/
+// (the embedded device CA). What is missing is created on first start.
+type Config struct {
+	// Dir is the repository directory ('edgeward repo init'). Required.
+	Dir string
+	// Listen is the plain-HTTP address (metadata, targets, APIs, dashboard).
+	// "": 127.0.0.1:8440.
+	Listen string
+	// TLSListen, if set, also serves HTTPS there, and devices must then use mTLS with a
+	// certificate from the device CA. "": no TLS listener and no device CA.
+	TLSListen string
+	// TLSNames are the names in the server's self-signed TLS certificate (Dir/tls,
+	// created on first start; devices pin Dir/tls/server.pem). nil: localhost and
+	// 127.0.0.1.
+	TLSNames []string
+	// CAURL and CARoot name an external step-ca (ACME directory URL, PEM root file) that
+	// issues device certificates. "": with TLSListen, step-ca is embedded (Dir/stepca)
+	// and trusts the attestation CA.
+	CAURL, CARoot string
+	// AttestDir holds the attestation CA's key and certificate. "": Dir/attest. Either
+	// way a CA is created there on first start.
+	AttestDir string
+	// EKRoots is a PEM file of the TPM manufacturer roots EK certificates must chain to.
+	// "": no TPM can enroll (a warning is logged).
+	EKRoots string
+	// EKIntermediates is a PEM file of manufacturer intermediates. "": none.
+	EKIntermediates string
+	// PolicyDir is the fleet policy directory, hot-reloaded; rollouts created through
+	// the operator API are written there. "": Dir/policy, created with a starter policy
+	// (no rollouts) on first start. A directory named here is never created: a typo
+	// must not start an empty fleet policy; if it does not exist the server runs
+	// without rollouts.
+	PolicyDir string
+	// CheckInInterval is suggested to devices. 0: 30 seconds.
+	CheckInInterval time.Duration
+	// MeasurementPCR is the PCR devices measure artifacts into (must match the agents'
+	// --pcr). 0: 16 (development; production uses 23).
+	MeasurementPCR int
+	// RefreshInterval is how often online metadata expiry is checked.
+	// 0: min(1 minute, timestamp lifetime / 10).
+	RefreshInterval time.Duration
+	// CheckpointInterval is how often the audit checkpoint is signed and sent to the
+	// witnesses. 0: 10 seconds.
+	CheckpointInterval time.Duration
+	// Witnesses are base URLs of 'edgeward audit witness' services. nil: none.
+	Witnesses []string
+	// Signing, if set, holds the delegated keys the server signs published targets
+	// with (POST /v1/publish). nil: the server signs no targets (503).
+	Signing *repository.KeyRing
+	// SecureCookie marks the dashboard's session cookie Secure even on plain HTTP.
+	SecureCookie bool
+	// Logger receives the server's logs. nil: discard.
+	Logger *slog.Logger
+	// Ready, if set, is called once the listeners are bound, with their addresses
+	// (tls is nil without TLSListen). Tests use it to find ":0" ports.
+	Ready func(http, tls net.Addr)
+}
+
+// Run builds the server Config describes and serves until ctx ends. The repository
+// records its events (publishes, refreshes, key changes) in the server's audit log; a
+// failure to record fails the change.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Dir == "" {
+		return fmt.Errorf("server: no repository directory")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	rec := &lateRecorder{}
+	repo, err := repository.Open(repository.Config{Dir: cfg.Dir, Actor: "server", Logger: log, Recorder: rec})
+	if err != nil {
+		return err
+	}
+	if _, err := repo.Load(ctx); err != nil {
+		return fmt.Errorf("repository %s: %w", cfg.Dir, err)
+	}
+	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval})
+	if err != nil {
+		return err
+	}
+	rec.s = srv
+	store, err := fleet.Open(ctx, DBPath(cfg.Dir))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	attestDir := cfg.AttestDir
+	if attestDir == "" {
+		attestDir = filepath.Join(cfg.Dir, "attest")
+	}
+	caKey, caCert, err := loadOrCreateAttestCA(attestDir)
+	if err != nil {
+		return err
+	}
+	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log,
+		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
+		Audit: func(ctx context.Context, e attestca.Event) {
+			srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason, "serial": e.Serial})
+		}}
+	if cfg.EKRoots != "" {
+		if cacfg.ManufacturerRoots, err = loadPool(cfg.EKRoots); err != nil {
+			return fmt.Errorf("EK roots: %w", err)
+		}
+	} else {
+		log.Warn("no EK roots (--ek-roots): no TPM can enroll")
+	}
+	if cfg.EKIntermediates != "" {
+		if cacfg.ManufacturerIntermediates, err = loadPool(cfg.EKIntermediates); err != nil {
+			return fmt.Errorf("EK intermediates: %w", err)
+		}
+	}
+	ca, err := attestca.New(cacfg)
+	if err != nil {
+		return err
+	}
+
+	policyDir := cfg.PolicyDir
+	if policyDir == "" {
+		policyDir = filepath.Join(cfg.Dir, "policy")
+		if err := ensurePolicyDir(policyDir); err != nil {
+			return err
+		}
+	}
+	var current func() *policy.Policy
+	op := OperatorConfig{Fleet: store, Signing: cfg.Signing}
+	if _, err := os.Stat(policyDir); err == nil {
+		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: policyDir, Registerer: srv.Registry(), Logger: log})
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		go w.Run(ctx)
+		current = w.Policy
+		op.PolicyDir, op.Policy, op.PolicyStatus = policyDir, w.Policy, w.Status
+		log.Info("policy", "dir", policyDir, "status", w.Status())
+	} else {
+		log.Warn("no policy directory: no rollouts", "dir", policyDir)
+	}
+	if err := srv.EnableOperatorAPI(op); err != nil {
+		return err
+	}
+	dash, err := ui.New(ui.Config{Fleet: store, Policy: op.Policy, PolicyStatus: op.PolicyStatus, Logger: log, SecureCookie: cfg.SecureCookie,
+		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return OpenAudit(ctx, repo) }})
+	if err != nil {
+		return err
+	}
+	srv.Handle("/ui/", dash.Handler())
+
+	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, MeasurementPCR: cfg.MeasurementPCR}
+	var tlsLn net.Listener
+	if cfg.TLSListen != "" {
+		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, log)
+		if err != nil {
+			return err
+		}
+		defer closeCA()
+		names := cfg.TLSNames
+		if names == nil {
+			names = []string{"localhost", "127.0.0.1"}
+		}
+		cert, err := loadOrCreateServerCert(filepath.Join(cfg.Dir, "tls"), names)
+		if err != nil {
+			return err
+		}
+		raw, err := net.Listen("tcp", cfg.TLSListen)
+		if err != nil {
+			return err
+		}
+		tlsLn = tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven,
+			ClientCAs: dcfg.ClientRoots, MinVersion: tls.VersionTLS12})
+		log.Info("serving TLS (devices must use mTLS)", "addr", "https://"+raw.Addr().String(), "server_cert", filepath.Join(cfg.Dir, "tls", "server.pem"))
+	}
+	if err := srv.EnableDeviceAPI(dcfg); err != nil {
+		return err
+	}
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:8440"
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	var tlsAddr net.Addr
+	if tlsLn != nil {
+		tlsAddr = tlsLn.Addr()
+		go func() {
+			if err := srv.ServeListener(ctx, tlsLn); err != nil {
+				log.Error("TLS listener", "err", err)
+			}
+		}()
+	}
+	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", cfg.Dir, "dashboard", "http://"+ln.Addr().String()+"/ui/")
+	if cfg.Ready != nil {
+		cfg.Ready(ln.Addr(), tlsAddr)
+	}
+	return srv.Serve(ctx, ln)
+}
+
+// deviceCA sets dcfg's device CA: the external step-ca cfg names, or an embedded one
+// trusting the attestation CA. The returned function stops an embedded CA.
+func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcfg *DeviceConfig, log *slog.Logger) (func(), error) {
+	if cfg.CAURL != "" {
+		pemBytes, err := os.ReadFile(cfg.CARoot)
+		if err != nil {
+			return nil, fmt.Errorf("device CA root: %w", err)
+		}
+		pool, err := loadPool(cfg.CARoot)
+		if err != nil {
+			return nil, fmt.Errorf("device CA root: %w", err)
+		}
+		dcfg.ClientRoots, dcfg.DeviceCA = pool, &wire.DeviceCA{DirectoryURL: cfg.CAURL, RootPEM: string(pemBytes)}
+		return func() {}, nil
+	}
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: filepath.Join(cfg.Dir, "stepca"), AttestationRoots: []*x509.Certificate{attestRoot}})
+	if err != nil {
+		return nil, fmt.Errorf("embedded step-ca: %w", err)
+	}
+	dcfg.ClientRoots = x509.NewCertPool()
+	dcfg.ClientRoots.AddCert(sca.Root)
+	dcfg.DeviceCA = &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
+	log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL)
+	return func() { sca.Close() }, nil
+}
+
+// lateRecorder records the repository's events in the server's audit log; the
+// repository is opened before the server exists, so the server is set afterwards.
+type lateRecorder struct{ s *Server }
+
+func (r *lateRecorder) Record(ctx context.Context, actor, kind, subject string, data any) error {
+	if r.s == nil {
+		return fmt.Errorf("record %s: the server is not built yet", kind)
+	}
+	return r.s.Record(ctx, actor, kind, subject, data)
+}
+
+// Record appends a repository event to the server's audit log (the server is a
+// repository.Recorder). An error means nothing was recorded.
+func (s *Server) Record(ctx context.Context, actor, kind, subject string, data any) error {
+	return s.auditLog(ctx, actor, kind, subject, data)
+}

@@ -1,0 +1,153 @@
+package reposerver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
+)
+
+// TestRunComposesServer starts the whole server from a zero-valued Config (but Dir and
+// a free port) and checks what Run owns: the starter policy, the attestation CA, the
+// server's TLS certificate, and the repository recording into the server's audit log.
+func TestRunComposesServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole server with an embedded step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	keys := &repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(testPass), nil }}
+	ready := make(chan [2]net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", Signing: keys,
+			Ready: func(h, t net.Addr) { ready <- [2]net.Addr{h, t} }})
+	}()
+	var addrs [2]net.Addr
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("Run = %v before serving", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not start serving in 60 s")
+	}
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && err != context.Canceled {
+			t.Errorf("Run after cancel = %v", err)
+		}
+	}()
+	if addrs[1] == nil {
+		t.Error("Ready got no TLS address although TLSListen was set")
+	}
+	base := "http://" + addrs[0].String()
+	if resp, err := http.Get(base + "/healthz"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /healthz = %v, %v", resp, err)
+	}
+
+	if b, err := os.ReadFile(filepath.Join(dir, "policy", "fleet.yaml")); err != nil || string(b) != starterPolicy {
+		t.Errorf("starter policy = %q, %v", b, err)
+	}
+	for _, f := range []struct {
+		path string
+		mode os.FileMode
+	}{{"attest/ca.key", 0o600}, {"attest/ca.pem", 0o644}, {"tls/server.key", 0o600}, {"tls/server.pem", 0o644}} {
+		fi, err := os.Stat(filepath.Join(dir, f.path))
+		if err != nil || fi.Mode().Perm() != f.mode {
+			t.Errorf("%s: %v (mode %v); want mode %o", f.path, err, fi.Mode().Perm(), f.mode)
+		}
+	}
+
+	// A publish through the operator API is recorded in the server's audit log, as the
+	// operator who asked.
+	store, err := fleet.Open(ctx, DBPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	tok, _, err := store.CreateToken(ctx, "rm", fleet.RoleReleaseManager, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", base+"/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx", strings.NewReader("model"))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /v1/publish = %v, %v", resp, err)
+	}
+	repo, err := repository.Open(repository.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, db, err := OpenAudit(ctx, repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(ctx, audit.Query{Kind: "repo.publish"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs {
+		got = append(got, fmt.Sprintf("%s %s", r.Actor, r.Subject))
+	}
+	if len(got) != 1 || got[0] != "operator:rm models/iris/1.0.0.onnx" {
+		t.Errorf("repo.publish records = %q; want one by operator:rm", got)
+	}
+}
+
+func TestRunNeedsDir(t *testing.T) {
+	if err := Run(context.Background(), Config{}); err == nil {
+		t.Error("Run(Config{}) = nil; want an error naming the missing directory")
+	}
+}
+
+// The server as the repository's recorder fails closed: when its audit log cannot take
+// the record (here: its checkpoint key is gone), the publish fails and nothing is served.
+func TestServerRecorderFailsClosed(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &lateRecorder{}
+	repo, err := repository.Open(repository.Config{Dir: dir, Recorder: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(ServerConfig{Repo: repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.s = srv
+	keys, _ := filepath.Glob(filepath.Join(repo.OnlineKeyDir(), "audit-*.key"))
+	for _, k := range keys {
+		os.Remove(k)
+	}
+	before, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "timestamp.json"))
+	_, err = repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.0.0"}, Ext: ".onnx", Content: strings.NewReader("m")},
+		&repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(testPass), nil }})
+	if err == nil || !strings.Contains(err.Error(), "audit") {
+		t.Fatalf("Publish with the audit log unavailable = %v; want an audit error", err)
+	}
+	after, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "timestamp.json"))
+	if string(before) != string(after) {
+		t.Error("timestamp.json changed although the publish was not recorded")
+	}
+}
