@@ -1,0 +1,72 @@
+package policy
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+)
+
+// TestCompatibleHardware: a target that names no hardware classes installs on any
+// device; one that names some installs only on those.
+func TestCompatibleHardware(t *testing.T) {
+	d := &Device{ID: "dev-1", Hardware: "x86_64"}
+	if err := Compatible(artifact.Meta{}, d); err != nil {
+		t.Errorf("Compatible(no hardware list, x86_64) = %v; want nil", err)
+	}
+	if err := Compatible(artifact.Meta{Hardware: []string{"x86_64"}}, d); err != nil {
+		t.Errorf("Compatible([x86_64], x86_64) = %v; want nil", err)
+	}
+	if err := Compatible(artifact.Meta{Hardware: []string{"aarch64"}}, d); err == nil {
+		t.Error("Compatible([aarch64], x86_64) = nil; want an error")
+	}
+}
+
+// TestEvaluateFirstInstallFailed: a device whose very first install of the target
+// failed (nothing committed in the slot yet) is not sent the same version again.
+func TestEvaluateFirstInstallFailed(t *testing.T) {
+	p, err := Parse(File{Name: "p.yaml", Data: []byte(evalPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	d := &Device{
+		ID: deviceIn(t, p.Rollout("new"), 0), Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+		Slots:   map[artifact.Kind]Slot{artifact.KindModel: {Failed: "3.1.0"}},
+		Verdict: VerdictTrusted, VerdictAt: now,
+	}
+	got := Evaluate(p, d, map[string]RolloutState{}, now, nil).Slots[0]
+	if got.Action != ActionHold || got.Reason != ReasonFailedOnDevice {
+		t.Errorf("Evaluate(first install of 3.1.0 failed) model slot = %+v; want hold, %s", got, ReasonFailedOnDevice)
+	}
+}
+
+// TestWaveStatsEdges: a wave without reports has a failure ratio of 0 (a number the API
+// and the dashboard can show, not NaN), and a device outside every wave (the last wave
+// is below 100 %) is not counted, nor does it break the count.
+func TestWaveStatsEdges(t *testing.T) {
+	r := &Rollout{ID: "r", Target: Target{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"},
+		Waves: []Wave{{Percent: 10}, {Percent: 50}}}
+	outside, inside := "", ""
+	for i := 0; outside == "" || inside == ""; i++ {
+		id := fmt.Sprintf("d%d", i)
+		switch r.WaveOf(id) {
+		case len(r.Waves):
+			outside = id
+		case 0:
+			inside = id
+		}
+	}
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	rep := func(dev string, o wire.Outcome) wire.Report {
+		return wire.Report{DeviceID: dev, RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: o, At: at}
+	}
+	stats := WaveStats(r, []wire.Report{rep(outside, wire.OutcomeCommitted), rep(inside, wire.OutcomeProbeFailed)}, time.Time{})
+	want := []WaveStat{{Wave: 0, Reported: 1, Failed: 1, Ratio: 1}, {Wave: 1}}
+	if !slices.Equal(stats, want) {
+		t.Errorf("WaveStats = %+v; want %+v", stats, want)
+	}
+}
