@@ -35,8 +35,10 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -201,11 +203,18 @@ func (r *Repo) OfflineKeyDir() string { return r.path("keys", "offline") }
 
 // AuditKey loads the audit checkpoint key (an online key, role "audit") that Init
 // created in the repository directory dir. The server signs audit checkpoints with it.
+// After MoveAuditKey the key lives outside dir, in the file AuditKeyLocation names.
 func AuditKey(dir string) (ed25519.PrivateKey, error) {
 	keyDir := filepath.Join(dir, "keys", "online")
 	matches, _ := filepath.Glob(filepath.Join(keyDir, "audit-*.key"))
+	if len(matches) == 0 {
+		loc, err := os.ReadFile(AuditKeyLocation(dir))
+		if err == nil {
+			matches = []string{strings.TrimSpace(string(loc))}
+		}
+	}
 	if len(matches) != 1 {
-		return nil, fmt.Errorf("want one audit checkpoint key in %s, found %d", keyDir, len(matches))
+		return nil, fmt.Errorf("want one audit checkpoint key in %s (or its location in %s), found %d", keyDir, AuditKeyLocation(dir), len(matches))
 	}
 	data, err := os.ReadFile(matches[0])
 	if err != nil {
@@ -220,6 +229,52 @@ func AuditKey(dir string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("audit key %s is not ed25519", matches[0])
 	}
 	return priv, nil
+}
+
+// AuditKeyLocation is the file naming where the audit key lives once moved out of dir.
+func AuditKeyLocation(dir string) string { return filepath.Join(dir, "keys", "audit-key-location") }
+
+// MoveAuditKey moves the audit checkpoint key out of the repository directory dir into
+// the file to (mode 0600, created; it must not exist and must lie outside dir), records
+// its location in dir, and removes the key from dir: whoever copies the data directory
+// (a backup) no longer holds the key that signs the log's checkpoints.
+func MoveAuditKey(dir, to string) error {
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	absTo, err := filepath.Abs(to)
+	if err != nil {
+		return err
+	}
+	if rel, err := filepath.Rel(absDir, absTo); err == nil && !strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("%s is inside the repository directory %s: choose a file outside it", to, dir)
+	}
+	matches, _ := filepath.Glob(filepath.Join(absDir, "keys", "online", "audit-*.key"))
+	if len(matches) != 1 {
+		return fmt.Errorf("want one audit key in %s to move, found %d", filepath.Join(dir, "keys", "online"), len(matches))
+	}
+	data, err := os.ReadFile(matches[0])
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(absTo, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(AuditKeyLocation(absDir), []byte(absTo+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Remove(matches[0])
 }
 
 // AuditKey loads the repository's audit checkpoint key (see the function AuditKey).

@@ -382,3 +382,21 @@ func operatorGetJSON(ctx context.Context, env *cliEnv, server, token, path strin
 	}
 	return json.Unmarshal(data, v)
 }
+
+// cmdAuditMoveKey moves the checkpoint key out of the data directory, so that a copy of
+// the directory (a backup, a compromised disk) does not hold the key that signs the log.
+func cmdAuditMoveKey(ctx context.Context, env *cliEnv, args []string) error {
+	fs, rf := newCommand("audit move-key", env)
+	to := fs.String("to", "", "file to move the key to, outside the repository directory (created, mode 0600)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *to == "" {
+		return errors.New("usage: edgeward audit move-key --to FILE (outside the repository directory)")
+	}
+	if err := repository.MoveAuditKey(rf.dir, *to); err != nil {
+		return fmt.Errorf("audit move-key: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "audit checkpoint key moved to %s; the repository keeps only its location\n", *to)
+	return nil
+}

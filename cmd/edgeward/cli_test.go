@@ -159,6 +159,18 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if !strings.Contains(out, "ok: record 2 (repo.publish models/iris/1.0.0.onnx") {
 		t.Fatalf("audit verify --proof: %s", out)
 	}
+	// The checkpoint key leaves the data directory; the log goes on, signed by it.
+	if _, _, err := c.run("audit", "move-key", "--to", filepath.Join(c.repo, "inside.key")); err == nil {
+		t.Fatal("audit move-key into the repository directory succeeded")
+	}
+	c.must("audit", "move-key", "--to", filepath.Join(dir, "audit.key"))
+	if m, _ := filepath.Glob(filepath.Join(c.repo, "keys", "online", "audit-*")); len(m) != 0 {
+		t.Fatalf("the audit key is still in the data directory: %v", m)
+	}
+	c.must("audit", "export", "-o", export)
+	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 6 records") {
+		t.Fatalf("audit verify after move-key: %s", out)
+	}
 	data, _ := os.ReadFile(export)
 	os.WriteFile(export, []byte(strings.Replace(string(data), "models/iris/1.0.0.onnx", "models/iris/6.6.6.onnx", 1)), 0o644)
 	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "the log was rewritten") {

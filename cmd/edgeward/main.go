@@ -51,6 +51,7 @@ func commands() []command {
 		{"audit verify", "verify an audit export or proof offline: FILE --key KEY [--witness KEY --quorum N] --state FILE", cmdAuditVerify},
 		{"audit prove", "one record with its inclusion proof: edgeward audit prove SEQ [--state FILE]", cmdAuditProve},
 		{"audit witness", "cosign the audit checkpoints of logs you witness: --name N --key FILE --state FILE --log KEY", cmdAuditWitness},
+		{"audit move-key", "move the audit checkpoint key out of the data directory: --to FILE", cmdAuditMoveKey},
 		{"audit pubkey", "print the audit log's verifier key (note format; --pem for PEM)", cmdAuditPubkey},
 		{"server", "serve the repository over HTTP", cmdServer},
 		{"token create", "issue an operator API token: --name N --role R [--server URL]", cmdTokenCreate},
