@@ -70,3 +70,35 @@ func TestWaveStatsEdges(t *testing.T) {
 		t.Errorf("WaveStats = %+v; want %+v", stats, want)
 	}
 }
+
+// TestStatsOfEdges: the statistics built from stored counts agree with WaveStats on the
+// edges: a wave without reports has ratio 0, and waves beyond the counts given are empty.
+func TestStatsOfEdges(t *testing.T) {
+	r := &Rollout{ID: "r", Waves: []Wave{{Percent: 10}, {Percent: 50}, {Percent: 100}}}
+	got := StatsOf(r, []Counts{{}, {Succeeded: 1, Failed: 3}})
+	want := []WaveStat{{Wave: 0}, {Wave: 1, Reported: 4, Succeeded: 1, Failed: 3, Ratio: 0.75}, {Wave: 2}}
+	if !slices.Equal(got, want) {
+		t.Errorf("StatsOf = %+v; want %+v", got, want)
+	}
+}
+
+// TestPlanStatsEdges: a state written when the policy had more waves is clamped to the
+// last wave that is left, and statistics shorter than the waves (a store that counted
+// fewer) do not break planning.
+func TestPlanStatsEdges(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	r := &Rollout{ID: "r", Target: Target{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"},
+		Waves: []Wave{{Percent: 10, Soak: time.Hour, MinReports: 1, MaxFailureRatio: 0.5}, {Percent: 100, Soak: time.Hour, MinReports: 1, MaxFailureRatio: 0.5}}}
+	started := RolloutState{ID: "r", Target: r.Target, Status: StatusActive, Started: now.Add(-time.Minute), WaveStarted: now.Add(-time.Minute)}
+
+	lost := started
+	lost.Wave = 2 // the policy had three waves
+	if s, _ := PlanStats(r, lost, WaveStats(r, nil, time.Time{}), now); s.Wave != 1 || s.Status != StatusActive {
+		t.Errorf("PlanStats(state at wave 2 of 2) = wave %d, %s; want wave 1, active", s.Wave, s.Status)
+	}
+	second := started
+	second.Wave = 1
+	if s, _ := PlanStats(r, second, []WaveStat{{Wave: 0, Reported: 2, Failed: 2, Ratio: 1}}, now); s.Status != StatusPaused {
+		t.Errorf("PlanStats(wave 0 failing, no stats for wave 1) = %s; want paused", s.Status)
+	}
+}
