@@ -2,6 +2,7 @@ package reposerver
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -44,7 +45,9 @@ type DeviceConfig struct {
 	Policy func() *policy.Policy
 	// MeasurementPCR is the PCR of the measurement log; 0: 16 (development).
 	MeasurementPCR int
-	// Nonces issues quote nonces; nil: a new store with default TTL.
+	// Nonces, if set, issues quote nonces from this process's memory (one replica
+	// only). nil: nonces live in the fleet database (2 minutes, single use), so a
+	// device may get its nonce from one replica and check in at another.
 	Nonces *verify.Nonces
 	// CheckInInterval is the interval suggested to devices; 0: 30 seconds.
 	CheckInInterval time.Duration
@@ -70,9 +73,10 @@ type DeviceConfig struct {
 // is authenticated by the device's TPM (see package deviceapi): the AK certificate
 // names the device, the quote covers the nonce and the whole request.
 type deviceAPI struct {
-	s     *Server
-	cfg   DeviceConfig
-	fleet *fleet.Store // cfg.Fleet, auditing into the server's audit log
+	s      *Server
+	cfg    DeviceConfig
+	fleet  *fleet.Store // cfg.Fleet, auditing into the server's audit log
+	nonces nonceStore
 
 	catMu  sync.Mutex
 	catKey string
@@ -93,9 +97,6 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	if cfg.Fleet == nil || cfg.AttestRoots == nil {
 		return errors.New("device API: a fleet store and attestation roots are needed")
 	}
-	if cfg.Nonces == nil {
-		cfg.Nonces = verify.NewNonces(verify.NoncesConfig{Now: s.cfg.Repo.Now})
-	}
 	if cfg.MeasurementPCR == 0 {
 		cfg.MeasurementPCR = eventlog.PCRDevelopment
 	}
@@ -110,6 +111,11 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		return fmt.Errorf("device API: %w", err)
 	}
 	d := &deviceAPI{s: s, cfg: cfg, fleet: audited}
+	if cfg.Nonces != nil {
+		d.nonces = memNonces{cfg.Nonces}
+	} else {
+		d.nonces = dbNonces{st: audited, ttl: 2 * time.Minute, now: s.cfg.Repo.Now}
+	}
 	d.checkins = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeward_device_checkins_total", Help: "Device check-ins by result (ok, rejected, bad_request, error).",
 	}, []string{"result"})
@@ -213,7 +219,7 @@ func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, why)
 		return
 	}
-	n, err := d.cfg.Nonces.Issue(req.DeviceID)
+	n, err := d.nonces.Issue(r.Context(), req.DeviceID)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
@@ -310,7 +316,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	}
 	// Check verifies the quote's signature over bound before it consumes the nonce, so
 	// a forged or altered check-in does not burn the device's nonce.
-	v := verify.Check(d.cfg.Nonces, req.DeviceID, req.Nonce, bound, verify.Policy{
+	v := verify.Check(d.nonces.Consumer(ctx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
@@ -455,3 +461,49 @@ func catalogFunc(cat map[policy.Target]repository.TargetInfo) policy.Catalog {
 func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, data any) error {
 	return s.auditLog(ctx, actor, kind, subject, data)
 }
+
+// nonceStore issues and consumes quote nonces.
+type nonceStore interface {
+	Issue(ctx context.Context, device string) ([]byte, error)
+	// Consumer consumes nonces for verify.Check within ctx.
+	Consumer(ctx context.Context) verify.NonceConsumer
+}
+
+// memNonces keeps nonces in this process (DeviceConfig.Nonces).
+type memNonces struct{ n *verify.Nonces }
+
+func (m memNonces) Issue(_ context.Context, device string) ([]byte, error) { return m.n.Issue(device) }
+func (m memNonces) Consumer(context.Context) verify.NonceConsumer          { return m.n }
+
+// dbNonces keeps nonces in the fleet database, shared by every replica.
+type dbNonces struct {
+	st  *fleet.Store
+	ttl time.Duration
+	now func() time.Time
+}
+
+func (d dbNonces) Issue(ctx context.Context, device string) ([]byte, error) {
+	b := make([]byte, verify.NonceSize)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	now := d.now()
+	if err := d.st.IssueNonce(ctx, device, b, now.Add(d.ttl), now); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (d dbNonces) Consumer(ctx context.Context) verify.NonceConsumer {
+	return consumeFunc(func(device string, nonce []byte) error {
+		err := d.st.ConsumeNonce(ctx, device, nonce, d.now())
+		if errors.Is(err, fleet.ErrNonceExpired) {
+			return fmt.Errorf("%w (%v)", verify.ErrNonceExpired, err)
+		}
+		return err
+	})
+}
+
+type consumeFunc func(device string, nonce []byte) error
+
+func (f consumeFunc) Consume(device string, nonce []byte) error { return f(device, nonce) }

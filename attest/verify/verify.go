@@ -361,6 +361,14 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 	}
 }
 
+// NonceConsumer consumes a device's outstanding nonce (Nonces in memory, or a store
+// shared by server replicas). Consume fails with ErrNonceExpired for a nonce issued
+// more than its TTL ago, with another error for one unknown or already used; either
+// way the nonce cannot be used again.
+type NonceConsumer interface {
+	Consume(device string, nonce []byte) error
+}
+
 // Check is Verify plus nonce freshness: the quote's qualifying data must be
 // qualifying, and nonce must be outstanding for device in n, which Check then
 // consumes. qualifying is what the device quoted for this nonce: the nonce itself
@@ -370,7 +378,7 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 // The AK certificate, the identity, the signature and the qualifying data are checked
 // before the nonce is consumed, so forged or altered evidence cannot burn a device's
 // nonce; a replayed genuine quote fails with NonceUnknownOrReused.
-func Check(n *Nonces, device string, nonce, qualifying []byte, p Policy, ev Evidence, now time.Time) Verdict {
+func Check(n NonceConsumer, device string, nonce, qualifying []byte, p Policy, ev Evidence, now time.Time) Verdict {
 	if qualifying == nil {
 		qualifying = nonce
 	}

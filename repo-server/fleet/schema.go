@@ -105,6 +105,14 @@ var migrations = []string{
 	CREATE INDEX rollout_latest_bucket ON rollout_latest(rollout_id, name, version, bucket, at, failed);
 	CREATE INDEX rollout_latest_device ON rollout_latest(device_id);
 	CREATE INDEX verdicts_device ON verdicts(device_id, at);`,
+	// 5: quote nonces live in the database, so any replica can consume a nonce another
+	// issued (single use, expiry).
+	`CREATE TABLE nonces (
+		device_id  TEXT PRIMARY KEY,
+		nonce      BLOB NOT NULL,
+		expires_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX nonces_expiry ON nonces(expires_at);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

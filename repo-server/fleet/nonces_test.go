@@ -1,0 +1,56 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// Nonces are single use, expire, and are shared by every store on the database (two
+// replicas: one issues, the other consumes).
+func TestNoncesInTheDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	a, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	n1 := bytes.Repeat([]byte{1}, 32)
+	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ConsumeNonce(ctx, "dev-1", bytes.Repeat([]byte{2}, 32), t0); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(wrong nonce) = %v; want ErrNonceUnknown", err)
+	}
+	if err := b.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); err != nil {
+		t.Fatalf("ConsumeNonce(issued by the other replica) = %v", err)
+	}
+	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(replay) = %v; want ErrNonceUnknown", err)
+	}
+	a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0)
+	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceExpired) {
+		t.Fatalf("ConsumeNonce(expired) = %v; want ErrNonceExpired", err)
+	}
+	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(expired, again) = %v; want ErrNonceUnknown (single use)", err)
+	}
+	// Issuing prunes expired nonces.
+	a.IssueNonce(ctx, "dev-2", n1, t0.Add(2*time.Minute), t0)
+	a.IssueNonce(ctx, "dev-3", n1, t0.Add(time.Hour), t0.Add(time.Hour))
+	var n int
+	a.db.QueryRow(`SELECT count(*) FROM nonces`).Scan(&n)
+	if n != 1 {
+		t.Fatalf("outstanding nonces = %d; want 1 (the expired one pruned)", n)
+	}
+}
