@@ -28,6 +28,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	out := fs.String("o", "-", "output file (JSON Lines); - for stdout")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "export through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
 	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
+	cosigned := fs.Bool("cosigned", false, "stop at the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum; local repository only)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -43,6 +44,9 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		defer db.Close()
 		export = func(w io.Writer) error { return l.Export(ctx, w) }
+		if *cosigned {
+			export = func(w io.Writer) error { return l.ExportCosigned(ctx, w) }
+		}
 	}
 	var w io.Writer = env.stdout
 	if *out != "-" {

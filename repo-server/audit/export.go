@@ -43,6 +43,27 @@ func (l *Log) Export(ctx context.Context, w io.Writer) error {
 	if err != nil {
 		return err
 	}
+	return l.exportTo(ctx, w, c)
+}
+
+// ExportCosigned writes the log up to the newest checkpoint that at least one witness
+// cosigned (records appended since are left for the next export), so that an auditor
+// who requires a witness quorum is not handed a checkpoint the witnesses have not seen
+// yet. It fails with ErrNoCheckpoint when no checkpoint is cosigned.
+func (l *Log) ExportCosigned(ctx context.Context, w io.Writer) error {
+	var msg string
+	err := l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE note LIKE $1 ORDER BY size DESC LIMIT 1`, "%\n— %\n— %").Scan(&msg)
+	if err != nil {
+		return fmt.Errorf("audit: no cosigned checkpoint: %w (%v)", ErrNoCheckpoint, err)
+	}
+	c, err := OpenCheckpoint([]byte(msg), l.Verifier(), nil, 0)
+	if err != nil {
+		return err
+	}
+	return l.exportTo(ctx, w, c)
+}
+
+func (l *Log) exportTo(ctx context.Context, w io.Writer, c *Checkpoint) error {
 	bw := bufio.NewWriter(w)
 	if err := l.eachRecord(ctx, Query{Upto: c.Size}, func(r *Record) error { return writeLine(bw, "record", r) }); err != nil {
 		return err

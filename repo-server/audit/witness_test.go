@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"errors"
@@ -54,10 +55,16 @@ func TestWitnessQuorum(t *testing.T) {
 	if c.Size != 17 || strings.Count(string(c.Note), "\n— ") != 3 {
 		t.Fatalf("cosigned checkpoint = %q; want size 17 with the log's and two witnesses' signatures", c.Note)
 	}
-	lines := export(t, l)
+	// Records appended after the cosigning: ExportCosigned stops at the cosigned tree.
+	appendN(t, l, 18, 4)
+	var buf bytes.Buffer
+	if err := l.ExportCosigned(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	trusted := []note.Verifier{w1.vkey, w2.vkey, w3.vkey}
 	rep, err := verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: trusted, Quorum: 2})
-	if err != nil || len(rep.Cosigners) != 2 {
+	if err != nil || len(rep.Cosigners) != 2 || rep.Records != 17 {
 		t.Fatalf("Verify with 2 of 3 = %+v, %v", rep, err)
 	}
 	_, err = verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: trusted, Quorum: 3})
