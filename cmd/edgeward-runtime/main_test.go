@@ -136,6 +136,7 @@ func TestRuntimeSwap(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // load on the old process alone
 
+	okOld := ok.Load() // served by the old process alone
 	began := time.Now()
 	b := start(t, bin, lib, pub, filepath.Join(dir, "b.sock"), "--hold", "--model", model)
 	ready := time.Since(began)
@@ -150,13 +151,19 @@ func TestRuntimeSwap(t *testing.T) {
 	if err := <-a.done; err != nil {
 		t.Errorf("old runtime exit: %v", err)
 	}
-	a.done <- nil                      // for the cleanup
+	a.done <- nil // for the cleanup
+	okSwap := ok.Load()
 	time.Sleep(500 * time.Millisecond) // load on the new process alone
 	stop.Store(true)
 	wg.Wait()
 	t.Logf("runtime swap: new process ready %v after start; %d requests ok, %d failed", ready, ok.Load(), fail.Load())
 	if fail.Load() != 0 {
 		t.Errorf("%d requests failed during the runtime swap: %v", fail.Load(), errs[:min(len(errs), 3)])
+	}
+	// No failure is no proof by itself: requests must have been served before the swap
+	// and, after the old process exited, by the new one.
+	if okOld == 0 || ok.Load() == okSwap {
+		t.Errorf("requests ok: %d before the swap, %d after the old process exited; want some of each", okOld, ok.Load()-okSwap)
 	}
 }
 
