@@ -102,3 +102,25 @@ func TestPlanStatsEdges(t *testing.T) {
 		t.Errorf("PlanStats(wave 0 failing, no stats for wave 1) = %s; want paused", s.Status)
 	}
 }
+
+// TestPlanZeroSoak: after a wave without soak the next wave starts when Plan runs, and
+// its own soak counts from then, not from when the earlier wave started.
+func TestPlanZeroSoak(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	r := &Rollout{ID: "r", Target: Target{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"},
+		Waves: []Wave{{Percent: 10}, {Percent: 100, Soak: time.Hour}}}
+	began := now.Add(-10 * time.Minute)
+	s := RolloutState{ID: "r", Target: r.Target, Status: StatusActive, Started: began, WaveStarted: began}
+	s, _ = PlanStats(r, s, nil, now)
+	if s.Wave != 1 || !s.WaveStarted.Equal(now) {
+		t.Errorf("PlanStats after a wave without soak = wave %d started %v; want wave 1 started %v", s.Wave, s.WaveStarted, now)
+	}
+}
+
+// TestAttestationDefaultMaxAge: a policy without max_age holds verdicts for the default
+// age, not for none.
+func TestAttestationDefaultMaxAge(t *testing.T) {
+	if got := (Attestation{}).maxAge(); got != DefaultMaxAttestationAge {
+		t.Errorf("Attestation{}.maxAge() = %v; want %v", got, DefaultMaxAttestationAge)
+	}
+}
