@@ -83,7 +83,7 @@ func TestOperatorActionsReachADevice(t *testing.T) {
 
 	// The rollout (one wave, no soak) completed at its first plan; aborting it means
 	// devices that do not run its target are no longer offered it.
-	var ch RolloutChanged
+	var ch operatorapi.RolloutChanged
 	call("POST", "/v1/rollouts/vib-1.0.0/abort", fleet.RoleReleaseManager, `{"reason":"wrong calibration"}`, &ch)
 	if ch.State.Status != policy.StatusAborted {
 		t.Fatalf("abort = %+v", ch)

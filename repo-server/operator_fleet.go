@@ -146,18 +146,6 @@ func (o *operatorAPI) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// RolloutCreated answers POST /v1/rollouts.
-type RolloutCreated struct {
-	ID   string `json:"id"`
-	File string `json:"file"`
-	// Loaded says whether the policy in force had the rollout when the server answered
-	// (the watcher loads the file within about a second).
-	Loaded bool `json:"loaded"`
-	// Warning notes a target the repository does not hold yet: devices are not offered
-	// it until it is published (decision reason "unpublished").
-	Warning string `json:"warning,omitempty"`
-}
-
 // POST /v1/rollouts, body policy.RolloutSpec: writes the rollout into the policy
 // directory, then waits (LoadWait at most) for the watcher to load it.
 func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
@@ -178,7 +166,7 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "create rollout", err)
 		return
 	}
-	out := RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
+	out := operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
 	if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
 		// No audit record, no change: take the file back.
 		if rmErr := os.Remove(path); rmErr != nil {
@@ -261,12 +249,6 @@ func approveRollout(r *policy.Rollout, s policy.RolloutState, req rolloutRequest
 	return policy.Approve(r, s, wave, actor, now)
 }
 
-// RolloutChanged answers an operator action on a rollout.
-type RolloutChanged struct {
-	State  policy.RolloutState `json:"state"`
-	Events []policy.Event      `json:"events"`
-}
-
 // rolloutAction applies a pure operator action (policy.Pause, Resume, Abort, Approve) to
 // the rollout's stored state and saves the result with its events. A rollout the
 // planner has not started yet (or whose target changed) is planned first, so the action
@@ -296,15 +278,8 @@ func (o *operatorAPI) rolloutAction(act rolloutAct) http.HandlerFunc {
 			o.fail(w, r, "rollout action", err)
 			return
 		}
-		writeJSON(w, http.StatusOK, RolloutChanged{State: next, Events: evs})
+		writeJSON(w, http.StatusOK, operatorapi.RolloutChanged{State: next, Events: evs})
 	}
-}
-
-// DeviceList answers GET /v1/devices.
-type DeviceList struct {
-	Devices []operatorapi.DeviceView `json:"devices"`
-	// Next, if set, is the after= of the next page.
-	Next string `json:"next,omitempty"`
 }
 
 // GET /v1/devices?after=ID&limit=N
@@ -324,7 +299,7 @@ func (o *operatorAPI) deviceList(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "list devices", err)
 		return
 	}
-	out := DeviceList{Devices: []operatorapi.DeviceView{}}
+	out := operatorapi.DeviceList{Devices: []operatorapi.DeviceView{}}
 	for _, d := range devs {
 		out.Devices = append(out.Devices, operatorapi.NewDeviceView(d))
 	}
@@ -441,12 +416,6 @@ func (o *operatorAPI) writeDevice(w http.ResponseWriter, r *http.Request, id str
 	writeJSON(w, http.StatusOK, operatorapi.NewDeviceView(d))
 }
 
-// TokenCreated answers POST /v1/tokens. The token is shown this once.
-type TokenCreated struct {
-	Token string          `json:"token"`
-	Info  fleet.TokenInfo `json:"info"`
-}
-
 // POST /v1/tokens {"operator": "rita", "role": "release-manager", "ttl": "720h"}
 func (o *operatorAPI) tokenCreate(w http.ResponseWriter, r *http.Request) {
 	var req struct {
@@ -476,7 +445,7 @@ func (o *operatorAPI) tokenCreate(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "create token", err)
 		return
 	}
-	writeJSON(w, http.StatusCreated, TokenCreated{Token: tok, Info: info})
+	writeJSON(w, http.StatusCreated, operatorapi.TokenCreated{Token: tok, Info: info})
 }
 
 // GET /v1/tokens: every token, without secrets.

@@ -317,7 +317,7 @@ func TestOperatorRollouts(t *testing.T) {
 	rm := fleet.RoleReleaseManager
 
 	// Create: the file lands in the policy directory and the watcher loads it.
-	var created RolloutCreated
+	var created operatorapi.RolloutCreated
 	o.must("POST", "/v1/rollouts", rm, `{"id":"vib-3","target":{"kind":"model","name":"vibration","version":"3.0.0"},
 		"selector":{"labels":{"line":"press"}},"waves":[{"percent":25,"soak":"10m"},{"percent":100,"approval":true,"soak":"1h"}]}`, 201, &created)
 	if !created.Loaded || !strings.HasPrefix(created.File, policy.CreatedPrefix) || !strings.Contains(created.Warning, "no model vibration 3.0.0") {
@@ -342,7 +342,7 @@ func TestOperatorRollouts(t *testing.T) {
 	}
 
 	// Pause before the planner ever ran: the rollout is started, then paused.
-	var ch RolloutChanged
+	var ch operatorapi.RolloutChanged
 	o.must("POST", "/v1/rollouts/vib-3/pause", rm, `{"reason":"probe drift on line 3"}`, 200, &ch)
 	if ch.State.Status != policy.StatusPaused || ch.State.Reason != "probe drift on line 3" || len(ch.Events) != 3 {
 		t.Fatalf("pause = %+v", ch)
@@ -441,13 +441,13 @@ func TestOperatorDevices(t *testing.T) {
 	o.store.RecordDecision(ctx, policy.Decision{DeviceID: "dev-1", At: now, PolicyDigest: "abc",
 		Slots: []policy.SlotDecision{{Kind: artifact.KindModel, Action: policy.ActionHold, Reason: policy.ReasonFailedOnDevice}}})
 
-	var list DeviceList
+	var list operatorapi.DeviceList
 	o.must("GET", "/v1/devices?limit=2", fleet.RoleAuditor, "", 200, &list)
 	if len(list.Devices) != 2 || list.Next != "dev-2" {
 		t.Fatalf("page 1 = %+v", list)
 	}
 	after := list.Next
-	list = DeviceList{}
+	list = operatorapi.DeviceList{}
 	o.must("GET", "/v1/devices?after="+after, fleet.RoleAuditor, "", 200, &list)
 	if len(list.Devices) != 1 || list.Devices[0].ID != ekID || list.Next != "" {
 		t.Fatalf("page 2 = %+v", list)
@@ -499,7 +499,7 @@ func TestOperatorDevices(t *testing.T) {
 
 func TestOperatorTokens(t *testing.T) {
 	o := newOpFixture(t)
-	var tc TokenCreated
+	var tc operatorapi.TokenCreated
 	o.must("POST", "/v1/tokens", fleet.RoleSecurityAdmin, `{"operator":"ada","role":"auditor","ttl":"2h"}`, 201, &tc)
 	if !strings.HasPrefix(tc.Token, "ewo_") || tc.Info.Role != fleet.RoleAuditor {
 		t.Fatalf("token = %+v", tc)

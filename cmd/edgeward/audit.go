@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -361,30 +360,12 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 
 // operatorGetJSON GETs path from a server's operator API into v.
 func operatorGetJSON(ctx context.Context, env *cliEnv, server, token, path string, v any) error {
-	if token == "" {
-		return errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(server, "/")+path, nil)
+	api, err := (&opClient{server: server, token: token, env: env}).api()
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	hc, err := operatorHTTP(env)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s: %w", server, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.Unmarshal(data, &e)
-		return fmt.Errorf("%s%s: %w", server, path, &APIError{Status: resp.StatusCode, Msg: e.Error})
-	}
-	return json.Unmarshal(data, v)
+	_, err = api.Do(ctx, "GET", path, nil, v)
+	return err
 }
 
 // cmdAuditMoveKey moves the checkpoint key out of the data directory, so that a copy of

@@ -24,7 +24,6 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/units"
 	"github.com/edgeward/edgeward/policy"
-	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
 )
@@ -48,66 +47,15 @@ func (c *opClient) register(fs *flag.FlagSet, env *cliEnv) {
 }
 
 // APIError is an error answer of the operator API.
-type APIError struct {
-	Status int
-	Msg    string
-}
+type APIError = operatorapi.APIError
 
-func (e *APIError) Error() string {
-	return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Msg)
-}
-
-// do sends a request and decodes a JSON answer into out (unless nil); it returns the
-// raw answer too.
-func (c *opClient) do(ctx context.Context, method, path string, body, out any) ([]byte, error) {
-	if c.server == "" {
-		return nil, errors.New("no server: give --server URL or set EDGEWARD_SERVER")
-	}
-	if c.token == "" {
-		return nil, errors.New("no token: give --token or set EDGEWARD_TOKEN (issued by 'edgeward token create')")
-	}
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.server, "/")+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
+// api is the operator-API client for the server and token given.
+func (c *opClient) api() (*operatorapi.Client, error) {
 	hc, err := operatorHTTP(c.env)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, c.server, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(data))
-		}
-		return nil, fmt.Errorf("%s %s: %w", method, path, &APIError{Status: resp.StatusCode, Msg: e.Error})
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return nil, fmt.Errorf("%s %s: bad answer: %w", method, path, err)
-		}
-	}
-	return data, nil
+	return &operatorapi.Client{Server: c.server, Token: c.token, HTTP: hc}, nil
 }
 
 // show prints the raw JSON when --json was given and reports whether it did.
@@ -124,9 +72,6 @@ func (c *opClient) show(raw []byte) bool {
 	c.env.stdout.Write(buf.Bytes())
 	return true
 }
-
-func deviceURL(id string) string  { return "/v1/devices/" + url.PathEscape(id) }
-func rolloutURL(id string) string { return "/v1/rollouts/" + url.PathEscape(id) }
 
 func newTab(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0) }
 
@@ -239,8 +184,11 @@ func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if spec.ID == "" || spec.Target.Name == "" || spec.Target.Version == "" {
 		return errors.New("usage: edgeward rollout create --id ID --name NAME --version V [--kind model|runtime] [--waves 1:30m,10:1h,100] [--labels k=v] … (or --file SPEC)")
 	}
-	var res reposerver.RolloutCreated
-	raw, err := c.do(ctx, "POST", "/v1/rollouts", spec, &res)
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
+	res, raw, err := api.CreateRollout(ctx, spec)
 	if err != nil {
 		return err
 	}
@@ -297,22 +245,25 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return errors.New("usage: edgeward rollout status [ID]")
 	}
 	now := time.Now()
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
 	if len(pos) == 0 {
-		var list struct{ Rollouts []operatorapi.RolloutSummary }
-		raw, err := c.do(ctx, "GET", "/v1/rollouts", nil, &list)
+		rollouts, raw, err := api.Rollouts(ctx)
 		if err != nil {
 			return err
 		}
 		if c.show(raw) {
 			return nil
 		}
-		var fleetSum operatorapi.FleetSummary
-		if _, err := c.do(ctx, "GET", "/v1/kpis", nil, &fleetSum); err != nil {
+		fleetSum, _, err := api.KPIs(ctx)
+		if err != nil {
 			return err
 		}
 		tw := newTab(env.stdout)
 		fmt.Fprintln(tw, "ROLLOUT\tTARGET\tSTATUS\tWAVES STARTED\tUPDATED\tREASON")
-		for _, r := range list.Rollouts {
+		for _, r := range rollouts {
 			status := string(r.Status)
 			if status == "" {
 				status = "not started"
@@ -330,8 +281,7 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		printFleetKPI(env.stdout, fleetSum)
 		return nil
 	}
-	var st fleet.RolloutStatus
-	raw, err := c.do(ctx, "GET", rolloutURL(pos[0]), nil, &st)
+	st, raw, err := api.Rollout(ctx, pos[0])
 	if err != nil {
 		return err
 	}
@@ -450,8 +400,11 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 		if wave != nil && *wave > 0 {
 			body["wave"] = *wave
 		}
-		var res reposerver.RolloutChanged
-		raw, err := c.do(ctx, "POST", rolloutURL(pos[0])+"/"+action, body, &res)
+		api, err := c.api()
+		if err != nil {
+			return err
+		}
+		res, raw, err := api.RolloutAction(ctx, pos[0], action, body)
 		if err != nil {
 			return err
 		}
@@ -480,14 +433,18 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
 	var all []operatorapi.DeviceView
 	for after := ""; ; {
 		q := url.Values{"limit": {strconv.Itoa(fleet.MaxListLimit)}}
 		if after != "" {
 			q.Set("after", after)
 		}
-		var page reposerver.DeviceList
-		if _, err := c.do(ctx, "GET", "/v1/devices?"+q.Encode(), nil, &page); err != nil {
+		page, _, err := api.Devices(ctx, q)
+		if err != nil {
 			return err
 		}
 		all = append(all, page.Devices...)
@@ -500,7 +457,7 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 		all = all[:*limit]
 	}
 	if c.asJSON {
-		b, _ := json.Marshal(reposerver.DeviceList{Devices: all})
+		b, _ := json.Marshal(operatorapi.DeviceList{Devices: all})
 		c.show(b)
 		return nil
 	}
@@ -560,8 +517,11 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("usage: edgeward devices show ID")
 	}
-	var d operatorapi.DeviceDetail
-	raw, err := c.do(ctx, "GET", deviceURL(pos[0])+"?since="+since.String(), nil, &d)
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
+	d, raw, err := api.Device(ctx, pos[0], *since)
 	if err != nil {
 		return err
 	}
@@ -644,8 +604,11 @@ func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args 
 		if *reason != "" {
 			body = map[string]string{"reason": *reason}
 		}
-		var d operatorapi.DeviceView
-		raw, err := c.do(ctx, "POST", deviceURL(pos[0])+"/"+action, body, &d)
+		api, err := c.api()
+		if err != nil {
+			return err
+		}
+		d, raw, err := api.DeviceAction(ctx, pos[0], action, body)
 		if err != nil {
 			return err
 		}
@@ -685,10 +648,14 @@ func cmdDevicesClearFailed(ctx context.Context, env *cliEnv, args []string) erro
 		}
 		kinds = []artifact.Kind{k}
 	}
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
 	var d operatorapi.DeviceView
 	var raw []byte
 	for _, k := range kinds {
-		if raw, err = c.do(ctx, "POST", deviceURL(pos[0])+"/clear-failed", map[string]string{"kind": string(k)}, &d); err != nil {
+		if d, raw, err = api.ClearFailed(ctx, pos[0], k); err != nil {
 			return fmt.Errorf("clear failed %s of %s: %w", k, pos[0], err)
 		}
 	}
@@ -714,10 +681,14 @@ func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) < 2 {
 		return errors.New("usage: edgeward devices label ID key=value… [--replace]")
 	}
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
 	labels := map[string]string{}
 	if !*replace {
-		var d operatorapi.DeviceDetail
-		if _, err := c.do(ctx, "GET", deviceURL(pos[0]), nil, &d); err != nil {
+		d, _, err := api.Device(ctx, pos[0], 0)
+		if err != nil {
 			return err
 		}
 		for k, v := range d.Device.Labels {
@@ -735,8 +706,7 @@ func cmdDevicesLabel(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		labels[k] = v
 	}
-	var d operatorapi.DeviceView
-	raw, err := c.do(ctx, "PUT", deviceURL(pos[0])+"/labels", map[string]any{"labels": labels}, &d)
+	d, raw, err := api.SetLabels(ctx, pos[0], labels)
 	if err != nil {
 		return err
 	}
@@ -757,8 +727,11 @@ func cmdTokenList(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var res struct{ Tokens []fleet.TokenInfo }
-	raw, err := c.do(ctx, "GET", "/v1/tokens", nil, &res)
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
+	tokens, raw, err := api.Tokens(ctx)
 	if err != nil {
 		return err
 	}
@@ -768,7 +741,7 @@ func cmdTokenList(ctx context.Context, env *cliEnv, args []string) error {
 	now := time.Now()
 	tw := newTab(env.stdout)
 	fmt.Fprintln(tw, "ID\tOPERATOR\tROLE\tCREATED\tEXPIRES\tSTATE")
-	for _, t := range res.Tokens {
+	for _, t := range tokens {
 		state := "valid"
 		switch {
 		case !t.RevokedAt.IsZero():
@@ -793,7 +766,11 @@ func cmdTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("usage: edgeward token revoke ID --server URL")
 	}
-	if _, err := c.do(ctx, "DELETE", "/v1/tokens/"+url.PathEscape(pos[0]), nil, nil); err != nil {
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
+	if err := api.RevokeToken(ctx, pos[0]); err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "token %s revoked\n", pos[0])
@@ -801,41 +778,21 @@ func cmdTokenRevoke(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 // createTokenRemote issues a token through the server (security-admin).
-func createTokenRemote(ctx context.Context, c *opClient, name string, role fleet.Role, ttl time.Duration) (reposerver.TokenCreated, error) {
-	var res reposerver.TokenCreated
-	_, err := c.do(ctx, "POST", "/v1/tokens", map[string]string{"operator": name, "role": string(role), "ttl": ttl.String()}, &res)
-	return res, err
+func createTokenRemote(ctx context.Context, c *opClient, name string, role fleet.Role, ttl time.Duration) (operatorapi.TokenCreated, error) {
+	api, err := c.api()
+	if err != nil {
+		return operatorapi.TokenCreated{}, err
+	}
+	return api.CreateToken(ctx, name, role, ttl)
 }
 
 // auditExportRemote streams GET /v1/audit/export into w.
 func auditExportRemote(ctx context.Context, env *cliEnv, server, token string, w io.Writer) error {
-	if token == "" {
-		return errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(server, "/")+"/v1/audit/export", nil)
+	api, err := (&opClient{server: server, token: token, env: env}).api()
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	hc, err := operatorHTTP(env)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("audit export from %s: %w", server, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		var e struct{ Error string }
-		json.Unmarshal(data, &e)
-		return fmt.Errorf("audit export from %s: %w", server, &APIError{Status: resp.StatusCode, Msg: e.Error})
-	}
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("audit export from %s: %w", server, err)
-	}
-	return nil
+	return api.AuditExport(ctx, w)
 }
 
 // operatorHTTP is the client for a server's operator API: it trusts the PEM

@@ -1,0 +1,39 @@
+package operatorapi
+
+import (
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// The answers of the operator API's write endpoints and lists.
+
+// RolloutCreated answers POST /v1/rollouts.
+type RolloutCreated struct {
+	ID   string `json:"id"`
+	File string `json:"file"`
+	// Loaded says whether the policy in force had the rollout when the server answered
+	// (the watcher loads the file within about a second).
+	Loaded bool `json:"loaded"`
+	// Warning notes a target the repository does not hold yet: devices are not offered
+	// it until it is published (decision reason "unpublished").
+	Warning string `json:"warning,omitempty"`
+}
+
+// RolloutChanged answers an operator action on a rollout.
+type RolloutChanged struct {
+	State  policy.RolloutState `json:"state"`
+	Events []policy.Event      `json:"events"`
+}
+
+// DeviceList answers GET /v1/devices.
+type DeviceList struct {
+	Devices []DeviceView `json:"devices"`
+	// Next, if set, is the after= of the next page.
+	Next string `json:"next,omitempty"`
+}
+
+// TokenCreated answers POST /v1/tokens. The token is shown this once.
+type TokenCreated struct {
+	Token string          `json:"token"`
+	Info  fleet.TokenInfo `json:"info"`
+}
