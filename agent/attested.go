@@ -34,6 +34,9 @@ type Attested struct {
 	// Extra, if set, adds attributes measured at check-in time (e.g. the drift summary
 	// of the serving model) to Attrs.
 	Extra func(ctx context.Context) map[string]any
+	// LastError, if set, gives the agent's last update error for every check-in
+	// (updater.Agent.LastError).
+	LastError func() *wire.UpdateError
 	// Slots, if set, is read at every check-in, so that reports sent after an install
 	// carry the slots as they are then (the quote covers what was loaded since).
 	Slots *rollback.Manager
@@ -132,6 +135,9 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 	}
 	req := &wire.CheckInRequest{DeviceID: id, Labels: a.Labels, Hardware: a.Hardware, AgentVersion: a.AgentVersion,
 		Attrs: attrs, Slots: map[artifact.Kind]wire.Slot{}, Reports: reports, Nonce: nonce}
+	if a.LastError != nil {
+		req.LastError = a.LastError()
+	}
 	status := a.status
 	if a.Slots != nil {
 		status = map[artifact.Kind]updater.SlotStatus{}

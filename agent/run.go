@@ -200,6 +200,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	link.LastError = a.LastError
 	return loop(ctx, cfg, a)
 }
 

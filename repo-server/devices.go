@@ -369,7 +369,7 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
 	}
 	a := fleet.Admission{
-		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, At: now},
+		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, LastError: req.LastError, At: now},
 		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout

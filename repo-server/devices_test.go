@@ -414,3 +414,35 @@ func TestRefusalsAreAggregated(t *testing.T) {
 		t.Fatalf("edgeward_device_refusals_total = %v; want %d", got, n)
 	}
 }
+
+// TestCheckInCarriesLastUpdateError: the agent's last update error, in the quoted
+// check-in, is kept with the device until a check-in without one (issue 14: a device
+// stuck on expired metadata used to look healthy).
+func TestCheckInCarriesLastUpdateError(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	at := time.Now().UTC().Truncate(time.Second)
+	nonce, err := d.api.Nonce(ctx, d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &wire.CheckInRequest{DeviceID: d.id, Hardware: "x86_64", AgentVersion: "0.1.0", Slots: d.slot, Nonce: nonce,
+		LastError: &wire.UpdateError{Kind: wire.ErrorExpiredMetadata, Message: "timestamp.json is expired", At: at}}
+	d.quote(req)
+	if _, err := d.checkIn(req); err != nil {
+		t.Fatalf("check-in with a last error: %v", err)
+	}
+	dev, err := f.store.Device(ctx, d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := dev.LastError; e == nil || e.Kind != wire.ErrorExpiredMetadata || e.Message != "timestamp.json is expired" || !e.At.Equal(at) {
+		t.Fatalf("stored last error = %+v; want expired_metadata at %v", e, at)
+	}
+	if _, err := d.checkIn(d.request()); err != nil {
+		t.Fatal(err)
+	}
+	if dev, _ = f.store.Device(ctx, d.id); dev.LastError != nil {
+		t.Errorf("last error after a check-in without one = %+v; want nil", dev.LastError)
+	}
+}

@@ -116,6 +116,10 @@ type Agent struct {
 	// retries holds back, per kind, a target whose last install failed for a transient
 	// cause (see Transient) until its backoff has passed.
 	retries map[string]retry
+	// lastErr is the last round's update error (nil after a round without one); errMu
+	// guards it alone, so the director may read it during a round.
+	errMu   sync.Mutex
+	lastErr *wire.UpdateError
 	// reconciled is set once the first round queued any commit left unreported.
 	reconciled bool
 }
@@ -222,9 +226,11 @@ func (a *Agent) Step(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	var updateErr error // the round's first update error, for LastError
 	if wantsInstall(desired) {
 		if err := a.cfg.TUF.Refresh(ctx); err != nil {
 			errs = append(errs, err)
+			updateErr = err
 			desired = nil
 		}
 	}
@@ -239,8 +245,12 @@ func (a *Agent) Step(ctx context.Context) error {
 		delete(a.refused, string(k))
 		if err := a.install(ctx, k, d); err != nil {
 			errs = append(errs, err)
+			if updateErr == nil && ctx.Err() == nil {
+				updateErr = err
+			}
 		}
 	}
+	a.setLastError(updateErr, err == nil)
 	if a.cfg.Outbox != nil && a.cfg.Sender != nil {
 		// Reports that could not be sent are retried from the next check-in on (doubling,
 		// at most hourly): a failure report waiting longer would delay auto-pause.
@@ -249,6 +259,35 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// setLastError records the round's update error; a round that checked in, had none
+// and holds no version back for a retry clears it.
+func (a *Agent) setLastError(err error, checkedIn bool) {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	switch {
+	case err != nil:
+		msg := err.Error()
+		if len(msg) > 1024 {
+			msg = msg[:1024]
+		}
+		a.lastErr = &wire.UpdateError{Kind: ClassifyError(err), Message: msg, At: a.cfg.Now().UTC()}
+	case checkedIn && len(a.retries) == 0:
+		a.lastErr = nil
+	}
+}
+
+// LastError is the last update error: why the last round that checked in failed to
+// update, nil if it did not fail. Safe to call during a round (from the Director).
+func (a *Agent) LastError() *wire.UpdateError {
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
+	if a.lastErr == nil {
+		return nil
+	}
+	e := *a.lastErr
+	return &e
 }
 
 // wantsInstall reports whether any decision asks for an install.
@@ -334,7 +373,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 			if hooked {
 				hookErr = o.RolledBack(ctx, kind, t, meta)
 			}
-			err := a.retryLater(ctx, kind, targetPath, rep, fmt.Errorf("trial: %w", v.Err))
+			err := a.retryLater(ctx, kind, targetPath, rep, fmt.Errorf("trial: %w: %w", ErrRuntimeDown, v.Err))
 			return errors.Join(err, hookErr)
 		}
 		rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, s.Reason

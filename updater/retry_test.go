@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater/tuftest"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 func TestTransient(t *testing.T) {
@@ -111,10 +112,13 @@ func TestNoSpaceIsRetried(t *testing.T) {
 	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != rollback.Failed || current() != "" {
 		t.Fatalf("slot after the full disk = %s, committed %q; want failed, nothing committed", s.Phase, current())
 	}
-	// Within the backoff the agent does not try again.
+	// Within the backoff the agent does not try again, and is still stuck.
 	now = now.Add(30 * time.Second)
 	if err := a.Step(ctx); err != nil {
 		t.Errorf("Step within the backoff = %v; want no attempt", err)
+	}
+	if e := a.LastError(); e == nil || e.Kind != wire.ErrorNoSpace || !strings.Contains(e.Message, "no space left") {
+		t.Errorf("LastError() on a full disk = %+v; want no_space", e)
 	}
 	now = now.Add(31 * time.Second)
 	if err := a.Step(ctx); !errors.Is(err, ErrDiskFull) || !strings.Contains(err.Error(), "attempt 2") {
@@ -134,6 +138,9 @@ func TestNoSpaceIsRetried(t *testing.T) {
 	}
 	if got := current(); got != "1.0.0" {
 		t.Fatalf("committed %q after freeing space; want 1.0.0, with no restart", got)
+	}
+	if e := a.LastError(); e != nil {
+		t.Errorf("LastError() after the update = %+v; want nil", e)
 	}
 
 	msgs, _ := o.Due(ctx, now, 10)
@@ -194,6 +201,9 @@ func TestRuntimeDownDuringTrialIsRetried(t *testing.T) {
 	if err := a.Step(ctx); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("Step with the runtime down = %v; want ECONNREFUSED", err)
 	}
+	if e := a.LastError(); e == nil || e.Kind != wire.ErrorRuntimeDown || !e.At.Equal(now) {
+		t.Errorf("LastError() with the runtime down = %+v; want runtime_down at %v", e, now)
+	}
 	j.down = false
 	now = now.Add(time.Minute)
 	if err := a.Step(ctx); err != nil || current() != "1.0.0" {
@@ -226,5 +236,22 @@ func TestRuntimeDownDuringTrialIsRetried(t *testing.T) {
 	slices.Sort(want)
 	if got := strings.Join(outcomes, ", "); got != strings.Join(want, ", ") {
 		t.Errorf("reports = %s\nwant %s", got, strings.Join(want, ", "))
+	}
+}
+
+func TestClassifyError(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want wire.UpdateErrorKind
+	}{
+		{fmt.Errorf("tuf refresh: %w", &metadata.ErrExpiredMetadata{Msg: "timestamp.json is expired"}), wire.ErrorExpiredMetadata},
+		{&DownloadError{Err: fmt.Errorf("%w: 4 MiB needed", ErrDiskFull), perm: true}, wire.ErrorNoSpace},
+		{fmt.Errorf("trial: %w: %w", ErrRuntimeDown, syscall.ECONNREFUSED), wire.ErrorRuntimeDown},
+		{&DownloadError{URL: "u", Status: 503, Err: errors.New("unavailable")}, wire.ErrorDownload},
+		{errors.New("refusing model version 0.5.0"), wire.ErrorOther},
+	} {
+		if got := ClassifyError(tc.err); got != tc.want {
+			t.Errorf("ClassifyError(%v) = %s; want %s", tc.err, got, tc.want)
+		}
 	}
 }

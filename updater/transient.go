@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"syscall"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // Transient reports whether err has a cause that goes away without a new version: no
@@ -34,6 +36,28 @@ func Transient(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne)
+}
+
+// ErrRuntimeDown wraps the error of a trial the runtime failed (refused the
+// connection, died): the version was not judged.
+var ErrRuntimeDown = errors.New("the runtime is down")
+
+// ClassifyError says what kind of cause err is, for the check-in's last update error.
+func ClassifyError(err error) wire.UpdateErrorKind {
+	var expired *metadata.ErrExpiredMetadata
+	switch {
+	case errors.As(err, &expired):
+		return wire.ErrorExpiredMetadata
+	case errors.Is(err, ErrDiskFull), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return wire.ErrorNoSpace
+	case errors.Is(err, ErrRuntimeDown):
+		return wire.ErrorRuntimeDown
+	}
+	var de *DownloadError
+	if errors.As(err, &de) || Transient(err) {
+		return wire.ErrorDownload
+	}
+	return wire.ErrorOther
 }
 
 // recordingFetcher remembers the last error of the fetcher it wraps: the slot keeps

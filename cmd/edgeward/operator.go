@@ -552,6 +552,11 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(tw, "  enrolled\t%s\n", ago(v.EnrolledAt, now))
 	fmt.Fprintf(tw, "  last check-in\t%s\n", ago(v.LastCheckIn, now))
+	if e := v.LastError; e != nil {
+		fmt.Fprintf(tw, "  last update error\t%s: %s (%s)\n", e.Kind, e.Message, ago(e.At, now))
+	} else {
+		fmt.Fprintf(tw, "  last update error\tnone\n")
+	}
 	tw.Flush()
 	fmt.Fprintf(w, "attestation history (since %s):\n", d.Since.Local().Format(time.DateTime))
 	for _, vr := range d.Verdicts {

@@ -144,6 +144,26 @@ type Evidence struct {
 	Log eventlog.Log `json:"log"`
 }
 
+// UpdateErrorKind says what kind of cause stopped a device's last update round.
+type UpdateErrorKind string
+
+const (
+	ErrorExpiredMetadata UpdateErrorKind = "expired_metadata" // the TUF metadata it was served is expired
+	ErrorNoSpace         UpdateErrorKind = "no_space"         // no space left for the target
+	ErrorDownload        UpdateErrorKind = "download"         // the network or the server failed
+	ErrorRuntimeDown     UpdateErrorKind = "runtime_down"     // the local runtime refused or died
+	ErrorOther           UpdateErrorKind = "other"
+)
+
+// UpdateError is the agent's last update error: why its last update round failed, and
+// when. A device sends it at every check-in until a round succeeds, so that the fleet
+// sees why a device is stuck while it keeps serving.
+type UpdateError struct {
+	Kind    UpdateErrorKind `json:"kind"`
+	Message string          `json:"message"`
+	At      time.Time       `json:"at"`
+}
+
 // CheckInRequest is what a device sends at a check-in.
 type CheckInRequest struct {
 	DeviceID     string                 `json:"device_id"`
@@ -157,8 +177,10 @@ type CheckInRequest struct {
 	// AuditCheckpoint is the newest audit-log checkpoint the device has verified (a
 	// signed note), echoed so that the server must prove its new checkpoint consistent
 	// with it: every device is a witness of the audit log. Empty: none yet.
-	AuditCheckpoint string   `json:"audit_checkpoint,omitempty"`
-	Evidence        Evidence `json:"evidence"`
+	AuditCheckpoint string `json:"audit_checkpoint,omitempty"`
+	// LastError is the agent's last update error; nil when its last round succeeded.
+	LastError *UpdateError `json:"last_error,omitempty"`
+	Evidence  Evidence     `json:"evidence"`
 }
 
 // QuoteData is the qualifying data the device's quote must carry for this request:

@@ -181,7 +181,7 @@ func mergeFacts(old Device, c CheckIn) Device {
 		}
 		d.Slots[k] = sl
 	}
-	d.Hardware, d.AgentVersion, d.Attrs, d.LastCheckIn = c.Hardware, c.AgentVersion, c.Attrs, c.At
+	d.Hardware, d.AgentVersion, d.Attrs, d.LastCheckIn, d.LastError = c.Hardware, c.AgentVersion, c.Attrs, c.At, c.LastError
 	if d.Attrs == nil {
 		d.Attrs = map[string]any{}
 	}

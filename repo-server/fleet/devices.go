@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -39,6 +40,8 @@ type Device struct {
 	QuarantineReason string
 	EnrolledAt       time.Time
 	LastCheckIn      time.Time
+	// LastError is the agent's last update error as of its last check-in (nil: none).
+	LastError *wire.UpdateError
 }
 
 // CheckIn is what a device reports about itself at a check-in.
@@ -50,7 +53,9 @@ type CheckIn struct {
 	// keeps Failed (from reports) and sets Previous when Version changes.
 	Slots map[artifact.Kind]policy.Slot
 	Attrs map[string]any
-	At    time.Time
+	// LastError is the agent's last update error (nil: its last round succeeded).
+	LastError *wire.UpdateError
+	At        time.Time
 }
 
 func validID(id string) error {
@@ -109,6 +114,14 @@ func (c *CheckIn) validate() error {
 	}
 	if err := validVersion("agent version", c.AgentVersion); err != nil {
 		return err
+	}
+	if e := c.LastError; e != nil {
+		if err := validShort("last error kind", string(e.Kind)); err != nil || e.Kind == "" {
+			return invalid("last error kind", "%q", truncate(string(e.Kind)))
+		}
+		if len(e.Message) > MaxCause {
+			return invalid("last error message", "at most %d bytes", MaxCause)
+		}
 	}
 	for k, sl := range c.Slots {
 		if k != artifact.KindModel && k != artifact.KindRuntime {
@@ -332,7 +345,7 @@ func (s *Store) CountDevices(ctx context.Context) (int, error) {
 	return n, err
 }
 
-const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in`
+const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error`
 
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
@@ -352,11 +365,17 @@ func getDevice(ctx context.Context, q querier, id string) (Device, error) {
 
 func scanDevice(sc scanner) (Device, error) {
 	var d Device
-	var labels, slots, attrs, verdict string
+	var labels, slots, attrs, verdict, lastErr string
 	var verdictAt, enrolled, last int64
-	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last)
+	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last, &lastErr)
 	if err != nil {
 		return Device{}, err
+	}
+	if lastErr != "" {
+		d.LastError = new(wire.UpdateError)
+		if err := json.Unmarshal([]byte(lastErr), d.LastError); err != nil {
+			return Device{}, fmt.Errorf("device %s: corrupt column last_error: %w", d.ID, err)
+		}
 	}
 	d.Verdict, d.VerdictAt, d.EnrolledAt, d.LastCheckIn = policy.Verdict(verdict), fromNS(verdictAt), fromNS(enrolled), fromNS(last)
 	for _, f := range []struct {

@@ -113,6 +113,9 @@ var migrations = []string{
 		expires_at INTEGER NOT NULL
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX nonces_expiry ON nonces(expires_at);`,
+	// 6: the agent's last update error (JSON wire.UpdateError; '' for none), so the fleet
+	// sees why a device is stuck.
+	`ALTER TABLE devices ADD COLUMN last_error TEXT NOT NULL DEFAULT '';`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

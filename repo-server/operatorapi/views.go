@@ -30,13 +30,15 @@ type DeviceView struct {
 	QuarantineReason string                        `json:"quarantine_reason,omitempty"`
 	EnrolledAt       time.Time                     `json:"enrolled_at,omitzero"`
 	LastCheckIn      time.Time                     `json:"last_check_in,omitzero"`
+	// LastError is why the device's last update round failed (nil: it did not).
+	LastError *wire.UpdateError `json:"last_error,omitempty"`
 }
 
 // NewDeviceView converts a stored device.
 func NewDeviceView(d fleet.Device) DeviceView {
 	v := DeviceView{ID: d.ID, Labels: d.Labels, Hardware: d.Hardware, AgentVersion: d.AgentVersion, Slots: d.Slots,
 		Attrs: d.Attrs, Verdict: d.Verdict, VerdictAt: d.VerdictAt, Quarantined: d.Quarantined,
-		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn}
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn, LastError: d.LastError}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}
