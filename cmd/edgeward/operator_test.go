@@ -203,7 +203,7 @@ func TestCLIDevices(t *testing.T) {
 	s.store.AddReport(context.Background(), wire.Report{DeviceID: "cam-3", Kind: artifact.KindModel, Name: "vibration", Version: "1.1.0",
 		Outcome: wire.OutcomeProbeFailed, Cause: "accuracy 0.81 < 0.95", At: time.Now(), Probe: wire.Probe{Accuracy: 0.81, P99Ms: 1.5, PeakRSSMB: 44}})
 	out = aud.must("devices", "show", "cam-3")
-	for _, want := range []string{"device cam-3", "untrusted", "pcr 16 differs", "install history:", "probe_failed", "accuracy 0.81 < 0.95", "(failed 1.1.0)",
+	for _, want := range []string{"device cam-3", "untrusted", "pcr 16 differs", "install history:", "probe_failed", "accuracy 0.81 < 0.95", "(failed 1.1.0)", "last update error",
 		"accuracy 0.810 p99 1.50ms peak RSS 44.0MB"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("devices show lacks %q:\n%s", want, out)
