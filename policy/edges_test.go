@@ -124,3 +124,30 @@ func TestAttestationDefaultMaxAge(t *testing.T) {
 		t.Errorf("Attestation{}.maxAge() = %v; want %v", got, DefaultMaxAttestationAge)
 	}
 }
+
+// TestWindowEdges: Contains uses the whole time of day, down to the nanosecond, and a
+// window whose To equals its From is open around the clock.
+func TestWindowEdges(t *testing.T) {
+	all := [7]bool{true, true, true, true, true, true, true}
+	w := &Window{Name: "w", Location: time.UTC, Days: all, From: 10*time.Hour + 30*time.Minute, To: 10*time.Hour + 31*time.Minute}
+	day := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		at   time.Duration
+		want bool
+	}{
+		{10*time.Hour + 30*time.Minute + 30*time.Second, true},
+		{10*time.Hour + 30*time.Minute + 500, true},
+		{10*time.Hour + 29*time.Minute + 59*time.Second + 999_999_999, false},
+		{10*time.Hour + 31*time.Minute, false},
+	} {
+		if got := w.Contains(day.Add(tc.at)); got != tc.want {
+			t.Errorf("[10:30, 10:31).Contains(%v) = %v; want %v", tc.at, got, tc.want)
+		}
+	}
+	round := &Window{Name: "round", Location: time.UTC, Days: all, From: 6 * time.Hour, To: 6 * time.Hour}
+	for _, at := range []time.Duration{0, 6 * time.Hour, 12 * time.Hour} {
+		if !round.Contains(day.Add(at)) {
+			t.Errorf("[06:00, 06:00 next day).Contains(%v) = false; want true", at)
+		}
+	}
+}
