@@ -177,14 +177,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	// Then the network.
-	ak, api, err := connect(ctx, cfg, st.TPM)
+	conn, err := connect(ctx, cfg, st.TPM)
 	if err != nil {
 		if ctx.Err() != nil && !cfg.Once {
 			return nil
 		}
 		return err
 	}
-	link := &Attested{API: api, TPM: st.TPM, AK: ak, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
+	defer conn.Close()
+	link := &Attested{API: conn.API, TPM: st.TPM, AK: conn.AK, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
 		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs}
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
@@ -286,7 +287,7 @@ func waitReady(ctx context.Context, cfg Config, rc *runtimeapi.Client) error {
 // certificate) and returns the device API client, retrying while the server cannot be
 // reached or refuses (backoff from 1 s up to the interval) until ctx ends; with Once it
 // returns the first error.
-func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*attest.AKCertificate, *deviceapi.Client, error) {
+func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, error) {
 	httpc := serverClient(cfg.ServerRoots)
 	interval := cfg.Interval
 	if interval <= 0 {
@@ -299,18 +300,18 @@ func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*attest.AKCertif
 			err = fmt.Errorf("enroll with the attestation CA at %s: %w", cfg.Server, err)
 		} else {
 			cfg.Logger.Info("enrolled", "device", ak.PermanentIdentifier)
-			api, derr := deviceClient(ctx, cfg, httpc, tpm, ak)
+			conn, derr := deviceClient(ctx, cfg, httpc, tpm, ak)
 			if derr == nil {
-				return ak, api, nil
+				return conn, nil
 			}
 			err = fmt.Errorf("device certificate: %w", derr)
 		}
 		if cfg.Once {
-			return nil, nil, err
+			return nil, err
 		}
 		cfg.Logger.Warn("cannot connect to the server yet; serving what is committed, retrying", "err", err, "in", wait)
 		if err := cfg.Sleep(ctx, wait); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		wait = min(2*wait, max(interval, time.Second))
 	}
@@ -327,12 +328,12 @@ func serverClient(roots *x509.CertPool) *http.Client {
 // deviceClient returns the device API client. When the server names a device CA, the
 // device obtains a certificate for a TPM-resident key (ACME device-attest-01) and
 // every check-in uses it for mTLS; otherwise the TPM quote alone authenticates it.
-func deviceClient(ctx context.Context, cfg Config, httpc *http.Client, tpm *attest.TPM, ak *attest.AKCertificate) (*deviceapi.Client, error) {
+func deviceClient(ctx context.Context, cfg Config, httpc *http.Client, tpm *attest.TPM, ak *attest.AKCertificate) (*connection, error) {
 	plain := &deviceapi.Client{BaseURL: cfg.Server, HTTP: httpc}
 	info, err := plain.DeviceCA(ctx)
 	var apiErr *deviceapi.Error
 	if errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound {
-		return plain, nil
+		return &connection{AK: ak, API: plain}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("device CA: %w", err)
@@ -351,7 +352,22 @@ func deviceClient(ctx context.Context, cfg Config, httpc *http.Client, tpm *atte
 		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	tr.TLSClientConfig.GetClientCertificate = dc.GetClientCertificate
-	return &deviceapi.Client{BaseURL: cfg.Server, HTTP: &http.Client{Timeout: 2 * time.Minute, Transport: tr}}, nil
+	return &connection{AK: ak, API: &deviceapi.Client{BaseURL: cfg.Server, HTTP: &http.Client{Timeout: 2 * time.Minute, Transport: tr}}, cert: dc}, nil
+}
+
+// connection is the device's link to the server: its AK certificate, the device API
+// client and, with mTLS, the device certificate whose TPM-resident key Close unloads.
+type connection struct {
+	AK   *attest.AKCertificate
+	API  *deviceapi.Client
+	cert *DeviceCert
+}
+
+// Close unloads the device certificate's key from the TPM (a shared TPM has few object slots).
+func (c *connection) Close() {
+	if c.cert != nil {
+		c.cert.Close()
+	}
 }
 
 // sleep waits d or until ctx ends.
