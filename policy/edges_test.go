@@ -151,3 +151,14 @@ func TestWindowEdges(t *testing.T) {
 		}
 	}
 }
+
+// TestWindowNextMinutes: the next opening of a window that starts off the hour is at its
+// minute, the same day.
+func TestWindowNextMinutes(t *testing.T) {
+	all := [7]bool{true, true, true, true, true, true, true}
+	w := &Window{Name: "w", Location: time.UTC, Days: all, From: 22*time.Hour + 30*time.Minute, To: 23 * time.Hour}
+	noon := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	if got, ok := w.Next(noon); !ok || !got.Equal(noon.Add(10*time.Hour+30*time.Minute)) {
+		t.Errorf("[22:30, 23:00).Next(12:00) = %v, %v; want 22:30 the same day", got, ok)
+	}
+}
