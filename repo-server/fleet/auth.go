@@ -232,9 +232,14 @@ func (s *Store) Authenticate(ctx context.Context, token string, now time.Time) (
 		return Principal{}, fmt.Errorf("authenticate: malformed token: %w", ErrUnauthenticated)
 	}
 	h := sha256.Sum256([]byte(token))
+	return authenticateHash(ctx, s.db, h[:], now)
+}
+
+// authenticateHash checks the token whose SHA-256 is h.
+func authenticateHash(ctx context.Context, q dbtx, h []byte, now time.Time) (Principal, error) {
 	var info TokenInfo
 	var created, expires, revoked int64
-	err := s.db.QueryRowContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?`, h[:]).
+	err := q.QueryRowContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?`, h).
 		Scan(&info.ID, &info.Operator, &info.Role, &created, &expires, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, fmt.Errorf("authenticate: unknown token: %w", ErrUnauthenticated)

@@ -54,3 +54,56 @@ func TestNoncesInTheDatabase(t *testing.T) {
 		t.Fatalf("outstanding nonces = %d; want 1 (the expired one pruned)", n)
 	}
 }
+
+// Dashboard sessions are in the database (any replica serves them), hashed, bounded,
+// and end with their token.
+func TestSessionsInTheDatabase(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "fleet.db")
+	a, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	tok, info, err := a.CreateToken(ctx, "rita", RoleReleaseManager, time.Hour, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.StartSession(ctx, "sess-1", tok, "csrf-1", t0, t0.Add(30*time.Minute), 2); err != nil {
+		t.Fatal(err)
+	}
+	p, csrf, err := b.AuthenticateSession(ctx, "sess-1", t0.Add(time.Minute))
+	if err != nil || p.Name != "rita" || csrf != "csrf-1" {
+		t.Fatalf("AuthenticateSession at the other replica = %+v, %q, %v", p, csrf, err)
+	}
+	var n int
+	a.db.QueryRow(`SELECT count(*) FROM sessions WHERE id_hash = ? OR token_hash = ?`, "sess-1", tok).Scan(&n)
+	if n != 0 {
+		t.Fatal("a session ID or token is stored in the clear")
+	}
+	if _, _, err := b.AuthenticateSession(ctx, "sess-1", t0.Add(31*time.Minute)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("AuthenticateSession(expired) = %v; want ErrNotFound", err)
+	}
+	a.StartSession(ctx, "sess-2", tok, "c", t0.Add(time.Second), t0.Add(time.Hour), 2)
+	a.StartSession(ctx, "sess-3", tok, "c", t0.Add(2*time.Second), t0.Add(time.Hour), 2)
+	a.StartSession(ctx, "sess-4", tok, "c", t0.Add(3*time.Second), t0.Add(time.Hour), 2)
+	if _, _, err := b.AuthenticateSession(ctx, "sess-2", t0.Add(time.Minute)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("oldest session beyond the bound = %v; want ended", err)
+	}
+	if err := a.RevokeToken(ctx, info.ID, t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.AuthenticateSession(ctx, "sess-4", t0.Add(2*time.Minute)); !errors.Is(err, ErrTokenRevoked) {
+		t.Fatalf("session of a revoked token = %v; want ErrTokenRevoked", err)
+	}
+	a.EndSession(ctx, "sess-3")
+	if _, _, err := b.AuthenticateSession(ctx, "sess-3", t0.Add(2*time.Minute)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("ended session = %v; want ErrNotFound", err)
+	}
+}

@@ -116,6 +116,17 @@ var migrations = []string{
 	// 6: the agent's last update error (JSON wire.UpdateError; '' for none), so the fleet
 	// sees why a device is stuck.
 	`ALTER TABLE devices ADD COLUMN last_error TEXT NOT NULL DEFAULT '';`,
+	// 7: dashboard sessions live in the database, so any replica serves a signed-in
+	// operator. Only hashes are kept: of the session ID (the cookie) and of the token.
+	`CREATE TABLE sessions (
+		id_hash    BLOB PRIMARY KEY,
+		token_hash BLOB NOT NULL,
+		csrf       TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX sessions_expiry ON sessions(expires_at);
+	CREATE INDEX sessions_created ON sessions(created_at);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

@@ -41,7 +41,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -79,8 +78,8 @@ type Config struct {
 	SecureCookie bool
 	// SessionTTL bounds a session (never beyond its token's expiry); 0: 8 hours.
 	SessionTTL time.Duration
-	// MaxSessions bounds the sessions kept in memory; 0: 1024. When full, the oldest
-	// session ends.
+	// MaxSessions bounds the sessions kept (in the fleet database, shared by every
+	// replica); 0: 1024. When full, the oldest session ends.
 	MaxSessions int
 	// VerdictWindow is how far back a device page reads attestation verdicts and the
 	// fleet page computes the attestation pass rate; 0: one hour (see
@@ -94,16 +93,6 @@ type UI struct {
 	log   *slog.Logger
 	pages map[string]*template.Template
 	mux   *http.ServeMux
-
-	mu       sync.Mutex
-	sessions map[string]*session
-}
-
-type session struct {
-	token   string // the operator token, kept on the server only
-	csrf    string // echoed by the logout form
-	created time.Time
-	expires time.Time
 }
 
 // CookieName is the session cookie.
@@ -126,7 +115,7 @@ func New(cfg Config) (*UI, error) {
 	if cfg.VerdictWindow <= 0 {
 		cfg.VerdictWindow = time.Hour
 	}
-	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, sessions: map[string]*session{}}
+	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}}
 	if u.log == nil {
 		u.log = slog.New(slog.DiscardHandler)
 	}
@@ -256,10 +245,11 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		expires = exp
 	}
 	id := randomID()
-	u.mu.Lock()
-	u.pruneLocked(now)
-	u.sessions[id] = &session{token: tok, csrf: randomID(), created: now, expires: expires}
-	u.mu.Unlock()
+	if err := u.cfg.Fleet.StartSession(r.Context(), id, tok, randomID(), now, expires, u.cfg.MaxSessions); err != nil {
+		u.log.Error("dashboard: start session", "err", err)
+		u.render(w, r, http.StatusServiceUnavailable, "login", view{Title: "Sign in"}, map[string]string{"Err": "Sign-in failed: try again."})
+		return
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: id, Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
 		Secure: u.secure(r), MaxAge: int(expires.Sub(now).Seconds())})
 	u.log.Info("dashboard: signed in", "operator", p.Name, "role", p.Role)
@@ -294,46 +284,21 @@ func (u *UI) tokenExpiry(ctx context.Context, tok string) time.Time {
 	return time.Time{}
 }
 
-// pruneLocked drops expired sessions and, when still full, the oldest ones.
-func (u *UI) pruneLocked(now time.Time) {
-	for id, s := range u.sessions {
-		if !now.Before(s.expires) {
-			delete(u.sessions, id)
-		}
-	}
-	for len(u.sessions) >= u.cfg.MaxSessions {
-		oldest := ""
-		for id, s := range u.sessions {
-			if oldest == "" || s.created.Before(u.sessions[oldest].created) {
-				oldest = id
-			}
-		}
-		delete(u.sessions, oldest)
-	}
-}
-
-func (u *UI) session(r *http.Request) (string, *session) {
+// session returns the request's session ID, its operator and CSRF secret. err is
+// fleet.ErrNotFound without a live session, or why its token no longer authenticates.
+func (u *UI) session(r *http.Request) (id string, p fleet.Principal, csrf string, err error) {
 	c, err := r.Cookie(CookieName)
 	if err != nil {
-		return "", nil
+		return "", fleet.Principal{}, "", fmt.Errorf("no session cookie: %w", fleet.ErrNotFound)
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	s := u.sessions[c.Value]
-	if s == nil {
-		return "", nil
-	}
-	if !u.cfg.Now().Before(s.expires) {
-		delete(u.sessions, c.Value)
-		return "", nil
-	}
-	return c.Value, s
+	p, csrf, err = u.cfg.Fleet.AuthenticateSession(r.Context(), c.Value, u.cfg.Now())
+	return c.Value, p, csrf, err
 }
 
 func (u *UI) endSession(w http.ResponseWriter, r *http.Request, id string) {
-	u.mu.Lock()
-	delete(u.sessions, id)
-	u.mu.Unlock()
+	if err := u.cfg.Fleet.EndSession(r.Context(), id); err != nil {
+		u.log.Error("dashboard: end session", "err", err)
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/ui", HttpOnly: true, SameSite: http.SameSiteStrictMode,
 		Secure: u.secure(r), MaxAge: -1})
 }
@@ -346,10 +311,10 @@ func (u *UI) secure(r *http.Request) bool {
 }
 
 func (u *UI) logout(w http.ResponseWriter, r *http.Request) {
-	id, s := u.session(r)
-	if s != nil {
+	id, _, csrf, err := u.session(r)
+	if err == nil {
 		r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
-		if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+		if !sameOrigin(r) || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(csrf)) != 1 {
 			u.render(w, r, http.StatusForbidden, "error", view{Title: "Refused"}, "Sign-out refused: the form did not come from this dashboard.")
 			return
 		}
@@ -364,19 +329,18 @@ type pageFunc func(w http.ResponseWriter, r *http.Request, v view)
 // perform action; it sends anyone else to the login form or answers 403.
 func (u *UI) auth(action fleet.Action, h pageFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, s := u.session(r)
-		if s == nil {
+		id, p, csrf, err := u.session(r)
+		if errors.Is(err, fleet.ErrNotFound) {
 			http.Redirect(w, r, "/ui/login", http.StatusSeeOther)
 			return
 		}
-		now := u.cfg.Now()
-		p, err := u.cfg.Fleet.Authenticate(r.Context(), s.token, now)
 		if err != nil {
 			u.endSession(w, r, id)
 			http.Redirect(w, r, "/ui/login?m=expired", http.StatusSeeOther)
 			return
 		}
-		v := view{Op: p, CanAudit: fleet.Authorize(p, fleet.ActionAuditExport) == nil, CSRF: s.csrf, Now: now}
+		now := u.cfg.Now()
+		v := view{Op: p, CanAudit: fleet.Authorize(p, fleet.ActionAuditExport) == nil, CSRF: csrf, Now: now}
 		if err := fleet.Authorize(p, action); err != nil {
 			v.Title = "Forbidden"
 			u.render(w, r, http.StatusForbidden, "error", v, fmt.Sprintf("Your role (%s) may not see this page.", p.Role))
