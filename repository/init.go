@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
@@ -21,12 +22,21 @@ type InitOptions struct {
 	// OfflineKeyDir receives the offline keys; "": DIR/keys/offline.
 	OfflineKeyDir string
 	Expiry        Expiry
+	// RootPublicKeys, if set, are the root keys: the public halves of keys the root
+	// holders generated on their own machines. Init then makes no root key; it stages
+	// root v1 unsigned at ProposalPath(1), and the holders sign it (SignRoot or
+	// SignRootFile) and publish it (PublishRoot) like any other root change. RootKeys
+	// must be 0 or len(RootPublicKeys).
+	RootPublicKeys []*metadata.Key
 }
 
 // InitResult says what Init created.
 type InitResult struct {
 	Repo     *Repo
 	KeyFiles map[string][]string // role → key files
+	// RootProposal is the staged, unsigned root v1 when InitOptions.RootPublicKeys was
+	// set ("" otherwise: root v1 is published, signed by the generated root keys).
+	RootProposal string
 }
 
 // Init creates a repository in cfg.Dir: keys for every role, root (threshold
@@ -34,6 +44,23 @@ type InitResult struct {
 // runtimes/* to "runtimes", empty delegated roles, snapshot and timestamp, all version 1,
 // consistent snapshots on. It refuses a directory that already holds a repository.
 func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error) {
+	if n := len(opt.RootPublicKeys); n > 0 {
+		if opt.RootKeys != 0 && opt.RootKeys != n {
+			return nil, fmt.Errorf("%d root keys asked for but %d holders' public keys given: drop the key count or give one public key per holder", opt.RootKeys, n)
+		}
+		opt.RootKeys = n
+		seen := map[string]bool{}
+		for _, k := range opt.RootPublicKeys {
+			id, err := k.ID()
+			if err != nil {
+				return nil, fmt.Errorf("root public key: %w", err)
+			}
+			if seen[id] {
+				return nil, fmt.Errorf("root public key %s given twice: each holder brings a distinct key", short(id))
+			}
+			seen[id] = true
+		}
+	}
 	if opt.RootKeys == 0 {
 		opt.RootKeys = 3
 	}
@@ -93,7 +120,7 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 		n      int
 		online bool
 	}{
-		{metadata.ROOT, opt.RootKeys, false},
+		{metadata.ROOT, rootToGenerate(opt), false},
 		{metadata.TARGETS, 1, false},
 		{RoleModels, 1, false},
 		{RoleRuntimes, 1, false},
@@ -116,6 +143,11 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 
 	root := metadata.Root(r.expires(metadata.ROOT))
 	root.Signed.ConsistentSnapshot = true
+	for _, k := range opt.RootPublicKeys {
+		if err := root.Signed.AddKey(k, metadata.ROOT); err != nil {
+			return nil, fmt.Errorf("add a holder's root key: %w", err)
+		}
+	}
 	for _, role := range []string{metadata.ROOT, metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP} {
 		for _, k := range keys[role] {
 			if err := root.Signed.AddKey(k.Public, role); err != nil {
@@ -141,7 +173,21 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	}
 	timestamp := metadata.Timestamp(r.expires(metadata.TIMESTAMP))
 
-	if err := writeMeta(r, "1.root.json", root, keys[metadata.ROOT]); err != nil {
+	if len(opt.RootPublicKeys) > 0 {
+		// The holders sign root v1 offline; until they publish it the repository has no
+		// root and Load says so.
+		res.RootProposal = r.ProposalPath(1)
+		data, err := root.ToBytes(true)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(filepath.Dir(res.RootProposal), 0o755); err != nil {
+			return nil, err
+		}
+		if err := r.fs.WriteFile(res.RootProposal, data, 0o644); err != nil {
+			return nil, fmt.Errorf("stage root v1: %w", err)
+		}
+	} else if err := writeMeta(r, "1.root.json", root, keys[metadata.ROOT]); err != nil {
 		return nil, err
 	}
 	if err := writeMeta(r, "1.targets.json", targets, keys[metadata.TARGETS]); err != nil {
@@ -162,6 +208,8 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	// The settings file is written last: its presence means the repository is complete.
 	if err := r.record(ctx, event{"init", cfg.Dir, map[string]any{
 		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
+		"root_key_ids": root.Signed.Roles[metadata.ROOT].KeyIDs, "root_keys_from_holders": len(opt.RootPublicKeys) > 0,
+		"root_staged": res.RootProposal != "",
 	}}); err != nil {
 		return nil, err
 	}
@@ -170,4 +218,13 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 		return nil, err
 	}
 	return res, nil
+}
+
+// rootToGenerate is how many root keys Init makes itself: none when the holders brought
+// their own.
+func rootToGenerate(opt InitOptions) int {
+	if len(opt.RootPublicKeys) > 0 {
+		return 0
+	}
+	return opt.RootKeys
 }

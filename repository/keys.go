@@ -313,3 +313,25 @@ func short(id string) string {
 	}
 	return id
 }
+
+// ChangePassphrase re-encrypts the encrypted key file data under newPass, with a fresh
+// salt and nonce and default KDF parameters (kdf zero) or kdf. It refuses an online
+// (unencrypted) key file and a wrong oldPass (ErrWrongPassphrase); the key, its role
+// and its ID are unchanged.
+func ChangePassphrase(data, oldPass, newPass []byte, kdf KDFParams) ([]byte, error) {
+	var f keyFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("not an edgeward key file: %w", err)
+	}
+	if !f.Encrypted {
+		return nil, errors.New("key file is not encrypted (an online key): it has no passphrase to change")
+	}
+	if len(newPass) == 0 {
+		return nil, errors.New("empty new passphrase")
+	}
+	k, err := ParseKey(data, oldPass)
+	if err != nil {
+		return nil, err
+	}
+	return MarshalKey(k, newPass, kdf, nil)
+}

@@ -325,6 +325,9 @@ func (r *Repo) Load(ctx context.Context) (*State, error) {
 		}
 	}
 	if rootVersion == 0 {
+		if _, err := os.Stat(r.ProposalPath(1)); err == nil {
+			return nil, &MetadataError{File: filepath.Join(dir, "1.root.json"), Err: fmt.Errorf("%w: root v1 is staged at %s; the root key holders sign it ('edgeward root sign --key HOLDER.key') and publish it ('edgeward root publish')", ErrRootPending, r.ProposalPath(1))}
+		}
 		return nil, &MetadataError{File: filepath.Join(dir, "1.root.json"), Err: os.ErrNotExist}
 	}
 	st := &State{Targets: map[string]*metadata.Metadata[metadata.TargetsType]{}}

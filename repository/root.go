@@ -15,6 +15,10 @@ import (
 // ErrThreshold is returned when a proposed root lacks the signatures it needs.
 var ErrThreshold = errors.New("signature threshold not met")
 
+// ErrRootPending is returned by Load while root v1, made from the holders' public keys
+// by Init, waits for their signatures.
+var ErrRootPending = errors.New("the first root is not published yet")
+
 // RootChange describes a new root version. Zero fields change nothing.
 type RootChange struct {
 	AddKeys    map[string][]*metadata.Key // role → keys to add
@@ -79,7 +83,10 @@ func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := r.record(ctx, event{"root.propose", fmt.Sprintf("root v%d", next.Signed.Version), map[string]any{"version": next.Signed.Version, "proposal": path}}); err != nil {
+	data2 := rootChangeData(&st.Root.Signed, &next.Signed)
+	data2["proposal"] = path
+	data2["expires"] = next.Signed.Expires
+	if err := r.record(ctx, event{"root.propose", fmt.Sprintf("root v%d", next.Signed.Version), data2}); err != nil {
 		return "", err
 	}
 	if err := r.fs.WriteFile(path, data, 0o644); err != nil {
@@ -144,25 +151,103 @@ func SignRootFile(fsys FS, path string, key *Key) ([]string, error) {
 // SignRoot signs the staged proposal for the next root version with key, refusing a key
 // that is a root key of neither the current root nor the proposal.
 func (r *Repo) SignRoot(ctx context.Context, key *Key) (string, []string, error) {
-	st, err := r.Load(ctx)
+	cur, err := r.currentRoot(ctx)
 	if err != nil {
 		return "", nil, err
 	}
-	path := r.ProposalPath(st.Root.Signed.Version + 1)
+	var curVersion int64
+	var curKeys []string
+	if cur != nil {
+		curVersion, curKeys = cur.Signed.Version, cur.Signed.Roles[metadata.ROOT].KeyIDs
+	}
+	path := r.ProposalPath(curVersion + 1)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", nil, fmt.Errorf("no proposal for root v%d (run 'edgeward root propose'): %w", st.Root.Signed.Version+1, err)
+		return "", nil, fmt.Errorf("no proposal for root v%d (run 'edgeward root propose'): %w", curVersion+1, err)
 	}
 	prop, err := metadata.Root().FromBytes(data)
 	if err != nil {
 		return "", nil, &MetadataError{File: path, Err: err}
 	}
 	id := key.ID()
-	if !slices.Contains(st.Root.Signed.Roles[metadata.ROOT].KeyIDs, id) && !slices.Contains(prop.Signed.Roles[metadata.ROOT].KeyIDs, id) {
-		return "", nil, fmt.Errorf("key %s is not a root key of v%d or v%d", short(id), st.Root.Signed.Version, prop.Signed.Version)
+	if !slices.Contains(curKeys, id) && !slices.Contains(prop.Signed.Roles[metadata.ROOT].KeyIDs, id) {
+		return "", nil, fmt.Errorf("key %s is not a root key of v%d or v%d", short(id), curVersion, prop.Signed.Version)
+	}
+	if err := r.record(ctx, event{"root.sign", fmt.Sprintf("root v%d", prop.Signed.Version), map[string]any{"version": prop.Signed.Version, "key": id, "proposal": path}}); err != nil {
+		return "", nil, err
 	}
 	ids, err := SignRootFile(r.fs, path, key)
 	return path, ids, err
+}
+
+// currentRoot is the published root, verified by Load, or nil while root v1 is staged
+// for its holders (ErrRootPending).
+func (r *Repo) currentRoot(ctx context.Context) (*metadata.Metadata[metadata.RootType], error) {
+	st, err := r.Load(ctx)
+	if errors.Is(err, ErrRootPending) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st.Root, nil
+}
+
+// rootChangeData describes, for the audit log, what going from cur (nil: nothing) to
+// next changes: the keys added and revoked per role and every role's threshold.
+func rootChangeData(cur, next *metadata.RootType) map[string]any {
+	added, revoked := map[string][]string{}, map[string][]string{}
+	thresholds := map[string]int{}
+	for role, rr := range next.Roles {
+		thresholds[role] = rr.Threshold
+		var old []string
+		if cur != nil && cur.Roles[role] != nil {
+			old = cur.Roles[role].KeyIDs
+		}
+		for _, id := range rr.KeyIDs {
+			if !slices.Contains(old, id) {
+				added[role] = append(added[role], id)
+			}
+		}
+		for _, id := range old {
+			if !slices.Contains(rr.KeyIDs, id) {
+				revoked[role] = append(revoked[role], id)
+			}
+		}
+	}
+	d := map[string]any{"version": next.Version, "keys_added": added, "keys_revoked": revoked, "thresholds": thresholds}
+	if cur != nil {
+		old := map[string]int{}
+		for role, rr := range cur.Roles {
+			old[role] = rr.Threshold
+		}
+		d["previous_thresholds"] = old
+	}
+	return d
+}
+
+// rootSigners are the key IDs whose signatures on prop verify and that are root keys of
+// prop or of cur (nil for root v1).
+func rootSigners(cur, prop *metadata.Metadata[metadata.RootType]) []string {
+	var out []string
+	for _, s := range prop.Signatures {
+		var k *metadata.Key
+		if cur != nil && slices.Contains(cur.Signed.Roles[metadata.ROOT].KeyIDs, s.KeyID) {
+			k = cur.Signed.Keys[s.KeyID]
+		} else if slices.Contains(prop.Signed.Roles[metadata.ROOT].KeyIDs, s.KeyID) {
+			k = prop.Signed.Keys[s.KeyID]
+		}
+		if k == nil || slices.Contains(out, s.KeyID) {
+			continue
+		}
+		one := metadata.Root()
+		one.Signed.Keys = map[string]*metadata.Key{s.KeyID: k}
+		one.Signed.Roles[metadata.ROOT] = &metadata.Role{KeyIDs: []string{s.KeyID}, Threshold: 1}
+		if one.VerifyDelegate(metadata.ROOT, prop) == nil {
+			out = append(out, s.KeyID)
+		}
+	}
+	return out
 }
 
 // thresholdMet counts the proposal's valid signatures by the root keys of signer and
@@ -190,7 +275,62 @@ func thresholdMet(which string, signer, prop *metadata.Metadata[metadata.RootTyp
 // that clients on either root keep working; when it changes the targets keys, targets is
 // re-signed (the new targets key must be found by keys).
 func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int64, error) {
+	cur, err := r.currentRoot(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if cur == nil {
+		return r.publishFirstRoot(ctx, path)
+	}
 	return r.publishRoot(ctx, path, keys, nil)
+}
+
+// publishFirstRoot publishes root v1 that Init staged from the holders' public keys,
+// once a threshold of them has signed it. The rest of the metadata was signed at Init,
+// so it checks the whole repository loads with the new root and takes it back if not.
+func (r *Repo) publishFirstRoot(ctx context.Context, path string) (int64, error) {
+	unlock, err := lockFile(r.path(".lock"))
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	if path == "" {
+		path = r.ProposalPath(1)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read proposal: %w", err)
+	}
+	prop, err := metadata.Root().FromBytes(data)
+	if err != nil {
+		return 0, &MetadataError{File: path, Err: err}
+	}
+	if prop.Signed.Version != 1 {
+		return 0, fmt.Errorf("proposal is root v%d but the repository has no root yet: publish the staged root v1 (%s)", prop.Signed.Version, r.ProposalPath(1))
+	}
+	if err := thresholdMet("new", prop, prop); err != nil {
+		return 0, err
+	}
+	if prop.Signed.Expires.Before(r.now()) {
+		return 0, fmt.Errorf("proposal expired at %s: run 'edgeward repo init' again", prop.Signed.Expires)
+	}
+	ev := rootChangeData(nil, &prop.Signed)
+	ev["signed_by"] = rootSigners(nil, prop)
+	if err := r.record(ctx, event{"root.publish", "root v1", ev}); err != nil {
+		return 0, err
+	}
+	final := filepath.Join(r.MetadataDir(), "1.root.json")
+	if err := r.fs.WriteFile(final, data, 0o644); err != nil {
+		return 0, fmt.Errorf("write root v1: %w", err)
+	}
+	if _, err := r.Load(ctx); err != nil {
+		os.Remove(final)
+		return 0, fmt.Errorf("root v1 does not verify the repository's metadata (taken back): %w", err)
+	}
+	if path == r.ProposalPath(1) {
+		os.Remove(path)
+	}
+	return 1, nil
 }
 
 // publishRoot is PublishRoot; also records extra (if not nil) with the root's publication.
@@ -238,7 +378,9 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 		}
 		t.st.Root = prop
 		version = prop.Signed.Version
-		t.record("root.publish", fmt.Sprintf("root v%d", version), map[string]any{"version": version})
+		ev := rootChangeData(&cur.Signed, &prop.Signed)
+		ev["signed_by"] = rootSigners(cur, prop)
+		t.record("root.publish", fmt.Sprintf("root v%d", version), ev)
 		if extra != nil {
 			t.events = append(t.events, *extra)
 		}

@@ -3,6 +3,7 @@
 //	edgeward repo init DIR            create a TUF repository (2-of-3 root by default)
 //	edgeward repo status              versions, expiry and targets of a repository
 //	edgeward keys gen --role R        make a key on this machine (for a root ceremony)
+//	edgeward keys passwd KEYFILE      change a key file's passphrase
 //	edgeward keys rotate --role R     replace the timestamp, snapshot, models or runtimes key
 //	edgeward root propose|sign|publish  change the root without gathering its keys
 //	edgeward publish --kind K --name N --version V FILE   publish a model, probe set or runtime
@@ -42,6 +43,7 @@ func commands() []command {
 		{"repo init", "create a repository: edgeward repo init DIR", cmdRepoInit},
 		{"repo status", "show a repository's roles, versions, expiry and targets", cmdRepoStatus},
 		{"keys gen", "generate a key file on this machine", cmdKeysGen},
+		{"keys passwd", "re-encrypt a key file under a new passphrase: edgeward keys passwd KEYFILE", cmdKeysPasswd},
 		{"keys rotate", "replace the key of timestamp, snapshot, models or runtimes", cmdKeysRotate},
 		{"root propose", "stage a new root version", cmdRootPropose},
 		{"root sign", "add one signature to the staged root", cmdRootSign},

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -31,24 +32,46 @@ type repoFlags struct {
 	env      *cliEnv
 }
 
+// register adds every shared flag: --repo, --passphrase-file and --key (the server
+// uses all three).
 func (f *repoFlags) register(fs *flag.FlagSet, env *cliEnv) {
+	f.registerRepo(fs, env)
+	f.registerPassphrase(fs)
+	f.registerKeys(fs)
+}
+
+func (f *repoFlags) registerRepo(fs *flag.FlagSet, env *cliEnv) {
 	f.env = env
 	def := env.getenv("EDGEWARD_REPO")
 	if def == "" {
 		def = "edgeward-repo"
 	}
 	fs.StringVar(&f.dir, "repo", def, "repository directory ($EDGEWARD_REPO)")
+}
+
+func (f *repoFlags) registerPassphrase(fs *flag.FlagSet) {
 	fs.StringVar(&f.passFile, "passphrase-file", "", "file holding the passphrase of offline keys (else $EDGEWARD_PASSPHRASE, else a prompt)")
+}
+
+func (f *repoFlags) registerKeys(fs *flag.FlagSet) {
 	fs.Var(&f.keys, "key", "key file to sign with (repeatable); default: the repository's key directories")
 }
 
-// newCommand makes the flag set of a repository command with the shared flags.
+// newCommand makes the flag set of a repository command with --repo; commands that
+// decrypt or sign add registerPassphrase and registerKeys, so that no command lists a
+// flag it ignores.
 func newCommand(name string, env *cliEnv) (*flag.FlagSet, *repoFlags) {
+	fs := newFlagSet(name, env)
+	rf := &repoFlags{env: env}
+	rf.registerRepo(fs, env)
+	return fs, rf
+}
+
+// newFlagSet is a command's flag set: errors and -h output go to stderr.
+func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	rf := &repoFlags{}
-	rf.register(fs, env)
-	return fs, rf
+	return fs
 }
 
 func (f *repoFlags) open() (*repository.Repo, error) {
@@ -69,24 +92,30 @@ func (f *repoFlags) keyring() *repository.KeyRing {
 // passphrase reads the offline-key passphrase from --passphrase-file,
 // $EDGEWARD_PASSPHRASE or the terminal, in that order. It is never logged.
 func (f *repoFlags) passphrase() ([]byte, error) {
-	if f.passFile != "" {
-		b, err := os.ReadFile(f.passFile)
+	return readSecret(f.env, f.passFile, "EDGEWARD_PASSPHRASE", "Passphrase for offline keys: ", "--passphrase-file")
+}
+
+// readSecret reads a passphrase from file, else the environment variable envVar, else
+// the terminal (after prompt). flagName names the file flag in the error.
+func readSecret(env *cliEnv, file, envVar, prompt, flagName string) ([]byte, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("passphrase file: %w", err)
 		}
 		p := strings.TrimRight(string(b), "\r\n")
 		if p == "" {
-			return nil, fmt.Errorf("passphrase file %s is empty", f.passFile)
+			return nil, fmt.Errorf("passphrase file %s is empty", file)
 		}
 		return []byte(p), nil
 	}
-	if p := f.env.getenv("EDGEWARD_PASSPHRASE"); p != "" {
+	if p := env.getenv(envVar); p != "" {
 		return []byte(p), nil
 	}
-	if in, ok := f.env.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
-		fmt.Fprint(f.env.stderr, "Passphrase for offline keys: ")
+	if in, ok := env.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
+		fmt.Fprint(env.stderr, prompt)
 		p, err := term.ReadPassword(int(in.Fd()))
-		fmt.Fprintln(f.env.stderr)
+		fmt.Fprintln(env.stderr)
 		if err != nil {
 			return nil, err
 		}
@@ -95,13 +124,37 @@ func (f *repoFlags) passphrase() ([]byte, error) {
 		}
 		return p, nil
 	}
-	return nil, errors.New("no passphrase: give --passphrase-file or set EDGEWARD_PASSPHRASE (no terminal to prompt on)")
+	return nil, fmt.Errorf("no passphrase: give %s or set %s (no terminal to prompt on)", flagName, envVar)
+}
+
+// readPublicKey reads a public key: a .pub file written by 'edgeward keys gen' (a TUF
+// key object), or the public half of an edgeward key file (nothing is decrypted).
+func readPublicKey(path string) (*metadata.Key, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("public key: %w", err)
+	}
+	if _, _, pub, err := repository.PeekKey(data); err == nil {
+		return pub, nil
+	}
+	var k metadata.Key
+	if err := json.Unmarshal(data, &k); err != nil || k.Type == "" || len(k.Value.PublicKey) == 0 {
+		return nil, fmt.Errorf("%s is neither a public key (KEY.pub from 'edgeward keys gen') nor an edgeward key file", path)
+	}
+	if _, err := k.ID(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &k, nil
 }
 
 func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("repo init", env)
+	rf.registerPassphrase(fs)
+	var holderKeys multi
+	fs.Var(&holderKeys, "root-key", "a root key holder's PUBLIC key (KEY.pub from 'edgeward keys gen', or their key file: only its public half is read); repeat once per holder. Root v1 is then staged for the holders to sign ('edgeward root sign') and publish ('edgeward root publish')")
+	fs.Var(&holderKeys, "key", "same as --root-key")
 	keyType := fs.String("key-type", "ed25519", "key algorithm: ed25519 or ecdsa-p256")
-	rootKeys := fs.Int("root-keys", 3, "number of root keys")
+	rootKeys := fs.Int("root-keys", 3, "number of root keys to generate here when no --root-key is given (for tests and demos: they share one passphrase)")
 	threshold := fs.Int("root-threshold", 2, "root signatures needed")
 	offline := fs.String("offline-keys", "", "directory for the offline keys (default DIR/keys/offline)")
 	var exp repository.Expiry
@@ -127,20 +180,44 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir}}, repository.InitOptions{
+	opt := repository.InitOptions{
 		KeyType: kt, RootKeys: *rootKeys, RootThreshold: *threshold, Passphrase: pass, OfflineKeyDir: *offline, Expiry: exp,
-	})
+	}
+	if len(holderKeys) > 0 {
+		explicit := false
+		fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "root-keys" })
+		if !explicit {
+			opt.RootKeys = 0
+		}
+		for _, p := range holderKeys {
+			k, err := readPublicKey(p)
+			if err != nil {
+				return fmt.Errorf("--root-key: %w", err)
+			}
+			opt.RootPublicKeys = append(opt.RootPublicKeys, k)
+		}
+	}
+	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir}}, opt)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d %s keys)\n", rf.dir, *threshold, *rootKeys, kt)
+	nroot := *rootKeys
+	if len(opt.RootPublicKeys) > 0 {
+		nroot = len(opt.RootPublicKeys)
+	}
+	fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d keys)\n", rf.dir, *threshold, nroot)
 	for _, role := range []string{"root", "targets", "models", "runtimes", "snapshot", "timestamp"} {
 		for _, p := range res.KeyFiles[role] {
 			fmt.Fprintf(env.stdout, "  %-9s %s\n", role, p)
 		}
 	}
+	if res.RootProposal != "" {
+		fmt.Fprintf(env.stdout, "root v1 staged at %s for its holders: %d of them sign it ('edgeward root sign --key THEIR.key'), then 'edgeward root publish'\n", res.RootProposal, *threshold)
+		fmt.Fprintf(env.stdout, "once published, clients pin %s; keep the offline keys off the server\n", filepath.Join(res.Repo.MetadataDir(), "1.root.json"))
+		return nil
+	}
 	fmt.Fprintf(env.stdout, "clients pin %s\n", filepath.Join(res.Repo.MetadataDir(), "1.root.json"))
-	fmt.Fprintln(env.stdout, "move each root key to its holder; keep the offline keys off the server")
+	fmt.Fprintln(env.stdout, "these root keys share one passphrase: for a real ceremony let each holder run 'edgeward keys gen' and pass their public keys with --root-key; keep the offline keys off the server")
 	return nil
 }
 
@@ -212,7 +289,9 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
-	fs, rf := newCommand("keys gen", env)
+	fs := newFlagSet("keys gen", env)
+	rf := &repoFlags{env: env}
+	rf.registerPassphrase(fs)
 	role := fs.String("role", "root", "role the key is for")
 	out := fs.String("out", ".", "directory to write the key file to")
 	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
@@ -238,12 +317,75 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	pubData, err := json.MarshalIndent(k.Public, "", "  ")
+	if err != nil {
+		return err
+	}
+	pubPath := strings.TrimSuffix(p, ".key") + ".pub"
+	if err := durable.WriteFile(pubPath, append(pubData, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write public key: %w", err)
+	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
+	fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key')\n", pubPath)
+	return nil
+}
+
+func cmdKeysPasswd(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet("keys passwd", env)
+	oldFile := fs.String("passphrase-file", "", "file holding the current passphrase (else $EDGEWARD_PASSPHRASE, else a prompt)")
+	newFile := fs.String("new-passphrase-file", "", "file holding the new passphrase (else $EDGEWARD_NEW_PASSPHRASE, else a prompt, asked twice)")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward keys passwd KEYFILE [--passphrase-file OLD] [--new-passphrase-file NEW]")
+	}
+	path := pos[0]
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read key: %w", err)
+	}
+	oldPass, err := readSecret(env, *oldFile, "EDGEWARD_PASSPHRASE", "Current passphrase: ", "--passphrase-file")
+	if err != nil {
+		return err
+	}
+	if _, err := repository.ParseKey(data, oldPass); err != nil {
+		return fmt.Errorf("key %s: %w", path, err)
+	}
+	newPass, err := readSecret(env, *newFile, "EDGEWARD_NEW_PASSPHRASE", "New passphrase: ", "--new-passphrase-file")
+	if err != nil {
+		return err
+	}
+	if *newFile == "" && env.getenv("EDGEWARD_NEW_PASSPHRASE") == "" {
+		again, err := readSecret(env, "", "EDGEWARD_NEW_PASSPHRASE", "New passphrase again: ", "--new-passphrase-file")
+		if err != nil {
+			return err
+		}
+		if string(again) != string(newPass) {
+			return errors.New("the new passphrases differ: nothing changed")
+		}
+	}
+	out, err := repository.ChangePassphrase(data, oldPass, newPass, repository.KDFParams{})
+	if err != nil {
+		return fmt.Errorf("key %s: %w", path, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if err := durable.WriteFile(path, out, fi.Mode().Perm()); err != nil {
+		return fmt.Errorf("replace key %s (the old file is intact): %w", path, err)
+	}
+	_, id, _, _ := repository.PeekKey(out)
+	fmt.Fprintf(env.stdout, "key %s (%s) re-encrypted under the new passphrase\n", path, id[:min(8, len(id))])
 	return nil
 }
 
 func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("keys rotate", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
 	role := fs.String("role", "", "timestamp, snapshot, models or runtimes")
 	keyType := fs.String("key-type", "ed25519", "ed25519 or ecdsa-p256")
 	keyDir := fs.String("key-dir", "", "where a new offline key is written (default DIR/keys/offline)")
@@ -280,7 +422,7 @@ func shortIDs(ids []string) string {
 func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("root propose", env)
 	var add, revoke, thresholds multi
-	fs.Var(&add, "add-key", "ROLE=KEYFILE: add the public key of a key file to ROLE (repeatable)")
+	fs.Var(&add, "add-key", "ROLE=FILE: add a public key (KEY.pub, or the public half of a key file) to ROLE (repeatable)")
 	fs.Var(&revoke, "revoke-key", "ROLE=KEYID: remove a key from ROLE (repeatable; a unique prefix of the ID is enough)")
 	fs.Var(&thresholds, "threshold", "ROLE=N (repeatable)")
 	expires := fs.Duration("expires", 0, "lifetime of the new root (default: the repository's)")
@@ -301,13 +443,9 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 		if !ok {
 			return fmt.Errorf("--add-key %q: want ROLE=KEYFILE", a)
 		}
-		data, err := os.ReadFile(file)
+		pub, err := readPublicKey(file)
 		if err != nil {
-			return err
-		}
-		_, _, pub, err := repository.PeekKey(data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", file, err)
+			return fmt.Errorf("--add-key: %w", err)
 		}
 		ch.AddKeys[role] = append(ch.AddKeys[role], pub)
 	}
@@ -351,6 +489,8 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 
 func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("root sign", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
 	proposal := fs.String("proposal", "", "proposal file to sign (default: the repository's staged proposal); lets a key holder sign a copy away from the repository")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -383,6 +523,8 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 
 func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("root publish", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
 	proposal := fs.String("proposal", "", "signed proposal file (default: the staged one)")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -401,6 +543,8 @@ func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
 
 func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("publish", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
 	kind := fs.String("kind", "", "model, probe or runtime")
 	name := fs.String("name", "", "artifact name")
 	version := fs.String("version", "", "semantic version MAJOR.MINOR.PATCH")
