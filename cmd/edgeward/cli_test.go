@@ -148,8 +148,9 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	c.must("audit", "export", "-o", export)
 	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
 	out = c.must("audit", "verify", export, "--key", pub, "--state", state)
-	// init, publish, root v2 proposed, root v2 published, models rotated, root v3 proposed
-	if !strings.Contains(out, "ok: 6 records") || !strings.Contains(out, "last-seen now holds checkpoint 6") {
+	// init, publish, root v2 proposed, signed twice, published, models rotated, root v3
+	// proposed
+	if !strings.Contains(out, "ok: 8 records") || !strings.Contains(out, "last-seen now holds checkpoint 8") {
 		t.Fatalf("audit verify: %s", out)
 	}
 	// One record with its inclusion proof, checked alone against the state.

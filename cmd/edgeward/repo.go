@@ -201,11 +201,11 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	nroot := *rootKeys
 	if len(opt.RootPublicKeys) > 0 {
-		nroot = len(opt.RootPublicKeys)
+		fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d holders' keys)\n", rf.dir, *threshold, len(opt.RootPublicKeys))
+	} else {
+		fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d %s keys)\n", rf.dir, *threshold, *rootKeys, kt)
 	}
-	fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d keys)\n", rf.dir, *threshold, nroot)
 	for _, role := range []string{"root", "targets", "models", "runtimes", "snapshot", "timestamp"} {
 		for _, p := range res.KeyFiles[role] {
 			fmt.Fprintf(env.stdout, "  %-9s %s\n", role, p)
