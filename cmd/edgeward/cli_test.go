@@ -169,7 +169,7 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("the audit key is still in the data directory: %v", m)
 	}
 	c.must("audit", "export", "-o", export)
-	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 6 records") {
+	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 8 records") {
 		t.Fatalf("audit verify after move-key: %s", out)
 	}
 	data, _ := os.ReadFile(export)
