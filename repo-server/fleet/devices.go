@@ -199,8 +199,12 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 			return err
 		}
 		slots := mergeFacts(old, c).Slots
-		_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, last_check_in = ? WHERE id = ?`,
-			c.Hardware, c.AgentVersion, mustJSON(slots), attrs, ns(c.At), c.ID)
+		lastErr := ""
+		if c.LastError != nil {
+			lastErr = mustJSON(c.LastError)
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, last_check_in = ?, last_error = ? WHERE id = ?`,
+			c.Hardware, c.AgentVersion, mustJSON(slots), attrs, ns(c.At), lastErr, c.ID)
 		if err != nil {
 			return err
 		}

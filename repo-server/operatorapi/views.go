@@ -154,7 +154,12 @@ type FleetSummary struct {
 	Devices       int            `json:"devices"`
 	Quarantined   int            `json:"quarantined"`
 	Verdicts      map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
-	KPI           fleet.FleetKPI `json:"kpi"`
+	// UpdateErrors counts the devices whose last check-in carried an update error, by
+	// kind; ExpiredMetadata is UpdateErrors["expired_metadata"]: devices that keep
+	// serving but cannot update because the metadata they are served is expired.
+	UpdateErrors    map[string]int `json:"update_errors"`
+	ExpiredMetadata int            `json:"expired_metadata"`
+	KPI             fleet.FleetKPI `json:"kpi"`
 	// Drift summarises, per model, the drift the devices reported at their last
 	// check-in (agent attrs "drift").
 	Drift map[string]*ModelDrift `json:"drift,omitempty"`
@@ -199,7 +204,7 @@ func addDrift(sum map[string]*ModelDrift, attrs map[string]any) {
 // from the install reports made at or after since and the attestation verdicts made at
 // or after verdictsSince.
 func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince time.Time) (FleetSummary, error) {
-	out := FleetSummary{Since: since, VerdictsSince: verdictsSince, Verdicts: map[string]int{}, Drift: map[string]*ModelDrift{}}
+	out := FleetSummary{Since: since, VerdictsSince: verdictsSince, Verdicts: map[string]int{}, UpdateErrors: map[string]int{}, Drift: map[string]*ModelDrift{}}
 	for after := ""; ; {
 		devs, err := st.Devices(ctx, fleet.ListOptions{After: after, Limit: fleet.MaxListLimit})
 		if err != nil {
@@ -211,6 +216,9 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 				out.Quarantined++
 			}
 			out.Verdicts[string(d.Verdict)]++
+			if d.LastError != nil {
+				out.UpdateErrors[string(d.LastError.Kind)]++
+			}
 			addDrift(out.Drift, d.Attrs)
 		}
 		if len(devs) < fleet.MaxListLimit {
@@ -237,5 +245,6 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 		}
 	}
 	out.KPI = fleet.ComputeFleet(reps, vs, starts)
+	out.ExpiredMetadata = out.UpdateErrors[string(wire.ErrorExpiredMetadata)]
 	return out, nil
 }

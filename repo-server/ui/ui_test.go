@@ -96,7 +96,11 @@ func newDash(t *testing.T) *dash {
 		if err := store.Enroll(ctx, dv.id, dv.labels, now.Add(-2*time.Hour)); err != nil {
 			t.Fatal(err)
 		}
-		_, err := store.CheckIn(ctx, fleet.CheckIn{ID: dv.id, Hardware: "aarch64", AgentVersion: "0.3.1", At: now.Add(-time.Minute),
+		var lastErr *wire.UpdateError
+		if dv.id == "press-02" { // served expired metadata: keeps serving, cannot update
+			lastErr = &wire.UpdateError{Kind: wire.ErrorExpiredMetadata, Message: "timestamp.json is expired", At: now.Add(-time.Minute)}
+		}
+		_, err := store.CheckIn(ctx, fleet.CheckIn{ID: dv.id, Hardware: "aarch64", AgentVersion: "0.3.1", At: now.Add(-time.Minute), LastError: lastErr,
 			Slots: map[artifact.Kind]policy.Slot{
 				artifact.KindModel:   {Name: "vibration", Version: "1.4.0"},
 				artifact.KindRuntime: {Name: "onnxruntime", Version: "1.24.1"},
@@ -325,7 +329,7 @@ func TestDashboardPages(t *testing.T) {
 
 	_, body := d.get(c, "/ui/fleet")
 	for _, want := range []string{"press-01", "press-03", "vibration 1.4.0", "onnxruntime 1.24.1", `class="verdict untrusted"`,
-		`href="/ui/devices/urn:ek:sha256:q1/w2&#43;e3="`, "site=berlin", `id="devices-count">4<`} {
+		`href="/ui/devices/urn:ek:sha256:q1/w2&#43;e3="`, "site=berlin", `id="devices-count">4<`, `id="expired-metadata-count">1<`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("fleet page lacks %q", want)
 		}
@@ -351,6 +355,9 @@ func TestDashboardPages(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("device page lacks %q", want)
 		}
+	}
+	if _, body = d.get(c, "/ui/devices/press-02"); !strings.Contains(body, `expired_metadata</span>: timestamp.json is expired`) {
+		t.Errorf("device page of a device on expired metadata lacks its last update error")
 	}
 	resp, body = d.get(c, "/ui/devices/urn:ek:sha256:q1/w2+e3=")
 	if resp.StatusCode != 200 || !strings.Contains(body, `id="device-id">urn:ek:sha256:q1/w2&#43;e3=<`) {
