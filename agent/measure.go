@@ -15,7 +15,7 @@ import (
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/durable"
 )
 

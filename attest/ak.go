@@ -9,8 +9,8 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 

@@ -27,8 +27,8 @@
 //   - attest/stepca: embedded step-ca with an ACME provisioner that allows
 //     only device-attest-01, format tpm, trusting the attestation CA root.
 //
-// Shared pure packages: attest/eventlog (measurement log, replay) and
-// attest/protocol (wire types, the EK-derived permanent identifier).
+// Shared pure packages: internal/eventlog (measurement log, replay) and
+// internal/protocol (wire types, the EK-derived permanent identifier).
 // attest/attesttest holds test fixtures (a manufacturer CA that provisions EK
 // certificates into a TPM's NV, and a swtpm launcher).
 //

@@ -14,7 +14,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // ErrEnrollRejected wraps a 4xx answer of the attestation CA.

@@ -7,7 +7,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 // Measure extends e.PCR with e.Digest() and returns the event for the caller

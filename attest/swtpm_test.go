@@ -9,7 +9,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attesttest"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 // TestSwtpmEKCertAndFloor runs against a real swtpm process: the EK

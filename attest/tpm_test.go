@@ -16,7 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attesttest"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 func openSim(t *testing.T) *attest.TPM {

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 )

@@ -40,7 +40,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // Errors a caller (and the HTTP layer) decides on.

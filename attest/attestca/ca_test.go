@@ -21,7 +21,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 type fixture struct {

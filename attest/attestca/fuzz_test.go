@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // FuzzEnrollRequest: decoding and then challenging any request body never

@@ -9,7 +9,7 @@ import (
 	"mime"
 	"net/http"
 
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // MaxRequestBytes bounds a request body. An enrollment carries an EK

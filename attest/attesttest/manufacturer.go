@@ -22,7 +22,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // Manufacturer is a test TPM manufacturer: a root CA and an intermediate that

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/google/go-tpm/tpm2"
 )
 

@@ -18,7 +18,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/attest/verify"
 )
 

@@ -29,7 +29,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 

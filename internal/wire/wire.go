@@ -21,8 +21,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/edgeward/edgeward/attest/eventlog"
-	"github.com/edgeward/edgeward/attest/protocol"
+	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/artifact"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/edgeward/edgeward/attest/eventlog"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 var ev = eventlog.Event{PCR: 16, Kind: "model", Name: "m", Version: "1.0.0", SHA256: strings.Repeat("a", 64)}
