@@ -28,6 +28,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/edgeward/edgeward/internal/buildinfo"
 )
 
 func main() {
@@ -50,6 +52,9 @@ commands:
   device      the whole device: TPM enrollment, attested check-ins with the server,
               its inference runtime, probe-gated commits (after enroll --tpm)
   status      show slots, versions, floors and the transaction in progress
+  version     print the version, commit and Go version (also --version)
+
+every command prints its flags with -h or --help
 `
 
 // run is main without the process: it returns the exit code.
@@ -71,6 +76,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = slotCommand(ctx, args[0], args[1:], stdout, log)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
+		return 0
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, buildinfo.Read().Line("edgeward-agent"))
 		return 0
 	default:
 		fmt.Fprintf(stderr, "edgeward-agent: unknown command %q\n%s", args[0], usage)

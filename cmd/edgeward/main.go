@@ -13,6 +13,7 @@
 //	edgeward devices list|show|quarantine|release|label         the fleet (--server)
 //	edgeward token create|list|revoke operator API tokens
 //	edgeward demo                     run the demonstration scenario
+//	edgeward version                  version, commit and Go version (also --version)
 //
 // The repository directory is --repo, or $EDGEWARD_REPO, or ./edgeward-repo. Passphrases
 // for offline keys come from --passphrase-file, $EDGEWARD_PASSPHRASE or a prompt.
@@ -30,6 +31,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/edgeward/edgeward/internal/buildinfo"
 )
 
 type command struct {
@@ -97,10 +100,18 @@ func main() {
 }
 
 func run(ctx context.Context, env *cliEnv, args []string) error {
+	if len(args) > 0 && (args[0] == "version" || args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(env.stdout, buildinfo.Read().Line("edgeward"))
+		return nil
+	}
 	for _, c := range commands() {
 		words := strings.Fields(c.name)
 		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
-			return c.run(ctx, env, args[len(words):])
+			err := c.run(ctx, env, args[len(words):])
+			if errors.Is(err, flag.ErrHelp) && helpAsked(args[len(words):]) {
+				return nil // the flag set printed the command's flags
+			}
+			return err
 		}
 	}
 	usage(env.stderr)
@@ -110,11 +121,26 @@ func run(ctx context.Context, env *cliEnv, args []string) error {
 	return fmt.Errorf("unknown command %q: %w", strings.Join(args, " "), flag.ErrHelp)
 }
 
+// helpAsked says whether args ask for a command's help (-h, --help) before a "--".
+func helpAsked(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: edgeward <command> [flags] [args]")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-18s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintf(w, "  %-18s %s\n", "version", "print the version, commit and Go version (also --version)")
+	fmt.Fprintln(w, "every command prints its flags with -h or --help")
 }
 
 // parse parses flags that may come before, between or after positional arguments and

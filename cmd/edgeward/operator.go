@@ -111,11 +111,13 @@ func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
 	devices := fs.String("devices", "", "selector: device IDs a,b")
 	expr := fs.String("expr", "", "selector: CEL expression over device attributes")
 	window := fs.String("window", "", "maintenance window name (overrides the devices' windows)")
-	maxFail := fs.Float64("max-failure-ratio", -1, "auto-pause when more than this fraction of a wave failed (default 0.1)")
-	minReports := fs.Int("min-reports", -1, "… once at least this many devices of the wave reported (default 3)")
+	maxFail := fs.Float64("max-failure-ratio", 0.1, "auto-pause when more than this fraction of a wave failed")
+	minReports := fs.Int("min-reports", 3, "… once at least this many devices of the wave reported")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	given := map[string]bool{} // flags on the command line override the spec file
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var spec policy.RolloutSpec
 	if *file != "" {
 		data, err := os.ReadFile(*file)
@@ -170,14 +172,14 @@ func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		set(&spec.Selector.Expr, *expr)
 	}
-	if *maxFail >= 0 || *minReports >= 0 {
+	if given["max-failure-ratio"] || given["min-reports"] {
 		if spec.Pause == nil {
 			spec.Pause = &policy.PauseSpec{}
 		}
-		if *maxFail >= 0 {
+		if given["max-failure-ratio"] {
 			spec.Pause.MaxFailureRatio = maxFail
 		}
-		if *minReports >= 0 {
+		if given["min-reports"] {
 			spec.Pause.MinReports = minReports
 		}
 	}

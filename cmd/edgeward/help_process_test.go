@@ -1,0 +1,50 @@
+package main
+
+import (
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestEveryCommandExplainsItself runs the built binary: --version and version name the
+// commit it was built from and the Go version; -h and --help on every command print its
+// flags and exit 0.
+func TestEveryCommandExplainsItself(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := buildCLI(t)
+	// The commit is the one the binary was built from when the build stamps VCS
+	// information (GOFLAGS here may say -buildvcs=false: then "unknown").
+	want := "commit unknown"
+	if bi, err := exec.Command("go", "version", "-m", bin).Output(); err == nil {
+		for _, l := range strings.Split(string(bi), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == "build" && strings.HasPrefix(f[1], "vcs.revision=") {
+				want = "commit " + strings.TrimPrefix(f[1], "vcs.revision=")
+			}
+		}
+	}
+	for _, arg := range []string{"version", "--version"} {
+		out, err := runAs(bin, nil, arg)
+		if err != nil || !strings.HasPrefix(out, "edgeward ") || !strings.Contains(out, want) || !strings.Contains(out, runtime.Version()) {
+			t.Errorf("edgeward %s = %v\n%s\nwant %q and %s", arg, err, out, want, runtime.Version())
+		}
+	}
+	for _, c := range commands() {
+		for _, h := range []string{"-h", "--help"} {
+			args := append(strings.Fields(c.name), h)
+			out, err := runAs(bin, []string{"EDGEWARD_REPO=" + t.TempDir()}, args...)
+			if err != nil {
+				t.Errorf("edgeward %s = %v; want exit 0\n%s", strings.Join(args, " "), err, out)
+				continue
+			}
+			if !strings.Contains(out, "Usage of "+c.name) || strings.Contains(out, "flag: help requested") {
+				t.Errorf("edgeward %s printed no flags:\n%s", strings.Join(args, " "), out)
+			}
+			if strings.Contains(out, "(default 0.1) (default") || strings.Contains(out, "(default -1)") {
+				t.Errorf("edgeward %s shows a default twice or a sentinel:\n%s", strings.Join(args, " "), out)
+			}
+		}
+	}
+}
