@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 
@@ -29,10 +31,35 @@ import (
 // metadata: same pinned root, same rollback checks on metadata, same floor on versions.
 const DesiredFile = "desired.json"
 
-// fileClient is an HTTP client that also reads file:// URLs (with Range support).
-func fileClient() *http.Client {
+// ErrNotRegular: a file in an offline bundle is not a regular file (a FIFO, a device, a
+// directory, or a symlink to one). Such files are refused before anything is read: a
+// FIFO would block the reader forever, a device could be read without end.
+var ErrNotRegular = errors.New("not a regular file")
+
+// bundleFS serves the files under an offline bundle's directory to the file:// transport.
+// It opens regular files only, without blocking (openRegular); how much of a file is read
+// is bounded by the reader (TUF's metadata limits, the downloader's target length).
+type bundleFS struct{ root string }
+
+func (b bundleFS) Open(name string) (http.File, error) {
+	p := filepath.Join(b.root, filepath.FromSlash(path.Clean("/"+name)))
+	f, _, err := openRegular(p)
+	if errors.Is(err, ErrNotRegular) {
+		// http.FileServer answers 403 to a permission error: a permanent refusal,
+		// not a transient one the downloader would retry.
+		return nil, fmt.Errorf("%w: %w", err, fs.ErrPermission)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// fileClient is an HTTP client that also reads file:// URLs (with Range support), from
+// the bundle directory root only and regular files only.
+func fileClient(root string) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.RegisterProtocol("file", http.NewFileTransport(http.Dir("/")))
+	t.RegisterProtocol("file", http.NewFileTransport(bundleFS{root: root}))
 	return &http.Client{Transport: t}
 }
 
@@ -43,9 +70,9 @@ func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := fileClient()
+	c := fileClient(abs)
 	dl.Client = c
-	base := url.URL{Scheme: "file", Path: abs}
+	base := url.URL{Scheme: "file", Path: "/"}
 	return NewTUF(TUFConfig{MetadataDir: metadataDir, MetadataURL: base.JoinPath("metadata").String(),
 		TargetsURL: base.JoinPath("targets").String(), HTTPClient: c, Downloader: &dl})
 }
@@ -53,13 +80,17 @@ func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
 // maxDesiredBytes bounds a bundle's desired.json.
 const maxDesiredBytes = 64 << 10
 
-// ReadDesired reads a bundle's desired.json.
+// ReadDesired reads a bundle's desired.json. It refuses anything but a regular file of at
+// most maxDesiredBytes, without blocking on it (a FIFO) and before reading it.
 func ReadDesired(dir string) (map[artifact.Kind]string, error) {
-	f, err := os.Open(filepath.Join(dir, DesiredFile))
+	f, fi, err := openRegular(filepath.Join(dir, DesiredFile))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bundle %s: %w", dir, err)
 	}
 	defer f.Close()
+	if fi.Size() > maxDesiredBytes {
+		return nil, fmt.Errorf("bundle %s: %s larger than %d bytes (%d)", dir, DesiredFile, maxDesiredBytes, fi.Size())
+	}
 	return decodeDesired(dir, f)
 }
 
@@ -90,13 +121,17 @@ func decodeDesired(dir string, r io.Reader) (map[artifact.Kind]string, error) {
 
 // InstallBundle installs what a bundle's desired.json names, verified through the
 // bundle's metadata against the device's trusted metadata.
+//
+// desired.json is read before the agent lock is taken; every later read from the bundle
+// (metadata, targets) opens regular files only and never blocks on opening, so a hostile
+// bundle cannot hold the lock the online loop (Step) needs.
 func (a *Agent) InstallBundle(ctx context.Context, dir string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	desired, err := ReadDesired(dir)
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	tuf, err := BundleTUF(a.cfg.TUF.cfg.MetadataDir, dir, Downloader{Logger: a.cfg.Logger})
 	if err != nil {
 		return err

@@ -1,0 +1,145 @@
+//go:build unix
+
+package updater
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+// TestReadDesiredSparse replays issue 15 item 5: a 1 GiB sparse desired.json raised the
+// agent's RSS by a GiB. It is refused from its size, with next to nothing allocated.
+func TestReadDesiredSparse(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, DesiredFile)
+	if err := os.WriteFile(p, []byte(`{"model": "models/iris/1.0.0.onnx"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadDesired(dir)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("ReadDesired(1 GiB sparse desired.json) = %v; want larger than %d bytes", err, maxDesiredBytes)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 2*maxDesiredBytes {
+		t.Fatalf("ReadDesired(1 GiB sparse desired.json) allocated %d bytes; want at most %d", grew, 2*maxDesiredBytes)
+	}
+}
+
+// hostileAgent is an offline agent with a pinned root and a committed 1.0.0, and a
+// bundle of 2.0.0 in staging ready to be tampered with.
+func hostileAgent(t *testing.T) (*Agent, string) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	mdir := filepath.Join(state, "tuf")
+	PinRoot(mdir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	a, err := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{offline: true}, Judge: judge{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundle := filepath.Join(t.TempDir(), "usb")
+	r.WriteBundle(bundle, map[string]string{"model": p1})
+	return a, bundle
+}
+
+// within runs f and fails the test if it has not returned after d. A FIFO that f is stuck
+// on is then opened for writing, so the goroutine ends with the test.
+func within(t *testing.T, d time.Duration, what, fifo string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		t.Fatalf("%s still blocked after %v", what, d)
+		return nil
+	}
+}
+
+// TestBundleFIFO replays issue 15 item 5: a FIFO in place of desired.json (or of any
+// other file of the bundle) blocked the install, and the online loop behind the same
+// lock, forever. It is refused at once and the online loop goes on.
+func TestBundleFIFO(t *testing.T) {
+	ctx := context.Background()
+	for _, name := range []string{DesiredFile, "metadata/timestamp.json", "metadata/2.root.json"} {
+		t.Run(name, func(t *testing.T) {
+			a, bundle := hostileAgent(t)
+			fifo := filepath.Join(bundle, filepath.FromSlash(name))
+			os.Remove(fifo)
+			if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := within(t, 10*time.Second, "InstallBundle(FIFO "+name+")", fifo, func() error { return a.InstallBundle(ctx, bundle) })
+			if err == nil {
+				t.Fatalf("InstallBundle(FIFO %s) = nil; want a refusal", name)
+			}
+			if name == DesiredFile && !errors.Is(err, ErrNotRegular) {
+				t.Fatalf("InstallBundle(FIFO %s) = %v; want ErrNotRegular", name, err)
+			}
+			// The online loop takes the same lock: it must not be held.
+			within(t, 10*time.Second, "Step after a FIFO bundle", fifo, func() error { return a.Step(ctx) })
+			s, err := a.cfg.Slots.State(ctx, artifact.KindModel)
+			if err != nil || s.Current != nil {
+				t.Fatalf("after FIFO %s: current %+v, %v; want nothing installed", name, s.Current, err)
+			}
+		})
+	}
+}
+
+// TestBundleFIFOConcurrent: while a FIFO bundle is being installed, the online loop
+// still proceeds (the lock is never held across opening a path from the bundle).
+func TestBundleFIFOConcurrent(t *testing.T) {
+	ctx := context.Background()
+	a, bundle := hostileAgent(t)
+	fifo := filepath.Join(bundle, DesiredFile)
+	os.Remove(fifo)
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	go a.InstallBundle(ctx, bundle)
+	for i := 0; i < 3; i++ {
+		within(t, 10*time.Second, "Step while a FIFO bundle installs", fifo, func() error { return a.Step(ctx) })
+	}
+}
+
+// TestBundleDevice: a desired.json that is a symlink to a device is refused before a
+// byte is read.
+func TestBundleDevice(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Symlink("/dev/zero", filepath.Join(dir, DesiredFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadDesired(dir); !errors.Is(err, ErrNotRegular) {
+		t.Fatalf("ReadDesired(desired.json → /dev/zero) = %v; want ErrNotRegular", err)
+	}
+}
