@@ -49,6 +49,11 @@ func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, e
 	if err != nil {
 		return nil, err
 	}
+	// As 'edgeward repo init' does: the audit checkpoint key lives beside the data
+	// directory, never inside it.
+	if err := repository.MoveAuditKey(dir, filepath.Clean(dir)+".audit.key"); err != nil {
+		return nil, err
+	}
 	r := &Repo{Dir: dir, PolicyDir: filepath.Join(dir, "policy"), Repo: res.Repo,
 		Keys:     &repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(passphrase), nil }},
 		RootKeys: res.KeyFiles[metadata.ROOT]}

@@ -28,6 +28,9 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 	if err != nil {
 		return nil, err
 	}
+	if inside, _ := filepath.Glob(filepath.Join(s.cfg.Repo.Dir(), "keys", "online", "audit-*.key")); len(inside) > 0 {
+		s.log.Warn("the audit checkpoint key is in clear inside the data directory: whoever copies it can sign checkpoints; move it out with 'edgeward audit move-key --to FILE'", "key", inside[0])
+	}
 	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Origin: AuditOrigin(s.cfg.Repo), Now: s.cfg.Repo.Now})
 	if err != nil {
 		return nil, err

@@ -62,7 +62,8 @@ func writeTemp(t *testing.T, name, content string) string {
 func TestCLIRepositoryLifecycle(t *testing.T) {
 	c := newCLI(t)
 	pass := writeTemp(t, "pass", "s3cret\n")
-	out := c.must("repo", "init", c.repo, "--passphrase-file", pass, "--key-type", "ecdsa-p256")
+	// The audit key stays inside here so that the test can move it out itself below.
+	out := c.must("repo", "init", c.repo, "--passphrase-file", pass, "--key-type", "ecdsa-p256", "--audit-key", "inside")
 	if !strings.Contains(out, "root: 2 of 3 ecdsa-p256 keys") {
 		t.Fatalf("repo init output:\n%s", out)
 	}
@@ -334,5 +335,45 @@ func startServerProcess(t *testing.T, bin string, env []string, extra ...string)
 			t.Fatalf("server not healthy: %v\n%s", err, logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestInitKeepsTheAuditKeyOutside: by default 'repo init' leaves no checkpoint key in the
+// data directory (issue 13: never in clear beside the database), and the log is still
+// signed and verifiable with the key where it went.
+func TestInitKeepsTheAuditKeyOutside(t *testing.T) {
+	c := newCLI(t)
+	pass := writeTemp(t, "pass", "s3cret\n")
+	out := c.must("repo", "init", c.repo, "--passphrase-file", pass)
+	keyFile := filepath.Clean(c.repo) + ".audit.key"
+	if !strings.Contains(out, keyFile) {
+		t.Fatalf("repo init does not say where the audit key went (%s):\n%s", keyFile, out)
+	}
+	if m, _ := filepath.Glob(filepath.Join(c.repo, "keys", "*", "audit-*")); len(m) != 0 {
+		t.Fatalf("audit key left inside the data directory: %v", m)
+	}
+	fi, err := os.Stat(keyFile)
+	if err != nil {
+		t.Fatalf("audit key not at %s: %v", keyFile, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		t.Errorf("audit key mode %v; want no group or other access", fi.Mode().Perm())
+	}
+	dir := t.TempDir()
+	export, pub, state := filepath.Join(dir, "audit.jsonl"), filepath.Join(dir, "audit.vkey"), filepath.Join(dir, "last-seen")
+	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
+	c.must("audit", "export", "-o", export)
+	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: ") {
+		t.Fatalf("audit verify with the key outside: %s", out)
+	}
+	// An explicit place inside the data directory is refused, and nothing is left behind.
+	c2 := newCLI(t)
+	if _, _, err := c2.run("repo", "init", c2.repo, "--passphrase-file", pass, "--audit-key", filepath.Join(c2.repo, "k")); err == nil {
+		t.Fatal("repo init --audit-key inside the data directory succeeded")
+	}
+	if _, err := os.Stat(c2.repo); err == nil {
+		if m, _ := filepath.Glob(filepath.Join(c2.repo, "keys", "*", "*")); len(m) != 0 {
+			t.Fatalf("a refused init left keys behind: %v", m)
+		}
 	}
 }

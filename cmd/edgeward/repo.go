@@ -157,6 +157,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 	rootKeys := fs.Int("root-keys", 3, "number of root keys to generate here when no --root-key is given (for tests and demos: they share one passphrase)")
 	threshold := fs.Int("root-threshold", 2, "root signatures needed")
 	offline := fs.String("offline-keys", "", "directory for the offline keys (default DIR/keys/offline)")
+	auditKey := fs.String("audit-key", "", "file for the audit log's checkpoint key, outside DIR (default DIR.audit.key beside it), so a copy of the data directory never carries it; 'inside' keeps it in DIR/keys/online (throwaway setups only; 'edgeward audit move-key' moves it later)")
 	var exp repository.Expiry
 	fs.DurationVar(&exp.Timestamp, "timestamp-expiry", 0, "timestamp lifetime (default 24h)")
 	fs.DurationVar(&exp.Snapshot, "snapshot-expiry", 0, "snapshot lifetime (default 168h)")
@@ -197,10 +198,38 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 			opt.RootPublicKeys = append(opt.RootPublicKeys, k)
 		}
 	}
+	auditTo := *auditKey
+	if auditTo == "" {
+		auditTo = filepath.Clean(rf.dir) + ".audit.key"
+	}
+	if auditTo != "inside" { // refuse before anything is created
+		absDir, err1 := filepath.Abs(rf.dir)
+		absTo, err2 := filepath.Abs(auditTo)
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		if rel, err := filepath.Rel(absDir, absTo); err == nil && !strings.HasPrefix(rel, "..") {
+			return fmt.Errorf("--audit-key %s is inside the data directory %s: choose a file outside it", auditTo, rf.dir)
+		}
+		if _, err := os.Lstat(absTo); err == nil {
+			return fmt.Errorf("--audit-key %s already exists: choose a new file", auditTo)
+		}
+	}
 	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir}}, opt)
 	if err != nil {
 		return err
 	}
+	// The checkpoint key signs what auditors trust: it never stays in clear beside the
+	// database it vouches for, unless the operator asks for that explicitly.
+	auditKeyNote := "audit key kept inside " + rf.dir + " ('edgeward audit move-key --to FILE' moves it out)"
+	if auditTo != "inside" {
+		to := auditTo
+		if err := repository.MoveAuditKey(rf.dir, to); err != nil {
+			return fmt.Errorf("move the audit checkpoint key out of %s: %w (choose another place with --audit-key FILE)", rf.dir, err)
+		}
+		auditKeyNote = "audit     " + to + " (checkpoint key, outside the data directory: back it up apart from it)"
+	}
+	defer fmt.Fprintf(env.stdout, "  %s\n", auditKeyNote)
 	if len(opt.RootPublicKeys) > 0 {
 		fmt.Fprintf(env.stdout, "created repository %s (root: %d of %d holders' keys)\n", rf.dir, *threshold, len(opt.RootPublicKeys))
 	} else {
