@@ -175,6 +175,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := judge.LoadCommitted(ctx, st.Slots); err != nil {
 		return err
 	}
+	if judge.Runtimes != nil {
+		// A serving runtime that dies is restarted with the committed model re-loaded
+		// and re-measured, as at start; meanwhile the public socket answers 503.
+		sctx, stop := context.WithCancel(ctx)
+		supervised := make(chan struct{})
+		defer func() { stop(); <-supervised }()
+		judge.Runtimes.Restart = func(ctx context.Context) error { return judge.LoadCommitted(ctx, st.Slots) }
+		go func() { defer close(supervised); judge.Runtimes.Supervise(sctx) }()
+	}
 
 	// Then the network.
 	conn, err := connect(ctx, cfg, st.TPM)
@@ -202,7 +211,23 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	link.LastError = a.LastError
+	if judge.Runtimes != nil {
+		link.LastError = func() *wire.UpdateError { return withRuntimeDown(a.LastError(), judge.Runtimes, cfg.Now(), cfg.Interval) }
+	}
 	return loop(ctx, cfg, a)
+}
+
+// withRuntimeDown is the check-in's last error: the update error e, or a runtime
+// death (wire.ErrorRuntimeDown, with how many since the agent started) when it is
+// more recent than e and recent enough to be news: within two check-in intervals (at
+// least 10 minutes), so at least one check-in carries it.
+func withRuntimeDown(e *wire.UpdateError, rts *Runtimes, now time.Time, interval time.Duration) *wire.UpdateError {
+	n, at, why := rts.Downs()
+	if n == 0 || (e != nil && !at.After(e.At)) || now.Sub(at) > max(2*interval, 10*time.Minute) {
+		return e
+	}
+	return &wire.UpdateError{Kind: wire.ErrorRuntimeDown, At: at.UTC(),
+		Message: fmt.Sprintf("the inference runtime died %d time(s) since the agent started and was restarted; last: %s", n, why)}
 }
 
 // runManaged is the agent without a server: cfg.Director and cfg.Judge decide.

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,11 +36,193 @@ type Runtimes struct {
 	Stderr io.Writer
 	Logger *slog.Logger
 
-	mu  sync.Mutex
-	cur *RuntimeProc
-	all map[*RuntimeProc]bool
-	seq int
+	// Restart, if set, brings serving back after the serving runtime died or stopped
+	// answering (Supervise): it starts a runtime without hold and loads the committed
+	// model (RuntimeJudge.LoadCommitted). Nil: Supervise only refuses requests.
+	Restart func(ctx context.Context) error
+
+	mu         sync.Mutex
+	cur        *RuntimeProc
+	all        map[*RuntimeProc]bool
+	seq        int
+	restarting bool      // Supervise is restarting: Start holds even a serving process until the model is loaded
+	downs      int       // serving runtime deaths seen by Supervise
+	down       time.Time // when the last one was seen
+	why        string
 }
+
+// Supervision tuning: how often the serving runtime's control API is checked, how long
+// a check may take, how many failures in a row mean it hangs, and the restart backoff.
+const (
+	healthEvery    = time.Second
+	healthTimeout  = 2 * time.Second
+	healthFailures = 3
+	restartMin     = 200 * time.Millisecond
+	restartMax     = 10 * time.Second
+)
+
+// Downs reports how many times the serving runtime died (or hung and was killed) since
+// the agent started, when the last time was and why. Safe for concurrent use.
+func (r *Runtimes) Downs() (n int, last time.Time, why string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.downs, r.down, r.why
+}
+
+// Supervise watches the serving runtime until ctx ends. When it exits without Stop, or
+// its control API fails healthFailures checks in a row (then it is killed), the public
+// socket is answered by the agent itself with HTTP 503 and a JSON error — requests are
+// refused, never left hanging in the accept queue — while Restart is retried with
+// backoff (restartMin doubling to restartMax). Once a runtime serves again the agent
+// stops accepting. Deliberate swaps (Serve, Stop) are not deaths.
+func (r *Runtimes) Supervise(ctx context.Context) {
+	fails := 0
+	tick := time.NewTicker(healthEvery)
+	defer tick.Stop()
+	for {
+		p := r.Current()
+		var done <-chan struct{}
+		if p != nil {
+			done = p.done
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-done:
+		case <-tick.C:
+			if p == nil {
+				continue
+			}
+			hctx, cancel := context.WithTimeout(ctx, healthTimeout)
+			_, err := p.Client.Index(hctx)
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				fails = 0
+				continue
+			}
+			if fails++; fails < healthFailures {
+				continue
+			}
+			r.log().Error("runtime stopped answering its health check: killing it", "pid", p.cmd.Process.Pid, "err", err)
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		fails = 0
+		r.mu.Lock()
+		if p.stopping || r.cur != p {
+			r.mu.Unlock()
+			continue
+		}
+		r.cur = nil
+		delete(r.all, p)
+		r.downs++
+		r.down = time.Now()
+		r.why = fmt.Sprintf("runtime pid %d: %v", p.cmd.Process.Pid, p.cmd.ProcessState)
+		why := r.why
+		r.mu.Unlock()
+		os.Remove(p.sock)
+		r.log().Error("serving runtime died: refusing requests (503) and restarting it", "why", why)
+		stop := r.refuse(why)
+		r.restart(ctx)
+		stop()
+	}
+}
+
+// restart calls Restart with backoff until it succeeds or ctx ends.
+func (r *Runtimes) restart(ctx context.Context) {
+	if r.Restart == nil {
+		<-ctx.Done()
+		return
+	}
+	r.mu.Lock()
+	r.restarting = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.restarting = false
+		r.mu.Unlock()
+	}()
+	wait := restartMin
+	for {
+		start := time.Now()
+		err := r.Restart(ctx)
+		if p := r.Current(); err == nil && p != nil && p.held {
+			err = r.Serve(ctx, p) // the committed model is loaded: now it accepts
+		}
+		if err == nil {
+			r.log().Info("runtime restarted; serving again", "took", time.Since(start))
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		r.log().Error("runtime restart failed; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, restartMax)
+	}
+}
+
+// refuse answers the public socket with 503 until the returned stop is called. The
+// agent accepts beside any runtime then sharing the socket; stop unblocks its Accept
+// (a deadline in the past) and waits for it.
+func (r *Runtimes) refuse(why string) (stop func()) {
+	body, _ := json.Marshal(map[string]string{"error": "the inference runtime is restarting: " + why})
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Retry-After", "1")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write(body)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+	}
+	srv.SetKeepAlivesEnabled(false) // a kept connection would keep reaching the agent
+	ln := &refusingListener{TCPListener: r.Listener, stop: make(chan struct{})}
+	r.Listener.SetDeadline(time.Time{})
+	done := make(chan struct{})
+	go func() { srv.Serve(ln); close(done) }()
+	return func() {
+		close(ln.stop)
+		r.Listener.SetDeadline(time.Unix(1, 0))
+		<-done
+		r.Listener.SetDeadline(time.Time{})
+	}
+}
+
+// refusingListener is the agent's public socket while it refuses: Accept fails with
+// net.ErrClosed once stop is closed, and Close does not close the shared socket.
+type refusingListener struct {
+	*net.TCPListener
+	stop chan struct{}
+}
+
+func (l *refusingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.TCPListener.Accept()
+		select {
+		case <-l.stop:
+			if c != nil {
+				return c, nil // raced the stop: answered 503 all the same, then Accept ends
+			}
+			return nil, net.ErrClosed
+		default:
+		}
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+func (l *refusingListener) Close() error { return nil }
 
 // RuntimeProc is one edgeward-runtime process.
 type RuntimeProc struct {
@@ -51,6 +234,8 @@ type RuntimeProc struct {
 	sock        string
 	cmd         *exec.Cmd
 	done        chan struct{}
+	stopping    bool // Stop was called: its exit is not a death (guarded by Runtimes.mu)
+	held        bool // started as the serving process during a restart, held until restart calls Serve
 }
 
 // Start starts a runtime process with the ONNX Runtime library lib ("" = the runtime's
@@ -73,13 +258,14 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	r.mu.Lock()
 	r.seq++
 	sock := filepath.Join(r.Dir, fmt.Sprintf("runtime-%d.sock", r.seq))
+	p.held = !hold && r.restarting
 	r.mu.Unlock()
 	os.Remove(sock)
 	args := []string{"--listen-fd", "3", "--control", "unix:" + sock}
 	if lib != "" {
 		args = append(args, "--ort-lib", lib)
 	}
-	if hold {
+	if hold || p.held {
 		args = append(args, "--hold")
 	}
 	cmd := exec.Command(r.Binary, args...)
@@ -153,6 +339,9 @@ func (r *Runtimes) Stop(p *RuntimeProc) {
 	if p == nil || p.cmd == nil {
 		return
 	}
+	r.mu.Lock()
+	p.stopping = true
+	r.mu.Unlock()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
