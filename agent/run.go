@@ -40,7 +40,9 @@ type Config struct {
 	// probing in the runtime. Empty: no server, no runtime; Director says what to install
 	// and Judge judges the trials (a device managed by hand or by offline bundles).
 	Server string
-	// ServerRoots are the certificates trusted for an https Server; nil: the system roots.
+	// ServerRoots are the certificates trusted for an https Server and for https TUF
+	// metadata and target URLs (check-ins, refreshes and downloads alike); nil: the
+	// system roots.
 	ServerRoots *x509.CertPool
 	// Labels are sent at every check-in; the fleet's selectors match them.
 	Labels map[string]string
@@ -138,7 +140,7 @@ func (c Config) withDefaults() Config {
 func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
-	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Now: cfg.Now, Logger: log})
+	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log})
 	if err != nil {
 		return err
 	}

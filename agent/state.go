@@ -2,10 +2,13 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -102,8 +105,12 @@ func ReadEnrollment(dir StateDir) (Enrollment, error) {
 type StateConfig struct {
 	// Dir is the state directory; empty: DefaultStateDir.
 	Dir StateDir
-	// Downloader fetches metadata and targets; nil: an updater.Downloader with its defaults.
+	// Downloader fetches targets; nil: an updater.Downloader with its defaults. Its nil
+	// Client is replaced by one trusting Roots.
 	Downloader *updater.Downloader
+	// Roots are the certificates trusted for https metadata and target URLs (the
+	// server's CA: Config.ServerRoots, --server-ca); nil: the system roots.
+	Roots *x509.CertPool
 	// TPM, if set, holds the floors instead of the TPM named at enrollment; the caller
 	// keeps ownership (State.Close does not close it).
 	TPM *attest.TPM
@@ -134,8 +141,18 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Downloader == nil {
-		cfg.Downloader = &updater.Downloader{Logger: cfg.Logger}
+	dl := updater.Downloader{Logger: cfg.Logger}
+	if cfg.Downloader != nil {
+		dl = *cfg.Downloader
+	}
+	var meta *http.Client // nil: http.DefaultClient
+	if cfg.Roots != nil {
+		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12}}
+		meta = &http.Client{Timeout: 2 * time.Minute, Transport: tr}
+		if dl.Client == nil {
+			// No overall timeout: a large target takes long; the Downloader's stall timeout bounds it.
+			dl.Client = &http.Client{Transport: tr}
+		}
 	}
 	e, err := ReadEnrollment(cfg.Dir)
 	if err != nil {
@@ -143,7 +160,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	}
 	st := &State{Dir: cfg.Dir, TPM: cfg.TPM}
 	st.TUF, err = updater.NewTUF(updater.TUFConfig{MetadataDir: cfg.Dir.TUF(), MetadataURL: e.MetadataURL,
-		TargetsURL: e.TargetsURL, Downloader: cfg.Downloader, RootBackup: cfg.Dir.PinnedRoot()})
+		TargetsURL: e.TargetsURL, HTTPClient: meta, Downloader: &dl, RootBackup: cfg.Dir.PinnedRoot()})
 	if err != nil {
 		return nil, err
 	}

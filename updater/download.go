@@ -182,7 +182,9 @@ func (d *Downloader) Download(ctx context.Context, url string, want Want, dst st
 		}
 		err = d.once(ctx, url, want, dst)
 		var de *DownloadError
-		if err == nil || ctx.Err() != nil || (errors.As(err, &de) && de.perm) {
+		if err == nil || ctx.Err() != nil || (errors.As(err, &de) && de.perm) || errors.Is(err, ErrUntrustedServer) {
+			// An untrusted certificate stays untrusted within a round: not retried here,
+			// yet not permanent, since the version is not at fault (Transient).
 			break
 		}
 	}
@@ -404,6 +406,9 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		if u := untrusted(err); u != err {
+			return &DownloadError{URL: url, Err: u}
+		}
 		return err
 	}
 	defer resp.Body.Close()

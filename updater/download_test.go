@@ -359,3 +359,35 @@ func TestDownloadStall(t *testing.T) {
 		t.Errorf("%d requests, %d retries; want one stalled request and one resume", calls.Load(), len(waits))
 	}
 }
+
+// TestDownloadUntrustedServer: a target on an https server whose certificate chains to
+// no trusted root fails at once (retrying cannot help within the round) with an error
+// naming the fix, which does not blame the version (Transient, not Permanent); a client
+// trusting the server's CA downloads it.
+func TestDownloadUntrustedServer(t *testing.T) {
+	content := bytes.Repeat([]byte("edgeward"), 1<<10)
+	srv := httptest.NewTLSServer(&origin{content: content})
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "target")
+	sleeps := 0
+	d := &Downloader{Sleep: func(context.Context, time.Duration) error { sleeps++; return nil }}
+	err := d.Download(context.Background(), srv.URL+"/t", wantOf(content), dst)
+	var de *DownloadError
+	if !errors.As(err, &de) || de.Permanent() || !errors.Is(err, ErrUntrustedServer) || !strings.Contains(err.Error(), "--server-ca") {
+		t.Fatalf("Download(untrusted https) = %v; want a DownloadError wrapping ErrUntrustedServer naming --server-ca, not permanent", err)
+	}
+	if sleeps != 0 {
+		t.Errorf("Download(untrusted https) retried %d times; want 0", sleeps)
+	}
+	if !Transient(err) {
+		t.Errorf("Transient(%v) = false; want true (the version is not at fault)", err)
+	}
+
+	d.Client = srv.Client() // trusts the server's certificate
+	if err := d.Download(context.Background(), srv.URL+"/t", wantOf(content), dst); err != nil {
+		t.Fatalf("Download(https, CA trusted) = %v; want nil", err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Errorf("downloaded %d bytes; want the %d of the target", len(got), len(content))
+	}
+}

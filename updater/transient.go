@@ -2,7 +2,9 @@ package updater
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,12 +18,15 @@ import (
 // Transient reports whether err has a cause that goes away without a new version: no
 // space left on the device, the network or the server unreachable or failing (a
 // timeout, a refused or reset connection, HTTP 408, 429 or 5xx), the local runtime not
-// answering. An install that fails for such a cause is retried with backoff and does
+// answering, the server's certificate not trusted (ErrUntrustedServer). An install that fails for such a cause is retried with backoff and does
 // not count against the version. A wrong hash, a signature, a 404, a downgrade or a
 // failed probe are not transient.
 func Transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
+	}
+	if errors.Is(err, ErrUntrustedServer) {
+		return true // the device's configuration is at fault, not the version
 	}
 	var de *DownloadError
 	if errors.As(err, &de) && de.Status != 0 {
@@ -36,6 +41,23 @@ func Transient(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne)
+}
+
+// ErrUntrustedServer wraps the error of a request whose server presented a TLS
+// certificate that no trusted root issued: the device needs the server's CA
+// (edgeward-agent device --server-ca, agent.Config.ServerRoots), which covers
+// check-ins, TUF metadata and targets alike. A Downloader does not retry it within a
+// download; it is Transient, since the version is not at fault.
+var ErrUntrustedServer = errors.New("the server's TLS certificate is not trusted: give the agent the CA that issued it (edgeward-agent device --server-ca FILE)")
+
+// untrusted wraps err in ErrUntrustedServer when its cause is a certificate that chains
+// to no trusted root; other errors are returned as they are.
+func untrusted(err error) error {
+	var ua x509.UnknownAuthorityError
+	if errors.As(err, &ua) {
+		return fmt.Errorf("%w: %w", ErrUntrustedServer, err)
+	}
+	return err
 }
 
 // ErrRuntimeDown wraps the error of a trial the runtime failed (refused the

@@ -374,6 +374,10 @@ func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, _ time.Durat
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
+		if u := untrusted(err); u != err {
+			// Kept as a chain (go-tuf passes fetch errors through) so callers can test it.
+			return nil, fmt.Errorf("%s: %w", urlPath, u)
+		}
 		return nil, &metadata.ErrDownload{Msg: err.Error()}
 	}
 	defer resp.Body.Close()

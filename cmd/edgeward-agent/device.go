@@ -37,7 +37,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		once     = fs.Bool("once", false, "run one round and exit")
 		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
 		auditKey = fs.String("audit-key", "", "the server's audit log verifier key ('edgeward audit pubkey'), inline or a file: the device then witnesses the log and refuses answers whose checkpoint does not extend the last one it verified")
-		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem); with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
+		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem) and for https metadata and targets URLs; with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err

@@ -30,6 +30,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		pass        = fs.Bool("pass", false, "confirm: the trial passed")
 		fail        = fs.String("fail", "", "confirm: the trial failed, for this reason")
 		checkpoint  = fs.Int64("checkpoint-bytes", 0, "install: bytes between durable download checkpoints (0: 8 MiB)")
+		serverCA    = fs.String("server-ca", "", "install: PEM certificate(s) to trust for https metadata and targets URLs (the server's DIR/tls/server.pem); empty: the system roots")
 	)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -52,7 +53,11 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		}
 		return agent.Enroll(dir, root, agent.Enrollment{MetadataURL: *metadataURL, TargetsURL: *targetsURL, TPM: *tpmURL})
 	}
-	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: &updater.Downloader{Logger: log, CheckpointBytes: *checkpoint}, Logger: log})
+	roots, err := readRoots(*serverCA)
+	if err != nil {
+		return err
+	}
+	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: &updater.Downloader{Logger: log, CheckpointBytes: *checkpoint}, Roots: roots, Logger: log})
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -51,7 +52,18 @@ type Repo struct {
 	rootSigners []ed25519.PrivateKey
 }
 
-func New(t testing.TB) *Repo {
+// New serves a new repository over plain HTTP.
+func New(t testing.TB) *Repo { t.Helper(); return newRepo(t, false) }
+
+// NewTLS serves a new repository over HTTPS with httptest's self-signed certificate
+// (Certificate), which no system root trusts.
+func NewTLS(t testing.TB) *Repo { t.Helper(); return newRepo(t, true) }
+
+// Certificate is the HTTPS server's certificate (nil over plain HTTP): a client
+// trusts the repository by adding it to its roots.
+func (r *Repo) Certificate() *x509.Certificate { return r.srv.Certificate() }
+
+func newRepo(t testing.TB, tls bool) *Repo {
 	t.Helper()
 	exp := time.Now().Add(365 * 24 * time.Hour)
 	r := &Repo{t: t, keys: map[string]ed25519.PrivateKey{}, files: map[string][]byte{}, hits: map[string]int{}, streams: map[string]int64{},
@@ -60,7 +72,11 @@ func New(t testing.TB) *Repo {
 	for _, role := range []string{"root", "targets", "snapshot", "timestamp"} {
 		r.setKey(role)
 	}
-	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	if tls {
+		r.srv = httptest.NewTLSServer(http.HandlerFunc(r.serve))
+	} else {
+		r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	}
 	t.Cleanup(r.srv.Close)
 	r.publishRoot()
 	r.Publish()
