@@ -208,13 +208,15 @@ func Run(ctx context.Context, cfg Config) error {
 	defer o.Close()
 	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.TUF, Slots: st.Slots,
 		Director: link, Judge: judge, Outbox: o, Sender: link, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
-		Now: cfg.Now, Sleep: cfg.Sleep, Logger: log})
+		RefreshEveryRound: true, Now: cfg.Now, Sleep: cfg.Sleep, Logger: log})
 	if err != nil {
 		return err
 	}
 	link.LastError = a.LastError
 	if judge.Runtimes != nil {
-		link.LastError = func() *wire.UpdateError { return withRuntimeDown(a.LastError(), judge.Runtimes, cfg.Now(), cfg.Interval) }
+		link.LastError = func() *wire.UpdateError {
+			return withRuntimeDown(a.LastError(), judge.Runtimes, cfg.Now(), cfg.Interval)
+		}
 	}
 	return loop(ctx, cfg, a)
 }

@@ -97,6 +97,12 @@ type AgentConfig struct {
 	Jitter   float64
 	// TrialTimeout bounds each trial; 0 means 10m.
 	TrialTimeout time.Duration
+	// RefreshEveryRound refreshes the TUF metadata in every round whose check-in
+	// succeeded, even with nothing to install, so root and key rotations are followed
+	// promptly and expired or frozen metadata is noticed and reported (LastError, e.g.
+	// expired_metadata) without waiting for an install. false: only before installs
+	// (a device fed by offline bundles, whose metadata URL may be unreachable).
+	RefreshEveryRound bool
 	// Now, Rand and Sleep are the clock, randomness and waiting; nil means the real ones.
 	Now    func() time.Time
 	Rand   func() float64
@@ -227,7 +233,7 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 	}
 	var updateErr error // the round's first update error, for LastError
-	if wantsInstall(desired) {
+	if wantsInstall(desired) || (a.cfg.RefreshEveryRound && err == nil) {
 		if err := a.cfg.TUF.Refresh(ctx); err != nil {
 			errs = append(errs, err)
 			updateErr = err

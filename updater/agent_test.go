@@ -306,3 +306,50 @@ func TestDecisionGates(t *testing.T) {
 		}
 	}
 }
+
+// TestRefreshEveryRound: a device with nothing to install refreshes its metadata at
+// every round when asked to, so it notices expired metadata and reports expired_metadata
+// as its last error; without RefreshEveryRound it only refreshes before installs.
+func TestRefreshEveryRound(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	now := time.Now()
+	for _, every := range []bool{false, true} {
+		state := t.TempDir()
+		PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+		c, err := NewTUF(TUFConfig{MetadataDir: filepath.Join(state, "tuf"), MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(),
+			Downloader: testDownloader(nil), Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: &director{},
+			RefreshEveryRound: every, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now = time.Now()
+		before := r.Hits("/metadata/timestamp.json")
+		a.Step(ctx)
+		refreshed := r.Hits("/metadata/timestamp.json") > before
+		if refreshed != every {
+			t.Errorf("RefreshEveryRound=%v: a round with nothing to install refreshed = %v; want %v", every, refreshed, every)
+		}
+		if e := a.LastError(); e != nil {
+			t.Errorf("RefreshEveryRound=%v: LastError() = %+v after fresh metadata; want nil", every, e)
+		}
+		now = now.Add(2 * 365 * 24 * time.Hour) // past every expiry
+		a.Step(ctx)
+		e := a.LastError()
+		switch {
+		case every && (e == nil || e.Kind != wire.ErrorExpiredMetadata):
+			t.Errorf("RefreshEveryRound=true: LastError() = %+v with expired metadata; want kind %q", e, wire.ErrorExpiredMetadata)
+		case !every && e != nil:
+			t.Errorf("RefreshEveryRound=false: LastError() = %+v with nothing to install; want nil", e)
+		}
+	}
+}
