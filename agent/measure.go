@@ -15,8 +15,8 @@ import (
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/durable"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 // MeasurementLog is the agent's measurement log: every artifact load is extended into

@@ -19,9 +19,9 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/protocol"
-	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 

@@ -20,9 +20,9 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
-	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/attest/stepca"
 	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 

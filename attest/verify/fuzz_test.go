@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/eventlog"
 )
 
 // FuzzVerify: any evidence a device can send decodes and verifies without

@@ -21,9 +21,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/protocol"
-	"github.com/edgeward/edgeward/internal/artifact"
 )
 
 // Paths of the device API.

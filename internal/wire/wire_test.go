@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 func base() *CheckInRequest {
