@@ -26,6 +26,8 @@ build:
 # test is everything CI runs. EDGEWARD_REQUIRE_DEPS=1 turns "dependency missing" from a skip
 # into a failure, so a green run means the real TPM, ONNX Runtime, etc. were exercised.
 test: deps
+	@unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.deps/*')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	EDGEWARD_REQUIRE_DEPS=1 EDGEWARD_KILLS=$(KILLS) $(GO) test -count=1 -timeout 75m ./...
 	$(MAKE) fuzz
