@@ -38,9 +38,26 @@ type Admission struct {
 	Reasons []string
 	// Policy in force; its rollouts attribute reports and receive the untrusted reports.
 	Policy *policy.Policy
+	// States are the stored states of Policy's rollouts at receipt, by ID (a rollout
+	// never planned is absent): a report counts only for a wave the rollout reached.
+	States map[string]policy.RolloutState
+	// Offered holds the targets the server offered this device (install or download)
+	// before this check-in: a report about a target never offered is not counted.
+	Offered map[policy.Target]bool
 	// Quarantine: quarantine the device if its verdict is not trusted.
 	Quarantine bool
-	Now        time.Time
+	// Now is the server's clock at receipt: every report's time (the device's own is
+	// kept as DeviceAt, information only).
+	Now time.Time
+}
+
+// AdmittedReport is a report to store. At is the server's receipt time; DeviceAt is the
+// time the device wrote, kept as information only. Counted: the report enters
+// rollout_latest, what the planner counts (see Admit).
+type AdmittedReport struct {
+	wire.Report
+	DeviceAt time.Time
+	Counted  bool
 }
 
 // Admitted is what admitting a check-in changes: the writes to apply and the audit
@@ -48,7 +65,7 @@ type Admission struct {
 type Admitted struct {
 	Enroll  bool   // insert Device (first check-in) rather than update it
 	Device  Device // the device row after the check-in
-	Reports []wire.Report
+	Reports []AdmittedReport
 	Seen    []string // report IDs to mark stored
 	Verdict VerdictRecord
 	Audit   []AuditRecord
@@ -66,6 +83,13 @@ type Admitted struct {
 // in a.Seen was stored by an earlier attempt and is only acknowledged), the verdict
 // (and, when the device turns untrusted, one attestation_untrusted report against
 // every rollout whose target it runs), then the quarantine.
+//
+// Every report is stored, but only some count toward a rollout's waves (Counted), so
+// that one device cannot pause a rollout it is not part of: the device must be
+// selected by the rollout, in a wave the rollout has reached, have been offered the
+// target by the server (a.Offered), and, for its own reports, be trusted at this
+// check-in and not quarantined. A report's time is a.Now, never the device's: a time
+// in the future cannot make a failure outlive a resume.
 func Admit(a Admission) (Admitted, error) {
 	id := a.CheckIn.ID
 	if err := a.CheckIn.validate(); err != nil {
@@ -106,17 +130,21 @@ func Admit(a Admission) (Admitted, error) {
 		}
 		r := rep
 		r.DeviceID, r.RolloutID = id, ""
+		var rollout *policy.Rollout
 		for _, ro := range p.Rollouts {
 			if ro.Target.Kind == r.Kind && ro.Target.Name == r.Name && ro.Target.Version == r.Version {
-				r.RolloutID = ro.ID
+				r.RolloutID, rollout = ro.ID, ro
 				break
 			}
 		}
 		if err := validateReport(&r); err != nil {
 			return Admitted{}, err
 		}
+		deviceAt := r.At
+		r.At = a.Now
 		applyReport(&d, r)
-		out.Reports = append(out.Reports, r)
+		counted := rollout != nil && a.Verdict == policy.VerdictTrusted && !before.Quarantined && a.member(rollout, &d)
+		out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: deviceAt, Counted: counted})
 		if rep.ID != "" {
 			seen[rep.ID] = true
 			out.Seen = append(out.Seen, rep.ID)
@@ -145,7 +173,9 @@ func Admit(a Admission) (Admitted, error) {
 			r := wire.Report{DeviceID: id, RolloutID: ro.ID, Kind: ro.Target.Kind, Name: sl.Name, Version: sl.Version,
 				Outcome: wire.OutcomeAttestationUntrusted, Cause: detail, At: a.Now}
 			applyReport(&d, r)
-			out.Reports = append(out.Reports, r)
+			// The server's own observation about the target: it counts if the device is
+			// one of the rollout's (the verdict is what is being reported).
+			out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: a.Now, Counted: !before.Quarantined && a.member(ro, &d)})
 			out.Replan = true
 		}
 	}
@@ -160,6 +190,19 @@ func Admit(a Admission) (Admitted, error) {
 	}
 	out.Device = d
 	return out, nil
+}
+
+// member reports whether d is one of r's devices at receipt: selected by r, in a wave
+// r has reached (for r's current target), and offered r's target by the server.
+func (a *Admission) member(r *policy.Rollout, d *Device) bool {
+	if ok, _ := r.Selector.Match(&d.Device); !ok {
+		return false
+	}
+	st, ok := a.States[r.ID]
+	if !ok || st.Started.IsZero() || !st.AppliesTo(r) || r.WaveOf(d.ID) > st.Wave {
+		return false
+	}
+	return a.Offered[r.Target]
 }
 
 // mergeFacts returns the device with the check-in's facts. When a slot's version

@@ -80,7 +80,7 @@ rollouts:
 				case (i+j)%7 == 0:
 					r.Outcome = wire.OutcomeProbeFailed
 				}
-				if err := insertReport(ctx, tx, r); err != nil {
+				if err := insertReport(ctx, tx, r, r.At, true); err != nil {
 					return err
 				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO verdicts (device_id, verdict, detail, at) VALUES (?, 'trusted', '', ?)`, d.ID, ns(at)); err != nil {

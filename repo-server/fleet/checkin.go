@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -92,6 +93,26 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 				return err
 			}
 		}
+		if a.States, err = policyStates(ctx, tx, p); err != nil {
+			return err
+		}
+		a.Offered = map[policy.Target]bool{}
+		for _, ro := range p.Rollouts {
+			t := ro.Target
+			if _, done := a.Offered[t]; done {
+				continue
+			}
+			var one int
+			err := tx.QueryRowContext(ctx, offerQuery, id, string(t.Kind), t.Name, t.Version).Scan(&one)
+			switch {
+			case err == nil:
+				a.Offered[t] = true
+			case errors.Is(err, sql.ErrNoRows):
+				a.Offered[t] = false
+			default:
+				return fmt.Errorf("offers: %w", err)
+			}
+		}
 		out, err := Admit(a)
 		if err != nil {
 			return err
@@ -105,7 +126,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			}
 		}
 		for _, r := range out.Reports {
-			if err := insertReport(ctx, tx, r); err != nil {
+			if err := insertReport(ctx, tx, r.Report, r.DeviceAt, r.Counted); err != nil {
 				return err
 			}
 		}
@@ -127,6 +148,9 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		}
 		dec := policy.Evaluate(p, &out.Device.Device, states, a.Now, cat)
 		if err := recordDecision(ctx, tx, dec); err != nil {
+			return err
+		}
+		if err := recordOffers(ctx, tx, dec); err != nil {
 			return err
 		}
 		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted}
@@ -169,17 +193,66 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 	return nil
 }
 
-// insertReport stores a report and, for a rollout's final report (not an
+// offerQuery: was the target ever offered to the device (one primary-key search).
+const offerQuery = `SELECT 1 FROM offers WHERE device_id = ? AND kind = ? AND name = ? AND version = ?`
+
+// recordOffers remembers the targets dec offers (install or download), so that the
+// device's reports about them may count toward their rollout (Admission.Offered).
+func recordOffers(ctx context.Context, tx dbtx, dec policy.Decision) error {
+	for _, sd := range dec.Slots {
+		if sd.Target == nil || sd.Rollout == "" || (sd.Action != policy.ActionInstall && sd.Action != policy.ActionDownload) {
+			continue
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO offers (device_id, kind, name, version, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			dec.DeviceID, string(sd.Target.Kind), sd.Target.Name, sd.Target.Version, ns(dec.At))
+		if err != nil {
+			return fmt.Errorf("record offer %s to %s: %w", sd.Target, dec.DeviceID, err)
+		}
+	}
+	return nil
+}
+
+// backfillOffers fills offers from the decisions stored before it existed.
+func backfillOffers(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, `SELECT decision FROM decisions ORDER BY seq`)
+	if err != nil {
+		return err
+	}
+	var decs []policy.Decision
+	for rows.Next() {
+		var js string
+		if err := rows.Scan(&js); err != nil {
+			rows.Close()
+			return err
+		}
+		var d policy.Decision
+		if json.Unmarshal([]byte(js), &d) == nil {
+			decs = append(decs, d)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, d := range decs {
+		if err := recordOffers(ctx, tx, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// insertReport stores a report (at: the server's receipt time; deviceAt: the device's
+// own, information only) and, if counted and a rollout's final report (not an
 // infrastructure failure), makes it the device's latest for that rollout and target
-// unless a later one is stored (rollout_latest, what
-// the planner counts).
-func insertReport(ctx context.Context, tx dbtx, r wire.Report) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At))
+// unless a later one is stored (rollout_latest, what the planner counts).
+func insertReport(ctx context.Context, tx dbtx, r wire.Report, deviceAt time.Time, counted bool) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, device_at, counted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At), ns(deviceAt), counted)
 	if err != nil {
 		return fmt.Errorf("store report: %w", err)
 	}
-	if r.RolloutID == "" || !r.Outcome.Final() {
+	if !counted || r.RolloutID == "" || !r.Outcome.Final() {
 		return nil // an infrastructure failure is retried: not a result for the wave
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at) VALUES (?, ?, ?, ?, ?, ?, ?)

@@ -133,7 +133,9 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 // marks the version Failed in the device's slot, so policy evaluation does not offer it
 // again, unless the failure is not final (infrastructure: the device retries it); a
 // committed one makes it the slot's version (the old one becoming Previous)
-// and clears the mark. The device must exist.
+// and clears the mark. The device must exist. The report counts toward its rollout
+// as given (r.At included): it is for trusted callers (tools, benchmarks), not for a
+// device's check-in, which goes through Admit.
 func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecord) error {
 	if err := validateReport(&r); err != nil {
 		return fmt.Errorf("add report: %w", err)
@@ -143,7 +145,7 @@ func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecor
 		if err != nil {
 			return err
 		}
-		if err := insertReport(ctx, tx, r); err != nil {
+		if err := insertReport(ctx, tx, r, r.At, true); err != nil {
 			return err
 		}
 		applyReport(&d, r)

@@ -127,12 +127,29 @@ var migrations = []string{
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX sessions_expiry ON sessions(expires_at);
 	CREATE INDEX sessions_created ON sessions(created_at);`,
+	// 8: a rollout counts only its own devices (issue 15). A report's time is the
+	// server's clock at receipt; device_at keeps the device's own time, information
+	// only. counted says whether the report entered rollout_latest (the device was
+	// selected, in a reached wave, offered the target, trusted and not quarantined).
+	// offers keeps every target the server offered a device (install or download), so
+	// a report about a target never offered is stored but not counted.
+	`ALTER TABLE reports ADD COLUMN device_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE reports ADD COLUMN counted INTEGER NOT NULL DEFAULT 1;
+	CREATE TABLE offers (
+		device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		kind      TEXT NOT NULL,
+		name      TEXT NOT NULL,
+		version   TEXT NOT NULL,
+		at        INTEGER NOT NULL,
+		PRIMARY KEY (device_id, kind, name, version)
+	) STRICT, WITHOUT ROWID;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,
 // for what SQL alone cannot compute.
 var backfills = map[int]func(ctx context.Context, tx *sql.Tx) error{
 	4: backfillRolloutLatest,
+	8: backfillOffers,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
