@@ -198,8 +198,13 @@ func (a *Admission) member(r *policy.Rollout, d *Device) bool {
 	if ok, _ := r.Selector.Match(&d.Device); !ok {
 		return false
 	}
-	st, ok := a.States[r.ID]
-	if !ok || st.Started.IsZero() || !st.AppliesTo(r) || r.WaveOf(d.ID) > st.Wave {
+	// A rollout not started yet (or started for another target) is at its first wave:
+	// Evaluate offers it to that wave, and the planner starts it in this transaction.
+	reached := 0
+	if st, ok := a.States[r.ID]; ok && !st.Started.IsZero() && st.AppliesTo(r) {
+		reached = st.Wave
+	}
+	if r.WaveOf(d.ID) > reached {
 		return false
 	}
 	return a.Offered[r.Target]

@@ -54,7 +54,7 @@ func TestAdmitCountsOnlyTheRolloutsDevices(t *testing.T) {
 		{"quarantined", map[string]string{"site": "a"}, true, policy.VerdictTrusted, started, offered, t0, false},
 		{"untrusted at receipt", map[string]string{"site": "a"}, false, policy.VerdictUntrusted, started, offered, t0, false},
 		{"never offered", map[string]string{"site": "a"}, false, policy.VerdictTrusted, started, nil, t0, false},
-		{"rollout not started", map[string]string{"site": "a"}, false, policy.VerdictTrusted, nil, offered, t0, false},
+		{"rollout not started: its first wave", map[string]string{"site": "a"}, false, policy.VerdictTrusted, nil, offered, t0, true},
 		{"time 10 years ahead: counted at the server's time", map[string]string{"site": "a"}, false, policy.VerdictTrusted, started, offered, future, true},
 	} {
 		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
@@ -77,6 +77,41 @@ func TestAdmitCountsOnlyTheRolloutsDevices(t *testing.T) {
 		}
 		if !r.At.Equal(t0) || !r.DeviceAt.Equal(tc.at) || r.RolloutID != "vib-2" {
 			t.Errorf("%s: report at %v (device %v), rollout %q; want the server's %v (device %v), vib-2", tc.name, r.At, r.DeviceAt, r.RolloutID, t0, tc.at)
+		}
+	}
+}
+
+// TestAdmitCountsOnlyReachedWaves: a device in a wave the rollout has not reached does
+// not count, even if it was offered the target before (an earlier policy, say).
+func TestAdmitCountsOnlyReachedWaves(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
+rollouts:
+  - id: vib-2
+    target: {kind: model, name: vib, version: 2.0.0}
+    waves: [{percent: 0.01}, {percent: 100}]
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := p.Rollouts[0]
+	id := "dev-1"
+	if ro.WaveOf(id) != 1 {
+		t.Fatalf("WaveOf(%q) = %d; the test needs a device in wave 1", id, ro.WaveOf(id))
+	}
+	for _, wave := range []int{0, 1} {
+		st := policy.RolloutState{ID: ro.ID, Status: policy.StatusActive, Target: ro.Target, Started: t0.Add(-time.Hour), WaveStarted: t0.Add(-time.Hour), Wave: wave}
+		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
+		d.ID, d.Verdict = id, policy.VerdictTrusted
+		rep := wire.Report{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, At: t0}
+		out, err := Admit(Admission{Stored: d, Reports: []wire.Report{rep}, Verdict: policy.VerdictTrusted, Policy: p,
+			States: map[string]policy.RolloutState{ro.ID: st}, Offered: map[policy.Target]bool{ro.Target: true}, Now: t0,
+			CheckIn: CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.1.0", At: t0}})
+		if err != nil || len(out.Reports) != 1 {
+			t.Fatalf("Admit at wave %d = %+v, %v", wave, out, err)
+		}
+		if got, want := out.Reports[0].Counted, wave == 1; got != want {
+			t.Errorf("Admit(wave-1 device's failure, rollout at wave %d).Counted = %v; want %v", wave, got, want)
 		}
 	}
 }
