@@ -188,8 +188,20 @@ func (r *Runtimes) refuse(why string) (stop func()) {
 	return func() {
 		close(ln.stop)
 		r.Listener.SetDeadline(time.Unix(1, 0))
-		<-done
-		r.Listener.SetDeadline(time.Time{})
+		// Starting a runtime clears O_NONBLOCK on the shared socket for a moment
+		// (exec passes it with File.Fd), and an accept(2) entered then blocks in the
+		// kernel where no deadline reaches it: a connection of our own wakes it.
+		for {
+			select {
+			case <-done:
+				r.Listener.SetDeadline(time.Time{})
+				return
+			case <-time.After(100 * time.Millisecond):
+				if c, err := net.DialTimeout("tcp", r.Listener.Addr().String(), time.Second); err == nil {
+					c.Close()
+				}
+			}
+		}
 	}
 }
 
@@ -274,6 +286,11 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the agent
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start runtime %s: %w", r.Binary, err)
+	}
+	// exec cleared O_NONBLOCK on the socket the agent shares (File.Fd): set it again,
+	// so the agent's own Accept (refuse) stays interruptible.
+	if rc, err := r.Listener.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
 	}
 	p.cmd, p.sock = cmd, sock
 	go func() { cmd.Wait(); close(p.done) }()

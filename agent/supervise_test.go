@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -89,7 +90,8 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 				t.Errorf("Run = %v; want nil when stopped", err)
 			}
 		case <-time.After(30 * time.Second):
-			t.Error("Run did not return 30 s after it was stopped")
+			buf := make([]byte, 1<<20)
+			t.Errorf("Run did not return 30 s after it was stopped:\n%s", buf[:goruntime.Stack(buf, true)])
 		}
 	}()
 
@@ -169,6 +171,30 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 	}
 	if n, m := strings.Count(string(before), `"vibration-anomaly"`), strings.Count(string(after), `"vibration-anomaly"`); m <= n {
 		t.Errorf("model measurements %d before the kill, %d after the restart; want the re-loaded model re-measured", n, m)
+	}
+
+	// A runtime that hangs (SIGSTOP) fails its health checks, is killed and replaced.
+	hung := runtimePIDs(t, string(dir))
+	if len(hung) != 1 {
+		t.Fatalf("runtime processes = %v; want one", hung)
+	}
+	if err := syscall.Kill(hung[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(hung[0], syscall.SIGKILL)
+	stopped := time.Now()
+	for {
+		if code, _, err := infer(); err == nil && code == http.StatusOK {
+			break
+		}
+		if time.Since(stopped) > 30*time.Second {
+			t.Fatalf("inference not back %v after the runtime hung; want it killed and restarted", time.Since(stopped))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("runtime hung (SIGSTOP): inference back after %v", time.Since(stopped))
+	if now := runtimePIDs(t, string(dir)); len(now) != 1 || now[0] == hung[0] {
+		t.Errorf("runtime processes after the hang = %v; want one new one (hung %d)", now, hung[0])
 	}
 }
 
