@@ -92,8 +92,16 @@ type Config struct {
 	AKCertValidity time.Duration
 	// ChallengeTTL is how long a challenge can be answered; zero means 5m.
 	ChallengeTTL time.Duration
-	// MaxPending bounds outstanding challenges; zero means 10000.
+	// MaxPending bounds outstanding challenges; zero means 10000. Each EK has at
+	// most one (a new challenge replaces the old), each source at most
+	// MaxPendingPerSource, and when the cap is reached a new challenge evicts the
+	// oldest of the source holding the most, if it holds more than the requester:
+	// no one certificate and no one source can lock others out.
 	MaxPending int
+	// MaxPendingPerSource bounds outstanding challenges per source (the remote
+	// address the HTTP handler passes to ChallengeFrom); zero means 64. A source
+	// past it loses its own oldest challenge.
+	MaxPendingPerSource int
 
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -108,14 +116,17 @@ type Config struct {
 // CA is an attestation CA. Safe for concurrent use. The config must not be
 // modified after New.
 type CA struct {
-	cfg     Config
-	mu      sync.Mutex
-	pending map[string]*pending
+	cfg      Config
+	mu       sync.Mutex
+	pending  map[string]*pending // by challenge ID
+	byEK     map[string]string   // EK ID → its one pending challenge ID
+	bySource map[string]int      // source → pending challenges
 }
 
 type pending struct {
 	secret  []byte
 	expires time.Time
+	source  string
 	ekID    string
 	akPub   crypto.PublicKey
 	info    protocol.TPMInfo
@@ -138,6 +149,9 @@ func New(cfg Config) (*CA, error) {
 	if cfg.ChallengeTTL == 0 {
 		cfg.ChallengeTTL = 5 * time.Minute
 	}
+	if cfg.MaxPendingPerSource == 0 {
+		cfg.MaxPendingPerSource = 64
+	}
 	if cfg.MaxPending == 0 {
 		cfg.MaxPending = 10000
 	}
@@ -150,7 +164,7 @@ func New(cfg Config) (*CA, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &CA{cfg: cfg, pending: map[string]*pending{}}, nil
+	return &CA{cfg: cfg, pending: map[string]*pending{}, byEK: map[string]string{}, bySource: map[string]int{}}, nil
 }
 
 // Roots returns a pool with the CA's root: what verifiers and step-ca's
@@ -179,9 +193,18 @@ func (ca *CA) reject(ctx context.Context, ekID, format string, args ...any) erro
 	return fmt.Errorf("%w: %s", ErrRejected, reason)
 }
 
-// Challenge checks the EK and AK of an enrollment request and returns a
-// credential challenge only the EK's TPM can answer, for the AK's name.
+// Challenge is ChallengeFrom with no source: all such callers share one
+// per-source bound.
 func (ca *CA) Challenge(ctx context.Context, req *protocol.EnrollRequest) (*protocol.EnrollChallenge, error) {
+	return ca.ChallengeFrom(ctx, "", req)
+}
+
+// ChallengeFrom checks the EK and AK of an enrollment request and returns a
+// credential challenge only the EK's TPM can answer, for the AK's name. source
+// names the requester (the HTTP handler passes the remote IP address) for the
+// per-source bound. A new challenge for an EK replaces its pending one: EK
+// certificates are public, so a replayed one holds at most one slot.
+func (ca *CA) ChallengeFrom(ctx context.Context, source string, req *protocol.EnrollRequest) (*protocol.EnrollChallenge, error) {
 	ekT, err := tpm2.Unmarshal[tpm2.TPMTPublic](req.EKPublic)
 	if err != nil {
 		return nil, fmt.Errorf("%w: ek_public: %w", ErrBadRequest, err)
@@ -280,21 +303,84 @@ func (ca *CA) Challenge(ctx context.Context, req *protocol.EnrollRequest) (*prot
 	id := hex.EncodeToString(idb)
 	now := ca.cfg.Now()
 	ca.mu.Lock()
-	for k, p := range ca.pending {
-		if now.After(p.expires) {
-			delete(ca.pending, k)
-		}
+	err = ca.admitLocked(now, source, ekID)
+	if err == nil {
+		ca.addLocked(id, &pending{secret: secret, expires: now.Add(ca.cfg.ChallengeTTL), source: source, ekID: ekID, akPub: akPub, info: info})
 	}
-	if len(ca.pending) >= ca.cfg.MaxPending {
-		ca.mu.Unlock()
-		return nil, ErrBusy
-	}
-	ca.pending[id] = &pending{secret: secret, expires: now.Add(ca.cfg.ChallengeTTL), ekID: ekID, akPub: akPub, info: info}
 	ca.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	if ca.cfg.Audit != nil {
 		ca.cfg.Audit(ctx, Event{Kind: "challenge", EKID: ekID})
 	}
 	return &protocol.EnrollChallenge{ID: id, CredentialBlob: blob, EncryptedSecret: encSecret}, nil
+}
+
+// admitLocked makes room for a new challenge for ekID from source: it drops
+// expired challenges and the EK's pending one, keeps source under its bound by
+// dropping its own oldest, and when the global cap is reached evicts the oldest
+// challenge of the source holding the most, provided it holds more than source.
+// ErrBusy only when every source holds as much as this one.
+func (ca *CA) admitLocked(now time.Time, source, ekID string) error {
+	for k, p := range ca.pending {
+		if now.After(p.expires) {
+			ca.removeLocked(k)
+		}
+	}
+	if id, ok := ca.byEK[ekID]; ok {
+		ca.removeLocked(id)
+	}
+	for ca.bySource[source] >= ca.cfg.MaxPendingPerSource {
+		ca.removeLocked(ca.oldestLocked(source))
+	}
+	if len(ca.pending) < ca.cfg.MaxPending {
+		return nil
+	}
+	top, n := "", 0
+	for s, c := range ca.bySource {
+		if c > n || (c == n && s < top) {
+			top, n = s, c
+		}
+	}
+	if n <= ca.bySource[source] {
+		return ErrBusy
+	}
+	ca.removeLocked(ca.oldestLocked(top))
+	return nil
+}
+
+// oldestLocked returns the ID of source's challenge that expires first.
+func (ca *CA) oldestLocked(source string) string {
+	id, first := "", time.Time{}
+	for k, p := range ca.pending {
+		if p.source == source && (id == "" || p.expires.Before(first)) {
+			id, first = k, p.expires
+		}
+	}
+	return id
+}
+
+func (ca *CA) addLocked(id string, p *pending) {
+	ca.pending[id] = p
+	ca.byEK[p.ekID] = id
+	ca.bySource[p.source]++
+}
+
+// removeLocked removes challenge id, if pending, and returns it.
+func (ca *CA) removeLocked(id string) *pending {
+	p := ca.pending[id]
+	if p == nil {
+		return nil
+	}
+	delete(ca.pending, id)
+	if ca.byEK[p.ekID] == id {
+		delete(ca.byEK, p.ekID)
+	}
+	if ca.bySource[p.source]--; ca.bySource[p.source] <= 0 {
+		delete(ca.bySource, p.source)
+	}
+	return p
 }
 
 func checkAK(p *tpm2.TPMTPublic) error {
@@ -325,8 +411,7 @@ func checkAK(p *tpm2.TPMTPublic) error {
 // certificate. A challenge can be answered once, right or wrong.
 func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*protocol.EnrollResponse, error) {
 	ca.mu.Lock()
-	p := ca.pending[req.ID]
-	delete(ca.pending, req.ID)
+	p := ca.removeLocked(req.ID)
 	ca.mu.Unlock()
 	if p == nil {
 		return nil, ErrUnknownChallenge

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 
 	"github.com/edgeward/edgeward/internal/protocol"
@@ -32,7 +33,7 @@ func (ca *CA) Handler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		ch, err := ca.Challenge(r.Context(), &req)
+		ch, err := ca.ChallengeFrom(r.Context(), remoteHost(r), &req)
 		ca.respond(w, r, ch, err)
 	})
 	mux.HandleFunc("POST /activate", func(w http.ResponseWriter, r *http.Request) {
@@ -104,6 +105,15 @@ func (ca *CA) respond(w http.ResponseWriter, r *http.Request, v any, err error) 
 		ca.cfg.Logger.ErrorContext(r.Context(), "attestation CA failed", "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal error")
 	}
+}
+
+// remoteHost is the request's remote IP address without the port, the source for
+// the per-source bound on pending challenges.
+func remoteHost(r *http.Request) string {
+	if h, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return h
+	}
+	return r.RemoteAddr
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
