@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -29,6 +30,9 @@ type swtpmTransport struct {
 	conn net.Conn
 }
 
+// swtpmStartGrace is how long openSwtpm keeps retrying a refused connection.
+const swtpmStartGrace = 3 * time.Second
+
 func openSwtpm(raw string) (Transport, error) {
 	pu, err := url.Parse(raw)
 	if err != nil {
@@ -42,7 +46,18 @@ func openSwtpm(raw string) (Transport, error) {
 	if err != nil || port <= 0 || port >= 65535 {
 		return nil, fmt.Errorf("%w: %q: bad port", ErrBadURL, raw)
 	}
-	conn, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 10*time.Second)
+	// swtpm binds its control port a moment before its command port, so a TPM that was
+	// just started (by systemd, a test, the lab) may refuse the first connection: retry
+	// a refused connection briefly, fail on anything else at once.
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	var conn net.Conn
+	for deadline := time.Now().Add(swtpmStartGrace); ; {
+		conn, err = net.DialTimeout("tcp", addr, 10*time.Second)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attest: swtpm %s: %w", raw, err)
 	}
