@@ -326,8 +326,8 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	}
 	tw.Flush()
 	k := st.KPI
-	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%, %d devices committed, %s downloaded\n",
-		k.Attempts, k.Devices, k.SuccessRate*100, k.Committed, units.Bytes(k.BytesDownloaded))
+	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%%s, %d devices committed, %s downloaded\n",
+		k.Attempts, k.Devices, k.SuccessRate*100, retried(k.Retried), k.Committed, units.Bytes(k.BytesDownloaded))
 	if k.Committed > 0 {
 		fmt.Fprintf(w, "      time to commit p50 %s, p95 %s\n", k.CommitP50.Round(time.Second), k.CommitP95.Round(time.Second))
 		fmt.Fprintf(w, "      probes of the committed installs: %s\n", probeFigures(k))
@@ -353,9 +353,18 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 
 func printFleetKPI(w io.Writer, s operatorapi.FleetSummary) {
 	k := s.KPI
-	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%; since %s: attestation pass rate %.1f%% of %d verdicts\n",
-		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, s.VerdictsSince.Local().Format(time.DateTime), k.AttestationPassRate*100, k.Verdicts)
+	fmt.Fprintf(w, "fleet: %d devices (%d quarantined); since %s: %d installs, success rate %.1f%%%s; since %s: attestation pass rate %.1f%% of %d verdicts\n",
+		s.Devices, s.Quarantined, s.Since.Local().Format(time.DateTime), k.Attempts, k.SuccessRate*100, retried(k.Retried), s.VerdictsSince.Local().Format(time.DateTime), k.AttestationPassRate*100, k.Verdicts)
 	printCounts(w, "failures by cause", k.Causes)
+}
+
+// retried says how many attempts the success rate leaves out: infrastructure failures
+// (no space, network, runtime down), which the devices retry.
+func retried(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d infrastructure failures retried, not counted)", n)
 }
 
 func printCounts(w io.Writer, title string, m map[string]int) {

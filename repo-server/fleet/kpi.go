@@ -21,11 +21,17 @@ type RolloutKPI struct {
 	Attempts  int `json:"attempts"`
 	Devices   int `json:"devices"`
 	Committed int `json:"committed"`
-	// SuccessRate is committed attempts / attempts (0 when there are none).
+	// Retried counts the attempts that failed for a cause outside the version
+	// (wire.OutcomeInfrastructure: no space, the network, the runtime down); the device
+	// retries them. They are in Attempts, Failures and Causes, but not in SuccessRate.
+	Retried int `json:"retried"`
+	// SuccessRate is committed attempts / the attempts that had a result, i.e. not
+	// Retried (0 when there are none): a full disk or a runtime crash on a device says
+	// nothing about the version.
 	SuccessRate float64 `json:"success_rate"`
 	// Failures counts failed attempts by outcome (probe_failed, rolled_back,
-	// install_error, attestation_untrusted); Causes counts them by outcome and cause,
-	// "rolled_back: p99 9ms > 5ms", the cause cut at 80 characters.
+	// install_error, attestation_untrusted, infrastructure); Causes counts them by
+	// outcome and cause, "rolled_back: p99 9ms > 5ms", the cause cut at 80 characters.
 	Failures map[wire.Outcome]int `json:"failures"`
 	Causes   map[string]int       `json:"causes"`
 	// BytesDownloaded sums the reports' bytes.
@@ -62,6 +68,9 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 		if r.Outcome.Failed() {
 			k.Failures[r.Outcome]++
 			k.Causes[causeKey(r)]++
+			if !r.Outcome.Final() {
+				k.Retried++
+			}
 			continue
 		}
 		committedAttempts++
@@ -84,9 +93,7 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 			k.Committed++
 		}
 	}
-	if k.Attempts > 0 {
-		k.SuccessRate = float64(committedAttempts) / float64(k.Attempts)
-	}
+	k.SuccessRate = rate(committedAttempts, k.Attempts-k.Retried)
 	lat := make([]time.Duration, 0, len(firstCommit))
 	for _, t := range firstCommit {
 		lat = append(lat, max(0, t.Sub(started)))
@@ -95,6 +102,14 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 	k.CommitP50, k.CommitP95 = quantile(lat, 0.50), quantile(lat, 0.95)
 	k.MeanAccuracy, k.MeanP99Ms, k.MeanPeakRSSMB = mean(acc), mean(p99), mean(rss)
 	return k
+}
+
+// rate is n / of, 0 when of is 0.
+func rate(n, of int) float64 {
+	if of <= 0 {
+		return 0
+	}
+	return float64(n) / float64(of)
 }
 
 func causeKey(r wire.Report) string {
@@ -154,7 +169,10 @@ func TimeToPercent(rolloutID string, started time.Time, fleetSize int, reports [
 
 // FleetKPI summarises every rollout and the attestation of the fleet over a period.
 type FleetKPI struct {
-	Attempts    int                  `json:"attempts"`
+	Attempts int `json:"attempts"`
+	// Retried and SuccessRate are as in RolloutKPI: infrastructure failures are retried
+	// by the device and are not counted in the success rate.
+	Retried     int                  `json:"retried"`
 	SuccessRate float64              `json:"success_rate"`
 	Failures    map[wire.Outcome]int `json:"failures"`
 	Causes      map[string]int       `json:"causes"`
@@ -179,6 +197,9 @@ func ComputeFleet(reports []wire.Report, verdicts []VerdictRecord, starts map[st
 		if r.Outcome.Failed() {
 			f.Failures[r.Outcome]++
 			f.Causes[causeKey(r)]++
+			if !r.Outcome.Final() {
+				f.Retried++
+			}
 		} else {
 			ok++
 		}
@@ -188,9 +209,7 @@ func ComputeFleet(reports []wire.Report, verdicts []VerdictRecord, starts map[st
 			}
 		}
 	}
-	if f.Attempts > 0 {
-		f.SuccessRate = float64(ok) / float64(f.Attempts)
-	}
+	f.SuccessRate = rate(ok, f.Attempts-f.Retried)
 	trusted := 0
 	for _, v := range verdicts {
 		f.Verdicts++

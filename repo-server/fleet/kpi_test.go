@@ -93,3 +93,34 @@ func TestComputeFleet(t *testing.T) {
 		t.Errorf("empty fleet = %+v", e)
 	}
 }
+
+// TestInfrastructureIsNotCountedInTheSuccessRate: a device whose disk was full, or whose
+// runtime died during the trial, says nothing about the version: those attempts are
+// counted as retried and shown with their cause, but the success rate is over the
+// attempts that had a result.
+func TestInfrastructureIsNotCountedInTheSuccessRate(t *testing.T) {
+	reports := []wire.Report{
+		rep("a", "r", wire.OutcomeInfrastructure, "no space left on device", time.Minute),
+		rep("a", "r", wire.OutcomeInfrastructure, "no space left on device", 2*time.Minute),
+		rep("a", "r", wire.OutcomeCommitted, "", 3*time.Minute),
+		rep("b", "r", wire.OutcomeInfrastructure, "trial: the runtime is down", time.Minute),
+		rep("b", "r", wire.OutcomeCommitted, "", 4*time.Minute),
+		rep("c", "r", wire.OutcomeProbeFailed, "accuracy 0.91 < 0.95", 5*time.Minute),
+	}
+	k := ComputeRollout("r", t0, reports)
+	if k.Attempts != 6 || k.Retried != 3 || k.Committed != 2 || k.SuccessRate != 2.0/3 {
+		t.Errorf("ComputeRollout attempts/retried/committed/success = %d/%d/%d/%v; want 6/3/2/%v", k.Attempts, k.Retried, k.Committed, k.SuccessRate, 2.0/3)
+	}
+	if k.Failures[wire.OutcomeInfrastructure] != 3 || k.Causes["infrastructure: no space left on device"] != 2 {
+		t.Errorf("failures = %v causes = %v; want the retried attempts shown with their cause", k.Failures, k.Causes)
+	}
+	f := ComputeFleet(reports, nil, nil)
+	if f.Attempts != 6 || f.Retried != 3 || f.SuccessRate != 2.0/3 {
+		t.Errorf("ComputeFleet attempts/retried/success = %d/%d/%v; want 6/3/%v", f.Attempts, f.Retried, f.SuccessRate, 2.0/3)
+	}
+	// Only retried attempts so far: no result yet, not a 0 % success.
+	only := ComputeRollout("r", t0, reports[:2])
+	if only.SuccessRate != 0 || only.Retried != 2 || only.Committed != 0 {
+		t.Errorf("ComputeRollout of retried attempts only = %+v", only)
+	}
+}
