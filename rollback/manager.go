@@ -422,6 +422,20 @@ func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
 // committed version intact, the floor is at least that version's floor and no temporary
 // file is left outside a download in progress.
 func (m *Manager) CheckInvariant(ctx context.Context) error {
+	return m.check(ctx, true)
+}
+
+// CheckActive returns an error unless, for every kind, the active slot holds the
+// committed version intact: what must hold at every instant, even right after a crash
+// and before Recover. Unlike CheckInvariant it allows temporary files, and a floor
+// below the committed version's (a commit is persisted before its floor is raised, and
+// Recover raises it).
+func (m *Manager) CheckActive(ctx context.Context) error {
+	return m.check(ctx, false)
+}
+
+// check is CheckInvariant, or CheckActive unless all.
+func (m *Manager) check(ctx context.Context, all bool) error {
 	var errs []error
 	for _, k := range Kinds() {
 		s, err := m.db.Load(ctx, k)
@@ -433,12 +447,14 @@ func (m *Manager) CheckInvariant(ctx context.Context) error {
 			if err := verifyFile(m.Payload(k, s.Active), *s.Current); err != nil {
 				errs = append(errs, fmt.Errorf("%s active slot %s: %w", k, s.Active, err))
 			}
-			f, err := m.Floor(ctx, k)
-			if err != nil {
+			if f, err := m.Floor(ctx, k); err != nil {
 				errs = append(errs, err)
-			} else if f < s.Current.Floor {
+			} else if all && f < s.Current.Floor {
 				errs = append(errs, fmt.Errorf("%s floor %s below the committed version %s", k, floorString(f), s.Current.Version))
 			}
+		}
+		if !all {
+			continue
 		}
 		err = filepath.WalkDir(filepath.Join(m.cfg.Dir, "slots", string(k)), func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() {

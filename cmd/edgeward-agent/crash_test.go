@@ -154,6 +154,9 @@ func TestCrashPoints(t *testing.T) {
 				if floor < floor1 && floor < s.Current.Floor {
 					t.Errorf("after the kill at %s: floor dropped", point)
 				}
+				if err := m.CheckActive(ctx); err != nil {
+					t.Errorf("after the kill at %s, before recovery: %v", point, err)
+				}
 				if point == "mid-download" {
 					// The checkpoint is durable: the restart resumes rather than starts over.
 					part := m.Payload(artifact.KindModel, s.Inactive()) + ".part.state"
