@@ -94,8 +94,8 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(strings.TrimSpace(string(out))), nil
 }
 
-// need skips the test (or fails it with EDGEWARD_REQUIRE_DEPS=1) when the binaries could
-// not be built or swtpm or ONNX Runtime is missing.
+// need fails the test when the binaries could not be built, and skips it (or fails it
+// with EDGEWARD_REQUIRE_DEPS=1) when swtpm or ONNX Runtime is missing.
 func need(t *testing.T) {
 	t.Helper()
 	if testing.Short() {
@@ -109,10 +109,11 @@ func need(t *testing.T) {
 			}
 		}
 	}
-	err := buildErr
-	if err == nil {
-		err = lab.CheckDeps()
+	if buildErr != nil {
+		// The tree does not build: a failure, never a missing dependency.
+		t.Fatalf("e2e: building the binaries: %v", buildErr)
 	}
+	err := lab.CheckDeps()
 	if err == nil {
 		return
 	}

@@ -35,6 +35,9 @@ func stepCABinary(t *testing.T) string {
 	if dir == "" {
 		c, err := os.UserCacheDir()
 		if err != nil {
+			if attesttest.RequireDeps() {
+				t.Fatalf("no cache dir for step-ca and EDGEWARD_REQUIRE_DEPS=1: %v", err)
+			}
 			t.Skipf("no cache dir for step-ca: %v", err)
 		}
 		dir = filepath.Join(c, "edgeward")
