@@ -138,7 +138,7 @@ func Open(cfg Config) (*Repo, error) {
 	data, err := os.ReadFile(r.path("edgeward-repo.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%s is not an edgeward repository (no edgeward-repo.json; run 'edgeward repo init')", cfg.Dir)
+			return nil, fmt.Errorf("%s is not an edgeward repository (no edgeward-repo.json): create one with 'edgeward repo init %s', or name an existing one with --repo or $EDGEWARD_REPO", cfg.Dir, cfg.Dir)
 		}
 		return nil, err
 	}

@@ -528,3 +528,113 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 	}
 	return res, nil
 }
+
+// RootProgress is how far a proposed root is from publication: its valid signatures by
+// the keys of the proposal's own root and of the current root, and both thresholds.
+type RootProgress struct {
+	Version   int64 // the proposal's version
+	Signed    int   // valid signatures by the proposal's root keys
+	Threshold int   // the proposal's root threshold
+	// Current is the current root's version: 0 when the proposal is root v1, -1 when
+	// the current root is not known here (a copy signed away from the repository).
+	Current          int64
+	CurrentSigned    int
+	CurrentThreshold int
+}
+
+// Missing is how many more signatures publication needs: by the new root's keys and by
+// the current root's (0 when unknown or none).
+func (p RootProgress) Missing() (byNew, byCurrent int) {
+	byNew = max(p.Threshold-p.Signed, 0)
+	if p.Current > 0 {
+		byCurrent = max(p.CurrentThreshold-p.CurrentSigned, 0)
+	}
+	return byNew, byCurrent
+}
+
+// String says it for a key holder, e.g. "root v2: 1 of 2 signatures by its own root
+// keys (1 more needed); 2 of 2 by the keys of root v1 (enough)".
+func (p RootProgress) String() string {
+	need := func(have, want int) string {
+		if have >= want {
+			return "enough"
+		}
+		return fmt.Sprintf("%d more needed", want-have)
+	}
+	s := fmt.Sprintf("root v%d: %d of %d signatures by its own root keys (%s)", p.Version, p.Signed, p.Threshold, need(p.Signed, p.Threshold))
+	switch {
+	case p.Current > 0:
+		s += fmt.Sprintf("; %d of %d by the keys of root v%d (%s)", p.CurrentSigned, p.CurrentThreshold, p.Current, need(p.CurrentSigned, p.CurrentThreshold))
+	case p.Current < 0:
+		s += fmt.Sprintf("; it also needs the threshold of root v%d's keys, which 'edgeward root publish' checks", p.Version-1)
+	}
+	return s
+}
+
+// ProposalProgress counts the valid signatures of the proposed root in file. cur is the
+// current root (nil: unknown, unless the proposal is root v1, which has none).
+func ProposalProgress(cur *metadata.Metadata[metadata.RootType], path string) (RootProgress, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return RootProgress{}, fmt.Errorf("read proposal: %w", err)
+	}
+	prop, err := metadata.Root().FromBytes(data)
+	if err != nil {
+		return RootProgress{}, &MetadataError{File: path, Err: err}
+	}
+	p := RootProgress{Version: prop.Signed.Version, Signed: validRootSignatures(prop, prop), Current: -1}
+	if r := prop.Signed.Roles[metadata.ROOT]; r != nil {
+		p.Threshold = r.Threshold
+	}
+	switch {
+	case prop.Signed.Version == 1:
+		p.Current = 0
+	case cur != nil:
+		p.Current = cur.Signed.Version
+		p.CurrentSigned = validRootSignatures(cur, prop)
+		if r := cur.Signed.Roles[metadata.ROOT]; r != nil {
+			p.CurrentThreshold = r.Threshold
+		}
+	}
+	return p, nil
+}
+
+// RootProgress is ProposalProgress against this repository's current root; path ""
+// is the staged proposal.
+func (r *Repo) RootProgress(ctx context.Context, path string) (RootProgress, error) {
+	cur, err := r.currentRoot(ctx)
+	if err != nil {
+		return RootProgress{}, err
+	}
+	if path == "" {
+		v := int64(1)
+		if cur != nil {
+			v = cur.Signed.Version + 1
+		}
+		path = r.ProposalPath(v)
+	}
+	return ProposalProgress(cur, path)
+}
+
+// validRootSignatures counts prop's signatures that verify under signer's root keys,
+// each key once.
+func validRootSignatures(signer, prop *metadata.Metadata[metadata.RootType]) int {
+	role := signer.Signed.Roles[metadata.ROOT]
+	if role == nil {
+		return 0
+	}
+	var seen []string
+	for _, s := range prop.Signatures {
+		k := signer.Signed.Keys[s.KeyID]
+		if k == nil || !slices.Contains(role.KeyIDs, s.KeyID) || slices.Contains(seen, s.KeyID) {
+			continue
+		}
+		one := metadata.Root()
+		one.Signed.Keys = map[string]*metadata.Key{s.KeyID: k}
+		one.Signed.Roles[metadata.ROOT] = &metadata.Role{KeyIDs: []string{s.KeyID}, Threshold: 1}
+		if one.VerifyDelegate(metadata.ROOT, prop) == nil {
+			seen = append(seen, s.KeyID)
+		}
+	}
+	return len(seen)
+}

@@ -24,8 +24,8 @@ func TestRunOnce(t *testing.T) {
 		code := run(ctx, args, &out, &out)
 		return code, out.String()
 	}
-	if code, out := agent("enroll", "--state-dir", state, "--root", rootFile, "--metadata-url", r.MetadataURL(), "--targets-url", r.TargetsURL()); code != 0 {
-		t.Fatal(out)
+	if code, out := agent("enroll", "--state-dir", state, "--root", rootFile, "--metadata-url", r.MetadataURL(), "--targets-url", r.TargetsURL()); code != 0 || !strings.Contains(out, "enrolled "+state+": TUF root v1 pinned") {
+		t.Fatalf("enroll = %d; want 0 and a line saying what was pinned:\n%s", code, out)
 	}
 	judge := `test "$EDGEWARD_VERSION" = 1.0.0 && cmp -s "$EDGEWARD_PAYLOAD" ` + filepath.Join(state, "want")
 	os.WriteFile(filepath.Join(state, "want"), d1, 0o600)

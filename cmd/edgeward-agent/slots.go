@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,7 +52,20 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		if err != nil {
 			return err
 		}
-		return agent.Enroll(dir, root, agent.Enrollment{MetadataURL: *metadataURL, TargetsURL: *targetsURL, TPM: *tpmURL})
+		if err := agent.Enroll(dir, root, agent.Enrollment{MetadataURL: *metadataURL, TargetsURL: *targetsURL, TPM: *tpmURL}); err != nil {
+			return err
+		}
+		var pinned struct {
+			Signed struct{ Version int64 } `json:"signed"`
+		}
+		json.Unmarshal(root, &pinned) // PinRoot has verified it
+		tpm := *tpmURL
+		if tpm == "" {
+			tpm = "none (floors in sqlite only)"
+		}
+		fmt.Fprintf(stdout, "enrolled %s: TUF root v%d pinned, metadata %s, TPM %s\nnext: edgeward-agent device --state-dir %s --server URL\n",
+			*stateDir, pinned.Signed.Version, *metadataURL, tpm, *stateDir)
+		return nil
 	}
 	roots, err := readRoots(*serverCA)
 	if err != nil {

@@ -109,11 +109,15 @@ func TestRootCeremonyWithHoldersKeys(t *testing.T) {
 	if out, err := runAs(bin, []string{"EDGEWARD_PASSPHRASE=" + pass["bob"]}, "root", "sign", "--key", keyFile["alice"], "--proposal", proposal); err == nil || !strings.Contains(out, "wrong passphrase") {
 		t.Fatalf("alice's key with bob's passphrase = %v\n%s", err, out)
 	}
-	must([]string{"EDGEWARD_PASSPHRASE=" + pass["alice"]}, "root", "sign", "--key", keyFile["alice"], "--proposal", proposal)
+	if out := must([]string{"EDGEWARD_PASSPHRASE=" + pass["alice"]}, "root", "sign", "--key", keyFile["alice"], "--proposal", proposal); !strings.Contains(out, "1 of 2 signatures by its own root keys (1 more needed)") {
+		t.Fatalf("root sign does not say how many signatures are still needed:\n%s", out)
+	}
 	if out, err := runAs(bin, ops, "root", "publish"); err == nil || !strings.Contains(out, "needs 2 signatures") {
 		t.Fatalf("publish with 1 of 2 signatures = %v\n%s", err, out)
 	}
-	must(holderEnv("bob"), "root", "sign", "--key", keyFile["bob"])
+	if out := must(holderEnv("bob"), "root", "sign", "--key", keyFile["bob"]); !strings.Contains(out, "2 of 2 signatures by its own root keys (enough)") || !strings.Contains(out, "ready") {
+		t.Fatalf("root sign by the second holder does not say root v1 is ready:\n%s", out)
+	}
 	if out := must(ops, "root", "publish"); !strings.Contains(out, "root v1 published") {
 		t.Fatalf("publish root v1:\n%s", out)
 	}
@@ -133,7 +137,9 @@ func TestRootCeremonyWithHoldersKeys(t *testing.T) {
 		t.Fatalf("carol's key with her old passphrase = %v\n%s", err, out)
 	}
 	must([]string{"EDGEWARD_REPO=" + repo}, "root", "sign", "--key", keyFile["carol"], "--passphrase-file", newPass)
-	must(holderEnv("alice"), "root", "sign", "--key", keyFile["alice"])
+	if out := must(holderEnv("alice"), "root", "sign", "--key", keyFile["alice"]); !strings.Contains(out, "2 of 3 signatures by its own root keys (1 more needed); 2 of 2 by the keys of root v1 (enough)") {
+		t.Fatalf("root sign of root v2 does not count old and new signatures:\n%s", out)
+	}
 	if out, err := runAs(bin, ops, "root", "publish"); err == nil || !strings.Contains(out, "needs 3 signatures") {
 		t.Fatalf("publish root v2 with 2 of the new 3 = %v\n%s", err, out)
 	}

@@ -377,3 +377,19 @@ func TestInitKeepsTheAuditKeyOutside(t *testing.T) {
 		}
 	}
 }
+
+// A local token create needs a repository: a missing or empty directory gets a message
+// that names the fix, and no stray fleet.db is left behind.
+func TestTokenCreateNeedsARepository(t *testing.T) {
+	c := newCLI(t)
+	empty := t.TempDir()
+	for _, dir := range []string{filepath.Join(t.TempDir(), "missing"), empty} {
+		_, _, err := c.run("token", "create", "--repo", dir, "--name", "sam", "--role", "security-admin")
+		if err == nil || !strings.Contains(err.Error(), "edgeward repo init "+dir) || !strings.Contains(err.Error(), "--server") {
+			t.Errorf("token create --repo %s = %v; want an error naming 'edgeward repo init' and --server", dir, err)
+		}
+	}
+	if left, _ := os.ReadDir(empty); len(left) != 0 {
+		t.Errorf("token create left %v in an empty directory", left)
+	}
+}

@@ -533,20 +533,37 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	var ids []string
+	var progress repository.RootProgress
 	path := *proposal
 	if path != "" {
-		ids, err = repository.SignRootFile(nil, path, key)
+		if ids, err = repository.SignRootFile(nil, path, key); err != nil {
+			return err
+		}
+		// Away from the repository the current root may be unknown; the count then
+		// covers the proposal's own keys and says the current root's are still checked.
+		if repo, oerr := rf.open(); oerr == nil {
+			progress, err = repo.RootProgress(ctx, path)
+		} else {
+			progress, err = repository.ProposalProgress(nil, path)
+		}
 	} else {
 		repo, oerr := rf.open()
 		if oerr != nil {
 			return oerr
 		}
-		path, ids, err = repo.SignRoot(ctx, key)
+		if path, ids, err = repo.SignRoot(ctx, key); err != nil {
+			return err
+		}
+		progress, err = repo.RootProgress(ctx, path)
 	}
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "signed %s with %s; signatures now: %s\n", path, key.ID()[:8], shortIDs(ids))
+	fmt.Fprintln(env.stdout, progress)
+	if byNew, byCur := progress.Missing(); byNew == 0 && byCur == 0 && progress.Current >= 0 {
+		fmt.Fprintln(env.stdout, "ready: 'edgeward root publish' makes it current")
+	}
 	return nil
 }
 

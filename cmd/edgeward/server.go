@@ -55,10 +55,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
-	fs := flag.NewFlagSet("token create", flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	var rf repoFlags
-	rf.register(fs, env)
+	fs, rf := newCommand("token create", env)
 	name := fs.String("name", "", "operator name (attributes their actions in the audit log)")
 	role := fs.String("role", "", "security-admin, release-manager or auditor")
 	ttl := fs.Duration("ttl", 30*24*time.Hour, "token lifetime")
@@ -79,6 +76,11 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "token %s for %s (%s), expires %s; it is shown once:\n", res.Info.ID, *name, r, res.Info.ExpiresAt.Format(time.RFC3339))
 		fmt.Fprintln(env.stdout, res.Token)
 		return nil
+	}
+	// The fleet store lives in the repository's directory: refuse a directory that is
+	// not one (rather than sqlite's "unable to open database file", or a stray fleet.db).
+	if _, err := rf.open(); err != nil {
+		return fmt.Errorf("%w, or create the token through a running server with --server URL and a security admin's --token", err)
 	}
 	store, err := fleet.Open(ctx, filepath.Join(rf.dir, "fleet.db"))
 	if err != nil {
