@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,9 +11,9 @@ import (
 
 // TestAttestCountsAnUntrustedDeviceOnce: a device that stays untrusted over several
 // check-ins is one attestation failure of the rollout it runs, not one per check-in.
-func TestAttestCountsAnUntrustedDeviceOnce(t *testing.T) {
+func testAttestCountsAnUntrustedDeviceOnce(t *testing.T, db opener) {
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	s, err := Open(ctx, db(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,7 +210,7 @@ func (s *Store) CreateToken(ctx context.Context, operator string, role Role, ttl
 			recs[i].Subject = id
 		}
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO tokens (id, hash, operator, role, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)`,
 			id, h[:], operator, string(role), ns(info.CreatedAt), ns(info.ExpiresAt))
 		if err != nil {

@@ -51,9 +51,9 @@ func TestAuthorize(t *testing.T) {
 	}
 }
 
-func TestTokens(t *testing.T) {
+func testTokens(t *testing.T, db opener) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := openStore(t, db)
 	tok, info, err := s.CreateToken(ctx, "alice", RoleReleaseManager, time.Hour, t0)
 	if err != nil {
 		t.Fatal(err)

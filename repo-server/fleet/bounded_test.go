@@ -64,7 +64,7 @@ rollouts:
 	const devices, perDevice = 2000, 50
 	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 	var all []wire.Report
-	err = s.tx(ctx, func(tx *sql.Tx) error {
+	err = s.tx(ctx, func(tx *txn) error {
 		for i := 0; i < devices; i++ {
 			d := Device{EnrolledAt: t0}
 			d.ID, d.Slots = fmt.Sprintf("dev-%05d", i), map[artifact.Kind]policy.Slot{}
@@ -119,7 +119,7 @@ rollouts:
 		{"a device's verdicts", `SELECT verdict FROM verdicts WHERE device_id = ? ORDER BY at DESC LIMIT 10`, []any{"dev-00042"}, "verdicts_device"},
 		{"a device's reports", `SELECT outcome FROM reports WHERE device_id = ? ORDER BY at DESC LIMIT 10`, []any{"dev-00042"}, "reports_device"},
 	} {
-		plan := queryPlan(t, s.db, c.query, c.args...)
+		plan := queryPlan(t, s.db.DB, c.query, c.args...)
 		joined := strings.Join(plan, "; ")
 		t.Logf("%s: %s", c.name, joined)
 		if len(plan) == 0 || !strings.Contains(joined, c.index) {
@@ -160,24 +160,16 @@ rollouts:
 // TestUpgradeBackfillsLatestReports opens a database written at schema version 3
 // (reports, no rollout_latest): the upgrade to version 4 fills rollout_latest from the
 // reports, so the planner counts what it counted before.
-func TestUpgradeBackfillsLatestReports(t *testing.T) {
+func testUpgradeBackfillsLatestReports(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "fleet.db")
-	db, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range migrations[:3] {
-		if _, err := db.Exec(m); err != nil {
-			t.Fatal(err)
-		}
-	}
+	path := db(t)
+	raw := oldSchema(t, path, 3)
 	t0 := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
 	var reps []wire.Report
 	for i := 0; i < 40; i++ {
 		id := fmt.Sprintf("dev-%d", i%10)
 		if i < 10 {
-			if _, err := db.Exec(`INSERT INTO devices (id, enrolled_at) VALUES (?, 1)`, id); err != nil {
+			if _, err := raw.Exec(`INSERT INTO devices (id, enrolled_at) VALUES (?, 1)`, id); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -187,25 +179,20 @@ func TestUpgradeBackfillsLatestReports(t *testing.T) {
 		}
 		r := wire.Report{DeviceID: id, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: out, At: t0.Add(time.Duration(i) * time.Minute)}
 		reps = append(reps, r)
-		if _, err := db.Exec(`INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := raw.Exec(`INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 			r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), ns(r.At)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := db.Exec(`PRAGMA user_version = 3`); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	raw.Close()
 
 	s, err := Open(ctx, path)
 	if err != nil {
 		t.Fatalf("Open(schema 3) = %v", err)
 	}
 	defer s.Close()
-	var v int
-	s.db.QueryRow(`PRAGMA user_version`).Scan(&v)
-	if v != len(migrations) {
-		t.Fatalf("schema version after upgrade = %d; want %d", v, len(migrations))
+	if v, err := s.schemaVersion(ctx, s.db); err != nil || v != len(migrations) {
+		t.Fatalf("schema version after upgrade = %d, %v; want %d", v, err, len(migrations))
 	}
 	r := &policy.Rollout{ID: "vib-2", Target: policy.Target{Kind: artifact.KindModel, Name: "vib", Version: "2.0.0"}, Waves: []policy.Wave{{Percent: 50}, {Percent: 100}}}
 	got, err := s.WaveStats(ctx, r, time.Time{})

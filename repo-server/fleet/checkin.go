@@ -26,15 +26,15 @@ func (s *Store) WithAudit(f AppendFunc) *Store {
 }
 
 // DB is the store's database, for an audit log that shares its transactions.
-func (s *Store) DB() *sql.DB { return s.db }
+func (s *Store) DB() *sql.DB { return s.db.DB }
 
 // record appends recs in tx.
-func (s *Store) record(ctx context.Context, tx *sql.Tx, recs ...AuditRecord) error {
+func (s *Store) record(ctx context.Context, tx *txn, recs ...AuditRecord) error {
 	if s.audit == nil {
 		return nil
 	}
 	for _, r := range recs {
-		if err := s.audit(ctx, tx, r); err != nil {
+		if err := s.audit(ctx, tx.Tx, r); err != nil {
 			return fmt.Errorf("audit %s %s: %w", r.Kind, r.Subject, err)
 		}
 	}
@@ -70,7 +70,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 	if p == nil {
 		p = &policy.Policy{}
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		stored, err := getDevice(ctx, tx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -213,7 +213,7 @@ func recordOffers(ctx context.Context, tx dbtx, dec policy.Decision) error {
 }
 
 // backfillOffers fills offers from the decisions stored before it existed.
-func backfillOffers(ctx context.Context, tx *sql.Tx) error {
+func backfillOffers(ctx context.Context, tx *txn) error {
 	rows, err := tx.QueryContext(ctx, `SELECT decision FROM decisions ORDER BY seq`)
 	if err != nil {
 		return err
@@ -265,7 +265,7 @@ func insertReport(ctx context.Context, tx dbtx, r wire.Report, deviceAt time.Tim
 }
 
 // backfillRolloutLatest fills rollout_latest from the reports stored before it existed.
-func backfillRolloutLatest(ctx context.Context, tx *sql.Tx) error {
+func backfillRolloutLatest(ctx context.Context, tx *txn) error {
 	rows, err := tx.QueryContext(ctx, `SELECT device_id, rollout_id, name, version, outcome, at FROM reports WHERE rollout_id != '' ORDER BY at, seq`)
 	if err != nil {
 		return err
@@ -349,7 +349,7 @@ func (s *Store) WaveStats(ctx context.Context, r *policy.Rollout, since time.Tim
 
 // planTx plans every rollout of p in tx and saves the states that changed with their
 // events and audit records; it returns the events.
-func (s *Store) planTx(ctx context.Context, tx *sql.Tx, p *policy.Policy, now time.Time) ([]policy.Event, error) {
+func (s *Store) planTx(ctx context.Context, tx *txn, p *policy.Policy, now time.Time) ([]policy.Event, error) {
 	states, err := policyStates(ctx, tx, p)
 	if err != nil {
 		return nil, err
@@ -403,7 +403,8 @@ type RolloutAct func(s policy.RolloutState) (policy.RolloutState, policy.Event, 
 func (s *Store) ActOnRollout(ctx context.Context, r *policy.Rollout, actor string, act RolloutAct, now time.Time) (policy.RolloutState, []policy.Event, error) {
 	var next policy.RolloutState
 	var evs []policy.Event
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
+		evs = nil // a retried transaction starts afresh
 		st, err := rolloutState(ctx, tx, r.ID)
 		if errors.Is(err, ErrNotFound) {
 			st, err = policy.RolloutState{ID: r.ID}, nil

@@ -193,7 +193,7 @@ func (s *Store) CheckIn(ctx context.Context, c CheckIn) (Device, error) {
 		return Device{}, fmt.Errorf("check-in %s: %w", c.ID, err)
 	}
 	var d Device
-	err = s.tx(ctx, func(tx *sql.Tx) error {
+	err = s.tx(ctx, func(tx *txn) error {
 		old, err := getDevice(ctx, tx, c.ID)
 		if err != nil {
 			return err
@@ -242,7 +242,7 @@ func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, 
 // ClearFailed forgets that an install of the given slot kind failed on a device, so
 // that the device is offered that version again (operator action).
 func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind, recs ...AuditRecord) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		d, err := getDevice(ctx, tx, id)
 		if err != nil {
 			return fmt.Errorf("clear failed %s: %w", id, err)
@@ -266,7 +266,7 @@ func (s *Store) RecordVerdict(ctx context.Context, id string, v policy.Verdict, 
 	if len(detail) > MaxCause {
 		detail = detail[:MaxCause]
 	}
-	return s.tx(ctx, func(tx *sql.Tx) error {
+	return s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `UPDATE devices SET verdict = ?, verdict_at = ? WHERE id = ?`, string(v), ns(at), id)
 		if err != nil {
 			return fmt.Errorf("record verdict for %s: %w", id, err)
@@ -282,7 +282,7 @@ func (s *Store) RecordVerdict(ctx context.Context, id string, v policy.Verdict, 
 // update runs query (which must change one row of id) and appends recs, in one
 // transaction; ErrNotFound when no row changed.
 func (s *Store) update(ctx context.Context, what, id string, recs []AuditRecord, query string, args ...any) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, query, args...)
 		if err != nil {
 			return err

@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"time"
 
@@ -48,7 +47,7 @@ func (s *Store) DecideAt(ctx context.Context, p *policy.Policy, cat policy.Catal
 // promptly.
 func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Time) ([]policy.Event, error) {
 	var evs []policy.Event
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		var err error
 		evs, err = s.planTx(ctx, tx, p, now)
 		return err

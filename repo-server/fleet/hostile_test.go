@@ -121,9 +121,9 @@ rollouts:
 // the rollout's version, and a selected one reports with a time 10 years ahead; none
 // of them keeps the rollout paused, all reports are stored, and a genuine in-wave
 // failure still pauses it.
-func TestHostileDeviceCannotPauseRollout(t *testing.T) {
+func testHostileDeviceCannotPauseRollout(t *testing.T, db opener) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := openStore(t, db)
 	p := hostilePolicy(t)
 	ro := p.Rollouts[0]
 	t0 := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
@@ -212,7 +212,7 @@ func TestHostileDeviceCannotPauseRollout(t *testing.T) {
 		t.Errorf("clock's device_at = %v, %v; want the device's time, 10 years ahead", fromNS(deviceAt), err)
 	}
 	var counted int
-	if err := s.db.QueryRow(`SELECT count(*) FROM reports WHERE counted`).Scan(&counted); err != nil || counted != 1 {
+	if err := s.db.QueryRow(`SELECT count(*) FROM reports WHERE counted = 1`).Scan(&counted); err != nil || counted != 1 {
 		t.Errorf("counted reports = %d, %v; want 1 (clock's)", counted, err)
 	}
 

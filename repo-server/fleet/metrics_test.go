@@ -14,9 +14,9 @@ import (
 	"github.com/edgeward/edgeward/policy"
 )
 
-func TestCollector(t *testing.T) {
+func testCollector(t *testing.T, db opener) {
 	ctx := context.Background()
-	s, _ := openStore(t)
+	s, _ := openStore(t, db)
 	for _, id := range []string{"a", "b", "c"} {
 		s.Enroll(ctx, id, nil, t0)
 	}

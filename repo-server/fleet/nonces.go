@@ -24,7 +24,7 @@ func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, exp
 	if err := validID(device); err != nil {
 		return fmt.Errorf("issue nonce: %w", err)
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, ns(now)); err != nil {
 			return err
 		}
@@ -43,7 +43,7 @@ func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, exp
 // (ErrNonceUnknown) leaves the outstanding one in place.
 func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, now time.Time) error {
 	expired := false
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		var got []byte
 		var expires int64
 		err := tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)

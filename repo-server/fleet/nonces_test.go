@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 )
 
 // Nonces are single use, expire, and are shared by every store on the database (two
 // replicas: one issues, the other consumes).
-func TestNoncesInTheDatabase(t *testing.T) {
+func testNoncesInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "fleet.db")
+	path := db(t)
 	a, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
@@ -57,9 +56,9 @@ func TestNoncesInTheDatabase(t *testing.T) {
 
 // Dashboard sessions are in the database (any replica serves them), hashed, bounded,
 // and end with their token.
-func TestSessionsInTheDatabase(t *testing.T) {
+func testSessionsInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "fleet.db")
+	path := db(t)
 	a, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)

@@ -68,10 +68,10 @@ func rolloutState(ctx context.Context, q dbtx, id string) (policy.RolloutState, 
 // the audit records recs. Call it with what policy.Plan, Pause, Resume, Abort or
 // Approve returned, before acting on it.
 func (s *Store) SaveRollout(ctx context.Context, st policy.RolloutState, events []policy.Event, recs ...AuditRecord) error {
-	return s.tx(ctx, func(tx *sql.Tx) error { return s.saveRolloutTx(ctx, tx, st, events, recs...) })
+	return s.tx(ctx, func(tx *txn) error { return s.saveRolloutTx(ctx, tx, st, events, recs...) })
 }
 
-func (s *Store) saveRolloutTx(ctx context.Context, tx *sql.Tx, st policy.RolloutState, events []policy.Event, recs ...AuditRecord) error {
+func (s *Store) saveRolloutTx(ctx context.Context, tx *txn, st policy.RolloutState, events []policy.Event, recs ...AuditRecord) error {
 	if st.ID == "" {
 		return fmt.Errorf("save rollout: %w", invalid("id", "missing"))
 	}
@@ -111,7 +111,7 @@ func (s *Store) saveRolloutTx(ctx context.Context, tx *sql.Tx, st policy.Rollout
 // (zero: DefaultLimit, at most MaxListLimit).
 func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]policy.Event, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, type, wave, reason, actor, at FROM
-		(SELECT * FROM rollout_events WHERE rollout_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq`, id, ListOptions{Limit: limit}.limit())
+		(SELECT * FROM rollout_events WHERE rollout_id = ? ORDER BY seq DESC LIMIT ?) AS last ORDER BY seq`, id, ListOptions{Limit: limit}.limit())
 	if err != nil {
 		return nil, fmt.Errorf("rollout %s events: %w", id, err)
 	}
@@ -140,7 +140,7 @@ func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecor
 	if err := validateReport(&r); err != nil {
 		return fmt.Errorf("add report: %w", err)
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		d, err := getDevice(ctx, tx, r.DeviceID)
 		if err != nil {
 			return err

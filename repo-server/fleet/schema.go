@@ -2,12 +2,13 @@ package fleet
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"fmt"
 )
 
-// migrations are applied in order; PRAGMA user_version counts those applied. Append
-// only: never edit one that has shipped.
+// migrations are applied in order; the schema version (sqlite: PRAGMA user_version;
+// PostgreSQL: edgeward_schema) counts those applied. Append only: never edit one that
+// has shipped. They are written for sqlite; PostgreSQL runs them through pgDDL.
 var migrations = []string{
 	`CREATE TABLE devices (
 		id                TEXT PRIMARY KEY,
@@ -147,35 +148,81 @@ var migrations = []string{
 
 // backfills run after the migration of the same index (1-based), in its transaction,
 // for what SQL alone cannot compute.
-var backfills = map[int]func(ctx context.Context, tx *sql.Tx) error{
+var backfills = map[int]func(ctx context.Context, tx *txn) error{
 	4: backfillRolloutLatest,
 	8: backfillOffers,
 }
 
+// SchemaVersion is the schema version this server writes: the number of migrations.
+func SchemaVersion() int { return len(migrations) }
+
+// ErrSchemaTooNew says the database was written by a newer server: this one refuses to
+// touch it (downgrade the database from a backup, or upgrade the server).
+var ErrSchemaTooNew = errors.New("the fleet database's schema is newer than this server")
+
+// migrate brings the schema up to date, one migration per transaction (with its
+// backfill), each re-reading the version under the store's write lock, so replicas
+// starting together apply each migration once. A schema newer than this server's is
+// refused (ErrSchemaTooNew) before anything is written.
 func (s *Store) migrate(ctx context.Context) error {
-	var v int
-	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
-		return fmt.Errorf("read schema version: %w", err)
-	}
-	if v > len(migrations) {
-		return fmt.Errorf("schema version %d is newer than this server (%d): refusing to touch it", v, len(migrations))
-	}
-	for i := v; i < len(migrations); i++ {
-		err := s.tx(ctx, func(tx *sql.Tx) error {
-			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-				return err
-			}
-			if f := backfills[i+1]; f != nil {
-				if err := f(ctx, tx); err != nil {
-					return err
-				}
-			}
-			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+	if s.db.dialect == postgresDialect {
+		err := s.tx(ctx, func(tx *txn) error {
+			_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS edgeward_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
+				INSERT INTO edgeward_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING`)
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
+			return fmt.Errorf("schema version table: %w", err)
 		}
 	}
-	return nil
+	for {
+		done := false
+		err := s.tx(ctx, func(tx *txn) error {
+			v, err := s.schemaVersion(ctx, tx)
+			if err != nil {
+				return fmt.Errorf("read schema version: %w", err)
+			}
+			if v > len(migrations) {
+				return fmt.Errorf("%w: schema version %d, this server knows up to %d; refusing to touch it (upgrade the server, or restore a backup of the database taken before the newer server ran)", ErrSchemaTooNew, v, len(migrations))
+			}
+			if done = v == len(migrations); done {
+				return nil
+			}
+			m := migrations[v]
+			if s.db.dialect == postgresDialect {
+				m = pgDDL(m)
+			}
+			if _, err := tx.ExecContext(ctx, m); err != nil {
+				return fmt.Errorf("migration %d: %w", v+1, err)
+			}
+			if f := backfills[v+1]; f != nil {
+				if err := f(ctx, tx); err != nil {
+					return fmt.Errorf("migration %d: %w", v+1, err)
+				}
+			}
+			return s.setSchemaVersion(ctx, tx, v+1)
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+func (s *Store) schemaVersion(ctx context.Context, q dbtx) (int, error) {
+	var v int
+	query := `PRAGMA user_version`
+	if s.db.dialect == postgresDialect {
+		query = `SELECT version FROM edgeward_schema WHERE id = 1`
+	}
+	err := q.QueryRowContext(ctx, query).Scan(&v)
+	return v, err
+}
+
+func (s *Store) setSchemaVersion(ctx context.Context, q dbtx, v int) error {
+	query := fmt.Sprintf(`PRAGMA user_version = %d`, v)
+	if s.db.dialect == postgresDialect {
+		query = fmt.Sprintf(`UPDATE edgeward_schema SET version = %d WHERE id = 1`, v)
+	}
+	_, err := q.ExecContext(ctx, query)
+	return err
 }

@@ -15,7 +15,7 @@ import (
 // oldest end. Every replica on the database sees the session.
 func (s *Store) StartSession(ctx context.Context, id, token, csrf string, now, expires time.Time, max int) error {
 	ih, th := sha256.Sum256([]byte(id)), sha256.Sum256([]byte(token))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx *txn) error {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at <= ?`, ns(now)); err != nil {
 			return err
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -26,10 +25,10 @@ type simFleet struct {
 	events []policy.Event
 }
 
-func newSimFleet(t *testing.T, n int, pol string) *simFleet {
+func newSimFleet(t *testing.T, db opener, n int, pol string) *simFleet {
 	t.Helper()
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	s, err := Open(ctx, db(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,9 +137,9 @@ rollouts:
     target: {kind: model, name: vib, version: 3.0.0}
 `
 
-func TestSimulatedFleetGoodRollout(t *testing.T) {
+func testSimulatedFleetGoodRollout(t *testing.T, db opener) {
 	n := simSize(t)
-	f := newSimFleet(t, n, simPolicy)
+	f := newSimFleet(t, db, n, simPolicy)
 	f.step(0)
 	if got := f.count("3.1.0"); got == 0 || got > n*5/100 {
 		t.Fatalf("after wave 0: %d of %d devices on 3.1.0; want about 2%%", got, n)
@@ -164,9 +163,9 @@ func TestSimulatedFleetGoodRollout(t *testing.T) {
 	}
 }
 
-func TestSimulatedFleetBadRolloutPausesAndAborts(t *testing.T) {
+func testSimulatedFleetBadRolloutPausesAndAborts(t *testing.T, db opener) {
 	n := simSize(t)
-	f := newSimFleet(t, n, simPolicy)
+	f := newSimFleet(t, db, n, simPolicy)
 	f.bad["3.1.0"] = true
 	_, failures := f.step(0)
 	if failures == 0 {
@@ -216,8 +215,8 @@ func TestSimulatedFleetBadRolloutPausesAndAborts(t *testing.T) {
 // TestSimulatedFleetAbortAfterCommit: devices that committed the target before an
 // abort are sent their previous version; the agent's floor refuses it, which the
 // store records as an install error of the older rollout, and the device is not asked again.
-func TestSimulatedFleetAbortAfterCommit(t *testing.T) {
-	f := newSimFleet(t, 200, simPolicy)
+func testSimulatedFleetAbortAfterCommit(t *testing.T, db opener) {
+	f := newSimFleet(t, db, 200, simPolicy)
 	f.step(0)
 	on := f.count("3.1.0")
 	st, ev, _ := policy.Abort(f.state("vib-3.1.0"), "alice", "regret", f.now)
@@ -233,9 +232,9 @@ func TestSimulatedFleetAbortAfterCommit(t *testing.T) {
 
 // TestSimulatedFleetAttestationFailurePauses: devices that installed the target and
 // then stop attesting count against the wave.
-func TestSimulatedFleetAttestationFailurePauses(t *testing.T) {
+func testSimulatedFleetAttestationFailurePauses(t *testing.T, db opener) {
 	ctx := context.Background()
-	f := newSimFleet(t, 200, simPolicy)
+	f := newSimFleet(t, db, 200, simPolicy)
 	f.step(0)
 	var onTarget []string
 	for id, sl := range f.slots {
@@ -270,9 +269,9 @@ func TestSimulatedFleetAttestationFailurePauses(t *testing.T) {
 	}
 }
 
-func TestStatus(t *testing.T) {
+func testStatus(t *testing.T, db opener) {
 	ctx := context.Background()
-	f := newSimFleet(t, 300, simPolicy)
+	f := newSimFleet(t, db, 300, simPolicy)
 	if _, err := f.s.Status(ctx, f.p, "nope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Status(unknown) = %v; want ErrNotFound", err)
 	}

@@ -1,7 +1,8 @@
 // Package fleet is the server's record of the fleet: devices and what they reported,
 // rollout states and events, attestation verdicts, the decision made at every check-in,
 // and operator API tokens. It is a sqlite file (modernc.org/sqlite, WAL,
-// synchronous=FULL); the pure parts (KPIs, authorization) take what the store returns.
+// synchronous=FULL) by default, or a PostgreSQL database shared by several replicas
+// (dialect.go); the pure parts (KPIs, authorization) take what the store returns.
 //
 // A check-in, as the server is expected to run it:
 //
@@ -19,8 +20,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 
 	"github.com/edgeward/edgeward/internal/durable"
 )
@@ -45,38 +49,122 @@ func invalid(field, format string, args ...any) error {
 	return &InvalidError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Store is the fleet database. It is safe for concurrent use.
+// Store is the fleet database. It is safe for concurrent use, and on PostgreSQL by
+// several processes (replicas) on one database.
 type Store struct {
-	db    *sql.DB
+	db    *sqlDB
 	audit AppendFunc // nil: changes are not audited (see WithAudit)
 }
 
-// Open opens (creating if needed) the store at path and brings its schema up to date.
-func Open(ctx context.Context, path string) (*Store, error) {
+// IsPostgres reports whether where names a PostgreSQL database (a postgres:// or
+// postgresql:// URL) rather than a sqlite file.
+func IsPostgres(where string) bool {
+	return strings.HasPrefix(where, "postgres://") || strings.HasPrefix(where, "postgresql://")
+}
+
+// Open opens (creating if needed) the store at where and brings its schema up to date:
+// a sqlite file path (the embedded default), or a PostgreSQL URL
+// (postgres://user:password@host:port/database?sslmode=…), whose database must exist
+// and whose user must be able to create tables in it.
+func Open(ctx context.Context, where string) (*Store, error) {
+	if IsPostgres(where) {
+		return openPostgres(ctx, where)
+	}
 	// One connection: sqlite serialises writers anyway, and a single connection
 	// never sees SQLITE_BUSY. Reads are short.
-	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1, ImmediateTx: true})
+	db, err := durable.OpenSQLite(ctx, where, durable.SQLite{MaxOpenConns: 1, ImmediateTx: true})
 	if err != nil {
 		return nil, fmt.Errorf("fleet store: %w", err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: &sqlDB{DB: db, dialect: sqliteDialect}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("fleet store %s: %w", path, err)
+		return nil, fmt.Errorf("fleet store %s: %w", where, err)
 	}
 	return s, nil
 }
 
+// PostgresConns bounds the store's connections to PostgreSQL, per process.
+const PostgresConns = 16
+
+func openPostgres(ctx context.Context, url string) (*Store, error) {
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		return nil, fmt.Errorf("fleet store: %w", err)
+	}
+	db.SetMaxOpenConns(PostgresConns)
+	db.SetMaxIdleConns(PostgresConns)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	s := &Store{db: &sqlDB{DB: db, dialect: postgresDialect}}
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
+	}
+	return s, nil
+}
+
+// redactURL hides a URL's password, for errors and logs.
+func redactURL(u string) string {
+	if p, err := neturl.Parse(u); err == nil {
+		return p.Redacted()
+	}
+	return "(PostgreSQL URL)"
+}
+
+// Engine names the store's database engine: "sqlite" or "postgres".
+func (s *Store) Engine() string { return s.db.dialect.String() }
+
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
-// tx runs f in a transaction and commits it if f returns nil.
-func (s *Store) tx(ctx context.Context, f func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+// tx runs f in a transaction and commits it if f returns nil; f may run more than once
+// (it must set what it returns afresh each time).
+//
+// On sqlite the transaction takes the database's write lock when it begins (BEGIN
+// IMMEDIATE), and the store's single connection serialises its transactions.
+//
+// On PostgreSQL, where several replicas share the database, every store transaction
+// first takes one transaction-scoped advisory lock (writerLock), at READ COMMITTED: the
+// store's transactions run one at a time across all processes, exactly as on sqlite,
+// and each statement after the lock sees everything committed before it, so a
+// read-then-write (a device row, a rollout's state and its wave counts, a nonce) is
+// never decided on a stale read. They would serialise anyway: nearly every one appends
+// to the audit log, whose tree head is one row. Reads outside transactions do not take
+// the lock. A transaction the server aborts to stay serialisable (a deadlock, a
+// serialisation failure) is run again, up to txRetries times.
+func (s *Store) tx(ctx context.Context, f func(*txn) error) error {
+	wait := retryBackoff
+	for attempt := 0; ; attempt++ {
+		err := s.tx1(ctx, f)
+		if err == nil || !retryable(err) || attempt == txRetries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+func (s *Store) tx1(ctx context.Context, f func(*txn) error) error {
+	tx, err := s.db.DB.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if err := f(tx); err != nil {
+	t := &txn{Tx: tx, dialect: s.db.dialect}
+	if s.db.dialect == postgresDialect {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("fleet writer lock: %w", err)
+		}
+	}
+	if err := f(t); err != nil {
 		tx.Rollback()
 		return err
 	}
@@ -104,8 +192,4 @@ func mustJSON(v any) string {
 		panic(err) // only called with types that always marshal
 	}
 	return string(b)
-}
-
-func isForeignKey(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "FOREIGN KEY constraint failed")
 }
