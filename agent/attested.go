@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"os"
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
@@ -44,6 +47,10 @@ type Attested struct {
 	// whose answer carries a checkpoint inconsistent with the last one the device
 	// verified fails with ErrAuditInconsistent, and the answer is not acted on.
 	Audit *AuditWitness
+	// BootLog, if set, is the path of the TCG boot event log, read at every check-in
+	// and sent with a quote that covers the boot PCRs (0–7) as well as the measurement
+	// PCR. Empty: no boot evidence (a server with a boot policy then refuses trust).
+	BootLog string
 
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
@@ -173,11 +180,19 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 	// The log is read before the quote: a measurement between the two would make the
 	// quote cover an event the log lacks, which the server rejects (fail closed).
 	log := a.Log.Log()
-	q, err := a.TPM.Quote(ctx, bound, []int{a.Log.PCR()})
+	pcrs := []int{a.Log.PCR()}
+	var bootLog []byte
+	if a.BootLog != "" {
+		if bootLog, err = readBounded(a.BootLog, wire.MaxBootLogBytes); err != nil {
+			return nil, fmt.Errorf("boot event log: %w", err)
+		}
+		pcrs = append(reference.BootPCRs(), a.Log.PCR())
+	}
+	q, err := a.TPM.Quote(ctx, bound, pcrs)
 	if err != nil {
 		return nil, fmt.Errorf("quote: %w", err)
 	}
-	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log}
+	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog}
 	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}
@@ -202,3 +217,20 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 
 // ErrNotEnrolled is returned when the agent has no AK certificate.
 var ErrNotEnrolled = errors.New("agent: not enrolled")
+
+// readBounded reads the file at path, refusing one of more than limit bytes.
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s: more than %d bytes", path, limit)
+	}
+	return b, nil
+}

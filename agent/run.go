@@ -57,6 +57,12 @@ type Config struct {
 	// PCR is the measurement PCR the quotes cover; 0: 16 (development). Production
 	// devices use 23 (both are resettable, so the log is per boot).
 	PCR int
+	// BootLog is the TCG boot event log the device sends with every check-in, its quote
+	// then covering the boot PCRs (0–7) so that the server can replay the log and judge
+	// the firmware, boot loaders and kernel (measured boot). Empty: DefaultBootLog when
+	// the TPM is a hardware TPM (a device path) and the file exists, none otherwise (a
+	// simulator's boot PCRs do not match the host's log). NoBootLog: none.
+	BootLog string
 	// TPM, if set, is used instead of opening the TPM named at enrollment; Run does not
 	// close it. With a Server, a device without a TPM is refused.
 	TPM *attest.TPM
@@ -95,6 +101,27 @@ type Config struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Logger receives the agent's log; nil: slog.Default().
 	Logger *slog.Logger
+}
+
+// DefaultBootLog is where Linux exposes the firmware's TCG boot event log.
+const DefaultBootLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
+
+// NoBootLog as Config.BootLog sends no boot event log.
+const NoBootLog = "none"
+
+// bootLogPath resolves Config.BootLog for a TPM opened at tpmURL.
+func bootLogPath(configured, tpmURL string) string {
+	switch {
+	case configured == NoBootLog:
+		return ""
+	case configured != "":
+		return configured
+	case strings.HasPrefix(tpmURL, "/"):
+		if _, err := os.Stat(DefaultBootLog); err == nil {
+			return DefaultBootLog
+		}
+	}
+	return ""
 }
 
 // ErrNoTPM is returned by Run when a device with a Server has no TPM.
@@ -197,7 +224,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer conn.Close()
 	link := &Attested{API: conn.API, TPM: st.TPM, AK: conn.AK, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
-		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs}
+		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs,
+		BootLog: bootLogPath(cfg.BootLog, st.TPM.URL())}
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
 	}

@@ -19,20 +19,32 @@ func (t *TPM) Measure(ctx context.Context, e eventlog.Event) (eventlog.Event, er
 	if err := e.Validate(); err != nil {
 		return e, err
 	}
-	d := e.Digest()
-	err := t.do(ctx, func(tp transport.TPM) error {
+	if err := t.Extend(ctx, e.PCR, e.Digest()); err != nil {
+		return e, fmt.Errorf("attest: measure %s/%s@%s: %w", e.Kind, e.Name, e.Version, err)
+	}
+	return e, nil
+}
+
+// Extend extends the SHA-256 bank of pcr with digest. Firmware and the kernel
+// extend the boot PCRs (0–7) and IMA's (10) on a real device; tests use
+// Extend to replay a recorded boot or IMA log into a simulator, so that its
+// quotes and the log agree as on real hardware.
+func (t *TPM) Extend(ctx context.Context, pcr int, digest [32]byte) error {
+	if pcr < 0 || pcr > 23 {
+		return fmt.Errorf("attest: extend: PCR %d out of range", pcr)
+	}
+	return t.do(ctx, func(tp transport.TPM) error {
 		_, err := tpm2.PCRExtend{
-			PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(e.PCR), Auth: tpm2.PasswordAuth(nil)},
+			PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
 			Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{
-				HashAlg: tpm2.TPMAlgSHA256, Digest: d[:],
+				HashAlg: tpm2.TPMAlgSHA256, Digest: digest[:],
 			}}},
 		}.Execute(tp)
 		if err != nil {
-			return fmt.Errorf("attest: extend PCR %d with %s/%s@%s: %w", e.PCR, e.Kind, e.Name, e.Version, err)
+			return fmt.Errorf("attest: extend PCR %d: %w", pcr, err)
 		}
 		return nil
 	})
-	return e, err
 }
 
 // ResetPCR resets a resettable PCR (16 or 23) to zero, which starts a new

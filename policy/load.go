@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 )
 
 // Limits on what Load reads, so that a wrong directory cannot exhaust the server.
@@ -230,6 +231,30 @@ type rawPolicy struct {
 type rawAttestation struct {
 	Required located[bool]   `yaml:"required"`
 	MaxAge   located[string] `yaml:"max_age"`
+	Boot     []rawBoot       `yaml:"boot"`
+}
+
+// rawBoot is one boot policy entry. Its keys are checked here: yaml.Node.Decode does
+// not inherit the file decoder's KnownFields, and a misspelt secure_boot must not
+// silently weaken the policy.
+type rawBoot struct {
+	reference.Boot
+	line int
+}
+
+func (r *rawBoot) UnmarshalYAML(n *yaml.Node) error {
+	r.line = n.Line
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a boot policy entry is a mapping", n.Line)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k := n.Content[i]; k.Value {
+		case "hardware", "secure_boot", "boot_applications", "forbidden", "pcrs":
+		default:
+			return fmt.Errorf("line %d: unknown boot policy field %q (hardware, secure_boot, boot_applications, forbidden, pcrs)", k.Line, k.Value)
+		}
+	}
+	return n.Decode(&r.Boot)
 }
 
 type rawGates struct {
@@ -469,6 +494,13 @@ func (b *builder) rest(file string, r *rawPolicy) {
 					b.errorf(file, a.MaxAge.Line, "attestation max_age must be positive")
 				}
 				b.pol.Attestation.MaxAge = d
+			}
+			for _, rb := range a.Boot {
+				if err := rb.Boot.Validate(); err != nil {
+					b.errorf(file, rb.line, "attestation boot: %v", err)
+					continue
+				}
+				b.pol.Attestation.Boot = append(b.pol.Attestation.Boot, rb.Boot)
 			}
 		}
 	}

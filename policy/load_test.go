@@ -93,6 +93,9 @@ func TestParseErrors(t *testing.T) {
 		{"missing days", "windows:\n  - name: w\n    from: '01:00'\n    to: '02:00'\n", `f.yaml:2: window "w": days missing`},
 		{"bad gate", "gates:\n  min_accuracy: 95\n", "f.yaml:2: gate min_accuracy 95: want a value in [0, 1]"},
 		{"bad max_age", "attestation:\n  max_age: soon\n", `f.yaml:2: attestation max_age "soon"`},
+		{"misspelt boot field", "attestation:\n  boot:\n    - secure_bot: true\n", `f.yaml:3: unknown boot policy field "secure_bot"`},
+		{"bad boot digest", "attestation:\n  boot:\n    - boot_applications: [abc]\n", `f.yaml:3: attestation boot: reference: invalid: boot_applications: "abc" is not 64 lowercase hex digits`},
+		{"boot PCR out of range", "attestation:\n  boot:\n    - pcrs: {10: [" + strings.Repeat("a", 64) + "]}\n", `f.yaml:3: attestation boot: reference: invalid: pcrs: 10 is not a boot PCR`},
 		{"unknown policy version", "version: 2\n", "f.yaml:1: version 2: this server reads policy version 1"},
 		{"two documents", "version: 1\n---\nversion: 1\n", "f.yaml:2: more than one YAML document"},
 		{"duplicate key", "version: 1\nversion: 1\n", `f.yaml:2: mapping key "version" already defined at line 1`},
@@ -182,5 +185,17 @@ func TestLoadDir(t *testing.T) {
 	write("big.yaml", strings.Repeat("#", MaxFileSize+1))
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("Load(big file) = %v; want size error", err)
+	}
+}
+
+func TestParseBootPolicy(t *testing.T) {
+	k, d := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	p, err := Parse(File{Name: "f.yaml", Data: []byte("attestation:\n  boot:\n    - hardware: [aarch64]\n      secure_boot: true\n      boot_applications: [" + k + "]\n      forbidden: [" + d + "]\n      pcrs: {0: [" + d + "]}\n    - {}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := p.Attestation.Boot
+	if len(b) != 2 || !b[0].SecureBoot || b[0].Hardware[0] != "aarch64" || b[0].BootApplications[0] != k || b[0].Forbidden[0] != d || b[0].PCRs[0][0] != d {
+		t.Fatalf("Parse boot policy = %+v", b)
 	}
 }

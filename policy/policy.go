@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 )
 
 // Policy is a loaded, validated policy. It is immutable once returned by Load or Parse
@@ -61,6 +62,12 @@ type Attestation struct {
 	// MaxAge is how old the device's last trusted verdict may be. Zero means
 	// DefaultMaxAttestationAge.
 	MaxAge time.Duration
+	// Boot is the measured-boot policy: the first entry whose hardware classes include
+	// the device's (reference.Select) says what its boot event log must prove (Secure
+	// Boot, allowed boot loaders and kernels, forbidden digests, PCR values). Empty: no
+	// boot log is required (one a device sends must still replay). A device that
+	// matches no entry of a non-empty list is untrusted.
+	Boot []reference.Boot
 }
 
 func (a Attestation) maxAge() time.Duration {

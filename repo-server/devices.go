@@ -22,6 +22,7 @@ import (
 	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -314,10 +315,22 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		}
 		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: ti.SHA256})
 	}
+	// The boot policy for the device's hardware class (the class is in the quoted
+	// request). A policy with boot entries, none of which applies, trusts no boot.
+	pol := d.policy()
+	var boot *reference.Boot
+	noBoot := ""
+	if pol != nil && len(pol.Attestation.Boot) > 0 {
+		if boot = reference.Select(pol.Attestation.Boot, req.Hardware); boot == nil {
+			noBoot = fmt.Sprintf("boot_policy: no boot policy entry for hardware %q", req.Hardware)
+			boot = &reference.Boot{} // still require and replay the boot log
+		}
+	}
 	// Check verifies the quote's signature over bound before it consumes the nonce, so
 	// a forged or altered check-in does not burn the device's nonce.
 	v := verify.Check(d.nonces.Consumer(ctx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
+		Boot: boot,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
 		switch {
@@ -337,11 +350,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	for _, u := range unknown {
 		reasons = append(reasons, "runs an artifact the repository does not hold: "+u)
 	}
+	if noBoot != "" {
+		reasons = append(reasons, noBoot)
+	}
 	verdict := policy.VerdictTrusted
-	if !v.Trusted || len(unknown) > 0 {
+	if !v.Trusted || len(unknown) > 0 || noBoot != "" {
 		verdict = policy.VerdictUntrusted
 	}
-	resp, err := d.admit(ctx, &req, verdict, reasons, cat, now)
+	resp, err := d.admit(ctx, &req, verdict, reasons, v.Boot, cat, now)
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
@@ -363,14 +379,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // the pure fleet.Admit): enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, boot *reference.BootState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
 	}
 	a := fleet.Admission{
 		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, LastError: req.LastError, At: now},
-		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
+		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
 	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))

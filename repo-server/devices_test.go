@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -46,6 +47,8 @@ type device struct {
 	api  *deviceapi.Client
 	id   string
 	slot map[artifact.Kind]wire.Slot
+	// bootLog, if set, is sent with every check-in, the quote covering PCRs 0–7.
+	bootLog []byte
 }
 
 type deviceFixture struct {
@@ -54,6 +57,12 @@ type deviceFixture struct {
 }
 
 func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
+	t.Helper()
+	return newDeviceFixtureWith(t, testPolicy)
+}
+
+// newDeviceFixtureWith is newDeviceFixture under the policy file policyYAML.
+func newDeviceFixtureWith(t *testing.T, policyYAML string) (*deviceFixture, *device) {
 	t.Helper()
 	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
@@ -79,7 +88,7 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(policyYAML)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,11 +137,15 @@ func (d *device) quote(req *wire.CheckInRequest) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	q, err := d.tpm.Quote(context.Background(), bound, []int{eventlog.PCRDevelopment})
+	pcrs := []int{eventlog.PCRDevelopment}
+	if d.bootLog != nil {
+		pcrs = append(reference.BootPCRs(), pcrs...)
+	}
+	q, err := d.tpm.Quote(context.Background(), bound, pcrs)
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	req.Evidence = wire.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...)}
+	req.Evidence = wire.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...), BootLog: d.bootLog}
 	for _, c := range d.ak.Chain[:len(d.ak.Chain)-1] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}

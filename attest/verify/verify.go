@@ -7,8 +7,9 @@
 // the AK certificate chains to the attestation CA and has the AK profile, the
 // quote is signed by that certificate's key, carries exactly the issued
 // nonce, covers the PCR values sent, the measurement log replays to the
-// measurement PCR's value, and the artifacts measured last are exactly the
-// expected ones. Anything not covered is a reason, never a pass.
+// measurement PCR's value, the artifacts measured last are exactly the
+// expected ones, and a boot event log (required by Policy.Boot) replays to the
+// quoted boot PCRs and shows a boot the policy allows. Anything not covered is a reason, never a pass.
 package verify
 
 import (
@@ -30,6 +31,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 
@@ -81,6 +83,12 @@ type Policy struct {
 	// every expected one must be measured, and nothing else may be. Nil
 	// skips the comparison (enrollment-time checks).
 	Expected []eventlog.Artifact
+	// Boot, if set, requires measured boot: the evidence carries the TCG boot event
+	// log, the quote covers the boot PCRs (0–7), the log replays to them, and the boot
+	// state it proves satisfies Boot (the entry of the policy for the device's
+	// hardware class, reference.Select). Nil: a boot log the device sends is still
+	// replayed and must verify, but none is required.
+	Boot *reference.Boot
 }
 
 // Verdict is the result of Verify.
@@ -95,6 +103,9 @@ type Verdict struct {
 	// quote; a change in ResetCount means a reboot (a new log).
 	ResetCount   uint32 `json:"reset_count"`
 	RestartCount uint32 `json:"restart_count"`
+	// Boot is what the boot event log proved (nil: no boot log, or it did not
+	// replay).
+	Boot *reference.BootState `json:"boot,omitempty"`
 }
 
 func (v *Verdict) add(c Code, format string, args ...any) {
@@ -181,6 +192,7 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 		sent = append(sent, k)
 	}
 	sort.Ints(sent)
+	pcrsQuoted := false
 	if !slices.Equal(sent, selected) {
 		v.add(PCRDigestMismatch, "PCRs sent %v, quoted %v", sent, selected)
 	} else {
@@ -190,8 +202,14 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 		}
 		if !bytes.Equal(h.Sum(nil), qi.PCRDigest.Buffer) {
 			v.add(PCRDigestMismatch, "PCR values do not match the quoted digest")
+		} else {
+			pcrsQuoted = true
 		}
 	}
+
+	// 4b. Measured boot: the boot log replays to the quoted boot PCRs and satisfies
+	// the boot policy.
+	verifyBoot(&v, p, ev, selected, pcrsQuoted)
 
 	// 5. The log replays to the measurement PCR.
 	if !slices.Contains(selected, pcr) {

@@ -133,7 +133,7 @@ type Report struct {
 }
 
 // Evidence is the TPM's proof at a check-in (what attest/verify checks): the AK
-// certificate, a quote and the measurement log.
+// certificate, a quote, the measurement log and the boot event log.
 type Evidence struct {
 	// AKCert is the DER AK certificate the attestation CA issued.
 	AKCert []byte `json:"ak_cert"`
@@ -142,7 +142,16 @@ type Evidence struct {
 	Quote   protocol.Quote `json:"quote"`
 	// Log is the measurement log of this boot.
 	Log eventlog.Log `json:"log"`
+	// BootLog is the TCG boot event log of this boot, as the firmware wrote it
+	// (/sys/kernel/security/tpm0/binary_bios_measurements on Linux); the quote then
+	// covers the boot PCRs (0–7) too. Empty: the device sends no boot evidence, which a
+	// boot policy rejects. Not covered by QuoteData: its integrity is proven by
+	// replaying it to the quoted PCR values.
+	BootLog []byte `json:"boot_log,omitempty"`
 }
+
+// MaxBootLogBytes bounds a boot event log (real ones are 10–100 KiB).
+const MaxBootLogBytes = 1 << 20
 
 // UpdateErrorKind says what kind of cause stopped a device's last update round.
 type UpdateErrorKind string

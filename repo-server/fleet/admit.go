@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
@@ -36,6 +37,9 @@ type Admission struct {
 	// Verdict of the device's evidence, and why (empty when trusted).
 	Verdict policy.Verdict
 	Reasons []string
+	// Boot is what the device's boot event log proved (nil: it sent none, or it did
+	// not verify); recorded with the verdict.
+	Boot *reference.BootState
 	// Policy in force; its rollouts attribute reports and receive the untrusted reports.
 	Policy *policy.Policy
 	// States are the stored states of Policy's rollouts at receipt, by ID (a rollout
@@ -179,7 +183,11 @@ func Admit(a Admission) (Admitted, error) {
 			out.Replan = true
 		}
 	}
-	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, map[string]any{"verdict": a.Verdict, "reasons": a.Reasons}})
+	verdictData := map[string]any{"verdict": a.Verdict, "reasons": a.Reasons}
+	if a.Boot != nil {
+		verdictData["boot"] = a.Boot
+	}
+	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, verdictData})
 	if a.Verdict != policy.VerdictTrusted && a.Quarantine && !before.Quarantined {
 		d.Quarantined, d.QuarantineReason = true, "attestation: "+detail
 		if len(d.QuarantineReason) > MaxCause {

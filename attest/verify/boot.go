@@ -1,0 +1,156 @@
+package verify
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	goattest "github.com/google/go-attestation/attest"
+
+	"github.com/edgeward/edgeward/internal/reference"
+	"github.com/edgeward/edgeward/internal/wire"
+)
+
+// Reason codes of measured boot.
+const (
+	BootLogMissing     Code = "boot_log_missing"
+	BootLogMalformed   Code = "boot_log_malformed"
+	BootPCRNotQuoted   Code = "boot_pcr_not_quoted"
+	BootReplayMismatch Code = "boot_replay_mismatch"
+	BootPolicyViolated Code = "boot_policy"
+)
+
+// evBootServicesApplication is EV_EFI_BOOT_SERVICES_APPLICATION: an EFI application
+// (boot loader, EFI-stub kernel) measured by its Authenticode digest into PCR 4.
+const evBootServicesApplication = 0x80000003
+
+// verifyBoot checks the boot event log against the quoted boot PCRs and p.Boot. It is
+// called once the quote's signature, nonce and PCR digest are checked (pcrsQuoted: the
+// PCR values sent are the ones the TPM signed); it reports into v and fills v.Boot.
+//
+// A device that sends a boot log must send a true one: a log that does not parse or
+// does not replay is a reason whether or not a boot policy is set. The log is parsed
+// and replayed by go-attestation (ParseEventLog, EventLog.Verify), and only the events
+// Verify returns (those that replayed) are read. Verify passes a PCR the log has no
+// event for, whatever its value, so every boot PCR that was extended must have events.
+func verifyBoot(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted bool) {
+	if len(ev.BootLog) == 0 {
+		if p.Boot != nil {
+			v.add(BootLogMissing, "the boot policy requires the boot event log and the device sent none")
+		}
+		return
+	}
+	var missing []int
+	for _, i := range reference.BootPCRs() {
+		if !slices.Contains(selected, i) {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		v.add(BootPCRNotQuoted, "the quote does not cover boot PCRs %v", missing)
+		return
+	}
+	if !pcrsQuoted {
+		return // PCRDigestMismatch is reported: the values cannot be replayed against
+	}
+	if len(ev.BootLog) > wire.MaxBootLogBytes {
+		v.add(BootLogMalformed, "%d bytes, limit %d", len(ev.BootLog), wire.MaxBootLogBytes)
+		return
+	}
+	el, err := goattest.ParseEventLog(ev.BootLog)
+	if err != nil {
+		v.add(BootLogMalformed, "%v", err)
+		return
+	}
+	var pcrs []goattest.PCR
+	for _, i := range reference.BootPCRs() {
+		pcrs = append(pcrs, goattest.PCR{Index: i, Digest: ev.Quote.PCRs[i], DigestAlg: crypto.SHA256})
+	}
+	events, err := el.Verify(pcrs)
+	if err != nil {
+		var re goattest.ReplayError
+		if errors.As(err, &re) {
+			for _, i := range re.InvalidPCRs {
+				v.add(BootReplayMismatch, "PCR %d: %s", i, replayDetail(el, i, ev.Quote.PCRs[i]))
+			}
+			return
+		}
+		v.add(BootReplayMismatch, "%v", err)
+		return
+	}
+	state := reference.BootState{Events: len(events), PCRs: map[int]string{}}
+	extended := map[int]bool{}
+	for _, e := range events {
+		extended[e.Index] = true
+	}
+	var zero [32]byte
+	for _, i := range reference.BootPCRs() {
+		state.PCRs[i] = hex.EncodeToString(ev.Quote.PCRs[i])
+		if !extended[i] && !bytes.Equal(ev.Quote.PCRs[i], zero[:]) {
+			v.add(BootReplayMismatch, "PCR %d: extended to %x but the log has no event for it", i, ev.Quote.PCRs[i])
+		}
+	}
+	for _, e := range events {
+		if e.Index == 4 && e.Type == evBootServicesApplication {
+			state.BootApplications = append(state.BootApplications, hex.EncodeToString(e.Digest))
+		}
+	}
+	sb, err := goattest.ParseSecurebootState(events)
+	if err != nil {
+		v.add(BootLogMalformed, "Secure Boot state (PCR 7): %v", err)
+	} else {
+		state.SecureBoot = sb.Enabled
+	}
+	v.Boot = &state
+	if p.Boot == nil {
+		return
+	}
+	b := p.Boot
+	if b.SecureBoot && (err != nil || !sb.Enabled) {
+		v.add(BootPolicyViolated, "Secure Boot is not enabled (PCR 7)")
+	}
+	for n, e := range events {
+		d := hex.EncodeToString(e.Digest)
+		if slices.Contains(b.Forbidden, d) {
+			v.add(BootPolicyViolated, "boot event %d (PCR %d, %v) is forbidden: %s", n, e.Index, e.Type, d)
+		}
+	}
+	if len(b.BootApplications) > 0 {
+		for n, d := range state.BootApplications {
+			if !slices.Contains(b.BootApplications, d) {
+				v.add(BootPolicyViolated, "boot application %d (PCR 4) %s is not allowed", n, d)
+			}
+		}
+	}
+	for _, i := range reference.BootPCRs() {
+		if allowed, ok := b.PCRs[i]; ok && !slices.Contains(allowed, state.PCRs[i]) {
+			v.add(BootPolicyViolated, "PCR %d is %s, not an allowed value", i, state.PCRs[i])
+		}
+	}
+}
+
+// replayDetail says where the log and the TPM part for pcr: what the log's SHA-256
+// digests replay to (read from the unverified events, for the reason only) and what
+// the TPM quoted.
+func replayDetail(el *goattest.EventLog, pcr int, quoted []byte) string {
+	cur := make([]byte, sha256.Size)
+	n := 0
+	for _, e := range el.Events(goattest.HashSHA256) {
+		if e.Index != pcr || e.Type == 3 /* EV_NO_ACTION */ {
+			continue
+		}
+		if len(e.Digest) != sha256.Size {
+			return fmt.Sprintf("event of type %v has no SHA-256 digest; the TPM quoted %x", e.Type, quoted)
+		}
+		h := sha256.New()
+		h.Write(cur)
+		h.Write(e.Digest)
+		cur = h.Sum(nil)
+		n++
+	}
+	return fmt.Sprintf("the log's %d events replay to %x, the TPM quoted %x", n, cur, quoted)
+}
