@@ -266,9 +266,9 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		tw := newTab(env.stdout)
 		fmt.Fprintln(tw, "ROLLOUT\tTARGET\tSTATUS\tWAVES STARTED\tUPDATED\tREASON")
 		for _, r := range rollouts {
-			status := string(r.Status)
-			if status == "" {
-				status = "not started"
+			status := r.Progress
+			if status == "" { // an older server
+				status = string(r.Status)
 			}
 			if r.AwaitingApproval {
 				status += " (awaiting approval)"
@@ -295,9 +295,9 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 }
 
 func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now time.Time) {
-	status := string(st.State.Status)
-	if status == "" {
-		status = "not started"
+	status := st.Progress
+	if status == "" { // an older server
+		status = string(st.State.Status)
 	}
 	fmt.Fprintf(w, "rollout %s: %s %s %s — %s\n", st.ID, st.Target.Kind, st.Target.Name, st.Target.Version, status)
 	if st.State.Reason != "" {

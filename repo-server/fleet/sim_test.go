@@ -291,6 +291,9 @@ func testStatus(t *testing.T, db opener) {
 	if w0.Devices == 0 || w0.Reported != w0.Devices || w0.Succeeded != w0.Devices || st.KPI.Committed != w0.Devices {
 		t.Errorf("wave 0 = %+v, KPI %+v; want every device of wave 0 committed", w0, st.KPI)
 	}
+	if want := fmt.Sprintf("waiting for devices (%d of 300 selected devices committed)", w0.Devices); st.Progress != want {
+		t.Errorf("progress after wave 0 = %q; want %q", st.Progress, want)
+	}
 	if !st.NextWaveAt.Equal(t0.Add(time.Hour)) || len(st.Events) != 2 || len(st.TimeTo) != 0 {
 		t.Errorf("next wave %v, events %d, time to %v", st.NextWaveAt, len(st.Events), st.TimeTo)
 	}
@@ -300,5 +303,35 @@ func testStatus(t *testing.T, db opener) {
 	st, _ = f.s.Status(ctx, f.p, "vib-3.1.0")
 	if half := st.TimeTo["50%"]; st.TimeTo["100%"] != 3*time.Hour || (half != 2*time.Hour && half != 3*time.Hour) || !st.NextWaveAt.IsZero() {
 		t.Errorf("after completion: time to %v, next wave %v", st.TimeTo, st.NextWaveAt)
+	}
+	if st.State.Status != policy.StatusCompleted || st.Progress != "completed (300 of 300 selected devices committed)" {
+		t.Errorf("after completion: status %s, progress %q", st.State.Status, st.Progress)
+	}
+}
+
+// Progress says "completed" only when the waves are done and so is every selected
+// device; a rollout with no devices or no reports waits for them.
+func TestProgress(t *testing.T) {
+	started := policy.RolloutState{Status: policy.StatusActive, Started: t0}
+	done := started
+	done.Status = policy.StatusCompleted
+	paused := started
+	paused.Status = policy.StatusPaused
+	for _, c := range []struct {
+		st                           policy.RolloutState
+		selected, committed, excused int
+		want                         string
+	}{
+		{policy.RolloutState{}, 3, 0, 0, "pending: not started yet"},
+		{done, 0, 0, 0, "waiting for devices: the selector matches no enrolled device"},
+		{done, 3, 0, 0, "waiting for devices (0 of 3 selected devices committed)"},
+		{started, 3, 1, 1, "waiting for devices (1 of 3 selected devices committed, 1 excused (trial failed))"},
+		{done, 3, 2, 1, "completed (2 of 3 selected devices committed, 1 excused (trial failed))"},
+		{started, 2, 2, 0, "rolling out (2 of 2 selected devices committed; soaking)"},
+		{paused, 3, 1, 0, "paused (1 of 3 selected devices committed)"},
+	} {
+		if got := Progress(c.st, c.selected, c.committed, c.excused); got != c.want {
+			t.Errorf("Progress(%s, %d selected, %d committed, %d excused) = %q; want %q", c.st.Status, c.selected, c.committed, c.excused, got, c.want)
+		}
 	}
 }

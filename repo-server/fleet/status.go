@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -21,6 +22,14 @@ type RolloutStatus struct {
 	// TimeTo gives the time from the start to the first commit on 50%, 90% and 100% of
 	// the selected devices, for the percentages reached.
 	TimeTo map[string]time.Duration `json:"time_to,omitempty"`
+	// Done counts the selected devices whose latest report for the target is final:
+	// Committed, or Excused (the trial failed and the device keeps its version).
+	Committed int `json:"committed"`
+	Excused   int `json:"excused"`
+	// Progress says where the rollout stands in words an operator can act on
+	// (Progress): the planner's State.Status says only how far its waves went, and
+	// "completed" there means that the last wave soaked, not that any device installed.
+	Progress string `json:"progress"`
 	// NextWaveAt is when the next wave may start (its soak ends), if the rollout is
 	// active and has one.
 	NextWaveAt time.Time      `json:"next_wave_at,omitzero"`
@@ -56,6 +65,7 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	}
 	out := RolloutStatus{ID: id, Target: r.Target, State: st, TimeTo: map[string]time.Duration{}}
 	perWave := make([]int, len(r.Waves)+1)
+	selected := map[string]bool{}
 	for after := ""; ; {
 		devs, err := s.Devices(ctx, ListOptions{After: after, Limit: MaxListLimit})
 		if err != nil {
@@ -65,6 +75,7 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 			if ok, _ := r.Selected(&devs[i].Device); ok {
 				out.Selected++
 				perWave[r.WaveOf(devs[i].ID)]++
+				selected[devs[i].ID] = true
 			}
 		}
 		if len(devs) < MaxListLimit {
@@ -72,6 +83,8 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 		}
 		after = devs[len(devs)-1].ID
 	}
+	out.Committed, out.Excused = finalReports(r, reps, selected)
+	out.Progress = Progress(st, out.Selected, out.Committed, out.Excused)
 	stats := policy.WaveStats(r, reps, st.CountSince)
 	for i, w := range r.Waves {
 		out.Waves = append(out.Waves, WaveStatus{Percent: w.Percent, Soak: w.Soak, Approval: w.Approval, Devices: perWave[i], WaveStat: stats[i]})
@@ -89,6 +102,57 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 		return RolloutStatus{}, err
 	}
 	return out, nil
+}
+
+// finalReports counts the selected devices whose latest final report for r's target
+// committed it, and those whose latest failed (their trial rolled back: excused).
+func finalReports(r *policy.Rollout, reps []wire.Report, selected map[string]bool) (committed, excused int) {
+	latest := map[string]wire.Report{}
+	for _, rep := range reps {
+		if !selected[rep.DeviceID] || rep.Name != r.Target.Name || rep.Version != r.Target.Version || !rep.Outcome.Final() {
+			continue
+		}
+		if prev, ok := latest[rep.DeviceID]; !ok || !rep.At.Before(prev.At) {
+			latest[rep.DeviceID] = rep
+		}
+	}
+	for _, rep := range latest {
+		if rep.Outcome.Failed() {
+			excused++
+		} else {
+			committed++
+		}
+	}
+	return committed, excused
+}
+
+// Progress says where a rollout stands for an operator, from its planner state and how
+// many of the selected devices committed the target or were excused (failed its trial).
+// It is pure. A rollout is "completed" only when its last wave soaked and every
+// selected device is done; until then it is "pending" (not started) or "waiting for
+// devices", which a rollout that selects none stays.
+func Progress(st policy.RolloutState, selected, committed, excused int) string {
+	done := committed + excused
+	counts := fmt.Sprintf("%d of %d selected devices committed", committed, selected)
+	if excused > 0 {
+		counts += fmt.Sprintf(", %d excused (trial failed)", excused)
+	}
+	switch {
+	case st.Status == policy.StatusAborted:
+		return "aborted (" + counts + ")"
+	case st.Status == policy.StatusPaused:
+		return "paused (" + counts + ")"
+	case st.Started.IsZero():
+		return "pending: not started yet"
+	case selected == 0:
+		return "waiting for devices: the selector matches no enrolled device"
+	case done < selected:
+		return "waiting for devices (" + counts + ")"
+	case st.Status == policy.StatusCompleted:
+		return "completed (" + counts + ")"
+	default: // every selected device is done; the waves have not all soaked
+		return "rolling out (" + counts + "; soaking)"
+	}
 }
 
 func isNotFound(err error) bool { return err != nil && errors.Is(err, ErrNotFound) }

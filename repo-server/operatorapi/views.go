@@ -117,6 +117,9 @@ type RolloutSummary struct {
 	Updated          time.Time     `json:"updated,omitzero"`
 	// File is the policy file that defines the rollout.
 	File string `json:"file,omitempty"`
+	// Progress is fleet.Progress: "pending", "waiting for devices (…)", "completed (…)"
+	// only when every selected device committed or was excused.
+	Progress string `json:"progress"`
 }
 
 // ListRollouts summarises the rollouts of p (in policy order, newest first) with their
@@ -140,6 +143,11 @@ func ListRollouts(ctx context.Context, st *fleet.Store, p *policy.Policy) ([]Rol
 			s.Status, s.Wave, s.AwaitingApproval, s.Reason = state.Status, state.Wave, state.AwaitingApproval, state.Reason
 			s.Started, s.Updated = state.Started, state.Updated
 		}
+		full, err := st.Status(ctx, p, r.ID)
+		if err != nil {
+			return nil, err
+		}
+		s.Progress = full.Progress
 		out = append(out, s)
 	}
 	return out, nil
