@@ -243,7 +243,7 @@ func Run(ctx context.Context, cfg Config) error {
 	link.LastError = a.LastError
 	if judge.Runtimes != nil {
 		link.LastError = func() *wire.UpdateError {
-			return withRuntimeDown(a.LastError(), judge.Runtimes, cfg.Now(), cfg.Interval)
+			return withRuntimeDown(a.LastError(), judge.Runtimes.Health(), cfg.Now(), cfg.Interval)
 		}
 	}
 	return loop(ctx, cfg, a)
@@ -253,13 +253,21 @@ func Run(ctx context.Context, cfg Config) error {
 // death (wire.ErrorRuntimeDown, with how many since the agent started) when it is
 // more recent than e and recent enough to be news: within two check-in intervals (at
 // least 10 minutes), so at least one check-in carries it.
-func withRuntimeDown(e *wire.UpdateError, rts *Runtimes, now time.Time, interval time.Duration) *wire.UpdateError {
-	n, at, why := rts.Downs()
-	if n == 0 || (e != nil && !at.After(e.At)) || now.Sub(at) > max(2*interval, 10*time.Minute) {
+//
+// A runtime in a crash loop (RuntimeHealth.CrashLoop) is news for as long as it lasts,
+// whatever the update error, and the message says how long its restarts are held back.
+func withRuntimeDown(e *wire.UpdateError, h RuntimeHealth, now time.Time, interval time.Duration) *wire.UpdateError {
+	at := h.LastDeath
+	looping := h.CrashLoop > 0
+	if h.Deaths == 0 || (!looping && ((e != nil && !at.After(e.At)) || now.Sub(at) > max(2*interval, 10*time.Minute))) {
 		return e
 	}
-	return &wire.UpdateError{Kind: wire.ErrorRuntimeDown, At: at.UTC(),
-		Message: fmt.Sprintf("the inference runtime died %d time(s) since the agent started and was restarted; last: %s", n, why)}
+	msg := fmt.Sprintf("the inference runtime died %d time(s) since the agent started and was restarted; last: %s", h.Deaths, h.Why)
+	if looping {
+		msg = fmt.Sprintf("the inference runtime is in a crash loop: it died %d time(s) since the agent started, the last %d in a row within %s of their start; restarts held back %s; last: %s",
+			h.Deaths, h.CrashLoop, stableAfter, h.RestartDelay, h.Why)
+	}
+	return &wire.UpdateError{Kind: wire.ErrorRuntimeDown, At: at.UTC(), Message: msg}
 }
 
 // runManaged is the agent without a server: cfg.Director and cfg.Judge decide.
@@ -320,7 +328,7 @@ func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
 	}
-	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), Logger: cfg.Logger}, nil
+	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger}, nil
 }
 
 // waitReady waits up to 30 s for the control API of a runtime the agent does not supervise.

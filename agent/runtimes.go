@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
@@ -41,40 +42,114 @@ type Runtimes struct {
 	// model (RuntimeJudge.LoadCommitted). Nil: Supervise only refuses requests.
 	Restart func(ctx context.Context) error
 
+	// HealthFile, if set, is where Supervise writes the supervision's RuntimeHealth (JSON)
+	// at every death and restart, for `edgeward-agent status`.
+	HealthFile string
+
 	mu         sync.Mutex
 	cur        *RuntimeProc
 	all        map[*RuntimeProc]bool
 	seq        int
-	restarting bool      // Supervise is restarting: Start holds even a serving process until the model is loaded
-	downs      int       // serving runtime deaths seen by Supervise
-	down       time.Time // when the last one was seen
-	why        string
+	restarting bool // Supervise is restarting: Start holds even a serving process until the model is loaded
+	health     RuntimeHealth
+}
+
+// RuntimeHealth is what the supervision saw of the serving runtime since the agent
+// started.
+type RuntimeHealth struct {
+	// At is when this was recorded.
+	At time.Time `json:"at"`
+	// ServingSince is when the current runtime started serving (zero: none serves).
+	ServingSince time.Time `json:"serving_since,omitempty"`
+	// Deaths counts the serving runtime's deaths (exits, or hangs it was killed for);
+	// LastDeath and Why are the last one's time and cause.
+	Deaths    int       `json:"deaths"`
+	LastDeath time.Time `json:"last_death,omitempty"`
+	Why       string    `json:"why,omitempty"`
+	// CrashLoop counts the deaths in a row that each came less than StableAfter after
+	// the runtime started serving; 0: the last runtime served longer (or none died).
+	CrashLoop int `json:"crash_loop,omitempty"`
+	// RestartDelay is how long the last restart was held back for the crash loop, and
+	// NextRestart when it is (or was) due.
+	RestartDelay time.Duration `json:"restart_delay,omitempty"`
+	NextRestart  time.Time     `json:"next_restart,omitempty"`
 }
 
 // Supervision tuning: how often the serving runtime's control API is checked, how long
-// a check may take, how many failures in a row mean it hangs, and the restart backoff.
+// a check may take, how many failures in a row mean it hangs, the backoff of a restart
+// that fails, and the crash-loop rate limit: a runtime that dies less than stableAfter
+// after it started serving is restarted only after a wait that starts at crashLoopMin
+// and doubles with each such death up to crashLoopMax.
 const (
 	healthEvery    = time.Second
 	healthTimeout  = 2 * time.Second
 	healthFailures = 3
 	restartMin     = 200 * time.Millisecond
 	restartMax     = 10 * time.Second
+	stableAfter    = 30 * time.Second
+	crashLoopMin   = time.Second
+	crashLoopMax   = time.Minute
 )
 
-// Downs reports how many times the serving runtime died (or hung and was killed) since
-// the agent started, when the last time was and why. Safe for concurrent use.
-func (r *Runtimes) Downs() (n int, last time.Time, why string) {
+// restartDelay is the crash-loop rate limit, pure: the wait before restarting a runtime
+// that died at died after serving since served, when the previous restart was held
+// back prev. A runtime that served stableAfter or longer is restarted at once (0: a
+// death, not a loop); otherwise the wait doubles from crashLoopMin up to crashLoopMax.
+func restartDelay(prev time.Duration, served, died time.Time) time.Duration {
+	if died.Sub(served) >= stableAfter {
+		return 0
+	}
+	return min(max(2*prev, crashLoopMin), crashLoopMax)
+}
+
+// Health reports what the supervision saw of the serving runtime since the agent
+// started. Safe for concurrent use.
+func (r *Runtimes) Health() RuntimeHealth {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.downs, r.down, r.why
+	h := r.health
+	h.At = time.Now()
+	return h
+}
+
+// saveHealth writes Health to HealthFile, if set (best effort: it is for people).
+func (r *Runtimes) saveHealth() {
+	if r.HealthFile == "" {
+		return
+	}
+	b, _ := json.Marshal(r.Health())
+	if err := durable.WriteFile(r.HealthFile, b, 0o600); err != nil {
+		r.log().Warn("runtime health file", "path", r.HealthFile, "err", err)
+	}
+}
+
+// ReadRuntimeHealth reads a HealthFile.
+func ReadRuntimeHealth(path string) (RuntimeHealth, error) {
+	var h RuntimeHealth
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return h, err
+	}
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, fmt.Errorf("%s: %w", path, err)
+	}
+	return h, nil
+}
+
+// serving records that p now serves the public socket. Called with r.mu held.
+func (r *Runtimes) servingLocked(p *RuntimeProc) {
+	r.cur = p
+	r.health.ServingSince = time.Now()
 }
 
 // Supervise watches the serving runtime until ctx ends. When it exits without Stop, or
 // its control API fails healthFailures checks in a row (then it is killed), the public
 // socket is answered by the agent itself with HTTP 503 and a JSON error — requests are
 // refused, never left hanging in the accept queue — while Restart is retried with
-// backoff (restartMin doubling to restartMax). Once a runtime serves again the agent
-// stops accepting. Deliberate swaps (Serve, Stop) are not deaths.
+// backoff (restartMin doubling to restartMax). A runtime that dies soon after it
+// started serving is in a crash loop: its restart is held back (restartDelay, at most
+// crashLoopMax), and Health and HealthFile say so. Once a runtime serves again the
+// agent stops accepting. Deliberate swaps (Serve, Stop) are not deaths.
 func (r *Runtimes) Supervise(ctx context.Context) {
 	fails := 0
 	tick := time.NewTicker(healthEvery)
@@ -115,16 +190,36 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 		}
 		r.cur = nil
 		delete(r.all, p)
-		r.downs++
-		r.down = time.Now()
-		r.why = fmt.Sprintf("runtime pid %d: %v", p.cmd.Process.Pid, p.cmd.ProcessState)
-		why := r.why
+		now := time.Now()
+		h := &r.health
+		h.Deaths++
+		h.LastDeath = now
+		h.Why = fmt.Sprintf("runtime pid %d: %v", p.cmd.Process.Pid, p.cmd.ProcessState)
+		h.RestartDelay = restartDelay(h.RestartDelay, h.ServingSince, now)
+		h.ServingSince = time.Time{}
+		if h.RestartDelay > 0 {
+			h.CrashLoop++
+		} else {
+			h.CrashLoop = 0
+		}
+		h.NextRestart = now.Add(h.RestartDelay)
+		why, delay, loop := h.Why, h.RestartDelay, h.CrashLoop
 		r.mu.Unlock()
+		r.saveHealth()
 		os.Remove(p.sock)
-		r.log().Error("serving runtime died: refusing requests (503) and restarting it", "why", why)
+		if delay > 0 {
+			r.log().Error("serving runtime died soon after its restart (crash loop): refusing requests (503), restarting it later",
+				"why", why, "deaths_in_a_row", loop, "restart_in", delay)
+			why = fmt.Sprintf("%s; crash loop (%d deaths in a row within %s of their start): restart in %s", why, loop, stableAfter, delay)
+		} else {
+			r.log().Error("serving runtime died: refusing requests (503) and restarting it", "why", why)
+		}
 		stop := r.refuse(why)
-		r.restart(ctx)
+		if sleep(ctx, delay) == nil {
+			r.restart(ctx)
+		}
 		stop()
+		r.saveHealth()
 	}
 }
 
@@ -309,7 +404,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	if !hold {
 		r.mu.Lock()
 		old := r.cur
-		r.cur = p
+		r.servingLocked(p)
 		r.mu.Unlock()
 		if old != nil {
 			go r.Stop(old)
@@ -335,7 +430,7 @@ func (r *Runtimes) Serve(ctx context.Context, p *RuntimeProc) error {
 	}
 	r.mu.Lock()
 	old := r.cur
-	r.cur = p
+	r.servingLocked(p)
 	r.mu.Unlock()
 	if old != nil && old != p {
 		go r.Stop(old)
@@ -371,6 +466,7 @@ func (r *Runtimes) Stop(p *RuntimeProc) {
 	delete(r.all, p)
 	if r.cur == p {
 		r.cur = nil
+		r.health.ServingSince = time.Time{}
 	}
 	r.mu.Unlock()
 }

@@ -33,6 +33,7 @@ const DefaultStateDir = "/var/lib/edgeward"
 //	measurements.json  the measurement log the quotes cover (MeasurementLog)
 //	probes/            probe sets downloaded for trials (RuntimeJudge)
 //	runtime-N.sock     control sockets of the runtime processes (Runtimes)
+//	runtime-health.json what the runtime supervision saw: deaths, crash loop (RuntimeHealth)
 //
 // Everything in it is private to the agent (0700).
 type StateDir string
@@ -51,6 +52,9 @@ func (d StateDir) Outbox() string { return filepath.Join(string(d), "outbox.db")
 
 // Measurements returns the path of the measurement log.
 func (d StateDir) Measurements() string { return filepath.Join(string(d), "measurements.json") }
+
+// RuntimeHealth returns the path of the runtime supervision's health file.
+func (d StateDir) RuntimeHealth() string { return filepath.Join(string(d), "runtime-health.json") }
 
 // AuditCheckpoint is the newest audit-log checkpoint the device has verified.
 func (d StateDir) AuditCheckpoint() string { return filepath.Join(string(d), "audit-checkpoint") }

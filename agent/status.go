@@ -65,5 +65,27 @@ func (s *State) WriteStatus(ctx context.Context, w io.Writer) error {
 		fmt.Fprintf(w, "last check-in: %s (%s)\n", at.UTC().Format(time.RFC3339), result)
 	}
 	fmt.Fprintf(w, "reports waiting: %d\n", n)
+	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
+		writeRuntimeHealth(w, h)
+	}
 	return nil
+}
+
+// writeRuntimeHealth prints what the runtime supervision last recorded.
+func writeRuntimeHealth(w io.Writer, h RuntimeHealth) {
+	ts := func(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+	fmt.Fprintf(w, "runtime (as of %s):", ts(h.At))
+	if !h.ServingSince.IsZero() {
+		fmt.Fprintf(w, " serving since %s;", ts(h.ServingSince))
+	} else {
+		fmt.Fprint(w, " not serving;")
+	}
+	fmt.Fprintf(w, " %d death(s) since the agent started\n", h.Deaths)
+	if h.Deaths > 0 {
+		fmt.Fprintf(w, "  last death: %s (%s)\n", ts(h.LastDeath), h.Why)
+	}
+	if h.CrashLoop > 0 {
+		fmt.Fprintf(w, "  crash loop: %d death(s) in a row within %s of their start; restart held back %s, due %s\n",
+			h.CrashLoop, stableAfter, h.RestartDelay, ts(h.NextRestart))
+	}
 }

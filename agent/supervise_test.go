@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -44,15 +45,19 @@ func runtimePIDs(t *testing.T, dir string) []int {
 	return pids
 }
 
-// TestSupervisedRuntimeRestarts SIGKILLs the serving edgeward-runtime under a running
-// agent (real binary, ONNX Runtime, TPM simulator, a server that is down): requests in
-// the gap are refused with HTTP 503 and a JSON error at once, never left hanging; the
-// agent restarts the runtime with the committed model re-loaded and re-measured, and
-// inference answers again within seconds without restarting the agent.
-func TestSupervisedRuntimeRestarts(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and starts edgeward-runtime")
-	}
+// supervised is an agent run (Run) with a real edgeward-runtime, the TPM simulator and
+// a server that is down, serving its committed model.
+type supervised struct {
+	dir StateDir
+	// infer sends one inference request on a new connection: a connection a killed
+	// process held is reset, which no supervisor can prevent.
+	infer func() (code int, body string, err error)
+}
+
+// startSupervised starts Run on a committed device and waits until it serves; it is
+// stopped (and must return nil) at cleanup.
+func startSupervised(t *testing.T) supervised {
+	t.Helper()
 	lib := ortLibrary(t)
 	t.Setenv("ONNXRUNTIME_LIB", lib)
 	bin := filepath.Join(t.TempDir(), "edgeward-runtime")
@@ -60,17 +65,16 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 		t.Fatalf("go build edgeward-runtime: %v\n%s", err, out)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	tpm, err := attest.Open(ctx, "sim")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tpm.Close()
+	t.Cleanup(func() { tpm.Close() })
 	dir := committedDevice(t, ctx, tpm)
 	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "maintenance", http.StatusServiceUnavailable)
 	}))
-	defer server.Close()
+	t.Cleanup(server.Close)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +86,7 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 	go func() {
 		ran <- Run(ctx, Config{StateDir: dir, Server: server.URL, TPM: tpm, RuntimeBinary: bin, Listen: addr, Interval: 3 * time.Second})
 	}()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-ran:
@@ -93,12 +97,10 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 			buf := make([]byte, 1<<20)
 			t.Errorf("Run did not return 30 s after it was stopped:\n%s", buf[:goruntime.Stack(buf, true)])
 		}
-	}()
+	})
 
 	url := "http://" + addr + "/v2/models/vibration-anomaly/infer"
 	body := []byte(`{"inputs":[{"name":"x","datatype":"FP32","shape":[1,4],"data":[0.1,0.2,0.3,0.4]}]}`)
-	// A new connection per request: a connection the killed process held is reset, which
-	// no supervisor can prevent; what is checked is every request after the kill.
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	infer := func() (int, string, error) {
 		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
@@ -120,6 +122,20 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return supervised{dir: dir, infer: infer}
+}
+
+// TestSupervisedRuntimeRestarts SIGKILLs the serving edgeward-runtime under a running
+// agent (real binary, ONNX Runtime, TPM simulator, a server that is down): requests in
+// the gap are refused with HTTP 503 and a JSON error at once, never left hanging; the
+// agent restarts the runtime with the committed model re-loaded and re-measured, and
+// inference answers again within seconds without restarting the agent.
+func TestSupervisedRuntimeRestarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts edgeward-runtime")
+	}
+	sv := startSupervised(t)
+	dir, infer := sv.dir, sv.infer
 	pids := runtimePIDs(t, string(dir))
 	if len(pids) != 1 {
 		t.Fatalf("runtime processes = %v; want one", pids)
@@ -201,15 +217,16 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 // TestWithRuntimeDown checks what a check-in's last error says about runtime deaths.
 func TestWithRuntimeDown(t *testing.T) {
 	now := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
-	quiet := &Runtimes{}
-	died := &Runtimes{downs: 2, down: now.Add(-time.Minute), why: "runtime pid 7: signal: killed"}
-	old := &Runtimes{downs: 1, down: now.Add(-time.Hour)}
+	quiet := RuntimeHealth{}
+	died := RuntimeHealth{Deaths: 2, LastDeath: now.Add(-time.Minute), Why: "runtime pid 7: signal: killed"}
+	old := RuntimeHealth{Deaths: 1, LastDeath: now.Add(-time.Hour)}
+	looping := RuntimeHealth{Deaths: 5, LastDeath: now.Add(-time.Hour), CrashLoop: 4, RestartDelay: 8 * time.Second}
 	disk := &wire.UpdateError{Kind: wire.ErrorNoSpace, At: now.Add(-2 * time.Minute)}
 	later := &wire.UpdateError{Kind: wire.ErrorNoSpace, At: now}
 	for _, tc := range []struct {
 		name string
 		e    *wire.UpdateError
-		rts  *Runtimes
+		rts  RuntimeHealth
 		want wire.UpdateErrorKind
 	}{
 		{"no deaths, no error", nil, quiet, ""},
@@ -218,6 +235,7 @@ func TestWithRuntimeDown(t *testing.T) {
 		{"a death after the update error", disk, died, wire.ErrorRuntimeDown},
 		{"an update error after the death", later, died, wire.ErrorNoSpace},
 		{"an old death", nil, old, ""},
+		{"a crash loop, whatever happened since", later, looping, wire.ErrorRuntimeDown},
 	} {
 		got := withRuntimeDown(tc.e, tc.rts, now, 3*time.Minute)
 		var kind wire.UpdateErrorKind
@@ -227,8 +245,100 @@ func TestWithRuntimeDown(t *testing.T) {
 		if kind != tc.want {
 			t.Errorf("%s: withRuntimeDown = %+v; want kind %q", tc.name, got, tc.want)
 		}
-		if kind == wire.ErrorRuntimeDown && !strings.Contains(got.Message, "2 time(s)") {
+		if kind == wire.ErrorRuntimeDown && !strings.Contains(got.Message, fmt.Sprintf("%d time(s)", tc.rts.Deaths)) {
 			t.Errorf("%s: message %q; want the count of deaths", tc.name, got.Message)
 		}
+		if kind == wire.ErrorRuntimeDown && tc.rts.CrashLoop > 0 && !strings.Contains(got.Message, "crash loop") {
+			t.Errorf("%s: message %q; want it to name the crash loop", tc.name, got.Message)
+		}
+	}
+}
+
+// TestRestartDelay is the crash-loop rate limit: a runtime that served long enough is
+// restarted at once; one that dies soon after its start waits, longer each time, up
+// to the cap.
+func TestRestartDelay(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		prev   time.Duration
+		served time.Duration // before the death
+		want   time.Duration
+	}{
+		{0, time.Hour, 0},
+		{0, stableAfter, 0},
+		{30 * time.Second, stableAfter, 0}, // a runtime that served ends the loop
+		{0, stableAfter - time.Millisecond, crashLoopMin},
+		{0, 0, crashLoopMin},
+		{crashLoopMin, time.Second, 2 * crashLoopMin},
+		{8 * time.Second, time.Second, 16 * time.Second},
+		{crashLoopMax / 2, time.Second, crashLoopMax},
+		{crashLoopMax, time.Second, crashLoopMax},
+	} {
+		died := t0.Add(tc.served)
+		if got := restartDelay(tc.prev, t0, died); got != tc.want {
+			t.Errorf("restartDelay(%v, served %v) = %v; want %v", tc.prev, tc.served, got, tc.want)
+		}
+	}
+}
+
+// TestCrashLoopIsRateLimited SIGKILLs the serving runtime each time it is back: each
+// death soon after a start holds the next restart back longer (1 s, 2 s, 4 s), the
+// refusals say so, and the health the agent records for `edgeward-agent status` shows
+// the crash loop.
+func TestCrashLoopIsRateLimited(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts edgeward-runtime")
+	}
+	sv := startSupervised(t)
+	var gaps []time.Duration
+	for kill := 1; kill <= 3; kill++ {
+		pids := runtimePIDs(t, string(sv.dir))
+		if len(pids) != 1 {
+			t.Fatalf("kill %d: runtime processes = %v; want one", kill, pids)
+		}
+		if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		sawLoop := false
+		for {
+			code, body, err := sv.infer()
+			if err == nil && code == http.StatusOK {
+				break
+			}
+			if code == http.StatusServiceUnavailable && strings.Contains(body, "crash loop") {
+				sawLoop = true
+			}
+			if time.Since(killed) > 30*time.Second {
+				t.Fatalf("kill %d: inference not back after %v: HTTP %d %s %v", kill, time.Since(killed), code, body, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		gaps = append(gaps, time.Since(killed))
+		if !sawLoop {
+			t.Errorf("kill %d: no 503 named the crash loop", kill)
+		}
+	}
+	t.Logf("runtime killed 3 times as soon as it served: back after %v", gaps)
+	// The rate limit: each restart waited at least its hold-back.
+	for i, want := range []time.Duration{crashLoopMin, 2 * crashLoopMin, 4 * crashLoopMin} {
+		if gaps[i] < want {
+			t.Errorf("restart %d after %v; want it held back at least %v", i+1, gaps[i], want)
+		}
+	}
+	h, err := ReadRuntimeHealth(sv.dir.RuntimeHealth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Deaths != 3 || h.CrashLoop != 3 || h.RestartDelay != 4*crashLoopMin || h.ServingSince.IsZero() {
+		t.Errorf("health file = %+v; want 3 deaths, all in a crash loop, restarts held back 4s, serving again", h)
+	}
+	var out bytes.Buffer
+	writeRuntimeHealth(&out, h)
+	if !strings.Contains(out.String(), "3 death(s)") || !strings.Contains(out.String(), "crash loop: 3 death(s) in a row") {
+		t.Errorf("status:\n%s\nwant the deaths and the crash loop", out.String())
+	}
+	if e := withRuntimeDown(nil, h, time.Now(), 3*time.Second); e == nil || e.Kind != wire.ErrorRuntimeDown || !strings.Contains(e.Message, "crash loop") {
+		t.Errorf("check-in last error = %+v; want runtime_down naming the crash loop", e)
 	}
 }
