@@ -127,6 +127,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log,
+		// Pending challenges live in the fleet database: any replica can take the answer.
+		Challenges: Challenges{Fleet: store},
 		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
 		Audit: func(ctx context.Context, e attestca.Event) {
 			srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason, "serial": e.Serial})

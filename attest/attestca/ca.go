@@ -35,7 +35,6 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
-	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -102,6 +101,10 @@ type Config struct {
 	// address the HTTP handler passes to ChallengeFrom); zero means 64. A source
 	// past it loses its own oldest challenge.
 	MaxPendingPerSource int
+	// Challenges keeps the pending challenges and enforces the bounds above. nil: this
+	// process's memory (one server only). A store in a database shared by several
+	// replicas lets a device answer at any replica the challenge another issued.
+	Challenges ChallengeStore
 
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -116,20 +119,42 @@ type Config struct {
 // CA is an attestation CA. Safe for concurrent use. The config must not be
 // modified after New.
 type CA struct {
-	cfg      Config
-	mu       sync.Mutex
-	pending  map[string]*pending // by challenge ID
-	byEK     map[string]string   // EK ID → its one pending challenge ID
-	bySource map[string]int      // source → pending challenges
+	cfg Config
 }
 
-type pending struct {
-	secret  []byte
-	expires time.Time
-	source  string
-	ekID    string
-	akPub   crypto.PublicKey
-	info    protocol.TPMInfo
+// Challenge is a pending enrollment challenge, as a ChallengeStore keeps it: what
+// Activate needs to check the answer and issue the AK certificate. Secret is the
+// credential's secret: a store must keep it from everyone but the CA.
+type Challenge struct {
+	ID     string
+	EKID   string // the device's EK-derived identifier
+	Source string // the requester, for the per-source bound
+	Secret []byte
+	// AKPublic is the AK's TPMT_PUBLIC as the device sent it.
+	AKPublic []byte
+	TPM      protocol.TPMInfo
+	Expires  time.Time
+}
+
+// Bounds are the limits a ChallengeStore enforces as it adds a challenge (see
+// Config.MaxPending and Config.MaxPendingPerSource).
+type Bounds struct {
+	MaxPending, MaxPendingPerSource int
+}
+
+// ChallengeStore keeps pending challenges. Implementations are safe for concurrent
+// use, also across processes when shared.
+type ChallengeStore interface {
+	// AddChallenge makes room for c and stores it, in one step: it drops expired
+	// challenges (expired before now) and c.EKID's pending one, keeps c.Source under
+	// b.MaxPendingPerSource by dropping its own oldest, and when b.MaxPending are
+	// pending evicts the oldest challenge of the source holding the most (ties: the
+	// smallest source), provided it holds more than c.Source. Otherwise ErrBusy, and
+	// nothing is stored.
+	AddChallenge(ctx context.Context, c Challenge, b Bounds, now time.Time) error
+	// TakeChallenge removes challenge id and returns it; nil and no error when no
+	// challenge has that ID. A challenge can be taken once.
+	TakeChallenge(ctx context.Context, id string) (*Challenge, error)
 }
 
 // New returns a CA.
@@ -164,7 +189,10 @@ func New(cfg Config) (*CA, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &CA{cfg: cfg, pending: map[string]*pending{}, byEK: map[string]string{}, bySource: map[string]int{}}, nil
+	if cfg.Challenges == nil {
+		cfg.Challenges = NewMemoryChallenges()
+	}
+	return &CA{cfg: cfg}, nil
 }
 
 // Roots returns a pool with the CA's root: what verifiers and step-ca's
@@ -274,8 +302,7 @@ func (ca *CA) ChallengeFrom(ctx context.Context, source string, req *protocol.En
 	if err := checkAK(akT); err != nil {
 		return nil, ca.reject(ctx, ekID, "AK: %v", err)
 	}
-	akPub, err := tpm2.Pub(*akT)
-	if err != nil {
+	if _, err := tpm2.Pub(*akT); err != nil {
 		return nil, fmt.Errorf("%w: ak_public: %w", ErrBadRequest, err)
 	}
 	akName, err := tpm2.ObjectName(akT)
@@ -302,85 +329,17 @@ func (ca *CA) ChallengeFrom(ctx context.Context, source string, req *protocol.En
 	}
 	id := hex.EncodeToString(idb)
 	now := ca.cfg.Now()
-	ca.mu.Lock()
-	err = ca.admitLocked(now, source, ekID)
-	if err == nil {
-		ca.addLocked(id, &pending{secret: secret, expires: now.Add(ca.cfg.ChallengeTTL), source: source, ekID: ekID, akPub: akPub, info: info})
-	}
-	ca.mu.Unlock()
-	if err != nil {
-		return nil, err
+	c := Challenge{ID: id, EKID: ekID, Source: source, Secret: secret, AKPublic: req.AKPublic, TPM: info, Expires: now.Add(ca.cfg.ChallengeTTL)}
+	if err := ca.cfg.Challenges.AddChallenge(ctx, c, Bounds{MaxPending: ca.cfg.MaxPending, MaxPendingPerSource: ca.cfg.MaxPendingPerSource}, now); err != nil {
+		if errors.Is(err, ErrBusy) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("attestca: store challenge: %w", err)
 	}
 	if ca.cfg.Audit != nil {
 		ca.cfg.Audit(ctx, Event{Kind: "challenge", EKID: ekID})
 	}
 	return &protocol.EnrollChallenge{ID: id, CredentialBlob: blob, EncryptedSecret: encSecret}, nil
-}
-
-// admitLocked makes room for a new challenge for ekID from source: it drops
-// expired challenges and the EK's pending one, keeps source under its bound by
-// dropping its own oldest, and when the global cap is reached evicts the oldest
-// challenge of the source holding the most, provided it holds more than source.
-// ErrBusy only when every source holds as much as this one.
-func (ca *CA) admitLocked(now time.Time, source, ekID string) error {
-	for k, p := range ca.pending {
-		if now.After(p.expires) {
-			ca.removeLocked(k)
-		}
-	}
-	if id, ok := ca.byEK[ekID]; ok {
-		ca.removeLocked(id)
-	}
-	for ca.bySource[source] >= ca.cfg.MaxPendingPerSource {
-		ca.removeLocked(ca.oldestLocked(source))
-	}
-	if len(ca.pending) < ca.cfg.MaxPending {
-		return nil
-	}
-	top, n := "", 0
-	for s, c := range ca.bySource {
-		if c > n || (c == n && s < top) {
-			top, n = s, c
-		}
-	}
-	if n <= ca.bySource[source] {
-		return ErrBusy
-	}
-	ca.removeLocked(ca.oldestLocked(top))
-	return nil
-}
-
-// oldestLocked returns the ID of source's challenge that expires first.
-func (ca *CA) oldestLocked(source string) string {
-	id, first := "", time.Time{}
-	for k, p := range ca.pending {
-		if p.source == source && (id == "" || p.expires.Before(first)) {
-			id, first = k, p.expires
-		}
-	}
-	return id
-}
-
-func (ca *CA) addLocked(id string, p *pending) {
-	ca.pending[id] = p
-	ca.byEK[p.ekID] = id
-	ca.bySource[p.source]++
-}
-
-// removeLocked removes challenge id, if pending, and returns it.
-func (ca *CA) removeLocked(id string) *pending {
-	p := ca.pending[id]
-	if p == nil {
-		return nil
-	}
-	delete(ca.pending, id)
-	if ca.byEK[p.ekID] == id {
-		delete(ca.byEK, p.ekID)
-	}
-	if ca.bySource[p.source]--; ca.bySource[p.source] <= 0 {
-		delete(ca.bySource, p.source)
-	}
-	return p
 }
 
 func checkAK(p *tpm2.TPMTPublic) error {
@@ -410,17 +369,15 @@ func checkAK(p *tpm2.TPMTPublic) error {
 // Activate checks the secret the device's TPM released and issues the AK
 // certificate. A challenge can be answered once, right or wrong.
 func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*protocol.EnrollResponse, error) {
-	ca.mu.Lock()
-	p := ca.removeLocked(req.ID)
-	ca.mu.Unlock()
-	if p == nil {
+	p, err := ca.cfg.Challenges.TakeChallenge(ctx, req.ID)
+	if err != nil {
+		return nil, fmt.Errorf("attestca: take challenge: %w", err)
+	}
+	if p == nil || ca.cfg.Now().After(p.Expires) {
 		return nil, ErrUnknownChallenge
 	}
-	if ca.cfg.Now().After(p.expires) {
-		return nil, ErrUnknownChallenge
-	}
-	if subtle.ConstantTimeCompare(p.secret, req.Secret) != 1 {
-		return nil, ca.reject(ctx, p.ekID, "wrong credential secret: the AK is not in the EK's TPM")
+	if subtle.ConstantTimeCompare(p.Secret, req.Secret) != 1 {
+		return nil, ca.reject(ctx, p.EKID, "wrong credential secret: the AK is not in the EK's TPM")
 	}
 	der, err := ca.issue(p)
 	if err != nil {
@@ -428,11 +385,11 @@ func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*pro
 	}
 	cert, _ := x509.ParseCertificate(der)
 	serial := cert.SerialNumber.Text(16)
-	ca.cfg.Logger.InfoContext(ctx, "attestation CA issued an AK certificate", "ek", p.ekID, "serial", serial)
+	ca.cfg.Logger.InfoContext(ctx, "attestation CA issued an AK certificate", "ek", p.EKID, "serial", serial)
 	if ca.cfg.Audit != nil {
-		ca.cfg.Audit(ctx, Event{Kind: "issued", EKID: p.ekID, Serial: serial})
+		ca.cfg.Audit(ctx, Event{Kind: "issued", EKID: p.EKID, Serial: serial})
 	}
-	resp := &protocol.EnrollResponse{AKCert: der, PermanentIdentifier: p.ekID}
+	resp := &protocol.EnrollResponse{AKCert: der, PermanentIdentifier: p.EKID}
 	resp.Chain = append(resp.Chain, ca.cfg.Certificate.Raw)
 	for _, c := range ca.cfg.Chain {
 		resp.Chain = append(resp.Chain, c.Raw)
@@ -444,10 +401,18 @@ func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*pro
 // tcg-kp-AIKCertificate only, critical SAN with the TPM manufacturer, model
 // and version (directoryName) and the EK-derived PermanentIdentifier
 // (otherName, RFC 4043).
-func (ca *CA) issue(p *pending) ([]byte, error) {
-	san, err := MarshalSAN(p.info, p.ekID)
+func (ca *CA) issue(p *Challenge) ([]byte, error) {
+	san, err := MarshalSAN(p.TPM, p.EKID)
 	if err != nil {
 		return nil, err
+	}
+	akT, err := tpm2.Unmarshal[tpm2.TPMTPublic](p.AKPublic)
+	if err != nil {
+		return nil, fmt.Errorf("attestca: stored AK: %w", err)
+	}
+	akPub, err := tpm2.Pub(*akT)
+	if err != nil {
+		return nil, fmt.Errorf("attestca: stored AK: %w", err)
 	}
 	serial, err := rand.Int(ca.cfg.Rand, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
@@ -464,7 +429,7 @@ func (ca *CA) issue(p *pending) ([]byte, error) {
 		IsCA:                  false,
 		ExtraExtensions:       []pkix.Extension{{Id: protocol.OIDSubjectAltName(), Critical: true, Value: san}},
 	}
-	der, err := x509.CreateCertificate(ca.cfg.Rand, t, ca.cfg.Certificate, p.akPub, ca.cfg.Signer)
+	der, err := x509.CreateCertificate(ca.cfg.Rand, t, ca.cfg.Certificate, akPub, ca.cfg.Signer)
 	if err != nil {
 		return nil, fmt.Errorf("attestca: sign AK certificate: %w", err)
 	}

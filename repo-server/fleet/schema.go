@@ -144,6 +144,37 @@ var migrations = []string{
 		at        INTEGER NOT NULL,
 		PRIMARY KEY (device_id, kind, name, version)
 	) STRICT, WITHOUT ROWID;`,
+	// 9: several replicas (issue 12). Enrollment challenges live in the database, so a
+	// device may answer at any replica the challenge another issued; the bounds of
+	// issue 15 (one per EK, per source, a fair global cap) hold across replicas.
+	// locks has one row per critical section whose statements must run one
+	// transaction at a time on every engine: a transaction updates the row first.
+	// leases name the replica that runs a singleton job (planner, checkpoint signer,
+	// publisher) until expires_at; token rises at every change of holder (fencing).
+	`CREATE TABLE challenges (
+		id           TEXT PRIMARY KEY,
+		ek_id        TEXT NOT NULL UNIQUE,
+		source       TEXT NOT NULL,
+		secret       BLOB NOT NULL,
+		ak_public    BLOB NOT NULL,
+		manufacturer TEXT NOT NULL,
+		model        TEXT NOT NULL,
+		version      TEXT NOT NULL,
+		expires_at   INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX challenges_source ON challenges(source, expires_at);
+	CREATE INDEX challenges_expiry ON challenges(expires_at);
+	CREATE TABLE locks (
+		name TEXT PRIMARY KEY,
+		n    INTEGER NOT NULL DEFAULT 0
+	) STRICT, WITHOUT ROWID;
+	INSERT INTO locks (name) VALUES ('challenges');
+	CREATE TABLE leases (
+		name       TEXT PRIMARY KEY,
+		holder     TEXT NOT NULL,
+		token      INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,
