@@ -21,27 +21,23 @@ type Challenge struct {
 	Expires                      time.Time
 }
 
-// AddChallenge makes room for c and stores it in one transaction, so the bounds hold
-// across every replica on the database: challenges expired before now are dropped,
+// AddChallenge makes room for c and stores it in one store transaction (they run one
+// at a time across replicas: see Store.tx), so the bounds hold across every replica on
+// the database: challenges expired before now are dropped,
 // and so is c.EKID's pending one; c.Source keeps at most perSource (its oldest go);
 // when max are pending, the oldest challenge of the source holding the most (ties:
 // the smallest source name) is evicted, provided it holds more than c.Source, and
 // otherwise ErrChallengesFull.
 func (s *Store) AddChallenge(ctx context.Context, c Challenge, max, perSource int, now time.Time) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		// One AddChallenge at a time, on every engine: the counts below must not
-		// change under it.
-		if _, err := tx.ExecContext(ctx, `UPDATE locks SET n = n + 1 WHERE name = 'challenges'`); err != nil {
+	err := s.tx(ctx, func(tx *txn) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE expires_at < ?`, ns(now)); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE expires_at < $1`, ns(now)); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE ek_id = $1`, c.EKID); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE ek_id = ?`, c.EKID); err != nil {
 			return err
 		}
 		var mine int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM challenges WHERE source = $1`, c.Source).Scan(&mine); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM challenges WHERE source = ?`, c.Source).Scan(&mine); err != nil {
 			return err
 		}
 		if mine >= perSource {
@@ -69,7 +65,7 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, max, perSource in
 			}
 		}
 		_, err := tx.ExecContext(ctx, `INSERT INTO challenges (id, ek_id, source, secret, ak_public, manufacturer, model, version, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			c.ID, c.EKID, c.Source, c.Secret, c.AKPublic, c.Manufacturer, c.Model, c.Version, ns(c.Expires))
 		return err
 	})
@@ -83,9 +79,9 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, max, perSource in
 }
 
 // dropOldest deletes source's n challenges that expire first.
-func dropOldest(ctx context.Context, tx *sql.Tx, source string, n int) error {
+func dropOldest(ctx context.Context, tx *txn, source string, n int) error {
 	_, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE id IN
-		(SELECT id FROM challenges WHERE source = $1 ORDER BY expires_at, id LIMIT $2)`, source, n)
+		(SELECT id FROM challenges WHERE source = ? ORDER BY expires_at, id LIMIT ?)`, source, n)
 	return err
 }
 
@@ -96,7 +92,7 @@ func (s *Store) TakeChallenge(ctx context.Context, id string) (*Challenge, error
 	c := Challenge{ID: id}
 	var expires int64
 	// One statement: of two replicas deleting the same row, one gets it back.
-	err := s.db.QueryRowContext(ctx, `DELETE FROM challenges WHERE id = $1
+	err := s.db.QueryRowContext(ctx, `DELETE FROM challenges WHERE id = ?
 		RETURNING ek_id, source, secret, ak_public, manufacturer, model, version, expires_at`, id).
 		Scan(&c.EKID, &c.Source, &c.Secret, &c.AKPublic, &c.Manufacturer, &c.Model, &c.Version, &expires)
 	if errors.Is(err, sql.ErrNoRows) {

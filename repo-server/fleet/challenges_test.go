@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -12,9 +11,9 @@ import (
 // Enrollment challenges live in the database: one replica adds, another takes, once;
 // and the bounds of issue 15 (one per EK, per source, a fair global cap) hold over
 // the challenges of both replicas.
-func TestChallengesInTheDatabase(t *testing.T) {
+func testChallengesInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "fleet.db")
+	path := db(t)
 	a, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +111,7 @@ func TestChallengesInTheDatabase(t *testing.T) {
 			t.Fatal("a refused challenge was stored")
 		}
 	}
-	c, err := Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	c, err := Open(ctx, db(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +124,7 @@ func TestChallengesInTheDatabase(t *testing.T) {
 	// after that.
 	old := ch("x", "ek-old")
 	old.Expires = t0.Add(-time.Second)
-	d, err := Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	d, err := Open(ctx, db(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,8 +147,6 @@ var migrations = []string{
 	// 9: several replicas (issue 12). Enrollment challenges live in the database, so a
 	// device may answer at any replica the challenge another issued; the bounds of
 	// issue 15 (one per EK, per source, a fair global cap) hold across replicas.
-	// locks has one row per critical section whose statements must run one
-	// transaction at a time on every engine: a transaction updates the row first.
 	// leases name the replica that runs a singleton job (planner, checkpoint signer,
 	// publisher) until expires_at; token rises at every change of holder (fencing).
 	`CREATE TABLE challenges (
@@ -164,11 +162,6 @@ var migrations = []string{
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX challenges_source ON challenges(source, expires_at);
 	CREATE INDEX challenges_expiry ON challenges(expires_at);
-	CREATE TABLE locks (
-		name TEXT PRIMARY KEY,
-		n    INTEGER NOT NULL DEFAULT 0
-	) STRICT, WITHOUT ROWID;
-	INSERT INTO locks (name) VALUES ('challenges');
 	CREATE TABLE leases (
 		name       TEXT PRIMARY KEY,
 		holder     TEXT NOT NULL,

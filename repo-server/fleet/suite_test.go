@@ -54,6 +54,7 @@ var storeSuite = []struct {
 	{"DecideAt", testDecideAt},
 	{"InfrastructureReportsAreNotWaveResults", testInfrastructureReportsAreNotWaveResults},
 	{"ConcurrentStoresOneDatabase", testConcurrentStoresOneDatabase},
+	{"ChallengesInTheDatabase", testChallengesInTheDatabase},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
