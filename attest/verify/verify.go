@@ -10,6 +10,11 @@
 // measurement PCR's value, the artifacts measured last are exactly the
 // expected ones, and a boot event log (required by Policy.Boot) replays to the
 // quoted boot PCRs and shows a boot the policy allows. Anything not covered is a reason, never a pass.
+//
+// Quote signatures may be RSASSA, RSA-PSS or ECDSA with SHA-256, SHA-384 or SHA-512 (the
+// agent's AK makes RSASSA/SHA-256; algorithms_test.go quotes with a TPM key of each other
+// kind). The PCR values must come from the SHA-256 bank; the TPM digests them with the
+// signature's hash.
 package verify
 
 import (
@@ -17,7 +22,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"errors"
@@ -155,7 +159,8 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 	}
 
 	// 2. The quote's signature by the certified AK.
-	if err := checkSignature(akCert.PublicKey, ev.Quote.Attest, ev.Quote.Signature); err != nil {
+	sigHash, err := checkSignature(akCert.PublicKey, ev.Quote.Attest, ev.Quote.Signature)
+	if err != nil {
 		v.add(SignatureInvalid, "%v", err)
 		return v
 	}
@@ -196,7 +201,9 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 	if !slices.Equal(sent, selected) {
 		v.add(PCRDigestMismatch, "PCRs sent %v, quoted %v", sent, selected)
 	} else {
-		h := sha256.New()
+		// The TPM digests the selected PCRs with the signing scheme's hash (TPM 2.0
+		// part 3, TPM2_Quote), not with the bank's.
+		h := sigHash.New()
 		for _, i := range selected {
 			h.Write(ev.Quote.PCRs[i])
 		}
@@ -306,11 +313,12 @@ func selectedPCRs(sel tpm2.TPMLPCRSelection) ([]int, error) {
 	return out, nil
 }
 
-// checkSignature verifies a TPMT_SIGNATURE over data with pub.
-func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
+// checkSignature verifies a TPMT_SIGNATURE over data with pub and returns the
+// signature's hash.
+func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) (crypto.Hash, error) {
 	sig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sigBytes)
 	if err != nil {
-		return fmt.Errorf("TPMT_SIGNATURE: %w", err)
+		return 0, fmt.Errorf("TPMT_SIGNATURE: %w", err)
 	}
 	hashOf := func(alg tpm2.TPMIAlgHash) (crypto.Hash, []byte, error) {
 		var h crypto.Hash
@@ -332,7 +340,7 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 	case tpm2.TPMAlgRSASSA, tpm2.TPMAlgRSAPSS:
 		rpub, ok := pub.(*rsa.PublicKey)
 		if !ok {
-			return fmt.Errorf("RSA signature but the AK certificate has a %T", pub)
+			return 0, fmt.Errorf("RSA signature but the AK certificate has a %T", pub)
 		}
 		var s *tpm2.TPMSSignatureRSA
 		if sig.SigAlg == tpm2.TPMAlgRSASSA {
@@ -341,11 +349,11 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 			s, err = sig.Signature.RSAPSS()
 		}
 		if err != nil {
-			return err
+			return 0, err
 		}
 		h, d, err := hashOf(s.Hash)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if sig.SigAlg == tpm2.TPMAlgRSASSA {
 			err = rsa.VerifyPKCS1v15(rpub, h, d, s.Sig.Buffer)
@@ -353,29 +361,29 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) error {
 			err = rsa.VerifyPSS(rpub, h, d, s.Sig.Buffer, nil)
 		}
 		if err != nil {
-			return fmt.Errorf("signature does not verify with the AK certificate's key: %w", err)
+			return 0, fmt.Errorf("signature does not verify with the AK certificate's key: %w", err)
 		}
-		return nil
+		return h, nil
 	case tpm2.TPMAlgECDSA:
 		epub, ok := pub.(*ecdsa.PublicKey)
 		if !ok {
-			return fmt.Errorf("ECDSA signature but the AK certificate has a %T", pub)
+			return 0, fmt.Errorf("ECDSA signature but the AK certificate has a %T", pub)
 		}
 		s, err := sig.Signature.ECDSA()
 		if err != nil {
-			return err
+			return 0, err
 		}
-		_, d, err := hashOf(s.Hash)
+		h, d, err := hashOf(s.Hash)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		r, ss := new(big.Int).SetBytes(s.SignatureR.Buffer), new(big.Int).SetBytes(s.SignatureS.Buffer)
 		if !ecdsa.Verify(epub, d, r, ss) {
-			return fmt.Errorf("signature does not verify with the AK certificate's key")
+			return 0, fmt.Errorf("signature does not verify with the AK certificate's key")
 		}
-		return nil
+		return h, nil
 	default:
-		return fmt.Errorf("signature algorithm %v not accepted", sig.SigAlg)
+		return 0, fmt.Errorf("signature algorithm %v not accepted", sig.SigAlg)
 	}
 }
 

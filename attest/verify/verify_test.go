@@ -205,7 +205,15 @@ func TestVerify(t *testing.T) {
 		}
 	}
 
-	v := verify.Verify(policy, good, nonce, now)
+	// What an operator reads: both versions, with the start of both digests.
+	older := policy
+	older.Expected = []eventlog.Artifact{art(runtimeV1), art(modelV2)}
+	v := verify.Verify(older, good, nonce, now)
+	if got, want := v.Reasons[0].String(), "artifact_mismatch: model vibration-anomaly: runs 3.1.0 (333333333333), expected 3.0.0 (222222222222)"; len(v.Reasons) != 1 || got != want {
+		t.Errorf("Verify(another version expected) = %v; want %q", v.Reasons, want)
+	}
+
+	v = verify.Verify(policy, good, nonce, now)
 	if want := []eventlog.Artifact{art(modelV3), art(runtimeV1)}; !slices.Equal(v.Measured, want) {
 		t.Errorf("Measured = %v; want %v", v.Measured, want)
 	}
