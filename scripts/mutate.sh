@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# mutate.sh PKG:THRESHOLD[:FILE,FILE…] ... runs gremlins (mutation testing) on each package
-# and fails if a package's test efficacy (killed / (killed + lived) mutants) is below its
-# threshold. The files after the second colon are the package's files that are not its
+# mutate.sh PKG:THRESHOLD[:FILES[:TESTFLAGS]] ... runs gremlins (mutation testing) on each
+# package and fails if a package's test efficacy (killed / (killed + lived) mutants) is
+# below its threshold. FILES (comma-separated) are the package's files that are not its
 # decision core (the shell around it: I/O, parsing, watching); their mutants are not
-# generated, but every mutant is still judged by the package's whole test suite. Results go to
-# $MUTATE_OUT (default .mutate/), a log and a JSON file per package.
-# docs/TESTING.md lists the mutants that live and why.
+# generated, but every mutant is still judged by the package's test suite. FILES starting
+# with + lists the core's files instead: every other non-test file is left out.
+# TESTFLAGS (comma-separated go test flags, e.g. -short,-skip=^TestSlow) narrow the suite
+# that judges each mutant when the whole one takes too long per mutant; a narrower suite
+# can only kill fewer mutants. Results go to $MUTATE_OUT (default .mutate/), a log and a
+# JSON file per package. docs/TESTING.md lists the mutants that live and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GREMLINS_VERSION=v0.6.0
@@ -19,12 +22,22 @@ mkdir -p "$out"
 fail=0
 summary=()
 for spec in "$@"; do
-	IFS=: read -r pkg min excl <<<"$spec"
+	IFS=: read -r pkg min excl testflags <<<"$spec"
 	args=(-E 'crashpoint/') # the crash-test hook, compiled in only under its build tag
+	if [[ $excl == +* ]]; then
+		core=",${excl#+},"
+		args+=(-E '/') # subpackages (gremlins walks the directory)
+		excl=
+		for f in "${pkg#./}"/*.go; do
+			f=${f##*/}
+			[[ $f == *_test.go || $core == *",$f,"* ]] || excl+="$f,"
+		done
+	fi
 	for f in ${excl//,/ }; do args+=(-E "(^|/)${f//./\\.}\$"); done
 	name=$(echo "${pkg#./}" | tr / _)
 	start=$(date +%s)
-	"$gobin/gremlins" unleash "$pkg" --workers "$workers" --timeout-coefficient 10 \
+	GOFLAGS="$(go env GOFLAGS) ${testflags//,/ }" "$gobin/gremlins" unleash "$pkg" \
+		--workers "$workers" --timeout-coefficient 10 \
 		"${args[@]}" -o "$out/$name.json" >"$out/$name.log" 2>&1 || true
 	secs=$(( $(date +%s) - start ))
 	read -r eff killed lived notcov timedout < <(python3 - "$out/$name.json" <<'PY'
