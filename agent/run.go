@@ -171,7 +171,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var statusSrv *statusServer
 	defer st.Close()
+	// `edgeward-agent status` asks the running agent here instead of opening the TPM
+	// it holds. Without the socket (a path too long for unix sockets, another agent
+	// answering) the agent still runs; status then reads the state directory.
+	if ss, err := serveStatus(st); err != nil {
+		log.Warn("no status socket: edgeward-agent status will read the state directory", "err", err)
+	} else {
+		defer ss.Close()
+		statusSrv = ss
+	}
 	if cfg.Server == "" {
 		return runManaged(ctx, cfg, st)
 	}
@@ -245,6 +255,15 @@ func Run(ctx context.Context, cfg Config) error {
 		link.LastError = func() *wire.UpdateError {
 			return withRuntimeDown(a.LastError(), judge.Runtimes.Health(), cfg.Now(), cfg.Interval)
 		}
+	}
+	if statusSrv != nil {
+		statusSrv.setExtra(func(s *Status) {
+			s.DeviceID, s.Server, s.LastError = link.DeviceID(), cfg.Server, link.LastError()
+			if judge.Runtimes != nil {
+				h := judge.Runtimes.Health()
+				s.Runtime = &h
+			}
+		})
 	}
 	return loop(ctx, cfg, a)
 }

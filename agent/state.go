@@ -34,6 +34,7 @@ const DefaultStateDir = "/var/lib/edgeward"
 //	probes/            probe sets downloaded for trials (RuntimeJudge)
 //	runtime-N.sock     control sockets of the runtime processes (Runtimes)
 //	runtime-health.json what the runtime supervision saw: deaths, crash loop (RuntimeHealth)
+//	status.sock        the running agent's status socket (AskStatus)
 //
 // Everything in it is private to the agent (0700).
 type StateDir string

@@ -2,73 +2,254 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"sync"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
 )
 
-// WriteStatus prints, for a person on the device, each kind's slots, floor and
-// transaction, the last check-in and the reports waiting in the outbox. It reads the
-// state as it is, without recovering it.
-func (s *State) WriteStatus(ctx context.Context, w io.Writer) error {
+// Status is what `edgeward-agent status` shows: each kind's slots, floor and
+// transaction, the last check-in, the reports waiting in the outbox and, from a running
+// agent, the device's identity and the error its next check-in reports.
+type Status struct {
+	// Source says where the status comes from: "running agent" (asked over its status
+	// socket) or "state directory" (read from disk; no agent was running).
+	Source string       `json:"source"`
+	Slots  []SlotStatus `json:"slots"`
+	// LastCheckIn is the time and result of the last check-in (zero: never).
+	LastCheckIn       time.Time `json:"last_check_in,omitzero"`
+	LastCheckInResult string    `json:"last_check_in_result,omitempty"`
+	ReportsWaiting    int       `json:"reports_waiting"`
+	// Known only to a running agent.
+	DeviceID  string            `json:"device_id,omitempty"`
+	Server    string            `json:"server,omitempty"`
+	LastError *wire.UpdateError `json:"last_error,omitempty"`
+	// Runtime is what the runtime supervision saw (live from a running agent, else
+	// its last runtime-health.json); nil when nothing was recorded.
+	Runtime *RuntimeHealth `json:"runtime,omitempty"`
+}
+
+// SlotStatus is one kind's slots.
+type SlotStatus struct {
+	Kind  string `json:"kind"`
+	Phase string `json:"phase"`
+	Error string `json:"error,omitempty"` // the state could not be read
+	// Active is the active slot (a or b) and what it holds; empty when none.
+	Active  string `json:"active,omitempty"`
+	Version string `json:"version,omitempty"`
+	Path    string `json:"path,omitempty"`
+	Floor   string `json:"floor"`
+	// Installing is the version of a transaction in progress, with its progress.
+	Installing    string    `json:"installing,omitempty"`
+	InstallSlot   string    `json:"install_slot,omitempty"`
+	InstallBytes  int64     `json:"install_bytes,omitempty"`
+	InstallLength int64     `json:"install_length,omitempty"`
+	TrialDeadline time.Time `json:"trial_deadline,omitzero"`
+	LastResult    string    `json:"last_result,omitempty"`
+}
+
+// ReadStatus reads the state as it is, without recovering it.
+func (s *State) ReadStatus(ctx context.Context) (Status, error) {
+	out := Status{Source: "state directory"}
 	m := s.Slots
 	for _, k := range rollback.Kinds() {
+		ss := SlotStatus{Kind: string(k)}
 		st, err := m.State(ctx, k)
 		if err != nil {
-			fmt.Fprintf(w, "%s: %v\n", k, err)
+			ss.Error = err.Error()
+			out.Slots = append(out.Slots, ss)
 			continue
 		}
 		floor, _ := m.Floor(ctx, k)
-		fmt.Fprintf(w, "%s: %s\n", k, st.Phase)
+		ss.Phase = string(st.Phase)
+		ss.Floor = fmt.Sprintf("%d.%d.%d", floor>>40, (floor>>20)&(1<<20-1), floor&(1<<20-1))
 		if st.Current != nil {
-			fmt.Fprintf(w, "  active slot %s: %s (%s)\n", st.Active, st.Current.Version, st.Current.Path)
-		} else {
-			fmt.Fprintln(w, "  active slot: none")
+			ss.Active, ss.Version, ss.Path = string(st.Active), st.Current.Version, st.Current.Path
 		}
-		fmt.Fprintf(w, "  floor: %d.%d.%d\n", floor>>40, (floor>>20)&(1<<20-1), floor&(1<<20-1))
 		if p := st.Pending; p != nil {
-			done := int64(0)
+			ss.Installing, ss.InstallSlot, ss.InstallLength, ss.TrialDeadline = p.Version, string(st.Inactive()), p.Length, st.Deadline
 			if fi, err := os.Stat(m.Payload(k, st.Inactive()) + ".part"); err == nil {
-				done = fi.Size()
+				ss.InstallBytes = fi.Size()
 			} else if fi, err := os.Stat(m.Payload(k, st.Inactive())); err == nil {
-				done = fi.Size()
-			}
-			fmt.Fprintf(w, "  installing %s into slot %s: %d / %d bytes\n", p.Version, st.Inactive(), done, p.Length)
-			if !st.Deadline.IsZero() {
-				fmt.Fprintf(w, "  trial deadline: %s\n", st.Deadline.UTC().Format(time.RFC3339))
+				ss.InstallBytes = fi.Size()
 			}
 		}
-		if st.Reason != "" {
-			fmt.Fprintf(w, "  last result: %s\n", st.Reason)
-		}
+		ss.LastResult = st.Reason
+		out.Slots = append(out.Slots, ss)
 	}
 	o, err := updater.OpenOutbox(ctx, s.Dir.Outbox())
 	if err != nil {
-		return err
+		return out, err
 	}
 	defer o.Close()
-	at, result, err := o.LastCheckIn(ctx)
+	if out.LastCheckIn, out.LastCheckInResult, err = o.LastCheckIn(ctx); err != nil {
+		return out, err
+	}
+	if out.ReportsWaiting, err = o.Len(ctx); err != nil {
+		return out, err
+	}
+	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
+		out.Runtime = &h
+	}
+	return out, nil
+}
+
+// WriteStatus prints the state as it is (ReadStatus) for a person on the device.
+func (s *State) WriteStatus(ctx context.Context, w io.Writer) error {
+	st, err := s.ReadStatus(ctx)
 	if err != nil {
 		return err
 	}
-	n, err := o.Len(ctx)
-	if err != nil {
-		return err
+	st.Write(w)
+	return nil
+}
+
+// Write prints st for a person on the device.
+func (st Status) Write(w io.Writer) {
+	for _, s := range st.Slots {
+		if s.Error != "" {
+			fmt.Fprintf(w, "%s: %s\n", s.Kind, s.Error)
+			continue
+		}
+		fmt.Fprintf(w, "%s: %s\n", s.Kind, s.Phase)
+		if s.Active != "" {
+			fmt.Fprintf(w, "  active slot %s: %s (%s)\n", s.Active, s.Version, s.Path)
+		} else {
+			fmt.Fprintln(w, "  active slot: none")
+		}
+		fmt.Fprintf(w, "  floor: %s\n", s.Floor)
+		if s.Installing != "" {
+			fmt.Fprintf(w, "  installing %s into slot %s: %d / %d bytes\n", s.Installing, s.InstallSlot, s.InstallBytes, s.InstallLength)
+			if !s.TrialDeadline.IsZero() {
+				fmt.Fprintf(w, "  trial deadline: %s\n", s.TrialDeadline.UTC().Format(time.RFC3339))
+			}
+		}
+		if s.LastResult != "" {
+			fmt.Fprintf(w, "  last result: %s\n", s.LastResult)
+		}
 	}
-	if at.IsZero() {
+	if st.LastCheckIn.IsZero() {
 		fmt.Fprintf(w, "last check-in: never\n")
 	} else {
-		fmt.Fprintf(w, "last check-in: %s (%s)\n", at.UTC().Format(time.RFC3339), result)
+		fmt.Fprintf(w, "last check-in: %s (%s)\n", st.LastCheckIn.UTC().Format(time.RFC3339), st.LastCheckInResult)
 	}
-	fmt.Fprintf(w, "reports waiting: %d\n", n)
-	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
-		writeRuntimeHealth(w, h)
+	if e := st.LastError; e != nil {
+		fmt.Fprintf(w, "last error: %s at %s: %s\n", e.Kind, e.At.UTC().Format(time.RFC3339), e.Message)
 	}
-	return nil
+	fmt.Fprintf(w, "reports waiting: %d\n", st.ReportsWaiting)
+	if st.DeviceID != "" {
+		fmt.Fprintf(w, "device: %s (server %s)\n", st.DeviceID, st.Server)
+	}
+	if st.Runtime != nil {
+		writeRuntimeHealth(w, *st.Runtime)
+	}
+	fmt.Fprintf(w, "(from the %s)\n", st.Source)
+}
+
+// StatusSocket is the unix socket on which a running agent answers `edgeward-agent
+// status` (GET /status, JSON), so that status never needs the TPM the agent holds.
+func (d StateDir) StatusSocket() string { return string(d) + "/status.sock" }
+
+// statusServer answers GET /status on the state directory's status socket with the
+// state read at the time of the request plus what only the running agent knows.
+type statusServer struct {
+	st *State
+	ln net.Listener
+
+	mu    sync.Mutex
+	extra func(*Status) // set once the agent is connected; guarded by mu
+}
+
+// serveStatus starts the status socket (replacing a stale one of a dead agent).
+func serveStatus(st *State) (*statusServer, error) {
+	path := st.Dir.StatusSocket()
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another agent is running on %s (its status socket %s answers)", st.Dir, path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket: %w", err)
+	}
+	os.Chmod(path, 0o600)
+	s := &statusServer{st: st, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		out, err := st.ReadStatus(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		out.Source = "running agent"
+		s.mu.Lock()
+		if s.extra != nil {
+			s.extra(&out)
+		}
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	})
+	go (&http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}).Serve(ln)
+	return s, nil
+}
+
+// setExtra sets what the running agent adds to each answer.
+func (s *statusServer) setExtra(f func(*Status)) {
+	s.mu.Lock()
+	s.extra = f
+	s.mu.Unlock()
+}
+
+// Close stops answering and removes the socket.
+func (s *statusServer) Close() {
+	s.ln.Close()
+	os.Remove(s.st.Dir.StatusSocket())
+}
+
+// ErrNotRunning is returned by AskStatus when no agent answers on the status socket.
+var ErrNotRunning = errors.New("no agent is running on this state directory")
+
+// AskStatus asks the agent running on dir for its status over its status socket. It
+// returns ErrNotRunning when none answers (no socket, or a stale one).
+func AskStatus(ctx context.Context, dir StateDir) (Status, error) {
+	path := dir.StatusSocket()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}, Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://agent/status", nil)
+	if err != nil {
+		return Status{}, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return Status{}, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+		}
+		return Status{}, fmt.Errorf("ask the running agent (%s): %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return Status{}, fmt.Errorf("the running agent answered %s: %s", resp.Status, b)
+	}
+	var st Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return Status{}, fmt.Errorf("the running agent's status: %w", err)
+	}
+	return st, nil
 }
 
 // writeRuntimeHealth prints what the runtime supervision last recorded.

@@ -345,8 +345,8 @@ func (d *Device) KillAgent(ctx context.Context) error {
 	return waitPort(ctx, d.Port, false, 30*time.Second, nil)
 }
 
-// Status runs `edgeward-agent status` on the device's state directory. Only while the
-// agent is stopped: it opens the TPM, and swtpm serves one connection at a time.
+// Status runs `edgeward-agent status` on the device's state directory: a running agent
+// answers over its status socket; a stopped one's state is read (opening the TPM).
 func (d *Device) Status(ctx context.Context) (string, error) {
 	return d.lab.Run(ctx, nil, d.lab.Bins.Agent, "status", "--state-dir", d.StateDir)
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/updater/tuftest"
 )
@@ -39,8 +41,51 @@ func TestRunOnce(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "model: rolled_back") || !strings.Contains(out, "active slot a: 1.0.0") || !strings.Contains(out, "floor: 1.0.0") {
 		t.Errorf("status after a failed 2.0.0 trial:\n%s", out)
 	}
-	if !strings.Contains(out, "last check-in: 20") || !strings.Contains(out, "reports waiting: 2") {
-		t.Errorf("status does not show the last check-in and the two waiting reports:\n%s", out)
+	if !strings.Contains(out, "last check-in: 20") || !strings.Contains(out, "reports waiting: 2") || !strings.Contains(out, "(from the state directory)") {
+		t.Errorf("status does not show the last check-in and the two waiting reports, read from the state directory:\n%s", out)
+	}
+
+	// While an agent runs, status asks it over the state directory's socket (it never
+	// opens the state or the TPM the agent holds), in text and in JSON.
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan int)
+	go func() {
+		var out bytes.Buffer
+		done <- run(rctx, []string{"run", "--state-dir", state, "--interval", "1h", "--want", "model=" + p1, "--judge-cmd", judge}, &out, &out)
+	}()
+	var st struct {
+		Source         string
+		Slots          []struct{ Kind, Phase, Version string }
+		ReportsWaiting int `json:"reports_waiting"`
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out = agent("status", "--state-dir", state, "--json")
+		if code == 0 {
+			if err := json.Unmarshal([]byte(out), &st); err != nil {
+				t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+			}
+			if st.Source == "running agent" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never answered from the running agent: %d\n%s", code, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(st.Slots) == 0 || st.Slots[0].Kind != "model" || st.Slots[0].Version != "1.0.0" {
+		t.Errorf("status --json from the running agent = %+v; want the model slot on 1.0.0", st)
+	}
+	if code, out = agent("status", "--state-dir", state); code != 0 || !strings.Contains(out, "active slot a: 1.0.0") || !strings.Contains(out, "(from the running agent)") {
+		t.Errorf("status while the agent runs = %d:\n%s", code, out)
+	}
+	stop()
+	if code := <-done; code != 0 {
+		t.Errorf("agent run exited %d after its context ended", code)
+	}
+	if _, err := os.Stat(filepath.Join(state, "status.sock")); !os.IsNotExist(err) {
+		t.Errorf("the stopped agent left its status socket: %v", err)
 	}
 }
 

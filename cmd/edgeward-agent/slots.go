@@ -32,6 +32,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		fail        = fs.String("fail", "", "confirm: the trial failed, for this reason")
 		checkpoint  = fs.Int64("checkpoint-bytes", 0, "install: bytes between durable download checkpoints (0: 8 MiB)")
 		serverCA    = fs.String("server-ca", "", "install: PEM certificate(s) to trust for https metadata and targets URLs (the server's DIR/tls/server.pem); empty: the system roots")
+		jsonOut     = fs.Bool("json", false, "status: print the status as JSON")
 	)
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
@@ -67,6 +68,9 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 			*stateDir, pinned.Signed.Version, *metadataURL, tpm, *stateDir)
 		return nil
 	}
+	if cmd == "status" {
+		return status(ctx, dir, *jsonOut, stdout, log)
+	}
 	roots, err := readRoots(*serverCA)
 	if err != nil {
 		return err
@@ -77,10 +81,8 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 	}
 	defer st.Close()
 	m := st.Slots
-	if cmd != "status" {
-		if err := m.Recover(ctx); err != nil {
-			return fmt.Errorf("recover: %w", err)
-		}
+	if err := m.Recover(ctx); err != nil {
+		return fmt.Errorf("recover: %w", err)
 	}
 	var s rollback.State
 	switch cmd {
@@ -102,12 +104,37 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		if s, err = m.Confirm(ctx, kind, *pass, *fail); err != nil {
 			return err
 		}
-	case "recover", "status":
+	case "recover":
 		return st.WriteStatus(ctx, stdout)
 	}
 	fmt.Fprintln(stdout, s)
 	if s.Phase == rollback.Failed || s.Phase == rollback.RolledBack {
 		return fmt.Errorf("%s: %s", s.Phase, s.Reason)
 	}
+	return nil
+}
+
+// status asks the agent running on dir over its status socket, which answers while the
+// agent holds the TPM; with no agent running it reads the state directory (opening the
+// TPM for the floors), without recovering anything.
+func status(ctx context.Context, dir agent.StateDir, asJSON bool, stdout io.Writer, log *slog.Logger) error {
+	st, err := agent.AskStatus(ctx, dir)
+	if errors.Is(err, agent.ErrNotRunning) {
+		state, oerr := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Logger: log})
+		if oerr != nil {
+			return oerr
+		}
+		defer state.Close()
+		st, err = state.ReadStatus(ctx)
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	st.Write(stdout)
 	return nil
 }
