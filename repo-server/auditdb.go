@@ -35,8 +35,10 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 	if err != nil {
 		return nil, err
 	}
-	if err := importLegacyAudit(ctx, s.cfg.Repo.Dir(), st.DB()); err != nil {
-		return nil, err
+	if st.Engine() == "sqlite" { // a repo.db of Edgeward 0.1 sits beside fleet.db only
+		if err := importLegacyAudit(ctx, s.cfg.Repo.Dir(), st.DB()); err != nil {
+			return nil, err
+		}
 	}
 	if s.auditDB != nil { // a log opened before the fleet was attached
 		s.auditDB.Close()
@@ -76,7 +78,7 @@ func (s *Server) openAudit(ctx context.Context) (*audit.Log, error) {
 	if s.audit != nil {
 		return s.audit, nil
 	}
-	l, db, err := OpenAudit(ctx, s.cfg.Repo)
+	l, db, err := OpenAuditAt(ctx, s.cfg.Repo, s.cfg.DB)
 	if err != nil {
 		return nil, err
 	}

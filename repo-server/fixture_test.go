@@ -49,19 +49,27 @@ type fixture struct {
 	keys   map[string][]string // role → key files from Init
 	root1  []byte              // the root a client pins
 	offDir string
+	db     string // the server's database (DBLocation): "" is sqlite in the repository
 }
 
 func newFixture(t testing.TB, kt repository.KeyType) *fixture {
 	t.Helper()
+	return newFixtureOn(t, kt, "")
+}
+
+// newFixtureOn is newFixture with the server's database at db (DBLocation: a
+// PostgreSQL URL, or "" for sqlite in the repository directory).
+func newFixtureOn(t testing.TB, kt repository.KeyType, db string) *fixture {
+	t.Helper()
 	clock := &fakeClock{t: time.Now().UTC().Truncate(time.Second)}
 	dir := t.TempDir()
-	res, err := repository.Init(context.Background(), repository.Config{Dir: dir, Now: clock.Now, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir, Now: clock.Now}}, repository.InitOptions{
+	res, err := repository.Init(context.Background(), repository.Config{Dir: dir, Now: clock.Now, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir, DB: db, Now: clock.Now}}, repository.InitOptions{
 		KeyType: kt, Passphrase: []byte(testPass),
 	})
 	if err != nil {
 		t.Fatalf("Init: %v", err)
 	}
-	srv, err := NewServer(ServerConfig{Repo: res.Repo})
+	srv, err := NewServer(ServerConfig{Repo: res.Repo, DB: db})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +79,7 @@ func newFixture(t testing.TB, kt repository.KeyType) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, repo: res.Repo, srv: srv, http: hs, clock: clock, keys: res.KeyFiles, root1: root1, offDir: res.Repo.OfflineKeyDir()}
+	return &fixture{t: t, repo: res.Repo, srv: srv, http: hs, clock: clock, keys: res.KeyFiles, root1: root1, offDir: res.Repo.OfflineKeyDir(), db: db}
 }
 
 func (f *fixture) keyring(files ...string) *repository.KeyRing {

@@ -97,18 +97,25 @@ func (a *fakeAgent) checkIn(ctx context.Context, good map[string][]byte) (*wire.
 }
 
 // TestSimulatedFleet drives a fleet of fake agents (1,000; 200 with -short) through the
-// real server over HTTP — TPM-format quotes verified, sqlite fleet store, policy
+// real server over HTTP — TPM-format quotes verified, fleet store, policy
 // engine, audit log: a good rollout reaches 100 % of the fleet in waves; a bad one
 // pauses itself in its first wave and the rest of the fleet is never offered it.
+//
+// It runs once per fleet store backend: sqlite, and PostgreSQL (internal/pgtest).
 func TestSimulatedFleet(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testSimulatedFleet(t, "") })
+	t.Run("postgres", func(t *testing.T) { testSimulatedFleet(t, pg.Database(t)) })
+}
+
+func testSimulatedFleet(t *testing.T, db string) {
 	n := 1000
 	if testing.Short() {
 		n = 200
 	}
 	ctx := context.Background()
-	f := newFixture(t, repository.KeyEd25519)
+	f := newFixtureOn(t, repository.KeyEd25519, db)
 	f.clock.useReal()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -247,7 +247,7 @@ func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (o *operatorAPI) auditExport(w http.ResponseWriter, r *http.Request) {
-	l, db, err := OpenAudit(r.Context(), o.s.cfg.Repo)
+	l, db, err := OpenAuditAt(r.Context(), o.s.cfg.Repo, o.s.cfg.DB)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return

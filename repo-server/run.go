@@ -29,12 +29,18 @@ import (
 // with a device CA. Only Dir is required; every other zero value is documented and
 // works on a laptop. Run does not modify the Config.
 //
-// State lives beside the repository in Dir: fleet.db (fleet store and audit log),
+// State lives beside the repository in Dir: fleet.db (fleet store and audit log, unless
+// DB names another database),
 // attest/ (attestation CA), policy/ (fleet policy), tls/ (server certificate), stepca/
 // (the embedded device CA). What is missing is created on first start.
 type Config struct {
 	// Dir is the repository directory ('edgeward repo init'). Required.
 	Dir string
+	// DB is the database of the fleet store and the audit log: a PostgreSQL URL
+	// (postgres://user:password@host:5432/edgeward?sslmode=verify-full), which several
+	// replicas may share, or a sqlite file. "": Dir/fleet.db (sqlite). See
+	// docs/OPERATORS.md, "Running on PostgreSQL".
+	DB string
 	// Listen is the plain-HTTP address (metadata, targets, APIs, dashboard).
 	// "": 127.0.0.1:8440.
 	Listen string
@@ -107,16 +113,17 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := repo.Load(ctx); err != nil {
 		return fmt.Errorf("repository %s: %w", cfg.Dir, err)
 	}
-	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval})
+	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval, DB: cfg.DB})
 	if err != nil {
 		return err
 	}
 	rec.s = srv
-	store, err := fleet.Open(ctx, DBPath(cfg.Dir))
+	store, err := fleet.Open(ctx, DBLocation(cfg.Dir, cfg.DB))
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	log.Info("fleet store", "engine", store.Engine())
 
 	attestDir := cfg.AttestDir
 	if attestDir == "" {
@@ -176,7 +183,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	dash, err := ui.New(ui.Config{Fleet: store, Policy: op.Policy, PolicyStatus: op.PolicyStatus, Logger: log, SecureCookie: cfg.SecureCookie,
-		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return OpenAudit(ctx, repo) }})
+		Audit: func(ctx context.Context) (*audit.Log, io.Closer, error) { return OpenAuditAt(ctx, repo, cfg.DB) }})
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,10 @@ type ServerConfig struct {
 	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
 	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
 	Witnesses []string
+	// DB is the server's database, where the audit log lives (DBLocation): a
+	// PostgreSQL URL or a sqlite file. "": DBPath(Repo.Dir()). The fleet store attached
+	// with the device or operator API must be on the same database.
+	DB string
 }
 
 // Server serves a repository's metadata and targets over HTTP and keeps its online

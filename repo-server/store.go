@@ -9,13 +9,36 @@ import (
 
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
 )
 
-// OpenDB opens (creating if needed) a sqlite database in WAL mode with full
-// synchronous writes and a busy timeout, so that several processes may share it.
-func OpenDB(ctx context.Context, path string) (*sql.DB, error) {
-	return durable.OpenSQLite(ctx, path, durable.SQLite{})
+// OpenDB opens the server's database at where: a PostgreSQL URL (postgres://…), or a
+// sqlite file, created if needed, in WAL mode with full synchronous writes and a busy
+// timeout, so that several processes may share it.
+func OpenDB(ctx context.Context, where string) (*sql.DB, error) {
+	if !fleet.IsPostgres(where) {
+		return durable.OpenSQLite(ctx, where, durable.SQLite{})
+	}
+	db, err := sql.Open("pgx", where)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(4)
+	if err := db.PingContext(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return db, nil
+}
+
+// DBLocation is the server's database: db when set (a PostgreSQL URL, or a sqlite
+// file), else DBPath(dir).
+func DBLocation(dir, db string) string {
+	if db != "" {
+		return db
+	}
+	return DBPath(dir)
 }
 
 // DBPath is the server's sqlite database in the repository directory dir: the fleet
@@ -31,20 +54,26 @@ func AuditOrigin(repo *repository.Repo) string { return audit.DefaultOrigin }
 // OpenAudit opens repo's audit log (DBPath, checkpoints signed with the repository's
 // audit key); close the returned database when done.
 func OpenAudit(ctx context.Context, repo *repository.Repo) (*audit.Log, *sql.DB, error) {
-	return openAudit(ctx, repo.Dir(), time.Now)
+	return openAudit(ctx, repo.Dir(), "", time.Now)
 }
 
-func openAudit(ctx context.Context, dir string, now func() time.Time) (*audit.Log, *sql.DB, error) {
+// OpenAuditAt is OpenAudit on the database db names (DBLocation: "" is DBPath).
+func OpenAuditAt(ctx context.Context, repo *repository.Repo, db string) (*audit.Log, *sql.DB, error) {
+	return openAudit(ctx, repo.Dir(), db, time.Now)
+}
+
+func openAudit(ctx context.Context, dir, where string, now func() time.Time) (*audit.Log, *sql.DB, error) {
 	key, err := repository.AuditKey(dir)
 	if err != nil {
 		return nil, nil, err
 	}
-	db, err := OpenDB(ctx, DBPath(dir))
+	where = DBLocation(dir, where)
+	db, err := OpenDB(ctx, where)
 	if err != nil {
 		return nil, nil, err
 	}
 	l, err := audit.Open(ctx, audit.Config{DB: db, Key: key, Origin: audit.DefaultOrigin, Now: now})
-	if err == nil {
+	if err == nil && !fleet.IsPostgres(where) {
 		err = importLegacyAudit(ctx, dir, db)
 	}
 	if err != nil {
@@ -61,6 +90,8 @@ func openAudit(ctx context.Context, dir string, now func() time.Time) (*audit.Lo
 type AuditRecorder struct {
 	// Dir is the repository directory.
 	Dir string
+	// DB is the server's database (DBLocation). "": DBPath(Dir).
+	DB string
 	// Now stamps the records. nil: time.Now.
 	Now func() time.Time
 }
@@ -71,7 +102,7 @@ func (a AuditRecorder) Record(ctx context.Context, actor, kind, subject string, 
 	if now == nil {
 		now = time.Now
 	}
-	l, db, err := openAudit(ctx, a.Dir, now)
+	l, db, err := openAudit(ctx, a.Dir, a.DB, now)
 	if err != nil {
 		return fmt.Errorf("open audit log: %w", err)
 	}

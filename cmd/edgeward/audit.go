@@ -37,7 +37,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		l, db, err := reposerver.OpenAudit(ctx, repo)
+		l, db, err := reposerver.OpenAuditAt(ctx, repo, rf.db)
 		if err != nil {
 			return err
 		}
@@ -337,7 +337,7 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		l, db, err := reposerver.OpenAudit(ctx, repo)
+		l, db, err := reposerver.OpenAuditAt(ctx, repo, rf.db)
 		if err != nil {
 			return err
 		}

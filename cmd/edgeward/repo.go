@@ -27,6 +27,7 @@ import (
 // repoFlags are the flags every repository command shares.
 type repoFlags struct {
 	dir      string
+	db       string // the server's database (--db): "" is DIR/fleet.db
 	passFile string
 	keys     multi
 	env      *cliEnv
@@ -47,6 +48,7 @@ func (f *repoFlags) registerRepo(fs *flag.FlagSet, env *cliEnv) {
 		def = "edgeward-repo"
 	}
 	fs.StringVar(&f.dir, "repo", def, "repository directory ($EDGEWARD_REPO)")
+	fs.StringVar(&f.db, "db", env.getenv("EDGEWARD_DB"), "the server's database (fleet store and audit log): a PostgreSQL URL postgres://USER@HOST:PORT/DB?sslmode=… (password from $PGPASSWORD or ~/.pgpass), or a sqlite file; default DIR/fleet.db ($EDGEWARD_DB)")
 }
 
 func (f *repoFlags) registerPassphrase(fs *flag.FlagSet) {
@@ -75,7 +77,7 @@ func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 }
 
 func (f *repoFlags) open() (*repository.Repo, error) {
-	return repository.Open(repository.Config{Dir: f.dir, Actor: actor(f.env), Recorder: reposerver.AuditRecorder{Dir: f.dir}})
+	return repository.Open(repository.Config{Dir: f.dir, Actor: actor(f.env), Recorder: reposerver.AuditRecorder{Dir: f.dir, DB: f.db}})
 }
 
 func actor(env *cliEnv) string {
@@ -215,7 +217,7 @@ func cmdRepoInit(ctx context.Context, env *cliEnv, args []string) error {
 			return fmt.Errorf("--audit-key %s already exists: choose a new file", auditTo)
 		}
 	}
-	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir}}, opt)
+	res, err := repository.Init(ctx, repository.Config{Dir: rf.dir, Actor: actor(env), Recorder: reposerver.AuditRecorder{Dir: rf.dir, DB: rf.db}}, opt)
 	if err != nil {
 		return err
 	}

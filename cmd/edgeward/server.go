@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -39,7 +38,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	cfg := reposerver.Config{
-		Dir: rf.dir, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
+		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
@@ -82,7 +81,7 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := rf.open(); err != nil {
 		return fmt.Errorf("%w, or create the token through a running server with --server URL and a security admin's --token", err)
 	}
-	store, err := fleet.Open(ctx, filepath.Join(rf.dir, "fleet.db"))
+	store, err := fleet.Open(ctx, reposerver.DBLocation(rf.dir, rf.db))
 	if err != nil {
 		return err
 	}

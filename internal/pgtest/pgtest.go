@@ -116,9 +116,14 @@ func (c *Cluster) Database(t testing.TB) string {
 		t.Fatalf("PostgreSQL: create database: %v", err)
 	}
 	t.Cleanup(func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.admin == nil {
+			return // the cluster stopped first, and took its databases with it
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if _, err := admin.ExecContext(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
+		if _, err := c.admin.ExecContext(ctx, `DROP DATABASE IF EXISTS `+name+` WITH (FORCE)`); err != nil {
 			t.Errorf("PostgreSQL: drop database %s: %v", name, err)
 		}
 	})

@@ -161,17 +161,53 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
-	stmts := schema
 	var v string
 	if l.db.QueryRowContext(ctx, `SELECT sqlite_version()`).Scan(&v) == nil {
-		stmts = append(append([]string(nil), schema...), sqliteSchema...)
-	}
-	for _, s := range stmts {
-		if _, err := l.db.ExecContext(ctx, s); err != nil {
-			return nil, fmt.Errorf("audit schema: %w", err)
+		for _, s := range append(append([]string(nil), schema...), sqliteSchema...) {
+			if _, err := l.db.ExecContext(ctx, s); err != nil {
+				return nil, fmt.Errorf("audit schema: %w", err)
+			}
 		}
+		return l, nil
+	}
+	if err := l.pgSchema(ctx); err != nil {
+		return nil, fmt.Errorf("audit schema: %w", err)
 	}
 	return l, nil
+}
+
+// SchemaLock is the PostgreSQL advisory lock (transaction-scoped) under which the
+// log's tables are created, so replicas starting together do not race on the catalog.
+// It is the fleet store's writer lock: the fleet's migrations take it too.
+const SchemaLock int64 = 0x6564676577617264
+
+// pgSchema creates the log's tables on PostgreSQL, in one transaction under SchemaLock,
+// with the append-only triggers (defence in depth, as on sqlite).
+func (l *Log) pgSchema(ctx context.Context) error {
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, SchemaLock); err != nil {
+		return err
+	}
+	for _, s := range append(append([]string(nil), schema...), pgAppendOnly...) {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// pgAppendOnly is sqliteSchema for PostgreSQL.
+var pgAppendOnly = []string{
+	`CREATE OR REPLACE FUNCTION edgeward_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+	$$ BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$`,
+	`CREATE OR REPLACE TRIGGER audit_leaves_append_only BEFORE UPDATE OR DELETE ON audit_leaves
+	FOR EACH ROW EXECUTE FUNCTION edgeward_audit_append_only()`,
+	`CREATE OR REPLACE TRIGGER audit_hashes_append_only BEFORE UPDATE OR DELETE ON audit_hashes
+	FOR EACH ROW EXECUTE FUNCTION edgeward_audit_append_only()`,
 }
 
 // PublicKey is the checkpoint verification key.

@@ -18,9 +18,17 @@ import (
 	_ "modernc.org/sqlite"
 )
 
-func openDB(t testing.TB, path string) *sql.DB {
+// openDB opens a handle on the database at where: a sqlite file or a PostgreSQL URL.
+// Each handle stands for another process or replica.
+func openDB(t testing.TB, where string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate")
+	var db *sql.DB
+	var err error
+	if strings.HasPrefix(where, "postgres://") {
+		db, err = sql.Open("pgx", where)
+	} else {
+		db, err = sql.Open("sqlite", "file:"+where+"?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,12 +38,18 @@ func openDB(t testing.TB, path string) *sql.DB {
 
 func newLogWithKey(t testing.TB, key ed25519.PrivateKey, every int) (*Log, string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "audit.db")
-	l, err := Open(context.Background(), Config{DB: openDB(t, path), Key: key, Every: every, Origin: "audit.test"})
+	return newLogAt(t, sqliteDB, key, every)
+}
+
+// newLogAt opens a log in a fresh database of db.
+func newLogAt(t testing.TB, db opener, key ed25519.PrivateKey, every int) (*Log, string) {
+	t.Helper()
+	where := db(t)
+	l, err := Open(context.Background(), Config{DB: openDB(t, where), Key: key, Every: every, Origin: "audit.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return l, path
+	return l, where
 }
 
 func newLog(t testing.TB, every int) (*Log, string) {
@@ -73,8 +87,9 @@ func verifyLines(lines []string, o VerifyOptions) (*Report, error) {
 	return Verify(strings.NewReader(strings.Join(lines, "\n")+"\n"), o)
 }
 
-func TestExportVerifies(t *testing.T) {
-	l, _ := newLog(t, 4)
+func testExportVerifies(t *testing.T, db opener) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, _ := newLogAt(t, db, key, 4)
 	lines := exportOf(t, l, 10)
 	rep, err := verifyLines(lines, opts(l))
 	if err != nil {
@@ -304,8 +319,9 @@ func TestAttacksOnTheDatabase(t *testing.T) {
 	}
 }
 
-func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
-	l, path := newLog(t, 1000)
+func testAppendOnlyAndConcurrentWriters(t *testing.T, db opener) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, path := newLogAt(t, db, key, 1000)
 	ctx := context.Background()
 	if _, err := l.Append(ctx, "cli", "publish", "models/a/1.0.0.onnx", nil); err != nil {
 		t.Fatal(err)
@@ -322,7 +338,7 @@ func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
-	for _, lg := range []*Log{l, other} {
+	for _, lg := range []*Log{l, other, l, other} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -336,15 +352,16 @@ func TestAppendOnlyAndConcurrentWriters(t *testing.T) {
 	}
 	wg.Wait()
 	rep, err := verifyLines(export(t, l), opts(l))
-	if err != nil || rep.Records != 51 {
-		t.Fatalf("Verify after concurrent appends = %+v, %v; want 51 records", rep, err)
+	if err != nil || rep.Records != 101 {
+		t.Fatalf("Verify after concurrent appends = %+v, %v; want 101 records", rep, err)
 	}
 }
 
 // TestAppendTxCommitsWithTheChange: a record appended in the caller's transaction is
 // there exactly when the transaction commits.
-func TestAppendTxCommitsWithTheChange(t *testing.T) {
-	l, _ := newLog(t, 1000)
+func testAppendTxCommitsWithTheChange(t *testing.T, db opener) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, _ := newLogAt(t, db, key, 1000)
 	ctx := context.Background()
 	if _, err := l.db.Exec(`CREATE TABLE things (id INTEGER PRIMARY KEY)`); err != nil {
 		t.Fatal(err)
@@ -378,8 +395,9 @@ func TestAppendTxCommitsWithTheChange(t *testing.T) {
 	}
 }
 
-func TestProofs(t *testing.T) {
-	l, _ := newLog(t, 1000)
+func testProofs(t *testing.T, db opener) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, _ := newLogAt(t, db, key, 1000)
 	ctx := context.Background()
 	appendN(t, l, 1, 37)
 	c1, err := l.Checkpoint(ctx)
@@ -468,24 +486,24 @@ func mustVerifier(t testing.TB, vkey string) note.Verifier {
 
 // AppendTx commits with the caller's transaction: a rolled-back transaction leaves
 // neither its state change nor its record, and the chain goes on without a gap.
-func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
+func testAppendTxCommitsWithTheCallersTransaction(t *testing.T, db opener) {
 	ctx := context.Background()
 	_, key, _ := ed25519.GenerateKey(nil)
-	db := openDB(t, filepath.Join(t.TempDir(), "fleet.db"))
-	l, err := Open(ctx, Config{DB: db, Key: key, Every: 2})
+	h := openDB(t, db(t))
+	l, err := Open(ctx, Config{DB: h, Key: key, Every: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.ExecContext(ctx, `CREATE TABLE state (k TEXT PRIMARY KEY, v TEXT)`); err != nil {
+	if _, err := h.ExecContext(ctx, `CREATE TABLE state (k TEXT PRIMARY KEY, v TEXT)`); err != nil {
 		t.Fatal(err)
 	}
 	change := func(k string, commit bool) {
 		t.Helper()
-		tx, err := db.BeginTx(ctx, nil)
+		tx, err := h.BeginTx(ctx, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO state VALUES (?, 'x')`, k); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO state VALUES ($1, 'x')`, k); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := l.AppendTx(ctx, tx, "test", "state.set", k, nil); err != nil {
@@ -518,7 +536,7 @@ func TestAppendTxCommitsWithTheCallersTransaction(t *testing.T) {
 		t.Fatalf("records = %v; want %s", got, want)
 	}
 	var n int
-	db.QueryRowContext(ctx, `SELECT count(*) FROM state`).Scan(&n)
+	h.QueryRowContext(ctx, `SELECT count(*) FROM state`).Scan(&n)
 	if n != 2 {
 		t.Fatalf("state rows = %d; want 2 (the rolled-back one is gone)", n)
 	}
