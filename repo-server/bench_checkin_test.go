@@ -22,11 +22,19 @@ import (
 // verification (AK certificate chain, ECDSA signature, PCR digest, log replay), the
 // fleet store's writes (facts, verdict, decision) and the audit records — the server's
 // cost per check-in. Reported as check-ins/s (ns/op is per check-in).
-func BenchmarkCheckIn(b *testing.B) {
+func BenchmarkCheckIn(b *testing.B) { benchmarkCheckIn(b, "") }
+
+// BenchmarkCheckInPostgres is BenchmarkCheckIn with the fleet store and the audit log
+// in PostgreSQL (a cluster of internal/pgtest on this machine, with PostgreSQL's
+// default durability: fsync and synchronous commits on).
+func BenchmarkCheckInPostgres(b *testing.B) { benchmarkCheckIn(b, pgDurable.Database(b)) }
+
+// benchmarkCheckIn runs BenchmarkCheckIn on the server database db (DBLocation).
+func benchmarkCheckIn(b *testing.B, db string) {
 	ctx := context.Background()
-	f := newFixture(b, repository.KeyEd25519)
+	f := newFixtureOn(b, repository.KeyEd25519, db)
 	f.clock.useReal()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), db))
 	if err != nil {
 		b.Fatal(err)
 	}

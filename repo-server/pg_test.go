@@ -11,10 +11,15 @@ import (
 // (tests that run on both fleet store backends).
 var pg = pgtest.New()
 
+// pgDurable is a cluster with PostgreSQL's durability settings, for benchmarks.
+var pgDurable = pgtest.NewWith(pgtest.Options{Durable: true})
+
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if err := pg.Stop(); err != nil && code == 0 {
-		code = 1
+	for _, c := range []*pgtest.Cluster{pg, pgDurable} {
+		if err := c.Stop(); err != nil && code == 0 {
+			code = 1
+		}
 	}
 	os.Exit(code)
 }

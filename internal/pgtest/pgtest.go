@@ -44,6 +44,7 @@ const superuser = "edgeward"
 
 // Cluster is a lazily started PostgreSQL server. The zero value is not usable: New.
 type Cluster struct {
+	opt  Options
 	once sync.Once
 	err  error
 
@@ -56,8 +57,19 @@ type Cluster struct {
 	n     int // databases created
 }
 
+// Options configure a cluster. The zero value suits tests.
+type Options struct {
+	// Durable keeps PostgreSQL's defaults for durability (fsync, synchronous_commit,
+	// full_page_writes), for benchmarks whose figures should mean what they would on a
+	// real server. False turns them off: a test cluster dies with its test binary.
+	Durable bool
+}
+
 // New returns a cluster that starts on first use.
 func New() *Cluster { return &Cluster{} }
+
+// NewWith is New with options.
+func NewWith(o Options) *Cluster { return &Cluster{opt: o} }
 
 // RequireDeps reports whether EDGEWARD_REQUIRE_DEPS=1 (a missing dependency fails).
 func RequireDeps() bool { return os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" }
@@ -250,14 +262,17 @@ func (c *Cluster) serve(bin, data, sock string, port int, cred *syscall.Credenti
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data,
+	args := []string{"-D", data,
 		"-p", strconv.Itoa(port), "-k", sock,
 		"-c", "listen_addresses=127.0.0.1",
 		"-c", "max_connections=300",
-		"-c", "shared_buffers=64MB",
+		"-c", "shared_buffers=64MB"}
+	if !c.opt.Durable {
 		// A test cluster lives as long as the test binary: durability across a machine
 		// crash buys nothing, and fsync would slow every commit.
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+	}
+	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so a ^C to the tests reaches it only through Stop; and
 	// when the test binary dies without Stop, postgres shuts down (immediately).
