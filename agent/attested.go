@@ -13,6 +13,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/ima"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
@@ -51,6 +52,9 @@ type Attested struct {
 	// and sent with a quote that covers the boot PCRs (0–7) as well as the measurement
 	// PCR. Empty: no boot evidence (a server with a boot policy then refuses trust).
 	BootLog string
+	// IMALog, if set, is the path of the kernel's IMA measurement list (binary, SHA-256
+	// template hashes), read right after each quote, which then covers PCR 10 as well.
+	IMALog string
 
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
@@ -188,11 +192,22 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 		}
 		pcrs = append(reference.BootPCRs(), a.Log.PCR())
 	}
+	if a.IMALog != "" {
+		pcrs = append(pcrs, ima.PCR)
+	}
 	q, err := a.TPM.Quote(ctx, bound, pcrs)
 	if err != nil {
 		return nil, fmt.Errorf("quote: %w", err)
 	}
-	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog}
+	var imaLog []byte
+	if a.IMALog != "" {
+		// After the quote: the kernel only appends, so the list read now starts with
+		// what the quote covers (the server replays the shortest prefix that matches).
+		if imaLog, err = readBounded(a.IMALog, ima.MaxLogBytes); err != nil {
+			return nil, fmt.Errorf("IMA measurement list: %w", err)
+		}
+	}
+	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog, IMALog: imaLog}
 	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}

@@ -63,6 +63,12 @@ type Config struct {
 	// the TPM is a hardware TPM (a device path) and the file exists, none otherwise (a
 	// simulator's boot PCRs do not match the host's log). NoBootLog: none.
 	BootLog string
+	// IMALog is the kernel's IMA measurement list (binary, SHA-256 template hashes)
+	// sent with every check-in, the quote then covering PCR 10 (runtime integrity: the
+	// agent, its runtime and what else ran, as the kernel measured them). Empty:
+	// DefaultIMALog when the TPM is a hardware TPM and the file exists, none
+	// otherwise. NoBootLog ("none"): none.
+	IMALog string
 	// TPM, if set, is used instead of opening the TPM named at enrollment; Run does not
 	// close it. With a Server, a device without a TPM is refused.
 	TPM *attest.TPM
@@ -106,19 +112,23 @@ type Config struct {
 // DefaultBootLog is where Linux exposes the firmware's TCG boot event log.
 const DefaultBootLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
-// NoBootLog as Config.BootLog sends no boot event log.
+// DefaultIMALog is where Linux exposes the IMA measurement list of the SHA-256 bank.
+const DefaultIMALog = "/sys/kernel/security/ima/binary_runtime_measurements_sha256"
+
+// NoBootLog as Config.BootLog (or Config.IMALog) sends no such log.
 const NoBootLog = "none"
 
-// bootLogPath resolves Config.BootLog for a TPM opened at tpmURL.
-func bootLogPath(configured, tpmURL string) string {
+// logPath resolves Config.BootLog or Config.IMALog (default def) for a TPM opened at
+// tpmURL.
+func logPath(configured, def, tpmURL string) string {
 	switch {
 	case configured == NoBootLog:
 		return ""
 	case configured != "":
 		return configured
 	case strings.HasPrefix(tpmURL, "/"):
-		if _, err := os.Stat(DefaultBootLog); err == nil {
-			return DefaultBootLog
+		if _, err := os.Stat(def); err == nil {
+			return def
 		}
 	}
 	return ""
@@ -235,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer conn.Close()
 	link := &Attested{API: conn.API, TPM: st.TPM, AK: conn.AK, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
 		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs,
-		BootLog: bootLogPath(cfg.BootLog, st.TPM.URL())}
+		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL())}
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
 	}

@@ -232,6 +232,34 @@ type rawAttestation struct {
 	Required located[bool]   `yaml:"required"`
 	MaxAge   located[string] `yaml:"max_age"`
 	Boot     []rawBoot       `yaml:"boot"`
+	Runtime  *rawRuntime     `yaml:"runtime"`
+}
+
+// rawRuntime is the runtime-integrity (IMA) policy, its keys checked as rawBoot's.
+type rawRuntime struct {
+	reference.Runtime
+	line int
+}
+
+func (r *rawRuntime) UnmarshalYAML(n *yaml.Node) error {
+	r.line = n.Line
+	if err := knownKeys(n, "runtime", "agent", "runtime", "allowed", "enforce"); err != nil {
+		return err
+	}
+	return n.Decode(&r.Runtime)
+}
+
+// knownKeys fails on a key of the mapping n that is not one of keys.
+func knownKeys(n *yaml.Node, what string, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a %s policy is a mapping", n.Line, what)
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: unknown %s policy field %q (%s)", k.Line, what, k.Value, strings.Join(keys, ", "))
+		}
+	}
+	return nil
 }
 
 // rawBoot is one boot policy entry. Its keys are checked here: yaml.Node.Decode does
@@ -244,15 +272,8 @@ type rawBoot struct {
 
 func (r *rawBoot) UnmarshalYAML(n *yaml.Node) error {
 	r.line = n.Line
-	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: a boot policy entry is a mapping", n.Line)
-	}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		switch k := n.Content[i]; k.Value {
-		case "hardware", "secure_boot", "boot_applications", "forbidden", "pcrs":
-		default:
-			return fmt.Errorf("line %d: unknown boot policy field %q (hardware, secure_boot, boot_applications, forbidden, pcrs)", k.Line, k.Value)
-		}
+	if err := knownKeys(n, "boot", "hardware", "secure_boot", "boot_applications", "forbidden", "pcrs"); err != nil {
+		return err
 	}
 	return n.Decode(&r.Boot)
 }
@@ -501,6 +522,14 @@ func (b *builder) rest(file string, r *rawPolicy) {
 					continue
 				}
 				b.pol.Attestation.Boot = append(b.pol.Attestation.Boot, rb.Boot)
+			}
+			if rr := a.Runtime; rr != nil {
+				if err := rr.Runtime.Validate(); err != nil {
+					b.errorf(file, rr.line, "attestation runtime: %v", err)
+				} else {
+					rt := rr.Runtime
+					b.pol.Attestation.Runtime = &rt
+				}
 			}
 		}
 	}

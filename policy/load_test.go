@@ -93,6 +93,8 @@ func TestParseErrors(t *testing.T) {
 		{"missing days", "windows:\n  - name: w\n    from: '01:00'\n    to: '02:00'\n", `f.yaml:2: window "w": days missing`},
 		{"bad gate", "gates:\n  min_accuracy: 95\n", "f.yaml:2: gate min_accuracy 95: want a value in [0, 1]"},
 		{"bad max_age", "attestation:\n  max_age: soon\n", `f.yaml:2: attestation max_age "soon"`},
+		{"misspelt runtime field", "attestation:\n  runtime:\n    enforced: true\n", `f.yaml:3: unknown runtime policy field "enforced"`},
+		{"bad runtime digest", "attestation:\n  runtime:\n    agent: [abc]\n", `f.yaml:3: attestation runtime: reference: invalid: agent: "abc"`},
 		{"misspelt boot field", "attestation:\n  boot:\n    - secure_bot: true\n", `f.yaml:3: unknown boot policy field "secure_bot"`},
 		{"bad boot digest", "attestation:\n  boot:\n    - boot_applications: [abc]\n", `f.yaml:3: attestation boot: reference: invalid: boot_applications: "abc" is not 64 lowercase hex digits`},
 		{"boot PCR out of range", "attestation:\n  boot:\n    - pcrs: {10: [" + strings.Repeat("a", 64) + "]}\n", `f.yaml:3: attestation boot: reference: invalid: pcrs: 10 is not a boot PCR`},
@@ -194,8 +196,23 @@ func TestParseBootPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if p.Attestation.Runtime != nil {
+		t.Fatalf("runtime policy = %+v; want none", p.Attestation.Runtime)
+	}
 	b := p.Attestation.Boot
 	if len(b) != 2 || !b[0].SecureBoot || b[0].Hardware[0] != "aarch64" || b[0].BootApplications[0] != k || b[0].Forbidden[0] != d || b[0].PCRs[0][0] != d {
 		t.Fatalf("Parse boot policy = %+v", b)
+	}
+}
+
+func TestParseRuntimePolicy(t *testing.T) {
+	a, r := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	p, err := Parse(File{Name: "f.yaml", Data: []byte("attestation:\n  runtime:\n    agent: [" + a + "]\n    runtime: [" + r + "]\n    allowed: [" + r + "]\n    enforce: true\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := p.Attestation.Runtime
+	if rt == nil || !rt.Enforce || rt.Agent[0] != a || rt.Runtime[0] != r || rt.Allowed[0] != r {
+		t.Fatalf("Parse runtime policy = %+v", rt)
 	}
 }

@@ -68,6 +68,11 @@ type Attestation struct {
 	// boot log is required (one a device sends must still replay). A device that
 	// matches no entry of a non-empty list is untrusted.
 	Boot []reference.Boot
+	// Runtime is the runtime-integrity policy: what the device's IMA measurement list
+	// (PCR 10) must show of the agent, its runtime, the ONNX Runtime library and, with
+	// Enforce, everything else that ran. Nil: no IMA list is required (one a device
+	// sends must still replay).
+	Runtime *reference.Runtime
 }
 
 func (a Attestation) maxAge() time.Duration {

@@ -326,11 +326,23 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			boot = &reference.Boot{} // still require and replay the boot log
 		}
 	}
+	// The runtime-integrity (IMA) policy; an ONNX Runtime library that ran must be a
+	// published runtime target.
+	var rt *reference.Runtime
+	var libs []string
+	if pol != nil && pol.Attestation.Runtime != nil {
+		rt = pol.Attestation.Runtime
+		for t, ti := range cat {
+			if t.Kind == artifact.KindRuntime {
+				libs = append(libs, ti.SHA256)
+			}
+		}
+	}
 	// Check verifies the quote's signature over bound before it consumes the nonce, so
 	// a forged or altered check-in does not burn the device's nonce.
 	v := verify.Check(d.nonces.Consumer(ctx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
-		Boot: boot,
+		Boot: boot, Runtime: rt, RuntimeLibraries: libs,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
 		switch {
@@ -357,7 +369,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	if !v.Trusted || len(unknown) > 0 || noBoot != "" {
 		verdict = policy.VerdictUntrusted
 	}
-	resp, err := d.admit(ctx, &req, verdict, reasons, v.Boot, cat, now)
+	resp, err := d.admit(ctx, &req, verdict, reasons, v.Boot, v.Runtime, cat, now)
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
@@ -379,14 +391,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // the pure fleet.Admit): enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, boot *reference.BootState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
 	}
 	a := fleet.Admission{
 		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, LastError: req.LastError, At: now},
-		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
+		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Runtime: runtime, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
 	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))

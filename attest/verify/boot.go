@@ -154,3 +154,5 @@ func replayDetail(el *goattest.EventLog, pcr int, quoted []byte) string {
 	}
 	return fmt.Sprintf("the log's %d events replay to %x, the TPM quoted %x", n, cur, quoted)
 }
+
+func sha256Extend(cur, d [32]byte) [32]byte { return sha256.Sum256(append(cur[:], d[:]...)) }

@@ -93,6 +93,14 @@ type Policy struct {
 	// hardware class, reference.Select). Nil: a boot log the device sends is still
 	// replayed and must verify, but none is required.
 	Boot *reference.Boot
+	// Runtime, if set, requires the IMA measurement list: the quote covers PCR 10,
+	// the list replays to it, the agent and runtime binaries that ran are trusted
+	// builds and, with Runtime.Enforce, nothing else ran that the policy does not
+	// allow. Nil: a list the device sends must still replay, and is only reported.
+	Runtime *reference.Runtime
+	// RuntimeLibraries are the digests of the published runtime targets: an ONNX
+	// Runtime library in the IMA list must be one of them (or allowed by Runtime).
+	RuntimeLibraries []string
 }
 
 // Verdict is the result of Verify.
@@ -110,6 +118,8 @@ type Verdict struct {
 	// Boot is what the boot event log proved (nil: no boot log, or it did not
 	// replay).
 	Boot *reference.BootState `json:"boot,omitempty"`
+	// Runtime is what the IMA list proved (nil: no list, or it did not replay).
+	Runtime *reference.RuntimeState `json:"runtime,omitempty"`
 }
 
 func (v *Verdict) add(c Code, format string, args ...any) {
@@ -217,6 +227,9 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 	// 4b. Measured boot: the boot log replays to the quoted boot PCRs and satisfies
 	// the boot policy.
 	verifyBoot(&v, p, ev, selected, pcrsQuoted)
+	// 4c. Runtime integrity: the IMA list replays to the quoted PCR 10 and shows only
+	// trusted code.
+	verifyIMA(&v, p, ev, selected, pcrsQuoted)
 
 	// 5. The log replays to the measurement PCR.
 	if !slices.Contains(selected, pcr) {

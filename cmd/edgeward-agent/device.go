@@ -37,6 +37,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		once     = fs.Bool("once", false, "run one round and exit")
 		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
 		bootLog  = fs.String("boot-log", "", "TCG boot event log sent with every check-in, the quote then covering PCRs 0-7 (measured boot); default: "+agent.DefaultBootLog+" with a hardware TPM, none with a simulator; 'none': never")
+		imaLog   = fs.String("ima-log", "", "IMA measurement list (binary, SHA-256 bank) sent with every check-in, the quote then covering PCR 10 (runtime integrity); default: "+agent.DefaultIMALog+" with a hardware TPM, none with a simulator; 'none': never")
 		auditKey = fs.String("audit-key", "", "the server's audit log verifier key ('edgeward audit pubkey'), inline or a file: the device then witnesses the log and refuses answers whose checkpoint does not extend the last one it verified")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem) and for https metadata and targets URLs; with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
@@ -61,7 +62,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		}
 	}
 	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
-		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
+		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
 		Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log})
 }
 

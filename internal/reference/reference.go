@@ -131,3 +131,50 @@ func Learn(s BootState, hardware string) Boot {
 	}
 	return b
 }
+
+// Runtime is what a device's IMA measurement list (PCR 10) must show of the code that
+// ran after the kernel: the agent, its runtime, the ONNX Runtime library and every
+// other file the device's IMA policy measures (with `measure func=BPRM_CHECK uid=0`
+// and `measure func=FILE_MMAP mask=MAY_EXEC uid=0`: every executable and library
+// root ran). Digests are lowercase hex SHA-256 of the files.
+type Runtime struct {
+	// Agent are the trusted builds of edgeward-agent. Every measured file named
+	// edgeward-agent must be one of them, and one must be measured.
+	Agent []string `json:"agent,omitempty" yaml:"agent"`
+	// Runtime are the trusted builds of edgeward-runtime; every measured file of that
+	// name must be one of them.
+	Runtime []string `json:"runtime,omitempty" yaml:"runtime"`
+	// Allowed are the other files that may run (the OS's executables and libraries).
+	// An ONNX Runtime library (libonnxruntime.so*) must be a published runtime target
+	// or one of these, whatever Enforce says.
+	Allowed []string `json:"allowed,omitempty" yaml:"allowed"`
+	// Enforce: a measured file in none of the lists makes the verdict untrusted.
+	// False (audit only): such files are recorded with the verdict, which stays
+	// trusted.
+	Enforce bool `json:"enforce,omitempty" yaml:"enforce"`
+}
+
+// Validate checks the digests.
+func (r *Runtime) Validate() error {
+	for _, l := range []struct {
+		name string
+		ds   []string
+	}{{"agent", r.Agent}, {"runtime", r.Runtime}, {"allowed", r.Allowed}} {
+		for _, d := range l.ds {
+			if err := checkDigest(d); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrInvalid, l.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// RuntimeState is what a verified IMA list proves: the digests of the agent and
+// runtime binaries that ran and the files no list names (audit only).
+type RuntimeState struct {
+	Entries int      `json:"entries"`
+	Agent   []string `json:"agent,omitempty"`
+	Runtime []string `json:"runtime,omitempty"`
+	// Unknown are "path sha256" of measured files no list names (at most 100).
+	Unknown []string `json:"unknown,omitempty"`
+}

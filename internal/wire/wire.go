@@ -37,8 +37,9 @@ const (
 	PathAttest = "/v1/attest"
 )
 
-// MaxRequestBytes bounds a check-in request (evidence, log and reports included).
-const MaxRequestBytes = 4 << 20
+// MaxRequestBytes bounds a check-in request (evidence, logs and reports included; the
+// boot and IMA logs, base64 in JSON, take up to 4 MiB of it).
+const MaxRequestBytes = 8 << 20
 
 // DeviceCA tells a device where to get its certificate: step-ca's ACME directory for
 // device-attest-01 and the root of its TLS certificate and of device certificates.
@@ -148,6 +149,10 @@ type Evidence struct {
 	// boot policy rejects. Not covered by QuoteData: its integrity is proven by
 	// replaying it to the quoted PCR values.
 	BootLog []byte `json:"boot_log,omitempty"`
+	// IMALog is the kernel's IMA measurement list (binary, SHA-256 template hashes,
+	// ima-ng; see internal/ima), read after the quote, which then covers PCR 10 too.
+	// Empty: no runtime-integrity evidence, which a runtime policy rejects.
+	IMALog []byte `json:"ima_log,omitempty"`
 }
 
 // MaxBootLogBytes bounds a boot event log (real ones are 10–100 KiB).

@@ -40,6 +40,9 @@ type Admission struct {
 	// Boot is what the device's boot event log proved (nil: it sent none, or it did
 	// not verify); recorded with the verdict.
 	Boot *reference.BootState
+	// Runtime is what the device's IMA list proved (nil: none, or it did not verify),
+	// with the files no policy list names; recorded with the verdict.
+	Runtime *reference.RuntimeState
 	// Policy in force; its rollouts attribute reports and receive the untrusted reports.
 	Policy *policy.Policy
 	// States are the stored states of Policy's rollouts at receipt, by ID (a rollout
@@ -186,6 +189,9 @@ func Admit(a Admission) (Admitted, error) {
 	verdictData := map[string]any{"verdict": a.Verdict, "reasons": a.Reasons}
 	if a.Boot != nil {
 		verdictData["boot"] = a.Boot
+	}
+	if a.Runtime != nil {
+		verdictData["runtime"] = a.Runtime
 	}
 	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, verdictData})
 	if a.Verdict != policy.VerdictTrusted && a.Quarantine && !before.Quarantined {
