@@ -72,9 +72,13 @@ func verifyIMA(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted boo
 	entries = entries[:covered]
 	st := reference.RuntimeState{Entries: len(entries)}
 	r := p.Runtime
-	var allowed []string
+	allowed := map[string]bool{}
 	if r != nil {
-		allowed = slices.Concat(r.Agent, r.Runtime, r.Allowed)
+		for _, l := range [][]string{r.Agent, r.Runtime, r.Allowed} {
+			for _, d := range l {
+				allowed[d] = true
+			}
+		}
 	}
 	agentSeen := false
 	for i, e := range entries {
@@ -97,12 +101,12 @@ func verifyIMA(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted boo
 			}
 			continue
 		case strings.HasPrefix(base, "libonnxruntime.so"):
-			if !slices.Contains(p.RuntimeLibraries, d) && !slices.Contains(allowed, d) {
+			if !slices.Contains(p.RuntimeLibraries, d) && !allowed[d] {
 				v.add(IMAUntrustedFile, "entry %d: the ONNX Runtime library %s has digest %s, which is no published runtime target", i, e.Path, d)
 			}
 			continue
 		}
-		if e.Violation || !slices.Contains(allowed, d) {
+		if e.Violation || !allowed[d] {
 			what := e.Path + " " + d
 			if e.Violation {
 				what = e.Path + " (measured while open for writing)"

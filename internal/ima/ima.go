@@ -74,8 +74,8 @@ func Parse(b []byte) ([]Entry, error) {
 			return nil, fmt.Errorf("%w: more than %d entries", ErrMalformed, MaxEntries)
 		}
 		var e Entry
-		var pcr uint32
-		if err := binary.Read(r, binary.LittleEndian, &pcr); err != nil {
+		pcr, err := u32(r)
+		if err != nil {
 			return nil, fmt.Errorf("%w: entry %d: %v", ErrMalformed, n, err)
 		}
 		if pcr > 23 {
@@ -108,9 +108,17 @@ func Parse(b []byte) ([]Entry, error) {
 	return out, nil
 }
 
+func u32(r *bytes.Reader) (uint32, error) {
+	var b [4]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(b[:]), nil
+}
+
 func field(r *bytes.Reader, max int) ([]byte, error) {
-	var l uint32
-	if err := binary.Read(r, binary.LittleEndian, &l); err != nil {
+	l, err := u32(r)
+	if err != nil {
 		return nil, err
 	}
 	if int(l) > max || int(l) > r.Len() {
