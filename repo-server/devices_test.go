@@ -64,9 +64,16 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 // newDeviceFixtureWith is newDeviceFixture under the policy file policyYAML.
 func newDeviceFixtureWith(t *testing.T, policyYAML string) (*deviceFixture, *device) {
 	t.Helper()
-	f := newFixture(t, repository.KeyEd25519)
+	return newDeviceFixtureOn(t, policyYAML, "")
+}
+
+// newDeviceFixtureOn is newDeviceFixtureWith with the server's database at db
+// (DBLocation: a PostgreSQL URL, or "" for sqlite in the repository directory).
+func newDeviceFixtureOn(t *testing.T, policyYAML, db string) (*deviceFixture, *device) {
+	t.Helper()
+	f := newFixtureOn(t, repository.KeyEd25519, db)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), db))
 	if err != nil {
 		t.Fatal(err)
 	}
