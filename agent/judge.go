@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -62,8 +64,23 @@ func (j *RuntimeJudge) rc() *runtimeapi.Client {
 		if p := j.Runtimes.Current(); p != nil {
 			return p.Client
 		}
+		// None serves: it died and the supervisor is restarting it. Calls fail (they
+		// must not dereference nothing), and a trial they fail is retried.
+		return &runtimeapi.Client{BaseURL: "http://runtime", HTTPClient: &http.Client{Transport: downTransport{}}}
 	}
 	return j.Runtime
+}
+
+// ErrNoServingRuntime is the error of every control call while the supervised runtime is
+// down (it died and is being restarted). It wraps ECONNREFUSED, so a trial it fails is
+// an infrastructure failure (updater.Transient): retried once the runtime is back.
+var ErrNoServingRuntime = fmt.Errorf("no serving runtime: it died and is being restarted: %w", syscall.ECONNREFUSED)
+
+// downTransport fails every request with ErrNoServingRuntime.
+type downTransport struct{}
+
+func (downTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, ErrNoServingRuntime
 }
 
 func (j *RuntimeJudge) logger() *slog.Logger {

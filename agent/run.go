@@ -167,7 +167,8 @@ func (c Config) withDefaults() Config {
 
 // Run runs the agent until ctx ends (then it returns nil) or, with Once, for one round.
 //
-// With a Server it serves first: it recovers the slots, binds the public inference
+// With a Server it serves first: it recovers the slots without the network
+// (rollback.Manager.RecoverLocal: an interrupted download waits), binds the public inference
 // socket, starts the runtime and loads and measures the committed model before any
 // network work, so a device that restarts during an outage keeps serving what it
 // committed. Then it enrolls with the server's attestation CA and obtains its device
@@ -198,11 +199,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if st.TPM == nil {
 		return ErrNoTPM
 	}
-	if err := st.Slots.Recover(ctx); err != nil {
+	// Serve first: nothing below waits on the network. An interrupted download is left
+	// to the update loop (its Recover resumes it once the server answers).
+	if err := st.Slots.RecoverLocal(ctx); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 
-	// Serve first: nothing below waits on the network.
 	mlog, err := OpenMeasurementLog(ctx, st.Dir.Measurements(), st.TPM, cfg.PCR)
 	if err != nil {
 		return err

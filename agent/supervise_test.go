@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,7 +21,10 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/updater"
 )
 
 // runtimePIDs lists the edgeward-runtime processes whose command line names dir (their
@@ -340,5 +344,25 @@ func TestCrashLoopIsRateLimited(t *testing.T) {
 	}
 	if e := withRuntimeDown(nil, h, time.Now(), 3*time.Second); e == nil || e.Kind != wire.ErrorRuntimeDown || !strings.Contains(e.Message, "crash loop") {
 		t.Errorf("check-in last error = %+v; want runtime_down naming the crash loop", e)
+	}
+}
+
+// TestJudgeWithTheRuntimeDown: while the supervised runtime is down (dead, being
+// restarted) the judge neither panics nor blames the version: undoing a trial does
+// nothing, and a control call fails with an error the updater retries as an
+// infrastructure failure.
+func TestJudgeWithTheRuntimeDown(t *testing.T) {
+	ctx := context.Background()
+	j := &RuntimeJudge{Runtimes: &Runtimes{}}
+	target := rollback.Target{Path: "models/vibration-anomaly/1.1.0.onnx", Version: "1.1.0"}
+	if err := j.RolledBack(ctx, artifact.KindModel, target, artifact.Meta{}); err != nil {
+		t.Errorf("RolledBack with the runtime down = %v; want nil (nothing loaded)", err)
+	}
+	_, err := j.rc().Index(ctx)
+	if !errors.Is(err, ErrNoServingRuntime) || !updater.Transient(err) || updater.ClassifyError(fmt.Errorf("trial: %w: %w", updater.ErrRuntimeDown, err)) != wire.ErrorRuntimeDown {
+		t.Errorf("control call with the runtime down = %v; want ErrNoServingRuntime, transient", err)
+	}
+	if attrs := j.DriftAttrs(ctx); attrs != nil {
+		t.Errorf("DriftAttrs with the runtime down = %v; want none", attrs)
 	}
 }

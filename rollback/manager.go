@@ -143,7 +143,43 @@ func (m *Manager) Floor(ctx context.Context, kind artifact.Kind) (uint64, error)
 // download, re-verifies, rolls back a trial past its deadline, and discards anything in an
 // inactive slot that no transaction owns. A download that fails again is returned as an
 // error after the other kinds were recovered.
-func (m *Manager) Recover(ctx context.Context) error {
+func (m *Manager) Recover(ctx context.Context) error { return m.recover(ctx, m.cfg.Fetch) }
+
+// RecoverLocal is Recover without the network: it does everything Recover does except
+// resume an interrupted download, which stays downloading, owned by its transaction,
+// for the next Recover or Install. A device calls it before it serves, so that neither
+// a missing server nor a slow download delays serving the committed versions.
+func (m *Manager) RecoverLocal(ctx context.Context) error {
+	err := m.recover(ctx, deferredFetch{})
+	var errs []error
+	for _, e := range unjoin(err) {
+		if !errors.Is(e, errDeferred) {
+			errs = append(errs, e)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// errDeferred is how RecoverLocal leaves a download for later: a transient fetch
+// failure, so the transaction stays downloading.
+var errDeferred = errors.New("download deferred to the next Recover")
+
+type deferredFetch struct{}
+
+func (deferredFetch) Fetch(context.Context, Target, string) error { return errDeferred }
+
+// unjoin returns the errors an errors.Join holds (err itself if it is not one).
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+func (m *Manager) recover(ctx context.Context, fetch Fetcher) error {
 	var errs []error
 	for _, k := range Kinds() {
 		if err := m.removeLeftovers(ctx, k); err != nil {
@@ -152,7 +188,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		if err := m.adopt(ctx, k); err != nil {
 			errs = append(errs, err)
 		}
-		if _, err := m.drive(ctx, k, EvRecover{}, m.cfg.Fetch); err != nil {
+		if _, err := m.drive(ctx, k, EvRecover{}, fetch); err != nil {
 			errs = append(errs, err)
 		}
 	}

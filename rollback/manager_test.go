@@ -286,3 +286,62 @@ func TestOpenDBPragmas(t *testing.T) {
 		t.Errorf("PRAGMA synchronous = %d; want 2 (FULL)", sync)
 	}
 }
+
+// TestRecoverLocalLeavesTheDownload: before a device serves, RecoverLocal recovers
+// without the network: an interrupted download is not resumed (no fetch), stays
+// downloading and is not an error; a trial past its deadline still rolls back. Recover
+// then resumes the download.
+func TestRecoverLocalLeavesTheDownload(t *testing.T) {
+	ctx := context.Background()
+	b, c := &blobs{}, &clock{t: t0}
+	dir := t.TempDir()
+	m := openTest(t, dir, b, nil, c)
+	v1, v2 := b.add("1.0.0"), b.add("1.1.0")
+	commit(t, m, v1)
+	b.fail = errors.New("connection refused")
+	if s, err := m.Install(ctx, artifact.KindModel, v2); err == nil || s.Phase != Downloading {
+		t.Fatalf("Install with the server down = %v, %v; want an error, still downloading", s, err)
+	}
+	m.Close()
+	m, err := Open(ctx, Config{Dir: dir, Fetch: b, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	calls := b.calls
+	if err := m.RecoverLocal(ctx); err != nil {
+		t.Fatalf("RecoverLocal with a download to resume = %v; want nil", err)
+	}
+	if b.calls != calls {
+		t.Errorf("RecoverLocal fetched %d times; want no network", b.calls-calls)
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != Downloading || s.Current.Version != "1.0.0" {
+		t.Errorf("after RecoverLocal: %v; want still downloading 1.1.0 with 1.0.0 committed", s)
+	}
+	if err := m.CheckInvariant(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.fail = nil
+	if err := m.Recover(ctx); err != nil {
+		t.Fatalf("Recover with the server back = %v", err)
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != Staged || s.Pending.Version != "1.1.0" {
+		t.Errorf("after Recover: %v; want 1.1.0 staged", s)
+	}
+
+	// A trial past its deadline rolls back without the network too.
+	m.BeginTrial(ctx, artifact.KindModel, time.Minute)
+	m.Close()
+	c.t = c.t.Add(2 * time.Minute)
+	m, err = Open(ctx, Config{Dir: dir, Fetch: b, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.RecoverLocal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != RolledBack || s.Current.Version != "1.0.0" {
+		t.Errorf("RecoverLocal past the trial deadline: %v; want rolled back to 1.0.0", s)
+	}
+}
