@@ -58,6 +58,7 @@ func commands() []command {
 		{"audit witness", "cosign the audit checkpoints of logs you witness: --name N --key FILE --state FILE --log KEY", cmdAuditWitness},
 		{"audit move-key", "move the audit checkpoint key out of the data directory: --to FILE", cmdAuditMoveKey},
 		{"audit pubkey", "print the audit log's verifier key (note format; --pem for PEM)", cmdAuditPubkey},
+		{"attest learn", "draft the boot and runtime (IMA) policy from a reference device's last trusted verdict: EXPORT --device ID", cmdAttestLearn},
 		{"server", "serve the repository over HTTP", cmdServer},
 		{"token create", "issue an operator API token: --name N --role R [--server URL]", cmdTokenCreate},
 		{"token list", "list operator tokens (no secrets): --server URL", cmdTokenList},

@@ -10,7 +10,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -177,4 +179,64 @@ type RuntimeState struct {
 	Runtime []string `json:"runtime,omitempty"`
 	// Unknown are "path sha256" of measured files no list names (at most 100).
 	Unknown []string `json:"unknown,omitempty"`
+}
+
+// LearnRuntime drafts the runtime policy that admits exactly what this verified IMA
+// list showed: its agent and runtime builds, and every other file it listed as unknown
+// (allowed). Enforce stays off: a security admin turns it on after review.
+func LearnRuntime(s RuntimeState) Runtime {
+	r := Runtime{Agent: sortedSet(s.Agent), Runtime: sortedSet(s.Runtime)}
+	var allowed []string
+	for _, u := range s.Unknown {
+		if i := strings.LastIndexByte(u, ' '); i >= 0 && checkDigest(u[i+1:]) == nil {
+			allowed = append(allowed, u[i+1:])
+		}
+	}
+	r.Allowed = sortedSet(allowed)
+	return r
+}
+
+func sortedSet(s []string) []string {
+	out := slices.Clone(s)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Draft writes the attestation section of a policy file (YAML) holding b and r (either
+// may be nil), under a comment naming where they were learned. The policy loader reads
+// it back to the same values.
+func Draft(b *Boot, r *Runtime, learnedFrom string) string {
+	var w strings.Builder
+	list := func(indent, key string, ds []string) {
+		if len(ds) == 0 {
+			return
+		}
+		fmt.Fprintf(&w, "%s%s:\n", indent, key)
+		for _, d := range ds {
+			fmt.Fprintf(&w, "%s  - %q\n", indent, d)
+		}
+	}
+	fmt.Fprintf(&w, "# Drafted by edgeward attest learn from %s.\n# Review every digest before this goes into the policy (one file holds the attestation section).\nattestation:\n", learnedFrom)
+	if b != nil {
+		w.WriteString("  boot:\n")
+		fmt.Fprintf(&w, "    - secure_boot: %v\n", b.SecureBoot)
+		list("      ", "hardware", b.Hardware)
+		list("      ", "boot_applications", b.BootApplications)
+		list("      ", "forbidden", b.Forbidden)
+		pcrs := slices.Sorted(maps.Keys(b.PCRs))
+		if len(pcrs) > 0 {
+			w.WriteString("      pcrs:\n")
+			for _, p := range pcrs {
+				list("        ", strconv.Itoa(p), b.PCRs[p])
+			}
+		}
+	}
+	if r != nil {
+		w.WriteString("  runtime:\n")
+		fmt.Fprintf(&w, "    enforce: %v # turn on once allowed lists everything root runs\n", r.Enforce)
+		list("    ", "agent", r.Agent)
+		list("    ", "runtime", r.Runtime)
+		list("    ", "allowed", r.Allowed)
+	}
+	return w.String()
 }
