@@ -200,3 +200,74 @@ func testUpgradeBackfillsLatestReports(t *testing.T, db opener) {
 		t.Fatalf("WaveStats after upgrade = %+v, %v; want %+v", got, err, want)
 	}
 }
+
+// TestCheckInReadsAreBoundedPostgres is TestCheckInReadsAreBounded's plan check on
+// PostgreSQL: 100,000 reports and verdicts and 100,000 latest-report rows (50 rollouts
+// of 2,000 devices), seeded in SQL, analysed, and every read a check-in makes on a table
+// that grows with history is an index scan, never a sequential one. (The rollouts table
+// holds one row per rollout, so PostgreSQL may read it whole; it does not grow with
+// history.)
+func TestCheckInReadsAreBoundedPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seeds 100,000 reports")
+	}
+	ctx := context.Background()
+	s, err := Open(ctx, pg.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, q := range []string{
+		`INSERT INTO devices (id, enrolled_at) SELECT 'dev-' || lpad(i::text, 5, '0'), 1 FROM generate_series(0, 1999) i`,
+		`INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, at)
+			SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'vib-' || (g % 50), 'model', 'vib', (g % 50) || '.0.0', 'committed', g FROM generate_series(0, 99999) g`,
+		`INSERT INTO verdicts (device_id, verdict, at) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'trusted', g FROM generate_series(0, 99999) g`,
+		`INSERT INTO device_reports_seen (device_id, id) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'r' || g FROM generate_series(0, 99999) g`,
+		`INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at)
+			SELECT 'vib-' || r, 'vib', r || '.0.0', id, abs(hashtext(id || r)) % 10000, (abs(hashtext(id)) % 7 = 0)::int, 1 FROM devices, generate_series(0, 49) r`,
+		`ANALYZE`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatalf("seed: %v\n%s", err, q)
+		}
+	}
+	var n int
+	if err := s.db.QueryRow(`SELECT count(*) FROM reports`).Scan(&n); err != nil || n < 100000 {
+		t.Fatalf("seeded %d reports (%v); want at least 100,000", n, err)
+	}
+	for _, c := range []struct {
+		name  string
+		query string
+		args  []any
+		index string // the index the plan must search
+	}{
+		{"device row", deviceQuery, []any{"dev-00042"}, "devices_pkey"},
+		{"report dedup mark", seenQuery, []any{"dev-00042", "r42"}, "device_reports_seen_pkey"},
+		{"wave counts", waveCountsQuery, []any{"vib-7", "vib", "7.0.0", 500, 3000, int64(0)}, "rollout_latest_"},
+		{"device update", `UPDATE devices SET slots = ? WHERE id = ?`, []any{"{}", "dev-00042"}, "devices_pkey"},
+		{"a device's verdicts", `SELECT verdict FROM verdicts WHERE device_id = ? ORDER BY at DESC LIMIT 10`, []any{"dev-00042"}, "verdicts_device"},
+		{"a device's reports", `SELECT outcome FROM reports WHERE device_id = ? ORDER BY at DESC LIMIT 10`, []any{"dev-00042"}, "reports_device"},
+	} {
+		rows, err := s.db.QueryContext(ctx, `EXPLAIN `+c.query, c.args...)
+		if err != nil {
+			t.Fatalf("EXPLAIN %s: %v", c.name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Fatal(err)
+			}
+			plan = append(plan, strings.TrimSpace(line))
+		}
+		rows.Close()
+		joined := strings.Join(plan, "; ")
+		t.Logf("%s: %s", c.name, joined)
+		if !strings.Contains(joined, c.index) {
+			t.Errorf("%s: plan %q; want a search of index %s", c.name, joined, c.index)
+		}
+		if strings.Contains(joined, "Seq Scan") {
+			t.Errorf("%s: the plan scans a table: %s", c.name, joined)
+		}
+	}
+}
