@@ -123,7 +123,9 @@ func DecodeInferRequest(body []byte, maxElements int) (runtimeapi.InferRequest, 
 	if err := dec.Decode(&req); err != nil {
 		return req, nil, nil, fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
 	}
-	if dec.More() {
+	// Anything but the end of the body is trailing data (Decoder.More would let a stray
+	// '}' or ']' through).
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
 	}
 	if len(req.Inputs) == 0 {
