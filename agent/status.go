@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -29,6 +30,11 @@ type Status struct {
 	LastCheckIn       time.Time `json:"last_check_in,omitzero"`
 	LastCheckInResult string    `json:"last_check_in_result,omitempty"`
 	ReportsWaiting    int       `json:"reports_waiting"`
+	// TrustedRoot is the version of the TUF root the device trusts and
+	// TimestampExpires when its trusted timestamp expires (zero: none yet): a device
+	// follows root rotations at its next refresh.
+	TrustedRoot      int64     `json:"trusted_root,omitempty"`
+	TimestampExpires time.Time `json:"timestamp_expires,omitzero"`
 	// Known only to a running agent.
 	DeviceID  string            `json:"device_id,omitempty"`
 	Server    string            `json:"server,omitempty"`
@@ -100,7 +106,25 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
 		out.Runtime = &h
 	}
+	out.TrustedRoot, _ = metadataSigned(filepath.Join(s.Dir.TUF(), updater.RootFile))
+	_, out.TimestampExpires = metadataSigned(filepath.Join(s.Dir.TUF(), "timestamp.json"))
 	return out, nil
+}
+
+// metadataSigned reads the version and expiry of a trusted metadata file (zero values
+// when it cannot be read: status shows what it finds).
+func metadataSigned(path string) (int64, time.Time) {
+	var md struct {
+		Signed struct {
+			Version int64     `json:"version"`
+			Expires time.Time `json:"expires"`
+		} `json:"signed"`
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || json.Unmarshal(b, &md) != nil {
+		return 0, time.Time{}
+	}
+	return md.Signed.Version, md.Signed.Expires
 }
 
 // WriteStatus prints the state as it is (ReadStatus) for a person on the device.
@@ -146,6 +170,13 @@ func (st Status) Write(w io.Writer) {
 		fmt.Fprintf(w, "last error: %s at %s: %s\n", e.Kind, e.At.UTC().Format(time.RFC3339), e.Message)
 	}
 	fmt.Fprintf(w, "reports waiting: %d\n", st.ReportsWaiting)
+	if st.TrustedRoot > 0 {
+		fmt.Fprintf(w, "TUF: root v%d", st.TrustedRoot)
+		if !st.TimestampExpires.IsZero() {
+			fmt.Fprintf(w, ", timestamp expires %s", st.TimestampExpires.UTC().Format(time.RFC3339))
+		}
+		fmt.Fprintln(w)
+	}
 	if st.DeviceID != "" {
 		fmt.Fprintf(w, "device: %s (server %s)\n", st.DeviceID, st.Server)
 	}

@@ -286,6 +286,10 @@ func FreePort() (int, error) {
 // port returns a free port (a pair p, p+1 with pair) that the lab has not handed out
 // before: a port just freed is often handed out again by the kernel, and the process
 // meant to bind it may not have started yet.
+// Port reserves a free port on 127.0.0.1 (with pair, the next one too) for a process the
+// caller starts itself; the lab's own processes never get it.
+func (l *Lab) Port(pair bool) (int, error) { return l.port(pair) }
+
 func (l *Lab) port(pair bool) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 
 	"github.com/edgeward/edgeward/lab/demo"
+	"github.com/edgeward/edgeward/runtime/modelgen"
 )
 
 // cmdDemo runs the demonstration scenario (lab/demo). It stays a subcommand of edgeward,
@@ -25,4 +28,26 @@ func cmdDemo(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	return demo.Run(ctx, cfg)
+}
+
+// cmdDemoModels writes the demo's example models and probe sets, for trying Edgeward by
+// hand (docs/WALKTHROUGH.md) without a model of one's own.
+func cmdDemoModels(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet("demo models", env)
+	out := fs.String("out", "models", "directory to write models/vibration/V.onnx and probes/vibration/V.json into")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return errors.New("usage: edgeward demo models [--out DIR]")
+	}
+	if err := modelgen.WriteFiles(*out); err != nil {
+		return err
+	}
+	for _, s := range modelgen.Specs() {
+		fmt.Fprintf(env.stdout, "%s/models/vibration/%s.onnx  %s/probes/vibration/%s.json\n", *out, s.Version, *out, s.Version)
+	}
+	fmt.Fprintln(env.stdout, "vibration 1.0.0 is good, 1.1.0 better, 2.0.0 degraded (its probe fails); input x: FP32 [N,4], output label")
+	return nil
 }

@@ -13,6 +13,7 @@
 //	edgeward devices list|show|quarantine|release|label         the fleet (--server)
 //	edgeward token create|list|revoke operator API tokens
 //	edgeward demo                     run the demonstration scenario
+//	edgeward demo models              write the demo's example models and probe sets
 //	edgeward version                  version, commit and Go version (also --version)
 //
 // The repository directory is --repo, or $EDGEWARD_REPO, or ./edgeward-repo. Passphrases
@@ -75,6 +76,7 @@ func commands() []command {
 		{"devices release", "release a quarantined device: ID", deviceActionCmd("release")},
 		{"devices clear-failed", "offer a device the versions that failed on it again: ID [--kind model|runtime] (default both)", cmdDevicesClearFailed},
 		{"devices label", "set a device's labels: ID key=value… [--replace]", cmdDevicesLabel},
+		{"demo models", "write the demo's example models and probe sets: [--out DIR]", cmdDemoModels},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}
 }
