@@ -220,7 +220,8 @@ func (d *deviceAPI) nonce(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusForbidden, why)
 		return
 	}
-	n, err := d.nonces.Issue(r.Context(), req.DeviceID)
+	// The store's writes run to their end even if the device hangs up (see checkIn).
+	n, err := d.nonces.Issue(context.WithoutCancel(r.Context()), req.DeviceID)
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
@@ -340,7 +341,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	}
 	// Check verifies the quote's signature over bound before it consumes the nonce, so
 	// a forged or altered check-in does not burn the device's nonce.
-	v := verify.Check(d.nonces.Consumer(ctx), req.DeviceID, req.Nonce, bound, verify.Policy{
+	//
+	// The store's writes (the nonce, the admission) run to their end even if the device
+	// hangs up: a statement interrupted by a cancelled context makes sqlite roll back
+	// the whole transaction, which under group commit is shared with other devices'
+	// check-ins (fleet.committer fails them all, unanswered, rather than lose one).
+	// The device retries; its report IDs make the retry count once.
+	storeCtx := context.WithoutCancel(ctx)
+	v := verify.Check(d.nonces.Consumer(storeCtx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
 		Boot: boot, Runtime: rt, RuntimeLibraries: libs,
 	}, req.Evidence, now)
@@ -369,7 +377,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	if !v.Trusted || len(unknown) > 0 || noBoot != "" {
 		verdict = policy.VerdictUntrusted
 	}
-	resp, err := d.admit(ctx, &req, verdict, reasons, v.Boot, v.Runtime, cat, now)
+	resp, err := d.admit(storeCtx, &req, verdict, reasons, v.Boot, v.Runtime, cat, now)
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)

@@ -52,8 +52,9 @@ func invalid(field, format string, args ...any) error {
 // Store is the fleet database. It is safe for concurrent use, and on PostgreSQL by
 // several processes (replicas) on one database.
 type Store struct {
-	db    *sqlDB
-	audit AppendFunc // nil: changes are not audited (see WithAudit)
+	db     *sqlDB
+	commit *committer // runs every store transaction (group commit)
+	audit  AppendFunc // nil: changes are not audited (see WithAudit)
 }
 
 // IsPostgres reports whether where names a PostgreSQL database (a postgres:// or
@@ -76,9 +77,9 @@ func Open(ctx context.Context, where string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet store: %w", err)
 	}
-	s := &Store{db: &sqlDB{DB: db, dialect: sqliteDialect}}
+	s := newStore(&sqlDB{DB: db, dialect: sqliteDialect})
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", where, err)
 	}
 	return s, nil
@@ -95,13 +96,13 @@ func openPostgres(ctx context.Context, url string) (*Store, error) {
 	db.SetMaxOpenConns(PostgresConns)
 	db.SetMaxIdleConns(PostgresConns)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &Store{db: &sqlDB{DB: db, dialect: postgresDialect}}
 	if err := db.PingContext(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
 	}
+	s := newStore(&sqlDB{DB: db, dialect: postgresDialect})
 	if err := s.migrate(ctx); err != nil {
-		db.Close()
+		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
 	}
 	return s, nil
@@ -118,11 +119,22 @@ func redactURL(u string) string {
 // Engine names the store's database engine: "sqlite" or "postgres".
 func (s *Store) Engine() string { return s.db.dialect.String() }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func newStore(db *sqlDB) *Store {
+	return &Store{db: db, commit: newCommitter(db)}
+}
 
-// tx runs f in a transaction and commits it if f returns nil; f may run more than once
-// (it must set what it returns afresh each time).
+// Close closes the database, after the transactions already submitted.
+func (s *Store) Close() error {
+	s.commit.close()
+	return s.db.Close()
+}
+
+// tx runs f in a transaction and commits it if f returns nil; when tx returns nil the
+// change is committed (durably: see committer). f may run more than once (it must set
+// what it returns afresh each time). It runs on the committer's goroutine, after the
+// transactions queued before it and seeing their writes, possibly in one database
+// transaction with other callers' (group commit), each still committing or rolling
+// back alone. It must not start another transaction of the store.
 //
 // On sqlite the transaction takes the database's write lock when it begins (BEGIN
 // IMMEDIATE), and the store's single connection serialises its transactions.
@@ -137,38 +149,7 @@ func (s *Store) Close() error { return s.db.Close() }
 // the lock. A transaction the server aborts to stay serialisable (a deadlock, a
 // serialisation failure) is run again, up to txRetries times.
 func (s *Store) tx(ctx context.Context, f func(*txn) error) error {
-	wait := retryBackoff
-	for attempt := 0; ; attempt++ {
-		err := s.tx1(ctx, f)
-		if err == nil || !retryable(err) || attempt == txRetries {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(wait):
-		}
-		wait *= 2
-	}
-}
-
-func (s *Store) tx1(ctx context.Context, f func(*txn) error) error {
-	tx, err := s.db.DB.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	t := &txn{Tx: tx, dialect: s.db.dialect}
-	if s.db.dialect == postgresDialect {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("fleet writer lock: %w", err)
-		}
-	}
-	if err := f(t); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return s.commit.do(ctx, f)
 }
 
 // Times are stored as Unix nanoseconds, 0 for the zero time.

@@ -55,6 +55,9 @@ var storeSuite = []struct {
 	{"InfrastructureReportsAreNotWaveResults", testInfrastructureReportsAreNotWaveResults},
 	{"ConcurrentStoresOneDatabase", testConcurrentStoresOneDatabase},
 	{"ChallengesInTheDatabase", testChallengesInTheDatabase},
+	{"GroupCommitFailsAlone", testGroupCommitFailsAlone},
+	{"GroupCommitFailureFailsTheBatch", testGroupCommitFailureFailsTheBatch},
+	{"GroupCommitSurvivesAnInterruptedStatement", testGroupCommitSurvivesAnInterruptedStatement},
 }
 
 func runStoreSuite(t *testing.T, db opener) {

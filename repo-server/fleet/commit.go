@@ -1,0 +1,218 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ErrClosed is returned for a transaction submitted to a closed store.
+var ErrClosed = errors.New("fleet store closed")
+
+// maxBatch bounds how many transactions share one commit.
+const maxBatch = 128
+
+// committer runs the store's write transactions with group commit: one goroutine takes
+// every transaction waiting at that moment (up to maxBatch), runs each inside its own
+// SAVEPOINT of one database transaction, and commits them together, with one fsync of
+// the write-ahead log for the whole batch. No transaction waits for a batch to fill: a
+// lone one is committed at once, and under load the transactions that arrive during a
+// commit form the next batch.
+//
+// Each transaction still succeeds or fails alone. One whose function returns an error
+// is rolled back to its savepoint; the others of the batch are not touched. One that
+// succeeded returns only after the batch's COMMIT returned, i.e. after sqlite
+// (journal_mode=WAL, synchronous=FULL, durable.OpenSQLite) has fsynced the log with its
+// frames: a caller that answers its client after tx returns nil never answers for a
+// change a power cut can take back. If the commit fails, every transaction of the batch
+// gets the error and none was answered. A power cut before the commit loses the whole
+// batch, all of it unanswered; the clients retry (check-in report IDs make retries
+// idempotent).
+//
+// Transactions of one batch run one after another on one connection, each seeing the
+// writes of those before it: the same as running them serially, as the single
+// connection did before.
+//
+// If sqlite rolls the whole transaction back on its own (a statement interrupted by a
+// cancelled context, an I/O error, a full disk), the savepoints are gone; the committer
+// notices (releasing the savepoint fails) and fails every transaction of the batch,
+// none of which was answered. A transaction whose context is already done when its turn
+// comes is not run.
+type committer struct {
+	db   *sqlDB
+	jobs chan *txJob
+
+	mu     sync.RWMutex // held for reading by senders, for writing by close
+	closed bool
+	done   chan struct{} // closed when run has returned
+
+	// beforeCommit, for tests, runs before each batch's COMMIT; an error fails the
+	// batch. nil in production.
+	beforeCommit func(batch int) error
+}
+
+type txJob struct {
+	ctx  context.Context
+	f    func(*txn) error
+	err  error
+	done chan struct{}
+}
+
+func newCommitter(db *sqlDB) *committer {
+	c := &committer{db: db, jobs: make(chan *txJob, maxBatch), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+// do runs f in a transaction that is committed (durably) before do returns nil.
+func (c *committer) do(ctx context.Context, f func(*txn) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j := &txJob{ctx: ctx, f: f, done: make(chan struct{})}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case c.jobs <- j:
+		c.mu.RUnlock()
+	case <-ctx.Done():
+		c.mu.RUnlock()
+		return ctx.Err()
+	}
+	// Once queued, the job is run (or failed) by the committer, which always closes
+	// done: waiting for it even if ctx ends keeps f from running after do returned.
+	<-j.done
+	return j.err
+}
+
+// close stops the committer after the transactions already queued.
+func (c *committer) close() {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.jobs)
+	}
+	c.mu.Unlock()
+	<-c.done
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for j := range c.jobs {
+		batch := []*txJob{j}
+	fill:
+		for len(batch) < maxBatch {
+			select {
+			case j, ok := <-c.jobs:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, j)
+			default:
+				break fill
+			}
+		}
+		c.runBatch(batch)
+		for _, j := range batch {
+			close(j.done)
+		}
+	}
+}
+
+// runBatch runs batch in one transaction and sets each job's err. A commit that
+// PostgreSQL refuses to stay serialisable runs the whole batch again (txRetries).
+func (c *committer) runBatch(batch []*txJob) {
+	wait := retryBackoff
+	for attempt := 0; ; attempt++ {
+		for _, j := range batch {
+			j.err = nil
+		}
+		err := c.runBatch1(batch)
+		if err == nil {
+			return
+		}
+		if !retryable(err) || attempt == txRetries {
+			for _, j := range batch {
+				if j.err == nil {
+					j.err = err
+				}
+			}
+			return
+		}
+		time.Sleep(wait)
+		wait *= 2
+	}
+}
+
+// runBatch1 runs batch in one transaction: each job's own failure is its err; the
+// error returned (the transaction's) is every other job's.
+func (c *committer) runBatch1(batch []*txJob) error {
+	// The batch's own context: one caller going away must not abort the others.
+	ctx := context.Background()
+	tx, err := c.db.DB.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	t := &txn{Tx: tx, dialect: c.db.dialect}
+	if c.db.dialect == postgresDialect {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("fleet writer lock: %w", err)
+		}
+	}
+	ok := 0
+	for i, j := range batch {
+		sp := fmt.Sprintf("tx%d", i)
+		wait := retryBackoff
+		for attempt := 0; ; attempt++ {
+			if err := j.ctx.Err(); err != nil {
+				j.err = err
+				break
+			}
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT "+sp); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("group commit: %w", err)
+			}
+			j.err = j.f(t)
+			if j.err != nil {
+				if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+sp); err != nil {
+					tx.Rollback()
+					return fmt.Errorf("group commit: the transaction was rolled back (%v) by: %w", err, j.err)
+				}
+			}
+			// RELEASE fails if sqlite rolled the whole transaction back behind f's
+			// back (then the savepoint is gone, and later statements would run
+			// outside any transaction).
+			if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT "+sp); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("group commit: the transaction was rolled back: %w", err)
+			}
+			if j.err == nil {
+				ok++
+			}
+			if j.err == nil || !retryable(j.err) || attempt == txRetries {
+				break
+			}
+			time.Sleep(wait) // PostgreSQL aborted it to stay serialisable: again
+			wait *= 2
+		}
+	}
+	if ok == 0 {
+		return tx.Rollback()
+	}
+	if c.beforeCommit != nil {
+		if err := c.beforeCommit(len(batch)); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
