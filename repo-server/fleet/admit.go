@@ -168,7 +168,7 @@ func Admit(a Admission) (Admitted, error) {
 		return Admitted{}, invalid("verdict", "%q", a.Verdict)
 	}
 	out.Verdict = VerdictRecord{DeviceID: id, Verdict: a.Verdict, Detail: detail, At: a.Now}
-	d.Verdict, d.VerdictAt = a.Verdict, a.Now
+	d.Verdict, d.VerdictAt, d.Boot = a.Verdict, a.Now, a.Boot
 	// A device that stays untrusted check-in after check-in is one failure, not one per
 	// check-in: only the change from trusted (or never attested) is reported.
 	if a.Verdict != policy.VerdictTrusted && before.Verdict != policy.VerdictUntrusted {

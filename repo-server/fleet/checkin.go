@@ -171,22 +171,25 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 	if d.Labels == nil {
 		d.Labels = map[string]string{}
 	}
-	lastErr := ""
+	lastErr, boot := "", ""
 	if d.LastError != nil {
 		lastErr = string(mustJSON(d.LastError))
 	}
+	if d.Boot != nil {
+		boot = string(mustJSON(d.Boot))
+	}
 	if enroll {
-		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
-			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn), lastErr)
+		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn), lastErr, boot)
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", d.ID, err)
 		}
 		return nil
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE devices SET labels = ?, hardware = ?, agent_version = ?, slots = ?, attrs = ?, verdict = ?, verdict_at = ?,
-		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ? WHERE id = ?`, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
-		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), lastErr, d.ID)
+		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ?, boot = ? WHERE id = ?`, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), lastErr, boot, d.ID)
 	if err != nil {
 		return fmt.Errorf("update device %s: %w", d.ID, err)
 	}

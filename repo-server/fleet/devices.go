@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
@@ -42,6 +43,9 @@ type Device struct {
 	LastCheckIn      time.Time
 	// LastError is the agent's last update error as of its last check-in (nil: none).
 	LastError *wire.UpdateError
+	// Boot is what the device's boot event log proved at its last check-in (Secure
+	// Boot, boot loaders and kernel, PCRs 0–7); nil: it sent none, or it did not verify.
+	Boot *reference.BootState
 }
 
 // CheckIn is what a device reports about itself at a check-in.
@@ -349,7 +353,7 @@ func (s *Store) CountDevices(ctx context.Context) (int, error) {
 	return n, err
 }
 
-const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error`
+const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot`
 
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
@@ -369,11 +373,17 @@ func getDevice(ctx context.Context, q querier, id string) (Device, error) {
 
 func scanDevice(sc scanner) (Device, error) {
 	var d Device
-	var labels, slots, attrs, verdict, lastErr string
+	var labels, slots, attrs, verdict, lastErr, boot string
 	var verdictAt, enrolled, last int64
-	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last, &lastErr)
+	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last, &lastErr, &boot)
 	if err != nil {
 		return Device{}, err
+	}
+	if boot != "" {
+		d.Boot = new(reference.BootState)
+		if err := json.Unmarshal([]byte(boot), d.Boot); err != nil {
+			return Device{}, fmt.Errorf("device %s: corrupt column boot: %w", d.ID, err)
+		}
 	}
 	if lastErr != "" {
 		d.LastError = new(wire.UpdateError)

@@ -168,6 +168,9 @@ var migrations = []string{
 		token      INTEGER NOT NULL,
 		expires_at INTEGER NOT NULL
 	) STRICT, WITHOUT ROWID;`,
+	// boot is what the device's last verified boot event log proved
+	// (reference.BootState as JSON; '' for none), shown on its dashboard page.
+	`ALTER TABLE devices ADD COLUMN boot TEXT NOT NULL DEFAULT '';`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -32,13 +33,15 @@ type DeviceView struct {
 	LastCheckIn      time.Time                     `json:"last_check_in,omitzero"`
 	// LastError is why the device's last update round failed (nil: it did not).
 	LastError *wire.UpdateError `json:"last_error,omitempty"`
+	// Boot is what the device's boot event log proved at its last check-in (nil: none).
+	Boot *reference.BootState `json:"boot,omitempty"`
 }
 
 // NewDeviceView converts a stored device.
 func NewDeviceView(d fleet.Device) DeviceView {
 	v := DeviceView{ID: d.ID, Labels: d.Labels, Hardware: d.Hardware, AgentVersion: d.AgentVersion, Slots: d.Slots,
 		Attrs: d.Attrs, Verdict: d.Verdict, VerdictAt: d.VerdictAt, Quarantined: d.Quarantined,
-		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn, LastError: d.LastError}
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn, LastError: d.LastError, Boot: d.Boot}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}

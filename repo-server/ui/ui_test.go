@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -411,4 +412,27 @@ func between(s, a, b string) string {
 		return s[:j]
 	}
 	return s
+}
+
+// TestDevicePageShowsBoot: a device admitted with a verified boot state shows Secure
+// Boot and its boot loaders and kernel on its page; the state survives the store.
+func TestDevicePageShowsBoot(t *testing.T) {
+	d := newDash(t)
+	c := d.client()
+	d.login(c, fleet.RoleAuditor)
+	shim, kernel := strings.Repeat("5a", 32), strings.Repeat("c3", 32)
+	boot := &reference.BootState{SecureBoot: true, BootApplications: []string{shim, kernel}, PCRs: map[int]string{0: strings.Repeat("00", 32)}, Events: 14}
+	if _, err := d.store.Admit(context.Background(), fleet.Admission{CheckIn: fleet.CheckIn{ID: "edge-9", Hardware: "x86_64", At: d.now},
+		Verdict: policy.VerdictTrusted, Boot: boot, Policy: d.pol, Now: d.now}, func(policy.Target) (artifact.Meta, bool) { return artifact.Meta{}, false }); err != nil {
+		t.Fatal(err)
+	}
+	_, body := d.get(c, "/ui/devices/edge-9")
+	for _, want := range []string{`id="boot">Secure Boot on`, `title="` + kernel + `">` + kernel[:16], `title="` + shim + `"`, "14 events"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("device page lacks %q", want)
+		}
+	}
+	if _, body := d.get(c, "/ui/devices/press-01"); !strings.Contains(body, `id="boot">no boot log`) {
+		t.Errorf("a device without boot evidence does not say so")
+	}
 }
