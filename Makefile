@@ -44,7 +44,7 @@ KILLS ?= 200
 # FUZZMINIMIZE=60s, or by re-running it.
 FUZZTIME ?= 10s
 FUZZMINIMIZE ?= 100x
-FUZZ_TARGETS := ./internal/eventlog:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
+FUZZ_TARGETS := ./internal/eventlog:FuzzParse ./internal/ima:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
 	./runtime:FuzzDecodeInferRequest ./policy:FuzzParse ./policy:FuzzSelectorExpr ./rollback:FuzzStep \
 	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn
 fuzz:
