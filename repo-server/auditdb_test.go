@@ -14,7 +14,7 @@ import (
 // A data directory from before the audit log moved into fleet.db: its repo.db (audit
 // log and report dedup marks) is imported on first open, then renamed.
 func TestLegacyAuditDatabaseIsImported(t *testing.T) {
-	f := newFixture(t, repository.KeyEd25519)
+	f := newFixtureOn(t, repository.KeyEd25519, "") // repo.db sits beside a sqlite fleet.db only
 	ctx := context.Background()
 	// newFixture's own events went to fleet.db; start from a data dir that has only repo.db.
 	for _, s := range []string{"", "-wal", "-shm"} {
@@ -44,7 +44,7 @@ func TestLegacyAuditDatabaseIsImported(t *testing.T) {
 	}
 	db.Close()
 
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -35,7 +35,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, repository.KeyEd25519)
 	f.clock.useReal()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,7 @@ func newDeviceFixture(t *testing.T) (*deviceFixture, *device) {
 // newDeviceFixtureWith is newDeviceFixture under the policy file policyYAML.
 func newDeviceFixtureWith(t *testing.T, policyYAML string) (*deviceFixture, *device) {
 	t.Helper()
-	return newDeviceFixtureOn(t, policyYAML, "")
+	return newDeviceFixtureOn(t, policyYAML, testDB(t))
 }
 
 // newDeviceFixtureOn is newDeviceFixtureWith with the server's database at db
@@ -175,7 +175,7 @@ func (d *device) checkIn(req *wire.CheckInRequest) (*wire.CheckInResponse, error
 
 func auditKinds(t *testing.T, f *fixture, subject string) []string {
 	t.Helper()
-	l, db, err := OpenAudit(context.Background(), f.repo)
+	l, db, err := OpenAuditAt(context.Background(), f.repo, f.db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +342,7 @@ func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("enroll with a foreign EK = %v; want 403", err)
 	}
-	l, db, err := OpenAudit(ctx, f.repo)
+	l, db, err := OpenAuditAt(ctx, f.repo, f.db)
 	if err != nil {
 		t.Fatal(err)
 	}

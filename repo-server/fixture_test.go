@@ -54,7 +54,19 @@ type fixture struct {
 
 func newFixture(t testing.TB, kt repository.KeyType) *fixture {
 	t.Helper()
-	return newFixtureOn(t, kt, "")
+	return newFixtureOn(t, kt, testDB(t))
+}
+
+// testDB is the server database the fixtures give a test: sqlite in the repository
+// directory (""), or with EDGEWARD_TEST_POSTGRES=1 a fresh PostgreSQL database of the
+// test binary's cluster, so that every test of the package runs on the second backend:
+//
+//	EDGEWARD_TEST_POSTGRES=1 go test ./repo-server
+func testDB(t testing.TB) string {
+	if os.Getenv("EDGEWARD_TEST_POSTGRES") == "1" {
+		return pg.Database(t)
+	}
+	return ""
 }
 
 // newFixtureOn is newFixture with the server's database at db (DBLocation: a

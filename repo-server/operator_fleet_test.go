@@ -58,7 +58,7 @@ func newOpFixture(t *testing.T) *opFixture {
 	f := newFixture(t, repository.KeyEd25519)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +297,7 @@ func TestOperatorTokenIsNothingToTheDeviceAPI(t *testing.T) {
 	// And the operator API shows the attempt as a rejection by the device's own name,
 	// never as the operator's.
 	var rep strings.Builder
-	l, db, _ := OpenAudit(context.Background(), o.repo)
+	l, db, _ := OpenAuditAt(context.Background(), o.repo, o.db)
 	defer db.Close()
 	recs, _ := l.Records(context.Background(), audit.Query{})
 	for _, r := range recs {
@@ -416,7 +416,7 @@ func TestOperatorRollouts(t *testing.T) {
 			t.Errorf("audit export lacks %s", want)
 		}
 	}
-	l, db, _ := OpenAudit(ctx, o.repo)
+	l, db, _ := OpenAuditAt(ctx, o.repo, o.db)
 	defer db.Close()
 	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify: %v", err)

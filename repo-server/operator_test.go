@@ -22,7 +22,7 @@ import (
 func TestOperatorAPI(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestOperatorAPI(t *testing.T) {
 	if code != 200 || !strings.Contains(body, `"actor":"operator:rita"`) {
 		t.Fatalf("audit export = %d\n%s", code, body)
 	}
-	l, db, _ := OpenAudit(ctx, f.repo)
+	l, db, _ := OpenAuditAt(ctx, f.repo, f.db)
 	defer db.Close()
 	if _, err := audit.Verify(strings.NewReader(body), audit.VerifyOptions{LogKey: l.Verifier()}); err != nil {
 		t.Fatalf("verify exported audit log: %v", err)
@@ -134,7 +134,7 @@ func TestOperatorAPI(t *testing.T) {
 func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
-	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}

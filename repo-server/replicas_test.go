@@ -27,7 +27,7 @@ import (
 func TestNonceFromOneReplicaCheckInAtAnother(t *testing.T) {
 	f, d := newDeviceFixture(t)
 	ctx := context.Background()
-	store2, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	store2, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestChallengeFromOneReplicaAnsweredAtAnother(t *testing.T) {
 	inter.AddCert(maker.Intermediate)
 	var urls []string
 	for i := 0; i < 2; i++ {
-		store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+		store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
 		if err != nil {
 			t.Fatal(err)
 		}

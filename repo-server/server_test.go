@@ -129,7 +129,7 @@ func TestEventsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	l, db, err := OpenAudit(ctx, f.repo)
+	l, db, err := OpenAuditAt(ctx, f.repo, f.db)
 	if err != nil {
 		t.Fatal(err)
 	}
