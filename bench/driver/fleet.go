@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,9 +19,11 @@ import (
 )
 
 // The fleet rollout (row 5): N simulated devices check in against the real fleet store
-// and policy (fleet.Store.Attest, Decide, AddReport, PlanRollouts over policy.Evaluate
-// and policy.Plan, sqlite on disk), wave after wave until every device runs the new
-// model. One child process per size, so its CPU and RSS are the server's alone.
+// and policy on the server's check-in path (fleet.Store.Admit: one transaction per
+// check-in, group commit, 256 devices at a time; PlanRollouts over policy.Evaluate and
+// policy.Plan, sqlite on disk), once per simulated hour, wave after wave until every
+// device runs the new model; a device that installs reports at a check-in a minute
+// later. One child process per size, so its CPU and RSS are the server's alone.
 
 const fleetPolicy = `
 rollouts:
@@ -72,6 +76,10 @@ func fleetChild(args []string) int {
 	return 0
 }
 
+// fleetWorkers is how many simulated devices check in at once: the store's group
+// commit shares one commit among the check-ins in flight, as on a server.
+const fleetWorkers = 256
+
 func simulateRollout(ctx context.Context, n int, dir string) (*fleetRun, error) {
 	st, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
 	if err != nil {
@@ -84,56 +92,89 @@ func simulateRollout(ctx context.Context, n int, dir string) (*fleetRun, error) 
 	}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	r := &fleetRun{Devices: n}
-	start := time.Now()
 	slots := make([]policy.Slot, n)
 	ids := make([]string, n)
 	for i := range n {
-		ids[i] = fmt.Sprintf("dev-%05d", i)
-		if err := st.Enroll(ctx, ids[i], map[string]string{"line": "press"}, t0); err != nil {
-			return nil, err
-		}
+		ids[i] = fmt.Sprintf("dev-%06d", i)
 		slots[i] = policy.Slot{Name: "vib", Version: "3.0.0"}
+	}
+	// checkIn is one device's whole check-in on the server's path (fleet.Store.Admit:
+	// enrollment on first sight, facts, reports, verdict, re-plan, decision, in one
+	// transaction) carrying reps.
+	var checkIns, done atomic.Int64
+	checkIn := func(i int, now time.Time, reps []wire.Report) (policy.Decision, error) {
+		res, err := st.Admit(ctx, fleet.Admission{
+			CheckIn: fleet.CheckIn{ID: ids[i], Hardware: "x86_64", AgentVersion: "0.1.0",
+				Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: slots[i]}, At: now},
+			Labels: map[string]string{"line": "press"}, Reports: reps, Verdict: policy.VerdictTrusted,
+			Policy: pol, Quarantine: true, Now: now,
+		}, nil)
+		checkIns.Add(1)
+		return res.Decision, err
+	}
+	// each runs f for every device, fleetWorkers at a time.
+	each := func(f func(i int) error) error {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, fleetWorkers)
+		for range fleetWorkers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+					if err := f(i); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		return <-errs
+	}
+	start := time.Now()
+	if err := each(func(i int) error { _, err := checkIn(i, t0, nil); return err }); err != nil {
+		return nil, err
 	}
 	r.EnrollSeconds = time.Since(start).Seconds()
 	start, cpu0 := time.Now(), cpuSelf()
 	now := t0
-	for step := 0; r.Done < n && step < 12; step++ {
-		if step > 0 {
-			now = now.Add(time.Hour)
-		}
+	for step := 0; int(done.Load()) < n && step < 12; step++ {
+		now = now.Add(time.Hour)
 		if _, err := st.PlanRollouts(ctx, pol, now); err != nil {
 			return nil, err
 		}
 		r.Plans++
-		for i, id := range ids {
-			if err := st.Attest(ctx, pol, id, policy.VerdictTrusted, "", now); err != nil {
-				return nil, err
+		err := each(func(i int) error {
+			dec, err := checkIn(i, now, nil)
+			if err != nil || len(dec.Slots) == 0 || dec.Slots[0].Action != policy.ActionInstall {
+				return err
 			}
-			dec, err := st.Decide(ctx, pol, nil, fleet.CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.1.0",
-				Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: slots[i]}, At: now})
-			if err != nil {
-				return nil, err
-			}
-			r.CheckIns++
-			if len(dec.Slots) == 0 || dec.Slots[0].Action != policy.ActionInstall {
-				continue
-			}
+			// The device installs, commits and reports at its next check-in, a minute
+			// later.
 			sd := dec.Slots[0]
 			slots[i] = policy.Slot{Name: sd.Target.Name, Version: sd.Target.Version}
+			rep := wire.Report{ID: fmt.Sprintf("%s-%d", ids[i], step), Kind: sd.Kind, Name: sd.Target.Name,
+				Version: sd.Target.Version, At: now.Add(time.Minute), Outcome: wire.OutcomeCommitted, Bytes: 1 << 20}
+			if _, err := checkIn(i, now.Add(time.Minute), []wire.Report{rep}); err != nil {
+				return err
+			}
 			if sd.Target.Version == "3.1.0" {
-				r.Done++
+				done.Add(1)
 			}
-			if err := st.AddReport(ctx, wire.Report{DeviceID: id, RolloutID: sd.Rollout, Kind: sd.Kind, Name: sd.Target.Name,
-				Version: sd.Target.Version, At: now, Outcome: wire.OutcomeCommitted, Bytes: 1 << 20}); err != nil {
-				return nil, err
-			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		if _, err := st.PlanRollouts(ctx, pol, now); err != nil {
+		if _, err := st.PlanRollouts(ctx, pol, now.Add(2*time.Minute)); err != nil {
 			return nil, err
 		}
 		r.Plans++
 		r.Steps = step + 1
 	}
+	r.Done, r.CheckIns = int(done.Load()), int(checkIns.Load())
 	r.RolloutSeconds = time.Since(start).Seconds()
 	r.RolloutCPU = (cpuSelf() - cpu0).Seconds()
 	reps, err := st.Reports(ctx, fleet.ReportFilter{RolloutID: "vib-3.1.0"})

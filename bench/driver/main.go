@@ -73,7 +73,7 @@ func main() {
 	cfg := &config{root: root, bin: filepath.Join(root, "bin"), work: filepath.Join(root, "bench", ".work"),
 		benchDir: filepath.Join(root, "bench"), ortLib: os.Getenv("ONNXRUNTIME_LIB"), rounds: *rounds,
 		inferWindow: 2 * time.Second, wrkDuration: 5 * time.Second, installSizes: []int64{256 << 20, 1 << 30},
-		fleetSizes: []int{1000, 10000}, checkins: 2000}
+		fleetSizes: []int{1000, 100000}, checkins: 2000}
 	if cfg.ortLib == "" {
 		cfg.ortLib = filepath.Join(root, ".deps", "onnxruntime", "lib", "libonnxruntime.so.1")
 		os.Setenv("ONNXRUNTIME_LIB", cfg.ortLib) // for the processes the lab starts
