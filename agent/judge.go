@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -210,13 +211,20 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		return fail(errNoRuntimes.Error())
 	}
 	p, err := j.Runtimes.Start(ctx, payload, true)
+	if errors.Is(err, ErrRuntimeKilled) {
+		return updater.Verdict{Reason: "start the new runtime: " + err.Error(), Err: err}
+	}
 	if err != nil {
 		return fail("start the new runtime: " + err.Error())
 	}
 	var figures wire.Probe
 	fail := func(reason string) updater.Verdict {
+		v := updater.Verdict{Reason: reason, Probe: figures}
+		if p.killed() { // by SIGKILL, from outside: not judged
+			v.Err = ErrRuntimeKilled
+		}
 		j.Runtimes.Stop(p)
-		return updater.Verdict{Reason: reason, Probe: figures}
+		return v
 	}
 	if p.SHA256 != t.SHA256 {
 		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", p.SHA256, t.SHA256))

@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
+	"github.com/edgeward/edgeward/updater"
 )
 
 // Runtimes starts and supervises the device's edgeward-runtime processes. The agent owns
@@ -331,6 +332,24 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 
 func (l *refusingListener) Close() error { return nil }
 
+// ErrRuntimeKilled: a runtime process was killed with SIGKILL, which the agent sends
+// only to a process it stops or finds hung: the kernel's OOM killer or an operator did.
+// The version it ran was not judged (updater.ErrRuntimeDown): a trial it ends is an
+// infrastructure failure, retried a bounded number of times. A runtime that exits on
+// its own or crashes (SIGSEGV, SIGABRT) fails its trial.
+var ErrRuntimeKilled = fmt.Errorf("the runtime process was killed (SIGKILL): %w", updater.ErrRuntimeDown)
+
+// killed reports whether p has exited, killed by SIGKILL.
+func (p *RuntimeProc) killed() bool {
+	select {
+	case <-p.done:
+	default:
+		return false
+	}
+	ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
 // RuntimeProc is one edgeward-runtime process.
 type RuntimeProc struct {
 	// Client calls its control API.
@@ -496,7 +515,10 @@ func (p *RuntimeProc) waitControl(ctx context.Context, timeout time.Duration) er
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("runtime exited before its control API answered (lib %q)", p.Lib)
+			if p.killed() {
+				return fmt.Errorf("runtime exited before its control API answered (lib %q): %w", p.Lib, ErrRuntimeKilled)
+			}
+			return fmt.Errorf("runtime exited before its control API answered (lib %q): %v", p.Lib, p.cmd.ProcessState)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):

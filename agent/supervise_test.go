@@ -366,3 +366,37 @@ func TestJudgeWithTheRuntimeDown(t *testing.T) {
 		t.Errorf("DriftAttrs with the runtime down = %v; want none", attrs)
 	}
 }
+
+// TestRuntimeKilledIsNotJudged: a runtime process killed with SIGKILL from outside (the
+// OOM killer, an operator) before its control API answers has not judged the version:
+// its start fails with ErrRuntimeKilled, which the updater retries. One that exits on
+// its own (a library that does not load) fails for real.
+func TestRuntimeKilledIsNotJudged(t *testing.T) {
+	dir := t.TempDir()
+	killer := filepath.Join(dir, "killed-runtime")
+	if err := os.WriteFile(killer, []byte("#!/bin/sh\nkill -KILL $$\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	failer := filepath.Join(dir, "failing-runtime")
+	if err := os.WriteFile(failer, []byte("#!/bin/sh\necho 'cannot load the library' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, tc := range []struct {
+		bin       string
+		transient bool
+	}{{killer, true}, {failer, false}} {
+		r := &Runtimes{Binary: tc.bin, Listener: ln.(*net.TCPListener), Dir: dir, Stderr: io.Discard}
+		_, err := r.Start(context.Background(), "", true)
+		if err == nil {
+			t.Fatalf("Start(%s) = nil; want an error", filepath.Base(tc.bin))
+		}
+		if got := errors.Is(err, ErrRuntimeKilled) && updater.Transient(err); got != tc.transient {
+			t.Errorf("Start(%s) = %v; killed and transient %v, want %v", filepath.Base(tc.bin), err, got, tc.transient)
+		}
+	}
+}

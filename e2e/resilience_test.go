@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -401,4 +402,179 @@ func TestDiskFillsThenFrees(t *testing.T) {
 	if err := m.CheckInvariant(f.ctx); err != nil {
 		t.Error(err)
 	}
+}
+
+// Faults of the crash matrix.
+const (
+	faultAgent   = "agent"   // SIGKILL the agent (its runtimes go with it)
+	faultRuntime = "runtime" // SIGKILL the device's runtime processes; the agent stays
+	faultReboot  = "reboot"  // SIGKILL the agent and the swtpm, restart the swtpm (a TPM reset: PCRs cleared), restart the agent
+)
+
+// TestCrashMatrix grows the crash matrix beyond the agent: three devices go through a
+// model upgrade (1.0.0 → 1.1.0) and then a runtime update (a 35 MB ONNX Runtime
+// library), and at a random moment of each, every device suffers one fault: the agent
+// killed, the runtime killed, or a reboot with the TPM reset. Each device gets each
+// fault once over the two rounds; the runtime kill of the runtime update comes as the
+// new runtime starts held for its trial (a killed runtime is not the version's fault:
+// retried, then committed). After a kill the active slots hold complete
+// committed versions as the kill left them; after each round every device has
+// committed the update exactly once, checks in trusted (a reset TPM included) and
+// serves; at the end every slot invariant holds.
+func TestCrashMatrix(t *testing.T) {
+	f := newFleet(t, 3)
+	f.startAgents()
+	f.commit("1.0.0")
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 14))
+	t.Logf("seed %d", seed)
+	faults := []string{faultAgent, faultRuntime, faultReboot}
+
+	round := func(n int, rollout string, kind artifact.Kind, version, serving string, window time.Duration, start func()) {
+		t.Helper()
+		start()
+		since := time.Now()
+		errs := make(chan error, len(f.devs))
+		for i, d := range f.devs {
+			fault := faults[(i+n)%len(faults)]
+			delay := time.Duration(rng.Int64N(int64(window)))
+			mark := fileSize(d.Agent.LogPath)
+			go func() {
+				if kind == artifact.KindRuntime && fault == faultRuntime {
+					// Deterministically in the runtime trial: the new runtime is starting,
+					// held beside the serving one, when both are killed.
+					err := lab.WaitFor(f.ctx, wait, d.Name+" to start the new runtime held", func(context.Context) (bool, string, error) {
+						return strings.Contains(tailFrom(d.Agent.LogPath, mark), "hold=true"), "", nil
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
+					delay = 0
+				}
+				errs <- f.fault(d, fault, delay)
+			}()
+		}
+		for range f.devs {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := f.srv.WaitCommitted(f.ctx, wait, f.devs, kind, version); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.srv.WaitTrusted(f.ctx, wait, f.devs, since); err != nil {
+			t.Fatal(err)
+		}
+		reps := f.reports(rollout)
+		for _, d := range f.devs {
+			if _, err := d.WaitServing(f.ctx, wait, serving); err != nil {
+				t.Fatal(err)
+			}
+			committed := 0
+			for _, r := range reps[d.ID] {
+				switch r.Outcome {
+				case wire.OutcomeCommitted:
+					committed++
+				case wire.OutcomeInfrastructure:
+				default:
+					t.Errorf("%s: report of %s: %s %s; want only commits and infrastructure retries", d.Name, rollout, r.Outcome, r.Cause)
+				}
+			}
+			if committed != 1 {
+				t.Errorf("%s: %d committed reports of %s; want exactly 1", d.Name, committed, rollout)
+			}
+		}
+	}
+	round(0, "vib-1.1.0", artifact.KindModel, "1.1.0", "1.1.0", 2500*time.Millisecond, func() {
+		if _, err := f.repo.PublishModelRuns(f.ctx, "1.1.0", gates, 50000); err != nil {
+			t.Fatal(err)
+		}
+		f.rollout("vib-1.1.0", "1.1.0", nil)
+	})
+	round(1, "ort", artifact.KindRuntime, "1.24.3", "1.1.0", 6*time.Second, func() {
+		if _, err := f.repo.PublishRuntime(f.ctx, "onnxruntime", "1.24.3", os.Getenv("ONNXRUNTIME_LIB")); err != nil {
+			t.Fatal(err)
+		}
+		f.runtimeRollout("ort", "1.24.3")
+	})
+	for _, d := range f.devs {
+		if err := d.StopAgent(f.ctx); err != nil {
+			t.Fatal(err)
+		}
+		m, err := rollback.Open(f.ctx, rollback.Config{Dir: d.StateDir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := m.CheckInvariant(f.ctx); err != nil {
+			t.Errorf("%s at the end: %v", d.Name, err)
+		}
+		m.Close()
+	}
+}
+
+// fault waits delay, then applies one fault of the crash matrix to d and brings the
+// device back (restarting what the fault stopped). After a kill it checks that the
+// active slots hold their committed versions intact, as the kill left them.
+func (f *fleetLab) fault(d *lab.Device, fault string, delay time.Duration) error {
+	time.Sleep(delay)
+	logf := func() {
+		f.t.Logf("%s: %s fault %v into the round; slots: %s", d.Name, fault, delay.Round(time.Millisecond), phases(f.ctx, d))
+	}
+	switch fault {
+	case faultRuntime:
+		if n := killRuntimes(f.t, d); n == 0 {
+			return fmt.Errorf("%s: no runtime process to kill", d.Name)
+		}
+		logf()
+		return nil
+	case faultAgent, faultReboot:
+		if err := d.KillAgent(f.ctx); err != nil {
+			return err
+		}
+		logf()
+		if fault == faultReboot {
+			d.Swtpm.Kill()
+			if err := d.StartTPM(f.ctx); err != nil {
+				return err
+			}
+		}
+		m, err := rollback.Open(f.ctx, rollback.Config{Dir: d.StateDir})
+		if err != nil {
+			return err
+		}
+		err = m.CheckActive(f.ctx)
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("%s after the %s fault, before recovery: %w", d.Name, fault, err)
+		}
+		return d.StartAgent(f.ctx)
+	}
+	return fmt.Errorf("unknown fault %q", fault)
+}
+
+// phases says in which phase each slot kind of d is (read beside a running agent: sqlite WAL).
+func phases(ctx context.Context, d *lab.Device) string {
+	m, err := rollback.Open(ctx, rollback.Config{Dir: d.StateDir})
+	if err != nil {
+		return err.Error()
+	}
+	defer m.Close()
+	var out []string
+	for _, k := range rollback.Kinds() {
+		s, err := m.State(ctx, k)
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: %v", k, err))
+			continue
+		}
+		v := ""
+		if s.Current != nil {
+			v = " " + s.Current.Version
+		}
+		if s.Pending != nil {
+			v += " → " + s.Pending.Version
+		}
+		out = append(out, fmt.Sprintf("%s %s%s", k, s.Phase, v))
+	}
+	return strings.Join(out, ", ")
 }

@@ -28,6 +28,9 @@ func Transient(err error) bool {
 	if errors.Is(err, ErrUntrustedServer) {
 		return true // the device's configuration is at fault, not the version
 	}
+	if errors.Is(err, ErrRuntimeDown) {
+		return true // the version was not judged
+	}
 	var de *DownloadError
 	if errors.As(err, &de) && de.Status != 0 {
 		return de.Status == http.StatusRequestTimeout || de.Status == http.StatusTooManyRequests || de.Status >= 500
