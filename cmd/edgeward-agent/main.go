@@ -30,6 +30,7 @@ import (
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
+	"github.com/edgeward/edgeward/internal/completion"
 )
 
 func main() {
@@ -53,9 +54,13 @@ commands:
               its inference runtime, probe-gated commits (after enroll --tpm)
   status      show slots, versions, floors and the transaction in progress
   version     print the version, commit and Go version (also --version)
+  completion  print a shell completion script: completion bash|zsh
 
 every command prints its flags with -h or --help
 `
+
+// commands are the agent's commands, for shell completion (keep in step with usage).
+var commands = []string{"tuf-client", "enroll", "install", "trial", "confirm", "recover", "run", "device", "status", "version", "completion"}
 
 // run is main without the process: it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -79,6 +84,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, buildinfo.Read().Line("edgeward-agent"))
+		return 0
+	case "completion":
+		shell := ""
+		if len(args) == 2 {
+			shell = args[1]
+		}
+		if err := completion.Write(stdout, shell, "edgeward-agent", commands); err != nil {
+			fmt.Fprintf(stderr, "edgeward-agent completion: %v (e.g. source <(edgeward-agent completion bash))\n", err)
+			return 2
+		}
 		return 0
 	default:
 		fmt.Fprintf(stderr, "edgeward-agent: unknown command %q\n%s", args[0], usage)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,5 +109,25 @@ func TestSubcommandHelp(t *testing.T) {
 		if code := run(ctx, []string{cmd, "--no-such-flag"}, &out, &out); code == 0 || !strings.Contains(out.String(), "no-such-flag") {
 			t.Errorf("edgeward-agent %s --no-such-flag = exit %d, output:\n%s\nwant a failure naming the flag", cmd, code, out.String())
 		}
+	}
+}
+
+// TestCompletion sources `edgeward-agent completion bash` in a real bash and completes a
+// command word.
+func TestCompletion(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	var script, errb bytes.Buffer
+	if code := run(context.Background(), []string{"completion", "bash"}, &script, &errb); code != 0 {
+		t.Fatalf("completion bash = %d: %s", code, errb.String())
+	}
+	out, err := exec.Command(bash, "-c", script.String()+"\nCOMP_WORDS=(edgeward-agent st)\nCOMP_CWORD=1\n_edgeward_agent\necho \"${COMPREPLY[*]}\"\n").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "status" {
+		t.Errorf("edgeward-agent st<TAB> = %q, %v; want status", out, err)
+	}
+	if code := run(context.Background(), []string{"completion", "fish"}, &script, &errb); code != 2 {
+		t.Errorf("completion fish = %d; want 2", code)
 	}
 }

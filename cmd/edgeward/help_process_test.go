@@ -1,8 +1,11 @@
 package main
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -46,5 +49,58 @@ func TestEveryCommandExplainsItself(t *testing.T) {
 				t.Errorf("edgeward %s shows a default twice or a sentinel:\n%s", strings.Join(args, " "), out)
 			}
 		}
+	}
+}
+
+// TestCompletion sources `edgeward completion bash` in a real bash and completes command
+// words and a command's flags (asked of the built binary on PATH).
+func TestCompletion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	bin := buildCLI(t)
+	script, err := runAs(bin, nil, "completion", "bash")
+	if err != nil {
+		t.Fatalf("completion bash: %v\n%s", err, script)
+	}
+	complete := func(words ...string) string {
+		t.Helper()
+		var quoted []string
+		for _, w := range words {
+			quoted = append(quoted, "'"+w+"'")
+		}
+		prog := script + "\nCOMP_WORDS=(edgeward " + strings.Join(quoted, " ") + ")\nCOMP_CWORD=" + strconv.Itoa(len(words)) +
+			"\n_edgeward\necho \"${COMPREPLY[*]}\"\n"
+		cmd := exec.Command(bash, "-c", prog)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("completing %q: %v\n%s", words, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, c := range []struct {
+		words []string
+		want  string
+	}{
+		{[]string{"ro"}, "root rollout"},
+		{[]string{"rollout", "s"}, "status"},
+		{[]string{"root", "sign", "--pro"}, "--proposal"},
+		{[]string{"keys", "gen", "--r"}, "--role"},
+		{[]string{"publish", "--k"}, "--key --kind"},
+	} {
+		if got := complete(c.words...); got != c.want {
+			t.Errorf("edgeward %s<TAB> = %q; want %q", strings.Join(c.words, " "), got, c.want)
+		}
+	}
+	if out, err := runAs(bin, nil, "completion", "fish"); err == nil || !strings.Contains(out, "want bash or zsh") {
+		t.Errorf("completion fish = %v\n%s", err, out)
+	}
+	if out, err := runAs(bin, nil, "completion", "zsh"); err != nil || !strings.Contains(out, "bashcompinit") {
+		t.Errorf("completion zsh = %v\n%s", err, out)
 	}
 }

@@ -15,6 +15,7 @@
 //	edgeward demo                     run the demonstration scenario
 //	edgeward demo models              write the demo's example models and probe sets
 //	edgeward version                  version, commit and Go version (also --version)
+//	edgeward completion bash|zsh      shell completion (commands from this list, flags from --help)
 //
 // The repository directory is --repo, or $EDGEWARD_REPO, or ./edgeward-repo. Passphrases
 // for offline keys come from --passphrase-file, $EDGEWARD_PASSPHRASE or a prompt.
@@ -34,6 +35,7 @@ import (
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
+	"github.com/edgeward/edgeward/internal/completion"
 )
 
 type command struct {
@@ -76,6 +78,7 @@ func commands() []command {
 		{"devices release", "release a quarantined device: ID", deviceActionCmd("release")},
 		{"devices clear-failed", "offer a device the versions that failed on it again: ID [--kind model|runtime] (default both)", cmdDevicesClearFailed},
 		{"devices label", "set a device's labels: ID key=value… [--replace]", cmdDevicesLabel},
+		{"completion", "print a shell completion script: edgeward completion bash|zsh", cmdCompletion},
 		{"demo models", "write the demo's example models and probe sets: [--out DIR]", cmdDemoModels},
 		{"demo", "run the demonstration scenario", cmdDemo},
 	}
@@ -171,3 +174,21 @@ type multi []string
 
 func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+// cmdCompletion prints the completion script of a shell: the command words come from
+// commands(), the flags of each from its --help when completing.
+func cmdCompletion(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet("completion", env)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return errors.New("usage: edgeward completion bash|zsh (e.g. source <(edgeward completion bash))")
+	}
+	names := []string{"version"}
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
+	return completion.Write(env.stdout, pos[0], "edgeward", names)
+}
