@@ -107,3 +107,18 @@ func TestDecodeInferRequestRefusals(t *testing.T) {
 		t.Errorf("DecodeInferRequest(valid) = %q, %+v, %q; want r1, %+v, [label probabilities]", req.ID, inputs, outputs, want)
 	}
 }
+
+// TestRefusedRequestsCountForTheServedVersion: a request refused before it reaches the
+// model (malformed body) is counted under the version it was for, so an operator sees
+// which version's clients send bad requests; one for no loaded model under none (no
+// label a client can choose).
+func TestRefusedRequestsCountForTheServedVersion(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	runHTTPCases(t, r.Handler(), []httpCase{
+		{"malformed", "POST", "/v2/models/iris/infer", `{"inputs":[`, 400, "request body"},
+		{"malformed, unknown model", "POST", "/v2/models/nothing/infer", `{"inputs":[`, 400, "request body"},
+		{"counted for 1.0.0", "GET", "/metrics", "", 200, `edgeward_runtime_request_errors_total{code="400",model="iris",version="1.0.0"} 1`},
+		{"counted for no version", "GET", "/metrics", "", 200, `edgeward_runtime_request_errors_total{code="400",model="",version=""} 1`},
+	})
+}
