@@ -209,8 +209,8 @@ func (s *Server) auditWitness(ctx context.Context, device, echoed string) *wire.
 		return nil
 	}
 	out := &wire.AuditCheckpoint{Checkpoint: string(c.Note)}
-	if echoed == "" {
-		return out
+	if echoed == "" || echoed == out.Checkpoint {
+		return out // nothing seen yet, or the newest already: nothing to prove
 	}
 	old, err := audit.OpenCheckpoint([]byte(echoed), l.Verifier(), nil, 0)
 	if err == nil {

@@ -548,3 +548,29 @@ func testAppendTxCommitsWithTheCallersTransaction(t *testing.T, db opener) {
 		t.Fatalf("Verify(export after AppendTx) = %v", err)
 	}
 }
+
+// The newest checkpoint is verified once per note (check-ins read it every time), but
+// a row changed behind the log's back is verified again and refused.
+func TestLatestVerifiesAChangedRow(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 1)
+	appendN(t, l, 0, 3)
+	for range 2 {
+		c, err := l.Latest(ctx)
+		if err != nil || c.Size != 3 {
+			t.Fatalf("Latest = %+v, %v; want size 3", c, err)
+		}
+		c.Note[0] ^= 1 // a caller's copy
+	}
+	c, _ := l.Latest(ctx)
+	forged := strings.Replace(string(c.Note), "\n3\n", "\n4\n", 1)
+	if forged == string(c.Note) {
+		t.Fatalf("cannot forge %q", c.Note)
+	}
+	if _, err := l.db.ExecContext(ctx, `UPDATE audit_checkpoints_v2 SET note = $1 WHERE size = 3`, forged); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := l.Latest(ctx); err == nil {
+		t.Fatalf("Latest after the row was changed = %q; want a refusal", c.Note)
+	}
+}
