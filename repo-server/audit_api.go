@@ -146,7 +146,7 @@ func (o *operatorAPI) auditProve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// runCheckpointer signs the audit log's checkpoint every CheckpointInterval while records
+// runCheckpointer signs, on the leader only, the audit log's checkpoint every CheckpointInterval while records
 // accumulate and collects the witnesses' cosignatures on it, until ctx ends. A witness
 // that refuses (a fork, a rollback) is logged as an error and counted.
 func (s *Server) runCheckpointer(ctx context.Context) {
@@ -168,7 +168,10 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 		case <-t.C:
 		}
 		if err := s.FlushRefusals(ctx, false); err != nil {
-			s.log.Error("audit refusal summaries", "err", err)
+			s.log.Error("audit refusal summaries", "err", err) // every replica its own
+		}
+		if _, leader := s.Leader(ctx); !leader {
+			continue // the leader signs and collects cosignatures
 		}
 		l, err := s.openAudit(ctx)
 		if err != nil {

@@ -436,7 +436,7 @@ func (d *deviceAPI) plan(ctx context.Context, p *policy.Policy, now time.Time) {
 	}
 }
 
-// runPlanner re-plans rollouts periodically until ctx ends.
+// runPlanner re-plans rollouts periodically, on the leader only, until ctx ends.
 func (d *deviceAPI) runPlanner(ctx context.Context) {
 	t := time.NewTicker(d.cfg.PlanInterval)
 	defer t.Stop()
@@ -445,7 +445,20 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.plan(ctx, d.policy(), d.s.cfg.Repo.Now())
+			// Only the leader plans on the ticker, through a store fenced with its
+			// lease: once another replica took over, its writes are refused.
+			// (Check-ins plan too, in their own transactions, on every replica.)
+			l, leader := d.s.Leader(ctx)
+			if !leader {
+				continue
+			}
+			st := d.fleet
+			if l.Token != 0 {
+				st = st.Fenced(l)
+			}
+			if _, err := st.PlanRollouts(ctx, d.policy(), d.s.cfg.Repo.Now()); err != nil {
+				d.s.log.Error("plan rollouts", "err", err)
+			}
 		}
 	}
 }

@@ -208,7 +208,13 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	p := principal(r)
 	repo := o.s.cfg.Repo.WithActor("operator:" + p.Name)
 	o.signMu.Lock()
-	res, err := repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body}, o.cfg.Signing)
+	// One publisher at a time across replicas (the publish lock in the fleet database).
+	unlock, err := o.s.lockPublish(r.Context())
+	var res *repository.PublishResult
+	if err == nil {
+		res, err = repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body}, o.cfg.Signing)
+		unlock()
+	}
 	o.signMu.Unlock()
 	var mbe *http.MaxBytesError
 	switch {

@@ -2,7 +2,11 @@ package reposerver
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"os"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -34,4 +38,160 @@ func (c Challenges) TakeChallenge(ctx context.Context, id string) (*attestca.Cha
 	}
 	return &attestca.Challenge{ID: ch.ID, EKID: ch.EKID, Source: ch.Source, Secret: ch.Secret, AKPublic: ch.AKPublic,
 		TPM: protocol.TPMInfo{Manufacturer: ch.Manufacturer, Model: ch.Model, Version: ch.Version}, Expires: ch.Expires}, nil
+}
+
+// LeaseLeader is the lease whose holder runs the rollout planner's ticker, signs audit
+// checkpoints (and collects the witnesses' cosignatures) and re-signs expiring online
+// metadata. LeasePublish serialises publishing (and those re-signings) across replicas.
+const (
+	LeaseLeader  = "leader"
+	LeasePublish = "publish"
+)
+
+// replicaName is a replica's default name: host, process and a random suffix, so that
+// a restarted process is a new holder.
+func replicaName() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	rand.Read(b)
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// Replica is this server's name as a lease holder (ServerConfig.Replica).
+func (s *Server) Replica() string { return s.cfg.Replica }
+
+// leases is the fleet store the leases live in; nil when no fleet store is attached
+// (a server alone with its repository: it runs every job itself).
+func (s *Server) leases() *fleet.Store {
+	s.auditMu.Lock()
+	defer s.auditMu.Unlock()
+	return s.fleet
+}
+
+// LeaseOnce takes or renews the leader lease for this replica and returns it as it
+// stands (held by this replica or another). Serve calls it every LeaseTTL/3; tests call
+// it with their clock.
+func (s *Server) LeaseOnce(ctx context.Context) (fleet.Lease, error) {
+	st := s.leases()
+	if st == nil {
+		return fleet.Lease{}, errors.New("no fleet store: no leases")
+	}
+	l, err := st.AcquireLease(ctx, LeaseLeader, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now())
+	if err != nil {
+		return fleet.Lease{}, err
+	}
+	s.leaseMu.Lock()
+	before := s.lease
+	s.lease = l
+	s.leaseMu.Unlock()
+	switch now := s.cfg.Now(); {
+	case l.Holder == s.cfg.Replica && (before.Holder != l.Holder || before.Token != l.Token):
+		s.log.Info("this replica leads: rollout planner, audit checkpoints, metadata refresh", "replica", s.cfg.Replica, "token", l.Token)
+	case before.Held(s.cfg.Replica, now) && l.Holder != s.cfg.Replica:
+		s.log.Warn("leader lease lost", "replica", s.cfg.Replica, "holder", l.Holder, "token", l.Token)
+	}
+	return l, nil
+}
+
+// Leader returns the leader lease and true when this replica holds it now (as last
+// taken or renewed; the first call tries to take it). A server without a fleet store
+// always leads (it is alone), with a zero lease.
+func (s *Server) Leader(ctx context.Context) (fleet.Lease, bool) {
+	if s.leases() == nil {
+		return fleet.Lease{}, true
+	}
+	s.leaseMu.Lock()
+	l := s.lease
+	s.leaseMu.Unlock()
+	if l.Name == "" {
+		var err error
+		if l, err = s.LeaseOnce(ctx); err != nil {
+			s.log.Error("leader lease", "err", err)
+			return fleet.Lease{}, false
+		}
+	}
+	return l, l.Held(s.cfg.Replica, s.cfg.Now())
+}
+
+// runLeases renews (or tries to take) the leader lease every LeaseTTL/3 until ctx
+// ends, then releases it so that another replica takes over at once.
+func (s *Server) runLeases(ctx context.Context) {
+	t := time.NewTicker(s.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if l, ok := s.Leader(ctx); ok && s.leases() != nil {
+				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := s.leases().ReleaseLease(rctx, l); err != nil {
+					s.log.Warn("release leader lease", "err", err)
+				}
+				cancel()
+			}
+			return
+		case <-t.C:
+		}
+		if _, err := s.LeaseOnce(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("leader lease", "err", err)
+		}
+	}
+}
+
+// lockPublish takes the publish lease for one publish (or metadata refresh), waiting
+// while another replica holds it, and renews it until the returned function releases
+// it. A replica that dies holding it loses it after LeaseTTL. Without a fleet store it
+// does nothing: the repository's file lock serialises the processes of one machine.
+func (s *Server) lockPublish(ctx context.Context) (func(), error) {
+	st := s.leases()
+	if st == nil {
+		return func() {}, nil
+	}
+	b := make([]byte, 4)
+	rand.Read(b)
+	holder := s.cfg.Replica + "/" + hex.EncodeToString(b)
+	ttl := s.cfg.LeaseTTL
+	wait := 20 * time.Millisecond
+	for {
+		l, err := st.AcquireLease(ctx, LeasePublish, holder, ttl, s.cfg.Now())
+		if err != nil {
+			return nil, err
+		}
+		if l.Holder == holder {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the publish lock (held by %s): %w", l.Holder, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, ttl/3)
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if _, err := st.AcquireLease(context.Background(), LeasePublish, holder, ttl, s.cfg.Now()); err != nil {
+					s.log.Error("renew publish lock", "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if l, err := st.AcquireLease(rctx, LeasePublish, holder, ttl, s.cfg.Now()); err == nil && l.Holder == holder {
+			if err := st.ReleaseLease(rctx, l); err != nil {
+				s.log.Warn("release publish lock", "err", err)
+			}
+		}
+	}, nil
 }

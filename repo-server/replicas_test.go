@@ -141,3 +141,113 @@ func TestChallengeFromOneReplicaAnsweredAtAnother(t *testing.T) {
 		t.Fatalf("pending challenges after enrollment = %d, %v; want 0 (answered once)", n, err)
 	}
 }
+
+// Two server replicas on one fleet database: one leads (planner, checkpoints,
+// metadata refresh); when it dies the other takes over within the lease's TTL, without
+// the test sleeping (the leases' clock is the fixture's); a clean shutdown hands over
+// at once; and the publish lock is held by one replica at a time, a dead holder's
+// released by its expiry.
+func TestLeaderLeaseTakeover(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	ttl := 6 * time.Second
+	replica := func(name string) *Server {
+		store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { store.Close() })
+		s, err := NewServer(ServerConfig{Repo: f.repo, Replica: name, LeaseTTL: ttl, Now: f.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.attachFleet(ctx, store); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b := replica("a"), replica("b")
+	leads := func(s *Server) bool { _, ok := s.Leader(ctx); return ok }
+	tick := func(servers ...*Server) {
+		t.Helper()
+		for _, s := range servers {
+			if _, err := s.LeaseOnce(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tick(a, b)
+	if !leads(a) || leads(b) {
+		t.Fatalf("after a then b asked: a leads %v, b leads %v; want only a", leads(a), leads(b))
+	}
+	// Renewals every TTL/3 keep a in the lead.
+	for i := 0; i < 6; i++ {
+		f.clock.Add(ttl / 3)
+		tick(a, b)
+		if !leads(a) || leads(b) {
+			t.Fatalf("renewal %d: a leads %v, b leads %v; want only a", i, leads(a), leads(b))
+		}
+	}
+	// a dies: b takes over at its next tick after the lease ran out, within TTL + TTL/3.
+	died := f.clock.Now()
+	for !leads(b) {
+		f.clock.Add(ttl / 3)
+		tick(b)
+		if f.clock.Now().Sub(died) > ttl+ttl/3 {
+			t.Fatalf("b had not taken over %v after a died (TTL %v)", f.clock.Now().Sub(died), ttl)
+		}
+	}
+	if leads(a) {
+		t.Fatal("a still believes it leads after its lease ran out")
+	}
+	lb, _ := b.Leader(ctx)
+	if lb.Token != 2 {
+		t.Fatalf("b's lease token = %d; want 2 (a new grant)", lb.Token)
+	}
+	// a, back from a pause, cannot take the lease from the live leader.
+	tick(a)
+	if leads(a) {
+		t.Fatal("a took the lease back from a live leader")
+	}
+
+	// A clean shutdown releases the lease: a takes over at its next tick.
+	bctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { b.runLeases(bctx); close(done) }()
+	stop()
+	<-done
+	tick(a)
+	if !leads(a) {
+		t.Fatal("a did not take over after b shut down cleanly")
+	}
+
+	// The publish lock: one replica at a time.
+	unlock, err := a.lockPublish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if _, err := b.lockPublish(short); err == nil {
+		t.Fatal("b took the publish lock while a held it")
+	}
+	cancel()
+	unlock()
+	unlockB, err := b.lockPublish(ctx)
+	if err != nil {
+		t.Fatalf("b waiting for the publish lock after a released it: %v", err)
+	}
+	unlockB()
+	// A publisher that died holding it: the lock is free once its lease ran out.
+	st := a.leases()
+	if l, err := st.AcquireLease(ctx, LeasePublish, "dead-replica/1", ttl, f.clock.Now()); err != nil || l.Holder != "dead-replica/1" {
+		t.Fatalf("dead publisher's lock = %+v, %v", l, err)
+	}
+	f.clock.Add(ttl)
+	short, cancel = context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	unlockB, err = b.lockPublish(short)
+	if err != nil {
+		t.Fatalf("publish lock after its dead holder's lease ran out: %v", err)
+	}
+	unlockB()
+}

@@ -52,6 +52,16 @@ type ServerConfig struct {
 	// PostgreSQL URL or a sqlite file. "": DBPath(Repo.Dir()). The fleet store attached
 	// with the device or operator API must be on the same database.
 	DB string
+	// Replica names this server among the replicas on one fleet database, as the
+	// holder of leases. "": host name, process ID and a random suffix.
+	Replica string
+	// LeaseTTL is how long the leader lease lasts unrenewed (see LeaseLeader); its
+	// holder renews it every third of that, and another replica takes over at most
+	// LeaseTTL plus a third after the holder died (at once when it shuts down cleanly).
+	// It bounds a dead publisher's hold on the publish lock too. 0: 6 seconds.
+	LeaseTTL time.Duration
+	// Now is the clock of the leases. nil: the repository's clock (Repo.Now).
+	Now func() time.Time
 }
 
 // Server serves a repository's metadata and targets over HTTP and keeps its online
@@ -78,6 +88,9 @@ type Server struct {
 	auditDB *sql.DB      // the repository's audit database, when no fleet store is attached
 	fleetDB *sql.DB      // the attached fleet store's database (holds the audit log)
 	fleet   *fleet.Store // the attached fleet store, auditing into audit
+
+	leaseMu sync.Mutex
+	lease   fleet.Lease // the leader lease as last seen
 }
 
 // NewServer builds the server; it serves nothing until its Handler is used.
@@ -96,6 +109,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if s.cfg.Replica == "" {
+		s.cfg.Replica = replicaName()
+	}
+	if s.cfg.LeaseTTL <= 0 {
+		s.cfg.LeaseTTL = 6 * time.Second
+	}
+	if s.cfg.Now == nil {
+		s.cfg.Now = cfg.Repo.Now
 	}
 	if s.cfg.RefreshInterval <= 0 {
 		s.cfg.RefreshInterval = min(time.Minute, cfg.Repo.Expiry().Timestamp/10)
@@ -138,6 +160,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("sweep abandoned incoming files", "err", err)
 	} else if n > 0 {
 		s.log.Info("removed incoming files that killed publishes left", "files", n, "bytes", size)
+	}
+	if s.leases() != nil {
+		// Know who leads before the jobs start, then keep the lease.
+		if _, err := s.LeaseOnce(ctx); err != nil {
+			s.log.Error("leader lease", "err", err)
+		}
+		go s.runLeases(ctx)
 	}
 	go s.RunRefresher(ctx)
 	go s.runCheckpointer(ctx)
@@ -193,9 +222,22 @@ func (s *Server) RunRefresher(ctx context.Context) {
 	}
 }
 
-// RefreshOnce performs one refresh check and updates the metadata gauges.
+// RefreshOnce performs one refresh check and updates the metadata gauges. With
+// replicas, only the leader re-signs, under the publish lock.
 func (s *Server) RefreshOnce(ctx context.Context) {
+	if _, leader := s.Leader(ctx); !leader {
+		if st, err := s.cfg.Repo.Load(ctx); err == nil {
+			s.observe(st)
+		}
+		return
+	}
+	unlock, err := s.lockPublish(ctx)
+	if err != nil {
+		s.log.Error("refresh online metadata", "err", err)
+		return
+	}
 	renewed, err := s.cfg.Repo.Refresh(ctx)
+	unlock()
 	switch {
 	case err != nil:
 		s.refreshes.WithLabelValues("error").Inc()

@@ -55,6 +55,7 @@ type Store struct {
 	db     *sqlDB
 	commit *committer // runs every store transaction (group commit)
 	audit  AppendFunc // nil: changes are not audited (see WithAudit)
+	fence  *Lease     // nil: not fenced (see Fenced)
 }
 
 // IsPostgres reports whether where names a PostgreSQL database (a postgres:// or
@@ -149,6 +150,15 @@ func (s *Store) Close() error {
 // the lock. A transaction the server aborts to stay serialisable (a deadlock, a
 // serialisation failure) is run again, up to txRetries times.
 func (s *Store) tx(ctx context.Context, f func(*txn) error) error {
+	if s.fence != nil {
+		g := f
+		f = func(t *txn) error {
+			if err := s.checkFence(ctx, t); err != nil {
+				return err
+			}
+			return g(t)
+		}
+	}
 	return s.commit.do(ctx, f)
 }
 

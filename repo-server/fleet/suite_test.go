@@ -58,6 +58,7 @@ var storeSuite = []struct {
 	{"GroupCommitFailsAlone", testGroupCommitFailsAlone},
 	{"GroupCommitFailureFailsTheBatch", testGroupCommitFailureFailsTheBatch},
 	{"GroupCommitSurvivesAnInterruptedStatement", testGroupCommitSurvivesAnInterruptedStatement},
+	{"Leases", testLeases},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
