@@ -33,6 +33,9 @@ const Version = "0.1.0"
 type Config struct {
 	// StateDir is the state directory written by Enroll; empty: DefaultStateDir.
 	StateDir StateDir
+	// LogFormat is the format of Logger ("json" or "text"), passed to the runtime
+	// processes so the device's log is one format; "": the runtime's default (json).
+	LogFormat string
 
 	// Server is the device API's base URL (http://… or https://…). With a Server the
 	// agent is a whole device: it needs a TPM, supervises its inference runtime, enrolls
@@ -359,7 +362,7 @@ func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
 	}
-	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger}, nil
+	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}, nil
 }
 
 // waitReady waits up to 30 s for the control API of a runtime the agent does not supervise.

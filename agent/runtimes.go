@@ -30,6 +30,9 @@ import (
 type Runtimes struct {
 	// Binary is the edgeward-runtime executable. Required.
 	Binary string
+	// LogFormat is passed to each runtime process (--log-format), so that what it
+	// writes into the agent's log has the agent's format; "": the runtime's default.
+	LogFormat string
 	// Listener is the public socket. Required.
 	Listener *net.TCPListener
 	// Dir holds the control sockets. Required.
@@ -393,6 +396,9 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	}
 	if hold || p.held {
 		args = append(args, "--hold")
+	}
+	if r.LogFormat != "" {
+		args = append(args, "--log-format", r.LogFormat)
 	}
 	cmd := exec.Command(r.Binary, args...)
 	cmd.ExtraFiles = []*os.File{f}

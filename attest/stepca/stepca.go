@@ -200,13 +200,15 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 			"maxTLSCertDuration":     dur.String(),
 		},
 	}
+	// No "logger": step-ca's request log is logrus with fields of its own, a second
+	// format in the server's log. Its few messages go through the standard library's
+	// log package, which the server routes into its own logger.
 	conf := map[string]any{
 		"root":     filepath.Join(c.Dir, "root_ca.crt"),
 		"crt":      filepath.Join(c.Dir, "intermediate_ca.crt"),
 		"key":      filepath.Join(c.Dir, "intermediate_ca_key"),
 		"address":  addr,
 		"dnsNames": dns,
-		"logger":   map[string]any{"format": "json"},
 		"db":       map[string]any{"type": "bbolt", "dataSource": filepath.Join(c.Dir, "db", "bolt.db")},
 		"authority": map[string]any{
 			"provisioners": []any{prov},

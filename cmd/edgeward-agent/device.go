@@ -22,7 +22,7 @@ import (
 // committed, enrolls its TPM with the server's attestation CA, and runs the main loop
 // with TPM-attested check-ins and probe-gated trials. Prerequisite: 'edgeward-agent
 // enroll' pinned the TUF root, the repository URLs and the TPM in the state directory.
-func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
+func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger, logFormat string) error {
 	fs := flag.NewFlagSet("device", flag.ContinueOnError)
 	var (
 		stateDir = fs.String("state-dir", agent.DefaultStateDir, "agent state directory (after 'edgeward-agent enroll')")
@@ -63,7 +63,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	}
 	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
-		Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log})
+		Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log, LogFormat: logFormat})
 }
 
 func parseLabels(s string) (map[string]string, error) {

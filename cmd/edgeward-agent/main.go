@@ -14,6 +14,9 @@
 //	edgeward-agent run      --state-dir DIR [--want KIND=PATH]... [--judge-cmd CMD] [--once]
 //	edgeward-agent device   --state-dir DIR --server URL [--labels k=v,...] [--listen ADDR] [--once]
 //
+// The log goes to stderr in one format, text unless $EDGEWARD_LOG_FORMAT=json; the
+// runtimes the agent starts write theirs in the same format.
+//
 // Every command that opens the state first recovers it, so a command after a crash
 // continues from the persisted transaction.
 package main
@@ -24,13 +27,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/completion"
+	"github.com/edgeward/edgeward/internal/logging"
 )
 
 func main() {
@@ -68,15 +71,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	var err error
+	// One format for the agent's log and its runtimes': $EDGEWARD_LOG_FORMAT, text
+	// (for people) unless set to json (for a collector).
+	logFormat := os.Getenv("EDGEWARD_LOG_FORMAT")
+	if logFormat == "" {
+		logFormat = logging.Text
+	}
+	log, err := logging.New(stderr, logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgeward-agent: $EDGEWARD_LOG_FORMAT: %v\n", err)
+		return 2
+	}
 	switch args[0] {
 	case "tuf-client":
 		err = tufClient(ctx, args[1:], stdout, log)
 	case "run":
 		err = runAgent(ctx, args[1:], stdout, log)
 	case "device":
-		err = runDevice(ctx, args[1:], stdout, log)
+		err = runDevice(ctx, args[1:], stdout, log, logFormat)
 	case "enroll", "install", "trial", "confirm", "recover", "status":
 		err = slotCommand(ctx, args[0], args[1:], stdout, log)
 	case "-h", "--help", "help":

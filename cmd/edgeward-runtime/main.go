@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/logging"
 	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
@@ -61,6 +62,7 @@ func run(ctx context.Context, args []string) error {
 		hold     = fs.Bool("hold", false, "do not accept public connections until POST /v2/edgeward/serve on the control API")
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
+		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
 	fs.IntVar(&cfg.IntraOpThreads, "intra-op-threads", 1, "threads inside one operator, per session")
@@ -70,7 +72,10 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	log, err := logging.New(os.Stderr, *logFmt)
+	if err != nil {
+		return err
+	}
 	cfg.Logger = log
 
 	rt, err := runtime.New(cfg)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/logging"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -33,16 +34,24 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
 	caRoot := fs.String("ca-root", "", "PEM root of the external step-ca")
 	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
+	logFormat := fs.String("log-format", logging.JSON, "log format: json (one object a line) or text; everything the server logs, the embedded step-ca's messages included, uses it")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	logger, err := logging.New(env.stderr, *logFormat)
+	if err != nil {
+		return fmt.Errorf("--log-format: %w", err)
+	}
+	// The embedded step-ca writes through the standard library's log package: making
+	// this logger the default sends those lines through it too, in the same format.
+	slog.SetDefault(logger)
 	cfg := reposerver.Config{
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
-		Logger: slog.New(slog.NewJSONHandler(env.stderr, nil)),
+		Logger: logger,
 	}
 	if *signing {
 		cfg.Signing = rf.keyring()
