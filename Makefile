@@ -61,7 +61,7 @@ fuzz:
 # test nor CI runs it (docs/TESTING.md). MUTATE_CORES='./attest/verify:90' runs one core.
 MUTATE_CORES ?= ./rollback:95:manager.go,store.go \
 	./policy:85:load.go,watch.go,write.go \
-	./attest/verify:83 \
+	./attest/verify:84 \
 	./repo-server/fleet:95:+admit.go:-short,-skip=^(TestSimulatedFleet|TestStatus$$) \
 	./repo-server/audit:95:+export.go,prove.go,checkpoint.go:-short \
 	./runtime:98:+tensor.go,http.go:-short,-run=^(TestDecodeData|FuzzDecodeInferRequest|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
