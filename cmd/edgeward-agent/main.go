@@ -34,6 +34,7 @@ import (
 	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/completion"
 	"github.com/edgeward/edgeward/internal/logging"
+	"github.com/edgeward/edgeward/internal/tlshint"
 )
 
 func main() {
@@ -115,6 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if err != nil {
+		err = tlshint.Explain(err, "trust it with --server-ca FILE (the server's DIR/tls/server.pem, or the CA that issued its certificate)")
 		fmt.Fprintf(stderr, "edgeward-agent %s: %v\n", args[0], err)
 		return 1
 	}

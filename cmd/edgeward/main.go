@@ -36,6 +36,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/completion"
+	"github.com/edgeward/edgeward/internal/tlshint"
 )
 
 type command struct {
@@ -97,6 +98,7 @@ func main() {
 	defer stop()
 	env := &cliEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
 	if err := run(ctx, env, os.Args[1:]); err != nil {
+		err = tlshint.Explain(err, "trust it with EDGEWARD_SERVER_CA=FILE (the server's DIR/tls/server.pem, or the CA that issued its certificate)")
 		fmt.Fprintf(os.Stderr, "edgeward: %v\n", err)
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
