@@ -131,7 +131,15 @@ func (l *Lab) StartServer(ctx context.Context, cfg ServerConfig) (*Server, error
 		cfg.CheckIn = time.Second
 	}
 	s := &Server{URL: "http://" + cfg.Listen, Addr: cfg.Listen, cfg: cfg, lab: l}
+	if !cfg.TLS {
+		// Without TLS the devices check in over plain HTTP, which the server refuses
+		// unless told (a lab on loopback).
+		s.cfg.Args = append(s.cfg.Args, "--plain-devices")
+	}
 	if cfg.TLS {
+		// Operators (the demo's dashboard, the lab's CLI calls) stay on the plain
+		// loopback URL; devices use TLS and mTLS.
+		s.cfg.Args = append(s.cfg.Args, "--plain-operators")
 		p, err := l.port(false)
 		if err != nil {
 			return nil, err

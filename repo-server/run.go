@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -41,12 +42,22 @@ type Config struct {
 	// replicas may share, or a sqlite file. "": Dir/fleet.db (sqlite). See
 	// docs/OPERATORS.md, "Running on PostgreSQL".
 	DB string
-	// Listen is the plain-HTTP address (metadata, targets, APIs, dashboard).
-	// "": 127.0.0.1:8440.
+	// Listen is the plain-HTTP address. It serves TUF metadata and targets, /healthz,
+	// /metrics and the audit log's public API; the operator API and the dashboard only
+	// without TLSListen or with PlainOperators; the device API only with PlainDevices.
+	// "": 127.0.0.1:8440. ListenOff: no plain listener (TLSListen is then required).
 	Listen string
-	// TLSListen, if set, also serves HTTPS there, and devices must then use mTLS with a
-	// certificate from the device CA. "": no TLS listener and no device CA.
+	// TLSListen, if set, also serves HTTPS there (everything), and devices must then use
+	// mTLS with a certificate from the device CA. "": no TLS listener and no device CA.
 	TLSListen string
+	// PlainOperators serves the operator API and the dashboard on the plain listener
+	// although TLSListen is set (a TLS proxy in front of it, a lab on loopback). false:
+	// with TLSListen they answer only over TLS, and on the plain listener 403.
+	PlainOperators bool
+	// PlainDevices serves the device API (nonces, check-ins) and enrollment on the
+	// plain listener. false: devices must use TLSListen; the plain listener answers
+	// them 403 before reading anything, so it cannot be used to fill the nonce store.
+	PlainDevices bool
 	// TLSNames are the names in the server's self-signed TLS certificate (Dir/tls,
 	// created on first start; devices pin Dir/tls/server.pem). nil: localhost and
 	// 127.0.0.1.
@@ -90,7 +101,7 @@ type Config struct {
 	// Logger receives the server's logs. nil: discard.
 	Logger *slog.Logger
 	// Ready, if set, is called once the listeners are bound, with their addresses
-	// (tls is nil without TLSListen). Tests use it to find ":0" ports.
+	// (tls is nil without TLSListen, http nil with ListenOff). Tests use it to find ":0" ports.
 	Ready func(http, tls net.Addr)
 }
 
@@ -100,6 +111,13 @@ type Config struct {
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Dir == "" {
 		return fmt.Errorf("server: no repository directory")
+	}
+	listen := cfg.Listen
+	if listen == "" {
+		listen = "127.0.0.1:8440"
+	}
+	if listen == ListenOff && cfg.TLSListen == "" {
+		return errors.New("server: --listen off needs --tls-listen: there would be nothing to serve on")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -216,13 +234,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := srv.EnableDeviceAPI(dcfg); err != nil {
 		return err
 	}
-	listen := cfg.Listen
-	if listen == "" {
-		listen = "127.0.0.1:8440"
+	if listen == ListenOff { // tlsLn is set: checked at the start
+		log.Info("no plain-HTTP listener (--listen off)", "dashboard", "https://"+tlsLn.Addr().String()+"/ui/")
+		if cfg.Ready != nil {
+			cfg.Ready(nil, tlsLn.Addr())
+		}
+		return srv.Serve(ctx, tlsLn)
 	}
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
+		if tlsLn != nil {
+			tlsLn.Close()
+		}
 		return err
+	}
+	exp := Exposure{Operators: tlsLn == nil || cfg.PlainOperators, Devices: cfg.PlainDevices}
+	why := ": start the server with --plain-devices to allow devices over plain HTTP"
+	if tlsLn != nil {
+		why = fmt.Sprintf(": use https://%s (or start the server with --plain-operators or --plain-devices)", tlsLn.Addr())
 	}
 	var tlsAddr net.Addr
 	if tlsLn != nil {
@@ -233,11 +262,22 @@ func Run(ctx context.Context, cfg Config) error {
 			}
 		}()
 	}
-	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", cfg.Dir, "dashboard", "http://"+ln.Addr().String()+"/ui/")
+	log.Info("serving", "addr", "http://"+ln.Addr().String(), "repo", cfg.Dir, "operators", exp.Operators, "devices", exp.Devices)
+	if exp.Operators && !isLoopback(ln.Addr()) {
+		log.Warn("the operator API and the dashboard are served over plain HTTP on a non-loopback address: tokens and sessions cross the network in clear (use --tls-listen)", "addr", ln.Addr().String())
+	}
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr(), tlsAddr)
 	}
-	return srv.Serve(ctx, ln)
+	return srv.ServeWith(ctx, ln, srv.Restrict(exp, why))
+}
+
+// ListenOff as Config.Listen (`--listen off`) disables the plain-HTTP listener.
+const ListenOff = "off"
+
+func isLoopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
 }
 
 // deviceCA sets dcfg's device CA: the external step-ca cfg names, or an embedded one

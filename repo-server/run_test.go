@@ -2,6 +2,8 @@ package reposerver
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -83,11 +85,25 @@ func TestRunComposesServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("POST", base+"/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx", strings.NewReader("model"))
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := http.DefaultClient.Do(req)
+	// With a TLS listener the operator API is not served over plain HTTP; over TLS it is.
+	publish := func(hc *http.Client, base string) (*http.Response, error) {
+		req, _ := http.NewRequest("POST", base+"/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx", strings.NewReader("model"))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		return hc.Do(req)
+	}
+	if resp, err := publish(http.DefaultClient, base); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("POST /v1/publish over plain HTTP = %v, %v; want 403", resp, err)
+	}
+	pemBytes, err := os.ReadFile(filepath.Join(dir, "tls", "server.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemBytes)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err := publish(hc, "https://"+addrs[1].String())
 	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("POST /v1/publish = %v, %v", resp, err)
+		t.Fatalf("POST /v1/publish over TLS = %v, %v", resp, err)
 	}
 	repo, err := repository.Open(repository.Config{Dir: dir})
 	if err != nil {

@@ -156,6 +156,11 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // Serve serves on ln and refreshes the online metadata (and plans rollouts, when the
 // device API is enabled) until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.ServeWith(ctx, ln, s.mux)
+}
+
+// ServeWith is Serve with h (the server's Handler, or a Restrict of it) on ln.
+func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler) error {
 	if n, size, err := s.cfg.Repo.SweepIncoming(); err != nil {
 		s.log.Warn("sweep abandoned incoming files", "err", err)
 	} else if n > 0 {
@@ -181,14 +186,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		s.auditMu.Unlock()
 	}()
-	return s.ServeListener(ctx, ln)
+	return s.ServeListenerWith(ctx, ln, h)
 }
 
 // ServeListener serves the same handler on another listener (for example a TLS
 // listener for devices, made with tls.NewListener) until ctx ends; it runs no
 // background jobs, so call Serve once as well.
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	return s.ServeListenerWith(ctx, ln, s.mux)
+}
+
+// ServeListenerWith is ServeListener with h (the server's Handler, or a Restrict of it).
+func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.Handler) error {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	done := make(chan struct{})
 	defer close(done)
 	go func() {

@@ -820,7 +820,7 @@ func operatorHTTP(env *cliEnv) (*http.Client, error) {
 		ca = env.getenv("EDGEWARD_SERVER_CA")
 	}
 	if ca == "" {
-		return http.DefaultClient, nil
+		return &http.Client{CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 	}
 	pemBytes, err := os.ReadFile(ca)
 	if err != nil {
@@ -830,7 +830,8 @@ func operatorHTTP(env *cliEnv) (*http.Client, error) {
 	if !roots.AppendCertsFromPEM(pemBytes) {
 		return nil, fmt.Errorf("EDGEWARD_SERVER_CA %s: no PEM certificates", ca)
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
+		CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 }
 
 // probeFigures says what the probes of a rollout's committed installs measured on

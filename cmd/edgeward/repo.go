@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/durable"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/operatorapi"
 	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"golang.org/x/term"
@@ -697,6 +698,9 @@ func fileExt(name string) string {
 func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*repository.PublishResult, error) {
 	if token == "" {
 		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
+	}
+	if err := operatorapi.CheckTransport(server); err != nil {
+		return nil, err
 	}
 	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(server, "/")+"/v1/publish?"+q.Encode(), body)

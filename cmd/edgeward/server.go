@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -18,7 +19,9 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	fs.SetOutput(env.stderr)
 	var rf repoFlags
 	rf.register(fs, env)
-	listen := fs.String("listen", "127.0.0.1:8440", "address to serve on")
+	listen := fs.String("listen", "127.0.0.1:8440", "plain-HTTP address (TUF metadata and targets; the operator API and dashboard only without --tls-listen or with --plain-operators; devices only with --plain-devices); 'off' for none")
+	plainOps := fs.Bool("plain-operators", false, "with --tls-listen, also serve the operator API and the dashboard on the plain --listen address (a TLS proxy in front, or loopback only)")
+	plainDevices := fs.Bool("plain-devices", false, "serve the device API and enrollment on the plain --listen address (without TLS, devices need it; with --tls-listen they use mTLS)")
 	var witnesses listFlag
 	fs.Var(&witnesses, "witness", "base URL of an 'edgeward audit witness' that cosigns the audit log's checkpoints; repeat for each")
 	cpInterval := fs.Duration("checkpoint-interval", 10*time.Second, "how often the audit log's checkpoint is signed and sent to the witnesses")
@@ -46,7 +49,11 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	// The embedded step-ca writes through the standard library's log package: making
 	// this logger the default sends those lines through it too, in the same format.
 	slog.SetDefault(logger)
+	if strings.TrimSpace(*listen) == "" {
+		return errors.New("--listen: an empty address would bind every interface; give host:port, or 'off' for no plain-HTTP listener")
+	}
 	cfg := reposerver.Config{
+		PlainOperators: *plainOps, PlainDevices: *plainDevices,
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,

@@ -50,6 +50,9 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	if c.Token == "" {
 		return nil, errors.New("no token: give --token or set EDGEWARD_TOKEN (issued by 'edgeward token create')")
 	}
+	if err := CheckTransport(c.Server); err != nil {
+		return nil, err
+	}
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -69,6 +72,11 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
+	}
+	if hc.CheckRedirect == nil {
+		safe := *hc
+		safe.CheckRedirect = RefuseInsecureRedirects
+		hc = &safe
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -1,0 +1,111 @@
+package reposerver
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/durable"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+// A hostile client on the plain listener of a server with TLS: valid operator tokens,
+// a sign-in, enrollment and nonces for made-up devices are all refused before any
+// handler runs, and nothing is stored; TUF clients and the audit log's public API are
+// still served. The same requests pass where the exposure allows them.
+func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
+	f, _ := newDeviceFixture(t)
+	ctx := context.Background()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: f.store, NoFleetMetrics: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.Handle("/ui/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "dashboard") }))
+	admin, _, err := f.store.CreateToken(ctx, "sam", fleet.RoleSecurityAdmin, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := httptest.NewServer(f.srv.Restrict(Exposure{}, ": use https"))
+	defer plain.Close()
+	operators := httptest.NewServer(f.srv.Restrict(Exposure{Operators: true}, ""))
+	defer operators.Close()
+
+	do := func(base, method, path, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+admin)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	refused := []struct{ method, path, body, says string }{
+		{"GET", "/v1/devices", "", "operator API"},
+		{"POST", "/v1/tokens", `{"name":"mallory","role":"security-admin","ttl":"1h"}`, "operator API"},
+		{"GET", "/v1/audit/export", "", "operator API"},
+		{"GET", "/ui/", "", "dashboard"},
+		{"POST", "/ui/signin", "token=" + admin, "dashboard"},
+		{"POST", wire.PathNonce, `{"device_id":"made-up-1"}`, "device API"},
+		{"POST", wire.PathCheckIn, `{"device_id":"made-up-1"}`, "device API"},
+		{"POST", wire.PathAttest + "/enroll", `{}`, "device API"},
+		{"GET", wire.PathDeviceCA, "", "device API"},
+	}
+	for _, c := range refused {
+		code, body := do(plain.URL, c.method, c.path, c.body)
+		if code != http.StatusForbidden || !strings.Contains(body, c.says) || !strings.Contains(body, "use https") {
+			t.Errorf("plain %s %s = %d %q; want 403 naming the %s and how to reach it", c.method, c.path, code, body, c.says)
+		}
+	}
+	for _, path := range []string{"/metadata/timestamp.json", "/healthz", "/v1/audit/checkpoint", "/metrics"} {
+		if code, body := do(plain.URL, "GET", path, ""); code != http.StatusOK {
+			t.Errorf("plain GET %s = %d %q; want 200 (public)", path, code, body)
+		}
+	}
+	// Nothing was stored: no token, no nonce.
+	toks, err := f.store.Tokens(ctx)
+	if err != nil || len(toks) != 1 {
+		t.Errorf("tokens after the refused requests = %v, %v; want only sam's", toks, err)
+	}
+	db, err := durable.OpenSQLite(ctx, DBPath(f.repo.Dir()), durable.SQLite{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var nonces int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM nonces`).Scan(&nonces); err != nil || nonces != 0 {
+		t.Errorf("nonces stored = %d, %v; want 0", nonces, err)
+	}
+
+	// Where operators are exposed the same token works, and devices still are not.
+	if code, body := do(operators.URL, "GET", "/v1/devices", ""); code != http.StatusOK {
+		t.Errorf("operators GET /v1/devices = %d %q; want 200", code, body)
+	}
+	if code, _ := do(operators.URL, "GET", "/ui/", ""); code != http.StatusOK {
+		t.Errorf("operators GET /ui/ = %d; want 200", code)
+	}
+	if code, _ := do(operators.URL, "POST", wire.PathNonce, `{"device_id":"made-up-1"}`); code != http.StatusForbidden {
+		t.Errorf("operators POST nonce = %d; want 403", code)
+	}
+	// The unrestricted handler (the TLS listener) issues the nonce.
+	if code, body := do(f.http.URL, "POST", wire.PathNonce, `{"device_id":"made-up-1"}`); code != http.StatusOK {
+		t.Errorf("unrestricted POST nonce = %d %q; want 200", code, body)
+	}
+}
+
+func TestRunListenOff(t *testing.T) {
+	dir := t.TempDir()
+	err := Run(context.Background(), Config{Dir: dir, Listen: ListenOff})
+	if err == nil || !strings.Contains(err.Error(), "--tls-listen") {
+		t.Errorf("Run(Listen off, no TLS) = %v; want an error asking for --tls-listen", err)
+	}
+}
