@@ -234,21 +234,24 @@ func TestServerProcess(t *testing.T) {
 	tok := strings.TrimSpace(runBin("token", "create", "--name", "rita", "--role", "release-manager"))
 	tok = tok[strings.LastIndex(tok, "\n")+1:]
 	model2 := writeTemp(t, "m2.onnx", "api bytes")
-	out := runBin("publish", "--server", url, "--token", tok, "--kind", "model", "--name", "m", "--version", "2.0.0", "--gates", "min_accuracy=0.5", model2)
-	if !strings.Contains(out, "published models/m/2.0.0.onnx") {
-		t.Fatalf("publish through the server: %s", out)
-	}
-	// The same over HTTPS: refused without trusting the server's certificate, accepted
-	// with $EDGEWARD_SERVER_CA.
-	model3 := writeTemp(t, "m3.onnx", "tls bytes")
-	args := []string{"publish", "--server", "https://" + tlsAddr, "--token", tok, "--kind", "model", "--name", "m", "--version", "3.0.0", model3}
+	// With --tls-listen the plain listener does not serve the operator API: a valid
+	// token sent there is refused (403) and nothing is published.
+	args := []string{"publish", "--server", url, "--token", tok, "--kind", "model", "--name", "m", "--version", "2.0.0", "--gates", "min_accuracy=0.5", model2}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "403") || !strings.Contains(string(out), "https://"+tlsAddr) {
+		t.Fatalf("publish over the plain listener = %v\n%s; want 403 naming the TLS address", err, out)
+	}
+	// Over HTTPS: refused without trusting the server's certificate, accepted with
+	// $EDGEWARD_SERVER_CA.
+	args[2] = "https://" + tlsAddr
+	cmd = exec.Command(bin, args...)
 	cmd.Env = env
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "certificate") {
 		t.Fatalf("publish over https to an untrusted certificate = %v\n%s", err, out)
 	}
 	env = append(env, "EDGEWARD_SERVER_CA="+filepath.Join(repo, "tls", "server.pem"))
-	if out := runBin(args...); !strings.Contains(out, "published models/m/3.0.0.onnx") {
+	if out := runBin(args...); !strings.Contains(out, "published models/m/2.0.0.onnx") {
 		t.Fatalf("publish over https: %s", out)
 	}
 
