@@ -227,6 +227,9 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, repository.ErrOutsideDelegation):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	case errors.Is(err, repository.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
+		return
 	case err != nil:
 		o.s.log.Error("publish through the operator API", "operator", p.Name, "err", err)
 		writeError(w, http.StatusInternalServerError, "publish failed: "+err.Error())

@@ -89,6 +89,16 @@ func TestOperatorAPI(t *testing.T) {
 		})
 	}
 
+	// The attack of issue 15 item 3: 63 KB of custom metadata per publish. Refused with
+	// 413 naming the bound; nothing is published.
+	huge := fmt.Sprintf(`{"notes":%q}`, strings.Repeat("x", 63<<10))
+	if code, body := do("POST", "/v1/publish?kind=model&name=iris&version=1.0.9&ext=.onnx", rm, strings.NewReader("m"), "X-Edgeward-Meta", huge); code != http.StatusRequestEntityTooLarge || !strings.Contains(body, "max_custom_bytes") {
+		t.Fatalf("publish with 63 KB of custom metadata = %d %s; want 413 naming max_custom_bytes", code, body)
+	}
+	if code, body := do("GET", "/v1/repository", rm, nil); code != 200 || strings.Contains(body, "1.0.9") {
+		t.Fatalf("repository after the refused publish = %d %s; want no 1.0.9", code, body)
+	}
+
 	// The published target reaches a TUF client with its custom metadata.
 	c := f.newClient()
 	up := c.mustRefresh()

@@ -22,6 +22,8 @@ type InitOptions struct {
 	// OfflineKeyDir receives the offline keys; "": DIR/keys/offline.
 	OfflineKeyDir string
 	Expiry        Expiry
+	// Limits bound the metadata publishing may grow (see Limits); zero fields: defaults.
+	Limits Limits
 	// RootPublicKeys, if set, are the root keys: the public halves of keys the root
 	// holders generated on their own machines. Init then makes no root key; it stages
 	// root v1 unsigned at ProposalPath(1), and the holders sign it (SignRoot or
@@ -75,6 +77,10 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	}
 	r := newRepo(cfg)
 	r.expiry = opt.Expiry.withDefaults()
+	r.limits = opt.Limits.withDefaults()
+	if err := r.limits.validate(); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(r.path("edgeward-repo.json")); err == nil {
 		return nil, fmt.Errorf("%s already holds a repository", cfg.Dir)
 	}
@@ -213,7 +219,7 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	}}); err != nil {
 		return nil, err
 	}
-	data, _ := json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry}, "", "  ")
+	data, _ := json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry, Limits: r.limits}, "", "  ")
 	if err := r.fs.WriteFile(r.path("edgeward-repo.json"), data, 0o644); err != nil {
 		return nil, err
 	}

@@ -63,8 +63,14 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 	if role == "" {
 		role = m.Kind.Role()
 	}
-	if _, err := cjson.EncodeCanonical(m); err != nil {
+	custom, err := cjson.EncodeCanonical(m)
+	if err != nil {
 		return nil, fmt.Errorf("publish: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", err)
+	}
+	// Bounded before anything is received: the probe link added later is a target path.
+	if max := r.limits.MaxCustomBytes; len(custom) > max {
+		return nil, fmt.Errorf("publish %s %s %s: %w: custom metadata is %d bytes, more than the %d allowed per target (limits.max_custom_bytes in %s)",
+			m.Kind, m.Name, m.Version, ErrTooLarge, len(custom), max, r.path("edgeward-repo.json"))
 	}
 	tpath := artifact.TargetPath(m.Kind, m.Name, m.Version, req.Ext)
 	if _, _, _, err := artifact.ParseTargetPath(tpath); err != nil {

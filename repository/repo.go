@@ -123,11 +123,13 @@ type Repo struct {
 	now    func() time.Time
 	log    *slog.Logger
 	expiry Expiry
+	limits Limits
 }
 
 type settings struct {
 	Format string `json:"format"`
 	Expiry Expiry `json:"expiry"`
+	Limits Limits `json:"limits,omitzero"`
 }
 
 const settingsFormat = "edgeward-repo-v1"
@@ -147,11 +149,15 @@ func Open(cfg Config) (*Repo, error) {
 		return nil, fmt.Errorf("%s: bad edgeward-repo.json: %v", cfg.Dir, err)
 	}
 	r.expiry = s.Expiry.withDefaults()
+	r.limits = s.Limits.withDefaults()
+	if err := r.limits.validate(); err != nil {
+		return nil, fmt.Errorf("%s: edgeward-repo.json: %w", cfg.Dir, err)
+	}
 	return r, nil
 }
 
 func newRepo(cfg Config) *Repo {
-	r := &Repo{cfg: cfg, fs: cfg.FS, now: cfg.Now, log: cfg.Logger}
+	r := &Repo{cfg: cfg, fs: cfg.FS, now: cfg.Now, log: cfg.Logger, limits: Limits{}.withDefaults()}
 	if r.fs == nil {
 		r.fs = OSFS{}
 	}
@@ -411,20 +417,33 @@ func loadMeta[T metadata.Roles](dir, name string, m *metadata.Metadata[T]) (*met
 // writeMeta signs m with keys (replacing its signatures) and writes it to file in the
 // metadata directory.
 func writeMeta[T metadata.Roles](r *Repo, file string, m *metadata.Metadata[T], keys []*Key) error {
+	data, err := signMeta(file, m, keys)
+	if err != nil {
+		return err
+	}
+	return r.writeMetaBytes(file, data)
+}
+
+// signMeta signs m with keys (replacing its signatures) and encodes it as served.
+func signMeta[T metadata.Roles](file string, m *metadata.Metadata[T], keys []*Key) ([]byte, error) {
 	m.ClearSignatures()
 	for _, k := range keys {
 		s, err := k.Signer()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if _, err := m.Sign(s); err != nil {
-			return fmt.Errorf("sign %s: %w", file, err)
+			return nil, fmt.Errorf("sign %s: %w", file, err)
 		}
 	}
 	data, err := m.ToBytes(true)
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", file, err)
+		return nil, fmt.Errorf("encode %s: %w", file, err)
 	}
+	return data, nil
+}
+
+func (r *Repo) writeMetaBytes(file string, data []byte) error {
 	if err := r.fs.WriteFile(filepath.Join(r.MetadataDir(), file), data, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", file, err)
 	}
@@ -551,6 +570,7 @@ func (t *txn) commit(ctx context.Context) error {
 	type pending struct {
 		role string
 		keys []*Key
+		data []byte
 	}
 	var todo []pending
 	roles := []string{}
@@ -563,7 +583,7 @@ func (t *txn) commit(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		todo = append(todo, pending{role, append(k, t.extraSig[role]...)})
+		todo = append(todo, pending{role: role, keys: append(k, t.extraSig[role]...)})
 	}
 	snapKeys, err := t.roleKeys(metadata.SNAPSHOT)
 	if err != nil {
@@ -573,11 +593,23 @@ func (t *txn) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for i, p := range todo {
+		m := t.st.Targets[p.role]
+		file := fmt.Sprintf("%d.%s.json", m.Signed.Version, p.role)
+		data, err := signMeta(file, m, p.keys)
+		if err != nil {
+			return err
+		}
+		if err := t.checkSize(p.role, len(data)); err != nil {
+			return err
+		}
+		todo[i].data = data
+	}
 	for _, p := range todo {
 		m := t.st.Targets[p.role]
 		file := fmt.Sprintf("%d.%s.json", m.Signed.Version, p.role)
 		t.create(filepath.Join(t.r.MetadataDir(), file))
-		if err := writeMeta(t.r, file, m, p.keys); err != nil {
+		if err := t.r.writeMetaBytes(file, p.data); err != nil {
 			return err
 		}
 		t.st.Snapshot.Signed.Meta[p.role+".json"] = metadata.MetaFile(m.Signed.Version)
@@ -605,6 +637,23 @@ func (t *txn) commit(ctx context.Context) error {
 	ts.Signed.Expires = t.r.expires(metadata.TIMESTAMP)
 	t.tsWritten = true
 	return writeMeta(t.r, "timestamp.json", ts, append(tsKeys, t.extraSig[metadata.TIMESTAMP]...))
+}
+
+// checkSize refuses a targets role that would grow past Limits.MaxRoleBytes. A role
+// already past the bound (a lowered bound, an older repository) may still shrink, so
+// that retiring targets is always possible.
+func (t *txn) checkSize(role string, size int) error {
+	max := t.r.limits.MaxRoleBytes
+	if size <= max {
+		return nil
+	}
+	if mf := t.st.Snapshot.Signed.Meta[role+".json"]; mf != nil {
+		if fi, err := os.Stat(filepath.Join(t.r.MetadataDir(), fmt.Sprintf("%d.%s.json", mf.Version, role))); err == nil && int64(size) <= fi.Size() {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s.json would be %d bytes, more than this repository's bound of %d (limits.max_role_bytes in %s; devices accept at most %d): retire old versions with 'edgeward retire', or see docs/REPOSITORY.md on large catalogues",
+		ErrTooLarge, role, size, max, t.r.path("edgeward-repo.json"), ClientMaxRoleBytes)
 }
 
 // Refresh re-signs the timestamp (and the snapshot) with the online keys when they expire

@@ -73,6 +73,8 @@ func ClassifyError(err error) wire.UpdateErrorKind {
 	switch {
 	case errors.As(err, &expired):
 		return wire.ErrorExpiredMetadata
+	case errors.Is(err, ErrMetadataTooLarge):
+		return wire.ErrorMetadataTooLarge
 	case errors.Is(err, ErrDiskFull), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return wire.ErrorNoSpace
 	case errors.Is(err, ErrRuntimeDown):

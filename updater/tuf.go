@@ -64,7 +64,17 @@ type TUFConfig struct {
 	// Hardware is this device's class as targets list it ("x86_64", "aarch64"); a target
 	// listing others is refused. Empty means the class of the running binary.
 	Hardware string
+	// MaxTargetsBytes bounds each targets role's metadata the device downloads
+	// (targets.json, models.json, runtimes.json); a larger one fails the refresh with
+	// ErrMetadataTooLarge. 0: go-tuf's default, 5,000,000 bytes (the repository refuses
+	// to publish past its own, lower bound).
+	MaxTargetsBytes int64
 }
+
+// ErrMetadataTooLarge is returned when a metadata file is larger than the device
+// accepts: the repository's catalogue has outgrown it, and old versions must be retired
+// before this device can update again.
+var ErrMetadataTooLarge = errors.New("TUF metadata larger than this device accepts")
 
 // TUF is the device's TUF client: go-tuf's updater, with targets streamed through
 // Downloader and checked against what the trusted targets metadata says. It is not safe
@@ -125,6 +135,9 @@ func (c *TUF) load(root []byte) error {
 	ucfg.LocalMetadataDir = c.cfg.MetadataDir
 	ucfg.LocalTargetsDir = c.cfg.MetadataDir // unused: targets never go through go-tuf's in-memory download
 	ucfg.RemoteTargetsURL = c.cfg.TargetsURL
+	if c.cfg.MaxTargetsBytes > 0 {
+		ucfg.TargetsMaxLength = c.cfg.MaxTargetsBytes
+	}
 	up, err := updater.New(ucfg)
 	if err != nil {
 		return fmt.Errorf("tuf: trusted root in %s: %w", c.cfg.MetadataDir, err)
@@ -385,14 +398,20 @@ func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, _ time.Durat
 		return nil, &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: urlPath}
 	}
 	if resp.ContentLength > maxLength {
-		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s: %d bytes announced, at most %d allowed", urlPath, resp.ContentLength, maxLength)}
+		return nil, tooLarge(urlPath, fmt.Sprintf("%d bytes announced", resp.ContentLength), maxLength)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLength+1))
 	if err != nil {
 		return nil, &metadata.ErrDownload{Msg: fmt.Sprintf("%s: %v", urlPath, err)}
 	}
 	if int64(len(b)) > maxLength {
-		return nil, &metadata.ErrDownloadLengthMismatch{Msg: fmt.Sprintf("%s: longer than %d bytes", urlPath, maxLength)}
+		return nil, tooLarge(urlPath, "longer", maxLength)
 	}
 	return b, nil
+}
+
+// tooLarge is go-tuf's length error, also ErrMetadataTooLarge, saying what to do.
+func tooLarge(urlPath, what string, max int64) error {
+	return fmt.Errorf("%w: %s: %s than the %d bytes allowed; the repository must retire old versions ('edgeward retire') before this device can update: %w",
+		ErrMetadataTooLarge, path.Base(urlPath), what, max, &metadata.ErrDownloadLengthMismatch{Msg: urlPath})
 }

@@ -166,6 +166,9 @@ const (
 	ErrorNoSpace         UpdateErrorKind = "no_space"         // no space left for the target
 	ErrorDownload        UpdateErrorKind = "download"         // the network or the server failed
 	ErrorRuntimeDown     UpdateErrorKind = "runtime_down"     // the local runtime refused or died
+	// ErrorMetadataTooLarge: a TUF role is larger than the device accepts (the
+	// catalogue outgrew it; retire old versions).
+	ErrorMetadataTooLarge UpdateErrorKind = "metadata_too_large"
 	ErrorOther           UpdateErrorKind = "other"
 )
 
