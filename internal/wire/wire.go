@@ -169,7 +169,7 @@ const (
 	// ErrorMetadataTooLarge: a TUF role is larger than the device accepts (the
 	// catalogue outgrew it; retire old versions).
 	ErrorMetadataTooLarge UpdateErrorKind = "metadata_too_large"
-	ErrorOther           UpdateErrorKind = "other"
+	ErrorOther            UpdateErrorKind = "other"
 )
 
 // UpdateError is the agent's last update error: why its last update round failed, and
