@@ -82,6 +82,9 @@ type deviceAPI struct {
 	catMu  sync.Mutex
 	catKey string
 	cat    map[policy.Target]repository.TargetInfo
+	// retired are the contents (sha256) of retired targets: a device still running
+	// one is measured against it, though it is never offered again.
+	retired map[policy.Target]string
 
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
@@ -297,7 +300,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	cat, err := d.catalog(ctx)
+	cat, retired, err := d.catalog(ctx)
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		writeError(w, http.StatusServiceUnavailable, "repository: "+err.Error())
@@ -309,12 +312,16 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		if sl.Version == "" {
 			continue
 		}
-		ti, ok := cat[policy.Target{Kind: kind, Name: sl.Name, Version: sl.Version}]
-		if !ok {
+		t := policy.Target{Kind: kind, Name: sl.Name, Version: sl.Version}
+		sum := cat[t].SHA256
+		if _, listed := cat[t]; !listed {
+			sum = retired[t] // a retired version the device still runs
+		}
+		if sum == "" {
 			unknown = append(unknown, fmt.Sprintf("%s %s %s", kind, sl.Name, sl.Version))
 			continue
 		}
-		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: ti.SHA256})
+		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: sum})
 	}
 	// The boot policy for the device's hardware class (the class is in the quoted
 	// request). A policy with boot entries, none of which applies, trusts no boot.
@@ -463,12 +470,13 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 	}
 }
 
-// catalog maps (kind, name, version) to the published target, reloaded when the
-// timestamp changes.
-func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, error) {
+// catalog maps (kind, name, version) to the published target, and to the content of
+// the retired ones, reloaded when the timestamp changes (a retire writes its list
+// before the timestamp).
+func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target]string, error) {
 	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	key := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
@@ -477,11 +485,21 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 	d.catMu.Lock()
 	defer d.catMu.Unlock()
 	if d.cat != nil && d.catKey == key {
-		return d.cat, nil
+		return d.cat, d.retired, nil
 	}
 	state, err := d.s.cfg.Repo.Load(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	list, err := d.s.cfg.Repo.Retired()
+	if err != nil {
+		return nil, nil, err
+	}
+	retired := map[policy.Target]string{}
+	for _, rt := range list {
+		if m := rt.Meta(); m != nil {
+			retired[policy.Target{Kind: m.Kind, Name: m.Name, Version: m.Version}] = rt.SHA256
+		}
 	}
 	cat := map[policy.Target]repository.TargetInfo{}
 	for _, ti := range state.List() {
@@ -490,8 +508,8 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 		}
 		cat[policy.Target{Kind: ti.Meta.Kind, Name: ti.Meta.Name, Version: ti.Meta.Version}] = ti
 	}
-	d.cat, d.catKey = cat, key
-	return cat, nil
+	d.cat, d.retired, d.catKey = cat, retired, key
+	return cat, retired, nil
 }
 
 func catalogFunc(cat map[policy.Target]repository.TargetInfo) policy.Catalog {

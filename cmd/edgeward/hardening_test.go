@@ -2,10 +2,13 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
+	"github.com/edgeward/edgeward/repository"
 )
 
 // `--listen ""` used to bind every interface; it is an error, and 'off' without TLS
@@ -38,5 +41,34 @@ func TestCLIRefusesTokensInClear(t *testing.T) {
 		if !errors.Is(err, operatorapi.ErrPlainHTTP) {
 			t.Errorf("edgeward %s = %v; want ErrPlainHTTP", strings.Join(args, " "), err)
 		}
+	}
+}
+
+// edgeward retire keeps the newest versions, refuses nonsense, and the oversized custom
+// metadata of the attack is refused by publish.
+func TestCLIRetireAndBounds(t *testing.T) {
+	c := newCLI(t)
+	c.env["EDGEWARD_PASSPHRASE"] = "s3cret"
+	c.must("repo", "init", c.repo, "--audit-key", filepath.Join(t.TempDir(), "audit.key"))
+	for _, v := range []string{"1.0.0", "1.1.0", "1.2.0"} {
+		c.must("publish", "--kind", "model", "--name", "vib", "--version", v, writeTemp(t, "m.onnx", "model "+v))
+	}
+	huge := fmt.Sprintf(`{"notes":%q}`, strings.Repeat("x", 63<<10))
+	if _, _, err := c.run("publish", "--kind", "model", "--name", "vib", "--version", "2.0.0", "--custom", huge, writeTemp(t, "m.onnx", "big")); !errors.Is(err, repository.ErrTooLarge) {
+		t.Errorf("publish with 63 KiB of custom metadata = %v; want ErrTooLarge", err)
+	}
+	if _, _, err := c.run("retire", "--kind", "model", "--name", "vib"); err == nil {
+		t.Error("retire without --version or --keep succeeded")
+	}
+	out := c.must("retire", "--kind", "model", "--name", "vib", "--keep", "1")
+	if !strings.Contains(out, "retired models/vib/1.0.0.onnx") || !strings.Contains(out, "retired models/vib/1.1.0.onnx") || strings.Contains(out, "1.2.0") {
+		t.Errorf("retire --keep 1:\n%s", out)
+	}
+	status := c.must("repo", "status")
+	if strings.Contains(status, "models/vib/1.0.0.onnx") || !strings.Contains(status, "models/vib/1.2.0.onnx") {
+		t.Errorf("repo status after retiring:\n%s", status)
+	}
+	if out := c.must("retire", "--sweep"); !strings.Contains(out, "removed 0") {
+		t.Errorf("retire --sweep within the grace: %s", out)
 	}
 }

@@ -56,6 +56,7 @@ func commands() []command {
 		{"root sign", "add one signature to the staged root", cmdRootSign},
 		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},
 		{"publish", "publish a model, probe set or runtime", cmdPublish},
+		{"retire", "remove old versions from the targets metadata (contents kept for --grace): --kind K --name N (--version V | --keep N)", cmdRetire},
 		{"audit export", "export the audit log (JSON Lines with signed checkpoints)", cmdAuditExport},
 		{"audit verify", "verify an audit export or proof offline: FILE --key KEY [--witness KEY --quorum N] --state FILE", cmdAuditVerify},
 		{"audit prove", "one record with its inclusion proof: edgeward audit prove SEQ [--state FILE]", cmdAuditProve},

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/units"
 	"github.com/edgeward/edgeward/internal/durable"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
@@ -735,4 +736,52 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 		return nil, fmt.Errorf("publish to %s: bad answer: %w", server, err)
 	}
 	return &res, nil
+}
+
+func cmdRetire(ctx context.Context, env *cliEnv, args []string) error {
+	fs, rf := newCommand("retire", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
+	kind := fs.String("kind", "", "model, probe or runtime")
+	name := fs.String("name", "", "artifact name")
+	versions := fs.String("version", "", "comma-separated versions to retire")
+	keep := fs.Int("keep", 0, "retire every version but the KEEP highest")
+	grace := fs.Duration("grace", repository.DefaultRetireGrace, "keep the retired contents in the blob store this long (then 'edgeward retire --sweep' removes them)")
+	sweep := fs.Bool("sweep", false, "remove the contents of retired targets whose grace period ended, and nothing else")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return errors.New("usage: edgeward retire --kind K --name N (--version V[,V…] | --keep N) [--grace D], or edgeward retire --sweep")
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	if *sweep {
+		n, size, err := repo.SweepRetired(ctx, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "removed %d retired contents (%s)\n", n, units.Bytes(size))
+		return nil
+	}
+	k, err := artifact.ParseKind(*kind)
+	if err != nil {
+		return err
+	}
+	req := repository.RetireRequest{Kind: k, Name: *name, Keep: *keep, Grace: *grace}
+	if *versions != "" {
+		req.Versions = strings.Split(*versions, ",")
+	}
+	res, err := repo.Retire(ctx, req, rf.keyring())
+	if err != nil {
+		return err
+	}
+	for _, rt := range res.Retired {
+		fmt.Fprintf(env.stdout, "retired %s (sha256 %s; content kept until %s)\n", rt.Path, rt.SHA256, rt.KeepUntil.Format(time.RFC3339))
+	}
+	fmt.Fprintf(env.stdout, "%s v%d signed\n", k.Role(), res.Version)
+	return nil
 }
