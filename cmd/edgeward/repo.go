@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
-	"github.com/edgeward/edgeward/internal/units"
 	"github.com/edgeward/edgeward/internal/durable"
+	"github.com/edgeward/edgeward/internal/units"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
 	"github.com/edgeward/edgeward/repository"
