@@ -51,7 +51,7 @@ func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
 	}
 	refused := []struct{ method, path, body, says string }{
 		{"GET", "/v1/devices", "", "operator API"},
-		{"POST", "/v1/tokens", `{"name":"mallory","role":"security-admin","ttl":"1h"}`, "operator API"},
+		{"POST", "/v1/tokens", `{"operator":"mallory","role":"security-admin","ttl":"1h"}`, "operator API"},
 		{"GET", "/v1/audit/export", "", "operator API"},
 		{"GET", "/ui/", "", "dashboard"},
 		{"POST", "/ui/signin", "token=" + admin, "dashboard"},

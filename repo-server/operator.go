@@ -134,15 +134,20 @@ func (o *operatorAPI) endpoints() []endpoint {
 
 type principalKey struct{}
 
-// auth authenticates the bearer token and authorizes action before calling h.
+// auth authenticates the operator (a bearer token, else an operator client certificate)
+// and authorizes action before calling h.
 func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			writeError(w, http.StatusUnauthorized, "missing bearer token")
+		var p fleet.Principal
+		var err error
+		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			p, err = o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
+		} else if id, ok := operatorCert(r); ok {
+			p, err = o.cfg.Fleet.AuthenticateID(r.Context(), id, o.s.cfg.Repo.Now())
+		} else {
+			writeError(w, http.StatusUnauthorized, "missing bearer token or operator client certificate")
 			return
 		}
-		p, err := o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
 		if err != nil {
 			writeError(w, http.StatusUnauthorized, err.Error())
 			return
@@ -153,6 +158,16 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// operatorCert returns the token ID of the request's operator client certificate: one
+// the TLS listener verified (a chain to the device CA's root, clientAuth) that carries
+// an operator URI SAN. A device certificate carries none, so it grants nothing here.
+func operatorCert(r *http.Request) (string, bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
+		return "", false
+	}
+	return fleet.OperatorCertTokenID(r.TLS.PeerCertificates[0])
 }
 
 func principal(r *http.Request) fleet.Principal {

@@ -254,6 +254,17 @@ func TestServerProcess(t *testing.T) {
 	if out := runBin(args...); !strings.Contains(out, "published models/m/2.0.0.onnx") {
 		t.Fatalf("publish over https: %s", out)
 	}
+	// An operator certificate from the server's device CA instead of a token.
+	prefix := filepath.Join(t.TempDir(), "ops")
+	if out := runBin("token", "create", "--name", "ops", "--role", "auditor", "--cert", prefix); !strings.Contains(out, "operator certificate for ops") || strings.Contains(out, "ewo_") {
+		t.Fatalf("token create --cert printed %q; want the certificate's files and no token", out)
+	}
+	certEnv := append(env, "EDGEWARD_CLIENT_CERT="+prefix+".pem", "EDGEWARD_CLIENT_KEY="+prefix+".key")
+	cmd = exec.Command(bin, "devices", "list", "--server", "https://"+tlsAddr, "--json")
+	cmd.Env = certEnv
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "devices") {
+		t.Fatalf("devices list with an operator certificate = %v\n%s", err, out)
+	}
 
 	root, _ := os.ReadFile(filepath.Join(repo, "repository", "metadata", "1.root.json"))
 	cfg, _ := config.New(url+"/metadata", root)

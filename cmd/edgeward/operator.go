@@ -55,7 +55,8 @@ func (c *opClient) api() (*operatorapi.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &operatorapi.Client{Server: c.server, Token: c.token, HTTP: hc}, nil
+	cert := c.env.getenv("EDGEWARD_CLIENT_CERT") != ""
+	return &operatorapi.Client{Server: c.server, Token: c.token, HTTP: hc, Certificate: cert}, nil
 }
 
 // show prints the raw JSON when --json was given and reports whether it did.
@@ -813,25 +814,40 @@ func auditExportRemote(ctx context.Context, env *cliEnv, server, token string, w
 
 // operatorHTTP is the client for a server's operator API: it trusts the PEM
 // certificates in $EDGEWARD_SERVER_CA (an https server with its own certificate, e.g.
-// DIR/tls/server.pem of 'edgeward server --tls-listen'), else the system roots.
+// DIR/tls/server.pem of 'edgeward server --tls-listen'), else the system roots, and
+// presents the operator client certificate in $EDGEWARD_CLIENT_CERT (with its key in
+// $EDGEWARD_CLIENT_KEY; 'edgeward token create --cert'). It follows no redirect to
+// plain HTTP elsewhere.
 func operatorHTTP(env *cliEnv) (*http.Client, error) {
-	ca := ""
+	ca, certFile, keyFile := "", "", ""
 	if env != nil {
-		ca = env.getenv("EDGEWARD_SERVER_CA")
+		ca, certFile, keyFile = env.getenv("EDGEWARD_SERVER_CA"), env.getenv("EDGEWARD_CLIENT_CERT"), env.getenv("EDGEWARD_CLIENT_KEY")
 	}
-	if ca == "" {
+	if ca == "" && certFile == "" {
 		return &http.Client{CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 	}
-	pemBytes, err := os.ReadFile(ca)
-	if err != nil {
-		return nil, fmt.Errorf("EDGEWARD_SERVER_CA: %w", err)
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pemBytes, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("EDGEWARD_SERVER_CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("EDGEWARD_SERVER_CA %s: no PEM certificates", ca)
+		}
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("EDGEWARD_SERVER_CA %s: no PEM certificates", ca)
+	if certFile != "" {
+		if keyFile == "" {
+			return nil, errors.New("EDGEWARD_CLIENT_CERT needs EDGEWARD_CLIENT_KEY")
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("operator certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}},
-		CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 }
 
 // probeFigures says what the probes of a rollout's committed installs measured on

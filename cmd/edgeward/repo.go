@@ -697,10 +697,10 @@ func fileExt(name string) string {
 
 // publishRemote streams a target to a server's operator API.
 func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*repository.PublishResult, error) {
-	if token == "" {
-		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN)")
+	if token == "" && env.getenv("EDGEWARD_CLIENT_CERT") == "" {
+		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN), or an operator certificate ($EDGEWARD_CLIENT_CERT, $EDGEWARD_CLIENT_KEY)")
 	}
-	if err := operatorapi.CheckTransport(server); err != nil {
+	if err := operatorapi.CheckTransport(server); err != nil && token != "" {
 		return nil, err
 	}
 	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}}
@@ -714,7 +714,9 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 		return nil, err
 	}
 	req.Header.Set("X-Edgeward-Meta", string(mj))
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	req.Header.Set("Content-Type", "application/octet-stream")
 	hc, err := operatorHTTP(env)
 	if err != nil {

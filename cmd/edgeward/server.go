@@ -2,13 +2,21 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/edgeward/edgeward/attest/stepca"
 	"github.com/edgeward/edgeward/internal/logging"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -74,6 +82,7 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	name := fs.String("name", "", "operator name (attributes their actions in the audit log)")
 	role := fs.String("role", "", "security-admin, release-manager or auditor")
 	ttl := fs.Duration("ttl", 30*24*time.Hour, "token lifetime")
+	certOut := fs.String("cert", "", "instead of printing the token, write an operator client certificate for it to PREFIX.pem and its key to PREFIX.key (signed by the server's embedded device CA, DIR/stepca; use them with $EDGEWARD_CLIENT_CERT and $EDGEWARD_CLIENT_KEY over the TLS listener); on the server's directory only")
 	var c opClient
 	c.register(fs, env)
 	if _, err := parse(fs, args); err != nil {
@@ -82,6 +91,9 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	r, err := fleet.ParseRole(*role)
 	if err != nil {
 		return err
+	}
+	if *certOut != "" && c.server != "" {
+		return errors.New("--cert is issued on the server's directory (--repo), not through --server: it needs the device CA's key")
 	}
 	if c.server != "" { // through the operator API, as a security admin
 		res, err := createTokenRemote(ctx, &c, *name, r, *ttl)
@@ -102,9 +114,37 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	defer store.Close()
+	var key *ecdsa.PrivateKey
+	if *certOut != "" { // before the token exists: a missing device CA creates nothing
+		if _, err := os.Stat(filepath.Join(rf.dir, "stepca", "intermediate_ca.crt")); err != nil {
+			return fmt.Errorf("--cert: no device CA in %s (start 'edgeward server --tls-listen' once): %w", filepath.Join(rf.dir, "stepca"), err)
+		}
+		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
+			return err
+		}
+	}
 	tok, info, err := store.CreateToken(ctx, *name, r, *ttl, time.Now())
 	if err != nil {
 		return err
+	}
+	if *certOut != "" {
+		chain, err := stepca.IssueClientCert(filepath.Join(rf.dir, "stepca"), key.Public(), *name, fleet.OperatorCertURI(info.ID), info.ExpiresAt)
+		if err != nil {
+			return err
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*certOut+".key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			return err
+		}
+		if err := os.WriteFile(*certOut+".pem", chain, 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "operator certificate for %s (%s, token %s), expires %s: %s.pem, key %s.key (revoke with 'edgeward token revoke %s')\n",
+			*name, r, info.ID, info.ExpiresAt.Format(time.RFC3339), *certOut, *certOut, info.ID)
+		return nil
 	}
 	fmt.Fprintf(env.stderr, "token %s for %s (%s), expires %s; it is shown once:\n", info.ID, *name, r, info.ExpiresAt.Format(time.RFC3339))
 	fmt.Fprintln(env.stdout, tok)

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -235,11 +236,26 @@ func (s *Store) Authenticate(ctx context.Context, token string, now time.Time) (
 	return authenticateHash(ctx, s.db, h[:], now)
 }
 
+// AuthenticateID returns the principal of the token with this ID, for an operator who
+// proved it otherwise than with the secret: a client certificate issued for the token
+// (see OperatorCertURI). Revocation and expiry apply as for the secret.
+func (s *Store) AuthenticateID(ctx context.Context, id string, now time.Time) (Principal, error) {
+	if id == "" || len(id) > 64 {
+		return Principal{}, fmt.Errorf("authenticate: malformed token ID: %w", ErrUnauthenticated)
+	}
+	return authenticateWhere(ctx, s.db, "id", id, now)
+}
+
 // authenticateHash checks the token whose SHA-256 is h.
 func authenticateHash(ctx context.Context, q dbtx, h []byte, now time.Time) (Principal, error) {
+	return authenticateWhere(ctx, q, "hash", h, now)
+}
+
+// authenticateWhere checks the token whose column (id or hash, never user input) is v.
+func authenticateWhere(ctx context.Context, q dbtx, column string, v any, now time.Time) (Principal, error) {
 	var info TokenInfo
 	var created, expires, revoked int64
-	err := q.QueryRowContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?`, h).
+	err := q.QueryRowContext(ctx, `SELECT id, operator, role, created_at, expires_at, revoked_at FROM tokens WHERE `+column+` = ?`, v).
 		Scan(&info.ID, &info.Operator, &info.Role, &created, &expires, &revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Principal{}, fmt.Errorf("authenticate: unknown token: %w", ErrUnauthenticated)
@@ -280,4 +296,26 @@ func (s *Store) Tokens(ctx context.Context) ([]TokenInfo, error) {
 		out = append(out, t)
 	}
 	return out, rows.Err()
+}
+
+// operatorCertPrefix starts the URI SAN of an operator client certificate; the rest is
+// the ID of the token it stands for.
+const operatorCertPrefix = "urn:edgeward:operator:"
+
+// OperatorCertURI is the URI SAN of a client certificate issued for token ID id.
+func OperatorCertURI(id string) *url.URL {
+	u, _ := url.Parse(operatorCertPrefix + id)
+	return u
+}
+
+// OperatorCertTokenID returns the token ID an operator client certificate stands for,
+// if it is one (exactly one such URI SAN).
+func OperatorCertTokenID(c *x509.Certificate) (string, bool) {
+	id, n := "", 0
+	for _, u := range c.URIs {
+		if s, ok := strings.CutPrefix(u.String(), operatorCertPrefix); ok {
+			id, n = s, n+1
+		}
+	}
+	return id, n == 1 && id != ""
 }

@@ -23,8 +23,12 @@ import (
 type Client struct {
 	// Server is the server's base URL ("https://edgeward.example:8443"). Required.
 	Server string
-	// Token is the operator API token sent as a bearer token. Required.
+	// Token is the operator API token sent as a bearer token. Required unless
+	// Certificate is set.
 	Token string
+	// Certificate says that HTTP presents an operator client certificate (issued with
+	// 'edgeward token create --cert'), which then authenticates instead of a token.
+	Certificate bool
 	// HTTP sends the requests. nil: http.DefaultClient.
 	HTTP *http.Client
 }
@@ -47,10 +51,10 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	if c.Server == "" {
 		return nil, errors.New("no server: give --server URL or set EDGEWARD_SERVER")
 	}
-	if c.Token == "" {
-		return nil, errors.New("no token: give --token or set EDGEWARD_TOKEN (issued by 'edgeward token create')")
+	if c.Token == "" && !c.Certificate {
+		return nil, errors.New("no token: give --token or set EDGEWARD_TOKEN (issued by 'edgeward token create'), or an operator certificate ($EDGEWARD_CLIENT_CERT, $EDGEWARD_CLIENT_KEY)")
 	}
-	if err := CheckTransport(c.Server); err != nil {
+	if err := CheckTransport(c.Server); err != nil && c.Token != "" {
 		return nil, err
 	}
 	var rd io.Reader
@@ -65,7 +69,9 @@ func (c *Client) send(ctx context.Context, method, path string, body any) (*http
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

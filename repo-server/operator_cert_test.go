@@ -1,0 +1,124 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
+)
+
+// Operators authenticate with client certificates from the server's device CA instead
+// of tokens; a certificate stands for its token (role, expiry, revocation), and neither
+// a device-style certificate from the same CA nor an operator certificate from another
+// CA gets anything.
+func TestOperatorClientCertificates(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, NoFleetMetrics: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.useReal()
+	caDir := filepath.Join(t.TempDir(), "stepca")
+	other := filepath.Join(t.TempDir(), "stepca")
+	var root *x509.Certificate
+	for _, d := range []string{caDir, other} {
+		_, r, _, err := stepca.WriteConfig(stepca.Config{Dir: d, Address: "127.0.0.1:1", AttestationRoots: []*x509.Certificate{{Raw: []byte{}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d == caDir {
+			root = r
+		}
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	hs := httptest.NewUnstartedServer(f.srv.Handler())
+	hs.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: roots}
+	hs.StartTLS()
+	defer hs.Close()
+
+	issue := func(dir, name string, uri *url.URL) *http.Client {
+		t.Helper()
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		chain, err := stepca.IssueClientCert(dir, key.Public(), name, uri, time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, _ := x509.MarshalPKCS8PrivateKey(key)
+		cert, err := tls.X509KeyPair(chain, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc := hs.Client()
+		tr := hc.Transport.(*http.Transport).Clone()
+		tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
+		return &http.Client{Transport: tr}
+	}
+	get := func(hc *http.Client, method, path string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(`{"operator":"x","role":"auditor","ttl":"1h"}`))
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	_, admin, err := store.CreateToken(ctx, "sam", fleet.RoleSecurityAdmin, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, aud, err := store.CreateToken(ctx, "otto", fleet.RoleAuditor, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sam := issue(caDir, "sam", fleet.OperatorCertURI(admin.ID))
+	if code, body := get(sam, "GET", "/v1/devices"); code != 200 {
+		t.Fatalf("GET /v1/devices with sam's certificate = %d %s; want 200", code, body)
+	}
+	if code, body := get(sam, "POST", "/v1/tokens"); code != http.StatusCreated && code != 200 {
+		t.Fatalf("POST /v1/tokens with sam's certificate = %d %s", code, body)
+	}
+	otto := issue(caDir, "otto", fleet.OperatorCertURI(aud.ID))
+	if code, _ := get(otto, "POST", "/v1/tokens"); code != http.StatusForbidden {
+		t.Errorf("an auditor's certificate creating a token = %d; want 403", code)
+	}
+	for name, hc := range map[string]*http.Client{
+		"no operator URI (a device's kind)": issue(caDir, "cam-7", &url.URL{Scheme: "https", Host: "device.example"}),
+		"another CA":                        issue(other, "sam", fleet.OperatorCertURI(admin.ID)),
+		"unknown token":                     issue(caDir, "eve", fleet.OperatorCertURI("0123456789abcdef")),
+		"no certificate":                    hs.Client(),
+	} {
+		if code, body := get(hc, "GET", "/v1/devices"); code == 200 {
+			t.Errorf("%s: GET /v1/devices = %d %s; want refused", name, code, body)
+		}
+	}
+	// Revoking the token revokes its certificate.
+	if err := store.RevokeToken(ctx, admin.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(sam, "GET", "/v1/devices"); code != http.StatusUnauthorized || !strings.Contains(body, "revoked") {
+		t.Errorf("sam's certificate after revoking the token = %d %s; want 401 revoked", code, body)
+	}
+}
