@@ -2,9 +2,13 @@ package reposerver
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -108,4 +112,35 @@ func TestRunListenOff(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--tls-listen") {
 		t.Errorf("Run(Listen off, no TLS) = %v; want an error asking for --tls-listen", err)
 	}
+}
+
+// The server's TLS certificate is a leaf (issue 15 item 11): CA:FALSE, serverAuth, no
+// certSign; a client pinning it still connects.
+func TestServerCertificateIsALeaf(t *testing.T) {
+	dir := t.TempDir()
+	cert, err := loadOrCreateServerCert(dir, []string{"127.0.0.1", "localhost"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.IsCA || !leaf.BasicConstraintsValid || leaf.KeyUsage&x509.KeyUsageCertSign != 0 ||
+		len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageServerAuth {
+		t.Fatalf("server certificate: IsCA %v, key usage %v, ext %v; want a serverAuth leaf", leaf.IsCA, leaf.KeyUsage, leaf.ExtKeyUsage)
+	}
+	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	hs.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	hs.StartTLS()
+	defer hs.Close()
+	pemBytes, _ := os.ReadFile(filepath.Join(dir, "server.pem"))
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pemBytes)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	resp, err := hc.Get(hs.URL)
+	if err != nil {
+		t.Fatalf("a client pinning server.pem: %v", err)
+	}
+	resp.Body.Close()
 }

@@ -123,11 +123,17 @@ func ensurePolicyDir(dir string) error {
 }
 
 // loadOrCreateServerCert reads the server's TLS certificate from dir, creating a
-// self-signed one (ECDSA P-256, ten years) for names on first use. Devices pin it
-// (edgeward-agent device --server-ca DIR/tls/server.pem).
-func loadOrCreateServerCert(dir string, names []string) (tls.Certificate, error) {
+// self-signed leaf (ECDSA P-256, ten years; CA:FALSE, serverAuth only, so the key that
+// serves TLS can sign no other certificate) for names on first use. Devices and the CLI
+// pin it (edgeward-agent device --server-ca DIR/tls/server.pem, $EDGEWARD_SERVER_CA):
+// a pinned certificate is trusted as itself. warn is told when an older certificate on
+// disk is a CA.
+func loadOrCreateServerCert(dir string, names []string, warn func(msg string, args ...any)) (tls.Certificate, error) {
 	keyPath, certPath := filepath.Join(dir, "server.key"), filepath.Join(dir, "server.pem")
 	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
+		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil && leaf.IsCA && warn != nil {
+			warn("the server's TLS certificate is a CA (made by an older version): remove DIR/tls to get a leaf certificate, then re-pin devices and operators to the new server.pem", "cert", certPath)
+		}
 		return c, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return tls.Certificate{}, fmt.Errorf("server TLS certificate: %w", err)
@@ -139,8 +145,8 @@ func loadOrCreateServerCert(dir string, names []string) (tls.Certificate, error)
 	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
 	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "edgeward server"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true, IsCA: true}
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: false}
 	for _, n := range names {
 		n = strings.TrimSpace(n)
 		if ip := net.ParseIP(n); ip != nil {

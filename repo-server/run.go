@@ -219,7 +219,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if names == nil {
 			names = []string{"localhost", "127.0.0.1"}
 		}
-		cert, err := loadOrCreateServerCert(filepath.Join(cfg.Dir, "tls"), names)
+		cert, err := loadOrCreateServerCert(filepath.Join(cfg.Dir, "tls"), names, log.Warn)
 		if err != nil {
 			return err
 		}
