@@ -72,3 +72,18 @@ func TestCLIRetireAndBounds(t *testing.T) {
 		t.Errorf("retire --sweep within the grace: %s", out)
 	}
 }
+
+// `--gates min_accuracy=NaN` is refused at publish (issue 15 item 8).
+func TestCLIPublishRefusesNaNGates(t *testing.T) {
+	c := newCLI(t)
+	c.env["EDGEWARD_PASSPHRASE"] = "s3cret"
+	c.must("repo", "init", c.repo, "--audit-key", filepath.Join(t.TempDir(), "audit.key"))
+	for _, g := range []string{"min_accuracy=NaN", "max_p99_ms=Inf", "max_rss_mb=-1"} {
+		if _, _, err := c.run("publish", "--kind", "model", "--name", "vib", "--version", "1.0.0", "--gates", g, writeTemp(t, "m.onnx", "m")); err == nil || !strings.Contains(err.Error(), "finite") {
+			t.Errorf("publish --gates %s = %v; want a refusal", g, err)
+		}
+	}
+	if status := c.must("repo", "status"); strings.Contains(status, "models/vib") {
+		t.Errorf("a refused publish is listed:\n%s", status)
+	}
+}

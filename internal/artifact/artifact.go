@@ -6,8 +6,8 @@ package artifact
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
+	"math"
 	"path"
 	"regexp"
 	"strconv"
@@ -99,6 +99,9 @@ func (g *Gates) UnmarshalJSON(b []byte) error {
 		if err != nil {
 			return fmt.Errorf("gate %s: %q is not a number", k, s)
 		}
+		if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 {
+			return fmt.Errorf("gate %s: %q: want a finite number, not negative", k, s)
+		}
 		*p = f
 	}
 	return nil
@@ -120,6 +123,9 @@ func ParseGates(s string) (*Gates, error) {
 	b, _ := json.Marshal(m)
 	var g Gates
 	if err := json.Unmarshal(b, &g); err != nil {
+		return nil, err
+	}
+	if err := g.Validate(); err != nil {
 		return nil, err
 	}
 	return &g, nil
@@ -154,12 +160,24 @@ func (m *Meta) Validate() error {
 		return err
 	}
 	if g := m.Gates; g != nil {
-		if g.MinAccuracy < 0 || g.MinAccuracy > 1 {
-			return fmt.Errorf("gate min_accuracy %v: want a value in [0, 1]", g.MinAccuracy)
+		if err := g.Validate(); err != nil {
+			return err
 		}
-		if g.MaxAbsError < 0 || g.MaxP99Ms < 0 || g.MaxRSSMB < 0 {
-			return errors.New("gates must not be negative")
+	}
+	return nil
+}
+
+// Validate refuses gates that cannot be compared: NaN, infinite or negative values,
+// and a minimum accuracy outside [0, 1]. (A NaN gate used to compare false against
+// every measure, which switched gating off.)
+func (g Gates) Validate() error {
+	for _, f := range g.fields() {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
+			return fmt.Errorf("gate %s %v: want a finite number, not negative", f.name, f.v)
 		}
+	}
+	if g.MinAccuracy > 1 {
+		return fmt.Errorf("gate min_accuracy %v: want a value in [0, 1]", g.MinAccuracy)
 	}
 	return nil
 }

@@ -140,13 +140,19 @@ func argmax(xs []float64) int {
 
 // Decide applies commit gates to a probe's measures and returns the gates that failed
 // (none means pass). Nil gates and a zero gate are no gate. It fails closed: a gate on a
-// measure that was not taken (peak RSS unavailable) fails, and a NaN measure fails every
-// gate on it. Decide is pure; the runtime calls it at the end of a probe, and anyone
-// holding a report and gates (the agent, with the stricter of two gate sets) can call it
+// measure that was not taken (peak RSS unavailable) fails, a NaN measure fails every
+// gate on it, and gates that cannot be compared (NaN, infinite, negative) fail the trial
+// whatever was measured. Decide is pure; the runtime calls it at the end of a probe, and
+// anyone holding a report and gates (the agent, with the stricter of two gate sets) can call it
 // again and get the same answer.
 func Decide(g *artifact.Gates, rep ProbeReport) []string {
 	if g == nil {
 		return nil
+	}
+	if err := g.Validate(); err != nil {
+		// A gate that cannot be compared (NaN, infinite, negative) fails: comparisons
+		// with NaN are false, so it would otherwise pass everything.
+		return []string{"gates cannot be applied: " + err.Error()}
 	}
 	var fails []string
 	if g.MinAccuracy > 0 && !(rep.Accuracy >= g.MinAccuracy) {

@@ -108,3 +108,17 @@ func TestAPIErrorIs(t *testing.T) {
 		t.Errorf("IsConflict(500) = true; want false")
 	}
 }
+
+// Decide fails closed on gates it cannot compare (issue 15 item 8): a NaN, infinite or
+// negative gate fails the trial however good the measures.
+func TestDecideFailsClosedOnUncomparableGates(t *testing.T) {
+	good := ProbeReport{Accuracy: 0.99, MaxAbsError: 0.01, P99Ms: 1, PeakRSSMB: 10}
+	for _, g := range []artifact.Gates{{MinAccuracy: math.NaN()}, {MaxP99Ms: math.NaN()}, {MaxRSSMB: math.Inf(1)}, {MaxAbsError: -1}} {
+		if fails := Decide(&g, good); len(fails) == 0 {
+			t.Errorf("Decide(%+v, a good report) passed; want a failure", g)
+		}
+	}
+	if fails := Decide(&artifact.Gates{MinAccuracy: 0.9, MaxP99Ms: 5}, good); len(fails) != 0 {
+		t.Errorf("Decide(sane gates, good report) = %v; want pass", fails)
+	}
+}
