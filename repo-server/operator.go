@@ -239,7 +239,7 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, repository.ErrConflict):
 		writeError(w, http.StatusConflict, err.Error())
 		return
-	case errors.Is(err, repository.ErrOutsideDelegation):
+	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	case errors.Is(err, repository.ErrTooLarge):

@@ -75,6 +75,9 @@ func TestOperatorAPI(t *testing.T) {
 		{"bad version", "POST", "/v1/publish?kind=model&name=iris&version=latest", rm, "x", 400, "semantic version"},
 		{"bad kind", "POST", "/v1/publish?kind=firmware&name=iris&version=1.0.0", rm, "x", 400, "unknown kind"},
 		{"bad ext", "POST", "/v1/publish?kind=model&name=iris&version=1.0.1&ext=/../x", rm, "x", 400, "ext"},
+		{"ext with a newline", "POST", "/v1/publish?kind=model&name=iris&version=1.0.2&ext=.onnx%0A", rm, "x", 400, "extension"},
+		{"ext with a NUL", "POST", "/v1/publish?kind=model&name=iris&version=1.0.2&ext=.on%00nx", rm, "x", 400, "extension"},
+		{"ext ..", "POST", "/v1/publish?kind=model&name=iris&version=1.0.2&ext=..", rm, "x", 400, "extension"},
 		{"too large", "POST", "/v1/publish?kind=model&name=big&version=1.0.0", rm, strings.Repeat("x", 2<<20), 413, "larger than"},
 		{"release manager reads", "GET", "/v1/repository", rm, "", 200, `"models/iris/1.0.0.onnx"`},
 		{"release manager cannot export audit", "GET", "/v1/audit/export", rm, "", 403, "may not audit.export"},
@@ -97,6 +100,11 @@ func TestOperatorAPI(t *testing.T) {
 	}
 	if code, body := do("GET", "/v1/repository", rm, nil); code != 200 || strings.Contains(body, "1.0.9") {
 		t.Fatalf("repository after the refused publish = %d %s; want no 1.0.9", code, body)
+	}
+
+	// A model naming a probe set that is not published: 400 with the reason.
+	if code, body := do("POST", "/v1/publish?kind=model&name=iris&version=1.0.8&ext=.onnx", rm, strings.NewReader("m"), "X-Edgeward-Meta", `{"probe":"probes/iris/9.9.9.json"}`); code != http.StatusBadRequest || !strings.Contains(body, "probe set") {
+		t.Fatalf("publish with a missing probe set = %d %s; want 400 naming the probe set", code, body)
 	}
 
 	// The published target reaches a TUF client with its custom metadata.

@@ -12,7 +12,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -23,6 +25,10 @@ import (
 // ErrConflict is returned when a name+version is published again with other bytes.
 // Published versions are immutable: devices may already run them.
 var ErrConflict = errors.New("already published with different content")
+
+// ErrInvalid is returned for a publish request that cannot be published as given (bad
+// metadata, extension or probe link): the caller's mistake, not the repository's.
+var ErrInvalid = errors.New("invalid publish request")
 
 // ErrOutsideDelegation is returned when a target path is not one the signing role is
 // trusted for; a client would reject it.
@@ -57,7 +63,10 @@ type PublishResult struct {
 func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
 	m := req.Meta
 	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
+	}
+	if req.Ext != "" && !slices.Contains(artifact.Exts, req.Ext) {
+		return nil, fmt.Errorf("publish: %w: extension %q: want none or one of %s", ErrInvalid, req.Ext, strings.Join(artifact.Exts, " "))
 	}
 	role := req.Role
 	if role == "" {
@@ -65,7 +74,7 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 	}
 	custom, err := cjson.EncodeCanonical(m)
 	if err != nil {
-		return nil, fmt.Errorf("publish: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", err)
+		return nil, fmt.Errorf("publish: %w: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", ErrInvalid, err)
 	}
 	// Bounded before anything is received: the probe link added later is a target path.
 	if max := r.limits.MaxCustomBytes; len(custom) > max {
@@ -74,7 +83,7 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 	}
 	tpath := artifact.TargetPath(m.Kind, m.Name, m.Version, req.Ext)
 	if _, _, _, err := artifact.ParseTargetPath(tpath); err != nil {
-		return nil, fmt.Errorf("publish: %w", err)
+		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
 	}
 
 	// Stream the content into an incoming file first (outside the lock: it may be GiBs),
@@ -133,7 +142,7 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		}
 		if m.Probe != "" {
 			if _, ok := t.st.Targets[RoleModels].Signed.Targets[m.Probe]; !ok {
-				return fmt.Errorf("publish %s: probe set %s is not published", tpath, m.Probe)
+				return fmt.Errorf("publish %s: %w: probe set %s is not published (publish it first)", tpath, ErrInvalid, m.Probe)
 			}
 		}
 		custom, err := json.Marshal(m)

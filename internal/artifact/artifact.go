@@ -229,6 +229,9 @@ func TargetPath(k Kind, name, version, ext string) string {
 	return path.Join(k.Dir(), name, version+ext)
 }
 
+// Exts are the file extensions a target path may end with (or none).
+var Exts = []string{".onnx", ".json", ".tar.gz", ".tgz", ".tar", ".bin", ".so"}
+
 // ParseTargetPath splits a target path made by TargetPath. It returns an error for any
 // other shape, so it can be used to reject hostile or foreign paths.
 func ParseTargetPath(p string) (k Kind, name, version string, err error) {
@@ -251,7 +254,7 @@ func ParseTargetPath(p string) (k Kind, name, version string, err error) {
 		return "", "", "", fmt.Errorf("target path %q: bad name %q", p, name)
 	}
 	file := parts[2]
-	for _, ext := range []string{".onnx", ".json", ".tar.gz", ".tgz", ".tar", ".bin", ".so"} {
+	for _, ext := range Exts {
 		if strings.HasSuffix(file, ext) {
 			file = strings.TrimSuffix(file, ext)
 			break
