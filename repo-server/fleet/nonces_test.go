@@ -74,7 +74,7 @@ func testSessionsInTheDatabase(t *testing.T, db opener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.StartSession(ctx, "sess-1", tok, "csrf-1", t0, t0.Add(30*time.Minute), 2); err != nil {
+	if err := a.StartSession(ctx, "sess-1", tok, "csrf-1", t0, t0.Add(30*time.Minute), 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	p, csrf, err := b.AuthenticateSession(ctx, "sess-1", t0.Add(time.Minute))
@@ -89,9 +89,9 @@ func testSessionsInTheDatabase(t *testing.T, db opener) {
 	if _, _, err := b.AuthenticateSession(ctx, "sess-1", t0.Add(31*time.Minute)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("AuthenticateSession(expired) = %v; want ErrNotFound", err)
 	}
-	a.StartSession(ctx, "sess-2", tok, "c", t0.Add(time.Second), t0.Add(time.Hour), 2)
-	a.StartSession(ctx, "sess-3", tok, "c", t0.Add(2*time.Second), t0.Add(time.Hour), 2)
-	a.StartSession(ctx, "sess-4", tok, "c", t0.Add(3*time.Second), t0.Add(time.Hour), 2)
+	a.StartSession(ctx, "sess-2", tok, "c", t0.Add(time.Second), t0.Add(time.Hour), 2, 0)
+	a.StartSession(ctx, "sess-3", tok, "c", t0.Add(2*time.Second), t0.Add(time.Hour), 2, 0)
+	a.StartSession(ctx, "sess-4", tok, "c", t0.Add(3*time.Second), t0.Add(time.Hour), 2, 0)
 	if _, _, err := b.AuthenticateSession(ctx, "sess-2", t0.Add(time.Minute)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("oldest session beyond the bound = %v; want ended", err)
 	}

@@ -79,8 +79,17 @@ type Config struct {
 	// SessionTTL bounds a session (never beyond its token's expiry); 0: 8 hours.
 	SessionTTL time.Duration
 	// MaxSessions bounds the sessions kept (in the fleet database, shared by every
-	// replica); 0: 1024. When full, the oldest session ends.
+	// replica); 0: 1024. When full, sign-in is refused (503) until one ends: no
+	// operator's sign-in ends another's session.
 	MaxSessions int
+	// MaxSessionsPerToken bounds the sessions of one operator token; 0: 16. Signing in
+	// again past it ends that token's own oldest session.
+	MaxSessionsPerToken int
+	// SignInBurst and SignInEvery rate-limit sign-in attempts per source address (the
+	// peer of the connection): SignInBurst at once, then one per SignInEvery; past it
+	// 429 with Retry-After, before the token is looked at. 0: 10 and 6 seconds.
+	SignInBurst int
+	SignInEvery time.Duration
 	// VerdictWindow is how far back a device page reads attestation verdicts and the
 	// fleet page computes the attestation pass rate; 0: one hour (see
 	// reposerver.OperatorConfig.VerdictWindow). A device page's ?since= widens it.
@@ -89,7 +98,8 @@ type Config struct {
 
 // UI serves the dashboard. Safe for concurrent use.
 type UI struct {
-	cfg   Config
+	cfg     Config
+	signIns *limiter
 	log   *slog.Logger
 	pages map[string]*template.Template
 	mux   *http.ServeMux
@@ -112,10 +122,19 @@ func New(cfg Config) (*UI, error) {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = 1024
 	}
+	if cfg.MaxSessionsPerToken <= 0 {
+		cfg.MaxSessionsPerToken = 16
+	}
+	if cfg.SignInBurst <= 0 {
+		cfg.SignInBurst = 10
+	}
+	if cfg.SignInEvery <= 0 {
+		cfg.SignInEvery = 6 * time.Second
+	}
 	if cfg.VerdictWindow <= 0 {
 		cfg.VerdictWindow = time.Hour
 	}
-	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}}
+	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, signIns: newLimiter(cfg.SignInBurst, cfg.SignInEvery, 10000)}
 	if u.log == nil {
 		u.log = slog.New(slog.DiscardHandler)
 	}
@@ -228,9 +247,15 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		u.render(w, r, http.StatusForbidden, "login", view{Title: "Sign in"}, map[string]string{"Err": "Cross-site sign-in refused."})
 		return
 	}
+	now := u.cfg.Now()
+	if ok, wait := u.signIns.allow(source(r), now); !ok {
+		u.log.Warn("dashboard: sign-in rate limited", "source", source(r))
+		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
+		u.render(w, r, http.StatusTooManyRequests, "login", view{Title: "Sign in"}, map[string]string{"Err": "Too many sign-in attempts from your address: wait a little and try again."})
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
 	tok := strings.TrimSpace(r.PostFormValue("token"))
-	now := u.cfg.Now()
 	p, err := u.cfg.Fleet.Authenticate(r.Context(), tok, now)
 	if err == nil {
 		err = fleet.Authorize(p, fleet.ActionFleetRead)
@@ -245,7 +270,11 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		expires = exp
 	}
 	id := randomID()
-	if err := u.cfg.Fleet.StartSession(r.Context(), id, tok, randomID(), now, expires, u.cfg.MaxSessions); err != nil {
+	if err := u.cfg.Fleet.StartSession(r.Context(), id, tok, randomID(), now, expires, u.cfg.MaxSessionsPerToken, u.cfg.MaxSessions); errors.Is(err, fleet.ErrSessionsFull) {
+		u.log.Warn("dashboard: sign-in refused: the session table is full", "operator", p.Name)
+		u.render(w, r, http.StatusServiceUnavailable, "login", view{Title: "Sign in"}, map[string]string{"Err": "Too many dashboard sessions are open: try again later."})
+		return
+	} else if err != nil {
 		u.log.Error("dashboard: start session", "err", err)
 		u.render(w, r, http.StatusServiceUnavailable, "login", view{Title: "Sign in"}, map[string]string{"Err": "Sign-in failed: try again."})
 		return

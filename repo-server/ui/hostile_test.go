@@ -1,0 +1,145 @@
+package ui
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+)
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// signIn posts a sign-in form from src straight to the handler and returns the code
+// and the session cookie.
+func signIn(h http.Handler, src, tok string) (int, *http.Cookie, http.Header) {
+	req := httptest.NewRequest("POST", "/ui/login", strings.NewReader(url.Values{"token": {tok}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.RemoteAddr = src
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	for _, c := range rec.Result().Cookies() {
+		if c.Name == CookieName {
+			return rec.Code, c, rec.Header()
+		}
+	}
+	return rec.Code, nil, rec.Header()
+}
+
+func signedIn(h http.Handler, c *http.Cookie) bool {
+	req := httptest.NewRequest("GET", "/ui/fleet", nil)
+	req.AddCookie(c)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Code == http.StatusOK
+}
+
+// Issue 15 item 7: 1,030 sign-ins by one auditor used to end everybody's sessions.
+// Now they end only the auditor's own, and a full table refuses new sign-ins instead
+// of signing anybody out.
+func TestSignInFloodSignsOutOnlyTheFlooder(t *testing.T) {
+	d := newDash(t)
+	u, err := New(Config{Fleet: d.store, Policy: func() *policy.Policy { return d.pol }, SignInBurst: 5000, MaxSessionsPerToken: 16, MaxSessions: 19})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := u.Handler()
+	_, rm, _ := signIn(h, "192.0.2.1:1000", d.tok[fleet.RoleReleaseManager])
+	_, admin, _ := signIn(h, "192.0.2.2:1000", d.tok[fleet.RoleSecurityAdmin])
+	if rm == nil || admin == nil {
+		t.Fatal("sign-in set no cookie")
+	}
+	var last *http.Cookie
+	for i := range 1030 {
+		code, c, _ := signIn(h, "192.0.2.9:1000", d.tok[fleet.RoleAuditor])
+		if code != http.StatusSeeOther || c == nil {
+			t.Fatalf("auditor sign-in %d = %d", i, code)
+		}
+		last = c
+	}
+	if !signedIn(h, rm) || !signedIn(h, admin) {
+		t.Fatal("the auditor's 1,030 sign-ins signed other operators out")
+	}
+	if !signedIn(h, last) {
+		t.Error("the auditor's newest session ended")
+	}
+	// 18 sessions now (16 of the auditor's): one more operator fills the table, the next
+	// is refused; nobody is signed out.
+	extra, _, err := d.store.CreateToken(t.Context(), "eve", fleet.RoleAuditor, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra2, _, _ := d.store.CreateToken(t.Context(), "fay", fleet.RoleAuditor, time.Hour, time.Now())
+	if code, _, _ := signIn(h, "192.0.2.3:1000", extra); code != http.StatusSeeOther {
+		t.Fatalf("sign-in filling the table = %d", code)
+	}
+	if code, _, _ := signIn(h, "192.0.2.4:1000", extra2); code != http.StatusServiceUnavailable {
+		t.Errorf("sign-in past a full table = %d; want 503", code)
+	}
+	if !signedIn(h, rm) || !signedIn(h, admin) {
+		t.Error("a full session table signed somebody out")
+	}
+}
+
+// Issue 15 item 12: 2,000 guesses in a second. Each source gets a burst, then 429 with
+// Retry-After before its token is even looked at (a valid one too); other sources are
+// unaffected, and the bucket refills with time.
+func TestSignInIsRateLimited(t *testing.T) {
+	d := newDash(t)
+	clock := &testClock{t: time.Now()}
+	u, err := New(Config{Fleet: d.store, Policy: func() *policy.Policy { return d.pol }, Now: clock.Now, SignInBurst: 5, SignInEvery: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := u.Handler()
+	counts := map[int]int{}
+	for i := range 2000 {
+		code, _, hdr := signIn(h, "198.51.100.7:4000", fmt.Sprintf("ewo_guess%d_x", i))
+		counts[code]++
+		if code == http.StatusTooManyRequests && hdr.Get("Retry-After") == "" {
+			t.Fatal("429 without Retry-After")
+		}
+	}
+	if counts[http.StatusUnauthorized] != 5 || counts[http.StatusTooManyRequests] != 1995 {
+		t.Fatalf("2,000 guesses from one source = %v; want 5 answered and 1,995 refused with 429", counts)
+	}
+	if code, _, _ := signIn(h, "198.51.100.7:4001", d.tok[fleet.RoleAuditor]); code != http.StatusTooManyRequests {
+		t.Errorf("a valid token from the limited source = %d; want 429", code)
+	}
+	if code, _, _ := signIn(h, "198.51.100.8:4000", d.tok[fleet.RoleAuditor]); code != http.StatusSeeOther {
+		t.Errorf("another source = %d; want 303", code)
+	}
+	clock.Add(11 * time.Second)
+	if code, _, _ := signIn(h, "198.51.100.7:4000", d.tok[fleet.RoleAuditor]); code != http.StatusSeeOther {
+		t.Errorf("the limited source after the refill = %d; want 303", code)
+	}
+}
+
+func TestLimiterForgetsTheOldestSource(t *testing.T) {
+	l := newLimiter(1, time.Hour, 3)
+	t0 := time.Now()
+	for i := range 3 {
+		if ok, _ := l.allow(fmt.Sprint("s", i), t0.Add(time.Duration(i)*time.Second)); !ok {
+			t.Fatal("first attempt refused")
+		}
+	}
+	l.allow("s3", t0.Add(10*time.Second)) // evicts s0, the one seen longest ago
+	if len(l.m) != 3 || l.m["s0"] != nil {
+		t.Errorf("sources = %v; want 3 without s0", l.m)
+	}
+	if ok, _ := l.allow("s2", t0.Add(11*time.Second)); ok {
+		t.Error("s2's second attempt within the hour allowed")
+	}
+}
