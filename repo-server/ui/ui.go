@@ -100,9 +100,9 @@ type Config struct {
 type UI struct {
 	cfg     Config
 	signIns *limiter
-	log   *slog.Logger
-	pages map[string]*template.Template
-	mux   *http.ServeMux
+	log     *slog.Logger
+	pages   map[string]*template.Template
+	mux     *http.ServeMux
 }
 
 // CookieName is the session cookie.
