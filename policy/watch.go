@@ -33,6 +33,11 @@ type WatcherConfig struct {
 	Debounce time.Duration
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// OnChange, if set, is called before a policy whose digest differs from the one in
+	// force is put in force (old is nil at the first load), to record the change (the
+	// server audits it with Changes). If it fails, the new policy is not put in force:
+	// the reload counts as failed with its error, and the old policy stays.
+	OnChange func(old, new *Policy) error
 }
 
 // Watcher keeps the policy of a directory loaded: it reloads it when a file in the
@@ -106,6 +111,11 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.OnChange != nil {
+		if err := cfg.OnChange(nil, p); err != nil {
+			return nil, fmt.Errorf("policy %s: %w", cfg.Dir, err)
+		}
+	}
 	w.install(p)
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{w.valid, w.lastOK, w.rollouts, w.reloads} {
@@ -152,6 +162,13 @@ func (w *Watcher) Reload() error {
 	w.reloadMu.Lock()
 	defer w.reloadMu.Unlock()
 	p, err := w.parser.Load(w.cfg.Dir)
+	if err == nil && w.cfg.OnChange != nil {
+		if old := w.Policy(); old.Digest != p.Digest {
+			if cerr := w.cfg.OnChange(old, p); cerr != nil {
+				err = fmt.Errorf("policy %s not put in force: %w", p.Digest, cerr)
+			}
+		}
+	}
 	now := w.cfg.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -221,7 +221,7 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	body := http.MaxBytesReader(w, r.Body, o.cfg.MaxPublishBytes)
 	p := principal(r)
-	repo := o.s.cfg.Repo.WithActor("operator:" + p.Name)
+	repo := o.s.cfg.Repo.WithActor(p.Actor())
 	o.signMu.Lock()
 	// One publisher at a time across replicas (the publish lock in the fleet database).
 	unlock, err := o.s.lockPublish(r.Context())

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
 )
@@ -120,5 +121,50 @@ func TestOperatorClientCertificates(t *testing.T) {
 	}
 	if code, body := get(sam, "GET", "/v1/devices"); code != http.StatusUnauthorized || !strings.Contains(body, "revoked") {
 		t.Errorf("sam's certificate after revoking the token = %d %s; want 401 revoked", code, body)
+	}
+}
+
+// Issue 15 item 9: token names need not be unique, so a second token named like an
+// existing operator was logged as that operator. The actor names the token too.
+func TestAuditActorsAreUnique(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, NoFleetMetrics: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.useReal()
+	var ids []string
+	for range 2 {
+		tok, info, err := store.CreateToken(ctx, "sam", fleet.RoleSecurityAdmin, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, info.ID)
+		req, _ := http.NewRequest("POST", f.http.URL+"/v1/tokens", strings.NewReader(`{"operator":"x","role":"auditor","ttl":"1h"}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST /v1/tokens = %v, %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	l, db, err := OpenAudit(ctx, f.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(ctx, audit.Query{Kind: "token.create"})
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("token.create records = %v, %v", recs, err)
+	}
+	for i, r := range recs {
+		if want := "operator:sam@" + ids[i]; r.Actor != want {
+			t.Errorf("record %d actor = %q; want %q", i, r.Actor, want)
+		}
 	}
 }

@@ -33,7 +33,7 @@ func (o *operatorAPI) policy() *policy.Policy {
 	return &policy.Policy{}
 }
 
-func actorOf(r *http.Request) string { return "operator:" + principal(r).Name }
+func actorOf(r *http.Request) string { return principal(r).Actor() }
 
 // decodeBody decodes an optional JSON body into v: an empty body leaves v as it is.
 func decodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) bool {

@@ -357,7 +357,7 @@ func TestOperatorRollouts(t *testing.T) {
 		t.Fatalf("status = %+v", st)
 	}
 	o.must("POST", "/v1/rollouts/vib-3/resume", rm, "", 200, &ch)
-	if ch.State.Status != policy.StatusActive || ch.Events[0].Actor != "operator:release-manager-op" {
+	if ch.State.Status != policy.StatusActive || !strings.HasPrefix(ch.Events[0].Actor, "operator:release-manager-op@") {
 		t.Fatalf("resume = %+v", ch)
 	}
 	// The first wave soaks 10 minutes from the resume; approving wave 1 after that
@@ -411,7 +411,7 @@ func TestOperatorRollouts(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("export = %d", code)
 	}
-	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.resumed"`, `"kind":"rollout.approved"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op"`} {
+	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.resumed"`, `"kind":"rollout.approved"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op@`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("audit export lacks %s", want)
 		}
@@ -490,7 +490,7 @@ func TestOperatorDevices(t *testing.T) {
 	}
 
 	code, body := o.do("GET", "/v1/audit/export", o.tok[fleet.RoleSecurityAdmin], "")
-	for _, want := range []string{`"kind":"device.quarantine"`, `"kind":"device.release"`, `"kind":"device.labels"`, `"kind":"device.clear_failed"`, `"actor":"operator:security-admin-op"`} {
+	for _, want := range []string{`"kind":"device.quarantine"`, `"kind":"device.release"`, `"kind":"device.labels"`, `"kind":"device.clear_failed"`, `"actor":"operator:security-admin-op@`} {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Errorf("audit export lacks %s", want)
 		}

@@ -136,7 +136,7 @@ func TestOperatorAPI(t *testing.T) {
 
 	// The auditor exports the log: the API publish is attributed to the operator.
 	code, body := do("GET", "/v1/audit/export", auditor, nil)
-	if code != 200 || !strings.Contains(body, `"actor":"operator:rita"`) {
+	if code != 200 || !strings.Contains(body, `"actor":"operator:rita@`) {
 		t.Fatalf("audit export = %d\n%s", code, body)
 	}
 	l, db, _ := OpenAuditAt(ctx, f.repo, f.db)

@@ -185,7 +185,13 @@ func Run(ctx context.Context, cfg Config) error {
 	var current func() *policy.Policy
 	op := OperatorConfig{Fleet: store, Signing: cfg.Signing}
 	if _, err := os.Stat(policyDir); err == nil {
-		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: policyDir, Registerer: srv.Registry(), Logger: log})
+		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: policyDir, Registerer: srv.Registry(), Logger: log,
+			// Every policy put in force is audited with its digest and what changed
+			// (attestation requirements, rollouts); one that cannot be audited is not
+			// put in force.
+			OnChange: func(old, new *policy.Policy) error {
+				return srv.AuditEvent(ctx, "server", "policy.reload", new.Digest, policy.Changes(old, new))
+			}})
 		if err != nil {
 			return err
 		}

@@ -122,7 +122,7 @@ func TestRunComposesServer(t *testing.T) {
 	for _, r := range recs {
 		got = append(got, fmt.Sprintf("%s %s", r.Actor, r.Subject))
 	}
-	if len(got) != 1 || got[0] != "operator:rm models/iris/1.0.0.onnx" {
+	if len(got) != 1 || !strings.HasPrefix(got[0], "operator:rm@") || !strings.HasSuffix(got[0], " models/iris/1.0.0.onnx") {
 		t.Errorf("repo.publish records = %q; want one by operator:rm", got)
 	}
 }

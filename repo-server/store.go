@@ -112,3 +112,27 @@ func (a AuditRecorder) Record(ctx context.Context, actor, kind, subject string, 
 	}
 	return nil
 }
+
+// OpenAuditedFleet opens the fleet store of the repository in dir (on the database db
+// names, DBLocation) for a process other than the server, the CLI: every change made
+// through it appends its audit records in its own transaction, as the server's do, and
+// fails when they cannot be appended. The caller closes the store.
+func OpenAuditedFleet(ctx context.Context, dir, db string) (*fleet.Store, error) {
+	key, err := repository.AuditKey(dir)
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	st, err := fleet.Open(ctx, DBLocation(dir, db))
+	if err != nil {
+		return nil, err
+	}
+	l, err := audit.Open(ctx, audit.Config{DB: st.DB(), Key: key, Origin: audit.DefaultOrigin})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	return st.WithAudit(func(ctx context.Context, tx *sql.Tx, r fleet.AuditRecord) error {
+		_, err := l.AppendTx(ctx, tx, r.Actor, r.Kind, r.Subject, r.Data)
+		return err
+	}), nil
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
 	"github.com/edgeward/edgeward/repository"
 )
@@ -85,5 +87,28 @@ func TestCLIPublishRefusesNaNGates(t *testing.T) {
 	}
 	if status := c.must("repo", "status"); strings.Contains(status, "models/vib") {
 		t.Errorf("a refused publish is listed:\n%s", status)
+	}
+}
+
+// A token created on the repository machine (--repo) is audited like one created
+// through the server (issue 15 item 9), with the CLI user as the actor.
+func TestLocalTokenCreateIsAudited(t *testing.T) {
+	c := newCLI(t)
+	c.env["EDGEWARD_PASSPHRASE"] = "s3cret"
+	c.env["USER"] = "ursula"
+	c.must("repo", "init", c.repo, "--audit-key", filepath.Join(t.TempDir(), "audit.key"))
+	c.must("token", "create", "--name", "sam", "--role", "security-admin")
+	repo, err := repository.Open(repository.Config{Dir: c.repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, db, err := reposerver.OpenAudit(t.Context(), repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(t.Context(), audit.Query{Kind: "token.create"})
+	if err != nil || len(recs) != 1 || recs[0].Actor != "cli:ursula" || !strings.Contains(string(recs[0].Data), `"operator":"sam"`) {
+		t.Fatalf("token.create records = %+v, %v; want one by cli:ursula for sam", recs, err)
 	}
 }

@@ -181,7 +181,7 @@ func TestCLIRollouts(t *testing.T) {
 		t.Fatalf("verify: %s", out)
 	}
 	data, _ = os.ReadFile(export)
-	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op"`} {
+	for _, want := range []string{`"kind":"rollout.create"`, `"kind":"rollout.paused"`, `"kind":"rollout.aborted"`, `"actor":"operator:release-manager-op@`} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("export lacks %s", want)
 		}
@@ -230,7 +230,7 @@ func TestCLIDevices(t *testing.T) {
 	}
 	export := filepath.Join(t.TempDir(), "audit.jsonl")
 	aud.must("audit", "export", "-o", export)
-	if data, _ := os.ReadFile(export); !strings.Contains(string(data), `"kind":"device.clear_failed"`) || !strings.Contains(string(data), `"actor":"operator:release-manager-op"`) {
+	if data, _ := os.ReadFile(export); !strings.Contains(string(data), `"kind":"device.clear_failed"`) || !strings.Contains(string(data), `"actor":"operator:release-manager-op@`) {
 		t.Errorf("audit export lacks the clear-failed by the release manager:\n%s", data)
 	}
 

@@ -59,7 +59,7 @@ func TestServerProcessOnPostgres(t *testing.T) {
 		t.Fatalf("audit verify: %s", out)
 	}
 	log, _ := os.ReadFile(export)
-	for _, want := range []string{`"kind":"repo.init"`, `"subject":"models/m/1.0.0.onnx"`, `"actor":"operator:rita"`} {
+	for _, want := range []string{`"kind":"repo.init"`, `"subject":"models/m/1.0.0.onnx"`, `"actor":"operator:rita@`} {
 		if !strings.Contains(string(log), want) {
 			t.Errorf("the exported audit log has no %s:\n%s", want, log)
 		}

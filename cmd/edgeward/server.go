@@ -109,7 +109,9 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := rf.open(); err != nil {
 		return fmt.Errorf("%w, or create the token through a running server with --server URL and a security admin's --token", err)
 	}
-	store, err := fleet.Open(ctx, reposerver.DBLocation(rf.dir, rf.db))
+	// Audited like the server's token.create, in the same transaction: no audit log,
+	// no token.
+	store, err := reposerver.OpenAuditedFleet(ctx, rf.dir, rf.db)
 	if err != nil {
 		return err
 	}
@@ -123,7 +125,9 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 	}
-	tok, info, err := store.CreateToken(ctx, *name, r, *ttl, time.Now())
+	now := time.Now()
+	tok, info, err := store.CreateToken(ctx, *name, r, *ttl, now, fleet.AuditRecord{Actor: actor(env), Kind: "token.create",
+		Data: map[string]any{"operator": *name, "role": r, "expires_at": now.Add(*ttl).UTC(), "local": true, "certificate": *certOut != ""}})
 	if err != nil {
 		return err
 	}

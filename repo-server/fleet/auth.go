@@ -104,6 +104,21 @@ type Principal struct {
 	Kind PrincipalKind
 	Name string
 	Role Role // operators only
+	// TokenID is the ID of the operator's token (operators only). Names need not be
+	// unique; the token ID is, so Actor names both.
+	TokenID string
+}
+
+// Actor is how the audit log names the principal: "operator:<name>@<token ID>" (a
+// second token named like an existing operator is told apart), or "device:<id>".
+func (p Principal) Actor() string {
+	if p.Kind == PrincipalDevice {
+		return "device:" + p.Name
+	}
+	if p.TokenID == "" {
+		return "operator:" + p.Name
+	}
+	return "operator:" + p.Name + "@" + p.TokenID
 }
 
 // Authorization errors.
@@ -269,7 +284,7 @@ func authenticateWhere(ctx context.Context, q dbtx, column string, v any, now ti
 	case !now.Before(fromNS(expires)):
 		return Principal{}, fmt.Errorf("authenticate: token %s of %q: %w", info.ID, info.Operator, ErrTokenExpired)
 	}
-	return Principal{Kind: PrincipalOperator, Name: info.Operator, Role: info.Role}, nil
+	return Principal{Kind: PrincipalOperator, Name: info.Operator, Role: info.Role, TokenID: info.ID}, nil
 }
 
 // RevokeToken revokes a token by ID (ErrNotFound if unknown). Revoking twice is not
