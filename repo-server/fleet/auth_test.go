@@ -69,7 +69,7 @@ func testTokens(t *testing.T, db opener) {
 		t.Errorf("stored %x; want the token's SHA-256, not the token", stored)
 	}
 	p, err := s.Authenticate(ctx, tok, t0.Add(59*time.Minute))
-	if err != nil || p != (Principal{Kind: PrincipalOperator, Name: "alice", Role: RoleReleaseManager}) {
+	if err != nil || p != (Principal{Kind: PrincipalOperator, Name: "alice", Role: RoleReleaseManager, TokenID: info.ID}) || p.Actor() != "operator:alice@"+info.ID {
 		t.Errorf("Authenticate = %+v, %v", p, err)
 	}
 	if err := Authorize(p, ActionRolloutWrite); err != nil {
