@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -154,21 +154,13 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, max))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := jsonstrict.Decode(http.MaxBytesReader(w, r.Body, max), v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", max))
 		} else {
 			writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
-		return false
-	}
-	// Anything but the end of the body after the value is trailing data (Decoder.More
-	// would let a stray '}' or ']' through).
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		writeError(w, http.StatusBadRequest, "malformed request: trailing data")
 		return false
 	}
 	return true

@@ -2,7 +2,6 @@ package reposerver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,19 +41,13 @@ func decodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, max))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+	if err := jsonstrict.Decode(http.MaxBytesReader(w, r.Body, max), v); err != nil && err != io.EOF {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", max))
 		} else {
 			writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
-		return false
-	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, "malformed request: trailing data")
 		return false
 	}
 	return true

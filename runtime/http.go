@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
@@ -329,9 +330,7 @@ func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) erro
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := jsonstrict.Decode(bytes.NewReader(body), v); err != nil {
 		return fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
 	}
 	return nil

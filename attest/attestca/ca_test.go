@@ -335,6 +335,7 @@ func TestHandlerHostileInput(t *testing.T) {
 		{"not JSON", "/enroll", "application/json", "{", 400},
 		{"unknown field", "/enroll", "application/json", `{"ek_alg":"rsa","evil":1}`, 400},
 		{"trailing data", "/enroll", "application/json", string(good) + "{}", 400},
+		{"stray brace", "/enroll", "application/json", string(good) + "}", 400},
 		{"wrong type", "/enroll", "application/json", `{"ek_cert":42}`, 400},
 		{"bad base64", "/enroll", "application/json", `{"ek_cert":"!!!"}`, 400},
 		{"empty", "/enroll", "application/json", ``, 400},

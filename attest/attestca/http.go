@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/protocol"
 )
 
@@ -54,13 +55,8 @@ func DecodeRequest(body []byte, v any) error {
 	if len(body) > MaxRequestBytes {
 		return fmt.Errorf("%w: body larger than %d bytes", ErrBadRequest, MaxRequestBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := jsonstrict.Decode(bytes.NewReader(body), v); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadRequest, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: trailing data after JSON value", ErrBadRequest)
 	}
 	return nil
 }

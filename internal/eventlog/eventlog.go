@@ -8,10 +8,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 )
 
 // PCRs used for measurements (DESIGN.md: 16 in development, 23 in production).
@@ -84,14 +85,9 @@ func Parse(b []byte) (Log, error) {
 	if len(b) > MaxLogBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(b), MaxLogBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var l Log
-	if err := dec.Decode(&l); err != nil {
+	if err := jsonstrict.Decode(bytes.NewReader(b), &l); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrMalformed)
 	}
 	if err := l.Validate(); err != nil {
 		return nil, err

@@ -48,6 +48,8 @@ func TestParse(t *testing.T) {
 		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("g", 64) + `"}]`, false},
 		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("a", 64) + `","extra":1}]`, false},
 		{string(good) + `[]`, false},
+		{string(good) + `]`, false},  // a stray ']' (json.Decoder.More let it through)
+		{string(good) + " \n", true}, // trailing white space is fine
 		{`[` + strings.Repeat(string(good[1:len(good)-1])+",", eventlog.MaxEvents) + string(good[1:]), false},
 	}
 	for _, tc := range tests {
