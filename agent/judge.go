@@ -226,6 +226,13 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		j.Runtimes.Stop(p)
 		return v
 	}
+	// A call the runtime did not answer (EOF, reset) may be its death: the connection
+	// breaks before the process is reaped, so wait a moment for its exit status before
+	// judging who ended it.
+	failCall := func(reason string) updater.Verdict {
+		p.awaitExit(runtimeReapWait)
+		return fail(reason)
+	}
 	if p.SHA256 != t.SHA256 {
 		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", p.SHA256, t.SHA256))
 	}
@@ -244,7 +251,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 	}
 	if _, err := p.Client.Load(ctx, runtimeapi.LoadRequest{Name: name, Version: cur.Version, SHA256: cur.SHA256,
 		Path: j.Slots.Payload(artifact.KindModel, st.Active), Default: true}); err != nil {
-		return fail(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
+		return failCall(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
 	}
 	_, meta, err := j.TUF.Resolve(ctx, artifact.KindModel, cur.Path)
 	if err != nil {
@@ -257,7 +264,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		}
 		rep, err := p.Client.Probe(ctx, name, cur.Version, ps, artifact.CommitGates(meta.Gates, gates))
 		if err != nil {
-			return fail("probe: " + err.Error())
+			return failCall("probe: " + err.Error())
 		}
 		figures = probeFigures(rep)
 		if !rep.Pass {

@@ -342,6 +342,19 @@ func (l *refusingListener) Close() error { return nil }
 // its own or crashes (SIGSEGV, SIGABRT) fails its trial.
 var ErrRuntimeKilled = fmt.Errorf("the runtime process was killed (SIGKILL): %w", updater.ErrRuntimeDown)
 
+// runtimeReapWait bounds how long a failed call waits for the runtime's exit status.
+const runtimeReapWait = 2 * time.Second
+
+// awaitExit waits until p has exited or d has passed, whichever is first.
+func (p *RuntimeProc) awaitExit(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+	}
+}
+
 // killed reports whether p has exited, killed by SIGKILL.
 func (p *RuntimeProc) killed() bool {
 	select {

@@ -46,7 +46,7 @@ func TestNetworkCut(t *testing.T) {
 	mark := fileSize(first.Agent.LogPath)
 	f.rollout(id, "1.1.0", []policy.WaveSpec{{Percent: lab.PercentFor(id, ordered, 1), Soak: "2s"}, {Percent: 100}})
 	err := lab.WaitFor(f.ctx, wait, first.Name+" to start the trial of 1.1.0", func(context.Context) (bool, string, error) {
-		return strings.Contains(tailFrom(first.Agent.LogPath, mark), `"msg":"model loaded","model":"vibration-anomaly","version":"1.1.0"`), "", nil
+		return strings.Contains(tailFrom(first.Agent.LogPath, mark), `msg="model loaded" model=vibration-anomaly version=1.1.0 `), "", nil
 	})
 	if err != nil {
 		t.Fatal(err)

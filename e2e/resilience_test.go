@@ -159,7 +159,7 @@ func TestRuntimeDies(t *testing.T) {
 	mark := fileSize(d.Agent.LogPath)
 	f.rollout("vib-1.1.0", "1.1.0", nil)
 	err := lab.WaitFor(f.ctx, wait, d.Name+" to start the trial of 1.1.0", func(context.Context) (bool, string, error) {
-		return strings.Contains(tailFrom(d.Agent.LogPath, mark), `"msg":"model loaded","model":"vibration-anomaly","version":"1.1.0"`), "", nil
+		return strings.Contains(tailFrom(d.Agent.LogPath, mark), `msg="model loaded" model=vibration-anomaly version=1.1.0 `), "", nil
 	})
 	if err != nil {
 		t.Fatal(err)
