@@ -14,12 +14,4 @@ var pg = pgtest.New()
 // pgDurable is a cluster with PostgreSQL's durability settings, for benchmarks.
 var pgDurable = pgtest.NewWith(pgtest.Options{Durable: true})
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	for _, c := range []*pgtest.Cluster{pg, pgDurable} {
-		if err := c.Stop(); err != nil && code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, pg, pgDurable)) }

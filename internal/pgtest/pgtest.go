@@ -154,6 +154,20 @@ func (c *Cluster) Port() int {
 	return c.port
 }
 
+// Main runs a test binary's tests and then stops its clusters; it returns the exit code
+// for os.Exit, failing the run when a cluster does not stop cleanly:
+//
+//	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, pg)) }
+func Main(m *testing.M, clusters ...*Cluster) int {
+	code := m.Run()
+	for _, c := range clusters {
+		if err := c.Stop(); err != nil && code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
 // Stop stops the server (fast shutdown) and removes its directory. Safe to call when
 // it never started, and more than once.
 func (c *Cluster) Stop() error {

@@ -13,13 +13,7 @@ import (
 // pg is the test binary's PostgreSQL cluster, started by the first test that needs it.
 var pg = pgtest.New()
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := pg.Stop(); err != nil && code == 0 {
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, pg)) }
 
 // opener gives a test a fresh, empty database: a sqlite file or a PostgreSQL URL.
 type opener func(t testing.TB) string
