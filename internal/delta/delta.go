@@ -1,0 +1,256 @@
+// Package delta makes and applies Edgeward's binary deltas: a new version of a target
+// written as copies from a base version and literal bytes, found by content-defined
+// chunking and compressed with zstd (method MethodCDC).
+//
+// The device applies a delta with memory that does not grow with the target: it reads
+// the base at the offsets the delta names (pread, no mapping), decodes zstd with a small
+// bounded window and writes the result as it goes. A delta says nothing about trust: the
+// caller checks the result against the full target's signed hash, and falls back to the
+// full target on any error.
+package delta
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// MethodCDC is the name of this package's method in a delta target's metadata.
+const MethodCDC = "cdc-zstd"
+
+const magic = "EWDCDC1\n"
+
+// Window is the zstd window of a delta; the device's decoder refuses a larger one.
+const Window = 1 << 20
+
+const (
+	opCopy    = 'C'
+	opLiteral = 'L'
+	opEnd     = 'E'
+)
+
+// Errors of Apply.
+var (
+	// ErrCorrupt: the delta is not a well-formed delta of this method.
+	ErrCorrupt = errors.New("corrupt delta")
+	// ErrBaseMismatch: the base is not the one the delta was made from.
+	ErrBaseMismatch = errors.New("delta does not apply to this base")
+	// ErrTooLong: the result would be longer than the caller allows.
+	ErrTooLong = errors.New("delta result longer than allowed")
+)
+
+// Stats says what a delta is made of.
+type Stats struct {
+	BaseLength   int64 // bytes of the base
+	ResultLength int64 // bytes of the result
+	Copied       int64 // result bytes copied from the base
+	Literal      int64 // result bytes carried in the delta
+	Ops          int   // copy and literal operations
+}
+
+type loc struct{ off, n int64 }
+
+// Diff writes to w a delta that turns base into target. It reads each once, streaming;
+// its memory is an index of the base's chunks (about 60 bytes per 10 KiB of base) and
+// zstd's encoder.
+func Diff(ctx context.Context, base, target io.Reader, w io.Writer) (Stats, error) {
+	var st Stats
+	index := map[[sha256.Size]byte]loc{}
+	err := chunks(base, func(off int64, c []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k := sha256.Sum256(c)
+		if _, ok := index[k]; !ok {
+			index[k] = loc{off, int64(len(c))}
+		}
+		st.BaseLength = off + int64(len(c))
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("delta: read base: %w", err)
+	}
+	zw, err := zstd.NewWriter(w, zstd.WithWindowSize(Window), zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return st, err
+	}
+	bw := bufio.NewWriterSize(zw, 64<<10)
+	var hdr []byte
+	hdr = append(hdr, magic...)
+	hdr = binary.AppendUvarint(hdr, uint64(st.BaseLength))
+	if _, err := bw.Write(hdr); err != nil {
+		return st, err
+	}
+	// pending is a copy not yet written, grown while the next chunk continues it.
+	var pending loc
+	var lit []byte
+	flushCopy := func() error {
+		if pending.n == 0 {
+			return nil
+		}
+		b := []byte{opCopy}
+		b = binary.AppendUvarint(b, uint64(pending.off))
+		b = binary.AppendUvarint(b, uint64(pending.n))
+		st.Ops++
+		st.Copied += pending.n
+		pending = loc{}
+		_, err := bw.Write(b)
+		return err
+	}
+	flushLit := func() error {
+		if len(lit) == 0 {
+			return nil
+		}
+		b := []byte{opLiteral}
+		b = binary.AppendUvarint(b, uint64(len(lit)))
+		if _, err := bw.Write(b); err != nil {
+			return err
+		}
+		st.Ops++
+		st.Literal += int64(len(lit))
+		_, err := bw.Write(lit)
+		lit = lit[:0]
+		return err
+	}
+	err = chunks(target, func(off int64, c []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st.ResultLength = off + int64(len(c))
+		l, ok := index[sha256.Sum256(c)]
+		if !ok {
+			if err := flushCopy(); err != nil {
+				return err
+			}
+			lit = append(lit, c...)
+			if len(lit) >= 1<<20 {
+				return flushLit()
+			}
+			return nil
+		}
+		if err := flushLit(); err != nil {
+			return err
+		}
+		if pending.n > 0 && pending.off+pending.n == l.off {
+			pending.n += l.n
+			return nil
+		}
+		if err := flushCopy(); err != nil {
+			return err
+		}
+		pending = l
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("delta: read target: %w", err)
+	}
+	if err := flushCopy(); err != nil {
+		return st, err
+	}
+	if err := flushLit(); err != nil {
+		return st, err
+	}
+	end := []byte{opEnd}
+	end = binary.AppendUvarint(end, uint64(st.ResultLength))
+	if _, err := bw.Write(end); err != nil {
+		return st, err
+	}
+	if err := bw.Flush(); err != nil {
+		return st, err
+	}
+	return st, zw.Close()
+}
+
+// Apply writes to w the result of delta applied to base (baseLen bytes), and returns
+// its length. It writes at most max bytes (ErrTooLong past them) and fails with
+// ErrBaseMismatch when the delta was made from a base of another length and with
+// ErrCorrupt when the delta is malformed. It does not check the result's hash: the
+// caller does, against the signed full target. Memory: a 256 KiB buffer and a zstd
+// decoder with a window of at most Window.
+func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader, w io.Writer, max int64) (int64, error) {
+	zr, err := zstd.NewReader(delta, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(Window))
+	if err != nil {
+		return 0, err
+	}
+	defer zr.Close()
+	r := bufio.NewReaderSize(zr, 64<<10)
+	corrupt := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
+	}
+	head := make([]byte, len(magic))
+	if _, err := io.ReadFull(r, head); err != nil {
+		return 0, corrupt("header: %v", err)
+	}
+	if string(head) != magic {
+		return 0, corrupt("not a %s delta", MethodCDC)
+	}
+	bl, err := binary.ReadUvarint(r)
+	if err != nil {
+		return 0, corrupt("base length: %v", err)
+	}
+	if int64(bl) != baseLen {
+		return 0, fmt.Errorf("%w: made from a base of %d bytes, this one has %d", ErrBaseMismatch, bl, baseLen)
+	}
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		op, err := r.ReadByte()
+		if err != nil {
+			return n, corrupt("at result byte %d: %v", n, err)
+		}
+		switch op {
+		case opCopy:
+			off, err1 := binary.ReadUvarint(r)
+			cnt, err2 := binary.ReadUvarint(r)
+			if err1 != nil || err2 != nil {
+				return n, corrupt("copy at result byte %d: truncated", n)
+			}
+			if off > uint64(baseLen) || cnt > uint64(baseLen)-off {
+				return n, corrupt("copy of %d bytes at %d outside the %d-byte base", cnt, off, baseLen)
+			}
+			if int64(cnt) > max-n {
+				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
+			}
+			if _, err := io.CopyBuffer(w, io.NewSectionReader(base, int64(off), int64(cnt)), buf); err != nil {
+				return n, err
+			}
+			n += int64(cnt)
+		case opLiteral:
+			cnt, err := binary.ReadUvarint(r)
+			if err != nil {
+				return n, corrupt("literal at result byte %d: truncated", n)
+			}
+			if int64(cnt) > max-n || cnt > uint64(max) {
+				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
+			}
+			c, err := io.CopyBuffer(w, io.LimitReader(r, int64(cnt)), buf)
+			n += c
+			if err != nil {
+				return n, err
+			}
+			if c != int64(cnt) {
+				return n, corrupt("literal at result byte %d: %d of %d bytes", n-c, c, cnt)
+			}
+		case opEnd:
+			total, err := binary.ReadUvarint(r)
+			if err != nil || int64(total) != n {
+				return n, corrupt("end: result is %d bytes, the delta says %d", n, total)
+			}
+			if _, err := r.ReadByte(); err != io.EOF {
+				return n, corrupt("data after the end")
+			}
+			return n, nil
+		default:
+			return n, corrupt("unknown operation %#x at result byte %d", op, n)
+		}
+	}
+}
