@@ -107,19 +107,32 @@ type drift struct {
 // observe folds the feature rows of a request's inputs in (FP32/FP64 inputs only).
 func (d *drift) observe(inputs []*Input) {
 	for _, in := range inputs {
-		if in.Name != d.input || in.F == nil || len(in.Shape) == 0 {
+		if in.Name != d.input || len(in.Shape) == 0 || !isFloat(in.Datatype) {
 			continue
 		}
 		w := int(in.Shape[len(in.Shape)-1])
 		if w != len(d.baseline.Features) {
 			return
 		}
+		var buf [16]float64
+		row := buf[:0]
+		if w > len(buf) {
+			row = make([]float64, 0, w)
+		}
 		d.mu.Lock()
-		for lo := 0; lo+w <= len(in.F); lo += w {
-			d.moments.Add(in.F[lo : lo+w])
+		for lo := 0; lo+w <= in.n; lo += w {
+			row = row[:0]
+			for k := range w {
+				row = append(row, in.float(in.Datatype, lo+k))
+			}
+			d.moments.Add(row)
 		}
 		d.mu.Unlock()
 	}
+}
+
+func isFloat(dt runtimeapi.Datatype) bool {
+	return dt == runtimeapi.FP32 || dt == runtimeapi.FP64 || dt == runtimeapi.FP16 || dt == runtimeapi.BF16
 }
 
 func (d *drift) report(name, version string) runtimeapi.DriftReport {

@@ -24,7 +24,7 @@ func FuzzDecodeInferRequest(f *testing.F) {
 	}
 	const max = 64
 	f.Fuzz(func(t *testing.T, body []byte) {
-		_, inputs, _, err := DecodeInferRequest(body, max)
+		_, inputs, _, err := DecodeInferRequest(body, -1, max)
 		if err != nil {
 			if !errors.Is(err, runtimeapi.ErrInvalid) {
 				t.Fatalf("DecodeInferRequest(%q) error %v does not wrap ErrInvalid", body, err)
@@ -32,10 +32,10 @@ func FuzzDecodeInferRequest(f *testing.F) {
 			return
 		}
 		for _, in := range inputs {
-			if in.len() > max {
-				t.Fatalf("input %q has %d elements; bound %d", in.Name, in.len(), max)
+			if in.n > max {
+				t.Fatalf("input %q has %d elements; bound %d", in.Name, in.n, max)
 			}
-			if !in.kindMatches() {
+			if !in.consistent(in.Datatype) {
 				t.Fatalf("input %q of %s holds values of another kind", in.Name, in.Datatype)
 			}
 		}
@@ -70,9 +70,9 @@ func TestDecodeData(t *testing.T) {
 		{`["a"]`, runtimeapi.BOOL, 0, true},
 	}
 	for _, tt := range tests {
-		v, err := decodeData([]byte(tt.data), tt.dt, 4)
-		if (err != nil) != tt.wantErr || (err == nil && v.len() != tt.wantLen) {
-			t.Errorf("decodeData(%q, %s) = %d values, %v; want %d, error %v", tt.data, tt.dt, v.len(), err, tt.wantLen, tt.wantErr)
+		v, err := decodeData([]byte(tt.data), tt.dt, 4, nil)
+		if (err != nil) != tt.wantErr || (err == nil && v.n != tt.wantLen) {
+			t.Errorf("decodeData(%q, %s) = %d values, %v; want %d, error %v", tt.data, tt.dt, v.n, err, tt.wantLen, tt.wantErr)
 		}
 	}
 }

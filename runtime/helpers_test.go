@@ -106,3 +106,32 @@ func loadIris(tb testing.TB, r *Runtime, version string) runtimeapi.ModelInfo {
 	}
 	return info
 }
+
+// values is a tensor's elements widened by kind, for comparisons in tests: F for
+// floating-point datatypes, I for signed integers, U for unsigned, B for BOOL, S for BYTES.
+type values struct {
+	F []float64
+	I []int64
+	U []uint64
+	B []bool
+	S []string
+}
+
+func widen(dt runtimeapi.Datatype, td *tensorData) values {
+	var v values
+	for i := range td.n {
+		switch dt {
+		case runtimeapi.FP16, runtimeapi.BF16, runtimeapi.FP32, runtimeapi.FP64:
+			v.F = append(v.F, td.float(dt, i))
+		case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
+			v.I = append(v.I, td.intAt(dt, i))
+		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
+			v.U = append(v.U, uint64(td.intAt(dt, i)))
+		case runtimeapi.BOOL:
+			v.B = append(v.B, td.raw[i] == 1)
+		case runtimeapi.BYTES:
+			v.S = append(v.S, td.strs[i])
+		}
+	}
+	return v
+}

@@ -93,7 +93,7 @@ func (r *Runtime) handleServer(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"name":        "edgeward-runtime",
 		"version":     r.ORTVersion(),
-		"extensions":  []string{"model_repository", "edgeward_probe"},
+		"extensions":  []string{"model_repository", "binary_tensor_data", "edgeward_probe"},
 		"onnxruntime": r.ORTVersion(),
 	})
 }
@@ -116,43 +116,6 @@ func (r *Runtime) handleModelReady(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"name": name, "ready": true})
 }
 
-// DecodeInferRequest parses an Open Inference Protocol request body into inputs and the
-// requested output names. maxElements bounds each tensor. Every error wraps ErrInvalid.
-func DecodeInferRequest(body []byte, maxElements int) (runtimeapi.InferRequest, []Input, []string, error) {
-	var req runtimeapi.InferRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&req); err != nil {
-		return req, nil, nil, fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
-	}
-	// Anything but the end of the body is trailing data (Decoder.More would let a stray
-	// '}' or ']' through).
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
-	}
-	if len(req.Inputs) == 0 {
-		return req, nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
-	}
-	inputs := make([]Input, len(req.Inputs))
-	for i, t := range req.Inputs {
-		if t.Name == "" {
-			return req, nil, nil, fmt.Errorf("%w: input %d has no name", runtimeapi.ErrInvalid, i)
-		}
-		if !t.Datatype.Known() {
-			return req, nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", runtimeapi.ErrInvalid, t.Name, t.Datatype)
-		}
-		v, err := decodeData(t.Data, t.Datatype, maxElements)
-		if err != nil {
-			return req, nil, nil, fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
-		}
-		inputs[i] = Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, values: v}
-	}
-	names := make([]string, len(req.Outputs))
-	for i, o := range req.Outputs {
-		names[i] = o.Name
-	}
-	return req, inputs, names, nil
-}
-
 func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
 	name, version := req.PathValue("name"), req.PathValue("version")
@@ -171,11 +134,15 @@ func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, string, error) {
 	// Read and decode before taking a reference on a version, so that a slow upload
 	// cannot hold an old version's session open during a swap.
+	hl, err := headerLength(req.Header)
+	if err != nil {
+		return statusOf(err), r.servedVersion(name, version), err
+	}
 	body, err := readBody(w, req, r.cfg.maxRequestBytes())
 	if err != nil {
 		return statusOf(err), r.servedVersion(name, version), err
 	}
-	ir, inputs, names, err := DecodeInferRequest(body, r.cfg.maxElements())
+	ir, inputs, names, err := DecodeInferRequest(body, hl, r.cfg.maxElements())
 	if err != nil {
 		return statusOf(err), r.servedVersion(name, version), err
 	}
@@ -188,8 +155,15 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if err != nil {
 		return statusOf(err), m.version, err
 	}
-	b := encodeInferResponse(make([]byte, 0, 256), m.name, m.version, ir.ID, outs)
-	w.Header().Set("Content-Type", "application/json")
+	bin := binaryOutputs(&ir, outs)
+	b, n := encodeInferResponse(make([]byte, 0, 256), m.name, m.version, ir.ID, outs, bin)
+	if bin != nil {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(n))
+	} else {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 	return http.StatusOK, m.version, nil
@@ -207,7 +181,10 @@ func (r *Runtime) servedVersion(name, version string) string {
 	return m.version
 }
 
-func encodeInferResponse(b []byte, model, version, id string, outs []Output) []byte {
+// encodeInferResponse appends the response to b: JSON alone when bin is nil, else a
+// JSON header (its length is n) followed by the binary data of the outputs bin marks.
+func encodeInferResponse(b []byte, model, version, id string, outs []Output, bin []bool) (_ []byte, n int) {
+	start := len(b)
 	q := func(s string) []byte { j, _ := json.Marshal(s); return j }
 	b = append(b, `{"model_name":`...)
 	b = append(b, q(model)...)
@@ -234,11 +211,28 @@ func encodeInferResponse(b []byte, model, version, id string, outs []Output) []b
 			}
 			b = strconv.AppendInt(b, d, 10)
 		}
+		if bin != nil && bin[i] {
+			b = append(b, `],"parameters":{"binary_data_size":`...)
+			b = strconv.AppendInt(b, int64(o.binarySize()), 10)
+			b = append(b, "}}"...)
+			continue
+		}
 		b = append(b, `],"data":`...)
 		b = o.appendJSON(b)
 		b = append(b, '}')
 	}
-	return append(b, "]}\n"...)
+	if bin == nil {
+		b = append(b, "]}\n"...)
+		return b, len(b) - start
+	}
+	b = append(b, "]}"...)
+	n = len(b) - start
+	for i := range outs {
+		if bin[i] {
+			b = outs[i].appendBinary(b)
+		}
+	}
+	return b, n
 }
 
 func (r *Runtime) handleIndex(w http.ResponseWriter, _ *http.Request) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,13 +20,14 @@ type Input struct {
 	Name     string
 	Datatype runtimeapi.Datatype
 	Shape    []int64
-	values
+	tensorData
 }
 
-// NewInput returns an input tensor from float64 values (for FP32 and FP64 inputs);
-// Go callers (probes, benchmarks, the agent) use it instead of JSON.
+// NewInput returns an input tensor of a numeric datatype from float64 values (rounded to
+// the datatype: to nearest for floats, towards zero for integers); Go callers (probes,
+// benchmarks, the agent) use it instead of JSON.
 func NewInput(name string, dt runtimeapi.Datatype, shape []int64, data []float64) Input {
-	return Input{Name: name, Datatype: dt, Shape: shape, values: values{F: data}}
+	return Input{Name: name, Datatype: dt, Shape: shape, tensorData: encodeFloats(dt, data)}
 }
 
 // Model is one loaded version of a model: its ORT session and its signature. Requests
@@ -166,31 +168,21 @@ func (m *Model) validate(inputs []Input) ([]*Input, error) {
 		if n > int64(m.maxElements) {
 			return nil, fmt.Errorf("%w: input %q: %d elements, at most %d allowed", runtimeapi.ErrInvalid, in.Name, n, m.maxElements)
 		}
-		if int64(in.len()) != n {
-			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", runtimeapi.ErrInvalid, in.Name, in.Shape, n, in.len())
+		if int64(in.n) != n {
+			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", runtimeapi.ErrInvalid, in.Name, in.Shape, n, in.n)
 		}
-		if !in.kindMatches() {
+		if !in.consistent(in.Datatype) {
 			return nil, fmt.Errorf("%w: input %q: data does not hold %s values", runtimeapi.ErrInvalid, in.Name, in.Datatype)
+		}
+		for k, s := range in.strs {
+			// ONNX Runtime's string tensors are filled from C strings.
+			if strings.IndexByte(s, 0) >= 0 {
+				return nil, fmt.Errorf("%w: input %q: BYTES element %d holds a NUL byte, which ONNX Runtime strings cannot carry", runtimeapi.ErrInvalid, in.Name, k)
+			}
 		}
 		ordered[j] = in
 	}
 	return ordered, nil
-}
-
-// kindMatches reports whether the values are held in the field the datatype uses.
-func (in *Input) kindMatches() bool {
-	n := in.len()
-	switch in.Datatype {
-	case runtimeapi.FP32, runtimeapi.FP64:
-		return len(in.F) == n
-	case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
-		return len(in.I) == n
-	case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
-		return len(in.U) == n
-	case runtimeapi.BOOL:
-		return len(in.B) == n
-	}
-	return false
 }
 
 // run validates inputs, runs the session and returns the requested outputs (all when
@@ -226,7 +218,7 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		}
 	}()
 	for i, in := range ordered {
-		tensors[i], err = newTensor(in.Datatype, in.Shape, in.values)
+		tensors[i], err = newTensor(in.Datatype, in.Shape, &in.tensorData)
 		if err != nil {
 			return nil, fmt.Errorf("input %q: %w", in.Name, err)
 		}
@@ -239,6 +231,9 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 			}
 		}
 	}()
+	if err := m.preallocate(outs, ordered); err != nil {
+		return nil, err
+	}
 	var runErr error
 	if ctx.Done() == nil {
 		runErr = m.session.Run(tensors, outs)
@@ -268,13 +263,46 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		if !want[i] {
 			continue
 		}
-		out, err := outputFrom(m.outputs[i].Name, o)
+		out, err := outputFrom(m.outputs[i], o)
 		if err != nil {
 			return nil, err
 		}
 		result = append(result, out)
 	}
 	return result, nil
+}
+
+// preallocate creates the FP16 and BF16 output tensors before the run: onnxruntime_go
+// v1.27 copies an output it allocates itself by element count rather than bytes, which
+// fails for 2-byte elements. Their shape is the model's, each dynamic dimension taken
+// from the first input's dimension at the same axis (the batch axis, in practice); a
+// model whose FP16 output shape is otherwise dynamic fails to run with a clear error.
+func (m *Model) preallocate(outs []ort.Value, ordered []*Input) error {
+	for i, meta := range m.outputs {
+		if meta.Datatype != runtimeapi.FP16 && meta.Datatype != runtimeapi.BF16 {
+			continue
+		}
+		shape := slices.Clone(meta.Shape)
+		for k, d := range shape {
+			if d >= 0 {
+				continue
+			}
+			if k >= len(ordered[0].Shape) {
+				return fmt.Errorf("%w: model %s: output %q has dynamic dimension %d that no input dimension sizes (%s outputs need sizes known before the run)", errRun, m.name, meta.Name, k, meta.Datatype)
+			}
+			shape[k] = ordered[0].Shape[k]
+		}
+		n, err := elementsOf(shape, math.MaxInt32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("%w: model %s: output %q shape %v: %v", errRun, m.name, meta.Name, shape, err)
+		}
+		t, err := ort.NewCustomDataTensor(ort.NewShape(shape...), make([]byte, 2*n), elemTypes[meta.Datatype])
+		if err != nil {
+			return fmt.Errorf("output %q: %w", meta.Name, err)
+		}
+		outs[i] = t
+	}
+	return nil
 }
 
 // errRun marks a failure inside ORT's Run (mapped to 400: inputs passed validation, so

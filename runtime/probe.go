@@ -82,33 +82,29 @@ func splitCases(ps *runtimeapi.ProbeSet, maxElements int) ([][]Input, error) {
 	}
 	var all []Input
 	for _, t := range ps.Inputs {
-		v, err := decodeData(t.Data, t.Datatype, maxElements)
+		v, err := decodeData(t.Data, t.Datatype, maxElements, nil)
 		if err != nil {
 			return nil, fmt.Errorf("%w: probe input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 		}
-		if v.len()%n != 0 {
-			return nil, fmt.Errorf("%w: probe input %q: %d values do not split into %d cases", runtimeapi.ErrInvalid, t.Name, v.len(), n)
+		if v.n%n != 0 {
+			return nil, fmt.Errorf("%w: probe input %q: %d values do not split into %d cases", runtimeapi.ErrInvalid, t.Name, v.n, n)
 		}
-		all = append(all, Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, values: v})
+		all = append(all, Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, tensorData: v})
 	}
 	cases := make([][]Input, n)
 	for c := range cases {
 		for _, in := range all {
-			per := in.len() / n
+			per := in.n / n
 			lo, hi := c*per, (c+1)*per
 			shape := append([]int64{1}, in.Shape[1:]...)
-			v := values{}
-			switch {
-			case in.F != nil:
-				v.F = in.F[lo:hi]
-			case in.I != nil:
-				v.I = in.I[lo:hi]
-			case in.U != nil:
-				v.U = in.U[lo:hi]
-			default:
-				v.B = in.B[lo:hi]
+			v := tensorData{n: per}
+			if in.Datatype == runtimeapi.BYTES {
+				v.strs = in.strs[lo:hi]
+			} else {
+				es := in.Datatype.Size()
+				v.raw = in.raw[lo*es : hi*es]
 			}
-			cases[c] = append(cases[c], Input{Name: in.Name, Datatype: in.Datatype, Shape: shape, values: v})
+			cases[c] = append(cases[c], Input{Name: in.Name, Datatype: in.Datatype, Shape: shape, tensorData: v})
 		}
 	}
 	return cases, nil

@@ -40,6 +40,7 @@ package runtime
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -149,6 +150,10 @@ type modelVersions struct {
 // environment is process-wide and stays loaded until the process exits) and returns a
 // Runtime with no models.
 func New(cfg Config) (*Runtime, error) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		// Tensor data is little-endian on the wire and handed to ONNX Runtime as is.
+		return nil, errors.New("edgeward-runtime needs a little-endian host")
+	}
 	if err := initEnvironment(cfg.libraryPath()); err != nil {
 		return nil, err
 	}

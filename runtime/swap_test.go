@@ -141,7 +141,7 @@ func TestUnloadWaitsForInFlight(t *testing.T) {
 	default:
 	}
 	outs, err := m.run(context.Background(), []Input{NewInput("X", runtimeapi.FP32, []int64{1, 4}, []float64{7.7, 2.8, 6.7, 2.0})}, nil, false)
-	if err != nil || outs[0].I[0] != 2 {
+	if err != nil || outs[0].intAt(outs[0].Datatype, 0) != 2 {
 		t.Fatalf("in-flight request on the unloading version = %v, %v; want label 2", outs, err)
 	}
 	m.inflight.Done()

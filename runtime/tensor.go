@@ -2,10 +2,13 @@ package runtime
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
+	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
 
@@ -13,47 +16,135 @@ import (
 )
 
 // datatypeOf maps an ONNX element type to its protocol name; ok is false for element
-// types the runtime does not serve (strings, float16, …).
+// types the runtime does not serve (complex, 8-bit floats, …).
 func datatypeOf(t ort.TensorElementDataType) (runtimeapi.Datatype, bool) {
-	switch t {
-	case ort.TensorElementDataTypeFloat:
-		return runtimeapi.FP32, true
-	case ort.TensorElementDataTypeDouble:
-		return runtimeapi.FP64, true
-	case ort.TensorElementDataTypeInt8:
-		return runtimeapi.INT8, true
-	case ort.TensorElementDataTypeInt16:
-		return runtimeapi.INT16, true
-	case ort.TensorElementDataTypeInt32:
-		return runtimeapi.INT32, true
-	case ort.TensorElementDataTypeInt64:
-		return runtimeapi.INT64, true
-	case ort.TensorElementDataTypeUint8:
-		return runtimeapi.UINT8, true
-	case ort.TensorElementDataTypeUint16:
-		return runtimeapi.UINT16, true
-	case ort.TensorElementDataTypeUint32:
-		return runtimeapi.UINT32, true
-	case ort.TensorElementDataTypeUint64:
-		return runtimeapi.UINT64, true
-	case ort.TensorElementDataTypeBool:
-		return runtimeapi.BOOL, true
+	for dt, et := range elemTypes {
+		if et == t {
+			return dt, true
+		}
 	}
 	return "", false
 }
 
-// Values is the decoded data of one tensor: exactly one field is set, chosen by the
-// datatype (F for FP32/FP64, I for signed integers, U for unsigned, B for BOOL). Integers
-// are range-checked against their datatype when decoded.
-type values struct {
-	F []float64
-	I []int64
-	U []uint64
-	B []bool
+// elemTypes maps each served datatype to its ONNX element type (read-only).
+var elemTypes = map[runtimeapi.Datatype]ort.TensorElementDataType{
+	runtimeapi.FP16:   ort.TensorElementDataTypeFloat16,
+	runtimeapi.BF16:   ort.TensorElementDataTypeBFloat16,
+	runtimeapi.FP32:   ort.TensorElementDataTypeFloat,
+	runtimeapi.FP64:   ort.TensorElementDataTypeDouble,
+	runtimeapi.INT8:   ort.TensorElementDataTypeInt8,
+	runtimeapi.INT16:  ort.TensorElementDataTypeInt16,
+	runtimeapi.INT32:  ort.TensorElementDataTypeInt32,
+	runtimeapi.INT64:  ort.TensorElementDataTypeInt64,
+	runtimeapi.UINT8:  ort.TensorElementDataTypeUint8,
+	runtimeapi.UINT16: ort.TensorElementDataTypeUint16,
+	runtimeapi.UINT32: ort.TensorElementDataTypeUint32,
+	runtimeapi.UINT64: ort.TensorElementDataTypeUint64,
+	runtimeapi.BOOL:   ort.TensorElementDataTypeBool,
+	runtimeapi.BYTES:  ort.TensorElementDataTypeString,
 }
 
-func (v *values) len() int {
-	return len(v.F) + len(v.I) + len(v.U) + len(v.B)
+// tensorData is one tensor's elements in the layout ONNX Runtime reads them: the
+// little-endian bytes of every element (BOOL as one byte, 0 or 1), or the byte strings of
+// a BYTES tensor. The runtime refuses to start on a big-endian host (New), so the bytes
+// are also the host's layout. n is the element count.
+type tensorData struct {
+	raw  []byte
+	strs []string
+	n    int
+}
+
+// consistent reports whether the data holds n elements of dt in the field dt uses, with
+// BOOL bytes 0 or 1.
+func (td *tensorData) consistent(dt runtimeapi.Datatype) bool {
+	if dt == runtimeapi.BYTES {
+		return td.raw == nil && len(td.strs) == td.n
+	}
+	if td.strs != nil || len(td.raw) != td.n*dt.Size() || dt.Size() == 0 {
+		return false
+	}
+	if dt == runtimeapi.BOOL {
+		for _, b := range td.raw {
+			if b > 1 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// float returns element i widened to float64 (0/1 for BOOL, NaN for BYTES).
+func (td *tensorData) float(dt runtimeapi.Datatype, i int) float64 {
+	b := td.raw
+	le := binary.LittleEndian
+	switch dt {
+	case runtimeapi.FP32:
+		return float64(math.Float32frombits(le.Uint32(b[4*i:])))
+	case runtimeapi.FP64:
+		return math.Float64frombits(le.Uint64(b[8*i:]))
+	case runtimeapi.FP16:
+		return float64(f16ToF32(le.Uint16(b[2*i:])))
+	case runtimeapi.BF16:
+		return float64(math.Float32frombits(uint32(le.Uint16(b[2*i:])) << 16))
+	case runtimeapi.INT8:
+		return float64(int8(b[i]))
+	case runtimeapi.INT16:
+		return float64(int16(le.Uint16(b[2*i:])))
+	case runtimeapi.INT32:
+		return float64(int32(le.Uint32(b[4*i:])))
+	case runtimeapi.INT64:
+		return float64(int64(le.Uint64(b[8*i:])))
+	case runtimeapi.UINT8, runtimeapi.BOOL:
+		return float64(b[i])
+	case runtimeapi.UINT16:
+		return float64(le.Uint16(b[2*i:]))
+	case runtimeapi.UINT32:
+		return float64(le.Uint32(b[4*i:]))
+	case runtimeapi.UINT64:
+		return float64(le.Uint64(b[8*i:]))
+	}
+	return math.NaN()
+}
+
+// encodeFloats returns float64 values as the data of a numeric datatype (rounded to
+// nearest, integers truncated towards zero).
+func encodeFloats(dt runtimeapi.Datatype, data []float64) tensorData {
+	b := make([]byte, 0, len(data)*dt.Size())
+	le := binary.LittleEndian
+	for _, f := range data {
+		switch dt {
+		case runtimeapi.FP32:
+			b = le.AppendUint32(b, math.Float32bits(float32(f)))
+		case runtimeapi.FP64:
+			b = le.AppendUint64(b, math.Float64bits(f))
+		case runtimeapi.FP16:
+			b = le.AppendUint16(b, f32ToF16(float32(f)))
+		case runtimeapi.BF16:
+			b = le.AppendUint16(b, f32ToBF16(float32(f)))
+		case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
+			b = appendInt(b, int64(f), dt.Size())
+		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
+			b = appendInt(b, int64(uint64(f)), dt.Size())
+		case runtimeapi.BOOL:
+			b = append(b, boolByte(f != 0))
+		}
+	}
+	return tensorData{raw: b, n: len(data)}
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// appendInt appends the low size bytes of x, little-endian.
+func appendInt(b []byte, x int64, size int) []byte {
+	for k := range size {
+		b = append(b, byte(x>>(8*k)))
+	}
+	return b
 }
 
 // maxNesting bounds the bracket depth of a tensor's "data", so hostile input cannot make
@@ -61,16 +152,21 @@ func (v *values) len() int {
 const maxNesting = 32
 
 // decodeData parses the "data" member of a request tensor: a JSON array, flat or nested
-// (row-major), of numbers (or true/false for BOOL). It returns at most max elements and
-// rejects anything that is not of the datatype: strings, objects, null, fractions for
-// integer types, out-of-range integers.
-func decodeData(raw []byte, dt runtimeapi.Datatype, max int) (values, error) {
-	var v values
+// (row-major), of numbers (true/false for BOOL, strings for BYTES). It returns at most
+// max elements, appended to dst's raw bytes, and rejects anything that is not of the
+// datatype: strings, objects, null, fractions for integer types, out-of-range numbers.
+func decodeData(raw []byte, dt runtimeapi.Datatype, max int, dst []byte) (tensorData, error) {
+	td := tensorData{raw: dst[:0]}
+	if dt == runtimeapi.BYTES {
+		td.raw = nil
+	} else if !dt.Known() {
+		return td, fmt.Errorf("datatype %s is not supported", dt)
+	}
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || raw[0] != '[' {
-		return v, errors.New("data must be a JSON array")
+		return td, errors.New("data must be a JSON array")
 	}
-	depth, n := 0, 0
+	depth := 0
 	expectValue := true // at the start of an array or after a comma
 	afterComma := false
 	for i := 0; i < len(raw); {
@@ -80,115 +176,155 @@ func decodeData(raw []byte, dt runtimeapi.Datatype, max int) (values, error) {
 			i++
 		case c == '[':
 			if !expectValue {
-				return v, fmt.Errorf("data: unexpected '[' at offset %d", i)
+				return td, fmt.Errorf("data: unexpected '[' at offset %d", i)
 			}
 			depth++
 			afterComma = false
 			if depth > maxNesting {
-				return v, fmt.Errorf("data: nested deeper than %d", maxNesting)
+				return td, fmt.Errorf("data: nested deeper than %d", maxNesting)
 			}
 			i++
 		case c == ']':
 			if depth == 0 || afterComma {
-				return v, fmt.Errorf("data: unbalanced ']' at offset %d", i)
+				return td, fmt.Errorf("data: unbalanced ']' at offset %d", i)
 			}
 			depth--
 			expectValue = false
 			i++
 			if depth == 0 {
 				if rest := bytes.TrimSpace(raw[i:]); len(rest) > 0 {
-					return v, errors.New("data: trailing characters after the array")
+					return td, errors.New("data: trailing characters after the array")
 				}
 			}
 		case c == ',':
 			if expectValue || depth == 0 {
-				return v, fmt.Errorf("data: unexpected ',' at offset %d", i)
+				return td, fmt.Errorf("data: unexpected ',' at offset %d", i)
 			}
 			expectValue, afterComma = true, true
 			i++
 		default:
 			if !expectValue || depth == 0 {
-				return v, fmt.Errorf("data: unexpected %q at offset %d", c, i)
+				return td, fmt.Errorf("data: unexpected %q at offset %d", c, i)
 			}
-			j := i
-			for j < len(raw) && raw[j] != ',' && raw[j] != ']' && raw[j] != ' ' && raw[j] != '\n' && raw[j] != '\t' && raw[j] != '\r' {
-				j++
+			if td.n >= max {
+				return td, fmt.Errorf("data: more than %d elements", max)
 			}
-			if n >= max {
-				return v, fmt.Errorf("data: more than %d elements", max)
+			var j int
+			var err error
+			if dt == runtimeapi.BYTES {
+				j, err = td.appendString(raw, i)
+			} else {
+				j = i
+				for j < len(raw) && raw[j] != ',' && raw[j] != ']' && raw[j] != ' ' && raw[j] != '\n' && raw[j] != '\t' && raw[j] != '\r' {
+					j++
+				}
+				td.raw, err = appendToken(td.raw, string(raw[i:j]), dt)
 			}
-			if err := v.appendToken(string(raw[i:j]), dt); err != nil {
-				return v, fmt.Errorf("data element %d: %w", n, err)
+			if err != nil {
+				return td, fmt.Errorf("data element %d: %w", td.n, err)
 			}
-			n++
+			td.n++
 			expectValue, afterComma = false, false
 			i = j
 		}
 	}
 	if depth != 0 {
-		return v, errors.New("data: unterminated array")
+		return td, errors.New("data: unterminated array")
 	}
-	return v, nil
+	return td, nil
 }
 
-func (v *values) appendToken(tok string, dt runtimeapi.Datatype) error {
+// appendString decodes the JSON string at raw[i:] into a BYTES element and returns the
+// offset after it.
+func (td *tensorData) appendString(raw []byte, i int) (int, error) {
+	if raw[i] != '"' {
+		j := i
+		for j < len(raw) && raw[j] != ',' && raw[j] != ']' {
+			j++
+		}
+		return i, fmt.Errorf("%.32q is not a string (BYTES elements are JSON strings)", raw[i:j])
+	}
+	j := i + 1
+	for j < len(raw) && raw[j] != '"' {
+		if raw[j] == '\\' {
+			j++
+		}
+		j++
+	}
+	if j >= len(raw) {
+		return i, errors.New("unterminated string")
+	}
+	j++
+	var s string
+	if err := json.Unmarshal(raw[i:j], &s); err != nil {
+		return i, fmt.Errorf("string: %w", err)
+	}
+	td.strs = append(td.strs, s)
+	return j, nil
+}
+
+// appendToken appends one JSON value of datatype dt (a number, or true/false for BOOL)
+// as its little-endian bytes.
+func appendToken(b []byte, tok string, dt runtimeapi.Datatype) ([]byte, error) {
+	le := binary.LittleEndian
 	switch dt {
 	case runtimeapi.BOOL:
 		switch tok {
 		case "true":
-			v.B = append(v.B, true)
+			return append(b, 1), nil
 		case "false":
-			v.B = append(v.B, false)
-		default:
-			return fmt.Errorf("%.32q is not a BOOL (want true or false)", tok)
+			return append(b, 0), nil
 		}
-	case runtimeapi.FP32, runtimeapi.FP64:
+		return b, fmt.Errorf("%.32q is not a BOOL (want true or false)", tok)
+	case runtimeapi.FP32, runtimeapi.FP64, runtimeapi.FP16, runtimeapi.BF16:
 		if !isJSONNumber(tok) {
-			return fmt.Errorf("%.32q is not a number", tok)
+			return b, fmt.Errorf("%.32q is not a number", tok)
 		}
-		bits := 64
-		if dt == runtimeapi.FP32 {
-			bits = 32
+		bits := 32
+		if dt == runtimeapi.FP64 {
+			bits = 64
 		}
 		f, err := strconv.ParseFloat(tok, bits)
 		if err != nil {
-			return fmt.Errorf("%.32q out of range for %s", tok, dt)
+			return b, fmt.Errorf("%.32q out of range for %s", tok, dt)
 		}
-		v.F = append(v.F, f)
+		switch dt {
+		case runtimeapi.FP64:
+			return le.AppendUint64(b, math.Float64bits(f)), nil
+		case runtimeapi.FP32:
+			return le.AppendUint32(b, math.Float32bits(float32(f))), nil
+		case runtimeapi.FP16:
+			h := f32ToF16(float32(f))
+			if h&0x7fff == 0x7c00 {
+				return b, fmt.Errorf("%.32q out of range for FP16", tok)
+			}
+			return le.AppendUint16(b, h), nil
+		}
+		h := f32ToBF16(float32(f))
+		if h&0x7fff == 0x7f80 {
+			return b, fmt.Errorf("%.32q out of range for BF16", tok)
+		}
+		return le.AppendUint16(b, h), nil
 	case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
 		if !isJSONNumber(tok) {
-			return fmt.Errorf("%.32q is not a number", tok)
+			return b, fmt.Errorf("%.32q is not a number", tok)
 		}
-		i, err := strconv.ParseInt(tok, 10, bitsOf(dt))
+		i, err := strconv.ParseInt(tok, 10, 8*dt.Size())
 		if err != nil {
-			return fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
+			return b, fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
 		}
-		v.I = append(v.I, i)
+		return appendInt(b, i, dt.Size()), nil
 	case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
 		if !isJSONNumber(tok) {
-			return fmt.Errorf("%.32q is not a number", tok)
+			return b, fmt.Errorf("%.32q is not a number", tok)
 		}
-		u, err := strconv.ParseUint(tok, 10, bitsOf(dt))
+		u, err := strconv.ParseUint(tok, 10, 8*dt.Size())
 		if err != nil {
-			return fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
+			return b, fmt.Errorf("%.32q is not an integer in the range of %s", tok, dt)
 		}
-		v.U = append(v.U, u)
-	default:
-		return fmt.Errorf("datatype %s is not supported", dt)
+		return appendInt(b, int64(u), dt.Size()), nil
 	}
-	return nil
-}
-
-func bitsOf(dt runtimeapi.Datatype) int {
-	switch dt {
-	case runtimeapi.INT8, runtimeapi.UINT8:
-		return 8
-	case runtimeapi.INT16, runtimeapi.UINT16:
-		return 16
-	case runtimeapi.INT32, runtimeapi.UINT32:
-		return 32
-	}
-	return 64
+	return b, fmt.Errorf("datatype %s is not supported", dt)
 }
 
 // isJSONNumber reports whether s is a number in JSON syntax (so "NaN", "0x1", "+1" and
@@ -228,157 +364,259 @@ func isJSONNumber(s string) bool {
 	return i == len(s)
 }
 
-// newTensor builds an ORT tensor of the given datatype and shape from decoded values.
-// The caller destroys it.
-func newTensor(dt runtimeapi.Datatype, shape []int64, v values) (ort.Value, error) {
+// f32ToF16 rounds an FP32 to the nearest FP16 (ties to even); beyond FP16's range it is
+// ±Inf, NaN stays NaN.
+func f32ToF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int(b>>23) & 0xff
+	mant := b & 0x7fffff
+	if exp == 0xff {
+		if mant != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	}
+	if e := exp - 127 + 15; e >= 0x1f {
+		return sign | 0x7c00
+	} else if e > 0 {
+		h := uint32(e)<<10 | mant>>13
+		rem := mant & 0x1fff
+		if rem > 0x1000 || (rem == 0x1000 && h&1 == 1) {
+			h++ // may carry into the exponent, up to Inf: correct rounding
+		}
+		return sign | uint16(h)
+	}
+	// FP16 subnormal: the value is m × 2^-24.
+	shift := uint(126 - exp)
+	if shift > 24 {
+		return sign
+	}
+	m := mant | 0x800000
+	h := m >> shift
+	rem, half := m&(1<<shift-1), uint32(1)<<(shift-1)
+	if rem > half || (rem == half && h&1 == 1) {
+		h++
+	}
+	return sign | uint16(h)
+}
+
+// f16ToF32 widens an FP16 exactly.
+func f16ToF32(h uint16) float32 {
+	sign := uint32(h&0x8000) << 16
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h & 0x3ff)
+	switch {
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
+	case exp == 0:
+		f := float32(mant) / (1 << 24)
+		if sign != 0 {
+			f = -f
+		}
+		return f
+	}
+	return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
+}
+
+// f32ToBF16 rounds an FP32 to the nearest BF16 (ties to even), NaN stays NaN.
+func f32ToBF16(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7fffffff > 0x7f800000 {
+		return uint16(b>>16) | 0x40
+	}
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// newTensor builds an ORT tensor of the given datatype and shape over the data (no
+// copy: the tensor reads td.raw). The caller destroys it.
+func newTensor(dt runtimeapi.Datatype, shape []int64, td *tensorData) (ort.Value, error) {
 	s := ort.NewShape(shape...)
-	switch dt {
-	case runtimeapi.FP32:
-		return ort.NewTensor(s, convert[float32](v.F))
-	case runtimeapi.FP64:
-		return ort.NewTensor(s, v.F)
-	case runtimeapi.INT8:
-		return ort.NewTensor(s, convert[int8](v.I))
-	case runtimeapi.INT16:
-		return ort.NewTensor(s, convert[int16](v.I))
-	case runtimeapi.INT32:
-		return ort.NewTensor(s, convert[int32](v.I))
-	case runtimeapi.INT64:
-		return ort.NewTensor(s, v.I)
-	case runtimeapi.UINT8:
-		return ort.NewTensor(s, convert[uint8](v.U))
-	case runtimeapi.UINT16:
-		return ort.NewTensor(s, convert[uint16](v.U))
-	case runtimeapi.UINT32:
-		return ort.NewTensor(s, convert[uint32](v.U))
-	case runtimeapi.UINT64:
-		return ort.NewTensor(s, v.U)
-	case runtimeapi.BOOL:
-		return ort.NewTensor(s, v.B)
+	if dt == runtimeapi.BYTES {
+		t, err := ort.NewStringTensor(s)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.SetContents(td.strs); err != nil {
+			t.Destroy()
+			return nil, err
+		}
+		return t, nil
 	}
-	return nil, fmt.Errorf("datatype %s is not supported", dt)
-}
-
-type number interface {
-	~float32 | ~float64 | ~int8 | ~int16 | ~int32 | ~int64 | ~uint8 | ~uint16 | ~uint32 | ~uint64
-}
-
-func convert[T number, S number](in []S) []T {
-	out := make([]T, len(in))
-	for i, x := range in {
-		out[i] = T(x)
+	et, ok := elemTypes[dt]
+	if !ok {
+		return nil, fmt.Errorf("datatype %s is not supported", dt)
 	}
-	return out
+	return ort.NewCustomDataTensor(s, td.raw, et)
 }
 
-// Output is one output tensor of an inference: its values in row-major order, widened
-// to float64 (F), int64 (I), uint64 (U) or bool (B) by datatype.
+// Output is one output tensor of an inference, its elements in row-major order.
 type Output struct {
 	Name     string
 	Datatype runtimeapi.Datatype
 	Shape    []int64
-	values
+	tensorData
 }
 
-// Floats returns the output's elements as float64, whatever its datatype (bools as 0/1).
+// Floats returns the output's elements as float64, whatever its datatype (bools as 0/1,
+// BYTES as NaN).
 func (o *Output) Floats() []float64 {
-	switch {
-	case o.F != nil:
-		return o.F
-	case o.I != nil:
-		return convert[float64](o.I)
-	case o.U != nil:
-		return convert[float64](o.U)
-	}
-	out := make([]float64, len(o.B))
-	for i, b := range o.B {
-		if b {
-			out[i] = 1
-		}
+	out := make([]float64, o.n)
+	for i := range out {
+		out[i] = o.float(o.Datatype, i)
 	}
 	return out
 }
 
-// outputFrom copies an ORT output value into an Output. It does not destroy v.
-func outputFrom(name string, v ort.Value) (Output, error) {
-	o := Output{Name: name, Shape: []int64(v.GetShape().Clone())}
+// appendBinary appends the output's elements as binary tensor data: the little-endian elements,
+// or for BYTES each element's 4-byte little-endian length and bytes.
+func (o *Output) appendBinary(b []byte) []byte {
+	if o.Datatype != runtimeapi.BYTES {
+		return append(b, o.raw...)
+	}
+	for _, s := range o.strs {
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// binarySize is the length of appendBinary's data.
+func (o *Output) binarySize() int {
+	if o.Datatype != runtimeapi.BYTES {
+		return len(o.raw)
+	}
+	n := 4 * len(o.strs)
+	for _, s := range o.strs {
+		n += len(s)
+	}
+	return n
+}
+
+// asBytes returns the memory of s as bytes, without copying.
+func asBytes[T any](s []T) []byte {
+	if len(s) == 0 {
+		return []byte{}
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*int(unsafe.Sizeof(s[0])))
+}
+
+// outputFrom takes an ORT output value as an Output of the model's declared datatype.
+// The Output shares the value's Go memory (which outlives v.Destroy); it does not
+// destroy v.
+func outputFrom(meta runtimeapi.TensorMeta, v ort.Value) (Output, error) {
+	o := Output{Name: meta.Name, Datatype: meta.Datatype, Shape: []int64(v.GetShape().Clone())}
+	o.n = int(v.GetShape().FlattenedSize())
 	switch t := v.(type) {
 	case *ort.Tensor[float32]:
-		o.Datatype, o.F = runtimeapi.FP32, convert[float64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[float64]:
-		o.Datatype, o.F = runtimeapi.FP64, append([]float64(nil), t.GetData()...)
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[int8]:
-		o.Datatype, o.I = runtimeapi.INT8, convert[int64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[int16]:
-		o.Datatype, o.I = runtimeapi.INT16, convert[int64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[int32]:
-		o.Datatype, o.I = runtimeapi.INT32, convert[int64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[int64]:
-		o.Datatype, o.I = runtimeapi.INT64, append([]int64(nil), t.GetData()...)
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[uint8]:
-		o.Datatype, o.U = runtimeapi.UINT8, convert[uint64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[uint16]:
-		o.Datatype, o.U = runtimeapi.UINT16, convert[uint64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[uint32]:
-		o.Datatype, o.U = runtimeapi.UINT32, convert[uint64](t.GetData())
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[uint64]:
-		o.Datatype, o.U = runtimeapi.UINT64, append([]uint64(nil), t.GetData()...)
+		o.raw = asBytes(t.GetData())
 	case *ort.Tensor[bool]:
-		o.Datatype, o.B = runtimeapi.BOOL, append([]bool(nil), t.GetData()...)
-	default:
-		return o, fmt.Errorf("output %q: unsupported value type %T", name, v)
-	}
-	// Keep the "exactly one field set" invariant for empty outputs too.
-	if o.len() == 0 {
-		switch o.Datatype {
-		case runtimeapi.FP32, runtimeapi.FP64:
-			o.F = []float64{}
-		case runtimeapi.BOOL:
-			o.B = []bool{}
-		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
-			o.U = []uint64{}
-		default:
-			o.I = []int64{}
+		o.raw = asBytes(t.GetData())
+	case *ort.CustomDataTensor:
+		o.raw = t.GetData()
+	case *ort.StringTensor:
+		s, err := t.GetContents()
+		if err != nil {
+			return o, fmt.Errorf("output %q: %w", meta.Name, err)
 		}
+		o.strs = s
+	default:
+		return o, fmt.Errorf("output %q: unsupported value type %T", meta.Name, v)
+	}
+	if !o.consistent(o.Datatype) {
+		return o, fmt.Errorf("output %q: %T does not hold %d %s elements", meta.Name, v, o.n, o.Datatype)
 	}
 	return o, nil
 }
 
 // appendJSON appends the output's data as a flat JSON array. Non-finite floats, which
-// JSON cannot carry, are written as null.
+// JSON cannot carry, are written as null; BYTES elements as JSON strings.
 func (o *Output) appendJSON(b []byte) []byte {
 	b = append(b, '[')
-	bits := 64
-	if o.Datatype == runtimeapi.FP32 {
-		bits = 32
-	}
-	for i, f := range o.F {
+	for i := range o.n {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		if math.IsNaN(f) || math.IsInf(f, 0) {
-			b = append(b, "null"...)
-			continue
+		switch o.Datatype {
+		case runtimeapi.BYTES:
+			q, _ := json.Marshal(o.strs[i])
+			b = append(b, q...)
+		case runtimeapi.BOOL:
+			b = strconv.AppendBool(b, o.raw[i] != 0)
+		case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
+			b = strconv.AppendInt(b, o.intAt(o.Datatype, i), 10)
+		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
+			b = strconv.AppendUint(b, uint64(o.intAt(o.Datatype, i)), 10)
+		default:
+			f := o.float(o.Datatype, i)
+			if math.IsNaN(f) || math.IsInf(f, 0) {
+				b = append(b, "null"...)
+				continue
+			}
+			bits := 32
+			if o.Datatype == runtimeapi.FP64 {
+				bits = 64
+			}
+			b = strconv.AppendFloat(b, f, 'g', -1, bits)
 		}
-		b = strconv.AppendFloat(b, f, 'g', -1, bits)
-	}
-	for i, x := range o.I {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, x, 10)
-	}
-	for i, x := range o.U {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendUint(b, x, 10)
-	}
-	for i, x := range o.B {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendBool(b, x)
 	}
 	return append(b, ']')
+}
+
+// elementsOf is the element count of shape, or an error when a dimension is negative or
+// the product exceeds max.
+func elementsOf(shape []int64, max int) (int, error) {
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 {
+			return 0, fmt.Errorf("shape %v has a negative dimension", shape)
+		}
+		if d > 0 && n > int64(max)/d {
+			return 0, fmt.Errorf("shape %v has more than %d elements", shape, max)
+		}
+		n *= d
+	}
+	return int(n), nil
+}
+
+// intAt returns integer element i exactly: sign-extended for signed datatypes,
+// zero-extended (to be read as uint64) for unsigned ones.
+func (td *tensorData) intAt(dt runtimeapi.Datatype, i int) int64 {
+	b, le := td.raw, binary.LittleEndian
+	switch dt {
+	case runtimeapi.INT8:
+		return int64(int8(b[i]))
+	case runtimeapi.INT16:
+		return int64(int16(le.Uint16(b[2*i:])))
+	case runtimeapi.INT32:
+		return int64(int32(le.Uint32(b[4*i:])))
+	case runtimeapi.INT64, runtimeapi.UINT64:
+		return int64(le.Uint64(b[8*i:]))
+	case runtimeapi.UINT8, runtimeapi.BOOL:
+		return int64(b[i])
+	case runtimeapi.UINT16:
+		return int64(le.Uint16(b[2*i:]))
+	case runtimeapi.UINT32:
+		return int64(le.Uint32(b[4*i:]))
+	}
+	return 0
 }

@@ -60,10 +60,12 @@ func TestDecodeDataValues(t *testing.T) {
 		{"1", runtimeapi.FP32, values{}, "must be a JSON array"},
 		{"  ", runtimeapi.FP32, values{}, "must be a JSON array"},
 		{"[1", runtimeapi.FP32, values{}, "unterminated"},
-		{"[1]", runtimeapi.Datatype("BYTES"), values{}, "not supported"},
+		{"[1]", runtimeapi.BYTES, values{}, "not a string"},
+		{"[1]", runtimeapi.Datatype("STRING"), values{}, "not supported"},
 	}
 	for _, tt := range tests {
-		v, err := decodeData([]byte(tt.data), tt.dt, 4)
+		td, err := decodeData([]byte(tt.data), tt.dt, 4, nil)
+		v := widen(tt.dt, &td)
 		switch {
 		case tt.err == "" && err != nil:
 			t.Errorf("decodeData(%q, %s) = %v; want %v", tt.data, tt.dt, err, tt.want)
@@ -87,21 +89,21 @@ func TestDecodeInferRequestRefusals(t *testing.T) {
 		{`{"inputs":[` + in("x", "FP32", "[1,2]") + `]} {}`, "trailing data"},
 		{`{"inputs":[]}`, "no inputs"},
 		{`{"inputs":[` + in("", "FP32", "[1,2]") + `]}`, "input 0 has no name"},
-		{`{"inputs":[` + in("x", "FP32", "[1,2]") + `,` + in("y", "BYTES", `["a"]`) + `]}`, `input "y": datatype "BYTES" is not supported`},
+		{`{"inputs":[` + in("x", "FP32", "[1,2]") + `,` + in("y", "STRING", `["a"]`) + `]}`, `input "y": datatype "STRING" is not supported`},
 		{`{"inputs":[` + in("x", "FP32", "[1,2,3]") + `]}`, `input "x": data: more than 2 elements`},
 	} {
-		_, _, _, err := DecodeInferRequest([]byte(tt.body), 2)
+		_, _, _, err := DecodeInferRequest([]byte(tt.body), -1, 2)
 		if !errors.Is(err, runtimeapi.ErrInvalid) || !strings.Contains(err.Error(), tt.err) {
 			t.Errorf("DecodeInferRequest(%s) = %v; want ErrInvalid about %q", tt.body, err, tt.err)
 		}
 	}
-	req, inputs, outputs, err := DecodeInferRequest([]byte(`{"id":"r1","inputs":[`+in("x", "INT8", "[1,-2]")+`,`+in("b", "BOOL", "[true,false]")+`],"outputs":[{"name":"label"},{"name":"probabilities"}]} `), 2)
+	req, inputs, outputs, err := DecodeInferRequest([]byte(`{"id":"r1","inputs":[`+in("x", "INT8", "[1,-2]")+`,`+in("b", "BOOL", "[true,false]")+`],"outputs":[{"name":"label"},{"name":"probabilities"}]} `), -1, 2)
 	if err != nil {
 		t.Fatalf("DecodeInferRequest(valid) = %v", err)
 	}
 	want := []Input{
-		{Name: "x", Datatype: runtimeapi.INT8, Shape: []int64{1, 2}, values: values{I: []int64{1, -2}}},
-		{Name: "b", Datatype: runtimeapi.BOOL, Shape: []int64{1, 2}, values: values{B: []bool{true, false}}},
+		{Name: "x", Datatype: runtimeapi.INT8, Shape: []int64{1, 2}, tensorData: tensorData{raw: []byte{1, 0xfe}, n: 2}},
+		{Name: "b", Datatype: runtimeapi.BOOL, Shape: []int64{1, 2}, tensorData: tensorData{raw: []byte{1, 0}, n: 2}},
 	}
 	if req.ID != "r1" || !reflect.DeepEqual(inputs, want) || !reflect.DeepEqual(outputs, []string{"label", "probabilities"}) {
 		t.Errorf("DecodeInferRequest(valid) = %q, %+v, %q; want r1, %+v, [label probabilities]", req.ID, inputs, outputs, want)

@@ -29,3 +29,33 @@ func Echo() []byte {
 	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
 	return model.msg(8, pb{}.str(1, "").int(2, 13))
 }
+
+// EchoTypes lists the datatypes of EchoAll, by Open Inference Protocol name, with their
+// ONNX TensorProto.DataType.
+var EchoTypes = []struct {
+	Datatype string
+	Elem     int64
+}{
+	{"BOOL", 9}, {"UINT8", 2}, {"UINT16", 4}, {"UINT32", 12}, {"UINT64", 13},
+	{"INT8", 3}, {"INT16", 5}, {"INT32", 6}, {"INT64", 7},
+	{"FP16", 10}, {"BF16", 16}, {"FP32", 1}, {"FP64", 11}, {"BYTES", 8},
+}
+
+// EchoAll returns a model with one Identity per datatype: input "<datatype>" [N] (e.g.
+// "FP16") and output "<datatype>_out" [N], for every datatype of EchoTypes, so that every
+// element type travels through ONNX Runtime and back.
+func EchoAll() []byte {
+	var g pb
+	for _, t := range EchoTypes {
+		g = g.msg(1, node("Identity", "id_"+t.Datatype, []string{t.Datatype}, []string{t.Datatype + "_out"}))
+	}
+	g = g.str(2, "echo_all")
+	for _, t := range EchoTypes {
+		g = g.msg(11, valueInfo(t.Datatype, t.Elem, []int64{-1}, "n"))
+	}
+	for _, t := range EchoTypes {
+		g = g.msg(12, valueInfo(t.Datatype+"_out", t.Elem, []int64{-1}, "n"))
+	}
+	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
+	return model.msg(8, pb{}.str(1, "").int(2, 13))
+}

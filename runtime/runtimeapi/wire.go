@@ -18,16 +18,48 @@ const (
 	UINT32 Datatype = "UINT32"
 	UINT64 Datatype = "UINT64"
 	BOOL   Datatype = "BOOL"
+	// FP16 is IEEE 754 half precision, BF16 bfloat16 (the upper half of an FP32): both
+	// travel as numbers in JSON and as 2 little-endian bytes in binary tensor data.
+	FP16 Datatype = "FP16"
+	BF16 Datatype = "BF16"
+	// BYTES elements are byte strings: JSON strings in "data", each a 4-byte
+	// little-endian length then the bytes in binary tensor data.
+	BYTES Datatype = "BYTES"
 )
 
 // Known reports whether the runtime serves dt.
 func (dt Datatype) Known() bool {
-	switch dt {
-	case FP32, FP64, INT8, INT16, INT32, INT64, UINT8, UINT16, UINT32, UINT64, BOOL:
-		return true
-	}
-	return false
+	return dt.Size() > 0 || dt == BYTES
 }
+
+// Size is the bytes of one element in binary tensor data: 0 for BYTES (variable) and for
+// an unknown datatype.
+func (dt Datatype) Size() int {
+	switch dt {
+	case BOOL, INT8, UINT8:
+		return 1
+	case INT16, UINT16, FP16, BF16:
+		return 2
+	case INT32, UINT32, FP32:
+		return 4
+	case INT64, UINT64, FP64:
+		return 8
+	}
+	return 0
+}
+
+// Binary tensor data extension (Triton and KServe "binary_data"): a request or response
+// body is a JSON header of HeaderLengthHeader bytes followed by raw tensor data.
+const (
+	// HeaderLengthHeader is the HTTP header giving the JSON header's length in bytes.
+	HeaderLengthHeader = "Inference-Header-Content-Length"
+	// ParamBinarySize is the tensor parameter giving its binary data's length in bytes.
+	ParamBinarySize = "binary_data_size"
+	// ParamBinary is the output parameter asking for that output in binary.
+	ParamBinary = "binary_data"
+	// ParamBinaryOutput is the request parameter asking for every output in binary.
+	ParamBinaryOutput = "binary_data_output"
+)
 
 // InferRequest is the Open Inference Protocol request body.
 type InferRequest struct {
@@ -61,12 +93,14 @@ type InferResponse struct {
 	Outputs      []ResponseTensor `json:"outputs"`
 }
 
-// ResponseTensor is one output tensor; Data is flat, row-major.
+// ResponseTensor is one output tensor; Data is flat, row-major. An output sent as binary
+// tensor data has no Data and its length in Parameters[ParamBinarySize].
 type ResponseTensor struct {
-	Name     string          `json:"name"`
-	Shape    []int64         `json:"shape"`
-	Datatype Datatype        `json:"datatype"`
-	Data     json.RawMessage `json:"data"`
+	Name       string                     `json:"name"`
+	Shape      []int64                    `json:"shape"`
+	Datatype   Datatype                   `json:"datatype"`
+	Parameters map[string]json.RawMessage `json:"parameters,omitempty"`
+	Data       json.RawMessage            `json:"data,omitempty"`
 }
 
 // TensorMeta describes a model input or output. A dimension of -1 is dynamic.
