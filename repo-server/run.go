@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -98,6 +99,10 @@ type Config struct {
 	Signing *repository.KeyRing
 	// SecureCookie marks the dashboard's session cookie Secure even on plain HTTP.
 	SecureCookie bool
+	// TrustedProxies are the reverse proxies in front of the server whose
+	// X-Forwarded-For is honoured (ServerConfig.TrustedProxies; `--trusted-proxy`). nil:
+	// none; every request's source is its TCP peer.
+	TrustedProxies []netip.Prefix
 	// Logger receives the server's logs. nil: discard.
 	Logger *slog.Logger
 	// Ready, if set, is called once the listeners are bound, with their addresses
@@ -131,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := repo.Load(ctx); err != nil {
 		return fmt.Errorf("repository %s: %w", cfg.Dir, err)
 	}
-	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval, DB: cfg.DB})
+	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval, DB: cfg.DB, TrustedProxies: cfg.TrustedProxies})
 	if err != nil {
 		return err
 	}
@@ -142,6 +147,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer store.Close()
 	log.Info("fleet store", "engine", store.Engine())
+	if len(cfg.TrustedProxies) > 0 {
+		log.Info("X-Forwarded-For is honoured from trusted proxies only", "trusted_proxies", fmt.Sprint(cfg.TrustedProxies))
+	}
 
 	attestDir := cfg.AttestDir
 	if attestDir == "" {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/clientip"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +64,14 @@ type ServerConfig struct {
 	LeaseTTL time.Duration
 	// Now is the clock of the leases. nil: the repository's clock (Repo.Now).
 	Now func() time.Time
+	// TrustedProxies are the reverse proxies (nginx, a load balancer) whose
+	// X-Forwarded-For is honoured: a request whose peer is in one of them comes from the
+	// rightmost address in that header that is not (clientip.Proxies.Client), so that
+	// the per-source bounds (dashboard sign-in, pending enrollment challenges, refused
+	// request aggregation) see the client, not the proxy. The header is ignored from
+	// every other peer, so a client cannot choose its source. nil: trust nobody; the
+	// source is the TCP peer. Applied by ServeWith and ServeListenerWith, not Handler.
+	TrustedProxies []netip.Prefix
 }
 
 // Server serves a repository's metadata and targets over HTTP and keeps its online
@@ -198,7 +208,7 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 
 // ServeListenerWith is ServeListener with h (the server's Handler, or a Restrict of it).
 func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.Handler) error {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{Handler: clientip.New(s.cfg.TrustedProxies).Handler(h), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	done := make(chan struct{})
 	defer close(done)
 	go func() {

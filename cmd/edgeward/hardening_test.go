@@ -27,6 +27,12 @@ func TestServerListenFlag(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "--tls-listen") {
 		t.Errorf("server --listen off = %v; want an error asking for --tls-listen", err)
 	}
+	for _, bad := range []string{"nginx.internal", "10.0.0.0/33", "10.0.0.5,"} {
+		_, _, err := c.run("server", "--trusted-proxy", "127.0.0.1", "--trusted-proxy", bad)
+		if err == nil || !strings.Contains(err.Error(), "--trusted-proxy") || !strings.Contains(err.Error(), "CIDR") {
+			t.Errorf("server --trusted-proxy %q = %v; want an error naming the flag and the CIDR form", bad, err)
+		}
+	}
 }
 
 // The CLI refuses to send a token over plain HTTP to another machine, for the operator

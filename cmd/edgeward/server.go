@@ -11,12 +11,14 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/internal/clientip"
 	"github.com/edgeward/edgeward/internal/logging"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -45,6 +47,8 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
 	caRoot := fs.String("ca-root", "", "PEM root of the external step-ca")
 	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
+	var proxies listFlag
+	fs.Var(&proxies, "trusted-proxy", "a reverse proxy in front of the server (CIDR prefix or address, e.g. 10.0.0.5 or 10.0.0.0/24) whose X-Forwarded-For is honoured: requests from it count as coming from the rightmost address in that header that is not a trusted proxy (per-source limits then see the client); repeat for each; from any other peer the header is ignored")
 	logFormat := fs.String("log-format", logging.JSON, "log format: json (one object a line) or text; everything the server logs, the embedded step-ca's messages included, uses it")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
@@ -60,13 +64,23 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if strings.TrimSpace(*listen) == "" {
 		return errors.New("--listen: an empty address would bind every interface; give host:port, or 'off' for no plain-HTTP listener")
 	}
+	var trusted []netip.Prefix
+	for _, p := range proxies {
+		for _, one := range strings.Split(p, ",") {
+			pf, err := clientip.ParsePrefix(one)
+			if err != nil {
+				return fmt.Errorf("--trusted-proxy: %w", err)
+			}
+			trusted = append(trusted, pf)
+		}
+	}
 	cfg := reposerver.Config{
 		PlainOperators: *plainOps, PlainDevices: *plainDevices,
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
-		Logger: logger,
+		TrustedProxies: trusted, Logger: logger,
 	}
 	if *signing {
 		cfg.Signing = rf.keyring()
