@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 	"golang.org/x/crypto/cryptobyte"
 	"golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/edgeward/edgeward/internal/protocol"
 )
 
 // Key is a TPM-resident ECDSA P-256 signing key (not restricted, fixed to the
@@ -142,20 +144,9 @@ func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.Signer
 	return out, err
 }
 
-// Certification is a TPM2_Certify of a key by the AK: proof, signed by the
-// AK, that the key with this public area lives in the same TPM. These are
-// the pubArea, certInfo and sig fields of a device-attest-01 "tpm"
-// attestation statement.
-type Certification struct {
-	// Public is the marshalled TPMT_PUBLIC of the certified key.
-	Public []byte `json:"public"`
-	// CertifyInfo is the marshalled TPMS_ATTEST (type TPM_ST_ATTEST_CERTIFY)
-	// whose extraData is the qualifying data given to Certify.
-	CertifyInfo []byte `json:"certify_info"`
-	// Signature is the AK's marshalled TPMT_SIGNATURE over CertifyInfo
-	// (RSASSA-PKCS1-v1_5, SHA-256).
-	Signature []byte `json:"signature"`
-}
+// Certification is a TPM2_Certify of a key by the AK: proof, signed by the AK, that
+// the key with this public area lives in the same TPM (protocol.KeyCertification).
+type Certification = protocol.KeyCertification
 
 // Certify has the AK certify the key. qualifyingData (at most 64 bytes) ends
 // up in the signed certifyInfo; for ACME device-attest-01 it is
@@ -166,28 +157,34 @@ func (k *Key) Certify(ctx context.Context, qualifyingData []byte) (*Certificatio
 		if k.closed {
 			return errors.New("attest: key is closed")
 		}
-		ak := k.t.ak
-		if err := k.t.loadLocked(tp, k.obj); err != nil {
-			return err
-		}
-		if err := k.t.loadLocked(tp, ak, k.obj); err != nil {
-			return err
-		}
-		rsp, err := tpm2.Certify{
-			ObjectHandle:   tpm2.AuthHandle{Handle: k.obj.handle, Name: k.obj.name, Auth: tpm2.PasswordAuth(nil)},
-			SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
-			QualifyingData: tpm2.TPM2BData{Buffer: qualifyingData},
-			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
-		}.Execute(tp)
-		if err != nil {
-			return fmt.Errorf("attest: TPM2_Certify: %w", err)
-		}
-		c = &Certification{
-			Public:      tpm2.Marshal(k.obj.public),
-			CertifyInfo: rsp.CertifyInfo.Bytes(),
-			Signature:   tpm2.Marshal(rsp.Signature),
-		}
-		return nil
+		var err error
+		c, err = k.t.certifyLocked(tp, k.obj, qualifyingData)
+		return err
 	})
 	return c, err
+}
+
+// certifyLocked has the AK certify o (TPM2_Certify), loading both.
+func (t *TPM) certifyLocked(tp transport.TPM, o *object, qualifyingData []byte) (*Certification, error) {
+	ak := t.ak
+	if err := t.loadLocked(tp, o); err != nil {
+		return nil, err
+	}
+	if err := t.loadLocked(tp, ak, o); err != nil {
+		return nil, err
+	}
+	rsp, err := tpm2.Certify{
+		ObjectHandle:   tpm2.AuthHandle{Handle: o.handle, Name: o.name, Auth: tpm2.PasswordAuth(nil)},
+		SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+		QualifyingData: tpm2.TPM2BData{Buffer: qualifyingData},
+		InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+	}.Execute(tp)
+	if err != nil {
+		return nil, fmt.Errorf("attest: TPM2_Certify of the %s: %w", o.what, err)
+	}
+	return &Certification{
+		Public:      tpm2.Marshal(o.public),
+		CertifyInfo: rsp.CertifyInfo.Bytes(),
+		Signature:   tpm2.Marshal(rsp.Signature),
+	}, nil
 }
