@@ -18,6 +18,8 @@ import (
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/keywrap"
+	"github.com/edgeward/edgeward/internal/segcrypt"
 	"github.com/secure-systems-lab/go-securesystemslib/cjson"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
@@ -44,6 +46,13 @@ type PublishRequest struct {
 	// Role overrides the signing role (default Meta.Kind.Role()). Only useful to tests
 	// and to repositories with custom delegations.
 	Role string
+	// KEK, when set, publishes the content encrypted (issue 18). It is encrypted as it
+	// is received, under a fresh content key (internal/segcrypt), so its plaintext
+	// touches no disk here either; the target's signed hash and length are the
+	// ciphertext's, and Meta.Encryption describes the plaintext. The content key is
+	// stored sealed under this key-encryption key (keywrap.Seal), read back by
+	// ContentKey. Republishing the same plaintext is "unchanged".
+	KEK []byte
 }
 
 // PublishResult says what was published.
@@ -64,6 +73,12 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 	m := req.Meta
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
+	}
+	if m.Encryption != nil {
+		return nil, fmt.Errorf("publish: %w: custom metadata claims encryption; publish the plaintext with encryption on instead", ErrInvalid)
+	}
+	if req.KEK != nil && len(req.KEK) != keywrap.KeySize {
+		return nil, fmt.Errorf("publish: key-encryption key is %d bytes, want %d", len(req.KEK), keywrap.KeySize)
 	}
 	if req.Ext != "" && !slices.Contains(artifact.Exts, req.Ext) {
 		return nil, fmt.Errorf("publish: %w: extension %q: want none or one of %s", ErrInvalid, req.Ext, strings.Join(artifact.Exts, " "))
@@ -107,7 +122,17 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 
 func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyRing, role, tpath string) (*PublishResult, error) {
 	m := req.Meta
-	incoming, sum, n, err := r.receiveBlob(ctx, req.Content)
+	var (
+		incoming, sum string
+		n             int64
+		err           error
+		contentKey    segcrypt.Key
+	)
+	if req.KEK != nil {
+		incoming, sum, n, m.Encryption, contentKey, err = r.receiveEncrypted(ctx, req.Content)
+	} else {
+		incoming, sum, n, err = r.receiveBlob(ctx, req.Content)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +154,12 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			}
 			if p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n {
 				res.Unchanged = true
+				return errNothingToDo
+			}
+			if p == tpath && m.Encryption != nil && samePlaintext(tf, m.Encryption) {
+				// Encrypted again under a fresh key, the same plaintext: keep the first.
+				res.Unchanged = true
+				res.SHA256, res.Length = hex.EncodeToString(tf.Hashes["sha256"]), tf.Length
 				return errNothingToDo
 			}
 			return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
@@ -154,6 +185,17 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		tf := &metadata.TargetFiles{
 			Length: n, Hashes: metadata.Hashes{"sha256": digest}, Custom: &raw, Path: tpath,
 		}
+		if m.Encryption != nil {
+			sealed, err := keywrap.Seal(nil, req.KEK, contentKey[:], contentKeyContext(tpath, sum))
+			if err != nil {
+				return fmt.Errorf("publish %s: seal its content key: %w", tpath, err)
+			}
+			kp := r.contentKeyPath(sum)
+			if err := r.fs.WriteFile(kp, sealed, 0o600); err != nil {
+				return fmt.Errorf("publish %s: store its sealed content key: %w", tpath, err)
+			}
+			t.create(kp)
+		}
 		if _, err := os.Stat(r.BlobPath(sum)); err != nil {
 			t.create(r.BlobPath(sum))
 		}
@@ -164,6 +206,7 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		t.touch(role)
 		t.record("publish", tpath, map[string]any{
 			"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
+			"encrypted": m.Encryption != nil,
 		})
 		return nil
 	})
@@ -194,6 +237,85 @@ func (r *Repo) receiveBlob(ctx context.Context, src io.Reader) (path string, sum
 		return "", "", 0, fmt.Errorf("store target content: %w", err)
 	}
 	return path, hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// receiveEncrypted is receiveBlob for an encrypted publish: src is encrypted under a
+// fresh content key on its way into the incoming file.
+func (r *Repo) receiveEncrypted(ctx context.Context, src io.Reader) (path, sum string, n int64, enc *artifact.Encryption, key segcrypt.Key, err error) {
+	key, err = segcrypt.NewKey(nil)
+	if err != nil {
+		return "", "", 0, nil, key, err
+	}
+	pr, pw := io.Pipe()
+	done := make(chan segcrypt.Info, 1)
+	go func() {
+		info, err := segcrypt.Encrypt(ctx, pw, key, ctxReader{ctx, src}, segcrypt.Options{})
+		done <- info
+		pw.CloseWithError(err) // nil: EOF for the reader
+	}()
+	path, sum, n, err = r.receiveBlob(ctx, pr)
+	pr.CloseWithError(errors.New("publish: receiving stopped")) // unblocks the encrypter
+	info := <-done
+	if err != nil {
+		return "", "", 0, nil, key, err
+	}
+	if info.CipherLength != n {
+		os.Remove(path)
+		return "", "", 0, nil, key, fmt.Errorf("publish: encrypted %d bytes but stored %d", info.CipherLength, n)
+	}
+	return path, sum, n, &artifact.Encryption{
+		Scheme:      artifact.EncryptionScheme,
+		SegmentSize: info.SegmentSize,
+		PlainSHA256: hex.EncodeToString(info.PlainSHA256[:]),
+		PlainLength: info.PlainLength,
+	}, key, nil
+}
+
+// samePlaintext reports whether the published target tf is an encryption of the
+// plaintext enc describes.
+func samePlaintext(tf *metadata.TargetFiles, enc *artifact.Encryption) bool {
+	if tf.Custom == nil {
+		return false
+	}
+	var old artifact.Meta
+	if json.Unmarshal(*tf.Custom, &old) != nil || old.Encryption == nil {
+		return false
+	}
+	return old.Encryption.PlainSHA256 == enc.PlainSHA256 && old.Encryption.PlainLength == enc.PlainLength
+}
+
+// contentKeyPath is where the sealed content key of the encrypted blob sha256hex lives.
+func (r *Repo) contentKeyPath(sha256hex string) string {
+	return r.path("content-keys", sha256hex+".sealed")
+}
+
+// contentKeyContext binds a sealed content key to its target: sealed for one target,
+// it does not open for another.
+func contentKeyContext(tpath, sha256hex string) []byte {
+	return []byte("edgeward content key\x00" + tpath + "\x00" + sha256hex)
+}
+
+// ErrNoContentKey: the repository holds no content key for a target (it is not
+// encrypted, or its key file was lost).
+var ErrNoContentKey = errors.New("no content key stored for this target")
+
+// ContentKey returns the content key of the encrypted target tpath whose ciphertext
+// has SHA-256 sha256hex, opened with the key-encryption key kek. It fails with
+// ErrNoContentKey when none is stored, and with keywrap.ErrUnwrap under another KEK or
+// when the stored key was changed or belongs to another target.
+func (r *Repo) ContentKey(kek []byte, tpath, sha256hex string) (segcrypt.Key, error) {
+	sealed, err := os.ReadFile(r.contentKeyPath(sha256hex))
+	if errors.Is(err, os.ErrNotExist) {
+		return segcrypt.Key{}, fmt.Errorf("%s: %w", tpath, ErrNoContentKey)
+	}
+	if err != nil {
+		return segcrypt.Key{}, fmt.Errorf("content key of %s: %w", tpath, err)
+	}
+	k, err := keywrap.Open(kek, sealed, contentKeyContext(tpath, sha256hex))
+	if err != nil {
+		return segcrypt.Key{}, fmt.Errorf("content key of %s: %w", tpath, err)
+	}
+	return segcrypt.Key(k), nil
 }
 
 // IncomingDir holds the content of publishes in progress (and their shared lock file,

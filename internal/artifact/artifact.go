@@ -5,6 +5,8 @@
 package artifact
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -142,6 +144,9 @@ type Meta struct {
 	Gates      *Gates   `json:"gates,omitempty"`       // commit gates (models, runtimes)
 	Hardware   []string `json:"hardware,omitempty"`    // e.g. x86_64, aarch64
 	MinRuntime string   `json:"min_runtime,omitempty"` // lowest runtime version a model needs
+	// Encryption is set by the repository when it published the content encrypted: the
+	// target's signed hash and length are then the ciphertext's.
+	Encryption *Encryption `json:"encryption,omitempty"`
 	// Extra holds publisher-supplied fields Edgeward does not interpret.
 	Extra map[string]json.RawMessage `json:"-"`
 }
@@ -161,6 +166,11 @@ func (m *Meta) Validate() error {
 	}
 	if g := m.Gates; g != nil {
 		if err := g.Validate(); err != nil {
+			return err
+		}
+	}
+	if e := m.Encryption; e != nil {
+		if err := e.Validate(); err != nil {
 			return err
 		}
 	}
@@ -212,12 +222,42 @@ func (m *Meta) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &all); err != nil {
 		return err
 	}
-	for _, k := range []string{"kind", "name", "version", "format", "probe", "gates", "hardware", "min_runtime"} {
+	for _, k := range []string{"kind", "name", "version", "format", "probe", "gates", "hardware", "min_runtime", "encryption"} {
 		delete(all, k)
 	}
 	*m = Meta(p)
 	if len(all) > 0 {
 		m.Extra = all
+	}
+	return nil
+}
+
+// EncryptionScheme is the one encryption scheme of targets: AES-256-GCM in fixed-size
+// authenticated segments (internal/segcrypt, format version 1).
+const EncryptionScheme = "segcrypt-v1"
+
+// Encryption describes the plaintext inside an encrypted target (issue 18). The
+// content key is not here: the server keeps it sealed, and releases it wrapped to one
+// device's TPM at a check-in.
+type Encryption struct {
+	Scheme      string `json:"scheme"`
+	SegmentSize int    `json:"segment_size"`
+	// PlainSHA256 and PlainLength are the decrypted content's: what the device checks
+	// after decrypting, and what its measurement log records beside the ciphertext.
+	PlainSHA256 string `json:"plaintext_sha256"`
+	PlainLength int64  `json:"plaintext_length"`
+}
+
+// Validate refuses an encryption the device cannot decrypt or check.
+func (e Encryption) Validate() error {
+	if e.Scheme != EncryptionScheme {
+		return fmt.Errorf("encryption scheme %q: want %q", e.Scheme, EncryptionScheme)
+	}
+	if e.SegmentSize <= 0 || e.PlainLength < 0 {
+		return fmt.Errorf("encryption: segment size %d, plaintext length %d", e.SegmentSize, e.PlainLength)
+	}
+	if b, err := hex.DecodeString(e.PlainSHA256); err != nil || len(b) != sha256.Size {
+		return fmt.Errorf("encryption: plaintext_sha256 %q is not a SHA-256 in hex", e.PlainSHA256)
 	}
 	return nil
 }
