@@ -101,6 +101,15 @@ type ServerConfig struct {
 	TLS bool
 	// Args are further flags.
 	Args []string
+	// Name names the process and its log (logs/NAME.log); "": server. Replicas need
+	// one each.
+	Name string
+	// DB is the server's database (--db): a postgres:// URL for replicas sharing one
+	// fleet; "": DIR/fleet.db. Fleet opens the same.
+	DB string
+	// Env is added to the server's environment (e.g. EDGEWARD_PASSPHRASE with
+	// --sign-delegated).
+	Env []string
 }
 
 // Server is an `edgeward server` process.
@@ -162,7 +171,14 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	args := []string{"server", "--repo", s.cfg.Repo, "--listen", s.cfg.Listen, "--ek-roots", m.RootPEM,
 		"--ek-intermediates", m.IntermediatesPEM, "--check-in-interval", s.cfg.CheckIn.String()}
-	s.Proc, err = s.lab.Start("server", nil, s.lab.Bins.Edgeward, append(args, s.cfg.Args...)...)
+	if s.cfg.DB != "" {
+		args = append(args, "--db", s.cfg.DB)
+	}
+	name := s.cfg.Name
+	if name == "" {
+		name = "server"
+	}
+	s.Proc, err = s.lab.Start(name, s.cfg.Env, s.lab.Bins.Edgeward, append(args, s.cfg.Args...)...)
 	if err != nil {
 		return err
 	}
@@ -187,9 +203,12 @@ func (s *Server) Stop() { s.Proc.Stop(10 * time.Second) }
 // Kill kills the server (SIGKILL).
 func (s *Server) Kill() { s.Proc.Kill() }
 
-// Fleet opens the server's fleet store (sqlite, WAL: safe beside the server). The caller
-// closes it.
+// Fleet opens the server's fleet store (sqlite, WAL: safe beside the server; or the
+// PostgreSQL database of ServerConfig.DB). The caller closes it.
 func (s *Server) Fleet(ctx context.Context) (*fleet.Store, error) {
+	if s.cfg.DB != "" {
+		return fleet.Open(ctx, s.cfg.DB)
+	}
 	return fleet.Open(ctx, filepath.Join(s.cfg.Repo, "fleet.db"))
 }
 

@@ -45,7 +45,14 @@ type Repo struct {
 // offline keys are encrypted with passphrase, and a policy directory holding
 // policyYAML as 00-attestation.yaml.
 func InitRepo(ctx context.Context, dir, passphrase, policyYAML string) (*Repo, error) {
-	res, err := repository.Init(ctx, repository.Config{Dir: dir, Actor: "cli:security-team", Recorder: reposerver.AuditRecorder{Dir: dir}}, repository.InitOptions{Passphrase: []byte(passphrase)})
+	return InitRepoOn(ctx, dir, "", passphrase, policyYAML)
+}
+
+// InitRepoOn is InitRepo with the audit log in the server's database db (a postgres://
+// URL, as the servers' --db; "": DIR/fleet.db): what the repository records (its
+// creation, every publish through Repo) goes there.
+func InitRepoOn(ctx context.Context, dir, db, passphrase, policyYAML string) (*Repo, error) {
+	res, err := repository.Init(ctx, repository.Config{Dir: dir, Actor: "cli:security-team", Recorder: reposerver.AuditRecorder{Dir: dir, DB: db}}, repository.InitOptions{Passphrase: []byte(passphrase)})
 	if err != nil {
 		return nil, err
 	}
