@@ -38,6 +38,7 @@
 package runtime
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -55,6 +56,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/segcrypt"
 	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -219,7 +221,16 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 	if missing == nil {
 		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", runtimeapi.ErrConflict, req.Name, req.Version)
 	}
-	data, err := r.readModel(ctx, req.Path)
+	var data []byte
+	var err error
+	if len(req.Key) > 0 {
+		data, err = r.readEncryptedModel(ctx, req)
+		// The session keeps its own copy of the model: the plaintext read here is
+		// wiped once the session exists (or failed), so it does not linger in the heap.
+		defer clear(data)
+	} else {
+		data, err = r.readModel(ctx, req.Path)
+	}
 	if err != nil {
 		return runtimeapi.ModelInfo{}, err
 	}
@@ -280,6 +291,34 @@ func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
 	}
 	if int64(len(data)) > max {
 		return nil, fmt.Errorf("%w: model %s is larger than %d bytes", runtimeapi.ErrInvalid, path, max)
+	}
+	return data, nil
+}
+
+// readEncryptedModel decrypts the model file req.Path with req.Key into memory: exactly
+// req.PlainLength bytes, every segment authenticated, or an error naming the segment
+// that was not.
+func (r *Runtime) readEncryptedModel(ctx context.Context, req runtimeapi.LoadRequest) ([]byte, error) {
+	if len(req.Key) != segcrypt.KeySize {
+		return nil, fmt.Errorf("%w: load %s %s: content key is %d bytes, want %d", runtimeapi.ErrInvalid, req.Name, req.Version, len(req.Key), segcrypt.KeySize)
+	}
+	if max := r.cfg.maxModelBytes(); req.PlainLength < 0 || req.PlainLength > max {
+		return nil, fmt.Errorf("%w: model %s: plaintext length %d outside [0, %d]", runtimeapi.ErrInvalid, req.Path, req.PlainLength, max)
+	}
+	f, err := os.Open(req.Path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: model file: %w", runtimeapi.ErrNotFound, err)
+		}
+		return nil, fmt.Errorf("model file: %w", err)
+	}
+	defer f.Close()
+	data, err := segcrypt.Decrypt(ctx, bufio.NewReaderSize(f, 1<<20), segcrypt.Key(req.Key), req.PlainLength)
+	if err != nil {
+		if errors.Is(err, segcrypt.ErrAuth) || errors.Is(err, segcrypt.ErrFormat) || errors.Is(err, segcrypt.ErrLength) {
+			return nil, fmt.Errorf("%w: decrypt model %s: %w", runtimeapi.ErrInvalid, req.Path, err)
+		}
+		return nil, fmt.Errorf("decrypt model %s: %w", req.Path, err)
 	}
 	return data, nil
 }

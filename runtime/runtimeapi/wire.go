@@ -138,7 +138,14 @@ type LoadRequest struct {
 	// Path is the ONNX file, e.g. in the agent's model slot.
 	Path string `json:"path"`
 	// SHA256, when set, must match the file's bytes (hex); the load fails otherwise.
+	// For an encrypted model it is the plaintext's.
 	SHA256 string `json:"sha256,omitempty"`
+	// Key, when set, is the content key of an encrypted model (issue 18): the file at
+	// Path is its ciphertext (internal/segcrypt), decrypted into memory only, and
+	// PlainLength is the plaintext's length from the target's signed metadata. The
+	// plaintext never touches disk; the runtime never logs the key.
+	Key         []byte `json:"key,omitempty"`
+	PlainLength int64  `json:"plaintext_length,omitempty"`
 	// Default makes the new version the default at once. The first loaded version of a
 	// model always becomes its default.
 	Default bool `json:"default,omitempty"`

@@ -1,0 +1,98 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/segcrypt"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
+)
+
+// TestLoadEncrypted: an encrypted model (issue 18) loads from its ciphertext with its
+// content key, decrypted in memory, and serves the same answers as the plaintext; a
+// wrong key, a changed byte or a wrong plaintext hash fail the load with a clear error.
+func TestLoadEncrypted(t *testing.T) {
+	ctx := context.Background()
+	plain, err := os.ReadFile(irisModel(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := segcrypt.NewKey(nil)
+	var ct bytes.Buffer
+	info, err := segcrypt.Encrypt(ctx, &ct, key, bytes.NewReader(plain), segcrypt.Options{SegmentSize: segcrypt.MinSegmentSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "iris.onnx.enc")
+	if err := os.WriteFile(path, ct.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plainSum := hex.EncodeToString(info.PlainSHA256[:])
+	req := func(mod func(*runtimeapi.LoadRequest)) runtimeapi.LoadRequest {
+		q := runtimeapi.LoadRequest{Name: "iris", Version: "2.0.0", Path: path, SHA256: plainSum, Key: key[:], PlainLength: info.PlainLength}
+		if mod != nil {
+			mod(&q)
+		}
+		return q
+	}
+
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	got, err := r.Load(ctx, req(nil))
+	if err != nil {
+		t.Fatalf("Load(encrypted) = %v", err)
+	}
+	if got.SHA256 != plainSum {
+		t.Errorf("Load(encrypted).SHA256 = %s; want the plaintext's %s", got.SHA256, plainSum)
+	}
+	in := []Input{NewInput("X", runtimeapi.FP32, []int64{3, 4}, []float64{5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 5.9, 3.0, 4.2, 1.5})}
+	a, err := r.Infer(ctx, "iris", "1.0.0", in, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Infer(ctx, "iris", "2.0.0", in, nil)
+	if err != nil {
+		t.Fatalf("Infer on the encrypted model = %v", err)
+	}
+	if len(a.Outputs) == 0 || len(a.Outputs) != len(b.Outputs) {
+		t.Fatalf("outputs: plaintext %d, encrypted %d", len(a.Outputs), len(b.Outputs))
+	}
+	for i := range a.Outputs {
+		if wa, wb := widen(a.Outputs[i].Datatype, &a.Outputs[i].tensorData), widen(b.Outputs[i].Datatype, &b.Outputs[i].tensorData); !reflect.DeepEqual(wa, wb) {
+			t.Errorf("output %s: plaintext model %v, encrypted model %v", a.Outputs[i].Name, wa, wb)
+		}
+	}
+
+	other, _ := segcrypt.NewKey(nil)
+	flipped := filepath.Join(dir, "flipped.enc")
+	fb := bytes.Clone(ct.Bytes())
+	fb[len(fb)/2] ^= 1
+	if err := os.WriteFile(flipped, fb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("another model"))
+	for i, c := range []struct {
+		name string
+		mod  func(*runtimeapi.LoadRequest)
+		want error
+	}{
+		{"wrong key", func(q *runtimeapi.LoadRequest) { q.Key = other[:] }, segcrypt.ErrAuth},
+		{"changed byte", func(q *runtimeapi.LoadRequest) { q.Path = flipped }, segcrypt.ErrAuth},
+		{"wrong length", func(q *runtimeapi.LoadRequest) { q.PlainLength-- }, segcrypt.ErrLength},
+		{"short key", func(q *runtimeapi.LoadRequest) { q.Key = key[:16] }, runtimeapi.ErrInvalid},
+		{"plaintext hash", func(q *runtimeapi.LoadRequest) { q.SHA256 = hex.EncodeToString(sum[:]) }, runtimeapi.ErrInvalid},
+	} {
+		_, err := r.Load(ctx, req(func(q *runtimeapi.LoadRequest) { q.Version = "3.0." + string(rune('0'+i)); c.mod(q) }))
+		if !errors.Is(err, c.want) || !errors.Is(err, runtimeapi.ErrInvalid) {
+			t.Errorf("Load(%s) = %v; want %v (and ErrInvalid)", c.name, err, c.want)
+		}
+	}
+}
