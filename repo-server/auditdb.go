@@ -44,7 +44,7 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 		s.auditDB.Close()
 	}
 	s.audit, s.auditDB, s.fleetDB = l, nil, st.DB()
-	s.fleet = st.WithAudit(func(ctx context.Context, tx *sql.Tx, r fleet.AuditRecord) error {
+	s.fleet = st.WithAudit(func(ctx context.Context, tx fleet.Tx, r fleet.AuditRecord) error {
 		_, err := l.AppendTx(ctx, tx, r.Actor, r.Kind, r.Subject, r.Data)
 		return err
 	})

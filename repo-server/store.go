@@ -131,7 +131,7 @@ func OpenAuditedFleet(ctx context.Context, dir, db string) (*fleet.Store, error)
 		st.Close()
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	return st.WithAudit(func(ctx context.Context, tx *sql.Tx, r fleet.AuditRecord) error {
+	return st.WithAudit(func(ctx context.Context, tx fleet.Tx, r fleet.AuditRecord) error {
 		_, err := l.AppendTx(ctx, tx, r.Actor, r.Kind, r.Subject, r.Data)
 		return err
 	}), nil

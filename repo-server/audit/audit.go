@@ -279,7 +279,7 @@ func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any)
 // the record commits or rolls back with the change it records. Its first statement takes
 // the write lock on the tree size, so appenders serialise on the tree head: call it early
 // in a transaction that will write anyway, and keep the transaction short.
-func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, actor, kind, subject string, data any) (*Record, error) {
+func (l *Log) AppendTx(ctx context.Context, tx Tx, actor, kind, subject string, data any) (*Record, error) {
 	raw, err := compactJSON(kind, data)
 	if err != nil {
 		return nil, err
@@ -312,6 +312,15 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, actor, kind, subject str
 		return nil, fmt.Errorf("audit append: hashes: %w", err)
 	}
 	return rec, nil
+}
+
+// Tx is a transaction on the log's database: *sql.Tx, or a store's transaction that
+// runs these statements (written with $n placeholders, which sqlite and PostgreSQL
+// both take) in the same transaction, such as fleet.Tx, which keeps them prepared.
+type Tx interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 type querier interface {

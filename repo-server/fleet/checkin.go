@@ -14,7 +14,12 @@ import (
 
 // AppendFunc appends an audit record inside a store transaction (the server wires
 // audit.Log.AppendTx). An error aborts the transaction: no record, no change.
-type AppendFunc func(ctx context.Context, tx *sql.Tx, r AuditRecord) error
+type AppendFunc func(ctx context.Context, tx Tx, r AuditRecord) error
+
+// Tx is a store transaction as an AppendFunc sees it: SQL in the store's dialect or
+// with $n placeholders (both engines take those), run in the change's transaction.
+// *sql.Tx satisfies it too.
+type Tx = dbtx
 
 // WithAudit returns a store on the same database whose changes append their audit
 // records with f, each in the change's own transaction. A store without it discards
@@ -34,7 +39,7 @@ func (s *Store) record(ctx context.Context, tx *txn, recs ...AuditRecord) error 
 		return nil
 	}
 	for _, r := range recs {
-		if err := s.audit(ctx, tx.Tx, r); err != nil {
+		if err := s.audit(ctx, tx, r); err != nil {
 			return fmt.Errorf("audit %s %s: %w", r.Kind, r.Subject, err)
 		}
 	}

@@ -121,6 +121,11 @@ func (c *committer) run() {
 		for _, j := range batch {
 			close(j.done)
 		}
+		// Statements first seen in this batch are prepared now, with no transaction
+		// open (stmtCache).
+		if c.db.stmts.pending() {
+			c.db.stmts.prepare(context.Background(), c.db.DB)
+		}
 	}
 }
 
@@ -158,7 +163,7 @@ func (c *committer) runBatch1(batch []*txJob) error {
 	if err != nil {
 		return err
 	}
-	t := &txn{Tx: tx, dialect: c.db.dialect}
+	t := &txn{Tx: tx, dialect: c.db.dialect, stmts: c.db.stmts}
 	if c.db.dialect == postgresDialect {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
 			tx.Rollback()
@@ -166,21 +171,23 @@ func (c *committer) runBatch1(batch []*txJob) error {
 		}
 	}
 	ok := 0
-	for i, j := range batch {
-		sp := fmt.Sprintf("tx%d", i)
+	for _, j := range batch {
+		// One savepoint at a time, released before the next: one name serves them all
+		// (and its statements stay prepared).
+		const sp = "job"
 		wait := retryBackoff
 		for attempt := 0; ; attempt++ {
 			if err := j.ctx.Err(); err != nil {
 				j.err = err
 				break
 			}
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT "+sp); err != nil {
+			if _, err := t.ExecContext(ctx, "SAVEPOINT "+sp); err != nil {
 				tx.Rollback()
 				return fmt.Errorf("group commit: %w", err)
 			}
 			j.err = j.f(t)
 			if j.err != nil {
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+sp); err != nil {
+				if _, err := t.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+sp); err != nil {
 					tx.Rollback()
 					return fmt.Errorf("group commit: the transaction was rolled back (%v) by: %w", err, j.err)
 				}
@@ -188,7 +195,7 @@ func (c *committer) runBatch1(batch []*txJob) error {
 			// RELEASE fails if sqlite rolled the whole transaction back behind f's
 			// back (then the savepoint is gone, and later statements would run
 			// outside any transaction).
-			if _, err := tx.ExecContext(ctx, "RELEASE SAVEPOINT "+sp); err != nil {
+			if _, err := t.ExecContext(ctx, "RELEASE SAVEPOINT "+sp); err != nil {
 				tx.Rollback()
 				return fmt.Errorf("group commit: the transaction was rolled back: %w", err)
 			}

@@ -44,6 +44,7 @@ func (d dialect) String() string {
 type sqlDB struct {
 	*sql.DB
 	dialect dialect
+	stmts   *stmtCache // nil: nothing prepared (tests' raw handles)
 }
 
 func (d *sqlDB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
@@ -67,23 +68,38 @@ func (d *sqlDB) QueryRow(query string, args ...any) *sql.Row {
 	return d.QueryRowContext(context.Background(), query, args...)
 }
 
-// txn is a store transaction: *sql.Tx speaking the store's dialect. Tx is the raw
-// transaction, for the audit log's AppendTx.
+// txn is a store transaction: *sql.Tx speaking the store's dialect, running the
+// store's prepared statements (stmtCache). Tx is the raw transaction. The audit log
+// appends through txn too (it satisfies Tx), so its statements are prepared as well.
 type txn struct {
 	Tx      *sql.Tx
 	dialect dialect
+	stmts   *stmtCache
+	local   map[*sql.Stmt]*sql.Stmt // stmts' statements, bound to Tx
 }
 
 func (t *txn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return t.Tx.ExecContext(ctx, t.dialect.rebind(query), t.dialect.args(args)...)
+	query = t.dialect.rebind(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, t.dialect.args(args)...)
+	}
+	return t.Tx.ExecContext(ctx, query, t.dialect.args(args)...)
 }
 
 func (t *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return t.Tx.QueryContext(ctx, t.dialect.rebind(query), t.dialect.args(args)...)
+	query = t.dialect.rebind(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, t.dialect.args(args)...)
+	}
+	return t.Tx.QueryContext(ctx, query, t.dialect.args(args)...)
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	return t.Tx.QueryRowContext(ctx, t.dialect.rebind(query), t.dialect.args(args)...)
+	query = t.dialect.rebind(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, t.dialect.args(args)...)
+	}
+	return t.Tx.QueryRowContext(ctx, query, t.dialect.args(args)...)
 }
 
 // rebind turns ? placeholders into $n on PostgreSQL. A ? inside a quoted string or

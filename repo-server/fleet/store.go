@@ -78,7 +78,7 @@ func Open(ctx context.Context, where string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fleet store: %w", err)
 	}
-	s := newStore(&sqlDB{DB: db, dialect: sqliteDialect})
+	s := newStore(&sqlDB{DB: db, dialect: sqliteDialect, stmts: newStmtCache()})
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", where, err)
@@ -101,7 +101,7 @@ func openPostgres(ctx context.Context, url string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
 	}
-	s := newStore(&sqlDB{DB: db, dialect: postgresDialect})
+	s := newStore(&sqlDB{DB: db, dialect: postgresDialect, stmts: newStmtCache()})
 	if err := s.migrate(ctx); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
@@ -127,6 +127,7 @@ func newStore(db *sqlDB) *Store {
 // Close closes the database, after the transactions already submitted.
 func (s *Store) Close() error {
 	s.commit.close()
+	s.db.stmts.close()
 	return s.db.Close()
 }
 

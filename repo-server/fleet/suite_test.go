@@ -53,6 +53,7 @@ var storeSuite = []struct {
 	{"GroupCommitFailureFailsTheBatch", testGroupCommitFailureFailsTheBatch},
 	{"GroupCommitSurvivesAnInterruptedStatement", testGroupCommitSurvivesAnInterruptedStatement},
 	{"Leases", testLeases},
+	{"StatementsStayPrepared", testStatementsStayPrepared},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
@@ -126,7 +127,7 @@ func testConcurrentStoresOneDatabase(t *testing.T, db opener) {
 			t.Fatal(err)
 		}
 	}
-	count := func(ctx context.Context, tx *sql.Tx, r AuditRecord) error {
+	count := func(ctx context.Context, tx Tx, r AuditRecord) error {
 		var n int64
 		if err := tx.QueryRowContext(ctx, `SELECT n FROM counter`).Scan(&n); err != nil {
 			return err
