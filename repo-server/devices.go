@@ -68,6 +68,11 @@ type DeviceConfig struct {
 	// DeviceCA describes where devices get their certificates (served at
 	// GET /v1/devices/ca); nil when the deployment has no device CA.
 	DeviceCA *wire.DeviceCA
+	// AKCacheSize bounds the AK certificates kept verified between check-ins
+	// (verify.AKCache: the same certificate bytes, the same roots, within the chain's
+	// validity); 0: verify.DefaultAKCacheSize; negative: none, every check-in verifies
+	// its AK certificate's chain.
+	AKCacheSize int
 }
 
 // deviceAPI serves the device side of the server: nonces and check-ins. Every check-in
@@ -78,6 +83,7 @@ type deviceAPI struct {
 	cfg    DeviceConfig
 	fleet  *fleet.Store // cfg.Fleet, auditing into the server's audit log
 	nonces nonceStore
+	akc    *verify.AKCache // nil: none (cfg.AKCacheSize < 0)
 
 	catMu  sync.Mutex
 	catKey string
@@ -115,6 +121,9 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		return fmt.Errorf("device API: %w", err)
 	}
 	d := &deviceAPI{s: s, cfg: cfg, fleet: audited}
+	if cfg.AKCacheSize >= 0 {
+		d.akc = verify.NewAKCache(cfg.AKCacheSize)
+	}
 	if cfg.Nonces != nil {
 		d.nonces = memNonces{cfg.Nonces}
 	} else {
@@ -349,7 +358,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	storeCtx := context.WithoutCancel(ctx)
 	v := verify.Check(d.nonces.Consumer(storeCtx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
-		Boot: boot, Runtime: rt, RuntimeLibraries: libs,
+		Boot: boot, Runtime: rt, RuntimeLibraries: libs, AKCache: d.akc,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
 		switch {

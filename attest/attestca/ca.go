@@ -482,6 +482,12 @@ func VerifyEKCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now 
 }
 
 func verifyTPMCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now time.Time) error {
+	_, err := verifyTPMChain(c, roots, intermediates, now)
+	return err
+}
+
+// verifyTPMChain is verifyTPMCert returning the chain it verified, leaf first.
+func verifyTPMChain(c *x509.Certificate, roots, intermediates *x509.CertPool, now time.Time) ([]*x509.Certificate, error) {
 	cc := *c
 	cc.UnhandledCriticalExtensions = nil
 	for _, oid := range c.UnhandledCriticalExtensions {
@@ -489,33 +495,46 @@ func verifyTPMCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now
 			cc.UnhandledCriticalExtensions = append(cc.UnhandledCriticalExtensions, oid)
 		}
 	}
-	_, err := cc.Verify(x509.VerifyOptions{
+	chains, err := cc.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: intermediates,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return chains[0], nil
 }
 
 // VerifyAKCert checks an AK certificate chains to the attestation CA roots
 // and has the AK profile (EKU tcg-kp-AIKCertificate, not a CA). It returns
 // the certificate's permanent identifiers.
 func VerifyAKCert(c *x509.Certificate, roots, intermediates *x509.CertPool, now time.Time) ([]string, error) {
-	if err := verifyTPMCert(c, roots, intermediates, now); err != nil {
-		return nil, err
+	ids, _, err := VerifyAKChain(c, roots, intermediates, now)
+	return ids, err
+}
+
+// VerifyAKChain is VerifyAKCert, also returning the chain it verified (the AK
+// certificate first, the root last): every check but the certificates' validity
+// periods depends only on the certificates and the roots, so the chain stays verified
+// at any time within all of its certificates' validity periods.
+func VerifyAKChain(c *x509.Certificate, roots, intermediates *x509.CertPool, now time.Time) ([]string, []*x509.Certificate, error) {
+	chain, err := verifyTPMChain(c, roots, intermediates, now)
+	if err != nil {
+		return nil, nil, err
 	}
 	if c.IsCA {
-		return nil, errors.New("AK certificate is a CA certificate")
+		return nil, nil, errors.New("AK certificate is a CA certificate")
 	}
 	ok := false
 	for _, u := range c.UnknownExtKeyUsage {
 		ok = ok || u.Equal(protocol.OIDAIKCertificate())
 	}
 	if !ok {
-		return nil, errors.New("AK certificate lacks EKU tcg-kp-AIKCertificate")
+		return nil, nil, errors.New("AK certificate lacks EKU tcg-kp-AIKCertificate")
 	}
-	return PermanentIdentifiers(c), nil
+	return PermanentIdentifiers(c), chain, nil
 }
 
 // NewRoot creates a self-signed ECDSA P-256 CA certificate and key, for an

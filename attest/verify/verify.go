@@ -101,6 +101,10 @@ type Policy struct {
 	// RuntimeLibraries are the digests of the published runtime targets: an ONNX
 	// Runtime library in the IMA list must be one of them (or allowed by Runtime).
 	RuntimeLibraries []string
+	// AKCache, if set, keeps AK certificates that verified against Roots, so that the
+	// same certificate is not parsed and its chain not verified again while it is
+	// valid (see AKCache). Nil: every certificate is verified in full.
+	AKCache *AKCache
 }
 
 // Verdict is the result of Verify.
@@ -138,29 +142,44 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 		pcr = measurementPCRDefault
 	}
 
-	// 1. The AK certificate.
-	akCert, err := x509.ParseCertificate(ev.AKCert)
-	if err != nil {
-		v.add(AKCertInvalid, "parse: %v", err)
-		return v
-	}
-	inter := x509.NewCertPool()
-	for i, der := range ev.AKChain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			v.add(AKCertInvalid, "chain[%d]: %v", i, err)
-			return v
-		}
-		inter.AddCert(c)
-	}
+	// 1. The AK certificate: verified in full, or the same bytes already verified
+	// against the same roots and still within their validity (Policy.AKCache).
 	if p.Roots == nil {
 		v.add(AKCertInvalid, "no attestation CA roots configured")
 		return v
 	}
-	ids, err := attestca.VerifyAKCert(akCert, p.Roots, inter, now)
-	if err != nil {
-		v.add(AKCertInvalid, "%v", err)
-		return v
+	var akPub crypto.PublicKey
+	var ids []string
+	var key [32]byte
+	if p.AKCache != nil {
+		key = akKey(ev)
+		if e := p.AKCache.lookup(key, p.Roots, now); e != nil {
+			akPub, ids = e.pub, slices.Clone(e.ids)
+		}
+	}
+	if akPub == nil {
+		akCert, err := x509.ParseCertificate(ev.AKCert)
+		if err != nil {
+			v.add(AKCertInvalid, "parse: %v", err)
+			return v
+		}
+		inter := x509.NewCertPool()
+		for i, der := range ev.AKChain {
+			c, err := x509.ParseCertificate(der)
+			if err != nil {
+				v.add(AKCertInvalid, "chain[%d]: %v", i, err)
+				return v
+			}
+			inter.AddCert(c)
+		}
+		var chain []*x509.Certificate
+		ids, chain, err = attestca.VerifyAKChain(akCert, p.Roots, inter, now)
+		if err != nil {
+			v.add(AKCertInvalid, "%v", err)
+			return v
+		}
+		akPub = akCert.PublicKey
+		p.AKCache.add(key, p.Roots, akPub, ids, chain)
 	}
 	v.PermanentIdentifiers = ids
 	if p.PermanentIdentifier != "" && !slices.Contains(ids, p.PermanentIdentifier) {
@@ -169,7 +188,7 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 	}
 
 	// 2. The quote's signature by the certified AK.
-	sigHash, err := checkSignature(akCert.PublicKey, ev.Quote.Attest, ev.Quote.Signature)
+	sigHash, err := checkSignature(akPub, ev.Quote.Attest, ev.Quote.Signature)
 	if err != nil {
 		v.add(SignatureInvalid, "%v", err)
 		return v
