@@ -5,7 +5,9 @@
 // the public port: the agent binds the port once, passes the socket to every runtime
 // process it starts (exec.Cmd.ExtraFiles, fd 3 onwards) and drains the old process with
 // SIGTERM once the new one serves. The control API (load, unload, default, probe) is
-// served on --control, a unix socket or loopback address only the agent reaches.
+// served on --control, a unix socket or loopback address only the agent reaches. With
+// --grpc-listen (or an inherited --grpc-listen-fd) the Open Inference Protocol's gRPC API
+// is served too.
 //
 // With --hold the process does not accept public connections until the agent sends
 // POST /v2/edgeward/serve on the control API, so the agent can load and probe a new
@@ -58,6 +60,8 @@ func run(ctx context.Context, args []string) error {
 		models   modelFlags
 		listen   = fs.String("listen", "127.0.0.1:8080", "public Open Inference Protocol address")
 		listenFD = fs.Int("listen-fd", 0, "serve the public API on this inherited listening socket (e.g. 3) instead of --listen")
+		grpcAddr = fs.String("grpc-listen", "", "serve the Open Inference Protocol's gRPC API (inference.GRPCInferenceService) on this address too, e.g. 127.0.0.1:8001; empty: no gRPC")
+		grpcFD   = fs.Int("grpc-listen-fd", 0, "serve gRPC on this inherited listening socket instead of --grpc-listen (so the port survives a runtime swap)")
 		control  = fs.String("control", "127.0.0.1:8081", "control API address (host:port or unix:/path); only the agent may reach it")
 		hold     = fs.Bool("hold", false, "do not accept public connections until POST /v2/edgeward/serve on the control API")
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
@@ -96,6 +100,13 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	var grpcLn net.Listener
+	if *grpcAddr != "" || *grpcFD > 0 {
+		if grpcLn, err = publicListener(*grpcAddr, *grpcFD); err != nil {
+			return fmt.Errorf("grpc: %w", err)
+		}
+	}
+	grpcSrv := rt.NewGRPCServer()
 
 	public := &http.Server{Handler: rt.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	serve := sync.OnceFunc(func() {
@@ -105,6 +116,14 @@ func run(ctx context.Context, args []string) error {
 				log.Error("public API", "err", err)
 			}
 		}()
+		if grpcLn != nil {
+			log.Info("serving gRPC API", "addr", grpcLn.Addr().String())
+			go func() {
+				if err := grpcSrv.Serve(grpcLn); err != nil {
+					log.Error("gRPC API", "err", err)
+				}
+			}()
+		}
 	})
 	ctlMux := http.NewServeMux()
 	ctlMux.HandleFunc("POST /v2/edgeward/serve", func(w http.ResponseWriter, _ *http.Request) {
@@ -143,7 +162,18 @@ func run(ctx context.Context, args []string) error {
 	}
 	dctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
-	errs := []error{public.Shutdown(dctx), ctlSrv.Shutdown(dctx), rt.Close(dctx)}
+	// gRPC: GOAWAY to every connection (clients reconnect, to the next process on a
+	// shared socket), then wait for in-flight calls until the drain timeout.
+	grpcDone := make(chan struct{})
+	go func() { grpcSrv.GracefulStop(); close(grpcDone) }()
+	errs := []error{public.Shutdown(dctx), ctlSrv.Shutdown(dctx)}
+	select {
+	case <-grpcDone:
+	case <-dctx.Done():
+		grpcSrv.Stop()
+		errs = append(errs, fmt.Errorf("grpc: %w", dctx.Err()))
+	}
+	errs = append(errs, rt.Close(dctx))
 	if err := errors.Join(errs...); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("drain: %w", err)
 	}

@@ -53,10 +53,16 @@ type proc struct {
 	done    chan error
 }
 
+// start runs bin with the public socket pub as fd 3 and more inherited sockets as fd 4
+// onwards (extra, e.g. gRPC's).
 func start(t *testing.T, bin, lib string, pub *os.File, sock string, args ...string) *proc {
+	return startFiles(t, bin, lib, []*os.File{pub}, sock, args...)
+}
+
+func startFiles(t *testing.T, bin, lib string, files []*os.File, sock string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"--ort-lib", lib, "--listen-fd", "3", "--control", "unix:" + sock}, args...)...)
-	cmd.ExtraFiles = []*os.File{pub}
+	cmd.ExtraFiles = files
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

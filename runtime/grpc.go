@@ -1,0 +1,271 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgeward/edgeward/runtime/inference"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
+)
+
+// NewGRPCServer returns a gRPC server for the Open Inference Protocol's gRPC API
+// (KServe's inference.GRPCInferenceService: ServerLive, ServerReady, ModelReady,
+// ServerMetadata, ModelMetadata, ModelInfer). It has the HTTP API's semantics: the
+// same readiness (not ready while draining or without models), models and versions,
+// limits (a message over Config.MaxRequestBytes is ResourceExhausted), drift statistics
+// and metrics (counted under the HTTP status a request would have had). Inputs come
+// as raw_input_contents or typed contents; outputs always as raw_output_contents. Stop
+// it with GracefulStop when draining.
+func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	max := int(min(r.cfg.maxRequestBytes(), math.MaxInt32))
+	opts = append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(max),
+		grpc.UnaryInterceptor(r.grpcRecoverer),
+	}, opts...)
+	s := grpc.NewServer(opts...)
+	inference.RegisterGRPCInferenceServiceServer(s, &grpcService{r: r})
+	return s
+}
+
+// grpcRecoverer turns a panic in a handler into Internal, as recoverer does for HTTP.
+func (r *Runtime) grpcRecoverer(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("grpc handler panic", "method", info.FullMethod, "panic", fmt.Sprint(p))
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+	}()
+	return h(ctx, req)
+}
+
+type grpcService struct {
+	inference.UnimplementedGRPCInferenceServiceServer
+	r *Runtime
+}
+
+// grpcError maps the package's errors to gRPC status codes, through their HTTP status.
+func grpcError(err error) error {
+	code := codes.Internal
+	switch statusOf(err) {
+	case http.StatusBadRequest:
+		code = codes.InvalidArgument
+	case http.StatusRequestEntityTooLarge:
+		code = codes.ResourceExhausted
+	case http.StatusNotFound:
+		code = codes.NotFound
+	case http.StatusConflict:
+		code = codes.FailedPrecondition
+	case http.StatusServiceUnavailable:
+		code = codes.Unavailable
+	}
+	if errors.Is(err, context.Canceled) {
+		code = codes.Canceled
+	}
+	return status.Error(code, err.Error())
+}
+
+func (g *grpcService) ServerLive(context.Context, *inference.ServerLiveRequest) (*inference.ServerLiveResponse, error) {
+	return &inference.ServerLiveResponse{Live: true}, nil
+}
+
+func (g *grpcService) ServerReady(context.Context, *inference.ServerReadyRequest) (*inference.ServerReadyResponse, error) {
+	return &inference.ServerReadyResponse{Ready: g.r.Ready()}, nil
+}
+
+func (g *grpcService) ModelReady(_ context.Context, req *inference.ModelReadyRequest) (*inference.ModelReadyResponse, error) {
+	if _, err := g.r.Metadata(req.GetName(), req.GetVersion()); err != nil {
+		return nil, grpcError(err)
+	}
+	return &inference.ModelReadyResponse{Ready: true}, nil
+}
+
+func (g *grpcService) ServerMetadata(context.Context, *inference.ServerMetadataRequest) (*inference.ServerMetadataResponse, error) {
+	return &inference.ServerMetadataResponse{Name: "edgeward-runtime", Version: g.r.ORTVersion(), Extensions: []string{"model_repository", "edgeward_probe"}}, nil
+}
+
+func (g *grpcService) ModelMetadata(_ context.Context, req *inference.ModelMetadataRequest) (*inference.ModelMetadataResponse, error) {
+	info, err := g.r.Metadata(req.GetName(), req.GetVersion())
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	meta := func(ts []runtimeapi.TensorMeta) []*inference.ModelMetadataResponse_TensorMetadata {
+		out := make([]*inference.ModelMetadataResponse_TensorMetadata, len(ts))
+		for i, t := range ts {
+			out[i] = &inference.ModelMetadataResponse_TensorMetadata{Name: t.Name, Datatype: string(t.Datatype), Shape: t.Shape}
+		}
+		return out
+	}
+	return &inference.ModelMetadataResponse{Name: info.Name, Versions: info.Versions, Platform: info.Platform, Inputs: meta(info.Inputs), Outputs: meta(info.Outputs)}, nil
+}
+
+func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferRequest) (*inference.ModelInferResponse, error) {
+	start := time.Now()
+	name, version := req.GetModelName(), req.GetModelVersion()
+	resp, served, err := g.infer(ctx, req, name, version)
+	code := http.StatusOK
+	if err != nil {
+		code = statusOf(err)
+	}
+	if served == "" {
+		name = ""
+	}
+	g.r.metrics.observe(name, served, code, time.Since(start))
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return resp, nil
+}
+
+// infer returns the response, the version that served ("" when the model is unknown)
+// and the error, if any.
+func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferRequest, name, version string) (*inference.ModelInferResponse, string, error) {
+	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements())
+	if err != nil {
+		return nil, g.r.servedVersion(name, version), err
+	}
+	m, err := g.r.acquire(name, version)
+	if err != nil {
+		return nil, "", err
+	}
+	defer m.inflight.Done()
+	outs, err := m.run(ctx, inputs, names, true)
+	if err != nil {
+		return nil, m.version, err
+	}
+	resp := &inference.ModelInferResponse{ModelName: m.name, ModelVersion: m.version, Id: req.GetId(),
+		Outputs: make([]*inference.ModelInferResponse_InferOutputTensor, len(outs)), RawOutputContents: make([][]byte, len(outs))}
+	for i := range outs {
+		o := &outs[i]
+		resp.Outputs[i] = &inference.ModelInferResponse_InferOutputTensor{Name: o.Name, Datatype: string(o.Datatype), Shape: o.Shape}
+		if o.Datatype == runtimeapi.BYTES {
+			resp.RawOutputContents[i] = o.appendBinary(make([]byte, 0, o.binarySize()))
+		} else {
+			resp.RawOutputContents[i] = o.raw
+		}
+	}
+	return resp, m.version, nil
+}
+
+// decodeGRPCInputs takes a ModelInfer request's inputs: all from raw_input_contents (one
+// per input, checked as binary tensor data) or all from typed contents (the field of the
+// datatype only; FP16 and BF16 have none, so they must be raw). Every error wraps
+// ErrInvalid.
+func decodeGRPCInputs(req *inference.ModelInferRequest, max int) ([]Input, []string, error) {
+	ins := req.GetInputs()
+	if len(ins) == 0 {
+		return nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
+	}
+	raw := req.GetRawInputContents()
+	if len(raw) > 0 && len(raw) != len(ins) {
+		return nil, nil, fmt.Errorf("%w: %d raw_input_contents for %d inputs", runtimeapi.ErrInvalid, len(raw), len(ins))
+	}
+	inputs := make([]Input, len(ins))
+	for i, t := range ins {
+		dt := runtimeapi.Datatype(t.GetDatatype())
+		if t.GetName() == "" {
+			return nil, nil, fmt.Errorf("%w: input %d has no name", runtimeapi.ErrInvalid, i)
+		}
+		if !dt.Known() {
+			return nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", runtimeapi.ErrInvalid, t.GetName(), dt)
+		}
+		var td tensorData
+		var err error
+		if len(raw) > 0 {
+			if t.GetContents() != nil {
+				err = errors.New("contents given beside raw_input_contents")
+			} else {
+				td, err = decodeBinary(raw[i], dt, t.GetShape(), max)
+			}
+		} else {
+			td, err = decodeContents(t.GetContents(), dt, max)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.GetName(), err)
+		}
+		inputs[i] = Input{Name: t.GetName(), Datatype: dt, Shape: t.GetShape(), tensorData: td}
+	}
+	names := make([]string, len(req.GetOutputs()))
+	for i, o := range req.GetOutputs() {
+		names[i] = o.GetName()
+	}
+	return inputs, names, nil
+}
+
+// decodeContents reads typed InferTensorContents: exactly the field of dt is set (an
+// empty tensor has none), integers within dt's range, at most max elements.
+func decodeContents(c *inference.InferTensorContents, dt runtimeapi.Datatype, max int) (tensorData, error) {
+	set := 0
+	for _, n := range []int{len(c.GetBoolContents()), len(c.GetIntContents()), len(c.GetInt64Contents()), len(c.GetUintContents()),
+		len(c.GetUint64Contents()), len(c.GetFp32Contents()), len(c.GetFp64Contents()), len(c.GetBytesContents())} {
+		if n > 0 {
+			set++
+		}
+	}
+	var n int
+	var td tensorData
+	switch dt {
+	case runtimeapi.BOOL:
+		n = len(c.GetBoolContents())
+		td.raw = make([]byte, n)
+		for i, b := range c.GetBoolContents() {
+			td.raw[i] = boolByte(b)
+		}
+	case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32:
+		n = len(c.GetIntContents())
+		bits := 8 * dt.Size()
+		for i, x := range c.GetIntContents() {
+			if x < -1<<(bits-1) || x > 1<<(bits-1)-1 {
+				return td, fmt.Errorf("int_contents %d: %d is out of the range of %s", i, x, dt)
+			}
+			td.raw = appendInt(td.raw, int64(x), dt.Size())
+		}
+	case runtimeapi.INT64:
+		n = len(c.GetInt64Contents())
+		td.raw = asBytes(c.GetInt64Contents())
+	case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32:
+		n = len(c.GetUintContents())
+		bits := 8 * dt.Size()
+		for i, x := range c.GetUintContents() {
+			if uint64(x) > 1<<bits-1 {
+				return td, fmt.Errorf("uint_contents %d: %d is out of the range of %s", i, x, dt)
+			}
+			td.raw = appendInt(td.raw, int64(x), dt.Size())
+		}
+	case runtimeapi.UINT64:
+		n = len(c.GetUint64Contents())
+		td.raw = asBytes(c.GetUint64Contents())
+	case runtimeapi.FP32:
+		n = len(c.GetFp32Contents())
+		td.raw = asBytes(c.GetFp32Contents())
+	case runtimeapi.FP64:
+		n = len(c.GetFp64Contents())
+		td.raw = asBytes(c.GetFp64Contents())
+	case runtimeapi.BYTES:
+		n = len(c.GetBytesContents())
+		td.strs = make([]string, n)
+		for i, b := range c.GetBytesContents() {
+			td.strs[i] = string(b)
+		}
+	default:
+		return td, fmt.Errorf("%s has no typed contents; send it in raw_input_contents", dt)
+	}
+	if set > 1 || (set == 1 && n == 0) {
+		return td, fmt.Errorf("contents holds fields other than the one of %s", dt)
+	}
+	if n > max {
+		return td, fmt.Errorf("%d elements, at most %d allowed", n, max)
+	}
+	if td.raw == nil && dt != runtimeapi.BYTES {
+		td.raw = []byte{}
+	}
+	td.n = n
+	return td, nil
+}
