@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -215,6 +216,18 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	deltas := 0 // the repository's default
+	if v := q.Get("deltas"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n > 16 {
+			writeError(w, http.StatusBadRequest, "deltas: want a number of earlier versions, at most 16 (0: none)")
+			return
+		}
+		deltas = n
+		if n <= 0 {
+			deltas = -1
+		}
+	}
 	if r.ContentLength > o.cfg.MaxPublishBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
@@ -227,7 +240,7 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	unlock, err := o.s.lockPublish(r.Context())
 	var res *repository.PublishResult
 	if err == nil {
-		res, err = repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body}, o.cfg.Signing)
+		res, err = repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}, o.cfg.Signing)
 		unlock()
 	}
 	o.signMu.Unlock()

@@ -53,6 +53,28 @@ type PublishRequest struct {
 	// stored sealed under this key-encryption key (keywrap.Seal), read back by
 	// ContentKey. Republishing the same plaintext is "unchanged".
 	KEK []byte
+	// Deltas is how many of the newest earlier versions of the same kind and name get a
+	// delta to this one (models and runtimes only): 0 means DefaultDeltas, negative none.
+	Deltas int
+	// DeltaMaxRatio: a delta at least this fraction of the full target is not
+	// published. 0 means DefaultDeltaMaxRatio.
+	DeltaMaxRatio float64
+}
+
+// DefaultDeltas is how many earlier versions get a delta to a newly published one.
+const DefaultDeltas = 3
+
+// DefaultDeltaMaxRatio: a delta must be under 70 % of its full target to be published.
+const DefaultDeltaMaxRatio = 0.7
+
+// DeltaResult is one delta published beside a target, or one that was made and not
+// published (Skipped says why).
+type DeltaResult struct {
+	Path    string `json:"path,omitempty"`
+	Base    string `json:"base"`
+	Length  int64  `json:"length"`
+	SHA256  string `json:"sha256,omitempty"`
+	Skipped string `json:"skipped,omitempty"`
 }
 
 // PublishResult says what was published.
@@ -63,6 +85,8 @@ type PublishResult struct {
 	Length    int64
 	Unchanged bool // the same bytes were already published under this name+version
 	Version   int64
+	// Deltas are the deltas made from earlier versions to this one.
+	Deltas []DeltaResult `json:",omitempty"`
 }
 
 // Publish adds a target: it copies Content into the blob store (hashing as it goes),
@@ -139,6 +163,14 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 	defer os.Remove(incoming) // no-op once renamed into the store
 
 	res := &PublishResult{Path: tpath, Role: role, SHA256: sum, Length: n}
+	deltas, err := r.makeDeltas(ctx, req, role, tpath, incoming, sum, n)
+	for _, d := range deltas {
+		defer os.Remove(d.incoming)
+		res.Deltas = append(res.Deltas, d.DeltaResult)
+	}
+	if err != nil {
+		return nil, err
+	}
 	err = r.update(ctx, keys, func(t *txn) error {
 		if _, ok := t.st.Targets[role]; !ok {
 			return fmt.Errorf("publish %s: no delegated role %q", tpath, role)
@@ -208,6 +240,17 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			"path": tpath, "role": role, "sha256": sum, "length": n, "kind": string(m.Kind), "name": m.Name, "version": m.Version,
 			"encrypted": m.Encryption != nil,
 		})
+		for _, d := range deltas {
+			if d.Skipped != "" {
+				continue
+			}
+			if _, ok := targets[d.Base]; !ok {
+				continue // retired meanwhile
+			}
+			if err := r.addDelta(t, targets, d); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if errors.Is(err, errNothingToDo) {
@@ -426,6 +469,8 @@ type TargetInfo struct {
 	Length int64          `json:"length"`
 	SHA256 string         `json:"sha256"`
 	Meta   *artifact.Meta `json:"meta,omitempty"`
+	// Delta is set, and Meta nil, for a delta target.
+	Delta *artifact.Delta `json:"delta,omitempty"`
 }
 
 // List lists the targets of the delegated roles.
@@ -436,7 +481,9 @@ func (st *State) List() []TargetInfo {
 			ti := TargetInfo{Path: p, Role: role, Length: tf.Length, SHA256: hex.EncodeToString(tf.Hashes["sha256"])}
 			if tf.Custom != nil {
 				var m artifact.Meta
-				if json.Unmarshal(*tf.Custom, &m) == nil {
+				if d, ok := artifact.ParseDelta(*tf.Custom); ok {
+					ti.Delta = &d
+				} else if json.Unmarshal(*tf.Custom, &m) == nil {
 					ti.Meta = &m
 				}
 			}

@@ -59,6 +59,9 @@ func (t RetiredTarget) Meta() *artifact.Meta {
 	if len(t.Custom) == 0 {
 		return nil
 	}
+	if _, ok := artifact.ParseDelta(t.Custom); ok {
+		return nil
+	}
 	var m artifact.Meta
 	if json.Unmarshal(t.Custom, &m) != nil {
 		return nil
@@ -191,6 +194,15 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 			}
 			if _, ok := rm.Signed.Targets[m.Probe]; ok && !probeNamedByOthers(rm.Signed.Targets, m.Probe, paths) {
 				paths = append(paths, m.Probe)
+			}
+		}
+		// Deltas to or from a retired version go with it.
+		for p, tf := range rm.Signed.Targets {
+			if tf.Custom == nil || slices.Contains(paths, p) {
+				continue
+			}
+			if d, ok := artifact.ParseDelta(*tf.Custom); ok && (slices.Contains(paths, d.Base.Path) || slices.Contains(paths, d.Result.Path)) {
+				paths = append(paths, p)
 			}
 		}
 		now := r.now().UTC().Truncate(time.Second)

@@ -315,8 +315,26 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintln(env.stdout)
 	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tROLE\tBYTES\tSHA256")
+	var deltas []repository.TargetInfo
 	for _, t := range targets {
+		if t.Delta != nil {
+			deltas = append(deltas, t)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", t.Path, t.Role, t.Length, t.SHA256[:16])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(deltas) == 0 {
+		return nil
+	}
+	fmt.Fprintln(env.stdout)
+	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DELTA\tFROM\tTO\tMETHOD\tBYTES\tFULL\tSAVES")
+	for _, t := range deltas {
+		d := t.Delta
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%.1f %%\n", t.Path, d.Base.Path, d.Result.Path, d.Method, t.Length, d.Result.Length, 100*(1-float64(t.Length)/float64(max(1, d.Result.Length))))
 	}
 	return tw.Flush()
 }
@@ -604,6 +622,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	hardware := fs.String("hardware", "", "comma-separated hardware classes, e.g. x86_64,aarch64")
 	minRuntime := fs.String("min-runtime", "", "lowest runtime version the model needs")
 	format := fs.String("format", "", "artifact format (default: from the file extension)")
+	deltas := fs.Int("deltas", repository.DefaultDeltas, "also publish a delta from each of the N newest earlier versions (models and runtimes; 0: none; a delta not under 70 % of the full target is not published)")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "publish through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
 	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
 	pos, err := parse(fs, args)
@@ -667,13 +686,17 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var res *repository.PublishResult
 	if *server != "" {
-		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size())
+		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size(), *deltas)
 	} else {
 		repo, oerr := rf.open()
 		if oerr != nil {
 			return oerr
 		}
-		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content}, rf.keyring())
+		n := *deltas
+		if n <= 0 {
+			n = -1
+		}
+		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n}, rf.keyring())
 	}
 	if err != nil {
 		return err
@@ -683,6 +706,13 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "published %s (%d bytes, sha256 %s) signed by %s v%d\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
+	for _, d := range res.Deltas {
+		if d.Skipped != "" {
+			fmt.Fprintf(env.stdout, "  no delta from %s: %s\n", d.Base, d.Skipped)
+			continue
+		}
+		fmt.Fprintf(env.stdout, "  delta from %s: %s (%d bytes, %.1f %% of the full target)\n", d.Base, d.Path, d.Length, 100*float64(d.Length)/float64(max(1, res.Length)))
+	}
 	return nil
 }
 
@@ -696,14 +726,14 @@ func fileExt(name string) string {
 }
 
 // publishRemote streams a target to a server's operator API.
-func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64) (*repository.PublishResult, error) {
+func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64, deltas int) (*repository.PublishResult, error) {
 	if token == "" && env.getenv("EDGEWARD_CLIENT_CERT") == "" {
 		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN), or an operator certificate ($EDGEWARD_CLIENT_CERT, $EDGEWARD_CLIENT_KEY)")
 	}
 	if err := operatorapi.CheckTransport(server); err != nil && token != "" {
 		return nil, err
 	}
-	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}}
+	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}, "deltas": {strconv.Itoa(deltas)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(server, "/")+"/v1/publish?"+q.Encode(), body)
 	if err != nil {
 		return nil, err

@@ -254,3 +254,35 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 		}
 	}
 }
+
+// ChunkStoreBytes is what a casync-style update would download for target given base,
+// chunked as Diff chunks (for comparisons, docs/ARCHITECTURE.md): an index of 40 bytes
+// (sha256 and length) per chunk of target, plus each distinct chunk base lacks,
+// zstd-compressed on its own.
+func ChunkStoreBytes(ctx context.Context, base, target io.Reader) (int64, error) {
+	have := map[[sha256.Size]byte]bool{}
+	if err := chunks(base, func(_ int64, c []byte) error {
+		have[sha256.Sum256(c)] = true
+		return ctx.Err()
+	}); err != nil {
+		return 0, err
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		return 0, err
+	}
+	defer enc.Close()
+	var n int64
+	var buf []byte
+	err = chunks(target, func(_ int64, c []byte) error {
+		n += 40
+		k := sha256.Sum256(c)
+		if !have[k] {
+			have[k] = true
+			buf = enc.EncodeAll(c, buf[:0])
+			n += int64(len(buf))
+		}
+		return ctx.Err()
+	})
+	return n, err
+}
