@@ -136,18 +136,20 @@ func targets(r *Results) []Target {
 		}
 		add(t)
 	}
-	// Whole check-ins over HTTP with verified quotes, both fleet store backends side by
-	// side, from the same gobench run (issue 12: ≥ 3,000/s on sqlite on 2 cores).
-	if n, x := httpCheckIns("bench/gobench.txt", "BenchmarkCheckIn-"); n > 0 {
-		t := Target{Row: 4, Target: "≥ 3,000 whole check-ins/s over HTTP with verified quotes on sqlite on 2 cores (PostgreSQL beside it)",
-			Measured: fmt.Sprintf("sqlite %.0f/s (median of %d)", x, n), Status: status(x >= 3000)}
-		if m, y := httpCheckIns("bench/gobench.txt", "BenchmarkCheckInPostgres-"); m > 0 {
-			t.Measured += fmt.Sprintf(", PostgreSQL %.0f/s (median of %d), one server, 64 check-ins in flight", y, m)
+	// Whole check-ins over HTTP with verified quotes, both fleet store backends and 3
+	// replicas side by side, from the same run (issue 12: ≥ 3,000/s on sqlite on 2
+	// cores): the server processes' own CPU per check-in, so the load generator on the
+	// same machine does not count against the server.
+	if c := r.CheckIn; c != nil && len(c.HTTP) > 0 {
+		sq := c.HTTP[0]
+		t := Target{Row: 4, Target: "≥ 3,000 whole check-ins/s over HTTP with verified quotes on sqlite on 2 cores (PostgreSQL and 3 replicas beside it)",
+			Measured: fmt.Sprintf("sqlite: %.0f µs server CPU per check-in, %.0f/s on 2 cores (%.0f/s measured with the load generator on the same cores)", sq.ServerCPU, sq.Capacity2, sq.PerSec),
+			Status:   status(sq.Capacity2 >= 3000)}
+		for _, x := range c.HTTP[1:] {
+			t.Measured += fmt.Sprintf("; %s: %.0f µs (server %.0f + database %.0f + nginx %.0f), %.0f/s on 2 cores (%.0f/s measured)", x.Setup, x.ServerCPU+x.DBCPU+x.ProxyCPU, x.ServerCPU, x.DBCPU, x.ProxyCPU, x.Capacity2, x.PerSec)
 		}
-		if x < 3000 {
-			t.Gap = fmt.Sprintf("sqlite %.1f× short; 3 replicas not measured", 3000/x)
-		} else {
-			t.Gap = "3 replicas not measured"
+		if sq.Capacity2 < 3000 {
+			t.Gap = fmt.Sprintf("sqlite %.1f× short", 3000/sq.Capacity2)
 		}
 		add(t)
 	}
@@ -245,6 +247,14 @@ func render(r *Results) string {
 		p("| check-in (`verify.Check` + `Attest` + `Decide`) | %.0f | %.0f |\n", c.CheckIn1, c.CheckIn2)
 		p("| check-in, sqlite on tmpfs (fsync free) | | %.0f |\n", c.CheckIn2Tmpfs)
 		p("\nNot measured here: %s.\n", checkInNotMeasured)
+		if len(c.HTTP) > 0 {
+			x := c.HTTP[0]
+			p("\n#### Whole check-ins over HTTP, real server processes\n\n%d simulated devices (software AK, ECDSA P-256, certificate from the servers' attestation CA), %d check-ins in flight, each a nonce request then the check-in (quote over the request, verified; nonce consumed; one transaction with its audit record); %d check-ins per round, medians of %d rounds. CPU per check-in is each process's utime + stime from /proc (PostgreSQL: the postmaster and its backends; nginx: master and workers). The 2-core capacity is 2e6 µs over the server side's CPU per check-in (servers + database + proxy), the devices being elsewhere; the load generator (this driver) runs on the same cores.\n\n", checkInHTTPDevices, x.InFlight, x.CheckIns, x.Rounds)
+			p("| setup | check-ins/s | server µs | database µs | nginx µs | load generator µs | 2-core capacity /s |\n|---|---|---|---|---|---|---|\n")
+			for _, x := range c.HTTP {
+				p("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", x.Setup, x.PerSec, x.ServerCPU, x.DBCPU, x.ProxyCPU, x.ClientCPU, x.Capacity2)
+			}
+		}
 	}
 	if f := r.Fleet; f != nil {
 		p("\n### 5. Fleet rollout (partial: in-process devices)\n\nPolicy: %s. Server work per device per check-in: `Store.Attest` (trusted), `Store.Decide` (policy.Evaluate), `Store.AddReport` on install; `Store.PlanRollouts` (policy.Plan) before and after each hour. Each size is one child process.\n\n", f.Policy)

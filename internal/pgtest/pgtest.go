@@ -117,15 +117,9 @@ func (c *Cluster) Database(t testing.TB) string {
 		}
 		t.Fatalf("PostgreSQL: %v", c.err)
 	}
-	c.mu.Lock()
-	c.n++
-	name := fmt.Sprintf("t%d_%d", c.n, time.Now().UnixNano()%1e6)
-	admin, port := c.admin, c.port
-	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
-		t.Fatalf("PostgreSQL: create database: %v", err)
+	url, name, err := c.create()
+	if err != nil {
+		t.Fatalf("PostgreSQL: %v", err)
 	}
 	t.Cleanup(func() {
 		c.mu.Lock()
@@ -139,7 +133,49 @@ func (c *Cluster) Database(t testing.TB) string {
 			t.Errorf("PostgreSQL: drop database %s: %v", name, err)
 		}
 	})
-	return URL(port, name)
+	return url
+}
+
+// CreateDatabase is Database for programs that are not tests (the bench driver): a
+// fresh database, its URL, kept until Stop removes the cluster. The error wraps
+// ErrMissing without PostgreSQL.
+func (c *Cluster) CreateDatabase() (string, error) {
+	c.once.Do(func() { c.err = c.start() })
+	if c.err != nil {
+		return "", c.err
+	}
+	url, _, err := c.create()
+	return url, err
+}
+
+// create creates a database on the started cluster.
+func (c *Cluster) create() (url, name string, err error) {
+	c.mu.Lock()
+	c.n++
+	name = fmt.Sprintf("t%d_%d", c.n, time.Now().UnixNano()%1e6)
+	admin, port := c.admin, c.port
+	c.mu.Unlock()
+	if admin == nil {
+		return "", "", errors.New("the cluster is stopped")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
+		return "", "", fmt.Errorf("create database: %w", err)
+	}
+	return URL(port, name), name, nil
+}
+
+// PID is the postmaster's process ID (0 when the cluster is not running): its
+// children are the cluster's background processes and backends, e.g. to measure the
+// CPU time PostgreSQL spends.
+func (c *Cluster) PID() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cmd == nil || c.cmd.Process == nil {
+		return 0
+	}
+	return c.cmd.Process.Pid
 }
 
 // URL is the connection URL of database name on the cluster at port.

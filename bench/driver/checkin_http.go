@@ -1,0 +1,405 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/pgtest"
+	"github.com/edgeward/edgeward/internal/wire"
+)
+
+// CheckInHTTPRow is whole check-ins over HTTP against real `edgeward server` processes,
+// one row per setup: the embedded sqlite store on one server, PostgreSQL on one server,
+// and three replicas on one PostgreSQL behind nginx (round-robin). Each check-in is
+// what a device does: a nonce request, then the check-in with a quote over
+// wire.QuoteData, verified by the server (AK certificate, signature, nonce consumed,
+// log replay) and admitted in one transaction with its audit record.
+//
+// Besides check-ins per second, it reports the CPU time per check-in of each process
+// (from /proc: utime + stime, and the reaped children's for PostgreSQL and nginx), so
+// that the figure stays meaningful on a shared machine, and the capacity 2 cores would
+// give the server side alone: 2e6 µs / (server + database + proxy µs per check-in).
+// The load generator (this driver: the devices' quotes, JSON, HTTP client) runs on the
+// same machine and is reported apart; real devices sign with their own TPMs.
+type CheckInHTTPRow struct {
+	Setup    string  `json:"setup"`
+	Servers  int     `json:"servers"`
+	CheckIns int     `json:"check_ins"` // per round
+	InFlight int     `json:"in_flight"`
+	PerSec   float64 `json:"check_ins_per_s"`
+	// CPU time per check-in (µs) by process, medians over rounds.
+	ServerCPU float64 `json:"server_cpu_us"`
+	DBCPU     float64 `json:"db_cpu_us"`
+	ProxyCPU  float64 `json:"proxy_cpu_us"`
+	ClientCPU float64 `json:"load_generator_cpu_us"`
+	// Capacity2 is 2e6 / (ServerCPU + DBCPU + ProxyCPU): check-ins per second two
+	// cores would sustain at that cost, with the devices elsewhere.
+	Capacity2 float64 `json:"two_core_capacity_per_s"`
+	Rounds    int     `json:"rounds"`
+}
+
+// checkInHTTPDevices is the number of simulated devices; checkInHTTPInFlight of them
+// check in at once (each one check-in at a time, on its own keep-alive connection).
+const (
+	checkInHTTPDevices  = 256
+	checkInHTTPInFlight = 64
+)
+
+// benchCheckInHTTP measures the three setups one after another, in this run.
+func benchCheckInHTTP(ctx context.Context, cfg *config, n, rounds int) ([]CheckInHTTPRow, error) {
+	pg := pgtest.NewWith(pgtest.Options{Durable: true})
+	defer pg.Stop()
+	var rows []CheckInHTTPRow
+	for _, s := range []struct {
+		name     string
+		servers  int
+		postgres bool
+	}{
+		{"sqlite, 1 server", 1, false},
+		{"PostgreSQL, 1 server", 1, true},
+		{"PostgreSQL, 3 replicas behind nginx", 3, true},
+	} {
+		db := ""
+		if s.postgres {
+			var err error
+			if db, err = pg.CreateDatabase(); err != nil {
+				return nil, fmt.Errorf("check-in over HTTP, %s: %w", s.name, err)
+			}
+		}
+		row, err := checkInHTTPSetup(ctx, cfg, s.name, s.servers, db, pg, n, rounds)
+		if err != nil {
+			return nil, fmt.Errorf("check-in over HTTP, %s: %w", s.name, err)
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int, db string, pg *pgtest.Cluster, n, rounds int) (CheckInHTTPRow, error) {
+	row := CheckInHTTPRow{Setup: name, Servers: servers, CheckIns: n, InFlight: checkInHTTPInFlight, Rounds: rounds}
+	dir, err := os.MkdirTemp(cfg.work, "checkin-http-")
+	if err != nil {
+		return row, err
+	}
+	defer os.RemoveAll(dir)
+	edgeward := filepath.Join(cfg.bin, "edgeward")
+	env := []string{"EDGEWARD_PASSPHRASE=" + benchPassphrase}
+	if db != "" {
+		env = append(env, "EDGEWARD_DB="+db)
+	}
+	repo := filepath.Join(dir, "repo")
+	if _, err := runChild(ctx, edgeward, []string{"repo", "init", repo}, env); err != nil {
+		return row, err
+	}
+	// The attestation CA the servers load from DIR/attest: the driver keeps its key to
+	// issue the simulated devices' AK certificates.
+	caKey, caCert, err := writeAttestCA(filepath.Join(repo, "attest"))
+	if err != nil {
+		return row, err
+	}
+	var procs []*service
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	var ports []int
+	for i := range servers {
+		port := freePort()
+		s, err := startService(fmt.Sprintf("edgeward server %d", i), filepath.Join(dir, fmt.Sprintf("server-%d.log", i)), env,
+			edgeward, "server", "--repo", repo, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--plain-devices")
+		if err != nil {
+			return row, err
+		}
+		procs = append(procs, s)
+		if err := waitHTTP(fmt.Sprintf("http://127.0.0.1:%d/healthz", port), 60*time.Second); err != nil {
+			return row, fmt.Errorf("%w (log: %s)", err, s.log.Name())
+		}
+		ports = append(ports, port)
+	}
+	serverPIDs := make([]int, len(procs))
+	for i, p := range procs {
+		serverPIDs[i] = p.pid()
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	var proxy *service
+	if servers > 1 {
+		if proxy, base, err = startProxy(filepath.Join(dir, "nginx"), ports); err != nil {
+			return row, err
+		}
+		procs = append(procs, proxy)
+	}
+	devs := make([]*attesttest.SoftDevice, checkInHTTPDevices)
+	for i := range devs {
+		if devs[i], err = attesttest.NewSoftDevice(caKey, caCert, fmt.Sprintf("bench-%04d", i)); err != nil {
+			return row, err
+		}
+	}
+	// One keep-alive connection per device in flight, as a device keeps its own.
+	api := &deviceapi.Client{BaseURL: base, HTTP: &http.Client{Transport: &http.Transport{
+		MaxIdleConns: checkInHTTPDevices, MaxIdleConnsPerHost: checkInHTTPDevices, IdleConnTimeout: time.Minute}}}
+	defer api.HTTP.CloseIdleConnections()
+	// Warm up: every device enrolls (first check-in), the servers prepare their
+	// statements and keep the AK certificates verified.
+	if _, err := driveCheckIns(ctx, api, devs, checkInHTTPDevices); err != nil {
+		return row, err
+	}
+	var perSec, srv, dbc, prx, cli []float64
+	for r := range rounds {
+		s0, d0, p0 := procTreeCPU(serverPIDs, false), pgCPU(pg, db), proxyCPU(proxy)
+		c0 := selfCPU()
+		t0 := time.Now()
+		if _, err := driveCheckIns(ctx, api, devs, n); err != nil {
+			return row, err
+		}
+		wall := time.Since(t0)
+		per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+		perSec = append(perSec, float64(n)/wall.Seconds())
+		srv = append(srv, per(procTreeCPU(serverPIDs, false)-s0))
+		dbc = append(dbc, per(pgCPU(pg, db)-d0))
+		prx = append(prx, per(proxyCPU(proxy)-p0))
+		cli = append(cli, per(selfCPU()-c0))
+		logf("check-in over HTTP, %s, round %d: %.0f/s; CPU per check-in: server %.0f µs, database %.0f µs, nginx %.0f µs, load generator %.0f µs",
+			name, r, perSec[r], srv[r], dbc[r], prx[r], cli[r])
+	}
+	row.PerSec = round(median(perSec), 0)
+	row.ServerCPU, row.DBCPU, row.ProxyCPU, row.ClientCPU = round(median(srv), 0), round(median(dbc), 0), round(median(prx), 0), round(median(cli), 0)
+	if side := row.ServerCPU + row.DBCPU + row.ProxyCPU; side > 0 {
+		row.Capacity2 = round(2e6/side, 0)
+	}
+	return row, nil
+}
+
+// driveCheckIns runs n whole check-ins, checkInHTTPInFlight at a time, each device one
+// at a time, and fails on the first that is not answered trusted.
+func driveCheckIns(ctx context.Context, api *deviceapi.Client, devs []*attesttest.SoftDevice, n int) (float64, error) {
+	locks := make([]sync.Mutex, len(devs))
+	var next atomic.Int64
+	return parallel(n, checkInHTTPInFlight, func(int) error {
+		i := int(next.Add(1)-1) % len(devs)
+		locks[i].Lock()
+		defer locks[i].Unlock()
+		return softCheckIn(ctx, api, devs[i])
+	})
+}
+
+// softCheckIn is one device's check-in: nonce, quote over the request, check-in.
+func softCheckIn(ctx context.Context, api *deviceapi.Client, d *attesttest.SoftDevice) error {
+	nonce, err := api.Nonce(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	req := &wire.CheckInRequest{DeviceID: d.ID, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+		AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}, Nonce: nonce}
+	bound, err := wire.QuoteData(nonce, req)
+	if err != nil {
+		return err
+	}
+	q, log, err := d.Quote(bound)
+	if err != nil {
+		return err
+	}
+	req.Evidence = wire.Evidence{AKCert: d.AKCert, Quote: q, Log: log}
+	resp, err := api.CheckIn(ctx, req)
+	if err != nil {
+		return err
+	}
+	if !resp.Trusted {
+		return fmt.Errorf("check-in of %s not trusted: %v", d.ID, resp.Reasons)
+	}
+	return nil
+}
+
+// writeAttestCA creates the attestation CA `edgeward server` loads from dir (ca.key,
+// PKCS #8, and ca.pem) and returns it.
+func writeAttestCA(dir string) (crypto.Signer, *x509.Certificate, error) {
+	key, cert, err := attestca.NewRoot("Bench Attestation CA", 24*time.Hour)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o644); err != nil {
+		return nil, nil, err
+	}
+	return key, cert, nil
+}
+
+const proxyConf = `# generated by bench/driver: the replicas behind nginx, round-robin
+{{USER}}worker_processes 2;
+daemon off;
+master_process on;
+pid {{PREFIX}}/nginx.pid;
+error_log {{PREFIX}}/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path {{PREFIX}}/body;
+    proxy_temp_path {{PREFIX}}/proxy;
+    fastcgi_temp_path {{PREFIX}}/fastcgi;
+    uwsgi_temp_path {{PREFIX}}/uwsgi;
+    scgi_temp_path {{PREFIX}}/scgi;
+    keepalive_requests 1000000;
+    upstream edgeward {
+{{SERVERS}}        keepalive 128;
+    }
+    server {
+        listen 127.0.0.1:{{PORT}};
+        location / {
+            proxy_pass http://edgeward;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }
+    }
+}
+`
+
+// startProxy runs nginx in front of the servers on ports, round-robin, in prefix.
+func startProxy(prefix string, ports []int) (*service, string, error) {
+	if err := os.MkdirAll(prefix, 0o755); err != nil {
+		return nil, "", err
+	}
+	var servers strings.Builder
+	for _, p := range ports {
+		fmt.Fprintf(&servers, "        server 127.0.0.1:%d;\n", p)
+	}
+	user := ""
+	if os.Geteuid() == 0 {
+		user = "user root;\n" // the workers would switch to nobody, who may not enter prefix
+	}
+	port := freePort()
+	conf := strings.NewReplacer("{{USER}}", user, "{{PREFIX}}", prefix, "{{PORT}}", strconv.Itoa(port), "{{SERVERS}}", servers.String()).Replace(proxyConf)
+	confPath := filepath.Join(prefix, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		return nil, "", err
+	}
+	s, err := startService("nginx", filepath.Join(prefix, "stderr.log"), nil, "nginx", "-p", prefix, "-c", confPath, "-e", filepath.Join(prefix, "error.log"))
+	if err != nil {
+		return nil, "", err
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	if err := waitHTTP(base+"/healthz", 10*time.Second); err != nil {
+		s.stop()
+		return nil, "", err
+	}
+	return s, base, nil
+}
+
+// clockTick is the kernel's USER_HZ, the unit of /proc/PID/stat's times.
+const clockTick = 100
+
+// procCPU is a process's CPU time so far (utime + stime), and with children the
+// time of its children that it has waited for (cutime + cstime); 0 when it is gone.
+func procCPU(pid int, children bool) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // f[0] is field 3 (state)
+	if len(f) < 15 {
+		return 0
+	}
+	var ticks int64
+	last := 13 // stime, field 15
+	if children {
+		last = 15 // cstime, field 17
+	}
+	for i := 11; i <= last; i++ { // utime is field 14
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / clockTick
+}
+
+// childrenOf lists the processes whose parent is one of pids.
+func childrenOf(pids []int) []int {
+	parent := map[int]bool{}
+	for _, p := range pids {
+		parent[p] = true
+	}
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 {
+			if pp, _ := strconv.Atoi(f[1]); parent[pp] {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}
+
+// procTreeCPU is the CPU time of pids and, with children, of their live children and
+// the ones they reaped.
+func procTreeCPU(pids []int, children bool) time.Duration {
+	var d time.Duration
+	for _, p := range pids {
+		d += procCPU(p, children)
+	}
+	if children {
+		for _, c := range childrenOf(pids) {
+			d += procCPU(c, false)
+		}
+	}
+	return d
+}
+
+// pgCPU is the CPU time of the PostgreSQL cluster (postmaster, its background
+// processes and backends) when db is on it; 0 for sqlite.
+func pgCPU(pg *pgtest.Cluster, db string) time.Duration {
+	if db == "" || pg.PID() == 0 {
+		return 0
+	}
+	return procTreeCPU([]int{pg.PID()}, true)
+}
+
+func proxyCPU(s *service) time.Duration {
+	if s == nil {
+		return 0
+	}
+	return procTreeCPU([]int{s.pid()}, true)
+}
+
+// selfCPU is this process's CPU time (the load generator's, when nothing else runs).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
