@@ -101,6 +101,9 @@ type Config struct {
 	Interval time.Duration
 	// TrialTimeout bounds each trial; 0: 10 minutes.
 	TrialTimeout time.Duration
+	// CheckpointBytes, when positive, takes a durable download checkpoint every so many
+	// bytes; 0: the updater.Downloader's default (every 64 MiB, at most once a second).
+	CheckpointBytes int64
 	// Once runs one round (no retries, no waiting) and returns its error.
 	Once bool
 
@@ -181,7 +184,8 @@ func (c Config) withDefaults() Config {
 func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
-	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log})
+	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log,
+		Downloader: downloader(log, cfg.CheckpointBytes)})
 	if err != nil {
 		return err
 	}
@@ -479,4 +483,14 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// downloader is the updater.Downloader with a durable checkpoint every checkpoint bytes
+// when positive, else with its defaults.
+func downloader(log *slog.Logger, checkpoint int64) *updater.Downloader {
+	d := &updater.Downloader{Logger: log}
+	if checkpoint > 0 {
+		d.CheckpointBytes, d.CheckpointInterval = checkpoint, -1
+	}
+	return d
 }

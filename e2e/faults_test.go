@@ -214,6 +214,7 @@ func TestAgentCrashRuntime(t *testing.T) {
 	dl, trial := f.devs[0], f.devs[1]
 	dl.AgentBin = crashAgent
 	dl.AgentEnv = []string{"EDGEWARD_CRASHPOINT=mid-download"} // models are too small to reach a checkpoint
+	dl.AgentArgs = []string{"--checkpoint-bytes", "4194304"}   // a checkpoint every 4 MiB of the 35 MB library
 	f.startAgents()
 	f.commit("1.0.0")
 	if _, err := f.repo.PublishRuntime(f.ctx, "onnxruntime", "1.24.3", os.Getenv("ONNXRUNTIME_LIB")); err != nil {

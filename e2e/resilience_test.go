@@ -209,6 +209,7 @@ func TestServeFirstServerDown(t *testing.T) {
 	d := f.devs[0]
 	d.AgentBin = crashAgent
 	d.AgentEnv = []string{"EDGEWARD_CRASHPOINT=mid-download"} // the runtime download's first checkpoint
+	d.AgentArgs = []string{"--checkpoint-bytes", "4194304"}   // a checkpoint every 4 MiB of the 35 MB library
 	f.startAgents()
 	f.commit("1.0.0")
 	if _, err := f.repo.PublishRuntime(f.ctx, "onnxruntime", "1.24.3", os.Getenv("ONNXRUNTIME_LIB")); err != nil {

@@ -129,9 +129,12 @@ const (
 	ClearSlot ActionKind = "clear-slot"
 	// Download streams Target into Slot, resuming what an earlier attempt wrote.
 	Download ActionKind = "download"
-	// Verify checks the file in Slot against Target's length and sha256.
+	// Verify checks the file in Slot against Target's length and sha256 (the shell
+	// takes its fetcher's Proof from the same call instead of reading the file again).
 	Verify ActionKind = "verify"
-	// StartTrial starts Target from Slot beside the serving version, until Deadline.
+	// StartTrial starts Target from Slot beside the serving version, until Deadline. The
+	// shell first reads and hashes a slot it did not verify itself (staged by an earlier
+	// process): one that no longer holds Target fails the trial.
 	StartTrial ActionKind = "start-trial"
 	// StopTrial stops whatever runs from Slot for a trial.
 	StopTrial ActionKind = "stop-trial"

@@ -75,6 +75,12 @@ type Manager struct {
 	db    *DB
 	mu    sync.Mutex
 	crash crashpoint.Counter
+	// verified remembers, per kind, the staged slot this Manager verified itself (from
+	// its downloader's Proof or by reading it). The trial of a slot staged by an earlier
+	// process, or changed since, reads and hashes it again first. Guarded by mu.
+	verified map[artifact.Kind]stamp
+	// reads counts the slot files read and hashed by Verify and StartTrial (tests).
+	reads int
 }
 
 // Open opens the state in cfg.Dir. Call Recover before anything else.
@@ -99,7 +105,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, db: db}, nil
+	return &Manager{cfg: cfg, db: db, verified: map[artifact.Kind]stamp{}}, nil
 }
 
 // Close closes the state database.
@@ -314,6 +320,10 @@ func persistCrash(p Phase) string {
 func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch Fetcher) (State, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// proof carries the downloader's Proof from the Download action to the Verify
+	// action of this call only: it never outlives the call, so a slot downloaded by
+	// an earlier call or process is read again.
+	var proof Proof
 	for {
 		s, err := m.db.Load(ctx, kind)
 		if err != nil {
@@ -334,7 +344,7 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch
 				crashpoint.Hit(&m.crash, name)
 			}
 		}
-		next, err := m.perform(ctx, n, acts, fetch)
+		next, err := m.perform(ctx, n, acts, fetch, &proof)
 		if err != nil || next == nil {
 			return n, err
 		}
@@ -343,10 +353,13 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch
 }
 
 // perform does acts in order. It returns the follow-up event of the last action, if any.
-func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fetcher) (Event, error) {
+// proof is set by a Download action whose fetcher proved what it wrote, and consumed by
+// the Verify action that follows it.
+func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fetcher, proof *Proof) (Event, error) {
 	for _, a := range acts {
 		switch a.Kind {
 		case ClearSlot:
+			delete(m.verified, s.Kind)
 			if err := m.clearSlot(s.Kind, a.Slot); err != nil {
 				return nil, err
 			}
@@ -357,7 +370,13 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fet
 			if fetch == nil {
 				return EvFailed{Reason: "no fetcher configured"}, nil
 			}
-			err := fetch.Fetch(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
+			var err error
+			*proof = Proof{}
+			if pf, ok := fetch.(ProvingFetcher); ok {
+				*proof, err = pf.FetchProven(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
+			} else {
+				err = fetch.Fetch(ctx, *a.Target, m.Payload(s.Kind, a.Slot))
+			}
 			switch {
 			case err == nil:
 				crashpoint.Hit(&m.crash, "after-download")
@@ -368,16 +387,36 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fet
 				return nil, fmt.Errorf("download %s into %s slot %s: %w", a.Target.Path, s.Kind, a.Slot, err)
 			}
 		case Verify:
-			err := verifyFile(m.Payload(s.Kind, a.Slot), *a.Target)
+			delete(m.verified, s.Kind)
+			path := m.Payload(s.Kind, a.Slot)
+			id, keep, proven, err := verifySlot(path, *a.Target, *proof)
+			*proof = Proof{}
+			if !proven {
+				m.reads++
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
 				return EvFailed{Reason: err.Error()}, nil
 			}
+			if keep {
+				m.verified[s.Kind] = stamp{target: *a.Target, slot: a.Slot, id: id}
+			}
+			how := "read and hashed"
+			if proven {
+				how = "hashed by the fetcher in this process"
+			}
+			m.cfg.Logger.Info("slot verified", "kind", s.Kind, "slot", a.Slot, "version", a.Target.Version, "how", how)
 			crashpoint.Hit(&m.crash, "after-verify")
 			return EvVerified{}, nil
 		case StartTrial:
+			if err := m.checkStaged(s.Kind, a.Slot, *a.Target); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return EvTrialFailed{Reason: err.Error()}, nil
+			}
 			if m.cfg.Trial != nil {
 				if err := m.cfg.Trial.Start(ctx, s.Kind, m.Payload(s.Kind, a.Slot), *a.Target, a.Deadline); err != nil {
 					return EvTrialFailed{Reason: "start: " + err.Error()}, nil
@@ -412,6 +451,26 @@ func (m *Manager) perform(ctx context.Context, s State, acts []Action, fetch Fet
 		}
 	}
 	return nil, nil
+}
+
+// checkStaged makes sure the slot about to be tried still holds t. A slot this Manager
+// verified (and that did not change since) is taken as is; any other, staged by an
+// earlier process or found in a trial after a restart, is read and hashed again.
+func (m *Manager) checkStaged(kind artifact.Kind, slot Slot, t Target) error {
+	path := m.Payload(kind, slot)
+	if st, ok := m.verified[kind]; ok && st.slot == slot && st.target == t {
+		if fi, err := os.Stat(path); err == nil {
+			if id, ok := identify(fi); ok && id == st.id {
+				return nil
+			}
+		}
+	}
+	m.reads++
+	if err := verifyFile(path, t); err != nil {
+		return fmt.Errorf("the staged slot no longer holds the target: %w", err)
+	}
+	m.cfg.Logger.Info("slot verified before its trial", "kind", kind, "slot", slot, "version", t.Version, "how", "read and hashed (staged by an earlier process, or changed)")
+	return nil
 }
 
 // clearSlot empties a slot's directory and makes that durable.

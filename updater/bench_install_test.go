@@ -69,6 +69,7 @@ func BenchmarkInstallPath(b *testing.B) {
 	}{
 		{"copy", func(b *testing.B) { copyTo(b, false, false) }},
 		{"copy+sha256", func(b *testing.B) { copyTo(b, true, false) }},
+		{"copy+fsync", func(b *testing.B) { copyTo(b, false, true) }},
 		{"copy+sha256+fsync", func(b *testing.B) { copyTo(b, true, true) }},
 	}
 	for _, d := range []struct {
@@ -76,9 +77,10 @@ func BenchmarkInstallPath(b *testing.B) {
 		d    *Downloader
 	}{
 		{"Downloader/defaults", &Downloader{}},
+		{"Downloader/no-writeback", &Downloader{noWriteback: true}},
+		{"Downloader/buffer=64KiB", &Downloader{BufferSize: 64 << 10}},
 		{"Downloader/buffer=1MiB", &Downloader{BufferSize: 1 << 20}},
-		{"Downloader/checkpoint=64MiB", &Downloader{CheckpointBytes: 64 << 20}},
-		{"Downloader/buffer=1MiB,checkpoint=64MiB", &Downloader{BufferSize: 1 << 20, CheckpointBytes: 64 << 20}},
+		{"Downloader/checkpoint=8MiB", &Downloader{CheckpointBytes: 8 << 20, CheckpointInterval: -1}},
 	} {
 		d.d.Client = srv.Client()
 		cases = append(cases, struct {

@@ -82,17 +82,29 @@ type Backoff struct {
 	Max      time.Duration // 0 means 30s
 }
 
-// Downloader streams targets to files with a fixed buffer, hashing while writing, and
-// resumes interrupted downloads with HTTP Range from a durable checkpoint (the offset and
-// the marshalled hash state, in <dst>.part.state beside <dst>.part). The zero value is
-// usable. A Downloader is safe for concurrent use on different destinations.
+// Downloader streams targets to files and resumes interrupted downloads with HTTP Range
+// from a durable checkpoint (the offset and the marshalled hash state, in
+// <dst>.part.state beside <dst>.part). Every byte is read from the network once, written
+// once and hashed once: a goroutine hashes the buffers already written while the next one
+// is read, and the disk starts writing each buffer back as soon as it is written, so the
+// checkpoints and the final sync wait for little. Memory use is three buffers whatever
+// the target's size. The zero value is usable. A Downloader is safe for concurrent use on
+// different destinations.
 type Downloader struct {
 	// Client makes the requests. Nil means http.DefaultClient.
 	Client *http.Client
-	// BufferSize is the copy buffer; 0 means 64 KiB. Memory use does not grow with the target.
+	// BufferSize is the size of each read, write and hash step; 0 means 256 KiB (a
+	// download holds three, which stay in a core's L2 cache). It is capped at
+	// CheckpointBytes.
 	BufferSize int
-	// CheckpointBytes is how much is written between durable checkpoints; 0 means 8 MiB.
+	// CheckpointBytes is how much is written between durable checkpoints; 0 means 64 MiB.
+	// A checkpoint waits for the bytes so far to be on the disk (fdatasync), then
+	// writes the offset and hash state atomically; a crash loses what came after it.
 	CheckpointBytes int64
+	// CheckpointInterval is the least time between two checkpoints, so that a fast
+	// download does not wait for the disk more than once a second; 0 means 1 second,
+	// negative means none (a checkpoint every CheckpointBytes).
+	CheckpointInterval time.Duration
 	// Retry bounds retries of transient failures.
 	Retry Backoff
 	// StallTimeout ends an attempt when no byte arrives for this long (the next attempt
@@ -110,6 +122,8 @@ type Downloader struct {
 	crash crashpoint.Counter
 	// wrapFile, when set (tests), wraps the partial file's writer (e.g. to fail like a full disk).
 	wrapFile func(io.Writer) io.Writer
+	// noWriteback, when set (benchmarks), leaves writeback to the kernel until the syncs.
+	noWriteback bool
 }
 
 func (d *Downloader) logger() *slog.Logger {
@@ -157,10 +171,18 @@ func sleepCtx(ctx context.Context, dur time.Duration) error {
 // failures are retried with backoff and jitter; permanent ones (see
 // DownloadError.Permanent) remove the partial file and return at once.
 func (d *Downloader) Download(ctx context.Context, url string, want Want, dst string) error {
-	if ok, _ := fileMatches(dst, want); ok {
+	_, err := d.download(ctx, url, want, dst)
+	return err
+}
+
+// download is Download. On success it also returns dst's os.FileInfo (from fstat after
+// the rename) when this call hashed every byte of dst itself, and nil when part of it
+// was hashed by an earlier process (a download resumed from a checkpoint on disk).
+func (d *Downloader) download(ctx context.Context, url string, want Want, dst string) (os.FileInfo, error) {
+	if fi, ok := fileMatchesStat(dst, want); ok {
 		// Already there (an earlier call completed before a crash): only tidy up.
 		removePart(dst)
-		return nil
+		return fi, nil
 	}
 	attempts := d.Retry.Attempts
 	if attempts <= 0 {
@@ -170,7 +192,18 @@ func (d *Downloader) Download(ctx context.Context, url string, want Want, dst st
 	if sleep == nil {
 		sleep = sleepCtx
 	}
-	var err error
+	// p, the open partial download, lives across attempts: a retry continues from the
+	// offset and hash state in memory.
+	var p *part
+	defer func() {
+		if p != nil {
+			p.f.Close()
+		}
+	}()
+	var (
+		fi  os.FileInfo
+		err error
+	)
 	for i := range attempts {
 		if i > 0 {
 			wait := d.delay(i - 1)
@@ -180,7 +213,7 @@ func (d *Downloader) Download(ctx context.Context, url string, want Want, dst st
 				break
 			}
 		}
-		err = d.once(ctx, url, want, dst)
+		fi, err = d.once(ctx, url, want, dst, &p)
 		var de *DownloadError
 		if err == nil || ctx.Err() != nil || (errors.As(err, &de) && de.perm) || errors.Is(err, ErrUntrustedServer) {
 			// An untrusted certificate stays untrusted within a round: not retried here,
@@ -191,7 +224,7 @@ func (d *Downloader) Download(ctx context.Context, url string, want Want, dst st
 	if err != nil && (d.NoResume || rollback.IsPermanent(err)) {
 		removePart(dst)
 	}
-	return err
+	return fi, err
 }
 
 func removePart(dst string) {
@@ -242,8 +275,11 @@ func hexHashes(want Want) map[string]string {
 type part struct {
 	f      *os.File
 	path   string
-	offset int64
+	offset int64 // bytes written and hashed (once the hasher is drained)
 	hs     map[string]hash.Hash
+	// whole: every byte up to offset was hashed by this process (false after resuming
+	// from a checkpoint on disk, until a reset).
+	whole bool
 }
 
 // openPart opens dst.part at its last checkpoint, or empty if there is none that matches want.
@@ -260,11 +296,19 @@ func (d *Downloader) openPart(dst string, want Want) (*part, error) {
 	if b, err := os.ReadFile(dst + ".part.state"); err == nil {
 		var st partState
 		if json.Unmarshal(b, &st) == nil && p.resume(st, want) {
-			return p, p.f.Truncate(p.offset) // bytes after the checkpoint are not hashed: drop them
+			if err := p.f.Truncate(p.offset); err != nil { // bytes after the checkpoint are not hashed: drop them
+				p.f.Close()
+				return nil, err
+			}
+			return p, nil
 		}
 		d.logger().Warn("discarding a partial download that does not match its checkpoint", "path", p.path)
 	}
-	return p, p.reset()
+	if err := p.reset(); err != nil {
+		p.f.Close()
+		return nil, err
+	}
+	return p, nil
 }
 
 // resume adopts checkpoint st if it belongs to want and the file holds its bytes.
@@ -281,21 +325,23 @@ func (p *part) resume(st partState, want Want) bool {
 			return false
 		}
 	}
-	p.offset = st.Offset
+	p.offset, p.whole = st.Offset, st.Offset == 0
 	return true
 }
 
+// reset empties the partial file and the hashes. Call it only with the hasher drained.
 func (p *part) reset() error {
 	for _, h := range p.hs {
 		h.Reset()
 	}
-	p.offset = 0
+	p.offset, p.whole = 0, true
 	return p.f.Truncate(0)
 }
 
 // checkpoint makes the bytes so far durable, then records the offset and hash state.
+// Call it only with the hasher drained.
 func (p *part) checkpoint(want Want) error {
-	if err := p.f.Sync(); err != nil {
+	if err := datasync(p.f); err != nil {
 		return err
 	}
 	st := partState{Length: want.Length, Hashes: hexHashes(want), Offset: p.offset, State: map[string][]byte{}}
@@ -313,24 +359,29 @@ func (p *part) checkpoint(want Want) error {
 	return durable.WriteFile(strings.TrimSuffix(p.path, ".part")+".part.state", b, 0o600)
 }
 
-func (d *Downloader) once(ctx context.Context, url string, want Want, dst string) (err error) {
+// once is one attempt. *pp is the partial download, opened here on the first attempt.
+// On success *pp is closed and nil.
+func (d *Downloader) once(ctx context.Context, url string, want Want, dst string, pp **part) (os.FileInfo, error) {
 	perm := func(e error) error { return &DownloadError{URL: url, Err: e, perm: true} }
 	transient := func(e error) error { return &DownloadError{URL: url, Err: e} }
 	if want.Length < 0 {
-		return perm(fmt.Errorf("negative length %d", want.Length))
+		return nil, perm(fmt.Errorf("negative length %d", want.Length))
 	}
-	p, err := d.openPart(dst, want)
-	if err != nil {
-		if errors.Is(err, ErrNoHash) {
-			return perm(err)
+	if *pp == nil {
+		p, err := d.openPart(dst, want)
+		if err != nil {
+			if errors.Is(err, ErrNoHash) {
+				return nil, perm(err)
+			}
+			return nil, perm(fmt.Errorf("open partial file: %w", classifyWrite(err)))
 		}
-		return perm(fmt.Errorf("open partial file: %w", classifyWrite(err)))
+		*pp = p
 	}
-	defer p.f.Close()
+	p := *pp
 	if need := want.Length - p.offset; need > 0 {
 		// Fail before fetching what cannot be stored (a write failing later is caught too).
 		if free, ok := freeBytes(filepath.Dir(dst)); ok && free < need {
-			return perm(fmt.Errorf("%w: %d more bytes needed, %d free in %s", ErrDiskFull, need, free, filepath.Dir(dst)))
+			return nil, perm(fmt.Errorf("%w: %d more bytes needed, %d free in %s", ErrDiskFull, need, free, filepath.Dir(dst)))
 		}
 	}
 	if p.offset < want.Length {
@@ -340,33 +391,42 @@ func (d *Downloader) once(ctx context.Context, url string, want Want, dst string
 				err = transient(err)
 			}
 			if errors.As(err, &de) && !de.perm && p.offset > 0 {
-				// Keep what arrived for the next attempt.
+				// Keep what arrived for the next attempt, in this process or the next.
 				if cerr := p.checkpoint(want); cerr != nil {
-					return perm(fmt.Errorf("checkpoint: %w", classifyWrite(cerr)))
+					return nil, perm(fmt.Errorf("checkpoint: %w", classifyWrite(cerr)))
 				}
 			}
-			return err
+			return nil, err
 		}
 	}
 	for alg, h := range p.hs {
 		if got := h.Sum(nil); !equalBytes(got, want.Hashes[alg]) {
-			return perm(fmt.Errorf("%w: %s %x, want %x", ErrHashMismatch, alg, got, want.Hashes[alg]))
+			return nil, perm(fmt.Errorf("%w: %s %x, want %x", ErrHashMismatch, alg, got, want.Hashes[alg]))
 		}
 	}
-	if err := p.f.Sync(); err != nil {
-		return perm(classifyWrite(err))
-	}
-	if err := p.f.Close(); err != nil {
-		return perm(classifyWrite(err))
+	if err := datasync(p.f); err != nil {
+		return nil, perm(classifyWrite(err))
 	}
 	if err := os.Rename(p.path, dst); err != nil {
-		return perm(err)
+		return nil, perm(err)
 	}
 	os.Remove(dst + ".part.state")
 	if err := durable.SyncDir(filepath.Dir(dst)); err != nil {
-		return perm(err)
+		return nil, perm(err)
 	}
-	return nil
+	// The identity of what was hashed, after the rename (which changes its ctime).
+	fi, err := p.f.Stat()
+	if err != nil {
+		fi = nil
+	}
+	if !p.whole {
+		fi = nil
+	}
+	*pp = nil
+	if err := p.f.Close(); err != nil {
+		return nil, perm(classifyWrite(err))
+	}
+	return fi, nil
 }
 
 func equalBytes(a, b []byte) bool { return len(a) == len(b) && string(a) == string(b) }
@@ -378,7 +438,94 @@ func classifyWrite(err error) error {
 	return err
 }
 
-// fetch requests the rest of the target and streams it into p.
+// hashPipe hashes written buffers in its own goroutine while the next one is read and
+// written. Buffers cycle between the reader (spare) and the hasher (busy of them); the
+// hash state may be read or reset only when the pipe is drained.
+type hashPipe struct {
+	hs    []hash.Hash
+	work  chan []byte
+	back  chan []byte
+	spare [][]byte
+	busy  int
+}
+
+// newHashPipe starts a hasher over hs with n buffers of size bytes. Close it.
+func newHashPipe(hs map[string]hash.Hash, size, n int) *hashPipe {
+	p := &hashPipe{work: make(chan []byte, n), back: make(chan []byte, n)}
+	for _, h := range hs {
+		p.hs = append(p.hs, h)
+	}
+	for range n {
+		p.spare = append(p.spare, make([]byte, size))
+	}
+	go func() {
+		for b := range p.work {
+			for _, h := range p.hs {
+				h.Write(b)
+			}
+			p.back <- b
+		}
+	}()
+	return p
+}
+
+// get returns a free buffer, waiting for the hasher when all are at work.
+func (p *hashPipe) get() []byte {
+	if n := len(p.spare); n > 0 {
+		b := p.spare[n-1]
+		p.spare = p.spare[:n-1]
+		return b[:cap(b)]
+	}
+	b := <-p.back
+	p.busy--
+	return b[:cap(b)]
+}
+
+// unget returns a buffer that was not handed to the hasher.
+func (p *hashPipe) unget(b []byte) { p.spare = append(p.spare, b) }
+
+// put hands the written b to the hasher.
+func (p *hashPipe) put(b []byte) {
+	p.busy++
+	p.work <- b
+}
+
+// drain waits until every buffer handed over is hashed.
+func (p *hashPipe) drain() {
+	for p.busy > 0 {
+		p.spare = append(p.spare, <-p.back)
+		p.busy--
+	}
+}
+
+// close drains the pipe and stops its hasher.
+func (p *hashPipe) close() {
+	p.drain()
+	close(p.work)
+}
+
+// writebackBytes is how much is written before the disk is asked to start writing it.
+const writebackBytes = 8 << 20
+
+// fill reads into b until it is full, the body ends or fails; progress is called after
+// every read that returned bytes.
+func fill(r io.Reader, b []byte, progress func()) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		if m > 0 {
+			n += m
+			progress()
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// fetch requests the rest of the target and streams it into p. When it returns, every
+// byte written is hashed.
 func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) (err error) {
 	stall := d.StallTimeout
 	if stall <= 0 {
@@ -441,45 +588,64 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	if resp.ContentLength > want.Length-p.offset {
 		return &DownloadError{URL: url, Err: fmt.Errorf("%w: server announces %d more bytes, TUF allows %d", ErrTooLong, resp.ContentLength, want.Length-p.offset), perm: true}
 	}
+	// What an earlier attempt wrote past its last hashed byte is dropped.
+	if err := p.f.Truncate(p.offset); err != nil {
+		return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
+	}
 	if _, err := p.f.Seek(p.offset, io.SeekStart); err != nil {
 		return err
 	}
-	size := d.BufferSize
-	if size <= 0 {
-		size = 64 << 10
-	}
 	every := d.CheckpointBytes
 	if every <= 0 {
-		every = 8 << 20
+		every = 64 << 20
 	}
+	interval := d.CheckpointInterval
+	if interval == 0 {
+		interval = time.Second
+	}
+	size := d.BufferSize
+	if size <= 0 {
+		size = 256 << 10
+	}
+	size = int(min(int64(size), every))
 	var w io.Writer = p.f
 	if d.wrapFile != nil {
 		w = d.wrapFile(w)
 	}
-	buf := make([]byte, size)
+	pipe := newHashPipe(p.hs, size, 3)
+	defer pipe.close()
 	body := io.LimitReader(resp.Body, want.Length-p.offset+1) // one more byte reveals an over-long body
-	last := p.offset
+	last, lastAt, flushed := p.offset, time.Now(), p.offset
+	progress := func() { timer.Reset(stall) }
 	for {
-		n, rerr := body.Read(buf)
+		buf := pipe.get()
+		n, rerr := fill(body, buf, progress)
 		if n > 0 {
-			timer.Reset(stall)
 			if p.offset+int64(n) > want.Length {
+				pipe.unget(buf)
 				return &DownloadError{URL: url, Err: fmt.Errorf("%w (%d)", ErrTooLong, want.Length), perm: true}
 			}
 			if _, err := w.Write(buf[:n]); err != nil {
+				pipe.unget(buf)
 				return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
 			}
-			for _, h := range p.hs {
-				h.Write(buf[:n])
-			}
+			pipe.put(buf[:n])
 			p.offset += int64(n)
-			if p.offset-last >= every {
+			if !d.noWriteback && p.offset-flushed >= writebackBytes {
+				// Start the disk on what was written, so that the syncs find little to do.
+				startWriteback(p.f, flushed, p.offset-flushed)
+				flushed = p.offset
+			}
+			if p.offset-last >= every && (interval < 0 || time.Since(lastAt) >= interval) {
+				pipe.drain()
 				if err := p.checkpoint(want); err != nil {
 					return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
 				}
-				last = p.offset
+				last, lastAt = p.offset, time.Now()
 				crashpoint.Hit(&d.crash, "mid-download")
 			}
+		} else {
+			pipe.unget(buf)
 		}
 		if rerr == io.EOF {
 			if p.offset < want.Length {

@@ -101,9 +101,10 @@ func randomBytes(n int) []byte {
 // testDownloader never sleeps; it records the waits.
 func testDownloader(waits *[]time.Duration) *Downloader {
 	return &Downloader{
-		CheckpointBytes: 4 << 10,
-		BufferSize:      1 << 10,
-		Rand:            func() float64 { return 0 },
+		CheckpointBytes:    4 << 10,
+		CheckpointInterval: -1,
+		BufferSize:         1 << 10,
+		Rand:               func() float64 { return 0 },
 		Sleep: func(_ context.Context, d time.Duration) error {
 			if waits != nil {
 				*waits = append(*waits, d)
@@ -389,5 +390,65 @@ func TestDownloadUntrustedServer(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
 		t.Errorf("downloaded %d bytes; want the %d of the target", len(got), len(content))
+	}
+}
+
+// TestDownloadProvesOnlyWhatItHashed: download returns the file's identity (its proof for
+// the slots) only when the call hashed every byte itself: a fresh download, one resumed
+// within the call after a cut, a file already complete (hashed again), a restart the
+// server answered from the start. A download resumed from a checkpoint written by an
+// earlier process gives none, so the slot reads the file again.
+func TestDownloadProvesOnlyWhatItHashed(t *testing.T) {
+	content := randomBytes(100 << 10)
+	for _, tc := range []struct {
+		name        string
+		o           *origin
+		earlier     bool // an earlier process got 60 KiB and left its checkpoint
+		complete    bool // dst already holds the target
+		wantProof   bool
+		wantRequest int
+	}{
+		{name: "fresh", o: &origin{}, wantProof: true, wantRequest: 1},
+		{name: "cut and resumed in the call", o: &origin{cutAt: []int{60 << 10}}, wantProof: true, wantRequest: 2},
+		{name: "resumed from an earlier process", o: &origin{}, earlier: true, wantProof: false, wantRequest: 1},
+		{name: "earlier process, server ignores Range", o: &origin{ignoreRange: true}, earlier: true, wantProof: true, wantRequest: 1},
+		{name: "already complete", o: &origin{}, complete: true, wantProof: true, wantRequest: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.content = content
+			srv := httptest.NewServer(tc.o)
+			defer srv.Close()
+			dst := filepath.Join(t.TempDir(), "payload")
+			ctx := context.Background()
+			if tc.earlier {
+				first := testDownloader(nil)
+				first.Retry.Attempts = 1
+				tc.o.cutAt = append([]int{60 << 10}, tc.o.cutAt...)
+				if err := first.Download(ctx, srv.URL, wantOf(content), dst); !errors.Is(err, ErrTruncated) {
+					t.Fatalf("first Download = %v; want ErrTruncated", err)
+				}
+			}
+			if tc.complete {
+				os.WriteFile(dst, content, 0o600)
+			}
+			before := len(tc.o.requests)
+			fi, err := testDownloader(nil).download(ctx, srv.URL, wantOf(content), dst)
+			if err != nil {
+				t.Fatalf("download = %v", err)
+			}
+			if got := tc.o.requests[before:]; len(got) != tc.wantRequest {
+				t.Errorf("requests = %q; want %d", got, tc.wantRequest)
+			}
+			if (fi != nil) != tc.wantProof {
+				t.Fatalf("download returned file info %v; want a proof: %v", fi, tc.wantProof)
+			}
+			if fi == nil {
+				return
+			}
+			now, err := os.Stat(dst)
+			if err != nil || !os.SameFile(fi, now) || !fi.ModTime().Equal(now.ModTime()) || fi.Size() != int64(len(content)) {
+				t.Errorf("proof %v does not name the payload %v (%v)", fi, now, err)
+			}
+		})
 	}
 }

@@ -98,3 +98,14 @@ func (r *recordingFetcher) Fetch(ctx context.Context, t rollback.Target, path st
 	r.err = r.f.Fetch(ctx, t, path)
 	return r.err
 }
+
+// FetchProven passes on the wrapped fetcher's Proof, if it gives one.
+func (r *recordingFetcher) FetchProven(ctx context.Context, t rollback.Target, path string) (rollback.Proof, error) {
+	pf, ok := r.f.(rollback.ProvingFetcher)
+	if !ok {
+		return rollback.Proof{}, r.Fetch(ctx, t, path)
+	}
+	var p rollback.Proof
+	p, r.err = pf.FetchProven(ctx, t, path)
+	return p, r.err
+}

@@ -280,14 +280,30 @@ func (c *TUF) Download(ctx context.Context, tf *metadata.TargetFiles, dst string
 // fileMatches reports whether the file at p has want's length and hashes, reading it
 // with a fixed buffer.
 func fileMatches(p string, want Want) (bool, error) {
+	_, ok, err := matchFile(p, want)
+	return ok, err
+}
+
+// fileMatchesStat is fileMatches that also returns the file's os.FileInfo, taken before
+// it was read (a file changed while it was read does not match it any more).
+func fileMatchesStat(p string, want Want) (os.FileInfo, bool) {
+	fi, ok, err := matchFile(p, want)
+	return fi, ok && err == nil
+}
+
+func matchFile(p string, want Want) (os.FileInfo, bool, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, false, err
+	}
 	hs, err := newHashers(want)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	ws := make([]io.Writer, 0, len(hs))
 	for _, h := range hs {
@@ -295,14 +311,14 @@ func fileMatches(p string, want Want) (bool, error) {
 	}
 	n, err := io.CopyBuffer(io.MultiWriter(ws...), io.LimitReader(f, want.Length+1), make([]byte, 64<<10))
 	if err != nil || n != want.Length {
-		return false, err
+		return nil, false, err
 	}
 	for alg, h := range hs {
 		if !equalBytes(h.Sum(nil), want.Hashes[alg]) {
-			return false, nil
+			return nil, false, nil
 		}
 	}
-	return true, nil
+	return fi, true, nil
 }
 
 // Resolve turns a target path into what the slots install: it looks the target up in
@@ -366,12 +382,23 @@ func (c *TUF) SlotFetcher() rollback.Fetcher { return slotFetcher{c} }
 type slotFetcher struct{ c *TUF }
 
 func (f slotFetcher) Fetch(ctx context.Context, t rollback.Target, dst string) error {
+	_, err := f.FetchProven(ctx, t, dst)
+	return err
+}
+
+// FetchProven is Fetch with the Downloader's proof that it hashed every byte of dst in
+// this call (none for a download resumed from a checkpoint an earlier process wrote).
+func (f slotFetcher) FetchProven(ctx context.Context, t rollback.Target, dst string) (rollback.Proof, error) {
 	sum, err := hex.DecodeString(t.SHA256)
 	if err != nil || len(sum) != sha256.Size {
-		return &DownloadError{URL: t.Path, Err: fmt.Errorf("bad sha256 %q", t.SHA256), perm: true}
+		return rollback.Proof{}, &DownloadError{URL: t.Path, Err: fmt.Errorf("bad sha256 %q", t.SHA256), perm: true}
 	}
 	hashes := metadata.Hashes{"sha256": sum}
-	return f.c.dl.Download(ctx, f.c.url(t.Path, hashes), Want{Length: t.Length, Hashes: map[string][]byte{"sha256": sum}}, dst)
+	fi, err := f.c.dl.download(ctx, f.c.url(t.Path, hashes), Want{Length: t.Length, Hashes: map[string][]byte{"sha256": sum}}, dst)
+	if err != nil || fi == nil {
+		return rollback.Proof{}, err
+	}
+	return rollback.Proof{Length: t.Length, SHA256: t.SHA256, File: fi}, nil
 }
 
 // metaFetcher implements go-tuf's fetcher.Fetcher with a context and bounded reads.

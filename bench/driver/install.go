@@ -84,7 +84,7 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 				return "sync", []string{filepath.Join(dir, "out")} // coreutils sync FILE: fsync(2) it
 			}, out: func(dir string) string { return filepath.Join(dir, "out") }},
 			{name: "edgeward-agent install", prepare: enroll, run: agentRun(), out: agentOut},
-			{name: "edgeward-agent install, 64 MiB checkpoints", prepare: enroll, run: agentRun("--checkpoint-bytes", fmt.Sprint(64<<20)), out: agentOut},
+			{name: "edgeward-agent install, 8 MiB checkpoints", prepare: enroll, run: agentRun("--checkpoint-bytes", fmt.Sprint(8<<20)), out: agentOut},
 			{name: "go-tuf DownloadTarget", run: func(dir string) (string, []string) {
 				return gotuf, []string{base + "/metadata", base + "/targets", repo.rootFile(), filepath.Join(dir, "tuf"), p.Target, filepath.Join(dir, "out")}
 			}, out: func(dir string) string { return filepath.Join(dir, "out") }},

@@ -53,6 +53,13 @@ type agentRunner struct {
 // run runs one agent command; it reports whether the process was killed by a crash point.
 func (a agentRunner) run(crash string, args ...string) (code int, killed bool) {
 	a.t.Helper()
+	code, killed, _ = a.runOut(crash, args...)
+	return code, killed
+}
+
+// runOut is run that also returns the command's output.
+func (a agentRunner) runOut(crash string, args ...string) (code int, killed bool, output string) {
+	a.t.Helper()
 	cmd := exec.Command(a.bin, append(args[:1:1], append([]string{"--state-dir", a.state}, args[1:]...)...)...)
 	cmd.Env = append(os.Environ(), crashpoint.Env+"="+crash)
 	var out bytes.Buffer
@@ -61,7 +68,7 @@ func (a agentRunner) run(crash string, args ...string) (code int, killed bool) {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
-			return -1, true
+			return -1, true, out.String()
 		}
 		code = ee.ExitCode()
 	} else if err != nil {
@@ -70,7 +77,7 @@ func (a agentRunner) run(crash string, args ...string) (code int, killed bool) {
 	if code != 0 {
 		a.t.Logf("edgeward-agent %v: exit %d\n%s", args, code, out.String())
 	}
-	return code, false
+	return code, false, out.String()
 }
 
 // inspect opens the state in-process, as a restarted agent would find it, without recovering.
@@ -172,8 +179,21 @@ func TestCrashPoints(t *testing.T) {
 				m.Close()
 
 				// Restart, then finish the transaction.
-				if code, _ := a.run("", "recover"); code != 0 {
+				code, _, out := a.runOut("", "recover")
+				if code != 0 {
 					t.Fatalf("recover after the kill at %s failed", point)
+				}
+				// A slot written by the killed process is hashed again by the next one: at
+				// once when its download or verification was cut short (the fetcher finds a
+				// complete file and hashes it, or the slot is read), and before its trial
+				// when it was staged.
+				rehash := map[string]string{
+					"mid-download":   `how="read and hashed"`,
+					"after-download": `how="hashed by the fetcher in this process"`,
+					"after-verify":   `how="read and hashed"`,
+				}[point]
+				if rehash != "" && !strings.Contains(out, rehash) {
+					t.Errorf("recover after the kill at %s did not hash the slot again (want %s):\n%s", point, rehash, out)
 				}
 				s, _, m = inspect(t, state)
 				if err := m.CheckInvariant(ctx); err != nil {
@@ -185,7 +205,10 @@ func TestCrashPoints(t *testing.T) {
 					rollback.Trial:  {confirm},
 				}[s.Phase]
 				for _, step := range rest {
-					a.run("", step...)
+					_, _, out := a.runOut("", step...)
+					if step[0] == "trial" && !strings.Contains(out, "slot verified before its trial") {
+						t.Errorf("the trial after the kill at %s started without hashing the slot an earlier process staged:\n%s", point, out)
+					}
 				}
 				s, floor, m = inspect(t, state)
 				if err := m.CheckInvariant(ctx); err != nil {

@@ -34,6 +34,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		rtURL    = fs.String("runtime-control", "", "use an already running runtime's control API (URL) instead of starting one")
 		interval = fs.Duration("interval", 30*time.Second, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 2*time.Minute, "how long a trial may take")
+		ckpt     = fs.Int64("checkpoint-bytes", 0, "a durable download checkpoint every N bytes (0: every 64 MiB, at most once a second)")
 		once     = fs.Bool("once", false, "run one round and exit")
 		pcr      = fs.Int("pcr", 16, "measurement PCR: 16 in development, 23 on production devices (both resettable, so the log is per boot)")
 		bootLog  = fs.String("boot-log", "", "TCG boot event log sent with every check-in, the quote then covering PCRs 0-7 (measured boot); default: "+agent.DefaultBootLog+" with a hardware TPM, none with a simulator; 'none': never")
@@ -63,7 +64,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	}
 	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
-		Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log, LogFormat: logFormat})
+		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, Once: *once, Logger: log, LogFormat: logFormat})
 }
 
 func parseLabels(s string) (map[string]string, error) {

@@ -30,7 +30,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		timeout     = fs.Duration("timeout", 10*time.Minute, "trial: how long the trial may take to pass")
 		pass        = fs.Bool("pass", false, "confirm: the trial passed")
 		fail        = fs.String("fail", "", "confirm: the trial failed, for this reason")
-		checkpoint  = fs.Int64("checkpoint-bytes", 0, "install: bytes between durable download checkpoints (0: 8 MiB)")
+		checkpoint  = fs.Int64("checkpoint-bytes", 0, "install: a durable download checkpoint every N bytes (0: every 64 MiB, at most once a second)")
 		serverCA    = fs.String("server-ca", "", "install: PEM certificate(s) to trust for https metadata and targets URLs (the server's DIR/tls/server.pem); empty: the system roots")
 		jsonOut     = fs.Bool("json", false, "status: print the status as JSON")
 	)
@@ -75,7 +75,11 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 	if err != nil {
 		return err
 	}
-	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: &updater.Downloader{Logger: log, CheckpointBytes: *checkpoint}, Roots: roots, Logger: log})
+	dl := &updater.Downloader{Logger: log}
+	if *checkpoint > 0 {
+		dl.CheckpointBytes, dl.CheckpointInterval = *checkpoint, -1 // exactly every N bytes
+	}
+	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: dl, Roots: roots, Logger: log})
 	if err != nil {
 		return err
 	}
