@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
@@ -193,7 +194,13 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 		pcrs = append(reference.BootPCRs(), a.Log.PCR())
 	}
 	if a.IMALog != "" {
-		pcrs = append(pcrs, ima.PCR)
+		// PCR 10, and PCRs 0-9, which the list's first entry (boot_aggregate) digests.
+		for i := 0; i <= ima.PCR; i++ {
+			if !slices.Contains(pcrs, i) {
+				pcrs = append(pcrs, i)
+			}
+		}
+		slices.Sort(pcrs)
 	}
 	q, err := a.TPM.Quote(ctx, bound, pcrs)
 	if err != nil {

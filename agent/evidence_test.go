@@ -102,6 +102,12 @@ attestation:
 			t.Fatal(err)
 		}
 	}
+	pcrs, err := tpm.ReadPCRs(ctx, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, _ := ima.BootAggregate(pcrs, 9) // the kernel's first entry
+	exec("boot_aggregate", hex.EncodeToString(agg[:]))
 	exec("/usr/bin/edgeward-agent", agentSum)
 	bootFile := filepath.Join(dir, "binary_bios_measurements")
 	if err := os.WriteFile(bootFile, bootLog, 0o600); err != nil {

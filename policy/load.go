@@ -646,7 +646,7 @@ func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 	} else {
 		t := rr.Target
 		k, err := artifact.ParseKind(t.Kind.V)
-		if err != nil || k == artifact.KindProbe {
+		if err != nil || !k.Slot() {
 			b.errorf(file, max(t.Kind.Line, line), "rollout %q: target kind %q: want model or runtime", ro.ID, t.Kind.V)
 		}
 		m := artifact.Meta{Kind: k, Name: t.Name.V, Version: t.Version.V}

@@ -2,11 +2,18 @@ package reposerver
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/ima"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
 
@@ -104,5 +111,110 @@ func TestMeasuredBootCheckIn(t *testing.T) {
 	kinds := strings.Join(auditKinds(t, f.fixture, d.id), ",")
 	if strings.Count(kinds, "device.quarantine") < 2 {
 		t.Fatalf("audit records = %s; want a device.quarantine per quarantine", kinds)
+	}
+}
+
+const runtimePolicy = `version: 1
+attestation:
+  required: true
+  max_age: 30m
+  runtime:
+    enforce: true
+`
+
+// TestAgentTargetsTrustIMA: the trusted builds of edgeward-agent and edgeward-runtime
+// are the published agent targets (agents/…, signed by the runtimes role), not a list
+// in the policy. The real built binaries are published; a device whose IMA list (real
+// binary format, extended into PCR 10 after its boot_aggregate) shows them is trusted;
+// the same device running a modified agent is untrusted, the reason naming the file,
+// and quarantined; an unknown root executable is flagged.
+func TestAgentTargetsTrustIMA(t *testing.T) {
+	dir := t.TempDir()
+	sums := map[string]string{}
+	for _, c := range []string{artifact.AgentBinary, artifact.RuntimeBinary} {
+		bin := filepath.Join(dir, c)
+		if out, err := exec.Command("go", "build", "-o", bin, "../cmd/"+c).CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", c, err, out)
+		}
+		sum, err := artifact.FileSHA256(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums[c] = sum
+	}
+	f, d := newDeviceFixtureWith(t, runtimePolicy)
+	ctx := context.Background()
+	var list []ima.Entry
+	run := func(path, sum string) {
+		t.Helper()
+		e := ima.NG(path, [32]byte(mustHex(t, sum)))
+		if err := d.tpm.Extend(ctx, ima.PCR, e.ExtendDigest()); err != nil {
+			t.Fatal(err)
+		}
+		list = append(list, e)
+		d.imaLog = ima.Marshal(list)
+	}
+	pcrs, err := d.tpm.ReadPCRs(ctx, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, _ := ima.BootAggregate(pcrs, 9)
+	run("boot_aggregate", hex.EncodeToString(agg[:]))
+	run("/usr/bin/edgeward-agent", sums[artifact.AgentBinary])
+	run("/usr/bin/edgeward-runtime", sums[artifact.RuntimeBinary])
+
+	checkIn := func() *wire.CheckInResponse {
+		t.Helper()
+		resp, err := d.checkIn(d.request())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	// Not published yet: nothing trusts these builds.
+	if resp := checkIn(); resp.Trusted || !strings.Contains(strings.Join(resp.Reasons, " "), "/usr/bin/edgeward-agent has digest "+sums[artifact.AgentBinary]) {
+		t.Fatalf("check-in before the agent is published = %+v; want untrusted naming the agent", resp)
+	}
+	if err := f.store.SetQuarantine(ctx, d.id, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []string{artifact.AgentBinary, artifact.RuntimeBinary} {
+		b, err := os.ReadFile(filepath.Join(dir, c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.publish(artifact.KindAgent, c, "1.0.0", "", b, nil); err != nil {
+			t.Fatalf("publish %s: %v", c, err)
+		}
+	}
+	if resp := checkIn(); !resp.Trusted {
+		t.Fatalf("check-in running the published agent and runtime = %+v; want trusted", resp)
+	}
+
+	// A root executable nobody allowed: flagged (enforce).
+	run("/usr/local/bin/tpm2_pcrreset", strings.Repeat("5a", 32))
+	resp := checkIn()
+	if reasons := strings.Join(resp.Reasons, " "); resp.Trusted || !strings.Contains(reasons, "ima_untrusted_file") || !strings.Contains(reasons, "/usr/local/bin/tpm2_pcrreset") {
+		t.Fatalf("check-in after an unknown root executable = %+v; want untrusted naming it", resp)
+	}
+	if err := f.store.SetQuarantine(ctx, d.id, false, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// A modified agent binary (one byte appended) runs.
+	b, err := os.ReadFile(filepath.Join(dir, artifact.AgentBinary))
+	if err != nil {
+		t.Fatal(err)
+	}
+	modified := sha256.Sum256(append(b, 0))
+	run("/usr/bin/edgeward-agent", hex.EncodeToString(modified[:]))
+	resp = checkIn()
+	reasons := strings.Join(resp.Reasons, " ")
+	if resp.Trusted || !resp.Quarantined || !strings.Contains(reasons, "/usr/bin/edgeward-agent has digest "+hex.EncodeToString(modified[:])) {
+		t.Fatalf("check-in running a modified agent = %+v; want untrusted naming /usr/bin/edgeward-agent and quarantined", resp)
+	}
+	dev, err := f.store.Device(ctx, d.id)
+	if err != nil || dev.Verdict != policy.VerdictUntrusted || !dev.Quarantined {
+		t.Fatalf("stored device = %+v, %v; want untrusted and quarantined", dev, err)
 	}
 }

@@ -335,15 +335,35 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			boot = &reference.Boot{} // still require and replay the boot log
 		}
 	}
-	// The runtime-integrity (IMA) policy; an ONNX Runtime library that ran must be a
-	// published runtime target.
+	// The runtime-integrity (IMA) policy: the agent and runtime binaries that ran must
+	// be published agent targets, an ONNX Runtime library that ran a published runtime
+	// target, and the runtime slot's library must have run. Retired versions count
+	// (a device may still run one, as for models).
 	var rt *reference.Runtime
-	var libs []string
+	var slotLib string
+	var libList []string
+	builds := map[string][]string{}
 	if pol != nil && pol.Attestation.Runtime != nil {
 		rt = pol.Attestation.Runtime
+		add := func(t policy.Target, sum string) {
+			switch t.Kind {
+			case artifact.KindRuntime:
+				libList = append(libList, sum)
+			case artifact.KindAgent:
+				if b := artifact.AgentBinaryOf(t.Name); b != "" {
+					builds[b] = append(builds[b], sum)
+				}
+			}
+		}
 		for t, ti := range cat {
-			if t.Kind == artifact.KindRuntime {
-				libs = append(libs, ti.SHA256)
+			add(t, ti.SHA256)
+		}
+		for t, sum := range retired {
+			add(t, sum)
+		}
+		for _, a := range expected {
+			if a.Kind == string(artifact.KindRuntime) {
+				slotLib = a.SHA256
 			}
 		}
 	}
@@ -358,7 +378,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	storeCtx := context.WithoutCancel(ctx)
 	v := verify.Check(d.nonces.Consumer(storeCtx), req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
-		Boot: boot, Runtime: rt, RuntimeLibraries: libs, AKCache: d.akc,
+		Boot: boot, Runtime: rt, RuntimeLibraries: libList, RuntimeSlot: slotLib, AgentBuilds: builds, AKCache: d.akc,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
 		switch {

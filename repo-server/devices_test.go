@@ -49,6 +49,8 @@ type device struct {
 	slot map[artifact.Kind]wire.Slot
 	// bootLog, if set, is sent with every check-in, the quote covering PCRs 0–7.
 	bootLog []byte
+	// imaLog, if set, is sent with every check-in, the quote covering PCRs 0–10.
+	imaLog []byte
 }
 
 type deviceFixture struct {
@@ -148,11 +150,14 @@ func (d *device) quote(req *wire.CheckInRequest) {
 	if d.bootLog != nil {
 		pcrs = append(reference.BootPCRs(), pcrs...)
 	}
+	if d.imaLog != nil {
+		pcrs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, eventlog.PCRDevelopment}
+	}
 	q, err := d.tpm.Quote(context.Background(), bound, pcrs)
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	req.Evidence = wire.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...), BootLog: d.bootLog}
+	req.Evidence = wire.Evidence{AKCert: d.ak.Certificate.Raw, Quote: *q, Log: append(eventlog.Log(nil), d.log...), BootLog: d.bootLog, IMALog: d.imaLog}
 	for _, c := range d.ak.Chain[:len(d.ak.Chain)-1] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}

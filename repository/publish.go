@@ -176,7 +176,13 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			return fmt.Errorf("publish %s: no delegated role %q", tpath, role)
 		}
 		if err := checkDelegation(t.st, role, tpath); err != nil {
-			return err
+			if !errors.Is(err, ErrOutsideDelegation) || m.Kind != artifact.KindAgent || role != RoleRuntimes || !delegate(t.st, role, "agents/*/*") {
+				return err
+			}
+			// A repository created before agent targets: the top-level targets role
+			// delegates agents/*/* to runtimes now, signed with the (offline) targets key,
+			// which the publish must then hold.
+			t.touch(metadata.TARGETS)
 		}
 		targets := t.st.Targets[role].Signed.Targets
 		for p, tf := range targets {
@@ -460,6 +466,22 @@ func checkDelegation(st *State, role, tpath string) error {
 		return nil
 	}
 	return fmt.Errorf("%w: no delegation to %s", ErrOutsideDelegation, role)
+}
+
+// delegate adds pattern to role's delegated paths in the top-level targets metadata
+// and reports whether it did.
+func delegate(st *State, role, pattern string) bool {
+	d := st.Targets[metadata.TARGETS].Signed.Delegations
+	if d == nil {
+		return false
+	}
+	for i := range d.Roles {
+		if d.Roles[i].Name == role && len(d.Roles[i].PathHashPrefixes) == 0 && !slices.Contains(d.Roles[i].Paths, pattern) {
+			d.Roles[i].Paths = append(d.Roles[i].Paths, pattern)
+			return true
+		}
+	}
+	return false
 }
 
 // TargetInfo is a published target as the repository lists it.

@@ -53,7 +53,7 @@ const (
 // <kind>/<name>/<version><ext> (artifact.TargetPath), hence two stars.
 var delegatedPaths = map[string][]string{
 	RoleModels:   {"models/*/*", "probes/*/*"},
-	RoleRuntimes: {"runtimes/*/*"},
+	RoleRuntimes: {"runtimes/*/*", "agents/*/*"},
 }
 
 func delegatedNames() []string { return []string{RoleModels, RoleRuntimes} }

@@ -110,7 +110,7 @@ func decodeDesired(dir string, r io.Reader) (map[artifact.Kind]string, error) {
 	}
 	out := map[artifact.Kind]string{}
 	for k, p := range raw {
-		kind, err := artifact.ParseKind(k)
+		kind, err := artifact.ParseSlotKind(k)
 		if err != nil {
 			return nil, fmt.Errorf("bundle %s: %w", dir, err)
 		}

@@ -105,6 +105,17 @@ type Policy struct {
 	// same certificate is not parsed and its chain not verified again while it is
 	// valid (see AKCache). Nil: every certificate is verified in full.
 	AKCache *AKCache
+	// RuntimeSlot, if set, is the digest of the runtime target the device's runtime
+	// slot holds: with Runtime set, the IMA list must show that library loaded (the
+	// ONNX Runtime the device serves with is the slot's signed target).
+	RuntimeSlot string
+	// AgentBuilds are the digests of the published agent targets (artifact.KindAgent)
+	// per binary (artifact.AgentBinary, artifact.RuntimeBinary): the builds of
+	// edgeward-agent and edgeward-runtime the fleet trusts, from the same signed TUF
+	// metadata as models and runtimes. With Runtime set, every measured file of either
+	// name must be one of them (or listed in Runtime.Agent, Runtime.Runtime), and an
+	// edgeward-agent must have run.
+	AgentBuilds map[string][]string
 }
 
 // Verdict is the result of Verify.

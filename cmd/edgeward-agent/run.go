@@ -23,7 +23,7 @@ func (w wants) Set(s string) error {
 	if !ok {
 		return errors.New("want KIND=TARGET_PATH")
 	}
-	kind, err := artifact.ParseKind(k)
+	kind, err := artifact.ParseSlotKind(k)
 	if err != nil {
 		return err
 	}

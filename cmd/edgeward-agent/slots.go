@@ -40,7 +40,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 	if fs.NArg() != 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	kind, err := artifact.ParseKind(*kindName)
+	kind, err := artifact.ParseSlotKind(*kindName)
 	if err != nil {
 		return err
 	}

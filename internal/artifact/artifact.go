@@ -17,31 +17,68 @@ import (
 )
 
 // Kind is what a target is. Models and runtimes are installed into A/B slots; probes are
-// data the agent downloads to decide whether a model or runtime may be committed.
+// data the agent downloads to decide whether a model or runtime may be committed;
+// agents are the device software's own builds (edgeward-agent, edgeward-runtime),
+// published so that the server trusts the binaries a device's IMA list shows by their
+// signed digests. No device installs an agent target.
 type Kind string
 
 const (
 	KindModel   Kind = "model"
 	KindProbe   Kind = "probe"
 	KindRuntime Kind = "runtime"
+	KindAgent   Kind = "agent"
 )
 
 // ParseKind returns the Kind named s, or an error naming the accepted kinds.
 func ParseKind(s string) (Kind, error) {
 	switch k := Kind(s); k {
-	case KindModel, KindProbe, KindRuntime:
+	case KindModel, KindProbe, KindRuntime, KindAgent:
 		return k, nil
 	}
-	return "", fmt.Errorf("unknown kind %q: want model, probe or runtime", s)
+	return "", fmt.Errorf("unknown kind %q: want model, probe, runtime or agent", s)
 }
 
-// Dir is the first path element of this kind's targets ("models", "probes", "runtimes").
+// ParseSlotKind returns the slot kind named s (model or runtime: the kinds a device
+// installs into A/B slots), or an error.
+func ParseSlotKind(s string) (Kind, error) {
+	k, err := ParseKind(s)
+	if err != nil || !k.Slot() {
+		return "", fmt.Errorf("kind %q: want model or runtime", s)
+	}
+	return k, nil
+}
+
+// Slot reports whether a device installs targets of this kind into an A/B slot.
+func (k Kind) Slot() bool { return k == KindModel || k == KindRuntime }
+
+// Agent target names: the two binaries the agent package ships. An agent target is
+// named after its binary, optionally followed by "." and a hardware class
+// ("edgeward-agent.aarch64"); AgentBinary returns the binary a name is a build of.
+const (
+	AgentBinary   = "edgeward-agent"
+	RuntimeBinary = "edgeward-runtime"
+)
+
+// AgentBinaryOf returns the binary an agent target named name is a build of
+// (AgentBinary or RuntimeBinary), or "".
+func AgentBinaryOf(name string) string {
+	for _, b := range []string{AgentBinary, RuntimeBinary} {
+		if name == b || strings.HasPrefix(name, b+".") {
+			return b
+		}
+	}
+	return ""
+}
+
+// Dir is the first path element of this kind's targets ("models", "probes", "runtimes",
+// "agents").
 func (k Kind) Dir() string { return string(k) + "s" }
 
 // Role is the delegated TUF role that signs this kind's targets.
 func (k Kind) Role() string {
-	if k == KindRuntime {
-		return "runtimes"
+	if k == KindRuntime || k == KindAgent {
+		return "runtimes" // the platform team signs runtimes and the agent's builds
 	}
 	return "models" // models and their probe sets are signed by the same team
 }
@@ -160,6 +197,9 @@ func (m *Meta) Validate() error {
 	}
 	if !nameRE.MatchString(m.Name) {
 		return fmt.Errorf("name %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters, starting with a letter or digit", m.Name)
+	}
+	if m.Kind == KindAgent && AgentBinaryOf(m.Name) == "" {
+		return fmt.Errorf("agent target name %q: want %s or %s, optionally followed by .HARDWARE", m.Name, AgentBinary, RuntimeBinary)
 	}
 	if _, err := ParseVersion(m.Version); err != nil {
 		return err
@@ -286,6 +326,8 @@ func ParseTargetPath(p string) (k Kind, name, version string, err error) {
 		k = KindProbe
 	case "runtimes":
 		k = KindRuntime
+	case "agents":
+		k = KindAgent
 	default:
 		return "", "", "", fmt.Errorf("target path %q: unknown kind directory %q", p, parts[0])
 	}

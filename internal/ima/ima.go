@@ -12,8 +12,10 @@
 //	u32 data length | template data
 //
 // with the ima-ng template: data = u32 len | "sha256:\0" digest (d-ng) | u32 len | path
-// "\0" (n-ng), and template hash = SHA-256(data). A "violation" (a file measured while
-// open for writing) is listed with a zero template hash and extends 0xFF…FF.
+// "\0" (n-ng), and template hash = SHA-256(data). The ima-sig template appends the
+// file's signature (u32 len | the security.ima xattr: an IMA signature, or nothing when
+// the file has none). A "violation" (a file measured while open for writing) is listed
+// with a zero template hash and extends 0xFF…FF.
 package ima
 
 import (
@@ -34,6 +36,7 @@ const PCR = 10
 const (
 	MaxEntries = 100_000
 	MaxPath    = 4096
+	MaxSig     = 1024
 	// MaxLogBytes bounds a list a check-in may carry.
 	MaxLogBytes = 2 << 20
 )
@@ -45,12 +48,16 @@ var ErrMalformed = errors.New("ima: malformed measurement list")
 type Entry struct {
 	PCR          int
 	TemplateHash [32]byte
-	Template     string // "ima-ng"
+	Template     string // "ima-ng" or "ima-sig"
 	// Alg and Digest are the measured file's hash (d-ng), e.g. "sha256"; Path is its
-	// name when it was measured (n-ng). Empty for a template other than ima-ng.
+	// name when it was measured (n-ng). Empty for a template other than ima-ng and
+	// ima-sig.
 	Alg    string
 	Digest []byte
 	Path   string
+	// Sig is the file's IMA signature (ima-sig; the security.ima extended attribute as
+	// the kernel read it, not verified here), empty when it has none.
+	Sig []byte
 	// Violation: measured while open for writing (zero template hash).
 	Violation bool
 }
@@ -59,9 +66,9 @@ type Entry struct {
 func (e Entry) DigestHex() string { return hex.EncodeToString(e.Digest) }
 
 // Parse decodes a binary measurement list (SHA-256 template hashes). It checks every
-// ima-ng entry's template hash against its data, so the file digest and path read
-// are the ones that were extended. Entries of other templates are kept with only
-// their template hash.
+// ima-ng and ima-sig entry's template hash against its data, so the file digest, path
+// and signature read are the ones that were extended. Entries of other templates are
+// kept with only their template hash.
 func Parse(b []byte) ([]Entry, error) {
 	if len(b) > MaxLogBytes {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(b), MaxLogBytes)
@@ -90,12 +97,12 @@ func Parse(b []byte) ([]Entry, error) {
 			return nil, fmt.Errorf("%w: entry %d: template name: %v", ErrMalformed, n, err)
 		}
 		e.Template = string(name)
-		data, err := field(r, MaxPath+256)
+		data, err := field(r, MaxPath+MaxSig+256)
 		if err != nil {
 			return nil, fmt.Errorf("%w: entry %d: template data: %v", ErrMalformed, n, err)
 		}
 		e.Violation = e.TemplateHash == [32]byte{}
-		if e.Template == "ima-ng" {
+		if e.Template == "ima-ng" || e.Template == "ima-sig" {
 			if err := e.parseNG(data); err != nil {
 				return nil, fmt.Errorf("%w: entry %d: %v", ErrMalformed, n, err)
 			}
@@ -154,8 +161,13 @@ func (e *Entry) parseNG(data []byte) error {
 		return fmt.Errorf("n-ng: path not NUL-terminated")
 	}
 	e.Path = path
+	if e.Template == "ima-sig" {
+		if e.Sig, err = field(r, MaxSig); err != nil {
+			return fmt.Errorf("sig: %v", err)
+		}
+	}
 	if r.Len() != 0 {
-		return fmt.Errorf("ima-ng: %d bytes after n-ng", r.Len())
+		return fmt.Errorf("%s: %d bytes after its fields", e.Template, r.Len())
 	}
 	return nil
 }
@@ -169,6 +181,21 @@ func Replay(entries []Entry) map[int][32]byte {
 		out[e.PCR] = sha256.Sum256(append(cur[:], d[:]...))
 	}
 	return out
+}
+
+// BootAggregate is the file digest of the kernel's first entry, boot_aggregate, in
+// the SHA-256 bank: SHA-256 of PCRs 0..last concatenated (last 7; 9 on kernels from
+// Linux 5.8, which add PCRs 8 and 9, the kernel command line and image GRUB measures,
+// for banks other than SHA-1). ok is false when a PCR is missing from pcrs.
+func BootAggregate(pcrs map[int][]byte, last int) (d [32]byte, ok bool) {
+	h := sha256.New()
+	for i := 0; i <= last; i++ {
+		if len(pcrs[i]) != sha256.Size {
+			return d, false
+		}
+		h.Write(pcrs[i])
+	}
+	return [32]byte(h.Sum(nil)), true
 }
 
 // ExtendDigest is what the entry extended: its template hash, or all 0xFF for a
@@ -187,7 +214,18 @@ func NG(path string, digest [32]byte) Entry {
 		TemplateHash: sha256.Sum256(ngData("sha256", digest[:], path))}
 }
 
+// Sig builds an ima-sig entry for PCR 10 as the kernel does: the file's SHA-256
+// digest, path and signature (nil: the file has none).
+func Sig(path string, digest [32]byte, sig []byte) Entry {
+	return Entry{PCR: PCR, Template: "ima-sig", Alg: "sha256", Digest: digest[:], Path: path, Sig: sig,
+		TemplateHash: sha256.Sum256(templateData("ima-sig", "sha256", digest[:], path, sig))}
+}
+
 func ngData(alg string, digest []byte, path string) []byte {
+	return templateData("ima-ng", alg, digest, path, nil)
+}
+
+func templateData(template, alg string, digest []byte, path string, sig []byte) []byte {
 	var b bytes.Buffer
 	d := append([]byte(alg+":\x00"), digest...)
 	binary.Write(&b, binary.LittleEndian, uint32(len(d)))
@@ -195,11 +233,16 @@ func ngData(alg string, digest []byte, path string) []byte {
 	binary.Write(&b, binary.LittleEndian, uint32(len(path)+1))
 	b.WriteString(path)
 	b.WriteByte(0)
+	if template == "ima-sig" {
+		binary.Write(&b, binary.LittleEndian, uint32(len(sig)))
+		b.Write(sig)
+	}
 	return b.Bytes()
 }
 
-// Marshal encodes entries in the binary list format (ima-ng entries only: their
-// template data is rebuilt from Alg, Digest and Path; TemplateHash is written as is).
+// Marshal encodes entries in the binary list format (ima-ng and ima-sig entries only:
+// their template data is rebuilt from Alg, Digest, Path and Sig; TemplateHash is
+// written as is).
 func Marshal(entries []Entry) []byte {
 	var b bytes.Buffer
 	for _, e := range entries {
@@ -207,7 +250,7 @@ func Marshal(entries []Entry) []byte {
 		b.Write(e.TemplateHash[:])
 		binary.Write(&b, binary.LittleEndian, uint32(len(e.Template)))
 		b.WriteString(e.Template)
-		data := ngData(e.Alg, e.Digest, e.Path)
+		data := templateData(e.Template, e.Alg, e.Digest, e.Path, e.Sig)
 		binary.Write(&b, binary.LittleEndian, uint32(len(data)))
 		b.Write(data)
 	}

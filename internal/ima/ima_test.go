@@ -1,6 +1,7 @@
 package ima
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"testing"
@@ -45,6 +46,37 @@ func TestParseRejects(t *testing.T) {
 		if _, err := Parse(b); !errors.Is(err, ErrMalformed) {
 			t.Errorf("Parse(%s) = %v; want ErrMalformed", name, err)
 		}
+	}
+}
+
+// TestSig: ima-sig entries (the file's signature after d-ng and n-ng) parse, their
+// template hash covers the signature, and a list mixing both templates replays.
+func TestSig(t *testing.T) {
+	sig := append([]byte{3, 2, 4, 0x8f, 0xa1, 0x1c, 0x7e, 0, 4}, []byte("sign")...) // v2 header, key ID, length, bytes
+	entries := []Entry{NG("boot_aggregate", sha256.Sum256([]byte("pcrs"))), Sig("/usr/bin/edgeward-agent", sha256.Sum256([]byte("agent")), sig), Sig("/usr/bin/unsigned", sha256.Sum256([]byte("u")), nil)}
+	b := Marshal(entries)
+	got, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[1].Template != "ima-sig" || got[1].Path != "/usr/bin/edgeward-agent" || string(got[1].Sig) != string(sig) || len(got[2].Sig) != 0 || got[2].Path != "/usr/bin/unsigned" {
+		t.Fatalf("Parse(ima-sig list) = %+v", got)
+	}
+	if Replay(got)[PCR] != Replay(entries)[PCR] {
+		t.Fatal("Replay of the parsed ima-sig list differs")
+	}
+	// The signature is covered: one byte of it changed breaks the template hash.
+	i := bytes.Index(b, []byte("sign"))
+	edited := bytes.Clone(b)
+	edited[i] ^= 1
+	if _, err := Parse(edited); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Parse(signature edited) = %v; want ErrMalformed", err)
+	}
+	// An ima-ng entry's data with a signature field appended is not ima-ng.
+	ng := NG("/usr/bin/x", sha256.Sum256(nil))
+	ng.Template = "ima-sig" // the hash is ima-ng's, the data ima-sig's
+	if _, err := Parse(Marshal([]Entry{ng})); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Parse(ima-sig data under an ima-ng hash) = %v; want ErrMalformed", err)
 	}
 }
 
