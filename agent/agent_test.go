@@ -18,6 +18,7 @@ import (
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/keywrap"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
@@ -74,17 +75,45 @@ rollouts:
 	return p
 }
 
-// TestDeviceStory runs one device through the product's story, in one process but with
-// every real part: a TUF repository and its server with the device API, the TPM
-// simulator with a manufacturer EK certificate enrolled through the attestation CA, the
-// agent's slots, TUF client and main loop, and ONNX Runtime serving and probing the
-// models. A good model commits; a degraded one fails its probe, rolls back, and pauses
-// its rollout; the device stays trusted throughout.
-func TestDeviceStory(t *testing.T) {
+// storyRig is one device and its server, in one process with every real part: a TUF
+// repository and its server with the device API, the TPM simulator with a manufacturer
+// EK certificate enrolled through the attestation CA, the agent's slots, TUF client and
+// main loop, and ONNX Runtime serving and probing the models.
+type storyRig struct {
+	lib, dir, state string
+	repo            *repository.Repo
+	keys            *repository.KeyRing
+	store           *fleet.Store
+	srv             *reposerver.Server
+	pol             *atomic.Pointer[policy.Policy]
+	hs              *httptest.Server
+	tpm             *attest.TPM
+	mlog            *MeasurementLog
+	rt              *runtime.Runtime
+	rc              *runtimeapi.Client
+	tuf             *updater.TUF
+	slots           *rollback.Manager
+	link            *Attested
+	judge           *RuntimeJudge
+	ag              *updater.Agent
+	// kek is the server's key-encryption key: set, models are published encrypted and
+	// the device certifies a TPM decryption key at every check-in (issue 18).
+	kek []byte
+}
+
+// newStoryRig starts the server side with 1.0.0 of the vibration model published (and
+// its rollout in force) and the device side, enrolled, with nothing installed.
+func newStoryRig(t *testing.T, encrypt bool) *storyRig {
+	t.Helper()
+	r := &storyRig{}
 	lib := ortLibrary(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	pass := []byte("pw")
+	r.lib, r.dir = lib, dir
+	if encrypt {
+		r.kek, _ = keywrap.NewKEK(nil)
+	}
 
 	// Server side.
 	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: pass})
@@ -93,30 +122,13 @@ func TestDeviceStory(t *testing.T) {
 	}
 	repo := res.Repo
 	keys := &repository.KeyRing{Passphrase: func() ([]byte, error) { return pass, nil }}
-	publish := func(version string) {
-		t.Helper()
-		probe, err := modelgen.ProbeSet(version)
-		if err != nil {
-			t.Fatal(err)
-		}
-		model, err := modelgen.Model(version)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, keys); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
-			Gates: &artifact.Gates{MinAccuracy: 0.85}}, Ext: ".onnx", Content: bytes.NewReader(model)}, keys); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish("1.0.0")
+	r.repo, r.keys = repo, keys
+	r.publish(t, "1.0.0")
 	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	maker, _ := attesttest.NewManufacturer("Acme TPM")
 	inter := x509.NewCertPool()
 	inter.AddCert(maker.Intermediate)
@@ -131,18 +143,18 @@ func TestDeviceStory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: pol.Load}); err != nil {
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: pol.Load, KEK: r.kek}); err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv.Handler())
-	defer hs.Close()
+	t.Cleanup(hs.Close)
 
 	// Device side: TPM, enrollment, runtime, slots, TUF, agent.
 	tpm, err := attest.Open(ctx, "sim")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tpm.Close()
+	t.Cleanup(func() { tpm.Close() })
 	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
 		t.Fatal(err)
 	}
@@ -159,9 +171,9 @@ func TestDeviceStory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rt.Close(ctx)
+	t.Cleanup(func() { rt.Close(ctx) })
 	control := httptest.NewServer(rt.ControlHandler())
-	defer control.Close()
+	t.Cleanup(control.Close)
 	rc := &runtimeapi.Client{BaseURL: control.URL}
 
 	root, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "1.root.json"))
@@ -177,26 +189,74 @@ func TestDeviceStory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer slots.Close()
+	t.Cleanup(func() { slots.Close() })
 	outbox, err := updater.OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer outbox.Close()
+	t.Cleanup(func() { outbox.Close() })
 	link := &Attested{API: &deviceapi.Client{BaseURL: hs.URL}, TPM: tpm, AK: ak, Log: mlog, Labels: map[string]string{"line": "press"}, Hardware: "x86_64", AgentVersion: "0.1.0", Slots: slots}
 	judge := &RuntimeJudge{Runtime: rc, TUF: tuf, Log: mlog, WorkDir: state}
+	if encrypt {
+		dk, err := tpm.CreateDecryptionKey(ctx, []byte(DecryptionKeyLabel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		link.DecryptionKey, judge.Decrypter = dk, dk
+	}
 	ag, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: tuf, Slots: slots, Director: link, Judge: judge, Outbox: outbox, Sender: link})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	committed := func() string {
-		st, err := slots.State(ctx, artifact.KindModel)
-		if err != nil || st.Current == nil {
-			return ""
-		}
-		return st.Current.Version
+	r.srv = srv
+	r.state, r.store, r.pol, r.hs, r.tpm, r.mlog, r.rt, r.rc, r.tuf, r.slots, r.link, r.judge, r.ag = state, store, &pol, hs, tpm, mlog, rt, rc, tuf, slots, link, judge, ag
+	return r
+}
+
+// publish publishes version of the vibration model and its probe set, the model
+// encrypted when the rig has a key-encryption key.
+func (r *storyRig) publish(t *testing.T, version string) {
+	t.Helper()
+	ctx := context.Background()
+	probe, err := modelgen.ProbeSet(version)
+	if err != nil {
+		t.Fatal(err)
 	}
+	model, err := modelgen.Model(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, r.keys); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",
+		Gates: &artifact.Gates{MinAccuracy: 0.85}}, Ext: ".onnx", Content: bytes.NewReader(model), KEK: r.kek}, r.keys); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// committed is the model version the device committed ("" for none).
+func (r *storyRig) committed() string {
+	st, err := r.slots.State(context.Background(), artifact.KindModel)
+	if err != nil || st.Current == nil {
+		return ""
+	}
+	return st.Current.Version
+}
+
+// TestDeviceStory runs one device through the product's story, in one process but with
+// every real part: a TUF repository and its server with the device API, the TPM
+// simulator with a manufacturer EK certificate enrolled through the attestation CA, the
+// agent's slots, TUF client and main loop, and ONNX Runtime serving and probing the
+// models. A good model commits; a degraded one fails its probe, rolls back, and pauses
+// its rollout; the device stays trusted throughout.
+func TestDeviceStory(t *testing.T) {
+	r := newStoryRig(t, false)
+	ctx := context.Background()
+	lib, state, store, pol, mlog, rt, rc, tuf, slots, link, judge, ag := r.lib, r.state, r.store, r.pol, r.mlog, r.rt, r.rc, r.tuf, r.slots, r.link, r.judge, r.ag
+	publish := func(version string) { t.Helper(); r.publish(t, version) }
+	committed := r.committed
 
 	// 1.0.0 rolls out: installed, probed, committed, reported; the device stays trusted.
 	if err := ag.Step(ctx); err != nil {

@@ -56,6 +56,10 @@ type Attested struct {
 	// IMALog, if set, is the path of the kernel's IMA measurement list (binary, SHA-256
 	// template hashes), read right after each quote, which then covers PCR 10 as well.
 	IMALog string
+	// DecryptionKey, if set, is certified by the AK at every check-in, with the
+	// request's quote data as qualifying data, so that the server can wrap the content
+	// keys of encrypted targets to it (issue 18). nil: no content keys are released.
+	DecryptionKey *attest.DecryptionKey
 
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
@@ -215,6 +219,13 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 		}
 	}
 	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog, IMALog: imaLog}
+	if a.DecryptionKey != nil {
+		c, err := a.DecryptionKey.Certify(ctx, bound)
+		if err != nil {
+			return nil, fmt.Errorf("certify the decryption key: %w", err)
+		}
+		req.Evidence.DecryptionKey = c
+	}
 	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}

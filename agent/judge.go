@@ -53,6 +53,9 @@ type RuntimeJudge struct {
 	// WorkDir holds downloaded probe sets.
 	WorkDir string
 	Logger  *slog.Logger
+	// Decrypter, if set, is the device's TPM decryption key, which unwraps the content
+	// keys of encrypted models (issue 18). nil: an encrypted model fails its trial.
+	Decrypter Decrypter
 
 	mu      sync.Mutex
 	old     map[string]string // model name → the version serving when its trial passed
@@ -120,13 +123,34 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	} else if tr.Gates != nil {
 		return fail("the trial has gates but the target no probe set")
 	}
+	if meta.Encryption != nil {
+		// The key is kept with the slot before the model is tried, so that a restart
+		// after the commit can serve it without the server.
+		if tr.ContentKey == nil {
+			return fail(updater.ErrNoContentKey.Error())
+		}
+		if err := storeKey(tr.Payload, t, *meta.Encryption, *tr.ContentKey); err != nil {
+			return fail(err.Error())
+		}
+	}
+	load, err := j.loadRequest(ctx, name, t.Version, tr.Payload, t.SHA256, false)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if meta.Encryption != nil && load.Key == nil {
+		return fail("encrypted model: its content key was not kept")
+	}
 	rc := j.rc()
 	old := serving(ctx, rc, name)
-	info, rep, err := rc.Trial(ctx, runtimeapi.LoadRequest{Name: name, Version: t.Version, Path: tr.Payload, SHA256: t.SHA256}, ps, tr.Gates)
+	info, rep, err := rc.Trial(ctx, load, ps, tr.Gates)
+	clear(load.Key)
 	if err != nil {
 		// A runtime that refuses or drops the connection is not the model's fault.
 		return updater.Verdict{Reason: "trial: " + err.Error(), Err: err}
 	}
+	// For an encrypted model the runtime checked the plaintext against its signed
+	// hash and reports the ciphertext's digest: what is measured is the target the
+	// device verified and holds, whose signed metadata fixes the plaintext's hash.
 	var figures wire.Probe
 	if ps != nil {
 		figures = probeFigures(rep)
@@ -249,8 +273,13 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 	if err != nil {
 		return fail(err.Error())
 	}
-	if _, err := p.Client.Load(ctx, runtimeapi.LoadRequest{Name: name, Version: cur.Version, SHA256: cur.SHA256,
-		Path: j.Slots.Payload(artifact.KindModel, st.Active), Default: true}); err != nil {
+	load, err := j.loadRequest(ctx, name, cur.Version, j.Slots.Payload(artifact.KindModel, st.Active), cur.SHA256, true)
+	if err != nil {
+		return fail(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
+	}
+	_, err = p.Client.Load(ctx, load)
+	clear(load.Key)
+	if err != nil {
 		return failCall(fmt.Sprintf("load model %s %s into the new runtime: %v", name, cur.Version, err))
 	}
 	_, meta, err := j.TUF.Resolve(ctx, artifact.KindModel, cur.Path)
@@ -433,7 +462,12 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 			"model", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
 		return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
 	}
-	info, err := j.rc().Load(ctx, runtimeapi.LoadRequest{Name: name, Version: cur.Version, Path: payload, SHA256: cur.SHA256, Default: true})
+	load, err := j.loadRequest(ctx, name, cur.Version, payload, cur.SHA256, true)
+	if err != nil {
+		return fmt.Errorf("load committed %s %s: %w", name, cur.Version, err)
+	}
+	info, err := j.rc().Load(ctx, load)
+	clear(load.Key)
 	if err != nil && !runtimeapi.IsConflict(err) {
 		return fmt.Errorf("load committed %s %s: %w", name, cur.Version, err)
 	}

@@ -217,6 +217,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	judge := &RuntimeJudge{TUF: st.TUF, Log: mlog, WorkDir: string(st.Dir), Logger: log, Slots: st.Slots}
+	// The TPM-resident key content keys of encrypted models are wrapped to (issue 18):
+	// derived from the owner seed, the same after every restart, so a committed
+	// encrypted model is served again without the server.
+	dk, err := st.TPM.CreateDecryptionKey(ctx, []byte(DecryptionKeyLabel))
+	if err != nil {
+		return fmt.Errorf("TPM decryption key: %w", err)
+	}
+	defer dk.Close()
+	judge.Decrypter = dk
 	if cfg.RuntimeControl != "" {
 		judge.Runtime = &runtimeapi.Client{BaseURL: cfg.RuntimeControl}
 		if err := waitReady(ctx, cfg, judge.Runtime); err != nil {
@@ -254,7 +263,8 @@ func Run(ctx context.Context, cfg Config) error {
 	defer conn.Close()
 	link := &Attested{API: conn.API, TPM: st.TPM, AK: conn.AK, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
 		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs,
-		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL())}
+		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL()),
+		DecryptionKey: dk}
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
 	}

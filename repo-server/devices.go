@@ -2,8 +2,11 @@ package reposerver
 
 import (
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +25,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/jsonstrict"
+	"github.com/edgeward/edgeward/internal/keywrap"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -73,6 +77,10 @@ type DeviceConfig struct {
 	// validity); 0: verify.DefaultAKCacheSize; negative: none, every check-in verifies
 	// its AK certificate's chain.
 	AKCacheSize int
+	// KEK is the key-encryption key the content keys of encrypted targets are sealed
+	// under (issue 18; Config.KEK). nil: no content key is ever released, and devices
+	// cannot install encrypted targets.
+	KEK []byte
 }
 
 // deviceAPI serves the device side of the server: nonces and check-ins. Every check-in
@@ -417,6 +425,11 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, "check-in failed")
 		return
 	}
+	if err := d.releaseKeys(storeCtx, &req, bound, resp, cat); err != nil {
+		d.checkins.WithLabelValues("error").Inc()
+		writeError(w, http.StatusInternalServerError, "check-in failed")
+		return
+	}
 	resp.Audit = d.s.auditWitness(ctx, req.DeviceID, req.AuditCheckpoint)
 	d.checkins.WithLabelValues("ok").Inc()
 	d.verdicts.WithLabelValues(string(verdict)).Inc()
@@ -455,6 +468,88 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict
 		resp.Slots = append(resp.Slots, out)
 	}
 	return resp, nil
+}
+
+// releaseKeys gives each slot decision that offers an encrypted target its content key,
+// wrapped to the device's TPM decryption key (issue 18), when all of these hold:
+//   - the check-in's quote was trusted and the device is not quarantined (resp);
+//   - the decision offers the target (install, or download outside a window);
+//   - the device certified its decryption key in this very check-in: the AK that
+//     signed the quote signed a TPM2_Certify of a fixed, TPM-generated decrypt-only
+//     key, with this request's quote data as qualifying data.
+//
+// Each release is audited ("key.release": device, target, ciphertext sha256, key
+// fingerprint) before the key leaves; when the record cannot be written, nothing is
+// released and the check-in fails (the device retries). A withheld key is said in the
+// decision's Detail; the device then does not install the target.
+func (d *deviceAPI) releaseKeys(ctx context.Context, req *wire.CheckInRequest, bound []byte, resp *wire.CheckInResponse, cat map[policy.Target]repository.TargetInfo) error {
+	var devKey *ecdh.PublicKey
+	var keyErr error
+	for i := range resp.Slots {
+		sd := &resp.Slots[i]
+		if sd.Target == "" || (sd.Action != wire.ActionInstall && sd.Action != wire.ActionDownload) {
+			continue
+		}
+		ti, ok := cat[policy.Target{Kind: sd.Kind, Name: sd.Name, Version: sd.Version}]
+		if !ok || ti.Meta == nil || ti.Meta.Encryption == nil {
+			continue
+		}
+		withhold := func(why string) {
+			sd.Detail = strings.TrimSpace(sd.Detail + " content key withheld: " + why)
+		}
+		switch {
+		case !resp.Trusted:
+			withhold("the quote was not trusted")
+			continue
+		case resp.Quarantined:
+			withhold("the device is quarantined")
+			continue
+		case d.cfg.KEK == nil:
+			withhold("the server holds no key-encryption key (edgeward server --kek)")
+			continue
+		case req.Evidence.DecryptionKey == nil:
+			withhold("the device certified no TPM decryption key")
+			continue
+		}
+		if devKey == nil && keyErr == nil {
+			devKey, keyErr = certifiedDecryptionKey(req.Evidence, bound)
+		}
+		if keyErr != nil {
+			withhold(keyErr.Error())
+			continue
+		}
+		ck, err := d.s.cfg.Repo.ContentKey(d.cfg.KEK, ti.Path, ti.SHA256)
+		if err != nil {
+			d.s.log.Error("content key", "target", ti.Path, "err", err)
+			withhold("the server cannot open its content key")
+			continue
+		}
+		w, err := keywrap.ToDevice(nil, devKey, ck[:], keywrap.TargetContext(ti.Path, ti.SHA256))
+		clear(ck[:])
+		if err != nil {
+			return fmt.Errorf("wrap content key of %s: %w", ti.Path, err)
+		}
+		fp := sha256.Sum256(devKey.Bytes())
+		if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "key.release", ti.Path, map[string]any{
+			"device": req.DeviceID, "target": ti.Path, "sha256": ti.SHA256, "rollout": sd.Rollout,
+			"device_key": hex.EncodeToString(fp[:]),
+		}); err != nil {
+			return err
+		}
+		sd.ContentKey = &w
+	}
+	return nil
+}
+
+// certifiedDecryptionKey returns the device's decryption key from its certification in
+// ev, checked against the AK certificate of the same evidence (which verify.Check has
+// already trusted) and the request's quote data.
+func certifiedDecryptionKey(ev wire.Evidence, bound []byte) (*ecdh.PublicKey, error) {
+	ak, err := x509.ParseCertificate(ev.AKCert)
+	if err != nil {
+		return nil, fmt.Errorf("AK certificate: %w", err)
+	}
+	return verify.DecryptionKey(ak.PublicKey, *ev.DecryptionKey, bound)
 }
 
 // plan advances the rollouts; the store saves each change with its audit records.

@@ -22,6 +22,10 @@ import (
 type OperatorConfig struct {
 	// Fleet authenticates operators (API tokens) and holds the fleet. Required.
 	Fleet *fleet.Store
+	// KEK, if set, lets POST /v1/publish?encrypt=1 publish a target encrypted, its
+	// content key sealed under this key-encryption key (issue 18). nil: such a publish
+	// is refused (400, saying why).
+	KEK []byte
 	// Signing holds the delegated-role keys the server may sign published targets
 	// with. nil: the server publishes nothing itself (operators publish with the CLI
 	// on the repository directory), and POST /v1/publish answers 503.
@@ -228,6 +232,11 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 			deltas = -1
 		}
 	}
+	encrypt := q.Get("encrypt") == "1"
+	if encrypt && o.cfg.KEK == nil {
+		writeError(w, http.StatusBadRequest, "encrypt=1: this server holds no key-encryption key (start it with --kek FILE)")
+		return
+	}
 	if r.ContentLength > o.cfg.MaxPublishBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
@@ -240,7 +249,11 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	unlock, err := o.s.lockPublish(r.Context())
 	var res *repository.PublishResult
 	if err == nil {
-		res, err = repo.Publish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}, o.cfg.Signing)
+		preq := repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}
+		if encrypt {
+			preq.KEK, preq.Deltas = o.cfg.KEK, -1 // an encrypted target's ciphertexts share nothing
+		}
+		res, err = repo.Publish(r.Context(), preq, o.cfg.Signing)
 		unlock()
 	}
 	o.signMu.Unlock()

@@ -94,6 +94,11 @@ type Config struct {
 	CheckpointInterval time.Duration
 	// Witnesses are base URLs of 'edgeward audit witness' services. nil: none.
 	Witnesses []string
+	// KEK is the key-encryption key of encrypted targets' content keys (issue 18;
+	// edgeward keys kek). With it the server publishes encrypted targets
+	// (POST /v1/publish?encrypt=1) and releases their keys to attested devices. nil:
+	// neither.
+	KEK []byte
 	// Signing, if set, holds the delegated keys the server signs published targets
 	// with (POST /v1/publish). nil: the server signs no targets (503).
 	Signing *repository.KeyRing
@@ -191,7 +196,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	var current func() *policy.Policy
-	op := OperatorConfig{Fleet: store, Signing: cfg.Signing}
+	op := OperatorConfig{Fleet: store, Signing: cfg.Signing, KEK: cfg.KEK}
 	if _, err := os.Stat(policyDir); err == nil {
 		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: policyDir, Registerer: srv.Registry(), Logger: log,
 			// Every policy put in force is audited with its digest and what changed
@@ -221,7 +226,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv.Handle("/ui/", dash.Handler())
 
-	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, MeasurementPCR: cfg.MeasurementPCR}
+	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
 		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, log)

@@ -50,8 +50,8 @@ func TestLoadEncrypted(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(encrypted) = %v", err)
 	}
-	if got.SHA256 != plainSum {
-		t.Errorf("Load(encrypted).SHA256 = %s; want the plaintext's %s", got.SHA256, plainSum)
+	if cs := sha256.Sum256(ct.Bytes()); got.SHA256 != hex.EncodeToString(cs[:]) {
+		t.Errorf("Load(encrypted).SHA256 = %s; want the ciphertext file's %x", got.SHA256, cs)
 	}
 	in := []Input{NewInput("X", runtimeapi.FP32, []int64{3, 4}, []float64{5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 5.9, 3.0, 4.2, 1.5})}
 	a, err := r.Infer(ctx, "iris", "1.0.0", in, nil)

@@ -222,9 +222,10 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", runtimeapi.ErrConflict, req.Name, req.Version)
 	}
 	var data []byte
+	var fileDigest string // of the file, when it is not the plaintext
 	var err error
 	if len(req.Key) > 0 {
-		data, err = r.readEncryptedModel(ctx, req)
+		data, fileDigest, err = r.readEncryptedModel(ctx, req)
 		// The session keeps its own copy of the model: the plaintext read here is
 		// wiped once the session exists (or failed), so it does not linger in the heap.
 		defer clear(data)
@@ -244,6 +245,9 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 		return runtimeapi.ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
 	}
 	m.sha256 = digest
+	if fileDigest != "" {
+		m.sha256 = fileDigest
+	}
 	m.loadedAt = r.cfg.now()
 
 	r.mu.Lock()
@@ -298,29 +302,32 @@ func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
 // readEncryptedModel decrypts the model file req.Path with req.Key into memory: exactly
 // req.PlainLength bytes, every segment authenticated, or an error naming the segment
 // that was not.
-func (r *Runtime) readEncryptedModel(ctx context.Context, req runtimeapi.LoadRequest) ([]byte, error) {
+//
+// It also returns the SHA-256 of the ciphertext file, hashed as it is read.
+func (r *Runtime) readEncryptedModel(ctx context.Context, req runtimeapi.LoadRequest) ([]byte, string, error) {
 	if len(req.Key) != segcrypt.KeySize {
-		return nil, fmt.Errorf("%w: load %s %s: content key is %d bytes, want %d", runtimeapi.ErrInvalid, req.Name, req.Version, len(req.Key), segcrypt.KeySize)
+		return nil, "", fmt.Errorf("%w: load %s %s: content key is %d bytes, want %d", runtimeapi.ErrInvalid, req.Name, req.Version, len(req.Key), segcrypt.KeySize)
 	}
 	if max := r.cfg.maxModelBytes(); req.PlainLength < 0 || req.PlainLength > max {
-		return nil, fmt.Errorf("%w: model %s: plaintext length %d outside [0, %d]", runtimeapi.ErrInvalid, req.Path, req.PlainLength, max)
+		return nil, "", fmt.Errorf("%w: model %s: plaintext length %d outside [0, %d]", runtimeapi.ErrInvalid, req.Path, req.PlainLength, max)
 	}
 	f, err := os.Open(req.Path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: model file: %w", runtimeapi.ErrNotFound, err)
+			return nil, "", fmt.Errorf("%w: model file: %w", runtimeapi.ErrNotFound, err)
 		}
-		return nil, fmt.Errorf("model file: %w", err)
+		return nil, "", fmt.Errorf("model file: %w", err)
 	}
 	defer f.Close()
-	data, err := segcrypt.Decrypt(ctx, bufio.NewReaderSize(f, 1<<20), segcrypt.Key(req.Key), req.PlainLength)
+	h := sha256.New()
+	data, err := segcrypt.Decrypt(ctx, io.TeeReader(bufio.NewReaderSize(f, 1<<20), h), segcrypt.Key(req.Key), req.PlainLength)
 	if err != nil {
 		if errors.Is(err, segcrypt.ErrAuth) || errors.Is(err, segcrypt.ErrFormat) || errors.Is(err, segcrypt.ErrLength) {
-			return nil, fmt.Errorf("%w: decrypt model %s: %w", runtimeapi.ErrInvalid, req.Path, err)
+			return nil, "", fmt.Errorf("%w: decrypt model %s: %w", runtimeapi.ErrInvalid, req.Path, err)
 		}
-		return nil, fmt.Errorf("decrypt model %s: %w", req.Path, err)
+		return nil, "", fmt.Errorf("decrypt model %s: %w", req.Path, err)
 	}
-	return data, nil
+	return data, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // SetDefault makes a loaded version the one unversioned requests reach. The switch is

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/keywrap"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 )
@@ -46,7 +47,17 @@ type Trial struct {
 	Gates *artifact.Gates
 	// Rollout is the rollout whose decision asked for the install ("" if none).
 	Rollout string
+	// ContentKey is the content key of an encrypted target (Meta.Encryption set),
+	// wrapped to this device's TPM decryption key: the judge unwraps it in the TPM and
+	// has the runtime decrypt the model into memory (issue 18).
+	ContentKey *keywrap.Wrapped
 }
+
+// ErrNoContentKey: the decision offers an encrypted target but the server released no
+// content key with it (the device is quarantined, its quote was not trusted, it
+// certified no decryption key...). Nothing is downloaded; the install is retried at a
+// later check-in, and the version is not blamed.
+var ErrNoContentKey = errors.New("encrypted target and no content key released")
 
 // Verdict is a Judge's answer.
 type Verdict struct {
@@ -321,6 +332,15 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	if err != nil {
 		return a.fail(ctx, kind, targetPath, rep, err)
 	}
+	if meta.Encryption != nil && d.ContentKey == nil {
+		// Fail closed before a byte is fetched: without its key the target cannot be
+		// tried, and a key withheld now may be released later.
+		why := ErrNoContentKey
+		if d.Detail != "" {
+			why = fmt.Errorf("%w (%s)", ErrNoContentKey, d.Detail)
+		}
+		return a.retryLater(ctx, kind, targetPath, rep, why)
+	}
 	fetch := &recordingFetcher{f: tuf.SlotFetcher()}
 	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, fetch)
 	if err != nil {
@@ -356,7 +376,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	if a.cfg.Judge != nil {
 		tctx, cancel := context.WithDeadline(ctx, s.Deadline)
 		v = a.cfg.Judge.Judge(tctx, Trial{Kind: kind, Payload: a.cfg.Slots.Payload(kind, s.Inactive()), Target: t, Meta: meta,
-			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout})
+			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout, ContentKey: d.ContentKey})
 		cancel()
 	}
 	pass := v.Pass

@@ -51,6 +51,7 @@ func commands() []command {
 		{"repo status", "show a repository's roles, versions, expiry and targets", cmdRepoStatus},
 		{"keys gen", "generate a key file on this machine", cmdKeysGen},
 		{"keys passwd", "re-encrypt a key file under a new passphrase: edgeward keys passwd KEYFILE", cmdKeysPasswd},
+		{"keys kek", "write a key-encryption key for encrypted targets: --out FILE", cmdKeysKEK},
 		{"keys rotate", "replace the key of timestamp, snapshot, models or runtimes", cmdKeysRotate},
 		{"root propose", "stage a new root version", cmdRootPropose},
 		{"root sign", "add one signature to the staged root", cmdRootSign},

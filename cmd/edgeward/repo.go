@@ -625,12 +625,23 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	deltas := fs.Int("deltas", repository.DefaultDeltas, "also publish a delta from each of the N newest earlier versions (models and runtimes; 0: none; a delta not under 70 % of the full target is not published)")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "publish through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
 	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
+	encrypt := fs.Bool("encrypt", false, "publish the content encrypted under a fresh content key, sealed under the key-encryption key (--kek; through --server, the server's)")
+	kekFile := fs.String("kek", env.getenv("EDGEWARD_KEK"), "key-encryption key file (edgeward keys kek; $EDGEWARD_KEK), for --encrypt on the repository directory")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		return errors.New("usage: edgeward publish --kind K --name N --version V FILE")
+	}
+	var kek []byte
+	if *encrypt && *server == "" {
+		if *kekFile == "" {
+			return errors.New("--encrypt needs --kek FILE (or $EDGEWARD_KEK) when publishing to the repository directory")
+		}
+		if kek, err = readKEK(*kekFile); err != nil {
+			return err
+		}
 	}
 	k, err := artifact.ParseKind(*kind)
 	if err != nil {
@@ -686,17 +697,17 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	var res *repository.PublishResult
 	if *server != "" {
-		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size(), *deltas)
+		res, err = publishRemote(ctx, env, *server, *token, meta, ext, content, fi.Size(), *deltas, *encrypt)
 	} else {
 		repo, oerr := rf.open()
 		if oerr != nil {
 			return oerr
 		}
 		n := *deltas
-		if n <= 0 {
-			n = -1
+		if n <= 0 || kek != nil {
+			n = -1 // none; nor of an encrypted target: its ciphertexts share nothing
 		}
-		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n}, rf.keyring())
+		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n, KEK: kek}, rf.keyring())
 	}
 	if err != nil {
 		return err
@@ -713,6 +724,9 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stdout, "  delta from %s: %s (%d bytes, %.1f %% of the full target)\n", d.Base, d.Path, d.Length, 100*float64(d.Length)/float64(max(1, res.Length)))
 	}
+	if *encrypt {
+		fmt.Fprintf(env.stdout, "encrypted: the signed hash is the ciphertext's; its content key is sealed under the key-encryption key\n")
+	}
 	return nil
 }
 
@@ -726,7 +740,7 @@ func fileExt(name string) string {
 }
 
 // publishRemote streams a target to a server's operator API.
-func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64, deltas int) (*repository.PublishResult, error) {
+func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64, deltas int, encrypt bool) (*repository.PublishResult, error) {
 	if token == "" && env.getenv("EDGEWARD_CLIENT_CERT") == "" {
 		return nil, errors.New("--server needs --token (or $EDGEWARD_TOKEN), or an operator certificate ($EDGEWARD_CLIENT_CERT, $EDGEWARD_CLIENT_KEY)")
 	}
@@ -734,6 +748,9 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 		return nil, err
 	}
 	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}, "deltas": {strconv.Itoa(deltas)}}
+	if encrypt {
+		q.Set("encrypt", "1")
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(server, "/")+"/v1/publish?"+q.Encode(), body)
 	if err != nil {
 		return nil, err

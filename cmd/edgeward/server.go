@@ -50,6 +50,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	var proxies listFlag
 	fs.Var(&proxies, "trusted-proxy", "a reverse proxy in front of the server (CIDR prefix or address, e.g. 10.0.0.5 or 10.0.0.0/24) whose X-Forwarded-For is honoured: requests from it count as coming from the rightmost address in that header that is not a trusted proxy (per-source limits then see the client); repeat for each; from any other peer the header is ignored")
 	logFormat := fs.String("log-format", logging.JSON, "log format: json (one object a line) or text; everything the server logs, the embedded step-ca's messages included, uses it")
+	kekFile := fs.String("kek", env.getenv("EDGEWARD_KEK"), "key-encryption key file (edgeward keys kek; $EDGEWARD_KEK): publish encrypted targets and release their content keys to attested devices")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -81,6 +82,11 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
 		TrustedProxies: trusted, Logger: logger,
+	}
+	if *kekFile != "" {
+		if cfg.KEK, err = readKEK(*kekFile); err != nil {
+			return fmt.Errorf("--kek: %w", err)
+		}
 	}
 	if *signing {
 		cfg.Signing = rf.keyring()

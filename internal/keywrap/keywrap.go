@@ -189,3 +189,10 @@ func kekAEAD(kek []byte) (cipher.AEAD, error) {
 	}
 	return gcm(k)
 }
+
+// TargetContext is the context a content key is wrapped to a device under: the target's
+// path and the SHA-256 (hex) of its ciphertext, so a wrapped key opens for that target
+// only.
+func TargetContext(path, sha256hex string) []byte {
+	return []byte("target\x00" + path + "\x00" + sha256hex)
+}

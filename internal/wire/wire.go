@@ -23,6 +23,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/keywrap"
 	"github.com/edgeward/edgeward/internal/protocol"
 )
 
@@ -153,6 +154,11 @@ type Evidence struct {
 	// ima-ng; see internal/ima), read after the quote, which then covers PCR 10 too.
 	// Empty: no runtime-integrity evidence, which a runtime policy rejects.
 	IMALog []byte `json:"ima_log,omitempty"`
+	// DecryptionKey is the AK's TPM2_Certify of the device's TPM-resident decryption
+	// key (attest.DecryptionKey), whose qualifying data is this request's QuoteData: the
+	// key content keys of encrypted targets are wrapped to (issue 18). Absent: the
+	// device receives no content keys.
+	DecryptionKey *protocol.KeyCertification `json:"decryption_key,omitempty"`
 }
 
 // MaxBootLogBytes bounds a boot event log (real ones are 10–100 KiB).
@@ -249,6 +255,11 @@ type SlotDecision struct {
 	// publisher signed, never loosen it.
 	Gates  *artifact.Gates `json:"gates,omitempty"`
 	Detail string          `json:"detail,omitempty"`
+	// ContentKey is the content key of an encrypted Target, wrapped to the device's
+	// certified TPM decryption key (issue 18). The server releases it only at a
+	// check-in whose quote it trusted, to a device not quarantined, for a target the
+	// decision offers, and audits every release ("key.release").
+	ContentKey *keywrap.Wrapped `json:"content_key,omitempty"`
 }
 
 // CheckInResponse is the server's answer.

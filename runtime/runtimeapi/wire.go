@@ -117,7 +117,9 @@ type ModelInfo struct {
 	Platform string       `json:"platform"`
 	Inputs   []TensorMeta `json:"inputs"`
 	Outputs  []TensorMeta `json:"outputs"`
-	// SHA256 is the digest of the bytes the session was created from.
+	// SHA256 is the digest of the model file the session was created from: for an
+	// encrypted model the ciphertext's (the target the device verified and measures),
+	// whose plaintext the runtime checked against LoadRequest.SHA256.
 	SHA256 string `json:"sha256,omitempty"`
 }
 

@@ -1,0 +1,221 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/runtime"
+	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// plaintextRuns are byte runs of the plaintext model to search the device for: 48 bytes
+// from each quarter of it (weights, mostly).
+func plaintextRuns(t *testing.T, version string) [][]byte {
+	t.Helper()
+	m, err := modelgen.Model(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := modelgen.Model(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs [][]byte
+	for _, at := range []int{len(m) / 4, len(m) / 2, 3 * len(m) / 4} {
+		// The published model is another call's bytes: the runs must be in it too.
+		if !bytes.Contains(again, m[at:at+48]) {
+			t.Fatalf("modelgen.Model(%s) is not deterministic: the plaintext search would find nothing", version)
+		}
+		runs = append(runs, m[at:at+48])
+	}
+	return runs
+}
+
+// findPlaintext returns the files under the roots that hold any of the runs.
+func findPlaintext(t *testing.T, runs [][]byte, roots ...string) []string {
+	t.Helper()
+	var found []string
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil
+			}
+			for _, r := range runs {
+				if bytes.Contains(b, r) {
+					found = append(found, p)
+					break
+				}
+			}
+			return nil
+		})
+	}
+	return found
+}
+
+// TestEncryptedModelStory (issue 18): an encrypted model rolls out to a device whose TPM
+// certified its decryption key. The server releases the content key wrapped to that
+// key, and audits it; the device installs the ciphertext, the runtime decrypts it into
+// memory, probes and serves it, and no plaintext is ever written to the device's state
+// directory or temporary directories, neither then nor after a restart that serves the
+// committed model again without the server. A quarantined device gets no key, and its
+// install fails closed with the reason.
+func TestEncryptedModelStory(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp) // the runtime's and the agent's temporary files land here
+	r := newStoryRig(t, true)
+	ctx := context.Background()
+	runs := plaintextRuns(t, "1.0.0")
+
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q; want 1.0.0 (encrypted)", v)
+	}
+	last := r.link.Last()
+	if !last.Trusted {
+		t.Fatalf("device untrusted after the encrypted install: %v", last.Reasons)
+	}
+	reps, _ := r.store.Reports(ctx, fleet.ReportFilter{})
+	if len(reps) != 1 || reps[0].Outcome != wire.OutcomeCommitted || reps[0].Probe.Accuracy < 0.85 {
+		t.Fatalf("reports = %+v; want one committed report, probed", reps)
+	}
+	in := []runtime.Input{runtime.NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{0.1, 0.2, 0.1, 0.3})}
+	if _, err := r.rt.Infer(ctx, "vibration-anomaly", "", in, nil); err != nil {
+		t.Fatalf("inference on the encrypted model: %v", err)
+	}
+	// The release was audited, naming the device and the target.
+	l, err := r.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Records(ctx, audit.Query{Kind: "key.release"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := 0
+	for _, rec := range recs {
+		if strings.HasPrefix(rec.Subject, "models/vibration-anomaly/1.0.0") && rec.Actor == "device:"+r.link.DeviceID() {
+			released++
+		}
+	}
+	if released == 0 {
+		t.Fatal("no key.release audit record for models/vibration-anomaly/1.0.0")
+	}
+	if f := findPlaintext(t, runs, r.state, tmp); len(f) > 0 {
+		t.Fatalf("plaintext of the model found on disk: %v", f)
+	}
+	// The search finds the plaintext where it is.
+	plainFile := filepath.Join(tmp, "clear.onnx")
+	m, _ := modelgen.Model("1.0.0")
+	os.WriteFile(plainFile, m, 0o600)
+	if f := findPlaintext(t, runs, tmp); len(f) != 1 || f[0] != plainFile {
+		t.Fatalf("the plaintext search found %v in a directory holding the plaintext model; want it", f)
+	}
+	os.Remove(plainFile)
+
+	// A restart: a new runtime, the committed model loaded again from the slot and the
+	// wrapped key beside it, unwrapped by the same TPM, without the server.
+	r.hs.Close()
+	rt2, err := runtime.New(runtime.Config{LibraryPath: r.lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt2.Close(ctx)
+	control2 := httptest.NewServer(rt2.ControlHandler())
+	defer control2.Close()
+	judge2 := &RuntimeJudge{Runtime: &runtimeapi.Client{BaseURL: control2.URL}, TUF: r.tuf, Log: r.mlog, WorkDir: r.state, Decrypter: r.judge.Decrypter}
+	if err := judge2.LoadCommitted(ctx, r.slots); err != nil {
+		t.Fatalf("LoadCommitted of the encrypted model after a restart: %v", err)
+	}
+	if _, err := rt2.Infer(ctx, "vibration-anomaly", "", in, nil); err != nil {
+		t.Fatalf("inference after the restart: %v", err)
+	}
+	if f := findPlaintext(t, runs, r.state, tmp); len(f) > 0 {
+		t.Fatalf("plaintext of the model found on disk after the restart: %v", f)
+	}
+	// Without the TPM's key, the model is not served.
+	judge3 := &RuntimeJudge{Runtime: &runtimeapi.Client{BaseURL: control2.URL}, TUF: r.tuf, Log: r.mlog, WorkDir: r.state}
+	if err := judge3.LoadCommitted(ctx, r.slots); !errors.Is(err, errNoDecrypter) {
+		t.Fatalf("LoadCommitted without the TPM decryption key = %v; want errNoDecrypter", err)
+	}
+}
+
+// TestEncryptedModelQuarantinedGetsNoKey: a device quarantined after it received one
+// key receives no further keys, and the committed version keeps serving. A device the
+// server offers an encrypted version without its key (here: its TPM certified no
+// decryption key) fails the install closed, before a byte is downloaded, saying why.
+func TestEncryptedModelQuarantinedGetsNoKey(t *testing.T) {
+	r := newStoryRig(t, true)
+	ctx := context.Background()
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q; want 1.0.0", v)
+	}
+	if err := r.store.SetQuarantine(ctx, r.link.DeviceID(), true, "test: suspected tampering"); err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "1.1.0")
+	r.pol.Store(rolloutPolicy(t, "1.1.0", ""))
+	r.ag.Step(ctx)
+	last := r.link.Last()
+	if !last.Quarantined {
+		t.Fatalf("check-in = %+v; want quarantined", last)
+	}
+	for _, sd := range last.Slots {
+		if sd.ContentKey != nil {
+			t.Fatalf("a quarantined device received a content key for %s", sd.Target)
+		}
+	}
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q after the quarantine; want 1.0.0 kept", v)
+	}
+
+	// Released from quarantine, but its TPM no longer certifies a decryption key: the
+	// server offers 1.1.0 and withholds its key, and the device does not install it.
+	if err := r.store.SetQuarantine(ctx, r.link.DeviceID(), false, ""); err != nil {
+		t.Fatal(err)
+	}
+	r.link.DecryptionKey = nil
+	r.ag.Step(ctx)
+	last = r.link.Last()
+	var offered *wire.SlotDecision
+	for i, sd := range last.Slots {
+		if sd.Kind == artifact.KindModel && sd.Version == "1.1.0" && sd.Action == wire.ActionInstall {
+			offered = &last.Slots[i]
+		}
+	}
+	if offered == nil || offered.ContentKey != nil || !strings.Contains(offered.Detail, "content key withheld: the device certified no TPM decryption key") {
+		t.Fatalf("decision = %+v; want 1.1.0 offered, its key withheld, saying why", last.Slots)
+	}
+	le := r.ag.LastError()
+	if le == nil || !strings.Contains(le.Message, updater.ErrNoContentKey.Error()) || !strings.Contains(le.Message, "certified no TPM decryption key") {
+		t.Fatalf("last update error = %+v; want %q with the server's reason", le, updater.ErrNoContentKey)
+	}
+	st, err := r.slots.State(ctx, artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := r.committed(); v != "1.0.0" || st.Phase != "committed" {
+		t.Fatalf("slot = %s, committed %q; want 1.0.0 committed, nothing staged", st.Phase, v)
+	}
+}
