@@ -6,9 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"unsafe"
 
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -53,14 +53,13 @@ func DecodeInferRequest(body []byte, headerLen, maxElements int) (runtimeapi.Inf
 		}
 		header, bin = body[:headerLen], body[headerLen:]
 	}
-	dec := json.NewDecoder(bytes.NewReader(header))
-	if err := dec.Decode(&req); err != nil {
+	// Unmarshal refuses anything after the value but white space.
+	if err := json.Unmarshal(header, &req); err != nil {
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) && strings.HasPrefix(syn.Error(), "invalid character") && strings.HasSuffix(syn.Error(), "after top-level value") {
+			return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
+		}
 		return req, nil, nil, fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
-	}
-	// Anything but the end of the body is trailing data (Decoder.More would let a stray
-	// '}' or ']' through).
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
 	}
 	if len(req.Inputs) == 0 {
 		return req, nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)

@@ -157,13 +157,14 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	bin := binaryOutputs(&ir, outs)
 	b, n := encodeInferResponse(make([]byte, 0, 256), m.name, m.version, ir.ID, outs, bin)
+	h := w.Header()
 	if bin != nil {
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(n))
+		h["Content-Type"] = []string{"application/octet-stream"}
+		h[runtimeapi.HeaderLengthHeader] = []string{strconv.Itoa(n)}
 	} else {
-		w.Header().Set("Content-Type", "application/json")
+		h["Content-Type"] = []string{"application/json"}
 	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	h["Content-Length"] = []string{strconv.Itoa(len(b))}
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 	return http.StatusOK, m.version, nil
@@ -185,14 +186,13 @@ func (r *Runtime) servedVersion(name, version string) string {
 // JSON header (its length is n) followed by the binary data of the outputs bin marks.
 func encodeInferResponse(b []byte, model, version, id string, outs []Output, bin []bool) (_ []byte, n int) {
 	start := len(b)
-	q := func(s string) []byte { j, _ := json.Marshal(s); return j }
 	b = append(b, `{"model_name":`...)
-	b = append(b, q(model)...)
+	b = appendJSONString(b, model)
 	b = append(b, `,"model_version":`...)
-	b = append(b, q(version)...)
+	b = appendJSONString(b, version)
 	if id != "" {
 		b = append(b, `,"id":`...)
-		b = append(b, q(id)...)
+		b = appendJSONString(b, id)
 	}
 	b = append(b, `,"outputs":[`...)
 	for i := range outs {
@@ -201,7 +201,7 @@ func encodeInferResponse(b []byte, model, version, id string, outs []Output, bin
 			b = append(b, ',')
 		}
 		b = append(b, `{"name":`...)
-		b = append(b, q(o.Name)...)
+		b = appendJSONString(b, o.Name)
 		b = append(b, `,"datatype":"`...)
 		b = append(b, o.Datatype...)
 		b = append(b, `","shape":[`...)
@@ -233,6 +233,20 @@ func encodeInferResponse(b []byte, model, version, id string, outs []Output, bin
 		}
 	}
 	return b, n
+}
+
+// appendJSONString appends s as a JSON string: as is when it is printable ASCII without
+// quotes or backslashes (model names, versions, most ids), else as encoding/json writes it.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func (r *Runtime) handleIndex(w http.ResponseWriter, _ *http.Request) {
@@ -304,8 +318,19 @@ func (r *Runtime) handleDrift(w http.ResponseWriter, req *http.Request) {
 	writeJSON(w, http.StatusOK, rep)
 }
 
-// readBody reads at most max bytes of the request body; a larger body is ErrInvalid.
+// readBody reads at most max bytes of the request body; a larger body is ErrInvalid. A
+// body of known length is read into one buffer of that size.
 func readBody(w http.ResponseWriter, req *http.Request, max int64) ([]byte, error) {
+	if req.ContentLength > max {
+		return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
+	}
+	if req.ContentLength > 0 {
+		body := make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, body); err != nil {
+			return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+		}
+		return body, nil
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, max))
 	if err != nil {
 		var tooBig *http.MaxBytesError

@@ -51,7 +51,7 @@ func (m *metrics) handler() http.Handler {
 }
 
 func (m *metrics) observe(model, version string, code int, d time.Duration) {
-	codeLabel := strconv.Itoa(code)
+	codeLabel := codeString(code)
 	m.requests.WithLabelValues(model, version, codeLabel).Inc()
 	if code >= 400 {
 		m.errors.WithLabelValues(model, version, codeLabel).Inc()
@@ -59,6 +59,19 @@ func (m *metrics) observe(model, version string, code int, d time.Duration) {
 	if code < 400 {
 		m.latency.WithLabelValues(model, version).Observe(d.Seconds())
 	}
+}
+
+// codeString is strconv.Itoa without an allocation for the common codes.
+func codeString(code int) string {
+	switch code {
+	case http.StatusOK:
+		return "200"
+	case http.StatusBadRequest:
+		return "400"
+	case http.StatusNotFound:
+		return "404"
+	}
+	return strconv.Itoa(code)
 }
 
 func (m *metrics) loaded(model, version, def string) {

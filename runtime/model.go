@@ -43,6 +43,9 @@ type Model struct {
 	inflight      sync.WaitGroup
 	maxElements   int
 	drift         *drift // nil without a baseline in the model's metadata
+	// runOpts keeps ORT run options for reuse (creating and destroying them is two cgo
+	// calls per request); drainAndClose destroys them.
+	runOpts chan *ort.RunOptions
 }
 
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
@@ -50,7 +53,7 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: not a loadable ONNX model: %w", runtimeapi.ErrInvalid, err)
 	}
-	m := &Model{name: name, version: version, maxElements: cfg.maxElements()}
+	m := &Model{name: name, version: version, maxElements: cfg.maxElements(), runOpts: make(chan *ort.RunOptions, 16)}
 	for _, in := range ins {
 		dt, ok := datatypeOf(in.DataType)
 		if in.OrtValueType != ort.ONNXTypeTensor || !ok {
@@ -119,6 +122,15 @@ func (m *Model) drainAndClose(ctx context.Context) error {
 	go func() {
 		m.inflight.Wait()
 		m.session.Destroy()
+		for {
+			select {
+			case o := <-m.runOpts:
+				o.Destroy()
+				continue
+			default:
+			}
+			break
+		}
 		close(done)
 	}()
 	select {
@@ -238,17 +250,25 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 	if ctx.Done() == nil {
 		runErr = m.session.Run(tensors, outs)
 	} else {
-		opts, err := ort.NewRunOptions()
+		opts, err := m.getRunOptions()
 		if err != nil {
 			return nil, fmt.Errorf("run options: %w", err)
 		}
-		defer opts.Destroy()
-		stop := context.AfterFunc(ctx, func() { opts.Terminate() })
+		terminated := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() { opts.Terminate(); close(terminated) })
 		runErr = m.session.RunWithOptions(tensors, outs, opts)
-		stop()
-		if ctx.Err() != nil {
+		if !stop() {
+			// Terminate was called (or is running): wait for it, then drop these
+			// options, which would stop the next run.
+			<-terminated
+			opts.Destroy()
 			return nil, fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
 		}
+		if ctx.Err() != nil {
+			m.putRunOptions(opts)
+			return nil, fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
+		}
+		m.putRunOptions(opts)
 	}
 	if runErr != nil {
 		// Inputs were validated, so this is the model's own failure (e.g. a value its
@@ -270,6 +290,23 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		result = append(result, out)
 	}
 	return result, nil
+}
+
+func (m *Model) getRunOptions() (*ort.RunOptions, error) {
+	select {
+	case o := <-m.runOpts:
+		return o, nil
+	default:
+		return ort.NewRunOptions()
+	}
+}
+
+func (m *Model) putRunOptions(o *ort.RunOptions) {
+	select {
+	case m.runOpts <- o:
+	default:
+		o.Destroy()
+	}
 }
 
 // preallocate creates the FP16 and BF16 output tensors before the run: onnxruntime_go

@@ -157,6 +157,10 @@ const maxNesting = 32
 // datatype: strings, objects, null, fractions for integer types, out-of-range numbers.
 func decodeData(raw []byte, dt runtimeapi.Datatype, max int, dst []byte) (tensorData, error) {
 	td := tensorData{raw: dst[:0]}
+	if cap(td.raw) == 0 && dt.Size() > 0 {
+		// One allocation: at most one element per comma, plus one.
+		td.raw = make([]byte, 0, min(bytes.Count(raw, []byte{','})+1, max)*dt.Size())
+	}
 	if dt == runtimeapi.BYTES {
 		td.raw = nil
 	} else if !dt.Known() {
@@ -558,8 +562,7 @@ func (o *Output) appendJSON(b []byte) []byte {
 		}
 		switch o.Datatype {
 		case runtimeapi.BYTES:
-			q, _ := json.Marshal(o.strs[i])
-			b = append(b, q...)
+			b = appendJSONString(b, o.strs[i])
 		case runtimeapi.BOOL:
 			b = strconv.AppendBool(b, o.raw[i] != 0)
 		case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:

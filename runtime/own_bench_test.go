@@ -1,0 +1,113 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+
+	ort "github.com/yalue/onnxruntime_go"
+)
+
+// The "own work" benchmarks measure, for the Iris model at one row, what the runtime
+// adds around session.Run in one process, without a network: the HTTP handler called
+// directly (JSON and binary tensor data) and the gRPC service method. Compare ns/op and
+// allocs/op with BenchmarkOwnSessionRun from the same run; the difference is the
+// runtime's own work per request (decode, validate, tensors, run options, output copy,
+// encode, metrics).
+
+const irisJSON = `{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}],"outputs":[{"name":"output_label"}]}`
+
+func irisRuntime(b *testing.B) *Runtime {
+	b.Helper()
+	r := newTestRuntime(b)
+	loadIris(b, r, "1.0.0")
+	return r
+}
+
+func BenchmarkOwnSessionRun(b *testing.B) {
+	r := irisRuntime(b)
+	m, err := r.acquire("iris", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.inflight.Done()
+	x, err := ort.NewTensor(ort.NewShape(1, 4), []float32{5.1, 3.5, 1.4, 0.2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer x.Destroy()
+	in, outs := []ort.Value{x}, make([]ort.Value, len(m.outputs))
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(outs)
+		if err := m.session.Run(in, outs); err != nil {
+			b.Fatal(err)
+		}
+		for _, o := range outs {
+			o.Destroy()
+		}
+	}
+}
+
+// discardWriter is a ResponseWriter that keeps nothing (httptest.ResponseRecorder's own
+// allocations would be counted otherwise).
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+
+func benchHandler(b *testing.B, body []byte, header http.Header) {
+	r := irisRuntime(b)
+	h := r.Handler()
+	req := httptest.NewRequest("POST", "/v2/models/iris/infer", nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	rd := bytes.NewReader(body)
+	w := &discardWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for b.Loop() {
+		rd.Reset(body)
+		req.Body = readCloser{rd}
+		req.ContentLength = int64(len(body))
+		clear(w.h)
+		h.ServeHTTP(w, req)
+		if w.code != http.StatusOK {
+			b.Fatalf("status %d", w.code)
+		}
+	}
+}
+
+type readCloser struct{ *bytes.Reader }
+
+func (readCloser) Close() error { return nil }
+
+func BenchmarkOwnHTTPJSON(b *testing.B) {
+	benchHandler(b, []byte(irisJSON), nil)
+}
+
+func BenchmarkOwnHTTPBinary(b *testing.B) {
+	header := `{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}],"outputs":[{"name":"output_label","parameters":{"binary_data":true}}]}`
+	body, hl := binaryRequest(header, f32Raw(5.1, 3.5, 1.4, 0.2))
+	benchHandler(b, body, http.Header{"Inference-Header-Content-Length": {strconv.Itoa(hl)}})
+}
+
+func BenchmarkOwnGRPC(b *testing.B) {
+	r := irisRuntime(b)
+	g := &grpcService{r: r}
+	req := irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := g.ModelInfer(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
