@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,12 +14,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/edgeward/edgeward/runtime/modelgen"
 	ort "github.com/yalue/onnxruntime_go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/edgeward/edgeward/runtime/inference"
+	"github.com/edgeward/edgeward/runtime/modelgen"
 )
 
 // inferModel is one model of the inference comparison.
@@ -31,6 +37,11 @@ type inferModel struct {
 	data   []float32
 	output string
 	body   []byte
+	// binBody is the binary tensor data request (JSON header, then the input's FP32
+	// bytes), binHeader its Inference-Header-Content-Length.
+	binBody   []byte
+	binHeader string
+	grpcReq   *inference.ModelInferRequest
 }
 
 // wideMLP is a dense 64-2304-2304-2304-2304-10 network with random (He-scaled) weights:
@@ -89,6 +100,19 @@ func prepareModels(ctx context.Context, dir string) ([]*inferModel, error) {
 			"outputs": []map[string]any{{"name": m.output}},
 		}
 		m.body, _ = json.Marshal(req)
+		raw := make([]byte, 0, 4*len(m.data))
+		for _, f := range m.data {
+			raw = binary.LittleEndian.AppendUint32(raw, math.Float32bits(f))
+		}
+		header, _ := json.Marshal(map[string]any{
+			"inputs":  []map[string]any{{"name": m.input, "shape": m.shape, "datatype": "FP32", "parameters": map[string]any{"binary_data_size": len(raw)}}},
+			"outputs": []map[string]any{{"name": m.output, "parameters": map[string]any{"binary_data": true}}},
+		})
+		m.binBody, m.binHeader = append(header, raw...), strconv.Itoa(len(header))
+		m.grpcReq = &inference.ModelInferRequest{ModelName: m.Name,
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: m.input, Datatype: "FP32", Shape: m.shape}},
+			Outputs:          []*inference.ModelInferRequest_InferRequestedOutputTensor{{Name: m.output}},
+			RawInputContents: [][]byte{raw}}
 	}
 	return models, nil
 }
@@ -150,8 +174,9 @@ func (p *inProcess) worker(m *inferModel) (func() error, func(), error) {
 }
 
 type httpSystem struct {
-	label string
-	base  string
+	label  string
+	base   string
+	binary bool // binary tensor data both ways instead of JSON
 }
 
 func (h *httpSystem) name() string { return h.label }
@@ -160,8 +185,20 @@ func (h *httpSystem) worker(m *inferModel) (func() error, func(), error) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}
 	c := &http.Client{Transport: tr}
 	url := h.base + "/v2/models/" + m.Name + "/infer"
+	body, ct := m.body, "application/json"
+	if h.binary {
+		body, ct = m.binBody, "application/octet-stream"
+	}
 	run := func() error {
-		resp, err := c.Post(url, "application/json", bytes.NewReader(m.body))
+		req, err := http.NewRequest("POST", url, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header["Content-Type"] = []string{ct}
+		if h.binary {
+			req.Header["Inference-Header-Content-Length"] = []string{m.binHeader}
+		}
+		resp, err := c.Do(req)
 		if err != nil {
 			return err
 		}
@@ -173,6 +210,32 @@ func (h *httpSystem) worker(m *inferModel) (func() error, func(), error) {
 		return err
 	}
 	return run, tr.CloseIdleConnections, nil
+}
+
+// grpcSystem calls the Open Inference Protocol's gRPC ModelInfer, raw_input_contents in,
+// one connection per worker.
+type grpcSystem struct {
+	label string
+	addr  string
+}
+
+func (g *grpcSystem) name() string { return g.label }
+
+func (g *grpcSystem) worker(m *inferModel) (func() error, func(), error) {
+	conn, err := grpc.NewClient(g.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	c := inference.NewGRPCInferenceServiceClient(conn)
+	ctx := context.Background()
+	run := func() error {
+		resp, err := c.ModelInfer(ctx, m.grpcReq)
+		if err == nil && len(resp.RawOutputContents) != 1 {
+			err = fmt.Errorf("%s: %d raw outputs", g.label, len(resp.RawOutputContents))
+		}
+		return err
+	}
+	return run, func() { conn.Close() }, nil
 }
 
 // sample is one timed window of one system: latencies of every request and throughput.
@@ -242,10 +305,12 @@ type InferRow struct {
 	// Relative to in-process in the same round, medians over rounds.
 	OverheadP50us  float64 `json:"overhead_p50_us,omitempty"`
 	ThroughputFrac float64 `json:"throughput_vs_in_process,omitempty"`
-	// Edgeward HTTP over the Node.js peer, medians over rounds (req/s ratio).
+	// This Edgeward protocol (JSON, binary, gRPC) over the Node.js peer, medians over
+	// rounds (req/s ratio).
 	EdgewardSpeedup float64 `json:"edgeward_speedup,omitempty"`
-	// OwnWorkP50us is edgeward's p50 minus the transport floor's p50 minus in-process
-	// p50: what edgeward-runtime itself adds (decode, validate, tensors, encode, metrics).
+	// OwnWorkP50us is edgeward's p50 minus its transport floor's p50 (HTTP, or gRPC for
+	// gRPC) minus in-process p50: what edgeward-runtime itself adds (decode, validate,
+	// tensors, encode, metrics).
 	OwnWorkP50us float64 `json:"own_work_p50_us,omitempty"`
 	// Min and max over rounds of the per-round ratios above: the noise.
 	OverheadRange   [2]float64 `json:"overhead_p50_us_range,omitempty"`
@@ -270,8 +335,8 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 		return nil, err
 	}
 	// edgeward-runtime, the real binary, with the three models.
-	ep := freePort()
-	args := []string{"--listen", fmt.Sprintf("127.0.0.1:%d", ep), "--control", fmt.Sprintf("127.0.0.1:%d", freePort()), "--ort-lib", cfg.ortLib}
+	ep, gp := freePort(), freePort()
+	args := []string{"--listen", fmt.Sprintf("127.0.0.1:%d", ep), "--grpc-listen", fmt.Sprintf("127.0.0.1:%d", gp), "--control", fmt.Sprintf("127.0.0.1:%d", freePort()), "--ort-lib", cfg.ortLib}
 	for _, m := range models {
 		args = append(args, "--model", m.Name+"=1.0.0="+m.path)
 	}
@@ -296,8 +361,8 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 	if _, err := runChild(ctx, "go", []string{"build", "-o", floorBin, "./bench/httpfloor"}, nil); err != nil {
 		return nil, err
 	}
-	fp := freePort()
-	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), nil, floorBin, fmt.Sprint(fp))
+	fp, fgp := freePort(), freePort()
+	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), nil, floorBin, fmt.Sprint(fp), fmt.Sprintf("grpc=%d", fgp))
 	if err != nil {
 		return nil, err
 	}
@@ -313,10 +378,27 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 	if err := waitHTTP(nb+"/v2/health/ready", 30*time.Second); err != nil {
 		return nil, err
 	}
-	edge := &httpSystem{label: "edgeward-runtime HTTP", base: eb}
-	peer := &httpSystem{label: "Node.js onnxruntime-node HTTP", base: nb}
-	floor := &httpSystem{label: "HTTP floor (canned answer, no model)", base: fb}
-	systems := []system{inproc, edge, peer, floor}
+	// The systems, by index: in-process, the three Edgeward protocols, the Node.js
+	// peer, the two transport floors.
+	const (
+		sInProc = iota
+		sJSON
+		sBinary
+		sGRPC
+		sPeer
+		sFloor
+		sGRPCFloor
+	)
+	systems := []system{
+		sInProc:    inproc,
+		sJSON:      &httpSystem{label: "edgeward-runtime HTTP", base: eb},
+		sBinary:    &httpSystem{label: "edgeward-runtime HTTP binary tensors", base: eb, binary: true},
+		sGRPC:      &grpcSystem{label: "edgeward-runtime gRPC", addr: fmt.Sprintf("127.0.0.1:%d", gp)},
+		sPeer:      &httpSystem{label: "Node.js onnxruntime-node HTTP", base: nb},
+		sFloor:     &httpSystem{label: "HTTP floor (canned answer, no model)", base: fb},
+		sGRPCFloor: &grpcSystem{label: "gRPC floor (canned answer, no model)", addr: fmt.Sprintf("127.0.0.1:%d", fgp)},
+	}
+	floorOf := map[int]int{sJSON: sFloor, sBinary: sFloor, sGRPC: sGRPCFloor}
 	res := &InferResult{Models: models, Window: cfg.inferWindow.String()}
 	for _, m := range models {
 		for _, conc := range []int{1, 2} {
@@ -327,7 +409,8 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 				}
 			}
 			per := make([][]sample, len(systems))
-			var overhead, frac, speedup, own []float64
+			type ratios struct{ overhead, frac, speedup, own []float64 }
+			rs := map[int]*ratios{sJSON: {}, sBinary: {}, sGRPC: {}}
 			for r := range cfg.rounds {
 				got := make([]sample, len(systems))
 				for k := range systems { // rotate the order each round
@@ -339,10 +422,12 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 					got[i] = s
 					per[i] = append(per[i], s)
 				}
-				overhead = append(overhead, got[1].p50-got[0].p50)
-				frac = append(frac, got[1].rps/got[0].rps)
-				speedup = append(speedup, got[1].rps/got[2].rps)
-				own = append(own, got[1].p50-got[3].p50-got[0].p50)
+				for e, x := range rs {
+					x.overhead = append(x.overhead, got[e].p50-got[sInProc].p50)
+					x.frac = append(x.frac, got[e].rps/got[sInProc].rps)
+					x.speedup = append(x.speedup, got[e].rps/got[sPeer].rps)
+					x.own = append(x.own, got[e].p50-got[floorOf[e]].p50-got[sInProc].p50)
+				}
 			}
 			for i, s := range systems {
 				var p50, p99, rps []float64
@@ -351,15 +436,15 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 				}
 				row := InferRow{Model: m.Name, Concurrency: conc, System: s.name(), P50us: round(median(p50), 1),
 					P99us: round(median(p99), 1), ReqPerSec: round(median(rps), 0), Rounds: cfg.rounds}
-				if i == 1 {
-					row.OverheadP50us, row.ThroughputFrac = round(median(overhead), 1), round(median(frac), 3)
-					row.EdgewardSpeedup, row.OwnWorkP50us = round(median(speedup), 2), round(median(own), 1)
-					row.OverheadRange = roundRange(overhead, 1)
-					row.ThroughputRange = roundRange(frac, 3)
-					row.SpeedupRange = roundRange(speedup, 2)
+				if x := rs[i]; x != nil {
+					row.OverheadP50us, row.ThroughputFrac = round(median(x.overhead), 1), round(median(x.frac), 3)
+					row.EdgewardSpeedup, row.OwnWorkP50us = round(median(x.speedup), 2), round(median(x.own), 1)
+					row.OverheadRange = roundRange(x.overhead, 1)
+					row.ThroughputRange = roundRange(x.frac, 3)
+					row.SpeedupRange = roundRange(x.speedup, 2)
 				}
 				res.Rows = append(res.Rows, row)
-				logf("infer %-9s c=%d %-30s p50 %8.1fµs p99 %8.1fµs %8.0f req/s", m.Name, conc, s.name(), row.P50us, row.P99us, row.ReqPerSec)
+				logf("infer %-9s c=%d %-36s p50 %8.1fµs p99 %8.1fµs %8.0f req/s", m.Name, conc, s.name(), row.P50us, row.P99us, row.ReqPerSec)
 			}
 		}
 	}

@@ -70,6 +70,47 @@ func targets(r *Results) []Target {
 				add(t)
 			}
 		}
+		for _, m := range []string{"iris", "vibration"} {
+			for _, c := range []int{1, 2} {
+				for _, proto := range []string{"edgeward-runtime HTTP binary", "edgeward-runtime gRPC"} {
+					if e := r.inferRow(m, c, proto); e != nil {
+						t := Target{Row: 1, Target: fmt.Sprintf("%s c=%d: %s ≥ 1.2× the Node.js peer's req/s", m, c, strings.TrimPrefix(proto, "edgeward-runtime ")),
+							Measured: fmt.Sprintf("%.2f× (rounds %.2f–%.2f)", e.EdgewardSpeedup, e.SpeedupRange[0], e.SpeedupRange[1]), Status: status(e.EdgewardSpeedup >= 1.2)}
+						if e.EdgewardSpeedup < 1.2 {
+							t.Gap = fmt.Sprintf("%.2f× short", 1.2-e.EdgewardSpeedup)
+						}
+						add(t)
+					}
+				}
+			}
+		}
+		for _, c := range []int{1, 2} {
+			for _, proto := range []string{"edgeward-runtime HTTP binary", "edgeward-runtime gRPC"} {
+				if e := r.inferRow("wide", c, proto); e != nil {
+					t := Target{Row: 1, Target: fmt.Sprintf("wide c=%d: %s ≥ 90 %% of in-process req/s", c, strings.TrimPrefix(proto, "edgeward-runtime ")),
+						Measured: fmt.Sprintf("%.1f %% (rounds %.0f–%.0f %%)", 100*e.ThroughputFrac, 100*e.ThroughputRange[0], 100*e.ThroughputRange[1]), Status: status(e.ThroughputFrac >= 0.9)}
+					if e.ThroughputFrac < 0.9 {
+						t.Gap = fmt.Sprintf("%.1f points short", 100*(0.9-e.ThroughputFrac))
+					}
+					add(t)
+				}
+			}
+		}
+		for _, proto := range []string{"edgeward-runtime HTTP", "edgeward-runtime HTTP binary", "edgeward-runtime gRPC"} {
+			for i := range r.Infer.Rows {
+				e := &r.Infer.Rows[i]
+				if e.Model != "iris" || e.Concurrency != 1 || !strings.HasPrefix(e.System, proto) || (proto == "edgeward-runtime HTTP" && strings.Contains(e.System, "binary")) {
+					continue
+				}
+				t := Target{Row: 1, Target: fmt.Sprintf("iris c=1: %s own work (p50 − its transport floor − in-process) ≤ 15 µs", strings.TrimPrefix(e.System, "edgeward-runtime ")),
+					Measured: fmt.Sprintf("%.1f µs", e.OwnWorkP50us), Status: status(e.OwnWorkP50us <= 15)}
+				if e.OwnWorkP50us > 15 {
+					t.Gap = fmt.Sprintf("+%.1f µs", e.OwnWorkP50us-15)
+				}
+				add(t)
+				break
+			}
+		}
 		var worst float64 = 1e9
 		var where string
 		for _, row := range r.Infer.Rows {
@@ -209,8 +250,8 @@ func render(r *Results) string {
 			}
 			p("`%s` — %s", mo.Name, mo.Note)
 		}
-		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread). Each round measures the four systems for %s each, in rotating order; figures are medians over rounds, then over runs.\n\n", in.Window)
-		p("Columns for the edgeward row: *overhead* = its p50 − in-process p50; *own work* = its p50 − the HTTP floor's p50 − in-process p50 (what edgeward-runtime adds beyond loopback HTTP between two processes); *vs in-process* and *vs Node* are req/s ratios.\n\n")
+		p(". One row per request (`[1, features]`), JSON over keep-alive loopback HTTP from a Go client; in-process is `DynamicAdvancedSession.Run` with the same options as `edgeward-runtime` (1 intra-op, 1 inter-op thread); Edgeward also with binary tensor data both ways (`Inference-Header-Content-Length`, FP32 bytes in, the output's bytes back) and over gRPC (`ModelInfer` with `raw_input_contents`, one connection per client) from a Go client. Each round measures every system for %s each, in rotating order; figures are medians over rounds, then over runs.\n\n", in.Window)
+		p("Columns for the edgeward row: *overhead* = its p50 − in-process p50; *own work* = its p50 − its transport floor's p50 (the HTTP floor, or the gRPC floor for gRPC: `bench/httpfloor` answering a canned response) − in-process p50 (what edgeward-runtime adds beyond the transport between two processes); *vs in-process* and *vs Node* are req/s ratios.\n\n")
 		p("| model | conc. | system | p50 µs | p99 µs | req/s | overhead p50 µs | own work p50 µs | vs in-process req/s | Edgeward vs Node req/s |\n|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range in.Rows {
 			over, own, frac, sp := "", "", "", ""
