@@ -12,6 +12,7 @@ GO="${GO:-go}"
 BENCHSTAT="golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da"
 {
   $GO test -run '^$' -bench 'BenchmarkInfer(SessionRun|Runtime|HTTP|Ratio)$' -benchmem -count 6 ./runtime
+  $GO test -run '^$' -bench 'BenchmarkLoadEncrypted' -benchtime 5x -benchmem -count 6 ./runtime
   $GO test -run '^$' -bench 'BenchmarkDownload$' -benchtime 3x -benchmem -count 6 ./updater
   $GO test -run '^$' -bench 'BenchmarkInstallPath$' -benchtime 2x -count 6 ./updater
   $GO test -run '^$' -bench 'BenchmarkCheckIn(Postgres)?$' -count 6 ./repo-server

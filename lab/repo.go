@@ -107,9 +107,19 @@ func (r *Repo) PublishModel(ctx context.Context, version string, gates artifact.
 	return r.PublishModelRuns(ctx, version, gates, 0)
 }
 
+// PublishModelEncrypted is PublishModel with the model encrypted under a fresh content
+// key, sealed under the key-encryption key kek (issue 18); the probe set stays plain.
+func (r *Repo) PublishModelEncrypted(ctx context.Context, version string, gates artifact.Gates, kek []byte) (*repository.PublishResult, error) {
+	return r.publishModel(ctx, version, gates, 0, kek)
+}
+
 // PublishModelRuns is PublishModel with the probe set's number of measured runs set to
 // runs (0: the probe set's own), e.g. to make a trial last a while.
 func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artifact.Gates, runs int) (*repository.PublishResult, error) {
+	return r.publishModel(ctx, version, gates, runs, nil)
+}
+
+func (r *Repo) publishModel(ctx context.Context, version string, gates artifact.Gates, runs int, kek []byte) (*repository.PublishResult, error) {
 	probe, err := modelgen.ProbeSet(version)
 	if err != nil {
 		return nil, err
@@ -136,7 +146,7 @@ func (r *Repo) PublishModelRuns(ctx context.Context, version string, gates artif
 	}
 	return r.Repo.Publish(ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindModel, Name: Model, Version: version, Format: "onnx", Gates: &gates},
-		Ext:  ".onnx", Content: bytes.NewReader(model),
+		Ext:  ".onnx", Content: bytes.NewReader(model), KEK: kek,
 	}, r.Keys)
 }
 
