@@ -174,6 +174,16 @@ server {
 		t.Fatal(err)
 	}
 	probeFile, modelFile := filepath.Join(lb.Dir, "probe.json"), filepath.Join(lb.Dir, "model.onnx")
+	// Many measured runs make a trial last a few seconds: the replicas are killed and
+	// restarted while devices of the wave are in theirs.
+	var ps map[string]any
+	if err := json.Unmarshal(probe, &ps); err != nil {
+		t.Fatal(err)
+	}
+	ps["runs"] = 50000
+	if probe, err = json.Marshal(ps); err != nil {
+		t.Fatal(err)
+	}
 	os.WriteFile(probeFile, probe, 0o644)
 	os.WriteFile(modelFile, model, 0o644)
 	cli(rita, "publish", "--kind", "probe", "--name", lab.Model, "--version", version, probeFile)
@@ -183,14 +193,8 @@ server {
 	cli(rita, "rollout", "create", "--id", rollout, "--name", lab.Model, "--version", version,
 		"--waves", fmt.Sprintf("%g,100:approve", lab.PercentFor(rollout, ordered, len(wave1))))
 
-	// Mid-wave: once the first wave started, SIGKILL the leader.
-	err = lab.WaitFor(ctx, wait, "the rollout's first wave to start", func(ctx context.Context) (bool, string, error) {
-		st, err := anyReplica.RolloutState(ctx, rollout)
-		return err == nil && st.Status == policy.StatusActive, string(st.Status), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Mid-wave: once a device of the first wave is in its trial, SIGKILL the leader.
+	inTrial(t, wave1)
 	before := leaderLease(t, sqldb)
 	killed := replicaOf(t, replicas, before)
 	committed := countCommitted(t, anyReplica, wave1)
@@ -217,13 +221,7 @@ server {
 	// The second wave, approved through nginx (one replica down), and another replica
 	// restarted while it runs; then the killed one comes back.
 	cli(rita, "rollout", "approve", rollout)
-	err = lab.WaitFor(ctx, wait, "the second wave to start", func(ctx context.Context) (bool, string, error) {
-		st, err := anyReplica.RolloutState(ctx, rollout)
-		return err == nil && st.Wave == 1, fmt.Sprintf("wave %d %s", st.Wave, st.Status), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	inTrial(t, wave2)
 	restarted := takenOver // the leader again: a clean stop hands the lease on at once
 	lead := leaderLease(t, sqldb)
 	replicas[restarted].Stop()
@@ -402,6 +400,23 @@ func closeLab(t *testing.T, lb *lab.Lab) {
 		for _, e := range entries {
 			t.Logf("--- %s (tail)\n%s", e.Name(), lab.Tail(filepath.Join(lb.Dir, "logs", e.Name()), 25))
 		}
+	}
+}
+
+// inTrial waits until one of devs has begun a model trial.
+func inTrial(t *testing.T, devs []*lab.Device) {
+	t.Helper()
+	err := lab.WaitFor(context.Background(), wait, lab.Names(devs)+" to begin a trial", func(context.Context) (bool, string, error) {
+		for _, d := range devs {
+			b, _ := os.ReadFile(d.Agent.LogPath)
+			if strings.Contains(string(b), "kind=model event=begin-trial") {
+				return true, "", nil
+			}
+		}
+		return false, "", nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

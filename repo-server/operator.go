@@ -245,17 +245,13 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	p := principal(r)
 	repo := o.s.cfg.Repo.WithActor(p.Actor())
 	o.signMu.Lock()
-	// One publisher at a time across replicas (the publish lock in the fleet database).
-	unlock, err := o.s.lockPublish(r.Context())
-	var res *repository.PublishResult
-	if err == nil {
-		preq := repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}
-		if encrypt {
-			preq.KEK, preq.Deltas = o.cfg.KEK, -1 // an encrypted target's ciphertexts share nothing
-		}
-		res, err = repo.Publish(r.Context(), preq, o.cfg.Signing)
-		unlock()
+	// One publisher at a time across replicas: the server's repository holds the
+	// publish lease in the fleet database for the change (NewServer).
+	preq := repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}
+	if encrypt {
+		preq.KEK, preq.Deltas = o.cfg.KEK, -1 // an encrypted target's ciphertexts share nothing
 	}
+	res, err := repo.Publish(r.Context(), preq, o.cfg.Signing)
 	o.signMu.Unlock()
 	var mbe *http.MaxBytesError
 	switch {

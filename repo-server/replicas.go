@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -47,6 +48,28 @@ const (
 	LeaseLeader  = "leader"
 	LeasePublish = "publish"
 )
+
+// DefaultLeaseTTL is how long a lease lasts unrenewed unless configured
+// (ServerConfig.LeaseTTL).
+const DefaultLeaseTTL = 6 * time.Second
+
+// DBPublishLock is PublishLock for a process that keeps no fleet store open, the CLI on
+// a directory that server replicas share: each take opens the fleet database db and its
+// release closes it. holder names the process in the lease (e.g. cli:alice@host:pid).
+func DBPublishLock(db, holder string) func(ctx context.Context) (func(), error) {
+	return func(ctx context.Context) (func(), error) {
+		st, err := fleet.Open(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("publish lock: %w", err)
+		}
+		unlock, err := PublishLock(st, holder, DefaultLeaseTTL, nil, nil)(ctx)
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		return func() { unlock(); st.Close() }, nil
+	}
+}
 
 // replicaName is a replica's default name: host, process and a random suffix, so that
 // a restarted process is a new holder.
@@ -137,61 +160,81 @@ func (s *Server) runLeases(ctx context.Context) {
 	}
 }
 
-// lockPublish takes the publish lease for one publish (or metadata refresh), waiting
-// while another replica holds it, and renews it until the returned function releases
-// it. A replica that dies holding it loses it after LeaseTTL. Without a fleet store it
-// does nothing: the repository's file lock serialises the processes of one machine.
+// lockPublish takes the publish lease for one change to the repository (a publish
+// through the operator API, a re-signing of online metadata), waiting while another
+// replica or a CLI process holds it (PublishLock). NewServer gives the server's
+// repository this lock (Repo.WithLock), so every change it makes holds it. Without a
+// fleet store it does nothing: the repository's file lock serialises the processes of
+// one machine.
 func (s *Server) lockPublish(ctx context.Context) (func(), error) {
 	st := s.leases()
 	if st == nil {
 		return func() {}, nil
 	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	holder := s.cfg.Replica + "/" + hex.EncodeToString(b)
-	ttl := s.cfg.LeaseTTL
-	wait := 20 * time.Millisecond
-	for {
-		l, err := st.AcquireLease(ctx, LeasePublish, holder, ttl, s.cfg.Now())
-		if err != nil {
-			return nil, err
-		}
-		if l.Holder == holder {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the publish lock (held by %s): %w", l.Holder, ctx.Err())
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, ttl/3)
+	return PublishLock(st, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now, s.log)(ctx)
+}
+
+// PublishLock returns a repository lock (repository.Config.Lock) held as the publish
+// lease (LeasePublish) in the fleet database st, under a holder named after holder and
+// a random suffix for each take: it waits while anyone else holds the lease, renews it
+// every ttl/3 while held, and releases it at unlock. A holder that dies loses it after
+// ttl. Server replicas and CLI processes on one database (a directory shared by several
+// machines) thus write the repository one at a time, whatever the file system's locks
+// do. now nil: time.Now; log nil: discard.
+func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() time.Time, log *slog.Logger) func(ctx context.Context) (func(), error) {
+	if now == nil {
+		now = time.Now
 	}
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(ttl / 3)
-		defer t.Stop()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return func(ctx context.Context) (func(), error) {
+		b := make([]byte, 4)
+		rand.Read(b)
+		holder := holder + "/" + hex.EncodeToString(b)
+		wait := 20 * time.Millisecond
 		for {
+			l, err := st.AcquireLease(ctx, LeasePublish, holder, ttl, now())
+			if err != nil {
+				return nil, err
+			}
+			if l.Holder == holder {
+				break
+			}
 			select {
-			case <-done:
-				return
-			case <-t.C:
-				if _, err := st.AcquireLease(context.Background(), LeasePublish, holder, ttl, s.cfg.Now()); err != nil {
-					s.log.Error("renew publish lock", "err", err)
+			case <-ctx.Done():
+				return nil, fmt.Errorf("waiting for the publish lock (held by %s): %w", l.Holder, ctx.Err())
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, ttl/3)
+		}
+		done := make(chan struct{})
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			t := time.NewTicker(ttl / 3)
+			defer t.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					if _, err := st.AcquireLease(context.Background(), LeasePublish, holder, ttl, now()); err != nil {
+						log.Error("renew publish lock", "err", err)
+					}
 				}
 			}
-		}
-	}()
-	return func() {
-		close(done)
-		<-stopped
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if l, err := st.AcquireLease(rctx, LeasePublish, holder, ttl, s.cfg.Now()); err == nil && l.Holder == holder {
-			if err := st.ReleaseLease(rctx, l); err != nil {
-				s.log.Warn("release publish lock", "err", err)
+		}()
+		return func() {
+			close(done)
+			<-stopped
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if l, err := st.AcquireLease(rctx, LeasePublish, holder, ttl, now()); err == nil && l.Holder == holder {
+				if err := st.ReleaseLease(rctx, l); err != nil {
+					log.Warn("release publish lock", "err", err)
+				}
 			}
-		}
-	}, nil
+		}, nil
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -231,7 +232,28 @@ func TestLeaderLeaseTakeover(t *testing.T) {
 		t.Fatal("b took the publish lock while a held it")
 	}
 	cancel()
+	// Every change through a server's repository holds it (NewServer), and so does a
+	// CLI process given the database (PublishLock): neither publishes while a holds it.
+	cli := f.repo.WithLock(PublishLock(a.leases(), "cli:test", ttl, f.clock.Now, nil))
+	for name, repo := range map[string]*repository.Repo{"replica b": b.cfg.Repo, "the CLI": cli} {
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := repo.Publish(short, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "9.0.0", Format: "onnx"},
+			Ext: ".onnx", Content: strings.NewReader("blocked")}, f.keyring())
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s published while replica a held the publish lock: %v", name, err)
+		}
+	}
 	unlock()
+	if _, err := cli.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "9.0.0", Format: "onnx"},
+		Ext: ".onnx", Content: strings.NewReader("after")}, f.keyring()); err != nil {
+		t.Fatalf("the CLI publishing once the lock was free: %v", err)
+	}
+	if l, err := a.leases().AcquireLease(ctx, LeasePublish, "probe", ttl, f.clock.Now()); err != nil || l.Holder != "probe" {
+		t.Fatalf("the CLI's publish left the lock held: %+v, %v", l, err)
+	} else if err := a.leases().ReleaseLease(ctx, l); err != nil {
+		t.Fatal(err)
+	}
 	unlockB, err := b.lockPublish(ctx)
 	if err != nil {
 		t.Fatalf("b waiting for the publish lock after a released it: %v", err)

@@ -123,8 +123,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if s.cfg.Replica == "" {
 		s.cfg.Replica = replicaName()
 	}
+	// Every change the server makes to the repository (a publish through the operator
+	// API, a re-signing) holds the publish lease once a fleet store is attached: one
+	// writer at a time across replicas and CLI processes on the database.
+	s.cfg.Repo = cfg.Repo.WithLock(s.lockPublish)
 	if s.cfg.LeaseTTL <= 0 {
-		s.cfg.LeaseTTL = 6 * time.Second
+		s.cfg.LeaseTTL = DefaultLeaseTTL
 	}
 	if s.cfg.Now == nil {
 		s.cfg.Now = cfg.Repo.Now
@@ -251,13 +255,7 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 		}
 		return
 	}
-	unlock, err := s.lockPublish(ctx)
-	if err != nil {
-		s.log.Error("refresh online metadata", "err", err)
-		return
-	}
-	renewed, err := s.cfg.Repo.Refresh(ctx)
-	unlock()
+	renewed, err := s.cfg.Repo.Refresh(ctx) // under the publish lease (NewServer)
 	switch {
 	case err != nil:
 		s.refreshes.WithLabelValues("error").Inc()

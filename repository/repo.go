@@ -112,6 +112,13 @@ type Config struct {
 	// a failure to record fails the change. nil: changes are not recorded (tests,
 	// tools that keep no log).
 	Recorder Recorder
+	// Lock, when set, is held with the directory's file lock (DIR/.lock) by every
+	// change to the repository (publish, retire, key rotation, root, refresh): taken
+	// after it, released before it. The file lock serialises the processes of one
+	// machine; Lock serialises writers that share the directory from several, such as
+	// server replicas and the CLI on one PostgreSQL database (reposerver.PublishLock,
+	// the publish lease). nil: the file lock alone.
+	Lock func(ctx context.Context) (unlock func(), err error)
 }
 
 // Repo is a handle on a repository directory. It holds no metadata in memory between
@@ -183,6 +190,31 @@ func (r *Repo) WithActor(actor string) *Repo {
 	c := *r
 	c.cfg.Actor = actor
 	return &c
+}
+
+// WithLock returns a handle on the same repository whose changes also hold lock (see
+// Config.Lock), replacing any lock r had.
+func (r *Repo) WithLock(lock func(ctx context.Context) (unlock func(), err error)) *Repo {
+	c := *r
+	c.cfg.Lock = lock
+	return &c
+}
+
+// lock takes the repository lock: the directory's file lock, then Config.Lock.
+func (r *Repo) lock(ctx context.Context) (func(), error) {
+	unlock, err := lockFile(r.path(".lock"))
+	if err != nil {
+		return nil, err
+	}
+	if r.cfg.Lock == nil {
+		return unlock, nil
+	}
+	unlock2, err := r.cfg.Lock(ctx)
+	if err != nil {
+		unlock()
+		return nil, fmt.Errorf("repository lock: %w", err)
+	}
+	return func() { unlock2(); unlock() }, nil
 }
 
 // Dir is the repository directory.
@@ -477,7 +509,7 @@ func (t *txn) record(action, subject string, data map[string]any) {
 // update runs fn on the freshly loaded state under the repository lock, then writes what
 // it changed: delegated and targets metadata, then snapshot, then timestamp.
 func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error) error {
-	unlock, err := lockFile(r.path(".lock"))
+	unlock, err := r.lock(ctx)
 	if err != nil {
 		return err
 	}

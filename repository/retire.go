@@ -264,7 +264,7 @@ func probeNamedByOthers(targets map[string]*metadata.TargetFiles, probe string, 
 // now, unless a listed target has the same content, and marks them swept. It takes the
 // repository lock.
 func (r *Repo) SweepRetired(ctx context.Context, now time.Time) (files int, size int64, err error) {
-	unlock, err := lockFile(r.path(".lock"))
+	unlock, err := r.lock(ctx)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -289,7 +289,7 @@ func (r *Repo) PublishRoot(ctx context.Context, path string, keys *KeyRing) (int
 // once a threshold of them has signed it. The rest of the metadata was signed at Init,
 // so it checks the whole repository loads with the new root and takes it back if not.
 func (r *Repo) publishFirstRoot(ctx context.Context, path string) (int64, error) {
-	unlock, err := lockFile(r.path(".lock"))
+	unlock, err := r.lock(ctx)
 	if err != nil {
 		return 0, err
 	}

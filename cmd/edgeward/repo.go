@@ -20,6 +20,7 @@ import (
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/units"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repo-server/operatorapi"
 	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -79,7 +80,14 @@ func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 }
 
 func (f *repoFlags) open() (*repository.Repo, error) {
-	return repository.Open(repository.Config{Dir: f.dir, Actor: actor(f.env), Recorder: reposerver.AuditRecorder{Dir: f.dir, DB: f.db}})
+	r, err := repository.Open(repository.Config{Dir: f.dir, Actor: actor(f.env), Recorder: reposerver.AuditRecorder{Dir: f.dir, DB: f.db}})
+	if err != nil || !fleet.IsPostgres(f.db) {
+		return r, err
+	}
+	// Server replicas on this database may share the directory from other machines:
+	// every change also holds the publish lease there, as theirs do.
+	host, _ := os.Hostname()
+	return r.WithLock(reposerver.DBPublishLock(f.db, fmt.Sprintf("%s@%s:%d", actor(f.env), host, os.Getpid()))), nil
 }
 
 func actor(env *cliEnv) string {
