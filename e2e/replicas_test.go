@@ -65,21 +65,27 @@ func TestReplicasBehindNginx(t *testing.T) {
 	}
 	defer sqldb.Close()
 
-	// The replicas: the first alone (it creates the attestation CA and the TLS key in
-	// the shared directory), then the other two.
+	// The replicas start together on the fresh directory: one creates the attestation
+	// CA, the others read it (a device enrolled at one is known at the others).
 	replicas := make([]*lab.Server, 3)
-	startReplica := func(i int) {
-		t.Helper()
-		replicas[i], err = lb.StartServer(ctx, lab.ServerConfig{Repo: repo.Dir, DB: db, Name: fmt.Sprintf("replica-%d", i+1),
-			Env:  []string{"EDGEWARD_PASSPHRASE=" + passphrase},
-			Args: []string{"--sign-delegated", "--checkpoint-interval", "2s", "--log-format", "text"}})
-		if err != nil {
-			t.Fatalf("replica %d: %v", i+1, err)
+	startErrs := make(chan error, len(replicas))
+	for i := range replicas {
+		go func() {
+			var err error
+			replicas[i], err = lb.StartServer(ctx, lab.ServerConfig{Repo: repo.Dir, DB: db, Name: fmt.Sprintf("replica-%d", i+1),
+				Env:  []string{"EDGEWARD_PASSPHRASE=" + passphrase},
+				Args: []string{"--sign-delegated", "--checkpoint-interval", "2s", "--log-format", "text"}})
+			if err != nil {
+				err = fmt.Errorf("replica-%d: %w", i+1, err)
+			}
+			startErrs <- err
+		}()
+	}
+	for range replicas {
+		if err := <-startErrs; err != nil {
+			t.Fatal(err)
 		}
 	}
-	startReplica(0)
-	startReplica(1)
-	startReplica(2)
 	anyReplica := replicas[0] // opens the shared database; need not be running
 
 	// nginx: round robin, passive failover. The device API may pass even a request it

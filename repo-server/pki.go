@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -24,9 +25,34 @@ import (
 
 // The server's own key material and starter files, created on first start.
 
+// lockDir takes an exclusive lock on dir/.lock (dir created if needed, mode 0700), so
+// that replicas starting together on a shared directory create its key material once:
+// without it each would create its own and overwrite the others' (issue 12: an
+// attestation CA whose key on disk is not the one a replica signs with).
+func lockDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
 // loadOrCreateAttestCA reads the attestation CA's key and certificate from dir, creating
-// a self-signed CA (valid ten years) on first use. The key file is mode 0600.
+// a self-signed CA (valid ten years) on first use. The key file is mode 0600. Safe for
+// replicas starting together on one directory: one creates, the others read (lockDir).
 func loadOrCreateAttestCA(dir string) (crypto.Signer, *x509.Certificate, error) {
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attestation CA: %w", err)
+	}
+	defer unlock()
 	keyPath, certPath := filepath.Join(dir, "ca.key"), filepath.Join(dir, "ca.pem")
 	kb, kerr := os.ReadFile(keyPath)
 	cb, cerr := os.ReadFile(certPath)
@@ -127,8 +153,13 @@ func ensurePolicyDir(dir string) error {
 // serves TLS can sign no other certificate) for names on first use. Devices and the CLI
 // pin it (edgeward-agent device --server-ca DIR/tls/server.pem, $EDGEWARD_SERVER_CA):
 // a pinned certificate is trusted as itself. warn is told when an older certificate on
-// disk is a CA.
+// disk is a CA. Replicas starting together on one directory create it once (lockDir).
 func loadOrCreateServerCert(dir string, names []string, warn func(msg string, args ...any)) (tls.Certificate, error) {
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("server TLS certificate: %w", err)
+	}
+	defer unlock()
 	keyPath, certPath := filepath.Join(dir, "server.key"), filepath.Join(dir, "server.pem")
 	if c, err := tls.LoadX509KeyPair(certPath, keyPath); err == nil {
 		if leaf, err := x509.ParseCertificate(c.Certificate[0]); err == nil && leaf.IsCA && warn != nil {
