@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"syscall"
 	"testing"
+	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
 )
@@ -16,7 +18,30 @@ import (
 // directly (JSON and binary tensor data) and the gRPC service method. Compare ns/op and
 // allocs/op with BenchmarkOwnSessionRun from the same run; the difference is the
 // runtime's own work per request (decode, validate, tensors, run options, output copy,
-// encode, metrics).
+// encode, metrics). Each also reports cpu-ns/op, the process's user+system CPU time per
+// operation (getrusage): on a loaded machine wall time measures the queue for a core,
+// CPU time still measures the work.
+
+// reportCPU runs the benchmark loop f and reports its CPU time per operation.
+func reportCPU(b *testing.B, f func()) {
+	b.Helper()
+	b.ReportAllocs()
+	start := cpuTime(b)
+	n := 0
+	for b.Loop() {
+		f()
+		n++
+	}
+	b.ReportMetric(float64((cpuTime(b)-start).Nanoseconds())/float64(max(n, 1)), "cpu-ns/op")
+}
+
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 const irisJSON = `{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}],"outputs":[{"name":"output_label"}]}`
 
@@ -40,8 +65,7 @@ func BenchmarkOwnSessionRun(b *testing.B) {
 	}
 	defer x.Destroy()
 	in, outs := []ort.Value{x}, make([]ort.Value, len(m.outputs))
-	b.ReportAllocs()
-	for b.Loop() {
+	reportCPU(b, func() {
 		clear(outs)
 		if err := m.session.Run(in, outs); err != nil {
 			b.Fatal(err)
@@ -49,7 +73,7 @@ func BenchmarkOwnSessionRun(b *testing.B) {
 		for _, o := range outs {
 			o.Destroy()
 		}
-	}
+	})
 }
 
 // discardWriter is a ResponseWriter that keeps nothing (httptest.ResponseRecorder's own
@@ -72,8 +96,7 @@ func benchHandler(b *testing.B, body []byte, header http.Header) {
 	}
 	rd := bytes.NewReader(body)
 	w := &discardWriter{h: http.Header{}}
-	b.ReportAllocs()
-	for b.Loop() {
+	reportCPU(b, func() {
 		rd.Reset(body)
 		req.Body = readCloser{rd}
 		req.ContentLength = int64(len(body))
@@ -82,7 +105,7 @@ func benchHandler(b *testing.B, body []byte, header http.Header) {
 		if w.code != http.StatusOK {
 			b.Fatalf("status %d", w.code)
 		}
-	}
+	})
 }
 
 type readCloser struct{ *bytes.Reader }
@@ -104,10 +127,9 @@ func BenchmarkOwnGRPC(b *testing.B) {
 	g := &grpcService{r: r}
 	req := irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1)
 	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
+	reportCPU(b, func() {
 		if _, err := g.ModelInfer(ctx, req); err != nil {
 			b.Fatal(err)
 		}
-	}
+	})
 }
