@@ -64,7 +64,7 @@ MUTATE_CORES ?= ./rollback:95:manager.go,store.go \
 	./attest/verify:84 \
 	./repo-server/fleet:95:+admit.go:-short,-skip=^(TestSimulatedFleet|TestStatus$$) \
 	./repo-server/audit:95:+export.go,prove.go,checkpoint.go:-short \
-	./runtime:98:+tensor.go,http.go:-short,-run=^(TestDecodeData|FuzzDecodeInferRequest|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
+	./runtime:98:+tensor.go,http.go,binary.go:-short,-run=^(TestDecodeData|FuzzDecodeInferRequest|FuzzDecodeBinaryRequest|TestBinaryEveryDatatype|TestBinarySpecExample|TestBinaryRefusals|TestFloat16|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
 mutate:
 	bash scripts/mutate.sh $(foreach c,$(MUTATE_CORES),'$(c)')
 
