@@ -364,6 +364,9 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 		return a.fail(ctx, kind, targetPath, rep, errors.New(s.Reason))
 	}
 	rep.Bytes = t.Length
+	if fetch.info != nil {
+		rep.Bytes, rep.Delta, rep.BytesSaved = fetch.info.Fetched, fetch.info.Method, fetch.info.Saved
+	}
 	if s.Phase == rollback.Staged {
 		if s, err = a.cfg.Slots.BeginTrial(ctx, kind, a.cfg.TrialTimeout); err != nil {
 			return err

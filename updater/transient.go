@@ -90,17 +90,28 @@ func ClassifyError(err error) wire.UpdateErrorKind {
 // recordingFetcher remembers the last error of the fetcher it wraps: the slot keeps
 // only its text, and the agent needs its cause.
 type recordingFetcher struct {
-	f   rollback.Fetcher
-	err error
+	f    rollback.Fetcher
+	err  error
+	info *FetchInfo // how the last Fetch got its target, if the fetcher says
+}
+
+// infoFetcher is a fetcher that says how it got the target (slotFetcher).
+type infoFetcher interface {
+	fetchInfo(ctx context.Context, t rollback.Target, path string) (FetchInfo, rollback.Proof, error)
 }
 
 func (r *recordingFetcher) Fetch(ctx context.Context, t rollback.Target, path string) error {
-	r.err = r.f.Fetch(ctx, t, path)
-	return r.err
+	_, err := r.FetchProven(ctx, t, path)
+	return err
 }
 
 // FetchProven passes on the wrapped fetcher's Proof, if it gives one.
 func (r *recordingFetcher) FetchProven(ctx context.Context, t rollback.Target, path string) (rollback.Proof, error) {
+	if inf, ok := r.f.(infoFetcher); ok {
+		info, p, err := inf.fetchInfo(ctx, t, path)
+		r.info, r.err = &info, err
+		return p, err
+	}
 	pf, ok := r.f.(rollback.ProvingFetcher)
 	if !ok {
 		return rollback.Proof{}, r.Fetch(ctx, t, path)

@@ -69,6 +69,10 @@ type TUFConfig struct {
 	// ErrMetadataTooLarge. 0: go-tuf's default, 5,000,000 bytes (the repository refuses
 	// to publish past its own, lower bound).
 	MaxTargetsBytes int64
+	// NoDeltas makes the slot fetcher always download full targets. By default it
+	// builds a target from a delta when TUF lists one from the committed slot's content
+	// (see SlotFetcher).
+	NoDeltas bool
 }
 
 // ErrMetadataTooLarge is returned when a metadata file is larger than the device
@@ -377,28 +381,33 @@ func TargetOf(kind artifact.Kind, tf *metadata.TargetFiles) (rollback.Target, ar
 // SlotFetcher returns the rollback.Fetcher that streams a resolved Target into a slot.
 // It trusts only the Target's length and sha256, which Resolve took from TUF and the
 // slot state persisted, so an interrupted install resumes even before the next refresh.
+//
+// When the other slot of the kind (the committed one) hashes to the base of a delta TUF
+// lists for the target (artifact.DeltaPath), it downloads the delta instead (resumable,
+// with Range) and builds the target from it and the base, checked against the target's
+// sha256 and length before it is renamed into the slot. Any failure of that path (no
+// base, a corrupt delta, a result that does not hash, an apply interrupted by a crash)
+// falls back to the full target.
 func (c *TUF) SlotFetcher() rollback.Fetcher { return slotFetcher{c} }
 
 type slotFetcher struct{ c *TUF }
 
 func (f slotFetcher) Fetch(ctx context.Context, t rollback.Target, dst string) error {
-	_, err := f.FetchProven(ctx, t, dst)
+	_, _, err := f.fetch(ctx, t, dst)
 	return err
 }
 
-// FetchProven is Fetch with the Downloader's proof that it hashed every byte of dst in
-// this call (none for a download resumed from a checkpoint an earlier process wrote).
+// FetchProven is Fetch with the proof that it hashed every byte of dst in this call,
+// downloading or building it from a delta (none for a download resumed from a
+// checkpoint an earlier process wrote).
 func (f slotFetcher) FetchProven(ctx context.Context, t rollback.Target, dst string) (rollback.Proof, error) {
-	sum, err := hex.DecodeString(t.SHA256)
-	if err != nil || len(sum) != sha256.Size {
-		return rollback.Proof{}, &DownloadError{URL: t.Path, Err: fmt.Errorf("bad sha256 %q", t.SHA256), perm: true}
-	}
-	hashes := metadata.Hashes{"sha256": sum}
-	fi, err := f.c.dl.download(ctx, f.c.url(t.Path, hashes), Want{Length: t.Length, Hashes: map[string][]byte{"sha256": sum}}, dst)
-	if err != nil || fi == nil {
-		return rollback.Proof{}, err
-	}
-	return rollback.Proof{Length: t.Length, SHA256: t.SHA256, File: fi}, nil
+	_, p, err := f.fetch(ctx, t, dst)
+	return p, err
+}
+
+// fetchInfo is FetchProven that also says how the target came (see FetchInfo).
+func (f slotFetcher) fetchInfo(ctx context.Context, t rollback.Target, dst string) (FetchInfo, rollback.Proof, error) {
+	return f.fetch(ctx, t, dst)
 }
 
 // metaFetcher implements go-tuf's fetcher.Fetcher with a context and bounded reads.

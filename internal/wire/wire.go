@@ -132,6 +132,11 @@ type Report struct {
 	// RolloutID is the rollout whose decision caused the install. The server attributes
 	// it itself.
 	RolloutID string `json:"rollout_id,omitempty"`
+	// Delta is the delta method the target was built with ("cdc-zstd"), "" for a full
+	// download; BytesSaved is the full target's length minus Bytes (negative when a
+	// delta failed and the full target followed it).
+	Delta      string `json:"delta,omitempty"`
+	BytesSaved int64  `json:"bytes_saved,omitempty"`
 }
 
 // Evidence is the TPM's proof at a check-in (what attest/verify checks): the AK

@@ -1,0 +1,192 @@
+package updater
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/delta"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+func hexSHA(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// addModel lists model bytes as models/m/VERSION.onnx.
+func addModel(r *tuftest.Repo, version string, b []byte) string {
+	p := artifact.TargetPath(artifact.KindModel, "m", version, ".onnx")
+	r.AddTarget(p, b, artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: version, Format: "onnx"})
+	return p
+}
+
+// addDelta lists d as the delta from base (at basePath) to the target at path.
+func addDelta(r *tuftest.Repo, basePath string, base []byte, path string, target, d []byte) string {
+	dp := artifact.DeltaPath(path, hexSHA(base))
+	r.AddTarget(dp, d, artifact.DeltaCustom{Delta: &artifact.Delta{Method: delta.MethodCDC,
+		Base:   artifact.DeltaRef{Path: basePath, SHA256: hexSHA(base), Length: int64(len(base))},
+		Result: artifact.DeltaRef{Path: path, SHA256: hexSHA(target), Length: int64(len(target))}}})
+	return dp
+}
+
+func makeDelta(t *testing.T, base, target []byte) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	if _, err := delta.Diff(context.Background(), bytes.NewReader(base), bytes.NewReader(target), &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+// targetURL is the consistent-snapshot URL path of a target's content.
+func targetURL(path string, b []byte) string {
+	dir, base := filepath.Split(path)
+	return "/targets/" + dir + hexSHA(b) + "." + base
+}
+
+// TestDeltaInstall: a device holding 1.0.0 installs a retrained head from the delta
+// (the full target is never requested) and reports the bytes saved; a delta corrupted
+// in transit, and a signed delta that builds other bytes, fall back to the full target
+// and still commit.
+func TestDeltaInstall(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mlp := modelgen.Random(1, 64, 512, 512, 512, 10)
+	v1 := mlp.ONNX("m", nil, nil)
+	p1 := addModel(r, "1.0.0", v1)
+	r.Publish()
+	c, m, o := deviceState(t, r)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := &director{}
+	srv := &server{up: false, seen: map[string]int{}} // reports wait in the outbox
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+		Outbox: o, Sender: srv, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	install := func(p string) wire.Report {
+		t.Helper()
+		d.want = map[artifact.Kind]string{artifact.KindModel: p}
+		a.Step(ctx) // its error is the outbox's: the reports wait
+		s, _ := m.State(ctx, artifact.KindModel)
+		if s.Current == nil || s.Current.Path != p || s.Phase != rollback.Committed {
+			t.Fatalf("install %s: state %+v; want it committed", p, s)
+		}
+		got, err := os.ReadFile(m.Payload(artifact.KindModel, s.Active))
+		if err != nil || hexSHA(got) != s.Current.SHA256 {
+			t.Fatalf("install %s: committed payload does not hash to the target (%v)", p, err)
+		}
+		now = now.Add(time.Hour)
+		msgs, _ := o.Due(ctx, now.Add(24*time.Hour), 100)
+		var rep wire.Report
+		for _, msg := range msgs {
+			var x wire.Report
+			json.Unmarshal(msg.Body, &x)
+			if x.Outcome == wire.OutcomeCommitted && x.Name == "m" && "models/m/"+x.Version+".onnx" == p {
+				rep = x
+			}
+		}
+		if rep.Outcome == "" {
+			t.Fatalf("install %s: no commit report", p)
+		}
+		return rep
+	}
+	install(p1)
+
+	// 1.1.0: the head retrained; its delta is listed.
+	v2 := mlp.RetrainLast(2).ONNX("m", nil, nil)
+	p2 := addModel(r, "1.1.0", v2)
+	d2 := makeDelta(t, v1, v2)
+	addDelta(r, p1, v1, p2, v2, d2)
+	r.Publish()
+	rep := install(p2)
+	if n := r.Hits(targetURL(p2, v2)); n != 0 {
+		t.Errorf("the full 1.1.0 was requested %d times; want the delta only", n)
+	}
+	if rep.Delta != delta.MethodCDC || rep.Bytes != int64(len(d2)) || rep.BytesSaved != int64(len(v2)-len(d2)) {
+		t.Errorf("report delta %q bytes %d saved %d; want %q, %d, %d", rep.Delta, rep.Bytes, rep.BytesSaved, delta.MethodCDC, len(d2), len(v2)-len(d2))
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(m.Payload(artifact.KindModel, rollback.SlotA)), "payload.delta*")); len(left) > 0 {
+		t.Errorf("delta files left behind: %v", left)
+	}
+
+	// 1.2.0: the served delta has one byte flipped: TUF's hash refuses it, the full
+	// target follows.
+	v3 := mlp.RetrainLast(3).ONNX("m", nil, nil)
+	p3 := addModel(r, "1.2.0", v3)
+	d3 := makeDelta(t, v2, v3)
+	dp3 := addDelta(r, p2, v2, p3, v3, d3)
+	r.Publish()
+	bad := bytes.Clone(d3)
+	bad[len(bad)/2] ^= 1
+	r.Put(targetURL(dp3, d3), bad)
+	rep = install(p3)
+	if r.Hits(targetURL(p3, v3)) == 0 || rep.Delta != "" {
+		t.Errorf("corrupt delta: full target requested %d times, report delta %q; want the full target", r.Hits(targetURL(p3, v3)), rep.Delta)
+	}
+
+	// 1.3.0: a validly signed delta that builds other bytes (made for another result):
+	// the result's hash fails, the full target follows.
+	v4 := mlp.RetrainLast(4).ONNX("m", nil, nil)
+	p4 := addModel(r, "1.3.0", v4)
+	addDelta(r, p3, v3, p4, v4, makeDelta(t, v3, mlp.RetrainLast(5).ONNX("m", nil, nil)))
+	r.Publish()
+	rep = install(p4)
+	if r.Hits(targetURL(p4, v4)) == 0 || rep.Delta != "" || rep.BytesSaved >= 0 {
+		t.Errorf("wrong delta: full target requested %d times, report delta %q saved %d; want the full target and a loss", r.Hits(targetURL(p4, v4)), rep.Delta, rep.BytesSaved)
+	}
+}
+
+// TestDeltaInterruptedApply: an apply that did not finish (its mark is there) falls
+// back to the full target; without the mark the same delta is applied.
+func TestDeltaInterruptedApply(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mlp := modelgen.Random(1, 64, 256, 256, 10)
+	v1, v2 := mlp.ONNX("m", nil, nil), mlp.RetrainLast(2).ONNX("m", nil, nil)
+	p1, p2 := addModel(r, "1.0.0", v1), addModel(r, "1.1.0", v2)
+	addDelta(r, p1, v1, p2, v2, makeDelta(t, v1, v2))
+	r.Publish()
+	tufDir := filepath.Join(t.TempDir(), "tuf")
+	PinRoot(tufDir, r.RootBytes(1))
+	c := newClient(t, r, tufDir)
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := c.Resolve(ctx, artifact.KindModel, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slots := t.TempDir()
+	for _, s := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(slots, s), 0o700)
+	}
+	os.WriteFile(filepath.Join(slots, "a", rollback.PayloadName), v1, 0o600)
+	dst := filepath.Join(slots, "b", rollback.PayloadName)
+	f := c.SlotFetcher().(slotFetcher)
+
+	os.WriteFile(dst+deltaMarkSuffix, []byte("x"), 0o600)
+	info, _, err := f.fetch(ctx, tgt, dst)
+	if err != nil || info.Method != "" || r.Hits(targetURL(p2, v2)) != 1 {
+		t.Fatalf("after an interrupted apply: %+v, %v, full requested %d times; want the full target", info, err, r.Hits(targetURL(p2, v2)))
+	}
+	if _, err := os.Stat(dst + deltaMarkSuffix); err == nil {
+		t.Error("the mark of the interrupted apply is still there")
+	}
+	os.Remove(dst)
+	info, _, err = f.fetch(ctx, tgt, dst)
+	if err != nil || info.Method != delta.MethodCDC || r.Hits(targetURL(p2, v2)) != 1 {
+		t.Fatalf("second install: %+v, %v; want the delta", info, err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("the delta built other bytes")
+	}
+}
