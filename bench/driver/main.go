@@ -3,7 +3,7 @@
 // so that their ratio holds on a noisy shared machine. It writes bench/results.json and
 // the generated part of docs/BENCHMARKS.md. It reports; it never fails on a missed target.
 //
-//	go run ./bench/driver [-only infer,install,metadata,checkin,fleet,footprint] [-quick]
+//	go run ./bench/driver [-only infer,install,metadata,checkin,fleet,footprint,delta] [-quick]
 //
 // It expects `make deps build` and bench/deps.sh to have run (bin/, ONNX Runtime, nginx,
 // wrk, curl, bench/node/node_modules).
@@ -41,6 +41,7 @@ type Results struct {
 	CheckIn   *CheckInResult   `json:"check_in,omitempty"`
 	Fleet     *FleetResult     `json:"fleet,omitempty"`
 	Footprint *FootprintResult `json:"footprint,omitempty"`
+	Delta     *DeltaResult     `json:"delta,omitempty"`
 	Targets   []Target         `json:"targets"`
 	// Runs are, per section, the runs its figures are medians of (bench/history).
 	Runs map[string][]RunInfo `json:"runs"`
@@ -64,7 +65,7 @@ type RunInfo struct {
 
 func main() {
 	root, _ := os.Getwd()
-	only := flag.String("only", "infer,install,metadata,checkin,fleet,footprint", "sections to run (comma-separated); the others keep their previous results")
+	only := flag.String("only", "infer,install,metadata,checkin,fleet,footprint,delta", "sections to run (comma-separated); the others keep their previous results")
 	quick := flag.Bool("quick", false, "short windows and small sizes (to try the suite, not to quote)")
 	out := flag.String("out", "bench/results.json", "results file")
 	doc := flag.String("doc", "docs/BENCHMARKS.md", "document whose generated section is rewritten")
@@ -86,6 +87,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "fleet-child" {
 		os.Exit(fleetChild(os.Args[2:]))
 	}
+
 	if err := os.MkdirAll(cfg.work, 0o755); err != nil {
 		fatal(err)
 	}
@@ -112,6 +114,8 @@ func main() {
 			func(es []historyEntry) (err error) { res.Fleet, err = aggregate[FleetResult](es); return }},
 		{"footprint", func() (any, error) { return benchFootprint(ctx, cfg) },
 			func(es []historyEntry) (err error) { res.Footprint, err = aggregate[FootprintResult](es); return }},
+		{"delta", func() (any, error) { return benchDelta(ctx, cfg) },
+			func(es []historyEntry) (err error) { res.Delta, err = aggregate[DeltaResult](es); return }},
 	}
 	failed := false
 	for _, s := range sections {

@@ -233,7 +233,7 @@ func render(r *Results) string {
 	p("\nMachine: %d × %s, %d MiB RAM, Linux %s, %s.\n\n", m.CPUs, m.CPU, m.MemMiB, m.Kernel, m.Go)
 	p("Every figure below is the median over the runs listed here (the last %d of each section in `bench/history/`), each itself a median over rounds; ranges cover every round of every run. The machine's other users show in the load average (2 cores: a load of 2 is saturation).\n\n", historyRuns)
 	p("| section | run at (UTC) | load average before → after | seconds |\n|---|---|---|---|\n")
-	for _, k := range []string{"infer", "install", "metadata", "checkin", "fleet", "footprint"} {
+	for _, k := range []string{"infer", "install", "metadata", "checkin", "fleet", "footprint", "delta"} {
 		for _, ri := range r.Runs[k] {
 			p("| %s | %s | %s → %s | %d |\n", k, ri.At, ri.LoadBefore, ri.LoadAfter, ri.Seconds)
 		}
@@ -321,6 +321,16 @@ func render(r *Results) string {
 		p("| `edgeward-runtime` RSS, Iris, after %d requests (peak) | %.1f (%.1f) |\n", fp.Requests, fp.RuntimeIrisRSSMiB, fp.RuntimeIrisHWMMiB)
 		p("| Node.js peer RSS, Iris, after %d requests (for comparison) | %.1f |\n", fp.Requests, fp.NodeIrisRSSMiB)
 		p("| `edgeward` (operator CLI + server) binary | %.1f |\n", fp.ServerBinaryMiB)
+	}
+	if d := r.Delta; d != nil {
+		p("\n### 7. Delta updates (issue 17)\n\nPer pair, side by side in one run: bytes on the wire against the full target, the time to make the delta, and the apply on the device (one process per round, median of rounds: wall and CPU seconds, peak RSS from VmHWM, file-backed pages of a mapping included). Edgeward's and klauspost's apply hash and fsync the result as the agent does; the Debian tools do neither.\n\n")
+		p("| pair | method | bytes | %% of full | diff s | apply s | apply CPU s | apply peak RSS MiB | note |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, x := range d.Rows {
+			p("| %s | %s | %d | %.2f | %.2f | %.3f | %.3f | %.1f | %s |\n", x.Pair, x.Method, x.DeltaBytes, x.Percent, x.DiffSeconds, x.ApplySeconds, x.ApplyCPU, x.PeakRSSMiB, x.Note)
+		}
+		for _, n := range d.Notes {
+			p("\n%s\n", n)
+		}
 	}
 	if st, err := os.ReadFile("bench/benchstat.txt"); err == nil {
 		p("\n### Go micro-benchmarks (bench/gobench.sh, benchstat)\n\n`runtime` BenchmarkInfer* (vibration 1.1.0, httptest server in the same process), `updater` BenchmarkDownload (256 MiB, peak RSS includes the in-process server) BenchmarkInstallPath (256 MiB from an in-process file server: plain copy, + sha256, + fsync, then the Downloader with its defaults and larger buffer/checkpoint settings) and `repo-server` BenchmarkCheckIn (whole device check-ins over HTTP to the device API: nonce, quote verification, fleet writes, audit records; 256 software devices, 2 goroutines), `-count 6`:\n\n```\n%s```\n", st)
