@@ -303,8 +303,13 @@ func (s *Server) count(route string, h http.Handler) http.Handler {
 	})
 }
 
+// writeError answers an error. It is never cached: a mirror or CDN in front of
+// /metadata must not remember that the next root version does not exist yet (a
+// device would then miss a root rotation), nor a target's 404 that a publish is about
+// to fix.
 func writeError(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Del("ETag")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})

@@ -3,8 +3,10 @@ package reposerver
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +122,65 @@ func TestServerHTTP(t *testing.T) {
 	f.clock.Add(48 * time.Hour)
 	if r := get("/healthz"); r.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("healthz with expired timestamp = %d; want 503", r.StatusCode)
+	}
+}
+
+// TestCacheHeaders: what a mirror or CDN in front of the server may cache (OPERATORS.md,
+// "A CDN or static mirror"): consistent-snapshot metadata and content-addressed targets
+// forever; timestamp.json and unversioned names only after revalidating; errors never.
+func TestCacheHeaders(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("model bytes"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.repo.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const immutable, revalidate, never = "public, max-age=31536000, immutable", "no-cache", "no-store"
+	tests := []struct {
+		path  string
+		code  int
+		cache string
+	}{
+		{"/metadata/timestamp.json", 200, revalidate},
+		{"/metadata/1.root.json", 200, immutable},
+		{fmt.Sprintf("/metadata/%d.snapshot.json", st.Snapshot.Signed.Version), 200, immutable},
+		{fmt.Sprintf("/metadata/%d.targets.json", st.Targets["targets"].Signed.Version), 200, immutable},
+		{fmt.Sprintf("/metadata/%d.models.json", res.Version), 200, immutable},
+		{"/targets/" + repository.ConsistentTargetPath(res.Path, res.SHA256), 200, immutable},
+		{"/metadata/2.root.json", 404, never}, // the next root, asked for at every refresh
+		{"/metadata/999.models.json", 404, never},
+		{"/targets/models/iris/" + strings.Repeat("0", 64) + ".1.0.0.onnx", 404, never},
+		{"/targets/models/iris/1.0.0.onnx", 404, never},
+	}
+	for _, tt := range tests {
+		resp, err := http.Get(f.http.URL + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.code || resp.Header.Get("Cache-Control") != tt.cache {
+			t.Errorf("GET %s = %d, Cache-Control %q; want %d, %q", tt.path, resp.StatusCode, resp.Header.Get("Cache-Control"), tt.code, tt.cache)
+		}
+	}
+	// Unversioned names of versioned roles (what a client without consistent snapshots
+	// would ask for) change with every version: revalidate.
+	entries, _ := os.ReadDir(f.repo.MetadataDir())
+	for _, e := range entries {
+		name := e.Name()
+		if strings.Contains(strings.TrimSuffix(name, ".json"), ".") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		resp, err := http.Get(f.http.URL + "/metadata/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == 200 && resp.Header.Get("Cache-Control") != revalidate {
+			t.Errorf("GET /metadata/%s: Cache-Control %q; want %q", name, resp.Header.Get("Cache-Control"), revalidate)
+		}
 	}
 }
 

@@ -330,6 +330,15 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	t, meta, err := tuf.Resolve(ctx, kind, targetPath)
 	rep.Name, rep.Version = meta.Name, meta.Version
 	if err != nil {
+		if rep.Name == "" || rep.Version == "" {
+			// No trusted metadata describes the target (its role failed to verify, as
+			// when a mirror serves a tampered copy, or it is not listed): name it by
+			// the path the server asked for. A report without a name and a version is
+			// refused by the server, and would hold back every report queued with it.
+			if _, name, version, perr := artifact.ParseTargetPath(targetPath); perr == nil {
+				rep.Name, rep.Version = name, version
+			}
+		}
 		return a.fail(ctx, kind, targetPath, rep, err)
 	}
 	if meta.Encryption != nil && d.ContentKey == nil {

@@ -157,6 +157,35 @@ func TestAgentRounds(t *testing.T) {
 	}
 }
 
+// A target TUF cannot describe (its role's metadata did not verify, or it is not
+// listed) is reported by the name and version in its path: the server refuses a report
+// without them, and it would hold back every report queued with it.
+func TestUnresolvedTargetIsReportedByPath(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	r.AddModel("iris", "1.0.0", 0)
+	c, m, o := deviceState(t, r)
+	d := &director{want: map[artifact.Kind]string{artifact.KindModel: "models/iris/3.0.0.onnx"}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{}, Outbox: o, Sender: &server{seen: map[string]int{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Step(ctx); err == nil {
+		t.Fatal("Step installing an unlisted target = nil; want its error")
+	}
+	msgs, err := o.Due(ctx, time.Now().Add(time.Hour), 10)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("outbox = %d reports, %v; want 1", len(msgs), err)
+	}
+	var rep wire.Report
+	if err := json.Unmarshal(msgs[0].Body, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Name != "iris" || rep.Version != "3.0.0" || rep.Outcome != wire.OutcomeInstallError || !strings.Contains(rep.Cause, "models/iris/3.0.0.onnx") {
+		t.Errorf("report = %+v; want iris 3.0.0 install_error naming the target", rep)
+	}
+}
+
 func TestAgentRunJitter(t *testing.T) {
 	ctx := context.Background()
 	r := tuftest.New(t)
