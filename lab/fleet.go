@@ -120,10 +120,13 @@ type Server struct {
 	// TLSCert the server certificate they pin.
 	TLSURL  string
 	TLSCert string
-	Proc    *Proc
-	cfg     ServerConfig
-	lab     *Lab
-	n       int
+	// MetadataURL is the TUF metadata base URL devices enroll with (a mirror in front of
+	// the server; targets come from its sibling /targets). "": URL + "/metadata".
+	MetadataURL string
+	Proc        *Proc
+	cfg         ServerConfig
+	lab         *Lab
+	n           int
 }
 
 // StartServer starts the server on the repository, trusting the lab's manufacturer,
@@ -259,10 +262,17 @@ func (l *Lab) NewDevice(ctx context.Context, name string, labels map[string]stri
 		return nil, err
 	}
 	if _, err := l.Run(ctx, nil, l.Bins.Agent, "enroll", "--state-dir", d.StateDir, "--root", rootJSON,
-		"--metadata-url", srv.URL+"/metadata", "--tpm", d.TPMURL()); err != nil {
+		"--metadata-url", srv.metadataURL(), "--tpm", d.TPMURL()); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return d, nil
+}
+
+func (s *Server) metadataURL() string {
+	if s.MetadataURL != "" {
+		return s.MetadataURL
+	}
+	return s.URL + "/metadata"
 }
 
 // TPMURL is the attest.Open URL of the device's swtpm.
