@@ -152,20 +152,34 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	now := o.s.cfg.Repo.Now()
-	o.createMu.Lock()
-	path, err := policy.CreateRollout(o.cfg.PolicyDir, spec, now)
-	o.createMu.Unlock()
-	if err != nil {
-		o.fail(w, r, "create rollout", err)
-		return
-	}
-	out := operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
-	if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
-		// No audit record, no change: take the file back.
-		if rmErr := os.Remove(path); rmErr != nil {
-			o.s.log.Error("remove unaudited rollout file", "file", path, "err", rmErr)
+	// policy.CreateRollout checks the new file against the whole policy, so creations
+	// in one directory must not overlap: createMu within this replica, and the publish
+	// lease across replicas sharing the directory (two rollouts created at once at two
+	// replicas could each pass the check alone and conflict together).
+	var out operatorapi.RolloutCreated
+	path, err := func() (string, error) {
+		o.createMu.Lock()
+		defer o.createMu.Unlock()
+		unlock, err := o.s.lockPublish(ctx)
+		if err != nil {
+			return "", err
 		}
+		defer unlock()
+		path, err := policy.CreateRollout(o.cfg.PolicyDir, spec, o.s.cfg.Repo.Now())
+		if err != nil {
+			return "", err
+		}
+		out = operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
+		if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
+			// No audit record, no change: take the file back.
+			if rmErr := os.Remove(path); rmErr != nil {
+				o.s.log.Error("remove unaudited rollout file", "file", path, "err", rmErr)
+			}
+			return "", err
+		}
+		return path, nil
+	}()
+	if err != nil {
 		o.fail(w, r, "create rollout", err)
 		return
 	}

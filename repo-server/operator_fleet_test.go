@@ -595,3 +595,39 @@ func TestDeviceCertificateIsNothingToTheOperatorAPI(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloutCreateWaitsForOtherReplicas: creating a rollout checks the new policy file
+// against the whole policy directory, which replicas share; while another replica holds
+// the publish lease (creating a rollout or publishing), a creation waits, and nothing
+// is written until it is released.
+func TestRolloutCreateWaitsForOtherReplicas(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	st := o.srv.leases()
+	if st == nil {
+		t.Fatal("the operator API's server has no fleet store: no leases")
+	}
+	held, err := st.AcquireLease(ctx, LeasePublish, "other-replica/1", time.Hour, o.clock.Now())
+	if err != nil || held.Holder != "other-replica/1" {
+		t.Fatalf("publish lease = %+v, %v", held, err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		code, _ := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], `{"id":"vib-9","target":{"kind":"model","name":"vibration","version":"9.0.0"}}`)
+		done <- code
+	}()
+	select {
+	case code := <-done:
+		t.Fatalf("rollout created (%d) while another replica held the publish lease", code)
+	case <-time.After(500 * time.Millisecond):
+	}
+	if files, _ := filepath.Glob(filepath.Join(o.dir, policy.CreatedPrefix+"*")); len(files) != 0 {
+		t.Fatalf("policy files written while another replica held the lease: %v", files)
+	}
+	if err := st.ReleaseLease(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done; code != http.StatusCreated {
+		t.Fatalf("rollout create after the lease was released = %d; want 201", code)
+	}
+}
