@@ -15,8 +15,8 @@ import (
 )
 
 // TestDemo runs `edgeward demo` (the whole story: enrollment, three model rollouts, a
-// failed canary that pauses its rollout, a tampered device, a runtime update, the audit
-// log) and checks its outcome in the server's fleet store, independently of what the
+// failed canary that pauses its rollout, a tampered device, a runtime update, a device
+// booting an unreviewed kernel, the audit log) and checks its outcome in the server's fleet store, independently of what the
 // demo printed.
 func TestDemo(t *testing.T) {
 	need(t)
@@ -27,7 +27,7 @@ func TestDemo(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("edgeward demo: %v\n%s", err, out.String())
 	}
-	for _, want := range []string{"Every step held", "QUARANTINED", "paused", "edgeward audit verify: ok"} {
+	for _, want := range []string{"Every step held", "QUARANTINED", "paused", "edgeward audit verify: ok", "agents/edgeward-agent/0.1.0", "boot_policy: boot application 1 (PCR 4)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
@@ -42,13 +42,25 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(devs) != 5 {
-		t.Fatalf("%d devices in the fleet; want 5", len(devs))
+	// Five devices, and a sixth that booted another boot loader/kernel (a real boot log
+	// with GRUB's digest swapped, replayed into its swtpm): quarantined by measured boot.
+	if len(devs) != 6 {
+		t.Fatalf("%d devices in the fleet; want 6", len(devs))
 	}
-	quarantined := 0
+	quarantined, rogue := 0, 0
 	for _, d := range devs {
+		if d.Quarantined && strings.Contains(d.QuarantineReason, "boot_policy: boot application 1 (PCR 4)") {
+			rogue++
+			if d.Slots[artifact.KindModel].Version != "" || d.Verdict != policy.VerdictUntrusted {
+				t.Errorf("the device with the unreviewed kernel: verdict %s, model %q; want untrusted with nothing installed", d.Verdict, d.Slots[artifact.KindModel].Version)
+			}
+			continue
+		}
 		if d.Slots[artifact.KindModel].Version != "1.1.0" {
 			t.Errorf("device %s runs model %q; want 1.1.0", d.ID, d.Slots[artifact.KindModel].Version)
+		}
+		if d.Boot == nil || len(d.Boot.BootApplications) != 2 {
+			t.Errorf("device %s: boot state %+v; want the replayed Ubuntu boot (shim, GRUB)", d.ID, d.Boot)
 		}
 		if d.Quarantined {
 			quarantined++
@@ -61,8 +73,8 @@ func TestDemo(t *testing.T) {
 			t.Errorf("device %s: verdict %s, runtime %q; want trusted with runtime 1.24.3", d.ID, d.Verdict, d.Slots[artifact.KindRuntime].Version)
 		}
 	}
-	if quarantined != 1 {
-		t.Errorf("%d quarantined devices; want 1", quarantined)
+	if quarantined != 1 || rogue != 1 {
+		t.Errorf("%d tampered devices and %d with an unreviewed kernel quarantined; want 1 and 1", quarantined, rogue)
 	}
 	rs, err := st.RolloutState(ctx, "vib-2.0.0")
 	if err != nil || rs.Status != policy.StatusPaused {

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/ima"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -518,4 +522,90 @@ func (d *Device) TrustedRootVersion() (int64, error) {
 		return 0, err
 	}
 	return root.Signed.Version, nil
+}
+
+// Boot makes the device boot as firmware that wrote log would: it replays the log's
+// events into the device's swtpm's boot PCRs (0–7), which must be fresh (the swtpm just
+// started, the agent not yet), writes the log where the agent reads it and has the
+// agent send it with every check-in (--boot-log), as a real device sends
+// /sys/kernel/security/tpm0/binary_bios_measurements.
+func (d *Device) Boot(ctx context.Context, log []byte) error {
+	tpm, err := attest.Open(ctx, d.TPMURL())
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.Name, err)
+	}
+	err = attesttest.ReplayBootLog(ctx, tpm, log)
+	tpm.Close() // swtpm serves one connection: the agent's, from now on
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.Name, err)
+	}
+	path := filepath.Join(filepath.Dir(d.StateDir), "binary_bios_measurements")
+	if err := os.WriteFile(path, log, 0o600); err != nil {
+		return err
+	}
+	d.AgentArgs = append(d.AgentArgs, "--boot-log", path)
+	return nil
+}
+
+// BootApplicationSwapped returns log with the SHA-256 digest of one EFI boot
+// application (PCR 4) replaced by other: the same machine booting another boot loader
+// or kernel. Replayed by Device.Boot, the log still matches the TPM (firmware would
+// have measured the other binary); only a boot policy tells the two boots apart.
+func BootApplicationSwapped(log []byte, digest string, other [32]byte) ([]byte, error) {
+	want, err := hex.DecodeString(digest)
+	if err != nil || len(want) != 32 {
+		return nil, fmt.Errorf("digest %q: want 64 hex digits", digest)
+	}
+	head, events, err := attesttest.SplitBootLog(log)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for i, e := range events {
+		if attesttest.BootLogEventPCR(e) == 4 && attesttest.BootLogEventType(e) == attesttest.EvBootApplication && bytes.Contains(e, want) {
+			events[i] = bytes.Replace(e, want, other[:], 1)
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("the log has %d boot applications with digest %s; want 1", n, digest)
+	}
+	return attesttest.JoinBootLog(head, events), nil
+}
+
+// RunIMA makes the device's kernel have measured files (path → SHA-256 hex) with IMA,
+// after a boot (Boot): the list starts with the kernel's boot_aggregate (the SHA-256
+// of the swtpm's PCRs 0–9), every entry (ima-ng, the kernel's binary format) is
+// extended into PCR 10 as the kernel does, and the agent sends the list with every
+// check-in (--ima-log). Call it before the agent starts; the list stays as written.
+func (d *Device) RunIMA(ctx context.Context, files [][2]string) error {
+	tpm, err := attest.Open(ctx, d.TPMURL())
+	if err != nil {
+		return fmt.Errorf("%s: %w", d.Name, err)
+	}
+	defer tpm.Close()
+	pcrs, err := tpm.ReadPCRs(ctx, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
+	if err != nil {
+		return err
+	}
+	agg, _ := ima.BootAggregate(pcrs, 9)
+	list := []ima.Entry{ima.NG("boot_aggregate", agg)}
+	for _, f := range files {
+		b, err := hex.DecodeString(f[1])
+		if err != nil || len(b) != 32 {
+			return fmt.Errorf("%s: digest %q: want 64 hex digits", f[0], f[1])
+		}
+		list = append(list, ima.NG(f[0], [32]byte(b)))
+	}
+	for _, e := range list {
+		if err := tpm.Extend(ctx, ima.PCR, e.ExtendDigest()); err != nil {
+			return err
+		}
+	}
+	path := filepath.Join(filepath.Dir(d.StateDir), "binary_runtime_measurements_sha256")
+	if err := os.WriteFile(path, ima.Marshal(list), 0o600); err != nil {
+		return err
+	}
+	d.AgentArgs = append(d.AgentArgs, "--ima-log", path)
+	return nil
 }

@@ -163,6 +163,31 @@ func (r *Repo) PublishRuntime(ctx context.Context, name, version, lib string) (*
 	}, r.Keys)
 }
 
+// PublishAgent publishes the agent's build as agent targets version: the
+// edgeward-agent binary at agentBin and the edgeward-runtime binary at runtimeBin
+// (agents/edgeward-agent/VERSION, agents/edgeward-runtime/VERSION, signed by the
+// runtimes role). The server trusts the binaries a device's IMA list shows by these
+// digests.
+func (r *Repo) PublishAgent(ctx context.Context, version, agentBin, runtimeBin string) ([]*repository.PublishResult, error) {
+	var out []*repository.PublishResult
+	for name, bin := range map[string]string{artifact.AgentBinary: agentBin, artifact.RuntimeBinary: runtimeBin} {
+		f, err := os.Open(bin)
+		if err != nil {
+			return nil, err
+		}
+		res, err := r.Repo.Publish(ctx, repository.PublishRequest{
+			Meta: artifact.Meta{Kind: artifact.KindAgent, Name: name, Version: version, Format: "elf"}, Content: f,
+		}, r.Keys)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
+	return out, nil
+}
+
 // CreateRollout writes a rollout into the policy directory (the server hot-reloads it),
 // always as the newest one.
 func (r *Repo) CreateRollout(spec policy.RolloutSpec) (string, error) {

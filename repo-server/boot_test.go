@@ -218,3 +218,42 @@ func TestAgentTargetsTrustIMA(t *testing.T) {
 		t.Fatalf("stored device = %+v, %v; want untrusted and quarantined", dev, err)
 	}
 }
+
+// TestBootLogVerifiedWithoutBootPolicy: with no boot policy, a boot log the device
+// sends still has to replay to its quoted PCRs 0–7. Decision (issue 19): a log that
+// does not replay is never silently accepted: the verdict is untrusted and the device
+// quarantined, naming the PCR; a device whose firmware writes a log that cannot
+// replay is run with --boot-log none until a policy can tell (docs/DEVICES.md).
+func TestBootLogVerifiedWithoutBootPolicy(t *testing.T) {
+	f, d := newDeviceFixture(t) // testPolicy: attestation required, no boot section
+	log, err := attesttest.RealBootLog(attesttest.BootLogUbuntu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := attesttest.ReplayBootLog(context.Background(), d.tpm, log); err != nil {
+		t.Fatal(err)
+	}
+	d.bootLog = log
+	resp, err := d.checkIn(d.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Trusted {
+		t.Fatalf("check-in with its own boot log and no boot policy = %+v; want trusted", resp)
+	}
+	if dev, err := f.store.Device(context.Background(), d.id); err != nil || dev.Boot == nil || len(dev.Boot.BootApplications) != 2 {
+		t.Fatalf("stored boot state = %+v, %v; want the verified boot (shim, GRUB)", dev.Boot, err)
+	}
+	other, err := attesttest.RealBootLog(attesttest.BootLogCoreOS) // another machine's log
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.bootLog = other
+	resp, err = d.checkIn(d.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Trusted || !resp.Quarantined || !strings.Contains(strings.Join(resp.Reasons, " "), "boot_replay_mismatch: PCR ") {
+		t.Fatalf("check-in with a log that does not replay, no boot policy = %+v; want untrusted (boot_replay_mismatch naming the PCR) and quarantined", resp)
+	}
+}

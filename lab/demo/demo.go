@@ -1,9 +1,11 @@
 // Package demo is Edgeward's demonstration scenario, played with real processes by the
 // lab: the server, and per device a swtpm and an edgeward-agent with its
-// edgeward-runtime. The security team creates the repository, devices enroll, three model
-// versions roll out (the third fails its probe on the canary and pauses its rollout), a
-// device is tampered with and quarantined, the runtime is updated and the auditor
-// verifies the audit log offline. `edgeward demo` runs it; the e2e suite checks its
+// edgeward-runtime. The security team creates the repository and publishes the agent's
+// build, devices boot (a real TCG boot log replayed into their swtpm) and enroll, three
+// model versions roll out (the third fails its probe on the canary and pauses its
+// rollout), a device is tampered with and quarantined, the runtime is updated, a device
+// booting an unreviewed kernel is quarantined and the auditor verifies the audit log
+// offline. `edgeward demo` runs it; the e2e suite checks its
 // outcome.
 //
 // Like the lab it is a top floor: it imports the server's packages, and nothing but a
@@ -14,6 +16,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +30,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/lab"
@@ -77,13 +82,22 @@ type scenario struct {
 	listen      string
 	tokenFile   string
 	rootVersion int64
+	// bootLog is the real TCG boot log every device boots with (go-attestation's
+	// Ubuntu 21.04 log); nil when its test data cannot be found, and the demo then runs
+	// without measured boot.
+	bootLog []byte
+	rogue   *lab.Device
 }
 
 const (
 	demoPassphrase = "edgeward-demo-only"
 	demoModel      = "vibration-anomaly"
 	demoMarker     = ".edgeward-demo"
-	stepTimeout    = 90 * time.Second
+	demoAgent      = "0.1.0"
+	// The boot applications (PCR 4) of the Ubuntu 21.04 boot log: shim, then GRUB.
+	ubuntuShim  = "6265b732b005b3f330bcd1843374e5ec6ec5aef27cdb97a23daeb8580abbf526"
+	ubuntuGrub  = "b0a836fec2faf4a9bea0e1a5f1945bc86ddc03ac98ce0ae172ed9b1e536d7595"
+	stepTimeout = 90 * time.Second
 )
 
 // Run plays the scenario and prints a summary to cfg.Out. Every process it starts is
@@ -202,6 +216,7 @@ func (d *scenario) run(ctx context.Context, listen string) error {
 		{"model v3 (2.0.0, degraded) reaches the first wave, fails its probe, rolls back; the rollout pauses", d.modelV3},
 		{"a device is tampered with: its committed model changes on disk", d.tamper},
 		{"runtime update: ONNX Runtime from the runtime slot, trial beside the serving runtime, traffic switched", d.runtimeUpdate},
+		{"a device boots a kernel nobody reviewed: its boot log replays, the boot policy refuses it, it is quarantined", d.rogueKernel},
 		{"the auditor exports the audit log and verifies it offline", d.audit},
 	}
 	d.listen = listen
@@ -214,11 +229,18 @@ func (d *scenario) run(ctx context.Context, listen string) error {
 	return d.summary(ctx)
 }
 
-// createRepo initialises the repository, writes the attestation policy and starts the server.
+// createRepo initialises the repository, writes the attestation policy, publishes the
+// agent's build and starts the server.
 func (d *scenario) createRepo(ctx context.Context) error {
 	d.repoDir = filepath.Join(d.lab.Dir, "repo")
 	pol := "# Attestation policy: a device gets a new version only with a trusted quote at most 5 minutes old.\nversion: 1\nattestation: {required: true, max_age: 5m}\n"
-	var err error
+	log, err := attesttest.RealBootLog(attesttest.BootLogUbuntu)
+	if err == nil {
+		d.bootLog = log
+		pol = "# Attestation policy: a device gets a new version only with a trusted quote at most 5 minutes old,\n" +
+			"# and only after a measured boot of the reviewed boot loaders (shim, GRUB; PCR 4).\n" +
+			"version: 1\nattestation:\n  required: true\n  max_age: 5m\n  boot:\n    - boot_applications: [" + ubuntuShim + ", " + ubuntuGrub + "]\n"
+	}
 	if d.r, err = lab.InitRepo(ctx, d.repoDir, demoPassphrase, pol); err != nil {
 		return err
 	}
@@ -230,6 +252,18 @@ func (d *scenario) createRepo(ctx context.Context) error {
 	d.info("repository %s: root threshold %d of %d keys; targets delegate models/*, probes/* to 'models' and runtimes/* to 'runtimes'", d.repoDir, rr.Threshold, len(rr.KeyIDs))
 	d.info("offline keys encrypted with the demo passphrase %q (demo only)", demoPassphrase)
 	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.r.PolicyDir, "00-attestation.yaml"))
+	if d.bootLog != nil {
+		d.info("boot policy: the boot log must replay to the quoted PCRs 0-7 and load only shim %s… and GRUB %s… (PCR 4)", ubuntuShim[:12], ubuntuGrub[:12])
+	} else {
+		d.info("measured boot: skipped (go-attestation's test boot logs are not in the Go module cache: %v)", err)
+	}
+	published, err := d.r.PublishAgent(ctx, demoAgent, d.lab.Bins.Agent, d.lab.Bins.Runtime)
+	if err != nil {
+		return err
+	}
+	for _, res := range published {
+		d.info("published the agent's build %s (sha256 %s…), signed by '%s': the digests an IMA list's edgeward-agent and edgeward-runtime must have", res.Path, res.SHA256[:12], res.Role)
+	}
 	d.srv, err = d.lab.StartServer(ctx, lab.ServerConfig{Repo: d.repoDir, Listen: d.listen, CheckIn: time.Second, TLS: true})
 	if err != nil {
 		return err
@@ -252,9 +286,17 @@ func (d *scenario) enroll(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if d.bootLog != nil {
+			if err := dv.Boot(ctx, d.bootLog); err != nil {
+				return err
+			}
+		}
 		d.devs = append(d.devs, dv)
 	}
 	d.info("%d TPMs manufactured (swtpm_setup --create-ek-cert, one local CA), swtpm processes started", d.n)
+	if d.bootLog != nil {
+		d.info("each boots: the real Ubuntu 21.04 TCG boot log (%d bytes) replayed into its swtpm's PCRs 0-7 as firmware would; the agent sends it with every check-in (--boot-log)", len(d.bootLog))
+	}
 	errs := make(chan error, d.n)
 	for _, dv := range d.devs {
 		go func() { errs <- dv.StartAgent(ctx) }()
@@ -555,6 +597,51 @@ func (d *scenario) tamper(ctx context.Context) error {
 	return nil
 }
 
+// rogueKernel starts one more device that boots the same firmware and shim but another
+// GRUB/kernel binary: its boot log is genuine for its TPM (the firmware measured what it
+// loaded), so it replays, and the boot policy refuses the unknown boot application.
+func (d *scenario) rogueKernel(ctx context.Context) error {
+	if d.bootLog == nil {
+		d.info("skipped: no boot log (see step 1)")
+		return nil
+	}
+	other := sha256.Sum256([]byte("a kernel nobody reviewed"))
+	log, err := lab.BootApplicationSwapped(d.bootLog, ubuntuGrub, other)
+	if err != nil {
+		return err
+	}
+	name := fmt.Sprintf("device-%d", d.n+1)
+	rv, err := d.lab.NewDevice(ctx, name, map[string]string{"line": "press"}, d.srv, d.r.RootJSON())
+	if err != nil {
+		return err
+	}
+	if err := rv.Boot(ctx, log); err != nil {
+		return err
+	}
+	if err := rv.StartAgent(ctx); err != nil {
+		return err
+	}
+	d.rogue = rv
+	d.info("%s boots the same firmware and shim, then %s… where GRUB %s… was", name, hex.EncodeToString(other[:6]), ubuntuGrub[:12])
+	var fd fleet.Device
+	err = lab.WaitFor(ctx, stepTimeout, name+" to be quarantined", func(ctx context.Context) (bool, string, error) {
+		fds, err := d.srv.Devices(ctx, []*lab.Device{rv})
+		fd = fds[name]
+		return err == nil && fd.Quarantined, string(fd.Verdict), err
+	})
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(fd.QuarantineReason, "boot_policy") || !strings.Contains(fd.QuarantineReason, "PCR 4") || !strings.Contains(fd.QuarantineReason, hex.EncodeToString(other[:])) {
+		return fmt.Errorf("%s is quarantined for %q; want its boot application (PCR 4, %x) named", name, fd.QuarantineReason, other)
+	}
+	d.info("%s: verdict %s → quarantined: %s", name, fd.Verdict, fd.QuarantineReason)
+	if fd.Boot != nil {
+		d.info("%s's boot state as verified: Secure Boot %v, %d events, boot applications %d", name, fd.Boot.SecureBoot, fd.Boot.Events, len(fd.Boot.BootApplications))
+	}
+	return rv.StopAgent(ctx) // nothing more to show from it; the others stay trusted
+}
+
 func (d *scenario) runtimeUpdate(ctx context.Context) error {
 	lib := os.Getenv("ONNXRUNTIME_LIB")
 	res, err := d.r.PublishRuntime(ctx, "onnxruntime", d.rtVer, lib)
@@ -707,7 +794,11 @@ func (d *scenario) summary(ctx context.Context) error {
 	fmt.Fprintf(w, "\nSummary (%s)\n\n", time.Since(d.start).Round(time.Second))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tID\tMODEL\tRUNTIME\tVERDICT\tSTATE\tINFERENCE")
-	for _, dv := range d.devs {
+	devs := d.devs
+	if d.rogue != nil {
+		devs = append(slices.Clone(devs), d.rogue)
+	}
+	for _, dv := range devs {
 		fd, err := st.Device(ctx, dv.ID)
 		if err != nil {
 			return err
