@@ -36,6 +36,11 @@ type RolloutKPI struct {
 	Causes   map[string]int       `json:"causes"`
 	// BytesDownloaded sums the reports' bytes.
 	BytesDownloaded int64 `json:"bytes_downloaded"`
+	// BytesSaved sums what deltas saved (the full targets' lengths minus the bytes
+	// fetched; a delta that failed and fell back counts as a loss); DeltaInstalls counts
+	// the attempts built from a delta.
+	BytesSaved    int64 `json:"bytes_saved"`
+	DeltaInstalls int   `json:"delta_installs"`
 	// CommitP50 and CommitP95 are quantiles of the time from the rollout's start to each
 	// device's first commit.
 	CommitP50 time.Duration `json:"commit_p50"`
@@ -62,6 +67,10 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 		}
 		k.Attempts++
 		k.BytesDownloaded += r.Bytes
+		k.BytesSaved += r.BytesSaved
+		if r.Delta != "" {
+			k.DeltaInstalls++
+		}
 		if prev, ok := latest[r.DeviceID]; !ok || !r.At.Before(prev.At) {
 			latest[r.DeviceID] = r
 		}

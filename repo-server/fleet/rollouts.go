@@ -185,6 +185,9 @@ func validateReport(r *wire.Report) error {
 	if r.Bytes < 0 {
 		return invalid("bytes", "negative")
 	}
+	if len(r.Delta) > 32 {
+		return invalid("delta", "method name longer than 32 bytes")
+	}
 	if !(r.Accuracy >= 0 && r.Accuracy <= 1) {
 		return invalid("accuracy", "%v: want a value in [0, 1]", r.Accuracy)
 	}
@@ -212,7 +215,7 @@ type ReportFilter struct {
 
 // Reports returns the matching reports, oldest first.
 func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, error) {
-	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at FROM reports WHERE at >= ?`
+	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, delta, bytes_saved FROM reports WHERE at >= ?`
 	args := []any{ns(f.Since)}
 	if f.RolloutID != "" {
 		q += ` AND rollout_id = ?`
@@ -236,7 +239,7 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, err
 	for rows.Next() {
 		var r wire.Report
 		var at int64
-		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &r.PeakRSSMB, &at); err != nil {
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &r.PeakRSSMB, &at, &r.Delta, &r.BytesSaved); err != nil {
 			return nil, fmt.Errorf("reports: %w", err)
 		}
 		r.At = fromNS(at)

@@ -171,6 +171,10 @@ var migrations = []string{
 	// boot is what the device's last verified boot event log proved
 	// (reference.BootState as JSON; '' for none), shown on its dashboard page.
 	`ALTER TABLE devices ADD COLUMN boot TEXT NOT NULL DEFAULT '';`,
+	// what a delta install saved (issue 17): the delta method ('' for a full download)
+	// and the full target's length minus the bytes fetched.
+	`ALTER TABLE reports ADD COLUMN delta TEXT NOT NULL DEFAULT '';
+	ALTER TABLE reports ADD COLUMN bytes_saved INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

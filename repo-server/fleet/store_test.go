@@ -86,11 +86,11 @@ func testDeviceLifecycle(t *testing.T, db opener) {
 	}
 	// A failed install marks the version; the next check-in keeps the mark.
 	rep := wire.Report{DeviceID: "dev-1", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: wire.OutcomeProbeFailed, Cause: "accuracy 0.9 < 0.95", At: t0.Add(time.Minute),
-		Probe: wire.Probe{Accuracy: 0.9, P99Ms: 1.25, PeakRSSMB: 61.5}}
+		Probe: wire.Probe{Accuracy: 0.9, P99Ms: 1.25, PeakRSSMB: 61.5}, Bytes: 1000, Delta: "cdc-zstd", BytesSaved: 99000}
 	if err := s.AddReport(ctx, rep); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := s.Reports(ctx, ReportFilter{DeviceID: "dev-1"}); err != nil || len(got) != 1 || got[0].Probe != rep.Probe {
+	if got, err := s.Reports(ctx, ReportFilter{DeviceID: "dev-1"}); err != nil || len(got) != 1 || got[0].Probe != rep.Probe || got[0].Delta != rep.Delta || got[0].BytesSaved != rep.BytesSaved || got[0].Bytes != rep.Bytes {
 		t.Fatalf("Reports = %+v, %v; want the report with its probe %+v", got, err, rep.Probe)
 	}
 	d, err = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.0.0"}}, At: t0.Add(2 * time.Minute)})
