@@ -96,6 +96,7 @@ type storyRig struct {
 	link            *Attested
 	judge           *RuntimeJudge
 	ag              *updater.Agent
+	outbox          *updater.Outbox
 	// kek is the server's key-encryption key: set, models are published encrypted and
 	// the device certifies a TPM decryption key at every check-in (issue 18).
 	kek []byte
@@ -209,7 +210,7 @@ func newStoryRig(t *testing.T, encrypt bool) *storyRig {
 		t.Fatal(err)
 	}
 
-	r.srv = srv
+	r.srv, r.outbox = srv, outbox
 	r.state, r.store, r.pol, r.hs, r.tpm, r.mlog, r.rt, r.rc, r.tuf, r.slots, r.link, r.judge, r.ag = state, store, &pol, hs, tpm, mlog, rt, rc, tuf, slots, link, judge, ag
 	return r
 }

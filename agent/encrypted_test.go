@@ -219,3 +219,56 @@ func TestEncryptedModelQuarantinedGetsNoKey(t *testing.T) {
 		t.Fatalf("slot = %s, committed %q; want 1.0.0 committed, nothing staged", st.Phase, v)
 	}
 }
+
+// tamperingJudge changes one byte of the staged ciphertext before the trial: an
+// attacker with the storage card between the download's verification and the trial.
+type tamperingJudge struct{ *RuntimeJudge }
+
+func (j tamperingJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verdict {
+	if f, err := os.OpenFile(tr.Payload, os.O_RDWR, 0); err == nil {
+		b := make([]byte, 1)
+		off := int64(tr.Target.Length / 2)
+		f.ReadAt(b, off)
+		b[0] ^= 0x01
+		f.WriteAt(b, off)
+		f.Close()
+	}
+	return j.RuntimeJudge.Judge(ctx, tr)
+}
+
+// TestEncryptedModelTamperedSegment: a ciphertext segment changed on the device after
+// the download was verified fails the runtime's authentication at the trial, with the
+// segment named, and the slot rolls back to the committed version.
+func TestEncryptedModelTamperedSegment(t *testing.T) {
+	r := newStoryRig(t, true)
+	ctx := context.Background()
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q; want 1.0.0", v)
+	}
+	ag, err := updater.NewAgent(updater.AgentConfig{DeviceID: r.link.DeviceID(), TUF: r.tuf, Slots: r.slots, Director: r.link,
+		Judge: tamperingJudge{r.judge}, Outbox: r.outbox, Sender: r.link})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.publish(t, "1.1.0")
+	r.pol.Store(rolloutPolicy(t, "1.1.0", ""))
+	ag.Step(ctx)
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q after a tampered trial; want 1.0.0 kept", v)
+	}
+	st, err := r.slots.State(ctx, artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(st.Reason, "segment") || !strings.Contains(st.Reason, "failed authentication") {
+		t.Fatalf("slot reason = %q; want the segment that failed authentication", st.Reason)
+	}
+	in := []runtime.Input{runtime.NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{0.1, 0.2, 0.1, 0.3})}
+	res, err := r.rt.Infer(ctx, "vibration-anomaly", "", in, nil)
+	if err != nil || res.Version != "1.0.0" {
+		t.Fatalf("serving after the tampered trial = %+v, %v; want 1.0.0", res, err)
+	}
+}
