@@ -55,9 +55,12 @@ func Changes(old, new *Policy) map[string]any {
 }
 
 // withoutPrograms is a copy of r without its compiled CEL program (compiled anew at every
-// load, so never deeply equal), for comparing what the files say.
+// load, so never deeply equal) and without its position in the files (a comment added
+// above a rollout moves it, and changes nothing it does), for comparing what the files
+// say.
 func withoutPrograms(r *Rollout) Rollout {
 	c := *r
+	c.Pos = Pos{}
 	if c.Selector != nil {
 		s := *c.Selector
 		s.prg = nil

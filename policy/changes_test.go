@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -61,5 +62,64 @@ func TestWatcherReportsChangesAndFailsClosed(t *testing.T) {
 	}
 	if w.Policy().Digest != before || w.Status().Err == nil {
 		t.Errorf("policy in force = %s, status %+v; want the previous one and the error", w.Policy().Digest, w.Status())
+	}
+}
+
+// TestChangesSummary: the audit record of a policy reload says exactly what changed, and
+// names nothing that did not: an auditor reading "max age 30m → 1h" or "rollout b
+// changed" must be able to trust both the entries and their absence.
+func TestChangesSummary(t *testing.T) {
+	parse := func(s string) *Policy {
+		t.Helper()
+		p, err := Parse(File{Name: "fleet.yaml", Data: []byte(s)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const rollouts = "rollouts:\n" +
+		"  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    selector: {labels: {line: press}}\n" +
+		"  - id: b\n    target: {kind: model, name: n, version: 1.0.0}\n"
+	base := parse("attestation: {required: true, max_age: 30m}\ngates: {min_accuracy: 0.9}\n" + rollouts)
+	keys := func(m map[string]any) []string {
+		var out []string
+		for k := range m {
+			out = append(out, k)
+		}
+		slices.Sort(out)
+		return out
+	}
+	always := []string{"attestation_required", "digest", "previous_digest", "rollouts"}
+	for _, tc := range []struct {
+		name string
+		new  string
+		want map[string]any // besides always
+	}{
+		{"nothing but the file's comments", "# reformatted\n" + "attestation: {required: true, max_age: 30m}\ngates: {min_accuracy: 0.9}\n" + rollouts, nil},
+		{"max age", "attestation: {required: true, max_age: 1h}\ngates: {min_accuracy: 0.9}\n" + rollouts,
+			map[string]any{"attestation_max_age": []string{"30m0s", "1h0m0s"}, "attestation_changed": true}},
+		{"default gates", "attestation: {required: true, max_age: 30m}\ngates: {min_accuracy: 0.95}\n" + rollouts,
+			map[string]any{"default_gates_changed": true}},
+		{"a rollout's selector", "attestation: {required: true, max_age: 30m}\ngates: {min_accuracy: 0.9}\n" + strings.Replace(rollouts, "press", "paint", 1),
+			map[string]any{"rollouts_changed": []string{"a"}}},
+	} {
+		c := Changes(base, parse(tc.new))
+		want := slices.Clone(always)
+		for k := range tc.want {
+			want = append(want, k)
+		}
+		slices.Sort(want)
+		if got := keys(c); !slices.Equal(got, want) {
+			t.Errorf("%s: Changes names %v; want %v (%v)", tc.name, got, want, c)
+			continue
+		}
+		for k, v := range tc.want {
+			if !reflect.DeepEqual(c[k], v) {
+				t.Errorf("%s: Changes[%q] = %v; want %v", tc.name, k, c[k], v)
+			}
+		}
+		if c["previous_digest"] != base.Digest || c["rollouts"] != 2 || c["attestation_required"] != true {
+			t.Errorf("%s: Changes = %v; want the previous digest, 2 rollouts, attestation required", tc.name, c)
+		}
 	}
 }

@@ -1,0 +1,122 @@
+package verify_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/ima"
+	"github.com/edgeward/edgeward/internal/reference"
+)
+
+// imaDevice is an enrolled simulator and a helper that runs a file on it the way the
+// kernel does: the file is measured into PCR 10 and appended to the IMA list.
+func imaDevice(t *testing.T) (d *device, policy verify.Policy, run func(path string) string, list *[]ima.Entry) {
+	t.Helper()
+	ca, maker := newCA(t)
+	d = enrolledDevice(t, ca, maker)
+	list = new([]ima.Entry)
+	run = func(path string) string {
+		t.Helper()
+		sum := sha256.Sum256([]byte("the contents of " + path))
+		e := ima.NG(path, sum)
+		if err := d.tpm.Extend(context.Background(), ima.PCR, e.ExtendDigest()); err != nil {
+			t.Fatal(err)
+		}
+		*list = append(*list, e)
+		return hex.EncodeToString(sum[:])
+	}
+	return d, verify.Policy{Roots: ca.Roots(), PermanentIdentifier: d.akCert.PermanentIdentifier}, run, list
+}
+
+func (d *device) imaEvidence(t *testing.T, nonce []byte, list []ima.Entry) verify.Evidence {
+	t.Helper()
+	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, []int{ima.PCR, eventlog.PCRDevelopment}, slices.Clone(d.log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.IMALog = ima.Marshal(list)
+	return *ev
+}
+
+// TestIMAListReadAfterAQuoteOfNothing: the device quoted PCR 10 before the kernel had
+// measured anything (PCR 10 still zero) and read the list after. The quote covers none
+// of the list: nothing in it is read or judged, not even an entry that could not be
+// IMA's, and a policy that requires the agent says the agent is not among the 0 covered
+// entries (not that the list fails to replay).
+func TestIMAListReadAfterAQuoteOfNothing(t *testing.T) {
+	d, policy, run, list := imaDevice(t)
+	nonce := bytes.Repeat([]byte{4}, 32)
+	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, []int{ima.PCR, eventlog.PCRDevelopment}, slices.Clone(d.log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(ev.Quote.PCRs[ima.PCR], make([]byte, 32)) {
+		t.Fatalf("PCR 10 of a fresh simulator = %x; the test needs it zero", ev.Quote.PCRs[ima.PCR])
+	}
+	run("/usr/lib/x86_64-linux-gnu/libc.so.6") // measured after the quote
+	later := ima.NG("/usr/bin/not-ima", sha256.Sum256([]byte("x")))
+	later.PCR = 11
+	ev.IMALog = ima.Marshal(append(slices.Clone(*list), later))
+
+	v := verify.Verify(policy, *ev, nonce, time.Now())
+	if !v.Trusted || v.Runtime == nil || v.Runtime.Entries != 0 {
+		t.Errorf("Verify(list entirely after the quote) = %v, runtime %+v; want trusted, 0 entries covered", v.Reasons, v.Runtime)
+	}
+	policy.Runtime = &reference.Runtime{Agent: []string{strings.Repeat("ab", 32)}}
+	v = verify.Verify(policy, *ev, nonce, time.Now())
+	if got := codes(v); !slices.Equal(got, []verify.Code{verify.IMAAgentNotMeasure}) || !strings.Contains(v.Reasons[0].Detail, "the 0 entries") {
+		t.Errorf("Verify(agent required, list entirely after the quote) = %v; want only %s for the 0 covered entries", v.Reasons, verify.IMAAgentNotMeasure)
+	}
+}
+
+// TestIMAPolicyWithoutAgentBuilds: a runtime policy that lists no agent builds does not
+// require an agent in the list (a fleet that pins only its libraries); one that lists
+// them does.
+func TestIMAPolicyWithoutAgentBuilds(t *testing.T) {
+	d, policy, run, list := imaDevice(t)
+	run("boot_aggregate")
+	libc := run("/usr/lib/x86_64-linux-gnu/libc.so.6")
+	nonce := bytes.Repeat([]byte{2}, 32)
+	ev := d.imaEvidence(t, nonce, *list)
+	policy.Runtime = &reference.Runtime{Allowed: []string{libc}, Enforce: true}
+	if v := verify.Verify(policy, ev, nonce, time.Now()); !v.Trusted || v.Runtime == nil || v.Runtime.Entries != 2 {
+		t.Errorf("Verify(no agent builds listed, no agent ran) = %v, runtime %+v; want trusted, 2 entries", v.Reasons, v.Runtime)
+	}
+	policy.Runtime.Agent = []string{strings.Repeat("ab", 32)}
+	v := verify.Verify(policy, ev, nonce, time.Now())
+	if got := codes(v); !slices.Equal(got, []verify.Code{verify.IMAAgentNotMeasure}) {
+		t.Errorf("Verify(agent builds listed, no agent ran) = %v; want only %s", v.Reasons, verify.IMAAgentNotMeasure)
+	}
+}
+
+// TestIMAUnknownFilesAreCapped: in audit mode a device that ran many files the policy
+// does not know is trusted, and its verdict lists the first 100 of them, in the order
+// they ran, so that a verdict stays small.
+func TestIMAUnknownFilesAreCapped(t *testing.T) {
+	d, policy, run, list := imaDevice(t)
+	run("boot_aggregate")
+	var unknown []string
+	for i := range 103 {
+		p := fmt.Sprintf("/usr/bin/tool-%03d", i)
+		unknown = append(unknown, p+" "+run(p))
+	}
+	policy.Runtime = &reference.Runtime{} // audit: report, do not refuse
+	nonce := bytes.Repeat([]byte{1}, 32)
+	v := verify.Verify(policy, d.imaEvidence(t, nonce, *list), nonce, time.Now())
+	if !v.Trusted || v.Runtime == nil {
+		t.Fatalf("Verify(audit mode, 103 unknown files) = %v, runtime %+v; want trusted", v.Reasons, v.Runtime)
+	}
+	if v.Runtime.Entries != 104 || !slices.Equal(v.Runtime.Unknown, unknown[:100]) {
+		t.Errorf("runtime state: %d entries, %d unknown (first %q, last %q); want 104 entries and the first 100 unknown files",
+			v.Runtime.Entries, len(v.Runtime.Unknown), v.Runtime.Unknown[0], v.Runtime.Unknown[len(v.Runtime.Unknown)-1])
+	}
+}
