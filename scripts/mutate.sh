@@ -9,6 +9,16 @@
 # that judges each mutant when the whole one takes too long per mutant; a narrower suite
 # can only kill fewer mutants. Results go to $MUTATE_OUT (default .mutate/), a log and a
 # JSON file per package. docs/TESTING.md lists the mutants that live and why.
+#
+# A mutant's tests time out after MUTATE_TIMEOUT_COEFFICIENT (default 10) times the
+# unmutated suite's time, measured once at the start: raise it when the machine's load
+# rises during a run (a timed-out mutant is neither killed nor lived, so it hides).
+#
+# MUTATE_DIFF=REF (make mutate-diff) mutates only the lines changed since the merge base
+# of REF and the working tree (git diff --merge-base REF), and skips a core none of whose
+# mutated files changed. gremlins' own --diff cannot match its mutants' paths with the
+# diff's when it mutates a package below the module root; scripts/mutate-git.sh, as git
+# on gremlins' PATH, makes that diff relative to the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GREMLINS_VERSION=v0.6.0
@@ -19,6 +29,13 @@ if ! go version -m "$gobin/gremlins" 2>/dev/null | grep -q "gremlins.*$GREMLINS_
 	go install "github.com/go-gremlins/gremlins/cmd/gremlins@$GREMLINS_VERSION"
 fi
 mkdir -p "$out"
+diffref=${MUTATE_DIFF:-}
+if [[ -n $diffref ]]; then
+	git rev-parse --verify -q "$diffref^{commit}" >/dev/null || { echo "MUTATE_DIFF=$diffref: not a commit" >&2; exit 2; }
+	wrapdir=$(mktemp -d)
+	trap 'rm -rf "$wrapdir"' EXIT
+	ln -s "$PWD/scripts/mutate-git.sh" "$wrapdir/git"
+fi
 fail=0
 summary=()
 for spec in "$@"; do
@@ -35,16 +52,31 @@ for spec in "$@"; do
 	fi
 	for f in ${excl//,/ }; do args+=(-E "(^|/)${f//./\\.}\$"); done
 	name=$(echo "${pkg#./}" | tr / _)
+	envs=()
+	if [[ -n $diffref ]]; then
+		mutated=()
+		for f in "${pkg#./}"/*.go; do
+			[[ $f == *_test.go || ",$excl," == *",${f##*/},"* ]] || mutated+=("$f")
+		done
+		if [[ -z $(git diff --merge-base "$diffref" --name-only -- "${mutated[@]}") ]]; then
+			summary+=("skip  $(printf '%-16s' "$pkg") none of its mutated files changed since $diffref")
+			continue
+		fi
+		args+=(--diff "$diffref")
+		envs=(PATH="$wrapdir:$PATH" MUTATE_REAL_GIT="$(command -v git)" MUTATE_REL="${pkg#./}/")
+	fi
 	start=$(date +%s)
-	GOFLAGS="$(go env GOFLAGS) ${testflags//,/ }" "$gobin/gremlins" unleash "$pkg" \
-		--workers "$workers" --timeout-coefficient 10 \
+	env "${envs[@]}" GOFLAGS="$(go env GOFLAGS) ${testflags//,/ }" "$gobin/gremlins" unleash "$pkg" \
+		--workers "$workers" --timeout-coefficient "${MUTATE_TIMEOUT_COEFFICIENT:-10}" \
 		"${args[@]}" -o "$out/$name.json" >"$out/$name.log" 2>&1 || true
 	secs=$(( $(date +%s) - start ))
 	read -r eff killed lived notcov timedout < <(python3 - "$out/$name.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 timed_out = sum(m["status"] == "TIMED OUT" for f in r.get("files", []) for m in f["mutations"])
-print(f'{r["test_efficacy"]:.1f} {r["mutants_killed"]} {r["mutants_lived"]} {r["mutants_not_covered"]} {timed_out}')
+# No mutant judged (changed lines without a mutable operator): nothing to fail.
+eff = r["test_efficacy"] if r["mutants_killed"] + r["mutants_lived"] else 100
+print(f'{eff:.1f} {r["mutants_killed"]} {r["mutants_lived"]} {r["mutants_not_covered"]} {timed_out}')
 PY
 )
 	line=$(printf '%-16s efficacy %5s %%  killed %4s  lived %3s  not covered %3s  timed out %3s  %4ds  (min %s %%)' \
