@@ -75,13 +75,13 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 timed_out = sum(m["status"] == "TIMED OUT" for f in r.get("files", []) for m in f["mutations"])
 # No mutant judged (changed lines without a mutable operator): nothing to fail.
-eff = r["test_efficacy"] if r["mutants_killed"] + r["mutants_lived"] else 100
-print(f'{eff:.1f} {r["mutants_killed"]} {r["mutants_lived"]} {r["mutants_not_covered"]} {timed_out}')
+eff = f'{r["test_efficacy"]:.1f}' if r["mutants_killed"] + r["mutants_lived"] else "n/a"
+print(f'{eff} {r["mutants_killed"]} {r["mutants_lived"]} {r["mutants_not_covered"]} {timed_out}')
 PY
 )
 	line=$(printf '%-16s efficacy %5s %%  killed %4s  lived %3s  not covered %3s  timed out %3s  %4ds  (min %s %%)' \
 		"$pkg" "$eff" "$killed" "$lived" "$notcov" "$timedout" "$secs" "$min")
-	if python3 -c "import sys; sys.exit(0 if float('$eff') >= float('$min') else 1)"; then
+	if [[ $eff == n/a ]] || python3 -c "import sys; sys.exit(0 if float('$eff') >= float('$min') else 1)"; then
 		summary+=("ok    $line")
 	else
 		summary+=("FAIL  $line")
