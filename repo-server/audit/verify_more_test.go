@@ -90,3 +90,23 @@ func TestVerifyProofAgainstLastSeen(t *testing.T) {
 		t.Errorf("VerifyProof(consistency proof cut) passed")
 	}
 }
+
+// TestVerifyGrownExportAgainstLastSeen: the auditor's routine. An auditor verified an
+// export and kept its checkpoint; the log grew; the newer export verifies against the
+// kept checkpoint and reports the newer one. (Issue 21: no short test reached the
+// consistency check with a last-seen checkpoint smaller than the export's, so refusing
+// every grown log there went unnoticed.)
+func TestVerifyGrownExportAgainstLastSeen(t *testing.T) {
+	l, _ := newLog(t, 1000)
+	first, err := verifyLines(exportOf(t, l, 5), opts(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 6, 3)
+	o := opts(l)
+	o.LastSeen = first.Checkpoint.Note
+	rep, err := verifyLines(export(t, l), o)
+	if err != nil || rep.Records != 8 || rep.Checkpoint.Size != 8 {
+		t.Fatalf("Verify(export of 8 records, last seen 5) = %+v, %v; want 8 records under a checkpoint of 8", rep, err)
+	}
+}
