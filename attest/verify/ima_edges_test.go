@@ -12,34 +12,47 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/attest/verify"
-	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/ima"
 	"github.com/edgeward/edgeward/internal/reference"
 )
 
-// imaDevice is an enrolled simulator and a helper that runs a file on it the way the
-// kernel does: the file is measured into PCR 10 and appended to the IMA list.
-func imaDevice(t *testing.T) (d *device, policy verify.Policy, run func(path string) string, list *[]ima.Entry) {
+// imaDevice is a booted simulator device (kernelBootedDevice) and a helper that runs a
+// file on it the way the kernel does: the file is measured into PCR 10 and appended to
+// the IMA list. boot is the kernel's first entry, boot_aggregate; the kernel has not
+// measured it yet.
+func imaDevice(t *testing.T) (d *device, policy verify.Policy, run func(path string) string, list *[]ima.Entry, boot ima.Entry) {
 	t.Helper()
 	ca, maker := newCA(t)
-	d = enrolledDevice(t, ca, maker)
+	d, agg9 := kernelBootedDevice(t, ca, maker)
 	list = new([]ima.Entry)
-	run = func(path string) string {
+	extend := func(e ima.Entry) {
 		t.Helper()
-		sum := sha256.Sum256([]byte("the contents of " + path))
-		e := ima.NG(path, sum)
 		if err := d.tpm.Extend(context.Background(), ima.PCR, e.ExtendDigest()); err != nil {
 			t.Fatal(err)
 		}
 		*list = append(*list, e)
+	}
+	run = func(path string) string {
+		t.Helper()
+		sum := sha256.Sum256([]byte("the contents of " + path))
+		extend(ima.NG(path, sum))
 		return hex.EncodeToString(sum[:])
 	}
-	return d, verify.Policy{Roots: ca.Roots(), PermanentIdentifier: d.akCert.PermanentIdentifier}, run, list
+	return d, verify.Policy{Roots: ca.Roots(), PermanentIdentifier: d.akCert.PermanentIdentifier}, run, list, ng(t, "boot_aggregate", agg9)
+}
+
+// measureBoot has the kernel write its first entry, boot_aggregate, as it does at boot.
+func (d *device) measureBoot(t *testing.T, list *[]ima.Entry, boot ima.Entry) {
+	t.Helper()
+	if err := d.tpm.Extend(context.Background(), ima.PCR, boot.ExtendDigest()); err != nil {
+		t.Fatal(err)
+	}
+	*list = append(*list, boot)
 }
 
 func (d *device) imaEvidence(t *testing.T, nonce []byte, list []ima.Entry) verify.Evidence {
 	t.Helper()
-	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, []int{ima.PCR, eventlog.PCRDevelopment}, slices.Clone(d.log))
+	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, imaPCRs, slices.Clone(d.log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,16 +66,17 @@ func (d *device) imaEvidence(t *testing.T, nonce []byte, list []ima.Entry) verif
 // IMA's, and a policy that requires the agent says the agent is not among the 0 covered
 // entries (not that the list fails to replay).
 func TestIMAListReadAfterAQuoteOfNothing(t *testing.T) {
-	d, policy, run, list := imaDevice(t)
+	d, policy, run, list, boot := imaDevice(t)
 	nonce := bytes.Repeat([]byte{4}, 32)
-	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, []int{ima.PCR, eventlog.PCRDevelopment}, slices.Clone(d.log))
+	ev, err := d.tpm.Evidence(context.Background(), d.akCert, nonce, imaPCRs, slices.Clone(d.log))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(ev.Quote.PCRs[ima.PCR], make([]byte, 32)) {
 		t.Fatalf("PCR 10 of a fresh simulator = %x; the test needs it zero", ev.Quote.PCRs[ima.PCR])
 	}
-	run("/usr/lib/x86_64-linux-gnu/libc.so.6") // measured after the quote
+	d.measureBoot(t, list, boot) // measured after the quote, as everything below
+	run("/usr/lib/x86_64-linux-gnu/libc.so.6")
 	later := ima.NG("/usr/bin/not-ima", sha256.Sum256([]byte("x")))
 	later.PCR = 11
 	ev.IMALog = ima.Marshal(append(slices.Clone(*list), later))
@@ -82,8 +96,8 @@ func TestIMAListReadAfterAQuoteOfNothing(t *testing.T) {
 // require an agent in the list (a fleet that pins only its libraries); one that lists
 // them does.
 func TestIMAPolicyWithoutAgentBuilds(t *testing.T) {
-	d, policy, run, list := imaDevice(t)
-	run("boot_aggregate")
+	d, policy, run, list, boot := imaDevice(t)
+	d.measureBoot(t, list, boot)
 	libc := run("/usr/lib/x86_64-linux-gnu/libc.so.6")
 	nonce := bytes.Repeat([]byte{2}, 32)
 	ev := d.imaEvidence(t, nonce, *list)
@@ -102,8 +116,8 @@ func TestIMAPolicyWithoutAgentBuilds(t *testing.T) {
 // does not know is trusted, and its verdict lists the first 100 of them, in the order
 // they ran, so that a verdict stays small.
 func TestIMAUnknownFilesAreCapped(t *testing.T) {
-	d, policy, run, list := imaDevice(t)
-	run("boot_aggregate")
+	d, policy, run, list, boot := imaDevice(t)
+	d.measureBoot(t, list, boot)
 	var unknown []string
 	for i := range 103 {
 		p := fmt.Sprintf("/usr/bin/tool-%03d", i)
