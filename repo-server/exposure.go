@@ -45,6 +45,10 @@ var deviceRoutes = map[string]bool{
 // later is restricted unless it is declared public.
 func (s *Server) Restrict(e Exposure, why string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if name, ok := s.metadataRequest(r); ok { // public, and the hot path
+			s.serveMetadataFile(w, r, name)
+			return
+		}
 		_, pattern := s.mux.Handler(r)
 		switch {
 		case pattern == "" || publicRoutes[pattern]:

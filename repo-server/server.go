@@ -1,25 +1,19 @@
 package reposerver
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/clientip"
@@ -82,7 +76,9 @@ type Server struct {
 	log  *slog.Logger
 	mux  *http.ServeMux
 	reg  *prometheus.Registry
-	meta *fileCache
+	meta *metaCache
+	// metaCount counts metadata requests (served without the mux's count wrapper).
+	metaCount *codeCounter
 
 	requests  *prometheus.CounterVec
 	versions  *prometheus.GaugeVec
@@ -108,7 +104,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Repo == nil {
 		return nil, errors.New("server: no repository")
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, mux: http.NewServeMux(), meta: &fileCache{}}
+	s := &Server{cfg: cfg, log: cfg.Logger, reg: cfg.Registry, mux: http.NewServeMux(), meta: newMetaCache(cfg.Repo.MetadataDir())}
 	s.refused.interval = cfg.RefusalInterval
 	if s.refused.interval <= 0 {
 		s.refused.interval = time.Minute
@@ -150,7 +146,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}, []string{"result"})
 	s.reg.MustRegister(s.requests, s.versions, s.expiresIn, s.refreshes)
 
-	s.mux.Handle("GET /metadata/{file}", s.count("metadata", http.HandlerFunc(s.serveMetadata)))
+	s.metaCount = newCodeCounter(s.requests, "metadata")
+	s.mux.Handle("GET /metadata/{file}", http.HandlerFunc(s.serveMetadata)) // counts itself
 	s.mux.Handle("GET /targets/{path...}", s.count("targets", http.HandlerFunc(s.serveTarget)))
 	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
@@ -159,7 +156,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 }
 
 // Handler is the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 
 // Handle mounts another subsystem's handler (device API, attestation CA, dashboard).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
@@ -170,7 +167,7 @@ func (s *Server) Registry() *prometheus.Registry { return s.reg }
 // Serve serves on ln and refreshes the online metadata (and plans rollouts, when the
 // device API is enabled) until ctx ends.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	return s.ServeWith(ctx, ln, s.mux)
+	return s.ServeWith(ctx, ln, s.Handler())
 }
 
 // ServeWith is Serve with h (the server's Handler, or a Restrict of it) on ln.
@@ -207,7 +204,7 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 // listener for devices, made with tls.NewListener) until ctx ends; it runs no
 // background jobs, so call Serve once as well.
 func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
-	return s.ServeListenerWith(ctx, ln, s.mux)
+	return s.ServeListenerWith(ctx, ln, s.Handler())
 }
 
 // ServeListenerWith is ServeListener with h (the server's Handler, or a Restrict of it).
@@ -296,10 +293,11 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (s *Server) count(route string, h http.Handler) http.Handler {
+	c := newCodeCounter(s.requests, route)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h.ServeHTTP(sw, r)
-		s.requests.WithLabelValues(route, fmt.Sprint(sw.code)).Inc()
+		c.inc(sw.code)
 	})
 }
 
@@ -313,37 +311,6 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	w.Header().Del("ETag")
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
-}
-
-var metaNameRE = regexp.MustCompile(`^(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9_-]{0,63}\.json$`)
-
-// serveMetadata serves one metadata file. Versioned files never change and are cached
-// by clients forever; timestamp.json is revalidated with its ETag.
-func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("file")
-	if !metaNameRE.MatchString(name) {
-		writeError(w, http.StatusNotFound, "no such metadata file")
-		return
-	}
-	f, err := s.meta.get(filepath.Join(s.cfg.Repo.MetadataDir(), name))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			writeError(w, http.StatusNotFound, "no such metadata file")
-			return
-		}
-		s.log.Error("read metadata", "file", name, "err", err)
-		writeError(w, http.StatusInternalServerError, "cannot read metadata")
-		return
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("ETag", f.etag)
-	if name == "timestamp.json" || !strings.Contains(strings.TrimSuffix(name, ".json"), ".") {
-		h.Set("Cache-Control", "no-cache")
-	} else {
-		h.Set("Cache-Control", "public, max-age=31536000, immutable")
-	}
-	http.ServeContent(w, r, "", f.mod, bytes.NewReader(f.data))
 }
 
 var hexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -397,52 +364,4 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		"status": "ok", "root": st.Root.Signed.Version, "timestamp": st.Timestamp.Signed.Version,
 		"timestamp_expires": st.Timestamp.Signed.Expires,
 	})
-}
-
-// fileCache keeps metadata file contents keyed by path and validated by (inode, size,
-// mtime), so a file replaced by rename is re-read at once. Bounded: it is emptied when it
-// holds more than maxEntries files.
-type fileCache struct {
-	mu      sync.Mutex
-	entries map[string]*cachedFile
-}
-
-type cachedFile struct {
-	ino  uint64
-	size int64
-	mod  time.Time
-	data []byte
-	etag string
-}
-
-const maxEntries = 1024
-
-func (c *fileCache) get(path string) (*cachedFile, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	var ino uint64
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		ino = st.Ino
-	}
-	c.mu.Lock()
-	e := c.entries[path]
-	c.mu.Unlock()
-	if e != nil && e.ino == ino && e.size == fi.Size() && e.mod.Equal(fi.ModTime()) {
-		return e, nil
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256(data)
-	e = &cachedFile{ino: ino, size: int64(len(data)), mod: fi.ModTime(), data: data, etag: `"` + hex.EncodeToString(sum[:16]) + `"`}
-	c.mu.Lock()
-	if c.entries == nil || len(c.entries) >= maxEntries {
-		c.entries = map[string]*cachedFile{}
-	}
-	c.entries[path] = e
-	c.mu.Unlock()
-	return e, nil
 }

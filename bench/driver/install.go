@@ -18,7 +18,11 @@ type InstallRow struct {
 	// VsCurl is this system's throughput over curl's in the same round, median of rounds.
 	VsCurl      float64    `json:"throughput_vs_curl"`
 	VsCurlRange [2]float64 `json:"throughput_vs_curl_range"`
-	Rounds      int        `json:"rounds"`
+	// VsCurlSync is the same against curl followed by `sync FILE` (the durability the
+	// agent pays), round by round.
+	VsCurlSync      float64    `json:"throughput_vs_curl_sync"`
+	VsCurlSyncRange [2]float64 `json:"throughput_vs_curl_sync_range"`
+	Rounds          int        `json:"rounds"`
 }
 
 type InstallResult struct {
@@ -89,7 +93,7 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 				return gotuf, []string{base + "/metadata", base + "/targets", repo.rootFile(), filepath.Join(dir, "tuf"), p.Target, filepath.Join(dir, "out")}
 			}, out: func(dir string) string { return filepath.Join(dir, "out") }},
 		}
-		type acc struct{ secs, rate, rss, cpu, vs []float64 }
+		type acc struct{ secs, rate, rss, cpu, vs, vsSync []float64 }
 		accs := make([]acc, len(systems))
 		rounds := max(3, cfg.rounds-2)
 		for r := range rounds {
@@ -135,13 +139,15 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 			}
 			for i := range systems {
 				accs[i].vs = append(accs[i].vs, rate[i]/rate[0])
+				accs[i].vsSync = append(accs[i].vsSync, rate[i]/rate[1]) // systems[1] is curl + fsync
 			}
 		}
 		for i, s := range systems {
 			a := accs[i]
 			res.Rows = append(res.Rows, InstallRow{SizeMiB: p.Size >> 20, System: s.name, Seconds: round(median(a.secs), 2),
 				MiBPerSec: round(median(a.rate), 1), PeakRSSMiB: round(median(a.rss), 1), CPUSeconds: round(median(a.cpu), 2),
-				VsCurl: round(median(a.vs), 3), VsCurlRange: roundRange(a.vs, 3), Rounds: rounds})
+				VsCurl: round(median(a.vs), 3), VsCurlRange: roundRange(a.vs, 3),
+				VsCurlSync: round(median(a.vsSync), 3), VsCurlSyncRange: roundRange(a.vsSync, 3), Rounds: rounds})
 		}
 	}
 	return res, nil
