@@ -23,6 +23,9 @@ type MetadataRow struct {
 	// VsNginx is edgeward's req/s over nginx's in the same round, median of rounds.
 	VsNginx      float64    `json:"req_per_s_vs_nginx,omitempty"`
 	VsNginxRange [2]float64 `json:"req_per_s_vs_nginx_range,omitempty"`
+	// VsFloor is edgeward's req/s over the Go net/http floor's in the same round (edgeward rows).
+	VsFloor      float64    `json:"req_per_s_vs_go_floor,omitempty"`
+	VsFloorRange [2]float64 `json:"req_per_s_vs_go_floor_range,omitempty"`
 	Rounds       int        `json:"rounds"`
 }
 
@@ -212,7 +215,7 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 	// order: edgeward plain, edgeward INM, nginx plain, nginx INM, floor plain, floor INM;
 	// pairs are (0,2) and (1,3)
 	acc := make([][]wrkRun, len(targets))
-	var vs [4][]float64
+	var vs [6][]float64         // edgeward/nginx GET, INM; floor/nginx GET, INM; edgeward/floor GET, INM
 	for _, t := range targets { // warm-up
 		if _, err := runWrk(ctx, &config{wrkDuration: time.Second}, t.url, t.header); err != nil {
 			return nil, err
@@ -237,6 +240,8 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		vs[1] = append(vs[1], got[1].rps/got[3].rps)
 		vs[2] = append(vs[2], got[4].rps/got[2].rps)
 		vs[3] = append(vs[3], got[5].rps/got[3].rps)
+		vs[4] = append(vs[4], got[0].rps/got[4].rps)
+		vs[5] = append(vs[5], got[1].rps/got[5].rps)
 	}
 	for i, t := range targets {
 		var rps, p50, p99 []float64
@@ -248,6 +253,7 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		switch i {
 		case 0, 1:
 			row.VsNginx, row.VsNginxRange = round(median(vs[i]), 3), roundRange(vs[i], 3)
+			row.VsFloor, row.VsFloorRange = round(median(vs[i+4]), 3), roundRange(vs[i+4], 3)
 		case 4, 5:
 			row.VsNginx, row.VsNginxRange = round(median(vs[i-2]), 3), roundRange(vs[i-2], 3)
 		}

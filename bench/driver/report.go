@@ -164,6 +164,14 @@ func targets(r *Results) []Target {
 				t.Gap = fmt.Sprintf("%.1f points short", 100*(0.7-row.VsNginx))
 			}
 			add(t)
+			if row.VsFloor != 0 {
+				t := Target{Row: 3, Target: "metadata serving within 10 % of the Go net/http floor, " + row.Request,
+					Measured: fmt.Sprintf("%.1f %% of the floor (rounds %.0f–%.0f %%)", 100*row.VsFloor, 100*row.VsFloorRange[0], 100*row.VsFloorRange[1]), Status: status(row.VsFloor >= 0.9)}
+				if row.VsFloor < 0.9 {
+					t.Gap = fmt.Sprintf("%.1f points short", 100*(0.9-row.VsFloor))
+				}
+				add(t)
+			}
 		}
 	}
 	if c := r.CheckIn; c != nil {
