@@ -91,7 +91,7 @@ func TestCompletion(t *testing.T) {
 		{[]string{"rollout", "s"}, "status"},
 		{[]string{"root", "sign", "--pro"}, "--proposal"},
 		{[]string{"keys", "gen", "--r"}, "--role"},
-		{[]string{"publish", "--k"}, "--key --kind"},
+		{[]string{"publish", "--k"}, "--kek --key --kind"},
 	} {
 		if got := complete(c.words...); got != c.want {
 			t.Errorf("edgeward %s<TAB> = %q; want %q", strings.Join(c.words, " "), got, c.want)
