@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,11 +38,12 @@ import (
 //     for targets does not move); every versioned metadata file and target reached the
 //     server at most once; timestamp.json was never cached.
 //   - A target changed on the mirror's disk (a byte of the cached model flipped): each
-//     device refuses it (install_error, "hash mismatch"), installs nothing and keeps
-//     serving the version it had.
+//     device refuses the bytes but not the version (infrastructure, "hash mismatch",
+//     retried with backoff; never install_error), installs nothing and keeps serving
+//     the version it had. Once the mirror serves the good bytes again, both devices
+//     install the version without any operator action on them.
 //   - Metadata changed on the mirror's disk (a signature of the cached delegated
-//     models role flipped): each device refuses it (install_error naming the role),
-//     installs nothing and keeps serving.
+//     models role flipped): the same, the cause naming the role.
 func TestMirror(t *testing.T) {
 	f := newFleet(t, 0)
 	root, err := moduleRoot()
@@ -144,22 +146,25 @@ func TestMirror(t *testing.T) {
 
 	// A target changed on the mirror's disk: cached before the rollout, then one byte
 	// of the model flipped. Devices fetch targets only to install them.
-	const have = "1.1.0"
-	res := publishNeverInstalled(t, f, "1.2.0")
+	res := publishUnique(t, f, "1.2.0")
 	uri := "/targets/" + repository.ConsistentTargetPath(res.Path, res.SHA256)
-	tamperCached(t, ng, cache, uri, func(body []byte) { body[len(body)/2] ^= 0x01 })
+	repair := tamperCached(t, ng, cache, uri, func(body []byte) { body[len(body)/2] ^= 0x01 })
 	if sum := sha256.Sum256(httpBody(t, ng.URL+uri)); hex.EncodeToString(sum[:]) == res.SHA256 {
 		t.Fatal("the mirror still serves the original model after its cached copy was changed")
 	}
 	f.rollout("vib-1.2.0", "1.2.0", nil)
-	refused(t, f, "vib-1.2.0", have, "hash mismatch")
+	retried(t, f, "vib-1.2.0", "1.1.0", "hash mismatch")
+	repair()
+	if err := f.srv.WaitCommitted(f.ctx, wait, f.devs, artifact.KindModel, "1.2.0"); err != nil {
+		t.Fatalf("after the mirror was repaired: %v", err)
+	}
 
 	// Metadata changed on the mirror's disk: the new version of the delegated models
 	// role (fetched by devices only to resolve a target), cached, then a character of
 	// its signature changed.
-	res = publishNeverInstalled(t, f, "1.3.0")
+	res = publishUnique(t, f, "1.3.0")
 	uri = fmt.Sprintf("/metadata/%d.%s.json", res.Version, res.Role)
-	tamperCached(t, ng, cache, uri, func(body []byte) {
+	repair = tamperCached(t, ng, cache, uri, func(body []byte) {
 		m := sigRE.FindIndex(body)
 		if m == nil {
 			t.Fatalf("%s: no signature in %s", uri, body)
@@ -172,12 +177,28 @@ func TestMirror(t *testing.T) {
 		}
 	})
 	f.rollout("vib-1.3.0", "1.3.0", nil)
-	refused(t, f, "vib-1.3.0", have, "Verifying "+res.Role+" failed") // go-tuf: not enough valid signatures
+	retried(t, f, "vib-1.3.0", "1.2.0", "Verifying "+res.Role+" failed") // go-tuf: not enough valid signatures
+	repair()
+	if err := f.srv.WaitCommitted(f.ctx, wait, f.devs, artifact.KindModel, "1.3.0"); err != nil {
+		t.Fatalf("after the mirror was repaired: %v", err)
+	}
+	for _, id := range []string{"vib-1.2.0", "vib-1.3.0"} {
+		for _, d := range f.devs {
+			var outcomes []string
+			for _, r := range f.reports(id)[d.ID] {
+				outcomes = append(outcomes, string(r.Outcome))
+			}
+			if !slices.Contains(outcomes, string(wire.OutcomeInfrastructure)) || !slices.Contains(outcomes, string(wire.OutcomeCommitted)) || slices.Contains(outcomes, string(wire.OutcomeInstallError)) {
+				t.Errorf("%s: %s reports %v; want infrastructure failures, then a commit", id, d.Name, outcomes)
+			}
+		}
+	}
 }
 
-// publishNeverInstalled publishes a model version that no device will get to load
-// (the mirror serves it tampered): its probe set is 1.1.0's, its bytes are unique.
-func publishNeverInstalled(t *testing.T, f *fleetLab, version string) *repository.PublishResult {
+// publishUnique publishes a model version trained as 1.1.0 is, under its own name (so
+// its bytes are its own), with 1.1.0's probe set, and no delta: a device downloads the
+// full target, which the test tampers with on the mirror.
+func publishUnique(t *testing.T, f *fleetLab, version string) *repository.PublishResult {
 	t.Helper()
 	probe, err := modelgen.ProbeSet("1.1.0")
 	if err != nil {
@@ -189,10 +210,15 @@ func publishNeverInstalled(t *testing.T, f *fleetLab, version string) *repositor
 	}, f.repo.Keys); err != nil {
 		t.Fatal(err)
 	}
+	spec, err := modelgen.SpecOf("1.1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Version = version
 	g := gates
 	res, err := f.repo.Repo.Publish(f.ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindModel, Name: lab.Model, Version: version, Format: "onnx", Gates: &g},
-		Ext:  ".onnx", Content: strings.NewReader("a model the mirror will tamper with, version " + version),
+		Ext:  ".onnx", Content: bytes.NewReader(modelgen.ModelOf(spec)), Deltas: -1,
 	}, f.repo.Keys)
 	if err != nil {
 		t.Fatal(err)
@@ -200,29 +226,31 @@ func publishNeverInstalled(t *testing.T, f *fleetLab, version string) *repositor
 	return res
 }
 
-// refused waits until every device reported an install_error whose cause contains
-// want for rollout id, and checks that none installed anything: each still has version
-// have committed and serves it.
-func refused(t *testing.T, f *fleetLab, id, have, want string) {
+// retried waits until every device reported an infrastructure failure whose cause
+// contains want for rollout id (the mirror's bytes refused, the version not), and
+// checks that none reported anything else or installed anything: each still has
+// version have committed and serves it.
+func retried(t *testing.T, f *fleetLab, id, have, want string) {
 	t.Helper()
-	err := lab.WaitFor(f.ctx, wait, "every device to refuse "+id, func(context.Context) (bool, string, error) {
+	err := lab.WaitFor(f.ctx, wait, "every device to refuse the mirror's bytes for "+id, func(context.Context) (bool, string, error) {
 		reps := f.reports(id)
 		var seen []string
 		ok := true
 		for _, d := range f.devs {
 			var got *wire.Report
 			for i, r := range reps[d.ID] {
-				if r.Outcome == wire.OutcomeInstallError {
-					got = &reps[d.ID][i]
+				if r.Outcome != wire.OutcomeInfrastructure {
+					return false, "", lab.Final(fmt.Errorf("%s: %s report %s (%s); want only infrastructure while the mirror is tampered with", d.Name, id, r.Outcome, r.Cause))
 				}
+				got = &reps[d.ID][i]
 			}
 			if got == nil {
 				ok = false
-				seen = append(seen, fmt.Sprintf("%s: %d reports", d.Name, len(reps[d.ID])))
+				seen = append(seen, fmt.Sprintf("%s: no report", d.Name))
 				continue
 			}
 			if !strings.Contains(got.Cause, want) {
-				return false, "", lab.Final(fmt.Errorf("%s refused %s for another reason: %s; want %q", d.Name, id, got.Cause, want))
+				return false, "", lab.Final(fmt.Errorf("%s failed %s for another reason: %s; want %q", d.Name, id, got.Cause, want))
 			}
 		}
 		return ok, strings.Join(seen, "; "), nil
@@ -232,12 +260,7 @@ func refused(t *testing.T, f *fleetLab, id, have, want string) {
 	}
 	for _, d := range f.devs {
 		reps := f.reports(id)[d.ID]
-		for _, r := range reps {
-			if r.Outcome != wire.OutcomeInstallError {
-				t.Errorf("%s: %s report %s (%s); want only install_error", d.Name, id, r.Outcome, r.Cause)
-			}
-		}
-		t.Logf("%s refused %s: %s", d.Name, id, reps[len(reps)-1].Cause)
+		t.Logf("%s refused the mirror's bytes for %s: %s", d.Name, id, reps[len(reps)-1].Cause)
 		if res, err := d.WaitServing(f.ctx, wait, have); err != nil {
 			t.Errorf("%s after refusing %s: %v (last answer %+v)", d.Name, id, err, res)
 		}
@@ -248,14 +271,15 @@ func refused(t *testing.T, f *fleetLab, id, have, want string) {
 	}
 	for _, d := range f.devs {
 		if got := fds[d.Name].Slots[artifact.KindModel].Version; got != have {
-			t.Errorf("%s: committed model %s after refusing %s; want %s", d.Name, got, id, have)
+			t.Errorf("%s: committed model %s while the mirror was tampered with; want %s", d.Name, got, have)
 		}
 	}
 }
 
 // tamperCached caches uri on the mirror (a GET that must reach the server: nobody
-// asked for it before), then changes its body in nginx's cache file with change.
-func tamperCached(t *testing.T, ng *nginxtest.Server, cache, uri string, change func(body []byte)) {
+// asked for it before), then changes its body in nginx's cache file with change. repair
+// puts the cached file back as it was.
+func tamperCached(t *testing.T, ng *nginxtest.Server, cache, uri string, change func(body []byte)) (repair func()) {
 	t.Helper()
 	httpBody(t, ng.URL+uri)
 	var es []nginxtest.Entry
@@ -303,9 +327,16 @@ func tamperCached(t *testing.T, ng *nginxtest.Server, cache, uri string, change 
 	if i < 0 {
 		t.Fatalf("%s: no end of the response header", file)
 	}
+	good := bytes.Clone(b)
 	change(b[i+4:])
 	if err := os.WriteFile(file, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if err := os.WriteFile(file, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

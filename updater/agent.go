@@ -456,6 +456,11 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 	a.retries[string(kind)] = r
 	rep.Outcome = wire.OutcomeInfrastructure
 	rep.Cause = fmt.Sprintf("%v (attempt %d, retrying in %v)", err, r.attempts, wait)
+	if WrongBytes(err) {
+		// Said first: the server groups causes by their first 80 characters, which a
+		// URL would fill.
+		rep.Cause = "served bytes do not match what is signed: " + rep.Cause
+	}
 	a.report(ctx, rep)
 	return fmt.Errorf("%s %s: attempt %d failed, retrying in %v: %w", kind, targetPath, r.attempts, wait, err)
 }

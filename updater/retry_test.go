@@ -1,13 +1,21 @@
 package updater
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -39,7 +47,10 @@ func TestTransient(t *testing.T) {
 		{fmt.Errorf("load: %w", refused), true},
 		{&DownloadError{URL: "u", Status: 503, Err: errors.New("unavailable")}, true},
 		{&DownloadError{URL: "u", Status: 404, Err: errors.New("not found")}, false},
-		{&DownloadError{Err: ErrHashMismatch, perm: true}, false},
+		{&DownloadError{Err: ErrHashMismatch, perm: true}, true}, // a mirror's wrong bytes: the version is not at fault
+		{&DownloadError{Err: ErrTooLong, perm: true}, true},
+		{fmt.Errorf("target: %w", &metadata.ErrUnsignedMetadata{Msg: "Verifying models failed, not enough signatures"}), true},
+		{&metadata.ErrBadVersionNumber{Msg: "new snapshot version 3 must be >= 4"}, false},
 		{errors.New("accuracy 0.91 < 0.95"), false},
 		{context.Canceled, false},
 		{nil, false},
@@ -158,6 +169,124 @@ func TestNoSpaceIsRetried(t *testing.T) {
 	}
 	if got, want := strings.Join(outcomes, ", "), "infrastructure, infrastructure, committed"; got != want {
 		t.Errorf("reports = %s; want %s", got, want)
+	}
+}
+
+// TestWrongBytesAreRetried (issue 12): a mirror that serves a target whose bytes do
+// not match their signed hash, or a delegated role's metadata whose signature does not
+// verify, does not burn the version on the device. The install is refused (nothing is
+// staged or committed), reported as an infrastructure failure naming the cause, held
+// back for its backoff and tried again; once the good bytes are served the same running
+// agent installs the version.
+func TestWrongBytesAreRetried(t *testing.T) {
+	get := func(t *testing.T, url string) []byte {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name   string
+		cause  string // in the infrastructure report and the step's error
+		tamper func(t *testing.T, r *tuftest.Repo, p string, data []byte) (restore func())
+	}{
+		{"target", "hash mismatch", func(t *testing.T, r *tuftest.Repo, p string, data []byte) func() {
+			// Both consistent-snapshot names (sha256 and sha512) of the model.
+			var urls []string
+			for _, h := range []hash.Hash{sha256.New(), sha512.New()} {
+				h.Write(data)
+				dir, base := path.Split(p)
+				urls = append(urls, "/targets/"+dir+hex.EncodeToString(h.Sum(nil))+"."+base)
+			}
+			bad := slices.Clone(data)
+			bad[len(bad)/2] ^= 0x01
+			for _, u := range urls {
+				r.Put(u, bad)
+			}
+			return func() {
+				for _, u := range urls {
+					r.Put(u, data)
+				}
+			}
+		}},
+		{"metadata", "Verifying models failed", func(t *testing.T, r *tuftest.Repo, _ string, _ []byte) func() {
+			u := "/metadata/3.models.json" // Publish made version 2 of the new role, AddModel 3
+			good := get(t, r.MetadataURL()+"/3.models.json")
+			bad := slices.Clone(good)
+			i := bytes.Index(bad, []byte(`"sig":"`)) + len(`"sig":"`)
+			if i < len(`"sig":"`) {
+				t.Fatalf("no signature in %s", good)
+			}
+			bad[i] = map[bool]byte{true: '1', false: '0'}[bad[i] == '0']
+			r.Put(u, bad)
+			return func() { r.Put(u, good) }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := tuftest.New(t)
+			r.Delegate("models", "models/*/*", "probes/*/*")
+			r.Publish()
+			p, data := r.AddModel("iris", "1.0.0", 0)
+			restore := tc.tamper(t, r, p, data)
+			c, m, o := deviceState(t, r)
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			d := &director{want: map[artifact.Kind]string{artifact.KindModel: p}}
+			a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+				Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			current := func() string {
+				s, _ := m.State(ctx, artifact.KindModel)
+				if s.Current == nil {
+					return ""
+				}
+				return s.Current.Version
+			}
+			for attempt := 1; attempt <= 2; attempt++ {
+				err := a.Step(ctx)
+				if err == nil || !strings.Contains(err.Error(), tc.cause) || !strings.Contains(err.Error(), fmt.Sprintf("attempt %d", attempt)) {
+					t.Fatalf("Step %d with the tampered %s = %v; want attempt %d failing with %q", attempt, tc.name, err, attempt, tc.cause)
+				}
+				if s, _ := m.State(ctx, artifact.KindModel); current() != "" || (s.Phase != rollback.Idle && s.Phase != rollback.Failed) {
+					t.Fatalf("slot after the tampered %s = %s, committed %q; want nothing staged or committed", tc.name, s.Phase, current())
+				}
+				if e := a.LastError(); e == nil || e.Kind != wire.ErrorDownload || !strings.Contains(e.Message, tc.cause) {
+					t.Errorf("LastError() = %+v; want a download error naming %q", e, tc.cause)
+				}
+				// Within the backoff the agent does not try again.
+				now = now.Add(20 * time.Second)
+				if err := a.Step(ctx); err != nil {
+					t.Errorf("Step within the backoff = %v; want no attempt", err)
+				}
+				now = now.Add(2 * time.Minute)
+			}
+			restore()
+			if err := a.Step(ctx); err != nil || current() != "1.0.0" {
+				t.Fatalf("Step once the good bytes are served = %v, committed %q; want 1.0.0 with no restart", err, current())
+			}
+			msgs, _ := o.Due(ctx, now, 10)
+			var outcomes []string
+			for _, msg := range msgs {
+				var rep wire.Report
+				json.Unmarshal(msg.Body, &rep)
+				outcomes = append(outcomes, string(rep.Outcome))
+				if rep.Outcome == wire.OutcomeInfrastructure && (!strings.Contains(rep.Cause, tc.cause) || rep.Name != "iris" || rep.Version != "1.0.0") {
+					t.Errorf("infrastructure report = %+v; want iris 1.0.0 naming %q", rep, tc.cause)
+				}
+			}
+			if got, want := strings.Join(outcomes, ", "), "infrastructure, infrastructure, committed"; got != want {
+				t.Errorf("reports = %s; want %s", got, want)
+			}
+		})
 	}
 }
 

@@ -18,12 +18,16 @@ import (
 // Transient reports whether err has a cause that goes away without a new version: no
 // space left on the device, the network or the server unreachable or failing (a
 // timeout, a refused or reset connection, HTTP 408, 429 or 5xx), the local runtime not
-// answering, the server's certificate not trusted (ErrUntrustedServer). An install that fails for such a cause is retried with backoff and does
-// not count against the version. A wrong hash, a signature, a 404, a downgrade or a
-// failed probe are not transient.
+// answering, the server's certificate not trusted (ErrUntrustedServer), bytes that do
+// not match what is signed (see WrongBytes). An install that fails for such a cause is
+// retried with backoff and does not count against the version. A 404, a target TUF
+// does not list, a downgrade or a failed probe are not transient.
 func Transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
+	}
+	if WrongBytes(err) {
+		return true
 	}
 	if errors.Is(err, ErrUntrustedServer) {
 		return true // the device's configuration is at fault, not the version
@@ -44,6 +48,18 @@ func Transient(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne)
+}
+
+// WrongBytes reports whether err says that what was served does not match what is
+// signed: a target whose hash or length differs from its TUF entry, or a metadata file
+// whose signatures or hash do not verify. Signed metadata is what defines a version, so
+// such bytes were damaged or swapped on their way (a tampered or corrupted mirror or
+// cache, a proxy, the network): the version is not at fault and must not be burnt on
+// the device for it. The install is refused (nothing unverified is ever staged) and
+// tried again after a backoff, so it succeeds once the good bytes are served again.
+func WrongBytes(err error) bool {
+	return errors.Is(err, ErrHashMismatch) || errors.Is(err, ErrTooLong) ||
+		errors.Is(err, &metadata.ErrUnsignedMetadata{}) || errors.Is(err, &metadata.ErrLengthOrHashMismatch{})
 }
 
 // ErrUntrustedServer wraps the error of a request whose server presented a TLS

@@ -242,6 +242,14 @@ func Model(version string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ModelOf(s), nil
+}
+
+// ModelOf returns the ONNX bytes of a model trained to s, named by s.Version: tests make
+// versions beyond Specs with it (e.g. 1.1.0's training under another version, whose
+// bytes are its own).
+func ModelOf(s Spec) []byte {
+	version := s.Version
 	x, _ := Dataset(trainSeed, trainN)
 	mean, std := stats(x)
 	var b strings.Builder
@@ -255,7 +263,7 @@ func Model(version string) ([]byte, error) {
 	b.WriteString("]}")
 	meta := map[string]string{"edgeward.version": version, "edgeward.baseline": b.String()}
 	return Train(s).ONNX("vibration_anomaly_"+strings.ReplaceAll(version, ".", "_"), meta,
-		[]string{"edgeward.version", "edgeward.baseline"}), nil
+		[]string{"edgeward.version", "edgeward.baseline"})
 }
 
 // ProbeSet returns the probe set (JSON, the runtime's probe format) of a published
