@@ -111,3 +111,51 @@ func TestAKCache(t *testing.T) {
 		t.Errorf("Verify(altered quote, cached certificate) = %+v; want %s", v, verify.SignatureInvalid)
 	}
 }
+
+// TestAKCacheHitCostsOnlyTheQuote: what the cache is for. A device checking in again
+// with a cached certificate is judged without parsing the certificate or verifying its
+// chain again, so its check-in costs far fewer allocations than one verified in full;
+// a cache of size 0 is one of DefaultAKCacheSize, not of one certificate.
+func TestAKCacheHitCostsOnlyTheQuote(t *testing.T) {
+	ca := newSoftCA(t, time.Hour)
+	d, err := attesttest.NewSoftDevice(ca.key, ca.cert, "dev-hit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Measure("model", "m", "1.0.0", strings.Repeat("1", 64))
+	nonce := []byte("0123456789abcdef0123456789abcdef")
+	ev := softEvidence(t, d, nonce)
+	now := time.Now()
+	allocs := func(cache *verify.AKCache) float64 {
+		t.Helper()
+		p := verify.Policy{Roots: ca.roots, PermanentIdentifier: d.ID, AKCache: cache}
+		if v := verify.Verify(p, ev, nonce, now); !v.Trusted {
+			t.Fatalf("Verify = %+v; want trusted", v)
+		}
+		return testing.AllocsPerRun(20, func() {
+			if v := verify.Verify(p, ev, nonce, now); !v.Trusted {
+				t.Fatalf("Verify = %+v; want trusted", v)
+			}
+		})
+	}
+	full, cached := allocs(nil), allocs(verify.NewAKCache(1))
+	t.Logf("allocations per check-in: %.0f verified in full, %.0f from the cache", full, cached)
+	if cached > full/2 {
+		t.Errorf("a cached certificate costs %.0f allocations per check-in, a full verification %.0f: the cache did not spare the chain", cached, full)
+	}
+
+	// Size 0: the default size.
+	cache := verify.NewAKCache(0)
+	for i := range 3 {
+		dev, err := attesttest.NewSoftDevice(ca.key, ca.cert, "dev-"+string(rune('a'+i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v := verify.Verify(verify.Policy{Roots: ca.roots, AKCache: cache}, softEvidence(t, dev, nonce), nonce, now); !v.Trusted {
+			t.Fatalf("Verify(%s) = %+v; want trusted", dev.ID, v)
+		}
+	}
+	if n := cache.Len(); n != 3 {
+		t.Errorf("NewAKCache(0) holds %d certificates after 3 devices; want 3 (size 0 is DefaultAKCacheSize)", n)
+	}
+}

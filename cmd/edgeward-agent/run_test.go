@@ -117,6 +117,9 @@ func TestSubcommandHelp(t *testing.T) {
 func TestCompletion(t *testing.T) {
 	bash, err := exec.LookPath("bash")
 	if err != nil {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatalf("bash: %v (EDGEWARD_REQUIRE_DEPS=1)", err)
+		}
 		t.Skip("no bash")
 	}
 	var script, errb bytes.Buffer

@@ -140,7 +140,19 @@ func TestRuntimeSwap(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(500 * time.Millisecond) // load on the old process alone
+	// Load on the old process alone, until it has served some requests (no fixed
+	// sleep: on a loaded machine the first inference can take longer than any guess).
+	waitServed := func(what string, from int64) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); ok.Load() < from+5; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				stop.Store(true)
+				wg.Wait()
+				t.Fatalf("%s: %d requests served in a minute (%d failed: %v); want 5", what, ok.Load()-from, fail.Load(), errs[:min(len(errs), 3)])
+			}
+		}
+	}
+	waitServed("the old process alone", 0)
 
 	okOld := ok.Load() // served by the old process alone
 	began := time.Now()
@@ -159,7 +171,7 @@ func TestRuntimeSwap(t *testing.T) {
 	}
 	a.done <- nil // for the cleanup
 	okSwap := ok.Load()
-	time.Sleep(500 * time.Millisecond) // load on the new process alone
+	waitServed("the new process alone, after the old one exited", okSwap)
 	stop.Store(true)
 	wg.Wait()
 	t.Logf("runtime swap: new process ready %v after start; %d requests ok, %d failed", ready, ok.Load(), fail.Load())

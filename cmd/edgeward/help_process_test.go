@@ -60,6 +60,9 @@ func TestCompletion(t *testing.T) {
 	}
 	bash, err := exec.LookPath("bash")
 	if err != nil {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatalf("bash: %v (EDGEWARD_REQUIRE_DEPS=1)", err)
+		}
 		t.Skip("no bash")
 	}
 	bin := buildCLI(t)
