@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,4 +151,31 @@ func FuzzTPMWire(f *testing.F) {
 		f.Add(sigs[i%len(sigs)], atts[i%len(atts)])
 	}
 	f.Fuzz(func(t *testing.T, sig, att []byte) { sameAsGoTPM(t, sig, att) })
+}
+
+// TestTPMWireSelectionCap: a quote may select PCRs of at most maxPCRSelections banks
+// (HASH_COUNT, what a TPM can have): a well-formed attestation with that many is read,
+// one with a selection more is refused before its selections are read, however
+// well-formed they are.
+func TestTPMWireSelectionCap(t *testing.T) {
+	quote := func(n int) []byte {
+		sels := make([]tpm2.TPMSPCRSelection, n)
+		for i := range sels {
+			sels[i] = tpm2.TPMSPCRSelection{Hash: tpm2.TPMAlgSHA256, PCRSelect: []byte{0, 0, 1}}
+		}
+		return tpm2.Marshal(tpm2.TPMSAttest{Magic: tpm2.TPMGeneratedValue, Type: tpm2.TPMSTAttestQuote,
+			ExtraData: tpm2.TPM2BData{Buffer: []byte("nonce")},
+			Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
+				PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: sels},
+				PCRDigest: tpm2.TPM2BDigest{Buffer: bytes.Repeat([]byte{3}, 32)},
+			})})
+	}
+	at := quote(maxPCRSelections)
+	if q, err := parseQuote(at); err != nil || len(q.pcrSelect.PCRSelections) != maxPCRSelections {
+		t.Errorf("parseQuote(%d selections) = %d selections, %v; want all read", maxPCRSelections, len(q.pcrSelect.PCRSelections), err)
+	}
+	sameAsGoTPM(t, nil, at)
+	if _, err := parseQuote(quote(maxPCRSelections + 1)); err == nil || !strings.Contains(err.Error(), "PCR selections") {
+		t.Errorf("parseQuote(%d selections) = %v; want refused for its count", maxPCRSelections+1, err)
+	}
 }
