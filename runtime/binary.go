@@ -45,44 +45,59 @@ func headerLength(h http.Header) (int, error) {
 // JSON header of headerLen bytes followed by binary tensor data. maxElements bounds each
 // tensor. Inputs may share body's memory. Every error wraps ErrInvalid.
 func DecodeInferRequest(body []byte, headerLen, maxElements int) (runtimeapi.InferRequest, []Input, []string, error) {
-	var req runtimeapi.InferRequest
+	var s inferScratch
+	if err := s.decode(body, headerLen, maxElements); err != nil {
+		return s.req, nil, nil, err
+	}
+	return s.req, s.inputs, s.names, nil
+}
+
+// decode is DecodeInferRequest into s.req, s.inputs and s.names, reusing their memory
+// and s.data's for the inputs' elements.
+func (s *inferScratch) decode(body []byte, headerLen, maxElements int) error {
+	req := &s.req
 	header, bin := body, []byte(nil)
 	if headerLen >= 0 {
 		if headerLen > len(body) {
-			return req, nil, nil, fmt.Errorf("%w: %s is %d but the body has %d bytes", runtimeapi.ErrInvalid, runtimeapi.HeaderLengthHeader, headerLen, len(body))
+			return fmt.Errorf("%w: %s is %d but the body has %d bytes", runtimeapi.ErrInvalid, runtimeapi.HeaderLengthHeader, headerLen, len(body))
 		}
 		header, bin = body[:headerLen], body[headerLen:]
 	}
-	// Unmarshal refuses anything after the value but white space.
-	if err := json.Unmarshal(header, &req); err != nil {
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) && strings.HasPrefix(syn.Error(), "invalid character") && strings.HasSuffix(syn.Error(), "after top-level value") {
-			return req, nil, nil, fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
+	// The fast path decodes the common shape; anything else, hostile input included, goes
+	// through encoding/json, whose result and errors it reproduces.
+	if !fastUnmarshal(header, req) {
+		if err := unmarshalRequest(header, req); err != nil {
+			return err
 		}
-		return req, nil, nil, fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
 	}
 	if len(req.Inputs) == 0 {
-		return req, nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
+		return fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
 	}
 	if _, err := boolParam(req.Parameters, runtimeapi.ParamBinaryOutput); err != nil {
-		return req, nil, nil, fmt.Errorf("%w: request %w", runtimeapi.ErrInvalid, err)
+		return fmt.Errorf("%w: request %w", runtimeapi.ErrInvalid, err)
 	}
-	inputs := make([]Input, len(req.Inputs))
+	s.inputs = resize(s.inputs, len(req.Inputs))
+	if len(s.data) < len(req.Inputs) {
+		s.data = append(s.data, make([][]byte, len(req.Inputs)-len(s.data))...)
+	}
 	for i, t := range req.Inputs {
 		if t.Name == "" {
-			return req, nil, nil, fmt.Errorf("%w: input %d has no name", runtimeapi.ErrInvalid, i)
+			return fmt.Errorf("%w: input %d has no name", runtimeapi.ErrInvalid, i)
 		}
 		if !t.Datatype.Known() {
-			return req, nil, nil, fmt.Errorf("%w: input %q: datatype %q is not supported", runtimeapi.ErrInvalid, t.Name, t.Datatype)
+			return fmt.Errorf("%w: input %q: datatype %q is not supported", runtimeapi.ErrInvalid, t.Name, t.Datatype)
 		}
 		size, ok, err := sizeParam(t.Parameters)
 		if err != nil {
-			return req, nil, nil, fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
+			return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 		}
 		var td tensorData
 		switch {
 		case !ok:
-			td, err = decodeData(t.Data, t.Datatype, maxElements, nil)
+			td, err = decodeData(t.Data, t.Datatype, maxElements, s.data[i])
+			if cap(td.raw) > 0 {
+				s.data[i] = td.raw[:0]
+			}
 		case headerLen < 0:
 			err = fmt.Errorf("%s without the %s header", runtimeapi.ParamBinarySize, runtimeapi.HeaderLengthHeader)
 		case t.Data != nil:
@@ -94,21 +109,34 @@ func DecodeInferRequest(body []byte, headerLen, maxElements int) (runtimeapi.Inf
 			bin = bin[size:]
 		}
 		if err != nil {
-			return req, nil, nil, fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
+			return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 		}
-		inputs[i] = Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, tensorData: td}
+		s.inputs[i] = Input{Name: t.Name, Datatype: t.Datatype, Shape: t.Shape, tensorData: td}
 	}
 	if len(bin) > 0 {
-		return req, nil, nil, fmt.Errorf("%w: %d bytes of binary data that no input's %s covers", runtimeapi.ErrInvalid, len(bin), runtimeapi.ParamBinarySize)
+		return fmt.Errorf("%w: %d bytes of binary data that no input's %s covers", runtimeapi.ErrInvalid, len(bin), runtimeapi.ParamBinarySize)
 	}
-	names := make([]string, len(req.Outputs))
+	s.names = resize(s.names, len(req.Outputs))
 	for i, o := range req.Outputs {
 		if _, err := boolParam(o.Parameters, runtimeapi.ParamBinary); err != nil {
-			return req, nil, nil, fmt.Errorf("%w: output %q: %w", runtimeapi.ErrInvalid, o.Name, err)
+			return fmt.Errorf("%w: output %q: %w", runtimeapi.ErrInvalid, o.Name, err)
 		}
-		names[i] = o.Name
+		s.names[i] = o.Name
 	}
-	return req, inputs, names, nil
+	return nil
+}
+
+// unmarshalRequest decodes a request's JSON with encoding/json. Unmarshal refuses
+// anything after the value but white space.
+func unmarshalRequest(header []byte, req *runtimeapi.InferRequest) error {
+	if err := json.Unmarshal(header, req); err != nil {
+		var syn *json.SyntaxError
+		if errors.As(err, &syn) && strings.HasPrefix(syn.Error(), "invalid character") && strings.HasSuffix(syn.Error(), "after top-level value") {
+			return fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
+		}
+		return fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)
+	}
+	return nil
 }
 
 // sizeParam reads binary_data_size: ok is false when it is absent.

@@ -1,7 +1,9 @@
 package runtime
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -73,6 +75,101 @@ func TestDecodeData(t *testing.T) {
 		v, err := decodeData([]byte(tt.data), tt.dt, 4, nil)
 		if (err != nil) != tt.wantErr || (err == nil && v.n != tt.wantLen) {
 			t.Errorf("decodeData(%q, %s) = %d values, %v; want %d, error %v", tt.data, tt.dt, v.n, err, tt.wantLen, tt.wantErr)
+		}
+	}
+}
+
+// FuzzFastUnmarshal checks the request decoder's fast path against encoding/json: every
+// body the fast path accepts must be one json.Unmarshal accepts too, decoded to an equal
+// InferRequest (nil and empty slices and maps told apart), so that the fast path changes
+// no result and no error.
+func FuzzFastUnmarshal(f *testing.F) {
+	for _, s := range fastUnmarshalSeeds {
+		f.Add([]byte(s.body))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var fast, ref runtimeapi.InferRequest
+		if !fastUnmarshal(body, &fast) {
+			if !reflect.DeepEqual(fast, runtimeapi.InferRequest{}) {
+				t.Fatalf("fastUnmarshal(%q) declined but left %+v", body, fast)
+			}
+			return
+		}
+		if err := json.Unmarshal(body, &ref); err != nil {
+			t.Fatalf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", body, err)
+		}
+		if !reflect.DeepEqual(fast, ref) {
+			t.Fatalf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", body, fast, ref)
+		}
+		// Decoding into a value that held another request (a pooled one) reuses its
+		// memory and must give the same result.
+		var reused runtimeapi.InferRequest
+		if !fastUnmarshal([]byte(reuseBody), &reused) || !fastUnmarshal(body, &reused) {
+			t.Fatalf("fastUnmarshal(%q) after another request declined", body)
+		}
+		if !reflect.DeepEqual(reused, ref) {
+			t.Fatalf("fastUnmarshal(%q) after another request = %#v; json.Unmarshal = %#v", body, reused, ref)
+		}
+	})
+}
+
+// reuseBody fills a request value before the fuzzed body is decoded into it again.
+const reuseBody = `{"id":"a","inputs":[{"name":"X","shape":[1,4,1],"datatype":"FP32","data":[1,2,3,4]},{"name":"Y","shape":[],"datatype":"BOOL","data":[]}],"outputs":[{"name":"o"},{"name":"p"}]}`
+
+// fastUnmarshalSeeds are FuzzFastUnmarshal's seeds and TestFastUnmarshal's table: fast
+// says whether the fast path takes the body (else encoding/json decodes it).
+var fastUnmarshalSeeds = []struct {
+	body string
+	fast bool
+}{
+	{irisJSON, true},
+	{irisRow, true},
+	{" \n{ \"id\" : \"r1\" , \"inputs\" : [ { \"name\" : \"X\" , \"shape\" : [ 2 , 2 ] , \"datatype\" : \"FP32\" , \"data\" : [ [ 1 , 2.5e-3 ] , [ -0 , 4 ] ] } ] } \r\n", true},
+	{`{"inputs":[{"name":"b","shape":[2],"datatype":"BOOL","data":[true,false]}],"outputs":[{"name":"o","parameters":{"binary_data":true}}]}`, true},
+	{`{"parameters":{"binary_data_output":true,"n":-1.5E+3,"s":"np"},"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","parameters":{"binary_data_size":16}}]}`, true},
+	{`{"inputs":[{"data":[[],[[]]],"datatype":"INT64","shape":[],"name":"é"}],"outputs":[],"parameters":{}}`, true},
+	{`{"inputs":[]}`, true},
+	{`{}`, true},
+	{`{"inputs":[{"name":"i","shape":[1],"datatype":"INT64","data":[-9223372036854775808]}]}`, true},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP64","data":[[[[1e308]]]]}]}`, true},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}],"inputs":[{"name":"Y"}]}`, false}, // repeated member
+	{`{"Inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                         // letter case
+	{`{"inputs":[{"name":"X\u0041","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                   // escape
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"BYTES","data":["a"]}]}`, false},                      // BYTES strings
+	{`{"inputs":[{"name":"X","shape":[1.0],"datatype":"FP32","data":[1]}]}`, false},
+	{`{"inputs":[{"name":"X","shape":[9223372036854775808],"datatype":"FP32","data":[1]}]}`, false},
+	{`{"inputs":[{"name":"X","shape":null,"datatype":"FP32","data":[1]}]}`, false},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[01]}]}`, false},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1,]}]}`, false},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":1}]}`, false},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}],"extra":1}`, false},
+	{`{"inputs":[{"name":"X","data":[1]}]} x`, false},
+	{"{\"inputs\":[{\"name\":\"\xff\",\"data\":[1]}]}", false}, // invalid UTF-8
+	{`{"id":1,"inputs":[]}`, false},
+	{`{"parameters":{"a":{"b":1}},"inputs":[]}`, false},
+	{`{"parameters":{"a":null},"inputs":[]}`, false},
+	{`{"inputs":[{"name":"X","data":[1,,2]}]}`, false},
+	{`{"inputs":[{"data":"[1]"}]}`, false},
+	{`[`, false},
+	{``, false},
+	{`null`, false},
+}
+
+func TestFastUnmarshal(t *testing.T) {
+	for _, s := range fastUnmarshalSeeds {
+		var fast, ref runtimeapi.InferRequest
+		got := fastUnmarshal([]byte(s.body), &fast)
+		if got != s.fast {
+			t.Errorf("fastUnmarshal(%q) = %v; want %v", s.body, got, s.fast)
+			continue
+		}
+		if !got {
+			continue
+		}
+		if err := json.Unmarshal([]byte(s.body), &ref); err != nil {
+			t.Errorf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", s.body, err)
+		} else if !reflect.DeepEqual(fast, ref) {
+			t.Errorf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", s.body, fast, ref)
 		}
 	}
 }

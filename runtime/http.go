@@ -138,12 +138,14 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if err != nil {
 		return statusOf(err), r.servedVersion(name, version), err
 	}
-	body, err := readBody(w, req, r.cfg.maxRequestBytes())
+	s := r.getScratch()
+	defer r.putScratch(s)
+	body, err := readBody(w, req, r.cfg.maxRequestBytes(), s.body)
 	if err != nil {
 		return statusOf(err), r.servedVersion(name, version), err
 	}
-	ir, inputs, names, err := DecodeInferRequest(body, hl, r.cfg.maxElements())
-	if err != nil {
+	s.body = body
+	if err := s.decode(body, hl, r.cfg.maxElements()); err != nil {
 		return statusOf(err), r.servedVersion(name, version), err
 	}
 	m, err := r.acquire(name, version)
@@ -151,12 +153,13 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 		return statusOf(err), "", err
 	}
 	defer m.inflight.Done()
-	outs, err := m.run(req.Context(), inputs, names, true)
+	outs, err := m.runWith(req.Context(), s.inputs, s.names, true, &s.run)
 	if err != nil {
 		return statusOf(err), m.version, err
 	}
-	bin := binaryOutputs(&ir, outs)
-	b, n := encodeInferResponse(make([]byte, 0, 256), m.name, m.version, ir.ID, outs, bin)
+	bin := binaryOutputs(&s.req, outs)
+	var n int
+	s.resp, n = encodeInferResponse(s.resp[:0], m.name, m.version, s.req.ID, outs, bin)
 	h := w.Header()
 	if bin != nil {
 		h["Content-Type"] = []string{"application/octet-stream"}
@@ -164,10 +167,61 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	} else {
 		h["Content-Type"] = []string{"application/json"}
 	}
-	h["Content-Length"] = []string{strconv.Itoa(len(b))}
+	h["Content-Length"] = []string{strconv.Itoa(len(s.resp))}
 	w.WriteHeader(http.StatusOK)
-	w.Write(b)
+	w.Write(s.resp)
 	return http.StatusOK, m.version, nil
+}
+
+// inferScratch is the memory one inference request needs: the body, the decoded request
+// and inputs, the run's slices and the response. The runtime keeps a pool of them, so
+// that a request in the usual shape allocates little beyond what ONNX Runtime does. Its
+// contents are valid until it is put back.
+type inferScratch struct {
+	body   []byte
+	req    runtimeapi.InferRequest
+	inputs []Input
+	names  []string
+	data   [][]byte // element buffers, one per input decoded from JSON
+	run    runScratch
+	resp   []byte
+}
+
+// maxPooledBytes bounds the buffers a pooled inferScratch keeps: a rare large request
+// does not pin its memory for the life of the process.
+const maxPooledBytes = 64 << 10
+
+func (r *Runtime) getScratch() *inferScratch {
+	if s, ok := r.scratch.Get().(*inferScratch); ok {
+		return s
+	}
+	return &inferScratch{}
+}
+
+// putScratch drops s's references into the request and ONNX Runtime's memory and
+// returns it to the pool, without buffers larger than maxPooledBytes.
+func (r *Runtime) putScratch(s *inferScratch) {
+	if cap(s.body) > maxPooledBytes {
+		s.body = nil
+	}
+	if cap(s.resp) > maxPooledBytes {
+		s.resp = nil
+	}
+	for i, d := range s.data {
+		if cap(d) > maxPooledBytes {
+			s.data[i] = nil
+		}
+	}
+	clear(s.inputs[:cap(s.inputs)])
+	s.run.reset()
+	for i := range s.req.Inputs {
+		s.req.Inputs[i].Data, s.req.Inputs[i].Parameters = nil, nil
+	}
+	for i := range s.req.Outputs {
+		s.req.Outputs[i].Parameters = nil
+	}
+	s.req.Parameters = nil
+	r.scratch.Put(s)
 }
 
 // servedVersion is the version a request for name and version would reach, "" when none
@@ -319,13 +373,18 @@ func (r *Runtime) handleDrift(w http.ResponseWriter, req *http.Request) {
 }
 
 // readBody reads at most max bytes of the request body; a larger body is ErrInvalid. A
-// body of known length is read into one buffer of that size.
-func readBody(w http.ResponseWriter, req *http.Request, max int64) ([]byte, error) {
+// body of known length is read into one buffer of that size, buf's memory when it is
+// large enough.
+func readBody(w http.ResponseWriter, req *http.Request, max int64, buf []byte) ([]byte, error) {
 	if req.ContentLength > max {
 		return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
 	}
 	if req.ContentLength > 0 {
-		body := make([]byte, req.ContentLength)
+		body := buf[:0]
+		if int64(cap(body)) < req.ContentLength {
+			body = make([]byte, req.ContentLength)
+		}
+		body = body[:req.ContentLength]
 		if _, err := io.ReadFull(req.Body, body); err != nil {
 			return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
 		}
@@ -345,7 +404,7 @@ func readBody(w http.ResponseWriter, req *http.Request, max int64) ([]byte, erro
 var errTooLarge = fmt.Errorf("%w: too large", runtimeapi.ErrInvalid)
 
 func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) error {
-	body, err := readBody(w, req, max)
+	body, err := readBody(w, req, max, nil)
 	if err != nil {
 		return err
 	}

@@ -143,11 +143,11 @@ func (m *Model) drainAndClose(ctx context.Context) error {
 
 // validate checks inputs against the model's signature so that ORT only ever sees
 // well-formed tensors. It returns the inputs in the model's order.
-func (m *Model) validate(inputs []Input) ([]*Input, error) {
+func (m *Model) validate(inputs []Input, dst []*Input) ([]*Input, error) {
 	if len(inputs) != len(m.inputs) {
 		return nil, fmt.Errorf("%w: model %s takes %d inputs, got %d", runtimeapi.ErrInvalid, m.name, len(m.inputs), len(inputs))
 	}
-	ordered := make([]*Input, len(m.inputs))
+	ordered := resize(dst, len(m.inputs))
 	for i := range inputs {
 		in := &inputs[i]
 		j := slices.IndexFunc(m.inputs, func(t runtimeapi.TensorMeta) bool { return t.Name == in.Name })
@@ -201,14 +201,50 @@ func (m *Model) validate(inputs []Input) ([]*Input, error) {
 // names is empty). Cancelling ctx terminates the ORT run. observe folds the inputs into
 // the drift statistics (serving traffic, not probes).
 func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe bool) ([]Output, error) {
+	return m.runWith(ctx, inputs, names, observe, &runScratch{})
+}
+
+// runScratch holds the slices one run needs, so that a caller serving many requests
+// can reuse them (see inferScratch). The Outputs a run returns live in result until the
+// next run with the same scratch.
+type runScratch struct {
+	ordered []*Input
+	want    []bool
+	tensors []ort.Value
+	outs    []ort.Value
+	result  []Output
+}
+
+// reset drops the references the last run left (request memory, ORT output memory).
+func (s *runScratch) reset() {
+	clear(s.ordered[:cap(s.ordered)])
+	clear(s.tensors[:cap(s.tensors)])
+	clear(s.outs[:cap(s.outs)])
+	clear(s.result[:cap(s.result)])
+}
+
+// resize returns s with length n and zero elements, reusing its memory when it can.
+func resize[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
+}
+
+// runWith is run with its slices taken from sc.
+func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, observe bool, sc *runScratch) ([]Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	ordered, err := m.validate(inputs)
+	ordered, err := m.validate(inputs, sc.ordered)
 	if err != nil {
 		return nil, err
 	}
-	want := make([]bool, len(m.outputs))
+	sc.ordered = ordered
+	want := resize(sc.want, len(m.outputs))
+	sc.want = want
 	if len(names) == 0 {
 		for i := range want {
 			want[i] = true
@@ -221,11 +257,13 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		}
 		want[j] = true
 	}
-	tensors := make([]ort.Value, len(ordered))
+	tensors := resize(sc.tensors, len(ordered))
+	sc.tensors = tensors
 	defer func() {
-		for _, t := range tensors {
+		for i, t := range tensors {
 			if t != nil {
 				t.Destroy()
+				tensors[i] = nil
 			}
 		}
 	}()
@@ -235,11 +273,13 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 			return nil, fmt.Errorf("input %q: %w", in.Name, err)
 		}
 	}
-	outs := make([]ort.Value, len(m.outputs))
+	outs := resize(sc.outs, len(m.outputs))
+	sc.outs = outs
 	defer func() {
-		for _, o := range outs {
+		for i, o := range outs {
 			if o != nil {
 				o.Destroy()
+				outs[i] = nil
 			}
 		}
 	}()
@@ -278,7 +318,7 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 	if m.drift != nil && observe {
 		m.drift.observe(ordered)
 	}
-	result := make([]Output, 0, len(outs))
+	result := sc.result[:0]
 	for i, o := range outs {
 		if !want[i] {
 			continue
@@ -289,6 +329,7 @@ func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe
 		}
 		result = append(result, out)
 	}
+	sc.result = result
 	return result, nil
 }
 

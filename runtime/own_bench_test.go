@@ -90,7 +90,11 @@ func (w *discardWriter) WriteHeader(code int)        { w.code = code }
 func benchHandler(b *testing.B, body []byte, header http.Header) {
 	r := irisRuntime(b)
 	h := r.Handler()
-	req := httptest.NewRequest("POST", "/v2/models/iris/infer", nil)
+	// A served request's context can be cancelled (net/http cancels it when the client
+	// goes away), so the handler takes the path that watches it.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, "POST", "/v2/models/iris/infer", nil)
 	for k, v := range header {
 		req.Header[k] = v
 	}

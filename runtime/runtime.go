@@ -141,6 +141,7 @@ type Runtime struct {
 
 	draining atomic.Bool
 	probeMu  sync.Mutex // one probe at a time
+	scratch  sync.Pool  // of *inferScratch, for the HTTP inference path
 }
 
 type modelVersions struct {
