@@ -32,7 +32,7 @@ import (
 // accepts what a TPM can produce, so each path must be proven here.
 
 // restrictedKey is the template of a restricted signing key (what an AK is) with scheme
-// alg/hash: RSA 2048 for RSASSA and RSAPSS, NIST P-256 or P-384 for ECDSA.
+// alg/hash: RSA 2048 for RSASSA and RSAPSS, NIST P-256, P-384 or P-521 for ECDSA.
 func restrictedKey(alg tpm2.TPMAlgID, hash tpm2.TPMIAlgHash, curve tpm2.TPMECCCurve) tpm2.TPMTPublic {
 	attrs := tpm2.TPMAObject{
 		FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, UserWithAuth: true,
@@ -249,6 +249,8 @@ func TestVerifyEachSignatureAlgorithm(t *testing.T) {
 		{"ECDSA P-256 SHA-256", tpm2.TPMAlgECDSA, tpm2.TPMAlgSHA256, tpm2.TPMECCNistP256},
 		{"ECDSA P-384 SHA-384", tpm2.TPMAlgECDSA, tpm2.TPMAlgSHA384, tpm2.TPMECCNistP384},
 		{"ECDSA P-256 SHA-512", tpm2.TPMAlgECDSA, tpm2.TPMAlgSHA512, tpm2.TPMECCNistP256},
+		// Verify takes any curve crypto/ecdsa knows; a TPM can make P-521 keys too.
+		{"ECDSA P-521 SHA-512", tpm2.TPMAlgECDSA, tpm2.TPMAlgSHA512, tpm2.TPMECCNistP521},
 	}
 	var rsaEv, ecEv verify.Evidence
 	for _, kc := range keys {

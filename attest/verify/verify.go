@@ -11,10 +11,10 @@
 // expected ones, and a boot event log (required by Policy.Boot) replays to the
 // quoted boot PCRs and shows a boot the policy allows. Anything not covered is a reason, never a pass.
 //
-// Quote signatures may be RSASSA, RSA-PSS or ECDSA with SHA-256, SHA-384 or SHA-512 (the
-// agent's AK makes RSASSA/SHA-256; algorithms_test.go quotes with a TPM key of each other
-// kind). The PCR values must come from the SHA-256 bank; the TPM digests them with the
-// signature's hash.
+// Quote signatures may be RSASSA, RSA-PSS or ECDSA (NIST P-256, P-384, P-521) with
+// SHA-256, SHA-384 or SHA-512 (the agent's AK makes RSASSA/SHA-256; algorithms_test.go
+// quotes with a TPM key of each other kind). The PCR values must come from the SHA-256
+// bank; the TPM digests them with the signature's hash.
 package verify
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -165,7 +166,21 @@ func TestGRPCNodeClient(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// No fixed sleep: wait until the process has begun draining, which its HTTP
+	// readiness shows (it keeps serving during the grace period), then ask gRPC.
+	for deadline := time.Now().Add(4 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		code := 0
+		resp, err := http.Get("http://" + addrs[0] + "/v2/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if code = resp.StatusCode; code == http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTP readiness after SIGTERM: %d, %v; want 503 within the 5 s grace", code, err)
+		}
+	}
 	if res := runNode(t, node, addrs[1], "ready"); res.Ready.Ready {
 		t.Errorf("ServerReady while draining = true")
 	}
