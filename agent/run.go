@@ -104,6 +104,9 @@ type Config struct {
 	// CheckpointBytes, when positive, takes a durable download checkpoint every so many
 	// bytes; 0: the updater.Downloader's default (every 64 MiB, at most once a second).
 	CheckpointBytes int64
+	// NoDeltas makes every install download the full target, never a delta from the
+	// committed version (updater.TUFConfig.NoDeltas); false: deltas when published.
+	NoDeltas bool
 	// Once runs one round (no retries, no waiting) and returns its error.
 	Once bool
 
@@ -185,7 +188,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
 	log := cfg.Logger
 	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log,
-		Downloader: downloader(log, cfg.CheckpointBytes)})
+		Downloader: downloader(log, cfg.CheckpointBytes), NoDeltas: cfg.NoDeltas})
 	if err != nil {
 		return err
 	}

@@ -123,6 +123,8 @@ type StateConfig struct {
 	Now func() time.Time
 	// Logger receives the slots' transitions and the downloads' progress; nil: slog.Default().
 	Logger *slog.Logger
+	// NoDeltas makes every install download the full target (updater.TUFConfig.NoDeltas).
+	NoDeltas bool
 }
 
 // State is an enrolled state directory, opened: the TUF client, the slots and, when the
@@ -165,7 +167,7 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	}
 	st := &State{Dir: cfg.Dir, TPM: cfg.TPM}
 	st.TUF, err = updater.NewTUF(updater.TUFConfig{MetadataDir: cfg.Dir.TUF(), MetadataURL: e.MetadataURL,
-		TargetsURL: e.TargetsURL, HTTPClient: meta, Downloader: &dl, RootBackup: cfg.Dir.PinnedRoot()})
+		TargetsURL: e.TargetsURL, HTTPClient: meta, Downloader: &dl, RootBackup: cfg.Dir.PinnedRoot(), NoDeltas: cfg.NoDeltas})
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,12 +126,7 @@ func (r *Repo) publishModel(ctx context.Context, version string, gates artifact.
 		return nil, err
 	}
 	if runs > 0 {
-		var ps map[string]any
-		if err := json.Unmarshal(probe, &ps); err != nil {
-			return nil, err
-		}
-		ps["runs"] = runs
-		if probe, err = json.Marshal(ps); err != nil {
+		if probe, err = probeWith(probe, map[string]any{"runs": runs}); err != nil {
 			return nil, err
 		}
 	}
@@ -138,6 +134,37 @@ func (r *Repo) publishModel(ctx context.Context, version string, gates artifact.
 	if err != nil {
 		return nil, err
 	}
+	return r.publishModelBytes(ctx, version, model, probe, gates, kek)
+}
+
+// PublishWideModel publishes modelgen.WideModel(version, width, head) (a backbone
+// width units wide around the vibration model 1.1.0; head > 0 a retrained head) as the
+// vibration-anomaly version, with 1.1.0's probe set cut to a few runs (a wide model's
+// inference is slow), and deltas from the newest earlier versions as Publish makes
+// them.
+func (r *Repo) PublishWideModel(ctx context.Context, version string, width int, head uint64, gates artifact.Gates) (*repository.PublishResult, error) {
+	probe, err := modelgen.ProbeSet("1.1.0")
+	if err != nil {
+		return nil, err
+	}
+	if probe, err = probeWith(probe, map[string]any{"version": version, "warmup": 1, "runs": 5}); err != nil {
+		return nil, err
+	}
+	return r.publishModelBytes(ctx, version, modelgen.WideModel(version, width, head), probe, gates, nil)
+}
+
+// probeWith is the probe set with fields set.
+func probeWith(probe []byte, set map[string]any) ([]byte, error) {
+	var ps map[string]any
+	if err := json.Unmarshal(probe, &ps); err != nil {
+		return nil, err
+	}
+	maps.Copy(ps, set)
+	return json.Marshal(ps)
+}
+
+// publishModelBytes publishes a probe set and a model as the vibration-anomaly version.
+func (r *Repo) publishModelBytes(ctx context.Context, version string, model, probe []byte, gates artifact.Gates, kek []byte) (*repository.PublishResult, error) {
 	if _, err := r.Repo.Publish(ctx, repository.PublishRequest{
 		Meta: artifact.Meta{Kind: artifact.KindProbe, Name: Model, Version: version, Format: "json"},
 		Ext:  ".json", Content: bytes.NewReader(probe),

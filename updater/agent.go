@@ -375,6 +375,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	rep.Bytes = t.Length
 	if fetch.info != nil {
 		rep.Bytes, rep.Delta, rep.BytesSaved = fetch.info.Fetched, fetch.info.Method, fetch.info.Saved
+		rep.DeltaFallback = fetch.info.Fallback
 	}
 	if s.Phase == rollback.Staged {
 		if s, err = a.cfg.Slots.BeginTrial(ctx, kind, a.cfg.TrialTimeout); err != nil {

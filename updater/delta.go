@@ -27,6 +27,10 @@ type FetchInfo struct {
 	// found already downloaded; Saved is the full target's length minus Fetched
 	// (negative after a delta that failed and fell back).
 	Fetched, Saved int64
+	// Fallback says why a delta this Fetch tried was not used and the full target
+	// followed (a corrupt or wrong delta, an apply a kill interrupted); "" when none was
+	// tried, or it built the target.
+	Fallback string
 }
 
 // Suffixes of a delta install's files beside the slot's payload (dst): the delta as
@@ -75,7 +79,7 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 	}
 	if _, err := os.Stat(dst + deltaMarkSuffix); err == nil {
 		f.c.dl.logger().Warn("an apply of a delta did not finish: installing the full target", "target", t.Path)
-		return full(FetchInfo{})
+		return full(FetchInfo{Fallback: "an earlier apply of the delta did not finish"})
 	}
 	info, err := f.fromDelta(ctx, t, want, dst)
 	if err == nil {
@@ -91,6 +95,7 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 	}
 	if !errors.Is(err, errNoDelta) {
 		f.c.dl.logger().Warn("delta install failed: installing the full target", "target", t.Path, "err", err)
+		info.Fallback = err.Error()
 	}
 	return full(info)
 }

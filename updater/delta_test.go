@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,6 +133,9 @@ func TestDeltaInstall(t *testing.T) {
 	if r.Hits(targetURL(p3, v3)) == 0 || rep.Delta != "" {
 		t.Errorf("corrupt delta: full target requested %d times, report delta %q; want the full target", r.Hits(targetURL(p3, v3)), rep.Delta)
 	}
+	if !strings.Contains(rep.DeltaFallback, "download delta") || !strings.Contains(rep.DeltaFallback, "hash") {
+		t.Errorf("corrupt delta: report delta_fallback %q; want the delta's download refused on its hash", rep.DeltaFallback)
+	}
 
 	// 1.3.0: a validly signed delta that builds other bytes (made for another result):
 	// the result's hash fails, the full target follows.
@@ -142,6 +146,9 @@ func TestDeltaInstall(t *testing.T) {
 	rep = install(p4)
 	if r.Hits(targetURL(p4, v4)) == 0 || rep.Delta != "" || rep.BytesSaved >= 0 {
 		t.Errorf("wrong delta: full target requested %d times, report delta %q saved %d; want the full target and a loss", r.Hits(targetURL(p4, v4)), rep.Delta, rep.BytesSaved)
+	}
+	if !strings.Contains(rep.DeltaFallback, "delta result") {
+		t.Errorf("wrong delta: report delta_fallback %q; want the result's hash mismatch", rep.DeltaFallback)
 	}
 }
 
@@ -178,6 +185,9 @@ func TestDeltaInterruptedApply(t *testing.T) {
 	if err != nil || info.Method != "" || r.Hits(targetURL(p2, v2)) != 1 {
 		t.Fatalf("after an interrupted apply: %+v, %v, full requested %d times; want the full target", info, err, r.Hits(targetURL(p2, v2)))
 	}
+	if !strings.Contains(info.Fallback, "did not finish") {
+		t.Errorf("after an interrupted apply: fallback %q; want the interrupted apply named", info.Fallback)
+	}
 	if _, err := os.Stat(dst + deltaMarkSuffix); err == nil {
 		t.Error("the mark of the interrupted apply is still there")
 	}
@@ -188,5 +198,27 @@ func TestDeltaInterruptedApply(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
 		t.Fatal("the delta built other bytes")
+	}
+	if info.Fallback != "" {
+		t.Errorf("a delta that built the target: fallback %q; want none", info.Fallback)
+	}
+
+	// A device configured without deltas (edgeward-agent --deltas=false) downloads the
+	// full target although a delta from its committed version is listed.
+	noDeltas, err := NewTUF(TUFConfig{MetadataDir: tufDir, MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), Downloader: testDownloader(nil), NoDeltas: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dst)
+	deltaHits := r.Hits(targetURL(artifact.DeltaPath(p2, hexSHA(v1)), makeDelta(t, v1, v2)))
+	info, _, err = noDeltas.SlotFetcher().(slotFetcher).fetch(ctx, tgt, dst)
+	if err != nil || info.Method != "" || info.Fallback != "" || r.Hits(targetURL(p2, v2)) != 2 {
+		t.Fatalf("NoDeltas: %+v, %v, full requested %d times; want the full target once more", info, err, r.Hits(targetURL(p2, v2)))
+	}
+	if n := r.Hits(targetURL(artifact.DeltaPath(p2, hexSHA(v1)), makeDelta(t, v1, v2))); n != deltaHits {
+		t.Errorf("NoDeltas: the delta was requested %d more times; want none", n-deltaHits)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("NoDeltas: the slot holds other bytes")
 	}
 }

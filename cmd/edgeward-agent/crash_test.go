@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -14,8 +16,10 @@ import (
 	"testing"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/delta"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/rollback/crashpoint"
+	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/updater/tuftest"
 )
 
@@ -110,6 +114,9 @@ func TestCrashPoints(t *testing.T) {
 	}
 	bin := buildAgent(t)
 	ctx := context.Background()
+	for _, point := range crashpoint.DeltaNames() {
+		t.Run(point+"/delta", func(t *testing.T) { deltaCrash(t, bin, point) })
+	}
 	for _, point := range crashpoint.Names() {
 		for _, outcome := range []string{"pass", "fail"} {
 			if point == "after-rollback" && outcome == "pass" || (strings.Contains(point, "commit") || point == "after-floor-raise") && outcome == "fail" {
@@ -231,4 +238,110 @@ func TestCrashPoints(t *testing.T) {
 			})
 		}
 	}
+}
+
+// deltaCrash kills the agent at a crash point of an upgrade built from a delta (1.0.0 →
+// 2.0.0, its head retrained, the delta listed) and checks that the committed slot is
+// intact after the kill, that the restart resumes the delta (killed before its apply
+// began) or falls back to the full target (killed in the middle of the apply, whose mark
+// is then found), and that 2.0.0 commits with no delta file left behind.
+func deltaCrash(t *testing.T, bin, point string) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mlp := modelgen.Random(1, 64, 512, 512, 10)
+	v1, v2 := mlp.ONNX("m", nil, nil), mlp.RetrainLast(2).ONNX("m", nil, nil)
+	add := func(version string, b []byte) string {
+		p := artifact.TargetPath(artifact.KindModel, "iris", version, ".onnx")
+		r.AddTarget(p, b, artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: version, Format: "onnx"})
+		return p
+	}
+	p1, p2 := add("1.0.0", v1), add("2.0.0", v2)
+	var d bytes.Buffer
+	if _, err := delta.Diff(ctx, bytes.NewReader(v1), bytes.NewReader(v2), &d); err != nil {
+		t.Fatal(err)
+	}
+	dp := artifact.DeltaPath(p2, hexSum(v1))
+	r.AddTarget(dp, d.Bytes(), artifact.DeltaCustom{Delta: &artifact.Delta{Method: delta.MethodCDC,
+		Base:   artifact.DeltaRef{Path: p1, SHA256: hexSum(v1), Length: int64(len(v1))},
+		Result: artifact.DeltaRef{Path: p2, SHA256: hexSum(v2), Length: int64(len(v2))}}})
+	r.Publish()
+	fullURL, deltaURL := snapshotURL(p2, v2), snapshotURL(dp, d.Bytes())
+
+	state := t.TempDir()
+	rootFile := filepath.Join(state, "..", "root.json")
+	os.WriteFile(rootFile, r.RootBytes(1), 0o600)
+	a := agentRunner{t: t, bin: bin, state: state}
+	if code, _ := a.run("", "enroll", "--root", rootFile, "--metadata-url", r.MetadataURL(), "--targets-url", r.TargetsURL()); code != 0 {
+		t.Fatal("enroll failed")
+	}
+	for _, step := range [][]string{{"install", "--target", p1}, {"trial"}, {"confirm", "--pass"}} {
+		if code, _ := a.run("", step...); code != 0 {
+			t.Fatalf("%v failed", step)
+		}
+	}
+	if _, killed := a.run(point, "install", "--target", p2); !killed {
+		t.Fatalf("crash point %s was never reached", point)
+	}
+
+	// As found after the kill: 1.0.0 active and intact.
+	s, _, m := inspect(t, state)
+	if s.Current == nil || s.Current.Version != "1.0.0" {
+		t.Fatalf("after the kill at %s: committed %v; want 1.0.0", point, s.Current)
+	}
+	if err := m.CheckActive(ctx); err != nil {
+		t.Errorf("after the kill at %s: %v", point, err)
+	}
+	if got, err := os.ReadFile(m.Payload(artifact.KindModel, s.Active)); err != nil || !bytes.Equal(got, v1) {
+		t.Errorf("after the kill at %s: the active slot does not hold 1.0.0 (%v)", point, err)
+	}
+	payload := m.Payload(artifact.KindModel, s.Inactive())
+	_, markErr := os.Stat(payload + ".delta.applying")
+	if applying := markErr == nil; applying != (point == "mid-apply") {
+		t.Errorf("after the kill at %s: apply mark present %v", point, applying)
+	}
+	m.Close()
+	if r.Hits(fullURL) != 0 || r.Hits(deltaURL) != 1 {
+		t.Fatalf("before the kill at %s: full target requested %d times, delta %d; want the delta once", point, r.Hits(fullURL), r.Hits(deltaURL))
+	}
+
+	// The restart finishes the download: from the delta already downloaded, or, after
+	// an interrupted apply, from the full target.
+	code, _, out := a.runOut("", "recover")
+	if code != 0 {
+		t.Fatalf("recover after the kill at %s failed:\n%s", point, out)
+	}
+	wantFull := map[string]int{"after-delta-download": 0, "mid-apply": 1}[point]
+	if r.Hits(fullURL) != wantFull || r.Hits(deltaURL) != 1 {
+		t.Errorf("recover after the kill at %s: full target requested %d times, delta %d; want %d and 1 (not downloaded again)\n%s",
+			point, r.Hits(fullURL), r.Hits(deltaURL), wantFull, out)
+	}
+	if point == "mid-apply" && !strings.Contains(out, "did not finish") {
+		t.Errorf("recover after the kill at %s does not say why it fell back to the full target:\n%s", point, out)
+	}
+	for _, step := range [][]string{{"trial"}, {"confirm", "--pass"}} {
+		if code, _, out := a.runOut("", step...); code != 0 {
+			t.Fatalf("%v after the kill at %s: exit %d\n%s", step, point, code, out)
+		}
+	}
+	s, _, m = inspect(t, state)
+	if err := m.CheckInvariant(ctx); err != nil {
+		t.Errorf("after finishing: %v", err)
+	}
+	if s.Phase != rollback.Committed || s.Current == nil || s.Current.Version != "2.0.0" {
+		t.Fatalf("after the kill at %s and a restart: %v; want 2.0.0 committed", point, s)
+	}
+	if got, err := os.ReadFile(m.Payload(artifact.KindModel, s.Active)); err != nil || !bytes.Equal(got, v2) {
+		t.Errorf("after the kill at %s: the committed slot does not hold 2.0.0 (%v)", point, err)
+	}
+	if left, _ := filepath.Glob(payload + ".delta*"); len(left) > 0 {
+		t.Errorf("after the kill at %s: delta files left behind: %v", point, left)
+	}
+}
+
+func hexSum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+// snapshotURL is the consistent-snapshot URL path of a target's content.
+func snapshotURL(path string, b []byte) string {
+	dir, base := filepath.Split(path)
+	return "/targets/" + dir + hexSum(b) + "." + base
 }

@@ -40,6 +40,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		bootLog  = fs.String("boot-log", "", "TCG boot event log sent with every check-in, the quote then covering PCRs 0-7 (measured boot); default: "+agent.DefaultBootLog+" with a hardware TPM, none with a simulator; 'none': never")
 		imaLog   = fs.String("ima-log", "", "IMA measurement list (binary, SHA-256 bank) sent with every check-in, the quote then covering PCR 10 (runtime integrity); default: "+agent.DefaultIMALog+" with a hardware TPM, none with a simulator; 'none': never")
 		auditKey = fs.String("audit-key", "", "the server's audit log verifier key ('edgeward audit pubkey'), inline or a file: the device then witnesses the log and refuses answers whose checkpoint does not extend the last one it verified")
+		deltas   = fs.Bool("deltas", true, "build an update from a published delta against the committed version when there is one (falling back to the full target on any failure); false: always download full targets")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem) and for https metadata and targets URLs; with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
 	if err := parseFlags(fs, args, stdout); err != nil {
@@ -64,7 +65,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	}
 	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
-		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, Once: *once, Logger: log, LogFormat: logFormat})
+		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, NoDeltas: !*deltas, Once: *once, Logger: log, LogFormat: logFormat})
 }
 
 func parseLabels(s string) (map[string]string, error) {

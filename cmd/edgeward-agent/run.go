@@ -41,6 +41,7 @@ func runAgent(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		interval = fs.Duration("interval", 5*time.Minute, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 10*time.Minute, "how long a trial may take to pass")
 		once     = fs.Bool("once", false, "run one round and exit")
+		deltas   = fs.Bool("deltas", true, "build an update from a published delta against the committed version when there is one; false: always download full targets")
 		bundles  = fs.String("bundle-dir", "", "directory watched for offline bundles (metadata/, targets/, desired.json)")
 		want     = wants{}
 	)
@@ -49,7 +50,7 @@ func runAgent(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return err
 	}
 	cfg := agent.Config{StateDir: agent.StateDir(*stateDir), Director: agent.Static(want), DeviceID: *deviceID,
-		BundleDir: *bundles, Interval: *interval, TrialTimeout: *trial, Once: *once, Logger: log}
+		BundleDir: *bundles, Interval: *interval, TrialTimeout: *trial, NoDeltas: !*deltas, Once: *once, Logger: log}
 	if *judgeCmd != "" {
 		cfg.Judge = agent.CommandJudge(*judgeCmd)
 	}

@@ -329,8 +329,8 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	k := st.KPI
 	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%%s, %d devices committed, %s downloaded\n",
 		k.Attempts, k.Devices, k.SuccessRate*100, retried(k.Retried), k.Committed, units.Bytes(k.BytesDownloaded))
-	if k.DeltaInstalls > 0 || k.BytesSaved != 0 {
-		fmt.Fprintf(w, "      %d installs from deltas, %s saved\n", k.DeltaInstalls, units.Bytes(k.BytesSaved))
+	if k.DeltaInstalls > 0 || k.DeltaFallbacks > 0 || k.BytesSaved != 0 {
+		fmt.Fprintf(w, "      %d installs from deltas, %d fell back to the full target, %s saved\n", k.DeltaInstalls, k.DeltaFallbacks, units.Bytes(k.BytesSaved))
 	}
 	if k.Committed > 0 {
 		fmt.Fprintf(w, "      time to commit p50 %s, p95 %s\n", k.CommitP50.Round(time.Second), k.CommitP95.Round(time.Second))

@@ -137,6 +137,10 @@ type Report struct {
 	// delta failed and the full target followed it).
 	Delta      string `json:"delta,omitempty"`
 	BytesSaved int64  `json:"bytes_saved,omitempty"`
+	// DeltaFallback says why a delta the device tried was not used and the full target
+	// followed ("download delta …: hash mismatch", an interrupted apply); "" when no
+	// delta was tried or one built the target.
+	DeltaFallback string `json:"delta_fallback,omitempty"`
 }
 
 // Evidence is the TPM's proof at a check-in (what attest/verify checks): the AK

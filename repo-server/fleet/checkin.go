@@ -255,8 +255,8 @@ func backfillOffers(ctx context.Context, tx *txn) error {
 // infrastructure failure), makes it the device's latest for that rollout and target
 // unless a later one is stored (rollout_latest, what the planner counts).
 func insertReport(ctx context.Context, tx dbtx, r wire.Report, deviceAt time.Time, counted bool) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, device_at, counted, delta, bytes_saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At), ns(deviceAt), counted, r.Delta, r.BytesSaved)
+	_, err := tx.ExecContext(ctx, `INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, device_at, counted, delta, bytes_saved, delta_fallback) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.DeviceID, r.RolloutID, string(r.Kind), r.Name, r.Version, string(r.Outcome), r.Cause, r.Bytes, r.Accuracy, r.P99Ms, r.PeakRSSMB, ns(r.At), ns(deviceAt), counted, r.Delta, r.BytesSaved, r.DeltaFallback)
 	if err != nil {
 		return fmt.Errorf("store report: %w", err)
 	}

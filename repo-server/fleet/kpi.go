@@ -38,9 +38,11 @@ type RolloutKPI struct {
 	BytesDownloaded int64 `json:"bytes_downloaded"`
 	// BytesSaved sums what deltas saved (the full targets' lengths minus the bytes
 	// fetched; a delta that failed and fell back counts as a loss); DeltaInstalls counts
-	// the attempts built from a delta.
-	BytesSaved    int64 `json:"bytes_saved"`
-	DeltaInstalls int   `json:"delta_installs"`
+	// the attempts built from a delta, DeltaFallbacks those that tried one and fell
+	// back to the full target (wire.Report.DeltaFallback).
+	BytesSaved     int64 `json:"bytes_saved"`
+	DeltaInstalls  int   `json:"delta_installs"`
+	DeltaFallbacks int   `json:"delta_fallbacks"`
 	// CommitP50 and CommitP95 are quantiles of the time from the rollout's start to each
 	// device's first commit.
 	CommitP50 time.Duration `json:"commit_p50"`
@@ -70,6 +72,9 @@ func ComputeRollout(rolloutID string, started time.Time, reports []wire.Report) 
 		k.BytesSaved += r.BytesSaved
 		if r.Delta != "" {
 			k.DeltaInstalls++
+		}
+		if r.DeltaFallback != "" {
+			k.DeltaFallbacks++
 		}
 		if prev, ok := latest[r.DeviceID]; !ok || !r.At.Before(prev.At) {
 			latest[r.DeviceID] = r

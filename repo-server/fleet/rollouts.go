@@ -200,6 +200,9 @@ func validateReport(r *wire.Report) error {
 	if len(r.Cause) > MaxCause {
 		r.Cause = r.Cause[:MaxCause]
 	}
+	if len(r.DeltaFallback) > MaxCause {
+		r.DeltaFallback = r.DeltaFallback[:MaxCause]
+	}
 	return nil
 }
 
@@ -215,7 +218,7 @@ type ReportFilter struct {
 
 // Reports returns the matching reports, oldest first.
 func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, error) {
-	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, delta, bytes_saved FROM reports WHERE at >= ?`
+	q := `SELECT device_id, rollout_id, kind, name, version, outcome, cause, bytes, accuracy, p99_ms, peak_rss_mb, at, delta, bytes_saved, delta_fallback FROM reports WHERE at >= ?`
 	args := []any{ns(f.Since)}
 	if f.RolloutID != "" {
 		q += ` AND rollout_id = ?`
@@ -239,7 +242,7 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, err
 	for rows.Next() {
 		var r wire.Report
 		var at int64
-		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &r.PeakRSSMB, &at, &r.Delta, &r.BytesSaved); err != nil {
+		if err := rows.Scan(&r.DeviceID, &r.RolloutID, &r.Kind, &r.Name, &r.Version, &r.Outcome, &r.Cause, &r.Bytes, &r.Accuracy, &r.P99Ms, &r.PeakRSSMB, &at, &r.Delta, &r.BytesSaved, &r.DeltaFallback); err != nil {
 			return nil, fmt.Errorf("reports: %w", err)
 		}
 		r.At = fromNS(at)

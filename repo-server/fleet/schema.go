@@ -175,6 +175,8 @@ var migrations = []string{
 	// and the full target's length minus the bytes fetched.
 	`ALTER TABLE reports ADD COLUMN delta TEXT NOT NULL DEFAULT '';
 	ALTER TABLE reports ADD COLUMN bytes_saved INTEGER NOT NULL DEFAULT 0;`,
+	// why a delta the device tried fell back to the full target (issue 17; '' for none).
+	`ALTER TABLE reports ADD COLUMN delta_fallback TEXT NOT NULL DEFAULT '';`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

@@ -24,3 +24,12 @@ func Names() []string {
 		"after-rollback",    // rolled_back persisted, trial slot not yet cleared
 	}
 }
+
+// DeltaNames lists the crash points of an install built from a delta (updater's slot
+// fetcher), in the order it reaches them; an install of a full target reaches none.
+func DeltaNames() []string {
+	return []string{
+		"after-delta-download", // the delta downloaded and verified, its apply not yet marked
+		"mid-apply",            // the apply marked, its result partly written (at the first write, then every 64 MiB)
+	}
+}

@@ -250,6 +250,14 @@ func Model(version string) ([]byte, error) {
 // bytes are its own).
 func ModelOf(s Spec) []byte {
 	version := s.Version
+	meta := baselineMeta(version)
+	return Train(s).ONNX("vibration_anomaly_"+strings.ReplaceAll(version, ".", "_"), meta,
+		[]string{"edgeward.version", "edgeward.baseline"})
+}
+
+// baselineMeta is the metadata of a published model: its version and the drift
+// baseline, the per-feature mean and variance of the training inputs as served.
+func baselineMeta(version string) map[string]string {
 	x, _ := Dataset(trainSeed, trainN)
 	mean, std := stats(x)
 	var b strings.Builder
@@ -261,9 +269,7 @@ func ModelOf(s Spec) []byte {
 		fmt.Fprintf(&b, `{"name":%q,"mean":%g,"var":%g}`, f, mean[j], std[j]*std[j])
 	}
 	b.WriteString("]}")
-	meta := map[string]string{"edgeward.version": version, "edgeward.baseline": b.String()}
-	return Train(s).ONNX("vibration_anomaly_"+strings.ReplaceAll(version, ".", "_"), meta,
-		[]string{"edgeward.version", "edgeward.baseline"})
+	return map[string]string{"edgeward.version": version, "edgeward.baseline": b.String()}
 }
 
 // ProbeSet returns the probe set (JSON, the runtime's probe format) of a published
