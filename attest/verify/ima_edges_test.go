@@ -134,3 +134,37 @@ func TestIMAUnknownFilesAreCapped(t *testing.T) {
 			v.Runtime.Entries, len(v.Runtime.Unknown), v.Runtime.Unknown[0], v.Runtime.Unknown[len(v.Runtime.Unknown)-1])
 	}
 }
+
+// TestIMABootAggregateInImaSig: a kernel booted with ima_template=ima-sig writes its
+// first entry, boot_aggregate, in that template too; it is the same boot_aggregate and
+// the list is trusted.
+func TestIMABootAggregateInImaSig(t *testing.T) {
+	d, policy, run, list, boot := imaDevice(t)
+	d.measureBoot(t, list, ima.Sig("boot_aggregate", [32]byte(boot.Digest), nil))
+	libc := run("/usr/lib/x86_64-linux-gnu/libc.so.6")
+	policy.Runtime = &reference.Runtime{Allowed: []string{libc}, Enforce: true}
+	nonce := bytes.Repeat([]byte{6}, 32)
+	if v := verify.Verify(policy, d.imaEvidence(t, nonce, *list), nonce, time.Now()); !v.Trusted || v.Runtime == nil || v.Runtime.Entries != 2 {
+		t.Errorf("Verify(boot_aggregate in ima-sig) = %v, runtime %+v; want trusted, 2 entries", v.Reasons, v.Runtime)
+	}
+}
+
+// TestIMARuntimeSlotNotLoadedSaysWhat: when the runtime slot's library is not among
+// those the device loaded, the reason counts the ONNX Runtime libraries it did load
+// and the entries the quote covers, which is what an operator reads to tell "another
+// build" from "none at all".
+func TestIMARuntimeSlotNotLoadedSaysWhat(t *testing.T) {
+	d, policy, run, list, boot := imaDevice(t)
+	d.measureBoot(t, list, boot)
+	old := run("/var/lib/edgeward/slots/runtime/a/libonnxruntime.so.1.23.2")
+	other := run("/opt/onnxruntime/lib/libonnxruntime.so.1")
+	policy.Runtime = &reference.Runtime{} // audit
+	policy.RuntimeLibraries = []string{old, other}
+	policy.RuntimeSlot = strings.Repeat("ef", 32)
+	nonce := bytes.Repeat([]byte{7}, 32)
+	v := verify.Verify(policy, d.imaEvidence(t, nonce, *list), nonce, time.Now())
+	want := "is not among the 2 ONNX Runtime libraries in the 3 entries the quote covers"
+	if got := codes(v); !slices.Equal(got, []verify.Code{verify.IMARuntimeNotLoaded}) || !strings.Contains(v.Reasons[0].Detail, want) {
+		t.Errorf("Verify(slot library not loaded, 2 others) = %v; want only %s saying %q", v.Reasons, verify.IMARuntimeNotLoaded, want)
+	}
+}
