@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/delta"
@@ -34,9 +35,10 @@ type FetchInfo struct {
 }
 
 // Suffixes of a delta install's files beside the slot's payload (dst): the delta as
-// downloaded (resumable like any target), the result being built, and the mark that an
-// apply began. A mark found at the start of a Fetch is an apply that did not finish (a
-// kill, a power cut): that install falls back to the full target.
+// downloaded, the result being built (while the delta downloads), and the mark that an
+// apply began, written before the delta's download starts. A mark found at the start of
+// a Fetch is an apply that did not finish (a kill, a power cut): that install falls
+// back to the full target.
 const (
 	deltaFileSuffix  = ".delta"
 	deltaOutSuffix   = ".delta.out"
@@ -138,33 +140,126 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 	}
 	info.Method, info.Fetched = d.Method, tf.Length
 	info.Saved = t.Length - info.Fetched
-	if _, err := f.c.Download(ctx, tf, dst+deltaFileSuffix); err != nil {
-		return info, fmt.Errorf("download delta %s: %w", tf.Path, err)
-	}
-	crashpoint.Hit(&f.c.dl.crash, "after-delta-download")
+	// The apply reads the delta as it arrives, from the file the download writes (the
+	// delta is checked against its TUF hashes when it is complete, and the result
+	// against the target's before it is renamed into the slot). The mark goes first:
+	// from here a kill leaves an apply that did not finish, and the next attempt
+	// installs the full target.
+	removeDeltaFiles(dst)
 	if err := durable.WriteFile(dst+deltaMarkSuffix, []byte(tf.Path+"\n"), 0o600); err != nil {
 		return info, err
 	}
-	if err := f.apply(ctx, base, baseLen, dst+deltaFileSuffix, t, want, dst); err != nil {
-		return info, err
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dpath := dst + deltaFileSuffix
+	src := &growingFile{paths: [2]string{dpath + ".part", dpath}, done: make(chan struct{}), ctx: dctx}
+	go func() {
+		_, err := f.c.Download(dctx, tf, dpath)
+		if err == nil {
+			crashpoint.Hit(&f.c.dl.crash, "after-delta-download")
+		}
+		src.err = err
+		close(src.done)
+	}()
+	aerr := f.apply(dctx, base, baseLen, src, t, want, dst)
+	// A delta that did not apply is still downloaded to its end (its bytes at most,
+	// fewer than the full target's that follow): whether it was the signed delta tells
+	// a damaged copy from a delta that does not build its target.
+	<-src.done
+	src.close()
+	if src.err != nil {
+		// The delta's own hash (or its download) failed: the cause, whatever the apply made of its bytes.
+		return info, fmt.Errorf("download delta %s: %w", tf.Path, src.err)
+	}
+	if aerr != nil {
+		return info, aerr
 	}
 	removeDeltaFiles(dst)
 	return info, nil
 }
 
-// apply builds the result of delta file dpath applied to base into dst.delta.out,
-// hashing as it writes, and renames it to dst only when its length and sha256 are t's.
-func (f slotFetcher) apply(ctx context.Context, base string, baseLen int64, dpath string, t rollback.Target, want Want, dst string) error {
+// growingFile reads a file while a download writes it: the partial file (paths[0]),
+// or the complete one it is renamed to (paths[1]). At the end of what is written it
+// waits for more until done is closed; then err is the download's result (nil: the
+// file is complete). Memory: none beyond the caller's buffer.
+type growingFile struct {
+	paths [2]string
+	done  chan struct{}
+	err   error // the download's error, set before done is closed
+	ctx   context.Context
+	f     *os.File
+	off   int64
+	timer *time.Timer
+}
+
+// growPoll is how long a growingFile waits before it looks for more bytes.
+const growPoll = 2 * time.Millisecond
+
+func (g *growingFile) Read(p []byte) (int, error) {
+	for {
+		finished := false
+		select {
+		case <-g.done:
+			finished = true
+		default:
+		}
+		if g.f == nil {
+			for _, path := range g.paths {
+				if f, err := os.Open(path); err == nil {
+					g.f = f
+					break
+				}
+			}
+		}
+		if g.f != nil {
+			n, err := g.f.ReadAt(p, g.off)
+			g.off += int64(n)
+			if n > 0 {
+				return n, nil
+			}
+			if err != io.EOF {
+				return 0, err
+			}
+		}
+		if finished {
+			// Everything the download wrote before it returned was read above.
+			if g.err != nil {
+				return 0, g.err
+			}
+			if g.f == nil {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, io.EOF
+		}
+		if g.timer == nil {
+			g.timer = time.NewTimer(growPoll)
+		} else {
+			g.timer.Reset(growPoll)
+		}
+		select {
+		case <-g.done:
+		case <-g.timer.C:
+		case <-g.ctx.Done():
+			return 0, g.ctx.Err()
+		}
+	}
+}
+
+func (g *growingFile) close() {
+	if g.f != nil {
+		g.f.Close()
+	}
+}
+
+// apply builds the result of the delta read from df applied to base into
+// dst.delta.out, hashing as it writes, and renames it to dst only when its length and
+// sha256 are t's.
+func (f slotFetcher) apply(ctx context.Context, base string, baseLen int64, df io.Reader, t rollback.Target, want Want, dst string) error {
 	bf, err := os.Open(base)
 	if err != nil {
 		return err
 	}
 	defer bf.Close()
-	df, err := os.Open(dpath)
-	if err != nil {
-		return err
-	}
-	defer df.Close()
 	out, err := os.OpenFile(dst+deltaOutSuffix, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return classifyWrite(err)

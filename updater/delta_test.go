@@ -6,9 +6,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,4 +227,81 @@ func TestDeltaInterruptedApply(t *testing.T) {
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
 		t.Fatal("NoDeltas: the slot holds other bytes")
 	}
+}
+
+// TestDeltaAppliedWhileStreaming: the result is built as the delta arrives. The server
+// holds the delta's last 64 KiB back until the device has written part of the result;
+// an agent that applied only a complete delta would never write it, and the server
+// would give up waiting. The install still ends with the signed bytes in the slot.
+func TestDeltaAppliedWhileStreaming(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	v1 := make([]byte, 4<<20)
+	rand.NewChaCha8([32]byte{1}).Read(v1)
+	v2 := bytes.Clone(v1)
+	rand.NewChaCha8([32]byte{2}).Read(v2[len(v2)/2:]) // half of it new: a delta of about 2 MiB, many zstd blocks
+	p1, p2 := addModel(r, "1.0.0", v1), addModel(r, "1.1.0", v2)
+	d := makeDelta(t, v1, v2)
+	dp := addDelta(r, p1, v1, p2, v2, d)
+	r.Publish()
+
+	slots := t.TempDir()
+	for _, s := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(slots, s), 0o700)
+	}
+	os.WriteFile(filepath.Join(slots, "a", rollback.PayloadName), v1, 0o600)
+	dst := filepath.Join(slots, "b", rollback.PayloadName)
+
+	const held = 64 << 10
+	var streamed atomic.Bool
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		resp, err := http.Get(r.TargetsURL() + strings.TrimPrefix(req.URL.Path, "/targets"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || req.URL.Path != targetURL(dp, d) {
+			w.WriteHeader(resp.StatusCode)
+			w.Write(body)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:len(body)-held])
+		w.(http.Flusher).Flush()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if fi, err := os.Stat(dst + deltaOutSuffix); err == nil && fi.Size() > 0 {
+				streamed.Store(true)
+				break
+			}
+		}
+		w.Write(body[len(body)-held:])
+	}))
+	defer proxy.Close()
+
+	tufDir := filepath.Join(t.TempDir(), "tuf")
+	PinRoot(tufDir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: tufDir, MetadataURL: r.MetadataURL(), TargetsURL: proxy.URL + "/targets", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := c.Resolve(ctx, artifact.KindModel, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _, err := c.SlotFetcher().(slotFetcher).fetch(ctx, tgt, dst)
+	if err != nil || info.Method != delta.MethodCDC || info.Fallback != "" {
+		t.Fatalf("fetch: %+v, %v; want the delta", info, err)
+	}
+	if !streamed.Load() {
+		t.Error("nothing of the result was written before the delta's last bytes were sent; want it built while the delta streams")
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("the slot holds other bytes than the target")
+	}
+	t.Logf("delta %d bytes for a %d-byte target", len(d), len(v2))
 }

@@ -29,7 +29,7 @@ func Names() []string {
 // fetcher), in the order it reaches them; an install of a full target reaches none.
 func DeltaNames() []string {
 	return []string{
-		"after-delta-download", // the delta downloaded and verified, its apply not yet marked
+		"after-delta-download", // the delta downloaded and verified, its apply (marked, running while it downloaded) not finished
 		"mid-apply",            // the apply marked, its result partly written (at the first write, then every 64 MiB)
 	}
 }
