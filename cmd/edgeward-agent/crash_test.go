@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/delta"
@@ -342,4 +344,102 @@ func hexSum(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(
 func snapshotURL(path string, b []byte) string {
 	dir, base := filepath.Split(path)
 	return "/targets/" + dir + hexSum(b) + "." + base
+}
+
+// TestDeltaInstallMemory measures the peak RSS of `edgeward-agent install` building a
+// 23 MB model's retrained head from its delta (applied while it downloads) against the
+// same install of the full target (--deltas=false), each in a process of its own: the
+// delta install must stay under the 64 MiB bound of a full install, and within 8 MiB of
+// the full install's own peak (holding the base or the result would be 22 MiB more).
+func TestDeltaInstallMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the agent and installs a 23 MB model four times")
+	}
+	bin := buildAgent(t)
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mlp := modelgen.Random(1, 784, 2048, 2048, 10)
+	v1, v2 := mlp.ONNX("m", nil, nil), mlp.RetrainLast(2).ONNX("m", nil, nil)
+	add := func(version string, b []byte) string {
+		p := artifact.TargetPath(artifact.KindModel, "big", version, ".onnx")
+		r.AddTarget(p, b, artifact.Meta{Kind: artifact.KindModel, Name: "big", Version: version, Format: "onnx"})
+		return p
+	}
+	p1, p2 := add("1.0.0", v1), add("2.0.0", v2)
+	var d bytes.Buffer
+	if _, err := delta.Diff(ctx, bytes.NewReader(v1), bytes.NewReader(v2), &d); err != nil {
+		t.Fatal(err)
+	}
+	r.AddTarget(artifact.DeltaPath(p2, hexSum(v1)), d.Bytes(), artifact.DeltaCustom{Delta: &artifact.Delta{Method: delta.MethodCDC,
+		Base:   artifact.DeltaRef{Path: p1, SHA256: hexSum(v1), Length: int64(len(v1))},
+		Result: artifact.DeltaRef{Path: p2, SHA256: hexSum(v2), Length: int64(len(v2))}}})
+	r.Publish()
+	fullURL := snapshotURL(p2, v2)
+	rss := map[bool]float64{}
+	for _, deltas := range []bool{true, false} {
+		state := t.TempDir()
+		rootFile := filepath.Join(state, "..", "root.json")
+		os.WriteFile(rootFile, r.RootBytes(1), 0o600)
+		a := agentRunner{t: t, bin: bin, state: state}
+		if code, _ := a.run("", "enroll", "--root", rootFile, "--metadata-url", r.MetadataURL(), "--targets-url", r.TargetsURL()); code != 0 {
+			t.Fatal("enroll failed")
+		}
+		for _, step := range [][]string{{"install", "--target", p1}, {"trial"}, {"confirm", "--pass"}} {
+			if code, _ := a.run("", step...); code != 0 {
+				t.Fatalf("%v failed", step)
+			}
+		}
+		full := r.Hits(fullURL)
+		peak, out, err := peakRSS(bin, "install", "--state-dir", state, "--target", p2, fmt.Sprintf("--deltas=%v", deltas))
+		if err != nil {
+			t.Fatalf("install --deltas=%v: %v\n%s", deltas, err, out)
+		}
+		rss[deltas] = peak
+		if fetched := r.Hits(fullURL) - full; (fetched == 0) != deltas {
+			t.Fatalf("install --deltas=%v requested the full target %d times", deltas, fetched)
+		}
+		s, _, m := inspect(t, state)
+		if got, err := os.ReadFile(m.Payload(artifact.KindModel, s.Inactive())); err != nil || !bytes.Equal(got, v2) {
+			t.Fatalf("install --deltas=%v: the slot does not hold 2.0.0 (%v)", deltas, err)
+		}
+		m.Close()
+	}
+	t.Logf("install of a %d-byte target: from a %d-byte delta peak RSS %.1f MiB; full target %.1f MiB", len(v2), d.Len(), rss[true], rss[false])
+	if rss[true] >= 64 || rss[true] > rss[false]+8 {
+		t.Errorf("install from a delta: peak RSS %.1f MiB; want under 64 MiB and within 8 MiB of the full install's %.1f MiB (less than the %d-byte base or result)", rss[true], rss[false], len(v2))
+	}
+}
+
+// peakRSS runs a command and returns its peak resident memory in MiB: VmHWM of
+// /proc/PID/status, polled every 2 ms until it exits (as bench/driver does; the
+// rusage's maxrss of a child would count this test's own memory, shared until exec).
+func peakRSS(bin string, args ...string) (float64, string, error) {
+	cmd := exec.Command(bin, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return 0, "", err
+	}
+	status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+	var peak int64
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if b, err := os.ReadFile(status); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					var kb int64
+					fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+					peak = max(peak, kb)
+				}
+			}
+		}
+		select {
+		case err := <-done:
+			return float64(peak) / 1024, out.String(), err
+		case <-tick.C:
+		}
+	}
 }

@@ -31,6 +31,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		pass        = fs.Bool("pass", false, "confirm: the trial passed")
 		fail        = fs.String("fail", "", "confirm: the trial failed, for this reason")
 		checkpoint  = fs.Int64("checkpoint-bytes", 0, "install: a durable download checkpoint every N bytes (0: every 64 MiB, at most once a second)")
+		deltas      = fs.Bool("deltas", true, "install: build the target from a published delta against the committed version when there is one; false: always the full target")
 		serverCA    = fs.String("server-ca", "", "install: PEM certificate(s) to trust for https metadata and targets URLs (the server's DIR/tls/server.pem); empty: the system roots")
 		jsonOut     = fs.Bool("json", false, "status: print the status as JSON")
 	)
@@ -79,7 +80,7 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 	if *checkpoint > 0 {
 		dl.CheckpointBytes, dl.CheckpointInterval = *checkpoint, -1 // exactly every N bytes
 	}
-	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: dl, Roots: roots, Logger: log})
+	st, err := agent.OpenState(ctx, agent.StateConfig{Dir: dir, Downloader: dl, Roots: roots, Logger: log, NoDeltas: !*deltas})
 	if err != nil {
 		return err
 	}
