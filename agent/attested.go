@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -64,6 +65,9 @@ type Attested struct {
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
 	last   *wire.CheckInResponse
+	// nextNonce is the nonce the last answer issued for the next check-in
+	// (wire.CheckInResponse.NextNonce); nil: ask for one.
+	nextNonce []byte
 }
 
 // DeviceID is the device's identity: the permanent identifier of its AK certificate.
@@ -133,10 +137,34 @@ func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.Check
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	id := a.DeviceID()
-	nonce, err := a.API.Nonce(ctx, id)
-	if err != nil {
-		return nil, err
+	// The nonce the last check-in's answer carried, if any (single use: taken now);
+	// else, or when the server refuses it (expired, or replaced since), a new one.
+	nonce, held := a.nextNonce, a.nextNonce != nil
+	a.nextNonce = nil
+	for {
+		if !held {
+			var err error
+			if nonce, err = a.API.Nonce(ctx, id); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := a.sendWith(ctx, id, reports, nonce)
+		var apiErr *deviceapi.Error
+		if held && errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized {
+			held = false
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		a.nextNonce = resp.NextNonce
+		return resp, nil
 	}
+}
+
+// sendWith is one check-in quoting over nonce; a.mu is held.
+func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Report, nonce []byte) (*wire.CheckInResponse, error) {
+	var err error
 	attrs := a.Attrs
 	if a.Extra != nil {
 		if extra := a.Extra(ctx); len(extra) > 0 {

@@ -383,8 +383,13 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	// the whole transaction, which under group commit is shared with other devices'
 	// check-ins (fleet.committer fails them all, unanswered, rather than lose one).
 	// The device retries; its report IDs make the retry count once.
+	//
+	// Nonces in the fleet database are consumed by the admission's own transaction
+	// (fleet.Admission.Nonce), after Check verified the signature: Check's Consume
+	// only notes that it got that far (nonceClaim).
 	storeCtx := context.WithoutCancel(ctx)
-	v := verify.Check(d.nonces.Consumer(storeCtx), req.DeviceID, req.Nonce, bound, verify.Policy{
+	consumer := d.nonces.Consumer(storeCtx)
+	v := verify.Check(consumer, req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
 		Boot: boot, Runtime: rt, RuntimeLibraries: libList, RuntimeSlot: slotLib, AgentBuilds: builds, AKCache: d.akc,
 	}, req.Evidence, now)
@@ -413,7 +418,38 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	if !v.Trusted || len(unknown) > 0 || noBoot != "" {
 		verdict = policy.VerdictUntrusted
 	}
-	resp, err := d.admit(storeCtx, &req, verdict, reasons, v.Boot, v.Runtime, cat, now)
+	var nonce, next []byte
+	var nextExpires time.Time
+	if claim, ok := consumer.(*nonceClaim); ok {
+		if claim.nonce == nil || claim.device != req.DeviceID {
+			// Check answered without reaching its nonce step, yet named no
+			// authentication failure: admit nothing rather than an unconsumed nonce.
+			d.checkins.WithLabelValues("error").Inc()
+			writeError(w, http.StatusInternalServerError, "check-in failed")
+			return
+		}
+		nonce = claim.nonce
+		// The next check-in's nonce, issued by this one's transaction: the device
+		// then needs no nonce request (one round trip) before it.
+		if db, ok := d.nonces.(dbNonces); ok {
+			next, nextExpires = make([]byte, verify.NonceSize), now.Add(db.ttl)
+			if _, err := rand.Read(next); err != nil {
+				d.checkins.WithLabelValues("error").Inc()
+				writeError(w, http.StatusInternalServerError, "check-in failed")
+				return
+			}
+		}
+	}
+	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, cat, now)
+	if nonceErr := (verify.Reason{}); errors.Is(err, fleet.ErrNonceExpired) || errors.Is(err, fleet.ErrNonceUnknown) {
+		// verify.Check's reasons, had it consumed the nonce itself.
+		nonceErr = verify.Reason{Code: verify.NonceUnknownOrReused, Detail: fmt.Sprintf("nonce was not issued to %q or was already used", req.DeviceID)}
+		if errors.Is(err, fleet.ErrNonceExpired) {
+			nonceErr = verify.Reason{Code: verify.NonceExpired, Detail: "nonce was issued more than the TTL ago"}
+		}
+		reject(http.StatusUnauthorized, "nonce: "+nonceErr.String(), append(v.Reasons, nonceErr))
+		return
+	}
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
@@ -437,10 +473,11 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 }
 
 // admit records an authenticated check-in in one transaction (fleet.Store.Admit, around
-// the pure fleet.Admit): enrollment on first sight, the facts, the reports, the verdict,
+// the pure fleet.Admit): the nonce's consumption when nonce is set (fleet.Admission.Nonce)
+// and the next one's issue when next is, enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
@@ -450,12 +487,13 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, verdict
 		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Runtime: runtime, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
+	a.Nonce, a.NextNonce, a.NextNonceExpires = nonce, next, nextExpires
 	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))
 	if err != nil {
 		return nil, err
 	}
 	resp := &wire.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
-		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, NextCheckIn: d.cfg.CheckInInterval}
+		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, NextCheckIn: d.cfg.CheckInInterval, NextNonce: next}
 	for _, sd := range res.Decision.Slots {
 		out := wire.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
 			Rollout: sd.Rollout, Gates: sd.Gates, Detail: sd.Detail}
@@ -648,8 +686,24 @@ func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, da
 // nonceStore issues and consumes quote nonces.
 type nonceStore interface {
 	Issue(ctx context.Context, device string) ([]byte, error)
-	// Consumer consumes nonces for verify.Check within ctx.
+	// Consumer consumes nonces for verify.Check within ctx, or returns a *nonceClaim
+	// when the admission's transaction consumes them (fleet.Admission.Nonce).
 	Consumer(ctx context.Context) verify.NonceConsumer
+}
+
+// nonceClaim is the NonceConsumer of nonces that the check-in's own transaction
+// consumes: verify.Check calls Consume once it has verified the quote's signature over
+// the nonce, and the claim notes which nonce that was. Consuming it is the admission's
+// first write (fleet.Store.Admit), so a nonce is used up exactly when its check-in
+// commits, and a wrong, used or expired one fails the check-in with nothing changed.
+type nonceClaim struct {
+	device string
+	nonce  []byte
+}
+
+func (c *nonceClaim) Consume(device string, nonce []byte) error {
+	c.device, c.nonce = device, nonce
+	return nil
 }
 
 // memNonces keeps nonces in this process (DeviceConfig.Nonces).
@@ -677,16 +731,4 @@ func (d dbNonces) Issue(ctx context.Context, device string) ([]byte, error) {
 	return b, nil
 }
 
-func (d dbNonces) Consumer(ctx context.Context) verify.NonceConsumer {
-	return consumeFunc(func(device string, nonce []byte) error {
-		err := d.st.ConsumeNonce(ctx, device, nonce, d.now())
-		if errors.Is(err, fleet.ErrNonceExpired) {
-			return fmt.Errorf("%w (%v)", verify.ErrNonceExpired, err)
-		}
-		return err
-	})
-}
-
-type consumeFunc func(device string, nonce []byte) error
-
-func (f consumeFunc) Consume(device string, nonce []byte) error { return f(device, nonce) }
+func (d dbNonces) Consumer(context.Context) verify.NonceConsumer { return &nonceClaim{} }

@@ -16,6 +16,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/verify"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/eventlog"
@@ -469,5 +470,45 @@ func TestCheckInCarriesLastUpdateError(t *testing.T) {
 	}
 	if dev, _ = f.store.Device(ctx, d.id); dev.LastError != nil {
 		t.Errorf("last error after a check-in without one = %+v; want nil", dev.LastError)
+	}
+}
+
+// TestNextNonce: a check-in's answer carries a nonce for the next check-in, which the
+// device may quote over without asking for one; it is single use, a nonce asked for
+// since replaces it, and a check-in refused for its nonce changes nothing and issues
+// none.
+func TestNextNonce(t *testing.T) {
+	_, d := newDeviceFixture(t)
+	resp, err := d.checkIn(d.request())
+	if err != nil || !resp.Trusted || len(resp.NextNonce) != verify.NonceSize {
+		t.Fatalf("check-in = %+v, %v; want trusted with a next nonce of %d bytes", resp, err, verify.NonceSize)
+	}
+	next := func(nonce []byte) *wire.CheckInRequest {
+		req := &wire.CheckInRequest{DeviceID: d.id, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+			AgentVersion: "0.1.0", Slots: d.slot, Nonce: nonce}
+		d.quote(req)
+		return req
+	}
+	req := next(resp.NextNonce)
+	resp2, err := d.checkIn(req)
+	if err != nil || !resp2.Trusted || len(resp2.NextNonce) != verify.NonceSize || bytes.Equal(resp2.NextNonce, resp.NextNonce) {
+		t.Fatalf("check-in over the issued next nonce = %+v, %v; want trusted, with another next nonce", resp2, err)
+	}
+	refused := func(what string, req *wire.CheckInRequest) {
+		t.Helper()
+		r, err := d.checkIn(req)
+		var apiErr *deviceapi.Error
+		if !errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized || !strings.Contains(apiErr.Message, "nonce_unknown_or_reused") {
+			t.Fatalf("%s: check-in = %+v, %v; want 401 nonce_unknown_or_reused", what, r, err)
+		}
+	}
+	refused("replayed check-in", req)
+	// A nonce asked for since replaces the one the last answer issued.
+	if _, err := d.api.Nonce(context.Background(), d.id); err != nil {
+		t.Fatal(err)
+	}
+	refused("check-in over a replaced next nonce", next(resp2.NextNonce))
+	if resp3, err := d.checkIn(d.request()); err != nil || !resp3.Trusted {
+		t.Fatalf("check-in with a fresh nonce = %+v, %v", resp3, err)
 	}
 }

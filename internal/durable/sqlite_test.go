@@ -23,7 +23,7 @@ func TestOpenSQLitePragmas(t *testing.T) {
 		for _, p := range []struct {
 			pragma string
 			want   string
-		}{{"journal_mode", "wal"}, {"synchronous", "2"}, {"foreign_keys", "1"}, {"busy_timeout", strconv.Itoa(tc.busy)}} {
+		}{{"journal_mode", "wal"}, {"synchronous", "2"}, {"foreign_keys", "1"}, {"temp_store", "2"}, {"busy_timeout", strconv.Itoa(tc.busy)}} {
 			var got string
 			if err := db.QueryRowContext(ctx, "PRAGMA "+p.pragma).Scan(&got); err != nil || got != p.want {
 				t.Errorf("OpenSQLite(%+v): PRAGMA %s = %q, %v; want %q", tc.cfg, p.pragma, got, err, p.want)

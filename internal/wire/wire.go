@@ -285,6 +285,12 @@ type CheckInResponse struct {
 	// Audit is the audit log's newest checkpoint with a consistency proof from the one
 	// the device echoed (nil: the server keeps no audit log).
 	Audit *AuditCheckpoint `json:"audit,omitempty"`
+	// NextNonce is a quote nonce for the device's next check-in, issued by this one
+	// (single use, and expiring, as one from PathNonce; it replaces any other). A
+	// device holding one may quote over it instead of asking PathNonce, and asks
+	// PathNonce when the server refuses it (401: expired, or replaced by a nonce asked
+	// for since). Empty: the server issued none.
+	NextNonce []byte `json:"next_nonce,omitempty"`
 }
 
 // AuditCheckpoint is a checkpoint of the audit log (C2SP tlog-checkpoint signed note)

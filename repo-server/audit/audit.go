@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,6 +110,12 @@ type Log struct {
 	// check-in reads the newest checkpoint, and the same bytes under the same key need
 	// not be verified again.
 	opened atomic.Pointer[openedCheckpoint]
+
+	// latestMu guards latest, Latest's query prepared once (every check-in's answer
+	// reads the newest checkpoint; parsing and planning it each time cost more than
+	// running it). nil until the first Latest, or when it could not be prepared.
+	latestMu sync.Mutex
+	latest   *sql.Stmt
 }
 
 type openedCheckpoint struct {
@@ -430,7 +437,17 @@ func (l *Log) CheckpointAt(ctx context.Context, n int64) (*Checkpoint, error) {
 
 // Latest returns the newest signed checkpoint, or ErrNoCheckpoint.
 func (l *Log) Latest(ctx context.Context) (*Checkpoint, error) {
-	return l.scanCheckpoint(l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 ORDER BY size DESC LIMIT 1`))
+	const q = `SELECT note FROM audit_checkpoints_v2 ORDER BY size DESC LIMIT 1`
+	l.latestMu.Lock()
+	if l.latest == nil {
+		l.latest, _ = l.db.PrepareContext(ctx, q) // on failure, run it unprepared
+	}
+	st := l.latest
+	l.latestMu.Unlock()
+	if st == nil {
+		return l.scanCheckpoint(l.db.QueryRowContext(ctx, q))
+	}
+	return l.scanCheckpoint(st.QueryRowContext(ctx))
 }
 
 func (l *Log) scanCheckpoint(row *sql.Row) (*Checkpoint, error) {

@@ -56,6 +56,17 @@ type Admission struct {
 	// Now is the server's clock at receipt: every report's time (the device's own is
 	// kept as DeviceAt, information only).
 	Now time.Time
+	// Nonce, if set, is the quote nonce of the check-in, issued by IssueNonce: Store.Admit
+	// consumes it first in the check-in's transaction (as ConsumeNonce, at Now), so
+	// that the nonce is used up exactly when the check-in commits, in one round trip.
+	// The pure Admit does not look at it.
+	Nonce []byte
+	// NextNonce, if set, is issued to the device (its outstanding nonce, replacing any
+	// other, expiring at NextNonceExpires) when the check-in commits, for its next check-in: the server
+	// answers with it, and the device need not ask for a nonce again. The pure Admit
+	// does not look at it.
+	NextNonce        []byte
+	NextNonceExpires time.Time
 }
 
 // AdmittedReport is a report to store. At is the server's receipt time; DeviceAt is the

@@ -68,6 +68,12 @@ type CheckInResult struct {
 // the decision. It commits whole or not at all: on any error, audit append included,
 // nothing is changed and the device's retry (same report IDs) is counted once.
 // a.Stored and a.Seen are filled in by Admit.
+//
+// With a.Nonce set, the nonce is consumed first in the same transaction: a check-in
+// whose nonce is not the device's outstanding one fails with ErrNonceUnknown, one whose
+// nonce expired with ErrNonceExpired, and either changes nothing (the nonce of a
+// check-in that did not commit is not used up). With a.NextNonce set, that nonce is
+// the device's outstanding one once the check-in commits.
 func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (CheckInResult, error) {
 	var res CheckInResult
 	id := a.CheckIn.ID
@@ -76,6 +82,15 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		p = &policy.Policy{}
 	}
 	err := s.tx(ctx, func(tx *txn) error {
+		if a.Nonce != nil {
+			expired, err := consumeNonceTx(ctx, tx, id, a.Nonce, a.Now)
+			if err != nil {
+				return err
+			}
+			if expired {
+				return ErrNonceExpired
+			}
+		}
 		stored, err := getDevice(ctx, tx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -157,6 +172,12 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		}
 		if err := recordOffers(ctx, tx, dec); err != nil {
 			return err
+		}
+		if a.NextNonce != nil {
+			// The device is authenticated: its one row, no pruning (IssueNonce's job).
+			if err := putNonceTx(ctx, tx, id, a.NextNonce, a.NextNonceExpires); err != nil {
+				return fmt.Errorf("next nonce: %w", err)
+			}
 		}
 		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted}
 		return nil

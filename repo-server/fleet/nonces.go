@@ -24,18 +24,28 @@ func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, exp
 	if err := validID(device); err != nil {
 		return fmt.Errorf("issue nonce: %w", err)
 	}
-	err := s.tx(ctx, func(tx *txn) error {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, ns(now)); err != nil {
-			return err
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
-			ON CONFLICT (device_id) DO UPDATE SET nonce = excluded.nonce, expires_at = excluded.expires_at`, device, nonce, ns(expires))
-		return err
-	})
+	err := s.tx(ctx, func(tx *txn) error { return issueNonceTx(ctx, tx, device, nonce, expires, now) })
 	if err != nil {
 		return fmt.Errorf("issue nonce for %s: %w", device, err)
 	}
 	return nil
+}
+
+// issueNonceTx is IssueNonce in tx.
+func issueNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires, now time.Time) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, ns(now)); err != nil {
+		return err
+	}
+	return putNonceTx(ctx, tx, device, nonce, expires)
+}
+
+// putNonceTx makes nonce device's outstanding one, replacing any other. The table holds
+// one row per device: what grows it is a nonce requested for a made-up device ID (a
+// nonce request is not authenticated), and IssueNonce prunes those.
+func putNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
+			ON CONFLICT (device_id) DO UPDATE SET nonce = excluded.nonce, expires_at = excluded.expires_at`, device, nonce, ns(expires))
+	return err
 }
 
 // ConsumeNonce checks that nonce is device's outstanding one and removes it, so it
@@ -44,20 +54,9 @@ func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, exp
 func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, now time.Time) error {
 	expired := false
 	err := s.tx(ctx, func(tx *txn) error {
-		var got []byte
-		var expires int64
-		err := tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)
-		if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare(got, nonce) != 1) {
-			return ErrNonceUnknown
-		}
-		if err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, device); err != nil {
-			return err
-		}
-		expired = now.After(fromNS(expires)) // deleted all the same: single use
-		return nil
+		var err error
+		expired, err = consumeNonceTx(ctx, tx, device, nonce, now)
+		return err
 	})
 	switch {
 	case err != nil:
@@ -66,4 +65,23 @@ func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, n
 		return fmt.Errorf("nonce of %s: %w", device, ErrNonceExpired)
 	}
 	return nil
+}
+
+// consumeNonceTx removes device's outstanding nonce in tx if it is nonce
+// (ErrNonceUnknown, and nothing removed, if it is not) and reports whether it had
+// expired before now.
+func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, now time.Time) (expired bool, err error) {
+	var got []byte
+	var expires int64
+	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare(got, nonce) != 1) {
+		return false, ErrNonceUnknown
+	}
+	if err != nil {
+		return false, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, device); err != nil {
+		return false, err
+	}
+	return now.After(fromNS(expires)), nil // deleted all the same: single use
 }

@@ -6,6 +6,10 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
 )
 
 // Nonces are single use, expire, and are shared by every store on the database (two
@@ -104,5 +108,75 @@ func testSessionsInTheDatabase(t *testing.T, db opener) {
 	a.EndSession(ctx, "sess-3")
 	if _, _, err := b.AuthenticateSession(ctx, "sess-3", t0.Add(2*time.Minute)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("ended session = %v; want ErrNotFound", err)
+	}
+}
+
+// Admit with a nonce consumes it in the check-in's transaction: a wrong, replayed or
+// expired nonce fails the check-in with nothing stored (not even the nonce's removal,
+// for a wrong one), and a check-in that commits has used its nonce up, on every replica,
+// and issued the next one it carries.
+func testAdmitConsumesTheNonce(t *testing.T, db opener) {
+	ctx := context.Background()
+	path := db(t)
+	a, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	admission := func(nonce []byte, now time.Time, report string) Admission {
+		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
+			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
+			Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
+	}
+	stored := func() (devices, reports, verdicts int) {
+		t.Helper()
+		for q, n := range map[string]*int{`SELECT count(*) FROM devices`: &devices, `SELECT count(*) FROM reports`: &reports, `SELECT count(*) FROM verdicts`: &verdicts} {
+			if err := a.db.QueryRow(q).Scan(n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return
+	}
+	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Admit(ctx, admission(n2, t0, "r1"), nil); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("Admit(wrong nonce) = %v; want ErrNonceUnknown", err)
+	}
+	if d, r, v := stored(); d+r+v != 0 {
+		t.Fatalf("after a refused nonce: %d devices, %d reports, %d verdicts stored; want none", d, r, v)
+	}
+	n3 := bytes.Repeat([]byte{3}, 32)
+	first := admission(n1, t0.Add(time.Minute), "r1")
+	first.NextNonce, first.NextNonceExpires = n3, t0.Add(3*time.Minute)
+	res, err := b.Admit(ctx, first, nil)
+	if err != nil || res.Accepted != 1 {
+		t.Fatalf("Admit(the nonce another replica issued) = %+v, %v", res, err)
+	}
+	if _, err := a.Admit(ctx, admission(n1, t0.Add(time.Minute), "r2"), nil); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("Admit(replayed nonce) = %v; want ErrNonceUnknown", err)
+	}
+	// The next nonce the check-in issued is the device's outstanding one, single use.
+	if _, err := a.Admit(ctx, admission(n3, t0.Add(2*time.Minute), "r2"), nil); err != nil {
+		t.Fatalf("Admit(the next nonce the last check-in issued) = %v", err)
+	}
+	if err := a.ConsumeNonce(ctx, "dev-1", n3, t0.Add(2*time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(after the check-in committed) = %v; want ErrNonceUnknown (used up)", err)
+	}
+	if err := a.IssueNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceExpired) {
+		t.Fatalf("Admit(expired nonce) = %v; want ErrNonceExpired", err)
+	}
+	if d, r, v := stored(); d != 1 || r != 2 || v != 2 {
+		t.Fatalf("stored %d devices, %d reports, %d verdicts; want the two check-ins that committed", d, r, v)
 	}
 }

@@ -35,6 +35,7 @@ var storeSuite = []struct {
 	{"HostileDeviceCannotPauseRollout", testHostileDeviceCannotPauseRollout},
 	{"Collector", testCollector},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
+	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},
 	{"SimulatedFleetGoodRollout", testSimulatedFleetGoodRollout},
 	{"SimulatedFleetBadRolloutPausesAndAborts", testSimulatedFleetBadRolloutPausesAndAborts},

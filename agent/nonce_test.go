@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
+)
+
+// TestCheckInUsesTheNextNonce: after its first check-in the agent quotes over the nonce
+// the server's last answer issued, asking for none; when the server refuses that one
+// (replaced by a nonce asked for since), it asks for a new nonce and checks in at once.
+func TestCheckInUsesTheNextNonce(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: []byte("pw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: res.Repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	var nonces, refused atomic.Int64
+	h := srv.Handler()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == wire.PathNonce {
+			nonces.Add(1)
+		}
+		rec := &statusRecorder{ResponseWriter: w}
+		h.ServeHTTP(rec, r)
+		if r.URL.Path == wire.PathCheckIn && rec.status == http.StatusUnauthorized {
+			refused.Add(1)
+		}
+	}))
+	defer hs.Close()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := (&attest.EnrollClient{URL: hs.URL + wire.PathAttest}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatalf("enroll: %v", err)
+	}
+	mlog, err := OpenMeasurementLog(ctx, filepath.Join(dir, "device", "measurements.json"), tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := &deviceapi.Client{BaseURL: hs.URL}
+	link := &Attested{API: api, TPM: tpm, AK: ak, Log: mlog, Hardware: "x86_64"}
+	for i := range 3 {
+		if _, err := link.CheckIn(ctx, nil); err != nil || !link.Last().Trusted {
+			t.Fatalf("check-in %d = %+v, %v", i, link.Last(), err)
+		}
+	}
+	if n, r := nonces.Load(), refused.Load(); n != 1 || r != 0 {
+		t.Fatalf("3 check-ins asked for %d nonces and were refused %d times; want 1 nonce (the first), no refusal", n, r)
+	}
+	// Another nonce for the device replaces the one the agent holds.
+	if _, err := api.Nonce(ctx, link.DeviceID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := link.CheckIn(ctx, nil); err != nil || !link.Last().Trusted {
+		t.Fatalf("check-in over a replaced nonce = %+v, %v; want trusted after asking for a new one", link.Last(), err)
+	}
+	if n, r := nonces.Load(), refused.Load(); n != 3 || r != 1 {
+		t.Fatalf("nonces asked = %d, refusals = %d; want 3 (first, the replacing one, the agent's new one) and 1", n, r)
+	}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
