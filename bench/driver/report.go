@@ -304,7 +304,11 @@ func render(r *Results) string {
 		p("\nNot measured here: %s.\n", checkInNotMeasured)
 		if len(c.HTTP) > 0 {
 			x := c.HTTP[0]
-			p("\n#### Whole check-ins over HTTP, real server processes\n\n%d simulated devices (software AK, ECDSA P-256, certificate from the servers' attestation CA), %d check-ins in flight, each a nonce request then the check-in (quote over the request, verified; nonce consumed; one transaction with its audit record); %d check-ins per round, medians of %d rounds. CPU per check-in is each process's utime + stime from /proc (PostgreSQL: the postmaster and its backends; nginx: master and workers). The 2-core capacity is 2e6 µs over the server side's CPU per check-in (servers + database + proxy), the devices being elsewhere; the load generator (this driver) runs on the same cores.\n\n", checkInHTTPDevices, x.InFlight, x.CheckIns, x.Rounds)
+			asked := 0
+			for _, y := range c.HTTP {
+				asked = max(asked, y.NonceRequests)
+			}
+			p("\n#### Whole check-ins over HTTP, real server processes\n\n%d simulated devices (software AK, ECDSA P-256, certificate from the servers' attestation CA), %d check-ins in flight, each the check-in alone, quoting over the nonce the device's previous answer issued (`next_nonce`; a nonce request first only without one or when it is refused: at most %d of a round's check-ins here), the quote over the request verified, the nonce consumed, the next one issued and the audit record appended in one transaction; %d check-ins per round, medians of %d rounds. CPU per check-in is each process's utime + stime from /proc (PostgreSQL: the postmaster and its backends; nginx: master and workers). The 2-core capacity is 2e6 µs over the server side's CPU per check-in (servers + database + proxy), the devices being elsewhere; the load generator (this driver) runs on the same cores.\n\n", checkInHTTPDevices, x.InFlight, asked, x.CheckIns, x.Rounds)
 			p("| setup | check-ins/s | server µs | database µs | nginx µs | load generator µs | 2-core capacity /s |\n|---|---|---|---|---|---|---|\n")
 			for _, x := range c.HTTP {
 				p("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", x.Setup, x.PerSec, x.ServerCPU, x.DBCPU, x.ProxyCPU, x.ClientCPU, x.Capacity2)
