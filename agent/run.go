@@ -82,6 +82,10 @@ type Config struct {
 	// Listen is the public inference address the agent binds and hands to every runtime
 	// process; empty: 127.0.0.1:8080.
 	Listen string
+	// GRPCListen, if set, is the public address of the Open Inference Protocol's gRPC
+	// API (inference.GRPCInferenceService), bound and handed to every runtime process the
+	// same way; empty: the runtimes serve no gRPC.
+	GRPCListen string
 	// RuntimeControl, if set, is the control API URL of a runtime the agent does not
 	// supervise: no runtime process is started (and runtime trials fail closed).
 	RuntimeControl string
@@ -364,8 +368,8 @@ func loop(ctx context.Context, cfg Config, a *updater.Agent) error {
 	return err
 }
 
-// supervise binds the public inference socket, which the agent keeps across runtime
-// swaps and passes to every runtime process it starts.
+// supervise binds the public inference socket (and the gRPC one, if configured), which
+// the agent keeps across runtime swaps and passes to every runtime process it starts.
 func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 	bin := cfg.RuntimeBinary
 	if bin == "" {
@@ -379,7 +383,16 @@ func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 	if err != nil {
 		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
 	}
-	return &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}, nil
+	r := &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}
+	if cfg.GRPCListen != "" {
+		g, err := net.Listen("tcp", cfg.GRPCListen)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("public gRPC inference socket %s: %w", cfg.GRPCListen, err)
+		}
+		r.GRPCListener = g.(*net.TCPListener)
+	}
+	return r, nil
 }
 
 // waitReady waits up to 30 s for the control API of a runtime the agent does not supervise.

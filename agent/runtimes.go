@@ -35,6 +35,10 @@ type Runtimes struct {
 	LogFormat string
 	// Listener is the public socket. Required.
 	Listener *net.TCPListener
+	// GRPCListener, if set, is the public gRPC socket (the Open Inference Protocol's
+	// inference.GRPCInferenceService), passed to every process as fd 4 the same way; nil:
+	// the runtimes serve no gRPC.
+	GRPCListener *net.TCPListener
 	// Dir holds the control sockets. Required.
 	Dir string
 	// Stderr receives the processes' output; nil: os.Stderr.
@@ -397,6 +401,15 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 		return nil, fmt.Errorf("public socket: %w", err)
 	}
 	defer f.Close()
+	files := []*os.File{f}
+	if r.GRPCListener != nil {
+		g, err := r.GRPCListener.File()
+		if err != nil {
+			return nil, fmt.Errorf("public gRPC socket: %w", err)
+		}
+		defer g.Close()
+		files = append(files, g)
+	}
 	r.mu.Lock()
 	r.seq++
 	sock := filepath.Join(r.Dir, fmt.Sprintf("runtime-%d.sock", r.seq))
@@ -404,6 +417,9 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	r.mu.Unlock()
 	os.Remove(sock)
 	args := []string{"--listen-fd", "3", "--control", "unix:" + sock}
+	if r.GRPCListener != nil {
+		args = append(args, "--grpc-listen-fd", "4")
+	}
 	if lib != "" {
 		args = append(args, "--ort-lib", lib)
 	}
@@ -414,7 +430,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 		args = append(args, "--log-format", r.LogFormat)
 	}
 	cmd := exec.Command(r.Binary, args...)
-	cmd.ExtraFiles = []*os.File{f}
+	cmd.ExtraFiles = files // fd 3, then fd 4
 	cmd.Stdout, cmd.Stderr = r.stderr(), r.stderr()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the agent
 	if err := cmd.Start(); err != nil {
@@ -422,8 +438,13 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	}
 	// exec cleared O_NONBLOCK on the socket the agent shares (File.Fd): set it again,
 	// so the agent's own Accept (refuse) stays interruptible.
-	if rc, err := r.Listener.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
+	for _, ln := range []*net.TCPListener{r.Listener, r.GRPCListener} {
+		if ln == nil {
+			continue
+		}
+		if rc, err := ln.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
+		}
 	}
 	p.cmd, p.sock = cmd, sock
 	go func() { cmd.Wait(); close(p.done) }()

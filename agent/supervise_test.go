@@ -3,10 +3,13 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,16 +17,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
+	"github.com/edgeward/edgeward/runtime/inference"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -56,6 +65,9 @@ type supervised struct {
 	// infer sends one inference request on a new connection: a connection a killed
 	// process held is reset, which no supervisor can prevent.
 	infer func() (code int, body string, err error)
+	// grpcInfer sends the same request through the gRPC API (ModelInfer) on a new
+	// connection and returns each output's values.
+	grpcInfer func() (map[string][]float64, error)
 }
 
 // startSupervised starts Run on a committed device and waits until it serves; it is
@@ -79,16 +91,19 @@ func startSupervised(t *testing.T) supervised {
 		http.Error(w, "maintenance", http.StatusServiceUnavailable)
 	}))
 	t.Cleanup(server.Close)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	freeAddr := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr, grpcAddr := freeAddr(), freeAddr()
 
 	ran := make(chan error, 1)
 	go func() {
-		ran <- Run(ctx, Config{StateDir: dir, Server: server.URL, TPM: tpm, RuntimeBinary: bin, Listen: addr, Interval: 3 * time.Second})
+		ran <- Run(ctx, Config{StateDir: dir, Server: server.URL, TPM: tpm, RuntimeBinary: bin, Listen: addr, GRPCListen: grpcAddr, Interval: 3 * time.Second})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -115,6 +130,45 @@ func startSupervised(t *testing.T) supervised {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b), nil
 	}
+	grpcInfer := func() (map[string][]float64, error) {
+		conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // the machine may be loaded
+		defer cancel()
+		resp, err := inference.NewGRPCInferenceServiceClient(conn).ModelInfer(ctx, &inference.ModelInferRequest{
+			ModelName: "vibration-anomaly",
+			Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{1, 4},
+				Contents: &inference.InferTensorContents{Fp32Contents: []float32{0.1, 0.2, 0.3, 0.4}}}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		if len(resp.RawOutputContents) != len(resp.Outputs) {
+			return nil, fmt.Errorf("ModelInfer answered %d outputs, %d raw contents", len(resp.Outputs), len(resp.RawOutputContents))
+		}
+		outs := map[string][]float64{}
+		for i, o := range resp.Outputs {
+			raw := resp.RawOutputContents[i]
+			var vs []float64
+			switch o.Datatype {
+			case "FP32":
+				for ; len(raw) >= 4; raw = raw[4:] {
+					vs = append(vs, float64(math.Float32frombits(binary.LittleEndian.Uint32(raw))))
+				}
+			case "INT64":
+				for ; len(raw) >= 8; raw = raw[8:] {
+					vs = append(vs, float64(int64(binary.LittleEndian.Uint64(raw))))
+				}
+			default:
+				return nil, fmt.Errorf("output %q: datatype %s", o.Name, o.Datatype)
+			}
+			outs[o.Name] = vs
+		}
+		return outs, nil
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		code, _, err := infer()
@@ -126,7 +180,42 @@ func startSupervised(t *testing.T) supervised {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return supervised{dir: dir, infer: infer}
+	return supervised{dir: dir, infer: infer, grpcInfer: grpcInfer}
+}
+
+// sameAnswerOverGRPC checks that the supervised runtime answers ModelInfer on the
+// agent's gRPC socket with the values its REST API gives for the same input.
+func sameAnswerOverGRPC(t *testing.T, sv supervised) {
+	t.Helper()
+	code, body, err := sv.infer()
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("REST infer = HTTP %d %s, %v", code, body, err)
+	}
+	var rest runtimeapi.InferResponse
+	if err := json.Unmarshal([]byte(body), &rest); err != nil || len(rest.Outputs) == 0 {
+		t.Fatalf("REST infer answered %s (%v); want outputs", body, err)
+	}
+	want := map[string][]float64{}
+	for _, o := range rest.Outputs {
+		var vs []float64
+		if err := json.Unmarshal(o.Data, &vs); err != nil {
+			t.Fatalf("REST output %q data %s: %v", o.Name, o.Data, err)
+		}
+		// JSON carries an FP32 in its shortest decimal form: round it back to FP32.
+		if o.Datatype == runtimeapi.FP32 {
+			for i, v := range vs {
+				vs[i] = float64(float32(v))
+			}
+		}
+		want[o.Name] = vs
+	}
+	got, err := sv.grpcInfer()
+	if err != nil {
+		t.Fatalf("gRPC ModelInfer on the agent's gRPC socket: %v; want the supervised runtime to answer", err)
+	}
+	if !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("gRPC ModelInfer = %v; REST = %v; want the same values", got, want)
+	}
 }
 
 // TestSupervisedRuntimeRestarts SIGKILLs the serving edgeward-runtime under a running
@@ -144,6 +233,7 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 	if len(pids) != 1 {
 		t.Fatalf("runtime processes = %v; want one", pids)
 	}
+	sameAnswerOverGRPC(t, sv)
 	before, err := os.ReadFile(dir.Measurements())
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +282,8 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 	if n, m := strings.Count(string(before), `"vibration-anomaly"`), strings.Count(string(after), `"vibration-anomaly"`); m <= n {
 		t.Errorf("model measurements %d before the kill, %d after the restart; want the re-loaded model re-measured", n, m)
 	}
+	// The restarted process was handed the gRPC socket too.
+	sameAnswerOverGRPC(t, sv)
 
 	// A runtime that hangs (SIGSTOP) fails its health checks, is killed and replaced.
 	hung := runtimePIDs(t, string(dir))

@@ -31,6 +31,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		hardware = fs.String("hardware", artifact.HostHardware(), "hardware class reported to the server")
 		rtBin    = fs.String("runtime", "", "edgeward-runtime binary to start (default: next to this binary)")
 		listen   = fs.String("listen", "127.0.0.1:8080", "public inference address of the runtime")
+		grpcAddr = fs.String("grpc-listen", "", "public gRPC inference address of the runtime (the Open Inference Protocol's inference.GRPCInferenceService), e.g. 127.0.0.1:8001; empty: no gRPC")
 		rtURL    = fs.String("runtime-control", "", "use an already running runtime's control API (URL) instead of starting one")
 		interval = fs.Duration("interval", 30*time.Second, "check-in interval (jittered ±20%)")
 		trial    = fs.Duration("trial-timeout", 2*time.Minute, "how long a trial may take")
@@ -64,7 +65,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		}
 	}
 	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
-		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, RuntimeControl: *rtURL,
+		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, GRPCListen: *grpcAddr, RuntimeControl: *rtURL,
 		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, NoDeltas: !*deltas, Once: *once, Logger: log, LogFormat: logFormat})
 }
 

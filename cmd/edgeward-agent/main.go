@@ -12,7 +12,7 @@
 //	edgeward-agent recover  --state-dir DIR
 //	edgeward-agent status   --state-dir DIR
 //	edgeward-agent run      --state-dir DIR [--want KIND=PATH]... [--judge-cmd CMD] [--once]
-//	edgeward-agent device   --state-dir DIR --server URL [--labels k=v,...] [--listen ADDR] [--once]
+//	edgeward-agent device   --state-dir DIR --server URL [--labels k=v,...] [--listen ADDR] [--grpc-listen ADDR] [--once]
 //
 // The log goes to stderr in one format, text unless $EDGEWARD_LOG_FORMAT=json; the
 // runtimes the agent starts write theirs in the same format.
