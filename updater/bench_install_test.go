@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -18,8 +19,17 @@ import (
 // Downloader with its defaults and with larger buffers and checkpoint intervals.
 //
 //	go test -run '^$' -bench InstallPath -benchtime 3x -count 6 ./updater
+//
+// EDGEWARD_BENCH_INSTALL_MIB sets another size (the driver's second size is 1024).
 func BenchmarkInstallPath(b *testing.B) {
-	const size = 256 << 20
+	size := int64(256 << 20)
+	if v := os.Getenv("EDGEWARD_BENCH_INSTALL_MIB"); v != "" {
+		mib, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || mib <= 0 {
+			b.Fatalf("EDGEWARD_BENCH_INSTALL_MIB=%q: want a positive number of MiB", v)
+		}
+		size = mib << 20
+	}
 	dir := b.TempDir()
 	src := filepath.Join(dir, "src")
 	data := make([]byte, size)
@@ -81,6 +91,7 @@ func BenchmarkInstallPath(b *testing.B) {
 		{"Downloader/buffer=64KiB", &Downloader{BufferSize: 64 << 10}},
 		{"Downloader/buffer=1MiB", &Downloader{BufferSize: 1 << 20}},
 		{"Downloader/checkpoint=8MiB", &Downloader{CheckpointBytes: 8 << 20, CheckpointInterval: -1}},
+		{"Downloader/no-checkpoints", &Downloader{CheckpointBytes: 1 << 40}},
 	} {
 		d.d.Client = srv.Client()
 		cases = append(cases, struct {
