@@ -93,7 +93,11 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 		return info, p, nil
 	}
 	if ctx.Err() != nil {
-		return info, rollback.Proof{}, err // interrupted: the next attempt resumes (or falls back if applying)
+		// Stopped (the agent shutting down), not killed: the apply did not crash the
+		// process, so its mark goes with the rest, and the next attempt tries the
+		// delta again. Only a kill leaves the mark that makes it fall back.
+		removeDeltaFiles(dst)
+		return info, rollback.Proof{}, err
 	}
 	if !errors.Is(err, errNoDelta) {
 		f.c.dl.logger().Warn("delta install failed: installing the full target", "target", t.Path, "err", err)

@@ -305,3 +305,78 @@ func TestDeltaAppliedWhileStreaming(t *testing.T) {
 	}
 	t.Logf("delta %d bytes for a %d-byte target", len(d), len(v2))
 }
+
+// TestDeltaStoppedMidStream: an install from a delta stopped while the delta streams
+// (the agent shutting down: its context cancelled, no kill) leaves no mark and no
+// delta file, and the next attempt builds the target from the delta again rather than
+// downloading the full target.
+func TestDeltaStoppedMidStream(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	mlp := modelgen.Random(1, 64, 512, 512, 10)
+	v1, v2 := mlp.ONNX("m", nil, nil), mlp.RetrainLast(2).ONNX("m", nil, nil)
+	p1, p2 := addModel(r, "1.0.0", v1), addModel(r, "1.1.0", v2)
+	d := makeDelta(t, v1, v2)
+	dp := addDelta(r, p1, v1, p2, v2, d)
+	r.Publish()
+	slots := t.TempDir()
+	for _, s := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(slots, s), 0o700)
+	}
+	os.WriteFile(filepath.Join(slots, "a", rollback.PayloadName), v1, 0o600)
+	dst := filepath.Join(slots, "b", rollback.PayloadName)
+
+	var hold atomic.Bool
+	hold.Store(true)
+	sent := make(chan struct{}, 1)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		resp, err := http.Get(r.TargetsURL() + strings.TrimPrefix(req.URL.Path, "/targets"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || req.URL.Path != targetURL(dp, d) || !hold.Load() {
+			w.WriteHeader(resp.StatusCode)
+			w.Write(body)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		sent <- struct{}{}
+		<-req.Context().Done() // the rest never comes
+	}))
+	defer proxy.Close()
+	tufDir := filepath.Join(t.TempDir(), "tuf")
+	PinRoot(tufDir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: tufDir, MetadataURL: r.MetadataURL(), TargetsURL: proxy.URL + "/targets", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := c.Resolve(ctx, artifact.KindModel, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := c.SlotFetcher().(slotFetcher)
+	stop, cancel := context.WithCancel(ctx)
+	go func() { <-sent; cancel() }()
+	if _, _, err := f.fetch(stop, tgt, dst); err == nil {
+		t.Fatal("a fetch stopped mid-delta succeeded")
+	}
+	if left, _ := filepath.Glob(dst + ".delta*"); len(left) > 0 {
+		t.Errorf("after a stop: delta files left behind: %v; want none (no mark: the next attempt tries the delta)", left)
+	}
+	hold.Store(false)
+	info, _, err := f.fetch(ctx, tgt, dst)
+	if err != nil || info.Method != delta.MethodCDC || info.Fallback != "" || r.Hits(targetURL(p2, v2)) != 0 {
+		t.Fatalf("after a stop: %+v, %v, full target requested %d times; want the delta again", info, err, r.Hits(targetURL(p2, v2)))
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("the slot holds other bytes than the target")
+	}
+}
