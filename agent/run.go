@@ -190,6 +190,20 @@ func (c Config) withDefaults() Config {
 // check-ins and probe-gated trials.
 func Run(ctx context.Context, cfg Config) error {
 	cfg = cfg.withDefaults()
+	err := run(ctx, cfg)
+	if err != nil && !cfg.Once && ctx.Err() != nil {
+		// Stopped while starting (opening the state or the outbox, connecting): a stop
+		// that was asked for, not a failure; what was stored stays stored, as at any
+		// other stop. The error says what was interrupted.
+		if !errors.Is(err, ctx.Err()) {
+			cfg.Logger.Warn("stopped while starting", "err", err)
+		}
+		return nil
+	}
+	return err
+}
+
+func run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log,
 		Downloader: downloader(log, cfg.CheckpointBytes), NoDeltas: cfg.NoDeltas})

@@ -166,3 +166,26 @@ func TestRunNeedsTPM(t *testing.T) {
 		t.Fatalf("Run without a server or a director = %v; want an error", err)
 	}
 }
+
+// TestRunStoppedWhileStarting checks that a stop asked for while the agent is still
+// starting (here: before it opened anything) is a clean stop, as the doc of Run says,
+// and that a real start-up error (no director) is still one when nothing was stopped.
+// `edgeward-agent run` exited 1 when SIGTERM arrived while it opened its outbox.
+func TestRunStoppedWhileStarting(t *testing.T) {
+	r := tuftest.New(t)
+	dir := StateDir(t.TempDir())
+	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL()}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Run(ctx, Config{StateDir: dir, Director: Static{}, Interval: time.Hour}); err != nil {
+		t.Fatalf("Run stopped before it started = %v; want nil (a stop, not a failure)", err)
+	}
+	if err := Run(ctx, Config{StateDir: dir, Director: Static{}, Once: true}); err == nil {
+		t.Errorf("Run --once with its context already ended = nil; want the interruption reported")
+	}
+	if err := Run(context.Background(), Config{StateDir: dir, Interval: time.Hour}); err == nil || !strings.Contains(err.Error(), "Director is required") {
+		t.Errorf("Run without a director = %v; want the start-up error", err)
+	}
+}
