@@ -58,14 +58,14 @@ fuzz:
 # validation (runtime) and the commit gates (internal/artifact). Each core is
 # PKG:THRESHOLD[:FILES[:TESTFLAGS]] (scripts/mutate.sh): it prints each core's efficacy
 # and fails below the threshold, the last figures of docs/TESTING.md rounded down (the
-# issue's goal is 95 %).
+# issue's goal is 95 %; audit stays at 94: its 4 survivors are equivalent).
 # Minutes to hours per core on 2 cores, so neither make test nor CI runs it
 # (docs/TESTING.md). MUTATE_CORES='./attest/verify:90' runs one core.
-MUTATE_CORES ?= ./rollback:95:manager.go,store.go \
-	./policy:88:load.go,watch.go,write.go \
-	./internal/artifact:95:+gates.go \
-	./attest/verify:95::-short \
-	./repo-server/fleet:91:+admit.go:-short,-run=^(TestAdmit.*|TestCheckInReadsAreBounded|TestStoreSQLite)$$,-skip=^TestStoreSQLite$$/^(SimulatedFleet|Status$$) \
+MUTATE_CORES ?= ./rollback:100:manager.go,store.go \
+	./policy:95:load.go,watch.go,write.go \
+	./internal/artifact:100:+gates.go \
+	./attest/verify:95::-short,-skip=^TestInteropTPM2Tools$$ \
+	./repo-server/fleet:95:+admit.go:-short,-run=^(TestAdmit.*|TestCheckInReadsAreBounded|TestStoreSQLite)$$,-skip=^TestStoreSQLite$$/^(SimulatedFleet|Status$$) \
 	./repo-server/audit:94:+export.go,prove.go,checkpoint.go:-short \
 	./runtime:98:+tensor.go,http.go,binary.go:-short,-run=^(TestDecodeData|FuzzDecodeInferRequest|FuzzDecodeBinaryRequest|TestBinaryEveryDatatype|TestBinarySpecExample|TestBinaryRefusals|TestFloat16|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
 mutate:
