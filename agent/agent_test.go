@@ -237,6 +237,16 @@ func (r *storyRig) publish(t *testing.T, version string) {
 	}
 }
 
+// current is the model target the device committed.
+func (r *storyRig) current(t *testing.T) rollback.Target {
+	t.Helper()
+	st, err := r.slots.State(context.Background(), artifact.KindModel)
+	if err != nil || st.Current == nil {
+		t.Fatalf("no committed model: %v", err)
+	}
+	return *st.Current
+}
+
 // committed is the model version the device committed ("" for none).
 func (r *storyRig) committed() string {
 	st, err := r.slots.State(context.Background(), artifact.KindModel)

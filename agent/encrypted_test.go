@@ -3,7 +3,9 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http/httptest"
 	"os"
@@ -118,6 +120,28 @@ func TestEncryptedModelStory(t *testing.T) {
 	}
 	if released == 0 {
 		t.Fatal("no key.release audit record for models/vibration-anomaly/1.0.0")
+	}
+	// The measurement log records the ciphertext the slot holds and, beside it, the
+	// plaintext the runtime decrypted and checked against the signed metadata; the
+	// next quote covers both, and the server records the plaintext hash it verified.
+	plain, _ := modelgen.Model("1.0.0")
+	plainSum := fmt.Sprintf("%x", sha256.Sum256(plain))
+	cur := r.current(t)
+	if m := r.mlog.Log().Latest()[[2]string{"model", "vibration-anomaly"}]; m.SHA256 != cur.SHA256 || m.PlainSHA256 != plainSum {
+		t.Fatalf("measured %+v; want the ciphertext %s and the plaintext %s", m, cur.SHA256, plainSum)
+	}
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step after the install: %v", err)
+	}
+	if last := r.link.Last(); !last.Trusted {
+		t.Fatalf("device untrusted with the plaintext hash measured: %v", last.Reasons)
+	}
+	verdicts, err := l.Records(ctx, audit.Query{Kind: "attestation.verdict"})
+	if err != nil || len(verdicts) == 0 {
+		t.Fatalf("verdict records: %v, %v", verdicts, err)
+	}
+	if d := string(verdicts[len(verdicts)-1].Data); !strings.Contains(d, `"decrypted":[`) || !strings.Contains(d, `"plain_sha256":"`+plainSum+`"`) || !strings.Contains(d, `"sha256":"`+cur.SHA256+`"`) {
+		t.Fatalf("last verdict record %s; want the decrypted model with its ciphertext and plaintext hashes", d)
 	}
 	if f := findPlaintext(t, runs, r.state, tmp); len(f) > 0 {
 		t.Fatalf("plaintext of the model found on disk: %v", f)

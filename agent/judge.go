@@ -149,13 +149,18 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 		return updater.Verdict{Reason: "trial: " + err.Error(), Err: err}
 	}
 	// For an encrypted model the runtime checked the plaintext against its signed
-	// hash and reports the ciphertext's digest: what is measured is the target the
-	// device verified and holds, whose signed metadata fixes the plaintext's hash.
+	// hash and reports both digests: the ciphertext's (the target the device verified
+	// and holds) and the plaintext's it created the session from. Both are measured.
 	var figures wire.Probe
 	if ps != nil {
 		figures = probeFigures(rep)
 	}
-	if err := j.Log.Measure(ctx, string(kind), name, t.Version, info.SHA256); err != nil {
+	if meta.Encryption != nil && info.PlainSHA256 != meta.Encryption.PlainSHA256 {
+		rc.Abort(ctx, name, t.Version)
+		j.remeasureServing(ctx, rc, name)
+		return fail(fmt.Sprintf("encrypted model: the runtime loaded plaintext %q, the signed metadata says %s", info.PlainSHA256, meta.Encryption.PlainSHA256))
+	}
+	if err := j.Log.Measure(ctx, string(kind), name, t.Version, info.SHA256, info.PlainSHA256); err != nil {
 		rc.Abort(ctx, name, t.Version)
 		return updater.Verdict{Reason: err.Error(), Probe: figures}
 	}
@@ -331,7 +336,7 @@ func (j *RuntimeJudge) promoteRuntime(ctx context.Context, name string, t rollba
 	if err := j.Runtimes.Serve(ctx, p); err != nil {
 		return err
 	}
-	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, t.Version, p.SHA256); err != nil {
+	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, t.Version, p.SHA256, ""); err != nil {
 		return err
 	}
 	return j.measureLoaded(ctx, p.Client)
@@ -345,7 +350,7 @@ func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtimeapi.Client)
 	}
 	for _, e := range idx {
 		if e.Default && e.SHA256 != "" {
-			if err := j.Log.Measure(ctx, string(artifact.KindModel), e.Name, e.Version, e.SHA256); err != nil {
+			if err := j.Log.Measure(ctx, string(artifact.KindModel), e.Name, e.Version, e.SHA256, e.PlainSHA256); err != nil {
 				return err
 			}
 		}
@@ -364,7 +369,7 @@ func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtimeapi.Clie
 	}
 	for _, e := range idx {
 		if e.Name == name && e.Default && e.SHA256 != "" {
-			if err := j.Log.Measure(ctx, string(artifact.KindModel), name, e.Version, e.SHA256); err != nil {
+			if err := j.Log.Measure(ctx, string(artifact.KindModel), name, e.Version, e.SHA256, e.PlainSHA256); err != nil {
 				j.logger().Warn("re-measure serving model", "model", name, "err", err)
 			}
 			return
@@ -460,7 +465,8 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 	if sum != cur.SHA256 {
 		j.logger().Error("the committed model changed on disk since its commit: measured as found, not served",
 			"model", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
-		return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
+		// Not decrypted: no plaintext hash is claimed for what was not loaded.
+		return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum, "")
 	}
 	load, err := j.loadRequest(ctx, name, cur.Version, payload, cur.SHA256, true)
 	if err != nil {
@@ -471,10 +477,15 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 	if err != nil && !runtimeapi.IsConflict(err) {
 		return fmt.Errorf("load committed %s %s: %w", name, cur.Version, err)
 	}
+	plain := ""
 	if info.SHA256 != "" {
-		sum = info.SHA256
+		sum, plain = info.SHA256, info.PlainSHA256
+	} else if load.Key != nil {
+		// Already loaded (a conflict): the runtime checked its plaintext against the
+		// signed hash then, so that is what it serves.
+		plain = load.SHA256
 	}
-	return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum)
+	return j.Log.Measure(ctx, string(artifact.KindModel), name, cur.Version, sum, plain)
 }
 
 func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollback.Manager) error {
@@ -496,7 +507,7 @@ func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollbac
 	if err != nil {
 		return fmt.Errorf("committed runtime %s %s: %w", name, cur.Version, err)
 	}
-	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, cur.Version, sum); err != nil {
+	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, cur.Version, sum, ""); err != nil {
 		return err
 	}
 	if sum != cur.SHA256 {

@@ -68,10 +68,13 @@ func OpenMeasurementLog(ctx context.Context, path string, tpm *attest.TPM, pcr i
 }
 
 // Measure extends the PCR with the artifact and appends it to the log, durably.
-func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha256hex string) error {
+// plainSHA256hex is "" for a plaintext artifact; for an encrypted model it is the
+// digest of the plaintext the runtime decrypted and loaded (sha256hex being the
+// ciphertext's), so the quote covers both (issue 18).
+func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha256hex, plainSHA256hex string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: kind, Name: name, Version: version, SHA256: sha256hex})
+	ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: kind, Name: name, Version: version, SHA256: sha256hex, PlainSHA256: plainSHA256hex})
 	if err != nil {
 		return fmt.Errorf("measure %s %s %s: %w", kind, name, version, err)
 	}

@@ -96,9 +96,9 @@ type deviceAPI struct {
 	catMu  sync.Mutex
 	catKey string
 	cat    map[policy.Target]repository.TargetInfo
-	// retired are the contents (sha256) of retired targets: a device still running
-	// one is measured against it, though it is never offered again.
-	retired map[policy.Target]string
+	// retired are the contents of retired targets: a device still running one is
+	// measured against it, though it is never offered again.
+	retired map[policy.Target]retiredContent
 
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
@@ -322,15 +322,22 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		t := policy.Target{Kind: kind, Name: sl.Name, Version: sl.Version}
-		sum := cat[t].SHA256
-		if _, listed := cat[t]; !listed {
-			sum = retired[t] // a retired version the device still runs
+		var rc retiredContent
+		if ti, listed := cat[t]; listed {
+			rc = retiredContent{sha256: ti.SHA256}
+			if ti.Meta != nil && ti.Meta.Encryption != nil {
+				rc.plainSHA256 = ti.Meta.Encryption.PlainSHA256
+			}
+		} else {
+			rc = retired[t] // a retired version the device still runs
 		}
-		if sum == "" {
+		if rc.sha256 == "" {
 			unknown = append(unknown, fmt.Sprintf("%s %s %s", kind, sl.Name, sl.Version))
 			continue
 		}
-		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: sum})
+		// An encrypted target: the device measures the plaintext it decrypted beside
+		// the ciphertext, and it must be the one the target's signed metadata names.
+		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: rc.sha256, PlainSHA256: rc.plainSHA256})
 	}
 	// The boot policy for the device's hardware class (the class is in the quoted
 	// request). A policy with boot entries, none of which applies, trusts no boot.
@@ -366,8 +373,8 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		for t, ti := range cat {
 			add(t, ti.SHA256)
 		}
-		for t, sum := range retired {
-			add(t, sum)
+		for t, rc := range retired {
+			add(t, rc.sha256)
 		}
 		for _, a := range expected {
 			if a.Kind == string(artifact.KindRuntime) {
@@ -440,7 +447,13 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, cat, now)
+	var decrypted []eventlog.Artifact
+	for _, a := range v.Measured {
+		if a.PlainSHA256 != "" {
+			decrypted = append(decrypted, a)
+		}
+	}
+	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, decrypted, cat, now)
 	if nonceErr := (verify.Reason{}); errors.Is(err, fleet.ErrNonceExpired) || errors.Is(err, fleet.ErrNonceUnknown) {
 		// verify.Check's reasons, had it consumed the nonce itself.
 		nonceErr = verify.Reason{Code: verify.NonceUnknownOrReused, Detail: fmt.Sprintf("nonce was not issued to %q or was already used", req.DeviceID)}
@@ -477,14 +490,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // and the next one's issue when next is, enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, decrypted []eventlog.Artifact, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
 	}
 	a := fleet.Admission{
 		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, LastError: req.LastError, At: now},
-		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Runtime: runtime, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
+		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Runtime: runtime, Decrypted: decrypted, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
 	a.Nonce, a.NextNonce, a.NextNonceExpires = nonce, next, nextExpires
@@ -569,7 +582,7 @@ func (d *deviceAPI) releaseKeys(ctx context.Context, req *wire.CheckInRequest, b
 		}
 		fp := sha256.Sum256(devKey.Bytes())
 		if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "key.release", ti.Path, map[string]any{
-			"device": req.DeviceID, "target": ti.Path, "sha256": ti.SHA256, "rollout": sd.Rollout,
+			"device": req.DeviceID, "target": ti.Path, "sha256": ti.SHA256, "plain_sha256": ti.Meta.Encryption.PlainSHA256, "rollout": sd.Rollout,
 			"device_key": hex.EncodeToString(fp[:]),
 		}); err != nil {
 			return err
@@ -627,7 +640,11 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 // catalog maps (kind, name, version) to the published target, and to the content of
 // the retired ones, reloaded when the timestamp changes (a retire writes its list
 // before the timestamp).
-func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target]string, error) {
+// retiredContent is what a retired target's content was: its SHA-256 and, for an
+// encrypted one, its plaintext's.
+type retiredContent struct{ sha256, plainSHA256 string }
+
+func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target]retiredContent, error) {
 	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
 	if err != nil {
 		return nil, nil, err
@@ -649,10 +666,14 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 	if err != nil {
 		return nil, nil, err
 	}
-	retired := map[policy.Target]string{}
+	retired := map[policy.Target]retiredContent{}
 	for _, rt := range list {
 		if m := rt.Meta(); m != nil {
-			retired[policy.Target{Kind: m.Kind, Name: m.Name, Version: m.Version}] = rt.SHA256
+			rc := retiredContent{sha256: rt.SHA256}
+			if m.Encryption != nil {
+				rc.plainSHA256 = m.Encryption.PlainSHA256
+			}
+			retired[policy.Target{Kind: m.Kind, Name: m.Name, Version: m.Version}] = rc
 		}
 	}
 	cat := map[policy.Target]repository.TargetInfo{}

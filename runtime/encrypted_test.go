@@ -55,6 +55,14 @@ func TestLoadEncrypted(t *testing.T) {
 	if cs := sha256.Sum256(ct.Bytes()); got.SHA256 != hex.EncodeToString(cs[:]) {
 		t.Errorf("Load(encrypted).SHA256 = %s; want the ciphertext file's %x", got.SHA256, cs)
 	}
+	if ps := sha256.Sum256(plain); got.PlainSHA256 != hex.EncodeToString(ps[:]) {
+		t.Errorf("Load(encrypted).PlainSHA256 = %q; want the plaintext's %x", got.PlainSHA256, ps)
+	}
+	for _, e := range r.Index() {
+		if want := map[string]string{"1.0.0": "", "2.0.0": plainSum}[e.Version]; e.PlainSHA256 != want {
+			t.Errorf("Index() %s %s: PlainSHA256 %q; want %q", e.Name, e.Version, e.PlainSHA256, want)
+		}
+	}
 	in := []Input{NewInput("X", runtimeapi.FP32, []int64{3, 4}, []float64{5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 5.9, 3.0, 4.2, 1.5})}
 	a, err := r.Infer(ctx, "iris", "1.0.0", in, nil)
 	if err != nil {

@@ -36,6 +36,7 @@ func NewInput(name string, dt runtimeapi.Datatype, shape []int64, data []float64
 type Model struct {
 	name, version string
 	sha256        string
+	plainSHA256   string // of the decrypted model, for an encrypted one (issue 18)
 	loadedAt      time.Time
 	inputs        []runtimeapi.TensorMeta
 	outputs       []runtimeapi.TensorMeta // tensor outputs only; others are not served
@@ -111,7 +112,7 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 func (m *Model) info() runtimeapi.ModelInfo {
 	return runtimeapi.ModelInfo{
 		Name: m.name, Versions: []string{m.version}, Platform: "onnxruntime_onnx",
-		Inputs: m.inputs, Outputs: m.outputs, SHA256: m.sha256,
+		Inputs: m.inputs, Outputs: m.outputs, SHA256: m.sha256, PlainSHA256: m.plainSHA256,
 	}
 }
 

@@ -247,7 +247,10 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 	}
 	m.sha256 = digest
 	if fileDigest != "" {
-		m.sha256 = fileDigest
+		// Encrypted: the file's digest is the ciphertext's; the plaintext's, computed
+		// here from the decrypted bytes the session was created from (and checked
+		// against req.SHA256), is reported beside it for the measurement log.
+		m.sha256, m.plainSHA256 = fileDigest, digest
 	}
 	m.loadedAt = r.cfg.now()
 
@@ -451,7 +454,7 @@ func (r *Runtime) Index() []runtimeapi.IndexEntry {
 	var out []runtimeapi.IndexEntry
 	for name, mv := range r.models {
 		for v, m := range mv.versions {
-			out = append(out, runtimeapi.IndexEntry{Name: name, Version: v, State: "READY", Default: v == mv.def, SHA256: m.sha256})
+			out = append(out, runtimeapi.IndexEntry{Name: name, Version: v, State: "READY", Default: v == mv.def, SHA256: m.sha256, PlainSHA256: m.plainSHA256})
 		}
 	}
 	slices.SortFunc(out, func(a, b runtimeapi.IndexEntry) int {

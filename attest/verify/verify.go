@@ -83,7 +83,8 @@ type Policy struct {
 	// device the server thinks it is talking to.
 	PermanentIdentifier string
 	// Expected are the artifacts the server believes the device runs. The
-	// last measured artifact of each (kind, name) must equal one of them,
+	// last measured artifact of each (kind, name) must equal one of them (for an
+	// encrypted artifact, its plaintext hash too: Artifact.PlainSHA256),
 	// every expected one must be measured, and nothing else may be. Nil
 	// skips the comparison (enrollment-time checks).
 	Expected []eventlog.Artifact
@@ -295,6 +296,10 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 					v.add(ArtifactUnexpected, "%s %s@%s is not expected", a.Kind, a.Name, a.Version)
 				case w.Version != a.Version || w.SHA256 != a.SHA256:
 					v.add(ArtifactMismatch, "%s %s: runs %s (%s), expected %s (%s)", a.Kind, a.Name, a.Version, short(a.SHA256), w.Version, short(w.SHA256))
+				case w.PlainSHA256 != a.PlainSHA256:
+					// An encrypted artifact: the ciphertext is the expected one, so the
+					// plaintext the runtime decrypted must be what its signed metadata says.
+					v.add(ArtifactMismatch, "%s %s %s: decrypted plaintext %s, expected %s", a.Kind, a.Name, a.Version, orNone(short(a.PlainSHA256)), orNone(short(w.PlainSHA256)))
 				}
 			}
 			for k, w := range want {
@@ -316,6 +321,13 @@ func cmpStr(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func short(s string) string {

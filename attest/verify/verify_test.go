@@ -295,3 +295,67 @@ func TestCheckNonces(t *testing.T) {
 		t.Errorf("Check(unlogged extend) = %v; want log_replay_mismatch", v.Reasons)
 	}
 }
+
+// TestVerifyEncryptedArtifact: an encrypted model's event carries the plaintext hash
+// the runtime decrypted beside its ciphertext hash, the quote covers both, and the
+// verifier holds the plaintext hash to what the server expects (the target's signed
+// metadata) as it holds the ciphertext's (issue 18).
+func TestVerifyEncryptedArtifact(t *testing.T) {
+	ca, maker := newCA(t)
+	d := enrolledDevice(t, ca, maker)
+	enc := eventlog.Event{PCR: 16, Kind: "model", Name: "vibration-anomaly", Version: "4.0.0", SHA256: strings.Repeat("4", 64), PlainSHA256: strings.Repeat("5", 64)}
+	d.measure(t, enc)
+	now := time.Now()
+	nonce := bytes.Repeat([]byte{9}, 32)
+	good := d.evidence(t, nonce)
+	want := eventlog.Artifact{Kind: enc.Kind, Name: enc.Name, Version: enc.Version, SHA256: enc.SHA256, PlainSHA256: enc.PlainSHA256}
+	policy := verify.Policy{Roots: ca.Roots(), Expected: []eventlog.Artifact{art(runtimeV1), want}}
+
+	v := verify.Verify(policy, good, nonce, now)
+	if !v.Trusted {
+		t.Fatalf("Verify(encrypted model as expected) = %v; want trusted", v.Reasons)
+	}
+	if !slices.Contains(v.Measured, want) {
+		t.Errorf("Measured = %v; want it to hold %v (the plaintext hash shown)", v.Measured, want)
+	}
+	other := want
+	other.PlainSHA256 = strings.Repeat("6", 64)
+	plain := want
+	plain.PlainSHA256 = ""
+	tests := []struct {
+		name     string
+		expected eventlog.Artifact
+		ev       func(ev *verify.Evidence)
+		want     []verify.Code
+		reason   string
+	}{
+		{name: "another plaintext expected", expected: other, want: []verify.Code{verify.ArtifactMismatch},
+			reason: "artifact_mismatch: model vibration-anomaly 4.0.0: decrypted plaintext 555555555555, expected 666666666666"},
+		{name: "a plaintext target expected", expected: plain, want: []verify.Code{verify.ArtifactMismatch},
+			reason: "artifact_mismatch: model vibration-anomaly 4.0.0: decrypted plaintext 555555555555, expected none"},
+		// The log claims the expected plaintext but the TPM extended another: the
+		// plaintext hash is in the quoted PCR, not only in the log.
+		{name: "log's plaintext hash rewritten", expected: other, ev: func(ev *verify.Evidence) {
+			ev.Log[len(ev.Log)-1].PlainSHA256 = other.PlainSHA256
+		}, want: []verify.Code{verify.LogReplayMismatch}},
+		{name: "log's plaintext hash dropped", expected: plain, ev: func(ev *verify.Evidence) {
+			ev.Log[len(ev.Log)-1].PlainSHA256 = ""
+		}, want: []verify.Code{verify.LogReplayMismatch}},
+	}
+	for _, tc := range tests {
+		p := policy
+		p.Expected = []eventlog.Artifact{art(runtimeV1), tc.expected}
+		ev := good
+		ev.Log = slices.Clone(good.Log)
+		if tc.ev != nil {
+			tc.ev(&ev)
+		}
+		v := verify.Verify(p, ev, nonce, now)
+		if got := codes(v); !slices.Equal(got, tc.want) || v.Trusted {
+			t.Errorf("%s: Verify() = trusted %v %v; want %v", tc.name, v.Trusted, v.Reasons, tc.want)
+		}
+		if tc.reason != "" && (len(v.Reasons) != 1 || v.Reasons[0].String() != tc.reason) {
+			t.Errorf("%s: Verify() = %v; want %q", tc.name, v.Reasons, tc.reason)
+		}
+	}
+}

@@ -1,5 +1,6 @@
 // Package eventlog is Edgeward's measurement log: one event per artifact
-// load, each extended into a PCR as SHA-256(kind|name|version|sha256). It is
+// load, each extended into a PCR as SHA-256(kind|name|version|sha256), or
+// SHA-256(kind|name|version|sha256|plain_sha256) for an encrypted artifact. It is
 // pure (no I/O, no TPM) and shared by the agent, which appends events, and the
 // verifier, which replays them against quoted PCR values.
 package eventlog
@@ -43,14 +44,25 @@ type Event struct {
 	Kind    string `json:"kind"`
 	Name    string `json:"name"`
 	Version string `json:"version"`
-	// SHA256 is the lowercase hex SHA-256 of the bytes actually loaded.
+	// SHA256 is the lowercase hex SHA-256 of the bytes actually loaded: for an
+	// encrypted model, of its ciphertext (the target the device verified and holds).
 	SHA256 string `json:"sha256"`
+	// PlainSHA256 is set for an encrypted artifact only (issue 18): the lowercase hex
+	// SHA-256 of the plaintext the runtime decrypted in memory and created its session
+	// from, checked there against the target's signed metadata. "" for a plaintext
+	// artifact, whose SHA256 is already what runs.
+	PlainSHA256 string `json:"plain_sha256,omitempty"`
 }
 
 // Digest is the value extended into the PCR:
-// SHA-256(kind "|" name "|" version "|" sha256-hex). Validate rejects "|" in
-// the fields, so the encoding is unambiguous.
+// SHA-256(kind "|" name "|" version "|" sha256-hex), and for an encrypted
+// artifact SHA-256(kind "|" name "|" version "|" sha256-hex "|" plain-sha256-hex),
+// so the quote covers the plaintext's hash too. Validate rejects "|" in the
+// fields and fixes the hashes' length, so the encoding is unambiguous.
 func (e Event) Digest() [32]byte {
+	if e.PlainSHA256 != "" {
+		return sha256.Sum256([]byte(e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256 + "|" + e.PlainSHA256))
+	}
 	return sha256.Sum256([]byte(e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256))
 }
 
@@ -67,11 +79,21 @@ func (e Event) Validate() error {
 			return fmt.Errorf("%w: %s %q contains a separator", ErrMalformed, f.n, f.v)
 		}
 	}
-	if len(e.SHA256) != 64 || strings.ToLower(e.SHA256) != e.SHA256 {
-		return fmt.Errorf("%w: sha256 %q is not 64 lowercase hex digits", ErrMalformed, e.SHA256)
+	if err := validHash("sha256", e.SHA256); err != nil {
+		return err
 	}
-	if _, err := hex.DecodeString(e.SHA256); err != nil {
-		return fmt.Errorf("%w: sha256 %q: %w", ErrMalformed, e.SHA256, err)
+	if e.PlainSHA256 != "" {
+		return validHash("plain_sha256", e.PlainSHA256)
+	}
+	return nil
+}
+
+func validHash(field, h string) error {
+	if len(h) != 64 || strings.ToLower(h) != h {
+		return fmt.Errorf("%w: %s %q is not 64 lowercase hex digits", ErrMalformed, field, h)
+	}
+	if _, err := hex.DecodeString(h); err != nil {
+		return fmt.Errorf("%w: %s %q: %w", ErrMalformed, field, h, err)
 	}
 	return nil
 }
@@ -127,6 +149,8 @@ type Artifact struct {
 	Name    string `json:"name"`
 	Version string `json:"version"`
 	SHA256  string `json:"sha256"`
+	// PlainSHA256 is an encrypted artifact's plaintext hash (Event.PlainSHA256).
+	PlainSHA256 string `json:"plain_sha256,omitempty"`
 }
 
 // Latest returns, per (kind, name), the last measured artifact: what the
@@ -134,7 +158,7 @@ type Artifact struct {
 func (l Log) Latest() map[[2]string]Artifact {
 	out := map[[2]string]Artifact{}
 	for _, e := range l {
-		out[[2]string{e.Kind, e.Name}] = Artifact{Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256}
+		out[[2]string{e.Kind, e.Name}] = Artifact{Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256, PlainSHA256: e.PlainSHA256}
 	}
 	return out
 }

@@ -19,6 +19,25 @@ func TestDigest(t *testing.T) {
 	}
 }
 
+// TestDigestEncrypted: an encrypted artifact's event covers its plaintext hash too,
+// so the quote does; a plaintext event's digest is unchanged.
+func TestDigestEncrypted(t *testing.T) {
+	enc := ev
+	enc.PlainSHA256 = strings.Repeat("b", 64)
+	want := sha256.Sum256([]byte("model|m|1.0.0|" + strings.Repeat("a", 64) + "|" + strings.Repeat("b", 64)))
+	if got := enc.Digest(); got != want {
+		t.Errorf("Digest(encrypted) = %x; want %x", got, want)
+	}
+	other := enc
+	other.PlainSHA256 = strings.Repeat("c", 64)
+	if enc.Digest() == other.Digest() || enc.Digest() == ev.Digest() {
+		t.Errorf("Digest ignores the plaintext hash")
+	}
+	if got := (eventlog.Log{enc}).Latest()[[2]string{"model", "m"}].PlainSHA256; got != enc.PlainSHA256 {
+		t.Errorf("Latest().PlainSHA256 = %q; want %q", got, enc.PlainSHA256)
+	}
+}
+
 func TestReplay(t *testing.T) {
 	d1, d2 := ev.Digest(), ev.Digest()
 	first := sha256.Sum256(append(make([]byte, 32), d1[:]...))
@@ -47,6 +66,9 @@ func TestParse(t *testing.T) {
 		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("A", 64) + `"}]`, false},
 		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("g", 64) + `"}]`, false},
 		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("a", 64) + `","extra":1}]`, false},
+		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("a", 64) + `","plain_sha256":"` + strings.Repeat("b", 64) + `"}]`, true},
+		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("a", 64) + `","plain_sha256":"` + strings.Repeat("B", 64) + `"}]`, false},
+		{`[{"pcr":16,"kind":"model","name":"m","version":"1","sha256":"` + strings.Repeat("a", 64) + `","plain_sha256":"abc"}]`, false},
 		{string(good) + `[]`, false},
 		{string(good) + `]`, false},  // a stray ']' (json.Decoder.More let it through)
 		{string(good) + " \n", true}, // trailing white space is fine

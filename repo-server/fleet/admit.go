@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -43,6 +44,10 @@ type Admission struct {
 	// Runtime is what the device's IMA list proved (nil: none, or it did not verify),
 	// with the files no policy list names; recorded with the verdict.
 	Runtime *reference.RuntimeState
+	// Decrypted are the encrypted artifacts the quote shows loaded, each with the
+	// plaintext hash the device measured beside its ciphertext (issue 18); recorded
+	// with the verdict. Empty: none.
+	Decrypted []eventlog.Artifact
 	// Policy in force; its rollouts attribute reports and receive the untrusted reports.
 	Policy *policy.Policy
 	// States are the stored states of Policy's rollouts at receipt, by ID (a rollout
@@ -203,6 +208,9 @@ func Admit(a Admission) (Admitted, error) {
 	}
 	if a.Runtime != nil {
 		verdictData["runtime"] = a.Runtime
+	}
+	if len(a.Decrypted) > 0 {
+		verdictData["decrypted"] = a.Decrypted
 	}
 	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, verdictData})
 	if a.Verdict != policy.VerdictTrusted && a.Quarantine && !before.Quarantined {

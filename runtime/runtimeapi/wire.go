@@ -121,6 +121,10 @@ type ModelInfo struct {
 	// encrypted model the ciphertext's (the target the device verified and measures),
 	// whose plaintext the runtime checked against LoadRequest.SHA256.
 	SHA256 string `json:"sha256,omitempty"`
+	// PlainSHA256 is set for an encrypted model only: the digest of the plaintext the
+	// runtime decrypted in memory and created the session from (equal to
+	// LoadRequest.SHA256, or the load failed). The agent measures it beside SHA256.
+	PlainSHA256 string `json:"plain_sha256,omitempty"`
 }
 
 // IndexEntry is one loaded model version in the repository index.
@@ -130,6 +134,8 @@ type IndexEntry struct {
 	State   string `json:"state"`
 	Default bool   `json:"default"`
 	SHA256  string `json:"sha256"`
+	// PlainSHA256 is an encrypted model's plaintext digest (ModelInfo.PlainSHA256).
+	PlainSHA256 string `json:"plain_sha256,omitempty"`
 }
 
 // LoadRequest names a model version to load (the body of
