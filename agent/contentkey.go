@@ -1,18 +1,24 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdh"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/keywrap"
+	"github.com/edgeward/edgeward/internal/segcrypt"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
+	"github.com/edgeward/edgeward/updater"
 )
 
 // DecryptionKeyLabel names the agent's TPM decryption key (attest.CreateDecryptionKey).
@@ -88,4 +94,85 @@ func (j *RuntimeJudge) loadRequest(ctx context.Context, name, version, payload, 
 	}
 	req.Key, req.PlainLength, req.SHA256 = key, wk.Encryption.PlainLength, wk.Encryption.PlainSHA256
 	return req, nil
+}
+
+// rekeyed is a re-encrypted copy of the serving version whose trial passed, until it
+// is committed or rolled back.
+type rekeyed struct {
+	target rollback.Target
+	plain  string // the plaintext's SHA-256, checked
+}
+
+// judgeRekey tries a target that is the serving version re-encrypted under a new
+// content key (repository.Reencrypt): the plaintext it must decrypt to is the serving
+// model's. The agent decrypts the staged ciphertext with the new key as a stream, one
+// segment in memory and nothing written, and checks every segment, the plaintext's
+// length and its hash against the signed metadata and against what the runtime serves.
+// Nothing is loaded and no probe runs: these exact bytes passed their probes when the
+// version was first committed. Committed then measures the new ciphertext.
+func (j *RuntimeJudge) judgeRekey(ctx context.Context, rc *runtimeapi.Client, name string, tr updater.Trial, load runtimeapi.LoadRequest) updater.Verdict {
+	defer clear(load.Key)
+	t := tr.Target
+	servingPlain := ""
+	if idx, err := rc.Index(ctx); err == nil {
+		for _, e := range idx {
+			if e.Name == name && e.Version == t.Version {
+				servingPlain = e.PlainSHA256
+			}
+		}
+	}
+	if servingPlain != tr.Meta.Encryption.PlainSHA256 {
+		return fail(fmt.Sprintf("re-encrypted %s %s: the serving model's plaintext is %q, the signed metadata says %s", name, t.Version, servingPlain, tr.Meta.Encryption.PlainSHA256))
+	}
+	if err := checkCiphertext(ctx, tr.Payload, load); err != nil {
+		return fail(fmt.Sprintf("re-encrypted %s %s: %v", name, t.Version, err))
+	}
+	j.mu.Lock()
+	if j.rekey == nil {
+		j.rekey = map[string]rekeyed{}
+	}
+	j.rekey[name] = rekeyed{target: t, plain: load.SHA256}
+	j.mu.Unlock()
+	j.logger().Info("re-encrypted model checked", "model", name, "version", t.Version, "sha256", t.SHA256)
+	return updater.Verdict{Pass: true}
+}
+
+// checkCiphertext decrypts the file at path with load's key as a stream and checks that
+// every segment authenticates and that the plaintext has load.PlainLength bytes and
+// SHA-256 load.SHA256. The plaintext is hashed and dropped a segment at a time.
+func checkCiphertext(ctx context.Context, path string, load runtimeapi.LoadRequest) error {
+	if len(load.Key) != segcrypt.KeySize {
+		return fmt.Errorf("content key is %d bytes", len(load.Key))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := segcrypt.NewReader(bufio.NewReaderSize(f, 1<<20), segcrypt.Key(load.Key))
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	buf := make([]byte, r.SegmentSize())
+	defer clear(buf)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		k, err := r.Read(buf)
+		h.Write(buf[:k])
+		n += int64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); n != load.PlainLength || sum != load.SHA256 {
+		return fmt.Errorf("decrypts to %d bytes with sha256 %s; the signed metadata says %d bytes, %s", n, sum, load.PlainLength, load.SHA256)
+	}
+	return nil
 }

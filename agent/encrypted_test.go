@@ -15,8 +15,10 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -294,5 +296,113 @@ func TestEncryptedModelTamperedSegment(t *testing.T) {
 	res, err := r.rt.Infer(ctx, "vibration-anomaly", "", in, nil)
 	if err != nil || res.Version != "1.0.0" {
 		t.Fatalf("serving after the tampered trial = %+v, %v; want 1.0.0", res, err)
+	}
+}
+
+// TestEncryptedModelRotation (issue 18): the content key of the version a device serves
+// is rotated on the server (repository.Reencrypt). At its next check-in the device's
+// quote shows the superseded ciphertext: it stays trusted, and the rollout offers it
+// the same version again under the new key, with that key. The agent checks the new
+// ciphertext decrypts to the serving plaintext (nothing loaded beside it, serving
+// uninterrupted), commits it and measures the new ciphertext; the check-in after that
+// is trusted with nothing more to do. No plaintext reaches the disk, the old key is
+// gone from the server, and a restart serves the model from the new ciphertext.
+func TestEncryptedModelRotation(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	r := newStoryRig(t, true)
+	ctx := context.Background()
+	runs := plaintextRuns(t, "1.0.0")
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	before := r.current(t)
+	if before.Version != "1.0.0" {
+		t.Fatalf("committed %+v; want 1.0.0", before)
+	}
+	res, err := r.repo.Reencrypt(ctx, repository.ReencryptRequest{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: "1.0.0", KEK: r.kek}, r.keys)
+	if err != nil {
+		t.Fatalf("Reencrypt = %v", err)
+	}
+	if res.Old != before.SHA256 {
+		t.Fatalf("re-encrypted %s; the device runs %s", res.Old, before.SHA256)
+	}
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step after the rotation: %v", err)
+	}
+	// The check-in that offered it: trusted, the new ciphertext's key released.
+	l, err := r.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Records(ctx, audit.Query{Kind: "key.release"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 || !strings.Contains(string(recs[1].Data), `"sha256":"`+res.New+`"`) {
+		t.Fatalf("key.release records after the rotation: %d, last %s; want a second one, for the new ciphertext %s", len(recs), recs[len(recs)-1].Data, res.New)
+	}
+	decs, err := r.store.Decisions(ctx, r.link.DeviceID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rekeyed := false
+	for _, d := range decs {
+		for _, sd := range d.Slots {
+			rekeyed = rekeyed || (sd.Reason == policy.ReasonRekey && sd.Action == policy.ActionInstall)
+		}
+	}
+	if !rekeyed {
+		t.Fatalf("decisions = %+v; want one offering 1.0.0 again for its new key (rekey)", decs)
+	}
+	after := r.current(t)
+	if after.Version != "1.0.0" || after.SHA256 != res.New {
+		t.Fatalf("committed after the rotation %+v; want 1.0.0 from the new ciphertext %s", after, res.New)
+	}
+	plain, _ := modelgen.Model("1.0.0")
+	plainSum := fmt.Sprintf("%x", sha256.Sum256(plain))
+	if m := r.mlog.Log().Latest()[[2]string{"model", "vibration-anomaly"}]; m.SHA256 != res.New || m.PlainSHA256 != plainSum {
+		t.Fatalf("measured %+v; want the new ciphertext %s and the plaintext %s", m, res.New, plainSum)
+	}
+	in := []runtime.Input{runtime.NewInput("x", runtimeapi.FP32, []int64{1, 4}, []float64{0.1, 0.2, 0.1, 0.3})}
+	if out, err := r.rt.Infer(ctx, "vibration-anomaly", "", in, nil); err != nil || out.Version != "1.0.0" {
+		t.Fatalf("serving after the rotation = %+v, %v; want 1.0.0", out, err)
+	}
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step after the re-install: %v", err)
+	}
+	last := r.link.Last()
+	for _, sd := range last.Slots {
+		if sd.Kind == artifact.KindModel && (sd.Action != wire.ActionHold || sd.ContentKey != nil) {
+			t.Fatalf("decision once the new ciphertext runs = %+v; want hold, no key", sd)
+		}
+	}
+	if !last.Trusted {
+		t.Fatalf("untrusted after the re-install: %v", last.Reasons)
+	}
+	if _, err := r.repo.ContentKey(r.kek, res.Path, res.Old); !errors.Is(err, repository.ErrNoContentKey) {
+		t.Errorf("the superseded content key on the server = %v; want destroyed", err)
+	}
+	if f := findPlaintext(t, runs, r.state, tmp); len(f) > 0 {
+		t.Fatalf("plaintext of the model found on disk after the rotation: %v", f)
+	}
+	// A restart serves the new ciphertext with the new key, without the server.
+	r.hs.Close()
+	rt2, err := runtime.New(runtime.Config{LibraryPath: r.lib})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt2.Close(ctx)
+	control2 := httptest.NewServer(rt2.ControlHandler())
+	defer control2.Close()
+	judge2 := &RuntimeJudge{Runtime: &runtimeapi.Client{BaseURL: control2.URL}, TUF: r.tuf, Log: r.mlog, WorkDir: r.state, Decrypter: r.judge.Decrypter}
+	if err := judge2.LoadCommitted(ctx, r.slots); err != nil {
+		t.Fatalf("LoadCommitted after the rotation: %v", err)
+	}
+	if idx := rt2.Index(); len(idx) != 1 || idx[0].SHA256 != res.New || idx[0].PlainSHA256 != plainSum {
+		t.Fatalf("after a restart the runtime serves %+v; want the new ciphertext of the same plaintext", idx)
+	}
+	if f := findPlaintext(t, runs, r.state, tmp); len(f) > 0 {
+		t.Fatalf("plaintext of the model found on disk after the restart: %v", f)
 	}
 }

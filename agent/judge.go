@@ -59,7 +59,8 @@ type RuntimeJudge struct {
 
 	mu      sync.Mutex
 	old     map[string]string // model name → the version serving when its trial passed
-	pending *RuntimeProc      // the runtime process whose trial passed, until Committed
+	rekey   map[string]rekeyed
+	pending *RuntimeProc // the runtime process whose trial passed, until Committed
 }
 
 // rc is the control API of the serving runtime.
@@ -142,6 +143,11 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	}
 	rc := j.rc()
 	old := serving(ctx, rc, name)
+	if meta.Encryption != nil && old == t.Version {
+		// The version that serves, re-encrypted under a new content key (issue 18,
+		// wire.ReasonRekey): the same plaintext, so nothing is loaded beside it.
+		return j.judgeRekey(ctx, rc, name, tr, load)
+	}
 	info, rep, err := rc.Trial(ctx, load, ps, tr.Gates)
 	clear(load.Key)
 	if err != nil {
@@ -194,7 +200,14 @@ func (j *RuntimeJudge) Committed(ctx context.Context, kind artifact.Kind, t roll
 	j.mu.Lock()
 	old := j.old[name]
 	delete(j.old, name)
+	rekey, isRekey := j.rekey[name]
+	delete(j.rekey, name)
 	j.mu.Unlock()
+	if isRekey && rekey.target == t {
+		// The serving session is the same plaintext: only the measurement changes, to
+		// the ciphertext the slot now holds (a restart loads it with its new key).
+		return j.Log.Measure(ctx, string(artifact.KindModel), name, t.Version, t.SHA256, rekey.plain)
+	}
 	if err := j.rc().Promote(ctx, name, t.Version, old); err != nil {
 		return fmt.Errorf("promote %s %s: %w", name, t.Version, err)
 	}
@@ -220,10 +233,16 @@ func (j *RuntimeJudge) RolledBack(ctx context.Context, kind artifact.Kind, t rol
 	}
 	j.mu.Lock()
 	delete(j.old, name)
+	delete(j.rekey, name)
 	j.mu.Unlock()
 	rc := j.rc()
 	if !loaded(ctx, rc, name, t.Version) {
 		return nil // the failed trial cleaned up already
+	}
+	if serving(ctx, rc, name) == t.Version {
+		// A re-encrypted copy of the serving version (judgeRekey) loads nothing: what
+		// is loaded is the committed one, which keeps serving.
+		return nil
 	}
 	if err := rc.Abort(ctx, name, t.Version); err != nil {
 		return err

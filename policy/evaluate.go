@@ -37,6 +37,10 @@ type Slot struct {
 	// rollback, install error). The device is not asked to install it again: a new
 	// version or a Failed cleared by an operator is needed.
 	Failed string `json:"failed,omitempty"`
+	// Rekey: the device runs Version from a ciphertext superseded by a content-key
+	// rotation (issue 18; the server saw it in the quote). A rollout to Version offers
+	// it again (ReasonRekey): the same plaintext under the current key.
+	Rekey bool `json:"rekey,omitempty"`
 }
 
 // Verdict is the outcome of verifying a device's quote.
@@ -66,6 +70,7 @@ type Reason string
 const (
 	ReasonNotSelected          Reason = "not_selected"
 	ReasonUpToDate             Reason = "up_to_date"
+	ReasonRekey                Reason = "rekey" // install: the version it runs, re-encrypted under a new content key
 	ReasonInWave               Reason = "in_wave"
 	ReasonAborted              Reason = "rollout_aborted" // install: back to the previous version
 	ReasonWaveNotReached       Reason = "wave_not_reached"
@@ -243,11 +248,14 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 		g = *chosen.Gates
 	}
 	sd := SlotDecision{Kind: kind, Target: &t, Rollout: chosen.ID, Wave: chosen.WaveOf(d.ID), Gates: &g}
-	if cur.Name == t.Name && cur.Version == t.Version {
+	if cur.Name == t.Name && cur.Version == t.Version && !cur.Rekey {
 		sd.Action, sd.Reason = ActionHold, ReasonUpToDate
 		return sd
 	}
 	sd.Reason = ReasonInWave
+	if cur.Name == t.Name && cur.Version == t.Version {
+		sd.Reason = ReasonRekey
+	}
 	sd.Revert = cur.Name == t.Name && lower(t.Version, cur.Version)
 	if cur.Failed == t.Version && (cur.Name == t.Name || cur.Name == "") {
 		sd.Action, sd.Reason = ActionHold, ReasonFailedOnDevice

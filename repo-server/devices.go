@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,9 +97,11 @@ type deviceAPI struct {
 	catMu  sync.Mutex
 	catKey string
 	cat    map[policy.Target]repository.TargetInfo
-	// retired are the contents of retired targets: a device still running one is
-	// measured against it, though it is never offered again.
-	retired map[policy.Target]retiredContent
+	// retired are the contents of retired targets, oldest first: a device still
+	// running one is measured against it, though it is never offered again. A listed
+	// encrypted target may have some too: its ciphertexts before a content-key
+	// rotation (repository.Reencrypt).
+	retired map[policy.Target][]retiredContent
 
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
@@ -316,6 +319,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	expected := []eventlog.Artifact{}
+	var superseded []eventlog.Artifact
 	var unknown []string
 	for kind, sl := range req.Slots {
 		if sl.Version == "" {
@@ -323,13 +327,15 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		}
 		t := policy.Target{Kind: kind, Name: sl.Name, Version: sl.Version}
 		var rc retiredContent
+		earlier := retired[t]
 		if ti, listed := cat[t]; listed {
 			rc = retiredContent{sha256: ti.SHA256}
 			if ti.Meta != nil && ti.Meta.Encryption != nil {
 				rc.plainSHA256 = ti.Meta.Encryption.PlainSHA256
 			}
-		} else {
-			rc = retired[t] // a retired version the device still runs
+		} else if len(earlier) > 0 {
+			// A retired version the device still runs.
+			rc, earlier = earlier[len(earlier)-1], earlier[:len(earlier)-1]
 		}
 		if rc.sha256 == "" {
 			unknown = append(unknown, fmt.Sprintf("%s %s %s", kind, sl.Name, sl.Version))
@@ -338,6 +344,12 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		// An encrypted target: the device measures the plaintext it decrypted beside
 		// the ciphertext, and it must be the one the target's signed metadata names.
 		expected = append(expected, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: rc.sha256, PlainSHA256: rc.plainSHA256})
+		for _, e := range earlier {
+			// Its ciphertexts before a content-key rotation, of the same plaintext.
+			if rc.plainSHA256 != "" && e.plainSHA256 == rc.plainSHA256 && e.sha256 != rc.sha256 {
+				superseded = append(superseded, eventlog.Artifact{Kind: string(kind), Name: sl.Name, Version: sl.Version, SHA256: e.sha256, PlainSHA256: e.plainSHA256})
+			}
+		}
 	}
 	// The boot policy for the device's hardware class (the class is in the quoted
 	// request). A policy with boot entries, none of which applies, trusts no boot.
@@ -373,8 +385,10 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		for t, ti := range cat {
 			add(t, ti.SHA256)
 		}
-		for t, rc := range retired {
-			add(t, rc.sha256)
+		for t, list := range retired {
+			for _, rc := range list {
+				add(t, rc.sha256)
+			}
 		}
 		for _, a := range expected {
 			if a.Kind == string(artifact.KindRuntime) {
@@ -397,7 +411,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	storeCtx := context.WithoutCancel(ctx)
 	consumer := d.nonces.Consumer(storeCtx)
 	v := verify.Check(consumer, req.DeviceID, req.Nonce, bound, verify.Policy{
-		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected,
+		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected, Superseded: superseded,
 		Boot: boot, Runtime: rt, RuntimeLibraries: libList, RuntimeSlot: slotLib, AgentBuilds: builds, AKCache: d.akc,
 	}, req.Evidence, now)
 	for _, reason := range v.Reasons {
@@ -453,7 +467,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			decrypted = append(decrypted, a)
 		}
 	}
-	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, decrypted, cat, now)
+	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, decrypted, v.Superseded, cat, now)
 	if nonceErr := (verify.Reason{}); errors.Is(err, fleet.ErrNonceExpired) || errors.Is(err, fleet.ErrNonceUnknown) {
 		// verify.Check's reasons, had it consumed the nonce itself.
 		nonceErr = verify.Reason{Code: verify.NonceUnknownOrReused, Detail: fmt.Sprintf("nonce was not issued to %q or was already used", req.DeviceID)}
@@ -490,10 +504,16 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // and the next one's issue when next is, enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, decrypted []eventlog.Artifact, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, decrypted, superseded []eventlog.Artifact, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
-		slots[k] = policy.Slot{Name: sl.Name, Version: sl.Version}
+		s := policy.Slot{Name: sl.Name, Version: sl.Version}
+		// The quote shows the slot's version from a ciphertext superseded by a
+		// content-key rotation: a rollout to it offers the current one.
+		s.Rekey = slices.ContainsFunc(superseded, func(a eventlog.Artifact) bool {
+			return a.Kind == string(k) && a.Name == sl.Name && a.Version == sl.Version
+		})
+		slots[k] = s
 	}
 	a := fleet.Admission{
 		CheckIn: fleet.CheckIn{ID: req.DeviceID, Hardware: req.Hardware, AgentVersion: req.AgentVersion, Slots: slots, Attrs: req.Attrs, LastError: req.LastError, At: now},
@@ -644,7 +664,7 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 // encrypted one, its plaintext's.
 type retiredContent struct{ sha256, plainSHA256 string }
 
-func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target]retiredContent, error) {
+func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target][]retiredContent, error) {
 	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
 	if err != nil {
 		return nil, nil, err
@@ -666,14 +686,15 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 	if err != nil {
 		return nil, nil, err
 	}
-	retired := map[policy.Target]retiredContent{}
+	retired := map[policy.Target][]retiredContent{}
 	for _, rt := range list {
 		if m := rt.Meta(); m != nil {
 			rc := retiredContent{sha256: rt.SHA256}
 			if m.Encryption != nil {
 				rc.plainSHA256 = m.Encryption.PlainSHA256
 			}
-			retired[policy.Target{Kind: m.Kind, Name: m.Name, Version: m.Version}] = rc
+			t := policy.Target{Kind: m.Kind, Name: m.Name, Version: m.Version}
+			retired[t] = append(retired[t], rc)
 		}
 	}
 	cat := map[policy.Target]repository.TargetInfo{}

@@ -253,7 +253,10 @@ func (a *Agent) Step(ctx context.Context) error {
 	}
 	for _, k := range rollback.Kinds() {
 		d, ok := desired[k]
-		if !ok || d.Action != wire.ActionInstall || d.Target == "" || d.Target == status[k].Path || a.refused[string(k)] == d.Target {
+		// The path it runs is installed again only re-encrypted under a new content
+		// key (the slot's current target then differs from the signed one).
+		same := d.Target == status[k].Path && d.Reason != wire.ReasonRekey
+		if !ok || d.Action != wire.ActionInstall || d.Target == "" || same || a.refused[string(k)] == d.Target {
 			continue
 		}
 		if r, held := a.retries[string(k)]; held && r.target == d.Target && a.cfg.Now().Before(r.notBefore) {

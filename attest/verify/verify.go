@@ -88,6 +88,12 @@ type Policy struct {
 	// every expected one must be measured, and nothing else may be. Nil
 	// skips the comparison (enrollment-time checks).
 	Expected []eventlog.Artifact
+	// Superseded are earlier encryptions of expected artifacts (their content key was
+	// rotated: repository.Reencrypt): the same kind, name, version and plaintext hash
+	// under another ciphertext. A device that still runs one measures it instead of
+	// the expected artifact; that is trusted, and listed in Verdict.Superseded so that
+	// the server offers it the current ciphertext.
+	Superseded []eventlog.Artifact
 	// Boot, if set, requires measured boot: the evidence carries the TCG boot event
 	// log, the quote covers the boot PCRs (0–7), the log replays to them, and the boot
 	// state it proves satisfies Boot (the entry of the policy for the device's
@@ -125,6 +131,9 @@ type Verdict struct {
 	Reasons []Reason `json:"reasons,omitempty"`
 	// Measured is, per (kind, name), the artifact loaded last, sorted.
 	Measured []eventlog.Artifact `json:"measured,omitempty"`
+	// Superseded are the measured artifacts that matched Policy.Superseded instead of
+	// the expected ones: encrypted artifacts whose content key has since been rotated.
+	Superseded []eventlog.Artifact `json:"superseded,omitempty"`
 	// PermanentIdentifiers are from the verified AK certificate.
 	PermanentIdentifiers []string `json:"permanent_identifiers,omitempty"`
 	// ResetCount and RestartCount are the TPM's boot counters from the
@@ -294,6 +303,8 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 				switch {
 				case !ok:
 					v.add(ArtifactUnexpected, "%s %s@%s is not expected", a.Kind, a.Name, a.Version)
+				case a.PlainSHA256 != "" && a != w && w.PlainSHA256 == a.PlainSHA256 && w.Version == a.Version && slices.Contains(p.Superseded, a):
+					v.Superseded = append(v.Superseded, a)
 				case w.Version != a.Version || w.SHA256 != a.SHA256:
 					v.add(ArtifactMismatch, "%s %s: runs %s (%s), expected %s (%s)", a.Kind, a.Name, a.Version, short(a.SHA256), w.Version, short(w.SHA256))
 				case w.PlainSHA256 != a.PlainSHA256:

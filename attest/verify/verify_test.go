@@ -318,6 +318,32 @@ func TestVerifyEncryptedArtifact(t *testing.T) {
 	if !slices.Contains(v.Measured, want) {
 		t.Errorf("Measured = %v; want it to hold %v (the plaintext hash shown)", v.Measured, want)
 	}
+	// The content key was rotated since: the device still runs the superseded
+	// ciphertext of the same plaintext. Trusted, and said, so that the server offers
+	// it the new one; a superseded ciphertext of another plaintext or version is not.
+	rotated := want
+	rotated.SHA256 = strings.Repeat("7", 64)
+	sp := policy
+	sp.Expected = []eventlog.Artifact{art(runtimeV1), rotated}
+	sp.Superseded = []eventlog.Artifact{want}
+	if v := verify.Verify(sp, good, nonce, now); !v.Trusted || !slices.Equal(v.Superseded, []eventlog.Artifact{want}) {
+		t.Errorf("Verify(superseded ciphertext) = trusted %v %v, superseded %v; want trusted, %v superseded", v.Trusted, v.Reasons, v.Superseded, want)
+	}
+	sp.Superseded = nil
+	if v := verify.Verify(sp, good, nonce, now); v.Trusted || !slices.Equal(codes(v), []verify.Code{verify.ArtifactMismatch}) {
+		t.Errorf("Verify(an earlier ciphertext not listed as superseded) = %v; want artifact_mismatch", v.Reasons)
+	}
+	otherPlain := rotated
+	otherPlain.PlainSHA256 = strings.Repeat("8", 64)
+	sp.Expected = []eventlog.Artifact{art(runtimeV1), otherPlain}
+	sp.Superseded = []eventlog.Artifact{want}
+	if v := verify.Verify(sp, good, nonce, now); v.Trusted || len(v.Superseded) != 0 {
+		t.Errorf("Verify(superseded ciphertext of another plaintext) = trusted %v %v; want artifact_mismatch", v.Trusted, v.Reasons)
+	}
+	if v := verify.Verify(policy, good, nonce, now); len(v.Superseded) != 0 {
+		t.Errorf("Verify(current ciphertext).Superseded = %v; want none", v.Superseded)
+	}
+
 	other := want
 	other.PlainSHA256 = strings.Repeat("6", 64)
 	plain := want

@@ -53,6 +53,8 @@ func commands() []command {
 		{"keys passwd", "re-encrypt a key file under a new passphrase: edgeward keys passwd KEYFILE", cmdKeysPasswd},
 		{"keys kek", "write a key-encryption key for encrypted targets: --out FILE", cmdKeysKEK},
 		{"keys rotate", "replace the key of timestamp, snapshot, models or runtimes", cmdKeysRotate},
+		{"keys rotate-content", "re-encrypt an encrypted version under a new content key: --kek FILE --name N --version V", cmdKeysRotateContent},
+		{"keys rotate-kek", "seal every content key under a new key-encryption key: --kek OLD --new-kek NEW", cmdKeysRotateKEK},
 		{"root propose", "stage a new root version", cmdRootPropose},
 		{"root sign", "add one signature to the staged root", cmdRootSign},
 		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},

@@ -243,6 +243,11 @@ const (
 	ActionHold = "hold"
 )
 
+// ReasonRekey is the Reason of an install decision for the version the device already
+// runs, whose content key was rotated (policy.ReasonRekey): the device installs the
+// target although its path is the one it runs, since the signed ciphertext changed.
+const ReasonRekey = "rekey"
+
 // SlotDecision is the server's desired state for one slot kind: the whole decision the
 // device acts on.
 type SlotDecision struct {
