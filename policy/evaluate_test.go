@@ -86,6 +86,15 @@ func TestEvaluate(t *testing.T) {
 			SlotDecision{Action: ActionHold, Reason: ReasonUpToDate, Rollout: "new"}, false, "3.1.0"},
 		{"already there", dev(first, func(d *Device) { d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0"} }), active, now,
 			SlotDecision{Action: ActionHold, Reason: ReasonUpToDate, Rollout: "new"}, false, "3.1.0"},
+		{"already there, from a superseded ciphertext: offered again", dev(first, func(d *Device) { d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0", Rekey: true} }), active, now,
+			SlotDecision{Action: ActionInstall, Reason: ReasonRekey, Rollout: "new"}, false, "3.1.0"},
+		{"rekey held for a quarantined device", dev(first, func(d *Device) {
+			d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0", Rekey: true}
+			d.Quarantined = true
+		}), active, now,
+			SlotDecision{Action: ActionHold, Reason: ReasonQuarantined, Rollout: "new"}, false, "3.1.0"},
+		{"rekey of a version whose rollout is not reached is still offered", dev(later, func(d *Device) { d.Slots[artifact.KindModel] = Slot{Name: "vib", Version: "3.1.0", Rekey: true} }), active, now,
+			SlotDecision{Action: ActionInstall, Reason: ReasonRekey, Rollout: "new"}, false, "3.1.0"},
 		{"not selected", dev(first, func(d *Device) { d.Labels = nil }), active, now,
 			SlotDecision{Action: ActionHold, Reason: ReasonNotSelected}, false, ""},
 		{"quarantined", dev(first, func(d *Device) { d.Quarantined = true }), active, now,
