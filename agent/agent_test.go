@@ -100,13 +100,20 @@ type storyRig struct {
 	// kek is the server's key-encryption key: set, models are published encrypted and
 	// the device certifies a TPM decryption key at every check-in (issue 18).
 	kek []byte
+	// encryptProbes: probe sets are published encrypted too (under kek).
+	encryptProbes bool
 }
 
 // newStoryRig starts the server side with 1.0.0 of the vibration model published (and
 // its rollout in force) and the device side, enrolled, with nothing installed.
 func newStoryRig(t *testing.T, encrypt bool) *storyRig {
 	t.Helper()
-	r := &storyRig{}
+	return newStoryRigWith(t, &storyRig{}, encrypt)
+}
+
+// newStoryRigWith is newStoryRig starting from r's options (encryptProbes).
+func newStoryRigWith(t *testing.T, r *storyRig, encrypt bool) *storyRig {
+	t.Helper()
 	lib := ortLibrary(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -228,7 +235,11 @@ func (r *storyRig) publish(t *testing.T, version string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe)}, r.keys); err != nil {
+	var probeKEK []byte
+	if r.encryptProbes {
+		probeKEK = r.kek
+	}
+	if _, err := r.repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindProbe, Name: "vibration-anomaly", Version: version}, Ext: ".json", Content: bytes.NewReader(probe), KEK: probeKEK}, r.keys); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.repo.Publish(ctx, repository.PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: version, Format: "onnx",

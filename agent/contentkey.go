@@ -176,3 +176,68 @@ func checkCiphertext(ctx context.Context, path string, load runtimeapi.LoadReque
 	}
 	return nil
 }
+
+func probeKeyPath(payload string) string { return payload + ".probe.key" }
+
+// decryptProbeSet decrypts the encrypted probe set downloaded to file (target path,
+// ciphertext SHA-256 sum) into memory: its content key wrapped to this TPM comes from
+// the decision (wrapped, then kept beside the model's payload, durably) or, when
+// wrapped is nil, from beside the payload. Every segment is authenticated and the
+// plaintext checked against enc's signed length and hash; it is never written.
+func (j *RuntimeJudge) decryptProbeSet(ctx context.Context, path, sum string, enc artifact.Encryption, file string, wrapped *keywrap.Wrapped, payload string) ([]byte, error) {
+	if wrapped != nil {
+		b, err := json.Marshal(wrappedKey{Target: path, SHA256: sum, Encryption: enc, Wrapped: *wrapped})
+		if err != nil {
+			return nil, err
+		}
+		if err := durable.WriteFile(probeKeyPath(payload), b, 0o600); err != nil {
+			return nil, fmt.Errorf("store the wrapped key of probe set %s: %w", path, err)
+		}
+	} else {
+		b, err := os.ReadFile(probeKeyPath(payload))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s is encrypted: %w", path, updater.ErrNoContentKey)
+		}
+		if err != nil {
+			return nil, err
+		}
+		var wk wrappedKey
+		if err := json.Unmarshal(b, &wk); err != nil {
+			return nil, fmt.Errorf("wrapped key of probe set %s: %w", path, err)
+		}
+		if wk.Target != path || wk.SHA256 != sum {
+			return nil, fmt.Errorf("%s is encrypted and the key kept is another target's: %w", path, updater.ErrNoContentKey)
+		}
+		wrapped = &wk.Wrapped
+	}
+	if j.Decrypter == nil {
+		return nil, errNoDecrypter
+	}
+	key, err := keywrap.FromDevice(*wrapped, j.Decrypter.Public(), func(p *ecdh.PublicKey) ([]byte, error) {
+		return j.Decrypter.ZGen(ctx, p)
+	}, keywrap.TargetContext(path, sum))
+	if err != nil {
+		return nil, fmt.Errorf("unwrap the content key of %s: %w", path, err)
+	}
+	defer clear(key)
+	if len(key) != segcrypt.KeySize {
+		return nil, fmt.Errorf("content key of %s is %d bytes", path, len(key))
+	}
+	if enc.PlainLength > maxProbeBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxProbeBytes)
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := segcrypt.Decrypt(ctx, bufio.NewReader(f), segcrypt.Key(key), enc.PlainLength)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt probe set %s: %w", path, err)
+	}
+	if s := sha256.Sum256(data); hex.EncodeToString(s[:]) != enc.PlainSHA256 {
+		clear(data)
+		return nil, fmt.Errorf("probe set %s decrypts to sha256 %x; the signed metadata says %s", path, s, enc.PlainSHA256)
+	}
+	return data, nil
+}

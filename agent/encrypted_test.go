@@ -406,3 +406,99 @@ func TestEncryptedModelRotation(t *testing.T) {
 		t.Fatalf("plaintext of the model found on disk after the restart: %v", f)
 	}
 }
+
+// probeRuns are byte runs of the plaintext probe set (the same for every version) to
+// search the device for.
+func probeRuns(t *testing.T) [][]byte {
+	t.Helper()
+	ps, err := modelgen.ProbeSet("1.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var runs [][]byte
+	for _, at := range []int{len(ps) / 4, len(ps) / 2, 3 * len(ps) / 4} {
+		runs = append(runs, ps[at:at+48])
+	}
+	return runs
+}
+
+// TestEncryptedProbeSet (issue 18): a probe set published encrypted is released with its
+// model, wrapped to the device's TPM like the model's key and audited; the agent
+// decrypts it in memory and the real runtime probes the decrypted model with it: a good
+// version commits with its probe figures, a degraded one fails its probe and rolls back.
+// Neither probe set's plaintext reaches the disk. Without the key (none released, none
+// kept) the probe set is refused as a withheld key, not as a bad version.
+func TestEncryptedProbeSet(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	r := newStoryRigWith(t, &storyRig{encryptProbes: true}, true)
+	ctx := context.Background()
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step: %v", err)
+	}
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q; want 1.0.0 probed with its encrypted probe set", v)
+	}
+	r.publish(t, "1.1.0")
+	r.pol.Store(rolloutPolicy(t, "1.1.0", ""))
+	if err := r.ag.Step(ctx); err != nil {
+		t.Fatalf("step to 1.1.0: %v", err)
+	}
+	if v := r.committed(); v != "1.1.0" {
+		st, _ := r.slots.State(ctx, artifact.KindModel)
+		t.Fatalf("committed = %q (%s: %s); want 1.1.0 probed with its encrypted probe set", v, st.Phase, st.Reason)
+	}
+	reps, _ := r.store.Reports(ctx, fleet.ReportFilter{})
+	var probed bool
+	for _, rep := range reps {
+		probed = probed || (rep.Version == "1.1.0" && rep.Outcome == wire.OutcomeCommitted && rep.Probe.Accuracy >= 0.85)
+	}
+	if !probed {
+		t.Fatalf("reports = %+v; want 1.1.0 committed with its probe's accuracy", reps)
+	}
+	l, err := r.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Records(ctx, audit.Query{Kind: "key.release"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probeReleased := false
+	for _, rec := range recs {
+		probeReleased = probeReleased || rec.Subject == "probes/vibration-anomaly/1.1.0.json"
+	}
+	if !probeReleased {
+		t.Fatalf("no key.release record for the probe set among %d", len(recs))
+	}
+
+	// The degraded version, its probe set encrypted: probed, fails, rolls back.
+	r.publish(t, "2.0.0")
+	r.pol.Store(rolloutPolicy(t, "2.0.0", ""))
+	r.ag.Step(ctx)
+	st, err := r.slots.State(ctx, artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := r.committed(); v != "1.1.0" || !strings.Contains(st.Reason, "probe failed") {
+		t.Fatalf("after the degraded version: committed %q, reason %q; want 1.1.0 kept, the probe failed", v, st.Reason)
+	}
+	if f := findPlaintext(t, probeRuns(t), r.state, tmp); len(f) > 0 {
+		t.Fatalf("plaintext of a probe set found on disk: %v", f)
+	}
+	// The search finds a probe set's plaintext where it is.
+	ps, _ := modelgen.ProbeSet("1.1.0")
+	os.WriteFile(filepath.Join(tmp, "probe.json"), ps, 0o600)
+	if f := findPlaintext(t, probeRuns(t), tmp); len(f) != 1 {
+		t.Fatalf("the search found %v in a directory holding the plaintext probe set", f)
+	}
+
+	// No key released and none kept beside the payload: a withheld key.
+	if _, err := r.judge.probeSet(ctx, "probes/vibration-anomaly/1.1.0.json", nil, filepath.Join(t.TempDir(), "payload")); !errors.Is(err, updater.ErrNoContentKey) {
+		t.Fatalf("probe set without its key = %v; want ErrNoContentKey", err)
+	}
+	st, _ = r.slots.State(ctx, artifact.KindModel)
+	if _, err := r.judge.probeSet(ctx, "probes/vibration-anomaly/1.1.0.json", nil, r.slots.Payload(artifact.KindModel, st.Active)); err != nil {
+		t.Fatalf("probe set with the key kept beside the committed model = %v", err)
+	}
+}

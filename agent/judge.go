@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/keywrap"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -118,7 +120,11 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	}
 	var ps *runtimeapi.ProbeSet
 	if meta.Probe != "" {
-		if ps, err = j.probeSet(ctx, meta.Probe); err != nil {
+		if ps, err = j.probeSet(ctx, meta.Probe, tr.ProbeKey, tr.Payload); err != nil {
+			if errors.Is(err, updater.ErrNoContentKey) {
+				// Withheld now, maybe released later: not the version's fault.
+				return updater.Verdict{Reason: "probe set: " + err.Error(), Err: err}
+			}
 			return fail("probe set: " + err.Error())
 		}
 	} else if tr.Gates != nil {
@@ -311,7 +317,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		return fail("model metadata: " + err.Error())
 	}
 	if meta.Probe != "" {
-		ps, err := j.probeSet(ctx, meta.Probe)
+		ps, err := j.probeSet(ctx, meta.Probe, nil, j.Slots.Payload(artifact.KindModel, st.Active))
 		if err != nil {
 			return fail("probe set: " + err.Error())
 		}
@@ -423,7 +429,12 @@ func loaded(ctx context.Context, rc *runtimeapi.Client, name, version string) bo
 	return false
 }
 
-func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtimeapi.ProbeSet, error) {
+// probeSet downloads and parses the probe set at path. An encrypted probe set (issue
+// 18) is kept as its ciphertext and decrypted in memory with its content key: wrapped
+// (from the decision that offered the model) and then kept beside the model's slot
+// payload, or, when wrapped is nil, the one kept there at the model's trial (a runtime
+// update probes the committed model again without the server).
+func (j *RuntimeJudge) probeSet(ctx context.Context, path string, wrapped *keywrap.Wrapped, payload string) (*runtimeapi.ProbeSet, error) {
 	tf, err := j.TUF.Target(ctx, path)
 	if err != nil {
 		return nil, err
@@ -435,7 +446,20 @@ func (j *RuntimeJudge) probeSet(ctx context.Context, path string) (*runtimeapi.P
 	if _, err := j.TUF.Download(ctx, tf, dst); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(dst)
+	var enc *artifact.Encryption
+	if tf.Custom != nil {
+		var m artifact.Meta
+		if err := json.Unmarshal(*tf.Custom, &m); err == nil {
+			enc = m.Encryption
+		}
+	}
+	var data []byte
+	if enc != nil {
+		data, err = j.decryptProbeSet(ctx, path, hex.EncodeToString(tf.Hashes["sha256"]), *enc, dst, wrapped, payload)
+		defer clear(data)
+	} else {
+		data, err = os.ReadFile(dst)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -542,7 +542,8 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, 
 }
 
 // releaseKeys gives each slot decision that offers an encrypted target its content key,
-// wrapped to the device's TPM decryption key (issue 18), when all of these hold:
+// and one whose target names an encrypted probe set that probe set's key (ProbeKey),
+// each wrapped to the device's TPM decryption key (issue 18), when all of these hold:
 //   - the check-in's quote was trusted and the device is not quarantined (resp);
 //   - the decision offers the target (install, or download outside a window);
 //   - the device certified its decryption key in this very check-in: the AK that
@@ -562,7 +563,27 @@ func (d *deviceAPI) releaseKeys(ctx context.Context, req *wire.CheckInRequest, b
 			continue
 		}
 		ti, ok := cat[policy.Target{Kind: sd.Kind, Name: sd.Name, Version: sd.Version}]
-		if !ok || ti.Meta == nil || ti.Meta.Encryption == nil {
+		if !ok || ti.Meta == nil {
+			continue
+		}
+		// The target's own key, and its probe set's when that is encrypted too: the
+		// device decrypts the probe set in memory for the trial.
+		type release struct {
+			ti  repository.TargetInfo
+			dst **keywrap.Wrapped
+		}
+		var todo []release
+		if ti.Meta.Encryption != nil {
+			todo = append(todo, release{ti, &sd.ContentKey})
+		}
+		if ti.Meta.Probe != "" {
+			if k, n, v, err := artifact.ParseTargetPath(ti.Meta.Probe); err == nil {
+				if pi, ok := cat[policy.Target{Kind: k, Name: n, Version: v}]; ok && pi.Path == ti.Meta.Probe && pi.Meta != nil && pi.Meta.Encryption != nil {
+					todo = append(todo, release{pi, &sd.ProbeKey})
+				}
+			}
+		}
+		if len(todo) == 0 {
 			continue
 		}
 		withhold := func(why string) {
@@ -589,27 +610,47 @@ func (d *deviceAPI) releaseKeys(ctx context.Context, req *wire.CheckInRequest, b
 			withhold(keyErr.Error())
 			continue
 		}
-		ck, err := d.s.cfg.Repo.ContentKey(d.cfg.KEK, ti.Path, ti.SHA256)
-		if err != nil {
-			d.s.log.Error("content key", "target", ti.Path, "err", err)
-			withhold("the server cannot open its content key")
-			continue
+		for _, rel := range todo {
+			w, ok, err := d.wrapFor(ctx, req, sd, rel.ti, devKey)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				withhold("the server cannot open its content key")
+				*rel.dst = nil
+				break
+			}
+			*rel.dst = &w
 		}
-		w, err := keywrap.ToDevice(nil, devKey, ck[:], keywrap.TargetContext(ti.Path, ti.SHA256))
-		clear(ck[:])
-		if err != nil {
-			return fmt.Errorf("wrap content key of %s: %w", ti.Path, err)
+		if sd.ContentKey == nil && ti.Meta.Encryption != nil {
+			sd.ProbeKey = nil
 		}
-		fp := sha256.Sum256(devKey.Bytes())
-		if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "key.release", ti.Path, map[string]any{
-			"device": req.DeviceID, "target": ti.Path, "sha256": ti.SHA256, "plain_sha256": ti.Meta.Encryption.PlainSHA256, "rollout": sd.Rollout,
-			"device_key": hex.EncodeToString(fp[:]),
-		}); err != nil {
-			return err
-		}
-		sd.ContentKey = &w
 	}
 	return nil
+}
+
+// wrapFor wraps the content key of the encrypted target ti to the device's key devKey,
+// after auditing the release ("key.release"). ok is false when the server cannot open
+// the stored content key (logged); an error means the release could not be audited.
+func (d *deviceAPI) wrapFor(ctx context.Context, req *wire.CheckInRequest, sd *wire.SlotDecision, ti repository.TargetInfo, devKey *ecdh.PublicKey) (keywrap.Wrapped, bool, error) {
+	ck, err := d.s.cfg.Repo.ContentKey(d.cfg.KEK, ti.Path, ti.SHA256)
+	if err != nil {
+		d.s.log.Error("content key", "target", ti.Path, "err", err)
+		return keywrap.Wrapped{}, false, nil
+	}
+	w, err := keywrap.ToDevice(nil, devKey, ck[:], keywrap.TargetContext(ti.Path, ti.SHA256))
+	clear(ck[:])
+	if err != nil {
+		return keywrap.Wrapped{}, false, fmt.Errorf("wrap content key of %s: %w", ti.Path, err)
+	}
+	fp := sha256.Sum256(devKey.Bytes())
+	if err := d.s.auditLog(ctx, "device:"+req.DeviceID, "key.release", ti.Path, map[string]any{
+		"device": req.DeviceID, "target": ti.Path, "sha256": ti.SHA256, "plain_sha256": ti.Meta.Encryption.PlainSHA256, "rollout": sd.Rollout,
+		"device_key": hex.EncodeToString(fp[:]),
+	}); err != nil {
+		return keywrap.Wrapped{}, false, err
+	}
+	return w, true, nil
 }
 
 // certifiedDecryptionKey returns the device's decryption key from its certification in

@@ -51,6 +51,9 @@ type Trial struct {
 	// wrapped to this device's TPM decryption key: the judge unwraps it in the TPM and
 	// has the runtime decrypt the model into memory (issue 18).
 	ContentKey *keywrap.Wrapped
+	// ProbeKey is the content key of the target's probe set when that is encrypted,
+	// wrapped like ContentKey: the judge decrypts the probe set in memory.
+	ProbeKey *keywrap.Wrapped
 }
 
 // ErrNoContentKey: the decision offers an encrypted target but the server released no
@@ -392,7 +395,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	if a.cfg.Judge != nil {
 		tctx, cancel := context.WithDeadline(ctx, s.Deadline)
 		v = a.cfg.Judge.Judge(tctx, Trial{Kind: kind, Payload: a.cfg.Slots.Payload(kind, s.Inactive()), Target: t, Meta: meta,
-			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout, ContentKey: d.ContentKey})
+			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout, ContentKey: d.ContentKey, ProbeKey: d.ProbeKey})
 		cancel()
 	}
 	pass := v.Pass

@@ -274,6 +274,10 @@ type SlotDecision struct {
 	// check-in whose quote it trusted, to a device not quarantined, for a target the
 	// decision offers, and audits every release ("key.release").
 	ContentKey *keywrap.Wrapped `json:"content_key,omitempty"`
+	// ProbeKey is the content key of the Target's probe set when that is encrypted,
+	// wrapped and released like ContentKey: the device decrypts the probe set in
+	// memory for the trial's probes.
+	ProbeKey *keywrap.Wrapped `json:"probe_key,omitempty"`
 }
 
 // CheckInResponse is the server's answer.
