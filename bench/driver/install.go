@@ -39,6 +39,9 @@ type installer struct {
 	out     func(dir string) string // the file it leaves (checked, then removed)
 	// then, if set, is a second timed child run after run (its time adds, its RSS maxes).
 	then func(dir string) (bin string, args []string)
+	// env is run's extra environment; size the file out must have (0: the payload's).
+	env  []string
+	size int64
 }
 
 func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
@@ -48,6 +51,10 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 	}
 	gotuf := filepath.Join(cfg.work, "bin", "gotufdl")
 	if _, err := runChild(ctx, "go", []string{"build", "-o", gotuf, "./bench/gotufdl"}, nil); err != nil {
+		return nil, err
+	}
+	encinstall := filepath.Join(cfg.work, "bin", "encinstall")
+	if _, err := runChild(ctx, "go", []string{"build", "-o", encinstall, "./bench/encinstall"}, nil); err != nil {
 		return nil, err
 	}
 	srv, base, err := startRepoServer(cfg, repo)
@@ -78,6 +85,25 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 			return ""
 		}
 		url := p.url(base)
+		slotOut := func(size int64) func(dir string) string {
+			return func(dir string) string {
+				m, _ := filepath.Glob(filepath.Join(dir, "slots", "model", "*", "*"))
+				for _, f := range m {
+					if fi, err := os.Stat(f); err == nil && fi.Size() == size {
+						return f
+					}
+				}
+				return ""
+			}
+		}
+		// Issue 18: the same install with the model then loaded into memory as the
+		// runtime does before its session, plaintext (read) against encrypted
+		// (decrypted, every segment authenticated); both check the plaintext's hash.
+		loadRun := func(target string) func(dir string) (string, []string) {
+			return func(dir string) (string, []string) {
+				return encinstall, []string{base + "/metadata", base + "/targets", repo.rootFile(), dir, target, p.SHA256}
+			}
+		}
 		systems := []installer{
 			{name: "curl to disk (the limit)", run: func(dir string) (string, []string) {
 				return "curl", []string{"-sS", "--fail", "-o", filepath.Join(dir, "out"), url}
@@ -92,6 +118,11 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 			{name: "go-tuf DownloadTarget", run: func(dir string) (string, []string) {
 				return gotuf, []string{base + "/metadata", base + "/targets", repo.rootFile(), filepath.Join(dir, "tuf"), p.Target, filepath.Join(dir, "out")}
 			}, out: func(dir string) string { return filepath.Join(dir, "out") }},
+			{name: "install + load into memory, plaintext", run: loadRun(p.Target), out: slotOut(p.Size)},
+		}
+		if p.Enc != nil {
+			systems = append(systems, installer{name: "install + decrypt into memory, encrypted", run: loadRun(p.Enc.Target),
+				env: []string{"EDGEWARD_BENCH_CONTENT_KEY=" + p.Enc.Key}, out: slotOut(p.Enc.Length), size: p.Enc.Length})
 		}
 		type acc struct{ secs, rate, rss, cpu, vs, vsSync []float64 }
 		accs := make([]acc, len(systems))
@@ -111,7 +142,7 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 					}
 				}
 				bin, args := s.run(dir)
-				cr, err := runChild(ctx, bin, args, nil)
+				cr, err := runChild(ctx, bin, args, s.env)
 				if err != nil {
 					os.RemoveAll(dir)
 					return nil, fmt.Errorf("%s: %w", s.name, err)
@@ -125,14 +156,18 @@ func benchInstall(ctx context.Context, cfg *config) (*InstallResult, error) {
 					}
 					cr.Wall, cr.CPU, cr.PeakRSS = cr.Wall+cr2.Wall, cr.CPU+cr2.CPU, max(cr.PeakRSS, cr2.PeakRSS)
 				}
+				size := p.Size
+				if s.size != 0 {
+					size = s.size
+				}
 				out := s.out(dir)
 				fi, err := os.Stat(out)
 				os.RemoveAll(dir)
-				if err != nil || fi.Size() != p.Size {
-					return nil, fmt.Errorf("%s: no %d-byte file left (%q)", s.name, p.Size, out)
+				if err != nil || fi.Size() != size {
+					return nil, fmt.Errorf("%s: no %d-byte file left (%q)", s.name, size, out)
 				}
 				a := &accs[i]
-				rate[i] = mib(p.Size) / cr.Wall.Seconds()
+				rate[i] = mib(p.Size) / cr.Wall.Seconds() // the model's (plaintext) MiB per second
 				a.secs, a.rate = append(a.secs, cr.Wall.Seconds()), append(a.rate, rate[i])
 				a.rss, a.cpu = append(a.rss, mib(cr.PeakRSS)), append(a.cpu, cr.CPU.Seconds())
 				logf("install %4d MiB %-42s %6.2fs %7.1f MiB/s peak RSS %7.1f MiB", p.Size>>20, s.name, cr.Wall.Seconds(), rate[i], mib(cr.PeakRSS))

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/repository"
@@ -23,6 +25,16 @@ type payload struct {
 	Name   string // artifact name, e.g. big-256mib
 	Target string // TUF target path, models/<name>/1.0.0.bin
 	SHA256 string
+	// Enc is the same content published encrypted (issue 18), as its own target.
+	Enc *encPayload
+}
+
+// encPayload is a payload's encrypted twin: its target (the ciphertext's hash and
+// length) and its content key, read from the repository with the bench's KEK.
+type encPayload struct {
+	Target, SHA256 string
+	Length         int64
+	Key            string // hex
 }
 
 func (p payload) url(base string) string {
@@ -71,9 +83,78 @@ func ensureRepo(ctx context.Context, cfg *config) (*benchRepo, error) {
 				return nil, err
 			}
 		}
+		enc, err := ensureEncrypted(ctx, cfg, r, p, file, env)
+		if err != nil {
+			return nil, err
+		}
+		p.Enc = enc
 		r.Payloads = append(r.Payloads, p)
 	}
 	return r, nil
+}
+
+// ensureEncrypted publishes file encrypted as models/<name>-enc/1.0.0.bin under the
+// bench's key-encryption key (made once in the work directory) unless it is there, and
+// returns its target and content key.
+func ensureEncrypted(ctx context.Context, cfg *config, r *benchRepo, p payload, file string, env []string) (*encPayload, error) {
+	edgeward := filepath.Join(cfg.bin, "edgeward")
+	kek := filepath.Join(cfg.work, "kek")
+	if _, err := os.Stat(kek); err != nil {
+		if _, err := runChild(ctx, edgeward, []string{"keys", "kek", "--out", kek}, nil); err != nil {
+			return nil, err
+		}
+	}
+	e := &encPayload{Target: "models/" + p.Name + "-enc/1.0.0.bin"}
+	marker := filepath.Join(r.Dir, ".bench-published-"+p.Name+"-enc-"+p.SHA256[:16])
+	if _, err := os.Stat(marker); err != nil {
+		logf("publishing %s (%d MiB, encrypted)", e.Target, p.Size>>20)
+		if _, err := runChild(ctx, edgeward, []string{"publish", "--repo", r.Dir, "--encrypt", "--kek", kek, "--kind", "model",
+			"--name", p.Name + "-enc", "--version", "1.0.0", file}, env); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(marker, nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	repo, err := repository.Open(repository.Config{Dir: r.Dir})
+	if err != nil {
+		return nil, err
+	}
+	st, err := repo.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, ti := range st.List() {
+		if ti.Path == e.Target {
+			e.SHA256, e.Length = ti.SHA256, ti.Length
+		}
+	}
+	if e.SHA256 == "" {
+		return nil, fmt.Errorf("%s is not listed", e.Target)
+	}
+	k, err := readBenchKEK(kek)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := repo.ContentKey(k, e.Target, e.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	e.Key = hex.EncodeToString(ck[:])
+	return e, nil
+}
+
+// readBenchKEK reads a key file of edgeward keys kek.
+func readBenchKEK(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "edgeward-kek-v1 ")
+	if !ok {
+		return nil, fmt.Errorf("%s: not a key-encryption key file", path)
+	}
+	return base64.StdEncoding.DecodeString(s)
 }
 
 // ensurePayload writes size pseudo-random bytes (fixed seed) to file unless it exists
