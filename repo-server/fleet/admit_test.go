@@ -65,17 +65,17 @@ rollouts:
 		wantErr string
 	}{
 		{"first check-in enrolls", admission{verdict: trusted},
-			"enroll=true accepted=0 replan=false verdict=trusted quarantined=false slot={Name: Version: Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:device.enroll device:dev-1:attestation.verdict ]", ""},
+			"enroll=true accepted=0 replan=false verdict=trusted quarantined=false slot={Name: Version: Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:device.enroll device:dev-1:attestation.verdict ]", ""},
 		{"a commit report is stored, attributed, marked seen", admission{stored: running("1.0.0", "trusted", false), slots: slot("2.0.0"), reports: []wire.Report{committed}, verdict: trusted},
-			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous:1.0.0 Failed:} reports=[ vib-2:committed@2.0.0 ] seen=[r1] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous:1.0.0 Failed: Rekey:false} reports=[ vib-2:committed@2.0.0 ] seen=[r1] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
 		{"a retried report is acknowledged, not stored again", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), seen: map[string]bool{"r1": true}, reports: []wire.Report{committed}, verdict: trusted},
-			"enroll=false accepted=1 replan=false verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=1 replan=false verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
 		{"a report sent twice in one request is stored once", admission{stored: running("1.0.0", "trusted", false), slots: slot("1.0.0"), reports: []wire.Report{failed, failed}, verdict: trusted},
-			"enroll=false accepted=2 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=2 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
 		{"turning untrusted on the target: a failure for its rollout, quarantine", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), verdict: untrusted, reasons: []string{"artifact_mismatch"}},
-			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
+			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
 		{"staying untrusted: no new failure, no second quarantine", admission{stored: running("2.0.0", "untrusted", true), slots: slot("2.0.0"), verdict: untrusted},
-			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
 		{"a bad report refuses the whole check-in", admission{stored: running("1.0.0", "trusted", false), reports: []wire.Report{{ID: "x", Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}}, verdict: trusted},
 			"", "version"},
 	} {
