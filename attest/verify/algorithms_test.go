@@ -442,3 +442,35 @@ func TestVerifyProductionPCR(t *testing.T) {
 		t.Errorf("Verify(development policy, PCR 23 quote) = %v; want pcr_not_quoted", v.Reasons)
 	}
 }
+
+// TestVerifyRefusesWeakRSAAK checks that a quote the TPM really signed with an RSA-1024
+// key, under an AK certificate the CA issued for it, is refused as signature_invalid
+// naming the key's size: a TPM 2.0 can still make such keys, and a weak AK is a forgeable
+// identity. The same quote by an RSA-2048 key of the same TPM is trusted.
+func TestVerifyRefusesWeakRSAAK(t *testing.T) {
+	l := newSimLab(t, 16)
+	nonce := bytes.Repeat([]byte{0x24}, 32)
+	now := time.Now()
+	for _, c := range []struct {
+		bits    tpm2.TPMKeyBits
+		trusted bool
+	}{{1024, false}, {2048, true}} {
+		tmpl := restrictedKey(tpm2.TPMAlgRSASSA, tpm2.TPMAlgSHA256, 0)
+		parms, err := tmpl.Parameters.RSADetail()
+		if err != nil {
+			t.Fatal(err)
+		}
+		parms.KeyBits = c.bits
+		k := createKey(t, l.tpm, tmpl)
+		ev := l.evidence(t, k, nonce)
+		v := verify.Verify(l.policy, ev, nonce, now)
+		if c.trusted {
+			if !v.Trusted {
+				t.Errorf("RSA-%d: Verify = %v; want trusted", c.bits, v.Reasons)
+			}
+		} else if !slices.Equal(codes(v), []verify.Code{verify.SignatureInvalid}) || !strings.Contains(v.Reasons[0].Detail, fmt.Sprintf("RSA-%d key", c.bits)) {
+			t.Errorf("RSA-%d: Verify = %v; want signature_invalid naming the key size", c.bits, v.Reasons)
+		}
+		flushKey(l.tpm, k)
+	}
+}

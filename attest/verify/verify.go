@@ -13,7 +13,8 @@
 //
 // Quote signatures may be RSASSA, RSA-PSS or ECDSA (NIST P-256, P-384, P-521) with
 // SHA-256, SHA-384 or SHA-512 (the agent's AK makes RSASSA/SHA-256; algorithms_test.go
-// quotes with a TPM key of each other kind). The PCR values must come from the SHA-256
+// quotes with a TPM key of each other kind). RSA AKs need at least MinRSABits bits and
+// ECDSA AKs a curve of at least 256 bits: a quote by a weaker key is signature_invalid. The PCR values must come from the SHA-256
 // bank; the TPM digests them with the signature's hash.
 package verify
 
@@ -38,6 +39,10 @@ import (
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 )
+
+// MinRSABits is the smallest RSA AK Verify accepts (NIST SP 800-131A: 2048 bits; a
+// TPM 2.0 can still make RSA-1024 keys).
+const MinRSABits = 2048
 
 // Code classifies why evidence is not trusted.
 type Code string
@@ -401,6 +406,9 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) (crypto.Hash, e
 		if !ok {
 			return 0, fmt.Errorf("RSA signature but the AK certificate has a %T", pub)
 		}
+		if n := rpub.N.BitLen(); n < MinRSABits {
+			return 0, fmt.Errorf("the AK is an RSA-%d key; at least RSA-%d is required", n, MinRSABits)
+		}
 		if sig.alg == tpm2.TPMAlgRSASSA {
 			err = rsa.VerifyPKCS1v15(rpub, h, d, sig.sig)
 		} else {
@@ -414,6 +422,9 @@ func checkSignature(pub crypto.PublicKey, data, sigBytes []byte) (crypto.Hash, e
 		epub, ok := pub.(*ecdsa.PublicKey)
 		if !ok {
 			return 0, fmt.Errorf("ECDSA signature but the AK certificate has a %T", pub)
+		}
+		if n := epub.Curve.Params().BitSize; n < 256 {
+			return 0, fmt.Errorf("the AK is an ECDSA key on %s; P-256 or larger is required", epub.Curve.Params().Name)
 		}
 		r, ss := new(big.Int).SetBytes(sig.r), new(big.Int).SetBytes(sig.s)
 		if !ecdsa.Verify(epub, d, r, ss) {
