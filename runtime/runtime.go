@@ -292,15 +292,35 @@ func (r *Runtime) readModel(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("model file: %w", err)
 	}
 	defer f.Close()
-	max := r.cfg.maxModelBytes()
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	return readWhole(f, path, r.cfg.maxModelBytes())
+}
+
+// readWhole reads the file f (named path) into one buffer of its size, so a model
+// costs its own size in memory once: io.ReadAll grows by doubling and copying, which
+// peaked at twice a 1 GiB model. A file larger than max, or one that grew while it was
+// read, is refused.
+func readWhole(f *os.File, path string, max int64) ([]byte, error) {
+	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("read model %s: %w", path, err)
+		return nil, fmt.Errorf("model file: %w", err)
 	}
-	if int64(len(data)) > max {
+	size := st.Size()
+	if size > max {
 		return nil, fmt.Errorf("%w: model %s is larger than %d bytes", runtimeapi.ErrInvalid, path, max)
 	}
-	return data, nil
+	data := make([]byte, size+1) // one byte more: a file that grew is seen, not cut
+	n, err := io.ReadFull(f, data)
+	switch {
+	case err == nil:
+		return nil, fmt.Errorf("%w: model %s grew while it was read (more than its %d bytes)", runtimeapi.ErrInvalid, path, size)
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		if int64(n) != size {
+			return nil, fmt.Errorf("read model %s: %d of its %d bytes (it shrank while it was read)", path, n, size)
+		}
+		return data[:n:n], nil
+	default:
+		return nil, fmt.Errorf("read model %s: %w", path, err)
+	}
 }
 
 // readEncryptedModel decrypts the model file req.Path with req.Key into memory: exactly

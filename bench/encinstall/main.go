@@ -93,8 +93,16 @@ func run(ctx context.Context, metadataURL, targetsURL, rootFile, state, target, 
 		if err != nil {
 			return err
 		}
-	} else if data, err = io.ReadAll(f); err != nil {
-		return err
+	} else {
+		// As edgeward-runtime reads a plaintext model: one buffer of the file's size.
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		data = make([]byte, st.Size())
+		if _, err := io.ReadFull(f, data); err != nil {
+			return err
+		}
 	}
 	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != plainSHA {
 		return fmt.Errorf("%s loads to sha256 %x, want %s", target, sum, plainSHA)
