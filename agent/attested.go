@@ -121,14 +121,36 @@ func (a *Attested) Send(ctx context.Context, msgs []updater.Message) ([]string, 
 		return ids, nil
 	}
 	resp, err := a.send(ctx, reps)
+	var de *deviceapi.Error
+	if errors.As(err, &de) && (de.Status == http.StatusBadRequest || de.Status == http.StatusRequestEntityTooLarge) {
+		// Refused as invalid: the reports are at fault only if the same check-in
+		// without them is accepted (else nothing is refused, and all are retried).
+		if _, perr := a.send(ctx, nil); perr != nil {
+			return ids, err
+		}
+		re := &updater.RefusedError{Whole: true, Reasons: map[string]string{}}
+		for _, r := range reps {
+			re.Reasons[r.ID] = de.Message
+		}
+		return ids, re
+	}
 	if err != nil {
 		return ids, err
 	}
-	if resp.ReportsAccepted != len(reps) {
-		return ids, fmt.Errorf("server stored %d of %d reports", resp.ReportsAccepted, len(reps))
+	refused := map[string]string{}
+	for _, r := range resp.ReportsRefused {
+		refused[r.ID] = r.Reason
+	}
+	if resp.ReportsAccepted+len(resp.ReportsRefused) != len(reps) {
+		return ids, fmt.Errorf("server stored %d and refused %d of %d reports", resp.ReportsAccepted, len(resp.ReportsRefused), len(reps))
 	}
 	for _, r := range reps {
-		ids = append(ids, r.ID)
+		if _, bad := refused[r.ID]; !bad {
+			ids = append(ids, r.ID)
+		}
+	}
+	if len(refused) > 0 {
+		return ids, &updater.RefusedError{Reasons: refused}
 	}
 	return ids, nil
 }

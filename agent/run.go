@@ -294,6 +294,7 @@ func run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer o.Close()
+	o.Logger = log
 	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.TUF, Slots: st.Slots,
 		Director: link, Judge: judge, Outbox: o, Sender: link, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
 		RefreshEveryRound: true, Now: cfg.Now, Sleep: cfg.Sleep, Logger: log})

@@ -30,6 +30,9 @@ type Status struct {
 	LastCheckIn       time.Time `json:"last_check_in,omitzero"`
 	LastCheckInResult string    `json:"last_check_in_result,omitempty"`
 	ReportsWaiting    int       `json:"reports_waiting"`
+	// ReportsRefused counts the reports the server refused as invalid, set aside in
+	// the outbox's dead letters (the newest updater.MaxDeadLetters are kept).
+	ReportsRefused int `json:"reports_refused"`
 	// TrustedRoot is the version of the TUF root the device trusts and
 	// TimestampExpires when its trusted timestamp expires (zero: none yet): a device
 	// follows root rotations at its next refresh.
@@ -103,6 +106,9 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 	if out.ReportsWaiting, err = o.Len(ctx); err != nil {
 		return out, err
 	}
+	if out.ReportsRefused, err = o.DeadLen(ctx); err != nil {
+		return out, err
+	}
 	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
 		out.Runtime = &h
 	}
@@ -170,6 +176,9 @@ func (st Status) Write(w io.Writer) {
 		fmt.Fprintf(w, "last error: %s at %s: %s\n", e.Kind, e.At.UTC().Format(time.RFC3339), e.Message)
 	}
 	fmt.Fprintf(w, "reports waiting: %d\n", st.ReportsWaiting)
+	if st.ReportsRefused > 0 {
+		fmt.Fprintf(w, "reports refused by the server: %d (set aside in the outbox's dead letters)\n", st.ReportsRefused)
+	}
 	if st.TrustedRoot > 0 {
 		fmt.Fprintf(w, "TUF: root v%d", st.TrustedRoot)
 		if !st.TimestampExpires.IsZero() {

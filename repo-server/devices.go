@@ -526,7 +526,10 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, 
 		return nil, err
 	}
 	resp := &wire.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
-		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, NextCheckIn: d.cfg.CheckInInterval, NextNonce: next}
+		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, ReportsRefused: res.Refused, NextCheckIn: d.cfg.CheckInInterval, NextNonce: next}
+	for _, r := range res.Refused {
+		d.s.log.Warn("install report refused", "device", req.DeviceID, "report", r.ID, "reason", r.Reason)
+	}
 	for _, sd := range res.Decision.Slots {
 		out := wire.SlotDecision{Kind: sd.Kind, Action: string(sd.Action), Reason: string(sd.Reason), Revert: sd.Revert,
 			Rollout: sd.Rollout, Gates: sd.Gates, Detail: sd.Detail}

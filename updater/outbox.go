@@ -8,6 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/durable"
@@ -19,6 +23,8 @@ import (
 // for concurrent use.
 type Outbox struct {
 	db *sql.DB
+	// Logger gets a warning for each report the server refused; nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Message is one stored report.
@@ -31,10 +37,37 @@ type Message struct {
 }
 
 // Sender delivers messages; it returns the IDs the server acknowledged (stored or seen
-// before). Messages it does not acknowledge stay in the outbox.
+// before). Messages it does not acknowledge stay in the outbox, except those a
+// *RefusedError in err names: Flush sets them aside (DeadLetters).
 type Sender interface {
 	Send(ctx context.Context, msgs []Message) (acked []string, err error)
 }
+
+// RefusedError is a Sender's error for reports the server refused for good, as invalid:
+// sending them again as they are cannot help. Either the server named them (Reasons, by
+// message ID), or it refused a whole request carrying them without saying which is at
+// fault (Whole, with Reasons naming every message of the request); the Sender says
+// Whole only when the same request without its reports succeeds. Flush then sends them
+// one by one, so that only the poison one is set aside.
+type RefusedError struct {
+	Reasons map[string]string
+	Whole   bool
+}
+
+func (e *RefusedError) Error() string {
+	ids := slices.Sorted(maps.Keys(e.Reasons))
+	if len(ids) == 0 {
+		return "the server refused no report"
+	}
+	what := "refused"
+	if e.Whole {
+		what = "refused the request carrying"
+	}
+	return fmt.Sprintf("the server %s %d report(s) (%s): %s", what, len(ids), strings.Join(ids, ", "), e.Reasons[ids[0]])
+}
+
+// MaxDeadLetters bounds the refused reports kept; the oldest go first.
+const MaxDeadLetters = 1000
 
 // MaxMessageBytes bounds one report's body.
 const MaxMessageBytes = 64 << 10
@@ -50,7 +83,10 @@ func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
   attempts INTEGER NOT NULL DEFAULT 0, next_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkins (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT NOT NULL, result TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY)`); err != nil {
+CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS dead (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
+  attempts INTEGER NOT NULL, refused_at TEXT NOT NULL, reason TEXT NOT NULL)`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	}
@@ -151,17 +187,23 @@ func (o *Outbox) Due(ctx context.Context, now time.Time, limit int) ([]Message, 
 
 // Flush sends the due reports in batches of up to 100, deletes those acknowledged and
 // reschedules the others with backoff (b.Base·2^attempts up to b.Max, jittered by rnd in
-// [0,1)). It returns how many were acknowledged; a send error is returned after the
-// reports were rescheduled.
+// [0,1)). A report the server refused for good (a *RefusedError) is moved, in the same
+// transaction, to the dead letters (see DeadLetters) with a warning in the log: one
+// poison report must not hold back the others for ever. A request refused as a whole is
+// sent again one report at a time to find the poison one. It returns how many were
+// acknowledged; a send error is returned after the reports were rescheduled, and the
+// refusals as a *RefusedError.
 func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, rnd func() float64) (int, error) {
 	d := Downloader{Retry: b, Rand: rnd}
 	sent := 0
+	var errs []error
+	dead := map[string]string{}
 	for {
 		msgs, err := o.Due(ctx, now, 100)
 		if err != nil || len(msgs) == 0 {
-			return sent, err
+			return sent, errors.Join(append(errs, err, refusedErr(dead))...)
 		}
-		acked, serr := s.Send(ctx, msgs)
+		acked, refused, serr := send(ctx, s, msgs)
 		ok := map[string]bool{}
 		for _, id := range acked {
 			ok[id] = true
@@ -170,11 +212,19 @@ func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, 
 		if err != nil {
 			return sent, fmt.Errorf("outbox: %w", err)
 		}
+		at := now.UTC().Format(time.RFC3339Nano)
 		for _, m := range msgs {
-			if ok[m.ID] {
+			reason, bad := refused[m.ID]
+			switch {
+			case ok[m.ID]:
 				_, err = tx.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, m.ID)
 				sent++
-			} else {
+			case bad:
+				if _, err = tx.ExecContext(ctx, `INSERT OR REPLACE INTO dead (id, kind, body, created, attempts, refused_at, reason)
+SELECT id, kind, body, created, attempts + 1, ?, ? FROM outbox WHERE id = ?`, at, reason, m.ID); err == nil {
+					_, err = tx.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, m.ID)
+				}
+			default:
 				next := now.Add(d.delay(m.Attempts)).UTC().Format(time.RFC3339Nano)
 				_, err = tx.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?`, next, m.ID)
 			}
@@ -183,16 +233,108 @@ func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, 
 				return sent, fmt.Errorf("outbox: %w", err)
 			}
 		}
+		if len(refused) > 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM dead WHERE id NOT IN (SELECT id FROM dead ORDER BY refused_at DESC, id LIMIT ?)`, MaxDeadLetters); err != nil {
+				tx.Rollback()
+				return sent, fmt.Errorf("outbox: %w", err)
+			}
+		}
 		if err := tx.Commit(); err != nil {
 			return sent, fmt.Errorf("outbox: %w", err)
 		}
-		if serr != nil {
-			return sent, fmt.Errorf("outbox: send: %w", serr)
+		for _, m := range msgs {
+			if reason, bad := refused[m.ID]; bad && !ok[m.ID] {
+				dead[m.ID] = reason
+				o.logger().Warn("the server refused a report: set aside in the outbox's dead letters, not sent again",
+					"report", m.ID, "kind", m.Kind, "reason", reason, "body", string(m.Body))
+			}
 		}
-		if len(ok) == 0 {
-			return sent, errors.New("outbox: the server acknowledged none of the reports")
+		if serr != nil {
+			return sent, errors.Join(append(errs, fmt.Errorf("outbox: send: %w", serr), refusedErr(dead))...)
+		}
+		if len(ok) == 0 && len(refused) == 0 {
+			return sent, errors.Join(append(errs, errors.New("outbox: the server acknowledged none of the reports"), refusedErr(dead))...)
 		}
 	}
+}
+
+func refusedErr(dead map[string]string) error {
+	if len(dead) == 0 {
+		return nil
+	}
+	return &RefusedError{Reasons: dead}
+}
+
+// send sends msgs with s. A request the server refused as a whole is sent again one
+// report at a time, so that only the reports refused alone are refused. The error is
+// the first that was not a refusal.
+func send(ctx context.Context, s Sender, msgs []Message) (acked []string, refused map[string]string, err error) {
+	acked, err = s.Send(ctx, msgs)
+	var re *RefusedError
+	if !errors.As(err, &re) {
+		return acked, nil, err
+	}
+	if !re.Whole || len(msgs) == 1 {
+		return acked, re.Reasons, nil
+	}
+	refused = map[string]string{}
+	for _, m := range msgs {
+		if slices.Contains(acked, m.ID) {
+			continue
+		}
+		a, err := s.Send(ctx, []Message{m})
+		acked = append(acked, a...)
+		if errors.As(err, &re) {
+			maps.Copy(refused, re.Reasons)
+		} else if err != nil {
+			return acked, refused, err // the others wait for the next flush
+		}
+	}
+	return acked, refused, nil
+}
+
+func (o *Outbox) logger() *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger
+	}
+	return slog.Default()
+}
+
+// DeadLetter is a report the server refused, kept for inspection.
+type DeadLetter struct {
+	Message
+	RefusedAt time.Time `json:"refused_at"`
+	Reason    string    `json:"reason"`
+}
+
+// DeadLetters returns the reports the server refused (at most MaxDeadLetters, newest
+// first).
+func (o *Outbox) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	rows, err := o.db.QueryContext(ctx, `SELECT id, kind, body, created, attempts, refused_at, reason FROM dead ORDER BY refused_at DESC, id`)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	defer rows.Close()
+	var out []DeadLetter
+	for rows.Next() {
+		var dl DeadLetter
+		var body, created, at string
+		if err := rows.Scan(&dl.ID, &dl.Kind, &body, &created, &dl.Attempts, &at, &dl.Reason); err != nil {
+			return nil, fmt.Errorf("outbox: %w", err)
+		}
+		dl.Body = json.RawMessage(body)
+		dl.Created, _ = time.Parse(time.RFC3339Nano, created)
+		dl.RefusedAt, _ = time.Parse(time.RFC3339Nano, at)
+		out = append(out, dl)
+	}
+	return out, rows.Err()
+}
+
+// DeadLen is the number of refused reports kept.
+func (o *Outbox) DeadLen(ctx context.Context) (int, error) {
+	var n int
+	err := o.db.QueryRowContext(ctx, `SELECT count(*) FROM dead`).Scan(&n)
+	return n, err
 }
 
 // RecordCheckIn remembers the time and result ("ok" or the error) of the last check-in.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -82,5 +83,89 @@ func TestOutboxStoreAndForward(t *testing.T) {
 	}
 	if _, err := o.Put(ctx, "install", string(make([]byte, MaxMessageBytes)), now); err == nil {
 		t.Errorf("Put of an oversized report succeeded")
+	}
+}
+
+// refusing is a server that refuses the messages whose body contains "poison": by ID
+// (named), or, whole, the entire request carrying one.
+type refusing struct {
+	whole bool
+	sends [][]string
+	down  bool // fail with a network error from the next single send on
+}
+
+func (s *refusing) Send(_ context.Context, msgs []Message) ([]string, error) {
+	var ids []string
+	for _, m := range msgs {
+		ids = append(ids, m.ID)
+	}
+	s.sends = append(s.sends, ids)
+	if s.down && len(msgs) == 1 {
+		return nil, errors.New("network unreachable")
+	}
+	re := &RefusedError{Reasons: map[string]string{}, Whole: s.whole}
+	var acked []string
+	for _, m := range msgs {
+		if strings.Contains(string(m.Body), "poison") {
+			re.Reasons[m.ID] = "unknown outcome"
+		} else {
+			acked = append(acked, m.ID)
+		}
+	}
+	switch {
+	case len(re.Reasons) == 0:
+		return acked, nil
+	case s.whole:
+		for _, m := range msgs {
+			re.Reasons[m.ID] = "bad request"
+		}
+		return nil, re
+	}
+	return acked, re
+}
+
+// TestOutboxSetsAsidePoison: a report the server refuses goes to the dead letters and
+// the others of its batch are delivered, whether the server names it or refuses the
+// whole request (then the batch is sent again one report at a time); a network failure
+// while isolating leaves the rest for the next flush.
+func TestOutboxSetsAsidePoison(t *testing.T) {
+	ctx := context.Background()
+	b := Backoff{Base: time.Minute, Max: time.Hour}
+	for _, tc := range []struct {
+		name        string
+		whole, down bool
+		sends       int
+		sent, dead  int
+	}{
+		{"named", false, false, 1, 3, 1},
+		{"whole request", true, false, 1 + 4, 3, 1},
+		{"whole request, then the network fails", true, true, 1 + 1, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := OpenOutbox(ctx, filepath.Join(t.TempDir(), "outbox.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer o.Close()
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			for i, body := range []string{"a", "b", "poison", "c"} {
+				if _, err := o.Put(ctx, "install", body, now.Add(time.Duration(i))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := &refusing{whole: tc.whole, down: tc.down}
+			n, err := o.Flush(ctx, s, now, b, nil)
+			var re *RefusedError
+			if n != tc.sent || len(s.sends) != tc.sends || (tc.dead > 0) != errors.As(err, &re) {
+				t.Fatalf("Flush = %d, %v after %d sends; want %d sent after %d sends", n, err, len(s.sends), tc.sent, tc.sends)
+			}
+			dead, _ := o.DeadLetters(ctx)
+			if len(dead) != tc.dead || (tc.dead > 0 && (string(dead[0].Body) != `"poison"` || len(re.Reasons) != 1)) {
+				t.Errorf("dead letters = %+v, refused %v; want %d, the poison report", dead, re, tc.dead)
+			}
+			if w, _ := o.Len(ctx); w != 4-tc.sent-tc.dead {
+				t.Errorf("outbox holds %d; want %d", w, 4-tc.sent-tc.dead)
+			}
+		})
 	}
 }

@@ -280,6 +280,12 @@ type SlotDecision struct {
 	ProbeKey *keywrap.Wrapped `json:"probe_key,omitempty"`
 }
 
+// RefusedReport names a report the server refused, by its ID, and says why.
+type RefusedReport struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
 // CheckInResponse is the server's answer.
 type CheckInResponse struct {
 	DeviceID    string         `json:"device_id"`
@@ -289,6 +295,11 @@ type CheckInResponse struct {
 	Slots       []SlotDecision `json:"slots"`
 	// ReportsAccepted counts the reports stored (duplicates of stored ones included).
 	ReportsAccepted int `json:"reports_accepted"`
+	// ReportsRefused names the reports the server refused for good (invalid as they
+	// are; sending them again cannot help). The others were stored: one bad report
+	// does not hold back the rest of its batch, nor the check-in. The device sets the
+	// refused ones aside.
+	ReportsRefused []RefusedReport `json:"reports_refused,omitempty"`
 	// NextCheckIn is when the server would like to hear from the device again.
 	NextCheckIn time.Duration `json:"next_check_in"`
 	// Audit is the audit log's newest checkpoint with a consistency proof from the one

@@ -95,9 +95,10 @@ type Admitted struct {
 	// Replan: reports were stored or the device was quarantined, so the rollouts are
 	// planned again at once (a failing wave pauses promptly).
 	Replan bool
-	// Accepted is the number of reports the device may drop from its outbox: all of
-	// them, new or retried.
+	// Accepted is the number of reports stored, new or retried; Refused names those
+	// refused as invalid. The device may drop both from its outbox.
 	Accepted int
+	Refused  []wire.RefusedReport
 }
 
 // Admit decides what an authenticated check-in changes. It is pure: it reads only its
@@ -147,8 +148,8 @@ func Admit(a Admission) (Admitted, error) {
 
 	seen := map[string]bool{}
 	for _, rep := range a.Reports {
-		out.Accepted++
 		if rep.ID != "" && (a.Seen[rep.ID] || seen[rep.ID]) {
+			out.Accepted++
 			continue
 		}
 		r := rep
@@ -161,8 +162,14 @@ func Admit(a Admission) (Admitted, error) {
 			}
 		}
 		if err := validateReport(&r); err != nil {
-			return Admitted{}, err
+			if rep.ID == "" {
+				return Admitted{}, err // the device could not tell which one
+			}
+			// Refused alone: the device's other reports and its check-in go on.
+			out.Refused = append(out.Refused, wire.RefusedReport{ID: rep.ID, Reason: err.Error()})
+			continue
 		}
+		out.Accepted++
 		deviceAt := r.At
 		r.At = a.Now
 		applyReport(&d, r)

@@ -57,7 +57,8 @@ type dbtx interface {
 type CheckInResult struct {
 	Device   Device
 	Decision policy.Decision
-	Accepted int // reports the device may drop from its outbox
+	Accepted int                  // reports stored, new or retried
+	Refused  []wire.RefusedReport // reports refused as invalid, by ID
 }
 
 // Admit applies an authenticated check-in in one transaction: it reads the device's
@@ -179,7 +180,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 				return fmt.Errorf("next nonce: %w", err)
 			}
 		}
-		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted}
+		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted, Refused: out.Refused}
 		return nil
 	})
 	if err != nil {
