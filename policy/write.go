@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -81,8 +83,34 @@ const CreatedPrefix = "created-"
 // policy and report the conflict). Hand-written files whose names sort before
 // "created-" (digits, "a"…"b") take precedence over created rollouts.
 func CreateRollout(dir string, spec RolloutSpec, now time.Time) (string, error) {
+	st, err := StageRollout(dir, spec, now)
+	if err != nil {
+		return "", err
+	}
+	if err := st.Commit(); err != nil {
+		st.Discard()
+		return "", err
+	}
+	return st.Path, nil
+}
+
+// StagedRollout is a rollout file StageRollout wrote under a name no Watcher loads
+// (it starts with "."), until Commit renames it into place.
+type StagedRollout struct {
+	// Path is where Commit puts the file: the rollout's file in the policy.
+	Path   string
+	staged string
+}
+
+// StageRollout is CreateRollout up to the last step: it checks the whole policy with
+// the new file (ErrorList otherwise, and nothing is written), then writes the file
+// durably beside its final name under a hidden one, which neither a Watcher nor a later
+// check reads. The caller records the change (its audit record) and then calls Commit,
+// or Discard if it could not: no rollout is in force without its record, and nothing
+// is left to write after the record but an atomic rename.
+func StageRollout(dir string, spec RolloutSpec, now time.Time) (*StagedRollout, error) {
 	if !idRE.MatchString(spec.ID) {
-		return "", ErrorList{{Pos: Pos{File: "rollout"}, Msg: fmt.Sprintf("rollout id %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", spec.ID)}}
+		return nil, ErrorList{{Pos: Pos{File: "rollout"}, Msg: fmt.Sprintf("rollout id %q: want lower-case letters, digits, '.', '_' or '-', 1-63 characters", spec.ID)}}
 	}
 	doc := struct {
 		Version  int           `yaml:"version"`
@@ -93,22 +121,39 @@ func CreateRollout(dir string, spec RolloutSpec, now time.Time) (string, error) 
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
 	if err := enc.Encode(doc); err != nil {
-		return "", fmt.Errorf("create rollout %q: %w", spec.ID, err)
+		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
 	enc.Close()
 	name := fmt.Sprintf("%s%010d-%s.yaml", CreatedPrefix, max(0, 1e10-now.Unix()), spec.ID)
 	path := filepath.Join(dir, name)
 	files, err := readDir(dir)
 	if err != nil && !errors.Is(err, ErrNoPolicy) {
-		return "", err
+		return nil, err
 	}
 	files = append(files, File{Name: path, Data: buf.Bytes()})
 	sortFiles(files)
 	if _, err := Parse(files...); err != nil {
-		return "", err
+		return nil, err
 	}
-	if err := durable.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-		return "", fmt.Errorf("create rollout %q: %w", spec.ID, err)
+	st := &StagedRollout{Path: path, staged: filepath.Join(dir, ".staged-"+name)}
+	if err := durable.WriteFile(st.staged, buf.Bytes(), 0o644); err != nil {
+		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
-	return path, nil
+	return st, nil
+}
+
+// Commit puts the staged file in place (rename, directory fsync): a Watcher loads it.
+func (s *StagedRollout) Commit() error {
+	if err := durable.Rename(s.staged, s.Path); err != nil {
+		return fmt.Errorf("create rollout %s: %w", filepath.Base(s.Path), err)
+	}
+	return nil
+}
+
+// Discard removes the staged file; the policy never saw it.
+func (s *StagedRollout) Discard() error {
+	if err := os.Remove(s.staged); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -165,19 +164,29 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		defer unlock()
-		path, err := policy.CreateRollout(o.cfg.PolicyDir, spec, o.s.cfg.Repo.Now())
+		// Staged under a name the watcher does not load, audited, then renamed into
+		// place: no audit record, no change, and no moment in which the rollout is in
+		// force without its record.
+		st, err := policy.StageRollout(o.cfg.PolicyDir, spec, o.s.cfg.Repo.Now())
 		if err != nil {
 			return "", err
 		}
-		out = operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(path)}
+		out = operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(st.Path)}
 		if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
-			// No audit record, no change: take the file back.
-			if rmErr := os.Remove(path); rmErr != nil {
-				o.s.log.Error("remove unaudited rollout file", "file", path, "err", rmErr)
+			if derr := st.Discard(); derr != nil {
+				o.s.log.Error("remove unaudited rollout file", "file", st.Path, "err", derr)
 			}
 			return "", err
 		}
-		return path, nil
+		if err := st.Commit(); err != nil {
+			// Recorded but not in force (the rename failed): say so in the log too.
+			st.Discard()
+			if aerr := o.s.auditLog(ctx, actorOf(r), "rollout.create.failed", spec.ID, map[string]any{"file": out.File, "error": err.Error()}); aerr != nil {
+				err = errors.Join(err, aerr)
+			}
+			return "", err
+		}
+		return st.Path, nil
 	}()
 	if err != nil {
 		o.fail(w, r, "create rollout", err)

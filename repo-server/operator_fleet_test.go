@@ -29,6 +29,7 @@ import (
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/fsnotify/fsnotify"
 
 	"github.com/edgeward/edgeward/repository"
 
@@ -629,5 +630,92 @@ func TestRolloutCreateWaitsForOtherReplicas(t *testing.T) {
 	}
 	if code := <-done; code != http.StatusCreated {
 		t.Fatalf("rollout create after the lease was released = %d; want 201", code)
+	}
+}
+
+// TestRolloutCreateFailsClosed (issue 12): the audit append of a rollout creation fails
+// (an injected failure in the audit table). The creation is refused with a 5xx, and no
+// file the policy watcher loads ever appears in the policy directory, not even for a
+// moment (every file event is watched); the rollout is not in force. Once the audit log
+// works, the same creation succeeds with its one audit record.
+func TestRolloutCreateFailsClosed(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	db, err := OpenDB(ctx, DBLocation(o.repo.Dir(), o.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsw.Close()
+	if err := fsw.Add(o.dir); err != nil {
+		t.Fatal(err)
+	}
+	loadable := func(name string) bool {
+		base := filepath.Base(name)
+		return !strings.HasPrefix(base, ".") && (filepath.Ext(base) == ".yaml" || filepath.Ext(base) == ".yml")
+	}
+	spec := `{"id":"vib-9","target":{"kind":"model","name":"vibration","version":"9.0.0"}}`
+
+	undo := injectFailure(t, db, o.db != "", "audit_leaves")
+	code, body := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], spec)
+	if code < 500 {
+		t.Fatalf("create with the audit log failing = %d %s; want a 5xx", code, body)
+	}
+	undo()
+	var seen []string
+	for drained := false; !drained; {
+		select {
+		case ev := <-fsw.Events:
+			seen = append(seen, ev.String())
+			if loadable(ev.Name) {
+				t.Errorf("a policy file appeared while its audit record failed: %s", ev)
+			}
+		case err := <-fsw.Errors:
+			t.Fatal(err)
+		case <-time.After(200 * time.Millisecond):
+			drained = true
+		}
+	}
+	if len(seen) == 0 {
+		t.Error("no file event at all: the watch saw nothing (the staged file's events were expected)")
+	}
+	entries, _ := os.ReadDir(o.dir)
+	for _, e := range entries {
+		if e.Name() != "00-fleet.yaml" {
+			t.Errorf("policy directory holds %s after the refused creation; want only 00-fleet.yaml", e.Name())
+		}
+	}
+	for _, ro := range o.watcher.Policy().Rollouts {
+		if ro.ID == "vib-9" {
+			t.Fatal("the unaudited rollout is in force")
+		}
+	}
+
+	var created operatorapi.RolloutCreated
+	o.must("POST", "/v1/rollouts", fleet.RoleReleaseManager, spec, 201, &created)
+	if !created.Loaded {
+		t.Fatalf("create after the audit log recovered = %+v; want loaded", created)
+	}
+	l, adb, err := OpenAuditAt(ctx, o.repo, o.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adb.Close()
+	recs, err := l.Records(ctx, audit.Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if r.Kind == "rollout.create" && r.Subject == "vib-9" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d rollout.create records for vib-9; want 1", n)
 	}
 }
