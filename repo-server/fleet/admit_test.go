@@ -24,6 +24,9 @@ func summary(out Admitted) string {
 		fmt.Fprintf(&b, " %s:%s", a.Actor, a.Kind)
 	}
 	b.WriteString(" ]")
+	for _, r := range out.Refused {
+		fmt.Fprintf(&b, " refused=%s(%s)", r.ID, r.Reason)
+	}
 	return b.String()
 }
 
@@ -76,7 +79,9 @@ rollouts:
 			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
 		{"staying untrusted: no new failure, no second quarantine", admission{stored: running("2.0.0", "untrusted", true), slots: slot("2.0.0"), verdict: untrusted},
 			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
-		{"a bad report refuses the whole check-in", admission{stored: running("1.0.0", "trusted", false), reports: []wire.Report{{ID: "x", Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}}, verdict: trusted},
+		{"a bad report is refused alone: the others are stored, the check-in goes on", admission{stored: running("1.0.0", "trusted", false), slots: slot("1.0.0"), reports: []wire.Report{{ID: "x", Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}, failed}, verdict: trusted},
+			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ] refused=x(version: version \"not-a-version\": want MAJOR.MINOR.PATCH[-PRERELEASE] (semantic version))", ""},
+		{"a bad report without an ID refuses the whole check-in (the device could not tell which)", admission{stored: running("1.0.0", "trusted", false), reports: []wire.Report{{Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}}, verdict: trusted},
 			"", "version"},
 	} {
 		a := Admission{Stored: tc.a.stored, Seen: tc.a.seen, Reports: tc.a.reports, Verdict: tc.a.verdict, Reasons: tc.a.reasons, Quarantine: true, Policy: p, Now: t0,
