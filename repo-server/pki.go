@@ -135,14 +135,33 @@ version: 1
 
 // ensurePolicyDir creates the default policy directory with a starter policy on first
 // start, so that rollouts can be created through the operator API.
+//
+// The directory appears whole or not at all (made beside it, then renamed into place):
+// a replica starting at the same moment never sees it empty, and only one starter
+// policy is put in place.
 func ensurePolicyDir(dir string) error {
 	if _, err := os.Stat(dir); err == nil || !errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	parent := filepath.Dir(dir)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return err
 	}
-	if err := durable.WriteFile(filepath.Join(dir, "fleet.yaml"), []byte(starterPolicy), 0o644); err != nil {
+	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+"-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp) // gone once renamed
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if err := durable.WriteFile(filepath.Join(tmp, "fleet.yaml"), []byte(starterPolicy), 0o644); err != nil {
+		return fmt.Errorf("starter policy: %w", err)
+	}
+	if err := durable.Rename(tmp, dir); err != nil {
+		if _, serr := os.Stat(dir); serr == nil {
+			return nil // another replica made it first
+		}
 		return fmt.Errorf("starter policy: %w", err)
 	}
 	return nil

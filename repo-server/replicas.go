@@ -47,6 +47,9 @@ func (c Challenges) TakeChallenge(ctx context.Context, id string) (*attestca.Cha
 const (
 	LeaseLeader  = "leader"
 	LeasePublish = "publish"
+	// LeaseStepCA is held while the embedded step-ca's root and intermediate are read
+	// or created, so that replicas starting together create one CA.
+	LeaseStepCA = "stepca"
 )
 
 // DefaultLeaseTTL is how long a lease lasts unrenewed unless configured
@@ -182,6 +185,14 @@ func (s *Server) lockPublish(ctx context.Context) (func(), error) {
 // machines) thus write the repository one at a time, whatever the file system's locks
 // do. now nil: time.Now; log nil: discard.
 func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() time.Time, log *slog.Logger) func(ctx context.Context) (func(), error) {
+	return LeaseLock(st, LeasePublish, holder, ttl, now, log)
+}
+
+// LeaseLock is PublishLock for any lease: a lock held as lease in st.
+func LeaseLock(st *fleet.Store, lease, holder string, ttl time.Duration, now func() time.Time, log *slog.Logger) func(ctx context.Context) (func(), error) {
+	if ttl <= 0 {
+		ttl = DefaultLeaseTTL
+	}
 	if now == nil {
 		now = time.Now
 	}
@@ -194,7 +205,7 @@ func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() t
 		holder := holder + "/" + hex.EncodeToString(b)
 		wait := 20 * time.Millisecond
 		for {
-			l, err := st.AcquireLease(ctx, LeasePublish, holder, ttl, now())
+			l, err := st.AcquireLease(ctx, lease, holder, ttl, now())
 			if err != nil {
 				return nil, err
 			}
@@ -203,7 +214,7 @@ func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() t
 			}
 			select {
 			case <-ctx.Done():
-				return nil, fmt.Errorf("waiting for the publish lock (held by %s): %w", l.Holder, ctx.Err())
+				return nil, fmt.Errorf("waiting for the %s lock (held by %s): %w", lease, l.Holder, ctx.Err())
 			case <-time.After(wait):
 			}
 			wait = min(2*wait, ttl/3)
@@ -219,8 +230,8 @@ func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() t
 				case <-done:
 					return
 				case <-t.C:
-					if _, err := st.AcquireLease(context.Background(), LeasePublish, holder, ttl, now()); err != nil {
-						log.Error("renew publish lock", "err", err)
+					if _, err := st.AcquireLease(context.Background(), lease, holder, ttl, now()); err != nil {
+						log.Error("renew lock", "lease", lease, "err", err)
 					}
 				}
 			}
@@ -230,9 +241,9 @@ func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() t
 			<-stopped
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if l, err := st.AcquireLease(rctx, LeasePublish, holder, ttl, now()); err == nil && l.Holder == holder {
+			if l, err := st.AcquireLease(rctx, lease, holder, ttl, now()); err == nil && l.Holder == holder {
 				if err := st.ReleaseLease(rctx, l); err != nil {
-					log.Warn("release publish lock", "err", err)
+					log.Warn("release lock", "lease", lease, "err", err)
 				}
 			}
 		}, nil

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -229,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
-		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, log)
+		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, store, srv.cfg.Replica, log)
 		if err != nil {
 			return err
 		}
@@ -301,7 +302,13 @@ func isLoopback(a net.Addr) bool {
 
 // deviceCA sets dcfg's device CA: the external step-ca cfg names, or an embedded one
 // trusting the attestation CA. The returned function stops an embedded CA.
-func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcfg *DeviceConfig, log *slog.Logger) (func(), error) {
+//
+// On PostgreSQL, where replicas may share the directory, the CA's creation holds the
+// LeaseStepCA lease (replicas starting together create one CA), and each replica keeps
+// step-ca's configuration and database (which admits one process) in a directory of
+// its own: DIR/stepca/replicas/<host>_<TLS port>, or a fresh one removed at exit when
+// the TLS port is chosen by the system.
+func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcfg *DeviceConfig, store *fleet.Store, replica string, log *slog.Logger) (func(), error) {
 	if cfg.CAURL != "" {
 		pemBytes, err := os.ReadFile(cfg.CARoot)
 		if err != nil {
@@ -314,15 +321,54 @@ func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcf
 		dcfg.ClientRoots, dcfg.DeviceCA = pool, &wire.DeviceCA{DirectoryURL: cfg.CAURL, RootPEM: string(pemBytes)}
 		return func() {}, nil
 	}
-	sca, err := stepca.Start(ctx, stepca.Config{Dir: filepath.Join(cfg.Dir, "stepca"), AttestationRoots: []*x509.Certificate{attestRoot}})
+	sc := stepca.Config{Dir: filepath.Join(cfg.Dir, "stepca"), AttestationRoots: []*x509.Certificate{attestRoot}}
+	cleanup := func() {}
+	if store.Engine() == "postgres" {
+		sc.Lock = LeaseLock(store, LeaseStepCA, replica, 0, nil, log)
+		state, ephemeral, err := stepCAStateDir(sc.Dir, cfg.TLSListen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded step-ca: %w", err)
+		}
+		sc.StateDir = state
+		if ephemeral {
+			cleanup = func() { os.RemoveAll(state) }
+		}
+	}
+	sca, err := stepca.Start(ctx, sc)
 	if err != nil {
+		cleanup()
 		return nil, fmt.Errorf("embedded step-ca: %w", err)
 	}
 	dcfg.ClientRoots = x509.NewCertPool()
 	dcfg.ClientRoots.AddCert(sca.Root)
 	dcfg.DeviceCA = &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
-	log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL)
-	return func() { sca.Close() }, nil
+	log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL, "state", sc.StateDir)
+	return func() { sca.Close(); cleanup() }, nil
+}
+
+// stepCAStateDir is a replica's own directory for step-ca's configuration and database
+// under dir: named after the host and the TLS listener's port, which no other replica
+// on the host can share, so a restart finds it again; a fresh one (ephemeral) when the
+// port is the system's choice.
+func stepCAStateDir(dir, tlsListen string) (path string, ephemeral bool, err error) {
+	base := filepath.Join(dir, "replicas")
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", false, err
+	}
+	host, _ := os.Hostname()
+	_, port, _ := net.SplitHostPort(tlsListen)
+	if host == "" || port == "" || port == "0" {
+		p, err := os.MkdirTemp(base, "process-")
+		return p, true, err
+	}
+	name := strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+			return r
+		}
+		return '_'
+	}, host+"_"+port)
+	p := filepath.Join(base, name)
+	return p, false, os.MkdirAll(p, 0o700)
 }
 
 // lateRecorder records the repository's events in the server's audit log; the

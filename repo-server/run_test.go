@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
@@ -165,5 +167,109 @@ func TestServerRecorderFailsClosed(t *testing.T) {
 	after, _ := os.ReadFile(filepath.Join(repo.MetadataDir(), "timestamp.json"))
 	if string(before) != string(after) {
 		t.Error("timestamp.json changed although the publish was not recorded")
+	}
+}
+
+// TestReplicasShareOneStepCA (issue 12): two servers on one PostgreSQL database and one
+// repository directory start at the same moment, each with the embedded step-ca
+// (--tls-listen). They create one device CA: both tell devices the same root, the
+// directory holds that root, and each serves ACME from a database of its own (step-ca's
+// admits one process: before, the second replica could not start it).
+func TestReplicasShareOneStepCA(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two whole servers with embedded step-cas on PostgreSQL")
+	}
+	db := pg.Database(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir, DB: db}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	keys := &repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(testPass), nil }}
+	freePort := func() int {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
+	}
+	start := make(chan struct{})
+	ready := make(chan [2]net.Addr, 2)
+	done := make(chan error, 2)
+	for range 2 {
+		tlsListen := fmt.Sprintf("127.0.0.1:%d", freePort())
+		go func() {
+			<-start
+			done <- Run(ctx, Config{Dir: dir, DB: db, Listen: "127.0.0.1:0", TLSListen: tlsListen, Signing: keys,
+				Ready: func(h, t net.Addr) { ready <- [2]net.Addr{h, t} }})
+		}()
+	}
+	close(start)
+	var addrs [][2]net.Addr
+	for len(addrs) < 2 {
+		select {
+		case a := <-ready:
+			addrs = append(addrs, a)
+		case err := <-done:
+			cancel()
+			t.Fatalf("a replica stopped before serving: %v", err)
+		case <-time.After(120 * time.Second):
+			cancel()
+			t.Fatal("the replicas did not both serve within 120 s")
+		}
+	}
+	defer func() {
+		cancel()
+		for range 2 {
+			if err := <-done; err != nil && err != context.Canceled {
+				t.Errorf("Run after cancel = %v", err)
+			}
+		}
+	}()
+	onDisk, err := os.ReadFile(filepath.Join(dir, "stepca", "root_ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverPEM, err := os.ReadFile(filepath.Join(dir, "tls", "server.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverRoots := x509.NewCertPool()
+	serverRoots.AppendCertsFromPEM(serverPEM)
+	server := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: serverRoots}}}
+	var dirs []string
+	for i, a := range addrs {
+		resp, err := server.Get("https://" + a[1].String() + wire.PathDeviceCA) // devices talk TLS when the server has it
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ca wire.DeviceCA
+		err = json.NewDecoder(resp.Body).Decode(&ca)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("replica %d: GET %s = %d, %v", i, wire.PathDeviceCA, resp.StatusCode, err)
+		}
+		if ca.RootPEM != string(onDisk) {
+			t.Errorf("replica %d tells devices another device CA root than the directory's:\n%s\nwant\n%s", i, ca.RootPEM, onDisk)
+		}
+		// Its ACME directory answers, under that root.
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(onDisk)
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+		resp, err = hc.Get(ca.DirectoryURL)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("replica %d: GET its ACME directory %s = %v, %v", i, ca.DirectoryURL, resp, err)
+		}
+		resp.Body.Close()
+		dirs = append(dirs, ca.DirectoryURL)
+	}
+	if dirs[0] == dirs[1] {
+		t.Errorf("both replicas name the ACME directory %s; want each its own step-ca", dirs[0])
+	}
+	states, _ := filepath.Glob(filepath.Join(dir, "stepca", "replicas", "*", "db", "bolt.db"))
+	if len(states) != 2 {
+		t.Errorf("step-ca databases %v; want one per replica", states)
 	}
 }

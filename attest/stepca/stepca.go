@@ -25,7 +25,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/durable"
 
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/ca"
@@ -49,6 +52,16 @@ type Config struct {
 	CertDuration time.Duration
 	// Provisioner is the ACME provisioner name; empty means "edgeward".
 	Provisioner string
+	// StateDir holds this process's step-ca configuration (ca.json) and database (the
+	// ACME accounts, orders and certificates it served); empty means Dir. step-ca's
+	// database admits one process at a time, so replicas sharing Dir each need their
+	// own; the CA itself (its root and intermediate in Dir) is shared.
+	StateDir string
+	// Lock, when set, is held while the CA's root and intermediate are read or
+	// created in Dir, so that processes starting together on one Dir create them once
+	// and all use that one (e.g. a lease in the database the replicas share, which
+	// holds across machines). A lock on Dir itself (flock(2)) is always taken too.
+	Lock func(ctx context.Context) (unlock func(), err error)
 }
 
 // Server is a running embedded step-ca.
@@ -79,7 +92,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if len(c.AttestationRoots) == 0 {
 		return nil, errors.New("stepca: AttestationRoots are required")
 	}
+	unlock := func() {}
+	if c.Lock != nil {
+		var err error
+		if unlock, err = c.Lock(ctx); err != nil {
+			return nil, fmt.Errorf("stepca: lock the CA's creation: %w", err)
+		}
+	}
 	path, root, addr, err := WriteConfig(c)
+	unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -160,10 +181,14 @@ func provisionerName(c Config) string {
 // maximum TLS certificate duration c.CertDuration. It returns the config
 // path, the root and the listen address.
 func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, err error) {
-	if err := os.MkdirAll(filepath.Join(c.Dir, "db"), 0o700); err != nil {
+	state := c.StateDir
+	if state == "" {
+		state = c.Dir
+	}
+	if err := os.MkdirAll(filepath.Join(state, "db"), 0o700); err != nil {
 		return "", nil, "", fmt.Errorf("stepca: %w", err)
 	}
-	root, err = ensureCA(c.Dir)
+	root, err = ensureCALocked(c.Dir)
 	if err != nil {
 		return "", nil, "", err
 	}
@@ -209,7 +234,7 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 		"key":      filepath.Join(c.Dir, "intermediate_ca_key"),
 		"address":  addr,
 		"dnsNames": dns,
-		"db":       map[string]any{"type": "bbolt", "dataSource": filepath.Join(c.Dir, "db", "bolt.db")},
+		"db":       map[string]any{"type": "bbolt", "dataSource": filepath.Join(state, "db", "bolt.db")},
 		"authority": map[string]any{
 			"provisioners": []any{prov},
 		},
@@ -219,14 +244,33 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 	if err != nil {
 		return "", nil, "", err
 	}
-	path = filepath.Join(c.Dir, ConfigFile)
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	path = filepath.Join(state, ConfigFile)
+	if err := durable.WriteFile(path, b, 0o600); err != nil {
 		return "", nil, "", fmt.Errorf("stepca: %w", err)
 	}
 	return path, root, addr, nil
 }
 
-// ensureCA creates the root and intermediate when missing.
+// ensureCALocked is ensureCA under an exclusive flock(2) of dir/.lock: processes of one
+// machine (or on a file system whose locks are shared) create the CA once.
+func ensureCALocked(dir string) (*x509.Certificate, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("stepca: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("stepca: %w", err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("stepca: lock %s: %w", dir, err)
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return ensureCA(dir)
+}
+
+// ensureCA creates the root and intermediate when missing. Each file is written
+// atomically and durably, the root last: its presence means the CA is complete.
 func ensureCA(dir string) (*x509.Certificate, error) {
 	rootPath := filepath.Join(dir, "root_ca.crt")
 	if b, err := os.ReadFile(rootPath); err == nil {
@@ -283,7 +327,7 @@ func ensureCA(dir string) (*x509.Certificate, error) {
 		{"root_ca.crt", &pem.Block{Type: "CERTIFICATE", Bytes: rootDER}}, // last: its presence means "done"
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(f.blk), 0o600); err != nil {
+		if err := durable.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(f.blk), 0o600); err != nil {
 			return nil, fmt.Errorf("stepca: %w", err)
 		}
 	}
