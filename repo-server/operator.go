@@ -53,6 +53,12 @@ type OperatorConfig struct {
 	// NoFleetMetrics leaves the fleet collector (fleet.NewCollector) off the server's
 	// registry.
 	NoFleetMetrics bool
+	// BearerFailures limits the bearer tokens refused per client address (the peer, or
+	// the client a trusted proxy names): Burst at once, then one per Every. Past it,
+	// every bearer-token request from that address is answered 429 with Retry-After
+	// before its token is looked at. The counts are in the fleet database, shared by
+	// the replicas (fleet.Store.TakeAttempt). Zero: 20, then one every 3 seconds.
+	BearerFailures fleet.Limit
 }
 
 // operatorAPI serves /v1/ for operators: JSON, bearer tokens, roles checked by
@@ -81,6 +87,12 @@ func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
 	}
 	if cfg.VerdictWindow <= 0 {
 		cfg.VerdictWindow = time.Hour
+	}
+	if cfg.BearerFailures.Burst <= 0 {
+		cfg.BearerFailures.Burst = 20
+	}
+	if cfg.BearerFailures.Every <= 0 {
+		cfg.BearerFailures.Every = 3 * time.Second
 	}
 	if cfg.LoadWait <= 0 {
 		cfg.LoadWait = 3 * time.Second
@@ -146,7 +158,13 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 		var p fleet.Principal
 		var err error
 		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			if !o.bearerAllowed(w, r) {
+				return
+			}
 			p, err = o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
+			if errors.Is(err, fleet.ErrUnauthenticated) {
+				o.bearerRefused(r)
+			}
 		} else if id, ok := operatorCert(r); ok {
 			p, err = o.cfg.Fleet.AuthenticateID(r.Context(), id, o.s.cfg.Repo.Now())
 		} else {
@@ -163,6 +181,34 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 		}
 		h(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// bearerAllowed answers 429 (with Retry-After) and returns false when the request's
+// client address has no refused bearer token left (OperatorConfig.BearerFailures); it
+// only reads, so a flood of guesses costs the database no writes. An error of the
+// database fails closed (503).
+func (o *operatorAPI) bearerAllowed(w http.ResponseWriter, r *http.Request) bool {
+	src := requestSource(r)
+	ok, wait, err := o.cfg.Fleet.AttemptsLeft(r.Context(), "bearer:"+src, o.cfg.BearerFailures, o.s.cfg.Repo.Now())
+	if err != nil {
+		o.s.log.Error("bearer token rate limit", "err", err)
+		writeError(w, http.StatusServiceUnavailable, "cannot check the rate limit: try again")
+		return false
+	}
+	if !ok {
+		o.s.log.Warn("operator API: refused bearer tokens rate limited", "source", src)
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		writeError(w, http.StatusTooManyRequests, "too many refused bearer tokens from your address: wait and try again")
+		return false
+	}
+	return true
+}
+
+// bearerRefused counts a refused bearer token against the request's client address.
+func (o *operatorAPI) bearerRefused(r *http.Request) {
+	if _, _, err := o.cfg.Fleet.TakeAttempt(r.Context(), "bearer:"+requestSource(r), o.cfg.BearerFailures, o.s.cfg.Repo.Now()); err != nil {
+		o.s.log.Error("bearer token rate limit", "err", err)
+	}
 }
 
 // operatorCert returns the token ID of the request's operator client certificate: one

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -717,5 +718,68 @@ func TestRolloutCreateFailsClosed(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("%d rollout.create records for vib-9; want 1", n)
+	}
+}
+
+// TestRefusedBearerTokensAreRateLimited (issue 12): guesses of bearer tokens from one
+// client address get BearerFailures.Burst answers (401), then 429 with Retry-After
+// before the token is looked at, a valid token from that address too; another address
+// is not affected, and the bucket refills with time. The counts are in the fleet
+// database: a second server on it (another replica) refuses the same address.
+func TestRefusedBearerTokensAreRateLimited(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	get := func(h http.Handler, src, tok string) (int, http.Header) {
+		req := httptest.NewRequest("GET", "/v1/rollouts", nil)
+		req.RemoteAddr = src
+		req.Header.Set("Authorization", "Bearer "+tok)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Header()
+	}
+	h := o.srv.Handler()
+	counts := map[int]int{}
+	for i := range 100 {
+		code, hdr := get(h, "198.51.100.7:4000", fmt.Sprintf("ewo_guess%d_x", i))
+		counts[code]++
+		if code == http.StatusTooManyRequests && hdr.Get("Retry-After") == "" {
+			t.Fatal("429 without Retry-After")
+		}
+	}
+	if counts[http.StatusUnauthorized] != 20 || counts[http.StatusTooManyRequests] != 80 {
+		t.Fatalf("100 guesses from one address = %v; want 20 answered 401 and 80 refused with 429", counts)
+	}
+	if code, _ := get(h, "198.51.100.7:4001", o.tok[fleet.RoleAuditor]); code != http.StatusTooManyRequests {
+		t.Errorf("a valid token from the limited address = %d; want 429", code)
+	}
+	if code, _ := get(h, "198.51.100.8:4000", o.tok[fleet.RoleAuditor]); code != http.StatusOK {
+		t.Errorf("a valid token from another address = %d; want 200", code)
+	}
+	// Another replica on the same database refuses the limited address as well.
+	srv2, err := NewServer(ServerConfig{Repo: o.repo, DB: o.db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store2, err := fleet.Open(ctx, DBLocation(o.repo.Dir(), o.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store2.Close()
+	if err := srv2.EnableOperatorAPI(OperatorConfig{Fleet: store2}); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := get(srv2.Handler(), "198.51.100.7:4002", o.tok[fleet.RoleAuditor]); code != http.StatusTooManyRequests {
+		t.Errorf("the limited address at another replica = %d; want 429", code)
+	}
+	o.clock.Add(4 * time.Second) // one refused token every 3 s comes back
+	if code, _ := get(h, "198.51.100.7:4000", o.tok[fleet.RoleAuditor]); code != http.StatusOK {
+		t.Errorf("a valid token from the limited address after the refill = %d; want 200", code)
+	}
+	// A valid token takes nothing: the one attempt that came back is still there.
+	if code, _ := get(h, "198.51.100.7:4000", "ewo_guess_again_x"); code != http.StatusUnauthorized {
+		t.Errorf("a guess after the refill = %d; want 401", code)
+	}
+	if code, _ := get(h, "198.51.100.7:4000", "ewo_guess_more_x"); code != http.StatusTooManyRequests {
+		t.Errorf("a second guess after the refill = %d; want 429", code)
 	}
 }

@@ -177,6 +177,18 @@ var migrations = []string{
 	ALTER TABLE reports ADD COLUMN bytes_saved INTEGER NOT NULL DEFAULT 0;`,
 	// why a delta the device tried fell back to the full target (issue 17; '' for none).
 	`ALTER TABLE reports ADD COLUMN delta_fallback TEXT NOT NULL DEFAULT '';`,
+	// rate_limits are token buckets shared by the replicas (Store.TakeAttempt): the
+	// dashboard's sign-ins and the operator API's refused bearer tokens, per client
+	// address. tokens are attempts times 10^6; a row is dropped once expires_at (full
+	// again) has passed, and the least recently used go past a bound.
+	`CREATE TABLE rate_limits (
+		key        TEXT PRIMARY KEY,
+		tokens     INTEGER NOT NULL,
+		at         INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX rate_limits_expiry ON rate_limits(expires_at);
+	CREATE INDEX rate_limits_at ON rate_limits(at);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

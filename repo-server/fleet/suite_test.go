@@ -55,6 +55,7 @@ var storeSuite = []struct {
 	{"GroupCommitSurvivesAnInterruptedStatement", testGroupCommitSurvivesAnInterruptedStatement},
 	{"Leases", testLeases},
 	{"StatementsStayPrepared", testStatementsStayPrepared},
+	{"RateLimitsInTheDatabase", testRateLimitsInTheDatabase},
 }
 
 func runStoreSuite(t *testing.T, db opener) {

@@ -126,20 +126,3 @@ func TestSignInIsRateLimited(t *testing.T) {
 		t.Errorf("the limited source after the refill = %d; want 303", code)
 	}
 }
-
-func TestLimiterForgetsTheOldestSource(t *testing.T) {
-	l := newLimiter(1, time.Hour, 3)
-	t0 := time.Now()
-	for i := range 3 {
-		if ok, _ := l.allow(fmt.Sprint("s", i), t0.Add(time.Duration(i)*time.Second)); !ok {
-			t.Fatal("first attempt refused")
-		}
-	}
-	l.allow("s3", t0.Add(10*time.Second)) // evicts s0, the one seen longest ago
-	if len(l.m) != 3 || l.m["s0"] != nil {
-		t.Errorf("sources = %v; want 3 without s0", l.m)
-	}
-	if ok, _ := l.allow("s2", t0.Add(11*time.Second)); ok {
-		t.Error("s2's second attempt within the hour allowed")
-	}
-}

@@ -87,7 +87,8 @@ type Config struct {
 	MaxSessionsPerToken int
 	// SignInBurst and SignInEvery rate-limit sign-in attempts per source address (the
 	// peer of the connection): SignInBurst at once, then one per SignInEvery; past it
-	// 429 with Retry-After, before the token is looked at. 0: 10 and 6 seconds.
+	// 429 with Retry-After, before the token is looked at. 0: 10 and 6 seconds. The
+	// counts are in the fleet database (fleet.Store.TakeAttempt), shared by replicas.
 	SignInBurst int
 	SignInEvery time.Duration
 	// VerdictWindow is how far back a device page reads attestation verdicts and the
@@ -99,7 +100,7 @@ type Config struct {
 // UI serves the dashboard. Safe for concurrent use.
 type UI struct {
 	cfg     Config
-	signIns *limiter
+	signIns fleet.Limit
 	log     *slog.Logger
 	pages   map[string]*template.Template
 	mux     *http.ServeMux
@@ -134,7 +135,7 @@ func New(cfg Config) (*UI, error) {
 	if cfg.VerdictWindow <= 0 {
 		cfg.VerdictWindow = time.Hour
 	}
-	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, signIns: newLimiter(cfg.SignInBurst, cfg.SignInEvery, 10000)}
+	u := &UI{cfg: cfg, log: cfg.Logger, pages: map[string]*template.Template{}, signIns: fleet.Limit{Burst: cfg.SignInBurst, Every: cfg.SignInEvery}}
 	if u.log == nil {
 		u.log = slog.New(slog.DiscardHandler)
 	}
@@ -248,7 +249,18 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := u.cfg.Now()
-	if ok, wait := u.signIns.allow(source(r), now); !ok {
+	// A refused attempt only reads its bucket: a flood costs the database no writes.
+	key := "signin:" + source(r)
+	ok, wait, err := u.cfg.Fleet.AttemptsLeft(r.Context(), key, u.signIns, now)
+	if err == nil && ok {
+		ok, wait, err = u.cfg.Fleet.TakeAttempt(r.Context(), key, u.signIns, now)
+	}
+	if err != nil { // fail closed
+		u.log.Error("dashboard: sign-in rate limit", "err", err)
+		u.render(w, r, http.StatusServiceUnavailable, "login", view{Title: "Sign in"}, map[string]string{"Err": "Sign-in is unavailable: try again shortly."})
+		return
+	}
+	if !ok {
 		u.log.Warn("dashboard: sign-in rate limited", "source", source(r))
 		w.Header().Set("Retry-After", fmt.Sprint(int(wait.Seconds())+1))
 		u.render(w, r, http.StatusTooManyRequests, "login", view{Title: "Sign in"}, map[string]string{"Err": "Too many sign-in attempts from your address: wait a little and try again."})
