@@ -422,9 +422,17 @@ func TestCrashLoopIsRateLimited(t *testing.T) {
 			t.Errorf("restart %d after %v; want it held back at least %v", i+1, gaps[i], want)
 		}
 	}
-	h, err := ReadRuntimeHealth(sv.dir.RuntimeHealth())
-	if err != nil {
-		t.Fatal(err)
+	// The supervisor writes the health file once it sees the new runtime ready, which
+	// can come just after the runtime answers its first request: wait for that write.
+	var h RuntimeHealth
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if h, err = ReadRuntimeHealth(sv.dir.RuntimeHealth()); err != nil {
+			t.Fatal(err)
+		}
+		if !h.ServingSince.IsZero() || time.Now().After(deadline) {
+			break
+		}
 	}
 	if h.Deaths != 3 || h.CrashLoop != 3 || h.RestartDelay != 4*crashLoopMin || h.ServingSince.IsZero() {
 		t.Errorf("health file = %+v; want 3 deaths, all in a crash loop, restarts held back 4s, serving again", h)
