@@ -193,18 +193,20 @@ func targets(r *Results) []Target {
 	}
 	// Whole check-ins over HTTP with verified quotes, both fleet store backends and 3
 	// replicas side by side, from the same run (issue 12: ≥ 3,000/s on sqlite on 2
-	// cores): the server processes' own CPU per check-in, so the load generator on the
-	// same machine does not count against the server.
+	// cores): the measured figure judges; the server processes' own CPU per check-in is
+	// shown beside it (the load generator runs on the same cores).
 	if c := r.CheckIn; c != nil && len(c.HTTP) > 0 {
 		sq := c.HTTP[0]
 		t := Target{Row: 4, Target: "≥ 3,000 whole check-ins/s over HTTP with verified quotes on sqlite on 2 cores (PostgreSQL and 3 replicas beside it)",
 			Measured: fmt.Sprintf("sqlite: %.0f µs server CPU per check-in, %.0f/s on 2 cores (%.0f/s measured with the load generator on the same cores)", sq.ServerCPU, sq.Capacity2, sq.PerSec),
-			Status:   status(sq.Capacity2 >= 3000)}
+			Status:   status(sq.PerSec >= 3000)}
 		for _, x := range c.HTTP[1:] {
 			t.Measured += fmt.Sprintf("; %s: %.0f µs (server %.0f + database %.0f + nginx %.0f), %.0f/s on 2 cores (%.0f/s measured)", x.Setup, x.ServerCPU+x.DBCPU+x.ProxyCPU, x.ServerCPU, x.DBCPU, x.ProxyCPU, x.Capacity2, x.PerSec)
 		}
-		if sq.Capacity2 < 3000 {
-			t.Gap = fmt.Sprintf("sqlite %.1f× short", 3000/sq.Capacity2)
+		// Judged by the measured figure, not the server's capacity alone: the load
+		// generator shares the 2 cores, but so would anything else a real server runs.
+		if sq.PerSec < 3000 {
+			t.Gap = fmt.Sprintf("sqlite measured %.2f× short (the server's own CPU alone would allow %.0f/s)", 3000/sq.PerSec, sq.Capacity2)
 		}
 		add(t)
 	}
