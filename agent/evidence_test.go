@@ -3,25 +3,20 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/ima"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
-	"github.com/edgeward/edgeward/repo-server/fleet"
-	"github.com/edgeward/edgeward/repository"
 )
 
 // TestCheckInSendsBootAndIMAEvidence: the agent reads the boot event log and the IMA
@@ -32,23 +27,8 @@ import (
 func TestCheckInSendsBootAndIMAEvidence(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: []byte("pw")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	maker, _ := attesttest.NewManufacturer("Acme TPM")
-	inter := x509.NewCertPool()
-	inter.AddCert(maker.Intermediate)
-	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab := newDeviceAPILab(ctx, t, dir)
+	res, store, maker, ca := lab.res, lab.store, lab.maker, lab.ca
 	self, _ := os.Executable() // stands in for the agent binary: a real file the kernel would measure
 	agentSum, err := fileSum(self)
 	if err != nil {

@@ -2,23 +2,17 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/edgeward/edgeward/attest"
-	"github.com/edgeward/edgeward/attest/attestca"
-	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
-	"github.com/edgeward/edgeward/repo-server/fleet"
-	"github.com/edgeward/edgeward/repository"
 )
 
 // TestCheckInUsesTheNextNonce: after its first check-in the agent quotes over the nonce
@@ -27,23 +21,8 @@ import (
 func TestCheckInUsesTheNextNonce(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	res, err := repository.Init(ctx, repository.Config{Dir: filepath.Join(dir, "repo")}, repository.InitOptions{Passphrase: []byte("pw")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := fleet.Open(ctx, filepath.Join(dir, "fleet.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	maker, _ := attesttest.NewManufacturer("Acme TPM")
-	inter := x509.NewCertPool()
-	inter.AddCert(maker.Intermediate)
-	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lab := newDeviceAPILab(ctx, t, dir)
+	res, store, maker, ca := lab.res, lab.store, lab.maker, lab.ca
 	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
 	if err != nil {
 		t.Fatal(err)
