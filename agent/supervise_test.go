@@ -58,6 +58,37 @@ func runtimePIDs(t *testing.T, dir string) []int {
 	return pids
 }
 
+// waitStopped waits until every thread of process pid is stopped (state T in
+// /proc/PID/task/*/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			t.Fatalf("threads of pid %d: %v (%d found)", pid, err, len(tasks))
+		}
+		running := 0
+		for _, f := range tasks {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue // the thread exited
+			}
+			// The state follows the command name's closing parenthesis.
+			if i := bytes.LastIndexByte(b, ')'); i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+				running++
+			}
+		}
+		if running == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d threads of pid %d still not stopped 10 s after SIGSTOP", running, len(tasks), pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // supervised is an agent run (Run) with a real edgeward-runtime, the TPM simulator and
 // a server that is down, serving its committed model.
 type supervised struct {
@@ -294,6 +325,10 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(hung[0], syscall.SIGKILL)
+	// kill(2) returns before the group stop ends: one thread takes SIGSTOP and stops
+	// the others when it next runs, and on a loaded machine the rest may serve a
+	// request meanwhile. The hang starts when every thread is stopped.
+	waitStopped(t, hung[0])
 	stopped := time.Now()
 	for {
 		if code, _, err := infer(); err == nil && code == http.StatusOK {
