@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -80,7 +79,9 @@ func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
 	if err != nil || len(toks) != 1 {
 		t.Errorf("tokens after the refused requests = %v, %v; want only sam's", toks, err)
 	}
-	db, err := durable.OpenSQLite(ctx, DBPath(f.repo.Dir()), durable.SQLite{})
+	// The fixture's own database, whichever backend it is (sqlite in the repository, or
+	// PostgreSQL under EDGEWARD_TEST_POSTGRES=1).
+	db, err := OpenDB(ctx, DBLocation(f.repo.Dir(), f.db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +104,11 @@ func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
 	// The unrestricted handler (the TLS listener) issues the nonce.
 	if code, body := do(f.http.URL, "POST", wire.PathNonce, `{"device_id":"made-up-1"}`); code != http.StatusOK {
 		t.Errorf("unrestricted POST nonce = %d %q; want 200", code, body)
+	}
+	// ... and stores it where the count above looked: that count saw the server's
+	// database, not another one.
+	if err := db.QueryRow(`SELECT COUNT(*) FROM nonces`).Scan(&nonces); err != nil || nonces != 1 {
+		t.Errorf("nonces stored after the unrestricted request = %d, %v; want 1", nonces, err)
 	}
 }
 
