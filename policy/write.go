@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -94,6 +95,10 @@ func CreateRollout(dir string, spec RolloutSpec, now time.Time) (string, error) 
 	return st.Path, nil
 }
 
+// StagedPrefix starts the hidden names StageRollout writes rollout files under until
+// they are committed.
+const StagedPrefix = ".staged-"
+
 // StagedRollout is a rollout file StageRollout wrote under a name no Watcher loads
 // (it starts with "."), until Commit renames it into place.
 type StagedRollout struct {
@@ -135,7 +140,7 @@ func StageRollout(dir string, spec RolloutSpec, now time.Time) (*StagedRollout, 
 	if _, err := Parse(files...); err != nil {
 		return nil, err
 	}
-	st := &StagedRollout{Path: path, staged: filepath.Join(dir, ".staged-"+name)}
+	st := &StagedRollout{Path: path, staged: filepath.Join(dir, StagedPrefix+name)}
 	if err := durable.WriteFile(st.staged, buf.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
@@ -156,4 +161,69 @@ func (s *StagedRollout) Discard() error {
 		return err
 	}
 	return nil
+}
+
+// StaleStagedAge is how old a staged rollout file must be before RemoveStaleStaged
+// takes it for a crash's leftover. A creation stages its file, appends one audit
+// record and renames the file, all under the publish lock, in well under a second; a
+// file this old belongs to a process that died (or was stopped) between staging and
+// renaming.
+const StaleStagedAge = 10 * time.Minute
+
+// RemoveStaleStaged removes from dir the staged rollout files (StagedPrefix, and the
+// temporary files of their durable writes) last modified before cutoff: a process
+// that crashed between StageRollout and Commit leaves one behind, which no Watcher
+// loads and nothing else removes. A newer file is left alone, since another process
+// sharing the directory (a replica) may be creating that rollout right now. If record
+// is set it is called with each file's name before the file is removed, and a file
+// whose record fails is kept (the caller audits the removal first). It returns the
+// names (not paths) it removed, in directory order; files it could not record or
+// remove are in the error and the rest are still removed. A missing dir removes nothing.
+func RemoveStaleStaged(dir string, cutoff time.Time, record func(name string) error) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		// durable's temporary files are "." + the final name + ".tmp-*".
+		if !e.Type().IsRegular() || !(strings.HasPrefix(name, StagedPrefix) || strings.HasPrefix(name, "."+StagedPrefix)) {
+			continue
+		}
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // committed or discarded meanwhile
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		if record != nil {
+			if err := record(name); err != nil {
+				errs = append(errs, fmt.Errorf("policy: %s kept: %w", name, err))
+				continue
+			}
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		removed = append(removed, name)
+	}
+	if len(removed) > 0 {
+		if err := durable.SyncDir(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return removed, errors.Join(errs...)
 }

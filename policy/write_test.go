@@ -88,3 +88,83 @@ func TestCreateRolloutIsHotReloaded(t *testing.T) {
 		t.Errorf("first rollout = %s; want the created one first", rolloutID(w))
 	}
 }
+
+// A crash between StageRollout and Commit leaves a staged file (and perhaps its
+// durable write's temporary file). RemoveStaleStaged removes those older than the
+// cutoff and nothing else: not a staged file being created right now (another replica
+// may be about to audit and rename it), not the policy's own files, not hidden files
+// of other kinds; the policy loads the same before and after.
+func TestRemoveStaleStaged(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), "rollouts:\n  - id: base\n    target: {kind: model, name: vib, version: 3.0.0}\n")
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	stage := func(id string, at time.Time) string {
+		t.Helper()
+		st, err := StageRollout(dir, RolloutSpec{ID: id, Target: TargetSpec{Kind: artifact.KindModel, Name: "vib", Version: "3.1.0"}}, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Base(st.staged)
+	}
+	crashed := stage("crashed", now.Add(-time.Hour))
+	fresh := stage("in-flight", now)
+	committed, err := CreateRollout(dir, RolloutSpec{ID: "committed", Target: TargetSpec{Kind: artifact.KindModel, Name: "vib", Version: "3.2.0"}}, now.Add(-2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := "." + crashed + ".tmp-123456" // a crash inside StageRollout's durable write
+	writeFile(t, filepath.Join(dir, tmp), "partial")
+	writeFile(t, filepath.Join(dir, ".notes"), "someone's hidden file")
+	old := now.Add(-StaleStagedAge - time.Minute)
+	for _, name := range []string{crashed, tmp, ".notes", filepath.Base(committed), "fleet.yaml"} {
+		if err := os.Chtimes(filepath.Join(dir, name), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chtimes(filepath.Join(dir, fresh), now.Add(-time.Second), now.Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A file whose removal cannot be recorded is kept.
+	refused := errors.New("audit log unavailable")
+	removed, err := RemoveStaleStaged(dir, now.Add(-StaleStagedAge), func(name string) error {
+		if name == crashed {
+			return refused
+		}
+		return nil
+	})
+	if !errors.Is(err, refused) || strings.Join(removed, " ") != tmp {
+		t.Fatalf("RemoveStaleStaged with the record of %s failing = %q, %v; want only %s removed and the error", crashed, removed, err, tmp)
+	}
+	var recorded []string
+	removed, err = RemoveStaleStaged(dir, now.Add(-StaleStagedAge), func(name string) error { recorded = append(recorded, name); return nil })
+	if err != nil {
+		t.Fatalf("RemoveStaleStaged = %v", err)
+	}
+	if want := []string{crashed}; strings.Join(removed, " ") != strings.Join(want, " ") || strings.Join(recorded, " ") != strings.Join(want, " ") {
+		t.Errorf("RemoveStaleStaged removed %q, recorded %q; want %q", removed, recorded, want)
+	}
+	var left []string
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if want := []string{".notes", fresh, filepath.Base(committed), "fleet.yaml"}; strings.Join(left, " ") != strings.Join(want, " ") {
+		t.Errorf("left in the directory: %q; want %q", left, want)
+	}
+	after, err := Load(dir)
+	if err != nil || after.Digest != before.Digest {
+		t.Errorf("policy after = %v, %v; want the same as before (%s)", after, err, before.Digest)
+	}
+	// The in-flight creation can still finish.
+	if err := (&StagedRollout{Path: filepath.Join(dir, strings.TrimPrefix(fresh, StagedPrefix)), staged: filepath.Join(dir, fresh)}).Commit(); err != nil {
+		t.Errorf("commit the in-flight rollout after the clean-up: %v", err)
+	}
+	if removed, err := RemoveStaleStaged(filepath.Join(dir, "missing"), now, nil); removed != nil || err != nil {
+		t.Errorf("RemoveStaleStaged(missing dir) = %q, %v; want nothing", removed, err)
+	}
+}

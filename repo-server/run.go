@@ -199,6 +199,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var current func() *policy.Policy
 	op := OperatorConfig{Fleet: store, Signing: cfg.Signing, KEK: cfg.KEK}
 	if _, err := os.Stat(policyDir); err == nil {
+		removeStaleStaged(ctx, srv, policyDir, log)
 		w, err := policy.NewWatcher(policy.WatcherConfig{Dir: policyDir, Registerer: srv.Registry(), Logger: log,
 			// Every policy put in force is audited with its digest and what changed
 			// (attestation requirements, rollouts); one that cannot be audited is not
@@ -290,6 +291,24 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(ln.Addr(), tlsAddr)
 	}
 	return srv.ServeWith(ctx, ln, srv.Restrict(exp, why))
+}
+
+// removeStaleStaged removes the rollout files a crash left staged in the policy
+// directory (policy.RemoveStaleStaged: older than policy.StaleStagedAge, so that a
+// replica creating a rollout right now keeps its file), each after an audit record
+// of its removal ("policy.staged.removed"; a file whose record fails is kept). A
+// failure is logged: it leaves only files no watcher loads.
+func removeStaleStaged(ctx context.Context, srv *Server, dir string, log *slog.Logger) {
+	removed, err := policy.RemoveStaleStaged(dir, time.Now().Add(-policy.StaleStagedAge), func(name string) error {
+		return srv.AuditEvent(ctx, "server", "policy.staged.removed", name, map[string]string{
+			"dir": dir, "reason": "staged rollout file older than " + policy.StaleStagedAge.String() + " (a creation interrupted before its rename)"})
+	})
+	if len(removed) > 0 {
+		log.Warn("removed rollout files a crash left staged", "dir", dir, "files", removed)
+	}
+	if err != nil {
+		log.Error("remove stale staged rollout files", "dir", dir, "err", err)
+	}
 }
 
 // ListenOff as Config.Listen (`--listen off`) disables the plain-HTTP listener.

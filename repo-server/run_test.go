@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
@@ -126,6 +128,77 @@ func TestRunComposesServer(t *testing.T) {
 	}
 	if len(got) != 1 || !strings.HasPrefix(got[0], "operator:rm@") || !strings.HasSuffix(got[0], " models/iris/1.0.0.onnx") {
 		t.Errorf("repo.publish records = %q; want one by operator:rm", got)
+	}
+}
+
+// TestRunRemovesStaleStagedRollouts: a rollout creation that crashed between staging
+// its file and renaming it leaves a hidden staged file in the policy directory. The
+// server removes it at start, after an audit record; a staged file younger than
+// policy.StaleStagedAge (a replica creating a rollout right now) is left alone.
+func TestRunRemovesStaleStagedRollouts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	policyDir := filepath.Join(dir, "policy")
+	if err := ensurePolicyDir(policyDir); err != nil {
+		t.Fatal(err)
+	}
+	stage := func(id string, age time.Duration) string {
+		t.Helper()
+		at := time.Now().Add(-age)
+		st, err := policy.StageRollout(policyDir, policy.RolloutSpec{ID: id, Target: policy.TargetSpec{Kind: artifact.KindModel, Name: "vib", Version: "1.0.0"}}, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged := filepath.Join(policyDir, policy.StagedPrefix+filepath.Base(st.Path))
+		if err := os.Chtimes(staged, at, at); err != nil {
+			t.Fatal(err)
+		}
+		return staged
+	}
+	crashed := stage("crashed", policy.StaleStagedAge+time.Minute)
+	inFlight := stage("in-flight", 5*time.Second)
+
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run = %v before serving", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not start serving in 60 s")
+	}
+	cancel()
+	if err := <-done; err != nil && err != context.Canceled {
+		t.Errorf("Run after cancel = %v", err)
+	}
+	if _, err := os.Stat(crashed); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the crash's staged file after the server's start: %v; want it removed", err)
+	}
+	if _, err := os.Stat(inFlight); err != nil {
+		t.Errorf("the in-flight staged file after the server's start: %v; want it kept", err)
+	}
+	repo, err := repository.Open(repository.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, db, err := OpenAudit(context.Background(), repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(context.Background(), audit.Query{Kind: "policy.staged.removed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Subject != filepath.Base(crashed) {
+		t.Errorf("policy.staged.removed records = %+v; want one for %s", recs, filepath.Base(crashed))
 	}
 }
 
