@@ -39,53 +39,10 @@ import (
 // verifies and holds a record for every state change in the fleet tables (enrollments,
 // verdicts, reports, rollout events, tokens).
 func TestReplicasBehindNginx(t *testing.T) {
-	need(t)
 	start := time.Now()
-	pg := pgtest.New()
-	t.Cleanup(func() {
-		if err := pg.Stop(); err != nil {
-			t.Errorf("PostgreSQL: %v", err)
-		}
-	})
-	db := pg.Database(t)
+	rl := startReplicas(t, 3, lab.ServerConfig{Args: []string{"--sign-delegated", "--checkpoint-interval", "2s", "--log-format", "text"}})
+	lb, repo, sqldb, replicas := rl.lab, rl.repo, rl.sqldb, rl.replicas
 	ctx := context.Background()
-	lb, err := lab.New(t.TempDir(), bins)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { closeLab(t, lb) })
-	const passphrase = "e2e-passphrase"
-	repo, err := lab.InitRepoOn(ctx, filepath.Join(lb.Dir, "repo"), db, passphrase, attestationPolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sqldb, err := sql.Open("pgx", db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqldb.Close()
-
-	// The replicas start together on the fresh directory: one creates the attestation
-	// CA, the others read it (a device enrolled at one is known at the others).
-	replicas := make([]*lab.Server, 3)
-	startErrs := make(chan error, len(replicas))
-	for i := range replicas {
-		go func() {
-			var err error
-			replicas[i], err = lb.StartServer(ctx, lab.ServerConfig{Repo: repo.Dir, DB: db, Name: fmt.Sprintf("replica-%d", i+1),
-				Env:  []string{"EDGEWARD_PASSPHRASE=" + passphrase},
-				Args: []string{"--sign-delegated", "--checkpoint-interval", "2s", "--log-format", "text"}})
-			if err != nil {
-				err = fmt.Errorf("replica-%d: %w", i+1, err)
-			}
-			startErrs <- err
-		}()
-	}
-	for range replicas {
-		if err := <-startErrs; err != nil {
-			t.Fatal(err)
-		}
-	}
 	anyReplica := replicas[0] // opens the shared database; need not be running
 
 	// nginx: round robin, passive failover. The device API may pass even a request it
@@ -125,7 +82,7 @@ server {
 	front := &lab.Server{URL: ng.URL} // what devices and operators are given
 
 	// Operators: tokens made on the repository's directory (audited in the database).
-	cliEnv := []string{"EDGEWARD_REPO=" + repo.Dir, "EDGEWARD_DB=" + db, "EDGEWARD_PASSPHRASE=" + passphrase}
+	cliEnv := rl.cliEnv
 	token := func(name, role string) string {
 		t.Helper()
 		out, err := lb.Run(ctx, cliEnv, bins.Edgeward, "token", "create", "--name", name, "--role", role)
@@ -396,6 +353,75 @@ server {
 	}
 	t.Logf("%d requests through nginx (%v by replica), %d passed on to another replica, %d answered 5xx; %d reports from %d devices, %d audit records; %.0f s in all",
 		len(entries), per, passed, failed, total, n, len(recs), time.Since(start).Seconds())
+}
+
+// replicaLab is `edgeward server` replicas on one PostgreSQL database (a cluster of
+// this test's own, internal/pgtest) and one repository directory.
+type replicaLab struct {
+	lab  *lab.Lab
+	repo *lab.Repo
+	// db is the database's URL (the replicas' --db), sqldb a connection to it.
+	db       string
+	sqldb    *sql.DB
+	replicas []*lab.Server
+	// cliEnv lets the CLI work on the repository and the database directly (tokens,
+	// audit pubkey), as an operator on the servers' machine would.
+	cliEnv []string
+}
+
+const replicaPassphrase = "e2e-passphrase"
+
+// startReplicas starts n replicas (named replica-1 …) together on a fresh repository
+// and database, each with cfg (its Repo, DB, Name and Env are set here): one creates
+// the attestation CA (and with cfg.TLS the server certificate and the device CA), the
+// others read it, so a device enrolled at one is known at the others. Everything is
+// stopped when t ends.
+func startReplicas(t *testing.T, n int, cfg lab.ServerConfig) *replicaLab {
+	t.Helper()
+	need(t)
+	pg := pgtest.New()
+	t.Cleanup(func() {
+		if err := pg.Stop(); err != nil {
+			t.Errorf("PostgreSQL: %v", err)
+		}
+	})
+	rl := &replicaLab{db: pg.Database(t)}
+	ctx := context.Background()
+	var err error
+	if rl.lab, err = lab.New(t.TempDir(), bins); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closeLab(t, rl.lab) })
+	if rl.repo, err = lab.InitRepoOn(ctx, filepath.Join(rl.lab.Dir, "repo"), rl.db, replicaPassphrase, attestationPolicy); err != nil {
+		t.Fatal(err)
+	}
+	if rl.sqldb, err = sql.Open("pgx", rl.db); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rl.sqldb.Close() })
+	rl.cliEnv = []string{"EDGEWARD_REPO=" + rl.repo.Dir, "EDGEWARD_DB=" + rl.db, "EDGEWARD_PASSPHRASE=" + replicaPassphrase}
+	rl.replicas = make([]*lab.Server, n)
+	startErrs := make(chan error, n)
+	for i := range rl.replicas {
+		c := cfg
+		c.Repo, c.DB, c.Name = rl.repo.Dir, rl.db, fmt.Sprintf("replica-%d", i+1)
+		c.Args = slices.Clone(cfg.Args)
+		c.Env = append(slices.Clone(cfg.Env), "EDGEWARD_PASSPHRASE="+replicaPassphrase)
+		go func() {
+			var err error
+			rl.replicas[i], err = rl.lab.StartServer(ctx, c)
+			if err != nil {
+				err = fmt.Errorf("%s: %w", c.Name, err)
+			}
+			startErrs <- err
+		}()
+	}
+	for range rl.replicas {
+		if err := <-startErrs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	return rl
 }
 
 // closeLab stops the lab's processes and prints their logs' tails when t failed.

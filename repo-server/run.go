@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/stepca"
+	"github.com/edgeward/edgeward/internal/clientip"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -109,6 +110,15 @@ type Config struct {
 	// X-Forwarded-For is honoured (ServerConfig.TrustedProxies; `--trusted-proxy`). nil:
 	// none; every request's source is its TCP peer.
 	TrustedProxies []netip.Prefix
+	// ProxyProtocol makes the TLS listener read the PROXY protocol (version 1 or 2)
+	// from TrustedProxies: a TCP proxy passing TLS through (nginx's stream module with
+	// `proxy_protocol on`, the way to front mTLS devices) names each connection's
+	// client in a header before the TLS handshake, and the per-source bounds and
+	// audit records then see that client instead of the proxy. A connection from a
+	// trusted proxy without a valid header is closed; from any other peer no header is
+	// read (one sent anyway fails the TLS handshake). Requires TLSListen and
+	// TrustedProxies. false: no header is read from anyone.
+	ProxyProtocol bool
 	// Logger receives the server's logs. nil: discard.
 	Logger *slog.Logger
 	// Ready, if set, is called once the listeners are bound, with their addresses
@@ -129,6 +139,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if listen == ListenOff && cfg.TLSListen == "" {
 		return errors.New("server: --listen off needs --tls-listen: there would be nothing to serve on")
+	}
+	if cfg.ProxyProtocol && (cfg.TLSListen == "" || len(cfg.TrustedProxies) == 0) {
+		return errors.New("server: --proxy-protocol needs --tls-listen (the listener it applies to) and --trusted-proxy (the only peers whose PROXY header is read)")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -248,6 +261,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		if cfg.ProxyProtocol {
+			raw = clientip.New(cfg.TrustedProxies).ProxyListener(raw, proxyHeaderTimeout, func(peer net.Addr, err error) {
+				log.Warn("closed a trusted proxy's connection without a valid PROXY protocol header", "peer", peer.String(), "err", err)
+			})
+			log.Info("the TLS listener reads the PROXY protocol from trusted proxies", "trusted_proxies", fmt.Sprint(cfg.TrustedProxies))
+		}
 		tlsLn = tls.NewListener(raw, &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.VerifyClientCertIfGiven,
 			ClientCAs: dcfg.ClientRoots, MinVersion: tls.VersionTLS12})
 		log.Info("serving TLS (devices must use mTLS)", "addr", "https://"+raw.Addr().String(), "server_cert", filepath.Join(cfg.Dir, "tls", "server.pem"))
@@ -310,6 +329,10 @@ func removeStaleStaged(ctx context.Context, srv *Server, dir string, log *slog.L
 		log.Error("remove stale staged rollout files", "dir", dir, "err", err)
 	}
 }
+
+// proxyHeaderTimeout bounds how long a trusted proxy's connection may take to send its
+// PROXY protocol header (nginx sends it as soon as it connected).
+const proxyHeaderTimeout = 10 * time.Second
 
 // ListenOff as Config.Listen (`--listen off`) disables the plain-HTTP listener.
 const ListenOff = "off"

@@ -33,6 +33,17 @@ func TestServerListenFlag(t *testing.T) {
 			t.Errorf("server --trusted-proxy %q = %v; want an error naming the flag and the CIDR form", bad, err)
 		}
 	}
+	// The PROXY protocol is read only from trusted proxies, on the TLS listener: without
+	// either there is nothing it could safely apply to.
+	for _, args := range [][]string{
+		{"server", "--proxy-protocol", "--tls-listen", "127.0.0.1:0"},
+		{"server", "--proxy-protocol", "--trusted-proxy", "127.0.0.1"},
+	} {
+		_, _, err := c.run(args...)
+		if err == nil || !strings.Contains(err.Error(), "--proxy-protocol needs --tls-listen") || !strings.Contains(err.Error(), "--trusted-proxy") {
+			t.Errorf("edgeward %s = %v; want an error asking for --tls-listen and --trusted-proxy", strings.Join(args, " "), err)
+		}
+	}
 }
 
 // The CLI refuses to send a token over plain HTTP to another machine, for the operator

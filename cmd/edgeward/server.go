@@ -49,6 +49,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
 	var proxies listFlag
 	fs.Var(&proxies, "trusted-proxy", "a reverse proxy in front of the server (CIDR prefix or address, e.g. 10.0.0.5 or 10.0.0.0/24) whose X-Forwarded-For is honoured: requests from it count as coming from the rightmost address in that header that is not a trusted proxy (per-source limits then see the client); repeat for each; from any other peer the header is ignored")
+	proxyProto := fs.Bool("proxy-protocol", false, "with --tls-listen and --trusted-proxy: read the PROXY protocol (v1 or v2) on the TLS listener from the trusted proxies, e.g. nginx passing TLS through with 'proxy_protocol on' in its stream block, so that per-source limits and the audit log see each device's address; a trusted proxy's connection without the header is closed, and no header is read from any other peer")
 	logFormat := fs.String("log-format", logging.JSON, "log format: json (one object a line) or text; everything the server logs, the embedded step-ca's messages included, uses it")
 	kekFile := fs.String("kek", env.getenv("EDGEWARD_KEK"), "key-encryption key file (edgeward keys kek; $EDGEWARD_KEK): publish encrypted targets and release their content keys to attested devices")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
@@ -81,7 +82,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
-		TrustedProxies: trusted, Logger: logger,
+		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger,
 	}
 	if *kekFile != "" {
 		if cfg.KEK, err = readKEK(*kekFile); err != nil {

@@ -9,6 +9,9 @@
 //	})
 //	http.Get(ng.URL + "/healthz")
 //
+// StartStream does the same with a stream block (TCP proxying, e.g. TLS passed through
+// to the upstreams), logging each session (StreamSessions).
+//
 // The access log (AccessLog) has one line per request in the format AccessFormat names
 // (the upstream that answered, its status, the cache status), so a test can see where
 // requests went. A machine without nginx skips the test, unless EDGEWARD_REQUIRE_DEPS=1:
@@ -83,7 +86,36 @@ type Server struct {
 // skipped (failed under EDGEWARD_REQUIRE_DEPS=1).
 func Start(t testing.TB, http func(port int) string) *Server {
 	t.Helper()
+	return startT(t, func(port int) block { return block{http: http(port)} })
+}
+
+// StartStream is Start with the body of a stream block instead (TCP proxying: the
+// upstreams and servers of ngx_stream_core_module), for a proxy that passes TLS
+// through to its upstreams untouched:
+//
+//	ng := nginxtest.StartStream(t, func(port int) string {
+//		return fmt.Sprintf(`upstream app { server 127.0.0.1:%d; }
+//	server { listen 127.0.0.1:%d; proxy_pass app; }`, appPort, port)
+//	})
+//
+// Debian builds the stream module as a dynamic module (package libnginx-mod-stream);
+// StartStream loads it. Without it t is skipped (failed under EDGEWARD_REQUIRE_DEPS=1).
+// Each session is logged when it ends (StreamSessions).
+func StartStream(t testing.TB, stream func(port int) string) *Server {
+	t.Helper()
+	return startT(t, func(port int) block { return block{stream: stream(port)} })
+}
+
+// block is the configuration's variable part: the bodies of the http and the stream
+// blocks ("": no such block).
+type block struct{ http, stream string }
+
+func startT(t testing.TB, conf func(port int) block) *Server {
+	t.Helper()
 	bin, err := Bin()
+	if err == nil && conf(0).stream != "" {
+		_, err = streamModule(bin)
+	}
 	if err != nil {
 		if RequireDeps() {
 			t.Fatalf("nginx: %v", err)
@@ -96,7 +128,7 @@ func Start(t testing.TB, http func(port int) string) *Server {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := start(bin, dir, port, http(port))
+		s, err := start(bin, dir, port, conf(port))
 		if err == nil {
 			t.Cleanup(func() {
 				if err := s.Stop(); err != nil {
@@ -131,30 +163,91 @@ func userDirective() string {
 	return fmt.Sprintf("user %s %s;\n", u.Username, g.Name)
 }
 
-func start(bin, dir string, port int, http string) (*Server, error) {
+// ErrNoStream says nginx has no stream module.
+var ErrNoStream = errors.New("nginx has no stream module (Debian package libnginx-mod-stream; bash scripts/deps/00-apt.sh)")
+
+// streamModule returns the load_module directive nginx (bin) needs for the stream
+// block: "" when the module is built in, the module's path under --modules-path when
+// it is a dynamic one (Debian's --with-stream=dynamic), or ErrNoStream.
+func streamModule(bin string) (string, error) {
+	out, err := exec.Command(bin, "-V").CombinedOutput() // nginx -V prints to stderr
+	if err != nil {
+		return "", fmt.Errorf("%s -V: %v: %s", bin, err, out)
+	}
+	args := strings.Fields(string(out))
+	dynamic, modules := false, "/usr/lib/nginx/modules"
+	for _, a := range args {
+		switch {
+		case a == "--with-stream":
+			return "", nil
+		case a == "--with-stream=dynamic":
+			dynamic = true
+		case strings.HasPrefix(a, "--modules-path="):
+			modules = strings.TrimPrefix(a, "--modules-path=")
+		}
+	}
+	if !dynamic {
+		return "", ErrNoStream
+	}
+	so := filepath.Join(modules, "ngx_stream_module.so")
+	if _, err := os.Stat(so); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrNoStream, err)
+	}
+	return fmt.Sprintf("load_module %s;\n", so), nil
+}
+
+// StreamFormat is the stream sessions' log format (logs/stream.log), one line per
+// session when it ends:
+//
+//	$remote_addr:$remote_port $upstream_addr $status $bytes_received $bytes_sent $session_time
+//
+// $upstream_addr lists the upstreams tried, comma-separated; $status is 200 for a
+// session that ended normally, 502 when no upstream could be reached.
+const StreamFormat = `$remote_addr:$remote_port $upstream_addr $status $bytes_received $bytes_sent $session_time`
+
+func start(bin, dir string, port int, b block) (*Server, error) {
 	for _, d := range []string{"logs", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
 	}
-	conf := fmt.Sprintf(`%sworker_processes 1;
+	var conf strings.Builder
+	if b.stream != "" {
+		load, err := streamModule(bin)
+		if err != nil {
+			return nil, err
+		}
+		conf.WriteString(load)
+	}
+	fmt.Fprintf(&conf, `%sworker_processes 1;
 pid %[2]s/nginx.pid;
 error_log %[2]s/logs/error.log notice;
 events { worker_connections 1024; }
-http {
+`, userDirective(), dir)
+	if b.http != "" || b.stream == "" {
+		fmt.Fprintf(&conf, `http {
     default_type application/octet-stream;
-    log_format edgeward '%[3]s';
-    access_log %[2]s/logs/access.log edgeward;
-    client_body_temp_path %[2]s/tmp/body;
-    proxy_temp_path %[2]s/tmp/proxy;
-    fastcgi_temp_path %[2]s/tmp/fastcgi;
-    uwsgi_temp_path %[2]s/tmp/uwsgi;
-    scgi_temp_path %[2]s/tmp/scgi;
-%[4]s
+    log_format edgeward '%[2]s';
+    access_log %[1]s/logs/access.log edgeward;
+    client_body_temp_path %[1]s/tmp/body;
+    proxy_temp_path %[1]s/tmp/proxy;
+    fastcgi_temp_path %[1]s/tmp/fastcgi;
+    uwsgi_temp_path %[1]s/tmp/uwsgi;
+    scgi_temp_path %[1]s/tmp/scgi;
+%[3]s
 }
-`, userDirective(), dir, AccessFormat, http)
+`, dir, AccessFormat, b.http)
+	}
+	if b.stream != "" {
+		fmt.Fprintf(&conf, `stream {
+    log_format edgeward_stream '%[2]s';
+    access_log %[1]s/logs/stream.log edgeward_stream;
+%[3]s
+}
+`, dir, StreamFormat, b.stream)
+	}
 	confPath := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+	if err := os.WriteFile(confPath, []byte(conf.String()), 0o644); err != nil {
 		return nil, err
 	}
 	os.Remove(filepath.Join(dir, "logs", "error.log")) // this attempt's errors only
@@ -294,6 +387,59 @@ func ParseEntry(line string) (Entry, error) {
 	}
 	e.Cache = f[2]
 	return e, nil
+}
+
+// StreamSession is one line of the stream log (StreamFormat), parsed.
+type StreamSession struct {
+	// Client is the client's address (host:port) as nginx saw it.
+	Client string
+	// Upstreams are the upstream addresses tried, in order (none: none was tried).
+	Upstreams []string
+	// Status is 200 for a session that ended normally, 502 when no upstream answered.
+	Status int
+	// Received and Sent are the bytes nginx received from the client and sent to it.
+	Received, Sent int64
+}
+
+// StreamSessions parses the stream log: the sessions that have ended so far. The
+// first is StartStream's own probe (connected and closed: no bytes either way).
+func (s *Server) StreamSessions() ([]StreamSession, error) {
+	b, err := os.ReadFile(filepath.Join(s.Dir, "logs", "stream.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []StreamSession
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
+			continue
+		}
+		ss, err := ParseStreamSession(line)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss)
+	}
+	return out, nil
+}
+
+// ParseStreamSession parses one line of StreamFormat.
+func ParseStreamSession(line string) (StreamSession, error) {
+	var ss StreamSession
+	f := strings.Fields(strings.ReplaceAll(line, ", ", ","))
+	if len(f) != 6 {
+		return ss, fmt.Errorf("stream log line %q: want 6 fields, got %d", line, len(f))
+	}
+	ss.Client = f[0]
+	if f[1] != "-" {
+		ss.Upstreams = strings.Split(f[1], ",")
+	}
+	if _, err := fmt.Sscanf(f[2]+" "+f[3]+" "+f[4], "%d %d %d", &ss.Status, &ss.Received, &ss.Sent); err != nil {
+		return ss, fmt.Errorf("stream log line %q: %v", line, err)
+	}
+	return ss, nil
 }
 
 func freePort() (int, error) {
