@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -87,30 +88,34 @@ func FuzzFastUnmarshal(f *testing.F) {
 	for _, s := range fastUnmarshalSeeds {
 		f.Add([]byte(s.body))
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		var fast, ref runtimeapi.InferRequest
-		if !fastUnmarshal(body, &fast) {
-			if !reflect.DeepEqual(fast, runtimeapi.InferRequest{}) {
-				t.Fatalf("fastUnmarshal(%q) declined but left %+v", body, fast)
-			}
-			return
+	f.Fuzz(checkFastUnmarshal)
+}
+
+// checkFastUnmarshal is FuzzFastUnmarshal's property for one body.
+func checkFastUnmarshal(t *testing.T, body []byte) {
+	t.Helper()
+	var fast, ref runtimeapi.InferRequest
+	if !fastUnmarshal(body, &fast) {
+		if !reflect.DeepEqual(fast, runtimeapi.InferRequest{}) {
+			t.Fatalf("fastUnmarshal(%q) declined but left %+v", body, fast)
 		}
-		if err := json.Unmarshal(body, &ref); err != nil {
-			t.Fatalf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", body, err)
-		}
-		if !reflect.DeepEqual(fast, ref) {
-			t.Fatalf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", body, fast, ref)
-		}
-		// Decoding into a value that held another request (a pooled one) reuses its
-		// memory and must give the same result.
-		var reused runtimeapi.InferRequest
-		if !fastUnmarshal([]byte(reuseBody), &reused) || !fastUnmarshal(body, &reused) {
-			t.Fatalf("fastUnmarshal(%q) after another request declined", body)
-		}
-		if !reflect.DeepEqual(reused, ref) {
-			t.Fatalf("fastUnmarshal(%q) after another request = %#v; json.Unmarshal = %#v", body, reused, ref)
-		}
-	})
+		return
+	}
+	if err := json.Unmarshal(body, &ref); err != nil {
+		t.Fatalf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", body, err)
+	}
+	if !reflect.DeepEqual(fast, ref) {
+		t.Fatalf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", body, fast, ref)
+	}
+	// Decoding into a value that held another request (a pooled one) reuses its
+	// memory and must give the same result.
+	var reused runtimeapi.InferRequest
+	if !fastUnmarshal([]byte(reuseBody), &reused) || !fastUnmarshal(body, &reused) {
+		t.Fatalf("fastUnmarshal(%q) after another request declined", body)
+	}
+	if !reflect.DeepEqual(reused, ref) {
+		t.Fatalf("fastUnmarshal(%q) after another request = %#v; json.Unmarshal = %#v", body, reused, ref)
+	}
 }
 
 // reuseBody fills a request value before the fuzzed body is decoded into it again.
@@ -132,10 +137,14 @@ var fastUnmarshalSeeds = []struct {
 	{`{}`, true},
 	{`{"inputs":[{"name":"i","shape":[1],"datatype":"INT64","data":[-9223372036854775808]}]}`, true},
 	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP64","data":[[[[1e308]]]]}]}`, true},
-	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}],"inputs":[{"name":"Y"}]}`, false}, // repeated member
-	{`{"Inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                         // letter case
-	{`{"inputs":[{"name":"X\u0041","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                   // escape
-	{`{"inputs":[{"name":"X","shape":[1],"datatype":"BYTES","data":["a"]}]}`, false},                      // BYTES strings
+	{`{"id":"a b","inputs":[{"name":"X","shape":[3],"datatype":"FP32","data":[0,9,0.5]}]}`, true}, // a space in a string; numbers starting with 0 and 9
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":` + strings.Repeat("[", maxNesting) + "1" + strings.Repeat("]", maxNesting) + `}]}`, true},
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":` + strings.Repeat("[", maxNesting+1) + "1" + strings.Repeat("]", maxNesting+1) + `}]}`, false},                                                                                     // decodeData refuses it
+	{`{"inputs":[{"name":"X","shape":[3],"datatype":"INT64","data":[1,2,3]},{"name":"Y","shape":[1],"datatype":"BOOL","data":[true]},{"name":"Z","shape":[],"datatype":"FP32","data":[]}],"outputs":[{"name":"a"},{"name":"b"},{"name":"c"}]}`, true}, // more inputs and outputs than reuseBody's
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}],"inputs":[{"name":"Y"}]}`, false},                                                                                                                                             // repeated member
+	{`{"Inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                                                                                                                                                                     // letter case
+	{`{"inputs":[{"name":"X\u0041","shape":[1],"datatype":"FP32","data":[1]}]}`, false},                                                                                                                                                               // escape
+	{`{"inputs":[{"name":"X","shape":[1],"datatype":"BYTES","data":["a"]}]}`, false},                                                                                                                                                                  // BYTES strings
 	{`{"inputs":[{"name":"X","shape":[1.0],"datatype":"FP32","data":[1]}]}`, false},
 	{`{"inputs":[{"name":"X","shape":[9223372036854775808],"datatype":"FP32","data":[1]}]}`, false},
 	{`{"inputs":[{"name":"X","shape":null,"datatype":"FP32","data":[1]}]}`, false},
@@ -150,6 +159,15 @@ var fastUnmarshalSeeds = []struct {
 	{`{"parameters":{"a":null},"inputs":[]}`, false},
 	{`{"inputs":[{"name":"X","data":[1,,2]}]}`, false},
 	{`{"inputs":[{"data":"[1]"}]}`, false},
+	{"{\"id\":\"\x80\",\"inputs\":[]}", false},       // a lone continuation byte: encoding/json replaces it
+	{"{\"id\":\"a\tb\",\"inputs\":[]}", false},       // a control character in a string
+	{`{"inputs":[{"name":"X","data":[1.]}]}`, false}, // numbers json refuses
+	{`{"inputs":[{"name":"X","data":[-]}]}`, false},
+	{`{"inputs":[{"name":"X","data":[1e]}]}`, false},
+	{`{"inputs":[{"name":"X","data":[1e+]}]}`, false},
+	{`{"inputs":[{"name":"X","data":[.5]}]}`, false},
+	{`{"inputs":[{"name":"X","data":[tru]}]}`, false},
+	{`{"parameters":{"a":fals},"inputs":[]}`, false},
 	{`[`, false},
 	{``, false},
 	{`null`, false},
@@ -170,6 +188,25 @@ func TestFastUnmarshal(t *testing.T) {
 			t.Errorf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", s.body, err)
 		} else if !reflect.DeepEqual(fast, ref) {
 			t.Errorf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", s.body, fast, ref)
+		}
+	}
+}
+
+// TestFastUnmarshalPrefixes cuts each seed at every byte: a request cut short (a body
+// truncated in transit, a client that stops writing) ends inside a string, a number, a
+// literal or an array, where the fast path reads one byte past what it checked unless
+// each bound holds. Every prefix must keep FuzzFastUnmarshal's property (no panic, and
+// what the fast path accepts encoding/json decodes the same), and a prefix encoding/json
+// refuses must be declined.
+func TestFastUnmarshalPrefixes(t *testing.T) {
+	for _, s := range fastUnmarshalSeeds {
+		for n := range len(s.body) {
+			body := []byte(s.body[:n])
+			checkFastUnmarshal(t, body)
+			var fast, ref runtimeapi.InferRequest
+			if json.Unmarshal(body, &ref) != nil && fastUnmarshal(body, &fast) {
+				t.Fatalf("fastUnmarshal(%q) accepted what encoding/json refuses", body)
+			}
 		}
 	}
 }

@@ -14,6 +14,10 @@
 # unmutated suite's time, measured once at the start: raise it when the machine's load
 # rises during a run (a timed-out mutant is neither killed nor lived, so it hides).
 #
+# MUTATE_UNCOVERED=1 judges, after gremlins, the mutants it left "not covered" (those in a
+# `case` expression are run by the tests but never judged by gremlins 0.6.0), one at a
+# time with go test -overlay (scripts/mutate-judge.py); they then count in the efficacy.
+#
 # MUTATE_DIFF=REF (make mutate-diff) mutates only the lines changed since the merge base
 # of REF and the working tree (git diff --merge-base REF), and skips a core none of whose
 # mutated files changed. gremlins' own --diff cannot match its mutants' paths with the
@@ -69,6 +73,13 @@ for spec in "$@"; do
 	env "${envs[@]}" GOFLAGS="$(go env GOFLAGS) ${testflags//,/ }" "$gobin/gremlins" unleash "$pkg" \
 		--workers "$workers" --timeout-coefficient "${MUTATE_TIMEOUT_COEFFICIENT:-10}" \
 		"${args[@]}" -o "$out/$name.json" >"$out/$name.log" 2>&1 || true
+	if [[ ${MUTATE_UNCOVERED:-} == 1 ]]; then
+		# gremlins leaves a mutant in a `case` expression "not covered" (it reads Go's
+		# coverage profile, which counts the clause's body): judge those with go test
+		# -overlay, which changes no file (scripts/mutate-judge.py).
+		env GOFLAGS="$(go env GOFLAGS) ${testflags//,/ }" python3 scripts/mutate-judge.py \
+			--out "$out/$name.json" "$pkg" "$out/$name.json" >>"$out/$name.log" 2>&1 || true
+	fi
 	secs=$(( $(date +%s) - start ))
 	read -r eff killed lived notcov timedout < <(python3 - "$out/$name.json" <<'PY'
 import json, sys
