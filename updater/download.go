@@ -22,8 +22,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/rollback"
@@ -85,17 +87,21 @@ type Backoff struct {
 // Downloader streams targets to files and resumes interrupted downloads with HTTP Range
 // from a durable checkpoint (the offset and the marshalled hash state, in
 // <dst>.part.state beside <dst>.part). Every byte is read from the network once, written
-// once and hashed once: a goroutine hashes the buffers already written while the next one
-// is read, and the disk starts writing each buffer back as soon as it is written, so the
-// checkpoints and the final sync wait for little. Memory use is three buffers whatever
-// the target's size. The zero value is usable. A Downloader is safe for concurrent use on
+// once and hashed once, and the three overlap: while the reading goroutine fills the next
+// buffer, a writer goroutine writes the last one and a hasher goroutine hashes it, from
+// the same memory. A download of at least 1 MiB is written straight to the disk where the
+// file system allows it (O_DIRECT, aligned buffers): no copy into the page cache and no
+// dirty pages left for the checkpoints and the final sync to wait for. Elsewhere writes go
+// through the page cache, whose writeback is started every 8 MiB and waited for one step
+// later, so that little is dirty at any time. Memory use is four buffers whatever the
+// target's size. The zero value is usable. A Downloader is safe for concurrent use on
 // different destinations.
 type Downloader struct {
 	// Client makes the requests. Nil means http.DefaultClient.
 	Client *http.Client
-	// BufferSize is the size of each read, write and hash step; 0 means 256 KiB (a
-	// download holds three, which stay in a core's L2 cache). It is capped at
-	// CheckpointBytes.
+	// BufferSize is the size of each read, write and hash step; 0 means 1 MiB for
+	// direct writes and 256 KiB through the page cache (a download holds four). It is
+	// capped at CheckpointBytes. Direct writes need a multiple of 4 KiB.
 	BufferSize int
 	// CheckpointBytes is how much is written between durable checkpoints; 0 means 64 MiB.
 	// A checkpoint waits for the bytes so far to be on the disk (fdatasync), then
@@ -120,10 +126,17 @@ type Downloader struct {
 	Logger *slog.Logger
 
 	crash crashpoint.Counter
-	// wrapFile, when set (tests), wraps the partial file's writer (e.g. to fail like a full disk).
-	wrapFile func(io.Writer) io.Writer
+	// wrapFile, when set (tests), wraps the partial file's writers, the page cache's
+	// and the direct one (e.g. to fail like a full disk).
+	wrapFile func(io.WriterAt) io.WriterAt
 	// noWriteback, when set (benchmarks), leaves writeback to the kernel until the syncs.
 	noWriteback bool
+	// noDirect, when set (benchmarks), writes everything through the page cache.
+	noDirect bool
+	// directMin, when positive (tests), replaces directMinBytes.
+	directMin int64
+	// directBytes, when set (tests), counts the bytes written straight to the disk.
+	directBytes *atomic.Int64
 }
 
 func (d *Downloader) logger() *slog.Logger {
@@ -438,73 +451,189 @@ func classifyWrite(err error) error {
 	return err
 }
 
-// hashPipe hashes written buffers in its own goroutine while the next one is read and
-// written. Buffers cycle between the reader (spare) and the hasher (busy of them); the
-// hash state may be read or reset only when the pipe is drained.
-type hashPipe struct {
-	hs    []hash.Hash
-	work  chan []byte
-	back  chan []byte
-	spare [][]byte
-	busy  int
+// chunk is one buffer on its way through a writePipe.
+type chunk struct {
+	buf  []byte       // the whole buffer, aligned for direct writes
+	b    []byte       // its filled part
+	off  int64        // b's offset in the file
+	left atomic.Int32 // stages (write, hash) still to run on it
+	err  error        // the write's error (or an earlier write's), set by the writer
 }
 
-// newHashPipe starts a hasher over hs with n buffers of size bytes. Close it.
-func newHashPipe(hs map[string]hash.Hash, size, n int) *hashPipe {
-	p := &hashPipe{work: make(chan []byte, n), back: make(chan []byte, n)}
+// writePipe writes and hashes buffers off the reading goroutine: a writer goroutine
+// writes each at its offset and a hasher goroutine hashes it, both at once from the same
+// buffer, while the reader fills the next one; a buffer comes back when both are done.
+// Buffers cycle between the reader (spare) and the two stages (busy of them); the hash
+// state and the file may be read only when the pipe is drained.
+type writePipe struct {
+	hs []hash.Hash
+	// w takes the writes that go through the page cache (the partial file, or a
+	// test's wrapper of it); f is the partial file, for the writeback hints.
+	w io.WriterAt
+	f *os.File
+	// direct, when not nil, writes to the same file opened for direct writes (or a
+	// test's wrapper of it): aligned buffers at aligned offsets go through it, straight
+	// to the disk. directFile is that descriptor, which close closes.
+	direct     io.WriterAt
+	directFile *os.File
+	// writeback: start writing back what goes through the page cache early, and bound
+	// what is dirty (see fetch).
+	writeback bool
+	// directBytes, if not nil, counts the bytes written through direct.
+	directBytes *atomic.Int64
+
+	write, hash chan *chunk
+	back        chan *chunk
+	done        chan struct{} // closed when the writer has returned
+	spare       []*chunk
+	busy        int
+	err         error // the first write error among the buffers back
+}
+
+// newWritePipe starts the writer and the hasher with n buffers of size bytes. Close it.
+func newWritePipe(hs map[string]hash.Hash, w io.WriterAt, f *os.File, direct io.WriterAt, size, n int) *writePipe {
+	p := &writePipe{w: w, f: f, direct: direct, write: make(chan *chunk, n), hash: make(chan *chunk, n),
+		back: make(chan *chunk, n), done: make(chan struct{})}
 	for _, h := range hs {
 		p.hs = append(p.hs, h)
 	}
 	for range n {
-		p.spare = append(p.spare, make([]byte, size))
+		p.spare = append(p.spare, &chunk{buf: alignedBuffer(size)})
 	}
+	go p.writer()
 	go func() {
-		for b := range p.work {
+		for c := range p.hash {
 			for _, h := range p.hs {
-				h.Write(b)
+				h.Write(c.b)
 			}
-			p.back <- b
+			p.finish(c)
 		}
 	}()
 	return p
 }
 
-// get returns a free buffer, waiting for the hasher when all are at work.
-func (p *hashPipe) get() []byte {
+// alignedBuffer returns size bytes starting at a multiple of directAlign.
+func alignedBuffer(size int) []byte {
+	b := make([]byte, size+directAlign)
+	skip := (directAlign - int(uintptr(unsafe.Pointer(&b[0]))%directAlign)) % directAlign
+	return b[skip : skip+size : skip+size]
+}
+
+// finish marks one stage of c done and hands c back after the last.
+func (p *writePipe) finish(c *chunk) {
+	if c.left.Add(-1) == 0 {
+		p.back <- c
+	}
+}
+
+// writer writes the buffers in order. After a failed write it writes nothing more and
+// gives every later buffer the same error.
+func (p *writePipe) writer() {
+	defer close(p.done)
+	var (
+		failed error
+		dio    = p.direct
+		// [waited, started) is being written back; [started, end) is dirty.
+		waited, started, end int64 = -1, 0, 0
+	)
+	for c := range p.write {
+		if failed == nil {
+			direct := dio != nil && c.off%directAlign == 0 && len(c.b)%directAlign == 0
+			if direct {
+				_, err := dio.WriteAt(c.b, c.off)
+				if errors.Is(err, syscall.EINVAL) {
+					// The file system takes no direct writes after all (alignment, or
+					// none at all): the page cache from here.
+					dio, direct = nil, false
+				} else if err != nil {
+					failed = classifyWrite(err)
+				} else if p.directBytes != nil {
+					p.directBytes.Add(int64(len(c.b)))
+				}
+			}
+			if !direct && failed == nil {
+				if _, err := p.w.WriteAt(c.b, c.off); err != nil {
+					failed = classifyWrite(err)
+				} else if p.writeback {
+					if waited < 0 {
+						waited, started = c.off, c.off
+					}
+					if end = c.off + int64(len(c.b)); end-started >= writebackBytes {
+						// Start the disk on what was written, so that the syncs find
+						// little to do, and wait for what was started before it, so
+						// that at most about two steps' worth is dirty at a time.
+						startWriteback(p.f, started, end-started)
+						if started > waited {
+							awaitWriteback(p.f, waited, started-waited)
+						}
+						waited, started = started, end
+					}
+				}
+			}
+		}
+		c.err = failed
+		p.finish(c)
+	}
+}
+
+// get returns a free buffer, waiting for the stages when all are at work.
+func (p *writePipe) get() *chunk {
 	if n := len(p.spare); n > 0 {
-		b := p.spare[n-1]
+		c := p.spare[n-1]
 		p.spare = p.spare[:n-1]
-		return b[:cap(b)]
+		return c
 	}
-	b := <-p.back
+	c := <-p.back
 	p.busy--
-	return b[:cap(b)]
+	p.note(c)
+	return c
 }
 
-// unget returns a buffer that was not handed to the hasher.
-func (p *hashPipe) unget(b []byte) { p.spare = append(p.spare, b) }
-
-// put hands the written b to the hasher.
-func (p *hashPipe) put(b []byte) {
-	p.busy++
-	p.work <- b
-}
-
-// drain waits until every buffer handed over is hashed.
-func (p *hashPipe) drain() {
-	for p.busy > 0 {
-		p.spare = append(p.spare, <-p.back)
-		p.busy--
+func (p *writePipe) note(c *chunk) {
+	if c.err != nil && p.err == nil {
+		p.err = c.err
 	}
 }
 
-// close drains the pipe and stops its hasher.
-func (p *hashPipe) close() {
-	p.drain()
-	close(p.work)
+// unget returns a buffer that was not handed over.
+func (p *writePipe) unget(c *chunk) { p.spare = append(p.spare, c) }
+
+// put hands c's first n bytes, at offset off, to the writer and the hasher.
+func (p *writePipe) put(c *chunk, n int, off int64) {
+	c.b, c.off, c.err = c.buf[:n], off, nil
+	c.left.Store(2)
+	p.busy++
+	p.write <- c
+	p.hash <- c
 }
 
-// writebackBytes is how much is written before the disk is asked to start writing it.
+// drain waits until every buffer handed over is written and hashed, and returns the
+// first write error.
+func (p *writePipe) drain() error {
+	for p.busy > 0 {
+		c := <-p.back
+		p.busy--
+		p.note(c)
+		p.spare = append(p.spare, c)
+	}
+	return p.err
+}
+
+// close drains the pipe, stops its goroutines and closes the direct descriptor; it
+// returns the first write error.
+func (p *writePipe) close() error {
+	err := p.drain()
+	close(p.write)
+	close(p.hash)
+	<-p.done
+	if p.directFile != nil {
+		p.directFile.Close()
+	}
+	return err
+}
+
+// writebackBytes is how much is written through the page cache before the disk is
+// asked to start writing it.
 const writebackBytes = 8 << 20
 
 // fill reads into b until it is full, the body ends or fails; progress is called after
@@ -536,7 +665,8 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	timer := time.AfterFunc(stall, func() { cancel(ErrStalled) })
 	defer timer.Stop()
 	defer func() {
-		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && !errors.Is(err, ErrStalled) {
+		var de *DownloadError
+		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && !errors.Is(err, ErrStalled) && !(errors.As(err, &de) && de.perm) {
 			err = &DownloadError{URL: url, Err: fmt.Errorf("%w: nothing received for %v at %d of %d bytes", ErrStalled, stall, p.offset, want.Length)}
 		}
 	}()
@@ -592,9 +722,6 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	if err := p.f.Truncate(p.offset); err != nil {
 		return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
 	}
-	if _, err := p.f.Seek(p.offset, io.SeekStart); err != nil {
-		return err
-	}
 	every := d.CheckpointBytes
 	if every <= 0 {
 		every = 64 << 20
@@ -603,41 +730,71 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	if interval == 0 {
 		interval = time.Second
 	}
-	size := d.BufferSize
-	if size <= 0 {
-		size = 256 << 10
-	}
-	size = int(min(int64(size), every))
-	var w io.Writer = p.f
+	var w io.WriterAt = p.f
 	if d.wrapFile != nil {
 		w = d.wrapFile(w)
 	}
-	pipe := newHashPipe(p.hs, size, 3)
-	defer pipe.close()
+	// A large download goes straight to the disk where the file system allows it.
+	var (
+		directFile *os.File
+		direct     io.WriterAt
+	)
+	directMin := d.directMin
+	if directMin <= 0 {
+		directMin = directMinBytes
+	}
+	if !d.noDirect && want.Length-p.offset >= directMin {
+		if directFile = openDirect(p.path); directFile != nil {
+			direct = directFile
+			if d.wrapFile != nil {
+				direct = d.wrapFile(direct)
+			}
+		}
+	}
+	size := d.BufferSize
+	if size <= 0 {
+		size = 256 << 10
+		if direct != nil {
+			size = 1 << 20
+		}
+	}
+	size = int(min(int64(size), every))
+	pipe := newWritePipe(p.hs, w, p.f, direct, size, pipeBuffers)
+	pipe.directFile, pipe.writeback, pipe.directBytes = directFile, !d.noWriteback, d.directBytes
+	defer func() {
+		// Every buffer handed over is written and hashed before this returns; a write
+		// that failed is the error, whatever the reading did after it.
+		if werr := pipe.close(); werr != nil {
+			err = &DownloadError{URL: url, Err: werr, perm: true}
+		}
+	}()
 	body := io.LimitReader(resp.Body, want.Length-p.offset+1) // one more byte reveals an over-long body
-	last, lastAt, flushed := p.offset, time.Now(), p.offset
+	last, lastAt := p.offset, time.Now()
 	progress := func() { timer.Reset(stall) }
 	for {
-		buf := pipe.get()
-		n, rerr := fill(body, buf, progress)
+		c := pipe.get()
+		if pipe.err != nil {
+			pipe.unget(c)
+			return &DownloadError{URL: url, Err: pipe.err, perm: true}
+		}
+		b := c.buf
+		if r := p.offset % directAlign; direct != nil && r != 0 {
+			// A resumed download starts mid-block: this buffer reaches the next
+			// boundary, so that the following ones can go straight to the disk.
+			b = b[:min(int64(len(b)), directAlign-r)]
+		}
+		n, rerr := fill(body, b, progress)
 		if n > 0 {
 			if p.offset+int64(n) > want.Length {
-				pipe.unget(buf)
+				pipe.unget(c)
 				return &DownloadError{URL: url, Err: fmt.Errorf("%w (%d)", ErrTooLong, want.Length), perm: true}
 			}
-			if _, err := w.Write(buf[:n]); err != nil {
-				pipe.unget(buf)
-				return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
-			}
-			pipe.put(buf[:n])
+			pipe.put(c, n, p.offset)
 			p.offset += int64(n)
-			if !d.noWriteback && p.offset-flushed >= writebackBytes {
-				// Start the disk on what was written, so that the syncs find little to do.
-				startWriteback(p.f, flushed, p.offset-flushed)
-				flushed = p.offset
-			}
 			if p.offset-last >= every && (interval < 0 || time.Since(lastAt) >= interval) {
-				pipe.drain()
+				if err := pipe.drain(); err != nil {
+					return &DownloadError{URL: url, Err: err, perm: true}
+				}
 				if err := p.checkpoint(want); err != nil {
 					return &DownloadError{URL: url, Err: classifyWrite(err), perm: true}
 				}
@@ -645,7 +802,7 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 				crashpoint.Hit(&d.crash, "mid-download")
 			}
 		} else {
-			pipe.unget(buf)
+			pipe.unget(c)
 		}
 		if rerr == io.EOF {
 			if p.offset < want.Length {
@@ -658,6 +815,15 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 		}
 	}
 }
+
+// pipeBuffers is how many buffers a download cycles: one being read into, one or
+// more being written (a direct write waits for the disk), one being hashed.
+const pipeBuffers = 4
+
+// directMinBytes is the least a download must have left to write for its buffers to go
+// straight to the disk; smaller ones (less than one default buffer) go through the page
+// cache.
+const directMinBytes = 1 << 20
 
 // contentRangeStart parses "bytes START-END/TOTAL".
 func contentRangeStart(h string) (int64, bool) {

@@ -267,39 +267,53 @@ func TestDownloadBackoff(t *testing.T) {
 	}
 }
 
-// fullDisk fails every write after room bytes with ENOSPC, like a full file system.
+// fullDisk fails every write after *room bytes with ENOSPC, like a full file system.
 type fullDisk struct {
-	w    io.Writer
-	room int
+	w    io.WriterAt
+	room *int
 }
 
-func (f *fullDisk) Write(b []byte) (int, error) {
-	if len(b) > f.room {
-		n, _ := f.w.Write(b[:f.room])
-		f.room = 0
+func (f *fullDisk) WriteAt(b []byte, off int64) (int, error) {
+	if len(b) > *f.room {
+		n, _ := f.w.WriteAt(b[:*f.room], off)
+		*f.room = 0
 		return n, &os.PathError{Op: "write", Path: "payload.part", Err: syscall.ENOSPC}
 	}
-	f.room -= len(b)
-	return f.w.Write(b)
+	*f.room -= len(b)
+	return f.w.WriteAt(b, off)
 }
 
+// TestDownloadDiskFull: a write that finds the disk full fails the download at once,
+// through the page cache and straight to the disk alike, and leaves nothing behind.
 func TestDownloadDiskFull(t *testing.T) {
 	content := randomBytes(64 << 10)
-	o := &origin{content: content}
-	srv := httptest.NewServer(o)
-	defer srv.Close()
-	dir := t.TempDir()
-	d := testDownloader(nil)
-	d.wrapFile = func(w io.Writer) io.Writer { return &fullDisk{w: w, room: 10 << 10} }
-	err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(dir, "payload"))
-	if !errors.Is(err, ErrDiskFull) || !rollback.IsPermanent(err) {
-		t.Fatalf("Download = %v; want a permanent ErrDiskFull", err)
-	}
-	if len(o.requests) != 1 {
-		t.Errorf("%d requests; a full disk must not be retried", len(o.requests))
-	}
-	if l := leftovers(t, dir); len(l) != 0 {
-		t.Errorf("files left behind: %v", l)
+	for _, direct := range []bool{false, true} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			o := &origin{content: content}
+			srv := httptest.NewServer(o)
+			defer srv.Close()
+			dir := t.TempDir()
+			d := testDownloader(nil)
+			room := 10 << 10
+			d.wrapFile = func(w io.WriterAt) io.WriterAt { return &fullDisk{w: w, room: &room} }
+			if direct {
+				requireDirect(t, dir)
+				d.BufferSize, d.directMin, d.directBytes = 4<<10, 1, new(atomic.Int64)
+			}
+			err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(dir, "payload"))
+			if !errors.Is(err, ErrDiskFull) || !rollback.IsPermanent(err) {
+				t.Fatalf("Download = %v; want a permanent ErrDiskFull", err)
+			}
+			if len(o.requests) != 1 {
+				t.Errorf("%d requests; a full disk must not be retried", len(o.requests))
+			}
+			if l := leftovers(t, dir); len(l) != 0 {
+				t.Errorf("files left behind: %v", l)
+			}
+			if direct && d.directBytes.Load() == 0 {
+				t.Errorf("no byte was written straight to the disk")
+			}
+		})
 	}
 }
 
@@ -448,6 +462,71 @@ func TestDownloadProvesOnlyWhatItHashed(t *testing.T) {
 			now, err := os.Stat(dst)
 			if err != nil || !os.SameFile(fi, now) || !fi.ModTime().Equal(now.ModTime()) || fi.Size() != int64(len(content)) {
 				t.Errorf("proof %v does not name the payload %v (%v)", fi, now, err)
+			}
+		})
+	}
+}
+
+// requireDirect skips the test where dir's file system takes no direct writes.
+func requireDirect(t *testing.T, dir string) {
+	t.Helper()
+	probe := filepath.Join(dir, "direct-probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(probe)
+	f := openDirect(probe)
+	if f == nil {
+		t.Skipf("%s takes no direct writes (O_DIRECT) on this platform or file system", dir)
+	}
+	f.Close()
+}
+
+// TestDownloadDirect: a download written straight to the disk holds exactly the target,
+// also when it is cut mid-block and resumed, within the call or by a later process from
+// its checkpoint, and with a last block that is not whole. After a resume mid-block it
+// goes back to direct writes from the next block boundary.
+func TestDownloadDirect(t *testing.T) {
+	content := randomBytes(200<<10 + 123)
+	const cut = 50<<10 + 7 // not on a block boundary
+	for _, earlier := range []bool{false, true} {
+		t.Run(fmt.Sprintf("earlier process=%v", earlier), func(t *testing.T) {
+			dir := t.TempDir()
+			requireDirect(t, dir)
+			o := &origin{content: content, cutAt: []int{cut}}
+			srv := httptest.NewServer(o)
+			defer srv.Close()
+			dst := filepath.Join(dir, "payload")
+			newDownloader := func() *Downloader {
+				d := testDownloader(nil)
+				d.BufferSize, d.CheckpointBytes, d.directMin, d.directBytes = 16<<10, 32<<10, 1, new(atomic.Int64)
+				return d
+			}
+			ctx := context.Background()
+			if earlier {
+				first := newDownloader()
+				first.Retry.Attempts = 1
+				if err := first.Download(ctx, srv.URL, wantOf(content), dst); !errors.Is(err, ErrTruncated) {
+					t.Fatalf("first Download = %v; want ErrTruncated", err)
+				}
+			}
+			d := newDownloader()
+			if err := d.Download(ctx, srv.URL, wantOf(content), dst); err != nil {
+				t.Fatalf("Download = %v", err)
+			}
+			got, err := os.ReadFile(dst)
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("payload: %d bytes (%v), equal %v; want the %d bytes of the target", len(got), err, bytes.Equal(got, content), len(content))
+			}
+			if want := []string{"", fmt.Sprintf("bytes=%d-", cut)}; fmt.Sprint(o.requests) != fmt.Sprint(want) {
+				t.Errorf("requests %q; want %q", o.requests, want)
+			}
+			// All but the block after the cut, the last block and one buffer of slack.
+			if n, least := d.directBytes.Load(), int64(len(content)-cut-(32<<10)); n < least {
+				t.Errorf("%d bytes written straight to the disk after the resume; want at least %d", n, least)
+			}
+			if l := leftovers(t, dir); len(l) != 1 {
+				t.Errorf("files left: %v; want only the payload", l)
 			}
 		})
 	}
