@@ -31,6 +31,16 @@ type SQLite struct {
 	// IMMEDIATE) instead of at its first write, so a read-then-write transaction
 	// cannot fail half-way on a lock upgrade. Zero means deferred transactions.
 	ImmediateTx bool
+	// CacheMiB is each connection's page cache (cache_size) in MiB. Zero means sqlite's
+	// default, 2 MiB.
+	CacheMiB int
+	// WALAutoCheckpoint is the size of the write-ahead log, in pages, at which a commit
+	// copies it back into the database file (wal_autocheckpoint). Zero means sqlite's
+	// default, 1,000 pages (4 MiB). A larger log is checkpointed less often, and a page
+	// that many commits rewrote is then written to the database file once instead of
+	// once per checkpoint; each commit is still fsynced (synchronous=FULL) before it
+	// returns.
+	WALAutoCheckpoint int
 }
 
 // OpenSQLite opens (creating if needed) the sqlite database at path with the pragmas
@@ -50,6 +60,12 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 		"temp_store(MEMORY)",
 	} {
 		q.Add("_pragma", p)
+	}
+	if cfg.CacheMiB > 0 {
+		q.Add("_pragma", fmt.Sprintf("cache_size(%d)", -cfg.CacheMiB<<10))
+	}
+	if cfg.WALAutoCheckpoint > 0 {
+		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", cfg.WALAutoCheckpoint))
 	}
 	if cfg.ImmediateTx {
 		q.Set("_txlock", "immediate")

@@ -12,9 +12,13 @@ import (
 func TestOpenSQLitePragmas(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
-		cfg  SQLite
-		busy int
-	}{{SQLite{}, 10000}, {SQLite{BusyTimeout: 250 * time.Millisecond, MaxOpenConns: 1, ImmediateTx: true}, 250}} {
+		cfg               SQLite
+		busy              int
+		cache, checkpoint string
+	}{
+		{SQLite{}, 10000, "-2000", "1000"},
+		{SQLite{BusyTimeout: 250 * time.Millisecond, MaxOpenConns: 1, ImmediateTx: true, CacheMiB: 48, WALAutoCheckpoint: 6000}, 250, "-49152", "6000"},
+	} {
 		path := filepath.Join(t.TempDir(), "x.db")
 		db, err := OpenSQLite(ctx, path, tc.cfg)
 		if err != nil {
@@ -23,7 +27,8 @@ func TestOpenSQLitePragmas(t *testing.T) {
 		for _, p := range []struct {
 			pragma string
 			want   string
-		}{{"journal_mode", "wal"}, {"synchronous", "2"}, {"foreign_keys", "1"}, {"temp_store", "2"}, {"busy_timeout", strconv.Itoa(tc.busy)}} {
+		}{{"journal_mode", "wal"}, {"synchronous", "2"}, {"foreign_keys", "1"}, {"temp_store", "2"}, {"busy_timeout", strconv.Itoa(tc.busy)},
+			{"cache_size", tc.cache}, {"wal_autocheckpoint", tc.checkpoint}} {
 			var got string
 			if err := db.QueryRowContext(ctx, "PRAGMA "+p.pragma).Scan(&got); err != nil || got != p.want {
 				t.Errorf("OpenSQLite(%+v): PRAGMA %s = %q, %v; want %q", tc.cfg, p.pragma, got, err, p.want)

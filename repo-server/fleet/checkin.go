@@ -84,7 +84,9 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 	}
 	err := s.tx(ctx, func(tx *txn) error {
 		if a.Nonce != nil {
-			expired, err := consumeNonceTx(ctx, tx, id, a.Nonce, a.Now)
+			// With a.NextNonce, the row is rewritten to hold it (the device's one row,
+			// no pruning: IssueNonce's job).
+			expired, err := consumeNonceTx(ctx, tx, id, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
 			if err != nil {
 				return err
 			}
@@ -158,14 +160,16 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		if err := s.record(ctx, tx, out.Audit...); err != nil {
 			return err
 		}
+		// The rollouts' states as read above, unless this check-in planned them again:
+		// nothing else in this transaction writes them.
+		states := a.States
 		if out.Replan {
 			if _, err := s.planTx(ctx, tx, p, a.Now); err != nil {
 				return err
 			}
-		}
-		states, err := policyStates(ctx, tx, p)
-		if err != nil {
-			return err
+			if states, err = policyStates(ctx, tx, p); err != nil {
+				return err
+			}
 		}
 		dec := policy.Evaluate(p, &out.Device.Device, states, a.Now, cat)
 		if err := recordDecision(ctx, tx, dec); err != nil {
@@ -174,7 +178,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		if err := recordOffers(ctx, tx, dec); err != nil {
 			return err
 		}
-		if a.NextNonce != nil {
+		if a.NextNonce != nil && a.Nonce == nil {
 			// The device is authenticated: its one row, no pruning (IssueNonce's job).
 			if err := putNonceTx(ctx, tx, id, a.NextNonce, a.NextNonceExpires); err != nil {
 				return fmt.Errorf("next nonce: %w", err)

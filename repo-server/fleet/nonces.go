@@ -55,7 +55,7 @@ func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, n
 	expired := false
 	err := s.tx(ctx, func(tx *txn) error {
 		var err error
-		expired, err = consumeNonceTx(ctx, tx, device, nonce, now)
+		expired, err = consumeNonceTx(ctx, tx, device, nonce, nil, time.Time{}, now)
 		return err
 	})
 	switch {
@@ -67,10 +67,13 @@ func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, n
 	return nil
 }
 
-// consumeNonceTx removes device's outstanding nonce in tx if it is nonce
-// (ErrNonceUnknown, and nothing removed, if it is not) and reports whether it had
-// expired before now.
-func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, now time.Time) (expired bool, err error) {
+// consumeNonceTx uses up device's outstanding nonce in tx if it is nonce
+// (ErrNonceUnknown, and nothing changed, if it is not) and reports whether it had
+// expired before now. Its row is removed, or, with next set, rewritten in place to hold
+// next (expiring at nextExpires) as the device's outstanding nonce: either way the
+// consumed nonce is gone, and a check-in that issues the next nonce (Admission.NextNonce)
+// touches the device's one row once instead of deleting and inserting it.
+func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
 	var got []byte
 	var expires int64
 	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)
@@ -80,8 +83,13 @@ func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, n
 	if err != nil {
 		return false, err
 	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, device); err != nil {
+	if next != nil {
+		_, err = tx.ExecContext(ctx, `UPDATE nonces SET nonce = ?, expires_at = ? WHERE device_id = ?`, next, ns(nextExpires), device)
+	} else {
+		_, err = tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, device)
+	}
+	if err != nil {
 		return false, err
 	}
-	return now.After(fromNS(expires)), nil // deleted all the same: single use
+	return now.After(fromNS(expires)), nil // used up all the same: single use
 }

@@ -173,8 +173,16 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	if err := a.IssueNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceExpired) {
+	// The consumed row holds the next nonce only once the check-in commits: an
+	// expired nonce issues none.
+	n4 := bytes.Repeat([]byte{4}, 32)
+	late := admission(n2, t0.Add(4*time.Minute), "r3")
+	late.NextNonce, late.NextNonceExpires = n4, t0.Add(6*time.Minute)
+	if _, err := a.Admit(ctx, late, nil); !errors.Is(err, ErrNonceExpired) {
 		t.Fatalf("Admit(expired nonce) = %v; want ErrNonceExpired", err)
+	}
+	if _, err := a.Admit(ctx, admission(n4, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("Admit(the next nonce of a refused check-in) = %v; want ErrNonceUnknown", err)
 	}
 	if d, r, v := stored(); d != 1 || r != 2 || v != 2 {
 		t.Fatalf("stored %d devices, %d reports, %d verdicts; want the two check-ins that committed", d, r, v)
