@@ -172,6 +172,11 @@ func benchCheckIn(ctx context.Context, cfg *config) (*CheckInResult, error) {
 	res := &CheckInResult{Devices: 3 * n, Quotes: n, Rounds: rounds,
 		Evidence:    "TPM 2.0 reference simulator (in-process), RSA-2048 EK and AK, AK certificate from attest/attestca (ECDSA P-256), quote over PCRs 0 and 16 with a 2-event measurement log; verified by attest/verify",
 		NotMeasured: checkInNotMeasured}
+	if cfg.checkinHTTPOnly {
+		var err error
+		res.HTTP, err = benchCheckInHTTP(ctx, cfg, n, rounds)
+		return res, err
+	}
 	dir, err := os.MkdirTemp(cfg.work, "checkin-")
 	if err != nil {
 		return nil, err

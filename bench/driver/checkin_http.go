@@ -1,16 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,14 +87,18 @@ func benchCheckInHTTP(ctx context.Context, cfg *config, n, rounds int) ([]CheckI
 	defer pg.Stop()
 	var rows []CheckInHTTPRow
 	for _, s := range []struct {
+		key      string // of cfg.checkinSetups
 		name     string
 		servers  int
 		postgres bool
 	}{
-		{"sqlite, 1 server", 1, false},
-		{"PostgreSQL, 1 server", 1, true},
-		{"PostgreSQL, 3 replicas behind nginx", 3, true},
+		{"sqlite", "sqlite, 1 server", 1, false},
+		{"postgres", "PostgreSQL, 1 server", 1, true},
+		{"replicas", "PostgreSQL, 3 replicas behind nginx", 3, true},
 	} {
+		if !slices.Contains(strings.Split(cfg.checkinSetups, ","), s.key) {
+			continue
+		}
 		db := ""
 		if s.postgres {
 			var err error
@@ -166,15 +175,15 @@ func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int
 		if err != nil {
 			return row, err
 		}
-		devs[i] = &benchDevice{soft: soft}
+		devs[i] = &benchDevice{soft: soft, req: wire.CheckInRequest{DeviceID: soft.ID, Labels: map[string]string{"line": "press"},
+			Hardware: "x86_64", AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}}}
 	}
 	// One keep-alive connection per device in flight, as a device keeps its own.
-	api := &deviceapi.Client{BaseURL: base, HTTP: &http.Client{Transport: &http.Transport{
-		MaxIdleConns: checkInHTTPDevices, MaxIdleConnsPerHost: checkInHTTPDevices, IdleConnTimeout: time.Minute}}}
-	defer api.HTTP.CloseIdleConnections()
+	conns := newConnPool(strings.TrimPrefix(base, "http://"), checkInHTTPInFlight)
+	defer conns.close()
 	// Warm up: every device enrolls (first check-in), the servers prepare their
 	// statements and keep the AK certificates verified.
-	if _, err := driveCheckIns(ctx, api, devs, checkInHTTPDevices); err != nil {
+	if _, err := driveCheckIns(ctx, conns, devs, checkInHTTPDevices); err != nil {
 		return row, err
 	}
 	var perSec, srv, dbc, prx, cli []float64
@@ -182,7 +191,7 @@ func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int
 		s0, d0, p0 := procTreeCPU(serverPIDs, false), pgCPU(pg, db), proxyCPU(proxy)
 		c0 := selfCPU()
 		t0 := time.Now()
-		asked, err := driveCheckIns(ctx, api, devs, n)
+		asked, err := driveCheckIns(ctx, conns, devs, n)
 		if err != nil {
 			return row, err
 		}
@@ -205,11 +214,13 @@ func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int
 	return row, nil
 }
 
-// benchDevice is a simulated device and the nonce its last check-in's answer issued
-// for the next one (wire.CheckInResponse.NextNonce), as the agent keeps it.
+// benchDevice is a simulated device, its check-in's facts (the same at every check-in)
+// and the nonce its last check-in's answer issued for the next one
+// (wire.CheckInResponse.NextNonce), as the agent keeps it.
 type benchDevice struct {
 	mu   sync.Mutex
 	soft *attesttest.SoftDevice
+	req  wire.CheckInRequest // without nonce and evidence
 	next []byte
 }
 
@@ -217,7 +228,7 @@ type benchDevice struct {
 // at a time, and fails on the first that is not answered trusted. It returns how many
 // of them asked for a nonce first (the others quoted over the nonce their last answer
 // issued).
-func driveCheckIns(ctx context.Context, api *deviceapi.Client, devs []*benchDevice, n int) (int64, error) {
+func driveCheckIns(ctx context.Context, conns *connPool, devs []*benchDevice, n int) (int64, error) {
 	var next, asked atomic.Int64
 	_, err := parallel(n, checkInHTTPInFlight, func(int) error {
 		d := devs[int(next.Add(1)-1)%len(devs)]
@@ -226,7 +237,9 @@ func driveCheckIns(ctx context.Context, api *deviceapi.Client, devs []*benchDevi
 		if d.next == nil {
 			asked.Add(1)
 		}
-		return softCheckIn(ctx, api, d)
+		c := conns.get()
+		defer conns.put(c)
+		return softCheckIn(ctx, c, d)
 	})
 	return asked.Load(), err
 }
@@ -235,19 +248,20 @@ func driveCheckIns(ctx context.Context, api *deviceapi.Client, devs []*benchDevi
 // answer issued (or, without one or when the server refuses it, a new nonce from
 // PathNonce), a quote over the request, the check-in. Every quote is a new ECDSA
 // signature by the device's key over this request and nonce, which the server verifies.
-func softCheckIn(ctx context.Context, api *deviceapi.Client, d *benchDevice) error {
+func softCheckIn(ctx context.Context, c *devConn, d *benchDevice) error {
 	nonce, held := d.next, d.next != nil
 	d.next = nil
 	for {
 		if !held {
-			var err error
-			if nonce, err = api.Nonce(ctx, d.soft.ID); err != nil {
+			var out wire.NonceResponse
+			if err := c.post(ctx, wire.PathNonce, wire.NonceRequest{DeviceID: d.soft.ID}, &out); err != nil {
 				return err
 			}
+			nonce = out.Nonce
 		}
-		req := &wire.CheckInRequest{DeviceID: d.soft.ID, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
-			AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}, Nonce: nonce}
-		bound, err := wire.QuoteData(nonce, req)
+		req := d.req
+		req.Nonce = nonce
+		bound, err := wire.QuoteData(nonce, &req)
 		if err != nil {
 			return err
 		}
@@ -256,7 +270,8 @@ func softCheckIn(ctx context.Context, api *deviceapi.Client, d *benchDevice) err
 			return err
 		}
 		req.Evidence = wire.Evidence{AKCert: d.soft.AKCert, Quote: q, Log: log}
-		resp, err := api.CheckIn(ctx, req)
+		var resp wire.CheckInResponse
+		err = c.post(ctx, wire.PathCheckIn, &req, &resp)
 		var apiErr *deviceapi.Error
 		if held && errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized {
 			held = false
@@ -271,6 +286,120 @@ func softCheckIn(ctx context.Context, api *deviceapi.Client, d *benchDevice) err
 		d.next = resp.NextNonce
 		return nil
 	}
+}
+
+// connPool holds the load generator's keep-alive connections to the server, one per
+// check-in in flight.
+type connPool struct {
+	addr string
+	free chan *devConn
+}
+
+func newConnPool(addr string, size int) *connPool {
+	p := &connPool{addr: addr, free: make(chan *devConn, size)}
+	for range size {
+		p.free <- &devConn{addr: addr}
+	}
+	return p
+}
+
+func (p *connPool) get() *devConn  { return <-p.free }
+func (p *connPool) put(c *devConn) { p.free <- c }
+
+func (p *connPool) close() {
+	for range cap(p.free) {
+		(<-p.free).close()
+	}
+}
+
+// devConn is a device's keep-alive HTTP/1.1 connection to the device API: what it sends
+// is what internal/deviceapi sends (a POST of the JSON request, Content-Type
+// application/json), written in one write; the answer is read with the standard
+// library's parser (http.ReadResponse, chunked bodies included) and judged as deviceapi
+// does (a status other than 200 is a *deviceapi.Error). It spares the load generator
+// http.Transport's goroutine hand-offs per request, CPU the server's cores then have.
+// Not safe for concurrent use: one check-in at a time (connPool).
+type devConn struct {
+	addr string
+	c    net.Conn
+	br   *bufio.Reader
+	buf  []byte
+}
+
+func (c *devConn) close() {
+	if c.c != nil {
+		c.c.Close()
+		c.c = nil
+	}
+}
+
+// post sends in as JSON to path and decodes a 200 answer into out. A request on a
+// kept connection that gets no answer at all (the server closed it while idle) is sent
+// again once on a new connection.
+func (c *devConn) post(ctx context.Context, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	c.buf = append(c.buf[:0], "POST "...)
+	c.buf = append(c.buf, path...)
+	c.buf = append(c.buf, " HTTP/1.1\r\nHost: "...)
+	c.buf = append(c.buf, c.addr...)
+	c.buf = append(c.buf, "\r\nUser-Agent: edgeward-bench\r\nContent-Type: application/json\r\nContent-Length: "...)
+	c.buf = strconv.AppendInt(c.buf, int64(len(body)), 10)
+	c.buf = append(c.buf, "\r\n\r\n"...)
+	c.buf = append(c.buf, body...)
+	var status int
+	var data []byte
+	for attempt := 0; ; attempt++ {
+		reused := c.c != nil
+		if !reused {
+			var d net.Dialer
+			if c.c, err = d.DialContext(ctx, "tcp", c.addr); err != nil {
+				return fmt.Errorf("device API %s: %w", path, err)
+			}
+			c.br = bufio.NewReaderSize(c.c, 8<<10)
+		}
+		if status, data, err = c.roundTrip(); err == nil {
+			break
+		}
+		c.close()
+		if !reused || attempt > 0 {
+			return fmt.Errorf("device API %s: %w", path, err)
+		}
+	}
+	if status != http.StatusOK {
+		e := &deviceapi.Error{Status: status}
+		if json.Unmarshal(data, e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(data))
+		}
+		return e
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("device API %s: bad answer: %w", path, err)
+	}
+	return nil
+}
+
+// roundTrip writes the request in c.buf and reads the answer; the connection is
+// closed afterwards when the server asked to.
+func (c *devConn) roundTrip() (int, []byte, error) {
+	if _, err := c.c.Write(c.buf); err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxRequestBytes))
+	resp.Body.Close()
+	if err != nil {
+		return 0, nil, err
+	}
+	if resp.Close {
+		c.close()
+	}
+	return resp.StatusCode, data, nil
 }
 
 // writeAttestCA creates the attestation CA `edgeward server` loads from dir (ca.key,

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -30,6 +31,11 @@ type config struct {
 	installSizes                      []int64
 	fleetSizes                        []int
 	checkins                          int
+	// checkinSetups names the check-in over HTTP setups to run ("sqlite", "postgres",
+	// "replicas"); checkinHTTPOnly skips the in-process rows before them. Both are for
+	// profiling one setup: a partial section is kept out of bench/history (-quick).
+	checkinSetups   string
+	checkinHTTPOnly bool
 }
 
 // Results is bench/results.json.
@@ -70,7 +76,24 @@ func main() {
 	out := flag.String("out", "bench/results.json", "results file")
 	doc := flag.String("doc", "docs/BENCHMARKS.md", "document whose generated section is rewritten")
 	rounds := flag.Int("rounds", 5, "rounds per comparison (medians are over rounds, then over the last 3 runs in bench/history)")
+	checkins := flag.Int("checkins", 0, "check-ins per round in the checkin section (0: 2,000, or 300 with -quick)")
+	setups := flag.String("checkin-setups", "sqlite,postgres,replicas", "check-in over HTTP setups to run; with fewer than all three, or -checkin-http-only, only with -quick (a partial section is not history)")
+	httpOnly := flag.Bool("checkin-http-only", false, "run only the check-in over HTTP rows of the checkin section (needs -quick)")
+	cpuProfile := flag.String("cpuprofile", "", "write the driver's own CPU profile (the load generator's, in the checkin section) to this file")
 	flag.Parse()
+	if (*httpOnly || *setups != "sqlite,postgres,replicas") && !*quick {
+		fatal(fmt.Errorf("-checkin-setups and -checkin-http-only run part of a section: use them with -quick"))
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg := &config{root: root, bin: filepath.Join(root, "bin"), work: filepath.Join(root, "bench", ".work"),
 		benchDir: filepath.Join(root, "bench"), ortLib: os.Getenv("ONNXRUNTIME_LIB"), rounds: *rounds,
 		inferWindow: 2 * time.Second, wrkDuration: 5 * time.Second, installSizes: []int64{256 << 20, 1 << 30},
@@ -83,6 +106,10 @@ func main() {
 		cfg.rounds, cfg.inferWindow, cfg.wrkDuration = 2, 500*time.Millisecond, 2*time.Second
 		cfg.installSizes, cfg.fleetSizes, cfg.checkins = []int64{64 << 20}, []int{200, 1000}, 300
 	}
+	if *checkins > 0 {
+		cfg.checkins = *checkins
+	}
+	cfg.checkinSetups, cfg.checkinHTTPOnly = *setups, *httpOnly
 	// Child modes (run by the driver itself as separate processes, for their own RSS).
 	if len(os.Args) > 1 && os.Args[1] == "fleet-child" {
 		os.Exit(fleetChild(os.Args[2:]))
