@@ -46,7 +46,7 @@ FUZZTIME ?= 10s
 FUZZMINIMIZE ?= 100x
 FUZZ_TARGETS := ./internal/eventlog:FuzzParse ./internal/ima:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
 	./attest/verify:FuzzTPMWire ./runtime:FuzzDecodeInferRequest ./runtime:FuzzFastUnmarshal ./runtime:FuzzDecodeBinaryRequest ./policy:FuzzParse ./policy:FuzzSelectorExpr ./rollback:FuzzStep \
-	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn ./internal/segcrypt:FuzzDecrypt
+	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn ./repo-server:FuzzMetaName ./internal/segcrypt:FuzzDecrypt
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \

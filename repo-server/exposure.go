@@ -49,6 +49,10 @@ func (s *Server) Restrict(e Exposure, why string) http.Handler {
 			s.serveMetadataFile(w, r, name)
 			return
 		}
+		if p, ok := targetRequest(r); ok { // public
+			s.serveTargetCounted(w, r, p)
+			return
+		}
 		_, pattern := s.mux.Handler(r)
 		switch {
 		case pattern == "" || publicRoutes[pattern]:

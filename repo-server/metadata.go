@@ -2,13 +2,15 @@ package reposerver
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io/fs"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,14 +18,47 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // This file is the hot path of TUF clients: GET /metadata/NAME, mostly timestamp.json
-// revalidated with If-None-Match. Per request it does one map lookup, one stat(2) of
-// the file, and writes headers computed when the file was read.
+// revalidated with If-None-Match. Per request it does one map lookup and writes headers
+// computed when the file was read; while the server runs (Serve) a directory watcher
+// tells it when to look at the file again, otherwise it checks the file with one stat(2).
 
-var metaNameRE = regexp.MustCompile(`^(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9_-]{0,63}\.json$`)
+// validMetaName reports whether name is a metadata file's name: an optional version (1
+// to 10 digits, no leading zero) and a dot, a role name (a lower-case letter, then at
+// most 63 lower-case letters, digits, '_' or '-'), then ".json". It is the regular
+// expression ^(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9_-]{0,63}\.json$ (the tests check that),
+// without its cost on every request for a file not cached (the next root version, asked
+// for at every refresh).
+func validMetaName(name string) bool {
+	rest, ok := strings.CutSuffix(name, ".json")
+	if !ok {
+		return false
+	}
+	if v, role, ok := strings.Cut(rest, "."); ok {
+		if len(v) > 10 || v == "" || v[0] == '0' {
+			return false
+		}
+		for i := 0; i < len(v); i++ {
+			if v[i] < '0' || v[i] > '9' {
+				return false
+			}
+		}
+		rest = role
+	}
+	if rest == "" || len(rest) > 64 || rest[0] < 'a' || rest[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(rest); i++ {
+		if c := rest[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
 
 // metadataRequest returns the file a request for GET or HEAD /metadata/NAME names, when
 // NAME is a valid metadata file name as it is (no escapes): the request the mux would
@@ -39,14 +74,18 @@ func (s *Server) metadataRequest(r *http.Request) (string, bool) {
 	if s.meta.has(name) {
 		return name, true // only valid names are ever cached
 	}
-	return name, metaNameRE.MatchString(name)
+	return name, validMetaName(name)
 }
 
-// serve is the server's handler: metadata requests directly, everything else through
-// the mux.
+// serve is the server's handler: metadata and target requests directly, everything
+// else through the mux.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	if name, ok := s.metadataRequest(r); ok {
 		s.serveMetadataFile(w, r, name)
+		return
+	}
+	if p, ok := targetRequest(r); ok {
+		s.serveTargetCounted(w, r, p)
 		return
 	}
 	s.mux.ServeHTTP(w, r)
@@ -55,7 +94,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 // serveMetadata is the mux's handler for GET /metadata/{file}.
 func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("file")
-	if !metaNameRE.MatchString(name) {
+	if !validMetaName(name) {
 		writeError(w, http.StatusNotFound, "no such metadata file")
 		s.metaCount.inc(http.StatusNotFound)
 		return
@@ -71,13 +110,19 @@ func (s *Server) serveMetadata(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveMetadataFile(w http.ResponseWriter, r *http.Request, name string) {
 	f, err := s.meta.get(name)
 	if err != nil {
-		code, msg := http.StatusNotFound, "no such metadata file"
-		if !errors.Is(err, os.ErrNotExist) {
-			s.log.Error("read metadata", "file", name, "err", err)
-			code, msg = http.StatusInternalServerError, "cannot read metadata"
+		if errors.Is(err, os.ErrNotExist) {
+			// Every TUF refresh asks for the next root version first, and gets this.
+			h := w.Header()
+			h["Content-Type"], h["Cache-Control"] = jsonType, noStore
+			delete(h, "Etag")
+			w.WriteHeader(http.StatusNotFound)
+			w.Write(metaNotFound)
+			s.metaCount.inc(http.StatusNotFound)
+			return
 		}
-		writeError(w, code, msg)
-		s.metaCount.inc(code)
+		s.log.Error("read metadata", "file", name, "err", err)
+		writeError(w, http.StatusInternalServerError, "cannot read metadata")
+		s.metaCount.inc(http.StatusInternalServerError)
 		return
 	}
 	h := w.Header()
@@ -112,6 +157,9 @@ func (s *Server) serveMetadataFile(w http.ResponseWriter, r *http.Request, name 
 var (
 	jsonType    = []string{"application/json"}
 	bytesRanges = []string{"bytes"}
+	noStore     = []string{"no-store"}
+	// metaNotFound is writeError's body for a metadata file that does not exist.
+	metaNotFound = []byte(`{"error":"no such metadata file"}` + "\n")
 )
 
 // etagListMatch reports whether an If-None-Match header (its values, each a list) names
@@ -140,16 +188,40 @@ func metaCacheControl(name string) string {
 }
 
 // metaCache keeps the metadata files served, by name, with their ETag and response
-// headers. Each entry is checked against the file at every request (inode, size, mtime,
-// with one stat(2)), so a file replaced by rename is read again at once, whoever wrote it
-// (this server's publish or refresh, a CLI ceremony, another replica). Bounded: it is
-// emptied when it holds more than maxEntries files. Safe for concurrent use; readers
-// take no lock.
+// headers. A file replaced by rename is served at once, whoever wrote it (this server's
+// publish or refresh, a CLI ceremony, another replica), in one of two ways:
+//
+//   - unwatched (the server is not serving, or no watcher could be made): each entry is
+//     checked against the file at every request (inode, size, mtime, with one stat(2));
+//   - watched (watch runs): an entry checked in the current generation is served without
+//     a system call. The generation moves on at every event of the directory's watcher
+//     (inotify: a rename into it, a write, a removal, a lost event), when this server
+//     changes the repository (changed, called as it releases the repository lock, before
+//     any client can have seen the change), and once every recheck interval, for writers
+//     a watcher does not see (another machine writing a shared network file system).
+//     The next request of each file then checks it with one stat(2) as above.
+//
+// Bounded: it is emptied when it holds more than maxEntries files. Safe for concurrent
+// use; readers take no lock.
 type metaCache struct {
 	dir     string
 	mu      sync.Mutex // serialises writers
 	entries atomic.Pointer[map[string]*metaFile]
+	watched atomic.Bool
+	gen     atomic.Uint64
+	stats   atomic.Int64 // stat(2) calls, for tests
+	// missing holds names found not to exist (the next root version, which every TUF
+	// refresh asks for), checked as entries are. At most maxMissing, never emptied, so
+	// requests for random names cannot make it churn: beyond it they are checked with
+	// stat(2) each time.
+	missing atomic.Pointer[map[string]*metaMiss]
 }
+
+type metaMiss struct {
+	checked atomic.Uint64 // the generation in which the name was last seen missing
+}
+
+const maxMissing = 64
 
 type metaFile struct {
 	path string
@@ -160,13 +232,19 @@ type metaFile struct {
 	etag string
 	// Header values, ready to assign.
 	etagH, cacheH, modH, lengthH []string
+	// checked is the generation in which the file was last seen to be this entry.
+	checked atomic.Uint64
 }
 
 const maxEntries = 1024
 
+// metaRecheck is how often a watched cache checks its files anyway.
+const metaRecheck = time.Second
+
 func newMetaCache(dir string) *metaCache {
 	c := &metaCache{dir: dir}
 	c.entries.Store(&map[string]*metaFile{})
+	c.missing.Store(&map[string]*metaMiss{})
 	return c
 }
 
@@ -175,21 +253,38 @@ func (c *metaCache) has(name string) bool {
 	return ok
 }
 
+// changed makes every entry be checked against its file at its next request.
+func (c *metaCache) changed() { c.gen.Add(1) }
+
 // get returns the current content of the metadata file name (a valid name).
 func (c *metaCache) get(name string) (*metaFile, error) {
 	e := (*c.entries.Load())[name]
+	gen := c.gen.Load() // before the stat: a change after it moves the generation on
+	if c.watched.Load() {
+		if e != nil && e.checked.Load() == gen {
+			return e, nil
+		}
+		if m := (*c.missing.Load())[name]; e == nil && m != nil && m.checked.Load() == gen {
+			return nil, fs.ErrNotExist
+		}
+	}
 	path := ""
 	if e != nil {
 		path = e.path
 	} else {
 		path = filepath.Join(c.dir, name)
 	}
+	c.stats.Add(1)
 	fi, err := os.Stat(path)
 	if err != nil {
+		if e == nil && errors.Is(err, fs.ErrNotExist) {
+			c.noteMissing(name, gen)
+		}
 		return nil, err
 	}
 	ino := inode(fi)
 	if e != nil && e.ino == ino && e.size == fi.Size() && e.mod.Equal(fi.ModTime()) {
+		e.checked.Store(gen)
 		return e, nil
 	}
 	data, err := os.ReadFile(path)
@@ -198,9 +293,18 @@ func (c *metaCache) get(name string) (*metaFile, error) {
 	}
 	sum := sha256.Sum256(data)
 	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
-	e = &metaFile{path: path, ino: ino, size: int64(len(data)), mod: fi.ModTime(), data: data, etag: etag,
+	// The entry describes the file as stat saw it, so a rename between the stat and the
+	// read shows as a different inode at the next check.
+	e = &metaFile{path: path, ino: ino, size: fi.Size(), mod: fi.ModTime(), data: data, etag: etag,
 		etagH: []string{etag}, cacheH: []string{metaCacheControl(name)},
 		modH: []string{fi.ModTime().UTC().Format(http.TimeFormat)}, lengthH: []string{strconv.Itoa(len(data))}}
+	if int64(len(data)) != fi.Size() {
+		// Written in place while being read: serve what was read, and look again next
+		// time.
+		e.checked.Store(gen - 1)
+	} else {
+		e.checked.Store(gen)
+	}
 	c.mu.Lock()
 	old := *c.entries.Load()
 	next := make(map[string]*metaFile, len(old)+1)
@@ -213,6 +317,76 @@ func (c *metaCache) get(name string) (*metaFile, error) {
 	c.entries.Store(&next)
 	c.mu.Unlock()
 	return e, nil
+}
+
+// noteMissing records that name did not exist in generation gen.
+func (c *metaCache) noteMissing(name string, gen uint64) {
+	if m := (*c.missing.Load())[name]; m != nil {
+		m.checked.Store(gen)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.missing.Load()
+	if len(old) >= maxMissing {
+		return
+	}
+	next := make(map[string]*metaMiss, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	m := &metaMiss{}
+	m.checked.Store(gen)
+	next[name] = m
+	c.missing.Store(&next)
+}
+
+// watch watches the cache's directory until ctx ends, serving entries without a stat
+// meanwhile (see metaCache). It returns at once when no watcher can be made (inotify's
+// limits reached), and the cache stays unwatched. ready, when not nil, is closed once
+// the cache is watched or watch has given up.
+func (c *metaCache) watch(ctx context.Context, log *slog.Logger, ready chan<- struct{}) {
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		if err = w.Add(c.dir); err != nil {
+			w.Close()
+		}
+	}
+	if err != nil {
+		log.Warn("metadata directory not watched: every request checks its file", "dir", c.dir, "err", err)
+		if ready != nil {
+			close(ready)
+		}
+		return
+	}
+	defer w.Close()
+	c.changed() // whatever happened before the watch began
+	c.watched.Store(true)
+	defer c.watched.Store(false)
+	if ready != nil {
+		close(ready)
+	}
+	t := time.NewTicker(metaRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			c.changed()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			c.changed() // an overflow: events were lost
+			log.Warn("metadata directory watcher", "err", err)
+		case <-t.C:
+			c.changed()
+		}
+	}
 }
 
 func inode(fi os.FileInfo) uint64 {

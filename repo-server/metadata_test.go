@@ -2,15 +2,21 @@ package reposerver
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repository"
 )
@@ -83,6 +89,21 @@ func TestMetadataAnswersAsServeContent(t *testing.T) {
 	}
 }
 
+// FuzzMetaName: validMetaName is the regular expression it documents.
+func FuzzMetaName(f *testing.F) {
+	re := regexp.MustCompile(`^(?:[1-9][0-9]{0,9}\.)?[a-z][a-z0-9_-]{0,63}\.json$`)
+	for _, s := range []string{"timestamp.json", "1.root.json", "1234567890.models.json", "12345678901.root.json", "0.root.json",
+		"01.root.json", "1..json", ".json", "1.json", "a.json", "a-_9.json", "A.json", "root", "1.root.json.tmp", "1.a.b.json",
+		"a/b.json", "1.root.JSON", "x" + strings.Repeat("a", 63) + ".json", "x" + strings.Repeat("a", 64) + ".json", "é.json", "1.é.json"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := validMetaName(s), re.MatchString(s); got != want {
+			t.Errorf("validMetaName(%q) = %v; the expression says %v", s, got, want)
+		}
+	})
+}
+
 func (c *metaCache) mustGet(t *testing.T, name string) *metaFile {
 	t.Helper()
 	e, err := c.get(name)
@@ -127,8 +148,9 @@ func TestMetadataCacheFollowsTheDirectory(t *testing.T) {
 	if err := os.Rename(file, file+".away"); err != nil {
 		t.Fatal(err)
 	}
-	if r := get("timestamp.json"); r.Code != 404 {
-		t.Errorf("after removal: %d; want 404", r.Code)
+	if r := get("timestamp.json"); r.Code != 404 || r.Body.String() != `{"error":"no such metadata file"}`+"\n" ||
+		r.Header().Get("Content-Type") != "application/json" || r.Header().Get("Cache-Control") != "no-store" || r.Header().Get("ETag") != "" {
+		t.Errorf("after removal: %d %q %v; want writeError's 404, never cached", r.Code, r.Body.String(), r.Header())
 	}
 	os.Rename(file+".away", file)
 	for _, bad := range []string{"TIMESTAMP.json", "0.root.json", "x", "root", ".json", "1.root.json.tmp", "a/b.json"} {
@@ -149,30 +171,188 @@ func TestMetadataCacheFollowsTheDirectory(t *testing.T) {
 	}
 }
 
+// TestMetadataWatched: while the server serves (its directory watcher runs), a cached
+// file is served without a system call; a file another process renames into place is
+// served as soon as the watcher sees it; a change this server makes is served at its
+// next answer, before any watcher event.
+func TestMetadataWatched(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	c := f.srv.meta
+	h := f.srv.Restrict(Exposure{}, "")
+	getName := func(name, inm string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("GET", "/metadata/"+name, nil)
+		if inm != "" {
+			req.Header.Set("If-None-Match", inm)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	get := func(inm string) *httptest.ResponseRecorder { return getName("timestamp.json", inm) }
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		start := time.Now()
+		for !ok() {
+			if time.Since(start) > 3*metaRecheck {
+				t.Fatalf("%s: not served after %v", what, time.Since(start))
+			}
+			time.Sleep(time.Millisecond)
+		}
+		t.Logf("%s: served %v after", what, time.Since(start))
+	}
+	file := filepath.Join(f.repo.MetadataDir(), "timestamp.json")
+	onDisk := func() string {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, done := make(chan struct{}), make(chan struct{})
+	go func() { c.watch(ctx, slog.New(slog.DiscardHandler), ready); close(done) }()
+	<-ready
+	if !c.watched.Load() {
+		t.Fatal("the metadata directory is not watched (inotify limits?)")
+	}
+	first := get("")
+	etag := first.Header().Get("ETag")
+	stats := c.stats.Load()
+	for range 200 {
+		if r := get(""); r.Code != 200 || r.Body.String() != first.Body.String() {
+			t.Fatalf("GET: %d", r.Code)
+		}
+		if r := get(etag); r.Code != 304 {
+			t.Fatalf("If-None-Match: %d", r.Code)
+		}
+	}
+	// A recheck tick may fall inside the loop.
+	if n := c.stats.Load() - stats; n > 2 {
+		t.Errorf("400 requests of a watched, unchanged file made %d stat calls", n)
+	}
+
+	// Another process (a CLI publish) renames a new timestamp.json into place.
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("one"), nil); err != nil {
+		t.Fatal(err)
+	}
+	want := onDisk()
+	eventually("timestamp.json published by another process", func() bool {
+		r := get(etag)
+		return r.Code == 200 && r.Body.String() == want
+	})
+
+	// The next root version, asked for at every refresh: 404 without a stat while
+	// nothing changes, served once a rotation renames it into place.
+	stats = c.stats.Load()
+	for range 100 {
+		if r := getName("2.root.json", ""); r.Code != 404 || r.Header().Get("Cache-Control") != "no-store" {
+			t.Fatalf("next root: %d %v", r.Code, r.Header())
+		}
+	}
+	if n := c.stats.Load() - stats; n > 3 {
+		t.Errorf("100 requests of a watched missing file made %d stat calls", n)
+	}
+	if err := durable.WriteFile(filepath.Join(f.repo.MetadataDir(), "2.root.json"), []byte(`{"two":2}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually("2.root.json renamed into place", func() bool {
+		r := getName("2.root.json", "")
+		return r.Code == 200 && r.Body.String() == `{"two":2}`
+	})
+	if err := os.Remove(filepath.Join(f.repo.MetadataDir(), "2.root.json")); err != nil { // not a root the repository can load
+		t.Fatal(err)
+	}
+	eventually("2.root.json removed", func() bool { return getName("2.root.json", "").Code == 404 })
+	// Requests for random names do not grow what is remembered missing past its bound.
+	for i := range 2 * maxMissing {
+		if r := getName(fmt.Sprintf("%d.nothing.json", i+1), ""); r.Code != 404 {
+			t.Fatalf("%d.nothing.json: %d", i+1, r.Code)
+		}
+	}
+	if n := len(*c.missing.Load()); n > maxMissing {
+		t.Errorf("%d names remembered missing; at most %d", n, maxMissing)
+	}
+
+	// Without the watcher's events, only this server's own changes are seen before a
+	// recheck: the cache looks at no file meanwhile.
+	cancel()
+	<-done
+	if c.watched.Load() {
+		t.Fatal("still watched after the watcher stopped")
+	}
+	c.watched.Store(true) // as if watched, with no events and no ticks
+	served := get("").Body.String()
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.1", ".onnx", []byte("two"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := get(""); r.Body.String() != served || onDisk() == served {
+		t.Fatalf("a watched entry was checked against its file without an event (or the publish changed nothing)")
+	}
+	_, err := f.srv.cfg.Repo.Publish(context.Background(), repository.PublishRequest{
+		Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.2", Format: "onnx"}, Ext: ".onnx",
+		Content: strings.NewReader("three")}, f.keyring())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, want := get(""), onDisk(); r.Code != 200 || r.Body.String() != want || r.Body.String() == served {
+		t.Fatalf("after this server's publish: %d %q; want the new file %q", r.Code, r.Body.String(), want)
+	}
+}
+
 // BenchmarkMetadata is the server's own work per metadata request (no network): a GET
-// of timestamp.json and its revalidation, through Restrict as `edgeward server` serves.
+// of timestamp.json, its revalidation and the next root version's 404 (the first
+// request of every TUF refresh), through Restrict as `edgeward server` serves. Watched
+// is how a serving server answers (its directory watcher runs); Unwatched checks the
+// file with stat(2) at every request.
 //
 //	go test -run '^$' -bench Metadata -benchmem ./repo-server
 func BenchmarkMetadata(b *testing.B) {
+	b.Run("Watched", func(b *testing.B) { benchmarkMetadata(b, true) })
+	b.Run("Unwatched", func(b *testing.B) { benchmarkMetadata(b, false) })
+}
+
+func benchmarkMetadata(b *testing.B, watched bool) {
 	f := newFixture(b, repository.KeyEd25519)
+	if watched {
+		ready := make(chan struct{})
+		go f.srv.meta.watch(b.Context(), slog.New(slog.DiscardHandler), ready)
+		<-ready
+		if !f.srv.meta.watched.Load() {
+			b.Fatal("not watched")
+		}
+	}
 	h := f.srv.Restrict(Exposure{}, "")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metadata/timestamp.json", nil))
 	etag := rec.Header().Get("ETag")
-	for _, bc := range []struct{ name, inm string }{{"GET", ""}, {"If-None-Match", etag}} {
+	for _, bc := range []struct{ name, path, inm string }{{"GET", "timestamp.json", ""}, {"If-None-Match", "timestamp.json", etag}, {"NextRoot404", "2.root.json", ""}} {
 		b.Run(bc.name, func(b *testing.B) {
-			req := httptest.NewRequest("GET", "/metadata/timestamp.json", nil)
+			req := httptest.NewRequest("GET", "/metadata/"+bc.path, nil)
 			if bc.inm != "" {
 				req.Header.Set("If-None-Match", bc.inm)
 			}
 			w := &discardWriter{h: http.Header{}}
 			b.ReportAllocs()
+			cpu0, n := cpuTime(b), 0
 			for b.Loop() {
 				clear(w.h)
 				h.ServeHTTP(w, req)
+				n++
 			}
+			b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(max(n, 1)), "cpu-ns/op")
 		})
 	}
+}
+
+// cpuTime is the process's user + system CPU time: on a loaded machine wall time
+// measures the queue for a core, CPU time still measures the work.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // discardWriter is the cheapest http.ResponseWriter: what a benchmark measures is the

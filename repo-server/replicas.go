@@ -167,14 +167,20 @@ func (s *Server) runLeases(ctx context.Context) {
 // through the operator API, a re-signing of online metadata), waiting while another
 // replica or a CLI process holds it (PublishLock). NewServer gives the server's
 // repository this lock (Repo.WithLock), so every change it makes holds it. Without a
-// fleet store it does nothing: the repository's file lock serialises the processes of
-// one machine.
+// fleet store it takes no lease: the repository's file lock serialises the processes of
+// one machine. Its unlock tells the metadata cache that files changed.
 func (s *Server) lockPublish(ctx context.Context) (func(), error) {
-	st := s.leases()
-	if st == nil {
-		return func() {}, nil
+	unlock := func() {}
+	if st := s.leases(); st != nil {
+		u, err := PublishLock(st, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now, s.log)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		unlock = u
 	}
-	return PublishLock(st, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now, s.log)(ctx)
+	// The change is on disk: the metadata cache looks at its files again before this
+	// server's next answer, without waiting for its directory watcher.
+	return func() { s.meta.changed(); unlock() }, nil
 }
 
 // PublishLock returns a repository lock (repository.Config.Lock) held as the publish

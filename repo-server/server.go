@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +78,8 @@ type Server struct {
 	meta *metaCache
 	// metaCount counts metadata requests (served without the mux's count wrapper).
 	metaCount *codeCounter
+	// targetCount counts target requests, through the mux or not.
+	targetCount *codeCounter
 
 	requests  *prometheus.CounterVec
 	versions  *prometheus.GaugeVec
@@ -148,7 +149,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 	s.metaCount = newCodeCounter(s.requests, "metadata")
 	s.mux.Handle("GET /metadata/{file}", http.HandlerFunc(s.serveMetadata)) // counts itself
-	s.mux.Handle("GET /targets/{path...}", s.count("targets", http.HandlerFunc(s.serveTarget)))
+	s.targetCount = newCodeCounter(s.requests, "targets")
+	s.mux.Handle("GET /targets/{path...}", s.counted(s.targetCount, http.HandlerFunc(s.serveTarget)))
 	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
 	s.mountAuditAPI()
@@ -184,6 +186,9 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 		}
 		go s.runLeases(ctx)
 	}
+	watched := make(chan struct{})
+	go s.meta.watch(ctx, s.log, watched)
+	<-watched
 	go s.RunRefresher(ctx)
 	go s.runCheckpointer(ctx)
 	if s.devices != nil {
@@ -293,7 +298,11 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (s *Server) count(route string, h http.Handler) http.Handler {
-	c := newCodeCounter(s.requests, route)
+	return s.counted(newCodeCounter(s.requests, route), h)
+}
+
+// counted is h counting its answers with c.
+func (s *Server) counted(c *codeCounter, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 		h.ServeHTTP(sw, r)
@@ -313,19 +322,49 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
-var hexRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+// targetRequest returns the path a GET or HEAD /targets/PATH names, when the mux would
+// route the request to serveTarget with that path unchanged (no escapes, a clean path:
+// the mux redirects the others); anything else goes through the mux.
+func targetRequest(r *http.Request) (string, bool) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return "", false
+	}
+	p, ok := strings.CutPrefix(r.URL.Path, "/targets/")
+	if !ok || r.URL.RawPath != "" || p == "" || path.Clean(r.URL.Path) != r.URL.Path {
+		return "", false
+	}
+	return p, true
+}
 
-// serveTarget serves target content by its consistent-snapshot path
-// <dir>/<sha256>.<name>, with Range and conditional requests.
+// serveTargetCounted serves a target request that skipped the mux, counted as the mux
+// route's are.
+func (s *Server) serveTargetCounted(w http.ResponseWriter, r *http.Request, p string) {
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	s.serveTargetPath(sw, r, p)
+	s.targetCount.inc(sw.code)
+}
+
+// serveTarget is the mux's handler for GET /targets/{path...}.
 func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
-	p := r.PathValue("path")
+	s.serveTargetPath(w, r, r.PathValue("path"))
+}
+
+// Header values of every target answer (never modified in place).
+var (
+	octetStream = []string{"application/octet-stream"}
+	immutable   = []string{"public, max-age=31536000, immutable"}
+)
+
+// serveTargetPath serves target content by its consistent-snapshot path
+// <dir>/<sha256>.<name>, with Range and conditional requests.
+func (s *Server) serveTargetPath(w http.ResponseWriter, r *http.Request, p string) {
 	if p == "" || strings.Contains(p, "..") || path.Clean(p) != p {
 		writeError(w, http.StatusNotFound, "no such target")
 		return
 	}
 	base := path.Base(p)
 	sum, _, ok := strings.Cut(base, ".")
-	if !ok || !hexRE.MatchString(sum) {
+	if !ok || !isSHA256Hex(sum) {
 		writeError(w, http.StatusNotFound, "no such target (want <dir>/<sha256>.<name>)")
 		return
 	}
@@ -341,10 +380,23 @@ func (s *Server) serveTarget(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("ETag", `"`+sum+`"`)
-	h.Set("Cache-Control", "public, max-age=31536000, immutable")
+	h["Content-Type"] = octetStream
+	h["Etag"] = []string{`"` + sum + `"`}
+	h["Cache-Control"] = immutable
 	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+// isSHA256Hex reports whether s is 64 lower-case hexadecimal digits.
+func isSHA256Hex(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {

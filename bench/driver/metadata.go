@@ -20,13 +20,20 @@ type MetadataRow struct {
 	ReqPerSec float64 `json:"req_per_s"`
 	P50us     float64 `json:"p50_us"`
 	P99us     float64 `json:"p99_us"`
+	// CPUus is the server's CPU time (user + system, all its processes) per request,
+	// median of rounds: unlike req/s it hardly depends on what else the machine runs.
+	CPUus float64 `json:"server_cpu_us"`
 	// VsNginx is edgeward's req/s over nginx's in the same round, median of rounds.
 	VsNginx      float64    `json:"req_per_s_vs_nginx,omitempty"`
 	VsNginxRange [2]float64 `json:"req_per_s_vs_nginx_range,omitempty"`
 	// VsFloor is edgeward's req/s over the Go net/http floor's in the same round (edgeward rows).
 	VsFloor      float64    `json:"req_per_s_vs_go_floor,omitempty"`
 	VsFloorRange [2]float64 `json:"req_per_s_vs_go_floor_range,omitempty"`
-	Rounds       int        `json:"rounds"`
+	// CPUVsFloor is the Go net/http floor's server CPU per request over edgeward's in the
+	// same round (edgeward rows; 1 is as cheap as the floor), median of rounds.
+	CPUVsFloor      float64    `json:"cpu_vs_go_floor,omitempty"`
+	CPUVsFloorRange [2]float64 `json:"cpu_vs_go_floor_range,omitempty"`
+	Rounds          int        `json:"rounds"`
 }
 
 type MetadataResult struct {
@@ -93,7 +100,9 @@ func startNginx(cfg *config, metadataDir string) (*service, string, error) {
 // wrkRun is one wrk measurement.
 type wrkRun struct {
 	rps, p50, p99 float64
+	requests      int
 	non2xx3xx     int
+	cpuUs         float64 // server CPU per request, when the caller measured it
 }
 
 // wrkDur parses wrk's durations ("123.45us", "1.20ms", "2.00s") into µs.
@@ -130,6 +139,8 @@ func runWrk(ctx context.Context, cfg *config, url string, header string) (wrkRun
 			r.p50 = wrkDur(f[1])
 		case len(f) == 2 && f[0] == "99%":
 			r.p99 = wrkDur(f[1])
+		case len(f) >= 3 && f[1] == "requests" && f[2] == "in":
+			r.requests, _ = strconv.Atoi(f[0])
 		case len(f) == 5 && f[0] == "Non-2xx":
 			r.non2xx3xx, _ = strconv.Atoi(f[4])
 		}
@@ -199,9 +210,13 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		Status: map[string]int{}}
 	type target struct {
 		server, request, url, header string
+		proc                         *service
 	}
 	var targets []target
-	for _, s := range []struct{ name, base string }{{"edgeward server", eb}, {"nginx", nb}, {"Go net/http floor (bytes in memory, no handler work)", fb}} {
+	for _, s := range []struct {
+		name, base string
+		proc       *service
+	}{{"edgeward server", eb, edge}, {"nginx", nb, ngx}, {"Go net/http floor (bytes in memory, no handler work)", fb, fl}} {
 		url := s.base + res.File
 		etag, size, cond, err := etagOf(url)
 		if err != nil {
@@ -209,13 +224,14 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		}
 		res.Bytes = size
 		res.Status[s.name+" If-None-Match"] = cond
-		targets = append(targets, target{s.name, "GET (200, full body)", url, ""},
-			target{s.name, "GET If-None-Match (304)", url, "If-None-Match: " + etag})
+		targets = append(targets, target{s.name, "GET (200, full body)", url, "", s.proc},
+			target{s.name, "GET If-None-Match (304)", url, "If-None-Match: " + etag, s.proc})
 	}
 	// order: edgeward plain, edgeward INM, nginx plain, nginx INM, floor plain, floor INM;
 	// pairs are (0,2) and (1,3)
 	acc := make([][]wrkRun, len(targets))
 	var vs [6][]float64         // edgeward/nginx GET, INM; floor/nginx GET, INM; edgeward/floor GET, INM
+	var cpuVs [2][]float64      // floor/edgeward server CPU per request, GET and INM
 	for _, t := range targets { // warm-up
 		if _, err := runWrk(ctx, &config{wrkDuration: time.Second}, t.url, t.header); err != nil {
 			return nil, err
@@ -225,16 +241,21 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		got := make([]wrkRun, len(targets))
 		for k := range targets {
 			i := (k + r) % len(targets)
+			// nginx's workers are its master's children; the others are one process.
+			cpu0 := procTreeCPU([]int{targets[i].proc.pid()}, true)
 			w, err := runWrk(ctx, cfg, targets[i].url, targets[i].header)
 			if err != nil {
 				return nil, err
+			}
+			if w.requests > 0 {
+				w.cpuUs = float64((procTreeCPU([]int{targets[i].proc.pid()}, true) - cpu0).Microseconds()) / float64(w.requests)
 			}
 			if w.non2xx3xx != 0 {
 				return nil, fmt.Errorf("%s %s: %d non-2xx/3xx responses", targets[i].server, targets[i].request, w.non2xx3xx)
 			}
 			got[i] = w
 			acc[i] = append(acc[i], w)
-			logf("metadata %-16s %-26s %9.0f req/s p50 %7.1fµs p99 %7.1fµs", targets[i].server, targets[i].request, w.rps, w.p50, w.p99)
+			logf("metadata %-16s %-26s %9.0f req/s p50 %7.1fµs p99 %7.1fµs server CPU %5.1fµs/request", targets[i].server, targets[i].request, w.rps, w.p50, w.p99, w.cpuUs)
 		}
 		vs[0] = append(vs[0], got[0].rps/got[2].rps)
 		vs[1] = append(vs[1], got[1].rps/got[3].rps)
@@ -242,18 +263,26 @@ func benchMetadata(ctx context.Context, cfg *config) (*MetadataResult, error) {
 		vs[3] = append(vs[3], got[5].rps/got[3].rps)
 		vs[4] = append(vs[4], got[0].rps/got[4].rps)
 		vs[5] = append(vs[5], got[1].rps/got[5].rps)
+		for k := range cpuVs {
+			if got[k].cpuUs > 0 {
+				cpuVs[k] = append(cpuVs[k], got[k+4].cpuUs/got[k].cpuUs)
+			}
+		}
 	}
 	for i, t := range targets {
-		var rps, p50, p99 []float64
+		var rps, p50, p99, cpu []float64
 		for _, w := range acc[i] {
-			rps, p50, p99 = append(rps, w.rps), append(p50, w.p50), append(p99, w.p99)
+			rps, p50, p99, cpu = append(rps, w.rps), append(p50, w.p50), append(p99, w.p99), append(cpu, w.cpuUs)
 		}
 		row := MetadataRow{Server: t.server, Request: t.request, ReqPerSec: round(median(rps), 0),
-			P50us: round(median(p50), 1), P99us: round(median(p99), 1), Rounds: cfg.rounds}
+			P50us: round(median(p50), 1), P99us: round(median(p99), 1), CPUus: round(median(cpu), 1), Rounds: cfg.rounds}
 		switch i {
 		case 0, 1:
 			row.VsNginx, row.VsNginxRange = round(median(vs[i]), 3), roundRange(vs[i], 3)
 			row.VsFloor, row.VsFloorRange = round(median(vs[i+4]), 3), roundRange(vs[i+4], 3)
+			if len(cpuVs[i]) > 0 {
+				row.CPUVsFloor, row.CPUVsFloorRange = round(median(cpuVs[i]), 3), roundRange(cpuVs[i], 3)
+			}
 		case 4, 5:
 			row.VsNginx, row.VsNginxRange = round(median(vs[i-2]), 3), roundRange(vs[i-2], 3)
 		}

@@ -167,6 +167,9 @@ func targets(r *Results) []Target {
 			if row.VsFloor != 0 {
 				t := Target{Row: 3, Target: "metadata serving within 10 % of the Go net/http floor, " + row.Request,
 					Measured: fmt.Sprintf("%.1f %% of the floor (rounds %.0f–%.0f %%)", 100*row.VsFloor, 100*row.VsFloorRange[0], 100*row.VsFloorRange[1]), Status: status(row.VsFloor >= 0.9)}
+				if row.CPUVsFloor != 0 {
+					t.Measured += fmt.Sprintf("; server CPU per request %.1f µs, the floor's is %.1f %% of it (rounds %.0f–%.0f %%)", row.CPUus, 100*row.CPUVsFloor, 100*row.CPUVsFloorRange[0], 100*row.CPUVsFloorRange[1])
+				}
 				if row.VsFloor < 0.9 {
 					t.Gap = fmt.Sprintf("%.1f points short", 100*(0.9-row.VsFloor))
 				}
@@ -286,14 +289,17 @@ func render(r *Results) string {
 		}
 	}
 	if md := r.Metadata; md != nil {
-		p("\n### 3. Metadata serving\n\n`GET %s` (%d bytes) from `edgeward server` and from %s serving the same directory; load: %s. The Go net/http floor is `bench/httpfloor` answering the same bytes from memory through `http.ServeContent` with a fixed ETag: what Go's HTTP server costs before any handler work. Rounds rotate the six runs; medians.\n\n", md.File, md.Bytes, md.Nginx, md.Load)
-		p("| server | request | req/s | p50 µs | p99 µs | vs nginx |\n|---|---|---|---|---|---|\n")
+		p("\n### 3. Metadata serving\n\n`GET %s` (%d bytes) from `edgeward server` and from %s serving the same directory; load: %s. The Go net/http floor is `bench/httpfloor` answering the same bytes from memory through `http.ServeContent` with a fixed ETag: what Go's HTTP server costs before any handler work. Server CPU is user + system time of the server's processes (nginx's master and workers) per request over each run, from /proc: it hardly moves with the machine's load, where req/s does. Rounds rotate the six runs; medians.\n\n", md.File, md.Bytes, md.Nginx, md.Load)
+		p("| server | request | req/s | p50 µs | p99 µs | vs nginx | server CPU µs/request |\n|---|---|---|---|---|---|---|\n")
 		for _, x := range md.Rows {
-			vs := ""
+			vs, cpu := "", ""
 			if x.VsNginx != 0 {
 				vs = fmt.Sprintf("%.1f %%", 100*x.VsNginx)
 			}
-			p("| %s | %s | %.0f | %.0f | %.0f | %s |\n", x.Server, x.Request, x.ReqPerSec, x.P50us, x.P99us, vs)
+			if x.CPUus != 0 {
+				cpu = fmt.Sprintf("%.1f", x.CPUus)
+			}
+			p("| %s | %s | %.0f | %.0f | %.0f | %s | %s |\n", x.Server, x.Request, x.ReqPerSec, x.P50us, x.P99us, vs, cpu)
 		}
 	}
 	if c := r.CheckIn; c != nil {
