@@ -168,9 +168,10 @@ func boolParam(p map[string]json.RawMessage, name string) (bool, error) {
 }
 
 // binaryOutputs returns, for each output of outs, whether the request asked for it in
-// binary: its own binary_data parameter, else the request's binary_data_output. The
-// parameters were checked by DecodeInferRequest.
-func binaryOutputs(req *runtimeapi.InferRequest, outs []Output) []bool {
+// binary: its own binary_data parameter, else the request's binary_data_output; nil when
+// it asked for none, else in buf's memory when it is large enough. The parameters were
+// checked by DecodeInferRequest.
+func binaryOutputs(req *runtimeapi.InferRequest, outs []Output, buf []bool) []bool {
 	all, _ := boolParam(req.Parameters, runtimeapi.ParamBinaryOutput)
 	var bin []bool
 	for i := range outs {
@@ -183,7 +184,7 @@ func binaryOutputs(req *runtimeapi.InferRequest, outs []Output) []bool {
 			}
 		}
 		if want && bin == nil {
-			bin = make([]bool, len(outs))
+			bin = resize(buf, len(outs))
 		}
 		if want {
 			bin[i] = true

@@ -195,7 +195,7 @@ func (p *reqParser) top(req *runtimeapi.InferRequest) bool {
 			req.ID = intern(s, p.old.ID)
 			return ok && once(&seen, 1)
 		case "parameters":
-			return once(&seen, 2) && p.params(&req.Parameters)
+			return once(&seen, 2) && p.params(&req.Parameters, p.old.Parameters)
 		case "inputs":
 			if !once(&seen, 4) {
 				return false
@@ -247,7 +247,7 @@ func (p *reqParser) tensor(t, old *runtimeapi.RequestTensor) bool {
 			t.Datatype = datatypeName(s)
 			return ok && once(&seen, 4)
 		case "parameters":
-			return once(&seen, 8) && p.params(&t.Parameters)
+			return once(&seen, 8) && p.params(&t.Parameters, old.Parameters)
 		case "data":
 			return once(&seen, 16) && p.data(&t.Data)
 		}
@@ -264,7 +264,7 @@ func (p *reqParser) output(o, old *runtimeapi.RequestOutput) bool {
 			o.Name = intern(s, old.Name)
 			return ok && once(&seen, 1)
 		case "parameters":
-			return once(&seen, 2) && p.params(&o.Parameters)
+			return once(&seen, 2) && p.params(&o.Parameters, old.Parameters)
 		}
 		return false
 	})
@@ -382,16 +382,33 @@ func (p *reqParser) scalar() ([]byte, bool) {
 	return p.b[start:p.i:p.i], true
 }
 
-// params consumes a parameters object whose values are scalars.
-func (p *reqParser) params(dst *map[string]json.RawMessage) bool {
-	m := map[string]json.RawMessage{}
+// params consumes a parameters object whose values are scalars, into old's memory when
+// it is not nil (emptied first).
+func (p *reqParser) params(dst *map[string]json.RawMessage, old map[string]json.RawMessage) bool {
+	m := old
+	if m == nil {
+		m = map[string]json.RawMessage{}
+	} else {
+		clear(m)
+	}
 	ok := p.object(func(k []byte) bool {
 		v, ok := p.scalar()
-		m[string(k)] = v
+		m[paramName(k)] = v
 		return ok
 	})
 	*dst = m
 	return ok
+}
+
+// paramName returns k as a string, without allocating for the binary data extension's
+// parameters.
+func paramName(k []byte) string {
+	for _, n := range [...]string{runtimeapi.ParamBinarySize, runtimeapi.ParamBinary, runtimeapi.ParamBinaryOutput} {
+		if string(k) == n {
+			return n
+		}
+	}
+	return string(k)
 }
 
 // data consumes an array, flat or nested up to maxNesting deep, of numbers and

@@ -127,24 +127,33 @@ func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferR
 // infer returns the response, the version that served ("" when the model is unknown)
 // and the error, if any.
 func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferRequest, name, version string) (*inference.ModelInferResponse, string, error) {
-	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements())
+	// The pooled scratch holds only this call's slices: the response shares none of its
+	// memory (each run's outputs and shapes are new), so it goes back to the pool before
+	// gRPC encodes the response.
+	s := g.r.getScratch()
+	defer g.r.putScratch(s)
+	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements(), s.inputs, s.names)
 	if err != nil {
 		return nil, g.r.servedVersion(name, version), err
 	}
+	s.inputs, s.names = inputs, names
 	m, err := g.r.acquire(name, version)
 	if err != nil {
 		return nil, "", err
 	}
 	defer m.inflight.Done()
-	outs, err := m.run(ctx, inputs, names, true)
+	outs, err := m.runWith(ctx, inputs, names, true, &s.run)
 	if err != nil {
 		return nil, m.version, err
 	}
 	resp := &inference.ModelInferResponse{ModelName: m.name, ModelVersion: m.version, Id: req.GetId(),
 		Outputs: make([]*inference.ModelInferResponse_InferOutputTensor, len(outs)), RawOutputContents: make([][]byte, len(outs))}
+	tensors := make([]inference.ModelInferResponse_InferOutputTensor, len(outs)) // one allocation for all
 	for i := range outs {
 		o := &outs[i]
-		resp.Outputs[i] = &inference.ModelInferResponse_InferOutputTensor{Name: o.Name, Datatype: string(o.Datatype), Shape: o.Shape}
+		t := &tensors[i]
+		t.Name, t.Datatype, t.Shape = o.Name, string(o.Datatype), o.Shape
+		resp.Outputs[i] = t
 		if o.Datatype == runtimeapi.BYTES {
 			resp.RawOutputContents[i] = o.appendBinary(make([]byte, 0, o.binarySize()))
 		} else {
@@ -156,9 +165,9 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 
 // decodeGRPCInputs takes a ModelInfer request's inputs: all from raw_input_contents (one
 // per input, checked as binary tensor data) or all from typed contents (the field of the
-// datatype only; FP16 and BF16 have none, so they must be raw). Every error wraps
-// ErrInvalid.
-func decodeGRPCInputs(req *inference.ModelInferRequest, max int) ([]Input, []string, error) {
+// datatype only; FP16 and BF16 have none, so they must be raw). The inputs and names are
+// in inputs' and names' memory when it is large enough. Every error wraps ErrInvalid.
+func decodeGRPCInputs(req *inference.ModelInferRequest, max int, inputs []Input, names []string) ([]Input, []string, error) {
 	ins := req.GetInputs()
 	if len(ins) == 0 {
 		return nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
@@ -167,7 +176,7 @@ func decodeGRPCInputs(req *inference.ModelInferRequest, max int) ([]Input, []str
 	if len(raw) > 0 && len(raw) != len(ins) {
 		return nil, nil, fmt.Errorf("%w: %d raw_input_contents for %d inputs", runtimeapi.ErrInvalid, len(raw), len(ins))
 	}
-	inputs := make([]Input, len(ins))
+	inputs = resize(inputs, len(ins))
 	for i, t := range ins {
 		dt := runtimeapi.Datatype(t.GetDatatype())
 		if t.GetName() == "" {
@@ -192,7 +201,7 @@ func decodeGRPCInputs(req *inference.ModelInferRequest, max int) ([]Input, []str
 		}
 		inputs[i] = Input{Name: t.GetName(), Datatype: dt, Shape: t.GetShape(), tensorData: td}
 	}
-	names := make([]string, len(req.GetOutputs()))
+	names = resize(names, len(req.GetOutputs()))
 	for i, o := range req.GetOutputs() {
 		names[i] = o.GetName()
 	}

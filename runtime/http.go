@@ -157,21 +157,31 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if err != nil {
 		return statusOf(err), m.version, err
 	}
-	bin := binaryOutputs(&s.req, outs)
+	bin := binaryOutputs(&s.req, outs, s.bin)
+	if bin != nil {
+		s.bin = bin
+	}
 	var n int
 	s.resp, n = encodeInferResponse(s.resp[:0], m.name, m.version, s.req.ID, outs, bin)
 	h := w.Header()
 	if bin != nil {
-		h["Content-Type"] = []string{"application/octet-stream"}
+		h["Content-Type"] = octetStreamType
 		h[runtimeapi.HeaderLengthHeader] = []string{strconv.Itoa(n)}
 	} else {
-		h["Content-Type"] = []string{"application/json"}
+		h["Content-Type"] = jsonType
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(s.resp))}
 	w.WriteHeader(http.StatusOK)
 	w.Write(s.resp)
 	return http.StatusOK, m.version, nil
 }
+
+// Content-Type values of infer answers, shared by all (never modified in place: Header's
+// Set and Add replace or copy a whole slice).
+var (
+	jsonType        = []string{"application/json"}
+	octetStreamType = []string{"application/octet-stream"}
+)
 
 // inferScratch is the memory one inference request needs: the body, the decoded request
 // and inputs, the run's slices and the response. The runtime keeps a pool of them, so
@@ -184,6 +194,7 @@ type inferScratch struct {
 	names  []string
 	data   [][]byte // element buffers, one per input decoded from JSON
 	run    runScratch
+	bin    []bool // which outputs are sent as binary data
 	resp   []byte
 }
 
@@ -215,13 +226,24 @@ func (r *Runtime) putScratch(s *inferScratch) {
 	clear(s.inputs[:cap(s.inputs)])
 	s.run.reset()
 	for i := range s.req.Inputs {
-		s.req.Inputs[i].Data, s.req.Inputs[i].Parameters = nil, nil
+		s.req.Inputs[i].Data = nil
+		keepParams(&s.req.Inputs[i].Parameters)
 	}
 	for i := range s.req.Outputs {
-		s.req.Outputs[i].Parameters = nil
+		keepParams(&s.req.Outputs[i].Parameters)
 	}
-	s.req.Parameters = nil
+	keepParams(&s.req.Parameters)
 	r.scratch.Put(s)
+}
+
+// keepParams keeps a parameters map for the next request, emptied of the values that
+// point into this one's body; a large one (a rare request) is dropped.
+func keepParams(m *map[string]json.RawMessage) {
+	if len(*m) > 8 {
+		*m = nil
+		return
+	}
+	clear(*m)
 }
 
 // servedVersion is the version a request for name and version would reach, "" when none
