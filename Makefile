@@ -67,7 +67,7 @@ MUTATE_CORES ?= ./rollback:100:manager.go,store.go \
 	./attest/verify:95::-short,-skip=^TestInteropTPM2Tools$$ \
 	./repo-server/fleet:95:+admit.go:-short,-run=^(TestAdmit.*|TestCheckInReadsAreBounded|TestStoreSQLite)$$,-skip=^TestStoreSQLite$$/^(SimulatedFleet|Status$$) \
 	./repo-server/audit:94:+export.go,prove.go,checkpoint.go:-short \
-	./runtime:98:+tensor.go,http.go,binary.go:-short,-run=^(TestDecodeData|FuzzDecodeInferRequest|FuzzDecodeBinaryRequest|TestBinaryEveryDatatype|TestBinarySpecExample|TestBinaryRefusals|TestFloat16|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
+	./runtime:98:+tensor.go,http.go,binary.go,decode.go:-short,-run=^(TestFastUnmarshal|FuzzFastUnmarshal|TestFastUnmarshalPrefixes|TestDecodeData|FuzzDecodeInferRequest|FuzzDecodeBinaryRequest|TestBinaryEveryDatatype|TestBinarySpecExample|TestBinaryRefusals|TestFloat16|TestInferElementLimit|TestHTTPProtocol|TestHTTPEmptyRuntime|TestDatatypes|TestDecodeDataValues|TestDecodeInferRequestRefusals|TestRefusedRequestsCountForTheServedVersion)$$
 mutate:
 	bash scripts/mutate.sh $(foreach c,$(MUTATE_CORES),'$(c)')
 
