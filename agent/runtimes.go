@@ -110,6 +110,25 @@ func restartDelay(prev time.Duration, served, died time.Time) time.Duration {
 	return min(max(2*prev, crashLoopMin), crashLoopMax)
 }
 
+// noteDeath records in h a death of the serving runtime at now, why being its cause,
+// and returns the reason its requests are refused with (503) until it is back: why, and
+// for a crash loop the loop and when the restart is due. Pure: the crash-loop rate
+// limit is restartDelay's.
+func noteDeath(h RuntimeHealth, why string, now time.Time) (RuntimeHealth, string) {
+	h.Deaths++
+	h.LastDeath = now
+	h.Why = why
+	h.RestartDelay = restartDelay(h.RestartDelay, h.ServingSince, now)
+	h.ServingSince = time.Time{}
+	h.NextRestart = now.Add(h.RestartDelay)
+	if h.RestartDelay <= 0 {
+		h.CrashLoop = 0
+		return h, why
+	}
+	h.CrashLoop++
+	return h, fmt.Sprintf("%s; crash loop (%d deaths in a row within %s of their start): restart in %s", why, h.CrashLoop, stableAfter, h.RestartDelay)
+}
+
 // Health reports what the supervision saw of the serving runtime since the agent
 // started. Safe for concurrent use.
 func (r *Runtimes) Health() RuntimeHealth {
@@ -168,6 +187,7 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 		if p != nil {
 			done = p.done
 		}
+		hung := "" // why the supervision killed it
 		select {
 		case <-ctx.Done():
 			return
@@ -186,6 +206,7 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 			if fails++; fails < healthFailures {
 				continue
 			}
+			hung = fmt.Sprintf(", killed after %d health checks failed in a row (last: %v)", fails, err)
 			r.log().Error("runtime stopped answering its health check: killing it", "pid", p.cmd.Process.Pid, "err", err)
 			p.cmd.Process.Kill()
 			<-p.done
@@ -198,30 +219,13 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 		}
 		r.cur = nil
 		delete(r.all, p)
-		now := time.Now()
-		h := &r.health
-		h.Deaths++
-		h.LastDeath = now
-		h.Why = fmt.Sprintf("runtime pid %d: %v", p.cmd.Process.Pid, p.cmd.ProcessState)
-		h.RestartDelay = restartDelay(h.RestartDelay, h.ServingSince, now)
-		h.ServingSince = time.Time{}
-		if h.RestartDelay > 0 {
-			h.CrashLoop++
-		} else {
-			h.CrashLoop = 0
-		}
-		h.NextRestart = now.Add(h.RestartDelay)
-		why, delay, loop := h.Why, h.RestartDelay, h.CrashLoop
+		var why string
+		r.health, why = noteDeath(r.health, fmt.Sprintf("runtime pid %d: %v%s", p.cmd.Process.Pid, p.cmd.ProcessState, hung), time.Now())
+		delay := r.health.RestartDelay
 		r.mu.Unlock()
 		r.saveHealth()
 		os.Remove(p.sock)
-		if delay > 0 {
-			r.log().Error("serving runtime died soon after its restart (crash loop): refusing requests (503), restarting it later",
-				"why", why, "deaths_in_a_row", loop, "restart_in", delay)
-			why = fmt.Sprintf("%s; crash loop (%d deaths in a row within %s of their start): restart in %s", why, loop, stableAfter, delay)
-		} else {
-			r.log().Error("serving runtime died: refusing requests (503) and restarting it", "why", why)
-		}
+		r.log().Error("serving runtime died: refusing requests (503) until it is restarted", "why", why, "restart_in", delay)
 		stop := r.refuse(why)
 		if sleep(ctx, delay) == nil {
 			r.restart(ctx)

@@ -340,6 +340,12 @@ func TestSupervisedRuntimeRestarts(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Logf("runtime hung (SIGSTOP): inference back after %v", time.Since(stopped))
+	// Killed for its hang after exactly healthFailures failed checks, and said so: one
+	// slow answer on a loaded machine must not cost a runtime its life.
+	h, err := ReadRuntimeHealth(dir.RuntimeHealth())
+	if want := fmt.Sprintf("runtime pid %d: signal: killed, killed after %d health checks failed in a row", hung[0], healthFailures); err != nil || !strings.HasPrefix(h.Why, want) {
+		t.Errorf("runtime health after the hang: Why %q, %v; want it to start %q", h.Why, err, want)
+	}
 	if now := runtimePIDs(t, string(dir)); len(now) != 1 || now[0] == hung[0] {
 		t.Errorf("runtime processes after the hang = %v; want one new one (hung %d)", now, hung[0])
 	}
@@ -408,6 +414,35 @@ func TestRestartDelay(t *testing.T) {
 		died := t0.Add(tc.served)
 		if got := restartDelay(tc.prev, t0, died); got != tc.want {
 			t.Errorf("restartDelay(%v, served %v) = %v; want %v", tc.prev, tc.served, got, tc.want)
+		}
+	}
+}
+
+// TestNoteDeath: what a death records in RuntimeHealth and the reason requests are
+// refused with, for a runtime that served long enough (a death, not a loop) and for
+// deaths in a crash loop.
+func TestNoteDeath(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	const why = "runtime pid 7: signal: killed"
+	looping := RuntimeHealth{Deaths: 3, CrashLoop: 2, RestartDelay: 2 * time.Second, ServingSince: now.Add(-time.Second)}
+	for _, tc := range []struct {
+		name    string
+		h       RuntimeHealth
+		want    RuntimeHealth
+		refusal string
+	}{
+		{"served an hour", RuntimeHealth{Deaths: 1, CrashLoop: 2, RestartDelay: 4 * time.Second, ServingSince: now.Add(-time.Hour)},
+			RuntimeHealth{Deaths: 2, LastDeath: now, Why: why, NextRestart: now}, why},
+		{"first crash", RuntimeHealth{ServingSince: now.Add(-time.Second)},
+			RuntimeHealth{Deaths: 1, LastDeath: now, Why: why, CrashLoop: 1, RestartDelay: crashLoopMin, NextRestart: now.Add(crashLoopMin)},
+			why + "; crash loop (1 deaths in a row within 30s of their start): restart in 1s"},
+		{"third crash in a row", looping,
+			RuntimeHealth{Deaths: 4, LastDeath: now, Why: why, CrashLoop: 3, RestartDelay: 4 * time.Second, NextRestart: now.Add(4 * time.Second)},
+			why + "; crash loop (3 deaths in a row within 30s of their start): restart in 4s"},
+	} {
+		got, refusal := noteDeath(tc.h, why, now)
+		if got != tc.want || refusal != tc.refusal {
+			t.Errorf("%s: noteDeath(%+v) = %+v, %q; want %+v, %q", tc.name, tc.h, got, refusal, tc.want, tc.refusal)
 		}
 	}
 }
