@@ -13,17 +13,7 @@ import (
 // the challenges of both replicas.
 func testChallengesInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := db(t)
-	a, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	seq := 0
 	ch := func(source, ek string) Challenge {

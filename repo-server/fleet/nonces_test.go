@@ -16,17 +16,7 @@ import (
 // replicas: one issues, the other consumes).
 func testNoncesInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := db(t)
-	a, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	n1 := bytes.Repeat([]byte{1}, 32)
 	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
@@ -62,17 +52,7 @@ func testNoncesInTheDatabase(t *testing.T, db opener) {
 // and end with their token.
 func testSessionsInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := db(t)
-	a, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	tok, info, err := a.CreateToken(ctx, "rita", RoleReleaseManager, time.Hour, t0)
 	if err != nil {
@@ -117,17 +97,7 @@ func testSessionsInTheDatabase(t *testing.T, db opener) {
 // and issued the next one it carries.
 func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	ctx := context.Background()
-	path := db(t)
-	a, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	admission := func(nonce []byte, now time.Time, report string) Admission {

@@ -21,6 +21,22 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m, pg)) }
 // takes either). Each call gives another database.
 type opener func(t testing.TB) string
 
+// twoReplicas opens two stores on one new database, as two replicas would, both
+// closed when the test ends.
+func twoReplicas(t testing.TB, db opener) (a, b *Store) {
+	t.Helper()
+	path := db(t)
+	for _, s := range []**Store{&a, &b} {
+		st, err := Open(context.Background(), path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		*s = st
+	}
+	return a, b
+}
+
 func sqliteDB(t testing.TB) string { return filepath.Join(t.TempDir(), "fleet.db") }
 
 // storeSuite is the store's test suite, run once per backend: every test that touches
