@@ -26,10 +26,10 @@ import (
 // it with GracefulStop when draining.
 func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	max := int(min(r.cfg.maxRequestBytes(), math.MaxInt32))
-	opts = append([]grpc.ServerOption{
+	opts = append(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(max),
 		grpc.UnaryInterceptor(r.grpcRecoverer),
-	}, opts...)
+	}, inference.ServerOptions()...), opts...)
 	s := grpc.NewServer(opts...)
 	inference.RegisterGRPCInferenceServiceServer(s, &grpcService{r: r})
 	return s

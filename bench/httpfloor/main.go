@@ -68,7 +68,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "httpfloor:", err)
 			os.Exit(1)
 		}
-		s := grpc.NewServer()
+		s := grpc.NewServer(inference.ServerOptions()...)
 		inference.RegisterGRPCInferenceServiceServer(s, grpcFloor{})
 		go s.Serve(ln)
 	}

@@ -1,0 +1,35 @@
+package inference
+
+import (
+	goruntime "runtime"
+
+	"google.golang.org/grpc"
+)
+
+// Flow-control windows of ServerOptions: static, so grpc-go does not estimate the
+// bandwidth-delay product. 1 MiB per stream is 16 times grpc-go's initial 64 KiB, so a
+// large tensor still streams without waiting for WINDOW_UPDATEs on loopback or a LAN.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 2 << 20
+)
+
+// ServerOptions are the transport options of edgeward-runtime's gRPC server. The
+// benchmark's gRPC floor (bench/httpfloor) uses the same ones, so that the floor and the
+// runtime are compared over the same transport.
+//
+//   - Static flow-control windows. With BDP estimation (grpc-go's default) the server
+//     sends a BDP ping whenever a DATA frame arrives and no ping is outstanding: for
+//     unary calls of a few hundred bytes, one PING frame written and one ack read per
+//     request, on top of the call itself.
+//   - Stream workers, as many as GOMAXPROCS: a call runs on a reused goroutine whose
+//     stack has already grown, instead of on a new goroutine that grows its stack
+//     (copying it) through protobuf, the handler and the cgo call on every request. A
+//     call that finds every worker busy gets its own goroutine, as without workers.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.StaticStreamWindowSize(streamWindow),
+		grpc.StaticConnWindowSize(connWindow),
+		grpc.NumStreamWorkers(uint32(goruntime.GOMAXPROCS(0))),
+	}
+}
