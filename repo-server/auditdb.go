@@ -137,11 +137,21 @@ func importLegacyAudit(ctx context.Context, dir string, db *sql.DB) error {
 				return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, DBPath(dir), mine)
 			}
 			if theirs > 0 {
-				stmts = append(stmts,
-					`INSERT INTO main.audit_leaves SELECT * FROM legacy.audit_leaves`,
+				// repo.db's records keep their layout: their stored hashes in their rows
+				// (audit schema 2) or in audit_hashes (before); the frontier is rebuilt
+				// at the next append.
+				leaves := `INSERT INTO main.audit_leaves(seq, at, actor, kind, subject, data) SELECT seq, at, actor, kind, subject, data FROM legacy.audit_leaves`
+				var rowHashes int
+				if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('audit_leaves', 'legacy') WHERE name = 'hashes'`).Scan(&rowHashes); err != nil {
+					return err
+				}
+				if rowHashes > 0 {
+					leaves = `INSERT INTO main.audit_leaves(seq, at, actor, kind, subject, data, hashes) SELECT seq, at, actor, kind, subject, data, hashes FROM legacy.audit_leaves`
+				}
+				stmts = append(stmts, leaves,
 					`INSERT INTO main.audit_hashes SELECT * FROM legacy.audit_hashes`,
 					`INSERT INTO main.audit_checkpoints_v2 SELECT * FROM legacy.audit_checkpoints_v2`,
-					`UPDATE main.audit_tree_size SET size = (SELECT size FROM legacy.audit_tree_size WHERE id = 1) WHERE id = 1`)
+					`UPDATE main.audit_tree_size SET size = (SELECT size FROM legacy.audit_tree_size WHERE id = 1), frontier = NULL WHERE id = 1`)
 			}
 		}
 		tx, err := conn.BeginTx(ctx, nil)

@@ -1,6 +1,7 @@
 package reposerver
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -73,5 +74,12 @@ func TestLegacyAuditDatabaseIsImported(t *testing.T) {
 	}
 	if _, err := got.Append(ctx, "server", "after", "x", nil); err != nil {
 		t.Fatalf("append after the import: %v", err)
+	}
+	var buf bytes.Buffer
+	if err := got.Export(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := audit.VerifyWithKey(&buf, got.PublicKey(), got.Origin()); err != nil || rep.Records != 4 {
+		t.Fatalf("Verify(export after the import) = %+v, %v; want 4 records", rep, err)
 	}
 }

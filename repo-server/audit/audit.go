@@ -21,11 +21,13 @@ import (
 	"crypto/ed25519"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,21 +57,34 @@ func (r *Record) Leaf() []byte {
 	if json.Compact(&compact, data) == nil {
 		data = compact.Bytes()
 	}
-	var b bytes.Buffer
-	b.WriteString("edgeward-audit-leaf-v2\n")
+	return leafBytes(r.Seq, r.At, r.Actor, r.Kind, r.Subject, data)
+}
+
+const leafTag = "edgeward-audit-leaf-v2\n"
+
+// leafBytes is Leaf with data already compact (AppendTx's, from json.Marshal).
+func leafBytes(seq int64, at time.Time, actor, kind, subject string, data []byte) []byte {
+	var num [20]byte
+	seqs := strconv.AppendInt(num[:0], seq, 10)
+	var tb [40]byte
+	ats := at.UTC().AppendFormat(tb[:0], time.RFC3339Nano)
+	b := make([]byte, 0, len(leafTag)+6*8+len(seqs)+len(ats)+len(actor)+len(kind)+len(subject)+len(data))
+	b = append(b, leafTag...)
 	field := func(s []byte) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		b.Write(n[:])
-		b.Write(s)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
 	}
-	field([]byte(strconv.FormatInt(r.Seq, 10)))
-	field([]byte(r.At.UTC().Format(time.RFC3339Nano)))
-	field([]byte(r.Actor))
-	field([]byte(r.Kind))
-	field([]byte(r.Subject))
+	fieldS := func(s string) {
+		b = binary.BigEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	field(seqs)
+	field(ats)
+	fieldS(actor)
+	fieldS(kind)
+	fieldS(subject)
 	field(data)
-	return b.Bytes()
+	return b
 }
 
 // LeafHash is the record's RFC 6962 leaf hash.
@@ -116,6 +131,21 @@ type Log struct {
 	// running it). nil until the first Latest, or when it could not be prepared.
 	latestMu sync.Mutex
 	latest   *sql.Stmt
+
+	// head is the tree head this Log last appended at: a guess at the database's, which
+	// AppendTx's compare-and-set UPDATE checks (size and frontier) before using it, so a
+	// stale guess (another replica appended, or the transaction rolled back) costs a
+	// read, never a wrong tree. nil: none yet.
+	head atomic.Pointer[treeHead]
+}
+
+// treeHead is the tree's right edge at a size: the roots of its complete subtrees,
+// largest first (one per bit set in size), which are all an append needs. enc is its
+// encoding in audit_tree_size.frontier.
+type treeHead struct {
+	size     int64
+	frontier []tlog.Hash
+	enc      string
 }
 
 type openedCheckpoint struct {
@@ -123,6 +153,8 @@ type openedCheckpoint struct {
 	c   Checkpoint
 }
 
+// schema is the log's first schema version (migration 1), as Edgeward created it before
+// the schema was versioned: idempotent, so a database of that time upgrades.
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS audit_tree_size (id INTEGER PRIMARY KEY, size BIGINT NOT NULL)`,
 	`INSERT INTO audit_tree_size(id, size) VALUES (1, 0) ON CONFLICT DO NOTHING`,
@@ -136,11 +168,32 @@ var schema = []string{
 	)`,
 	`CREATE INDEX IF NOT EXISTS audit_leaves_kind ON audit_leaves(kind, seq)`,
 	`CREATE INDEX IF NOT EXISTS audit_leaves_subject ON audit_leaves(subject, seq)`,
-	// Stored hashes of the tree (tlog.StoredHashIndex), base64.
+	// Stored hashes of the tree (tlog.StoredHashIndex), base64: of the records appended
+	// before migration 2 only.
 	`CREATE TABLE IF NOT EXISTS audit_hashes (id BIGINT PRIMARY KEY, hash TEXT NOT NULL)`,
 	// Signed checkpoints (notes, with the cosignatures collected so far).
 	`CREATE TABLE IF NOT EXISTS audit_checkpoints_v2 (size BIGINT PRIMARY KEY, note TEXT NOT NULL, at TEXT NOT NULL)`,
 }
+
+// migrations are the log's schema versions, applied in order, once each, in Open's
+// transaction; audit_schema counts those applied. Append only: never edit one that has
+// shipped.
+var migrations = [][]string{
+	schema,
+	// 2: an append writes one row. A record's row holds the stored hashes its leaf
+	// completes (tlog.StoredHashes: levels 0 … k, base64 of their concatenation), and the
+	// tree-size row holds the tree's right edge (frontier), so an append reads nothing
+	// and the tree head's UPDATE, which serialises appenders, also checks and advances
+	// it. The rows written before keep their hashes in audit_hashes (NULL here); the
+	// frontier is rebuilt from the stored hashes when it does not match the size.
+	{
+		`ALTER TABLE audit_leaves ADD COLUMN hashes TEXT`,
+		`ALTER TABLE audit_tree_size ADD COLUMN frontier TEXT`,
+	},
+}
+
+// ErrSchemaTooNew says the database's audit log was written by a newer Edgeward.
+var ErrSchemaTooNew = errors.New("the audit log's schema is newer than this server")
 
 // sqliteSchema adds defence in depth where the engine is sqlite. The log does not rely on
 // it: whoever can drop a trigger can rewrite rows, and the signed checkpoints, the
@@ -156,11 +209,7 @@ var sqliteSchema = []string{
 	BEGIN SELECT RAISE(ABORT, 'audit hashes are append-only'); END`,
 }
 
-// Schema returns the statements that create the log's tables (idempotent), for a caller
-// that manages migrations itself. Open runs them.
-func Schema() []string { return append([]string(nil), schema...) }
-
-// Open prepares the log's tables in cfg.DB.
+// Open prepares the log's tables in cfg.DB (creating or upgrading them).
 func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.DB == nil || len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, errors.New("audit: a database and an ed25519 checkpoint key are needed")
@@ -179,16 +228,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if l.now == nil {
 		l.now = time.Now
 	}
-	var v string
-	if l.db.QueryRowContext(ctx, `SELECT sqlite_version()`).Scan(&v) == nil {
-		for _, s := range append(append([]string(nil), schema...), sqliteSchema...) {
-			if _, err := l.db.ExecContext(ctx, s); err != nil {
-				return nil, fmt.Errorf("audit schema: %w", err)
-			}
-		}
-		return l, nil
-	}
-	if err := l.pgSchema(ctx); err != nil {
+	if err := l.migrate(ctx); err != nil {
 		return nil, fmt.Errorf("audit schema: %w", err)
 	}
 	return l, nil
@@ -199,19 +239,57 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // It is the fleet store's writer lock: the fleet's migrations take it too.
 const SchemaLock int64 = 0x6564676577617264
 
-// pgSchema creates the log's tables on PostgreSQL, in one transaction under SchemaLock,
-// with the append-only triggers (defence in depth, as on sqlite).
-func (l *Log) pgSchema(ctx context.Context) error {
+// SchemaVersion is the audit schema version this server writes.
+func SchemaVersion() int { return len(migrations) }
+
+// migrate brings the log's tables up to date in one transaction (on PostgreSQL under
+// SchemaLock; on sqlite under the write lock its first write takes), with the
+// append-only triggers (defence in depth). A schema newer than this server's is refused.
+func (l *Log) migrate(ctx context.Context) error {
+	var v string
+	pg := l.db.QueryRowContext(ctx, `SELECT sqlite_version()`).Scan(&v) != nil
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, SchemaLock); err != nil {
+	if pg {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, SchemaLock); err != nil {
+			return err
+		}
+	}
+	for _, q := range []string{
+		`CREATE TABLE IF NOT EXISTS audit_schema (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)`,
+		`INSERT INTO audit_schema(id, version) VALUES (1, 0) ON CONFLICT DO NOTHING`,
+		`UPDATE audit_schema SET version = version WHERE id = 1`, // the write lock, before reading
+	} {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	var version int
+	if err := tx.QueryRowContext(ctx, `SELECT version FROM audit_schema WHERE id = 1`).Scan(&version); err != nil {
 		return err
 	}
-	for _, s := range append(append([]string(nil), schema...), pgAppendOnly...) {
-		if _, err := tx.ExecContext(ctx, s); err != nil {
+	if version > len(migrations) {
+		return fmt.Errorf("%w: version %d, this server knows up to %d", ErrSchemaTooNew, version, len(migrations))
+	}
+	for ; version < len(migrations); version++ {
+		for _, q := range migrations[version] {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("migration %d: %w", version+1, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE audit_schema SET version = $1 WHERE id = 1`, version+1); err != nil {
+			return err
+		}
+	}
+	triggers := sqliteSchema
+	if pg {
+		triggers = pgAppendOnly
+	}
+	for _, q := range triggers {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return err
 		}
 	}
@@ -247,16 +325,14 @@ func (l *Log) Verifier() note.Verifier {
 	return v
 }
 
+// compactJSON encodes data: json.Marshal's output is compact already (it compacts a
+// json.RawMessage or a Marshaler's output too).
 func compactJSON(kind string, data any) ([]byte, error) {
 	raw, err := json.Marshal(data)
 	if err != nil {
 		return nil, fmt.Errorf("audit %s: encode data: %w", kind, err)
 	}
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, raw); err != nil {
-		return nil, err
-	}
-	return compact.Bytes(), nil
+	return raw, nil
 }
 
 // Append adds a record in its own transaction and returns it. data is any
@@ -284,41 +360,143 @@ func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any)
 
 // AppendTx adds a record inside the caller's transaction tx (on the log's database), so
 // the record commits or rolls back with the change it records. Its first statement takes
-// the write lock on the tree size, so appenders serialise on the tree head: call it early
-// in a transaction that will write anyway, and keep the transaction short.
+// the write lock on the tree head, so appenders serialise on it: call it early in a
+// transaction that will write anyway, and keep the transaction short.
+//
+// An append is two statements with fixed texts: the tree head's UPDATE, a
+// compare-and-set from the head this Log last appended at (size and frontier) to the
+// next, and the record's INSERT, whose row carries the stored hashes its leaf completes.
+// When the compare fails (another writer appended, a transaction rolled back), the head
+// is read under the same lock first.
 func (l *Log) AppendTx(ctx context.Context, tx Tx, actor, kind, subject string, data any) (*Record, error) {
 	raw, err := compactJSON(kind, data)
 	if err != nil {
 		return nil, err
 	}
+	at := l.now().UTC()
+	if h := l.head.Load(); h != nil {
+		rec, next, hashes := h.extend(at, actor, kind, subject, raw)
+		res, err := tx.ExecContext(ctx, `UPDATE audit_tree_size SET size = $1, frontier = $2 WHERE id = 1 AND size = $3 AND frontier = $4`,
+			next.size, next.enc, h.size, h.enc)
+		if err != nil {
+			return nil, fmt.Errorf("audit append: tree head: %w", err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, fmt.Errorf("audit append: tree head: %w", err)
+		} else if n == 1 {
+			return l.insertLeaf(ctx, tx, rec, next, hashes)
+		}
+	}
+	// The tree head as committed, locked (a no-op UPDATE takes the row's write lock).
 	var size int64
-	if err := tx.QueryRowContext(ctx, `UPDATE audit_tree_size SET size = size + 1 WHERE id = 1 RETURNING size`).Scan(&size); err != nil {
+	var enc sql.NullString
+	if err := tx.QueryRowContext(ctx, `UPDATE audit_tree_size SET size = size WHERE id = 1 RETURNING size, frontier`).Scan(&size, &enc); err != nil {
 		return nil, fmt.Errorf("audit append: tree head: %w", err)
 	}
-	rec := &Record{Seq: size, At: l.now().UTC(), Actor: actor, Kind: kind, Subject: subject, Data: raw}
-	hashes, err := tlog.StoredHashes(size-1, rec.Leaf(), hashReader(ctx, tx))
+	h, err := parseHead(size, enc.String)
 	if err != nil {
-		return nil, fmt.Errorf("audit append: tree: %w", err)
+		// Written before migration 2, by an older server, or rewound by hand: the
+		// frontier is rebuilt from the stored hashes.
+		f, err := frontierOf(size, hashReader(ctx, tx))
+		if err != nil {
+			return nil, fmt.Errorf("audit append: tree frontier: %w", err)
+		}
+		h = newHead(size, f)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_leaves(seq, at, actor, kind, subject, data) VALUES ($1, $2, $3, $4, $5, $6)`,
-		rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data)); err != nil {
+	rec, next, hashes := h.extend(at, actor, kind, subject, raw)
+	res, err := tx.ExecContext(ctx, `UPDATE audit_tree_size SET size = $1, frontier = $2 WHERE id = 1 AND size = $3`, next.size, next.enc, size)
+	if err != nil {
+		return nil, fmt.Errorf("audit append: tree head: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n != 1 {
+		return nil, fmt.Errorf("audit append: the tree head moved under its lock (%d rows, %v)", n, err)
+	}
+	return l.insertLeaf(ctx, tx, rec, next, hashes)
+}
+
+func (l *Log) insertLeaf(ctx context.Context, tx Tx, rec *Record, next *treeHead, hashes string) (*Record, error) {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_leaves(seq, at, actor, kind, subject, data, hashes) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		rec.Seq, rec.At.Format(time.RFC3339Nano), rec.Actor, rec.Kind, rec.Subject, string(rec.Data), hashes); err != nil {
 		return nil, fmt.Errorf("audit append: %w", err)
 	}
-	var q strings.Builder
-	q.WriteString(`INSERT INTO audit_hashes(id, hash) VALUES `)
-	args := make([]any, 0, 2*len(hashes))
-	first := tlog.StoredHashIndex(0, size-1)
-	for i, h := range hashes {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		fmt.Fprintf(&q, "($%d, $%d)", 2*i+1, 2*i+2)
-		args = append(args, first+int64(i), h.String())
-	}
-	if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
-		return nil, fmt.Errorf("audit append: hashes: %w", err)
-	}
+	l.head.Store(next)
 	return rec, nil
+}
+
+// extend appends a leaf to the tree h: the record (Seq h.size+1), the tree head after
+// it, and the stored hashes the leaf completes (tlog.StoredHashes: the leaf's hash, then
+// one per level it completes), encoded for audit_leaves.hashes.
+func (h *treeHead) extend(at time.Time, actor, kind, subject string, data []byte) (*Record, *treeHead, string) {
+	rec := &Record{Seq: h.size + 1, At: at, Actor: actor, Kind: kind, Subject: subject, Data: data}
+	leaf := tlog.RecordHash(leafBytes(rec.Seq, at, actor, kind, subject, data))
+	// Leaf index h.size completes one level per trailing 1 bit of it, each with the
+	// frontier's smallest subtree (tlog.StoredHashesForRecordHash).
+	m := bits.TrailingZeros64(uint64(h.size + 1))
+	buf := make([]byte, 0, (m+1)*tlog.HashSize)
+	buf = append(buf, leaf[:]...)
+	top := leaf
+	keep := len(h.frontier) - m
+	for i := 0; i < m; i++ {
+		top = tlog.NodeHash(h.frontier[len(h.frontier)-1-i], top)
+		buf = append(buf, top[:]...)
+	}
+	f := make([]tlog.Hash, keep+1)
+	copy(f, h.frontier[:keep])
+	f[keep] = top
+	return rec, newHead(h.size+1, f), base64.StdEncoding.EncodeToString(buf)
+}
+
+func newHead(size int64, f []tlog.Hash) *treeHead {
+	buf := make([]byte, 0, len(f)*tlog.HashSize)
+	for _, x := range f {
+		buf = append(buf, x[:]...)
+	}
+	return &treeHead{size: size, frontier: f, enc: strconv.FormatInt(size, 10) + ":" + base64.StdEncoding.EncodeToString(buf)}
+}
+
+// parseHead decodes a frontier column: "size:base64", valid only for that size.
+func parseHead(size int64, enc string) (*treeHead, error) {
+	n, b64, ok := strings.Cut(enc, ":")
+	if !ok || n != strconv.FormatInt(size, 10) {
+		return nil, errors.New("no frontier for this size")
+	}
+	f, err := decodeHashes(b64)
+	if err != nil || len(f) != bits.OnesCount64(uint64(size)) {
+		return nil, fmt.Errorf("bad frontier (%d hashes, %v)", len(f), err)
+	}
+	return &treeHead{size: size, frontier: f, enc: enc}, nil
+}
+
+func decodeHashes(b64 string) ([]tlog.Hash, error) {
+	b, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)%tlog.HashSize != 0 {
+		return nil, fmt.Errorf("%d bytes of hashes", len(b))
+	}
+	out := make([]tlog.Hash, len(b)/tlog.HashSize)
+	for i := range out {
+		copy(out[i][:], b[i*tlog.HashSize:])
+	}
+	return out, nil
+}
+
+// frontierOf reads the roots of the complete subtrees of the tree of size n, largest
+// first (the hashes tlog.TreeHash combines).
+func frontierOf(n int64, r tlog.HashReader) ([]tlog.Hash, error) {
+	var ix []int64
+	var start int64
+	for level := 62; level >= 0; level-- {
+		if n&(1<<level) != 0 {
+			ix = append(ix, tlog.StoredHashIndex(level, start>>level))
+			start += 1 << level
+		}
+	}
+	if len(ix) == 0 {
+		return nil, nil
+	}
+	return r.ReadHashes(ix)
 }
 
 // Tx is a transaction on the log's database: *sql.Tx, or a store's transaction that
@@ -334,46 +512,79 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-// hashReader reads stored hashes from the database (or a transaction on it).
+// hashReader reads stored hashes from the database (or a transaction on it). The hash
+// tlog.StoredHashIndex(level, n) is completed by leaf (n+1)<<level - 1: it is the
+// level'th in the hashes of record (n+1)<<level, or, for records appended before
+// schema migration 2 (hashes NULL), row id = index of audit_hashes.
 func hashReader(ctx context.Context, q querier) tlog.HashReader {
 	return tlog.HashReaderFunc(func(indexes []int64) ([]tlog.Hash, error) {
 		if len(indexes) == 0 {
 			return nil, nil
 		}
-		var b strings.Builder
-		b.WriteString(`SELECT id, hash FROM audit_hashes WHERE id IN (`)
-		args := make([]any, len(indexes))
-		for i, ix := range indexes {
-			if i > 0 {
-				b.WriteString(",")
+		seqs := make([]int64, 0, len(indexes))
+		seen := make(map[int64]bool, len(indexes))
+		for _, ix := range indexes {
+			level, n := tlog.SplitStoredHashIndex(ix)
+			if seq := (n + 1) << level; !seen[seq] {
+				seen[seq] = true
+				seqs = append(seqs, seq)
 			}
-			fmt.Fprintf(&b, "$%d", i+1)
-			args[i] = ix
 		}
-		b.WriteString(")")
-		rows, err := q.QueryContext(ctx, b.String(), args...)
-		if err != nil {
-			return nil, fmt.Errorf("audit hashes: %w", err)
-		}
-		defer rows.Close()
-		got := make(map[int64]tlog.Hash, len(indexes))
-		for rows.Next() {
-			var id int64
+		rows := make(map[int64][]tlog.Hash, len(seqs))
+		err := queryIn(ctx, q, `SELECT seq, hashes FROM audit_leaves WHERE hashes IS NOT NULL AND seq IN (`, seqs, func(r *sql.Rows) error {
+			var seq int64
 			var s string
-			if err := rows.Scan(&id, &s); err != nil {
-				return nil, err
+			if err := r.Scan(&seq, &s); err != nil {
+				return err
 			}
-			h, err := tlog.ParseHash(s)
+			hs, err := decodeHashes(s)
 			if err != nil {
-				return nil, fmt.Errorf("audit hash %d: %w", id, err)
+				return fmt.Errorf("audit record %d: hashes: %w", seq, err)
 			}
-			got[id] = h
-		}
-		if err := rows.Err(); err != nil {
+			if want := 1 + bits.TrailingZeros64(uint64(seq)); len(hs) != want {
+				return fmt.Errorf("audit record %d: %d stored hashes, want %d", seq, len(hs), want)
+			}
+			rows[seq] = hs
+			return nil
+		})
+		if err != nil {
 			return nil, err
 		}
 		out := make([]tlog.Hash, len(indexes))
+		var legacy []int64
 		for i, ix := range indexes {
+			level, n := tlog.SplitStoredHashIndex(ix)
+			if hs, ok := rows[(n+1)<<level]; ok {
+				out[i] = hs[level]
+			} else {
+				legacy = append(legacy, ix)
+			}
+		}
+		if len(legacy) == 0 {
+			return out, nil
+		}
+		got := make(map[int64]tlog.Hash, len(legacy))
+		err = queryIn(ctx, q, `SELECT id, hash FROM audit_hashes WHERE id IN (`, legacy, func(r *sql.Rows) error {
+			var id int64
+			var s string
+			if err := r.Scan(&id, &s); err != nil {
+				return err
+			}
+			h, err := tlog.ParseHash(s)
+			if err != nil {
+				return fmt.Errorf("audit hash %d: %w", id, err)
+			}
+			got[id] = h
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		for i, ix := range indexes {
+			level, n := tlog.SplitStoredHashIndex(ix)
+			if _, ok := rows[(n+1)<<level]; ok {
+				continue
+			}
 			h, ok := got[ix]
 			if !ok {
 				return nil, fmt.Errorf("audit: stored hash %d is missing", ix)
@@ -382,6 +593,33 @@ func hashReader(ctx context.Context, q querier) tlog.HashReader {
 		}
 		return out, nil
 	})
+}
+
+// queryIn runs prefix + "$1, …, $n)" over ids and calls fn for each row.
+func queryIn(ctx context.Context, q querier, prefix string, ids []int64, fn func(*sql.Rows) error) error {
+	var b strings.Builder
+	b.WriteString(prefix)
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("$")
+		b.WriteString(strconv.Itoa(i + 1))
+		args[i] = id
+	}
+	b.WriteString(")")
+	rows, err := q.QueryContext(ctx, b.String(), args...)
+	if err != nil {
+		return fmt.Errorf("audit hashes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 // Size is the number of records in the log (committed).

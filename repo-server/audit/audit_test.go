@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"database/sql"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -228,12 +229,14 @@ func (a attacker) rebuild(l *Log, from int64) {
 	for i, r := range recs {
 		hs, _ := tlog.StoredHashes(int64(i), r.Leaf(), mem)
 		stored = append(stored, hs...)
-	}
-	for i, h := range stored {
-		a.exec(`INSERT INTO audit_hashes(id, hash) VALUES ($1, $2)`, i, h.String())
+		var b []byte
+		for _, h := range hs {
+			b = append(b, h[:]...)
+		}
+		a.exec(`UPDATE audit_leaves SET hashes = $1 WHERE seq = $2`, base64.StdEncoding.EncodeToString(b), r.Seq)
 	}
 	a.exec(`DELETE FROM audit_checkpoints_v2 WHERE size >= $1`, from)
-	a.exec(`UPDATE audit_tree_size SET size = $1`, len(recs))
+	a.exec(`UPDATE audit_tree_size SET size = $1, frontier = NULL`, len(recs))
 }
 
 // auditor keeps the last checkpoint it verified, as `edgeward audit verify --state` does.

@@ -31,6 +31,8 @@ var dbSuite = []struct {
 	{"AppendTxCommitsWithTheChange", testAppendTxCommitsWithTheChange},
 	{"Proofs", testProofs},
 	{"AppendTxCommitsWithTheCallersTransaction", testAppendTxCommitsWithTheCallersTransaction},
+	{"UpgradeFromUnversionedSchema", testUpgradeFromUnversionedSchema},
+	{"StaleTreeHead", testStaleTreeHead},
 }
 
 func runDBSuite(t *testing.T, db opener) {
