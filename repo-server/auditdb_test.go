@@ -3,6 +3,8 @@ package reposerver
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,11 +12,58 @@ import (
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // A data directory from before the audit log moved into fleet.db: its repo.db (audit
 // log and report dedup marks) is imported on first open, then renamed.
 func TestLegacyAuditDatabaseIsImported(t *testing.T) {
+	t.Run("current layout", func(t *testing.T) { testLegacyAuditImport(t, nil) })
+	// repo.db as Edgeward wrote it before audit schema 2: the stored hashes in
+	// audit_hashes, no hashes column, no frontier, no schema version.
+	t.Run("layout before audit schema 2", func(t *testing.T) { testLegacyAuditImport(t, toAuditLayout1) })
+}
+
+// toAuditLayout1 rewrites the audit log in db to the layout before audit schema 2.
+func toAuditLayout1(t *testing.T, db *sql.DB) {
+	rows, err := db.Query(`SELECT seq, hashes FROM audit_leaves ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type leaf struct {
+		seq    int64
+		hashes string
+	}
+	var leaves []leaf
+	for rows.Next() {
+		var l leaf
+		if err := rows.Scan(&l.seq, &l.hashes); err != nil {
+			t.Fatal(err)
+		}
+		leaves = append(leaves, l)
+	}
+	rows.Close()
+	for _, l := range leaves {
+		b, err := base64.StdEncoding.DecodeString(l.hashes)
+		if err != nil || len(b)%tlog.HashSize != 0 {
+			t.Fatalf("record %d hashes %q: %v", l.seq, l.hashes, err)
+		}
+		for i := 0; i < len(b)/tlog.HashSize; i++ {
+			var h tlog.Hash
+			copy(h[:], b[i*tlog.HashSize:])
+			if _, err := db.Exec(`INSERT INTO audit_hashes(id, hash) VALUES (?, ?)`, tlog.StoredHashIndex(0, l.seq-1)+int64(i), h.String()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, q := range []string{`ALTER TABLE audit_leaves DROP COLUMN hashes`, `ALTER TABLE audit_tree_size DROP COLUMN frontier`, `DROP TABLE audit_schema`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+}
+
+func testLegacyAuditImport(t *testing.T, layout func(*testing.T, *sql.DB)) {
 	f := newFixtureOn(t, repository.KeyEd25519, "") // repo.db sits beside a sqlite fleet.db only
 	ctx := context.Background()
 	// newFixture's own events went to fleet.db; start from a data dir that has only repo.db.
@@ -38,6 +87,9 @@ func TestLegacyAuditDatabaseIsImported(t *testing.T) {
 		if _, err := l.Append(ctx, "server", k, "x", nil); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if layout != nil {
+		layout(t, db)
 	}
 	if _, err := db.Exec(`CREATE TABLE device_reports_seen (device TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY(device, id));
 		INSERT INTO device_reports_seen VALUES ('dev-1', 'r1')`); err != nil {
