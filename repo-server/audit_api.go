@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/wire"
@@ -50,6 +52,9 @@ func (s *Server) auditCheckpoint(w http.ResponseWriter, r *http.Request) {
 		c, err = l.Latest(r.Context())
 		if errors.Is(err, audit.ErrNoCheckpoint) {
 			c, err = l.Checkpoint(r.Context())
+		}
+		if err == nil {
+			s.noteCheckpoint(c)
 		}
 	}
 	if err != nil {
@@ -182,6 +187,7 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 			s.log.Error("audit checkpoint", "err", err)
 			continue
 		}
+		s.noteCheckpoint(c) // check-ins answer with it at once
 		if len(clients) == 0 || c.Size == cosigned {
 			continue
 		}
@@ -190,7 +196,124 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 			continue
 		}
 		cosigned = c.Size
+		if c, err := l.CheckpointAt(ctx, c.Size); err == nil {
+			s.noteCheckpoint(c) // with the cosignatures
+		}
 	}
+}
+
+// newestCheckpoint is the audit log's newest signed checkpoint as this server last
+// read or signed it, for check-in answers: every check-in carries one, and reading it
+// from the database each time cost a query per check-in (on sqlite through the
+// connection the group committer holds for its batch). Checkpoints change only when a
+// replica signs one or witnesses cosign it, so a check-in may be answered with one at
+// most ServerConfig.CheckpointRefresh old; a device that echoes a newer one (seen at
+// another replica) makes its check-in read the database first, so that a stale cache
+// is never taken for a rollback. Safe for concurrent use.
+type newestCheckpoint struct {
+	cur atomic.Pointer[cachedCheckpoint]
+	// refresh serialises the database reads; a check-in that only finds the cache old
+	// does not wait for another's read, it answers with the cached checkpoint.
+	refresh sync.Mutex
+}
+
+// cachedCheckpoint is a checkpoint and when it was read (the server's clock). c is
+// shared by every reader: read-only.
+type cachedCheckpoint struct {
+	c    *audit.Checkpoint
+	note string // c.Note
+	at   time.Time
+}
+
+// checkpointRefresh is how old a cached newest checkpoint may be; 0 or less: not
+// cached.
+func (s *Server) checkpointRefresh() time.Duration {
+	switch d := s.cfg.CheckpointRefresh; {
+	case d < 0:
+		return 0
+	case d == 0:
+		return time.Second
+	default:
+		return d
+	}
+}
+
+// noteCheckpoint caches c as the newest checkpoint when it is at least as large as the
+// cached one (at the same size, c is the newer read: it may carry more cosignatures).
+func (s *Server) noteCheckpoint(c *audit.Checkpoint) {
+	e := &cachedCheckpoint{c: c, note: string(c.Note), at: s.cfg.Now()}
+	for {
+		old := s.newest.cur.Load()
+		if old != nil && old.c.Size > c.Size {
+			return
+		}
+		if s.newest.cur.CompareAndSwap(old, e) {
+			return
+		}
+	}
+}
+
+// latestCheckpoint returns the log's newest signed checkpoint, of at least atLeast
+// records: from the cache while it is fresh enough (checkpointRefresh), else from the
+// database (signing the first one when the log has none). A cache that cannot satisfy
+// atLeast is always refreshed; the result may still be smaller (a rolled-back log), which
+// the caller judges.
+func (s *Server) latestCheckpoint(ctx context.Context, l *audit.Log, atLeast int64) (*cachedCheckpoint, error) {
+	ttl := s.checkpointRefresh()
+	fresh := func(e *cachedCheckpoint, now time.Time) bool {
+		return e != nil && e.c.Size >= atLeast && !now.Before(e.at) && now.Sub(e.at) < ttl
+	}
+	if ttl <= 0 {
+		return s.readCheckpoint(ctx, l)
+	}
+	now := s.cfg.Now()
+	e := s.newest.cur.Load()
+	if fresh(e, now) {
+		return e, nil
+	}
+	if e != nil && e.c.Size >= atLeast {
+		// Old but enough: one check-in reads the database, the others keep answering.
+		if !s.newest.refresh.TryLock() {
+			return e, nil
+		}
+	} else {
+		s.newest.refresh.Lock()
+	}
+	defer s.newest.refresh.Unlock()
+	if e := s.newest.cur.Load(); fresh(e, s.cfg.Now()) {
+		return e, nil // another check-in read it meanwhile
+	}
+	prev := s.newest.cur.Load()
+	e, err := s.readCheckpoint(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	// Stored even when smaller than the cached one: the database is the truth (a
+	// restored backup), and the device's echo says what it saw; unless one signed here
+	// was noted meanwhile (noteCheckpoint) that is at least as large.
+	e.at = now
+	for {
+		cur := s.newest.cur.Load()
+		if cur != nil && cur != prev && cur.c.Size >= e.c.Size {
+			return cur, nil
+		}
+		if s.newest.cur.CompareAndSwap(cur, e) {
+			return e, nil
+		}
+	}
+}
+
+// readCheckpoint reads the newest checkpoint from the database, signing the first one
+// when the log has none.
+func (s *Server) readCheckpoint(ctx context.Context, l *audit.Log) (*cachedCheckpoint, error) {
+	c, err := l.Latest(ctx)
+	if errors.Is(err, audit.ErrNoCheckpoint) {
+		c, err = l.Checkpoint(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &cachedCheckpoint{c: c, note: string(c.Note), at: s.cfg.Now()}, nil
 }
 
 // auditWitness is the audit part of a check-in response: the newest checkpoint and a
@@ -198,24 +321,36 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 // is not one of this log's (a fork, or a rollback of the server's database), the server
 // cannot prove anything; it says so in its own log and still answers, and the device
 // refuses the answer. Errors are logged: the check-in has already committed.
+//
+// The newest checkpoint comes from latestCheckpoint's cache; one the device echoes that
+// is newer than the cached one (another replica signed it) is looked up in the database
+// before anything is judged.
 func (s *Server) auditWitness(ctx context.Context, device, echoed string) *wire.AuditCheckpoint {
 	l, err := s.openAudit(ctx)
 	if err != nil {
 		return nil
 	}
-	c, err := l.Latest(ctx)
-	if errors.Is(err, audit.ErrNoCheckpoint) {
-		c, err = l.Checkpoint(ctx)
-	}
+	e, err := s.latestCheckpoint(ctx, l, 0)
 	if err != nil {
 		s.log.Error("audit checkpoint for a check-in", "device", device, "err", err)
 		return nil
 	}
-	out := &wire.AuditCheckpoint{Checkpoint: string(c.Note)}
-	if echoed == "" || echoed == out.Checkpoint {
-		return out // nothing seen yet, or the newest already: nothing to prove
+	if echoed == "" || echoed == e.note {
+		return &wire.AuditCheckpoint{Checkpoint: e.note} // nothing seen yet, or the newest already: nothing to prove
 	}
 	old, err := audit.OpenCheckpoint([]byte(echoed), l.Verifier(), nil, 0)
+	if err == nil && old.Size > e.c.Size {
+		// Perhaps signed at another replica since this one read the newest checkpoint.
+		if e, err = s.latestCheckpoint(ctx, l, old.Size); err != nil {
+			s.log.Error("audit checkpoint for a check-in", "device", device, "err", err)
+			return nil
+		}
+	}
+	c := e.c
+	out := &wire.AuditCheckpoint{Checkpoint: e.note}
+	if echoed == out.Checkpoint {
+		return out
+	}
 	if err == nil {
 		if old.Size > c.Size {
 			err = fmt.Errorf("%w: the device has seen a tree of %d records, the log has %d", audit.ErrInconsistent, old.Size, c.Size)

@@ -37,6 +37,12 @@ type ServerConfig struct {
 	// CheckpointInterval is how often the audit log's checkpoint is signed while records
 	// accumulate, and sent to the witnesses. 0: 10 seconds.
 	CheckpointInterval time.Duration
+	// CheckpointRefresh is how old the audit log's newest checkpoint may be in a
+	// check-in's answer: the server keeps the newest one in memory, noting those it
+	// signs at once, and reads the database again after this long, or at once when a
+	// device echoes a newer one (signed at another replica). 0: one second; negative:
+	// read at every check-in.
+	CheckpointRefresh time.Duration
 	// RefusalInterval is the window over which refused device requests from one source
 	// are aggregated into one audit record. 0: one minute.
 	RefusalInterval time.Duration
@@ -89,6 +95,8 @@ type Server struct {
 	devices *deviceAPI // nil until EnableDeviceAPI
 
 	refused refusals
+
+	newest newestCheckpoint // the audit log's newest checkpoint, for check-ins
 
 	auditMu sync.Mutex
 	audit   *audit.Log

@@ -1,0 +1,164 @@
+package reposerver
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/checkpoint"
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Two replicas on one database; replica 2 keeps the newest audit checkpoint in memory
+// (for an hour here) and replica 1 signs a newer one. A device that saw the newer one
+// at replica 1 and echoes it at replica 2 gets it back (or a newer one, with a proof its
+// witness accepts), and replica 2 does not record an audit.inconsistent: its stale
+// cache is not a rollback. A device echoing nothing still gets replica 2's cached one.
+func TestCheckInCheckpointFromAnotherReplica(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	store2, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store2.Close()
+	srv2, err := NewServer(ServerConfig{Repo: f.repo, CheckpointRefresh: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(d.ak.Chain[len(d.ak.Chain)-1])
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv2.EnableDeviceAPI(DeviceConfig{Fleet: store2, AttestRoots: roots, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	hs2 := httptest.NewServer(srv2.Handler())
+	defer hs2.Close()
+	replica2 := &deviceapi.Client{BaseURL: hs2.URL}
+	l1, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkIn := func(at *deviceapi.Client, echo string) *wire.AuditCheckpoint {
+		t.Helper()
+		req := d.request()
+		req.AuditCheckpoint = echo
+		d.quote(req)
+		resp, err := at.CheckIn(ctx, req)
+		if err != nil || !resp.Trusted || resp.Audit == nil {
+			t.Fatalf("check-in = %+v, %v; want trusted, with an audit checkpoint", resp, err)
+		}
+		return resp.Audit
+	}
+	sizeOf := func(note string) int64 {
+		t.Helper()
+		c, err := audit.OpenCheckpoint([]byte(note), l1.Verifier(), nil, 0)
+		if err != nil {
+			t.Fatalf("checkpoint %q: %v", note, err)
+		}
+		return c.Size
+	}
+
+	cached := checkIn(replica2, "").Checkpoint // replica 2 reads and keeps it
+	for i := 0; i < 5; i++ {
+		if _, err := l1.Append(ctx, "server", "repo.publish", fmt.Sprint(i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newer, err := l1.Checkpoint(ctx) // signed at replica 1
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newer.Size <= sizeOf(cached) {
+		t.Fatalf("replica 1 signed size %d; want more than replica 2's %d", newer.Size, sizeOf(cached))
+	}
+	if got := checkIn(replica2, "").Checkpoint; got != cached {
+		t.Fatalf("replica 2 answered size %d; want its cached size %d (the test needs a stale replica)", sizeOf(got), sizeOf(cached))
+	}
+
+	got := checkIn(replica2, string(newer.Note))
+	if n := sizeOf(got.Checkpoint); n < newer.Size {
+		t.Fatalf("replica 2, shown a checkpoint of size %d, answered size %d; want at least %d", newer.Size, n, newer.Size)
+	}
+	var proof tlog.TreeProof
+	for _, h := range got.Proof {
+		proof = append(proof, tlog.Hash(h))
+	}
+	if _, err := audit.Next(l1.Verifier(), newer.Note, []byte(got.Checkpoint), proof); err != nil {
+		t.Fatalf("the device's witness refuses replica 2's answer: %v", err)
+	}
+	if recs, err := l1.Records(ctx, audit.Query{Kind: "audit.inconsistent"}); err != nil || len(recs) != 0 {
+		t.Fatalf("audit.inconsistent records = %d, %v; want none (a stale cache is not a fork)", len(recs), err)
+	}
+	// The cache moved on: the next device echoing nothing gets the newer one too.
+	if got := checkIn(replica2, ""); sizeOf(got.Checkpoint) < newer.Size {
+		t.Fatalf("replica 2 after the refresh answered size %d; want at least %d", sizeOf(got.Checkpoint), newer.Size)
+	}
+}
+
+// A checkpoint of a tree larger than the database's, signed with the log's key (a
+// rollback of the database, or a fork), is still reported, cache or not: the echo
+// makes the server read the database, which cannot extend it.
+func TestCheckInCheckpointBeyondTheLog(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := d.request()
+	if _, err := d.checkIn(req); err != nil { // the server caches its newest checkpoint
+		t.Fatal(err)
+	}
+	size, err := l.Size(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A note over a tree of size+100 records, signed with the log's own key.
+	forged := signedCheckpoint(t, f, size+100)
+	req = d.request()
+	req.AuditCheckpoint = forged
+	d.quote(req)
+	resp, err := d.checkIn(req)
+	if err != nil || resp.Audit == nil {
+		t.Fatalf("check-in = %+v, %v", resp, err)
+	}
+	if len(resp.Audit.Proof) != 0 || resp.Audit.Checkpoint == forged {
+		t.Fatalf("answer to a checkpoint beyond the log = %+v; want the log's own, without a proof", resp.Audit)
+	}
+	if recs, err := l.Records(ctx, audit.Query{Kind: "audit.inconsistent"}); err != nil || len(recs) != 1 {
+		t.Fatalf("audit.inconsistent records = %d, %v; want 1", len(recs), err)
+	}
+}
+
+// signedCheckpoint is a checkpoint note over a made-up tree of size records, signed with
+// the fixture's audit key as the server signs its own.
+func signedCheckpoint(t *testing.T, f *deviceFixture, size int64) string {
+	t.Helper()
+	key, err := repository.AuditKey(f.repo.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := audit.Signer(audit.DefaultOrigin, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := note.Sign(&note.Note{Text: checkpoint.Body(audit.DefaultOrigin, size, tlog.Hash{1})}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(msg)
+}
