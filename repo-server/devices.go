@@ -11,14 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -95,7 +92,7 @@ type deviceAPI struct {
 	akc    *verify.AKCache // nil: none (cfg.AKCacheSize < 0)
 
 	catMu  sync.Mutex
-	catKey string
+	catKey *metaFile // the timestamp the catalog was loaded at
 	cat    map[policy.Target]repository.TargetInfo
 	// retired are the contents of retired targets, oldest first: a device still
 	// running one is measured against it, though it is never offered again. A listed
@@ -709,17 +706,16 @@ func (d *deviceAPI) runPlanner(ctx context.Context) {
 type retiredContent struct{ sha256, plainSHA256 string }
 
 func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.TargetInfo, map[policy.Target][]retiredContent, error) {
-	fi, err := os.Stat(filepath.Join(d.s.cfg.Repo.MetadataDir(), "timestamp.json"))
+	// The timestamp as the metadata cache holds it: a new entry exactly when the file
+	// changed (inode, size, mtime), found without a system call while the cache is
+	// watched, with one stat(2) otherwise (metaCache.get).
+	ts, err := d.s.meta.get("timestamp.json")
 	if err != nil {
 		return nil, nil, err
 	}
-	key := fmt.Sprint(fi.Size(), fi.ModTime().UnixNano())
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		key += fmt.Sprint("/", st.Ino)
-	}
 	d.catMu.Lock()
 	defer d.catMu.Unlock()
-	if d.cat != nil && d.catKey == key {
+	if d.cat != nil && d.catKey == ts {
 		return d.cat, d.retired, nil
 	}
 	state, err := d.s.cfg.Repo.Load(ctx)
@@ -748,7 +744,7 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 		}
 		cat[policy.Target{Kind: ti.Meta.Kind, Name: ti.Meta.Name, Version: ti.Meta.Version}] = ti
 	}
-	d.cat, d.retired, d.catKey = cat, retired, key
+	d.cat, d.retired, d.catKey = cat, retired, ts
 	return cat, retired, nil
 }
 
