@@ -1,6 +1,7 @@
 package reposerver
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
@@ -28,6 +29,7 @@ import (
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgeward/edgeward/repository"
@@ -262,9 +264,27 @@ const maxReports = 1000
 // wire.MaxRequestBytes with no unknown field, a well-formed device ID and at most
 // maxReports reports. Nothing in it is authenticated yet. On failure it has written the
 // error response.
+//
+// It decodes with unmarshalStrict, not jsonstrict.Decode: the check-in is the request
+// every device sends every interval, and encoding/json's decoder scanned each body
+// twice (once to find the value's end, once to decode it) through reflection.
 func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest, bool) {
 	var req wire.CheckInRequest
-	if !decodeJSON(w, r, wire.MaxRequestBytes, &req) {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
+		return req, false
+	}
+	body, err := readBody(w, r, wire.MaxRequestBytes)
+	if err == nil {
+		err = unmarshalStrict(body, &req)
+	}
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", wire.MaxRequestBytes))
+		} else {
+			writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
+		}
 		return req, false
 	}
 	if !deviceIDRE.MatchString(req.DeviceID) || len(req.Reports) > maxReports {
@@ -272,6 +292,29 @@ func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest,
 		return req, false
 	}
 	return req, true
+}
+
+// readBody reads r's body whole, at most max bytes (an *http.MaxBytesError beyond), into
+// a buffer sized from its Content-Length when it gives one.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	n := int64(512)
+	if r.ContentLength > 0 {
+		n = min(r.ContentLength, max) + 1 // + 1: the read that sees the end
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n))
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
+	return buf.Bytes(), err
+}
+
+// unmarshalStrict decodes data, exactly one JSON value (white space around it), into v,
+// refusing what jsonstrict.Decode refuses — unknown fields at any depth, trailing data —
+// and more: duplicate member names, member names that match a field only when case is
+// ignored, invalid UTF-8. It decodes in one pass (encoding/json/v2's semantics, from
+// github.com/go-json-experiment/json), so every JSON value jsonstrict accepts from a
+// well-behaved encoder (encoding/json.Marshal, which the agent uses) decodes to the same
+// Go value.
+func unmarshalStrict(data []byte, v any) error {
+	return jsonv2.Unmarshal(data, v, jsonv2.RejectUnknownMembers(true))
 }
 
 func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {

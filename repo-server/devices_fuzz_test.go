@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/wire"
 )
@@ -17,7 +18,8 @@ import (
 // FuzzDecodeCheckIn: any body a client sends to the check-in endpoint is decoded and
 // bounded without panicking. What is accepted is exactly one JSON value with a
 // well-formed device ID and at most maxReports reports, and it survives the trip the
-// quote relies on: encoded again and decoded, it binds the same quote data.
+// quote relies on: encoded again and decoded, it binds the same quote data. It is
+// accepted by jsonstrict.Decode too, as a request binding the same quote data.
 func FuzzDecodeCheckIn(f *testing.F) {
 	seed := wire.CheckInRequest{
 		DeviceID: "dev-1", Labels: map[string]string{"site": "berlin"}, Hardware: "aarch64", AgentVersion: "0.5.0",
@@ -57,6 +59,15 @@ func FuzzDecodeCheckIn(f *testing.F) {
 		want, err := wire.QuoteData(req.Nonce, &req)
 		if err != nil {
 			t.Fatalf("QuoteData of an accepted request: %v", err)
+		}
+		// unmarshalStrict loosens nothing: what it accepts, jsonstrict (encoding/json)
+		// accepts too, as the same request.
+		var v1 wire.CheckInRequest
+		if err := jsonstrict.Decode(bytes.NewReader(body), &v1); err != nil {
+			t.Fatalf("accepted %q, which jsonstrict.Decode refuses: %v", body, err)
+		}
+		if got, err := wire.QuoteData(v1.Nonce, &v1); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%q decodes to other quote data with jsonstrict.Decode (%v)", body, err)
 		}
 		again, err := json.Marshal(req)
 		if err != nil {
