@@ -7,7 +7,9 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/checkpoint"
@@ -32,9 +34,13 @@ func TestDeviceWitnessesTheAuditLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The test signs checkpoints and rewrites the database behind the server's back:
-	// the server reads the newest checkpoint at every check-in, not from its cache.
-	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo, CheckpointRefresh: -1})
+	// The server keeps its newest checkpoint for ServerConfig.CheckpointRefresh (1 s) on
+	// its clock; the test signs checkpoints and rewrites the database behind its back,
+	// then moves that clock past the refresh (later) instead of sleeping: what the device
+	// must see, it sees at its first check-in after the refresh, no later.
+	var ahead atomic.Int64
+	later := func() { ahead.Add(int64(2 * time.Second)) }
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: repo, Now: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +94,7 @@ func TestDeviceWitnessesTheAuditLog(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		later()
 		return c.Size
 	}
 
@@ -121,6 +128,7 @@ func TestDeviceWitnessesTheAuditLog(t *testing.T) {
 		fmt.Sprintf(`DELETE FROM audit_hashes WHERE id >= %d`, tlog.StoredHashIndex(0, n1)),
 		fmt.Sprintf(`DELETE FROM audit_checkpoints_v2 WHERE size > %d`, n1),
 		fmt.Sprintf(`UPDATE audit_tree_size SET size = %d`, n1))
+	later()
 	_, err = link.CheckIn(ctx, nil)
 	if !errors.Is(err, ErrAuditInconsistent) || !strings.Contains(err.Error(), "rollback") {
 		t.Fatalf("check-in after a rollback = %v; want refused as a rollback", err)

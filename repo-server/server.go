@@ -40,8 +40,10 @@ type ServerConfig struct {
 	// CheckpointRefresh is how old the audit log's newest checkpoint may be in a
 	// check-in's answer: the server keeps the newest one in memory, noting those it
 	// signs at once, and reads the database again after this long, or at once when a
-	// device echoes a newer one (signed at another replica). 0: one second; negative:
-	// read at every check-in.
+	// device echoes a newer one (signed at another replica). A database rolled back
+	// under a running server is shown to devices at most this much later (their next
+	// check-in after it refuses the answer). 0: one second; negative: read at every
+	// check-in.
 	CheckpointRefresh time.Duration
 	// RefusalInterval is the window over which refused device requests from one source
 	// are aggregated into one audit record. 0: one minute.
@@ -61,7 +63,8 @@ type ServerConfig struct {
 	// LeaseTTL plus a third after the holder died (at once when it shuts down cleanly).
 	// It bounds a dead publisher's hold on the publish lock too. 0: 6 seconds.
 	LeaseTTL time.Duration
-	// Now is the clock of the leases. nil: the repository's clock (Repo.Now).
+	// Now is the clock of the leases and of the newest audit checkpoint's refresh
+	// (CheckpointRefresh). nil: the repository's clock (Repo.Now).
 	Now func() time.Time
 	// TrustedProxies are the reverse proxies (nginx, a load balancer) whose
 	// X-Forwarded-For is honoured: a request whose peer is in one of them comes from the
