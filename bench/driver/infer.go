@@ -362,7 +362,10 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 		return nil, err
 	}
 	fp, fgp := freePort(), freePort()
-	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), nil, floorBin, fmt.Sprint(fp), fmt.Sprintf("grpc=%d", fgp))
+	// The floor runs with edgeward-runtime's scheduler setting (its --gomaxprocs default,
+	// 1), so that the own-work figure compares the same transport on the same number of
+	// Go threads.
+	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), []string{"GOMAXPROCS=1"}, floorBin, fmt.Sprint(fp), fmt.Sprintf("grpc=%d", fgp))
 	if err != nil {
 		return nil, err
 	}

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,6 +68,7 @@ func run(ctx context.Context, args []string) error {
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
+		procs    = fs.Int("gomaxprocs", 1, "Go scheduler threads (GOMAXPROCS). 1 saves the wake-ups of idle threads around each request; ONNX Runtime's runs still overlap, outside the scheduler (docs/BENCHMARKS.md). 0: Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
 	fs.IntVar(&cfg.IntraOpThreads, "intra-op-threads", 1, "threads inside one operator, per session")
@@ -76,6 +78,13 @@ func run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "gomaxprocs" })
+	n, err := gomaxprocs(*procs, given, os.Getenv("GOMAXPROCS"), goruntime.NumCPU())
+	if err != nil {
+		return err
+	}
+	goruntime.GOMAXPROCS(n) // before the gRPC server sizes its stream workers by it
 	log, err := logging.New(os.Stderr, *logFmt)
 	if err != nil {
 		return err
@@ -138,7 +147,7 @@ func run(ctx context.Context, args []string) error {
 			log.Error("control API", "err", err)
 		}
 	}()
-	log.Info("edgeward-runtime started", "onnxruntime", rt.ORTVersion(), "control", ctl.Addr().String(), "hold", *hold, "pid", os.Getpid())
+	log.Info("edgeward-runtime started", "onnxruntime", rt.ORTVersion(), "control", ctl.Addr().String(), "hold", *hold, "pid", os.Getpid(), "gomaxprocs", goruntime.GOMAXPROCS(0))
 	if !*hold {
 		serve()
 	}
@@ -179,6 +188,22 @@ func run(ctx context.Context, args []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// gomaxprocs returns the GOMAXPROCS to run with: the flag's value when it was given or
+// when the environment sets none, else the environment's (which Go already applied);
+// 0 means Go's default, the CPUs available.
+func gomaxprocs(flagValue int, given bool, env string, cpus int) (int, error) {
+	if flagValue < 0 {
+		return 0, fmt.Errorf("--gomaxprocs %d: want 0 or more", flagValue)
+	}
+	if !given && env != "" {
+		return goruntime.GOMAXPROCS(0), nil
+	}
+	if flagValue == 0 {
+		return cpus, nil
+	}
+	return flagValue, nil
 }
 
 func publicListener(addr string, fd int) (net.Listener, error) {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,4 +223,28 @@ func infer(url string, body []byte) error {
 		return fmt.Errorf("%d %s", resp.StatusCode, b)
 	}
 	return nil
+}
+
+func TestGOMAXPROCSFlag(t *testing.T) {
+	cur := goruntime.GOMAXPROCS(0)
+	for _, c := range []struct {
+		flag  int
+		given bool
+		env   string
+		want  int
+	}{
+		{1, false, "", 1},    // the default
+		{1, false, "3", cur}, // the environment's, already applied by Go
+		{2, true, "3", 2},    // a given flag wins
+		{0, true, "", 8},     // Go's default: the CPUs
+		{0, false, "", 8},
+	} {
+		got, err := gomaxprocs(c.flag, c.given, c.env, 8)
+		if err != nil || got != c.want {
+			t.Errorf("gomaxprocs(%d, given %v, env %q) = %d, %v; want %d", c.flag, c.given, c.env, got, err, c.want)
+		}
+	}
+	if _, err := gomaxprocs(-1, true, "", 8); err == nil {
+		t.Errorf("gomaxprocs(-1) accepted")
+	}
 }
