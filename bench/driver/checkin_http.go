@@ -2,14 +2,18 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -175,8 +179,10 @@ func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int
 		if err != nil {
 			return row, err
 		}
-		devs[i] = &benchDevice{soft: soft, req: wire.CheckInRequest{DeviceID: soft.ID, Labels: map[string]string{"line": "press"},
-			Hardware: "x86_64", AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}}}
+		if devs[i], err = newBenchDevice(soft, wire.CheckInRequest{DeviceID: soft.ID, Labels: map[string]string{"line": "press"},
+			Hardware: "x86_64", AgentVersion: "0.1.0", Slots: map[artifact.Kind]wire.Slot{}}); err != nil {
+			return row, err
+		}
 	}
 	// One keep-alive connection per device in flight, as a device keeps its own.
 	conns := newConnPool(strings.TrimPrefix(base, "http://"), checkInHTTPInFlight)
@@ -222,6 +228,90 @@ type benchDevice struct {
 	soft *attesttest.SoftDevice
 	req  wire.CheckInRequest // without nonce and evidence
 	next []byte
+	tmpl checkInTemplate
+}
+
+func newBenchDevice(soft *attesttest.SoftDevice, req wire.CheckInRequest) (*benchDevice, error) {
+	d := &benchDevice{soft: soft, req: req}
+	var err error
+	d.tmpl, err = newCheckInTemplate(soft, &d.req)
+	return d, err
+}
+
+// checkInTemplate is a device's check-in request as JSON, cut where what changes at
+// every check-in goes: the nonce, the quote's TPMS_ATTEST and its signature (base64,
+// as encoding/json writes []byte). What is between them (the facts, the AK
+// certificate, the quoted PCR's value, the measurement log) is marshalled once by
+// encoding/json, as is what QuoteData digests beside the nonce (wire.QuoteFields):
+// the load generator runs on the server's cores, and re-encoding the same facts at
+// every check-in was a sixth of its CPU. TestCheckInTemplate checks that the bytes are
+// json.Marshal's for the whole request.
+type checkInTemplate struct {
+	parts  [4][]byte // before the nonce, before the attest, before the signature, after it
+	fields []byte    // wire.QuoteFields of the request
+	pcrs   map[int][]byte
+	logLen int
+}
+
+// newCheckInTemplate marshals req with evidence from d (its AK certificate, and a quote
+// for the PCR values and the log) and placeholders for the nonce, the attest and the
+// signature, and cuts the JSON at the placeholders.
+func newCheckInTemplate(d *attesttest.SoftDevice, req *wire.CheckInRequest) (checkInTemplate, error) {
+	var t checkInTemplate
+	var err error
+	if t.fields, err = wire.QuoteFields(req); err != nil {
+		return t, err
+	}
+	q, log, err := d.Quote(make([]byte, sha256.Size))
+	if err != nil {
+		return t, err
+	}
+	t.pcrs, t.logLen = q.PCRs, len(log)
+	// Placeholders whose base64 cannot occur elsewhere in the JSON (0xfb… encodes as
+	// "+/…", which no facts, certificate or digest of a few bytes can repeat 48 times).
+	marks := [3][]byte{bytes.Repeat([]byte{0xfb, 0xef, 0xbe}, 16), bytes.Repeat([]byte{0xfb, 0xff, 0xbe}, 16), bytes.Repeat([]byte{0xfb, 0xef, 0xff}, 16)}
+	r := *req
+	r.Nonce = marks[0]
+	q.Attest, q.Signature = marks[1], marks[2]
+	r.Evidence = wire.Evidence{AKCert: d.AKCert, Quote: q, Log: log}
+	b, err := json.Marshal(&r)
+	if err != nil {
+		return t, err
+	}
+	for i, m := range marks {
+		enc := `"` + base64.StdEncoding.EncodeToString(m) + `"`
+		at := bytes.Index(b, []byte(enc))
+		if at < 0 || bytes.Count(b, []byte(enc)) != 1 {
+			return t, fmt.Errorf("check-in template of %s: placeholder %d found %d times", d.ID, i, bytes.Count(b, []byte(enc)))
+		}
+		t.parts[i] = slices.Clone(b[:at+1])
+		b = b[at+len(enc)-1:]
+	}
+	t.parts[3] = slices.Clone(b)
+	return t, nil
+}
+
+// appendRequest appends the JSON of the request with nonce and the quote (attest,
+// signature): json.Marshal's bytes for the template's request with that evidence.
+func (t *checkInTemplate) appendRequest(b, nonce, attest, sig []byte) []byte {
+	b = append(b, t.parts[0]...)
+	b = base64.StdEncoding.AppendEncode(b, nonce)
+	b = append(b, t.parts[1]...)
+	b = base64.StdEncoding.AppendEncode(b, attest)
+	b = append(b, t.parts[2]...)
+	b = base64.StdEncoding.AppendEncode(b, sig)
+	return append(b, t.parts[3]...)
+}
+
+// checkInAnswer is what the device takes from a check-in's answer
+// (wire.CheckInResponse): whether the server trusted it, and the next nonce. The
+// bench devices keep no audit log (agent.Attested.Audit nil), so they do not check the
+// answer's checkpoint, as the agent does not then.
+type checkInAnswer struct {
+	DeviceID  string   `json:"device_id"`
+	Trusted   bool     `json:"trusted"`
+	Reasons   []string `json:"reasons"`
+	NextNonce []byte   `json:"next_nonce"`
 }
 
 // driveCheckIns runs n whole check-ins, checkInHTTPInFlight at a time, each device one
@@ -254,24 +344,25 @@ func softCheckIn(ctx context.Context, c *devConn, d *benchDevice) error {
 	for {
 		if !held {
 			var out wire.NonceResponse
-			if err := c.post(ctx, wire.PathNonce, wire.NonceRequest{DeviceID: d.soft.ID}, &out); err != nil {
+			body, err := json.Marshal(wire.NonceRequest{DeviceID: d.soft.ID})
+			if err != nil {
+				return err
+			}
+			if err := c.post(ctx, wire.PathNonce, body, &out); err != nil {
 				return err
 			}
 			nonce = out.Nonce
 		}
-		req := d.req
-		req.Nonce = nonce
-		bound, err := wire.QuoteData(nonce, &req)
+		q, log, err := d.soft.Quote(wire.QuoteDigest(nonce, d.tmpl.fields))
 		if err != nil {
 			return err
 		}
-		q, log, err := d.soft.Quote(bound)
-		if err != nil {
-			return err
+		if len(log) != d.tmpl.logLen || !maps.EqualFunc(q.PCRs, d.tmpl.pcrs, bytes.Equal) {
+			return fmt.Errorf("device %s measured since its check-in template was made", d.soft.ID)
 		}
-		req.Evidence = wire.Evidence{AKCert: d.soft.AKCert, Quote: q, Log: log}
-		var resp wire.CheckInResponse
-		err = c.post(ctx, wire.PathCheckIn, &req, &resp)
+		c.body = d.tmpl.appendRequest(c.body[:0], nonce, q.Attest, q.Signature)
+		var resp checkInAnswer
+		err = c.post(ctx, wire.PathCheckIn, c.body, &resp)
 		var apiErr *deviceapi.Error
 		if held && errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized {
 			held = false
@@ -279,6 +370,9 @@ func softCheckIn(ctx context.Context, c *devConn, d *benchDevice) error {
 		}
 		if err != nil {
 			return err
+		}
+		if resp.DeviceID != d.soft.ID {
+			return fmt.Errorf("check-in of %s answered for %q", d.soft.ID, resp.DeviceID)
 		}
 		if !resp.Trusted {
 			return fmt.Errorf("check-in of %s not trusted: %v", d.soft.ID, resp.Reasons)
@@ -323,7 +417,9 @@ type devConn struct {
 	addr string
 	c    net.Conn
 	br   *bufio.Reader
-	buf  []byte
+	buf  []byte // the request
+	body []byte // the request's body, for the caller to fill
+	resp []byte // the answer's body
 }
 
 func (c *devConn) close() {
@@ -333,14 +429,10 @@ func (c *devConn) close() {
 	}
 }
 
-// post sends in as JSON to path and decodes a 200 answer into out. A request on a
+// post sends the JSON body to path and decodes a 200 answer into out. A request on a
 // kept connection that gets no answer at all (the server closed it while idle) is sent
 // again once on a new connection.
-func (c *devConn) post(ctx context.Context, path string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
+func (c *devConn) post(ctx context.Context, path string, body []byte, out any) error {
 	c.buf = append(c.buf[:0], "POST "...)
 	c.buf = append(c.buf, path...)
 	c.buf = append(c.buf, " HTTP/1.1\r\nHost: "...)
@@ -351,6 +443,7 @@ func (c *devConn) post(ctx context.Context, path string, in, out any) error {
 	c.buf = append(c.buf, body...)
 	var status int
 	var data []byte
+	var err error
 	for attempt := 0; ; attempt++ {
 		reused := c.c != nil
 		if !reused {
@@ -391,7 +484,15 @@ func (c *devConn) roundTrip() (int, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxRequestBytes))
+	var data []byte
+	if n := resp.ContentLength; n >= 0 && n <= wire.MaxRequestBytes {
+		// The usual answer: read into the connection's buffer.
+		c.resp = slices.Grow(c.resp[:0], int(n))[:n]
+		_, err = io.ReadFull(resp.Body, c.resp)
+		data = c.resp
+	} else {
+		data, err = io.ReadAll(io.LimitReader(resp.Body, wire.MaxRequestBytes))
+	}
 	resp.Body.Close()
 	if err != nil {
 		return 0, nil, err

@@ -218,6 +218,16 @@ type CheckInRequest struct {
 // QuoteData is the qualifying data the device's quote must carry for this request:
 // SHA-256 over a domain tag, the nonce and the JSON of every field but the evidence.
 func QuoteData(nonce []byte, r *CheckInRequest) ([]byte, error) {
+	fields, err := QuoteFields(r)
+	if err != nil {
+		return nil, err
+	}
+	return QuoteDigest(nonce, fields), nil
+}
+
+// QuoteFields is the JSON QuoteData digests beside the nonce: the request without its
+// nonce and evidence.
+func QuoteFields(r *CheckInRequest) ([]byte, error) {
 	body := *r
 	body.Nonce = nil
 	body.Evidence = Evidence{}
@@ -225,12 +235,18 @@ func QuoteData(nonce []byte, r *CheckInRequest) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check-in digest: %w", err)
 	}
+	return b, nil
+}
+
+// QuoteDigest is QuoteData(nonce, r) given fields = QuoteFields(r): a client that
+// sends the same facts at every check-in marshals them once.
+func QuoteDigest(nonce, fields []byte) []byte {
 	h := sha256.New()
 	h.Write([]byte("edgeward-checkin-v1\x00"))
 	h.Write(nonce)
 	h.Write([]byte{0})
-	h.Write(b)
-	return h.Sum(nil), nil
+	h.Write(fields)
+	return h.Sum(nil)
 }
 
 // Actions of a SlotDecision.
