@@ -25,6 +25,9 @@ type AuditRecord struct {
 // Admission is what the server knows when it admits an authenticated check-in.
 type Admission struct {
 	// Stored is the device's stored row; nil on its first check-in (it is enrolled).
+	// Admit reads only what a check-in keeps of it (ID, Labels, Slots, Verdict,
+	// Quarantined, QuarantineReason, EnrolledAt: keptByCheckIn), the rest being what the
+	// check-in reports again, and Store.Admit reads only those columns.
 	Stored *Device
 	// Seen holds the IDs of the request's reports that are already stored.
 	Seen map[string]bool

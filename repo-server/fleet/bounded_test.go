@@ -112,6 +112,7 @@ rollouts:
 		index string // the index the plan must search
 	}{
 		{"device row", deviceQuery, []any{"dev-00042"}, "sqlite_autoindex_devices_1"},
+		{"device row and nonce", admitQuery, []any{"dev-00042"}, "sqlite_autoindex_devices_1"},
 		{"report dedup mark", seenQuery, []any{"dev-00042", "r1"}, "PRIMARY KEY"},
 		{"rollout state", rolloutQuery, []any{"vib-2"}, "sqlite_autoindex_rollouts_1"},
 		{"wave counts", waveCountsQuery, []any{"vib-2", "vib", "2.0.0", lo, hi, int64(0)}, "rollout_latest_bucket"},
@@ -221,6 +222,7 @@ func TestCheckInReadsAreBoundedPostgres(t *testing.T) {
 		`INSERT INTO devices (id, enrolled_at) SELECT 'dev-' || lpad(i::text, 5, '0'), 1 FROM generate_series(0, 1999) i`,
 		`INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, at)
 			SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'vib-' || (g % 50), 'model', 'vib', (g % 50) || '.0.0', 'committed', g FROM generate_series(0, 99999) g`,
+		`INSERT INTO nonces (device_id, nonce, expires_at) SELECT id, '\x00'::bytea, 1 FROM devices`,
 		`INSERT INTO verdicts (device_id, verdict, at) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'trusted', g FROM generate_series(0, 99999) g`,
 		`INSERT INTO device_reports_seen (device_id, id) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'r' || g FROM generate_series(0, 99999) g`,
 		`INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at)
@@ -242,6 +244,7 @@ func TestCheckInReadsAreBoundedPostgres(t *testing.T) {
 		index string // the index the plan must search
 	}{
 		{"device row", deviceQuery, []any{"dev-00042"}, "devices_pkey"},
+		{"device row and nonce", admitQuery, []any{"dev-00042"}, "nonces_pkey"},
 		{"report dedup mark", seenQuery, []any{"dev-00042", "r42"}, "device_reports_seen_pkey"},
 		{"wave counts", waveCountsQuery, []any{"vib-7", "vib", "7.0.0", 500, 3000, int64(0)}, "rollout_latest_"},
 		{"device update", `UPDATE devices SET slots = ? WHERE id = ?`, []any{"{}", "dev-00042"}, "devices_pkey"},

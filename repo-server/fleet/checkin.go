@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
@@ -83,18 +84,10 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		p = &policy.Policy{}
 	}
 	err := s.tx(ctx, func(tx *txn) error {
-		if a.Nonce != nil {
-			// With a.NextNonce, the row is rewritten to hold it (the device's one row,
-			// no pruning: IssueNonce's job).
-			expired, err := consumeNonceTx(ctx, tx, id, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
-			if err != nil {
-				return err
-			}
-			if expired {
-				return ErrNonceExpired
-			}
-		}
-		stored, err := getDevice(ctx, tx, id)
+		// One statement reads the device's row (what a check-in keeps of it) and its
+		// outstanding nonce; a device not enrolled yet has no row, and its nonce is
+		// read alone.
+		stored, n, err := admitRead(ctx, tx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			a.Stored = nil
@@ -102,6 +95,22 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			return err
 		default:
 			a.Stored = &stored
+		}
+		if a.Nonce != nil {
+			// With a.NextNonce, the row is rewritten to hold it (the device's one row,
+			// no pruning: IssueNonce's job).
+			var expired bool
+			if a.Stored == nil {
+				expired, err = consumeNonceTx(ctx, tx, id, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
+			} else {
+				expired, err = useNonceTx(ctx, tx, id, n.found, n.nonce, n.expires, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
+			}
+			if err != nil {
+				return err
+			}
+			if expired {
+				return ErrNonceExpired
+			}
 		}
 		a.Seen = map[string]bool{}
 		for _, r := range a.Reports {
@@ -191,6 +200,56 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		return CheckInResult{}, fmt.Errorf("check-in %s: %w", id, err)
 	}
 	return res, nil
+}
+
+// admitQuery reads, in one statement, what Store.Admit needs of an enrolled device
+// before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored)
+// and its outstanding nonce (NULL: none), one primary-key search each.
+const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, n.nonce, n.expires_at
+	FROM devices d LEFT JOIN nonces n ON n.device_id = d.id WHERE d.id = ?`
+
+// storedNonce is a device's outstanding nonce as admitQuery read it.
+type storedNonce struct {
+	found   bool
+	nonce   []byte
+	expires int64
+}
+
+// admitRead reads device id's row as a check-in needs it (keptByCheckIn: the columns
+// the check-in replaces are left zero) and its outstanding nonce; ErrNotFound if the
+// device is not enrolled.
+func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, error) {
+	var d Device
+	var n storedNonce
+	var labels, slots, verdict string
+	var enrolled int64
+	var expires sql.NullInt64
+	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &n.nonce, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Device{}, n, fmt.Errorf("device %w", ErrNotFound)
+	}
+	if err != nil {
+		return Device{}, n, err
+	}
+	n.found, n.expires = expires.Valid, expires.Int64
+	d.Verdict, d.EnrolledAt = policy.Verdict(verdict), fromNS(enrolled)
+	if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
+		return Device{}, n, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)
+	}
+	if err := json.Unmarshal([]byte(slots), &d.Slots); err != nil {
+		return Device{}, n, fmt.Errorf("device %s: corrupt column slots: %w", d.ID, err)
+	}
+	if d.Slots == nil {
+		d.Slots = map[artifact.Kind]policy.Slot{}
+	}
+	return d, n, nil
+}
+
+// keptByCheckIn is d as admitRead reads it: what a check-in keeps of the stored row.
+// The pure Admit reads nothing else of Admission.Stored (TestAdmitReadsOnlyWhatACheckInKeeps).
+func keptByCheckIn(d Device) Device {
+	return Device{Device: policy.Device{ID: d.ID, Labels: d.Labels, Slots: d.Slots, Verdict: d.Verdict, Quarantined: d.Quarantined},
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt}
 }
 
 // putDevice writes the whole row of d: inserted when enroll, else updated.

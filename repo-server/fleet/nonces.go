@@ -77,11 +77,20 @@ func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce, next []b
 	var got []byte
 	var expires int64
 	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)
-	if errors.Is(err, sql.ErrNoRows) || (err == nil && subtle.ConstantTimeCompare(got, nonce) != 1) {
+	if errors.Is(err, sql.ErrNoRows) {
 		return false, ErrNonceUnknown
 	}
 	if err != nil {
 		return false, err
+	}
+	return useNonceTx(ctx, tx, device, true, got, expires, nonce, next, nextExpires, now)
+}
+
+// useNonceTx is consumeNonceTx once device's outstanding nonce (got, expiring at
+// expires; found false: it has none) has been read in tx.
+func useNonceTx(ctx context.Context, tx *txn, device string, found bool, got []byte, expires int64, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
+	if !found || subtle.ConstantTimeCompare(got, nonce) != 1 {
+		return false, ErrNonceUnknown
 	}
 	if next != nil {
 		_, err = tx.ExecContext(ctx, `UPDATE nonces SET nonce = ?, expires_at = ? WHERE device_id = ?`, next, ns(nextExpires), device)
