@@ -18,7 +18,8 @@ import (
 // carries no reports: the nonce consumed and the next one issued, the device row read
 // and rewritten, the verdict and the decision recorded, all in group commit on a sqlite
 // file (fsynced), 256 check-ins in flight over 1,024 devices, as `make bench`'s
-// check-in section drives the server. No audit log (repo-server/audit's own
+// check-in section drives the server, each with its own cancellable context (as an
+// HTTP request's). No audit log (repo-server/audit's own
 // benchmarks). cpu-µs/admit is the process's CPU time per check-in: the figure that
 // stays meaningful on a loaded machine.
 func BenchmarkAdmit(b *testing.B) {
@@ -66,7 +67,9 @@ func BenchmarkAdmit(b *testing.B) {
 				}
 				i := n % devices
 				locks[i].Lock()
-				_, err := s.Admit(ctx, admission(i, time.Now()), nil)
+				rctx, cancel := context.WithCancel(ctx)
+				_, err := s.Admit(rctx, admission(i, time.Now()), nil)
+				cancel()
 				locks[i].Unlock()
 				if err != nil {
 					failed.Store(err)

@@ -83,7 +83,16 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 	if p == nil {
 		p = &policy.Policy{}
 	}
+	// The check-in's statements run to the end once its turn comes, whatever the
+	// caller's context does meanwhile (a caller gone before its turn is still not run:
+	// committer.do). They are index searches and single-row writes (TestCheckInReadsAreBounded):
+	// an interruptible statement gained nothing, and cost a watcher goroutine and
+	// sqlite progress handler per statement in the drivers; and interrupting one
+	// rolled back the batch's whole sqlite transaction, failing every other check-in
+	// of the batch with it.
+	uctx := context.WithoutCancel(ctx)
 	err := s.tx(ctx, func(tx *txn) error {
+		ctx := uctx
 		// One statement reads the device's row (what a check-in keeps of it) and its
 		// outstanding nonce; a device not enrolled yet has no row, and its nonce is
 		// read alone.
