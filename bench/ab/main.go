@@ -107,7 +107,7 @@ func main() {
 	d := flag.Duration("d", 3*time.Second, "window")
 	pid := flag.Int("pid", 0, "server pid for CPU per request")
 	label := flag.String("label", "", "label printed first")
-	gap := flag.Duration("gap", 0, "inproc: sleep this long between runs (a server's idle time between requests)")
+	gap := flag.Duration("gap", 0, "sleep this long between requests, outside the timed call (e.g. in-process runs with a server's idle time between them); req/s then counts the sleeps too")
 	path := flag.String("path", "", "inproc: model file")
 	fromBytes := flag.Bool("bytes", false, "inproc: create the session from the file's bytes, as edgeward-runtime does")
 	hop := flag.Bool("hop", false, "inproc: run each Run on a new goroutine, as a server's handler does")
@@ -152,9 +152,6 @@ func main() {
 			x, _ := ort.NewTensor(ort.NewShape(shape...), slices.Clone(data))
 			outs := make([]ort.Value, 1)
 			return func() error {
-				if *gap > 0 {
-					time.Sleep(*gap)
-				}
 				outs[0] = nil
 				if *hop {
 					ch := make(chan error)
@@ -238,6 +235,9 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for {
+				if *gap > 0 {
+					time.Sleep(*gap) // idle between requests, outside the timed call
+				}
 				t := time.Now()
 				if !t.Before(end) {
 					return
