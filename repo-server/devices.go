@@ -1,7 +1,6 @@
 package reposerver
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
@@ -11,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"slices"
@@ -314,15 +314,28 @@ func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest,
 }
 
 // readBody reads r's body whole, at most max bytes (an *http.MaxBytesError beyond), into
-// a buffer sized from its Content-Length when it gives one.
+// a buffer sized from its Content-Length when it gives one (plus the byte the read that
+// sees the end needs, so an honest length costs one allocation and no copy).
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
 	n := int64(512)
 	if r.ContentLength > 0 {
-		n = min(r.ContentLength, max) + 1 // + 1: the read that sees the end
+		n = min(r.ContentLength, max) + 1
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, n))
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, max))
-	return buf.Bytes(), err
+	body := http.MaxBytesReader(w, r.Body, max)
+	buf := make([]byte, 0, n)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow
+		}
+		m, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // unmarshalStrict decodes data, exactly one JSON value (white space around it), into v,

@@ -1,0 +1,61 @@
+package reposerver
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestIsDeviceIDIsTheRegexp: isDeviceID accepts exactly what deviceIDRE matches, on
+// edge cases and on random strings over the characters that matter.
+func TestIsDeviceIDIsTheRegexp(t *testing.T) {
+	cases := []string{"", "a", "-a", ".a", "a-", "a@b", "urn:ek:sha256:aYek/1JU+P74=", "a b", "a\n", "é", "a\x00",
+		strings.Repeat("a", 256), strings.Repeat("a", 257), "Z9._:@/+=-", "_a", "a_b", "a,b", "A~"}
+	const alphabet = "aZ09._:@/+=- \n\x00é~,;"
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 20000; i++ {
+		var b strings.Builder
+		for n := r.IntN(12); n > 0; n-- {
+			b.WriteByte(alphabet[r.IntN(len(alphabet))])
+		}
+		cases = append(cases, b.String())
+	}
+	for _, id := range cases {
+		if got, want := isDeviceID(id), deviceIDRE.MatchString(id); got != want {
+			t.Errorf("isDeviceID(%q) = %v; want %v (deviceIDRE)", id, got, want)
+		}
+	}
+}
+
+// TestReadBody: a body is read whole whether its length is given or not, within the
+// limit, and one over the limit is an *http.MaxBytesError; an honest Content-Length
+// costs no reallocation.
+func TestReadBody(t *testing.T) {
+	const max = 4096
+	for _, tc := range []struct {
+		size     int
+		length   bool // Content-Length given
+		tooLarge bool
+	}{{0, true, false}, {1952, true, false}, {1952, false, false}, {max, true, false}, {max, false, false}, {max + 1, true, true}, {max + 1, false, true}, {3 * max, false, true}} {
+		body := strings.Repeat("x", tc.size)
+		r := httptest.NewRequest(http.MethodPost, "/", io.NopCloser(strings.NewReader(body)))
+		r.ContentLength = -1
+		if tc.length {
+			r.ContentLength = int64(tc.size)
+		}
+		got, err := readBody(httptest.NewRecorder(), r, max)
+		var mbe *http.MaxBytesError
+		switch {
+		case tc.tooLarge && !errors.As(err, &mbe):
+			t.Errorf("readBody(%d bytes, length %v) = %d bytes, %v; want an *http.MaxBytesError", tc.size, tc.length, len(got), err)
+		case !tc.tooLarge && (err != nil || string(got) != body):
+			t.Errorf("readBody(%d bytes, length %v) = %d bytes, %v; want the body", tc.size, tc.length, len(got), err)
+		case !tc.tooLarge && tc.length && tc.size > 0 && cap(got) != tc.size+1:
+			t.Errorf("readBody(%d bytes, length given) grew its buffer to %d", tc.size, cap(got))
+		}
+	}
+}
