@@ -52,6 +52,9 @@ rollouts:
 				if err1 != nil || err2 != nil {
 					t.Fatalf("Admit: %v, %v", err1, err2)
 				}
+				if !reflect.DeepEqual(want.Device.Labels, stored.Labels) {
+					t.Errorf("stored %+v: Admit changed the labels to %v (putDevice does not write them back)", stored, want.Device.Labels)
+				}
 				if !reflect.DeepEqual(got, want) {
 					t.Errorf("stored %+v, verdict %s, %d reports: Admit with the kept columns =\n  %+v\nwith the whole row\n  %+v", stored, verdict, len(reps), got, want)
 				}

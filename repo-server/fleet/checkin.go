@@ -261,14 +261,14 @@ func keptByCheckIn(d Device) Device {
 		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt}
 }
 
-// putDevice writes the whole row of d: inserted when enroll, else updated.
+// putDevice writes the row of d: the whole row, inserted, when enroll; else updated,
+// every column but labels and enrolled_at, which only enrollment sets (a check-in keeps
+// them: Admit never changes a stored device's labels, TestAdmitReadsOnlyWhatACheckInKeeps;
+// operators change labels with SetLabels).
 func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 	attrs, err := encodeAttrs(d.Attrs)
 	if err != nil {
 		return err
-	}
-	if d.Labels == nil {
-		d.Labels = map[string]string{}
 	}
 	lastErr, boot := "", ""
 	if d.LastError != nil {
@@ -278,6 +278,9 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 		boot = string(mustJSON(d.Boot))
 	}
 	if enroll {
+		if d.Labels == nil {
+			d.Labels = map[string]string{}
+		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
 			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn), lastErr, boot)
@@ -286,8 +289,8 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 		}
 		return nil
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET labels = ?, hardware = ?, agent_version = ?, slots = ?, attrs = ?, verdict = ?, verdict_at = ?,
-		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ?, boot = ? WHERE id = ?`, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, verdict = ?, verdict_at = ?,
+		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ?, boot = ? WHERE id = ?`, d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
 		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), lastErr, boot, d.ID)
 	if err != nil {
 		return fmt.Errorf("update device %s: %w", d.ID, err)
