@@ -248,6 +248,69 @@ func SchemaVersion() int { return len(migrations) }
 func (l *Log) migrate(ctx context.Context) error {
 	var v string
 	pg := l.db.QueryRowContext(ctx, `SELECT sqlite_version()`).Scan(&v) != nil
+	if !pg {
+		// sqlite: a log already at this version, with its triggers, needs no write. This
+		// is the common case (every CLI command that opens the database of a running
+		// server), and the one a write transaction would lose: its first statements only
+		// read, and a deferred transaction that read before another connection's commit
+		// cannot take the write lock (SQLITE_BUSY at once, the busy timeout does not
+		// apply).
+		current, err := l.sqliteCurrent(ctx)
+		if err != nil {
+			return err
+		}
+		if current {
+			return nil
+		}
+		return retryBusy(ctx, func() error { return l.migrate1(ctx, pg) })
+	}
+	return l.migrate1(ctx, pg)
+}
+
+// sqliteCurrent reports whether the log's schema is this server's version with every
+// append-only trigger in place, reading only (autocommit statements, which wait out
+// another connection's lock). A schema newer than this server's is ErrSchemaTooNew.
+func (l *Log) sqliteCurrent(ctx context.Context) (bool, error) {
+	var version int
+	switch err := l.db.QueryRowContext(ctx, `SELECT version FROM audit_schema WHERE id = 1`).Scan(&version); {
+	case err != nil && (errors.Is(err, sql.ErrNoRows) || strings.Contains(err.Error(), "no such table")):
+		return false, nil // a new or unversioned log: migrate1 creates or upgrades it
+	case err != nil:
+		return false, err
+	case version > len(migrations):
+		return false, fmt.Errorf("%w: version %d, this server knows up to %d", ErrSchemaTooNew, version, len(migrations))
+	case version < len(migrations):
+		return false, nil
+	}
+	var triggers int
+	if err := l.db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN
+		('audit_leaves_no_update', 'audit_leaves_no_delete', 'audit_hashes_no_update', 'audit_hashes_no_delete')`).Scan(&triggers); err != nil {
+		return false, err
+	}
+	return triggers == len(sqliteSchema), nil
+}
+
+// retryBusy runs f again while sqlite answers SQLITE_BUSY (another connection, or
+// process, committed after f's transaction first read), for up to 10 s.
+func retryBusy(ctx context.Context, f func() error) error {
+	wait := 5 * time.Millisecond
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := f()
+		if err == nil || !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// migrate1 is one attempt of migrate.
+func (l *Log) migrate1(ctx context.Context, pg bool) error {
 	tx, err := l.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
