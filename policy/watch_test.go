@@ -132,8 +132,24 @@ func TestWatchValidEdit(t *testing.T) {
 	if st.Reloads-before < 1 {
 		t.Errorf("reloads after the edit = %d; want >= 1", st.Reloads-before)
 	}
-	if got := metric(t, reg, "edgeward_policy_reloads_total", "success"); got != float64(st.Reloads) {
-		t.Errorf("success reloads = %v; want %d (every load succeeded)", got, st.Reloads)
+	// The metrics count the same loads as the status. os.WriteFile truncates before it
+	// writes, so the watcher may have read the file empty in between (a failed load,
+	// the last good policy kept) and may still be loading: read the counters, the
+	// status and the counters again until no load came in between.
+	for i := 0; ; i++ {
+		ok := metric(t, reg, "edgeward_policy_reloads_total", "success")
+		bad := metric(t, reg, "edgeward_policy_reloads_total", "failure")
+		st = w.Status()
+		if ok == metric(t, reg, "edgeward_policy_reloads_total", "success") && bad == metric(t, reg, "edgeward_policy_reloads_total", "failure") {
+			if ok != float64(st.Reloads-st.Failures) || bad != float64(st.Failures) {
+				t.Errorf("reloads: success %v, failure %v; the status says %d loads, %d failed", ok, bad, st.Reloads, st.Failures)
+			}
+			break
+		}
+		if i == 100 {
+			t.Fatal("the policy kept reloading")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if got := metric(t, reg, "edgeward_policy_rollouts", ""); got != 1 {
 		t.Errorf("rollouts gauge = %v", got)
