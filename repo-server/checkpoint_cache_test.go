@@ -2,18 +2,14 @@ package reposerver
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/checkpoint"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/wire"
-	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
-	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -27,27 +23,7 @@ import (
 func TestCheckInCheckpointFromAnotherReplica(t *testing.T) {
 	f, d := newDeviceFixture(t)
 	ctx := context.Background()
-	store2, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store2.Close()
-	srv2, err := NewServer(ServerConfig{Repo: f.repo, CheckpointRefresh: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(d.ak.Chain[len(d.ak.Chain)-1])
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv2.EnableDeviceAPI(DeviceConfig{Fleet: store2, AttestRoots: roots, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	hs2 := httptest.NewServer(srv2.Handler())
-	defer hs2.Close()
-	replica2 := &deviceapi.Client{BaseURL: hs2.URL}
+	replica2 := secondReplica(t, f, d, ServerConfig{Repo: f.repo, CheckpointRefresh: time.Hour})
 	l1, err := f.srv.AuditLog(ctx)
 	if err != nil {
 		t.Fatal(err)

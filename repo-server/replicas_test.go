@@ -28,27 +28,7 @@ import (
 func TestNonceFromOneReplicaCheckInAtAnother(t *testing.T) {
 	f, d := newDeviceFixture(t)
 	ctx := context.Background()
-	store2, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store2.Close()
-	srv2, err := NewServer(ServerConfig{Repo: f.repo})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(d.ak.Chain[len(d.ak.Chain)-1])
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv2.EnableDeviceAPI(DeviceConfig{Fleet: store2, AttestRoots: roots, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	hs2 := httptest.NewServer(srv2.Handler())
-	defer hs2.Close()
-	replica2 := &deviceapi.Client{BaseURL: hs2.URL}
+	replica2 := secondReplica(t, f, d, ServerConfig{Repo: f.repo})
 
 	req := d.request() // the nonce comes from replica 1
 	resp, err := replica2.CheckIn(ctx, req)
@@ -272,4 +252,32 @@ func TestLeaderLeaseTakeover(t *testing.T) {
 		t.Fatalf("publish lock after its dead holder's lease ran out: %v", err)
 	}
 	unlockB()
+}
+
+// secondReplica starts another server, configured by cfg, on f's fleet database with
+// the device API enabled as f's (d's attestation root, the test policy), and returns a
+// device API client of it. Everything is closed when the test ends.
+func secondReplica(t *testing.T, f *deviceFixture, d *device, cfg ServerConfig) *deviceapi.Client {
+	t.Helper()
+	store, err := fleet.Open(context.Background(), DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	srv, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(d.ak.Chain[len(d.ak.Chain)-1])
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnableDeviceAPI(DeviceConfig{Fleet: store, AttestRoots: roots, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return &deviceapi.Client{BaseURL: hs.URL}
 }

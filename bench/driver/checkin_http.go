@@ -461,17 +461,7 @@ func (c *devConn) post(ctx context.Context, path string, body []byte, out any) e
 			return fmt.Errorf("device API %s: %w", path, err)
 		}
 	}
-	if status != http.StatusOK {
-		e := &deviceapi.Error{Status: status}
-		if json.Unmarshal(data, e) != nil || e.Message == "" {
-			e.Message = strings.TrimSpace(string(data))
-		}
-		return e
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("device API %s: bad answer: %w", path, err)
-	}
-	return nil
+	return deviceapi.DecodeAnswer(path, status, data, out)
 }
 
 // roundTrip writes the request in c.buf and reads the answer; the connection is

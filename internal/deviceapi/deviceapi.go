@@ -87,8 +87,15 @@ func (c *Client) do(req *http.Request, path string, out any) error {
 	if err != nil {
 		return fmt.Errorf("device API %s: %w", path, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		e := &Error{Status: resp.StatusCode}
+	return DecodeAnswer(path, resp.StatusCode, data, out)
+}
+
+// DecodeAnswer decodes the server's answer data to a request on path: into out when
+// status is 200, else an *Error with the status and the server's message (its JSON
+// error, or the body's text).
+func DecodeAnswer(path string, status int, data []byte, out any) error {
+	if status != http.StatusOK {
+		e := &Error{Status: status}
 		if json.Unmarshal(data, e) != nil || e.Message == "" {
 			e.Message = strings.TrimSpace(string(data))
 		}
