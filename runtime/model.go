@@ -47,6 +47,7 @@ type Model struct {
 	// runOpts keeps ORT run options for reuse (creating and destroying them is two cgo
 	// calls per request); drainAndClose destroys them.
 	runOpts chan *ort.RunOptions
+	meter   *runMeter // the Runtime's; nil for a model outside one
 }
 
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
@@ -288,8 +289,10 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 		return nil, err
 	}
 	var runErr error
+	start := time.Now()
 	if ctx.Done() == nil {
 		runErr = m.session.Run(tensors, outs)
+		m.ran(start)
 	} else {
 		opts, err := m.getRunOptions()
 		if err != nil {
@@ -298,6 +301,7 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 		terminated := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() { opts.Terminate(); close(terminated) })
 		runErr = m.session.RunWithOptions(tensors, outs, opts)
+		m.ran(start)
 		if !stop() {
 			// Terminate was called (or is running): wait for it, then drop these
 			// options, which would stop the next run.
@@ -332,6 +336,13 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 	}
 	sc.result = result
 	return result, nil
+}
+
+// ran records a run that began at start with the Runtime's meter.
+func (m *Model) ran(start time.Time) {
+	if m.meter != nil {
+		m.meter.ran(time.Since(start))
+	}
 }
 
 func (m *Model) getRunOptions() (*ort.RunOptions, error) {

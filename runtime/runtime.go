@@ -142,6 +142,7 @@ type Runtime struct {
 	draining atomic.Bool
 	probeMu  sync.Mutex // one probe at a time
 	scratch  sync.Pool  // of *inferScratch, for the HTTP inference path
+	meter    runMeter   // long ONNX Runtime runs, for TuneProcs
 }
 
 type modelVersions struct {
@@ -245,7 +246,7 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 	if err != nil {
 		return runtimeapi.ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
 	}
-	m.sha256 = digest
+	m.sha256, m.meter = digest, &r.meter
 	if fileDigest != "" {
 		// Encrypted: the file's digest is the ciphertext's; the plaintext's, computed
 		// here from the decrypted bytes the session was created from (and checked

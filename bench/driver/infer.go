@@ -362,10 +362,10 @@ func benchInfer(ctx context.Context, cfg *config) (*InferResult, error) {
 		return nil, err
 	}
 	fp, fgp := freePort(), freePort()
-	// The floor runs with edgeward-runtime's scheduler setting (its --gomaxprocs default,
-	// 1), so that the own-work figure compares the same transport on the same number of
-	// Go threads.
-	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), []string{"GOMAXPROCS=1"}, floorBin, fmt.Sprint(fp), fmt.Sprintf("grpc=%d", fgp))
+	// The floor runs with edgeward-runtime's scheduler settings for short runs (one Go
+	// thread, sysmon kept awake: --gomaxprocs auto and --sysmon-awake), so that the
+	// own-work figure compares the same transport on the same scheduler.
+	fl, err := startService("httpfloor", filepath.Join(cfg.work, "httpfloor.log"), []string{"GOMAXPROCS=1", "GODEBUG=schedtrace=2147483647"}, floorBin, fmt.Sprint(fp), fmt.Sprintf("grpc=%d", fgp))
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -48,6 +49,15 @@ func (m *modelFlags) Set(s string) error {
 }
 
 func main() {
+	if env, ok := sysmonAwakeEnv(os.Args[1:], os.Environ()); ok {
+		// Restart this process image with the scheduler setting, which Go reads only at
+		// start: same PID, same inherited sockets (nothing has run yet to touch them).
+		exe, err := os.Executable()
+		if err == nil {
+			err = syscall.Exec(exe, os.Args, env)
+		}
+		fmt.Fprintln(os.Stderr, "edgeward-runtime: keeping sysmon awake: re-exec:", err, "(running without)")
+	}
 	if err := run(context.Background(), os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "edgeward-runtime:", err)
 		os.Exit(1)
@@ -68,7 +78,8 @@ func run(ctx context.Context, args []string) error {
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
-		procs    = fs.Int("gomaxprocs", 1, "Go scheduler threads (GOMAXPROCS). 1 saves the wake-ups of idle threads around each request; ONNX Runtime's runs still overlap, outside the scheduler (docs/BENCHMARKS.md). 0: Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
+		procs    = fs.String("gomaxprocs", "auto", "Go scheduler threads (GOMAXPROCS): auto (1 while ONNX Runtime's runs are short, which saves the wake-ups of idle threads around each request; the CPUs available while runs of 1 ms or more take 10 % of the time or more, so that they do not queue behind each other: runtime.ProcsPolicy, docs/BENCHMARKS.md), a number, or 0 for Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
+		_        = fs.Bool("sysmon-awake", true, "keep Go's monitor thread (sysmon) from parking while the process is idle, so that the first system or cgo call of each request does not wake it and it does not retake the P of each run (GODEBUG schedtrace at its largest period, set by re-executing at start: one scheduler line on stderr every 24.8 days of uptime). false: Go's default")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
 	fs.IntVar(&cfg.IntraOpThreads, "intra-op-threads", 1, "threads inside one operator, per session")
@@ -80,7 +91,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "gomaxprocs" })
-	n, err := gomaxprocs(*procs, given, os.Getenv("GOMAXPROCS"), goruntime.NumCPU())
+	n, auto, err := gomaxprocs(*procs, given, os.Getenv("GOMAXPROCS"), goruntime.NumCPU())
 	if err != nil {
 		return err
 	}
@@ -147,7 +158,13 @@ func run(ctx context.Context, args []string) error {
 			log.Error("control API", "err", err)
 		}
 	}()
-	log.Info("edgeward-runtime started", "onnxruntime", rt.ORTVersion(), "control", ctl.Addr().String(), "hold", *hold, "pid", os.Getpid(), "gomaxprocs", goruntime.GOMAXPROCS(0))
+	tctx, stopTuning := context.WithCancel(ctx)
+	defer stopTuning()
+	if auto {
+		go rt.TuneProcs(tctx, runtime.ProcsPolicy{}, 0, func(n int) { log.Info("gomaxprocs", "procs", n) })
+	}
+	log.Info("edgeward-runtime started", "onnxruntime", rt.ORTVersion(), "control", ctl.Addr().String(), "hold", *hold, "pid", os.Getpid(),
+		"gomaxprocs", goruntime.GOMAXPROCS(0), "gomaxprocs_auto", auto, "sysmon_awake", sysmonAwake(os.Getenv("GODEBUG")))
 	if !*hold {
 		serve()
 	}
@@ -190,20 +207,81 @@ func run(ctx context.Context, args []string) error {
 	return nil
 }
 
-// gomaxprocs returns the GOMAXPROCS to run with: the flag's value when it was given or
-// when the environment sets none, else the environment's (which Go already applied);
-// 0 means Go's default, the CPUs available.
-func gomaxprocs(flagValue int, given bool, env string, cpus int) (int, error) {
-	if flagValue < 0 {
-		return 0, fmt.Errorf("--gomaxprocs %d: want 0 or more", flagValue)
-	}
+// gomaxprocs returns the GOMAXPROCS to start with and whether TuneProcs should adjust
+// it: the flag's value when it was given or when the environment sets none, else the
+// environment's (which Go already applied). "auto" starts at 1 and is tuned; 0 means
+// Go's default, the CPUs available.
+func gomaxprocs(flagValue string, given bool, env string, cpus int) (int, bool, error) {
 	if !given && env != "" {
-		return goruntime.GOMAXPROCS(0), nil
+		return goruntime.GOMAXPROCS(0), false, nil
 	}
-	if flagValue == 0 {
-		return cpus, nil
+	if flagValue == "auto" {
+		return 1, true, nil
 	}
-	return flagValue, nil
+	n, err := strconv.Atoi(flagValue)
+	if err != nil || n < 0 {
+		return 0, false, fmt.Errorf("--gomaxprocs %q: want auto, or 0 or more", flagValue)
+	}
+	if n == 0 {
+		return cpus, false, nil
+	}
+	return n, false, nil
+}
+
+// sysmonSetting is the GODEBUG setting that keeps sysmon awake. Go's monitor thread
+// parks when every P is idle and is woken by the next system or cgo call: for a server
+// idle between requests, once per request, after which it ticks every 20 µs for a while
+// and retakes the P of any cgo call (an ONNX Runtime run) that spans two ticks. With a
+// schedule trace period set it never parks, and while nothing needs it its ticks slow
+// to every 10 ms. The period is the largest Go accepts (2³¹−1 ms, 24.8 days); Go prints
+// one scheduler line on stderr when the machine's uptime passes each multiple of it.
+const sysmonSetting = "schedtrace=2147483647"
+
+// sysmonAwake reports whether a GODEBUG value sets a schedule trace period (this
+// program's setting or the operator's own). As in Go, the last setting of a name wins.
+func sysmonAwake(godebug string) bool {
+	awake := false
+	for kv := range strings.SplitSeq(godebug, ",") {
+		if k, v, _ := strings.Cut(kv, "="); k == "schedtrace" {
+			n, err := strconv.Atoi(v)
+			awake = err == nil && n > 0
+		}
+	}
+	return awake
+}
+
+// sysmonAwakeEnv returns the environment to re-execute with when --sysmon-awake (the
+// default) is in effect and GODEBUG does not set schedtrace yet; ok is false when no
+// re-exec is needed. It reads --sysmon-awake=BOOL from args itself, before flag parsing,
+// up to a "--" argument.
+func sysmonAwakeEnv(args, env []string) (_ []string, ok bool) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-") // -flag or --flag
+		if v, found := strings.CutPrefix(name, "sysmon-awake="); found {
+			if b, err := strconv.ParseBool(v); err == nil && !b {
+				return nil, false
+			}
+		}
+	}
+	out := make([]string, 0, len(env)+1)
+	var godebug string
+	for _, kv := range env {
+		if v, found := strings.CutPrefix(kv, "GODEBUG="); found {
+			godebug = v
+			continue
+		}
+		out = append(out, kv)
+	}
+	if sysmonAwake(godebug) {
+		return nil, false
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	return append(out, "GODEBUG="+godebug+sysmonSetting), true
 }
 
 func publicListener(addr string, fd int) (net.Listener, error) {

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,23 +229,74 @@ func infer(url string, body []byte) error {
 func TestGOMAXPROCSFlag(t *testing.T) {
 	cur := goruntime.GOMAXPROCS(0)
 	for _, c := range []struct {
-		flag  int
+		flag  string
 		given bool
 		env   string
 		want  int
+		auto  bool
 	}{
-		{1, false, "", 1},    // the default
-		{1, false, "3", cur}, // the environment's, already applied by Go
-		{2, true, "3", 2},    // a given flag wins
-		{0, true, "", 8},     // Go's default: the CPUs
-		{0, false, "", 8},
+		{"auto", false, "", 1, true},     // the default: start at 1, tuned
+		{"auto", false, "3", cur, false}, // the environment's, already applied by Go
+		{"auto", true, "3", 1, true},     // a given flag wins
+		{"2", true, "3", 2, false},
+		{"0", true, "", 8, false}, // Go's default: the CPUs
+		{"0", false, "", 8, false},
 	} {
-		got, err := gomaxprocs(c.flag, c.given, c.env, 8)
-		if err != nil || got != c.want {
-			t.Errorf("gomaxprocs(%d, given %v, env %q) = %d, %v; want %d", c.flag, c.given, c.env, got, err, c.want)
+		got, auto, err := gomaxprocs(c.flag, c.given, c.env, 8)
+		if err != nil || got != c.want || auto != c.auto {
+			t.Errorf("gomaxprocs(%q, given %v, env %q) = %d, %v, %v; want %d, %v", c.flag, c.given, c.env, got, auto, err, c.want, c.auto)
 		}
 	}
-	if _, err := gomaxprocs(-1, true, "", 8); err == nil {
-		t.Errorf("gomaxprocs(-1) accepted")
+	for _, bad := range []string{"-1", "two", ""} {
+		if _, _, err := gomaxprocs(bad, true, "", 8); err == nil {
+			t.Errorf("gomaxprocs(%q) accepted", bad)
+		}
+	}
+}
+
+func TestSysmonAwakeEnv(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		args    []string
+		env     []string
+		want    string // GODEBUG after; "" for no re-exec
+		reexecs bool
+	}{
+		{"default", []string{"--listen", "x"}, []string{"PATH=/bin"}, sysmonSetting, true},
+		{"keeps other settings", nil, []string{"GODEBUG=madvdontneed=1", "HOME=/"}, "madvdontneed=1," + sysmonSetting, true},
+		{"already set (after the re-exec)", nil, []string{"GODEBUG=" + sysmonSetting}, "", false},
+		{"the operator's own period", nil, []string{"GODEBUG=schedtrace=1000"}, "", false},
+		{"schedtrace=0 is off", nil, []string{"GODEBUG=schedtrace=0"}, "schedtrace=0," + sysmonSetting, true},
+		{"the last setting wins", nil, []string{"GODEBUG=schedtrace=1000,schedtrace=0"}, "schedtrace=1000,schedtrace=0," + sysmonSetting, true},
+		{"turned off", []string{"--sysmon-awake=false"}, nil, "", false},
+		{"turned off, one dash", []string{"-sysmon-awake=0"}, nil, "", false},
+		{"on explicitly", []string{"--sysmon-awake=true"}, nil, sysmonSetting, true},
+		{"after --", []string{"--", "--sysmon-awake=false"}, nil, sysmonSetting, true},
+	} {
+		env, ok := sysmonAwakeEnv(c.args, c.env)
+		if ok != c.reexecs {
+			t.Errorf("%s: re-exec %v, want %v", c.name, ok, c.reexecs)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		var got []string
+		for _, kv := range env {
+			if v, found := strings.CutPrefix(kv, "GODEBUG="); found {
+				got = append(got, v)
+			}
+		}
+		if len(got) != 1 || got[0] != c.want {
+			t.Errorf("%s: GODEBUG %q, want [%q]", c.name, got, c.want)
+		}
+		for _, kv := range c.env {
+			if !strings.HasPrefix(kv, "GODEBUG=") && !slices.Contains(env, kv) {
+				t.Errorf("%s: %q dropped from the environment", c.name, kv)
+			}
+		}
+		if !sysmonAwake(got[0]) {
+			t.Errorf("%s: sysmonAwake(%q) = false", c.name, got[0])
+		}
 	}
 }
