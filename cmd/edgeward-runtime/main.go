@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string) error {
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
 		procs    = fs.String("gomaxprocs", "auto", "Go scheduler threads (GOMAXPROCS): auto (1 while ONNX Runtime's runs are short, which saves the wake-ups of idle threads around each request; the CPUs available while runs of 1 ms or more take 10 % of the time or more, so that they do not queue behind each other: runtime.ProcsPolicy, docs/BENCHMARKS.md), a number, or 0 for Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
-		_        = fs.Bool("sysmon-awake", true, "keep Go's monitor thread (sysmon) from parking while the process is idle, so that the first system or cgo call of each request does not wake it and it does not retake the P of each run (GODEBUG schedtrace at its largest period, set by re-executing at start: one scheduler line on stderr every 24.8 days of uptime). false: Go's default")
+		_        = fs.Bool("sysmon-awake", true, "keep Go's monitor thread (sysmon) from parking while the process is idle, so that the first system or cgo call of each request does not wake it and it does not retake the P of each run (GODEBUG schedtrace at its largest period, set by re-executing at start: one scheduler line on stderr once uptime reaches 24.8 days, then every 24.8 days). false: Go's default")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
 	fs.IntVar(&cfg.IntraOpThreads, "intra-op-threads", 1, "threads inside one operator, per session")
@@ -233,8 +233,9 @@ func gomaxprocs(flagValue string, given bool, env string, cpus int) (int, bool, 
 // idle between requests, once per request, after which it ticks every 20 µs for a while
 // and retakes the P of any cgo call (an ONNX Runtime run) that spans two ticks. With a
 // schedule trace period set it never parks, and while nothing needs it its ticks slow
-// to every 10 ms. The period is the largest Go accepts (2³¹−1 ms, 24.8 days); Go prints
-// one scheduler line on stderr when the machine's uptime passes each multiple of it.
+// to every 10 ms. The period is the largest Go accepts (2³¹−1 ms, 24.8 days). Go prints
+// one scheduler line on stderr when the machine's uptime (the monotonic clock) reaches
+// one period, at start on a machine up longer, and one period after each line.
 const sysmonSetting = "schedtrace=2147483647"
 
 // sysmonAwake reports whether a GODEBUG value sets a schedule trace period (this
