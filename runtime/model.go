@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -48,6 +50,8 @@ type Model struct {
 	// calls per request); drainAndClose destroys them.
 	runOpts chan *ort.RunOptions
 	meter   *runMeter // the Runtime's; nil for a model outside one
+	// lastLong is whether the previous run took the meter's long-run time or more.
+	lastLong atomic.Bool
 }
 
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
@@ -289,6 +293,15 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 		return nil, err
 	}
 	var runErr error
+	if m.lastLong.Load() {
+		// A run expected to be long (the previous one was) first lets the goroutines
+		// this request readied run: net/http's background read of the connection, which
+		// then parks in the poller. A P that enters the cgo call with work queued on it
+		// is retaken by sysmon at its next tick and handed to another thread; with an
+		// empty queue it is left alone while another P is idle (wide model, binary HTTP,
+		// c=2: 16 context switches per request → 3, docs/BENCHMARKS.md).
+		goruntime.Gosched()
+	}
 	start := time.Now()
 	if ctx.Done() == nil {
 		runErr = m.session.Run(tensors, outs)
@@ -341,7 +354,7 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 // ran records a run that began at start with the Runtime's meter.
 func (m *Model) ran(start time.Time) {
 	if m.meter != nil {
-		m.meter.ran(time.Since(start))
+		m.lastLong.Store(m.meter.ran(time.Since(start)))
 	}
 }
 

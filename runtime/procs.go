@@ -26,15 +26,17 @@ type runMeter struct {
 	longBusy atomic.Int64 // nanoseconds inside runs of at least longRun, summed
 }
 
-// ran records one run that took d.
-func (m *runMeter) ran(d time.Duration) {
+// ran records one run that took d and reports whether it was long.
+func (m *runMeter) ran(d time.Duration) bool {
 	long := time.Duration(m.longRun.Load())
 	if long <= 0 {
 		long = time.Millisecond
 	}
-	if d >= long {
-		m.longBusy.Add(int64(d))
+	if d < long {
+		return false
 	}
+	m.longBusy.Add(int64(d))
+	return true
 }
 
 // ProcsPolicy decides GOMAXPROCS from the share of wall time spent inside long runs.

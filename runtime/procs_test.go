@@ -46,13 +46,19 @@ func TestProcsPolicyNext(t *testing.T) {
 
 func TestRunMeterCountsLongRunsOnly(t *testing.T) {
 	var m runMeter
-	m.ran(999 * time.Microsecond) // under the default 1 ms
+	if m.ran(999 * time.Microsecond) { // under the default 1 ms
+		t.Error("ran(999µs) reported long")
+	}
 	if got := m.longBusy.Load(); got != 0 {
 		t.Errorf("a short run counted: %v", time.Duration(got))
 	}
-	m.ran(3 * time.Millisecond)
+	if !m.ran(3 * time.Millisecond) {
+		t.Error("ran(3ms) reported short")
+	}
 	m.longRun.Store(int64(10 * time.Microsecond))
-	m.ran(20 * time.Microsecond)
+	if !m.ran(20 * time.Microsecond) {
+		t.Error("ran(20µs) reported short with a 10µs threshold")
+	}
 	if got := time.Duration(m.longBusy.Load()); got != 3*time.Millisecond+20*time.Microsecond {
 		t.Errorf("long runs summed to %v; want 3.02ms", got)
 	}
@@ -107,5 +113,30 @@ func TestTuneProcs(t *testing.T) {
 	}
 	if got := goruntime.GOMAXPROCS(0); got != 1 {
 		t.Errorf("GOMAXPROCS = %d after the hold; want 1", got)
+	}
+}
+
+// TestLongRunMarksTheModel checks that a model remembers whether its last run was long,
+// which makes the next run yield its P first (Model.runWith).
+func TestLongRunMarksTheModel(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	in := []Input{NewInput("X", runtimeapi.FP32, []int64{1, 4}, []float64{5.1, 3.5, 1.4, 0.2})}
+	m, err := r.acquire("iris", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.inflight.Done()
+	for _, c := range []struct {
+		longRun time.Duration
+		want    bool
+	}{{time.Hour, false}, {time.Nanosecond, true}, {time.Hour, false}} {
+		r.meter.longRun.Store(int64(c.longRun))
+		if _, err := r.Infer(context.Background(), "iris", "", in, nil); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.lastLong.Load(); got != c.want {
+			t.Errorf("long run threshold %v: lastLong %v; want %v", c.longRun, got, c.want)
+		}
 	}
 }
