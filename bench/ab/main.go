@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -37,22 +36,6 @@ import (
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 )
-
-func wideMLP() []byte {
-	r := rand.New(rand.NewPCG(1, 2))
-	dims := []int{64, 2304, 2304, 2304, 2304, 10}
-	var m modelgen.MLP
-	for i := 0; i+1 < len(dims); i++ {
-		in, out := dims[i], dims[i+1]
-		l := modelgen.Layer{In: in, Out: out, W: make([]float32, in*out), B: make([]float32, out)}
-		s := math.Sqrt(2 / float64(in))
-		for j := range l.W {
-			l.W[j] = float32(r.NormFloat64() * s)
-		}
-		m.Layers = append(m.Layers, l)
-	}
-	return m.ONNX("wide", nil, nil)
-}
 
 func cpuTicks(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -92,7 +75,7 @@ func main() {
 			err = os.WriteFile(filepath.Join(os.Args[2], "vibration.onnx"), vib, 0o644)
 		}
 		if err == nil {
-			err = os.WriteFile(filepath.Join(os.Args[2], "wide.onnx"), wideMLP(), 0o644)
+			err = os.WriteFile(filepath.Join(os.Args[2], "wide.onnx"), modelgen.DenseBench(), 0o644)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,25 +43,6 @@ type inferModel struct {
 	grpcReq   *inference.ModelInferRequest
 }
 
-// wideMLP is a dense 64-2304-2304-2304-2304-10 network with random (He-scaled) weights:
-// about 16 M multiply-adds per row, chosen so one in-process run takes over 1 ms on
-// one thread.
-func wideMLP() []byte {
-	r := rand.New(rand.NewPCG(1, 2))
-	dims := []int{64, 2304, 2304, 2304, 2304, 10}
-	var m modelgen.MLP
-	for i := 0; i+1 < len(dims); i++ {
-		in, out := dims[i], dims[i+1]
-		l := modelgen.Layer{In: in, Out: out, W: make([]float32, in*out), B: make([]float32, out)}
-		s := math.Sqrt(2 / float64(in))
-		for j := range l.W {
-			l.W[j] = float32(r.NormFloat64() * s)
-		}
-		m.Layers = append(m.Layers, l)
-	}
-	return m.ONNX("wide", nil, nil)
-}
-
 // prepareModels writes the three models into dir and returns them with a request each.
 func prepareModels(ctx context.Context, dir string) ([]*inferModel, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -90,7 +70,7 @@ func prepareModels(ctx context.Context, dir string) ([]*inferModel, error) {
 	for i := range 64 {
 		wide.data = append(wide.data, float32(i%7)-3)
 	}
-	if err := os.WriteFile(wide.path, wideMLP(), 0o644); err != nil {
+	if err := os.WriteFile(wide.path, modelgen.DenseBench(), 0o644); err != nil {
 		return nil, err
 	}
 	models := []*inferModel{iris, vibration, wide}

@@ -1,6 +1,8 @@
 package modelgen
 
 import (
+	"math"
+	"reflect"
 	"slices"
 	"testing"
 )
@@ -70,5 +72,31 @@ func TestWide(t *testing.T) {
 	}
 	if n := len(WideModel("3.0.0", 1024, 0)); n < 4<<20 || n > 5<<20 {
 		t.Errorf("len(WideModel(1024)) = %d; want about 4.2 MB", n)
+	}
+}
+
+func TestHeScaled(t *testing.T) {
+	a, b := HeScaled(1, 2, 64, 512, 10), HeScaled(1, 2, 64, 512, 10)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatal("HeScaled is not deterministic")
+	}
+	if reflect.DeepEqual(a, HeScaled(1, 3, 64, 512, 10)) {
+		t.Fatal("HeScaled ignores its seed")
+	}
+	for i, l := range a.Layers {
+		var sum, sq float64
+		for _, w := range l.W {
+			sum, sq = sum+float64(w), sq+float64(w)*float64(w)
+		}
+		n := float64(len(l.W))
+		sd, want := math.Sqrt(sq/n-(sum/n)*(sum/n)), math.Sqrt(2/float64(l.In))
+		if math.Abs(sd-want) > 0.05*want {
+			t.Errorf("layer %d: weight sd %.4f; want about %.4f (He)", i, sd, want)
+		}
+		for _, v := range l.B {
+			if v != 0 {
+				t.Fatalf("layer %d: bias %v; want zero biases", i, v)
+			}
+		}
 	}
 }

@@ -1,6 +1,9 @@
 package modelgen
 
-import "math/rand/v2"
+import (
+	"math"
+	"math/rand/v2"
+)
 
 // Random returns an MLP with layer widths sizes (input first, classes last) and
 // weights drawn deterministically from seed, as a stand-in for a large trained model
@@ -53,4 +56,28 @@ func (m *MLP) Perturb(seed uint64, scale float64) *MLP {
 		out.Layers = append(out.Layers, n)
 	}
 	return out
+}
+
+// HeScaled returns an MLP with layer widths sizes (input first, classes last), weights
+// drawn from PCG(seed1, seed2) with He scaling (standard deviation √(2/inputs)) and zero
+// biases: a stand-in for a compute-heavy model whose outputs stay in range through
+// many ReLU layers.
+func HeScaled(seed1, seed2 uint64, sizes ...int) *MLP {
+	r := rand.New(rand.NewPCG(seed1, seed2))
+	m := &MLP{}
+	for i := 0; i+1 < len(sizes); i++ {
+		in, out := sizes[i], sizes[i+1]
+		l := Layer{In: in, Out: out, W: make([]float32, in*out), B: make([]float32, out)}
+		fill(r, l.W, math.Sqrt(2/float64(in)))
+		m.Layers = append(m.Layers, l)
+	}
+	return m
+}
+
+// DenseBench returns the ONNX bytes of the inference benchmark's wide model: dense
+// 64-2304-2304-2304-2304-10, HeScaled from seeds 1 and 2, about 16 M multiply-adds per
+// row (over 1 ms per run on one thread) and 85 MB of weights. bench/driver and bench/ab
+// serve the same bytes.
+func DenseBench() []byte {
+	return HeScaled(1, 2, 64, 2304, 2304, 2304, 2304, 10).ONNX("wide", nil, nil)
 }
