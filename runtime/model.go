@@ -299,7 +299,7 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 		// then parks in the poller. A P that enters the cgo call with work queued on it
 		// is retaken by sysmon at its next tick and handed to another thread; with an
 		// empty queue it is left alone while another P is idle (wide model, binary HTTP,
-		// c=2: 16 context switches per request → 3, docs/BENCHMARKS.md).
+		// c=2: 15–17 context switches per request → 3, docs/BENCHMARKS.md).
 		goruntime.Gosched()
 	}
 	start := time.Now()

@@ -19,10 +19,13 @@ import (
 // one P while runs are short, and with more when a noticeable share of its time goes to
 // long runs. ProcsPolicy decides which; TuneProcs applies it.
 
+// defaultLongRun is the shortest long run unless ProcsPolicy.LongRun says otherwise.
+const defaultLongRun = time.Millisecond
+
 // runMeter counts the time the runtime's models spend inside long ONNX Runtime runs.
 // It is shared by every model of one Runtime and safe for concurrent use.
 type runMeter struct {
-	longRun  atomic.Int64 // nanoseconds: a run at least this long counts; 0: 1 ms
+	longRun  atomic.Int64 // nanoseconds: a run at least this long counts; 0: defaultLongRun
 	longBusy atomic.Int64 // nanoseconds inside runs of at least longRun, summed
 }
 
@@ -30,7 +33,7 @@ type runMeter struct {
 func (m *runMeter) ran(d time.Duration) bool {
 	long := time.Duration(m.longRun.Load())
 	if long <= 0 {
-		long = time.Millisecond
+		long = defaultLongRun
 	}
 	if d < long {
 		return false
@@ -68,7 +71,7 @@ func (p ProcsPolicy) longRun() time.Duration {
 	if p.LongRun > 0 {
 		return p.LongRun
 	}
-	return time.Millisecond
+	return defaultLongRun
 }
 
 func (p ProcsPolicy) raise() float64 {
