@@ -42,7 +42,6 @@ type DeltaResult struct {
 
 type deltaPair struct {
 	name, base, target string
-	big                bool // skip the peers whose memory grows with the base beyond reason
 }
 
 // benchDelta compares Edgeward's delta (content-defined chunks, zstd) with zstd

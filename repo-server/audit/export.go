@@ -209,9 +209,7 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 		return rep, &VerifyError{Line: n, Msg: "checkpoint", Err: err}
 	}
 	rep.Checkpoint = c
-	for _, s := range mustOpen(cpLine, opts.Witnesses) {
-		rep.Cosigners = append(rep.Cosigners, s)
-	}
+	rep.Cosigners = append(rep.Cosigners, mustOpen(cpLine, opts.Witnesses)...)
 	if c.Size != rep.Records {
 		return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("the checkpoint signs a tree of %d records but the export holds %d: records were removed or added", c.Size, rep.Records)}
 	}

@@ -160,7 +160,8 @@ func (w *Witness) save() error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err == nil {
+	_, err = f.Write(data)
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
