@@ -49,6 +49,7 @@ type Model struct {
 	// runOpts keeps ORT run options for reuse (creating and destroying them is two cgo
 	// calls per request); drainAndClose destroys them.
 	runOpts chan *ort.RunOptions
+	binds   bindings  // tensors reused from run to run (binding.go)
 	meter   *runMeter // the Runtime's; nil for a model outside one
 	// lastLong is whether the previous run took the meter's long-run time or more.
 	lastLong atomic.Bool
@@ -76,6 +77,9 @@ func newModel(name, version string, data []byte, cfg Config) (*Model, error) {
 	}
 	if len(m.inputs) == 0 || len(m.outputs) == 0 {
 		return nil, fmt.Errorf("%w: model has no servable tensor inputs or outputs", runtimeapi.ErrInvalid)
+	}
+	if m.bindable() {
+		m.binds.idle = make(chan *binding, bindingPool)
 	}
 	if md, err := ort.GetModelMetadataWithONNXData(data); err == nil {
 		s, ok, err := md.LookupCustomMetadataMap(BaselineKey)
@@ -128,6 +132,7 @@ func (m *Model) drainAndClose(ctx context.Context) error {
 	go func() {
 		m.inflight.Wait()
 		m.session.Destroy()
+		m.closeBindings()
 		for {
 			select {
 			case o := <-m.runOpts:
@@ -263,6 +268,49 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 		}
 		want[j] = true
 	}
+	retried := false
+	if b := m.takeBinding(ordered); b != nil {
+		result, err, retry := m.runBound(ctx, b, ordered, want, observe, sc)
+		if !retry {
+			return result, err
+		}
+		retried = true
+	}
+	return m.runUnbound(ctx, ordered, want, observe, retried, sc)
+}
+
+// runBound runs with b, copying the inputs into its tensors and the wanted outputs out
+// of them. retry is true when the run failed while the same inputs might succeed
+// unbound (b's output shapes were wrong for these values); b is then destroyed and the
+// caller runs unbound, which stops binding this model if it succeeds.
+func (m *Model) runBound(ctx context.Context, b *binding, ordered []*Input, want []bool, observe bool, sc *runScratch) (_ []Output, _ error, retry bool) {
+	for i, in := range ordered {
+		copy(b.inBufs[i], in.raw)
+	}
+	if err := m.exec(ctx, b.ins, b.outs); err != nil {
+		b.destroy()
+		if errors.Is(err, errRun) {
+			return nil, nil, true
+		}
+		return nil, err, false
+	}
+	if m.drift != nil && observe {
+		m.drift.observe(ordered)
+	}
+	result := sc.result[:0]
+	for i, meta := range m.outputs {
+		if want[i] {
+			result = append(result, b.output(meta, i))
+		}
+	}
+	m.putBinding(b)
+	sc.result = result
+	return result, nil, false
+}
+
+// runUnbound runs with tensors created for this run and outputs ORT allocates. retried
+// is whether the same inputs just failed bound.
+func (m *Model) runUnbound(ctx context.Context, ordered []*Input, want []bool, observe, retried bool, sc *runScratch) ([]Output, error) {
 	tensors := resize(sc.tensors, len(ordered))
 	sc.tensors = tensors
 	defer func() {
@@ -273,6 +321,7 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 			}
 		}
 	}()
+	var err error
 	for i, in := range ordered {
 		tensors[i], err = newTensor(in.Datatype, in.Shape, &in.tensorData)
 		if err != nil {
@@ -292,46 +341,15 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 	if err := m.preallocate(outs, ordered); err != nil {
 		return nil, err
 	}
-	var runErr error
-	if m.lastLong.Load() {
-		// A run expected to be long (the previous one was) first lets the goroutines
-		// this request readied run: net/http's background read of the connection, which
-		// then parks in the poller. A P that enters the cgo call with work queued on it
-		// is retaken by sysmon at its next tick and handed to another thread; with an
-		// empty queue it is left alone while another P is idle (wide model, binary HTTP,
-		// c=2: 15–17 context switches per request → 3, docs/BENCHMARKS.md).
-		goruntime.Gosched()
+	if err := m.exec(ctx, tensors, outs); err != nil {
+		return nil, err
 	}
-	start := time.Now()
-	if ctx.Done() == nil {
-		runErr = m.session.Run(tensors, outs)
-		m.ran(start)
+	if retried {
+		// The same inputs failed bound and ran unbound: this model's output shapes
+		// depend on more than its input shapes.
+		m.binds.off.Store(true)
 	} else {
-		opts, err := m.getRunOptions()
-		if err != nil {
-			return nil, fmt.Errorf("run options: %w", err)
-		}
-		terminated := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() { opts.Terminate(); close(terminated) })
-		runErr = m.session.RunWithOptions(tensors, outs, opts)
-		m.ran(start)
-		if !stop() {
-			// Terminate was called (or is running): wait for it, then drop these
-			// options, which would stop the next run.
-			<-terminated
-			opts.Destroy()
-			return nil, fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
-		}
-		if ctx.Err() != nil {
-			m.putRunOptions(opts)
-			return nil, fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
-		}
-		m.putRunOptions(opts)
-	}
-	if runErr != nil {
-		// Inputs were validated, so this is the model's own failure (e.g. a value its
-		// operators reject); the request can be fixed only by its sender.
-		return nil, fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, runErr)
+		m.learn(ordered, outs)
 	}
 	if m.drift != nil && observe {
 		m.drift.observe(ordered)
@@ -349,6 +367,52 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 	}
 	sc.result = result
 	return result, nil
+}
+
+// exec runs the session. Cancelling ctx terminates the run; a failure of the run itself
+// wraps errRun.
+func (m *Model) exec(ctx context.Context, tensors, outs []ort.Value) error {
+	var runErr error
+	if m.lastLong.Load() {
+		// A run expected to be long (the previous one was) first lets the goroutines
+		// this request readied run: net/http's background read of the connection, which
+		// then parks in the poller. A P that enters the cgo call with work queued on it
+		// is retaken by sysmon at its next tick and handed to another thread; with an
+		// empty queue it is left alone while another P is idle (wide model, binary HTTP,
+		// c=2: 15–17 context switches per request → 3, docs/BENCHMARKS.md).
+		goruntime.Gosched()
+	}
+	start := time.Now()
+	if ctx.Done() == nil {
+		runErr = m.session.Run(tensors, outs)
+		m.ran(start)
+	} else {
+		opts, err := m.getRunOptions()
+		if err != nil {
+			return fmt.Errorf("run options: %w", err)
+		}
+		terminated := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() { opts.Terminate(); close(terminated) })
+		runErr = m.session.RunWithOptions(tensors, outs, opts)
+		m.ran(start)
+		if !stop() {
+			// Terminate was called (or is running): wait for it, then drop these
+			// options, which would stop the next run.
+			<-terminated
+			opts.Destroy()
+			return fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
+		}
+		m.putRunOptions(opts)
+		if ctx.Err() != nil {
+			return fmt.Errorf("model %s %s: %w", m.name, m.version, ctx.Err())
+		}
+	}
+	if runErr != nil {
+		// Inputs were validated, so this is the model's own failure (e.g. a value its
+		// operators reject); the request can be fixed only by its sender.
+		return fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, runErr)
+	}
+	return nil
 }
 
 // ran records a run that began at start with the Runtime's meter.

@@ -45,17 +45,48 @@ var EchoTypes = []struct {
 // "FP16") and output "<datatype>_out" [N], for every datatype of EchoTypes, so that every
 // element type travels through ONNX Runtime and back.
 func EchoAll() []byte {
+	names := make([]string, len(EchoTypes))
+	for i, t := range EchoTypes {
+		names[i] = t.Datatype
+	}
+	return EchoOf(names...)
+}
+
+// EchoOf is EchoAll for the named datatypes of EchoTypes only, in that order; it panics
+// on a name EchoTypes does not have.
+func EchoOf(datatypes ...string) []byte {
+	elem := func(dt string) int64 {
+		for _, t := range EchoTypes {
+			if t.Datatype == dt {
+				return t.Elem
+			}
+		}
+		panic("modelgen: no datatype " + dt)
+	}
 	var g pb
-	for _, t := range EchoTypes {
-		g = g.msg(1, node("Identity", "id_"+t.Datatype, []string{t.Datatype}, []string{t.Datatype + "_out"}))
+	for _, dt := range datatypes {
+		g = g.msg(1, node("Identity", "id_"+dt, []string{dt}, []string{dt + "_out"}))
 	}
 	g = g.str(2, "echo_all")
-	for _, t := range EchoTypes {
-		g = g.msg(11, valueInfo(t.Datatype, t.Elem, []int64{-1}, "n"))
+	for _, dt := range datatypes {
+		g = g.msg(11, valueInfo(dt, elem(dt), []int64{-1}, "n"))
 	}
-	for _, t := range EchoTypes {
-		g = g.msg(12, valueInfo(t.Datatype+"_out", t.Elem, []int64{-1}, "n"))
+	for _, dt := range datatypes {
+		g = g.msg(12, valueInfo(dt+"_out", elem(dt), []int64{-1}, "n"))
 	}
+	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
+	return model.msg(8, pb{}.str(1, "").int(2, 13))
+}
+
+// NonZero returns a model whose output shape depends on its input's values, not only on
+// its shape: input "x" FP32 [N], output "indices" INT64 [1, K], the positions of x's K
+// non-zero elements (ONNX NonZero).
+func NonZero() []byte {
+	var g pb
+	g = g.msg(1, node("NonZero", "nonzero", []string{"x"}, []string{"indices"}))
+	g = g.str(2, "nonzero")
+	g = g.msg(11, valueInfo("x", elemFloat, []int64{-1}, "n"))
+	g = g.msg(12, valueInfo("indices", elemInt64, []int64{1, -1}, "k"))
 	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
 	return model.msg(8, pb{}.str(1, "").int(2, 13))
 }
