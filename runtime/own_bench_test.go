@@ -130,7 +130,9 @@ func BenchmarkOwnGRPC(b *testing.B) {
 	r := irisRuntime(b)
 	g := &grpcService{r: r}
 	req := irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1)
-	ctx := context.Background()
+	// A gRPC call's context is cancellable (the client may go away), as benchHandler's.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	reportCPU(b, func() {
 		if _, err := g.ModelInfer(ctx, req); err != nil {
 			b.Fatal(err)

@@ -90,3 +90,24 @@ func NonZero() []byte {
 	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
 	return model.msg(8, pb{}.str(1, "").int(2, 13))
 }
+
+// MatMulChain returns a model that is slow on purpose, for tests of cancelling a run:
+// input "x" FP32 [n, n], output "y" = x^(k+1) by k MatMul nodes in a row (2·n³·k
+// floating-point operations; ORT can stop between any two of them).
+func MatMulChain(n, k int) []byte {
+	var g pb
+	prev := "x"
+	for i := range k {
+		out := "m" + itoa(i)
+		if i == k-1 {
+			out = "y"
+		}
+		g = g.msg(1, node("MatMul", "matmul"+itoa(i), []string{prev, "x"}, []string{out}))
+		prev = out
+	}
+	g = g.str(2, "matmul_chain")
+	g = g.msg(11, valueInfo("x", elemFloat, []int64{int64(n), int64(n)}, ""))
+	g = g.msg(12, valueInfo("y", elemFloat, []int64{int64(n), int64(n)}, ""))
+	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
+	return model.msg(8, pb{}.str(1, "").int(2, 13))
+}
