@@ -1,8 +1,13 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +85,78 @@ func TestCancelTerminatesALongRun(t *testing.T) {
 	cancel2()
 	if err := <-done2; !errors.Is(err, context.Canceled) {
 		t.Fatalf("second run after cancel = %v; want context.Canceled", err)
+	}
+}
+
+// TestUnloadDuringARequestLeavesNoSeries: a version unloaded while one of its requests
+// runs loses its metric series at once, and the request, answering afterwards, does not
+// bring them back (they would stay, frozen, for a version that is gone: a phantom in
+// every dashboard after a rollout).
+func TestUnloadDuringARequestLeavesNoSeries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a model for about a second")
+	}
+	const n, k = 256, 3000 // 100 GFLOP: well over the time Unload takes to drop the series
+	r := newTestRuntime(t)
+	loadBytes(t, r, "chain", modelgen.MatMulChain(n, k))
+	h := r.Handler()
+	metrics := func() string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Body.String()
+	}
+	if !strings.Contains(metrics(), `edgeward_runtime_requests_total{code="200",model="chain",version="1.0.0"} 0`) {
+		t.Fatal("a loaded version has no request series at 0")
+	}
+
+	body, hl := binaryRequest(fmt.Sprintf(`{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,%d],"parameters":{"binary_data_size":%d}}],"outputs":[{"name":"y","parameters":{"binary_data":true}}]}`, n, n, 4*n*n), make([]byte, 4*n*n))
+	// Two requests in flight: one is answered (200), the other's client goes away
+	// (an error, counted under its code for a loaded version).
+	send := func(ctx context.Context) (*httptest.ResponseRecorder, chan struct{}) {
+		sc := &startedCtx{Context: ctx, started: make(chan struct{})}
+		req := httptest.NewRequestWithContext(sc, "POST", "/v2/models/chain/infer", bytes.NewReader(body))
+		req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
+		rec := httptest.NewRecorder()
+		served := make(chan struct{})
+		go func() {
+			h.ServeHTTP(rec, req)
+			close(served)
+		}()
+		<-sc.started
+		return rec, served
+	}
+	rec, served := send(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	recGone, servedGone := send(ctx)
+	unloaded := make(chan error, 1)
+	go func() { unloaded <- r.Unload(context.Background(), "chain", "1.0.0") }()
+	for strings.Contains(metrics(), `model="chain"`) {
+		select {
+		case <-served:
+			t.Fatal("the run ended before Unload dropped the series: make the chain longer")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	cancel()
+	<-servedGone
+	<-served
+	if err := <-unloaded; err != nil {
+		t.Fatalf("Unload: %v", err)
+	}
+	if rec.Code != 200 {
+		t.Fatalf("the request in flight got %d: %s", rec.Code, rec.Body)
+	}
+	if recGone.Code < 400 {
+		t.Fatalf("the cancelled request got %d", recGone.Code)
+	}
+	if m := metrics(); strings.Contains(m, `model="chain"`) {
+		var lines []string
+		for _, l := range strings.Split(m, "\n") {
+			if strings.Contains(l, `model="chain"`) {
+				lines = append(lines, l)
+			}
+		}
+		t.Fatalf("series of the unloaded version came back:\n%s", strings.Join(lines, "\n"))
 	}
 }

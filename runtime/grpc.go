@@ -109,24 +109,22 @@ func (g *grpcService) ModelMetadata(_ context.Context, req *inference.ModelMetad
 func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferRequest) (*inference.ModelInferResponse, error) {
 	start := time.Now()
 	name, version := req.GetModelName(), req.GetModelVersion()
-	resp, served, err := g.infer(ctx, req, name, version)
+	resp, m, served, err := g.infer(ctx, req, name, version)
 	code := http.StatusOK
 	if err != nil {
 		code = statusOf(err)
 	}
-	if served == "" {
-		name = ""
-	}
-	g.r.metrics.observe(name, served, code, time.Since(start))
+	g.r.observeInfer(m, name, served, code, time.Since(start))
 	if err != nil {
 		return nil, grpcError(err)
 	}
 	return resp, nil
 }
 
-// infer returns the response, the version that served ("" when the model is unknown)
-// and the error, if any.
-func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferRequest, name, version string) (*inference.ModelInferResponse, string, error) {
+// infer returns the response, the version that served (nil when none was taken), the
+// version reached or that would have been ("" when the model is unknown) and the error,
+// if any.
+func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferRequest, name, version string) (*inference.ModelInferResponse, *Model, string, error) {
 	// The pooled scratch holds only this call's slices: the response shares none of its
 	// memory (each run's outputs and shapes are new), so it goes back to the pool before
 	// gRPC encodes the response.
@@ -134,17 +132,17 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 	defer g.r.putScratch(s)
 	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements(), s.inputs, s.names)
 	if err != nil {
-		return nil, g.r.servedVersion(name, version), err
+		return nil, nil, g.r.servedVersion(name, version), err
 	}
 	s.inputs, s.names = inputs, names
 	m, err := g.r.acquire(name, version)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, "", err
 	}
 	defer m.inflight.Done()
 	outs, err := m.runWith(ctx, inputs, names, true, &s.run)
 	if err != nil {
-		return nil, m.version, err
+		return nil, m, m.version, err
 	}
 	resp := &inference.ModelInferResponse{ModelName: m.name, ModelVersion: m.version, Id: req.GetId(),
 		Outputs: make([]*inference.ModelInferResponse_InferOutputTensor, len(outs)), RawOutputContents: make([][]byte, len(outs))}
@@ -160,7 +158,7 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 			resp.RawOutputContents[i] = o.raw
 		}
 	}
-	return resp, m.version, nil
+	return resp, m, m.version, nil
 }
 
 // decodeGRPCInputs takes a ModelInfer request's inputs: all from raw_input_contents (one

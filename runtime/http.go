@@ -119,43 +119,63 @@ func (r *Runtime) handleModelReady(w http.ResponseWriter, req *http.Request) {
 func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
 	name, version := req.PathValue("name"), req.PathValue("version")
-	code, served, err := r.serveInfer(w, req, name, version)
+	code, m, served, err := r.serveInfer(w, req, name, version)
 	if err != nil {
 		writeError(w, code, err)
 	}
-	if served == "" { // unknown model: no per-model series for arbitrary names
-		name = ""
-	}
-	r.metrics.observe(name, served, code, time.Since(start))
+	r.observeInfer(m, name, served, code, time.Since(start))
 }
 
-// serveInfer returns the status code, the version that served (empty when the model is
-// unknown) and the error to report, if any.
-func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, string, error) {
+// observeInfer counts an inference request: one that reached the loaded version m
+// through its own series, one that did not (m nil: refused before a version was taken)
+// under the version it would have reached (served; none for an unknown model, so that
+// arbitrary names make no series). A request to a version that has since been unloaded
+// is not counted: its series are gone, and counting would bring them back for good.
+func (r *Runtime) observeInfer(m *Model, name, served string, code int, d time.Duration) {
+	if m != nil {
+		if m.unloaded.Load() {
+			return
+		}
+		if code == http.StatusOK {
+			m.series.ok.Inc()
+			m.series.latency.Observe(d.Seconds())
+			return
+		}
+	}
+	if served == "" {
+		name = ""
+	}
+	r.metrics.observe(name, served, code, d)
+}
+
+// serveInfer returns the status code, the version that served the request (nil when
+// none was taken), the version it reached or would have ("" when the model is unknown)
+// and the error to report, if any.
+func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, *Model, string, error) {
 	// Read and decode before taking a reference on a version, so that a slow upload
 	// cannot hold an old version's session open during a swap.
 	hl, err := headerLength(req.Header)
 	if err != nil {
-		return statusOf(err), r.servedVersion(name, version), err
+		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	s := r.getScratch()
 	defer r.putScratch(s)
 	body, err := readBody(w, req, r.cfg.maxRequestBytes(), s.body)
 	if err != nil {
-		return statusOf(err), r.servedVersion(name, version), err
+		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	s.body = body
 	if err := s.decode(body, hl, r.cfg.maxElements()); err != nil {
-		return statusOf(err), r.servedVersion(name, version), err
+		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	m, err := r.acquire(name, version)
 	if err != nil {
-		return statusOf(err), "", err
+		return statusOf(err), nil, "", err
 	}
 	defer m.inflight.Done()
 	outs, err := m.runWith(req.Context(), s.inputs, s.names, true, &s.run)
 	if err != nil {
-		return statusOf(err), m.version, err
+		return statusOf(err), m, m.version, err
 	}
 	bin := binaryOutputs(&s.req, outs, s.bin)
 	if bin != nil {
@@ -173,7 +193,7 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	h["Content-Length"] = []string{strconv.Itoa(len(s.resp))}
 	w.WriteHeader(http.StatusOK)
 	w.Write(s.resp)
-	return http.StatusOK, m.version, nil
+	return http.StatusOK, m, m.version, nil
 }
 
 // Content-Type values of infer answers, shared by all (never modified in place: Header's

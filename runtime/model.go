@@ -53,6 +53,10 @@ type Model struct {
 	meter   *runMeter // the Runtime's; nil for a model outside one
 	// lastLong is whether the previous run took the meter's long-run time or more.
 	lastLong atomic.Bool
+	// series count its answered requests; unloaded is set before its series are
+	// deleted, after which its requests are no longer counted.
+	series   servedSeries
+	unloaded atomic.Bool
 }
 
 func newModel(name, version string, data []byte, cfg Config) (*Model, error) {

@@ -185,6 +185,7 @@ func (r *Runtime) Close(ctx context.Context) error {
 	r.mu.Unlock()
 	var errs []error
 	for _, m := range all {
+		m.unloaded.Store(true)
 		r.metrics.unloaded(m.name, m.version)
 		errs = append(errs, m.drainAndClose(ctx))
 	}
@@ -254,6 +255,7 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 		m.sha256, m.plainSHA256 = fileDigest, digest
 	}
 	m.loadedAt = r.cfg.now()
+	m.series = r.metrics.served(req.Name, req.Version)
 
 	r.mu.Lock()
 	mv := r.models[req.Name]
@@ -393,6 +395,7 @@ func (r *Runtime) Unload(ctx context.Context, name, version string) error {
 		delete(r.models, name)
 	}
 	r.mu.Unlock()
+	m.unloaded.Store(true)
 	r.metrics.unloaded(name, version)
 	r.log.Info("model unloading", "model", name, "version", version)
 	return m.drainAndClose(ctx)
