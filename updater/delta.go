@@ -77,6 +77,11 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 		return full(FetchInfo{})
 	}
 	if _, ok := fileMatchesStat(dst, want); ok {
+		// Already there: an earlier fetch renamed it in and was killed before it tidied
+		// up. What it would have removed goes now, or it stays after the transaction
+		// moves on (the random-kill test found a .part.state left so).
+		removePart(dst)
+		removeDeltaFiles(dst)
 		return FetchInfo{Fetched: 0, Saved: t.Length}, rollback.Proof{}, nil
 	}
 	if _, err := os.Stat(dst + deltaMarkSuffix); err == nil {

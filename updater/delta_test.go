@@ -209,6 +209,28 @@ func TestDeltaInterruptedApply(t *testing.T) {
 		t.Errorf("a delta that built the target: fallback %q; want none", info.Fallback)
 	}
 
+	// A fetch killed after it renamed the target in but before it removed its
+	// checkpoint and the delta's files: the next fetch keeps the slot without a request
+	// and removes them.
+	hits := r.Hits(targetURL(p2, v2))
+	for _, s := range []string{".part.state", ".part", deltaFileSuffix, deltaFileSuffix + ".part.state", deltaMarkSuffix} {
+		os.WriteFile(dst+s, []byte("x"), 0o600)
+	}
+	if _, _, err := f.fetch(ctx, tgt, dst); err != nil {
+		t.Fatalf("fetch over a complete slot: %v", err)
+	}
+	if r.Hits(targetURL(p2, v2)) != hits {
+		t.Error("a complete slot was fetched again")
+	}
+	for _, s := range []string{".part.state", ".part", deltaFileSuffix, deltaFileSuffix + ".part.state", deltaMarkSuffix} {
+		if _, err := os.Stat(dst + s); err == nil {
+			t.Errorf("%s left behind beside a complete slot", filepath.Base(dst+s))
+		}
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("the complete slot was changed")
+	}
+
 	// A device configured without deltas (edgeward-agent --deltas=false) downloads the
 	// full target although a delta from its committed version is listed.
 	noDeltas, err := NewTUF(TUFConfig{MetadataDir: tufDir, MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), Downloader: testDownloader(nil), NoDeltas: true})
