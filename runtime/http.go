@@ -131,18 +131,31 @@ func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 // under the version it would have reached (served; none for an unknown model, so that
 // arbitrary names make no series). A request to a version that has since been unloaded
 // is not counted: its series are gone, and counting would bring them back for good.
+//
+// An answered request counts through the series resolved at load (after an unload they
+// are no longer exported, so a late count is lost, not revived). Anything else looks its
+// series up by label, which would create them: it does so under r.mu's read lock, after
+// checking that the version is still loaded, as Unload drops series under the write lock.
 func (r *Runtime) observeInfer(m *Model, name, served string, code int, d time.Duration) {
-	if m != nil {
+	if m != nil && code == http.StatusOK {
+		if !m.unloaded.Load() {
+			m.series.ok.Inc()
+			m.series.latency.Observe(d.Seconds())
+		}
+		return
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	switch {
+	case m != nil:
 		if m.unloaded.Load() {
 			return
 		}
-		if code == http.StatusOK {
-			m.series.ok.Inc()
-			m.series.latency.Observe(d.Seconds())
-			return
+	case served != "":
+		if _, err := r.lookupLocked(name, served); err != nil {
+			return // unloaded since the request was refused: its series are gone
 		}
-	}
-	if served == "" {
+	default:
 		name = ""
 	}
 	r.metrics.observe(name, served, code, d)

@@ -87,10 +87,12 @@ func codeString(code int) string {
 	return strconv.Itoa(code)
 }
 
-func (m *metrics) loaded(model, version, def string) {
+// loaded marks a version loaded; prev and def are the model's default before and after
+// (a load with LoadRequest.Default takes the mark from the previous default).
+func (m *metrics) loaded(model, version, prev, def string) {
 	m.setLoaded(model, version, version == def)
-	if def != version && def != "" {
-		m.setLoaded(model, def, true)
+	if prev != "" && prev != def {
+		m.setLoaded(model, prev, false)
 	}
 }
 

@@ -53,8 +53,8 @@ type Model struct {
 	meter   *runMeter // the Runtime's; nil for a model outside one
 	// lastLong is whether the previous run took the meter's long-run time or more.
 	lastLong atomic.Bool
-	// series count its answered requests; unloaded is set before its series are
-	// deleted, after which its requests are no longer counted.
+	// series count its answered requests; unloaded is set, and its series deleted,
+	// under the Runtime's write lock, after which its requests are no longer counted.
 	series   servedSeries
 	unloaded atomic.Bool
 }

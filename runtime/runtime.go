@@ -182,11 +182,13 @@ func (r *Runtime) Close(ctx context.Context) error {
 		}
 	}
 	r.models = map[string]*modelVersions{}
-	r.mu.Unlock()
-	var errs []error
 	for _, m := range all {
 		m.unloaded.Store(true)
 		r.metrics.unloaded(m.name, m.version)
+	}
+	r.mu.Unlock()
+	var errs []error
+	for _, m := range all {
 		errs = append(errs, m.drainAndClose(ctx))
 	}
 	return errors.Join(errs...)
@@ -255,8 +257,11 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 		m.sha256, m.plainSHA256 = fileDigest, digest
 	}
 	m.loadedAt = r.cfg.now()
-	m.series = r.metrics.served(req.Name, req.Version)
 
+	// The metric series change under r.mu, in the same critical section as the map, so
+	// they follow the order of loads, default switches and unloads: an Unload of this
+	// version racing with this Load (or a switch of default) cannot leave a gauge or a
+	// series for a version that is gone, nor delete the series of one that is loaded.
 	r.mu.Lock()
 	mv := r.models[req.Name]
 	if mv == nil {
@@ -272,13 +277,15 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 	}
 	r.models[req.Name] = mv
 	mv.versions[req.Version] = m
+	prev := mv.def
 	if mv.def == "" || req.Default {
 		mv.def = req.Version
 	}
 	def := mv.def
+	m.series = r.metrics.served(req.Name, req.Version)
+	r.metrics.loaded(req.Name, req.Version, prev, def)
 	info := m.info()
 	r.mu.Unlock()
-	r.metrics.loaded(req.Name, req.Version, def)
 	r.log.Info("model loaded", "model", req.Name, "version", req.Version, "sha256", digest, "default", def == req.Version)
 	return info, nil
 }
@@ -368,8 +375,8 @@ func (r *Runtime) SetDefault(name, version string) error {
 	}
 	old := mv.def
 	mv.def = version
-	r.mu.Unlock()
 	r.metrics.defaultChanged(name, old, version)
+	r.mu.Unlock()
 	r.log.Info("default model version", "model", name, "version", version, "previous", old)
 	return nil
 }
@@ -394,9 +401,9 @@ func (r *Runtime) Unload(ctx context.Context, name, version string) error {
 	if len(mv.versions) == 0 {
 		delete(r.models, name)
 	}
-	r.mu.Unlock()
 	m.unloaded.Store(true)
 	r.metrics.unloaded(name, version)
+	r.mu.Unlock()
 	r.log.Info("model unloading", "model", name, "version", version)
 	return m.drainAndClose(ctx)
 }
