@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
@@ -158,5 +162,63 @@ func TestUnloadDuringARequestLeavesNoSeries(t *testing.T) {
 			}
 		}
 		t.Fatalf("series of the unloaded version came back:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// TestCancelledRequestIsNotAServerError: a request whose client goes away mid-run is
+// counted as 499 (client closed request), over HTTP and over gRPC (CANCELED), never as a
+// 5xx: a dashboard's server-error rate must not rise because clients are impatient.
+func TestCancelledRequestIsNotAServerError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a model for about a second")
+	}
+	const n, k = 256, 3000
+	r := newTestRuntime(t)
+	loadBytes(t, r, "chain", modelgen.MatMulChain(n, k))
+	h := r.Handler()
+
+	body, hl := binaryRequest(fmt.Sprintf(`{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,%d],"parameters":{"binary_data_size":%d}}]}`, n, n, 4*n*n), make([]byte, 4*n*n))
+	ctx, cancel := context.WithCancel(context.Background())
+	sc := &startedCtx{Context: ctx, started: make(chan struct{})}
+	req := httptest.NewRequestWithContext(sc, "POST", "/v2/models/chain/infer", bytes.NewReader(body))
+	req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
+	rec := httptest.NewRecorder()
+	served := make(chan struct{})
+	go func() {
+		h.ServeHTTP(rec, req)
+		close(served)
+	}()
+	<-sc.started
+	cancel()
+	<-served
+	if rec.Code != statusClientClosed {
+		t.Errorf("cancelled HTTP request: %d; want %d", rec.Code, statusClientClosed)
+	}
+
+	gctx, gcancel := context.WithCancel(context.Background())
+	gsc := &startedCtx{Context: gctx, started: make(chan struct{})}
+	gerr := make(chan error, 1)
+	go func() {
+		_, err := (&grpcService{r: r}).ModelInfer(gsc, &inference.ModelInferRequest{
+			ModelName:        "chain",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{n, n}}},
+			RawInputContents: [][]byte{make([]byte, 4*n*n)},
+		})
+		gerr <- err
+	}()
+	<-gsc.started
+	gcancel()
+	if err := <-gerr; status.Code(err) != codes.Canceled {
+		t.Errorf("cancelled gRPC call: %v; want CANCELED", err)
+	}
+
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	m := rec.Body.String()
+	if want := `edgeward_runtime_request_errors_total{code="499",model="chain",version="1.0.0"} 2`; !strings.Contains(m, want) {
+		t.Errorf("no %s in the metrics", want)
+	}
+	if strings.Contains(m, `code="5`) {
+		t.Errorf("a cancelled request counted as a server error:\n%s", m)
 	}
 }

@@ -65,9 +65,10 @@ func grpcError(err error) error {
 		code = codes.FailedPrecondition
 	case http.StatusServiceUnavailable:
 		code = codes.Unavailable
-	}
-	if errors.Is(err, context.Canceled) {
+	case statusClientClosed:
 		code = codes.Canceled
+	case http.StatusGatewayTimeout:
+		code = codes.DeadlineExceeded
 	}
 	return status.Error(code, err.Error())
 }

@@ -482,11 +482,19 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, runtimeapi.ErrUnavailable):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled):
+		return statusClientClosed
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError
 }
+
+// statusClientClosed is nginx's 499, "client closed request": the status under which a
+// request whose client went away (its context cancelled, the run terminated) is counted.
+// It is not a server error: counted as 503, every impatient client would page whoever
+// watches the 5xx rate. The client, gone, never sees it.
+const statusClientClosed = 499
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	b, err := json.Marshal(v)
