@@ -130,8 +130,17 @@ func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]
 		return nil, err
 	}
 	if last == nil || c.Size > lastSize {
+		// The state moves on only once it is on disk: a cosignature never leaves for a
+		// checkpoint the witness would not remember after a restart. (Were the memory
+		// ahead of the disk, a retry of this same checkpoint would be cosigned without a
+		// save, and a restarted witness could then cosign a fork of it.)
 		w.st.Logs[u.Origin] = string(signed)
 		if err := w.save(); err != nil {
+			if last == nil {
+				delete(w.st.Logs, u.Origin)
+			} else {
+				w.st.Logs[u.Origin] = string(last)
+			}
 			return nil, err
 		}
 	}
@@ -171,11 +180,15 @@ func (w *Witness) save() error {
 		return fmt.Errorf("witness state: %w", err)
 	}
 	if err := os.Rename(tmp, w.cfg.State); err != nil {
-		return err
+		return fmt.Errorf("witness state: %w", err)
 	}
-	if d, err := os.Open(filepath.Dir(w.cfg.State)); err == nil {
-		d.Sync()
-		d.Close()
+	d, err := os.Open(filepath.Dir(w.cfg.State))
+	if err != nil {
+		return fmt.Errorf("witness state: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("witness state: sync %s: %w", filepath.Dir(w.cfg.State), err)
 	}
 	return nil
 }

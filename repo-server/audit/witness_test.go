@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,5 +137,54 @@ func TestWitnessRefusesForkAndRollback(t *testing.T) {
 	cu, _ := unknown.Checkpoint(ctx)
 	if _, err := w.w.AddCheckpoint(0, nil, cu.Note); !errors.Is(err, ErrUnknownLog) {
 		t.Fatalf("AddCheckpoint(unknown origin) = %v", err)
+	}
+}
+
+// TestWitnessCosignsOnlyWhatItSaved: when the witness cannot save its state (here its
+// temporary file is blocked by a directory of that name, as a full or read-only disk
+// would), it refuses the cosignature and stays at the checkpoint it has on disk: a retry
+// of the same checkpoint is not cosigned from memory alone, and after the disk recovers
+// the log is cosigned normally and a restarted witness holds the new size.
+func TestWitnessCosignsOnlyWhatItSaved(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 1000)
+	w := newWitness(t, "w.example", l)
+	clients := []*WitnessClient{{URL: w.url}}
+	appendN(t, l, 1, 10)
+	if _, err := l.Cosign(ctx, clients); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 11, 5)
+	blocker := w.w.cfg.State + ".tmp"
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Cosign(ctx, clients); err == nil {
+		t.Fatal("Cosign succeeded while the witness could not save its state")
+	}
+	if c, err := ParseCheckpointUnverified(w.w.Latest(l.Origin())); err != nil || c.Size != 10 {
+		t.Fatalf("witness after a failed save holds %s (%v); want the saved size 10", w.w.Latest(l.Origin()), err)
+	}
+	co, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The retry a client makes after a conflict: the same checkpoint, old = its size.
+	var ce *ConflictError
+	if sig, err := w.w.AddCheckpoint(co.Size, nil, co.Note); !errors.As(err, &ce) || ce.Size != 10 {
+		t.Fatalf("AddCheckpoint(%d, same checkpoint) after a failed save = %q, %v; want a conflict at 10", co.Size, sig, err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := l.Cosign(ctx, clients); err != nil || c.Size != 15 {
+		t.Fatalf("Cosign after the disk recovered = %v, %v; want size 15", c, err)
+	}
+	w2, err := NewWitness(w.w.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ParseCheckpointUnverified(w2.Latest(l.Origin())); err != nil || c.Size != 15 {
+		t.Fatalf("restarted witness holds %s (%v); want size 15", w2.Latest(l.Origin()), err)
 	}
 }
