@@ -59,3 +59,26 @@ func TestReadBody(t *testing.T) {
 		}
 	}
 }
+
+// TestReadBodyDoesNotTrustTheLength: a Content-Length is a claim made before the sender
+// is authenticated. A request claiming 8 MiB that sends 2 bytes costs about the
+// preallocation cap, not 8 MiB; a body that really is larger than the cap is still read
+// whole.
+func TestReadBodyDoesNotTrustTheLength(t *testing.T) {
+	const max = 8 << 20
+	r := httptest.NewRequest(http.MethodPost, "/", io.NopCloser(strings.NewReader("{}")))
+	r.ContentLength = max
+	got, err := readBody(httptest.NewRecorder(), r, max)
+	if err != nil || string(got) != "{}" {
+		t.Fatalf("readBody = %q, %v", got, err)
+	}
+	if cap(got) > readBodyPrealloc+1 {
+		t.Errorf("a body claiming %d bytes got a %d-byte buffer before any arrived", max, cap(got))
+	}
+	big := strings.Repeat("y", 3*readBodyPrealloc)
+	r = httptest.NewRequest(http.MethodPost, "/", io.NopCloser(strings.NewReader(big)))
+	r.ContentLength = int64(len(big))
+	if got, err := readBody(httptest.NewRecorder(), r, max); err != nil || string(got) != big {
+		t.Fatalf("readBody(%d honest bytes) = %d bytes, %v", len(big), len(got), err)
+	}
+}

@@ -315,11 +315,16 @@ func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest,
 
 // readBody reads r's body whole, at most max bytes (an *http.MaxBytesError beyond), into
 // a buffer sized from its Content-Length when it gives one (plus the byte the read that
-// sees the end needs, so an honest length costs one allocation and no copy).
+// sees the end needs, so an honest length costs one allocation and no copy), up to
+// readBodyPrealloc: a length is only a claim, and a body larger than that grows as its
+// bytes actually arrive (check-ins are read before their sender is authenticated, and a
+// bare header claiming max bytes must not pin max bytes per connection).
+const readBodyPrealloc = 64 << 10
+
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
 	n := int64(512)
 	if r.ContentLength > 0 {
-		n = min(r.ContentLength, max) + 1
+		n = min(r.ContentLength, max, readBodyPrealloc) + 1
 	}
 	body := http.MaxBytesReader(w, r.Body, max)
 	buf := make([]byte, 0, n)

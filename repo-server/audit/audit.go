@@ -414,9 +414,11 @@ func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any)
 		return nil, fmt.Errorf("audit append: commit: %w", err)
 	}
 	if rec.Seq%l.every == 0 {
-		if _, err := l.Checkpoint(ctx); err != nil {
-			return rec, err
-		}
+		// The record is committed: a checkpoint that fails now (a cancelled request, a
+		// busy database) must not turn that into an error, or callers would undo a change
+		// the log already holds. The tree is signed by the next checkpoint (Run, or the
+		// next Every-th record), which covers this record too.
+		l.Checkpoint(context.WithoutCancel(ctx))
 	}
 	return rec, nil
 }
