@@ -577,3 +577,26 @@ func TestLatestVerifiesAChangedRow(t *testing.T) {
 		t.Fatalf("Latest after the row was changed = %q; want a refusal", c.Note)
 	}
 }
+
+// TestAppendSucceedsWhenItsCheckpointFails: a record is committed before the Every-th
+// record's checkpoint is signed; when signing fails (here a trigger refuses new
+// checkpoints), Append still reports the record it stored rather than an error that
+// would make its caller undo a change the log already holds.
+func TestAppendSucceedsWhenItsCheckpointFails(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 5)
+	if _, err := l.db.ExecContext(ctx, `CREATE TRIGGER no_checkpoints BEFORE INSERT ON audit_checkpoints_v2 BEGIN SELECT RAISE(ABORT, 'checkpoints refused'); END`); err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 1, 5) // the 5th record's checkpoint fails
+	if n, err := l.Size(ctx); err != nil || n != 5 {
+		t.Fatalf("Size = %d, %v; want 5", n, err)
+	}
+	if _, err := l.db.ExecContext(ctx, `DROP TRIGGER no_checkpoints`); err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.Checkpoint(ctx)
+	if err != nil || c.Size != 5 {
+		t.Fatalf("Checkpoint after the trigger is gone = %v, %v; want size 5", c, err)
+	}
+}
