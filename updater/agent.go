@@ -328,6 +328,33 @@ func (a *Agent) install(ctx context.Context, kind artifact.Kind, d wire.SlotDeci
 	return a.installWith(ctx, a.cfg.TUF, kind, d)
 }
 
+// supersede gives up kind's unfinished transaction s, one that has not reached its
+// trial, so that the target now wanted (path) can be installed instead. Such a
+// transaction is not running (installs are serialised by a.mu, and the slot manager's
+// lock is free again): it is what an earlier attempt left, a download interrupted past
+// its retries or a crash before the trial, for a target no longer wanted (its rollout
+// aborted, a newer version published). Kept, it would refuse every other install with
+// ErrBusy until it was asked for again. The running version is not touched: only the
+// inactive slot is cleared. A trial is never superseded; it ends by its verdict or its
+// deadline. It reports whether the transaction was given up.
+func (a *Agent) supersede(ctx context.Context, kind artifact.Kind, s rollback.State, path string) bool {
+	switch s.Phase {
+	case rollback.Downloading, rollback.Verifying, rollback.Staged:
+	default:
+		return false
+	}
+	old := ""
+	if s.Pending != nil {
+		old = s.Pending.Path
+	}
+	if _, err := a.cfg.Slots.Abort(ctx, kind, "superseded by "+path); err != nil {
+		a.cfg.Logger.Warn("superseding an unfinished install", "kind", kind, "pending", old, "target", path, "err", err)
+		return false
+	}
+	a.cfg.Logger.Info("unfinished install superseded", "kind", kind, "pending", old, "phase", s.Phase, "target", path)
+	return true
+}
+
 // installWith is install with targets resolved and fetched through tuf. d names the
 // target and the rollout's gates (d.Gates nil: the signed gates alone).
 func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d wire.SlotDecision) error {
@@ -358,9 +385,12 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	}
 	fetch := &recordingFetcher{f: tuf.SlotFetcher()}
 	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, fetch)
+	if errors.Is(err, rollback.ErrBusy) && a.supersede(ctx, kind, s, targetPath) {
+		s, err = a.cfg.Slots.InstallFrom(ctx, kind, t, fetch)
+	}
 	if err != nil {
 		if errors.Is(err, rollback.ErrBusy) {
-			return err // another install: try again next round
+			return err // a trial under way: try again next round
 		}
 		if !errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading {
 			// Interrupted: the download resumes at the next attempt.

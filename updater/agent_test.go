@@ -382,3 +382,76 @@ func TestRefreshEveryRound(t *testing.T) {
 		}
 	}
 }
+
+// fetchFails fails every fetch with an error that is not permanent: the transaction
+// stays downloading, as after a server outage longer than the download's retries.
+type fetchFails struct{}
+
+func (fetchFails) Fetch(context.Context, rollback.Target, string) error {
+	return errors.New("503 Service Unavailable (the download's retries used up)")
+}
+
+// TestUnfinishedInstallIsSuperseded: a transaction an earlier attempt left unfinished
+// before its trial (a download interrupted past its retries, or a slot staged when the
+// agent crashed) for a version no longer wanted (its rollout aborted, a newer version
+// published) gives way to the version the server now asks for. It used to refuse every
+// other install with "another install is in progress" until it was asked for again.
+// The running version is not touched; a trial is never superseded.
+func TestUnfinishedInstallIsSuperseded(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		leave func(ctx context.Context, t *testing.T, m *rollback.Manager, c *TUF, x rollback.Target) rollback.Phase
+	}{
+		{"downloading", func(ctx context.Context, t *testing.T, m *rollback.Manager, _ *TUF, x rollback.Target) rollback.Phase {
+			s, err := m.InstallFrom(ctx, artifact.KindModel, x, fetchFails{})
+			if err == nil {
+				t.Fatal("InstallFrom with a failing fetch succeeded")
+			}
+			return s.Phase
+		}},
+		{"staged", func(ctx context.Context, t *testing.T, m *rollback.Manager, c *TUF, x rollback.Target) rollback.Phase {
+			s, err := m.InstallFrom(ctx, artifact.KindModel, x, c.SlotFetcher())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s.Phase
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r := tuftest.New(t)
+			p1, _ := r.AddModel("iris", "1.0.0", 0)
+			p2, _ := r.AddModel("iris", "2.0.0", 0)
+			p3, _ := r.AddModel("iris", "3.0.0", 0)
+			c, m, o := deviceState(t, r)
+			now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			d := &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}
+			a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+				Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Step(ctx); err != nil {
+				t.Fatal(err)
+			}
+			x, _, err := c.Resolve(ctx, artifact.KindModel, p2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ph := tc.leave(ctx, t, m, c, x); ph != rollback.Phase(tc.name) {
+				t.Fatalf("left %s; want %s", ph, tc.name)
+			}
+			d.want[artifact.KindModel] = p3 // 2.0.0's rollout aborted; 3.0.0 published
+			if err := a.Step(ctx); err != nil {
+				t.Fatalf("Step for 3.0.0 with 2.0.0 left %s = %v", tc.name, err)
+			}
+			s, _ := m.State(ctx, artifact.KindModel)
+			if s.Phase != rollback.Committed || s.Current == nil || s.Current.Version != "3.0.0" {
+				t.Fatalf("after the step: %s, current %+v; want 3.0.0 committed", s.Phase, s.Current)
+			}
+			if err := m.CheckInvariant(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
