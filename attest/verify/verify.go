@@ -248,11 +248,14 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 	}
 	sort.Ints(sent)
 	pcrsQuoted := false
-	if !slices.Equal(sent, selected) {
-		v.add(PCRDigestMismatch, "PCRs sent %v, quoted %v", sent, selected)
+	if sortedSel := slices.Sorted(slices.Values(selected)); !slices.Equal(sent, sortedSel) {
+		v.add(PCRDigestMismatch, "PCRs sent %v, quoted %v", sent, sortedSel)
 	} else {
 		// The TPM digests the selected PCRs with the signing scheme's hash (TPM 2.0
-		// part 3, TPM2_Quote), not with the bank's.
+		// part 3, TPM2_Quote), not with the bank's, in the order of the selection:
+		// selection by selection, ascending within each. Hashed in any other order, a
+		// device could quote [{16}, {7}] and send PCR 16's value as PCR 7's and PCR 7's
+		// as PCR 16's (TestQuoteSelectionOrder).
 		h := sigHash.New()
 		for _, i := range selected {
 			h.Write(ev.Quote.PCRs[i])
@@ -353,6 +356,9 @@ func short(s string) string {
 	return s
 }
 
+// selectedPCRs lists the PCRs a quote selects in the order the TPM digests them:
+// selection by selection, ascending within each (TPM 2.0 part 1, PCR selection; part 3,
+// TPM2_Quote). A PCR selected twice is refused: no honest quoter asks for that.
 func selectedPCRs(sel tpm2.TPMLPCRSelection) ([]int, error) {
 	var out []int
 	for _, s := range sel.PCRSelections {
@@ -371,8 +377,7 @@ func selectedPCRs(sel tpm2.TPMLPCRSelection) ([]int, error) {
 		return nil, fmt.Errorf("quote selects no PCR")
 	}
 	if len(sel.PCRSelections) > 1 {
-		sort.Ints(out)
-		if len(slices.Compact(slices.Clone(out))) != len(out) {
+		if sorted := slices.Sorted(slices.Values(out)); len(slices.Compact(sorted)) != len(out) {
 			return nil, fmt.Errorf("quote selects a PCR twice")
 		}
 	}
