@@ -95,11 +95,7 @@ func Score(ps *ProbeSet, got [][]float64) (correct int, maxAbs float64, err erro
 			if len(out) == 0 {
 				return 0, 0, fmt.Errorf("probe case %d: empty output %q", i, ps.Output)
 			}
-			pred := int64(out[0])
-			if len(out) > 1 {
-				pred = int64(argmax(out))
-			}
-			if pred == ps.Labels[i] {
+			if pred, ok := predicted(out); ok && pred == ps.Labels[i] {
 				correct++
 			}
 		}
@@ -126,6 +122,28 @@ func Score(ps *ProbeSet, got [][]float64) (correct int, maxAbs float64, err erro
 		}
 	}
 	return correct, maxAbs, nil
+}
+
+// predicted is a classification case's predicted label: the value itself for a single
+// output (a label; it must be a whole number, as converting 0.7 or NaN to an integer
+// would make up a label: int64(NaN) is 0 on arm64), the index of the largest value for
+// several (scores; any NaN among them makes the case unscorable, as argmax would
+// otherwise pick index 0 for a NaN in front). ok is false when there is no prediction,
+// and the case is then never correct.
+func predicted(out []float64) (label int64, ok bool) {
+	for _, x := range out {
+		if math.IsNaN(x) {
+			return 0, false
+		}
+	}
+	if len(out) == 1 {
+		x := out[0]
+		if math.IsInf(x, 0) || x != math.Trunc(x) || x < math.MinInt64 || x >= math.MaxInt64 {
+			return 0, false
+		}
+		return int64(x), true
+	}
+	return int64(argmax(out)), true
 }
 
 func argmax(xs []float64) int {

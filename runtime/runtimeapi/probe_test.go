@@ -78,6 +78,17 @@ func TestScore(t *testing.T) {
 	if _, _, err := Score(labels, [][]float64{{0}, {}, {1}}); err == nil {
 		t.Errorf("Score(labels) with an empty output = nil error; want an error")
 	}
+	// A model that answers NaN (or a fraction, or infinity, where a label belongs) has
+	// made no prediction: never correct, whatever the label. argmax picked index 0 for
+	// NaN scores, and int64(NaN) is 0 on arm64, so NaN used to be right on every 0 label.
+	zeros := &ProbeSet{Output: "y", Labels: []int64{0, 0, 0, 0, 0, 1}}
+	nan := math.NaN()
+	if c, _, err := Score(zeros, [][]float64{{nan, nan}, {nan, 0.2}, {nan}, {0.4}, {math.Inf(-1)}, {1.0000001}}); err != nil || c != 0 {
+		t.Errorf("Score(NaN, fractional and infinite outputs) = %d correct, %v; want 0", c, err)
+	}
+	if c, _, err := Score(zeros, [][]float64{{0.9, 0.1}, {0.6, nan}, {0}, {-0}, {0}, {1}}); err != nil || c != 5 {
+		t.Errorf("Score(scores and labels) = %d correct, %v; want 5 (all but the NaN score)", c, err)
+	}
 	ref := &ProbeSet{Output: "y", Reference: []float64{1, 2, 3, 4}, Tolerance: 0.1}
 	c, maxAbs, err := Score(ref, [][]float64{{1.05, 2}, {3, 4.5}})
 	if err != nil || c != 1 || math.Abs(maxAbs-0.5) > 1e-9 {
