@@ -19,6 +19,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/http"
@@ -273,12 +274,19 @@ func ensureCALocked(dir string) (*x509.Certificate, error) {
 // atomically and durably, the root last: its presence means the CA is complete.
 func ensureCA(dir string) (*x509.Certificate, error) {
 	rootPath := filepath.Join(dir, "root_ca.crt")
-	if b, err := os.ReadFile(rootPath); err == nil {
+	b, err := os.ReadFile(rootPath)
+	switch {
+	case err == nil:
 		blk, _ := pem.Decode(b)
 		if blk == nil {
 			return nil, fmt.Errorf("stepca: %s: no PEM certificate", rootPath)
 		}
 		return x509.ParseCertificate(blk.Bytes)
+	case !errors.Is(err, fs.ErrNotExist):
+		// A root that cannot be read (permissions, I/O, a bad link) is not a missing
+		// one: making a new CA here would overwrite the intermediate's key and strand
+		// every certificate the old root signed, with no way back.
+		return nil, fmt.Errorf("stepca: read the root certificate: %w", err)
 	}
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
