@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -75,7 +76,9 @@ func Open(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum in
 	if len(msg) > MaxNote {
 		return nil, fmt.Errorf("%w: note longer than %d bytes", ErrMalformed, MaxNote)
 	}
-	n, err := note.Open(msg, note.VerifierList(append([]note.Verifier{logKey}, witnesses...)...))
+	known := note.VerifierList(append([]note.Verifier{logKey}, witnesses...)...)
+	msg = dropBadSignatures(msg, known)
+	n, err := note.Open(msg, known)
 	if err != nil {
 		var inv *note.InvalidSignatureError
 		switch {
@@ -113,6 +116,42 @@ func Open(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum in
 		return nil, &QuorumError{Size: size, Have: len(cosigned), Want: quorum, Witnesses: names}
 	}
 	return &Checkpoint{Origin: origin, Size: size, Hash: h, Note: msg}, nil
+}
+
+// dropBadSignatures returns msg without the signature lines that cannot count: a line
+// that is malformed, or by a known key (the log's or a trusted witness's) whose
+// signature does not verify, and lines past note's limit of 100. A checkpoint carries
+// lines added by others (each witness's cosignature, stored by the log's server), and
+// note.Open refuses the whole note for one bad line: a single dishonest or broken witness
+// could otherwise make every checkpoint it touched unreadable to the server, the devices
+// and the auditors, or, with a line forged under another witness's name, cost that
+// witness its cosignature. A dropped line is simply not counted; the log's own valid
+// signature and the quorum are still required. msg is returned as is when every line
+// is fine, and unchanged when it has no signature block (Open then reports it).
+func dropBadSignatures(msg []byte, known note.Verifiers) []byte {
+	split := bytes.LastIndex(msg, []byte("\n\n"))
+	if split < 0 || !bytes.HasSuffix(msg, []byte("\n")) {
+		return msg
+	}
+	text, sigs := msg[:split+1], msg[split+2:]
+	out := append(slices.Clone(text), '\n')
+	kept, dropped := 0, false
+	for len(sigs) > 0 {
+		i := bytes.IndexByte(sigs, '\n')
+		line := sigs[:i+1]
+		sigs = sigs[i+1:]
+		_, err := note.Open(append(append(slices.Clone(text), '\n'), line...), known)
+		if (err == nil || errors.As(err, new(*note.UnverifiedNoteError))) && kept < 100 {
+			out = append(out, line...)
+			kept++
+			continue
+		}
+		dropped = true
+	}
+	if !dropped {
+		return msg
+	}
+	return out
 }
 
 // QuorumError says a checkpoint lacks enough witness cosignatures.

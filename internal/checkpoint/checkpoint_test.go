@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"strings"
 	"testing"
@@ -71,5 +72,64 @@ func TestCheckpointAndCosignatures(t *testing.T) {
 	}
 	if _, err := ParseUnverified([]byte("log\nnot-a-number\nhash\n\n— x y\n")); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("ParseUnverified(bad size) = %v", err)
+	}
+}
+
+// TestOpenDropsLinesThatCannotCount: lines added to a checkpoint by others (witnesses'
+// cosignatures, stored by the log's server) that are malformed, or forged under a known
+// key, are not counted and do not make the checkpoint unreadable; the log's valid
+// signature and the quorum are still required. (note.Open refuses the whole note for
+// one such line: a single dishonest witness could break every checkpoint it touched.)
+func TestOpenDropsLinesThatCannotCount(t *testing.T) {
+	_, logPriv, _ := ed25519.GenerateKey(nil)
+	signer, _ := Signer("log.example", logPriv)
+	vk, _ := VerifierKey("log.example", logPriv.Public().(ed25519.PublicKey))
+	logKey, _ := ParseVerifier(vk)
+	var cosigners []note.Signer
+	var wKeys []note.Verifier
+	for _, name := range []string{"w1.example", "w2.example"} {
+		_, priv, _ := ed25519.GenerateKey(nil)
+		cosigners = append(cosigners, Cosigner(name, priv, nil))
+		k, _ := ParseVerifier(CosignerKey(name, priv.Public().(ed25519.PublicKey)))
+		wKeys = append(wKeys, k)
+	}
+	text := Body("log.example", 9, tlog.RecordHash([]byte("y")))
+	genuine, err := note.Sign(&note.Note{Text: text}, append([]note.Signer{signer}, cosigners...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sigBlock, _ := strings.Cut(string(genuine), "\n\n")
+	forged := func(name string, hash uint32, n int) string {
+		b := make([]byte, 4+n)
+		b[0], b[1], b[2], b[3] = byte(hash>>24), byte(hash>>16), byte(hash>>8), byte(hash)
+		return "— " + name + " " + base64.StdEncoding.EncodeToString(b) + "\n"
+	}
+	bad := []string{
+		"— w9.example !!!not-base64\n",                  // malformed
+		forged(wKeys[1].Name(), wKeys[1].KeyHash(), 72), // under w2's key, before w2's real line
+		forged(logKey.Name(), logKey.KeyHash(), 64),     // under the log's key, before its real line
+		"— \x01control\n",                               // not a valid note line at all
+	}
+	msg := []byte(text + "\n" + strings.Join(bad, "") + sigBlock)
+	if _, err := note.Open(msg, note.VerifierList(logKey, wKeys[0], wKeys[1])); err == nil {
+		t.Fatal("note.Open accepted the lines: the test shows nothing")
+	}
+	c, err := Open(msg, logKey, wKeys, 2)
+	if err != nil {
+		t.Fatalf("Open with bad lines beside the genuine ones = %v; want the quorum of 2 met", err)
+	}
+	if c.Size != 9 || strings.Contains(string(c.Note), "!!!") || strings.Count(string(c.Note), "\n— ") != 3 {
+		t.Errorf("Open kept the note %q; want the three genuine signatures only", c.Note)
+	}
+	// Without the log's own genuine line, nothing is left to trust.
+	noLog := []byte(text + "\n" + bad[2] + strings.SplitAfterN(sigBlock, "\n", 2)[1])
+	if _, err := Open(noLog, logKey, wKeys, 0); err == nil {
+		t.Error("Open accepted a checkpoint whose only log signature is forged")
+	}
+	// A forged w2 line alone does not count towards the quorum.
+	onlyW1 := []byte(text + "\n" + strings.Join(strings.SplitAfter(sigBlock, "\n")[:2], "") + bad[1])
+	var qe *QuorumError
+	if _, err := Open(onlyW1, logKey, wKeys, 2); !errors.As(err, &qe) || qe.Have != 1 {
+		t.Errorf("Open(w1 genuine, w2 forged) with quorum 2 = %v; want a QuorumError with 1", err)
 	}
 }

@@ -209,7 +209,7 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 		return rep, &VerifyError{Line: n, Msg: "checkpoint", Err: err}
 	}
 	rep.Checkpoint = c
-	rep.Cosigners = append(rep.Cosigners, mustOpen(cpLine, opts.Witnesses)...)
+	rep.Cosigners = append(rep.Cosigners, mustOpen(c.Note, opts.Witnesses)...) // the note as Open kept it: lines that cannot count dropped
 	if c.Size != rep.Records {
 		return rep, &VerifyError{Line: n, Msg: fmt.Sprintf("the checkpoint signs a tree of %d records but the export holds %d: records were removed or added", c.Size, rep.Records)}
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -302,11 +303,14 @@ func (l *Log) Cosign(ctx context.Context, witnesses []*WitnessClient) (*Checkpoi
 	var lines []string
 	for _, wc := range witnesses {
 		sig, err := wc.add(ctx, l, c)
+		if err == nil {
+			var got []string
+			got, err = checkCosignatureLines(c, l.Verifier(), sig)
+			lines = append(lines, got...)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("witness %s: %w", wc.URL, err))
-			continue
 		}
-		lines = append(lines, strings.SplitAfter(strings.TrimRight(string(sig), "\n"), "\n")...)
 	}
 	if len(lines) > 0 {
 		if err := l.AddCosignatures(ctx, c.Size, lines); err != nil {
@@ -359,8 +363,39 @@ func (wc *WitnessClient) add(ctx context.Context, l *Log, c *Checkpoint) ([]byte
 	return nil, errors.New("the witness keeps changing its size")
 }
 
+// maxCosignatureLines bounds the signature lines one witness may add to a checkpoint
+// (one per key it signs with; C2SP witnesses use one or two).
+const maxCosignatureLines = 4
+
+// checkCosignatureLines checks the signature lines a witness answered for checkpoint c
+// before they are stored with it: each must be a well-formed note signature line, not
+// the log's own key's (a witness does not sign as the log), at most
+// maxCosignatureLines of them. The log cannot check a witness's signature without its
+// key; checkpoint.Open drops lines that do not verify for whoever knows it, so a bad
+// line costs only its own count. A malformed one, kept, would make note.Open refuse the
+// whole checkpoint wherever it is read without that care.
+func checkCosignatureLines(c *Checkpoint, logKey note.Verifier, sig []byte) ([]string, error) {
+	text := []byte(c.Text())
+	var out []string
+	for _, ln := range strings.SplitAfter(strings.TrimRight(string(sig), "\n"), "\n") {
+		ln = strings.TrimRight(ln, "\n") + "\n"
+		_, err := note.Open(append(append(slices.Clone(text), '\n'), ln...), note.VerifierList(logKey))
+		if !errors.As(err, new(*note.UnverifiedNoteError)) {
+			return nil, fmt.Errorf("answered %q, which is not a cosignature line of another key than the log's", strings.TrimSpace(ln))
+		}
+		out = append(out, ln)
+	}
+	if len(out) > maxCosignatureLines {
+		return nil, fmt.Errorf("answered %d signature lines; at most %d are kept", len(out), maxCosignatureLines)
+	}
+	return out, nil
+}
+
 // logSignedOnly strips every signature but the log's from a checkpoint note.
 func logSignedOnly(msg []byte, logKey note.Verifier) []byte {
+	if c, err := OpenCheckpoint(msg, logKey, nil, 0); err == nil {
+		msg = c.Note // without lines that cannot count, which note.Open would refuse
+	}
 	n, err := note.Open(msg, note.VerifierList(logKey))
 	if err != nil {
 		return msg

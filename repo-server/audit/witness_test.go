@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -186,5 +189,63 @@ func TestWitnessCosignsOnlyWhatItSaved(t *testing.T) {
 	}
 	if c, err := ParseCheckpointUnverified(w2.Latest(l.Origin())); err != nil || c.Size != 15 {
 		t.Fatalf("restarted witness holds %s (%v); want size 15", w2.Latest(l.Origin()), err)
+	}
+}
+
+// TestDishonestWitnessCannotBreakTheLog: a witness that answers add-checkpoint with a
+// malformed line, or a line under the log's own key, is refused and its lines are not
+// stored; the log's checkpoints stay readable and an honest witness's cosignature is
+// kept. (Any line starting with "— " used to be stored, and one malformed line made
+// every read of that checkpoint fail: Latest, CheckpointAt, exports, check-ins.)
+func TestDishonestWitnessCannotBreakTheLog(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 1000)
+	honest := newWitness(t, "honest.example", l)
+	logLine := func() string {
+		c, err := l.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sigs, _ := strings.Cut(string(c.Note), "\n\n")
+		return strings.SplitAfter(sigs, "\n")[0]
+	}
+	for _, answer := range []func() string{
+		func() string { return "— evil.example !!!\n" },
+		func() string { return "— evil.example " + strings.Repeat("A", 8) + "\n— \x01\n" },
+		func() string { // the log's name and key hash with a garbage signature
+			name, b64, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(logLine()), "— "), " ")
+			raw, _ := base64.StdEncoding.DecodeString(b64)
+			return "— " + name + " " + base64.StdEncoding.EncodeToString(append(raw[:4], make([]byte, 64)...)) + "\n"
+		},
+		func() string { return strings.Repeat("— evil.example AAAAAAAA\n", maxCosignatureLines+1) },
+	} {
+		evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(w, answer())
+		}))
+		appendN(t, l, 1, 3)
+		_, err := l.Cosign(ctx, []*WitnessClient{{URL: evil.URL}, {URL: honest.url}})
+		evil.Close()
+		if err == nil || !strings.Contains(err.Error(), evil.URL) {
+			t.Fatalf("Cosign with a witness answering %q = %v; want that witness refused", answer(), err)
+		}
+		c, err := l.Latest(ctx)
+		if err != nil {
+			t.Fatalf("Latest after a witness answered %q: %v", answer(), err)
+		}
+		if _, err := OpenCheckpoint(c.Note, l.Verifier(), []note.Verifier{honest.vkey}, 1); err != nil {
+			t.Fatalf("the honest witness's cosignature: %v", err)
+		}
+		if strings.Contains(string(c.Note), "evil.example") {
+			t.Fatalf("a refused witness's lines were stored: %q", c.Note)
+		}
+	}
+	var buf bytes.Buffer
+	if err := l.ExportCosigned(ctx, &buf); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if _, err := verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: []note.Verifier{honest.vkey}, Quorum: 1}); err != nil {
+		t.Fatalf("the export after dishonest answers: %v", err)
 	}
 }
