@@ -81,6 +81,11 @@ type Manager struct {
 	verified map[artifact.Kind]stamp
 	// reads counts the slot files read and hashed by Verify and StartTrial (tests).
 	reads int
+	// unsettled names the kinds whose commit is persisted but whose actions after it
+	// (stop the trial, raise the floor, point current at the new slot) failed, as when
+	// the TPM refuses an NV write or the disk is full: Tick issues them again, as a
+	// restart's Recover would, until they succeed. Guarded by mu.
+	unsettled map[artifact.Kind]bool
 }
 
 // Open opens the state in cfg.Dir. Call Recover before anything else.
@@ -105,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, db: db, verified: map[artifact.Kind]stamp{}}, nil
+	return &Manager{cfg: cfg, db: db, verified: map[artifact.Kind]stamp{}, unsettled: map[artifact.Kind]bool{}}, nil
 }
 
 // Close closes the state database.
@@ -286,12 +291,21 @@ func (m *Manager) Abort(ctx context.Context, kind artifact.Kind, reason string) 
 	return m.drive(ctx, kind, EvAbort{Reason: reason}, m.cfg.Fetch)
 }
 
-// Tick rolls back trials past their deadline.
+// Tick rolls back trials past their deadline, and finishes commits whose actions after
+// the commit failed (Manager.unsettled).
 func (m *Manager) Tick(ctx context.Context) error {
 	var errs []error
 	for _, k := range Kinds() {
 		if _, err := m.drive(ctx, k, EvTick{}, m.cfg.Fetch); err != nil {
 			errs = append(errs, err)
+		}
+		m.mu.Lock()
+		unsettled := m.unsettled[k]
+		m.mu.Unlock()
+		if unsettled {
+			if _, err := m.drive(ctx, k, EvRecover{}, m.cfg.Fetch); err != nil {
+				errs = append(errs, fmt.Errorf("finish %s commit: %w", k, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -345,6 +359,10 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch
 			}
 		}
 		next, err := m.perform(ctx, n, acts, fetch, &proof)
+		if n.Phase == Committed && len(acts) > 0 {
+			// The commit stands (persisted above); only what follows it is retried.
+			m.unsettled[kind] = err != nil
+		}
 		if err != nil || next == nil {
 			return n, err
 		}

@@ -431,7 +431,14 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	pass := v.Pass
 	rep.Probe = v.Probe
 	if s, err = a.cfg.Slots.Confirm(ctx, kind, pass, v.Reason); err != nil {
-		return err
+		if s.Phase != rollback.Committed {
+			return err
+		}
+		// The commit is persisted; a step after it failed (the TPM refused the floor's
+		// NV write, the disk was full for the current pointer) and the slot manager's
+		// Tick retries it. The version is committed all the same: promote it and report
+		// it now, or the device would claim it while serving the old one.
+		a.cfg.Logger.Warn("committed; a step after the commit failed and is retried", "kind", kind, "target", targetPath, "err", err)
 	}
 	var hookErr error
 	o, hooked := a.cfg.Judge.(Outcome)

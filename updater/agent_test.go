@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -453,5 +454,91 @@ func TestUnfinishedInstallIsSuperseded(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// refusingFloors is an anti-rollback store whose next refuse raises fail (a TPM that
+// refuses an NV write, rate-limited or out of space).
+type refusingFloors struct {
+	floors map[artifact.Kind]uint64
+	refuse int
+}
+
+func (f *refusingFloors) Floor(_ context.Context, k artifact.Kind) (uint64, error) {
+	return f.floors[k], nil
+}
+
+func (f *refusingFloors) Raise(_ context.Context, k artifact.Kind, floor uint64) error {
+	if f.refuse > 0 {
+		f.refuse--
+		return errors.New("TPM_RC_NV_RATE: NV writes are rate-limited")
+	}
+	f.floors[k] = max(f.floors[k], floor)
+	return nil
+}
+
+// TestCommitStandsWhenAStepAfterItFails: when a step after the commit fails (here the
+// TPM refuses the floor's raise), the commit persisted before it stands: the version
+// is promoted (the Outcome hook) and reported committed in the same round, and the
+// slot manager raises the floor at its next tick. Before, the round returned the error
+// and did neither: the device reported the new version while serving the old one, and
+// nothing raised the floor until a restart.
+func TestCommitStandsWhenAStepAfterItFails(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	floors := &refusingFloors{floors: map[artifact.Kind]uint64{}, refuse: 1}
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher(), Floors: floors})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	j := &hookedJudge{judge: judge{}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Judge: j, Outbox: o,
+		Director: &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Step(ctx) // the raise is refused once
+	s, _ := m.State(ctx, artifact.KindModel)
+	if s.Phase != rollback.Committed || s.Current == nil || s.Current.Version != "1.0.0" {
+		t.Fatalf("after the round: %s, current %+v; want 1.0.0 committed", s.Phase, s.Current)
+	}
+	if !slices.Contains(j.events, "committed 1.0.0") {
+		t.Errorf("outcome hooks = %v; want 1.0.0 promoted in the round that committed it", j.events)
+	}
+	msgs, _ := o.Due(ctx, time.Now().Add(time.Hour), 10)
+	var outcomes []string
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
+	}
+	if !slices.Contains(outcomes, "1.0.0 committed") {
+		t.Errorf("reports = %v; want 1.0.0 committed", outcomes)
+	}
+	want := s.Current.Floor
+	if want == 0 {
+		t.Fatal("1.0.0's floor is 0: nothing to raise, the test shows nothing")
+	}
+	if f := floors.floors[artifact.KindModel]; f >= want {
+		t.Fatalf("TPM floor %d already at the version's %d: the raise was not refused", f, want)
+	}
+	if err := m.Tick(ctx); err != nil {
+		t.Fatalf("Tick = %v", err)
+	}
+	if f := floors.floors[artifact.KindModel]; f != want {
+		t.Errorf("TPM floor after the next tick = %d; want %d", f, want)
+	}
+	if err := m.CheckInvariant(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
