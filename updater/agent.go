@@ -446,7 +446,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	case rollback.Committed:
 		delete(a.retries, string(kind))
 		rep.Outcome = wire.OutcomeCommitted
-		rep.ID = commitReportID(kind, s.Seq)
+		rep.ID = commitReportID(kind, s.Seq, s.Current)
 		if hooked {
 			hookErr = o.Committed(ctx, kind, t, meta)
 		}
@@ -528,10 +528,19 @@ func (a *Agent) report(ctx context.Context, rep wire.Report) {
 	}
 }
 
-// commitReportID names the report of the commit that was the slot's seq-th transition:
-// the same after a restart, so a commit is reported exactly once.
-func commitReportID(kind artifact.Kind, seq uint64) string {
-	return fmt.Sprintf("commit-%s-%d", kind, seq)
+// commitReportID names the report of the commit of t that was the slot's seq-th
+// transition: the same after a restart, so a commit is reported exactly once. The
+// target's digest is part of it because seq alone repeats: a device whose state.db is
+// lost (re-imaged, wiped, adopted) counts its transitions from 0 again, and its first
+// commit is always the 5th transition. The server remembers report IDs per device for
+// good and the outbox per ID, so "commit-model-5" for another version would be taken
+// for a report already delivered and dropped.
+func commitReportID(kind artifact.Kind, seq uint64, t *rollback.Target) string {
+	id := fmt.Sprintf("commit-%s-%d", kind, seq)
+	if t != nil && len(t.SHA256) >= 16 {
+		id += "-" + t.SHA256[:16]
+	}
+	return id
 }
 
 // reconcileReports queues the report of a commit the agent did not get to report (it
@@ -548,7 +557,7 @@ func (a *Agent) reconcileReports(ctx context.Context) {
 		}
 		_, name, _, _ := artifact.ParseTargetPath(s.Current.Path)
 		rep := wire.Report{DeviceID: a.cfg.DeviceID, Kind: k, Name: name, Version: s.Current.Version, Outcome: wire.OutcomeCommitted,
-			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), ID: commitReportID(k, s.Seq)}
+			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), ID: commitReportID(k, s.Seq, s.Current)}
 		if stored, err := a.cfg.Outbox.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now()); err != nil {
 			a.cfg.Logger.Error("store report", "err", err)
 		} else if stored {

@@ -542,3 +542,62 @@ func TestCommitStandsWhenAStepAfterItFails(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCommitReportAfterStateLoss: a device whose slot state is lost (re-imaged, or
+// state.db wiped) counts its transitions from 0 again, so its next commit is again
+// the 5th transition. Its report must still be queued and sent: the outbox (and the
+// server, which remembers report IDs per device for good) used to take
+// "commit-model-5" for the report of the earlier commit, already delivered, and drop it.
+func TestCommitReportAfterStateLoss(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	c, m, o := deviceState(t, r)
+	commit := func(m *rollback.Manager, p string) {
+		t.Helper()
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Judge: judge{}, Outbox: o,
+			Director: &director{want: map[artifact.Kind]string{artifact.KindModel: p}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := m.State(ctx, artifact.KindModel); s.Phase != rollback.Committed {
+			t.Fatalf("%s: %s; want committed", p, s.Phase)
+		}
+	}
+	delivered := func() []string {
+		msgs, _ := o.Due(ctx, time.Now().Add(time.Hour), 10)
+		var out []string
+		var ids []string
+		for _, msg := range msgs {
+			var rep wire.Report
+			json.Unmarshal(msg.Body, &rep)
+			if rep.Outcome == wire.OutcomeCommitted {
+				out = append(out, rep.Version)
+			}
+			ids = append(ids, msg.ID)
+		}
+		o.Ack(ctx, ids) // the server took them
+		return out
+	}
+	commit(m, p1)
+	if got := delivered(); !slices.Equal(got, []string{"1.0.0"}) {
+		t.Fatalf("commit reports = %v; want 1.0.0", got)
+	}
+	// The state is lost; the outbox is not. A fresh slot state, same device.
+	fresh, err := rollback.Open(ctx, rollback.Config{Dir: t.TempDir(), Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fresh.Close() })
+	commit(fresh, p2)
+	if s, _ := fresh.State(ctx, artifact.KindModel); s.Seq != 5 {
+		t.Logf("the fresh state's commit is transition %d (the first commit of a state is usually the 5th)", s.Seq)
+	}
+	if got := delivered(); !slices.Equal(got, []string{"2.0.0"}) {
+		t.Fatalf("commit reports after the state was lost = %v; want 2.0.0", got)
+	}
+}
