@@ -169,6 +169,10 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			// The windows still open are summarised now rather than lost with the process.
+			if err := s.FlushRefusals(ctx, true); err != nil {
+				s.log.Error("audit refusal summaries at shutdown", "err", err)
+			}
 			return
 		case <-t.C:
 		}

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,26 +106,11 @@ type deviceAPI struct {
 	refusals *prometheus.CounterVec
 }
 
-// deviceIDRE is the device IDs the device API accepts; isDeviceID checks it.
-var deviceIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,255}$`)
-
-// isDeviceID reports whether id matches deviceIDRE, written out as a loop: the check-in
-// checks it on every request, where the regular expression cost more than decoding
-// the device ID (TestIsDeviceIDIsTheRegexp).
-func isDeviceID(id string) bool {
-	if len(id) == 0 || len(id) > 256 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		switch c := id[i]; {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case i > 0 && strings.IndexByte("._:@/+=-", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+// isDeviceID is the fleet store's check of a device ID (fleet.IsDeviceID): the device
+// API accepts exactly the IDs the store can keep. (It used to accept up to 256
+// characters and '@', which the store refused: such a device got a 503 for its nonce
+// and a 400 for its check-in, for good.)
+func isDeviceID(id string) bool { return fleet.IsDeviceID(id) }
 
 // EnableDeviceAPI mounts the device API and starts nothing; Serve runs its planner.
 func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
@@ -365,10 +349,19 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	reject := func(code int, msg string, detail any) {
 		// The first refusal per source, device and reason in an interval is recorded;
 		// the rest are counted into one summary record (refusals.go).
-		first, closed := d.s.refused.note(refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}, now)
+		key := refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}
+		first, closed := d.s.refused.note(key, now)
 		err := d.s.recordRefusals(ctx, closed)
-		if err == nil && first {
-			err = d.s.auditLog(ctx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail, "source": requestSource(r)})
+		if first {
+			if err == nil {
+				// Not ended by the request's context: see recordRefusals.
+				actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				err = d.s.auditLog(actx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail, "source": requestSource(r)})
+				cancel()
+			}
+			if err != nil {
+				d.s.refused.forget(key, now)
+			}
 		}
 		d.refusals.WithLabelValues(strconv.Itoa(code)).Inc()
 		if err != nil {

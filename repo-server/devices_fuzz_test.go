@@ -13,6 +13,7 @@ import (
 	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/protocol"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 )
 
 // FuzzDecodeCheckIn: any body a client sends to the check-in endpoint is decoded and
@@ -53,7 +54,7 @@ func FuzzDecodeCheckIn(f *testing.F) {
 		if !json.Valid(body) {
 			t.Fatalf("accepted %q, which is not one JSON value", body)
 		}
-		if !deviceIDRE.MatchString(req.DeviceID) || len(req.Reports) > maxReports {
+		if !fleet.IsDeviceID(req.DeviceID) || len(req.Reports) > maxReports {
 			t.Fatalf("accepted device %q with %d reports", req.DeviceID, len(req.Reports))
 		}
 		want, err := wire.QuoteData(req.Nonce, &req)

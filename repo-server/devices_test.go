@@ -512,3 +512,37 @@ func TestNextNonce(t *testing.T) {
 		t.Fatalf("check-in with a fresh nonce = %+v, %v", resp3, err)
 	}
 }
+
+// TestRefusalSummariesSurviveAClientThatHangsUp: the summaries of refusal windows that
+// a refused request happens to close are recorded even when that request's context is
+// cancelled (an unauthenticated client that hangs up at once); they used to be dropped
+// from memory before the append that then failed, so any client could erase other
+// sources' refusal counts from the audit log.
+func TestRefusalSummariesSurviveAClientThatHangsUp(t *testing.T) {
+	f, _ := newDeviceFixture(t)
+	ctx := context.Background()
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	a := refusalKey{source: "192.0.2.1", device: "dev-a", reason: "nonce_unknown_or_reused"}
+	b := refusalKey{source: "198.51.100.7", device: "dev-b", reason: "no client certificate"}
+	f.srv.refused.note(a, t0)
+	f.srv.refused.note(a, t0.Add(time.Second))
+	f.srv.refused.note(a, t0.Add(2*time.Second))
+	_, closed := f.srv.refused.note(b, t0.Add(f.srv.refused.interval+time.Minute)) // closes a's window
+	if len(closed) != 1 {
+		t.Fatalf("closed windows = %+v; want a's", closed)
+	}
+	hungUp, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := f.srv.recordRefusals(hungUp, closed); err != nil {
+		t.Fatalf("recording the summaries under a cancelled request: %v", err)
+	}
+	sums, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected.summary"})
+	var s refusalSummary
+	if len(sums) != 1 || json.Unmarshal(sums[0].Data, &s) != nil || s.Source != a.source || s.Refused != 2 {
+		t.Fatalf("summaries = %+v; want a's, counting 2 refusals after the first", sums)
+	}
+}

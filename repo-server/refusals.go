@@ -83,8 +83,39 @@ func (r *refusals) closeLocked(now time.Time, force bool) []refusalSummary {
 	return out
 }
 
+// reopen puts back closed windows whose summaries could not be recorded, so that a
+// later flush records them: memory gives up a window only once the log holds it.
+func (r *refusals) reopen(closed []refusalSummary) {
+	if len(closed) == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range closed {
+		k := refusalKey{source: c.Source, device: c.Device, reason: c.Reason}
+		if w, ok := r.open[k]; ok {
+			// A new window of the same key opened meanwhile: fold the old one in.
+			w.from, w.count = c.From, w.count+c.Refused+1
+			continue
+		}
+		r.open[k] = &refusalWindow{from: c.From, last: c.To, count: c.Refused}
+	}
+}
+
+// forget drops the window of k that note just opened, when its first refusal could not
+// be recorded: the next refusal of k is then a first again, recorded on its own, rather
+// than counted into a summary that says the first has its own record.
+func (r *refusals) forget(k refusalKey, from time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w, ok := r.open[k]; ok && w.from.Equal(from) && w.count == 0 {
+		delete(r.open, k)
+	}
+}
+
 // FlushRefusals records the summaries of the refusal windows that have closed (all of
-// them with force, as at shutdown). The checkpoint ticker calls it.
+// them with force, as at shutdown). The checkpoint ticker calls it, and once more with
+// force when it stops.
 func (s *Server) FlushRefusals(ctx context.Context, force bool) error {
 	s.refused.mu.Lock()
 	closed := s.refused.closeLocked(s.cfg.Repo.Now(), force)
@@ -92,9 +123,16 @@ func (s *Server) FlushRefusals(ctx context.Context, force bool) error {
 	return s.recordRefusals(ctx, closed)
 }
 
+// recordRefusals appends the summaries to the audit log; those it could not append are
+// put back into their windows. The appends do not end with ctx: a refused request's
+// context is cancelled when its (unauthenticated) client hangs up, which must not cost
+// other sources' summaries.
 func (s *Server) recordRefusals(ctx context.Context, closed []refusalSummary) error {
-	for _, c := range closed {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	for i, c := range closed {
 		if err := s.auditLog(ctx, "server", "attestation.rejected.summary", c.Device, c); err != nil {
+			s.refused.reopen(closed[i:])
 			return err
 		}
 	}

@@ -62,18 +62,18 @@ type CheckIn struct {
 }
 
 func validID(id string) error {
-	if !isDeviceID(id) {
-		return invalid("device id", "%q: want 1-128 letters, digits, '.', '_', ':', '+', '/', '=' or '-'", truncate(id))
+	if !IsDeviceID(id) {
+		return invalid("device id", "%q: want 1-128 letters, digits, '.', ':', '+', '/', '=' or '-', beginning with a letter or digit", truncate(id))
 	}
 	return nil
 }
 
-// isDeviceID reports whether id is 1-128 ASCII letters, digits, '.', '_', ':', '+', '/',
+// IsDeviceID reports whether id is 1-128 ASCII letters, digits, '.', ':', '+', '/',
 // '=' or '-', beginning with a letter or digit (EK-derived IDs are
 // urn:ek:sha256:<base64>): the regular expression
 // ^[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}$ written out, since every check-in validates
 // its device's ID several times (TestIsDeviceIDIsTheRegexp).
-func isDeviceID(id string) bool {
+func IsDeviceID(id string) bool {
 	if len(id) == 0 || len(id) > 128 {
 		return false
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestIsDeviceIDIsTheRegexp: isDeviceID accepts exactly what the regular expression it
+// TestIsDeviceIDIsTheRegexp: IsDeviceID accepts exactly what the regular expression it
 // replaced accepts.
 func TestIsDeviceIDIsTheRegexp(t *testing.T) {
 	re := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}$`)
@@ -17,8 +17,8 @@ func TestIsDeviceIDIsTheRegexp(t *testing.T) {
 		ids = append(ids, string([]byte{byte(c)}), "a"+string([]byte{byte(c)}), "a"+string([]byte{byte(c)})+"b")
 	}
 	for _, id := range ids {
-		if got, want := isDeviceID(id), re.MatchString(id); got != want {
-			t.Errorf("isDeviceID(%q) = %v; want %v (the regexp)", id, got, want)
+		if got, want := IsDeviceID(id), re.MatchString(id); got != want {
+			t.Errorf("IsDeviceID(%q) = %v; want %v (the regexp)", id, got, want)
 		}
 	}
 }
