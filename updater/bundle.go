@@ -13,11 +13,13 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/rollback"
 )
 
 // An offline bundle is a directory an operator drops on the device (e.g. from a USB
@@ -159,7 +161,10 @@ func sortedKinds(m map[artifact.Kind]string) []artifact.Kind {
 
 // WatchBundles installs every bundle that appears under dir (a subdirectory with a
 // desired.json), once per desired.json version, until ctx ends. Bundles already there
-// when it starts are installed first. Errors are logged; the watch goes on.
+// when it starts are installed first. Errors are logged; the watch goes on. A bundle
+// whose install failed for a passing reason (another install's trial under way, a full
+// disk, files still being copied in) is tried again after a backoff, as the online loop
+// does, rather than only when its desired.json changes.
 func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle string, err error)) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -169,13 +174,22 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 	if err := w.Add(dir); err != nil {
 		return fmt.Errorf("watch %s: %w", dir, err)
 	}
-	seen := map[string]string{} // bundle dir → desired.json mod time
+	type later struct {
+		stamp    string
+		attempts int
+		at       time.Time
+	}
+	seen := map[string]string{} // bundle dir → desired.json mod time and size, once done
+	again := map[string]later{} // bundle dir → when to try its desired.json again
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	scan := func() {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			a.cfg.Logger.Warn("scan bundles", "dir", dir, "err", err)
 			return
 		}
+		now := a.cfg.Now()
 		for _, e := range entries {
 			if !e.IsDir() {
 				continue
@@ -190,12 +204,37 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 			if seen[b] == stamp {
 				continue
 			}
-			seen[b] = stamp
+			l, retrying := again[b]
+			if retrying && l.stamp == stamp && now.Before(l.at) {
+				continue
+			}
+			if !retrying || l.stamp != stamp {
+				l = later{stamp: stamp}
+			}
 			err = a.InstallBundle(ctx, b)
 			a.cfg.Logger.Info("offline bundle", "bundle", b, "err", err)
+			if err != nil && ctx.Err() == nil && (errors.Is(err, rollback.ErrBusy) || Transient(err)) {
+				l.attempts++
+				l.at = now.Add(a.retryBackoff(l.attempts))
+				again[b] = l
+			} else {
+				seen[b] = stamp
+				delete(again, b)
+			}
 			if done != nil {
 				done(b, err)
 			}
+		}
+		// Wake for the earliest retry.
+		var next time.Time
+		for _, l := range again {
+			if next.IsZero() || l.at.Before(next) {
+				next = l.at
+			}
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(max(next.Sub(a.cfg.Now()), time.Millisecond))
 		}
 	}
 	scan()
@@ -203,6 +242,8 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-timer.C:
+			scan()
 		case ev, ok := <-w.Events:
 			if !ok {
 				return errors.New("bundle watcher closed")

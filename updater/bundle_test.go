@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -92,4 +93,84 @@ func TestOfflineBundles(t *testing.T) {
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// TestBundleRetriedAfterAPassingFailure: a bundle whose install failed for a passing
+// reason (here another version's trial was under way: "another install is in
+// progress") is tried again after a backoff, without its desired.json changing, and
+// installs once the trial is over. It used to be marked done at the first attempt and
+// never tried again until someone touched desired.json or restarted the agent.
+func TestBundleRetriedAfterAPassingFailure(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := tuftest.New(t)
+	p0, _ := r.AddModel("iris", "0.5.0", 0)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	mdir := filepath.Join(state, "tuf")
+	PinRoot(mdir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	// 0.5.0 in its trial, installed through another (online) client of the repository.
+	online := filepath.Join(t.TempDir(), "tuf")
+	PinRoot(online, r.RootBytes(1))
+	oc := newClient(t, r, online)
+	x, _, err := oc.Resolve(ctx, artifact.KindModel, p0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.InstallFrom(ctx, artifact.KindModel, x, oc.SlotFetcher()); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m.BeginTrial(ctx, artifact.KindModel, time.Hour); err != nil || s.Phase != rollback.Trial {
+		t.Fatalf("BeginTrial = %v, %v", s.Phase, err)
+	}
+	a, err := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{offline: true}, Judge: judge{}, Interval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch, staging := t.TempDir(), t.TempDir()
+	r.WriteBundle(filepath.Join(staging, "usb1"), map[string]string{"model": p1})
+	if err := os.Rename(filepath.Join(staging, "usb1"), filepath.Join(watch, "usb1")); err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan error, 100)
+	go a.WatchBundles(ctx, watch, func(_ string, err error) { results <- err })
+	wait := func() error {
+		select {
+		case err := <-results:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatal("no bundle attempt within 30s")
+			return nil
+		}
+	}
+	if err := wait(); !errors.Is(err, rollback.ErrBusy) {
+		t.Fatalf("bundle during another trial = %v; want ErrBusy", err)
+	}
+	if err := wait(); !errors.Is(err, rollback.ErrBusy) { // tried again, still busy
+		t.Fatalf("second attempt = %v; want ErrBusy again", err)
+	}
+	if _, err := m.Confirm(ctx, artifact.KindModel, true, ""); err != nil { // the trial ends
+		t.Fatal(err)
+	}
+	for attempt := 3; ; attempt++ {
+		err := wait()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, rollback.ErrBusy) || attempt > 8 {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Current == nil || s.Current.Version != "1.0.0" {
+		t.Fatalf("after the retry: %+v; want 1.0.0 committed", s)
+	}
 }

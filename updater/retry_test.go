@@ -47,6 +47,7 @@ func TestTransient(t *testing.T) {
 		{fmt.Errorf("load: %w", refused), true},
 		{&DownloadError{URL: "u", Status: 503, Err: errors.New("unavailable")}, true},
 		{&DownloadError{URL: "u", Status: 404, Err: errors.New("not found")}, false},
+		{&DownloadError{URL: "u", Status: 416, Err: errors.New("range not satisfiable: starting over")}, true},
 		{&DownloadError{Err: ErrHashMismatch, perm: true}, true}, // a mirror's wrong bytes: the version is not at fault
 		{&DownloadError{Err: ErrTooLong, perm: true}, true},
 		{fmt.Errorf("target: %w", &metadata.ErrUnsignedMetadata{Msg: "Verifying models failed, not enough signatures"}), true},

@@ -37,7 +37,11 @@ func Transient(err error) bool {
 	}
 	var de *DownloadError
 	if errors.As(err, &de) && de.Status != 0 {
-		return de.Status == http.StatusRequestTimeout || de.Status == http.StatusTooManyRequests || de.Status >= 500
+		// 416 and a 206 at the wrong offset: the download had to start over (the source
+		// is shorter than what was resumed, or changed under it, as a bundle still being
+		// copied in); the next attempt starts from zero.
+		return de.Status == http.StatusRequestTimeout || de.Status == http.StatusTooManyRequests || de.Status >= 500 ||
+			de.Status == http.StatusRequestedRangeNotSatisfiable || de.Status == http.StatusPartialContent
 	}
 	for _, e := range []error{ErrDiskFull, syscall.ENOSPC, syscall.EDQUOT, ErrStalled, ErrTruncated,
 		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ETIMEDOUT,
