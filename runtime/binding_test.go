@@ -3,12 +3,16 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
+	"unsafe"
+
+	ort "github.com/yalue/onnxruntime_go"
 
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -253,5 +257,36 @@ func TestBindingConcurrentRuns(t *testing.T) {
 	}
 	if m := r.model(t, "iris"); len(m.binds.idle) == 0 || len(m.binds.idle) > bindingPool {
 		t.Errorf("%d idle bindings after concurrent runs; want 1..%d", len(m.binds.idle), bindingPool)
+	}
+}
+
+// TestNewTensorAlignsItsData: a tensor is never created over misaligned elements (ONNX
+// Runtime's kernels read aligned ones): a buffer reused from an earlier request of
+// another datatype, here an INT64 element one byte past an 8-byte boundary, is copied
+// first; decodeData's own buffers are 8-byte aligned from the start, even small ones.
+func TestNewTensorAlignsItsData(t *testing.T) {
+	newTestRuntime(t) // ONNX Runtime's environment
+	backing := alignedBytes(24)
+	raw := backing[1:9]
+	binary.LittleEndian.PutUint64(raw, 0x0102030405060708)
+	v, err := newTensor(runtimeapi.INT64, []int64{1}, &tensorData{raw: raw, n: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Destroy()
+	data := v.(*ort.CustomDataTensor).GetData()
+	if uintptr(unsafe.Pointer(&data[0]))%8 != 0 || binary.LittleEndian.Uint64(data) != 0x0102030405060708 {
+		t.Fatalf("tensor data at %p (mod 8 = %d), value %x; want an aligned copy of the element", &data[0], uintptr(unsafe.Pointer(&data[0]))%8, data)
+	}
+	for _, in := range []string{"[1.5,2,3]", "[7]", "[1,2,3,4,5]"} {
+		for _, dt := range []runtimeapi.Datatype{runtimeapi.FP32, runtimeapi.UINT8, runtimeapi.INT64} {
+			td, err := decodeData([]byte(in), dt, 100, nil)
+			if err != nil {
+				continue // 1.5 is not an integer
+			}
+			if p := uintptr(unsafe.Pointer(unsafe.SliceData(td.raw))); p%8 != 0 {
+				t.Errorf("decodeData(%s, %s) buffer at %#x, not 8-byte aligned", in, dt, p)
+			}
+		}
 	}
 }

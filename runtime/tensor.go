@@ -158,8 +158,14 @@ const maxNesting = 32
 func decodeData(raw []byte, dt runtimeapi.Datatype, max int, dst []byte) (tensorData, error) {
 	td := tensorData{raw: dst[:0]}
 	if cap(td.raw) == 0 && dt.Size() > 0 {
-		// One allocation: at most one element per comma, plus one.
-		td.raw = make([]byte, 0, min(bytes.Count(raw, []byte{','})+1, max)*dt.Size())
+		// One allocation: at most one element per comma, plus one; at least 16 bytes,
+		// so that Go's tiny allocator (which aligns a 12-byte object to 4) is not used
+		// and the buffer is 8-byte aligned for whatever datatype reuses it later.
+		n := min(bytes.Count(raw, []byte{','})+1, max) * dt.Size()
+		if n < 16 {
+			n = 16
+		}
+		td.raw = make([]byte, 0, n)
 	}
 	if dt == runtimeapi.BYTES {
 		td.raw = nil
@@ -451,6 +457,13 @@ func newTensor(dt runtimeapi.Datatype, shape []int64, td *tensorData) (ort.Value
 	et, ok := elemTypes[dt]
 	if !ok {
 		return nil, fmt.Errorf("datatype %s is not supported", dt)
+	}
+	if raw := td.raw; len(raw) > 0 && uintptr(unsafe.Pointer(&raw[0]))%uintptr(dt.Size()) != 0 {
+		// ONNX Runtime's kernels read aligned elements. Buffers decoded here are aligned
+		// (decodeData, decodeBinary), but one reused from an earlier request of another
+		// datatype may not be (a 12-byte FP32 buffer from Go's tiny allocator is 4-byte
+		// aligned, then holds an INT64): copy rather than hand ORT a misaligned tensor.
+		td.raw = append(alignedBytes(len(raw))[:0], raw...)
 	}
 	return ort.NewCustomDataTensor(s, td.raw, et)
 }
