@@ -1,8 +1,10 @@
 package attest
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"fmt"
 	"slices"
 
@@ -124,28 +126,71 @@ func (t *TPM) Quote(ctx context.Context, nonce []byte, pcrs []int) (*Quote, erro
 		if err := t.loadLocked(tp, ak); err != nil {
 			return err
 		}
-		vals, err := readPCRs(tp, pcrs)
-		if err != nil {
-			return err
+		// PCR_Read and Quote are two commands: another user of the TPM (the kernel
+		// extending PCR 10 for IMA, a boot service) can extend a selected PCR between
+		// them, and the values sent would not be the ones quoted (the verifier's
+		// pcr_digest_mismatch, a device untrusted until its next check-in). So the
+		// values are checked against the quote's own digest, read again after the quote
+		// when they differ, and the whole taken again, a few times, if both reads miss.
+		for attempt := 1; ; attempt++ {
+			vals, err := readPCRs(tp, pcrs)
+			if err != nil {
+				return err
+			}
+			rsp, err := tpm2.Quote{
+				SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+				QualifyingData: tpm2.TPM2BData{Buffer: nonce},
+				InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+				PCRSelect:      sel,
+			}.Execute(tp)
+			if err != nil {
+				return fmt.Errorf("attest: quote: %w", err)
+			}
+			q.PCRs, q.Attest, q.Signature = vals, rsp.Quoted.Bytes(), tpm2.Marshal(rsp.Signature)
+			quoted, err := quotedPCRDigest(&rsp.Quoted)
+			if err != nil || bytes.Equal(pcrDigest(vals, pcrs), quoted) {
+				return nil // (a quote this code cannot parse is the verifier's to judge)
+			}
+			if after, err := readPCRs(tp, pcrs); err == nil && bytes.Equal(pcrDigest(after, pcrs), quoted) {
+				q.PCRs = after
+				return nil
+			}
+			if attempt == maxQuoteAttempts {
+				return nil // sent as is: the verifier says which PCR moved
+			}
 		}
-		q.PCRs = vals
-		rsp, err := tpm2.Quote{
-			SignHandle:     tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
-			QualifyingData: tpm2.TPM2BData{Buffer: nonce},
-			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
-			PCRSelect:      sel,
-		}.Execute(tp)
-		if err != nil {
-			return fmt.Errorf("attest: quote: %w", err)
-		}
-		q.Attest = rsp.Quoted.Bytes()
-		q.Signature = tpm2.Marshal(rsp.Signature)
-		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return q, nil
+}
+
+// maxQuoteAttempts bounds Quote's retries while selected PCRs keep changing.
+const maxQuoteAttempts = 4
+
+// quotedPCRDigest is the PCR digest inside a quote's TPMS_ATTEST.
+func quotedPCRDigest(a *tpm2.TPM2BAttest) ([]byte, error) {
+	att, err := a.Contents()
+	if err != nil {
+		return nil, err
+	}
+	info, err := att.Attested.Quote()
+	if err != nil {
+		return nil, err
+	}
+	return info.PCRDigest.Buffer, nil
+}
+
+// pcrDigest is what TPM2_Quote digests for pcrSelection(pcrs) with the AK's SHA-256
+// scheme: the values in ascending PCR order (one selection), each PCR once.
+func pcrDigest(vals map[int][]byte, pcrs []int) []byte {
+	order := slices.Compact(slices.Sorted(slices.Values(pcrs)))
+	h := sha256.New()
+	for _, p := range order {
+		h.Write(vals[p])
+	}
+	return h.Sum(nil)
 }
 
 func pcrSelection(pcrs []int) tpm2.TPMLPCRSelection {

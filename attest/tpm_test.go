@@ -8,11 +8,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/simulator"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attesttest"
@@ -275,5 +278,78 @@ func TestConcurrentUse(t *testing.T) {
 	}
 	if v, _ := tpm.Floor("model").Read(ctx); v != 9 {
 		t.Errorf("floor after concurrent raises = %d; want 9", v)
+	}
+}
+
+// extendAroundQuote is a TPM transport on which another user of the TPM (as the kernel
+// extending PCR 10 for IMA) extends PCR 16 right before and right after each of the
+// first n Quote commands: between the agent's PCR_Read and its Quote, and again before
+// it can read the PCRs a second time.
+type extendAroundQuote struct {
+	transport.TPMCloser
+	n, extends int
+}
+
+func (e *extendAroundQuote) extend() error {
+	e.extends++
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(16), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: bytes.Repeat([]byte{byte(e.extends)}, 32)}}},
+	}.Execute(e.TPMCloser)
+	return err
+}
+
+func (e *extendAroundQuote) Send(cmd []byte) ([]byte, error) {
+	if len(cmd) < 10 || binary.BigEndian.Uint32(cmd[6:10]) != uint32(tpm2.TPMCCQuote) || e.n == 0 {
+		return e.TPMCloser.Send(cmd)
+	}
+	e.n--
+	if err := e.extend(); err != nil {
+		return nil, err
+	}
+	rsp, err := e.TPMCloser.Send(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return rsp, e.extend()
+}
+
+// TestQuoteSendsTheValuesItQuoted: when a selected PCR is extended between the agent's
+// PCR_Read and its Quote (and again after it), the quote is taken again and goes out
+// with the values the TPM quoted, so the verifier does not see a digest mismatch. The
+// values used to be those read before the extend: an untrusted verdict for a healthy
+// device whenever IMA measured a file at the wrong moment. A PCR that never holds still
+// still gets a quote (the last one, as is), for the verifier to name.
+func TestQuoteSendsTheValuesItQuoted(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		busy    int  // quotes with extends around them
+		matches bool // the values sent are the quoted ones
+	}{{0, true}, {1, true}, {3, true}, {100, false}} {
+		sim, err := simulator.OpenSimulator()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := &extendAroundQuote{TPMCloser: sim, n: tc.busy}
+		tpm := attest.New(tr, "sim with IMA")
+		q, err := tpm.Quote(ctx, bytes.Repeat([]byte{7}, 32), []int{0, 16})
+		if err != nil {
+			t.Fatalf("%d busy quotes: %v", tc.busy, err)
+		}
+		att, err := tpm2.Unmarshal[tpm2.TPMSAttest](q.Attest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := att.Attested.Quote()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := sha256.New()
+		h.Write(q.PCRs[0])
+		h.Write(q.PCRs[16])
+		if got := bytes.Equal(h.Sum(nil), info.PCRDigest.Buffer); got != tc.matches {
+			t.Errorf("%d busy quotes: the values sent are the quoted ones = %v; want %v", tc.busy, got, tc.matches)
+		}
+		tpm.Close()
 	}
 }
