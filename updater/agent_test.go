@@ -601,3 +601,13 @@ func TestCommitReportAfterStateLoss(t *testing.T) {
 		t.Fatalf("commit reports after the state was lost = %v; want 2.0.0", got)
 	}
 }
+
+// TestRecordingFetcherOverAPlainFetcher: a fetcher that neither reports download details
+// nor proves what it wrote is called once, its error recorded. (FetchProven called
+// Fetch, which called FetchProven, until the stack overflowed.)
+func TestRecordingFetcherOverAPlainFetcher(t *testing.T) {
+	r := &recordingFetcher{f: fetchFails{}}
+	if err := r.Fetch(context.Background(), rollback.Target{}, filepath.Join(t.TempDir(), "p")); err == nil || r.err != err {
+		t.Fatalf("Fetch = %v, recorded %v; want the wrapped fetcher's error, recorded", err, r.err)
+	}
+}

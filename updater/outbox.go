@@ -110,7 +110,7 @@ func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) 
 		return "", err
 	}
 	ids := hex.EncodeToString(id[:])
-	ts := now.UTC().Format(time.RFC3339Nano)
+	ts := now.UTC().Format(sortableTime)
 	if _, err := o.db.ExecContext(ctx, `INSERT INTO outbox (id, kind, body, created, next_at) VALUES (?, ?, ?, ?, ?)`,
 		ids, kind, string(b), ts, ts); err != nil {
 		return "", fmt.Errorf("outbox: store %s report: %w", kind, err)
@@ -142,7 +142,7 @@ func (o *Outbox) PutOnce(ctx context.Context, id, kind string, body any, now tim
 	if n, _ := res.RowsAffected(); n == 0 {
 		return false, nil
 	}
-	ts := now.UTC().Format(time.RFC3339Nano)
+	ts := now.UTC().Format(sortableTime)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, kind, body, created, next_at) VALUES (?, ?, ?, ?, ?)`,
 		id, kind, string(b), ts, ts); err != nil {
 		return false, fmt.Errorf("outbox: store %s report: %w", kind, err)
@@ -163,7 +163,7 @@ func (o *Outbox) Len(ctx context.Context) (int, error) {
 // Due returns up to limit reports whose next attempt is at or before now, oldest first.
 func (o *Outbox) Due(ctx context.Context, now time.Time, limit int) ([]Message, error) {
 	rows, err := o.db.QueryContext(ctx, `SELECT id, kind, body, created, attempts FROM outbox WHERE next_at <= ? ORDER BY created, id LIMIT ?`,
-		now.UTC().Format(time.RFC3339Nano), limit)
+		now.UTC().Format(sortableTime), limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
@@ -212,7 +212,7 @@ func (o *Outbox) Flush(ctx context.Context, s Sender, now time.Time, b Backoff, 
 		if err != nil {
 			return sent, fmt.Errorf("outbox: %w", err)
 		}
-		at := now.UTC().Format(time.RFC3339Nano)
+		at := now.UTC().Format(sortableTime)
 		for _, m := range msgs {
 			reason, bad := refused[m.ID]
 			switch {
@@ -225,7 +225,7 @@ SELECT id, kind, body, created, attempts + 1, ?, ? FROM outbox WHERE id = ?`, at
 					_, err = tx.ExecContext(ctx, `DELETE FROM outbox WHERE id = ?`, m.ID)
 				}
 			default:
-				next := now.Add(d.delay(m.Attempts)).UTC().Format(time.RFC3339Nano)
+				next := now.Add(d.delay(m.Attempts)).UTC().Format(sortableTime)
 				_, err = tx.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, next_at = ? WHERE id = ?`, next, m.ID)
 			}
 			if err != nil {
@@ -340,7 +340,7 @@ func (o *Outbox) DeadLen(ctx context.Context) (int, error) {
 // RecordCheckIn remembers the time and result ("ok" or the error) of the last check-in.
 func (o *Outbox) RecordCheckIn(ctx context.Context, at time.Time, result string) error {
 	_, err := o.db.ExecContext(ctx, `INSERT INTO checkins (id, at, result) VALUES (1, ?, ?)
-ON CONFLICT (id) DO UPDATE SET at = excluded.at, result = excluded.result`, at.UTC().Format(time.RFC3339Nano), result)
+ON CONFLICT (id) DO UPDATE SET at = excluded.at, result = excluded.result`, at.UTC().Format(sortableTime), result)
 	if err != nil {
 		return fmt.Errorf("outbox: record check-in: %w", err)
 	}
@@ -378,3 +378,9 @@ func (o *Outbox) Ack(ctx context.Context, ids []string) error {
 	}
 	return nil
 }
+
+// sortableTime is how the outbox stores times: fixed-width, so that the database's text
+// comparison (next_at <= now, ORDER BY created) is time order. RFC3339Nano trims
+// trailing zeros, and "…:00Z" sorts after "…:00.5Z" ('Z' > '.'): a report due at a
+// whole second was not due until the next one. time.RFC3339Nano parses both.
+const sortableTime = "2006-01-02T15:04:05.000000000Z07:00"

@@ -154,7 +154,7 @@ func TestOutboxSetsAsidePoison(t *testing.T) {
 				}
 			}
 			s := &refusing{whole: tc.whole, down: tc.down}
-			n, err := o.Flush(ctx, s, now, b, nil)
+			n, err := o.Flush(ctx, s, now.Add(time.Second), b, nil) // all four due
 			var re *RefusedError
 			if n != tc.sent || len(s.sends) != tc.sends || (tc.dead > 0) != errors.As(err, &re) {
 				t.Fatalf("Flush = %d, %v after %d sends; want %d sent after %d sends", n, err, len(s.sends), tc.sent, tc.sends)
@@ -167,5 +167,32 @@ func TestOutboxSetsAsidePoison(t *testing.T) {
 				t.Errorf("outbox holds %d; want %d", w, 4-tc.sent-tc.dead)
 			}
 		})
+	}
+}
+
+// TestOutboxDueAtAWholeSecond: a report due at a whole second is due half a second
+// later. Times were stored as RFC3339Nano text, which trims trailing zeros, and the
+// database compares text: "…:00Z" sorted after "…:00.5Z", so the report was not due
+// until the next whole second passed.
+func TestOutboxDueAtAWholeSecond(t *testing.T) {
+	ctx := context.Background()
+	o, err := OpenOutbox(ctx, filepath.Join(t.TempDir(), "outbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := o.Put(ctx, "install", map[string]any{"n": 1}, at); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Put(ctx, "install", map[string]any{"n": 2}, at.Add(250*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := o.Due(ctx, at.Add(500*time.Millisecond), 10)
+	if err != nil || len(msgs) != 2 {
+		t.Fatalf("Due half a second after two reports = %d, %v; want both", len(msgs), err)
+	}
+	if !msgs[0].Created.Equal(at) || !msgs[1].Created.Equal(at.Add(250*time.Millisecond)) {
+		t.Errorf("created = %v, %v; want oldest first, as stored", msgs[0].Created, msgs[1].Created)
 	}
 }

@@ -134,7 +134,8 @@ func (r *recordingFetcher) FetchProven(ctx context.Context, t rollback.Target, p
 	}
 	pf, ok := r.f.(rollback.ProvingFetcher)
 	if !ok {
-		return rollback.Proof{}, r.Fetch(ctx, t, path)
+		r.err = r.f.Fetch(ctx, t, path) // the wrapped fetcher's (r.Fetch would come back here)
+		return rollback.Proof{}, r.err
 	}
 	var p rollback.Proof
 	p, r.err = pf.FetchProven(ctx, t, path)
