@@ -11,9 +11,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/keywrap"
@@ -443,7 +445,9 @@ func (j *RuntimeJudge) probeSet(ctx context.Context, path string, wrapped *keywr
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return nil, err
 	}
-	if _, err := j.TUF.Download(ctx, tf, dst); err != nil {
+	_, err = j.TUF.Download(ctx, tf, dst)
+	pruneProbes(filepath.Dir(dst), dst, keptProbeSets, j.logger())
+	if err != nil {
 		return nil, err
 	}
 	var enc *artifact.Encryption
@@ -594,4 +598,51 @@ func (j *RuntimeJudge) DriftAttrs(ctx context.Context) map[string]any {
 		return nil
 	}
 	return map[string]any{"drift": out}
+}
+
+// keptProbeSets is how many probe set files the probes directory keeps: the one just
+// used and the most recently used others (the committed model's, which a runtime
+// update probes again without the server). Each is at most maxProbeBytes.
+const keptProbeSets = 4
+
+// pruneProbes bounds the probes directory: every probe set ever tried, and the partial
+// download of every one that failed, used to stay there for good, filling the disk the
+// slots and the state share. It keeps keep (marked used now, with its partial download
+// if it has one) and the n-1 most recently used other probe sets, and removes the rest,
+// other sets' partial downloads included.
+func pruneProbes(dir, keep string, n int, log *slog.Logger) {
+	now := time.Now()
+	if err := os.Chtimes(keep, now, now); err != nil && !errors.Is(err, os.ErrNotExist) {
+		log.Warn("probe sets", "err", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	type file struct {
+		path string
+		at   time.Time
+	}
+	var files []file
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if p == keep || strings.HasPrefix(p, keep+".") {
+			continue // it, or its partial download to resume
+		}
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			files = append(files, file{p, fi.ModTime()})
+		}
+	}
+	sort.Slice(files, func(a, b int) bool { return files[a].at.After(files[b].at) })
+	kept := 1 // keep
+	for _, f := range files {
+		partial := strings.HasSuffix(f.path, ".part") || strings.HasSuffix(f.path, ".state")
+		if !partial && kept < n {
+			kept++
+			continue
+		}
+		if err := os.Remove(f.path); err != nil {
+			log.Warn("probe sets", "remove", f.path, "err", err)
+		}
+	}
 }
