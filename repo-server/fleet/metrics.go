@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,10 +23,23 @@ import (
 // The update success rate of a rollout is then
 // install_reports_total{outcome="committed"} / sum by (rollout) (install_reports_total),
 // and the attestation pass rate verdicts_total{verdict="trusted"} / sum(verdicts_total).
+//
+// A scrape's figures are reused for the scrapes of the next CacheFor (5 seconds), and
+// concurrent scrapes wait for one computation: /metrics is public, the aggregates scan
+// whole tables, and on sqlite they hold the store's only connection, which the check-in
+// committer needs. However often and from however many connections it is scraped, the
+// store runs them at most once per CacheFor.
 type Collector struct {
 	s       *Store
 	timeout time.Duration
 	log     *slog.Logger
+
+	// CacheFor is how long one computation serves scrapes. Zero: 5 seconds; negative:
+	// every scrape computes (tests).
+	CacheFor time.Duration
+	mu       sync.Mutex // one computation at a time; guards cached, cachedAt
+	cached   []prometheus.Metric
+	cachedAt time.Time
 
 	devices, quarantined, reports, bytes, verdicts, wave, status *prometheus.Desc
 }
@@ -60,14 +74,32 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	age := c.CacheFor
+	if age == 0 {
+		age = 5 * time.Second
+	}
+	if c.cached == nil || age < 0 || time.Since(c.cachedAt) >= age {
+		c.cached = c.cached[:0]
+		c.collect(func(m prometheus.Metric) { c.cached = append(c.cached, m) })
+		c.cachedAt = time.Now()
+	}
+	for _, m := range c.cached {
+		ch <- m
+	}
+}
+
+// collect queries the store and passes each metric to emit.
+func (c *Collector) collect(emit func(prometheus.Metric)) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	var n, q float64
 	if err := c.s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(quarantined), 0) FROM devices`).Scan(&n, &q); err != nil {
 		c.log.Error("fleet metrics: devices", "err", err)
 	} else {
-		ch <- prometheus.MustNewConstMetric(c.devices, prometheus.GaugeValue, n)
-		ch <- prometheus.MustNewConstMetric(c.quarantined, prometheus.GaugeValue, q)
+		emit(prometheus.MustNewConstMetric(c.devices, prometheus.GaugeValue, n))
+		emit(prometheus.MustNewConstMetric(c.quarantined, prometheus.GaugeValue, q))
 	}
 	c.rows(ctx, "reports", `SELECT rollout_id, outcome, count(*) FROM reports GROUP BY rollout_id, outcome`, func(scan func(...any) error) error {
 		var r, o string
@@ -75,7 +107,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if err := scan(&r, &o, &v); err != nil {
 			return err
 		}
-		ch <- prometheus.MustNewConstMetric(c.reports, prometheus.CounterValue, v, r, o)
+		emit(prometheus.MustNewConstMetric(c.reports, prometheus.CounterValue, v, r, o))
 		return nil
 	})
 	c.rows(ctx, "bytes", `SELECT rollout_id, sum(bytes) FROM reports GROUP BY rollout_id`, func(scan func(...any) error) error {
@@ -84,7 +116,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if err := scan(&r, &v); err != nil {
 			return err
 		}
-		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, v, r)
+		emit(prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, v, r))
 		return nil
 	})
 	c.rows(ctx, "verdicts", `SELECT verdict, count(*) FROM verdicts GROUP BY verdict`, func(scan func(...any) error) error {
@@ -93,7 +125,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if err := scan(&vd, &v); err != nil {
 			return err
 		}
-		ch <- prometheus.MustNewConstMetric(c.verdicts, prometheus.CounterValue, v, vd)
+		emit(prometheus.MustNewConstMetric(c.verdicts, prometheus.CounterValue, v, vd))
 		return nil
 	})
 	states, err := c.s.RolloutStates(ctx)
@@ -106,8 +138,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if status == "" {
 			status = "active"
 		}
-		ch <- prometheus.MustNewConstMetric(c.wave, prometheus.GaugeValue, float64(st.Wave), id)
-		ch <- prometheus.MustNewConstMetric(c.status, prometheus.GaugeValue, 1, id, string(status))
+		emit(prometheus.MustNewConstMetric(c.wave, prometheus.GaugeValue, float64(st.Wave), id))
+		emit(prometheus.MustNewConstMetric(c.status, prometheus.GaugeValue, 1, id, string(status)))
 	}
 }
 

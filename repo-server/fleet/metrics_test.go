@@ -60,3 +60,44 @@ edgeward_rollout_wave{rollout="r"} 0
 		t.Error(err)
 	}
 }
+
+// TestCollectorServesScrapesFromOneComputation: scrapes within CacheFor reuse one
+// computation (the public /metrics cannot make the store scan its tables once per
+// request), and a scrape after it sees the store as it is.
+func TestCollectorServesScrapesFromOneComputation(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t, sqliteDB)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.Enroll(ctx, "a", nil, t0)
+	c := NewCollector(s, 0, nil)
+	c.CacheFor = time.Hour
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	devices := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "edgeward_fleet_devices" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no edgeward_fleet_devices")
+		return 0
+	}
+	if n := devices(); n != 1 {
+		t.Fatalf("devices = %v; want 1", n)
+	}
+	s.Enroll(ctx, "b", nil, t0)
+	if n := devices(); n != 1 {
+		t.Fatalf("devices within CacheFor = %v; want the first computation's 1", n)
+	}
+	c.mu.Lock()
+	c.cachedAt = c.cachedAt.Add(-2 * time.Hour) // CacheFor has passed
+	c.mu.Unlock()
+	if n := devices(); n != 2 {
+		t.Fatalf("devices after CacheFor = %v; want 2", n)
+	}
+}
