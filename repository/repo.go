@@ -456,10 +456,19 @@ func writeMeta[T metadata.Roles](r *Repo, file string, m *metadata.Metadata[T], 
 	return r.writeMetaBytes(file, data)
 }
 
-// signMeta signs m with keys (replacing its signatures) and encodes it as served.
+// signMeta signs m with keys (replacing its signatures) and encodes it as served. A key
+// listed twice signs once: during a root rotation a role is signed by its new keys and
+// its old ones, which share the keys kept, and go-tuf refuses metadata that carries two
+// signatures by one key (the whole repository, and every device, then failed to load).
 func signMeta[T metadata.Roles](file string, m *metadata.Metadata[T], keys []*Key) ([]byte, error) {
 	m.ClearSignatures()
+	signed := map[string]bool{}
 	for _, k := range keys {
+		if id := k.ID(); signed[id] {
+			continue
+		} else {
+			signed[id] = true
+		}
 		s, err := k.Signer()
 		if err != nil {
 			return nil, err
@@ -499,6 +508,12 @@ type txn struct {
 	created []string
 	// events are recorded, in order, just before timestamp.json is written.
 	events []event
+	// rootFile and rootData are a new root (N.root.json), written with the other new
+	// metadata before timestamp.json: metadata signed by a new root's keys must never be
+	// live while that root is not (a failed or interrupted write of the root after the
+	// timestamp left a repository its own Load, and every device, could not verify).
+	rootFile string
+	rootData []byte
 }
 
 // record adds an event that commit records before the change becomes visible.
@@ -656,6 +671,12 @@ func (t *txn) commit(ctx context.Context) error {
 			return err
 		}
 		t.st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(s.Signed.Version)
+	}
+	if t.rootFile != "" {
+		t.create(filepath.Join(t.r.MetadataDir(), t.rootFile))
+		if err := t.r.writeMetaBytes(t.rootFile, t.rootData); err != nil {
+			return err
+		}
 	}
 	// Record before timestamp.json makes the change visible: a failure to record
 	// leaves the repository as it was (rollback removes the new files).

@@ -723,3 +723,92 @@ func TestRepositoryStaysConsistentWhilePublishing(t *testing.T) {
 		t.Fatalf("a client saw an inconsistent repository: %v", err)
 	}
 }
+
+// TestRootChangeKeepingAnOnlineKey: a root change that adds a timestamp key and keeps
+// the old one (whose private half the server holds; the new one's is elsewhere) is
+// published, and the repository and its clients still load: the old key, both the new
+// root's and the old root's, signs timestamp.json once. It signed twice, and go-tuf
+// refuses metadata with two signatures by one key: the repository could not load
+// itself and every device's refresh failed.
+func TestRootChangeKeepingAnOnlineKey(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	c := f.newClient()
+	c.mustRefresh()
+	extra, err := GenerateKey(metadata.TIMESTAMP, KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.ProposeRoot(ctx, RootChange{AddKeys: map[string][]*metadata.Key{metadata.TIMESTAMP: {extra.Public}}}); err != nil {
+		t.Fatal(err)
+	}
+	kr := f.keyring(f.rootKeyFiles(0, 1)...)
+	for _, file := range kr.Files {
+		k, err := kr.Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.repo.PublishRoot(ctx, "", nil); err != nil {
+		t.Fatalf("PublishRoot: %v", err)
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after the root change: %v", err)
+	}
+	if v := c.mustRefresh().GetTrustedMetadataSet().Root.Signed.Version; v != 2 {
+		t.Fatalf("client root version = %d; want 2", v)
+	}
+	f.newClient().mustRefresh()
+}
+
+// TestRootWrittenBeforeTheTimestamp: a new root whose file cannot be written (a full
+// disk) leaves the repository as it was, loadable and served; metadata signed by the
+// new root's keys never goes live without that root. (The root was written after
+// timestamp.json, so a failure there left live targets signed by a key no published
+// root names: Load, and every device, failed until someone copied the root in.)
+func TestRootWrittenBeforeTheTimestamp(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	c := f.newClient()
+	c.mustRefresh()
+	// A new targets key: its role is re-signed by it in the same transaction.
+	nk, err := GenerateKey(metadata.TARGETS, KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteKeyFile(OSFS{}, f.offDir, nk, []byte(testPass), KDFParams{N: 1 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := f.repo.Load(ctx)
+	if _, err := f.repo.ProposeRoot(ctx, RootChange{
+		AddKeys:    map[string][]*metadata.Key{metadata.TARGETS: {nk.Public}},
+		RevokeKeys: map[string][]string{metadata.TARGETS: before.Root.Signed.Roles[metadata.TARGETS].KeyIDs},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kr := f.keyring(f.rootKeyFiles(0, 1)...)
+	for _, file := range kr.Files {
+		k, err := kr.Load(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := f.repo.fs
+	f.repo.fs = failingFS{OSFS: OSFS{}, match: "2.root.json"}
+	_, err = f.repo.PublishRoot(ctx, "", f.keyring())
+	f.repo.fs = fs
+	if err == nil {
+		t.Fatal("PublishRoot succeeded with its root unwritable")
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after the failed root publication: %v", err)
+	}
+	c.mustRefresh()
+	f.newClient().mustRefresh()
+}

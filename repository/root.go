@@ -384,14 +384,12 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 		if extra != nil {
 			t.events = append(t.events, *extra)
 		}
+		out, err := prop.ToBytes(true)
+		if err != nil {
+			return err
+		}
+		t.rootFile, t.rootData = fmt.Sprintf("%d.root.json", version), out
 		t.after = func() error {
-			out, err := prop.ToBytes(true)
-			if err != nil {
-				return err
-			}
-			if err := r.fs.WriteFile(filepath.Join(r.MetadataDir(), fmt.Sprintf("%d.root.json", version)), out, 0o644); err != nil {
-				return fmt.Errorf("write root v%d: %w", version, err)
-			}
 			os.Remove(path)
 			return nil
 		}
