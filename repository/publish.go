@@ -121,8 +121,17 @@ func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (
 			m.Kind, m.Name, m.Version, ErrTooLarge, len(custom), max, r.path("edgeward-repo.json"))
 	}
 	tpath := artifact.TargetPath(m.Kind, m.Name, m.Version, req.Ext)
-	if _, _, _, err := artifact.ParseTargetPath(tpath); err != nil {
+	pk, pn, pv, err := artifact.ParseTargetPath(tpath)
+	if err != nil {
 		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
+	}
+	if pk != m.Kind || pn != m.Name || pv != m.Version {
+		// A version that ends like a file extension ("1.0.0-rc.onnx" without an
+		// extension) makes the path of another version ("1.0.0-rc" with ".onnx"): the
+		// conflict check, by version, would not see it, and the published target would
+		// be replaced under the same path.
+		return nil, fmt.Errorf("publish: %w: the target path %s reads back as %s %s %s, not %s %s %s: give the version without a file extension (or the extension with --ext)",
+			ErrInvalid, tpath, pk, pn, pv, m.Kind, m.Name, m.Version)
 	}
 
 	// Stream the content into an incoming file first (outside the lock: it may be GiBs),

@@ -812,3 +812,25 @@ func TestRootWrittenBeforeTheTimestamp(t *testing.T) {
 	c.mustRefresh()
 	f.newClient().mustRefresh()
 }
+
+// TestPublishedTargetCannotBeReplacedThroughItsPath: version "1.0.0-rc.onnx" published
+// without an extension has the path of version "1.0.0-rc" published as .onnx. It is
+// refused; it used to pass the conflict check (which compares versions) and replace the
+// published target's bytes under the same path.
+func TestPublishedTargetCannotBeReplacedThroughItsPath(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0-rc", ".onnx", []byte("the published model"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0-rc.onnx", "", []byte("other bytes"), nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("publish 1.0.0-rc.onnx without an extension = %v; want ErrInvalid", err)
+	}
+	st, err := f.repo.Load(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := st.Targets[artifact.KindModel.Role()].Signed.Targets["models/m/1.0.0-rc.onnx"]
+	if tf == nil || tf.Length != int64(len("the published model")) {
+		t.Fatalf("models/m/1.0.0-rc.onnx = %+v; want the first publication", tf)
+	}
+}

@@ -409,7 +409,11 @@ func (v Version) Compare(w Version) int {
 		bn, berr := strconv.ParseUint(b[i], 10, 64)
 		switch {
 		case aerr == nil && berr == nil:
-			if an < bn {
+			if an < bn || an == bn && a[i] < b[i] {
+				// Equal numbers written differently ("01" and "1", which SemVer does
+				// not allow but the pattern does) are ordered by their text, so that
+				// Compare stays antisymmetric: it used to call each greater than the
+				// other, and the anti-rollback floor let a version move either way.
 				return -1
 			}
 			return 1

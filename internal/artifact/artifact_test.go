@@ -19,6 +19,8 @@ func TestVersionCompare(t *testing.T) {
 		{"1.0.0-alpha", "1.0.0-alpha.1", -1},
 		{"1.0.0-beta", "1.0.0-alpha", 1},
 		{"1.0.0-1", "1.0.0-alpha", -1},
+		{"1.0.0-01", "1.0.0-1", -1}, // equal numbers, written differently: ordered by text
+		{"1.0.0-rc.007", "1.0.0-rc.7", -1},
 	}
 	for _, tc := range tests {
 		a, err := ParseVersion(tc.a)
@@ -31,6 +33,9 @@ func TestVersionCompare(t *testing.T) {
 		}
 		if got := a.Compare(b); got != tc.want {
 			t.Errorf("Compare(%q, %q) = %d; want %d", tc.a, tc.b, got, tc.want)
+		}
+		if got := b.Compare(a); got != -tc.want {
+			t.Errorf("Compare(%q, %q) = %d; want %d (antisymmetric)", tc.b, tc.a, got, -tc.want)
 		}
 		fa, _ := a.Floor()
 		fb, _ := b.Floor()

@@ -214,6 +214,12 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			if err1 != nil || err2 != nil {
 				return n, corrupt("copy at result byte %d: truncated", n)
 			}
+			if cnt == 0 {
+				// Never written (Make flushes only non-empty copies): an operation that
+				// produces nothing would let a tampered delta, a few hundred KB of
+				// zstd, cost a billion iterations before its hash is checked.
+				return n, corrupt("empty copy at result byte %d", n)
+			}
 			if off > uint64(baseLen) || cnt > uint64(baseLen)-off {
 				return n, corrupt("copy of %d bytes at %d outside the %d-byte base", cnt, off, baseLen)
 			}
@@ -228,6 +234,9 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			cnt, err := binary.ReadUvarint(r)
 			if err != nil {
 				return n, corrupt("literal at result byte %d: truncated", n)
+			}
+			if cnt == 0 {
+				return n, corrupt("empty literal at result byte %d", n) // as an empty copy
 			}
 			if int64(cnt) > max-n || cnt > uint64(max) {
 				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)

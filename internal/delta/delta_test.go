@@ -3,8 +3,11 @@ package delta
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/edgeward/edgeward/runtime/modelgen"
 )
@@ -93,6 +96,23 @@ func TestApplyRefuses(t *testing.T) {
 	}
 	if _, err := apply(base, []byte("not zstd at all"), 1<<30); err == nil {
 		t.Errorf("Apply of garbage succeeded")
+	}
+	// Operations that produce nothing are never written by Diff: a delta of them (a
+	// billion would compress to a few hundred KB) is corrupt at the first one, not work
+	// for the device until its hash is checked.
+	for _, op := range [][]byte{{opCopy, 0, 0}, {opLiteral, 0}} {
+		raw := binary.AppendUvarint([]byte(magic), uint64(len(base)))
+		for range 1000 {
+			raw = append(raw, op...)
+		}
+		raw = append(raw, opEnd, 0)
+		enc, err := zstd.NewWriter(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := apply(base, enc.EncodeAll(raw, nil), 1<<30); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("Apply of empty %q operations = %v; want ErrCorrupt", op[0], err)
+		}
 	}
 	// A flipped byte anywhere either fails or (in a literal) gives other bytes; never
 	// a panic, never more than max.
