@@ -198,6 +198,19 @@ type FleetKPI struct {
 	Rollouts []RolloutKPI `json:"rollouts"`
 }
 
+// SetVerdicts sets the attestation figures from verdict counts of the period (as
+// Store.VerdictCounts gives them).
+func (f *FleetKPI) SetVerdicts(counts map[policy.Verdict]int) {
+	f.Verdicts = 0
+	for _, n := range counts {
+		f.Verdicts += n
+	}
+	f.AttestationPassRate = 0
+	if f.Verdicts > 0 {
+		f.AttestationPassRate = float64(counts[policy.VerdictTrusted]) / float64(f.Verdicts)
+	}
+}
+
 // ComputeFleet computes fleet-wide KPIs from reports and verdicts of a period (the
 // caller chooses it, e.g. the store's Reports and Verdicts since a time). starts gives
 // each rollout's start time, for the commit latency; a missing one counts from zero
@@ -224,16 +237,11 @@ func ComputeFleet(reports []wire.Report, verdicts []VerdictRecord, starts map[st
 		}
 	}
 	f.SuccessRate = rate(ok, f.Attempts-f.Retried)
-	trusted := 0
+	counts := map[policy.Verdict]int{}
 	for _, v := range verdicts {
-		f.Verdicts++
-		if v.Verdict == policy.VerdictTrusted {
-			trusted++
-		}
+		counts[v.Verdict]++
 	}
-	if f.Verdicts > 0 {
-		f.AttestationPassRate = float64(trusted) / float64(f.Verdicts)
-	}
+	f.SetVerdicts(counts)
 	keys := slices.Collect(maps.Keys(ids))
 	sort.Strings(keys)
 	for _, id := range keys {

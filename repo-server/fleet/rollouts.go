@@ -313,7 +313,50 @@ type VerdictRecord struct {
 	At       time.Time
 }
 
-// Verdicts returns the verdicts made at or after since, oldest first.
+// DeviceVerdicts returns device id's verdicts made at or after since, newest first, at
+// most limit (through the verdicts_device index: the cost follows what is returned,
+// not the fleet's history).
+func (s *Store) DeviceVerdicts(ctx context.Context, id string, since time.Time, limit int) ([]VerdictRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT device_id, verdict, detail, at FROM verdicts WHERE device_id = ? AND at >= ? ORDER BY at DESC, seq DESC LIMIT ?`, id, ns(since), limit)
+	if err != nil {
+		return nil, fmt.Errorf("verdicts of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []VerdictRecord
+	for rows.Next() {
+		var v VerdictRecord
+		var at int64
+		if err := rows.Scan(&v.DeviceID, &v.Verdict, &v.Detail, &at); err != nil {
+			return nil, fmt.Errorf("verdicts of %s: %w", id, err)
+		}
+		v.At = fromNS(at)
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// VerdictCounts counts the verdicts made at or after since, by verdict (one aggregate
+// query: the fleet's verdicts are one per check-in).
+func (s *Store) VerdictCounts(ctx context.Context, since time.Time) (map[policy.Verdict]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT verdict, count(*) FROM verdicts WHERE at >= ? GROUP BY verdict`, ns(since))
+	if err != nil {
+		return nil, fmt.Errorf("verdict counts: %w", err)
+	}
+	defer rows.Close()
+	out := map[policy.Verdict]int{}
+	for rows.Next() {
+		var v policy.Verdict
+		var n int
+		if err := rows.Scan(&v, &n); err != nil {
+			return nil, fmt.Errorf("verdict counts: %w", err)
+		}
+		out[v] = n
+	}
+	return out, rows.Err()
+}
+
+// Verdicts returns the verdicts made at or after since, oldest first. Every row of the
+// period is read: for a device's own, DeviceVerdicts; for counts, VerdictCounts.
 func (s *Store) Verdicts(ctx context.Context, since time.Time) ([]VerdictRecord, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT device_id, verdict, detail, at FROM verdicts WHERE at >= ? ORDER BY at, seq`, ns(since))
 	if err != nil {

@@ -367,3 +367,48 @@ func testInfrastructureReportsAreNotWaveResults(t *testing.T, db opener) {
 		}
 	}
 }
+
+// testDeviceVerdictsAndCounts: a device's verdicts come newest first, bounded, without
+// the other devices'; the fleet's are counted by verdict in one aggregate.
+func testDeviceVerdictsAndCounts(t *testing.T, db opener) {
+	ctx := context.Background()
+	s, _ := openStore(t, db)
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, id := range []string{"a", "b"} {
+		if err := s.Enroll(ctx, id, nil, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		at := t0.Add(time.Duration(i) * time.Minute)
+		v := policy.VerdictTrusted
+		if i == 5 {
+			v = policy.VerdictUntrusted
+		}
+		s.RecordVerdict(ctx, "a", v, fmt.Sprint(i), at)
+		s.RecordVerdict(ctx, "b", policy.VerdictTrusted, "", at)
+	}
+	vs, err := s.DeviceVerdicts(ctx, "a", t0.Add(time.Minute), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range vs {
+		if v.DeviceID != "a" {
+			t.Fatalf("DeviceVerdicts(a) holds %s's", v.DeviceID)
+		}
+		got = append(got, v.Detail)
+	}
+	if strings.Join(got, ",") != "5,4,3" {
+		t.Errorf("DeviceVerdicts(a, since 1m, 3) = %v; want 5,4,3 (newest first)", got)
+	}
+	counts, err := s.VerdictCounts(ctx, t0.Add(2*time.Minute))
+	if err != nil || counts[policy.VerdictTrusted] != 7 || counts[policy.VerdictUntrusted] != 1 {
+		t.Errorf("VerdictCounts(since 2m) = %v, %v; want 7 trusted, 1 untrusted", counts, err)
+	}
+	var k FleetKPI
+	k.SetVerdicts(counts)
+	if k.Verdicts != 8 || k.AttestationPassRate != 7.0/8 {
+		t.Errorf("SetVerdicts = %d, %v; want 8, 0.875", k.Verdicts, k.AttestationPassRate)
+	}
+}

@@ -50,6 +50,7 @@ var storeSuite = []struct {
 	{"UpgradeBackfillsLatestReports", testUpgradeBackfillsLatestReports},
 	{"HostileDeviceCannotPauseRollout", testHostileDeviceCannotPauseRollout},
 	{"Collector", testCollector},
+	{"DeviceVerdictsAndCounts", testDeviceVerdictsAndCounts},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
 	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},

@@ -71,9 +71,8 @@ type DeviceDetail struct {
 // MaxHistory bounds each history list of a DeviceDetail.
 const MaxHistory = 100
 
-// LoadDeviceDetail reads a device and its history from the store: verdicts made at or
-// after since (the store keeps verdicts of the whole fleet by time, so the window bounds
-// the scan), its last MaxHistory decisions and install reports. ErrNotFound (fleet) if
+// LoadDeviceDetail reads a device and its history from the store: its last MaxHistory
+// verdicts made at or after since, decisions and install reports. ErrNotFound (fleet) if
 // the device is unknown.
 func LoadDeviceDetail(ctx context.Context, st *fleet.Store, id string, since time.Time) (DeviceDetail, error) {
 	d, err := st.Device(ctx, id)
@@ -81,14 +80,15 @@ func LoadDeviceDetail(ctx context.Context, st *fleet.Store, id string, since tim
 		return DeviceDetail{}, err
 	}
 	out := DeviceDetail{Device: NewDeviceView(d), Since: since, Verdicts: []VerdictView{}, Reports: []wire.Report{}}
-	vs, err := st.Verdicts(ctx, since)
+	// The device's own verdicts, through its index: reading the whole fleet's of the
+	// period and keeping this device's made one request (any role, any since) cost the
+	// fleet's whole verdict history in memory.
+	vs, err := st.DeviceVerdicts(ctx, id, since, MaxHistory)
 	if err != nil {
 		return DeviceDetail{}, err
 	}
-	for i := len(vs) - 1; i >= 0 && len(out.Verdicts) < MaxHistory; i-- {
-		if vs[i].DeviceID == id {
-			out.Verdicts = append(out.Verdicts, VerdictView{Verdict: vs[i].Verdict, Detail: vs[i].Detail, At: vs[i].At})
-		}
+	for _, v := range vs {
+		out.Verdicts = append(out.Verdicts, VerdictView{Verdict: v.Verdict, Detail: v.Detail, At: v.At})
 	}
 	if out.Decisions, err = st.Decisions(ctx, id, MaxHistory); err != nil {
 		return DeviceDetail{}, err
@@ -241,7 +241,7 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 	if err != nil {
 		return FleetSummary{}, err
 	}
-	vs, err := st.Verdicts(ctx, verdictsSince)
+	counts, err := st.VerdictCounts(ctx, verdictsSince) // counts only: not every verdict row
 	if err != nil {
 		return FleetSummary{}, err
 	}
@@ -255,7 +255,8 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 			starts[id] = s.Started
 		}
 	}
-	out.KPI = fleet.ComputeFleet(reps, vs, starts)
+	out.KPI = fleet.ComputeFleet(reps, nil, starts)
+	out.KPI.SetVerdicts(counts)
 	out.ExpiredMetadata = out.UpdateErrors[string(wire.ErrorExpiredMetadata)]
 	return out, nil
 }
