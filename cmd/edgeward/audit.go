@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/edgeward/edgeward/internal/durable"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repository"
@@ -166,11 +167,13 @@ func (a *auditTrust) advance(o audit.VerifyOptions, c *audit.Checkpoint) (bool, 
 			return false, nil
 		}
 	}
-	tmp := a.state + ".tmp"
-	if err := os.WriteFile(tmp, c.Note, 0o644); err != nil {
-		return false, err
+	// Durably (a temporary file of its own, synced, renamed, directory synced): a crash
+	// must not leave an empty state, which would read as no last-seen checkpoint and
+	// switch off the rollback and fork checks without a word.
+	if err := durable.WriteFile(a.state, c.Note, 0o644); err != nil {
+		return false, fmt.Errorf("audit state: %w", err)
 	}
-	return true, os.Rename(tmp, a.state)
+	return true, nil
 }
 
 // readVerifier reads a note verifier key given inline or in a file, or a PEM Ed25519 public

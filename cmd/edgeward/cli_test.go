@@ -259,6 +259,20 @@ func TestServerProcess(t *testing.T) {
 	if out := runBin("token", "create", "--name", "ops", "--role", "auditor", "--cert", prefix); !strings.Contains(out, "operator certificate for ops") || strings.Contains(out, "ewo_") {
 		t.Fatalf("token create --cert printed %q; want the certificate's files and no token", out)
 	}
+	if fi, err := os.Stat(prefix + ".key"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("operator key file: %v, %v; want mode 0600", fi, err)
+	}
+	// The same prefix again: refused before a token is made, the key left alone (a key
+	// used to be written into whatever file was there, keeping its mode).
+	keyBefore, _ := os.ReadFile(prefix + ".key")
+	cmd = exec.Command(bin, "token", "create", "--name", "ops2", "--role", "auditor", "--cert", prefix)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "exists") {
+		t.Fatalf("token create --cert over existing files = %v\n%s; want a refusal", err, out)
+	}
+	if keyAfter, _ := os.ReadFile(prefix + ".key"); !bytes.Equal(keyBefore, keyAfter) {
+		t.Fatal("the existing operator key was overwritten")
+	}
 	certEnv := append(env, "EDGEWARD_CLIENT_CERT="+prefix+".pem", "EDGEWARD_CLIENT_KEY="+prefix+".key")
 	cmd = exec.Command(bin, "devices", "list", "--server", "https://"+tlsAddr, "--json")
 	cmd.Env = certEnv

@@ -155,6 +155,11 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if _, err := os.Stat(filepath.Join(rf.dir, "stepca", "intermediate_ca.crt")); err != nil {
 			return fmt.Errorf("--cert: no device CA in %s (start 'edgeward server --tls-listen' once): %w", filepath.Join(rf.dir, "stepca"), err)
 		}
+		for _, f := range []string{*certOut + ".key", *certOut + ".pem"} {
+			if _, err := os.Lstat(f); err == nil {
+				return fmt.Errorf("--cert: %s exists; remove it or choose another prefix (a key is never written over another file)", f)
+			}
+		}
 		if key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 			return err
 		}
@@ -174,10 +179,12 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(*certOut+".key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		// Created here, never opened over an existing file (os.WriteFile keeps an existing
+		// file's mode, so a key could land in a world-readable file, and follows links).
+		if err := writeNewFile(*certOut+".key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 			return err
 		}
-		if err := os.WriteFile(*certOut+".pem", chain, 0o644); err != nil {
+		if err := writeNewFile(*certOut+".pem", chain, 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "operator certificate for %s (%s, token %s), expires %s: %s.pem, key %s.key (revoke with 'edgeward token revoke %s')\n",
@@ -186,5 +193,26 @@ func cmdTokenCreate(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stderr, "token %s for %s (%s), expires %s; it is shown once:\n", info.ID, *name, r, info.ExpiresAt.Format(time.RFC3339))
 	fmt.Fprintln(env.stdout, tok)
+	return nil
+}
+
+// writeNewFile creates path with perm and data, durably; it fails if anything (a file, a
+// link) is already there.
+func writeNewFile(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
 	return nil
 }
