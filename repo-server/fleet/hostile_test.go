@@ -173,6 +173,22 @@ func testHostileDeviceCannotPauseRollout(t *testing.T, db opener) {
 	if got := status(); got != policy.StatusActive {
 		t.Fatalf("after out-of-selector, never-offered and quarantined failures: status %s; want active", got)
 	}
+	// The rollout's status, as operators read it (API, dashboard, CLI), agrees with the
+	// planner: none of those failures is a wave's, nor an attempt of the rollout. (It
+	// counted every report stamped with the rollout: a failing wave on the dashboard
+	// while the planner rightly went on.)
+	rs, err := s.Status(ctx, p, ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range rs.Waves {
+		if w.Failed != 0 {
+			t.Errorf("wave %d shows %d failures from devices the planner does not count", i, w.Failed)
+		}
+	}
+	if rs.KPI.Attempts != 0 {
+		t.Errorf("rollout KPI counts %d attempts from devices the planner does not count", rs.KPI.Attempts)
+	}
 
 	// A selected, offered device's failure with a time 10 years ahead pauses (it is a
 	// genuine failure) but at the server's time: after a resume it does not pause again.

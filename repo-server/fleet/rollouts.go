@@ -214,6 +214,10 @@ type ReportFilter struct {
 	DeviceID  string
 	Since     time.Time
 	Limit     int
+	// CountedOnly keeps the reports the rollout planner counted (Admit's Counted: from
+	// a trusted, unquarantined member that was offered the target), leaving out those
+	// stored for information only.
+	CountedOnly bool
 }
 
 // Reports returns the matching reports, oldest first.
@@ -227,6 +231,10 @@ func (s *Store) Reports(ctx context.Context, f ReportFilter) ([]wire.Report, err
 	if f.DeviceID != "" {
 		q += ` AND device_id = ?`
 		args = append(args, f.DeviceID)
+	}
+	if f.CountedOnly {
+		q += ` AND counted = ?`
+		args = append(args, true)
 	}
 	q += ` ORDER BY at, seq`
 	if f.Limit > 0 {

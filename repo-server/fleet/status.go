@@ -59,7 +59,11 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 		return RolloutStatus{}, err
 	}
 	st.ID = id
-	reps, err := s.Reports(ctx, ReportFilter{RolloutID: id})
+	// The reports the planner counted, as it does: a device outside the selector, one
+	// never offered the target, an untrusted or quarantined one is stored with the
+	// rollout's ID but must not make a wave look failing (or succeeding) here while the
+	// planner, rightly, ignores it.
+	reps, err := s.Reports(ctx, ReportFilter{RolloutID: id, CountedOnly: true})
 	if err != nil {
 		return RolloutStatus{}, err
 	}
