@@ -1,14 +1,18 @@
 package reposerver
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 )
 
 // TestDeviceAPIAcceptsWhatTheStoreKeeps: the device API's check of a device ID is the
@@ -74,5 +78,35 @@ func TestReadBodyDoesNotTrustTheLength(t *testing.T) {
 	r.ContentLength = int64(len(big))
 	if got, err := readBody(httptest.NewRecorder(), r, max); err != nil || string(got) != big {
 		t.Fatalf("readBody(%d honest bytes) = %d bytes, %v", len(big), len(got), err)
+	}
+}
+
+// TestSlowBodyIsCutOff: a client that sends a request's headers and then trickles its
+// body (or stops) loses the connection after BodyTimeout; it used to hold it for as long
+// as it liked, whatever the server had set aside for it.
+func TestSlowBodyIsCutOff(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	srv, err := NewServer(ServerConfig{Repo: f.repo, DB: f.db, BodyTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go srv.ServeListener(ctx, ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "POST /v1/devices/nonce HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"device_id\":")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	_, err = io.Copy(io.Discard, c) // whatever the answer, then the end of the connection
+	if err != nil {
+		t.Fatalf("connection with a stalled body still open after %v: %v", time.Since(start), err)
 	}
 }

@@ -48,6 +48,12 @@ type ServerConfig struct {
 	// RefusalInterval is the window over which refused device requests from one source
 	// are aggregated into one audit record. 0: one minute.
 	RefusalInterval time.Duration
+	// BodyTimeout bounds how long a request's body may take to arrive, publication
+	// uploads excepted (they may be GiBs). 0: 30 seconds. With ReadHeaderTimeout and an
+	// idle timeout of two minutes, a client that opens connections and trickles bytes
+	// (or sends nothing more) cannot hold them, and what the server set aside for them,
+	// for ever.
+	BodyTimeout time.Duration
 	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
 	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
 	Witnesses []string
@@ -225,7 +231,8 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 
 // ServeListenerWith is ServeListener with h (the server's Handler, or a Restrict of it).
 func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.Handler) error {
-	hs := &http.Server{Handler: clientip.New(s.cfg.TrustedProxies).Handler(h), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{Handler: clientip.New(s.cfg.TrustedProxies).Handler(s.bodyDeadline(h)), ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -243,6 +250,23 @@ func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.
 		return nil
 	}
 	return err
+}
+
+// bodyDeadline sets a read deadline of BodyTimeout on every request but a publication's
+// upload: a body that has not arrived by then fails its read, and the connection closes.
+func (s *Server) bodyDeadline(h http.Handler) http.Handler {
+	d := s.cfg.BodyTimeout
+	if d <= 0 {
+		d = 30 * time.Second
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !(r.Method == http.MethodPost && r.URL.Path == "/v1/publish") {
+			// Not every ResponseWriter can (a test's recorder); then there is no socket
+			// to guard.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // RunRefresher re-signs timestamp and snapshot before they expire, until ctx ends.

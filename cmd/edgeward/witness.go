@@ -66,7 +66,7 @@ func cmdAuditWitness(ctx context.Context, env *cliEnv, args []string) error {
 	log := slog.New(slog.NewJSONHandler(env.stderr, nil))
 	log.Info("audit witness listening", "addr", ln.Addr().String(), "key", vkey)
 	fmt.Fprintf(env.stdout, "witness %s on http://%s (key %s)\n", *name, ln.Addr(), vkey)
-	hs := &http.Server{Handler: w, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: w, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute} // add-checkpoint bodies are a few KiB
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
