@@ -110,3 +110,30 @@ func TestSlowBodyIsCutOff(t *testing.T) {
 		t.Fatalf("connection with a stalled body still open after %v: %v", time.Since(start), err)
 	}
 }
+
+// TestBodyDeadlineLiftedOnceRead: the body deadline ends with the body. A handler that
+// works longer than BodyTimeout after reading its body keeps its context (net/http reads
+// the connection in the background once the body is done, and a deadline passing there
+// would cancel the request; net/http lifts it first, and this test keeps it so).
+func TestBodyDeadlineLiftedOnceRead(t *testing.T) {
+	srv := &Server{cfg: ServerConfig{BodyTimeout: 100 * time.Millisecond}}
+	hs := httptest.NewServer(srv.bodyDeadline(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
+		time.Sleep(400 * time.Millisecond)
+		if err := r.Context().Err(); err != nil {
+			io.WriteString(w, "cancelled: "+err.Error())
+			return
+		}
+		io.WriteString(w, "ok")
+	})))
+	defer hs.Close()
+	resp, err := http.Post(hs.URL+"/v1/anything", "application/json", strings.NewReader(`{"a":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "ok" {
+		t.Fatalf("handler after its body = %q; want ok (its context intact)", b)
+	}
+}

@@ -252,15 +252,19 @@ func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.
 	return err
 }
 
-// bodyDeadline sets a read deadline of BodyTimeout on every request but a publication's
-// upload: a body that has not arrived by then fails its read, and the connection closes.
+// bodyDeadline gives every request body but a publication's upload BodyTimeout to
+// arrive: a body that has not arrived by then fails its read, and the connection
+// closes. A request without a body gets no deadline, and net/http lifts this one when
+// the body has been read to its end, before it reads the connection in the background
+// to see the client go (where a deadline passing would cancel the request's context and
+// cut a long export or a slow download off; TestBodyDeadlineLiftedOnceRead).
 func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 	d := s.cfg.BodyTimeout
 	if d <= 0 {
 		d = 30 * time.Second
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !(r.Method == http.MethodPost && r.URL.Path == "/v1/publish") {
+		if r.Body != nil && r.Body != http.NoBody && !(r.Method == http.MethodPost && r.URL.Path == "/v1/publish") {
 			// Not every ResponseWriter can (a test's recorder); then there is no socket
 			// to guard.
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
