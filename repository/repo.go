@@ -307,12 +307,22 @@ func MoveAuditKey(dir, to string) error {
 		err = cerr
 	}
 	if err != nil {
+		os.Remove(absTo)
 		return err
+	}
+	// The new entry must be durable before the old key goes: often on another file
+	// system, its directory entry could otherwise be lost in a crash after the removal
+	// was written, and the key with it.
+	if err := durable.SyncDir(filepath.Dir(absTo)); err != nil {
+		return fmt.Errorf("sync %s: %w", filepath.Dir(absTo), err)
 	}
 	if err := durable.WriteFile(AuditKeyLocation(absDir), []byte(absTo+"\n"), 0o644); err != nil {
 		return err
 	}
-	return os.Remove(matches[0])
+	if err := os.Remove(matches[0]); err != nil {
+		return err
+	}
+	return durable.SyncDir(filepath.Dir(matches[0]))
 }
 
 // AuditKey loads the repository's audit checkpoint key (see the function AuditKey).
