@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -134,7 +135,17 @@ func importLegacyAudit(ctx context.Context, dir string, db *sql.DB) error {
 				return err
 			}
 			if mine > 0 && theirs > 0 {
-				return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, DBPath(dir), mine)
+				// Imported already, by a start that was stopped before it renamed the old
+				// file (the commit and the rename are two steps): every old record is in
+				// the new log, unchanged. Then only the rename is left to do.
+				var same int64
+				if err := conn.QueryRowContext(ctx, `SELECT count(*) FROM legacy.audit_leaves l JOIN main.audit_leaves m ON m.seq = l.seq AND m.at = l.at AND m.actor = l.actor AND m.kind = l.kind AND m.subject = l.subject AND m.data = l.data`).Scan(&same); err != nil {
+					return err
+				}
+				if same != theirs || mine < theirs {
+					return fmt.Errorf("both %s (%d records) and %s (%d records) hold an audit log: move one aside", legacy, theirs, DBPath(dir), mine)
+				}
+				theirs = 0
 			}
 			if theirs > 0 {
 				// repo.db's records keep their layout: their stored hashes in their rows
@@ -177,5 +188,5 @@ func importLegacyAudit(ctx context.Context, dir string, db *sql.DB) error {
 			return err
 		}
 	}
-	return nil
+	return durable.SyncDir(filepath.Dir(legacy))
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -18,10 +19,14 @@ import (
 // A data directory from before the audit log moved into fleet.db: its repo.db (audit
 // log and report dedup marks) is imported on first open, then renamed.
 func TestLegacyAuditDatabaseIsImported(t *testing.T) {
-	t.Run("current layout", func(t *testing.T) { testLegacyAuditImport(t, nil) })
+	t.Run("current layout", func(t *testing.T) { testLegacyAuditImport(t, nil, false) })
 	// repo.db as Edgeward wrote it before audit schema 2: the stored hashes in
 	// audit_hashes, no hashes column, no frontier, no schema version.
-	t.Run("layout before audit schema 2", func(t *testing.T) { testLegacyAuditImport(t, toAuditLayout1) })
+	t.Run("layout before audit schema 2", func(t *testing.T) { testLegacyAuditImport(t, toAuditLayout1, false) })
+	// A start that committed the import but was stopped before it renamed repo.db: the
+	// next start finishes the rename (it used to refuse to start for good: "both hold
+	// an audit log").
+	t.Run("stopped before the rename", func(t *testing.T) { testLegacyAuditImport(t, nil, true) })
 }
 
 // toAuditLayout1 rewrites the audit log in db to the layout before audit schema 2.
@@ -63,7 +68,7 @@ func toAuditLayout1(t *testing.T, db *sql.DB) {
 	}
 }
 
-func testLegacyAuditImport(t *testing.T, layout func(*testing.T, *sql.DB)) {
+func testLegacyAuditImport(t *testing.T, layout func(*testing.T, *sql.DB), stopBeforeRename bool) {
 	f := newFixtureOn(t, repository.KeyEd25519, "") // repo.db sits beside a sqlite fleet.db only
 	ctx := context.Background()
 	// newFixture's own events went to fleet.db; start from a data dir that has only repo.db.
@@ -102,6 +107,24 @@ func testLegacyAuditImport(t *testing.T, layout func(*testing.T, *sql.DB)) {
 		t.Fatal(err)
 	}
 	defer store.Close()
+	if stopBeforeRename {
+		// The rename fails (a non-empty directory is in the way), after the commit.
+		if err := os.MkdirAll(filepath.Join(legacy+".imported", "x"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := audit.Open(ctx, audit.Config{DB: store.DB(), Key: key, Origin: AuditOrigin(f.repo)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := importLegacyAudit(ctx, f.repo.Dir(), store.DB()); err == nil || !strings.Contains(err.Error(), "imported") {
+			t.Fatalf("import with its rename blocked = %v; want the rename's error", err)
+		}
+		if _, err := os.Stat(legacy); err != nil {
+			t.Fatalf("repo.db after the blocked rename: %v", err)
+		}
+		if err := os.RemoveAll(legacy + ".imported"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, NoFleetMetrics: true}); err != nil {
 		t.Fatal(err)
 	}
