@@ -130,6 +130,9 @@ func (c *Client) Index(ctx context.Context) ([]IndexEntry, error) {
 // Probe runs a probe set against a loaded version and applies gates.
 func (c *Client) Probe(ctx context.Context, name, version string, ps *ProbeSet, gates *artifact.Gates) (ProbeReport, error) {
 	var rep ProbeReport
+	if ps == nil {
+		return rep, fmt.Errorf("probe %s %s: no probe set", name, version)
+	}
 	err := c.do(ctx, http.MethodPost, "/v2/models/"+esc(name)+"/versions/"+esc(version)+"/probe",
 		ProbeRequest{Probe: *ps, Gates: gates}, &rep)
 	return rep, err
@@ -149,12 +152,20 @@ func (c *Client) Drift(ctx context.Context, name, version string) (DriftReport, 
 
 // Trial loads a new version beside the serving one and probes it. The new version does
 // not serve unversioned traffic yet: on rep.Pass the agent calls Promote, otherwise
-// Abort. A load or probe error leaves nothing loaded.
+// Abort. A load or probe error leaves nothing loaded. With no probe set (ps nil, a
+// target published without one) the version is loaded and not probed: the report
+// passes unless gates are given, which cannot be judged without one.
 func (c *Client) Trial(ctx context.Context, load LoadRequest, ps *ProbeSet, gates *artifact.Gates) (ModelInfo, ProbeReport, error) {
+	if ps == nil && gates != nil {
+		return ModelInfo{}, ProbeReport{}, fmt.Errorf("trial %s %s: gates without a probe set", load.Name, load.Version)
+	}
 	load.Default = false
 	info, err := c.Load(ctx, load)
 	if err != nil {
 		return info, ProbeReport{}, err
+	}
+	if ps == nil {
+		return info, ProbeReport{Model: load.Name, Version: load.Version, Pass: true}, nil
 	}
 	rep, err := c.Probe(ctx, load.Name, load.Version, ps, gates)
 	if err != nil {
