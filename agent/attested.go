@@ -15,6 +15,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/ima"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -236,9 +237,6 @@ func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Repor
 	if err != nil {
 		return nil, err
 	}
-	// The log is read before the quote: a measurement between the two would make the
-	// quote cover an event the log lacks, which the server rejects (fail closed).
-	log := a.Log.Log()
 	pcrs := []int{a.Log.PCR()}
 	var bootLog []byte
 	if a.BootLog != "" {
@@ -256,8 +254,15 @@ func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Repor
 		}
 		slices.Sort(pcrs)
 	}
-	q, err := a.TPM.Quote(ctx, bound, pcrs)
-	if err != nil {
+	// The log and the quote are taken with no measurement in between (one would make
+	// the quote cover an event the log lacks, which the server refuses).
+	var log eventlog.Log
+	var q *attest.Quote
+	if err := a.Log.Quote(func(l eventlog.Log) error {
+		log = l
+		q, err = a.TPM.Quote(ctx, bound, pcrs)
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("quote: %w", err)
 	}
 	var imaLog []byte

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
@@ -22,7 +23,8 @@ import (
 // MeasurementLog is the agent's measurement log: every artifact load is extended into
 // the measurement PCR and appended here, durably, in the same order. The log is per
 // boot of the TPM (the PCR is reset at boot); Open starts a new one when the stored log
-// no longer replays to the PCR. Safe for concurrent use.
+// no longer replays to the PCR, and a log of compactAt events is compacted to the
+// latest event of each artifact. Safe for concurrent use.
 type MeasurementLog struct {
 	path string
 	tpm  *attest.TPM
@@ -74,12 +76,64 @@ func OpenMeasurementLog(ctx context.Context, path string, tpm *attest.TPM, pcr i
 func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha256hex, plainSHA256hex string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if len(m.log) >= compactAt {
+		if err := m.compactLocked(ctx); err != nil {
+			return err
+		}
+	}
 	ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: kind, Name: name, Version: version, SHA256: sha256hex, PlainSHA256: plainSHA256hex})
 	if err != nil {
 		return fmt.Errorf("measure %s %s %s: %w", kind, name, version, err)
 	}
 	m.log = append(m.log, ev)
 	return m.saveLocked()
+}
+
+// compactAt is the length at which the log is compacted before the next event: a
+// device that is never rebooted measures at every runtime restart, agent restart and
+// trial, and a log past eventlog.MaxEvents is malformed to the verifier (an untrusted
+// verdict, and quarantine).
+const compactAt = 1024
+
+// compactLocked replaces the log by the latest event of each artifact (kind and name),
+// in the order of their last measurement, re-extended into the reset PCR: what is
+// loaded is what the log says, as before, in a few events. m.log follows the PCR at
+// every step, so a failure part way leaves a shorter log that still replays (and a
+// crash, a log the next start finds not replaying, and resets).
+func (m *MeasurementLog) compactLocked(ctx context.Context) error {
+	var keep eventlog.Log
+	seen := map[[2]string]bool{}
+	for i := len(m.log) - 1; i >= 0; i-- {
+		e := m.log[i]
+		if k := [2]string{e.Kind, e.Name}; !seen[k] {
+			seen[k] = true
+			keep = append(keep, e)
+		}
+	}
+	slices.Reverse(keep)
+	if err := m.tpm.ResetPCR(ctx, m.pcr); err != nil {
+		return fmt.Errorf("measurement log: compact: reset PCR %d: %w", m.pcr, err)
+	}
+	m.log = nil
+	for _, e := range keep {
+		ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256, PlainSHA256: e.PlainSHA256})
+		if err != nil {
+			m.saveLocked()
+			return fmt.Errorf("measurement log: compact: %w", err)
+		}
+		m.log = append(m.log, ev)
+	}
+	return m.saveLocked()
+}
+
+// Quote calls quote with a copy of the log while no measurement can happen, for a
+// quote that covers exactly that log. (A measurement between reading the log and the
+// quote, a runtime restarted by the supervisor meanwhile, made the quote cover an event
+// the log lacked: an untrusted verdict, and quarantine, for a healthy device.)
+func (m *MeasurementLog) Quote(quote func(log eventlog.Log) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return quote(append(eventlog.Log(nil), m.log...))
 }
 
 // Log returns a copy of the log.

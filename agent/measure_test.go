@@ -1,0 +1,116 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/internal/eventlog"
+)
+
+// TestMeasurementLogStaysBounded: on a device never rebooted, every runtime restart and
+// trial adds to the log; past eventlog.MaxEvents the verifier would find it malformed
+// and quarantine the device. The log is compacted (the latest event of each artifact,
+// re-extended into the reset PCR) and still replays to the PCR, naming what is loaded.
+func TestMeasurementLogStaysBounded(t *testing.T) {
+	ctx := context.Background()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	path := filepath.Join(t.TempDir(), "measurements.json")
+	m, err := OpenMeasurementLog(ctx, path, tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := func(i int) string { return fmt.Sprintf("%064x", i) }
+	const n = compactAt + 300
+	for i := range n {
+		kind, name := "model", "vibration"
+		if i%3 == 0 {
+			kind, name = "runtime", "onnxruntime"
+		}
+		if err := m.Measure(ctx, kind, name, fmt.Sprintf("1.0.%d", i), sum(i), ""); err != nil {
+			t.Fatalf("Measure %d: %v", i, err)
+		}
+	}
+	log := m.Log()
+	if len(log) > compactAt {
+		t.Fatalf("log holds %d events after %d measurements; want at most %d", len(log), n, compactAt)
+	}
+	if err := log.Validate(); err != nil {
+		t.Fatalf("the compacted log does not validate: %v", err)
+	}
+	pcrs, err := tpm.ReadPCRs(ctx, m.PCR())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := log.Replay()[m.PCR()]; !bytes.Equal(want[:], pcrs[m.PCR()]) {
+		t.Fatal("the compacted log does not replay to the PCR")
+	}
+	latest := log.Latest()
+	lastModel, lastRuntime := n-1, n-1
+	for lastModel%3 == 0 {
+		lastModel--
+	}
+	for lastRuntime%3 != 0 {
+		lastRuntime--
+	}
+	if got := latest[[2]string{"model", "vibration"}].Version; got != fmt.Sprintf("1.0.%d", lastModel) {
+		t.Errorf("latest model = %s; want the last measured, 1.0.%d", got, lastModel)
+	}
+	if got := latest[[2]string{"runtime", "onnxruntime"}].Version; got != fmt.Sprintf("1.0.%d", lastRuntime) {
+		t.Errorf("latest runtime = %s; want 1.0.%d", got, lastRuntime)
+	}
+	// Reopened, the stored log still replays: kept, not reset.
+	m2, err := OpenMeasurementLog(ctx, path, tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m2.Log()) != len(log) {
+		t.Fatalf("reopened log holds %d events; want the %d stored", len(m2.Log()), len(log))
+	}
+}
+
+// TestQuoteHoldsOffMeasurements: no measurement lands between the log handed to a quote
+// and the quote itself (the supervisor re-measuring a restarted runtime during a
+// check-in made the quote cover an event the log lacked).
+func TestQuoteHoldsOffMeasurements(t *testing.T) {
+	ctx := context.Background()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	m, err := OpenMeasurementLog(ctx, filepath.Join(t.TempDir(), "measurements.json"), tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	measured := make(chan error, 1)
+	err = m.Quote(func(log eventlog.Log) error {
+		go func() { measured <- m.Measure(ctx, "runtime", "onnxruntime", "1.24.0", fmt.Sprintf("%064x", 1), "") }()
+		select {
+		case err := <-measured:
+			return fmt.Errorf("a measurement (%v) landed while the quote held the log", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if len(log) != 0 {
+			return fmt.Errorf("log handed to the quote = %d events; want 0", len(log))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-measured; err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Log()) != 1 {
+		t.Fatalf("log after the quote = %d events; want the measurement that waited", len(m.Log()))
+	}
+}
