@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"testing"
 	"time"
@@ -112,5 +113,13 @@ func TestQuoteHoldsOffMeasurements(t *testing.T) {
 	}
 	if len(m.Log()) != 1 {
 		t.Fatalf("log after the quote = %d events; want the measurement that waited", len(m.Log()))
+	}
+}
+
+// TestServerClientHasATimeout: the device API client times out with or without a
+// server CA of its own (without one it was http.DefaultClient, which never does).
+func TestServerClientHasATimeout(t *testing.T) {
+	if c := serverClient(nil); c.Timeout <= 0 || c == http.DefaultClient {
+		t.Fatalf("serverClient(nil) timeout = %v; want one", c.Timeout)
 	}
 }

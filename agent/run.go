@@ -462,9 +462,12 @@ func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, err
 }
 
 // serverClient is the HTTP client for the server: roots nil keeps the system roots.
+// Either way a request has two minutes: without a timeout a server (or a middlebox)
+// that accepts and never answers held the agent's round, and with it every trial and
+// report, for ever.
 func serverClient(roots *x509.CertPool) *http.Client {
 	if roots == nil {
-		return http.DefaultClient
+		return &http.Client{Timeout: 2 * time.Minute}
 	}
 	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 }
