@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/updater"
 )
 
 // TestMeasurementLogStaysBounded: on a device never rebooted, every runtime restart and
@@ -121,5 +123,27 @@ func TestQuoteHoldsOffMeasurements(t *testing.T) {
 func TestServerClientHasATimeout(t *testing.T) {
 	if c := serverClient(nil); c.Timeout <= 0 || c == http.DefaultClient {
 		t.Fatalf("serverClient(nil) timeout = %v; want one", c.Timeout)
+	}
+}
+
+// TestCommandJudgeKilledWholeAtTheDeadline: a judge command whose child outlives the
+// shell (holding its output) ends at the trial deadline, child included; the agent used
+// to wait for the child, its round blocked.
+func TestCommandJudgeKilledWholeAtTheDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	v := CommandJudge("sleep 30; true").Judge(ctx, updater.Trial{})
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("judge returned after %v; want the deadline", took)
+	}
+	if v.Pass {
+		t.Fatal("a judge killed at its deadline passed")
+	}
+	if v := CommandJudge("echo fine").Judge(context.Background(), updater.Trial{}); !v.Pass {
+		t.Fatalf("echo fine = %+v; want a pass", v)
+	}
+	if v := CommandJudge("yes | head -c 1000000; exit 3").Judge(context.Background(), updater.Trial{}); v.Pass || !strings.Contains(v.Reason, "exit status 3") || len(v.Reason) > 300 {
+		t.Fatalf("a failing chatty judge = %q; want its exit status and the tail of its output", v.Reason)
 	}
 }
