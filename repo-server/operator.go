@@ -71,8 +71,6 @@ type OperatorConfig struct {
 type operatorAPI struct {
 	s   *Server
 	cfg OperatorConfig
-	// signMu serialises use of the KeyRing, which is not safe for concurrent use.
-	signMu sync.Mutex
 	// createMu serialises policy.CreateRollout on the policy directory.
 	createMu sync.Mutex
 }
@@ -290,15 +288,17 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	body := http.MaxBytesReader(w, r.Body, o.cfg.MaxPublishBytes)
 	p := principal(r)
 	repo := o.s.cfg.Repo.WithActor(p.Actor())
-	o.signMu.Lock()
 	// One publisher at a time across replicas: the server's repository holds the
-	// publish lease in the fleet database for the change (NewServer).
+	// publish lease in the fleet database for the change (NewServer), not for the
+	// upload. Each publication has its own copy of the key ring (its only state is the
+	// passphrase it caches), so a slow or stalled upload holds up no other one: a
+	// mutex around the whole publication, upload included, used to.
 	preq := repository.PublishRequest{Meta: meta, Ext: ext, Content: body, Deltas: deltas}
 	if encrypt {
 		preq.KEK, preq.Deltas = o.cfg.KEK, -1 // an encrypted target's ciphertexts share nothing
 	}
-	res, err := repo.Publish(r.Context(), preq, o.cfg.Signing)
-	o.signMu.Unlock()
+	signing := *o.cfg.Signing
+	res, err := repo.Publish(r.Context(), preq, &signing)
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):

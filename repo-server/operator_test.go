@@ -216,3 +216,63 @@ func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
 		t.Fatalf("targets = %d; want %d", got, 2*n)
 	}
 }
+
+// TestStalledUploadHoldsUpNoOtherPublication: a publisher whose upload stalls (a CI job
+// on a flaky link) does not hold up another publication on the same replica; a mutex
+// around the whole publication, upload included, used to make every later one wait.
+func TestStalledUploadHoldsUpNoOtherPublication(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(version string, body io.Reader, length int64) (*http.Response, error) {
+		req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version="+version+"&ext=.onnx", body)
+		req.ContentLength = length
+		req.Header.Set("Authorization", "Bearer "+tok)
+		return http.DefaultClient.Do(req)
+	}
+	pr, pw := io.Pipe()
+	defer pw.CloseWithError(io.ErrUnexpectedEOF) // however the test ends
+	stalled := make(chan error, 1)
+	go func() {
+		resp, err := publish("1.0.0", pr, 1000)
+		if err == nil {
+			resp.Body.Close()
+		}
+		stalled <- err
+	}()
+	pw.Write([]byte("the first ten")) // then nothing: the upload stalls
+	time.Sleep(200 * time.Millisecond)
+	done := make(chan int, 1)
+	go func() {
+		resp, err := publish("2.0.0", strings.NewReader("model v2"), int64(len("model v2")))
+		if err != nil {
+			done <- 0
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	select {
+	case code := <-done:
+		if code != http.StatusCreated {
+			t.Fatalf("publication beside a stalled upload = %d; want 201", code)
+		}
+	case <-time.After(10 * time.Second):
+		pw.CloseWithError(io.ErrUnexpectedEOF)
+		<-stalled
+		t.Fatal("a publication waited 10 s behind another's stalled upload")
+	}
+	pw.CloseWithError(io.ErrUnexpectedEOF)
+	<-stalled
+}
