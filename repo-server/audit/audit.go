@@ -776,23 +776,36 @@ func (l *Log) scanCheckpoint(row *sql.Row) (*Checkpoint, error) {
 
 // AddCosignatures merges the witness signature lines of cosigned (a copy of the
 // checkpoint at the same size, verified by the caller) into the stored checkpoint.
+//
+// The note is replaced only if it is still the one read (a compare-and-swap, retried): two
+// replicas adding their witnesses' lines at once (two leaders for a moment) would
+// otherwise each write the note they read plus their own lines, and one set is lost.
 func (l *Log) AddCosignatures(ctx context.Context, size int64, sigLines []string) error {
-	c, err := l.CheckpointAt(ctx, size)
-	if err != nil {
-		return err
-	}
-	msg := string(c.Note)
-	for _, s := range sigLines {
-		s = strings.TrimRight(s, "\n") + "\n"
-		if !strings.HasPrefix(s, "— ") || strings.Contains(msg, s) {
-			continue
+	for range 10 {
+		var stored string
+		if err := l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE size = $1`, size).Scan(&stored); err != nil {
+			return fmt.Errorf("audit cosignatures: checkpoint %d: %w", size, err)
 		}
-		msg += s
+		msg := stored
+		for _, s := range sigLines {
+			s = strings.TrimRight(s, "\n") + "\n"
+			if !strings.HasPrefix(s, "— ") || strings.Contains(msg, s) {
+				continue
+			}
+			msg += s
+		}
+		if msg == stored {
+			return nil
+		}
+		res, err := l.db.ExecContext(ctx, `UPDATE audit_checkpoints_v2 SET note = $1 WHERE size = $2 AND note = $3`, msg, size, stored)
+		if err != nil {
+			return fmt.Errorf("audit cosignatures: %w", err)
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 1 {
+			return nil
+		}
 	}
-	if _, err := l.db.ExecContext(ctx, `UPDATE audit_checkpoints_v2 SET note = $1 WHERE size = $2`, msg, size); err != nil {
-		return fmt.Errorf("audit cosignatures: %w", err)
-	}
-	return nil
+	return fmt.Errorf("audit cosignatures: checkpoint %d keeps changing", size)
 }
 
 // Run signs a checkpoint every interval while records accumulate, until ctx ends.

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -247,5 +248,49 @@ func TestDishonestWitnessCannotBreakTheLog(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if _, err := verifyLines(lines, VerifyOptions{LogKey: l.Verifier(), Witnesses: []note.Verifier{honest.vkey}, Quorum: 1}); err != nil {
 		t.Fatalf("the export after dishonest answers: %v", err)
+	}
+}
+
+// TestConcurrentCosignaturesAreAllKept: two writers adding cosignature lines to one
+// checkpoint at once (two replicas that both believed they led) keep every line; each
+// used to write back the note it had read plus its own lines, losing the other's.
+func TestConcurrentCosignaturesAreAllKept(t *testing.T) {
+	ctx := context.Background()
+	l, _ := newLog(t, 1000)
+	appendN(t, l, 1, 3)
+	c, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := func(w, i int) string {
+		return fmt.Sprintf("— w%d-%d.example %s\n", w, i, base64.StdEncoding.EncodeToString(make([]byte, 68)))
+	}
+	errs := make(chan error, 2)
+	for w := range 2 {
+		go func() {
+			for i := range 20 {
+				if err := l.AddCosignatures(ctx, c.Size, []string{line(w, i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var note string
+	if err := l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE size = $1`, c.Size).Scan(&note); err != nil {
+		t.Fatal(err)
+	}
+	for w := range 2 {
+		for i := range 20 {
+			if !strings.Contains(note, line(w, i)) {
+				t.Fatalf("line %d of writer %d lost", i, w)
+			}
+		}
 	}
 }
