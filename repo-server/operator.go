@@ -73,7 +73,17 @@ type operatorAPI struct {
 	cfg OperatorConfig
 	// createMu serialises policy.CreateRollout on the policy directory.
 	createMu sync.Mutex
+	// checking counts, per client address, the bearer tokens being checked now. The
+	// rate limit reads the bucket before the check and takes from it after a refusal,
+	// so concurrent guesses would all pass the read: at most maxBearerChecks of them
+	// from one address are checked at a time (the others get 429 at once). Guarded by
+	// checkingMu.
+	checkingMu sync.Mutex
+	checking   map[string]int
 }
+
+// maxBearerChecks bounds the bearer tokens of one client address checked at once.
+const maxBearerChecks = 2
 
 // EnableOperatorAPI mounts the operator API.
 func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
@@ -156,13 +166,19 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 		var p fleet.Principal
 		var err error
 		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			done, ok := o.startBearerCheck(w, r)
+			if !ok {
+				return
+			}
 			if !o.bearerAllowed(w, r) {
+				done()
 				return
 			}
 			p, err = o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
 			if errors.Is(err, fleet.ErrUnauthenticated) {
 				o.bearerRefused(r)
 			}
+			done()
 		} else if id, ok := operatorCert(r); ok {
 			p, err = o.cfg.Fleet.AuthenticateID(r.Context(), id, o.s.cfg.Repo.Now())
 		} else {
@@ -200,6 +216,31 @@ func (o *operatorAPI) bearerAllowed(w http.ResponseWriter, r *http.Request) bool
 		return false
 	}
 	return true
+}
+
+// startBearerCheck admits one bearer token check of the request's client address, or
+// answers 429 when maxBearerChecks are under way (see operatorAPI.checking). done ends
+// the check.
+func (o *operatorAPI) startBearerCheck(w http.ResponseWriter, r *http.Request) (done func(), ok bool) {
+	src := requestSource(r)
+	o.checkingMu.Lock()
+	defer o.checkingMu.Unlock()
+	if o.checking[src] >= maxBearerChecks {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, "too many bearer tokens from your address checked at once: try again")
+		return nil, false
+	}
+	if o.checking == nil {
+		o.checking = map[string]int{}
+	}
+	o.checking[src]++
+	return func() {
+		o.checkingMu.Lock()
+		defer o.checkingMu.Unlock()
+		if o.checking[src]--; o.checking[src] <= 0 {
+			delete(o.checking, src)
+		}
+	}, true
 }
 
 // bearerRefused counts a refused bearer token against the request's client address.

@@ -21,6 +21,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -784,5 +785,34 @@ func TestRefusedBearerTokensAreRateLimited(t *testing.T) {
 	}
 	if code, _ := get(h, "198.51.100.7:4000", "ewo_guess_more_x"); code != http.StatusTooManyRequests {
 		t.Errorf("a second guess after the refill = %d; want 429", code)
+	}
+}
+
+// TestConcurrentBearerGuessesAreLimited: guesses sent from one address all at once do
+// not get past the refused-token limit: the bucket was read before each check and taken
+// from after it, so every concurrent guess passed the read.
+func TestConcurrentBearerGuessesAreLimited(t *testing.T) {
+	o := newOpFixture(t)
+	h := o.srv.Handler()
+	var mu sync.Mutex
+	counts := map[int]int{}
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := httptest.NewRequest("GET", "/v1/rollouts", nil)
+			req.RemoteAddr = "198.51.100.9:4000"
+			req.Header.Set("Authorization", fmt.Sprintf("Bearer ewo_guess%d_x", i))
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			mu.Lock()
+			counts[rec.Code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if counts[http.StatusUnauthorized] > 20+maxBearerChecks || counts[http.StatusUnauthorized]+counts[http.StatusTooManyRequests] != 60 {
+		t.Fatalf("60 concurrent guesses from one address = %v; want at most %d checked (401), the rest 429", counts, 20+maxBearerChecks)
 	}
 }
