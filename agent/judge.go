@@ -176,6 +176,11 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	}
 	if err := j.Log.Measure(ctx, string(kind), name, t.Version, info.SHA256, info.PlainSHA256); err != nil {
 		rc.Abort(ctx, name, t.Version)
+		// The PCR (and the log in memory) may hold the trial version already (the
+		// extend succeeded, saving the log did not): measure what serves again, or the
+		// log would name the aborted version as loaded (an artifact mismatch, and
+		// quarantine, at the next check-in).
+		j.remeasureServing(ctx, rc, name)
 		return updater.Verdict{Reason: err.Error(), Probe: figures}
 	}
 	if ps != nil && !rep.Pass {
