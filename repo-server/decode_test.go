@@ -137,3 +137,36 @@ func TestBodyDeadlineLiftedOnceRead(t *testing.T) {
 		t.Fatalf("handler after its body = %q; want ok (its context intact)", b)
 	}
 }
+
+// TestLeaseHolderKnowsItLostTheLease: a lease lock's Held says whether the take under
+// way still holds the lease; once another holder has it (this one stalled past its
+// time), Held fails with fleet.ErrLeaseLost, so a repository change does not become
+// visible (repository.Config.Held). The renewal used to discard what it got back.
+func TestLeaseHolderKnowsItLostTheLease(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	st, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	h := NewLeaseLock(st, LeasePublish, "replica-a", 300*time.Millisecond, nil, nil)
+	if err := h.Held(ctx); !errors.Is(err, fleet.ErrLeaseLost) {
+		t.Fatalf("Held before any take = %v; want ErrLeaseLost", err)
+	}
+	unlock, err := h.Lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := h.Held(ctx); err != nil {
+		t.Fatalf("Held while held = %v", err)
+	}
+	// Another holder takes the lease over (as after this one stalled past its time).
+	if _, err := st.DB().ExecContext(ctx, `UPDATE leases SET holder = 'replica-b/1', token = token + 1 WHERE name = ?`, LeasePublish); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Held(ctx); !errors.Is(err, fleet.ErrLeaseLost) {
+		t.Fatalf("Held after another replica took the lease = %v; want ErrLeaseLost", err)
+	}
+}

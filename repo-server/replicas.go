@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -72,6 +73,54 @@ func DBPublishLock(db, holder string) func(ctx context.Context) (func(), error) 
 		}
 		return func() { unlock(); st.Close() }, nil
 	}
+}
+
+// publishHeld is the repository's check that the publish lease the change under way
+// took is still held (repository.Config.Held); nil without a fleet store (no lease).
+func (s *Server) publishHeld(ctx context.Context) error {
+	if h := s.publishing.Load(); h != nil {
+		return h.Held(ctx)
+	}
+	return nil
+}
+
+// DBPublishLease is DBPublishLock with the repository's check that the lease is still
+// held (repository.Config.Held).
+func DBPublishLease(db, holder string) (lock func(ctx context.Context) (func(), error), held func(ctx context.Context) error) {
+	var mu sync.Mutex
+	var cur *LeaseHolder
+	lock = func(ctx context.Context) (func(), error) {
+		st, err := fleet.Open(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("publish lock: %w", err)
+		}
+		h := NewLeaseLock(st, LeasePublish, holder, DefaultLeaseTTL, nil, nil)
+		unlock, err := h.Lock(ctx)
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+		mu.Lock()
+		cur = h
+		mu.Unlock()
+		return func() {
+			mu.Lock()
+			cur = nil
+			mu.Unlock()
+			unlock()
+			st.Close()
+		}, nil
+	}
+	held = func(ctx context.Context) error {
+		mu.Lock()
+		h := cur
+		mu.Unlock()
+		if h == nil {
+			return fmt.Errorf("%w: %s is not held", fleet.ErrLeaseLost, LeasePublish)
+		}
+		return h.Held(ctx)
+	}
+	return lock, held
 }
 
 // replicaName is a replica's default name: host, process and a random suffix, so that
@@ -172,11 +221,13 @@ func (s *Server) runLeases(ctx context.Context) {
 func (s *Server) lockPublish(ctx context.Context) (func(), error) {
 	unlock := func() {}
 	if st := s.leases(); st != nil {
-		u, err := PublishLock(st, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now, s.log)(ctx)
+		h := NewLeaseLock(st, LeasePublish, s.cfg.Replica, s.cfg.LeaseTTL, s.cfg.Now, s.log)
+		u, err := h.Lock(ctx)
 		if err != nil {
 			return nil, err
 		}
-		unlock = u
+		s.publishing.Store(h)
+		unlock = func() { s.publishing.CompareAndSwap(h, nil); u() }
 	}
 	// The change is on disk: the metadata cache looks at its files again before this
 	// server's next answer, without waiting for its directory watcher.
@@ -196,6 +247,25 @@ func PublishLock(st *fleet.Store, holder string, ttl time.Duration, now func() t
 
 // LeaseLock is PublishLock for any lease: a lock held as lease in st.
 func LeaseLock(st *fleet.Store, lease, holder string, ttl time.Duration, now func() time.Time, log *slog.Logger) func(ctx context.Context) (func(), error) {
+	return NewLeaseLock(st, lease, holder, ttl, now, log).Lock
+}
+
+// A LeaseHolder is a lock held as a lease in a fleet store (LeaseLock), which can also
+// say whether the take under way still holds it (Held): a repository checks that just
+// before a change becomes visible (repository.Config.Held). One take at a time: the
+// repository's file lock serialises the changes of one process.
+type LeaseHolder struct {
+	st          *fleet.Store
+	lease, name string
+	ttl         time.Duration
+	now         func() time.Time
+	log         *slog.Logger
+	mu          sync.Mutex
+	cur         *fleet.Lease // the take under way; nil when none, or lost
+}
+
+// NewLeaseLock returns the lease lock of LeaseLock, with Held.
+func NewLeaseLock(st *fleet.Store, lease, holder string, ttl time.Duration, now func() time.Time, log *slog.Logger) *LeaseHolder {
 	if ttl <= 0 {
 		ttl = DefaultLeaseTTL
 	}
@@ -205,53 +275,102 @@ func LeaseLock(st *fleet.Store, lease, holder string, ttl time.Duration, now fun
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return func(ctx context.Context) (func(), error) {
-		b := make([]byte, 4)
-		rand.Read(b)
-		holder := holder + "/" + hex.EncodeToString(b)
-		wait := 20 * time.Millisecond
-		for {
-			l, err := st.AcquireLease(ctx, lease, holder, ttl, now())
-			if err != nil {
-				return nil, err
-			}
-			if l.Holder == holder {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("waiting for the %s lock (held by %s): %w", lease, l.Holder, ctx.Err())
-			case <-time.After(wait):
-			}
-			wait = min(2*wait, ttl/3)
-		}
-		done := make(chan struct{})
-		stopped := make(chan struct{})
-		go func() {
-			defer close(stopped)
-			t := time.NewTicker(ttl / 3)
-			defer t.Stop()
-			for {
-				select {
-				case <-done:
-					return
-				case <-t.C:
-					if _, err := st.AcquireLease(context.Background(), lease, holder, ttl, now()); err != nil {
-						log.Error("renew lock", "lease", lease, "err", err)
-					}
-				}
-			}
-		}()
-		return func() {
-			close(done)
-			<-stopped
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if l, err := st.AcquireLease(rctx, lease, holder, ttl, now()); err == nil && l.Holder == holder {
-				if err := st.ReleaseLease(rctx, l); err != nil {
-					log.Warn("release lock", "lease", lease, "err", err)
-				}
-			}
-		}, nil
+	return &LeaseHolder{st: st, lease: lease, name: holder, ttl: ttl, now: now, log: log}
+}
+
+// Held renews the take under way and returns nil if it still holds the lease, or an
+// error wrapping fleet.ErrLeaseLost if the lease has passed to another holder (this one
+// stalled past its time, and someone else may have written since).
+func (k *LeaseHolder) Held(ctx context.Context) error {
+	k.mu.Lock()
+	cur := k.cur
+	k.mu.Unlock()
+	if cur == nil {
+		return fmt.Errorf("%w: %s is not held", fleet.ErrLeaseLost, k.lease)
 	}
+	l, err := k.st.AcquireLease(ctx, k.lease, cur.Holder, k.ttl, k.now())
+	if err != nil {
+		return err
+	}
+	if l.Holder != cur.Holder || l.Token != cur.Token {
+		k.lost(cur)
+		return fmt.Errorf("%w: %s is held by %s (token %d), not %s (token %d)", fleet.ErrLeaseLost, k.lease, l.Holder, l.Token, cur.Holder, cur.Token)
+	}
+	return nil
+}
+
+// lost forgets the take cur (if it is still the one under way).
+func (k *LeaseHolder) lost(cur *fleet.Lease) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.cur == cur {
+		k.cur = nil
+	}
+}
+
+// Lock takes the lease (waiting while anyone else holds it), renews it every ttl/3
+// while held, and releases it at unlock.
+func (k *LeaseHolder) Lock(ctx context.Context) (func(), error) {
+	st, lease, ttl, now, log := k.st, k.lease, k.ttl, k.now, k.log
+	b := make([]byte, 4)
+	rand.Read(b)
+	holder := k.name + "/" + hex.EncodeToString(b)
+	wait := 20 * time.Millisecond
+	var taken fleet.Lease
+	for {
+		l, err := st.AcquireLease(ctx, lease, holder, ttl, now())
+		if err != nil {
+			return nil, err
+		}
+		if l.Holder == holder {
+			taken = l
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the %s lock (held by %s): %w", lease, l.Holder, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, ttl/3)
+	}
+	cur := &taken
+	k.mu.Lock()
+	k.cur = cur
+	k.mu.Unlock()
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				l, err := st.AcquireLease(context.Background(), lease, holder, ttl, now())
+				if err != nil {
+					log.Error("renew lock", "lease", lease, "err", err)
+				} else if l.Holder != cur.Holder || l.Token != cur.Token {
+					// Lost (this process stalled past the lease's time): Held now fails,
+					// so the change under way does not become visible.
+					log.Error("lock lost to another holder", "lease", lease, "holder", l.Holder, "token", l.Token)
+					k.lost(cur)
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-stopped
+		k.lost(cur)
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if l, err := st.AcquireLease(rctx, lease, holder, ttl, now()); err == nil && l.Holder == holder {
+			if err := st.ReleaseLease(rctx, l); err != nil {
+				log.Warn("release lock", "lease", lease, "err", err)
+			}
+		}
+	}, nil
 }

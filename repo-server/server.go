@@ -13,6 +13,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/clientip"
@@ -86,11 +87,14 @@ type ServerConfig struct {
 // metadata fresh. Other subsystems mount their handlers with Handle. Safe for concurrent
 // use.
 type Server struct {
-	cfg  ServerConfig
-	log  *slog.Logger
-	mux  *http.ServeMux
-	reg  *prometheus.Registry
-	meta *metaCache
+	cfg ServerConfig
+	// publishing is the publish lease of the change under way (lockPublish), for the
+	// repository's check that it is still held (publishHeld).
+	publishing atomic.Pointer[LeaseHolder]
+	log        *slog.Logger
+	mux        *http.ServeMux
+	reg        *prometheus.Registry
+	meta       *metaCache
 	// metaCount counts metadata requests (served without the mux's count wrapper).
 	metaCount *codeCounter
 	// targetCount counts target requests, through the mux or not.
@@ -140,7 +144,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	// Every change the server makes to the repository (a publish through the operator
 	// API, a re-signing) holds the publish lease once a fleet store is attached: one
 	// writer at a time across replicas and CLI processes on the database.
-	s.cfg.Repo = cfg.Repo.WithLock(s.lockPublish)
+	s.cfg.Repo = cfg.Repo.WithLease(s.lockPublish, s.publishHeld)
 	if s.cfg.LeaseTTL <= 0 {
 		s.cfg.LeaseTTL = DefaultLeaseTTL
 	}

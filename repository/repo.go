@@ -119,6 +119,12 @@ type Config struct {
 	// server replicas and the CLI on one PostgreSQL database (reposerver.PublishLock,
 	// the publish lease). nil: the file lock alone.
 	Lock func(ctx context.Context) (unlock func(), err error)
+	// Held, when set with Lock, says whether the lock Lock took is still held (nil) or
+	// was lost (a lease that passed to another holder while this one stalled past its
+	// time). A change checks it just before timestamp.json makes it visible, and fails,
+	// leaving the repository as it was, when the lock is gone: its metadata, built from
+	// what it read under the lock, could overwrite the next holder's. nil: not checked.
+	Held func(ctx context.Context) error
 }
 
 // Repo is a handle on a repository directory. It holds no metadata in memory between
@@ -193,10 +199,16 @@ func (r *Repo) WithActor(actor string) *Repo {
 }
 
 // WithLock returns a handle on the same repository whose changes also hold lock (see
-// Config.Lock), replacing any lock r had.
+// Config.Lock), replacing any lock r had (and its Held check).
 func (r *Repo) WithLock(lock func(ctx context.Context) (unlock func(), err error)) *Repo {
+	return r.WithLease(lock, nil)
+}
+
+// WithLease is WithLock with held, the check that the lock is still held before a
+// change becomes visible (Config.Held).
+func (r *Repo) WithLease(lock func(ctx context.Context) (unlock func(), err error), held func(ctx context.Context) error) *Repo {
 	c := *r
-	c.cfg.Lock = lock
+	c.cfg.Lock, c.cfg.Held = lock, held
 	return &c
 }
 
@@ -686,6 +698,12 @@ func (t *txn) commit(ctx context.Context) error {
 		t.create(filepath.Join(t.r.MetadataDir(), t.rootFile))
 		if err := t.r.writeMetaBytes(t.rootFile, t.rootData); err != nil {
 			return err
+		}
+	}
+	// Still the lock's holder, checked before anything is recorded or made visible.
+	if t.r.cfg.Lock != nil && t.r.cfg.Held != nil {
+		if err := t.r.cfg.Held(ctx); err != nil {
+			return fmt.Errorf("the repository lock was lost before the change became visible: %w", err)
 		}
 	}
 	// Record before timestamp.json makes the change visible: a failure to record

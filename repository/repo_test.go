@@ -834,3 +834,31 @@ func TestPublishedTargetCannotBeReplacedThroughItsPath(t *testing.T) {
 		t.Fatalf("models/m/1.0.0-rc.onnx = %+v; want the first publication", tf)
 	}
 }
+
+// TestChangeFailsWhenItsLockIsLost: a change whose lock (a lease) was lost while it ran
+// makes nothing visible and records nothing: its metadata, built from what it read under
+// the lock, would overwrite the next holder's.
+func TestChangeFailsWhenItsLockIsLost(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	lost := errors.New("lease lost to another holder")
+	before := len(f.events.all())
+	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, func(context.Context) error { return lost })
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); !errors.Is(err, lost) {
+		t.Fatalf("publish with its lock lost = %v; want the loss", err)
+	}
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tf := st.Targets[artifact.KindModel.Role()]; tf != nil && tf.Signed.Targets["models/m/1.0.0.onnx"] != nil {
+		t.Fatal("the change became visible")
+	}
+	if after := f.events.all(); len(after) != before {
+		t.Fatalf("events recorded for a change that did not happen: %v", after[before:])
+	}
+	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, func(context.Context) error { return nil })
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); err != nil {
+		t.Fatalf("publish with its lock held: %v", err)
+	}
+}

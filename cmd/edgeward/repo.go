@@ -87,7 +87,7 @@ func (f *repoFlags) open() (*repository.Repo, error) {
 	// Server replicas on this database may share the directory from other machines:
 	// every change also holds the publish lease there, as theirs do.
 	host, _ := os.Hostname()
-	return r.WithLock(reposerver.DBPublishLock(f.db, fmt.Sprintf("%s@%s:%d", actor(f.env), host, os.Getpid()))), nil
+	return r.WithLease(reposerver.DBPublishLease(f.db, fmt.Sprintf("%s@%s:%d", actor(f.env), host, os.Getpid()))), nil
 }
 
 func actor(env *cliEnv) string {
