@@ -49,6 +49,9 @@ func (s *Server) attachFleet(ctx context.Context, st *fleet.Store) (*fleet.Store
 		_, err := l.AppendTx(ctx, tx, r.Actor, r.Kind, r.Subject, r.Data)
 		return err
 	})
+	if s.leaseNow != nil {
+		s.fleet.UseLeaseClock(s.leaseNow)
+	}
 	return s.fleet, nil
 }
 

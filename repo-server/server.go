@@ -91,10 +91,13 @@ type Server struct {
 	// publishing is the publish lease of the change under way (lockPublish), for the
 	// repository's check that it is still held (publishHeld).
 	publishing atomic.Pointer[LeaseHolder]
-	log        *slog.Logger
-	mux        *http.ServeMux
-	reg        *prometheus.Registry
-	meta       *metaCache
+	// leaseNow is ServerConfig.Now when given: the fleet store judges leases by it
+	// instead of the database's clock (fleet.Store.UseLeaseClock).
+	leaseNow func() time.Time
+	log      *slog.Logger
+	mux      *http.ServeMux
+	reg      *prometheus.Registry
+	meta     *metaCache
 	// metaCount counts metadata requests (served without the mux's count wrapper).
 	metaCount *codeCounter
 	// targetCount counts target requests, through the mux or not.
@@ -150,6 +153,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if s.cfg.Now == nil {
 		s.cfg.Now = cfg.Repo.Now
+	} else {
+		s.leaseNow = s.cfg.Now // given: leases follow it rather than the database's clock (tests)
 	}
 	if s.cfg.RefreshInterval <= 0 {
 		s.cfg.RefreshInterval = min(time.Minute, cfg.Repo.Expiry().Timestamp/10)

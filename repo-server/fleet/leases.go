@@ -27,11 +27,36 @@ func (l Lease) Held(holder string, now time.Time) bool {
 	return l.Holder == holder && now.Before(l.Expires)
 }
 
-// AcquireLease takes lease name for holder until now+ttl, or renews it when holder has
-// it: a lease is taken only when nobody holds it or its holder's time ran out
-// (now is not before its expiry). It returns the lease as it stands afterwards: held by
-// holder, or by the replica that holds it. One store transaction, so two replicas
-// never both take it.
+// UseLeaseClock makes now the clock leases are judged by, instead of the database's
+// (tests that drive time by hand). Call it before the store is in use.
+func (s *Store) UseLeaseClock(now func() time.Time) { s.leaseNow = now }
+
+// leaseClock is the time leases are judged by, in tx: the database's own clock (one
+// clock for every replica and CLI process on the database, whatever their clocks say),
+// or UseLeaseClock's.
+func (s *Store) leaseClock(ctx context.Context, tx *txn) (time.Time, error) {
+	if s.leaseNow != nil {
+		return s.leaseNow(), nil
+	}
+	q := `SELECT CAST(unixepoch('subsec') * 1000000000 AS INTEGER)`
+	if tx.dialect == postgresDialect {
+		q = `SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint`
+	}
+	var n int64
+	if err := tx.QueryRowContext(ctx, q).Scan(&n); err != nil {
+		return time.Time{}, fmt.Errorf("the database's clock: %w", err)
+	}
+	return fromNS(n), nil
+}
+
+// AcquireLease takes lease name for holder for ttl, or renews it when holder has it: a
+// lease is taken only when nobody holds it or its holder's time ran out. Expiry is
+// judged by the database's clock (leaseClock), not the caller's: with each caller's
+// own, a replica whose clock ran 7 s fast took a lease still held, and a CLI whose clock
+// ran behind held one already expired for everyone else; two writers then published at
+// once. now is the caller's clock: the returned lease's Expires is in it (for Held). It
+// returns the lease as it stands afterwards: held by holder, or by the replica that
+// holds it. One store transaction, so two replicas never both take it.
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (Lease, error) {
 	if holder == "" || ttl <= 0 {
 		return Lease{}, fmt.Errorf("lease %s: %w", name, invalid("holder", "a holder and a positive ttl are needed"))
@@ -39,8 +64,16 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 	var l Lease
 	err := s.tx(ctx, func(tx *txn) error {
 		l = Lease{Name: name}
+		dbNow, err := s.leaseClock(ctx, tx)
+		if err != nil {
+			return err
+		}
+		// Expires is returned in the caller's clock: dbNow + d there is now + d here.
+		skew := now.Sub(dbNow)
+		defer func() { l.Expires = l.Expires.Add(skew) }()
+		now := dbNow
 		var expires int64
-		err := tx.QueryRowContext(ctx, `SELECT holder, token, expires_at FROM leases WHERE name = ?`, name).Scan(&l.Holder, &l.Token, &expires)
+		err = tx.QueryRowContext(ctx, `SELECT holder, token, expires_at FROM leases WHERE name = ?`, name).Scan(&l.Holder, &l.Token, &expires)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			l.Holder, l.Token, l.Expires = holder, 1, now.Add(ttl)

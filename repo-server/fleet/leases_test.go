@@ -27,8 +27,12 @@ func testLeases(t *testing.T, db opener) {
 	defer b.Close()
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	ttl := 6 * time.Second
+	cur := t0 // the leases' clock, driven by hand
+	a.UseLeaseClock(func() time.Time { return cur })
+	b.UseLeaseClock(func() time.Time { return cur })
 	acquire := func(st *Store, holder string, at time.Duration) Lease {
 		t.Helper()
+		cur = t0.Add(at)
 		l, err := st.AcquireLease(ctx, "leader", holder, ttl, t0.Add(at))
 		if err != nil {
 			t.Fatal(err)
@@ -82,4 +86,41 @@ rollouts:
 		t.Fatal(err)
 	}
 	want(acquire(b, "replica-b", 13*time.Second), "replica-a", 3)
+}
+
+// testLeasesUseTheDatabaseClock: expiry is judged by the database's clock, not by the
+// callers': a replica whose clock runs 7 s ahead does not take a lease still held, and
+// a holder whose clock runs 10 s behind is not taken over early; once the lease's time
+// has really passed, it is taken. (With each caller's clock, both used to happen.)
+func testLeasesUseTheDatabaseClock(t *testing.T, db opener) {
+	ctx := context.Background()
+	where := db(t)
+	a, err := Open(ctx, where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(ctx, where)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ttl := 2 * time.Second
+	behind := time.Now().Add(-10 * time.Second)
+	la, err := a.AcquireLease(ctx, "publish", "cli-behind", ttl, behind)
+	if err != nil || la.Holder != "cli-behind" {
+		t.Fatalf("lease = %+v, %v", la, err)
+	}
+	if !la.Held("cli-behind", behind) {
+		t.Fatalf("Held in the holder's own clock: expires %v, its now %v", la.Expires, behind)
+	}
+	lb, err := b.AcquireLease(ctx, "publish", "replica-ahead", ttl, time.Now().Add(7*time.Second))
+	if err != nil || lb.Holder != "cli-behind" || lb.Token != la.Token {
+		t.Fatalf("a replica 7 s ahead, with the lease 2 s old at most = %+v, %v; want it still cli-behind's", lb, err)
+	}
+	time.Sleep(ttl + 500*time.Millisecond)
+	lb, err = b.AcquireLease(ctx, "publish", "replica-ahead", ttl, time.Now().Add(7*time.Second))
+	if err != nil || lb.Holder != "replica-ahead" || lb.Token != la.Token+1 {
+		t.Fatalf("after the lease's time = %+v, %v; want it taken by replica-ahead", lb, err)
+	}
 }

@@ -56,6 +56,8 @@ type Store struct {
 	commit *committer // runs every store transaction (group commit)
 	audit  AppendFunc // nil: changes are not audited (see WithAudit)
 	fence  *Lease     // nil: not fenced (see Fenced)
+	// leaseNow is the leases' clock (UseLeaseClock); nil: the database's.
+	leaseNow func() time.Time
 }
 
 // IsPostgres reports whether where names a PostgreSQL database (a postgres:// or

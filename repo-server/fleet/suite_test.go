@@ -71,6 +71,7 @@ var storeSuite = []struct {
 	{"GroupCommitFailureFailsTheBatch", testGroupCommitFailureFailsTheBatch},
 	{"GroupCommitSurvivesAnInterruptedStatement", testGroupCommitSurvivesAnInterruptedStatement},
 	{"Leases", testLeases},
+	{"LeasesUseTheDatabaseClock", testLeasesUseTheDatabaseClock},
 	{"StatementsStayPrepared", testStatementsStayPrepared},
 	{"RateLimitsInTheDatabase", testRateLimitsInTheDatabase},
 }
