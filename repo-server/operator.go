@@ -75,15 +75,12 @@ type operatorAPI struct {
 	createMu sync.Mutex
 	// checking counts, per client address, the bearer tokens being checked now. The
 	// rate limit reads the bucket before the check and takes from it after a refusal,
-	// so concurrent guesses would all pass the read: at most maxBearerChecks of them
-	// from one address are checked at a time (the others get 429 at once). Guarded by
-	// checkingMu.
+	// so concurrent guesses would all pass the read: a check is admitted only while
+	// fewer are under way than the bucket holds attempts (the others get 429 at once),
+	// so they cannot overdraw it. Guarded by checkingMu.
 	checkingMu sync.Mutex
 	checking   map[string]int
 }
-
-// maxBearerChecks bounds the bearer tokens of one client address checked at once.
-const maxBearerChecks = 2
 
 // EnableOperatorAPI mounts the operator API.
 func (s *Server) EnableOperatorAPI(cfg OperatorConfig) error {
@@ -166,12 +163,8 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 		var p fleet.Principal
 		var err error
 		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-			done, ok := o.startBearerCheck(w, r)
+			done, ok := o.bearerAllowed(w, r)
 			if !ok {
-				return
-			}
-			if !o.bearerAllowed(w, r) {
-				done()
 				return
 			}
 			p, err = o.cfg.Fleet.Authenticate(r.Context(), strings.TrimSpace(tok), o.s.cfg.Repo.Now())
@@ -198,36 +191,28 @@ func (o *operatorAPI) auth(action fleet.Action, h http.HandlerFunc) http.Handler
 }
 
 // bearerAllowed answers 429 (with Retry-After) and returns false when the request's
-// client address has no refused bearer token left (OperatorConfig.BearerFailures); it
-// only reads, so a flood of guesses costs the database no writes. An error of the
-// database fails closed (503).
-func (o *operatorAPI) bearerAllowed(w http.ResponseWriter, r *http.Request) bool {
+// client address has no refused bearer token left (OperatorConfig.BearerFailures), or
+// as many checks under way as it has attempts left (operatorAPI.checking); it only
+// reads, so a flood of guesses costs the database no writes. An error of the database
+// fails closed (503). done ends an admitted check.
+func (o *operatorAPI) bearerAllowed(w http.ResponseWriter, r *http.Request) (done func(), ok bool) {
 	src := requestSource(r)
-	ok, wait, err := o.cfg.Fleet.AttemptsLeft(r.Context(), "bearer:"+src, o.cfg.BearerFailures, o.s.cfg.Repo.Now())
+	left, wait, err := o.cfg.Fleet.CountAttemptsLeft(r.Context(), "bearer:"+src, o.cfg.BearerFailures, o.s.cfg.Repo.Now())
 	if err != nil {
 		o.s.log.Error("bearer token rate limit", "err", err)
 		writeError(w, http.StatusServiceUnavailable, "cannot check the rate limit: try again")
-		return false
+		return nil, false
 	}
-	if !ok {
-		o.s.log.Warn("operator API: refused bearer tokens rate limited", "source", src)
-		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
-		writeError(w, http.StatusTooManyRequests, "too many refused bearer tokens from your address: wait and try again")
-		return false
-	}
-	return true
-}
-
-// startBearerCheck admits one bearer token check of the request's client address, or
-// answers 429 when maxBearerChecks are under way (see operatorAPI.checking). done ends
-// the check.
-func (o *operatorAPI) startBearerCheck(w http.ResponseWriter, r *http.Request) (done func(), ok bool) {
-	src := requestSource(r)
 	o.checkingMu.Lock()
 	defer o.checkingMu.Unlock()
-	if o.checking[src] >= maxBearerChecks {
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusTooManyRequests, "too many bearer tokens from your address checked at once: try again")
+	if left <= o.checking[src] {
+		msg := "too many refused bearer tokens from your address: wait and try again"
+		if left > 0 { // attempts left, all taken by the checks under way
+			wait, msg = 0, "too many bearer tokens from your address checked at once: try again"
+		}
+		o.s.log.Warn("operator API: bearer tokens rate limited", "source", src, "attempts_left", left)
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		writeError(w, http.StatusTooManyRequests, msg)
 		return nil, false
 	}
 	if o.checking == nil {

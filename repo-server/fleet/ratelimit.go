@@ -35,15 +35,22 @@ func (s *Store) TakeAttempt(ctx context.Context, key string, l Limit, now time.T
 // AttemptsLeft reports whether key's bucket has an attempt left at now, and if not how
 // long until it has; it takes nothing and writes nothing.
 func (s *Store) AttemptsLeft(ctx context.Context, key string, l Limit, now time.Time) (bool, time.Duration, error) {
+	n, wait, err := s.CountAttemptsLeft(ctx, key, l, now)
+	return n > 0, wait, err
+}
+
+// CountAttemptsLeft is AttemptsLeft with the number of whole attempts key's bucket
+// holds at now (0: none, and wait is how long until one).
+func (s *Store) CountAttemptsLeft(ctx context.Context, key string, l Limit, now time.Time) (int, time.Duration, error) {
 	if l.Burst <= 0 || l.Every <= 0 {
-		return false, 0, errors.New("rate limit: burst and interval must be positive")
+		return 0, 0, errors.New("rate limit: burst and interval must be positive")
 	}
 	tokens, err := bucket(ctx, s.db, key, l, now)
 	if err != nil {
-		return false, 0, fmt.Errorf("rate limit %s: %w", key, err)
+		return 0, 0, fmt.Errorf("rate limit %s: %w", key, err)
 	}
-	ok, wait := available(tokens, l)
-	return ok, wait, nil
+	_, wait := available(tokens, l)
+	return int(tokens / micro), wait, nil
 }
 
 func (s *Store) attempt(ctx context.Context, key string, l Limit, now time.Time) (bool, time.Duration, error) {
