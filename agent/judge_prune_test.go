@@ -16,11 +16,8 @@ import (
 func TestPruneProbes(t *testing.T) {
 	dir := t.TempDir()
 	old := time.Now().Add(-time.Hour)
-	var names []string
 	for i := range 8 {
-		name := "probes_m_" + string(rune('a'+i)) + ".json"
-		names = append(names, name)
-		p := filepath.Join(dir, name)
+		p := filepath.Join(dir, "probes_m_"+string(rune('a'+i))+".json")
 		if err := os.WriteFile(p, []byte("{}"), 0o644); err != nil {
 			t.Fatal(err)
 		}
