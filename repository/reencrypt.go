@@ -125,7 +125,9 @@ func (r *Repo) Reencrypt(ctx context.Context, req ReencryptRequest, keys *KeyRin
 	}
 	var prev []RetiredTarget
 	wrote := false
+	var tsBefore int64 // timestamp.json's version when the change began
 	err = r.update(ctx, keys, func(t *txn) error {
+		tsBefore = t.st.Timestamp.Signed.Version
 		rm, ok := t.st.Targets[role]
 		if !ok {
 			return fmt.Errorf("re-encrypt %s: no delegated role %q", tpath, role)
@@ -179,7 +181,7 @@ func (r *Repo) Reencrypt(ctx context.Context, req ReencryptRequest, keys *KeyRin
 		wrote = true
 		return r.writeRetired(list)
 	})
-	if err != nil && wrote {
+	if err != nil && wrote && !r.wentLive(tsBefore) { // as in Retire
 		if rerr := r.writeRetired(prev); rerr != nil {
 			r.log.Warn("restore the retired list after a failed re-encryption", "err", rerr)
 		}

@@ -138,7 +138,9 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 	res := &RetireResult{}
 	var prev []RetiredTarget
 	wrote := false
+	var tsBefore int64 // timestamp.json's version when the change began
 	err := r.update(ctx, keys, func(t *txn) error {
+		tsBefore = t.st.Timestamp.Signed.Version
 		rm, ok := t.st.Targets[role]
 		if !ok {
 			return fmt.Errorf("retire: no delegated role %q", role)
@@ -229,9 +231,10 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 		wrote = true
 		return r.writeRetired(list)
 	})
-	if err != nil && wrote {
+	if err != nil && wrote && !r.wentLive(tsBefore) {
 		// The metadata did not change (a missing key, a failed write): neither does
-		// the list.
+		// the list. (When it did, and only a step after timestamp.json failed, the
+		// list stays: devices running the retired contents must still be recognised.)
 		if rerr := r.writeRetired(prev); rerr != nil {
 			r.log.Warn("restore the retired list after a failed retire", "err", rerr)
 		}
@@ -243,6 +246,14 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 		res.Version = st.Targets[role].Signed.Version
 	}
 	return res, nil
+}
+
+// wentLive reports whether timestamp.json has moved past version before: a change that
+// failed after that point is visible (its files stay, txn.rollback), and what it wrote
+// beside the metadata must stay with it.
+func (r *Repo) wentLive(before int64) bool {
+	ts, err := loadMeta(r.MetadataDir(), "timestamp.json", metadata.Timestamp())
+	return err == nil && ts.Signed.Version > before
 }
 
 // probeNamedByOthers reports whether a listed target other than those in retiring names

@@ -135,3 +135,53 @@ func roleSize(t *testing.T, f *fixture, role string) int {
 	}
 	return int(fi.Size())
 }
+
+// liveThenFailFS writes timestamp.json and then reports an error, as a failed sync of
+// its directory after the rename would: the change is live, and the caller hears of a
+// failure.
+type liveThenFailFS struct{ OSFS }
+
+func (f liveThenFailFS) WriteFile(name string, data []byte, perm os.FileMode) error {
+	if err := f.OSFS.WriteFile(name, data, perm); err != nil {
+		return err
+	}
+	if strings.HasSuffix(name, "timestamp.json") {
+		return errors.New("simulated: sync of the metadata directory failed")
+	}
+	return nil
+}
+
+// TestRetiredListKeptWhenTheRetireWentLive: a retire that failed after timestamp.json
+// went live (only a step after the rename failed) keeps the retired list it wrote: the
+// retired versions are gone from the metadata, and the server must still recognise
+// devices running them. The list used to be restored to before the retire.
+func TestRetiredListKeptWhenTheRetireWentLive(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	for _, v := range []string{"1.0.0", "2.0.0"} {
+		if _, err := f.publish(artifact.KindModel, "vib", v, ".onnx", []byte("model "+v), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := f.repo.fs
+	f.repo.fs = liveThenFailFS{}
+	_, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "vib", Versions: []string{"1.0.0"}}, f.keyring())
+	f.repo.fs = fs
+	if err == nil {
+		t.Fatal("Retire with the directory sync failing = nil; want the error")
+	}
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Targets[artifact.KindModel.Role()].Signed.Targets["models/vib/1.0.0.onnx"] != nil {
+		t.Fatal("1.0.0 still listed: the retire did not go live, the test shows nothing")
+	}
+	list, err := f.repo.Retired()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].Path != "models/vib/1.0.0.onnx" {
+		t.Fatalf("retired list after a live retire that reported a failure = %+v; want 1.0.0", list)
+	}
+}
