@@ -61,18 +61,8 @@ const DefaultLeaseTTL = 6 * time.Second
 // a directory that server replicas share: each take opens the fleet database db and its
 // release closes it. holder names the process in the lease (e.g. cli:alice@host:pid).
 func DBPublishLock(db, holder string) func(ctx context.Context) (func(), error) {
-	return func(ctx context.Context) (func(), error) {
-		st, err := fleet.Open(ctx, db)
-		if err != nil {
-			return nil, fmt.Errorf("publish lock: %w", err)
-		}
-		unlock, err := PublishLock(st, holder, DefaultLeaseTTL, nil, nil)(ctx)
-		if err != nil {
-			st.Close()
-			return nil, err
-		}
-		return func() { unlock(); st.Close() }, nil
-	}
+	lock, _ := DBPublishLease(db, holder)
+	return lock
 }
 
 // publishHeld is the repository's check that the publish lease the change under way

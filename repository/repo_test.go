@@ -346,16 +346,7 @@ func TestOnlineKeyRotation(t *testing.T) {
 			}
 			// A client still works while the proposal waits.
 			c.mustRefresh()
-			kr := f.keyring(f.rootKeyFiles(0, 2)...)
-			for _, file := range kr.Files {
-				k, err := kr.Load(file)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
-					t.Fatalf("SignRoot: %v", err)
-				}
-			}
+			f.signStagedRoot(0, 2)
 			if _, err := f.repo.PublishRoot(ctx, "", nil); err != nil {
 				t.Fatalf("PublishRoot: %v", err)
 			}
@@ -742,16 +733,7 @@ func TestRootChangeKeepingAnOnlineKey(t *testing.T) {
 	if _, err := f.repo.ProposeRoot(ctx, RootChange{AddKeys: map[string][]*metadata.Key{metadata.TIMESTAMP: {extra.Public}}}); err != nil {
 		t.Fatal(err)
 	}
-	kr := f.keyring(f.rootKeyFiles(0, 1)...)
-	for _, file := range kr.Files {
-		k, err := kr.Load(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.signStagedRoot(0, 1)
 	if _, err := f.repo.PublishRoot(ctx, "", nil); err != nil {
 		t.Fatalf("PublishRoot: %v", err)
 	}
@@ -789,16 +771,7 @@ func TestRootWrittenBeforeTheTimestamp(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	kr := f.keyring(f.rootKeyFiles(0, 1)...)
-	for _, file := range kr.Files {
-		k, err := kr.Load(file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := f.repo.SignRoot(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.signStagedRoot(0, 1)
 	fs := f.repo.fs
 	f.repo.fs = failingFS{OSFS: OSFS{}, match: "2.root.json"}
 	_, err = f.repo.PublishRoot(ctx, "", f.keyring())
@@ -860,5 +833,21 @@ func TestChangeFailsWhenItsLockIsLost(t *testing.T) {
 	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, func(context.Context) error { return nil })
 	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); err != nil {
 		t.Fatalf("publish with its lock held: %v", err)
+	}
+}
+
+// signStagedRoot signs the staged root proposal with the fixture's root keys idx, each
+// loaded as its holder would (SignRoot).
+func (f *fixture) signStagedRoot(idx ...int) {
+	f.t.Helper()
+	kr := f.keyring(f.rootKeyFiles(idx...)...)
+	for _, file := range kr.Files {
+		k, err := kr.Load(file)
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		if _, _, err := f.repo.SignRoot(context.Background(), k); err != nil {
+			f.t.Fatalf("SignRoot: %v", err)
+		}
 	}
 }

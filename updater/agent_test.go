@@ -66,11 +66,18 @@ func (j judge) Judge(_ context.Context, t Trial) Verdict {
 // closed when the test ends.
 func deviceState(t *testing.T, r *tuftest.Repo) (*TUF, *rollback.Manager, *Outbox) {
 	t.Helper()
+	return deviceStateWith(t, r, nil)
+}
+
+// deviceStateWith is deviceState with floors as the slots' anti-rollback store (nil:
+// the sqlite mirror alone).
+func deviceStateWith(t *testing.T, r *tuftest.Repo, floors rollback.FloorStore) (*TUF, *rollback.Manager, *Outbox) {
+	t.Helper()
 	ctx := context.Background()
 	state := t.TempDir()
 	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
 	c := newClient(t, r, filepath.Join(state, "tuf"))
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher(), Floors: floors})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,20 +494,8 @@ func TestCommitStandsWhenAStepAfterItFails(t *testing.T) {
 	ctx := context.Background()
 	r := tuftest.New(t)
 	p1, _ := r.AddModel("iris", "1.0.0", 0)
-	state := t.TempDir()
-	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
-	c := newClient(t, r, filepath.Join(state, "tuf"))
 	floors := &refusingFloors{floors: map[artifact.Kind]uint64{}, refuse: 1}
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher(), Floors: floors})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { o.Close() })
+	c, m, o := deviceStateWith(t, r, floors)
 	j := &hookedJudge{judge: judge{}}
 	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Judge: j, Outbox: o,
 		Director: &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}})

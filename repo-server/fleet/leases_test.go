@@ -14,17 +14,7 @@ import (
 // fenced with an old grant writes nothing once another replica holds the lease.
 func testLeases(t *testing.T, db opener) {
 	ctx := context.Background()
-	where := db(t)
-	a, err := Open(ctx, where)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, where)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoStores(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
 	ttl := 6 * time.Second
 	cur := t0 // the leases' clock, driven by hand
@@ -94,17 +84,7 @@ rollouts:
 // has really passed, it is taken. (With each caller's clock, both used to happen.)
 func testLeasesUseTheDatabaseClock(t *testing.T, db opener) {
 	ctx := context.Background()
-	where := db(t)
-	a, err := Open(ctx, where)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := Open(ctx, where)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := twoStores(t, db)
 	ttl := 2 * time.Second
 	behind := time.Now().Add(-10 * time.Second)
 	la, err := a.AcquireLease(ctx, "publish", "cli-behind", ttl, behind)
@@ -123,4 +103,20 @@ func testLeasesUseTheDatabaseClock(t *testing.T, db opener) {
 	if err != nil || lb.Holder != "replica-ahead" || lb.Token != la.Token+1 {
 		t.Fatalf("after the lease's time = %+v, %v; want it taken by replica-ahead", lb, err)
 	}
+}
+
+// twoStores opens two stores (two replicas) on one fresh database of db, closed when
+// the test ends.
+func twoStores(t *testing.T, db opener) (a, b *Store) {
+	t.Helper()
+	where := db(t)
+	for _, st := range []**Store{&a, &b} {
+		s, err := Open(context.Background(), where)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		*st = s
+	}
+	return a, b
 }
