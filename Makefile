@@ -48,7 +48,7 @@ FUZZTIME ?= 10s
 FUZZMINIMIZE ?= 100x
 FUZZ_TARGETS := ./internal/eventlog:FuzzParse ./internal/ima:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
 	./attest/verify:FuzzTPMWire ./runtime:FuzzDecodeInferRequest ./runtime:FuzzFastUnmarshal ./runtime:FuzzDecodeBinaryRequest ./policy:FuzzParse ./policy:FuzzSelectorExpr ./rollback:FuzzStep \
-	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn ./repo-server:FuzzMetaName ./internal/segcrypt:FuzzDecrypt
+	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn ./repo-server:FuzzMetaName ./internal/segcrypt:FuzzDecrypt ./internal/quickhttp:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  GO=$(GO) scripts/fuzz.sh $${t%%:*} $${t##*:} $(FUZZTIME) $(FUZZMINIMIZE); done

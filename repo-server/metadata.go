@@ -232,6 +232,8 @@ type metaFile struct {
 	etag string
 	// Header values, ready to assign.
 	etagH, cacheH, modH, lengthH []string
+	// quick200 and quick304 are quickMetadata's response heads up to the Date value.
+	quick200, quick304 []byte
 	// checked is the generation in which the file was last seen to be this entry.
 	checked atomic.Uint64
 }
@@ -298,6 +300,7 @@ func (c *metaCache) get(name string) (*metaFile, error) {
 	e = &metaFile{path: path, ino: ino, size: fi.Size(), mod: fi.ModTime(), data: data, etag: etag,
 		etagH: []string{etag}, cacheH: []string{metaCacheControl(name)},
 		modH: []string{fi.ModTime().UTC().Format(http.TimeFormat)}, lengthH: []string{strconv.Itoa(len(data))}}
+	e.quickHeads()
 	if int64(len(data)) != fi.Size() {
 		// Written in place while being read: serve what was read, and look again next
 		// time.

@@ -309,7 +309,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr(), tlsAddr)
 	}
-	return srv.ServeWith(ctx, ln, srv.Restrict(exp, why))
+	// Metadata GETs on the plain listener skip net/http (QuickListener).
+	return srv.ServeWith(ctx, srv.QuickListener(ln), srv.Restrict(exp, why))
 }
 
 // removeStaleStaged removes the rollout files a crash left staged in the policy

@@ -240,8 +240,8 @@ func (s *Server) ServeListener(ctx context.Context, ln net.Listener) error {
 
 // ServeListenerWith is ServeListener with h (the server's Handler, or a Restrict of it).
 func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.Handler) error {
-	hs := &http.Server{Handler: clientip.New(s.cfg.TrustedProxies).Handler(s.bodyDeadline(h)), ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{Handler: clientip.New(s.cfg.TrustedProxies).Handler(s.bodyDeadline(h)), ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout: idleTimeout, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
