@@ -267,6 +267,13 @@ func (s *conn) armRead() bool {
 		}
 	}
 	s.readBy = by
+	// Under the listener's lock, so that a Close, which sets every connection's read
+	// deadline in the past, cannot be undone by this one.
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	if s.l.closed {
+		return false
+	}
 	return s.c.SetReadDeadline(by) == nil
 }
 
