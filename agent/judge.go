@@ -271,7 +271,15 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 	if j.Runtimes == nil || j.Slots == nil {
 		return fail(errNoRuntimes.Error())
 	}
-	p, err := j.Runtimes.Start(ctx, payload, true)
+	lib, err := SealLibrary(payload)
+	if err != nil {
+		return fail("start the new runtime: " + err.Error())
+	}
+	defer lib.Close()
+	if lib.SHA256 != t.SHA256 {
+		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", lib.SHA256, t.SHA256))
+	}
+	p, err := j.Runtimes.Start(ctx, lib, true)
 	if errors.Is(err, ErrRuntimeKilled) {
 		return updater.Verdict{Reason: "start the new runtime: " + err.Error(), Err: err}
 	}
@@ -293,9 +301,6 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 	failCall := func(reason string) updater.Verdict {
 		p.awaitExit(runtimeReapWait)
 		return fail(reason)
-	}
-	if p.SHA256 != t.SHA256 {
-		return fail(fmt.Sprintf("runtime library sha256 %s, TUF says %s", p.SHA256, t.SHA256))
 	}
 	st, err := j.Slots.State(ctx, artifact.KindModel)
 	if err != nil {
@@ -356,22 +361,35 @@ func (j *RuntimeJudge) keepPending(p *RuntimeProc) {
 }
 
 // promoteRuntime switches traffic to the runtime whose trial passed and measures it
-// and the models it loaded.
+// (with the models it loaded). When there is no such process to switch to (the agent
+// restarted since the trial, or this is a retry after a failed switch) or it cannot take
+// traffic, the process is stopped and the committed runtime is started afresh from its
+// slot, as at agent start (LoadCommitted): a commit never leaves a held process behind,
+// nor a device that cannot serve what it committed.
 func (j *RuntimeJudge) promoteRuntime(ctx context.Context, name string, t rollback.Target) error {
 	j.mu.Lock()
 	p := j.pending
 	j.pending = nil
 	j.mu.Unlock()
-	if p == nil || j.Runtimes == nil {
-		return fmt.Errorf("runtime %s committed without a passed trial process", t.Version)
+	if j.Runtimes == nil {
+		return fmt.Errorf("runtime %s committed without a supervised runtime", t.Version)
 	}
-	if err := j.Runtimes.Serve(ctx, p); err != nil {
-		return err
+	if p != nil {
+		err := j.Runtimes.Serve(ctx, p)
+		if err == nil {
+			if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, t.Version, p.SHA256, ""); err != nil {
+				return err
+			}
+			return j.measureLoaded(ctx, p.Client)
+		}
+		j.logger().Warn("the runtime whose trial passed cannot take traffic: starting the committed runtime afresh",
+			"runtime", name, "version", t.Version, "err", err)
+		j.Runtimes.Stop(p)
 	}
-	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, t.Version, p.SHA256, ""); err != nil {
-		return err
+	if j.Slots == nil {
+		return fmt.Errorf("runtime %s committed: no slots to start it from", t.Version)
 	}
-	return j.measureLoaded(ctx, p.Client)
+	return j.LoadCommitted(ctx, j.Slots)
 }
 
 // measureLoaded measures the default version of every model a runtime has loaded.
@@ -546,7 +564,7 @@ func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollbac
 		return err
 	}
 	if st.Active == "" || st.Current == nil {
-		_, err := j.Runtimes.Start(ctx, "", false)
+		_, err := j.Runtimes.Start(ctx, nil, false)
 		return err
 	}
 	cur := st.Current
@@ -554,20 +572,21 @@ func (j *RuntimeJudge) startCommittedRuntime(ctx context.Context, slots *rollbac
 	if err != nil {
 		return err
 	}
-	lib := slots.Payload(artifact.KindRuntime, st.Active)
-	sum, err := artifact.FileSHA256(lib)
+	lib, err := SealLibrary(slots.Payload(artifact.KindRuntime, st.Active))
 	if err != nil {
 		return fmt.Errorf("committed runtime %s %s: %w", name, cur.Version, err)
 	}
-	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, cur.Version, sum, ""); err != nil {
+	defer lib.Close()
+	if err := j.Log.Measure(ctx, string(artifact.KindRuntime), name, cur.Version, lib.SHA256, ""); err != nil {
 		return err
 	}
-	if sum != cur.SHA256 {
+	start := lib
+	if lib.SHA256 != cur.SHA256 {
 		j.logger().Error("the committed runtime library changed on disk since its commit: measured as found, default library started",
-			"runtime", name, "version", cur.Version, "sha256", sum, "committed", cur.SHA256)
-		lib = ""
+			"runtime", name, "version", cur.Version, "sha256", lib.SHA256, "committed", cur.SHA256)
+		start = nil
 	}
-	_, err = j.Runtimes.Start(ctx, lib, false)
+	_, err = j.Runtimes.Start(ctx, start, false)
 	return err
 }
 

@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
@@ -378,8 +377,8 @@ func (p *RuntimeProc) killed() bool {
 type RuntimeProc struct {
 	// Client calls its control API.
 	Client *runtimeapi.Client
-	// Lib is the ONNX Runtime library it was started with ("" = its default), SHA256 the
-	// digest of that file's bytes when it was started.
+	// Lib is the file the ONNX Runtime library it runs was read from ("" = its
+	// default), SHA256 the digest of the sealed bytes it loaded (SealLibrary).
 	Lib, SHA256 string
 	sock        string
 	cmd         *exec.Cmd
@@ -388,17 +387,14 @@ type RuntimeProc struct {
 	held        bool // started as the serving process during a restart, held until restart calls Serve
 }
 
-// Start starts a runtime process with the ONNX Runtime library lib ("" = the runtime's
-// default, $ONNXRUNTIME_LIB) and waits until its control API answers. With hold it does
-// not accept public connections until Serve.
-func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimeProc, error) {
-	p := &RuntimeProc{Lib: lib, done: make(chan struct{})}
-	if lib != "" {
-		sum, err := artifact.FileSHA256(lib)
-		if err != nil {
-			return nil, fmt.Errorf("runtime library: %w", err)
-		}
-		p.SHA256 = sum
+// Start starts a runtime process with the sealed ONNX Runtime library lib (nil = the
+// runtime's default, $ONNXRUNTIME_LIB), which it loads from an inherited descriptor,
+// and waits until its control API answers. With hold it does not accept public
+// connections until Serve. The caller still closes lib.
+func (r *Runtimes) Start(ctx context.Context, lib *Library, hold bool) (*RuntimeProc, error) {
+	p := &RuntimeProc{done: make(chan struct{})}
+	if lib != nil {
+		p.Lib, p.SHA256 = lib.Path, lib.SHA256
 	}
 	f, err := r.Listener.File()
 	if err != nil {
@@ -424,8 +420,9 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	if r.GRPCListener != nil {
 		args = append(args, "--grpc-listen-fd", "4")
 	}
-	if lib != "" {
-		args = append(args, "--ort-lib", lib)
+	if lib != nil {
+		files = append(files, lib.f)
+		args = append(args, "--ort-lib", fmt.Sprintf("/proc/self/fd/%d", 3+len(files)-1))
 	}
 	if hold || p.held {
 		args = append(args, "--hold")
@@ -434,7 +431,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 		args = append(args, "--log-format", r.LogFormat)
 	}
 	cmd := exec.Command(r.Binary, args...)
-	cmd.ExtraFiles = files // fd 3, then fd 4
+	cmd.ExtraFiles = files // fd 3, then fd 4 (gRPC), then the library
 	cmd.Stdout, cmd.Stderr = r.stderr(), r.stderr()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the agent
 	if err := cmd.Start(); err != nil {
@@ -459,7 +456,7 @@ func (r *Runtimes) Start(ctx context.Context, lib string, hold bool) (*RuntimePr
 	}
 	r.all[p] = true
 	r.mu.Unlock()
-	r.log().Info("runtime started", "pid", cmd.Process.Pid, "lib", lib, "hold", hold)
+	r.log().Info("runtime started", "pid", cmd.Process.Pid, "lib", p.Lib, "sha256", p.SHA256, "hold", hold)
 	if err := p.waitControl(ctx, 30*time.Second); err != nil {
 		r.Stop(p)
 		return nil, err

@@ -561,7 +561,7 @@ func TestRuntimeKilledIsNotJudged(t *testing.T) {
 		transient bool
 	}{{killer, true}, {failer, false}} {
 		r := &Runtimes{Binary: tc.bin, Listener: ln.(*net.TCPListener), Dir: dir, Stderr: io.Discard}
-		_, err := r.Start(context.Background(), "", true)
+		_, err := r.Start(context.Background(), nil, true)
 		if err == nil {
 			t.Fatalf("Start(%s) = nil; want an error", filepath.Base(tc.bin))
 		}
