@@ -18,10 +18,13 @@ type Responder func(dst []byte, r *Request, date []byte) (head, body []byte, ok 
 // Config tunes a Listener. The zero value is net/http's defaults as Edgeward's servers
 // set them.
 type Config struct {
-	// HeaderTimeout bounds the time from the first byte of a request to the end of its
-	// header fields (0: 10 seconds), IdleTimeout the wait for a connection's next request
-	// and for a client to take a response (0: 2 minutes): the http.Server's
-	// ReadHeaderTimeout and IdleTimeout, so that a connection is held as long either way.
+	// HeaderTimeout bounds the time from a connection's accept, or from the first byte
+	// of a later request, to the end of the request's header fields (0: 10 seconds);
+	// IdleTimeout the wait for a connection's next request after a response (0: 2
+	// minutes): the http.Server's ReadHeaderTimeout and IdleTimeout, so that a
+	// connection is held as long either way. IdleTimeout also bounds how long a client
+	// may take to accept each 64 KiB of a response (net/http, without a WriteTimeout,
+	// waits forever).
 	HeaderTimeout, IdleTimeout time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
@@ -35,6 +38,10 @@ const (
 	bufSize = 4 << 10
 	// flushAt is how much of pipelined responses is gathered before a write.
 	flushAt = 32 << 10
+	// writeChunk is how much of a large body is written under one write deadline.
+	writeChunk = 64 << 10
+	// keepOut is the most of a gathering buffer a connection keeps while idle.
+	keepOut = 8 << 10
 	// rearm is how stale a deadline may grow before it is set again: deadlines are set
 	// at most about once a second per connection rather than per request.
 	rearm = time.Second
@@ -52,11 +59,15 @@ type Listener struct {
 	handoff chan net.Conn
 	done    chan struct{}
 
+	doneOnce sync.Once // closes done: at Close, or at an accept error that ends the loop
+
 	mu     sync.Mutex
-	closed bool
-	err    error // the inner listener's accept error that ended it
+	closed bool  // Close was called
+	err    error // the inner listener's accept error that ended the loop
 	conns  map[net.Conn]struct{}
 }
+
+func (l *Listener) finish() { l.doneOnce.Do(func() { close(l.done) }) }
 
 // Listen serves inner's connections with respond until Close.
 func Listen(inner net.Listener, respond Responder, cfg Config) *Listener {
@@ -102,7 +113,7 @@ func (l *Listener) Close() error {
 		return nil
 	}
 	l.closed = true
-	close(l.done)
+	l.finish()
 	past := time.Unix(1, 0)
 	for c := range l.conns {
 		c.SetReadDeadline(past) // its goroutine closes it
@@ -134,12 +145,14 @@ func (l *Listener) acceptLoop() {
 					return
 				}
 			}
+			// The loop ends here; Close (which http.Server.Serve calls as it returns
+			// this error from Accept) still closes the inner listener and what is served.
 			l.mu.Lock()
 			if !l.closed {
-				l.err, l.closed = err, true
-				close(l.done)
+				l.err = err
 			}
 			l.mu.Unlock()
+			l.finish()
 			return
 		}
 		pause = 0
@@ -172,10 +185,11 @@ type conn struct {
 	start, end      int // the unanswered bytes are buf[start:end]
 	out             []byte
 	readBy, writeBy time.Time // the deadlines set
-	headerBy        time.Time // while a request is partly read: when its header is due
+	headerBy        time.Time // when the current request's header is due (zero: none begun)
 	dateSec         int64
 	date            []byte
 	handed          bool
+	answered        bool // a response was written: the wait for the next request is idle
 }
 
 func (l *Listener) serve(c net.Conn) {
@@ -184,6 +198,9 @@ func (l *Listener) serve(c net.Conn) {
 		return
 	}
 	s := &conn{l: l, c: c, buf: make([]byte, bufSize), dateSec: -1}
+	// The first request's header is due HeaderTimeout after the accept, as net/http
+	// has it: a connection that sends nothing is not held for IdleTimeout.
+	s.headerBy = l.cfg.Now().Add(l.cfg.HeaderTimeout)
 	s.run()
 	if !s.handed {
 		l.untrack(c)
@@ -209,6 +226,8 @@ func (s *conn) run() {
 				return
 			}
 			s.start += n
+			s.headerBy = time.Time{} // the next request has its own HeaderTimeout
+			s.answered = true
 			s.out = head
 			if len(body) > flushAt {
 				if !s.write(body) {
@@ -227,7 +246,9 @@ func (s *conn) run() {
 		switch {
 		case s.start == s.end:
 			s.start, s.end = 0, 0
-			s.headerBy = time.Time{}
+			if cap(s.out) > keepOut {
+				s.out = nil // a burst's buffer is not kept while idle
+			}
 		case s.end == len(s.buf):
 			if s.start == 0 {
 				s.handOver() // a request longer than the buffer: net/http reads it
@@ -247,14 +268,14 @@ func (s *conn) run() {
 	}
 }
 
-// armRead sets the read deadline for what is awaited: the next request (idle) or the
-// rest of the current one's header.
+// armRead sets the read deadline for what is awaited: the next request after a response
+// (idle), or the rest of the current request's header.
 func (s *conn) armRead() bool {
 	now := s.l.cfg.Now()
 	var by time.Time
-	if s.start == s.end {
+	if s.start == s.end && s.answered && s.headerBy.IsZero() {
 		by = now.Add(s.l.cfg.IdleTimeout)
-		if by.Sub(s.readBy) < rearm && !s.readBy.IsZero() {
+		if !s.readBy.IsZero() && by.Sub(s.readBy) < s.rearm() {
 			return true
 		}
 	} else {
@@ -277,21 +298,42 @@ func (s *conn) armRead() bool {
 	return s.c.SetReadDeadline(by) == nil
 }
 
-// write writes the gathered responses and then body (writev when both).
+// rearm is how stale an idle or write deadline may grow before it is set again.
+func (s *conn) rearm() time.Duration { return min(rearm, s.l.cfg.IdleTimeout/8) }
+
+// armWrite gives the next write IdleTimeout, re-arming the deadline only when it has
+// grown stale (force: always, for each chunk of a large body).
+func (s *conn) armWrite(force bool) bool {
+	by := s.l.cfg.Now().Add(s.l.cfg.IdleTimeout)
+	if !force && !s.writeBy.IsZero() && by.Sub(s.writeBy) < s.rearm() {
+		return true
+	}
+	s.writeBy = by
+	return s.c.SetWriteDeadline(by) == nil
+}
+
+// write writes the gathered responses and then body. A large body goes out a chunk at
+// a time, each with its own deadline, so that a slow client is cut off only when it
+// stops reading, not because the whole body takes long.
 func (s *conn) write(body []byte) bool {
-	now := s.l.cfg.Now()
-	if by := now.Add(s.l.cfg.IdleTimeout); s.writeBy.IsZero() || by.Sub(s.writeBy) >= rearm {
-		if s.c.SetWriteDeadline(by) != nil {
-			return false
-		}
-		s.writeBy = by
+	if !s.armWrite(false) {
+		return false
 	}
 	var err error
 	if len(body) == 0 {
 		_, err = s.c.Write(s.out)
 	} else {
-		bufs := net.Buffers{s.out, body}
+		first := min(len(body), writeChunk)
+		bufs := net.Buffers{s.out, body[:first]}
 		_, err = bufs.WriteTo(s.c)
+		for rest := body[first:]; err == nil && len(rest) > 0; {
+			n := min(len(rest), writeChunk)
+			if !s.armWrite(true) {
+				return false
+			}
+			_, err = s.c.Write(rest[:n])
+			rest = rest[n:]
+		}
 	}
 	if cap(s.out) > 2*flushAt {
 		s.out = nil // a burst's buffer is not kept for the connection's life

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -281,4 +282,174 @@ func TestHandedConnection(t *testing.T) {
 	if err != nil || string(b) != "file contents" {
 		t.Fatalf("client read %q, %v", b, err)
 	}
+}
+
+// bothServers serves the same handler through net/http alone and through a Listener
+// with the same timeouts, and returns their addresses.
+func bothServers(t *testing.T, cfg Config) (plain, quick string) {
+	t.Helper()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "net/http %s", r.URL.Path) })
+	for _, q := range []bool{false, true} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		if q {
+			ln = Listen(ln, answerQ, cfg)
+			quick = addr
+		} else {
+			plain = addr
+		}
+		hs := &http.Server{Handler: h, ReadHeaderTimeout: cfg.HeaderTimeout, IdleTimeout: cfg.IdleTimeout}
+		done := make(chan struct{})
+		go func() { hs.Serve(ln); close(done) }()
+		t.Cleanup(func() { hs.Close(); <-done })
+	}
+	return plain, quick
+}
+
+// TestSilentConnectionHeldAsByNetHTTP: a connection that sends nothing is closed after
+// HeaderTimeout from its accept, as net/http closes it, not after IdleTimeout.
+func TestSilentConnectionHeldAsByNetHTTP(t *testing.T) {
+	plain, quick := bothServers(t, Config{HeaderTimeout: 300 * time.Millisecond, IdleTimeout: 5 * time.Second})
+	held := func(addr string) time.Duration {
+		c := dial(t, addr)
+		start := time.Now()
+		expectClosed(t, c, 10*time.Second)
+		return time.Since(start)
+	}
+	dp, dq := held(plain), held(quick)
+	if dq > dp+time.Second {
+		t.Fatalf("a silent connection is held %v; net/http holds it %v", dq, dp)
+	}
+}
+
+// TestPipelinedRequestHasItsOwnHeaderTimeout: a request whose first bytes came with the
+// end of the previous one gets a whole HeaderTimeout of its own.
+func TestPipelinedRequestHasItsOwnHeaderTimeout(t *testing.T) {
+	plain, quick := bothServers(t, Config{HeaderTimeout: 400 * time.Millisecond, IdleTimeout: 5 * time.Second})
+	for _, addr := range []string{plain, quick} {
+		c := dial(t, addr)
+		io.WriteString(c, "GET /q1 HTTP/1.1\r\n")
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(c, "Host: a\r\n\r\nGET /q2 HTTP/1.1\r\n")
+		time.Sleep(300 * time.Millisecond) // 600 ms after /q1 began, 300 ms into /q2
+		io.WriteString(c, "Host: a\r\n\r\n")
+		got := readBodies(t, c, 2)
+		if !strings.HasSuffix(got[1], "/q2") && !strings.HasSuffix(got[1], "/q2 ") {
+			t.Fatalf("%s: %q", addr, got)
+		}
+	}
+}
+
+// TestShortIdleTimeoutKeepsActiveConnections: with an IdleTimeout shorter than the
+// re-arming period, a connection that keeps asking is not cut off.
+func TestShortIdleTimeoutKeepsActiveConnections(t *testing.T) {
+	_, addr := serveBoth(t, Config{HeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}, nil)
+	c := dial(t, addr)
+	for range 10 { // one request every 100 ms for a second
+		io.WriteString(c, "GET /q HTTP/1.1\r\nHost: a\r\n\r\n")
+		readBodies(t, c, 1)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// smallSendBuffers gives every accepted connection a small send buffer, so that a large
+// response waits on its reader rather than on the kernel's buffering.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	}
+	return c, err
+}
+
+// TestSlowReaderGetsTheWholeBody: a client that reads a large response slowly but
+// steadily, taking several IdleTimeouts in all, gets all of it; the write deadline
+// bounds each chunk, not the whole body.
+func TestSlowReaderGetsTheWholeBody(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	huge := []byte(strings.Repeat("h", size))
+	l := Listen(smallSendBuffers{inner}, func(dst []byte, r *Request, date []byte) ([]byte, []byte, bool) {
+		return fmt.Appendf(dst, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nDate: %s\r\n\r\n", size, date), huge, true
+	}, Config{IdleTimeout: 300 * time.Millisecond})
+	defer l.Close()
+	c := dial(t, inner.Addr().String())
+	c.(*net.TCPConn).SetReadBuffer(16 << 10)
+	io.WriteString(c, "GET /huge HTTP/1.1\r\nHost: a\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReaderSize(c, 4<<10), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	buf := make([]byte, 16<<10)
+	start := time.Now()
+	for {
+		m, err := resp.Body.Read(buf)
+		n += m
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes in %v: %v", n, time.Since(start), err)
+		}
+		time.Sleep(10 * time.Millisecond) // at most 1.6 MB/s: the body takes twice IdleTimeout or more
+	}
+	if n != size {
+		t.Fatalf("read %d bytes, want %d", n, size)
+	}
+	t.Logf("%d bytes in %v with IdleTimeout 300ms", n, time.Since(start))
+}
+
+// failingListener fails every Accept once fail is set; it records its Close.
+type failingListener struct {
+	net.Listener
+	fail, closed atomic.Bool
+}
+
+func (f *failingListener) Accept() (net.Conn, error) {
+	c, err := f.Listener.Accept()
+	if f.fail.Load() {
+		if c != nil {
+			c.Close()
+		}
+		return nil, errors.New("permanent accept failure")
+	}
+	return c, err
+}
+
+func (f *failingListener) Close() error { f.closed.Store(true); return f.Listener.Close() }
+
+// TestCloseAfterAcceptError: after the inner listener fails for good, Serve returns its
+// error, and the Close it makes still closes the inner listener and ends the
+// connections served here.
+func TestCloseAfterAcceptError(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &failingListener{Listener: inner}
+	l := Listen(fl, answerQ, Config{})
+	hs := &http.Server{Handler: http.NotFoundHandler()}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(l) }()
+	c := dial(t, inner.Addr().String())
+	io.WriteString(c, "GET /q1 HTTP/1.1\r\nHost: a\r\n\r\n")
+	readBodies(t, c, 1)
+	fl.fail.Store(true)
+	dial(t, inner.Addr().String()) // its accept fails
+	if err := <-served; err == nil || !strings.Contains(err.Error(), "permanent accept failure") {
+		t.Fatalf("Serve = %v; want the accept error", err)
+	}
+	if !fl.closed.Load() {
+		t.Error("the inner listener was not closed")
+	}
+	expectClosed(t, c, 5*time.Second)
 }

@@ -56,7 +56,7 @@ func Parse(b []byte) (r Request, n int, more bool) {
 		}
 	}
 	r.Path = target
-	hosts := 0
+	hosts, inms := 0, 0
 	for {
 		line, rest, ok = cutLine(rest)
 		if !ok {
@@ -81,7 +81,7 @@ func Parse(b []byte) (r Request, n int, more bool) {
 				return Request{}, 0, false
 			}
 		case fieldIfNoneMatch:
-			if r.IfNoneMatch != nil {
+			if inms++; inms > 1 {
 				return Request{}, 0, false
 			}
 			r.IfNoneMatch = value

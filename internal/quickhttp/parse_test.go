@@ -46,6 +46,7 @@ func TestParse(t *testing.T) {
 		{name: "empty Host", in: ts + "Host:\r\n\r\n"},
 		{name: "Host with a slash", in: ts + "Host: a/b\r\n\r\n"},
 		{name: "two If-None-Match", in: ts + "Host: a\r\nIf-None-Match: \"a\"\r\nIf-None-Match: \"b\"\r\n\r\n"},
+		{name: "an empty If-None-Match, then another", in: ts + "Host: a\r\nIf-None-Match:  \r\nIf-None-Match: \"b\"\r\n\r\n"},
 		{name: "Connection: close", in: ts + "Host: a\r\nConnection: close\r\n\r\n"},
 		{name: "Connection: upgrade", in: ts + "Host: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"},
 		{name: "Content-Length", in: ts + "Host: a\r\nContent-Length: 5\r\n\r\nhello"},
