@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -173,7 +174,22 @@ func TestAgentCrash(t *testing.T) {
 	if err := f.srv.WaitTrusted(f.ctx, wait, f.devs, since); err != nil {
 		t.Fatal(err)
 	}
-	reps := f.reports("vib-1.1.0")
+	// The report of a commit a kill interrupted is sent by the restarted agent after the
+	// check-in that shows the version: wait for every device's, then count them.
+	var reps map[string][]wire.Report
+	err := lab.WaitFor(f.ctx, wait, "every device's committed report of vib-1.1.0", func(context.Context) (bool, string, error) {
+		reps = f.reports("vib-1.1.0")
+		missing := 0
+		for _, d := range f.devs {
+			if !slices.ContainsFunc(reps[d.ID], func(r wire.Report) bool { return r.Outcome == wire.OutcomeCommitted }) {
+				missing++
+			}
+		}
+		return missing == 0, fmt.Sprint(missing, " devices without one"), nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
 	for i, d := range f.devs {
 		if _, err := d.WaitServing(f.ctx, wait, "1.1.0"); err != nil {
 			t.Error(err)
