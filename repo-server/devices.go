@@ -58,6 +58,11 @@ type DeviceConfig struct {
 	// PlanInterval is how often rollouts are re-planned (soak times, approvals);
 	// 0: 5 seconds. Reports also trigger a plan at once.
 	PlanInterval time.Duration
+	// Retention, when positive, is how long the fleet's history is kept: the leader
+	// deletes verdicts, decisions and install reports older than that
+	// (fleet.Store.Prune) at start and every RetentionInterval (0: one hour). 0 keeps
+	// them forever. The audit log is never pruned.
+	Retention, RetentionInterval time.Duration
 	// DontQuarantine disables quarantining a device whose evidence does not verify
 	// (by default it stays quarantined until an operator releases it).
 	DontQuarantine bool
@@ -104,6 +109,7 @@ type deviceAPI struct {
 	checkins *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	pruned   *prometheus.CounterVec // rows deleted by retention, by table
 }
 
 // isDeviceID is the fleet store's check of a device ID (fleet.IsDeviceID): the device
@@ -151,7 +157,10 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	d.refusals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeward_device_refusals_total", Help: "Refused device check-ins by HTTP status (every one, though the audit log aggregates them per source and interval).",
 	}, []string{"code"})
-	s.reg.MustRegister(d.checkins, d.verdicts, d.refusals)
+	d.pruned = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "edgeward_fleet_pruned_rows_total", Help: "Rows of the fleet's history deleted by the retention policy (--retain), by table.",
+	}, []string{"table"})
+	s.reg.MustRegister(d.checkins, d.verdicts, d.refusals, d.pruned)
 	s.mux.Handle("GET "+wire.PathDeviceCA, s.count("device", http.HandlerFunc(d.deviceCA)))
 	s.mux.Handle("POST "+wire.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
 	s.mux.Handle("POST "+wire.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
@@ -741,6 +750,47 @@ func certifiedDecryptionKey(ev wire.Evidence, bound []byte) (*ecdh.PublicKey, er
 func (d *deviceAPI) plan(ctx context.Context, p *policy.Policy, now time.Time) {
 	if _, err := d.fleet.PlanRollouts(ctx, p, now); err != nil {
 		d.s.log.Error("plan rollouts", "err", err)
+	}
+}
+
+// runRetention applies the retention policy (DeviceConfig.Retention) at once and then
+// every RetentionInterval, on the leader only, until ctx ends.
+func (d *deviceAPI) runRetention(ctx context.Context) {
+	every := d.cfg.RetentionInterval
+	if every <= 0 {
+		every = time.Hour
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		d.pruneOnce(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// pruneOnce deletes the fleet's history older than the retention, when this replica
+// leads (two replicas pruning at once would only repeat each other's deletes).
+func (d *deviceAPI) pruneOnce(ctx context.Context) {
+	if _, leader := d.s.Leader(ctx); !leader {
+		return
+	}
+	before := d.s.cfg.Repo.Now().Add(-d.cfg.Retention)
+	p, err := d.fleet.Prune(ctx, before)
+	d.pruned.WithLabelValues("verdicts").Add(float64(p.Verdicts))
+	d.pruned.WithLabelValues("decisions").Add(float64(p.Decisions))
+	d.pruned.WithLabelValues("reports").Add(float64(p.Reports))
+	if err != nil {
+		if ctx.Err() == nil {
+			d.s.log.Error("retention: prune the fleet's history", "before", before, "err", err)
+		}
+		return
+	}
+	if p != (fleet.Pruned{}) {
+		d.s.log.Info("retention: pruned the fleet's history", "before", before, "verdicts", p.Verdicts, "decisions", p.Decisions, "reports", p.Reports)
 	}
 }
 

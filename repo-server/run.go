@@ -85,6 +85,10 @@ type Config struct {
 	PolicyDir string
 	// CheckInInterval is suggested to devices. 0: 30 seconds.
 	CheckInInterval time.Duration
+	// Retention is how long the fleet's history (attestation verdicts, routing
+	// decisions, install reports of finished rollouts) is kept; 0: forever
+	// (DeviceConfig.Retention).
+	Retention time.Duration
 	// MeasurementPCR is the PCR devices measure artifacts into (must match the agents'
 	// --pcr). 0: 16 (development; production uses 23).
 	MeasurementPCR int
@@ -241,7 +245,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv.Handle("/ui/", dash.Handler())
 
-	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
+	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, Retention: cfg.Retention, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
 		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, store, srv.cfg.Replica, log)

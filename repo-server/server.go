@@ -219,6 +219,9 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 	go s.runCheckpointer(ctx)
 	if s.devices != nil {
 		go s.devices.runPlanner(ctx)
+		if s.devices.cfg.Retention > 0 {
+			go s.devices.runRetention(ctx)
+		}
 	}
 	defer func() {
 		s.auditMu.Lock()

@@ -50,6 +50,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
+	retain := fs.Duration("retain", 0, "keep the fleet's history this long (e.g. 2160h for 90 days): attestation verdicts, routing decisions and the install reports of finished rollouts older than that are deleted hourly by the leader; 0 keeps them forever. Each device's current state, the rollouts and the audit log are never pruned")
 	pcr := fs.Int("measurement-pcr", 16, "the PCR devices measure artifacts into: 16 in development, 23 in production (must match the agents' --pcr)")
 	tlsListen := fs.String("tls-listen", "", "also serve HTTPS here and require devices to use mTLS with certificates from the device CA (embedded step-ca unless --ca-url)")
 	tlsNames := fs.String("tls-names", "localhost,127.0.0.1", "names in the server's TLS certificate (comma-separated DNS names or IPs)")
@@ -79,6 +80,9 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	if strings.TrimSpace(*listen) == "" {
 		return errors.New("--listen: an empty address would bind every interface; give host:port, or 'off' for no plain-HTTP listener")
 	}
+	if *retain < 0 {
+		return errors.New("--retain: a negative duration")
+	}
 	var trusted []netip.Prefix
 	for _, p := range proxies {
 		for _, one := range strings.Split(p, ",") {
@@ -93,7 +97,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		PlainOperators: *plainOps, PlainDevices: *plainDevices,
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
-		PolicyDir: *policyDir, CheckInInterval: *checkIn, MeasurementPCR: *pcr, RefreshInterval: *refresh,
+		PolicyDir: *policyDir, CheckInInterval: *checkIn, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
 		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger,
 	}

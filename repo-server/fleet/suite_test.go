@@ -51,6 +51,7 @@ var storeSuite = []struct {
 	{"HostileDeviceCannotPauseRollout", testHostileDeviceCannotPauseRollout},
 	{"Collector", testCollector},
 	{"DeviceVerdictsAndCounts", testDeviceVerdictsAndCounts},
+	{"Prune", testPrune},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
 	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},

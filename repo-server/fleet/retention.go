@@ -1,0 +1,66 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Pruned counts the rows Prune deleted.
+type Pruned struct {
+	Verdicts, Decisions, Reports int64
+}
+
+// pruneBatch is how many rows one DELETE statement removes: each batch is its own short
+// transaction, so check-ins (which write the same tables) wait for one batch at most,
+// never for the whole history.
+const pruneBatch = 5000
+
+// Prune deletes the fleet's history from before before, the retention policy's
+// horizon: attestation verdicts (one per check-in; the device's current verdict stays
+// on its row), routing decisions but the newest of each device, and install reports
+// but those of rollouts still running (not completed or aborted), whose KPIs and wave
+// counts read them. What the planner counts waves from (each device's latest report per
+// rollout, rollout_latest), rollouts, their events and the audit log are kept: the
+// audit log is hash-chained and is never pruned. It deletes in batches of pruneBatch
+// rows and stops between batches when ctx ends, returning what it deleted so far.
+func (s *Store) Prune(ctx context.Context, before time.Time) (Pruned, error) {
+	return s.prune(ctx, before, pruneBatch)
+}
+
+// prune is Prune with batch rows per statement.
+func (s *Store) prune(ctx context.Context, before time.Time, batch int) (Pruned, error) {
+	var p Pruned
+	at := ns(before)
+	steps := []struct {
+		what  string
+		n     *int64
+		query string
+	}{
+		{"verdicts", &p.Verdicts, `DELETE FROM verdicts WHERE seq IN (SELECT seq FROM verdicts WHERE at < ? LIMIT ?)`},
+		{"decisions", &p.Decisions, `DELETE FROM decisions WHERE seq IN (SELECT seq FROM decisions WHERE at < ?
+			AND seq NOT IN (SELECT max(seq) FROM decisions GROUP BY device_id) LIMIT ?)`},
+		{"reports", &p.Reports, `DELETE FROM reports WHERE seq IN (SELECT seq FROM reports WHERE at < ?
+			AND rollout_id NOT IN (SELECT id FROM rollouts WHERE status NOT IN ('completed', 'aborted')) LIMIT ?)`},
+	}
+	for _, st := range steps {
+		for {
+			if err := ctx.Err(); err != nil {
+				return p, fmt.Errorf("prune %s: %w", st.what, err)
+			}
+			res, err := s.db.ExecContext(ctx, st.query, at, batch)
+			if err != nil {
+				return p, fmt.Errorf("prune %s: %w", st.what, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return p, fmt.Errorf("prune %s: %w", st.what, err)
+			}
+			*st.n += n
+			if n < int64(batch) {
+				break
+			}
+		}
+	}
+	return p, nil
+}
