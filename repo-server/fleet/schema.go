@@ -189,7 +189,7 @@ var migrations = []string{
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX rate_limits_expiry ON rate_limits(expires_at);
 	CREATE INDEX rate_limits_at ON rate_limits(at);`,
-	// 13: retention (Store.Prune) finds the reports before its horizon through an index,
+	// 14: retention (Store.Prune) finds the reports before its horizon through an index,
 	// as it finds verdicts and decisions (verdicts_at, decisions_at).
 	`CREATE INDEX reports_at ON reports(at);`,
 }
