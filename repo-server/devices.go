@@ -783,6 +783,7 @@ func (d *deviceAPI) pruneOnce(ctx context.Context) {
 	d.pruned.WithLabelValues("verdicts").Add(float64(p.Verdicts))
 	d.pruned.WithLabelValues("decisions").Add(float64(p.Decisions))
 	d.pruned.WithLabelValues("reports").Add(float64(p.Reports))
+	d.pruned.WithLabelValues("report_marks").Add(float64(p.ReportMarks))
 	if err != nil {
 		if ctx.Err() == nil {
 			d.s.log.Error("retention: prune the fleet's history", "before", before, "err", err)
@@ -790,7 +791,7 @@ func (d *deviceAPI) pruneOnce(ctx context.Context) {
 		return
 	}
 	if p != (fleet.Pruned{}) {
-		d.s.log.Info("retention: pruned the fleet's history", "before", before, "verdicts", p.Verdicts, "decisions", p.Decisions, "reports", p.Reports)
+		d.s.log.Info("retention: pruned the fleet's history", "before", before, "verdicts", p.Verdicts, "decisions", p.Decisions, "reports", p.Reports, "report_marks", p.ReportMarks)
 	}
 }
 

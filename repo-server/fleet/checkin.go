@@ -162,7 +162,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			return err
 		}
 		for _, rid := range out.Seen {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO device_reports_seen (device_id, id) VALUES (?, ?)`, id, rid); err != nil {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO device_reports_seen (device_id, id, at) VALUES (?, ?, ?)`, id, rid, ns(a.Now)); err != nil {
 				return fmt.Errorf("mark report %s: %w", rid, err)
 			}
 		}

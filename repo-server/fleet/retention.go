@@ -8,7 +8,7 @@ import (
 
 // Pruned counts the rows Prune deleted.
 type Pruned struct {
-	Verdicts, Decisions, Reports int64
+	Verdicts, Decisions, Reports, ReportMarks int64
 }
 
 // pruneBatch is how many rows one DELETE statement removes: each batch is its own short
@@ -18,9 +18,10 @@ const pruneBatch = 5000
 
 // Prune deletes the fleet's history from before before, the retention policy's
 // horizon: attestation verdicts (one per check-in; the device's current verdict stays
-// on its row), routing decisions but the newest of each device, and install reports
-// but those of rollouts still running (not completed or aborted), whose KPIs and wave
-// counts read them. What the planner counts waves from (each device's latest report per
+// on its row), routing decisions but the newest of each device, install reports but
+// those of rollouts still running (not completed or aborted), whose KPIs and wave
+// counts read them, and the reports' deduplication marks (those stored before schema
+// version 15 carry no time and stay). What the planner counts waves from (each device's latest report per
 // rollout, rollout_latest), rollouts, their events and the audit log are kept: the
 // audit log is hash-chained and is never pruned. It deletes in batches of pruneBatch
 // rows and stops between batches when ctx ends, returning what it deleted so far.
@@ -42,6 +43,10 @@ func (s *Store) prune(ctx context.Context, before time.Time, batch int) (Pruned,
 			AND seq NOT IN (SELECT max(seq) FROM decisions GROUP BY device_id) LIMIT ?)`},
 		{"reports", &p.Reports, `DELETE FROM reports WHERE seq IN (SELECT seq FROM reports WHERE at < ?
 			AND rollout_id NOT IN (SELECT id FROM rollouts WHERE status NOT IN ('completed', 'aborted')) LIMIT ?)`},
+		// A device retries a report until the server has stored it, which is minutes,
+		// not a retention period: a mark older than the horizon deduplicates nothing.
+		{"report marks", &p.ReportMarks, `DELETE FROM device_reports_seen WHERE (device_id, id) IN
+			(SELECT device_id, id FROM device_reports_seen WHERE at > 0 AND at < ? LIMIT ?)`},
 	}
 	for _, st := range steps {
 		for {

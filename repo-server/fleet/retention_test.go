@@ -59,12 +59,22 @@ func testPrune(t *testing.T, db opener) {
 		return n
 	}
 	latest := count("rollout_latest")
+	marks := count("device_reports_seen")
+	// Report marks: one old, one recent, one from before marks had a time (kept).
+	for _, m := range []struct {
+		id string
+		at int64
+	}{{"old", ns(h(0))}, {"new", ns(h(3))}, {"legacy", 0}} {
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO device_reports_seen (device_id, id, at) VALUES ('a', ?, ?)`, m.id, m.at); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	got, err := s.prune(ctx, h(2), 1) // one row per statement: the batches loop
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Pruned{Verdicts: 3, Decisions: 1, Reports: 2}); got != want {
+	if want := (Pruned{Verdicts: 3, Decisions: 1, Reports: 2, ReportMarks: 1}); got != want {
 		t.Errorf("prune = %+v; want %+v", got, want)
 	}
 	vs, err := s.DeviceVerdicts(ctx, "a", time.Time{}, 10)
@@ -97,6 +107,9 @@ func testPrune(t *testing.T, db opener) {
 	}
 	if n := count("rollout_latest"); n != latest {
 		t.Errorf("rollout_latest holds %d rows after prune; want %d (the planner's counts untouched)", n, latest)
+	}
+	if n := count("device_reports_seen"); n != marks+2 {
+		t.Errorf("%d report marks after prune; want %d (the recent and the legacy kept)", n, marks+2)
 	}
 	if n := count("rollouts"); n != 2 {
 		t.Errorf("%d rollouts after prune; want 2", n)

@@ -192,6 +192,10 @@ var migrations = []string{
 	// 14: retention (Store.Prune) finds the reports before its horizon through an index,
 	// as it finds verdicts and decisions (verdicts_at, decisions_at).
 	`CREATE INDEX reports_at ON reports(at);`,
+	// 15: a report's deduplication mark records when it was stored, so that retention
+	// prunes marks too (0: a mark stored before this migration, kept).
+	`ALTER TABLE device_reports_seen ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX device_reports_seen_at ON device_reports_seen(at);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,
