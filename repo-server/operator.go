@@ -311,7 +311,10 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, o.cfg.MaxPublishBytes)
+	// The upload may take long (GiBs): from here the body's deadline moves with it,
+	// BodyTimeout for each read rather than for the whole body, so a stalled upload
+	// still ends.
+	body := http.MaxBytesReader(w, &progressBody{r: r.Body, rc: http.NewResponseController(w), d: o.s.bodyTimeout()}, o.cfg.MaxPublishBytes)
 	p := principal(r)
 	repo := o.s.cfg.Repo.WithActor(p.Actor())
 	// One publisher at a time across replicas: the server's repository holds the

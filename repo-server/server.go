@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -49,8 +50,9 @@ type ServerConfig struct {
 	// RefusalInterval is the window over which refused device requests from one source
 	// are aggregated into one audit record. 0: one minute.
 	RefusalInterval time.Duration
-	// BodyTimeout bounds how long a request's body may take to arrive, publication
-	// uploads excepted (they may be GiBs). 0: 30 seconds. With ReadHeaderTimeout and an
+	// BodyTimeout bounds how long a request's body may take to arrive; a publication's
+	// upload (it may be GiBs), once authenticated and checked, how long each read of
+	// it may wait instead. 0: 30 seconds. With ReadHeaderTimeout and an
 	// idle timeout of two minutes, a client that opens connections and trickles bytes
 	// (or sends nothing more) cannot hold them, and what the server set aside for them,
 	// for ever.
@@ -264,19 +266,20 @@ func (s *Server) ServeListenerWith(ctx context.Context, ln net.Listener, h http.
 	return err
 }
 
-// bodyDeadline gives every request body but a publication's upload BodyTimeout to
-// arrive: a body that has not arrived by then fails its read, and the connection
+// bodyDeadline gives every request body BodyTimeout to arrive (a publication's upload,
+// once its request is authenticated and checked, gets it per read: progressBody): a body that has not arrived by then fails its read, and the connection
 // closes. A request without a body gets no deadline, and net/http lifts this one when
 // the body has been read to its end, before it reads the connection in the background
 // to see the client go (where a deadline passing would cancel the request's context and
 // cut a long export or a slow download off; TestBodyDeadlineLiftedOnceRead).
 func (s *Server) bodyDeadline(h http.Handler) http.Handler {
-	d := s.cfg.BodyTimeout
-	if d <= 0 {
-		d = 30 * time.Second
-	}
+	d := s.bodyTimeout()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body != nil && r.Body != http.NoBody && !(r.Method == http.MethodPost && r.URL.Path == "/v1/publish") {
+		// A publication's upload too: until its handler has authenticated and checked
+		// it and moves to a deadline per read (operatorAPI.publish), a refused request
+		// whose body never comes must not hold its connection (net/http tries to
+		// drain an unread body before answering, without a deadline of its own).
+		if r.Body != nil && r.Body != http.NoBody {
 			// Not every ResponseWriter can (a test's recorder); then there is no socket
 			// to guard.
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(d))
@@ -284,6 +287,29 @@ func (s *Server) bodyDeadline(h http.Handler) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// bodyTimeout is ServerConfig.BodyTimeout with its default.
+func (s *Server) bodyTimeout() time.Duration {
+	if s.cfg.BodyTimeout <= 0 {
+		return 30 * time.Second
+	}
+	return s.cfg.BodyTimeout
+}
+
+// progressBody is a request body whose read deadline is d from each read: a body
+// that keeps arriving, however slowly, is read to its end; one that stops for d fails.
+type progressBody struct {
+	r  io.ReadCloser
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.d)) // a test's recorder has no socket
+	return b.r.Read(p)
+}
+
+func (b *progressBody) Close() error { return b.r.Close() }
 
 // RunRefresher re-signs timestamp and snapshot before they expire, until ctx ends.
 func (s *Server) RunRefresher(ctx context.Context) {
@@ -347,6 +373,11 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (read and write deadlines,
+// flushes) through the counting wrapper; without it every such call behind count
+// failed with ErrNotSupported.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *Server) count(route string, h http.Handler) http.Handler {
 	return s.counted(newCodeCounter(s.requests, route), h)
