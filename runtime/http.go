@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -428,20 +429,34 @@ func (r *Runtime) handleDrift(w http.ResponseWriter, req *http.Request) {
 }
 
 // readBody reads at most max bytes of the request body; a larger body is ErrInvalid. A
-// body of known length is read into one buffer of that size, buf's memory when it is
-// large enough.
+// body of known length is read into buf's memory when it is large enough; otherwise
+// into a buffer that grows, doubling, as the bytes arrive (from 64 KiB up to the
+// length): a client that announces max bytes and sends a few costs 64 KiB while it
+// holds its connection, not max.
 func readBody(w http.ResponseWriter, req *http.Request, max int64, buf []byte) ([]byte, error) {
 	if req.ContentLength > max {
 		return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
 	}
-	if req.ContentLength > 0 {
+	if n := int(req.ContentLength); n > 0 {
 		body := buf[:0]
-		if int64(cap(body)) < req.ContentLength {
-			body = make([]byte, req.ContentLength)
+		if cap(body) < n {
+			body = make([]byte, 0, min(n, initialBodyBuffer))
 		}
-		body = body[:req.ContentLength]
-		if _, err := io.ReadFull(req.Body, body); err != nil {
-			return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+		for len(body) < n {
+			if len(body) == cap(body) {
+				body = slices.Grow(body, min(n-len(body), cap(body)))
+			}
+			m, err := req.Body.Read(body[len(body):min(cap(body), n)])
+			body = body[:len(body)+m]
+			if err == io.EOF && len(body) == n {
+				break
+			}
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+			}
 		}
 		return body, nil
 	}
@@ -457,6 +472,9 @@ func readBody(w http.ResponseWriter, req *http.Request, max int64, buf []byte) (
 }
 
 var errTooLarge = fmt.Errorf("%w: too large", runtimeapi.ErrInvalid)
+
+// initialBodyBuffer is where readBody's buffer for a body of known length starts.
+const initialBodyBuffer = 64 << 10
 
 func decodeBody(w http.ResponseWriter, req *http.Request, max int64, v any) error {
 	body, err := readBody(w, req, max, nil)
