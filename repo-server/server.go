@@ -57,6 +57,11 @@ type ServerConfig struct {
 	// (or sends nothing more) cannot hold them, and what the server set aside for them,
 	// for ever.
 	BodyTimeout time.Duration
+	// StallTimeout bounds how long a target download may wait on a client that takes
+	// nothing: each write of it gets this long (0: 2 minutes). A slow client that keeps
+	// reading gets the whole target, however long it takes; one that stops is cut off,
+	// and what it held (a goroutine, a socket, an open blob) is freed.
+	StallTimeout time.Duration
 	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
 	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
 	Witnesses []string
@@ -465,8 +470,37 @@ func (s *Server) serveTargetPath(w http.ResponseWriter, r *http.Request, p strin
 	h["Content-Type"] = octetStream
 	h["Etag"] = []string{`"` + sum + `"`}
 	h["Cache-Control"] = immutable
-	http.ServeContent(w, r, "", fi.ModTime(), f)
+	rc := http.NewResponseController(w)
+	stall := s.cfg.StallTimeout
+	if stall <= 0 {
+		stall = idleTimeout
+	}
+	http.ServeContent(&stallWriter{ResponseWriter: w, rc: rc, d: stall}, r, "", fi.ModTime(), f)
+	// The connection may serve more requests: no deadline of this one's stays on it.
+	_ = rc.SetWriteDeadline(time.Time{})
 }
+
+// stallWriter gives the writes of a response a deadline that moves with them: d from
+// the latest, re-armed at most every d/8 (a system call per 32 KiB write would cost a
+// GiB download thousands of them). net/http's own WriteTimeout would bound the whole
+// response, which a large target on a slow link cannot meet.
+type stallWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	d       time.Duration
+	armedAt time.Time
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	if now := time.Now(); now.Sub(w.armedAt) >= w.d/8 {
+		// Not every ResponseWriter can (a test's recorder); then there is no socket.
+		_ = w.rc.SetWriteDeadline(now.Add(w.d))
+		w.armedAt = now
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *stallWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // isSHA256Hex reports whether s is 64 lower-case hexadecimal digits.
 func isSHA256Hex(s string) bool {
