@@ -201,15 +201,18 @@ func metaCacheControl(name string) string {
 //     a watcher does not see (another machine writing a shared network file system).
 //     The next request of each file then checks it with one stat(2) as above.
 //
-// Bounded: it is emptied when it holds more than maxEntries files. Safe for concurrent
+// Bounded: it is emptied when it would hold more than maxEntries files or maxCacheBytes
+// of content (any client may ask for every old version of a role, each up to the
+// repository's role size limit). Safe for concurrent
 // use; readers take no lock.
 type metaCache struct {
-	dir     string
-	mu      sync.Mutex // serialises writers
-	entries atomic.Pointer[map[string]*metaFile]
-	watched atomic.Bool
-	gen     atomic.Uint64
-	stats   atomic.Int64 // stat(2) calls, for tests
+	dir      string
+	maxBytes int        // maxCacheBytes; tests set less
+	mu       sync.Mutex // serialises writers
+	entries  atomic.Pointer[map[string]*metaFile]
+	watched  atomic.Bool
+	gen      atomic.Uint64
+	stats    atomic.Int64 // stat(2) calls, for tests
 	// missing holds names found not to exist (the next root version, which every TUF
 	// refresh asks for), checked as entries are. At most maxMissing, never emptied, so
 	// requests for random names cannot make it churn: beyond it they are checked with
@@ -240,11 +243,15 @@ type metaFile struct {
 
 const maxEntries = 1024
 
+// maxCacheBytes bounds the content the cache holds: the current metadata of a large
+// repository and many of its recent versions fit.
+const maxCacheBytes = 64 << 20
+
 // metaRecheck is how often a watched cache checks its files anyway.
 const metaRecheck = time.Second
 
 func newMetaCache(dir string) *metaCache {
-	c := &metaCache{dir: dir}
+	c := &metaCache{dir: dir, maxBytes: maxCacheBytes}
 	c.entries.Store(&map[string]*metaFile{})
 	c.missing.Store(&map[string]*metaMiss{})
 	return c
@@ -312,8 +319,16 @@ func (c *metaCache) get(name string) (*metaFile, error) {
 	old := *c.entries.Load()
 	next := make(map[string]*metaFile, len(old)+1)
 	if len(old) < maxEntries {
+		size := len(data)
 		for k, v := range old {
-			next[k] = v
+			if k != name {
+				size += len(v.data)
+			}
+		}
+		if size <= c.maxBytes {
+			for k, v := range old {
+				next[k] = v
+			}
 		}
 	}
 	next[name] = e

@@ -365,3 +365,31 @@ type discardWriter struct {
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) WriteHeader(code int)        { w.code = code }
 func (w *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// TestMetadataCacheBoundedInBytes: the cache is emptied before it would hold more than
+// its byte budget, so clients asking for every old version of a large role cannot make
+// it hold them all; within the budget, files stay cached together.
+func TestMetadataCacheBoundedInBytes(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"1.targets.json", "2.targets.json", "3.targets.json"} {
+		if err := os.WriteFile(filepath.Join(dir, name), bytes.Repeat([]byte("x"), 60), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := newMetaCache(dir)
+	c.maxBytes = 130 // two files, not three
+	for _, name := range []string{"1.targets.json", "2.targets.json"} {
+		c.mustGet(t, name)
+	}
+	if !c.has("1.targets.json") || !c.has("2.targets.json") {
+		t.Fatal("two files within the budget are not both cached")
+	}
+	c.mustGet(t, "3.targets.json")
+	held := 0
+	for _, e := range *c.entries.Load() {
+		held += len(e.data)
+	}
+	if held > c.maxBytes || !c.has("3.targets.json") {
+		t.Fatalf("after a third file the cache holds %d bytes (budget %d), the third cached %v", held, c.maxBytes, c.has("3.targets.json"))
+	}
+}
