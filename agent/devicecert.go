@@ -2,6 +2,10 @@ package agent
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -20,6 +24,9 @@ import (
 // by the AK. The private key never leaves the TPM. The certificate is renewed when a
 // third of its lifetime remains. Safe for concurrent use.
 type DeviceCert struct {
+	// acct is the ACME account key of this process's renewals: one account rather than
+	// one per renewal in the CA's database, which never deletes them.
+	acct crypto.Signer
 	tpm  *attest.TPM
 	ak   *attest.AKCertificate
 	key  *attest.Key
@@ -42,7 +49,12 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 	if err != nil {
 		return nil, fmt.Errorf("device key: %w", err)
 	}
-	d := &DeviceCert{tpm: tpm, ak: ak, key: key, dir: ca.DirectoryURL, now: time.Now,
+	acct, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		key.Close()
+		return nil, fmt.Errorf("ACME account key: %w", err)
+	}
+	d := &DeviceCert{acct: acct, tpm: tpm, ak: ak, key: key, dir: ca.DirectoryURL, now: time.Now,
 		http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
 	if err := d.Renew(ctx); err != nil {
 		key.Close()
@@ -53,7 +65,7 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 
 // Renew obtains a new certificate now.
 func (d *DeviceCert) Renew(ctx context.Context) error {
-	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: d.dir, HTTP: d.http, AK: d.ak, Key: d.key})
+	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: d.dir, HTTP: d.http, AK: d.ak, Key: d.key, AccountKey: d.acct})
 	if err != nil {
 		return fmt.Errorf("device certificate: %w", err)
 	}

@@ -3,6 +3,9 @@ package stepca_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -161,6 +164,17 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		t.Fatalf("RequestDeviceCert() = %v", err)
 	}
 	t.Logf("device certificate in %v", time.Since(start))
+	// A renewal with one ACME account key throughout (as agent.DeviceCert renews):
+	// the second registration finds the account, and the order succeeds.
+	acct, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: ak, Key: key, AccountKey: acct}); err != nil {
+			t.Fatalf("RequestDeviceCert with one account key, request %d: %v", i+1, err)
+		}
+	}
 	leaf := chain[0]
 	if d := leaf.NotAfter.Sub(leaf.NotBefore); d > 25*time.Hour || d < 23*time.Hour {
 		t.Errorf("certificate lifetime = %v; want about 24h", d)
