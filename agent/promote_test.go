@@ -48,39 +48,10 @@ func TestCommittedRuntimeStartsAfresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tpm.Close()
-	dir := StateDir(t.TempDir())
-	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), TPM: "sim"}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := OpenState(ctx, StateConfig{Dir: dir, TPM: tpm})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, st := enrolledState(t, ctx, r, tpm)
 	defer st.Close()
-	if err := st.Slots.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.TUF.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	commit := func(kind artifact.Kind, path string) rollback.Target {
-		target, _, err := st.TUF.Resolve(ctx, kind, path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Slots.Install(ctx, kind, target); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Slots.BeginTrial(ctx, kind, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.Slots.Confirm(ctx, kind, true, ""); err != nil {
-			t.Fatal(err)
-		}
-		return target
-	}
-	commit(artifact.KindModel, mp)
-	rt := commit(artifact.KindRuntime, rp)
+	commitTarget(t, ctx, st, artifact.KindModel, mp)
+	rt := commitTarget(t, ctx, st, artifact.KindRuntime, rp)
 
 	bin := filepath.Join(t.TempDir(), "edgeward-runtime")
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/edgeward-runtime").CombinedOutput(); err != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -32,6 +33,16 @@ func committedDevice(t *testing.T, ctx context.Context, tpm *attest.TPM) StateDi
 	p := artifact.TargetPath(artifact.KindModel, "vibration-anomaly", "1.0.0", ".onnx")
 	r.AddTarget(p, model, artifact.Meta{Kind: artifact.KindModel, Name: "vibration-anomaly", Version: "1.0.0", Format: "onnx"})
 	r.Publish()
+	dir, st := enrolledState(t, ctx, r, tpm)
+	defer st.Close()
+	commitTarget(t, ctx, st, artifact.KindModel, p)
+	return dir
+}
+
+// enrolledState enrolls a new state directory with repository r and opens it,
+// recovered and refreshed.
+func enrolledState(t *testing.T, ctx context.Context, r *tuftest.Repo, tpm *attest.TPM) (StateDir, *State) {
+	t.Helper()
 	dir := StateDir(t.TempDir())
 	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL(), TPM: "sim"}); err != nil {
 		t.Fatal(err)
@@ -40,27 +51,35 @@ func committedDevice(t *testing.T, ctx context.Context, tpm *attest.TPM) StateDi
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
 	if err := st.Slots.Recover(ctx); err != nil {
+		st.Close()
 		t.Fatal(err)
 	}
 	if err := st.TUF.Refresh(ctx); err != nil {
+		st.Close()
 		t.Fatal(err)
 	}
-	target, _, err := st.TUF.Resolve(ctx, artifact.KindModel, p)
+	return dir, st
+}
+
+// commitTarget installs the target at path into its slot and commits it, as a passed
+// trial does, and returns it.
+func commitTarget(t *testing.T, ctx context.Context, st *State, kind artifact.Kind, path string) rollback.Target {
+	t.Helper()
+	target, _, err := st.TUF.Resolve(ctx, kind, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Slots.Install(ctx, artifact.KindModel, target); err != nil {
+	if _, err := st.Slots.Install(ctx, kind, target); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Slots.BeginTrial(ctx, artifact.KindModel, time.Minute); err != nil {
+	if _, err := st.Slots.BeginTrial(ctx, kind, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.Slots.Confirm(ctx, artifact.KindModel, true, ""); err != nil {
+	if _, err := st.Slots.Confirm(ctx, kind, true, ""); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return target
 }
 
 func servesDefault(ctx context.Context, rc *runtimeapi.Client, name, version string) bool {

@@ -217,24 +217,32 @@ func TestPublishThroughServerAndCLIConcurrently(t *testing.T) {
 	}
 }
 
+// publisher enables the operator API (publications up to 1 MiB, signed with the
+// fixture's keys) and returns a release manager's token; the store closes with the test.
+func (f *fixture) publisher() string {
+	f.t.Helper()
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { store.Close() })
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
+		f.t.Fatal(err)
+	}
+	tok, _, err := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return tok
+}
+
 // TestStalledUploadHoldsUpNoOtherPublication: a publisher whose upload stalls (a CI job
 // on a flaky link) does not hold up another publication on the same replica; a mutex
 // around the whole publication, upload included, used to make every later one wait.
 func TestStalledUploadHoldsUpNoOtherPublication(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
-	ctx := context.Background()
-	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := f.publisher()
 	publish := func(version string, body io.Reader, length int64) (*http.Response, error) {
 		req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version="+version+"&ext=.onnx", body)
 		req.ContentLength = length

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
 )
 
@@ -27,18 +26,7 @@ func TestPublishUploadDeadlines(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
-		t.Fatal(err)
-	}
-	tok, _, err := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := f.publisher()
 	f.srv.cfg.BodyTimeout = 300 * time.Millisecond
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
