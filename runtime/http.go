@@ -122,6 +122,9 @@ func (r *Runtime) handleInfer(w http.ResponseWriter, req *http.Request) {
 	name, version := req.PathValue("name"), req.PathValue("version")
 	code, m, served, err := r.serveInfer(w, req, name, version)
 	if err != nil {
+		if isBusy(err) {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, code, err)
 	}
 	r.observeInfer(m, name, served, code, time.Since(start))

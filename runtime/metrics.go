@@ -46,6 +46,24 @@ func newMetrics() *metrics {
 	return m
 }
 
+// watchGate exports g's runs in flight, requests waiting and refusals.
+func (m *metrics) watchGate(g *runGate) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_runs_in_flight",
+			Help: "ONNX Runtime runs in flight, across models (at most --max-concurrent-runs).",
+		}, func() float64 { return float64(g.running()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_requests_waiting",
+			Help: "Inference requests and probe runs waiting for a run slot.",
+		}, func() float64 { return float64(g.queued()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgeward_runtime_busy_refusals_total",
+			Help: "Inference requests refused with 503 (gRPC UNAVAILABLE) because every run slot was busy and the wait was full (--max-waiting).",
+		}, func() float64 { return float64(g.refused.Load()) }),
+	)
+}
+
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }

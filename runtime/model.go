@@ -51,6 +51,7 @@ type Model struct {
 	runOpts chan *ort.RunOptions
 	binds   bindings  // tensors reused from run to run (binding.go)
 	meter   *runMeter // the Runtime's; nil for a model outside one
+	gate    *runGate  // the Runtime's; nil for a model outside one
 	// lastLong is whether the previous run took the meter's long-run time or more.
 	lastLong atomic.Bool
 	// series count its answered requests; unloaded is set, and its series deleted,
@@ -213,8 +214,9 @@ func (m *Model) validate(inputs []Input, dst []*Input) ([]*Input, error) {
 }
 
 // run validates inputs, runs the session and returns the requested outputs (all when
-// names is empty). Cancelling ctx terminates the ORT run. observe folds the inputs into
-// the drift statistics (serving traffic, not probes).
+// names is empty). Cancelling ctx terminates the ORT run. observe marks serving traffic,
+// not probes: it folds the inputs into the drift statistics, and lets the Runtime's gate
+// refuse the request when too many wait for a run.
 func (m *Model) run(ctx context.Context, inputs []Input, names []string, observe bool) ([]Output, error) {
 	return m.runWith(ctx, inputs, names, observe, &runScratch{})
 }
@@ -271,6 +273,13 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 			return nil, fmt.Errorf("%w: model %s has no output %q", runtimeapi.ErrInvalid, m.name, n)
 		}
 		want[j] = true
+	}
+	if m.gate != nil {
+		// Serving requests (observe) may be refused when too many wait; probes wait.
+		if err := m.gate.enter(ctx, observe); err != nil {
+			return nil, err
+		}
+		defer m.gate.leave()
 	}
 	retried := false
 	if b := m.takeBinding(ordered); b != nil {

@@ -50,6 +50,7 @@ import (
 	"maps"
 	"os"
 	"regexp"
+	goruntime "runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,14 @@ type Config struct {
 	MaxTensorElements int
 	// MaxModelBytes bounds a model file. Zero means 1 GiB.
 	MaxModelBytes int64
+	// MaxConcurrentRuns bounds the ONNX Runtime runs in flight across every model
+	// (runGate). Zero means runtime.NumCPU(): with one intra-op thread per run, more
+	// runs at once add threads and arena memory, not throughput.
+	MaxConcurrentRuns int
+	// MaxWaitingRequests bounds the inference requests waiting for a run; one more is
+	// refused with 503 and Retry-After (gRPC UNAVAILABLE). Probes always wait. Zero
+	// means 256.
+	MaxWaitingRequests int
 	// Logger receives operational logs. Nil means no logs.
 	Logger *slog.Logger
 	// Now is the clock for probe latencies and load times. Nil means time.Now.
@@ -104,6 +113,8 @@ func orDefault[T int | int64](v, def T) T {
 func (c *Config) maxRequestBytes() int64 { return orDefault(c.MaxRequestBytes, 16<<20) }
 func (c *Config) maxElements() int       { return orDefault(c.MaxTensorElements, 4<<20) }
 func (c *Config) maxModelBytes() int64   { return orDefault(c.MaxModelBytes, 1<<30) }
+func (c *Config) maxRuns() int           { return orDefault(c.MaxConcurrentRuns, goruntime.NumCPU()) }
+func (c *Config) maxWaiting() int        { return orDefault(c.MaxWaitingRequests, 256) }
 func (c *Config) now() time.Time {
 	if c.Now != nil {
 		return c.Now()
@@ -143,6 +154,7 @@ type Runtime struct {
 	probeMu  sync.Mutex // one probe at a time
 	scratch  sync.Pool  // of *inferScratch, for the HTTP inference path
 	meter    runMeter   // long ONNX Runtime runs, for TuneProcs
+	gate     *runGate   // runs in flight and requests waiting for one, across models
 }
 
 type modelVersions struct {
@@ -165,7 +177,10 @@ func New(cfg Config) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{}}, nil
+	r := &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{},
+		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting())}
+	r.metrics.watchGate(r.gate)
+	return r, nil
 }
 
 // ORTVersion is the version of the loaded ONNX Runtime library.
@@ -249,7 +264,7 @@ func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtime
 	if err != nil {
 		return runtimeapi.ModelInfo{}, fmt.Errorf("load model %s version %s from %s: %w", req.Name, req.Version, req.Path, err)
 	}
-	m.sha256, m.meter = digest, &r.meter
+	m.sha256, m.meter, m.gate = digest, &r.meter, r.gate
 	if fileDigest != "" {
 		// Encrypted: the file's digest is the ciphertext's; the plaintext's, computed
 		// here from the decrypted bytes the session was created from (and checked
