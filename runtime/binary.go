@@ -54,6 +54,16 @@ func DecodeInferRequest(body []byte, headerLen, maxElements int) (runtimeapi.Inf
 
 // decode is DecodeInferRequest into s.req, s.inputs and s.names, reusing their memory
 // and s.data's for the inputs' elements.
+// decodedBytes is the memory of the tensors the last decode wrote outside the body
+// (inputs given as JSON data).
+func (s *inferScratch) decodedBytes() int64 {
+	var n int64
+	for _, d := range s.data[:min(len(s.data), len(s.inputs))] {
+		n += int64(cap(d))
+	}
+	return n
+}
+
 func (s *inferScratch) decode(body []byte, headerLen, maxElements int) error {
 	req := &s.req
 	header, bin := body, []byte(nil)

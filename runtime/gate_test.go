@@ -253,3 +253,76 @@ func TestFloodIsAnsweredWithinTheBound(t *testing.T) {
 		t.Fatalf("at rest: running %d, waiting %d", r.gate.running(), r.gate.queued())
 	}
 }
+
+// TestHeldBytesBound: with room for 1 MiB of requests, one upload of 700 KiB in progress
+// leaves no room for another: the second is refused with 503 and Retry-After over
+// HTTP and with UNAVAILABLE over gRPC, counted, while the first completes; once it has
+// been answered, the same requests succeed and nothing stays taken.
+func TestHeldBytesBound(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	loadIris(t, r, "1.0.0")
+	const rows = 700 << 10 / 16
+	raw := make([]byte, 0, rows*16)
+	for range rows {
+		raw = append(raw, f32Raw(5.1, 3.5, 1.4, 0.2)...)
+	}
+	body, hl := binaryRequest(fmt.Sprintf(`{"inputs":[{"name":"X","datatype":"FP32","shape":[%d,4],"parameters":{"binary_data_size":%d}}],"outputs":[{"name":"output_label","parameters":{"binary_data":true}}]}`, rows, len(raw)), raw)
+	h := r.Handler()
+	infer := func(b io.Reader) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", "/v2/models/iris/infer", b)
+		req.ContentLength = int64(len(body))
+		req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	grpcInfer := func() error {
+		_, err := grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "iris",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "FP32", Shape: []int64{rows, 4}}},
+			RawInputContents: [][]byte{raw}})
+		return err
+	}
+
+	// The first upload stops one byte short.
+	pr, pw := io.Pipe()
+	first := make(chan *httptest.ResponseRecorder, 1)
+	go func() { first <- infer(pr) }()
+	if _, err := pw.Write(body[:len(body)-1]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first upload's bytes held", func() bool { return r.bodies.used.Load() >= int64(len(body)-1) })
+
+	if rec := infer(strings.NewReader(string(body))); rec.Code != http.StatusServiceUnavailable ||
+		rec.Header().Get("Retry-After") != "1" || !strings.Contains(rec.Body.String(), "request bodies held in memory") {
+		t.Fatalf("second upload while the first is held: %d Retry-After %q %s; want 503 with Retry-After 1", rec.Code, rec.Header().Get("Retry-After"), rec.Body.String()[:min(rec.Body.Len(), 200)])
+	}
+	if err := grpcInfer(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("gRPC request while the first is held = %v; want UNAVAILABLE", err)
+	}
+
+	pw.Write(body[len(body)-1:])
+	pw.Close()
+	if rec := <-first; rec.Code != http.StatusOK {
+		t.Fatalf("first upload: %d %.200s", rec.Code, rec.Body.String())
+	}
+	if got := r.bodies.used.Load(); got != 0 {
+		t.Fatalf("%d bytes still taken after the first was answered", got)
+	}
+	if rec := infer(strings.NewReader(string(body))); rec.Code != http.StatusOK {
+		t.Fatalf("second upload after the first: %d %.200s", rec.Code, rec.Body.String())
+	}
+	if err := grpcInfer(); err != nil {
+		t.Fatalf("gRPC request after the first: %v", err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{"edgeward_runtime_memory_refusals_total 2", "edgeward_runtime_request_bytes_held 0"} {
+		if !strings.Contains(rec.Body.String(), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

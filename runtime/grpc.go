@@ -129,6 +129,14 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 	// The pooled scratch holds only this call's slices: the response shares none of its
 	// memory (each run's outputs and shapes are new), so it goes back to the pool before
 	// gRPC encodes the response.
+	// The message is already in memory (grpc-go reads it whole, up to
+	// MaxRequestBytes, before the handler): what the budget bounds here is how much of
+	// it is held while the request waits for a run slot and runs.
+	held := grpcTensorBytes(req)
+	if !g.r.bodies.take(held) {
+		return nil, nil, g.r.servedVersion(name, version), errNoRoom
+	}
+	defer g.r.bodies.give(held)
 	s := g.r.getScratch()
 	defer g.r.putScratch(s)
 	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements(), s.inputs, s.names)
@@ -276,4 +284,26 @@ func decodeContents(c *inference.InferTensorContents, dt runtimeapi.Datatype, ma
 	}
 	td.n = n
 	return td, nil
+}
+
+// grpcTensorBytes is the size of req's tensor data: raw contents, typed contents at
+// their element sizes (held twice once decoded into tensors).
+func grpcTensorBytes(req *inference.ModelInferRequest) int64 {
+	var n int64
+	for _, raw := range req.GetRawInputContents() {
+		n += int64(len(raw))
+	}
+	for _, t := range req.GetInputs() {
+		c := t.GetContents()
+		if c == nil {
+			continue
+		}
+		typed := int64(len(c.BoolContents)) + 4*int64(len(c.IntContents)+len(c.UintContents)+len(c.Fp32Contents)) +
+			8*int64(len(c.Int64Contents)+len(c.Uint64Contents)+len(c.Fp64Contents))
+		for _, b := range c.BytesContents {
+			typed += int64(len(b))
+		}
+		n += 2 * typed
+	}
+	return n
 }

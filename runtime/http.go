@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -177,14 +176,21 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	s := r.getScratch()
 	defer r.putScratch(s)
-	body, err := readBody(w, req, r.cfg.maxRequestBytes(), s.body)
+	body, held, err := readBodyWithin(w, req, r.cfg.maxRequestBytes(), s.body, r.bodies)
 	if err != nil {
 		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
+	defer r.bodies.give(held)
 	s.body = body
 	if err := s.decode(body, hl, r.cfg.maxElements()); err != nil {
 		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
+	// The tensors decoded from JSON are held beside the body until the answer.
+	decoded := s.decodedBytes()
+	if !r.bodies.take(decoded) {
+		return statusOf(errNoRoom), nil, r.servedVersion(name, version), errNoRoom
+	}
+	defer r.bodies.give(decoded)
 	m, err := r.acquire(name, version)
 	if err != nil {
 		return statusOf(err), nil, "", err
@@ -437,17 +443,60 @@ func (r *Runtime) handleDrift(w http.ResponseWriter, req *http.Request) {
 // length): a client that announces max bytes and sends a few costs 64 KiB while it
 // holds its connection, not max.
 func readBody(w http.ResponseWriter, req *http.Request, max int64, buf []byte) ([]byte, error) {
-	if req.ContentLength > max {
-		return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
+	body, _, err := readBodyWithin(w, req, max, buf, nil)
+	return body, err
+}
+
+// readBodyWithin is readBody taking the memory it reads into from b (nil: no bound)
+// before it reads into it: held is what it took, which the caller gives back when it is
+// done with the body. A body that would pass b's bound is errNoRoom; on any error
+// nothing stays taken.
+func readBodyWithin(w http.ResponseWriter, req *http.Request, limit int64, buf []byte, b *byteBudget) (_ []byte, _ int64, err error) {
+	var taken int64 // from b
+	// room makes sure c bytes of buffer are taken from b.
+	room := func(c int) error {
+		if b == nil || int64(c) <= taken {
+			return nil
+		}
+		if !b.take(int64(c) - taken) {
+			return errNoRoom
+		}
+		taken = int64(c)
+		return nil
+	}
+	// grow returns body with capacity c, taken first (not slices.Grow, whose capacity
+	// rounds up past what was taken).
+	grow := func(body []byte, c int) ([]byte, error) {
+		if err := room(c); err != nil {
+			return body, err
+		}
+		return append(make([]byte, 0, c), body...), nil
+	}
+	defer func() {
+		if err != nil && b != nil {
+			b.give(taken)
+		}
+	}()
+	if req.ContentLength > limit {
+		return nil, 0, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, limit)
 	}
 	if n := int(req.ContentLength); n > 0 {
 		body := buf[:0]
 		if cap(body) < n {
+			body = nil
+		}
+		if err := room(min(n, max(cap(body), initialBodyBuffer))); err != nil {
+			return nil, 0, err
+		}
+		if body == nil {
 			body = make([]byte, 0, min(n, initialBodyBuffer))
 		}
 		for len(body) < n {
 			if len(body) == cap(body) {
-				body = slices.Grow(body, min(n-len(body), cap(body)))
+				more := min(n-len(body), cap(body))
+				if body, err = grow(body, len(body)+more); err != nil {
+					return nil, 0, err
+				}
 			}
 			m, err := req.Body.Read(body[len(body):min(cap(body), n)])
 			body = body[:len(body)+m]
@@ -458,20 +507,35 @@ func readBody(w http.ResponseWriter, req *http.Request, max int64, buf []byte) (
 				err = io.ErrUnexpectedEOF
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+				return nil, 0, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
 			}
 		}
-		return body, nil
+		return body, taken, nil
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, max))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, max)
+	// Unknown length (chunked): grow by doubling, up to one byte past limit so that
+	// MaxBytesReader can say the body is too large.
+	rd := http.MaxBytesReader(w, req.Body, limit)
+	body := buf[:0]
+	for {
+		if len(body) == cap(body) {
+			c := int(min(int64(max(2*cap(body), 4096)), limit+1))
+			if body, err = grow(body, c); err != nil {
+				return nil, 0, err
+			}
 		}
-		return nil, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+		m, err := rd.Read(body[len(body):cap(body)])
+		body = body[:len(body)+m]
+		if err == io.EOF {
+			return body, taken, nil
+		}
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				return nil, 0, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, limit)
+			}
+			return nil, 0, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+		}
 	}
-	return body, nil
 }
 
 var errTooLarge = fmt.Errorf("%w: too large", runtimeapi.ErrInvalid)

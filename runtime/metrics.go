@@ -46,8 +46,9 @@ func newMetrics() *metrics {
 	return m
 }
 
-// watchGate exports g's runs in flight, requests waiting and refusals.
-func (m *metrics) watchGate(g *runGate) {
+// watchGate exports g's runs in flight, requests waiting and refusals, and b's bytes
+// held and refusals.
+func (m *metrics) watchGate(g *runGate, b *byteBudget) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_runs_in_flight",
@@ -61,6 +62,14 @@ func (m *metrics) watchGate(g *runGate) {
 			Name: "edgeward_runtime_busy_refusals_total",
 			Help: "Inference requests refused with 503 (gRPC UNAVAILABLE) because every run slot was busy and the wait was full (--max-waiting).",
 		}, func() float64 { return float64(g.refused.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_request_bytes_held",
+			Help: "Bytes of inference requests (bodies, decoded tensors) held in memory (at most --max-held-bytes).",
+		}, func() float64 { return float64(b.used.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgeward_runtime_memory_refusals_total",
+			Help: "Inference requests refused with 503 (gRPC UNAVAILABLE) because their bytes would pass --max-held-bytes.",
+		}, func() float64 { return float64(b.refused.Load()) }),
 	)
 }
 

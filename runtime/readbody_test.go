@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	goruntime "runtime"
 	"testing"
@@ -72,4 +73,106 @@ func TestReadBodyKnownLength(t *testing.T) {
 	if got := after.TotalAlloc - before.TotalAlloc; got > 2<<20 {
 		t.Errorf("4 bodies announced at 16 MiB that sent 10 bytes allocated %d bytes; want about 4 × 64 KiB", got)
 	}
+}
+
+// TestReadBodyWithinBudget: the memory a body is read into is taken from the budget
+// before it is allocated, as the body grows; a body is refused with errNoRoom once it
+// would pass the bound; and whatever the error (no room, too large, short, stalled),
+// nothing stays taken. Known and unknown (chunked) lengths alike.
+func TestReadBodyWithinBudget(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(3, 4))
+	body := func(n int, err error, known bool) *http.Request {
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(rnd.Uint32())
+		}
+		req := httptest.NewRequest("POST", "/", &trickle{data: data, rnd: rnd, err: err})
+		req.ContentLength = -1
+		if known {
+			req.ContentLength = int64(n)
+		}
+		return req
+	}
+	const limit = 4 << 20
+	for _, known := range []bool{true, false} {
+		b := &byteBudget{max: 3 << 20}
+		// Fits: held covers the buffer, and stays taken until given back.
+		got, held, err := readBodyWithin(httptest.NewRecorder(), body(1<<20+5, io.EOF, known), limit, nil, b)
+		if err != nil || len(got) != 1<<20+5 || held < int64(len(got)) || held > 2*int64(len(got))+4096 || b.used.Load() != held {
+			t.Fatalf("known=%v: read %d, held %d, used %d, %v", known, len(got), held, b.used.Load(), err)
+		}
+		// A second body that would pass the bound is refused; the first stays held.
+		if _, _, err := readBodyWithin(httptest.NewRecorder(), body(2<<20, io.EOF, known), limit, nil, b); !errors.Is(err, errNoRoom) || !isBusy(err) {
+			t.Fatalf("known=%v: body past the bound: %v; want errNoRoom", known, err)
+		}
+		if b.used.Load() != held || b.refused.Load() != 1 {
+			t.Fatalf("known=%v: after a refusal used %d (want %d), refused %d", known, b.used.Load(), held, b.refused.Load())
+		}
+		b.give(held)
+		// Errors leave nothing taken.
+		stalled := errors.New("i/o timeout")
+		short := func() *http.Request { // sends less than it announces, then stalls
+			req := body(100<<10, stalled, known)
+			if known {
+				req.ContentLength++
+			}
+			return req
+		}
+		for name, req := range map[string]*http.Request{
+			"stalled":   short(),
+			"too large": body(limit+1, io.EOF, known),
+		} {
+			if _, _, err := readBodyWithin(httptest.NewRecorder(), req, limit, nil, &byteBudget{max: 64 << 20}); err == nil {
+				t.Fatalf("known=%v %s: no error", known, name)
+			}
+		}
+		for name, req := range map[string]*http.Request{
+			"stalled":   short(),
+			"too large": body(limit+1, io.EOF, known),
+			"no room":   body(3<<20+1, io.EOF, known),
+		} {
+			if _, _, err := readBodyWithin(httptest.NewRecorder(), req, limit, nil, b); err == nil || b.used.Load() != 0 {
+				t.Fatalf("known=%v %s: err %v, %d bytes still taken", known, name, err, b.used.Load())
+			}
+		}
+	}
+	// A body announced large that sends little takes only what its buffer holds.
+	b := &byteBudget{max: 64 << 20}
+	stalled := errors.New("i/o timeout")
+	req := httptest.NewRequest("POST", "/", &trickle{data: make([]byte, 10), rnd: rnd, err: stalled})
+	req.ContentLength = 16 << 20
+	done := make(chan struct{})
+	reached := make(chan struct{})
+	req.Body = io.NopCloser(&blockingReader{r: req.Body, at: 10, release: done, reached: reached})
+	go func() {
+		<-reached
+		if got := b.used.Load(); got != initialBodyBuffer {
+			t.Errorf("a 16 MiB body that sent 10 bytes holds %d bytes of the budget; want %d", got, initialBodyBuffer)
+		}
+		close(done)
+	}()
+	readBodyWithin(httptest.NewRecorder(), req, 16<<20, nil, b)
+	if b.used.Load() != 0 {
+		t.Fatalf("after the stalled body: %d bytes taken", b.used.Load())
+	}
+}
+
+// blockingReader passes reads through until at bytes were read, then signals reached and
+// waits for release before the next read.
+type blockingReader struct {
+	r       io.Reader
+	at, n   int
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingReader) Read(p []byte) (int, error) {
+	if b.n >= b.at && b.reached != nil {
+		close(b.reached)
+		b.reached = nil
+		<-b.release
+	}
+	n, err := b.r.Read(p[:min(len(p), max(b.at-b.n, 1))])
+	b.n += n
+	return n, err
 }

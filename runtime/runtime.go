@@ -87,6 +87,11 @@ type Config struct {
 	// refused with 503 and Retry-After (gRPC UNAVAILABLE). Probes always wait. Zero
 	// means 256.
 	MaxWaitingRequests int
+	// MaxHeldBytes bounds the bytes of inference requests held at once (bodies, decoded
+	// tensors) across HTTP and gRPC (byteBudget); a request that would pass it is
+	// refused with 503 and Retry-After (gRPC UNAVAILABLE). Zero means four times
+	// MaxRequestBytes (64 MiB by default); it is never less than MaxRequestBytes.
+	MaxHeldBytes int64
 	// Logger receives operational logs. Nil means no logs.
 	Logger *slog.Logger
 	// Now is the clock for probe latencies and load times. Nil means time.Now.
@@ -115,6 +120,9 @@ func (c *Config) maxElements() int       { return orDefault(c.MaxTensorElements,
 func (c *Config) maxModelBytes() int64   { return orDefault(c.MaxModelBytes, 1<<30) }
 func (c *Config) maxRuns() int           { return orDefault(c.MaxConcurrentRuns, goruntime.NumCPU()) }
 func (c *Config) maxWaiting() int        { return orDefault(c.MaxWaitingRequests, 256) }
+func (c *Config) maxHeldBytes() int64 {
+	return max(orDefault(c.MaxHeldBytes, 4*c.maxRequestBytes()), c.maxRequestBytes())
+}
 func (c *Config) now() time.Time {
 	if c.Now != nil {
 		return c.Now()
@@ -155,6 +163,7 @@ type Runtime struct {
 	scratch  sync.Pool  // of *inferScratch, for the HTTP inference path
 	meter    runMeter   // long ONNX Runtime runs, for TuneProcs
 	gate     *runGate   // runs in flight and requests waiting for one, across models
+	bodies   *byteBudget
 }
 
 type modelVersions struct {
@@ -178,8 +187,8 @@ func New(cfg Config) (*Runtime, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{},
-		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting())}
-	r.metrics.watchGate(r.gate)
+		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting()), bodies: &byteBudget{max: cfg.maxHeldBytes()}}
+	r.metrics.watchGate(r.gate, r.bodies)
 	return r, nil
 }
 
