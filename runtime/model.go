@@ -54,7 +54,6 @@ type Model struct {
 	gate    *runGate  // the Runtime's; nil for a model outside one
 	// lastLong is whether the previous run took the meter's long-run time or more.
 	lastLong atomic.Bool
-	runs     atomic.Int64 // runs so far (beside lastLong: the line each run writes anyway)
 	// series count its answered requests; unloaded is set, and its series deleted,
 	// under the Runtime's write lock, after which its requests are no longer counted.
 	series   servedSeries
@@ -402,11 +401,10 @@ func (m *Model) exec(ctx context.Context, tensors, outs []ort.Value, expectShort
 		// c=2: 15–17 context switches per request → 3, docs/BENCHMARKS.md).
 		goruntime.Gosched()
 	}
-	overlapped := m.meter != nil && m.gate.running() > 1
 	start := time.Now()
 	if ctx.Done() == nil || expectShort {
 		runErr = m.session.Run(tensors, outs)
-		m.ran(start, overlapped)
+		m.ran(start)
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("model %s %s: %w", m.name, m.version, err)
 		}
@@ -418,7 +416,7 @@ func (m *Model) exec(ctx context.Context, tensors, outs []ort.Value, expectShort
 		terminated := make(chan struct{})
 		stop := context.AfterFunc(ctx, func() { opts.Terminate(); close(terminated) })
 		runErr = m.session.RunWithOptions(tensors, outs, opts)
-		m.ran(start, overlapped)
+		m.ran(start)
 		if !stop() {
 			// Terminate was called (or is running): wait for it, then drop these
 			// options, which would stop the next run.
@@ -439,13 +437,10 @@ func (m *Model) exec(ctx context.Context, tensors, outs []ort.Value, expectShort
 	return nil
 }
 
-// ran records a run that began at start with the Runtime's meter; overlapped is
-// whether another run was in flight then (or is now).
-func (m *Model) ran(start time.Time, overlapped bool) {
+// ran records a run that began at start with the Runtime's meter.
+func (m *Model) ran(start time.Time) {
 	if m.meter != nil {
-		d := time.Since(start)
-		m.runs.Add(1)
-		m.lastLong.Store(m.meter.ran(d, overlapped || m.gate.running() > 1))
+		m.lastLong.Store(m.meter.ran(time.Since(start)))
 	}
 }
 
