@@ -2,10 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -24,9 +20,11 @@ import (
 // by the AK. The private key never leaves the TPM. The certificate is renewed when a
 // third of its lifetime remains. Safe for concurrent use.
 type DeviceCert struct {
-	// acct is the ACME account key of this process's renewals: one account rather than
-	// one per renewal in the CA's database, which never deletes them.
-	acct crypto.Signer
+	// acct is the ACME account key: a TPM-resident key derived from the label, so the
+	// same key (and so the same ACME account) after every restart of the agent, rather
+	// than an account per renewal or per start in the CA's database, which never
+	// deletes them. Its private part never leaves the TPM either.
+	acct *attest.Key
 	tpm  *attest.TPM
 	ak   *attest.AKCertificate
 	key  *attest.Key
@@ -49,7 +47,7 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 	if err != nil {
 		return nil, fmt.Errorf("device key: %w", err)
 	}
-	acct, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	acct, err := tpm.CreateKey(ctx, append([]byte(label), "\x00acme-account"...))
 	if err != nil {
 		key.Close()
 		return nil, fmt.Errorf("ACME account key: %w", err)
@@ -57,7 +55,7 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 	d := &DeviceCert{acct: acct, tpm: tpm, ak: ak, key: key, dir: ca.DirectoryURL, now: time.Now,
 		http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
 	if err := d.Renew(ctx); err != nil {
-		key.Close()
+		d.Close()
 		return nil, err
 	}
 	return d, nil
@@ -109,8 +107,8 @@ func (d *DeviceCert) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Cer
 	return c, nil
 }
 
-// Close releases the TPM key handle.
-func (d *DeviceCert) Close() error { return d.key.Close() }
+// Close releases the TPM key handles.
+func (d *DeviceCert) Close() error { return errors.Join(d.key.Close(), d.acct.Close()) }
 
 // PEMChain encodes the current certificate chain (for status output).
 func (d *DeviceCert) PEMChain() []byte {

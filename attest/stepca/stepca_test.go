@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"go.step.sm/crypto/x509util"
+	"golang.org/x/crypto/acme"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -164,16 +163,28 @@ func deviceFlow(ctx context.Context, t *testing.T, tpm *attest.TPM, makerRoots, 
 		t.Fatalf("RequestDeviceCert() = %v", err)
 	}
 	t.Logf("device certificate in %v", time.Since(start))
-	// A renewal with one ACME account key throughout (as agent.DeviceCert renews):
-	// the second registration finds the account, and the order succeeds.
-	acct, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Renewals as agent.DeviceCert makes them: the ACME account key is a TPM key derived
+	// from a label, created afresh by each agent start (two key objects here, as two
+	// processes would), and it is the same account every time: the orders succeed
+	// (JWS signed inside the TPM), and registering again finds the account.
+	var accts []*attest.Key
 	for i := range 2 {
-		if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: ak, Key: key, AccountKey: acct}); err != nil {
-			t.Fatalf("RequestDeviceCert with one account key, request %d: %v", i+1, err)
+		acct, err := tpm.CreateKey(ctx, []byte("device-tls\x00acme-account"))
+		if err != nil {
+			t.Fatal(err)
 		}
+		t.Cleanup(func() { acct.Close() })
+		accts = append(accts, acct)
+		if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.dir, HTTP: sca.client, AK: ak, Key: key, AccountKey: acct}); err != nil {
+			t.Fatalf("RequestDeviceCert with the TPM account key, start %d: %v", i+1, err)
+		}
+	}
+	if !accts[0].Public().(*ecdsa.PublicKey).Equal(accts[1].Public()) {
+		t.Fatal("the account key differs between two starts")
+	}
+	again := &acme.Client{Key: accts[1], DirectoryURL: sca.dir, HTTPClient: sca.client}
+	if _, err := again.Register(ctx, &acme.Account{}, acme.AcceptTOS); !errors.Is(err, acme.ErrAccountAlreadyExists) {
+		t.Fatalf("registering the second start's account key = %v; want ErrAccountAlreadyExists (one account)", err)
 	}
 	leaf := chain[0]
 	if d := leaf.NotAfter.Sub(leaf.NotBefore); d > 25*time.Hour || d < 23*time.Hour {
