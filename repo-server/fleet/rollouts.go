@@ -302,17 +302,6 @@ func (s *Store) Decisions(ctx context.Context, deviceID string, limit int) ([]po
 	return out, rows.Err()
 }
 
-// PruneDecisions deletes decisions made before before, keeping the newest of each
-// device, and returns how many it deleted. Run it periodically: decisions are one
-// row per check-in.
-func (s *Store) PruneDecisions(ctx context.Context, before time.Time) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM decisions WHERE at < ? AND seq NOT IN (SELECT max(seq) FROM decisions GROUP BY device_id)`, ns(before))
-	if err != nil {
-		return 0, fmt.Errorf("prune decisions: %w", err)
-	}
-	return res.RowsAffected()
-}
-
 // VerdictRecord is one attestation verdict.
 type VerdictRecord struct {
 	DeviceID string

@@ -281,9 +281,9 @@ func testRolloutsReportsDecisions(t *testing.T, db opener) {
 	if err != nil || len(decs) != 2 || !decs[0].At.Equal(t0.Add(4*time.Hour)) || decs[0].Slots[0].Reason != policy.ReasonUpToDate {
 		t.Errorf("Decisions = %+v, %v", decs, err)
 	}
-	n, err := s.PruneDecisions(ctx, t0.Add(10*time.Hour))
-	if err != nil || n != 4 {
-		t.Errorf("PruneDecisions = %d, %v; want 4 (newest of each device kept)", n, err)
+	pruned, err := s.Prune(ctx, t0.Add(10*time.Hour))
+	if err != nil || pruned.Decisions != 4 {
+		t.Errorf("Prune = %+v, %v; want 4 decisions (newest of each device kept)", pruned, err)
 	}
 	if decs, _ := s.Decisions(ctx, "b", 0); len(decs) != 1 {
 		t.Errorf("b's only decision pruned")
