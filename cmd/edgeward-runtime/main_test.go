@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -298,5 +299,86 @@ func TestSysmonAwakeEnv(t *testing.T) {
 		if !sysmonAwake(got[0]) {
 			t.Errorf("%s: sysmonAwake(%q) = false", c.name, got[0])
 		}
+	}
+}
+
+// TestHeldBytesFlag: the real binary with --max-held-bytes at 64 KiB, over real HTTP. An
+// upload of 60,000 bytes stalled short of its end holds its bytes (seen in /metrics);
+// a 10 KB request then gets 503 with Retry-After, and once the first is answered the
+// same request is served.
+func TestHeldBytesFlag(t *testing.T) {
+	lib := ortLib(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "edgeward-runtime")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pub, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t),
+		"--max-request-bytes", "65536", "--max-held-bytes", "65536")
+	base := "http://" + ln.Addr().String()
+
+	held := func() string {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "edgeward_runtime_request_bytes_held "); ok {
+				return v
+			}
+		}
+		t.Fatal("no edgeward_runtime_request_bytes_held in /metrics")
+		return ""
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n")
+	c.Write(bytes.Repeat([]byte(" "), 59999))
+	deadline := time.Now().Add(10 * time.Second)
+	for held() != "60000" {
+		if time.Now().After(deadline) {
+			t.Fatalf("bytes held %s; want 60000 for the stalled upload", held())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	rows := strings.Repeat("6.3,2.3,4.4,1.3,", 600)
+	body := []byte(fmt.Sprintf(`{"inputs":[{"name":"X","shape":[600,4],"datatype":"FP32","data":[%s]}]}`, rows[:len(rows)-1]))
+	post := func() *http.Response {
+		resp, err := http.Post(base+"/v2/models/iris/infer", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := post(); resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("a %d-byte request beside the stalled upload: %s, Retry-After %q; want 503, 1", len(body), resp.Status, resp.Header.Get("Retry-After"))
+	}
+	c.Write([]byte(" ")) // the upload's last byte: it is answered (400, not JSON) and gives its bytes back
+	if resp, err := http.ReadResponse(bufio.NewReader(c), nil); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("the upload's answer: %v, %v; want 400", resp, err)
+	}
+	if resp := post(); resp.StatusCode != http.StatusOK {
+		t.Fatalf("the request after the upload was answered: %s", resp.Status)
+	}
+	if got := held(); got != "0" {
+		t.Errorf("bytes held %s at rest; want 0", got)
 	}
 }
