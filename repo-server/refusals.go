@@ -84,13 +84,19 @@ func (r *refusals) closeLocked(now time.Time, force bool) []refusalSummary {
 }
 
 // reopen puts back closed windows whose summaries could not be recorded, so that a
-// later flush records them: memory gives up a window only once the log holds it.
+// later flush records them: memory gives up a window only once the log holds it. It
+// keeps the bound note keeps (maxRefusalWindows, and the overflow window): a window put
+// back while the others are at the bound (new sources came while the log was failing)
+// is folded into the overflow window, which then counts its refusals without its source.
 func (r *refusals) reopen(closed []refusalSummary) {
 	if len(closed) == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.open == nil {
+		r.open = map[refusalKey]*refusalWindow{}
+	}
 	for _, c := range closed {
 		k := refusalKey{source: c.Source, device: c.Device, reason: c.Reason}
 		if w, ok := r.open[k]; ok {
@@ -98,8 +104,32 @@ func (r *refusals) reopen(closed []refusalSummary) {
 			w.from, w.count = c.From, w.count+c.Refused+1
 			continue
 		}
+		if len(r.open) >= maxRefusalWindows && k != overflowKey {
+			// Its first refusal has its record; the rest go to the overflow's summary.
+			if w, ok := r.open[overflowKey]; ok {
+				w.count += c.Refused
+				w.from = minTime(w.from, c.From)
+				w.last = maxTime(w.last, c.To)
+				continue
+			}
+			k = overflowKey
+		}
 		r.open[k] = &refusalWindow{from: c.From, last: c.To, count: c.Refused}
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // forget drops the window of k that note just opened, when its first refusal could not

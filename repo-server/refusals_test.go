@@ -1,0 +1,48 @@
+package reposerver
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestReopenKeepsTheBound: while the audit log fails, summaries are put back into their
+// windows; when new sources filled the windows meanwhile, the put-back ones are folded
+// into the overflow window, so the windows held never pass maxRefusalWindows + 1 and
+// no refusal is lost from the counts.
+func TestReopenKeepsTheBound(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	r := &refusals{interval: time.Minute}
+	key := func(i int) refusalKey {
+		return refusalKey{source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), device: "d", reason: "bad quote"}
+	}
+	for i := range maxRefusalWindows {
+		r.note(key(i), t0)
+		r.note(key(i), t0.Add(time.Second)) // one more each: every window has a summary
+	}
+	// The windows close; the log fails, so they are all put back...
+	r.mu.Lock()
+	closed := r.closeLocked(t0.Add(2*time.Minute), false)
+	r.mu.Unlock()
+	if len(closed) != maxRefusalWindows {
+		t.Fatalf("closed %d windows; want %d", len(closed), maxRefusalWindows)
+	}
+	// ...after new sources opened as many windows meanwhile.
+	for i := range maxRefusalWindows {
+		r.note(key(maxRefusalWindows+i), t0.Add(2*time.Minute))
+	}
+	r.reopen(closed)
+	if n := len(r.open); n > maxRefusalWindows+1 {
+		t.Fatalf("%d windows held after reopen; want at most %d", n, maxRefusalWindows+1)
+	}
+	counted := 0
+	for _, w := range r.open {
+		counted += w.count
+	}
+	if counted != maxRefusalWindows {
+		t.Errorf("windows count %d refusals after reopen; want the %d put back", counted, maxRefusalWindows)
+	}
+	if w := r.open[overflowKey]; w == nil || w.count != maxRefusalWindows || !w.from.Equal(t0) {
+		t.Errorf("overflow window %+v; want the %d put-back refusals from %v", w, maxRefusalWindows, t0)
+	}
+}
