@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -103,24 +102,12 @@ func TestGRPCNodeClient(t *testing.T) {
 	lib := ortLib(t)
 	iris := irisModel(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "edgeward-runtime")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildRuntime(t, dir)
 	var files []*os.File
 	var addrs []string
 	for range 2 { // public HTTP (fd 3), gRPC (fd 4)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		f, err := ln.(*net.TCPListener).File()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		files, addrs = append(files, f), append(addrs, ln.Addr().String())
+		f, addr := listenFile(t)
+		files, addrs = append(files, f), append(addrs, addr)
 	}
 	p := startFiles(t, bin, lib, files, filepath.Join(dir, "rt.sock"), "--grpc-listen-fd", "4", "--drain-grace", "5s", "--model", "iris=1.0.0="+iris)
 

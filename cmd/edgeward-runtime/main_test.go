@@ -93,6 +93,33 @@ func startFiles(t *testing.T, bin, lib string, files []*os.File, sock string, ar
 	}
 }
 
+// buildRuntime builds this command into dir and returns the binary's path.
+func buildRuntime(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "edgeward-runtime")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// listenFile opens a loopback listening socket and returns it as a file to hand to a
+// runtime process, with its address; both are closed when the test ends.
+func listenFile(t *testing.T) (*os.File, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, ln.Addr().String()
+}
+
 // TestRuntimeSwap hands the public socket from one runtime process to another under
 // continuous load from two clients: the agent's runtime-swap mechanism. No request may
 // fail. It also reports the cost: the new process's start-to-ready time.
@@ -100,21 +127,9 @@ func TestRuntimeSwap(t *testing.T) {
 	lib := ortLib(t)
 	iris := irisModel(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "edgeward-runtime")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pub, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	url := "http://" + ln.Addr().String() + "/v2/models/iris/infer"
+	bin := buildRuntime(t, dir)
+	pub, addr := listenFile(t)
+	url := "http://" + addr + "/v2/models/iris/infer"
 	model := "iris=1.0.0=" + iris
 
 	a := start(t, bin, lib, pub, filepath.Join(dir, "a.sock"), "--model", model)
@@ -309,23 +324,11 @@ func TestSysmonAwakeEnv(t *testing.T) {
 func TestHeldBytesFlag(t *testing.T) {
 	lib := ortLib(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "edgeward-runtime")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	pub, err := ln.(*net.TCPListener).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	bin := buildRuntime(t, dir)
+	pub, addr := listenFile(t)
 	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t),
 		"--max-request-bytes", "65536", "--max-held-bytes", "65536")
-	base := "http://" + ln.Addr().String()
+	base := "http://" + addr
 
 	held := func() string {
 		resp, err := http.Get(base + "/metrics")
@@ -342,7 +345,7 @@ func TestHeldBytesFlag(t *testing.T) {
 		t.Fatal("no edgeward_runtime_request_bytes_held in /metrics")
 		return ""
 	}
-	c, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
