@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -29,10 +31,113 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	opts = append(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(max),
 		grpc.UnaryInterceptor(r.grpcRecoverer),
+		grpc.InTapHandle(readDeadlineTap),
 	}, inference.ServerOptions()...), opts...)
 	s := grpc.NewServer(opts...)
-	inference.RegisterGRPCInferenceServiceServer(s, &grpcService{r: r})
+	g := &grpcService{r: r}
+	s.RegisterService(inference.ServiceDescReadingInfer(g.modelInferStream), g)
 	return s
+}
+
+// modelInferStream serves ModelInfer, called as unary by clients, as a stream handler,
+// so that it runs before the request is read: grpc-go reads a unary request whole before
+// its handler, so 100 concurrent 16 MiB requests held 3.3 GB at once, whatever their
+// model. Here a call waits for one of the runtime's read slots (at most MaxHeldBytes /
+// MaxRequestBytes messages are read at once; beyond MaxWaitingRequests waiting, a call
+// is refused with UNAVAILABLE) and reads its message within ReadTimeout. Until then its
+// stream holds at most the stream window (inference.ServerOptions).
+func (g *grpcService) modelInferStream(_ any, ss grpc.ServerStream) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			g.r.log.Error("grpc handler panic", "method", inference.GRPCInferenceService_ModelInfer_FullMethodName, "panic", fmt.Sprint(p))
+			err = status.Error(codes.Internal, "internal error")
+		}
+	}()
+	ctx := ss.Context()
+	req, err := g.readInfer(ctx, ss)
+	if err != nil {
+		return err
+	}
+	resp, err := g.ModelInfer(ctx, req)
+	if err != nil {
+		return err
+	}
+	return ss.SendMsg(resp)
+}
+
+// readInfer reads a ModelInfer request from ss once a read slot is free. A refusal or a
+// read that outlasts ReadTimeout is counted under model "" (the request's model is not
+// known yet). The timeout cancels the stream's context (readDeadlineTap), which ends
+// the read: no goroutine per call waits beside it.
+func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inference.ModelInferRequest, error) {
+	start := time.Now()
+	if err := g.r.reads.enter(ctx, true); err != nil {
+		g.r.observeInfer(nil, "", "", statusOf(err), time.Since(start))
+		return nil, grpcError(err)
+	}
+	req := new(inference.ModelInferRequest)
+	var err error
+	if cancel, ok := ctx.Value(readCancelKey{}).(context.CancelCauseFunc); ok {
+		timeout := g.r.cfg.readTimeout()
+		t := time.AfterFunc(timeout, func() { cancel(errReadTimeout) })
+		err = ss.RecvMsg(req)
+		if !t.Stop() && err != nil {
+			g.r.reads.leave()
+			g.r.observeInfer(nil, "", "", http.StatusRequestTimeout, time.Since(start))
+			return nil, status.Errorf(codes.DeadlineExceeded, "the request message did not arrive within %v", timeout)
+		}
+	} else {
+		err = ss.RecvMsg(req) // a server built without NewGRPCServer's options
+	}
+	g.r.reads.leave()
+	if errors.Is(err, io.EOF) {
+		return nil, status.Error(codes.InvalidArgument, "the call ended without a request message")
+	}
+	if err != nil {
+		return nil, err // a status already: too large (ResourceExhausted), cancelled, …
+	}
+	return req, nil
+}
+
+// readCancelKey is the context key of the cancel function readDeadlineTap gives each
+// ModelInfer stream.
+type readCancelKey struct{}
+
+var errReadTimeout = errors.New("the request message did not arrive within the read timeout")
+
+// readDeadlineTap gives each ModelInfer stream's context a cancel function that
+// readInfer arms with ReadTimeout while it reads the message. grpc-go ends a read when
+// the stream's context ends, and the context a tap returns becomes the stream's. It runs
+// on the connection's reader goroutine: it only derives a context.
+func readDeadlineTap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if info.FullMethodName != inference.GRPCInferenceService_ModelInfer_FullMethodName {
+		return ctx, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	return readCtx{ctx, cancel}, nil
+}
+
+// readCtx is a ModelInfer stream's context. Once cancelled for the read timeout its Err
+// is context.DeadlineExceeded, which grpc-go, ending the read, sends to the client as
+// DEADLINE_EXCEEDED (a plain cancellation would reach it as CANCELLED).
+type readCtx struct {
+	context.Context
+	cancel context.CancelCauseFunc
+}
+
+func (c readCtx) Err() error {
+	err := c.Context.Err()
+	if err != nil && context.Cause(c.Context) == errReadTimeout {
+		return context.DeadlineExceeded
+	}
+	return err
+}
+
+func (c readCtx) Value(key any) any {
+	if key == (readCancelKey{}) {
+		return c.cancel
+	}
+	return c.Context.Value(key)
 }
 
 // grpcRecoverer turns a panic in a handler into Internal, as recoverer does for HTTP.
@@ -129,9 +234,9 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 	// The pooled scratch holds only this call's slices: the response shares none of its
 	// memory (each run's outputs and shapes are new), so it goes back to the pool before
 	// gRPC encodes the response.
-	// The message is already in memory (grpc-go reads it whole, up to
-	// MaxRequestBytes, before the handler): what the budget bounds here is how much of
-	// it is held while the request waits for a run slot and runs.
+	// The message is in memory (read whole, up to MaxRequestBytes, in one of the read
+	// slots: readInfer): what the budget bounds here is how much of it is held while
+	// the request waits for a run slot and runs.
 	held := grpcTensorBytes(req)
 	if !g.r.bodies.take(held) {
 		return nil, nil, g.r.servedVersion(name, version), errNoRoom

@@ -46,9 +46,9 @@ func newMetrics() *metrics {
 	return m
 }
 
-// watchGate exports g's runs in flight, requests waiting and refusals, and b's bytes
-// held and refusals.
-func (m *metrics) watchGate(g *runGate, b *byteBudget) {
+// watchGate exports g's runs in flight, requests waiting and refusals, b's bytes held
+// and refusals, and reads' gRPC messages being read and refusals.
+func (m *metrics) watchGate(g *runGate, b *byteBudget, reads *runGate) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_runs_in_flight",
@@ -60,8 +60,16 @@ func (m *metrics) watchGate(g *runGate, b *byteBudget) {
 		}, func() float64 { return float64(g.queued()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "edgeward_runtime_busy_refusals_total",
-			Help: "Inference requests refused with 503 (gRPC UNAVAILABLE) because every run slot was busy and the wait was full (--max-waiting).",
-		}, func() float64 { return float64(g.refused.Load()) }),
+			Help: "Inference requests refused with 503 (gRPC UNAVAILABLE) because every run slot, or every gRPC read slot, was busy and the wait was full (--max-waiting).",
+		}, func() float64 { return float64(g.refused.Load() + reads.refused.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_grpc_messages_reading",
+			Help: "gRPC ModelInfer messages being read (at most --max-held-bytes / --max-request-bytes).",
+		}, func() float64 { return float64(reads.running()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "edgeward_runtime_grpc_calls_waiting_to_read",
+			Help: "gRPC ModelInfer calls waiting for a read slot.",
+		}, func() float64 { return float64(reads.queued()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_request_bytes_held",
 			Help: "Bytes of inference requests (bodies, decoded tensors) held in memory (at most --max-held-bytes).",

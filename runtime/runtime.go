@@ -92,6 +92,10 @@ type Config struct {
 	// refused with 503 and Retry-After (gRPC UNAVAILABLE). Zero means four times
 	// MaxRequestBytes (64 MiB by default); it is never less than MaxRequestBytes.
 	MaxHeldBytes int64
+	// ReadTimeout bounds how long one gRPC ModelInfer message may take to arrive once
+	// its read began (edgeward-runtime's HTTP server uses it for a whole request too).
+	// Zero means one minute.
+	ReadTimeout time.Duration
 	// Logger receives operational logs. Nil means no logs.
 	Logger *slog.Logger
 	// Now is the clock for probe latencies and load times. Nil means time.Now.
@@ -123,6 +127,18 @@ func (c *Config) maxWaiting() int        { return orDefault(c.MaxWaitingRequests
 func (c *Config) maxHeldBytes() int64 {
 	return max(orDefault(c.MaxHeldBytes, 4*c.maxRequestBytes()), c.maxRequestBytes())
 }
+
+// grpcReads is how many gRPC ModelInfer messages may be read at once: each may be
+// MaxRequestBytes long, and together they stay within MaxHeldBytes.
+func (c *Config) grpcReads() int { return int(max(c.maxHeldBytes()/c.maxRequestBytes(), 1)) }
+
+func (c *Config) readTimeout() time.Duration {
+	if c.ReadTimeout <= 0 {
+		return time.Minute
+	}
+	return c.ReadTimeout
+}
+
 func (c *Config) now() time.Time {
 	if c.Now != nil {
 		return c.Now()
@@ -164,6 +180,9 @@ type Runtime struct {
 	meter    runMeter   // long ONNX Runtime runs, for TuneProcs
 	gate     *runGate   // runs in flight and requests waiting for one, across models
 	bodies   *byteBudget
+	// reads bounds the gRPC ModelInfer messages being read at once (and the calls
+	// waiting to be read): grpc-go holds a message whole once its read begins.
+	reads *runGate
 }
 
 type modelVersions struct {
@@ -187,8 +206,9 @@ func New(cfg Config) (*Runtime, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{},
-		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting()), bodies: &byteBudget{max: cfg.maxHeldBytes()}}
-	r.metrics.watchGate(r.gate, r.bodies)
+		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting()), bodies: &byteBudget{max: cfg.maxHeldBytes()},
+		reads: newRunGate(cfg.grpcReads(), cfg.maxWaiting())}
+	r.metrics.watchGate(r.gate, r.bodies, r.reads)
 	return r, nil
 }
 

@@ -385,3 +385,26 @@ func TestHeldBytesFlag(t *testing.T) {
 		t.Errorf("bytes held %s at rest; want 0", got)
 	}
 }
+
+// TestReadTimeoutFlag: the real binary with --read-timeout 1s ends an HTTP upload that
+// stalls short of its end after about a second (the default is a minute). gRPC
+// ModelInfer reads use the same setting (runtime TestGRPCMessageReadsAreBounded).
+func TestReadTimeoutFlag(t *testing.T) {
+	lib := ortLib(t)
+	dir := t.TempDir()
+	bin := buildRuntime(t, dir)
+	pub, addr := listenFile(t)
+	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t), "--read-timeout", "1s")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	begin := time.Now()
+	fmt.Fprintf(c, "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\":")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	io.Copy(io.Discard, c) // until the server answers and closes, or only closes
+	if d := time.Since(begin); d < time.Second || d > 15*time.Second {
+		t.Fatalf("the stalled upload ended after %v; want about --read-timeout (1s)", d)
+	}
+}

@@ -7,10 +7,17 @@ import (
 )
 
 // Flow-control windows of ServerOptions: static, so grpc-go does not estimate the
-// bandwidth-delay product. 1 MiB per stream is 16 times grpc-go's initial 64 KiB, so a
-// large tensor still streams without waiting for WINDOW_UPDATEs on loopback or a LAN.
+// bandwidth-delay product.
+//
+// The stream window is HTTP/2's smallest that grpc-go accepts, 64 KiB: it is what a
+// client may send on a stream before the server starts reading the stream's message,
+// so it bounds what a request waiting to be read holds (edgeward-runtime bounds the
+// messages being read at once). Once a read starts, grpc-go opens the stream's window
+// to the message's length, so a large tensor still streams without waiting for
+// WINDOW_UPDATEs. The connection's window is decoupled from reads (grpc-go returns it
+// as frames arrive).
 const (
-	streamWindow = 1 << 20
+	streamWindow = 64 << 10
 	connWindow   = 2 << 20
 )
 

@@ -89,7 +89,7 @@ func rawCalls(t *testing.T, n int, opts ...grpc.ServerOption) (window uint32, pi
 }
 
 // TestServerOptionsNoBDPPings: with ServerOptions the server announces its static
-// 1 MiB stream window and sends no BDP pings, which grpc-go's default server does.
+// 64 KiB stream window and sends no BDP pings, which grpc-go's default server does.
 func TestServerOptionsNoBDPPings(t *testing.T) {
 	if w, p := rawCalls(t, 5); p == 0 {
 		t.Fatalf("default server: %d pings, window %d; the test no longer sees BDP estimation", p, w)

@@ -1,0 +1,159 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgeward/edgeward/runtime/inference"
+)
+
+// stalledInfer opens a raw HTTP/2 connection to addr and starts one ModelInfer call
+// whose message announces announce bytes and sends only the first send of them. The
+// returned function reads until the call's trailers and returns their grpc-status
+// (-1 if the connection ended first).
+func stalledInfer(t *testing.T, addr string, announce, send int) (status func() int) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
+		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(announce))
+	if err := fr.WriteData(1, false, append(msg, make([]byte, send)...)); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return -1
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.MetaHeadersFrame:
+				if f.StreamID == 1 && f.StreamEnded() {
+					for _, h := range f.RegularFields() {
+						if h.Name == "grpc-status" {
+							if code, err := strconv.Atoi(h.Value); err == nil {
+								return code
+							}
+						}
+					}
+					return -1
+				}
+			}
+		}
+	}
+}
+
+// TestGRPCMessageReadsAreBounded: gRPC ModelInfer messages are read in at most
+// MaxHeldBytes / MaxRequestBytes slots at once. Two calls that announce 1 MiB and
+// stall hold both slots: a third call waits for a slot, a fourth is refused at once
+// with UNAVAILABLE (room for one waiter). When the stalled reads pass ReadTimeout they
+// end with DEADLINE_EXCEEDED, and the waiting call is served. Before, grpc-go read every
+// message whole before the handler ran: 100 concurrent 16 MiB messages held 3.3 GB.
+func TestGRPCMessageReadsAreBounded(t *testing.T) {
+	const timeout = 2 * time.Second
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20, MaxWaitingRequests: 1, ReadTimeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	loadIris(t, r, "1.0.0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.NewGRPCServer()
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	client := inference.NewGRPCInferenceServiceClient(conn)
+
+	start := time.Now()
+	stalled := []func() int{stalledInfer(t, ln.Addr().String(), 1<<20-16, 1000), stalledInfer(t, ln.Addr().String(), 1<<20-16, 1000)}
+	waitFor(t, "both read slots taken", func() bool { return r.reads.running() == 2 })
+
+	waiter := make(chan error, 1)
+	go func() {
+		_, err := client.ModelInfer(context.Background(), irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1))
+		waiter <- err
+	}()
+	waitFor(t, "a call waiting for a read slot", func() bool { return r.reads.queued() == 1 })
+
+	_, err = client.ModelInfer(context.Background(), irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1))
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "busy") {
+		t.Fatalf("a call beyond the wait: %v, want UNAVAILABLE (busy)", err)
+	}
+	select {
+	case err := <-waiter:
+		t.Fatalf("the waiting call ended while both slots were held: %v", err)
+	default:
+	}
+
+	for i, st := range stalled {
+		if code := st(); code != int(codes.DeadlineExceeded) {
+			t.Errorf("stalled call %d ended with grpc-status %d, want %d (DEADLINE_EXCEEDED)", i, code, codes.DeadlineExceeded)
+		}
+	}
+	if d := time.Since(start); d < timeout {
+		t.Errorf("stalled calls ended after %v, before the read timeout %v", d, timeout)
+	}
+	if err := <-waiter; err != nil {
+		t.Fatalf("the waiting call, once the slots freed: %v", err)
+	}
+	waitFor(t, "the read slots free", func() bool { return r.reads.running() == 0 && r.reads.queued() == 0 })
+
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`edgeward_runtime_busy_refusals_total 1`,
+		`edgeward_runtime_requests_total{code="408",model="",version=""} 2`,
+		`edgeward_runtime_requests_total{code="503",model="",version=""} 1`,
+		`edgeward_runtime_requests_total{code="200",model="iris",version="1.0.0"} 1`,
+		`edgeward_runtime_grpc_messages_reading 0`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
