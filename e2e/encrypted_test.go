@@ -16,6 +16,7 @@ import (
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/lab"
 	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 )
 
@@ -106,6 +107,8 @@ func TestEncryptedRollout(t *testing.T) {
 			t.Fatalf("%s: inference = %+v, %v; want 200 from 1.0.0", d.Name, r, err)
 		}
 	}
+	decommissionedGetsNothing(t, lb, srv, repo, devs, kek)
+
 	runs := [][]byte{plain[len(plain)/4:][:48], plain[len(plain)/2:][:48], plain[3*len(plain)/4:][:48]}
 	var roots []string
 	for _, d := range devs {
@@ -129,5 +132,63 @@ func TestEncryptedRollout(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// decommissionedGetsNothing: a security admin decommissions devs[1] through the real
+// CLI and server; a new encrypted version then reaches devs[0] with its content key,
+// while devs[1], whose TPM still attests, has every check-in refused (403 in its
+// agent's log), gets neither the version nor its key, and keeps serving 1.0.0.
+func decommissionedGetsNothing(t *testing.T, lb *lab.Lab, srv *lab.Server, repo *lab.Repo, devs []*lab.Device, kek []byte) {
+	t.Helper()
+	ctx := context.Background()
+	tok, err := exec.Command(bins.Edgeward, "token", "create", "--repo", repo.Dir, "--name", "sec", "--role", "security-admin").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(tok)), "\n")
+	cli := []string{"EDGEWARD_SERVER=" + srv.URL, "EDGEWARD_TOKEN=" + lines[len(lines)-1]}
+	gone := devs[1]
+	out, err := lb.Run(ctx, cli, bins.Edgeward, "devices", "decommission", gone.ID, "--reason", "stolen from the line")
+	if err != nil || !strings.Contains(out, "decommissioned at") {
+		t.Fatalf("edgeward devices decommission: %v\n%s", err, out)
+	}
+	if _, err := repo.PublishModelEncrypted(ctx, "1.1.0", gates, kek); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.CreateRollout(policy.RolloutSpec{ID: "vib-enc-2", Target: policy.TargetSpec{Kind: artifact.KindModel, Name: lab.Model, Version: "1.1.0"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.WaitCommitted(ctx, wait, devs[:1], artifact.KindModel, "1.1.0"); err != nil {
+		t.Fatal(err)
+	}
+	// The device kept checking in meanwhile (every few seconds): each was refused.
+	err = lab.WaitFor(ctx, wait, "the decommissioned device's refused check-in", func(context.Context) (bool, string, error) {
+		b, _ := os.ReadFile(gone.Agent.LogPath)
+		return strings.Contains(string(b), "403: device decommissioned"), "", nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := gone.Infer(ctx, lab.Model); err != nil || r.Code != http.StatusOK || r.Version != "1.0.0" {
+		t.Fatalf("decommissioned device: inference = %+v, %v; want 200 from 1.0.0 still", r, err)
+	}
+	reps, err := srv.Reports(ctx, fleet.ReportFilter{DeviceID: gone.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range reps {
+		if r.Version == "1.1.0" {
+			t.Fatalf("decommissioned device reported %+v", r)
+		}
+	}
+	st, err := srv.Fleet(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d, err := st.Device(ctx, gone.ID)
+	if err != nil || !d.Decommissioned() || d.DecommissionReason != "stolen from the line" || d.Slots[artifact.KindModel].Version != "1.0.0" {
+		t.Fatalf("decommissioned device in the fleet store: %+v, %v", d, err)
 	}
 }

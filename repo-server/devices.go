@@ -556,6 +556,12 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusUnauthorized, "nonce: "+nonceErr.String(), append(v.Reasons, nonceErr))
 		return
 	}
+	if errors.Is(err, fleet.ErrDecommissioned) {
+		// Authenticated by its TPM, and refused before anything was stored: no verdict,
+		// no decision, no version, no key (fleet.Store.Decommission).
+		reject(http.StatusForbidden, "device decommissioned", nil)
+		return
+	}
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)

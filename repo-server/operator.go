@@ -146,6 +146,7 @@ func (o *operatorAPI) endpoints() []endpoint {
 		{"GET /v1/devices/{id}", fleet.ActionFleetRead, o.deviceShow},
 		{"POST /v1/devices/{id}/quarantine", fleet.ActionQuarantine, o.deviceQuarantine},
 		{"POST /v1/devices/{id}/release", fleet.ActionQuarantine, o.deviceRelease},
+		{"POST /v1/devices/{id}/decommission", fleet.ActionDecommission, o.deviceDecommission},
 		{"PUT /v1/devices/{id}/labels", fleet.ActionDeviceLabel, o.deviceLabels},
 		{"POST /v1/devices/{id}/clear-failed", fleet.ActionDeviceLabel, o.deviceClearFailed},
 		{"GET /v1/tokens", fleet.ActionTokens, o.tokenList},

@@ -61,7 +61,7 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, fleet.ErrInvalid), errors.Is(err, policy.ErrNoSuchWave), errors.As(err, &el):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition):
+	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition), errors.Is(err, fleet.ErrDecommissioned):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -362,6 +362,28 @@ func (o *operatorAPI) deviceQuarantine(w http.ResponseWriter, r *http.Request) {
 	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, true, req.Reason,
 		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.quarantine", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
 		o.fail(w, r, "quarantine", err)
+		return
+	}
+	o.writeDevice(w, r, id)
+}
+
+// POST /v1/devices/{id}/decommission {"reason": "…"} takes the device out of service for
+// good (fleet.Store.Decommission): its check-ins are refused from then on. 409 if it
+// already was.
+func (o *operatorAPI) deviceDecommission(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if !decodeBody(w, r, 16<<10, &req) {
+		return
+	}
+	id := r.PathValue("id")
+	if req.Reason == "" {
+		req.Reason = "decommissioned by " + actorOf(r)
+	}
+	if err := o.cfg.Fleet.Decommission(r.Context(), id, req.Reason, o.s.cfg.Repo.Now(),
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.decommission", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
+		o.fail(w, r, "decommission", err)
 		return
 	}
 	o.writeDevice(w, r, id)

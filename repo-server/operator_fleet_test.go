@@ -183,6 +183,7 @@ func routeCases() []routeCase {
 		{"GET /v1/devices/{id}", "GET", "/v1/devices/dev-1", "", "sra"},
 		{"POST /v1/devices/{id}/quarantine", "POST", "/v1/devices/nope/quarantine", "", "s"},
 		{"POST /v1/devices/{id}/release", "POST", "/v1/devices/nope/release", "", "s"},
+		{"POST /v1/devices/{id}/decommission", "POST", "/v1/devices/nope/decommission", "", "s"},
 		{"PUT /v1/devices/{id}/labels", "PUT", "/v1/devices/nope/labels", `{"labels":{}}`, "r"},
 		{"POST /v1/devices/{id}/clear-failed", "POST", "/v1/devices/nope/clear-failed", `{"kind":"model"}`, "r"},
 		{"GET /v1/tokens", "GET", "/v1/tokens", "", "s"},

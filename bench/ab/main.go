@@ -90,6 +90,7 @@ func main() {
 	d := flag.Duration("d", 3*time.Second, "window")
 	pid := flag.Int("pid", 0, "server pid for CPU per request")
 	label := flag.String("label", "", "label printed first")
+	spin := flag.Bool("spin", false, "with -gap: spin on the clock for the gap instead of sleeping, so the CPU stays busy (does the idle, or the time, slow the next run?)")
 	gap := flag.Duration("gap", 0, "sleep this long between requests, outside the timed call (e.g. in-process runs with a server's idle time between them); req/s then counts the sleeps too")
 	path := flag.String("path", "", "inproc: model file")
 	fromBytes := flag.Bool("bytes", false, "inproc: create the session from the file's bytes, as edgeward-runtime does")
@@ -218,7 +219,10 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for {
-				if *gap > 0 {
+				if *gap > 0 && *spin {
+					for t := time.Now(); time.Since(t) < *gap; { // busy between requests: the CPU never idles
+					}
+				} else if *gap > 0 {
 					time.Sleep(*gap) // idle between requests, outside the timed call
 				}
 				t := time.Now()

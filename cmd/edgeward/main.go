@@ -10,7 +10,7 @@
 //	edgeward audit export|verify|prove|pubkey|witness  the transparency log, verifiable offline
 //	edgeward server                   serve the repository, the device and operator APIs, the dashboard (/ui)
 //	edgeward rollout create|status|pause|resume|abort|approve   staged rollouts (--server)
-//	edgeward devices list|show|quarantine|release|label         the fleet (--server)
+//	edgeward devices list|show|quarantine|release|decommission|label   the fleet (--server)
 //	edgeward token create|list|revoke operator API tokens
 //	edgeward demo                     run the demonstration scenario
 //	edgeward demo models              write the demo's example models and probe sets
@@ -81,6 +81,7 @@ func commands() []command {
 		{"devices show", "a device with its attestation and install history: ID", cmdDevicesShow},
 		{"devices quarantine", "stop giving a device new versions: ID [--reason TEXT]", deviceActionCmd("quarantine")},
 		{"devices release", "release a quarantined device: ID", deviceActionCmd("release")},
+		{"devices decommission", "take a device out of service for good (its check-ins are refused): ID [--reason TEXT]", deviceActionCmd("decommission")},
 		{"devices clear-failed", "offer a device the versions that failed on it again: ID [--kind model|runtime] (default both)", cmdDevicesClearFailed},
 		{"devices label", "set a device's labels: ID key=value… [--replace]", cmdDevicesLabel},
 		{"completion", "print a shell completion script: edgeward completion bash|zsh", cmdCompletion},

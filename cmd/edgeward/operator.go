@@ -481,7 +481,10 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintln(tw, "DEVICE\tMODEL\tRUNTIME\tVERDICT\tQUARANTINED\tLAST CHECK-IN\tLABELS")
 	for _, d := range all {
 		q := "-"
-		if d.Quarantined {
+		switch {
+		case !d.DecommissionedAt.IsZero():
+			q = "decommissioned: " + d.DecommissionReason
+		case d.Quarantined:
 			q = "yes: " + d.QuarantineReason
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, slotText(d.Slots[artifact.KindModel]), slotText(d.Slots[artifact.KindRuntime]),
@@ -565,6 +568,9 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	} else {
 		fmt.Fprintf(tw, "  quarantined\tno\n")
 	}
+	if !v.DecommissionedAt.IsZero() {
+		fmt.Fprintf(tw, "  decommissioned\t%s (%s): %s\n", v.DecommissionedAt.Format(time.RFC3339), ago(v.DecommissionedAt, now), v.DecommissionReason)
+	}
 	fmt.Fprintf(tw, "  enrolled\t%s\n", ago(v.EnrolledAt, now))
 	fmt.Fprintf(tw, "  last check-in\t%s\n", ago(v.LastCheckIn, now))
 	if e := v.LastError; e != nil {
@@ -605,7 +611,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
-// deviceActionCmd builds quarantine and release.
+// deviceActionCmd builds quarantine, release and decommission.
 func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args []string) error {
 	return func(ctx context.Context, env *cliEnv, args []string) error {
 		fs := flag.NewFlagSet("devices "+action, flag.ContinueOnError)
@@ -635,9 +641,12 @@ func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args 
 		if c.show(raw) {
 			return nil
 		}
-		if d.Quarantined {
+		switch {
+		case action == "decommission":
+			fmt.Fprintf(env.stdout, "device %s decommissioned at %s: %s (its check-ins are refused from now on)\n", d.ID, d.DecommissionedAt.Format(time.RFC3339), d.DecommissionReason)
+		case d.Quarantined:
 			fmt.Fprintf(env.stdout, "device %s quarantined: %s\n", d.ID, d.QuarantineReason)
-		} else {
+		default:
 			fmt.Fprintf(env.stdout, "device %s released\n", d.ID)
 		}
 		return nil

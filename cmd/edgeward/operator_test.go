@@ -248,6 +248,21 @@ func TestCLIDevices(t *testing.T) {
 	if out = admin.must("devices", "release", "cam-1"); !strings.Contains(out, "device cam-1 released") {
 		t.Fatalf("release: %s", out)
 	}
+	if _, _, err := rm.run("devices", "decommission", "cam-2"); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("release manager decommission = %v; want 403", err)
+	}
+	if out = admin.must("devices", "decommission", "cam-2", "--reason", "water damage"); !strings.Contains(out, "device cam-2 decommissioned at ") || !strings.Contains(out, ": water damage") {
+		t.Fatalf("decommission: %s", out)
+	}
+	if _, _, err := admin.run("devices", "decommission", "cam-2"); err == nil || !strings.Contains(err.Error(), "409") {
+		t.Fatalf("second decommission = %v; want 409", err)
+	}
+	if out = aud.must("devices", "list"); !strings.Contains(out, "decommissioned: water damage") {
+		t.Fatalf("list after decommission:\n%s", out)
+	}
+	if out = aud.must("devices", "show", "cam-2"); !strings.Contains(out, "decommissioned") || !strings.Contains(out, "water damage") {
+		t.Fatalf("show after decommission:\n%s", out)
+	}
 	out = rm.must("devices", "label", "cam-1", "site=b", "line=")
 	if !strings.Contains(out, "labels: site=b") || strings.Contains(out, "line=") {
 		t.Fatalf("label: %s", out)

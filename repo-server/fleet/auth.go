@@ -44,6 +44,7 @@ func ParseRole(s string) (Role, error) {
 //	POST rollouts/{id}/pause|resume|abort|approve                              rollout.write
 //	PUT  devices/{id}/labels, POST devices/{id}/clear-failed                   device.label
 //	POST devices/{id}/quarantine|release                                       device.quarantine
+//	POST devices/{id}/decommission                                             device.decommission
 //	POST keys/…, root/…                                                        keys
 //	PUT  attestation policy, manufacturer roots                                attestation.policy
 //	POST/GET/DELETE tokens                                                     tokens
@@ -61,9 +62,10 @@ const (
 	ActionRolloutWrite Action = "rollout.write" // rollout create, pause, resume, abort, approve
 	ActionDeviceLabel  Action = "device.label"  // set device labels, clear a failed mark
 	ActionQuarantine   Action = "device.quarantine"
-	ActionKeys         Action = "keys"               // root, role keys, rotation, delegation
-	ActionAttestPolicy Action = "attestation.policy" // attestation requirements, manufacturer roots
-	ActionTokens       Action = "tokens"             // create, list, revoke operator tokens
+	ActionDecommission Action = "device.decommission" // take a device out of service for good
+	ActionKeys         Action = "keys"                // root, role keys, rotation, delegation
+	ActionAttestPolicy Action = "attestation.policy"  // attestation requirements, manufacturer roots
+	ActionTokens       Action = "tokens"              // create, list, revoke operator tokens
 	ActionAuditExport  Action = "audit.export"
 )
 
@@ -74,7 +76,7 @@ func allowed(a Action, r Role) bool {
 		return r == RoleSecurityAdmin || r == RoleReleaseManager || r == RoleAuditor
 	case ActionPublish, ActionRolloutWrite, ActionDeviceLabel:
 		return r == RoleReleaseManager
-	case ActionQuarantine, ActionKeys, ActionAttestPolicy, ActionTokens:
+	case ActionQuarantine, ActionDecommission, ActionKeys, ActionAttestPolicy, ActionTokens:
 		return r == RoleSecurityAdmin
 	case ActionAuditExport:
 		return r == RoleSecurityAdmin || r == RoleAuditor
@@ -84,7 +86,7 @@ func allowed(a Action, r Role) bool {
 
 // Actions lists every action, for tests and documentation.
 func Actions() []Action {
-	return []Action{ActionFleetRead, ActionPublish, ActionRolloutWrite, ActionDeviceLabel, ActionQuarantine,
+	return []Action{ActionFleetRead, ActionPublish, ActionRolloutWrite, ActionDeviceLabel, ActionQuarantine, ActionDecommission,
 		ActionKeys, ActionAttestPolicy, ActionTokens, ActionAuditExport}
 }
 

@@ -14,7 +14,7 @@ import (
 
 func TestAuthorize(t *testing.T) {
 	allowed := map[Role][]Action{
-		RoleSecurityAdmin:  {ActionFleetRead, ActionQuarantine, ActionKeys, ActionAttestPolicy, ActionTokens, ActionAuditExport},
+		RoleSecurityAdmin:  {ActionFleetRead, ActionQuarantine, ActionDecommission, ActionKeys, ActionAttestPolicy, ActionTokens, ActionAuditExport},
 		RoleReleaseManager: {ActionFleetRead, ActionPublish, ActionRolloutWrite, ActionDeviceLabel},
 		RoleAuditor:        {ActionFleetRead, ActionAuditExport},
 	}

@@ -102,6 +102,10 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			a.Stored = nil
 		case err != nil:
 			return err
+		case stored.Decommissioned():
+			// Before the nonce or anything else: a decommissioned device changes
+			// nothing, and learns nothing but the refusal.
+			return ErrDecommissioned
 		default:
 			a.Stored = &stored
 		}
@@ -214,7 +218,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 // admitQuery reads, in one statement, what Store.Admit needs of an enrolled device
 // before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored)
 // and its outstanding nonce (NULL: none), one primary-key search each.
-const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, n.nonce, n.expires_at
+const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, d.decommissioned_at, n.nonce, n.expires_at
 	FROM devices d LEFT JOIN nonces n ON n.device_id = d.id WHERE d.id = ?`
 
 // storedNonce is a device's outstanding nonce as admitQuery read it.
@@ -231,9 +235,9 @@ func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, er
 	var d Device
 	var n storedNonce
 	var labels, slots, verdict string
-	var enrolled int64
+	var enrolled, decommissioned int64
 	var expires sql.NullInt64
-	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &n.nonce, &expires)
+	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned, &n.nonce, &expires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, n, fmt.Errorf("device %w", ErrNotFound)
 	}
@@ -241,7 +245,7 @@ func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, er
 		return Device{}, n, err
 	}
 	n.found, n.expires = expires.Valid, expires.Int64
-	d.Verdict, d.EnrolledAt = policy.Verdict(verdict), fromNS(enrolled)
+	d.Verdict, d.EnrolledAt, d.DecommissionedAt = policy.Verdict(verdict), fromNS(enrolled), fromNS(decommissioned)
 	if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
 		return Device{}, n, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)
 	}
@@ -258,7 +262,7 @@ func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, er
 // The pure Admit reads nothing else of Admission.Stored (TestAdmitReadsOnlyWhatACheckInKeeps).
 func keptByCheckIn(d Device) Device {
 	return Device{Device: policy.Device{ID: d.ID, Labels: d.Labels, Slots: d.Slots, Verdict: d.Verdict, Quarantined: d.Quarantined},
-		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt}
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, DecommissionedAt: d.DecommissionedAt}
 }
 
 // putDevice writes the row of d: the whole row, inserted, when enroll; else updated,

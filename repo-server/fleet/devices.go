@@ -45,7 +45,18 @@ type Device struct {
 	// Boot is what the device's boot event log proved at its last check-in (Secure
 	// Boot, boot loaders and kernel, PCRs 0–7); nil: it sent none, or it did not verify.
 	Boot *reference.BootState
+	// DecommissionedAt is when an operator took the device out of service for good
+	// (Store.Decommission; zero: in service): its check-ins are refused from then on.
+	DecommissionedAt   time.Time
+	DecommissionReason string
 }
+
+// ErrDecommissioned refuses a check-in from a decommissioned device (Store.Admit), and a
+// second Store.Decommission of one.
+var ErrDecommissioned = errors.New("device decommissioned")
+
+// Decommissioned reports whether the device was taken out of service.
+func (d *Device) Decommissioned() bool { return !d.DecommissionedAt.IsZero() }
 
 // CheckIn is what a device reports about itself at a check-in.
 type CheckIn struct {
@@ -262,6 +273,45 @@ func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, 
 	return s.update(ctx, "quarantine", id, recs, `UPDATE devices SET quarantined = ?, quarantine_reason = ? WHERE id = ?`, quarantined, reason, id)
 }
 
+// Decommission takes a device out of service for good, at at: from then on its
+// check-ins are refused with ErrDecommissioned before anything is written, so it gets no
+// new version and no content key, and its outstanding nonce is forgotten. Its row and
+// history stay (its ID derives from its TPM, so deleting the row would let its next
+// check-in enroll it again); rollout status no longer counts it. There is no way back:
+// a device decommissioned by mistake needs a new TPM identity. ErrNotFound for an
+// unknown device, ErrDecommissioned (nothing changed) for one already decommissioned.
+// recs are appended to the audit log in the same transaction.
+func (s *Store) Decommission(ctx context.Context, id, reason string, at time.Time, recs ...AuditRecord) error {
+	if len(reason) > MaxCause {
+		return fmt.Errorf("decommission %s: %w", id, invalid("reason", "at most %d bytes", MaxCause))
+	}
+	if at.IsZero() {
+		return fmt.Errorf("decommission %s: %w", id, invalid("time", "zero"))
+	}
+	err := s.tx(ctx, func(tx *txn) error {
+		var since int64
+		if err := tx.QueryRowContext(ctx, `SELECT decommissioned_at FROM devices WHERE id = ?`, id).Scan(&since); errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("device %w", ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		if since != 0 {
+			return fmt.Errorf("%w at %s", ErrDecommissioned, fromNS(since).UTC().Format(time.RFC3339))
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE devices SET decommissioned_at = ?, decommission_reason = ? WHERE id = ?`, ns(at), reason, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, id); err != nil {
+			return err
+		}
+		return s.record(ctx, tx, recs...)
+	})
+	if err != nil {
+		return fmt.Errorf("decommission %s: %w", id, err)
+	}
+	return nil
+}
+
 // ClearFailed forgets that an install of the given slot kind failed on a device, so
 // that the device is offered that version again (operator action).
 func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind, recs ...AuditRecord) error {
@@ -372,7 +422,7 @@ func (s *Store) CountDevices(ctx context.Context) (int, error) {
 	return n, err
 }
 
-const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot`
+const deviceCols = `id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot, decommissioned_at, decommission_reason`
 
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
@@ -393,8 +443,9 @@ func getDevice(ctx context.Context, q querier, id string) (Device, error) {
 func scanDevice(sc scanner) (Device, error) {
 	var d Device
 	var labels, slots, attrs, verdict, lastErr, boot string
-	var verdictAt, enrolled, last int64
-	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last, &lastErr, &boot)
+	var verdictAt, enrolled, last, decommissioned int64
+	err := sc.Scan(&d.ID, &labels, &d.Hardware, &d.AgentVersion, &slots, &attrs, &verdict, &verdictAt, &d.Quarantined, &d.QuarantineReason, &enrolled, &last, &lastErr, &boot,
+		&decommissioned, &d.DecommissionReason)
 	if err != nil {
 		return Device{}, err
 	}
@@ -411,6 +462,7 @@ func scanDevice(sc scanner) (Device, error) {
 		}
 	}
 	d.Verdict, d.VerdictAt, d.EnrolledAt, d.LastCheckIn = policy.Verdict(verdict), fromNS(verdictAt), fromNS(enrolled), fromNS(last)
+	d.DecommissionedAt = fromNS(decommissioned)
 	for _, f := range []struct {
 		s   string
 		dst any

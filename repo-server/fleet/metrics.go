@@ -14,6 +14,7 @@ import (
 //
 //	edgeward_fleet_devices                       enrolled devices
 //	edgeward_fleet_devices_quarantined           quarantined devices
+//	edgeward_fleet_devices_decommissioned        decommissioned devices (also in devices)
 //	edgeward_fleet_install_reports_total{rollout,outcome}
 //	edgeward_fleet_downloaded_bytes_total{rollout}
 //	edgeward_attestation_verdicts_total{verdict}
@@ -41,7 +42,7 @@ type Collector struct {
 	cached   []prometheus.Metric
 	cachedAt time.Time
 
-	devices, quarantined, reports, bytes, verdicts, wave, status *prometheus.Desc
+	devices, quarantined, decommissioned, reports, bytes, verdicts, wave, status *prometheus.Desc
 }
 
 // NewCollector returns a collector over s; register it on the server's registry.
@@ -55,19 +56,20 @@ func NewCollector(s *Store, timeout time.Duration, log *slog.Logger) *Collector 
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Collector{s: s, timeout: timeout, log: log,
-		devices:     prometheus.NewDesc("edgeward_fleet_devices", "Enrolled devices.", nil, nil),
-		quarantined: prometheus.NewDesc("edgeward_fleet_devices_quarantined", "Quarantined devices.", nil, nil),
-		reports:     prometheus.NewDesc("edgeward_fleet_install_reports_total", "Install reports by rollout and outcome.", []string{"rollout", "outcome"}, nil),
-		bytes:       prometheus.NewDesc("edgeward_fleet_downloaded_bytes_total", "Bytes downloaded for installs, by rollout.", []string{"rollout"}, nil),
-		verdicts:    prometheus.NewDesc("edgeward_attestation_verdicts_total", "Attestation verdicts by verdict.", []string{"verdict"}, nil),
-		wave:        prometheus.NewDesc("edgeward_rollout_wave", "Index (from 0) of the rollout's current wave.", []string{"rollout"}, nil),
-		status:      prometheus.NewDesc("edgeward_rollout_status", "1 for the rollout's current status.", []string{"rollout", "status"}, nil),
+		devices:        prometheus.NewDesc("edgeward_fleet_devices", "Enrolled devices.", nil, nil),
+		quarantined:    prometheus.NewDesc("edgeward_fleet_devices_quarantined", "Quarantined devices.", nil, nil),
+		decommissioned: prometheus.NewDesc("edgeward_fleet_devices_decommissioned", "Devices taken out of service (their check-ins are refused); also counted in edgeward_fleet_devices.", nil, nil),
+		reports:        prometheus.NewDesc("edgeward_fleet_install_reports_total", "Install reports by rollout and outcome.", []string{"rollout", "outcome"}, nil),
+		bytes:          prometheus.NewDesc("edgeward_fleet_downloaded_bytes_total", "Bytes downloaded for installs, by rollout.", []string{"rollout"}, nil),
+		verdicts:       prometheus.NewDesc("edgeward_attestation_verdicts_total", "Attestation verdicts by verdict.", []string{"verdict"}, nil),
+		wave:           prometheus.NewDesc("edgeward_rollout_wave", "Index (from 0) of the rollout's current wave.", []string{"rollout"}, nil),
+		status:         prometheus.NewDesc("edgeward_rollout_status", "1 for the rollout's current status.", []string{"rollout", "status"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.devices, c.quarantined, c.reports, c.bytes, c.verdicts, c.wave, c.status} {
+	for _, d := range []*prometheus.Desc{c.devices, c.quarantined, c.decommissioned, c.reports, c.bytes, c.verdicts, c.wave, c.status} {
 		ch <- d
 	}
 }
@@ -94,12 +96,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 func (c *Collector) collect(emit func(prometheus.Metric)) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	var n, q float64
-	if err := c.s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(quarantined), 0) FROM devices`).Scan(&n, &q); err != nil {
+	var n, q, dec float64
+	if err := c.s.db.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(quarantined), 0), coalesce(sum(CASE WHEN decommissioned_at > 0 THEN 1 ELSE 0 END), 0) FROM devices`).Scan(&n, &q, &dec); err != nil {
 		c.log.Error("fleet metrics: devices", "err", err)
 	} else {
 		emit(prometheus.MustNewConstMetric(c.devices, prometheus.GaugeValue, n))
 		emit(prometheus.MustNewConstMetric(c.quarantined, prometheus.GaugeValue, q))
+		emit(prometheus.MustNewConstMetric(c.decommissioned, prometheus.GaugeValue, dec))
 	}
 	c.rows(ctx, "reports", `SELECT rollout_id, outcome, count(*) FROM reports GROUP BY rollout_id, outcome`, func(scan func(...any) error) error {
 		var r, o string

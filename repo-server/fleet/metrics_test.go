@@ -21,6 +21,9 @@ func testCollector(t *testing.T, db opener) {
 		s.Enroll(ctx, id, nil, t0)
 	}
 	s.SetQuarantine(ctx, "c", true, "tamper")
+	if err := s.Decommission(ctx, "b", "scrapped", t0); err != nil {
+		t.Fatal(err)
+	}
 	s.RecordVerdict(ctx, "a", policy.VerdictTrusted, "", t0)
 	s.RecordVerdict(ctx, "b", policy.VerdictUntrusted, "", t0)
 	s.AddReport(ctx, wire.Report{DeviceID: "a", RolloutID: "r", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeCommitted, Bytes: 500, At: t0})
@@ -39,6 +42,9 @@ edgeward_attestation_verdicts_total{verdict="untrusted"} 1
 # HELP edgeward_fleet_devices Enrolled devices.
 # TYPE edgeward_fleet_devices gauge
 edgeward_fleet_devices 3
+# HELP edgeward_fleet_devices_decommissioned Devices taken out of service (their check-ins are refused); also counted in edgeward_fleet_devices.
+# TYPE edgeward_fleet_devices_decommissioned gauge
+edgeward_fleet_devices_decommissioned 1
 # HELP edgeward_fleet_devices_quarantined Quarantined devices.
 # TYPE edgeward_fleet_devices_quarantined gauge
 edgeward_fleet_devices_quarantined 1

@@ -158,3 +158,93 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 		t.Fatalf("stored %d devices, %d reports, %d verdicts; want the two check-ins that committed", d, r, v)
 	}
 }
+
+// testDecommission: a decommissioned device's check-ins are refused with
+// ErrDecommissioned before anything is written (its outstanding nonce, verdicts and
+// reports stay as they were, another replica sees the same), it is decommissioned
+// once (a second time changes nothing), its outstanding nonce is forgotten by the
+// decommission, and the decommission and its audit record commit together.
+func testDecommission(t *testing.T, db opener) {
+	ctx := context.Background()
+	a, b := twoReplicas(t, db)
+	var audited []AuditRecord
+	audit := func(_ context.Context, _ Tx, r AuditRecord) error {
+		audited = append(audited, r)
+		return nil
+	}
+	a, b = a.WithAudit(audit), b.WithAudit(audit)
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	admission := func(nonce []byte, now time.Time, report string) Admission {
+		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
+			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
+			Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
+	}
+	count := func(q string) int {
+		t.Helper()
+		var n int
+		if err := a.db.QueryRow(q).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if err := a.Decommission(ctx, "dev-1", "never enrolled", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Decommission(unknown device) = %v; want ErrNotFound", err)
+	}
+	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Admit(ctx, admission(n1, t0, "r1"), nil); err != nil {
+		t.Fatalf("Admit before the decommission: %v", err)
+	}
+	if err := a.IssueNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(90 * time.Second)
+	rec := AuditRecord{Actor: "op", Kind: "device.decommission", Subject: "dev-1", Data: map[string]any{"reason": "scrapped"}}
+	audited = nil // the check-in's own records
+	if err := a.Decommission(ctx, "dev-1", "scrapped", at, rec); err != nil {
+		t.Fatal(err)
+	}
+	if len(audited) != 1 || audited[0].Kind != "device.decommission" {
+		t.Fatalf("audit records: %+v", audited)
+	}
+	if n := count(`SELECT count(*) FROM nonces WHERE device_id = 'dev-1'`); n != 0 {
+		t.Fatalf("the outstanding nonce outlived the decommission: %d rows", n)
+	}
+	d, err := b.Device(ctx, "dev-1")
+	if err != nil || !d.Decommissioned() || !d.DecommissionedAt.Equal(at) || d.DecommissionReason != "scrapped" {
+		t.Fatalf("Device after the decommission = %+v, %v", d, err)
+	}
+	if err := b.Decommission(ctx, "dev-1", "again", at.Add(time.Hour), rec); !errors.Is(err, ErrDecommissioned) {
+		t.Fatalf("second Decommission = %v; want ErrDecommissioned", err)
+	}
+	if len(audited) != 1 {
+		t.Fatalf("the refused second decommission was audited: %+v", audited)
+	}
+	if d, _ := a.Device(ctx, "dev-1"); d.DecommissionReason != "scrapped" || !d.DecommissionedAt.Equal(at) {
+		t.Fatalf("a second Decommission changed the device: %+v", d)
+	}
+
+	// A nonce issued after the decommission (nonce requests are not authenticated) is
+	// no way back in: the check-in is refused before the nonce is even looked at.
+	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(5*time.Minute), t0.Add(3*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	reports, verdicts := count(`SELECT count(*) FROM reports`), count(`SELECT count(*) FROM verdicts`)
+	if _, err := b.Admit(ctx, admission(n1, t0.Add(4*time.Minute), "r2"), nil); !errors.Is(err, ErrDecommissioned) {
+		t.Fatalf("Admit after the decommission = %v; want ErrDecommissioned", err)
+	}
+	if len(audited) != 1 {
+		t.Fatalf("the refused check-in was audited by the store: %+v", audited[1:])
+	}
+	if r, v := count(`SELECT count(*) FROM reports`), count(`SELECT count(*) FROM verdicts`); r != reports || v != verdicts {
+		t.Fatalf("the refused check-in stored %d reports and %d verdicts", r-reports, v-verdicts)
+	}
+	if n := count(`SELECT count(*) FROM nonces WHERE device_id = 'dev-1'`); n != 1 {
+		t.Fatalf("the refused check-in used its nonce: %d rows", n)
+	}
+	if d, _ := a.Device(ctx, "dev-1"); !d.LastCheckIn.Equal(t0) {
+		t.Fatalf("the refused check-in moved the last check-in to %v", d.LastCheckIn)
+	}
+}

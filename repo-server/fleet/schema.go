@@ -196,6 +196,11 @@ var migrations = []string{
 	// prunes marks too (0: a mark stored before this migration, kept).
 	`ALTER TABLE device_reports_seen ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
 	CREATE INDEX device_reports_seen_at ON device_reports_seen(at);`,
+	// 16: a decommissioned device (Store.Decommission; 0: in service) and why. Its row
+	// stays: its ID derives from its TPM's EK, and a deleted row would let its next
+	// check-in enroll it again.
+	`ALTER TABLE devices ADD COLUMN decommissioned_at INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE devices ADD COLUMN decommission_reason TEXT NOT NULL DEFAULT '';`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

@@ -76,6 +76,9 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 			return RolloutStatus{}, err
 		}
 		for i := range devs {
+			if devs[i].Decommissioned() {
+				continue // out of service: it will never commit, and must not hold the rollout short of 100 %
+			}
 			if ok, _ := r.Selected(&devs[i].Device); ok {
 				out.Selected++
 				perWave[r.WaveOf(devs[i].ID)]++

@@ -54,6 +54,7 @@ var storeSuite = []struct {
 	{"Prune", testPrune},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
 	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
+	{"Decommission", testDecommission},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},
 	{"SimulatedFleetGoodRollout", testSimulatedFleetGoodRollout},
 	{"SimulatedFleetBadRolloutPausesAndAborts", testSimulatedFleetBadRolloutPausesAndAborts},

@@ -35,13 +35,17 @@ type DeviceView struct {
 	LastError *wire.UpdateError `json:"last_error,omitempty"`
 	// Boot is what the device's boot event log proved at its last check-in (nil: none).
 	Boot *reference.BootState `json:"boot,omitempty"`
+	// DecommissionedAt is when the device was taken out of service (zero: in service).
+	DecommissionedAt   time.Time `json:"decommissioned_at,omitzero"`
+	DecommissionReason string    `json:"decommission_reason,omitempty"`
 }
 
 // NewDeviceView converts a stored device.
 func NewDeviceView(d fleet.Device) DeviceView {
 	v := DeviceView{ID: d.ID, Labels: d.Labels, Hardware: d.Hardware, AgentVersion: d.AgentVersion, Slots: d.Slots,
 		Attrs: d.Attrs, Verdict: d.Verdict, VerdictAt: d.VerdictAt, Quarantined: d.Quarantined,
-		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn, LastError: d.LastError, Boot: d.Boot}
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, LastCheckIn: d.LastCheckIn, LastError: d.LastError, Boot: d.Boot,
+		DecommissionedAt: d.DecommissionedAt, DecommissionReason: d.DecommissionReason}
 	if v.Labels == nil {
 		v.Labels = map[string]string{}
 	}
@@ -160,11 +164,13 @@ func ListRollouts(ctx context.Context, st *fleet.Store, p *policy.Policy) ([]Rol
 // attestation figures (KPI.Verdicts, KPI.AttestationPassRate) cover VerdictsSince, a
 // shorter period: verdicts are one per check-in.
 type FleetSummary struct {
-	Since         time.Time      `json:"since"`
-	VerdictsSince time.Time      `json:"verdicts_since"`
-	Devices       int            `json:"devices"`
-	Quarantined   int            `json:"quarantined"`
-	Verdicts      map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
+	Since         time.Time `json:"since"`
+	VerdictsSince time.Time `json:"verdicts_since"`
+	Devices       int       `json:"devices"`
+	Quarantined   int       `json:"quarantined"`
+	// Decommissioned counts the devices taken out of service (also in Devices).
+	Decommissioned int            `json:"decommissioned"`
+	Verdicts       map[string]int `json:"verdicts"` // current verdict of each device ("" never attested)
 	// UpdateErrors counts the devices whose last check-in carried an update error, by
 	// kind; ExpiredMetadata is UpdateErrors["expired_metadata"]: devices that keep
 	// serving but cannot update because the metadata they are served is expired.
@@ -225,6 +231,9 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 			out.Devices++
 			if d.Quarantined {
 				out.Quarantined++
+			}
+			if d.Decommissioned() {
+				out.Decommissioned++
 			}
 			out.Verdicts[string(d.Verdict)]++
 			if d.LastError != nil {

@@ -436,3 +436,30 @@ func TestDevicePageShowsBoot(t *testing.T) {
 		t.Errorf("a device without boot evidence does not say so")
 	}
 }
+
+// TestDecommissionedDeviceOnTheDashboard: a decommissioned device is counted on the
+// fleet page and marked in its row and on its page, with the reason; a device in
+// service says so.
+func TestDecommissionedDeviceOnTheDashboard(t *testing.T) {
+	d := newDash(t)
+	c := d.client()
+	d.login(c, fleet.RoleAuditor)
+	if _, body := d.get(c, "/ui/fleet"); strings.Contains(body, `id="decommissioned-count"`) {
+		t.Errorf("fleet page counts decommissioned devices before any was")
+	}
+	if err := d.store.Decommission(context.Background(), "press-01", "scrapped <b>now</b>", time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	_, body := d.get(c, "/ui/fleet")
+	row := between(body, `data-device="press-01"`, "</tr>")
+	if !strings.Contains(body, `id="decommissioned-count">1<`) || !strings.Contains(row, `<span class="bad">decommissioned</span> <small>scrapped &lt;b&gt;now&lt;/b&gt;</small>`) {
+		t.Errorf("fleet page: count %q, row %s", between(body, `id="decommissioned-count"`, "</span>"), row)
+	}
+	_, body = d.get(c, "/ui/devices/press-01")
+	if got := between(body, `id="decommissioned"`, "</td>"); !strings.Contains(got, `<span class="bad">decommissioned</span> 2026-11-30`) || !strings.Contains(got, "scrapped &lt;b&gt;now&lt;/b&gt;") {
+		t.Errorf("device page: %s", got)
+	}
+	if _, body = d.get(c, "/ui/devices/press-02"); !strings.Contains(body, `id="decommissioned">yes<`) {
+		t.Errorf("device page of a device in service: %s", between(body, `id="decommissioned"`, "</td>"))
+	}
+}
