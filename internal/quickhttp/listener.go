@@ -366,7 +366,7 @@ func (s *conn) handOver() {
 	if s.start < s.end {
 		pending = s.buf[s.start:s.end]
 	}
-	pc := &prefixConn{Conn: s.c, pending: pending}
+	pc := &prefixConn{Conn: s.c, pending: pending, headerBy: s.headerBy}
 	s.l.untrack(s.c)
 	select {
 	case s.l.handoff <- pc:
@@ -379,9 +379,28 @@ func (s *conn) handOver() {
 // prefixConn is a handed connection: it reads the bytes read before the hand-over
 // first. It keeps the methods net/http looks for on a *net.TCPConn: ReadFrom (sendfile
 // for files) and CloseWrite (its graceful close).
+//
+// A request handed over before its header ended (one longer than the buffer) keeps the
+// header deadline it had here: net/http's first read deadline, its ReadHeaderTimeout
+// for the first request, is moved no later than headerBy. Without that, a client
+// trickling a long header had HeaderTimeout here and a whole ReadHeaderTimeout again
+// in net/http.
 type prefixConn struct {
 	net.Conn
-	pending []byte
+	pending  []byte
+	headerBy time.Time // zero: no header begun at the hand-over, or already applied
+}
+
+// SetReadDeadline is the inner connection's, the first time no later than headerBy.
+// net/http sets it from the goroutine serving the connection, first for the header.
+func (c *prefixConn) SetReadDeadline(t time.Time) error {
+	if by := c.headerBy; !by.IsZero() {
+		c.headerBy = time.Time{}
+		if t.IsZero() || t.After(by) {
+			t = by
+		}
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {

@@ -453,3 +453,41 @@ func TestCloseAfterAcceptError(t *testing.T) {
 	}
 	expectClosed(t, c, 5*time.Second)
 }
+
+// TestHandedOverHeaderKeepsItsDeadline: a header longer than the buffer, trickled, is
+// handed to net/http part way; its HeaderTimeout still runs from its first byte, as with
+// net/http alone, rather than starting again at the hand-over.
+func TestHandedOverHeaderKeepsItsDeadline(t *testing.T) {
+	const timeout = time.Second
+	plain, quick := bothServers(t, Config{HeaderTimeout: timeout, IdleTimeout: 5 * time.Second})
+	held := func(addr string) time.Duration {
+		c := dial(t, addr)
+		start := time.Now()
+		io.WriteString(c, "GET /q HTTP/1.1\r\nHost: a\r\nX-Long: ")
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			// 4,400 bytes over 800 ms (past the buffer before the timeout), then one a
+			// tick: the header never ends.
+			for i := 0; i < 200; i++ {
+				n := 1
+				if i < 16 {
+					n = 275
+				}
+				if _, err := io.WriteString(c, strings.Repeat("x", n)); err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+		expectClosed(t, c, 15*time.Second)
+		d := time.Since(start)
+		c.Close()
+		<-done
+		return d
+	}
+	dp, dq := held(plain), held(quick)
+	if dq > timeout+400*time.Millisecond || dq > dp+400*time.Millisecond {
+		t.Fatalf("a trickled long header is held %v through the hand-over; net/http alone holds it %v (HeaderTimeout %v)", dq, dp, timeout)
+	}
+}
