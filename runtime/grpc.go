@@ -30,6 +30,10 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	max := int(min(r.cfg.maxRequestBytes(), math.MaxInt32))
 	opts = append(append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(max),
+		// grpc-go's default is no limit: one connection could open streams, each a
+		// handler goroutine, without end (HTTP/2 rapid reset among them). More than the
+		// runs plus the requests that may wait for one would only be refused.
+		grpc.MaxConcurrentStreams(uint32(r.cfg.maxRuns() + r.cfg.maxWaiting())),
 		grpc.UnaryInterceptor(r.grpcRecoverer),
 		grpc.InTapHandle(readDeadlineTap),
 	}, inference.ServerOptions()...), opts...)

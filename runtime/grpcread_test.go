@@ -157,3 +157,83 @@ func TestGRPCMessageReadsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestGRPCStreamsPerConnectionAreBounded: the server announces at most
+// MaxConcurrentRuns + MaxWaitingRequests concurrent streams per connection (grpc-go's
+// default is no limit, a handler goroutine per stream), and refuses a stream past it
+// with REFUSED_STREAM while the others are still open.
+func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxConcurrentRuns: 1, MaxWaitingRequests: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := r.NewGRPCServer()
+	go s.Serve(ln)
+	t.Cleanup(s.Stop)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	announced := uint32(0)
+	for announced == 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			v, ok := sf.Value(http2.SettingMaxConcurrentStreams)
+			if !ok {
+				t.Fatal("the server's SETTINGS announce no stream limit")
+			}
+			announced = v
+			fr.WriteSettingsAck()
+		}
+	}
+	if announced != 3 {
+		t.Fatalf("the server announces %d concurrent streams, want 3 (1 run + 2 waiting)", announced)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i := uint32(0); i <= announced; i++ {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
+			{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		id := 2*i + 1
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		// A message announced and never finished: the stream stays open.
+		if err := fr.WriteData(id, false, append(binary.BigEndian.AppendUint32([]byte{0}, 1000), make([]byte, 10)...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := 2*announced + 1
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no refusal of stream %d: %v", last, err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok {
+			if rst.StreamID != last || rst.ErrCode != http2.ErrCodeRefusedStream {
+				t.Fatalf("RST_STREAM %d %v; want stream %d refused", rst.StreamID, rst.ErrCode, last)
+			}
+			return
+		}
+	}
+}
