@@ -48,7 +48,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}})
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}, Refuse: refuseDecommissioned(store)})
 	if err != nil {
 		t.Fatalf("start step-ca: %v", err)
 	}
@@ -122,6 +122,26 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 	_, err = d.checkIn(req)
 	if !errors.As(err, &apiErr) || apiErr.Status != 403 || !strings.Contains(apiErr.Message, "identity_mismatch") {
 		t.Fatalf("check-in as another device = %v; want 403 identity_mismatch", err)
+	}
+
+	// Decommissioned: its certificate, still valid, gets it to a refused check-in, and
+	// the device CA signs it no new one (the server's check, refuseDecommissioned), so
+	// its last lapses within a day.
+	if err := dc.Renew(ctx); err != nil {
+		t.Fatalf("renewal of the enrolled device in service: %v", err)
+	}
+	if err := store.Decommission(ctx, d.id, "stolen", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.checkIn(d.request()); !errors.As(err, &apiErr) || apiErr.Status != 403 || !strings.Contains(apiErr.Message, "decommissioned") {
+		t.Fatalf("check-in after the decommission = %v; want 403 device decommissioned", err)
+	}
+	before := dc.Leaf()
+	if err := dc.Renew(ctx); err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "decommissioned") {
+		t.Fatalf("renewal after the decommission = %v; want ACME unauthorized, decommissioned", err)
+	}
+	if dc.Leaf() != before {
+		t.Fatal("the refused renewal replaced the device's certificate")
 	}
 }
 

@@ -368,7 +368,8 @@ func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcf
 		dcfg.ClientRoots, dcfg.DeviceCA = pool, &wire.DeviceCA{DirectoryURL: cfg.CAURL, RootPEM: string(pemBytes)}
 		return func() {}, nil
 	}
-	sc := stepca.Config{Dir: filepath.Join(cfg.Dir, "stepca"), AttestationRoots: []*x509.Certificate{attestRoot}}
+	sc := stepca.Config{Dir: filepath.Join(cfg.Dir, "stepca"), AttestationRoots: []*x509.Certificate{attestRoot},
+		Refuse: refuseDecommissioned(store)}
 	cleanup := func() {}
 	if store.Engine() == "postgres" {
 		sc.Lock = LeaseLock(store, LeaseStepCA, replica, 0, nil, log)
@@ -433,4 +434,26 @@ func (r *lateRecorder) Record(ctx context.Context, actor, kind, subject string, 
 // repository.Recorder). An error means nothing was recorded.
 func (s *Server) Record(ctx context.Context, actor, kind, subject string, data any) error {
 	return s.auditLog(ctx, actor, kind, subject, data)
+}
+
+// refuseDecommissioned is the embedded step-ca's check before it signs a device
+// certificate (stepca.Config.Refuse): a decommissioned device gets none, so its last
+// one lapses within a day. A device the fleet does not know yet (it gets its first
+// certificate before its first check-in) is not refused; one whose record cannot be
+// read is, for now (it asks again at its next renewal).
+func refuseDecommissioned(store *fleet.Store) func(ctx context.Context, ids []string) error {
+	return func(ctx context.Context, ids []string) error {
+		for _, id := range ids {
+			d, err := store.Device(ctx, id)
+			switch {
+			case errors.Is(err, fleet.ErrNotFound):
+				continue
+			case err != nil:
+				return fmt.Errorf("cannot check the device's record: %w", err)
+			case d.Decommissioned():
+				return fmt.Errorf("%w at %s: %s", fleet.ErrDecommissioned, d.DecommissionedAt.UTC().Format(time.RFC3339), d.DecommissionReason)
+			}
+		}
+		return nil
+	}
 }

@@ -63,6 +63,11 @@ type Config struct {
 	// and all use that one (e.g. a lease in the database the replicas share, which
 	// holds across machines). A lock on Dir itself (flock(2)) is always taken too.
 	Lock func(ctx context.Context) (unlock func(), err error)
+	// Refuse, when set, is asked before the CA signs a certificate, new or renewed,
+	// naming TPM permanent identifiers (device IDs): an error refuses it, and the ACME
+	// order fails (e.g. a decommissioned device renewing its certificate). The CA then
+	// signs with its intermediate through step-ca's softcas, as it would without.
+	Refuse func(ctx context.Context, ids []string) error
 }
 
 // Server is a running embedded step-ca.
@@ -109,7 +114,15 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stepca: %w", err)
 	}
-	srv, err := ca.New(cfg, ca.WithConfigFile(path), ca.WithQuiet(true))
+	opts := []ca.Option{ca.WithConfigFile(path), ca.WithQuiet(true)}
+	if c.Refuse != nil {
+		cas, err := newRefusingCAS(ctx, c.Dir, c.Refuse)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, ca.WithX509CAService(cas))
+	}
+	srv, err := ca.New(cfg, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("stepca: start: %w", err)
 	}

@@ -1,0 +1,102 @@
+package stepca_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/attest/attesttest"
+	"github.com/edgeward/edgeward/attest/stepca"
+)
+
+// TestRefusedDeviceGetsNoCertificate: with Config.Refuse, the embedded step-ca asks
+// before it signs a device certificate, with the device's permanent identifier; while
+// it refuses the device (a decommissioned one renewing), the ACME order fails and no
+// certificate is issued; once it no longer refuses, the same device gets one again.
+func TestRefusedDeviceGetsNoCertificate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
+	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acaSrv := httptest.NewServer(aca.Handler())
+	defer acaSrv.Close()
+	ak, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var asked [][]string
+	refused := false
+	errGone := errors.New("device decommissioned")
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{root},
+		Refuse: func(_ context.Context, ids []string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked = append(asked, ids)
+			if refused {
+				return errGone
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sca.Close()
+	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	order := func() error {
+		_, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key})
+		return err
+	}
+	if err := order(); err != nil {
+		t.Fatalf("certificate while not refused: %v", err)
+	}
+	mu.Lock()
+	if len(asked) != 1 || !slices.Equal(asked[0], []string{ak.PermanentIdentifier}) {
+		t.Fatalf("Refuse was asked %v; want once, for %s", asked, ak.PermanentIdentifier)
+	}
+	refused = true
+	mu.Unlock()
+	if err := order(); err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "device decommissioned") {
+		t.Fatalf("order of the refused device = %v; want ACME unauthorized naming the reason", err)
+	}
+	mu.Lock()
+	refused = false
+	n := len(asked)
+	mu.Unlock()
+	if n != 2 {
+		t.Fatalf("Refuse asked %d times after the refused order; want 2", n)
+	}
+	if err := order(); err != nil {
+		t.Fatalf("certificate once no longer refused: %v", err)
+	}
+}
