@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -147,4 +148,67 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 
 func pemCert(c *x509.Certificate) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}
+
+// TestStepCADatabaseIsRotated: the server's rotation job sets the embedded step-ca's
+// database aside once it passes its bound, and the CA keeps issuing on the same URL.
+func TestStepCADatabaseIsRotated(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acaSrv := httptest.NewServer(ca.Handler())
+	defer acaSrv.Close()
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sca.Close()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	ak, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: pemCert(sca.Root)}
+	dc, err := agent.NewDeviceCert(ctx, tpm, ak, info, "edgeward-device-tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	for range 10 {
+		if err := dc.Renew(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown, err := sca.DBBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go rotateStepCA(ctx, sca, grown, 20*time.Millisecond, slog.New(slog.DiscardHandler))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if n, err := sca.DBBytes(); err == nil && n < grown {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the database (%d bytes, bound %d) was not rotated", grown, grown)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := dc.Renew(ctx); err != nil {
+		t.Fatalf("renewal after the rotation: %v", err)
+	}
 }

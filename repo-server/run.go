@@ -391,6 +391,7 @@ func deviceCA(ctx context.Context, cfg Config, attestRoot *x509.Certificate, dcf
 	dcfg.ClientRoots.AddCert(sca.Root)
 	dcfg.DeviceCA = &wire.DeviceCA{DirectoryURL: sca.DirectoryURL, RootPEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: sca.Root.Raw}))}
 	log.Info("device CA (embedded step-ca)", "acme", sca.DirectoryURL, "state", sc.StateDir)
+	go rotateStepCA(ctx, sca, stepCADBMax, time.Hour, log)
 	return func() { sca.Close(); cleanup() }, nil
 }
 
@@ -455,5 +456,34 @@ func refuseDecommissioned(store *fleet.Store) func(ctx context.Context, ids []st
 			}
 		}
 		return nil
+	}
+}
+
+// stepCADBMax is the size of the embedded step-ca's database past which it is rotated
+// (stepca.Server.Rotate): about 25,000 device certificates at 10 KB each, a day of a
+// 25,000-device fleet's renewals. Unrotated, a fleet of 10,000 devices renewing daily
+// would grow it by about 36 GB a year.
+const stepCADBMax = 256 << 20
+
+// rotateStepCA checks sca's database every interval until ctx ends, and rotates it
+// once it has grown past max.
+func rotateStepCA(ctx context.Context, sca *stepca.Server, max int64, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := sca.DBBytes()
+		if err != nil || n < max {
+			continue
+		}
+		if err := sca.Rotate(ctx); err != nil {
+			log.Error("device CA: rotate its database", "bytes", n, "err", err)
+			continue
+		}
+		log.Info("device CA: database rotated (ACME accounts are registered again on demand)", "bytes", n)
 	}
 }

@@ -27,28 +27,7 @@ func TestRefusedDeviceGetsNoCertificate(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	tpm, err := attest.Open(ctx, "sim")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tpm.Close()
-	maker, _ := attesttest.NewManufacturer("Acme TPM")
-	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
-		t.Fatal(err)
-	}
-	inter := x509.NewCertPool()
-	inter.AddCert(maker.Intermediate)
-	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
-	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
-	if err != nil {
-		t.Fatal(err)
-	}
-	acaSrv := httptest.NewServer(aca.Handler())
-	defer acaSrv.Close()
-	ak, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, tpm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tpm, ak, root := enrolledTPM(ctx, t)
 
 	var mu sync.Mutex
 	var asked [][]string
@@ -98,5 +77,92 @@ func TestRefusedDeviceGetsNoCertificate(t *testing.T) {
 	}
 	if err := order(); err != nil {
 		t.Fatalf("certificate once no longer refused: %v", err)
+	}
+}
+
+// enrolledTPM is a simulator TPM with a manufacturer's EK certificate, enrolled with a
+// fresh attestation CA: its AK certificate and that CA's root.
+func enrolledTPM(ctx context.Context, t *testing.T) (*attest.TPM, *attest.AKCertificate, *x509.Certificate) {
+	t.Helper()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close() })
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	if _, err := maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	signer, root, _ := attestca.NewRoot("Edgeward Attestation CA", time.Hour)
+	aca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acaSrv := httptest.NewServer(aca.Handler())
+	t.Cleanup(acaSrv.Close)
+	ak, err := (&attest.EnrollClient{URL: acaSrv.URL}).Enroll(ctx, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpm, ak, root
+}
+
+// TestRotateStartsAnEmptyDatabase: Rotate restarts the CA on the same address with an
+// empty database (step-ca's grows about 10 KB per certificate and never shrinks), and
+// a device with its ACME account key from before gets its next certificate as before:
+// the account is registered again.
+func TestRotateStartsAnEmptyDatabase(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tpm, ak, root := enrolledTPM(ctx, t)
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{root}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sca.Close()
+	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	acct, err := tpm.CreateKey(ctx, []byte("device-tls\x00acme-account"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acct.Close()
+	order := func() error {
+		_, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key, AccountKey: acct})
+		return err
+	}
+	for range 40 {
+		if err := order(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown, err := sca.DBBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := sca.DirectoryURL
+	if err := sca.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := sca.DBBytes()
+	if err != nil || fresh >= grown || sca.DirectoryURL != url {
+		t.Fatalf("after the rotation: %d bytes (%v), %s; before it %d bytes, %s", fresh, err, sca.DirectoryURL, grown, url)
+	}
+	if err := order(); err != nil {
+		t.Fatalf("an order with the account key from before the rotation: %v", err)
+	}
+	if err := sca.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sca.Rotate(ctx); err == nil {
+		t.Fatal("Rotate after Close succeeded")
 	}
 }

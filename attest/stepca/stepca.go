@@ -78,11 +78,16 @@ type Server struct {
 	DirectoryURL string
 	// Root is the CA root devices' certificates chain to (trust it for
 	// mTLS client certificates and for talking to the CA).
-	Root     *x509.Certificate
-	ca       *ca.CA
-	done     chan error
-	stopOnce sync.Once
-	stopErr  error
+	Root *x509.Certificate
+
+	cfg    Config // Address set: a rotation serves on the same one
+	path   string // the configuration file
+	dbPath string
+
+	mu     sync.Mutex // guards ca, done and closed; held across a rotation
+	ca     *ca.CA
+	done   chan error
+	closed bool
 }
 
 // ConfigFile is the step-ca configuration file Start writes into Dir; the
@@ -110,37 +115,46 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := config.LoadConfiguration(path)
+	c.Address = addr
+	s := &Server{URL: "https://" + addr, Root: root, cfg: c, path: path, dbPath: dbFile(c)}
+	s.DirectoryURL = s.URL + "/acme/" + provisionerName(c) + "/directory"
+	s.mu.Lock()
+	err = s.runLocked(ctx)
+	s.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("stepca: %w", err)
+		return nil, err
 	}
-	opts := []ca.Option{ca.WithConfigFile(path), ca.WithQuiet(true)}
-	if c.Refuse != nil {
-		cas, err := newRefusingCAS(ctx, c.Dir, c.Refuse)
+	go func() {
+		<-ctx.Done()
+		s.Close()
+	}()
+	return s, nil
+}
+
+// runLocked starts step-ca with the configuration at s.path and waits until it serves.
+func (s *Server) runLocked(ctx context.Context) error {
+	cfg, err := config.LoadConfiguration(s.path)
+	if err != nil {
+		return fmt.Errorf("stepca: %w", err)
+	}
+	opts := []ca.Option{ca.WithConfigFile(s.path), ca.WithQuiet(true)}
+	if s.cfg.Refuse != nil {
+		cas, err := newRefusingCAS(ctx, s.cfg.Dir, s.cfg.Refuse)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		opts = append(opts, ca.WithX509CAService(cas))
 	}
 	srv, err := ca.New(cfg, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("stepca: start: %w", err)
+		return fmt.Errorf("stepca: start: %w", err)
 	}
-	s := &Server{
-		URL:  "https://" + addr,
-		Root: root,
-		ca:   srv,
-		done: make(chan error, 1),
-	}
-	s.DirectoryURL = s.URL + "/acme/" + provisionerName(c) + "/directory"
-	go func() { s.done <- srv.Run() }()
-	go func() {
-		<-ctx.Done()
-		s.Close()
-	}()
+	done := make(chan error, 1)
+	go func() { done <- srv.Run() }()
+	s.ca, s.done = srv, done
 	// Wait until it serves.
 	pool := x509.NewCertPool()
-	pool.AddCert(root)
+	pool.AddCert(s.Root)
 	hc := s.Client(pool)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -148,20 +162,62 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s, nil
+				return nil
 			}
 		}
 		select {
-		case err := <-s.done:
-			return nil, fmt.Errorf("stepca: stopped at start: %w", err)
+		case err := <-done:
+			return fmt.Errorf("stepca: stopped at start: %w", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.Close()
-			return nil, fmt.Errorf("stepca: not serving on %s: %v", addr, err)
+			srv.Stop()
+			return fmt.Errorf("stepca: not serving on %s: %v", s.cfg.Address, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// DBBytes is the size of the CA's database file. step-ca keeps every ACME account,
+// order, authorization and certificate it served, and its bbolt file never shrinks:
+// about 10 KB per device certificate (2 MiB after 200 renewals of one device's).
+// It waits for a rotation under way.
+func (s *Server) DBBytes() (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fi, err := os.Stat(s.dbPath)
+	if err != nil {
+		return 0, fmt.Errorf("stepca: %w", err)
+	}
+	return fi.Size(), nil
+}
+
+// Rotate stops the CA, deletes its database and starts it again, on the same address
+// with the same root, provisioner and keys, on an empty one. What the database holds is
+// disposable for Edgeward's devices: they register their ACME account again on demand
+// (its key is derived in their TPM, attest.RequestDeviceCert registers at every order),
+// an order lasts seconds, and certificates are renewed by new ACME orders, never
+// through step-ca's /renew, which would look them up. An order under way fails and is
+// made again at the device's next TLS handshake. Requests while it restarts are
+// refused (connection refused).
+func (s *Server) Rotate(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("stepca: closed")
+	}
+	if err := s.ca.Stop(); err != nil {
+		return fmt.Errorf("stepca: stop for the rotation: %w", err)
+	}
+	<-s.done
+	if err := os.Remove(s.dbPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("stepca: rotate the database: %w", err)
+	}
+	if err := s.runLocked(ctx); err != nil {
+		s.closed = true
+		return fmt.Errorf("stepca: restart after the rotation: %w", err)
+	}
+	return nil
 }
 
 // Client returns an HTTP client that trusts roots (nil: the CA's root).
@@ -177,8 +233,22 @@ func (s *Server) Client(roots *x509.CertPool) *http.Client {
 
 // Close stops the CA. It is idempotent and safe for concurrent use.
 func (s *Server) Close() error {
-	s.stopOnce.Do(func() { s.stopErr = s.ca.Stop() })
-	return s.stopErr
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	return s.ca.Stop()
+}
+
+// dbFile is the bbolt file of c's step-ca (WriteConfig).
+func dbFile(c Config) string {
+	state := c.StateDir
+	if state == "" {
+		state = c.Dir
+	}
+	return filepath.Join(state, "db", "bolt.db")
 }
 
 func provisionerName(c Config) string {
@@ -248,7 +318,7 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 		"key":      filepath.Join(c.Dir, "intermediate_ca_key"),
 		"address":  addr,
 		"dnsNames": dns,
-		"db":       map[string]any{"type": "bbolt", "dataSource": filepath.Join(state, "db", "bolt.db")},
+		"db":       map[string]any{"type": "bbolt", "dataSource": dbFile(c)},
 		"authority": map[string]any{
 			"provisioners": []any{prov},
 		},
