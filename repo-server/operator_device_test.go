@@ -25,40 +25,7 @@ import (
 // the audit log under the operator's name.
 func TestOperatorActionsReachADevice(t *testing.T) {
 	f, d := newDeviceFixture(t)
-	ctx := context.Background()
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: f.store, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	tok := map[fleet.Role]string{}
-	for _, r := range []fleet.Role{fleet.RoleSecurityAdmin, fleet.RoleReleaseManager, fleet.RoleAuditor} {
-		tok[r], _, err = f.store.CreateToken(ctx, "op-"+string(r), r, time.Hour, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	call := func(method, path string, role fleet.Role, body string, v any) {
-		t.Helper()
-		req, _ := http.NewRequest(method, f.http.URL+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+tok[role])
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s %s as %s = %d %s", method, path, role, resp.StatusCode, b)
-		}
-		if v != nil {
-			if err := json.Unmarshal(b, v); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	call := operatorAPIFor(t, f)
 	checkIn := func(wantAction, wantReason string) *wire.CheckInResponse {
 		t.Helper()
 		resp, err := d.checkIn(d.request())
@@ -76,24 +43,24 @@ func TestOperatorActionsReachADevice(t *testing.T) {
 	checkIn("install", "in_wave")
 	dev := url.PathEscape(d.id) // an EK-derived ID: urn:ek:sha256:<base64>, may hold '/'
 
-	call("POST", "/v1/devices/"+dev+"/quarantine", fleet.RoleSecurityAdmin, `{"reason":"reported stolen"}`, nil)
+	call("POST", "/v1/devices/"+dev+"/quarantine", fleet.RoleSecurityAdmin, `{"reason":"reported stolen"}`, 200, nil)
 	if resp := checkIn("hold", "quarantined"); !resp.Quarantined {
 		t.Fatalf("quarantined device's check-in = %+v", resp)
 	}
-	call("POST", "/v1/devices/"+dev+"/release", fleet.RoleSecurityAdmin, "", nil)
+	call("POST", "/v1/devices/"+dev+"/release", fleet.RoleSecurityAdmin, "", 200, nil)
 	checkIn("install", "in_wave")
 
 	// The rollout (one wave, no soak) completed at its first plan; aborting it means
 	// devices that do not run its target are no longer offered it.
 	var ch operatorapi.RolloutChanged
-	call("POST", "/v1/rollouts/vib-1.0.0/abort", fleet.RoleReleaseManager, `{"reason":"wrong calibration"}`, &ch)
+	call("POST", "/v1/rollouts/vib-1.0.0/abort", fleet.RoleReleaseManager, `{"reason":"wrong calibration"}`, 200, &ch)
 	if ch.State.Status != policy.StatusAborted {
 		t.Fatalf("abort = %+v", ch)
 	}
 	checkIn("hold", "not_selected")
 
 	var det operatorapi.DeviceDetail
-	call("GET", "/v1/devices/"+dev, fleet.RoleAuditor, "", &det)
+	call("GET", "/v1/devices/"+dev, fleet.RoleAuditor, "", 200, &det)
 	if det.Device.ID != d.id || len(det.Verdicts) != 4 || det.Verdicts[0].Verdict != policy.VerdictTrusted || len(det.Decisions) != 4 {
 		t.Fatalf("device detail: %d verdicts, %d decisions (%+v)", len(det.Verdicts), len(det.Decisions), det.Device)
 	}
@@ -117,40 +84,7 @@ func TestOperatorActionsReachADevice(t *testing.T) {
 // device, and the audit log holds the decommission and the refusal.
 func TestDecommissionedDeviceIsRefused(t *testing.T) {
 	f, d := newDeviceFixture(t)
-	ctx := context.Background()
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: f.store, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	tok := map[fleet.Role]string{}
-	for _, r := range []fleet.Role{fleet.RoleSecurityAdmin, fleet.RoleReleaseManager} {
-		tok[r], _, err = f.store.CreateToken(ctx, "op-"+string(r), r, time.Hour, time.Now())
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	call := func(method, path string, role fleet.Role, body string, wantCode int, v any) {
-		t.Helper()
-		req, _ := http.NewRequest(method, f.http.URL+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+tok[role])
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != wantCode {
-			t.Fatalf("%s %s as %s = %d %s; want %d", method, path, role, resp.StatusCode, b, wantCode)
-		}
-		if v != nil {
-			if err := json.Unmarshal(b, v); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	call := operatorAPIFor(t, f)
 	if _, err := f.publish(artifact.KindModel, "vibration", "1.0.0", ".onnx", []byte("model v1"), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +106,7 @@ func TestDecommissionedDeviceIsRefused(t *testing.T) {
 	}
 	call("POST", "/v1/devices/"+dev+"/decommission", fleet.RoleSecurityAdmin, `{}`, 409, nil)
 
-	_, err = d.checkIn(d.request())
+	_, err := d.checkIn(d.request())
 	var apiErr *deviceapi.Error
 	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusForbidden || !strings.Contains(apiErr.Message, "decommissioned") {
 		t.Fatalf("check-in of the decommissioned device: %v; want 403 device decommissioned", err)
@@ -189,5 +123,45 @@ func TestDecommissionedDeviceIsRefused(t *testing.T) {
 	kinds := strings.Join(auditKinds(t, f.fixture, d.id), ",")
 	if !strings.Contains(kinds, "device.decommission") || !strings.Contains(kinds, "attestation.rejected") {
 		t.Fatalf("audit records of the device: %s", kinds)
+	}
+}
+
+// operatorAPIFor enables f's operator API and returns a caller of it with a token of
+// each role: it checks the status and decodes the answer into v (unless nil).
+func operatorAPIFor(t *testing.T, f *deviceFixture) func(method, path string, role fleet.Role, body string, wantCode int, v any) {
+	t.Helper()
+	ctx := context.Background()
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte(testPolicy)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: f.store, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	tok := map[fleet.Role]string{}
+	for _, r := range []fleet.Role{fleet.RoleSecurityAdmin, fleet.RoleReleaseManager, fleet.RoleAuditor} {
+		tok[r], _, err = f.store.CreateToken(ctx, "op-"+string(r), r, time.Hour, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func(method, path string, role fleet.Role, body string, wantCode int, v any) {
+		t.Helper()
+		req, _ := http.NewRequest(method, f.http.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok[role])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != wantCode {
+			t.Fatalf("%s %s as %s = %d %s; want %d", method, path, role, resp.StatusCode, b, wantCode)
+		}
+		if v != nil {
+			if err := json.Unmarshal(b, v); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

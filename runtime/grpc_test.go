@@ -21,8 +21,8 @@ import (
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
-// grpcClient serves r's gRPC API on a loopback port for the test and returns a client.
-func grpcClient(t *testing.T, r *Runtime) inference.GRPCInferenceServiceClient {
+// serveGRPC serves r's gRPC API on a loopback port for the test and returns its address.
+func serveGRPC(t *testing.T, r *Runtime) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,7 +31,19 @@ func grpcClient(t *testing.T, r *Runtime) inference.GRPCInferenceServiceClient {
 	s := r.NewGRPCServer()
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return ln.Addr().String()
+}
+
+// grpcClient serves r's gRPC API on a loopback port for the test and returns a client.
+func grpcClient(t *testing.T, r *Runtime) inference.GRPCInferenceServiceClient {
+	t.Helper()
+	return grpcClientOf(t, serveGRPC(t, r))
+}
+
+// grpcClientOf is a client of the gRPC API at addr.
+func grpcClientOf(t *testing.T, addr string) inference.GRPCInferenceServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,9 +13,7 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/edgeward/edgeward/runtime/inference"
@@ -42,18 +40,7 @@ func stalledInfer(t *testing.T, addr string, announce, send int) (status func() 
 		t.Fatal(err)
 	}
 	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
-		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
-		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
-	msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(announce))
-	if err := fr.WriteData(1, false, append(msg, make([]byte, send)...)); err != nil {
-		t.Fatal(err)
-	}
+	startInfer(t, fr, hpack.NewEncoder(&hb), &hb, 1, announce, send)
 	return func() int {
 		for {
 			f, err := fr.ReadFrame()
@@ -81,6 +68,25 @@ func stalledInfer(t *testing.T, addr string, announce, send int) (status func() 
 	}
 }
 
+// startInfer starts ModelInfer call id on fr: its headers (encoded by enc, the
+// connection's, into hb) and a message that announces announce bytes and sends the first
+// send of them.
+func startInfer(t *testing.T, fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, announce, send int) {
+	t.Helper()
+	hb.Reset()
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
+		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(announce))
+	if err := fr.WriteData(id, false, append(msg, make([]byte, send)...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGRPCMessageReadsAreBounded: gRPC ModelInfer messages are read in at most
 // MaxHeldBytes / MaxRequestBytes slots at once. Two calls that announce 1 MiB and
 // stall hold both slots: a third call waits for a slot, a fourth is refused at once
@@ -95,22 +101,11 @@ func TestGRPCMessageReadsAreBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
 	loadIris(t, r, "1.0.0")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := r.NewGRPCServer()
-	go s.Serve(ln)
-	t.Cleanup(s.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	client := inference.NewGRPCInferenceServiceClient(conn)
+	addr := serveGRPC(t, r)
+	client := grpcClientOf(t, addr)
 
 	start := time.Now()
-	stalled := []func() int{stalledInfer(t, ln.Addr().String(), 1<<20-16, 1000), stalledInfer(t, ln.Addr().String(), 1<<20-16, 1000)}
+	stalled := []func() int{stalledInfer(t, addr, 1<<20-16, 1000), stalledInfer(t, addr, 1<<20-16, 1000)}
 	waitFor(t, "both read slots taken", func() bool { return r.reads.running() == 2 })
 
 	waiter := make(chan error, 1)
@@ -168,14 +163,7 @@ func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := r.NewGRPCServer()
-	go s.Serve(ln)
-	t.Cleanup(s.Stop)
-	c, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", serveGRPC(t, r))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,19 +197,7 @@ func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
 	var hb bytes.Buffer
 	enc := hpack.NewEncoder(&hb)
 	for i := uint32(0); i <= announced; i++ {
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
-			{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		id := 2*i + 1
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
-			t.Fatal(err)
-		}
-		// A message announced and never finished: the stream stays open.
-		if err := fr.WriteData(id, false, append(binary.BigEndian.AppendUint32([]byte{0}, 1000), make([]byte, 10)...)); err != nil {
-			t.Fatal(err)
-		}
+		startInfer(t, fr, enc, &hb, 2*i+1, 1000, 10) // never finished: the stream stays open
 	}
 	last := 2*announced + 1
 	for {
