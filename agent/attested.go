@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/edgeward/edgeward/attest"
@@ -89,6 +90,9 @@ func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater
 	a.status = status
 	a.mu.Unlock()
 	resp, err := a.send(ctx, nil)
+	if de := (*deviceapi.Error)(nil); errors.As(err, &de) && de.Status == http.StatusForbidden && strings.HasPrefix(de.Message, "device decommissioned") {
+		return nil, fmt.Errorf("%w: %w", updater.ErrOutOfService, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -2,17 +2,20 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/updater"
 )
 
 // TestCheckInUsesTheNextNonce: after its first check-in the agent quotes over the nonce
@@ -82,6 +85,14 @@ func TestCheckInUsesTheNextNonce(t *testing.T) {
 	}
 	if n, r := nonces.Load(), refused.Load(); n != 3 || r != 1 {
 		t.Fatalf("nonces asked = %d, refusals = %d; want 3 (first, the replacing one, the agent's new one) and 1", n, r)
+	}
+	// Decommissioned: the check-in's refusal is ErrOutOfService, after which the
+	// agent's loop asks only every OutOfServiceInterval (updater TestAgentOutOfServiceAsksRarely).
+	if err := store.Decommission(ctx, link.DeviceID(), "scrapped", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := link.CheckIn(ctx, nil); !errors.Is(err, updater.ErrOutOfService) {
+		t.Fatalf("check-in of the decommissioned device = %v; want ErrOutOfService", err)
 	}
 }
 

@@ -117,6 +117,11 @@ type AgentConfig struct {
 	// expired_metadata) without waiting for an install. false: only before installs
 	// (a device fed by offline bundles, whose metadata URL may be unreachable).
 	RefreshEveryRound bool
+	// OutOfServiceInterval is how often a device the server has taken out of service
+	// (a Director error wrapping ErrOutOfService) checks in: it keeps serving what it
+	// runs and asks again, in case the decision is reversed, instead of being refused
+	// every Interval. 0 means one hour; never less than Interval.
+	OutOfServiceInterval time.Duration
 	// Now, Rand and Sleep are the clock, randomness and waiting; nil means the real ones.
 	Now    func() time.Time
 	Rand   func() float64
@@ -167,6 +172,10 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Sleep == nil {
 		cfg.Sleep = sleepCtx
 	}
+	if cfg.OutOfServiceInterval <= 0 {
+		cfg.OutOfServiceInterval = time.Hour
+	}
+	cfg.OutOfServiceInterval = max(cfg.OutOfServiceInterval, cfg.Interval)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -190,16 +199,27 @@ func (a *Agent) retryBackoff(n int) time.Duration {
 	return min(d, time.Hour)
 }
 
-// Run recovers the slots, then checks in every Interval (jittered) until ctx ends.
+// ErrOutOfService marks a Director's refusal that will not change by asking again soon:
+// the server has taken the device out of service (decommissioned it). Run then waits
+// OutOfServiceInterval between rounds.
+var ErrOutOfService = errors.New("the server has taken this device out of service")
+
+// Run recovers the slots, then checks in every Interval (jittered) until ctx ends;
+// every OutOfServiceInterval while the server refuses the device for good.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Slots.Recover(ctx); err != nil {
 		a.cfg.Logger.Error("recover", "err", err)
 	}
 	for {
-		if err := a.Step(ctx); err != nil {
+		err := a.Step(ctx)
+		wait := time.Duration(float64(a.cfg.Interval) * (1 + a.cfg.Jitter*(2*a.cfg.Rand()-1)))
+		switch {
+		case errors.Is(err, ErrOutOfService):
+			wait = max(wait, a.cfg.OutOfServiceInterval)
+			a.cfg.Logger.Error("the server has taken this device out of service: it keeps serving what it runs, and asks again later", "retry_in", wait, "err", err)
+		case err != nil:
 			a.cfg.Logger.Warn("check-in round failed", "err", err)
 		}
-		wait := time.Duration(float64(a.cfg.Interval) * (1 + a.cfg.Jitter*(2*a.cfg.Rand()-1)))
 		if err := a.cfg.Sleep(ctx, wait); err != nil {
 			return err
 		}

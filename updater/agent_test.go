@@ -606,3 +606,50 @@ func TestRecordingFetcherOverAPlainFetcher(t *testing.T) {
 		t.Fatalf("Fetch = %v, recorded %v; want the wrapped fetcher's error, recorded", err, r.err)
 	}
 }
+
+// outOfService is a director whose server has decommissioned the device.
+type outOfService struct{ calls int }
+
+func (d *outOfService) CheckIn(context.Context, map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
+	d.calls++
+	return nil, fmt.Errorf("%w: device API: 403: device decommissioned", ErrOutOfService)
+}
+
+// TestAgentOutOfServiceAsksRarely: while the server refuses the device for good
+// (ErrOutOfService), Run waits OutOfServiceInterval between rounds, not Interval; an
+// ordinary failure (offline) keeps Interval.
+func TestAgentOutOfServiceAsksRarely(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	for _, tc := range []struct {
+		name string
+		dir  Director
+		want time.Duration
+	}{
+		{"out of service", &outOfService{}, 2 * time.Hour},
+		{"offline", &director{offline: true}, time.Minute},
+	} {
+		state := t.TempDir()
+		PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+		c := newClient(t, r, filepath.Join(state, "tuf"))
+		m, _ := rollback.Open(ctx, rollback.Config{Dir: state})
+		var waits []time.Duration
+		a, _ := NewAgent(AgentConfig{TUF: c, Slots: m, Director: tc.dir, Interval: time.Minute, OutOfServiceInterval: 2 * time.Hour, Rand: func() float64 { return 0.5 }, // no jitter
+			Sleep: func(_ context.Context, d time.Duration) error {
+				waits = append(waits, d)
+				if len(waits) == 2 {
+					return context.Canceled
+				}
+				return nil
+			}})
+		if err := a.Run(ctx); !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: Run = %v", tc.name, err)
+		}
+		m.Close()
+		for i, w := range waits {
+			if w != tc.want {
+				t.Errorf("%s: wait %d = %v; want %v", tc.name, i, w, tc.want)
+			}
+		}
+	}
+}
