@@ -41,14 +41,7 @@ func TestDeviceMTLSCheckIn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	maker, _ := attesttest.NewManufacturer("Acme TPM")
-	inter := x509.NewCertPool()
-	inter.AddCert(maker.Intermediate)
-	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	maker, caCert, ca := mtlsAttestationCA(t)
 	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}, Refuse: refuseDecommissioned(store)})
 	if err != nil {
 		t.Fatalf("start step-ca: %v", err)
@@ -155,14 +148,7 @@ func pemCert(c *x509.Certificate) string {
 func TestStepCADatabaseIsRotated(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	maker, _ := attesttest.NewManufacturer("Acme TPM")
-	inter := x509.NewCertPool()
-	inter.AddCert(maker.Intermediate)
-	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
-	if err != nil {
-		t.Fatal(err)
-	}
+	maker, caCert, ca := mtlsAttestationCA(t)
 	acaSrv := httptest.NewServer(ca.Handler())
 	defer acaSrv.Close()
 	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{caCert}})
@@ -211,4 +197,19 @@ func TestStepCADatabaseIsRotated(t *testing.T) {
 	if err := dc.Renew(ctx); err != nil {
 		t.Fatalf("renewal after the rotation: %v", err)
 	}
+}
+
+// mtlsAttestationCA is a TPM manufacturer and an attestation CA that trusts it, with
+// the CA's root.
+func mtlsAttestationCA(t *testing.T) (*attesttest.Manufacturer, *x509.Certificate, *attestca.CA) {
+	t.Helper()
+	maker, _ := attesttest.NewManufacturer("Acme TPM")
+	inter := x509.NewCertPool()
+	inter.AddCert(maker.Intermediate)
+	caKey, caCert, _ := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return maker, caCert, ca
 }

@@ -347,20 +347,30 @@ func (o *operatorAPI) deviceShow(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, d)
 }
 
-// POST /v1/devices/{id}/quarantine {"reason": "…"}
-func (o *operatorAPI) deviceQuarantine(w http.ResponseWriter, r *http.Request) {
+// decodeReason reads a device action's body, {"reason": "…"}; an empty reason becomes
+// "<done> by <operator>". false: the body was refused (answered).
+func decodeReason(w http.ResponseWriter, r *http.Request, done string) (string, bool) {
 	var req struct {
 		Reason string `json:"reason"`
 	}
 	if !decodeBody(w, r, 16<<10, &req) {
+		return "", false
+	}
+	if req.Reason == "" {
+		req.Reason = done + " by " + actorOf(r)
+	}
+	return req.Reason, true
+}
+
+// POST /v1/devices/{id}/quarantine {"reason": "…"}
+func (o *operatorAPI) deviceQuarantine(w http.ResponseWriter, r *http.Request) {
+	reason, ok := decodeReason(w, r, "quarantined")
+	if !ok {
 		return
 	}
 	id := r.PathValue("id")
-	if req.Reason == "" {
-		req.Reason = "quarantined by " + actorOf(r)
-	}
-	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, true, req.Reason,
-		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.quarantine", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
+	if err := o.cfg.Fleet.SetQuarantine(r.Context(), id, true, reason,
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.quarantine", Subject: id, Data: map[string]any{"reason": reason}}); err != nil {
 		o.fail(w, r, "quarantine", err)
 		return
 	}
@@ -371,18 +381,13 @@ func (o *operatorAPI) deviceQuarantine(w http.ResponseWriter, r *http.Request) {
 // good (fleet.Store.Decommission): its check-ins are refused from then on. 409 if it
 // already was.
 func (o *operatorAPI) deviceDecommission(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Reason string `json:"reason"`
-	}
-	if !decodeBody(w, r, 16<<10, &req) {
+	reason, ok := decodeReason(w, r, "decommissioned")
+	if !ok {
 		return
 	}
 	id := r.PathValue("id")
-	if req.Reason == "" {
-		req.Reason = "decommissioned by " + actorOf(r)
-	}
-	if err := o.cfg.Fleet.Decommission(r.Context(), id, req.Reason, o.s.cfg.Repo.Now(),
-		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.decommission", Subject: id, Data: map[string]any{"reason": req.Reason}}); err != nil {
+	if err := o.cfg.Fleet.Decommission(r.Context(), id, reason, o.s.cfg.Repo.Now(),
+		fleet.AuditRecord{Actor: actorOf(r), Kind: "device.decommission", Subject: id, Data: map[string]any{"reason": reason}}); err != nil {
 		o.fail(w, r, "decommission", err)
 		return
 	}

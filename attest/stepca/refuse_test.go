@@ -47,15 +47,7 @@ func TestRefusedDeviceGetsNoCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sca.Close()
-	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer key.Close()
-	order := func() error {
-		_, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key})
-		return err
-	}
+	order := certOrder(ctx, t, tpm, ak, sca, false)
 	if err := order(); err != nil {
 		t.Fatalf("certificate while not refused: %v", err)
 	}
@@ -125,20 +117,7 @@ func TestRotateStartsAnEmptyDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sca.Close()
-	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer key.Close()
-	acct, err := tpm.CreateKey(ctx, []byte("device-tls\x00acme-account"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer acct.Close()
-	order := func() error {
-		_, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key, AccountKey: acct})
-		return err
-	}
+	order := certOrder(ctx, t, tpm, ak, sca, true)
 	for range 40 {
 		if err := order(); err != nil {
 			t.Fatal(err)
@@ -164,5 +143,30 @@ func TestRotateStartsAnEmptyDatabase(t *testing.T) {
 	}
 	if err := sca.Rotate(ctx); err == nil {
 		t.Fatal("Rotate after Close succeeded")
+	}
+}
+
+// certOrder returns a function that orders a device certificate from sca for a TPM key
+// (made once), as the agent does: with a TPM-derived ACME account key when withAccount,
+// else with a new account key per order.
+func certOrder(ctx context.Context, t *testing.T, tpm *attest.TPM, ak *attest.AKCertificate, sca *stepca.Server, withAccount bool) func() error {
+	t.Helper()
+	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { key.Close() })
+	req := attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key}
+	if withAccount {
+		acct, err := tpm.CreateKey(ctx, []byte("device-tls\x00acme-account"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { acct.Close() })
+		req.AccountKey = acct
+	}
+	return func() error {
+		_, err := attest.RequestDeviceCert(ctx, req)
+		return err
 	}
 }
