@@ -7,7 +7,7 @@
 //
 //	ab models DIR    writes vibration.onnx and wide.onnx (the driver's models) into DIR
 //	ab -proto grpc|http|bin -addr 127.0.0.1:8001 -model iris|vibration|wide -c 1 -d 3s -pid PID
-//	ab -proto inproc -path wide.onnx -model wide [-gap 300us] [-hop] [-bytes]
+//	ab -proto inproc -path wide.onnx -model wide [-gap 300us] [-hop] [-bytes] [-cpus 0,1]
 package main
 
 import (
@@ -27,6 +27,10 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	goruntime "runtime"
+
+	"golang.org/x/sys/unix"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -94,6 +98,7 @@ func main() {
 	gap := flag.Duration("gap", 0, "sleep this long between requests, outside the timed call (e.g. in-process runs with a server's idle time between them); req/s then counts the sleeps too")
 	path := flag.String("path", "", "inproc: model file")
 	fromBytes := flag.Bool("bytes", false, "inproc: create the session from the file's bytes, as edgeward-runtime does")
+	cpus := flag.String("cpus", "", "inproc: run each Run on a thread pinned to the next CPU of this list, round robin (e.g. 0,1: alternate cores; 0,0: one core, two threads)")
 	hop := flag.Bool("hop", false, "inproc: run each Run on a new goroutine, as a server's handler does")
 	flag.Parse()
 	input, output, data := "x", "label", []float32{2.1, 3.0, 3.1, 44}
@@ -132,12 +137,40 @@ func main() {
 		if err != nil {
 			panic(err)
 		}
+		var pinned []chan func()
+		for _, c := range strings.Split(*cpus, ",") {
+			if c == "" {
+				continue
+			}
+			n, _ := strconv.Atoi(c)
+			ch := make(chan func())
+			go func() {
+				goruntime.LockOSThread()
+				var set unix.CPUSet
+				set.Set(n)
+				if err := unix.SchedSetaffinity(0, &set); err != nil {
+					panic(err)
+				}
+				for f := range ch {
+					f()
+				}
+			}()
+			pinned = append(pinned, ch)
+		}
+		next := 0
 		mk = func() (func() error, func()) {
 			x, _ := ort.NewTensor(ort.NewShape(shape...), slices.Clone(data))
 			outs := make([]ort.Value, 1)
 			return func() error {
 				outs[0] = nil
-				if *hop {
+				if len(pinned) > 0 {
+					ch := make(chan error, 1)
+					pinned[next%len(pinned)] <- func() { ch <- s.Run([]ort.Value{x}, outs) }
+					next++
+					if err := <-ch; err != nil {
+						return err
+					}
+				} else if *hop {
 					ch := make(chan error)
 					go func() { ch <- s.Run([]ort.Value{x}, outs) }()
 					if err := <-ch; err != nil {
