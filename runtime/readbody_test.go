@@ -2,12 +2,16 @@ package runtime
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	goruntime "runtime"
+	"strings"
 	"testing"
 )
 
@@ -30,10 +34,10 @@ func (t *trickle) Read(p []byte) (int, error) {
 
 // TestReadBodyKnownLength: a body of known length arrives whole whatever its size and
 // however it is cut, a short one is an error, and one that is announced large but does
-// not come costs its first 64 KiB, not its announced length.
+// not come costs its first 4 KiB, not its announced length.
 func TestReadBodyKnownLength(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
-	for _, n := range []int{1, 1000, initialBodyBuffer, initialBodyBuffer + 1, 1 << 20, 3<<20 + 17} {
+	for _, n := range []int{1, 1000, firstRead, firstRead + 1, 64 << 10, 1 << 20, 3<<20 + 17} {
 		data := make([]byte, n)
 		for i := range data {
 			data[i] = byte(rnd.Uint32())
@@ -70,8 +74,8 @@ func TestReadBodyKnownLength(t *testing.T) {
 		}
 	}
 	goruntime.ReadMemStats(&after)
-	if got := after.TotalAlloc - before.TotalAlloc; got > 2<<20 {
-		t.Errorf("4 bodies announced at 16 MiB that sent 10 bytes allocated %d bytes; want about 4 × 64 KiB", got)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 256<<10 {
+		t.Errorf("4 bodies announced at 16 MiB that sent 10 bytes allocated %d bytes; want about 4 × 4 KiB", got)
 	}
 }
 
@@ -136,24 +140,27 @@ func TestReadBodyWithinBudget(t *testing.T) {
 			}
 		}
 	}
-	// A body announced large that sends little takes only what its buffer holds.
-	b := &byteBudget{max: 64 << 20}
-	stalled := errors.New("i/o timeout")
-	req := httptest.NewRequest("POST", "/", &trickle{data: make([]byte, 10), rnd: rnd, err: stalled})
-	req.ContentLength = 16 << 20
-	done := make(chan struct{})
-	reached := make(chan struct{})
-	req.Body = io.NopCloser(&blockingReader{r: req.Body, at: 10, release: done, reached: reached})
-	go func() {
-		<-reached
-		if got := b.used.Load(); got != initialBodyBuffer {
-			t.Errorf("a 16 MiB body that sent 10 bytes holds %d bytes of the budget; want %d", got, initialBodyBuffer)
+	// A body announced large that sends little takes firstRead, whether it is read into
+	// a new buffer or into a pooled one of 64 KiB (the scratch of an earlier request).
+	for _, buf := range [][]byte{nil, make([]byte, 0, 64<<10)} {
+		b := &byteBudget{max: 64 << 20}
+		stalled := errors.New("i/o timeout")
+		req := httptest.NewRequest("POST", "/", &trickle{data: make([]byte, 10), rnd: rnd, err: stalled})
+		req.ContentLength = 16 << 20
+		done := make(chan struct{})
+		reached := make(chan struct{})
+		req.Body = io.NopCloser(&blockingReader{r: req.Body, at: 10, release: done, reached: reached})
+		go func() {
+			<-reached
+			if got := b.used.Load(); got != firstRead {
+				t.Errorf("buffer of %d: a 16 MiB body that sent 10 bytes holds %d bytes of the budget; want %d", cap(buf), got, firstRead)
+			}
+			close(done)
+		}()
+		readBodyWithin(httptest.NewRecorder(), req, 16<<20, buf, b)
+		if b.used.Load() != 0 {
+			t.Fatalf("after the stalled body: %d bytes taken", b.used.Load())
 		}
-		close(done)
-	}()
-	readBodyWithin(httptest.NewRecorder(), req, 16<<20, nil, b)
-	if b.used.Load() != 0 {
-		t.Fatalf("after the stalled body: %d bytes taken", b.used.Load())
 	}
 }
 
@@ -175,4 +182,48 @@ func (b *blockingReader) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p[:min(len(p), max(b.at-b.n, 1))])
 	b.n += n
 	return n, err
+}
+
+// TestIdleUploadsHoldLittle: 100 connections that announce a 1 MiB body and send none
+// hold 4 KiB of the bound each (400 KiB of 1 MiB), so a real request is still served;
+// when the first read took 64 KiB, 1,030 such connections held the default 64 MiB bound
+// and every request was refused. Once they go, nothing stays taken.
+func TestIdleUploadsHoldLittle(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	loadIris(t, r, "1.0.0")
+	srv := httptest.NewServer(r.Handler())
+	t.Cleanup(srv.Close)
+	const idle = 100
+	var conns []net.Conn
+	t.Cleanup(func() { // before srv.Close, which waits for them
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range idle {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		fmt.Fprintf(c, "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", 1<<20)
+	}
+	waitFor(t, "every idle upload read", func() bool { return r.bodies.used.Load() == idle*firstRead })
+	resp, err := http.Post(srv.URL+"/v2/models/iris/infer", "application/json", strings.NewReader(irisRow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("a request beside %d idle uploads: %d %s", idle, resp.StatusCode, got)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, "the idle uploads' bytes given back", func() bool { return r.bodies.used.Load() == 0 })
 }
