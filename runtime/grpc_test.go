@@ -83,7 +83,7 @@ func TestGRPCProtocol(t *testing.T) {
 	if rr, err := c.ServerReady(ctx, &inference.ServerReadyRequest{}); err != nil || !rr.Ready {
 		t.Errorf("ServerReady = %v, %v", rr, err)
 	}
-	if sm, err := c.ServerMetadata(ctx, &inference.ServerMetadataRequest{}); err != nil || sm.Name != "edgeward-runtime" || sm.Version == "" {
+	if sm, err := c.ServerMetadata(ctx, &inference.ServerMetadataRequest{}); err != nil || sm.Name != "edgeward-runtime" || sm.Version == "" || sm.Version == r.ORTVersion() || len(sm.Extensions) != 0 {
 		t.Errorf("ServerMetadata = %v, %v", sm, err)
 	}
 	mm, err := c.ModelMetadata(ctx, &inference.ModelMetadataRequest{Name: "iris"})

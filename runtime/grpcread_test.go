@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http/httptest"
 	"strconv"
@@ -210,6 +213,86 @@ func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
 				t.Fatalf("RST_STREAM %d %v; want stream %d refused", rst.StreamID, rst.ErrCode, last)
 			}
 			return
+		}
+	}
+}
+
+// TestGRPCMetadataIsBounded: the server announces a header list of at most 64 KiB per
+// call and resets a stream whose metadata is larger, instead of holding it (grpc-go's
+// default is 16 MiB per stream: 40 streams of 8 MiB metadata held 340 MB).
+func TestGRPCMetadataIsBounded(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	c, err := net.Dial("tcp", serveGRPC(t, r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	for announced := false; !announced; {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			if v, ok := sf.Value(http2.SettingMaxHeaderListSize); !ok || v != maxGRPCHeaderBytes {
+				t.Fatalf("the server announces a header list size of %d (set %v); want %d", v, ok, maxGRPCHeaderBytes)
+			}
+			announced = true
+			fr.WriteSettingsAck()
+		}
+	}
+	// 128 KiB of metadata, in HEADERS and CONTINUATION frames of 16 KiB.
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", inference.GRPCInferenceService_ModelInfer_FullMethodName},
+		{":authority", "x"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	for i := range 8 {
+		enc.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-pad-%d", i), Value: strings.Repeat("a", 16<<10), Sensitive: true})
+	}
+	block := hb.Bytes()
+	const frame = 16 << 10
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:frame]}); err != nil {
+		t.Fatal(err)
+	}
+	for rest := block[frame:]; len(rest) > 0; {
+		n := min(len(rest), frame)
+		if err := fr.WriteContinuation(1, n == len(rest), rest[:n]); err != nil {
+			t.Fatal(err)
+		}
+		rest = rest[n:]
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if errors.Is(err, io.EOF) {
+			return // grpc-go closes the connection: nothing of it is held
+		}
+		if err != nil {
+			t.Fatalf("stream with 128 KiB of metadata not refused: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if f.StreamID == 1 {
+				return
+			}
+		case *http2.GoAwayFrame:
+			return // refused with the connection: also not held
+		case *http2.HeadersFrame:
+			if f.StreamID == 1 {
+				return // answered with an error status at once (not served: no message was sent)
+			}
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
@@ -21,6 +22,7 @@ import (
 func (r *Runtime) Handler() http.Handler {
 	mux := http.NewServeMux()
 	r.publicRoutes(mux)
+	mux.HandleFunc("GET /v2", r.serverMetadata("binary_tensor_data"))
 	h := r.recoverer(mux)
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if r.draining.Load() {
@@ -39,6 +41,7 @@ func (r *Runtime) Handler() http.Handler {
 func (r *Runtime) ControlHandler() http.Handler {
 	mux := http.NewServeMux()
 	r.publicRoutes(mux)
+	mux.HandleFunc("GET /v2", r.serverMetadata("binary_tensor_data", "model_repository", "edgeward_probe"))
 	mux.HandleFunc("POST /v2/repository/index", r.handleIndex)
 	mux.HandleFunc("POST /v2/repository/models/{name}/load", r.handleLoad)
 	mux.HandleFunc("POST /v2/repository/models/{name}/unload", r.handleUnload)
@@ -50,7 +53,6 @@ func (r *Runtime) ControlHandler() http.Handler {
 }
 
 func (r *Runtime) publicRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v2", r.handleServer)
 	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]bool{"live": true})
 	})
@@ -90,13 +92,30 @@ func (r *Runtime) recoverer(h http.Handler) http.Handler {
 	})
 }
 
-func (r *Runtime) handleServer(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]any{
-		"name":        "edgeward-runtime",
-		"version":     r.ORTVersion(),
-		"extensions":  []string{"model_repository", "binary_tensor_data", "edgeward_probe"},
-		"onnxruntime": r.ORTVersion(),
-	})
+// serverMetadata answers GET /v2: the server's name, its own version (the build's, from
+// its module and commit), the extensions given and the ONNX Runtime library's version
+// beside. Each port advertises only the extensions it serves, so that a conformance
+// suite exercising one finds it: binary tensors on the public port; the control API
+// adds the model repository and Edgeward's probe.
+func (r *Runtime) serverMetadata(extensions ...string) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{
+			"name":        "edgeward-runtime",
+			"version":     serverVersion(),
+			"extensions":  extensions,
+			"onnxruntime": r.ORTVersion(),
+		})
+	}
+}
+
+// serverVersion is the runtime's version for server metadata: the module version, and
+// the commit for a build from a work tree ("(devel)").
+func serverVersion() string {
+	bi := buildinfo.Read()
+	if bi.Version != "(devel)" || bi.Commit == "unknown" {
+		return bi.Version
+	}
+	return bi.Version + "+" + bi.Commit[:min(12, len(bi.Commit))]
 }
 
 func (r *Runtime) handleMetadata(w http.ResponseWriter, req *http.Request) {

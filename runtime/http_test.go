@@ -52,12 +52,13 @@ const irisRow = `{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[
 func TestHTTPEmptyRuntime(t *testing.T) {
 	r := newTestRuntime(t)
 	runHTTPCases(t, r.Handler(), []httpCase{
-		{"server", "GET", "/v2", "", 200, `"model_repository"`},
+		{"server: the public port advertises what it serves", "GET", "/v2", "", 200, `"extensions":["binary_tensor_data"]`},
 		{"live", "GET", "/v2/health/live", "", 200, `"live":true`},
 		{"not ready without models", "GET", "/v2/health/ready", "", 503, `"ready":false`},
 		{"unknown model metadata", "GET", "/v2/models/iris", "", 404, "not loaded"},
 		{"unknown model infer", "POST", "/v2/models/iris/infer", irisRow, 404, "not loaded"},
 		{"unknown path", "GET", "/v3/nothing", "", 404, "no endpoint"},
+		{"the repository extension is not on the public port", "POST", "/v2/repository/index", "", 404, "no endpoint"},
 		{"control not public", "POST", "/v2/repository/models/iris/load", `{}`, 404, "no endpoint"},
 	})
 }
@@ -68,6 +69,7 @@ func TestHTTPProtocol(t *testing.T) {
 	h := r.ControlHandler()
 	big := `{"inputs":[{"name":"X","shape":[1,4],"datatype":"FP32","data":[` + strings.Repeat("1,", 9<<20) + `1]}]}`
 	runHTTPCases(t, h, []httpCase{
+		{"server: the control API adds its extensions", "GET", "/v2", "", 200, `"extensions":["binary_tensor_data","model_repository","edgeward_probe"]`},
 		{"ready", "GET", "/v2/health/ready", "", 200, `"ready":true`},
 		{"metadata", "GET", "/v2/models/iris", "", 200, `"inputs":[{"name":"X","datatype":"FP32","shape":[-1,4]}]`},
 		{"metadata version", "GET", "/v2/models/iris/versions/1.0.0", "", 200, `"versions":["1.0.0"]`},
