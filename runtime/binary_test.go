@@ -16,6 +16,10 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
@@ -446,4 +450,54 @@ func FuzzDecodeBinaryRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestBytesElementsCountAgainstTheBound: a BYTES element costs far more than its bytes
+// once served (Go string, C copy, ORT's std::string, the output's copies), so each is
+// counted at stringElementBytes beside its bytes. 100,000 one-byte elements are a 500 KB
+// request but hold about 16 MB: refused with 503 over HTTP and UNAVAILABLE over gRPC
+// within a 1 MiB bound, while 1,000 of them are served. Before, the bound counted the
+// request's bytes alone: one request of 3 million elements raised RSS by 454 MB.
+func TestBytesElementsCountAgainstTheBound(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	path := filepath.Join(t.TempDir(), "echo-bytes.onnx")
+	if err := os.WriteFile(path, modelgen.EchoOf("BYTES"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	h := r.Handler()
+	for _, c := range []struct {
+		n    int
+		code int
+	}{{1000, http.StatusOK}, {100_000, http.StatusServiceUnavailable}} {
+		var raw []byte
+		elems := make([][]byte, c.n)
+		for i := range c.n {
+			raw = append(binary.LittleEndian.AppendUint32(raw, 1), 'a')
+			elems[i] = []byte{'a'}
+		}
+		body, hl := binaryRequest(fmt.Sprintf(`{"inputs":[{"name":"BYTES","shape":[%d],"datatype":"BYTES","parameters":{"binary_data_size":%d}}],"outputs":[{"name":"BYTES_out","parameters":{"binary_data":true}}]}`, c.n, len(raw)), raw)
+		req := httptest.NewRequest("POST", "/v2/models/echo/infer", bytes.NewReader(body))
+		req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.code {
+			t.Fatalf("%d BYTES elements over HTTP: %d %.200s; want %d", c.n, rec.Code, rec.Body.String(), c.code)
+		}
+		_, err := grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "echo",
+			Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "BYTES", Datatype: "BYTES", Shape: []int64{int64(c.n)},
+				Contents: &inference.InferTensorContents{BytesContents: elems}}}})
+		if want := map[int]codes.Code{200: codes.OK, 503: codes.Unavailable}[c.code]; status.Code(err) != want {
+			t.Fatalf("%d BYTES elements over gRPC: %v; want %v", c.n, err, want)
+		}
+		if got := r.bodies.used.Load(); got != 0 {
+			t.Fatalf("after %d elements: %d bytes still taken", c.n, got)
+		}
+	}
 }

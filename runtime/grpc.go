@@ -263,6 +263,11 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 		return nil, nil, g.r.servedVersion(name, version), err
 	}
 	s.inputs, s.names = inputs, names
+	strs := stringsHeld(inputs)
+	if !g.r.bodies.take(strs) {
+		return nil, nil, g.r.servedVersion(name, version), errNoRoom
+	}
+	defer g.r.bodies.give(strs)
 	m, err := g.r.acquire(name, version)
 	if err != nil {
 		return nil, nil, "", err
