@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
@@ -83,25 +84,31 @@ func (g *grpcService) modelInferStream(_ any, ss grpc.ServerStream) (err error) 
 // the read: no goroutine per call waits beside it.
 func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inference.ModelInferRequest, error) {
 	start := time.Now()
-	if err := g.r.reads.enter(ctx, true); err != nil {
+	cancel, _ := ctx.Value(readCancelKey{}).(context.CancelCauseFunc) // nil: a server built without NewGRPCServer's options
+	t, err := g.r.reads.enter(ctx, cancel)
+	if err != nil {
 		g.r.observeInfer(nil, "", "", statusOf(err), time.Since(start))
 		return nil, grpcError(err)
 	}
 	req := new(inference.ModelInferRequest)
-	var err error
-	if cancel, ok := ctx.Value(readCancelKey{}).(context.CancelCauseFunc); ok {
-		timeout := g.r.cfg.readTimeout()
-		t := time.AfterFunc(timeout, func() { cancel(errReadTimeout) })
+	if cancel == nil {
 		err = ss.RecvMsg(req)
-		if !t.Stop() && err != nil {
-			g.r.reads.leave()
+		g.r.reads.leave(t)
+	} else {
+		timeout := g.r.cfg.readTimeout()
+		timer := time.AfterFunc(timeout, func() { cancel(errReadTimeout) })
+		err = ss.RecvMsg(req)
+		timedOut := !timer.Stop()
+		preempted := g.r.reads.wasPreempted(t)
+		g.r.reads.leave(t)
+		if err != nil && (timedOut || preempted) {
 			g.r.observeInfer(nil, "", "", http.StatusRequestTimeout, time.Since(start))
+			if preempted {
+				return nil, status.Errorf(codes.DeadlineExceeded, "the request message did not arrive within %v while other calls waited to be read", g.r.cfg.grpcReadGrace())
+			}
 			return nil, status.Errorf(codes.DeadlineExceeded, "the request message did not arrive within %v", timeout)
 		}
-	} else {
-		err = ss.RecvMsg(req) // a server built without NewGRPCServer's options
 	}
-	g.r.reads.leave()
 	if errors.Is(err, io.EOF) {
 		return nil, status.Error(codes.InvalidArgument, "the call ended without a request message")
 	}
@@ -111,11 +118,23 @@ func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inf
 	return req, nil
 }
 
+// connOf names the connection of a call's context: its peer's address (a TCP
+// connection's is its own; unix sockets' may be shared, and so share a turn).
+func connOf(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.Network() + ":" + p.Addr.String()
+	}
+	return ""
+}
+
 // readCancelKey is the context key of the cancel function readDeadlineTap gives each
 // ModelInfer stream.
 type readCancelKey struct{}
 
-var errReadTimeout = errors.New("the request message did not arrive within the read timeout")
+var (
+	errReadTimeout   = errors.New("the request message did not arrive within the read timeout")
+	errReadPreempted = errors.New("the request message did not arrive within the read grace while other calls waited")
+)
 
 // readDeadlineTap gives each ModelInfer stream's context a cancel function that
 // readInfer arms with ReadTimeout while it reads the message. grpc-go ends a read when
@@ -139,7 +158,7 @@ type readCtx struct {
 
 func (c readCtx) Err() error {
 	err := c.Context.Err()
-	if err != nil && context.Cause(c.Context) == errReadTimeout {
+	if cause := context.Cause(c.Context); err != nil && (cause == errReadTimeout || cause == errReadPreempted) {
 		return context.DeadlineExceeded
 	}
 	return err

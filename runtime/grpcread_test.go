@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,7 +99,7 @@ func startInfer(t *testing.T, fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Bu
 // message whole before the handler ran: 100 concurrent 16 MiB messages held 3.3 GB.
 func TestGRPCMessageReadsAreBounded(t *testing.T) {
 	const timeout = 2 * time.Second
-	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20, MaxWaitingRequests: 1, ReadTimeout: timeout})
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20, MaxWaitingRequests: 1, ReadTimeout: timeout, GRPCReadGrace: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestGRPCMessageReadsAreBounded(t *testing.T) {
 		_, err := client.ModelInfer(context.Background(), irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1))
 		waiter <- err
 	}()
-	waitFor(t, "a call waiting for a read slot", func() bool { return r.reads.queued() == 1 })
+	waitFor(t, "a call waiting for a read slot", func() bool { return r.reads.waitingCalls() == 1 })
 
 	_, err = client.ModelInfer(context.Background(), irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1))
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "busy") {
@@ -139,7 +140,7 @@ func TestGRPCMessageReadsAreBounded(t *testing.T) {
 	if err := <-waiter; err != nil {
 		t.Fatalf("the waiting call, once the slots freed: %v", err)
 	}
-	waitFor(t, "the read slots free", func() bool { return r.reads.running() == 0 && r.reads.queued() == 0 })
+	waitFor(t, "the read slots free", func() bool { return r.reads.running() == 0 && r.reads.waitingCalls() == 0 })
 
 	rec := httptest.NewRecorder()
 	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
@@ -276,7 +277,7 @@ func TestGRPCMetadataIsBounded(t *testing.T) {
 	}
 	for {
 		f, err := fr.ReadFrame()
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 			return // grpc-go closes the connection: nothing of it is held
 		}
 		if err != nil {
@@ -294,5 +295,68 @@ func TestGRPCMetadataIsBounded(t *testing.T) {
 				return // answered with an error status at once (not served: no message was sent)
 			}
 		}
+	}
+}
+
+// TestGRPCStalledReadsArePreempted: eight ModelInfer streams on one connection, each
+// announcing 100 bytes and sending none, take the four read slots and queue four more;
+// another client's call is still served within about the read grace (300 ms here), not
+// after the read timeout (a minute): while it waits the stalled reads are preempted
+// with DEADLINE_EXCEEDED, and freed slots go to the connections in turn, so the
+// stalled connection's queued calls do not go first. Before, such streams held every
+// slot for the read timeout (one stalled a legitimate call 14 s, found from outside).
+func TestGRPCStalledReadsArePreempted(t *testing.T) {
+	const grace = 300 * time.Millisecond
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 4 << 20, GRPCReadGrace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	loadIris(t, r, "1.0.0")
+	addr := serveGRPC(t, r)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { // read (and drop) what the server sends, so that it is never blocked
+		for {
+			if _, err := fr.ReadFrame(); err != nil {
+				return
+			}
+		}
+	}()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for i := range uint32(8) {
+		startInfer(t, fr, enc, &hb, 2*i+1, 100, 0)
+	}
+	waitFor(t, "the stalled streams holding every read slot and waiting", func() bool {
+		return r.reads.running() == 4 && r.reads.waitingCalls() == 4
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := grpcClientOf(t, addr).ModelInfer(ctx, irisInfer("", f32Raw(5.1, 3.5, 1.4, 0.2), 1)); err != nil {
+		t.Fatalf("a call behind stalled reads: %v", err)
+	}
+	if d := time.Since(start); d > 10*grace {
+		t.Errorf("the call was served after %v; want about the read grace %v (the stalled reads began before it)", d, grace)
+	}
+	if got := r.reads.preempted.Load(); got < 4 {
+		t.Errorf("%d reads preempted; want at least the 4 that held the slots", got)
+	}
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "edgeward_runtime_grpc_reads_preempted_total ") {
+		t.Error("metrics lack edgeward_runtime_grpc_reads_preempted_total")
 	}
 }

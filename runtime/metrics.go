@@ -48,7 +48,7 @@ func newMetrics() *metrics {
 
 // watchGate exports g's runs in flight, requests waiting and refusals, b's bytes held
 // and refusals, and reads' gRPC messages being read and refusals.
-func (m *metrics) watchGate(g *runGate, b *byteBudget, reads *runGate) {
+func (m *metrics) watchGate(g *runGate, b *byteBudget, reads *readGate) {
 	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_runs_in_flight",
@@ -69,7 +69,11 @@ func (m *metrics) watchGate(g *runGate, b *byteBudget, reads *runGate) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_grpc_calls_waiting_to_read",
 			Help: "gRPC ModelInfer calls waiting for a read slot.",
-		}, func() float64 { return float64(reads.queued()) }),
+		}, func() float64 { return float64(reads.waitingCalls()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "edgeward_runtime_grpc_reads_preempted_total",
+			Help: "gRPC ModelInfer messages whose read was ended (DEADLINE_EXCEEDED) because it had lasted the read grace while other calls waited for a read slot.",
+		}, func() float64 { return float64(reads.preempted.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "edgeward_runtime_request_bytes_held",
 			Help: "Bytes of inference requests (bodies, decoded tensors) held in memory (at most --max-held-bytes).",

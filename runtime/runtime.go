@@ -96,6 +96,10 @@ type Config struct {
 	// its read began (edgeward-runtime's HTTP server uses it for a whole request too).
 	// Zero means one minute.
 	ReadTimeout time.Duration
+	// GRPCReadGrace is how long a gRPC ModelInfer message may take to arrive while other
+	// calls wait for a read slot; past it the read is preempted (DEADLINE_EXCEEDED) and
+	// its slot goes to a waiting call (readGate). Zero: 2 s, never more than ReadTimeout.
+	GRPCReadGrace time.Duration
 	// Logger receives operational logs. Nil means no logs.
 	Logger *slog.Logger
 	// Now is the clock for probe latencies and load times. Nil means time.Now.
@@ -112,7 +116,7 @@ func (c *Config) libraryPath() string {
 	return "libonnxruntime.so.1"
 }
 
-func orDefault[T int | int64](v, def T) T {
+func orDefault[T int | int64 | time.Duration](v, def T) T {
 	if v <= 0 {
 		return def
 	}
@@ -131,6 +135,10 @@ func (c *Config) maxHeldBytes() int64 {
 // grpcReads is how many gRPC ModelInfer messages may be read at once: each may be
 // MaxRequestBytes long, and together they stay within MaxHeldBytes.
 func (c *Config) grpcReads() int { return int(max(c.maxHeldBytes()/c.maxRequestBytes(), 1)) }
+
+func (c *Config) grpcReadGrace() time.Duration {
+	return min(orDefault(c.GRPCReadGrace, 2*time.Second), c.readTimeout())
+}
 
 func (c *Config) readTimeout() time.Duration {
 	if c.ReadTimeout <= 0 {
@@ -182,7 +190,7 @@ type Runtime struct {
 	bodies   *byteBudget
 	// reads bounds the gRPC ModelInfer messages being read at once (and the calls
 	// waiting to be read): grpc-go holds a message whole once its read begins.
-	reads *runGate
+	reads *readGate
 }
 
 type modelVersions struct {
@@ -207,7 +215,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	r := &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{},
 		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting()), bodies: &byteBudget{max: cfg.maxHeldBytes()},
-		reads: newRunGate(cfg.grpcReads(), cfg.maxWaiting())}
+		reads: newReadGate(cfg.grpcReads(), cfg.maxWaiting(), cfg.grpcReadGrace())}
 	r.metrics.watchGate(r.gate, r.bodies, r.reads)
 	return r, nil
 }
