@@ -116,6 +116,11 @@ type StateConfig struct {
 	// Roots are the certificates trusted for https metadata and target URLs (the
 	// server's CA: Config.ServerRoots, --server-ca); nil: the system roots.
 	Roots *x509.CertPool
+	// MetadataTimeout bounds each TUF metadata request, with or without Roots: a
+	// metadata server that accepts the connection and never answers fails the refresh
+	// (updater.ErrMetadataTimeout) instead of hanging the agent. 0:
+	// updater.DefaultMetadataTimeout (2 minutes).
+	MetadataTimeout time.Duration
 	// TPM, if set, holds the floors instead of the TPM named at enrollment; the caller
 	// keeps ownership (State.Close does not close it).
 	TPM *attest.TPM
@@ -140,7 +145,10 @@ type State struct {
 	ownTPM bool
 }
 
-// OpenState opens the state directory enrolled by Enroll.
+// OpenState opens the state directory enrolled by Enroll. It makes no request, and
+// opening the TUF client writes nothing (updater.NewTUF), so a full tuf/ directory does
+// not keep the device from serving. (The slots' sqlite database, opened by rollback.Open,
+// still creates its WAL index at each open: see TestWholeStateOnFullDisk.)
 func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	if cfg.Dir == "" {
 		cfg.Dir = DefaultStateDir
@@ -152,14 +160,16 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	if cfg.Downloader != nil {
 		dl = *cfg.Downloader
 	}
-	var meta *http.Client // nil: http.DefaultClient
-	if cfg.Roots != nil {
-		tr := &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12}}
-		meta = &http.Client{Timeout: 2 * time.Minute, Transport: tr}
-		if dl.Client == nil {
-			// No overall timeout: a large target takes long; the Downloader's stall timeout bounds it.
-			dl.Client = &http.Client{Transport: tr}
-		}
+	if cfg.MetadataTimeout <= 0 {
+		cfg.MetadataTimeout = updater.DefaultMetadataTimeout
+	}
+	// Metadata requests are bounded whatever the roots (nil RootCAs: the system's); the
+	// TUF client also puts MetadataTimeout on each request.
+	tr := &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: &tls.Config{RootCAs: cfg.Roots, MinVersion: tls.VersionTLS12}}
+	meta := &http.Client{Timeout: cfg.MetadataTimeout, Transport: tr}
+	if dl.Client == nil && cfg.Roots != nil {
+		// No overall timeout: a large target takes long; the Downloader's stall timeout bounds it.
+		dl.Client = &http.Client{Transport: tr}
 	}
 	e, err := ReadEnrollment(cfg.Dir)
 	if err != nil {
@@ -167,7 +177,8 @@ func OpenState(ctx context.Context, cfg StateConfig) (*State, error) {
 	}
 	st := &State{Dir: cfg.Dir, TPM: cfg.TPM}
 	st.TUF, err = updater.NewTUF(updater.TUFConfig{MetadataDir: cfg.Dir.TUF(), MetadataURL: e.MetadataURL,
-		TargetsURL: e.TargetsURL, HTTPClient: meta, Downloader: &dl, RootBackup: cfg.Dir.PinnedRoot(), NoDeltas: cfg.NoDeltas})
+		TargetsURL: e.TargetsURL, HTTPClient: meta, MetadataTimeout: cfg.MetadataTimeout, Downloader: &dl,
+		RootBackup: cfg.Dir.PinnedRoot(), NoDeltas: cfg.NoDeltas, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}

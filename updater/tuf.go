@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -52,8 +53,14 @@ type TUFConfig struct {
 	// TargetsURL is the repository's targets base URL. Empty means MetadataURL's sibling
 	// "targets" directory.
 	TargetsURL string
-	// HTTPClient fetches metadata; nil means http.DefaultClient.
+	// HTTPClient fetches metadata; nil means http.DefaultClient. Whatever its own
+	// Timeout (the default client has none), each metadata request is bounded by
+	// MetadataTimeout.
 	HTTPClient *http.Client
+	// MetadataTimeout bounds each metadata request, from connecting to the last byte of
+	// the body: a server that accepts the connection and never answers fails the
+	// refresh with ErrMetadataTimeout instead of hanging it. 0: DefaultMetadataTimeout.
+	MetadataTimeout time.Duration
 	// Now is the reference time for expiry checks, read once per refresh; nil means time.Now.
 	Now func() time.Time
 	// Downloader fetches targets; nil means a Downloader using HTTPClient.
@@ -73,12 +80,25 @@ type TUFConfig struct {
 	// builds a target from a delta when TUF lists one from the committed slot's content
 	// (see SlotFetcher).
 	NoDeltas bool
+	// Logger receives what the client repairs on its own: a damaged local metadata file
+	// discarded, a root restored from RootBackup or not written back. Nil: slog.Default().
+	Logger *slog.Logger
 }
 
+// DefaultMetadataTimeout bounds a metadata request when TUFConfig.MetadataTimeout is 0.
+const DefaultMetadataTimeout = 2 * time.Minute
+
 // ErrMetadataTooLarge is returned when a metadata file is larger than the device
-// accepts: the repository's catalogue has outgrown it, and old versions must be retired
-// before this device can update again.
+// accepts. For a targets role (targets.json, models.json, runtimes.json) the
+// repository's catalogue has outgrown the device, and old versions must be retired
+// before it can update again; root, timestamp and snapshot do not grow with the
+// versions published, so an oversized one comes from a broken or hostile server.
 var ErrMetadataTooLarge = errors.New("TUF metadata larger than this device accepts")
+
+// ErrMetadataTimeout is returned when a metadata request got no complete answer within
+// TUFConfig.MetadataTimeout. It also wraps context.DeadlineExceeded: the failure is
+// Transient (the server, not the version).
+var ErrMetadataTimeout = errors.New("TUF metadata server did not answer in time")
 
 // TUF is the device's TUF client: go-tuf's updater, with targets streamed through
 // Downloader and checked against what the trusted targets metadata says. It is not safe
@@ -90,10 +110,16 @@ type TUF struct {
 	dl      *Downloader
 }
 
-// NewTUF loads the trusted root from cfg.MetadataDir. It makes no request.
+// NewTUF loads the trusted root from cfg.MetadataDir. It makes no request and needs no
+// write: a device whose disk is full (or read-only) still opens its state and serves.
+// The one write it tries, restoring a damaged root.json from RootBackup, is logged
+// when it fails and tried again at the next Refresh.
 func NewTUF(cfg TUFConfig) (*TUF, error) {
 	if cfg.MetadataDir == "" || cfg.MetadataURL == "" {
 		return nil, errors.New("tuf: MetadataDir and MetadataURL are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	root, err := readRoot(cfg)
 	if err != nil {
@@ -113,6 +139,9 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 	if cfg.Hardware == "" {
 		cfg.Hardware = artifact.HostHardware()
 	}
+	if cfg.MetadataTimeout <= 0 {
+		cfg.MetadataTimeout = DefaultMetadataTimeout
+	}
 	client := cfg.HTTPClient
 	if client == nil {
 		client = http.DefaultClient
@@ -121,7 +150,7 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 	if dl == nil {
 		dl = &Downloader{Client: client}
 	}
-	c := &TUF{cfg: cfg, fetcher: &metaFetcher{client: client, ctx: context.Background()}, dl: dl}
+	c := &TUF{cfg: cfg, fetcher: &metaFetcher{client: client, ctx: context.Background(), timeout: cfg.MetadataTimeout}, dl: dl}
 	if err := c.load(root); err != nil {
 		return nil, err
 	}
@@ -129,7 +158,14 @@ func NewTUF(cfg TUFConfig) (*TUF, error) {
 }
 
 // load starts a new go-tuf updater from the trusted root: go-tuf's trusted set is built
-// once per refresh, in the specification's order.
+// once per refresh, in the specification's order. It writes nothing.
+//
+// go-tuf's updater.New persists the root it is given, a write at every start that fails
+// on a full disk (and kept the agent from starting there). root is what root.json holds
+// (or what readRoot restored it from), so New runs with the local cache disabled and the
+// cache is enabled once it returns: the updater keeps the *UpdaterConfig it was given,
+// and persists every root, timestamp, snapshot and targets file Refresh verifies as
+// before (TestTUFRefreshDownloadAndCache checks they are written).
 func (c *TUF) load(root []byte) error {
 	ucfg, err := config.New(c.cfg.MetadataURL, root)
 	if err != nil {
@@ -142,10 +178,12 @@ func (c *TUF) load(root []byte) error {
 	if c.cfg.MaxTargetsBytes > 0 {
 		ucfg.TargetsMaxLength = c.cfg.MaxTargetsBytes
 	}
+	ucfg.DisableLocalCache = true // see above: New must not rewrite root.json
 	up, err := updater.New(ucfg)
 	if err != nil {
 		return fmt.Errorf("tuf: trusted root in %s: %w", c.cfg.MetadataDir, err)
 	}
+	ucfg.DisableLocalCache = false
 	c.up = up
 	return nil
 }
@@ -162,11 +200,67 @@ func (c *TUF) Refresh(ctx context.Context) error {
 	if err := c.load(root); err != nil {
 		return err
 	}
+	if err := c.discardDamaged([]string{metadata.TIMESTAMP, metadata.SNAPSHOT, metadata.TARGETS}); err != nil {
+		return err
+	}
 	c.up.UnsafeSetRefTime(c.cfg.Now())
 	if err := c.up.Refresh(); err != nil {
 		return fmt.Errorf("tuf refresh from %s: %w", c.cfg.MetadataURL, err)
 	}
+	// The delegated roles (models, runtimes) are loaded later, by Target: the trusted
+	// snapshot names them.
+	var delegated []string
+	for name := range c.up.GetTrustedMetadataSet().Snapshot.Signed.Meta {
+		if role := strings.TrimSuffix(name, ".json"); role != metadata.TARGETS && role != name {
+			delegated = append(delegated, role)
+		}
+	}
+	if err := c.discardDamaged(delegated); err != nil {
+		return err
+	}
 	return c.persist()
+}
+
+// discardDamaged removes the local metadata files of roles that do not parse as their
+// role's metadata (emptied or truncated by a crash, overwritten): go-tuf, which reads
+// them before it downloads, treats a file that parses but does not verify as absent
+// and fetches it again, but fails on one that does not parse, so a single damaged file
+// failed every later refresh. Each file discarded is logged; it is fetched again,
+// verified and persisted by the refresh that needs it.
+//
+// The trusted root is never discarded (readRoot restores it from RootBackup). What go-tuf
+// protects with the local files is the rollback check of timestamp and snapshot (a newer
+// file's version may not be lower): a file that does not parse has no version to
+// protect, so discarding it loses nothing the damage had not already lost, and leaves
+// the other files, and their versions, as they are. The anti-rollback floors of the
+// installed versions are not TUF's: the slots keep them (TPM NV counters, mirrored in
+// state.db) and refuse a target below them whatever the metadata says.
+func (c *TUF) discardDamaged(roles []string) error {
+	for _, role := range roles {
+		p := filepath.Join(c.cfg.MetadataDir, url.PathEscape(role)+".json") // go-tuf's name for it
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			switch role {
+			case metadata.TIMESTAMP:
+				_, err = metadata.Timestamp().FromBytes(b)
+			case metadata.SNAPSHOT:
+				_, err = metadata.Snapshot().FromBytes(b)
+			default:
+				_, err = metadata.Targets().FromBytes(b)
+			}
+			if err == nil {
+				continue
+			}
+		}
+		c.cfg.Logger.Warn("discarding damaged TUF metadata; it is fetched again", "file", p, "role", role, "bytes", len(b), "err", err)
+		if rerr := os.Remove(p); rerr != nil {
+			return fmt.Errorf("tuf: discard damaged %s (%v): %w", p, err, rerr)
+		}
+	}
+	return nil
 }
 
 // persist makes what go-tuf wrote durable (it renames without syncing) and, with
@@ -197,8 +291,19 @@ func (c *TUF) persist() error {
 		return nil
 	}
 	root, err := os.ReadFile(filepath.Join(c.cfg.MetadataDir, RootFile))
+	trusted := c.up.GetTrustedMetadataSet().Root.Signed.Version
+	if err == nil {
+		var m *metadata.Metadata[metadata.RootType]
+		if m, err = metadata.Root().FromBytes(root); err == nil && m.Signed.Version != trusted {
+			err = fmt.Errorf("version %d", m.Signed.Version)
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("tuf: %w", err)
+		// root.json is not the trusted root: it is damaged and could not be restored (a
+		// full disk), and the trusted root is the backup's. Never copy it over the backup.
+		c.cfg.Logger.Warn("root.json is not the trusted root; the root backup is kept as it is",
+			"file", filepath.Join(c.cfg.MetadataDir, RootFile), "backup", c.cfg.RootBackup, "trusted_version", trusted, "err", err)
+		return nil
 	}
 	if old, err := os.ReadFile(c.cfg.RootBackup); err == nil && string(old) == string(root) {
 		return nil
@@ -207,7 +312,9 @@ func (c *TUF) persist() error {
 }
 
 // readRoot reads the trusted root, falling back to RootBackup when root.json is missing
-// or damaged (a crash while go-tuf rewrote it).
+// or damaged (a crash while go-tuf rewrote it). It writes the backup back to root.json;
+// when that fails (a full disk) it logs it and returns the backup all the same, and the
+// next call tries again.
 func readRoot(cfg TUFConfig) ([]byte, error) {
 	root, err := os.ReadFile(filepath.Join(cfg.MetadataDir, RootFile))
 	if err == nil {
@@ -220,8 +327,10 @@ func readRoot(cfg TUFConfig) ([]byte, error) {
 	if cfg.RootBackup != "" {
 		if b, berr := os.ReadFile(cfg.RootBackup); berr == nil {
 			if _, perr := metadata.Root().FromBytes(b); perr == nil {
-				if werr := durable.WriteFile(filepath.Join(cfg.MetadataDir, RootFile), b, 0o600); werr != nil {
-					return nil, fmt.Errorf("tuf: restore trusted root: %w", werr)
+				p := filepath.Join(cfg.MetadataDir, RootFile)
+				if werr := durable.WriteFile(p, b, 0o600); werr != nil {
+					cfg.Logger.Warn("trusted root restored from its backup in memory only; root.json is written back at the next refresh",
+						"file", p, "backup", cfg.RootBackup, "damage", err, "err", werr)
 				}
 				return b, nil
 			}
@@ -410,19 +519,33 @@ func (f slotFetcher) fetchInfo(ctx context.Context, t rollback.Target, dst strin
 	return f.fetch(ctx, t, dst)
 }
 
-// metaFetcher implements go-tuf's fetcher.Fetcher with a context and bounded reads.
+// metaFetcher implements go-tuf's fetcher.Fetcher with a context, a deadline on every
+// request and bounded reads.
 type metaFetcher struct {
 	client *http.Client
 	ctx    context.Context
+	// timeout bounds each request when go-tuf gives none (it passes 0).
+	timeout time.Duration
 }
 
-func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, _ time.Duration) ([]byte, error) {
-	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, urlPath, nil)
+// DownloadFile fetches urlPath, at most maxLength bytes, within timeout (the fetcher's
+// own when timeout is 0): the request and the whole body must arrive before it.
+func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, timeout time.Duration) ([]byte, error) {
+	if timeout <= 0 {
+		timeout = f.timeout
+	}
+	timedOut := fmt.Errorf("%w: %s: no complete answer within %v: %w", ErrMetadataTimeout, urlPath, timeout, context.DeadlineExceeded)
+	ctx, cancel := context.WithTimeoutCause(f.ctx, timeout, timedOut)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, urlPath, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := f.client.Do(req)
 	if err != nil {
+		if context.Cause(ctx) == timedOut {
+			return nil, timedOut
+		}
 		if u := untrusted(err); u != err {
 			// Kept as a chain (go-tuf passes fetch errors through) so callers can test it.
 			return nil, fmt.Errorf("%s: %w", urlPath, u)
@@ -434,20 +557,45 @@ func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, _ time.Durat
 		return nil, &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: urlPath}
 	}
 	if resp.ContentLength > maxLength {
-		return nil, tooLarge(urlPath, fmt.Sprintf("%d bytes announced", resp.ContentLength), maxLength)
+		return nil, tooLarge(urlPath, resp.ContentLength, maxLength)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLength+1))
 	if err != nil {
+		if context.Cause(ctx) == timedOut {
+			return nil, timedOut
+		}
 		return nil, &metadata.ErrDownload{Msg: fmt.Sprintf("%s: %v", urlPath, err)}
 	}
 	if int64(len(b)) > maxLength {
-		return nil, tooLarge(urlPath, "longer", maxLength)
+		return nil, tooLarge(urlPath, -1, maxLength)
 	}
 	return b, nil
 }
 
-// tooLarge is go-tuf's length error, also ErrMetadataTooLarge, saying what to do.
-func tooLarge(urlPath, what string, max int64) error {
-	return fmt.Errorf("%w: %s: %s than the %d bytes allowed; the repository must retire old versions ('edgeward retire') before this device can update: %w",
-		ErrMetadataTooLarge, path.Base(urlPath), what, max, &metadata.ErrDownloadLengthMismatch{Msg: urlPath})
+// tooLarge is go-tuf's length error, also ErrMetadataTooLarge, saying what to do about
+// the file at urlPath: announced is the length its server announced, -1 when the body
+// ran past max. Only a targets role grows with the catalogue; an oversized root,
+// timestamp or snapshot comes from a broken or hostile server.
+func tooLarge(urlPath string, announced, max int64) error {
+	name := path.Base(urlPath)
+	what := fmt.Sprintf("%s announces %d bytes, more than the %d allowed", name, announced, max)
+	if announced < 0 {
+		what = fmt.Sprintf("%s sends more than the %d bytes allowed", name, max)
+	}
+	advice := "the repository must retire old versions ('edgeward retire') before this device can update"
+	switch role := metadataRole(name); role {
+	case metadata.ROOT, metadata.TIMESTAMP, metadata.SNAPSHOT:
+		advice = fmt.Sprintf("%s.json does not grow with the versions published, so the server or mirror sending it is broken or hostile; the device keeps the metadata it trusts and tries again", role)
+	}
+	return fmt.Errorf("%w: %s; %s: %w", ErrMetadataTooLarge, what, advice, &metadata.ErrDownloadLengthMismatch{Msg: urlPath})
+}
+
+// metadataRole is the role of a metadata file name: "timestamp" for timestamp.json,
+// "models" for 12.models.json (a consistent snapshot's version prefix).
+func metadataRole(name string) string {
+	name = strings.TrimSuffix(name, ".json")
+	if v, rest, ok := strings.Cut(name, "."); ok && v != "" && strings.Trim(v, "0123456789") == "" {
+		return rest
+	}
+	return name
 }

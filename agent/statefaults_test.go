@@ -1,0 +1,198 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/updater"
+	"github.com/edgeward/edgeward/updater/tuftest"
+)
+
+// fullDisk mounts a small tmpfs at dir (root only: skipped otherwise, or failed when
+// EDGEWARD_REQUIRE_DEPS=1) and returns a function that fills it up and one that frees it.
+func fullDisk(t *testing.T, dir string) (fill, free func()) {
+	t.Helper()
+	skip := func(why string) {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatalf("%s (EDGEWARD_REQUIRE_DEPS=1)", why)
+		}
+		t.Skip(why)
+	}
+	if os.Geteuid() != 0 {
+		skip("mounting a tmpfs needs root")
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", dir).CombinedOutput(); err != nil {
+		skip("mount tmpfs: " + strings.TrimSpace(string(out)))
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	filler := filepath.Join(dir, "filler")
+	fill = func() {
+		f, err := os.OpenFile(filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for _, chunk := range [][]byte{make([]byte, 1<<20), make([]byte, 512)} {
+			for {
+				if _, err := f.Write(chunk); err != nil {
+					if !errors.Is(err, syscall.ENOSPC) {
+						t.Fatal(err)
+					}
+					break
+				}
+			}
+		}
+		if err := os.WriteFile(filepath.Join(dir, "probe"), make([]byte, 4096), 0o600); !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("writing to the filled disk = %v; want ENOSPC", err)
+		}
+	}
+	free = func() {
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return fill, free
+}
+
+// TestStateOnFullDisk puts the state's TUF directory on a file system that fills up
+// after a model was committed: the state still opens (go-tuf used to rewrite root.json
+// at every open, failing with "no space left on device", so the agent did not start and
+// the device stopped serving), status and recover still report the committed slot, a
+// refresh with nothing new succeeds, one that must persist new metadata fails as an
+// infrastructure failure (no_space, retried), and succeeds once space is freed.
+func TestStateOnFullDisk(t *testing.T) {
+	dir := StateDir(t.TempDir())
+	if err := os.MkdirAll(dir.TUF(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	fill, free := fullDisk(t, dir.TUF())
+	testStateOnFullDisk(t, dir, fill, free)
+}
+
+// TestWholeStateOnFullDisk is TestStateOnFullDisk with the whole state directory on the
+// full file system, as on a device. The TUF client opens there; the slots' sqlite
+// database (rollback.Open, internal/durable) does not yet: in WAL mode sqlite creates and
+// sizes its -shm file at each open and fails with SQLITE_IOERR_SHMSIZE. Until that is
+// fixed there, the test skips at that point, naming it.
+func TestWholeStateOnFullDisk(t *testing.T) {
+	base := t.TempDir()
+	fill, free := fullDisk(t, base)
+	testStateOnFullDisk(t, StateDir(filepath.Join(base, "st")), fill, free)
+}
+
+func testStateOnFullDisk(t *testing.T, dir StateDir, fill, free func()) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p, _ := r.AddModel("iris", "1.0.0", 0)
+	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL()}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenState(ctx, StateConfig{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Slots.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.TUF.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	commitTarget(t, ctx, st, artifact.KindModel, p)
+	st.Close()
+
+	fill()
+	st, err = OpenState(ctx, StateConfig{Dir: dir})
+	if err != nil && strings.Contains(err.Error(), "open state db") && strings.Contains(err.Error(), "disk I/O error") {
+		t.Skipf("the TUF client opened on the full disk; the slots' sqlite did not (known, internal/durable): %v", err)
+	}
+	if err != nil {
+		t.Fatalf("OpenState on a full disk = %v; want it opened (the device must keep serving)", err)
+	}
+	defer st.Close()
+	committed := func(when string) {
+		t.Helper()
+		s, err := st.ReadStatus(ctx)
+		if err != nil {
+			t.Fatalf("ReadStatus %s = %v", when, err)
+		}
+		for _, ss := range s.Slots {
+			if ss.Kind == string(artifact.KindModel) && (ss.Version != "1.0.0" || ss.Path != p) {
+				t.Errorf("status %s: model slot %+v; want 1.0.0 committed", when, ss)
+			}
+		}
+		if s.TrustedRoot != 1 {
+			t.Errorf("status %s: trusted root v%d; want v1", when, s.TrustedRoot)
+		}
+	}
+	committed("on a full disk")
+	if err := st.Slots.Recover(ctx); err != nil {
+		t.Fatalf("Recover on a full disk = %v", err)
+	}
+	committed("after recover on a full disk")
+	if err := st.TUF.Refresh(ctx); err != nil {
+		t.Errorf("Refresh on a full disk with nothing new published = %v; want nil (nothing to write)", err)
+	}
+
+	r.AddModel("iris", "1.1.0", 0)
+	err = st.TUF.Refresh(ctx)
+	if !errors.Is(err, syscall.ENOSPC) || !updater.Transient(err) || updater.ClassifyError(err) != wire.ErrorNoSpace {
+		t.Fatalf("Refresh on a full disk with new metadata = %v; want ENOSPC, an infrastructure failure (no_space)", err)
+	}
+	committed("after a failed refresh")
+
+	free()
+	if err := st.TUF.Refresh(ctx); err != nil {
+		t.Fatalf("Refresh once space is freed = %v", err)
+	}
+	if _, _, err := st.TUF.Resolve(ctx, artifact.KindModel, artifact.TargetPath(artifact.KindModel, "iris", "1.1.0", ".onnx")); err != nil {
+		t.Errorf("Resolve of the new version once space is freed = %v", err)
+	}
+}
+
+// TestMetadataTimeoutWithoutRoots: a state opened without server roots (no --server-ca)
+// bounds its metadata requests too; a metadata server that never answers fails the
+// refresh with ErrMetadataTimeout within StateConfig.MetadataTimeout instead of hanging
+// the agent forever.
+func TestMetadataTimeoutWithoutRoots(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	release := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		select {
+		case <-release:
+		case <-req.Context().Done():
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) })
+	dir := StateDir(t.TempDir())
+	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: hang.URL + "/metadata"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := OpenState(ctx, StateConfig{Dir: dir, MetadataTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	done := make(chan error, 1)
+	go func() { done <- st.TUF.Refresh(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, updater.ErrMetadataTimeout) || !updater.Transient(err) {
+			t.Fatalf("Refresh against a server that never answers = %v; want ErrMetadataTimeout (transient)", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Refresh against a server that never answers has not returned after 10s (metadata timeout 200ms)")
+	}
+}
