@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -180,8 +181,27 @@ func (d *deviceAPI) policy() *policy.Policy {
 	return &policy.Policy{}
 }
 
+// jsonContentType reports whether ct, a request's Content-Type, admits a JSON body:
+// none given, or application/json (the media type in any case) with optional
+// parameters, of which a charset must be UTF-8, the only encoding decoded. Not a mere
+// prefix: "application/jsonp" or "application/json-seq" is another type.
+func jsonContentType(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
+		return false
+	}
+	cs, ok := params["charset"]
+	return !ok || strings.EqualFold(cs, "utf-8")
+}
+
+// decodeJSON decodes the request's body, one JSON value of at most max bytes with no
+// unknown field (jsonstrict), into v. On failure it has written the error response:
+// 415 for another Content-Type (jsonContentType), 413 for a larger body, 400 else.
 func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	if !jsonContentType(r.Header.Get("Content-Type")) {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
@@ -269,38 +289,42 @@ var authCodes = map[verify.Code]bool{
 	verify.SignatureInvalid: true, verify.NonceMismatch: true,
 }
 
-// maxReports bounds the install reports one check-in carries.
-const maxReports = 1000
-
 // decodeCheckIn reads a check-in request: one JSON value of at most
-// wire.MaxRequestBytes with no unknown field, a well-formed device ID and at most
-// maxReports reports. Nothing in it is authenticated yet. On failure it has written the
-// error response.
+// wire.MaxRequestBytes with no unknown field, a well-formed device ID, and each
+// collection within its bound (checkInBounds: attrs of at most fleet.MaxAttrsBytes, at
+// most maxReports reports, …), checked while decoding, so that no body costs more than
+// a small multiple of its size. Nothing in it is authenticated yet. On failure it has
+// written the error response: 413 for a body or a part of it over its bound, 400 for
+// anything else malformed.
 //
 // It decodes with unmarshalStrict, not jsonstrict.Decode: the check-in is the request
 // every device sends every interval, and encoding/json's decoder scanned each body
 // twice (once to find the value's end, once to decode it) through reflection.
 func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest, bool) {
 	var req wire.CheckInRequest
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	if !jsonContentType(r.Header.Get("Content-Type")) {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return req, false
 	}
 	body, err := readBody(w, r, wire.MaxRequestBytes)
 	if err == nil {
-		err = unmarshalStrict(body, &req)
+		err = unmarshalStrict(body, &req, checkInDecodeOptions)
 	}
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var be *boundError
+		switch {
+		case errors.As(err, &mbe):
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", wire.MaxRequestBytes))
-		} else {
+		case errors.As(err, &be):
+			writeError(w, http.StatusRequestEntityTooLarge, "request too large: "+be.Error())
+		default:
 			writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
 		}
 		return req, false
 	}
-	if !isDeviceID(req.DeviceID) || len(req.Reports) > maxReports {
-		writeError(w, http.StatusBadRequest, "bad device_id or too many reports")
+	if !isDeviceID(req.DeviceID) { // (the reports were bounded while decoding)
+		writeError(w, http.StatusBadRequest, "bad device_id")
 		return req, false
 	}
 	return req, true
@@ -312,6 +336,11 @@ func decodeCheckIn(w http.ResponseWriter, r *http.Request) (wire.CheckInRequest,
 // readBodyPrealloc: a length is only a claim, and a body larger than that grows as its
 // bytes actually arrive (check-ins are read before their sender is authenticated, and a
 // bare header claiming max bytes must not pin max bytes per connection).
+//
+// A full buffer doubles (append grows a large slice by only a quarter, which cost an
+// 8 MiB body about 40 MiB of copies), capped at the claimed length when the body has
+// not exceeded it yet and at max+1: the buffers of a body of n bytes total at most
+// about 4n, and each is filled by bytes that arrived before it was allocated.
 const readBodyPrealloc = 64 << 10
 
 func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
@@ -323,7 +352,14 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 	buf := make([]byte, 0, n)
 	for {
 		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)] // grow
+			n := min(2*int64(cap(buf)), max+1)
+			if r.ContentLength > int64(len(buf)) {
+				n = min(n, r.ContentLength+1)
+			}
+			if n <= int64(cap(buf)) { // over max: the next read fails
+				n = int64(cap(buf)) + 1
+			}
+			buf = append(make([]byte, 0, n), buf...)
 		}
 		m, err := body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+m]
@@ -343,8 +379,10 @@ func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error)
 // github.com/go-json-experiment/json), so every JSON value jsonstrict accepts from a
 // well-behaved encoder (encoding/json.Marshal, which the agent uses) decodes to the same
 // Go value.
-func unmarshalStrict(data []byte, v any) error {
-	return jsonv2.Unmarshal(data, v, jsonv2.RejectUnknownMembers(true))
+//
+// opts are added to those (checkInDecodeOptions for a check-in).
+func unmarshalStrict(data []byte, v any, opts ...jsonv2.Options) error {
+	return jsonv2.Unmarshal(data, v, append([]jsonv2.Options{jsonv2.RejectUnknownMembers(true)}, opts...)...)
 }
 
 func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {

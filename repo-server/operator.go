@@ -131,7 +131,7 @@ func (o *operatorAPI) endpoints() []endpoint {
 	return []endpoint{
 		{"POST /v1/publish", fleet.ActionPublish, o.publish},
 		{"GET /v1/repository", fleet.ActionFleetRead, o.status},
-		{"GET /v1/audit/export", fleet.ActionAuditExport, o.auditExport},
+		{"GET /v1/audit/export", fleet.ActionAuditExport, o.s.stallGuard(http.HandlerFunc(o.auditExport)).ServeHTTP},
 		{"GET /v1/audit/prove", fleet.ActionAuditExport, o.auditProve},
 		{"GET /v1/policy", fleet.ActionFleetRead, o.policyStatus},
 		{"GET /v1/kpis", fleet.ActionFleetRead, o.kpis},
@@ -368,6 +368,9 @@ func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// auditExport streams the audit log from one open query (audit.Log.Export): it is
+// mounted under stallGuard, so that a client that stops reading cannot hold the
+// query's read transaction open.
 func (o *operatorAPI) auditExport(w http.ResponseWriter, r *http.Request) {
 	l, db, err := OpenAuditAt(r.Context(), o.s.cfg.Repo, o.s.cfg.DB)
 	if err != nil {

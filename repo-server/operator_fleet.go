@@ -36,7 +36,7 @@ func actorOf(r *http.Request) string { return principal(r).Actor() }
 
 // decodeBody decodes an optional JSON body into v: an empty body leaves v as it is.
 func decodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+	if !jsonContentType(r.Header.Get("Content-Type")) {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
@@ -164,6 +164,9 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		defer unlock()
+		if err := o.rolloutFree(spec.ID); err != nil {
+			return "", err
+		}
 		// Staged under a name the watcher does not load, audited, then renamed into
 		// place: no audit record, no change, and no moment in which the rollout is in
 		// force without its record.
@@ -206,6 +209,37 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	out.Loaded = o.waitLoaded(ctx, spec.ID, path)
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// rolloutExistsError refuses creating a rollout whose ID a policy file already
+// defines. It is a fleet.ErrExists (409): the request conflicts with the policy's
+// state, it is not malformed.
+type rolloutExistsError struct {
+	id  string
+	pos policy.Pos
+}
+
+func (e *rolloutExistsError) Error() string {
+	return fmt.Sprintf("rollout %q already exists (defined at %s:%d): rollout IDs are unique; choose another ID, or pause, resume or abort that rollout", e.id, filepath.Base(e.pos.File), e.pos.Line)
+}
+
+func (e *rolloutExistsError) Is(target error) bool { return target == fleet.ErrExists }
+
+// rolloutFree returns a *rolloutExistsError if the policy directory, or when it does
+// not load the policy in force, defines rollout id. Called with createMu and the
+// publish lease held, so that no other creation adds the ID before this one's file
+// is in place.
+func (o *operatorAPI) rolloutFree(id string) error {
+	p, err := policy.Load(o.cfg.PolicyDir)
+	if err != nil {
+		// Not loadable (StageRollout reports why): the policy in force is what
+		// devices get, and what the new file would conflict with.
+		p = o.policy()
+	}
+	if ro := p.Rollout(id); ro != nil {
+		return &rolloutExistsError{id: id, pos: ro.Pos}
+	}
+	return nil
 }
 
 // waitLoaded polls the policy in force until it defines rollout id in file, for at most
@@ -411,12 +445,18 @@ func (o *operatorAPI) deviceRelease(w http.ResponseWriter, r *http.Request) {
 	o.writeDevice(w, r, id)
 }
 
-// PUT /v1/devices/{id}/labels {"labels": {"k": "v"}}: replaces the labels.
+// PUT /v1/devices/{id}/labels {"labels": {"k": "v"}}: replaces the labels. The
+// labels are required: {"labels": {}} clears them, while a body without them ({} or
+// {"labels": null}, a client's mistake) is refused, 400, and changes nothing.
 func (o *operatorAPI) deviceLabels(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Labels map[string]string `json:"labels"`
 	}
 	if !decodeJSON(w, r, 64<<10, &req) {
+		return
+	}
+	if req.Labels == nil { // absent or null; {} decodes to an empty map
+		writeError(w, http.StatusBadRequest, `labels missing: want {"labels": {"key": "value", …}}, or {"labels": {}} to clear them`)
 		return
 	}
 	id := r.PathValue("id")

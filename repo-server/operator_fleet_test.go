@@ -333,9 +333,15 @@ func TestOperatorRollouts(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(o.dir, created.File)); err != nil {
 		t.Fatal(err)
 	}
+	// An ID already defined is a conflict (409), naming the ID and where it is
+	// defined, and writes no file.
+	before, _ := os.ReadDir(o.dir)
 	code, body := o.do("POST", "/v1/rollouts", o.tok[rm], `{"id":"vib-3","target":{"kind":"model","name":"vibration","version":"3.0.1"}}`)
-	if code != 400 || !strings.Contains(body, "vib-3") {
-		t.Fatalf("duplicate rollout = %d %s; want 400", code, body)
+	if code != 409 || !strings.Contains(body, `rollout \"vib-3\" already exists`) || !strings.Contains(body, created.File) {
+		t.Fatalf("duplicate rollout = %d %s; want 409 naming vib-3 and %s", code, body, created.File)
+	}
+	if after, _ := os.ReadDir(o.dir); len(after) != len(before) {
+		t.Fatalf("a refused duplicate rollout left files: %v, before %v", after, before)
 	}
 	code, body = o.do("POST", "/v1/rollouts", o.tok[rm], `{"id":"x","target":{"kind":"model","name":"v","version":"1.0.0"},"waves":[{"percent":50},{"percent":20}]}`)
 	if code != 400 || !strings.Contains(body, "wave") {
@@ -837,5 +843,76 @@ func TestConcurrentBearerGuessesAreLimited(t *testing.T) {
 	wg.Wait()
 	if counts[http.StatusOK] != 15 {
 		t.Fatalf("15 concurrent requests with a valid token from one address = %v; want 15 answered 200", counts)
+	}
+}
+
+// TestOperatorLabelsRequired: PUT /v1/devices/{id}/labels without the labels ({} or
+// null, a client's mistake) is refused 400 and changes nothing; {"labels":{}} clears
+// them.
+func TestOperatorLabelsRequired(t *testing.T) {
+	o := newOpFixture(t)
+	o.seed("dev-1")
+	rm := fleet.RoleReleaseManager
+	for _, tc := range []struct {
+		body   string
+		code   int
+		labels map[string]string // afterwards
+	}{
+		{`{}`, 400, map[string]string{"line": "press"}},
+		{`{"labels":null}`, 400, map[string]string{"line": "press"}},
+		{`{"labels":{"site":"berlin"}}`, 200, map[string]string{"site": "berlin"}},
+		{`{"labels":{}}`, 200, map[string]string{}},
+	} {
+		code, body := o.do("PUT", "/v1/devices/dev-1/labels", o.tok[rm], tc.body)
+		if code != tc.code || (code == 400 && !strings.Contains(body, "labels missing")) {
+			t.Errorf("PUT labels %s = %d %s; want %d", tc.body, code, body, tc.code)
+		}
+		d, err := o.store.Device(context.Background(), "dev-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.Labels; len(got) != len(tc.labels) || (len(got) > 0 && !reflect.DeepEqual(got, tc.labels)) {
+			t.Errorf("after PUT labels %s: labels = %v; want %v", tc.body, got, tc.labels)
+		}
+	}
+}
+
+// TestOperatorContentType: the operator API decodes a body sent as application/json,
+// with parameters or none, and refuses 415 another media type, even one that starts
+// with application/json.
+func TestOperatorContentType(t *testing.T) {
+	o := newOpFixture(t)
+	o.seed("dev-1")
+	for _, tc := range []struct {
+		ct   string
+		code int
+	}{
+		{"application/json", 200},
+		{"application/json; charset=utf-8", 200},
+		{"Application/JSON;charset=UTF-8", 200},
+		{"", 200},
+		{"application/jsonp", 415},
+		{"application/json-seq", 415},
+		{"application/json; charset=latin1", 415},
+		{"application/json;;", 415},
+		{"text/plain", 415},
+	} {
+		req, err := http.NewRequest("PUT", o.http.URL+"/v1/devices/dev-1/labels", strings.NewReader(`{"labels":{"site":"berlin"}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+o.tok[fleet.RoleReleaseManager])
+		if tc.ct != "" {
+			req.Header.Set("Content-Type", tc.ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("PUT labels with Content-Type %q = %d %s; want %d", tc.ct, resp.StatusCode, b, tc.code)
+		}
 	}
 }

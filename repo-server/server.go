@@ -57,10 +57,12 @@ type ServerConfig struct {
 	// (or sends nothing more) cannot hold them, and what the server set aside for them,
 	// for ever.
 	BodyTimeout time.Duration
-	// StallTimeout bounds how long a target download may wait on a client that takes
-	// nothing: each write of it gets this long (0: 2 minutes). A slow client that keeps
-	// reading gets the whole target, however long it takes; one that stops is cut off,
-	// and what it held (a goroutine, a socket, an open blob) is freed.
+	// StallTimeout bounds how long a long response — a target download, the audit
+	// export, the dashboard's pages, /metrics — may wait on a client that takes nothing:
+	// each write of it gets this long (0: 2 minutes). A slow client that keeps reading
+	// gets the whole response, however long it takes; one that stops is cut off, and
+	// what it held (a goroutine, a socket, an open blob, the audit export's read
+	// transaction) is freed.
 	StallTimeout time.Duration
 	// Witnesses are the base URLs of `edgeward audit witness` services (C2SP
 	// tlog-witness) that cosign the audit log's checkpoints. nil: none.
@@ -185,7 +187,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.targetCount = newCodeCounter(s.requests, "targets")
 	s.mux.Handle("GET /targets/{path...}", s.counted(s.targetCount, http.HandlerFunc(s.serveTarget)))
 	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	s.mux.Handle("GET /metrics", s.stallGuard(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})))
 	s.mountAuditAPI()
 	return s, nil
 }
@@ -193,8 +195,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // Handler is the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
 
-// Handle mounts another subsystem's handler (device API, attestation CA, dashboard).
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// Handle mounts another subsystem's handler (attestation CA, dashboard), its responses
+// under the stall timeout (stallGuard).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, s.stallGuard(h)) }
 
 // Registry is where the server's metrics are registered; other subsystems may add theirs.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
@@ -470,14 +473,33 @@ func (s *Server) serveTargetPath(w http.ResponseWriter, r *http.Request, p strin
 	h["Content-Type"] = octetStream
 	h["Etag"] = []string{`"` + sum + `"`}
 	h["Cache-Control"] = immutable
-	rc := http.NewResponseController(w)
-	stall := s.cfg.StallTimeout
-	if stall <= 0 {
-		stall = idleTimeout
+	s.stallGuard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "", fi.ModTime(), f)
+	})).ServeHTTP(w, r)
+}
+
+// stallTimeout is Config.StallTimeout, or its default.
+func (s *Server) stallTimeout() time.Duration {
+	if s.cfg.StallTimeout > 0 {
+		return s.cfg.StallTimeout
 	}
-	http.ServeContent(&stallWriter{ResponseWriter: w, rc: rc, d: stall}, r, "", fi.ModTime(), f)
-	// The connection may serve more requests: no deadline of this one's stays on it.
-	_ = rc.SetWriteDeadline(time.Time{})
+	return idleTimeout
+}
+
+// stallGuard returns h with the writes of its responses under the stall timeout
+// (stallWriter, Config.StallTimeout): a client that takes nothing for that long is cut
+// off, and h's next write fails, which ends whatever h streams from. Every long
+// response goes through it: target downloads, the audit export (which streams one open
+// query: a client that stopped reading held a sqlite read transaction, and so kept the
+// WAL from being checkpointed, for as long as it wished), the dashboard, /metrics.
+// Once h returns, no deadline of the response's stays on the connection, which may
+// serve more requests.
+func (s *Server) stallGuard(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+		h.ServeHTTP(&stallWriter{ResponseWriter: w, rc: rc, d: s.stallTimeout()}, r)
+	})
 }
 
 // stallWriter gives the writes of a response a deadline that moves with them: d from
