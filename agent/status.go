@@ -95,19 +95,24 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 		ss.LastResult = st.Reason
 		out.Slots = append(out.Slots, ss)
 	}
-	o, err := updater.OpenOutbox(ctx, s.Dir.Outbox())
-	if err != nil {
-		return out, err
-	}
-	defer o.Close()
-	if out.LastCheckIn, out.LastCheckInResult, err = o.LastCheckIn(ctx); err != nil {
-		return out, err
-	}
-	if out.ReportsWaiting, err = o.Len(ctx); err != nil {
-		return out, err
-	}
-	if out.ReportsRefused, err = o.DeadLen(ctx); err != nil {
-		return out, err
+	// A device that never queued a report nor checked in has no outbox yet: nothing to
+	// read, and creating it here is a write status need not make (on a full disk it
+	// would fail the status).
+	if _, err := os.Stat(s.Dir.Outbox()); err == nil {
+		o, err := updater.OpenOutbox(ctx, s.Dir.Outbox())
+		if err != nil {
+			return out, err
+		}
+		defer o.Close()
+		if out.LastCheckIn, out.LastCheckInResult, err = o.LastCheckIn(ctx); err != nil {
+			return out, err
+		}
+		if out.ReportsWaiting, err = o.Len(ctx); err != nil {
+			return out, err
+		}
+		if out.ReportsRefused, err = o.DeadLen(ctx); err != nil {
+			return out, err
+		}
 	}
 	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
 		out.Runtime = &h

@@ -1,6 +1,7 @@
 package rollback
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -528,7 +529,15 @@ func (m *Manager) activate(kind artifact.Kind, slot Slot, t Target) error {
 	if err != nil {
 		return err
 	}
-	return durable.WriteFile(filepath.Join(m.cfg.Dir, "slots", string(kind), "current"), b, 0o600)
+	path := filepath.Join(m.cfg.Dir, "slots", string(kind), "current")
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		// Already so (recovery re-activates the committed slot at every start): no
+		// write, so that a device whose disk has filled still recovers and serves. It is
+		// synced all the same, file and directory, in case the process that wrote it
+		// died before it had (syncing written data needs no free blocks).
+		return syncFile(path)
+	}
+	return durable.WriteFile(path, b, 0o600)
 }
 
 // CheckInvariant returns an error unless, for every kind, the active slot holds the
@@ -645,4 +654,20 @@ func verifyFile(path string, t Target) error {
 		return fmt.Errorf("verify %s: sha256 %s, want %s", t.Path, got, t.SHA256)
 	}
 	return nil
+}
+
+// syncFile makes path's content and its directory entry durable.
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return durable.SyncDir(filepath.Dir(path))
 }

@@ -3,11 +3,12 @@ package durable
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"net/url"
 	"time"
 
-	_ "modernc.org/sqlite" // database/sql driver "sqlite"
+	"modernc.org/sqlite"
 )
 
 // SQLite configures OpenSQLite. The zero value is the house default.
@@ -19,6 +20,13 @@ import (
 // transaction reads (a crash recovers from the WAL, never from them), so writing them
 // to a file bought nothing and cost a write(2) per page a savepoint touched (the fleet
 // store's group commit runs every check-in in a savepoint).
+//
+// Its write-ahead log and shared-memory index (-wal, -shm) persist when the last
+// connection closes (SQLITE_FCNTL_PERSIST_WAL): sqlite otherwise deletes them then and
+// creates them again at the next open, which needs free blocks, so a device whose disk
+// had filled up could not open its state after a restart ("disk I/O error",
+// SQLITE_IOERR_SHMSIZE) and stopped serving. Kept, they are reused in place: the open
+// checkpoints the kept log (RESTART), so small commits overwrite its blocks.
 type SQLite struct {
 	// BusyTimeout is how long a statement waits for another connection's (or
 	// process's) lock before it fails with SQLITE_BUSY. Zero means 10 s.
@@ -70,10 +78,11 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 	if cfg.ImmediateTx {
 		q.Set("_txlock", "immediate")
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	c, err := sqlite.NewConnector("file:" + path + "?" + q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
+	db := sql.OpenDB(persistWAL{c})
 	if cfg.MaxOpenConns > 0 {
 		db.SetMaxOpenConns(cfg.MaxOpenConns)
 	}
@@ -86,5 +95,33 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: journal mode %q, want wal", path, mode)
 	}
+	// A kept log's frames were copied into the database before it closed, but the
+	// index rebuilt at this open does not know it, and the next commit would append to
+	// the log, growing it (on a full disk: "database or disk is full"). A RESTART
+	// checkpoint marks them copied, so the next commit writes the log from its start,
+	// over blocks it already has. Best effort: if another process holds a read, the
+	// log is left as it is and grows as before.
+	db.ExecContext(ctx, "PRAGMA wal_checkpoint(RESTART)")
 	return db, nil
+}
+
+// persistWAL is a connector whose connections keep the WAL and -shm files when they
+// close (see SQLite).
+type persistWAL struct{ driver.Connector }
+
+func (p persistWAL) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := p.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fc, ok := conn.(sqlite.FileControl)
+	if !ok {
+		conn.Close()
+		return nil, fmt.Errorf("sqlite connection %T has no file control", conn)
+	}
+	if _, err := fc.FileControlPersistWAL("main", 1); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("sqlite: keep the write-ahead log: %w", err)
+	}
+	return conn, nil
 }

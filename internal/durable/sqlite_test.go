@@ -2,9 +2,13 @@ package durable
 
 import (
 	"context"
+	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -76,5 +80,70 @@ func TestOpenSQLiteErrors(t *testing.T) {
 		t.Fatalf("OpenSQLite(%s) = nil error; want one", path)
 	} else if !strings.Contains(err.Error(), path) {
 		t.Errorf("OpenSQLite error %q does not name the path", err)
+	}
+}
+
+// TestOpenSQLiteOnAFullDisk: a database written, closed, and then left on a file system
+// that has filled up opens again, reads and takes a small commit: its -wal and -shm
+// files were kept at close and are reused in place. Before, sqlite deleted them at close
+// and could not create them again ("disk I/O error", SQLITE_IOERR_SHMSIZE), so a device
+// whose disk had filled could not open its state after a restart. Root only (tmpfs).
+func TestOpenSQLiteOnAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatal("mounting a tmpfs needs root (EDGEWARD_REQUIRE_DEPS=1)")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %s", out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	ctx := context.Background()
+	path := filepath.Join(dir, "state.db")
+	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)`, `INSERT INTO kv VALUES ('slot', 'a')`} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	for _, f := range []string{path + "-wal", path + "-shm"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("after close: %v; want the file kept", err)
+		}
+	}
+	// Fill the file system.
+	f, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, chunk := range [][]byte{make([]byte, 64<<10), make([]byte, 512)} {
+		for {
+			if _, err := f.Write(chunk); err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatal(err)
+				}
+				break
+			}
+		}
+	}
+	f.Close()
+
+	db, err = OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	if err != nil {
+		t.Fatalf("open on a full disk: %v", err)
+	}
+	defer db.Close()
+	var v string
+	if err := db.QueryRowContext(ctx, `SELECT v FROM kv WHERE k = 'slot'`).Scan(&v); err != nil || v != "a" {
+		t.Fatalf("read on a full disk: %q, %v", v, err)
+	}
+	if _, err := db.ExecContext(ctx, `UPDATE kv SET v = 'b' WHERE k = 'slot'`); err != nil {
+		t.Fatalf("a small commit on a full disk (into the kept log): %v", err)
 	}
 }
