@@ -18,6 +18,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"gopkg.in/yaml.v3"
 
@@ -92,6 +93,35 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// shown is free text that reached the fleet from a device or an operator (reasons,
+// error messages, causes) as the terminal may print it: every control character (C0,
+// DEL, C1), bidirectional override and other non-printing rune is written
+// as a Go escape (\x1b, \n, \u202e), so a compromised device or a release manager
+// cannot clear the screen, recolour or overwrite lines, or start a line of its own in
+// what a security admin reads. Printable text is returned as it is.
+func shown(s string) string {
+	clean := true
+	for _, r := range s {
+		if !unicode.IsPrint(r) && r != ' ' || unicode.Is(unicode.Bidi_Control, r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if (unicode.IsPrint(r) || r == ' ') && !unicode.Is(unicode.Bidi_Control, r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRune(r) // '\x1b', '\n', '\u202e'
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }
 
 // ---- rollout ----
@@ -278,7 +308,7 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 			if !r.Started.IsZero() && len(r.Waves) > 0 {
 				started = fmt.Sprintf("%d/%d (up to %g%%)", r.Wave+1, len(r.Waves), r.Waves[min(r.Wave, len(r.Waves)-1)])
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Target, status, started, ago(r.Updated, now), orDash(r.Reason))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Target, status, started, ago(r.Updated, now), orDash(shown(r.Reason)))
 		}
 		tw.Flush()
 		printFleetKPI(env.stdout, fleetSum)
@@ -302,7 +332,7 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	}
 	fmt.Fprintf(w, "rollout %s: %s %s %s — %s\n", st.ID, st.Target.Kind, st.Target.Name, st.Target.Version, status)
 	if st.State.Reason != "" {
-		fmt.Fprintf(w, "reason: %s\n", st.State.Reason)
+		fmt.Fprintf(w, "reason: %s\n", shown(st.State.Reason))
 	}
 	if st.State.AwaitingApproval {
 		fmt.Fprintf(w, "wave %d awaits approval: edgeward rollout approve %s\n", st.State.Wave+1, st.ID)
@@ -350,7 +380,7 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 			if who == "" {
 				who = "planner"
 			}
-			fmt.Fprintf(w, "  %s  %-17s wave %d  %s %s\n", e.At.Local().Format(time.DateTime), e.Type, e.Wave, who, e.Reason)
+			fmt.Fprintf(w, "  %s  %-17s wave %d  %s %s\n", e.At.Local().Format(time.DateTime), e.Type, e.Wave, who, shown(e.Reason))
 		}
 	}
 }
@@ -382,7 +412,7 @@ func printCounts(w io.Writer, title string, m map[string]int) {
 	}
 	slices.Sort(keys)
 	for _, k := range keys {
-		fmt.Fprintf(w, "  %4d  %s\n", m[k], k)
+		fmt.Fprintf(w, "  %4d  %s\n", m[k], shown(k))
 	}
 }
 
@@ -564,17 +594,17 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(tw, "  verdict\t%s (%s)\n", orDash(string(v.Verdict)), ago(v.VerdictAt, now))
 	if v.Quarantined {
-		fmt.Fprintf(tw, "  quarantined\tyes: %s\n", v.QuarantineReason)
+		fmt.Fprintf(tw, "  quarantined\tyes: %s\n", shown(v.QuarantineReason))
 	} else {
 		fmt.Fprintf(tw, "  quarantined\tno\n")
 	}
 	if !v.DecommissionedAt.IsZero() {
-		fmt.Fprintf(tw, "  decommissioned\t%s (%s): %s\n", v.DecommissionedAt.Format(time.RFC3339), ago(v.DecommissionedAt, now), v.DecommissionReason)
+		fmt.Fprintf(tw, "  decommissioned\t%s (%s): %s\n", v.DecommissionedAt.Format(time.RFC3339), ago(v.DecommissionedAt, now), shown(v.DecommissionReason))
 	}
 	fmt.Fprintf(tw, "  enrolled\t%s\n", ago(v.EnrolledAt, now))
 	fmt.Fprintf(tw, "  last check-in\t%s\n", ago(v.LastCheckIn, now))
 	if e := v.LastError; e != nil {
-		fmt.Fprintf(tw, "  last update error\t%s: %s (%s)\n", e.Kind, e.Message, ago(e.At, now))
+		fmt.Fprintf(tw, "  last update error\t%s: %s (%s)\n", shown(string(e.Kind)), shown(e.Message), ago(e.At, now))
 	} else {
 		fmt.Fprintf(tw, "  last update error\tnone\n")
 	}
@@ -585,7 +615,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintln(w, "install history:")
 	for _, r := range d.Reports {
-		line := fmt.Sprintf("  %s  %s %s %s  %s", r.At.Local().Format(time.DateTime), r.Kind, r.Name, r.Version, r.Outcome)
+		line := fmt.Sprintf("  %s  %s %s %s  %s", r.At.Local().Format(time.DateTime), r.Kind, shown(r.Name), shown(r.Version), r.Outcome)
 		if r.RolloutID != "" {
 			line += "  rollout " + r.RolloutID
 		}
@@ -593,7 +623,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 			line += fmt.Sprintf("  accuracy %.3f p99 %.2fms peak RSS %.1fMB", r.Accuracy, r.P99Ms, r.PeakRSSMB)
 		}
 		if r.Cause != "" {
-			line += "  " + r.Cause
+			line += "  " + shown(r.Cause)
 		}
 		fmt.Fprintln(w, line)
 	}
@@ -605,7 +635,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 			if s.Target != nil {
 				target = s.Target.Name + " " + s.Target.Version
 			}
-			fmt.Fprintf(w, "  %-8s %-8s %-22s %s %s\n", s.Kind, s.Action, s.Reason, target, s.Detail)
+			fmt.Fprintf(w, "  %-8s %-8s %-22s %s %s\n", s.Kind, s.Action, shown(string(s.Reason)), shown(target), shown(s.Detail))
 		}
 	}
 	return nil
@@ -643,9 +673,9 @@ func deviceActionCmd(action string) func(ctx context.Context, env *cliEnv, args 
 		}
 		switch {
 		case action == "decommission":
-			fmt.Fprintf(env.stdout, "device %s decommissioned at %s: %s (its check-ins are refused from now on)\n", d.ID, d.DecommissionedAt.Format(time.RFC3339), d.DecommissionReason)
+			fmt.Fprintf(env.stdout, "device %s decommissioned at %s: %s (its check-ins are refused from now on)\n", d.ID, d.DecommissionedAt.Format(time.RFC3339), shown(d.DecommissionReason))
 		case d.Quarantined:
-			fmt.Fprintf(env.stdout, "device %s quarantined: %s\n", d.ID, d.QuarantineReason)
+			fmt.Fprintf(env.stdout, "device %s quarantined: %s\n", d.ID, shown(d.QuarantineReason))
 		default:
 			fmt.Fprintf(env.stdout, "device %s released\n", d.ID)
 		}
