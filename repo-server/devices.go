@@ -393,17 +393,27 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		d.checkins.WithLabelValues("bad_request").Inc()
 		return
 	}
-	reject := func(code int, msg string, detail any) {
+	// reject refuses the check-in. authenticated says whether the device's TPM signed it
+	// over a nonce the server issued and had not seen used (only then is the device the
+	// actor of its record, "device:ID"; before, the ID is a stranger's claim, recorded as
+	// claimed by actor "unauthenticated"), and keeps the refusal out of the overflow
+	// window a flood of strangers fills (refusals.go).
+	reject := func(code int, msg string, detail any, authenticated bool) {
 		// The first refusal per source, device and reason in an interval is recorded;
 		// the rest are counted into one summary record (refusals.go).
 		key := refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}
-		first, closed := d.s.refused.note(key, now)
+		first, closed := d.s.refused.note(key, now, authenticated)
 		err := d.s.recordRefusals(ctx, closed)
 		if first {
 			if err == nil {
+				actor, data := "unauthenticated", map[string]any{"reason": msg, "detail": detail, "source": requestSource(r), "claimed_device": req.DeviceID}
+				if authenticated {
+					actor = "device:" + req.DeviceID
+					delete(data, "claimed_device")
+				}
 				// Not ended by the request's context: see recordRefusals.
 				actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				err = d.s.auditLog(actx, "device:"+req.DeviceID, "attestation.rejected", req.DeviceID, map[string]any{"reason": msg, "detail": detail, "source": requestSource(r)})
+				err = d.s.auditLog(actx, actor, "attestation.rejected", req.DeviceID, data)
 				cancel()
 			}
 			if err != nil {
@@ -421,7 +431,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, code, msg)
 	}
 	if why := d.peerIdentity(r, req.DeviceID); why != "" {
-		reject(http.StatusForbidden, why, nil)
+		reject(http.StatusForbidden, why, nil, false)
 		return
 	}
 	bound, err := wire.QuoteData(req.Nonce, &req)
@@ -534,10 +544,10 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	for _, reason := range v.Reasons {
 		switch {
 		case authCodes[reason.Code]:
-			reject(http.StatusForbidden, "evidence rejected: "+reason.String(), v.Reasons)
+			reject(http.StatusForbidden, "evidence rejected: "+reason.String(), v.Reasons, false)
 			return
 		case reason.Code == verify.NonceUnknownOrReused || reason.Code == verify.NonceExpired:
-			reject(http.StatusUnauthorized, "nonce: "+reason.String(), v.Reasons)
+			reject(http.StatusUnauthorized, "nonce: "+reason.String(), v.Reasons, false)
 			return
 		}
 	}
@@ -591,13 +601,15 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, fleet.ErrNonceExpired) {
 			nonceErr = verify.Reason{Code: verify.NonceExpired, Detail: "nonce was issued more than the TTL ago"}
 		}
-		reject(http.StatusUnauthorized, "nonce: "+nonceErr.String(), append(v.Reasons, nonceErr))
+		// Signed by the device's TPM, but over a nonce used or unknown: a replay is
+		// not the device's act.
+		reject(http.StatusUnauthorized, "nonce: "+nonceErr.String(), append(v.Reasons, nonceErr), false)
 		return
 	}
 	if errors.Is(err, fleet.ErrDecommissioned) {
 		// Authenticated by its TPM, and refused before anything was stored: no verdict,
 		// no decision, no version, no key (fleet.Store.Decommission).
-		reject(http.StatusForbidden, "device decommissioned", nil)
+		reject(http.StatusForbidden, "device decommissioned", nil, true)
 		return
 	}
 	if err != nil {

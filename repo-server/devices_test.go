@@ -179,6 +179,25 @@ func (d *device) checkIn(req *wire.CheckInRequest) (*wire.CheckInResponse, error
 	return d.api.CheckIn(context.Background(), req)
 }
 
+// auditActors returns the actors of subject's audit records of kind, oldest first.
+func auditActors(t *testing.T, f *fixture, subject, kind string) []string {
+	t.Helper()
+	l, db, err := OpenAuditAt(context.Background(), f.repo, f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, err := l.Records(context.Background(), audit.Query{Subject: subject, Kind: kind})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.Actor)
+	}
+	return out
+}
+
 func auditKinds(t *testing.T, f *fixture, subject string) []string {
 	t.Helper()
 	l, db, err := OpenAuditAt(context.Background(), f.repo, f.db)
@@ -275,6 +294,12 @@ func TestDeviceCheckInLifecycle(t *testing.T) {
 	kinds := strings.Join(auditKinds(t, f.fixture, d.id), ",")
 	if n := strings.Count(kinds, "attestation.rejected"); n < 3 {
 		t.Fatalf("audit records for %s = %s; want the rejections recorded", d.id, kinds)
+	}
+	// None of them was the device's own act: each is recorded as a stranger's claim.
+	for _, a := range auditActors(t, f.fixture, d.id, "attestation.rejected") {
+		if a != "unauthenticated" {
+			t.Fatalf("a rejected attack on %s recorded with actor %q; want \"unauthenticated\"", d.id, a)
+		}
 	}
 
 	// The model file changes on disk; at its next load the measurement differs from the
@@ -528,10 +553,10 @@ func TestRefusalSummariesSurviveAClientThatHangsUp(t *testing.T) {
 	t0 := time.Now()
 	a := refusalKey{source: "192.0.2.1", device: "dev-a", reason: "nonce_unknown_or_reused"}
 	b := refusalKey{source: "198.51.100.7", device: "dev-b", reason: "no client certificate"}
-	f.srv.refused.note(a, t0)
-	f.srv.refused.note(a, t0.Add(time.Second))
-	f.srv.refused.note(a, t0.Add(2*time.Second))
-	_, closed := f.srv.refused.note(b, t0.Add(f.srv.refused.interval+time.Minute)) // closes a's window
+	f.srv.refused.note(a, t0, false)
+	f.srv.refused.note(a, t0.Add(time.Second), false)
+	f.srv.refused.note(a, t0.Add(2*time.Second), false)
+	_, closed := f.srv.refused.note(b, t0.Add(f.srv.refused.interval+time.Minute), false) // closes a's window
 	if len(closed) != 1 {
 		t.Fatalf("closed windows = %+v; want a's", closed)
 	}

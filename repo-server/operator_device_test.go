@@ -124,6 +124,10 @@ func TestDecommissionedDeviceIsRefused(t *testing.T) {
 	if !strings.Contains(kinds, "device.decommission") || !strings.Contains(kinds, "attestation.rejected") {
 		t.Fatalf("audit records of the device: %s", kinds)
 	}
+	// Its TPM signed the refused check-in over a fresh nonce: the device is the actor.
+	if actors := auditActors(t, f.fixture, d.id, "attestation.rejected"); len(actors) != 1 || actors[0] != "device:"+d.id {
+		t.Fatalf("refusal of the decommissioned device recorded with actors %v; want [device:%s]", actors, d.id)
+	}
 }
 
 // operatorAPIFor enables f's operator API and returns a caller of it with a token of

@@ -44,8 +44,12 @@ type refusalSummary struct {
 }
 
 // note counts a refusal at now. It returns whether this is the first of its window (the
-// caller records it at once) and the summaries of the windows it closed.
-func (r *refusals) note(k refusalKey, now time.Time) (first bool, closed []refusalSummary) {
+// caller records it at once) and the summaries of the windows it closed. An
+// authenticated refusal (a device its TPM proved, e.g. a decommissioned one) always
+// gets a window of its own, past maxRefusalWindows: such windows are bounded by the
+// fleet's devices, not by what strangers send, and a flood of strangers must not fold
+// a real device's refusal into the anonymous overflow (found from outside, 1 Dec).
+func (r *refusals) note(k refusalKey, now time.Time, authenticated bool) (first bool, closed []refusalSummary) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.open == nil {
@@ -53,7 +57,7 @@ func (r *refusals) note(k refusalKey, now time.Time) (first bool, closed []refus
 	}
 	closed = r.closeLocked(now, false)
 	w, ok := r.open[k]
-	if !ok && len(r.open) >= maxRefusalWindows {
+	if !ok && !authenticated && len(r.open) >= maxRefusalWindows {
 		k = overflowKey
 		w, ok = r.open[k]
 	}

@@ -17,8 +17,8 @@ func TestReopenKeepsTheBound(t *testing.T) {
 		return refusalKey{source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), device: "d", reason: "bad quote"}
 	}
 	for i := range maxRefusalWindows {
-		r.note(key(i), t0)
-		r.note(key(i), t0.Add(time.Second)) // one more each: every window has a summary
+		r.note(key(i), t0, false)
+		r.note(key(i), t0.Add(time.Second), false) // one more each: every window has a summary
 	}
 	// The windows close; the log fails, so they are all put back...
 	r.mu.Lock()
@@ -29,7 +29,7 @@ func TestReopenKeepsTheBound(t *testing.T) {
 	}
 	// ...after new sources opened as many windows meanwhile.
 	for i := range maxRefusalWindows {
-		r.note(key(maxRefusalWindows+i), t0.Add(2*time.Minute))
+		r.note(key(maxRefusalWindows+i), t0.Add(2*time.Minute), false)
 	}
 	r.reopen(closed)
 	if n := len(r.open); n > maxRefusalWindows+1 {
@@ -44,5 +44,32 @@ func TestReopenKeepsTheBound(t *testing.T) {
 	}
 	if w := r.open[overflowKey]; w == nil || w.count != maxRefusalWindows || !w.from.Equal(t0) {
 		t.Errorf("overflow window %+v; want the %d put-back refusals from %v", w, maxRefusalWindows, t0)
+	}
+}
+
+// TestAuthenticatedRefusalsKeepTheirWindow: once strangers fill every window, their
+// next refusals share the overflow window (recorded once), but a device the server
+// authenticated (a decommissioned one) still gets a window, and so a record, of its own.
+func TestAuthenticatedRefusalsKeepTheirWindow(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	r := &refusals{interval: time.Minute}
+	for i := range maxRefusalWindows {
+		if first, _ := r.note(refusalKey{source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), device: fmt.Sprintf("junk-%d", i), reason: "bad quote"}, t0, false); !first {
+			t.Fatalf("stranger %d: not the first of its window", i)
+		}
+	}
+	stranger := refusalKey{source: "10.9.9.9", device: "junk-x", reason: "bad quote"}
+	if first, _ := r.note(stranger, t0, false); !first {
+		t.Fatal("the first overflowing stranger opens the overflow window")
+	}
+	if first, _ := r.note(refusalKey{source: "10.9.9.8", device: "junk-y", reason: "bad quote"}, t0, false); first {
+		t.Fatal("a second overflowing stranger was recorded on its own; want it counted in the overflow")
+	}
+	dev := refusalKey{source: "192.0.2.7", device: "dev-decommissioned", reason: "device decommissioned"}
+	if first, _ := r.note(dev, t0, true); !first {
+		t.Fatal("an authenticated refusal was folded into the overflow window")
+	}
+	if _, ok := r.open[dev]; !ok {
+		t.Fatal("the authenticated refusal has no window of its own")
 	}
 }
