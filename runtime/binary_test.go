@@ -501,3 +501,48 @@ func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsNeitherLeakNorEcho: a run ONNX Runtime refuses is a 400 whose message keeps
+// ORT's reason but not its build tree's paths and C++ signatures, and errors that name
+// what the client sent bound it: a 100 KB input name or a shape of 100,000 dimensions
+// made errors of their size (found from outside).
+func TestErrorsNeitherLeakNorEcho(t *testing.T) {
+	r := newTestRuntime(t)
+	path := filepath.Join(t.TempDir(), "echo-int32-fp16.onnx")
+	if err := os.WriteFile(path, modelgen.EchoOf("INT32", "FP16"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	h := r.Handler()
+	post := func(body []byte, hl int) *httptest.ResponseRecorder {
+		req := httptest.NewRequest("POST", "/v2/models/echo/infer", bytes.NewReader(body))
+		if hl >= 0 {
+			req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	// The FP16 output is allocated before the run at the first input's length (3), and
+	// ORT refuses to write 5 elements into it.
+	body, hl := binaryRequest(`{"inputs":[{"name":"INT32","shape":[3],"datatype":"INT32","parameters":{"binary_data_size":12}},{"name":"FP16","shape":[5],"datatype":"FP16","parameters":{"binary_data_size":10}}]}`,
+		make([]byte, 12), make([]byte, 10))
+	rec := post(body, hl)
+	if rec.Code != http.StatusBadRequest || strings.Contains(rec.Body.String(), "onnxruntime_src") || strings.Contains(rec.Body.String(), "::") || len(rec.Body.String()) < 40 {
+		t.Errorf("a run ORT refused: %d %s; want 400 with ORT's reason and no source paths", rec.Code, rec.Body.String())
+	}
+	t.Logf("a run ORT refused: %s", rec.Body.String())
+
+	long := strings.Repeat("x", 100<<10)
+	rec = post([]byte(`{"inputs":[{"name":"`+long+`","shape":[1],"datatype":"INT32","data":[1]}]}`), -1)
+	if rec.Code != http.StatusBadRequest || rec.Body.Len() > 1024 {
+		t.Errorf("an unknown 100 KB input name: %d, %d bytes of error; want 400 within 1 KB", rec.Code, rec.Body.Len())
+	}
+	dims := strings.TrimSuffix(strings.Repeat("1,", 100_000), ",")
+	rec = post([]byte(`{"inputs":[{"name":"INT32","shape":[`+dims+`],"datatype":"INT32","data":[1]},{"name":"FP16","shape":[1],"datatype":"FP16","data":[1]}]}`), -1)
+	if rec.Code != http.StatusBadRequest || rec.Body.Len() > 1024 {
+		t.Errorf("a shape of 100,000 dimensions: %d, %d bytes of error; want 400 within 1 KB", rec.Code, rec.Body.Len())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
 	goruntime "runtime"
 	"slices"
 	"strings"
@@ -168,17 +169,17 @@ func (m *Model) validate(inputs []Input, dst []*Input) ([]*Input, error) {
 		in := &inputs[i]
 		j := slices.IndexFunc(m.inputs, func(t runtimeapi.TensorMeta) bool { return t.Name == in.Name })
 		if j < 0 {
-			return nil, fmt.Errorf("%w: model %s has no input %q", runtimeapi.ErrInvalid, m.name, in.Name)
+			return nil, fmt.Errorf("%w: model %s has no input %.64q", runtimeapi.ErrInvalid, m.name, in.Name)
 		}
 		if ordered[j] != nil {
-			return nil, fmt.Errorf("%w: input %q given twice", runtimeapi.ErrInvalid, in.Name)
+			return nil, fmt.Errorf("%w: input %.64q given twice", runtimeapi.ErrInvalid, in.Name)
 		}
 		want := m.inputs[j]
 		if in.Datatype != want.Datatype {
 			return nil, fmt.Errorf("%w: input %q: datatype %s, model wants %s", runtimeapi.ErrInvalid, in.Name, in.Datatype, want.Datatype)
 		}
 		if len(in.Shape) != len(want.Shape) {
-			return nil, fmt.Errorf("%w: input %q: shape %v has rank %d, model wants %v", runtimeapi.ErrInvalid, in.Name, in.Shape, len(in.Shape), want.Shape)
+			return nil, fmt.Errorf("%w: input %q: shape %v has rank %d, model wants %v", runtimeapi.ErrInvalid, in.Name, shapeText(in.Shape), len(in.Shape), want.Shape)
 		}
 		n := int64(1)
 		for k, d := range in.Shape {
@@ -186,10 +187,10 @@ func (m *Model) validate(inputs []Input, dst []*Input) ([]*Input, error) {
 				return nil, fmt.Errorf("%w: input %q: dimension %d is %d, want at least 1", runtimeapi.ErrInvalid, in.Name, k, d)
 			}
 			if want.Shape[k] > 0 && d != want.Shape[k] {
-				return nil, fmt.Errorf("%w: input %q: shape %v, model wants %v", runtimeapi.ErrInvalid, in.Name, in.Shape, want.Shape)
+				return nil, fmt.Errorf("%w: input %q: shape %v, model wants %v", runtimeapi.ErrInvalid, in.Name, shapeText(in.Shape), want.Shape)
 			}
 			if n > math.MaxInt32/d {
-				return nil, fmt.Errorf("%w: input %q: shape %v is too large", runtimeapi.ErrInvalid, in.Name, in.Shape)
+				return nil, fmt.Errorf("%w: input %q: shape %v is too large", runtimeapi.ErrInvalid, in.Name, shapeText(in.Shape))
 			}
 			n *= d
 		}
@@ -197,7 +198,7 @@ func (m *Model) validate(inputs []Input, dst []*Input) ([]*Input, error) {
 			return nil, fmt.Errorf("%w: input %q: %d elements, at most %d allowed", runtimeapi.ErrInvalid, in.Name, n, m.maxElements)
 		}
 		if int64(in.n) != n {
-			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", runtimeapi.ErrInvalid, in.Name, in.Shape, n, in.n)
+			return nil, fmt.Errorf("%w: input %q: shape %v needs %d elements, data has %d", runtimeapi.ErrInvalid, in.Name, shapeText(in.Shape), n, in.n)
 		}
 		if !in.consistent(in.Datatype) {
 			return nil, fmt.Errorf("%w: input %q: data does not hold %s values", runtimeapi.ErrInvalid, in.Name, in.Datatype)
@@ -270,7 +271,7 @@ func (m *Model) runWith(ctx context.Context, inputs []Input, names []string, obs
 	for _, n := range names {
 		j := slices.IndexFunc(m.outputs, func(t runtimeapi.TensorMeta) bool { return t.Name == n })
 		if j < 0 {
-			return nil, fmt.Errorf("%w: model %s has no output %q", runtimeapi.ErrInvalid, m.name, n)
+			return nil, fmt.Errorf("%w: model %s has no output %.64q", runtimeapi.ErrInvalid, m.name, n)
 		}
 		want[j] = true
 	}
@@ -432,10 +433,46 @@ func (m *Model) exec(ctx context.Context, tensors, outs []ort.Value, expectShort
 	if runErr != nil {
 		// Inputs were validated, so this is the model's own failure (e.g. a value its
 		// operators reject); the request can be fixed only by its sender.
-		return fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, runErr)
+		return fmt.Errorf("%w: model %s %s: %w", errRun, m.name, m.version, ortError{runErr})
 	}
 	return nil
 }
+
+// shapeText is a request's shape as an error message shows it: its first dimensions, and
+// how many there are when there are more (a shape of a million dimensions made a 2 MB
+// error).
+func shapeText(shape []int64) string {
+	const shown = 8
+	if len(shape) <= shown {
+		return fmt.Sprint(shape)
+	}
+	return fmt.Sprintf("%v… (%d dimensions)", shape[:shown], len(shape))
+}
+
+// ortError is a failed run's error from ONNX Runtime as a client may read it: ORT's
+// messages name the file and line of its own build tree and the C++ function that
+// failed ("/onnxruntime_src/onnxruntime/core/framework/execution_frame.cc:160
+// onnxruntime::common::Status onnxruntime::IExecutionFrame::…(int, int, …)"), which
+// tell a client nothing it can act on and a stranger which build runs here. Error
+// drops them, and bounds the rest; Unwrap keeps ORT's own error.
+type ortError struct{ err error }
+
+func (e ortError) Error() string {
+	msg := ortSource.ReplaceAllString(e.err.Error(), "")
+	if len(msg) > maxORTMessage {
+		msg = msg[:maxORTMessage] + "…"
+	}
+	return msg
+}
+
+func (e ortError) Unwrap() error { return e.err }
+
+// ortSource matches a source location in an ONNX Runtime message: a path through its
+// build tree, a line, and the C++ signature after it.
+var ortSource = regexp.MustCompile(`\S*onnxruntime_src/\S+:\d+ [^(]*\([^)]*\) ?`)
+
+// maxORTMessage bounds what of an ONNX Runtime message a response carries.
+const maxORTMessage = 512
 
 // ran records a run that began at start with the Runtime's meter.
 func (m *Model) ran(start time.Time) {

@@ -166,7 +166,10 @@ func initEnvironment(path string) error {
 		return nil
 	}
 	ort.SetSharedLibraryPath(path)
-	if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
+	// Fatal only: ORT logs each failed run at ERROR, in its own coloured text format,
+	// into a log that is JSON (and a hostile client could fill it); every failure also
+	// reaches the runtime as a status, which answers or logs it.
+	if err := ort.InitializeEnvironment(ort.WithLogLevelFatal()); err != nil {
 		return fmt.Errorf("onnx runtime library %s: %w", path, err)
 	}
 	return nil
