@@ -222,3 +222,32 @@ func TestCancelledRequestIsNotAServerError(t *testing.T) {
 		t.Errorf("a cancelled request counted as a server error:\n%s", m)
 	}
 }
+
+// TestGRPCDeadlineIsATimeout: a gRPC call whose client deadline passes during its run
+// ends with DEADLINE_EXCEEDED and is counted as 504, whichever came first on the server:
+// grpc-go's own deadline or the client's RST_STREAM at its deadline (counted as 499
+// before, found from outside).
+func TestGRPCDeadlineIsATimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a model for about a second")
+	}
+	const n, k = 256, 3000
+	r := newTestRuntime(t)
+	loadBytes(t, r, "chain", modelgen.MatMulChain(n, k))
+	c := grpcClient(t, r)
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		_, err := c.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "chain",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{n, n}}},
+			RawInputContents: [][]byte{make([]byte, 4*n*n)}})
+		cancel()
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("a call past its deadline: %v; want DEADLINE_EXCEEDED", err)
+		}
+	}
+	waitFor(t, "the three calls counted", func() bool {
+		rec := httptest.NewRecorder()
+		r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return strings.Contains(rec.Body.String(), `edgeward_runtime_requests_total{code="504",model="chain",version="1.0.0"} 3`)
+	})
+}

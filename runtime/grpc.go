@@ -252,6 +252,12 @@ func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferR
 	code := http.StatusOK
 	if err != nil {
 		code = statusOf(err)
+		// A call that outlived its deadline ends twice at once: grpc-go's deadline and
+		// the client's RST_STREAM when its own deadline fires. Whichever cancelled the
+		// context first, it timed out: 504, as the README says, not 499.
+		if dl, ok := ctx.Deadline(); ok && code == statusClientClosed && !time.Now().Before(dl) {
+			code = http.StatusGatewayTimeout
+		}
 	}
 	g.r.observeInfer(m, name, served, code, time.Since(start))
 	if err != nil {

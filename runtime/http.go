@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
@@ -518,7 +521,7 @@ func readBodyWithin(w http.ResponseWriter, req *http.Request, limit int64, buf [
 				err = io.ErrUnexpectedEOF
 			}
 			if err != nil {
-				return nil, 0, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+				return nil, 0, bodyReadError(err)
 			}
 		}
 		return body, taken, nil
@@ -541,12 +544,29 @@ func readBodyWithin(w http.ResponseWriter, req *http.Request, limit int64, buf [
 			if errors.As(err, &tooBig) {
 				return nil, 0, fmt.Errorf("%w: request body larger than %d bytes", errTooLarge, limit)
 			}
-			return nil, 0, fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+			return nil, 0, bodyReadError(err)
 		}
 	}
 }
 
 var errTooLarge = fmt.Errorf("%w: too large", runtimeapi.ErrInvalid)
+
+// errBodyTimeout is a body that did not arrive within the server's read timeout: 408.
+var errBodyTimeout = errors.New("the request body did not arrive in time")
+
+// bodyReadError classifies a failed read of a request body: the read timeout passed
+// (408), the connection ended before the announced length (the client went away:
+// counted as 499, not as a 400 the client never sees; 1,028 closed slow uploads showed
+// as 400s), or anything else the body's framing got wrong (400).
+func bodyReadError(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w: %w", errBodyTimeout, err)
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, net.ErrClosed):
+		return fmt.Errorf("read request body: the connection ended before it did: %w (%w)", context.Canceled, err)
+	}
+	return fmt.Errorf("%w: read request body: %w", runtimeapi.ErrInvalid, err)
+}
 
 // firstRead is how many bytes readBody's first read of a body may fill (and take from
 // the budget); each later read may fill as many as were read before it.
@@ -568,6 +588,8 @@ func statusOf(err error) int {
 	switch {
 	case errors.Is(err, errTooLarge):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout
 	case errors.Is(err, runtimeapi.ErrInvalid), errors.Is(err, errRun):
 		return http.StatusBadRequest
 	case errors.Is(err, runtimeapi.ErrNotFound):

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	goruntime "runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // trickle returns its data a few bytes at a time, then err (io.EOF: the body's end).
@@ -226,4 +228,44 @@ func TestIdleUploadsHoldLittle(t *testing.T) {
 		c.Close()
 	}
 	waitFor(t, "the idle uploads' bytes given back", func() bool { return r.bodies.used.Load() == 0 })
+}
+
+// TestBodyReadFailuresAreCountedForWhatTheyAre: an upload whose connection ends before
+// its announced length is counted as 499 (the client went away), not as a 400 nobody
+// reads; one that stalls past the server's read timeout is a 408.
+func TestBodyReadFailuresAreCountedForWhatTheyAre(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	srv := httptest.NewUnstartedServer(r.Handler())
+	srv.Config.ReadTimeout = 500 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	partial := func(closeIt bool) string {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "POST /v2/models/iris/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\":")
+		if closeIt {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		status, _ := bufio.NewReader(c).ReadString('\n')
+		return status
+	}
+	partial(true)
+	if got := partial(false); !strings.Contains(got, " 408 ") {
+		t.Errorf("a stalled upload was answered %q; want 408", got)
+	}
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{`edgeward_runtime_requests_total{code="499",model="iris",version="1.0.0"} 1`, `edgeward_runtime_requests_total{code="408",model="iris",version="1.0.0"} 1`} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(rec.Body.String(), `code="400"`) {
+		t.Error("a failed upload was counted as 400")
+	}
 }
