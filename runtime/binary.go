@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"unsafe"
+
+	jsonv2 "github.com/go-json-experiment/json"
 
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
@@ -157,12 +158,15 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int) error {
 	return nil
 }
 
-// unmarshalRequest decodes a request's JSON with encoding/json. Unmarshal refuses
-// anything after the value but white space.
+// unmarshalRequest decodes a request's JSON, strictly as the protocol reads it: member
+// names are matched exactly (the specification's strings are case-sensitive: encoding/json
+// took "INPUTS" and "DataType" for "inputs" and "datatype"), a name given twice in one
+// object is refused (encoding/json kept the last "data" or "shape" silently), and so is
+// text that is not UTF-8 (it replaced it with U+FFFD). Unknown members are ignored, as
+// the protocol allows. Anything after the value but white space is refused.
 func unmarshalRequest(header []byte, req *runtimeapi.InferRequest) error {
-	if err := json.Unmarshal(header, req); err != nil {
-		var syn *json.SyntaxError
-		if errors.As(err, &syn) && strings.HasPrefix(syn.Error(), "invalid character") && strings.HasSuffix(syn.Error(), "after top-level value") {
+	if err := jsonv2.Unmarshal(header, req); err != nil {
+		if strings.Contains(err.Error(), "after top-level value") {
 			return fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)
 		}
 		return fmt.Errorf("%w: request body: %w", runtimeapi.ErrInvalid, err)

@@ -231,12 +231,12 @@ func TestGRPCDeadlineIsATimeout(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a model for about a second")
 	}
-	const n, k = 256, 3000
+	const n, k = 512, 1000 // minutes of work: ended by the deadline
 	r := newTestRuntime(t)
 	loadBytes(t, r, "chain", modelgen.MatMulChain(n, k))
 	c := grpcClient(t, r)
 	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.ModelInfer(ctx, &inference.ModelInferRequest{ModelName: "chain",
 			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP32", Shape: []int64{n, n}}},
 			RawInputContents: [][]byte{make([]byte, 4*n*n)}})
@@ -245,9 +245,26 @@ func TestGRPCDeadlineIsATimeout(t *testing.T) {
 			t.Fatalf("a call past its deadline: %v; want DEADLINE_EXCEEDED", err)
 		}
 	}
-	waitFor(t, "the three calls counted", func() bool {
+	var metrics string
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(metrics, `edgeward_runtime_requests_total{code="504",model="chain",version="1.0.0"} 3`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the three calls not counted as 504:\n%s", grepLines(metrics, "requests_total"))
+		}
+		time.Sleep(10 * time.Millisecond)
 		rec := httptest.NewRecorder()
 		r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-		return strings.Contains(rec.Body.String(), `edgeward_runtime_requests_total{code="504",model="chain",version="1.0.0"} 3`)
-	})
+		metrics = rec.Body.String()
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -16,8 +16,8 @@ import (
 //
 // It is a fast path, not a second grammar: it reports false on anything outside that
 // shape (escapes, null, unknown or repeated members, other letter case, BYTES strings,
-// syntax errors, …), and the caller then decodes with encoding/json, whose result and
-// errors are the reference. When it reports true, req holds exactly what json.Unmarshal
+// syntax errors, …), and the caller then decodes with unmarshalRequest, whose result and
+// errors are the reference. When it reports true, req holds exactly what unmarshalRequest
 // would have stored in a zero InferRequest (FuzzFastUnmarshal checks this), except that
 // Data and parameter values share b's memory instead of copying it.
 //
@@ -393,7 +393,11 @@ func (p *reqParser) params(dst *map[string]json.RawMessage, old map[string]json.
 	}
 	ok := p.object(func(k []byte) bool {
 		v, ok := p.scalar()
-		m[paramName(k)] = v
+		name := paramName(k)
+		if _, dup := m[name]; dup {
+			return false // a name given twice: the reference decoder refuses it
+		}
+		m[name] = v
 		return ok
 	})
 	*dst = m

@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"encoding/json"
 	"errors"
 	"reflect"
 	"strings"
@@ -80,8 +79,8 @@ func TestDecodeData(t *testing.T) {
 	}
 }
 
-// FuzzFastUnmarshal checks the request decoder's fast path against encoding/json: every
-// body the fast path accepts must be one json.Unmarshal accepts too, decoded to an equal
+// FuzzFastUnmarshal checks the request decoder's fast path against its reference,
+// unmarshalRequest: every body the fast path accepts must be one unmarshalRequest accepts too, decoded to an equal
 // InferRequest (nil and empty slices and maps told apart), so that the fast path changes
 // no result and no error.
 func FuzzFastUnmarshal(f *testing.F) {
@@ -101,11 +100,11 @@ func checkFastUnmarshal(t *testing.T, body []byte) {
 		}
 		return
 	}
-	if err := json.Unmarshal(body, &ref); err != nil {
-		t.Fatalf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", body, err)
+	if err := unmarshalRequest(body, &ref); err != nil {
+		t.Fatalf("fastUnmarshal(%q) accepted; unmarshalRequest: %v", body, err)
 	}
 	if !reflect.DeepEqual(fast, ref) {
-		t.Fatalf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", body, fast, ref)
+		t.Fatalf("fastUnmarshal(%q) = %#v; unmarshalRequest = %#v", body, fast, ref)
 	}
 	// Decoding into a value that held another request (a pooled one) reuses its
 	// memory and must give the same result.
@@ -114,7 +113,7 @@ func checkFastUnmarshal(t *testing.T, body []byte) {
 		t.Fatalf("fastUnmarshal(%q) after another request declined", body)
 	}
 	if !reflect.DeepEqual(reused, ref) {
-		t.Fatalf("fastUnmarshal(%q) after another request = %#v; json.Unmarshal = %#v", body, reused, ref)
+		t.Fatalf("fastUnmarshal(%q) after another request = %#v; unmarshalRequest = %#v", body, reused, ref)
 	}
 }
 
@@ -122,7 +121,7 @@ func checkFastUnmarshal(t *testing.T, body []byte) {
 const reuseBody = `{"id":"a","inputs":[{"name":"X","shape":[1,4,1],"datatype":"FP32","data":[1,2,3,4]},{"name":"Y","shape":[],"datatype":"BOOL","data":[]}],"outputs":[{"name":"o"},{"name":"p"}]}`
 
 // fastUnmarshalSeeds are FuzzFastUnmarshal's seeds and TestFastUnmarshal's table: fast
-// says whether the fast path takes the body (else encoding/json decodes it).
+// says whether the fast path takes the body (else unmarshalRequest decodes it).
 var fastUnmarshalSeeds = []struct {
 	body string
 	fast bool
@@ -184,10 +183,10 @@ func TestFastUnmarshal(t *testing.T) {
 		if !got {
 			continue
 		}
-		if err := json.Unmarshal([]byte(s.body), &ref); err != nil {
-			t.Errorf("fastUnmarshal(%q) accepted; json.Unmarshal: %v", s.body, err)
+		if err := unmarshalRequest([]byte(s.body), &ref); err != nil {
+			t.Errorf("fastUnmarshal(%q) accepted; unmarshalRequest: %v", s.body, err)
 		} else if !reflect.DeepEqual(fast, ref) {
-			t.Errorf("fastUnmarshal(%q) = %#v; json.Unmarshal = %#v", s.body, fast, ref)
+			t.Errorf("fastUnmarshal(%q) = %#v; unmarshalRequest = %#v", s.body, fast, ref)
 		}
 	}
 }
@@ -196,16 +195,16 @@ func TestFastUnmarshal(t *testing.T) {
 // truncated in transit, a client that stops writing) ends inside a string, a number, a
 // literal or an array, where the fast path reads one byte past what it checked unless
 // each bound holds. Every prefix must keep FuzzFastUnmarshal's property (no panic, and
-// what the fast path accepts encoding/json decodes the same), and a prefix encoding/json
-// refuses must be declined.
+// what the fast path accepts unmarshalRequest decodes the same), and a prefix
+// unmarshalRequest refuses must be declined.
 func TestFastUnmarshalPrefixes(t *testing.T) {
 	for _, s := range fastUnmarshalSeeds {
 		for n := range len(s.body) {
 			body := []byte(s.body[:n])
 			checkFastUnmarshal(t, body)
 			var fast, ref runtimeapi.InferRequest
-			if json.Unmarshal(body, &ref) != nil && fastUnmarshal(body, &fast) {
-				t.Fatalf("fastUnmarshal(%q) accepted what encoding/json refuses", body)
+			if unmarshalRequest(body, &ref) != nil && fastUnmarshal(body, &fast) {
+				t.Fatalf("fastUnmarshal(%q) accepted what unmarshalRequest refuses", body)
 			}
 		}
 	}

@@ -110,13 +110,40 @@ func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inf
 		}
 	}
 	if errors.Is(err, io.EOF) {
+		g.r.observeInfer(nil, "", "", http.StatusBadRequest, time.Since(start))
 		return nil, status.Error(codes.InvalidArgument, "the call ended without a request message")
 	}
 	if err != nil {
-		return nil, err // a status already: too large (ResourceExhausted), cancelled, …
+		// A status already: too large (ResourceExhausted), cancelled, past the client's
+		// deadline. Counted under model "" (the message, and so its model, is unknown).
+		code := http.StatusBadRequest
+		switch status.Code(err) {
+		case codes.ResourceExhausted:
+			code = http.StatusRequestEntityTooLarge
+		case codes.Canceled, codes.DeadlineExceeded:
+			code = statusClientClosed
+			if pastDeadline(ctx) {
+				code = http.StatusGatewayTimeout
+			}
+		}
+		g.r.observeInfer(nil, "", "", code, time.Since(start))
+		return nil, err
 	}
 	return req, nil
 }
+
+// pastDeadline reports whether a call that ended cancelled ended at its deadline. Such
+// a call ends twice at once: grpc-go's timer (set from the grpc-timeout header when it
+// arrived, so a little after the client's) and the client's RST_STREAM when its own
+// deadline fires, which usually comes first and reads as a cancellation. Within
+// deadlineSlack of the deadline, it timed out: 504, not 499.
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < deadlineSlack
+}
+
+// deadlineSlack is how early before its deadline a cancelled call still counts as timed out.
+const deadlineSlack = 250 * time.Millisecond
 
 // connOf names the connection of a call's context: its peer's address (a TCP
 // connection's is its own; unix sockets' may be shared, and so share a turn).
@@ -252,10 +279,7 @@ func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferR
 	code := http.StatusOK
 	if err != nil {
 		code = statusOf(err)
-		// A call that outlived its deadline ends twice at once: grpc-go's deadline and
-		// the client's RST_STREAM when its own deadline fires. Whichever cancelled the
-		// context first, it timed out: 504, as the README says, not 499.
-		if dl, ok := ctx.Deadline(); ok && code == statusClientClosed && !time.Now().Before(dl) {
+		if code == statusClientClosed && pastDeadline(ctx) {
 			code = http.StatusGatewayTimeout
 		}
 	}

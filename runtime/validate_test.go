@@ -91,6 +91,15 @@ func TestDecodeInferRequestRefusals(t *testing.T) {
 		{`{"inputs":[` + in("", "FP32", "[1,2]") + `]}`, "input 0 has no name"},
 		{`{"inputs":[` + in("x", "FP32", "[1,2]") + `,` + in("y", "STRING", `["a"]`) + `]}`, `input "y": datatype "STRING" is not supported`},
 		{`{"inputs":[` + in("x", "FP32", "[1,2,3]") + `]}`, `input "x": data: more than 2 elements`},
+		// The protocol's names are case-sensitive: "INPUTS" is not "inputs" (encoding/json
+		// matched it), and neither is "DATA" "data".
+		{`{"INPUTS":[` + in("x", "FP32", "[1,2]") + `]}`, "no inputs"},
+		{`{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","DATA":[1,2]}]}`, `input "x"`},
+		// A name given twice is refused (encoding/json kept the last).
+		{`{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2],"data":[3,4]}]}`, "duplicate"},
+		{`{"inputs":[` + in("x", "FP32", "[1,2]") + `],"inputs":[]}`, "duplicate"},
+		// JSON is UTF-8 (encoding/json replaced invalid bytes with U+FFFD).
+		{"{\"id\":\"\xff\",\"inputs\":[" + in("x", "FP32", "[1,2]") + "]}", "UTF-8"},
 	} {
 		_, _, _, err := DecodeInferRequest([]byte(tt.body), -1, 2)
 		if !errors.Is(err, runtimeapi.ErrInvalid) || !strings.Contains(err.Error(), tt.err) {
