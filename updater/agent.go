@@ -136,8 +136,11 @@ type Agent struct {
 	cfg AgentConfig
 	mu  sync.Mutex // serializes Step and InstallBundle
 	// refused remembers targets that failed, so they are not retried until the desired
-	// target changes.
-	refused map[string]string
+	// target changes. With an Outbox it is kept there too, and loaded at the first
+	// Step: a restarted agent (an offline device's `run` has no server to say the
+	// version is refused) does not trial a version that already failed its probe.
+	refused       map[string]string
+	refusedLoaded bool
 	// retries holds back, per kind, a target whose last install failed for a transient
 	// cause (see Transient) until its backoff has passed.
 	retries map[string]retry
@@ -274,6 +277,7 @@ func (a *Agent) Step(ctx context.Context) error {
 			desired = nil
 		}
 	}
+	a.loadRefused(ctx)
 	for _, k := range rollback.Kinds() {
 		d, ok := desired[k]
 		// The path it runs is installed again only re-encrypted under a new content
@@ -285,7 +289,7 @@ func (a *Agent) Step(ctx context.Context) error {
 		if r, held := a.retries[string(k)]; held && r.target == d.Target && a.cfg.Now().Before(r.notBefore) {
 			continue
 		}
-		delete(a.refused, string(k))
+		a.refuse(ctx, k, "")
 		if err := a.install(ctx, k, d); err != nil {
 			errs = append(errs, err)
 			if updateErr == nil && ctx.Err() == nil {
@@ -483,7 +487,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 			rep.Outcome = wire.OutcomeRolledBack
 		}
 		delete(a.retries, string(kind))
-		a.refused[string(kind)] = targetPath
+		a.refuse(ctx, kind, targetPath)
 		if hooked {
 			hookErr = o.RolledBack(ctx, kind, t, meta)
 		}
@@ -495,12 +499,49 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	return nil
 }
 
+// refuse records targetPath as kind's refused target ("" forgets it), in memory and in
+// the Outbox. Failing to store it (a full disk) is logged: the agent then remembers it
+// until it restarts, as without an Outbox.
+func (a *Agent) refuse(ctx context.Context, kind artifact.Kind, targetPath string) {
+	if targetPath == "" {
+		if _, ok := a.refused[string(kind)]; !ok {
+			return
+		}
+		delete(a.refused, string(kind))
+	} else {
+		a.refused[string(kind)] = targetPath
+	}
+	if a.cfg.Outbox != nil {
+		if err := a.cfg.Outbox.SetRefused(ctx, string(kind), targetPath); err != nil {
+			a.cfg.Logger.Warn("refused target not stored; it is remembered until the agent restarts", "kind", kind, "target", targetPath, "err", err)
+		}
+	}
+}
+
+// loadRefused loads the refused targets an earlier agent stored, once.
+func (a *Agent) loadRefused(ctx context.Context) {
+	if a.refusedLoaded || a.cfg.Outbox == nil {
+		return
+	}
+	stored, err := a.cfg.Outbox.Refused(ctx)
+	if err != nil {
+		a.cfg.Logger.Warn("refused targets not loaded", "err", err)
+		return
+	}
+	a.refusedLoaded = true
+	for k, t := range stored {
+		if _, ok := a.refused[k]; !ok {
+			a.refused[k] = t
+		}
+	}
+}
+
 func (a *Agent) fail(ctx context.Context, kind artifact.Kind, targetPath string, rep wire.Report, err error) error {
 	if Transient(err) {
 		return a.retryLater(ctx, kind, targetPath, rep, err)
 	}
 	delete(a.retries, string(kind))
-	a.refused[string(kind)] = targetPath
+	a.refuse(ctx, kind, targetPath)
 	rep.Outcome, rep.Cause = wire.OutcomeInstallError, err.Error()
 	a.report(ctx, rep)
 	return err

@@ -653,3 +653,47 @@ func TestAgentOutOfServiceAsksRarely(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedTargetSurvivesARestart: a version whose probe failed is not trialled again
+// by a restarted agent while it is still the one desired (an offline device's `run` has
+// no server to say so; before, each restart trialled it again), and is tried again once
+// another version was desired in between.
+func TestRefusedTargetSurvivesARestart(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	c, m, o := deviceState(t, r)
+	d := &director{}
+	hj := &hookedJudge{judge: judge{"2.0.0": "accuracy 0.91 < 0.95"}}
+	newAgent := func() *Agent {
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: hj, Outbox: o})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, want := range []string{p1, p2} {
+		d.want = map[artifact.Kind]string{artifact.KindModel: want}
+		newAgent().Step(ctx)
+	}
+	if got, want := strings.Join(hj.events, ", "), "committed 1.0.0, rolled back 2.0.0"; got != want {
+		t.Fatalf("judge told %q; want %q", got, want)
+	}
+	newAgent().Step(ctx) // restarted, 2.0.0 still desired
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0" {
+		t.Fatalf("after a restart the refused 2.0.0 was trialled again: %s", got)
+	}
+	if got, err := o.Refused(ctx); err != nil || got[string(artifact.KindModel)] != p2 {
+		t.Fatalf("stored refused targets = %v, %v; want the model's %s", got, err, p2)
+	}
+	// 1.0.0 desired again (already running: nothing to do, the refusal stays), then
+	// 2.0.0: the desired target changed in between only if an install was asked for.
+	d.want = map[artifact.Kind]string{artifact.KindModel: p1}
+	newAgent().Step(ctx)
+	d.want = map[artifact.Kind]string{artifact.KindModel: p2}
+	newAgent().Step(ctx)
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0" {
+		t.Fatalf("2.0.0 trialled again though nothing else was installed since: %s", got)
+	}
+}

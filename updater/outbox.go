@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS checkins (id INTEGER PRIMARY KEY CHECK (id = 1), at T
 CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dead (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
-  attempts INTEGER NOT NULL, refused_at TEXT NOT NULL, reason TEXT NOT NULL)`); err != nil {
+  attempts INTEGER NOT NULL, refused_at TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (kind TEXT PRIMARY KEY, target TEXT NOT NULL)`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	}
@@ -95,6 +96,40 @@ CREATE TABLE IF NOT EXISTS dead (
 
 // Close closes the database.
 func (o *Outbox) Close() error { return o.db.Close() }
+
+// Refused returns the target path the agent refused per slot kind (a version whose
+// trial failed, or whose install failed for a cause of its own), so that a restarted
+// agent does not try it again while it is still the one desired.
+func (o *Outbox) Refused(ctx context.Context) (map[string]string, error) {
+	rows, err := o.db.QueryContext(ctx, `SELECT kind, target FROM refused`)
+	if err != nil {
+		return nil, fmt.Errorf("refused targets: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var kind, target string
+		if err := rows.Scan(&kind, &target); err != nil {
+			return nil, fmt.Errorf("refused targets: %w", err)
+		}
+		out[kind] = target
+	}
+	return out, rows.Err()
+}
+
+// SetRefused records target as kind's refused target; "" forgets kind's.
+func (o *Outbox) SetRefused(ctx context.Context, kind, target string) error {
+	var err error
+	if target == "" {
+		_, err = o.db.ExecContext(ctx, `DELETE FROM refused WHERE kind = ?`, kind)
+	} else {
+		_, err = o.db.ExecContext(ctx, `INSERT INTO refused (kind, target) VALUES (?, ?) ON CONFLICT (kind) DO UPDATE SET target = excluded.target`, kind, target)
+	}
+	if err != nil {
+		return fmt.Errorf("refused target of %s: %w", kind, err)
+	}
+	return nil
+}
 
 // Put stores a report and returns its ID. It is durable when Put returns.
 func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) (string, error) {
