@@ -666,7 +666,9 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	defer timer.Stop()
 	defer func() {
 		var de *DownloadError
-		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && !errors.Is(err, ErrStalled) && !(errors.As(err, &de) && de.perm) {
+		// A stall that ended the body's read reads as a truncated body whose read
+		// failed with ErrStalled; either way the cause to report is the stall.
+		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && (!errors.Is(err, ErrStalled) || errors.Is(err, ErrTruncated)) && !(errors.As(err, &de) && de.perm) {
 			err = &DownloadError{URL: url, Err: fmt.Errorf("%w: nothing received for %v at %d of %d bytes", ErrStalled, stall, p.offset, want.Length)}
 		}
 	}()

@@ -531,3 +531,28 @@ func TestDownloadDirect(t *testing.T) {
 		})
 	}
 }
+
+// TestDownloadStallIsNamed: a download that stalls mid-body on every attempt ends with
+// an error that names the stall ("nothing received for …"), not a truncated body.
+func TestDownloadStallIsNamed(t *testing.T) {
+	content := randomBytes(64 << 10)
+	release := make(chan struct{})
+	defer close(release)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+		w.Write(content[:20<<10])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	d := testDownloader(nil)
+	d.StallTimeout = 200 * time.Millisecond
+	d.Retry.Attempts = 1
+	err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(t.TempDir(), "payload"))
+	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "nothing received for 200ms") || strings.Contains(err.Error(), "shorter") {
+		t.Fatalf("Download of a stalled body = %v; want the stall named", err)
+	}
+}
