@@ -500,8 +500,8 @@ func TestCheckInCarriesLastUpdateError(t *testing.T) {
 
 // TestNextNonce: a check-in's answer carries a nonce for the next check-in, which the
 // device may quote over without asking for one; it is single use, a nonce asked for
-// since replaces it, and a check-in refused for its nonce changes nothing and issues
-// none.
+// since does not replace it, and a check-in refused for its nonce changes nothing and
+// issues none.
 func TestNextNonce(t *testing.T) {
 	_, d := newDeviceFixture(t)
 	resp, err := d.checkIn(d.request())
@@ -528,13 +528,19 @@ func TestNextNonce(t *testing.T) {
 		}
 	}
 	refused("replayed check-in", req)
-	// A nonce asked for since replaces the one the last answer issued.
+	// A nonce asked for since, by anyone (the request is not authenticated), does not
+	// replace the one the last answer issued: the device still checks in with it (it
+	// used to, so a stranger asking for nonces in a device's name kept it out).
 	if _, err := d.api.Nonce(context.Background(), d.id); err != nil {
 		t.Fatal(err)
 	}
-	refused("check-in over a replaced next nonce", next(resp2.NextNonce))
-	if resp3, err := d.checkIn(d.request()); err != nil || !resp3.Trusted {
-		t.Fatalf("check-in with a fresh nonce = %+v, %v", resp3, err)
+	resp3, err := d.checkIn(next(resp2.NextNonce))
+	if err != nil || !resp3.Trusted {
+		t.Fatalf("check-in over the issued next nonce after a nonce request in its name = %+v, %v", resp3, err)
+	}
+	refused("the same next nonce again", next(resp2.NextNonce))
+	if resp4, err := d.checkIn(d.request()); err != nil || !resp4.Trusted {
+		t.Fatalf("check-in with a fresh nonce = %+v, %v", resp4, err)
 	}
 }
 

@@ -116,7 +116,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			if a.Stored == nil {
 				expired, err = consumeNonceTx(ctx, tx, id, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
 			} else {
-				expired, err = useNonceTx(ctx, tx, id, n.found, n.nonce, n.expires, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
+				expired, err = useNonceTx(ctx, tx, id, n, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
 			}
 			if err != nil {
 				return err
@@ -202,7 +202,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		}
 		if a.NextNonce != nil && a.Nonce == nil {
 			// The device is authenticated: its one row, no pruning (IssueNonce's job).
-			if err := putNonceTx(ctx, tx, id, a.NextNonce, a.NextNonceExpires); err != nil {
+			if err := putNextNonceTx(ctx, tx, id, a.NextNonce, a.NextNonceExpires); err != nil {
 				return fmt.Errorf("next nonce: %w", err)
 			}
 		}
@@ -217,16 +217,9 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 
 // admitQuery reads, in one statement, what Store.Admit needs of an enrolled device
 // before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored)
-// and its outstanding nonce (NULL: none), one primary-key search each.
-const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, d.decommissioned_at, n.nonce, n.expires_at
+// and its outstanding nonces (NULL: no row), one primary-key search each.
+const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, d.decommissioned_at, n.nonce, n.expires_at, n.next_nonce, n.next_expires_at
 	FROM devices d LEFT JOIN nonces n ON n.device_id = d.id WHERE d.id = ?`
-
-// storedNonce is a device's outstanding nonce as admitQuery read it.
-type storedNonce struct {
-	found   bool
-	nonce   []byte
-	expires int64
-}
 
 // admitRead reads device id's row as a check-in needs it (keptByCheckIn: the columns
 // the check-in replaces are left zero) and its outstanding nonce; ErrNotFound if the
@@ -236,15 +229,15 @@ func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, er
 	var n storedNonce
 	var labels, slots, verdict string
 	var enrolled, decommissioned int64
-	var expires sql.NullInt64
-	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned, &n.nonce, &expires)
+	var expires, nextExpires sql.NullInt64
+	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned, &n.nonce, &expires, &n.next, &nextExpires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, n, fmt.Errorf("device %w", ErrNotFound)
 	}
 	if err != nil {
 		return Device{}, n, err
 	}
-	n.found, n.expires = expires.Valid, expires.Int64
+	n.found, n.expires, n.nextExpires = expires.Valid, expires.Int64, nextExpires.Int64
 	d.Verdict, d.EnrolledAt, d.DecommissionedAt = policy.Verdict(verdict), fromNS(enrolled), fromNS(decommissioned)
 	if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
 		return Device{}, n, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)

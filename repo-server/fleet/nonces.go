@@ -17,9 +17,15 @@ var (
 	ErrNonceExpired = errors.New("nonce expired")
 )
 
-// IssueNonce stores nonce as device's outstanding quote nonce until expires, replacing
-// any other (one check-in at a time per device), and forgets nonces expired before now.
-// Every replica on the database sees it.
+// IssueNonce stores nonce as device's requested nonce until expires, replacing the
+// one requested before (one check-in at a time per device), and forgets nonces expired
+// before now. Every replica on the database sees it.
+//
+// A device has two outstanding nonces, each single use: the one it last requested
+// (IssueNonce; a nonce request is not authenticated, so anyone may replace it) and the
+// one its last check-in issued it (Admission.NextNonce, which only a check-in its TPM
+// signed replaces). A check-in may use either. So a stranger requesting nonces in a
+// device's name cannot keep it from checking in with the nonce it was given.
 func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, expires, now time.Time) error {
 	if err := validID(device); err != nil {
 		return fmt.Errorf("issue nonce: %w", err)
@@ -33,24 +39,33 @@ func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, exp
 
 // issueNonceTx is IssueNonce in tx.
 func issueNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires, now time.Time) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ?`, ns(now)); err != nil {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ? AND next_expires_at < ?`, ns(now), ns(now)); err != nil {
 		return err
 	}
 	return putNonceTx(ctx, tx, device, nonce, expires)
 }
 
-// putNonceTx makes nonce device's outstanding one, replacing any other. The table holds
-// one row per device: what grows it is a nonce requested for a made-up device ID (a
-// nonce request is not authenticated), and IssueNonce prunes those.
+// putNonceTx makes nonce device's requested one, replacing the one requested before;
+// the nonce its last check-in issued stays. The table holds one row per device: what
+// grows it is a nonce requested for a made-up device ID (a nonce request is not
+// authenticated), and IssueNonce prunes those.
 func putNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires time.Time) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
 			ON CONFLICT (device_id) DO UPDATE SET nonce = excluded.nonce, expires_at = excluded.expires_at`, device, nonce, ns(expires))
 	return err
 }
 
-// ConsumeNonce checks that nonce is device's outstanding one and removes it, so it
-// can never be used again (ErrNonceExpired if it expired before now). A wrong nonce
-// (ErrNonceUnknown) leaves the outstanding one in place.
+// putNextNonceTx makes next the nonce device's check-in issued it, replacing the one
+// an earlier check-in issued; the requested one stays.
+func putNextNonceTx(ctx context.Context, tx *txn, device string, next []byte, expires time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at, next_nonce, next_expires_at) VALUES (?, ?, 0, ?, ?)
+			ON CONFLICT (device_id) DO UPDATE SET next_nonce = excluded.next_nonce, next_expires_at = excluded.next_expires_at`, device, []byte{}, next, ns(expires))
+	return err
+}
+
+// ConsumeNonce checks that nonce is one of device's outstanding ones and uses it up,
+// so it can never be used again (ErrNonceExpired if it expired before now). A wrong
+// nonce (ErrNonceUnknown) leaves both outstanding ones in place.
 func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, now time.Time) error {
 	expired := false
 	err := s.tx(ctx, func(tx *txn) error {
@@ -67,37 +82,60 @@ func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, n
 	return nil
 }
 
-// consumeNonceTx uses up device's outstanding nonce in tx if it is nonce
+// storedNonce is a device's outstanding nonces as read with its row: the one it
+// requested and the one its last check-in issued it (nil: none).
+type storedNonce struct {
+	found       bool
+	nonce       []byte
+	expires     int64
+	next        []byte
+	nextExpires int64
+}
+
+// consumeNonceTx uses up nonce in tx if it is one of device's outstanding nonces
 // (ErrNonceUnknown, and nothing changed, if it is not) and reports whether it had
-// expired before now. Its row is removed, or, with next set, rewritten in place to hold
-// next (expiring at nextExpires) as the device's outstanding nonce: either way the
-// consumed nonce is gone, and a check-in that issues the next nonce (Admission.NextNonce)
-// touches the device's one row once instead of deleting and inserting it.
+// expired before now. With next set, next becomes the nonce the device's check-in
+// issued it (expiring at nextExpires): either way the consumed nonce is gone.
 func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
-	var got []byte
-	var expires int64
-	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at FROM nonces WHERE device_id = ?`, device).Scan(&got, &expires)
+	n := storedNonce{found: true}
+	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at, next_nonce, next_expires_at FROM nonces WHERE device_id = ?`, device).Scan(&n.nonce, &n.expires, &n.next, &n.nextExpires)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, ErrNonceUnknown
 	}
 	if err != nil {
 		return false, err
 	}
-	return useNonceTx(ctx, tx, device, true, got, expires, nonce, next, nextExpires, now)
+	return useNonceTx(ctx, tx, device, n, nonce, next, nextExpires, now)
 }
 
-// useNonceTx is consumeNonceTx once device's outstanding nonce (got, expiring at
-// expires; found false: it has none) has been read in tx.
-func useNonceTx(ctx context.Context, tx *txn, device string, found bool, got []byte, expires int64, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
-	if !found || subtle.ConstantTimeCompare(got, nonce) != 1 {
+// useNonceTx is consumeNonceTx once device's outstanding nonces (n) have been read in tx.
+func useNonceTx(ctx context.Context, tx *txn, device string, n storedNonce, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
+	if !n.found || len(nonce) == 0 {
 		return false, ErrNonceUnknown
 	}
-	if next != nil {
-		_, err = tx.ExecContext(ctx, `UPDATE nonces SET nonce = ?, expires_at = ? WHERE device_id = ?`, next, ns(nextExpires), device)
-	} else {
-		_, err = tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, device)
+	var expires int64
+	var q string
+	var args []any
+	switch {
+	case len(n.next) > 0 && subtle.ConstantTimeCompare(n.next, nonce) == 1:
+		// The check-in uses the nonce its last check-in issued it.
+		expires = n.nextExpires
+		if next != nil {
+			q, args = `UPDATE nonces SET next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{next, ns(nextExpires), device}
+		} else {
+			q, args = `UPDATE nonces SET next_nonce = NULL, next_expires_at = 0 WHERE device_id = ?`, []any{device}
+		}
+	case len(n.nonce) > 0 && subtle.ConstantTimeCompare(n.nonce, nonce) == 1:
+		expires = n.expires
+		if next != nil {
+			q, args = `UPDATE nonces SET nonce = ?, expires_at = 0, next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{[]byte{}, next, ns(nextExpires), device}
+		} else {
+			q, args = `UPDATE nonces SET nonce = ?, expires_at = 0 WHERE device_id = ?`, []any{[]byte{}, device}
+		}
+	default:
+		return false, ErrNonceUnknown
 	}
-	if err != nil {
+	if _, err = tx.ExecContext(ctx, q, args...); err != nil {
 		return false, err
 	}
 	return now.After(fromNS(expires)), nil // used up all the same: single use

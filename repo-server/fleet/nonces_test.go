@@ -159,6 +159,59 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	}
 }
 
+// testStrangerCannotReplaceTheNextNonce: a nonce request is not authenticated on the
+// plain listener, so anyone may request nonces in a device's name; that replaces the
+// nonce the device requested, but not the one its last check-in issued it, with which
+// it still checks in (before, each request replaced the device's one outstanding nonce:
+// 1,100 requests a second kept it from ever checking in). Each nonce stays single use.
+func testStrangerCannotReplaceTheNextNonce(t *testing.T, db opener) {
+	ctx := context.Background()
+	a, b := twoReplicas(t, db)
+	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
+	nonce := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	admission := func(n []byte, now time.Time, report string) Admission {
+		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
+			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
+			Verdict: policy.VerdictTrusted, Now: now, Nonce: n}
+	}
+	if err := a.IssueNonce(ctx, "dev-1", nonce(1), t0.Add(2*time.Minute), t0); err != nil {
+		t.Fatal(err)
+	}
+	first := admission(nonce(1), t0, "r1")
+	first.NextNonce, first.NextNonceExpires = nonce(2), t0.Add(2*time.Minute)
+	if _, err := b.Admit(ctx, first, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A stranger asks for nonces in dev-1's name, at either replica.
+	for i, s := range []*Store{a, b, a} {
+		if err := s.IssueNonce(ctx, "dev-1", nonce(byte(10+i)), t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	second := admission(nonce(2), t0.Add(time.Minute), "r2")
+	second.NextNonce, second.NextNonceExpires = nonce(3), t0.Add(3*time.Minute)
+	if _, err := a.Admit(ctx, second, nil); err != nil {
+		t.Fatalf("Admit with the nonce the last check-in issued, after strangers requested nonces: %v", err)
+	}
+	if _, err := b.Admit(ctx, admission(nonce(2), t0.Add(time.Minute), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("Admit(replayed next nonce) = %v; want ErrNonceUnknown", err)
+	}
+	// The requested nonce is the last one requested, single use; the earlier ones are gone.
+	if err := b.ConsumeNonce(ctx, "dev-1", nonce(10), t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(a replaced request) = %v; want ErrNonceUnknown", err)
+	}
+	if err := b.ConsumeNonce(ctx, "dev-1", nonce(12), t0.Add(time.Minute)); err != nil {
+		t.Fatalf("ConsumeNonce(the last request) = %v", err)
+	}
+	if err := b.ConsumeNonce(ctx, "dev-1", nonce(12), t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(the last request, again) = %v; want ErrNonceUnknown", err)
+	}
+	// The next nonce the second check-in issued is still there, until it expires.
+	if err := a.ConsumeNonce(ctx, "dev-1", nonce(3), t0.Add(4*time.Minute)); !errors.Is(err, ErrNonceExpired) {
+		t.Fatalf("ConsumeNonce(the next nonce, expired) = %v; want ErrNonceExpired", err)
+	}
+}
+
 // testDecommission: a decommissioned device's check-ins are refused with
 // ErrDecommissioned before anything is written (its outstanding nonce, verdicts and
 // reports stay as they were, another replica sees the same), it is decommissioned

@@ -201,6 +201,13 @@ var migrations = []string{
 	// check-in enroll it again.
 	`ALTER TABLE devices ADD COLUMN decommissioned_at INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE devices ADD COLUMN decommission_reason TEXT NOT NULL DEFAULT '';`,
+	// 17: the nonce a device's last authenticated check-in issued it (next_nonce; NULL:
+	// none) is kept apart from the one a nonce request asked for (nonce; empty: none). A
+	// nonce request is not authenticated on the plain listener, and it replaced the
+	// device's one outstanding nonce, so a stranger could keep a device from ever
+	// checking in (found from outside, 1 Dec).
+	`ALTER TABLE nonces ADD COLUMN next_nonce BLOB;
+	ALTER TABLE nonces ADD COLUMN next_expires_at INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

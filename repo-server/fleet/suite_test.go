@@ -54,6 +54,7 @@ var storeSuite = []struct {
 	{"Prune", testPrune},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
 	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
+	{"StrangerCannotReplaceTheNextNonce", testStrangerCannotReplaceTheNextNonce},
 	{"Decommission", testDecommission},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},
 	{"SimulatedFleetGoodRollout", testSimulatedFleetGoodRollout},
