@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
@@ -19,8 +20,9 @@ import (
 )
 
 // TestCheckInUsesTheNextNonce: after its first check-in the agent quotes over the nonce
-// the server's last answer issued, asking for none; when the server refuses that one
-// (replaced by a nonce asked for since), it asks for a new nonce and checks in at once.
+// the server's last answer issued, asking for none, and a nonce request in its name does
+// not take that one away; when the server refuses it (lost), it asks for a new nonce and
+// checks in at once.
 func TestCheckInUsesTheNextNonce(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -76,15 +78,33 @@ func TestCheckInUsesTheNextNonce(t *testing.T) {
 	if n, r := nonces.Load(), refused.Load(); n != 1 || r != 0 {
 		t.Fatalf("3 check-ins asked for %d nonces and were refused %d times; want 1 nonce (the first), no refusal", n, r)
 	}
-	// Another nonce for the device replaces the one the agent holds.
+	// A nonce asked for in the device's name (by anyone: the request is not
+	// authenticated) does not replace the one the agent holds, which its last check-in
+	// issued: the next check-in uses it, unrefused.
 	if _, err := api.Nonce(ctx, link.DeviceID()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := link.CheckIn(ctx, nil); err != nil || !link.Last().Trusted {
-		t.Fatalf("check-in over a replaced nonce = %+v, %v; want trusted after asking for a new one", link.Last(), err)
+		t.Fatalf("check-in after a nonce request in the device's name = %+v, %v", link.Last(), err)
+	}
+	if n, r := nonces.Load(), refused.Load(); n != 2 || r != 0 {
+		t.Fatalf("nonces asked = %d, refusals = %d; want 2 (the first, the stranger's) and none", n, r)
+	}
+	// The server loses its nonces (a database restored from a backup): the held one is
+	// refused, and the agent asks for a new nonce and checks in at once.
+	db, err := durable.OpenSQLite(ctx, filepath.Join(dir, "fleet.db"), durable.SQLite{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `DELETE FROM nonces`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := link.CheckIn(ctx, nil); err != nil || !link.Last().Trusted {
+		t.Fatalf("check-in over a lost nonce = %+v, %v; want trusted after asking for a new one", link.Last(), err)
 	}
 	if n, r := nonces.Load(), refused.Load(); n != 3 || r != 1 {
-		t.Fatalf("nonces asked = %d, refusals = %d; want 3 (first, the replacing one, the agent's new one) and 1", n, r)
+		t.Fatalf("nonces asked = %d, refusals = %d; want 3 (the first, the stranger's, the agent's new one) and 1", n, r)
 	}
 	// Decommissioned: the check-in's refusal is ErrOutOfService, after which the
 	// agent's loop asks only every OutOfServiceInterval (updater TestAgentOutOfServiceAsksRarely).
