@@ -556,3 +556,39 @@ func TestDownloadStallIsNamed(t *testing.T) {
 		t.Fatalf("Download of a stalled body = %v; want the stall named", err)
 	}
 }
+
+// TestDownloadThatProgressesIsNotGivenUp: a server that cuts every response after
+// 100 KB still delivers a 1 MiB target to a downloader allowed 3 attempts: an attempt
+// that moved the download forward does not count (a manual install used to stop at 6
+// attempts, part way, on a link cut every few MB).
+func TestDownloadThatProgressesIsNotGivenUp(t *testing.T) {
+	content := randomBytes(1 << 20)
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		var from int
+		if rng := r.Header.Get("Range"); rng != "" {
+			fmt.Sscanf(rng, "bytes=%d-", &from)
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", from, len(content)-1, len(content)))
+			w.Header().Set("Content-Length", fmt.Sprint(len(content)-from))
+			w.WriteHeader(http.StatusPartialContent)
+		} else {
+			w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+		}
+		w.Write(content[from:min(from+100<<10, len(content))]) // then the handler returns: the body is cut
+	}))
+	defer srv.Close()
+	dst := filepath.Join(t.TempDir(), "payload")
+	d := testDownloader(nil)
+	d.Retry.Attempts = 3
+	d.Sleep = func(context.Context, time.Duration) error { return nil }
+	if err := d.Download(context.Background(), srv.URL, wantOf(content), dst); err != nil {
+		t.Fatalf("Download over a link cut every 100 KB = %v (after %d requests)", err, calls.Load())
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, content) {
+		t.Fatal("payload differs")
+	}
+	if n := calls.Load(); n < 10 {
+		t.Errorf("%d requests; want about 11 (100 KB each)", n)
+	}
+}
