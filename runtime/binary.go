@@ -47,7 +47,7 @@ func headerLength(h http.Header) (int, error) {
 // tensor. Inputs may share body's memory. Every error wraps ErrInvalid.
 func DecodeInferRequest(body []byte, headerLen, maxElements int) (runtimeapi.InferRequest, []Input, []string, error) {
 	var s inferScratch
-	if err := s.decode(body, headerLen, maxElements); err != nil {
+	if err := s.decode(body, headerLen, maxElements, nil); err != nil {
 		return s.req, nil, nil, err
 	}
 	return s.req, s.inputs, s.names, nil
@@ -86,7 +86,11 @@ func stringsHeld(inputs []Input) int64 {
 	return n
 }
 
-func (s *inferScratch) decode(body []byte, headerLen, maxElements int) error {
+// room, if set, is asked before a BYTES input's elements are decoded whether their
+// stringElementBytes each would fit (byteBudget.fits); when they would not, decode
+// stops with errNoRoom before allocating them: 3 million one-byte elements took 135 MB
+// to decode before the bound refused them.
+func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func(int64) bool) error {
 	req := &s.req
 	header, bin := body, []byte(nil)
 	if headerLen >= 0 {
@@ -122,6 +126,11 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int) error {
 		size, ok, err := sizeParam(t.Parameters)
 		if err != nil {
 			return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
+		}
+		if t.Datatype == runtimeapi.BYTES && room != nil {
+			if n, err := elementsOf(t.Shape, maxElements); err == nil && !room(int64(n)*stringElementBytes) {
+				return errNoRoom
+			}
 		}
 		var td tensorData
 		switch {

@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -486,9 +487,17 @@ func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 		req := httptest.NewRequest("POST", "/v2/models/echo/infer", bytes.NewReader(body))
 		req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
 		rec := httptest.NewRecorder()
+		var before, after goruntime.MemStats
+		goruntime.ReadMemStats(&before)
 		h.ServeHTTP(rec, req)
+		goruntime.ReadMemStats(&after)
 		if rec.Code != c.code {
 			t.Fatalf("%d BYTES elements over HTTP: %d %.200s; want %d", c.n, rec.Code, rec.Body.String(), c.code)
+		}
+		// Refused before its strings are decoded: what reading the body (500 KB) takes, in
+		// doubling buffers, and little more.
+		if got := after.TotalAlloc - before.TotalAlloc; c.code != http.StatusOK && got > 4*uint64(len(body)) {
+			t.Errorf("the refused request of %d elements allocated %d bytes; want under four times its %d-byte body (reading it takes two)", c.n, got, len(body))
 		}
 		_, err := grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "echo",
 			Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "BYTES", Datatype: "BYTES", Shape: []int64{int64(c.n)},

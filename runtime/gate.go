@@ -102,6 +102,17 @@ func (b *byteBudget) take(n int64) bool {
 	return true
 }
 
+// fits reports whether n more bytes would fit now, counting a refusal when they would
+// not. It takes nothing: a caller about to allocate what it cannot bound as it goes (a
+// BYTES tensor's strings) checks first, and takes what it holds once it knows.
+func (b *byteBudget) fits(n int64) bool {
+	if b.used.Load()+n <= b.max {
+		return true
+	}
+	b.refused.Add(1)
+	return false
+}
+
 // give returns n reserved bytes.
 func (b *byteBudget) give(n int64) {
 	if n > 0 {

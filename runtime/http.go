@@ -205,7 +205,7 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	defer r.bodies.give(held)
 	s.body = body
-	if err := s.decode(body, hl, r.cfg.maxElements()); err != nil {
+	if err := s.decode(body, hl, r.cfg.maxElements(), r.bodies.fits); err != nil {
 		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	// The tensors decoded from JSON are held beside the body until the answer.
