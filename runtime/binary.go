@@ -139,6 +139,9 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func
 			if cap(td.raw) > 0 {
 				s.data[i] = td.raw[:0]
 			}
+			if err == nil {
+				err = checkNesting(t.Data, t.Shape)
+			}
 		case headerLen < 0:
 			err = fmt.Errorf("%s without the %s header", runtimeapi.ParamBinarySize, runtimeapi.HeaderLengthHeader)
 		case t.Data != nil:

@@ -244,6 +244,82 @@ func decodeData(raw []byte, dt runtimeapi.Datatype, max int, dst []byte) (tensor
 	return td, nil
 }
 
+// checkNesting checks that data nested in arrays nests as shape says: every element
+// at the same depth, as deep as shape's rank, each array holding as many items as its
+// dimension, no array empty. Flat data (one array) is row-major whatever the shape.
+// decodeData has checked the syntax and the element count, which is all that flat data
+// needs; before 1 Dec nested data was checked no further either, so [[1,2,3],[4]] was
+// taken for a [2,2] tensor (found from outside).
+func checkNesting(raw []byte, shape []int64) error {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) < 2 || bytes.IndexByte(raw[1:], '[') < 0 {
+		return nil // flat (a '[' inside a string only costs the scan below)
+	}
+	var counts [maxNesting + 2]int // items of the open array at each depth
+	depth, leaf := 0, 0            // leaf: the elements' depth, once one is seen
+	inValue, inString := false, false
+	for i := 0; i < len(raw); i++ {
+		c := raw[i]
+		if inString {
+			if c == '\\' {
+				i++
+			} else if c == '"' {
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case '[':
+			if depth > 0 {
+				counts[depth]++
+			}
+			depth++
+			if depth >= len(counts) {
+				return fmt.Errorf("data: nested deeper than %d", maxNesting)
+			}
+			counts[depth] = 0
+		case ']':
+			inValue = false
+			if depth > 1 && counts[depth] == 0 {
+				return errors.New("data: an empty array inside nested data")
+			}
+			if leaf > 1 && (depth > len(shape) || int64(counts[depth]) != shape[depth-1]) {
+				return fmt.Errorf("data: an array at depth %d holds %d items; shape %s wants %s", depth, counts[depth], shapeText(shape), dimAt(shape, depth-1))
+			}
+			depth--
+		case ',':
+			inValue = false
+		case ' ', '\t', '\n', '\r':
+		default:
+			if c == '"' {
+				inString = true
+			}
+			if inValue {
+				continue
+			}
+			inValue = true
+			counts[depth]++
+			if leaf == 0 {
+				leaf = depth
+			} else if leaf != depth {
+				return fmt.Errorf("data: elements at depths %d and %d (nested data must be as deep everywhere)", leaf, depth)
+			}
+		}
+	}
+	if leaf > 1 && leaf != len(shape) {
+		return fmt.Errorf("data: nested %d deep; shape %s has rank %d", leaf, shapeText(shape), len(shape))
+	}
+	return nil
+}
+
+// dimAt is shape's dimension k as an error message shows it.
+func dimAt(shape []int64, k int) string {
+	if k < len(shape) {
+		return fmt.Sprint(shape[k])
+	}
+	return "no array at that depth"
+}
+
 // appendString decodes the JSON string at raw[i:] into a BYTES element and returns the
 // offset after it.
 func (td *tensorData) appendString(raw []byte, i int) (int, error) {

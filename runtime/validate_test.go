@@ -106,6 +106,27 @@ func TestDecodeInferRequestRefusals(t *testing.T) {
 			t.Errorf("DecodeInferRequest(%s) = %v; want ErrInvalid about %q", tt.body, err, tt.err)
 		}
 	}
+	// Nested data nests as the shape says (it was checked for its count alone).
+	for _, tt := range []struct{ data, err string }{
+		{`[[1,2,3],[4]]`, "depth 2 holds 3 items"},
+		{`[[1,2],3,4]`, "elements at depths 2 and 1"},
+		{`[[1],[2],[3],[4]]`, "depth 2 holds 1 items"},
+		{`[[[1,2],[3,4]]]`, "depth 3"},
+		{`[[],[1,2,3,4]]`, "empty array"},
+	} {
+		_, _, _, err := DecodeInferRequest([]byte(`{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":`+tt.data+`}]}`), -1, 4)
+		if !errors.Is(err, runtimeapi.ErrInvalid) || !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("data %s for shape [2,2]: %v; want ErrInvalid about %q", tt.data, err, tt.err)
+		}
+	}
+	for _, ok := range []string{`[[1,2],[3,4]]`, `[1,2,3,4]`, ` [ [ 1 , 2 ] , [ 3 , 4 ] ] `} {
+		if _, _, _, err := DecodeInferRequest([]byte(`{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":`+ok+`}]}`), -1, 4); err != nil {
+			t.Errorf("data %s for shape [2,2]: %v", ok, err)
+		}
+	}
+	if _, _, _, err := DecodeInferRequest([]byte(`{"inputs":[{"name":"s","shape":[2,1],"datatype":"BYTES","data":[["a,[b"],["]\"c"]]}]}`), -1, 4); err != nil {
+		t.Errorf("nested BYTES with brackets and commas inside the strings: %v", err)
+	}
 	req, inputs, outputs, err := DecodeInferRequest([]byte(`{"id":"r1","inputs":[`+in("x", "INT8", "[1,-2]")+`,`+in("b", "BOOL", "[true,false]")+`],"outputs":[{"name":"label"},{"name":"probabilities"}]} `), -1, 2)
 	if err != nil {
 		t.Fatalf("DecodeInferRequest(valid) = %v", err)
