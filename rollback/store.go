@@ -34,7 +34,7 @@ type DB struct {
 // OpenDB opens (creating if needed) the sqlite database at path in WAL mode with
 // synchronous=FULL, so a transition is durable when its transaction commits.
 func OpenDB(ctx context.Context, path string) (*DB, error) {
-	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1})
+	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1, KeepLog: true})
 	if err != nil {
 		return nil, fmt.Errorf("open state db: %w", err)
 	}

@@ -75,7 +75,7 @@ const MaxMessageBytes = 64 << 10
 // OpenOutbox opens (creating if needed) the outbox database at path (sqlite, WAL,
 // synchronous=FULL).
 func OpenOutbox(ctx context.Context, path string) (*Outbox, error) {
-	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1})
+	db, err := durable.OpenSQLite(ctx, path, durable.SQLite{MaxOpenConns: 1, KeepLog: true})
 	if err != nil {
 		return nil, fmt.Errorf("open outbox: %w", err)
 	}

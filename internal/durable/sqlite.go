@@ -20,13 +20,6 @@ import (
 // transaction reads (a crash recovers from the WAL, never from them), so writing them
 // to a file bought nothing and cost a write(2) per page a savepoint touched (the fleet
 // store's group commit runs every check-in in a savepoint).
-//
-// Its write-ahead log and shared-memory index (-wal, -shm) persist when the last
-// connection closes (SQLITE_FCNTL_PERSIST_WAL): sqlite otherwise deletes them then and
-// creates them again at the next open, which needs free blocks, so a device whose disk
-// had filled up could not open its state after a restart ("disk I/O error",
-// SQLITE_IOERR_SHMSIZE) and stopped serving. Kept, they are reused in place: the open
-// checkpoints the kept log (RESTART), so small commits overwrite its blocks.
 type SQLite struct {
 	// BusyTimeout is how long a statement waits for another connection's (or
 	// process's) lock before it fails with SQLITE_BUSY. Zero means 10 s.
@@ -49,6 +42,19 @@ type SQLite struct {
 	// once per checkpoint; each commit is still fsynced (synchronous=FULL) before it
 	// returns.
 	WALAutoCheckpoint int
+	// KeepLog keeps the write-ahead log and shared-memory index (-wal, -shm) when the
+	// last connection closes (SQLITE_FCNTL_PERSIST_WAL), for a device's databases:
+	// sqlite otherwise deletes them then and creates them again at the next open, which
+	// needs free blocks, so a device whose disk had filled up could not open its state
+	// after a restart ("disk I/O error", SQLITE_IOERR_SHMSIZE) and stopped serving.
+	// Kept, they are reused in place: the open checkpoints the kept log (RESTART), so
+	// small commits overwrite its blocks. A kept log belongs to its database: sqlite
+	// deletes one it finds beside a missing or empty database (a wiped state starts
+	// empty), but one beside an older copy of the database would be replayed over it,
+	// so whoever copies or restores the database copies or removes its -wal and -shm
+	// with it. The server's databases, which operators back up and restore, do not keep
+	// theirs.
+	KeepLog bool
 }
 
 // OpenSQLite opens (creating if needed) the sqlite database at path with the pragmas
@@ -82,7 +88,12 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	db := sql.OpenDB(persistWAL{c})
+	var db *sql.DB
+	if cfg.KeepLog {
+		db = sql.OpenDB(persistWAL{c})
+	} else {
+		db = sql.OpenDB(c)
+	}
 	if cfg.MaxOpenConns > 0 {
 		db.SetMaxOpenConns(cfg.MaxOpenConns)
 	}
@@ -95,18 +106,20 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: journal mode %q, want wal", path, mode)
 	}
-	// A kept log's frames were copied into the database before it closed, but the
-	// index rebuilt at this open does not know it, and the next commit would append to
-	// the log, growing it (on a full disk: "database or disk is full"). A RESTART
-	// checkpoint marks them copied, so the next commit writes the log from its start,
-	// over blocks it already has. Best effort: if another process holds a read, the
-	// log is left as it is and grows as before.
-	db.ExecContext(ctx, "PRAGMA wal_checkpoint(RESTART)")
+	if cfg.KeepLog {
+		// A kept log's frames were copied into the database before it closed, but the
+		// index rebuilt at this open does not know it, and the next commit would append
+		// to the log, growing it (on a full disk: "database or disk is full"). A RESTART
+		// checkpoint marks them copied, so the next commit writes the log from its
+		// start, over blocks it already has. Best effort: if another process holds a
+		// read, the log is left as it is and grows as before.
+		db.ExecContext(ctx, "PRAGMA wal_checkpoint(RESTART)")
+	}
 	return db, nil
 }
 
 // persistWAL is a connector whose connections keep the WAL and -shm files when they
-// close (see SQLite).
+// close (SQLite.KeepLog).
 type persistWAL struct{ driver.Connector }
 
 func (p persistWAL) Connect(ctx context.Context) (driver.Conn, error) {

@@ -102,7 +102,7 @@ func TestOpenSQLiteOnAFullDisk(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	ctx := context.Background()
 	path := filepath.Join(dir, "state.db")
-	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1, KeepLog: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func TestOpenSQLiteOnAFullDisk(t *testing.T) {
 	}
 	f.Close()
 
-	db, err = OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	db, err = OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1, KeepLog: true})
 	if err != nil {
 		t.Fatalf("open on a full disk: %v", err)
 	}
@@ -145,5 +145,52 @@ func TestOpenSQLiteOnAFullDisk(t *testing.T) {
 	}
 	if _, err := db.ExecContext(ctx, `UPDATE kv SET v = 'b' WHERE k = 'slot'`); err != nil {
 		t.Fatalf("a small commit on a full disk (into the kept log): %v", err)
+	}
+}
+
+// TestKeptLogWithoutItsDatabase: a kept log whose database was deleted (a wiped state)
+// is not replayed into the new database, which starts empty (sqlite deletes a log it
+// finds beside a missing or empty database); and without KeepLog the log is gone at
+// close, as sqlite does by default (the server's databases).
+func TestKeptLogWithoutItsDatabase(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.db")
+	write := func(keep bool) {
+		t.Helper()
+		db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1, KeepLog: keep})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		for _, q := range []string{`CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v TEXT)`, `INSERT OR REPLACE INTO kv VALUES ('slot', 'a')`} {
+			if _, err := db.ExecContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(true)
+	if _, err := os.Stat(path + "-wal"); err != nil {
+		t.Fatalf("KeepLog: %v; want the log kept", err)
+	}
+	if err := os.Remove(path); err != nil { // the database wiped, its log left behind
+		t.Fatal(err)
+	}
+	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1, KeepLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	err = db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE name = 'kv'`).Scan(&n)
+	db.Close()
+	if err != nil || n != 0 {
+		t.Fatalf("a new database beside an old kept log has %d kv tables (%v); want none (the log not replayed)", n, err)
+	}
+	os.Remove(path)
+	os.Remove(path + "-wal")
+	os.Remove(path + "-shm")
+	write(false)
+	if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("without KeepLog the log after close: %v; want it deleted", err)
 	}
 }
