@@ -56,12 +56,20 @@ func putNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expir
 }
 
 // putNextNonceTx makes next the nonce device's check-in issued it, replacing the one
-// an earlier check-in issued; the requested one stays.
+// an earlier check-in issued; the requested one stays. While no requested nonce is
+// outstanding, the row's expires_at follows the next nonce's (see rowExpiry).
 func putNextNonceTx(ctx context.Context, tx *txn, device string, next []byte, expires time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at, next_nonce, next_expires_at) VALUES (?, ?, 0, ?, ?)
-			ON CONFLICT (device_id) DO UPDATE SET next_nonce = excluded.next_nonce, next_expires_at = excluded.next_expires_at`, device, []byte{}, next, ns(expires))
+	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at, next_nonce, next_expires_at) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (device_id) DO UPDATE SET next_nonce = excluded.next_nonce, next_expires_at = excluded.next_expires_at,
+			expires_at = CASE WHEN length(nonces.nonce) = 0 THEN excluded.next_expires_at ELSE nonces.expires_at END`, device, []byte{}, ns(expires), next, ns(expires))
 	return err
 }
+
+// rowExpiry: a row's expires_at is its requested nonce's expiry while one is
+// outstanding, and the next nonce's otherwise, so that IssueNonce's pruning, which
+// finds rows through the expires_at index, neither scans the rows of devices checking
+// in (whose requested nonce was used up) at every nonce request nor deletes a row
+// whose next nonce is still good.
 
 // ConsumeNonce checks that nonce is one of device's outstanding ones and uses it up,
 // so it can never be used again (ErrNonceExpired if it expired before now). A wrong
@@ -121,16 +129,18 @@ func useNonceTx(ctx context.Context, tx *txn, device string, n storedNonce, nonc
 		// The check-in uses the nonce its last check-in issued it.
 		expires = n.nextExpires
 		if next != nil {
-			q, args = `UPDATE nonces SET next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{next, ns(nextExpires), device}
+			q, args = `UPDATE nonces SET next_nonce = ?, next_expires_at = ?,
+				expires_at = CASE WHEN length(nonce) = 0 THEN ? ELSE expires_at END WHERE device_id = ?`, []any{next, ns(nextExpires), ns(nextExpires), device}
 		} else {
-			q, args = `UPDATE nonces SET next_nonce = NULL, next_expires_at = 0 WHERE device_id = ?`, []any{device}
+			q, args = `UPDATE nonces SET next_nonce = NULL, next_expires_at = 0,
+				expires_at = CASE WHEN length(nonce) = 0 THEN 0 ELSE expires_at END WHERE device_id = ?`, []any{device}
 		}
 	case len(n.nonce) > 0 && subtle.ConstantTimeCompare(n.nonce, nonce) == 1:
 		expires = n.expires
 		if next != nil {
-			q, args = `UPDATE nonces SET nonce = ?, expires_at = 0, next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{[]byte{}, next, ns(nextExpires), device}
+			q, args = `UPDATE nonces SET nonce = ?, expires_at = ?, next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{[]byte{}, ns(nextExpires), next, ns(nextExpires), device}
 		} else {
-			q, args = `UPDATE nonces SET nonce = ?, expires_at = 0 WHERE device_id = ?`, []any{[]byte{}, device}
+			q, args = `UPDATE nonces SET nonce = ?, expires_at = next_expires_at WHERE device_id = ?`, []any{[]byte{}, device}
 		}
 	default:
 		return false, ErrNonceUnknown

@@ -182,6 +182,12 @@ func testStrangerCannotReplaceTheNextNonce(t *testing.T, db opener) {
 	if _, err := b.Admit(ctx, first, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The requested nonce used up, the row's expiry is the next nonce's: nonce requests
+	// prune rows through the expiry index, and must not scan every device that checks in.
+	var rowExpires int64
+	if err := a.db.QueryRow(`SELECT expires_at FROM nonces WHERE device_id = 'dev-1'`).Scan(&rowExpires); err != nil || rowExpires != ns(t0.Add(2*time.Minute)) {
+		t.Fatalf("row expiry after a check-in = %d, %v; want the next nonce's, %d", rowExpires, err, ns(t0.Add(2*time.Minute)))
+	}
 	// A stranger asks for nonces in dev-1's name, at either replica.
 	for i, s := range []*Store{a, b, a} {
 		if err := s.IssueNonce(ctx, "dev-1", nonce(byte(10+i)), t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
