@@ -23,26 +23,52 @@ import (
 	"github.com/edgeward/edgeward/runtime/inference"
 )
 
-// stalledInfer opens a raw HTTP/2 connection to addr and starts one ModelInfer call
-// whose message announces announce bytes and sends only the first send of them. The
-// returned function reads until the call's trailers and returns their grpc-status
-// (-1 if the connection ended first).
-func stalledInfer(t *testing.T, addr string, announce, send int) (status func() int) {
+// rawHTTP2 opens a raw HTTP/2 connection to addr, closed when the test ends, with its
+// client preface and SETTINGS sent and, unless deadline is 0, nothing on it outlasting
+// deadline; it returns the connection's framer.
+func rawHTTP2(t *testing.T, addr string, deadline time.Duration) *http2.Framer {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if deadline > 0 {
+		c.SetDeadline(time.Now().Add(deadline))
+	}
 	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
 		t.Fatal(err)
 	}
 	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	if err := fr.WriteSettings(); err != nil {
 		t.Fatal(err)
 	}
+	return fr
+}
+
+// serverSettings reads fr until the server's SETTINGS, acknowledges them and returns them.
+func serverSettings(t *testing.T, fr *http2.Framer) *http2.SettingsFrame {
+	t.Helper()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			fr.WriteSettingsAck()
+			return sf
+		}
+	}
+}
+
+// stalledInfer opens a raw HTTP/2 connection to addr and starts one ModelInfer call
+// whose message announces announce bytes and sends only the first send of them. The
+// returned function reads until the call's trailers and returns their grpc-status
+// (-1 if the connection ended first).
+func stalledInfer(t *testing.T, addr string, announce, send int) (status func() int) {
+	t.Helper()
+	fr := rawHTTP2(t, addr, 30*time.Second)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	var hb bytes.Buffer
 	startInfer(t, fr, hpack.NewEncoder(&hb), &hb, 1, announce, send)
 	return func() int {
@@ -167,33 +193,10 @@ func TestGRPCStreamsPerConnectionAreBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
-	c, err := net.Dial("tcp", serveGRPC(t, r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	announced := uint32(0)
-	for announced == 0 {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			v, ok := sf.Value(http2.SettingMaxConcurrentStreams)
-			if !ok {
-				t.Fatal("the server's SETTINGS announce no stream limit")
-			}
-			announced = v
-			fr.WriteSettingsAck()
-		}
+	fr := rawHTTP2(t, serveGRPC(t, r), 20*time.Second)
+	announced, ok := serverSettings(t, fr).Value(http2.SettingMaxConcurrentStreams)
+	if !ok {
+		t.Fatal("the server's SETTINGS announce no stream limit")
 	}
 	if announced != 3 {
 		t.Fatalf("the server announces %d concurrent streams, want 3 (1 run + 2 waiting)", announced)
@@ -227,31 +230,9 @@ func TestGRPCMetadataIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
-	c, err := net.Dial("tcp", serveGRPC(t, r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
-	for announced := false; !announced; {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			if v, ok := sf.Value(http2.SettingMaxHeaderListSize); !ok || v != maxGRPCHeaderBytes {
-				t.Fatalf("the server announces a header list size of %d (set %v); want %d", v, ok, maxGRPCHeaderBytes)
-			}
-			announced = true
-			fr.WriteSettingsAck()
-		}
+	fr := rawHTTP2(t, serveGRPC(t, r), 20*time.Second)
+	if v, ok := serverSettings(t, fr).Value(http2.SettingMaxHeaderListSize); !ok || v != maxGRPCHeaderBytes {
+		t.Fatalf("the server announces a header list size of %d (set %v); want %d", v, ok, maxGRPCHeaderBytes)
 	}
 	// 128 KiB of metadata, in HEADERS and CONTINUATION frames of 16 KiB.
 	var hb bytes.Buffer
@@ -322,18 +303,7 @@ func TestGRPCStalledReadsArePreempted(t *testing.T) {
 	t.Cleanup(func() { r.Close(context.Background()) })
 	loadIris(t, r, "1.0.0")
 	addr := serveGRPC(t, r)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	if err := fr.WriteSettings(); err != nil {
-		t.Fatal(err)
-	}
+	fr := rawHTTP2(t, addr, 0)
 	go func() { // read (and drop) what the server sends, so that it is never blocked
 		for {
 			if _, err := fr.ReadFrame(); err != nil {
