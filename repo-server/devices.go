@@ -3,7 +3,6 @@ package reposerver
 import (
 	"context"
 	"crypto/ecdh"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -50,10 +49,6 @@ type DeviceConfig struct {
 	Policy func() *policy.Policy
 	// MeasurementPCR is the PCR of the measurement log; 0: 16 (development).
 	MeasurementPCR int
-	// Nonces, if set, issues quote nonces from this process's memory (one replica
-	// only). nil: nonces live in the fleet database (2 minutes, single use), so a
-	// device may get its nonce from one replica and check in at another.
-	Nonces *verify.Nonces
 	// CheckInInterval is the interval suggested to devices; 0: 30 seconds.
 	CheckInInterval time.Duration
 	// PlanInterval is how often rollouts are re-planned (soak times, approvals);
@@ -95,7 +90,7 @@ type deviceAPI struct {
 	s      *Server
 	cfg    DeviceConfig
 	fleet  *fleet.Store // cfg.Fleet, auditing into the server's audit log
-	nonces nonceStore
+	nonces dbNonces
 	akc    *verify.AKCache // nil: none (cfg.AKCacheSize < 0)
 
 	catMu  sync.Mutex
@@ -144,11 +139,7 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	if cfg.AKCacheSize >= 0 {
 		d.akc = verify.NewAKCache(cfg.AKCacheSize)
 	}
-	if cfg.Nonces != nil {
-		d.nonces = memNonces{cfg.Nonces}
-	} else {
-		d.nonces = dbNonces{st: audited, ttl: 2 * time.Minute, now: s.cfg.Repo.Now}
-	}
+	d.nonces = dbNonces{st: audited, ttl: 2 * time.Minute, now: s.cfg.Repo.Now}
 	d.checkins = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "edgeward_device_checkins_total", Help: "Device check-ins by result (ok, rejected, bad_request, error).",
 	}, []string{"result"})
@@ -434,6 +425,14 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusForbidden, why, nil, false)
 		return
 	}
+	// A nonce not issued to the device, or expired, is refused before anything costly
+	// (the quote's signature, the AK's chain): its seal says so without the database.
+	// Whether it was used before is the admission's to say.
+	if err := d.fleet.CheckNonce(req.DeviceID, req.Nonce, now); err != nil {
+		reason := nonceReason(req.DeviceID, err)
+		reject(http.StatusUnauthorized, "nonce: "+reason.String(), []verify.Reason{reason}, false)
+		return
+	}
 	bound, err := wire.QuoteData(req.Nonce, &req)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -536,7 +535,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	// (fleet.Admission.Nonce), after Check verified the signature: Check's Consume
 	// only notes that it got that far (nonceClaim).
 	storeCtx := context.WithoutCancel(ctx)
-	consumer := d.nonces.Consumer(storeCtx)
+	consumer := &nonceClaim{}
 	v := verify.Check(consumer, req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected, Superseded: superseded,
 		Boot: boot, Runtime: rt, RuntimeLibraries: libList, RuntimeSlot: slotLib, AgentBuilds: builds, AKCache: d.akc,
@@ -566,27 +565,12 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	if !v.Trusted || len(unknown) > 0 || noBoot != "" {
 		verdict = policy.VerdictUntrusted
 	}
-	var nonce, next []byte
-	var nextExpires time.Time
-	if claim, ok := consumer.(*nonceClaim); ok {
-		if claim.nonce == nil || claim.device != req.DeviceID {
-			// Check answered without reaching its nonce step, yet named no
-			// authentication failure: admit nothing rather than an unconsumed nonce.
-			d.checkins.WithLabelValues("error").Inc()
-			writeError(w, http.StatusInternalServerError, "check-in failed")
-			return
-		}
-		nonce = claim.nonce
-		// The next check-in's nonce, issued by this one's transaction: the device
-		// then needs no nonce request (one round trip) before it.
-		if db, ok := d.nonces.(dbNonces); ok {
-			next, nextExpires = make([]byte, verify.NonceSize), now.Add(db.ttl)
-			if _, err := rand.Read(next); err != nil {
-				d.checkins.WithLabelValues("error").Inc()
-				writeError(w, http.StatusInternalServerError, "check-in failed")
-				return
-			}
-		}
+	if consumer.nonce == nil || consumer.device != req.DeviceID {
+		// Check answered without reaching its nonce step, yet named no authentication
+		// failure: admit nothing rather than an unconsumed nonce.
+		d.checkins.WithLabelValues("error").Inc()
+		writeError(w, http.StatusInternalServerError, "check-in failed")
+		return
 	}
 	var decrypted []eventlog.Artifact
 	for _, a := range v.Measured {
@@ -594,16 +578,12 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			decrypted = append(decrypted, a)
 		}
 	}
-	resp, err := d.admit(storeCtx, &req, nonce, next, nextExpires, verdict, reasons, v.Boot, v.Runtime, decrypted, v.Superseded, cat, now)
-	if nonceErr := (verify.Reason{}); errors.Is(err, fleet.ErrNonceExpired) || errors.Is(err, fleet.ErrNonceUnknown) {
-		// verify.Check's reasons, had it consumed the nonce itself.
-		nonceErr = verify.Reason{Code: verify.NonceUnknownOrReused, Detail: fmt.Sprintf("nonce was not issued to %q or was already used", req.DeviceID)}
-		if errors.Is(err, fleet.ErrNonceExpired) {
-			nonceErr = verify.Reason{Code: verify.NonceExpired, Detail: "nonce was issued more than the TTL ago"}
-		}
+	resp, err := d.admit(storeCtx, &req, consumer.nonce, verdict, reasons, v.Boot, v.Runtime, decrypted, v.Superseded, cat, now)
+	if errors.Is(err, fleet.ErrNonceExpired) || errors.Is(err, fleet.ErrNonceUnknown) {
 		// Signed by the device's TPM, but over a nonce used or unknown: a replay is
-		// not the device's act.
-		reject(http.StatusUnauthorized, "nonce: "+nonceErr.String(), append(v.Reasons, nonceErr), false)
+		// not the device's act. verify.Check's reasons, had it consumed the nonce itself.
+		reason := nonceReason(req.DeviceID, err)
+		reject(http.StatusUnauthorized, "nonce: "+reason.String(), append(v.Reasons, reason), false)
 		return
 	}
 	if errors.Is(err, fleet.ErrDecommissioned) {
@@ -639,7 +619,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 // and the next one's issue when next is, enrollment on first sight, the facts, the reports, the verdict,
 // the quarantine, the rollouts' plan and the decision, each with its audit records. It
 // commits whole or not at all.
-func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, next []byte, nextExpires time.Time, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, decrypted, superseded []eventlog.Artifact, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
+func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce []byte, verdict policy.Verdict, reasons []string, boot *reference.BootState, runtime *reference.RuntimeState, decrypted, superseded []eventlog.Artifact, cat map[policy.Target]repository.TargetInfo, now time.Time) (*wire.CheckInResponse, error) {
 	slots := map[artifact.Kind]policy.Slot{}
 	for k, sl := range req.Slots {
 		s := policy.Slot{Name: sl.Name, Version: sl.Version}
@@ -655,8 +635,14 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce, 
 		Labels:  req.Labels, Verdict: verdict, Reasons: reasons, Boot: boot, Runtime: runtime, Decrypted: decrypted, Policy: d.policy(), Quarantine: !d.cfg.DontQuarantine, Now: now,
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
-	a.Nonce, a.NextNonce, a.NextNonceExpires = nonce, next, nextExpires
+	a.Nonce = nonce
 	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))
+	if err != nil {
+		return nil, err
+	}
+	// The next check-in's nonce, for the device its TPM just authenticated: it then
+	// needs no nonce request (one round trip) before its next check-in.
+	next, err := d.nonces.Issue(ctx, req.DeviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -945,12 +931,13 @@ func (s *Server) AuditEvent(ctx context.Context, actor, kind, subject string, da
 	return s.auditLog(ctx, actor, kind, subject, data)
 }
 
-// nonceStore issues and consumes quote nonces.
-type nonceStore interface {
-	Issue(ctx context.Context, device string) ([]byte, error)
-	// Consumer consumes nonces for verify.Check within ctx, or returns a *nonceClaim
-	// when the admission's transaction consumes them (fleet.Admission.Nonce).
-	Consumer(ctx context.Context) verify.NonceConsumer
+// nonceReason is the verifier's reason for a nonce the fleet store refused (err:
+// fleet.ErrNonceUnknown or fleet.ErrNonceExpired).
+func nonceReason(device string, err error) verify.Reason {
+	if errors.Is(err, fleet.ErrNonceExpired) {
+		return verify.Reason{Code: verify.NonceExpired, Detail: "nonce was issued more than the TTL ago"}
+	}
+	return verify.Reason{Code: verify.NonceUnknownOrReused, Detail: fmt.Sprintf("nonce was not issued to %q or was already used", device)}
 }
 
 // nonceClaim is the NonceConsumer of nonces that the check-in's own transaction
@@ -968,12 +955,6 @@ func (c *nonceClaim) Consume(device string, nonce []byte) error {
 	return nil
 }
 
-// memNonces keeps nonces in this process (DeviceConfig.Nonces).
-type memNonces struct{ n *verify.Nonces }
-
-func (m memNonces) Issue(_ context.Context, device string) ([]byte, error) { return m.n.Issue(device) }
-func (m memNonces) Consumer(context.Context) verify.NonceConsumer          { return m.n }
-
 // dbNonces keeps nonces in the fleet database, shared by every replica.
 type dbNonces struct {
 	st  *fleet.Store
@@ -982,15 +963,5 @@ type dbNonces struct {
 }
 
 func (d dbNonces) Issue(ctx context.Context, device string) ([]byte, error) {
-	b := make([]byte, verify.NonceSize)
-	if _, err := rand.Read(b); err != nil {
-		return nil, err
-	}
-	now := d.now()
-	if err := d.st.IssueNonce(ctx, device, b, now.Add(d.ttl), now); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return d.st.IssueNonce(ctx, device, d.now().Add(d.ttl))
 }
-
-func (d dbNonces) Consumer(context.Context) verify.NonceConsumer { return &nonceClaim{} }

@@ -544,6 +544,57 @@ func TestNextNonce(t *testing.T) {
 	}
 }
 
+// TestNonceRequestsInADevicesName: anyone may ask for nonces in a device's name (the
+// request is not authenticated on the plain listener); that takes nothing from the
+// device, whose own nonce still works once (before, each request replaced the device's
+// one outstanding nonce). A nonce the server did not issue to the device is refused
+// for what it is before the quote is verified: a forged nonce with a forged signature
+// is a nonce refusal, not a signature one.
+func TestNonceRequestsInADevicesName(t *testing.T) {
+	_, d := newDeviceFixture(t)
+	ctx := context.Background()
+	mine, err := d.api.Nonce(ctx, d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 200 {
+		if _, err := d.api.Nonce(ctx, d.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := d.api.Nonce(ctx, "another-device")
+	if err != nil {
+		t.Fatal(err)
+	}
+	over := func(nonce []byte) *wire.CheckInRequest {
+		req := &wire.CheckInRequest{DeviceID: d.id, Labels: map[string]string{"line": "press"}, Hardware: "x86_64",
+			AgentVersion: "0.1.0", Slots: d.slot, Nonce: nonce}
+		d.quote(req)
+		return req
+	}
+	forged := over(bytes.Repeat([]byte{9}, verify.NonceSize))
+	forged.Evidence.Quote.Signature[len(forged.Evidence.Quote.Signature)-1] ^= 0xff
+	for _, tt := range []struct {
+		name string
+		req  *wire.CheckInRequest
+		want string // "": trusted
+	}{
+		{"another device's nonce", over(other), "nonce_unknown_or_reused"},
+		{"a forged nonce, forged signature", forged, "nonce_unknown_or_reused"},
+		{"its own nonce, after 200 requests in its name", over(mine), ""},
+		{"its own nonce again", over(mine), "nonce_unknown_or_reused"},
+	} {
+		resp, err := d.checkIn(tt.req)
+		var apiErr *deviceapi.Error
+		switch {
+		case tt.want == "" && (err != nil || !resp.Trusted):
+			t.Fatalf("%s: check-in = %+v, %v; want trusted", tt.name, resp, err)
+		case tt.want != "" && (!errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized || !strings.Contains(apiErr.Message, tt.want)):
+			t.Fatalf("%s: check-in = %v; want 401 %s", tt.name, err, tt.want)
+		}
+	}
+}
+
 // TestRefusalSummariesSurviveAClientThatHangsUp: the summaries of refusal windows that
 // a refused request happens to close are recorded even when that request's context is
 // cancelled (an unauthenticated client that hangs up at once); they used to be dropped

@@ -69,13 +69,6 @@ type Admission struct {
 	// that the nonce is used up exactly when the check-in commits, in one round trip.
 	// The pure Admit does not look at it.
 	Nonce []byte
-	// NextNonce, if set, is issued to the device (the nonce its check-in issued it,
-	// replacing the one an earlier check-in issued but not the one it requested:
-	// IssueNonce; expiring at NextNonceExpires) when the check-in commits, for its next check-in: the server
-	// answers with it, and the device need not ask for a nonce again. The pure Admit
-	// does not look at it.
-	NextNonce        []byte
-	NextNonceExpires time.Time
 }
 
 // AdmittedReport is a report to store. At is the server's receipt time; DeviceAt is the

@@ -15,7 +15,7 @@ import (
 )
 
 // BenchmarkAdmit measures Store.Admit as the device API runs it at a check-in that
-// carries no reports: the nonce consumed and the next one issued, the device row read
+// carries no reports: the nonce used up (its tag stored) and the next one issued, the device row read
 // and rewritten, the verdict and the decision recorded, all in group commit on a sqlite
 // file (fsynced), 256 check-ins in flight over 1,024 devices, as `make bench`'s
 // check-in section drives the server, each with its own cancellable context (as an
@@ -34,12 +34,16 @@ func BenchmarkAdmit(b *testing.B) {
 	nonces := make([][]byte, devices)
 	admission := func(i int, now time.Time) Admission {
 		id := fmt.Sprintf("bench-%04d", i)
-		next := []byte(fmt.Sprintf("nonce-%04d-%d", i, now.UnixNano()))
 		a := Admission{
 			CheckIn: CheckIn{ID: id, Hardware: "x86_64", AgentVersion: "0.1.0", At: now,
 				Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.0.0"}}},
 			Labels: map[string]string{"line": "press"}, Verdict: policy.VerdictTrusted, Policy: p, Now: now,
-			Nonce: nonces[i], NextNonce: next, NextNonceExpires: now.Add(time.Hour),
+			Nonce: nonces[i],
+		}
+		// The next check-in's nonce, as the device API issues it with the answer.
+		next, err := s.IssueNonce(ctx, id, now.Add(time.Hour))
+		if err != nil {
+			b.Fatal(err)
 		}
 		nonces[i] = next
 		return a

@@ -71,6 +71,11 @@ rollouts:
 			if err := putDevice(ctx, tx, d, true); err != nil {
 				return err
 			}
+			for j := 0; j < 5; j++ {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO used_nonces (device_id, tag, expires_at) VALUES (?, ?, ?)`, d.ID, []byte{byte(j)}, i*5+j); err != nil {
+					return err
+				}
+			}
 			for j := 0; j < perDevice; j++ {
 				at := t0.Add(time.Duration(j*devices+i) * time.Second)
 				r := wire.Report{DeviceID: d.ID, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeCommitted, At: at}
@@ -112,7 +117,8 @@ rollouts:
 		index string // the index the plan must search
 	}{
 		{"device row", deviceQuery, []any{"dev-00042"}, "sqlite_autoindex_devices_1"},
-		{"device row and nonce", admitQuery, []any{"dev-00042"}, "sqlite_autoindex_devices_1"},
+		{"device row as a check-in reads it", admitQuery, []any{"dev-00042"}, "sqlite_autoindex_devices_1"},
+		{"used nonces pruned", pruneUsedNoncesQuery, []any{int64(500)}, "used_nonces_expiry"},
 		{"report dedup mark", seenQuery, []any{"dev-00042", "r1"}, "PRIMARY KEY"},
 		{"rollout state", rolloutQuery, []any{"vib-2"}, "sqlite_autoindex_rollouts_1"},
 		{"wave counts", waveCountsQuery, []any{"vib-2", "vib", "2.0.0", lo, hi, int64(0)}, "rollout_latest_bucket"},
@@ -222,7 +228,7 @@ func TestCheckInReadsAreBoundedPostgres(t *testing.T) {
 		`INSERT INTO devices (id, enrolled_at) SELECT 'dev-' || lpad(i::text, 5, '0'), 1 FROM generate_series(0, 1999) i`,
 		`INSERT INTO reports (device_id, rollout_id, kind, name, version, outcome, at)
 			SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'vib-' || (g % 50), 'model', 'vib', (g % 50) || '.0.0', 'committed', g FROM generate_series(0, 99999) g`,
-		`INSERT INTO nonces (device_id, nonce, expires_at) SELECT id, '\x00'::bytea, 1 FROM devices`,
+		`INSERT INTO used_nonces (device_id, tag, expires_at) SELECT id, int4send(g), g FROM devices, generate_series(1, 5) g`,
 		`INSERT INTO verdicts (device_id, verdict, at) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'trusted', g FROM generate_series(0, 99999) g`,
 		`INSERT INTO device_reports_seen (device_id, id) SELECT 'dev-' || lpad((g % 2000)::text, 5, '0'), 'r' || g FROM generate_series(0, 99999) g`,
 		`INSERT INTO rollout_latest (rollout_id, name, version, device_id, bucket, failed, at)
@@ -244,7 +250,8 @@ func TestCheckInReadsAreBoundedPostgres(t *testing.T) {
 		index string // the index the plan must search
 	}{
 		{"device row", deviceQuery, []any{"dev-00042"}, "devices_pkey"},
-		{"device row and nonce", admitQuery, []any{"dev-00042"}, "nonces_pkey"},
+		{"device row as a check-in reads it", admitQuery, []any{"dev-00042"}, "devices_pkey"},
+		{"used nonces pruned", pruneUsedNoncesQuery, []any{int64(3)}, "used_nonces_"},
 		{"report dedup mark", seenQuery, []any{"dev-00042", "r42"}, "device_reports_seen_pkey"},
 		{"wave counts", waveCountsQuery, []any{"vib-7", "vib", "7.0.0", 500, 3000, int64(0)}, "rollout_latest_"},
 		{"device update", `UPDATE devices SET slots = ? WHERE id = ?`, []any{"{}", "dev-00042"}, "devices_pkey"},

@@ -71,11 +71,10 @@ type CheckInResult struct {
 // nothing is changed and the device's retry (same report IDs) is counted once.
 // a.Stored and a.Seen are filled in by Admit.
 //
-// With a.Nonce set, the nonce is consumed first in the same transaction: a check-in
-// whose nonce is not the device's outstanding one fails with ErrNonceUnknown, one whose
-// nonce expired with ErrNonceExpired, and either changes nothing (the nonce of a
-// check-in that did not commit is not used up). With a.NextNonce set, that nonce is
-// the device's outstanding one once the check-in commits.
+// With a.Nonce set, the nonce is used up first in the same transaction (as
+// ConsumeNonce): a check-in whose nonce was not issued to the device or was used
+// before fails with ErrNonceUnknown, one whose nonce expired with ErrNonceExpired, and
+// either changes nothing (the nonce of a check-in that did not commit is not used up).
 func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (CheckInResult, error) {
 	var res CheckInResult
 	id := a.CheckIn.ID
@@ -93,10 +92,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 	uctx := context.WithoutCancel(ctx)
 	err := s.tx(ctx, func(tx *txn) error {
 		ctx := uctx
-		// One statement reads the device's row (what a check-in keeps of it) and its
-		// outstanding nonce; a device not enrolled yet has no row, and its nonce is
-		// read alone.
-		stored, n, err := admitRead(ctx, tx, id)
+		stored, err := admitRead(ctx, tx, id)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			a.Stored = nil
@@ -110,19 +106,8 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 			a.Stored = &stored
 		}
 		if a.Nonce != nil {
-			// With a.NextNonce, the row is rewritten to hold it (the device's one row,
-			// no pruning: IssueNonce's job).
-			var expired bool
-			if a.Stored == nil {
-				expired, err = consumeNonceTx(ctx, tx, id, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
-			} else {
-				expired, err = useNonceTx(ctx, tx, id, n, a.Nonce, a.NextNonce, a.NextNonceExpires, a.Now)
-			}
-			if err != nil {
+			if err := s.useNonceTx(ctx, tx, id, a.Nonce, a.Now); err != nil {
 				return err
-			}
-			if expired {
-				return ErrNonceExpired
 			}
 		}
 		a.Seen = map[string]bool{}
@@ -200,12 +185,6 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		if err := recordOffers(ctx, tx, dec); err != nil {
 			return err
 		}
-		if a.NextNonce != nil && a.Nonce == nil {
-			// The device is authenticated: its one row, no pruning (IssueNonce's job).
-			if err := putNextNonceTx(ctx, tx, id, a.NextNonce, a.NextNonceExpires); err != nil {
-				return fmt.Errorf("next nonce: %w", err)
-			}
-		}
 		res = CheckInResult{Device: out.Device, Decision: dec, Accepted: out.Accepted, Refused: out.Refused}
 		return nil
 	})
@@ -216,39 +195,35 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 }
 
 // admitQuery reads, in one statement, what Store.Admit needs of an enrolled device
-// before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored)
-// and its outstanding nonces (NULL: no row), one primary-key search each.
-const admitQuery = `SELECT d.id, d.labels, d.slots, d.verdict, d.quarantined, d.quarantine_reason, d.enrolled_at, d.decommissioned_at, n.nonce, n.expires_at, n.next_nonce, n.next_expires_at
-	FROM devices d LEFT JOIN nonces n ON n.device_id = d.id WHERE d.id = ?`
+// before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored),
+// one primary-key search.
+const admitQuery = `SELECT id, labels, slots, verdict, quarantined, quarantine_reason, enrolled_at, decommissioned_at
+	FROM devices WHERE id = ?`
 
 // admitRead reads device id's row as a check-in needs it (keptByCheckIn: the columns
-// the check-in replaces are left zero) and its outstanding nonce; ErrNotFound if the
-// device is not enrolled.
-func admitRead(ctx context.Context, tx dbtx, id string) (Device, storedNonce, error) {
+// the check-in replaces are left zero); ErrNotFound if the device is not enrolled.
+func admitRead(ctx context.Context, tx dbtx, id string) (Device, error) {
 	var d Device
-	var n storedNonce
 	var labels, slots, verdict string
 	var enrolled, decommissioned int64
-	var expires, nextExpires sql.NullInt64
-	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned, &n.nonce, &expires, &n.next, &nextExpires)
+	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Device{}, n, fmt.Errorf("device %w", ErrNotFound)
+		return Device{}, fmt.Errorf("device %w", ErrNotFound)
 	}
 	if err != nil {
-		return Device{}, n, err
+		return Device{}, err
 	}
-	n.found, n.expires, n.nextExpires = expires.Valid, expires.Int64, nextExpires.Int64
 	d.Verdict, d.EnrolledAt, d.DecommissionedAt = policy.Verdict(verdict), fromNS(enrolled), fromNS(decommissioned)
 	if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
-		return Device{}, n, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)
+		return Device{}, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)
 	}
 	if err := json.Unmarshal([]byte(slots), &d.Slots); err != nil {
-		return Device{}, n, fmt.Errorf("device %s: corrupt column slots: %w", d.ID, err)
+		return Device{}, fmt.Errorf("device %s: corrupt column slots: %w", d.ID, err)
 	}
 	if d.Slots == nil {
 		d.Slots = map[artifact.Kind]policy.Slot{}
 	}
-	return d, n, nil
+	return d, nil
 }
 
 // keptByCheckIn is d as admitRead reads it: what a check-in keeps of the stored row.

@@ -275,7 +275,7 @@ func (s *Store) SetQuarantine(ctx context.Context, id string, quarantined bool, 
 
 // Decommission takes a device out of service for good, at at: from then on its
 // check-ins are refused with ErrDecommissioned before anything is written, so it gets no
-// new version and no content key, and its outstanding nonce is forgotten. Its row and
+// new version and no content key (a nonce issued to it is no way back in). Its row and
 // history stay (its ID derives from its TPM, so deleting the row would let its next
 // check-in enroll it again); rollout status no longer counts it. There is no way back:
 // a device decommissioned by mistake needs a new TPM identity. ErrNotFound for an
@@ -299,9 +299,6 @@ func (s *Store) Decommission(ctx context.Context, id, reason string, at time.Tim
 			return fmt.Errorf("%w at %s", ErrDecommissioned, fromNS(since).UTC().Format(time.RFC3339))
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE devices SET decommissioned_at = ?, decommission_reason = ? WHERE id = ?`, ns(at), reason, id); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE device_id = ?`, id); err != nil {
 			return err
 		}
 		return s.record(ctx, tx, recs...)

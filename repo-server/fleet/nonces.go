@@ -2,151 +2,172 @@ package fleet
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
 )
 
-// Nonce errors of ConsumeNonce.
+// Nonce errors of ConsumeNonce and Store.Admit.
 var (
-	// ErrNonceUnknown: never issued to this device, or already used (replay).
+	// ErrNonceUnknown: not issued to this device (by any replica on the database), or
+	// already used (replay).
 	ErrNonceUnknown = errors.New("nonce unknown or already used")
-	// ErrNonceExpired: issued, but expired.
+	// ErrNonceExpired: issued to this device, but expired.
 	ErrNonceExpired = errors.New("nonce expired")
 )
 
-// IssueNonce stores nonce as device's requested nonce until expires, replacing the
-// one requested before (one check-in at a time per device), and forgets nonces expired
-// before now. Every replica on the database sees it.
+// Quote nonces are sealed, not stored. A nonce is 32 bytes: its expiry (8 bytes,
+// Unix nanoseconds, big-endian), 8 random bytes, and the first 16 bytes of an
+// HMAC-SHA256, under the fleet's nonce key, of the device's ID, the expiry and the
+// random bytes. Any replica on the database holds the key (server_secrets, made by
+// migration 18), so any replica can tell a nonce it or another issued to a device from
+// one it did not, without a row per issued nonce. What is stored is a nonce's use:
+// its tag in used_nonces until some time after it expires, so that each nonce is
+// single use.
 //
-// A device has two outstanding nonces, each single use: the one it last requested
-// (IssueNonce; a nonce request is not authenticated, so anyone may replace it) and the
-// one its last check-in issued it (Admission.NextNonce, which only a check-in its TPM
-// signed replaces). A check-in may use either. So a stranger requesting nonces in a
-// device's name cannot keep it from checking in with the nonce it was given.
-func (s *Store) IssueNonce(ctx context.Context, device string, nonce []byte, expires, now time.Time) error {
+// So a nonce request writes nothing. Nonce requests are not authenticated on the
+// plain listener, and before this each one wrote the device's outstanding nonce,
+// replacing the one before: a stranger requesting nonces in a device's name could keep
+// it from checking in with a nonce it requested, and every such request was a
+// transaction in the check-ins' group commit.
+const (
+	nonceSize    = 32
+	nonceTagSize = 16
+	nonceKeySize = 32
+	// usedNonceGrace is how long a used nonce's tag is kept past the nonce's expiry
+	// before Admit prunes it: a replica whose clock is this far behind another's still
+	// refuses a replay rather than find no record of the use.
+	usedNonceGrace = 10 * time.Minute
+)
+
+// nonceKeyName is the nonce key's row in server_secrets.
+const nonceKeyName = "quote-nonce"
+
+// IssueNonce returns a fresh nonce for device, good until expires, for one check-in.
+// Nothing is stored, and every replica on the database accepts it. A device may hold
+// any number of nonces at once; each is single use (Store.Admit, ConsumeNonce).
+func (s *Store) IssueNonce(ctx context.Context, device string, expires time.Time) ([]byte, error) {
 	if err := validID(device); err != nil {
-		return fmt.Errorf("issue nonce: %w", err)
+		return nil, fmt.Errorf("issue nonce: %w", err)
 	}
-	err := s.tx(ctx, func(tx *txn) error { return issueNonceTx(ctx, tx, device, nonce, expires, now) })
+	if len(s.nonceKey) != nonceKeySize {
+		return nil, fmt.Errorf("issue nonce for %s: the store has no nonce key", device)
+	}
+	var r [8]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return nil, fmt.Errorf("issue nonce for %s: %w", device, err)
+	}
+	return sealNonce(s.nonceKey, device, expires, r), nil
+}
+
+// sealNonce is the nonce for device expiring at expires with random part r.
+func sealNonce(key []byte, device string, expires time.Time, r [8]byte) []byte {
+	n := make([]byte, 16, nonceSize)
+	binary.BigEndian.PutUint64(n, uint64(expires.UnixNano()))
+	copy(n[8:], r[:])
+	return append(n, nonceTag(key, device, n[:16])...)
+}
+
+// nonceTag is the tag of a nonce whose first 16 bytes are head, for device.
+func nonceTag(key []byte, device string, head []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("edgeward quote nonce v1\x00"))
+	m.Write([]byte(device))
+	m.Write([]byte{0})
+	m.Write(head)
+	return m.Sum(nil)[:nonceTagSize]
+}
+
+// openNonce checks that nonce was sealed for device under key, and returns its tag and
+// expiry (ErrNonceUnknown if it was not).
+func openNonce(key []byte, device string, nonce []byte) (tag []byte, expires time.Time, err error) {
+	if len(key) != nonceKeySize || len(nonce) != nonceSize {
+		return nil, time.Time{}, ErrNonceUnknown
+	}
+	if !hmac.Equal(nonce[16:], nonceTag(key, device, nonce[:16])) {
+		return nil, time.Time{}, ErrNonceUnknown
+	}
+	return nonce[16:], time.Unix(0, int64(binary.BigEndian.Uint64(nonce))), nil
+}
+
+// CheckNonce says whether nonce was issued to device (ErrNonceUnknown if not) and is
+// good at now (ErrNonceExpired if not), without the database: not whether it was used.
+func (s *Store) CheckNonce(device string, nonce []byte, now time.Time) error {
+	_, expires, err := openNonce(s.nonceKey, device, nonce)
 	if err != nil {
-		return fmt.Errorf("issue nonce for %s: %w", device, err)
+		return err
+	}
+	if now.After(expires) {
+		return ErrNonceExpired
 	}
 	return nil
 }
 
-// issueNonceTx is IssueNonce in tx.
-func issueNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires, now time.Time) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM nonces WHERE expires_at < ? AND next_expires_at < ?`, ns(now), ns(now)); err != nil {
-		return err
-	}
-	return putNonceTx(ctx, tx, device, nonce, expires)
-}
-
-// putNonceTx makes nonce device's requested one, replacing the one requested before;
-// the nonce its last check-in issued stays. The table holds one row per device: what
-// grows it is a nonce requested for a made-up device ID (a nonce request is not
-// authenticated), and IssueNonce prunes those.
-func putNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, expires time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at) VALUES (?, ?, ?)
-			ON CONFLICT (device_id) DO UPDATE SET nonce = excluded.nonce, expires_at = excluded.expires_at`, device, nonce, ns(expires))
-	return err
-}
-
-// putNextNonceTx makes next the nonce device's check-in issued it, replacing the one
-// an earlier check-in issued; the requested one stays. While no requested nonce is
-// outstanding, the row's expires_at follows the next nonce's (see rowExpiry).
-func putNextNonceTx(ctx context.Context, tx *txn, device string, next []byte, expires time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO nonces (device_id, nonce, expires_at, next_nonce, next_expires_at) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (device_id) DO UPDATE SET next_nonce = excluded.next_nonce, next_expires_at = excluded.next_expires_at,
-			expires_at = CASE WHEN length(nonces.nonce) = 0 THEN excluded.next_expires_at ELSE nonces.expires_at END`, device, []byte{}, ns(expires), next, ns(expires))
-	return err
-}
-
-// rowExpiry: a row's expires_at is its requested nonce's expiry while one is
-// outstanding, and the next nonce's otherwise, so that IssueNonce's pruning, which
-// finds rows through the expires_at index, neither scans the rows of devices checking
-// in (whose requested nonce was used up) at every nonce request nor deletes a row
-// whose next nonce is still good.
-
-// ConsumeNonce checks that nonce is one of device's outstanding ones and uses it up,
-// so it can never be used again (ErrNonceExpired if it expired before now). A wrong
-// nonce (ErrNonceUnknown) leaves both outstanding ones in place.
+// ConsumeNonce checks that nonce was issued to device and uses it up, so it can never
+// be used again: ErrNonceUnknown if it was not issued to device or was used before,
+// ErrNonceExpired if it expired before now (and then it is not used up: it is no good
+// anyway). Store.Admit does the same in a check-in's transaction.
 func (s *Store) ConsumeNonce(ctx context.Context, device string, nonce []byte, now time.Time) error {
-	expired := false
-	err := s.tx(ctx, func(tx *txn) error {
-		var err error
-		expired, err = consumeNonceTx(ctx, tx, device, nonce, nil, time.Time{}, now)
-		return err
-	})
-	switch {
-	case err != nil:
+	err := s.tx(ctx, func(tx *txn) error { return s.useNonceTx(ctx, tx, device, nonce, now) })
+	if err != nil {
 		return fmt.Errorf("nonce of %s: %w", device, err)
-	case expired:
-		return fmt.Errorf("nonce of %s: %w", device, ErrNonceExpired)
 	}
 	return nil
 }
 
-// storedNonce is a device's outstanding nonces as read with its row: the one it
-// requested and the one its last check-in issued it (nil: none).
-type storedNonce struct {
-	found       bool
-	nonce       []byte
-	expires     int64
-	next        []byte
-	nextExpires int64
+// useNonceTx uses up nonce, issued to device, in tx (see ConsumeNonce), and prunes
+// the tags of two nonces that expired more than usedNonceGrace before now: each use
+// adds one, so the table holds the nonces used within their lifetime and the grace.
+func (s *Store) useNonceTx(ctx context.Context, tx *txn, device string, nonce []byte, now time.Time) error {
+	tag, expires, err := openNonce(s.nonceKey, device, nonce)
+	if err != nil {
+		return err
+	}
+	if now.After(expires) {
+		return ErrNonceExpired
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO used_nonces (device_id, tag, expires_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, device, tag, ns(expires))
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return ErrNonceUnknown // used before
+	}
+	_, err = tx.ExecContext(ctx, pruneUsedNoncesQuery, ns(now.Add(-usedNonceGrace)))
+	return err
 }
 
-// consumeNonceTx uses up nonce in tx if it is one of device's outstanding nonces
-// (ErrNonceUnknown, and nothing changed, if it is not) and reports whether it had
-// expired before now. With next set, next becomes the nonce the device's check-in
-// issued it (expiring at nextExpires): either way the consumed nonce is gone.
-func consumeNonceTx(ctx context.Context, tx *txn, device string, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
-	n := storedNonce{found: true}
-	err = tx.QueryRowContext(ctx, `SELECT nonce, expires_at, next_nonce, next_expires_at FROM nonces WHERE device_id = ?`, device).Scan(&n.nonce, &n.expires, &n.next, &n.nextExpires)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, ErrNonceUnknown
+// pruneUsedNoncesQuery deletes the tags of up to two nonces that expired
+// before its argument, found through the expiry index.
+const pruneUsedNoncesQuery = `DELETE FROM used_nonces WHERE (device_id, tag) IN
+	(SELECT device_id, tag FROM used_nonces WHERE expires_at < ? ORDER BY expires_at LIMIT 2)`
+
+// backfillNonceKey makes the fleet's nonce key (migration 18).
+func backfillNonceKey(ctx context.Context, tx *txn) error {
+	key := make([]byte, nonceKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO server_secrets (name, secret, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, nonceKeyName, key, ns(time.Now()))
+	return err
+}
+
+// loadNonceKey reads the fleet's nonce key.
+func loadNonceKey(ctx context.Context, db *sqlDB) ([]byte, error) {
+	var key []byte
+	err := db.QueryRowContext(ctx, `SELECT secret FROM server_secrets WHERE name = ?`, nonceKeyName).Scan(&key)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && len(key) != nonceKeySize {
+		return nil, fmt.Errorf("nonce key: missing or damaged in server_secrets")
 	}
 	if err != nil {
-		return false, err
+		return nil, fmt.Errorf("nonce key: %w", err)
 	}
-	return useNonceTx(ctx, tx, device, n, nonce, next, nextExpires, now)
-}
-
-// useNonceTx is consumeNonceTx once device's outstanding nonces (n) have been read in tx.
-func useNonceTx(ctx context.Context, tx *txn, device string, n storedNonce, nonce, next []byte, nextExpires, now time.Time) (expired bool, err error) {
-	if !n.found || len(nonce) == 0 {
-		return false, ErrNonceUnknown
-	}
-	var expires int64
-	var q string
-	var args []any
-	switch {
-	case len(n.next) > 0 && subtle.ConstantTimeCompare(n.next, nonce) == 1:
-		// The check-in uses the nonce its last check-in issued it.
-		expires = n.nextExpires
-		if next != nil {
-			q, args = `UPDATE nonces SET next_nonce = ?, next_expires_at = ?,
-				expires_at = CASE WHEN length(nonce) = 0 THEN ? ELSE expires_at END WHERE device_id = ?`, []any{next, ns(nextExpires), ns(nextExpires), device}
-		} else {
-			q, args = `UPDATE nonces SET next_nonce = NULL, next_expires_at = 0,
-				expires_at = CASE WHEN length(nonce) = 0 THEN 0 ELSE expires_at END WHERE device_id = ?`, []any{device}
-		}
-	case len(n.nonce) > 0 && subtle.ConstantTimeCompare(n.nonce, nonce) == 1:
-		expires = n.expires
-		if next != nil {
-			q, args = `UPDATE nonces SET nonce = ?, expires_at = ?, next_nonce = ?, next_expires_at = ? WHERE device_id = ?`, []any{[]byte{}, ns(nextExpires), next, ns(nextExpires), device}
-		} else {
-			q, args = `UPDATE nonces SET nonce = ?, expires_at = next_expires_at WHERE device_id = ?`, []any{[]byte{}, device}
-		}
-	default:
-		return false, ErrNonceUnknown
-	}
-	if _, err = tx.ExecContext(ctx, q, args...); err != nil {
-		return false, err
-	}
-	return now.After(fromNS(expires)), nil // used up all the same: single use
+	return key, nil
 }

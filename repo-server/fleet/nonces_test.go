@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -12,18 +14,56 @@ import (
 	"github.com/edgeward/edgeward/policy"
 )
 
-// Nonces are single use, expire, and are shared by every store on the database (two
-// replicas: one issues, the other consumes).
+// Nonces are single use, expire, are bound to their device, and any replica on the
+// database accepts a nonce another issued; they are sealed, not stored: issuing writes
+// nothing, a forged or altered nonce is unknown, and the tags of used ones are pruned
+// once they are long expired.
 func testNoncesInTheDatabase(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	n1 := bytes.Repeat([]byte{1}, 32)
-	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
-		t.Fatal(err)
+	used := func() int {
+		t.Helper()
+		var n int
+		if err := a.db.QueryRow(`SELECT count(*) FROM used_nonces`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	}
-	if err := b.ConsumeNonce(ctx, "dev-1", bytes.Repeat([]byte{2}, 32), t0); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("ConsumeNonce(wrong nonce) = %v; want ErrNonceUnknown", err)
+	issue := func(s *Store, device string, expires time.Time) []byte {
+		t.Helper()
+		n, err := s.IssueNonce(ctx, device, expires)
+		if err != nil || len(n) != 32 {
+			t.Fatalf("IssueNonce = %x, %v; want 32 bytes", n, err)
+		}
+		return n
+	}
+	n1 := issue(a, "dev-1", t0.Add(2*time.Minute))
+	for range 100 {
+		issue(b, "dev-1", t0.Add(2*time.Minute))
+	}
+	if n := used(); n != 0 {
+		t.Fatalf("issuing nonces stored %d rows; want none", n)
+	}
+	for name, bad := range map[string][]byte{
+		"random":          bytes.Repeat([]byte{2}, 32),
+		"short":           n1[:31],
+		"empty":           nil,
+		"expiry extended": append([]byte{n1[0] + 1}, n1[1:]...),
+		"tag altered":     append(append([]byte{}, n1[:31]...), n1[31]^1),
+	} {
+		if err := b.ConsumeNonce(ctx, "dev-1", bad, t0); !errors.Is(err, ErrNonceUnknown) {
+			t.Errorf("ConsumeNonce(%s nonce) = %v; want ErrNonceUnknown", name, err)
+		}
+		if err := b.CheckNonce("dev-1", bad, t0); !errors.Is(err, ErrNonceUnknown) {
+			t.Errorf("CheckNonce(%s nonce) = %v; want ErrNonceUnknown", name, err)
+		}
+	}
+	if err := b.ConsumeNonce(ctx, "dev-2", n1, t0); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(another device's nonce) = %v; want ErrNonceUnknown", err)
+	}
+	if err := b.CheckNonce("dev-1", n1, t0.Add(time.Minute)); err != nil {
+		t.Fatalf("CheckNonce(issued by the other replica) = %v", err)
 	}
 	if err := b.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); err != nil {
 		t.Fatalf("ConsumeNonce(issued by the other replica) = %v", err)
@@ -31,20 +71,59 @@ func testNoncesInTheDatabase(t *testing.T, db opener) {
 	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
 		t.Fatalf("ConsumeNonce(replay) = %v; want ErrNonceUnknown", err)
 	}
-	a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0)
-	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceExpired) {
+	n2 := issue(a, "dev-1", t0.Add(2*time.Minute))
+	if err := a.CheckNonce("dev-1", n2, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceExpired) {
+		t.Fatalf("CheckNonce(expired) = %v; want ErrNonceExpired", err)
+	}
+	if err := a.ConsumeNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceExpired) {
 		t.Fatalf("ConsumeNonce(expired) = %v; want ErrNonceExpired", err)
 	}
-	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(3*time.Minute)); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("ConsumeNonce(expired, again) = %v; want ErrNonceUnknown (single use)", err)
+	if n := used(); n != 1 {
+		t.Fatalf("used nonces stored: %d; want 1 (the one used; the expired one is no good anyway)", n)
 	}
-	// Issuing prunes expired nonces.
-	a.IssueNonce(ctx, "dev-2", n1, t0.Add(2*time.Minute), t0)
-	a.IssueNonce(ctx, "dev-3", n1, t0.Add(time.Hour), t0.Add(time.Hour))
-	var n int
-	a.db.QueryRow(`SELECT count(*) FROM nonces`).Scan(&n)
-	if n != 1 {
-		t.Fatalf("outstanding nonces = %d; want 1 (the expired one pruned)", n)
+
+	// Each use prunes up to two tags of nonces that expired more than the grace ago;
+	// the tag of a nonce that has not is kept, whatever the replica's clock.
+	t1 := t0.Add(time.Hour)
+	for i := range 3 {
+		if err := a.ConsumeNonce(ctx, "dev-3", issue(b, "dev-3", t1.Add(time.Duration(i+1)*time.Minute)), t1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := used(); n != 3 {
+		t.Fatalf("used nonces after three more uses an hour later: %d; want 3 (dev-1's tag pruned)", n)
+	}
+	t2 := t1.Add(usedNonceGrace + 90*time.Second) // past the first's expiry and grace only
+	if err := b.ConsumeNonce(ctx, "dev-4", issue(a, "dev-4", t2.Add(time.Minute)), t2); err != nil {
+		t.Fatal(err)
+	}
+	var left []int64
+	rows, err := a.db.Query(`SELECT expires_at FROM used_nonces ORDER BY expires_at`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var e int64
+		rows.Scan(&e)
+		left = append(left, e)
+	}
+	rows.Close()
+	if want := []int64{ns(t1.Add(2 * time.Minute)), ns(t1.Add(3 * time.Minute)), ns(t2.Add(time.Minute))}; !slices.Equal(left, want) {
+		t.Fatalf("used nonces' expiries after pruning: %v; want %v", left, want)
+	}
+
+	// A store on another database has another key: its nonces are not this fleet's.
+	other, err := Open(ctx, filepath.Join(t.TempDir(), "other.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	foreign, err := other.IssueNonce(ctx, "dev-1", t2.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ConsumeNonce(ctx, "dev-1", foreign, t2); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(another fleet's nonce) = %v; want ErrNonceUnknown", err)
 	}
 }
 
@@ -91,138 +170,130 @@ func testSessionsInTheDatabase(t *testing.T, db opener) {
 	}
 }
 
-// Admit with a nonce consumes it in the check-in's transaction: a wrong, replayed or
-// expired nonce fails the check-in with nothing stored (not even the nonce's removal,
-// for a wrong one), and a check-in that commits has used its nonce up, on every replica,
-// and issued the next one it carries.
+// Admit with a nonce uses it up in the check-in's transaction: a wrong, replayed or
+// expired nonce fails the check-in with nothing stored, and a check-in that commits has
+// used its nonce up, on every replica.
 func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	admission := func(nonce []byte, now time.Time, report string) Admission {
 		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
 			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
 			Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
 	}
-	stored := func() (devices, reports, verdicts int) {
+	stored := func() (devices, reports, verdicts, used int) {
 		t.Helper()
-		for q, n := range map[string]*int{`SELECT count(*) FROM devices`: &devices, `SELECT count(*) FROM reports`: &reports, `SELECT count(*) FROM verdicts`: &verdicts} {
+		for q, n := range map[string]*int{`SELECT count(*) FROM devices`: &devices, `SELECT count(*) FROM reports`: &reports,
+			`SELECT count(*) FROM verdicts`: &verdicts, `SELECT count(*) FROM used_nonces`: &used} {
 			if err := a.db.QueryRow(q).Scan(n); err != nil {
 				t.Fatal(err)
 			}
 		}
 		return
 	}
-	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
+	n1, err := a.IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Admit(ctx, admission(n2, t0, "r1"), nil); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("Admit(wrong nonce) = %v; want ErrNonceUnknown", err)
+	other, err := a.IssueNonce(ctx, "dev-2", t0.Add(2*time.Minute))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if d, r, v := stored(); d+r+v != 0 {
-		t.Fatalf("after a refused nonce: %d devices, %d reports, %d verdicts stored; want none", d, r, v)
+	if _, err := b.Admit(ctx, admission(other, t0, "r1"), nil); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("Admit(another device's nonce) = %v; want ErrNonceUnknown", err)
 	}
-	n3 := bytes.Repeat([]byte{3}, 32)
-	first := admission(n1, t0.Add(time.Minute), "r1")
-	first.NextNonce, first.NextNonceExpires = n3, t0.Add(3*time.Minute)
-	res, err := b.Admit(ctx, first, nil)
+	if d, r, v, u := stored(); d+r+v+u != 0 {
+		t.Fatalf("after a refused nonce: %d devices, %d reports, %d verdicts, %d used nonces stored; want none", d, r, v, u)
+	}
+	res, err := b.Admit(ctx, admission(n1, t0.Add(time.Minute), "r1"), nil)
 	if err != nil || res.Accepted != 1 {
 		t.Fatalf("Admit(the nonce another replica issued) = %+v, %v", res, err)
 	}
 	if _, err := a.Admit(ctx, admission(n1, t0.Add(time.Minute), "r2"), nil); !errors.Is(err, ErrNonceUnknown) {
 		t.Fatalf("Admit(replayed nonce) = %v; want ErrNonceUnknown", err)
 	}
-	// The next nonce the check-in issued is the device's outstanding one, single use.
-	if _, err := a.Admit(ctx, admission(n3, t0.Add(2*time.Minute), "r2"), nil); err != nil {
-		t.Fatalf("Admit(the next nonce the last check-in issued) = %v", err)
-	}
-	if err := a.ConsumeNonce(ctx, "dev-1", n3, t0.Add(2*time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
 		t.Fatalf("ConsumeNonce(after the check-in committed) = %v; want ErrNonceUnknown (used up)", err)
 	}
-	if err := a.IssueNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
+	n2, err := b.IssueNonce(ctx, "dev-1", t0.Add(3*time.Minute))
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The consumed row holds the next nonce only once the check-in commits: an
-	// expired nonce issues none.
-	n4 := bytes.Repeat([]byte{4}, 32)
-	late := admission(n2, t0.Add(4*time.Minute), "r3")
-	late.NextNonce, late.NextNonceExpires = n4, t0.Add(6*time.Minute)
-	if _, err := a.Admit(ctx, late, nil); !errors.Is(err, ErrNonceExpired) {
+	if _, err := a.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceExpired) {
 		t.Fatalf("Admit(expired nonce) = %v; want ErrNonceExpired", err)
 	}
-	if _, err := a.Admit(ctx, admission(n4, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("Admit(the next nonce of a refused check-in) = %v; want ErrNonceUnknown", err)
+	if d, r, v, u := stored(); d != 1 || r != 1 || v != 1 || u != 1 {
+		t.Fatalf("stored %d devices, %d reports, %d verdicts, %d used nonces; want the one check-in that committed", d, r, v, u)
 	}
-	if d, r, v := stored(); d != 1 || r != 2 || v != 2 {
-		t.Fatalf("stored %d devices, %d reports, %d verdicts; want the two check-ins that committed", d, r, v)
+	// A refused check-in does not use its nonce up: the device retries with it.
+	if _, err := a.Admit(ctx, admission(n2, t0.Add(2*time.Minute), "r3"), nil); err != nil {
+		t.Fatalf("Admit(the nonce of a check-in refused as late, in time) = %v", err)
 	}
 }
 
-// testStrangerCannotReplaceTheNextNonce: a nonce request is not authenticated on the
-// plain listener, so anyone may request nonces in a device's name; that replaces the
-// nonce the device requested, but not the one its last check-in issued it, with which
-// it still checks in (before, each request replaced the device's one outstanding nonce:
-// 1,100 requests a second kept it from ever checking in). Each nonce stays single use.
-func testStrangerCannotReplaceTheNextNonce(t *testing.T, db opener) {
+// testStrangerCannotReplaceANonce: a nonce request is not authenticated on the plain
+// listener, so anyone may request nonces in a device's name. That takes nothing from
+// the device: the nonce it requested, and the one its last check-in gave it, both still
+// work, once each (before, each request replaced the device's outstanding nonce: 1,100
+// requests a second kept it from ever checking in with one it requested). And it
+// stores nothing.
+func testStrangerCannotReplaceANonce(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	nonce := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 	admission := func(n []byte, now time.Time, report string) Admission {
 		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
 			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
 			Verdict: policy.VerdictTrusted, Now: now, Nonce: n}
 	}
-	if err := a.IssueNonce(ctx, "dev-1", nonce(1), t0.Add(2*time.Minute), t0); err != nil {
+	requested, err := a.IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute))
+	if err != nil {
 		t.Fatal(err)
 	}
-	first := admission(nonce(1), t0, "r1")
-	first.NextNonce, first.NextNonceExpires = nonce(2), t0.Add(2*time.Minute)
-	if _, err := b.Admit(ctx, first, nil); err != nil {
+	next, err := b.IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute)) // as a check-in's answer
+	if err != nil {
 		t.Fatal(err)
 	}
-	// The requested nonce used up, the row's expiry is the next nonce's: nonce requests
-	// prune rows through the expiry index, and must not scan every device that checks in.
-	var rowExpires int64
-	if err := a.db.QueryRow(`SELECT expires_at FROM nonces WHERE device_id = 'dev-1'`).Scan(&rowExpires); err != nil || rowExpires != ns(t0.Add(2*time.Minute)) {
-		t.Fatalf("row expiry after a check-in = %d, %v; want the next nonce's, %d", rowExpires, err, ns(t0.Add(2*time.Minute)))
-	}
-	// A stranger asks for nonces in dev-1's name, at either replica.
-	for i, s := range []*Store{a, b, a} {
-		if err := s.IssueNonce(ctx, "dev-1", nonce(byte(10+i)), t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
+	var strangers [][]byte
+	for i := range 1000 {
+		n, err := []*Store{a, b}[i%2].IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute))
+		if err != nil {
 			t.Fatal(err)
 		}
+		strangers = append(strangers, n)
 	}
-	second := admission(nonce(2), t0.Add(time.Minute), "r2")
-	second.NextNonce, second.NextNonceExpires = nonce(3), t0.Add(3*time.Minute)
-	if _, err := a.Admit(ctx, second, nil); err != nil {
-		t.Fatalf("Admit with the nonce the last check-in issued, after strangers requested nonces: %v", err)
+	var rows int
+	if err := a.db.QueryRow(`SELECT count(*) FROM used_nonces`).Scan(&rows); err != nil || rows != 0 {
+		t.Fatalf("1,000 nonce requests stored %d rows (%v); want none", rows, err)
 	}
-	if _, err := b.Admit(ctx, admission(nonce(2), t0.Add(time.Minute), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("Admit(replayed next nonce) = %v; want ErrNonceUnknown", err)
+	if _, err := b.Admit(ctx, admission(requested, t0.Add(time.Second), "r1"), nil); err != nil {
+		t.Fatalf("Admit with the nonce the device requested, after a stranger requested 1,000: %v", err)
 	}
-	// The requested nonce is the last one requested, single use; the earlier ones are gone.
-	if err := b.ConsumeNonce(ctx, "dev-1", nonce(10), t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("ConsumeNonce(a replaced request) = %v; want ErrNonceUnknown", err)
+	if _, err := a.Admit(ctx, admission(next, t0.Add(2*time.Second), "r2"), nil); err != nil {
+		t.Fatalf("Admit with the nonce its last check-in gave it: %v", err)
 	}
-	if err := b.ConsumeNonce(ctx, "dev-1", nonce(12), t0.Add(time.Minute)); err != nil {
-		t.Fatalf("ConsumeNonce(the last request) = %v", err)
+	for _, n := range [][]byte{requested, next} {
+		if _, err := a.Admit(ctx, admission(n, t0.Add(3*time.Second), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
+			t.Fatalf("Admit(a used nonce again) = %v; want ErrNonceUnknown", err)
+		}
 	}
-	if err := b.ConsumeNonce(ctx, "dev-1", nonce(12), t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
-		t.Fatalf("ConsumeNonce(the last request, again) = %v; want ErrNonceUnknown", err)
+	// The stranger's nonces are dev-1's too, but useless without dev-1's TPM (the
+	// device API verifies the quote before the store sees the nonce); each is still
+	// single use.
+	if err := b.ConsumeNonce(ctx, "dev-1", strangers[0], t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
 	}
-	// The next nonce the second check-in issued is still there, until it expires.
-	if err := a.ConsumeNonce(ctx, "dev-1", nonce(3), t0.Add(4*time.Minute)); !errors.Is(err, ErrNonceExpired) {
-		t.Fatalf("ConsumeNonce(the next nonce, expired) = %v; want ErrNonceExpired", err)
+	if err := a.ConsumeNonce(ctx, "dev-1", strangers[0], t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
+		t.Fatalf("ConsumeNonce(a used nonce again) = %v; want ErrNonceUnknown", err)
 	}
 }
 
 // testDecommission: a decommissioned device's check-ins are refused with
-// ErrDecommissioned before anything is written (its outstanding nonce, verdicts and
-// reports stay as they were, another replica sees the same), it is decommissioned
-// once (a second time changes nothing), its outstanding nonce is forgotten by the
-// decommission, and the decommission and its audit record commit together.
+// ErrDecommissioned before anything is written (its nonce is not used up, its verdicts
+// and reports stay as they were, another replica sees the same), it is decommissioned
+// once (a second time changes nothing), and the decommission and its audit record
+// commit together.
 func testDecommission(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
@@ -233,7 +304,6 @@ func testDecommission(t *testing.T, db opener) {
 	}
 	a, b = a.WithAudit(audit), b.WithAudit(audit)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	admission := func(nonce []byte, now time.Time, report string) Admission {
 		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
 			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
@@ -250,14 +320,12 @@ func testDecommission(t *testing.T, db opener) {
 	if err := a.Decommission(ctx, "dev-1", "never enrolled", t0); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Decommission(unknown device) = %v; want ErrNotFound", err)
 	}
-	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(2*time.Minute), t0); err != nil {
+	n1, err := a.IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute))
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Admit(ctx, admission(n1, t0, "r1"), nil); err != nil {
 		t.Fatalf("Admit before the decommission: %v", err)
-	}
-	if err := a.IssueNonce(ctx, "dev-1", n2, t0.Add(3*time.Minute), t0.Add(time.Minute)); err != nil {
-		t.Fatal(err)
 	}
 	at := t0.Add(90 * time.Second)
 	rec := AuditRecord{Actor: "op", Kind: "device.decommission", Subject: "dev-1", Data: map[string]any{"reason": "scrapped"}}
@@ -267,9 +335,6 @@ func testDecommission(t *testing.T, db opener) {
 	}
 	if len(audited) != 1 || audited[0].Kind != "device.decommission" {
 		t.Fatalf("audit records: %+v", audited)
-	}
-	if n := count(`SELECT count(*) FROM nonces WHERE device_id = 'dev-1'`); n != 0 {
-		t.Fatalf("the outstanding nonce outlived the decommission: %d rows", n)
 	}
 	d, err := b.Device(ctx, "dev-1")
 	if err != nil || !d.Decommissioned() || !d.DecommissionedAt.Equal(at) || d.DecommissionReason != "scrapped" {
@@ -287,11 +352,12 @@ func testDecommission(t *testing.T, db opener) {
 
 	// A nonce issued after the decommission (nonce requests are not authenticated) is
 	// no way back in: the check-in is refused before the nonce is even looked at.
-	if err := a.IssueNonce(ctx, "dev-1", n1, t0.Add(5*time.Minute), t0.Add(3*time.Minute)); err != nil {
+	n2, err := a.IssueNonce(ctx, "dev-1", t0.Add(5*time.Minute))
+	if err != nil {
 		t.Fatal(err)
 	}
 	reports, verdicts := count(`SELECT count(*) FROM reports`), count(`SELECT count(*) FROM verdicts`)
-	if _, err := b.Admit(ctx, admission(n1, t0.Add(4*time.Minute), "r2"), nil); !errors.Is(err, ErrDecommissioned) {
+	if _, err := b.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r2"), nil); !errors.Is(err, ErrDecommissioned) {
 		t.Fatalf("Admit after the decommission = %v; want ErrDecommissioned", err)
 	}
 	if len(audited) != 1 {
@@ -300,8 +366,8 @@ func testDecommission(t *testing.T, db opener) {
 	if r, v := count(`SELECT count(*) FROM reports`), count(`SELECT count(*) FROM verdicts`); r != reports || v != verdicts {
 		t.Fatalf("the refused check-in stored %d reports and %d verdicts", r-reports, v-verdicts)
 	}
-	if n := count(`SELECT count(*) FROM nonces WHERE device_id = 'dev-1'`); n != 1 {
-		t.Fatalf("the refused check-in used its nonce: %d rows", n)
+	if n := count(`SELECT count(*) FROM used_nonces WHERE device_id = 'dev-1'`); n != 1 {
+		t.Fatalf("used nonces of dev-1: %d; want 1 (the refused check-in's not used up)", n)
 	}
 	if d, _ := a.Device(ctx, "dev-1"); !d.LastCheckIn.Equal(t0) {
 		t.Fatalf("the refused check-in moved the last check-in to %v", d.LastCheckIn)

@@ -208,13 +208,32 @@ var migrations = []string{
 	// checking in (found from outside, 1 Dec).
 	`ALTER TABLE nonces ADD COLUMN next_nonce BLOB;
 	ALTER TABLE nonces ADD COLUMN next_expires_at INTEGER NOT NULL DEFAULT 0;`,
+	// 18: quote nonces are sealed with a key every replica reads (server_secrets; the
+	// backfill makes it) instead of stored, and only their use is stored (used_nonces,
+	// until a while after they expire): a nonce request writes nothing, and a stranger
+	// requesting nonces in a device's name replaces none of the device's. The nonces
+	// outstanding at the upgrade are dropped: their devices ask again.
+	`CREATE TABLE server_secrets (
+		name       TEXT PRIMARY KEY,
+		secret     BLOB NOT NULL,
+		created_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE TABLE used_nonces (
+		device_id  TEXT NOT NULL,
+		tag        BLOB NOT NULL,
+		expires_at INTEGER NOT NULL,
+		PRIMARY KEY (device_id, tag)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
+	DROP TABLE nonces;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,
 // for what SQL alone cannot compute.
 var backfills = map[int]func(ctx context.Context, tx *txn) error{
-	4: backfillRolloutLatest,
-	8: backfillOffers,
+	4:  backfillRolloutLatest,
+	8:  backfillOffers,
+	18: backfillNonceKey,
 }
 
 // SchemaVersion is the schema version this server writes: the number of migrations.

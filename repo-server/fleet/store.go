@@ -58,6 +58,9 @@ type Store struct {
 	fence  *Lease     // nil: not fenced (see Fenced)
 	// leaseNow is the leases' clock (UseLeaseClock); nil: the database's.
 	leaseNow func() time.Time
+	// nonceKey seals quote nonces (IssueNonce); the same for every replica on the
+	// database, read once at Open.
+	nonceKey []byte
 }
 
 // IsPostgres reports whether where names a PostgreSQL database (a postgres:// or
@@ -67,7 +70,7 @@ func IsPostgres(where string) bool {
 }
 
 // The sqlite store's page cache and write-ahead log. Every check-in rewrites its
-// device's row and nonce and inserts into indexes ordered by device (verdicts,
+// device's row, stores its nonce's use and inserts into indexes ordered by device (verdicts,
 // decisions, audit records by subject), so the pages a batch of check-ins touches are
 // spread over the tables: with sqlite's 2 MiB cache they were read back from the file
 // again and again, and with its 1,000-page log each was copied back into the database
@@ -99,6 +102,10 @@ func Open(ctx context.Context, where string) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", where, err)
 	}
+	if s.nonceKey, err = loadNonceKey(ctx, s.db); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("fleet store %s: %w", where, err)
+	}
 	return s, nil
 }
 
@@ -119,6 +126,10 @@ func openPostgres(ctx context.Context, url string) (*Store, error) {
 	}
 	s := newStore(&sqlDB{DB: db, dialect: postgresDialect, stmts: newStmtCache()})
 	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
+	}
+	if s.nonceKey, err = loadNonceKey(ctx, s.db); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("fleet store %s: %w", redactURL(url), err)
 	}

@@ -54,7 +54,7 @@ var storeSuite = []struct {
 	{"Prune", testPrune},
 	{"NoncesInTheDatabase", testNoncesInTheDatabase},
 	{"AdmitConsumesTheNonce", testAdmitConsumesTheNonce},
-	{"StrangerCannotReplaceTheNextNonce", testStrangerCannotReplaceTheNextNonce},
+	{"StrangerCannotReplaceANonce", testStrangerCannotReplaceANonce},
 	{"Decommission", testDecommission},
 	{"SessionsInTheDatabase", testSessionsInTheDatabase},
 	{"SimulatedFleetGoodRollout", testSimulatedFleetGoodRollout},
