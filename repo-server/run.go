@@ -14,17 +14,20 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/attest/stepca"
 	"github.com/edgeward/edgeward/internal/clientip"
+	"github.com/edgeward/edgeward/internal/connlimit"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repo-server/ui"
 	"github.com/edgeward/edgeward/repository"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config is a whole Edgeward server (`edgeward server`): the repository it serves and
@@ -123,6 +126,18 @@ type Config struct {
 	// read (one sent anyway fails the TLS handshake). Requires TLSListen and
 	// TrustedProxies. false: no header is read from anyone.
 	ProxyProtocol bool
+	// MaxConns bounds the connections the listeners keep open at once, together (one
+	// over it is closed unserved, with a reset): 0, half the file descriptors left
+	// after 512 for the server's own files (connlimit.FromDescriptors; with a limit of
+	// 20,000, 9,744); negative, no bound. Without it, clients holding connections
+	// that send nothing use up the descriptors until the header timeout, and the server
+	// can then open no file, database connection or log segment.
+	MaxConns int
+	// MaxConnsPerSource bounds the connections one source (an IPv4 address, an IPv6
+	// /64) keeps open at once on the listeners; TrustedProxies are bounded only by
+	// MaxConns. 0: 1,024 (devices behind one NAT each keep a connection open between
+	// check-ins); negative: no bound.
+	MaxConnsPerSource int
 	// Logger receives the server's logs. nil: discard.
 	Logger *slog.Logger
 	// Ready, if set, is called once the listeners are bound, with their addresses
@@ -245,6 +260,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv.Handle("/ui/", dash.Handler())
 
+	limiter := connLimiter(cfg, srv, log)
 	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, Retention: cfg.Retention, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
@@ -265,6 +281,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		raw = limiter.Listen(raw)
 		if cfg.ProxyProtocol {
 			raw = clientip.New(cfg.TrustedProxies).ProxyListener(raw, proxyHeaderTimeout, func(peer net.Addr, err error) {
 				log.Warn("closed a trusted proxy's connection without a valid PROXY protocol header", "peer", peer.String(), "err", err)
@@ -292,6 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return err
 	}
+	ln = limiter.Listen(ln)
 	exp := Exposure{Operators: tlsLn == nil || cfg.PlainOperators, Devices: cfg.PlainDevices}
 	why := ": start the server with --plain-devices to allow devices over plain HTTP"
 	if tlsLn != nil {
@@ -333,6 +351,45 @@ func removeStaleStaged(ctx context.Context, srv *Server, dir string, log *slog.L
 	if err != nil {
 		log.Error("remove stale staged rollout files", "dir", dir, "err", err)
 	}
+}
+
+// connLimiter is the bound on the listeners' connections (Config.MaxConns,
+// MaxConnsPerSource), with its metrics registered on srv and its refusals logged at
+// most once every 10 seconds (with how many there were).
+func connLimiter(cfg Config, srv *Server, log *slog.Logger) *connlimit.Limiter {
+	c := connlimit.Config{Max: cfg.MaxConns, PerSource: cfg.MaxConnsPerSource, Exempt: clientip.New(cfg.TrustedProxies).Trusted}
+	switch {
+	case c.Max == 0:
+		c.Max = connlimit.FromDescriptors(512)
+	case c.Max < 0:
+		c.Max = 0
+	}
+	switch {
+	case c.PerSource == 0:
+		c.PerSource = 1024
+	case c.PerSource < 0:
+		c.PerSource = 0
+	}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeward_connections_refused_total",
+		Help: "Connections closed unserved because the listeners were at their bound (bound=total, --max-conns) or the source was (bound=source, --max-conns-per-source)."}, []string{"bound"})
+	var mu sync.Mutex
+	var last time.Time
+	var since int
+	c.Refused = func(bound string, peer net.Addr) {
+		refused.WithLabelValues(bound).Inc()
+		mu.Lock()
+		defer mu.Unlock()
+		since++
+		if now := time.Now(); now.Sub(last) >= 10*time.Second {
+			log.Warn("connections refused: at the bound", "bound", bound, "peer", peer.String(), "refused_since_last_warning", since, "max_conns", c.Max, "max_conns_per_source", c.PerSource)
+			last, since = now, 0
+		}
+	}
+	l := connlimit.NewLimiter(c)
+	srv.Registry().MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgeward_connections_open",
+		Help: "Connections the listeners hold open now."}, func() float64 { return float64(l.Open()) }))
+	log.Info("connection bounds", "max_conns", c.Max, "max_conns_per_source", c.PerSource)
+	return l
 }
 
 // proxyHeaderTimeout bounds how long a trusted proxy's connection may take to send its

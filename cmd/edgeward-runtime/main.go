@@ -75,6 +75,7 @@ func run(ctx context.Context, args []string) error {
 		grpcFD   = fs.Int("grpc-listen-fd", 0, "serve gRPC on this inherited listening socket instead of --grpc-listen (so the port survives a runtime swap)")
 		control  = fs.String("control", "127.0.0.1:8081", "control API address (host:port or unix:/path); only the agent may reach it")
 		hold     = fs.Bool("hold", false, "do not accept public connections until POST /v2/edgeward/serve on the control API")
+		maxConns = fs.Int("max-conns", 0, "connections the public listeners (HTTP and gRPC) keep open at once, together; one more is closed unserved (0: half the file descriptors left after 256 for the runtime's own files; -1: no bound)")
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
@@ -130,6 +131,11 @@ func run(ctx context.Context, args []string) error {
 		if grpcLn, err = publicListener(*grpcAddr, *grpcFD); err != nil {
 			return fmt.Errorf("grpc: %w", err)
 		}
+	}
+	limiter := rt.ConnLimiter(*maxConns)
+	pub = limiter.Listen(pub)
+	if grpcLn != nil {
+		grpcLn = limiter.Listen(grpcLn)
 	}
 	grpcSrv := rt.NewGRPCServer()
 

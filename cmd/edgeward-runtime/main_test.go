@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -407,4 +408,69 @@ func TestReadTimeoutFlag(t *testing.T) {
 	if d := time.Since(begin); d < time.Second || d > 15*time.Second {
 		t.Fatalf("the stalled upload ended after %v; want about --read-timeout (1s)", d)
 	}
+}
+
+// TestMaxConnsFlag: with --max-conns 4, four connections that send nothing hold the
+// public listener's places; a fifth is closed unserved (before, each was accepted until
+// the file descriptors ran out, and a model swap could then not open its file); once
+// one closes, requests are served again, and the refusal is counted.
+func TestMaxConnsFlag(t *testing.T) {
+	lib := ortLib(t)
+	dir := t.TempDir()
+	bin := buildRuntime(t, dir)
+	pub, addr := listenFile(t)
+	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t), "--max-conns", "4")
+	base := "http://" + addr
+	// kept dials and says whether the runtime kept the connection open.
+	kept := func() (net.Conn, bool) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, false // reset before the dial returned
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		return c, errors.As(err, &ne) && ne.Timeout()
+	}
+	var held []net.Conn
+	for i := range 4 {
+		c, ok := kept()
+		if !ok {
+			t.Fatalf("connection %d of 4 refused", i)
+		}
+		held = append(held, c)
+	}
+	if _, ok := kept(); ok {
+		t.Fatal("a fifth connection was kept open under --max-conns 4")
+	}
+	held[0].Close()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	var body []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get(base + "/metrics")
+		if err == nil {
+			body, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics after a place was given back: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !bytes.Contains(body, []byte("edgeward_runtime_connections_refused_total 1\n")) || !bytes.Contains(body, []byte("edgeward_runtime_connections_open ")) {
+		t.Errorf("/metrics lacks one refused connection and the open count:\n%s", grepLines(body, "connections"))
+	}
+}
+
+func grepLines(b []byte, s string) string {
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

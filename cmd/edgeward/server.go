@@ -63,6 +63,8 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	logFormat := fs.String("log-format", logging.JSON, "log format: json (one object a line) or text; everything the server logs, the embedded step-ca's messages included, uses it")
 	kekFile := fs.String("kek", env.getenv("EDGEWARD_KEK"), "key-encryption key file (edgeward keys kek; $EDGEWARD_KEK): publish encrypted targets and release their content keys to attested devices")
 	gcPercent := fs.Int("gc-percent", defaultServerGCPercent, "garbage collection target, as GOGC: a collection runs when the heap has grown by this percent of what the last one left live (Go's default is 100); $GOGC, when set, wins")
+	maxConns := fs.Int("max-conns", 0, "bound on the connections the listeners keep open at once, together (one over it is closed unserved); 0: half the file descriptors left after 512 for the server's own files; -1: no bound")
+	maxPerSource := fs.Int("max-conns-per-source", 0, "bound on the connections one source (an IPv4 address, an IPv6 /64) keeps open at once; trusted proxies are bounded by --max-conns only; 0: 1024; -1: no bound")
 	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -99,7 +101,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
-		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger,
+		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger, MaxConns: *maxConns, MaxConnsPerSource: *maxPerSource,
 	}
 	if *kekFile != "" {
 		if cfg.KEK, err = readKEK(*kekFile); err != nil {

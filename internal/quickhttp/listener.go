@@ -181,6 +181,7 @@ func (l *Listener) untrack(c net.Conn) {
 type conn struct {
 	l               *Listener
 	c               net.Conn
+	w               io.Writer // c, or the connection it wraps (NetConn): net.Buffers writes it with writev
 	buf             []byte
 	start, end      int // the unanswered bytes are buf[start:end]
 	out             []byte
@@ -197,7 +198,10 @@ func (l *Listener) serve(c net.Conn) {
 		c.Close()
 		return
 	}
-	s := &conn{l: l, c: c, buf: make([]byte, bufSize), dateSec: -1}
+	s := &conn{l: l, c: c, w: c, buf: make([]byte, bufSize), dateSec: -1}
+	if u, ok := c.(interface{ NetConn() net.Conn }); ok {
+		s.w = u.NetConn() // a wrapper (connlimit's) would hide writev from net.Buffers
+	}
 	// The first request's header is due HeaderTimeout after the accept, as net/http
 	// has it: a connection that sends nothing is not held for IdleTimeout.
 	s.headerBy = l.cfg.Now().Add(l.cfg.HeaderTimeout)
@@ -321,17 +325,17 @@ func (s *conn) write(body []byte) bool {
 	}
 	var err error
 	if len(body) == 0 {
-		_, err = s.c.Write(s.out)
+		_, err = s.w.Write(s.out)
 	} else {
 		first := min(len(body), writeChunk)
 		bufs := net.Buffers{s.out, body[:first]}
-		_, err = bufs.WriteTo(s.c)
+		_, err = bufs.WriteTo(s.w)
 		for rest := body[first:]; err == nil && len(rest) > 0; {
 			n := min(len(rest), writeChunk)
 			if !s.armWrite(true) {
 				return false
 			}
-			_, err = s.c.Write(rest[:n])
+			_, err = s.w.Write(rest[:n])
 			rest = rest[n:]
 		}
 	}

@@ -1,0 +1,189 @@
+package connlimit
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// served accepts from l until it is closed, handing each connection to conns.
+func served(t *testing.T, l *Listener) <-chan net.Conn {
+	t.Helper()
+	conns := make(chan net.Conn, 64)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(conns)
+				return
+			}
+			conns <- c
+		}
+	}()
+	t.Cleanup(func() { l.Close() })
+	return conns
+}
+
+// dial connects to l from the loopback address from, and says whether the server
+// accepted the connection (false: it was closed unserved).
+func dial(t *testing.T, l *Listener, from string, conns <-chan net.Conn) (client, server net.Conn) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", l.Addr().String())
+	if errors.Is(err, syscall.ECONNRESET) {
+		return nil, nil // refused before the dial returned
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	select {
+	case s := <-conns:
+		return c, s
+	case <-time.After(300 * time.Millisecond):
+		return c, nil
+	}
+}
+
+// refused says whether the server closed c without serving it (nil: at the dial).
+func refused(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	if c == nil {
+		return true
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return err != nil // EOF or reset
+}
+
+// TestBounds: the per-source bound refuses a source's connection over it while another
+// source is still served; the total bound refuses everyone; a closed connection (closed
+// twice, too) gives back exactly its one place; an exempt source is bounded only in
+// total; the refusals are reported with their bound.
+func TestBounds(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	l := New(inner, Config{Max: 4, PerSource: 2,
+		Exempt: func(a netip.Addr) bool { return a == netip.MustParseAddr("127.0.0.9") },
+		Refused: func(bound string, peer net.Addr) {
+			mu.Lock()
+			got = append(got, bound)
+			mu.Unlock()
+		}})
+	conns := served(t, l)
+	_, a1 := dial(t, l, "127.0.0.1", conns)
+	_, a2 := dial(t, l, "127.0.0.1", conns)
+	c3, a3 := dial(t, l, "127.0.0.1", conns)
+	if a1 == nil || a2 == nil || a3 != nil || !refused(t, c3) {
+		t.Fatalf("three connections from one source under PerSource 2: served %v %v %v; want the first two", a1 != nil, a2 != nil, a3 != nil)
+	}
+	_, b1 := dial(t, l, "127.0.0.2", conns)
+	if b1 == nil {
+		t.Fatal("another source was refused while the first was at its bound")
+	}
+	if n := l.Open(); n != 3 {
+		t.Fatalf("Open = %d; want 3", n)
+	}
+	a1.Close()
+	a1.Close() // gives its place back once
+	_, a4 := dial(t, l, "127.0.0.1", conns)
+	if a4 == nil {
+		t.Fatal("a place given back by a closed connection was not taken")
+	}
+	// The exempt source is bounded in total only: one more fills the total of 4.
+	_, e1 := dial(t, l, "127.0.0.9", conns)
+	c, e2 := dial(t, l, "127.0.0.9", conns)
+	if e1 == nil || e2 != nil || !refused(t, c) {
+		t.Fatalf("exempt source at the total bound: served %v, %v; want the first only", e1 != nil, e2 != nil)
+	}
+	c, b2 := dial(t, l, "127.0.0.2", conns)
+	if b2 != nil || !refused(t, c) {
+		t.Fatal("a connection over the total bound was served")
+	}
+	if n := l.Open(); n != 4 {
+		t.Fatalf("Open = %d; want 4", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{BoundSource, BoundTotal, BoundTotal}; !equal(got, want) {
+		t.Fatalf("refusals reported: %v; want %v", got, want)
+	}
+}
+
+// TestZeroConfigBoundsNothing: 100 connections from one source, all served.
+func TestZeroConfigBoundsNothing(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := New(inner, Config{})
+	conns := served(t, l)
+	for i := range 100 {
+		if _, s := dial(t, l, "127.0.0.1", conns); s == nil {
+			t.Fatalf("connection %d refused with no bound", i)
+		}
+	}
+}
+
+// TestConnKeepsWhatServersLookFor: ReadFrom (sendfile), CloseWrite, NetConn.
+func TestConnKeepsWhatServersLookFor(t *testing.T) {
+	var c net.Conn = &Conn{}
+	if _, ok := c.(io.ReaderFrom); !ok {
+		t.Error("no ReadFrom: files would not go out by sendfile")
+	}
+	if _, ok := c.(interface{ CloseWrite() error }); !ok {
+		t.Error("no CloseWrite")
+	}
+	if _, ok := c.(interface{ NetConn() net.Conn }); !ok {
+		t.Error("no NetConn")
+	}
+}
+
+func TestSource(t *testing.T) {
+	for _, tt := range []struct {
+		peer net.Addr
+		want string // "": not keyed
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7/32"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 1}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::1"), Port: 1}, "2001:db8:1:2::/64"},
+		{&net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, ""},
+	} {
+		p, ok := Source(tt.peer)
+		if got := map[bool]string{true: p.String(), false: ""}[ok]; got != tt.want {
+			t.Errorf("Source(%v) = %q; want %q", tt.peer, got, tt.want)
+		}
+	}
+}
+
+func TestFromDescriptors(t *testing.T) {
+	if n := FromDescriptors(256); n != 0 && n < 64 {
+		t.Fatalf("FromDescriptors = %d; want 0 or at least 64", n)
+	}
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

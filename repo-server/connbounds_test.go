@@ -1,0 +1,136 @@
+package reposerver
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/repository"
+)
+
+// TestConnectionBounds: the whole server (Run) with --max-conns 6 and
+// --max-conns-per-source 3, on its plain and TLS listeners together. A source holding
+// three connections that send nothing (on the plain listener) gets no fourth (on the
+// TLS one); another source is still served, metadata (quickhttp) and net/http alike;
+// connections that send nothing fill the total, and then every source is refused until
+// they close; the refusals are counted by bound. Before, every connection was accepted
+// until the file descriptors ran out (19,990 idle connections, found from outside).
+func TestConnectionBounds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the whole server with an embedded step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	dir := t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan [2]net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", MaxConns: 6, MaxConnsPerSource: 3,
+			Ready: func(h, t net.Addr) { ready <- [2]net.Addr{h, t} }})
+	}()
+	var addrs [2]net.Addr
+	select {
+	case addrs = <-ready:
+	case err := <-done:
+		t.Fatalf("Run = %v before serving", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not start serving in 60 s")
+	}
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && err != context.Canceled {
+			t.Errorf("Run after cancel = %v", err)
+		}
+	}()
+	plain, tlsAddr := addrs[0].String(), addrs[1].String()
+
+	// idle opens a connection from source that sends nothing, and says whether the
+	// server kept it (true) or closed it unserved.
+	idle := func(source, addr string) (net.Conn, bool) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return nil, false // reset before the dial returned
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		var ne net.Error
+		return c, errors.As(err, &ne) && ne.Timeout()
+	}
+	// get fetches path on the plain listener from source, on a connection of its own.
+	get := func(source, path string) (int, string, error) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
+		resp, err := client.Get("http://" + plain + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+
+	var held []net.Conn
+	for i := range 3 {
+		c, kept := idle("127.0.0.1", plain)
+		if !kept {
+			t.Fatalf("idle connection %d of 127.0.0.1 refused under its bound of 3", i)
+		}
+		held = append(held, c)
+	}
+	if _, kept := idle("127.0.0.1", tlsAddr); kept {
+		t.Fatal("a fourth connection of 127.0.0.1 (on the TLS listener) was kept; want it refused: the source's bound is the listeners' together")
+	}
+	for _, path := range []string{"/metadata/timestamp.json", "/healthz"} {
+		if code, _, err := get("127.0.0.2", path); err != nil || code != http.StatusOK {
+			t.Fatalf("GET %s from another source while 127.0.0.1 is at its bound = %d, %v; want 200", path, code, err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the server closes those connections after answering
+	kept := 0
+	for kept < 10 {
+		c, ok := idle("127.0.0.3", plain)
+		if !ok {
+			break
+		}
+		held = append(held, c)
+		kept++
+	}
+	if kept != 3 {
+		t.Fatalf("127.0.0.3 kept %d idle connections beside 127.0.0.1's 3; want 3 (the total bound of 6)", kept)
+	}
+	if code, _, err := get("127.0.0.4", "/healthz"); err == nil {
+		t.Fatalf("GET from a new source at the total bound = %d; want the connection refused", code)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	var body string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, b, err := get("127.0.0.4", "/metrics")
+		if err == nil && code == http.StatusOK {
+			body = b
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET /metrics after the idle connections closed = %d, %v", code, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, want := range []string{`edgeward_connections_refused_total{bound="source"} 1`, `edgeward_connections_refused_total{bound="total"}`, "edgeward_connections_open "} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
