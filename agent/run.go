@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
@@ -222,7 +223,7 @@ func run(ctx context.Context, cfg Config) error {
 		statusSrv = ss
 	}
 	if cfg.Server == "" {
-		return runManaged(ctx, cfg, st)
+		return runManaged(ctx, cfg, st, statusSrv)
 	}
 	if st.TPM == nil {
 		return ErrNoTPM
@@ -289,14 +290,10 @@ func run(ctx context.Context, cfg Config) error {
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
 	}
-	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
-	if err != nil {
-		return err
-	}
+	o := &lateOutbox{path: st.Dir.Outbox(), logger: log}
 	defer o.Close()
-	o.Logger = log
 	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: link.DeviceID(), TUF: st.TUF, Slots: st.Slots,
-		Director: link, Judge: judge, Outbox: o, Sender: link, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
+		Director: link, Judge: judge, OpenOutbox: o.Open, Sender: link, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
 		RefreshEveryRound: true, Now: cfg.Now, Sleep: cfg.Sleep, Logger: log})
 	if err != nil {
 		return err
@@ -309,7 +306,7 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	if statusSrv != nil {
 		statusSrv.setExtra(func(s *Status) {
-			s.DeviceID, s.Server, s.LastError = link.DeviceID(), cfg.Server, link.LastError()
+			s.DeviceID, s.Server, s.LastError, s.ReportsHeld = link.DeviceID(), cfg.Server, link.LastError(), a.HeldReports()
 			if judge.Runtimes != nil {
 				h := judge.Runtimes.Health()
 				s.Runtime = &h
@@ -340,21 +337,22 @@ func withRuntimeDown(e *wire.UpdateError, h RuntimeHealth, now time.Time, interv
 	return &wire.UpdateError{Kind: wire.ErrorRuntimeDown, At: at.UTC(), Message: msg}
 }
 
-// runManaged is the agent without a server: cfg.Director and cfg.Judge decide.
-func runManaged(ctx context.Context, cfg Config, st *State) error {
+// runManaged is the agent without a server: cfg.Director and cfg.Judge decide. ss, if
+// not nil, is the status socket.
+func runManaged(ctx context.Context, cfg Config, st *State, ss *statusServer) error {
 	if cfg.Director == nil {
 		return errors.New("agent: without a Server, Config.Director is required")
 	}
-	o, err := updater.OpenOutbox(ctx, st.Dir.Outbox())
-	if err != nil {
-		return err
-	}
+	o := &lateOutbox{path: st.Dir.Outbox(), logger: cfg.Logger}
 	defer o.Close()
 	a, err := updater.NewAgent(updater.AgentConfig{DeviceID: cfg.DeviceID, TUF: st.TUF, Slots: st.Slots,
-		Director: cfg.Director, Judge: cfg.Judge, Outbox: o, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
+		Director: cfg.Director, Judge: cfg.Judge, OpenOutbox: o.Open, Interval: cfg.Interval, TrialTimeout: cfg.TrialTimeout,
 		Now: cfg.Now, Sleep: cfg.Sleep, Logger: cfg.Logger})
 	if err != nil {
 		return err
+	}
+	if ss != nil {
+		ss.setExtra(func(s *Status) { s.ReportsHeld = a.HeldReports() })
 	}
 	if cfg.Once {
 		if err := st.Slots.Recover(ctx); err != nil {
@@ -362,6 +360,45 @@ func runManaged(ctx context.Context, cfg Config, st *State) error {
 		}
 	}
 	return loop(ctx, cfg, a)
+}
+
+// lateOutbox opens the state's outbox for the update loop when it first can
+// (updater.AgentConfig.OpenOutbox) and closes it when the loop is done. A device's first
+// start on a full disk cannot create outbox.db: the agent then serves, checks in and
+// holds its reports in memory until the disk has room, instead of failing to start.
+// Safe for concurrent use.
+type lateOutbox struct {
+	path   string
+	logger *slog.Logger
+
+	mu sync.Mutex
+	o  *updater.Outbox // guarded by mu
+}
+
+// Open opens the outbox at l.path (creating it if needed).
+func (l *lateOutbox) Open(ctx context.Context) (*updater.Outbox, error) {
+	o, err := updater.OpenOutbox(ctx, l.path)
+	if err != nil {
+		return nil, err
+	}
+	o.Logger = l.logger
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.o != nil {
+		l.o.Close() // not expected: the agent opens it once
+	}
+	l.o = o
+	return o, nil
+}
+
+// Close closes the outbox if Open opened it.
+func (l *lateOutbox) Close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.o != nil {
+		l.o.Close()
+		l.o = nil
+	}
 }
 
 // loop runs a's rounds (one with Once) and the offline bundle watch.

@@ -30,6 +30,10 @@ type Status struct {
 	LastCheckIn       time.Time `json:"last_check_in,omitzero"`
 	LastCheckInResult string    `json:"last_check_in_result,omitempty"`
 	ReportsWaiting    int       `json:"reports_waiting"`
+	// ReportsHeld counts the reports a running agent holds in memory only, not
+	// durable, because its outbox could not be opened (a first start on a full disk:
+	// updater.AgentConfig.OpenOutbox); they move into the outbox once it opens.
+	ReportsHeld int `json:"reports_held,omitempty"`
 	// ReportsRefused counts the reports the server refused as invalid, set aside in
 	// the outbox's dead letters (the newest updater.MaxDeadLetters are kept).
 	ReportsRefused int `json:"reports_refused"`
@@ -97,11 +101,13 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 	}
 	// A device that never queued a report nor checked in has no outbox yet: nothing to
 	// read, and creating it here is a write status need not make (on a full disk it
-	// would fail the status).
-	if _, err := os.Stat(s.Dir.Outbox()); err == nil {
+	// would fail the status). An empty file is no outbox either: what an agent's first
+	// start on a full disk leaves behind (sqlite created the file, then could not write
+	// its header), which cannot be opened until the disk has room.
+	if fi, err := os.Stat(s.Dir.Outbox()); err == nil && fi.Size() > 0 {
 		o, err := updater.OpenOutbox(ctx, s.Dir.Outbox())
 		if err != nil {
-			return out, err
+			return out, fmt.Errorf("status: %w", err)
 		}
 		defer o.Close()
 		if out.LastCheckIn, out.LastCheckInResult, err = o.LastCheckIn(ctx); err != nil {
@@ -181,6 +187,9 @@ func (st Status) Write(w io.Writer) {
 		fmt.Fprintf(w, "last error: %s at %s: %s\n", e.Kind, e.At.UTC().Format(time.RFC3339), e.Message)
 	}
 	fmt.Fprintf(w, "reports waiting: %d\n", st.ReportsWaiting)
+	if st.ReportsHeld > 0 {
+		fmt.Fprintf(w, "reports held in memory only, not durable (no outbox: is the disk full?): %d\n", st.ReportsHeld)
+	}
 	if st.ReportsRefused > 0 {
 		fmt.Fprintf(w, "reports refused by the server: %d (set aside in the outbox's dead letters)\n", st.ReportsRefused)
 	}

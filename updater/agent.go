@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -103,9 +104,20 @@ type AgentConfig struct {
 	Director Director
 	// Judge runs trials; nil means no trial can pass (every install rolls back at its deadline).
 	Judge Judge
-	// Outbox and Sender carry reports; nil Outbox means reports are only logged.
+	// Outbox and Sender carry reports; nil Outbox (and nil OpenOutbox) means reports
+	// are only logged.
 	Outbox *Outbox
-	Sender Sender
+	// OpenOutbox, used when Outbox is nil, opens the outbox late: a device's first start
+	// on a full disk cannot create its outbox database, and must still serve and check
+	// in. The agent calls it at the start of each round, and when it has a report to
+	// queue, until it succeeds. Until then reports are held in memory only (not
+	// durable: lost if the process ends; at most MaxHeldReports, the oldest dropped
+	// first), each logged as such, and sent from there at each round when there is a
+	// Sender; once the outbox opens, the reports still held are moved into it under
+	// their IDs, and the targets refused meanwhile are stored. The caller closes the
+	// outbox OpenOutbox returned, once Run, Step and InstallBundle have returned.
+	OpenOutbox func(ctx context.Context) (*Outbox, error)
+	Sender     Sender
 	// Interval between check-ins, jittered by ±Jitter·Interval; 0 means 5m and 0.2.
 	Interval time.Duration
 	Jitter   float64
@@ -150,7 +162,18 @@ type Agent struct {
 	lastErr *wire.UpdateError
 	// reconciled is set once the first round queued any commit left unreported.
 	reconciled bool
+	// held are the reports queued while there is no outbox (AgentConfig.OpenOutbox),
+	// oldest first, their IDs unique; nheld is their number, for HeldReports.
+	// heldErr is why they are held: the last failure to open the outbox or to move
+	// them into it.
+	held    []Message
+	nheld   atomic.Int64
+	heldErr error
 }
+
+// MaxHeldReports bounds the reports an Agent holds in memory while it has no outbox
+// (AgentConfig.OpenOutbox); beyond it the oldest is dropped, with an error in the log.
+const MaxHeldReports = 256
 
 // NewAgent checks cfg and fills in defaults.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
@@ -234,6 +257,10 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) Step(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if _, err := a.outbox(ctx); err != nil {
+		a.cfg.Logger.Warn("no outbox: reports are held in memory only, not durable; opening it is retried at each round and report",
+			"held", len(a.held), "err", err)
+	}
 	if !a.reconciled {
 		a.reconcileReports(ctx)
 		a.reconciled = true
@@ -298,14 +325,142 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 	}
 	a.setLastError(updateErr, err == nil)
-	if a.cfg.Outbox != nil && a.cfg.Sender != nil {
+	switch {
+	case a.cfg.Sender == nil:
+	case a.cfg.Outbox != nil:
 		// Reports that could not be sent are retried from the next check-in on (doubling,
 		// at most hourly): a failure report waiting longer would delay auto-pause.
 		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: min(time.Minute, a.cfg.Interval), Max: time.Hour}, a.cfg.Rand); err != nil {
 			errs = append(errs, err)
 		}
+	default:
+		if err := a.sendHeld(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(a.held) > 0 {
+		// Said at every round that ends with reports at risk; a round that held none
+		// (nothing to report, or all sent) is not failed for want of an outbox.
+		errs = append(errs, fmt.Errorf("outbox: %d report(s) held in memory only, not durable (lost if the agent stops first): %w", len(a.held), a.heldErr))
 	}
 	return errors.Join(errs...)
+}
+
+// outbox returns the agent's outbox, opening it with OpenOutbox if it is not open yet:
+// the reports held meanwhile are then moved into it and the refused targets stored. It
+// returns nil when there is no outbox, with the error that kept OpenOutbox from opening
+// it (nil without OpenOutbox). The caller holds a.mu.
+func (a *Agent) outbox(ctx context.Context) (*Outbox, error) {
+	if a.cfg.Outbox == nil && a.cfg.OpenOutbox != nil {
+		o, err := a.cfg.OpenOutbox(ctx)
+		if err != nil {
+			a.heldErr = err
+			return nil, err
+		}
+		a.cfg.Outbox = o
+		for k, t := range a.refused {
+			if err := o.SetRefused(ctx, k, t); err != nil {
+				a.cfg.Logger.Warn("refused target not stored; it is remembered until the agent restarts", "kind", k, "target", t, "err", err)
+			}
+		}
+		a.cfg.Logger.Info("outbox opened: reports are durable", "held", len(a.held))
+	}
+	if a.cfg.Outbox != nil && len(a.held) > 0 {
+		a.storeHeld(ctx, a.cfg.Outbox)
+	}
+	return a.cfg.Outbox, nil
+}
+
+// storeHeld moves the held reports into o, oldest first, under their IDs (PutOnce: a
+// report o already queued is not queued twice). It stops at the first failure (the
+// disk filled up again): the rest stay held for the next attempt.
+func (a *Agent) storeHeld(ctx context.Context, o *Outbox) {
+	n := 0
+	for _, m := range a.held {
+		if _, err := o.PutOnce(ctx, m.ID, m.Kind, m.Body, m.Created); err != nil {
+			a.heldErr = fmt.Errorf("move them into the outbox: %w", err)
+			a.cfg.Logger.Warn("held reports not yet moved into the outbox; retried at the next round", "moved", n, "held", len(a.held)-n, "err", err)
+			break
+		}
+		n++
+	}
+	a.setHeld(a.held[n:])
+	if n > 0 {
+		a.cfg.Logger.Info("held reports moved into the outbox: durable", "moved", n)
+	}
+}
+
+// hold keeps m in memory while there is no outbox (the caller holds a.mu): at most
+// MaxHeldReports, the oldest dropped first; a report with m's ID already held is kept
+// as it is. It says whether m was added.
+func (a *Agent) hold(m Message, why error) bool {
+	for _, h := range a.held {
+		if h.ID == m.ID {
+			return false
+		}
+	}
+	held := append(a.held, m)
+	if drop := len(held) - MaxHeldReports; drop > 0 {
+		for _, d := range held[:drop] {
+			a.cfg.Logger.Error("report dropped: no outbox, and more than MaxHeldReports held in memory", "report", d.ID, "kind", d.Kind, "body", string(d.Body))
+		}
+		held = held[drop:]
+	}
+	a.setHeld(held)
+	a.cfg.Logger.Warn("report held in memory only, not durable: no outbox (lost if the agent stops before it opens)",
+		"report", m.ID, "held", len(held), "err", why)
+	return true
+}
+
+func (a *Agent) setHeld(held []Message) {
+	if len(held) == 0 {
+		held = nil
+	}
+	a.held = held
+	a.nheld.Store(int64(len(held)))
+}
+
+// HeldReports is the number of reports held in memory only, for want of an outbox
+// (AgentConfig.OpenOutbox). Safe to call at any time.
+func (a *Agent) HeldReports() int { return int(a.nheld.Load()) }
+
+// sendHeld sends the held reports with the Sender, in batches of up to 100, oldest
+// first. Acknowledged reports are dropped; so are refused ones, logged with their body,
+// since there is no outbox to set them aside in. The others stay held for the next
+// round. It returns the first send error and the refusals (a *RefusedError).
+func (a *Agent) sendHeld(ctx context.Context) error {
+	dead := map[string]string{}
+	var keep []Message
+	rest := a.held
+	var serr error
+	for len(rest) > 0 && serr == nil {
+		batch := rest[:min(len(rest), 100)]
+		rest = rest[len(batch):]
+		var acked []string
+		var refused map[string]string
+		acked, refused, serr = send(ctx, a.cfg.Sender, batch)
+		ok := map[string]bool{}
+		for _, id := range acked {
+			ok[id] = true
+		}
+		for _, m := range batch {
+			reason, bad := refused[m.ID]
+			switch {
+			case ok[m.ID]:
+			case bad:
+				dead[m.ID] = reason
+				a.cfg.Logger.Warn("the server refused a held report: dropped (no outbox to set it aside in), not sent again",
+					"report", m.ID, "kind", m.Kind, "reason", reason, "body", string(m.Body))
+			default:
+				keep = append(keep, m)
+			}
+		}
+	}
+	a.setHeld(append(keep, rest...))
+	if serr != nil {
+		serr = fmt.Errorf("held reports: send: %w", serr)
+	}
+	return errors.Join(serr, refusedErr(dead))
 }
 
 // setLastError records the round's update error; a round that checked in, had none
@@ -512,6 +667,7 @@ func (a *Agent) refuse(ctx context.Context, kind artifact.Kind, targetPath strin
 		a.refused[string(kind)] = targetPath
 	}
 	if a.cfg.Outbox != nil {
+		// Without one, outbox stores a.refused when it opens.
 		if err := a.cfg.Outbox.SetRefused(ctx, string(kind), targetPath); err != nil {
 			a.cfg.Logger.Warn("refused target not stored; it is remembered until the agent restarts", "kind", kind, "target", targetPath, "err", err)
 		}
@@ -575,18 +731,37 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 func (a *Agent) report(ctx context.Context, rep wire.Report) {
 	rep.At = a.cfg.Now().UTC()
 	a.cfg.Logger.Info("install report", "kind", rep.Kind, "version", rep.Version, "outcome", rep.Outcome, "cause", rep.Cause)
-	if a.cfg.Outbox == nil {
-		return
-	}
-	var err error
-	if rep.ID != "" {
-		_, err = a.cfg.Outbox.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now())
-	} else {
-		_, err = a.cfg.Outbox.Put(ctx, "install", rep, a.cfg.Now())
-	}
-	if err != nil {
+	if _, err := a.queue(ctx, rep); err != nil {
 		a.cfg.Logger.Error("store report", "err", err)
 	}
+}
+
+// queue stores rep in the outbox, under rep.ID once when it is set (Outbox.PutOnce),
+// else under a random ID; without an outbox it holds it in memory (see
+// AgentConfig.OpenOutbox), and with neither it does nothing. It says whether rep was
+// queued (false: a report with its ID was queued before).
+func (a *Agent) queue(ctx context.Context, rep wire.Report) (bool, error) {
+	o, why := a.outbox(ctx)
+	switch {
+	case o != nil && rep.ID != "":
+		return o.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now())
+	case o != nil:
+		_, err := o.Put(ctx, "install", rep, a.cfg.Now())
+		return err == nil, err
+	case a.cfg.OpenOutbox == nil:
+		return false, nil
+	}
+	b, err := encodeReport("install", rep)
+	if err != nil {
+		return false, err
+	}
+	id := rep.ID
+	if id == "" {
+		if id, err = newReportID(); err != nil {
+			return false, err
+		}
+	}
+	return a.hold(Message{ID: id, Kind: "install", Body: b, Created: a.cfg.Now()}, why), nil
 }
 
 // commitReportID names the report of the commit of t that was the slot's seq-th
@@ -608,7 +783,7 @@ func commitReportID(kind artifact.Kind, seq uint64, t *rollback.Target) string {
 // was killed between saving the commit and queuing the report). A commit that was
 // reported is not reported again: its report ID is derived from the commit.
 func (a *Agent) reconcileReports(ctx context.Context) {
-	if a.cfg.Outbox == nil {
+	if a.cfg.Outbox == nil && a.cfg.OpenOutbox == nil {
 		return
 	}
 	for _, k := range rollback.Kinds() {
@@ -619,7 +794,7 @@ func (a *Agent) reconcileReports(ctx context.Context) {
 		_, name, _, _ := artifact.ParseTargetPath(s.Current.Path)
 		rep := wire.Report{DeviceID: a.cfg.DeviceID, Kind: k, Name: name, Version: s.Current.Version, Outcome: wire.OutcomeCommitted,
 			Bytes: s.Current.Length, At: a.cfg.Now().UTC(), ID: commitReportID(k, s.Seq, s.Current)}
-		if stored, err := a.cfg.Outbox.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now()); err != nil {
+		if stored, err := a.queue(ctx, rep); err != nil {
 			a.cfg.Logger.Error("store report", "err", err)
 		} else if stored {
 			a.cfg.Logger.Info("install report recovered after a restart", "kind", k, "version", rep.Version)

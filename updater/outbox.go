@@ -133,18 +133,14 @@ func (o *Outbox) SetRefused(ctx context.Context, kind, target string) error {
 
 // Put stores a report and returns its ID. It is durable when Put returns.
 func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) (string, error) {
-	b, err := json.Marshal(body)
+	b, err := encodeReport(kind, body)
 	if err != nil {
-		return "", fmt.Errorf("outbox: encode %s report: %w", kind, err)
-	}
-	if len(b) > MaxMessageBytes {
-		return "", fmt.Errorf("outbox: %s report of %d bytes exceeds %d", kind, len(b), MaxMessageBytes)
-	}
-	var id [16]byte
-	if _, err := rand.Read(id[:]); err != nil {
 		return "", err
 	}
-	ids := hex.EncodeToString(id[:])
+	ids, err := newReportID()
+	if err != nil {
+		return "", err
+	}
 	ts := now.UTC().Format(sortableTime)
 	if _, err := o.db.ExecContext(ctx, `INSERT INTO outbox (id, kind, body, created, next_at) VALUES (?, ?, ?, ?, ?)`,
 		ids, kind, string(b), ts, ts); err != nil {
@@ -158,12 +154,9 @@ func (o *Outbox) Put(ctx context.Context, kind string, body any, now time.Time) 
 // derives from what it reports can be put again after a crash without being sent twice.
 // It says whether it stored the report.
 func (o *Outbox) PutOnce(ctx context.Context, id, kind string, body any, now time.Time) (bool, error) {
-	b, err := json.Marshal(body)
+	b, err := encodeReport(kind, body)
 	if err != nil {
-		return false, fmt.Errorf("outbox: encode %s report: %w", kind, err)
-	}
-	if len(b) > MaxMessageBytes {
-		return false, fmt.Errorf("outbox: %s report of %d bytes exceeds %d", kind, len(b), MaxMessageBytes)
+		return false, err
 	}
 	tx, err := o.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -186,6 +179,27 @@ func (o *Outbox) PutOnce(ctx context.Context, id, kind string, body any, now tim
 		return false, fmt.Errorf("outbox: %w", err)
 	}
 	return true, nil
+}
+
+// encodeReport is body as a stored report's JSON, at most MaxMessageBytes.
+func encodeReport(kind string, body any) ([]byte, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: encode %s report: %w", kind, err)
+	}
+	if len(b) > MaxMessageBytes {
+		return nil, fmt.Errorf("outbox: %s report of %d bytes exceeds %d", kind, len(b), MaxMessageBytes)
+	}
+	return b, nil
+}
+
+// newReportID is a random report ID (Put's).
+func newReportID() (string, error) {
+	var id [16]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return "", fmt.Errorf("outbox: report ID: %w", err)
+	}
+	return hex.EncodeToString(id[:]), nil
 }
 
 // Len is the number of reports not yet acknowledged.
