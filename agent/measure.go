@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,12 +26,22 @@ import (
 // boot of the TPM (the PCR is reset at boot); Open starts a new one when the stored log
 // no longer replays to the PCR, and a log of compactAt events is compacted to the
 // latest event of each artifact. Safe for concurrent use.
+//
+// The file is only what lets a restarted agent carry on with the same log in the same
+// boot; quotes cover the log in memory, which follows the PCR at every step. So a file
+// that cannot be written (a full disk) does not fail Open or Measure: the failure is
+// kept (Unsaved), logged, and the next save writes the whole log again. A file left
+// behind the PCR does not replay to it, and the next Open resets the PCR and starts a
+// new log, as after a crash between an extend and its save.
 type MeasurementLog struct {
 	path string
 	tpm  *attest.TPM
 	pcr  int
-	mu   sync.Mutex
-	log  eventlog.Log
+	// Logger, if set, is told when the file could not be saved and when it is again.
+	Logger  *slog.Logger
+	mu      sync.Mutex
+	log     eventlog.Log
+	unsaved error // the last save's failure; nil once a save succeeds
 }
 
 // OpenMeasurementLog loads the log at path and keeps it if it replays to the TPM's
@@ -63,13 +74,12 @@ func OpenMeasurementLog(ctx context.Context, path string, tpm *attest.TPM, pcr i
 	if err := tpm.ResetPCR(ctx, pcr); err != nil {
 		return nil, fmt.Errorf("measurement log: reset PCR %d: %w", pcr, err)
 	}
-	if err := m.saveLocked(); err != nil {
-		return nil, err
-	}
+	m.saveLocked()
 	return m, nil
 }
 
-// Measure extends the PCR with the artifact and appends it to the log, durably.
+// Measure extends the PCR with the artifact and appends it to the log, and saves the
+// log (a failed save is kept, not returned: see MeasurementLog).
 // plainSHA256hex is "" for a plaintext artifact; for an encrypted model it is the
 // digest of the plaintext the runtime decrypted and loaded (sha256hex being the
 // ciphertext's), so the quote covers both (issue 18).
@@ -86,7 +96,8 @@ func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha25
 		return fmt.Errorf("measure %s %s %s: %w", kind, name, version, err)
 	}
 	m.log = append(m.log, ev)
-	return m.saveLocked()
+	m.saveLocked()
+	return nil
 }
 
 // compactAt is the length at which the log is compacted before the next event: a
@@ -123,7 +134,8 @@ func (m *MeasurementLog) compactLocked(ctx context.Context) error {
 		}
 		m.log = append(m.log, ev)
 	}
-	return m.saveLocked()
+	m.saveLocked()
+	return nil
 }
 
 // Quote calls quote with a copy of the log while no measurement can happen, for a
@@ -146,16 +158,33 @@ func (m *MeasurementLog) Log() eventlog.Log {
 // PCR is the measurement PCR.
 func (m *MeasurementLog) PCR() int { return m.pcr }
 
-func (m *MeasurementLog) saveLocked() error {
+// Unsaved is why the file is behind the log (the last save's failure), or nil.
+func (m *MeasurementLog) Unsaved() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.unsaved
+}
+
+// saveLocked writes the whole log to the file, durably; a failure is kept in
+// m.unsaved (see MeasurementLog), not returned.
+func (m *MeasurementLog) saveLocked() {
 	data, err := json.Marshal(m.log)
-	if err != nil {
-		return err
-	}
-	if m.log == nil {
+	if err == nil && m.log == nil {
 		data = []byte("[]")
 	}
-	if err := durable.WriteFile(m.path, data, 0o600); err != nil {
-		return fmt.Errorf("measurement log: %w", err)
+	if err == nil {
+		err = durable.WriteFile(m.path, data, 0o600)
 	}
-	return nil
+	switch {
+	case err != nil:
+		if m.Logger != nil && m.unsaved == nil {
+			m.Logger.Warn("measurement log not saved: quotes cover the log in memory; a restart of the agent before it is saved starts a new log", "path", m.path, "events", len(m.log), "err", err)
+		}
+		m.unsaved = fmt.Errorf("measurement log: %w", err)
+	case m.unsaved != nil:
+		if m.Logger != nil {
+			m.Logger.Info("measurement log saved again", "path", m.path, "events", len(m.log))
+		}
+		m.unsaved = nil
+	}
 }

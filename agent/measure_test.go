@@ -3,10 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,4 +148,71 @@ func TestCommandJudgeKilledWholeAtTheDeadline(t *testing.T) {
 	if v := CommandJudge("yes | head -c 1000000; exit 3").Judge(context.Background(), updater.Trial{}); v.Pass || !strings.Contains(v.Reason, "exit status 3") || len(v.Reason) > 300 {
 		t.Fatalf("a failing chatty judge = %q; want its exit status and the tail of its output", v.Reason)
 	}
+}
+
+// TestMeasurementLogOnFullDisk: a device restarted on a full disk must still measure
+// what it loads and serve. Open (a new log: the PCR reset) and Measure succeed although
+// the file cannot be written; the log in memory replays to the PCR (what quotes cover)
+// and Unsaved says the file is behind. A restart meanwhile finds the stale file not
+// replaying and starts a new log, consistent again. Once there is room the next
+// measurement saves the whole log, which a restart then keeps. (Before, Open and
+// Measure failed with ENOSPC, and the agent's device mode stopped before serving.)
+func TestMeasurementLogOnFullDisk(t *testing.T) {
+	ctx := context.Background()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	base := t.TempDir()
+	fill, free := fullDisk(t, base)
+	path := filepath.Join(base, "measurements.json")
+	m, err := OpenMeasurementLog(ctx, path, tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Measure(ctx, "model", "iris", "1.0.0", fmt.Sprintf("%064x", 1), ""); err != nil {
+		t.Fatal(err)
+	}
+	replays := func(m *MeasurementLog, events int) {
+		t.Helper()
+		log := m.Log()
+		pcrs, err := tpm.ReadPCRs(ctx, m.PCR())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := log.Replay()[m.PCR()]; len(log) != events || !bytes.Equal(want[:], pcrs[m.PCR()]) {
+			t.Fatalf("log of %d events (want %d) replays to the PCR: %v", len(log), events, bytes.Equal(want[:], pcrs[m.PCR()]))
+		}
+	}
+	fill()
+	if err := m.Measure(ctx, "runtime", "onnxruntime", "1.24.3", fmt.Sprintf("%064x", 2), ""); err != nil {
+		t.Fatalf("Measure on a full disk = %v; want nil (the PCR extended, the log in memory)", err)
+	}
+	replays(m, 2)
+	if err := m.Unsaved(); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Unsaved on a full disk = %v; want ENOSPC", err)
+	}
+	// A restart on the full disk: the file (one event) is behind the PCR (two).
+	m2, err := OpenMeasurementLog(ctx, path, tpm, 0)
+	if err != nil {
+		t.Fatalf("OpenMeasurementLog on a full disk = %v; want a new log", err)
+	}
+	replays(m2, 0)
+	if err := m2.Measure(ctx, "model", "iris", "1.0.0", fmt.Sprintf("%064x", 1), ""); err != nil {
+		t.Fatal(err)
+	}
+	replays(m2, 1)
+	free()
+	if err := m2.Measure(ctx, "runtime", "onnxruntime", "1.24.3", fmt.Sprintf("%064x", 2), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Unsaved(); err != nil {
+		t.Fatalf("Unsaved once there is room = %v; want nil", err)
+	}
+	m3, err := OpenMeasurementLog(ctx, path, tpm, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replays(m3, 2) // kept, not reset
 }

@@ -238,6 +238,10 @@ func run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	mlog.Logger = log // before any measurement: nothing else uses mlog yet
+	if err := mlog.Unsaved(); err != nil {
+		log.Warn("measurement log not saved: quotes cover the log in memory; a restart of the agent before it is saved starts a new log", "err", err)
+	}
 	judge := &RuntimeJudge{TUF: st.TUF, Log: mlog, WorkDir: string(st.Dir), Logger: log, Slots: st.Slots}
 	// The TPM-resident key content keys of encrypted models are wrapped to (issue 18):
 	// derived from the owner seed, the same after every restart, so a committed
