@@ -47,7 +47,7 @@ KILLS ?= 200
 FUZZTIME ?= 10s
 FUZZMINIMIZE ?= 100x
 FUZZ_TARGETS := ./internal/eventlog:FuzzParse ./internal/ima:FuzzParse ./attest/attestca:FuzzEnrollRequest ./attest/verify:FuzzVerify \
-	./attest/verify:FuzzTPMWire ./runtime:FuzzDecodeInferRequest ./runtime:FuzzFastUnmarshal ./runtime:FuzzDecodeBinaryRequest ./policy:FuzzParse ./policy:FuzzSelectorExpr ./rollback:FuzzStep \
+	./attest/verify:FuzzTPMWire ./runtime:FuzzDecodeInferRequest ./runtime:FuzzFastUnmarshal ./runtime:FuzzDecodeBinaryRequest ./runtime:FuzzInferDecodeCost ./policy:FuzzParse ./policy:FuzzSelectorExpr ./rollback:FuzzStep \
 	./updater:FuzzReadDesired ./repo-server:FuzzDecodeCheckIn ./repo-server:FuzzMetaName ./internal/segcrypt:FuzzDecrypt ./internal/quickhttp:FuzzParse
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \

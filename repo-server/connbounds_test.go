@@ -53,8 +53,11 @@ func TestConnectionBounds(t *testing.T) {
 	plain, tlsAddr := addrs[0].String(), addrs[1].String()
 
 	// idle opens a connection from source that sends nothing, and says whether the
-	// server kept it (true) or closed it unserved.
-	idle := func(source, addr string) (net.Conn, bool) {
+	// server kept it (true: not closed within wait) or closed it unserved. The server
+	// accepts in the order the connections were made, so one not refused at once is
+	// kept however late it is accepted, and one over a bound is refused whenever it is:
+	// a refusal is waited for long, however loaded the machine.
+	idle := func(source, addr string, wait time.Duration) (net.Conn, bool) {
 		t.Helper()
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
 		c, err := d.Dial("tcp", addr)
@@ -62,11 +65,12 @@ func TestConnectionBounds(t *testing.T) {
 			return nil, false // reset before the dial returned
 		}
 		t.Cleanup(func() { c.Close() })
-		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		c.SetReadDeadline(time.Now().Add(wait))
 		_, err = c.Read(make([]byte, 1))
 		var ne net.Error
 		return c, errors.As(err, &ne) && ne.Timeout()
 	}
+	const short, long = 300 * time.Millisecond, 8 * time.Second
 	// get fetches path on the plain listener from source, on a connection of its own.
 	get := func(source, path string) (int, string, error) {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
@@ -82,13 +86,13 @@ func TestConnectionBounds(t *testing.T) {
 
 	var held []net.Conn
 	for i := range 3 {
-		c, kept := idle("127.0.0.1", plain)
+		c, kept := idle("127.0.0.1", plain, short)
 		if !kept {
 			t.Fatalf("idle connection %d of 127.0.0.1 refused under its bound of 3", i)
 		}
 		held = append(held, c)
 	}
-	if _, kept := idle("127.0.0.1", tlsAddr); kept {
+	if _, kept := idle("127.0.0.1", tlsAddr, long); kept {
 		t.Fatal("a fourth connection of 127.0.0.1 (on the TLS listener) was kept; want it refused: the source's bound is the listeners' together")
 	}
 	for _, path := range []string{"/metadata/timestamp.json", "/healthz"} {
@@ -97,17 +101,15 @@ func TestConnectionBounds(t *testing.T) {
 		}
 	}
 	time.Sleep(200 * time.Millisecond) // the server closes those connections after answering
-	kept := 0
-	for kept < 10 {
-		c, ok := idle("127.0.0.3", plain)
+	for i := range 3 {
+		c, ok := idle("127.0.0.3", plain, short)
 		if !ok {
-			break
+			t.Fatalf("idle connection %d of 127.0.0.3 refused beside 127.0.0.1's 3; want 3 kept (the total bound of 6)", i)
 		}
 		held = append(held, c)
-		kept++
 	}
-	if kept != 3 {
-		t.Fatalf("127.0.0.3 kept %d idle connections beside 127.0.0.1's 3; want 3 (the total bound of 6)", kept)
+	if _, ok := idle("127.0.0.3", plain, long); ok {
+		t.Fatal("a seventh idle connection was kept; want it refused (the total bound of 6)")
 	}
 	if code, _, err := get("127.0.0.4", "/healthz"); err == nil {
 		t.Fatalf("GET from a new source at the total bound = %d; want the connection refused", code)

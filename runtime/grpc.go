@@ -42,6 +42,9 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		grpc.MaxHeaderListSize(maxGRPCHeaderBytes),
 		grpc.UnaryInterceptor(r.grpcRecoverer),
 		grpc.InTapHandle(readDeadlineTap),
+		// ModelInfer messages arrive raw, and are decoded once what that allocates is
+		// known to fit (decodeInfer); every other message is protobuf's as usual.
+		grpc.ForceServerCodecV2(newInferCodec()),
 	}, inference.ServerOptions()...), opts...)
 	s := grpc.NewServer(opts...)
 	g := &grpcService{r: r}
@@ -90,14 +93,19 @@ func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inf
 		g.r.observeInfer(nil, "", "", statusOf(err), time.Since(start))
 		return nil, grpcError(err)
 	}
-	req := new(inference.ModelInferRequest)
+	raw := new(rawInfer) // decoded below, once its decoding's cost is known to fit
+	defer func() {
+		if raw.buf != nil {
+			raw.buf.Free()
+		}
+	}()
 	if cancel == nil {
-		err = ss.RecvMsg(req)
+		err = ss.RecvMsg(raw)
 		g.r.reads.leave(t)
 	} else {
 		timeout := g.r.cfg.readTimeout()
 		timer := time.AfterFunc(timeout, func() { cancel(errReadTimeout) })
-		err = ss.RecvMsg(req)
+		err = ss.RecvMsg(raw)
 		timedOut := !timer.Stop()
 		preempted := g.r.reads.wasPreempted(t)
 		g.r.reads.leave(t)
@@ -128,6 +136,11 @@ func (g *grpcService) readInfer(ctx context.Context, ss grpc.ServerStream) (*inf
 		}
 		g.r.observeInfer(nil, "", "", code, time.Since(start))
 		return nil, err
+	}
+	req, err := g.r.decodeInfer(raw)
+	if err != nil {
+		g.r.observeInfer(nil, "", "", statusOf(err), time.Since(start))
+		return nil, grpcError(err)
 	}
 	return req, nil
 }

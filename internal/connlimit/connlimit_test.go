@@ -29,8 +29,9 @@ func served(t *testing.T, l *Listener) <-chan net.Conn {
 	return conns
 }
 
-// dial connects to l from the loopback address from, and says whether the server
-// accepted the connection (false: it was closed unserved).
+// dial connects to l from the loopback address from and waits (up to 10 s, however
+// loaded the machine) for the listener to serve the connection (server set) or close it
+// unserved (server nil).
 func dial(t *testing.T, l *Listener, from string, conns <-chan net.Conn) (client, server net.Conn) {
 	t.Helper()
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
@@ -42,12 +43,21 @@ func dial(t *testing.T, l *Listener, from string, conns <-chan net.Conn) (client
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	select {
-	case s := <-conns:
-		return c, s
-	case <-time.After(300 * time.Millisecond):
-		return c, nil
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+		select {
+		case s := <-conns:
+			return c, s
+		default:
+		}
+		c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			return c, nil // closed unserved
+		}
 	}
+	t.Fatalf("a connection from %s was neither served nor closed in 10 s", from)
+	return nil, nil
 }
 
 // refused says whether the server closed c without serving it (nil: at the dial).
