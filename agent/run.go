@@ -262,7 +262,15 @@ func run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
-		defer rts.Close()
+		defer func() {
+			rts.Close()
+			// The public sockets supervise bound are Run's: once it returns, an agent
+			// started again in the same process (or anything else) can bind them.
+			rts.Listener.Close()
+			if rts.GRPCListener != nil {
+				rts.GRPCListener.Close()
+			}
+		}()
 		judge.Runtimes = rts
 	}
 	if err := judge.LoadCommitted(ctx, st.Slots); err != nil {
@@ -292,7 +300,7 @@ func run(ctx context.Context, cfg Config) error {
 		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL()),
 		DecryptionKey: dk}
 	if cfg.AuditKey != nil {
-		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint()}
+		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint(), Logger: log}
 	}
 	o := &lateOutbox{path: st.Dir.Outbox(), logger: log}
 	defer o.Close()

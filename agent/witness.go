@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -19,13 +20,25 @@ import (
 // it. A server that forked, rewrote or rolled back its log cannot prove that, and the
 // device then refuses the check-in's answer (the server, shown the old checkpoint again
 // at each check-in, records the inconsistency in its own log). Safe for concurrent use.
+//
+// Answers are verified against the checkpoint held in memory; the file is what lets a
+// restarted agent witness from where it was. So a verified checkpoint that cannot be
+// saved (a full disk) is still accepted, and the answer that carried it acted on: the
+// failure is kept and logged once, and every later Accept saves the newest
+// checkpoint again until a save succeeds. An agent restarted before then witnesses from
+// the older checkpoint saved, which the server's log must still extend. (Refusing the
+// answers instead left a device on a full disk acting on none of them, each refusal
+// logged as a forked log.)
 type AuditWitness struct {
 	Key  note.Verifier // the log's verifier key
 	Path string        // where the newest verified checkpoint is kept
+	// Logger, if set, is told when the checkpoint could not be saved and when it is again.
+	Logger *slog.Logger
 
-	mu   sync.Mutex
-	last []byte
-	read bool
+	mu      sync.Mutex
+	last    []byte
+	read    bool
+	unsaved error // the last save's failure; nil once a save succeeds
 }
 
 // ErrAuditInconsistent says the server's audit checkpoint does not extend the one the
@@ -79,14 +92,36 @@ func (w *AuditWitness) Accept(a *wire.AuditCheckpoint) (*checkpoint.Checkpoint, 
 	if err != nil {
 		return nil, fmt.Errorf("audit checkpoint refused: %w", err)
 	}
+	newer := true
 	if w.last != nil {
 		if old, err := checkpoint.ParseUnverified(w.last); err == nil && old.Size >= c.Size {
-			return c, nil
+			newer = false
 		}
 	}
-	if err := durable.WriteFile(w.Path, []byte(a.Checkpoint), 0o644); err != nil {
-		return nil, fmt.Errorf("audit checkpoint: %w", err)
+	if newer {
+		w.last = []byte(a.Checkpoint)
 	}
-	w.last = []byte(a.Checkpoint)
+	if newer || w.unsaved != nil {
+		w.saveLocked()
+	}
 	return c, nil
+}
+
+// saveLocked writes the checkpoint held in memory to Path, durably; a failure is kept
+// in w.unsaved (see AuditWitness), not returned.
+func (w *AuditWitness) saveLocked() {
+	err := durable.WriteFile(w.Path, w.last, 0o644)
+	switch {
+	case err != nil:
+		if w.Logger != nil && w.unsaved == nil {
+			w.Logger.Warn("audit checkpoint verified but not saved: answers are verified against it in memory, and saving it is retried at every check-in; a restart of the agent before then witnesses from the one saved before",
+				"path", w.Path, "err", err)
+		}
+		w.unsaved = fmt.Errorf("audit checkpoint: %w", err)
+	case w.unsaved != nil:
+		if w.Logger != nil {
+			w.Logger.Info("audit checkpoint saved again", "path", w.Path)
+		}
+		w.unsaved = nil
+	}
 }

@@ -37,23 +37,28 @@ type SQLite struct {
 	CacheMiB int
 	// WALAutoCheckpoint is the size of the write-ahead log, in pages, at which a commit
 	// copies it back into the database file (wal_autocheckpoint). Zero means sqlite's
-	// default, 1,000 pages (4 MiB). A larger log is checkpointed less often, and a page
-	// that many commits rewrote is then written to the database file once instead of
-	// once per checkpoint; each commit is still fsynced (synchronous=FULL) before it
-	// returns.
+	// default, 1,000 pages (4 MiB), or 1 with KeepLog. A larger log is checkpointed less
+	// often, and a page that many commits rewrote is then written to the database file
+	// once instead of once per checkpoint; each commit is still fsynced
+	// (synchronous=FULL) before it returns.
 	WALAutoCheckpoint int
 	// KeepLog keeps the write-ahead log and shared-memory index (-wal, -shm) when the
 	// last connection closes (SQLITE_FCNTL_PERSIST_WAL), for a device's databases:
 	// sqlite otherwise deletes them then and creates them again at the next open, which
 	// needs free blocks, so a device whose disk had filled up could not open its state
 	// after a restart ("disk I/O error", SQLITE_IOERR_SHMSIZE) and stopped serving.
-	// Kept, they are reused in place: the open checkpoints the kept log (RESTART), so
-	// small commits overwrite its blocks. A kept log belongs to its database: sqlite
-	// deletes one it finds beside a missing or empty database (a wiped state starts
-	// empty), but one beside an older copy of the database would be replayed over it,
-	// so whoever copies or restores the database copies or removes its -wal and -shm
-	// with it. The server's databases, which operators back up and restore, do not keep
-	// theirs.
+	// Kept, they are reused in place: the open checkpoints the kept log (RESTART), and
+	// every commit is checkpointed (WALAutoCheckpoint 1), so the next commit writes the
+	// log from its start again, over blocks it already has: a commit that rewrites pages
+	// the database has (a device's status rows) succeeds on a full disk for as long as
+	// the agent runs. With sqlite's default the log grew a page or so per commit until
+	// 1,000 pages, and on a full disk a running agent's outbox failed every write
+	// ("database or disk is full") once the log outgrew its blocks, some 20 check-ins
+	// after a restart. A kept log belongs to its database: sqlite deletes one it finds
+	// beside a missing or empty database (a wiped state starts empty), but one beside
+	// an older copy of the database would be replayed over it, so whoever copies or
+	// restores the database copies or removes its -wal and -shm with it. The server's
+	// databases, which operators back up and restore, do not keep theirs.
 	KeepLog bool
 }
 
@@ -78,8 +83,12 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 	if cfg.CacheMiB > 0 {
 		q.Add("_pragma", fmt.Sprintf("cache_size(%d)", -cfg.CacheMiB<<10))
 	}
-	if cfg.WALAutoCheckpoint > 0 {
-		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", cfg.WALAutoCheckpoint))
+	autoCheckpoint := cfg.WALAutoCheckpoint
+	if autoCheckpoint == 0 && cfg.KeepLog {
+		autoCheckpoint = 1
+	}
+	if autoCheckpoint > 0 {
+		q.Add("_pragma", fmt.Sprintf("wal_autocheckpoint(%d)", autoCheckpoint))
 	}
 	if cfg.ImmediateTx {
 		q.Set("_txlock", "immediate")
