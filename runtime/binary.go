@@ -175,8 +175,12 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func
 // took "INPUTS" and "DataType" for "inputs" and "datatype"), a name given twice in one
 // object is refused (encoding/json kept the last "data" or "shape" silently), and so is
 // text that is not UTF-8 (it replaced it with U+FFFD). Unknown members are ignored, as
-// the protocol allows. Anything after the value but white space is refused.
+// the protocol allows. Anything after the value but white space is refused, and so is a
+// request past checkRequestBounds.
 func unmarshalRequest(header []byte, req *runtimeapi.InferRequest) error {
+	if err := checkRequestBounds(header); err != nil {
+		return err
+	}
 	if err := jsonv2.Unmarshal(header, req); err != nil {
 		if strings.Contains(err.Error(), "after top-level value") {
 			return fmt.Errorf("%w: request body: trailing data after the JSON object", runtimeapi.ErrInvalid)

@@ -202,6 +202,9 @@ func (p *reqParser) top(req *runtimeapi.InferRequest) bool {
 			}
 			ins := p.old.Inputs[:0]
 			empty, ok := p.array(func() bool {
+				if len(ins) == maxTensors {
+					return false // the reference refuses it (checkRequestBounds)
+				}
 				var old runtimeapi.RequestTensor
 				ins, old = reuse(ins)
 				return p.tensor(&ins[len(ins)-1], &old)
@@ -217,6 +220,9 @@ func (p *reqParser) top(req *runtimeapi.InferRequest) bool {
 			}
 			outs := p.old.Outputs[:0]
 			empty, ok := p.array(func() bool {
+				if len(outs) == maxTensors {
+					return false
+				}
 				var old runtimeapi.RequestOutput
 				outs, old = reuse(outs)
 				return p.output(&outs[len(outs)-1], &old)
@@ -287,6 +293,9 @@ func datatypeName(s []byte) runtimeapi.Datatype {
 // exponent (encoding/json refuses those for an int64).
 func (p *reqParser) shape(dst *[]int64) bool {
 	empty, ok := p.array(func() bool {
+		if len(*dst) == maxRank {
+			return false
+		}
 		p.ws()
 		start := p.i
 		end, ok := p.number()
@@ -392,6 +401,9 @@ func (p *reqParser) params(dst *map[string]json.RawMessage, old map[string]json.
 		clear(m)
 	}
 	ok := p.object(func(k []byte) bool {
+		if len(m) == maxParams {
+			return false
+		}
 		v, ok := p.scalar()
 		name := paramName(k)
 		if _, dup := m[name]; dup {
