@@ -333,6 +333,11 @@ func (a *Agent) Step(ctx context.Context) error {
 		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: min(time.Minute, a.cfg.Interval), Max: time.Hour}, a.cfg.Rand); err != nil {
 			errs = append(errs, err)
 		}
+		if len(a.held) > 0 { // the outbox could not store them (a full disk)
+			if err := a.sendHeld(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	default:
 		if err := a.sendHeld(ctx); err != nil {
 			errs = append(errs, err)
@@ -737,20 +742,30 @@ func (a *Agent) report(ctx context.Context, rep wire.Report) {
 }
 
 // queue stores rep in the outbox, under rep.ID once when it is set (Outbox.PutOnce),
-// else under a random ID; without an outbox it holds it in memory (see
-// AgentConfig.OpenOutbox), and with neither it does nothing. It says whether rep was
+// else under a random ID; without an outbox, or when the outbox cannot store it (a
+// full disk), it holds it in memory (see AgentConfig.OpenOutbox), and with neither an
+// outbox nor OpenOutbox it does nothing. It says whether rep was
 // queued (false: a report with its ID was queued before).
 func (a *Agent) queue(ctx context.Context, rep wire.Report) (bool, error) {
 	o, why := a.outbox(ctx)
 	switch {
 	case o != nil && rep.ID != "":
-		return o.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now())
+		stored, err := o.PutOnce(ctx, rep.ID, "install", rep, a.cfg.Now())
+		if err == nil {
+			return stored, nil
+		}
+		why = err
 	case o != nil:
 		_, err := o.Put(ctx, "install", rep, a.cfg.Now())
-		return err == nil, err
+		if err == nil {
+			return true, nil
+		}
+		why = err
 	case a.cfg.OpenOutbox == nil:
 		return false, nil
 	}
+	// No outbox, or one that could not store it (a full disk): held in memory, sent
+	// from there, and moved into the outbox at the next round that can.
 	b, err := encodeReport("install", rep)
 	if err != nil {
 		return false, err

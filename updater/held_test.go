@@ -188,3 +188,38 @@ func TestHeldReportRefused(t *testing.T) {
 		t.Fatalf("round = %v with %d held; want the refusal of one report, none held", err, a.HeldReports())
 	}
 }
+
+// TestReportHeldWhenTheOutboxCannotStoreIt: an outbox that is open but cannot store a
+// report (here closed under the agent, as a full disk fails its writes) does not lose
+// it: the report is held in memory, said to be at risk, and sent from there once the
+// server answers. (Before, it was logged and dropped; a commit report is rebuilt at the
+// next start, a failure report never was.)
+func TestReportHeldWhenTheOutboxCannotStoreIt(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	c, m, o := deviceState(t, r)
+	d := &director{}
+	srv := &server{seen: map[string]int{}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{}, Outbox: o, Sender: srv,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Close() // every write of the outbox fails from here on
+	d.want = map[artifact.Kind]string{artifact.KindModel: p1}
+	err = a.Step(ctx)
+	if n := a.HeldReports(); n != 1 || err == nil || !strings.Contains(err.Error(), "1 report(s) held in memory only, not durable") {
+		t.Fatalf("round whose report the outbox could not store: %d held, %v; want 1, said", n, err)
+	}
+	srv.up = true
+	a.Step(ctx) // the outbox's flush fails; the held report is sent all the same
+	if n := a.HeldReports(); n != 0 || len(srv.seen) != 1 {
+		t.Fatalf("after a round with the server up: %d held, the server saw %v; want 0 and the commit report", n, srv.seen)
+	}
+	for id := range srv.seen {
+		if !strings.HasPrefix(id, "commit-model-") {
+			t.Errorf("the server got %q; want the commit report", id)
+		}
+	}
+}
