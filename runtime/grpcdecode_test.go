@@ -193,7 +193,9 @@ func TestInferDecodeCostRefusesWhatWouldFoolIt(t *testing.T) {
 		return b
 	}
 	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
-	bytesField := func(num protowire.Number, v []byte) []byte { return protowire.AppendBytes(tag(num, protowire.BytesType), v) }
+	bytesField := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(tag(num, protowire.BytesType), v)
+	}
 	var contents []byte
 	for range 1000 {
 		contents = append(contents, bytesField(8, []byte{'a'})...)
