@@ -169,10 +169,14 @@ func (s *Server) runCheckpointer(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			// The windows still open are summarised now rather than lost with the process.
-			if err := s.FlushRefusals(ctx, true); err != nil {
+			// The windows still open are summarised now rather than lost with the process
+			// (ServeWith waits for this before the audit log closes), with a context of
+			// their own: ctx has ended.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if err := s.FlushRefusals(fctx, true); err != nil {
 				s.log.Error("audit refusal summaries at shutdown", "err", err)
 			}
+			cancel()
 			return
 		case <-t.C:
 		}

@@ -157,7 +157,7 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	s.mux.Handle("POST "+wire.PathNonce, s.count("device", http.HandlerFunc(d.nonce)))
 	s.mux.Handle("POST "+wire.PathCheckIn, s.count("device", http.HandlerFunc(d.checkIn)))
 	if cfg.AttestCA != nil {
-		s.mux.Handle(wire.PathAttest+"/", s.count("attest", http.StripPrefix(wire.PathAttest, cfg.AttestCA.Handler())))
+		s.mux.Handle(wire.PathAttest+"/", s.count("attest", withSource(http.StripPrefix(wire.PathAttest, cfg.AttestCA.Handler()))))
 	}
 	s.devices = d
 	return nil
@@ -390,6 +390,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	// claimed by actor "unauthenticated"), and keeps the refusal out of the overflow
 	// window a flood of strangers fills (refusals.go).
 	reject := func(code int, msg string, detail any, authenticated bool) {
+		msg = boundText(msg, maxRefusalText)
 		// The first refusal per source, device and reason in an interval is recorded;
 		// the rest are counted into one summary record (refusals.go).
 		key := refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}

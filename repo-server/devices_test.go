@@ -3,11 +3,18 @@ package reposerver
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math/big"
 	"net/http"
 	"strings"
 	"testing"
@@ -92,9 +99,7 @@ func newDeviceFixtureOn(t *testing.T, policyYAML, db string) (*deviceFixture, *d
 	inter := x509.NewCertPool()
 	inter.AddCert(maker.Intermediate)
 	ca, err := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: maker.Roots(), ManufacturerIntermediates: inter,
-		Audit: func(ctx context.Context, e attestca.Event) {
-			f.srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason})
-		}})
+		Audit: func(ctx context.Context, e attestca.Event) { f.srv.AuditAttestCA(ctx, e) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,8 +384,27 @@ func TestEnrollmentWithForeignEKIsRejectedAndAudited(t *testing.T) {
 	}
 	defer db.Close()
 	recs, _ := l.Records(ctx, audit.Query{Kind: "enrollment.rejected"})
-	if len(recs) != 1 || !strings.Contains(string(recs[0].Data), "EK certificate") {
-		t.Fatalf("audit records of rejected enrollments = %+v; want one naming the EK certificate", recs)
+	if len(recs) != 1 || !strings.Contains(string(recs[0].Data), "EK certificate") || !strings.Contains(string(recs[0].Data), `"source":"127.0.0.1"`) {
+		t.Fatalf("audit records of rejected enrollments = %+v; want one naming the EK certificate and the source", recs)
+	}
+
+	// The same refusal again and again (anyone can send it) adds no record at once, and
+	// one summary counting them when the window closes (before, each was a record).
+	for range 30 {
+		if _, err := (&attest.EnrollClient{URL: f.http.URL + wire.PathAttest}).Enroll(ctx, d.tpm); err == nil {
+			t.Fatal("enroll with a foreign EK succeeded")
+		}
+	}
+	if recs, _ := l.Records(ctx, audit.Query{Kind: "enrollment.rejected"}); len(recs) != 1 {
+		t.Fatalf("after 31 refusals: %d enrollment.rejected records; want 1", len(recs))
+	}
+	if err := f.srv.FlushRefusals(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	sums, _ := l.Records(ctx, audit.Query{Kind: "enrollment.rejected.summary"})
+	var sum struct{ Refused int }
+	if len(sums) != 1 || json.Unmarshal(sums[0].Data, &sum) != nil || sum.Refused != 30 {
+		t.Fatalf("enrollment.rejected.summary records = %+v; want one counting the 30 after the first", sums)
 	}
 }
 
@@ -626,5 +650,45 @@ func TestRefusalSummariesSurviveAClientThatHangsUp(t *testing.T) {
 	var s refusalSummary
 	if len(sums) != 1 || json.Unmarshal(sums[0].Data, &s) != nil || s.Source != a.source || s.Refused != 2 {
 		t.Fatalf("summaries = %+v; want a's, counting 2 refusals after the first", sums)
+	}
+}
+
+// TestRefusalTextIsBounded: a refused check-in's reason quotes what failed to parse,
+// and the AK certificate is the sender's: one whose URI name does not parse repeats that
+// name (twice) in x509's error. A 6 MB name made a 12 MB answer and a 25 MB audit
+// record (found from outside, 1 Dec). Both stay near a kilobyte whatever the name.
+func TestRefusalTextIsBounded(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := "http://%zz/" + strings.Repeat("A", 200_000)
+	san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(uri)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: san}}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := d.request()
+	req.Evidence.AKCert = der
+	_, err = d.checkIn(req)
+	var apiErr *deviceapi.Error
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusForbidden || !strings.Contains(apiErr.Message, "cannot parse URI") || len(apiErr.Message) > 2048 {
+		t.Fatalf("check-in with an AK certificate whose URI does not parse: %v (%d bytes); want 403 saying so, within 2 KiB", err, len(fmt.Sprint(err)))
+	}
+	l, db, err := OpenAuditAt(ctx, f.repo, f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	recs, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected"})
+	if len(recs) != 1 || len(recs[0].Data) > 8<<10 {
+		t.Fatalf("audit records of the refusal: %d, the first of %d bytes; want one within 8 KiB", len(recs), len(recs[0].Data))
 	}
 }

@@ -201,9 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// Pending challenges live in the fleet database: any replica can take the answer.
 		Challenges: Challenges{Fleet: store},
 		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
-		Audit: func(ctx context.Context, e attestca.Event) {
-			srv.AuditEvent(ctx, "attestation-ca", "enrollment."+e.Kind, e.EKID, map[string]string{"reason": e.Reason, "serial": e.Serial})
-		}}
+		Audit: srv.AuditAttestCA}
 	if cfg.EKRoots != "" {
 		if cacfg.ManufacturerRoots, err = loadPool(cfg.EKRoots); err != nil {
 			return fmt.Errorf("EK roots: %w", err)

@@ -226,7 +226,14 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 	go s.meta.watch(ctx, s.log, watched)
 	<-watched
 	go s.RunRefresher(ctx)
-	go s.runCheckpointer(ctx)
+	// Waited for before the audit log closes: when ctx ends it records the summaries
+	// of the refusal windows still open (before, nothing waited, and a shutdown lost
+	// them in 3 of 4 tries: found from outside, 1 Dec).
+	checkpointed := make(chan struct{})
+	go func() {
+		defer close(checkpointed)
+		s.runCheckpointer(ctx)
+	}()
 	if s.devices != nil {
 		go s.devices.runPlanner(ctx)
 		if s.devices.cfg.Retention > 0 {
@@ -234,6 +241,7 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 		}
 	}
 	defer func() {
+		<-checkpointed
 		s.auditMu.Lock()
 		if s.auditDB != nil {
 			s.auditDB.Close()

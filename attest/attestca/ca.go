@@ -36,6 +36,7 @@ import (
 	"log/slog"
 	"math/big"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -214,12 +215,24 @@ func protocolKeyEqual(a, b crypto.PublicKey) bool {
 
 func (ca *CA) reject(ctx context.Context, ekID, format string, args ...any) error {
 	reason := fmt.Sprintf(format, args...)
+	if len(reason) > maxReason {
+		// It quotes what the request held (a certificate's parse error repeats the
+		// name that failed to parse): bounded in the log, the audit and the answer.
+		cut := maxReason
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = fmt.Sprintf("%s… (%d bytes)", reason[:cut], len(reason))
+	}
 	ca.cfg.Logger.InfoContext(ctx, "attestation CA rejected a device", "ek", ekID, "reason", reason)
 	if ca.cfg.Audit != nil {
 		ca.cfg.Audit(ctx, Event{Kind: "rejected", EKID: ekID, Reason: reason})
 	}
 	return fmt.Errorf("%w: %s", ErrRejected, reason)
 }
+
+// maxReason bounds a rejection's reason, in bytes.
+const maxReason = 512
 
 // Challenge is ChallengeFrom with no source: all such callers share one
 // per-source bound.

@@ -31,6 +31,7 @@ import (
 	"slices"
 	"sort"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -153,7 +154,25 @@ type Verdict struct {
 }
 
 func (v *Verdict) add(c Code, format string, args ...any) {
-	v.Reasons = append(v.Reasons, Reason{Code: c, Detail: fmt.Sprintf(format, args...)})
+	v.Reasons = append(v.Reasons, Reason{Code: c, Detail: boundDetail(fmt.Sprintf(format, args...))})
+}
+
+// maxDetail bounds a reason's detail, in bytes: details quote what the evidence holds
+// (a certificate's parse error repeats the name that failed to parse), and a refusal's
+// reasons go into the server's answer and audit log. A 6 MB URI in an AK certificate
+// made a 12 MB answer and a 25 MB audit record (found from outside, 1 Dec).
+const maxDetail = 512
+
+// boundDetail cuts s to maxDetail bytes, on a rune boundary, marking the cut.
+func boundDetail(s string) string {
+	if len(s) <= maxDetail {
+		return s
+	}
+	cut := maxDetail
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + fmt.Sprintf("… (%d bytes)", len(s))
 }
 
 // Verify checks evidence against the nonce the server issued for it (already
