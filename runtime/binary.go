@@ -127,15 +127,25 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func
 		if err != nil {
 			return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 		}
-		if t.Datatype == runtimeapi.BYTES && room != nil {
-			if n, err := elementsOf(t.Shape, maxElements); err == nil && !room(int64(n)*stringElementBytes) {
+		// BYTES elements are decoded at most as many as the shape has, and only if
+		// they fit: a shape of [1] (or one that is not a shape) let a request of 4
+		// million empty strings decode them all before either was checked, 12 times its
+		// size in memory (found from outside, 1 Dec).
+		elems := maxElements
+		if t.Datatype == runtimeapi.BYTES {
+			n, err := elementsOf(t.Shape, maxElements)
+			if err != nil {
+				return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
+			}
+			if room != nil && !room(int64(n)*stringElementBytes) {
 				return errNoRoom
 			}
+			elems = n
 		}
 		var td tensorData
 		switch {
 		case !ok:
-			td, err = decodeData(t.Data, t.Datatype, maxElements, s.data[i])
+			td, err = decodeData(t.Data, t.Datatype, elems, s.data[i])
 			if cap(td.raw) > 0 {
 				s.data[i] = td.raw[:0]
 			}

@@ -4,9 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"net/http"
+	"net/http/httptest"
 	goruntime "runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -224,5 +230,93 @@ func TestInferDecodeCostRefusesWhatWouldFoolIt(t *testing.T) {
 		if _, err := inferDecodeCost(tt.msg, 1<<20); !errors.Is(err, runtimeapi.ErrInvalid) || !strings.Contains(err.Error(), tt.says) {
 			t.Errorf("%s: %v; want ErrInvalid saying %q", tt.name, err, tt.says)
 		}
+	}
+}
+
+// TestBytesCountedBeforeTheirStrings: found from outside (1 Dec). Over HTTP, a BYTES
+// input whose shape said [1] (or was no shape) had all its strings decoded, up to the
+// element bound, before either was checked: 4 million empty strings, 12 times the
+// body in memory. Over gRPC, raw BYTES contents were made into strings before their
+// cost was asked for. Now the shape bounds what is decoded and the cost is asked first:
+// a wrong shape is 400, too many strings for the budget UNAVAILABLE, and the refused
+// request allocates about what its body takes.
+func TestBytesCountedBeforeTheirStrings(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 4 << 20, MaxHeldBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	loadIris(t, r, "1.0.0")
+	h := r.Handler()
+	empties := strings.TrimSuffix(strings.Repeat(`"",`, 500_000), ",")
+	for _, tt := range []struct {
+		shape string
+		code  int
+	}{{"[1]", http.StatusBadRequest}, {"[-1]", http.StatusBadRequest}, {"[500000]", http.StatusServiceUnavailable}} {
+		body := `{"inputs":[{"name":"X","shape":` + tt.shape + `,"datatype":"BYTES","data":[` + empties + `]}]}`
+		var before, after goruntime.MemStats
+		goruntime.ReadMemStats(&before)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("POST", "/v2/models/iris/infer", strings.NewReader(body)))
+		goruntime.ReadMemStats(&after)
+		if rec.Code != tt.code {
+			t.Errorf("500,000 BYTES elements, shape %s: %d %.120s; want %d", tt.shape, rec.Code, rec.Body.String(), tt.code)
+		}
+		// Reading the 1.5 MB body takes about twice its size; decoding the strings took
+		// 16 bytes each and more.
+		if got := after.TotalAlloc - before.TotalAlloc; got > 4*uint64(len(body)) {
+			t.Errorf("shape %s: the refused request allocated %d bytes; want under four times its %d-byte body", tt.shape, got, len(body))
+		}
+	}
+	// gRPC: 2 million zero-length raw elements (8 MB of length prefixes) cost 320 MB as
+	// strings: refused before they are made.
+	_, err = grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "iris",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "BYTES", Shape: []int64{1 << 20}}},
+		RawInputContents: [][]byte{make([]byte, 4<<20-1024)}})
+	if status.Code(err) != codes.Unavailable && status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a million raw BYTES elements over gRPC: %v; want UNAVAILABLE", err)
+	}
+	if got := r.bodies.used.Load(); got != 0 {
+		t.Fatalf("%d bytes still taken", got)
+	}
+	// The strings are not made when they do not fit: decoding allocates next to nothing
+	// (1 million of them took 16 MB of string headers alone).
+	req := &inference.ModelInferRequest{Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "BYTES", Shape: []int64{1 << 20}}},
+		RawInputContents: [][]byte{make([]byte, 4<<20)}}
+	var before, after goruntime.MemStats
+	goruntime.ReadMemStats(&before)
+	_, _, err = decodeGRPCInputs(req, 4<<20, nil, nil, func(int64) bool { return false })
+	goruntime.ReadMemStats(&after)
+	if !errors.Is(err, errNoRoom) {
+		t.Fatalf("decodeGRPCInputs without room = %v; want errNoRoom", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
+		t.Errorf("refused raw BYTES allocated %d bytes; want next to nothing", got)
+	}
+}
+
+// TestGRPCIdleConnectionsClosed: a gRPC connection with no call in progress is closed
+// after IdleTimeout (GOAWAY), as the HTTP server closes idle ones; before, one that only
+// said hello stayed open for good, holding a place of --max-conns.
+func TestGRPCIdleConnectionsClosed(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), IdleTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	fr := rawHTTP2(t, serveGRPC(t, r), 10*time.Second)
+	serverSettings(t, fr)
+	start := time.Now()
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("the idle connection ended without a GOAWAY after %v: %v", time.Since(start), err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("GOAWAY after %v; want about IdleTimeout (300ms)", d)
 	}
 }

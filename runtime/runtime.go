@@ -96,6 +96,12 @@ type Config struct {
 	// its read began (edgeward-runtime's HTTP server uses it for a whole request too).
 	// Zero means one minute.
 	ReadTimeout time.Duration
+	// IdleTimeout is how long a gRPC connection may stay open with no call in progress
+	// before the server closes it (GOAWAY; clients reconnect when they next call), as
+	// edgeward-runtime's HTTP server closes idle connections. Zero means two minutes.
+	// Without it a connection that only said hello held one of --max-conns' places for
+	// good: four of them kept every HTTP client out (found from outside, 1 Dec).
+	IdleTimeout time.Duration
 	// GRPCReadGrace is how long a gRPC ModelInfer message may take to arrive while other
 	// calls wait for a read slot; past it the read is preempted (DEADLINE_EXCEEDED) and
 	// its slot goes to a waiting call (readGate). Zero: 2 s, never more than ReadTimeout.
@@ -139,6 +145,8 @@ func (c *Config) grpcReads() int { return int(max(c.maxHeldBytes()/c.maxRequestB
 func (c *Config) grpcReadGrace() time.Duration {
 	return min(orDefault(c.GRPCReadGrace, 2*time.Second), c.readTimeout())
 }
+
+func (c *Config) idleTimeout() time.Duration { return orDefault(c.IdleTimeout, 2*time.Minute) }
 
 func (c *Config) readTimeout() time.Duration {
 	if c.ReadTimeout <= 0 {
