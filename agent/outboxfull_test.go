@@ -63,33 +63,19 @@ func TestFirstStartOnFullDiskWithoutOutbox(t *testing.T) {
 	fill, free := fullDisk(t, base)
 	dir := StateDir(filepath.Join(base, "st"))
 	r := tuftest.New(t)
-	p, _ := r.AddModel("iris", "1.0.0", 0)
-	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL()}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := OpenState(ctx, StateConfig{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Slots.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := st.TUF.Refresh(ctx); err != nil {
-		t.Fatal(err)
-	}
-	commitTarget(t, ctx, st, artifact.KindModel, p)
-	st.Close()
+	p := enrolledWithModel(t, ctx, dir, r)
 	if _, err := os.Stat(dir.Outbox()); !os.IsNotExist(err) {
 		t.Fatalf("outbox before the first start: %v; want none", err)
 	}
 
 	fill()
 	d := &countingDirector{Director: Static{artifact.KindModel: p}}
-	err = Run(ctx, Config{StateDir: dir, Director: d, Once: true, Logger: slog.New(slog.DiscardHandler)})
+	err := Run(ctx, Config{StateDir: dir, Director: d, Once: true, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), "1 report(s) held in memory only, not durable") || d.n != 1 {
 		t.Errorf("Run --once on a full disk without an outbox = %v after %d check-in(s); want 1 check-in and the commit report said to be held in memory only", err, d.n)
 	}
-	if st, err = OpenState(ctx, StateConfig{Dir: dir}); err != nil {
+	st, err := OpenState(ctx, StateConfig{Dir: dir})
+	if err != nil {
 		t.Fatalf("OpenState on the full disk: %v", err)
 	}
 	s, err := st.ReadStatus(ctx)

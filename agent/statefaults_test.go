@@ -90,9 +90,11 @@ func TestWholeStateOnFullDisk(t *testing.T) {
 	testStateOnFullDisk(t, StateDir(filepath.Join(base, "st")), fill, free)
 }
 
-func testStateOnFullDisk(t *testing.T, dir StateDir, fill, free func()) {
-	ctx := context.Background()
-	r := tuftest.New(t)
+// enrolledWithModel enrolls a device state at dir with r, and commits iris 1.0.0, which
+// it publishes, into its model slot; it returns the model's target path. The state is
+// closed again.
+func enrolledWithModel(t *testing.T, ctx context.Context, dir StateDir, r *tuftest.Repo) string {
+	t.Helper()
 	p, _ := r.AddModel("iris", "1.0.0", 0)
 	if err := Enroll(dir, r.RootBytes(1), Enrollment{MetadataURL: r.MetadataURL(), TargetsURL: r.TargetsURL()}); err != nil {
 		t.Fatal(err)
@@ -101,6 +103,7 @@ func testStateOnFullDisk(t *testing.T, dir StateDir, fill, free func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer st.Close()
 	if err := st.Slots.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -108,10 +111,16 @@ func testStateOnFullDisk(t *testing.T, dir StateDir, fill, free func()) {
 		t.Fatal(err)
 	}
 	commitTarget(t, ctx, st, artifact.KindModel, p)
-	st.Close()
+	return p
+}
+
+func testStateOnFullDisk(t *testing.T, dir StateDir, fill, free func()) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p := enrolledWithModel(t, ctx, dir, r)
 
 	fill()
-	st, err = OpenState(ctx, StateConfig{Dir: dir})
+	st, err := OpenState(ctx, StateConfig{Dir: dir})
 	if err != nil {
 		t.Fatalf("OpenState on a full disk = %v; want it opened (the device must keep serving)", err)
 	}

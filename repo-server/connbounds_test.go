@@ -26,33 +26,13 @@ func TestConnectionBounds(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole server with an embedded step-ca")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	dir := t.TempDir()
-	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
-		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan [2]net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", MaxConns: 6, MaxConnsPerSource: 3,
-			Ready: func(h, t net.Addr) { ready <- [2]net.Addr{h, t} }})
-	}()
-	var addrs [2]net.Addr
-	select {
-	case addrs = <-ready:
-	case err := <-done:
-		t.Fatalf("Run = %v before serving", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("Run did not start serving in 60 s")
-	}
+	_, plainAddr, tlsA, stop := startServer(t, Config{Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0", MaxConns: 6, MaxConnsPerSource: 3})
 	defer func() {
-		cancel()
-		if err := <-done; err != nil && err != context.Canceled {
+		if err := stop(); err != nil {
 			t.Errorf("Run after cancel = %v", err)
 		}
 	}()
-	plain, tlsAddr := addrs[0].String(), addrs[1].String()
+	plain, tlsAddr := plainAddr.String(), tlsA.String()
 
 	// idle opens a connection from source that sends nothing, and says whether the
 	// server kept it (true: not closed within wait) or closed it unserved. The server
@@ -147,25 +127,7 @@ func TestRefusalSummariesRecordedAtShutdown(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole server")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	dir := t.TempDir()
-	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
-		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", PlainDevices: true, Ready: func(h, _ net.Addr) { ready <- h }})
-	}()
-	var addr net.Addr
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("Run = %v before serving", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("Run did not start serving in 60 s")
-	}
+	dir, addr, _, stop := startServer(t, Config{Listen: "127.0.0.1:0", PlainDevices: true})
 	for i := range 20 {
 		resp, err := http.Post("http://"+addr.String()+"/v1/devices/checkin", "application/json", strings.NewReader(`{"device_id":"dev-1","nonce":"AAAA"}`))
 		if err != nil {
@@ -176,8 +138,7 @@ func TestRefusalSummariesRecordedAtShutdown(t *testing.T) {
 			t.Fatalf("refused check-in %d: %s; want 401", i, resp.Status)
 		}
 	}
-	cancel()
-	if err := <-done; err != nil && err != context.Canceled {
+	if err := stop(); err != nil {
 		t.Fatalf("Run after cancel = %v", err)
 	}
 	repo, err := repository.Open(repository.Config{Dir: dir})

@@ -17,32 +17,51 @@ import (
 // are set here) and returns its plain-HTTP base URL; it stops when t ends.
 func runServer(t *testing.T, cfg Config) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	dir := t.TempDir()
-	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
-		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
-		t.Fatal(err)
-	}
-	cfg.Dir, cfg.Listen = dir, "127.0.0.1:0"
-	ready := make(chan net.Addr, 1)
-	cfg.Ready = func(h, _ net.Addr) { ready <- h }
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, cfg) }()
+	cfg.Listen = "127.0.0.1:0"
+	_, plain, _, stop := startServer(t, cfg)
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && err != context.Canceled {
+		if err := stop(); err != nil {
 			t.Errorf("Run after cancel = %v", err)
 		}
 	})
+	return "http://" + plain.String()
+}
+
+// startServer initialises a repository in a temporary directory and runs the whole server
+// (Run) on it with cfg, its Dir and Ready set here. It returns once the listeners are
+// bound, with the directory, their addresses (tls nil without TLSListen) and stop, which
+// ends Run, waits for it and returns its error (nil for a plain stop).
+func startServer(t *testing.T, cfg Config) (dir string, plain, tls net.Addr, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	dir = t.TempDir()
+	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ready := make(chan [2]net.Addr, 1)
+	done := make(chan error, 1)
+	cfg.Dir, cfg.Ready = dir, func(h, t net.Addr) { ready <- [2]net.Addr{h, t} }
+	go func() { done <- Run(ctx, cfg) }()
 	select {
-	case a := <-ready:
-		return "http://" + a.String()
+	case addrs := <-ready:
+		plain, tls = addrs[0], addrs[1]
 	case err := <-done:
+		cancel()
 		t.Fatalf("Run = %v before serving", err)
 	case <-time.After(60 * time.Second):
+		cancel()
 		t.Fatal("Run did not start serving in 60 s")
 	}
-	return ""
+	stop = func() error {
+		cancel()
+		if err := <-done; err != nil && err != context.Canceled {
+			return err
+		}
+		return nil
+	}
+	return dir, plain, tls, stop
 }
 
 // TestTrustedProxies: behind a proxy every request's peer is the proxy. With the proxy

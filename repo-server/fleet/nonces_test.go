@@ -177,11 +177,6 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	admission := func(nonce []byte, now time.Time, report string) Admission {
-		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
-			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
-			Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
-	}
 	stored := func() (devices, reports, verdicts, used int) {
 		t.Helper()
 		for q, n := range map[string]*int{`SELECT count(*) FROM devices`: &devices, `SELECT count(*) FROM reports`: &reports,
@@ -200,17 +195,17 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Admit(ctx, admission(other, t0, "r1"), nil); !errors.Is(err, ErrNonceUnknown) {
+	if _, err := b.Admit(ctx, nonceAdmission(other, t0, "r1"), nil); !errors.Is(err, ErrNonceUnknown) {
 		t.Fatalf("Admit(another device's nonce) = %v; want ErrNonceUnknown", err)
 	}
 	if d, r, v, u := stored(); d+r+v+u != 0 {
 		t.Fatalf("after a refused nonce: %d devices, %d reports, %d verdicts, %d used nonces stored; want none", d, r, v, u)
 	}
-	res, err := b.Admit(ctx, admission(n1, t0.Add(time.Minute), "r1"), nil)
+	res, err := b.Admit(ctx, nonceAdmission(n1, t0.Add(time.Minute), "r1"), nil)
 	if err != nil || res.Accepted != 1 {
 		t.Fatalf("Admit(the nonce another replica issued) = %+v, %v", res, err)
 	}
-	if _, err := a.Admit(ctx, admission(n1, t0.Add(time.Minute), "r2"), nil); !errors.Is(err, ErrNonceUnknown) {
+	if _, err := a.Admit(ctx, nonceAdmission(n1, t0.Add(time.Minute), "r2"), nil); !errors.Is(err, ErrNonceUnknown) {
 		t.Fatalf("Admit(replayed nonce) = %v; want ErrNonceUnknown", err)
 	}
 	if err := a.ConsumeNonce(ctx, "dev-1", n1, t0.Add(time.Minute)); !errors.Is(err, ErrNonceUnknown) {
@@ -220,14 +215,14 @@ func testAdmitConsumesTheNonce(t *testing.T, db opener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceExpired) {
+	if _, err := a.Admit(ctx, nonceAdmission(n2, t0.Add(4*time.Minute), "r3"), nil); !errors.Is(err, ErrNonceExpired) {
 		t.Fatalf("Admit(expired nonce) = %v; want ErrNonceExpired", err)
 	}
 	if d, r, v, u := stored(); d != 1 || r != 1 || v != 1 || u != 1 {
 		t.Fatalf("stored %d devices, %d reports, %d verdicts, %d used nonces; want the one check-in that committed", d, r, v, u)
 	}
 	// A refused check-in does not use its nonce up: the device retries with it.
-	if _, err := a.Admit(ctx, admission(n2, t0.Add(2*time.Minute), "r3"), nil); err != nil {
+	if _, err := a.Admit(ctx, nonceAdmission(n2, t0.Add(2*time.Minute), "r3"), nil); err != nil {
 		t.Fatalf("Admit(the nonce of a check-in refused as late, in time) = %v", err)
 	}
 }
@@ -242,11 +237,6 @@ func testStrangerCannotReplaceANonce(t *testing.T, db opener) {
 	ctx := context.Background()
 	a, b := twoReplicas(t, db)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	admission := func(n []byte, now time.Time, report string) Admission {
-		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
-			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
-			Verdict: policy.VerdictTrusted, Now: now, Nonce: n}
-	}
 	requested, err := a.IssueNonce(ctx, "dev-1", t0.Add(2*time.Minute))
 	if err != nil {
 		t.Fatal(err)
@@ -267,14 +257,14 @@ func testStrangerCannotReplaceANonce(t *testing.T, db opener) {
 	if err := a.db.QueryRow(`SELECT count(*) FROM used_nonces`).Scan(&rows); err != nil || rows != 0 {
 		t.Fatalf("1,000 nonce requests stored %d rows (%v); want none", rows, err)
 	}
-	if _, err := b.Admit(ctx, admission(requested, t0.Add(time.Second), "r1"), nil); err != nil {
+	if _, err := b.Admit(ctx, nonceAdmission(requested, t0.Add(time.Second), "r1"), nil); err != nil {
 		t.Fatalf("Admit with the nonce the device requested, after a stranger requested 1,000: %v", err)
 	}
-	if _, err := a.Admit(ctx, admission(next, t0.Add(2*time.Second), "r2"), nil); err != nil {
+	if _, err := a.Admit(ctx, nonceAdmission(next, t0.Add(2*time.Second), "r2"), nil); err != nil {
 		t.Fatalf("Admit with the nonce its last check-in gave it: %v", err)
 	}
 	for _, n := range [][]byte{requested, next} {
-		if _, err := a.Admit(ctx, admission(n, t0.Add(3*time.Second), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
+		if _, err := a.Admit(ctx, nonceAdmission(n, t0.Add(3*time.Second), "r3"), nil); !errors.Is(err, ErrNonceUnknown) {
 			t.Fatalf("Admit(a used nonce again) = %v; want ErrNonceUnknown", err)
 		}
 	}
@@ -304,11 +294,6 @@ func testDecommission(t *testing.T, db opener) {
 	}
 	a, b = a.WithAudit(audit), b.WithAudit(audit)
 	t0 := time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)
-	admission := func(nonce []byte, now time.Time, report string) Admission {
-		return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
-			Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
-			Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
-	}
 	count := func(q string) int {
 		t.Helper()
 		var n int
@@ -324,7 +309,7 @@ func testDecommission(t *testing.T, db opener) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Admit(ctx, admission(n1, t0, "r1"), nil); err != nil {
+	if _, err := b.Admit(ctx, nonceAdmission(n1, t0, "r1"), nil); err != nil {
 		t.Fatalf("Admit before the decommission: %v", err)
 	}
 	at := t0.Add(90 * time.Second)
@@ -357,7 +342,7 @@ func testDecommission(t *testing.T, db opener) {
 		t.Fatal(err)
 	}
 	reports, verdicts := count(`SELECT count(*) FROM reports`), count(`SELECT count(*) FROM verdicts`)
-	if _, err := b.Admit(ctx, admission(n2, t0.Add(4*time.Minute), "r2"), nil); !errors.Is(err, ErrDecommissioned) {
+	if _, err := b.Admit(ctx, nonceAdmission(n2, t0.Add(4*time.Minute), "r2"), nil); !errors.Is(err, ErrDecommissioned) {
 		t.Fatalf("Admit after the decommission = %v; want ErrDecommissioned", err)
 	}
 	if len(audited) != 1 {
@@ -372,4 +357,11 @@ func testDecommission(t *testing.T, db opener) {
 	if d, _ := a.Device(ctx, "dev-1"); !d.LastCheckIn.Equal(t0) {
 		t.Fatalf("the refused check-in moved the last check-in to %v", d.LastCheckIn)
 	}
+}
+
+// nonceAdmission is dev-1's check-in at now over nonce, with one report of its commit.
+func nonceAdmission(nonce []byte, now time.Time, report string) Admission {
+	return Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: now},
+		Reports: []wire.Report{{ID: report, Kind: artifact.KindModel, Name: "vib", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: now}},
+		Verdict: policy.VerdictTrusted, Now: now, Nonce: nonce}
 }
