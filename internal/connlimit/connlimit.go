@@ -27,7 +27,8 @@ type Config struct {
 	// Exempt says which sources PerSource does not bound (trusted proxies, whose
 	// connections carry many clients'); nil: none.
 	Exempt func(netip.Addr) bool
-	// Refused, if set, is called for each connection closed over a bound, with the
+	// Refused, if set, is called for each connection refused over a bound, before it is
+	// closed (a peer that sees the reset finds it counted), with the
 	// bound ("total" or "source") and the peer.
 	Refused func(bound string, peer net.Addr)
 }
@@ -92,13 +93,15 @@ func (ln *Listener) Accept() (net.Conn, error) {
 			keyed = false
 		}
 		if bound := l.take(src, keyed); bound != "" {
+			// Reported before the close, so a peer that sees its reset finds the
+			// refusal already counted.
+			if l.cfg.Refused != nil {
+				l.cfg.Refused(bound, c.RemoteAddr())
+			}
 			if tc, ok := c.(interface{ SetLinger(int) error }); ok {
 				tc.SetLinger(0) // a reset: no TIME_WAIT left for a flood
 			}
 			c.Close()
-			if l.cfg.Refused != nil {
-				l.cfg.Refused(bound, c.RemoteAddr())
-			}
 			continue
 		}
 		return &Conn{Conn: c, l: l, src: src, keyed: keyed}, nil
