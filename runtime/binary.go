@@ -87,10 +87,11 @@ func stringsHeld(inputs []Input) int64 {
 }
 
 // room, if set, is asked before a BYTES input's elements are decoded whether their
-// stringElementBytes each would fit (byteBudget.fits); when they would not, decode
-// stops with errNoRoom before allocating them: 3 million one-byte elements took 135 MB
-// to decode before the bound refused them.
-func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func(int64) bool) error {
+// stringElementBytes each would fit (byteBudget.roomFor); when they would not, decode
+// stops with room's error (errNoRoom, or errTooLarge for what could never fit) before
+// allocating them: 3 million one-byte elements took 135 MB to decode before the bound
+// refused them.
+func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func(int64) error) error {
 	req := &s.req
 	header, bin := body, []byte(nil)
 	if headerLen >= 0 {
@@ -137,8 +138,10 @@ func (s *inferScratch) decode(body []byte, headerLen, maxElements int, room func
 			if err != nil {
 				return fmt.Errorf("%w: input %q: %w", runtimeapi.ErrInvalid, t.Name, err)
 			}
-			if room != nil && !room(int64(n)*stringElementBytes) {
-				return errNoRoom
+			if room != nil {
+				if err := room(int64(n) * stringElementBytes); err != nil {
+					return err
+				}
 			}
 			elems = n
 		}

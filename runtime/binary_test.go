@@ -456,9 +456,12 @@ func FuzzDecodeBinaryRequest(f *testing.F) {
 // TestBytesElementsCountAgainstTheBound: a BYTES element costs far more than its bytes
 // once served (Go string, C copy, ORT's std::string, the output's copies), so each is
 // counted at stringElementBytes beside its bytes. 100,000 one-byte elements are a 500 KB
-// request but hold about 16 MB: refused with 503 over HTTP and UNAVAILABLE over gRPC
-// within a 1 MiB bound, while 1,000 of them are served. Before, the bound counted the
-// request's bytes alone: one request of 3 million elements raised RSS by 454 MB.
+// request but hold about 16 MB: refused within a 1 MiB bound, while 1,000 of them are
+// served, or refused while others hold most of the bound. A request that could never fit
+// is 413 over HTTP and RESOURCE_EXHAUSTED over gRPC (a retry cannot help it; it was 503,
+// "retry later", found from outside); one that waits for others is 503 and UNAVAILABLE.
+// Before, the bound counted the request's bytes alone: one request of 3 million
+// elements raised RSS by 454 MB.
 func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 1 << 20})
 	if err != nil {
@@ -474,9 +477,14 @@ func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 	}
 	h := r.Handler()
 	for _, c := range []struct {
-		n    int
-		code int
-	}{{1000, http.StatusOK}, {100_000, http.StatusServiceUnavailable}} {
+		n     int
+		other int64 // bytes others hold
+		code  int
+	}{
+		{1000, 0, http.StatusOK},
+		{1000, 960 << 10, http.StatusServiceUnavailable},
+		{100_000, 0, http.StatusRequestEntityTooLarge},
+	} {
 		var raw []byte
 		elems := make([][]byte, c.n)
 		for i := range c.n {
@@ -487,12 +495,15 @@ func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 		req := httptest.NewRequest("POST", "/v2/models/echo/infer", bytes.NewReader(body))
 		req.Header.Set(runtimeapi.HeaderLengthHeader, strconv.Itoa(hl))
 		rec := httptest.NewRecorder()
+		if !r.bodies.take(c.other) {
+			t.Fatal("the budget refused what others hold")
+		}
 		var before, after goruntime.MemStats
 		goruntime.ReadMemStats(&before)
 		h.ServeHTTP(rec, req)
 		goruntime.ReadMemStats(&after)
 		if rec.Code != c.code {
-			t.Fatalf("%d BYTES elements over HTTP: %d %.200s; want %d", c.n, rec.Code, rec.Body.String(), c.code)
+			t.Fatalf("%d BYTES elements beside %d bytes held, over HTTP: %d %.200s; want %d", c.n, c.other, rec.Code, rec.Body.String(), c.code)
 		}
 		// Refused before its strings are decoded: what reading the body (500 KB) takes, in
 		// doubling buffers, and little more.
@@ -502,8 +513,9 @@ func TestBytesElementsCountAgainstTheBound(t *testing.T) {
 		_, err := grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "echo",
 			Inputs: []*inference.ModelInferRequest_InferInputTensor{{Name: "BYTES", Datatype: "BYTES", Shape: []int64{int64(c.n)},
 				Contents: &inference.InferTensorContents{BytesContents: elems}}}})
-		if want := map[int]codes.Code{200: codes.OK, 503: codes.Unavailable}[c.code]; status.Code(err) != want {
-			t.Fatalf("%d BYTES elements over gRPC: %v; want %v", c.n, err, want)
+		r.bodies.give(c.other)
+		if want := map[int]codes.Code{200: codes.OK, 503: codes.Unavailable, 413: codes.ResourceExhausted}[c.code]; status.Code(err) != want {
+			t.Fatalf("%d BYTES elements beside %d bytes held, over gRPC: %v; want %v", c.n, c.other, err, want)
 		}
 		if got := r.bodies.used.Load(); got != 0 {
 			t.Fatalf("after %d elements: %d bytes still taken", c.n, got)

@@ -80,7 +80,7 @@ func isBusy(err error) bool { return errors.Is(err, errBusy) || errors.Is(err, e
 // Memory is taken before it is allocated (a body's buffer as it grows, so a client that
 // announces a large body and trickles it holds only what it sent) and given back when
 // the request is answered. A request that would pass the bound is refused with
-// errBusy. What it does not count: a request's JSON being decoded before its tensors'
+// errNoRoom, or errTooLarge when it alone would (refuse). What it does not count: a request's JSON being decoded before its tensors'
 // size is known (transient, one request per running goroutine), ONNX Runtime's own
 // memory (bounded by the run gate), and the response.
 type byteBudget struct {
@@ -89,28 +89,50 @@ type byteBudget struct {
 	refused atomic.Int64 // requests refused for want of room, for metrics
 }
 
-// take reserves n bytes, or reports false (and counts a refusal) when they do not fit.
+// take reserves n bytes, or reports false when they do not fit now.
 func (b *byteBudget) take(n int64) bool {
 	if n <= 0 {
 		return true
 	}
 	if b.used.Add(n) > b.max {
 		b.used.Add(-n)
-		b.refused.Add(1)
 		return false
 	}
 	return true
 }
 
-// fits reports whether n more bytes would fit now, counting a refusal when they would
-// not. It takes nothing: a caller about to allocate what it cannot bound as it goes (a
-// BYTES tensor's strings) checks first, and takes what it holds once it knows.
-func (b *byteBudget) fits(n int64) bool {
-	if b.used.Load()+n <= b.max {
-		return true
+// takeFor reserves n more bytes for a request that already holds own, or says why not
+// (refuse).
+func (b *byteBudget) takeFor(own, n int64) error {
+	if b.take(n) {
+		return nil
+	}
+	return b.refuse(own, n)
+}
+
+// roomFor is what a decoder asks before it allocates what it cannot bound as it goes (a
+// BYTES tensor's strings) for a request that holds own: nil when n more bytes would fit
+// now, otherwise why not (refuse). It takes nothing: the caller takes what it holds
+// once it knows.
+func (b *byteBudget) roomFor(own int64) func(n int64) error {
+	return func(n int64) error {
+		if b.used.Load()+n <= b.max {
+			return nil
+		}
+		return b.refuse(own, n)
+	}
+}
+
+// refuse is the error for a request holding own that was refused n more bytes: one that
+// could never fit (own+n past the bound however idle the runtime) is too large, 413
+// (gRPC RESOURCE_EXHAUSTED), since a retry cannot help it; any other waits for room
+// (errNoRoom, 503, counted for metrics).
+func (b *byteBudget) refuse(own, n int64) error {
+	if own+n > b.max {
+		return fmt.Errorf("%w: the request needs %d bytes held in memory while it is served, more than the runtime's bound of %d (--max-held-bytes)", errTooLarge, own+n, b.max)
 	}
 	b.refused.Add(1)
-	return false
+	return errNoRoom
 }
 
 // give returns n reserved bytes.

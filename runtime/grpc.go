@@ -316,20 +316,20 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 	// slots: readInfer): what the budget bounds here is how much of it is held while
 	// the request waits for a run slot and runs.
 	held := grpcTensorBytes(req)
-	if !g.r.bodies.take(held) {
-		return nil, nil, g.r.servedVersion(name, version), errNoRoom
+	if err := g.r.bodies.takeFor(0, held); err != nil {
+		return nil, nil, g.r.servedVersion(name, version), err
 	}
 	defer g.r.bodies.give(held)
 	s := g.r.getScratch()
 	defer g.r.putScratch(s)
-	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements(), s.inputs, s.names, g.r.bodies.fits)
+	inputs, names, err := decodeGRPCInputs(req, g.r.cfg.maxElements(), s.inputs, s.names, g.r.bodies.roomFor(held))
 	if err != nil {
 		return nil, nil, g.r.servedVersion(name, version), err
 	}
 	s.inputs, s.names = inputs, names
 	strs := stringsHeld(inputs)
-	if !g.r.bodies.take(strs) {
-		return nil, nil, g.r.servedVersion(name, version), errNoRoom
+	if err := g.r.bodies.takeFor(held, strs); err != nil {
+		return nil, nil, g.r.servedVersion(name, version), err
 	}
 	defer g.r.bodies.give(strs)
 	m, err := g.r.acquire(name, version)
@@ -363,8 +363,8 @@ func (g *grpcService) infer(ctx context.Context, req *inference.ModelInferReques
 // datatype only; FP16 and BF16 have none, so they must be raw). The inputs and names are
 // in inputs' and names' memory when it is large enough. room, if set, is asked before a
 // BYTES input's strings are made whether their stringElementBytes each fit
-// (byteBudget.fits; errNoRoom if not). Every other error wraps ErrInvalid.
-func decodeGRPCInputs(req *inference.ModelInferRequest, max int, inputs []Input, names []string, room func(int64) bool) ([]Input, []string, error) {
+// (byteBudget.roomFor; its error if not). Every other error wraps ErrInvalid.
+func decodeGRPCInputs(req *inference.ModelInferRequest, max int, inputs []Input, names []string, room func(int64) error) ([]Input, []string, error) {
 	ins := req.GetInputs()
 	if len(ins) == 0 {
 		return nil, nil, fmt.Errorf("%w: request has no inputs", runtimeapi.ErrInvalid)
@@ -394,8 +394,8 @@ func decodeGRPCInputs(req *inference.ModelInferRequest, max int, inputs []Input,
 				}
 				n = int64(e)
 			}
-			if !room(n * stringElementBytes) {
-				return nil, nil, errNoRoom
+			if err := room(n * stringElementBytes); err != nil {
+				return nil, nil, err
 			}
 		}
 		var td tensorData

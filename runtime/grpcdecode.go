@@ -39,7 +39,7 @@ func (c inferCodec) Unmarshal(data mem.BufferSlice, v any) error {
 }
 
 // decodeInfer decodes raw into a ModelInferRequest if what that allocates
-// (inferDecodeCost) fits the byte budget (errNoRoom otherwise, as for an HTTP request;
+// (inferDecodeCost) fits the byte budget (byteBudget.refuse's error otherwise, as for an HTTP request;
 // reserved while it decodes), and no input has more than maxElements elements
 // (ErrInvalid).
 func (r *Runtime) decodeInfer(raw *rawInfer) (*inference.ModelInferRequest, error) {
@@ -53,8 +53,8 @@ func (r *Runtime) decodeInfer(raw *rawInfer) (*inference.ModelInferRequest, erro
 	// message itself, out of its read slot by now, is bounded by the same reservation
 	// within a small factor: no field's estimate is much under its size on the wire
 	// (an unpacked int32 of 11 bytes counts 8), and most are far over.
-	if !r.bodies.take(cost) {
-		return nil, errNoRoom
+	if err := r.bodies.takeFor(0, cost); err != nil {
+		return nil, err
 	}
 	defer r.bodies.give(cost)
 	req := new(inference.ModelInferRequest)

@@ -114,10 +114,12 @@ func TestInferDecodeCost(t *testing.T) {
 }
 
 // TestGRPCDecodeBoundedBeforehand: a ModelInfer message whose decoding would pass the
-// byte budget is refused (errNoRoom: UNAVAILABLE, as over HTTP) without being decoded,
-// allocating next to nothing; one that fits decodes whole, and the budget is given back
-// either way. Before, protobuf decoded every message first: four 15 MB messages of 5
-// million one-byte BYTES elements took the runtime from 47 MB to 1.88 GB.
+// byte budget is refused without being decoded, allocating next to nothing: with
+// errNoRoom (UNAVAILABLE, as over HTTP) when others hold the room it needs, with
+// errTooLarge (RESOURCE_EXHAUSTED) when it could never fit, since a retry cannot help
+// it. One that fits decodes whole, and the budget is given back either way. Before,
+// protobuf decoded every message first: four 15 MB messages of 5 million one-byte BYTES
+// elements took the runtime from 47 MB to 1.88 GB.
 func TestGRPCDecodeBoundedBeforehand(t *testing.T) {
 	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 4 << 20})
 	if err != nil {
@@ -125,26 +127,38 @@ func TestGRPCDecodeBoundedBeforehand(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Close(context.Background()) })
 	for _, c := range []struct {
-		n  int
-		ok bool
-	}{{1000, true}, {100_000, false}} {
+		n     int   // one-byte elements, 160 bytes (stringElementBytes) and more each
+		other int64 // bytes others hold
+		want  error // nil: decoded
+	}{
+		{1000, 0, nil},
+		{10_000, 0, nil},
+		{10_000, 3 << 20, errNoRoom},
+		{100_000, 0, errTooLarge},
+	} {
 		b, err := proto.Marshal(&inference.ModelInferRequest{ModelName: "echo", Inputs: []*inference.ModelInferRequest_InferInputTensor{bytesInput(c.n)}})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if !r.bodies.take(c.other) {
+			t.Fatal("the budget refused what others hold")
 		}
 		var before, after goruntime.MemStats
 		goruntime.ReadMemStats(&before)
 		req, err := r.decodeInfer(&rawInfer{buf: mem.SliceBuffer(b)})
 		goruntime.ReadMemStats(&after)
+		r.bodies.give(c.other)
 		switch {
-		case c.ok && (err != nil || len(req.GetInputs()) != 1 || len(req.Inputs[0].GetContents().GetBytesContents()) != c.n):
+		case c.want == nil && (err != nil || len(req.GetInputs()) != 1 || len(req.Inputs[0].GetContents().GetBytesContents()) != c.n):
 			t.Fatalf("%d elements: %v; want the request decoded whole", c.n, err)
-		case !c.ok && !errors.Is(err, errNoRoom):
-			t.Fatalf("%d elements (%d bytes): %v; want errNoRoom", c.n, len(b), err)
-		case !c.ok:
-			// Decoded, 100,000 elements take 2.4 MB of slice headers alone.
+		case c.want != nil && !errors.Is(err, c.want):
+			t.Fatalf("%d elements (%d bytes) beside %d held: %v; want %v", c.n, len(b), c.other, err, c.want)
+		case c.want != nil:
 			if got := after.TotalAlloc - before.TotalAlloc; got > 64<<10 {
-				t.Errorf("the refused message allocated %d bytes; want next to nothing", got)
+				t.Errorf("the refused message of %d elements allocated %d bytes; want next to nothing", c.n, got)
+			}
+			if code := status.Code(grpcError(err)); (c.want == errNoRoom) != (code == codes.Unavailable) || (c.want == errTooLarge) != (code == codes.ResourceExhausted) {
+				t.Errorf("%d elements beside %d held: gRPC %v; want %s", c.n, c.other, code, map[error]string{errNoRoom: "UNAVAILABLE", errTooLarge: "RESOURCE_EXHAUSTED"}[c.want])
 			}
 		}
 		if got := r.bodies.used.Load(); got != 0 {
@@ -252,7 +266,7 @@ func TestBytesCountedBeforeTheirStrings(t *testing.T) {
 	for _, tt := range []struct {
 		shape string
 		code  int
-	}{{"[1]", http.StatusBadRequest}, {"[-1]", http.StatusBadRequest}, {"[500000]", http.StatusServiceUnavailable}} {
+	}{{"[1]", http.StatusBadRequest}, {"[-1]", http.StatusBadRequest}, {"[500000]", http.StatusRequestEntityTooLarge}} {
 		body := `{"inputs":[{"name":"X","shape":` + tt.shape + `,"datatype":"BYTES","data":[` + empties + `]}]}`
 		var before, after goruntime.MemStats
 		goruntime.ReadMemStats(&before)
@@ -273,8 +287,8 @@ func TestBytesCountedBeforeTheirStrings(t *testing.T) {
 	_, err = grpcClient(t, r).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "iris",
 		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "X", Datatype: "BYTES", Shape: []int64{1 << 20}}},
 		RawInputContents: [][]byte{make([]byte, 4<<20-1024)}})
-	if status.Code(err) != codes.Unavailable && status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("a million raw BYTES elements over gRPC: %v; want UNAVAILABLE", err)
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a million raw BYTES elements over gRPC: %v; want RESOURCE_EXHAUSTED", err)
 	}
 	if got := r.bodies.used.Load(); got != 0 {
 		t.Fatalf("%d bytes still taken", got)
@@ -285,7 +299,7 @@ func TestBytesCountedBeforeTheirStrings(t *testing.T) {
 		RawInputContents: [][]byte{make([]byte, 4<<20)}}
 	var before, after goruntime.MemStats
 	goruntime.ReadMemStats(&before)
-	_, _, err = decodeGRPCInputs(req, 4<<20, nil, nil, func(int64) bool { return false })
+	_, _, err = decodeGRPCInputs(req, 4<<20, nil, nil, func(int64) error { return errNoRoom })
 	goruntime.ReadMemStats(&after)
 	if !errors.Is(err, errNoRoom) {
 		t.Fatalf("decodeGRPCInputs without room = %v; want errNoRoom", err)

@@ -205,13 +205,13 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	defer r.bodies.give(held)
 	s.body = body
-	if err := s.decode(body, hl, r.cfg.maxElements(), r.bodies.fits); err != nil {
+	if err := s.decode(body, hl, r.cfg.maxElements(), r.bodies.roomFor(held)); err != nil {
 		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	// The tensors decoded from JSON are held beside the body until the answer.
 	decoded := s.decodedBytes()
-	if !r.bodies.take(decoded) {
-		return statusOf(errNoRoom), nil, r.servedVersion(name, version), errNoRoom
+	if err := r.bodies.takeFor(held, decoded); err != nil {
+		return statusOf(err), nil, r.servedVersion(name, version), err
 	}
 	defer r.bodies.give(decoded)
 	m, err := r.acquire(name, version)
@@ -493,6 +493,7 @@ func readBodyWithin(w http.ResponseWriter, req *http.Request, limit int64, buf [
 		to := min(end, max(2*len(body), firstRead))
 		if b != nil && int64(to) > taken {
 			if !b.take(int64(to) - taken) {
+				b.refused.Add(1)
 				return body, 0, errNoRoom
 			}
 			taken = int64(to)

@@ -89,7 +89,8 @@ type Config struct {
 	MaxWaitingRequests int
 	// MaxHeldBytes bounds the bytes of inference requests held at once (bodies, decoded
 	// tensors) across HTTP and gRPC (byteBudget); a request that would pass it is
-	// refused with 503 and Retry-After (gRPC UNAVAILABLE). Zero means four times
+	// refused with 503 and Retry-After (gRPC UNAVAILABLE), or 413 (RESOURCE_EXHAUSTED)
+	// when what it alone would hold passes it. Zero means four times
 	// MaxRequestBytes (64 MiB by default); it is never less than MaxRequestBytes.
 	MaxHeldBytes int64
 	// ReadTimeout bounds how long one gRPC ModelInfer message may take to arrive once
