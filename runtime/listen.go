@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/connlimit"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,25 +29,48 @@ func ListenerFromFD(fd int) (net.Listener, error) {
 }
 
 // ConnLimiter bounds the connections the public listeners (HTTP and gRPC, wrapped with
-// its Listen) keep open at once, together: max, or with max 0 half the file
-// descriptors left after 256 for the runtime's own files (connlimit.FromDescriptors);
-// negative, no bound. A connection over it is closed unserved; without the bound,
-// clients holding connections that send nothing could use up the descriptors, and a
-// model swap or probe could then not open its model file. Its refusals are counted in
-// edgeward_runtime_connections_refused_total, its connections in
-// edgeward_runtime_connections_open.
-func (r *Runtime) ConnLimiter(max int) *connlimit.Limiter {
+// its Listen) keep open at once: max together, or with max 0 half the file descriptors
+// left after 256 for the runtime's own files (connlimit.FromDescriptors); and
+// perSource from one source (an IPv4 address, an IPv6 /64), or with perSource 0 1,024
+// (never more than max). Negative: no bound. A connection over a bound is closed
+// unserved; without the bounds, clients holding connections that send nothing could use
+// up the descriptors, and a model swap or probe could then not open its model file, or
+// one client could hold every place. Its refusals are counted in
+// edgeward_runtime_connections_refused_total{bound="total"|"source"} and logged at most
+// every 10 s, its connections in edgeward_runtime_connections_open.
+func (r *Runtime) ConnLimiter(max, perSource int) *connlimit.Limiter {
 	switch {
 	case max == 0:
 		max = connlimit.FromDescriptors(256)
 	case max < 0:
 		max = 0
 	}
-	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "edgeward_runtime_connections_refused_total",
-		Help: "Connections to the public listeners closed unserved because they held --max-conns connections."})
-	l := connlimit.NewLimiter(connlimit.Config{Max: max, Refused: func(string, net.Addr) { refused.Inc() }})
+	switch {
+	case perSource == 0:
+		perSource = 1024
+		if max > 0 {
+			perSource = min(perSource, max)
+		}
+	case perSource < 0:
+		perSource = 0
+	}
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgeward_runtime_connections_refused_total",
+		Help: "Connections to the public listeners closed unserved because they held --max-conns connections (bound=total) or their source held --max-conns-per-source (bound=source)."}, []string{"bound"})
+	var mu sync.Mutex
+	var last time.Time
+	var since int
+	l := connlimit.NewLimiter(connlimit.Config{Max: max, PerSource: perSource, Refused: func(bound string, peer net.Addr) {
+		refused.WithLabelValues(bound).Inc()
+		mu.Lock()
+		defer mu.Unlock()
+		since++
+		if now := time.Now(); now.Sub(last) >= 10*time.Second {
+			r.log.Warn("connections refused: at the bound", "bound", bound, "peer", peer.String(), "refused_since_last_warning", since, "max_conns", max, "max_conns_per_source", perSource)
+			last, since = now, 0
+		}
+	}})
 	r.metrics.reg.MustRegister(refused, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgeward_runtime_connections_open",
 		Help: "Connections the public listeners (HTTP and gRPC) hold open now."}, func() float64 { return float64(l.Open()) }))
-	r.log.Info("connection bound", "max_conns", max)
+	r.log.Info("connection bounds", "max_conns", max, "max_conns_per_source", perSource)
 	return l
 }

@@ -76,6 +76,7 @@ func run(ctx context.Context, args []string) error {
 		control  = fs.String("control", "127.0.0.1:8081", "control API address (host:port or unix:/path); only the agent may reach it")
 		hold     = fs.Bool("hold", false, "do not accept public connections until POST /v2/edgeward/serve on the control API")
 		maxConns = fs.Int("max-conns", 0, "connections the public listeners (HTTP and gRPC) keep open at once, together; one more is closed unserved (0: half the file descriptors left after 256 for the runtime's own files; -1: no bound)")
+		perSrc   = fs.Int("max-conns-per-source", 0, "connections one source (an IPv4 address, an IPv6 /64) keeps open at once on the public listeners; one more is closed unserved (0: 1024, at most --max-conns; -1: no bound)")
 		drain    = fs.Duration("drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take")
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
@@ -132,7 +133,7 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("grpc: %w", err)
 		}
 	}
-	limiter := rt.ConnLimiter(*maxConns)
+	limiter := rt.ConnLimiter(*maxConns, *perSrc)
 	pub = limiter.Listen(pub)
 	if grpcLn != nil {
 		grpcLn = limiter.Listen(grpcLn)

@@ -410,21 +410,25 @@ func TestReadTimeoutFlag(t *testing.T) {
 	}
 }
 
-// TestMaxConnsFlag: with --max-conns 4, four connections that send nothing hold the
-// public listener's places; a fifth is closed unserved (before, each was accepted until
-// the file descriptors ran out, and a model swap could then not open its file); once
-// one closes, requests are served again, and the refusal is counted.
+// TestMaxConnsFlag: with --max-conns 4 and --max-conns-per-source 3, three connections
+// that send nothing from one address hold that source's places, and a fourth from it is
+// closed unserved while another address still gets the last place; a fifth connection,
+// from a third address, is closed unserved too (before, each was accepted until the
+// file descriptors ran out, and a model swap could then not open its file; and one
+// client could hold every place). Once one closes, requests are served again, and the
+// refusals are counted by bound.
 func TestMaxConnsFlag(t *testing.T) {
 	lib := ortLib(t)
 	dir := t.TempDir()
 	bin := buildRuntime(t, dir)
 	pub, addr := listenFile(t)
-	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t), "--max-conns", "4")
+	start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t), "--max-conns", "4", "--max-conns-per-source", "3")
 	base := "http://" + addr
-	// open dials and says whether the runtime kept the connection open: refused within
-	// wait (EOF or a reset), or not.
-	open := func(wait time.Duration) (net.Conn, bool) {
-		c, err := net.Dial("tcp", addr)
+	// open dials from the loopback address from and says whether the runtime kept the
+	// connection open: refused within wait (EOF or a reset), or not.
+	open := func(from string, wait time.Duration) (net.Conn, bool) {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return nil, false // reset before the dial returned
 		}
@@ -434,18 +438,24 @@ func TestMaxConnsFlag(t *testing.T) {
 		var ne net.Error
 		return c, errors.As(err, &ne) && ne.Timeout()
 	}
-	// The runtime accepts in the order the connections were made: four that are not
-	// refused at once are the four it keeps, however late it accepts them; the fifth
-	// is refused whenever it is accepted.
+	// The runtime accepts in the order the connections were made: those that are not
+	// refused at once are the ones it keeps, however late it accepts them; one over a
+	// bound is refused whenever it is accepted.
 	var held []net.Conn
-	for i := range 4 {
-		c, ok := open(300 * time.Millisecond)
+	for i := range 3 {
+		c, ok := open("127.0.0.1", 300*time.Millisecond)
 		if !ok {
-			t.Fatalf("connection %d of 4 refused", i)
+			t.Fatalf("connection %d of 3 from one source refused", i)
 		}
 		held = append(held, c)
 	}
-	if _, ok := open(10 * time.Second); ok {
+	if _, ok := open("127.0.0.1", 10*time.Second); ok {
+		t.Fatal("a fourth connection from one source was kept open under --max-conns-per-source 3")
+	}
+	if _, ok := open("127.0.0.2", 300*time.Millisecond); !ok {
+		t.Fatal("another source was refused the last place")
+	}
+	if _, ok := open("127.0.0.3", 10*time.Second); ok {
 		t.Fatal("a fifth connection was kept open under --max-conns 4")
 	}
 	held[0].Close()
@@ -464,13 +474,18 @@ func TestMaxConnsFlag(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// At least the fifth; the first tries of /metrics may be refused too, before the
-	// runtime has seen the closed connection go.
-	var refused int
-	_, err := fmt.Sscanf(metricLine(body, "edgeward_runtime_connections_refused_total"), "edgeward_runtime_connections_refused_total %d", &refused)
-	if err != nil || refused < 1 ||
-		!bytes.Contains(body, []byte("edgeward_runtime_connections_open ")) {
-		t.Errorf("/metrics lacks the refused connection (%d, %v) or the open count:\n%s", refused, err, grepLines(body, "connections"))
+	// At least one of each; the first tries of /metrics may be refused too, before the
+	// runtime has seen the closed connection go. Each refusal is counted before the
+	// connection is closed (connlimit).
+	for _, bound := range []string{"source", "total"} {
+		name := `edgeward_runtime_connections_refused_total{bound="` + bound + `"}`
+		var refused int
+		if _, err := fmt.Sscanf(metricLine(body, name), name+" %d", &refused); err != nil || refused < 1 {
+			t.Errorf("/metrics lacks the refusal over the %s bound (%d, %v):\n%s", bound, refused, err, grepLines(body, "connections"))
+		}
+	}
+	if !bytes.Contains(body, []byte("edgeward_runtime_connections_open ")) {
+		t.Errorf("/metrics lacks the open count:\n%s", grepLines(body, "connections"))
 	}
 }
 
