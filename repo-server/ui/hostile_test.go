@@ -2,6 +2,7 @@ package ui
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -124,5 +125,62 @@ func TestSignInIsRateLimited(t *testing.T) {
 	clock.Add(11 * time.Second)
 	if code, _, _ := signIn(h, "198.51.100.7:4000", d.tok[fleet.RoleAuditor]); code != http.StatusSeeOther {
 		t.Errorf("the limited source after the refill = %d; want 303", code)
+	}
+}
+
+// cutBody yields data, then fails with err, as a request body interrupted by the
+// client or by the server's read timeout does.
+type cutBody struct {
+	data []byte
+	err  error
+}
+
+func (b *cutBody) Read(p []byte) (int, error) {
+	if len(b.data) == 0 {
+		return 0, b.err
+	}
+	n := copy(p, b.data)
+	b.data = b.data[n:]
+	return n, nil
+}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+// A sign-in form that did not arrive whole is answered for what it is, 408, 400 or 413,
+// and no session starts, even when what arrived is a valid token; before, the broken
+// form was checked as an empty token and refused with 401 "Sign-in refused" (found by an
+// outside audit, 1 Dec).
+func TestSignInFormNotWhole(t *testing.T) {
+	d := newDash(t)
+	u, err := New(Config{Fleet: d.store, Policy: func() *policy.Policy { return d.pol }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := u.Handler()
+	form := url.Values{"token": {d.tok[fleet.RoleAuditor]}}.Encode()
+	for _, c := range []struct {
+		name string
+		body io.Reader
+		code int
+	}{
+		{"timed out", &cutBody{data: []byte(form), err: timeoutError{}}, http.StatusRequestTimeout},
+		{"cut", &cutBody{data: []byte(form), err: io.ErrUnexpectedEOF}, http.StatusBadRequest},
+		{"too large", strings.NewReader(form + "&pad=" + strings.Repeat("x", 5<<10)), http.StatusRequestEntityTooLarge},
+	} {
+		req := httptest.NewRequest("POST", "/ui/login", c.body)
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.RemoteAddr = "192.0.2.20:1000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.code || len(rec.Result().Cookies()) != 0 {
+			t.Errorf("%s sign-in form: %d with %d cookies; want %d and none", c.name, rec.Code, len(rec.Result().Cookies()), c.code)
+		}
+	}
+	if code, cookie, _ := signIn(h, "192.0.2.20:1000", d.tok[fleet.RoleAuditor]); code != http.StatusSeeOther || cookie == nil {
+		t.Errorf("the whole form after them: %d; want 303 and a session", code)
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -266,7 +267,23 @@ func (u *UI) login(w http.ResponseWriter, r *http.Request) {
 		u.render(w, r, http.StatusTooManyRequests, "login", view{Title: "Sign in"}, map[string]string{"Err": "Too many sign-in attempts from your address: wait a little and try again."})
 		return
 	}
+	// A form that did not arrive whole is not checked as a token: what did arrive of an
+	// interrupted or oversized body would only be refused as a wrong one (401).
 	r.Body = http.MaxBytesReader(w, r.Body, 4<<10)
+	if err := r.ParseForm(); err != nil {
+		code, msg := http.StatusBadRequest, "The sign-in form did not arrive whole: try again."
+		var tooBig *http.MaxBytesError
+		var ne net.Error
+		switch {
+		case errors.As(err, &tooBig):
+			code, msg = http.StatusRequestEntityTooLarge, "The sign-in form is too large."
+		case errors.As(err, &ne) && ne.Timeout():
+			code = http.StatusRequestTimeout
+		}
+		u.log.Info("dashboard: sign-in form unread", "source", source(r), "err", err)
+		u.render(w, r, code, "login", view{Title: "Sign in"}, map[string]string{"Err": msg})
+		return
+	}
 	tok := strings.TrimSpace(r.PostFormValue("token"))
 	p, err := u.cfg.Fleet.Authenticate(r.Context(), tok, now)
 	if err == nil {
