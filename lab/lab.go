@@ -20,6 +20,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/testport"
 )
 
 // Bins are the Edgeward executables. Agent's directory must also hold
@@ -82,7 +84,6 @@ type Lab struct {
 	mu    sync.Mutex
 	procs map[*Proc]bool
 	maker *Manufacturer
-	ports map[int]bool // handed out, so never handed out twice
 }
 
 // New makes a lab in dir (created if needed).
@@ -273,49 +274,22 @@ type finalError struct{ err error }
 func (e *finalError) Error() string { return e.err.Error() }
 func (e *finalError) Unwrap() error { return e.err }
 
-// FreePort returns a TCP port that was free on 127.0.0.1 a moment ago.
-func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+// FreePort returns a TCP port on 127.0.0.1 that is free and reserved for this process,
+// outside the ephemeral range (testport.Take).
+func FreePort() (int, error) { return testport.Take() }
 
-// port returns a free port (a pair p, p+1 with pair) that the lab has not handed out
-// before: a port just freed is often handed out again by the kernel, and the process
-// meant to bind it may not have started yet.
 // Port reserves a free port on 127.0.0.1 (with pair, the next one too) for a process the
 // caller starts itself; the lab's own processes never get it.
 func (l *Lab) Port(pair bool) (int, error) { return l.port(pair) }
 
+// port returns a free port (a pair p, p+1 with pair) reserved for this process
+// (testport): never handed out twice, and outside the ephemeral range, so that no
+// connection takes it before the process meant to bind it has started.
 func (l *Lab) port(pair bool) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ports == nil {
-		l.ports = map[int]bool{}
+	if pair {
+		return testport.TakePair()
 	}
-	for range 200 {
-		p, err := FreePort()
-		if err != nil {
-			return 0, err
-		}
-		if l.ports[p] || (pair && l.ports[p+1]) {
-			continue
-		}
-		if pair {
-			l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
-			if err != nil {
-				continue
-			}
-			l2.Close()
-			l.ports[p+1] = true
-		}
-		l.ports[p] = true
-		return p, nil
-	}
-	return 0, errors.New("no free port")
+	return testport.Take()
 }
 
 // portOpen reports whether something accepts connections on 127.0.0.1:port.

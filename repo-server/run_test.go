@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
@@ -261,12 +262,11 @@ func TestReplicasShareOneStepCA(t *testing.T) {
 	}
 	keys := &repository.KeyRing{Passphrase: func() ([]byte, error) { return []byte(testPass), nil }}
 	freePort := func() int {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := testport.Take()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer l.Close()
-		return l.Addr().(*net.TCPAddr).Port
+		return p
 	}
 	start := make(chan struct{})
 	ready := make(chan [2]net.Addr, 2)

@@ -8,9 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/testport"
 )
 
 // RequireDeps reports whether EDGEWARD_REQUIRE_DEPS=1: a missing external
@@ -110,23 +111,14 @@ func loadPool(t testing.TB, path string) *x509.CertPool {
 	return p
 }
 
-// freePortPair finds a port p with p and p+1 free on 127.0.0.1.
+// freePortPair finds a port p with p and p+1 free on 127.0.0.1, reserved for this
+// process outside the ephemeral range (testport.TakePair).
 func freePortPair(t testing.TB) int {
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
+	p, err := testport.TakePair()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port pair")
-	return 0
+	return p
 }
 
 func (s *Swtpm) start() {

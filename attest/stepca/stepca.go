@@ -25,6 +25,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -68,6 +69,10 @@ type Config struct {
 	// order fails (e.g. a decommissioned device renewing its certificate). The CA then
 	// signs with its intermediate through step-ca's softcas, as it would without.
 	Refuse func(ctx context.Context, ids []string) error
+
+	// pickAddr, when set, picks the address for an empty Address instead of a free
+	// port on 127.0.0.1 (freeAddr); tests use it to hand out a taken one.
+	pickAddr func() (string, error)
 }
 
 // Server is a running embedded step-ca.
@@ -103,32 +108,66 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	if len(c.AttestationRoots) == 0 {
 		return nil, errors.New("stepca: AttestationRoots are required")
 	}
-	unlock := func() {}
-	if c.Lock != nil {
-		var err error
-		if unlock, err = c.Lock(ctx); err != nil {
-			return nil, fmt.Errorf("stepca: lock the CA's creation: %w", err)
+	// A free port picked for it (no Address) may be taken by another process before
+	// step-ca binds it, which it does itself, later: then another is picked, up to
+	// portTries times.
+	auto := c.Address == ""
+	var s *Server
+	for try := 1; ; try++ {
+		path, root, addr, err := writeConfigLocked(ctx, c)
+		if err != nil {
+			return nil, err
 		}
-	}
-	path, root, addr, err := WriteConfig(c)
-	unlock()
-	if err != nil {
-		return nil, err
-	}
-	c.Address = addr
-	s := &Server{URL: "https://" + addr, Root: root, cfg: c, path: path, dbPath: dbFile(c)}
-	s.DirectoryURL = s.URL + "/acme/" + provisionerName(c) + "/directory"
-	s.mu.Lock()
-	err = s.runLocked(ctx)
-	s.mu.Unlock()
-	if err != nil {
-		return nil, err
+		cc := c
+		cc.Address = addr
+		s = &Server{URL: "https://" + addr, Root: root, cfg: cc, path: path, dbPath: dbFile(cc)}
+		s.DirectoryURL = s.URL + "/acme/" + provisionerName(cc) + "/directory"
+		s.mu.Lock()
+		err = s.runLocked(ctx)
+		s.mu.Unlock()
+		if err == nil {
+			break
+		}
+		if !auto || try == portTries || !addrInUse(err) {
+			return nil, err
+		}
 	}
 	go func() {
 		<-ctx.Done()
 		s.Close()
 	}()
 	return s, nil
+}
+
+// writeConfigLocked is WriteConfig under c.Lock, if set.
+func writeConfigLocked(ctx context.Context, c Config) (path string, root *x509.Certificate, addr string, err error) {
+	if c.Lock != nil {
+		unlock, err := c.Lock(ctx)
+		if err != nil {
+			return "", nil, "", fmt.Errorf("stepca: lock the CA's creation: %w", err)
+		}
+		defer unlock()
+	}
+	return WriteConfig(c)
+}
+
+// freeAddr is an address on 127.0.0.1 whose port was free a moment ago.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// portTries is how many free ports Start tries when it picks the port itself.
+const portTries = 5
+
+// addrInUse reports whether err is a listener's "address already in use", whether or
+// not step-ca's wrapping kept the error chain.
+func addrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }
 
 // runLocked starts step-ca with the configuration at s.path and waits until it serves.
@@ -150,15 +189,36 @@ func (s *Server) runLocked(ctx context.Context) error {
 		return fmt.Errorf("stepca: start: %w", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Run() }()
+	exited := make(chan struct{}) // closed when Run returned, with runErr
+	var runErr error
+	go func() {
+		runErr = srv.Run()
+		close(exited)
+		done <- runErr
+	}()
 	s.ca, s.done = srv, done
-	// Wait until it serves.
+	// Wait until it serves. A health check in flight ends when Run does: whatever took
+	// the port (Start picks another) may accept connections and never answer.
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-exited:
+			cancel()
+		case <-hctx.Done():
+		}
+	}()
 	pool := x509.NewCertPool()
 	pool.AddCert(s.Root)
 	hc := s.Client(pool)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		resp, err := hc.Get(s.URL + "/health")
+		req, err := http.NewRequestWithContext(hctx, http.MethodGet, s.URL+"/health", nil)
+		if err != nil {
+			srv.Stop()
+			return fmt.Errorf("stepca: %w", err)
+		}
+		resp, err := hc.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -166,9 +226,13 @@ func (s *Server) runLocked(ctx context.Context) error {
 			}
 		}
 		select {
-		case err := <-done:
-			return fmt.Errorf("stepca: stopped at start: %w", err)
+		case <-exited:
+			return fmt.Errorf("stepca: stopped at start: %w", runErr)
 		default:
+		}
+		if ctx.Err() != nil {
+			srv.Stop()
+			return fmt.Errorf("stepca: start: %w", context.Cause(ctx))
 		}
 		if time.Now().After(deadline) {
 			srv.Stop()
@@ -278,12 +342,13 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 	}
 	addr = c.Address
 	if addr == "" {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
+		pick := c.pickAddr
+		if pick == nil {
+			pick = freeAddr
+		}
+		if addr, err = pick(); err != nil {
 			return "", nil, "", fmt.Errorf("stepca: %w", err)
 		}
-		addr = l.Addr().String()
-		l.Close()
 	}
 	dur := c.CertDuration
 	if dur == 0 {

@@ -9,10 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/repository"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
@@ -335,12 +337,11 @@ func TestDemoRefusesForeignDir(t *testing.T) {
 // is killed when the test ends; its log is shown if it never becomes healthy.
 func startServerProcess(t *testing.T, bin string, env []string, extra ...string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := testport.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
 	srv := exec.Command(bin, append([]string{"server", "--listen", addr}, extra...)...)
 	srv.Env = env
 	var logs bytes.Buffer

@@ -31,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/testport"
 )
 
 // ErrMissing says the nginx binary is not installed.
@@ -442,14 +444,9 @@ func ParseStreamSession(line string) (StreamSession, error) {
 	return ss, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a free port on 127.0.0.1, reserved for this process outside the
+// ephemeral range (testport.Take).
+func freePort() (int, error) { return testport.Take() }
 
 func tailFile(path string, n int) string {
 	b, err := os.ReadFile(path)

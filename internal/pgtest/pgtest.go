@@ -21,7 +21,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -34,6 +33,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
+
+	"github.com/edgeward/edgeward/internal/testport"
 )
 
 // ErrMissing says the PostgreSQL server binaries are not installed.
@@ -366,14 +367,9 @@ func (c *Cluster) serve(bin, data, sock string, port int, cred *syscall.Credenti
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort is a free port on 127.0.0.1, reserved for this process outside the
+// ephemeral range (testport.Take).
+func freePort() (int, error) { return testport.Take() }
 
 func tail(s string, n int) string {
 	if len(s) <= n {
