@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/checkpoint"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"golang.org/x/mod/sumdb/tlog"
@@ -70,8 +71,8 @@ func queryInt(r *http.Request, names ...string) ([]int64, bool) {
 	out := make([]int64, len(names))
 	for i, n := range names {
 		v, err := strconv.ParseInt(r.URL.Query().Get(n), 10, 64)
-		if err != nil || v < 0 {
-			return nil, false
+		if err != nil || v < 0 || v > checkpoint.MaxTreeSize {
+			return nil, false // past any tree: and index+1 must not overflow
 		}
 		out[i] = v
 	}

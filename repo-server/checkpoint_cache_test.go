@@ -2,7 +2,11 @@ package reposerver
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -137,4 +141,62 @@ func signedCheckpoint(t *testing.T, f *deviceFixture, size int64) string {
 		t.Fatal(err)
 	}
 	return string(msg)
+}
+
+// The audit API's proof endpoints over HTTP: an inclusion proof for a record in the
+// tree is served and verifies; indices and sizes that are negative, not numbers, or past
+// any tree (MaxInt64, where index+1 overflowed into "record -9223372036854775808",
+// found by an outside audit) are 400 before any proof is computed.
+func TestAuditProofQueryBounds(t *testing.T) {
+	f, _ := newDeviceFixture(t)
+	ctx := context.Background()
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := l.Append(ctx, "server", "repo.publish", fmt.Sprint(i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(f.srv.Handler())
+	defer hs.Close()
+	get := func(q string) (int, []byte) {
+		t.Helper()
+		resp, err := http.Get(hs.URL + "/v1/audit/proof/" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	code, body := get(fmt.Sprintf("inclusion?index=0&size=%d", c.Size))
+	var proof tlog.RecordProof
+	if code != http.StatusOK || json.Unmarshal(body, &proof) != nil {
+		t.Fatalf("inclusion proof of record 1: %d %s", code, body)
+	}
+	rec, err := l.Record(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tlog.CheckRecord(proof, c.Size, c.Hash, 0, rec.LeafHash()); err != nil {
+		t.Fatalf("the served inclusion proof does not verify: %v", err)
+	}
+	for _, q := range []string{
+		"inclusion?index=9223372036854775807&size=3",
+		fmt.Sprintf("inclusion?index=%d&size=3", int64(checkpoint.MaxTreeSize)+1),
+		"inclusion?index=-1&size=3",
+		"inclusion?index=0&size=x",
+		"consistency?old=1&new=9223372036854775807",
+		"consistency?old=-2&new=3",
+	} {
+		if code, body := get(q); code != http.StatusBadRequest {
+			t.Errorf("%s: %d %s; want 400", q, code, body)
+		}
+	}
 }

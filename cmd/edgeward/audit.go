@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
@@ -149,6 +150,12 @@ func (a *auditTrust) options() (audit.VerifyOptions, error) {
 		data, err := os.ReadFile(a.state)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return o, err
+		}
+		if err == nil && len(bytes.TrimSpace(data)) == 0 {
+			// An empty file is not a first use (no file is): a truncated or tampered
+			// state would otherwise turn the rollback and fork checks off silently,
+			// and the file be overwritten with whatever verifies next.
+			return o, fmt.Errorf("--state %s is empty: it holds no last-seen checkpoint, so rollbacks and forks cannot be checked. Restore it from a backup; only if this is the first verification, remove it", a.state)
 		}
 		if len(data) > 0 {
 			o.LastSeen = data

@@ -175,6 +175,17 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 8 records") {
 		t.Fatalf("audit verify after move-key: %s", out)
 	}
+	// A state file that exists but is empty (truncated, or a failed restore) is refused
+	// and left as it is: it would turn the rollback and fork checks off silently, and be
+	// overwritten with whatever verified next (found by an outside audit, 1 Dec).
+	empty := filepath.Join(dir, "empty-state")
+	os.WriteFile(empty, []byte("\n"), 0o644)
+	if _, _, err := c.run("audit", "verify", export, "--key", pub, "--state", empty); err == nil || !strings.Contains(err.Error(), "is empty") {
+		t.Fatalf("audit verify with an empty --state = %v; want it refused", err)
+	}
+	if b, _ := os.ReadFile(empty); string(b) != "\n" {
+		t.Fatalf("the empty state file was overwritten: %q", b)
+	}
 	data, _ := os.ReadFile(export)
 	os.WriteFile(export, []byte(strings.Replace(string(data), "models/iris/1.0.0.onnx", "models/iris/6.6.6.onnx", 1)), 0o644)
 	if _, _, err := c.run("audit", "verify", export, "--key", pub); err == nil || !strings.Contains(err.Error(), "the log was rewritten") {

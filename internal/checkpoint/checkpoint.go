@@ -52,8 +52,16 @@ const MaxNote = 16 << 10
 // ErrMalformed says a checkpoint's text is malformed.
 var ErrMalformed = errors.New("malformed checkpoint")
 
+// MaxTreeSize bounds the tree size a checkpoint may state: far beyond any real log, and
+// well under what golang.org/x/mod/sumdb/tlog's proofs handle. Over 2^62 its proof checks
+// (maxpow2) loop for ever: one checkpoint signed with the log key and sized 2^62+1 held a
+// witness's lock, and so the witness, for good, and a verifier ignored SIGTERM
+// (found by an outside audit, 1 Dec).
+const MaxTreeSize = 1 << 48
+
 // parseCheckpointText parses the text of a checkpoint note. Extension lines after the root
-// hash are allowed and ignored, as the format says.
+// hash are allowed and ignored, as the format says; a tree size over MaxTreeSize is
+// malformed.
 func parseCheckpointText(text string) (origin string, size int64, h tlog.Hash, err error) {
 	lines := strings.SplitN(text, "\n", 4)
 	if len(lines) < 4 || lines[0] == "" {
@@ -62,6 +70,9 @@ func parseCheckpointText(text string) (origin string, size int64, h tlog.Hash, e
 	size, err = strconv.ParseInt(lines[1], 10, 64)
 	if err != nil || size < 0 || strconv.FormatInt(size, 10) != lines[1] {
 		return "", 0, h, fmt.Errorf("%w: tree size %q", ErrMalformed, lines[1])
+	}
+	if size > MaxTreeSize {
+		return "", 0, h, fmt.Errorf("%w: tree size %d is over %d", ErrMalformed, size, int64(MaxTreeSize))
 	}
 	if h, err = tlog.ParseHash(lines[2]); err != nil {
 		return "", 0, h, fmt.Errorf("%w: root hash %q", ErrMalformed, lines[2])
@@ -312,6 +323,8 @@ var ErrInconsistent = errors.New("inconsistent checkpoints")
 // the same log.
 func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
 	switch {
+	case older.Size < 0 || newer.Size < 0 || older.Size > MaxTreeSize || newer.Size > MaxTreeSize:
+		return fmt.Errorf("%w: tree sizes %d and %d: each must be within 0 and %d", ErrMalformed, older.Size, newer.Size, int64(MaxTreeSize))
 	case older.Origin != newer.Origin:
 		return fmt.Errorf("%w: checkpoints of two logs (%q, %q)", ErrInconsistent, older.Origin, newer.Origin)
 	case newer.Size < older.Size:

@@ -133,3 +133,58 @@ func TestOpenDropsLinesThatCannotCount(t *testing.T) {
 		t.Errorf("Open(w1 genuine, w2 forged) with quorum 2 = %v; want a QuorumError with 1", err)
 	}
 }
+
+// TestHugeTreeSizeRefused: a checkpoint signed with the log key but stating a tree of
+// 2^62+1 records is malformed, refused by Open and Next at once, and CheckConsistency
+// refuses such a size however the checkpoint was made. Before, the proof check
+// (tlog.CheckTree's maxpow2) looped for ever: a witness held its lock, and so stopped
+// answering, for good (found by an outside audit, 1 Dec). A size at the bound still
+// parses.
+func TestHugeTreeSizeRefused(t *testing.T) {
+	_, logPriv, _ := ed25519.GenerateKey(nil)
+	signer, err := Signer("log.example", logPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vk, _ := VerifierKey("log.example", logPriv.Public().(ed25519.PublicKey))
+	logKey, err := ParseVerifier(vk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := tlog.RecordHash([]byte("x"))
+	sign := func(size int64) []byte {
+		msg, err := note.Sign(&note.Note{Text: Body("log.example", size, h)}, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msg
+	}
+	huge := sign(1<<62 + 1)
+	if _, err := Open(huge, logKey, nil, 0); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Open(size 2^62+1) = %v; want ErrMalformed", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := Next(logKey, sign(1), huge, tlog.TreeProof{h})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Next accepted a checkpoint of size 2^62+1")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Next on a checkpoint of size 2^62+1 did not return in 10 s")
+	}
+	older := &Checkpoint{Origin: "log.example", Size: 1, Hash: h}
+	newer := &Checkpoint{Origin: "log.example", Size: 1<<62 + 1, Hash: h}
+	if err := CheckConsistency(older, newer, tlog.TreeProof{h}); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("CheckConsistency(size 2^62+1) = %v; want ErrMalformed", err)
+	}
+	if c, err := Open(sign(MaxTreeSize), logKey, nil, 0); err != nil || c.Size != MaxTreeSize {
+		t.Fatalf("Open(size MaxTreeSize) = %+v, %v", c, err)
+	}
+	if _, err := Open(sign(MaxTreeSize+1), logKey, nil, 0); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Open(size MaxTreeSize+1) = %v; want ErrMalformed", err)
+	}
+}

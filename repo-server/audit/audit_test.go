@@ -171,6 +171,38 @@ func TestVerifyFindsTamperedExports(t *testing.T) {
 			return append(lines, `{"type":"record",`+string(b[1:]))
 		}, "lines after the checkpoint"},
 		{"truncated (head -n 6)", func(lines []string) []string { return lines[:6] }, "no signed checkpoint covers the 6 records"},
+		// What Go reads is verified; other readers must not see another record. jq shows
+		// the first two as actor mallory, Python's json the third as subject evil.
+		{"actor given twice, the signed one in another case", func(lines []string) []string {
+			i := recordLine(lines, 6)
+			lines[i] = strings.Replace(lines[i], `"actor":"server"`, `"actor":"cli:mallory","Actor":"server"`, 1)
+			return lines
+		}, "not as the export writes it"},
+		{"actor given twice", func(lines []string) []string {
+			i := recordLine(lines, 6)
+			lines[i] = strings.Replace(lines[i], `"actor":"server"`, `"actor":"cli:mallory","actor":"server"`, 1)
+			return lines
+		}, "not as the export writes it"},
+		{"subject given twice, the signed one last", func(lines []string) []string {
+			i := recordLine(lines, 4)
+			lines[i] = strings.Replace(lines[i], `"subject":`, `"subject":"models/evil.onnx","subject":`, 1)
+			return lines
+		}, "not as the export writes it"},
+		{"unknown field", func(lines []string) []string {
+			i := recordLine(lines, 5)
+			lines[i] = strings.TrimSuffix(lines[i], "}") + `,"approved_by":"security"}`
+			return lines
+		}, "not as the export writes it"},
+		{"re-spaced", func(lines []string) []string {
+			i := recordLine(lines, 5)
+			lines[i] = strings.Replace(lines[i], `"seq":5,`, `"seq": 5,`, 1)
+			return lines
+		}, "not as the export writes it"},
+		{"checkpoint key in another case", func(lines []string) []string {
+			last := len(lines) - 1
+			lines[last] = strings.Replace(lines[last], `"note":`, `"NOTE":`, 1)
+			return lines
+		}, "not as the export writes it"},
 		{"checkpoint by another key", func(lines []string) []string {
 			other, _ := newLog(t, 1000)
 			olines := exportOf(t, other, 10)

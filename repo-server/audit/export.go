@@ -30,6 +30,23 @@ func writeLine(w io.Writer, typ string, v any) error {
 	return err
 }
 
+// canonical checks that line is exactly what Export writes for v as read from it
+// (writeLine): what is verified is Go's reading of the line, and an auditor reads the
+// file with other tools too. Without it, a key given twice (Go takes the last, jq too,
+// others the first), in another case ("Actor": Go matches keys without regard to case)
+// or unknown, verified as the record Go read while other readers saw another: "ok" on a
+// line whose actor jq showed as someone else (found by an outside audit, 1 Dec).
+func canonical(line []byte, typ string, v any) error {
+	var b bytes.Buffer
+	if err := writeLine(&b, typ, v); err != nil {
+		return err
+	}
+	if !bytes.Equal(bytes.TrimSuffix(b.Bytes(), []byte("\n")), line) {
+		return errors.New("not as the export writes it: a key is duplicated, in another case, unknown or out of order, or the line was re-spaced or re-escaped, so other JSON readers may not read what is verified")
+	}
+	return nil
+}
+
 // checkpointLine is an export's last line: the signed checkpoint covering every record.
 type checkpointLine struct {
 	Note string `json:"note"`
@@ -179,6 +196,9 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: "bad data", Err: err}
 			}
 			rec.Data = data.Bytes()
+			if err := canonical(sc.Bytes(), "record", &rec); err != nil {
+				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: err.Error()}
+			}
 			if want := rep.Records + 1; rec.Seq != want {
 				return rep, &VerifyError{Line: n, Seq: rec.Seq, Msg: fmt.Sprintf("out of sequence: expected record %d (a record was deleted or reordered)", want)}
 			}
@@ -192,6 +212,9 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 			var cl checkpointLine
 			if err := json.Unmarshal(sc.Bytes(), &cl); err != nil {
 				return rep, &VerifyError{Line: n, Msg: "bad checkpoint line", Err: err}
+			}
+			if err := canonical(sc.Bytes(), "checkpoint", &cl); err != nil {
+				return rep, &VerifyError{Line: n, Msg: err.Error()}
 			}
 			cpLine = []byte(cl.Note)
 		default:
