@@ -167,21 +167,28 @@ func TestAgentRounds(t *testing.T) {
 
 // A target TUF cannot describe (its role's metadata did not verify, or it is not
 // listed) is reported by the name and version in its path: the server refuses a report
-// without them, and it would hold back every report queued with it.
+// without them, and it would hold back every report queued with it. A target not listed
+// is not burnt either: the metadata may be behind the server that asked for it (a
+// mirror not refreshed yet, or someone on the path serving the older files). It is
+// reported as infrastructure and tried again after the backoff, and installs once
+// listed; before, it stayed refused for good and counted as a failure of its rollout
+// (found by an outside audit, 1 Dec).
 func TestUnresolvedTargetIsReportedByPath(t *testing.T) {
 	ctx := context.Background()
 	r := tuftest.New(t)
 	r.AddModel("iris", "1.0.0", 0)
 	c, m, o := deviceState(t, r)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	d := &director{want: map[artifact.Kind]string{artifact.KindModel: "models/iris/3.0.0.onnx"}}
-	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{}, Outbox: o, Sender: &server{seen: map[string]int{}}})
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{}, Outbox: o, Interval: time.Minute,
+		Now: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Step(ctx); err == nil {
-		t.Fatal("Step installing an unlisted target = nil; want its error")
+	if err := a.Step(ctx); err == nil || !errors.Is(err, ErrNotListed) {
+		t.Fatalf("Step installing an unlisted target = %v; want ErrNotListed", err)
 	}
-	msgs, err := o.Due(ctx, time.Now().Add(time.Hour), 10)
+	msgs, err := o.Due(ctx, now.Add(time.Hour), 10)
 	if err != nil || len(msgs) != 1 {
 		t.Fatalf("outbox = %d reports, %v; want 1", len(msgs), err)
 	}
@@ -189,8 +196,20 @@ func TestUnresolvedTargetIsReportedByPath(t *testing.T) {
 	if err := json.Unmarshal(msgs[0].Body, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Name != "iris" || rep.Version != "3.0.0" || rep.Outcome != wire.OutcomeInstallError || !strings.Contains(rep.Cause, "models/iris/3.0.0.onnx") {
-		t.Errorf("report = %+v; want iris 3.0.0 install_error naming the target", rep)
+	if rep.Name != "iris" || rep.Version != "3.0.0" || rep.Outcome != wire.OutcomeInfrastructure || !strings.Contains(rep.Cause, "models/iris/3.0.0.onnx") {
+		t.Errorf("report = %+v; want iris 3.0.0 infrastructure naming the target", rep)
+	}
+	if refused, err := o.Refused(ctx); err != nil || len(refused) != 0 {
+		t.Errorf("refused targets = %v, %v; want none", refused, err)
+	}
+	// Once the repository lists it, the next attempt after the backoff installs it.
+	r.AddModel("iris", "3.0.0", 0)
+	now = now.Add(2 * time.Minute)
+	if err := a.Step(ctx); err != nil {
+		t.Fatalf("Step once the target is listed = %v", err)
+	}
+	if s, err := m.State(ctx, artifact.KindModel); err != nil || s.Current == nil || s.Current.Version != "3.0.0" {
+		t.Fatalf("slot after the target was listed = %+v, %v; want 3.0.0 committed", s, err)
 	}
 }
 

@@ -46,12 +46,22 @@ func TestTransient(t *testing.T) {
 		{&os.PathError{Op: "write", Path: "/slots/b/payload", Err: syscall.ENOSPC}, true},
 		{fmt.Errorf("load: %w", refused), true},
 		{&DownloadError{URL: "u", Status: 503, Err: errors.New("unavailable")}, true},
-		{&DownloadError{URL: "u", Status: 404, Err: errors.New("not found")}, false},
+		// A target listed in signed metadata that a server or mirror does not serve, or
+		// metadata that is stale, replayed, expired or too large: the repository's or
+		// the path's state, not the version's (one forged 404 used to burn it).
+		{&DownloadError{URL: "u", Status: 404, Err: errors.New("not found")}, true},
+		{&DownloadError{URL: "u", Status: 403, Err: errors.New("forbidden")}, true},
+		{fmt.Errorf("tuf target t: %w", &metadata.ErrDownloadHTTP{StatusCode: 404, URL: "u/5.models.json"}), true},
+		{fmt.Errorf("tuf target t: %w", &metadata.ErrExpiredMetadata{Msg: "models.json is expired"}), true},
+		{fmt.Errorf("tuf target t: %w", ErrMetadataTooLarge), true},
+		{fmt.Errorf("tuf target t: %w: target t not found", ErrNotListed), true},
+		{errors.New("target models/m/1.0.0.onnx is built for [jetson], not for this device (rpi4)"), false},
+		{errors.New("target models/m/1.0.0.onnx is a runtime, not a model"), false},
 		{&DownloadError{URL: "u", Status: 416, Err: errors.New("range not satisfiable: starting over")}, true},
 		{&DownloadError{Err: ErrHashMismatch, perm: true}, true}, // a mirror's wrong bytes: the version is not at fault
 		{&DownloadError{Err: ErrTooLong, perm: true}, true},
 		{fmt.Errorf("target: %w", &metadata.ErrUnsignedMetadata{Msg: "Verifying models failed, not enough signatures"}), true},
-		{&metadata.ErrBadVersionNumber{Msg: "new snapshot version 3 must be >= 4"}, false},
+		{&metadata.ErrBadVersionNumber{Msg: "new snapshot version 3 must be >= 4"}, true},
 		{errors.New("accuracy 0.91 < 0.95"), false},
 		{context.Canceled, false},
 		{nil, false},

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"syscall"
 
 	"github.com/edgeward/edgeward/internal/wire"
@@ -17,16 +16,18 @@ import (
 
 // Transient reports whether err has a cause that goes away without a new version: no
 // space left on the device, the network or the server unreachable or failing (a
-// timeout, a refused or reset connection, HTTP 408, 429 or 5xx), the local runtime not
+// timeout, a refused or reset connection, any HTTP error status), the local runtime not
 // answering, the server's certificate not trusted (ErrUntrustedServer), bytes that do
-// not match what is signed (see WrongBytes). An install that fails for such a cause is
-// retried with backoff and does not count against the version. A 404, a target TUF
-// does not list, a downgrade or a failed probe are not transient.
+// not match what is signed (see WrongBytes), or the repository's metadata not fetched or
+// not current (NotCurrent). An install that fails for such a cause is retried with
+// backoff and does not count against the version. What the verified, signed metadata
+// says against the version (its kind, its hardware, its custom fields), a downgrade or
+// a failed probe are not transient: they burn the version on the device.
 func Transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
-	if WrongBytes(err) {
+	if WrongBytes(err) || NotCurrent(err) {
 		return true
 	}
 	if errors.Is(err, ErrUntrustedServer) {
@@ -37,11 +38,13 @@ func Transient(err error) bool {
 	}
 	var de *DownloadError
 	if errors.As(err, &de) && de.Status != 0 {
-		// 416 and a 206 at the wrong offset: the download had to start over (the source
-		// is shorter than what was resumed, or changed under it, as a bundle still being
-		// copied in); the next attempt starts from zero.
-		return de.Status == http.StatusRequestTimeout || de.Status == http.StatusTooManyRequests || de.Status >= 500 ||
-			de.Status == http.StatusRequestedRangeNotSatisfiable || de.Status == http.StatusPartialContent
+		// Any status: the target is listed in signed metadata, so a 404 (or 403, 410)
+		// says only that this server or mirror does not serve it now (a CDN the new
+		// files have not reached, or someone on the path). Burning the version for it
+		// let one forged 404 block a signed version on the device for good and count
+		// as a failure of its rollout (found by an outside audit, 1 Dec). 416 and a
+		// 206 at the wrong offset: the download starts over at the next attempt.
+		return true
 	}
 	for _, e := range []error{ErrDiskFull, syscall.ENOSPC, syscall.EDQUOT, ErrStalled, ErrTruncated,
 		syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ETIMEDOUT,
@@ -52,6 +55,20 @@ func Transient(err error) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne)
+}
+
+// NotCurrent reports whether err says the repository's metadata could not be fetched,
+// or was not current, rather than that it spoke against the version: a metadata file
+// not served (go-tuf's ErrDownload, any HTTP status), an older version than the one
+// trusted or than snapshot lists (ErrBadVersionNumber: a stale mirror, or a replay),
+// expired metadata (the repository has not been re-signed yet, or a freeze), metadata
+// larger than the device accepts or not served in time, or a target that the metadata
+// fetched does not list (a mirror behind the server that asked for it). Each is the
+// repository's or the path's state, and changes without a new version; a target burnt
+// for it stayed refused after honest service resumed.
+func NotCurrent(err error) bool {
+	return errors.Is(err, &metadata.ErrRepository{}) || errors.Is(err, &metadata.ErrDownload{}) ||
+		errors.Is(err, ErrMetadataTooLarge) || errors.Is(err, ErrMetadataTimeout) || errors.Is(err, ErrNotListed)
 }
 
 // WrongBytes reports whether err says that what was served does not match what is

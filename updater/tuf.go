@@ -346,10 +346,20 @@ func (c *TUF) Target(ctx context.Context, targetPath string) (*metadata.TargetFi
 	defer func() { c.fetcher.ctx = context.Background() }()
 	tf, err := c.up.GetTargetInfo(targetPath)
 	if err != nil {
+		var typed interface{ Is(error) bool }
+		if !errors.As(err, &typed) && strings.HasSuffix(err.Error(), " not found") {
+			// go-tuf says so in an untyped error; every other failure it types.
+			return nil, fmt.Errorf("tuf target %s: %w: %w", targetPath, ErrNotListed, err)
+		}
 		return nil, fmt.Errorf("tuf target %s: %w", targetPath, err)
 	}
 	return tf, nil
 }
+
+// ErrNotListed wraps the error of a target that the verified metadata does not list.
+// The metadata fetched may be behind the server that asked for it (a mirror not yet
+// refreshed), so it is NotCurrent: retried, not burnt.
+var ErrNotListed = errors.New("not listed in the repository's verified metadata")
 
 // URL is where the target's bytes are fetched: with consistent snapshots, its file name
 // is prefixed with a hash (sha256 when listed).
