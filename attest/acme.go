@@ -13,7 +13,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
@@ -40,6 +43,93 @@ type DeviceCertRequest struct {
 	// AccountKey signs ACME requests; nil means a fresh P-256 key (an
 	// ACME account per request, which step-ca allows).
 	AccountKey crypto.Signer
+	// Timeout bounds the whole exchange, retries and polling included; zero means
+	// two minutes.
+	Timeout time.Duration
+}
+
+// The bounds on what an ACME server (or someone on the path to it) can make the device
+// do. Without them, one 503 with Retry-After: 1000000000 parked the agent in
+// x/crypto/acme's backoff for about 31 years, before its first check-in, and 503s
+// with a 1 GiB body took it to 5.4 GB resident: the library reads an error body whole
+// and retries (found by an outside audit, 1 Dec).
+const (
+	acmeTimeout      = 2 * time.Minute
+	acmeMaxRetries   = 4               // of one request, after its first try
+	acmeMaxBackoff   = 5 * time.Second // whatever Retry-After says
+	acmeMaxBodyBytes = 1 << 20         // of one response: JSON, or a certificate chain
+)
+
+// acmeBackoff is acme.Client.RetryBackoff: 250 ms doubling, or Retry-After, at most
+// acmeMaxBackoff, for acmeMaxRetries retries; then the request fails.
+func acmeBackoff(n int, _ *http.Request, resp *http.Response) time.Duration {
+	if n > acmeMaxRetries {
+		return -1
+	}
+	d := min(250*time.Millisecond<<min(n, 10), acmeMaxBackoff)
+	if resp != nil {
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs >= 0 {
+			d = min(time.Duration(min(secs, 3600))*time.Second, acmeMaxBackoff)
+		}
+	}
+	return d
+}
+
+// boundedBodies wraps a RoundTripper so that no response body yields more than
+// acmeMaxBodyBytes: a read past them fails.
+type boundedBodies struct{ rt http.RoundTripper }
+
+func (b boundedBodies) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := b.rt.RoundTrip(req)
+	if err == nil {
+		resp.Body = &cappedBody{ReadCloser: resp.Body, left: acmeMaxBodyBytes}
+	}
+	return resp, err
+}
+
+type cappedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+func (c *cappedBody) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, fmt.Errorf("%w: an ACME response longer than %d bytes", ErrACME, acmeMaxBodyBytes)
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.ReadCloser.Read(p)
+	c.left -= int64(n)
+	return n, err
+}
+
+// maxErrorText bounds the text of RequestDeviceCert's errors: x/crypto/acme puts an
+// error answer's body in its error, and the agent logs and reports it.
+const maxErrorText = 1024
+
+// boundedError is err with its text cut to maxErrorText bytes (and its length said).
+type boundedError struct{ err error }
+
+func (e *boundedError) Error() string {
+	s := e.err.Error()
+	return strings.ToValidUTF8(s[:maxErrorText], "") + fmt.Sprintf("… (%d bytes)", len(s))
+}
+
+func (e *boundedError) Unwrap() error { return e.err }
+
+// acmeHTTP is base (nil: http.DefaultClient) with its responses bounded.
+func acmeHTTP(base *http.Client) *http.Client {
+	if base == nil {
+		base = http.DefaultClient
+	}
+	hc := *base
+	rt := hc.Transport
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	hc.Transport = boundedBodies{rt: rt}
+	return &hc
 }
 
 // ErrACME wraps failures of the ACME exchange.
@@ -51,7 +141,12 @@ var ErrACME = errors.New("attest: ACME device-attest-01")
 // whose x5c is the AK certificate chain and whose certInfo/pubArea/sig are a
 // TPM2_Certify of r.Key by the AK over SHA-256(keyAuthorization); then a CSR
 // signed by r.Key. It returns the certificate chain, leaf first.
-func RequestDeviceCert(ctx context.Context, r DeviceCertRequest) ([]*x509.Certificate, error) {
+func RequestDeviceCert(ctx context.Context, r DeviceCertRequest) (_ []*x509.Certificate, err error) {
+	defer func() {
+		if err != nil && len(err.Error()) > maxErrorText {
+			err = &boundedError{err: err}
+		}
+	}()
 	if r.AK == nil || r.Key == nil || r.AK.PermanentIdentifier == "" {
 		return nil, fmt.Errorf("%w: AK certificate with permanent identifier and key are required", ErrACME)
 	}
@@ -63,7 +158,14 @@ func RequestDeviceCert(ctx context.Context, r DeviceCertRequest) ([]*x509.Certif
 		}
 		acct = k
 	}
-	c := &acme.Client{Key: acct, DirectoryURL: r.DirectoryURL, HTTPClient: r.HTTP, UserAgent: "edgeward-agent"}
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = acmeTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c := &acme.Client{Key: acct, DirectoryURL: r.DirectoryURL, HTTPClient: acmeHTTP(r.HTTP), UserAgent: "edgeward-agent",
+		RetryBackoff: acmeBackoff}
 	if _, err := c.Register(ctx, &acme.Account{}, acme.AcceptTOS); err != nil && !errors.Is(err, acme.ErrAccountAlreadyExists) {
 		return nil, fmt.Errorf("%w: register: %w", ErrACME, err)
 	}
