@@ -42,7 +42,8 @@ var (
 	ErrTruncated = errors.New("body shorter than the target's TUF length")
 	// ErrDiskFull: writing the slot ran out of space.
 	ErrDiskFull = errors.New("no space left for the target")
-	// ErrStalled: no byte arrived for Downloader.StallTimeout (retried, resumed).
+	// ErrStalled: under minProgress bytes arrived in Downloader.StallTimeout (retried,
+	// resumed).
 	ErrStalled = errors.New("download stalled")
 	// ErrNoHash: TUF lists no hash, or one this client cannot check (it supports sha256,
 	// sha384 and sha512).
@@ -113,8 +114,8 @@ type Downloader struct {
 	CheckpointInterval time.Duration
 	// Retry bounds retries of transient failures.
 	Retry Backoff
-	// StallTimeout ends an attempt when no byte arrives for this long (the next attempt
-	// resumes); 0 means 60s.
+	// StallTimeout ends an attempt when fewer than minProgress bytes (64 KiB, or the
+	// rest of the target) arrive in this long (the next attempt resumes); 0 means 60s.
 	StallTimeout time.Duration
 	// Sleep waits between attempts. Nil means a timer honouring ctx.
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -656,15 +657,19 @@ func (p *writePipe) close() error {
 // asked to start writing it.
 const writebackBytes = 8 << 20
 
+// minProgress is how many bytes must arrive in each StallTimeout for a download not to
+// count as stalled (fewer when less of the target is left).
+const minProgress = 64 << 10
+
 // fill reads into b until it is full, the body ends or fails; progress is called after
-// every read that returned bytes.
-func fill(r io.Reader, b []byte, progress func()) (int, error) {
+// every read that returned bytes, with their number.
+func fill(r io.Reader, b []byte, progress func(int)) (int, error) {
 	n := 0
 	for n < len(b) {
 		m, err := r.Read(b[n:])
 		if m > 0 {
 			n += m
-			progress()
+			progress(m)
 		}
 		if err != nil {
 			return n, err
@@ -689,7 +694,7 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 		// A stall that ended the body's read reads as a truncated body whose read
 		// failed with ErrStalled; either way the cause to report is the stall.
 		if err != nil && errors.Is(context.Cause(ctx), ErrStalled) && (!errors.Is(err, ErrStalled) || errors.Is(err, ErrTruncated)) && !(errors.As(err, &de) && de.perm) {
-			err = &DownloadError{URL: url, Err: fmt.Errorf("%w: nothing received for %v at %d of %d bytes", ErrStalled, stall, p.offset, want.Length)}
+			err = &DownloadError{URL: url, Err: fmt.Errorf("%w: under %d bytes received in %v, at %d of %d bytes", ErrStalled, minProgress, stall, p.offset, want.Length)}
 		}
 	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -792,7 +797,20 @@ func (d *Downloader) fetch(ctx context.Context, url string, want Want, p *part) 
 	}()
 	body := io.LimitReader(resp.Body, want.Length-p.offset+1) // one more byte reveals an over-long body
 	last, lastAt := p.offset, time.Now()
-	progress := func() { timer.Reset(stall) }
+	// The stall timer restarts only once minProgress bytes (or the rest of the target)
+	// arrived since it last did: a server or mirror dripping a byte every 20 s held the
+	// agent's round, and with it every check-in, for as long as it liked (7 hours for a
+	// 1,318-byte target; found by an outside audit, 1 Dec). The slowest source kept is
+	// minProgress per StallTimeout, 1 KiB/s by default.
+	received, since := p.offset, int64(0)
+	need := min(minProgress, want.Length-received)
+	progress := func(m int) {
+		received += int64(m)
+		if since += int64(m); since >= need {
+			timer.Reset(stall)
+			since, need = 0, max(min(minProgress, want.Length-received), 1)
+		}
+	}
 	for {
 		c := pipe.get()
 		if pipe.err != nil {

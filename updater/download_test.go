@@ -533,7 +533,7 @@ func TestDownloadDirect(t *testing.T) {
 }
 
 // TestDownloadStallIsNamed: a download that stalls mid-body on every attempt ends with
-// an error that names the stall ("nothing received for …"), not a truncated body.
+// an error that names the stall ("under 65536 bytes received in …"), not a truncated body.
 func TestDownloadStallIsNamed(t *testing.T) {
 	content := randomBytes(64 << 10)
 	release := make(chan struct{})
@@ -552,8 +552,60 @@ func TestDownloadStallIsNamed(t *testing.T) {
 	d.StallTimeout = 200 * time.Millisecond
 	d.Retry.Attempts = 1
 	err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(t.TempDir(), "payload"))
-	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "nothing received for 200ms") || strings.Contains(err.Error(), "shorter") {
+	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "under 65536 bytes received in 200ms") || strings.Contains(err.Error(), "shorter") {
 		t.Fatalf("Download of a stalled body = %v; want the stall named", err)
+	}
+}
+
+// TestDownloadDripIsAStall: a server that drips a byte every 20 ms (it would take 80 s
+// for this 4 KiB target, months for a model) is stalled after StallTimeout, as one that
+// sends nothing: fewer than 64 KiB, or the rest of the target, arrived in it. Before, any
+// byte restarted the stall timer, and a mirror dripping a byte every 20 s held the
+// agent's round, and every check-in, for as long as it liked (found by an outside
+// audit, 1 Dec). A source that keeps the minimum rate is not stalled.
+func TestDownloadDripIsAStall(t *testing.T) {
+	drip := func(content []byte, every time.Duration, chunk int) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(content)))
+			for i := 0; i < len(content); i += chunk {
+				if _, err := w.Write(content[i:min(i+chunk, len(content))]); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-time.After(every):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
+	}
+	content := randomBytes(4 << 10)
+	srv := httptest.NewServer(drip(content, 20*time.Millisecond, 1))
+	defer srv.Close()
+	d := testDownloader(nil)
+	d.StallTimeout = 500 * time.Millisecond
+	d.Retry.Attempts = 1
+	start := time.Now()
+	err := d.Download(context.Background(), srv.URL, wantOf(content), filepath.Join(t.TempDir(), "payload"))
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("Download from a dripping server = %v; want ErrStalled", err)
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("the dripping download was given up after %v; want about StallTimeout", took)
+	}
+	// 32 KiB every 100 ms: ten times the 64 KiB needed in each StallTimeout of 2 s (so a
+	// loaded machine does not trip it), over several of them.
+	big := randomBytes(1 << 20)
+	steady := httptest.NewServer(drip(big, 100*time.Millisecond, 32<<10))
+	defer steady.Close()
+	d.StallTimeout = 2 * time.Second
+	dst := filepath.Join(t.TempDir(), "steady")
+	if err := d.Download(context.Background(), steady.URL, wantOf(big), dst); err != nil {
+		t.Fatalf("Download from a slow but steady server = %v", err)
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, big) {
+		t.Error("the slow download's payload differs")
 	}
 }
 
