@@ -3,9 +3,11 @@ package verify
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"path"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/ima"
@@ -29,6 +31,22 @@ const (
 
 // maxUnknown bounds the unknown files a verdict lists.
 const maxUnknown = 100
+
+// maxListedPath bounds a file's path as a verdict lists it, in bytes.
+const maxListedPath = 256
+
+// boundPath cuts p to maxListedPath bytes on a rune boundary, marking the cut with
+// the path's length.
+func boundPath(p string) string {
+	if len(p) <= maxListedPath {
+		return p
+	}
+	cut := maxListedPath
+	for cut > 0 && !utf8.RuneStart(p[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…(%d bytes)", p[:cut], len(p))
+}
 
 // verifyIMA checks the IMA measurement list against the quoted PCR 10 and p.Runtime.
 // The device reads the list after its quote and the kernel only appends, so the
@@ -131,9 +149,13 @@ func verifyIMA(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted boo
 			continue
 		}
 		if e.Violation || !allowed[d] {
-			what := e.Path + " " + d
+			// A listed path is cut (a device chooses them, up to ima.MaxPath each: 100
+			// unknown files of 4 KB made a 410 KB audit record at every check-in of a
+			// trusted device; found by an outside audit, 1 Dec).
+			path := boundPath(e.Path)
+			what := path + " " + d
 			if e.Violation {
-				what = e.Path + " (measured while open for writing)"
+				what = path + " (measured while open for writing)"
 			}
 			if r != nil && r.Enforce {
 				v.add(IMAUntrustedFile, "entry %d: %s is not allowed to run", i, what)

@@ -168,3 +168,38 @@ func TestIMARuntimeSlotNotLoadedSaysWhat(t *testing.T) {
 		t.Errorf("Verify(slot library not loaded, 2 others) = %v; want only %s saying %q", v.Reasons, verify.IMARuntimeNotLoaded, want)
 	}
 }
+
+// TestIMAReasonsAndPathsAreBounded: a device chooses its list, so what a verdict repeats
+// of it is bounded. In enforce mode 150 files not allowed give 64 reasons, the last
+// saying how many more there were, by code (before: one reason each, 20,900 of them a
+// 2.6 MB answer and audit record at every check-in); a path of 4 KB is listed cut, with
+// its length (before: 100 such paths made a 410 KB record for a trusted device).
+func TestIMAReasonsAndPathsAreBounded(t *testing.T) {
+	d, policy, run, list, boot := imaDevice(t)
+	d.measureBoot(t, list, boot)
+	long := "/opt/" + strings.Repeat("x", 4000)
+	run(long)
+	for i := range 149 {
+		run(fmt.Sprintf("/usr/bin/tool-%03d", i))
+	}
+	nonce := bytes.Repeat([]byte{5}, 32)
+	ev := d.imaEvidence(t, nonce, *list)
+	policy.Runtime = &reference.Runtime{Enforce: true}
+	v := verify.Verify(policy, ev, nonce, time.Now())
+	if v.Trusted || len(v.Reasons) != 64 {
+		t.Fatalf("Verify(enforce, 150 files not allowed) = trusted %v, %d reasons; want untrusted, 64", v.Trusted, len(v.Reasons))
+	}
+	last := v.Reasons[63]
+	if last.Code != verify.IMAUntrustedFile || last.Detail != "87 more reasons not listed: ima_untrusted_file ×87" {
+		t.Errorf("the last reason = %v; want the 87 more counted", last)
+	}
+	first := v.Reasons[0].Detail
+	if len(first) > 512 || !strings.Contains(first, "…(4005 bytes)") {
+		t.Errorf("the long path's reason (%d bytes) = %.120q…; want it cut, with its length", len(first), first)
+	}
+	policy.Runtime = &reference.Runtime{} // audit mode: listed as unknown, cut too
+	v = verify.Verify(policy, ev, nonce, time.Now())
+	if !v.Trusted || v.Runtime == nil || len(v.Runtime.Unknown) != 100 || len(v.Runtime.Unknown[0]) > 512 || !strings.Contains(v.Runtime.Unknown[0], "…(4005 bytes)") {
+		t.Errorf("audit mode: trusted %v, runtime %+v; want trusted, 100 unknown, the long path cut", v.Trusted, v.Runtime != nil)
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"math/big"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -151,11 +152,44 @@ type Verdict struct {
 	Boot *reference.BootState `json:"boot,omitempty"`
 	// Runtime is what the IMA list proved (nil: no list, or it did not replay).
 	Runtime *reference.RuntimeState `json:"runtime,omitempty"`
+
+	omitted      map[Code]int // reasons past maxReasons, by code (add)
+	omittedOrder []Code
 }
 
 func (v *Verdict) add(c Code, format string, args ...any) {
-	v.Reasons = append(v.Reasons, Reason{Code: c, Detail: boundDetail(fmt.Sprintf(format, args...))})
+	if len(v.Reasons) < maxReasons-1 {
+		v.Reasons = append(v.Reasons, Reason{Code: c, Detail: boundDetail(fmt.Sprintf(format, args...))})
+		return
+	}
+	// The last place says how many more there were, by code, in the order first seen.
+	if v.omitted == nil {
+		v.Reasons = append(v.Reasons, Reason{Code: c})
+		v.omitted = map[Code]int{}
+	}
+	if v.omitted[c] == 0 {
+		v.omittedOrder = append(v.omittedOrder, c)
+	}
+	v.omitted[c]++
+	last := &v.Reasons[len(v.Reasons)-1]
+	last.Code = v.omittedOrder[0]
+	var b strings.Builder
+	n := 0
+	for _, oc := range v.omittedOrder {
+		n += v.omitted[oc]
+	}
+	fmt.Fprintf(&b, "%d more reasons not listed:", n)
+	for _, oc := range v.omittedOrder {
+		fmt.Fprintf(&b, " %s ×%d", oc, v.omitted[oc])
+	}
+	last.Detail = boundDetail(b.String())
 }
+
+// maxReasons bounds the reasons a verdict lists, its last one saying how many more
+// there were: a device whose IMA log listed 20,900 files not allowed got as many
+// reasons, a 2.6 MB answer and a 2.6 MB audit record at every check-in, and the audit
+// page then served 40 MB per such record (found by an outside audit, 1 Dec).
+const maxReasons = 64
 
 // maxDetail bounds a reason's detail, in bytes: details quote what the evidence holds
 // (a certificate's parse error repeats the name that failed to parse), and a refusal's

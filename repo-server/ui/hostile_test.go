@@ -1,6 +1,8 @@
 package ui
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -182,5 +184,41 @@ func TestSignInFormNotWhole(t *testing.T) {
 	}
 	if code, cookie, _ := signIn(h, "192.0.2.20:1000", d.tok[fleet.RoleAuditor]); code != http.StatusSeeOther || cookie == nil {
 		t.Errorf("the whole form after them: %d; want 303 and a session", code)
+	}
+}
+
+// What a device chose reaches the audit page shown, not obeyed: a record of 1 MB is
+// shown cut to 4 KiB, with its length, and a right-to-left override (U+202E) or a C1
+// control in it is escaped, so that it cannot reorder or hide what the page shows.
+// Before, a device's 2.6 MB verdict records made the page 40 MB each, and such
+// characters reached it as they were (found by an outside audit, 1 Dec).
+func TestAuditPageShowsWhatDevicesChoseBounded(t *testing.T) {
+	d := newDash(t)
+	ctx := context.Background()
+	big := map[string]string{"path": "/opt/" + strings.Repeat("x", 1<<20)}
+	if _, err := d.log.Append(ctx, "device:evil", "attestation.verdict", "evil", big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.log.Append(ctx, "device:evil", "attestation.verdict", "evil\u202egpj.exe", map[string]string{"path": "/usr/bin/a\u202ecod.sh\u0085"}); err != nil {
+		t.Fatal(err)
+	}
+	c := d.client()
+	d.login(c, fleet.RoleAuditor)
+	resp, body := d.get(c, "/ui/audit")
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/ui/audit = %d", resp.StatusCode)
+	}
+	if len(body) > 256<<10 {
+		t.Errorf("the audit page is %d bytes with one 1 MB record; want it cut", len(body))
+	}
+	whole, _ := json.Marshal(big)
+	if !strings.Contains(body, fmt.Sprintf("(4096 of %d bytes shown", len(whole))) {
+		t.Errorf("the cut record does not say its length")
+	}
+	if strings.ContainsRune(body, '\u202e') || strings.ContainsRune(body, '\u0085') {
+		t.Error("a right-to-left override or a C1 control reached the page as it was")
+	}
+	if !strings.Contains(body, `evil\u202egpj.exe`) || !strings.Contains(body, `a\u202ecod.sh`) {
+		t.Error("the escaped characters are not shown as \\u escapes")
 	}
 }
