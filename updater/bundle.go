@@ -13,6 +13,8 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -33,35 +35,123 @@ import (
 // metadata: same pinned root, same rollback checks on metadata, same floor on versions.
 const DesiredFile = "desired.json"
 
-// ErrNotRegular: a file in an offline bundle is not a regular file (a FIFO, a device, a
-// directory, or a symlink to one). Such files are refused before anything is read: a
-// FIFO would block the reader forever, a device could be read without end.
-var ErrNotRegular = errors.New("not a regular file")
+// ErrNotRegular: a file in an offline bundle is not a regular file inside it (a FIFO, a
+// device, a directory, or a symlink to one, or a symlink leading out of the bundle).
+// Such files are refused before anything is read: a FIFO would block the reader
+// forever, a device or a procfs file could be read without end, and a file outside the
+// bundle is none of its business.
+var ErrNotRegular = errors.New("not a regular file inside the bundle")
 
-// bundleFS serves the files under an offline bundle's directory to the file:// transport.
-// It opens regular files only, without blocking (openRegular); how much of a file is read
-// is bounded by the reader (TUF's metadata limits, the downloader's target length).
-type bundleFS struct{ root string }
-
-func (b bundleFS) Open(name string) (http.File, error) {
-	p := filepath.Join(b.root, filepath.FromSlash(path.Clean("/"+name)))
-	f, _, err := openRegular(p)
-	if errors.Is(err, ErrNotRegular) {
-		// http.FileServer answers 403 to a permission error: a permanent refusal,
-		// not a transient one the downloader would retry.
-		return nil, fmt.Errorf("%w: %w", err, fs.ErrPermission)
+// outside classifies an error of opening path in a bundle through os.Root: a file that
+// does not exist is as it is (a bundle still being copied: retried); anything else,
+// such as a path or symlink leading out of the bundle, is ErrNotRegular.
+func outside(path string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
+	return fmt.Errorf("%s: %w: %w", path, ErrNotRegular, err)
 }
 
+// bundleTransport serves file:// URLs from an offline bundle's directory: GET (and
+// HEAD) of a regular file inside it (openRegular: nothing outside the directory, not
+// through a symlink either; nothing that would block on opening), from an offset with
+// "Range: bytes=N-" as the downloader resumes. How much of a file is read is bounded by
+// its size when opened and by the reader (TUF's metadata limits, the downloader's target
+// length). Unlike http.NewFileTransport, a request ends with its context (the
+// downloader's stall timer, shutdown), and the body is never read ahead to sniff its
+// type: a target symlinked to /proc/kmsg hung the agent's round in that sniffing read,
+// past the stall timer and SIGTERM (found by an outside audit, 1 Dec).
+type bundleTransport struct{ root string }
+
+func (b bundleTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	answer := func(code int, body string) *http.Response {
+		return &http.Response{StatusCode: code, Status: fmt.Sprintf("%d %s", code, http.StatusText(code)), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: io.NopCloser(strings.NewReader(body)),
+			ContentLength: int64(len(body)), Request: req}
+	}
+	if req.Body != nil {
+		req.Body.Close()
+	}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		return answer(http.StatusMethodNotAllowed, "GET only"), nil
+	}
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	name := strings.TrimPrefix(path.Clean("/"+req.URL.Path), "/")
+	if name == "" {
+		return answer(http.StatusNotFound, "not a file"), nil
+	}
+	f, fi, err := openRegular(b.root, filepath.FromSlash(name))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return answer(http.StatusNotFound, "no such file in the bundle"), nil
+	case err != nil:
+		// A file that is not regular, or that leads out of the bundle: refused, as a
+		// file server refuses what it may not serve.
+		return answer(http.StatusForbidden, err.Error()), nil
+	}
+	size, from := fi.Size(), int64(0)
+	h := http.Header{"Content-Type": {"application/octet-stream"}, "Accept-Ranges": {"bytes"}}
+	code := http.StatusOK
+	if rng := req.Header.Get("Range"); rng != "" {
+		var n int64
+		if _, err := fmt.Sscanf(rng, "bytes=%d-", &n); err == nil && fmt.Sprintf("bytes=%d-", n) == rng && n >= 0 {
+			if n >= size && size > 0 || n > size {
+				f.Close()
+				r := answer(http.StatusRequestedRangeNotSatisfiable, "range not satisfiable")
+				r.Header.Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+				return r, nil
+			}
+			if n > 0 {
+				if _, err := f.Seek(n, io.SeekStart); err != nil {
+					f.Close()
+					return nil, err
+				}
+				from, code = n, http.StatusPartialContent
+				h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", n, size-1, size))
+			}
+		} // any other range: the whole file, as a server may answer
+	}
+	h.Set("Content-Length", strconv.FormatInt(size-from, 10))
+	var body io.ReadCloser = &bundleBody{ctx: req.Context(), f: f, left: size - from}
+	if req.Method == http.MethodHead {
+		f.Close()
+		body = http.NoBody
+	}
+	return &http.Response{StatusCode: code, Status: fmt.Sprintf("%d %s", code, http.StatusText(code)), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: body, ContentLength: size - from, Request: req}, nil
+}
+
+// bundleBody reads at most left bytes of f, and nothing once ctx has ended.
+type bundleBody struct {
+	ctx  context.Context
+	f    *os.File
+	left int64
+}
+
+func (b *bundleBody) Read(p []byte) (int, error) {
+	if err := b.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.f.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *bundleBody) Close() error { return b.f.Close() }
+
 // fileClient is an HTTP client that also reads file:// URLs (with Range support), from
-// the bundle directory root only and regular files only.
+// the bundle directory root only and regular files only (bundleTransport).
 func fileClient(root string) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.RegisterProtocol("file", http.NewFileTransport(bundleFS{root: root}))
+	t.RegisterProtocol("file", bundleTransport{root: root})
 	return &http.Client{Transport: t}
 }
 
@@ -85,7 +175,7 @@ const maxDesiredBytes = 64 << 10
 // ReadDesired reads a bundle's desired.json. It refuses anything but a regular file of at
 // most maxDesiredBytes, without blocking on it (a FIFO) and before reading it.
 func ReadDesired(dir string) (map[artifact.Kind]string, error) {
-	f, fi, err := openRegular(filepath.Join(dir, DesiredFile))
+	f, fi, err := openRegular(dir, DesiredFile)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", dir, err)
 	}
@@ -93,7 +183,9 @@ func ReadDesired(dir string) (map[artifact.Kind]string, error) {
 	if fi.Size() > maxDesiredBytes {
 		return nil, fmt.Errorf("bundle %s: %s larger than %d bytes (%d)", dir, DesiredFile, maxDesiredBytes, fi.Size())
 	}
-	return decodeDesired(dir, f)
+	// No more than the file's size when opened: a file that says 0 bytes and reads
+	// without end (procfs) is read as empty.
+	return decodeDesired(dir, io.LimitReader(f, fi.Size()))
 }
 
 // decodeDesired decodes the desired.json of the bundle in dir from r. The bundle comes

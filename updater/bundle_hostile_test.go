@@ -3,6 +3,7 @@
 package updater
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -141,5 +142,78 @@ func TestBundleDevice(t *testing.T) {
 	}
 	if _, err := ReadDesired(dir); !errors.Is(err, ErrNotRegular) {
 		t.Fatalf("ReadDesired(desired.json → /dev/zero) = %v; want ErrNotRegular", err)
+	}
+}
+
+// TestBundleSymlinksStayInside: a bundle's file may be a symlink to another file of the
+// bundle, but not out of it. A target symlinked to a root-only file elsewhere is refused
+// before a byte of it is read, and nothing of it reaches the slots (before, it was read,
+// hashed, its digest queued in a report and its last block kept in the partial file's
+// hash state); one symlinked to /proc/kmsg hung the round, in the file transport's
+// sniffing read, past the stall timer and SIGTERM (found by an outside audit, 1 Dec).
+// The same bundle with the target restored installs.
+func TestBundleSymlinksStayInside(t *testing.T) {
+	ctx := context.Background()
+	for _, to := range []string{"secret", "/proc/self/status", "inside"} {
+		t.Run(filepath.Base(to), func(t *testing.T) {
+			a, bundle := hostileAgent(t)
+			// The target, under each of its hash prefixes.
+			targets, err := filepath.Glob(filepath.Join(bundle, "targets", "models", "iris", "*.onnx"))
+			if err != nil || len(targets) == 0 {
+				t.Fatalf("bundle targets %v, %v; want some", targets, err)
+			}
+			good, err := os.ReadFile(targets[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			marker := []byte("TOPSECRET-MARKER-1234")
+			switch to {
+			case "secret":
+				secret := filepath.Join(t.TempDir(), "shadow")
+				os.WriteFile(secret, append(bytes.Repeat([]byte{'x'}, len(good)-len(marker)), marker...), 0o600)
+				to = secret
+			case "inside":
+				// A symlink that stays in the bundle is followed.
+				if err := os.WriteFile(filepath.Join(bundle, "moved.onnx"), good, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				to = "../../../moved.onnx"
+			}
+			for _, target := range targets {
+				os.Remove(target)
+				if err := os.Symlink(to, target); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err = within(t, 10*time.Second, "InstallBundle(target → "+to+")", "", func() error { return a.InstallBundle(ctx, bundle) })
+			s, _ := a.cfg.Slots.State(ctx, artifact.KindModel)
+			if to == "../../../moved.onnx" {
+				if err != nil || s.Current == nil {
+					t.Fatalf("InstallBundle(target symlinked inside the bundle) = %v, current %+v; want it installed", err, s.Current)
+				}
+				return
+			}
+			if err == nil || s.Current != nil {
+				t.Fatalf("InstallBundle(target → %s) = %v, current %+v; want it refused, nothing installed", to, err, s.Current)
+			}
+			// Every file of the test but the bundle and the secret: the agent's state.
+			filepath.WalkDir(filepath.Dir(t.TempDir()), func(p string, d os.DirEntry, err error) error {
+				if err == nil && !d.IsDir() && !strings.HasPrefix(p, bundle+string(filepath.Separator)) && p != to {
+					if b, _ := os.ReadFile(p); bytes.Contains(b, marker) || bytes.Contains(b, []byte("TracerPid")) {
+						t.Errorf("%s holds bytes of the file outside the bundle", p)
+					}
+				}
+				return nil
+			})
+			for _, target := range targets {
+				os.Remove(target)
+				if err := os.WriteFile(target, good, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := a.InstallBundle(ctx, bundle); err != nil {
+				t.Fatalf("InstallBundle once the target is restored = %v", err)
+			}
+		})
 	}
 }

@@ -5,19 +5,27 @@ package updater
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 )
 
-// openRegular opens path for reading and returns it only if it is a regular file. Without
+// openRegular opens name under the directory root for reading and returns it only if
+// it is a regular file inside root (os.Root: no path or symlink leads out). Without
 // O_NONBLOCK the type is checked with Stat before opening, and again on the open file.
-func openRegular(path string) (*os.File, os.FileInfo, error) {
-	fi, err := os.Stat(path)
+func openRegular(root, name string) (*os.File, os.FileInfo, error) {
+	r, err := os.OpenRoot(root)
 	if err != nil {
 		return nil, nil, err
+	}
+	defer r.Close()
+	path := filepath.Join(root, name)
+	fi, err := r.Stat(name)
+	if err != nil {
+		return nil, nil, outside(path, err)
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, nil, fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
 	}
-	f, err := os.Open(path)
+	f, err := r.Open(name)
 	if err != nil {
 		return nil, nil, err
 	}

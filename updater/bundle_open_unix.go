@@ -5,17 +5,27 @@ package updater
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
-// openRegular opens path for reading without ever blocking on it, and returns it only
-// if it is a regular file (after following symlinks). O_NONBLOCK makes opening a FIFO
-// return at once instead of waiting for a writer; fstat on the open descriptor then
-// decides, so the file checked is the file read.
-func openRegular(path string) (*os.File, os.FileInfo, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+// openRegular opens name under the directory root for reading without ever blocking on
+// it, and returns it only if it is a regular file inside root: through os.Root, no
+// path and no symlink may lead out of root (a bundle's target symlinked to /proc/kmsg
+// hung the agent's round, and one to a root-only file was read into a slot's partial
+// file; found by an outside audit, 1 Dec). O_NONBLOCK makes opening a FIFO return at
+// once instead of waiting for a writer; fstat on the open descriptor then decides, so
+// the file checked is the file read.
+func openRegular(root, name string) (*os.File, os.FileInfo, error) {
+	r, err := os.OpenRoot(root)
 	if err != nil {
 		return nil, nil, err
+	}
+	defer r.Close()
+	path := filepath.Join(root, name)
+	f, err := r.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, outside(path, err)
 	}
 	fi, err := f.Stat()
 	if err != nil {
