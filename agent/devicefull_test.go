@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +22,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/checkpoint"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
@@ -111,12 +112,15 @@ func TestDeviceModeRestartsOnFullDisk(t *testing.T) {
 	if err := Enroll(dir, root, Enrollment{MetadataURL: hs.URL + "/metadata", TargetsURL: hs.URL + "/targets", TPM: "sim"}); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The public socket's port, bound by the agent at each start (and again after the
+	// stop): one outside the ephemeral range and reserved for this process (testport),
+	// so that no other test's connection or listener takes it meanwhile ("bind: address
+	// already in use", as an e2e agent's --listen once failed in CI).
+	port, err := testport.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
 
 	// start runs the agent in device mode; stop cancels it and fails the test unless
 	// it returns nil. exited reports an early return.

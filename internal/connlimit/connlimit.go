@@ -177,13 +177,16 @@ type Conn struct {
 	closed atomic.Bool
 }
 
-// Close closes the connection and, the first time, gives its place back.
+// Close closes the connection and, the first time, gives its place back: before the
+// connection is closed, so that a peer that sees the close and connects again finds the
+// place free (a client at its source's bound whose server closes each connection after
+// its answer, Connection: close, could be refused its next one if it came between the
+// close and the release).
 func (c *Conn) Close() error {
-	err := c.Conn.Close()
 	if c.closed.CompareAndSwap(false, true) {
 		c.l.release(c.src, c.keyed)
 	}
-	return err
+	return c.Conn.Close()
 }
 
 // NetConn is the connection itself.

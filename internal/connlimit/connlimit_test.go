@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -130,6 +131,42 @@ func TestBounds(t *testing.T) {
 	defer mu.Unlock()
 	if want := []string{BoundSource, BoundTotal, BoundTotal}; !equal(got, want) {
 		t.Fatalf("refusals reported: %v; want %v", got, want)
+	}
+}
+
+// closeSpy is a connection whose Close calls onClose.
+type closeSpy struct {
+	net.Conn
+	onClose func()
+}
+
+func (c closeSpy) Close() error {
+	c.onClose()
+	return nil
+}
+
+// TestPlaceGivenBackBeforeClose: a connection's place is given back before the
+// connection is closed, so that a peer that sees the close (and connects again at once,
+// as a client at its source's bound does after a Connection: close answer) finds it
+// free; once, however often it is closed.
+func TestPlaceGivenBackBeforeClose(t *testing.T) {
+	l := NewLimiter(Config{Max: 1, PerSource: 1})
+	src := netip.MustParsePrefix("192.0.2.7/32")
+	if bound := l.take(src, true); bound != "" {
+		t.Fatalf("take = %q; want the place", bound)
+	}
+	var atClose []int
+	c := &Conn{Conn: closeSpy{onClose: func() { atClose = append(atClose, l.Open()) }}, l: l, src: src, keyed: true}
+	c.Close()
+	c.Close()
+	if !slices.Equal(atClose, []int{0, 0}) {
+		t.Fatalf("connections open as the connection was closed (twice): %v; want [0 0], its place given back first", atClose)
+	}
+	if bound := l.take(src, true); bound != "" {
+		t.Fatalf("take after the close = %q; want the place given back (per source too)", bound)
+	}
+	if n := l.Open(); n != 1 {
+		t.Fatalf("Open = %d; want 1", n)
 	}
 }
 
