@@ -29,6 +29,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/runtime/inference"
@@ -122,13 +123,12 @@ func startSupervised(t *testing.T) supervised {
 		http.Error(w, "maintenance", http.StatusServiceUnavailable)
 	}))
 	t.Cleanup(server.Close)
-	freeAddr := func() string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	freeAddr := func() string { // reserved for this process, outside the ephemeral range
+		p, err := testport.Take()
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer ln.Close()
-		return ln.Addr().String()
+		return "127.0.0.1:" + strconv.Itoa(p)
 	}
 	addr, grpcAddr := freeAddr(), freeAddr()
 

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater/tuftest"
@@ -31,13 +32,12 @@ import (
 )
 
 func TestTransient(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port reserved for this process and never listened on (testport): refused.
+	port, err := testport.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, refused := net.Dial("tcp", addr) // a runtime or server that is down
+	_, refused := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)) // a runtime or server that is down
 	for _, tc := range []struct {
 		err  error
 		want bool
