@@ -169,6 +169,26 @@ func BundleTUF(metadataDir, dir string, dl Downloader) (*TUF, error) {
 		TargetsURL: base.JoinPath("targets").String(), HTTPClient: c, Downloader: &dl})
 }
 
+// readOpened reads f, opened from path, if it is a regular file of at most limit bytes,
+// and no more than its size when opened.
+func readOpened(path string, f *os.File, limit int64) ([]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed", path, fi.Size(), limit)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, fi.Size()))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
+}
+
 // maxDesiredBytes bounds a bundle's desired.json.
 const maxDesiredBytes = 64 << 10
 
@@ -251,12 +271,20 @@ func sortedKinds(m map[artifact.Kind]string) []artifact.Kind {
 	return ks
 }
 
+// maxBundles bounds the bundle directories WatchBundles considers (and watches), the
+// first ones by name.
+const maxBundles = 64
+
+// bundleSettle is how long WatchBundles lets events settle before it scans.
+const bundleSettle = 100 * time.Millisecond
+
 // WatchBundles installs every bundle that appears under dir (a subdirectory with a
 // desired.json), once per desired.json version, until ctx ends. Bundles already there
 // when it starts are installed first. Errors are logged; the watch goes on. A bundle
 // whose install failed for a passing reason (another install's trial under way, a full
 // disk, files still being copied in) is tried again after a backoff, as the online loop
-// does, rather than only when its desired.json changes.
+// does, rather than only when its desired.json changes. At most maxBundles directories
+// are considered, and a burst of events makes one scan.
 func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle string, err error)) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -273,8 +301,15 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 	}
 	seen := map[string]string{} // bundle dir → desired.json mod time and size, once done
 	again := map[string]later{} // bundle dir → when to try its desired.json again
+	watched := map[string]bool{}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// Events are coalesced: a scan runs once they pause for bundleSettle. A scan per
+	// event made 2,000 directories created at once cost 36 s of CPU (each scan reads
+	// them all: quadratic; found by an outside audit, 1 Dec).
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	settling := false
 	scan := func() {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
@@ -282,12 +317,21 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 			return
 		}
 		now := a.cfg.Now()
+		considered := 0
 		for _, e := range entries {
 			if !e.IsDir() {
 				continue
 			}
+			if considered++; considered > maxBundles {
+				// Each holds an inotify watch, from a budget the whole system shares.
+				a.cfg.Logger.Warn("too many bundle directories: only the first ones by name are considered", "dir", dir, "max", maxBundles)
+				break
+			}
 			b := filepath.Join(dir, e.Name())
-			_ = w.Add(b) // to see desired.json arrive
+			if !watched[b] {
+				_ = w.Add(b) // to see desired.json arrive
+				watched[b] = true
+			}
 			fi, err := os.Stat(filepath.Join(b, DesiredFile))
 			if err != nil {
 				continue
@@ -336,12 +380,16 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 			return ctx.Err()
 		case <-timer.C:
 			scan()
+		case <-settle.C:
+			settling = false
+			scan()
 		case ev, ok := <-w.Events:
 			if !ok {
 				return errors.New("bundle watcher closed")
 			}
-			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Rename) != 0 {
-				scan()
+			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Rename) != 0 && !settling {
+				settling = true
+				settle.Reset(bundleSettle)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {

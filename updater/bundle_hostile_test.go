@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -215,5 +216,87 @@ func TestBundleSymlinksStayInside(t *testing.T) {
 				t.Fatalf("InstallBundle once the target is restored = %v", err)
 			}
 		})
+	}
+}
+
+// TestReadRegular: a file named on the command line (enroll --root) is read only if it
+// is a regular file within the bound, and no further than its size when opened: a FIFO
+// is refused without blocking (it hung `enroll` past SIGTERM), /dev/zero before a byte
+// is read (it took `enroll` to 3.3 GB), a procfs file reads as the empty file it says it
+// is (found by an outside audit, 1 Dec).
+func TestReadRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "root.fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	big := filepath.Join(dir, "big.json")
+	os.WriteFile(big, make([]byte, 2048), 0o644)
+	good := filepath.Join(dir, "root.json")
+	os.WriteFile(good, []byte(`{"signed":{}}`), 0o644)
+	for _, c := range []struct {
+		path string
+		want error // nil: read
+		data string
+	}{
+		{fifo, ErrNotRegular, ""},
+		{"/dev/zero", ErrNotRegular, ""},
+		{dir, ErrNotRegular, ""},
+		{"/proc/self/status", nil, ""},
+		{big, errors.New("more than"), ""},
+		{good, nil, `{"signed":{}}`},
+	} {
+		var b []byte
+		var err error
+		within(t, 10*time.Second, "ReadRegular("+c.path+")", fifo, func() error { b, err = ReadRegular(c.path, 1024); return err })
+		switch {
+		case c.want == nil && (err != nil || string(b) != c.data):
+			t.Errorf("ReadRegular(%s) = %q, %v; want %q", c.path, b, err, c.data)
+		case c.want == ErrNotRegular && !errors.Is(err, ErrNotRegular):
+			t.Errorf("ReadRegular(%s) = %v; want ErrNotRegular", c.path, err)
+		case c.want != nil && c.want != ErrNotRegular && (err == nil || !strings.Contains(err.Error(), c.want.Error())):
+			t.Errorf("ReadRegular(%s) = %v; want %v", c.path, err, c.want)
+		}
+	}
+}
+
+// TestBundleWatchBounded: 500 directories dropped at once cost one scan per burst, not
+// one per event (2,000 took 36 s of CPU, quadratic), and only the first 64 by name are
+// considered and watched (each inotify watch comes from a budget the system shares;
+// found by an outside audit, 1 Dec): a bundle among them installs, one past them does
+// not.
+func TestBundleWatchBounded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, bundle := hostileAgent(t)
+	watch := t.TempDir()
+	results := make(chan string, 16)
+	go a.WatchBundles(ctx, watch, func(b string, _ error) { results <- filepath.Base(b) })
+	for i := range 500 {
+		if err := os.Mkdir(filepath.Join(watch, fmt.Sprintf("junk-%03d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(bundle, filepath.Join(watch, "000-usb")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-results:
+		if b != "000-usb" {
+			t.Fatalf("processed %s first; want 000-usb", b)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the bundle among the first 64 directories was not processed within 30 s")
+	}
+	late := filepath.Join(t.TempDir(), "zzz-usb")
+	if err := os.Mkdir(late, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(late, DesiredFile), []byte(`{"model":"models/iris/1.0.0.onnx"}`), 0o644)
+	os.Rename(late, filepath.Join(watch, "zzz-usb"))
+	select {
+	case b := <-results:
+		t.Fatalf("processed %s, past the first 64 directories", b)
+	case <-time.After(2 * time.Second):
 	}
 }

@@ -35,3 +35,21 @@ func openRegular(root, name string) (*os.File, os.FileInfo, error) {
 	}
 	return f, fi, nil
 }
+
+// ReadRegular reads the file at path (symlinks followed) if it is a regular file of at
+// most limit bytes, reading no more than the size it had when opened.
+func ReadRegular(path string, limit int64) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w (%s)", path, ErrNotRegular, fi.Mode().Type())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readOpened(path, f, limit)
+}

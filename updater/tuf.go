@@ -85,6 +85,10 @@ type TUFConfig struct {
 	Logger *slog.Logger
 }
 
+// MaxRootBytes bounds a root.json read from a local file (the one pinned at
+// enrollment): go-tuf's own bound on root metadata.
+const MaxRootBytes = 512_000
+
 // DefaultMetadataTimeout bounds a metadata request when TUFConfig.MetadataTimeout is 0.
 const DefaultMetadataTimeout = 2 * time.Minute
 

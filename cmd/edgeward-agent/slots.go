@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/edgeward/edgeward/agent"
@@ -50,9 +49,9 @@ func slotCommand(ctx context.Context, cmd string, args []string, stdout io.Write
 		if *rootFile == "" || *metadataURL == "" {
 			return errors.New("enroll needs --root and --metadata-url")
 		}
-		root, err := os.ReadFile(*rootFile)
+		root, err := updater.ReadRegular(*rootFile, updater.MaxRootBytes)
 		if err != nil {
-			return err
+			return fmt.Errorf("--root: %w", err)
 		}
 		if err := agent.Enroll(dir, root, agent.Enrollment{MetadataURL: *metadataURL, TargetsURL: *targetsURL, TPM: *tpmURL}); err != nil {
 			return err

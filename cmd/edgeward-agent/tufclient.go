@@ -51,7 +51,7 @@ func tufClient(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		if len(rest) != 2 {
 			return errors.New("usage: --metadata-dir DIR init TRUSTED_ROOT")
 		}
-		root, err := os.ReadFile(rest[1])
+		root, err := updater.ReadRegular(rest[1], updater.MaxRootBytes)
 		if err != nil {
 			return err
 		}
