@@ -68,7 +68,8 @@ func acmeBackoff(n int, _ *http.Request, resp *http.Response) time.Duration {
 	}
 	d := min(250*time.Millisecond<<min(n, 10), acmeMaxBackoff)
 	if resp != nil {
-		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs >= 0 {
+		// 0 would end the retries (the library stops at a wait of 0 or less).
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
 			d = min(time.Duration(min(secs, 3600))*time.Second, acmeMaxBackoff)
 		}
 	}
@@ -82,25 +83,26 @@ type boundedBodies struct{ rt http.RoundTripper }
 func (b boundedBodies) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := b.rt.RoundTrip(req)
 	if err == nil {
-		resp.Body = &cappedBody{ReadCloser: resp.Body, left: acmeMaxBodyBytes}
+		resp.Body = &cappedBody{ReadCloser: resp.Body}
 	}
 	return resp, err
 }
 
 type cappedBody struct {
 	io.ReadCloser
-	left int64
+	read int64
 }
 
+// Read passes the body through up to acmeMaxBodyBytes; a byte past them fails the read.
 func (c *cappedBody) Read(p []byte) (int, error) {
-	if c.left <= 0 {
-		return 0, fmt.Errorf("%w: an ACME response longer than %d bytes", ErrACME, acmeMaxBodyBytes)
-	}
-	if int64(len(p)) > c.left {
-		p = p[:c.left]
+	if left := acmeMaxBodyBytes + 1 - c.read; int64(len(p)) > left {
+		p = p[:left]
 	}
 	n, err := c.ReadCloser.Read(p)
-	c.left -= int64(n)
+	c.read += int64(n)
+	if c.read > acmeMaxBodyBytes {
+		return n - 1, fmt.Errorf("%w: an ACME response longer than %d bytes", ErrACME, acmeMaxBodyBytes)
+	}
 	return n, err
 }
 

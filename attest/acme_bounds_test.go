@@ -89,3 +89,31 @@ func TestACMEServerCannotHoldTheDevice(t *testing.T) {
 		})
 	}
 }
+
+// TestACMEBoundsEdges: Retry-After: 0 does not end the retries (x/crypto/acme stops at
+// a wait of 0), and a response of exactly the bound is read whole while one byte more
+// fails (found by review).
+func TestACMEBoundsEdges(t *testing.T) {
+	resp := &http.Response{Header: http.Header{"Retry-After": {"0"}}}
+	for n := 1; n <= acmeMaxRetries; n++ {
+		if d := acmeBackoff(n, nil, resp); d <= 0 {
+			t.Fatalf("acmeBackoff(%d, Retry-After: 0) = %v; want a wait, not the end of retries", n, d)
+		}
+	}
+	if d := acmeBackoff(acmeMaxRetries+1, nil, resp); d >= 0 {
+		t.Errorf("acmeBackoff past the retries = %v; want the end (-1)", d)
+	}
+	for _, c := range []struct {
+		size int
+		ok   bool
+	}{{acmeMaxBodyBytes, true}, {acmeMaxBodyBytes + 1, false}} {
+		body := &cappedBody{ReadCloser: io.NopCloser(strings.NewReader(strings.Repeat("x", c.size)))}
+		b, err := io.ReadAll(body)
+		if c.ok && (err != nil || len(b) != c.size) {
+			t.Errorf("a body of exactly %d bytes: %d read, %v; want it whole", c.size, len(b), err)
+		}
+		if !c.ok && (err == nil || len(b) > acmeMaxBodyBytes) {
+			t.Errorf("a body of %d bytes: %d read, %v; want an error within the bound", c.size, len(b), err)
+		}
+	}
+}

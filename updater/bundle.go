@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -42,14 +43,15 @@ const DesiredFile = "desired.json"
 // bundle is none of its business.
 var ErrNotRegular = errors.New("not a regular file inside the bundle")
 
-// outside classifies an error of opening path in a bundle through os.Root: a file that
-// does not exist is as it is (a bundle still being copied: retried); anything else,
-// such as a path or symlink leading out of the bundle, is ErrNotRegular.
+// outside classifies an error of opening path in a bundle through os.Root: a path or
+// symlink leading out of the bundle (os.Root's "path escapes from parent", or a loop) is
+// ErrNotRegular; anything else (a file not there yet, too many open files, an I/O
+// error) is as it is, and passes.
 func outside(path string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) {
-		return err
+	if errors.Is(err, syscall.ELOOP) || strings.Contains(err.Error(), "escapes") {
+		return fmt.Errorf("%s: %w: %w", path, ErrNotRegular, err)
 	}
-	return fmt.Errorf("%s: %w: %w", path, ErrNotRegular, err)
+	return err
 }
 
 // bundleTransport serves file:// URLs from an offline bundle's directory: GET (and
@@ -86,10 +88,14 @@ func (b bundleTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return answer(http.StatusNotFound, "no such file in the bundle"), nil
-	case err != nil:
+	case errors.Is(err, ErrNotRegular):
 		// A file that is not regular, or that leads out of the bundle: refused, as a
 		// file server refuses what it may not serve.
 		return answer(http.StatusForbidden, err.Error()), nil
+	case err != nil:
+		// Too many open files, an I/O error: passing, as a server's 500 (the downloader
+		// keeps what it has and retries).
+		return answer(http.StatusInternalServerError, err.Error()), nil
 	}
 	size, from := fi.Size(), int64(0)
 	h := http.Header{"Content-Type": {"application/octet-stream"}, "Accept-Ranges": {"bytes"}}
@@ -271,8 +277,8 @@ func sortedKinds(m map[artifact.Kind]string) []artifact.Kind {
 	return ks
 }
 
-// maxBundles bounds the bundle directories WatchBundles considers (and watches), the
-// first ones by name.
+// maxBundles bounds the bundle directories not yet done that WatchBundles considers
+// (and watches), the first ones by name.
 const maxBundles = 64
 
 // bundleSettle is how long WatchBundles lets events settle before it scans.
@@ -301,7 +307,6 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 	}
 	seen := map[string]string{} // bundle dir → desired.json mod time and size, once done
 	again := map[string]later{} // bundle dir → when to try its desired.json again
-	watched := map[string]bool{}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	// Events are coalesced: a scan runs once they pause for bundleSettle. A scan per
@@ -317,27 +322,31 @@ func (a *Agent) WatchBundles(ctx context.Context, dir string, done func(bundle s
 			return
 		}
 		now := a.cfg.Now()
-		considered := 0
+		pending := 0
 		for _, e := range entries {
 			if !e.IsDir() {
 				continue
 			}
-			if considered++; considered > maxBundles {
+			b := filepath.Join(dir, e.Name())
+			// Watched before desired.json is looked for, so that one arriving after the
+			// look is seen; at every scan (it is idempotent), since a directory removed
+			// and made again under the same name has lost its watch.
+			_ = w.Add(b)
+			fi, err := os.Stat(filepath.Join(b, DesiredFile))
+			stamp := ""
+			if err == nil {
+				stamp = fi.ModTime().String() + fmt.Sprint(fi.Size())
+			}
+			if stamp != "" && seen[b] == stamp {
+				continue // done: not counted
+			}
+			if pending++; pending > maxBundles {
 				// Each holds an inotify watch, from a budget the whole system shares.
-				a.cfg.Logger.Warn("too many bundle directories: only the first ones by name are considered", "dir", dir, "max", maxBundles)
+				_ = w.Remove(b)
+				a.cfg.Logger.Warn("too many bundle directories pending: only the first ones by name are considered", "dir", dir, "max", maxBundles)
 				break
 			}
-			b := filepath.Join(dir, e.Name())
-			if !watched[b] {
-				_ = w.Add(b) // to see desired.json arrive
-				watched[b] = true
-			}
-			fi, err := os.Stat(filepath.Join(b, DesiredFile))
-			if err != nil {
-				continue
-			}
-			stamp := fi.ModTime().String() + fmt.Sprint(fi.Size())
-			if seen[b] == stamp {
+			if stamp == "" {
 				continue
 			}
 			l, retrying := again[b]

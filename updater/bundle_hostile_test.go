@@ -300,3 +300,49 @@ func TestBundleWatchBounded(t *testing.T) {
 	case <-time.After(2 * time.Second):
 	}
 }
+
+// TestBundleWatchRecreatedDir: a bundle directory removed and made again under the same
+// name is watched again, so a desired.json copied into it later is seen; and bundles
+// already done do not count against the bound on pending ones (found by review: the
+// watch was added once per name, and the bound counted every directory).
+func TestBundleWatchRecreatedDir(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, bundle := hostileAgent(t)
+	watch := t.TempDir()
+	results := make(chan string, 16)
+	go a.WatchBundles(ctx, watch, func(b string, _ error) { results <- filepath.Base(b) })
+	usb := filepath.Join(watch, "usb")
+	if err := os.Mkdir(usb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // scanned (and watched) while empty
+	if err := os.Remove(usb); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := os.Mkdir(usb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // scanned again, empty
+	// The bundle's files arrive in the directory, desired.json last.
+	entries, _ := os.ReadDir(bundle)
+	for _, e := range entries {
+		if e.Name() != DesiredFile {
+			if err := os.Rename(filepath.Join(bundle, e.Name()), filepath.Join(usb, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.Rename(filepath.Join(bundle, DesiredFile), filepath.Join(usb, DesiredFile)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-results:
+		if b != "usb" {
+			t.Fatalf("processed %s; want usb", b)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("desired.json copied into a directory made again was not seen within 30 s")
+	}
+}

@@ -158,11 +158,23 @@ type Verdict struct {
 }
 
 func (v *Verdict) add(c Code, format string, args ...any) {
-	if len(v.Reasons) < maxReasons-1 {
-		v.Reasons = append(v.Reasons, Reason{Code: c, Detail: boundDetail(fmt.Sprintf(format, args...))})
+	r := Reason{Code: c, Detail: boundDetail(fmt.Sprintf(format, args...))}
+	switch {
+	case unauthenticated(c) || c == NonceUnknownOrReused || c == NonceExpired:
+		// Always listed, before the summary if there is one: callers act on these codes
+		// (a nonce refusal is a 401, not a verdict), and there are few of them.
+		if v.omitted != nil {
+			v.Reasons = slices.Insert(v.Reasons, len(v.Reasons)-1, r)
+		} else {
+			v.Reasons = append(v.Reasons, r)
+		}
+		return
+	case len(v.Reasons) < maxReasons-1:
+		v.Reasons = append(v.Reasons, r)
 		return
 	}
-	// The last place says how many more there were, by code, in the order first seen.
+	// The last place says how many more there were, by code, in the order first seen;
+	// it stays last (Verify sorts the others).
 	if v.omitted == nil {
 		v.Reasons = append(v.Reasons, Reason{Code: c})
 		v.omitted = map[Code]int{}
@@ -381,8 +393,18 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 			}
 		}
 	}
-	slices.SortStableFunc(v.Reasons, func(a, b Reason) int { return cmpStr(string(a.Code), string(b.Code)) })
+	v.sortReasons()
 	return v
+}
+
+// sortReasons sorts the reasons by code, the summary of those past maxReasons staying
+// last (add).
+func (v *Verdict) sortReasons() {
+	listed := v.Reasons
+	if v.omitted != nil {
+		listed = listed[:len(listed)-1]
+	}
+	slices.SortStableFunc(listed, func(a, b Reason) int { return cmpStr(string(a.Code), string(b.Code)) })
 }
 
 func cmpStr(a, b string) int {
