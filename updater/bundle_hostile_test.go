@@ -266,12 +266,7 @@ func TestReadRegular(t *testing.T) {
 // found by an outside audit, 1 Dec): a bundle among them installs, one past them does
 // not.
 func TestBundleWatchBounded(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, bundle := hostileAgent(t)
-	watch := t.TempDir()
-	results := make(chan string, 16)
-	go a.WatchBundles(ctx, watch, func(b string, _ error) { results <- filepath.Base(b) })
+	bundle, watch, results := watchingAgent(t)
 	for i := range 500 {
 		if err := os.Mkdir(filepath.Join(watch, fmt.Sprintf("junk-%03d", i)), 0o755); err != nil {
 			t.Fatal(err)
@@ -280,13 +275,8 @@ func TestBundleWatchBounded(t *testing.T) {
 	if err := os.Rename(bundle, filepath.Join(watch, "000-usb")); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case b := <-results:
-		if b != "000-usb" {
-			t.Fatalf("processed %s first; want 000-usb", b)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the bundle among the first 64 directories was not processed within 30 s")
+	if b := nextBundle(t, results, "the bundle among the first 64 directories"); b != "000-usb" {
+		t.Fatalf("processed %s first; want 000-usb", b)
 	}
 	late := filepath.Join(t.TempDir(), "zzz-usb")
 	if err := os.Mkdir(late, 0o755); err != nil {
@@ -306,12 +296,7 @@ func TestBundleWatchBounded(t *testing.T) {
 // already done do not count against the bound on pending ones (found by review: the
 // watch was added once per name, and the bound counted every directory).
 func TestBundleWatchRecreatedDir(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, bundle := hostileAgent(t)
-	watch := t.TempDir()
-	results := make(chan string, 16)
-	go a.WatchBundles(ctx, watch, func(b string, _ error) { results <- filepath.Base(b) })
+	bundle, watch, results := watchingAgent(t)
 	usb := filepath.Join(watch, "usb")
 	if err := os.Mkdir(usb, 0o755); err != nil {
 		t.Fatal(err)
@@ -337,12 +322,33 @@ func TestBundleWatchRecreatedDir(t *testing.T) {
 	if err := os.Rename(filepath.Join(bundle, DesiredFile), filepath.Join(usb, DesiredFile)); err != nil {
 		t.Fatal(err)
 	}
+	if b := nextBundle(t, results, "desired.json copied into a directory made again"); b != "usb" {
+		t.Fatalf("processed %s; want usb", b)
+	}
+}
+
+// watchingAgent is hostileAgent watching a directory of its own for bundles, until the
+// test ends: it returns the bundle (not in the watched directory yet), the watched
+// directory, and the names of the bundles processed, in order.
+func watchingAgent(t *testing.T) (bundle, watch string, results <-chan string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	a, bundle := hostileAgent(t)
+	watch = t.TempDir()
+	done := make(chan string, 16)
+	go a.WatchBundles(ctx, watch, func(b string, _ error) { done <- filepath.Base(b) })
+	return bundle, watch, done
+}
+
+// nextBundle is the name of the next bundle processed; the test fails if none is
+// within 30 s.
+func nextBundle(t *testing.T, results <-chan string, what string) string {
+	t.Helper()
 	select {
 	case b := <-results:
-		if b != "usb" {
-			t.Fatalf("processed %s; want usb", b)
-		}
+		return b
 	case <-time.After(30 * time.Second):
-		t.Fatal("desired.json copied into a directory made again was not seen within 30 s")
+		t.Fatalf("%s was not processed within 30 s", what)
+		return ""
 	}
 }

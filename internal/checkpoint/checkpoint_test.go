@@ -12,9 +12,10 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-func TestCheckpointAndCosignatures(t *testing.T) {
+// testLog is a log key named log.example: its private key, signer and verifier.
+func testLog(t *testing.T) (ed25519.PrivateKey, note.Signer, note.Verifier) {
+	t.Helper()
 	_, logPriv, _ := ed25519.GenerateKey(nil)
-	_, wPriv, _ := ed25519.GenerateKey(nil)
 	signer, err := Signer("log.example", logPriv)
 	if err != nil {
 		t.Fatal(err)
@@ -24,6 +25,12 @@ func TestCheckpointAndCosignatures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return logPriv, signer, logKey
+}
+
+func TestCheckpointAndCosignatures(t *testing.T) {
+	logPriv, signer, logKey := testLog(t)
+	_, wPriv, _ := ed25519.GenerateKey(nil)
 	at := time.Unix(1_800_000_000, 0)
 	cosigner := Cosigner("w.example", wPriv, func() time.Time { return at })
 	wKey, err := ParseVerifier(CosignerKey("w.example", wPriv.Public().(ed25519.PublicKey)))
@@ -141,16 +148,7 @@ func TestOpenDropsLinesThatCannotCount(t *testing.T) {
 // answering, for good (found by an outside audit, 1 Dec). A size at the bound still
 // parses.
 func TestHugeTreeSizeRefused(t *testing.T) {
-	_, logPriv, _ := ed25519.GenerateKey(nil)
-	signer, err := Signer("log.example", logPriv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vk, _ := VerifierKey("log.example", logPriv.Public().(ed25519.PublicKey))
-	logKey, err := ParseVerifier(vk)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signer, logKey := testLog(t)
 	h := tlog.RecordHash([]byte("x"))
 	sign := func(size int64) []byte {
 		msg, err := note.Sign(&note.Note{Text: Body("log.example", size, h)}, signer)

@@ -428,7 +428,7 @@ const maxShown = 4 << 10
 
 // shown is an audit record's field (a string or its JSON data) as the audit page shows
 // it: Unicode format characters (bidirectional overrides, zero-width ones) and C1
-// controls, which html/template leaves as they are, escaped as \uXXXX so that no record
+// controls, which html/template leaves as they are, escaped (U+202E as the six characters \u202e) so that no record
 // can reorder or hide what is shown; cut to maxShown bytes, with its length. Before, a
 // device's 2.6 MB verdict records made the page 40 MB each (found by an outside audit,
 // 1 Dec); the whole record is in the export.
