@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"slices"
@@ -51,6 +52,12 @@ type DeviceConfig struct {
 	MeasurementPCR int
 	// CheckInInterval is the interval suggested to devices; 0: 30 seconds.
 	CheckInInterval time.Duration
+	// CheckInBurst and CheckInEvery bound each device's check-ins (fleet.CheckInLimit):
+	// CheckInBurst at once (0: 20; negative: no bound), then one per CheckInEvery (0:
+	// CheckInInterval / 5, at most 2 seconds). Beyond it a check-in is refused with 429
+	// and Retry-After, and changes nothing.
+	CheckInBurst int
+	CheckInEvery time.Duration
 	// PlanInterval is how often rollouts are re-planned (soak times, approvals);
 	// 0: 5 seconds. Reports also trigger a plan at once.
 	PlanInterval time.Duration
@@ -127,6 +134,12 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 	}
 	if cfg.CheckInInterval <= 0 {
 		cfg.CheckInInterval = 30 * time.Second
+	}
+	if cfg.CheckInBurst == 0 {
+		cfg.CheckInBurst = 20
+	}
+	if cfg.CheckInEvery <= 0 {
+		cfg.CheckInEvery = min(2*time.Second, cfg.CheckInInterval/5)
 	}
 	if cfg.PlanInterval <= 0 {
 		cfg.PlanInterval = 5 * time.Second
@@ -587,6 +600,13 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusUnauthorized, "nonce: "+reason.String(), append(v.Reasons, reason), false)
 		return
 	}
+	if soon := (*fleet.TooSoonError)(nil); errors.As(err, &soon) {
+		// Authenticated by its TPM over a fresh nonce, and refused before anything was
+		// stored: the refusal's record is once a minute (reject), not per request.
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(soon.Wait.Seconds()))))
+		reject(http.StatusTooManyRequests, "checking in too often", map[string]any{"burst": d.cfg.CheckInBurst, "every": d.cfg.CheckInEvery.String()}, true)
+		return
+	}
 	if errors.Is(err, fleet.ErrDecommissioned) {
 		// Authenticated by its TPM, and refused before anything was stored: no verdict,
 		// no decision, no version, no key (fleet.Store.Decommission).
@@ -637,6 +657,9 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce [
 	}
 	a.Reports = req.Reports // the authenticated request names the device; Admit attributes the rollout
 	a.Nonce = nonce
+	if d.cfg.CheckInBurst > 0 {
+		a.Limit = fleet.CheckInLimit{Burst: d.cfg.CheckInBurst, Every: d.cfg.CheckInEvery}
+	}
 	res, err := d.fleet.Admit(ctx, a, catalogFunc(cat))
 	if err != nil {
 		return nil, err

@@ -88,6 +88,10 @@ type Config struct {
 	PolicyDir string
 	// CheckInInterval is suggested to devices. 0: 30 seconds.
 	CheckInInterval time.Duration
+	// CheckInBurst and CheckInEvery bound each device's check-ins
+	// (DeviceConfig.CheckInBurst).
+	CheckInBurst int
+	CheckInEvery time.Duration
 	// Retention is how long the fleet's history (attestation verdicts, routing
 	// decisions, install reports of finished rollouts) is kept; 0: forever
 	// (DeviceConfig.Retention).
@@ -259,7 +263,7 @@ func Run(ctx context.Context, cfg Config) error {
 	srv.Handle("/ui/", dash.Handler())
 
 	limiter := connLimiter(cfg, srv, log)
-	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, Retention: cfg.Retention, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
+	dcfg := DeviceConfig{Fleet: store, AttestCA: ca, Policy: current, CheckInInterval: cfg.CheckInInterval, CheckInBurst: cfg.CheckInBurst, CheckInEvery: cfg.CheckInEvery, Retention: cfg.Retention, MeasurementPCR: cfg.MeasurementPCR, KEK: cfg.KEK}
 	var tlsLn net.Listener
 	if cfg.TLSListen != "" {
 		closeCA, err := deviceCA(ctx, cfg, caCert, &dcfg, store, srv.cfg.Replica, log)

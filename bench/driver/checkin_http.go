@@ -151,7 +151,9 @@ func checkInHTTPSetup(ctx context.Context, cfg *config, name string, servers int
 	for i := range servers {
 		port := freePort()
 		s, err := startService(fmt.Sprintf("edgeward server %d", i), filepath.Join(dir, fmt.Sprintf("server-%d.log", i)), env,
-			edgeward, "server", "--repo", repo, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--plain-devices")
+			// Each simulated device checks in as fast as its turn comes: far beyond the
+			// per-device bound a real fleet never reaches, which is off here.
+			edgeward, "server", "--repo", repo, "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--plain-devices", "--check-in-burst", "-1")
 		if err != nil {
 			return row, err
 		}

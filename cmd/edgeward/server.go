@@ -50,6 +50,8 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
+	checkInBurst := fs.Int("check-in-burst", 20, "check-ins a device may make at once before --check-in-every applies; beyond it a check-in is refused with 429 and Retry-After (-1: no bound)")
+	checkInEvery := fs.Duration("check-in-every", 0, "after the burst, one check-in per device per this long (default: check-in interval / 5, at most 2s)")
 	retain := fs.Duration("retain", 0, "keep the fleet's history this long (e.g. 2160h for 90 days): attestation verdicts, routing decisions and the install reports of finished rollouts older than that are deleted hourly by the leader; 0 keeps them forever. Each device's current state, the rollouts and the audit log are never pruned")
 	pcr := fs.Int("measurement-pcr", 16, "the PCR devices measure artifacts into: 16 in development, 23 in production (must match the agents' --pcr)")
 	tlsListen := fs.String("tls-listen", "", "also serve HTTPS here and require devices to use mTLS with certificates from the device CA (embedded step-ca unless --ca-url)")
@@ -99,7 +101,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 		PlainOperators: *plainOps, PlainDevices: *plainDevices,
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
-		PolicyDir: *policyDir, CheckInInterval: *checkIn, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
+		PolicyDir: *policyDir, CheckInInterval: *checkIn, CheckInBurst: *checkInBurst, CheckInEvery: *checkInEvery, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
 		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger, MaxConns: *maxConns, MaxConnsPerSource: *maxPerSource,
 	}

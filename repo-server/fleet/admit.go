@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"fmt"
 	"maps"
 	"strings"
 	"time"
@@ -69,6 +70,48 @@ type Admission struct {
 	// that the nonce is used up exactly when the check-in commits, in one round trip.
 	// The pure Admit does not look at it.
 	Nonce []byte
+	// Limit bounds how often the device's check-ins are admitted (zero: no bound).
+	Limit CheckInLimit
+}
+
+// CheckInLimit bounds one device's check-ins: Burst at once, then one per Every (a
+// token bucket, kept as the generic cell rate algorithm's one time per device,
+// Device.CheckInTAT). A burst is what an agent's start, its report flushes and its
+// retries need; Every is far below any agent's interval. Zero Burst or Every: no bound.
+//
+// A check-in beyond it changes nothing and is refused (*TooSoonError): a device whose
+// agent checks in far faster than anyone configured (a loop, a hostile device) can
+// otherwise add a verdict and its audit record at every request.
+type CheckInLimit struct {
+	Burst int
+	Every time.Duration
+}
+
+// TooSoonError refuses a check-in beyond the device's CheckInLimit; Wait is how long
+// until one is admitted again.
+type TooSoonError struct{ Wait time.Duration }
+
+func (e *TooSoonError) Error() string {
+	return fmt.Sprintf("checking in too often: the next check-in is admitted in %v", e.Wait.Round(time.Millisecond))
+}
+
+// pace applies l to a check-in at now of a device whose bound's state is tat (zero:
+// none): the new state, or a *TooSoonError. A state further ahead than any admitted
+// check-in can leave it (now + Burst × Every) was written by a replica whose clock is
+// ahead of this one's; it is taken as full rather than refusing the device for the
+// clocks' difference.
+func (l CheckInLimit) pace(tat, now time.Time) (time.Time, error) {
+	if l.Burst <= 0 || l.Every <= 0 {
+		return tat, nil
+	}
+	tolerance := time.Duration(l.Burst-1) * l.Every
+	if tat.Before(now) || tat.Sub(now) > tolerance+l.Every {
+		tat = now
+	}
+	if ahead := tat.Sub(now); ahead > tolerance {
+		return tat, &TooSoonError{Wait: ahead - tolerance}
+	}
+	return tat.Add(l.Every), nil
 }
 
 // AdmittedReport is a report to store. At is the server's receipt time; DeviceAt is the
@@ -141,7 +184,12 @@ func Admit(a Admission) (Admitted, error) {
 	} else {
 		before = *a.Stored
 	}
+	tat, err := a.Limit.pace(before.CheckInTAT, a.Now)
+	if err != nil {
+		return Admitted{}, err
+	}
 	d := mergeFacts(before, a.CheckIn)
+	d.CheckInTAT = tat
 
 	seen := map[string]bool{}
 	for _, rep := range a.Reports {

@@ -71,6 +71,9 @@ type CheckInResult struct {
 // nothing is changed and the device's retry (same report IDs) is counted once.
 // a.Stored and a.Seen are filled in by Admit.
 //
+// A check-in of an enrolled device beyond a.Limit fails with *TooSoonError and changes
+// nothing (checked after the nonce: a replay is refused as one).
+//
 // With a.Nonce set, the nonce is used up first in the same transaction (as
 // ConsumeNonce): a check-in whose nonce was not issued to the device or was used
 // before fails with ErrNonceUnknown, one whose nonce expired with ErrNonceExpired, and
@@ -107,6 +110,13 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		}
 		if a.Nonce != nil {
 			if err := s.useNonceTx(ctx, tx, id, a.Nonce, a.Now); err != nil {
+				return err
+			}
+		}
+		if a.Stored != nil {
+			// After the nonce (a replay is refused as one, not charged to the device),
+			// before the reads only an admitted check-in needs. Admit checks again.
+			if _, err := a.Limit.pace(a.Stored.CheckInTAT, a.Now); err != nil {
 				return err
 			}
 		}
@@ -197,7 +207,7 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 // admitQuery reads, in one statement, what Store.Admit needs of an enrolled device
 // before the pure Admit: the columns of its row that a check-in keeps (Admission.Stored),
 // one primary-key search.
-const admitQuery = `SELECT id, labels, slots, verdict, quarantined, quarantine_reason, enrolled_at, decommissioned_at
+const admitQuery = `SELECT id, labels, slots, verdict, quarantined, quarantine_reason, enrolled_at, decommissioned_at, checkin_tat
 	FROM devices WHERE id = ?`
 
 // admitRead reads device id's row as a check-in needs it (keptByCheckIn: the columns
@@ -205,15 +215,15 @@ const admitQuery = `SELECT id, labels, slots, verdict, quarantined, quarantine_r
 func admitRead(ctx context.Context, tx dbtx, id string) (Device, error) {
 	var d Device
 	var labels, slots, verdict string
-	var enrolled, decommissioned int64
-	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned)
+	var enrolled, decommissioned, tat int64
+	err := tx.QueryRowContext(ctx, admitQuery, id).Scan(&d.ID, &labels, &slots, &verdict, &d.Quarantined, &d.QuarantineReason, &enrolled, &decommissioned, &tat)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %w", ErrNotFound)
 	}
 	if err != nil {
 		return Device{}, err
 	}
-	d.Verdict, d.EnrolledAt, d.DecommissionedAt = policy.Verdict(verdict), fromNS(enrolled), fromNS(decommissioned)
+	d.Verdict, d.EnrolledAt, d.DecommissionedAt, d.CheckInTAT = policy.Verdict(verdict), fromNS(enrolled), fromNS(decommissioned), fromNS(tat)
 	if err := json.Unmarshal([]byte(labels), &d.Labels); err != nil {
 		return Device{}, fmt.Errorf("device %s: corrupt column labels: %w", d.ID, err)
 	}
@@ -230,7 +240,7 @@ func admitRead(ctx context.Context, tx dbtx, id string) (Device, error) {
 // The pure Admit reads nothing else of Admission.Stored (TestAdmitReadsOnlyWhatACheckInKeeps).
 func keptByCheckIn(d Device) Device {
 	return Device{Device: policy.Device{ID: d.ID, Labels: d.Labels, Slots: d.Slots, Verdict: d.Verdict, Quarantined: d.Quarantined},
-		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, DecommissionedAt: d.DecommissionedAt}
+		QuarantineReason: d.QuarantineReason, EnrolledAt: d.EnrolledAt, DecommissionedAt: d.DecommissionedAt, CheckInTAT: d.CheckInTAT}
 }
 
 // putDevice writes the row of d: the whole row, inserted, when enroll; else updated,
@@ -253,17 +263,17 @@ func putDevice(ctx context.Context, tx dbtx, d Device, enroll bool) error {
 		if d.Labels == nil {
 			d.Labels = map[string]string{}
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
-			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn), lastErr, boot)
+		_, err = tx.ExecContext(ctx, `INSERT INTO devices (id, labels, hardware, agent_version, slots, attrs, verdict, verdict_at, quarantined, quarantine_reason, enrolled_at, last_check_in, last_error, boot, checkin_tat)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, d.ID, mustJSON(d.Labels), d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+			string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.EnrolledAt), ns(d.LastCheckIn), lastErr, boot, ns(d.CheckInTAT))
 		if err != nil {
 			return fmt.Errorf("enroll %s: %w", d.ID, err)
 		}
 		return nil
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE devices SET hardware = ?, agent_version = ?, slots = ?, attrs = ?, verdict = ?, verdict_at = ?,
-		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ?, boot = ? WHERE id = ?`, d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
-		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), lastErr, boot, d.ID)
+		quarantined = ?, quarantine_reason = ?, last_check_in = ?, last_error = ?, boot = ?, checkin_tat = ? WHERE id = ?`, d.Hardware, d.AgentVersion, mustJSON(d.Slots), attrs,
+		string(d.Verdict), ns(d.VerdictAt), d.Quarantined, d.QuarantineReason, ns(d.LastCheckIn), lastErr, boot, ns(d.CheckInTAT), d.ID)
 	if err != nil {
 		return fmt.Errorf("update device %s: %w", d.ID, err)
 	}

@@ -49,6 +49,10 @@ type Device struct {
 	// (Store.Decommission; zero: in service): its check-ins are refused from then on.
 	DecommissionedAt   time.Time
 	DecommissionReason string
+	// CheckInTAT is the state of the device's check-in rate bound (CheckInLimit): the
+	// time its bucket of check-ins would be full again, as of its last admitted
+	// check-in (zero: never bounded). Only Store.Admit reads and writes it.
+	CheckInTAT time.Time
 }
 
 // ErrDecommissioned refuses a check-in from a decommissioned device (Store.Admit), and a

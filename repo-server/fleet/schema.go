@@ -226,6 +226,10 @@ var migrations = []string{
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX used_nonces_expiry ON used_nonces(expires_at);
 	DROP TABLE nonces;`,
+	// 19: a device's check-in rate is bounded (CheckInLimit): the bound's state, a
+	// time in Unix nanoseconds (0: none yet), is in the device's row, which every
+	// check-in reads and writes anyway.
+	`ALTER TABLE devices ADD COLUMN checkin_tat INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

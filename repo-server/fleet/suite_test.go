@@ -77,6 +77,7 @@ var storeSuite = []struct {
 	{"LeasesUseTheDatabaseClock", testLeasesUseTheDatabaseClock},
 	{"StatementsStayPrepared", testStatementsStayPrepared},
 	{"RateLimitsInTheDatabase", testRateLimitsInTheDatabase},
+	{"CheckInRate", testCheckInRate},
 }
 
 func runStoreSuite(t *testing.T, db opener) {

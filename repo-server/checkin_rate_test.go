@@ -1,0 +1,97 @@
+package reposerver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/repo-server/audit"
+)
+
+// TestCheckInRateIsBounded: a device checking in far faster than any interval (a loop,
+// a hostile agent) is refused with 429 and Retry-After once its burst is used, each
+// refusal storing no verdict; 500 such refusals add two audit records (the first, by the
+// device, and one summary), not 500 verdicts. Once the wait is over it is admitted
+// again, and the refused check-in's report is stored when sent again.
+func TestCheckInRateIsBounded(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	// The clock stands still from here (nonces and certificates are judged by it too,
+	// from the real time on): every check-in at one instant, until the test moves it.
+	f.clock.mu.Lock()
+	f.clock.real, f.clock.t = false, time.Now()
+	f.clock.mu.Unlock()
+	cfg := f.srv.devices.cfg
+	if cfg.CheckInBurst != 20 || cfg.CheckInEvery != 2*time.Second {
+		t.Fatalf("default bound = %d, %v; want 20, 2s (for the default 30s interval)", cfg.CheckInBurst, cfg.CheckInEvery)
+	}
+	for i := range cfg.CheckInBurst {
+		if _, err := d.checkIn(d.request()); err != nil {
+			t.Fatalf("check-in %d of the burst: %v", i, err)
+		}
+	}
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := l.Size(ctx)
+	verdicts, err := f.store.DeviceVerdicts(ctx, d.id, time.Time{}, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The raw answer: 429, Retry-After, a message saying why.
+	req := d.request(wire.Report{ID: "held-1", Kind: "model", Name: "vibration", Version: "1.0.0", Outcome: wire.OutcomeProbeFailed, Cause: "probe", At: f.clock.Now()})
+	body, _ := json.Marshal(req)
+	resp, err := http.Post(f.http.URL+wire.PathCheckIn, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msg struct{ Error string }
+	json.NewDecoder(resp.Body).Decode(&msg)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "2" || !strings.Contains(msg.Error, "too often") {
+		t.Fatalf("check-in past the burst = %d, Retry-After %q, %q; want 429, 2, too often", resp.StatusCode, resp.Header.Get("Retry-After"), msg.Error)
+	}
+	const n = 500
+	for i := range n - 1 {
+		var apiErr *deviceapi.Error
+		if _, err := d.checkIn(d.request()); !errors.As(err, &apiErr) || apiErr.Status != http.StatusTooManyRequests {
+			t.Fatalf("check-in %d past the burst = %v; want 429", i, err)
+		}
+	}
+	if err := f.srv.FlushRefusals(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := l.Size(ctx)
+	if added := after - before; added != 2 {
+		t.Fatalf("%d refused check-ins added %d audit records; want 2 (the first, one summary)", n, added)
+	}
+	recs, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected", Subject: d.id})
+	if len(recs) != 1 || recs[0].Actor != "device:"+d.id || !strings.Contains(string(recs[0].Data), "too often") {
+		t.Fatalf("rejection records = %+v; want one by device:%s, too often", recs, d.id)
+	}
+	if now, _ := f.store.DeviceVerdicts(ctx, d.id, time.Time{}, 1000); len(now) != len(verdicts) {
+		t.Fatalf("refused check-ins stored %d verdicts", len(now)-len(verdicts))
+	}
+
+	// After the wait: admitted, and the report it carried (sent again, as an outbox
+	// does) is stored.
+	f.clock.Add(2 * time.Second)
+	req.Nonce = nil
+	again := d.request(req.Reports...)
+	res, err := d.checkIn(again)
+	if err != nil || res.ReportsAccepted != 1 {
+		t.Fatalf("check-in after the wait = %+v, %v; want admitted with its report", res, err)
+	}
+	if _, err := d.checkIn(d.request()); err == nil {
+		t.Fatal("a second check-in in the same instant after the wait was admitted")
+	}
+}
