@@ -199,12 +199,9 @@ func Admit(a Admission) (Admitted, error) {
 		}
 		r := rep
 		r.DeviceID, r.RolloutID = id, ""
-		var rollout *policy.Rollout
-		for _, ro := range p.Rollouts {
-			if ro.Target.Kind == r.Kind && ro.Target.Name == r.Name && ro.Target.Version == r.Version {
-				r.RolloutID, rollout = ro.ID, ro
-				break
-			}
+		rollout, member := a.rolloutOf(p, r, &d)
+		if rollout != nil {
+			r.RolloutID = rollout.ID
 		}
 		if err := validateReport(&r); err != nil {
 			if rep.ID == "" {
@@ -218,7 +215,7 @@ func Admit(a Admission) (Admitted, error) {
 		deviceAt := r.At
 		r.At = a.Now
 		applyReport(&d, r)
-		counted := rollout != nil && a.Verdict == policy.VerdictTrusted && !before.Quarantined && a.member(rollout, &d)
+		counted := member && a.Verdict == policy.VerdictTrusted && !before.Quarantined
 		out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: deviceAt, Counted: counted})
 		if rep.ID != "" {
 			seen[rep.ID] = true
@@ -275,6 +272,39 @@ func Admit(a Admission) (Admitted, error) {
 	}
 	out.Device = d
 	return out, nil
+}
+
+// rolloutOf is the rollout a report about r's target is attributed to, and whether d is
+// one of its devices (member). Several rollouts may ship one target (to other devices,
+// or a newer one superseding an older): the report belongs to the one the device is a
+// member of, as Evaluate chose it (the first in the policy's order, an aborted one only
+// when no other), else to the first shipping the target, stored but not counted. (Before
+// 2 Dec it went to the first shipping the target, member or not: a device of a later
+// rollout failing its probe counted for neither, and that rollout never paused.)
+func (a *Admission) rolloutOf(p *policy.Policy, r wire.Report, d *Device) (ro *policy.Rollout, member bool) {
+	var abortedMember *policy.Rollout
+	for _, c := range p.Rollouts {
+		if c.Target.Kind != r.Kind || c.Target.Name != r.Name || c.Target.Version != r.Version {
+			continue
+		}
+		if ro == nil {
+			ro = c
+		}
+		if !a.member(c, d) {
+			continue
+		}
+		if st, ok := a.States[c.ID]; ok && st.Status == policy.StatusAborted && st.AppliesTo(c) {
+			if abortedMember == nil {
+				abortedMember = c
+			}
+			continue
+		}
+		return c, true
+	}
+	if abortedMember != nil {
+		return abortedMember, true
+	}
+	return ro, false
 }
 
 // member reports whether d is one of r's devices at receipt: selected by r, in a wave

@@ -102,3 +102,67 @@ rollouts:
 		}
 	}
 }
+
+// TestReportGoesToTheRolloutThatShippedIt: two rollouts ship one version to different
+// devices; a device of the second (in the policy's order) fails its probe. The report
+// belongs to that rollout and counts for it, not to the first shipping the version
+// (which does not select the device, so the failure counted for neither and the
+// rollout that shipped it never paused: found from outside, 2 Dec). A device neither
+// selects is attributed to the first and counts for none.
+func TestReportGoesToTheRolloutThatShippedIt(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
+rollouts:
+  - id: site-b
+    target: {kind: model, name: vib, version: 2.0.0}
+    selector: {labels: {site: b}}
+    waves: [{percent: 100}]
+  - id: site-a
+    target: {kind: model, name: vib, version: 2.0.0}
+    selector: {labels: {site: a}}
+    waves: [{percent: 100}]
+  - id: old-a
+    target: {kind: model, name: vib, version: 2.0.0}
+    selector: {labels: {site: a}}
+    waves: [{percent: 100}]
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		site    string
+		aborted string // a rollout's state is aborted
+		want    string // rollout:counted
+	}{
+		{"a", "", "site-a:true"},
+		{"b", "", "site-b:true"},
+		{"c", "", "site-b:false"},
+		{"a", "site-a", "old-a:true"},  // the one still shipping it
+		{"a", "old-a", "site-a:true"},  // unchanged
+		{"b", "site-b", "site-b:true"}, // the aborted one, when no other
+	} {
+		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
+		d.ID, d.Verdict, d.Labels = "dev-1", policy.VerdictTrusted, map[string]string{"site": tc.site}
+		d.Slots = map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.0.0"}}
+		states := map[string]policy.RolloutState{}
+		for _, ro := range p.Rollouts {
+			st := policy.RolloutState{ID: ro.ID, Target: ro.Target, Status: policy.StatusActive, Started: t0.Add(-time.Hour)}
+			if ro.ID == tc.aborted {
+				st.Status = policy.StatusAborted
+			}
+			states[ro.ID] = st
+		}
+		out, err := Admit(Admission{Stored: d, CheckIn: CheckIn{ID: "dev-1", Slots: d.Slots, At: t0}, Verdict: policy.VerdictTrusted, Policy: p,
+			States: states, Offered: map[policy.Target]bool{p.Rollouts[0].Target: true}, Now: t0,
+			Reports: []wire.Report{{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, At: t0}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Reports) != 1 {
+			t.Fatalf("site %s: reports %+v", tc.site, out.Reports)
+		}
+		if got := fmt.Sprintf("%s:%v", out.Reports[0].RolloutID, out.Reports[0].Counted); got != tc.want {
+			t.Errorf("site %s, %q aborted: report went to %s; want %s", tc.site, tc.aborted, got, tc.want)
+		}
+	}
+}
