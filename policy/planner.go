@@ -95,6 +95,21 @@ type WaveStat struct {
 	Succeeded int     `json:"succeeded"`
 	Failed    int     `json:"failed"`
 	Ratio     float64 `json:"failure_ratio"`
+	// Offered is how many devices of the wave the rollout offered its target to (0:
+	// not known): a wave of fewer devices than its MinReports is judged once that many
+	// reported.
+	Offered int `json:"offered,omitempty"`
+}
+
+// enough reports whether st has reports enough for wave w's failure ratio to pause its
+// rollout: w.MinReports, or every device the wave offered the target to when that is
+// fewer (a canary of one device judged on its one report).
+func (st WaveStat) enough(w Wave) bool {
+	need := w.MinReports
+	if st.Offered > 0 && st.Offered < need {
+		need = st.Offered
+	}
+	return st.Reported > 0 && st.Reported >= need
 }
 
 // WaveStats counts, per wave of r, the devices whose latest report for r's target (at
@@ -137,11 +152,13 @@ func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 // Plan advances rollout r from state s given all reports for it so far and the time
 // now. It is pure: the caller persists the returned state, then records the events.
 //
-// In order: a zero state is started (first wave). An aborted or completed rollout does
-// not change. If any started wave has at least MinReports reports and a failure ratio
-// above MaxFailureRatio, the rollout pauses itself. A paused rollout waits for Resume.
-// Otherwise, once the current wave has soaked, the next wave starts, unless it needs an
-// approval not yet given; after the last wave soaks the rollout is completed.
+// In order: a zero state is started (first wave). An aborted rollout does not change.
+// If any started wave has at least MinReports reports (or, when fewer, as many as the
+// devices it offered the target to: WaveStat.Offered) and a failure ratio above
+// MaxFailureRatio, the rollout pauses itself, completed or not: a completed rollout
+// still offers its target. A paused rollout waits for Resume. Otherwise, once the
+// current wave has soaked, the next wave starts, unless it needs an approval not yet
+// given; after the last wave soaks the rollout is completed.
 func Plan(r *Rollout, s RolloutState, reports []wire.Report, now time.Time) (RolloutState, []Event) {
 	return PlanStats(r, s, WaveStats(r, reports, StatsSince(r, s)), now)
 }
@@ -156,8 +173,9 @@ func StatsSince(r *Rollout, s RolloutState) time.Time {
 }
 
 // Counts are the latest reports of the devices of one bucket range: how many succeeded
-// and how many failed.
-type Counts struct{ Succeeded, Failed int }
+// and how many failed; and how many devices of the range were offered the target (0:
+// not known).
+type Counts struct{ Succeeded, Failed, Offered int }
 
 // WaveRange is the range of buckets [Lo, Hi) whose devices belong to wave i of r (see
 // Bucket and WaveOf): a store can count a wave's reports through an index on the bucket.
@@ -177,7 +195,7 @@ func StatsOf(r *Rollout, counts []Counts) []WaveStat {
 		stats[i].Wave = i
 		if i < len(counts) {
 			c := counts[i]
-			stats[i].Succeeded, stats[i].Failed, stats[i].Reported = c.Succeeded, c.Failed, c.Succeeded+c.Failed
+			stats[i].Succeeded, stats[i].Failed, stats[i].Reported, stats[i].Offered = c.Succeeded, c.Failed, c.Succeeded+c.Failed, c.Offered
 			if stats[i].Reported > 0 {
 				stats[i].Ratio = float64(c.Failed) / float64(stats[i].Reported)
 			}
@@ -209,13 +227,14 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 	if s.Wave >= len(r.Waves) { // the policy lost waves since the state was written
 		s.Wave = len(r.Waves) - 1
 	}
-	switch s.status() {
-	case StatusAborted, StatusCompleted:
+	if s.status() == StatusAborted {
 		return s, evs
 	}
+	// A completed rollout still offers its target to the devices it selects (a last
+	// wave without soak completes as it starts): failures reported since still pause it.
 	for i := 0; i <= s.Wave && i < len(stats); i++ {
 		w, st := r.Waves[i], stats[i]
-		if s.status() == StatusActive && st.Reported >= w.MinReports && st.Ratio > w.MaxFailureRatio {
+		if (s.status() == StatusActive || s.status() == StatusCompleted) && st.enough(w) && st.Ratio > w.MaxFailureRatio {
 			s.Status = StatusPaused
 			s.Reason = fmt.Sprintf("wave %d: %d of %d devices failed (%.0f%% > %.0f%%)", i, st.Failed, st.Reported, st.Ratio*100, w.MaxFailureRatio*100)
 			emit(EventAutoPaused, s.Reason)
@@ -255,9 +274,10 @@ var (
 	ErrNoSuchWave    = errors.New("no such wave")
 )
 
-// Pause stops a rollout's progress (operator action).
+// Pause stops a rollout's progress (operator action): an active one, or a completed one,
+// which still offers its target to devices it selects that do not run it yet.
 func Pause(s RolloutState, actor, reason string, now time.Time) (RolloutState, Event, error) {
-	if st := s.status(); st != StatusActive {
+	if st := s.status(); st != StatusActive && st != StatusCompleted {
 		return s, Event{}, fmt.Errorf("pause rollout %q (%s): %w", s.ID, st, ErrBadTransition)
 	}
 	s.Status, s.Reason, s.Updated = StatusPaused, reason, now

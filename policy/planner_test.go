@@ -94,6 +94,8 @@ func TestPlan(t *testing.T) {
 		{"aborted is final", func() RolloutState { s := started; s.Status = StatusAborted; return s }(), reportsFor(r, 0, 10, 10, t0), t0.Add(5 * time.Hour), StatusAborted, 0, ""},
 		{"last wave soaked completes", RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 2}, nil, t0, StatusCompleted, 2, "completed@2"},
 		{"failure in an earlier wave pauses later", RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 1}, reportsFor(r, 0, 5, 2, t0), t0, StatusPaused, 1, "auto_paused@1"},
+		{"completed still pauses on failures", RolloutState{ID: "r", Status: StatusCompleted, Started: t0, WaveStarted: t0, Wave: 2}, reportsFor(r, 2, 10, 5, t0), t0.Add(time.Hour), StatusPaused, 2, "auto_paused@2"},
+		{"completed stays completed without", RolloutState{ID: "r", Status: StatusCompleted, Started: t0, WaveStarted: t0, Wave: 2}, reportsFor(r, 2, 10, 2, t0), t0.Add(time.Hour), StatusCompleted, 2, ""},
 	}
 	for _, tt := range tests {
 		s, evs := Plan(r, tt.s, tt.reports, tt.now)
@@ -227,5 +229,48 @@ func TestPlanStatsEqualsPlan(t *testing.T) {
 		if fmt.Sprint(a, ae) != fmt.Sprint(b, be) {
 			t.Fatalf("PlanStats = %v %v; want Plan's %v %v", b, be, a, ae)
 		}
+	}
+}
+
+// TestSmallWaveIsJudgedOnItsDevices: a wave that offered its target to fewer devices
+// than its MinReports is judged once each of them reported (a one-device canary failing
+// pauses its rollout; before, it never could, and the next wave started after the
+// soak). A wave that offered more still waits for MinReports, and an unknown count (0)
+// keeps MinReports.
+func TestSmallWaveIsJudgedOnItsDevices(t *testing.T) {
+	r := planRollout() // MinReports 5, MaxFailureRatio 0.2
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	started := RolloutState{ID: "r", Status: StatusActive, Started: t0, WaveStarted: t0}
+	for _, tc := range []struct {
+		offered, reported, failed int
+		want                      Status
+	}{
+		{1, 1, 1, StatusPaused},
+		{2, 1, 1, StatusActive}, // the other device has not reported yet
+		{2, 2, 1, StatusPaused},
+		{3, 3, 0, StatusActive},
+		{100, 1, 1, StatusActive},
+		{0, 1, 1, StatusActive},
+		{0, 5, 2, StatusPaused},
+	} {
+		stats := StatsOf(r, []Counts{{Succeeded: tc.reported - tc.failed, Failed: tc.failed, Offered: tc.offered}})
+		s, evs := PlanStats(r, started, stats, t0.Add(time.Minute))
+		if s.status() != tc.want {
+			t.Errorf("offered %d, %d of %d reports failed: %s %q; want %s", tc.offered, tc.failed, tc.reported, s.status(), eventTypes(evs), tc.want)
+		}
+	}
+	// A completed one-wave rollout (no soak: completed as it started) pauses on its
+	// one device's failure, and an operator may pause it too.
+	one := &Rollout{ID: "one", Target: r.Target, Waves: []Wave{{Percent: 100, MaxFailureRatio: 0, MinReports: 3}}}
+	s, evs := PlanStats(one, RolloutState{}, nil, t0)
+	if s.Status != StatusCompleted {
+		t.Fatalf("one wave without soak: %s %q; want completed at once", s.Status, eventTypes(evs))
+	}
+	if p, _, err := Pause(s, "rita", "looks wrong", t0); err != nil || p.Status != StatusPaused {
+		t.Fatalf("Pause(completed) = %s, %v; want paused", p.Status, err)
+	}
+	s, evs = PlanStats(one, s, StatsOf(one, []Counts{{Failed: 1, Offered: 1}}), t0.Add(time.Minute))
+	if s.Status != StatusPaused || eventTypes(evs) != "auto_paused@0" {
+		t.Fatalf("completed, its one device failed: %s %q; want auto_paused", s.Status, eventTypes(evs))
 	}
 }

@@ -181,7 +181,13 @@ func (s *Store) Admit(ctx context.Context, a Admission, cat policy.Catalog) (Che
 		// nothing else in this transaction writes them.
 		states := a.States
 		if out.Replan {
-			if _, err := s.planTx(ctx, tx, p, a.Now); err != nil {
+			touched := map[string]bool{}
+			for _, r := range out.Reports {
+				if r.Counted {
+					touched[r.RolloutID] = true
+				}
+			}
+			if _, err := s.planTx(ctx, tx, p, a.Now, touched); err != nil {
 				return err
 			}
 			if states, err = policyStates(ctx, tx, p); err != nil {
@@ -294,6 +300,11 @@ func recordOffers(ctx context.Context, tx dbtx, dec policy.Decision) error {
 			dec.DeviceID, string(sd.Target.Kind), sd.Target.Name, sd.Target.Version, ns(dec.At))
 		if err != nil {
 			return fmt.Errorf("record offer %s to %s: %w", sd.Target, dec.DeviceID, err)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO rollout_offers (rollout_id, device_id, bucket, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+			sd.Rollout, dec.DeviceID, policy.Bucket(sd.Rollout, dec.DeviceID), ns(dec.At))
+		if err != nil {
+			return fmt.Errorf("record rollout %s's offer to %s: %w", sd.Rollout, dec.DeviceID, err)
 		}
 	}
 	return nil
@@ -413,17 +424,25 @@ func policyStates(ctx context.Context, q dbtx, p *policy.Policy) (map[string]pol
 const waveCountsQuery = `SELECT count(*), coalesce(sum(failed), 0) FROM rollout_latest
 	WHERE rollout_id = ? AND name = ? AND version = ? AND bucket >= ? AND bucket < ? AND at >= ?`
 
-// waveStats counts r's waves from the devices' latest reports at or after since: the
-// store's WaveStats, reading one index range per wave and never the reports.
+// waveOffersQuery counts the devices one wave of a rollout offered its target to, through
+// the rollout_offers_bucket index.
+const waveOffersQuery = `SELECT count(*) FROM rollout_offers WHERE rollout_id = ? AND bucket >= ? AND bucket < ?`
+
+// waveStats counts r's waves from the devices' latest reports at or after since, and
+// the devices each wave offered r's target to: the store's WaveStats, reading index
+// ranges per wave and never the reports.
 func waveStats(ctx context.Context, q dbtx, r *policy.Rollout, since time.Time) ([]policy.WaveStat, error) {
 	counts := make([]policy.Counts, len(r.Waves))
 	for i := range r.Waves {
 		lo, hi := r.WaveRange(i)
-		var n, failed int
+		var n, failed, offered int
 		if err := q.QueryRowContext(ctx, waveCountsQuery, r.ID, r.Target.Name, r.Target.Version, lo, hi, ns(since)).Scan(&n, &failed); err != nil {
 			return nil, fmt.Errorf("rollout %s wave %d: %w", r.ID, i, err)
 		}
-		counts[i] = policy.Counts{Succeeded: n - failed, Failed: failed}
+		if err := q.QueryRowContext(ctx, waveOffersQuery, r.ID, lo, hi).Scan(&offered); err != nil {
+			return nil, fmt.Errorf("rollout %s wave %d offers: %w", r.ID, i, err)
+		}
+		counts[i] = policy.Counts{Succeeded: n - failed, Failed: failed, Offered: offered}
 	}
 	return policy.StatsOf(r, counts), nil
 }
@@ -435,8 +454,12 @@ func (s *Store) WaveStats(ctx context.Context, r *policy.Rollout, since time.Tim
 }
 
 // planTx plans every rollout of p in tx and saves the states that changed with their
-// events and audit records; it returns the events.
-func (s *Store) planTx(ctx context.Context, tx *txn, p *policy.Policy, now time.Time) ([]policy.Event, error) {
+// events and audit records; it returns the events. Aborted rollouts are final; a
+// completed one still offers its target to devices it selects, and is planned (judged
+// on its waves' failures: policy.PlanStats) only when touched names it, that is when a
+// report counted for it arrived: the periodic planner does not read the waves of every
+// rollout ever completed.
+func (s *Store) planTx(ctx context.Context, tx *txn, p *policy.Policy, now time.Time, touched map[string]bool) ([]policy.Event, error) {
 	states, err := policyStates(ctx, tx, p)
 	if err != nil {
 		return nil, err
@@ -444,8 +467,8 @@ func (s *Store) planTx(ctx context.Context, tx *txn, p *policy.Policy, now time.
 	var all []policy.Event
 	for _, r := range p.Rollouts {
 		st := states[r.ID]
-		if st.AppliesTo(r) && (st.Status == policy.StatusAborted || st.Status == policy.StatusCompleted) {
-			continue // final for the planner
+		if st.AppliesTo(r) && (st.Status == policy.StatusAborted || (st.Status == policy.StatusCompleted && !touched[r.ID])) {
+			continue
 		}
 		stats, err := waveStats(ctx, tx, r, policy.StatsSince(r, st))
 		if err != nil {

@@ -3,8 +3,13 @@ package fleet
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
+	"github.com/edgeward/edgeward/policy"
 )
 
 // TestCheckInLimitPace: the bound admits Burst check-ins at once, then one per Every,
@@ -135,6 +140,49 @@ func testCheckInRate(t *testing.T, db opener) {
 		}
 		if _, err := a.Admit(ctx, nonceAdmission(n, t0.Add(10*time.Second), ""), nil); err != nil {
 			t.Fatalf("unbounded check-in %d: %v", i, err)
+		}
+	}
+}
+
+// testSmallWavePauses: through the store, a rollout whose only wave has one device
+// (fewer than its min_reports of 3) pauses itself when that device fails: the store
+// counts the devices each wave offered the target to. With no soak the rollout
+// completed as it started, and still pauses (found from outside, 2 Dec: both stayed
+// active or completed, and the failure changed nothing).
+func testSmallWavePauses(t *testing.T, db opener) {
+	ctx := context.Background()
+	for _, soak := range []string{"1h", "0s"} {
+		s, _ := openStore(t, db)
+		p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
+attestation: {required: false}
+rollouts:
+  - id: canary
+    target: {kind: model, name: vib, version: 2.0.0}
+    selector: {labels: {site: a}}
+    waves: [{percent: 100, soak: ` + soak + `}]
+`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+		checkIn := func(at time.Time, reps ...wire.Report) CheckInResult {
+			t.Helper()
+			res, err := s.Admit(ctx, Admission{CheckIn: CheckIn{ID: "dev-1", Hardware: "x86_64", AgentVersion: "0.1.0", At: at,
+				Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.0.0"}}},
+				Labels: map[string]string{"site": "a"}, Reports: reps, Verdict: policy.VerdictTrusted, Policy: p, Now: at}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		res := checkIn(t0)
+		if sd := res.Decision.Slots[0]; sd.Action != policy.ActionInstall || sd.Rollout != "canary" {
+			t.Fatalf("soak %s: decision %+v; want install from canary", soak, sd)
+		}
+		checkIn(t0.Add(time.Minute), wire.Report{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, Cause: "accuracy", At: t0})
+		st, err := s.RolloutState(ctx, "canary")
+		if err != nil || st.Status != policy.StatusPaused || !strings.Contains(st.Reason, "1 of 1 devices failed") {
+			t.Fatalf("soak %s: state after its one device failed = %+v, %v; want paused", soak, st, err)
 		}
 	}
 }

@@ -49,7 +49,7 @@ func (s *Store) PlanRollouts(ctx context.Context, p *policy.Policy, now time.Tim
 	var evs []policy.Event
 	err := s.tx(ctx, func(tx *txn) error {
 		var err error
-		evs, err = s.planTx(ctx, tx, p, now)
+		evs, err = s.planTx(ctx, tx, p, now, nil)
 		return err
 	})
 	if err != nil {

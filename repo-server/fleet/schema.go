@@ -230,6 +230,19 @@ var migrations = []string{
 	// time in Unix nanoseconds (0: none yet), is in the device's row, which every
 	// check-in reads and writes anyway.
 	`ALTER TABLE devices ADD COLUMN checkin_tat INTEGER NOT NULL DEFAULT 0;`,
+	// 20: which devices each rollout offered its target to, by bucket (policy.Bucket),
+	// so the planner knows how many devices a wave has: a wave smaller than its
+	// min_reports is judged on every device it has (before, it could never pause its
+	// rollout). Offers made before the upgrade are not here: their waves keep
+	// min_reports.
+	`CREATE TABLE rollout_offers (
+		rollout_id TEXT NOT NULL,
+		device_id  TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+		bucket     INTEGER NOT NULL,
+		at         INTEGER NOT NULL,
+		PRIMARY KEY (rollout_id, device_id)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX rollout_offers_bucket ON rollout_offers(rollout_id, bucket);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,

@@ -78,6 +78,7 @@ var storeSuite = []struct {
 	{"StatementsStayPrepared", testStatementsStayPrepared},
 	{"RateLimitsInTheDatabase", testRateLimitsInTheDatabase},
 	{"CheckInRate", testCheckInRate},
+	{"SmallWavePauses", testSmallWavePauses},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
