@@ -151,6 +151,35 @@ func writeConfigLocked(ctx context.Context, c Config) (path string, root *x509.C
 	return WriteConfig(c)
 }
 
+// previousAddr is the listen address in the step-ca configuration at path, written by an
+// earlier start; "" if there is none or it cannot be read.
+func previousAddr(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	var conf struct {
+		Address string `json:"address"`
+	}
+	if json.Unmarshal(b, &conf) != nil {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(conf.Address); err != nil {
+		return ""
+	}
+	return conf.Address
+}
+
+// addrFree reports whether addr could be listened on a moment ago.
+func addrFree(addr string) bool {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
 // freeAddr is an address on 127.0.0.1 whose port was free a moment ago.
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -342,12 +371,30 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 	}
 	addr = c.Address
 	if addr == "" {
-		pick := c.pickAddr
-		if pick == nil {
-			pick = freeAddr
-		}
-		if addr, err = pick(); err != nil {
-			return "", nil, "", fmt.Errorf("stepca: %w", err)
+		// The address of the last start, while it is free: step-ca keeps each ACME
+		// account's location URL, port included, and refuses an account whose location
+		// names another ("kid does not match stored account location"). Devices derive
+		// their account key in their TPM, so the same account orders every renewal: on a
+		// new port none of them could renew.
+		prev := previousAddr(filepath.Join(state, ConfigFile))
+		if prev != "" && addrFree(prev) {
+			addr = prev
+		} else {
+			pick := c.pickAddr
+			if pick == nil {
+				pick = freeAddr
+			}
+			if addr, err = pick(); err != nil {
+				return "", nil, "", fmt.Errorf("stepca: %w", err)
+			}
+			if prev != "" && addr != prev {
+				// Another process took the port: the accounts stored name it. Start
+				// with an empty database, as a rotation does (Server.Rotate): nothing in
+				// it is needed again, devices register afresh at every order.
+				if err := os.Remove(dbFile(c)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return "", nil, "", fmt.Errorf("stepca: the address moved from %s: empty the database: %w", prev, err)
+				}
+			}
 		}
 	}
 	dur := c.CertDuration
