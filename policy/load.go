@@ -699,6 +699,11 @@ func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 			b.errorf(file, wl, "rollout %q: wave %d: percent %v: resolution is 0.01", ro.ID, i+1, w.Percent)
 		}
 		prev = max(prev, w.Percent)
+		if i == 0 && w.Approval {
+			// The first wave starts when the rollout is planned; an approval there was
+			// silently ignored (found from outside, 2 Dec).
+			b.errorf(file, max(rw.Approval.Line, line), "rollout %q: wave 1: approval: the first wave starts as soon as the rollout is created; create the rollout when it may start, or give it a small first wave and approve the second", ro.ID)
+		}
 		w.Soak, _ = b.duration(file, rw.Soak, fmt.Sprintf("rollout %q: wave %d: soak", ro.ID, i+1))
 		if rw.MaxFailureRatio.Set {
 			w.MaxFailureRatio = rw.MaxFailureRatio.V

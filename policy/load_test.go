@@ -74,6 +74,7 @@ func TestParseErrors(t *testing.T) {
 		{"missing target", "rollouts:\n  - id: a\n", `f.yaml:2: rollout "a": target missing`},
 		{"bad id", "rollouts:\n  - id: Big Rollout\n", `f.yaml:2: rollout id "Big Rollout"`},
 		{"duplicate id", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n  - id: a\n    target: {kind: model, name: m, version: 1.0.1}\n", `f.yaml:4: rollout "a" already defined at f.yaml:2`},
+		{"approval on the first wave", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - {percent: 10, approval: true}\n      - percent: 100\n", `f.yaml:5: rollout "a": wave 1: approval: the first wave starts as soon as the rollout is created`},
 		{"waves not increasing", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 10\n      - percent: 5\n", `f.yaml:6: rollout "a": wave 2: percent 5: want more than the previous wave (10)`},
 		{"wave over 100", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 101\n", `f.yaml:5: rollout "a": wave 1: percent 101`},
 		{"bad soak", "rollouts:\n  - id: a\n    target: {kind: model, name: m, version: 1.0.0}\n    waves:\n      - percent: 100\n        soak: 1 day\n", `f.yaml:6: rollout "a": wave 1: soak "1 day"`},

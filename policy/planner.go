@@ -272,6 +272,9 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 var (
 	ErrBadTransition = errors.New("rollout cannot do that in its current status")
 	ErrNoSuchWave    = errors.New("no such wave")
+	// ErrNoApprovalNeeded: Approve of a wave that needs none, has started, or was
+	// approved before.
+	ErrNoApprovalNeeded = errors.New("wave needs no approval")
 )
 
 // Pause stops a rollout's progress (operator action): an active one, or a completed one,
@@ -314,10 +317,16 @@ func Approve(r *Rollout, s RolloutState, wave int, actor string, now time.Time) 
 	if st := s.status(); st == StatusAborted || st == StatusCompleted {
 		return s, Event{}, fmt.Errorf("approve rollout %q (%s): %w", r.ID, st, ErrBadTransition)
 	}
-	if !slices.Contains(s.Approved, wave) {
-		s.Approved = append(slices.Clone(s.Approved), wave)
-		slices.Sort(s.Approved)
+	switch {
+	case !r.Waves[wave].Approval:
+		return s, Event{}, fmt.Errorf("approve rollout %q wave %d: %w: it starts once the wave before it has soaked", r.ID, wave, ErrNoApprovalNeeded)
+	case !s.Started.IsZero() && s.AppliesTo(r) && wave <= s.Wave:
+		return s, Event{}, fmt.Errorf("approve rollout %q wave %d: %w: it has started", r.ID, wave, ErrNoApprovalNeeded)
+	case slices.Contains(s.Approved, wave):
+		return s, Event{}, fmt.Errorf("approve rollout %q wave %d: %w: it was approved before", r.ID, wave, ErrNoApprovalNeeded)
 	}
+	s.Approved = append(slices.Clone(s.Approved), wave)
+	slices.Sort(s.Approved)
 	s.Updated = now
 	return s, Event{Rollout: r.ID, Type: EventApproved, Wave: wave, Actor: actor, At: now}, nil
 }

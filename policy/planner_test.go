@@ -169,9 +169,19 @@ func TestOperatorActions(t *testing.T) {
 	if _, _, err := Approve(r, s, 0, "bob", t0); !errors.Is(err, ErrNoSuchWave) {
 		t.Errorf("Approve(wave 0) err = %v; want ErrNoSuchWave", err)
 	}
+	if _, _, err := Approve(r, s, 2, "bob", t0); !errors.Is(err, ErrNoApprovalNeeded) {
+		t.Errorf("Approve(wave 2, which needs none) err = %v; want ErrNoApprovalNeeded", err)
+	}
 	s, ev, err = Approve(r, s, 1, "bob", t0)
 	if err != nil || ev.Wave != 1 || len(s.Approved) != 1 {
 		t.Fatalf("Approve = %+v, %v", s, err)
+	}
+	if _, _, err := Approve(r, s, 1, "bob", t0); !errors.Is(err, ErrNoApprovalNeeded) {
+		t.Errorf("Approve(wave 1 again) err = %v; want ErrNoApprovalNeeded (one event per approval)", err)
+	}
+	started := RolloutState{ID: "r", Started: t0, WaveStarted: t0, Wave: 1}
+	if _, _, err := Approve(r, started, 1, "bob", t0); !errors.Is(err, ErrNoApprovalNeeded) {
+		t.Errorf("Approve(a started wave) err = %v; want ErrNoApprovalNeeded", err)
 	}
 	s, ev, err = Abort(s, "carol", "bad accuracy", t0)
 	if err != nil || s.Status != StatusAborted || ev.Type != EventAborted {

@@ -61,7 +61,7 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, fleet.ErrInvalid), errors.Is(err, policy.ErrNoSuchWave), errors.As(err, &el):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition), errors.Is(err, fleet.ErrDecommissioned):
+	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition), errors.Is(err, policy.ErrNoApprovalNeeded), errors.Is(err, fleet.ErrDecommissioned):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -164,7 +164,7 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 			return "", err
 		}
 		defer unlock()
-		if err := o.rolloutFree(spec.ID); err != nil {
+		if err := o.rolloutFree(ctx, spec.ID); err != nil {
 			return "", err
 		}
 		// Staged under a name the watcher does not load, audited, then renamed into
@@ -229,7 +229,12 @@ func (e *rolloutExistsError) Is(target error) bool { return target == fleet.ErrE
 // not load the policy in force, defines rollout id. Called with createMu and the
 // publish lease held, so that no other creation adds the ID before this one's file
 // is in place.
-func (o *operatorAPI) rolloutFree(id string) error {
+//
+// An ID the fleet keeps a state for is not free either, though no file defines it any
+// more (a rollout file removed by hand): the planner would take the new rollout for
+// the old one, in the old one's wave and status, with its devices' reports (found from
+// outside, 2 Dec: a new rollout was born completed at its last wave, past an approval).
+func (o *operatorAPI) rolloutFree(ctx context.Context, id string) error {
 	p, err := policy.Load(o.cfg.PolicyDir)
 	if err != nil {
 		// Not loadable (StageRollout reports why): the policy in force is what
@@ -239,8 +244,33 @@ func (o *operatorAPI) rolloutFree(id string) error {
 	if ro := p.Rollout(id); ro != nil {
 		return &rolloutExistsError{id: id, pos: ro.Pos}
 	}
+	st, err := o.cfg.Fleet.RolloutState(ctx, id)
+	switch {
+	case err == nil:
+		return &rolloutUsedError{id: id, state: st}
+	case !errors.Is(err, fleet.ErrNotFound):
+		return err
+	}
 	return nil
 }
+
+// rolloutUsedError refuses creating a rollout under the ID of one the fleet ran before
+// (its file since removed). A fleet.ErrExists (409).
+type rolloutUsedError struct {
+	id    string
+	state policy.RolloutState
+}
+
+func (e *rolloutUsedError) Error() string {
+	status := e.state.Status
+	if status == "" {
+		status = policy.StatusActive
+	}
+	return fmt.Sprintf("rollout ID %q was used before (started %s, %s at wave %d; its state, events and reports are kept): rollout IDs are never reused; choose another ID",
+		e.id, e.state.Started.UTC().Format(time.RFC3339), status, e.state.Wave)
+}
+
+func (e *rolloutUsedError) Is(target error) bool { return target == fleet.ErrExists }
 
 // waitLoaded polls the policy in force until it defines rollout id in file, for at most
 // LoadWait.
@@ -267,7 +297,10 @@ func (o *operatorAPI) waitLoaded(ctx context.Context, id, file string) bool {
 // rolloutRequest is the optional body of pause, resume, abort and approve.
 type rolloutRequest struct {
 	Reason string `json:"reason,omitempty"`
-	Wave   int    `json:"wave,omitempty"` // approve: the wave index (from 1)
+	// Wave is approve's wave index (from 1: the first wave needs none); absent: the
+	// wave awaiting approval, else the next one. (It was an int, so an explicit 0
+	// approved the next wave.)
+	Wave *int `json:"wave,omitempty"`
 }
 
 type rolloutAct func(r *policy.Rollout, s policy.RolloutState, req rolloutRequest, actor string, now time.Time) (policy.RolloutState, policy.Event, error)
@@ -293,9 +326,9 @@ func abortRollout(_ *policy.Rollout, s policy.RolloutState, req rolloutRequest, 
 }
 
 func approveRollout(r *policy.Rollout, s policy.RolloutState, req rolloutRequest, actor string, now time.Time) (policy.RolloutState, policy.Event, error) {
-	wave := req.Wave
-	if wave == 0 { // the wave waiting for approval, else the next one
-		wave = s.Wave + 1
+	wave := s.Wave + 1 // the wave waiting for approval, else the next one
+	if req.Wave != nil {
+		wave = *req.Wave
 	}
 	return policy.Approve(r, s, wave, actor, now)
 }

@@ -384,6 +384,16 @@ func TestOperatorRollouts(t *testing.T) {
 	if code != 400 || !strings.Contains(body, "no such wave") {
 		t.Fatalf("approve wave 7 = %d %s", code, body)
 	}
+	// An explicit wave 0 is wave 0 (it approved the next wave before), and a wave
+	// approved and started is not approved again (each was another event).
+	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":0}`)
+	if code != 400 || !strings.Contains(body, "no such wave") {
+		t.Fatalf("approve wave 0 = %d %s; want 400", code, body)
+	}
+	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":1}`)
+	if code != 409 || !strings.Contains(body, "needs no approval") {
+		t.Fatalf("approve wave 1 again = %d %s; want 409", code, body)
+	}
 
 	// Reports feed the KPIs of the status.
 	now := o.clock.Now()
@@ -914,5 +924,39 @@ func TestOperatorContentType(t *testing.T) {
 		if resp.StatusCode != tc.code {
 			t.Errorf("PUT labels with Content-Type %q = %d %s; want %d", tc.ct, resp.StatusCode, b, tc.code)
 		}
+	}
+}
+
+// TestRolloutIDsAreNeverReused: a rollout's file removed by hand leaves its state,
+// events and reports in the fleet; creating a rollout under the same ID is refused
+// (409, saying why), where before the new rollout was born in the old one's status and
+// wave (found from outside, 2 Dec: completed at its last wave, past an approval).
+func TestRolloutIDsAreNeverReused(t *testing.T) {
+	o := newOpFixture(t)
+	ctx := context.Background()
+	spec := `{"id":"vib-9","target":{"kind":"model","name":"vibration","version":"9.0.0"},"waves":[{"percent":10,"soak":"1h"},{"percent":100,"approval":true}]}`
+	code, body := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], spec)
+	if code != http.StatusCreated || !strings.Contains(body, `"loaded":true`) {
+		t.Fatalf("create = %d %s", code, body)
+	}
+	if code, body := o.do("POST", "/v1/rollouts/vib-9/abort", o.tok[fleet.RoleReleaseManager], `{"reason":"gone wrong"}`); code != http.StatusOK {
+		t.Fatalf("abort = %d %s", code, body)
+	}
+	if _, err := o.store.RolloutState(ctx, "vib-9"); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(o.dir, policy.CreatedPrefix+"*vib-9*"))
+	if len(files) != 1 {
+		t.Fatalf("rollout files %v", files)
+	}
+	if err := os.Remove(files[0]); err != nil {
+		t.Fatal(err)
+	}
+	code, body = o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], spec)
+	if code != http.StatusConflict || !strings.Contains(body, "was used before") || !strings.Contains(body, "aborted") {
+		t.Fatalf("create under a used ID = %d %s; want 409 saying it was used before", code, body)
+	}
+	if code, body := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], strings.Replace(spec, "vib-9", "vib-9b", 1)); code != http.StatusCreated {
+		t.Fatalf("create under a fresh ID = %d %s", code, body)
 	}
 }
