@@ -74,7 +74,7 @@ const CreatedPrefix = "created-"
 
 // CreateRollout adds a rollout to the policy in dir as a file of its own, named so that
 // it sorts before every rollout created earlier (a newer rollout takes precedence, see
-// Policy.Rollouts): created-<10^10 - unix seconds>-<id>.yaml. It first checks that the
+// Policy.Rollouts): created-<10^10 - unix seconds>-<10^9 - 1 - nanoseconds>-<id>.yaml. It first checks that the
 // whole policy with the new file is valid (ErrorList otherwise, and nothing is
 // written), then writes the file atomically (temporary file, fsync, rename, directory
 // fsync); a Watcher on dir loads it. It returns the new file's path.
@@ -129,7 +129,10 @@ func StageRollout(dir string, spec RolloutSpec, now time.Time) (*StagedRollout, 
 		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
 	enc.Close()
-	name := fmt.Sprintf("%s%010d-%s.yaml", CreatedPrefix, max(0, 1e10-now.Unix()), spec.ID)
+	// Seconds, then nanoseconds, both counting down: two rollouts created in one second
+	// sorted by ID before (the older could take precedence). Names from before keep
+	// their order against these but in their own second.
+	name := fmt.Sprintf("%s%010d-%09d-%s.yaml", CreatedPrefix, max(0, 1e10-now.Unix()), 999_999_999-now.Nanosecond(), spec.ID)
 	path := filepath.Join(dir, name)
 	files, err := readDir(dir)
 	if err != nil && !errors.Is(err, ErrNoPolicy) {

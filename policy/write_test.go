@@ -54,6 +54,17 @@ func TestCreateRollout(t *testing.T) {
 	if got := strings.Join(order, " "); got != "vib-3.2.0 vib-3.1.0 base" {
 		t.Errorf("rollout order = %s; want newest first", got)
 	}
+	// In one second too (they sorted by ID: the older took precedence).
+	if _, err := CreateRollout(dir, RolloutSpec{ID: "vib-0", Target: TargetSpec{artifact.KindModel, "vib", "4.0.0"}}, now.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CreateRollout(dir, RolloutSpec{ID: "vib-a", Target: TargetSpec{artifact.KindModel, "vib", "4.0.1"}}, now.Add(2*time.Hour+time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	p, _ = Load(dir)
+	if p.Rollouts[0].ID != "vib-a" || p.Rollouts[1].ID != "vib-0" {
+		t.Errorf("rollouts created 1 ms apart: %s before %s; want the newer, vib-a, first", p.Rollouts[0].ID, p.Rollouts[1].ID)
+	}
 
 	// Invalid: nothing is written, and the error says what is wrong.
 	for _, tt := range []struct {

@@ -459,7 +459,7 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 		for _, e := range res.Events {
 			line := fmt.Sprintf("rollout %s: %s (wave %d)", e.Rollout, e.Type, e.Wave)
 			if e.Reason != "" {
-				line += ": " + e.Reason
+				line += ": " + shown(e.Reason)
 			}
 			fmt.Fprintln(env.stdout, line)
 		}
@@ -513,9 +513,9 @@ func cmdDevicesList(ctx context.Context, env *cliEnv, args []string) error {
 		q := "-"
 		switch {
 		case !d.DecommissionedAt.IsZero():
-			q = "decommissioned: " + d.DecommissionReason
+			q = "decommissioned: " + shown(d.DecommissionReason)
 		case d.Quarantined:
-			q = "yes: " + d.QuarantineReason
+			q = "yes: " + shown(d.QuarantineReason)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, slotText(d.Slots[artifact.KindModel]), slotText(d.Slots[artifact.KindRuntime]),
 			orDash(string(d.Verdict)), q, ago(d.LastCheckIn, now), labelText(d.Labels))
@@ -611,7 +611,7 @@ func cmdDevicesShow(ctx context.Context, env *cliEnv, args []string) error {
 	tw.Flush()
 	fmt.Fprintf(w, "attestation history (since %s):\n", d.Since.Local().Format(time.DateTime))
 	for _, vr := range d.Verdicts {
-		fmt.Fprintf(w, "  %s  %-9s %s\n", vr.At.Local().Format(time.DateTime), vr.Verdict, vr.Detail)
+		fmt.Fprintf(w, "  %s  %-9s %s\n", vr.At.Local().Format(time.DateTime), vr.Verdict, shown(vr.Detail))
 	}
 	fmt.Fprintln(w, "install history:")
 	for _, r := range d.Reports {

@@ -245,6 +245,13 @@ func TestCLIDevices(t *testing.T) {
 	if out = aud.must("devices", "list"); !strings.Contains(out, "yes: stolen from site B") {
 		t.Fatalf("list after quarantine:\n%s", out)
 	}
+	// Free text reaches the terminal escaped in the list too (it came raw before: a
+	// reason could clear the screen and add lines).
+	admin.must("devices", "release", "cam-1")
+	admin.must("devices", "quarantine", "cam-1", "--reason", "stolen\x1b[2J\r\nALL CLEAR")
+	if out = aud.must("devices", "list"); strings.ContainsAny(out, "\x1b\r") || !strings.Contains(out, `yes: stolen\x1b[2J\r\nALL CLEAR`) {
+		t.Fatalf("list with a reason carrying escapes:\n%q", out)
+	}
 	if out = admin.must("devices", "release", "cam-1"); !strings.Contains(out, "device cam-1 released") {
 		t.Fatalf("release: %s", out)
 	}
