@@ -147,7 +147,8 @@ type Bounds struct {
 // use, also across processes when shared.
 type ChallengeStore interface {
 	// AddChallenge makes room for c and stores it, in one step: it drops expired
-	// challenges (expired before now) and c.EKID's pending one, keeps c.Source under
+	// challenges (expired before now) and the one pending for c.EKID from c.Source
+	// (others' stay: anyone may know a device's public EK), keeps c.Source under
 	// b.MaxPendingPerSource by dropping its own oldest, and when b.MaxPending are
 	// pending evicts the oldest challenge of the source holding the most (ties: the
 	// smallest source), provided it holds more than c.Source. Otherwise ErrBusy, and

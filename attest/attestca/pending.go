@@ -11,7 +11,7 @@ import (
 type MemoryChallenges struct {
 	mu       sync.Mutex
 	pending  map[string]*Challenge // by challenge ID
-	byEK     map[string]string     // EK ID → its one pending challenge ID
+	byEK     map[string]string     // EK ID and source (ekSource) → their one pending challenge ID
 	bySource map[string]int        // source → pending challenges
 }
 
@@ -28,7 +28,7 @@ func (m *MemoryChallenges) AddChallenge(_ context.Context, c Challenge, b Bounds
 		return err
 	}
 	m.pending[c.ID] = &c
-	m.byEK[c.EKID] = c.ID
+	m.byEK[ekSource(c.EKID, c.Source)] = c.ID
 	m.bySource[c.Source]++
 	return nil
 }
@@ -49,7 +49,7 @@ func (m *MemoryChallenges) admitLocked(now time.Time, source, ekID string, b Bou
 			m.removeLocked(k)
 		}
 	}
-	if id, ok := m.byEK[ekID]; ok {
+	if id, ok := m.byEK[ekSource(ekID, source)]; ok {
 		m.removeLocked(id)
 	}
 	for m.bySource[source] >= b.MaxPendingPerSource {
@@ -89,11 +89,15 @@ func (m *MemoryChallenges) removeLocked(id string) *Challenge {
 		return nil
 	}
 	delete(m.pending, id)
-	if m.byEK[p.EKID] == id {
-		delete(m.byEK, p.EKID)
+	if k := ekSource(p.EKID, p.Source); m.byEK[k] == id {
+		delete(m.byEK, k)
 	}
 	if m.bySource[p.Source]--; m.bySource[p.Source] <= 0 {
 		delete(m.bySource, p.Source)
 	}
 	return p
 }
+
+// ekSource keys an EK's pending challenge from one source: a new one from the same source
+// replaces it, one from another source does not.
+func ekSource(ekID, source string) string { return ekID + "\x00" + source }

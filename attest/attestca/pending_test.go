@@ -126,3 +126,42 @@ func TestPendingBusyAtFairShare(t *testing.T) {
 		t.Errorf("ChallengeFrom(a, holding its fair share at the cap) = %v; want ErrBusy", err)
 	}
 }
+
+// TestOthersCannotReplaceADevicesChallenge: one who knows a device's public enrollment
+// request (its EK certificate and public parts) asks for challenges in its name from
+// another source while the device answers its own: the device's challenge stays, and
+// it enrolls. (A new challenge for an EK replaced its pending one from any source:
+// 2 requests a second kept a device with a hardware TPM's slow activation from ever
+// enrolling, found from outside, 2 Dec.) From its own source a new request still
+// replaces its old challenge.
+func TestOthersCannotReplaceADevicesChallenge(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	genuine := enrollRequest(t, f.tpm, attest.RSA)
+	ch, err := f.ca.ChallengeFrom(ctx, "10.0.0.5", genuine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := f.ca.ChallengeFrom(ctx, fmt.Sprintf("203.0.113.%d", i%3), genuine); err != nil {
+			t.Fatalf("replay %d: %v", i, err)
+		}
+	}
+	secret, err := f.tpm.ActivateCredential(ctx, attest.RSA, ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Activate(ctx, &protocol.ActivateRequest{ID: ch.ID, Secret: secret}); err != nil {
+		t.Fatalf("Activate(the device's challenge, after 50 requests in its name from elsewhere) = %v; want an AK certificate", err)
+	}
+	old, err := f.ca.ChallengeFrom(ctx, "10.0.0.5", genuine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.ChallengeFrom(ctx, "10.0.0.5", genuine); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ca.Activate(ctx, &protocol.ActivateRequest{ID: old.ID, Secret: secret}); !errors.Is(err, attestca.ErrUnknownChallenge) {
+		t.Errorf("Activate(a challenge its own source replaced) = %v; want ErrUnknownChallenge", err)
+	}
+}

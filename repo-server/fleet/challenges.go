@@ -24,7 +24,9 @@ type Challenge struct {
 // AddChallenge makes room for c and stores it in one store transaction (they run one
 // at a time across replicas: see Store.tx), so the bounds hold across every replica on
 // the database: challenges expired before now are dropped,
-// and so is c.EKID's pending one; c.Source keeps at most perSource (its oldest go);
+// and so is the one pending for c.EKID from c.Source (not from other sources: one who
+// knows a device's public EK certificate must not replace the device's challenge);
+// c.Source keeps at most perSource (its oldest go);
 // when max are pending, the oldest challenge of the source holding the most (ties:
 // the smallest source name) is evicted, provided it holds more than c.Source, and
 // otherwise ErrChallengesFull.
@@ -33,7 +35,7 @@ func (s *Store) AddChallenge(ctx context.Context, c Challenge, max, perSource in
 		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE expires_at < ?`, ns(now)); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE ek_id = ?`, c.EKID); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM challenges WHERE ek_id = ? AND source = ?`, c.EKID, c.Source); err != nil {
 			return err
 		}
 		var mine int

@@ -53,7 +53,24 @@ func testChallengesInTheDatabase(t *testing.T, db opener) {
 		}
 	}
 	if taken(b, first.ID) {
-		t.Error("the EK's first challenge survived a new one for the same EK")
+		t.Error("the EK's first challenge survived a new one for the same EK from the same source")
+	}
+	// From another source it stays: one who knows a device's public EK certificate must
+	// not replace the device's own challenge (which kept it from enrolling).
+	victim := ch("victim", "ek-victim")
+	add(a, victim, 100, 10)
+	var evil Challenge
+	for range 5 {
+		evil = ch("evil", "ek-victim")
+		if err := add(b, evil, 100, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !taken(a, victim.ID) {
+		t.Error("a device's challenge was replaced by another source's for its EK")
+	}
+	if !taken(b, evil.ID) { // (and "evil" holds one again, below)
+		t.Error("the other source's own challenge is not there")
 	}
 
 	// Per source: past its bound a source loses its own oldest.

@@ -243,6 +243,25 @@ var migrations = []string{
 		PRIMARY KEY (rollout_id, device_id)
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX rollout_offers_bucket ON rollout_offers(rollout_id, bucket);`,
+	// 21: an EK may have pending challenges from several sources (one per source): a
+	// new challenge replaced the EK's only one, so anyone holding a device's public EK
+	// certificate could keep it from ever enrolling (found from outside, 2 Dec). The
+	// challenges pending at the upgrade are dropped; their devices ask again.
+	`DROP TABLE challenges;
+	CREATE TABLE challenges (
+		id           TEXT PRIMARY KEY,
+		ek_id        TEXT NOT NULL,
+		source       TEXT NOT NULL,
+		secret       BLOB NOT NULL,
+		ak_public    BLOB NOT NULL,
+		manufacturer TEXT NOT NULL,
+		model        TEXT NOT NULL,
+		version      TEXT NOT NULL,
+		expires_at   INTEGER NOT NULL,
+		UNIQUE (ek_id, source)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX challenges_source ON challenges(source, expires_at);
+	CREATE INDEX challenges_expiry ON challenges(expires_at);`,
 }
 
 // backfills run after the migration of the same index (1-based), in its transaction,
