@@ -17,10 +17,17 @@ import (
 // audit log without bound. The first refusal of a (source address, claimed device,
 // reason) in an interval is recorded at once ("attestation.rejected"); the others are
 // counted, and one "attestation.rejected.summary" record per window says how many there
-// were when the window closes. At most maxRefusalWindows windows are open at a time;
-// refusals beyond them share one overflow window. So a flood of refused requests adds at
-// most 2 × (maxRefusalWindows+1) records per interval, whatever its size.
-const maxRefusalWindows = 256
+// were when the window closes. At most maxRefusalWindows windows are open at a time,
+// and at most maxWindowsPerSource of one source: a source's refusals beyond its own
+// bound share one window of that source (device "*"), and refusals beyond the total
+// share one overflow window per kind (source "*"). So a flood of refused requests adds
+// at most about 2 × maxRefusalWindows records per interval, whatever its size, and one
+// source about 2 × (maxWindowsPerSource+1): before 2 Dec one source naming random EKs
+// took every window, 770 records in 130 s (found from outside).
+const (
+	maxRefusalWindows   = 256
+	maxWindowsPerSource = 8
+)
 
 // refusalKey is a refusal window's key. kind is the record's kind, its summary's kind
 // with ".summary" ("": attestation.rejected, a check-in's refusal).
@@ -43,9 +50,45 @@ type refusals struct {
 	interval time.Duration
 	mu       sync.Mutex
 	open     map[refusalKey]*refusalWindow
+	// perSource counts the open windows of each source, its own overflow window
+	// (device "*") not included.
+	perSource map[string]int
 }
 
-var overflowKey = refusalKey{source: "*", device: "*", reason: "more sources than the server tracks"}
+// overflowKey is the window that refusals of kind share once maxRefusalWindows are open.
+func overflowKey(kind string) refusalKey {
+	return refusalKey{kind: kind, source: "*", device: "*", reason: "more sources than the server tracks"}
+}
+
+// sourceOverflowKey is the window that source's refusals of kind share once it has
+// maxWindowsPerSource open.
+func sourceOverflowKey(kind, source string) refusalKey {
+	return refusalKey{kind: kind, source: source, device: "*", reason: "more claimed devices or reasons from this source than the server tracks"}
+}
+
+// put opens window k.
+func (r *refusals) put(k refusalKey, w *refusalWindow) {
+	if r.open == nil {
+		r.open, r.perSource = map[refusalKey]*refusalWindow{}, map[string]int{}
+	}
+	if _, ok := r.open[k]; !ok && k.device != "*" {
+		r.perSource[k.source]++
+	}
+	r.open[k] = w
+}
+
+// drop closes window k.
+func (r *refusals) drop(k refusalKey) {
+	if _, ok := r.open[k]; !ok {
+		return
+	}
+	delete(r.open, k)
+	if k.device != "*" {
+		if r.perSource[k.source]--; r.perSource[k.source] <= 0 {
+			delete(r.perSource, k.source)
+		}
+	}
+}
 
 // refusalSummary is the data of an attestation.rejected.summary record.
 type refusalSummary struct {
@@ -67,17 +110,18 @@ type refusalSummary struct {
 func (r *refusals) note(k refusalKey, now time.Time, authenticated bool) (first bool, closed []refusalSummary) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.open == nil {
-		r.open = map[refusalKey]*refusalWindow{}
-	}
 	closed = r.closeLocked(now, false)
 	w, ok := r.open[k]
+	if !ok && !authenticated && r.perSource[k.source] >= maxWindowsPerSource {
+		k = sourceOverflowKey(k.kind, k.source)
+		w, ok = r.open[k]
+	}
 	if !ok && !authenticated && len(r.open) >= maxRefusalWindows {
-		k = overflowKey
+		k = overflowKey(k.kind)
 		w, ok = r.open[k]
 	}
 	if !ok {
-		r.open[k] = &refusalWindow{from: now, last: now}
+		r.put(k, &refusalWindow{from: now, last: now})
 		return true, closed
 	}
 	w.count++
@@ -93,7 +137,7 @@ func (r *refusals) closeLocked(now time.Time, force bool) []refusalSummary {
 		if !force && now.Sub(w.from) < r.interval {
 			continue
 		}
-		delete(r.open, k)
+		r.drop(k)
 		if w.count > 0 {
 			out = append(out, refusalSummary{Kind: k.kind, Source: k.source, Device: k.device, Reason: k.reason, From: w.from, To: w.last, Refused: w.count})
 		}
@@ -113,9 +157,6 @@ func (r *refusals) reopen(closed []refusalSummary) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.open == nil {
-		r.open = map[refusalKey]*refusalWindow{}
-	}
 	for _, c := range closed {
 		k := refusalKey{kind: c.Kind, source: c.Source, device: c.Device, reason: c.Reason}
 		if w, ok := r.open[k]; ok {
@@ -123,17 +164,18 @@ func (r *refusals) reopen(closed []refusalSummary) {
 			w.from, w.count = c.From, w.count+c.Refused+1
 			continue
 		}
-		if len(r.open) >= maxRefusalWindows && k != overflowKey {
+		if len(r.open) >= maxRefusalWindows && k.source != "*" {
 			// Its first refusal has its record; the rest go to the overflow's summary.
-			if w, ok := r.open[overflowKey]; ok {
+			ok := overflowKey(k.kind)
+			if w, open := r.open[ok]; open {
 				w.count += c.Refused
 				w.from = minTime(w.from, c.From)
 				w.last = maxTime(w.last, c.To)
 				continue
 			}
-			k = overflowKey
+			k = ok
 		}
-		r.open[k] = &refusalWindow{from: c.From, last: c.To, count: c.Refused}
+		r.put(k, &refusalWindow{from: c.From, last: c.To, count: c.Refused})
 	}
 }
 
@@ -158,7 +200,7 @@ func (r *refusals) forget(k refusalKey, from time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if w, ok := r.open[k]; ok && w.from.Equal(from) && w.count == 0 {
-		delete(r.open, k)
+		r.drop(k)
 	}
 }
 

@@ -42,7 +42,7 @@ func TestReopenKeepsTheBound(t *testing.T) {
 	if counted != maxRefusalWindows {
 		t.Errorf("windows count %d refusals after reopen; want the %d put back", counted, maxRefusalWindows)
 	}
-	if w := r.open[overflowKey]; w == nil || w.count != maxRefusalWindows || !w.from.Equal(t0) {
+	if w := r.open[overflowKey("")]; w == nil || w.count != maxRefusalWindows || !w.from.Equal(t0) {
 		t.Errorf("overflow window %+v; want the %d put-back refusals from %v", w, maxRefusalWindows, t0)
 	}
 }
@@ -71,5 +71,49 @@ func TestAuthenticatedRefusalsKeepTheirWindow(t *testing.T) {
 	}
 	if _, ok := r.open[dev]; !ok {
 		t.Fatal("the authenticated refusal has no window of its own")
+	}
+}
+
+// TestOneSourceHasItsOwnBound: one source naming ever new devices or EKs (random EK
+// public areas cost nothing) opens at most maxWindowsPerSource windows, then shares one
+// window of its own: it adds about 2 × (maxWindowsPerSource+1) records an interval, and
+// leaves the other windows to other sources. (It took every window before: 771 records
+// in 130 s from one client, found from outside, 2 Dec.) The overflow windows keep their
+// kind: enrollment refusals are summarised as enrollment refusals.
+func TestOneSourceHasItsOwnBound(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	r := &refusals{interval: time.Minute}
+	firsts := 0
+	for i := range 10000 {
+		if first, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "203.0.113.9", device: fmt.Sprintf("urn:ek:sha256:%d", i), reason: "EK certificate: missing"}, t0, false); first {
+			firsts++
+		}
+	}
+	if firsts != maxWindowsPerSource+1 {
+		t.Fatalf("one source naming 10,000 EKs: %d first records; want %d", firsts, maxWindowsPerSource+1)
+	}
+	own := sourceOverflowKey("enrollment.rejected", "203.0.113.9")
+	if w := r.open[own]; w == nil || w.count != 10000-firsts {
+		t.Fatalf("the source's own overflow window = %+v; want %d refusals counted", w, 10000-firsts)
+	}
+	if first, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "198.51.100.1", device: "urn:ek:sha256:x", reason: "EK certificate: missing"}, t0, false); !first {
+		t.Fatal("another source's refusal was not a first")
+	}
+	r.mu.Lock()
+	closed := r.closeLocked(t0.Add(2*time.Minute), false)
+	r.mu.Unlock()
+	if len(closed) != 1 || closed[0].Kind != "enrollment.rejected" || closed[0].Source != "203.0.113.9" || closed[0].Device != "*" {
+		t.Fatalf("summaries %+v; want the source's overflow, as an enrollment refusal", closed)
+	}
+	if len(r.open) != 0 || len(r.perSource) != 0 {
+		t.Fatalf("after every window closed: %d open, per source %v", len(r.open), r.perSource)
+	}
+	// Past the total, each kind has its own overflow window.
+	for i := range maxRefusalWindows {
+		r.note(refusalKey{source: fmt.Sprintf("10.1.%d.%d", i/256, i%256), device: "d", reason: "bad quote"}, t0, false)
+	}
+	r.note(refusalKey{kind: "enrollment.challenge", source: "10.2.0.1", device: "e", reason: ""}, t0, false)
+	if _, ok := r.open[overflowKey("enrollment.challenge")]; !ok {
+		t.Fatal("an enrollment refusal past the total went to another kind's overflow window")
 	}
 }
