@@ -205,7 +205,9 @@ func Run(ctx context.Context, cfg Config) error {
 		// Pending challenges live in the fleet database: any replica can take the answer.
 		Challenges: Challenges{Fleet: store},
 		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
-		Audit: srv.AuditAttestCA}
+		Audit: srv.AuditAttestCA,
+		// A decommissioned device enrolls no more (its ID is its EK's).
+		Refuse: refuseDecommissionedEK(store)}
 	if cfg.EKRoots != "" {
 		if cacfg.ManufacturerRoots, err = loadPool(cfg.EKRoots); err != nil {
 			return fmt.Errorf("EK roots: %w", err)
@@ -515,6 +517,20 @@ func refuseDecommissioned(store *fleet.Store) func(ctx context.Context, ids []st
 			}
 		}
 		return nil
+	}
+}
+
+// refuseDecommissionedEK is the attestation CA's Refuse: a decommissioned device (its ID
+// is its EK's) gets no challenge and no AK certificate (attestca.ErrRefused); a store
+// that cannot say fails the enrollment, to be retried, rather than refusing it.
+func refuseDecommissionedEK(store *fleet.Store) func(ctx context.Context, ekID string) error {
+	refuse := refuseDecommissioned(store)
+	return func(ctx context.Context, ekID string) error {
+		err := refuse(ctx, []string{ekID})
+		if errors.Is(err, fleet.ErrDecommissioned) {
+			err = fmt.Errorf("%w: %w", attestca.ErrRefused, err)
+		}
+		return err
 	}
 }
 

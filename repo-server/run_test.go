@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -344,5 +345,37 @@ func TestReplicasShareOneStepCA(t *testing.T) {
 	states, _ := filepath.Glob(filepath.Join(dir, "stepca", "replicas", "*", "db", "bolt.db"))
 	if len(states) != 2 {
 		t.Errorf("step-ca databases %v; want one per replica", states)
+	}
+}
+
+// TestDecommissionedDeviceCannotEnroll: the attestation CA's Refuse, as Run composes
+// it, refuses a decommissioned device's EK (attestca.ErrRefused, so 403 and a
+// recorded refusal), passes an unknown or serving one, and fails, without refusing,
+// when the store cannot say.
+func TestDecommissionedDeviceCannotEnroll(t *testing.T) {
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, filepath.Join(t.TempDir(), "fleet.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse := refuseDecommissionedEK(store)
+	at := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	for _, id := range []string{"dev-serving", "dev-gone"} {
+		if err := store.Enroll(ctx, id, nil, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Decommission(ctx, "dev-gone", "stolen", at); err != nil {
+		t.Fatal(err)
+	}
+	for id, refused := range map[string]bool{"dev-serving": false, "dev-unknown": false, "dev-gone": true} {
+		err := refuse(ctx, id)
+		if refused != errors.Is(err, attestca.ErrRefused) || (!refused && err != nil) {
+			t.Errorf("Refuse(%s) = %v; want refused %v", id, err, refused)
+		}
+	}
+	store.Close()
+	if err := refuse(ctx, "dev-gone"); err == nil || errors.Is(err, attestca.ErrRefused) {
+		t.Errorf("Refuse(with the store closed) = %v; want an error that is not a refusal", err)
 	}
 }

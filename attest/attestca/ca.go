@@ -54,6 +54,9 @@ var (
 	ErrUnknownChallenge = errors.New("attestca: unknown or expired challenge")
 	// ErrBusy: too many pending challenges (HTTP 503).
 	ErrBusy = errors.New("attestca: too many pending challenges")
+	// ErrRefused is what Config.Refuse wraps to refuse an EK (then ErrRejected, 403);
+	// its other errors fail the request as the CA's own (500: it may be retried).
+	ErrRefused = errors.New("refused")
 )
 
 // Event is reported to Config.Audit for every decision.
@@ -87,13 +90,19 @@ type Config struct {
 	// values): an EK must be on it in addition to chaining to a root. A TPM
 	// without an EK certificate is accepted only through it.
 	AllowedEKs map[string]bool
+	// Refuse, when set, is asked about an EK (its protocol.EKID, the device ID) that
+	// passed the checks above, before a challenge is issued and again before its AK
+	// certificate is: an error wrapping ErrRefused refuses it (e.g. the device was
+	// decommissioned: before
+	// 2 Dec one got AK certificates for ever, found from outside).
+	Refuse func(ctx context.Context, ekID string) error
 
 	// AKCertValidity is the AK certificate lifetime; zero means 365 days.
 	AKCertValidity time.Duration
 	// ChallengeTTL is how long a challenge can be answered; zero means 5m.
 	ChallengeTTL time.Duration
 	// MaxPending bounds outstanding challenges; zero means 10000. Each EK has at
-	// most one (a new challenge replaces the old), each source at most
+	// most one per source (a new challenge from the same source replaces the old), each source at most
 	// MaxPendingPerSource, and when the cap is reached a new challenge evicts the
 	// oldest of the source holding the most, if it holds more than the requester:
 	// no one certificate and no one source can lock others out.
@@ -311,6 +320,13 @@ func (ca *CA) ChallengeFrom(ctx context.Context, source string, req *protocol.En
 	if info.Manufacturer == "" || info.Model == "" || info.Version == "" {
 		return nil, fmt.Errorf("%w: tpm manufacturer, model and version are required", ErrBadRequest)
 	}
+	if ca.cfg.Refuse != nil {
+		if err := ca.cfg.Refuse(ctx, ekID); errors.Is(err, ErrRefused) {
+			return nil, ca.reject(ctx, ekID, "%v", err)
+		} else if err != nil {
+			return nil, fmt.Errorf("attestca: can the EK enroll: %w", err)
+		}
+	}
 
 	// 3. The AK must be a restricted signing key fixed to the TPM.
 	if err := checkAK(akT); err != nil {
@@ -392,6 +408,13 @@ func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*pro
 	}
 	if subtle.ConstantTimeCompare(p.Secret, req.Secret) != 1 {
 		return nil, ca.reject(ctx, p.EKID, "wrong credential secret: the AK is not in the EK's TPM")
+	}
+	if ca.cfg.Refuse != nil {
+		if err := ca.cfg.Refuse(ctx, p.EKID); errors.Is(err, ErrRefused) {
+			return nil, ca.reject(ctx, p.EKID, "%v", err)
+		} else if err != nil {
+			return nil, fmt.Errorf("attestca: can the EK enroll: %w", err)
+		}
 	}
 	der, err := ca.issue(p)
 	if err != nil {

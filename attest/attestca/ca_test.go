@@ -6,6 +6,7 @@ import (
 	"encoding/asn1"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -409,5 +410,53 @@ func TestEnrollSwtpm(t *testing.T) {
 	defer srv2.Close()
 	if _, err := (&attest.EnrollClient{URL: srv2.URL}).Enroll(ctx, tpm); !errors.Is(err, attest.ErrEnrollRejected) {
 		t.Errorf("Enroll(swtpm, wrong roots) = %v; want ErrEnrollRejected", err)
+	}
+}
+
+// TestRefuse: Config.Refuse is asked before a challenge and again before the AK
+// certificate: ErrRefused refuses the EK (403) at either step, with the reason
+// recorded; another error fails the request as the CA's own (500, retried later), not
+// as a refusal. (A decommissioned device got AK certificates for ever before.)
+func TestRefuse(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	verdict := map[string]error{}
+	f := newFixture(t, func(c *attestca.Config) {
+		c.Refuse = func(_ context.Context, ekID string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return verdict[ekID]
+		}
+	})
+	ek, _ := f.tpm.EK(ctx, attest.RSA)
+	id, _ := protocol.EKID(ek.Public)
+	set := func(err error) { mu.Lock(); verdict[id] = err; mu.Unlock() }
+	req := enrollRequest(t, f.tpm, attest.RSA)
+
+	set(fmt.Errorf("%w: device decommissioned: stolen", attestca.ErrRefused))
+	if _, err := f.ca.Challenge(ctx, req); !errors.Is(err, attestca.ErrRejected) || !strings.Contains(err.Error(), "decommissioned") {
+		t.Fatalf("Challenge(refused EK) = %v; want ErrRejected naming why", err)
+	}
+	set(errors.New("database unreachable"))
+	if _, err := f.ca.Challenge(ctx, req); err == nil || errors.Is(err, attestca.ErrRejected) {
+		t.Fatalf("Challenge(refusal unknown) = %v; want an error that is not a rejection", err)
+	}
+	// Refused between the challenge and its answer.
+	set(nil)
+	ch, err := f.ca.Challenge(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := f.tpm.ActivateCredential(ctx, attest.RSA, ch.CredentialBlob, ch.EncryptedSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(fmt.Errorf("%w: device decommissioned", attestca.ErrRefused))
+	if _, err := f.ca.Activate(ctx, &protocol.ActivateRequest{ID: ch.ID, Secret: secret}); !errors.Is(err, attestca.ErrRejected) {
+		t.Fatalf("Activate(EK refused since its challenge) = %v; want ErrRejected", err)
+	}
+	set(nil)
+	if _, err := f.client(attest.RSA).Enroll(ctx, f.tpm); err != nil {
+		t.Fatalf("Enroll(no longer refused) = %v", err)
 	}
 }
