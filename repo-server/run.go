@@ -241,6 +241,14 @@ func Run(ctx context.Context, cfg Config) error {
 			// (attestation requirements, rollouts); one that cannot be audited is not
 			// put in force.
 			OnChange: func(old, new *policy.Policy) error {
+				if old == nil {
+					// At start: not again when the log's last policy is this one (a
+					// record at every start said nothing new, and on a full disk it kept
+					// the server from starting at all: found from outside, 2 Dec).
+					if last, err := srv.lastPolicyDigest(ctx); err == nil && last == new.Digest {
+						return nil
+					}
+				}
 				return srv.AuditEvent(ctx, "server", "policy.reload", new.Digest, policy.Changes(old, new))
 			}})
 		if err != nil {

@@ -379,3 +379,69 @@ func TestDecommissionedDeviceCannotEnroll(t *testing.T) {
 		t.Errorf("Refuse(with the store closed) = %v; want an error that is not a refusal", err)
 	}
 }
+
+// TestUnchangedPolicyIsNotRecordedAtEachStart: the policy in force at start is recorded
+// once; a restart with the same policy adds no record (one at every start said nothing
+// new, and on a full disk kept the server from starting: found from outside, 2 Dec); a
+// restart after the policy changed records it.
+func TestUnchangedPolicyIsNotRecordedAtEachStart(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := repository.Init(context.Background(), repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	start := func() {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatalf("Run = %v before serving", err)
+		case <-time.After(60 * time.Second):
+			t.Fatal("Run did not start serving in 60 s")
+		}
+		cancel()
+		if err := <-done; err != nil && err != context.Canceled {
+			t.Fatalf("Run after cancel = %v", err)
+		}
+	}
+	reloads := func() []string {
+		t.Helper()
+		repo, err := repository.Open(repository.Config{Dir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, db, err := OpenAudit(context.Background(), repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		recs, err := l.Records(context.Background(), audit.Query{Kind: "policy.reload"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.Subject)
+		}
+		return out
+	}
+	start()
+	start()
+	if got := reloads(); len(got) != 1 {
+		t.Fatalf("policy.reload records after two starts with one policy: %v; want 1", got)
+	}
+	f := filepath.Join(dir, "policy", "10-more.yaml")
+	if err := os.WriteFile(f, []byte("version: 1\nrollouts:\n  - id: vib-1\n    target: {kind: model, name: vib, version: 1.0.0}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start()
+	if got := reloads(); len(got) != 2 || got[0] == got[1] {
+		t.Fatalf("policy.reload records after a start with another policy: %v; want a second, with its digest", got)
+	}
+}
