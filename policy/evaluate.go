@@ -41,6 +41,11 @@ type Slot struct {
 	// rotation (issue 18; the server saw it in the quote). A rollout to Version offers
 	// it again (ReasonRekey): the same plaintext under the current key.
 	Rekey bool `json:"rekey,omitempty"`
+	// Retry is a version of Name whose failure an operator cleared (the store's
+	// ClearFailed): offered again with ReasonRetry, which tells the agent to install it
+	// although it remembers refusing it. Cleared by the device's next result for it, or
+	// by its running it.
+	Retry string `json:"retry,omitempty"`
 }
 
 // Verdict is the outcome of verifying a device's quote.
@@ -80,6 +85,7 @@ const (
 	ReasonAttestationStale     Reason = "attestation_stale"
 	ReasonOutsideWindow        Reason = "outside_window"
 	ReasonFailedOnDevice       Reason = "failed_on_device"
+	ReasonRetry                Reason = "failure_cleared" // install: an operator cleared its failure on the device (wire.ReasonRetry)
 	ReasonUnpublished          Reason = "unpublished"  // the repository has no such signed target
 	ReasonIncompatible         Reason = "incompatible" // hardware or runtime version does not fit the target
 )
@@ -255,6 +261,8 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 	sd.Reason = ReasonInWave
 	if cur.Name == t.Name && cur.Version == t.Version {
 		sd.Reason = ReasonRekey
+	} else if cur.Retry == t.Version && (cur.Name == t.Name || cur.Name == "") {
+		sd.Reason = ReasonRetry
 	}
 	sd.Revert = cur.Name == t.Name && lower(t.Version, cur.Version)
 	if cur.Failed == t.Version && (cur.Name == t.Name || cur.Name == "") {

@@ -233,3 +233,29 @@ func TestEvaluateCatalog(t *testing.T) {
 		}
 	}
 }
+
+// TestClearedFailureIsOfferedAsRetry: a version whose failure an operator cleared
+// (Slot.Retry) is offered with ReasonRetry, which agents take as leave to try it once
+// more; while it is still Failed it is held, and other versions are offered as usual.
+func TestClearedFailureIsOfferedAsRetry(t *testing.T) {
+	p, err := Parse(File{Name: "p.yaml", Data: []byte("version: 1\nattestation: {required: false}\nrollouts:\n  - id: r\n    target: {kind: model, name: vib, version: 2.0.0}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		slot Slot
+		want Reason
+	}{
+		{Slot{Name: "vib", Version: "1.0.0", Retry: "2.0.0"}, ReasonRetry},
+		{Slot{Name: "vib", Version: "1.0.0"}, ReasonInWave},
+		{Slot{Name: "vib", Version: "1.0.0", Retry: "1.5.0"}, ReasonInWave},
+		{Slot{Name: "vib", Version: "1.0.0", Failed: "2.0.0"}, ReasonFailedOnDevice},
+	} {
+		d := &Device{ID: "dev-1", Slots: map[artifact.Kind]Slot{artifact.KindModel: tc.slot}}
+		sd := Evaluate(p, d, nil, now, nil).Slots[0]
+		if sd.Reason != tc.want {
+			t.Errorf("slot %+v: %s %s; want %s", tc.slot, sd.Action, sd.Reason, tc.want)
+		}
+	}
+}

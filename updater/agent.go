@@ -153,6 +153,10 @@ type Agent struct {
 	// version is refused) does not trial a version that already failed its probe.
 	refused       map[string]string
 	refusedLoaded bool
+	// retried holds, per kind, the target installed once more because the server said
+	// an operator cleared its failure (wire.ReasonRetry), while the server still says
+	// so: a second failure then stays refused until the server has heard of it.
+	retried map[string]string
 	// retries holds back, per kind, a target whose last install failed for a transient
 	// cause (see Transient) until its backoff has passed.
 	retries map[string]retry
@@ -205,7 +209,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Agent{cfg: cfg, refused: map[string]string{}, retries: map[string]retry{}}, nil
+	return &Agent{cfg: cfg, refused: map[string]string{}, retried: map[string]string{}, retries: map[string]retry{}}, nil
 }
 
 // retry is a target held back after a transient failure.
@@ -310,11 +314,21 @@ func (a *Agent) Step(ctx context.Context) error {
 		// The path it runs is installed again only re-encrypted under a new content
 		// key (the slot's current target then differs from the signed one).
 		same := d.Target == status[k].Path && d.Reason != wire.ReasonRekey
-		if !ok || d.Action != wire.ActionInstall || d.Target == "" || same || a.refused[string(k)] == d.Target {
+		// An operator cleared the version's failure on this device (devices clear-failed):
+		// installed once more although refused here. (Before 2 Dec the agent kept
+		// refusing it, and clear-failed changed nothing on a real device.)
+		retry := d.Reason == wire.ReasonRetry && a.retried[string(k)] != d.Target
+		if d.Reason != wire.ReasonRetry {
+			delete(a.retried, string(k))
+		}
+		if !ok || d.Action != wire.ActionInstall || d.Target == "" || same || (a.refused[string(k)] == d.Target && !retry) {
 			continue
 		}
 		if r, held := a.retries[string(k)]; held && r.target == d.Target && a.cfg.Now().Before(r.notBefore) {
 			continue
+		}
+		if retry {
+			a.retried[string(k)] = d.Target
 		}
 		a.refuse(ctx, k, "")
 		if err := a.install(ctx, k, d); err != nil {

@@ -20,6 +20,7 @@ import (
 type director struct {
 	want    map[artifact.Kind]string
 	gates   *artifact.Gates // the rollout's gates in every decision
+	reason  string          // every decision's reason
 	offline bool
 	seen    []map[artifact.Kind]SlotStatus
 }
@@ -31,7 +32,7 @@ func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (
 	}
 	out := map[artifact.Kind]wire.SlotDecision{}
 	for k, p := range d.want {
-		out[k] = wire.SlotDecision{Kind: k, Action: wire.ActionInstall, Target: p, Rollout: "r-" + string(k), Gates: d.gates}
+		out[k] = wire.SlotDecision{Kind: k, Action: wire.ActionInstall, Reason: d.reason, Target: p, Rollout: "r-" + string(k), Gates: d.gates}
 	}
 	return out, nil
 }
@@ -714,5 +715,47 @@ func TestRefusedTargetSurvivesARestart(t *testing.T) {
 	newAgent().Step(ctx)
 	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0" {
 		t.Fatalf("2.0.0 trialled again though nothing else was installed since: %s", got)
+	}
+}
+
+// TestClearedFailureIsTriedAgain: an install decision saying an operator cleared the
+// version's failure (wire.ReasonRetry, after devices clear-failed) has the agent try the
+// version it refuses once more (before 2 Dec it kept refusing it: clear-failed changed
+// nothing on a real device, found from outside). While the server still says so, a
+// second failure stays refused (the server has not heard of it yet); cleared again
+// later, it is tried again.
+func TestClearedFailureIsTriedAgain(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "2.0.0", 0)
+	c, m, o := deviceState(t, r)
+	d := &director{}
+	hj := &hookedJudge{judge: judge{"2.0.0": "accuracy 0.91 < 0.95"}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: hj, Outbox: o})
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := func(want, reason string) {
+		t.Helper()
+		d.want, d.reason = map[artifact.Kind]string{artifact.KindModel: want}, reason
+		a.Step(ctx)
+	}
+	step(p1, "in_wave")
+	step(p2, "in_wave")
+	step(p2, "in_wave") // refused: not trialled again
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0" {
+		t.Fatalf("before the clear: %s", got)
+	}
+	step(p2, wire.ReasonRetry)
+	step(p2, wire.ReasonRetry) // failed again; the server has not heard yet
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0, rolled back 2.0.0" {
+		t.Fatalf("after a clear: %s; want 2.0.0 trialled once more, once", got)
+	}
+	step(p2, "in_wave") // the server heard: back to refusing
+	delete(hj.judge, "2.0.0")
+	step(p2, wire.ReasonRetry) // cleared again, and now it passes
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0, rolled back 2.0.0, committed 2.0.0" {
+		t.Fatalf("after a second clear: %s", got)
 	}
 }

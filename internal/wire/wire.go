@@ -264,6 +264,12 @@ const (
 // target although its path is the one it runs, since the signed ciphertext changed.
 const ReasonRekey = "rekey"
 
+// ReasonRetry is the Reason of an install decision for a version that failed on the
+// device and whose failure an operator cleared (policy.ReasonRetry): the device installs
+// it although it remembers refusing it, once; an agent that knows nothing of it keeps
+// refusing the version, as before.
+const ReasonRetry = "failure_cleared"
+
 // SlotDecision is the server's desired state for one slot kind: the whole decision the
 // device acts on.
 type SlotDecision struct {

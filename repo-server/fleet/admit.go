@@ -342,6 +342,9 @@ func mergeFacts(old Device, c CheckIn) Device {
 		if sl.Failed == "" && prev.Name == sl.Name && prev.Failed != sl.Version {
 			sl.Failed = prev.Failed
 		}
+		if sl.Retry == "" && (prev.Name == sl.Name || prev.Name == "") && prev.Retry != sl.Version {
+			sl.Retry = prev.Retry
+		}
 		d.Slots[k] = sl
 	}
 	d.Hardware, d.AgentVersion, d.Attrs, d.LastCheckIn, d.LastError = c.Hardware, c.AgentVersion, c.Attrs, c.At, c.LastError
@@ -366,6 +369,11 @@ func applyReport(d *Device, r wire.Report) {
 		return // about the running version, not a failed install
 	case !r.Outcome.Final():
 		return // retried by the device: says nothing about the version
+	}
+	if sl.Retry == r.Version {
+		sl.Retry = "" // the cleared failure's retry has its result
+	}
+	switch {
 	case r.Outcome.Failed():
 		sl.Failed = r.Version
 		if sl.Name == "" {

@@ -322,6 +322,10 @@ func (s *Store) ClearFailed(ctx context.Context, id string, kind artifact.Kind, 
 			return fmt.Errorf("clear failed %s: %w", id, err)
 		}
 		sl := d.Slots[kind]
+		if sl.Failed != "" {
+			// The agent remembers refusing it too: the decision says it was cleared.
+			sl.Retry = sl.Failed
+		}
 		sl.Failed = ""
 		d.Slots[kind] = sl
 		if _, err = tx.ExecContext(ctx, `UPDATE devices SET slots = ? WHERE id = ?`, mustJSON(d.Slots), id); err != nil {

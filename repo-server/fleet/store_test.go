@@ -105,12 +105,22 @@ func testDeviceLifecycle(t *testing.T, db opener) {
 	if err := s.ClearFailed(ctx, "dev-1", artifact.KindModel); err != nil {
 		t.Fatal(err)
 	}
-	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" {
-		t.Errorf("ClearFailed left %+v", d.Slots[artifact.KindModel])
+	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Failed != "" || d.Slots[artifact.KindModel].Retry != "3.1.0" {
+		t.Errorf("ClearFailed left %+v; want no Failed, Retry 3.1.0 (the agent is told to try it again)", d.Slots[artifact.KindModel])
 	}
 	d, _ = s.CheckIn(ctx, CheckIn{ID: "dev-1", Slots: map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "3.2.0"}}, At: t0.Add(4 * time.Minute)})
-	if sl := d.Slots[artifact.KindModel]; sl.Previous != "3.0.0" {
-		t.Errorf("same version again: slot %+v; want Previous still 3.0.0", sl)
+	if sl := d.Slots[artifact.KindModel]; sl.Previous != "3.0.0" || sl.Retry != "3.1.0" {
+		t.Errorf("same version again: slot %+v; want Previous still 3.0.0, Retry kept", sl)
+	}
+	// The retry's result ends it.
+	if err := s.AddReport(ctx, wire.Report{DeviceID: "dev-1", RolloutID: "r", Kind: artifact.KindModel, Name: "vib", Version: "3.1.0", Outcome: wire.OutcomeProbeFailed, Cause: "again", At: t0.Add(5 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := s.Device(ctx, "dev-1"); d.Slots[artifact.KindModel].Retry != "" || d.Slots[artifact.KindModel].Failed != "3.1.0" {
+		t.Errorf("after the retry failed: slot %+v; want Failed 3.1.0 and no Retry", d.Slots[artifact.KindModel])
+	}
+	if err := s.ClearFailed(ctx, "dev-1", artifact.KindModel); err != nil {
+		t.Fatal(err)
 	}
 	// An infrastructure failure (no space, network, runtime down) is retried by the
 	// device: stored, but the version is not marked Failed.
