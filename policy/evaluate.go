@@ -86,8 +86,8 @@ const (
 	ReasonOutsideWindow        Reason = "outside_window"
 	ReasonFailedOnDevice       Reason = "failed_on_device"
 	ReasonRetry                Reason = "failure_cleared" // install: an operator cleared its failure on the device (wire.ReasonRetry)
-	ReasonUnpublished          Reason = "unpublished"  // the repository has no such signed target
-	ReasonIncompatible         Reason = "incompatible" // hardware or runtime version does not fit the target
+	ReasonUnpublished          Reason = "unpublished"     // the repository has no such signed target
+	ReasonIncompatible         Reason = "incompatible"    // hardware or runtime version does not fit the target
 )
 
 // Catalog tells Evaluate what the TUF repository holds: the custom metadata of a
