@@ -202,14 +202,14 @@ func jsonContentType(ct string) bool {
 }
 
 // decodeJSON decodes the request's body, one JSON value of at most max bytes with no
-// unknown field (jsonstrict), into v. On failure it has written the error response:
+// unknown field and no key named twice (jsonstrict.DecodeUnique), into v. On failure it has written the error response:
 // 415 for another Content-Type (jsonContentType), 413 for a larger body, 400 else.
 func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 	if !jsonContentType(r.Header.Get("Content-Type")) {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
-	if err := jsonstrict.Decode(http.MaxBytesReader(w, r.Body, max), v); err != nil {
+	if err := jsonstrict.DecodeUnique(http.MaxBytesReader(w, r.Body, max), v); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", max))

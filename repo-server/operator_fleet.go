@@ -40,7 +40,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, max int64, v any) bool {
 		writeError(w, http.StatusUnsupportedMediaType, "want application/json")
 		return false
 	}
-	if err := jsonstrict.Decode(http.MaxBytesReader(w, r.Body, max), v); err != nil && err != io.EOF {
+	if err := jsonstrict.DecodeUnique(http.MaxBytesReader(w, r.Body, max), v); err != nil && err != io.EOF {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request larger than %d bytes", max))

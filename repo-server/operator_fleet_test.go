@@ -960,3 +960,24 @@ func TestRolloutIDsAreNeverReused(t *testing.T) {
 		t.Fatalf("create under a fresh ID = %d %s", code, body)
 	}
 }
+
+// TestOperatorRequestsNameEachKeyOnce: a request naming a key twice (or two keys
+// differing only in case) is refused, not read as its last value: {"id":"dup1","id":
+// "dup2"} created rollout dup2 (found from outside, 2 Dec).
+func TestOperatorRequestsNameEachKeyOnce(t *testing.T) {
+	o := newOpFixture(t)
+	for _, body := range []string{
+		`{"id":"dup1","id":"dup2","target":{"kind":"model","name":"vibration","version":"9.0.0"}}`,
+		`{"id":"dup1","ID":"dup2","target":{"kind":"model","name":"vibration","version":"9.0.0"}}`,
+		`{"id":"dup1","target":{"kind":"model","name":"vibration","version":"9.0.0","version":"1.0.0"}}`,
+	} {
+		code, resp := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], body)
+		if code != http.StatusBadRequest || !strings.Contains(resp, "duplicate key") {
+			t.Errorf("create %s = %d %s; want 400 duplicate key", body, code, resp)
+		}
+	}
+	code, resp := o.do("POST", "/v1/rollouts/vib-2/pause", o.tok[fleet.RoleReleaseManager], `{"reason":"a","reason":"b"}`)
+	if code != http.StatusBadRequest || !strings.Contains(resp, "duplicate key") {
+		t.Errorf("pause with a reason named twice = %d %s; want 400", code, resp)
+	}
+}

@@ -58,3 +58,35 @@ func TestDecodeKeepsMaxBytesError(t *testing.T) {
 		t.Fatalf("Decode over the limit = %v, want a *http.MaxBytesError", err)
 	}
 }
+
+// TestDecodeUniqueRefusesDuplicateKeys: an object naming a key twice, or two keys that
+// encoding/json would both match to one field (differing only in case), is refused at
+// any depth; the same key in sibling or nested objects is not a duplicate.
+func TestDecodeUniqueRefusesDuplicateKeys(t *testing.T) {
+	for _, c := range []struct {
+		in  string
+		dup bool
+	}{
+		{`{"id":"dup1","id":"dup2"}`, true},
+		{`{"id":"a","ID":"b"}`, true},
+		{`{"x":{"a":1,"b":{"c":[1,{"d":1,"d":2}]}}}`, true},
+		{`{"sk":1,"ſk":2}`, true}, // U+017F folds to s, as encoding/json matches it
+		{`[{"a":1},{"a":2}]`, false},
+		{`{"a":{"b":1},"b":2}`, false},
+		{`{"a":[1,{"a":2}],"b":{"a":3}}`, false},
+		{`{"labels":{"site":"a","line":"b"}}`, false},
+	} {
+		var v any
+		err := DecodeUnique(strings.NewReader(c.in), &v)
+		if c.dup != errors.Is(err, ErrDuplicateKey) {
+			t.Errorf("DecodeUnique(%s) = %v; want duplicate %v", c.in, err, c.dup)
+		}
+	}
+	var v struct{ ID string }
+	if err := DecodeUnique(strings.NewReader(`{"id":"a"} {`), &v); !errors.Is(err, ErrTrailing) {
+		t.Errorf("trailing data: %v", err)
+	}
+	if err := DecodeUnique(strings.NewReader("  "), &v); err != io.EOF {
+		t.Errorf("empty: %v; want io.EOF", err)
+	}
+}
