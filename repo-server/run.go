@@ -80,6 +80,10 @@ type Config struct {
 	EKRoots string
 	// EKIntermediates is a PEM file of manufacturer intermediates. "": none.
 	EKIntermediates string
+	// EKAllowlist, when set, is a file of the EKs that may enroll (EK IDs, one a line,
+	// or PEM EK certificates), read again when it changes (ekAllowlist). "": every TPM
+	// whose EK certificate chains to EKRoots.
+	EKAllowlist string
 	// PolicyDir is the fleet policy directory, hot-reloaded; rollouts created through
 	// the operator API are written there. "": Dir/policy, created with a starter policy
 	// (no rollouts) on first start. A directory named here is never created: a typo
@@ -201,13 +205,22 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var allow *ekAllowlist
+	if cfg.EKAllowlist != "" {
+		allow = &ekAllowlist{path: cfg.EKAllowlist}
+		ids, err := allow.load()
+		if err != nil {
+			return fmt.Errorf("EK allowlist: %w", err)
+		}
+		log.Info("EK allowlist: only the TPMs it lists enroll", "file", cfg.EKAllowlist, "eks", len(ids))
+	}
 	cacfg := attestca.Config{Signer: caKey, Certificate: caCert, Logger: log,
 		// Pending challenges live in the fleet database: any replica can take the answer.
 		Challenges: Challenges{Fleet: store},
 		// Every enrollment decision (challenge, issued, rejected) goes to the audit log.
 		Audit: srv.AuditAttestCA,
 		// A decommissioned device enrolls no more (its ID is its EK's).
-		Refuse: refuseDecommissionedEK(store)}
+		Refuse: refuseEK(allow, refuseDecommissionedEK(store))}
 	if cfg.EKRoots != "" {
 		if cacfg.ManufacturerRoots, err = loadPool(cfg.EKRoots); err != nil {
 			return fmt.Errorf("EK roots: %w", err)

@@ -48,6 +48,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	attestDir := fs.String("attest-dir", "", "attestation CA key and certificate (default DIR/attest; created on first start)")
 	ekRoots := fs.String("ek-roots", "", "PEM file of TPM manufacturer root certificates EK certificates must chain to")
 	ekInter := fs.String("ek-intermediates", "", "PEM file of manufacturer intermediate certificates")
+	ekAllow := fs.String("ek-allowlist", "", "file of the TPMs that may enroll: EK IDs (urn:ek:sha256:…, the device IDs), one a line, and/or PEM EK certificates; read again when it changes (default: every TPM whose EK certificate chains to --ek-roots)")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
 	checkInBurst := fs.Int("check-in-burst", 20, "check-ins a device may make at once before --check-in-every applies; beyond it a check-in is refused with 429 and Retry-After (-1: no bound)")
@@ -100,7 +101,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	cfg := reposerver.Config{
 		PlainOperators: *plainOps, PlainDevices: *plainDevices,
 		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
-		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter,
+		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter, EKAllowlist: *ekAllow,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, CheckInBurst: *checkInBurst, CheckInEvery: *checkInEvery, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,
 		TrustedProxies: trusted, ProxyProtocol: *proxyProto, Logger: logger, MaxConns: *maxConns, MaxConnsPerSource: *maxPerSource,
