@@ -95,3 +95,49 @@ func TestCheckInRateIsBounded(t *testing.T) {
 		t.Fatal("a second check-in in the same instant after the wait was admitted")
 	}
 }
+
+// TestCheckInWhileTheDatabaseIsAwayIs503: a check-in the fleet database cannot take (here
+// the store is closed; an unreachable or full database, or no turn within the store's
+// queue bound, are the same to the handler) is 503 with Retry-After, which nginx in front
+// of replicas takes as "try another", not a 500 it passes on to the device (found from
+// outside, 2 Dec).
+func TestCheckInWhileTheDatabaseIsAwayIs503(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	req := d.request()
+	f.store.Close()
+	body, _ := json.Marshal(req)
+	resp, err := http.Post(f.http.URL+wire.PathCheckIn, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("check-in with the database away = %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+// TestReadyzSaysWhetherTheStoreTakesWrites: /readyz is 200 while the fleet store takes
+// writes and 503 (with Retry-After) when it does not; /healthz, the repository's health,
+// stays 200.
+func TestReadyzSaysWhetherTheStoreTakesWrites(t *testing.T) {
+	f, _ := newDeviceFixture(t)
+	get := func(path string) *http.Response {
+		t.Helper()
+		resp, err := http.Get(f.http.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	if r := get("/readyz"); r.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz = %d; want 200", r.StatusCode)
+	}
+	f.store.Close()
+	if r := get("/readyz"); r.StatusCode != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("/readyz with the store away = %d (Retry-After %q); want 503", r.StatusCode, r.Header.Get("Retry-After"))
+	}
+	if r := get("/healthz"); r.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz with the store away = %d; want 200 (the repository is fine)", r.StatusCode)
+	}
+}

@@ -621,6 +621,12 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		if fleet.Unavailable(err) {
+			// Not the device's fault, nor for good: 503 with Retry-After, which a proxy
+			// in front of replicas takes as "try another" (a 500 it passed on).
+			writeError(w, http.StatusServiceUnavailable, "the fleet database is not answering: try again later")
+			return
+		}
 		writeError(w, http.StatusInternalServerError, "check-in failed")
 		return
 	}

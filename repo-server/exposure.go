@@ -24,6 +24,7 @@ var publicRoutes = map[string]bool{
 	"GET /metadata/{file}":            true,
 	"GET /targets/{path...}":          true,
 	"GET /healthz":                    true,
+	"GET /readyz":                     true,
 	"GET /metrics":                    true,
 	"GET /v1/audit/checkpoint":        true,
 	"GET /v1/audit/proof/inclusion":   true,

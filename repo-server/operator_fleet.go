@@ -65,6 +65,9 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case fleet.Unavailable(err):
+		o.s.log.Warn("operator API: the fleet database is not answering", "what", what, "err", err)
+		writeError(w, http.StatusServiceUnavailable, what+": the fleet database is not answering: try again later")
 	default:
 		o.s.log.Error("operator API", "what", what, "operator", principal(r).Name, "err", err)
 		writeError(w, http.StatusInternalServerError, what+" failed")

@@ -187,6 +187,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.targetCount = newCodeCounter(s.requests, "targets")
 	s.mux.Handle("GET /targets/{path...}", s.counted(s.targetCount, http.HandlerFunc(s.serveTarget)))
 	s.mux.Handle("GET /healthz", s.count("healthz", http.HandlerFunc(s.serveHealth)))
+	s.mux.Handle("GET /readyz", s.count("readyz", http.HandlerFunc(s.serveReady)))
 	s.mux.Handle("GET /metrics", s.stallGuard(promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})))
 	s.mountAuditAPI()
 	return s, nil
@@ -416,6 +417,11 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Del("ETag")
+	if (code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests) && w.Header().Get("Retry-After") == "" {
+		// Every "try again later" says when: clients and proxies (nginx's
+		// proxy_next_upstream) act on it.
+		w.Header().Set("Retry-After", "5")
+	}
 	w.WriteHeader(code)
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
@@ -562,4 +568,27 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 		"status": "ok", "root": st.Root.Signed.Version, "timestamp": st.Timestamp.Signed.Version,
 		"timestamp_expires": st.Timestamp.Signed.Expires,
 	})
+}
+
+// readyTimeout bounds /readyz's store transaction.
+const readyTimeout = 3 * time.Second
+
+// serveReady is /healthz and, when the server has a fleet store, a write transaction
+// through it within readyTimeout: 503 when the database cannot take writes now (cut off,
+// stopped, full, or behind a writer that does not let go). /healthz said 200 throughout
+// a database outage, and a load balancer kept sending devices to a replica whose every
+// check-in waited (found from outside, 2 Dec).
+func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
+	s.auditMu.Lock()
+	st := s.fleet
+	s.auditMu.Unlock()
+	if st != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		defer cancel()
+		if err := st.Ready(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, "the fleet database cannot take writes now")
+			return
+		}
+	}
+	s.serveHealth(w, r)
 }

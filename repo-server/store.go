@@ -20,7 +20,7 @@ func OpenDB(ctx context.Context, where string) (*sql.DB, error) {
 	if !fleet.IsPostgres(where) {
 		return durable.OpenSQLite(ctx, where, durable.SQLite{})
 	}
-	db, err := sql.Open("pgx", where)
+	db, err := fleet.OpenPostgres(where)
 	if err != nil {
 		return nil, err
 	}

@@ -5,11 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // ErrClosed is returned for a transaction submitted to a closed store.
 var ErrClosed = errors.New("fleet store closed")
+
+// ErrUnavailable is returned for a transaction that waited its turn longer than
+// queueTimeout: the database is not committing (unreachable, stopped, out of space).
+// Nothing of it ran; the caller may answer "retry later".
+var ErrUnavailable = errors.New("the fleet database is not answering: try again later")
+
+// queueTimeout bounds how long a transaction waits for its turn. Batches commit in
+// milliseconds; one stuck behind a database that stopped answering was held, with its
+// request and connection, for as long as the database stayed away (found from outside,
+// 2 Dec: 582 goroutines and 698 descriptors on one replica during an outage).
+const queueTimeout = 15 * time.Second
 
 // maxBatch bounds how many transactions share one commit.
 const maxBatch = 128
@@ -51,6 +63,8 @@ type committer struct {
 	// beforeCommit, for tests, runs before each batch's COMMIT; an error fails the
 	// batch. nil in production.
 	beforeCommit func(batch int) error
+	// queueTimeout is queueTimeout (tests shorten it).
+	queueTimeout time.Duration
 }
 
 type txJob struct {
@@ -58,10 +72,19 @@ type txJob struct {
 	f    func(*txn) error
 	err  error
 	done chan struct{}
+	// state: jobQueued until the committer starts it (jobStarted) or its caller gives up
+	// waiting for its turn (jobAbandoned), whichever comes first.
+	state atomic.Int32
 }
 
+const (
+	jobQueued int32 = iota
+	jobStarted
+	jobAbandoned
+)
+
 func newCommitter(db *sqlDB) *committer {
-	c := &committer{db: db, jobs: make(chan *txJob, maxBatch), done: make(chan struct{})}
+	c := &committer{db: db, jobs: make(chan *txJob, maxBatch), done: make(chan struct{}), queueTimeout: queueTimeout}
 	go c.run()
 	return c
 }
@@ -85,8 +108,25 @@ func (c *committer) do(ctx context.Context, f func(*txn) error) error {
 		return ctx.Err()
 	}
 	// Once queued, the job is run (or failed) by the committer, which always closes
-	// done: waiting for it even if ctx ends keeps f from running after do returned.
-	<-j.done
+	// done: waiting for it even if ctx ends keeps f from running after do returned. Only
+	// a job not started within c.queueTimeout, or whose ctx ended before it started, is
+	// given up, and then never runs.
+	timer := time.NewTimer(c.queueTimeout)
+	defer timer.Stop()
+	select {
+	case <-j.done:
+	case <-timer.C:
+		if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+			return ErrUnavailable
+		}
+		<-j.done
+	case <-ctx.Done():
+		// Its caller is gone before its turn: it would not be run (runBatch1).
+		if j.state.CompareAndSwap(jobQueued, jobAbandoned) {
+			return ctx.Err()
+		}
+		<-j.done
+	}
 	return j.err
 }
 
@@ -177,6 +217,10 @@ func (c *committer) runBatch1(batch []*txJob) error {
 		const sp = "job"
 		wait := retryBackoff
 		for attempt := 0; ; attempt++ {
+			if attempt == 0 && !j.state.CompareAndSwap(jobQueued, jobStarted) && j.state.Load() != jobStarted {
+				j.err = ErrUnavailable // its caller gave up waiting: not run
+				break
+			}
 			if err := j.ctx.Err(); err != nil {
 				j.err = err
 				break

@@ -257,3 +257,52 @@ func groupCommitChild(dir string) {
 	}
 	select {}
 }
+
+// testWaitingForATurnIsBounded: while the committer is stuck (a database that stopped
+// answering), a transaction that waited queueTimeout for its turn fails with
+// ErrUnavailable, and never runs afterwards; one that started is waited for, whatever
+// its wait. Before, a caller waited as long as the database stayed away.
+func testWaitingForATurnIsBounded(t *testing.T, db opener) {
+	ctx := context.Background()
+	s, has := groupStore(t, db)
+	s.commit.queueTimeout = 200 * time.Millisecond
+	hold, held := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- s.tx(ctx, func(tx *txn) error {
+			close(held)
+			<-hold // stuck, as behind a database that does not answer
+			return insertKey("started")(tx)
+		})
+	}()
+	<-held
+	start := time.Now()
+	err := s.tx(ctx, insertKey("queued"))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a transaction queued behind a stuck one = %v; want ErrUnavailable", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("it waited %v", waited)
+	}
+	// A caller gone before its turn is not waited for either, and its job never runs.
+	cctx, cancel := context.WithCancel(ctx)
+	gone := make(chan error, 1)
+	go func() { gone <- s.tx(cctx, insertKey("gone")) }()
+	for len(s.commit.jobs) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-gone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a queued transaction whose caller went away = %v; want context.Canceled", err)
+	}
+	close(hold)
+	if err := <-first; err != nil {
+		t.Fatalf("the started transaction (waited for past the bound) = %v", err)
+	}
+	if err := s.tx(ctx, insertKey("after")); err != nil {
+		t.Fatal(err)
+	}
+	if !has("started") || has("queued") || has("gone") || !has("after") {
+		t.Fatalf("started %v, queued %v, gone %v, after %v; want the abandoned ones never run", has("started"), has("queued"), has("gone"), has("after"))
+	}
+}

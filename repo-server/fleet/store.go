@@ -16,7 +16,6 @@ package fleet
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,9 +112,9 @@ func Open(ctx context.Context, where string) (*Store, error) {
 const PostgresConns = 16
 
 func openPostgres(ctx context.Context, url string) (*Store, error) {
-	db, err := sql.Open("pgx", url)
+	db, err := OpenPostgres(url)
 	if err != nil {
-		return nil, fmt.Errorf("fleet store: %w", err)
+		return nil, err
 	}
 	db.SetMaxOpenConns(PostgresConns)
 	db.SetMaxIdleConns(PostgresConns)

@@ -79,6 +79,7 @@ var storeSuite = []struct {
 	{"RateLimitsInTheDatabase", testRateLimitsInTheDatabase},
 	{"CheckInRate", testCheckInRate},
 	{"SmallWavePauses", testSmallWavePauses},
+	{"WaitingForATurnIsBounded", testWaitingForATurnIsBounded},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
