@@ -40,7 +40,7 @@ func OpenPostgres(url string) (*sql.DB, error) {
 		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = fmt.Sprint(IdleInTransactionTimeout.Milliseconds())
 	}
 	d := &net.Dialer{
-		Timeout: 10 * time.Second,
+		Timeout:         10 * time.Second,
 		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 4},
 		Control: func(network, address string, c syscall.RawConn) error {
 			if !strings.HasPrefix(network, "tcp") {
