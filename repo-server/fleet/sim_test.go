@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -293,6 +294,25 @@ func testStatus(t *testing.T, db opener) {
 	}
 	if want := fmt.Sprintf("waiting for devices (%d of 300 selected devices committed)", w0.Devices); st.Progress != want {
 		t.Errorf("progress after wave 0 = %q; want %q", st.Progress, want)
+	}
+	// A quarantined device gets nothing until released: the rollout does not wait for
+	// it (it stayed "waiting for devices" for good before), and says so.
+	var held string
+	for id := range f.slots {
+		if f.p.Rollout("vib-3.1.0").WaveOf(id) > 0 {
+			held = id
+			break
+		}
+	}
+	if err := f.s.SetQuarantine(ctx, held, true, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = f.s.Status(ctx, f.p, "vib-3.1.0")
+	if st.Selected != 299 || st.Quarantined != 1 || !strings.HasSuffix(st.Progress, "; 1 more selected but quarantined, held until released") {
+		t.Errorf("with one device quarantined: selected %d, quarantined %d, progress %q", st.Selected, st.Quarantined, st.Progress)
+	}
+	if err := f.s.SetQuarantine(ctx, held, false, ""); err != nil {
+		t.Fatal(err)
 	}
 	if !st.NextWaveAt.Equal(t0.Add(time.Hour)) || len(st.Events) != 2 || len(st.TimeTo) != 0 {
 		t.Errorf("next wave %v, events %d, time to %v", st.NextWaveAt, len(st.Events), st.TimeTo)

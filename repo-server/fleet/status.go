@@ -15,10 +15,14 @@ type RolloutStatus struct {
 	ID     string              `json:"id"`
 	Target policy.Target       `json:"target"`
 	State  policy.RolloutState `json:"state"`
-	// Selected is the number of enrolled devices the rollout's selector matches.
-	Selected int          `json:"selected"`
-	Waves    []WaveStatus `json:"waves"`
-	KPI      RolloutKPI   `json:"kpi"`
+	// Selected is the number of enrolled devices the rollout's selector matches, in
+	// service and not quarantined.
+	Selected int `json:"selected"`
+	// Quarantined is the number of devices the selector matches that are quarantined:
+	// they get nothing until released, so the rollout does not wait for them.
+	Quarantined int          `json:"quarantined,omitempty"`
+	Waves       []WaveStatus `json:"waves"`
+	KPI         RolloutKPI   `json:"kpi"`
 	// TimeTo gives the time from the start to the first commit on 50%, 90% and 100% of
 	// the selected devices, for the percentages reached.
 	TimeTo map[string]time.Duration `json:"time_to,omitempty"`
@@ -80,6 +84,12 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 				continue // out of service: it will never commit, and must not hold the rollout short of 100 %
 			}
 			if ok, _ := r.Selected(&devs[i].Device); ok {
+				if devs[i].Quarantined {
+					// Held until released: waiting for it kept a rollout "waiting for
+					// devices" for good (found from outside, 2 Dec).
+					out.Quarantined++
+					continue
+				}
 				out.Selected++
 				perWave[r.WaveOf(devs[i].ID)]++
 				selected[devs[i].ID] = true
@@ -92,6 +102,9 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	}
 	out.Committed, out.Excused = finalReports(r, reps, selected)
 	out.Progress = Progress(st, out.Selected, out.Committed, out.Excused)
+	if out.Quarantined > 0 {
+		out.Progress += fmt.Sprintf("; %d more selected but quarantined, held until released", out.Quarantined)
+	}
 	stats := policy.WaveStats(r, reps, st.CountSince)
 	for i, w := range r.Waves {
 		out.Waves = append(out.Waves, WaveStatus{Percent: w.Percent, Soak: w.Soak, Approval: w.Approval, Devices: perWave[i], WaveStat: stats[i]})
