@@ -217,6 +217,7 @@ type retry struct {
 	target    string
 	attempts  int
 	notBefore time.Time
+	reported  string // the cause last reported for target
 }
 
 // retryBackoff is the wait after the n-th (from 1) transient failure of a target:
@@ -733,6 +734,15 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 	r.attempts++
 	wait := a.retryBackoff(r.attempts)
 	r.notBefore = a.cfg.Now().Add(wait)
+	// Reported at attempts 1, 2, 4, 8, … and whenever the cause changes: a target that
+	// stays out of reach (a mirror that never gets it, a broken bundle) is retried hourly
+	// for as long as it is desired, and a report at every attempt made about 24 a day
+	// for each such device, for good. The round's error still says each attempt.
+	cause := err.Error()
+	tell := r.attempts&(r.attempts-1) == 0 || cause != r.reported
+	if tell {
+		r.reported = cause
+	}
 	a.retries[string(kind)] = r
 	rep.Outcome = wire.OutcomeInfrastructure
 	rep.Cause = fmt.Sprintf("%v (attempt %d, retrying in %v)", err, r.attempts, wait)
@@ -741,7 +751,11 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 		// URL would fill.
 		rep.Cause = "served bytes do not match what is signed: " + rep.Cause
 	}
-	a.report(ctx, rep)
+	if tell {
+		a.report(ctx, rep)
+	} else {
+		a.cfg.Logger.Info("install failed again, same cause: not reported again until attempt a power of two", "kind", kind, "version", rep.Version, "attempt", r.attempts, "cause", cause)
+	}
 	return fmt.Errorf("%s %s: attempt %d failed, retrying in %v: %w", kind, targetPath, r.attempts, wait, err)
 }
 

@@ -371,8 +371,10 @@ func TestRuntimeDownDuringTrialIsRetried(t *testing.T) {
 		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
 	}
 	want := []string{"1.0.0 infrastructure", "1.0.0 committed"}
-	for range MaxTrialRetries {
-		want = append(want, "2.0.0 infrastructure")
+	for n := 1; n <= MaxTrialRetries; n++ {
+		if n&(n-1) == 0 { // the same cause is reported at attempts 1, 2, 4, …
+			want = append(want, "2.0.0 infrastructure")
+		}
 	}
 	want = append(want, "2.0.0 probe_failed")
 	slices.Sort(outcomes)
@@ -396,5 +398,45 @@ func TestClassifyError(t *testing.T) {
 		if got := ClassifyError(tc.err); got != tc.want {
 			t.Errorf("ClassifyError(%v) = %s; want %s", tc.err, got, tc.want)
 		}
+	}
+}
+
+// TestStuckTargetIsNotReportedAtEveryRetry: a target that stays out of reach (listed in
+// no metadata the device can fetch) is retried with backoff for as long as it is
+// desired; its infrastructure reports come at attempts 1, 2, 4, 8, 16 (and whenever the
+// cause changes), not at every hourly attempt (about 24 a day per device, for good).
+func TestStuckTargetIsNotReportedAtEveryRetry(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	r.AddModel("iris", "1.0.0", 0)
+	c, m, o := deviceState(t, r)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := &director{want: map[artifact.Kind]string{artifact.KindModel: "models/iris/9.9.9/model.onnx"}}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+		Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if err := a.Step(ctx); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("attempt %d", i+1)) {
+			t.Fatalf("step %d = %v; want attempt %d failing", i, err, i+1)
+		}
+		now = now.Add(2 * time.Hour)
+	}
+	msgs, _ := o.Due(ctx, now, 100)
+	var attempts []int
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		var n int
+		if rep.Outcome != wire.OutcomeInfrastructure {
+			t.Fatalf("report %+v; want infrastructure", rep)
+		}
+		fmt.Sscanf(rep.Cause[strings.Index(rep.Cause, "(attempt "):], "(attempt %d", &n)
+		attempts = append(attempts, n)
+	}
+	slices.Sort(attempts)
+	if got := fmt.Sprint(attempts); got != "[1 2 4 8 16]" {
+		t.Errorf("infrastructure reports at attempts %s; want 1 2 4 8 16", got)
 	}
 }
