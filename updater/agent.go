@@ -290,6 +290,15 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 		status[k] = st
 	}
+	if a.cfg.Sender != nil && a.cfg.Outbox != nil {
+		// Reports still due from an earlier round go first: the server bounds how often a
+		// device checks in (429 beyond it), and an agent checking in faster than that
+		// spent every admitted check-in on its status, its reports refused for good
+		// (found 2 Dec). In a round with none due this sends nothing.
+		if _, err := a.cfg.Outbox.Flush(ctx, a.cfg.Sender, a.cfg.Now(), Backoff{Base: min(time.Minute, a.cfg.Interval), Max: time.Hour}, a.cfg.Rand); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	desired, err := a.cfg.Director.CheckIn(ctx, status)
 	result := "ok"
 	if err != nil {

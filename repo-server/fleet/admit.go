@@ -246,8 +246,12 @@ func Admit(a Admission) (Admitted, error) {
 				Outcome: wire.OutcomeAttestationUntrusted, Cause: detail, At: a.Now}
 			applyReport(&d, r)
 			// The server's own observation about the target: it counts if the device is
-			// one of the rollout's (the verdict is what is being reported).
-			out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: a.Now, Counted: !before.Quarantined && a.member(ro, &d)})
+			// one of the rollout's (the verdict is what is being reported), while the
+			// rollout is under way. A completed rollout is judged on installs only (it
+			// pauses when its version fails where it is still offered): a device whose
+			// files were changed long after it committed says nothing of the version.
+			completed := a.States[ro.ID].Status == policy.StatusCompleted && a.States[ro.ID].AppliesTo(ro)
+			out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: a.Now, Counted: !before.Quarantined && !completed && a.member(ro, &d)})
 			out.Replan = true
 		}
 	}

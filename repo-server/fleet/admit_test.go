@@ -68,19 +68,19 @@ rollouts:
 		wantErr string
 	}{
 		{"first check-in enrolls", admission{verdict: trusted},
-			"enroll=true accepted=0 replan=false verdict=trusted quarantined=false slot={Name: Version: Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:device.enroll device:dev-1:attestation.verdict ]", ""},
+			"enroll=true accepted=0 replan=false verdict=trusted quarantined=false slot={Name: Version: Previous: Failed: Rekey:false Retry:} reports=[ ] seen=[] audit=[ device:dev-1:device.enroll device:dev-1:attestation.verdict ]", ""},
 		{"a commit report is stored, attributed, marked seen", admission{stored: running("1.0.0", "trusted", false), slots: slot("2.0.0"), reports: []wire.Report{committed}, verdict: trusted},
-			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous:1.0.0 Failed: Rekey:false} reports=[ vib-2:committed@2.0.0 ] seen=[r1] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous:1.0.0 Failed: Rekey:false Retry:} reports=[ vib-2:committed@2.0.0 ] seen=[r1] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
 		{"a retried report is acknowledged, not stored again", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), seen: map[string]bool{"r1": true}, reports: []wire.Report{committed}, verdict: trusted},
-			"enroll=false accepted=1 replan=false verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=1 replan=false verdict=trusted quarantined=false slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false Retry:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
 		{"a report sent twice in one request is stored once", admission{stored: running("1.0.0", "trusted", false), slots: slot("1.0.0"), reports: []wire.Report{failed, failed}, verdict: trusted},
-			"enroll=false accepted=2 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=2 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false Retry:} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ]", ""},
 		{"turning untrusted on the target: a failure for its rollout, quarantine", admission{stored: running("2.0.0", "trusted", false), slots: slot("2.0.0"), verdict: untrusted, reasons: []string{"artifact_mismatch"}},
-			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
+			"enroll=false accepted=0 replan=true verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false Retry:} reports=[ vib-2:attestation_untrusted@2.0.0 ] seen=[] audit=[ device:dev-1:attestation.verdict server:device.quarantine ]", ""},
 		{"staying untrusted: no new failure, no second quarantine", admission{stored: running("2.0.0", "untrusted", true), slots: slot("2.0.0"), verdict: untrusted},
-			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
+			"enroll=false accepted=0 replan=false verdict=untrusted quarantined=true slot={Name:vib Version:2.0.0 Previous: Failed: Rekey:false Retry:} reports=[ ] seen=[] audit=[ device:dev-1:attestation.verdict ]", ""},
 		{"a bad report is refused alone: the others are stored, the check-in goes on", admission{stored: running("1.0.0", "trusted", false), slots: slot("1.0.0"), reports: []wire.Report{{ID: "x", Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}, failed}, verdict: trusted},
-			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ] refused=x(version: version \"not-a-version\": want MAJOR.MINOR.PATCH[-PRERELEASE] (semantic version))", ""},
+			"enroll=false accepted=1 replan=true verdict=trusted quarantined=false slot={Name:vib Version:1.0.0 Previous: Failed:2.0.0 Rekey:false Retry:} reports=[ vib-2:probe_failed@2.0.0 ] seen=[r2] audit=[ device:dev-1:install.report device:dev-1:attestation.verdict ] refused=x(version: version \"not-a-version\": want MAJOR.MINOR.PATCH[-PRERELEASE] (semantic version))", ""},
 		{"a bad report without an ID refuses the whole check-in (the device could not tell which)", admission{stored: running("1.0.0", "trusted", false), reports: []wire.Report{{Kind: artifact.KindModel, Name: "vib", Version: "not-a-version", Outcome: wire.OutcomeCommitted, At: t0}}, verdict: trusted},
 			"", "version"},
 	} {
@@ -163,6 +163,31 @@ rollouts:
 		}
 		if got := fmt.Sprintf("%s:%v", out.Reports[0].RolloutID, out.Reports[0].Counted); got != tc.want {
 			t.Errorf("site %s, %q aborted: report went to %s; want %s", tc.site, tc.aborted, got, tc.want)
+		}
+	}
+}
+
+// TestUntrustedDeviceDoesNotPauseACompletedRollout: a device of a completed rollout
+// turning untrusted (its files changed long after it committed) is reported against the
+// rollout but not counted: a completed rollout, which still pauses on failed installs,
+// is not paused by one device's tampering (the demo's vib-1.1.0 was, once completed
+// rollouts were judged). While the rollout is under way it counts, as before.
+func TestUntrustedDeviceDoesNotPauseACompletedRollout(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	p := hostilePolicy(t)
+	ro := p.Rollouts[0]
+	for _, status := range []policy.Status{policy.StatusActive, policy.StatusCompleted} {
+		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
+		d.ID, d.Verdict, d.Labels = "dev-1", policy.VerdictTrusted, map[string]string{"site": "a"}
+		d.Slots = map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "2.0.0"}}
+		out, err := Admit(Admission{Stored: d, CheckIn: CheckIn{ID: "dev-1", Slots: d.Slots, At: t0}, Verdict: policy.VerdictUntrusted, Reasons: []string{"artifact_mismatch"},
+			Policy: p, States: map[string]policy.RolloutState{ro.ID: {ID: ro.ID, Status: status, Target: ro.Target, Started: t0.Add(-time.Hour), WaveStarted: t0.Add(-time.Hour)}},
+			Offered: map[policy.Target]bool{ro.Target: true}, Now: t0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Reports) != 1 || out.Reports[0].Outcome != wire.OutcomeAttestationUntrusted || out.Reports[0].Counted != (status == policy.StatusActive) {
+			t.Errorf("%s rollout: reports %+v; want one attestation_untrusted, counted only while active", status, out.Reports)
 		}
 	}
 }
