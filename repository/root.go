@@ -1,9 +1,12 @@
 package repository
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,6 +28,33 @@ type RootChange struct {
 	RevokeKeys map[string][]string        // role → key IDs to remove
 	Thresholds map[string]int             // role → new threshold
 	Expires    time.Duration              // lifetime of the new root; 0: the repository's
+	// Replace discards a proposal already staged for the next version (and any
+	// signatures it gathered); without it ProposeRoot refuses (ErrProposalPending).
+	Replace bool
+}
+
+// ErrProposalPending refuses a new root proposal (or a key rotation, which proposes one)
+// while another for the same version is staged: writing over it lost the change and the
+// signatures it gathered, and a holder signing later endorsed what they did not review
+// (found from outside, 2 Dec).
+var ErrProposalPending = errors.New("a root proposal is pending")
+
+// pendingProposal refuses with ErrProposalPending when a proposal for root version v
+// is staged.
+func (r *Repo) pendingProposal(v int64) error {
+	path := r.ProposalPath(v)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the staged proposal: %w", err)
+	}
+	sigs := 0
+	if m, err := metadata.Root().FromBytes(data); err == nil {
+		sigs = len(m.Signatures)
+	}
+	return fmt.Errorf("%w for root v%d (%s, %d signature(s)): publish it with 'edgeward root publish', or discard it with 'edgeward root propose --replace …'", ErrProposalPending, v, path, sigs)
 }
 
 // ProposalPath is where the proposal for root version v is staged.
@@ -79,6 +109,11 @@ func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
 		}
 	}
 	path := r.ProposalPath(next.Signed.Version)
+	if !ch.Replace {
+		if err := r.pendingProposal(next.Signed.Version); err != nil {
+			return "", err
+		}
+	}
 	data, err := next.ToBytes(true)
 	if err != nil {
 		return "", err
@@ -308,6 +343,21 @@ func (r *Repo) publishFirstRoot(ctx context.Context, path string) (int64, error)
 	if prop.Signed.Version != 1 {
 		return 0, fmt.Errorf("proposal is root v%d but the repository has no root yet: publish the staged root v1 (%s)", prop.Signed.Version, r.ProposalPath(1))
 	}
+	// Root v1 is the one Init staged from the holders' public keys, whatever file brings
+	// its signatures: a copy whose signed part was changed on its way (another root
+	// key, a threshold of 1) signed itself and was published, the root every device then
+	// pins (found from outside, 2 Dec).
+	staged, err := os.ReadFile(r.ProposalPath(1))
+	if err != nil {
+		return 0, fmt.Errorf("the root v1 'repo init' staged (%s) cannot be read, so the proposal cannot be checked against it: %w", r.ProposalPath(1), err)
+	}
+	want, err := metadata.Root().FromBytes(staged)
+	if err != nil {
+		return 0, &MetadataError{File: r.ProposalPath(1), Err: err}
+	}
+	if a, b := signedJSON(&prop.Signed), signedJSON(&want.Signed); !bytes.Equal(a, b) {
+		return 0, fmt.Errorf("%s is not the root v1 that 'repo init' staged (%s): its keys, thresholds or expiry differ; sign and publish that one", path, r.ProposalPath(1))
+	}
 	if err := thresholdMet("new", prop, prop); err != nil {
 		return 0, err
 	}
@@ -389,8 +439,11 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 			return err
 		}
 		t.rootFile, t.rootData = fmt.Sprintf("%d.root.json", version), out
+		staged := r.ProposalPath(version)
 		t.after = func() error {
-			os.Remove(path)
+			// The staged proposal is done with; a file the operator named (--proposal)
+			// is theirs, and stays.
+			os.Remove(staged)
 			return nil
 		}
 		return nil
@@ -443,6 +496,9 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 			return nil, err
 		}
 		res.NewKeyID = k.ID()
+		if err := r.pendingProposal(st.Root.Signed.Version + 1); err != nil {
+			return nil, fmt.Errorf("rotate %s: %w", role, err)
+		}
 		res.Revoked = slices.Clone(st.Root.Signed.Roles[role].KeyIDs)
 		if res.NewKey, err = WriteKeyFile(r.fs, r.OnlineKeyDir(), k, nil, KDFParams{}); err != nil {
 			return nil, err
@@ -635,4 +691,10 @@ func validRootSignatures(signer, prop *metadata.Metadata[metadata.RootType]) int
 		}
 	}
 	return len(seen)
+}
+
+// signedJSON is the JSON of a root's signed part, to compare two roots' content.
+func signedJSON(r *metadata.RootType) []byte {
+	b, _ := json.Marshal(r)
+	return b
 }

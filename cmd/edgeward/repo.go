@@ -485,6 +485,7 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 	fs.Var(&revoke, "revoke-key", "ROLE=KEYID: remove a key from ROLE (repeatable; a unique prefix of the ID is enough)")
 	fs.Var(&thresholds, "threshold", "ROLE=N (repeatable)")
 	expires := fs.Duration("expires", 0, "lifetime of the new root (default: the repository's)")
+	replace := fs.Bool("replace", false, "discard the proposal already staged for the next version, and its signatures (without it, a pending proposal is an error)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -496,7 +497,7 @@ func cmdRootPropose(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ch := repository.RootChange{AddKeys: map[string][]*metadata.Key{}, RevokeKeys: map[string][]string{}, Thresholds: map[string]int{}, Expires: *expires}
+	ch := repository.RootChange{AddKeys: map[string][]*metadata.Key{}, RevokeKeys: map[string][]string{}, Thresholds: map[string]int{}, Expires: *expires, Replace: *replace}
 	for _, a := range add {
 		role, file, ok := strings.Cut(a, "=")
 		if !ok {
