@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,3 +146,84 @@ func TestPendingProposalIsNotReplaced(t *testing.T) {
 }
 
 func slicesClone(s []string) []string { return append([]string(nil), s...) }
+
+// watchFS records every name the repository writes or renames into place.
+type watchFS struct {
+	OSFS
+	mu    sync.Mutex
+	names []string
+}
+
+func (w *watchFS) WriteFile(name string, data []byte, perm os.FileMode) error {
+	w.mu.Lock()
+	w.names = append(w.names, filepath.Base(name))
+	w.mu.Unlock()
+	return w.OSFS.WriteFile(name, data, perm)
+}
+
+func (w *watchFS) Rename(oldname, newname string) error {
+	w.mu.Lock()
+	w.names = append(w.names, filepath.Base(newname))
+	w.mu.Unlock()
+	return w.OSFS.Rename(oldname, newname)
+}
+
+// TestRootPublishIsVisibleOnlyWhenDone: a root publish that fails to record (the audit
+// log busy) never puts its root under a name devices fetch, even for a moment (before,
+// the root was written first, and a device refreshing then trusted a root under which
+// the repository's timestamp did not verify, found from outside, 2 Dec). A publish
+// stopped after the root was in place but before the timestamp was signed under it (a
+// kill) leaves a repository that still loads, under the previous root; the next change
+// removes the stray root, and the staged proposal publishes.
+func TestRootPublishIsVisibleOnlyWhenDone(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	if _, err := f.repo.RotateKey(ctx, metadata.TIMESTAMP, KeyEd25519, "", &KeyRing{}); err != nil {
+		t.Fatal(err)
+	}
+	f.signStagedRoot(0, 1)
+	w := &watchFS{}
+	f.repo.fs = w
+	f.events.mu.Lock()
+	f.events.fail = errors.New("database is locked")
+	f.events.mu.Unlock()
+	if _, err := f.repo.PublishRoot(ctx, "", nil); err == nil {
+		t.Fatal("PublishRoot with the audit log failing succeeded")
+	}
+	if slices.Contains(w.names, "2.root.json") {
+		t.Fatalf("names written: %v; 2.root.json was put in place although the publish failed", w.names)
+	}
+	if _, err := os.Stat(filepath.Join(f.repo.MetadataDir(), ".2.root.json.pending")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the pending root after the failed publish: %v; want removed", err)
+	}
+	f.events.mu.Lock()
+	f.events.fail = nil
+	f.events.mu.Unlock()
+
+	// A publish killed between the root's rename and the timestamp: the root in place,
+	// the old timestamp, which does not verify under it (another timestamp key).
+	staged, err := os.ReadFile(f.repo.ProposalPath(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.repo.MetadataDir(), "2.root.json"), staged, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.repo.Load(ctx)
+	if err != nil || st.Root.Signed.Version != 1 || st.Interrupted != "2.root.json" {
+		t.Fatalf("Load after an interrupted root publish = %+v, %v; want root v1 and 2.root.json named interrupted", st, err)
+	}
+	if _, err := f.repo.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(f.repo.MetadataDir(), "2.root.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the interrupted root after the next change: %v; want removed", err)
+	}
+	if v, err := f.repo.PublishRoot(ctx, "", nil); err != nil || v != 2 {
+		t.Fatalf("PublishRoot of the staged proposal again = %d, %v", v, err)
+	}
+	c := f.newClient()
+	if v := c.mustRefresh().GetTrustedMetadataSet().Root.Signed.Version; v != 2 {
+		t.Fatalf("client root = v%d; want 2", v)
+	}
+}

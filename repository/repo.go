@@ -350,6 +350,12 @@ type State struct {
 	Targets   map[string]*metadata.Metadata[metadata.TargetsType] // "targets", "models", "runtimes"
 	Snapshot  *metadata.Metadata[metadata.SnapshotType]
 	Timestamp *metadata.Metadata[metadata.TimestampType]
+	// Interrupted names a root file newer than Root under which timestamp.json does not
+	// verify while it does under Root: a root publish stopped between putting the root
+	// in place and signing the timestamp under it. Load uses the root before it; the
+	// next change under the lock removes it (the proposal is still staged: publish it
+	// again). "" normally.
+	Interrupted string
 }
 
 // MetadataError reports a metadata file in the repository that cannot be used.
@@ -401,7 +407,11 @@ func (r *Repo) Load(ctx context.Context) (*State, error) {
 		return nil, err
 	}
 	if err := st.Root.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp); err != nil {
-		return nil, &MetadataError{File: "timestamp.json", Err: err}
+		prev, perr := r.previousRoot(dir, rootVersion)
+		if perr != nil || prev.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp) != nil {
+			return nil, &MetadataError{File: "timestamp.json", Err: err}
+		}
+		st.Root, st.Interrupted = prev, fmt.Sprintf("%d.root.json", rootVersion)
 	}
 	snapMeta := st.Timestamp.Signed.Meta["snapshot.json"]
 	if snapMeta == nil {
@@ -555,6 +565,18 @@ func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error)
 	if err != nil {
 		return err
 	}
+	if st.Interrupted != "" {
+		// Under the lock: the interrupted publish's root goes, so that no device
+		// fetches it any more; its proposal is still staged.
+		if err := r.record(ctx, event{"root.publish.interrupted", st.Interrupted, map[string]any{"removed": st.Interrupted,
+			"reason": "timestamp.json does not verify under it: a root publish stopped before signing it; publish the staged proposal again"}}); err != nil {
+			return err
+		}
+		if err := os.Remove(filepath.Join(r.MetadataDir(), st.Interrupted)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove the interrupted root %s: %w", st.Interrupted, err)
+		}
+		st.Interrupted = ""
+	}
 	if keys == nil {
 		keys = &KeyRing{}
 	}
@@ -571,6 +593,21 @@ func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error)
 		return t.after()
 	}
 	return nil
+}
+
+// previousRoot loads root v-1, signed by its own root threshold.
+func (r *Repo) previousRoot(dir string, v int) (*metadata.Metadata[metadata.RootType], error) {
+	if v < 2 {
+		return nil, errors.New("no earlier root")
+	}
+	prev, err := loadMeta(dir, fmt.Sprintf("%d.root.json", v-1), metadata.Root())
+	if err != nil {
+		return nil, err
+	}
+	if err := prev.VerifyDelegate(metadata.ROOT, prev); err != nil {
+		return nil, err
+	}
+	return prev, nil
 }
 
 // rollback removes the files the transaction created, unless timestamp.json already
@@ -694,9 +731,16 @@ func (t *txn) commit(ctx context.Context) error {
 		}
 		t.st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(s.Signed.Version)
 	}
+	// A new root is written under a name nobody fetches, and takes its own name only
+	// once the change is recorded and the lock still held, right before timestamp.json:
+	// written first, a publish that then failed (the audit log busy, the lock lost) or
+	// was killed left a root that devices fetched and trusted, and under which the
+	// repository's own timestamp no longer verified (found from outside, 2 Dec).
+	pendingRoot := ""
 	if t.rootFile != "" {
-		t.create(filepath.Join(t.r.MetadataDir(), t.rootFile))
-		if err := t.r.writeMetaBytes(t.rootFile, t.rootData); err != nil {
+		pendingRoot = "." + t.rootFile + ".pending"
+		t.create(filepath.Join(t.r.MetadataDir(), pendingRoot))
+		if err := t.r.writeMetaBytes(pendingRoot, t.rootData); err != nil {
 			return err
 		}
 	}
@@ -711,6 +755,13 @@ func (t *txn) commit(ctx context.Context) error {
 	for _, ev := range t.events {
 		if err := t.r.record(ctx, ev); err != nil {
 			return err
+		}
+	}
+	if pendingRoot != "" {
+		final := filepath.Join(t.r.MetadataDir(), t.rootFile)
+		t.create(final)
+		if err := t.r.fs.Rename(filepath.Join(t.r.MetadataDir(), pendingRoot), final); err != nil {
+			return fmt.Errorf("put root %s in place: %w", t.rootFile, err)
 		}
 	}
 	ts := t.st.Timestamp
