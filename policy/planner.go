@@ -95,18 +95,23 @@ type WaveStat struct {
 	Succeeded int     `json:"succeeded"`
 	Failed    int     `json:"failed"`
 	Ratio     float64 `json:"failure_ratio"`
-	// Offered is how many devices of the wave the rollout offered its target to (0:
-	// not known): a wave of fewer devices than its MinReports is judged once that many
-	// reported.
+	// Offered is how many devices of the wave the rollout offered its target to so far
+	// (0: not known). Once the wave has soaked, every device of it that checks in was
+	// offered the target, so a wave of fewer devices than its MinReports is judged once
+	// each of them reported.
 	Offered int `json:"offered,omitempty"`
 }
 
 // enough reports whether st has reports enough for wave w's failure ratio to pause its
-// rollout: w.MinReports, or every device the wave offered the target to when that is
-// fewer (a canary of one device judged on its one report).
-func (st WaveStat) enough(w Wave) bool {
+// rollout: w.MinReports; or, once the wave has soaked (a soak it has: without one its
+// devices were not given the time to check in), every device it offered the target to
+// when that is fewer, so that a canary of one device that failed pauses the rollout
+// instead of letting the next wave start. Before its soak ends Offered counts only the
+// devices that checked in so far: the first of a wave of hundreds to fail must not
+// pause the rollout alone.
+func (st WaveStat) enough(w Wave, soaked bool) bool {
 	need := w.MinReports
-	if st.Offered > 0 && st.Offered < need {
+	if soaked && w.Soak > 0 && st.Offered > 0 && st.Offered < need {
 		need = st.Offered
 	}
 	return st.Reported > 0 && st.Reported >= need
@@ -153,8 +158,8 @@ func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 // now. It is pure: the caller persists the returned state, then records the events.
 //
 // In order: a zero state is started (first wave). An aborted rollout does not change.
-// If any started wave has at least MinReports reports (or, when fewer, as many as the
-// devices it offered the target to: WaveStat.Offered) and a failure ratio above
+// If any started wave has at least MinReports reports (or, once it soaked, when fewer,
+// as many as the devices it offered the target to: WaveStat.Offered) and a failure ratio above
 // MaxFailureRatio, the rollout pauses itself, completed or not: a completed rollout
 // still offers its target. A paused rollout waits for Resume. Otherwise, once the
 // current wave has soaked, the next wave starts, unless it needs an approval not yet
@@ -234,7 +239,8 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 	// wave without soak completes as it starts): failures reported since still pause it.
 	for i := 0; i <= s.Wave && i < len(stats); i++ {
 		w, st := r.Waves[i], stats[i]
-		if (s.status() == StatusActive || s.status() == StatusCompleted) && st.enough(w) && st.Ratio > w.MaxFailureRatio {
+		soaked := i < s.Wave || s.status() == StatusCompleted || now.Sub(s.WaveStarted) >= w.Soak
+		if (s.status() == StatusActive || s.status() == StatusCompleted) && st.enough(w, soaked) && st.Ratio > w.MaxFailureRatio {
 			s.Status = StatusPaused
 			s.Reason = fmt.Sprintf("wave %d: %d of %d devices failed (%.0f%% > %.0f%%)", i, st.Failed, st.Reported, st.Ratio*100, w.MaxFailureRatio*100)
 			emit(EventAutoPaused, s.Reason)

@@ -242,35 +242,40 @@ func TestPlanStatsEqualsPlan(t *testing.T) {
 	}
 }
 
-// TestSmallWaveIsJudgedOnItsDevices: a wave that offered its target to fewer devices
-// than its MinReports is judged once each of them reported (a one-device canary failing
-// pauses its rollout; before, it never could, and the next wave started after the
-// soak). A wave that offered more still waits for MinReports, and an unknown count (0)
-// keeps MinReports.
+// TestSmallWaveIsJudgedOnItsDevices: a wave that, once soaked, offered its target to
+// fewer devices than its MinReports is judged once each of them reported (a one-device
+// canary failing pauses its rollout; before, it never could, and the next wave started
+// after the soak). Before its soak ends, or when it offered more, MinReports holds (the
+// first device of a large wave to fail must not pause it alone), and an unknown count
+// (0) keeps MinReports.
 func TestSmallWaveIsJudgedOnItsDevices(t *testing.T) {
 	r := planRollout() // MinReports 5, MaxFailureRatio 0.2
 	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	started := RolloutState{ID: "r", Status: StatusActive, Started: t0, WaveStarted: t0}
+	soaked, soaking := t0.Add(2*time.Hour), t0.Add(time.Minute) // wave 0 soaks 1 h
 	for _, tc := range []struct {
 		offered, reported, failed int
+		at                        time.Time
 		want                      Status
 	}{
-		{1, 1, 1, StatusPaused},
-		{2, 1, 1, StatusActive}, // the other device has not reported yet
-		{2, 2, 1, StatusPaused},
-		{3, 3, 0, StatusActive},
-		{100, 1, 1, StatusActive},
-		{0, 1, 1, StatusActive},
-		{0, 5, 2, StatusPaused},
+		{1, 1, 1, soaked, StatusPaused},
+		{1, 1, 1, soaking, StatusActive}, // so far one of a wave that may have hundreds
+		{2, 1, 1, soaked, StatusActive},  // the other device has not reported yet
+		{2, 2, 1, soaked, StatusPaused},
+		{3, 3, 0, soaked, StatusActive},
+		{100, 1, 1, soaked, StatusActive},
+		{0, 1, 1, soaked, StatusActive},
+		{0, 5, 2, soaking, StatusPaused},
 	} {
 		stats := StatsOf(r, []Counts{{Succeeded: tc.reported - tc.failed, Failed: tc.failed, Offered: tc.offered}})
-		s, evs := PlanStats(r, started, stats, t0.Add(time.Minute))
+		s, evs := PlanStats(r, started, stats, tc.at)
 		if s.status() != tc.want {
-			t.Errorf("offered %d, %d of %d reports failed: %s %q; want %s", tc.offered, tc.failed, tc.reported, s.status(), eventTypes(evs), tc.want)
+			t.Errorf("offered %d, %d of %d reports failed, at +%v: %s %q; want %s", tc.offered, tc.failed, tc.reported, tc.at.Sub(t0), s.status(), eventTypes(evs), tc.want)
 		}
 	}
 	// A completed one-wave rollout (no soak: completed as it started) pauses on its
-	// one device's failure, and an operator may pause it too.
+	// devices' failures (min_reports of them: without a soak its devices were not given
+	// the time to check in), and an operator may pause it too.
 	one := &Rollout{ID: "one", Target: r.Target, Waves: []Wave{{Percent: 100, MaxFailureRatio: 0, MinReports: 3}}}
 	s, evs := PlanStats(one, RolloutState{}, nil, t0)
 	if s.Status != StatusCompleted {
@@ -279,8 +284,11 @@ func TestSmallWaveIsJudgedOnItsDevices(t *testing.T) {
 	if p, _, err := Pause(s, "rita", "looks wrong", t0); err != nil || p.Status != StatusPaused {
 		t.Fatalf("Pause(completed) = %s, %v; want paused", p.Status, err)
 	}
-	s, evs = PlanStats(one, s, StatsOf(one, []Counts{{Failed: 1, Offered: 1}}), t0.Add(time.Minute))
+	if s2, _ := PlanStats(one, s, StatsOf(one, []Counts{{Failed: 1, Offered: 1}}), t0.Add(time.Minute)); s2.Status != StatusCompleted {
+		t.Fatalf("completed, no soak, one device of one failed: %s; want completed (min_reports holds)", s2.Status)
+	}
+	s, evs = PlanStats(one, s, StatsOf(one, []Counts{{Failed: 3, Offered: 40}}), t0.Add(time.Minute))
 	if s.Status != StatusPaused || eventTypes(evs) != "auto_paused@0" {
-		t.Fatalf("completed, its one device failed: %s %q; want auto_paused", s.Status, eventTypes(evs))
+		t.Fatalf("completed, 3 devices failed: %s %q; want auto_paused", s.Status, eventTypes(evs))
 	}
 }

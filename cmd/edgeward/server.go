@@ -51,7 +51,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	ekAllow := fs.String("ek-allowlist", "", "file of the TPMs that may enroll: EK IDs (urn:ek:sha256:…, the device IDs), one a line, and/or PEM EK certificates; read again when it changes (default: every TPM whose EK certificate chains to --ek-roots)")
 	policyDir := fs.String("policy", "", "fleet policy directory, hot-reloaded; rollouts created through the operator API are written there (default DIR/policy, created with an empty policy on first start)")
 	checkIn := fs.Duration("check-in-interval", 30*time.Second, "check-in interval suggested to devices")
-	checkInBurst := fs.Int("check-in-burst", 20, "check-ins a device may make at once before --check-in-every applies; beyond it a check-in is refused with 429 and Retry-After (-1: no bound)")
+	checkInBurst := fs.Int("check-in-burst", 20, "check-ins a device may make at once before --check-in-every applies; beyond it a check-in is refused with 429 and Retry-After (0 or -1: no bound)")
 	checkInEvery := fs.Duration("check-in-every", 0, "after the burst, one check-in per device per this long (default: check-in interval / 5, at most 2s)")
 	retain := fs.Duration("retain", 0, "keep the fleet's history this long (e.g. 2160h for 90 days): attestation verdicts, routing decisions and the install reports of finished rollouts older than that are deleted hourly by the leader; 0 keeps them forever. Each device's current state, the rollouts and the audit log are never pruned")
 	pcr := fs.Int("measurement-pcr", 16, "the PCR devices measure artifacts into: 16 in development, 23 in production (must match the agents' --pcr)")
@@ -60,6 +60,9 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
 	caRoot := fs.String("ca-root", "", "PEM root of the external step-ca")
 	secureCookie := fs.Bool("secure-cookie", false, "mark the dashboard's session cookie Secure even on plain HTTP (set it when a TLS proxy fronts the server)")
+	if *checkInBurst == 0 {
+		*checkInBurst = -1 // (reposerver.Config takes 0 as its default)
+	}
 	var proxies listFlag
 	fs.Var(&proxies, "trusted-proxy", "a reverse proxy in front of the server (CIDR prefix or address, e.g. 10.0.0.5 or 10.0.0.0/24) whose X-Forwarded-For is honoured: requests from it count as coming from the rightmost address in that header that is not a trusted proxy (per-source limits then see the client); repeat for each; from any other peer the header is ignored")
 	proxyProto := fs.Bool("proxy-protocol", false, "with --tls-listen and --trusted-proxy: read the PROXY protocol (v1 or v2) on the TLS listener from the trusted proxies, e.g. nginx passing TLS through with 'proxy_protocol on' in its stream block, so that per-source limits and the audit log see each device's address; a trusted proxy's connection without the header is closed, and no header is read from any other peer")

@@ -97,16 +97,20 @@ func (e *TooSoonError) Error() string {
 
 // pace applies l to a check-in at now of a device whose bound's state is tat (zero:
 // none): the new state, or a *TooSoonError. A state further ahead than any admitted
-// check-in can leave it (now + Burst × Every) was written by a replica whose clock is
-// ahead of this one's; it is taken as full rather than refusing the device for the
-// clocks' difference.
+// check-in can leave it (now + Burst × Every: a replica whose clock is ahead wrote it,
+// or now is old, a request that took long to arrive) is taken as that far ahead: the
+// device waits one Every, not the clocks' difference. (Taken as full before, a request
+// sent slowly on purpose bought a whole new burst; found 2 Dec.)
 func (l CheckInLimit) pace(tat, now time.Time) (time.Time, error) {
 	if l.Burst <= 0 || l.Every <= 0 {
 		return tat, nil
 	}
 	tolerance := time.Duration(l.Burst-1) * l.Every
-	if tat.Before(now) || tat.Sub(now) > tolerance+l.Every {
+	if tat.Before(now) {
 		tat = now
+	}
+	if most := now.Add(tolerance + l.Every); tat.After(most) {
+		tat = most
 	}
 	if ahead := tat.Sub(now); ahead > tolerance {
 		return tat, &TooSoonError{Wait: ahead - tolerance}

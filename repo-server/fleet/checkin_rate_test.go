@@ -47,10 +47,12 @@ func TestCheckInLimitPace(t *testing.T) {
 			tat = next
 		}
 	}
-	// A state further ahead than any admission on this clock can leave it: another
-	// replica's clock is ahead. Not refused for the clocks' difference.
-	if _, err := l.pace(t0.Add(time.Hour), t0); err != nil {
-		t.Fatalf("pace(state an hour ahead) = %v; want admitted", err)
+	// A state further ahead than any admission on this clock can leave it (another
+	// replica's clock ahead, or a request whose time is old): one Every to wait, not the
+	// clocks' difference, and not a fresh burst either.
+	var soon *TooSoonError
+	if _, err := l.pace(t0.Add(time.Hour), t0); !errors.As(err, &soon) || soon.Wait != l.Every {
+		t.Fatalf("pace(state an hour ahead) = %v; want refused for one Every", err)
 	}
 	// A state exactly as far ahead as an admission can leave it is refused.
 	if _, err := l.pace(t0.Add(30*time.Second), t0); err == nil {
@@ -144,14 +146,14 @@ func testCheckInRate(t *testing.T, db opener) {
 	}
 }
 
-// testSmallWavePauses: through the store, a rollout whose only wave has one device
-// (fewer than its min_reports of 3) pauses itself when that device fails: the store
-// counts the devices each wave offered the target to. With no soak the rollout
-// completed as it started, and still pauses (found from outside, 2 Dec: both stayed
-// active or completed, and the failure changed nothing).
+// testSmallWavePauses: through the store, a rollout whose wave has one device (fewer
+// than its min_reports of 3) pauses itself when that device fails, once the wave has
+// soaked (before, the next wave started instead: found from outside, 2 Dec): the store
+// counts the devices each wave offered the target to. Before the soak ends it does not
+// (the first device of a large wave to fail must not pause it alone).
 func testSmallWavePauses(t *testing.T, db opener) {
 	ctx := context.Background()
-	for _, soak := range []string{"1h", "0s"} {
+	for _, soak := range []string{"1h"} {
 		s, _ := openStore(t, db)
 		p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
 attestation: {required: false}
@@ -180,6 +182,12 @@ rollouts:
 			t.Fatalf("soak %s: decision %+v; want install from canary", soak, sd)
 		}
 		checkIn(t0.Add(time.Minute), wire.Report{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, Cause: "accuracy", At: t0})
+		if st, err := s.RolloutState(ctx, "canary"); err != nil || st.Status == policy.StatusPaused {
+			t.Fatalf("soak %s: state before the soak ended = %+v, %v; want not paused yet", soak, st, err)
+		}
+		if _, err := s.PlanRollouts(ctx, p, t0.Add(2*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
 		st, err := s.RolloutState(ctx, "canary")
 		if err != nil || st.Status != policy.StatusPaused || !strings.Contains(st.Reason, "1 of 1 devices failed") {
 			t.Fatalf("soak %s: state after its one device failed = %+v, %v; want paused", soak, st, err)

@@ -95,6 +95,10 @@ func (c *committer) do(ctx context.Context, f func(*txn) error) error {
 		return err
 	}
 	j := &txJob{ctx: ctx, f: f, done: make(chan struct{})}
+	// The bound starts now: with the committer stuck its queue fills, and a caller
+	// waiting to enter it (a check-in's context never ends) waited for good.
+	timer := time.NewTimer(c.queueTimeout)
+	defer timer.Stop()
 	c.mu.RLock()
 	if c.closed {
 		c.mu.RUnlock()
@@ -106,13 +110,14 @@ func (c *committer) do(ctx context.Context, f func(*txn) error) error {
 	case <-ctx.Done():
 		c.mu.RUnlock()
 		return ctx.Err()
+	case <-timer.C:
+		c.mu.RUnlock()
+		return ErrUnavailable
 	}
 	// Once queued, the job is run (or failed) by the committer, which always closes
 	// done: waiting for it even if ctx ends keeps f from running after do returned. Only
 	// a job not started within c.queueTimeout, or whose ctx ended before it started, is
 	// given up, and then never runs.
-	timer := time.NewTimer(c.queueTimeout)
-	defer timer.Stop()
 	select {
 	case <-j.done:
 	case <-timer.C:

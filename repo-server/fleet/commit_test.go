@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -283,6 +284,22 @@ func testWaitingForATurnIsBounded(t *testing.T, db opener) {
 	}
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Fatalf("it waited %v", waited)
+	}
+	// With the queue full of abandoned jobs, a caller waiting to enter it is bounded too.
+	var wg sync.WaitGroup
+	var bounded atomic.Int32
+	for i := range maxBatch + 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.tx(ctx, insertKey(fmt.Sprint("flood-", i))); errors.Is(err, ErrUnavailable) {
+				bounded.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := bounded.Load(); n != maxBatch+10 {
+		t.Fatalf("%d of %d callers behind a stuck committer got ErrUnavailable; want all, within the bound", n, maxBatch+10)
 	}
 	// A caller gone before its turn is not waited for either, and its job never runs.
 	cctx, cancel := context.WithCancel(ctx)
