@@ -211,6 +211,9 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			}
 			return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
 		}
+		if err := t.r.notRetiredOtherwise(&m, sum, n); err != nil {
+			return err
+		}
 		if m.Kind == artifact.KindModel && m.Probe == "" {
 			// A probe set published beforehand for the same name+version gates this model.
 			probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
@@ -331,6 +334,34 @@ func (r *Repo) receiveEncrypted(ctx context.Context, src io.Reader) (path, sum s
 
 // samePlaintext reports whether the published target tf is an encryption of the
 // plaintext enc describes.
+// notRetiredOtherwise refuses (ErrConflict) publishing m with content sum when the same
+// kind, name and version was retired with other content: a version's content never
+// changes. Retired, then published again with other bytes, one version had two
+// contents, and the server took the measurements of either for it (found from outside,
+// 2 Dec). The same content (or, encrypted, the same plaintext) may come back.
+func (r *Repo) notRetiredOtherwise(m *artifact.Meta, sum string, n int64) error {
+	retired, err := r.Retired()
+	if err != nil {
+		return fmt.Errorf("publish %s %s %s: read the retired targets: %w", m.Kind, m.Name, m.Version, err)
+	}
+	for _, rt := range retired {
+		k, name, ver, err := artifact.ParseTargetPath(rt.Path)
+		if err != nil || k != m.Kind || name != m.Name || ver != m.Version {
+			continue
+		}
+		if rt.SHA256 == sum && rt.Length == n {
+			continue
+		}
+		if old := rt.Meta(); old != nil && old.Encryption != nil && m.Encryption != nil &&
+			old.Encryption.PlainSHA256 == m.Encryption.PlainSHA256 && old.Encryption.PlainLength == m.Encryption.PlainLength {
+			continue
+		}
+		return fmt.Errorf("publish %s %s %s: %w: it was retired with other content (%s, sha256 %s); a version's content never changes: publish another version",
+			m.Kind, m.Name, m.Version, ErrConflict, rt.Path, rt.SHA256)
+	}
+	return nil
+}
+
 func samePlaintext(tf *metadata.TargetFiles, enc *artifact.Encryption) bool {
 	if tf.Custom == nil {
 		return false

@@ -185,3 +185,24 @@ func TestRetiredListKeptWhenTheRetireWentLive(t *testing.T) {
 		t.Fatalf("retired list after a live retire that reported a failure = %+v; want 1.0.0", list)
 	}
 }
+
+// TestRetiredVersionKeepsItsContent: a retired version may be published again with the
+// content it had (it comes back), never with other bytes (ErrConflict): one version
+// had two contents, and the server took the measurements of either for it (found from
+// outside, 2 Dec).
+func TestRetiredVersionKeepsItsContent(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	if _, err := f.publish(artifact.KindModel, "rr", "1.0.0", ".onnx", []byte("model r1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "rr", Versions: []string{"1.0.0"}}, f.keyring()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.publish(artifact.KindModel, "rr", "1.0.0", ".onnx", []byte("model r2, other bytes"), nil); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "retired with other content") {
+		t.Fatalf("publish a retired version with other bytes = %v; want ErrConflict", err)
+	}
+	if _, err := f.publish(artifact.KindModel, "rr", "1.0.0", ".onnx", []byte("model r1"), nil); err != nil {
+		t.Fatalf("publish a retired version with its own bytes again = %v; want it back", err)
+	}
+}
