@@ -407,7 +407,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		// The first refusal per source, device and reason in an interval is recorded;
 		// the rest are counted into one summary record (refusals.go).
 		key := refusalKey{source: requestSource(r), device: req.DeviceID, reason: msg}
-		first, closed := d.s.refused.note(key, now, authenticated)
+		first, closed, used := d.s.refused.note(key, now, authenticated)
 		err := d.s.recordRefusals(ctx, closed)
 		if first {
 			if err == nil {
@@ -422,7 +422,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 				cancel()
 			}
 			if err != nil {
-				d.s.refused.forget(key, now)
+				d.s.refused.forget(used, now)
 			}
 		}
 		d.refusals.WithLabelValues(strconv.Itoa(code)).Inc()

@@ -637,7 +637,7 @@ func TestRefusalSummariesSurviveAClientThatHangsUp(t *testing.T) {
 	f.srv.refused.note(a, t0, false)
 	f.srv.refused.note(a, t0.Add(time.Second), false)
 	f.srv.refused.note(a, t0.Add(2*time.Second), false)
-	_, closed := f.srv.refused.note(b, t0.Add(f.srv.refused.interval+time.Minute), false) // closes a's window
+	_, closed, _ := f.srv.refused.note(b, t0.Add(f.srv.refused.interval+time.Minute), false) // closes a's window
 	if len(closed) != 1 {
 		t.Fatalf("closed windows = %+v; want a's", closed)
 	}

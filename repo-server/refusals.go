@@ -102,12 +102,14 @@ type refusalSummary struct {
 }
 
 // note counts a refusal at now. It returns whether this is the first of its window (the
-// caller records it at once) and the summaries of the windows it closed. An
+// caller records it at once), the summaries of the windows it closed, and the key of the
+// window it counted in (k, or an overflow window's: the one to forget if the first
+// record fails). An
 // authenticated refusal (a device its TPM proved, e.g. a decommissioned one) always
 // gets a window of its own, past maxRefusalWindows: such windows are bounded by the
 // fleet's devices, not by what strangers send, and a flood of strangers must not fold
 // a real device's refusal into the anonymous overflow (found from outside, 1 Dec).
-func (r *refusals) note(k refusalKey, now time.Time, authenticated bool) (first bool, closed []refusalSummary) {
+func (r *refusals) note(k refusalKey, now time.Time, authenticated bool) (first bool, closed []refusalSummary, used refusalKey) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	closed = r.closeLocked(now, false)
@@ -122,11 +124,11 @@ func (r *refusals) note(k refusalKey, now time.Time, authenticated bool) (first 
 	}
 	if !ok {
 		r.put(k, &refusalWindow{from: now, last: now})
-		return true, closed
+		return true, closed, k
 	}
 	w.count++
 	w.last = now
-	return false, closed
+	return false, closed, k
 }
 
 // closeLocked removes the windows older than the interval (all with force) and returns
@@ -238,7 +240,7 @@ func (s *Server) recordRefusals(ctx context.Context, closed []refusalSummary) er
 // not be appended is returned, and its window forgotten, so the next is a first again.
 func (s *Server) auditAggregated(ctx context.Context, k refusalKey, actor, subject string, data any) error {
 	now := s.cfg.Repo.Now()
-	first, closed := s.refused.note(k, now, false)
+	first, closed, used := s.refused.note(k, now, false)
 	err := s.recordRefusals(ctx, closed)
 	if first {
 		if err == nil {
@@ -247,7 +249,7 @@ func (s *Server) auditAggregated(ctx context.Context, k refusalKey, actor, subje
 			cancel()
 		}
 		if err != nil {
-			s.refused.forget(k, now)
+			s.refused.forget(used, now)
 		}
 	}
 	return err

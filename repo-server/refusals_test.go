@@ -54,19 +54,19 @@ func TestAuthenticatedRefusalsKeepTheirWindow(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
 	r := &refusals{interval: time.Minute}
 	for i := range maxRefusalWindows {
-		if first, _ := r.note(refusalKey{source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), device: fmt.Sprintf("junk-%d", i), reason: "bad quote"}, t0, false); !first {
+		if first, _, _ := r.note(refusalKey{source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), device: fmt.Sprintf("junk-%d", i), reason: "bad quote"}, t0, false); !first {
 			t.Fatalf("stranger %d: not the first of its window", i)
 		}
 	}
 	stranger := refusalKey{source: "10.9.9.9", device: "junk-x", reason: "bad quote"}
-	if first, _ := r.note(stranger, t0, false); !first {
+	if first, _, _ := r.note(stranger, t0, false); !first {
 		t.Fatal("the first overflowing stranger opens the overflow window")
 	}
-	if first, _ := r.note(refusalKey{source: "10.9.9.8", device: "junk-y", reason: "bad quote"}, t0, false); first {
+	if first, _, _ := r.note(refusalKey{source: "10.9.9.8", device: "junk-y", reason: "bad quote"}, t0, false); first {
 		t.Fatal("a second overflowing stranger was recorded on its own; want it counted in the overflow")
 	}
 	dev := refusalKey{source: "192.0.2.7", device: "dev-decommissioned", reason: "device decommissioned"}
-	if first, _ := r.note(dev, t0, true); !first {
+	if first, _, _ := r.note(dev, t0, true); !first {
 		t.Fatal("an authenticated refusal was folded into the overflow window")
 	}
 	if _, ok := r.open[dev]; !ok {
@@ -85,7 +85,7 @@ func TestOneSourceHasItsOwnBound(t *testing.T) {
 	r := &refusals{interval: time.Minute}
 	firsts := 0
 	for i := range 10000 {
-		if first, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "203.0.113.9", device: fmt.Sprintf("urn:ek:sha256:%d", i), reason: "EK certificate: missing"}, t0, false); first {
+		if first, _, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "203.0.113.9", device: fmt.Sprintf("urn:ek:sha256:%d", i), reason: "EK certificate: missing"}, t0, false); first {
 			firsts++
 		}
 	}
@@ -96,7 +96,7 @@ func TestOneSourceHasItsOwnBound(t *testing.T) {
 	if w := r.open[own]; w == nil || w.count != 10000-firsts {
 		t.Fatalf("the source's own overflow window = %+v; want %d refusals counted", w, 10000-firsts)
 	}
-	if first, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "198.51.100.1", device: "urn:ek:sha256:x", reason: "EK certificate: missing"}, t0, false); !first {
+	if first, _, _ := r.note(refusalKey{kind: "enrollment.rejected", source: "198.51.100.1", device: "urn:ek:sha256:x", reason: "EK certificate: missing"}, t0, false); !first {
 		t.Fatal("another source's refusal was not a first")
 	}
 	r.mu.Lock()
@@ -115,5 +115,26 @@ func TestOneSourceHasItsOwnBound(t *testing.T) {
 	r.note(refusalKey{kind: "enrollment.challenge", source: "10.2.0.1", device: "e", reason: ""}, t0, false)
 	if _, ok := r.open[overflowKey("enrollment.challenge")]; !ok {
 		t.Fatal("an enrollment refusal past the total went to another kind's overflow window")
+	}
+}
+
+// TestForgetTheWindowCounted: a refusal folded into an overflow window whose first
+// record could not be written forgets that window (the one it was counted in), not the
+// key it came with: the overflow's next refusal is then a first again, recorded on its
+// own, rather than counted into a summary that says the first had its record.
+func TestForgetTheWindowCounted(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC)
+	r := &refusals{interval: time.Minute}
+	for i := range maxWindowsPerSource {
+		r.note(refusalKey{source: "203.0.113.9", device: fmt.Sprint("d", i), reason: "bad quote"}, t0, false)
+	}
+	k := refusalKey{source: "203.0.113.9", device: "d-next", reason: "bad quote"}
+	first, _, used := r.note(k, t0, false)
+	if !first || used != sourceOverflowKey("", "203.0.113.9") {
+		t.Fatalf("note = %v, %+v; want the first of the source's overflow window", first, used)
+	}
+	r.forget(used, t0) // its record failed
+	if first, _, _ := r.note(k, t0, false); !first {
+		t.Fatal("after the overflow's first record failed, the next refusal is not a first")
 	}
 }
