@@ -74,7 +74,9 @@ func TestDeviceModeRestartsOnFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: lab.store, AttestCA: lab.ca, Policy: pol.Load}); err != nil {
+	// The server suggests the interval its agents here use (250 ms): its per-device
+	// check-in bound follows it (one per interval / 5).
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: lab.store, AttestCA: lab.ca, Policy: pol.Load, CheckInInterval: 250 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	auditLog, err := srv.AuditLog(ctx)
