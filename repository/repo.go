@@ -350,12 +350,15 @@ type State struct {
 	Targets   map[string]*metadata.Metadata[metadata.TargetsType] // "targets", "models", "runtimes"
 	Snapshot  *metadata.Metadata[metadata.SnapshotType]
 	Timestamp *metadata.Metadata[metadata.TimestampType]
-	// Interrupted names a root file newer than Root under which timestamp.json does not
-	// verify while it does under Root: a root publish stopped between putting the root
-	// in place and signing the timestamp under it. Load uses the root before it; the
-	// next change under the lock removes it (the proposal is still staged: publish it
-	// again). "" normally.
+	// Interrupted names a root file newer than Root under which the metadata does not
+	// verify while it does under Root, with its pending copy (Pending) beside it: a root
+	// publish stopped between putting the root in place and signing the timestamp under
+	// it. Load uses the root before it; the next change under the lock removes both
+	// (the proposal is still staged: publish it again). "" normally.
 	Interrupted string
+	// Pending names a new root's pending copy left in the metadata directory (by a
+	// publish stopped before it removed it), which the next change removes. "" normally.
+	Pending string
 }
 
 // MetadataError reports a metadata file in the repository that cannot be used.
@@ -396,6 +399,45 @@ func (r *Repo) Load(ctx context.Context) (*State, error) {
 		}
 		return nil, &MetadataError{File: filepath.Join(dir, "1.root.json"), Err: os.ErrNotExist}
 	}
+	st, err := r.loadAt(dir, rootVersion)
+	pending := pendingRootName(rootVersion)
+	if err == nil {
+		if _, perr := os.Stat(filepath.Join(dir, pending)); perr == nil {
+			st.Pending = pending // the publish completed; only its pending copy is left
+		}
+		return st, nil
+	}
+	// Root N does not verify the repository's metadata. A root publish stopped between
+	// putting N in place and signing the timestamp under it leaves exactly that, and its
+	// pending copy, with the same bytes, beside it: only then is the state before it
+	// (under N-1) taken, the stray root named to be removed. Anything else is an error:
+	// an older timestamp restored under a root devices already pinned must not make
+	// the repository drop that root.
+	if rootVersion > 1 && sameFile(filepath.Join(dir, pending), filepath.Join(dir, fmt.Sprintf("%d.root.json", rootVersion))) {
+		if prev, perr := r.loadAt(dir, rootVersion-1); perr == nil {
+			prev.Interrupted, prev.Pending = fmt.Sprintf("%d.root.json", rootVersion), pending
+			return prev, nil
+		}
+	}
+	return nil, err
+}
+
+// pendingRootName is the name a new root N is written under first (txn.commit).
+func pendingRootName(v int) string { return fmt.Sprintf(".%d.root.json.pending", v) }
+
+// sameFile reports whether the files at a and b both exist and hold the same bytes.
+func sameFile(a, b string) bool {
+	x, err := os.ReadFile(a)
+	if err != nil {
+		return false
+	}
+	y, err := os.ReadFile(b)
+	return err == nil && bytes.Equal(x, y)
+}
+
+// loadAt loads and verifies the repository's metadata under root version rootVersion.
+func (r *Repo) loadAt(dir string, rootVersion int) (*State, error) {
+	var err error
 	st := &State{Targets: map[string]*metadata.Metadata[metadata.TargetsType]{}}
 	if st.Root, err = loadMeta(dir, fmt.Sprintf("%d.root.json", rootVersion), metadata.Root()); err != nil {
 		return nil, err
@@ -407,11 +449,7 @@ func (r *Repo) Load(ctx context.Context) (*State, error) {
 		return nil, err
 	}
 	if err := st.Root.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp); err != nil {
-		prev, perr := r.previousRoot(dir, rootVersion)
-		if perr != nil || prev.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp) != nil {
-			return nil, &MetadataError{File: "timestamp.json", Err: err}
-		}
-		st.Root, st.Interrupted = prev, fmt.Sprintf("%d.root.json", rootVersion)
+		return nil, &MetadataError{File: "timestamp.json", Err: err}
 	}
 	snapMeta := st.Timestamp.Signed.Meta["snapshot.json"]
 	if snapMeta == nil {
@@ -569,13 +607,19 @@ func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error)
 		// Under the lock: the interrupted publish's root goes, so that no device
 		// fetches it any more; its proposal is still staged.
 		if err := r.record(ctx, event{"root.publish.interrupted", st.Interrupted, map[string]any{"removed": st.Interrupted,
-			"reason": "timestamp.json does not verify under it: a root publish stopped before signing it; publish the staged proposal again"}}); err != nil {
+			"reason": "the metadata does not verify under it: a root publish stopped before signing the timestamp under it; publish the staged proposal again (not a new one: devices may have fetched this one)"}}); err != nil {
 			return err
 		}
 		if err := os.Remove(filepath.Join(r.MetadataDir(), st.Interrupted)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove the interrupted root %s: %w", st.Interrupted, err)
 		}
 		st.Interrupted = ""
+	}
+	if st.Pending != "" {
+		if err := os.Remove(filepath.Join(r.MetadataDir(), st.Pending)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", st.Pending, err)
+		}
+		st.Pending = ""
 	}
 	if keys == nil {
 		keys = &KeyRing{}
@@ -593,21 +637,6 @@ func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error)
 		return t.after()
 	}
 	return nil
-}
-
-// previousRoot loads root v-1, signed by its own root threshold.
-func (r *Repo) previousRoot(dir string, v int) (*metadata.Metadata[metadata.RootType], error) {
-	if v < 2 {
-		return nil, errors.New("no earlier root")
-	}
-	prev, err := loadMeta(dir, fmt.Sprintf("%d.root.json", v-1), metadata.Root())
-	if err != nil {
-		return nil, err
-	}
-	if err := prev.VerifyDelegate(metadata.ROOT, prev); err != nil {
-		return nil, err
-	}
-	return prev, nil
 }
 
 // rollback removes the files the transaction created, unless timestamp.json already
@@ -738,7 +767,7 @@ func (t *txn) commit(ctx context.Context) error {
 	// repository's own timestamp no longer verified (found from outside, 2 Dec).
 	pendingRoot := ""
 	if t.rootFile != "" {
-		pendingRoot = "." + t.rootFile + ".pending"
+		pendingRoot = pendingRootName(int(t.st.Root.Signed.Version))
 		t.create(filepath.Join(t.r.MetadataDir(), pendingRoot))
 		if err := t.r.writeMetaBytes(pendingRoot, t.rootData); err != nil {
 			return err
@@ -758,9 +787,11 @@ func (t *txn) commit(ctx context.Context) error {
 		}
 	}
 	if pendingRoot != "" {
-		final := filepath.Join(t.r.MetadataDir(), t.rootFile)
-		t.create(final)
-		if err := t.r.fs.Rename(filepath.Join(t.r.MetadataDir(), pendingRoot), final); err != nil {
+		// A copy, not a rename: the pending copy stays until the timestamp is signed
+		// under the new root, the evidence Load needs to tell a publish stopped here from
+		// any other state in which the metadata does not verify under the newest root.
+		t.create(filepath.Join(t.r.MetadataDir(), t.rootFile))
+		if err := t.r.writeMetaBytes(t.rootFile, t.rootData); err != nil {
 			return fmt.Errorf("put root %s in place: %w", t.rootFile, err)
 		}
 	}
@@ -768,7 +799,13 @@ func (t *txn) commit(ctx context.Context) error {
 	ts.Signed.Version++
 	ts.Signed.Expires = t.r.expires(metadata.TIMESTAMP)
 	t.tsWritten = true
-	return writeMeta(t.r, "timestamp.json", ts, append(tsKeys, t.extraSig[metadata.TIMESTAMP]...))
+	if err := writeMeta(t.r, "timestamp.json", ts, append(tsKeys, t.extraSig[metadata.TIMESTAMP]...)); err != nil {
+		return err
+	}
+	if pendingRoot != "" {
+		os.Remove(filepath.Join(t.r.MetadataDir(), pendingRoot)) // else the next change removes it (State.Pending)
+	}
+	return nil
 }
 
 // checkSize refuses a targets role that would grow past Limits.MaxRoleBytes. A role

@@ -96,11 +96,12 @@ func (e *TooSoonError) Error() string {
 }
 
 // pace applies l to a check-in at now of a device whose bound's state is tat (zero:
-// none): the new state, or a *TooSoonError. A state further ahead than any admitted
-// check-in can leave it (now + Burst × Every: a replica whose clock is ahead wrote it,
-// or now is old, a request that took long to arrive) is taken as that far ahead: the
-// device waits one Every, not the clocks' difference. (Taken as full before, a request
-// sent slowly on purpose bought a whole new burst; found 2 Dec.)
+// none): the new state, or a *TooSoonError saying how long until the next is admitted.
+// It never moves the state back: a state ahead of this replica's clock (another
+// replica's clock ahead, this one stepped back, a request whose time is old) makes the
+// device wait that much longer, so keep the replicas' clocks in step. (Reset to now, a
+// request sent slowly on purpose bought a fresh burst; capped, it moved the state back
+// by as much: both found 2 Dec.)
 func (l CheckInLimit) pace(tat, now time.Time) (time.Time, error) {
 	if l.Burst <= 0 || l.Every <= 0 {
 		return tat, nil
@@ -108,9 +109,6 @@ func (l CheckInLimit) pace(tat, now time.Time) (time.Time, error) {
 	tolerance := time.Duration(l.Burst-1) * l.Every
 	if tat.Before(now) {
 		tat = now
-	}
-	if most := now.Add(tolerance + l.Every); tat.After(most) {
-		tat = most
 	}
 	if ahead := tat.Sub(now); ahead > tolerance {
 		return tat, &TooSoonError{Wait: ahead - tolerance}
