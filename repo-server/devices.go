@@ -856,6 +856,7 @@ func (d *deviceAPI) pruneOnce(ctx context.Context) {
 	d.pruned.WithLabelValues("decisions").Add(float64(p.Decisions))
 	d.pruned.WithLabelValues("reports").Add(float64(p.Reports))
 	d.pruned.WithLabelValues("report_marks").Add(float64(p.ReportMarks))
+	d.pruned.WithLabelValues("rollout_offers").Add(float64(p.RolloutOffers))
 	if err != nil {
 		if ctx.Err() == nil {
 			d.s.log.Error("retention: prune the fleet's history", "before", before, "err", err)
@@ -863,7 +864,7 @@ func (d *deviceAPI) pruneOnce(ctx context.Context) {
 		return
 	}
 	if p != (fleet.Pruned{}) {
-		d.s.log.Info("retention: pruned the fleet's history", "before", before, "verdicts", p.Verdicts, "decisions", p.Decisions, "reports", p.Reports, "report_marks", p.ReportMarks)
+		d.s.log.Info("retention: pruned the fleet's history", "before", before, "verdicts", p.Verdicts, "decisions", p.Decisions, "reports", p.Reports, "report_marks", p.ReportMarks, "rollout_offers", p.RolloutOffers)
 	}
 }
 

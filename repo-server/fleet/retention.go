@@ -8,7 +8,7 @@ import (
 
 // Pruned counts the rows Prune deleted.
 type Pruned struct {
-	Verdicts, Decisions, Reports, ReportMarks int64
+	Verdicts, Decisions, Reports, ReportMarks, RolloutOffers int64
 }
 
 // pruneBatch is how many rows one DELETE statement removes: each batch is its own short
@@ -20,8 +20,9 @@ const pruneBatch = 5000
 // horizon: attestation verdicts (one per check-in; the device's current verdict stays
 // on its row), routing decisions but the newest of each device, install reports but
 // those of rollouts still running (not completed or aborted), whose KPIs and wave
-// counts read them, and the reports' deduplication marks (those stored before schema
-// version 15 carry no time and stay). What the planner counts waves from (each device's latest report per
+// counts read them, the reports' deduplication marks (those stored before schema
+// version 15 carry no time and stay), and which devices an aborted rollout offered its
+// target to. What the planner counts waves from (each device's latest report per
 // rollout, rollout_latest), rollouts, their events and the audit log are kept: the
 // audit log is hash-chained and is never pruned. It deletes in batches of pruneBatch
 // rows and stops between batches when ctx ends, returning what it deleted so far.
@@ -47,6 +48,11 @@ func (s *Store) prune(ctx context.Context, before time.Time, batch int) (Pruned,
 		// not a retention period: a mark older than the horizon deduplicates nothing.
 		{"report marks", &p.ReportMarks, `DELETE FROM device_reports_seen WHERE (device_id, id) IN
 			(SELECT device_id, id FROM device_reports_seen WHERE at > 0 AND at < ? LIMIT ?)`},
+		// Which devices an aborted rollout offered its target to counts for nothing any
+		// more (a completed one still judges its waves by it).
+		{"rollout offers", &p.RolloutOffers, `DELETE FROM rollout_offers WHERE (rollout_id, device_id) IN
+			(SELECT rollout_id, device_id FROM rollout_offers WHERE at < ?
+			AND rollout_id IN (SELECT id FROM rollouts WHERE status = 'aborted') LIMIT ?)`},
 	}
 	for _, st := range steps {
 		for {

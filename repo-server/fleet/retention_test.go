@@ -70,11 +70,23 @@ func testPrune(t *testing.T, db opener) {
 		}
 	}
 
+	// Rollout offers: the aborted rollout's old one goes; the completed one's, and a
+	// recent one, stay.
+	must(s.SaveRollout(ctx, policy.RolloutState{ID: "gone", Status: policy.StatusAborted, Updated: h(0)}, nil))
+	for _, o := range []struct {
+		rollout, device string
+		at              time.Time
+	}{{"gone", "a", h(0)}, {"gone", "b", h(3)}, {"done", "a", h(0)}} {
+		if _, err := s.db.ExecContext(ctx, `INSERT INTO rollout_offers (rollout_id, device_id, bucket, at) VALUES (?, ?, 1, ?)`, o.rollout, o.device, ns(o.at)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	got, err := s.prune(ctx, h(2), 1) // one row per statement: the batches loop
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Pruned{Verdicts: 3, Decisions: 1, Reports: 2, ReportMarks: 1}); got != want {
+	if want := (Pruned{Verdicts: 3, Decisions: 1, Reports: 2, ReportMarks: 1, RolloutOffers: 1}); got != want {
 		t.Errorf("prune = %+v; want %+v", got, want)
 	}
 	vs, err := s.DeviceVerdicts(ctx, "a", time.Time{}, 10)
@@ -111,8 +123,11 @@ func testPrune(t *testing.T, db opener) {
 	if n := count("device_reports_seen"); n != marks+2 {
 		t.Errorf("%d report marks after prune; want %d (the recent and the legacy kept)", n, marks+2)
 	}
-	if n := count("rollouts"); n != 2 {
-		t.Errorf("%d rollouts after prune; want 2", n)
+	if n := count("rollouts"); n != 3 {
+		t.Errorf("%d rollouts after prune; want 3 (rollouts are kept)", n)
+	}
+	if n := count("rollout_offers"); n != 2 {
+		t.Errorf("%d rollout offers after prune; want 2 (the completed rollout's, and the aborted one's recent one)", n)
 	}
 	// Nothing more to delete: a second pass deletes nothing.
 	if again, err := s.Prune(ctx, h(2)); err != nil || again != (Pruned{}) {
