@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/edgeward/edgeward/internal/artifact"
 )
 
 // TestFirstRootIsTheStagedOne: root v1 is the one Init staged from the holders' public
@@ -277,5 +279,33 @@ func TestInterruptedSnapshotRotationRecovers(t *testing.T) {
 	}
 	if v := f.newClient().mustRefresh().GetTrustedMetadataSet().Root.Signed.Version; v != 2 {
 		t.Fatalf("client root = v%d; want 2", v)
+	}
+}
+
+// TestDamagedKeyFileIsNamed: a publish that needs a key whose file was truncated fails
+// naming that file as unreadable, not only "found 0" keys; nothing is published, and
+// once the file is restored the publish goes through.
+func TestDamagedKeyFileIsNamed(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	files, _ := filepath.Glob(filepath.Join(f.offDir, "models-*.key"))
+	if len(files) != 1 {
+		t.Fatalf("models key files %v", files)
+	}
+	good, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(files[0], good[:len(good)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil)
+	if err == nil || !strings.Contains(err.Error(), filepath.Base(files[0])) || !strings.Contains(err.Error(), "could not be read as keys") {
+		t.Fatalf("publish with the models key file truncated = %v; want an error naming that file", err)
+	}
+	if err := os.WriteFile(files[0], good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); err != nil {
+		t.Fatalf("publish once the file is restored: %v", err)
 	}
 }

@@ -36,10 +36,15 @@ func (kr *KeyRing) Find(role string, ids []string, threshold int, dirs []string)
 		return nil, err
 	}
 	var out []*Key
+	var damaged []string
 	seen := map[string]bool{}
 	for _, c := range cands {
 		_, id, _, err := PeekKey(c.data)
-		if err != nil || !slices.Contains(ids, id) || seen[id] {
+		if err != nil {
+			damaged = append(damaged, fmt.Sprintf("%s (%v)", c.path, err))
+			continue
+		}
+		if !slices.Contains(ids, id) || seen[id] {
 			continue
 		}
 		k, err := kr.open(c)
@@ -57,8 +62,14 @@ func (kr *KeyRing) Find(role string, ids []string, threshold int, dirs []string)
 		short[i] = id[:min(8, len(id))]
 	}
 	where := append(append([]string{}, kr.Files...), append(kr.Dirs, dirs...)...)
-	return nil, fmt.Errorf("role %s needs %d of its keys [%s]; found %d in %s (name key files with --key)",
+	err = fmt.Errorf("role %s needs %d of its keys [%s]; found %d in %s (name key files with --key)",
 		role, threshold, strings.Join(short, " "), len(out), strings.Join(where, ", "))
+	if len(damaged) > 0 {
+		// Said, not skipped in silence: a truncated or damaged key file read as "found
+		// 0", with nothing to say which file to restore (found from outside, 2 Dec).
+		err = fmt.Errorf("%w; these files could not be read as keys (damaged or truncated? restore them from their backup): %s", err, strings.Join(damaged, "; "))
+	}
+	return nil, err
 }
 
 // Load decrypts one explicit key file.
