@@ -138,7 +138,7 @@ func TestRunComposesServer(t *testing.T) {
 // server removes it at start, after an audit record; a staged file younger than
 // policy.StaleStagedAge (a replica creating a rollout right now) is left alone.
 func TestRunRemovesStaleStagedRollouts(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx := context.Background()
 	dir := t.TempDir()
 	if _, err := repository.Init(ctx, repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
 		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
@@ -164,22 +164,7 @@ func TestRunRemovesStaleStagedRollouts(t *testing.T) {
 	crashed := stage("crashed", policy.StaleStagedAge+time.Minute)
 	inFlight := stage("in-flight", 5*time.Second)
 
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		t.Fatalf("Run = %v before serving", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("Run did not start serving in 60 s")
-	}
-	cancel()
-	if err := <-done; err != nil && err != context.Canceled {
-		t.Errorf("Run after cancel = %v", err)
-	}
+	runUntilServing(t, dir)
 	if _, err := os.Stat(crashed); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the crash's staged file after the server's start: %v; want it removed", err)
 	}
@@ -390,26 +375,7 @@ func TestUnchangedPolicyIsNotRecordedAtEachStart(t *testing.T) {
 		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
 		t.Fatal(err)
 	}
-	start := func() {
-		t.Helper()
-		ctx, cancel := context.WithCancel(context.Background())
-		ready := make(chan struct{})
-		done := make(chan error, 1)
-		go func() {
-			done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
-		}()
-		select {
-		case <-ready:
-		case err := <-done:
-			t.Fatalf("Run = %v before serving", err)
-		case <-time.After(60 * time.Second):
-			t.Fatal("Run did not start serving in 60 s")
-		}
-		cancel()
-		if err := <-done; err != nil && err != context.Canceled {
-			t.Fatalf("Run after cancel = %v", err)
-		}
-	}
+	start := func() { t.Helper(); runUntilServing(t, dir) }
 	reloads := func() []string {
 		t.Helper()
 		repo, err := repository.Open(repository.Config{Dir: dir})
@@ -443,5 +409,29 @@ func TestUnchangedPolicyIsNotRecordedAtEachStart(t *testing.T) {
 	start()
 	if got := reloads(); len(got) != 2 || got[0] == got[1] {
 		t.Fatalf("policy.reload records after a start with another policy: %v; want a second, with its digest", got)
+	}
+}
+
+// runUntilServing runs the server on the repository at dir until it serves, then stops
+// it; the test fails if it does not start within 60 s or stops with an error.
+func runUntilServing(t *testing.T, dir string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Dir: dir, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run = %v before serving", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not start serving in 60 s")
+	}
+	cancel()
+	if err := <-done; err != nil && err != context.Canceled {
+		t.Fatalf("Run after cancel = %v", err)
 	}
 }
