@@ -340,6 +340,9 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	case errors.Is(err, repository.ErrRoleNotHeld):
+		writeError(w, http.StatusConflict, err.Error())
+		return
 	case errors.Is(err, repository.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 		return

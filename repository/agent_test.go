@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -14,7 +15,8 @@ import (
 // TestAgentTargets: the agent's own builds are targets (agents/NAME/VERSION) signed by
 // the runtimes role, which a TUF client verifies like any other; a repository created
 // before agent targets gets the delegation added, signed with the targets key, at its
-// first agent publish, and without that key nothing changes.
+// first agent publish, and without that key (or through a key ring for the online
+// roles only) nothing changes.
 func TestAgentTargets(t *testing.T) {
 	f := newFixture(t, KeyEd25519)
 	c := f.newClient()
@@ -68,6 +70,17 @@ func TestAgentTargets(t *testing.T) {
 	if err := os.Rename(moved, targetsKey); err != nil {
 		t.Fatal(err)
 	}
+	// An online signer (the server's --sign-delegated ring) never opens the targets
+	// key, though it lies in the directory searched under the same passphrase.
+	online := f.keyring()
+	online.Roles = DelegatedAndOnlineRoles()
+	req := PublishRequest{Meta: artifact.Meta{Kind: artifact.KindAgent, Name: artifact.AgentBinary, Version: "1.5.0"}, Content: bytes.NewReader([]byte("agent 1.5"))}
+	if _, err := f.repo.Publish(context.Background(), req, online); !errors.Is(err, ErrRoleNotHeld) {
+		t.Fatalf("publish needing the targets key through an online key ring = %v; want ErrRoleNotHeld", err)
+	}
+	if after := snapshotFiles(t, f); after != before {
+		t.Fatalf("a publish refused by the online key ring changed the metadata:\n%s\nthen\n%s", before, after)
+	}
 	if _, err := f.publish(artifact.KindAgent, artifact.AgentBinary, "1.5.0", "", []byte("agent 1.5"), nil); err != nil {
 		t.Fatalf("publish agent into an older repository with the targets key: %v", err)
 	}
@@ -83,5 +96,28 @@ func TestAgentTargets(t *testing.T) {
 	up = c.mustRefresh()
 	if data, _, err := c.download(up, "agents/edgeward-agent/1.5.0"); err != nil || string(data) != "agent 1.5" {
 		t.Fatalf("client download after the delegation was extended = %q, %v", data, err)
+	}
+}
+
+// TestKeyRingRoles: a key ring limited to some roles refuses the others before it
+// reads a key file or asks for the passphrase.
+func TestKeyRingRoles(t *testing.T) {
+	asked := 0
+	kr := &KeyRing{
+		Files:      []string{t.TempDir() + "/absent.key"},
+		Passphrase: func() ([]byte, error) { asked++; return []byte(testPass), nil },
+		Roles:      DelegatedAndOnlineRoles(),
+	}
+	for _, role := range []string{metadata.ROOT, metadata.TARGETS, "someone-else"} {
+		if _, err := kr.Find(role, []string{"abc"}, 1, nil); !errors.Is(err, ErrRoleNotHeld) {
+			t.Errorf("Find(%s) = %v; want ErrRoleNotHeld", role, err)
+		}
+	}
+	if asked != 0 {
+		t.Errorf("the passphrase was asked for %d times; want never", asked)
+	}
+	// A role it holds goes on to look for the key (and here finds its file missing).
+	if _, err := kr.Find(RoleModels, []string{"abc"}, 1, nil); err == nil || errors.Is(err, ErrRoleNotHeld) {
+		t.Errorf("Find(models) = %v; want the missing key file named", err)
 	}
 }

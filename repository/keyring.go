@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // KeyRing finds the private keys an operation needs, among key files named explicitly
@@ -20,9 +22,25 @@ type KeyRing struct {
 	// Passphrase returns the passphrase for encrypted keys. nil: encrypted keys cannot
 	// be used.
 	Passphrase func() ([]byte, error)
+	// Roles, if set, are the only roles Find opens keys for: any other role is
+	// refused with ErrRoleNotHeld before a key file is read or decrypted. An online
+	// process (edgeward server --sign-delegated) names the delegated and online roles,
+	// so that an offline key lying in a directory it searches (the targets key in
+	// DIR/keys/offline, sharing the passphrase) is never decrypted in its memory.
+	Roles []string
 
 	pass []byte
 }
+
+// DelegatedAndOnlineRoles are the roles an online signer may hold: the delegated
+// models and runtimes roles and the online snapshot and timestamp roles. Root and
+// the top-level targets role stay offline.
+func DelegatedAndOnlineRoles() []string {
+	return []string{RoleModels, RoleRuntimes, metadata.SNAPSHOT, metadata.TIMESTAMP}
+}
+
+// ErrRoleNotHeld is returned by Find for a role outside KeyRing.Roles.
+var ErrRoleNotHeld = errors.New("this key ring does not sign for the role")
 
 type keyCandidate struct {
 	path string
@@ -31,6 +49,9 @@ type keyCandidate struct {
 
 // Find returns threshold keys among ids, or an error saying which are missing.
 func (kr *KeyRing) Find(role string, ids []string, threshold int, dirs []string) ([]*Key, error) {
+	if len(kr.Roles) > 0 && !slices.Contains(kr.Roles, role) {
+		return nil, fmt.Errorf("%w %s (it signs only for %s): sign with 'edgeward' on the repository, where the offline keys are", ErrRoleNotHeld, role, strings.Join(kr.Roles, ", "))
+	}
 	cands, err := kr.candidates(dirs)
 	if err != nil {
 		return nil, err

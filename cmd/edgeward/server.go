@@ -23,6 +23,7 @@ import (
 	"github.com/edgeward/edgeward/internal/logging"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
 )
 
 // defaultServerGCPercent is the server's garbage collection target (--gc-percent).
@@ -71,7 +72,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	gcPercent := fs.Int("gc-percent", defaultServerGCPercent, "garbage collection target, as GOGC: a collection runs when the heap has grown by this percent of what the last one left live (Go's default is 100); $GOGC, when set, wins")
 	maxConns := fs.Int("max-conns", 0, "bound on the connections the listeners keep open at once, together (one over it is closed unserved); 0: half the file descriptors left after 512 for the server's own files; -1: no bound")
 	maxPerSource := fs.Int("max-conns-per-source", 0, "bound on the connections one source (an IPv4 address, an IPv6 /64) keeps open at once; trusted proxies are bounded by --max-conns only; 0: 1024; -1: no bound")
-	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); without it POST /v1/publish answers 503")
+	signing := fs.Bool("sign-delegated", false, "let the server sign published targets with the models/runtimes keys it finds (--key, DIR/keys/offline; passphrase from --passphrase-file or $EDGEWARD_PASSPHRASE); it never opens a root or targets key; without it POST /v1/publish answers 503")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -116,6 +117,9 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if *signing {
 		cfg.Signing = rf.keyring()
+		// Online: the delegated roles and the online ones, never root or targets,
+		// whose keys may lie in DIR/keys/offline under the same passphrase.
+		cfg.Signing.Roles = repository.DelegatedAndOnlineRoles()
 		if _, err := cfg.Signing.Passphrase(); err != nil {
 			return fmt.Errorf("--sign-delegated: %w", err)
 		}
