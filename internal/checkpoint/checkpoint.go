@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -76,6 +77,14 @@ func parseCheckpointText(text string) (origin string, size int64, h tlog.Hash, e
 	}
 	if h, err = tlog.ParseHash(lines[2]); err != nil {
 		return "", 0, h, fmt.Errorf("%w: root hash %q", ErrMalformed, lines[2])
+	}
+	if ext := lines[3]; ext != "" {
+		// C2SP tlog-checkpoint: extension lines, if any, are not empty.
+		for _, ln := range strings.Split(strings.TrimSuffix(ext, "\n"), "\n") {
+			if ln == "" {
+				return "", 0, h, fmt.Errorf("%w: an empty extension line", ErrMalformed)
+			}
+		}
 	}
 	return lines[0], size, h, nil
 }
@@ -276,8 +285,8 @@ type CosignatureVerifier struct {
 func (v *CosignatureVerifier) Name() string    { return v.name }
 func (v *CosignatureVerifier) KeyHash() uint32 { return v.hash }
 func (v *CosignatureVerifier) Verify(msg, sig []byte) bool {
-	if len(sig) != 8+ed25519.SignatureSize {
-		return false
+	if len(sig) != 8+ed25519.SignatureSize || binary.BigEndian.Uint64(sig[:8]) > math.MaxInt64 {
+		return false // C2SP tlog-cosignature: the timestamp does not exceed 2^63-1
 	}
 	return ed25519.Verify(v.pub, cosignedMessage(binary.BigEndian.Uint64(sig[:8]), msg), sig[8:])
 }
@@ -318,6 +327,20 @@ func CosignatureTime(s note.Signature) (time.Time, bool) {
 // rewritten or rolled back.
 var ErrInconsistent = errors.New("inconsistent checkpoints")
 
+// EmptyTreeHash is the root hash of the tree of no records (RFC 6962 2.1: the SHA-256
+// of the empty string), the only root a checkpoint of size 0 may state.
+var EmptyTreeHash = tlog.Hash(sha256.Sum256(nil))
+
+// checkEmptyTree refuses a checkpoint of size 0 whose root is not the empty tree's:
+// cosigning two such roots would be a fork at size 0 (found from outside, 2 Dec; C2SP
+// tlog-witness: 422).
+func checkEmptyTree(c *Checkpoint) error {
+	if c.Size == 0 && c.Hash != EmptyTreeHash {
+		return fmt.Errorf("%w: a tree of size 0 whose root %s is not the empty tree's", ErrInconsistent, c.Hash)
+	}
+	return nil
+}
+
 // CheckConsistency verifies that checkpoint newer extends checkpoint older, with proof p
 // (a tlog.TreeProof from older.Size to newer.Size). Both must be verified checkpoints of
 // the same log.
@@ -329,6 +352,18 @@ func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
 		return fmt.Errorf("%w: checkpoints of two logs (%q, %q)", ErrInconsistent, older.Origin, newer.Origin)
 	case newer.Size < older.Size:
 		return fmt.Errorf("%w: the tree went back from size %d to %d (rollback)", ErrInconsistent, older.Size, newer.Size)
+	}
+	if err := checkEmptyTree(older); err != nil {
+		return err
+	}
+	if err := checkEmptyTree(newer); err != nil {
+		return err
+	}
+	switch {
+	case (older.Size == 0 || newer.Size == older.Size) && len(p) > 0:
+		// RFC 6962 and C2SP tlog-witness: the proof from the empty tree, or between
+		// trees of one size, is empty; one that is not does not verify.
+		return fmt.Errorf("%w: a consistency proof of %d hashes from size %d to %d, where the proof is empty", ErrInconsistent, len(p), older.Size, newer.Size)
 	case older.Size == 0:
 		return nil
 	case newer.Size == older.Size:
@@ -354,7 +389,7 @@ func Next(logKey note.Verifier, lastSeen, next []byte, proof tlog.TreeProof) (*C
 		return nil, err
 	}
 	if lastSeen == nil {
-		return c, nil
+		return c, checkEmptyTree(c)
 	}
 	last, err := Open(lastSeen, logKey, nil, 0)
 	if err != nil {

@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"crypto/ed25519"
+	"encoding/binary"
 	"encoding/base64"
 	"errors"
 	"strings"
@@ -184,5 +185,46 @@ func TestHugeTreeSizeRefused(t *testing.T) {
 	}
 	if _, err := Open(sign(MaxTreeSize+1), logKey, nil, 0); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("Open(size MaxTreeSize+1) = %v; want ErrMalformed", err)
+	}
+}
+
+// TestSpecLimits: what C2SP tlog-checkpoint and tlog-cosignature forbid is refused (an
+// empty extension line; a cosignature time over 2^63-1), and a tree of size 0 has the
+// empty tree's root alone.
+func TestSpecLimits(t *testing.T) {
+	_, signer, logKey := testLog(t)
+	h := tlog.RecordHash([]byte("x"))
+	msg, _ := note.Sign(&note.Note{Text: Body("log.example", 7, h) + "\next\n"}, signer)
+	if _, err := Open(msg, logKey, nil, 0); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Open(an empty extension line) = %v; want ErrMalformed", err)
+	}
+	_, wPriv, _ := ed25519.GenerateKey(nil)
+	wKey, _ := ParseVerifier(CosignerKey("w.example", wPriv.Public().(ed25519.PublicKey)))
+	for _, at := range []uint64{1 << 63, 1<<64 - 1} {
+		sig := binary.BigEndian.AppendUint64(nil, at)
+		sig = append(sig, ed25519.Sign(wPriv, cosignedMessage(at, []byte("text\n")))...)
+		if wKey.Verify([]byte("text\n"), sig) {
+			t.Errorf("a cosignature at time %d verified; the limit is 2^63-1", at)
+		}
+	}
+	at := uint64(1 << 40)
+	sig := append(binary.BigEndian.AppendUint64(nil, at), ed25519.Sign(wPriv, cosignedMessage(at, []byte("text\n")))...)
+	if !wKey.Verify([]byte("text\n"), sig) {
+		t.Error("a cosignature at an ordinary time did not verify")
+	}
+	empty := &Checkpoint{Origin: "log.example", Size: 0, Hash: EmptyTreeHash}
+	notEmpty := &Checkpoint{Origin: "log.example", Size: 0, Hash: h}
+	seven := &Checkpoint{Origin: "log.example", Size: 7, Hash: h}
+	if err := CheckConsistency(empty, seven, nil); err != nil {
+		t.Errorf("from the empty tree: %v", err)
+	}
+	if err := CheckConsistency(notEmpty, seven, nil); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("from a size-0 tree with another root = %v; want ErrInconsistent", err)
+	}
+	if err := CheckConsistency(empty, seven, tlog.TreeProof{h}); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("from the empty tree with a proof = %v; want ErrInconsistent", err)
+	}
+	if err := CheckConsistency(seven, seven, tlog.TreeProof{h}); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("between equal trees with a proof = %v; want ErrInconsistent", err)
 	}
 }

@@ -24,6 +24,9 @@ type CosignatureVerifier = checkpoint.CosignatureVerifier
 // ErrInconsistent says a checkpoint does not extend an earlier one.
 var ErrInconsistent = checkpoint.ErrInconsistent
 
+// EmptyTreeHash is the root of the tree of no records (checkpoint.EmptyTreeHash).
+var EmptyTreeHash = checkpoint.EmptyTreeHash
+
 // ErrCheckpoint says a checkpoint's text is malformed.
 var ErrCheckpoint = checkpoint.ErrMalformed
 

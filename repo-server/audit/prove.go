@@ -71,7 +71,11 @@ func VerifyProof(p *Proof, opts VerifyOptions) (*Checkpoint, error) {
 		if last.Size > 0 && last.Size < c.Size && p.From != last.Size {
 			return nil, fmt.Errorf("the proof carries no consistency proof from the last-seen size %d (ask with --since %d)", last.Size, last.Size)
 		}
-		if err := CheckConsistency(last, c, p.Consistency); err != nil {
+		proof := p.Consistency
+		if p.From != last.Size {
+			proof = nil // a proof from another size; none is needed from 0 or to the same size
+		}
+		if err := CheckConsistency(last, c, proof); err != nil {
 			return nil, err
 		}
 	}

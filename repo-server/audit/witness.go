@@ -1,9 +1,10 @@
 package audit
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,6 +77,18 @@ func (e *ConflictError) Error() string {
 // ErrUnknownLog says the witness does not witness that origin.
 var ErrUnknownLog = errors.New("witness: unknown log")
 
+// originByHash returns the origin of a witnessed log whose SHA-256, hex in lower case,
+// is h ("" for none).
+func (w *Witness) originByHash(h string) string {
+	for origin := range w.logs {
+		sum := sha256.Sum256([]byte(origin))
+		if hex.EncodeToString(sum[:]) == h {
+			return origin
+		}
+	}
+	return ""
+}
+
 // Latest returns the newest checkpoint the witness cosigned for origin (nil: none).
 func (w *Witness) Latest(origin string) []byte {
 	w.mu.Lock()
@@ -98,8 +111,14 @@ func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownLog, u.Origin)
 	}
+	if err := everyLogSignatureVerifies(msg, logKey); err != nil {
+		return nil, err
+	}
 	if _, err := OpenCheckpoint(msg, logKey, nil, 0); err != nil {
 		return nil, err
+	}
+	if old > u.Size { // C2SP tlog-witness: 400
+		return nil, fmt.Errorf("%w: old size %d is beyond the checkpoint's size %d", ErrCheckpoint, old, u.Size)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -146,6 +165,36 @@ func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]
 		}
 	}
 	return cosignatureLines(signed, w.cfg.Signer.Name()), nil
+}
+
+// everyLogSignatureVerifies refuses a note carrying a signature line by the log's key
+// (its name and key ID) that does not verify, wherever it stands among the lines: such a
+// note is malformed (C2SP signed-note, tlog-witness: 403). note.Open and the tolerant
+// checkpoint.Open look at the first line of a key only, so a bad line after a good one
+// was cosigned, and refused in the other order (found from outside, 2 Dec).
+func everyLogSignatureVerifies(msg []byte, logKey note.Verifier) error {
+	split := bytes.LastIndex(msg, []byte("\n\n"))
+	if split < 0 {
+		return nil // no signatures: OpenCheckpoint says so
+	}
+	text, sigs := msg[:split+1], string(msg[split+2:])
+	prefix := "— " + logKey.Name() + " "
+	for _, line := range strings.SplitAfter(sigs, "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		n, err := note.Open(append(append(slices.Clone(text), '\n'), line...), note.VerifierList(logKey))
+		var unverified *note.UnverifiedNoteError
+		switch {
+		case errors.As(err, &unverified):
+			continue // another key of the same name
+		case err != nil:
+			return fmt.Errorf("checkpoint: a signature line of the log key %s does not verify: %w", logKey.Name(), err)
+		case len(n.Sigs) != 1:
+			return fmt.Errorf("checkpoint: a signature line of the log key %s does not verify", logKey.Name())
+		}
+	}
+	return nil
 }
 
 // cosignatureLines picks the signature lines by name out of a signed note.
@@ -212,20 +261,23 @@ func ParseAddCheckpoint(body []byte) (old int64, proof tlog.TreeProof, msg []byt
 	if !ok {
 		return 0, nil, nil, errors.New("add-checkpoint: no blank line before the checkpoint")
 	}
-	sc := bufio.NewScanner(bytes.NewReader(head))
-	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "old ") {
+	// Lines end in "\n" alone, and the size is ASCII decimal without a sign or leading
+	// zeroes (C2SP tlog-witness): "old 016", "old +5" and "old 5\r" are malformed.
+	lines := strings.Split(string(head), "\n")
+	first, ok := strings.CutPrefix(lines[0], "old ")
+	if !ok {
 		return 0, nil, nil, errors.New("add-checkpoint: first line must be \"old <size>\"")
 	}
-	if old, err = strconv.ParseInt(strings.TrimPrefix(sc.Text(), "old "), 10, 64); err != nil || old < 0 {
-		return 0, nil, nil, fmt.Errorf("add-checkpoint: old size %q", sc.Text())
+	if old, err = strconv.ParseInt(first, 10, 64); err != nil || old < 0 || strconv.FormatInt(old, 10) != first {
+		return 0, nil, nil, fmt.Errorf("add-checkpoint: old size %q", lines[0])
 	}
-	for sc.Scan() {
-		h, err := tlog.ParseHash(sc.Text())
-		if err != nil {
-			return 0, nil, nil, fmt.Errorf("add-checkpoint: proof line %q", sc.Text())
-		}
-		if len(proof) == 63 {
-			return 0, nil, nil, errors.New("add-checkpoint: proof too long")
+	if len(lines)-1 > 63 {
+		return 0, nil, nil, errors.New("add-checkpoint: proof too long")
+	}
+	for _, ln := range lines[1:] {
+		h, err := tlog.ParseHash(ln)
+		if err != nil || h.String() != ln {
+			return 0, nil, nil, fmt.Errorf("add-checkpoint: proof line %q", ln)
 		}
 		proof = append(proof, h)
 	}
@@ -236,11 +288,21 @@ func ParseAddCheckpoint(body []byte) (old int64, proof tlog.TreeProof, msg []byt
 // lines; 409 with the witness's size (text/x.tlog.size) when old is not it; 404 for an
 // unknown log; 403 when the log's signature does not verify; 422 when the checkpoint is
 // not consistent with the witness's newest one; 400 for a malformed request. GET
-// /checkpoint?origin=O returns the newest cosigned checkpoint of a log.
+// /<hex SHA-256 of the origin>/checkpoint (the spec's monitoring path) and GET
+// /checkpoint?origin=O return the newest cosigned checkpoint of a log.
 func (w *Witness) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	origin, monitoring := "", false
+	if r.Method == http.MethodGet {
+		if r.URL.Path == "/checkpoint" {
+			origin, monitoring = r.URL.Query().Get("origin"), true
+		} else if h, ok := strings.CutSuffix(strings.TrimPrefix(r.URL.Path, "/"), "/checkpoint"); ok {
+			// C2SP tlog-witness's monitoring path: GET /<hex SHA-256 of the origin>/checkpoint.
+			origin, monitoring = w.originByHash(h), true
+		}
+	}
 	switch {
-	case r.Method == http.MethodGet && r.URL.Path == "/checkpoint":
-		c := w.Latest(r.URL.Query().Get("origin"))
+	case monitoring:
+		c := w.Latest(origin)
 		if c == nil {
 			http.Error(rw, "no checkpoint for that origin", http.StatusNotFound)
 			return

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -292,5 +294,88 @@ func TestConcurrentCosignaturesAreAllKept(t *testing.T) {
 				t.Fatalf("line %d of writer %d lost", i, w)
 			}
 		}
+	}
+}
+
+// TestWitnessFollowsTheSpec: the witness's answers where C2SP tlog-witness, signed-note
+// and tlog-checkpoint say what they must be (an outside audit with independent clients
+// found each of these answered otherwise, 2 Dec; the first is a fork at size 0).
+func TestWitnessFollowsTheSpec(t *testing.T) {
+	ctx := context.Background()
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, _ := newLogWithKey(t, key, 1000)
+	w := newWitness(t, "w.example", l)
+	signer, err := Signer(l.Origin(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(text string) string {
+		msg, err := note.Sign(&note.Note{Text: text}, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(msg)
+	}
+	appendN(t, l, 1, 5)
+	c5, err := l.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var zero [32]byte
+	h := base64.StdEncoding.EncodeToString
+	post := func(body string) (int, string) {
+		t.Helper()
+		resp, err := http.Post(w.url+"/add-checkpoint", "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	// The log's signature, then a line with its name and key ID that does not verify.
+	good := string(c5.Note)
+	i := strings.Index(good, "\n\n")
+	sigLine := good[i+2:]
+	badLine := sigLine[:len(sigLine)-6] + "AAAAA\n"
+	if badLine == sigLine {
+		badLine = sigLine[:len(sigLine)-6] + "BBBBB\n"
+	}
+	for _, tc := range []struct {
+		name string
+		body string
+		want int
+	}{
+		{"a size-0 tree whose root is not the empty tree's", "old 0\n\n" + sign(l.Origin()+"\n0\n"+h(zero[:])+"\n"), http.StatusUnprocessableEntity},
+		{"the empty tree", "old 0\n\n" + sign(l.Origin()+"\n0\n"+h(EmptyTreeHash[:])+"\n"), http.StatusOK},
+		{"a proof from size 0 that is not empty", "old 0\n" + h(zero[:]) + "\n\n" + good, http.StatusUnprocessableEntity},
+		{"old size with a leading zero", "old 00\n\n" + good, http.StatusBadRequest},
+		{"old size with a sign", "old +0\n\n" + good, http.StatusBadRequest},
+		{"a line ending in CR LF", "old 0\r\n\n" + good, http.StatusBadRequest},
+		{"an empty extension line", "old 0\n\n" + sign(l.Origin()+"\n5\n"+c5.Hash.String()+"\n\nx\n"), http.StatusBadRequest},
+		{"a bad line of the log key after a good one", "old 0\n\n" + good + badLine, http.StatusForbidden},
+		{"a bad line of the log key before a good one", "old 0\n\n" + good[:i+2] + badLine + sigLine, http.StatusForbidden},
+		{"from the empty tree", "old 0\n\n" + good, http.StatusOK},
+		{"the same size with a proof", "old 5\n" + h(zero[:]) + "\n\n" + good, http.StatusUnprocessableEntity},
+		{"the same checkpoint again", "old 5\n\n" + good, http.StatusOK},
+		{"old size beyond the checkpoint's", "old 6\n\n" + good, http.StatusBadRequest},
+	} {
+		if code, body := post(tc.body); code != tc.want {
+			t.Errorf("%s: %d %q; want %d", tc.name, code, body, tc.want)
+		}
+	}
+	// The monitoring path: GET /<hex SHA-256 of the origin>/checkpoint.
+	sum := sha256.Sum256([]byte(l.Origin()))
+	resp, err := http.Get(w.url + "/" + hex.EncodeToString(sum[:]) + "/checkpoint")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if c, err := ParseCheckpointUnverified(b); resp.StatusCode != http.StatusOK || err != nil || c.Size != 5 {
+		t.Fatalf("GET /<origin hash>/checkpoint = %d %q", resp.StatusCode, b)
+	}
+	if resp, err := http.Get(w.url + "/" + strings.Repeat("0", 64) + "/checkpoint"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /<unknown origin hash>/checkpoint = %v, %v; want 404", resp, err)
 	}
 }
