@@ -215,9 +215,14 @@ func (c *TUF) Refresh(ctx context.Context) error {
 	// snapshot names them.
 	var delegated []string
 	for name := range c.up.GetTrustedMetadataSet().Snapshot.Signed.Meta {
-		if role := strings.TrimSuffix(name, ".json"); role != metadata.TARGETS && role != name {
-			delegated = append(delegated, role)
+		role := strings.TrimSuffix(name, ".json")
+		switch role {
+		case name, metadata.ROOT, metadata.TIMESTAMP, metadata.SNAPSHOT, metadata.TARGETS:
+			// not a delegated role: the snapshot of some repositories (sigstore's) lists
+			// root.json, which must never be parsed as targets and discarded.
+			continue
 		}
+		delegated = append(delegated, role)
 	}
 	if err := c.discardDamaged(delegated); err != nil {
 		return err
@@ -348,6 +353,21 @@ func readRoot(cfg TUFConfig) ([]byte, error) {
 func (c *TUF) Target(ctx context.Context, targetPath string) (*metadata.TargetFiles, error) {
 	c.fetcher.ctx = ctx
 	defer func() { c.fetcher.ctx = context.Background() }()
+	// go-tuf keeps each delegated role it loaded by name and returns it to later lookups
+	// without verifying it against the delegator of the current search path (go-tuf
+	// loadTargets): with two delegators of one role name, a role signed for the first
+	// was trusted for the second's paths (tuf-conformance
+	// test_cached_role_is_verified_against_current_delegator, which go-tuf's own client
+	// lists as failing). Forget them so every lookup verifies its whole path again,
+	// from the local files (fetched only when they do not verify). The map is the
+	// updater's own (GetTrustedMetadataSet copies the struct, not the map);
+	// TestDelegatedRoleVerifiedAgainstItsDelegator pins that.
+	trusted := c.up.GetTrustedMetadataSet().Targets
+	for role := range trusted {
+		if role != metadata.TARGETS {
+			delete(trusted, role)
+		}
+	}
 	tf, err := c.up.GetTargetInfo(targetPath)
 	if err != nil {
 		var typed interface{ Is(error) bool }
