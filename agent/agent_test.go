@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -399,5 +400,48 @@ func TestDeviceStory(t *testing.T) {
 	}
 	if last := link.Last(); last.Trusted || !last.Quarantined {
 		t.Fatalf("check-in after the model changed on disk = trusted %v, quarantined %v (%v); want untrusted and quarantined", last.Trusted, last.Quarantined, last.Reasons)
+	}
+}
+
+// TestFirstModelFailingItsTrialStaysTrusted: a device whose first model fails its trial
+// serves nothing, and its measurement log says so (an unload event), so the server,
+// which expects no model of it, keeps trusting it. Before, the log's latest entry stayed
+// the failed version: "model ... is not expected" and quarantine at every check-in, for
+// good (found by an outside operator journey, 2 Dec). The same after an agent restart
+// that finds a trial it did not live to undo in the log.
+func TestFirstModelFailingItsTrialStaysTrusted(t *testing.T) {
+	r := newStoryRig(t, false)
+	ctx := context.Background()
+	r.publish(t, "2.0.0") // degraded: fails its probe
+	r.pol.Store(rolloutPolicy(t, "2.0.0", ""))
+	r.ag.Step(ctx) // the install's failure is reported, not returned as an error
+	if v := r.committed(); v != "" {
+		t.Fatalf("committed model after the first trial failed = %q; want none", v)
+	}
+	r.ag.Step(ctx)
+	if last := r.link.Last(); !last.Trusted || last.Quarantined {
+		t.Fatalf("check-in after the first model's trial failed = trusted %v, quarantined %v (%v); want trusted", last.Trusted, last.Quarantined, last.Reasons)
+	}
+	if m, ok := r.mlog.Latest()[[2]string{"model", "vibration-anomaly"}]; ok {
+		t.Fatalf("the measurement log names %s as loaded; want none", m.Version)
+	}
+	// A trial measured, then the agent gone before it undid it: the restarted agent
+	// (LoadCommitted, nothing committed) records the unload.
+	tgt, err := r.tuf.Target(ctx, "models/vibration-anomaly/2.0.0.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mlog.Measure(ctx, "model", "vibration-anomaly", "2.0.0", hex.EncodeToString(tgt.Hashes["sha256"]), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.judge.LoadCommitted(ctx, r.slots); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := r.mlog.Latest()[[2]string{"model", "vibration-anomaly"}]; ok {
+		t.Fatalf("after LoadCommitted with nothing committed, the log names %s as loaded; want none", m.Version)
+	}
+	r.ag.Step(ctx)
+	if last := r.link.Last(); !last.Trusted || last.Quarantined {
+		t.Fatalf("check-in after a restart = trusted %v, quarantined %v (%v); want trusted", last.Trusted, last.Quarantined, last.Reasons)
 	}
 }

@@ -398,9 +398,20 @@ func (j *RuntimeJudge) measureLoaded(ctx context.Context, rc *runtimeapi.Client)
 	if err != nil {
 		return err
 	}
+	serving := map[string]bool{}
 	for _, e := range idx {
 		if e.Default && e.SHA256 != "" {
+			serving[e.Name] = true
 			if err := j.Log.Measure(ctx, string(artifact.KindModel), e.Name, e.Version, e.SHA256, e.PlainSHA256); err != nil {
+				return err
+			}
+		}
+	}
+	// A model the log (kept across agent restarts in one boot) names as loaded that
+	// this runtime does not serve: a trial the agent did not live to undo.
+	for k := range j.Log.Latest() {
+		if k[0] == string(artifact.KindModel) && !serving[k[1]] {
+			if err := j.Log.Unload(ctx, k[0], k[1]); err != nil {
 				return err
 			}
 		}
@@ -424,6 +435,10 @@ func (j *RuntimeJudge) remeasureServing(ctx context.Context, rc *runtimeapi.Clie
 			}
 			return
 		}
+	}
+	// Nothing serves it (its first version failed its trial): the log says so.
+	if err := j.Log.Unload(ctx, string(artifact.KindModel), name); err != nil {
+		j.logger().Warn("measure the unload of a failed trial", "model", name, "err", err)
 	}
 }
 
@@ -520,6 +535,16 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 		return err
 	}
 	if st.Active == "" || st.Current == nil {
+		// No model is committed, so none is served: a model the log (kept across agent
+		// restarts in one boot) names as loaded was a trial the agent did not live to
+		// undo, and the log says it is unloaded.
+		for k := range j.Log.Latest() {
+			if k[0] == string(artifact.KindModel) {
+				if err := j.Log.Unload(ctx, k[0], k[1]); err != nil {
+					return err
+				}
+			}
+		}
 		return nil
 	}
 	cur := st.Current

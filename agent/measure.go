@@ -100,6 +100,39 @@ func (m *MeasurementLog) Measure(ctx context.Context, kind, name, version, sha25
 	return nil
 }
 
+// Unload records that nothing of kind and name runs any more: an unload event of the
+// artifact the log last named as loaded, extended into the PCR like a load. Without
+// it, a model whose trial failed on a device serving no earlier version stayed the
+// log's latest, not expected by the server: quarantine at every check-in (found by an
+// outside operator journey, 2 Dec). Nothing is done when the log names none.
+func (m *MeasurementLog) Unload(ctx context.Context, kind, name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.log.Latest()[[2]string{kind, name}]
+	if !ok {
+		return nil
+	}
+	if len(m.log) >= compactAt {
+		if err := m.compactLocked(ctx); err != nil {
+			return err
+		}
+	}
+	ev, err := m.tpm.Measure(ctx, eventlog.Event{PCR: m.pcr, Kind: kind, Name: name, Version: a.Version, SHA256: a.SHA256, PlainSHA256: a.PlainSHA256, Unloaded: true})
+	if err != nil {
+		return fmt.Errorf("measure the unload of %s %s %s: %w", kind, name, a.Version, err)
+	}
+	m.log = append(m.log, ev)
+	m.saveLocked()
+	return nil
+}
+
+// Latest returns what the log says is loaded, per kind and name.
+func (m *MeasurementLog) Latest() map[[2]string]eventlog.Artifact {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.log.Latest()
+}
+
 // compactAt is the length at which the log is compacted before the next event: a
 // device that is never rebooted measures at every runtime restart, agent restart and
 // trial, and a log past eventlog.MaxEvents is malformed to the verifier (an untrusted
@@ -118,7 +151,9 @@ func (m *MeasurementLog) compactLocked(ctx context.Context) error {
 		e := m.log[i]
 		if k := [2]string{e.Kind, e.Name}; !seen[k] {
 			seen[k] = true
-			keep = append(keep, e)
+			if !e.Unloaded { // unloaded last: nothing of it is loaded, nothing to keep
+				keep = append(keep, e)
+			}
 		}
 	}
 	slices.Reverse(keep)

@@ -352,7 +352,9 @@ func Verify(p Policy, ev Evidence, nonce []byte, now time.Time) (v Verdict) {
 			}
 		}
 		replay := ev.Log.Replay()[pcr]
-		if got := ev.Quote.PCRs[pcr]; !bytes.Equal(got, replay[:]) {
+		if got, quoted := ev.Quote.PCRs[pcr]; !quoted {
+			v.add(LogReplayMismatch, "log replays PCR %d to %x; the quote does not cover PCR %d (the device measures into another PCR? edgeward server --measurement-pcr, the agent's --pcr)", pcr, replay, pcr)
+		} else if !bytes.Equal(got, replay[:]) {
 			v.add(LogReplayMismatch, "log replays PCR %d to %x, TPM has %x", pcr, replay, got)
 		}
 		latest := ev.Log.Latest()

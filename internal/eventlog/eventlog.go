@@ -52,18 +52,32 @@ type Event struct {
 	// from, checked there against the target's signed metadata. "" for a plaintext
 	// artifact, whose SHA256 is already what runs.
 	PlainSHA256 string `json:"plain_sha256,omitempty"`
+	// Unloaded marks the end of a load: the artifact named (the one the log last said
+	// was loaded) no longer runs, and nothing of its kind and name does (a model whose
+	// trial failed on a device that serves no earlier version). Latest then leaves the
+	// artifact out.
+	Unloaded bool `json:"unloaded,omitempty"`
 }
+
+// unloadPrefix starts the digest of an unload event. A kind cannot contain NUL
+// (Validate), so no load event's digest input starts with it.
+const unloadPrefix = "\x00unloaded|"
 
 // Digest is the value extended into the PCR:
 // SHA-256(kind "|" name "|" version "|" sha256-hex), and for an encrypted
 // artifact SHA-256(kind "|" name "|" version "|" sha256-hex "|" plain-sha256-hex),
 // so the quote covers the plaintext's hash too. Validate rejects "|" in the
 // fields and fixes the hashes' length, so the encoding is unambiguous.
+// An unload event's input is the same, after "\x00unloaded|".
 func (e Event) Digest() [32]byte {
+	in := e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256
 	if e.PlainSHA256 != "" {
-		return sha256.Sum256([]byte(e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256 + "|" + e.PlainSHA256))
+		in += "|" + e.PlainSHA256
 	}
-	return sha256.Sum256([]byte(e.Kind + "|" + e.Name + "|" + e.Version + "|" + e.SHA256))
+	if e.Unloaded {
+		in = unloadPrefix + in
+	}
+	return sha256.Sum256([]byte(in))
 }
 
 // Validate checks the fields are well formed.
@@ -154,11 +168,16 @@ type Artifact struct {
 }
 
 // Latest returns, per (kind, name), the last measured artifact: what the
-// device loaded most recently.
+// device loaded most recently, unless an unload event followed it.
 func (l Log) Latest() map[[2]string]Artifact {
 	out := map[[2]string]Artifact{}
 	for _, e := range l {
-		out[[2]string{e.Kind, e.Name}] = Artifact{Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256, PlainSHA256: e.PlainSHA256}
+		k := [2]string{e.Kind, e.Name}
+		if e.Unloaded {
+			delete(out, k)
+			continue
+		}
+		out[k] = Artifact{Kind: e.Kind, Name: e.Name, Version: e.Version, SHA256: e.SHA256, PlainSHA256: e.PlainSHA256}
 	}
 	return out
 }

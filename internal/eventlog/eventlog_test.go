@@ -113,3 +113,26 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestUnload: an unload event has a digest of its own (no load event's), survives a
+// parse, and leaves the artifact out of Latest until it is loaded again.
+func TestUnload(t *testing.T) {
+	un := ev
+	un.Unloaded = true
+	want := sha256.Sum256([]byte("\x00unloaded|model|m|1.0.0|" + strings.Repeat("a", 64)))
+	if got := un.Digest(); got != want || got == ev.Digest() {
+		t.Errorf("Digest(unload) = %x; want %x, not the load's", got, want)
+	}
+	b, _ := json.Marshal(eventlog.Log{ev, un})
+	l, err := eventlog.Parse(b)
+	if err != nil || len(l) != 2 || !l[1].Unloaded {
+		t.Fatalf("Parse(load, unload) = %+v, %v", l, err)
+	}
+	if _, ok := l.Latest()[[2]string{"model", "m"}]; ok {
+		t.Errorf("Latest after an unload names the model")
+	}
+	again := append(l, ev)
+	if a, ok := again.Latest()[[2]string{"model", "m"}]; !ok || a.Version != "1.0.0" {
+		t.Errorf("Latest after loading again = %+v, %v", a, ok)
+	}
+}
