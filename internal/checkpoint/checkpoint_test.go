@@ -2,8 +2,8 @@ package checkpoint
 
 import (
 	"crypto/ed25519"
-	"encoding/binary"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
