@@ -52,7 +52,7 @@ func OpenMeasurementLog(ctx context.Context, path string, tpm *attest.TPM, pcr i
 		pcr = eventlog.PCRDevelopment
 	}
 	m := &MeasurementLog{path: path, tpm: tpm, pcr: pcr}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("measurement log: %w", err)
 	}
 	data, err := os.ReadFile(path)

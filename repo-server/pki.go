@@ -213,7 +213,7 @@ func loadOrCreateServerCert(dir string, names []string, warn func(msg string, ar
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return tls.Certificate{}, err
 	}
 	if err := durable.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {

@@ -26,21 +26,21 @@ type FS interface {
 type OSFS struct{}
 
 func (OSFS) WriteFile(name string, data []byte, perm os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 		return err
 	}
 	return durable.WriteFile(name, data, perm)
 }
 
 func (OSFS) WriteStream(name string, r io.Reader, perm os.FileMode) (int64, error) {
-	if err := os.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(name), 0o755); err != nil {
 		return 0, err
 	}
 	return durable.WriteFrom(name, r, perm)
 }
 
 func (OSFS) Rename(oldname, newname string) error {
-	if err := os.MkdirAll(filepath.Dir(newname), 0o755); err != nil {
+	if err := durable.MkdirAll(filepath.Dir(newname), 0o755); err != nil {
 		return err
 	}
 	return durable.Rename(oldname, newname)

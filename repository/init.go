@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/edgeward/edgeward/internal/durable"
 )
 
 // InitOptions configure a new repository. The zero value makes a 2-of-3 root with
@@ -92,7 +94,7 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 		offDir = r.OfflineKeyDir()
 	}
 	for _, d := range []string{offDir, r.OnlineKeyDir(), r.MetadataDir(), r.path("blobs", "sha256")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+		if err := durable.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
 	}

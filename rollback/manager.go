@@ -102,7 +102,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	for _, k := range Kinds() {
 		for _, s := range []Slot{SlotA, SlotB} {
-			if err := os.MkdirAll(filepath.Join(cfg.Dir, "slots", string(k), string(s)), 0o700); err != nil {
+			if err := durable.MkdirAll(filepath.Join(cfg.Dir, "slots", string(k), string(s)), 0o700); err != nil {
 				return nil, fmt.Errorf("create slot directories: %w", err)
 			}
 		}

@@ -34,7 +34,7 @@ const RootFile = "root.json"
 // dir. It makes no request. Later refreshes rotate it only along the chain of roots each
 // signed by its predecessor's threshold.
 func PinRoot(dir string, root []byte) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("pin root: %w", err)
 	}
 	if err := durable.WriteFile(filepath.Join(dir, RootFile), root, 0o600); err != nil {

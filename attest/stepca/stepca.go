@@ -362,7 +362,7 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 	if state == "" {
 		state = c.Dir
 	}
-	if err := os.MkdirAll(filepath.Join(state, "db"), 0o700); err != nil {
+	if err := durable.MkdirAll(filepath.Join(state, "db"), 0o700); err != nil {
 		return "", nil, "", fmt.Errorf("stepca: %w", err)
 	}
 	root, err = ensureCALocked(c.Dir)
@@ -450,7 +450,7 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 // ensureCALocked is ensureCA under an exclusive flock(2) of dir/.lock: processes of one
 // machine (or on a file system whose locks are shared) create the CA once.
 func ensureCALocked(dir string) (*x509.Certificate, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := durable.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("stepca: %w", err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)

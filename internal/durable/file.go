@@ -78,6 +78,32 @@ func write(path string, perm os.FileMode, fill func(io.Writer) (int64, error)) (
 	return n, SyncDir(dir)
 }
 
+// MkdirAll is os.MkdirAll whose new directories survive a crash: the parent of each
+// directory it created is fsynced, so a file later written durably inside one is not
+// lost with a directory entry that was never made durable (power loss; a SIGKILL keeps
+// the page cache and shows nothing). Directories that existed are left as they are.
+func MkdirAll(path string, perm os.FileMode) error {
+	var created []string
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		if _, err := os.Stat(p); err == nil || !errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		created = append(created, p)
+		if filepath.Dir(p) == p {
+			break
+		}
+	}
+	if err := os.MkdirAll(path, perm); err != nil {
+		return err
+	}
+	for _, p := range created {
+		if err := SyncDir(filepath.Dir(p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // SyncDir fsyncs a directory, making renames, creations and removals in it durable.
 // File systems that cannot fsync a directory (EINVAL) are accepted.
 func SyncDir(dir string) error {
