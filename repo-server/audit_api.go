@@ -120,7 +120,7 @@ func (s *Server) auditProof(w http.ResponseWriter, r *http.Request, prove func(*
 	}
 }
 
-// auditProve serves GET /v1/audit/prove?seq=S[&since=M]: record S with its inclusion
+// auditProve serves GET /v1/audit/prove?seq=S[&since=M][&cosigned=1]: record S with its inclusion
 // proof against the newest checkpoint, and a consistency proof from size M (operators
 // with audit.export, since it returns the record itself).
 func (o *operatorAPI) auditProve(w http.ResponseWriter, r *http.Request) {
@@ -141,8 +141,19 @@ func (o *operatorAPI) auditProve(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
-	p, err := l.Prove(r.Context(), seq, since)
+	var p *audit.Proof
+	if r.URL.Query().Get("cosigned") == "1" {
+		// Under the newest cosigned checkpoint, for an auditor requiring a quorum.
+		var c *audit.Checkpoint
+		if c, err = l.CosignedCheckpoint(r.Context()); err == nil {
+			p, err = l.ProveAt(r.Context(), c, seq, since)
+		}
+	} else {
+		p, err = l.Prove(r.Context(), seq, since)
+	}
 	switch {
+	case errors.Is(err, audit.ErrNoCheckpoint):
+		writeError(w, http.StatusNotFound, err.Error()+": no witness has cosigned a checkpoint yet")
 	case errors.Is(err, audit.ErrBeyondTree):
 		writeError(w, http.StatusNotFound, err.Error())
 	case err != nil:

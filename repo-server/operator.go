@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/policy"
+	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 
 	"github.com/edgeward/edgeward/repository"
@@ -381,8 +383,23 @@ func (o *operatorAPI) auditExport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer db.Close()
+	export := l.Export
+	if r.URL.Query().Get("cosigned") == "1" {
+		// Up to the newest cosigned checkpoint, for an auditor requiring a witness quorum:
+		// the checkpoint Export signs has had no time to be cosigned.
+		c, err := l.CosignedCheckpoint(r.Context())
+		if errors.Is(err, audit.ErrNoCheckpoint) {
+			writeError(w, http.StatusNotFound, err.Error()+": no witness has cosigned a checkpoint yet")
+			return
+		}
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		export = func(ctx context.Context, w io.Writer) error { return l.ExportAt(ctx, w, c) }
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	if err := l.Export(r.Context(), w); err != nil {
+	if err := export(r.Context(), w); err != nil {
 		o.s.log.Error("audit export", "err", err)
 	}
 }

@@ -29,11 +29,11 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	out := fs.String("o", "-", "output file (JSON Lines); - for stdout")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "export through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
 	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
-	cosigned := fs.Bool("cosigned", false, "stop at the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum; local repository only)")
+	cosigned := fs.Bool("cosigned", false, "stop at the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum: a checkpoint signed for the export has had no time to be cosigned)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	export := func(w io.Writer) error { return auditExportRemote(ctx, env, *server, *token, w) }
+	export := func(w io.Writer) error { return auditExportRemote(ctx, env, *server, *token, *cosigned, w) }
 	if *server == "" {
 		repo, err := rf.open()
 		if err != nil {
@@ -237,7 +237,7 @@ func cmdAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if (len(pos) != 1) == (*proofFile == "") {
-		return errors.New("usage: edgeward audit verify FILE --key KEY [--witness KEY… --quorum N] [--state FILE], or --proof FILE --key KEY …")
+		return errors.New("usage: edgeward audit verify FILE --key KEY [--witness KEY… --quorum N] [--state FILE] (FILE - for standard input), or --proof FILE --key KEY …")
 	}
 	o, err := trust.options()
 	if err != nil {
@@ -264,12 +264,16 @@ func cmdAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 			p.Record.Seq, p.Record.Kind, p.Record.Subject, p.Record.Actor, c.Size, o.LogKey.Name(), quorumText(o), stateText(trust.state, adv, c))
 		return nil
 	}
-	f, err := os.Open(pos[0])
-	if err != nil {
-		return err
+	var in io.Reader = env.stdin // "-": edgeward audit export … | edgeward audit verify - …
+	if pos[0] != "-" {
+		f, err := os.Open(pos[0])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
 	}
-	defer f.Close()
-	rep, err := audit.Verify(f, o)
+	rep, err := audit.Verify(in, o)
 	if err != nil {
 		return fmt.Errorf("audit log %s does NOT verify: %w", pos[0], err)
 	}
@@ -313,12 +317,13 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 	out := fs.String("o", "-", "output file; - for stdout")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "ask this server's API instead of the repository directory ($EDGEWARD_SERVER)")
 	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
+	cosigned := fs.Bool("cosigned", false, "prove under the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return errors.New("usage: edgeward audit prove SEQ [--since N | --state FILE] [-o FILE]")
+		return errors.New("usage: edgeward audit prove SEQ [--since N | --state FILE] [--cosigned] [-o FILE]")
 	}
 	seq, err := strconv.ParseInt(pos[0], 10, 64)
 	if err != nil || seq < 1 {
@@ -339,6 +344,9 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 	if *server != "" {
 		p = new(audit.Proof)
 		q := url.Values{"seq": {pos[0]}, "since": {strconv.FormatInt(*since, 10)}}
+		if *cosigned {
+			q.Set("cosigned", "1")
+		}
 		if err := operatorGetJSON(ctx, env, *server, *token, "/v1/audit/prove?"+q.Encode(), p); err != nil {
 			return err
 		}
@@ -352,7 +360,14 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 			return err
 		}
 		defer db.Close()
-		if p, err = l.Prove(ctx, seq, *since); err != nil {
+		if !*cosigned {
+			p, err = l.Prove(ctx, seq, *since)
+		} else if c, cerr := l.CosignedCheckpoint(ctx); cerr != nil {
+			err = cerr
+		} else {
+			p, err = l.ProveAt(ctx, c, seq, *since)
+		}
+		if err != nil {
 			return err
 		}
 	}

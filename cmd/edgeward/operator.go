@@ -846,10 +846,13 @@ func createTokenRemote(ctx context.Context, c *opClient, name string, role fleet
 }
 
 // auditExportRemote streams GET /v1/audit/export into w.
-func auditExportRemote(ctx context.Context, env *cliEnv, server, token string, w io.Writer) error {
+func auditExportRemote(ctx context.Context, env *cliEnv, server, token string, cosigned bool, w io.Writer) error {
 	api, err := (&opClient{server: server, token: token, env: env}).api()
 	if err != nil {
 		return err
+	}
+	if cosigned {
+		return api.AuditExportCosigned(ctx, w)
 	}
 	return api.AuditExport(ctx, w)
 }

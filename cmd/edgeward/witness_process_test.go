@@ -95,6 +95,24 @@ func TestWitnessProcess(t *testing.T) {
 	if !strings.Contains(out, "ok: "+size+" records") || !strings.Contains(out, "cosigned by at least 1 of 1 witnesses") {
 		t.Fatalf("audit verify: %s", out)
 	}
+	// Through the server, as a remote auditor: a plain export ends at a checkpoint signed
+	// for it, which no witness has seen yet; --cosigned stops at the newest cosigned one.
+	// (Found by an outside operator journey: every verify requiring a quorum failed.)
+	tokOut := strings.Fields(must("token", "create", "--name", "aud", "--role", "auditor")) // stderr's note, then the token
+	tok := tokOut[len(tokOut)-1]
+	remote := filepath.Join(dir, "remote.jsonl")
+	must("audit", "export", "--server", url, "--token", tok, "--cosigned", "-o", remote)
+	verify := exec.Command(bin, "audit", "verify", "-", "--key", logKey, "--witness", wkey, "--quorum", "1")
+	verify.Env = env
+	verify.Stdin, _ = os.Open(remote)
+	if out, err := verify.CombinedOutput(); err != nil || !strings.Contains(string(out), "cosigned by at least 1 of 1 witnesses") {
+		t.Fatalf("audit verify - of the cosigned export through the server = %v\n%s", err, out)
+	}
+	proof := filepath.Join(dir, "proof.json")
+	must("audit", "prove", "1", "--server", url, "--token", tok, "--cosigned", "-o", proof)
+	if out := must("audit", "verify", "--proof", proof, "--key", logKey, "--witness", wkey, "--quorum", "1"); !strings.Contains(out, "ok: record 1") {
+		t.Fatalf("audit verify --proof of a cosigned proof: %s", out)
+	}
 	// A witness the checkpoint does not carry cannot make the quorum.
 	other := strings.TrimSpace(must("audit", "witness", "--name", "other.example.org", "--key", filepath.Join(dir, "o.key"), "--print-key"))
 	if out, err := runBin("audit", "verify", export, "--key", logKey, "--witness", wkey, "--witness", other, "--quorum", "2"); err == nil || !strings.Contains(out, "cosigned by 1 of the trusted witnesses") {

@@ -68,15 +68,28 @@ func (l *Log) Export(ctx context.Context, w io.Writer) error {
 // who requires a witness quorum is not handed a checkpoint the witnesses have not seen
 // yet. It fails with ErrNoCheckpoint when no checkpoint is cosigned.
 func (l *Log) ExportCosigned(ctx context.Context, w io.Writer) error {
-	var msg string
-	err := l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE note LIKE $1 ORDER BY size DESC LIMIT 1`, "%\n— %\n— %").Scan(&msg)
-	if err != nil {
-		return fmt.Errorf("audit: no cosigned checkpoint: %w (%v)", ErrNoCheckpoint, err)
-	}
-	c, err := OpenCheckpoint([]byte(msg), l.Verifier(), nil, 0)
+	c, err := l.CosignedCheckpoint(ctx)
 	if err != nil {
 		return err
 	}
+	return l.exportTo(ctx, w, c)
+}
+
+// CosignedCheckpoint returns the newest checkpoint that carries a signature besides
+// the log's (a witness's cosignature), verified with the log key; ErrNoCheckpoint when
+// there is none yet. Exports and proofs for an auditor who requires a witness quorum
+// stop at it: a checkpoint signed for the request has had no time to be cosigned.
+func (l *Log) CosignedCheckpoint(ctx context.Context) (*Checkpoint, error) {
+	var msg string
+	err := l.db.QueryRowContext(ctx, `SELECT note FROM audit_checkpoints_v2 WHERE note LIKE $1 ORDER BY size DESC LIMIT 1`, "%\n— %\n— %").Scan(&msg)
+	if err != nil {
+		return nil, fmt.Errorf("audit: no cosigned checkpoint: %w (%v)", ErrNoCheckpoint, err)
+	}
+	return OpenCheckpoint([]byte(msg), l.Verifier(), nil, 0)
+}
+
+// ExportAt is Export up to checkpoint c, one of the log's (CosignedCheckpoint).
+func (l *Log) ExportAt(ctx context.Context, w io.Writer, c *Checkpoint) error {
 	return l.exportTo(ctx, w, c)
 }
 

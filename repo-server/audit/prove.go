@@ -26,6 +26,15 @@ func (l *Log) Prove(ctx context.Context, seq, from int64) (*Proof, error) {
 	if err != nil {
 		return nil, err
 	}
+	return l.ProveAt(ctx, c, seq, from)
+}
+
+// ProveAt is Prove under checkpoint c, one of the log's (CosignedCheckpoint, for an
+// auditor who requires a witness quorum).
+func (l *Log) ProveAt(ctx context.Context, c *Checkpoint, seq, from int64) (*Proof, error) {
+	if from > c.Size {
+		return nil, fmt.Errorf("audit: consistency from size %d to the checkpoint's %d: %w", from, c.Size, ErrBeyondTree)
+	}
 	rec, err := l.Record(ctx, seq)
 	if err != nil {
 		return nil, err

@@ -217,7 +217,17 @@ func (c *Client) RevokeToken(ctx context.Context, id string) error {
 
 // AuditExport streams the audit log's export (GET /v1/audit/export) into w.
 func (c *Client) AuditExport(ctx context.Context, w io.Writer) error {
-	resp, err := c.send(ctx, "GET", "/v1/audit/export", nil)
+	return c.auditExport(ctx, "/v1/audit/export", w)
+}
+
+// AuditExportCosigned is AuditExport up to the newest checkpoint a witness has
+// cosigned (for a verify that requires a witness quorum).
+func (c *Client) AuditExportCosigned(ctx context.Context, w io.Writer) error {
+	return c.auditExport(ctx, "/v1/audit/export?cosigned=1", w)
+}
+
+func (c *Client) auditExport(ctx context.Context, path string, w io.Writer) error {
+	resp, err := c.send(ctx, "GET", path, nil)
 	if err != nil {
 		return fmt.Errorf("audit export: %w", err)
 	}
