@@ -350,12 +350,20 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 			mark = "*"
 		}
 		approval := "-"
-		if wv.Approval {
+		switch {
+		case wv.Approval && slices.Contains(st.State.Approved, i):
+			approval = "approved" // (it showed "needed" after the approval: found from outside)
+		case wv.Approval:
 			approval = "needed"
 		}
 		fmt.Fprintf(tw, "%d%s\t%g%%\t%d\t%d\t%d\t%d\t%.0f%%\t%s\t%s\n", i, mark, wv.Percent, wv.Devices, wv.Reported, wv.Succeeded, wv.Failed, wv.Ratio*100, wv.Soak, approval)
 	}
 	tw.Flush()
+	if !st.State.CountSince.IsZero() {
+		// Resumed: the waves count (and are judged on) the reports since, successes too;
+		// the KPIs below count them all.
+		fmt.Fprintf(w, "waves count the reports since the resume %s (the KPIs count all)\n", ago(st.State.CountSince, now))
+	}
 	k := st.KPI
 	fmt.Fprintf(w, "KPIs: %d attempts by %d devices, success rate %.1f%%%s, %d devices committed, %s downloaded\n",
 		k.Attempts, k.Devices, k.SuccessRate*100, retried(k.Retried), k.Committed, units.Bytes(k.BytesDownloaded))
