@@ -401,6 +401,9 @@ func TestDeviceStory(t *testing.T) {
 	if last := link.Last(); last.Trusted || !last.Quarantined {
 		t.Fatalf("check-in after the model changed on disk = trusted %v, quarantined %v (%v); want untrusted and quarantined", last.Trusted, last.Quarantined, last.Reasons)
 	}
+	if s := link.Standing(); !strings.HasPrefix(s, "quarantined by the server, untrusted: artifact_mismatch") {
+		t.Fatalf("Standing() of the quarantined device = %q", s)
+	}
 }
 
 // TestFirstModelFailingItsTrialStaysTrusted: a device whose first model fails its trial

@@ -82,6 +82,31 @@ func (a *Attested) Last() *wire.CheckInResponse {
 	return a.last
 }
 
+// Standing says what the server made of the last check-in's evidence when it did not
+// trust it ("" when it did, or before any answer): the agent records it with the
+// check-in's result, so 'edgeward-agent status' shows a quarantined device as such
+// (it said "ok": found by an outside operator journey, 2 Dec). Reasons are shown up to
+// three, the rest counted.
+func (a *Attested) Standing() string {
+	last := a.Last()
+	if last == nil || (last.Trusted && !last.Quarantined) {
+		return ""
+	}
+	s := "untrusted"
+	if last.Quarantined {
+		s = "quarantined by the server, untrusted"
+	}
+	reasons := last.Reasons
+	more := ""
+	if len(reasons) > 3 {
+		reasons, more = reasons[:3], fmt.Sprintf("; %d more", len(last.Reasons)-3)
+	}
+	if len(reasons) > 0 {
+		s += ": " + strings.Join(reasons, "; ") + more
+	}
+	return s
+}
+
 // CheckIn reports the slots and returns the server's whole decision per slot kind
 // (target, action, gates, revert, rollout). The updater acts only on installs: a
 // target the server only wants downloaded (outside the maintenance window) waits.

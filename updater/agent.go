@@ -35,6 +35,13 @@ type Director interface {
 	CheckIn(ctx context.Context, status map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error)
 }
 
+// Standing is implemented by a Director that can say what the server made of the
+// device at the last check-in when it is not trusted ("" when it is): recorded with the
+// check-in's result for 'edgeward-agent status'.
+type Standing interface {
+	Standing() string
+}
+
 // Trial is a staged version to judge.
 type Trial struct {
 	Kind artifact.Kind
@@ -304,6 +311,10 @@ func (a *Agent) Step(ctx context.Context) error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("check-in: %w", err))
 		result = err.Error()
+	} else if st, ok := a.cfg.Director.(Standing); ok {
+		if s := st.Standing(); s != "" {
+			result = "answered, but " + s
+		}
 	}
 	if a.cfg.Outbox != nil {
 		if err := a.cfg.Outbox.RecordCheckIn(ctx, a.cfg.Now(), result); err != nil {

@@ -23,7 +23,11 @@ type director struct {
 	reason  string          // every decision's reason
 	offline bool
 	seen    []map[artifact.Kind]SlotStatus
+	// standing is what Standing says (the server's view of an untrusted device).
+	standing string
 }
+
+func (d *director) Standing() string { return d.standing }
 
 func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
 	d.seen = append(d.seen, st)
@@ -161,6 +165,14 @@ func TestAgentRounds(t *testing.T) {
 	if at, res, err := o.LastCheckIn(ctx); err != nil || res != "ok" || !at.Equal(now) {
 		t.Errorf("LastCheckIn = %v, %q, %v; want %v, ok", at, res, err, now)
 	}
+	// Answered, but the server does not trust the device: the result says so ('status'
+	// said "ok" for a quarantined device).
+	d.standing = "quarantined by the server, untrusted: artifact_unexpected"
+	a.Step(ctx)
+	if _, res, _ := o.LastCheckIn(ctx); res != "answered, but quarantined by the server, untrusted: artifact_unexpected" {
+		t.Errorf("LastCheckIn result of a quarantined device = %q", res)
+	}
+	d.standing = ""
 	if st := d.seen[len(d.seen)-1][artifact.KindModel]; st.Version != "1.0.0" || st.Phase != rollback.RolledBack {
 		t.Errorf("last check-in status = %+v; want 1.0.0 after a rollback", st)
 	}
