@@ -40,11 +40,12 @@ var deviceRoutes = map[string]bool{
 }
 
 // Restrict returns the server's handler limited to e: a request for a route of an
-// audience e leaves out is refused with 403 and a message saying how to reach it, before
-// any of its handler runs (no credential is read, nothing is stored). Every route that
-// is neither public nor the device API counts as an operator route, so a route added
-// later is restricted unless it is declared public.
-func (s *Server) Restrict(e Exposure, why string) http.Handler {
+// audience e leaves out is refused with 403 and a message saying how to reach it
+// (devicesWhy for the device API, operatorsWhy for the operator API and the dashboard),
+// before any of its handler runs (no credential is read, nothing is stored). Every
+// route that is neither public nor the device API counts as an operator route, so a
+// route added later is restricted unless it is declared public.
+func (s *Server) Restrict(e Exposure, devicesWhy, operatorsWhy string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if name, ok := s.metadataRequest(r); ok { // public, and the hot path
 			s.serveMetadataFile(w, r, name)
@@ -59,12 +60,12 @@ func (s *Server) Restrict(e Exposure, why string) http.Handler {
 		case pattern == "" || publicRoutes[pattern]:
 		case deviceRoutes[pattern]:
 			if !e.Devices {
-				writeError(w, http.StatusForbidden, "the device API is not served on this listener"+why)
+				writeError(w, http.StatusForbidden, "the device API is not served on this listener"+devicesWhy)
 				return
 			}
 		default:
 			if !e.Operators {
-				writeError(w, http.StatusForbidden, "the operator API and the dashboard are not served on this listener"+why)
+				writeError(w, http.StatusForbidden, "the operator API and the dashboard are not served on this listener"+operatorsWhy)
 				return
 			}
 		}

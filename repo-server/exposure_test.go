@@ -32,9 +32,9 @@ func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := httptest.NewServer(f.srv.Restrict(Exposure{}, ": use https"))
+	plain := httptest.NewServer(f.srv.Restrict(Exposure{}, ": use https (or --plain-devices)", ": use https (or --plain-operators)"))
 	defer plain.Close()
-	operators := httptest.NewServer(f.srv.Restrict(Exposure{Operators: true}, ""))
+	operators := httptest.NewServer(f.srv.Restrict(Exposure{Operators: true}, "", ""))
 	defer operators.Close()
 
 	do := func(base, method, path, body string) (int, string) {
@@ -67,6 +67,14 @@ func TestPlainListenerServesOnlyWhatItExposes(t *testing.T) {
 		code, body := do(plain.URL, c.method, c.path, c.body)
 		if code != http.StatusForbidden || !strings.Contains(body, c.says) || !strings.Contains(body, "use https") {
 			t.Errorf("plain %s %s = %d %q; want 403 naming the %s and how to reach it", c.method, c.path, code, body, c.says)
+		}
+		// Each audience's refusal names its own flag, not the other's.
+		other := "--plain-devices"
+		if c.says == "device API" {
+			other = "--plain-operators"
+		}
+		if strings.Contains(body, other) {
+			t.Errorf("plain %s %s = %q; names %s, which does not serve the %s", c.method, c.path, body, other, c.says)
 		}
 	}
 	for _, path := range []string{"/metadata/timestamp.json", "/healthz", "/v1/audit/checkpoint", "/metrics"} {

@@ -26,7 +26,7 @@ func TestQuickMetadataAnswersAsNetHTTP(t *testing.T) {
 	s := f.srv
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h := s.Restrict(Exposure{}, "")
+	h := s.Restrict(Exposure{}, "", "")
 	listen := func(quick bool) string {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

@@ -42,7 +42,7 @@ func TestMetadataAnswersAsServeContent(t *testing.T) {
 	})
 	future := fi.ModTime().Add(time.Hour).UTC().Format(http.TimeFormat)
 	past := fi.ModTime().Add(-time.Hour).UTC().Format(http.TimeFormat)
-	handlers := map[string]http.Handler{"Handler": f.srv.Handler(), "Restrict": f.srv.Restrict(Exposure{}, "")}
+	handlers := map[string]http.Handler{"Handler": f.srv.Handler(), "Restrict": f.srv.Restrict(Exposure{}, "", "")}
 	for _, tc := range []struct {
 		name, method string
 		hdr          []string
@@ -178,7 +178,7 @@ func TestMetadataCacheFollowsTheDirectory(t *testing.T) {
 func TestMetadataWatched(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
 	c := f.srv.meta
-	h := f.srv.Restrict(Exposure{}, "")
+	h := f.srv.Restrict(Exposure{}, "", "")
 	getName := func(name, inm string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest("GET", "/metadata/"+name, nil)
 		if inm != "" {
@@ -322,7 +322,7 @@ func benchmarkMetadata(b *testing.B, watched bool) {
 			b.Fatal("not watched")
 		}
 	}
-	h := f.srv.Restrict(Exposure{}, "")
+	h := f.srv.Restrict(Exposure{}, "", "")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metadata/timestamp.json", nil))
 	etag := rec.Header().Get("ETag")

@@ -336,9 +336,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	ln = limiter.Listen(ln)
 	exp := Exposure{Operators: tlsLn == nil || cfg.PlainOperators, Devices: cfg.PlainDevices}
-	why := ": start the server with --plain-devices to allow devices over plain HTTP"
+	// Without TLS the operators are served here: only devices can be refused.
+	devicesWhy, operatorsWhy := ": start the server with --plain-devices to allow devices over plain HTTP", ""
 	if tlsLn != nil {
-		why = fmt.Sprintf(": use https://%s (or start the server with --plain-operators or --plain-devices)", tlsLn.Addr())
+		devicesWhy = fmt.Sprintf(": use https://%s (or start the server with --plain-devices)", tlsLn.Addr())
+		operatorsWhy = fmt.Sprintf(": use https://%s (or start the server with --plain-operators)", tlsLn.Addr())
 	}
 	var tlsAddr net.Addr
 	if tlsLn != nil {
@@ -357,7 +359,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(ln.Addr(), tlsAddr)
 	}
 	// Metadata GETs on the plain listener skip net/http (QuickListener).
-	return srv.ServeWith(ctx, srv.QuickListener(ln), srv.Restrict(exp, why))
+	return srv.ServeWith(ctx, srv.QuickListener(ln), srv.Restrict(exp, devicesWhy, operatorsWhy))
 }
 
 // removeStaleStaged removes the rollout files a crash left staged in the policy

@@ -301,6 +301,12 @@ func MoveAuditKey(dir, to string) error {
 		return fmt.Errorf("%s is inside the repository directory %s: choose a file outside it", to, dir)
 	}
 	matches, _ := filepath.Glob(filepath.Join(absDir, "keys", "online", "audit-*.key"))
+	if len(matches) == 0 {
+		// 'repo init' puts it outside unless told --audit-key inside.
+		if loc, err := os.ReadFile(AuditKeyLocation(absDir)); err == nil {
+			return fmt.Errorf("the audit key is already outside the repository directory, at %s (named by %s): nothing to move", strings.TrimSpace(string(loc)), AuditKeyLocation(dir))
+		}
+	}
 	if len(matches) != 1 {
 		return fmt.Errorf("want one audit key in %s to move, found %d", filepath.Join(dir, "keys", "online"), len(matches))
 	}

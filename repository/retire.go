@@ -20,6 +20,10 @@ import (
 // ErrNotPublished is returned when a version to retire is not in the targets metadata.
 var ErrNotPublished = errors.New("not published")
 
+// ErrNothingToRetire is Retire's error when Keep leaves no version to retire: nothing
+// changed, and nothing needs to (the CLI says so and succeeds).
+var ErrNothingToRetire = errors.New("nothing to do")
+
 // RetireRequest names the versions of one artifact to remove from the targets metadata.
 // Exactly one of Versions and Keep is set.
 type RetireRequest struct {
@@ -168,7 +172,7 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 				paths = append(paths, mine[i].path)
 			}
 			if len(paths) == 0 {
-				return fmt.Errorf("retire %s %s: %d versions listed, none beyond the %d to keep: %w", req.Kind, req.Name, len(mine), req.Keep, errNothingToDo)
+				return fmt.Errorf("retire %s %s: %d versions listed, none beyond the %d to keep: %w", req.Kind, req.Name, len(mine), req.Keep, ErrNothingToRetire)
 			}
 		} else {
 			for _, want := range req.Versions {

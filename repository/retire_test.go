@@ -96,8 +96,8 @@ func TestRetire(t *testing.T) {
 	if data, _, err := c.download(c.mustRefresh(), "models/vib/1.2.0.onnx"); err != nil || string(data) != "model 1.2" {
 		t.Errorf("the kept version after the sweep = %q, %v", data, err)
 	}
-	if _, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "vib", Keep: 1}, f.keyring()); err == nil {
-		t.Error("Retire with nothing beyond Keep = nil; want an error")
+	if _, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "vib", Keep: 1}, f.keyring()); !errors.Is(err, ErrNothingToRetire) {
+		t.Errorf("Retire with nothing beyond Keep = %v; want ErrNothingToRetire", err)
 	}
 }
 

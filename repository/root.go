@@ -462,12 +462,15 @@ func sorted(s []string) []string {
 
 // RotateResult says what a key rotation did.
 type RotateResult struct {
-	Role      string
-	NewKeyID  string
-	NewKey    string   // path of the new key file
-	Revoked   []string // key IDs removed
-	Proposal  string   // for online roles: the staged root proposal
-	Published bool     // the rotation is live (for online roles: the root was published)
+	Role     string
+	NewKeyID string
+	NewKey   string   // path of the new key file
+	Revoked  []string // key IDs removed
+	Proposal string   // for online roles: the staged root proposal
+	// RootVersion is, for online roles, the version of the root the proposal stages:
+	// the old keys are revoked when it is published.
+	RootVersion int64
+	Published   bool // the rotation is live (for online roles: the root was published)
 }
 
 // RotateKey replaces the keys of role with one new key.
@@ -495,8 +498,8 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 		if err != nil {
 			return nil, err
 		}
-		res.NewKeyID = k.ID()
-		if err := r.pendingProposal(st.Root.Signed.Version + 1); err != nil {
+		res.NewKeyID, res.RootVersion = k.ID(), st.Root.Signed.Version+1
+		if err := r.pendingProposal(res.RootVersion); err != nil {
 			return nil, fmt.Errorf("rotate %s: %w", role, err)
 		}
 		res.Revoked = slices.Clone(st.Root.Signed.Roles[role].KeyIDs)
@@ -607,18 +610,22 @@ func (p RootProgress) Missing() (byNew, byCurrent int) {
 }
 
 // String says it for a key holder, e.g. "root v2: 1 of 2 signatures by its own root
-// keys (1 more needed); 2 of 2 by the keys of root v1 (enough)".
+// keys (1 more needed); 2 of 2 by the keys of root v1 (enough)"; past a threshold,
+// "3 signatures by its own root keys, 2 needed (enough)".
 func (p RootProgress) String() string {
-	need := func(have, want int) string {
-		if have >= want {
-			return "enough"
+	count := func(have, want int, by string) string {
+		switch {
+		case have > want:
+			return fmt.Sprintf("%d %s, %d needed (enough)", have, by, want)
+		case have == want:
+			return fmt.Sprintf("%d of %d %s (enough)", have, want, by)
 		}
-		return fmt.Sprintf("%d more needed", want-have)
+		return fmt.Sprintf("%d of %d %s (%d more needed)", have, want, by, want-have)
 	}
-	s := fmt.Sprintf("root v%d: %d of %d signatures by its own root keys (%s)", p.Version, p.Signed, p.Threshold, need(p.Signed, p.Threshold))
+	s := fmt.Sprintf("root v%d: %s", p.Version, count(p.Signed, p.Threshold, "signatures by its own root keys"))
 	switch {
 	case p.Current > 0:
-		s += fmt.Sprintf("; %d of %d by the keys of root v%d (%s)", p.CurrentSigned, p.CurrentThreshold, p.Current, need(p.CurrentSigned, p.CurrentThreshold))
+		s += "; " + count(p.CurrentSigned, p.CurrentThreshold, fmt.Sprintf("by the keys of root v%d", p.Current))
 	case p.Current < 0:
 		s += fmt.Sprintf("; it also needs the threshold of root v%d's keys, which 'edgeward root publish' checks", p.Version-1)
 	}

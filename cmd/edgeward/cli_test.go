@@ -143,6 +143,10 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if !strings.Contains(out, "root proposal staged") {
 		t.Fatalf("keys rotate timestamp without root keys should stage a proposal: %s", out)
 	}
+	// Nothing is revoked yet: the old key goes with the root the holders publish.
+	if !strings.Contains(out, "will be revoked when root v3 is published") || strings.Contains(out, "; revoked") {
+		t.Fatalf("keys rotate timestamp says the old key is revoked before root v3 is published: %s", out)
+	}
 
 	// The auditor exports and verifies the log offline with the log key, keeping the
 	// checkpoint it verified in a state file.
@@ -405,6 +409,10 @@ func TestInitKeepsTheAuditKeyOutside(t *testing.T) {
 	c.must("audit", "export", "-o", export)
 	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: ") {
 		t.Fatalf("audit verify with the key outside: %s", out)
+	}
+	// move-key has nothing to move, and says where the key already is.
+	if _, stderr, err := c.run("audit", "move-key", "--to", filepath.Join(dir, "moved.key")); err == nil || !strings.Contains(err.Error()+stderr, "already outside the repository directory, at "+keyFile) {
+		t.Fatalf("audit move-key after a default init = %v\n%s; want it to say the key is already at %s", err, stderr, keyFile)
 	}
 	// An explicit place inside the data directory is refused, and nothing is left behind.
 	c2 := newCLI(t)

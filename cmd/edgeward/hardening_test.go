@@ -87,6 +87,10 @@ func TestCLIRetireAndBounds(t *testing.T) {
 	if strings.Contains(status, "models/vib/1.0.0.onnx") || !strings.Contains(status, "models/vib/1.2.0.onnx") {
 		t.Errorf("repo status after retiring:\n%s", status)
 	}
+	// Nothing beyond the versions to keep: a no-op that says so and succeeds.
+	if out := c.must("retire", "--kind", "model", "--name", "vib", "--keep", "5"); !strings.Contains(out, "none beyond the 5 to keep: nothing to do") {
+		t.Errorf("retire --keep 5 with 1 version listed:\n%s", out)
+	}
 	if out := c.must("retire", "--sweep"); !strings.Contains(out, "removed 0") {
 		t.Errorf("retire --sweep within the grace: %s", out)
 	}

@@ -222,7 +222,7 @@ func TestCLIDevices(t *testing.T) {
 		t.Fatalf("clear-failed --kind probe = %v; want a usage error", err)
 	}
 	out = rm.must("devices", "clear-failed", "cam-3", "--kind", "model")
-	if !strings.Contains(out, "device cam-3: model vibration") || strings.Contains(out, "(failed") {
+	if !strings.Contains(out, "device cam-3: cleared the failure of model vibration 1.1.0 (running 1.0.0)") || strings.Contains(out, "(failed") {
 		t.Fatalf("clear-failed:\n%s", out)
 	}
 	if out = aud.must("devices", "show", "cam-3"); strings.Contains(out, "(failed 1.1.0)") {

@@ -463,10 +463,17 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "%s: new key %s (%s); revoked %s\n", res.Role, res.NewKeyID[:8], res.NewKey, shortIDs(res.Revoked))
 	if !res.Published {
+		// Nothing is revoked yet: the old key stays in force until the staged root is.
+		old := "key"
+		if len(res.Revoked) > 1 {
+			old = "keys"
+		}
+		fmt.Fprintf(env.stdout, "%s: new key %s (%s); the old %s %s will be revoked when root v%d is published\n", res.Role, res.NewKeyID[:8], res.NewKey, old, shortIDs(res.Revoked), res.RootVersion)
 		fmt.Fprintf(env.stdout, "root proposal staged at %s: have root key holders run 'edgeward root sign', then 'edgeward root publish'\n", res.Proposal)
+		return nil
 	}
+	fmt.Fprintf(env.stdout, "%s: new key %s (%s); revoked %s\n", res.Role, res.NewKeyID[:8], res.NewKey, shortIDs(res.Revoked))
 	return nil
 }
 
@@ -834,6 +841,10 @@ func cmdRetire(ctx context.Context, env *cliEnv, args []string) error {
 		req.Versions = strings.Split(*versions, ",")
 	}
 	res, err := repo.Retire(ctx, req, rf.keyring())
+	if errors.Is(err, repository.ErrNothingToRetire) {
+		fmt.Fprintln(env.stdout, err) // --keep N with no more than N listed: nothing changed, as asked
+		return nil
+	}
 	if err != nil {
 		return err
 	}

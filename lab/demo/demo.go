@@ -249,7 +249,15 @@ func (d *scenario) createRepo(ctx context.Context) error {
 		return err
 	}
 	rr := st.Root.Signed.Roles["root"]
-	d.info("repository %s: root threshold %d of %d keys; targets delegate models/*, probes/* to 'models' and runtimes/* to 'runtimes'", d.repoDir, rr.Threshold, len(rr.KeyIDs))
+	// The delegations as signed (models/*/*, probes/*/* to 'models'; runtimes/*/*,
+	// agents/*/* to 'runtimes'): one '*' matches one path segment.
+	var delegated []string
+	if t := st.Targets["targets"]; t != nil && t.Signed.Delegations != nil {
+		for _, dr := range t.Signed.Delegations.Roles {
+			delegated = append(delegated, fmt.Sprintf("%s to '%s'", strings.Join(dr.Paths, ", "), dr.Name))
+		}
+	}
+	d.info("repository %s: root threshold %d of %d keys; targets delegate %s", d.repoDir, rr.Threshold, len(rr.KeyIDs), strings.Join(delegated, " and "))
 	d.info("offline keys encrypted with the demo passphrase %q (demo only)", demoPassphrase)
 	d.info("attestation policy %s: required, max age 5m; untrusted evidence quarantines the device", filepath.Join(d.r.PolicyDir, "00-attestation.yaml"))
 	if d.bootLog != nil {
