@@ -139,7 +139,29 @@ func (o *operatorAPI) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "rollout status", err)
 		return
 	}
+	if strings.HasPrefix(st.Progress, "waiting for devices") && o.published(r.Context(), st.Target) == errNotPublished {
+		// The devices wait for the target, not the other way round (it read "waiting
+		// for devices": found by an outside operator journey).
+		st.Progress = fmt.Sprintf("waiting for the target: the repository holds no %s %s %s (publish it; %s)", st.Target.Kind, st.Target.Name, st.Target.Version, strings.TrimPrefix(st.Progress, "waiting for devices "))
+	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+var errNotPublished = errors.New("not published")
+
+// published says whether the repository lists target: nil if it does,
+// errNotPublished if not, another error if the repository cannot be read.
+func (o *operatorAPI) published(ctx context.Context, target policy.Target) error {
+	st, err := o.s.cfg.Repo.Load(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ti := range st.List() {
+		if ti.Meta != nil && ti.Meta.Kind == target.Kind && ti.Meta.Name == target.Name && ti.Meta.Version == target.Version {
+			return nil
+		}
+	}
+	return errNotPublished
 }
 
 // POST /v1/rollouts, body policy.RolloutSpec: writes the rollout into the policy
@@ -198,17 +220,8 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "create rollout", err)
 		return
 	}
-	if st, err := o.s.cfg.Repo.Load(ctx); err == nil {
-		published := false
-		for _, ti := range st.List() {
-			if ti.Meta != nil && ti.Meta.Kind == spec.Target.Kind && ti.Meta.Name == spec.Target.Name && ti.Meta.Version == spec.Target.Version {
-				published = true
-				break
-			}
-		}
-		if !published {
-			out.Warning = fmt.Sprintf("the repository holds no %s %s %s yet: publish it before devices can get it", spec.Target.Kind, spec.Target.Name, spec.Target.Version)
-		}
+	if o.published(ctx, policy.Target{Kind: spec.Target.Kind, Name: spec.Target.Name, Version: spec.Target.Version}) == errNotPublished {
+		out.Warning = fmt.Sprintf("the repository holds no %s %s %s yet: publish it before devices can get it", spec.Target.Kind, spec.Target.Name, spec.Target.Version)
 	}
 	out.Loaded = o.waitLoaded(ctx, spec.ID, path)
 	writeJSON(w, http.StatusCreated, out)

@@ -412,6 +412,11 @@ func TestOperatorRollouts(t *testing.T) {
 	if st.KPI.Attempts != 2 || st.KPI.SuccessRate != 0.5 || st.KPI.BytesDownloaded != 2000 || st.KPI.Failures[wire.OutcomeProbeFailed] != 1 {
 		t.Fatalf("KPI = %+v", st.KPI)
 	}
+	// 3.0.0 was never published: the devices wait for the target, and the status says
+	// so (it said "waiting for devices").
+	if !strings.HasPrefix(st.Progress, "waiting for the target: the repository holds no model vibration 3.0.0") {
+		t.Fatalf("progress of a rollout whose target is not published = %q", st.Progress)
+	}
 	var sum operatorapi.FleetSummary
 	o.must("GET", "/v1/kpis?since=1h", fleet.RoleAuditor, "", 200, &sum)
 	if sum.Devices != 4 || sum.KPI.Attempts != 2 || sum.Verdicts["trusted"] != 4 {
