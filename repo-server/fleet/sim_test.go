@@ -347,6 +347,7 @@ func TestProgress(t *testing.T) {
 		{done, 3, 0, 0, "waiting for devices (0 of 3 selected devices committed)"},
 		{started, 3, 1, 1, "waiting for devices (1 of 3 selected devices committed, 1 excused (trial failed))"},
 		{done, 3, 2, 1, "completed (2 of 3 selected devices committed, 1 excused (trial failed))"},
+		{done, 2, 0, 2, "completed, but no device committed the target: every one that tried failed its trial (0 of 2 selected devices committed, 2 excused (trial failed)); pause or abort it, or it keeps offering the target"},
 		{started, 2, 2, 0, "rolling out (2 of 2 selected devices committed; soaking)"},
 		{paused, 3, 1, 0, "paused (1 of 3 selected devices committed)"},
 	} {

@@ -168,6 +168,10 @@ func Progress(st policy.RolloutState, selected, committed, excused int) string {
 		return "waiting for devices: the selector matches no enrolled device"
 	case done < selected:
 		return "waiting for devices (" + counts + ")"
+	case st.Status == policy.StatusCompleted && committed == 0 && excused > 0:
+		// Its waves all ran, but no device that tried the target kept it: not a success
+		// to report as one (found by an outside operator journey).
+		return "completed, but no device committed the target: every one that tried failed its trial (" + counts + "); pause or abort it, or it keeps offering the target"
 	case st.Status == policy.StatusCompleted:
 		return "completed (" + counts + ")"
 	default: // every selected device is done; the waves have not all soaked
