@@ -25,7 +25,8 @@ import (
 // ServerMetadata, ModelMetadata, ModelInfer). It has the HTTP API's semantics: the
 // same readiness (not ready while draining or without models), models and versions,
 // limits (a message over Config.MaxRequestBytes is ResourceExhausted), drift statistics
-// and metrics (counted under the HTTP status a request would have had). Inputs come
+// and metrics (counted under the HTTP status a request would have had), and gRPC's
+// standard health service (grpc.health.v1, grpcHealth) with the same readiness. Inputs come
 // as raw_input_contents or typed contents; outputs always as raw_output_contents. Stop
 // it with GracefulStop when draining.
 func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
@@ -51,6 +52,7 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 	s := grpc.NewServer(opts...)
 	g := &grpcService{r: r}
 	s.RegisterService(inference.ServiceDescReadingInfer(g.modelInferStream), g)
+	registerGRPCHealth(s, r)
 	return s
 }
 
