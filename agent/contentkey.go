@@ -90,7 +90,7 @@ func (j *RuntimeJudge) loadRequest(ctx context.Context, name, version, payload, 
 		return j.Decrypter.ZGen(ctx, p)
 	}, keywrap.TargetContext(wk.Target, wk.SHA256))
 	if err != nil {
-		return req, fmt.Errorf("unwrap the content key of %s: %w", wk.Target, err)
+		return req, fmt.Errorf("unwrap the content key of %s: %w: %w", wk.Target, updater.ErrContentKeyUnusable, err)
 	}
 	req.Key, req.PlainLength, req.SHA256 = key, wk.Encryption.PlainLength, wk.Encryption.PlainSHA256
 	return req, nil
@@ -217,7 +217,7 @@ func (j *RuntimeJudge) decryptProbeSet(ctx context.Context, path, sum string, en
 		return j.Decrypter.ZGen(ctx, p)
 	}, keywrap.TargetContext(path, sum))
 	if err != nil {
-		return nil, fmt.Errorf("unwrap the content key of %s: %w", path, err)
+		return nil, fmt.Errorf("unwrap the content key of %s: %w: %w", path, updater.ErrContentKeyUnusable, err)
 	}
 	defer clear(key)
 	if len(key) != segcrypt.KeySize {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -500,5 +501,70 @@ func TestEncryptedProbeSet(t *testing.T) {
 	st, _ = r.slots.State(ctx, artifact.KindModel)
 	if _, err := r.judge.probeSet(ctx, "probes/vibration-anomaly/1.1.0.json", nil, r.slots.Payload(artifact.KindModel, st.Active)); err != nil {
 		t.Fatalf("probe set with the key kept beside the committed model = %v", err)
+	}
+}
+
+// keyTamperingJudge changes a byte of the wrapped content key the server released, for
+// its first tampered trials: an answer damaged or replaced on the way.
+type keyTamperingJudge struct {
+	*RuntimeJudge
+	left *int
+}
+
+func (j keyTamperingJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verdict {
+	if *j.left > 0 && tr.ContentKey != nil {
+		*j.left--
+		k := *tr.ContentKey
+		k.Sealed = append([]byte(nil), k.Sealed...)
+		k.Sealed[len(k.Sealed)/2] ^= 0x01
+		tr.ContentKey = &k
+	}
+	return j.RuntimeJudge.Judge(ctx, tr)
+}
+
+// TestUnusableContentKeyDoesNotBurnTheVersion: a released content key that does not
+// open (damaged or replayed on the way) is the release's fault: the trial is retried
+// with a later check-in's key, the version is not refused on the device nor recorded
+// as failed by the server, and it commits once a good key arrives. It burned a good
+// version for good (found from outside, 2 Dec).
+func TestUnusableContentKeyDoesNotBurnTheVersion(t *testing.T) {
+	r := newStoryRig(t, true)
+	ctx := context.Background()
+	if err := r.ag.Step(ctx); err != nil || r.committed() != "1.0.0" {
+		t.Fatalf("step: %v, committed %q", err, r.committed())
+	}
+	r.publish(t, "1.1.0")
+	r.pol.Store(rolloutPolicy(t, "1.1.0", ""))
+	now := time.Now()
+	agentAt := func(judge updater.Judge) *updater.Agent {
+		t.Helper()
+		ag, err := updater.NewAgent(updater.AgentConfig{DeviceID: r.link.DeviceID(), TUF: r.tuf, Slots: r.slots, Director: r.link, Judge: judge,
+			Outbox: r.outbox, Sender: r.link, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ag
+	}
+	left := 1
+	ag := agentAt(keyTamperingJudge{r.judge, &left})
+	ag.Step(ctx)
+	if v := r.committed(); v != "1.0.0" {
+		t.Fatalf("committed = %q after a key that does not open; want 1.0.0 kept", v)
+	}
+	if le := ag.LastError(); le == nil || !strings.Contains(le.Message, updater.ErrContentKeyUnusable.Error()) {
+		t.Fatalf("last update error = %+v; want %q", le, updater.ErrContentKeyUnusable)
+	}
+	ag.Step(ctx) // the report goes out; the retry waits for its backoff
+	d, err := r.store.Device(ctx, r.link.DeviceID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sl := d.Slots[artifact.KindModel]; sl.Failed == "1.1.0" {
+		t.Fatalf("the server recorded 1.1.0 as failed on the device after a key that did not open: %+v", sl)
+	}
+	now = now.Add(2 * time.Hour)
+	ag.Step(ctx)
+	if v := r.committed(); v != "1.1.0" {
+		t.Fatalf("committed = %q once a good key was released; want 1.1.0 (last error %+v)", v, ag.LastError())
 	}
 }

@@ -123,8 +123,9 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	var ps *runtimeapi.ProbeSet
 	if meta.Probe != "" {
 		if ps, err = j.probeSet(ctx, meta.Probe, tr.ProbeKey, tr.Payload); err != nil {
-			if errors.Is(err, updater.ErrNoContentKey) {
-				// Withheld now, maybe released later: not the version's fault.
+			if errors.Is(err, updater.ErrNoContentKey) || errors.Is(err, updater.ErrContentKeyUnusable) {
+				// Withheld now, maybe released later, or released but not opening: not
+				// the version's fault.
 				return updater.Verdict{Reason: "probe set: " + err.Error(), Err: err}
 			}
 			return fail("probe set: " + err.Error())
@@ -143,6 +144,10 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 		}
 	}
 	load, err := j.loadRequest(ctx, name, t.Version, tr.Payload, t.SHA256, false)
+	if errors.Is(err, updater.ErrContentKeyUnusable) {
+		// The key released does not open: the release's fault, retried with a later one.
+		return updater.Verdict{Reason: err.Error(), Err: err}
+	}
 	if err != nil {
 		return fail(err.Error())
 	}

@@ -674,7 +674,11 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 			if hooked {
 				hookErr = o.RolledBack(ctx, kind, t, meta)
 			}
-			err := a.retryLater(ctx, kind, targetPath, rep, fmt.Errorf("trial: %w: %w", ErrRuntimeDown, v.Err))
+			why := fmt.Errorf("trial: %w: %w", ErrRuntimeDown, v.Err)
+			if errors.Is(v.Err, ErrContentKeyUnusable) || errors.Is(v.Err, ErrRuntimeDown) {
+				why = fmt.Errorf("trial: %w", v.Err)
+			}
+			err := a.retryLater(ctx, kind, targetPath, rep, why)
 			return errors.Join(err, hookErr)
 		}
 		rep.Outcome, rep.Cause = wire.OutcomeProbeFailed, s.Reason

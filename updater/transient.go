@@ -33,7 +33,7 @@ func Transient(err error) bool {
 	if errors.Is(err, ErrUntrustedServer) {
 		return true // the device's configuration is at fault, not the version
 	}
-	if errors.Is(err, ErrRuntimeDown) {
+	if errors.Is(err, ErrRuntimeDown) || errors.Is(err, ErrContentKeyUnusable) {
 		return true // the version was not judged
 	}
 	var de *DownloadError
@@ -99,6 +99,14 @@ func untrusted(err error) error {
 	}
 	return err
 }
+
+// ErrContentKeyUnusable wraps the failure to open the content key the server released
+// for an encrypted target (damaged or replayed on the way, wrapped for another target,
+// or the TPM failing to derive): a fault of the key's release, not of the version, so
+// the trial is retried with the key of a later check-in (MaxTrialRetries bounds it),
+// as for a key withheld (ErrNoContentKey). It burned a good version on the device for
+// good (found from outside, 2 Dec).
+var ErrContentKeyUnusable = errors.New("the released content key cannot be used")
 
 // ErrRuntimeDown wraps the error of a trial the runtime failed (refused the
 // connection, died): the version was not judged.
