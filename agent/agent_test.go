@@ -447,4 +447,20 @@ func TestFirstModelFailingItsTrialStaysTrusted(t *testing.T) {
 	if last := r.link.Last(); !last.Trusted || last.Quarantined {
 		t.Fatalf("check-in after a restart = trusted %v, quarantined %v (%v); want trusted", last.Trusted, last.Quarantined, last.Reasons)
 	}
+	// A runtime the agent does not start (--runtime-control, as here) outlives the agent
+	// and may still serve the trial it was given: the log then names what it serves, not
+	// nothing (the review of this change found the trial hidden that way).
+	dst := filepath.Join(t.TempDir(), "m.onnx")
+	if _, err := r.tuf.Download(ctx, tgt, dst); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.rc.Load(ctx, runtimeapi.LoadRequest{Name: "vibration-anomaly", Version: "2.0.0", Path: dst, SHA256: hex.EncodeToString(tgt.Hashes["sha256"])}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.judge.LoadCommitted(ctx, r.slots); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := r.mlog.Latest()[[2]string{"model", "vibration-anomaly"}]; !ok || m.Version != "2.0.0" {
+		t.Fatalf("the runtime serves 2.0.0, and the log names %+v (%v); want 2.0.0", m, ok)
+	}
 }

@@ -540,15 +540,14 @@ func (j *RuntimeJudge) LoadCommitted(ctx context.Context, slots *rollback.Manage
 		return err
 	}
 	if st.Active == "" || st.Current == nil {
-		// No model is committed, so none is served: a model the log (kept across agent
-		// restarts in one boot) names as loaded was a trial the agent did not live to
-		// undo, and the log says it is unloaded.
-		for k := range j.Log.Latest() {
-			if k[0] == string(artifact.KindModel) {
-				if err := j.Log.Unload(ctx, k[0], k[1]); err != nil {
-					return err
-				}
-			}
+		// No model is committed. A model the log (kept across agent restarts in one
+		// boot) names as loaded was a trial the agent did not live to undo: the log
+		// says what the runtime serves now, and that nothing else runs. A runtime the
+		// agent does not start (--runtime-control) outlives the agent and may still
+		// serve that trial: it is measured then, not hidden (the server does not expect
+		// it, and says so). A runtime not answering yet fails nothing here, as before.
+		if err := j.measureLoaded(ctx, j.rc()); err != nil {
+			j.logger().Warn("nothing is committed, and what the runtime serves could not be measured", "err", err)
 		}
 		return nil
 	}

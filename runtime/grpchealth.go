@@ -64,7 +64,10 @@ func (h *grpcHealth) List(context.Context, *healthpb.HealthListRequest) (*health
 }
 
 // Watch sends the service's status now and again at each change, until the caller
-// leaves or the server stops.
+// leaves or the runtime drains: then it sends NOT_SERVING and ends the call, as
+// grpc-go's own health server does at Shutdown. A watch left open would hold
+// GracefulStop, and so every drain, for the whole drain timeout, and then the calls in
+// flight would be cut (found by review).
 func (h *grpcHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
 	poll := h.poll
 	if poll <= 0 {
@@ -79,6 +82,9 @@ func (h *grpcHealth) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Hea
 				return err
 			}
 			last = st
+		}
+		if h.r.draining.Load() {
+			return nil
 		}
 		select {
 		case <-stream.Context().Done():

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"io"
 	"testing"
 	"time"
 
@@ -57,5 +58,13 @@ func TestGRPCHealth(t *testing.T) {
 	}
 	if l, err := h.List(ctx, &healthpb.HealthListRequest{}); err != nil || len(l.Statuses) != 2 || l.Statuses[""].Status != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("List = %v, %v", l, err)
+	}
+	// Draining: the watch says NOT_SERVING and ends, so it holds no GracefulStop.
+	r.SetDraining()
+	if m, err := w.Recv(); err != nil || m.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("Watch while draining = %v, %v; want NOT_SERVING", m, err)
+	}
+	if m, err := w.Recv(); err != io.EOF {
+		t.Fatalf("Watch after NOT_SERVING while draining = %v, %v; want the end of the call", m, err)
 	}
 }
