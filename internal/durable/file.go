@@ -97,7 +97,9 @@ func MkdirAll(path string, perm os.FileMode) error {
 		return err
 	}
 	for _, p := range created {
-		if err := SyncDir(filepath.Dir(p)); err != nil {
+		if err := SyncDir(filepath.Dir(p)); err != nil && !errors.Is(err, os.ErrPermission) {
+			// A parent the process may write into but not read (-wx) cannot be opened to
+			// be synced: what os.MkdirAll made there is kept, as before.
 			return err
 		}
 	}
