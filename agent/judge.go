@@ -161,9 +161,21 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 		// wire.ReasonRekey): the same plaintext, so nothing is loaded beside it.
 		return j.judgeRekey(ctx, rc, name, tr, load)
 	}
+	deaths := 0
+	if j.Runtimes != nil {
+		ended := j.Runtimes.TrialStarted()
+		deaths = j.Runtimes.Health().Deaths
+		defer ended()
+	}
 	info, rep, err := rc.Trial(ctx, load, ps, tr.Gates)
 	clear(load.Key)
 	if err != nil {
+		if j.Runtimes != nil && j.waitDeath(ctx, deaths) {
+			// The runtime died while it loaded or probed the candidate: retried once
+			// (the device may have been short of memory for another reason), then
+			// the version's fault (updater.ErrDiedInTrial).
+			err = fmt.Errorf("%w: %w", updater.ErrDiedInTrial, err)
+		}
 		// A runtime that refuses or drops the connection is not the model's fault.
 		return updater.Verdict{Reason: "trial: " + err.Error(), Err: err}
 	}
@@ -204,6 +216,23 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	j.mu.Unlock()
 	j.logger().Info("trial passed", "model", name, "version", t.Version, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms, "peak_rss_mb", rep.PeakRSSMB)
 	return updater.Verdict{Pass: true, Probe: figures}
+}
+
+// waitDeath reports whether the serving runtime died since its death count was
+// before, waiting a moment for the supervision to see an exit that broke the trial's
+// connection.
+func (j *RuntimeJudge) waitDeath(ctx context.Context, before int) bool {
+	for i := 0; i < 20; i++ {
+		if j.Runtimes.Health().Deaths > before {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return false
 }
 
 // Committed implements updater.Outcome: the committed version starts serving.

@@ -58,6 +58,7 @@ type Runtimes struct {
 	all        map[*RuntimeProc]bool
 	seq        int
 	restarting bool // Supervise is restarting: Start holds even a serving process until the model is loaded
+	trials     int  // model trials in flight in the serving runtime (TrialStarted)
 	health     RuntimeHealth
 }
 
@@ -126,6 +127,34 @@ func noteDeath(h RuntimeHealth, why string, now time.Time) (RuntimeHealth, strin
 	}
 	h.CrashLoop++
 	return h, fmt.Sprintf("%s; crash loop (%d deaths in a row within %s of their start): restart in %s", why, h.CrashLoop, stableAfter, h.RestartDelay)
+}
+
+// TrialStarted marks a model trial in flight in the serving runtime until the returned
+// func is called. A death of the serving runtime meanwhile is the candidate's doing
+// more likely than not (a model too large for the device's memory: the OOM killer):
+// it is restarted at once and not counted toward the crash loop's hold-back, which
+// kept the committed model from serving for minutes after such trials (found from
+// outside, 2 Dec); the judge blames the candidate for it (ErrDiedInTrial).
+func (r *Runtimes) TrialStarted() (ended func()) {
+	r.mu.Lock()
+	r.trials++
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		r.trials--
+		r.mu.Unlock()
+	}
+}
+
+// noteTrialDeath is noteDeath for a death while a model trial was in flight: counted,
+// and restarted at once, the crash loop neither advanced nor reset.
+func noteTrialDeath(h RuntimeHealth, why string, now time.Time) (RuntimeHealth, string) {
+	h.Deaths++
+	h.LastDeath = now
+	h.Why = why + " (during the trial of a new version: restarted at once)"
+	h.ServingSince = time.Time{}
+	h.RestartDelay, h.NextRestart = 0, now
+	return h, h.Why
 }
 
 // Health reports what the supervision saw of the serving runtime since the agent
@@ -219,7 +248,12 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 		r.cur = nil
 		delete(r.all, p)
 		var why string
-		r.health, why = noteDeath(r.health, fmt.Sprintf("runtime pid %d: %v%s", p.cmd.Process.Pid, p.cmd.ProcessState, hung), time.Now())
+		cause := fmt.Sprintf("runtime pid %d: %v%s", p.cmd.Process.Pid, p.cmd.ProcessState, hung)
+		if r.trials > 0 {
+			r.health, why = noteTrialDeath(r.health, cause, time.Now())
+		} else {
+			r.health, why = noteDeath(r.health, cause, time.Now())
+		}
 		delay := r.health.RestartDelay
 		r.mu.Unlock()
 		r.saveHealth()

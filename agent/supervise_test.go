@@ -445,6 +445,13 @@ func TestNoteDeath(t *testing.T) {
 			t.Errorf("%s: noteDeath(%+v) = %+v, %q; want %+v, %q", tc.name, tc.h, got, refusal, tc.want, tc.refusal)
 		}
 	}
+	// A death during a model trial (the candidate, more likely than not): restarted at
+	// once, the crash loop neither advanced nor reset.
+	got, refusal := noteTrialDeath(looping, why, now)
+	wantWhy := why + " (during the trial of a new version: restarted at once)"
+	if want := (RuntimeHealth{Deaths: 4, LastDeath: now, Why: wantWhy, CrashLoop: 2, NextRestart: now}); got != want || refusal != wantWhy {
+		t.Errorf("noteTrialDeath(%+v) = %+v, %q; want %+v", looping, got, refusal, want)
+	}
 }
 
 // TestCrashLoopIsRateLimited SIGKILLs the serving runtime each time it is back: each

@@ -83,6 +83,11 @@ type Verdict struct {
 	Err error
 }
 
+// MaxTrialDeaths bounds the retries of a version during whose trial the runtime died
+// (ErrDiedInTrial): each death took serving down with it, so the second is the
+// version's fault.
+const MaxTrialDeaths = 1
+
 // MaxTrialRetries bounds the trials of one version that fail for a transient cause
 // (see Verdict.Err); the next such failure counts against the version.
 const MaxTrialRetries = 5
@@ -670,12 +675,16 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 			hookErr = o.Committed(ctx, kind, t, meta)
 		}
 	default:
-		if r := a.retries[string(kind)]; !pass && Transient(v.Err) && (r.target != targetPath || r.attempts < MaxTrialRetries) {
+		limit := MaxTrialRetries
+		if errors.Is(v.Err, ErrDiedInTrial) {
+			limit = MaxTrialDeaths
+		}
+		if r := a.retries[string(kind)]; !pass && Transient(v.Err) && (r.target != targetPath || r.attempts < limit) {
 			if hooked {
 				hookErr = o.RolledBack(ctx, kind, t, meta)
 			}
 			why := fmt.Errorf("trial: %w: %w", ErrRuntimeDown, v.Err)
-			if errors.Is(v.Err, ErrContentKeyUnusable) || errors.Is(v.Err, ErrRuntimeDown) {
+			if errors.Is(v.Err, ErrContentKeyUnusable) || errors.Is(v.Err, ErrRuntimeDown) || errors.Is(v.Err, ErrDiedInTrial) {
 				why = fmt.Errorf("trial: %w", v.Err)
 			}
 			err := a.retryLater(ctx, kind, targetPath, rep, why)

@@ -440,3 +440,51 @@ func TestStuckTargetIsNotReportedAtEveryRetry(t *testing.T) {
 		t.Errorf("infrastructure reports at attempts %s; want 1 2 4 8 16", got)
 	}
 }
+
+// dyingRuntimeJudge fails every trial as a judge does whose runtime died during it.
+type dyingRuntimeJudge struct{ trials int }
+
+func (j *dyingRuntimeJudge) Judge(_ context.Context, _ Trial) Verdict {
+	j.trials++
+	err := fmt.Errorf("%w: runtime POST /v2/repository/models/iris/load: %w", ErrDiedInTrial, io.ErrUnexpectedEOF)
+	return Verdict{Reason: "trial: " + err.Error(), Err: err}
+}
+
+// TestRuntimeDeathDuringTrialIsRetriedOnce: a version during whose trial the runtime
+// died (a model too large for the device's memory: the OOM killer) is tried once more,
+// then refused as the version's fault: each death took serving down with it (six of
+// them, 72 s without inference, before: found from outside, 2 Dec).
+func TestRuntimeDeathDuringTrialIsRetriedOnce(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	c, m, o := deviceState(t, r)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	j := &dyingRuntimeJudge{}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: &director{want: map[artifact.Kind]string{artifact.KindModel: p1}}, Judge: j,
+		Outbox: o, Interval: time.Minute, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Step(ctx)
+	if e := a.LastError(); e == nil || e.Kind != wire.ErrorRuntimeDown {
+		t.Errorf("LastError() after a death in the trial = %+v; want runtime_down", e)
+	}
+	for range 4 {
+		now = now.Add(2 * time.Hour)
+		a.Step(ctx)
+	}
+	if j.trials != MaxTrialDeaths+1 {
+		t.Errorf("%d trials with the runtime dying in each; want %d", j.trials, MaxTrialDeaths+1)
+	}
+	msgs, _ := o.Due(ctx, now, 20)
+	var outcomes []string
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
+	}
+	if got, want := strings.Join(outcomes, ", "), "1.0.0 infrastructure, 1.0.0 probe_failed"; got != want {
+		t.Errorf("reports = %s; want %s", got, want)
+	}
+}

@@ -33,7 +33,7 @@ func Transient(err error) bool {
 	if errors.Is(err, ErrUntrustedServer) {
 		return true // the device's configuration is at fault, not the version
 	}
-	if errors.Is(err, ErrRuntimeDown) || errors.Is(err, ErrContentKeyUnusable) {
+	if errors.Is(err, ErrRuntimeDown) || errors.Is(err, ErrContentKeyUnusable) || errors.Is(err, ErrDiedInTrial) {
 		return true // the version was not judged
 	}
 	var de *DownloadError
@@ -108,6 +108,11 @@ func untrusted(err error) error {
 // good (found from outside, 2 Dec).
 var ErrContentKeyUnusable = errors.New("the released content key cannot be used")
 
+// ErrDiedInTrial wraps the error of a trial during which the serving runtime died
+// (killed by the OOM killer, crashed): transient once, since the device may have been
+// short of memory for another reason, then the version's fault (MaxTrialDeaths).
+var ErrDiedInTrial = errors.New("the runtime died during the trial")
+
 // ErrRuntimeDown wraps the error of a trial the runtime failed (refused the
 // connection, died): the version was not judged.
 var ErrRuntimeDown = errors.New("the runtime is down")
@@ -122,8 +127,10 @@ func ClassifyError(err error) wire.UpdateErrorKind {
 		return wire.ErrorMetadataTooLarge
 	case errors.Is(err, ErrDiskFull), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return wire.ErrorNoSpace
-	case errors.Is(err, ErrRuntimeDown):
+	case errors.Is(err, ErrRuntimeDown), errors.Is(err, ErrDiedInTrial):
 		return wire.ErrorRuntimeDown
+	case errors.Is(err, ErrContentKeyUnusable):
+		return wire.ErrorOther
 	}
 	var de *DownloadError
 	if errors.As(err, &de) || Transient(err) {
