@@ -771,7 +771,7 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 	// stays out of reach (a mirror that never gets it, a broken bundle) is retried hourly
 	// for as long as it is desired, and a report at every attempt made about 24 a day
 	// for each such device, for good. The round's error still says each attempt.
-	cause := err.Error()
+	cause := causeShape(err.Error())
 	tell := r.attempts&(r.attempts-1) == 0 || cause != r.reported
 	if tell {
 		r.reported = cause
@@ -790,6 +790,34 @@ func (a *Agent) retryLater(ctx context.Context, kind artifact.Kind, targetPath s
 		a.cfg.Logger.Info("install failed again, same cause: not reported again until attempt a power of two", "kind", kind, "version", rep.Version, "attempt", r.attempts, "cause", cause)
 	}
 	return fmt.Errorf("%s %s: attempt %d failed, retrying in %v: %w", kind, targetPath, r.attempts, wait, err)
+}
+
+// causeShape is a cause without what changes at every attempt of the same failure
+// (ports, offsets, byte counts, times: runs of 4 or more digits), for telling whether
+// the cause changed: "dial tcp 10.0.0.2:41234: connection refused" at every attempt
+// from another local port was a new cause each time, and reported each time. HTTP
+// statuses (3 digits) and versions stay.
+func causeShape(cause string) string {
+	b := []byte(cause)
+	out := b[:0:0]
+	for i := 0; i < len(b); {
+		j := i
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+			j++
+		}
+		switch {
+		case j-i >= 4:
+			out = append(out, '#')
+			i = j
+		case j > i:
+			out = append(out, b[i:j]...)
+			i = j
+		default:
+			out = append(out, b[i])
+			i++
+		}
+	}
+	return string(out)
 }
 
 // report queues rep in the outbox: under rep.ID once when it is set (derived from what is

@@ -488,3 +488,19 @@ func TestRuntimeDeathDuringTrialIsRetriedOnce(t *testing.T) {
 		t.Errorf("reports = %s; want %s", got, want)
 	}
 }
+
+func TestCauseShape(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"dial tcp 10.0.0.2:41234: connection refused", "dial tcp 10.0.0.2:51877: connection refused", true},
+		{"body shorter than the target's TUF length 4228098 at offset 1048576", "body shorter than the target's TUF length 4228098 at offset 2097152", true},
+		{"GET https://m/targets/x: HTTP 404", "GET https://m/targets/x: HTTP 503", false},
+		{"models/iris/1.0.0.onnx: no space", "models/iris/1.1.0.onnx: no space", false},
+	} {
+		if got := causeShape(tc.a) == causeShape(tc.b); got != tc.same {
+			t.Errorf("causeShape(%q) == causeShape(%q) is %v; want %v", tc.a, tc.b, got, tc.same)
+		}
+	}
+}
