@@ -495,11 +495,11 @@ func TestEncryptedProbeSet(t *testing.T) {
 	}
 
 	// No key released and none kept beside the payload: a withheld key.
-	if _, err := r.judge.probeSet(ctx, "probes/vibration-anomaly/1.1.0.json", nil, filepath.Join(t.TempDir(), "payload")); !errors.Is(err, updater.ErrNoContentKey) {
+	if _, err := r.judge.probeSet(ctx, nil, "probes/vibration-anomaly/1.1.0.json", nil, filepath.Join(t.TempDir(), "payload")); !errors.Is(err, updater.ErrNoContentKey) {
 		t.Fatalf("probe set without its key = %v; want ErrNoContentKey", err)
 	}
 	st, _ = r.slots.State(ctx, artifact.KindModel)
-	if _, err := r.judge.probeSet(ctx, "probes/vibration-anomaly/1.1.0.json", nil, r.slots.Payload(artifact.KindModel, st.Active)); err != nil {
+	if _, err := r.judge.probeSet(ctx, nil, "probes/vibration-anomaly/1.1.0.json", nil, r.slots.Payload(artifact.KindModel, st.Active)); err != nil {
 		t.Fatalf("probe set with the key kept beside the committed model = %v", err)
 	}
 }

@@ -122,7 +122,7 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 	}
 	var ps *runtimeapi.ProbeSet
 	if meta.Probe != "" {
-		if ps, err = j.probeSet(ctx, meta.Probe, tr.ProbeKey, tr.Payload); err != nil {
+		if ps, err = j.probeSet(ctx, tr.TUF, meta.Probe, tr.ProbeKey, tr.Payload); err != nil {
 			if errors.Is(err, updater.ErrNoContentKey) || errors.Is(err, updater.ErrContentKeyUnusable) {
 				// Withheld now, maybe released later, or released but not opening: not
 				// the version's fault.
@@ -363,7 +363,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		return fail("model metadata: " + err.Error())
 	}
 	if meta.Probe != "" {
-		ps, err := j.probeSet(ctx, meta.Probe, nil, j.Slots.Payload(artifact.KindModel, st.Active))
+		ps, err := j.probeSet(ctx, nil, meta.Probe, nil, j.Slots.Payload(artifact.KindModel, st.Active))
 		if err != nil {
 			return fail("probe set: " + err.Error())
 		}
@@ -508,8 +508,11 @@ func loaded(ctx context.Context, rc *runtimeapi.Client, name, version string) bo
 // (from the decision that offered the model) and then kept beside the model's slot
 // payload, or, when wrapped is nil, the one kept there at the model's trial (a runtime
 // update probes the committed model again without the server).
-func (j *RuntimeJudge) probeSet(ctx context.Context, path string, wrapped *keywrap.Wrapped, payload string) (*runtimeapi.ProbeSet, error) {
-	tf, err := j.TUF.Target(ctx, path)
+func (j *RuntimeJudge) probeSet(ctx context.Context, tuf *updater.TUF, path string, wrapped *keywrap.Wrapped, payload string) (*runtimeapi.ProbeSet, error) {
+	if tuf == nil {
+		tuf = j.TUF // the trial's client when it says (an offline bundle's), else the online one
+	}
+	tf, err := tuf.Target(ctx, path)
 	if err != nil {
 		return nil, err
 	}
@@ -517,7 +520,7 @@ func (j *RuntimeJudge) probeSet(ctx context.Context, path string, wrapped *keywr
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return nil, err
 	}
-	_, err = j.TUF.Download(ctx, tf, dst)
+	_, err = tuf.Download(ctx, tf, dst)
 	pruneProbes(filepath.Dir(dst), dst, keptProbeSets, j.logger())
 	if err != nil {
 		return nil, err

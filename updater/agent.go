@@ -62,6 +62,10 @@ type Trial struct {
 	// ProbeKey is the content key of the target's probe set when that is encrypted,
 	// wrapped like ContentKey: the judge decrypts the probe set in memory.
 	ProbeKey *keywrap.Wrapped
+	// TUF is the client whose verified metadata described the target: the online one,
+	// or an offline bundle's (BundleTUF). The judge looks the probe set up through it,
+	// so that a bundle's probe set is found in the bundle's metadata, offline.
+	TUF *TUF
 }
 
 // ErrNoContentKey: the decision offers an encrypted target but the server released no
@@ -649,7 +653,7 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 	if a.cfg.Judge != nil {
 		tctx, cancel := context.WithDeadline(ctx, s.Deadline)
 		v = a.cfg.Judge.Judge(tctx, Trial{Kind: kind, Payload: a.cfg.Slots.Payload(kind, s.Inactive()), Target: t, Meta: meta,
-			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout, ContentKey: d.ContentKey, ProbeKey: d.ProbeKey})
+			Gates: artifact.CommitGates(meta.Gates, d.Gates), Rollout: d.Rollout, ContentKey: d.ContentKey, ProbeKey: d.ProbeKey, TUF: tuf})
 		cancel()
 	}
 	pass := v.Pass

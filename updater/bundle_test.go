@@ -174,3 +174,58 @@ func TestBundleRetriedAfterAPassingFailure(t *testing.T) {
 		t.Fatalf("after the retry: %+v; want 1.0.0 committed", s)
 	}
 }
+
+// bundleLookupJudge looks the trial's target up again through the client the trial
+// names, as the runtime judge looks a probe set up, and records what it found.
+type bundleLookupJudge struct {
+	found []string
+	errs  []error
+}
+
+func (j *bundleLookupJudge) Judge(ctx context.Context, tr Trial) Verdict {
+	if tr.TUF == nil {
+		j.errs = append(j.errs, errors.New("the trial names no TUF client"))
+		return Verdict{Pass: true}
+	}
+	if tf, err := tr.TUF.Target(ctx, tr.Target.Path); err != nil {
+		j.errs = append(j.errs, err)
+	} else {
+		j.found = append(j.found, tf.Path)
+	}
+	return Verdict{Pass: true}
+}
+
+// TestBundleTrialLooksUpThroughTheBundle: a trial of a bundle's target gets the
+// bundle's TUF client, whose verified metadata lists what the bundle carries (its probe
+// set), offline; the judge used the online client, which knows nothing offline (or an
+// older snapshot), and a bundle's probe set could not be found.
+func TestBundleTrialLooksUpThroughTheBundle(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	mdir := filepath.Join(state, "tuf")
+	PinRoot(mdir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	j := &bundleLookupJudge{}
+	a, err := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{offline: true}, Judge: j})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	r.WriteBundle(dir, map[string]string{"model": p1})
+	if err := a.InstallBundle(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	if len(j.errs) > 0 || len(j.found) != 1 || j.found[0] != p1 {
+		t.Fatalf("lookups through the trial's client: found %v, errors %v; want %s", j.found, j.errs, p1)
+	}
+}
