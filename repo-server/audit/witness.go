@@ -120,6 +120,11 @@ func (w *Witness) AddCheckpoint(old int64, proof tlog.TreeProof, msg []byte) ([]
 	if old > u.Size { // C2SP tlog-witness: 400
 		return nil, fmt.Errorf("%w: old size %d is beyond the checkpoint's size %d", ErrCheckpoint, old, u.Size)
 	}
+	if old == 0 && len(proof) > 0 {
+		// C2SP tlog-witness: 422, for a log the witness never saw too (CheckConsistency
+		// says so for one it holds at size 0).
+		return nil, fmt.Errorf("%w: a consistency proof of %d hashes from size 0, where the proof is empty", ErrInconsistent, len(proof))
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var last []byte

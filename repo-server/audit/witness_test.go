@@ -346,6 +346,7 @@ func TestWitnessFollowsTheSpec(t *testing.T) {
 		body string
 		want int
 	}{
+		{"a proof from size 0 to a log the witness never saw", "old 0\n" + h(zero[:]) + "\n\n" + good, http.StatusUnprocessableEntity},
 		{"a size-0 tree whose root is not the empty tree's", "old 0\n\n" + sign(l.Origin()+"\n0\n"+h(zero[:])+"\n"), http.StatusUnprocessableEntity},
 		{"the empty tree", "old 0\n\n" + sign(l.Origin()+"\n0\n"+h(EmptyTreeHash[:])+"\n"), http.StatusOK},
 		{"a proof from size 0 that is not empty", "old 0\n" + h(zero[:]) + "\n\n" + good, http.StatusUnprocessableEntity},
