@@ -637,6 +637,16 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 		return a.fail(ctx, kind, targetPath, rep, errors.New(s.Reason))
 	}
 	rep.Bytes = t.Length
+	if fetch.info == nil {
+		// Fetched before this call: by the slot manager's Recover at start, resuming an
+		// install a kill interrupted (a delta's apply, say, then the full target).
+		for _, c := range []*TUF{tuf, a.cfg.TUF} {
+			if info, ok := c.takeFetched(t.Path); ok {
+				fetch.info = &info
+				break
+			}
+		}
+	}
 	if fetch.info != nil {
 		rep.Bytes, rep.Delta, rep.BytesSaved = fetch.info.Fetched, fetch.info.Method, fetch.info.Saved
 		rep.DeltaFallback = fetch.info.Fallback

@@ -249,6 +249,21 @@ func TestDeltaInterruptedApply(t *testing.T) {
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
 		t.Fatal("NoDeltas: the slot holds other bytes")
 	}
+
+	// Through the slot manager's own call (its Recover at start resumes an install a kill
+	// interrupted so, not the agent's install), how the target came is kept for the
+	// install's report: the fallback was reported as a plain full download.
+	os.Remove(dst)
+	os.WriteFile(dst+deltaMarkSuffix, []byte("x"), 0o600)
+	if _, err := f.FetchProven(ctx, tgt, dst); err != nil {
+		t.Fatal(err)
+	}
+	if info, ok := c.takeFetched(tgt.Path); !ok || !strings.Contains(info.Fallback, "did not finish") || info.Method != "" {
+		t.Errorf("kept for the report after the slot manager's fetch: %+v, %v; want the interrupted apply named", info, ok)
+	}
+	if _, ok := c.takeFetched(tgt.Path); ok {
+		t.Error("what was kept for the report is there after it was taken")
+	}
 }
 
 // TestDeltaAppliedWhileStreaming: the result is built as the delta arrives. The server

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -112,6 +113,35 @@ type TUF struct {
 	up      *updater.Updater
 	fetcher *metaFetcher
 	dl      *Downloader
+
+	// unreported holds, by target path, how a fetch made through the slot manager
+	// directly came (its Recover resuming an interrupted install at start): nobody
+	// asked, and the install's report takes it (takeFetched). A delta fallback after a
+	// kill was reported as a plain full download (found from outside, 2 Dec).
+	mu         sync.Mutex
+	unreported map[string]FetchInfo
+}
+
+// noteFetched keeps info for the report of path's install (see unreported).
+func (c *TUF) noteFetched(path string, info FetchInfo) {
+	if info == (FetchInfo{}) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.unreported == nil {
+		c.unreported = map[string]FetchInfo{}
+	}
+	c.unreported[path] = info
+}
+
+// takeFetched returns and forgets what noteFetched kept for path.
+func (c *TUF) takeFetched(path string) (FetchInfo, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.unreported[path]
+	delete(c.unreported, path)
+	return info, ok
 }
 
 // NewTUF loads the trusted root from cfg.MetadataDir. It makes no request and needs no
@@ -536,7 +566,8 @@ func (c *TUF) SlotFetcher() rollback.Fetcher { return slotFetcher{c} }
 type slotFetcher struct{ c *TUF }
 
 func (f slotFetcher) Fetch(ctx context.Context, t rollback.Target, dst string) error {
-	_, _, err := f.fetch(ctx, t, dst)
+	info, _, err := f.fetch(ctx, t, dst)
+	f.c.noteFetched(t.Path, info)
 	return err
 }
 
@@ -544,7 +575,8 @@ func (f slotFetcher) Fetch(ctx context.Context, t rollback.Target, dst string) e
 // downloading or building it from a delta (none for a download resumed from a
 // checkpoint an earlier process wrote).
 func (f slotFetcher) FetchProven(ctx context.Context, t rollback.Target, dst string) (rollback.Proof, error) {
-	_, p, err := f.fetch(ctx, t, dst)
+	info, p, err := f.fetch(ctx, t, dst)
+	f.c.noteFetched(t.Path, info)
 	return p, err
 }
 
