@@ -152,6 +152,18 @@ var errNotPublished = errors.New("not published")
 // published says whether the repository lists target: nil if it does,
 // errNotPublished if not, another error if the repository cannot be read.
 func (o *operatorAPI) published(ctx context.Context, target policy.Target) error {
+	if d := o.s.devices; d != nil {
+		// The device API's catalog, loaded once per timestamp: a dashboard polling a
+		// rollout's status must not parse the repository's metadata each time.
+		cat, _, err := d.catalog(ctx)
+		if err != nil {
+			return err
+		}
+		if _, ok := cat[target]; ok {
+			return nil
+		}
+		return errNotPublished
+	}
 	st, err := o.s.cfg.Repo.Load(ctx)
 	if err != nil {
 		return err
