@@ -22,19 +22,7 @@ func TestOfflineBundles(t *testing.T) {
 	defer cancel()
 	r := tuftest.New(t)
 	p1, _ := r.AddModel("iris", "1.0.0", 0)
-	state := t.TempDir()
-	mdir := filepath.Join(state, "tuf")
-	PinRoot(mdir, r.RootBytes(1))
-	// The device is offline: its repository URL leads nowhere.
-	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	c, m := offlineDevice(t, r)
 	a, err := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{offline: true}, Judge: judge{}})
 	if err != nil {
 		t.Fatal(err)
@@ -88,6 +76,25 @@ func TestOfflineBundles(t *testing.T) {
 	if err := wait(); err == nil || current() != "1.0.0" {
 		t.Fatalf("foreign bundle: %v, committed %q; want an error and 1.0.0", err, current())
 	}
+}
+
+// offlineDevice is a device's TUF client, pinned to r's root v1, and its slots; the
+// device is offline: its repository URL leads nowhere.
+func offlineDevice(t *testing.T, r *tuftest.Repo) (*TUF, *rollback.Manager) {
+	t.Helper()
+	state := t.TempDir()
+	mdir := filepath.Join(state, "tuf")
+	PinRoot(mdir, r.RootBytes(1))
+	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := rollback.Open(context.Background(), rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return c, m
 }
 
 func sha256Hex(b []byte) string {
@@ -203,18 +210,7 @@ func TestBundleTrialLooksUpThroughTheBundle(t *testing.T) {
 	ctx := context.Background()
 	r := tuftest.New(t)
 	p1, _ := r.AddModel("iris", "1.0.0", 0)
-	state := t.TempDir()
-	mdir := filepath.Join(state, "tuf")
-	PinRoot(mdir, r.RootBytes(1))
-	c, err := NewTUF(TUFConfig{MetadataDir: mdir, MetadataURL: "http://127.0.0.1:1/metadata", Downloader: testDownloader(nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	c, m := offlineDevice(t, r)
 	j := &bundleLookupJudge{}
 	a, err := NewAgent(AgentConfig{TUF: c, Slots: m, Director: &director{offline: true}, Judge: j})
 	if err != nil {

@@ -363,13 +363,7 @@ func TestRuntimeDownDuringTrialIsRetried(t *testing.T) {
 	if j.trials != MaxTrialRetries+1 {
 		t.Errorf("%d trials with the runtime down for good; want %d", j.trials, MaxTrialRetries+1)
 	}
-	msgs, _ := o.Due(ctx, now, 20)
-	var outcomes []string
-	for _, msg := range msgs {
-		var rep wire.Report
-		json.Unmarshal(msg.Body, &rep)
-		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
-	}
+	outcomes := dueOutcomes(ctx, o, now, 20)
 	want := []string{"1.0.0 infrastructure", "1.0.0 committed"}
 	for n := 1; n <= MaxTrialRetries; n++ {
 		if n&(n-1) == 0 { // the same cause is reported at attempts 1, 2, 4, …
@@ -477,13 +471,7 @@ func TestRuntimeDeathDuringTrialIsRetriedOnce(t *testing.T) {
 	if j.trials != MaxTrialDeaths+1 {
 		t.Errorf("%d trials with the runtime dying in each; want %d", j.trials, MaxTrialDeaths+1)
 	}
-	msgs, _ := o.Due(ctx, now, 20)
-	var outcomes []string
-	for _, msg := range msgs {
-		var rep wire.Report
-		json.Unmarshal(msg.Body, &rep)
-		outcomes = append(outcomes, rep.Version+" "+string(rep.Outcome))
-	}
+	outcomes := dueOutcomes(ctx, o, now, 20)
 	if got, want := strings.Join(outcomes, ", "), "1.0.0 infrastructure, 1.0.0 probe_failed"; got != want {
 		t.Errorf("reports = %s; want %s", got, want)
 	}
@@ -503,4 +491,16 @@ func TestCauseShape(t *testing.T) {
 			t.Errorf("causeShape(%q) == causeShape(%q) is %v; want %v", tc.a, tc.b, got, tc.same)
 		}
 	}
+}
+
+// dueOutcomes lists the reports due in the outbox at at (at most n) as "VERSION OUTCOME".
+func dueOutcomes(ctx context.Context, o *Outbox, at time.Time, n int) []string {
+	msgs, _ := o.Due(ctx, at, n)
+	var out []string
+	for _, msg := range msgs {
+		var rep wire.Report
+		json.Unmarshal(msg.Body, &rep)
+		out = append(out, rep.Version+" "+string(rep.Outcome))
+	}
+	return out
 }
