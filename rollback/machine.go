@@ -91,7 +91,23 @@ type State struct {
 	Deadline time.Time `json:"deadline,omitzero"`
 	// Reason says why the last transaction failed or rolled back.
 	Reason string `json:"reason,omitempty"`
+	// TrialStarts counts the starts of Pending's trial: 1 at its beginning, one more at
+	// each restart of the agent that found it under way and resumed it. A trial that
+	// a restart interrupts MaxTrialStarts times is given up (see Abandoned): a version
+	// that takes the device down during its trial (a kernel panic, a watchdog reset, the
+	// OOM killer taking the agent) was otherwise tried again at every boot, for good,
+	// and never reported.
+	TrialStarts int `json:"trial_starts,omitempty"`
+	// Abandoned is the version whose trial recovery gave up after a restart: interrupted
+	// MaxTrialStarts times, or past its deadline. Nothing reported its failure (the
+	// process that ran the trial is gone), so the update loop does, and refuses it,
+	// when it is next asked to install it. The next install clears it.
+	Abandoned *Target `json:"abandoned,omitempty"`
 }
+
+// MaxTrialStarts bounds the starts of one trial (the first and the resumptions after
+// restarts); recovery gives up the version at the restart after the last.
+const MaxTrialStarts = 3
 
 // Inactive is the slot a new version is written to.
 func (s State) Inactive() Slot { return s.Active.Other() }
@@ -106,6 +122,12 @@ func (s State) String() string {
 	}
 	if !s.Deadline.IsZero() {
 		out += " deadline=" + s.Deadline.UTC().Format(time.RFC3339)
+	}
+	if s.TrialStarts > 1 {
+		out += fmt.Sprintf(" trial-starts=%d", s.TrialStarts)
+	}
+	if s.Abandoned != nil {
+		out += " abandoned=" + s.Abandoned.Version
 	}
 	if s.Reason != "" {
 		out += fmt.Sprintf(" reason=%q", s.Reason)
@@ -214,8 +236,12 @@ type EvAdopt struct {
 }
 
 // EvRecover is the first event after the agent starts: it re-issues what the persisted
-// state still needs, and rolls back a trial that is past its deadline.
-type EvRecover struct{}
+// state still needs, and rolls back a trial that is past its deadline. Restart says the
+// agent restarted since the state was persisted (the first recovery of a process): a
+// trial found under way then counts one more start (State.TrialStarts). A later
+// recovery in the same process (Manager.Tick finishing a commit, RecoverLocal then
+// Recover) re-issues what is needed without counting.
+type EvRecover struct{ Restart bool }
 
 func (EvInstall) event() string     { return "install" }
 func (EvDownloaded) event() string  { return "downloaded" }
@@ -285,7 +311,8 @@ func (s State) phase() Phase {
 
 func sameState(a, b State) bool {
 	return a.Phase == b.Phase && a.Active == b.Active && a.Current == b.Current &&
-		a.Pending == b.Pending && a.Deadline.Equal(b.Deadline) && a.Reason == b.Reason
+		a.Pending == b.Pending && a.Deadline.Equal(b.Deadline) && a.Reason == b.Reason &&
+		a.TrialStarts == b.TrialStarts && a.Abandoned == b.Abandoned
 }
 
 func step(s State, ev Event, now time.Time) (State, []Action, error) {
@@ -300,7 +327,7 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 				// The same install again: resume what is under way.
 				switch s.Phase {
 				case Downloading, Verifying:
-					return s.recover(now)
+					return s.recover(now, false)
 				}
 				return s, nil, nil
 			}
@@ -316,6 +343,7 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 			return s, nil, fmt.Errorf("target %s: want a length and a sha256", t.Path)
 		}
 		s.Phase, s.Pending, s.Reason, s.Deadline = Downloading, &t, "", time.Time{}
+		s.TrialStarts, s.Abandoned = 0, nil
 		return s, []Action{{Kind: ClearSlot, Slot: inactive}, {Kind: Download, Slot: inactive, Target: &t}}, nil
 
 	case EvDownloaded:
@@ -351,7 +379,7 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 		if e.Timeout <= 0 {
 			return s, nil, errors.New("trial timeout must be positive")
 		}
-		s.Phase, s.Deadline = Trial, now.Add(e.Timeout)
+		s.Phase, s.Deadline, s.TrialStarts = Trial, now.Add(e.Timeout), 1
 		return s, []Action{{Kind: StartTrial, Slot: inactive, Target: s.Pending, Deadline: s.Deadline}}, nil
 
 	case EvTrialPassed:
@@ -369,6 +397,7 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 		}
 		t := s.Pending
 		s.Phase, s.Active, s.Current, s.Pending, s.Deadline, s.Reason = Committed, inactive, t, nil, time.Time{}, ""
+		s.TrialStarts = 0
 		return s, []Action{
 			{Kind: StopTrial, Slot: s.Active},
 			{Kind: RaiseFloor, Floor: t.Floor},
@@ -388,7 +417,7 @@ func step(s State, ev Event, now time.Time) (State, []Action, error) {
 		return s, nil, nil
 
 	case EvRecover:
-		return s.recover(now)
+		return s.recover(now, e.Restart)
 
 	case EvAdopt:
 		if s.Phase != Idle || s.Active != "" || (e.Slot != SlotA && e.Slot != SlotB) {
@@ -428,13 +457,13 @@ func (s State) checkFloor(t Target, floor uint64) error {
 }
 
 func (s State) fail(reason string) State {
-	s.Phase, s.Pending, s.Reason, s.Deadline = Failed, nil, reason, time.Time{}
+	s.Phase, s.Pending, s.Reason, s.Deadline, s.TrialStarts = Failed, nil, reason, time.Time{}, 0
 	return s
 }
 
 func (s State) rollback(reason string) (State, []Action, error) {
 	slot := s.Inactive()
-	s.Phase, s.Pending, s.Reason, s.Deadline = RolledBack, nil, reason, time.Time{}
+	s.Phase, s.Pending, s.Reason, s.Deadline, s.TrialStarts = RolledBack, nil, reason, time.Time{}, 0
 	acts := []Action{{Kind: StopTrial, Slot: slot}, {Kind: ClearSlot, Slot: slot}}
 	if s.Current != nil {
 		acts = append(acts, Action{Kind: Activate, Slot: s.Active, Target: s.Current})
@@ -444,7 +473,7 @@ func (s State) rollback(reason string) (State, []Action, error) {
 
 // recover re-issues the actions a persisted phase still needs. Every action is idempotent,
 // so re-issuing one that completed before the crash is harmless.
-func (s State) recover(now time.Time) (State, []Action, error) {
+func (s State) recover(now time.Time, restart bool) (State, []Action, error) {
 	inactive := s.Inactive()
 	var acts []Action
 	switch s.Phase {
@@ -456,8 +485,18 @@ func (s State) recover(now time.Time) (State, []Action, error) {
 	case Staged:
 		return s, nil, nil
 	case Trial:
-		if !now.Before(s.Deadline) {
-			return s.rollback("trial did not pass before its deadline (agent restarted)")
+		abandoned := s.Pending
+		switch {
+		case !now.Before(s.Deadline):
+			s, acts, err := s.rollback("trial did not pass before its deadline (agent restarted)")
+			s.Abandoned = abandoned
+			return s, acts, err
+		case restart && s.TrialStarts >= MaxTrialStarts:
+			s, acts, err := s.rollback(fmt.Sprintf("trial interrupted by a restart of the agent or device %d times: the version may be taking the device down", s.TrialStarts))
+			s.Abandoned = abandoned
+			return s, acts, err
+		case restart:
+			s.TrialStarts++
 		}
 		return s, []Action{{Kind: StartTrial, Slot: inactive, Target: s.Pending, Deadline: s.Deadline}}, nil
 	case Committed:

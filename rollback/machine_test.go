@@ -126,6 +126,8 @@ func runScenario(t *testing.T, script string) string {
 			ev = EvTick{}
 		case "recover":
 			ev = EvRecover{}
+		case "restart":
+			ev = EvRecover{Restart: true}
 		case "advance":
 			d, err := time.ParseDuration(arg)
 			if err != nil {

@@ -87,6 +87,10 @@ type Manager struct {
 	// the TPM refuses an NV write or the disk is full: Tick issues them again, as a
 	// restart's Recover would, until they succeed. Guarded by mu.
 	unsettled map[artifact.Kind]bool
+	// driven names the kinds this Manager has driven an event for. The first recovery
+	// of a kind in a process is a restart's (EvRecover.Restart): a trial it finds under
+	// way was started by an earlier process. Guarded by mu.
+	driven map[artifact.Kind]bool
 }
 
 // Open opens the state in cfg.Dir. Call Recover before anything else.
@@ -111,7 +115,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, db: db, verified: map[artifact.Kind]stamp{}, unsettled: map[artifact.Kind]bool{}}, nil
+	return &Manager{cfg: cfg, db: db, verified: map[artifact.Kind]stamp{}, unsettled: map[artifact.Kind]bool{}, driven: map[artifact.Kind]bool{}}, nil
 }
 
 // Close closes the state database.
@@ -339,6 +343,11 @@ func (m *Manager) drive(ctx context.Context, kind artifact.Kind, ev Event, fetch
 	// action of this call only: it never outlives the call, so a slot downloaded by
 	// an earlier call or process is read again.
 	var proof Proof
+	if r, ok := ev.(EvRecover); ok && !m.driven[kind] {
+		r.Restart = true
+		ev = r
+	}
+	m.driven[kind] = true
 	for {
 		s, err := m.db.Load(ctx, kind)
 		if err != nil {

@@ -611,6 +611,13 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 		}
 		return a.retryLater(ctx, kind, targetPath, rep, why)
 	}
+	if s, err := a.cfg.Slots.State(ctx, kind); err == nil && s.Abandoned != nil && s.Abandoned.Path == targetPath && d.Reason != wire.ReasonRetry {
+		// Asked for again after its trial was given up at a restart (and before the
+		// refusal reconcileReports stores took effect: no outbox). An operator's
+		// clear-failed (ReasonRetry) installs it once more.
+		a.abandoned(ctx, kind, s)
+		return fmt.Errorf("%s %s: %s", kind, targetPath, s.Reason)
+	}
 	fetch := &recordingFetcher{f: tuf.SlotFetcher()}
 	s, err := a.cfg.Slots.InstallFrom(ctx, kind, t, fetch)
 	if errors.Is(err, rollback.ErrBusy) && a.supersede(ctx, kind, s, targetPath) {
@@ -897,15 +904,42 @@ func commitReportID(kind artifact.Kind, seq uint64, t *rollback.Target) string {
 	return id
 }
 
+// abandoned reports and refuses the version whose trial the slots' recovery gave up
+// after a restart (rollback.State.Abandoned: interrupted by restarts
+// rollback.MaxTrialStarts times, or past its deadline): the process that ran the trial
+// is gone, and without this the version was installed and tried again at every boot,
+// the rollout never hearing of it. The report's ID is derived from the transition, so
+// a restart before the refusal is stored does not report it twice.
+func (a *Agent) abandoned(ctx context.Context, kind artifact.Kind, s rollback.State) {
+	t := s.Abandoned
+	_, name, _, _ := artifact.ParseTargetPath(t.Path)
+	id := fmt.Sprintf("abandoned-%s-%d", kind, s.Seq)
+	if len(t.SHA256) >= 16 {
+		id += "-" + t.SHA256[:16]
+	}
+	a.refuse(ctx, kind, t.Path)
+	rep := wire.Report{DeviceID: a.cfg.DeviceID, Kind: kind, Name: name, Version: t.Version, Outcome: wire.OutcomeProbeFailed,
+		Cause: s.Reason, At: a.cfg.Now().UTC(), ID: id}
+	if stored, err := a.queue(ctx, rep); err != nil {
+		a.cfg.Logger.Error("store report", "err", err)
+	} else if stored {
+		a.cfg.Logger.Warn("trial given up after a restart: the version is refused", "kind", kind, "version", t.Version, "reason", s.Reason)
+	}
+}
+
 // reconcileReports queues the report of a commit the agent did not get to report (it
-// was killed between saving the commit and queuing the report). A commit that was
-// reported is not reported again: its report ID is derived from the commit.
+// was killed between saving the commit and queuing the report), and of a trial the
+// slots' recovery gave up (see abandoned). A commit that was reported is not reported
+// again: its report ID is derived from the commit.
 func (a *Agent) reconcileReports(ctx context.Context) {
 	if a.cfg.Outbox == nil && a.cfg.OpenOutbox == nil {
 		return
 	}
 	for _, k := range rollback.Kinds() {
 		s, err := a.cfg.Slots.State(ctx, k)
+		if err == nil && s.Abandoned != nil {
+			a.abandoned(ctx, k, s)
+		}
 		if err != nil || s.Phase != rollback.Committed || s.Current == nil {
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -503,4 +504,81 @@ func dueOutcomes(ctx context.Context, o *Outbox, at time.Time, n int) []string {
 		out = append(out, rep.Version+" "+string(rep.Outcome))
 	}
 	return out
+}
+
+// dyingAgentJudge is the trial of a version that takes the device down: the agent's
+// goroutine ends in the middle of the trial, with nothing after it run, as a kill or a
+// reset would leave it.
+type dyingAgentJudge struct{ trials int }
+
+func (j *dyingAgentJudge) Judge(context.Context, Trial) Verdict {
+	j.trials++
+	runtime.Goexit()
+	return Verdict{}
+}
+
+// TestTrialInterruptedByRestartsIsRefused: a version during whose trial the device
+// restarts every time (a kernel panic, a watchdog reset, the OOM killer taking the
+// agent) is tried rollback.MaxTrialStarts times, then refused and reported. Before, the
+// trial was resumed at every boot for good, and the rollout never heard of it.
+func TestTrialInterruptedByRestartsIsRefused(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	j := &dyingAgentJudge{}
+	boot := func() (*rollback.Manager, *Outbox) {
+		c := newClient(t, r, filepath.Join(state, "tuf"))
+		m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: c.SlotFetcher(), Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := OpenOutbox(ctx, filepath.Join(state, "outbox.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: &director{want: map[artifact.Kind]string{artifact.KindModel: p1}},
+			Judge: j, Outbox: o, Interval: time.Minute, TrialTimeout: time.Hour, Now: clock})
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m.Recover(ctx)
+			a.Step(ctx) // ends early through the judge's Goexit in a trial
+		}()
+		<-done
+		return m, o
+	}
+	var m *rollback.Manager
+	var o *Outbox
+	for range 2 * rollback.MaxTrialStarts {
+		if m != nil {
+			m.Close()
+			o.Close()
+		}
+		m, o = boot()
+		now = now.Add(5 * time.Minute)
+	}
+	if j.trials != rollback.MaxTrialStarts {
+		t.Errorf("%d trials, each ended by a restart; want %d", j.trials, rollback.MaxTrialStarts)
+	}
+	s, err := m.State(ctx, artifact.KindModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Phase != rollback.RolledBack || s.Abandoned == nil || s.Abandoned.Path != p1 || !strings.Contains(s.Reason, "interrupted by a restart") {
+		t.Errorf("slot state = %s; want rolled back, %s abandoned, interrupted by restarts", s, p1)
+	}
+	if got, want := strings.Join(dueOutcomes(ctx, o, now, 20), ", "), "1.0.0 probe_failed"; got != want {
+		t.Errorf("reports = %s; want %s (once, however many restarts since)", got, want)
+	}
+	refused, err := o.Refused(ctx)
+	if err != nil || refused[string(artifact.KindModel)] != p1 {
+		t.Errorf("refused = %v, %v; want %s", refused, err, p1)
+	}
 }
