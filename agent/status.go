@@ -67,7 +67,13 @@ type SlotStatus struct {
 	InstallBytes  int64     `json:"install_bytes,omitempty"`
 	InstallLength int64     `json:"install_length,omitempty"`
 	TrialDeadline time.Time `json:"trial_deadline,omitzero"`
-	LastResult    string    `json:"last_result,omitempty"`
+	// TrialStarts counts the starts of the trial in progress (more than 1: restarts
+	// interrupted it; rollback.MaxTrialStarts gives it up).
+	TrialStarts int    `json:"trial_starts,omitempty"`
+	LastResult  string `json:"last_result,omitempty"`
+	// Abandoned is the version whose trial was given up at a restart (LastResult says
+	// why): the agent refuses it and reports it.
+	Abandoned string `json:"abandoned,omitempty"`
 }
 
 // ReadStatus reads the state as it is, without recovering it.
@@ -90,6 +96,7 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 		}
 		if p := st.Pending; p != nil {
 			ss.Installing, ss.InstallSlot, ss.InstallLength, ss.TrialDeadline = p.Version, string(st.Inactive()), p.Length, st.Deadline
+			ss.TrialStarts = st.TrialStarts
 			if fi, err := os.Stat(m.Payload(k, st.Inactive()) + ".part"); err == nil {
 				ss.InstallBytes = fi.Size()
 			} else if fi, err := os.Stat(m.Payload(k, st.Inactive())); err == nil {
@@ -97,6 +104,9 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 			}
 		}
 		ss.LastResult = st.Reason
+		if st.Abandoned != nil {
+			ss.Abandoned = st.Abandoned.Version
+		}
 		out.Slots = append(out.Slots, ss)
 	}
 	// A device that never queued a report nor checked in has no outbox yet: nothing to
@@ -173,9 +183,15 @@ func (st Status) Write(w io.Writer) {
 			if !s.TrialDeadline.IsZero() {
 				fmt.Fprintf(w, "  trial deadline: %s\n", s.TrialDeadline.UTC().Format(time.RFC3339))
 			}
+			if s.TrialStarts > 1 {
+				fmt.Fprintf(w, "  trial started %d times, at most %d: restarts interrupted it\n", s.TrialStarts, rollback.MaxTrialStarts)
+			}
 		}
 		if s.LastResult != "" {
 			fmt.Fprintf(w, "  last result: %s\n", s.LastResult)
+		}
+		if s.Abandoned != "" {
+			fmt.Fprintf(w, "  given up: %s, refused and reported to the server (devices clear-failed tries it again)\n", s.Abandoned)
 		}
 	}
 	if st.LastCheckIn.IsZero() {

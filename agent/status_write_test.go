@@ -1,0 +1,42 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// What a person on the device reads about a trial that restarts interrupted, and about
+// the version given up for it.
+func TestStatusWriteTrialStarts(t *testing.T) {
+	deadline := time.Date(2026, 1, 1, 1, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		slot SlotStatus
+		want []string
+		not  []string
+	}{
+		{"first start", SlotStatus{Kind: "model", Phase: "trial", Installing: "1.1.0", InstallSlot: "b", TrialDeadline: deadline, TrialStarts: 1},
+			[]string{"trial deadline: 2026-01-01T01:00:00Z"}, []string{"trial started", "given up"}},
+		{"resumed", SlotStatus{Kind: "model", Phase: "trial", Installing: "1.1.0", InstallSlot: "b", TrialDeadline: deadline, TrialStarts: 2},
+			[]string{"trial started 2 times, at most 3: restarts interrupted it"}, []string{"given up"}},
+		{"given up", SlotStatus{Kind: "model", Phase: "rolled_back", Active: "a", Version: "1.0.0", Abandoned: "1.1.0",
+			LastResult: "trial interrupted by a restart of the agent or device 3 times: the version may be taking the device down"},
+			[]string{"last result: trial interrupted by a restart", "given up: 1.1.0, refused and reported"}, []string{"trial started"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			Status{Slots: []SlotStatus{tc.slot}}.Write(&b)
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("status lacks %q:\n%s", w, b.String())
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(b.String(), n) {
+					t.Errorf("status says %q:\n%s", n, b.String())
+				}
+			}
+		})
+	}
+}
