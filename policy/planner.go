@@ -263,12 +263,14 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 			}
 			break
 		}
-		// The next wave starts when the previous one has soaked, not when Plan ran.
-		start := now
-		if r.Waves[s.Wave].Soak > 0 && !r.Waves[next].Approval {
-			start = s.WaveStarted.Add(r.Waves[s.Wave].Soak)
-		}
-		s.Wave, s.WaveStarted, s.AwaitingApproval = next, start, false
+		// The next wave starts now, when Plan runs and its devices can first be offered
+		// the target, and soaks from then. It used to start when the previous wave had
+		// soaked (its nominal time): a planner that ran late (every replica down, the
+		// database away, a leader failing over) started several waves in one call, the
+		// middle ones never soaked (found from outside, 2 Dec: waves 1-3 of 4 at one
+		// instant after 35 s without a planner). A wave now starts at most a planner tick
+		// after its time.
+		s.Wave, s.WaveStarted, s.AwaitingApproval = next, now, false
 		emit(EventWaveStarted, fmt.Sprintf("%v%%", r.Waves[next].Percent))
 	}
 	return s, evs

@@ -128,14 +128,25 @@ func TestPlanRestartsWhenTargetChanges(t *testing.T) {
 	}
 }
 
-func TestPlanBackdatesWaveStart(t *testing.T) {
+// A planner that did not run for longer than a soak (every replica down, the database
+// away) starts one wave when it runs again, from then: the wave soaks in full before the
+// next. It used to backdate the start to when the wave before had soaked, and start
+// every wave whose nominal time had passed at once, the middle ones never soaked.
+func TestPlanStartsALateWaveNow(t *testing.T) {
 	r := &Rollout{ID: "r", Waves: []Wave{{Percent: 1, Soak: time.Hour}, {Percent: 10, Soak: time.Hour}, {Percent: 100}}}
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	s, _ := Plan(r, RolloutState{}, nil, t0)
-	// The planner did not run for 2h30m: both soaks have passed.
-	s, evs := Plan(r, s, nil, t0.Add(150*time.Minute))
-	if s.Wave != 2 || !s.WaveStarted.Equal(t0.Add(2*time.Hour)) || eventTypes(evs) != "wave_started@1 wave_started@2 completed@2" {
-		t.Errorf("Plan after 2h30m = wave %d started %v events %q; want wave 2 started at +2h", s.Wave, s.WaveStarted, eventTypes(evs))
+	// The planner did not run for 2h30m: wave 0's soak and wave 1's nominal one have passed.
+	late := t0.Add(150 * time.Minute)
+	s, evs := Plan(r, s, nil, late)
+	if s.Wave != 1 || !s.WaveStarted.Equal(late) || eventTypes(evs) != "wave_started@1" {
+		t.Errorf("Plan after 2h30m = wave %d started %v events %q; want wave 1 started then", s.Wave, s.WaveStarted, eventTypes(evs))
+	}
+	if s, evs = Plan(r, s, nil, late.Add(59*time.Minute)); s.Wave != 1 || len(evs) != 0 {
+		t.Errorf("Plan 59 min into wave 1's soak = wave %d events %q; want wave 1 soaking", s.Wave, eventTypes(evs))
+	}
+	if s, evs = Plan(r, s, nil, late.Add(time.Hour)); s.Wave != 2 || eventTypes(evs) != "wave_started@2 completed@2" {
+		t.Errorf("Plan when wave 1 soaked = wave %d events %q; want wave 2 started and completed", s.Wave, eventTypes(evs))
 	}
 }
 
