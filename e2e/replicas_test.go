@@ -51,12 +51,19 @@ func TestReplicasBehindNginx(t *testing.T) {
 	// check-in that committed at a replica that died before answering is refused at the
 	// next one and the device sends its reports again, deduplicated). Operator POSTs
 	// (token creation, rollout creation) are not retried once sent: nginx's default.
-	var upstream strings.Builder
+	// Two groups of the same replicas, as docs/OPERATORS.md says: the device API's
+	// answers never mark a replica failed (a 503 of a database away would have marked
+	// them all, and nginx answered 502 to everything).
+	var upstream, devices strings.Builder
 	for _, r := range replicas {
 		fmt.Fprintf(&upstream, "    server %s max_fails=1 fail_timeout=2s;\n", r.Addr)
+		fmt.Fprintf(&devices, "    server %s max_fails=0;\n", r.Addr)
 	}
 	ng := nginxtest.Start(t, func(port int) string {
 		return fmt.Sprintf(`upstream edgeward {
+%s    keepalive 16;
+}
+upstream edgeward_devices {
 %s    keepalive 16;
 }
 server {
@@ -66,18 +73,20 @@ server {
     proxy_set_header Connection "";
     proxy_connect_timeout 2s;
     location /v1/devices/ {
-        proxy_pass http://edgeward;
+        proxy_pass http://edgeward_devices;
         proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        proxy_read_timeout 30s;
     }
     location /v1/attest/ {
-        proxy_pass http://edgeward;
+        proxy_pass http://edgeward_devices;
         proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+        proxy_read_timeout 30s;
     }
     location / {
         proxy_pass http://edgeward;
-        proxy_next_upstream error timeout http_502 http_503;
+        proxy_next_upstream error timeout;
     }
-}`, upstream.String(), port)
+}`, upstream.String(), devices.String(), port)
 	})
 	front := &lab.Server{URL: ng.URL} // what devices and operators are given
 
