@@ -194,22 +194,16 @@ func importLegacyAudit(ctx context.Context, dir string, db *sql.DB) error {
 	return durable.SyncDir(filepath.Dir(legacy))
 }
 
-// lastPolicyDigest is the digest of the last policy the audit log records in force (the
-// subject of its last "policy.reload" record); "" when none.
-func (s *Server) lastPolicyDigest(ctx context.Context) (string, error) {
+// auditUnlessLast is auditLog unless the log's last record of kind is about subject
+// (audit.Log.AppendUnlessLast).
+func (s *Server) auditUnlessLast(ctx context.Context, actor, kind, subject string, data any) error {
 	l, err := s.openAudit(ctx)
+	if err == nil {
+		_, err = l.AppendUnlessLast(ctx, actor, kind, subject, data)
+	}
 	if err != nil {
-		return "", err
+		s.log.Error("audit", "kind", kind, "subject", subject, "err", err)
+		return fmt.Errorf("audit %s: %w", kind, err)
 	}
-	var last string
-	for after := int64(0); ; {
-		recs, err := l.Records(ctx, audit.Query{Kind: "policy.reload", After: after, Limit: 1000})
-		if err != nil {
-			return "", err
-		}
-		if len(recs) == 0 {
-			return last, nil
-		}
-		last, after = recs[len(recs)-1].Subject, recs[len(recs)-1].Seq
-	}
+	return nil
 }

@@ -253,16 +253,12 @@ func Run(ctx context.Context, cfg Config) error {
 			// Every policy put in force is audited with its digest and what changed
 			// (attestation requirements, rollouts); one that cannot be audited is not
 			// put in force.
+			// Not again when the log's last policy is this one: at start (a record at
+			// every start said nothing new, and on a full disk it kept the server from
+			// starting at all), and at a change every replica's watcher sees (one record
+			// per replica of one change): found from outside, 2 Dec.
 			OnChange: func(old, new *policy.Policy) error {
-				if old == nil {
-					// At start: not again when the log's last policy is this one (a
-					// record at every start said nothing new, and on a full disk it kept
-					// the server from starting at all: found from outside, 2 Dec).
-					if last, err := srv.lastPolicyDigest(ctx); err == nil && last == new.Digest {
-						return nil
-					}
-				}
-				return srv.AuditEvent(ctx, "server", "policy.reload", new.Digest, policy.Changes(old, new))
+				return srv.auditUnlessLast(ctx, "server", "policy.reload", new.Digest, policy.Changes(old, new))
 			}})
 		if err != nil {
 			return err

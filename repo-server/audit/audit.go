@@ -423,6 +423,50 @@ func (l *Log) Append(ctx context.Context, actor, kind, subject string, data any)
 	return rec, nil
 }
 
+// AppendUnlessLast adds a record like Append unless the log's last record of kind is
+// about subject, and returns nil then. The check and the append are one transaction
+// under the tree head's lock, so of several writers recording one new state at once
+// (every replica's policy watcher seeing the same policy change) one appends: each
+// replica audited a policy change, three records of one change (found from outside).
+func (l *Log) AppendUnlessLast(ctx context.Context, actor, kind, subject string, data any) (*Record, error) {
+	// Read first, without a write: a server starting on a full disk with its policy
+	// already recorded must not fail on the lock's write.
+	var last string
+	if err := l.db.QueryRowContext(ctx, lastOfKind, kind).Scan(&last); err == nil && last == subject {
+		return nil, nil
+	}
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("audit: begin: %w", err)
+	}
+	defer tx.Rollback()
+	// The tree head's write lock first (a no-op UPDATE), then the last record of kind.
+	if _, err := tx.ExecContext(ctx, `UPDATE audit_tree_size SET size = size WHERE id = 1`); err != nil {
+		return nil, fmt.Errorf("audit append: tree head: %w", err)
+	}
+	switch err := tx.QueryRowContext(ctx, lastOfKind, kind).Scan(&last); {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return nil, fmt.Errorf("audit append: last %s: %w", kind, err)
+	case last == subject:
+		return nil, nil
+	}
+	rec, err := l.AppendTx(ctx, tx, actor, kind, subject, data)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("audit append: commit: %w", err)
+	}
+	if rec.Seq%l.every == 0 {
+		l.Checkpoint(context.WithoutCancel(ctx)) // as in Append
+	}
+	return rec, nil
+}
+
+// lastOfKind is the subject of the last record of a kind (the audit_leaves_kind index).
+const lastOfKind = `SELECT subject FROM audit_leaves WHERE kind = $1 ORDER BY seq DESC LIMIT 1`
+
 // AppendTx adds a record inside the caller's transaction tx (on the log's database), so
 // the record commits or rolls back with the change it records. Its first statement takes
 // the write lock on the tree head, so appenders serialise on it: call it early in a

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/mod/sumdb/note"
@@ -630,5 +631,72 @@ func TestAppendSucceedsWhenItsCheckpointFails(t *testing.T) {
 	c, err := l.Checkpoint(ctx)
 	if err != nil || c.Size != 5 {
 		t.Fatalf("Checkpoint after the trigger is gone = %v, %v; want size 5", c, err)
+	}
+}
+
+// testAppendUnlessLast: replicas recording one new state at once (each replica's policy
+// watcher sees the same policy change) leave one record of it; a state recorded last is
+// not recorded again, and a return to an earlier state is.
+func testAppendUnlessLast(t *testing.T, db opener) {
+	_, key, _ := ed25519.GenerateKey(nil)
+	l, path := newLogAt(t, db, key, 1000)
+	ctx := context.Background()
+	replicas := []*Log{l}
+	for range 2 {
+		other, err := Open(ctx, Config{DB: openDB(t, path), Key: l.key, Origin: l.origin})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, other)
+	}
+	if _, err := l.Append(ctx, "server", "policy.reload", "A", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, "device", "attestation.verdict", "B", nil); err != nil {
+		t.Fatal(err) // another kind about the subject: not the last policy.reload
+	}
+	var wg sync.WaitGroup
+	var appended atomic.Int32
+	for range 3 {
+		for _, lg := range replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rec, err := lg.AppendUnlessLast(ctx, "server", "policy.reload", "B", map[string]string{"from": "A"})
+				if err != nil {
+					t.Error(err)
+				}
+				if rec != nil {
+					appended.Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if n := appended.Load(); n != 1 {
+		t.Errorf("9 concurrent appends of one policy change appended %d records; want 1", n)
+	}
+	for _, c := range []struct {
+		subject string
+		want    bool
+	}{{"B", false}, {"C", true}, {"B", true}, {"B", false}} {
+		rec, err := replicas[2].AppendUnlessLast(ctx, "server", "policy.reload", c.subject, nil)
+		if err != nil || (rec != nil) != c.want {
+			t.Errorf("AppendUnlessLast(%s) = %v, %v; want appended %v", c.subject, rec, err, c.want)
+		}
+	}
+	var subjects []string
+	recs, err := l.Records(ctx, Query{Kind: "policy.reload"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		subjects = append(subjects, r.Subject)
+	}
+	if got := strings.Join(subjects, " "); got != "A B C B" {
+		t.Errorf("policy.reload records = %s; want A B C B", got)
+	}
+	if rep, err := verifyLines(export(t, l), opts(l)); err != nil || rep.Records != 5 {
+		t.Errorf("Verify = %+v, %v; want 5 records", rep, err)
 	}
 }

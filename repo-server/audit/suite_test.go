@@ -33,6 +33,7 @@ var dbSuite = []struct {
 	{"AppendTxCommitsWithTheCallersTransaction", testAppendTxCommitsWithTheCallersTransaction},
 	{"UpgradeFromUnversionedSchema", testUpgradeFromUnversionedSchema},
 	{"StaleTreeHead", testStaleTreeHead},
+	{"AppendUnlessLast", testAppendUnlessLast},
 }
 
 func runDBSuite(t *testing.T, db opener) {
