@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -80,6 +82,9 @@ func (r *Repo) ProposeRoot(ctx context.Context, ch RootChange) (string, error) {
 	life := ch.Expires
 	if life == 0 {
 		life = r.expiry.Root
+	}
+	if life < 0 {
+		return "", fmt.Errorf("a root that expires %s ago: want a positive lifetime", -life)
 	}
 	next.Signed.Expires = r.now().UTC().Add(life).Truncate(time.Second)
 	for role, ids := range ch.RevokeKeys {
@@ -704,4 +709,127 @@ func validRootSignatures(signer, prop *metadata.Metadata[metadata.RootType]) int
 func signedJSON(r *metadata.RootType) []byte {
 	b, _ := json.Marshal(r)
 	return b
+}
+
+// ReadProposal reads a proposed (or any) root from file.
+func ReadProposal(path string) (*metadata.Metadata[metadata.RootType], error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read proposal: %w", err)
+	}
+	prop, err := metadata.Root().FromBytes(data)
+	if err != nil {
+		return nil, &MetadataError{File: path, Err: err}
+	}
+	return prop, nil
+}
+
+// DescribeRoot says what root next is and what it changes from cur (nil: the current
+// root is not known here), one line each, for a key holder to review before signing:
+// its version and expiry, then per role its threshold and keys, each key marked added
+// or revoked against cur. A key holder signed a proposal told only how many signatures
+// it had: one that added a key and lowered the root threshold to 1 read like any other
+// (found from outside, 2 Dec).
+func DescribeRoot(cur, next *metadata.RootType, now time.Time) []string {
+	var out []string
+	v := fmt.Sprintf("root v%d", next.Version)
+	switch {
+	case cur != nil:
+		v += fmt.Sprintf(", replacing v%d", cur.Version)
+	case next.Version > 1:
+		v += fmt.Sprintf(" (root v%d not known here: compare it with --current FILE)", next.Version-1)
+	}
+	out = append(out, v)
+	exp := "expires " + next.Expires.UTC().Format(time.RFC3339)
+	if left := next.Expires.Sub(now); left <= 0 {
+		exp += " (ALREADY EXPIRED: it cannot be published)"
+	} else {
+		exp += fmt.Sprintf(" (in %s)", roundDays(left))
+	}
+	if cur != nil && !cur.Expires.Equal(next.Expires) {
+		exp += ", was " + cur.Expires.UTC().Format(time.RFC3339)
+	}
+	out = append(out, exp)
+	if cur != nil && cur.ConsistentSnapshot != next.ConsistentSnapshot {
+		out = append(out, fmt.Sprintf("consistent snapshots: %v, was %v", next.ConsistentSnapshot, cur.ConsistentSnapshot))
+	}
+	roles := slices.Sorted(maps.Keys(next.Roles))
+	if cur != nil {
+		for role := range cur.Roles {
+			if next.Roles[role] == nil {
+				roles = append(roles, role)
+			}
+		}
+	}
+	for _, role := range roles {
+		rr := next.Roles[role]
+		var old *metadata.Role
+		if cur != nil {
+			old = cur.Roles[role]
+		}
+		if rr == nil {
+			out = append(out, fmt.Sprintf("%s: REMOVED", role))
+			continue
+		}
+		line := fmt.Sprintf("%s: %d of %d keys", role, rr.Threshold, len(rr.KeyIDs))
+		if old != nil && (old.Threshold != rr.Threshold || len(old.KeyIDs) != len(rr.KeyIDs)) {
+			line += fmt.Sprintf(" (was %d of %d)", old.Threshold, len(old.KeyIDs))
+		}
+		if old != nil && rr.Threshold < old.Threshold {
+			line += " THRESHOLD LOWERED"
+		}
+		var keys []string
+		for _, id := range rr.KeyIDs {
+			k := short(id)
+			if kk := next.Keys[id]; kk != nil {
+				k += " " + kk.Type
+			}
+			if cur != nil && (old == nil || !slices.Contains(old.KeyIDs, id)) {
+				k += " ADDED"
+			}
+			keys = append(keys, k)
+		}
+		if old != nil {
+			for _, id := range old.KeyIDs {
+				if !slices.Contains(rr.KeyIDs, id) {
+					keys = append(keys, short(id)+" REVOKED")
+				}
+			}
+		}
+		out = append(out, line+": "+strings.Join(keys, ", "))
+	}
+	return out
+}
+
+// roundDays is d in days (hours under two days).
+func roundDays(d time.Duration) string {
+	if d < 48*time.Hour {
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
+// DescribeProposal is DescribeRoot of the proposal in path ("": the staged one)
+// against this repository's current root.
+func (r *Repo) DescribeProposal(ctx context.Context, path string) ([]string, error) {
+	cur, err := r.currentRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if path == "" {
+		v := int64(1)
+		if cur != nil {
+			v = cur.Signed.Version + 1
+		}
+		path = r.ProposalPath(v)
+	}
+	prop, err := ReadProposal(path)
+	if err != nil {
+		return nil, err
+	}
+	var c *metadata.RootType
+	if cur != nil {
+		c = &cur.Signed
+	}
+	return DescribeRoot(c, &prop.Signed, r.now()), nil
 }

@@ -133,11 +133,16 @@ func TestRootCeremonyWithHoldersKeys(t *testing.T) {
 		t.Fatalf("keys passwd with a wrong current passphrase = %v\n%s", err, out)
 	}
 	must(ops, "root", "propose", "--threshold", "root=3")
+	// A holder reviews what the proposal changes before signing, and sees it again when signing.
+	if out := must(ops, "root", "show"); !strings.Contains(out, "root v2, replacing v1") || !strings.Contains(out, "root: 3 of 3 keys (was 2 of 3)") {
+		t.Fatalf("root show of root v2 does not say the root threshold rises to 3:\n%s", out)
+	}
 	if out, err := runAs(bin, holderEnv("carol"), "root", "sign", "--key", keyFile["carol"]); err == nil || !strings.Contains(out, "wrong passphrase") {
 		t.Fatalf("carol's key with her old passphrase = %v\n%s", err, out)
 	}
 	must([]string{"EDGEWARD_REPO=" + repo}, "root", "sign", "--key", keyFile["carol"], "--passphrase-file", newPass)
-	if out := must(holderEnv("alice"), "root", "sign", "--key", keyFile["alice"]); !strings.Contains(out, "2 of 3 signatures by its own root keys (1 more needed); 2 of 2 by the keys of root v1 (enough)") {
+	if out := must(holderEnv("alice"), "root", "sign", "--key", keyFile["alice"]); !strings.Contains(out, "2 of 3 signatures by its own root keys (1 more needed); 2 of 2 by the keys of root v1 (enough)") ||
+		!strings.Contains(out, "signing:\n  root v2, replacing v1") || !strings.Contains(out, "root: 3 of 3 keys (was 2 of 3)") {
 		t.Fatalf("root sign of root v2 does not count old and new signatures:\n%s", out)
 	}
 	if out, err := runAs(bin, ops, "root", "publish"); err == nil || !strings.Contains(out, "needs 3 signatures") {

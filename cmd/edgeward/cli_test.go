@@ -120,6 +120,9 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if len(newKey) != 1 {
 		t.Fatalf("keys gen wrote %v (%s)", newKey, out)
 	}
+	if _, _, err := c.run("root", "propose", "--threshold", "root=3", "--expires", "-1h"); err == nil || !strings.Contains(err.Error(), "positive lifetime") {
+		t.Fatalf("root propose of a root already expired = %v; want refused", err)
+	}
 	c.must("root", "propose", "--add-key", "root="+newKey[0], "--threshold", "root=3")
 	old, _ := filepath.Glob(filepath.Join(c.repo, "keys", "offline", "root-*.key"))
 	// Copy the proposal away and sign the copy, as a holder on another machine would.
@@ -130,6 +133,10 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("root publish with 2 of 3 new signatures = %v; want a threshold error", err)
 	}
 	copyFile(t, prop, filepath.Join(holder, "2.root.json"))
+	// Away from the repository the holder compares the proposal with the root in force.
+	if out := c.must("root", "show", "--proposal", filepath.Join(holder, "2.root.json"), "--current", filepath.Join(c.repo, "repository", "metadata", "1.root.json")); !strings.Contains(out, "root: 3 of 4 keys (was 2 of 3)") || !strings.Contains(out, " ADDED") {
+		t.Fatalf("root show --current does not name the added key and the threshold:\n%s", out)
+	}
 	c.must("root", "sign", "--proposal", filepath.Join(holder, "2.root.json"), "--key", newKey[0])
 	out = c.must("root", "publish", "--proposal", filepath.Join(holder, "2.root.json"))
 	if !strings.Contains(out, "root v2 published") {

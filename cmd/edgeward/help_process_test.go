@@ -34,6 +34,13 @@ func TestEveryCommandExplainsItself(t *testing.T) {
 			t.Errorf("edgeward %s = %v\n%s\nwant %q and %s", arg, err, out, want, runtime.Version())
 		}
 	}
+	// A group's word with -h lists the group's commands (it was an "unknown command").
+	for _, group := range []string{"keys", "root", "audit", "rollout", "devices"} {
+		out, err := runAs(bin, nil, group, "--help")
+		if err != nil || !strings.Contains(out, "usage: edgeward "+group+" <command>") || strings.Contains(out, "unknown command") {
+			t.Errorf("edgeward %s --help = %v; want its commands\n%s", group, err, out)
+		}
+	}
 	for _, c := range commands() {
 		for _, h := range []string{"-h", "--help"} {
 			args := append(strings.Fields(c.name), h)

@@ -56,7 +56,8 @@ func commands() []command {
 		{"keys rotate-content", "re-encrypt an encrypted version under a new content key: --kek FILE --name N --version V", cmdKeysRotateContent},
 		{"keys rotate-kek", "seal every content key under a new key-encryption key: --kek OLD --new-kek NEW", cmdKeysRotateKEK},
 		{"root propose", "stage a new root version", cmdRootPropose},
-		{"root sign", "add one signature to the staged root", cmdRootSign},
+		{"root show", "what the staged (or --proposal) root is and changes, key by key: review it before signing", cmdRootShow},
+		{"root sign", "add one signature to the staged root (it says first what the root changes)", cmdRootSign},
 		{"root publish", "publish the staged root once old and new thresholds are met", cmdRootPublish},
 		{"publish", "publish a model, probe set or runtime", cmdPublish},
 		{"retire", "remove old versions from the targets metadata (contents kept for --grace): --kind K --name N (--version V | --keep N)", cmdRetire},
@@ -125,6 +126,27 @@ func run(ctx context.Context, env *cliEnv, args []string) error {
 				return nil // the flag set printed the command's flags
 			}
 			return err
+		}
+	}
+	// A group's word alone or with -h ("edgeward keys --help"): its commands, on
+	// standard output (it printed "unknown command" before).
+	if len(args) > 0 && (len(args) == 1 || helpAsked(args[1:2])) {
+		var group []command
+		for _, c := range commands() {
+			if first, _, ok := strings.Cut(c.name, " "); ok && first == args[0] {
+				group = append(group, c)
+			}
+		}
+		if len(group) > 0 {
+			fmt.Fprintf(env.stdout, "usage: edgeward %s <command> [flags] [args]\n", args[0])
+			for _, c := range group {
+				fmt.Fprintf(env.stdout, "  %-18s %s\n", c.name, c.summary)
+			}
+			fmt.Fprintln(env.stdout, "every command prints its flags with -h or --help")
+			if len(args) == 1 {
+				return fmt.Errorf("%s: which command? %w", args[0], flag.ErrHelp)
+			}
+			return nil
 		}
 	}
 	usage(env.stderr)

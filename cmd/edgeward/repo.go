@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -559,11 +560,25 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	rf.registerPassphrase(fs)
 	rf.registerKeys(fs)
 	proposal := fs.String("proposal", "", "proposal file to sign (default: the repository's staged proposal); lets a key holder sign a copy away from the repository")
+	current := fs.String("current", "", "the root now in force (a copy of its file), to show what the proposal changes when signing away from the repository")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if len(rf.keys) != 1 {
 		return errors.New("root sign needs exactly one --key")
+	}
+	// What is signed, first: a key holder was told only how many signatures the
+	// proposal had (found from outside, 2 Dec).
+	desc, expired, err := describeProposal(ctx, rf, *proposal, *current)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, "signing:")
+	for _, l := range desc {
+		fmt.Fprintln(env.stdout, "  "+l)
+	}
+	if expired {
+		return errors.New("the proposal has expired: propose it again ('edgeward root propose --replace')")
 	}
 	kr := rf.keyring()
 	key, err := kr.Load(rf.keys[0])
@@ -601,6 +616,60 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	fmt.Fprintln(env.stdout, progress)
 	if byNew, byCur := progress.Missing(); byNew == 0 && byCur == 0 && progress.Current >= 0 {
 		fmt.Fprintln(env.stdout, "ready: 'edgeward root publish' makes it current")
+	}
+	return nil
+}
+
+// describeProposal is repository.DescribeRoot of the proposal in path ("": the staged
+// one) against the root in current, else the repository's current root when the
+// repository opens here; it also says whether the proposal has expired.
+func describeProposal(ctx context.Context, rf *repoFlags, path, current string) ([]string, bool, error) {
+	now := time.Now()
+	if current != "" || path != "" {
+		if path == "" {
+			return nil, false, errors.New("--current needs --proposal")
+		}
+		prop, err := repository.ReadProposal(path)
+		if err != nil {
+			return nil, false, err
+		}
+		var cur *metadata.RootType
+		if current != "" {
+			c, err := repository.ReadProposal(current)
+			if err != nil {
+				return nil, false, fmt.Errorf("--current: %w", err)
+			}
+			cur = &c.Signed
+		} else if repo, err := rf.open(); err == nil {
+			desc, err := repo.DescribeProposal(ctx, path)
+			return desc, !prop.Signed.Expires.After(now), err
+		}
+		return repository.DescribeRoot(cur, &prop.Signed, now), !prop.Signed.Expires.After(now), nil
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return nil, false, err
+	}
+	desc, err := repo.DescribeProposal(ctx, "")
+	if err != nil {
+		return nil, false, err
+	}
+	return desc, slices.ContainsFunc(desc, func(l string) bool { return strings.Contains(l, "ALREADY EXPIRED") }), nil
+}
+
+func cmdRootShow(ctx context.Context, env *cliEnv, args []string) error {
+	fs, rf := newCommand("root show", env)
+	proposal := fs.String("proposal", "", "proposal file (default: the repository's staged proposal)")
+	current := fs.String("current", "", "the root now in force (a copy of its file), when away from the repository")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	desc, _, err := describeProposal(ctx, rf, *proposal, *current)
+	if err != nil {
+		return err
+	}
+	for _, l := range desc {
+		fmt.Fprintln(env.stdout, l)
 	}
 	return nil
 }
