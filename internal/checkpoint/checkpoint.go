@@ -96,12 +96,26 @@ func Open(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum in
 	if len(msg) > MaxNote {
 		return nil, fmt.Errorf("%w: note longer than %d bytes", ErrMalformed, MaxNote)
 	}
+	seen := map[string]bool{fmt.Sprintf("%s+%08x", logKey.Name(), logKey.KeyHash()): true}
+	for _, w := range witnesses {
+		id := fmt.Sprintf("%s+%08x", w.Name(), w.KeyHash())
+		if seen[id] {
+			// Given twice, a key counted for nothing ("cosigned by 0 of the trusted
+			// witnesses" where it had cosigned) and could pass for two of a quorum.
+			return nil, fmt.Errorf("checkpoint: key %s given twice (the log key and each witness once)", id)
+		}
+		seen[id] = true
+	}
 	known := note.VerifierList(append([]note.Verifier{logKey}, witnesses...)...)
-	msg = dropBadSignatures(msg, known)
+	msg, dropped := dropBadSignatures(msg, known)
 	n, err := note.Open(msg, known)
 	if err != nil {
 		var inv *note.InvalidSignatureError
 		switch {
+		case slices.Contains(dropped, logKey.Name()):
+			// Its line was dropped as not verifying: the text was changed under the
+			// log's signature (it read "malformed note" before).
+			return nil, fmt.Errorf("checkpoint: not signed by the log key %s: its signature line does not verify (the checkpoint was changed after it was signed)", logKey.Name())
 		case errors.As(err, &inv):
 			return nil, fmt.Errorf("checkpoint: signature by %s (%08x) does not verify: %w", inv.Name, inv.Hash, err)
 		case errors.As(err, new(*note.UnverifiedNoteError)):
@@ -148,11 +162,12 @@ func Open(msg []byte, logKey note.Verifier, witnesses []note.Verifier, quorum in
 // witness its cosignature. A dropped line is simply not counted; the log's own valid
 // signature and the quorum are still required. msg is returned as is when every line
 // is fine, and unchanged when it has no signature block (Open then reports it).
-func dropBadSignatures(msg []byte, known note.Verifiers) []byte {
+func dropBadSignatures(msg []byte, known note.Verifiers) ([]byte, []string) {
 	split := bytes.LastIndex(msg, []byte("\n\n"))
 	if split < 0 || !bytes.HasSuffix(msg, []byte("\n")) {
-		return msg
+		return msg, nil
 	}
+	var names []string
 	text, sigs := msg[:split+1], msg[split+2:]
 	out := append(slices.Clone(text), '\n')
 	kept, dropped := 0, false
@@ -167,11 +182,14 @@ func dropBadSignatures(msg []byte, known note.Verifiers) []byte {
 			continue
 		}
 		dropped = true
+		if name, _, ok := strings.Cut(strings.TrimPrefix(string(line), "\u2014 "), " "); ok {
+			names = append(names, name)
+		}
 	}
 	if !dropped {
-		return msg
+		return msg, nil
 	}
-	return out
+	return out, names
 }
 
 // QuorumError says a checkpoint lacks enough witness cosignatures.

@@ -60,6 +60,16 @@ func TestCheckpointAndCosignatures(t *testing.T) {
 	tampered := strings.Replace(string(msg), "\n7\n", "\n8\n", 1)
 	if _, err := Open([]byte(tampered), logKey, []note.Verifier{wKey}, 1); err == nil {
 		t.Fatal("Open accepted a note whose text changed after signing")
+	} else if !strings.Contains(err.Error(), "not signed by the log key log.example") || !strings.Contains(err.Error(), "changed after it was signed") {
+		// It said "malformed note" (found from outside, 2 Dec).
+		t.Errorf("Open of a note changed after signing = %v; want it not signed by the log key, changed", err)
+	}
+	// A witness key given twice is refused, not counted as none (or as two).
+	if _, err := Open(msg, logKey, []note.Verifier{wKey, wKey}, 2); err == nil || !strings.Contains(err.Error(), "given twice") {
+		t.Errorf("Open with one witness key given twice = %v; want refused", err)
+	}
+	if _, err := Open(msg, logKey, []note.Verifier{logKey}, 1); err == nil || !strings.Contains(err.Error(), "given twice") {
+		t.Errorf("Open with the log key as a witness = %v; want refused", err)
 	}
 	var qe *QuorumError
 	if _, err := Open(msg, logKey, []note.Verifier{wKey}, 2); !errors.As(err, &qe) || qe.Have != 1 {
