@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,9 +25,92 @@ const (
 	BootPolicyViolated Code = "boot_policy"
 )
 
-// evBootServicesApplication is EV_EFI_BOOT_SERVICES_APPLICATION: an EFI application
-// (boot loader, EFI-stub kernel) measured by its Authenticode digest into PCR 4.
-const evBootServicesApplication = 0x80000003
+// Event types of the TCG PC Client Platform Firmware Profile read here.
+const (
+	// evBootServicesApplication is EV_EFI_BOOT_SERVICES_APPLICATION: an EFI application
+	// (boot loader, EFI-stub kernel) measured by its Authenticode digest into PCR 4.
+	evBootServicesApplication = 0x80000003
+	evSeparator               = 0x00000004 // EV_SEPARATOR
+	evAction                  = 0x00000005 // EV_ACTION
+	evOmitBootDeviceEvents    = 0x00000012 // EV_OMIT_BOOT_DEVICE_EVENTS
+	evEFIAction               = 0x80000007 // EV_EFI_ACTION
+)
+
+// bootApplication says whether a replayed PCR 4 event counts as a boot application for
+// the policy. The replay proves an event's digest, not its type (go-attestation: the
+// type "is not verified by event log replays and can be tampered with"): an application
+// relabelled as a driver, an action or anything else replayed all the same, and a boot
+// loader the policy does not allow passed as trusted (found from outside, 2 Dec). So
+// every PCR 4 event is an application except those of the types whose digest is the
+// hash of their own data (EV_SEPARATOR, EV_ACTION, EV_EFI_ACTION,
+// EV_OMIT_BOOT_DEVICE_EVENTS) when it is: an application's Authenticode digest is not
+// the hash of anything its event carries.
+func bootApplication(e goattest.Event) bool {
+	switch e.Type {
+	case evSeparator, evAction, evEFIAction, evOmitBootDeviceEvents:
+		sum := sha256.Sum256(e.Data)
+		return !bytes.Equal(sum[:], e.Digest)
+	}
+	return true
+}
+
+// maxSpecAlgorithms bounds the hash algorithms a boot log's Spec ID event may list:
+// the TCG registry has 8 for PCR banks (SHA-1, SHA-256, SHA-384, SHA-512, SM3-256,
+// SHA3-256, SHA3-384, SHA3-512).
+const maxSpecAlgorithms = 8
+
+// specDigestSizes are the digest sizes of the registered PCR bank algorithms.
+var specDigestSizes = map[uint16]uint16{0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64, 0x0012: 32, 0x0027: 32, 0x0028: 48, 0x0029: 64}
+
+// checkSpecID refuses a crypto-agile boot log whose Spec ID event lists more hash
+// algorithms than exist, one twice, or a registered one with another digest size,
+// before go-attestation parses it: its parser matches every digest of every event
+// against every algorithm listed and allocates for each match, so a 1 MiB log listing
+// SHA-256 131,070 times took 97 s of CPU and 61 GB of allocations per check-in, and was
+// still trusted (found from outside, 2 Dec). A log in the older SHA-1 format has no
+// such list and is left to the parser.
+func checkSpecID(log []byte) error {
+	// TCG_PCClientPCREvent: PCR index, type, SHA-1 digest, event size, then the event.
+	const head = 4 + 4 + 20 + 4
+	if len(log) < head || binary.LittleEndian.Uint32(log[4:]) != 3 { // EV_NO_ACTION
+		return nil
+	}
+	size := int(binary.LittleEndian.Uint32(log[28:]))
+	spec := log[head:]
+	if size > len(spec) {
+		return nil // the parser says it is truncated
+	}
+	spec = spec[:size]
+	const sig = "Spec ID Event03\x00"
+	if !bytes.HasPrefix(spec, []byte(sig)) {
+		return nil
+	}
+	// After the signature: platform class (4), version minor, major, errata, uintn size
+	// (4), the number of algorithms (4), then each algorithm's ID and digest size (4).
+	if len(spec) < 24+4 {
+		return errors.New("the Spec ID event is truncated")
+	}
+	n := binary.LittleEndian.Uint32(spec[24:])
+	if n == 0 || n > maxSpecAlgorithms {
+		return fmt.Errorf("the Spec ID event lists %d hash algorithms; at most %d exist", n, maxSpecAlgorithms)
+	}
+	if len(spec) < 28+4*int(n) {
+		return errors.New("the Spec ID event's algorithm list is truncated")
+	}
+	seen := map[uint16]bool{}
+	for i := range int(n) {
+		id := binary.LittleEndian.Uint16(spec[28+4*i:])
+		sz := binary.LittleEndian.Uint16(spec[30+4*i:])
+		if seen[id] {
+			return fmt.Errorf("the Spec ID event lists hash algorithm %#04x twice", id)
+		}
+		seen[id] = true
+		if want, ok := specDigestSizes[id]; (ok && sz != want) || sz == 0 || sz > 64 {
+			return fmt.Errorf("the Spec ID event lists hash algorithm %#04x with %d-byte digests", id, sz)
+		}
+	}
+	return nil
+}
 
 // verifyBoot checks the boot event log against the quoted boot PCRs and p.Boot. It is
 // called once the quote's signature, nonce and PCR digest are checked (pcrsQuoted: the
@@ -59,6 +143,10 @@ func verifyBoot(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted bo
 	}
 	if len(ev.BootLog) > wire.MaxBootLogBytes {
 		v.add(BootLogMalformed, "%d bytes, limit %d", len(ev.BootLog), wire.MaxBootLogBytes)
+		return
+	}
+	if err := checkSpecID(ev.BootLog); err != nil {
+		v.add(BootLogMalformed, "%v", err)
 		return
 	}
 	el, err := goattest.ParseEventLog(ev.BootLog)
@@ -95,7 +183,7 @@ func verifyBoot(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted bo
 		}
 	}
 	for _, e := range events {
-		if e.Index == 4 && e.Type == evBootServicesApplication {
+		if e.Index == 4 && bootApplication(e) {
 			state.BootApplications = append(state.BootApplications, hex.EncodeToString(e.Digest))
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"slices"
 	"strings"
@@ -109,5 +110,72 @@ func TestBootLogSizeLimit(t *testing.T) {
 	limit := fmt.Sprintf("%d bytes, limit %d", len(over), wire.MaxBootLogBytes)
 	if got := codes(v); !slices.Equal(got, []verify.Code{verify.BootLogMalformed}) || !strings.Contains(v.Reasons[0].Detail, limit) || v.Boot != nil {
 		t.Errorf("Verify(boot log one byte over the limit) = %v, boot %+v; want only %s naming %q", v.Reasons, v.Boot, verify.BootLogMalformed, limit)
+	}
+}
+
+// TestBootLogSpecIDBounded: a boot log whose Spec ID event lists more hash algorithms
+// than exist, one of them twice, or a registered one with another digest size is
+// refused before it is parsed. go-attestation matches every digest against every
+// algorithm listed, allocating for each match: a 1 MiB log listing SHA-256 131,070
+// times cost 97 s of CPU per check-in and was trusted (found from outside, 2 Dec).
+// The genuine log, whose Spec ID lists SHA-256 once, is trusted.
+func TestBootLogSpecIDBounded(t *testing.T) {
+	boot := []attesttest.BootEvent{{PCR: 4, Type: attesttest.EvEFIAction, Data: []byte("Calling EFI Application from Boot Option")}}
+	for pcr := 0; pcr < 8; pcr++ {
+		boot = append(boot, attesttest.BootEvent{PCR: pcr, Type: attesttest.EvSeparator, Data: []byte{0, 0, 0, 0}})
+	}
+	genuine := attesttest.BuildBootLog(boot)
+	head, events, err := attesttest.SplitBootLog(genuine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// withAlgs is the genuine log with its Spec ID event listing algs (ID, size pairs)
+	// instead of its one (SHA-256, 32).
+	withAlgs := func(algs ...[2]uint16) []byte {
+		const pre = 4 + 4 + 20 + 4
+		spec := slices.Clone(head[pre:])
+		var list []byte
+		for _, a := range algs {
+			list = binary.LittleEndian.AppendUint16(list, a[0])
+			list = binary.LittleEndian.AppendUint16(list, a[1])
+		}
+		spec = slices.Concat(spec[:24], binary.LittleEndian.AppendUint32(nil, uint32(len(algs))), list, spec[32:])
+		h := slices.Concat(head[:28], binary.LittleEndian.AppendUint32(nil, uint32(len(spec))), spec)
+		return attesttest.JoinBootLog(h, events)
+	}
+	if got := withAlgs([2]uint16{0x000B, 32}); !bytes.Equal(got, genuine) {
+		t.Fatal("withAlgs(SHA-256) does not rebuild the genuine log: the test shows nothing")
+	}
+	many := make([][2]uint16, 131_070)
+	for i := range many {
+		many[i] = [2]uint16{0x000B, 32}
+	}
+	distinct := [][2]uint16{{0x0004, 20}, {0x000B, 32}, {0x000C, 48}, {0x000D, 64}, {0x0012, 32}, {0x0027, 32}, {0x0028, 48}, {0x0029, 64}, {0x1234, 32}}
+
+	ca, maker := newCA(t)
+	d := enrolledDevice(t, ca, maker)
+	if err := attesttest.ReplayBootLog(context.Background(), d.tpm, genuine); err != nil {
+		t.Fatal(err)
+	}
+	policy := verify.Policy{Roots: ca.Roots(), PermanentIdentifier: d.akCert.PermanentIdentifier}
+	nonce := bytes.Repeat([]byte{9}, 32)
+	if v := verify.Verify(policy, d.bootEvidence(t, nonce, genuine), nonce, time.Now()); !v.Trusted {
+		t.Fatalf("Verify(genuine) = %v", v.Reasons)
+	}
+	for _, tc := range []struct {
+		name   string
+		log    []byte
+		detail string
+	}{
+		{"SHA-256 listed 131,070 times", withAlgs(many...), "131070 hash algorithms"},
+		{"SHA-256 listed twice", withAlgs([2]uint16{0x000B, 32}, [2]uint16{0x000B, 32}), "twice"},
+		{"nine algorithms", withAlgs(distinct...), "9 hash algorithms"},
+		{"SHA-256 with 1-byte digests", withAlgs([2]uint16{0x000B, 1}), "1-byte digests"},
+		{"no algorithm", withAlgs(), "0 hash algorithms"},
+	} {
+		v := verify.Verify(policy, d.bootEvidence(t, nonce, tc.log), nonce, time.Now())
+		if got := codes(v); !slices.Equal(got, []verify.Code{verify.BootLogMalformed}) || !strings.Contains(v.Reasons[0].Detail, tc.detail) {
+			t.Errorf("%s: Verify = %v; want only %s naming %q", tc.name, v.Reasons, verify.BootLogMalformed, tc.detail)
+		}
 	}
 }

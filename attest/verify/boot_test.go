@@ -3,6 +3,7 @@ package verify_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"slices"
 	"strings"
 	"testing"
@@ -172,6 +173,20 @@ func TestBootLogHostile(t *testing.T) {
 						return []verify.Code{verify.BootPolicyViolated}
 					}(), detail: "Secure Boot"},
 				{name: "kernel not allowed", policy: func(p *verify.Policy) {
+					p.Boot = &reference.Boot{BootApplications: slices.DeleteFunc(slices.Clone(gv.Boot.BootApplications), func(s string) bool { return s == kernel })}
+				}, want: []verify.Code{verify.BootPolicyViolated}, detail: kernel},
+				// The replay proves digests, not types: the kernel relabelled as a driver
+				// or an action still counts as a boot application (it passed as trusted).
+				{name: "kernel not allowed, relabelled as a boot services driver", log: edit(func(evs [][]byte) [][]byte {
+					binary.LittleEndian.PutUint32(evs[pcr4[len(pcr4)-1]][4:], 0x80000004)
+					return evs
+				}), policy: func(p *verify.Policy) {
+					p.Boot = &reference.Boot{BootApplications: slices.DeleteFunc(slices.Clone(gv.Boot.BootApplications), func(s string) bool { return s == kernel })}
+				}, want: []verify.Code{verify.BootPolicyViolated}, detail: kernel},
+				{name: "kernel not allowed, relabelled as an EFI action", log: edit(func(evs [][]byte) [][]byte {
+					binary.LittleEndian.PutUint32(evs[pcr4[len(pcr4)-1]][4:], 0x80000007)
+					return evs
+				}), policy: func(p *verify.Policy) {
 					p.Boot = &reference.Boot{BootApplications: slices.DeleteFunc(slices.Clone(gv.Boot.BootApplications), func(s string) bool { return s == kernel })}
 				}, want: []verify.Code{verify.BootPolicyViolated}, detail: kernel},
 				{name: "kernel forbidden", policy: func(p *verify.Policy) {
