@@ -182,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if _, err := repo.Load(ctx); err != nil {
 		return fmt.Errorf("repository %s: %w", cfg.Dir, err)
 	}
-	srv, err := NewServer(ServerConfig{Repo: repo, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval, DB: cfg.DB, TrustedProxies: cfg.TrustedProxies})
+	srv, err := NewServer(ServerConfig{Repo: repo, Renew: cfg.Signing, RefreshInterval: cfg.RefreshInterval, Logger: log, Witnesses: cfg.Witnesses, CheckpointInterval: cfg.CheckpointInterval, DB: cfg.DB, TrustedProxies: cfg.TrustedProxies})
 	if err != nil {
 		return err
 	}

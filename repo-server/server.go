@@ -31,6 +31,11 @@ import (
 // ServerConfig configures the repository server. Only Repo is required.
 type ServerConfig struct {
 	Repo *repository.Repo
+	// Renew, if set, holds the keys of the delegated roles (models, runtimes: the
+	// server's --sign-delegated key ring); the leader then renews those roles past half
+	// their lifetime (repository.Repo.RenewDue) beside the timestamp and snapshot. Nil:
+	// their holders renew them ('edgeward repo renew').
+	Renew *repository.KeyRing
 	// RefreshInterval is how often the server checks whether the timestamp and snapshot
 	// need re-signing. 0: one minute, or a tenth of the timestamp lifetime if shorter.
 	RefreshInterval time.Duration
@@ -352,6 +357,12 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 		return
 	}
 	renewed, err := s.cfg.Repo.Refresh(ctx) // under the publish lease (NewServer)
+	if s.cfg.Renew != nil && err == nil {
+		var delegated []string
+		if delegated, err = s.cfg.Repo.RenewDue(ctx, s.cfg.Renew); err == nil {
+			renewed = append(renewed, delegated...)
+		}
+	}
 	switch {
 	case err != nil:
 		s.refreshes.WithLabelValues("error").Inc()

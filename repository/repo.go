@@ -84,6 +84,10 @@ func (e Expiry) withDefaults() Expiry {
 	return e
 }
 
+// RoleLife is how long role's metadata stays valid after it is signed (defaults
+// applied).
+func (e Expiry) RoleLife(role string) time.Duration { return e.withDefaults().forRole(role) }
+
 func (e Expiry) forRole(role string) time.Duration {
 	switch role {
 	case metadata.ROOT:
@@ -858,3 +862,63 @@ func (r *Repo) Refresh(ctx context.Context) (renewed []string, err error) {
 }
 
 var errNothingToDo = errors.New("nothing to do")
+
+// Renew re-signs the offline targets roles named (targets, models, runtimes) with a
+// new version and a fresh expiry, with their keys from keys, then the snapshot and the
+// timestamp. Refresh renews only the online roles; an offline role left to expire
+// stops every device's updates (go-tuf refuses expired targets metadata), so its
+// holders renew it before then ('edgeward repo status' shows the time left). The root
+// is renewed by the root ceremony ('edgeward root propose --expires').
+func (r *Repo) Renew(ctx context.Context, roles []string, keys *KeyRing) (map[string]time.Time, error) {
+	if len(roles) == 0 {
+		return nil, errors.New("renew: name the roles (targets, models, runtimes)")
+	}
+	out := map[string]time.Time{}
+	err := r.update(ctx, keys, func(t *txn) error {
+		for _, role := range roles {
+			if role == metadata.ROOT || role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
+				return fmt.Errorf("renew %s: %w", role, errNotRenewable)
+			}
+			if _, ok := t.st.Targets[role]; !ok {
+				return fmt.Errorf("renew: no role %q in this repository", role)
+			}
+			t.touch(role)
+			out[role] = t.st.Targets[role].Signed.Expires
+			t.record("renew", role, map[string]any{"version": t.st.Targets[role].Signed.Version, "expires": out[role]})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// RenewDue renews (Renew) the delegated roles (models, runtimes) past half their
+// lifetime, with keys: what a server that holds their keys (--sign-delegated) does
+// beside Refresh, so that a catalogue nobody publishes to for the delegated lifetime
+// (90 days by default) does not expire under the devices. It returns the roles renewed.
+func (r *Repo) RenewDue(ctx context.Context, keys *KeyRing) ([]string, error) {
+	st, err := r.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now, life := r.now(), r.expiry.forRole(RoleModels)
+	var due []string
+	for _, role := range delegatedNames() {
+		if m, ok := st.Targets[role]; ok && m.Signed.Expires.Sub(now) < life/2 {
+			due = append(due, role)
+		}
+	}
+	if len(due) == 0 {
+		return nil, nil
+	}
+	if _, err := r.Renew(ctx, due, keys); err != nil {
+		return nil, err
+	}
+	return due, nil
+}
+
+// errNotRenewable names the roles Renew does not: the root (renewed by the ceremony)
+// and the online ones (renewed by Refresh, which the server runs).
+var errNotRenewable = errors.New("renewed by 'edgeward root propose --expires' (root) or by the server (snapshot, timestamp), not here")

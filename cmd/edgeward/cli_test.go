@@ -98,6 +98,12 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatal("publish of a missing file succeeded")
 	}
 
+	if out := c.must("repo", "renew", "--role", "targets", "--role", "models"); !strings.Contains(out, "targets renewed: expires") || !strings.Contains(out, "models renewed: expires") {
+		t.Fatalf("repo renew:\n%s", out)
+	}
+	if _, _, err := c.run("repo", "renew", "--role", "root"); err == nil || !strings.Contains(err.Error(), "root propose --expires") {
+		t.Fatalf("repo renew --role root = %v; want pointed to the ceremony", err)
+	}
 	var status struct {
 		Roles []struct {
 			Role    string `json:"role"`
@@ -162,9 +168,9 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	c.must("audit", "export", "-o", export)
 	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
 	out = c.must("audit", "verify", export, "--key", pub, "--state", state)
-	// init, publish, root v2 proposed, signed twice, published, models rotated, root v3
-	// proposed
-	if !strings.Contains(out, "ok: 8 records") || !strings.Contains(out, "last-seen now holds checkpoint 8") {
+	// init, publish, targets and models renewed, root v2 proposed, signed twice,
+	// published, models rotated, root v3 proposed
+	if !strings.Contains(out, "ok: 10 records") || !strings.Contains(out, "last-seen now holds checkpoint 10") {
 		t.Fatalf("audit verify: %s", out)
 	}
 	// One record with its inclusion proof, checked alone against the state.
@@ -183,7 +189,7 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("the audit key is still in the data directory: %v", m)
 	}
 	c.must("audit", "export", "-o", export)
-	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 8 records") {
+	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 10 records") {
 		t.Fatalf("audit verify after move-key: %s", out)
 	}
 	// A state file that exists but is empty (truncated, or a failed restore) is refused

@@ -49,6 +49,7 @@ func commands() []command {
 	return []command{
 		{"repo init", "create a repository: edgeward repo init DIR", cmdRepoInit},
 		{"repo status", "show a repository's roles, versions, expiry and targets", cmdRepoStatus},
+		{"repo renew", "re-sign offline roles before they expire: --role targets|models|runtimes (repeatable)", cmdRepoRenew},
 		{"keys gen", "generate a key file on this machine", cmdKeysGen},
 		{"keys passwd", "re-encrypt a key file under a new passphrase: edgeward keys passwd KEYFILE", cmdKeysPasswd},
 		{"keys kek", "write a key-encryption key for encrypted targets: --out FILE", cmdKeysKEK},

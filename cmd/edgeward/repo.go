@@ -312,15 +312,23 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return enc.Encode(map[string]any{"roles": roles, "targets": targets})
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROLE\tVERSION\tEXPIRES\tTHRESHOLD\tKEYS")
+	fmt.Fprintln(tw, "ROLE\tVERSION\tEXPIRES\tTHRESHOLD\tKEYS\t")
+	var expired []string
 	for _, r := range roles {
 		ids := make([]string, len(r.Keys))
 		for i, k := range r.Keys {
 			ids[i] = k[:8]
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", r.Role, r.Version, r.Expires.Format(time.RFC3339), r.Threshold, strings.Join(ids, " "))
+		note := expiryNote(r.Expires, repo.Now(), repo.Expiry().RoleLife(r.Role))
+		if note == "EXPIRED" {
+			expired = append(expired, r.Role)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", r.Role, r.Version, r.Expires.Format(time.RFC3339), r.Threshold, strings.Join(ids, " "), note)
 	}
 	tw.Flush()
+	if len(expired) > 0 {
+		fmt.Fprintf(env.stdout, "expired: %s: devices refuse this repository's metadata until it is renewed ('edgeward repo renew --role ROLE' for targets, models, runtimes; the root by its ceremony; snapshot and timestamp by the server)\n", strings.Join(expired, ", "))
+	}
 	fmt.Fprintln(env.stdout)
 	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tROLE\tBYTES\tSHA256")
@@ -476,6 +484,45 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "%s: new key %s (%s); revoked %s\n", res.Role, res.NewKeyID[:8], res.NewKey, shortIDs(res.Revoked))
 	return nil
+}
+
+func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
+	fs, rf := newCommand("repo renew", env)
+	rf.registerPassphrase(fs)
+	rf.registerKeys(fs)
+	var roles multi
+	fs.Var(&roles, "role", "targets, models or runtimes: re-signed with a fresh expiry (repeatable)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	repo, err := rf.open()
+	if err != nil {
+		return err
+	}
+	renewed, err := repo.Renew(ctx, roles, rf.keyring())
+	if err != nil {
+		return err
+	}
+	for _, role := range roles {
+		if exp, ok := renewed[role]; ok {
+			fmt.Fprintf(env.stdout, "%s renewed: expires %s\n", role, exp.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
+}
+
+// expiryNote says how long a role has left, for repo status: "EXPIRED" once it has
+// expired (devices then refuse the repository's metadata), "RENEW" within a tenth of
+// its lifetime.
+func expiryNote(exp, now time.Time, life time.Duration) string {
+	left := exp.Sub(now)
+	switch {
+	case left <= 0:
+		return "EXPIRED"
+	case life > 0 && left < life/10:
+		return fmt.Sprintf("RENEW (%dh left)", int(left.Hours()))
+	}
+	return ""
 }
 
 func shortIDs(ids []string) string {
