@@ -214,3 +214,39 @@ func TestEventsRecorded(t *testing.T) {
 		t.Fatalf("verify the repository's audit export: %v", err)
 	}
 }
+
+// TestServerRenewsDelegatedRoles: a server holding the delegated keys (--sign-delegated)
+// renews models and runtimes past half their lifetime, beside the timestamp; one that
+// does not hold them leaves them to their holders. The targets role is never renewed
+// here (its key is not the server's).
+func TestServerRenewsDelegatedRoles(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, repository.KeyEd25519)
+	version := func(role string) int64 {
+		t.Helper()
+		st, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Targets[role].Signed.Version
+	}
+	models, targets := version(repository.RoleModels), version("targets")
+	life := f.repo.Expiry().RoleLife(repository.RoleModels)
+	f.clock.Add(life/2 + time.Hour)
+	f.srv.RefreshOnce(ctx)
+	if v := version(repository.RoleModels); v != models {
+		t.Fatalf("models version %d after a refresh without the delegated keys; want %d", v, models)
+	}
+	kr := f.keyring()
+	kr.Roles = repository.DelegatedAndOnlineRoles()
+	f.srv.cfg.Renew = kr
+	f.srv.RefreshOnce(ctx)
+	if v := version(repository.RoleModels); v != models+1 {
+		t.Errorf("models version %d after a refresh with the delegated keys; want %d", v, models+1)
+	}
+	if v := version("targets"); v != targets {
+		t.Errorf("targets version %d; want %d (not the server's to renew)", v, targets)
+	}
+	c := f.newClient()
+	c.mustRefresh()
+}
