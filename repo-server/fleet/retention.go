@@ -40,8 +40,14 @@ func (s *Store) prune(ctx context.Context, before time.Time, batch int) (Pruned,
 		query string
 	}{
 		{"verdicts", &p.Verdicts, `DELETE FROM verdicts WHERE seq IN (SELECT seq FROM verdicts WHERE at < ? LIMIT ?)`},
-		{"decisions", &p.Decisions, `DELETE FROM decisions WHERE seq IN (SELECT seq FROM decisions WHERE at < ?
-			AND seq NOT IN (SELECT max(seq) FROM decisions GROUP BY device_id) LIMIT ?)`},
+		// Each device's newest stays: a row goes when a newer one of its device exists
+		// (decisions_device). Asking for every device's newest instead, max(seq) GROUP BY
+		// device_id, read the whole table at every batch, a cost growing with the table
+		// (found from outside, 2 Dec: 430 ms of each 600 ms batch at 709,000 rows on
+		// PostgreSQL). 600,000 rows of 2,000 devices, on the loaded 2-core VM: 189 → 120
+		// ms per 5,000-row batch on PostgreSQL, 221 → 158 on sqlite.
+		{"decisions", &p.Decisions, `DELETE FROM decisions WHERE seq IN (SELECT d.seq FROM decisions d WHERE d.at < ?
+			AND EXISTS (SELECT 1 FROM decisions n WHERE n.device_id = d.device_id AND n.seq > d.seq) LIMIT ?)`},
 		{"reports", &p.Reports, `DELETE FROM reports WHERE seq IN (SELECT seq FROM reports WHERE at < ?
 			AND rollout_id NOT IN (SELECT id FROM rollouts WHERE status NOT IN ('completed', 'aborted')) LIMIT ?)`},
 		// A device retries a report until the server has stored it, which is minutes,
