@@ -152,6 +152,12 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if !strings.Contains(out, "models: new key") {
 		t.Fatalf("keys rotate: %s", out)
 	}
+	// The models key rotated away is named as still on disk (root publish says so).
+	if r, err := repository.Open(repository.Config{Dir: c.repo}); err != nil {
+		t.Fatal(err)
+	} else if stale := staleKeyFiles(context.Background(), r); len(stale) != 1 || !strings.HasPrefix(filepath.Base(stale[0]), "models-") {
+		t.Errorf("stale key files after a models rotation = %v; want the old models key", stale)
+	}
 	out = c.must("keys", "rotate", "--role", "timestamp")
 	if !strings.Contains(out, "root proposal staged") {
 		t.Fatalf("keys rotate timestamp without root keys should stage a proposal: %s", out)

@@ -738,7 +738,45 @@ func cmdRootPublish(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	fmt.Fprintf(env.stdout, "root v%d published\n", v)
+	if stale := staleKeyFiles(ctx, repo); len(stale) > 0 {
+		// A revoked key stays a secret: the files are not removed here (the holders may
+		// want them for an investigation), but nothing said they were still there.
+		fmt.Fprintf(env.stdout, "key files of no role any more (revoked or rotated away), still on this disk: %s; remove them (securely, if a key was compromised)\n", strings.Join(stale, " "))
+	}
 	return nil
+}
+
+// staleKeyFiles lists the key files of the repository's key directories (ROLE-ID8.key)
+// whose key is no longer one of its role's in the current root or delegations.
+func staleKeyFiles(ctx context.Context, repo *repository.Repo) []string {
+	st, err := repo.Load(ctx)
+	if err != nil {
+		return nil
+	}
+	current := map[string][]string{}
+	for role, r := range st.Root.Signed.Roles {
+		current[role] = r.KeyIDs
+	}
+	if d := st.Targets[metadata.TARGETS].Signed.Delegations; d != nil {
+		for _, r := range d.Roles {
+			current[r.Name] = r.KeyIDs
+		}
+	}
+	var out []string
+	for _, dir := range []string{repo.OnlineKeyDir(), repo.OfflineKeyDir()} {
+		files, _ := filepath.Glob(filepath.Join(dir, "*-*.key"))
+		for _, f := range files {
+			role, id8, ok := strings.Cut(strings.TrimSuffix(filepath.Base(f), ".key"), "-")
+			ids, known := current[role]
+			if !ok || !known || len(id8) != 8 {
+				continue // not a role key file (the audit key, others)
+			}
+			if !slices.ContainsFunc(ids, func(id string) bool { return strings.HasPrefix(id, id8) }) {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
 }
 
 func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
