@@ -483,6 +483,9 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "%s: new key %s (%s); revoked %s\n", res.Role, res.NewKeyID[:8], res.NewKey, shortIDs(res.Revoked))
+	if stale := staleKeyFiles(ctx, repo); len(stale) > 0 {
+		fmt.Fprintf(env.stdout, "key files of no role any more, still on this disk: %s; remove them (securely, if a key was compromised)\n", strings.Join(stale, " "))
+	}
 	return nil
 }
 
