@@ -18,6 +18,7 @@ import (
 	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/ima"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
@@ -102,7 +103,11 @@ func (a *Attested) Standing() string {
 		reasons, more = reasons[:3], fmt.Sprintf("; %d more", len(last.Reasons)-3)
 	}
 	if len(reasons) > 0 {
-		s += ": " + strings.Join(reasons, "; ") + more
+		shown := make([]string, len(reasons))
+		for i, r := range reasons {
+			shown[i] = printable.Text(r, 256) // the server's words, shown on a terminal
+		}
+		s += ": " + strings.Join(shown, "; ") + more
 	}
 	return s
 }

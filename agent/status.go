@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater"
@@ -166,20 +167,24 @@ func (s *State) WriteStatus(ctx context.Context, w io.Writer) error {
 
 // Write prints st for a person on the device.
 func (st Status) Write(w io.Writer) {
+	// Text from the server or a slot's state, printed on a terminal: bounded, and
+	// unable to drive it (found from outside, 2 Dec: a server's reasons carried escape
+	// sequences that retitled the window, cleared the screen and wrote the clipboard).
+	p := func(s string) string { return printable.Text(s, 4096) }
 	for _, s := range st.Slots {
 		if s.Error != "" {
-			fmt.Fprintf(w, "%s: %s\n", s.Kind, s.Error)
+			fmt.Fprintf(w, "%s: %s\n", s.Kind, p(s.Error))
 			continue
 		}
 		fmt.Fprintf(w, "%s: %s\n", s.Kind, s.Phase)
 		if s.Active != "" {
-			fmt.Fprintf(w, "  active slot %s: %s (%s)\n", s.Active, s.Version, s.Path)
+			fmt.Fprintf(w, "  active slot %s: %s (%s)\n", s.Active, p(s.Version), p(s.Path))
 		} else {
 			fmt.Fprintln(w, "  active slot: none")
 		}
 		fmt.Fprintf(w, "  floor: %s\n", s.Floor)
 		if s.Installing != "" {
-			fmt.Fprintf(w, "  installing %s into slot %s: %d / %d bytes\n", s.Installing, s.InstallSlot, s.InstallBytes, s.InstallLength)
+			fmt.Fprintf(w, "  installing %s into slot %s: %d / %d bytes\n", p(s.Installing), s.InstallSlot, s.InstallBytes, s.InstallLength)
 			if !s.TrialDeadline.IsZero() {
 				fmt.Fprintf(w, "  trial deadline: %s\n", s.TrialDeadline.UTC().Format(time.RFC3339))
 			}
@@ -188,19 +193,19 @@ func (st Status) Write(w io.Writer) {
 			}
 		}
 		if s.LastResult != "" {
-			fmt.Fprintf(w, "  last result: %s\n", s.LastResult)
+			fmt.Fprintf(w, "  last result: %s\n", p(s.LastResult))
 		}
 		if s.Abandoned != "" {
-			fmt.Fprintf(w, "  given up: %s, refused and reported to the server (devices clear-failed tries it again)\n", s.Abandoned)
+			fmt.Fprintf(w, "  given up: %s, refused and reported to the server (devices clear-failed tries it again)\n", p(s.Abandoned))
 		}
 	}
 	if st.LastCheckIn.IsZero() {
 		fmt.Fprintf(w, "last check-in: never\n")
 	} else {
-		fmt.Fprintf(w, "last check-in: %s (%s)\n", st.LastCheckIn.UTC().Format(time.RFC3339), st.LastCheckInResult)
+		fmt.Fprintf(w, "last check-in: %s (%s)\n", st.LastCheckIn.UTC().Format(time.RFC3339), p(st.LastCheckInResult))
 	}
 	if e := st.LastError; e != nil {
-		fmt.Fprintf(w, "last error: %s at %s: %s\n", e.Kind, e.At.UTC().Format(time.RFC3339), e.Message)
+		fmt.Fprintf(w, "last error: %s at %s: %s\n", p(string(e.Kind)), e.At.UTC().Format(time.RFC3339), p(e.Message))
 	}
 	fmt.Fprintf(w, "reports waiting: %d\n", st.ReportsWaiting)
 	if st.ReportsHeld > 0 {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/wire"
 )
 
 // What a person on the device reads about a trial that restarts interrupted, and about
@@ -38,5 +40,30 @@ func TestStatusWriteTrialStarts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestStatusWriteIsInert: what a server said (its reasons, its error body) reaches the
+// terminal escaped and bounded: a hostile server's escape sequences retitled the window,
+// cleared the screen and wrote the clipboard of whoever ran 'edgeward-agent status', in
+// 2 MiB of text (found from outside, 2 Dec).
+func TestStatusWriteIsInert(t *testing.T) {
+	evil := "\x1b]0;owned\x07\x1b[2J\x1b[31mFAKE: healthy\x1b]52;c;ZXZpbA==\x07" + strings.Repeat("A", 2<<20)
+	var b strings.Builder
+	Status{
+		Slots:             []SlotStatus{{Kind: "model", Phase: "rolled_back", LastResult: evil}},
+		LastCheckIn:       time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC),
+		LastCheckInResult: "answered, but untrusted: " + evil,
+		LastError:         &wire.UpdateError{Kind: "install", At: time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC), Message: evil},
+	}.Write(&b)
+	out := b.String()
+	if strings.ContainsAny(out, "\x1b\x07") {
+		t.Errorf("status printed raw control characters:\n%q", out[:min(len(out), 300)])
+	}
+	if !strings.Contains(out, `\x1b]0;owned\x07`) {
+		t.Errorf("status does not show the escapes as text:\n%q", out[:min(len(out), 300)])
+	}
+	if len(out) > 20<<10 {
+		t.Errorf("status printed %d bytes for three 2 MiB messages; want them bounded", len(out))
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/durable"
+	"github.com/edgeward/edgeward/internal/printable"
 )
 
 // Outbox stores reports until the server acknowledges them (store-and-forward): a report
@@ -388,6 +389,8 @@ func (o *Outbox) DeadLen(ctx context.Context) (int, error) {
 
 // RecordCheckIn remembers the time and result ("ok" or the error) of the last check-in.
 func (o *Outbox) RecordCheckIn(ctx context.Context, at time.Time, result string) error {
+	// Bounded and printable: the result holds the server's words.
+	result = printable.Text(result, maxCheckInResult)
 	_, err := o.db.ExecContext(ctx, `INSERT INTO checkins (id, at, result) VALUES (1, ?, ?)
 ON CONFLICT (id) DO UPDATE SET at = excluded.at, result = excluded.result`, at.UTC().Format(sortableTime), result)
 	if err != nil {
@@ -395,6 +398,9 @@ ON CONFLICT (id) DO UPDATE SET at = excluded.at, result = excluded.result`, at.U
 	}
 	return nil
 }
+
+// maxCheckInResult bounds the check-in result RecordCheckIn stores.
+const maxCheckInResult = 2048
 
 // LastCheckIn returns what RecordCheckIn stored; a zero time if there was none.
 func (o *Outbox) LastCheckIn(ctx context.Context) (time.Time, string, error) {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 
@@ -90,6 +91,9 @@ func (c *Client) do(req *http.Request, path string, out any) error {
 	return DecodeAnswer(path, resp.StatusCode, data, out)
 }
 
+// maxErrorMessage bounds the server's message kept in an *Error.
+const maxErrorMessage = 1024
+
 // DecodeAnswer decodes the server's answer data to a request on path: into out when
 // status is 200, else an *Error with the status and the server's message (its JSON
 // error, or the body's text).
@@ -99,6 +103,10 @@ func DecodeAnswer(path string, status int, data []byte, out any) error {
 		if json.Unmarshal(data, e) != nil || e.Message == "" {
 			e.Message = strings.TrimSpace(string(data))
 		}
+		// The server's words end up in logs and in 'edgeward-agent status': bounded,
+		// and unable to drive a terminal (a hostile server sent 2 MiB of escape
+		// sequences, found from outside, 2 Dec).
+		e.Message = printable.Text(e.Message, maxErrorMessage)
 		return e
 	}
 	if err := json.Unmarshal(data, out); err != nil {
