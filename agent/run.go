@@ -578,10 +578,16 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// downloader is the updater.Downloader with a durable checkpoint every checkpoint bytes
-// when positive, else with its defaults.
+// RoundDownloadTime bounds the download of one update round: past it the download
+// pauses at a durable checkpoint and the next round, after its check-in, resumes it
+// (updater.Downloader.MaxTime), so that a slow or hostile mirror cannot keep the device
+// from checking in.
+const RoundDownloadTime = 15 * time.Minute
+
+// downloader is the updater.Downloader of the update loop (RoundDownloadTime), with a
+// durable checkpoint every checkpoint bytes when positive, else with its defaults.
 func downloader(log *slog.Logger, checkpoint int64) *updater.Downloader {
-	d := &updater.Downloader{Logger: log}
+	d := &updater.Downloader{Logger: log, MaxTime: RoundDownloadTime}
 	if checkpoint > 0 {
 		d.CheckpointBytes, d.CheckpointInterval = checkpoint, -1
 	}

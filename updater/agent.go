@@ -629,6 +629,12 @@ func (a *Agent) installWith(ctx context.Context, tuf *TUF, kind artifact.Kind, d
 		}
 		if !errors.Is(err, rollback.ErrDowngrade) && s.Phase == rollback.Downloading {
 			// Interrupted: the download resumes at the next attempt.
+			if errors.Is(err, ErrPaused) {
+				// Its time for this round is up (Downloader.MaxTime): the next round
+				// checks in and resumes it, neither held back nor reported as a failure.
+				a.cfg.Logger.Info("download paused until the next round", "kind", kind, "target", targetPath, "err", err)
+				return fmt.Errorf("%s %s: %w", kind, targetPath, err)
+			}
 			if ctx.Err() == nil && Transient(err) {
 				return a.retryLater(ctx, kind, targetPath, rep, err)
 			}

@@ -97,6 +97,11 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 		}
 		return info, p, nil
 	}
+	if errors.Is(err, ErrPaused) {
+		// The round's download time is up while the delta was downloading: the next
+		// round resumes the delta (its partial file kept), not the full target.
+		return info, rollback.Proof{}, err
+	}
 	if ctx.Err() != nil {
 		// Stopped (the agent shutting down), not killed: the apply did not crash the
 		// process, so its mark goes with the rest, and the next attempt tries the
