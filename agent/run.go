@@ -58,6 +58,11 @@ type Config struct {
 	// witnesses the log (AuditWitness, its checkpoint kept in StateDir) and refuses
 	// check-in answers from a log that was forked, rewritten or rolled back. nil: it does not.
 	AuditKey note.Verifier
+	// AuditWitnesses and AuditQuorum: with AuditKey, the device accepts only
+	// checkpoints cosigned by AuditQuorum of these witnesses (AuditWitness). 0: none
+	// required.
+	AuditWitnesses []note.Verifier
+	AuditQuorum    int
 	// PCR is the measurement PCR the quotes cover; 0: 16 (development). Production
 	// devices use 23 (both are resettable, so the log is per boot).
 	PCR int
@@ -300,7 +305,7 @@ func run(ctx context.Context, cfg Config) error {
 		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL()),
 		DecryptionKey: dk}
 	if cfg.AuditKey != nil {
-		link.Audit = &AuditWitness{Key: cfg.AuditKey, Path: st.Dir.AuditCheckpoint(), Logger: log}
+		link.Audit = &AuditWitness{Key: cfg.AuditKey, Witnesses: cfg.AuditWitnesses, Quorum: cfg.AuditQuorum, Path: st.Dir.AuditCheckpoint(), Logger: log}
 	}
 	o := &lateOutbox{path: st.Dir.Outbox(), logger: log}
 	defer o.Close()

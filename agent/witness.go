@@ -32,6 +32,13 @@ import (
 type AuditWitness struct {
 	Key  note.Verifier // the log's verifier key
 	Path string        // where the newest verified checkpoint is kept
+	// Witnesses and Quorum, if Quorum > 0: a checkpoint is accepted only when cosigned
+	// by Quorum of Witnesses (edgeward audit witness services run by others). With the
+	// log key alone, whoever holds it (the server signs checkpoints online) could show
+	// a device a fork of its own, or a tree of 2^48 records after which the device
+	// refused every honest answer for good (found from outside, 2 Dec).
+	Witnesses []note.Verifier
+	Quorum    int
 	// Logger, if set, is told when the checkpoint could not be saved and when it is again.
 	Logger *slog.Logger
 
@@ -88,7 +95,7 @@ func (w *AuditWitness) Accept(a *wire.AuditCheckpoint) (*checkpoint.Checkpoint, 
 		}
 		proof = append(proof, tlog.Hash(h))
 	}
-	c, err := checkpoint.Next(w.Key, w.last, []byte(a.Checkpoint), proof)
+	c, err := checkpoint.NextQuorum(w.Key, w.Witnesses, w.Quorum, w.last, []byte(a.Checkpoint), proof)
 	if err != nil {
 		return nil, fmt.Errorf("audit checkpoint refused: %w", err)
 	}

@@ -355,6 +355,14 @@ func (s *Server) auditWitness(ctx context.Context, device, echoed string) *wire.
 		s.log.Error("audit checkpoint for a check-in", "device", device, "err", err)
 		return nil
 	}
+	if len(s.cfg.Witnesses) > 0 {
+		// Witnessed: devices may require a quorum of cosignatures (edgeward-agent
+		// --audit-quorum) and accept only a cosigned checkpoint, so they are given the
+		// newest that carries cosignatures. It lags the newest by the witnesses' round.
+		if c, cerr := l.CosignedCheckpoint(ctx); cerr == nil && c.Size <= e.c.Size {
+			e = &cachedCheckpoint{c: c, note: string(c.Note), at: e.at}
+		}
+	}
 	if echoed == "" || echoed == e.note {
 		return &wire.AuditCheckpoint{Checkpoint: e.note} // nothing seen yet, or the newest already: nothing to prove
 	}

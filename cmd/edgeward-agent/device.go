@@ -44,6 +44,9 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		deltas   = fs.Bool("deltas", true, "build an update from a published delta against the committed version when there is one (falling back to the full target on any failure); false: always download full targets")
 		serverCA = fs.String("server-ca", "", "PEM certificate(s) to trust for an https --server (its DIR/tls/server.pem) and for https metadata and targets URLs; with a device CA on the server, check-ins use mTLS with a TPM-backed device certificate")
 	)
+	var auditWitness stringList
+	fs.Var(&auditWitness, "audit-witness", "with --audit-key: a witness's verifier key, inline or a file (repeatable); with --audit-quorum the device accepts only checkpoints cosigned by that many of them")
+	auditQuorum := fs.Int("audit-quorum", 0, "with --audit-witness: how many of the witnesses must have cosigned a checkpoint for the device to accept it (0: none)")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
@@ -61,10 +64,24 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	var ak note.Verifier
 	if *auditKey != "" {
 		if ak, err = readAuditKey(*auditKey); err != nil {
-			return err
+			return fmt.Errorf("--audit-key: %w", err)
 		}
 	}
-	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak,
+	var witnesses []note.Verifier
+	for _, w := range auditWitness {
+		v, err := readAuditKey(w)
+		if err != nil {
+			return fmt.Errorf("--audit-witness: %w", err)
+		}
+		witnesses = append(witnesses, v)
+	}
+	switch {
+	case (len(witnesses) > 0 || *auditQuorum != 0) && ak == nil:
+		return errors.New("--audit-witness and --audit-quorum need --audit-key")
+	case *auditQuorum < 0 || *auditQuorum > len(witnesses):
+		return fmt.Errorf("--audit-quorum %d: want between 0 and the %d witnesses given", *auditQuorum, len(witnesses))
+	}
+	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak, AuditWitnesses: witnesses, AuditQuorum: *auditQuorum,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, GRPCListen: *grpcAddr, RuntimeControl: *rtURL,
 		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, NoDeltas: !*deltas, Once: *once, Logger: log, LogFormat: logFormat})
 }
@@ -100,14 +117,16 @@ func readRoots(file string) (*x509.CertPool, error) {
 	return roots, nil
 }
 
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
+
 // readAuditKey reads the audit log's verifier key, inline or from a file.
 func readAuditKey(s string) (note.Verifier, error) {
 	if data, err := os.ReadFile(s); err == nil {
 		s = string(data)
 	}
-	v, err := checkpoint.ParseVerifier(strings.TrimSpace(s))
-	if err != nil {
-		return nil, fmt.Errorf("--audit-key: %w", err)
-	}
-	return v, nil
+	return checkpoint.ParseVerifier(strings.TrimSpace(s))
 }

@@ -402,7 +402,13 @@ func CheckConsistency(older, newer *Checkpoint, p tlog.TreeProof) error {
 // returns the verified next checkpoint. An error wrapping ErrInconsistent means the log
 // was forked, rewritten or rolled back: refuse it, report it, keep lastSeen.
 func Next(logKey note.Verifier, lastSeen, next []byte, proof tlog.TreeProof) (*Checkpoint, error) {
-	c, err := Open(next, logKey, nil, 0)
+	return NextQuorum(logKey, nil, 0, lastSeen, next, proof)
+}
+
+// NextQuorum is Next that also requires next to be cosigned by quorum of witnesses
+// (Open): a holder of the log key alone can then show no one a fork of its own.
+func NextQuorum(logKey note.Verifier, witnesses []note.Verifier, quorum int, lastSeen, next []byte, proof tlog.TreeProof) (*Checkpoint, error) {
+	c, err := Open(next, logKey, witnesses, quorum)
 	if err != nil {
 		return nil, err
 	}
