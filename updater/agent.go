@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/keywrap"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/rollback"
 )
@@ -851,11 +852,18 @@ func causeShape(cause string) string {
 // reported), else under a random ID.
 func (a *Agent) report(ctx context.Context, rep wire.Report) {
 	rep.At = a.cfg.Now().UTC()
+	// A cause may carry what a server or mirror said (an error body): bounded, so that
+	// one that never acknowledges reports and varies its words cannot grow the outbox
+	// by 64 KiB a report (found from outside, 2 Dec).
+	rep.Cause = printable.Text(rep.Cause, maxReportCause)
 	a.cfg.Logger.Info("install report", "kind", rep.Kind, "version", rep.Version, "outcome", rep.Outcome, "cause", rep.Cause)
 	if _, err := a.queue(ctx, rep); err != nil {
 		a.cfg.Logger.Error("store report", "err", err)
 	}
 }
+
+// maxReportCause bounds the cause an install report carries.
+const maxReportCause = 1024
 
 // queue stores rep in the outbox, under rep.ID once when it is set (Outbox.PutOnce),
 // else under a random ID; without an outbox, or when the outbox cannot store it (a
