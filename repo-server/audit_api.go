@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/checkpoint"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"golang.org/x/mod/sumdb/tlog"
@@ -377,6 +378,15 @@ func (s *Server) auditWitness(ctx context.Context, device, echoed string) *wire.
 	c := e.c
 	out := &wire.AuditCheckpoint{Checkpoint: e.note}
 	if echoed == out.Checkpoint {
+		return out
+	}
+	if err != nil && !errors.Is(err, audit.ErrInconsistent) {
+		// Not a checkpoint of this log's key at all (unsigned, garbage, oversized): no
+		// evidence of a fork, only of a device that says what it likes. Recorded as
+		// audit.inconsistent, whole, it let any device write megabytes of its choosing
+		// ("FORK DETECTED…") into the log at every check-in (found from outside, 2 Dec).
+		s.log.Warn("a device echoed an audit checkpoint that is not this log's", "device", device,
+			"bytes", len(echoed), "checkpoint", printable.Text(echoed, 256), "err", err)
 		return out
 	}
 	if err == nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,6 +122,37 @@ func TestCheckInCheckpointBeyondTheLog(t *testing.T) {
 	}
 	if recs, err := l.Records(ctx, audit.Query{Kind: "audit.inconsistent"}); err != nil || len(recs) != 1 {
 		t.Fatalf("audit.inconsistent records = %d, %v; want 1", len(recs), err)
+	}
+}
+
+// An echoed checkpoint that is not signed with the log's key (garbage, unsigned, huge)
+// proves no fork: it is not recorded. Recorded whole as audit.inconsistent, it let any
+// device write megabytes of its choosing ("FORK DETECTED…") into the audit log at every
+// check-in (found from outside, 2 Dec). One signed with the key still is (above).
+func TestCheckInCheckpointNotTheLogsIsNotRecorded(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.checkIn(d.request()); err != nil {
+		t.Fatal(err)
+	}
+	for _, echo := range []string{
+		"FORK DETECTED: operator key compromised\n" + strings.Repeat("x", 1<<20),
+		"edgeward.audit\n5\nAAAA\n\n— someone AAAA\n",
+	} {
+		req := d.request()
+		req.AuditCheckpoint = echo
+		d.quote(req)
+		resp, err := d.checkIn(req)
+		if err != nil || resp.Audit == nil || resp.Audit.Checkpoint == echo {
+			t.Fatalf("check-in echoing %.40q = %+v, %v; want the log's own checkpoint", echo, resp, err)
+		}
+	}
+	if recs, err := l.Records(ctx, audit.Query{Kind: "audit.inconsistent"}); err != nil || len(recs) != 0 {
+		t.Fatalf("audit.inconsistent records = %d, %v; want none", len(recs), err)
 	}
 }
 

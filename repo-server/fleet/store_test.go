@@ -208,6 +208,9 @@ func testInvalidInput(t *testing.T, db opener) {
 		{"no time", func() error { _, err := s.CheckIn(ctx, CheckIn{ID: "dev-1"}); return err }()},
 		{"bad outcome", s.AddReport(ctx, wire.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: "meh", At: t0})},
 		{"bad report version", s.AddReport(ctx, wire.Report{DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "v1", Outcome: wire.OutcomeCommitted, At: t0})},
+		// A report ID of 6 MiB went whole into the audit log and the marks (found from outside).
+		{"huge report id", s.AddReport(ctx, wire.Report{ID: strings.Repeat("x", 129), DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: t0})},
+		{"report id with control characters", s.AddReport(ctx, wire.Report{ID: "r\x1b[2J", DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Outcome: wire.OutcomeCommitted, At: t0})},
 		{"empty verdict", s.RecordVerdict(ctx, "dev-1", "", "", t0)},
 		{"rollout without id", s.SaveRollout(ctx, policy.RolloutState{}, nil)},
 	}
