@@ -182,11 +182,14 @@ func verifyBoot(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted bo
 			v.add(BootReplayMismatch, "PCR %d: extended to %x but the log has no event for it", i, ev.Quote.PCRs[i])
 		}
 	}
+	var apps []string // every one, for the policy; the state keeps the first MaxBootApplications
 	for _, e := range events {
 		if e.Index == 4 && bootApplication(e) {
-			state.BootApplications = append(state.BootApplications, hex.EncodeToString(e.Digest))
+			apps = append(apps, hex.EncodeToString(e.Digest))
 		}
 	}
+	state.BootApplications = apps[:min(len(apps), reference.MaxBootApplications)]
+	state.MoreBootApplications = len(apps) - len(state.BootApplications)
 	sb, err := goattest.ParseSecurebootState(events)
 	if err != nil {
 		v.add(BootLogMalformed, "Secure Boot state (PCR 7): %v", err)
@@ -208,7 +211,7 @@ func verifyBoot(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted bo
 		}
 	}
 	if len(b.BootApplications) > 0 {
-		for n, d := range state.BootApplications {
+		for n, d := range apps {
 			if !slices.Contains(b.BootApplications, d) {
 				v.add(BootPolicyViolated, "boot application %d (PCR 4) %s is not allowed", n, d)
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attesttest"
 	"github.com/edgeward/edgeward/attest/verify"
+	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 )
 
@@ -177,5 +179,42 @@ func TestBootLogSpecIDBounded(t *testing.T) {
 		if got := codes(v); !slices.Equal(got, []verify.Code{verify.BootLogMalformed}) || !strings.Contains(v.Reasons[0].Detail, tc.detail) {
 			t.Errorf("%s: Verify = %v; want only %s naming %q", tc.name, v.Reasons, verify.BootLogMalformed, tc.detail)
 		}
+	}
+}
+
+// TestBootApplicationsKeptBounded: a boot log of 100 boot applications keeps the first
+// reference.MaxBootApplications in the verdict's boot state (which goes into the audit
+// log and the device's row at every check-in) and counts the rest; every one is still
+// checked against the allow-list. 20,000 of them put 1.3 MB into the audit log at every
+// check-in (found from outside, 2 Dec).
+func TestBootApplicationsKeptBounded(t *testing.T) {
+	var boot []attesttest.BootEvent
+	for pcr := 0; pcr < 8; pcr++ {
+		boot = append(boot, attesttest.BootEvent{PCR: pcr, Type: attesttest.EvSeparator, Data: []byte{0, 0, 0, 0}})
+	}
+	var apps []string
+	for i := range 100 {
+		data := []byte(fmt.Sprintf("app %d", i))
+		boot = append(boot, attesttest.BootEvent{PCR: 4, Type: attesttest.EvBootApplication, Data: data})
+		sum := sha256.Sum256(data)
+		apps = append(apps, hex.EncodeToString(sum[:]))
+	}
+	log := attesttest.BuildBootLog(boot)
+	ca, maker := newCA(t)
+	d := enrolledDevice(t, ca, maker)
+	if err := attesttest.ReplayBootLog(context.Background(), d.tpm, log); err != nil {
+		t.Fatal(err)
+	}
+	policy := verify.Policy{Roots: ca.Roots(), PermanentIdentifier: d.akCert.PermanentIdentifier}
+	nonce := bytes.Repeat([]byte{7}, 32)
+	v := verify.Verify(policy, d.bootEvidence(t, nonce, log), nonce, time.Now())
+	if !v.Trusted || v.Boot == nil || len(v.Boot.BootApplications) != reference.MaxBootApplications || v.Boot.MoreBootApplications != 100-reference.MaxBootApplications {
+		t.Fatalf("Verify = %v, boot %d applications kept, %d more; want trusted, %d kept, %d more", v.Reasons, len(v.Boot.BootApplications), v.Boot.MoreBootApplications, reference.MaxBootApplications, 100-reference.MaxBootApplications)
+	}
+	// The last one, not kept, is still judged.
+	policy.Boot = &reference.Boot{BootApplications: apps[:99]}
+	v = verify.Verify(policy, d.bootEvidence(t, nonce, log), nonce, time.Now())
+	if got := codes(v); !slices.Equal(got, []verify.Code{verify.BootPolicyViolated}) || !strings.Contains(v.Reasons[0].Detail, apps[99]) {
+		t.Errorf("Verify with the 100th not allowed = %v; want boot_policy naming it", v.Reasons)
 	}
 }

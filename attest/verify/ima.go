@@ -128,14 +128,18 @@ func verifyIMA(v *Verdict, p Policy, ev Evidence, selected []int, pcrsQuoted boo
 		case i == 0 && e.Path == "boot_aggregate":
 			continue
 		case base == artifact.AgentBinary:
-			st.Agent = append(st.Agent, d)
+			if !slices.Contains(st.Agent, d) && len(st.Agent) < reference.MaxListed {
+				st.Agent = append(st.Agent, d)
+			}
 			agentSeen = true
 			if r != nil && !slices.Contains(agents, d) {
 				v.add(IMAUntrustedFile, "entry %d: the agent %s has digest %s, which is no published agent target (agents/%s/…)", i, e.Path, d, artifact.AgentBinary)
 			}
 			continue
 		case base == artifact.RuntimeBinary:
-			st.Runtime = append(st.Runtime, d)
+			if !slices.Contains(st.Runtime, d) && len(st.Runtime) < reference.MaxListed {
+				st.Runtime = append(st.Runtime, d)
+			}
 			if r != nil && !slices.Contains(runtimes, d) {
 				v.add(IMAUntrustedFile, "entry %d: the runtime %s has digest %s, which is no published agent target (agents/%s/…)", i, e.Path, d, artifact.RuntimeBinary)
 			}
