@@ -246,7 +246,12 @@ func LoadFleetSummary(ctx context.Context, st *fleet.Store, since, verdictsSince
 		}
 		after = devs[len(devs)-1].ID
 	}
-	reps, err := st.Reports(ctx, fleet.ReportFilter{Since: since})
+	// The reports the planner counted: from trusted, unquarantined devices the rollout
+	// selected and offered the target. All of them let one device that was no member
+	// send 1,000 failures per check-in, and the fleet read success 0.00 and a rollout
+	// 60,000 failures its planner never counted (found from outside, 2 Dec); and the
+	// summary read every one.
+	reps, err := st.Reports(ctx, fleet.ReportFilter{Since: since, CountedOnly: true})
 	if err != nil {
 		return FleetSummary{}, err
 	}
