@@ -60,7 +60,14 @@ func TestCheckInRateIsBounded(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "2" || !strings.Contains(msg.Error, "too often") {
 		t.Fatalf("check-in past the burst = %d, Retry-After %q, %q; want 429, 2, too often", resp.StatusCode, resp.Header.Get("Retry-After"), msg.Error)
 	}
-	const n = 500
+	// Past its bound, a check-in's evidence is not even verified: one whose quote does
+	// not verify is refused as too soon, not as forged.
+	bad := d.request()
+	bad.Evidence.Quote.Signature = []byte("not a signature")
+	if _, err := d.checkIn(bad); !isStatus(err, http.StatusTooManyRequests) {
+		t.Fatalf("check-in past the burst with a bad quote = %v; want 429 before any verification", err)
+	}
+	const n = 499
 	for i := range n - 1 {
 		var apiErr *deviceapi.Error
 		if _, err := d.checkIn(d.request()); !errors.As(err, &apiErr) || apiErr.Status != http.StatusTooManyRequests {
@@ -74,9 +81,12 @@ func TestCheckInRateIsBounded(t *testing.T) {
 	if added := after - before; added != 2 {
 		t.Fatalf("%d refused check-ins added %d audit records; want 2 (the first, one summary)", n, added)
 	}
+	// Refused before its evidence is verified (a device past its bound made the server
+	// verify every request in full: found from outside, 2 Dec), so not yet the device's
+	// act: claimed by it.
 	recs, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected", Subject: d.id})
-	if len(recs) != 1 || recs[0].Actor != "device:"+d.id || !strings.Contains(string(recs[0].Data), "too often") {
-		t.Fatalf("rejection records = %+v; want one by device:%s, too often", recs, d.id)
+	if len(recs) != 1 || recs[0].Actor != "unauthenticated" || !strings.Contains(string(recs[0].Data), "too often") || !strings.Contains(string(recs[0].Data), `"claimed_device"`) {
+		t.Fatalf("rejection records = %+v; want one, unauthenticated, claimed by %s, too often", recs, d.id)
 	}
 	if now, _ := f.store.DeviceVerdicts(ctx, d.id, time.Time{}, 1000); len(now) != len(verdicts) {
 		t.Fatalf("refused check-ins stored %d verdicts", len(now)-len(verdicts))
@@ -140,4 +150,10 @@ func TestReadyzSaysWhetherTheStoreTakesWrites(t *testing.T) {
 	if r := get("/healthz"); r.StatusCode != http.StatusOK {
 		t.Fatalf("/healthz with the store away = %d; want 200 (the repository is fine)", r.StatusCode)
 	}
+}
+
+// isStatus says whether err is the device API's refusal with status.
+func isStatus(err error, status int) bool {
+	var apiErr *deviceapi.Error
+	return errors.As(err, &apiErr) && apiErr.Status == status
 }

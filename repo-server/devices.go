@@ -549,6 +549,16 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	// (fleet.Admission.Nonce), after Check verified the signature: Check's Consume
 	// only notes that it got that far (nonceClaim).
 	storeCtx := context.WithoutCancel(ctx)
+	if d.cfg.CheckInBurst > 0 {
+		// Before the evidence is verified: a device past its bound (by its stored state;
+		// the ID is still only claimed, so nothing is charged or recorded as its act).
+		limit := fleet.CheckInLimit{Burst: d.cfg.CheckInBurst, Every: d.cfg.CheckInEvery}
+		if soon := (*fleet.TooSoonError)(nil); errors.As(d.fleet.TooSoon(ctx, req.DeviceID, limit, now), &soon) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(soon.Wait.Seconds()))))
+			reject(http.StatusTooManyRequests, "checking in too often", map[string]any{"burst": d.cfg.CheckInBurst, "every": d.cfg.CheckInEvery.String()}, false)
+			return
+		}
+	}
 	consumer := &nonceClaim{}
 	v := verify.Check(consumer, req.DeviceID, req.Nonce, bound, verify.Policy{
 		Roots: d.cfg.AttestRoots, MeasurementPCR: d.cfg.MeasurementPCR, PermanentIdentifier: req.DeviceID, Expected: expected, Superseded: superseded,

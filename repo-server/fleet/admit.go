@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"strings"
@@ -93,6 +94,24 @@ type TooSoonError struct{ Wait time.Duration }
 
 func (e *TooSoonError) Error() string {
 	return fmt.Sprintf("checking in too often: the next check-in is admitted in %v", e.Wait.Round(time.Millisecond))
+}
+
+// TooSoon says, changing nothing, whether a check-in from device id at now would be
+// refused under l for coming too soon: a *TooSoonError, else nil (also for an unknown
+// device, or when the store cannot say: Admit decides). The device API asks before it
+// verifies a check-in's evidence, which a device past its bound made the server do in
+// full at every request (72 ms of CPU and 67 MB for a check-in with large logs) before
+// Admit refused it (found from outside, 2 Dec). Admit's check stays the one that counts.
+func (s *Store) TooSoon(ctx context.Context, id string, l CheckInLimit, now time.Time) error {
+	if l.Burst <= 0 {
+		return nil
+	}
+	var tat int64
+	if err := s.db.QueryRowContext(ctx, `SELECT checkin_tat FROM devices WHERE id = ?`, id).Scan(&tat); err != nil {
+		return nil
+	}
+	_, err := l.pace(fromNS(tat), now)
+	return err
 }
 
 // pace applies l to a check-in at now of a device whose bound's state is tat (zero:
