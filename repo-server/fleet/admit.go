@@ -96,6 +96,25 @@ func (e *TooSoonError) Error() string {
 	return fmt.Sprintf("checking in too often: the next check-in is admitted in %v", e.Wait.Round(time.Millisecond))
 }
 
+// shows says whether the check-in's own slots bear a committed report out: the device
+// says it runs that version of that name in that kind's slot, or a later one (it moved
+// on since; its report was queued before). A report of another outcome needs no such
+// evidence. A device reporting "committed" with its slot empty counted toward its
+// rollout's wave, and a wave of such reports read as a success (found from outside,
+// 2 Dec).
+func (a Admission) shows(r wire.Report) bool {
+	if r.Outcome != wire.OutcomeCommitted {
+		return true
+	}
+	sl, ok := a.CheckIn.Slots[r.Kind]
+	if !ok || sl.Name != r.Name {
+		return false
+	}
+	have, err1 := artifact.ParseVersion(sl.Version)
+	want, err2 := artifact.ParseVersion(r.Version)
+	return err1 == nil && err2 == nil && have.Compare(want) >= 0
+}
+
 // TooSoon says, changing nothing, whether a check-in from device id at now would be
 // refused under l for coming too soon: a *TooSoonError, else nil (also for an unknown
 // device, or when the store cannot say: Admit decides). The device API asks before it
@@ -236,7 +255,7 @@ func Admit(a Admission) (Admitted, error) {
 		deviceAt := r.At
 		r.At = a.Now
 		applyReport(&d, r)
-		counted := member && a.Verdict == policy.VerdictTrusted && !before.Quarantined
+		counted := member && a.Verdict == policy.VerdictTrusted && !before.Quarantined && a.shows(r)
 		out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: deviceAt, Counted: counted})
 		if rep.ID != "" {
 			seen[rep.ID] = true

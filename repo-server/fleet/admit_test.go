@@ -191,3 +191,30 @@ func TestUntrustedDeviceDoesNotPauseACompletedRollout(t *testing.T) {
 		}
 	}
 }
+
+// TestCommittedReportNeedsTheSlot: a "committed" report counts toward its rollout only
+// when the same check-in's slots show that version, or a later one. A device reporting
+// committed with its slot empty made a wave look successful (found from outside, 2 Dec).
+func TestCommittedReportNeedsTheSlot(t *testing.T) {
+	rep := wire.Report{Kind: artifact.KindModel, Name: "vib", Version: "1.1.0", Outcome: wire.OutcomeCommitted}
+	for _, tc := range []struct {
+		name  string
+		slots map[artifact.Kind]policy.Slot
+		rep   wire.Report
+		want  bool
+	}{
+		{"slot shows it", map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.1.0"}}, rep, true},
+		{"moved on since", map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.2.0"}}, rep, true},
+		{"slot empty", map[artifact.Kind]policy.Slot{}, rep, false},
+		{"no slots sent", nil, rep, false},
+		{"an older version", map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.0.0"}}, rep, false},
+		{"another model", map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "other", Version: "1.1.0"}}, rep, false},
+		{"another kind's slot", map[artifact.Kind]policy.Slot{artifact.KindRuntime: {Name: "vib", Version: "1.1.0"}}, rep, false},
+		{"a failure needs no slot", nil, wire.Report{Kind: artifact.KindModel, Name: "vib", Version: "1.1.0", Outcome: wire.OutcomeProbeFailed}, true},
+	} {
+		a := Admission{CheckIn: CheckIn{Slots: tc.slots}}
+		if got := a.shows(tc.rep); got != tc.want {
+			t.Errorf("%s: shows = %v; want %v", tc.name, got, tc.want)
+		}
+	}
+}

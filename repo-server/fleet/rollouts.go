@@ -221,7 +221,8 @@ type ReportFilter struct {
 	Since     time.Time
 	Limit     int
 	// CountedOnly keeps the reports the rollout planner counted (Admit's Counted: from
-	// a trusted, unquarantined member that was offered the target), leaving out those
+	// a trusted, unquarantined member that was offered the target, and for a committed
+	// report one whose check-in's slot shows the version: Admission.shows), leaving out those
 	// stored for information only.
 	CountedOnly bool
 }
