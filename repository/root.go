@@ -151,13 +151,9 @@ func SignRootFile(fsys FS, path string, key *Key) ([]string, error) {
 	if fsys == nil {
 		fsys = OSFS{}
 	}
-	data, err := os.ReadFile(path)
+	prop, err := ReadProposal(path)
 	if err != nil {
-		return nil, fmt.Errorf("read proposal: %w", err)
-	}
-	prop, err := metadata.Root().FromBytes(data)
-	if err != nil {
-		return nil, &MetadataError{File: path, Err: err}
+		return nil, err
 	}
 	id := key.ID()
 	sigs := prop.Signatures[:0]
@@ -640,13 +636,9 @@ func (p RootProgress) String() string {
 // ProposalProgress counts the valid signatures of the proposed root in file. cur is the
 // current root (nil: unknown, unless the proposal is root v1, which has none).
 func ProposalProgress(cur *metadata.Metadata[metadata.RootType], path string) (RootProgress, error) {
-	data, err := os.ReadFile(path)
+	prop, err := ReadProposal(path)
 	if err != nil {
-		return RootProgress{}, fmt.Errorf("read proposal: %w", err)
-	}
-	prop, err := metadata.Root().FromBytes(data)
-	if err != nil {
-		return RootProgress{}, &MetadataError{File: path, Err: err}
+		return RootProgress{}, err
 	}
 	p := RootProgress{Version: prop.Signed.Version, Signed: validRootSignatures(prop, prop), Current: -1}
 	if r := prop.Signed.Roles[metadata.ROOT]; r != nil {
