@@ -149,13 +149,27 @@ func (s *Server) LeaseOnce(ctx context.Context) (fleet.Lease, error) {
 	before := s.lease
 	s.lease = l
 	s.leaseMu.Unlock()
-	switch now := s.cfg.Now(); {
-	case l.Holder == s.cfg.Replica && (before.Holder != l.Holder || before.Token != l.Token):
-		s.log.Info("this replica leads: rollout planner, audit checkpoints, metadata refresh", "replica", s.cfg.Replica, "token", l.Token)
-	case before.Held(s.cfg.Replica, now) && l.Holder != s.cfg.Replica:
-		s.log.Warn("leader lease lost", "replica", s.cfg.Replica, "holder", l.Holder, "token", l.Token)
-	}
+	s.logLeaseChange(before, l)
 	return l, nil
+}
+
+// logLeaseChange says when this replica starts leading, and when a lease it held was
+// found gone: taken by another replica, or run out while this process was paused
+// (stopped, swapped, starved) and granted again under a new token. Either way the jobs
+// it ran as leader stopped at that moment (their writes are fenced by the token), which
+// an operator reading the log of a slow replica must be able to see.
+func (s *Server) logLeaseChange(before, l fleet.Lease) {
+	ours := func(x fleet.Lease) bool { return x.Holder == s.cfg.Replica && x.Token != 0 }
+	switch {
+	case ours(before) && !ours(l):
+		s.log.Warn("leader lease lost", "replica", s.cfg.Replica, "holder", l.Holder, "token", l.Token,
+			"held_token", before.Token, "expired", before.Expires.Format(time.RFC3339Nano))
+	case ours(before) && l.Token != before.Token:
+		s.log.Warn("leader lease ran out and was taken again", "replica", s.cfg.Replica, "token", l.Token,
+			"held_token", before.Token, "expired", before.Expires.Format(time.RFC3339Nano))
+	case ours(l) && !ours(before):
+		s.log.Info("this replica leads: rollout planner, audit checkpoints, metadata refresh", "replica", s.cfg.Replica, "token", l.Token)
+	}
 }
 
 // Leader returns the leader lease and true when this replica holds it now (as last

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -132,13 +133,16 @@ func TestLeaderLeaseTakeover(t *testing.T) {
 	f := newFixture(t, repository.KeyEd25519)
 	ctx := context.Background()
 	ttl := 6 * time.Second
+	logs := map[string]*lockedBuffer{}
 	replica := func(name string) *Server {
 		store, err := fleet.Open(ctx, DBPath(f.repo.Dir()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { store.Close() })
-		s, err := NewServer(ServerConfig{Repo: f.repo, Replica: name, LeaseTTL: ttl, Now: f.clock.Now})
+		logs[name] = &lockedBuffer{}
+		s, err := NewServer(ServerConfig{Repo: f.repo, Replica: name, LeaseTTL: ttl, Now: f.clock.Now,
+			Logger: slog.New(slog.NewTextHandler(logs[name], nil))})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,10 +189,17 @@ func TestLeaderLeaseTakeover(t *testing.T) {
 	if lb.Token != 2 {
 		t.Fatalf("b's lease token = %d; want 2 (a new grant)", lb.Token)
 	}
-	// a, back from a pause, cannot take the lease from the live leader.
+	// a, back from a pause, cannot take the lease from the live leader, and says that
+	// it lost it (its lease ran out while it was paused: it was no longer "held").
 	tick(a)
 	if leads(a) {
 		t.Fatal("a took the lease back from a live leader")
+	}
+	if got := logs["a"].String(); !strings.Contains(got, `msg="leader lease lost" replica=a holder=b token=2 held_token=1`) {
+		t.Fatalf("a's log after finding its lease gone:\n%s", got)
+	}
+	if got := logs["b"].String(); !strings.Contains(got, `msg="this replica leads`) || strings.Contains(got, "lost") {
+		t.Fatalf("b's log after taking over:\n%s", got)
 	}
 
 	// A clean shutdown releases the lease: a takes over at its next tick.
@@ -200,6 +211,17 @@ func TestLeaderLeaseTakeover(t *testing.T) {
 	tick(a)
 	if !leads(a) {
 		t.Fatal("a did not take over after b shut down cleanly")
+	}
+	// a pauses past its lease and nobody takes it meanwhile: it is granted again under
+	// a new token (its fenced writes in flight are refused), and the log says so.
+	la, _ := a.Leader(ctx)
+	f.clock.Add(2 * ttl)
+	tick(a)
+	if now, _ := a.Leader(ctx); !leads(a) || now.Token != la.Token+1 {
+		t.Fatalf("after a pause with no other replica: a leads %v with token %d; want the lease again under %d", leads(a), now.Token, la.Token+1)
+	}
+	if got := logs["a"].String(); !strings.Contains(got, `msg="leader lease ran out and was taken again" replica=a token=4 held_token=3`) {
+		t.Fatalf("a's log after retaking its expired lease:\n%s", got)
 	}
 
 	// The publish lock: one replica at a time.
