@@ -18,6 +18,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 	"github.com/edgeward/edgeward/updater"
@@ -484,7 +485,11 @@ func waitReady(ctx context.Context, cfg Config, rc *runtimeapi.Client) error {
 // connect enrolls the TPM with the server's attestation CA (EK certificate → AK
 // certificate) and returns the device API client, retrying while the server cannot be
 // reached or refuses (backoff from 1 s up to the interval) until ctx ends; with Once it
-// returns the first error.
+// returns the first error. A TPM the fleet refuses for good (the device was
+// decommissioned: attest.ErrOutOfService) asks again only every
+// updater.DefaultOutOfServiceInterval, as a check-in refused for that reason does, and
+// the log says so: asking every interval, it wrote "cannot connect to the server yet"
+// 2,880 times a day and the server logged each refusal (found from outside, 2 Dec).
 func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, error) {
 	httpc := serverClient(cfg.ServerRoots)
 	interval := cfg.Interval
@@ -506,6 +511,16 @@ func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, err
 		}
 		if cfg.Once {
 			return nil, err
+		}
+		if errors.Is(err, attest.ErrOutOfService) {
+			again := max(updater.DefaultOutOfServiceInterval, interval)
+			cfg.Logger.Warn("the server has taken this device out of service; serving what is committed, asking again later",
+				"err", printable.Text(err.Error(), 512), "in", again)
+			if err := cfg.Sleep(ctx, again); err != nil {
+				return nil, err
+			}
+			wait = time.Second
+			continue
 		}
 		cfg.Logger.Warn("cannot connect to the server yet; serving what is committed, retrying", "err", err, "in", wait)
 		if err := cfg.Sleep(ctx, wait); err != nil {

@@ -17,8 +17,35 @@ import (
 	"github.com/edgeward/edgeward/internal/protocol"
 )
 
-// ErrEnrollRejected wraps a 4xx answer of the attestation CA.
+// ErrEnrollRejected wraps a 4xx answer of the attestation CA (a *RejectedError).
 var ErrEnrollRejected = errors.New("attest: attestation CA refused enrollment")
+
+// ErrOutOfService: the fleet refuses this TPM for good (the device was decommissioned;
+// protocol.CodeRefused). A *RejectedError is it too. Asking again soon changes nothing.
+var ErrOutOfService = errors.New("the fleet has taken this device out of service")
+
+// RejectedError is a 4xx answer of the attestation CA: ErrEnrollRejected, and
+// ErrOutOfService when the CA says the fleet refuses the TPM for good.
+type RejectedError struct {
+	URL     string
+	Status  int
+	Code    string // protocol.Error's Code
+	Message string // the CA's words, not escaped: print them with care
+}
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("%v: %s: %d %s", ErrEnrollRejected, e.URL, e.Status, e.Message)
+}
+
+// Unwrap is ErrEnrollRejected, with ErrOutOfService for protocol.CodeRefused. Before
+// the code existed, a decommissioned device's refusal read "refused: device
+// decommissioned" (a server of then is understood too).
+func (e *RejectedError) Unwrap() []error {
+	if e.Code == protocol.CodeRefused || (e.Status == http.StatusForbidden && strings.Contains(e.Message, "refused: device decommissioned")) {
+		return []error{ErrEnrollRejected, ErrOutOfService}
+	}
+	return []error{ErrEnrollRejected}
+}
 
 // maxResponseBytes bounds what the client reads from the CA.
 const maxResponseBytes = 256 << 10
@@ -130,7 +157,7 @@ func (c *EnrollClient) post(ctx context.Context, path string, in, out any) error
 		var e protocol.Error
 		_ = json.Unmarshal(b, &e)
 		if resp.StatusCode >= 400 && resp.StatusCode < 500 {
-			return fmt.Errorf("%w: %s: %d %s", ErrEnrollRejected, url, resp.StatusCode, e.Error)
+			return &RejectedError{URL: url, Status: resp.StatusCode, Code: e.Code, Message: e.Error}
 		}
 		return fmt.Errorf("attest: %s: %d %s", url, resp.StatusCode, e.Error)
 	}

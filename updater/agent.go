@@ -149,7 +149,7 @@ type AgentConfig struct {
 	// OutOfServiceInterval is how often a device the server has taken out of service
 	// (a Director error wrapping ErrOutOfService) checks in: it keeps serving what it
 	// runs and asks again, in case the decision is reversed, instead of being refused
-	// every Interval. 0 means one hour; never less than Interval.
+	// every Interval. 0 means DefaultOutOfServiceInterval; never less than Interval.
 	OutOfServiceInterval time.Duration
 	// Now, Rand and Sleep are the clock, randomness and waiting; nil means the real ones.
 	Now    func() time.Time
@@ -220,7 +220,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		cfg.Sleep = sleepCtx
 	}
 	if cfg.OutOfServiceInterval <= 0 {
-		cfg.OutOfServiceInterval = time.Hour
+		cfg.OutOfServiceInterval = DefaultOutOfServiceInterval
 	}
 	cfg.OutOfServiceInterval = max(cfg.OutOfServiceInterval, cfg.Interval)
 	if cfg.Logger == nil {
@@ -251,6 +251,10 @@ func (a *Agent) retryBackoff(n int) time.Duration {
 // the server has taken the device out of service (decommissioned it). Run then waits
 // OutOfServiceInterval between rounds.
 var ErrOutOfService = errors.New("the server has taken this device out of service")
+
+// DefaultOutOfServiceInterval is AgentConfig.OutOfServiceInterval's default, and how
+// often a device whose enrollment the fleet refuses for good asks again.
+const DefaultOutOfServiceInterval = time.Hour
 
 // Run recovers the slots, then checks in every Interval (jittered) until ctx ends;
 // every OutOfServiceInterval while the server refuses the device for good.

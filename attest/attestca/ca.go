@@ -241,6 +241,17 @@ func (ca *CA) reject(ctx context.Context, ekID, format string, args ...any) erro
 	return fmt.Errorf("%w: %s", ErrRejected, reason)
 }
 
+// refused is reject for an error of Config.Refuse: the rejection is also ErrRefused,
+// which the answer says (protocol.CodeRefused) so that the device stops asking often.
+func (ca *CA) refused(ctx context.Context, ekID string, err error) error {
+	return refusedError{ca.reject(ctx, ekID, "%v", err)}
+}
+
+// refusedError is a rejection (ErrRejected) that is also ErrRefused.
+type refusedError struct{ error }
+
+func (e refusedError) Unwrap() []error { return []error{e.error, ErrRefused} }
+
 // maxReason bounds a rejection's reason, in bytes.
 const maxReason = 512
 
@@ -322,7 +333,7 @@ func (ca *CA) ChallengeFrom(ctx context.Context, source string, req *protocol.En
 	}
 	if ca.cfg.Refuse != nil {
 		if err := ca.cfg.Refuse(ctx, ekID); errors.Is(err, ErrRefused) {
-			return nil, ca.reject(ctx, ekID, "%v", err)
+			return nil, ca.refused(ctx, ekID, err)
 		} else if err != nil {
 			return nil, fmt.Errorf("attestca: can the EK enroll: %w", err)
 		}
@@ -411,7 +422,7 @@ func (ca *CA) Activate(ctx context.Context, req *protocol.ActivateRequest) (*pro
 	}
 	if ca.cfg.Refuse != nil {
 		if err := ca.cfg.Refuse(ctx, p.EKID); errors.Is(err, ErrRefused) {
-			return nil, ca.reject(ctx, p.EKID, "%v", err)
+			return nil, ca.refused(ctx, p.EKID, err)
 		} else if err != nil {
 			return nil, fmt.Errorf("attestca: can the EK enroll: %w", err)
 		}

@@ -408,8 +408,8 @@ func TestEnrollSwtpm(t *testing.T) {
 	ca2, _ := attestca.New(attestca.Config{Signer: signer, Certificate: root, ManufacturerRoots: other.Roots()})
 	srv2 := httptest.NewServer(ca2.Handler())
 	defer srv2.Close()
-	if _, err := (&attest.EnrollClient{URL: srv2.URL}).Enroll(ctx, tpm); !errors.Is(err, attest.ErrEnrollRejected) {
-		t.Errorf("Enroll(swtpm, wrong roots) = %v; want ErrEnrollRejected", err)
+	if _, err := (&attest.EnrollClient{URL: srv2.URL}).Enroll(ctx, tpm); !errors.Is(err, attest.ErrEnrollRejected) || errors.Is(err, attest.ErrOutOfService) {
+		t.Errorf("Enroll(swtpm, wrong roots) = %v; want ErrEnrollRejected, not out of service (the roots may be fixed)", err)
 	}
 }
 
@@ -454,6 +454,15 @@ func TestRefuse(t *testing.T) {
 	set(fmt.Errorf("%w: device decommissioned", attestca.ErrRefused))
 	if _, err := f.ca.Activate(ctx, &protocol.ActivateRequest{ID: ch.ID, Secret: secret}); !errors.Is(err, attestca.ErrRejected) {
 		t.Fatalf("Activate(EK refused since its challenge) = %v; want ErrRejected", err)
+	}
+	// Over HTTP the refusal says so (protocol.CodeRefused): the device's client reads
+	// it as out of service for good (and asks again rarely); another rejection is not.
+	set(fmt.Errorf("%w: device decommissioned: stolen", attestca.ErrRefused))
+	_, err = f.client(attest.RSA).Enroll(ctx, f.tpm)
+	var rej *attest.RejectedError
+	if !errors.As(err, &rej) || rej.Status != http.StatusForbidden || rej.Code != protocol.CodeRefused ||
+		!errors.Is(err, attest.ErrOutOfService) || !errors.Is(err, attest.ErrEnrollRejected) || !strings.Contains(err.Error(), "decommissioned: stolen") {
+		t.Fatalf("Enroll(refused EK) = %#v; want a 403 RejectedError, code %q, ErrOutOfService and ErrEnrollRejected, naming why", err, protocol.CodeRefused)
 	}
 	set(nil)
 	if _, err := f.client(attest.RSA).Enroll(ctx, f.tpm); err != nil {

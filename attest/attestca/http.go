@@ -91,6 +91,8 @@ func (ca *CA) respond(w http.ResponseWriter, r *http.Request, v any, err error) 
 		_ = json.NewEncoder(w).Encode(v)
 	case errors.Is(err, ErrBadRequest):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, ErrRefused):
+		writeErrorCode(w, http.StatusForbidden, protocol.CodeRefused, err.Error())
 	case errors.Is(err, ErrRejected):
 		writeError(w, http.StatusForbidden, err.Error())
 	case errors.Is(err, ErrUnknownChallenge):
@@ -113,7 +115,13 @@ func remoteHost(r *http.Request) string {
 }
 
 func writeError(w http.ResponseWriter, code int, msg string) {
+	writeErrorCode(w, code, "", msg)
+}
+
+// writeErrorCode answers status with a protocol.Error of what (a protocol.Code…, or
+// empty) and msg.
+func writeErrorCode(w http.ResponseWriter, status int, what, msg string) {
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(protocol.Error{Error: msg})
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(protocol.Error{Error: msg, Code: what})
 }

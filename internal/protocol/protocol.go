@@ -69,7 +69,16 @@ type EnrollResponse struct {
 // Error is the body of every 4xx/5xx answer.
 type Error struct {
 	Error string `json:"error"`
+	// Code says what a client should do about it, where the status alone does not:
+	// CodeRefused, or empty.
+	Code string `json:"code,omitempty"`
 }
+
+// CodeRefused: the fleet refuses this TPM for good (the device was decommissioned).
+// Asking again soon changes nothing; a client asks rarely (the agent hourly) and says
+// why. Other rejections (an EK not yet on the allowlist, an untrusted EK certificate)
+// may end when an operator acts, and carry no code.
+const CodeRefused = "refused"
 
 // Quote is a TPM2_Quote by the AK plus the PCR values it covers.
 type Quote struct {

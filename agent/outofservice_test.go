@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/attest"
+	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/policy"
+	reposerver "github.com/edgeward/edgeward/repo-server"
+	"github.com/edgeward/edgeward/updater"
+)
+
+// TestDecommissionedDeviceEnrollsRarely: an agent whose TPM the fleet refuses for good
+// (decommissioned: the attestation CA answers 403 with protocol.CodeRefused) keeps
+// serving and asks again after updater.DefaultOutOfServiceInterval, saying why; a
+// server that cannot be reached is retried from 1 s. Before, a decommissioned device's
+// agent re-enrolled every interval for ever, logging "cannot connect to the server yet"
+// (found from outside, 2 Dec: 2,880 attempts a day at the 30 s interval).
+func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
+	ctx := context.Background()
+	lab := newDeviceAPILab(ctx, t, t.TempDir())
+	caKey, caCert, err := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var refusal error
+	inter := x509.NewCertPool()
+	inter.AddCert(lab.maker.Intermediate)
+	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: lab.maker.Roots(), ManufacturerIntermediates: inter,
+		Refuse: func(context.Context, string) error { mu.Lock(); defer mu.Unlock(); return refusal }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: lab.res.Repo})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: lab.store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	tpm, err := attest.Open(ctx, "sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	if _, err := lab.maker.Provision(ctx, tpm, attest.RSA); err != nil {
+		t.Fatal(err)
+	}
+
+	// connect until its first wait, returning the wait and the log.
+	firstWait := func(server string) (time.Duration, string) {
+		t.Helper()
+		var log strings.Builder
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var waited time.Duration
+		cfg := Config{Server: server, Interval: 30 * time.Second, Now: time.Now, Logger: slog.New(slog.NewTextHandler(&log, nil)),
+			Sleep: func(ctx context.Context, d time.Duration) error { waited = d; cancel(); return context.Canceled }}
+		if _, err := connect(cctx, cfg, tpm); err == nil {
+			t.Fatal("connect succeeded; want it to wait")
+		}
+		return waited, log.String()
+	}
+
+	mu.Lock()
+	refusal = fmt.Errorf("%w: device decommissioned at 2026-12-02T09:00:00Z: stolen", attestca.ErrRefused)
+	mu.Unlock()
+	wait, log := firstWait(hs.URL)
+	if wait != updater.DefaultOutOfServiceInterval || !strings.Contains(log, "out of service") || !strings.Contains(log, "decommissioned") {
+		t.Errorf("decommissioned device: first wait %v, log:\n%s\nwant a wait of %v and the log saying it is out of service, and why",
+			wait, log, updater.DefaultOutOfServiceInterval)
+	}
+	// Not refused, but the server is away: retried soon, as before.
+	down := httptest.NewServer(nil)
+	down.Close()
+	if wait, log := firstWait(down.URL); wait != time.Second || !strings.Contains(log, "cannot connect to the server yet") {
+		t.Errorf("server away: first wait %v, log:\n%s\nwant 1s and \"cannot connect\"", wait, log)
+	}
+	// Refused no more (here the test's Refuse; a real decommission is final): it enrolls.
+	mu.Lock()
+	refusal = nil
+	mu.Unlock()
+	var log2 strings.Builder
+	conn, err := connect(ctx, Config{Server: hs.URL, Interval: 30 * time.Second, Once: true, Logger: slog.New(slog.NewTextHandler(&log2, nil))}, tpm)
+	if err != nil {
+		t.Fatalf("connect once no longer refused: %v\n%s", err, log2.String())
+	}
+	conn.Close()
+}
