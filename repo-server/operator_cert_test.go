@@ -75,9 +75,10 @@ func TestOperatorClientCertificates(t *testing.T) {
 		tr.TLSClientConfig.Certificates = []tls.Certificate{cert}
 		return &http.Client{Transport: tr}
 	}
-	get := func(hc *http.Client, method, path string) (int, string) {
+	send := func(hc *http.Client, method, path string, header http.Header) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest(method, hs.URL+path, strings.NewReader(`{"operator":"x","role":"auditor","ttl":"1h"}`))
+		req.Header = header
 		resp, err := hc.Do(req)
 		if err != nil {
 			return 0, err.Error()
@@ -85,6 +86,10 @@ func TestOperatorClientCertificates(t *testing.T) {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
+	}
+	get := func(hc *http.Client, method, path string) (int, string) {
+		t.Helper()
+		return send(hc, method, path, http.Header{"Content-Type": {"application/json"}})
 	}
 	_, admin, err := store.CreateToken(ctx, "sam", fleet.RoleSecurityAdmin, time.Hour, time.Now())
 	if err != nil {
@@ -100,6 +105,34 @@ func TestOperatorClientCertificates(t *testing.T) {
 	}
 	if code, body := get(sam, "POST", "/v1/tokens"); code != http.StatusCreated && code != 200 {
 		t.Fatalf("POST /v1/tokens with sam's certificate = %d %s", code, body)
+	}
+	// A browser holding sam's certificate sends it with any page's request. A change
+	// asked for by a page of another origin is refused, whatever its body (a page's
+	// fetch sends a body of no stated type without a preflight); one of the server's
+	// own origin, or from a client that is no browser, is not. Before, a page of
+	// another site made such a browser publish a model and roll it out (found from
+	// outside, 2 Dec).
+	for _, tc := range []struct {
+		header http.Header
+		code   int
+	}{
+		{http.Header{"Content-Type": {"application/json"}, "Sec-Fetch-Site": {"cross-site"}}, http.StatusForbidden},
+		{http.Header{"Sec-Fetch-Site": {"same-site"}}, http.StatusForbidden},
+		{http.Header{"Origin": {"https://evil.example"}}, http.StatusForbidden},
+		{http.Header{"Content-Type": {"application/json"}, "Origin": {"null"}}, http.StatusForbidden},
+		{http.Header{"Content-Type": {"text/plain"}}, http.StatusUnsupportedMediaType},
+		{http.Header{}, http.StatusCreated}, // no browser: the CLI, a script
+		{http.Header{"Content-Type": {"application/json"}, "Sec-Fetch-Site": {"same-origin"}}, http.StatusCreated},
+		{http.Header{"Content-Type": {"application/json"}, "Origin": {hs.URL}}, http.StatusCreated},
+	} {
+		if code, body := send(sam, "POST", "/v1/tokens", tc.header); code != tc.code {
+			t.Errorf("POST /v1/tokens with sam's certificate and %v = %d %s; want %d", tc.header, code, body, tc.code)
+		}
+	}
+	for _, path := range []string{"/v1/rollouts/r-1/abort", "/v1/devices/dev-1/decommission", "/v1/publish?kind=model&name=m&version=9.9.9&ext=.onnx"} {
+		if code, body := send(sam, "POST", path, http.Header{"Sec-Fetch-Site": {"cross-site"}}); code != http.StatusForbidden || !strings.Contains(body, "cross-origin") {
+			t.Errorf("POST %s from a page of another site = %d %s; want 403 saying why", path, code, body)
+		}
 	}
 	otto := issue(caDir, "otto", fleet.OperatorCertURI(aud.ID))
 	if code, _ := get(otto, "POST", "/v1/tokens"); code != http.StatusForbidden {
