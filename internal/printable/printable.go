@@ -50,3 +50,23 @@ func Text(s string, max int) string {
 	}
 	return b.String()
 }
+
+// Cut returns the longest prefix of s of at most max bytes that does not end inside a
+// UTF-8 character: s cut to a byte bound at a character's boundary. Cut within one, valid
+// text became invalid UTF-8, which PostgreSQL refuses in a text column.
+func Cut(s string, max int) string {
+	if len(s) <= max {
+		return s
+	}
+	if max <= 0 {
+		return ""
+	}
+	i := max
+	for i > 0 && i > max-utf8.UTFMax && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	if !utf8.RuneStart(s[i]) {
+		return s[:max] // not UTF-8 there anyway: the byte bound alone
+	}
+	return s[:i]
+}

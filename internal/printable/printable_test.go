@@ -27,3 +27,31 @@ func TestText(t *testing.T) {
 		}
 	}
 }
+
+func TestCut(t *testing.T) {
+	for _, tc := range []struct {
+		s    string
+		max  int
+		want string
+	}{
+		{"hello", 10, "hello"},
+		{"hello", 5, "hello"},
+		{"hello", 3, "hel"},
+		{"héllo", 2, "h"},               // "é" is bytes 1–2: a cut at 2 falls inside it
+		{"héllo", 3, "hé"},              // at its end
+		{"a€b", 3, "a"},                 // a three-byte character, cut after its second byte
+		{"a€b", 4, "a€"},                //
+		{"😀x", 3, ""},                   // a four-byte character cut anywhere inside
+		{"😀x", 4, "😀"},                  //
+		{"\xff\xfe\xfd", 2, "\xff\xfe"}, // not UTF-8: the byte bound
+		{"abc", 0, ""},
+	} {
+		got := Cut(tc.s, tc.max)
+		if got != tc.want {
+			t.Errorf("Cut(%q, %d) = %q; want %q", tc.s, tc.max, got, tc.want)
+		}
+		if len(got) > tc.max && tc.max >= 0 {
+			t.Errorf("Cut(%q, %d) = %d bytes; want at most %d", tc.s, tc.max, len(got), tc.max)
+		}
+	}
+}

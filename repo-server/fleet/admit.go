@@ -9,6 +9,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/eventlog"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -266,9 +267,7 @@ func Admit(a Admission) (Admitted, error) {
 	}
 
 	detail := strings.Join(a.Reasons, "; ")
-	if len(detail) > MaxCause {
-		detail = detail[:MaxCause]
-	}
+	detail = printable.Cut(detail, MaxCause) // it quotes the device's evidence
 	if err := validShort("verdict", string(a.Verdict)); err != nil || a.Verdict == "" {
 		return Admitted{}, invalid("verdict", "%q", a.Verdict)
 	}
@@ -308,9 +307,7 @@ func Admit(a Admission) (Admitted, error) {
 	out.Audit = append(out.Audit, AuditRecord{actor, "attestation.verdict", id, verdictData})
 	if a.Verdict != policy.VerdictTrusted && a.Quarantine && !before.Quarantined {
 		d.Quarantined, d.QuarantineReason = true, "attestation: "+detail
-		if len(d.QuarantineReason) > MaxCause {
-			d.QuarantineReason = d.QuarantineReason[:MaxCause]
-		}
+		d.QuarantineReason = printable.Cut(d.QuarantineReason, MaxCause)
 		out.Audit = append(out.Audit, AuditRecord{"server", "device.quarantine", id, map[string]any{"reason": detail}})
 		out.Replan = true
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -105,7 +106,7 @@ func IsDeviceID(id string) bool {
 
 func truncate(s string) string {
 	if len(s) > 64 {
-		return s[:64] + "…"
+		return printable.Cut(s, 64) + "…"
 	}
 	return s
 }
@@ -341,9 +342,7 @@ func (s *Store) RecordVerdict(ctx context.Context, id string, v policy.Verdict, 
 	if err := validShort("verdict", string(v)); err != nil || v == "" {
 		return fmt.Errorf("record verdict for %s: %w", id, invalid("verdict", "%q", v))
 	}
-	if len(detail) > MaxCause {
-		detail = detail[:MaxCause]
-	}
+	detail = printable.Cut(detail, MaxCause)
 	return s.tx(ctx, func(tx *txn) error {
 		res, err := tx.ExecContext(ctx, `UPDATE devices SET verdict = ?, verdict_at = ? WHERE id = ?`, string(v), ns(at), id)
 		if err != nil {

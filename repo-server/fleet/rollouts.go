@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 )
@@ -90,9 +91,7 @@ func (s *Store) saveRolloutTx(ctx context.Context, tx *txn, st policy.RolloutSta
 			if e.Rollout != st.ID {
 				return invalid("event", "event of rollout %q saved with rollout %q", e.Rollout, st.ID)
 			}
-			if len(e.Reason) > MaxCause {
-				e.Reason = e.Reason[:MaxCause]
-			}
+			e.Reason = printable.Cut(e.Reason, MaxCause)
 			_, err := tx.ExecContext(ctx, `INSERT INTO rollout_events (rollout_id, type, wave, reason, actor, at) VALUES (?, ?, ?, ?, ?, ?)`,
 				e.Rollout, string(e.Type), e.Wave, e.Reason, e.Actor, ns(e.At))
 			if err != nil {
@@ -203,12 +202,10 @@ func validateReport(r *wire.Report) error {
 	if !(r.PeakRSSMB >= 0 && r.PeakRSSMB < 1e9) {
 		return invalid("peak_rss_mb", "%v: want a non-negative number", r.PeakRSSMB)
 	}
-	if len(r.Cause) > MaxCause {
-		r.Cause = r.Cause[:MaxCause]
-	}
-	if len(r.DeltaFallback) > MaxCause {
-		r.DeltaFallback = r.DeltaFallback[:MaxCause]
-	}
+	// Cut on a character: within one, the text is invalid UTF-8, which PostgreSQL
+	// refuses (the check-in failed, and the device's retried report held back every
+	// report after it).
+	r.Cause, r.DeltaFallback = printable.Cut(r.Cause, MaxCause), printable.Cut(r.DeltaFallback, MaxCause)
 	return nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -225,6 +226,33 @@ func testInvalidInput(t *testing.T, db opener) {
 	}
 	if err := s.RecordDecision(ctx, policy.Decision{DeviceID: "ghost", At: t0}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("decision for unknown device = %v; want ErrNotFound", err)
+	}
+}
+
+// testLongTextCutOnACharacter: a device's long cause (of a report, or of its fallback
+// from a delta) is cut to MaxCause bytes on a character's boundary. Cut within one, it
+// was invalid UTF-8, which PostgreSQL refuses in a text column: the check-in failed,
+// and the device's report, retried, held back every report after it.
+func testLongTextCutOnACharacter(t *testing.T, db opener) {
+	ctx := context.Background()
+	s, _ := openStore(t, db)
+	if err := s.Enroll(ctx, "dev-1", nil, t0); err != nil {
+		t.Fatal(err)
+	}
+	long := "a" + strings.Repeat("é", MaxCause) // "é" is two bytes: MaxCause falls inside one
+	rep := wire.Report{ID: "r-1", DeviceID: "dev-1", Kind: artifact.KindModel, Name: "m", Version: "1.0.0",
+		Outcome: wire.OutcomeProbeFailed, Cause: long, DeltaFallback: long, At: t0}
+	if err := s.AddReport(ctx, rep); err != nil {
+		t.Fatalf("report with a long cause of two-byte characters: %v", err)
+	}
+	reps, err := s.Reports(ctx, ReportFilter{DeviceID: "dev-1"})
+	if err != nil || len(reps) != 1 {
+		t.Fatalf("reports = %v, %v", reps, err)
+	}
+	for name, got := range map[string]string{"cause": reps[0].Cause, "delta fallback": reps[0].DeltaFallback} {
+		if !utf8.ValidString(got) || len(got) > MaxCause || len(got) < MaxCause-utf8.UTFMax || !strings.HasPrefix(long, got) {
+			t.Errorf("stored %s: %d bytes, valid UTF-8 %v; want the longest whole-character prefix of at most %d bytes", name, len(got), utf8.ValidString(got), MaxCause)
+		}
 	}
 }
 

@@ -65,6 +65,7 @@ var storeSuite = []struct {
 	{"OpenMigratesOnceAndUsesWAL", testOpenMigratesOnceAndUsesWAL},
 	{"DeviceLifecycle", testDeviceLifecycle},
 	{"InvalidInput", testInvalidInput},
+	{"LongTextCutOnACharacter", testLongTextCutOnACharacter},
 	{"RolloutsReportsDecisions", testRolloutsReportsDecisions},
 	{"DecideAt", testDecideAt},
 	{"InfrastructureReportsAreNotWaveResults", testInfrastructureReportsAreNotWaveResults},
