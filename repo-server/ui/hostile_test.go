@@ -12,7 +12,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
 
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/fleet"
 )
@@ -220,5 +223,52 @@ func TestAuditPageShowsWhatDevicesChoseBounded(t *testing.T) {
 	}
 	if !strings.Contains(body, `evil\u202egpj.exe`) || !strings.Contains(body, `a\u202ecod.sh`) {
 		t.Error("the escaped characters are not shown as \\u escapes")
+	}
+}
+
+// What a device chose is shown inert on every page, not only the audit page: a report's
+// cause with a right-to-left override and zero-width spaces, an update error with an
+// isolate and a C1 control, reach the device, rollout and fleet pages as \u escapes.
+// Before, html/template let them through: "\u202edeliaf ton" read "not failed" on the
+// device page and in the failures by cause (found from outside, 2 Dec).
+func TestEveryPageShowsDeviceTextInert(t *testing.T) {
+	d := newDash(t)
+	ctx := context.Background()
+	r := d.pol.Rollout("vib-2")
+	var dev string
+	for _, id := range []string{"press-01", "press-02", "press-03"} {
+		if r.WaveOf(id) == 0 {
+			dev = id
+			break
+		}
+	}
+	if dev == "" {
+		t.Fatal("no fixture device in vib-2's first wave")
+	}
+	cause := "\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069]"
+	if err := d.store.AddReport(ctx, wire.Report{ID: "bidi-1", DeviceID: dev, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
+		Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, Cause: cause, At: d.now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.store.CheckIn(ctx, fleet.CheckIn{ID: dev, Hardware: "aarch64", AgentVersion: "0.3.1", At: d.now,
+		LastError: &wire.UpdateError{Kind: wire.ErrorDownload, Message: "mirror \u2067down\u2069 \u0085ok", At: d.now}}); err != nil {
+		t.Fatal(err)
+	}
+	c := d.client()
+	d.login(c, fleet.RoleAuditor)
+	for _, page := range []string{"/ui/devices/" + dev, "/ui/rollouts/vib-2", "/ui/rollouts", "/ui/fleet"} {
+		resp, body := d.get(c, page)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s = %d", page, resp.StatusCode)
+		}
+		if i := strings.IndexFunc(body, func(r rune) bool { return unicode.Is(unicode.Cf, r) || (r >= 0x80 && r < 0xa0) }); i >= 0 {
+			t.Errorf("%s: a format or C1 character reached the page as it was: %q", page, body[max(0, i-40):min(len(body), i+40)])
+		}
+	}
+	_, body := d.get(c, "/ui/devices/"+dev)
+	for _, want := range []string{`\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069]`, `mirror \u2067down\u2069 \u0085ok`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the device page does not show %q", want)
+		}
 	}
 }

@@ -204,7 +204,35 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, code int, page strin
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(code)
-	io.WriteString(w, buf.String())
+	io.WriteString(w, inert(buf.String()))
+}
+
+// inert returns a rendered page with every Unicode format character (bidirectional
+// overrides and isolates, zero-width spaces and joiners) and every C0 control but tab,
+// newline and carriage return, and every C1 control, written as a \u escape. Devices
+// choose much of what a page shows (a report's cause, an update error, a verdict's
+// detail, quoted in pause reasons and events), and html/template escapes markup, not
+// these: a cause of "\u202edeliaf ton" read "not failed", and zero-width characters
+// hid text (found from outside, 2 Dec). The templates hold none, and in a URL
+// html/template has already percent-encoded them, so only text and attribute values
+// change.
+func inert(page string) string {
+	bad := func(r rune) bool {
+		return unicode.Is(unicode.Cf, r) || (r < 0x20 && r != '\t' && r != '\n' && r != '\r') || (r >= 0x7f && r < 0xa0)
+	}
+	if strings.IndexFunc(page, bad) < 0 {
+		return page
+	}
+	var b strings.Builder
+	b.Grow(len(page) + 64)
+	for _, r := range page {
+		if bad(r) {
+			fmt.Fprintf(&b, "\\u%04x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // ---- sessions ----
