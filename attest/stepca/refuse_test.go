@@ -2,8 +2,11 @@ package stepca_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -168,5 +171,74 @@ func certOrder(ctx context.Context, t *testing.T, tpm *attest.TPM, ak *attest.AK
 	return func() error {
 		_, err := attest.RequestDeviceCert(ctx, req)
 		return err
+	}
+}
+
+// TestDeviceCertificatesAreNotRenewedThroughRenew: a device certificate is renewed by a
+// new ACME order (device-attest-01, which proves the key is the TPM's and asks Refuse),
+// never through step-ca's /renew, which would sign a new one on the old certificate
+// alone. The provisioner disables renewal: /renew and /1.0/renew answer 401, served
+// or refused alike. Before, /1.0/renew signed a new certificate for a serving device
+// with no attestation, and answered a decommissioned one's with a 500 (found from
+// outside, 2 Dec).
+func TestDeviceCertificatesAreNotRenewedThroughRenew(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts step-ca")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tpm, ak, root := enrolledTPM(ctx, t)
+	var mu sync.Mutex
+	refused := false
+	sca, err := stepca.Start(ctx, stepca.Config{Dir: t.TempDir(), AttestationRoots: []*x509.Certificate{root},
+		Refuse: func(context.Context, []string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if refused {
+				return errors.New("device decommissioned")
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sca.Close()
+	key, err := tpm.CreateKey(ctx, []byte("device-tls"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	hc := sca.Client(nil)
+	hc.Transport.(*http.Transport).TLSClientConfig.Certificates = []tls.Certificate{cert}
+	for _, decommissioned := range []bool{false, true} {
+		mu.Lock()
+		refused = decommissioned
+		mu.Unlock()
+		for _, path := range []string{"/1.0/renew", "/renew"} {
+			resp, err := hc.Post(sca.URL+path, "application/json", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("POST %s with the device's certificate (decommissioned %v) = %d %s; want 401", path, decommissioned, resp.StatusCode, body)
+			}
+		}
+	}
+	// The device's own way still works while it is not refused.
+	mu.Lock()
+	refused = false
+	mu.Unlock()
+	if _, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: sca.DirectoryURL, HTTP: sca.Client(nil), AK: ak, Key: key}); err != nil {
+		t.Fatalf("a new ACME order after /renew was refused: %v", err)
 	}
 }

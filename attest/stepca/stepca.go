@@ -416,6 +416,11 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 		"attestationFormats": []string{"tpm"},
 		"attestationRoots":   attRoots,
 		"claims": map[string]any{
+			// A device certificate is renewed by a new ACME order (device-attest-01:
+			// the key is proven to be the TPM's, and Refuse is asked), never through
+			// /renew, which signs on the old certificate alone (found from outside, 2 Dec:
+			// it did, with no attestation, and answered a decommissioned device 500).
+			"disableRenewal":         true,
 			"minTLSCertDuration":     "5m",
 			"defaultTLSCertDuration": dur.String(),
 			"maxTLSCertDuration":     dur.String(),
