@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
@@ -64,7 +65,19 @@ type Attested struct {
 	// request's quote data as qualifying data, so that the server can wrap the content
 	// keys of encrypted targets to it (issue 18). nil: no content keys are released.
 	DecryptionKey *attest.DecryptionKey
+	// RenewAK, if set, obtains a new AK certificate from the attestation CA (the agent
+	// enrolls again). A check-in calls it first when a third or less of the current
+	// one's lifetime remains (AKDue): the server verifies the AK certificate at every
+	// check-in, and an agent that ran past it (365 days by default) was refused for
+	// good until it restarted. A failure keeps the current certificate, is logged, and
+	// is tried again at the next check-in. OnAK, if set, is given each new one (the
+	// device certificate's ACME orders carry it). Now is the clock; nil: time.Now.
+	RenewAK func(ctx context.Context) (*attest.AKCertificate, error)
+	OnAK    func(*attest.AKCertificate)
+	Now     func() time.Time
 
+	// akMu guards AK once RenewAK may replace it (DeviceID is read by other goroutines).
+	akMu   sync.Mutex
 	mu     sync.Mutex
 	status map[artifact.Kind]updater.SlotStatus
 	last   *wire.CheckInResponse
@@ -74,7 +87,54 @@ type Attested struct {
 }
 
 // DeviceID is the device's identity: the permanent identifier of its AK certificate.
-func (a *Attested) DeviceID() string { return a.AK.PermanentIdentifier }
+func (a *Attested) DeviceID() string { return a.currentAK().PermanentIdentifier }
+
+// currentAK is the AK certificate check-ins carry now.
+func (a *Attested) currentAK() *attest.AKCertificate {
+	a.akMu.Lock()
+	defer a.akMu.Unlock()
+	return a.AK
+}
+
+// AKDue reports whether an AK certificate should be renewed at now: a third or less of
+// its lifetime remains (as for the device certificate), or it has expired.
+func AKDue(ak *attest.AKCertificate, now time.Time) bool {
+	c := ak.Certificate
+	return c.NotAfter.Sub(now) <= c.NotAfter.Sub(c.NotBefore)/3
+}
+
+// renewAK replaces the AK certificate by a new one when it is due (RenewAK); a.mu is
+// held, so no check-in is under way.
+func (a *Attested) renewAK(ctx context.Context) {
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	old := a.currentAK()
+	if a.RenewAK == nil || !AKDue(old, now()) {
+		return
+	}
+	ak, err := a.RenewAK(ctx)
+	if err == nil && ak.PermanentIdentifier != old.PermanentIdentifier {
+		err = fmt.Errorf("the new AK certificate names %q, not this device's %q", ak.PermanentIdentifier, old.PermanentIdentifier)
+	}
+	if err != nil {
+		if a.Logger != nil {
+			a.Logger.Warn("AK certificate not renewed; the current one is kept, and renewing it is tried again at the next check-in",
+				"not_after", old.Certificate.NotAfter, "err", printable.Text(err.Error(), 512))
+		}
+		return
+	}
+	a.akMu.Lock()
+	a.AK = ak
+	a.akMu.Unlock()
+	if a.OnAK != nil {
+		a.OnAK(ak)
+	}
+	if a.Logger != nil {
+		a.Logger.Info("AK certificate renewed", "not_after", ak.Certificate.NotAfter, "was", old.Certificate.NotAfter)
+	}
+}
 
 // Last is the server's last answer (nil before the first check-in).
 func (a *Attested) Last() *wire.CheckInResponse {
@@ -193,6 +253,7 @@ func (a *Attested) Send(ctx context.Context, msgs []updater.Message) ([]string, 
 func (a *Attested) send(ctx context.Context, reports []wire.Report) (*wire.CheckInResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.renewAK(ctx)
 	id := a.DeviceID()
 	// The nonce the last check-in's answer carried, if any (single use: taken now);
 	// else, or when the server refuses it (expired, or replaced since), a new one.
@@ -307,7 +368,8 @@ func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Repor
 			return nil, fmt.Errorf("IMA measurement list: %w", err)
 		}
 	}
-	req.Evidence = wire.Evidence{AKCert: a.AK.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog, IMALog: imaLog}
+	ak := a.currentAK()
+	req.Evidence = wire.Evidence{AKCert: ak.Certificate.Raw, Quote: *q, Log: log, BootLog: bootLog, IMALog: imaLog}
 	if a.DecryptionKey != nil {
 		c, err := a.DecryptionKey.Certify(ctx, bound)
 		if err != nil {
@@ -315,7 +377,7 @@ func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Repor
 		}
 		req.Evidence.DecryptionKey = c
 	}
-	for _, c := range a.AK.Chain[:max(0, len(a.AK.Chain)-1)] {
+	for _, c := range ak.Chain[:max(0, len(ak.Chain)-1)] {
 		req.Evidence.AKChain = append(req.Evidence.AKChain, c.Raw)
 	}
 	resp, err := a.API.CheckIn(ctx, req)

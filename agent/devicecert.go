@@ -26,7 +26,7 @@ type DeviceCert struct {
 	// deletes them. Its private part never leaves the TPM either.
 	acct *attest.Key
 	tpm  *attest.TPM
-	ak   *attest.AKCertificate
+	ak   *attest.AKCertificate // guarded by mu (SetAK)
 	key  *attest.Key
 	dir  string
 	http *http.Client
@@ -63,7 +63,10 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 
 // Renew obtains a new certificate now.
 func (d *DeviceCert) Renew(ctx context.Context) error {
-	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: d.dir, HTTP: d.http, AK: d.ak, Key: d.key, AccountKey: d.acct})
+	d.mu.Lock()
+	ak := d.ak
+	d.mu.Unlock()
+	chain, err := attest.RequestDeviceCert(ctx, attest.DeviceCertRequest{DirectoryURL: d.dir, HTTP: d.http, AK: ak, Key: d.key, AccountKey: d.acct})
 	if err != nil {
 		return fmt.Errorf("device certificate: %w", err)
 	}
@@ -75,6 +78,14 @@ func (d *DeviceCert) Renew(ctx context.Context) error {
 	d.cert = c
 	d.mu.Unlock()
 	return nil
+}
+
+// SetAK makes ak the AK certificate of the next ACME orders (Attested.OnAK): step-ca
+// verifies the attestation's AK chain at the time of the order.
+func (d *DeviceCert) SetAK(ak *attest.AKCertificate) {
+	d.mu.Lock()
+	d.ak = ak
+	d.mu.Unlock()
 }
 
 // Leaf is the current certificate.

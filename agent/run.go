@@ -304,7 +304,15 @@ func run(ctx context.Context, cfg Config) error {
 	link := &Attested{API: conn.API, TPM: st.TPM, AK: conn.AK, Log: mlog, Labels: cfg.Labels, Hardware: cfg.Hardware,
 		AgentVersion: cfg.AgentVersion, Logger: log, Slots: st.Slots, Extra: judge.DriftAttrs,
 		BootLog: logPath(cfg.BootLog, DefaultBootLog, st.TPM.URL()), IMALog: logPath(cfg.IMALog, DefaultIMALog, st.TPM.URL()),
-		DecryptionKey: dk}
+		DecryptionKey: dk, Now: cfg.Now}
+	// The AK certificate is renewed while the agent runs (a third of its life left),
+	// and the device certificate's next ACME orders carry the new one.
+	link.RenewAK = func(ctx context.Context) (*attest.AKCertificate, error) {
+		return enrollClient(cfg, serverClient(cfg.ServerRoots)).Enroll(ctx, st.TPM)
+	}
+	if conn.cert != nil {
+		link.OnAK = conn.cert.SetAK
+	}
 	if cfg.AuditKey != nil {
 		link.Audit = &AuditWitness{Key: cfg.AuditKey, Witnesses: cfg.AuditWitnesses, Quorum: cfg.AuditQuorum, Path: st.Dir.AuditCheckpoint(), Logger: log}
 	}
@@ -498,7 +506,7 @@ func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, err
 	}
 	wait := time.Second
 	for {
-		ak, err := (&attest.EnrollClient{URL: strings.TrimRight(cfg.Server, "/") + wire.PathAttest, HTTP: httpc}).Enroll(ctx, tpm)
+		ak, err := enrollClient(cfg, httpc).Enroll(ctx, tpm)
 		if err != nil {
 			err = fmt.Errorf("enroll with the attestation CA at %s: %w", cfg.Server, err)
 		} else {
@@ -528,6 +536,11 @@ func connect(ctx context.Context, cfg Config, tpm *attest.TPM) (*connection, err
 		}
 		wait = min(2*wait, max(interval, time.Second))
 	}
+}
+
+// enrollClient is the attestation CA's client at cfg.Server.
+func enrollClient(cfg Config, httpc *http.Client) *attest.EnrollClient {
+	return &attest.EnrollClient{URL: strings.TrimRight(cfg.Server, "/") + wire.PathAttest, HTTP: httpc}
 }
 
 // serverClient is the HTTP client for the server: roots nil keeps the system roots.
