@@ -250,7 +250,7 @@ func grpcError(err error) error {
 	case http.StatusGatewayTimeout:
 		code = codes.DeadlineExceeded
 	}
-	return status.Error(code, err.Error())
+	return status.Error(code, errorText(err))
 }
 
 func (g *grpcService) ServerLive(context.Context, *inference.ServerLiveRequest) (*inference.ServerLiveResponse, error) {

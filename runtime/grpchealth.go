@@ -49,7 +49,7 @@ func (h *grpcHealth) status(service string) (healthpb.HealthCheckResponse_Servin
 func (h *grpcHealth) Check(_ context.Context, req *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
 	st, ok := h.status(req.GetService())
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "unknown service %q", req.GetService())
+		return nil, status.Errorf(codes.NotFound, "unknown service %.64q", req.GetService())
 	}
 	return &healthpb.HealthCheckResponse{Status: st}, nil
 }

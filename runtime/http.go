@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/jsonstrict"
+	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
@@ -624,5 +625,23 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, err error) {
-	writeJSON(w, code, map[string]string{"error": err.Error()})
+	writeJSON(w, code, map[string]string{"error": errorText(err)})
+}
+
+// maxErrorText bounds the text of an error answer (HTTP body, gRPC status message), in
+// bytes before JSON escaping.
+const maxErrorText = 1024
+
+// errorText is err's text as an answer carries it: cut to maxErrorText bytes on a
+// character, saying how much was cut. Errors quote what the request held (a path, a
+// model or input name, a datatype), and a request of 900 KB of '<' in its path got a
+// 5.4 MB 404 (each '<' JSON-escaped to six bytes), which clients that never read held in
+// the server's memory (found from outside, 2 Dec).
+func errorText(err error) string {
+	s := err.Error()
+	if len(s) <= maxErrorText {
+		return s
+	}
+	cut := printable.Cut(s, maxErrorText)
+	return fmt.Sprintf("%s… (%d bytes more)", cut, len(s)-len(cut))
 }
