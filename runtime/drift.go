@@ -44,15 +44,32 @@ type Moments struct {
 	N    int64
 	Mean []float64
 	m2   []float64
+	// Skipped counts the rows left out for a value that is not finite or beyond
+	// maxDriftValue in magnitude.
+	Skipped int64
 }
 
-// Add folds one row (one value per feature) in. Rows of another width are ignored.
+// maxDriftValue bounds the magnitude of a value the moments take in: squared and
+// summed over a billion rows it stays finite. A NaN or an infinity, which any client may
+// send, made the moments NaN for the rest of the version's life, and the drift report
+// unencodable (a 500 at every request, and the model's drift gone from the check-ins:
+// found from outside, 2 Dec).
+const maxDriftValue = 1e100
+
+// Add folds one row (one value per feature) in. Rows of another width are ignored;
+// rows with a value not finite or beyond maxDriftValue are counted in Skipped.
 func (m *Moments) Add(row []float64) {
 	if m.Mean == nil {
 		m.Mean, m.m2 = make([]float64, len(row)), make([]float64, len(row))
 	}
 	if len(row) != len(m.Mean) {
 		return
+	}
+	for _, x := range row {
+		if !(math.Abs(x) <= maxDriftValue) { // NaN fails every comparison
+			m.Skipped++
+			return
+		}
 	}
 	m.N++
 	for i, x := range row {
@@ -85,8 +102,8 @@ func Compare(m *Moments, b *Baseline, threshold float64, minRows int64) ([]runti
 			fd.Mean, fd.Var = m.Mean[i], m.Var(i)
 		}
 		if f.Var > 0 {
-			fd.MeanShift = (fd.Mean - f.Mean) / math.Sqrt(f.Var)
-			fd.VarRatio = fd.Var / f.Var
+			fd.MeanShift = finite((fd.Mean - f.Mean) / math.Sqrt(f.Var))
+			fd.VarRatio = finite(fd.Var / f.Var)
 		}
 		out = append(out, fd)
 		if m.N >= minRows && m.N > 0 && (math.Abs(fd.MeanShift) > threshold || fd.VarRatio > 4 || fd.VarRatio < 0.25) {
@@ -94,6 +111,21 @@ func Compare(m *Moments, b *Baseline, threshold float64, minRows int64) ([]runti
 		}
 	}
 	return out, drifted
+}
+
+// finite is x with an infinity as the largest float of its sign, and NaN as 0, so that a
+// report always encodes (JSON has neither); a baseline variance near zero can make a
+// ratio overflow.
+func finite(x float64) float64 {
+	switch {
+	case math.IsNaN(x):
+		return 0
+	case math.IsInf(x, 1):
+		return math.MaxFloat64
+	case math.IsInf(x, -1):
+		return -math.MaxFloat64
+	}
+	return x
 }
 
 // drift is a model version's running input statistics; safe for concurrent use.
@@ -137,10 +169,10 @@ func isFloat(dt runtimeapi.Datatype) bool {
 
 func (d *drift) report(name, version string) runtimeapi.DriftReport {
 	d.mu.Lock()
-	m := Moments{N: d.moments.N, Mean: append([]float64(nil), d.moments.Mean...), m2: append([]float64(nil), d.moments.m2...)}
+	m := Moments{N: d.moments.N, Mean: append([]float64(nil), d.moments.Mean...), m2: append([]float64(nil), d.moments.m2...), Skipped: d.moments.Skipped}
 	d.mu.Unlock()
 	feats, drifted := Compare(&m, d.baseline, 0, 30)
-	return runtimeapi.DriftReport{Model: name, Version: version, Rows: m.N, Features: feats, Drifted: drifted}
+	return runtimeapi.DriftReport{Model: name, Version: version, Rows: m.N, SkippedRows: m.Skipped, Features: feats, Drifted: drifted}
 }
 
 // Drift reports a loaded version's served inputs against its baseline ("" for the

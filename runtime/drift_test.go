@@ -2,6 +2,10 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
+	"math"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -70,5 +74,54 @@ func TestDriftServed(t *testing.T) {
 	}
 	if _, err := r.Drift("iris", ""); err == nil {
 		t.Errorf("Drift(unknown model) = nil error")
+	}
+}
+
+// TestDriftSkipsNonFiniteRows: a row with a NaN or an infinity, which any client may
+// send (over binary tensors or gRPC), is left out of the drift statistics and counted;
+// the report still encodes and the control API still answers it. Before, one NaN made
+// the moments NaN for the rest of the version's life and GET …/drift answered 500 at
+// every request, so the agent's check-ins lost the model's drift (found from outside,
+// 2 Dec).
+func TestDriftSkipsNonFiniteRows(t *testing.T) {
+	r := newTestRuntime(t)
+	path := filepath.Join(vibrationDir(t), "models", "vibration", "1.1.0.onnx")
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "vibration", Version: "1.1.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	x, _ := modelgen.Dataset(3, 40)
+	for i, row := range x {
+		vals := []float64{row[0], row[1], row[2], row[3]}
+		switch i {
+		case 5:
+			vals[1] = math.NaN()
+		case 6:
+			vals[3] = math.Inf(1)
+		case 7:
+			vals[0] = math.Inf(-1)
+		}
+		if _, err := r.Infer(context.Background(), "vibration", "", []Input{NewInput("x", runtimeapi.FP32, []int64{1, 4}, vals)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := r.Drift("vibration", "")
+	if err != nil || rep.Rows != 37 || rep.SkippedRows != 3 || len(rep.Drifted) != 0 {
+		t.Fatalf("Drift = %+v, %v; want 37 rows, 3 skipped, nothing drifted", rep, err)
+	}
+	srv := httptest.NewServer(r.ControlHandler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v2/models/vibration/drift")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got runtimeapi.DriftReport
+	if err := json.NewDecoder(resp.Body).Decode(&got); resp.StatusCode != http.StatusOK || err != nil || got.SkippedRows != 3 {
+		t.Fatalf("GET drift = %d, %+v, %v; want 200 with 3 skipped rows", resp.StatusCode, got, err)
+	}
+	for _, f := range got.Features {
+		if math.IsNaN(f.Mean) || math.IsNaN(f.Var) || math.IsNaN(f.MeanShift) || math.IsNaN(f.VarRatio) {
+			t.Errorf("feature %+v: NaN in the report", f)
+		}
 	}
 }

@@ -166,10 +166,13 @@ type UnloadRequest struct {
 
 // DriftReport compares served inputs with the baseline, for the check-in.
 type DriftReport struct {
-	Model    string         `json:"model"`
-	Version  string         `json:"version"`
-	Rows     int64          `json:"rows"`
-	Features []FeatureDrift `json:"features"`
+	Model   string `json:"model"`
+	Version string `json:"version"`
+	Rows    int64  `json:"rows"`
+	// SkippedRows counts the rows served but left out of the statistics for a value that
+	// is not finite (NaN, an infinity) or beyond 1e100 in magnitude.
+	SkippedRows int64          `json:"skipped_rows,omitempty"`
+	Features    []FeatureDrift `json:"features"`
 	// Drifted names the features whose |mean shift| exceeds the threshold (in baseline
 	// standard deviations) or whose variance ratio is outside [1/4, 4].
 	Drifted []string `json:"drifted,omitempty"`
