@@ -219,7 +219,12 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if err != nil {
 		return statusOf(err), nil, "", err
 	}
-	defer m.inflight.Done()
+	released := false
+	defer func() {
+		if !released {
+			m.inflight.Done()
+		}
+	}()
 	outs, err := m.runWith(req.Context(), s.inputs, s.names, true, &s.run)
 	if err != nil {
 		return statusOf(err), m, m.version, err
@@ -238,6 +243,14 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 		h["Content-Type"] = jsonType
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(s.resp))}
+	// The answer is encoded: the version is free to go (an unload need not wait for
+	// this client to read), and the answer's bytes count as held until written, within
+	// WriteTimeout (a client that does not read is cut off then).
+	m.inflight.Done()
+	released = true
+	r.bodies.charge(int64(len(s.resp)))
+	defer r.bodies.give(int64(len(s.resp)))
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout()))
 	w.WriteHeader(http.StatusOK)
 	w.Write(s.resp)
 	return http.StatusOK, m, m.version, nil

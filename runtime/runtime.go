@@ -97,6 +97,12 @@ type Config struct {
 	// its read began (edgeward-runtime's HTTP server uses it for a whole request too).
 	// Zero means one minute.
 	ReadTimeout time.Duration
+	// WriteTimeout bounds how long an inference answer may take to be written to its
+	// client over HTTP: a client that does not read it is cut off then, and what the
+	// request held (its bytes under MaxHeldBytes, its model version) is released. Zero
+	// means one minute. Before, a client that never read held them for as long as it
+	// wished, and an unload of the version waited for it (found from outside, 2 Dec).
+	WriteTimeout time.Duration
 	// IdleTimeout is how long a gRPC connection may stay open with no call in progress
 	// before the server closes it (GOAWAY; clients reconnect when they next call), as
 	// edgeward-runtime's HTTP server closes idle connections. Zero means two minutes.
@@ -148,6 +154,8 @@ func (c *Config) grpcReadGrace() time.Duration {
 }
 
 func (c *Config) idleTimeout() time.Duration { return orDefault(c.IdleTimeout, 2*time.Minute) }
+
+func (c *Config) writeTimeout() time.Duration { return orDefault(c.WriteTimeout, time.Minute) }
 
 func (c *Config) readTimeout() time.Duration {
 	if c.ReadTimeout <= 0 {
