@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -48,6 +49,9 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		// known to fit (decodeInfer); every other message is protobuf's as usual.
 		grpc.ForceServerCodecV2(newInferCodec()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: r.cfg.idleTimeout()}),
+		// Each connection counts what it writes, so that an answer is held under the
+		// byte budget until it has left, within WriteTimeout (grpcsend.go).
+		grpc.Creds(sendCreds{r: r}),
 	}, inference.ServerOptions()...), opts...)
 	s := grpc.NewServer(opts...)
 	g := &grpcService{r: r}
@@ -81,6 +85,9 @@ func (g *grpcService) modelInferStream(_ any, ss grpc.ServerStream) (err error) 
 	resp, err := g.ModelInfer(ctx, req)
 	if err != nil {
 		return err
+	}
+	if c := answerConn(ctx); c != nil {
+		c.hold(int64(proto.Size(resp)))
 	}
 	return ss.SendMsg(resp)
 }

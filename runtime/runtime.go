@@ -98,7 +98,8 @@ type Config struct {
 	// Zero means one minute.
 	ReadTimeout time.Duration
 	// WriteTimeout bounds how long an inference answer may take to be written to its
-	// client over HTTP: a client that does not read it is cut off then, and what the
+	// client, over HTTP or gRPC: a client that does not read it is cut off then (its
+	// gRPC connection closed), and what the
 	// request held (its bytes under MaxHeldBytes, its model version) is released. Zero
 	// means one minute. Before, a client that never read held them for as long as it
 	// wished, and an unload of the version waited for it (found from outside, 2 Dec).

@@ -90,7 +90,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.MaxConcurrentRuns, "max-concurrent-runs", 0, "ONNX Runtime runs in flight at once, across models; further requests wait (0: the number of CPUs)")
 	fs.Int64Var(&cfg.MaxHeldBytes, "max-held-bytes", 0, "bytes of inference requests (bodies, decoded tensors) held in memory at once; a request that would pass it is refused with 503 and Retry-After (gRPC UNAVAILABLE), one that alone would pass it with 413 (0: 4 × --max-request-bytes)")
 	fs.DurationVar(&cfg.ReadTimeout, "read-timeout", time.Minute, "how long one request may take to arrive: a whole HTTP request, or a gRPC ModelInfer message once its read began")
-	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", time.Minute, "how long an inference answer may take to be written over HTTP: a client that does not read it is cut off then, and what its request held is released")
+	fs.DurationVar(&cfg.WriteTimeout, "write-timeout", time.Minute, "how long an inference answer may take to be written, over HTTP or gRPC: a client that does not read it is cut off then, and what its request held is released")
 	fs.DurationVar(&cfg.GRPCReadGrace, "grpc-read-grace", 2*time.Second, "how long a gRPC ModelInfer message may take to arrive while other calls wait for a read slot; past it the read ends with DEADLINE_EXCEEDED and its slot goes to a waiting call (at most --read-timeout)")
 	fs.IntVar(&cfg.MaxWaitingRequests, "max-waiting", 256, "inference requests that may wait for a run; one more is refused with 503 and Retry-After (gRPC UNAVAILABLE); probes always wait")
 	fs.Var(&models, "model", "load NAME=VERSION=PATH before serving (repeatable; the first of a name is its default)")
