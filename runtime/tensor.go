@@ -118,9 +118,9 @@ func encodeFloats(dt runtimeapi.Datatype, data []float64) tensorData {
 		case runtimeapi.FP64:
 			b = le.AppendUint64(b, math.Float64bits(f))
 		case runtimeapi.FP16:
-			b = le.AppendUint16(b, f32ToF16(float32(f)))
+			b = le.AppendUint16(b, f64ToF16(f))
 		case runtimeapi.BF16:
-			b = le.AppendUint16(b, f32ToBF16(float32(f)))
+			b = le.AppendUint16(b, f64ToBF16(f))
 		case runtimeapi.INT8, runtimeapi.INT16, runtimeapi.INT32, runtimeapi.INT64:
 			b = appendInt(b, int64(f), dt.Size())
 		case runtimeapi.UINT8, runtimeapi.UINT16, runtimeapi.UINT32, runtimeapi.UINT64:
@@ -366,9 +366,13 @@ func appendToken(b []byte, tok string, dt runtimeapi.Datatype) ([]byte, error) {
 		if !isJSONNumber(tok) {
 			return b, fmt.Errorf("%.32q is not a number", tok)
 		}
-		bits := 32
-		if dt == runtimeapi.FP64 {
-			bits = 64
+		// FP16 and BF16 are rounded once, from the number's float64 value: through
+		// FP32 they were rounded twice, and 1.000488282 became FP16 1.0, not the
+		// nearest 1.0009765625, and 65519.999999 overflowed instead of giving 65504
+		// (found from outside, 2 Dec).
+		bits := 64
+		if dt == runtimeapi.FP32 {
+			bits = 32
 		}
 		f, err := strconv.ParseFloat(tok, bits)
 		if err != nil {
@@ -380,13 +384,13 @@ func appendToken(b []byte, tok string, dt runtimeapi.Datatype) ([]byte, error) {
 		case runtimeapi.FP32:
 			return le.AppendUint32(b, math.Float32bits(float32(f))), nil
 		case runtimeapi.FP16:
-			h := f32ToF16(float32(f))
+			h := f64ToF16(f)
 			if h&0x7fff == 0x7c00 {
 				return b, fmt.Errorf("%.32q out of range for FP16", tok)
 			}
 			return le.AppendUint16(b, h), nil
 		}
-		h := f32ToBF16(float32(f))
+		h := f64ToBF16(f)
 		if h&0x7fff == 0x7f80 {
 			return b, fmt.Errorf("%.32q out of range for BF16", tok)
 		}
@@ -503,6 +507,56 @@ func f16ToF32(h uint16) float32 {
 		return f
 	}
 	return math.Float32frombits(sign | (exp+112)<<23 | mant<<13)
+}
+
+// f64ToF16 rounds a float64 to the nearest FP16 (ties to even), in one rounding;
+// beyond FP16's range it is an infinity, NaN a quiet NaN.
+func f64ToF16(f float64) uint16 { return f64ToSmall(f, 5, 10) }
+
+// f64ToBF16 rounds a float64 to the nearest BF16 (ties to even), in one rounding.
+func f64ToBF16(f float64) uint16 { return f64ToSmall(f, 8, 7) }
+
+// f64ToSmall rounds f to the nearest value of a binary floating-point format with ebits
+// exponent and mbits mantissa bits (IEEE 754 layout, subnormals included), ties to even:
+// past the largest finite value, an infinity; NaN a quiet NaN.
+func f64ToSmall(f float64, ebits, mbits uint) uint16 {
+	b := math.Float64bits(f)
+	sign := uint16(b>>63) << (ebits + mbits)
+	exp := int(b>>52) & 0x7ff
+	mant := b & (1<<52 - 1)
+	maxE := uint64(1)<<ebits - 1
+	switch exp {
+	case 0x7ff:
+		if mant != 0 {
+			return sign | uint16(maxE<<mbits) | 1<<(mbits-1)
+		}
+		return sign | uint16(maxE<<mbits)
+	case 0: // a float64 subnormal is far below the smallest value of either format
+		return sign
+	}
+	bias := 1<<(ebits-1) - 1
+	e := exp - 1023 + bias // the biased exponent in the small format
+	var sig, base uint64
+	var shift uint
+	if e >= 1 {
+		sig, base, shift = mant, uint64(e)<<mbits, 52-mbits
+	} else {
+		// A subnormal of the small format: the significand, its leading one included,
+		// in units of the smallest subnormal.
+		if 1-e > 63-52+int(mbits) {
+			return sign
+		}
+		sig, shift = mant|1<<52, 52-mbits+uint(1-e)
+	}
+	r := base + sig>>shift
+	rem, half := sig&(1<<shift-1), uint64(1)<<(shift-1)
+	if rem > half || (rem == half && r&1 == 1) {
+		r++ // may carry into the exponent: correct
+	}
+	if r >= maxE<<mbits {
+		return sign | uint16(maxE<<mbits)
+	}
+	return sign | uint16(r)
 }
 
 // f32ToBF16 rounds an FP32 to the nearest BF16 (ties to even), NaN stays NaN.
