@@ -70,3 +70,52 @@ func TestErrorAnswersAreBounded(t *testing.T) {
 		t.Errorf("gRPC ModelReady with a 1 MB name = %d bytes of status message; want at most %d", len(msg), maxErrorText+64)
 	}
 }
+
+// TestWrongMethodAndEncoding: a path the API serves under other methods answers 405 with
+// Allow (RFC 9110), not 404; a compressed request body (Content-Encoding, which Triton's
+// clients can send) is 415 naming the encoding, not a 400 about the JSON's first byte;
+// both in JSON like every error (found from outside, 2 Dec).
+func TestWrongMethodAndEncoding(t *testing.T) {
+	r := newTestRuntime(t)
+	loadIris(t, r, "1.0.0")
+	srv := httptest.NewServer(r.Handler())
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		allow        string
+	}{
+		{"GET", "/v2/models/iris/infer", 405, "POST"},
+		{"PUT", "/v2/models/iris/versions/1.0.0/infer", 405, "POST"},
+		{"POST", "/v2/health/ready", 405, "GET, HEAD"},
+		{"OPTIONS", "/v2/models/iris", 405, "GET, HEAD"},
+		{"DELETE", "/metrics", 405, "GET, HEAD"},
+		{"GET", "/v2/nowhere", 404, ""},
+		{"POST", "/v3/models/iris/infer", 404, ""},
+		{"GET", "/v2/health/live", 200, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var e struct{ Error string }
+		if resp.StatusCode != tc.code || resp.Header.Get("Allow") != tc.allow || (tc.code >= 400 && (json.Unmarshal(b, &e) != nil || e.Error == "")) {
+			t.Errorf("%s %s = %d, Allow %q, %s; want %d, Allow %q, a JSON error", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), b, tc.code, tc.allow)
+		}
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/v2/models/iris/infer", strings.NewReader("\x1f\x8b\x08\x00"))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Encoding", "gzip")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(b), "gzip") {
+		t.Errorf("a gzip request = %d %s; want 415 naming the encoding", resp.StatusCode, b)
+	}
+}

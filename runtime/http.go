@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -75,8 +76,30 @@ func (r *Runtime) publicRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v2/models/{name}/versions/{version}/infer", r.handleInfer)
 	mux.Handle("GET /metrics", r.metrics.handler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, req *http.Request) {
+		// A path served under other methods is 405 with Allow (RFC 9110), as the
+		// mux would answer without this catch-all; anything else is 404. Both in JSON,
+		// as every error of the API.
+		if allow := allowed(mux, req); allow != "" {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed: %s takes %s", req.Method, req.URL.Path, allow))
+			return
+		}
 		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s", req.Method, req.URL.Path))
 	})
+}
+
+// allowed lists the methods mux serves req's path under (a GET route serves HEAD too),
+// "" when none: only the catch-all's.
+func allowed(mux *http.ServeMux, req *http.Request) string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost} {
+		probe := *req
+		probe.Method = m
+		if _, pattern := mux.Handler(&probe); pattern != "" && pattern != "/" {
+			out = append(out, m)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 // recoverer turns a panic in a handler into a 500 so that one bad request cannot take the
@@ -194,6 +217,10 @@ func (r *Runtime) observeInfer(m *Model, name, served string, code int, d time.D
 func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, *Model, string, error) {
 	// Read and decode before taking a reference on a version, so that a slow upload
 	// cannot hold an old version's session open during a swap.
+	if ce := req.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		err := fmt.Errorf("request content encoding %.32q is not supported: send it uncompressed", ce)
+		return http.StatusUnsupportedMediaType, nil, r.servedVersion(name, version), err
+	}
 	hl, err := headerLength(req.Header)
 	if err != nil {
 		return statusOf(err), nil, r.servedVersion(name, version), err
