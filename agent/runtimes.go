@@ -162,8 +162,20 @@ func noteTrialDeath(h RuntimeHealth, why string, now time.Time) (RuntimeHealth, 
 func (r *Runtimes) Health() RuntimeHealth {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	h := r.health
-	h.At = time.Now()
+	return settled(r.health, time.Now())
+}
+
+// settled is h as of now: a crash loop is over once the runtime restarted after it has
+// served stableAfter (its next death, if any, is restarted at once: restartDelay).
+// Counted only at the next death before, a loop of one early death stayed in the
+// check-ins' last error and in status for good, hiding every update error after it
+// (found from outside, 2 Dec: still "crash loop" 12 minutes on, while ten downloads
+// failed unseen). Pure.
+func settled(h RuntimeHealth, now time.Time) RuntimeHealth {
+	h.At = now
+	if h.CrashLoop > 0 && !h.ServingSince.IsZero() && now.Sub(h.ServingSince) >= stableAfter {
+		h.CrashLoop, h.RestartDelay = 0, 0
+	}
 	return h
 }
 

@@ -391,6 +391,43 @@ func TestWithRuntimeDown(t *testing.T) {
 	}
 }
 
+// TestCrashLoopEndsOnceTheRuntimeServes: a crash loop is over once the restarted
+// runtime has served stableAfter: the health says so from then on, and an update error
+// after the death is the check-in's last error again. Before, the loop stayed until the
+// next death, and one early death hid every update error for good (found from outside,
+// 2 Dec).
+func TestCrashLoopEndsOnceTheRuntimeServes(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
+	h, _ := noteDeath(RuntimeHealth{ServingSince: t0}, "runtime pid 7: signal: killed", t0.Add(5*time.Second))
+	h.ServingSince = t0.Add(6 * time.Second) // restarted, serving again
+	download := &wire.UpdateError{Kind: wire.ErrorDownload, At: t0.Add(20 * time.Second)}
+	for _, tc := range []struct {
+		at      time.Duration
+		looping bool
+		want    wire.UpdateErrorKind
+	}{
+		{10 * time.Second, true, wire.ErrorRuntimeDown}, // serving 4 s: still the loop
+		{35 * time.Second, true, wire.ErrorRuntimeDown}, // 29 s
+		{36 * time.Second, false, wire.ErrorDownload},   // 30 s: over; the later download error shows
+		{12 * time.Minute, false, wire.ErrorDownload},
+	} {
+		now := t0.Add(tc.at)
+		got := settled(h, now)
+		if (got.CrashLoop > 0) != tc.looping || got.At != now || got.Deaths != 1 {
+			t.Errorf("at +%v: settled = %+v; want crash loop %v, one death", tc.at, got, tc.looping)
+		}
+		if e := withRuntimeDown(download, got, now, 30*time.Second); e == nil || e.Kind != tc.want {
+			t.Errorf("at +%v: last error %+v; want %s", tc.at, e, tc.want)
+		}
+	}
+	// Not serving (the restart held back): the loop goes on however long ago it began.
+	down := h
+	down.ServingSince = time.Time{}
+	if got := settled(down, t0.Add(time.Hour)); got.CrashLoop != 1 {
+		t.Errorf("not serving an hour on: settled = %+v; want the loop still", got)
+	}
+}
+
 // TestRestartDelay is the crash-loop rate limit: a runtime that served long enough is
 // restarted at once; one that dies soon after its start waits, longer each time, up
 // to the cap.
