@@ -258,12 +258,25 @@ const DefaultOutOfServiceInterval = time.Hour
 
 // Run recovers the slots, then checks in every Interval (jittered) until ctx ends;
 // every OutOfServiceInterval while the server refuses the device for good.
+//
+// The slots are recovered without the network first (RecoverLocal), so that a download
+// a restart interrupted does not hold back the first check-in: the round's install
+// resumes it when the server still wants that version and supersedes it when it wants
+// another; one the server no longer asks for is finished after the first round
+// (Recover). Before, a kill mid-download of a version since superseded kept the device
+// silent for the rest of that download, up to Downloader.MaxTime, then threw it away
+// (found from outside, 2 Dec: 40 s at 100 KB/s).
 func (a *Agent) Run(ctx context.Context) error {
-	if err := a.cfg.Slots.Recover(ctx); err != nil {
+	if err := a.cfg.Slots.RecoverLocal(ctx); err != nil {
 		a.cfg.Logger.Error("recover", "err", err)
 	}
-	for {
+	for first := true; ; first = false {
 		err := a.Step(ctx)
+		if first && ctx.Err() == nil {
+			if rerr := a.cfg.Slots.Recover(ctx); rerr != nil {
+				a.cfg.Logger.Error("recover", "err", rerr)
+			}
+		}
 		wait := time.Duration(float64(a.cfg.Interval) * (1 + a.cfg.Jitter*(2*a.cfg.Rand()-1)))
 		switch {
 		case errors.Is(err, ErrOutOfService):

@@ -771,3 +771,82 @@ func TestClearedFailureIsTriedAgain(t *testing.T) {
 		t.Fatalf("after a second clear: %s", got)
 	}
 }
+
+// TestRestartChecksInBeforeResumingADownload: an agent restarted with a download under
+// way checks in first; the server now wants another version, so the interrupted one is
+// superseded without another byte fetched, and the wanted one installs. Before, Run's
+// Recover finished the abandoned download before the first check-in (found from
+// outside, 2 Dec: the device silent for the 40 s the rest of it took, then it was
+// thrown away).
+func TestRestartChecksInBeforeResumingADownload(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	p2, _ := r.AddModel("iris", "1.0.1", 0)
+	state := t.TempDir()
+	PinRoot(filepath.Join(state, "tuf"), r.RootBytes(1))
+	c := newClient(t, r, filepath.Join(state, "tuf"))
+	var events []string
+	fetch := fetchFunc(func(ctx context.Context, tg rollback.Target, dst string) error {
+		events = append(events, "fetch "+tg.Path)
+		return c.SlotFetcher().Fetch(ctx, tg, dst)
+	})
+	// The first process: the download of 1.0.0 is interrupted (the fetch fails, not for
+	// good), the slot stays downloading.
+	m1, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: fetch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf, err := c.Target(ctx, p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t1, _, err := TargetOf(artifact.KindModel, tf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := fetchFunc(func(context.Context, rollback.Target, string) error { return errors.New("connection reset") })
+	if s, err := m1.InstallFrom(ctx, artifact.KindModel, t1, cut); err == nil || s.Phase != rollback.Downloading {
+		t.Fatalf("interrupted install = %+v, %v; want downloading", s, err)
+	}
+	m1.Close()
+	// The restarted process; the server now wants 1.0.1.
+	m, err := rollback.Open(ctx, rollback.Config{Dir: state, Fetch: fetch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	d := &recordingDirector{director: director{want: map[artifact.Kind]string{artifact.KindModel: p2}}, events: &events}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{}, Interval: time.Minute,
+		Sleep: func(context.Context, time.Duration) error { return context.Canceled }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v", err)
+	}
+	if len(events) == 0 || events[0] != "check-in" || slices.Contains(events, "fetch "+p1) {
+		t.Errorf("events %v; want the check-in first and the superseded %s never fetched", events, p1)
+	}
+	if s, _ := m.State(ctx, artifact.KindModel); s.Current == nil || s.Current.Path != p2 {
+		t.Errorf("slot after the round = %+v; want %s committed", s, p2)
+	}
+}
+
+// recordingDirector is director noting each check-in in events.
+type recordingDirector struct {
+	director
+	events *[]string
+}
+
+func (d *recordingDirector) CheckIn(ctx context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
+	*d.events = append(*d.events, "check-in")
+	return d.director.CheckIn(ctx, st)
+}
+
+// fetchFunc is a rollback.Fetcher from a function.
+type fetchFunc func(ctx context.Context, t rollback.Target, dst string) error
+
+func (f fetchFunc) Fetch(ctx context.Context, t rollback.Target, dst string) error {
+	return f(ctx, t, dst)
+}
