@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -271,6 +272,44 @@ func TestManagerCorruptStateRow(t *testing.T) {
 	}
 	if _, err := m.Install(ctx, artifact.KindModel, b.add("2.0.0")); !errors.Is(err, ErrCorruptState) {
 		t.Errorf("Install with corrupt state = %v; want ErrCorruptState", err)
+	}
+}
+
+// TestTransitionLogIsBounded: each kind keeps its newest KeepTransitions logged
+// transitions (give or take one pruning period), the other kind's untouched, and a
+// damaged state row is still restored from the newest. Before, the log kept every
+// transition: 2–3 KB per update for good (found from outside, 2 Dec).
+func TestTransitionLogIsBounded(t *testing.T) {
+	ctx := context.Background()
+	db, err := OpenDB(ctx, filepath.Join(t.TempDir(), "s.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Save(ctx, State{Kind: artifact.KindRuntime, Phase: Idle, Seq: 1}, "recover", "t"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3 * KeepTransitions
+	for i := 1; i <= n; i++ {
+		if err := db.Save(ctx, State{Kind: artifact.KindModel, Phase: Idle, Seq: uint64(i)}, "recover", "t"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, err := db.Transitions(ctx, artifact.KindModel)
+	if err != nil || len(log) < KeepTransitions || len(log) > KeepTransitions+pruneTransitionsEvery {
+		t.Fatalf("%d model transitions logged after %d, %v; want %d to %d", len(log), n, err, KeepTransitions, KeepTransitions+pruneTransitionsEvery)
+	}
+	if !strings.HasPrefix(log[len(log)-1], fmt.Sprintf("%d ", n)) {
+		t.Errorf("newest logged transition %q; want seq %d", log[len(log)-1], n)
+	}
+	if rt, _ := db.Transitions(ctx, artifact.KindRuntime); len(rt) != 1 {
+		t.Errorf("runtime transitions = %q; want its one, untouched", rt)
+	}
+	if _, err := db.db.ExecContext(ctx, `UPDATE slot_state SET sum = 'x' WHERE kind = 'model'`); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := db.Load(ctx, artifact.KindModel); err != nil || s.Seq != n {
+		t.Errorf("Load with the state row damaged = %+v, %v; want seq %d from the log", s, err, n)
 	}
 }
 
