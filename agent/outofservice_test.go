@@ -3,11 +3,14 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -101,4 +104,33 @@ func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 		t.Fatalf("connect once no longer refused: %v\n%s", err, log2.String())
 	}
 	conn.Close()
+}
+
+// TestListenAwaitsTheDrain: the agent's inference address still held (by the previous
+// agent's runtime, draining after its parent was killed) is waited for, not an exit;
+// held past the wait, it is the error it was.
+func TestListenAwaitsTheDrain(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := held.Addr().String()
+	time.AfterFunc(600*time.Millisecond, func() { held.Close() })
+	start := time.Now()
+	ln, err := listenAwaitingDrain(addr, 10*time.Second, nil)
+	if err != nil {
+		t.Fatalf("listen on an address freed after 600 ms: %v", err)
+	}
+	ln.Close()
+	if d := time.Since(start); d < 500*time.Millisecond {
+		t.Errorf("listened after %v, while the address was still held", d)
+	}
+	held2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held2.Close()
+	if _, err := listenAwaitingDrain(held2.Addr().String(), 300*time.Millisecond, nil); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("listen on an address held throughout = %v; want EADDRINUSE after the wait", err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/attest"
@@ -458,20 +459,47 @@ func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 		}
 		bin = filepath.Join(filepath.Dir(self), "edgeward-runtime")
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listenAwaitingDrain(cfg.Listen, drainWait, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
 	}
-	r := &Runtimes{Binary: bin, Listener: ln.(*net.TCPListener), Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}
+	r := &Runtimes{Binary: bin, Listener: ln, Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}
 	if cfg.GRPCListen != "" {
-		g, err := net.Listen("tcp", cfg.GRPCListen)
+		g, err := listenAwaitingDrain(cfg.GRPCListen, drainWait, cfg.Logger)
 		if err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("public gRPC inference socket %s: %w", cfg.GRPCListen, err)
 		}
-		r.GRPCListener = g.(*net.TCPListener)
+		r.GRPCListener = g
 	}
 	return r, nil
+}
+
+// drainWait is how long the agent waits for its address to be free at start: the
+// runtime of an agent that was killed gets SIGTERM (Pdeathsig) and drains for up to 30 s
+// with the inherited socket still open.
+const drainWait = 35 * time.Second
+
+// listenAwaitingDrain listens on addr, retrying for up to wait while the address is in
+// use. Restarted within about a second of a kill, the agent found the socket still held
+// by its previous runtime, draining, and exited with "address already in use" (found
+// from outside, 2 Dec: a supervisor restarting faster than the shipped unit's 5 s got a
+// failed start each time).
+func listenAwaitingDrain(addr string, wait time.Duration, log *slog.Logger) (*net.TCPListener, error) {
+	deadline := time.Now().Add(wait)
+	for said := false; ; said = true {
+		ln, err := net.Listen("tcp", addr)
+		if err == nil {
+			return ln.(*net.TCPListener), nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return nil, err
+		}
+		if !said && log != nil {
+			log.Warn("the inference address is in use, as while the previous runtime drains: waiting for it", "addr", addr, "for", wait)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // waitReady waits up to 30 s for the control API of a runtime the agent does not supervise.
