@@ -1,11 +1,17 @@
 package runtime
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/edgeward/edgeward/runtime/modelgen"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
 )
 
@@ -61,5 +67,31 @@ func TestF64ToSmallRoundsOnce(t *testing.T) {
 		if err != nil || len(b) != 2 || binary.LittleEndian.Uint16(b) != tc.want {
 			t.Errorf("%s as %s = %x, %v; want %#04x", tc.tok, tc.dt, b, err, tc.want)
 		}
+	}
+}
+
+// TestFP16OutputSizedOtherwiseIsNamed: an FP16 output whose size is not an input's
+// dimension (Concat of the input with itself) cannot be allocated before the run; the
+// error names the output and why, not only the node ONNX Runtime names (found from
+// outside, 2 Dec). The same model in FP32 runs.
+func TestFP16OutputSizedOtherwiseIsNamed(t *testing.T) {
+	r := newTestRuntime(t)
+	for _, dt := range []string{"FP16", "FP32"} {
+		path := filepath.Join(t.TempDir(), dt+".onnx")
+		if err := os.WriteFile(path, modelgen.Doubled(dt), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "d" + strings.ToLower(dt), Version: "1.0.0", Path: path}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := NewInput("x", runtimeapi.FP16, []int64{3}, []float64{1, 2, 3})
+	_, err := r.Infer(context.Background(), "dfp16", "", []Input{in}, nil)
+	if err == nil || !errors.Is(err, runtimeapi.ErrInvalid) && !errors.Is(err, errRun) || !strings.Contains(err.Error(), `output "y"`) || !strings.Contains(err.Error(), "sized before the run") {
+		t.Errorf("Infer(FP16 doubled) = %v; want the run's error naming output \"y\" and why", err)
+	}
+	out, err := r.Infer(context.Background(), "dfp32", "", []Input{NewInput("x", runtimeapi.FP32, []int64{3}, []float64{1, 2, 3})}, nil)
+	if err != nil || len(out.Outputs) != 1 || out.Outputs[0].Shape[0] != 6 {
+		t.Errorf("Infer(FP32 doubled) = %+v, %v; want 6 elements", out, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	goruntime "runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -356,6 +357,11 @@ func (m *Model) runUnbound(ctx context.Context, ordered []*Input, want []bool, o
 		return nil, err
 	}
 	if err := m.exec(ctx, tensors, outs, false); err != nil {
+		if sized := m.presized(outs); sized != nil && errors.Is(err, errRun) {
+			// ORT names its own node; say which outputs were sized by guess.
+			return nil, fmt.Errorf("%w (output %s: %s outputs are sized before the run, each dynamic dimension from the first input's at the same axis; a model whose output is sized otherwise cannot be served)",
+				err, strings.Join(sized, ", "), "FP16/BF16")
+		}
 		return nil, err
 	}
 	if retried {
@@ -496,6 +502,17 @@ func (m *Model) putRunOptions(o *ort.RunOptions) {
 	default:
 		o.Destroy()
 	}
+}
+
+// presized names the outputs preallocate sized (nil: none).
+func (m *Model) presized(outs []ort.Value) []string {
+	var out []string
+	for i, meta := range m.outputs {
+		if outs[i] != nil && (meta.Datatype == runtimeapi.FP16 || meta.Datatype == runtimeapi.BF16) {
+			out = append(out, strconv.Quote(meta.Name))
+		}
+	}
+	return out
 }
 
 // preallocate creates the FP16 and BF16 output tensors before the run: onnxruntime_go

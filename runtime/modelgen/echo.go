@@ -111,3 +111,25 @@ func MatMulChain(n, k int) []byte {
 	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
 	return model.msg(8, pb{}.str(1, "").int(2, 13))
 }
+
+// Doubled returns a model whose output is its input twice over: input "x" of datatype dt
+// (an EchoTypes name) [N], output "y" [2N] (Concat along axis 0), an output sized
+// otherwise than from an input's dimension.
+func Doubled(dt string) []byte {
+	var elem int64 = -1
+	for _, t := range EchoTypes {
+		if t.Datatype == dt {
+			elem = t.Elem
+		}
+	}
+	if elem < 0 {
+		panic("modelgen: no datatype " + dt)
+	}
+	var g pb
+	g = g.msg(1, node("Concat", "double", []string{"x", "x"}, []string{"y"}, intAttr("axis", 0)))
+	g = g.str(2, "doubled")
+	g = g.msg(11, valueInfo("x", elem, []int64{-1}, "n"))
+	g = g.msg(12, valueInfo("y", elem, []int64{-1}, "m"))
+	model := pb{}.int(1, 8).str(2, "edgeward-modelgen").msg(7, g)
+	return model.msg(8, pb{}.str(1, "").int(2, 13))
+}
