@@ -176,7 +176,14 @@ func (st Status) Write(w io.Writer) {
 			fmt.Fprintf(w, "%s: %s\n", s.Kind, p(s.Error))
 			continue
 		}
-		fmt.Fprintf(w, "%s: %s\n", s.Kind, s.Phase)
+		phase := s.Phase
+		if (phase == string(rollback.Failed) || phase == string(rollback.RolledBack)) && s.Active != "" {
+			// The phase is the last install's; what serves is the committed version. A
+			// bare "model: failed" on a full disk read as if nothing served (found from
+			// outside, 2 Dec).
+			phase += fmt.Sprintf(" (the last install; %s still serves)", p(s.Version))
+		}
+		fmt.Fprintf(w, "%s: %s\n", s.Kind, phase)
 		if s.Active != "" {
 			fmt.Fprintf(w, "  active slot %s: %s (%s)\n", s.Active, p(s.Version), p(s.Path))
 		} else {

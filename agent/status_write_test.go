@@ -24,7 +24,11 @@ func TestStatusWriteTrialStarts(t *testing.T) {
 			[]string{"trial started 2 times, at most 3: restarts interrupted it"}, []string{"given up"}},
 		{"given up", SlotStatus{Kind: "model", Phase: "rolled_back", Active: "a", Version: "1.0.0", Abandoned: "1.1.0",
 			LastResult: "trial interrupted by a restart of the agent or device 3 times: the version may be taking the device down"},
-			[]string{"last result: trial interrupted by a restart", "given up: 1.1.0, refused and reported"}, []string{"trial started"}},
+			[]string{"model: rolled_back (the last install; 1.0.0 still serves)", "last result: trial interrupted by a restart", "given up: 1.1.0, refused and reported"}, []string{"trial started"}},
+		{"failed on a full disk, the committed version serving", SlotStatus{Kind: "model", Phase: "failed", Active: "a", Version: "1.0.0",
+			LastResult: "download: no space left on device"}, []string{"model: failed (the last install; 1.0.0 still serves)"}, nil},
+		{"failed with nothing installed", SlotStatus{Kind: "model", Phase: "failed", LastResult: "download: no space left on device"},
+			[]string{"model: failed\n", "active slot: none"}, []string{"still serves"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b strings.Builder
