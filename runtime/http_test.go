@@ -102,7 +102,7 @@ func TestHTTPProtocol(t *testing.T) {
 		{"malformed json", "POST", "/v2/models/iris/infer", `{"inputs":[`, 400, "request body"},
 		{"trailing json", "POST", "/v2/models/iris/infer", irisRow + `{}`, 400, "trailing"},
 		{"body too large", "POST", "/v2/models/iris/infer", big, 413, "larger than"},
-		{"infer wrong method", "GET", "/v2/models/iris/infer", "", 404, "no endpoint GET"},
+		{"infer wrong method", "GET", "/v2/models/iris/infer", "", 405, "method GET not allowed"},
 		{"metrics", "GET", "/metrics", "", 200, `edgeward_runtime_requests_total{code="200",model="iris",version="1.0.0"}`},
 		{"metrics errors", "GET", "/metrics", "", 200, `edgeward_runtime_request_errors_total{code="400",model="iris",version="1.0.0"}`},
 		{"metrics loaded", "GET", "/metrics", "", 200, `edgeward_runtime_model_loaded{default="true",model="iris",version="1.0.0"} 1`},
