@@ -295,6 +295,27 @@ func TestTransitionLogIsBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The kinds interleaved, two model saves then two runtime ones (a model and a runtime
+	// failing together, retried from the same rounds): each kind bounded alike.
+	db2, err := OpenDB(ctx, filepath.Join(t.TempDir(), "s2.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	for i := 1; i <= n; i++ {
+		for _, k := range []artifact.Kind{artifact.KindModel, artifact.KindRuntime} {
+			for j := range 2 {
+				if err := db2.Save(ctx, State{Kind: k, Phase: Idle, Seq: uint64(2*i + j)}, "recover", "t"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, k := range []artifact.Kind{artifact.KindModel, artifact.KindRuntime} {
+		if log, err := db2.Transitions(ctx, k); err != nil || len(log) > KeepTransitions+pruneTransitionsEvery {
+			t.Errorf("%s transitions logged with the kinds interleaved: %d, %v; want at most %d", k, len(log), err, KeepTransitions+pruneTransitionsEvery)
+		}
+	}
 	log, err := db.Transitions(ctx, artifact.KindModel)
 	if err != nil || len(log) < KeepTransitions || len(log) > KeepTransitions+pruneTransitionsEvery {
 		t.Fatalf("%d model transitions logged after %d, %v; want %d to %d", len(log), n, err, KeepTransitions, KeepTransitions+pruneTransitionsEvery)
