@@ -237,7 +237,7 @@ func run(ctx context.Context, cfg Config) error {
 	}
 	// Serve first: nothing below waits on the network. An interrupted download is left
 	// to the update loop: its first round checks in, then resumes it if the server still
-	// wants that version, supersedes it if not (updater.Agent.Run).
+	// wants that version, supersedes it or gives it up if not (updater.Agent.Run).
 	if err := st.Slots.RecoverLocal(ctx); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}

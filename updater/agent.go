@@ -259,24 +259,19 @@ const DefaultOutOfServiceInterval = time.Hour
 // Run recovers the slots, then checks in every Interval (jittered) until ctx ends;
 // every OutOfServiceInterval while the server refuses the device for good.
 //
-// The slots are recovered without the network first (RecoverLocal), so that a download
-// a restart interrupted does not hold back the first check-in: the round's install
-// resumes it when the server still wants that version and supersedes it when it wants
-// another; one the server no longer asks for is finished after the first round
-// (Recover). Before, a kill mid-download of a version since superseded kept the device
-// silent for the rest of that download, up to Downloader.MaxTime, then threw it away
-// (found from outside, 2 Dec: 40 s at 100 KB/s).
+// The slots are recovered without the network (RecoverLocal), so that a download a
+// restart interrupted does not hold back the first check-in: the round's install
+// resumes it when the server still wants that version, supersedes it when it wants
+// another, and gives it up when it wants none (dropUnwanted). Before, a kill
+// mid-download of a version since superseded or aborted kept the device silent for the
+// rest of that download, up to Downloader.MaxTime, then threw it away or staged it for
+// nothing (found from outside, 2 Dec: 40 s at 100 KB/s).
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.cfg.Slots.RecoverLocal(ctx); err != nil {
 		a.cfg.Logger.Error("recover", "err", err)
 	}
-	for first := true; ; first = false {
+	for {
 		err := a.Step(ctx)
-		if first && ctx.Err() == nil {
-			if rerr := a.cfg.Slots.Recover(ctx); rerr != nil {
-				a.cfg.Logger.Error("recover", "err", rerr)
-			}
-		}
 		wait := time.Duration(float64(a.cfg.Interval) * (1 + a.cfg.Jitter*(2*a.cfg.Rand()-1)))
 		switch {
 		case errors.Is(err, ErrOutOfService):
@@ -357,6 +352,7 @@ func (a *Agent) Step(ctx context.Context) error {
 		}
 	}
 	a.loadRefused(ctx)
+	answered := err == nil && desired != nil
 	for _, k := range rollback.Kinds() {
 		d, ok := desired[k]
 		// The path it runs is installed again only re-encrypted under a new content
@@ -385,6 +381,9 @@ func (a *Agent) Step(ctx context.Context) error {
 				updateErr = err
 			}
 		}
+	}
+	if answered {
+		a.dropUnwanted(ctx, desired)
 	}
 	a.setLastError(updateErr, err == nil)
 	switch {
@@ -583,6 +582,33 @@ func (a *Agent) install(ctx context.Context, kind artifact.Kind, d wire.SlotDeci
 // ErrBusy until it was asked for again. The running version is not touched: only the
 // inactive slot is cleared. A trial is never superseded; it ends by its verdict or its
 // deadline. It reports whether the transaction was given up.
+// dropUnwanted gives up the unfinished installs (downloading, verifying, staged) that
+// the director's answer desired no longer asks for: a download a restart interrupted,
+// of a version whose rollout was since aborted or superseded, is not finished for
+// nothing. Only after an answer: without one, what is wanted is not known, and the
+// install stays for a round that knows. The caller holds a.mu.
+func (a *Agent) dropUnwanted(ctx context.Context, desired map[artifact.Kind]wire.SlotDecision) {
+	for _, k := range rollback.Kinds() {
+		s, err := a.cfg.Slots.State(ctx, k)
+		if err != nil || s.Pending == nil {
+			continue
+		}
+		switch s.Phase {
+		case rollback.Downloading, rollback.Verifying, rollback.Staged:
+		default:
+			continue
+		}
+		if d, ok := desired[k]; ok && d.Target == s.Pending.Path {
+			continue
+		}
+		if _, err := a.cfg.Slots.Abort(ctx, k, "no longer asked for by the server"); err != nil {
+			a.cfg.Logger.Warn("giving up an unfinished install the server no longer asks for", "kind", k, "pending", s.Pending.Path, "err", err)
+			continue
+		}
+		a.cfg.Logger.Info("unfinished install given up: the server no longer asks for it", "kind", k, "pending", s.Pending.Path, "phase", s.Phase)
+	}
+}
+
 func (a *Agent) supersede(ctx context.Context, kind artifact.Kind, s rollback.State, path string) bool {
 	switch s.Phase {
 	case rollback.Downloading, rollback.Verifying, rollback.Staged:

@@ -831,6 +831,46 @@ func TestRestartChecksInBeforeResumingADownload(t *testing.T) {
 	if s, _ := m.State(ctx, artifact.KindModel); s.Current == nil || s.Current.Path != p2 {
 		t.Errorf("slot after the round = %+v; want %s committed", s, p2)
 	}
+
+	// Again, the server now wanting nothing (the rollout was aborted): the interrupted
+	// download is given up after the check-in, not finished. A round whose check-in
+	// fails leaves it for a round that knows.
+	p3, _ := r.AddModel("iris", "1.0.2", 0)
+	c.Refresh(ctx)
+	tf3, err := c.Target(ctx, p3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t3, _, err := TargetOf(artifact.KindModel, tf3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := m.InstallFrom(ctx, artifact.KindModel, t3, cut); err == nil || s.Phase != rollback.Downloading {
+		t.Fatalf("interrupted install of %s = %+v, %v; want downloading", p3, s, err)
+	}
+	events = nil
+	offline := &recordingDirector{director: director{offline: true}, events: &events}
+	a2, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: offline, Judge: judge{}, Interval: time.Minute,
+		Sleep: func(context.Context, time.Duration) error { return context.Canceled }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2.Run(ctx)
+	if s, _ := m.State(ctx, artifact.KindModel); s.Phase != rollback.Downloading || slices.Contains(events, "fetch "+p3) {
+		t.Errorf("after a failed check-in: slot %+v, events %v; want the download left as it was, unfetched", s, events)
+	}
+	events = nil
+	none := &recordingDirector{director: director{}, events: &events}
+	a3, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: none, Judge: judge{}, Interval: time.Minute,
+		Sleep: func(context.Context, time.Duration) error { return context.Canceled }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a3.Run(ctx)
+	s, _ := m.State(ctx, artifact.KindModel)
+	if s.Phase == rollback.Downloading || s.Pending != nil || slices.Contains(events, "fetch "+p3) || s.Current == nil || s.Current.Path != p2 {
+		t.Errorf("after the server wanted nothing: slot %+v, events %v; want the download of %s given up unfetched, %s still committed", s, events, p3, p2)
+	}
 }
 
 // recordingDirector is director noting each check-in in events.
