@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -49,9 +48,9 @@ func (r *Runtime) NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
 		// known to fit (decodeInfer); every other message is protobuf's as usual.
 		grpc.ForceServerCodecV2(newInferCodec()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: r.cfg.idleTimeout()}),
-		// Each connection counts what it writes, so that an answer is held under the
-		// byte budget until it has left, within WriteTimeout (grpcsend.go).
-		grpc.Creds(sendCreds{r: r}),
+		// Each call can close its connection, should its answer not be gone within
+		// WriteTimeout (heldAnswer, grpcsend.go).
+		grpc.Creds(sendCreds{}),
 	}, inference.ServerOptions()...), opts...)
 	s := grpc.NewServer(opts...)
 	g := &grpcService{r: r}
@@ -86,10 +85,7 @@ func (g *grpcService) modelInferStream(_ any, ss grpc.ServerStream) (err error) 
 	if err != nil {
 		return err
 	}
-	if c := answerConn(ctx); c != nil {
-		c.hold(int64(proto.Size(resp)))
-	}
-	return ss.SendMsg(resp)
+	return g.send(ss, resp, answerConn(ctx))
 }
 
 // readInfer reads a ModelInfer request from ss once a read slot is free. A refusal or a

@@ -30,6 +30,14 @@ type inferCodec struct{ encoding.CodecV2 }
 
 func newInferCodec() inferCodec { return inferCodec{encoding.GetCodecV2("proto")} }
 
+// Marshal encodes a heldAnswer into a buffer it is the pool of, anything else as protobuf.
+func (c inferCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if h, ok := v.(*heldAnswer); ok {
+		return h.marshal()
+	}
+	return c.CodecV2.Marshal(v)
+}
+
 func (c inferCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if r, ok := v.(*rawInfer); ok {
 		r.buf = data.MaterializeToBuffer(mem.DefaultBufferPool())

@@ -8,26 +8,108 @@ import (
 	"time"
 
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgeward/edgeward/runtime/inference"
 )
 
-// A gRPC answer handed to grpc-go (SendMsg) waits in its transport until the client's
-// flow-control window takes it: SendMsg returns at once, and a client that never reads
-// its answers grew the runtime by one answer per call, uncounted and for as long as it
-// wished (found from outside, 2 Dec: 64 calls of 15.6 MB, 1.1 GB live). So each
-// accepted connection is wrapped (sendCreds, the server's insecure transport
-// credentials) in a sendConn that counts the bytes it writes to the socket; an answer
-// is charged to the byte budget (unrefused, as over HTTP) until the connection has
-// written past it, and a connection whose answer has not left within WriteTimeout is
-// closed, which gives back all it held.
+// A gRPC answer handed to grpc-go (SendMsg) returns at once and waits in its transport
+// until the client's flow-control window takes it: a client that never read its answers
+// grew the runtime by one answer per call, uncounted and for as long as it wished (found
+// from outside, 2 Dec: 64 calls of 15.6 MB, 1.1 GB live). So an answer larger than
+// grpc-go's pooling threshold (1 KiB) is charged to the byte budget (unrefused, as over
+// HTTP) and sent as a heldAnswer: the inferCodec marshals it into a buffer whose pool is
+// the answer itself, and grpc-go returns the buffer (Put) when its transport has written
+// the last byte, or dropped it (the call cancelled, the stream reset, the connection
+// closed). Put gives the bytes back. An answer not gone within WriteTimeout closes its
+// connection, which drops it, and is released then (grpc-go returns the buffers of a
+// stream still queued when its connection ends to no pool).
+//
+// The first version of this counted the bytes each connection wrote instead: another
+// call's answers on the same connection, read, moved the count past an unread one,
+// which was released and its timer stopped (found from outside, 2 Dec: 8 MB more held
+// per round, without end, with the budget reading 0).
 
-// sendCreds are insecure transport credentials whose handshake wraps the connection in a
-// sendConn and names it in the peer's AuthInfo, where the ModelInfer handler finds it.
-type sendCreds struct{ r *Runtime }
+// heldAnswerMin is the smallest answer held: below it grpc-go copies the bytes and does
+// not return a pooled buffer (mem.IsBelowBufferPoolingThreshold).
+const heldAnswerMin = 1 << 10
 
-func (c sendCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	sc := &sendConn{Conn: conn, r: c.r}
-	return sc, sendAuth{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, conn: sc}, nil
+// heldAnswer is a ModelInfer answer whose bytes count under the byte budget until grpc-go
+// has written or dropped them. It is the mem.BufferPool of its own buffer.
+type heldAnswer struct {
+	msg   *inference.ModelInferResponse
+	n     int64
+	r     *Runtime
+	timer *time.Timer
+	once  sync.Once
+}
+
+// send sends resp on ss, held under the budget while grpc-go has it (heldAnswer); conn,
+// if not nil, is closed should the answer not be gone within WriteTimeout.
+func (g *grpcService) send(ss interface{ SendMsg(any) error }, resp *inference.ModelInferResponse, conn net.Conn) error {
+	n := proto.Size(resp)
+	if n <= heldAnswerMin {
+		return ss.SendMsg(resp)
+	}
+	h := &heldAnswer{msg: resp, n: int64(n), r: g.r}
+	g.r.bodies.charge(h.n)
+	timeout := g.r.cfg.writeTimeout()
+	h.timer = time.AfterFunc(timeout, func() {
+		// Closed, the connection drops the answer, but grpc-go does not return the
+		// buffers of a stream still queued when its transport ends (only those of
+		// items not yet handed to its writer): released here, as after a Put.
+		if conn != nil {
+			g.r.log.Warn("gRPC client did not take its answer within the write timeout: connection closed",
+				"peer", conn.RemoteAddr().String(), "bytes", n, "timeout", timeout)
+			conn.Close()
+		}
+		h.give()
+	})
+	err := ss.SendMsg(h)
+	if err != nil {
+		h.release() // not queued (or dropped already): nothing holds it
+	}
+	return err
+}
+
+// release stops the answer's timer and gives its bytes back, once. Its callers come
+// after send set the timer: SendMsg's return, and grpc-go's Put, which follows the
+// answer's hand-over to the transport under its lock.
+func (h *heldAnswer) release() {
+	h.timer.Stop()
+	h.give()
+}
+
+// give gives the answer's bytes back, once (the timer's own path, which must not read
+// h.timer: it may run before send has stored it).
+func (h *heldAnswer) give() { h.once.Do(func() { h.r.bodies.give(h.n) }) }
+
+// marshal encodes the answer into a buffer of which h is the pool.
+func (h *heldAnswer) marshal() (mem.BufferSlice, error) {
+	b, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 0, h.n), h.msg)
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(&b, h)}, nil
+}
+
+// Get is never called: the buffer is made by marshal.
+func (h *heldAnswer) Get(length int) *[]byte {
+	b := make([]byte, length)
+	return &b
+}
+
+// Put is grpc-go's return of the answer's buffer: written, or dropped.
+func (h *heldAnswer) Put(*[]byte) { h.release() }
+
+// sendCreds are insecure transport credentials whose handshake names the connection in
+// the peer's AuthInfo, so that a call can close its own connection (heldAnswer's timer).
+type sendCreds struct{}
+
+func (sendCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return conn, sendAuth{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, conn: conn}, nil
 }
 
 func (sendCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -42,98 +124,21 @@ func (c sendCreds) Clone() credentials.TransportCredentials { return c }
 
 func (sendCreds) OverrideServerName(string) error { return nil }
 
-// sendAuth is a connection's AuthInfo: no security, and its sendConn.
+// sendAuth is a connection's AuthInfo: no security, and the connection.
 type sendAuth struct {
 	credentials.CommonAuthInfo
-	conn *sendConn
+	conn net.Conn
 }
 
 func (sendAuth) AuthType() string { return "insecure" }
 
-// sendConn is an accepted gRPC connection that releases the answers charged to it
-// (hold) as its writes to the socket pass them.
-type sendConn struct {
-	net.Conn
-	r *Runtime
-
-	mu      sync.Mutex
-	written int64  // bytes written to the socket
-	last    int64  // the mark of the last answer held
-	held    []sent // answers not yet written past, in order
-	closed  bool
-}
-
-// sent is an answer held on a connection: its bytes, the count of written bytes past
-// which it has left, and the timer that closes the connection if it has not by then.
-type sent struct {
-	n, mark int64
-	timer   *time.Timer
-}
-
-// answerConn is the sendConn of the call whose context is ctx (nil for a server
+// answerConn is the connection of the call whose context is ctx (nil for a server
 // without sendCreds).
-func answerConn(ctx context.Context) *sendConn {
+func answerConn(ctx context.Context) net.Conn {
 	if p, ok := peer.FromContext(ctx); ok {
 		if a, ok := p.AuthInfo.(sendAuth); ok {
 			return a.conn
 		}
 	}
 	return nil
-}
-
-// hold charges an answer of n bytes to the budget until the connection has written n
-// bytes beyond what it owed before (the answers held ahead of it, or what it had
-// written), closing the connection if that takes longer than WriteTimeout.
-func (c *sendConn) hold(n int64) {
-	c.r.bodies.charge(n)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		c.r.bodies.give(n)
-		return
-	}
-	c.last = max(c.last, c.written) + n
-	mark := c.last
-	c.held = append(c.held, sent{n: n, mark: mark, timer: time.AfterFunc(c.r.cfg.writeTimeout(), func() {
-		c.mu.Lock()
-		late := !c.closed && c.written < mark
-		c.mu.Unlock()
-		if late {
-			c.r.log.Warn("gRPC client did not take its answer within the write timeout: connection closed",
-				"peer", c.RemoteAddr().String(), "timeout", c.r.cfg.writeTimeout())
-			c.Close()
-		}
-	})})
-}
-
-func (c *sendConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if n > 0 {
-		c.mu.Lock()
-		c.written += int64(n)
-		var give int64
-		i := 0
-		for ; i < len(c.held) && c.held[i].mark <= c.written; i++ {
-			c.held[i].timer.Stop()
-			give += c.held[i].n
-		}
-		c.held = c.held[i:]
-		c.mu.Unlock()
-		c.r.bodies.give(give)
-	}
-	return n, err
-}
-
-// Close closes the connection and gives back every answer still held on it.
-func (c *sendConn) Close() error {
-	c.mu.Lock()
-	var give int64
-	for _, s := range c.held {
-		s.timer.Stop()
-		give += s.n
-	}
-	c.held, c.closed = nil, true
-	c.mu.Unlock()
-	c.r.bodies.give(give)
-	return c.Conn.Close()
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,7 +106,7 @@ func TestClientThatNeverReadsIsCutOff(t *testing.T) {
 // 64 calls of 15.6 MB that were never read held 1.1 GB outside any bound (found from
 // outside, 2 Dec).
 func TestGRPCClientThatNeverReadsIsCutOff(t *testing.T) {
-	r, err := New(Config{LibraryPath: ortLib(t), WriteTimeout: 2 * time.Second})
+	r, err := New(Config{LibraryPath: ortLib(t), WriteTimeout: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +170,28 @@ func TestGRPCClientThatNeverReadsIsCutOff(t *testing.T) {
 	time.Sleep(time.Second)
 	if used := r.bodies.used.Load(); used < 2*8*n {
 		t.Fatalf("%d bytes held a second after the answers were computed; want the unread answers' (at least %d)", used, 2*8*n)
+	}
+	// Other calls on the same connection, whose answers the client does read, release
+	// nothing of the unread ones: answers, and refusals of about 1 KiB each (the first
+	// version counted the connection's bytes: 8 MB of other calls' refusals, read,
+	// released an unread answer for good).
+	small := &inference.ModelInferRequest{ModelName: "echo",
+		Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "FP64", Datatype: "FP64", Shape: []int64{1024}}},
+		RawInputContents: [][]byte{raw[:8*1024]}}
+	refused := &inference.ModelInferRequest{ModelName: strings.Repeat("x", 2000)}
+	c := inference.NewGRPCInferenceServiceClient(conn)
+	start := time.Now()
+	for i := 0; i < 8000 && time.Since(start) < 2*time.Second; i++ {
+		req := refused
+		if i%8 == 0 {
+			req = small
+		}
+		if _, err := c.ModelInfer(context.Background(), req); (err == nil) != (req == small) {
+			t.Fatalf("call %d beside the unread answers: %v", i, err)
+		}
+	}
+	if used := r.bodies.used.Load(); used < 2*8*n {
+		t.Fatalf("%d bytes held after 8 MB of other answers were read on the connection; want the unread answers' (at least %d)", used, 2*8*n)
 	}
 	// WriteTimeout on, the connection is closed and nothing is held.
 	waitHeld("past WriteTimeout", func(u int64) bool { return u == 0 })
