@@ -118,4 +118,15 @@ func TestWrongMethodAndEncoding(t *testing.T) {
 	if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(b), "gzip") {
 		t.Errorf("a gzip request = %d %s; want 415 naming the encoding", resp.StatusCode, b)
 	}
+	// Every Content-Encoding header counts: "identity" first hid a "gzip" after it.
+	req, _ = http.NewRequest("POST", srv.URL+"/v2/models/iris/infer", strings.NewReader("\x1f\x8b\x08\x00"))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header["Content-Encoding"] = []string{"identity", "gzip"}
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnsupportedMediaType {
+		t.Errorf("a request with Content-Encoding identity, then gzip = %d; want 415", resp.StatusCode)
+	}
 }

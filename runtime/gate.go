@@ -80,9 +80,9 @@ func isBusy(err error) bool { return errors.Is(err, errBusy) || errors.Is(err, e
 // Memory is taken before it is allocated (a body's buffer as it grows, so a client that
 // announces a large body and trickles it holds only what it sent) and given back when
 // the request is answered. A request that would pass the bound is refused with
-// errNoRoom, or errTooLarge when it alone would (refuse). An answer is charged once it
-// is encoded, unrefused, until it is written (charge): before 2 Dec it was not, and
-// four clients that never read their JSON answers held 735 MB under a 64 MiB bound.
+// errNoRoom, or errTooLarge when it alone would (refuse). An answer is taken once it is
+// encoded, until it is written: before 2 Dec it was not counted, and four clients that
+// never read their JSON answers held 735 MB under a 64 MiB bound.
 // What it does not count: a request's JSON being decoded before its tensors' size is
 // known (transient, one request per running goroutine) and ONNX Runtime's own memory
 // (bounded by the run gate).
@@ -136,14 +136,6 @@ func (b *byteBudget) refuse(own, n int64) error {
 	}
 	b.refused.Add(1)
 	return errNoRoom
-}
-
-// charge counts n bytes held without refusing them (an answer already computed): held
-// past the bound, they make the next requests wait until they are given back.
-func (b *byteBudget) charge(n int64) {
-	if n > 0 {
-		b.used.Add(n)
-	}
 }
 
 // give returns n reserved bytes.

@@ -19,8 +19,8 @@ import (
 // until the client's flow-control window takes it: a client that never read its answers
 // grew the runtime by one answer per call, uncounted and for as long as it wished (found
 // from outside, 2 Dec: 64 calls of 15.6 MB, 1.1 GB live). So an answer larger than
-// grpc-go's pooling threshold (1 KiB) is charged to the byte budget (unrefused, as over
-// HTTP) and sent as a heldAnswer: the inferCodec marshals it into a buffer whose pool is
+// grpc-go's pooling threshold (1 KiB) is taken from the byte budget (refused as over
+// HTTP when it does not fit) and sent as a heldAnswer: the inferCodec marshals it into a buffer whose pool is
 // the answer itself, and grpc-go returns the buffer (Put) when its transport has written
 // the last byte, or dropped it (the call cancelled, the stream reset, the connection
 // closed). Put gives the bytes back. An answer not gone within WriteTimeout closes its
@@ -54,7 +54,9 @@ func (g *grpcService) send(ss interface{ SendMsg(any) error }, resp *inference.M
 		return ss.SendMsg(resp)
 	}
 	h := &heldAnswer{msg: resp, n: int64(n), r: g.r}
-	g.r.bodies.charge(h.n)
+	if err := g.r.bodies.takeFor(0, h.n); err != nil {
+		return grpcError(err) // the answer must fit, as any request's bytes
+	}
 	timeout := g.r.cfg.writeTimeout()
 	h.timer = time.AfterFunc(timeout, func() {
 		// Closed, the connection drops the answer, but grpc-go does not return the

@@ -217,9 +217,11 @@ func (r *Runtime) observeInfer(m *Model, name, served string, code int, d time.D
 func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, version string) (int, *Model, string, error) {
 	// Read and decode before taking a reference on a version, so that a slow upload
 	// cannot hold an old version's session open during a swap.
-	if ce := req.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
-		err := fmt.Errorf("request content encoding %.32q is not supported: send it uncompressed", ce)
-		return http.StatusUnsupportedMediaType, nil, r.servedVersion(name, version), err
+	for _, ce := range req.Header.Values("Content-Encoding") { // every one: "identity" first hid a "gzip"
+		if ce != "" && !strings.EqualFold(strings.TrimSpace(ce), "identity") {
+			err := fmt.Errorf("request content encoding %.32q is not supported: send it uncompressed", ce)
+			return http.StatusUnsupportedMediaType, nil, r.servedVersion(name, version), err
+		}
 	}
 	hl, err := headerLength(req.Header)
 	if err != nil {
@@ -262,6 +264,16 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	var n int
 	s.resp, n = encodeInferResponse(s.resp[:0], m.name, m.version, s.req.ID, outs, bin)
+	// The answer's bytes count as held until written, within WriteTimeout (a client
+	// that does not read is cut off then), and like any request's bytes they must fit:
+	// counted without refusal, JSON answers (an echoed id is six times its size escaped,
+	// a float its digits) took 1.6 GB resident under a 64 MiB bound (found from outside,
+	// 2 Dec). A refused answer is 503 when the runtime is busy, 413 when it alone could
+	// never fit (binary outputs are a fraction of their JSON).
+	if err := r.bodies.takeFor(held+decoded, int64(len(s.resp))); err != nil {
+		return statusOf(err), m, m.version, err
+	}
+	defer r.bodies.give(int64(len(s.resp)))
 	h := w.Header()
 	if bin != nil {
 		h["Content-Type"] = octetStreamType
@@ -271,12 +283,9 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	}
 	h["Content-Length"] = []string{strconv.Itoa(len(s.resp))}
 	// The answer is encoded: the version is free to go (an unload need not wait for
-	// this client to read), and the answer's bytes count as held until written, within
-	// WriteTimeout (a client that does not read is cut off then).
+	// this client to read).
 	m.inflight.Done()
 	released = true
-	r.bodies.charge(int64(len(s.resp)))
-	defer r.bodies.give(int64(len(s.resp)))
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(r.cfg.writeTimeout()))
 	w.WriteHeader(http.StatusOK)
 	w.Write(s.resp)

@@ -203,3 +203,45 @@ func TestGRPCClientThatNeverReadsIsCutOff(t *testing.T) {
 		t.Fatalf("another client's call after the cut: %v", err)
 	}
 }
+
+// TestAnswerMustFitTheBound: an answer counts under MaxHeldBytes with its request, and
+// one that could never fit is 413 saying so, the bytes given back; the same outputs in
+// binary fit. Before, answers were counted without refusal: JSON answers (an echoed id
+// six times its length, floats several times their bytes) took 1.6 GB resident under a
+// 64 MiB bound (found from outside, 2 Dec).
+func TestAnswerMustFitTheBound(t *testing.T) {
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	path := filepath.Join(t.TempDir(), "echo.onnx")
+	if err := os.WriteFile(path, modelgen.EchoOf("FP64"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 100_000 // 800 KB in; its JSON answer about 2 MB
+	data := make([]byte, 0, 8*n)
+	for i := range n {
+		data = binary.LittleEndian.AppendUint64(data, math.Float64bits(float64(i)+0.123456789))
+	}
+	for _, tc := range []struct {
+		params string
+		code   int
+	}{
+		{``, 413},
+		{`,"parameters":{"binary_data_output":true}`, 200},
+	} {
+		header := fmt.Sprintf(`{"inputs":[{"name":"FP64","shape":[%d],"datatype":"FP64","parameters":{"binary_data_size":%d}}]%s}`, n, len(data), tc.params)
+		body, hl := binaryRequest(header, data)
+		rec, _, _ := postBinary(t, r.Handler(), "/v2/models/echo/infer", body, hl)
+		if rec.Code != tc.code || (tc.code == 413 && !strings.Contains(rec.Body.String(), "max-held-bytes")) {
+			t.Errorf("answer %s = %d %.200s; want %d", tc.params, rec.Code, rec.Body.String(), tc.code)
+		}
+		if used := r.bodies.used.Load(); used != 0 {
+			t.Errorf("after the answer %s: %d bytes still held", tc.params, used)
+		}
+	}
+}
