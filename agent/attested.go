@@ -183,6 +183,11 @@ func (a *Attested) CheckIn(ctx context.Context, status map[artifact.Kind]updater
 	if de := (*deviceapi.Error)(nil); errors.As(err, &de) && de.Status == http.StatusForbidden && strings.HasPrefix(de.Message, "device decommissioned") {
 		return nil, fmt.Errorf("%w: %w", updater.ErrOutOfService, err)
 	}
+	if errors.Is(err, attest.ErrOutOfService) {
+		// The TLS handshake's device certificate was refused for good (it expired, and
+		// the CA renews none for a decommissioned device): asked again hourly, as above.
+		return nil, fmt.Errorf("%w: %w", updater.ErrOutOfService, err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
+	"github.com/edgeward/edgeward/internal/deviceapi"
 	"github.com/edgeward/edgeward/policy"
 	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/updater"
@@ -134,3 +136,26 @@ func TestListenAwaitsTheDrain(t *testing.T) {
 		t.Errorf("listen on an address held throughout = %v; want EADDRINUSE after the wait", err)
 	}
 }
+
+// TestExpiredCertificateOfADecommissionedDevice: a check-in whose TLS handshake fails
+// because the device certificate could not be renewed for good (the CA refuses a
+// decommissioned device: attest.ErrOutOfService) is the server taking the device out of
+// service, asked about hourly; before, the agent tried every interval, each time a full
+// ACME order the CA refused (found from outside, 2 Dec).
+func TestExpiredCertificateOfADecommissionedDevice(t *testing.T) {
+	refused := fmt.Errorf("device certificate: %w: 403 urn:ietf:params:acme:error:unauthorized: device decommissioned", attest.ErrOutOfService)
+	hc := &http.Client{Transport: roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, refused })}
+	link := &Attested{API: &deviceapi.Client{BaseURL: "https://server.example", HTTP: hc},
+		AK: &attest.AKCertificate{PermanentIdentifier: "urn:ek:sha256:x"}}
+	if _, err := link.CheckIn(context.Background(), nil); !errors.Is(err, updater.ErrOutOfService) {
+		t.Fatalf("check-in with the certificate refused for good = %v; want ErrOutOfService", err)
+	}
+	hc.Transport = roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, errors.New("connection refused") })
+	if _, err := link.CheckIn(context.Background(), nil); err == nil || errors.Is(err, updater.ErrOutOfService) {
+		t.Fatalf("check-in with the server away = %v; want an error that is not out of service", err)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -106,6 +106,16 @@ func (c *cappedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// refusedForGood reports whether err is the CA's refusal of a device it has taken out of
+// service: ACME "unauthorized" naming a decommissioned device (the server's step-ca asks
+// the fleet before it signs). A running agent whose certificate then expired renewed it
+// at every check-in, each a full ACME order the CA refused, instead of asking hourly
+// (found from outside, 2 Dec).
+func refusedForGood(err error) bool {
+	var ae *acme.Error
+	return errors.As(err, &ae) && strings.HasSuffix(ae.ProblemType, ":unauthorized") && strings.Contains(ae.Error(), "device decommissioned")
+}
+
 // maxErrorText bounds the text of RequestDeviceCert's errors: x/crypto/acme puts an
 // error answer's body in its error, and the agent logs and reports it.
 const maxErrorText = 1024
@@ -145,6 +155,9 @@ var ErrACME = errors.New("attest: ACME device-attest-01")
 // signed by r.Key. It returns the certificate chain, leaf first.
 func RequestDeviceCert(ctx context.Context, r DeviceCertRequest) (_ []*x509.Certificate, err error) {
 	defer func() {
+		if refusedForGood(err) {
+			err = fmt.Errorf("%w: %w", ErrOutOfService, err)
+		}
 		if err != nil && len(err.Error()) > maxErrorText {
 			err = &boundedError{err: err}
 		}

@@ -60,8 +60,8 @@ func TestRefusedDeviceGetsNoCertificate(t *testing.T) {
 	}
 	refused = true
 	mu.Unlock()
-	if err := order(); err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "device decommissioned") {
-		t.Fatalf("order of the refused device = %v; want ACME unauthorized naming the reason", err)
+	if err := order(); err == nil || !strings.Contains(err.Error(), "unauthorized") || !strings.Contains(err.Error(), "device decommissioned") || !errors.Is(err, attest.ErrOutOfService) {
+		t.Fatalf("order of the refused device = %v; want ACME unauthorized naming the reason, attest.ErrOutOfService (the agent then asks hourly)", err)
 	}
 	mu.Lock()
 	refused = false
