@@ -12,7 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -245,7 +244,7 @@ func TestEveryPageShowsDeviceTextInert(t *testing.T) {
 	if dev == "" {
 		t.Fatal("no fixture device in vib-2's first wave")
 	}
-	cause := "\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069]"
+	cause := "\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069] \u3164\u034f\ufe0f\u2028\U000e0041"
 	if err := d.store.AddReport(ctx, wire.Report{ID: "bidi-1", DeviceID: dev, RolloutID: "vib-2", Kind: artifact.KindModel, Name: "vibration",
 		Version: "2.0.0", Outcome: wire.OutcomeProbeFailed, Cause: cause, At: d.now}); err != nil {
 		t.Fatal(err)
@@ -261,12 +260,12 @@ func TestEveryPageShowsDeviceTextInert(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s = %d", page, resp.StatusCode)
 		}
-		if i := strings.IndexFunc(body, func(r rune) bool { return unicode.Is(unicode.Cf, r) || (r >= 0x80 && r < 0xa0) }); i >= 0 {
+		if i := strings.IndexFunc(body, func(r rune) bool { return invisible(r) || (r >= 0x80 && r < 0xa0) }); i >= 0 {
 			t.Errorf("%s: a format or C1 character reached the page as it was: %q", page, body[max(0, i-40):min(len(body), i+40)])
 		}
 	}
 	_, body := d.get(c, "/ui/devices/"+dev)
-	for _, want := range []string{`\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069]`, `mirror \u2067down\u2069 \u0085ok`} {
+	for _, want := range []string{`\u202edeliaf ton\u202c \u200b\u200b[\u2066hidden\u2069] \u3164\u034f\ufe0f\u2028\U000e0041`, `mirror \u2067down\u2069 \u0085ok`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the device page does not show %q", want)
 		}

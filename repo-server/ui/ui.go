@@ -218,7 +218,7 @@ func (u *UI) render(w http.ResponseWriter, r *http.Request, code int, page strin
 // change.
 func inert(page string) string {
 	bad := func(r rune) bool {
-		return unicode.Is(unicode.Cf, r) || (r < 0x20 && r != '\t' && r != '\n' && r != '\r') || (r >= 0x7f && r < 0xa0)
+		return invisible(r) || (r < 0x20 && r != '\t' && r != '\n' && r != '\r') || (r >= 0x7f && r < 0xa0)
 	}
 	if strings.IndexFunc(page, bad) < 0 {
 		return page
@@ -227,12 +227,39 @@ func inert(page string) string {
 	b.Grow(len(page) + 64)
 	for _, r := range page {
 		if bad(r) {
-			fmt.Fprintf(&b, "\\u%04x", r)
+			writeEscape(&b, r)
 			continue
 		}
 		b.WriteRune(r)
 	}
 	return b.String()
+}
+
+// invisible reports whether r is shown as nothing, or changes how what is around it is
+// shown: format characters (bidirectional controls, zero-width spaces and joiners, tags),
+// line and paragraph separators, and the default-ignorable characters that are not
+// format characters (the combining grapheme joiner, Hangul fillers, variation
+// selectors, Mongolian free variation selectors, Khmer inherent vowels).
+func invisible(r rune) bool {
+	switch {
+	case unicode.Is(unicode.Cf, r), unicode.Is(unicode.Zl, r), unicode.Is(unicode.Zp, r):
+		return true
+	case r == 0x034f, r == 0x115f, r == 0x1160, r == 0x17b4, r == 0x17b5, r == 0x3164, r == 0xffa0:
+		return true
+	case r >= 0x180b && r <= 0x180f, r >= 0xfe00 && r <= 0xfe0f, r >= 0xe0100 && r <= 0xe01ef:
+		return true
+	}
+	return false
+}
+
+// writeEscape writes r as a Go escape: \u and four hex digits, or \U and eight above
+// U+FFFF (with four, U+E0041 read as U+E004 and a "1": found from outside, 2 Dec).
+func writeEscape(b *strings.Builder, r rune) {
+	if r > 0xffff {
+		fmt.Fprintf(b, "\\U%08x", r)
+		return
+	}
+	fmt.Fprintf(b, "\\u%04x", r)
 }
 
 // ---- sessions ----
@@ -479,8 +506,8 @@ func shown(v any) string {
 			fmt.Fprintf(&b, "… (%d of %d bytes shown; the whole record is in the export)", i, n)
 			break
 		}
-		if unicode.Is(unicode.Cf, r) || (r >= 0x80 && r < 0xa0) {
-			fmt.Fprintf(&b, "\\u%04x", r)
+		if invisible(r) || (r >= 0x80 && r < 0xa0) {
+			writeEscape(&b, r)
 			continue
 		}
 		b.WriteRune(r)
