@@ -83,12 +83,19 @@ func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 	}
 
 	mu.Lock()
-	refusal = fmt.Errorf("%w: device decommissioned at 2026-12-02T09:00:00Z: stolen", attestca.ErrRefused)
+	refusal = fmt.Errorf("%w (%w): device decommissioned at 2026-12-02T09:00:00Z: stolen", attestca.ErrRefused, attestca.ErrRefusedForGood)
 	mu.Unlock()
 	wait, log := firstWait(hs.URL)
 	if wait != updater.DefaultOutOfServiceInterval || !strings.Contains(log, "out of service") || !strings.Contains(log, "decommissioned") {
 		t.Errorf("decommissioned device: first wait %v, log:\n%s\nwant a wait of %v and the log saying it is out of service, and why",
 			wait, log, updater.DefaultOutOfServiceInterval)
+	}
+	// Refused for now, not for good (its EK not on the allowlist yet): retried soon.
+	mu.Lock()
+	refusal = fmt.Errorf("%w: EK is not on the allowlist (--ek-allowlist)", attestca.ErrRefused)
+	mu.Unlock()
+	if wait, log := firstWait(hs.URL); wait != time.Second || strings.Contains(log, "out of service") {
+		t.Errorf("EK not on the allowlist: first wait %v, log:\n%s\nwant 1s and no \"out of service\"", wait, log)
 	}
 	// Not refused, but the server is away: retried soon, as before.
 	down := httptest.NewServer(nil)

@@ -540,14 +540,15 @@ func refuseDecommissioned(store *fleet.Store) func(ctx context.Context, ids []st
 }
 
 // refuseDecommissionedEK is the attestation CA's Refuse: a decommissioned device (its ID
-// is its EK's) gets no challenge and no AK certificate (attestca.ErrRefused); a store
+// is its EK's) gets no challenge and no AK certificate (attestca.ErrRefused, for good:
+// ErrRefusedForGood, so that it asks only hourly); a store
 // that cannot say fails the enrollment, to be retried, rather than refusing it.
 func refuseDecommissionedEK(store *fleet.Store) func(ctx context.Context, ekID string) error {
 	refuse := refuseDecommissioned(store)
 	return func(ctx context.Context, ekID string) error {
 		err := refuse(ctx, []string{ekID})
 		if errors.Is(err, fleet.ErrDecommissioned) {
-			err = fmt.Errorf("%w: %w", attestca.ErrRefused, err)
+			err = fmt.Errorf("%w (%w): %w", attestca.ErrRefused, attestca.ErrRefusedForGood, err)
 		}
 		return err
 	}

@@ -355,7 +355,7 @@ func TestDecommissionedDeviceCannotEnroll(t *testing.T) {
 	}
 	for id, refused := range map[string]bool{"dev-serving": false, "dev-unknown": false, "dev-gone": true} {
 		err := refuse(ctx, id)
-		if refused != errors.Is(err, attestca.ErrRefused) || (!refused && err != nil) {
+		if refused != errors.Is(err, attestca.ErrRefused) || refused != errors.Is(err, attestca.ErrRefusedForGood) || (!refused && err != nil) {
 			t.Errorf("Refuse(%s) = %v; want refused %v", id, err, refused)
 		}
 	}

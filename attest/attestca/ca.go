@@ -57,6 +57,12 @@ var (
 	// ErrRefused is what Config.Refuse wraps to refuse an EK (then ErrRejected, 403);
 	// its other errors fail the request as the CA's own (500: it may be retried).
 	ErrRefused = errors.New("refused")
+	// ErrRefusedForGood is what Config.Refuse wraps, beside ErrRefused, when the refusal
+	// will not change by asking again (the device was decommissioned): the answer says
+	// so (protocol.CodeRefused) and the device asks rarely. An EK not on an allowlist yet,
+	// or an allowlist that cannot be read now, is refused without it: an operator may
+	// add the EK in a minute (found in review, 2 Dec: such a device waited an hour).
+	ErrRefusedForGood = errors.New("for good")
 )
 
 // Event is reported to Config.Audit for every decision.
@@ -241,16 +247,21 @@ func (ca *CA) reject(ctx context.Context, ekID, format string, args ...any) erro
 	return fmt.Errorf("%w: %s", ErrRejected, reason)
 }
 
-// refused is reject for an error of Config.Refuse: the rejection is also ErrRefused,
-// which the answer says (protocol.CodeRefused) so that the device stops asking often.
+// refused is reject for an error of Config.Refuse: a refusal for good
+// (ErrRefusedForGood) stays one, which the answer says (protocol.CodeRefused) so that
+// the device stops asking often.
 func (ca *CA) refused(ctx context.Context, ekID string, err error) error {
-	return refusedError{ca.reject(ctx, ekID, "%v", err)}
+	rej := ca.reject(ctx, ekID, "%v", err)
+	if errors.Is(err, ErrRefusedForGood) {
+		return refusedError{rej}
+	}
+	return rej
 }
 
-// refusedError is a rejection (ErrRejected) that is also ErrRefused.
+// refusedError is a rejection (ErrRejected) that is also ErrRefusedForGood.
 type refusedError struct{ error }
 
-func (e refusedError) Unwrap() []error { return []error{e.error, ErrRefused} }
+func (e refusedError) Unwrap() []error { return []error{e.error, ErrRefusedForGood} }
 
 // maxReason bounds a rejection's reason, in bytes.
 const maxReason = 512

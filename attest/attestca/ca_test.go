@@ -455,9 +455,16 @@ func TestRefuse(t *testing.T) {
 	if _, err := f.ca.Activate(ctx, &protocol.ActivateRequest{ID: ch.ID, Secret: secret}); !errors.Is(err, attestca.ErrRejected) {
 		t.Fatalf("Activate(EK refused since its challenge) = %v; want ErrRejected", err)
 	}
-	// Over HTTP the refusal says so (protocol.CodeRefused): the device's client reads
-	// it as out of service for good (and asks again rarely); another rejection is not.
-	set(fmt.Errorf("%w: device decommissioned: stolen", attestca.ErrRefused))
+	// A refusal that may end soon (an EK not on the allowlist yet) is a rejection the
+	// device retries as usual: not out of service (it was, and such a device waited an
+	// hour: found in review, 2 Dec).
+	set(fmt.Errorf("%w: EK %s is not on the allowlist", attestca.ErrRefused, id))
+	if _, err := f.client(attest.RSA).Enroll(ctx, f.tpm); !errors.Is(err, attest.ErrEnrollRejected) || errors.Is(err, attest.ErrOutOfService) {
+		t.Fatalf("Enroll(EK not on the allowlist) = %v; want a rejection that is not out of service", err)
+	}
+	// Over HTTP a refusal for good says so (protocol.CodeRefused): the device's client
+	// reads it as out of service (and asks again rarely).
+	set(fmt.Errorf("%w (%w): device decommissioned: stolen", attestca.ErrRefused, attestca.ErrRefusedForGood))
 	_, err = f.client(attest.RSA).Enroll(ctx, f.tpm)
 	var rej *attest.RejectedError
 	if !errors.As(err, &rej) || rej.Status != http.StatusForbidden || rej.Code != protocol.CodeRefused ||

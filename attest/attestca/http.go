@@ -91,7 +91,7 @@ func (ca *CA) respond(w http.ResponseWriter, r *http.Request, v any, err error) 
 		_ = json.NewEncoder(w).Encode(v)
 	case errors.Is(err, ErrBadRequest):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, ErrRefused):
+	case errors.Is(err, ErrRefusedForGood):
 		writeErrorCode(w, http.StatusForbidden, protocol.CodeRefused, err.Error())
 	case errors.Is(err, ErrRejected):
 		writeError(w, http.StatusForbidden, err.Error())
