@@ -114,11 +114,16 @@ func TestAKCertificateRenewedWhileRunning(t *testing.T) {
 	if link.currentAK() != ak || !strings.Contains(log.String(), "AK certificate not renewed") {
 		t.Fatalf("after a failed renewal: AK replaced %v; log:\n%s", link.currentAK() != ak, log.String())
 	}
-	// Next check-in, the CA answers: a new certificate for the same device, carried
-	// from this check-in on, and the device certificate is told.
+	// The CA answers again, but the next try waits akRetry: exchanges right after the
+	// failure (reports, check-ins) do not enroll again each time.
 	mu.Lock()
 	failRenewal = false
 	mu.Unlock()
+	checkIn("right after the failed renewal")
+	if link.currentAK() != ak {
+		t.Fatal("the AK certificate was renewed again within akRetry of a failed try")
+	}
+	advance(akRetry)
 	checkIn("renewing the AK certificate")
 	renewed := link.currentAK()
 	if renewed == ak || renewed.Certificate.SerialNumber.Cmp(ak.Certificate.SerialNumber) == 0 ||

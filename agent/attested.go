@@ -70,17 +70,20 @@ type Attested struct {
 	// one's lifetime remains (AKDue): the server verifies the AK certificate at every
 	// check-in, and an agent that ran past it (365 days by default) was refused for
 	// good until it restarted. A failure keeps the current certificate, is logged, and
-	// is tried again at the next check-in. OnAK, if set, is given each new one (the
+	// is tried again akRetry later. OnAK, if set, is given each new one (the
 	// device certificate's ACME orders carry it). Now is the clock; nil: time.Now.
 	RenewAK func(ctx context.Context) (*attest.AKCertificate, error)
 	OnAK    func(*attest.AKCertificate)
 	Now     func() time.Time
 
 	// akMu guards AK once RenewAK may replace it (DeviceID is read by other goroutines).
-	akMu   sync.Mutex
-	mu     sync.Mutex
-	status map[artifact.Kind]updater.SlotStatus
-	last   *wire.CheckInResponse
+	akMu sync.Mutex
+	// akFailed is when renewing the AK certificate last failed (zero: it did not); the
+	// next try waits akRetry. Guarded by mu.
+	akFailed time.Time
+	mu       sync.Mutex
+	status   map[artifact.Kind]updater.SlotStatus
+	last     *wire.CheckInResponse
 	// nextNonce is the nonce the last answer issued for the next check-in
 	// (wire.CheckInResponse.NextNonce); nil: ask for one.
 	nextNonce []byte
@@ -103,6 +106,11 @@ func AKDue(ak *attest.AKCertificate, now time.Time) bool {
 	return c.NotAfter.Sub(now) <= c.NotAfter.Sub(c.NotBefore)/3
 }
 
+// akRetry is how long a failed renewal of the AK certificate waits before the next try:
+// renewAK runs at every exchange with the server (reports too), and each try is an
+// enrollment of TPM work and up to 2 minutes of HTTP; months remain when it is first due.
+const akRetry = 15 * time.Minute
+
 // renewAK replaces the AK certificate by a new one when it is due (RenewAK); a.mu is
 // held, so no check-in is under way.
 func (a *Attested) renewAK(ctx context.Context) {
@@ -111,7 +119,7 @@ func (a *Attested) renewAK(ctx context.Context) {
 		now = a.Now
 	}
 	old := a.currentAK()
-	if a.RenewAK == nil || !AKDue(old, now()) {
+	if a.RenewAK == nil || !AKDue(old, now()) || (!a.akFailed.IsZero() && now().Sub(a.akFailed) < akRetry) {
 		return
 	}
 	ak, err := a.RenewAK(ctx)
@@ -119,12 +127,14 @@ func (a *Attested) renewAK(ctx context.Context) {
 		err = fmt.Errorf("the new AK certificate names %q, not this device's %q", ak.PermanentIdentifier, old.PermanentIdentifier)
 	}
 	if err != nil {
+		a.akFailed = now()
 		if a.Logger != nil {
-			a.Logger.Warn("AK certificate not renewed; the current one is kept, and renewing it is tried again at the next check-in",
-				"not_after", old.Certificate.NotAfter, "err", printable.Text(err.Error(), 512))
+			a.Logger.Warn("AK certificate not renewed; the current one is kept, and renewing it is tried again later",
+				"not_after", old.Certificate.NotAfter, "retry_in", akRetry, "err", printable.Text(err.Error(), 512))
 		}
 		return
 	}
+	a.akFailed = time.Time{}
 	a.akMu.Lock()
 	a.AK = ak
 	a.akMu.Unlock()

@@ -132,6 +132,12 @@ func (s *State) ReadStatus(ctx context.Context) (Status, error) {
 		}
 	}
 	if h, err := ReadRuntimeHealth(s.Dir.RuntimeHealth()); err == nil {
+		// The file is written at each death and restart: read now, a crash loop whose
+		// runtime has since served stableAfter is over (settled), as the running
+		// agent's own health says; the record keeps its time (found in review, 2 Dec).
+		at := h.At
+		h = settled(h, time.Now())
+		h.At = at
 		out.Runtime = &h
 	}
 	out.TrustedRoot, _ = metadataSigned(filepath.Join(s.Dir.TUF(), updater.RootFile))

@@ -614,3 +614,31 @@ func TestRuntimeKilledIsNotJudged(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusSettlesTheHealthFile: status read from the state directory shows a crash
+// loop as over once the runtime the file says is serving has served stableAfter; the
+// file, written at the restart, still says looping (found in review, 2 Dec).
+func TestStatusSettlesTheHealthFile(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	slots, err := rollback.Open(ctx, rollback.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slots.Close()
+	written := time.Now().Add(-time.Hour)
+	h := RuntimeHealth{At: written, Deaths: 1, CrashLoop: 1, RestartDelay: time.Second, ServingSince: written}
+	b, _ := json.Marshal(h)
+	if err := os.WriteFile(StateDir(dir).RuntimeHealth(), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := (&State{Dir: StateDir(dir), Slots: slots}).ReadStatus(ctx)
+	if err != nil || st.Runtime == nil || st.Runtime.CrashLoop != 0 || st.Runtime.Deaths != 1 || !st.Runtime.At.Equal(written) {
+		t.Fatalf("status runtime = %+v, %v; want the loop over, one death, the record's time", st.Runtime, err)
+	}
+	var out strings.Builder
+	st.Write(&out)
+	if strings.Contains(out.String(), "crash loop") {
+		t.Errorf("status says a crash loop an hour after the runtime started serving:\n%s", out.String())
+	}
+}

@@ -94,6 +94,10 @@ func (h *heldAnswer) marshal() (mem.BufferSlice, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The buffer is what grpc-go holds (and h, its pool): the decoded outputs go now,
+	// or an unread answer kept them alive beside it, twice what it counts (found in
+	// review, 2 Dec).
+	h.msg = nil
 	return mem.BufferSlice{mem.NewBuffer(&b, h)}, nil
 }
 

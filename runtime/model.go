@@ -359,7 +359,7 @@ func (m *Model) runUnbound(ctx context.Context, ordered []*Input, want []bool, o
 	if err := m.exec(ctx, tensors, outs, false); err != nil {
 		if sized := m.presized(outs); sized != nil && errors.Is(err, errRun) {
 			// ORT names its own node; say which outputs were sized by guess.
-			return nil, fmt.Errorf("%w (output %s: %s outputs are sized before the run, each dynamic dimension from the first input's at the same axis; a model whose output is sized otherwise cannot be served)",
+			return nil, fmt.Errorf("%w (a possible cause: output %s: %s outputs are sized before the run, each dynamic dimension from the first input's at the same axis; a model whose output is sized otherwise cannot be served)",
 				err, strings.Join(sized, ", "), "FP16/BF16")
 		}
 		return nil, err
@@ -504,11 +504,12 @@ func (m *Model) putRunOptions(o *ort.RunOptions) {
 	}
 }
 
-// presized names the outputs preallocate sized (nil: none).
+// presized names the outputs preallocate sized with a dimension taken from an input's
+// (nil: none), the possible cause of a failed run.
 func (m *Model) presized(outs []ort.Value) []string {
 	var out []string
 	for i, meta := range m.outputs {
-		if outs[i] != nil && (meta.Datatype == runtimeapi.FP16 || meta.Datatype == runtimeapi.BF16) {
+		if outs[i] != nil && (meta.Datatype == runtimeapi.FP16 || meta.Datatype == runtimeapi.BF16) && slices.ContainsFunc(meta.Shape, func(d int64) bool { return d < 0 }) {
 			out = append(out, strconv.Quote(meta.Name))
 		}
 	}

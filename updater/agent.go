@@ -573,15 +573,6 @@ func (a *Agent) install(ctx context.Context, kind artifact.Kind, d wire.SlotDeci
 	return a.installWith(ctx, a.cfg.TUF, kind, d)
 }
 
-// supersede gives up kind's unfinished transaction s, one that has not reached its
-// trial, so that the target now wanted (path) can be installed instead. Such a
-// transaction is not running (installs are serialised by a.mu, and the slot manager's
-// lock is free again): it is what an earlier attempt left, a download interrupted past
-// its retries or a crash before the trial, for a target no longer wanted (its rollout
-// aborted, a newer version published). Kept, it would refuse every other install with
-// ErrBusy until it was asked for again. The running version is not touched: only the
-// inactive slot is cleared. A trial is never superseded; it ends by its verdict or its
-// deadline. It reports whether the transaction was given up.
 // dropUnwanted gives up the unfinished installs (downloading, verifying, staged) that
 // the director's answer desired no longer asks for: a download a restart interrupted,
 // of a version whose rollout was since aborted or superseded, is not finished for
@@ -609,6 +600,15 @@ func (a *Agent) dropUnwanted(ctx context.Context, desired map[artifact.Kind]wire
 	}
 }
 
+// supersede gives up kind's unfinished transaction s, one that has not reached its
+// trial, so that the target now wanted (path) can be installed instead. Such a
+// transaction is not running (installs are serialised by a.mu, and the slot manager's
+// lock is free again): it is what an earlier attempt left, a download interrupted past
+// its retries or a crash before the trial, for a target no longer wanted (its rollout
+// aborted, a newer version published). Kept, it would refuse every other install with
+// ErrBusy until it was asked for again. The running version is not touched: only the
+// inactive slot is cleared. A trial is never superseded; it ends by its verdict or its
+// deadline. It reports whether the transaction was given up.
 func (a *Agent) supersede(ctx context.Context, kind artifact.Kind, s rollback.State, path string) bool {
 	switch s.Phase {
 	case rollback.Downloading, rollback.Verifying, rollback.Staged:
