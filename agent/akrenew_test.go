@@ -2,10 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"log/slog"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,8 +13,6 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/deviceapi"
-	"github.com/edgeward/edgeward/policy"
-	reposerver "github.com/edgeward/edgeward/repo-server"
 )
 
 // TestAKCertificateRenewedWhileRunning: a running agent renews its AK certificate at a
@@ -30,40 +26,9 @@ func TestAKCertificateRenewedWhileRunning(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	lab := newDeviceAPILab(ctx, t, dir)
-	caKey, caCert, err := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter := x509.NewCertPool()
-	inter.AddCert(lab.maker.Intermediate)
 	const validity = 3 * time.Hour
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: lab.maker.Roots(),
-		ManufacturerIntermediates: inter, AKCertValidity: validity})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: lab.res.Repo})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: lab.store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	defer hs.Close()
-	tpm, err := attest.Open(ctx, "sim")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tpm.Close()
-	if _, err := lab.maker.Provision(ctx, tpm, attest.RSA); err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{Server: hs.URL}
+	url, tpm := lab.serveWithCA(ctx, t, func(c *attestca.Config) { c.AKCertValidity = validity })
+	cfg := Config{Server: url}
 	ak, err := enrollClient(cfg, serverClient(nil)).Enroll(ctx, tpm)
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +42,7 @@ func TestAKCertificateRenewedWhileRunning(t *testing.T) {
 	failRenewal := false
 	var told []*attest.AKCertificate
 	var log strings.Builder
-	link := &Attested{API: &deviceapi.Client{BaseURL: hs.URL}, TPM: tpm, AK: ak, Log: mlog, Hardware: "x86_64",
+	link := &Attested{API: &deviceapi.Client{BaseURL: url}, TPM: tpm, AK: ak, Log: mlog, Hardware: "x86_64",
 		Logger: slog.New(slog.NewTextHandler(&log, nil)),
 		Now:    func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
 		RenewAK: func(ctx context.Context) (*attest.AKCertificate, error) {

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,8 +17,6 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/deviceapi"
-	"github.com/edgeward/edgeward/policy"
-	reposerver "github.com/edgeward/edgeward/repo-server"
 	"github.com/edgeward/edgeward/updater"
 )
 
@@ -32,41 +29,11 @@ import (
 func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 	ctx := context.Background()
 	lab := newDeviceAPILab(ctx, t, t.TempDir())
-	caKey, caCert, err := attestca.NewRoot("Edgeward Attestation CA", 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var refusal error
-	inter := x509.NewCertPool()
-	inter.AddCert(lab.maker.Intermediate)
-	ca, err := attestca.New(attestca.Config{Signer: caKey, Certificate: caCert, ManufacturerRoots: lab.maker.Roots(), ManufacturerIntermediates: inter,
-		Refuse: func(context.Context, string) error { mu.Lock(); defer mu.Unlock(); return refusal }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := policy.Parse(policy.File{Name: "fleet.yaml", Data: []byte("version: 1\n")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := reposerver.NewServer(reposerver.ServerConfig{Repo: lab.res.Repo})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.EnableDeviceAPI(reposerver.DeviceConfig{Fleet: lab.store, AttestCA: ca, Policy: func() *policy.Policy { return pol }}); err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(srv.Handler())
-	defer hs.Close()
-	tpm, err := attest.Open(ctx, "sim")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tpm.Close()
-	if _, err := lab.maker.Provision(ctx, tpm, attest.RSA); err != nil {
-		t.Fatal(err)
-	}
-
+	url, tpm := lab.serveWithCA(ctx, t, func(c *attestca.Config) {
+		c.Refuse = func(context.Context, string) error { mu.Lock(); defer mu.Unlock(); return refusal }
+	})
 	// connect until its first wait, returning the wait and the log.
 	firstWait := func(server string) (time.Duration, string) {
 		t.Helper()
@@ -85,7 +52,7 @@ func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 	mu.Lock()
 	refusal = fmt.Errorf("%w (%w): device decommissioned at 2026-12-02T09:00:00Z: stolen", attestca.ErrRefused, attestca.ErrRefusedForGood)
 	mu.Unlock()
-	wait, log := firstWait(hs.URL)
+	wait, log := firstWait(url)
 	if wait != updater.DefaultOutOfServiceInterval || !strings.Contains(log, "out of service") || !strings.Contains(log, "decommissioned") {
 		t.Errorf("decommissioned device: first wait %v, log:\n%s\nwant a wait of %v and the log saying it is out of service, and why",
 			wait, log, updater.DefaultOutOfServiceInterval)
@@ -94,7 +61,7 @@ func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 	mu.Lock()
 	refusal = fmt.Errorf("%w: EK is not on the allowlist (--ek-allowlist)", attestca.ErrRefused)
 	mu.Unlock()
-	if wait, log := firstWait(hs.URL); wait != time.Second || strings.Contains(log, "out of service") {
+	if wait, log := firstWait(url); wait != time.Second || strings.Contains(log, "out of service") {
 		t.Errorf("EK not on the allowlist: first wait %v, log:\n%s\nwant 1s and no \"out of service\"", wait, log)
 	}
 	// Not refused, but the server is away: retried soon, as before.
@@ -108,7 +75,7 @@ func TestDecommissionedDeviceEnrollsRarely(t *testing.T) {
 	refusal = nil
 	mu.Unlock()
 	var log2 strings.Builder
-	conn, err := connect(ctx, Config{Server: hs.URL, Interval: 30 * time.Second, Once: true, Logger: slog.New(slog.NewTextHandler(&log2, nil))}, tpm)
+	conn, err := connect(ctx, Config{Server: url, Interval: 30 * time.Second, Once: true, Logger: slog.New(slog.NewTextHandler(&log2, nil))}, tpm)
 	if err != nil {
 		t.Fatalf("connect once no longer refused: %v\n%s", err, log2.String())
 	}
