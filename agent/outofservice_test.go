@@ -93,7 +93,7 @@ func TestListenAwaitsTheDrain(t *testing.T) {
 	addr := held.Addr().String()
 	time.AfterFunc(600*time.Millisecond, func() { held.Close() })
 	start := time.Now()
-	ln, err := listenAwaitingDrain(addr, 10*time.Second, nil)
+	ln, err := listenAwaitingDrain(context.Background(), addr, 10*time.Second, nil)
 	if err != nil {
 		t.Fatalf("listen on an address freed after 600 ms: %v", err)
 	}
@@ -106,8 +106,19 @@ func TestListenAwaitsTheDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held2.Close()
-	if _, err := listenAwaitingDrain(held2.Addr().String(), 300*time.Millisecond, nil); !errors.Is(err, syscall.EADDRINUSE) {
+	if _, err := listenAwaitingDrain(context.Background(), held2.Addr().String(), 300*time.Millisecond, nil); !errors.Is(err, syscall.EADDRINUSE) {
 		t.Errorf("listen on an address held throughout = %v; want EADDRINUSE after the wait", err)
+	}
+	// Told to stop while waiting (SIGTERM to the agent), it stops at once.
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	start = time.Now()
+	_, err = listenAwaitingDrain(ctx, held2.Addr().String(), 30*time.Second, nil)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.EADDRINUSE) {
+		t.Errorf("listen cancelled while waiting = %v; want context.Canceled and EADDRINUSE", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("a cancelled wait took %v; want it to stop once cancelled", d)
 	}
 }
 

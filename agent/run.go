@@ -266,7 +266,7 @@ func run(ctx context.Context, cfg Config) error {
 			return err
 		}
 	} else {
-		rts, err := supervise(cfg, st.Dir)
+		rts, err := supervise(ctx, cfg, st.Dir)
 		if err != nil {
 			return err
 		}
@@ -450,7 +450,7 @@ func loop(ctx context.Context, cfg Config, a *updater.Agent) error {
 
 // supervise binds the public inference socket (and the gRPC one, if configured), which
 // the agent keeps across runtime swaps and passes to every runtime process it starts.
-func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
+func supervise(ctx context.Context, cfg Config, dir StateDir) (*Runtimes, error) {
 	bin := cfg.RuntimeBinary
 	if bin == "" {
 		self, err := os.Executable()
@@ -459,13 +459,13 @@ func supervise(cfg Config, dir StateDir) (*Runtimes, error) {
 		}
 		bin = filepath.Join(filepath.Dir(self), "edgeward-runtime")
 	}
-	ln, err := listenAwaitingDrain(cfg.Listen, drainWait, cfg.Logger)
+	ln, err := listenAwaitingDrain(ctx, cfg.Listen, drainWait, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("public inference socket %s: %w", cfg.Listen, err)
 	}
 	r := &Runtimes{Binary: bin, Listener: ln, Dir: string(dir), HealthFile: dir.RuntimeHealth(), Logger: cfg.Logger, LogFormat: cfg.LogFormat}
 	if cfg.GRPCListen != "" {
-		g, err := listenAwaitingDrain(cfg.GRPCListen, drainWait, cfg.Logger)
+		g, err := listenAwaitingDrain(ctx, cfg.GRPCListen, drainWait, cfg.Logger)
 		if err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("public gRPC inference socket %s: %w", cfg.GRPCListen, err)
@@ -484,8 +484,8 @@ const drainWait = 35 * time.Second
 // use. Restarted within about a second of a kill, the agent found the socket still held
 // by its previous runtime, draining, and exited with "address already in use" (found
 // from outside, 2 Dec: a supervisor restarting faster than the shipped unit's 5 s got a
-// failed start each time).
-func listenAwaitingDrain(addr string, wait time.Duration, log *slog.Logger) (*net.TCPListener, error) {
+// failed start each time). It stops waiting when ctx ends (the agent told to stop).
+func listenAwaitingDrain(ctx context.Context, addr string, wait time.Duration, log *slog.Logger) (*net.TCPListener, error) {
 	deadline := time.Now().Add(wait)
 	for said := false; ; said = true {
 		ln, err := net.Listen("tcp", addr)
@@ -498,7 +498,11 @@ func listenAwaitingDrain(addr string, wait time.Duration, log *slog.Logger) (*ne
 		if !said && log != nil {
 			log.Warn("the inference address is in use, as while the previous runtime drains: waiting for it", "addr", addr, "for", wait)
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for %s: %w (%w)", addr, context.Cause(ctx), err)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }
 

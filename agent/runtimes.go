@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -462,7 +463,7 @@ func (r *Runtimes) Start(ctx context.Context, lib *Library, hold bool) (*Runtime
 	p.held = !hold && r.restarting
 	r.mu.Unlock()
 	os.Remove(sock)
-	args := []string{"--listen-fd", "3", "--control", "unix:" + sock}
+	args := []string{"--listen-fd", "3", "--control", "unix:" + sock, "--parent-pid", strconv.Itoa(os.Getpid())}
 	if r.GRPCListener != nil {
 		args = append(args, "--grpc-listen-fd", "4")
 	}

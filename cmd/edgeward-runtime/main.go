@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string) error {
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
 		procs    = fs.String("gomaxprocs", "auto", "Go scheduler threads (GOMAXPROCS): auto (1 while ONNX Runtime's runs are short, which saves the wake-ups of idle threads around each request; the CPUs available while runs of 1 ms or more take 10 % of the time or more, so that they do not queue behind each other: runtime.ProcsPolicy, docs/BENCHMARKS.md), a number, or 0 for Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
+		parent   = fs.Int("parent-pid", 0, "drain and stop once this process is no longer this one's parent (the agent passes its own PID: should its parent-death signal be lost, an orphaned runtime would keep the inference port from the agent's next start); 0: no watch")
 		_        = fs.Bool("sysmon-awake", true, "keep Go's monitor thread (sysmon) from parking while the process is idle, so that the first system or cgo call of each request does not wake it and it does not retake the P of each run (GODEBUG schedtrace at its largest period, set by re-executing at start: one scheduler line on stderr once uptime reaches 24.8 days, then every 24.8 days). false: Go's default")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
@@ -188,7 +189,15 @@ func run(ctx context.Context, args []string) error {
 
 	sig, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	<-sig.Done()
+	var orphaned <-chan struct{} // nil: never
+	if *parent != 0 {
+		orphaned = watchParent(sig, *parent, time.Second, os.Getppid)
+	}
+	select {
+	case <-sig.Done():
+	case <-orphaned:
+		log.Warn("parent gone, draining", "parent_pid", *parent, "now", os.Getppid())
+	}
 
 	// Drain. First keep serving for a grace period with every response closing its
 	// connection (the runtime does that once draining), so busy clients move to new connections, which the shared
@@ -222,6 +231,30 @@ func run(ctx context.Context, args []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// watchParent returns a channel closed once getppid no longer answers pid, checked at
+// start and then every period until ctx ends. The agent starts its runtime with a
+// parent-death signal too, but that signal is tied to the thread that forked and was
+// once not delivered when the agent was killed (an e2e run, 1 Dec): the runtime then
+// served on, holding the inference port, and the restarted agent could not bind it.
+// A changed parent (re-parented to init or a subreaper) is the one sign that cannot be
+// lost.
+func watchParent(ctx context.Context, pid int, period time.Duration, getppid func() int) <-chan struct{} {
+	gone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for getppid() == pid {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		close(gone)
+	}()
+	return gone
 }
 
 // gomaxprocs returns the GOMAXPROCS to start with and whether TuneProcs should adjust

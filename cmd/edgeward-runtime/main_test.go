@@ -508,3 +508,60 @@ func grepLines(b []byte, s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestOrphanedRuntimeDrains: a runtime whose parent dies without a parent-death signal
+// reaching it (here the parent is a shell that sets none, killed with SIGKILL) notices
+// that its parent changed, drains and stops, and frees its port. Before, such a runtime
+// served on for good: seen once after an agent was killed in e2e, 40 minutes later.
+func TestOrphanedRuntimeDrains(t *testing.T) {
+	lib := ortLib(t)
+	dir := t.TempDir()
+	bin := buildRuntime(t, dir)
+	logPath := filepath.Join(dir, "runtime.log")
+	sock := filepath.Join(dir, "c.sock")
+	// The shell starts the runtime in the background naming itself as the parent, says
+	// the runtime's PID, and waits.
+	script := `"$0" --ort-lib "$1" --listen 127.0.0.1:0 --control "unix:$2" --model "iris=1.0.0=$3" --drain-grace 100ms --parent-pid $$ 2>"$4" & echo $!; wait`
+	sh := exec.Command("sh", "-c", script, bin, lib, sock, irisModel(t), logPath)
+	out, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if _, err := fmt.Fscan(out, &pid); err != nil {
+		sh.Process.Kill()
+		t.Fatalf("runtime PID from the shell: %v", err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	logged := func() string { b, _ := os.ReadFile(logPath); return string(b) }
+	control := runtimeapi.NewUnixClient(sock)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if ok, _ := control.Ready(context.Background()); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			sh.Process.Kill()
+			t.Fatalf("runtime not ready in 30 s:\n%s", logged())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Alive and serving while its parent lives.
+	time.Sleep(1500 * time.Millisecond)
+	if ok, err := control.Ready(context.Background()); !ok {
+		t.Fatalf("runtime stopped while its parent lived: %v\n%s", err, logged())
+	}
+	sh.Process.Kill()
+	sh.Wait()
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logged(), `"msg":"stopped"`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("runtime still running 20 s after its parent was killed:\n%s", logged())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if l := logged(); !strings.Contains(l, "parent gone, draining") {
+		t.Errorf("the runtime stopped without saying its parent was gone:\n%s", l)
+	}
+}
