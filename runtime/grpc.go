@@ -81,11 +81,11 @@ func (g *grpcService) modelInferStream(_ any, ss grpc.ServerStream) (err error) 
 	if err != nil {
 		return err
 	}
-	resp, err := g.ModelInfer(ctx, req)
+	resp, h, err := g.modelInfer(ctx, req, true)
 	if err != nil {
 		return err
 	}
-	return g.send(ss, resp, answerConn(ctx))
+	return g.send(ss, resp, h, answerConn(ctx))
 }
 
 // readInfer reads a ModelInfer request from ss once a read slot is free. A refusal or a
@@ -293,9 +293,22 @@ func (g *grpcService) ModelMetadata(_ context.Context, req *inference.ModelMetad
 }
 
 func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferRequest) (*inference.ModelInferResponse, error) {
+	resp, _, err := g.modelInfer(ctx, req, false)
+	return resp, err
+}
+
+// modelInfer serves req and counts it. With hold, an answer larger than heldAnswerMin
+// is taken from the byte budget before it is counted, and returned held, to send: an
+// answer refused for room is counted as what the client gets (503, or 413 when it alone
+// could never fit), not as served. Before, it was counted 200 and then refused.
+func (g *grpcService) modelInfer(ctx context.Context, req *inference.ModelInferRequest, hold bool) (*inference.ModelInferResponse, *heldAnswer, error) {
 	start := time.Now()
 	name, version := req.GetModelName(), req.GetModelVersion()
 	resp, m, served, err := g.infer(ctx, req, name, version)
+	var h *heldAnswer
+	if err == nil && hold {
+		h, err = g.holdAnswer(resp)
+	}
 	code := http.StatusOK
 	if err != nil {
 		code = statusOf(err)
@@ -305,9 +318,9 @@ func (g *grpcService) ModelInfer(ctx context.Context, req *inference.ModelInferR
 	}
 	g.r.observeInfer(m, name, served, code, time.Since(start))
 	if err != nil {
-		return nil, grpcError(err)
+		return nil, nil, grpcError(err)
 	}
-	return resp, nil
+	return resp, h, nil
 }
 
 // infer returns the response, the version that served (nil when none was taken), the

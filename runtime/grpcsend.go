@@ -46,16 +46,26 @@ type heldAnswer struct {
 	once  sync.Once
 }
 
-// send sends resp on ss, held under the budget while grpc-go has it (heldAnswer); conn,
-// if not nil, is closed should the answer not be gone within WriteTimeout.
-func (g *grpcService) send(ss interface{ SendMsg(any) error }, resp *inference.ModelInferResponse, conn net.Conn) error {
+// holdAnswer takes resp's bytes from the budget when it is larger than heldAnswerMin
+// and returns it as a heldAnswer to send; nil for a smaller answer, which grpc-go copies.
+func (g *grpcService) holdAnswer(resp *inference.ModelInferResponse) (*heldAnswer, error) {
 	n := proto.Size(resp)
 	if n <= heldAnswerMin {
-		return ss.SendMsg(resp)
+		return nil, nil
 	}
 	h := &heldAnswer{msg: resp, n: int64(n), r: g.r}
 	if err := g.r.bodies.takeFor(0, h.n); err != nil {
-		return grpcError(err) // the answer must fit, as any request's bytes
+		return nil, err // the answer must fit, as any request's bytes
+	}
+	return h, nil
+}
+
+// send sends resp on ss: as h, held under the budget while grpc-go has it, when
+// holdAnswer held it. conn, if not nil, is closed should a held answer not be gone
+// within WriteTimeout.
+func (g *grpcService) send(ss interface{ SendMsg(any) error }, resp *inference.ModelInferResponse, h *heldAnswer, conn net.Conn) error {
+	if h == nil {
+		return ss.SendMsg(resp)
 	}
 	timeout := g.r.cfg.writeTimeout()
 	h.timer = time.AfterFunc(timeout, func() {
@@ -64,7 +74,7 @@ func (g *grpcService) send(ss interface{ SendMsg(any) error }, resp *inference.M
 		// items not yet handed to its writer): released here, as after a Put.
 		if conn != nil {
 			g.r.log.Warn("gRPC client did not take its answer within the write timeout: connection closed",
-				"peer", conn.RemoteAddr().String(), "bytes", n, "timeout", timeout)
+				"peer", conn.RemoteAddr().String(), "bytes", h.n, "timeout", timeout)
 			conn.Close()
 		}
 		h.give()

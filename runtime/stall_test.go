@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/edgeward/edgeward/runtime/inference"
 	"github.com/edgeward/edgeward/runtime/modelgen"
@@ -242,6 +244,52 @@ func TestAnswerMustFitTheBound(t *testing.T) {
 		}
 		if used := r.bodies.used.Load(); used != 0 {
 			t.Errorf("after the answer %s: %d bytes still held", tc.params, used)
+		}
+	}
+}
+
+// TestGRPCAnswerRefusedIsCountedAsRefused: a gRPC answer that alone could never fit
+// under MaxHeldBytes (its request did) is refused, RESOURCE_EXHAUSTED saying so, and
+// counted as 413, not as served; the bytes are given back. Before, it was counted 200
+// and then refused.
+func TestGRPCAnswerRefusedIsCountedAsRefused(t *testing.T) {
+	const n = 64 << 10 // 512 KiB of FP64 in, 1 MiB out
+	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 600 << 10, MaxHeldBytes: 768 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	path := filepath.Join(t.TempDir(), "doubled.onnx")
+	if err := os.WriteFile(path, modelgen.Doubled("FP64"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "doubled", Version: "1.0.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveGRPC(t, r)
+	call := func(elems int) error {
+		_, err := grpcClientOf(t, addr).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "doubled",
+			Inputs:           []*inference.ModelInferRequest_InferInputTensor{{Name: "x", Datatype: "FP64", Shape: []int64{int64(elems)}}},
+			RawInputContents: [][]byte{make([]byte, 8*elems)}})
+		return err
+	}
+	if err := call(1000); err != nil {
+		t.Fatalf("a small call: %v", err)
+	}
+	if err := call(n); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "max-held-bytes") {
+		t.Fatalf("a call whose answer could never fit = %v; want RESOURCE_EXHAUSTED naming --max-held-bytes", err)
+	}
+	if used := r.bodies.used.Load(); used != 0 {
+		t.Errorf("after the refused answer: %d bytes still held", used)
+	}
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range []string{
+		`edgeward_runtime_requests_total{code="200",model="doubled",version="1.0.0"} 1`,
+		`edgeward_runtime_request_errors_total{code="413",model="doubled",version="1.0.0"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), line) {
+			t.Errorf("metrics lack %s:\n%s", line, grepLines(rec.Body.String(), "requests_total"))
 		}
 	}
 }
