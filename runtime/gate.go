@@ -80,9 +80,10 @@ func isBusy(err error) bool { return errors.Is(err, errBusy) || errors.Is(err, e
 // Memory is taken before it is allocated (a body's buffer as it grows, so a client that
 // announces a large body and trickles it holds only what it sent) and given back when
 // the request is answered. A request that would pass the bound is refused with
-// errNoRoom, or errTooLarge when it alone would (refuse). An answer is taken once it is
-// encoded, until it is written: before 2 Dec it was not counted, and four clients that
-// never read their JSON answers held 735 MB under a 64 MiB bound.
+// errNoRoom, or errTooLarge when it alone would (refuse). An HTTP answer is taken as it
+// is encoded, each piece ahead at its longest form (answerBuf), and a gRPC answer once
+// it is marshalled (holdAnswer), until written: before 2 Dec answers were not counted,
+// and four clients that never read their JSON answers held 735 MB under a 64 MiB bound.
 // What it does not count: a request's JSON being decoded before its tensors' size is
 // known (transient, one request per running goroutine) and ONNX Runtime's own memory
 // (bounded by the run gate).

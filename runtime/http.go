@@ -262,18 +262,23 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if bin != nil {
 		s.bin = bin
 	}
-	var n int
-	s.resp, n = encodeInferResponse(s.resp[:0], m.name, m.version, s.req.ID, outs, bin)
 	// The answer's bytes count as held until written, within WriteTimeout (a client
 	// that does not read is cut off then), and like any request's bytes they must fit:
 	// counted without refusal, JSON answers (an echoed id is six times its size escaped,
 	// a float its digits) took 1.6 GB resident under a 64 MiB bound (found from outside,
-	// 2 Dec). A refused answer is 503 when the runtime is busy, 413 when it alone could
+	// 2 Dec). They are taken as the answer is encoded, ahead of each piece by its
+	// longest form (answerBuf), so that an answer is refused before it is built, not
+	// after. A refused answer is 503 when the runtime is busy, 413 when it alone could
 	// never fit (binary outputs are a fraction of their JSON).
-	if err := r.bodies.takeFor(held+decoded, int64(len(s.resp))); err != nil {
+	ab := answerBuf{b: s.resp[:0], own: held + decoded, budget: r.bodies}
+	n, err := ab.encode(m.name, m.version, s.req.ID, outs, bin)
+	s.resp = ab.b
+	defer func() { r.bodies.give(ab.taken) }()
+	if err != nil {
 		return statusOf(err), m, m.version, err
 	}
-	defer r.bodies.give(int64(len(s.resp)))
+	r.bodies.give(ab.taken - int64(len(ab.b))) // what the longest forms did not use
+	ab.taken = int64(len(ab.b))
 	h := w.Header()
 	if bin != nil {
 		h["Content-Type"] = octetStreamType
@@ -374,57 +379,144 @@ func (r *Runtime) servedVersion(name, version string) string {
 	return m.version
 }
 
-// encodeInferResponse appends the response to b: JSON alone when bin is nil, else a
-// JSON header (its length is n) followed by the binary data of the outputs bin marks.
-func encodeInferResponse(b []byte, model, version, id string, outs []Output, bin []bool) (_ []byte, n int) {
-	start := len(b)
-	b = append(b, `{"model_name":`...)
-	b = appendJSONString(b, model)
-	b = append(b, `,"model_version":`...)
-	b = appendJSONString(b, version)
-	if id != "" {
-		b = append(b, `,"id":`...)
-		b = appendJSONString(b, id)
+// answerBuf is an inference answer being encoded whose bytes are taken from the byte
+// budget before they are written: each piece (a name, a chunk of elements) is reserved
+// at its longest form first, so that at most one chunk's worst case is taken beyond the
+// bytes written, and an answer that does not fit is refused before it is built.
+type answerBuf struct {
+	b      []byte
+	taken  int64 // bytes taken from budget for b; the caller gives them back
+	own    int64 // what the request holds besides
+	budget *byteBudget
+	// overran records that a piece was written past what was reserved for it: a
+	// longest form too short (a bug; TestAnswerReservationsAreEnough checks it).
+	overran bool
+}
+
+// jsonChunk is how many elements answerBuf reserves at once, and answerStep the least
+// it takes from the budget at once.
+const (
+	jsonChunk  = 1024
+	answerStep = 4 << 10
+)
+
+// reserve makes sure that more bytes may be appended to a.b, taking what is missing.
+func (a *answerBuf) reserve(more int) error {
+	if int64(len(a.b)) > a.taken {
+		a.overran = true
 	}
-	b = append(b, `,"outputs":[`...)
+	need := int64(len(a.b)) + int64(more)
+	if need <= a.taken {
+		return nil
+	}
+	// Ahead by at least answerStep, so that a small answer takes once: refused that,
+	// exactly what is missing.
+	if ahead := max(need, a.taken+answerStep); a.budget.take(ahead - a.taken) {
+		need = ahead
+	} else if err := a.budget.takeFor(a.own+a.taken, need-a.taken); err != nil {
+		return err
+	}
+	a.taken = need
+	if need > int64(cap(a.b)) {
+		// Doubling, not append's quarter steps: those allocate five times the final
+		// size on the way to it.
+		b := make([]byte, len(a.b), max(need, 2*int64(cap(a.b))))
+		copy(b, a.b)
+		a.b = b
+	}
+	return nil
+}
+
+// encode appends the answer to a.b: JSON alone when bin is nil, else a JSON header
+// (its length n) followed by the raw bytes of each output marked in bin, in order
+// (binary tensor extension). Outputs not marked are in the JSON as data. On an error
+// (the budget refused a piece) a.b holds part of an answer.
+func (a *answerBuf) encode(model, version, id string, outs []Output, bin []bool) (n int, err error) {
+	start := len(a.b)
+	str := func(prefix, s string) error {
+		if err := a.reserve(len(prefix) + 6*len(s) + 2); err != nil {
+			return err
+		}
+		a.b = append(a.b, prefix...)
+		a.b = appendJSONString(a.b, s)
+		return nil
+	}
+	if err := str(`{"model_name":`, model); err != nil {
+		return 0, err
+	}
+	if err := str(`,"model_version":`, version); err != nil {
+		return 0, err
+	}
+	if id != "" {
+		if err := str(`,"id":`, id); err != nil {
+			return 0, err
+		}
+	}
+	if err := a.reserve(len(`,"outputs":[`)); err != nil {
+		return 0, err
+	}
+	a.b = append(a.b, `,"outputs":[`...)
 	for i := range outs {
 		o := &outs[i]
+		prefix := `{"name":`
 		if i > 0 {
-			b = append(b, ',')
+			prefix = `,{"name":`
 		}
-		b = append(b, `{"name":`...)
-		b = appendJSONString(b, o.Name)
-		b = append(b, `,"datatype":"`...)
-		b = append(b, o.Datatype...)
-		b = append(b, `","shape":[`...)
+		if err := str(prefix, o.Name); err != nil {
+			return 0, err
+		}
+		if err := a.reserve(len(`,"datatype":"`) + len(o.Datatype) + len(`","shape":[`) + 21*len(o.Shape) +
+			len(`],"parameters":{"binary_data_size":`) + 21 + len(`]}`) + 2); err != nil {
+			return 0, err
+		}
+		a.b = append(a.b, `,"datatype":"`...)
+		a.b = append(a.b, o.Datatype...)
+		a.b = append(a.b, `","shape":[`...)
 		for j, d := range o.Shape {
 			if j > 0 {
-				b = append(b, ',')
+				a.b = append(a.b, ',')
 			}
-			b = strconv.AppendInt(b, d, 10)
+			a.b = strconv.AppendInt(a.b, d, 10)
 		}
 		if bin != nil && bin[i] {
-			b = append(b, `],"parameters":{"binary_data_size":`...)
-			b = strconv.AppendInt(b, int64(o.binarySize()), 10)
-			b = append(b, "}}"...)
+			a.b = append(a.b, `],"parameters":{"binary_data_size":`...)
+			a.b = strconv.AppendInt(a.b, int64(o.binarySize()), 10)
+			a.b = append(a.b, "}}"...)
 			continue
 		}
-		b = append(b, `],"data":`...)
-		b = o.appendJSON(b)
-		b = append(b, '}')
+		a.b = append(a.b, `],"data":[`...)
+		for from := 0; from < o.n; {
+			to, most := from, 0
+			for to < o.n && (to == from || to-from < jsonChunk && most < 64<<10) {
+				most += o.jsonElementMax(to)
+				to++
+			}
+			if err := a.reserve(most + 2); err != nil {
+				return 0, err
+			}
+			a.b = o.appendJSON(a.b, from, to)
+			from = to
+		}
+		a.b = append(a.b, "]}"...)
+	}
+	if err := a.reserve(3); err != nil {
+		return 0, err
 	}
 	if bin == nil {
-		b = append(b, "]}\n"...)
-		return b, len(b) - start
+		a.b = append(a.b, "]}\n"...)
+		return len(a.b) - start, nil
 	}
-	b = append(b, "]}"...)
-	n = len(b) - start
+	a.b = append(a.b, "]}"...)
+	n = len(a.b) - start
 	for i := range outs {
 		if bin[i] {
-			b = outs[i].appendBinary(b)
+			if err := a.reserve(outs[i].binarySize()); err != nil {
+				return 0, err
+			}
+			a.b = outs[i].appendBinary(a.b)
 		}
 	}
-	return b, n
+	return n, nil
 }
 
 // appendJSONString appends s as a JSON string: as is when it is printable ASCII without

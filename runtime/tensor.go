@@ -695,11 +695,11 @@ func outputFrom(meta runtimeapi.TensorMeta, v ort.Value) (Output, error) {
 	return o, nil
 }
 
-// appendJSON appends the output's data as a flat JSON array. Non-finite floats, which
-// JSON cannot carry, are written as null; BYTES elements as JSON strings.
-func (o *Output) appendJSON(b []byte) []byte {
-	b = append(b, '[')
-	for i := range o.n {
+// appendJSON appends elements [from, to) of the output's data as JSON values separated
+// by commas (a comma before each but the output's first). Non-finite floats, which JSON
+// cannot carry, are written as null; BYTES elements as JSON strings.
+func (o *Output) appendJSON(b []byte, from, to int) []byte {
+	for i := from; i < to; i++ {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -725,7 +725,32 @@ func (o *Output) appendJSON(b []byte) []byte {
 			b = strconv.AppendFloat(b, f, 'g', -1, bits)
 		}
 	}
-	return append(b, ']')
+	return b
+}
+
+// jsonElementMax is the most bytes appendJSON writes for element i, its comma included:
+// the longest value of its datatype ("-2.2250738585072014e-308" for FP64, a float32's
+// shortest form for the 16- and 32-bit floats), or for a BYTES element six bytes per
+// byte (each escaped as \u00XX, or invalid UTF-8 as \ufffd) and its quotes.
+func (o *Output) jsonElementMax(i int) int {
+	switch o.Datatype {
+	case runtimeapi.BYTES:
+		return 6*len(o.strs[i]) + 3
+	case runtimeapi.BOOL:
+		return 6
+	case runtimeapi.INT8, runtimeapi.UINT8:
+		return 5
+	case runtimeapi.INT16, runtimeapi.UINT16:
+		return 7
+	case runtimeapi.INT32, runtimeapi.UINT32:
+		return 12
+	case runtimeapi.INT64, runtimeapi.UINT64:
+		return 21
+	case runtimeapi.FP64:
+		return 25
+	default:
+		return 16
+	}
 }
 
 // elementsOf is the element count of shape, or an error when a dimension is negative or
