@@ -28,7 +28,7 @@ func cmdAuditExport(ctx context.Context, env *cliEnv, args []string) error {
 	fs, rf := newCommand("audit export", env)
 	out := fs.String("o", "-", "output file (JSON Lines); - for stdout")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "export through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
-	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
+	token := secretFlag(fs, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
 	cosigned := fs.Bool("cosigned", false, "stop at the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum: a checkpoint signed for the export has had no time to be cosigned)")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -316,7 +316,7 @@ func cmdAuditProve(ctx context.Context, env *cliEnv, args []string) error {
 	state := fs.String("state", "", "take --since from this last-seen checkpoint file")
 	out := fs.String("o", "-", "output file; - for stdout")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "ask this server's API instead of the repository directory ($EDGEWARD_SERVER)")
-	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
+	token := secretFlag(fs, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token of an auditor or security admin ($EDGEWARD_TOKEN)")
 	cosigned := fs.Bool("cosigned", false, "prove under the newest checkpoint a witness has cosigned (for a verify that requires a witness quorum)")
 	pos, err := parse(fs, args)
 	if err != nil {

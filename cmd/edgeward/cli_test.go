@@ -460,3 +460,46 @@ func TestTokenCreateNeedsARepository(t *testing.T) {
 		t.Errorf("token create left %v in an empty directory", left)
 	}
 }
+
+// TestUsageNeverShowsSecrets: a mistyped flag prints the command's usage; the token
+// and a database URL's password, defaults taken from the environment, are not in it
+// (the URL is shown redacted). Before, every usage message printed
+// $EDGEWARD_TOKEN whole (found from outside, 2 Dec). The values still apply.
+func TestUsageNeverShowsSecrets(t *testing.T) {
+	const token, password = "ewo_0123456789abcdef_SECRETSECRETSECRET", "hunter2hunter2"
+	c := newCLI(t)
+	c.env["EDGEWARD_TOKEN"] = token
+	c.env["EDGEWARD_DB"] = "postgres://edgeward:" + password + "@db.example:5432/fleet?sslmode=verify-full"
+	for _, args := range [][]string{
+		{"rollout", "status", "--bogus"},
+		{"devices", "list", "--bogus"},
+		{"audit", "export", "--bogus"},
+		{"audit", "prove", "--bogus"},
+		{"publish", "--bogus"},
+	} {
+		_, stderr, err := c.run(args...)
+		if err == nil {
+			t.Errorf("edgeward %s: accepted", strings.Join(args, " "))
+			continue
+		}
+		if strings.Contains(stderr, token) || strings.Contains(stderr, password) {
+			t.Errorf("edgeward %s: the usage shows a secret:\n%s", strings.Join(args, " "), stderr)
+		}
+		if !strings.Contains(stderr, "-token") && !strings.Contains(stderr, "-db") {
+			t.Errorf("edgeward %s: no usage printed:\n%s", strings.Join(args, " "), stderr)
+		}
+	}
+	_, stderr, _ := c.run("publish", "--bogus")
+	if !strings.Contains(stderr, "postgres://edgeward:xxxxx@db.example:5432/fleet") {
+		t.Errorf("the database URL is not shown redacted:\n%s", stderr)
+	}
+	var op opClient
+	fs := newFlagSet("t", &cliEnv{stderr: new(bytes.Buffer)})
+	op.register(fs, &cliEnv{getenv: func(k string) string { return c.env[k] }})
+	if err := fs.Parse(nil); err != nil || op.token != token {
+		t.Errorf("token from the environment = %q, %v; want it applied", op.token, err)
+	}
+	if err := fs.Parse([]string{"--token", "other"}); err != nil || op.token != "other" {
+		t.Errorf("--token other = %q, %v", op.token, err)
+	}
+}

@@ -43,7 +43,7 @@ type opClient struct {
 func (c *opClient) register(fs *flag.FlagSet, env *cliEnv) {
 	c.env = env
 	fs.StringVar(&c.server, "server", env.getenv("EDGEWARD_SERVER"), "server URL ($EDGEWARD_SERVER)")
-	fs.StringVar(&c.token, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
+	secretVar(fs, &c.token, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
 	fs.BoolVar(&c.asJSON, "json", false, "print the server's JSON answer")
 }
 

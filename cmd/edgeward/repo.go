@@ -52,7 +52,8 @@ func (f *repoFlags) registerRepo(fs *flag.FlagSet, env *cliEnv) {
 		def = "edgeward-repo"
 	}
 	fs.StringVar(&f.dir, "repo", def, "repository directory ($EDGEWARD_REPO)")
-	fs.StringVar(&f.db, "db", env.getenv("EDGEWARD_DB"), "the server's database (fleet store and audit log): a PostgreSQL URL postgres://USER@HOST:PORT/DB?sslmode=… (password from $PGPASSWORD or ~/.pgpass), or a sqlite file; default DIR/fleet.db ($EDGEWARD_DB)")
+	f.db = env.getenv("EDGEWARD_DB")
+	fs.Var(hiddenValue{p: &f.db, show: redactedURL}, "db", "the server's database (fleet store and audit log): a PostgreSQL URL postgres://USER@HOST:PORT/DB?sslmode=… (password from $PGPASSWORD or ~/.pgpass), or a sqlite file; default DIR/fleet.db ($EDGEWARD_DB)")
 }
 
 func (f *repoFlags) registerPassphrase(fs *flag.FlagSet) {
@@ -78,6 +79,47 @@ func newFlagSet(name string, env *cliEnv) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
 	return fs
+}
+
+// hiddenValue is a string flag whose value a usage message never shows: its default
+// comes from the environment and may be a credential ($EDGEWARD_TOKEN, a database URL
+// with a password). show, if set, is what may be shown instead (a redacted URL); nil
+// shows nothing. Before, a mistyped flag printed the operator's token in the usage
+// text, into CI logs and tickets (found from outside, 2 Dec).
+type hiddenValue struct {
+	p    *string
+	show func(string) string
+}
+
+func (h hiddenValue) String() string {
+	if h.p == nil || h.show == nil {
+		return ""
+	}
+	return h.show(*h.p)
+}
+
+func (h hiddenValue) Set(v string) error { *h.p = v; return nil }
+
+// secretVar defines a string flag whose default, value, is never shown.
+func secretVar(fs *flag.FlagSet, p *string, name, value, usage string) {
+	*p = value
+	fs.Var(hiddenValue{p: p}, name, usage)
+}
+
+// secretFlag is secretVar returning the pointer, as fs.String does.
+func secretFlag(fs *flag.FlagSet, name, value, usage string) *string {
+	p := new(string)
+	secretVar(fs, p, name, value, usage)
+	return p
+}
+
+// redactedURL is a database URL's form for a usage message: with its password
+// replaced by xxxxx; a path as it is.
+func redactedURL(v string) string {
+	if u, err := url.Parse(v); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return v
 }
 
 func (f *repoFlags) open() (*repository.Repo, error) {
@@ -797,7 +839,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 	format := fs.String("format", "", "artifact format (default: from the file extension)")
 	deltas := fs.Int("deltas", repository.DefaultDeltas, "also publish a delta from each of the N newest earlier versions (models and runtimes; 0: none; a delta not under 70 % of the full target is not published)")
 	server := fs.String("server", env.getenv("EDGEWARD_SERVER"), "publish through this server's operator API instead of the repository directory ($EDGEWARD_SERVER)")
-	token := fs.String("token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
+	token := secretFlag(fs, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token ($EDGEWARD_TOKEN)")
 	encrypt := fs.Bool("encrypt", false, "publish the content encrypted under a fresh content key, sealed under the key-encryption key (--kek; through --server, the server's)")
 	kekFile := fs.String("kek", env.getenv("EDGEWARD_KEK"), "key-encryption key file (edgeward keys kek; $EDGEWARD_KEK), for --encrypt on the repository directory")
 	pos, err := parse(fs, args)
