@@ -160,8 +160,10 @@ func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 // In order: a zero state is started (first wave). An aborted rollout does not change.
 // If any started wave has at least MinReports reports (or, once it soaked, when fewer,
 // as many as the devices it offered the target to: WaveStat.Offered) and a failure ratio above
-// MaxFailureRatio, the rollout pauses itself, completed or not: a completed rollout
-// still offers its target. A paused rollout waits for Resume. Otherwise, once the
+// MaxFailureRatio, or the started waves together have at least the current wave's
+// MinReports reports and a failure ratio above its MaxFailureRatio, the rollout pauses
+// itself, completed or not: a completed rollout still offers its target. A paused
+// rollout waits for Resume. Otherwise, once the
 // current wave has soaked, the next wave starts, unless it needs an approval not yet
 // given; after the last wave soaks the rollout is completed.
 func Plan(r *Rollout, s RolloutState, reports []wire.Report, now time.Time) (RolloutState, []Event) {
@@ -244,6 +246,27 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 			s.Status = StatusPaused
 			s.Reason = fmt.Sprintf("wave %d: %d of %d devices failed (%.0f%% > %.0f%%)", i, st.Failed, st.Reported, st.Ratio*100, w.MaxFailureRatio*100)
 			emit(EventAutoPaused, s.Reason)
+		}
+	}
+	// The waves started so far, judged together: waves of fewer devices than their
+	// MinReports are never judged alone (until they soak), so a small fleet whose
+	// waves each hold a device or two, or waves without soaks (all started at once),
+	// never paused however many devices failed (found from outside, 2 Dec: four of
+	// four devices failed their probes, in three waves, and the rollout completed).
+	// Judged by the current wave's MinReports and MaxFailureRatio.
+	if s.Wave > 0 && (s.status() == StatusActive || s.status() == StatusCompleted) {
+		var all WaveStat
+		for i := 0; i <= s.Wave && i < len(stats); i++ {
+			all.Reported += stats[i].Reported
+			all.Failed += stats[i].Failed
+		}
+		w := r.Waves[s.Wave]
+		if all.Reported > 0 && all.Reported >= w.MinReports {
+			if ratio := float64(all.Failed) / float64(all.Reported); ratio > w.MaxFailureRatio {
+				s.Status = StatusPaused
+				s.Reason = fmt.Sprintf("waves 0-%d together: %d of %d devices failed (%.0f%% > %.0f%%)", s.Wave, all.Failed, all.Reported, ratio*100, w.MaxFailureRatio*100)
+				emit(EventAutoPaused, s.Reason)
+			}
 		}
 	}
 	if s.status() != StatusActive {

@@ -303,3 +303,50 @@ func TestSmallWaveIsJudgedOnItsDevices(t *testing.T) {
 		t.Fatalf("completed, 3 devices failed: %s %q; want auto_paused", s.Status, eventTypes(evs))
 	}
 }
+
+// TestStartedWavesAreJudgedTogether: waves each of too few devices to be judged alone
+// are judged together, by the current wave's MinReports and MaxFailureRatio: four
+// devices in three waves without soaks (all started at once, the rollout completed)
+// that all failed pause it. Before, no wave reached its MinReports and the rollout
+// completed with every device failed (found from outside, 2 Dec). Fewer reports than
+// MinReports together, or few enough failures, do not.
+func TestStartedWavesAreJudgedTogether(t *testing.T) {
+	r := &Rollout{ID: "vib", Target: Target{Kind: "model", Name: "vibration", Version: "2.0.0"}, Waves: []Wave{
+		{Percent: 25, MaxFailureRatio: 0.1, MinReports: 3},
+		{Percent: 50, MaxFailureRatio: 0.1, MinReports: 3},
+		{Percent: 100, MaxFailureRatio: 0.1, MinReports: 3},
+	}}
+	t0 := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
+	s, evs := PlanStats(r, RolloutState{}, nil, t0)
+	if s.Status != StatusCompleted || s.Wave != 2 {
+		t.Fatalf("three waves without soak: %s at wave %d %q; want completed at once", s.Status, s.Wave, eventTypes(evs))
+	}
+	for _, tc := range []struct {
+		counts []Counts
+		want   Status
+	}{
+		{[]Counts{{Failed: 1, Offered: 1}, {Failed: 2, Offered: 2}, {Failed: 1, Offered: 1}}, StatusPaused},
+		{[]Counts{{Failed: 1, Offered: 1}, {Failed: 1, Offered: 1}, {}}, StatusCompleted},                                           // 2 reports: under MinReports
+		{[]Counts{{Succeeded: 1, Offered: 1}, {Succeeded: 9, Failed: 1, Offered: 10}, {Succeeded: 4, Offered: 4}}, StatusCompleted}, // 1 of 15
+		{[]Counts{{Succeeded: 1, Offered: 1}, {Succeeded: 1, Failed: 1, Offered: 2}, {Succeeded: 1, Offered: 1}}, StatusPaused},     // 1 of 4, no wave of 3
+	} {
+		got, evs := PlanStats(r, s, StatsOf(r, tc.counts), t0.Add(time.Minute))
+		if got.Status != tc.want {
+			t.Errorf("%+v: %s %q; want %s", tc.counts, got.Status, eventTypes(evs), tc.want)
+		}
+		if tc.want == StatusPaused && (!strings.Contains(got.Reason, "waves 0-2 together") || eventTypes(evs) != "auto_paused@2") {
+			t.Errorf("%+v: reason %q, events %q; want the waves judged together", tc.counts, got.Reason, eventTypes(evs))
+		}
+	}
+	// An active rollout in its second wave too: the first wave's two failures and the
+	// second's one.
+	soaked := &Rollout{ID: "vib", Target: r.Target, Waves: []Wave{
+		{Percent: 10, Soak: time.Hour, MaxFailureRatio: 0.1, MinReports: 3},
+		{Percent: 100, Soak: time.Hour, MaxFailureRatio: 0.1, MinReports: 3},
+	}}
+	s = RolloutState{ID: "vib", Status: StatusActive, Started: t0, Wave: 1, WaveStarted: t0.Add(time.Hour), Target: r.Target}
+	got, _ := PlanStats(soaked, s, StatsOf(soaked, []Counts{{Failed: 2, Offered: 5}, {Failed: 1, Offered: 9}}), t0.Add(90*time.Minute))
+	if got.Status != StatusPaused {
+		t.Errorf("waves 0 and 1, 3 of 3 reports failed: %s; want paused", got.Status)
+	}
+}
