@@ -327,6 +327,22 @@ func testStatus(t *testing.T, db opener) {
 	if st.State.Status != policy.StatusCompleted || st.Progress != "completed (300 of 300 selected devices committed)" {
 		t.Errorf("after completion: status %s, progress %q", st.State.Status, st.Progress)
 	}
+	// A rollout of the version every device runs already is done with them: it waited
+	// for their reports for good, and they had none to make (found from outside, 2 Dec).
+	again, err := policy.Parse(policy.File{Name: "sim.yaml", Data: []byte(simPolicy + "  - id: vib-again\n    target: {kind: model, name: vib, version: 3.1.0}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.PlanRollouts(ctx, again, f.now); err != nil {
+		t.Fatal(err)
+	}
+	st, err = f.s.Status(ctx, again, "vib-again")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "completed (300 of 300 selected devices committed); 300 of them ran the target already"; st.Progress != want || st.AlreadyRunning != 300 {
+		t.Errorf("a rollout of the version the fleet runs: progress %q, already running %d; want %q", st.Progress, st.AlreadyRunning, want)
+	}
 }
 
 // Progress says "completed" only when the waves are done and so is every selected

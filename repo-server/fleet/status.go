@@ -30,6 +30,11 @@ type RolloutStatus struct {
 	// Committed, or Excused (the trial failed and the device keeps its version).
 	Committed int `json:"committed"`
 	Excused   int `json:"excused"`
+	// AlreadyRunning counts, among Committed, the selected devices that had the target
+	// committed without a report of this rollout's (installed before it, or by another
+	// rollout): they are done too. A rollout of a version the fleet ran already waited
+	// for them for good (found from outside, 2 Dec).
+	AlreadyRunning int `json:"already_running,omitempty"`
 	// Progress says where the rollout stands in words an operator can act on
 	// (Progress): the planner's State.Status says only how far its waves went, and
 	// "completed" there means that the last wave soaked, not that any device installed.
@@ -74,6 +79,7 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	out := RolloutStatus{ID: id, Target: r.Target, State: st, TimeTo: map[string]time.Duration{}}
 	perWave := make([]int, len(r.Waves)+1)
 	selected := map[string]bool{}
+	running := map[string]bool{} // selected devices with the target committed
 	for after := ""; ; {
 		devs, err := s.Devices(ctx, ListOptions{After: after, Limit: MaxListLimit})
 		if err != nil {
@@ -93,6 +99,9 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 				out.Selected++
 				perWave[r.WaveOf(devs[i].ID)]++
 				selected[devs[i].ID] = true
+				if sl := devs[i].Slots[r.Target.Kind]; sl.Name == r.Target.Name && sl.Version == r.Target.Version && !sl.Rekey {
+					running[devs[i].ID] = true
+				}
 			}
 		}
 		if len(devs) < MaxListLimit {
@@ -100,8 +109,11 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 		}
 		after = devs[len(devs)-1].ID
 	}
-	out.Committed, out.Excused = finalReports(r, reps, selected)
+	out.Committed, out.Excused, out.AlreadyRunning = finalReports(r, reps, selected, running)
 	out.Progress = Progress(st, out.Selected, out.Committed, out.Excused)
+	if out.AlreadyRunning > 0 {
+		out.Progress += fmt.Sprintf("; %d of them ran the target already", out.AlreadyRunning)
+	}
 	if out.Quarantined > 0 {
 		out.Progress += fmt.Sprintf("; %d more selected but quarantined, held until released", out.Quarantined)
 	}
@@ -125,8 +137,10 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 }
 
 // finalReports counts the selected devices whose latest final report for r's target
-// committed it, and those whose latest failed (their trial rolled back: excused).
-func finalReports(r *policy.Rollout, reps []wire.Report, selected map[string]bool) (committed, excused int) {
+// committed it, and those whose latest failed (their trial rolled back: excused); and,
+// counted as committed too (already), those without a final report that run the target
+// committed (running).
+func finalReports(r *policy.Rollout, reps []wire.Report, selected, running map[string]bool) (committed, excused, already int) {
 	latest := map[string]wire.Report{}
 	for _, rep := range reps {
 		if !selected[rep.DeviceID] || rep.Name != r.Target.Name || rep.Version != r.Target.Version || !rep.Outcome.Final() {
@@ -143,7 +157,12 @@ func finalReports(r *policy.Rollout, reps []wire.Report, selected map[string]boo
 			committed++
 		}
 	}
-	return committed, excused
+	for id := range running {
+		if _, reported := latest[id]; !reported {
+			already++
+		}
+	}
+	return committed + already, excused, already
 }
 
 // Progress says where a rollout stands for an operator, from its planner state and how
