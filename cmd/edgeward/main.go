@@ -77,7 +77,7 @@ func commands() []command {
 		{"rollout status", "rollouts and fleet KPIs, or one rollout's waves, KPIs and events: [ID]", cmdRolloutStatus},
 		{"rollout pause", "pause a rollout: ID [--reason TEXT]", rolloutActionCmd("pause")},
 		{"rollout resume", "resume a paused rollout: ID", rolloutActionCmd("resume")},
-		{"rollout abort", "abort a rollout, devices go back to their previous version: ID [--reason TEXT]", rolloutActionCmd("abort")},
+		{"rollout abort", "abort a rollout: no device is offered its target any more; devices that committed it keep it (anti-rollback): ID [--reason TEXT]", rolloutActionCmd("abort")},
 		{"rollout approve", "approve a rollout's next wave: ID [--wave N]", rolloutActionCmd("approve")},
 		{"devices list", "list devices: slots, verdict, quarantine, last check-in", cmdDevicesList},
 		{"devices show", "a device with its attestation and install history: ID", cmdDevicesShow},

@@ -471,6 +471,14 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 			}
 			fmt.Fprintln(env.stdout, line)
 		}
+		if action == "abort" {
+			// Devices that committed the target keep it: say so, with the way out (the
+			// command said they went back; they cannot, found from outside, 2 Dec).
+			if st, _, err := api.Rollout(ctx, pos[0]); err == nil && st.Committed-st.AlreadyRunning > 0 {
+				fmt.Fprintf(env.stdout, "%d of %d selected devices committed %s and keep it: a device never installs a version older than the one it committed (anti-rollback). To replace it, publish the content you want under a higher version and roll that out.\n",
+					st.Committed-st.AlreadyRunning, st.Selected, st.Target)
+			}
+		}
 		return nil
 	}
 }

@@ -164,6 +164,10 @@ func TestCLIRollouts(t *testing.T) {
 	if !strings.Contains(out, "aborted") {
 		t.Fatalf("abort:\n%s", out)
 	}
+	// cam-1 committed the target: the abort says it keeps it, and how to replace it.
+	if !strings.Contains(out, "1 of 3 selected devices committed") || !strings.Contains(out, "keep it") || !strings.Contains(out, "under a higher version") {
+		t.Errorf("abort does not say that a device keeps the version it committed:\n%s", out)
+	}
 	out = rm.must("rollout", "status", "vib-2", "--json")
 	if !strings.Contains(out, `"status": "aborted"`) {
 		t.Fatalf("status --json:\n%s", out)

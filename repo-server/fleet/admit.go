@@ -255,8 +255,9 @@ func Admit(a Admission) (Admitted, error) {
 		out.Accepted++
 		deviceAt := r.At
 		r.At = a.Now
+		back := goingBack(d.Slots[r.Kind], r)
 		applyReport(&d, r)
-		counted := member && a.Verdict == policy.VerdictTrusted && !before.Quarantined && a.shows(r)
+		counted := member && a.Verdict == policy.VerdictTrusted && !before.Quarantined && a.shows(r) && !back
 		out.Reports = append(out.Reports, AdmittedReport{Report: r, DeviceAt: deviceAt, Counted: counted})
 		if rep.ID != "" {
 			seen[rep.ID] = true
@@ -398,6 +399,21 @@ func mergeFacts(old Device, c CheckIn) Device {
 // applyReport updates the device's slot for an install result. A failed install marks
 // the version Failed, so policy evaluation does not offer it again; a committed one
 // makes it the slot's version (the old one becoming Previous) and clears the mark.
+// goingBack reports whether r is a failed install of a version older than the one the
+// device has committed (sl): a way back after an abort, which the device's anti-rollback
+// floor refuses once it raised it, or whose trial failed. It says nothing of the rollout
+// that names that version: counted for it, the refusals of every device sent back
+// paused an older, good rollout (found from outside, 2 Dec: "wave 0: 3 of 3 devices
+// failed" after the newer rollout was aborted).
+func goingBack(sl policy.Slot, r wire.Report) bool {
+	if !r.Outcome.Failed() || sl.Name != r.Name || sl.Version == "" {
+		return false
+	}
+	have, err1 := artifact.ParseVersion(sl.Version)
+	got, err2 := artifact.ParseVersion(r.Version)
+	return err1 == nil && err2 == nil && got.Compare(have) < 0
+}
+
 func applyReport(d *Device, r wire.Report) {
 	if d.Slots == nil {
 		d.Slots = map[artifact.Kind]policy.Slot{}

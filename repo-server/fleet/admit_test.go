@@ -167,6 +167,50 @@ rollouts:
 	}
 }
 
+// TestFailedWayBackIsNotCounted: a device sent back to an older version (after an
+// abort) whose anti-rollback floor refuses it reports the failure for the rollout that
+// names that version; it is stored, and the device's slot marks it failed, but it does
+// not count for that rollout (it paused an older, good rollout: found from outside,
+// 2 Dec). A failure of a newer version counts as before.
+func TestFailedWayBackIsNotCounted(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 8, 0, 0, 0, time.UTC)
+	p, err := policy.Parse(policy.File{Name: "p.yaml", Data: []byte(`version: 1
+rollouts:
+  - id: old
+    target: {kind: model, name: vib, version: 1.1.0}
+  - id: new
+    target: {kind: model, name: vib, version: 1.3.0}
+`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		version string
+		counted bool
+	}{{"1.1.0", false}, {"1.3.0", true}} {
+		d := &Device{EnrolledAt: t0.Add(-time.Hour)}
+		d.ID, d.Verdict, d.Labels = "dev-1", policy.VerdictTrusted, map[string]string{}
+		d.Slots = map[artifact.Kind]policy.Slot{artifact.KindModel: {Name: "vib", Version: "1.2.0", Previous: "1.1.0"}}
+		states := map[string]policy.RolloutState{}
+		for _, ro := range p.Rollouts {
+			states[ro.ID] = policy.RolloutState{ID: ro.ID, Target: ro.Target, Status: policy.StatusActive, Started: t0.Add(-time.Hour)}
+		}
+		out, err := Admit(Admission{Stored: d, CheckIn: CheckIn{ID: "dev-1", Slots: d.Slots, At: t0}, Verdict: policy.VerdictTrusted, Policy: p,
+			States: states, Offered: map[policy.Target]bool{p.Rollouts[0].Target: true, p.Rollouts[1].Target: true}, Now: t0,
+			Reports: []wire.Report{{ID: "r1", Kind: artifact.KindModel, Name: "vib", Version: tc.version, Outcome: wire.OutcomeInstallError,
+				Cause: "refusing model version " + tc.version + ": older than the committed version", At: t0}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Reports) != 1 || out.Reports[0].Counted != tc.counted {
+			t.Errorf("failed install of %s on a device at 1.2.0: %+v; want counted %v", tc.version, out.Reports, tc.counted)
+		}
+		if sl := out.Device.Slots[artifact.KindModel]; sl.Failed != tc.version || sl.Version != "1.2.0" {
+			t.Errorf("failed install of %s: slot %+v; want %s marked failed, 1.2.0 kept", tc.version, sl, tc.version)
+		}
+	}
+}
+
 // TestUntrustedDeviceDoesNotPauseACompletedRollout: a device of a completed rollout
 // turning untrusted (its files changed long after it committed) is reported against the
 // rollout but not counted: a completed rollout, which still pauses on failed installs,

@@ -133,7 +133,7 @@ func (s *Store) RolloutEvents(ctx context.Context, id string, limit int) ([]poli
 // again, unless the failure is not final (infrastructure: the device retries it); a
 // committed one makes it the slot's version (the old one becoming Previous)
 // and clears the mark. The device must exist. The report counts toward its rollout
-// as given (r.At included): it is for trusted callers (tools, benchmarks), not for a
+// as given (r.At included), unless it is a failed way back (goingBack): it is for trusted callers (tools, benchmarks), not for a
 // device's check-in, which goes through Admit.
 func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecord) error {
 	if err := validateReport(&r); err != nil {
@@ -144,7 +144,7 @@ func (s *Store) AddReport(ctx context.Context, r wire.Report, recs ...AuditRecor
 		if err != nil {
 			return err
 		}
-		if err := insertReport(ctx, tx, r, r.At, true); err != nil {
+		if err := insertReport(ctx, tx, r, r.At, !goingBack(d.Slots[r.Kind], r)); err != nil {
 			return err
 		}
 		applyReport(&d, r)

@@ -229,6 +229,22 @@ func testSimulatedFleetAbortAfterCommit(t *testing.T, db opener) {
 	if installs, _ := f.step(time.Minute); installs != 0 {
 		t.Errorf("refused revert retried %d times", installs)
 	}
+	// The refusals are the way back, not results of the older rollout that names the
+	// version they were sent back to: it is not paused by them (it was, found from
+	// outside, 2 Dec), nor does its status count them.
+	if on < 3 {
+		t.Fatalf("only %d devices on 3.1.0 before the abort; want at least min_reports", on)
+	}
+	if st := f.state("vib-3.0.0"); st.Status == policy.StatusPaused {
+		t.Errorf("the older rollout after the refused reverts: %s %q; want not paused", st.Status, st.Reason)
+	}
+	rs, err := f.s.Status(context.Background(), f.p, "vib-3.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Excused != 0 || rs.Waves[0].Failed != 0 {
+		t.Errorf("the older rollout's status counts the refused reverts: excused %d, wave 0 failed %d", rs.Excused, rs.Waves[0].Failed)
+	}
 }
 
 // TestSimulatedFleetAttestationFailurePauses: devices that installed the target and
