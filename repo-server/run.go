@@ -48,6 +48,10 @@ type Config struct {
 	// replicas may share, or a sqlite file. "": Dir/fleet.db (sqlite). See
 	// docs/OPERATORS.md, "Running on PostgreSQL".
 	DB string
+	// NewDatabase lets the server start on a database other than the one the
+	// repository directory was served with (DatabaseMarker), and serve it from then on.
+	// false: such a database is refused (ErrOtherDatabase).
+	NewDatabase bool
 	// Listen is the plain-HTTP address. It serves TUF metadata and targets, /healthz,
 	// /metrics and the audit log's public API; the operator API and the dashboard only
 	// without TLSListen or with PlainOperators; the device API only with PlainDevices.
@@ -193,6 +197,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer store.Close()
 	log.Info("fleet store", "engine", store.Engine())
+	if err := checkDatabase(ctx, cfg.Dir, store, DBLocation(cfg.Dir, cfg.DB), cfg.NewDatabase, log); err != nil {
+		return err
+	}
 	if len(cfg.TrustedProxies) > 0 {
 		log.Info("X-Forwarded-For is honoured from trusted proxies only", "trusted_proxies", fmt.Sprint(cfg.TrustedProxies))
 	}

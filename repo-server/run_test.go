@@ -435,3 +435,63 @@ func runUntilServing(t *testing.T, dir string) {
 		t.Fatalf("Run after cancel = %v", err)
 	}
 }
+
+// TestServerRefusesAnotherDatabase: the first start names its database in the
+// repository directory (DatabaseMarker); a start on another database (the sqlite file
+// deleted: a new, empty one; or a mistyped --db) is refused, saying what happened and
+// what to do, and writes nothing to the marker; --new-database starts on it and serves
+// it from then on. Before, the server started silently on an empty database: every
+// device, token and rollout state forgotten, a new audit log, a paused rollout pending
+// again (found from outside, 2 Dec). A restart on the same database is unchanged.
+func TestServerRefusesAnotherDatabase(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := repository.Init(context.Background(), repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	runUntilServing(t, dir)
+	runUntilServing(t, dir)
+	marker, err := os.ReadFile(filepath.Join(dir, DatabaseMarker))
+	if err != nil || len(strings.TrimSpace(string(marker))) != 32 {
+		t.Fatalf("marker after the first start: %q, %v", marker, err)
+	}
+	run := func(db string, fresh bool) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Config{Dir: dir, DB: db, NewDatabase: fresh, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
+		}()
+		select {
+		case <-ready:
+			cancel()
+			<-done
+			return nil
+		case err := <-done:
+			return err
+		case <-time.After(60 * time.Second):
+			t.Fatal("Run neither served nor failed in 60 s")
+			return nil
+		}
+	}
+	for _, name := range []string{"fleet.db", "fleet.db-wal", "fleet.db-shm"} {
+		os.Remove(filepath.Join(dir, name))
+	}
+	err = run("", false)
+	if !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), "--new-database") || !strings.Contains(err.Error(), "restore it") {
+		t.Fatalf("start on a new, empty fleet.db = %v; want ErrOtherDatabase saying what to do", err)
+	}
+	if err := run(filepath.Join(t.TempDir(), "typo.db"), false); !errors.Is(err, ErrOtherDatabase) {
+		t.Fatalf("start on a mistyped --db = %v; want ErrOtherDatabase", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, DatabaseMarker)); string(after) != string(marker) {
+		t.Fatalf("a refused start changed the marker: %q → %q", marker, after)
+	}
+	if err := run("", true); err != nil {
+		t.Fatalf("start with --new-database = %v", err)
+	}
+	if err := run("", false); err != nil {
+		t.Fatalf("restart on the new database = %v; want it served from then on", err)
+	}
+}

@@ -56,6 +56,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	checkInEvery := fs.Duration("check-in-every", 0, "after the burst, one check-in per device per this long (default: check-in interval / 5, at most 2s)")
 	retain := fs.Duration("retain", 0, "keep the fleet's history this long (e.g. 2160h for 90 days): attestation verdicts, routing decisions and the install reports of finished rollouts older than that are deleted hourly by the leader; 0 keeps them forever. Each device's current state, the rollouts and the audit log are never pruned")
 	pcr := fs.Int("measurement-pcr", 16, "the PCR devices measure artifacts into: 16 in development, 23 in production (must match the agents' --pcr)")
+	newDB := fs.Bool("new-database", false, "start on a database other than the one this repository was served with (DIR/"+reposerver.DatabaseMarker+"), and serve it from then on: a new audit log, no devices, tokens or rollout states. Without it such a database (a mistyped --db, a deleted fleet.db) is refused")
 	tlsListen := fs.String("tls-listen", "", "also serve HTTPS here and require devices to use mTLS with certificates from the device CA (embedded step-ca unless --ca-url)")
 	tlsNames := fs.String("tls-names", "localhost,127.0.0.1", "names in the server's TLS certificate (comma-separated DNS names or IPs)")
 	caURL := fs.String("ca-url", "", "external step-ca ACME directory for device certificates (with --ca-root); default: embed step-ca")
@@ -104,7 +105,7 @@ func cmdServer(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	cfg := reposerver.Config{
 		PlainOperators: *plainOps, PlainDevices: *plainDevices,
-		Dir: rf.dir, DB: rf.db, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
+		Dir: rf.dir, DB: rf.db, NewDatabase: *newDB, Listen: *listen, TLSListen: *tlsListen, TLSNames: strings.Split(*tlsNames, ","),
 		CAURL: *caURL, CARoot: *caRoot, AttestDir: *attestDir, EKRoots: *ekRoots, EKIntermediates: *ekInter, EKAllowlist: *ekAllow,
 		PolicyDir: *policyDir, CheckInInterval: *checkIn, CheckInBurst: *checkInBurst, CheckInEvery: *checkInEvery, Retention: *retain, MeasurementPCR: *pcr, RefreshInterval: *refresh,
 		CheckpointInterval: *cpInterval, Witnesses: witnesses, SecureCookie: *secureCookie,

@@ -1,0 +1,55 @@
+package fleet
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// databaseIDName is the server_secrets row that names the database: random, made once,
+// when the database is new. It is not secret; the table is where one-of-a-kind values
+// of the database live.
+const databaseIDName = "database-id"
+
+// ID returns the database's identity: 32 hex digits, made at random the first time a
+// server opened the database and the same for every replica, backup and restore of it
+// since. A server compares it with the one its repository directory was served with
+// (reposerver.Run), so that a database replaced by an empty one (a mistyped --db, a
+// deleted fleet.db) is refused instead of silently starting the fleet again.
+func (s *Store) ID(ctx context.Context) (string, error) {
+	read := func() (string, error) {
+		var id []byte
+		err := s.db.QueryRowContext(ctx, `SELECT secret FROM server_secrets WHERE name = ?`, databaseIDName).Scan(&id)
+		if err != nil {
+			return "", err
+		}
+		return hex.EncodeToString(id), nil
+	}
+	id, err := read()
+	if err == nil {
+		return id, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("database ID: %w", err)
+	}
+	// Made once; read back, since another replica may have made it first.
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	err = s.tx(ctx, func(tx *txn) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO server_secrets (name, secret, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`, databaseIDName, b, ns(time.Now()))
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("database ID: %w", err)
+	}
+	if id, err = read(); err != nil {
+		return "", fmt.Errorf("database ID: %w", err)
+	}
+	return id, nil
+}
