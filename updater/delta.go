@@ -53,6 +53,14 @@ func removeDeltaFiles(dst string) {
 	_ = durable.SyncDir(filepath.Dir(dst))
 }
 
+// removeApply removes what an apply of a delta into dst made, its mark and its partial
+// result, and keeps the delta's download.
+func removeApply(dst string) {
+	os.Remove(dst + deltaOutSuffix)
+	os.Remove(dst + deltaMarkSuffix)
+	_ = durable.SyncDir(filepath.Dir(dst))
+}
+
 // fetch makes dst hold t: from a delta when the device's committed slot holds the base
 // of one TUF lists for t, else (and after any failure of the delta path) the full
 // target. It returns how.
@@ -99,7 +107,11 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 	}
 	if errors.Is(err, ErrPaused) {
 		// The round's download time is up while the delta was downloading: the next
-		// round resumes the delta (its partial file kept), not the full target.
+		// round resumes the delta (its partial file kept), not the full target. Nothing
+		// was killed, so the mark of the apply goes (it made the next round install the
+		// full target, reported as an apply that did not finish: found from outside,
+		// 2 Dec), and with it what the apply made: the next one starts over.
+		removeApply(dst)
 		return info, rollback.Proof{}, err
 	}
 	if ctx.Err() != nil {
@@ -158,8 +170,9 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 	// delta is checked against its TUF hashes when it is complete, and the result
 	// against the target's before it is renamed into the slot). The mark goes first:
 	// from here a kill leaves an apply that did not finish, and the next attempt
-	// installs the full target.
-	removeDeltaFiles(dst)
+	// installs the full target. A partial download of the delta (a round's time ran
+	// out) stays: the download resumes it.
+	removeApply(dst)
 	if err := durable.WriteFile(dst+deltaMarkSuffix, []byte(tf.Path+"\n"), 0o600); err != nil {
 		return info, err
 	}

@@ -1,18 +1,23 @@
 package updater
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/delta"
 	"github.com/edgeward/edgeward/rollback"
 	"github.com/edgeward/edgeward/updater/tuftest"
 )
@@ -140,5 +145,78 @@ func TestRoundDownloadPauses(t *testing.T) {
 	}
 	if len(ranges) < rounds+1 {
 		t.Errorf("%d requests for %d rounds; want one per round at least", len(ranges), rounds+1)
+	}
+}
+
+// TestPausedDeltaResumes: a delta whose download the round's time bound paused was not
+// resumed: the pause left the mark of its apply, so the next round took it for an
+// apply a kill interrupted, downloaded the full target and reported a crash (found from
+// outside, 2 Dec). Each round now resumes the delta where the last one stopped, and the
+// target is built from it; the full target is never requested.
+func TestPausedDeltaResumes(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	v1 := make([]byte, 2<<20)
+	rand.NewChaCha8([32]byte{1}).Read(v1)
+	v2 := bytes.Clone(v1)
+	rand.NewChaCha8([32]byte{2}).Read(v2[len(v2)-len(v2)/8:]) // a delta of about 256 KiB
+	p1, p2 := addModel(r, "1.0.0", v1), addModel(r, "1.1.0", v2)
+	d := makeDelta(t, v1, v2)
+	addDelta(r, p1, v1, p2, v2, d)
+	r.Publish()
+	slots := t.TempDir()
+	for _, s := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(slots, s), 0o700)
+	}
+	os.WriteFile(filepath.Join(slots, "a", rollback.PayloadName), v1, 0o600)
+	dst := filepath.Join(slots, "b", rollback.PayloadName)
+
+	var ranges []string
+	mirror := drippingMirror(t, r, 40*time.Millisecond, &ranges)
+	tufDir := filepath.Join(t.TempDir(), "tuf")
+	PinRoot(tufDir, r.RootBytes(1))
+	dl := testDownloader(nil)
+	dl.MaxTime = 100 * time.Millisecond
+	c, err := NewTUF(TUFConfig{MetadataDir: tufDir, MetadataURL: r.MetadataURL(), TargetsURL: mirror.URL, Downloader: dl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tgt, _, err := c.Resolve(ctx, artifact.KindModel, p2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := c.SlotFetcher().(slotFetcher)
+	rounds, marked := 0, false
+	var info FetchInfo
+	for ; rounds < 50; rounds++ {
+		info, _, err = f.fetch(ctx, tgt, dst)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrPaused) {
+			t.Fatalf("round %d: %v; want the delta's download paused", rounds, err)
+		}
+		if _, err := os.Stat(dst + deltaMarkSuffix); err == nil && !marked {
+			marked = true
+			t.Errorf("round %d: paused, and the mark of an apply that did not finish is there", rounds)
+		}
+	}
+	if rounds == 0 || rounds == 50 {
+		t.Fatalf("built after %d paused rounds; want a few", rounds)
+	}
+	if info.Method != delta.MethodCDC || info.Fallback != "" || r.Hits(targetURL(p2, v2)) != 0 {
+		t.Errorf("after %d paused rounds: %+v, full target requested %d times; want the delta, no fallback", rounds, info, r.Hits(targetURL(p2, v2)))
+	}
+	if got, _ := os.ReadFile(dst); !bytes.Equal(got, v2) {
+		t.Fatal("the slot holds other bytes than the target")
+	}
+	// Each round asked for the rest of the delta, never for all of it again.
+	for i, rg := range ranges[1:] {
+		if !strings.HasPrefix(rg, "bytes=") || rg == "bytes=0-" {
+			t.Fatalf("request %d of the delta asked for %q; want the rest after a checkpoint (requests %q)", i+1, rg, ranges)
+		}
 	}
 }
