@@ -181,10 +181,10 @@ const minOpAverage = minChunk
 // the work of an apply, its operations and its writes to w, is bounded by the result's
 // length whatever the delta says: a few KB of zstd of one-byte operations cost a device
 // one write(2) per result byte, seconds per MiB (found from outside, 2 Dec). Apply stops
-// with ctx's error when ctx ends. It does not check the result's hash: the caller does,
-// against the signed full target. Memory: a 256 KiB write buffer and a zstd decoder
-// with a window of at most Window. On an error, the last bytes it made may not have
-// been written to w.
+// with ctx's error within 256 KiB of result after ctx ends, in a long operation too. It
+// does not check the result's hash: the caller does, against the signed full target.
+// Memory: a 256 KiB write buffer and a zstd decoder with a window of at most Window. On
+// an error, the last bytes it made may not have been written to w.
 func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader, w io.Writer, max int64) (n int64, err error) {
 	zr, err := zstd.NewReader(delta, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(Window))
 	if err != nil {
@@ -196,8 +196,11 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 	// bufio does whenever the buffer is empty, one small operation after another.
 	bw := bufio.NewWriterSize(writeOnly{w}, 256<<10)
 	defer func() {
-		if ferr := bw.Flush(); err == nil && ferr != nil {
-			n, err = n-int64(bw.Buffered()), ferr
+		if err != nil {
+			return
+		}
+		if err = bw.Flush(); err != nil {
+			n -= int64(bw.Buffered())
 		}
 	}()
 	r := bufio.NewReaderSize(zr, 64<<10)
@@ -252,7 +255,7 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			if int64(cnt) > max-n {
 				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
 			}
-			if _, err := io.Copy(bw, io.NewSectionReader(base, int64(off), int64(cnt))); err != nil {
+			if _, err := io.Copy(bw, ctxReader{ctx, io.NewSectionReader(base, int64(off), int64(cnt))}); err != nil {
 				return n, err
 			}
 			n += int64(cnt)
@@ -267,7 +270,7 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			if int64(cnt) > max-n || cnt > uint64(max) {
 				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
 			}
-			c, err := io.Copy(bw, io.LimitReader(r, int64(cnt)))
+			c, err := io.Copy(bw, ctxReader{ctx, io.LimitReader(r, int64(cnt))})
 			n += c
 			if err != nil {
 				return n, err
@@ -288,6 +291,20 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			return n, corrupt("unknown operation %#x at result byte %d", op, n)
 		}
 	}
+}
+
+// ctxReader reads from r until ctx ends: a copy or a literal as long as the result
+// stops within a buffer (256 KiB) of its context's end.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // writeOnly hides every method of a Writer but Write.
