@@ -188,8 +188,10 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 	if err := durable.WriteFile(dst+deltaMarkSuffix, []byte(tf.Path+"\n"), 0o600); err != nil {
 		return info, err
 	}
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// A download that fails stops the apply: what it made of those bytes is of no use,
+	// and the work it had left, as long as writing the result takes, is the round's.
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	dpath := dst + deltaFileSuffix
 	src := &growingFile{paths: [2]string{dpath + ".part", dpath}, done: make(chan struct{}), ctx: dctx}
 	go func() {
@@ -198,6 +200,9 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 			crashpoint.Hit(&f.c.dl.crash, "after-delta-download")
 		}
 		src.err = err
+		if err != nil {
+			cancel(err)
+		}
 		close(src.done)
 	}()
 	aerr := f.apply(dctx, base, baseLen, src, t, want, dst)

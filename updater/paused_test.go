@@ -396,3 +396,38 @@ func TestApplyStopsAtTheRoundBound(t *testing.T) {
 		t.Fatal("the slot holds other bytes than the target")
 	}
 }
+
+// TestApplyStopsWhenTheDeltaFails: the apply of a delta went on to its end after the
+// delta's download had failed (here on its hash), as long as writing the result took,
+// before the full target could follow (found from outside, 2 Dec). It stops when the
+// download fails.
+func TestApplyStopsWhenTheDeltaFails(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	v1 := make([]byte, 4<<20)
+	rand.NewChaCha8([32]byte{1}).Read(v1)
+	v2 := bytes.Clone(v1)
+	rand.NewChaCha8([32]byte{2}).Read(v2[len(v2)-len(v2)/8:])
+	p1, p2 := addModel(r, "1.0.0", v1), addModel(r, "1.1.0", v2)
+	d := makeDelta(t, v1, v2)
+	dp := addDelta(r, p1, v1, p2, v2, d)
+	r.Publish()
+	bad := bytes.Clone(d)
+	bad[len(bad)-1] ^= 1 // the frame's checksum: the apply finds it only at the end
+	r.Put(targetURL(dp, d), bad)
+	lab := newDeltaLab(t, r, v1, p2, r.TargetsURL(), &Downloader{})
+	// 16 writes of 256 KiB, 500 ms each: 8 s.
+	lab.c.wrapApply = func(w io.Writer) io.Writer { return slowWriter{w, 500 * time.Millisecond} }
+
+	start := time.Now()
+	info, _, err := lab.f.fetch(ctx, lab.tgt, lab.dst)
+	if took := time.Since(start); err != nil || took > 3*time.Second {
+		t.Errorf("fetch of a delta refused on its hash, its apply 8 s long = %v after %v; want the full target at once", err, took.Round(time.Millisecond))
+	}
+	if info.Method != "" || !strings.Contains(info.Fallback, "hash") || r.Hits(targetURL(p2, v2)) != 1 {
+		t.Errorf("fetch: %+v, full target requested %d times; want it once, after the delta refused on its hash", info, r.Hits(targetURL(p2, v2)))
+	}
+	if got, _ := os.ReadFile(lab.dst); !bytes.Equal(got, v2) {
+		t.Fatal("the slot holds other bytes than the target")
+	}
+}
