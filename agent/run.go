@@ -644,10 +644,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// RoundDownloadTime bounds the download of one update round: past it the download
-// pauses at a durable checkpoint and the next round, after its check-in, resumes it
-// (updater.Downloader.MaxTime), so that a slow or hostile mirror cannot keep the device
-// from checking in.
+// RoundDownloadTime bounds the download of one update round (each slot kind's fetch:
+// its delta, the delta's apply and the full target after a failed delta in all): past
+// it the download pauses at a durable checkpoint and the next round, after its
+// check-in, resumes it (updater.Downloader.MaxTime), so that a slow or hostile mirror
+// cannot keep the device from checking in.
 const RoundDownloadTime = 15 * time.Minute
 
 // downloader is the updater.Downloader of the update loop (RoundDownloadTime), with a

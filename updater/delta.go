@@ -53,10 +53,21 @@ func removeDeltaFiles(dst string) {
 	_ = durable.SyncDir(filepath.Dir(dst))
 }
 
+// removeApply removes what an apply of a delta into dst made, its mark and its partial
+// result, and keeps the delta's download.
+func removeApply(dst string) {
+	os.Remove(dst + deltaOutSuffix)
+	os.Remove(dst + deltaMarkSuffix)
+	_ = durable.SyncDir(filepath.Dir(dst))
+}
+
 // fetch makes dst hold t: from a delta when the device's committed slot holds the base
 // of one TUF lists for t, else (and after any failure of the delta path) the full
-// target. It returns how.
+// target. It returns how. It downloads and applies for the Downloader's MaxTime in all
+// (the delta, its apply and the full target after it), then returns ErrPaused.
 func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (FetchInfo, rollback.Proof, error) {
+	ctx, cancel := f.c.dl.bound(ctx)
+	defer cancel()
 	sum, err := hex.DecodeString(t.SHA256)
 	if err != nil || len(sum) != sha256.Size {
 		return FetchInfo{}, rollback.Proof{}, &DownloadError{URL: t.Path, Err: fmt.Errorf("bad sha256 %q", t.SHA256), perm: true}
@@ -88,6 +99,12 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 		f.c.dl.logger().Warn("an apply of a delta did not finish: installing the full target", "target", t.Path)
 		return full(FetchInfo{Fallback: "an earlier apply of the delta did not finish"})
 	}
+	if downloading(dst) {
+		// The full target is under way (a delta failed, then the round's time ran out):
+		// it resumes. Trying the delta first again would take that time from it at each
+		// round.
+		return full(FetchInfo{})
+	}
 	info, err := f.fromDelta(ctx, t, want, dst)
 	if err == nil {
 		// apply hashed every byte it wrote, and dst is the file it renamed in.
@@ -97,9 +114,16 @@ func (f slotFetcher) fetch(ctx context.Context, t rollback.Target, dst string) (
 		}
 		return info, p, nil
 	}
-	if errors.Is(err, ErrPaused) {
-		// The round's download time is up while the delta was downloading: the next
-		// round resumes the delta (its partial file kept), not the full target.
+	if errors.Is(err, ErrPaused) || paused(ctx) {
+		// The round's download time is up while the delta was downloading, or applying:
+		// the next round resumes the delta (its partial file kept), not the full target.
+		// Nothing was killed, so the mark of the apply goes (it made the next round
+		// install the full target, reported as an apply that did not finish: found from
+		// outside, 2 Dec), and with it what the apply made: the next one starts over.
+		removeApply(dst)
+		if !errors.Is(err, ErrPaused) {
+			err = fmt.Errorf("%w: after %v: %w", ErrPaused, f.c.dl.MaxTime, err)
+		}
 		return info, rollback.Proof{}, err
 	}
 	if ctx.Err() != nil {
@@ -158,13 +182,16 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 	// delta is checked against its TUF hashes when it is complete, and the result
 	// against the target's before it is renamed into the slot). The mark goes first:
 	// from here a kill leaves an apply that did not finish, and the next attempt
-	// installs the full target.
-	removeDeltaFiles(dst)
+	// installs the full target. A partial download of the delta (a round's time ran
+	// out) stays: the download resumes it.
+	removeApply(dst)
 	if err := durable.WriteFile(dst+deltaMarkSuffix, []byte(tf.Path+"\n"), 0o600); err != nil {
 		return info, err
 	}
-	dctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// A download that fails stops the apply: what it made of those bytes is of no use,
+	// and the work it had left, as long as writing the result takes, is the round's.
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	dpath := dst + deltaFileSuffix
 	src := &growingFile{paths: [2]string{dpath + ".part", dpath}, done: make(chan struct{}), ctx: dctx}
 	go func() {
@@ -173,6 +200,9 @@ func (f slotFetcher) fromDelta(ctx context.Context, t rollback.Target, want Want
 			crashpoint.Hit(&f.c.dl.crash, "after-delta-download")
 		}
 		src.err = err
+		if err != nil {
+			cancel(err)
+		}
 		close(src.done)
 	}()
 	aerr := f.apply(dctx, base, baseLen, src, t, want, dst)
@@ -279,8 +309,12 @@ func (f slotFetcher) apply(ctx context.Context, base string, baseLen int64, df i
 		return classifyWrite(err)
 	}
 	defer out.Close()
+	var rw io.Writer = out
+	if f.c.wrapApply != nil {
+		rw = f.c.wrapApply(out)
+	}
 	h := sha256.New()
-	w := &applyWriter{w: out, h: h, crash: &f.c.dl.crash}
+	w := &applyWriter{w: rw, h: h, crash: &f.c.dl.crash}
 	n, err := delta.Apply(ctx, bf, baseLen, df, w, t.Length)
 	if err != nil {
 		return fmt.Errorf("apply delta: %w", classifyWrite(err))

@@ -122,12 +122,14 @@ type Downloader struct {
 	// StallTimeout ends an attempt when fewer than minProgress bytes (64 KiB, or the
 	// rest of the target) arrive in this long (the next attempt resumes); 0 means 60s.
 	StallTimeout time.Duration
-	// MaxTime bounds one Download call, its retries included; 0 means no bound. Past it
-	// the download stops at a durable checkpoint and Download returns ErrPaused; the
-	// next call resumes. The device agent sets it so that a target trickling in from a
-	// slow or hostile mirror, just above the stall floor, cannot hold its round, and so
-	// its check-ins, attestation and reports, for hours: at 1 KiB/s a 1 GiB install held
-	// the round for 11 days (found from outside, 2 Dec).
+	// MaxTime bounds one Download call, its retries included, and one slot fetch
+	// (TUF.SlotFetcher) in all: its delta, the delta's apply and the full target after a
+	// delta that failed; 0 means no bound. Past it the download stops at a durable
+	// checkpoint and Download returns ErrPaused; the next call resumes. The device agent
+	// sets it so that a target trickling in from a slow or hostile mirror, just above the
+	// stall floor, cannot hold its round, and so its check-ins, attestation and reports,
+	// for hours: at 1 KiB/s a 1 GiB install held the round for 11 days (found from
+	// outside, 2 Dec). Before 2 Dec a fetch whose delta failed had MaxTime twice.
 	MaxTime time.Duration
 	// Sleep waits between attempts. Nil means a timer honouring ctx.
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -210,12 +212,8 @@ func (d *Downloader) download(ctx context.Context, url string, want Want, dst st
 		removePart(dst)
 		return fi, nil
 	}
-	parent := ctx
-	if d.MaxTime > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, d.MaxTime, ErrPaused)
-		defer cancel()
-	}
+	ctx, cancel := d.bound(ctx)
+	defer cancel()
 	attempts := d.Retry.Attempts
 	if attempts <= 0 {
 		attempts = 6
@@ -261,13 +259,39 @@ func (d *Downloader) download(ctx context.Context, url string, want Want, dst st
 			i = 0
 		}
 	}
-	if err != nil && parent.Err() == nil && errors.Is(context.Cause(ctx), ErrPaused) && !rollback.IsPermanent(err) {
+	if err != nil && paused(ctx) && !rollback.IsPermanent(err) {
 		err = &DownloadError{URL: url, Err: fmt.Errorf("%w: %d of %d bytes after %v", ErrPaused, p.at(), want.Length, d.MaxTime)}
 	}
 	if err != nil && (d.NoResume || rollback.IsPermanent(err)) {
 		removePart(dst)
 	}
 	return fi, err
+}
+
+// boundKey is the context key of a Downloader's time bound (bound).
+type boundKey struct{}
+
+// bound returns ctx ended MaxTime from now with the cause ErrPaused: the one bound of
+// every download of d under it. It returns ctx as it is when MaxTime is 0 or ctx
+// carries d's bound already, so that a caller that downloads several files for one
+// purpose (a slot fetch: a delta, then the full target) bounds them in all.
+func (d *Downloader) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d.MaxTime <= 0 || ctx.Value(boundKey{}) == d {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, d.MaxTime, ErrPaused)
+	return context.WithValue(ctx, boundKey{}, d), cancel
+}
+
+// paused reports whether ctx ended at a Downloader's time bound (not stopped by its
+// caller).
+func paused(ctx context.Context) bool { return errors.Is(context.Cause(ctx), ErrPaused) }
+
+// downloading reports whether a download into dst began and did not finish: its
+// partial file is there.
+func downloading(dst string) bool {
+	_, err := os.Stat(dst + ".part")
+	return err == nil
 }
 
 func removePart(dst string) {

@@ -120,6 +120,9 @@ type TUF struct {
 	// kill was reported as a plain full download (found from outside, 2 Dec).
 	mu         sync.Mutex
 	unreported map[string]FetchInfo
+
+	// wrapApply, when set (tests), wraps the file a delta's apply writes its result to.
+	wrapApply func(io.Writer) io.Writer
 }
 
 // noteFetched keeps info for the report of path's install (see unreported).

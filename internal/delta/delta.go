@@ -167,18 +167,42 @@ func Diff(ctx context.Context, base, target io.Reader, w io.Writer) (Stats, erro
 	return st, zw.Close()
 }
 
+// minOpAverage is the least average length of the operations before a delta's last
+// one: Diff writes each operation from whole chunks, and every chunk but a file's last
+// is longer than minChunk, so only the last operation can be shorter (a small file's,
+// or the tail of a larger one).
+const minOpAverage = minChunk
+
 // Apply writes to w the result of delta applied to base (baseLen bytes), and returns
 // its length. It writes at most max bytes (ErrTooLong past them) and fails with
 // ErrBaseMismatch when the delta was made from a base of another length and with
-// ErrCorrupt when the delta is malformed. It does not check the result's hash: the
-// caller does, against the signed full target. Memory: a 256 KiB buffer and a zstd
-// decoder with a window of at most Window.
-func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader, w io.Writer, max int64) (int64, error) {
+// ErrCorrupt when the delta is malformed: among other things, when its operations so far
+// average under 2 KiB (minOpAverage) before another begins, which Diff never writes. So
+// the work of an apply, its operations and its writes to w, is bounded by the result's
+// length whatever the delta says: a few KB of zstd of one-byte operations cost a device
+// one write(2) per result byte, seconds per MiB (found from outside, 2 Dec). Apply stops
+// with ctx's error within 256 KiB of result after ctx ends, in a long operation too. It
+// does not check the result's hash: the caller does, against the signed full target.
+// Memory: a 256 KiB write buffer and a zstd decoder with a window of at most Window. On
+// an error, the last bytes it made may not have been written to w.
+func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader, w io.Writer, max int64) (n int64, err error) {
 	zr, err := zstd.NewReader(delta, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(Window))
 	if err != nil {
 		return 0, err
 	}
 	defer zr.Close()
+	// Operations write into one buffer, and w gets it in 256 KiB writes: a copy and a
+	// literal are read into it (its ReadFrom), never handed to w's own ReadFrom, which
+	// bufio does whenever the buffer is empty, one small operation after another.
+	bw := bufio.NewWriterSize(writeOnly{w}, 256<<10)
+	defer func() {
+		if err != nil {
+			return
+		}
+		if err = bw.Flush(); err != nil {
+			n -= int64(bw.Buffered())
+		}
+	}()
 	r := bufio.NewReaderSize(zr, 64<<10)
 	corrupt := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
@@ -197,8 +221,7 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 	if int64(bl) != baseLen {
 		return 0, fmt.Errorf("%w: made from a base of %d bytes, this one has %d", ErrBaseMismatch, bl, baseLen)
 	}
-	buf := make([]byte, 256<<10)
-	var n int64
+	var ops int64 // operations begun
 	for {
 		if err := ctx.Err(); err != nil {
 			return n, err
@@ -206,6 +229,12 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 		op, err := r.ReadByte()
 		if err != nil {
 			return n, corrupt("at result byte %d: %v", n, err)
+		}
+		if op != opEnd {
+			if n < ops*minOpAverage {
+				return n, corrupt("%d operations made only %d bytes before another one at result byte %d (Diff's average more than %d)", ops, n, n, minOpAverage)
+			}
+			ops++
 		}
 		switch op {
 		case opCopy:
@@ -226,7 +255,7 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			if int64(cnt) > max-n {
 				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
 			}
-			if _, err := io.CopyBuffer(w, io.NewSectionReader(base, int64(off), int64(cnt)), buf); err != nil {
+			if _, err := io.Copy(bw, ctxReader{ctx, io.NewSectionReader(base, int64(off), int64(cnt))}); err != nil {
 				return n, err
 			}
 			n += int64(cnt)
@@ -241,7 +270,7 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 			if int64(cnt) > max-n || cnt > uint64(max) {
 				return n, fmt.Errorf("%w (%d bytes)", ErrTooLong, max)
 			}
-			c, err := io.CopyBuffer(w, io.LimitReader(r, int64(cnt)), buf)
+			c, err := io.Copy(bw, ctxReader{ctx, io.LimitReader(r, int64(cnt))})
 			n += c
 			if err != nil {
 				return n, err
@@ -263,6 +292,25 @@ func Apply(ctx context.Context, base io.ReaderAt, baseLen int64, delta io.Reader
 		}
 	}
 }
+
+// ctxReader reads from r until ctx ends: a copy or a literal as long as the result
+// stops within a buffer (256 KiB) of its context's end.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// writeOnly hides every method of a Writer but Write.
+type writeOnly struct{ w io.Writer }
+
+func (w writeOnly) Write(p []byte) (int, error) { return w.w.Write(p) }
 
 // ChunkStoreBytes is what a casync-style update would download for target given base,
 // chunked as Diff chunks (for comparisons, docs/ARCHITECTURE.md): an index of 40 bytes

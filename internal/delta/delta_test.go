@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -141,4 +142,133 @@ func FuzzApply(f *testing.F) {
 			t.Fatalf("wrote %d bytes, more than max", out.Len())
 		}
 	})
+}
+
+// encode compresses raw delta operations (after the header for a base of baseLen
+// bytes) as Diff's deltas are.
+func encode(t *testing.T, baseLen int, ops ...[]byte) []byte {
+	t.Helper()
+	raw := binary.AppendUvarint([]byte(magic), uint64(baseLen))
+	for _, op := range ops {
+		raw = append(raw, op...)
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithWindowSize(Window), zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	return enc.EncodeAll(raw, nil)
+}
+
+func copyOp(off, n int) []byte {
+	return binary.AppendUvarint(binary.AppendUvarint([]byte{opCopy}, uint64(off)), uint64(n))
+}
+
+func endOp(n int) []byte { return binary.AppendUvarint([]byte{opEnd}, uint64(n)) }
+
+// TestApplyRefusesTinyOperations: a delta of one-byte operations, 2 KB of zstd for a
+// result of 1 MiB, cost the device one write and one hash step per result byte, seconds
+// per MiB before the result's hash could refuse it (found from outside, 2 Dec). Diff's
+// operations but the last are longer than 2 KiB, so a delta whose operations average
+// less is corrupt as soon as it shows: the work stays proportional to the bytes made.
+func TestApplyRefusesTinyOperations(t *testing.T) {
+	const size = 1 << 20
+	base := make([]byte, 64<<10)
+	repeat := func(op []byte, n int) []byte { return bytes.Repeat(op, n) }
+	for _, tc := range []struct {
+		name string
+		ops  [][]byte
+		// most is the most result bytes Apply may make before it refuses.
+		most int64
+	}{
+		{"one-byte copies", [][]byte{repeat(copyOp(0, 1), size), endOp(size)}, 1},
+		{"one-byte literals", [][]byte{repeat([]byte{opLiteral, 1, 'x'}, size), endOp(size)}, 1},
+		{"a 64 KiB copy, then one-byte copies", [][]byte{copyOp(0, 64<<10), repeat(copyOp(0, 1), size-64<<10), endOp(size)}, 64<<10 + 64<<10/minChunk},
+		{"one-byte copies after every 2 KiB literal", [][]byte{repeat(append(append([]byte{opLiteral, 0x80, 0x10}, make([]byte, 2<<10)...), copyOp(0, 1)...), size/(2<<10+1)), endOp(size / (2<<10 + 1) * (2<<10 + 1))}, 2<<10 + 2},
+	} {
+		d := encode(t, len(base), tc.ops...)
+		var out countingWriter
+		n, err := Apply(context.Background(), bytes.NewReader(base), int64(len(base)), bytes.NewReader(d), &out, size)
+		if !errors.Is(err, ErrCorrupt) || n > tc.most {
+			t.Errorf("Apply(%s, %d-byte delta) = %d bytes, %v; want ErrCorrupt after at most %d bytes", tc.name, len(d), n, err, tc.most)
+		}
+	}
+}
+
+// countingWriter counts the bytes and the calls written to it.
+type countingWriter struct{ n, writes int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.n += int64(len(p))
+	w.writes++
+	return len(p), nil
+}
+
+// everyOtherChunkChanged returns b with the first byte of every other chunk flipped: a
+// byte the chunker does not hash, so the chunks keep their bounds and Diff's delta
+// alternates copies and literals of one chunk each, as many operations as Diff makes
+// for so many bytes.
+func everyOtherChunkChanged(b []byte) []byte {
+	c := bytes.Clone(b)
+	i := 0
+	chunks(bytes.NewReader(b), func(off int64, _ []byte) error {
+		if i%2 == 1 {
+			c[off] ^= 0xff
+		}
+		i++
+		return nil
+	})
+	return c
+}
+
+// TestApplyWritesInLargePieces: Apply wrote each operation to w as it came, one
+// write(2) per operation into the device's result file. It buffers: w gets 256 KiB at
+// a time whatever the operations are.
+func TestApplyWritesInLargePieces(t *testing.T) {
+	base := make([]byte, 4<<20)
+	rand.NewChaCha8([32]byte{1}).Read(base)
+	target := everyOtherChunkChanged(base)
+	d, st := diff(t, base, target)
+	var w countingWriter
+	n, err := Apply(context.Background(), bytes.NewReader(base), int64(len(base)), bytes.NewReader(d), &w, int64(len(target)))
+	if err != nil || n != int64(len(target)) || w.n != n {
+		t.Fatalf("Apply = %d, %v (%d bytes written); want %d", n, err, w.n, len(target))
+	}
+	if most := int64(len(target))/(256<<10) + 1; w.writes > most {
+		t.Errorf("Apply of %d operations made %d writes to w; want at most %d (256 KiB each)", st.Ops, w.writes, most)
+	}
+}
+
+// TestDiffDeltasApply: whatever the publisher's Diff makes applies, small files and
+// the densest operations included: the bound on tiny operations refuses none of them.
+func TestDiffDeltasApply(t *testing.T) {
+	random := func(seed byte, n int) []byte {
+		b := make([]byte, n)
+		rand.NewChaCha8([32]byte{seed}).Read(b)
+		return b
+	}
+	shapes := map[string]func(base []byte) []byte{
+		"the same":              bytes.Clone,
+		"all new":               func(b []byte) []byte { return random(9, len(b)) },
+		"every other chunk new": everyOtherChunkChanged,
+		"100 bytes inserted": func(b []byte) []byte {
+			i := len(b) / 3
+			return append(append(bytes.Clone(b[:i]), random(7, 100)...), b[i:]...)
+		},
+		"the last 3000 bytes cut": func(b []byte) []byte { return bytes.Clone(b[:max(0, len(b)-3000)]) },
+		"1 byte appended":         func(b []byte) []byte { return append(bytes.Clone(b), 1) },
+		"one byte":                func([]byte) []byte { return []byte{1} },
+		"empty":                   func([]byte) []byte { return nil },
+	}
+	for _, size := range []int{0, 1, 100, minChunk - 1, minChunk, minChunk + 1, 3000, 2*minChunk + 2, 5000, 70000, 1 << 20} {
+		base := random(byte(size), size)
+		for name, shape := range shapes {
+			target := shape(base)
+			d, st := diff(t, base, target)
+			got, err := apply(base, d, int64(len(target)))
+			if err != nil || !bytes.Equal(got, target) {
+				t.Errorf("Apply(Diff of a %d-byte base, %s: %d ops for %d bytes) = %v (equal %v); want the target", size, name, st.Ops, len(target), err, bytes.Equal(got, target))
+			}
+		}
+	}
 }
