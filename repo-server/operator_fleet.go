@@ -325,9 +325,10 @@ func (o *operatorAPI) waitLoaded(ctx context.Context, id, file string) bool {
 // rolloutRequest is the optional body of pause, resume, abort and approve.
 type rolloutRequest struct {
 	Reason string `json:"reason,omitempty"`
-	// Wave is approve's wave index (from 1: the first wave needs none); absent: the
-	// wave awaiting approval, else the next one. (It was an int, so an explicit 0
-	// approved the next wave.)
+	// Wave is approve's wave index, from 0 as rollout status numbers the waves (wave 0
+	// starts with the rollout and needs no approval); absent: the wave awaiting
+	// approval, else the next one. (It was an int, so an explicit 0 approved the next
+	// wave.)
 	Wave *int `json:"wave,omitempty"`
 }
 
@@ -354,9 +355,11 @@ func abortRollout(_ *policy.Rollout, s policy.RolloutState, req rolloutRequest, 
 }
 
 func approveRollout(r *policy.Rollout, s policy.RolloutState, req rolloutRequest, actor string, now time.Time) (policy.RolloutState, policy.Event, error) {
-	wave := s.Wave + 1 // the wave waiting for approval, else the next one
-	if req.Wave != nil {
-		wave = *req.Wave
+	// The wave asked for, else the one waiting for approval, else the next one; a
+	// wave the rollout does not have is refused naming the waves it has and the next.
+	wave, err := policy.WaveToApprove(r, s, req.Wave)
+	if err != nil {
+		return s, policy.Event{}, err
 	}
 	return policy.Approve(r, s, wave, actor, now)
 }

@@ -450,9 +450,13 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 		if reason != nil && *reason != "" {
 			body["reason"] = *reason
 		}
-		if wave != nil && *wave > 0 {
-			body["wave"] = *wave
-		}
+		// --wave as typed, 0 and negative numbers included: the server says which
+		// waves there are (a --wave 0 or -1 was dropped, and the next wave approved).
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "wave" {
+				body["wave"] = *wave
+			}
+		})
 		api, err := c.api()
 		if err != nil {
 			return err

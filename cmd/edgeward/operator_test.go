@@ -160,6 +160,16 @@ func TestCLIRollouts(t *testing.T) {
 	if !strings.Contains(out, "approved (wave 1)") {
 		t.Fatalf("approve:\n%s", out)
 	}
+	// --wave is sent as typed, numbered from 0 as status shows the waves: 0 and -1 were
+	// dropped, and the next wave approved (or refused as "wave 2 (2 waves)").
+	for _, tt := range []struct{ wave, want string }{
+		{"0", "wave 0: wave needs no approval: the first wave starts as soon as the rollout is created; its waves are 0-1; wave 0 is current and wave 1 is next (approved already)"},
+		{"-1", "wave -1 (as asked): no such wave: its waves are 0-1"},
+	} {
+		if _, _, err := rm.run("rollout", "approve", "vib-2", "--wave", tt.wave); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("rollout approve --wave %s = %v; want %q", tt.wave, err, tt.want)
+		}
+	}
 	out = rm.must("rollout", "abort", "vib-2", "--reason", "superseded")
 	if !strings.Contains(out, "aborted") {
 		t.Fatalf("abort:\n%s", out)
