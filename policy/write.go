@@ -103,8 +103,10 @@ const StagedPrefix = ".staged-"
 // (it starts with "."), until Commit renames it into place.
 type StagedRollout struct {
 	// Path is where Commit puts the file: the rollout's file in the policy.
-	Path   string
-	staged string
+	Path string
+	// Rollout is the rollout as the policy with the file parses it.
+	Rollout *Rollout
+	staged  string
 }
 
 // StageRollout is CreateRollout up to the last step: it checks the whole policy with
@@ -140,10 +142,11 @@ func StageRollout(dir string, spec RolloutSpec, now time.Time) (*StagedRollout, 
 	}
 	files = append(files, File{Name: path, Data: buf.Bytes()})
 	sortFiles(files)
-	if _, err := Parse(files...); err != nil {
+	p, err := Parse(files...)
+	if err != nil {
 		return nil, err
 	}
-	st := &StagedRollout{Path: path, staged: filepath.Join(dir, StagedPrefix+name)}
+	st := &StagedRollout{Path: path, Rollout: p.Rollout(spec.ID), staged: filepath.Join(dir, StagedPrefix+name)}
 	if err := durable.WriteFile(st.staged, buf.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}

@@ -232,8 +232,12 @@ func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if !res.Loaded {
 		fmt.Fprintln(env.stdout, "the server has not loaded it yet: check 'edgeward rollout status' in a moment")
 	}
-	if res.Warning != "" {
-		fmt.Fprintln(env.stdout, "warning: "+res.Warning)
+	warnings := res.Warnings
+	if len(warnings) == 0 && res.Warning != "" { // an older server
+		warnings = []string{res.Warning}
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(env.stdout, "warning: "+shown(w))
 	}
 	return nil
 }

@@ -104,6 +104,14 @@ func TestCLIRollouts(t *testing.T) {
 	if !strings.Contains(out, "created rollout vib-2 (model vibration 2.0.0)") || !strings.Contains(out, "warning: the repository holds no model vibration 2.0.0") {
 		t.Fatalf("rollout create:\n%s", out)
 	}
+	// A rollout that can never finish is created with a warning per reason (it was
+	// accepted silently).
+	out = rm.must("rollout", "create", "--id", "typo", "--name", "vibration", "--version", "2.0.0", "--waves", "10,50", "--labels", "line=prss")
+	for _, want := range []string{"warning: no enrolled device matches the selector (labels line=prss)", "warning: the last wave is 50%"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rollout create that cannot finish lacks %q:\n%s", want, out)
+		}
+	}
 	files, _ := filepath.Glob(filepath.Join(s.dir, policy.CreatedPrefix+"*-vib-2.yaml"))
 	if len(files) != 1 {
 		t.Fatalf("policy files %v", files)

@@ -14,8 +14,13 @@ type RolloutCreated struct {
 	// Loaded says whether the policy in force had the rollout when the server answered
 	// (the watcher loads the file within about a second).
 	Loaded bool `json:"loaded"`
-	// Warning notes a target the repository does not hold yet: devices are not offered
-	// it until it is published (decision reason "unpublished").
+	// Warnings note what keeps the rollout from ever finishing, though it was created:
+	// a target the repository does not hold yet (devices are not offered it until it
+	// is published, decision reason "unpublished"), a selector that matches no enrolled
+	// device (or names devices that are not enrolled), a last wave below 100 % (the
+	// selected devices past it are never offered the target).
+	Warnings []string `json:"warnings,omitempty"`
+	// Warning is Warnings in one line, for clients that read only it.
 	Warning string `json:"warning,omitempty"`
 }
 
