@@ -61,6 +61,18 @@ func (l ErrorList) Unwrap() []error {
 	return errs
 }
 
+// Files returns the names (base names, in order of first appearance) of the files
+// the problems are in.
+func (l ErrorList) Files() []string {
+	var out []string
+	for _, e := range l {
+		if name := filepath.Base(e.File); e.File != "" && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // ErrNoPolicy means the directory holds no policy file.
 var ErrNoPolicy = errors.New("no policy files (*.yaml, *.yml)")
 

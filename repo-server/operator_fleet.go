@@ -62,7 +62,7 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, fleet.ErrInvalid), errors.Is(err, policy.ErrNoSuchWave), errors.As(err, &el):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition), errors.Is(err, policy.ErrNoApprovalNeeded), errors.Is(err, fleet.ErrDecommissioned):
+	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrRejectedFiles), errors.Is(err, policy.ErrBadTransition), errors.Is(err, policy.ErrNoApprovalNeeded), errors.Is(err, fleet.ErrDecommissioned):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -130,7 +130,15 @@ func (o *operatorAPI) rolloutList(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "list rollouts", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"rollouts": list})
+	writeJSON(w, http.StatusOK, operatorapi.RolloutList{Rollouts: list, PolicyRejected: o.policyRejected()})
+}
+
+// policyRejected describes the policy directory's rejected change, if it holds one.
+func (o *operatorAPI) policyRejected() *operatorapi.PolicyRejected {
+	if o.cfg.PolicyStatus == nil {
+		return nil
+	}
+	return operatorapi.NewPolicyRejected(o.cfg.PolicyStatus())
 }
 
 // GET /v1/rollouts/{id}: fleet.Status, with the waves' progress and the rollout's KPIs.
@@ -145,7 +153,7 @@ func (o *operatorAPI) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 		// for devices": found by an outside operator journey).
 		st.Progress = fmt.Sprintf("waiting for the target: the repository holds no %s %s %s (publish it; %s)", st.Target.Kind, st.Target.Name, st.Target.Version, strings.TrimPrefix(st.Progress, "waiting for devices "))
 	}
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, operatorapi.RolloutDetail{RolloutStatus: st, PolicyRejected: o.policyRejected()})
 }
 
 var errNotPublished = errors.New("not published")

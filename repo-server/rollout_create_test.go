@@ -2,6 +2,9 @@ package reposerver
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,5 +52,43 @@ func TestRolloutCreateWarnsWhenItCannotFinish(t *testing.T) {
 		if created.Warning != strings.Join(created.Warnings, "; ") {
 			t.Errorf("create %s: warning = %q; want the warnings in one line", tt.id, created.Warning)
 		}
+	}
+}
+
+// TestPolicyRejectionIsShownWithRollouts: when the policy directory holds a file the
+// watcher rejects, the rollout list and each rollout's status say so, with the file
+// and its error (only /v1/policy and the dashboard did), and creating an unrelated
+// rollout is refused 409 naming that file and what to do (it failed with that file's
+// error, 400, as if the new rollout were wrong).
+func TestPolicyRejectionIsShownWithRollouts(t *testing.T) {
+	o := newOpFixture(t)
+	o.seed("dev-1")
+	var list operatorapi.RolloutList
+	o.must("GET", "/v1/rollouts", fleet.RoleAuditor, "", 200, &list)
+	if list.PolicyRejected != nil {
+		t.Fatalf("rollout list with a valid policy: policy_rejected = %+v", list.PolicyRejected)
+	}
+	typo := filepath.Join(o.dir, "20-typo.yaml")
+	if err := os.WriteFile(typo, []byte("rollouts:\n  - id: t\n    target: {kind: model, name: m, version: 1.0.0}\n    waves: [{percent: 100, soak: 10}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.watcher.Reload(); err == nil {
+		t.Fatal("Reload with a typo = nil; want the error")
+	}
+	o.must("GET", "/v1/rollouts", fleet.RoleAuditor, "", 200, &list)
+	if pr := list.PolicyRejected; pr == nil || !slices.Equal(pr.Files, []string{"20-typo.yaml"}) || !strings.Contains(pr.Error, `20-typo.yaml:4: rollout "t": wave 0: soak "10"`) || pr.Digest != o.watcher.Policy().Digest {
+		t.Errorf("rollout list: policy_rejected = %+v; want 20-typo.yaml and its error", pr)
+	}
+	if len(list.Rollouts) != 1 || list.Rollouts[0].ID != "vib-2" {
+		t.Errorf("rollout list = %+v; want the last good policy's vib-2", list.Rollouts)
+	}
+	var st operatorapi.RolloutDetail
+	o.must("GET", "/v1/rollouts/vib-2", fleet.RoleAuditor, "", 200, &st)
+	if st.ID != "vib-2" || st.PolicyRejected == nil || !slices.Equal(st.PolicyRejected.Files, []string{"20-typo.yaml"}) {
+		t.Errorf("rollout status = %+v; want vib-2 with the rejection of 20-typo.yaml", st)
+	}
+	code, body := o.do("POST", "/v1/rollouts", o.tok[fleet.RoleReleaseManager], `{"id":"other","target":{"kind":"model","name":"vibration","version":"3.0.0"}}`)
+	if code != 409 || !strings.Contains(body, `rollout \"other\" not created: the policy directory holds a file the server rejects: 20-typo.yaml:4:`) || !strings.Contains(body, "correct or remove 20-typo.yaml") {
+		t.Errorf("create an unrelated rollout = %d %s; want 409 naming 20-typo.yaml", code, body)
 	}
 }

@@ -287,13 +287,15 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		rollouts, raw, err := api.Rollouts(ctx)
+		list, raw, err := api.Rollouts(ctx)
 		if err != nil {
 			return err
 		}
 		if c.show(raw) {
 			return nil
 		}
+		rollouts := list.Rollouts
+		printPolicyRejected(env.stdout, list.PolicyRejected)
 		fleetSum, _, err := api.KPIs(ctx)
 		if err != nil {
 			return err
@@ -325,8 +327,26 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 	if c.show(raw) {
 		return nil
 	}
-	printRolloutStatus(env.stdout, st, *events, now)
+	printPolicyRejected(env.stdout, st.PolicyRejected)
+	printRolloutStatus(env.stdout, st.RolloutStatus, *events, now)
 	return nil
+}
+
+// printPolicyRejected warns, first, that the policy directory holds a change the server
+// rejected: the policy in force is the last good one, and no change takes effect.
+func printPolicyRejected(w io.Writer, pr *operatorapi.PolicyRejected) {
+	if pr == nil {
+		return
+	}
+	what := "a change"
+	if len(pr.Files) > 0 {
+		what = strings.Join(pr.Files, ", ")
+	}
+	fmt.Fprintf(w, "warning: the policy directory has a rejected file (%s) since %s: the server keeps the last good policy (%.12s) in force and loads no change, a created rollout included, until it is fixed:\n",
+		shown(what), pr.At.Local().Format(time.DateTime), pr.Digest)
+	for _, line := range strings.Split(pr.Error, "\n") {
+		fmt.Fprintf(w, "  %s\n", shown(line))
+	}
 }
 
 func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now time.Time) {
