@@ -61,6 +61,18 @@ func (l ErrorList) Unwrap() []error {
 	return errs
 }
 
+// Files returns the names (base names, in order of first appearance) of the files
+// the problems are in.
+func (l ErrorList) Files() []string {
+	var out []string
+	for _, e := range l {
+		if name := filepath.Base(e.File); e.File != "" && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // ErrNoPolicy means the directory holds no policy file.
 var ErrNoPolicy = errors.New("no policy files (*.yaml, *.yml)")
 
@@ -688,33 +700,36 @@ func (b *builder) rollout(file string, rr *rawRollout) *Rollout {
 		ro.Waves = []Wave{{Percent: 100, MaxFailureRatio: ratio, MinReports: minReports}}
 	}
 	prev := 0.0
+	// Messages number the waves from 0, as `rollout status` and `approve --wave` do
+	// (they counted from 1: "wave 1" was the first wave here and the second there;
+	// found from outside).
 	for i, rw := range rr.Waves {
 		w := Wave{Percent: rw.Percent.V, Approval: rw.Approval.V, MaxFailureRatio: ratio, MinReports: minReports}
 		wl := max(rw.Percent.Line, line)
 		if !rw.Percent.Set {
-			b.errorf(file, max(rw.Soak.Line, rw.Approval.Line, line), "rollout %q: wave %d: percent missing", ro.ID, i+1)
+			b.errorf(file, max(rw.Soak.Line, rw.Approval.Line, line), "rollout %q: wave %d: percent missing", ro.ID, i)
 		} else if w.Percent <= prev || w.Percent > 100 || math.IsNaN(w.Percent) {
-			b.errorf(file, wl, "rollout %q: wave %d: percent %v: want more than the previous wave (%v) and at most 100", ro.ID, i+1, w.Percent, prev)
+			b.errorf(file, wl, "rollout %q: wave %d: percent %v: want more than the previous wave (%v) and at most 100", ro.ID, i, w.Percent, prev)
 		} else if math.Abs(w.Percent*100-math.Round(w.Percent*100)) > 1e-9 {
-			b.errorf(file, wl, "rollout %q: wave %d: percent %v: resolution is 0.01", ro.ID, i+1, w.Percent)
+			b.errorf(file, wl, "rollout %q: wave %d: percent %v: resolution is 0.01", ro.ID, i, w.Percent)
 		}
 		prev = max(prev, w.Percent)
 		if i == 0 && w.Approval {
 			// The first wave starts when the rollout is planned; an approval there was
 			// silently ignored (found from outside, 2 Dec).
-			b.errorf(file, max(rw.Approval.Line, line), "rollout %q: wave 1: approval: the first wave starts as soon as the rollout is created; create the rollout when it may start, or give it a small first wave and approve the second", ro.ID)
+			b.errorf(file, max(rw.Approval.Line, line), "rollout %q: wave 0: approval: the first wave starts as soon as the rollout is created; create the rollout when it may start, or give it a small first wave and approve the second", ro.ID)
 		}
-		w.Soak, _ = b.duration(file, rw.Soak, fmt.Sprintf("rollout %q: wave %d: soak", ro.ID, i+1))
+		w.Soak, _ = b.duration(file, rw.Soak, fmt.Sprintf("rollout %q: wave %d: soak", ro.ID, i))
 		if rw.MaxFailureRatio.Set {
 			w.MaxFailureRatio = rw.MaxFailureRatio.V
 			if w.MaxFailureRatio < 0 || w.MaxFailureRatio > 1 || math.IsNaN(w.MaxFailureRatio) {
-				b.errorf(file, rw.MaxFailureRatio.Line, "rollout %q: wave %d: max_failure_ratio %v: want a value in [0, 1]", ro.ID, i+1, w.MaxFailureRatio)
+				b.errorf(file, rw.MaxFailureRatio.Line, "rollout %q: wave %d: max_failure_ratio %v: want a value in [0, 1]", ro.ID, i, w.MaxFailureRatio)
 			}
 		}
 		if rw.MinReports.Set {
 			w.MinReports = rw.MinReports.V
 			if w.MinReports < 1 {
-				b.errorf(file, rw.MinReports.Line, "rollout %q: wave %d: min_reports %d: want at least 1", ro.ID, i+1, w.MinReports)
+				b.errorf(file, rw.MinReports.Line, "rollout %q: wave %d: min_reports %d: want at least 1", ro.ID, i, w.MinReports)
 			}
 		}
 		ro.Waves = append(ro.Waves, w)

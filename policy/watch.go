@@ -38,6 +38,13 @@ type WatcherConfig struct {
 	// server audits it with Changes). If it fails, the new policy is not put in force:
 	// the reload counts as failed with its error, and the old policy stays.
 	OnChange func(old, new *Policy) error
+	// LastGood, if set, is a file (outside Dir) in which the watcher keeps a copy of the
+	// files of the policy in force, rewritten (atomically) each time another policy is
+	// put in force. When Dir does not load at start, NewWatcher starts from that copy,
+	// as the running watcher keeps the last good policy: the directory's error is in
+	// Status and the metrics, and logged, as a rejected reload's. Empty: no copy, and
+	// NewWatcher fails on a directory that does not load.
+	LastGood string
 }
 
 // Watcher keeps the policy of a directory loaded: it reloads it when a file in the
@@ -79,8 +86,11 @@ type ReloadStatus struct {
 }
 
 // NewWatcher loads the policy in cfg.Dir and starts watching the directory; call Run
-// to process changes and Close (or cancel Run's context) to stop. It fails if the
-// initial policy is invalid: there is no last good policy to keep in force.
+// to process changes and Close (or cancel Run's context) to stop. If the initial
+// policy is invalid it starts from cfg.LastGood's copy, with the directory's error in
+// Status; it fails if there is no such copy (no last good policy to keep in force).
+// (One typo in a hand-edited file took the server down at its next restart, and with it
+// TUF metadata and check-ins for the whole fleet: found from outside.)
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
@@ -107,9 +117,15 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if w.parser, err = NewParser(); err != nil {
 		return nil, err
 	}
-	p, err := w.parser.Load(cfg.Dir)
-	if err != nil {
-		return nil, err
+	p, files, loadErr := w.load()
+	if loadErr != nil {
+		if cfg.LastGood == "" {
+			return nil, loadErr
+		}
+		var lerr error
+		if p, lerr = readLastGood(w.parser, cfg.LastGood, cfg.Dir); lerr != nil {
+			return nil, fmt.Errorf("%w (and no last good policy to start from: %v)", loadErr, lerr)
+		}
 	}
 	if cfg.OnChange != nil {
 		if err := cfg.OnChange(nil, p); err != nil {
@@ -117,6 +133,15 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		}
 	}
 	w.install(p)
+	if loadErr != nil {
+		w.mu.Lock()
+		w.rejectLocked(loadErr, w.cfg.Now())
+		w.mu.Unlock()
+		w.log.Error("POLICY DIRECTORY REJECTED AT START: serving the last good policy; fix the directory, the server loads it when it changes",
+			"dir", cfg.Dir, "err", loadErr, "digest", p.Digest, "last_good", cfg.LastGood)
+	} else {
+		w.saveLastGood(p, files)
+	}
 	if cfg.Registerer != nil {
 		for _, c := range []prometheus.Collector{w.valid, w.lastOK, w.rollouts, w.reloads} {
 			if err := cfg.Registerer.Register(c); err != nil {
@@ -161,7 +186,7 @@ func (w *Watcher) Changed() <-chan struct{} {
 func (w *Watcher) Reload() error {
 	w.reloadMu.Lock()
 	defer w.reloadMu.Unlock()
-	p, err := w.parser.Load(w.cfg.Dir)
+	p, files, err := w.load()
 	if err == nil && w.cfg.OnChange != nil {
 		if old := w.Policy(); old.Digest != p.Digest {
 			if cerr := w.cfg.OnChange(old, p); cerr != nil {
@@ -172,23 +197,46 @@ func (w *Watcher) Reload() error {
 	now := w.cfg.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.st.Reloads++
 	if err != nil {
-		w.st.Failures++
-		w.st.Err, w.st.ErrAt, w.st.Error = err, now, err.Error()
-		w.valid.Set(0)
-		w.reloads.WithLabelValues("failure").Inc()
+		w.rejectLocked(err, now)
 		w.log.Error("policy rejected; the last good policy stays in force", "dir", w.cfg.Dir, "err", err, "digest", w.st.Digest)
 	} else {
-		if p.Digest != w.st.Digest {
+		w.st.Reloads++
+		changed := p.Digest != w.st.Digest
+		if changed {
 			w.log.Info("policy loaded", "dir", w.cfg.Dir, "digest", p.Digest, "rollouts", len(p.Rollouts))
 		}
 		w.installLocked(p, now)
 		w.reloads.WithLabelValues("success").Inc()
+		if changed {
+			w.saveLastGood(p, files)
+		}
 	}
 	close(w.changed)
 	w.changed = make(chan struct{})
 	return err
+}
+
+// load reads and parses the directory, returning the files it parsed.
+func (w *Watcher) load() (*Policy, []File, error) {
+	files, err := readDir(w.cfg.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := w.parser.Parse(files...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, files, nil
+}
+
+// rejectLocked records a load that failed: the policy in force stays.
+func (w *Watcher) rejectLocked(err error, now time.Time) {
+	w.st.Reloads++
+	w.st.Failures++
+	w.st.Err, w.st.ErrAt, w.st.Error = err, now, err.Error()
+	w.valid.Set(0)
+	w.reloads.WithLabelValues("failure").Inc()
 }
 
 func (w *Watcher) install(p *Policy) {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -103,8 +104,10 @@ const StagedPrefix = ".staged-"
 // (it starts with "."), until Commit renames it into place.
 type StagedRollout struct {
 	// Path is where Commit puts the file: the rollout's file in the policy.
-	Path   string
-	staged string
+	Path string
+	// Rollout is the rollout as the policy with the file parses it.
+	Rollout *Rollout
+	staged  string
 }
 
 // StageRollout is CreateRollout up to the last step: it checks the whole policy with
@@ -140,14 +143,67 @@ func StageRollout(dir string, spec RolloutSpec, now time.Time) (*StagedRollout, 
 	}
 	files = append(files, File{Name: path, Data: buf.Bytes()})
 	sortFiles(files)
-	if _, err := Parse(files...); err != nil {
-		return nil, err
+	p, err := Parse(files...)
+	if err != nil {
+		return nil, otherFiles(spec.ID, path, files, err)
 	}
-	st := &StagedRollout{Path: path, staged: filepath.Join(dir, StagedPrefix+name)}
+	st := &StagedRollout{Path: path, Rollout: p.Rollout(spec.ID), staged: filepath.Join(dir, StagedPrefix+name)}
 	if err := durable.WriteFile(st.staged, buf.Bytes(), 0o644); err != nil {
 		return nil, fmt.Errorf("create rollout %q: %w", spec.ID, err)
 	}
 	return st, nil
+}
+
+// ErrRejectedFiles is the category of a RejectedFilesError.
+var ErrRejectedFiles = errors.New("the policy directory holds a file the server rejects")
+
+// RejectedFilesError refuses a rollout whose own file is valid while other files of the
+// policy directory are not. The watcher loads the directory as one policy, so no change
+// to it (this rollout included) takes effect until those files are fixed; the server
+// keeps the last good policy in force meanwhile. It is an ErrRejectedFiles.
+type RejectedFilesError struct {
+	Rollout string
+	// Errs are the other files' problems.
+	Errs ErrorList
+}
+
+func (e *RejectedFilesError) Error() string {
+	lines := make([]string, len(e.Errs))
+	for i, pe := range e.Errs {
+		lines[i] = (&Error{Pos: Pos{File: filepath.Base(pe.File), Line: pe.Line}, Msg: pe.Msg}).Error()
+	}
+	return fmt.Sprintf("rollout %q not created: %v: %s. No change to the directory takes effect until it is fixed, this rollout included (the server keeps the last good policy in force): correct or remove %s (edgeward rollout status shows the rejection), then create the rollout again",
+		e.Rollout, ErrRejectedFiles, strings.Join(lines, "; "), strings.Join(e.Errs.Files(), ", "))
+}
+
+func (e *RejectedFilesError) Unwrap() error { return ErrRejectedFiles }
+
+// otherFiles turns err, of checking files (a directory's and a new rollout file, path)
+// as one policy, into a *RejectedFilesError when the directory is invalid without the
+// new file and no problem is in it: the rollout is fine, the directory is not (every
+// creation failed with another file's error, as if it were its own: found from
+// outside). Otherwise err is the new rollout's (a conflict it causes may be reported
+// at the other file's line) and is returned as it is.
+func otherFiles(id, path string, files []File, err error) error {
+	var el ErrorList
+	if !errors.As(err, &el) {
+		return err
+	}
+	for _, e := range el {
+		if e.File == path {
+			return err
+		}
+	}
+	rest := slices.DeleteFunc(slices.Clone(files), func(f File) bool { return f.Name == path })
+	if len(rest) == 0 {
+		return err
+	}
+	_, derr := Parse(rest...)
+	var del ErrorList
+	if !errors.As(derr, &del) {
+		return err
+	}
+	return &RejectedFilesError{Rollout: id, Errs: del}
 }
 
 // Commit puts the staged file in place (rename, directory fsync): a Watcher loads it.

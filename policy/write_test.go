@@ -75,7 +75,7 @@ func TestCreateRollout(t *testing.T) {
 		{RolloutSpec{ID: "y", Target: TargetSpec{artifact.KindModel, "vib", "3.3.0"}, Selector: &SelectorSpec{Expr: "hardware > 1"}}, "found no matching overload"},
 		{RolloutSpec{ID: "base", Target: TargetSpec{artifact.KindModel, "vib", "3.3.0"}}, `rollout "base" already defined`},
 		{RolloutSpec{ID: "Bad/../id", Target: TargetSpec{artifact.KindModel, "vib", "3.3.0"}}, `rollout id "Bad/../id"`},
-		{RolloutSpec{ID: "z", Target: TargetSpec{artifact.KindModel, "vib", "3.3.0"}, Waves: []WaveSpec{{Percent: 50}, {Percent: 10}}}, "wave 2: percent 10"},
+		{RolloutSpec{ID: "z", Target: TargetSpec{artifact.KindModel, "vib", "3.3.0"}, Waves: []WaveSpec{{Percent: 50}, {Percent: 10}}}, "wave 1: percent 10"},
 	} {
 		before, _ := os.ReadDir(dir)
 		_, err := CreateRollout(dir, tt.spec, now.Add(2*time.Hour))

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +62,7 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, fleet.ErrInvalid), errors.Is(err, policy.ErrNoSuchWave), errors.As(err, &el):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrBadTransition), errors.Is(err, policy.ErrNoApprovalNeeded), errors.Is(err, fleet.ErrDecommissioned):
+	case errors.Is(err, fleet.ErrExists), errors.Is(err, policy.ErrRejectedFiles), errors.Is(err, policy.ErrBadTransition), errors.Is(err, policy.ErrNoApprovalNeeded), errors.Is(err, fleet.ErrDecommissioned):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
@@ -129,7 +130,15 @@ func (o *operatorAPI) rolloutList(w http.ResponseWriter, r *http.Request) {
 		o.fail(w, r, "list rollouts", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"rollouts": list})
+	writeJSON(w, http.StatusOK, operatorapi.RolloutList{Rollouts: list, PolicyRejected: o.policyRejected()})
+}
+
+// policyRejected describes the policy directory's rejected change, if it holds one.
+func (o *operatorAPI) policyRejected() *operatorapi.PolicyRejected {
+	if o.cfg.PolicyStatus == nil {
+		return nil
+	}
+	return operatorapi.NewPolicyRejected(o.cfg.PolicyStatus())
 }
 
 // GET /v1/rollouts/{id}: fleet.Status, with the waves' progress and the rollout's KPIs.
@@ -144,7 +153,7 @@ func (o *operatorAPI) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 		// for devices": found by an outside operator journey).
 		st.Progress = fmt.Sprintf("waiting for the target: the repository holds no %s %s %s (publish it; %s)", st.Target.Kind, st.Target.Name, st.Target.Version, strings.TrimPrefix(st.Progress, "waiting for devices "))
 	}
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, operatorapi.RolloutDetail{RolloutStatus: st, PolicyRejected: o.policyRejected()})
 }
 
 var errNotPublished = errors.New("not published")
@@ -193,6 +202,7 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 	// lease across replicas sharing the directory (two rollouts created at once at two
 	// replicas could each pass the check alone and conflict together).
 	var out operatorapi.RolloutCreated
+	var created *policy.Rollout
 	path, err := func() (string, error) {
 		o.createMu.Lock()
 		defer o.createMu.Unlock()
@@ -211,6 +221,7 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return "", err
 		}
+		created = st.Rollout
 		out = operatorapi.RolloutCreated{ID: spec.ID, File: filepath.Base(st.Path)}
 		if err := o.s.auditLog(ctx, actorOf(r), "rollout.create", spec.ID, map[string]any{"spec": spec, "file": out.File}); err != nil {
 			if derr := st.Discard(); derr != nil {
@@ -233,10 +244,118 @@ func (o *operatorAPI) rolloutCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if o.published(ctx, policy.Target{Kind: spec.Target.Kind, Name: spec.Target.Name, Version: spec.Target.Version}) == errNotPublished {
-		out.Warning = fmt.Sprintf("the repository holds no %s %s %s yet: publish it before devices can get it", spec.Target.Kind, spec.Target.Name, spec.Target.Version)
+		out.Warnings = append(out.Warnings, fmt.Sprintf("the repository holds no %s %s %s yet: publish it before devices can get it", spec.Target.Kind, spec.Target.Name, spec.Target.Version))
 	}
+	// Warnings, not refusals: a rollout that can never finish was accepted silently
+	// (no device matching a mistyped label, a last wave of 50 %: found from outside).
+	if created != nil {
+		ws, err := o.selectorWarnings(ctx, created, spec.Selector)
+		if err != nil {
+			o.s.log.Warn("create rollout: the selector was not checked against the fleet", "rollout", spec.ID, "err", err)
+		}
+		out.Warnings = append(out.Warnings, ws...)
+		if last := created.Waves[len(created.Waves)-1].Percent; last < 100 {
+			out.Warnings = append(out.Warnings, fmt.Sprintf("the last wave is %g%%: the other %g%% of the selected devices are never offered the target and the rollout never reaches them; end the waves with 100 (e.g. --waves %s,100)", last, 100-last, wavesFlag(created.Waves)))
+		}
+	}
+	out.Warning = strings.Join(out.Warnings, "; ")
 	out.Loaded = o.waitLoaded(ctx, spec.ID, path)
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// selectorWarnings says when r's selector matches no enrolled device in service, only
+// quarantined ones, or lists device IDs that are not enrolled: the rollout would wait
+// for them for good. sel is the selector as the operator wrote it, for the message.
+func (o *operatorAPI) selectorWarnings(ctx context.Context, r *policy.Rollout, sel *policy.SelectorSpec) ([]string, error) {
+	matched, quarantined := 0, 0
+	known := map[string]bool{}
+	for after := ""; ; {
+		devs, err := o.cfg.Fleet.Devices(ctx, fleet.ListOptions{After: after, Limit: fleet.MaxListLimit})
+		if err != nil {
+			return nil, err
+		}
+		for i := range devs {
+			d := &devs[i]
+			if d.Decommissioned() {
+				continue
+			}
+			known[d.ID] = true
+			if ok, _ := r.Selected(&d.Device); ok {
+				if d.Quarantined {
+					quarantined++
+				} else {
+					matched++
+				}
+			}
+		}
+		if len(devs) < fleet.MaxListLimit {
+			break
+		}
+		after = devs[len(devs)-1].ID
+	}
+	var out []string
+	switch {
+	case matched == 0 && quarantined == 0:
+		out = append(out, fmt.Sprintf("no enrolled device matches the selector (%s): the rollout waits until one does; check it against 'edgeward devices list'", describeSelector(sel)))
+	case matched == 0:
+		out = append(out, fmt.Sprintf("only quarantined devices (%d) match the selector (%s): they get nothing until released", quarantined, describeSelector(sel)))
+	}
+	if r.Selector != nil && (matched > 0 || quarantined > 0) {
+		var unknown []string
+		for _, id := range r.Selector.Devices {
+			if !known[id] {
+				unknown = append(unknown, id)
+			}
+		}
+		if len(unknown) > 0 {
+			out = append(out, fmt.Sprintf("the selector lists devices that are not enrolled (or are decommissioned): %s; the rollout waits for them until they enroll", strings.Join(unknown, ", ")))
+		}
+	}
+	return out, nil
+}
+
+// describeSelector writes a selector as the operator gave it, for a message.
+func describeSelector(s *policy.SelectorSpec) string {
+	if s == nil {
+		return "every device"
+	}
+	var parts []string
+	if len(s.Labels) > 0 {
+		kv := make([]string, 0, len(s.Labels))
+		for k, v := range s.Labels {
+			kv = append(kv, k+"="+v)
+		}
+		slices.Sort(kv)
+		parts = append(parts, "labels "+strings.Join(kv, ","))
+	}
+	if len(s.Devices) > 0 {
+		parts = append(parts, "devices "+strings.Join(s.Devices, ","))
+	}
+	if len(s.Hardware) > 0 {
+		parts = append(parts, "hardware "+strings.Join(s.Hardware, ","))
+	}
+	if s.AgentVersion != "" {
+		parts = append(parts, "agent_version "+s.AgentVersion)
+	}
+	if s.RuntimeVersion != "" {
+		parts = append(parts, "runtime_version "+s.RuntimeVersion)
+	}
+	if s.Expr != "" {
+		parts = append(parts, "expr "+strconv.Quote(s.Expr))
+	}
+	if len(parts) == 0 {
+		return "every device"
+	}
+	return strings.Join(parts, "; ")
+}
+
+// wavesFlag writes waves' percentages as --waves takes them.
+func wavesFlag(ws []policy.Wave) string {
+	s := make([]string, len(ws))
+	for i, w := range ws {
+		s[i] = strconv.FormatFloat(w.Percent, 'g', -1, 64)
+	}
+	return strings.Join(s, ",")
 }
 
 // rolloutExistsError refuses creating a rollout whose ID a policy file already
@@ -325,9 +444,10 @@ func (o *operatorAPI) waitLoaded(ctx context.Context, id, file string) bool {
 // rolloutRequest is the optional body of pause, resume, abort and approve.
 type rolloutRequest struct {
 	Reason string `json:"reason,omitempty"`
-	// Wave is approve's wave index (from 1: the first wave needs none); absent: the
-	// wave awaiting approval, else the next one. (It was an int, so an explicit 0
-	// approved the next wave.)
+	// Wave is approve's wave index, from 0 as rollout status numbers the waves (wave 0
+	// starts with the rollout and needs no approval); absent: the wave awaiting
+	// approval, else the next one. (It was an int, so an explicit 0 approved the next
+	// wave.)
 	Wave *int `json:"wave,omitempty"`
 }
 
@@ -354,9 +474,11 @@ func abortRollout(_ *policy.Rollout, s policy.RolloutState, req rolloutRequest, 
 }
 
 func approveRollout(r *policy.Rollout, s policy.RolloutState, req rolloutRequest, actor string, now time.Time) (policy.RolloutState, policy.Event, error) {
-	wave := s.Wave + 1 // the wave waiting for approval, else the next one
-	if req.Wave != nil {
-		wave = *req.Wave
+	// The wave asked for, else the one waiting for approval, else the next one; a
+	// wave the rollout does not have is refused naming the waves it has and the next.
+	wave, err := policy.WaveToApprove(r, s, req.Wave)
+	if err != nil {
+		return s, policy.Event{}, err
 	}
 	return policy.Approve(r, s, wave, actor, now)
 }

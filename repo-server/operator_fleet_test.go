@@ -384,11 +384,23 @@ func TestOperatorRollouts(t *testing.T) {
 	if code != 400 || !strings.Contains(body, "no such wave") {
 		t.Fatalf("approve wave 7 = %d %s", code, body)
 	}
-	// An explicit wave 0 is wave 0 (it approved the next wave before), and a wave
-	// approved and started is not approved again (each was another event).
+	// An explicit wave 0 is wave 0 (it approved the next wave before), which starts
+	// with the rollout, and a wave approved and started is not approved again (each
+	// was another event).
 	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":0}`)
-	if code != 400 || !strings.Contains(body, "no such wave") {
-		t.Fatalf("approve wave 0 = %d %s; want 400", code, body)
+	if code != 409 || !strings.Contains(body, "wave 0: wave needs no approval") {
+		t.Fatalf("approve wave 0 = %d %s; want 409", code, body)
+	}
+	// Approving again, without a wave or with one the rollout lacks, says which waves
+	// there are (it said "wave 2 (2 waves): no such wave").
+	for _, tt := range []struct{ body, want string }{
+		{``, `wave 2 (no wave given: the one after the current): no such wave: its waves are 0-1; wave 1, the last, is current: no wave is left to approve`},
+		{`{"wave":-1}`, `wave -1 (as asked): no such wave: its waves are 0-1`},
+	} {
+		code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], tt.body)
+		if code != 400 || !strings.Contains(body, tt.want) {
+			t.Errorf("approve %s = %d %s; want 400 saying %q", tt.body, code, body, tt.want)
+		}
 	}
 	code, body = o.do("POST", "/v1/rollouts/vib-3/approve", o.tok[rm], `{"wave":1}`)
 	if code != 409 || !strings.Contains(body, "needs no approval") {

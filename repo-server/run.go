@@ -30,6 +30,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// LastGoodPolicyFile, in the repository directory, holds a copy of the files of the
+// policy in force (policy.WatcherConfig.LastGood).
+const LastGoodPolicyFile = "policy-last-good.json"
+
 // Config is a whole Edgeward server (`edgeward server`): the repository it serves and
 // signs online metadata for, the fleet store and audit log, the attestation CA, the
 // device and operator APIs, the dashboard, the fleet policy and, with TLSListen, TLS
@@ -92,7 +96,9 @@ type Config struct {
 	// the operator API are written there. "": Dir/policy, created with a starter policy
 	// (no rollouts) on first start. A directory named here is never created: a typo
 	// must not start an empty fleet policy; if it does not exist the server runs
-	// without rollouts.
+	// without rollouts. A copy of the policy in force is kept in
+	// Dir/LastGoodPolicyFile: a server started on a directory that does not load
+	// starts from it (and fails only without one).
 	PolicyDir string
 	// CheckInInterval is suggested to devices. 0: 30 seconds.
 	CheckInInterval time.Duration
@@ -266,7 +272,12 @@ func Run(ctx context.Context, cfg Config) error {
 			// per replica of one change): found from outside, 2 Dec.
 			OnChange: func(old, new *policy.Policy) error {
 				return srv.auditUnlessLast(ctx, "server", "policy.reload", new.Digest, policy.Changes(old, new))
-			}})
+			},
+			// A copy of the policy in force, to start from when the directory does not
+			// load (a typo in a hand-edited file took the whole fleet's server down at
+			// its next restart: found from outside). The rejection is in the log, the
+			// metrics, /v1/policy, rollout status and the dashboard, as at a reload.
+			LastGood: filepath.Join(cfg.Dir, LastGoodPolicyFile)})
 		if err != nil {
 			return err
 		}

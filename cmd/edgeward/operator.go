@@ -232,8 +232,12 @@ func cmdRolloutCreate(ctx context.Context, env *cliEnv, args []string) error {
 	if !res.Loaded {
 		fmt.Fprintln(env.stdout, "the server has not loaded it yet: check 'edgeward rollout status' in a moment")
 	}
-	if res.Warning != "" {
-		fmt.Fprintln(env.stdout, "warning: "+res.Warning)
+	warnings := res.Warnings
+	if len(warnings) == 0 && res.Warning != "" { // an older server
+		warnings = []string{res.Warning}
+	}
+	for _, w := range warnings {
+		fmt.Fprintln(env.stdout, "warning: "+shown(w))
 	}
 	return nil
 }
@@ -283,13 +287,15 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		rollouts, raw, err := api.Rollouts(ctx)
+		list, raw, err := api.Rollouts(ctx)
 		if err != nil {
 			return err
 		}
 		if c.show(raw) {
 			return nil
 		}
+		rollouts := list.Rollouts
+		printPolicyRejected(env.stdout, list.PolicyRejected)
 		fleetSum, _, err := api.KPIs(ctx)
 		if err != nil {
 			return err
@@ -321,8 +327,26 @@ func cmdRolloutStatus(ctx context.Context, env *cliEnv, args []string) error {
 	if c.show(raw) {
 		return nil
 	}
-	printRolloutStatus(env.stdout, st, *events, now)
+	printPolicyRejected(env.stdout, st.PolicyRejected)
+	printRolloutStatus(env.stdout, st.RolloutStatus, *events, now)
 	return nil
+}
+
+// printPolicyRejected warns, first, that the policy directory holds a change the server
+// rejected: the policy in force is the last good one, and no change takes effect.
+func printPolicyRejected(w io.Writer, pr *operatorapi.PolicyRejected) {
+	if pr == nil {
+		return
+	}
+	what := "a change"
+	if len(pr.Files) > 0 {
+		what = strings.Join(pr.Files, ", ")
+	}
+	fmt.Fprintf(w, "warning: the policy directory has a rejected file (%s) since %s: the server keeps the last good policy (%.12s) in force and loads no change, a created rollout included, until it is fixed:\n",
+		shown(what), pr.At.Local().Format(time.DateTime), pr.Digest)
+	for _, line := range strings.Split(pr.Error, "\n") {
+		fmt.Fprintf(w, "  %s\n", shown(line))
+	}
 }
 
 func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now time.Time) {
@@ -450,9 +474,13 @@ func rolloutActionCmd(action string) func(ctx context.Context, env *cliEnv, args
 		if reason != nil && *reason != "" {
 			body["reason"] = *reason
 		}
-		if wave != nil && *wave > 0 {
-			body["wave"] = *wave
-		}
+		// --wave as typed, 0 and negative numbers included: the server says which
+		// waves there are (a --wave 0 or -1 was dropped, and the next wave approved).
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "wave" {
+				body["wave"] = *wave
+			}
+		})
 		api, err := c.api()
 		if err != nil {
 			return err

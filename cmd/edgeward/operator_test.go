@@ -104,6 +104,14 @@ func TestCLIRollouts(t *testing.T) {
 	if !strings.Contains(out, "created rollout vib-2 (model vibration 2.0.0)") || !strings.Contains(out, "warning: the repository holds no model vibration 2.0.0") {
 		t.Fatalf("rollout create:\n%s", out)
 	}
+	// A rollout that can never finish is created with a warning per reason (it was
+	// accepted silently).
+	out = rm.must("rollout", "create", "--id", "typo", "--name", "vibration", "--version", "2.0.0", "--waves", "10,50", "--labels", "line=prss")
+	for _, want := range []string{"warning: no enrolled device matches the selector (labels line=prss)", "warning: the last wave is 50%"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rollout create that cannot finish lacks %q:\n%s", want, out)
+		}
+	}
 	files, _ := filepath.Glob(filepath.Join(s.dir, policy.CreatedPrefix+"*-vib-2.yaml"))
 	if len(files) != 1 {
 		t.Fatalf("policy files %v", files)
@@ -159,6 +167,16 @@ func TestCLIRollouts(t *testing.T) {
 	out = rm.must("rollout", "approve", "vib-2")
 	if !strings.Contains(out, "approved (wave 1)") {
 		t.Fatalf("approve:\n%s", out)
+	}
+	// --wave is sent as typed, numbered from 0 as status shows the waves: 0 and -1 were
+	// dropped, and the next wave approved (or refused as "wave 2 (2 waves)").
+	for _, tt := range []struct{ wave, want string }{
+		{"0", "wave 0: wave needs no approval: the first wave starts as soon as the rollout is created; its waves are 0-1; wave 0 is current and wave 1 is next (approved already)"},
+		{"-1", "wave -1 (as asked): no such wave: its waves are 0-1"},
+	} {
+		if _, _, err := rm.run("rollout", "approve", "vib-2", "--wave", tt.wave); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("rollout approve --wave %s = %v; want %q", tt.wave, err, tt.want)
+		}
 	}
 	out = rm.must("rollout", "abort", "vib-2", "--reason", "superseded")
 	if !strings.Contains(out, "aborted") {

@@ -143,15 +143,15 @@ func (c *Client) CreateRollout(ctx context.Context, spec policy.RolloutSpec) (Ro
 	return get[RolloutCreated](ctx, c, "POST", "/v1/rollouts", spec)
 }
 
-// Rollouts lists the rollouts of the policy in force (GET /v1/rollouts).
-func (c *Client) Rollouts(ctx context.Context) ([]RolloutSummary, []byte, error) {
-	v, raw, err := get[struct{ Rollouts []RolloutSummary }](ctx, c, "GET", "/v1/rollouts", nil)
-	return v.Rollouts, raw, err
+// Rollouts lists the rollouts of the policy in force (GET /v1/rollouts), and says
+// whether the policy directory holds a rejected change.
+func (c *Client) Rollouts(ctx context.Context) (RolloutList, []byte, error) {
+	return get[RolloutList](ctx, c, "GET", "/v1/rollouts", nil)
 }
 
 // Rollout is one rollout's status (GET /v1/rollouts/{id}).
-func (c *Client) Rollout(ctx context.Context, id string) (fleet.RolloutStatus, []byte, error) {
-	return get[fleet.RolloutStatus](ctx, c, "GET", RolloutPath(id), nil)
+func (c *Client) Rollout(ctx context.Context, id string) (RolloutDetail, []byte, error) {
+	return get[RolloutDetail](ctx, c, "GET", RolloutPath(id), nil)
 }
 
 // RolloutAction pauses, resumes, approves or aborts a rollout

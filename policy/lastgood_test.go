@@ -1,0 +1,68 @@
+package policy
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestNewWatcherStartsFromLastGood: a directory that does not load at start does not
+// stop the watcher when it kept a copy of the last good policy: it starts from that
+// copy with the directory's error in its status and metrics, as a running watcher keeps
+// the last good policy. NewWatcher failed, and with it the server's start, for one
+// typo in one file (found from outside).
+func TestNewWatcherStartsFromLastGood(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	last := filepath.Join(state, "last-good.json")
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV1)
+	w, err := NewWatcher(WatcherConfig{Dir: dir, LastGood: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := w.Policy().Digest
+	w.Close()
+
+	// A typo: a soak without a unit.
+	writeFile(t, filepath.Join(dir, "20-typo.yaml"), "rollouts:\n  - id: t\n    target: {kind: model, name: m, version: 1.0.0}\n    waves: [{percent: 100, soak: 10}]\n")
+	if _, err := NewWatcher(WatcherConfig{Dir: dir}); err == nil {
+		t.Fatalf("NewWatcher(invalid directory, no copy) = nil error; want the directory's")
+	}
+	reg := prometheus.NewRegistry()
+	w, err = NewWatcher(WatcherConfig{Dir: dir, LastGood: last, Registerer: reg})
+	if err != nil {
+		t.Fatalf("NewWatcher(invalid directory, last good copy) = %v; want it to start from the copy", err)
+	}
+	defer w.Close()
+	st := w.Status()
+	if w.Policy().Digest != good || rolloutID(w) != "a" {
+		t.Errorf("policy in force = %s; want the last good one, %s", w.Policy().Digest, good)
+	}
+	if st.Err == nil || !strings.Contains(st.Error, "20-typo.yaml:4:") || st.Failures != 1 || st.Digest != good {
+		t.Errorf("Status = %+v; want the directory's error (20-typo.yaml:4), one failure, the last good digest", st)
+	}
+	if v := metric(t, reg, "edgeward_policy_valid", ""); v != 0 {
+		t.Errorf("edgeward_policy_valid = %v; want 0", v)
+	}
+
+	// Fixed: the directory loads and becomes the copy.
+	writeFile(t, filepath.Join(dir, "20-typo.yaml"), "rollouts:\n  - id: t\n    target: {kind: model, name: m, version: 1.0.0}\n    waves: [{percent: 100, soak: 10m}]\n")
+	if err := w.Reload(); err != nil || w.Status().Err != nil || len(w.Policy().Rollouts) != 2 {
+		t.Fatalf("Reload(fixed) = %v, %+v", err, w.Status())
+	}
+	fixed := w.Policy().Digest
+	writeFile(t, filepath.Join(dir, "20-typo.yaml"), "rollouts: {}\n")
+	w2, err := NewWatcher(WatcherConfig{Dir: dir, LastGood: last})
+	if err != nil || w2.Policy().Digest != fixed {
+		t.Fatalf("NewWatcher after the fix = %v; want the fixed policy %s from the copy", err, fixed)
+	}
+	w2.Close()
+
+	// A copy of another directory's policy is not started from.
+	other := t.TempDir()
+	writeFile(t, filepath.Join(other, "fleet.yaml"), "rollouts: {}\n")
+	if _, err := NewWatcher(WatcherConfig{Dir: other, LastGood: last}); err == nil || !strings.Contains(err.Error(), "not of "+other) {
+		t.Errorf("NewWatcher(another directory's copy) = %v; want a refusal", err)
+	}
+}
