@@ -32,6 +32,14 @@ var ErrConflict = errors.New("already published with different content")
 // metadata, extension or probe link): the caller's mistake, not the repository's.
 var ErrInvalid = errors.New("invalid publish request")
 
+// ErrNoProbeSet is returned for a model published with commit gates but no probe set
+// (none named, none published for its name and version). A device judges every gate
+// (min_accuracy, max_abs_error, max_p99_ms, max_rss_mb: peak memory is measured during
+// the probe run too) on a run of the model's probe set, and fails a trial with gates and
+// no probe set; such a model would fail on every device and its version could never be
+// installed. It matches ErrInvalid.
+var ErrNoProbeSet = fmt.Errorf("%w: a model with commit gates needs a probe set", ErrInvalid)
+
 // ErrOutsideDelegation is returned when a target path is not one the signing role is
 // trusted for; a client would reject it.
 var ErrOutsideDelegation = errors.New("target path outside the role's delegation")
@@ -94,6 +102,11 @@ type PublishResult struct {
 // the snapshot and the timestamp. Publishing the same name+version again with the same
 // bytes changes nothing; with other bytes it fails with ErrConflict.
 func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
+	if g := req.Meta.Gates; g != nil && *g == (artifact.Gates{}) {
+		// No gate set: signed as "gates":{}, a device would take it for gates and
+		// refuse a trial without a probe set.
+		req.Meta.Gates = nil
+	}
 	m := req.Meta
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
@@ -214,17 +227,8 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		if err := t.r.notRetiredOtherwise(&m, sum, n); err != nil {
 			return err
 		}
-		if m.Kind == artifact.KindModel && m.Probe == "" {
-			// A probe set published beforehand for the same name+version gates this model.
-			probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
-			if _, ok := targets[probe]; ok {
-				m.Probe = probe
-			}
-		}
-		if m.Probe != "" {
-			if _, ok := t.st.Targets[RoleModels].Signed.Targets[m.Probe]; !ok {
-				return fmt.Errorf("publish %s: %w: probe set %s is not published (publish it first)", tpath, ErrInvalid, m.Probe)
-			}
+		if err := linkProbe(&m, probeSets(t.st)); err != nil {
+			return fmt.Errorf("publish %s: %w; nothing was published", tpath, err)
 		}
 		custom, err := json.Marshal(m)
 		if err != nil {
@@ -282,6 +286,59 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		res.Version = st.Targets[role].Signed.Version
 	}
 	return res, nil
+}
+
+// probeSets are the targets of the models role, which signs the probe sets (nil when
+// the repository has no such role).
+func probeSets(st *State) map[string]*metadata.TargetFiles {
+	if md, ok := st.Targets[RoleModels]; ok {
+		return md.Signed.Targets
+	}
+	return nil
+}
+
+// probeOf is the probe set a model m is linked to when published now: the one it names,
+// or else the probe set published beforehand for its name and version, if any.
+func probeOf(m *artifact.Meta, probes map[string]*metadata.TargetFiles) string {
+	if m.Probe != "" || m.Kind != artifact.KindModel {
+		return m.Probe
+	}
+	probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
+	if _, ok := probes[probe]; ok {
+		return probe
+	}
+	return ""
+}
+
+// linkProbe fills in m.Probe (probeOf) and refuses, wrapping ErrInvalid, a probe set
+// that is not published, and a model with gates but no probe set (ErrNoProbeSet). It
+// reads probes and changes nothing else.
+func linkProbe(m *artifact.Meta, probes map[string]*metadata.TargetFiles) error {
+	m.Probe = probeOf(m, probes)
+	if m.Probe != "" {
+		if _, ok := probes[m.Probe]; !ok {
+			return fmt.Errorf("%w: probe set %s is not published (publish it first)", ErrInvalid, m.Probe)
+		}
+		return nil
+	}
+	if m.Kind == artifact.KindModel && m.Gates != nil {
+		return fmt.Errorf("%w: the gates (%s) are judged on the probe set, none is named and %s is not published: publish the probe set first (edgeward publish --kind probe --name %s --version %s FILE), or name a published one with --probe",
+			ErrNoProbeSet, gateList(*m.Gates), artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json"), m.Name, m.Version)
+	}
+	return nil
+}
+
+// gateList writes gates as the --gates flag takes them: "min_accuracy=0.95,max_p99_ms=5".
+func gateList(g artifact.Gates) string {
+	b, _ := json.Marshal(g)
+	var set map[string]string
+	json.Unmarshal(b, &set)
+	var out []string
+	for k, v := range set {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }
 
 // receiveBlob copies r into DIR/blobs/incoming/<random>, hashing it, with a fixed buffer.
