@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -27,6 +30,17 @@ import (
 // ErrConflict is returned when a name+version is published again with other bytes.
 // Published versions are immutable: devices may already run them.
 var ErrConflict = errors.New("already published with different content")
+
+// ErrMetadataConflict is returned when a name+version is published again with the
+// same content but other custom metadata (gates, probe set, hardware, min_runtime, a
+// --custom field): the signed metadata stays as it is, so the publish must not say it
+// succeeded. It matches ErrConflict.
+var ErrMetadataConflict error = metadataConflict{}
+
+type metadataConflict struct{}
+
+func (metadataConflict) Error() string        { return "already published with other metadata" }
+func (metadataConflict) Is(target error) bool { return target == ErrConflict }
 
 // ErrInvalid is returned for a publish request that cannot be published as given (bad
 // metadata, extension or probe link): the caller's mistake, not the repository's.
@@ -91,7 +105,7 @@ type PublishResult struct {
 	Role      string
 	SHA256    string
 	Length    int64
-	Unchanged bool // the same bytes were already published under this name+version
+	Unchanged bool // the same bytes and metadata were already published under this name+version
 	Version   int64
 	// Deltas are the deltas made from earlier versions to this one.
 	Deltas []DeltaResult `json:",omitempty"`
@@ -100,7 +114,8 @@ type PublishResult struct {
 // Publish adds a target: it copies Content into the blob store (hashing as it goes),
 // adds the target with its custom metadata to the delegated role, and re-signs that role,
 // the snapshot and the timestamp. Publishing the same name+version again with the same
-// bytes changes nothing; with other bytes it fails with ErrConflict.
+// bytes and custom metadata changes nothing; with other bytes it fails with ErrConflict,
+// with the same bytes and other metadata with ErrMetadataConflict (an ErrConflict).
 func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
 	if g := req.Meta.Gates; g != nil && *g == (artifact.Gates{}) {
 		// No gate set: signed as "gates":{}, a device would take it for gates and
@@ -212,17 +227,24 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			if err != nil || k != m.Kind || name != m.Name || ver != m.Version {
 				continue
 			}
-			if p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n {
-				res.Unchanged = true
-				return errNothingToDo
+			sameBytes := p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n
+			// Encrypted again under a fresh key, the same plaintext: the first is kept.
+			samePlain := p == tpath && m.Encryption != nil && samePlaintext(tf, m.Encryption)
+			if !sameBytes && !samePlain {
+				return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
 			}
-			if p == tpath && m.Encryption != nil && samePlaintext(tf, m.Encryption) {
-				// Encrypted again under a fresh key, the same plaintext: keep the first.
-				res.Unchanged = true
-				res.SHA256, res.Length = hex.EncodeToString(tf.Hashes["sha256"]), tf.Length
-				return errNothingToDo
+			// The same content: unchanged only if the metadata this publish would sign
+			// (its probe set linked as for a new target) is what is signed. Otherwise the
+			// operator would be told it is published while other gates stay in force.
+			want := m
+			want.Probe = probeOf(&m, probeSets(t.st))
+			if diff := metaDiff(signedCustom(tf), want); diff != "" {
+				return fmt.Errorf("publish %s %s %s: %w: %s is signed with the same content and other metadata (%s); a published version never changes (devices may run it): publish the change as a new version",
+					m.Kind, m.Name, m.Version, ErrMetadataConflict, p, diff)
 			}
-			return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
+			res.Unchanged = true
+			res.SHA256, res.Length = hex.EncodeToString(tf.Hashes["sha256"]), tf.Length
+			return errNothingToDo
 		}
 		if err := t.r.notRetiredOtherwise(&m, sum, n); err != nil {
 			return err
@@ -286,6 +308,60 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		res.Version = st.Targets[role].Signed.Version
 	}
 	return res, nil
+}
+
+// signedCustom is the custom metadata signed for tf (the zero Meta when it has none).
+func signedCustom(tf *metadata.TargetFiles) artifact.Meta {
+	var m artifact.Meta
+	if tf.Custom != nil {
+		json.Unmarshal(*tf.Custom, &m)
+	}
+	return m
+}
+
+// metaDiff describes how the custom metadata want differs from signed, field by field
+// as signed ("gates: signed {...}, now {...}"; "none" for a field one side lacks), or
+// returns "" when they are the same. Encryption is left out: the repository writes it
+// (a fresh content key each time), and the caller compares the plaintexts. An empty
+// gate set counts as none.
+func metaDiff(signed, want artifact.Meta) string {
+	fields := func(m artifact.Meta) map[string]any {
+		m.Encryption = nil
+		if m.Gates != nil && *m.Gates == (artifact.Gates{}) {
+			m.Gates = nil
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return map[string]any{"": err.Error()}
+		}
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.UseNumber()
+		var out map[string]any
+		if err := d.Decode(&out); err != nil {
+			return map[string]any{"": err.Error()}
+		}
+		return out
+	}
+	a, b := fields(signed), fields(want)
+	all := maps.Clone(a)
+	maps.Copy(all, b)
+	keys := slices.Sorted(maps.Keys(all))
+	show := func(v any, ok bool) string {
+		if !ok {
+			return "none"
+		}
+		s, _ := json.Marshal(v)
+		return string(s)
+	}
+	var diffs []string
+	for _, k := range keys {
+		va, oka := a[k]
+		vb, okb := b[k]
+		if oka != okb || !reflect.DeepEqual(va, vb) {
+			diffs = append(diffs, fmt.Sprintf("%s: signed %s, now %s", k, show(va, oka), show(vb, okb)))
+		}
+	}
+	return strings.Join(diffs, "; ")
 }
 
 // probeSets are the targets of the models role, which signs the probe sets (nil when
