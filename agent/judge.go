@@ -131,7 +131,7 @@ func (j *RuntimeJudge) Judge(ctx context.Context, tr updater.Trial) updater.Verd
 			return fail("probe set: " + err.Error())
 		}
 	} else if tr.Gates != nil {
-		return fail("the trial has gates but the target no probe set")
+		return fail("the trial has gates but the target has no probe set")
 	}
 	if meta.Encryption != nil {
 		// The key is kept with the slot before the model is tried, so that a restart
@@ -378,7 +378,7 @@ func (j *RuntimeJudge) judgeRuntime(ctx context.Context, payload string, t rollb
 		}
 		j.logger().Info("runtime trial passed", "runtime", t.Path, "model", name, "accuracy", rep.Accuracy, "p99_ms", rep.P99Ms)
 	} else if gates != nil {
-		return fail(fmt.Sprintf("the runtime rollout has gates but model %s %s no probe set", name, cur.Version))
+		return fail(fmt.Sprintf("the runtime rollout has gates but model %s %s has no probe set", name, cur.Version))
 	}
 	j.keepPending(p)
 	return updater.Verdict{Pass: true, Probe: figures}

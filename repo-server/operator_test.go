@@ -59,6 +59,10 @@ func TestOperatorAPI(t *testing.T) {
 	}
 	pub := "/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx"
 	meta := `{"gates":{"min_accuracy":"0.9"}}`
+	// The gates are judged on the model's probe set, published first.
+	if _, err := f.publish(artifact.KindProbe, "iris", "1.0.0", ".json", []byte(`{"inputs":[[1]],"labels":[0]}`), nil); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name, method, path, tok string
@@ -105,6 +109,17 @@ func TestOperatorAPI(t *testing.T) {
 	// A model naming a probe set that is not published: 400 with the reason.
 	if code, body := do("POST", "/v1/publish?kind=model&name=iris&version=1.0.8&ext=.onnx", rm, strings.NewReader("m"), "X-Edgeward-Meta", `{"probe":"probes/iris/9.9.9.json"}`); code != http.StatusBadRequest || !strings.Contains(body, "probe set") {
 		t.Fatalf("publish with a missing probe set = %d %s; want 400 naming the probe set", code, body)
+	}
+	// The same bytes with other gates: 409 saying what differs, the signed gates kept
+	// (they used to be kept with a 200 "unchanged").
+	if code, body := do("POST", pub, rm, strings.NewReader("model v1"), "X-Edgeward-Meta", `{"gates":{"min_accuracy":"0.99"}}`); code != http.StatusConflict ||
+		!strings.Contains(body, `gates: signed {\"min_accuracy\":\"0.9\"}, now {\"min_accuracy\":\"0.99\"}`) || !strings.Contains(body, "new version") {
+		t.Fatalf("same bytes with other gates = %d %s; want 409 naming the gates", code, body)
+	}
+	// A model with gates and no probe set for them: 400, nothing signed (every device
+	// would fail its trial).
+	if code, body := do("POST", "/v1/publish?kind=model&name=iris&version=1.0.7&ext=.onnx", rm, strings.NewReader("m"), "X-Edgeward-Meta", `{"gates":{"max_rss_mb":"256"}}`); code != http.StatusBadRequest || !strings.Contains(body, "publish the probe set first") {
+		t.Fatalf("publish with gates and no probe set = %d %s; want 400 saying to publish the probe set first", code, body)
 	}
 
 	// The published target reaches a TUF client with its custom metadata.

@@ -1,6 +1,7 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -9,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -28,9 +31,28 @@ import (
 // Published versions are immutable: devices may already run them.
 var ErrConflict = errors.New("already published with different content")
 
+// ErrMetadataConflict is returned when a name+version is published again with the
+// same content but other custom metadata (gates, probe set, hardware, min_runtime, a
+// --custom field): the signed metadata stays as it is, so the publish must not say it
+// succeeded. It matches ErrConflict.
+var ErrMetadataConflict error = metadataConflict{}
+
+type metadataConflict struct{}
+
+func (metadataConflict) Error() string        { return "already published with other metadata" }
+func (metadataConflict) Is(target error) bool { return target == ErrConflict }
+
 // ErrInvalid is returned for a publish request that cannot be published as given (bad
 // metadata, extension or probe link): the caller's mistake, not the repository's.
 var ErrInvalid = errors.New("invalid publish request")
+
+// ErrNoProbeSet is returned for a model published with commit gates but no probe set
+// (none named, none published for its name and version). A device judges every gate
+// (min_accuracy, max_abs_error, max_p99_ms, max_rss_mb: peak memory is measured during
+// the probe run too) on a run of the model's probe set, and fails a trial with gates and
+// no probe set; such a model would fail on every device and its version could never be
+// installed. It matches ErrInvalid.
+var ErrNoProbeSet = fmt.Errorf("%w: a model with commit gates needs a probe set", ErrInvalid)
 
 // ErrOutsideDelegation is returned when a target path is not one the signing role is
 // trusted for; a client would reject it.
@@ -83,7 +105,7 @@ type PublishResult struct {
 	Role      string
 	SHA256    string
 	Length    int64
-	Unchanged bool // the same bytes were already published under this name+version
+	Unchanged bool // the same bytes and metadata were already published under this name+version
 	Version   int64
 	// Deltas are the deltas made from earlier versions to this one.
 	Deltas []DeltaResult `json:",omitempty"`
@@ -92,8 +114,14 @@ type PublishResult struct {
 // Publish adds a target: it copies Content into the blob store (hashing as it goes),
 // adds the target with its custom metadata to the delegated role, and re-signs that role,
 // the snapshot and the timestamp. Publishing the same name+version again with the same
-// bytes changes nothing; with other bytes it fails with ErrConflict.
+// bytes and custom metadata changes nothing; with other bytes it fails with ErrConflict,
+// with the same bytes and other metadata with ErrMetadataConflict (an ErrConflict).
 func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
+	if g := req.Meta.Gates; g != nil && *g == (artifact.Gates{}) {
+		// No gate set: signed as "gates":{}, a device would take it for gates and
+		// refuse a trial without a probe set.
+		req.Meta.Gates = nil
+	}
 	m := req.Meta
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
@@ -199,32 +227,30 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 			if err != nil || k != m.Kind || name != m.Name || ver != m.Version {
 				continue
 			}
-			if p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n {
-				res.Unchanged = true
-				return errNothingToDo
+			sameBytes := p == tpath && hex.EncodeToString(tf.Hashes["sha256"]) == sum && tf.Length == n
+			// Encrypted again under a fresh key, the same plaintext: the first is kept.
+			samePlain := p == tpath && m.Encryption != nil && samePlaintext(tf, m.Encryption)
+			if !sameBytes && !samePlain {
+				return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
 			}
-			if p == tpath && m.Encryption != nil && samePlaintext(tf, m.Encryption) {
-				// Encrypted again under a fresh key, the same plaintext: keep the first.
-				res.Unchanged = true
-				res.SHA256, res.Length = hex.EncodeToString(tf.Hashes["sha256"]), tf.Length
-				return errNothingToDo
+			// The same content: unchanged only if the metadata this publish would sign
+			// (its probe set linked as for a new target) is what is signed. Otherwise the
+			// operator would be told it is published while other gates stay in force.
+			want := m
+			want.Probe = probeOf(&m, probeSets(t.st))
+			if diff := metaDiff(signedCustom(tf), want); diff != "" {
+				return fmt.Errorf("publish %s %s %s: %w: %s is signed with the same content and other metadata (%s); a published version never changes (devices may run it): publish the change as a new version",
+					m.Kind, m.Name, m.Version, ErrMetadataConflict, p, diff)
 			}
-			return fmt.Errorf("publish %s %s %s: %w (existing %s, sha256 %s)", m.Kind, m.Name, m.Version, ErrConflict, p, hex.EncodeToString(tf.Hashes["sha256"]))
+			res.Unchanged = true
+			res.SHA256, res.Length = hex.EncodeToString(tf.Hashes["sha256"]), tf.Length
+			return errNothingToDo
 		}
 		if err := t.r.notRetiredOtherwise(&m, sum, n); err != nil {
 			return err
 		}
-		if m.Kind == artifact.KindModel && m.Probe == "" {
-			// A probe set published beforehand for the same name+version gates this model.
-			probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
-			if _, ok := targets[probe]; ok {
-				m.Probe = probe
-			}
-		}
-		if m.Probe != "" {
-			if _, ok := t.st.Targets[RoleModels].Signed.Targets[m.Probe]; !ok {
-				return fmt.Errorf("publish %s: %w: probe set %s is not published (publish it first)", tpath, ErrInvalid, m.Probe)
-			}
+		if err := linkProbe(&m, probeSets(t.st)); err != nil {
+			return fmt.Errorf("publish %s: %w; nothing was published", tpath, err)
 		}
 		custom, err := json.Marshal(m)
 		if err != nil {
@@ -282,6 +308,113 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 		res.Version = st.Targets[role].Signed.Version
 	}
 	return res, nil
+}
+
+// signedCustom is the custom metadata signed for tf (the zero Meta when it has none).
+func signedCustom(tf *metadata.TargetFiles) artifact.Meta {
+	var m artifact.Meta
+	if tf.Custom != nil {
+		json.Unmarshal(*tf.Custom, &m)
+	}
+	return m
+}
+
+// metaDiff describes how the custom metadata want differs from signed, field by field
+// as signed ("gates: signed {...}, now {...}"; "none" for a field one side lacks), or
+// returns "" when they are the same. Encryption is left out: the repository writes it
+// (a fresh content key each time), and the caller compares the plaintexts. An empty
+// gate set counts as none.
+func metaDiff(signed, want artifact.Meta) string {
+	fields := func(m artifact.Meta) map[string]any {
+		m.Encryption = nil
+		if m.Gates != nil && *m.Gates == (artifact.Gates{}) {
+			m.Gates = nil
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return map[string]any{"": err.Error()}
+		}
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.UseNumber()
+		var out map[string]any
+		if err := d.Decode(&out); err != nil {
+			return map[string]any{"": err.Error()}
+		}
+		return out
+	}
+	a, b := fields(signed), fields(want)
+	all := maps.Clone(a)
+	maps.Copy(all, b)
+	keys := slices.Sorted(maps.Keys(all))
+	show := func(v any, ok bool) string {
+		if !ok {
+			return "none"
+		}
+		s, _ := json.Marshal(v)
+		return string(s)
+	}
+	var diffs []string
+	for _, k := range keys {
+		va, oka := a[k]
+		vb, okb := b[k]
+		if oka != okb || !reflect.DeepEqual(va, vb) {
+			diffs = append(diffs, fmt.Sprintf("%s: signed %s, now %s", k, show(va, oka), show(vb, okb)))
+		}
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// probeSets are the targets of the models role, which signs the probe sets (nil when
+// the repository has no such role).
+func probeSets(st *State) map[string]*metadata.TargetFiles {
+	if md, ok := st.Targets[RoleModels]; ok {
+		return md.Signed.Targets
+	}
+	return nil
+}
+
+// probeOf is the probe set a model m is linked to when published now: the one it names,
+// or else the probe set published beforehand for its name and version, if any.
+func probeOf(m *artifact.Meta, probes map[string]*metadata.TargetFiles) string {
+	if m.Probe != "" || m.Kind != artifact.KindModel {
+		return m.Probe
+	}
+	probe := artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json")
+	if _, ok := probes[probe]; ok {
+		return probe
+	}
+	return ""
+}
+
+// linkProbe fills in m.Probe (probeOf) and refuses, wrapping ErrInvalid, a probe set
+// that is not published, and a model with gates but no probe set (ErrNoProbeSet). It
+// reads probes and changes nothing else.
+func linkProbe(m *artifact.Meta, probes map[string]*metadata.TargetFiles) error {
+	m.Probe = probeOf(m, probes)
+	if m.Probe != "" {
+		if _, ok := probes[m.Probe]; !ok {
+			return fmt.Errorf("%w: probe set %s is not published (publish it first)", ErrInvalid, m.Probe)
+		}
+		return nil
+	}
+	if m.Kind == artifact.KindModel && m.Gates != nil {
+		return fmt.Errorf("%w: the gates (%s) are judged on the probe set, none is named and %s is not published: publish the probe set first (edgeward publish --kind probe --name %s --version %s FILE), or name a published one with --probe",
+			ErrNoProbeSet, gateList(*m.Gates), artifact.TargetPath(artifact.KindProbe, m.Name, m.Version, ".json"), m.Name, m.Version)
+	}
+	return nil
+}
+
+// gateList writes gates as the --gates flag takes them: "min_accuracy=0.95,max_p99_ms=5".
+func gateList(g artifact.Gates) string {
+	b, _ := json.Marshal(g)
+	var set map[string]string
+	json.Unmarshal(b, &set)
+	var out []string
+	for k, v := range set {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }
 
 // receiveBlob copies r into DIR/blobs/incoming/<random>, hashing it, with a fixed buffer.

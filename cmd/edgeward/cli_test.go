@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -83,7 +84,13 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("publish with a wrong passphrase = %v", err)
 	}
 	c.env["EDGEWARD_PASSPHRASE"] = "s3cret"
-	out = c.must("publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", "--gates", "min_accuracy=0.95,max_p99_ms=5", "--custom", `{"owner":"vision"}`, model)
+	// Gates are judged on the probe set: a gated model before its probe set is refused.
+	gated := []string{"publish", "--kind", "model", "--name", "iris", "--version", "1.0.0", "--gates", "min_accuracy=0.95,max_p99_ms=5", "--custom", `{"owner":"vision"}`, model}
+	if _, _, err := c.run(gated...); !errors.Is(err, repository.ErrNoProbeSet) || !strings.Contains(err.Error(), "publish the probe set first") {
+		t.Fatalf("gated model before its probe set = %v; want ErrNoProbeSet", err)
+	}
+	c.must("publish", "--kind", "probe", "--name", "iris", "--version", "1.0.0", writeTemp(t, "probe.json", `{"inputs":[[5.1,3.5,1.4,0.2]],"labels":[0]}`))
+	out = c.must(gated...)
 	if !strings.Contains(out, "published models/iris/1.0.0.onnx") {
 		t.Fatalf("publish output: %s", out)
 	}
@@ -114,7 +121,8 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if err := json.Unmarshal([]byte(c.must("repo", "status", "--json")), &status); err != nil {
 		t.Fatal(err)
 	}
-	if len(status.Targets) != 1 || status.Targets[0].Meta.Gates.MinAccuracy != 0.95 || string(status.Targets[0].Meta.Extra["owner"]) != `"vision"` {
+	if len(status.Targets) != 2 || status.Targets[0].Path != "models/iris/1.0.0.onnx" || status.Targets[0].Meta.Probe != "probes/iris/1.0.0.json" ||
+		status.Targets[0].Meta.Gates.MinAccuracy != 0.95 || string(status.Targets[0].Meta.Extra["owner"]) != `"vision"` {
 		t.Fatalf("status targets = %+v", status.Targets)
 	}
 
@@ -174,16 +182,16 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	c.must("audit", "export", "-o", export)
 	os.WriteFile(pub, []byte(c.must("audit", "pubkey")), 0o644)
 	out = c.must("audit", "verify", export, "--key", pub, "--state", state)
-	// init, publish, targets and models renewed, root v2 proposed, signed twice,
-	// published, models rotated, root v3 proposed
-	if !strings.Contains(out, "ok: 10 records") || !strings.Contains(out, "last-seen now holds checkpoint 10") {
+	// init, publish (probe set, model), targets and models renewed, root v2 proposed,
+	// signed twice, published, models rotated, root v3 proposed
+	if !strings.Contains(out, "ok: 11 records") || !strings.Contains(out, "last-seen now holds checkpoint 11") {
 		t.Fatalf("audit verify: %s", out)
 	}
 	// One record with its inclusion proof, checked alone against the state.
 	proof := filepath.Join(dir, "proof.json")
-	c.must("audit", "prove", "2", "--state", state, "-o", proof)
+	c.must("audit", "prove", "3", "--state", state, "-o", proof)
 	out = c.must("audit", "verify", "--proof", proof, "--key", pub, "--state", state)
-	if !strings.Contains(out, "ok: record 2 (repo.publish models/iris/1.0.0.onnx") {
+	if !strings.Contains(out, "ok: record 3 (repo.publish models/iris/1.0.0.onnx") {
 		t.Fatalf("audit verify --proof: %s", out)
 	}
 	// The checkpoint key leaves the data directory; the log goes on, signed by it.
@@ -195,7 +203,7 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 		t.Fatalf("the audit key is still in the data directory: %v", m)
 	}
 	c.must("audit", "export", "-o", export)
-	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 10 records") {
+	if out := c.must("audit", "verify", export, "--key", pub, "--state", state); !strings.Contains(out, "ok: 11 records") {
 		t.Fatalf("audit verify after move-key: %s", out)
 	}
 	// A state file that exists but is empty (truncated, or a failed restore) is refused
@@ -270,6 +278,8 @@ func TestServerProcess(t *testing.T) {
 	tok := strings.TrimSpace(runBin("token", "create", "--name", "rita", "--role", "release-manager"))
 	tok = tok[strings.LastIndex(tok, "\n")+1:]
 	model2 := writeTemp(t, "m2.onnx", "api bytes")
+	// Its gates need its probe set, published first.
+	runBin("publish", "--kind", "probe", "--name", "m", "--version", "2.0.0", writeTemp(t, "probe.json", `{"inputs":[[1]],"labels":[0]}`))
 	// With --tls-listen the plain listener does not serve the operator API: a valid
 	// token sent there is refused (403) and nothing is published.
 	args := []string{"publish", "--server", url, "--token", tok, "--kind", "model", "--name", "m", "--version", "2.0.0", "--gates", "min_accuracy=0.5", model2}

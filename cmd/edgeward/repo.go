@@ -928,7 +928,7 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		return err
 	}
 	if res.Unchanged {
-		fmt.Fprintf(env.stdout, "%s already published with the same content (sha256 %s)\n", res.Path, res.SHA256)
+		fmt.Fprintf(env.stdout, "%s already published with the same content and metadata (sha256 %s)\n", res.Path, res.SHA256)
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "published %s (%d bytes, sha256 %s) signed by %s v%d\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
