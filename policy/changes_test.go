@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"context"
 	"errors"
 	"path/filepath"
 	"reflect"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Issue 15 item 9: an attestation-policy reload (for example to required: false) left
@@ -121,5 +123,72 @@ func TestChangesSummary(t *testing.T) {
 		if c["previous_digest"] != base.Digest || c["rollouts"] != 2 || c["attestation_required"] != true {
 			t.Errorf("%s: Changes = %v; want the previous digest, 2 rollouts, attestation required", tc.name, c)
 		}
+	}
+}
+
+// TestPolicyNotRecordedIsLoadedAgain: a policy that loaded but that OnChange could not
+// record (the audit log's disk full) is loaded again by Run after a backoff, with no
+// change to the directory, and goes into force once it can be recorded. Before, it
+// stayed out of force until the directory changed again or the server restarted
+// (found from outside, 2 Dec). A policy rejected for its files is not loaded again.
+func TestPolicyNotRecordedIsLoadedAgain(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV1)
+	var mu sync.Mutex
+	full, calls := false, 0
+	w, err := NewWatcher(WatcherConfig{Dir: dir, Debounce: 10 * time.Millisecond, RetryAfter: 50 * time.Millisecond, OnChange: func(old, new *Policy) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if full {
+			return errors.New("database or disk is full")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go w.Run(ctx)
+	before := w.Policy().Digest
+	mu.Lock()
+	full = true
+	mu.Unlock()
+	changed := w.Changed()
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV2)
+	select {
+	case <-changed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no load after the change")
+	}
+	if w.Policy().Digest != before || w.Status().Err == nil {
+		t.Fatalf("with the audit log full: policy %s, status %+v; want the old policy and the error", w.Policy().Digest, w.Status())
+	}
+	time.Sleep(300 * time.Millisecond) // retried meanwhile, still full
+	mu.Lock()
+	retried := calls
+	full = false
+	mu.Unlock()
+	if retried < 3 {
+		t.Errorf("OnChange called %d times while full; want the load retried", retried)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for w.Policy().Digest == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the policy was not put in force after the disk had room again: status %+v", w.Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if w.Status().Err != nil {
+		t.Errorf("status after it went into force: %+v", w.Status())
+	}
+	// A file the parser rejects is not retried: only its next change loads it again.
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), "rollouts: [\n")
+	time.Sleep(300 * time.Millisecond)
+	n := w.Status().Reloads
+	time.Sleep(300 * time.Millisecond)
+	if again := w.Status().Reloads; again != n {
+		t.Errorf("a rejected file was loaded %d more times without a change", again-n)
 	}
 }

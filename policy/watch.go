@@ -38,6 +38,11 @@ type WatcherConfig struct {
 	// server audits it with Changes). If it fails, the new policy is not put in force:
 	// the reload counts as failed with its error, and the old policy stays.
 	OnChange func(old, new *Policy) error
+	// RetryAfter is how long Run waits, at first, before it loads again a policy that
+	// OnChange failed to record (the audit log's database full or away), doubling up
+	// to a minute: a policy directory that does not change again would otherwise stay
+	// out of force after the cause went. Zero means 2 s.
+	RetryAfter time.Duration
 	// LastGood, if set, is a file (outside Dir) in which the watcher keeps a copy of the
 	// files of the policy in force, rewritten (atomically) each time another policy is
 	// put in force. When Dir does not load at start, NewWatcher starts from that copy,
@@ -92,6 +97,9 @@ type ReloadStatus struct {
 // (One typo in a hand-edited file took the server down at its next restart, and with it
 // TUF metadata and check-ins for the whole fleet: found from outside.)
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = 2 * time.Second
+	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
 	}
@@ -190,7 +198,7 @@ func (w *Watcher) Reload() error {
 	if err == nil && w.cfg.OnChange != nil {
 		if old := w.Policy(); old.Digest != p.Digest {
 			if cerr := w.cfg.OnChange(old, p); cerr != nil {
-				err = fmt.Errorf("policy %s not put in force: %w", p.Digest, cerr)
+				err = &notInForceError{digest: p.Digest, err: cerr}
 			}
 		}
 	}
@@ -216,6 +224,19 @@ func (w *Watcher) Reload() error {
 	w.changed = make(chan struct{})
 	return err
 }
+
+// notInForceError is a policy that loaded but that OnChange could not record: loaded
+// again later, it may go into force without any change to its files.
+type notInForceError struct {
+	digest string
+	err    error
+}
+
+func (e *notInForceError) Error() string {
+	return fmt.Sprintf("policy %s not put in force: %v", e.digest, e.err)
+}
+
+func (e *notInForceError) Unwrap() error { return e.err }
 
 // load reads and parses the directory, returning the files it parsed.
 func (w *Watcher) load() (*Policy, []File, error) {
@@ -271,10 +292,28 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 	}()
 	dir := filepath.Clean(w.cfg.Dir)
+	// A policy OnChange could not record is loaded again after a backoff, whether or
+	// not the directory changes: before, it stayed out of force until the next change
+	// of the directory or a restart, while `rollout create` had answered that it was
+	// written (found from outside, 2 Dec: a disk full for a moment).
+	var again <-chan time.Time
+	var backoff time.Duration
+	reload := func() {
+		var nf *notInForceError
+		if err := w.Reload(); !errors.As(err, &nf) {
+			again, backoff = nil, 0 // in force, or rejected for its files: their next change
+			return
+		}
+		backoff = min(max(2*backoff, w.cfg.RetryAfter), time.Minute)
+		again = time.After(backoff)
+		w.log.Warn("policy not put in force: loading it again", "in", backoff.String())
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-again:
+			reload()
 		case ev, ok := <-w.fsw.Events:
 			if !ok {
 				return nil
@@ -311,7 +350,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			}
 			w.log.Error("policy watch", "dir", w.cfg.Dir, "err", err)
 		case <-timer.C:
-			_ = w.Reload() // recorded in Status and the metrics
+			reload() // recorded in Status and the metrics
 		}
 	}
 }
