@@ -86,8 +86,8 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	if _, err := os.Stat(r.path("edgeward-repo.json")); err == nil {
 		return nil, fmt.Errorf("%s already holds a repository", cfg.Dir)
 	}
-	if ents, _ := os.ReadDir(r.MetadataDir()); len(ents) > 0 {
-		return nil, fmt.Errorf("%s already holds metadata", r.MetadataDir())
+	if unfinishedInit(r) {
+		return nil, errUnfinishedInit(cfg.Dir)
 	}
 	offDir := opt.OfflineKeyDir
 	if offDir == "" {
@@ -235,4 +235,19 @@ func rootToGenerate(opt InitOptions) int {
 		return 0
 	}
 	return opt.RootKeys
+}
+
+// unfinishedInit reports whether r's directory holds metadata without the settings file
+// Init writes last (edgeward-repo.json): an Init that was killed or failed part way.
+func unfinishedInit(r *Repo) bool {
+	ents, _ := os.ReadDir(r.MetadataDir())
+	return len(ents) > 0
+}
+
+// errUnfinishedInit says what to do with a directory an Init did not finish: neither
+// the server nor Init would touch it, and neither said how out (found from outside,
+// 2 Dec: 'repo init' killed after the metadata, before edgeward-repo.json).
+func errUnfinishedInit(dir string) error {
+	return fmt.Errorf("%s holds metadata but no edgeward-repo.json, which 'edgeward repo init' writes last: an init that did not finish (killed or failed part way). "+
+		"Nothing can have been served or published from it: remove the directory (its metadata and keys; and --offline-keys' directory if one was given) and run 'edgeward repo init %s' again", dir, dir)
 }

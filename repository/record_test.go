@@ -129,4 +129,20 @@ func TestInitFailsClosed(t *testing.T) {
 	if _, err := Open(Config{Dir: dir}); err == nil {
 		t.Error("Open after an unrecorded Init succeeded; want no repository")
 	}
+	// What is left names itself, and says how out: Open and a new Init both say the
+	// init did not finish and to remove the directory (before, Open said to run init
+	// and init refused: "already holds metadata"). Removed, Init starts over.
+	_, openErr := Open(Config{Dir: dir})
+	_, initErr := Init(context.Background(), Config{Dir: dir, KDF: KDFParams{N: 1 << 10}}, InitOptions{Passphrase: []byte(testPass)})
+	for _, err := range []error{openErr, initErr} {
+		if err == nil || !strings.Contains(err.Error(), "an init that did not finish") || !strings.Contains(err.Error(), "remove the directory") {
+			t.Errorf("on an unfinished init's directory: %v; want it named, with the way out", err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Init(context.Background(), Config{Dir: dir, KDF: KDFParams{N: 1 << 10}}, InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Errorf("Init after the directory was removed: %v", err)
+	}
 }

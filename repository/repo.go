@@ -157,6 +157,9 @@ func Open(cfg Config) (*Repo, error) {
 	data, err := os.ReadFile(r.path("edgeward-repo.json"))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
+			if unfinishedInit(r) {
+				return nil, fmt.Errorf("%s is not an edgeward repository: %w", cfg.Dir, errUnfinishedInit(cfg.Dir))
+			}
 			return nil, fmt.Errorf("%s is not an edgeward repository (no edgeward-repo.json): create one with 'edgeward repo init %s', or name an existing one with --repo or $EDGEWARD_REPO", cfg.Dir, cfg.Dir)
 		}
 		return nil, err
