@@ -2,8 +2,10 @@ package fleet
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/wire"
@@ -122,5 +124,20 @@ func TestInfrastructureIsNotCountedInTheSuccessRate(t *testing.T) {
 	only := ComputeRollout("r", t0, reports[:2])
 	if only.SuccessRate != 0 || only.Retried != 2 || only.Committed != 0 {
 		t.Errorf("ComputeRollout of retried attempts only = %+v", only)
+	}
+}
+
+// TestCauseKeyKeepsFiguresWhole: a long cause groups failures cut at a word, marked
+// cut, and valid UTF-8; a probe's figures within the first 200 bytes are whole (cut
+// at 80 bytes, "(accuracy 0.32" lost its figures, found from outside, 2 Dec).
+func TestCauseKeyKeepsFiguresWhole(t *testing.T) {
+	probe := "trial of model vibration 2.0.0 failed its gates on probe set probes/vibration/2.0.0.json (400 rows, 3 classes): (accuracy 0.3212 < min_accuracy 0.85)"
+	if got := causeKey(wire.Report{Outcome: wire.OutcomeProbeFailed, Cause: probe}); got != "probe_failed: "+probe {
+		t.Errorf("causeKey = %q; want the whole cause", got)
+	}
+	long := strings.Repeat("é mot ", 100)
+	got := causeKey(wire.Report{Outcome: wire.OutcomeInstallError, Cause: long})
+	if !utf8.ValidString(got) || !strings.HasSuffix(got, " …") || len(got) > len("install_error: ")+maxCauseKey+len(" …") || strings.HasSuffix(strings.TrimSuffix(got, " …"), " m") {
+		t.Errorf("causeKey of a long cause = %q; want it cut at a word, marked, valid UTF-8", got)
 	}
 }
