@@ -269,7 +269,7 @@ func principal(r *http.Request) fleet.Principal {
 //	body: the target's bytes
 func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	if o.cfg.Signing == nil {
-		writeError(w, http.StatusServiceUnavailable, "this server holds no signing keys for delegated roles; publish with 'edgeward publish' on the repository")
+		writeError(w, http.StatusServiceUnavailable, `this server holds no signing keys for delegated roles (it was started without --sign-delegated): publish on the repository directory instead, where the keys are: 'edgeward publish --server "" --repo DIR …' (an empty --server overrides $EDGEWARD_SERVER)`)
 		return
 	}
 	q := r.URL.Query()

@@ -513,3 +513,28 @@ func TestUsageNeverShowsSecrets(t *testing.T) {
 		t.Errorf("--token other = %q, %v", op.token, err)
 	}
 }
+
+// TestMistypedValuesSayWhatIsWanted: a duration the flag package cannot parse says what
+// a duration looks like (it said only "parse error"), and --waves blames the part that
+// is wrong: a third part is "approve" (a typo there was blamed on the soak).
+func TestMistypedValuesSayWhatIsWanted(t *testing.T) {
+	c := newCLI(t)
+	_, _, err := c.run("token", "create", "--role", "auditor", "--name", "x", "--ttl", "30d")
+	if err == nil || !strings.Contains(err.Error(), `--ttl "30d": want a duration such as 90s, 30m or 720h`) {
+		t.Errorf("token create --ttl 30d = %v; want what a duration looks like", err)
+	}
+	for _, tc := range []struct{ waves, want string }{
+		{"50:1h:aprove", `"aprove": want approve`},
+		{"50:aprove", `soak "aprove": want a duration such as 30m or 2h`},
+		{"50:10:approve", `soak "10": want a duration`},
+		{"50:1h:approve:x", `want PERCENT[:SOAK][:approve]`},
+	} {
+		if _, err := parseWaves(tc.waves); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--waves %s = %v; want %q", tc.waves, err, tc.want)
+		}
+	}
+	w, err := parseWaves("1:30m,10:1h:approve,50:approve,100")
+	if err != nil || len(w) != 4 || w[1].Soak != "1h" || !w[1].Approval || !w[2].Approval || w[2].Soak != "" {
+		t.Errorf("parseWaves = %+v, %v", w, err)
+	}
+}

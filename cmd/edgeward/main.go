@@ -31,8 +31,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/buildinfo"
 	"github.com/edgeward/edgeward/internal/completion"
@@ -185,7 +187,7 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			return nil, explainFlagError(fs, err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -221,4 +223,27 @@ func cmdCompletion(ctx context.Context, env *cliEnv, args []string) error {
 		names = append(names, c.name)
 	}
 	return completion.Write(env.stdout, pos[0], "edgeward", names)
+}
+
+// badValueRE matches the flag package's error for a value its flag cannot parse.
+var badValueRE = regexp.MustCompile(`^invalid value "(.*)" for flag -([^:]+): `)
+
+// explainFlagError adds to the flag package's error for a duration it could not parse
+// what a duration looks like: it said only "parse error" ('--ttl 30d', found from
+// outside, 2 Dec).
+func explainFlagError(fs *flag.FlagSet, err error) error {
+	m := badValueRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	f := fs.Lookup(m[2])
+	if f == nil {
+		return err
+	}
+	if g, ok := f.Value.(flag.Getter); ok {
+		if _, isDuration := g.Get().(time.Duration); isDuration {
+			return fmt.Errorf("--%s %q: want a duration such as 90s, 30m or 720h (units ms, s, m, h; a day is 24h)", m[2], m[1])
+		}
+	}
+	return err
 }

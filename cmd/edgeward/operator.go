@@ -252,13 +252,20 @@ func parseWaves(s string) ([]policy.WaveSpec, error) {
 			return nil, fmt.Errorf("--waves: %q: want PERCENT[:SOAK][:approve]", item)
 		}
 		w := policy.WaveSpec{Percent: pct}
-		for _, p := range parts[1:] {
+		if len(parts) > 3 {
+			return nil, fmt.Errorf("--waves: %q: want PERCENT[:SOAK][:approve]", item)
+		}
+		for i, p := range parts[1:] {
 			switch {
 			case p == "approve" || p == "approval":
 				w.Approval = true
+			case i == 1:
+				// The soak comes second: a third part is only "approve" (a typo there was
+				// blamed on the soak: 'soak "aprove": invalid duration').
+				return nil, fmt.Errorf("--waves: %q: %q: want approve (PERCENT[:SOAK][:approve])", item, p)
 			case p != "":
 				if _, err := time.ParseDuration(p); err != nil {
-					return nil, fmt.Errorf("--waves: %q: soak %q: %w", item, p, err)
+					return nil, fmt.Errorf("--waves: %q: soak %q: want a duration such as 30m or 2h (units ms, s, m, h; a day is 24h), or approve", item, p)
 				}
 				w.Soak = p
 			}
@@ -367,7 +374,7 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 	}
 	fmt.Fprintln(w)
 	tw := newTab(w)
-	fmt.Fprintln(tw, "WAVE\tPERCENT\tDEVICES\tREPORTED\tOK\tFAILED\tFAILURE RATIO\tSOAK\tAPPROVAL")
+	fmt.Fprintln(tw, "WAVE\tPERCENT\tDEVICES\tREPORTED\tOK\tFAILED\tFAILURE RATIO\tPAUSES AT\tSOAK\tAPPROVAL")
 	for i, wv := range st.Waves {
 		mark := ""
 		if i == st.State.Wave && !st.State.Started.IsZero() {
@@ -380,7 +387,9 @@ func printRolloutStatus(w io.Writer, st fleet.RolloutStatus, events int, now tim
 		case wv.Approval:
 			approval = "needed"
 		}
-		fmt.Fprintf(tw, "%d%s\t%g%%\t%d\t%d\t%d\t%d\t%.0f%%\t%s\t%s\n", i, mark, wv.Percent, wv.Devices, wv.Reported, wv.Succeeded, wv.Failed, wv.Ratio*100, wv.Soak, approval)
+		// The auto-pause thresholds, which the status did not show (found from outside).
+		pauses := fmt.Sprintf(">%g%% of >=%d", wv.MaxFailureRatio*100, wv.MinReports)
+		fmt.Fprintf(tw, "%d%s\t%g%%\t%d\t%d\t%d\t%d\t%.0f%%\t%s\t%s\t%s\n", i, mark, wv.Percent, wv.Devices, wv.Reported, wv.Succeeded, wv.Failed, wv.Ratio*100, pauses, wv.Soak, approval)
 	}
 	tw.Flush()
 	if !st.State.CountSince.IsZero() {

@@ -143,7 +143,7 @@ func TestCLIRollouts(t *testing.T) {
 	}
 	aud := s.cli(t, fleet.RoleAuditor)
 	out = aud.must("rollout", "status", "vib-2")
-	for _, want := range []string{"rollout vib-2: model vibration 2.0.0 — paused", "reason: probe drift", "selected devices: 3", "WAVE", "34%", "KPIs: 0 attempts", "paused", "operator:release-manager-op"} {
+	for _, want := range []string{"rollout vib-2: model vibration 2.0.0 — paused", "reason: probe drift", "selected devices: 3", "WAVE", "34%", "PAUSES AT", ">20% of >=3", "KPIs: 0 attempts", "paused", "operator:release-manager-op"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rollout status lacks %q:\n%s", want, out)
 		}

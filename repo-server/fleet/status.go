@@ -50,6 +50,10 @@ type WaveStatus struct {
 	Percent  float64       `json:"percent"`
 	Soak     time.Duration `json:"soak"`
 	Approval bool          `json:"approval,omitempty"`
+	// MaxFailureRatio and MinReports are the wave's auto-pause thresholds: it pauses the
+	// rollout once more than MaxFailureRatio of at least MinReports reports failed.
+	MaxFailureRatio float64 `json:"max_failure_ratio"`
+	MinReports      int     `json:"min_reports"`
 	// Devices is the number of selected devices in this wave (not counting earlier ones).
 	Devices int `json:"devices"`
 	policy.WaveStat
@@ -119,7 +123,8 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	}
 	stats := policy.WaveStats(r, reps, st.CountSince)
 	for i, w := range r.Waves {
-		out.Waves = append(out.Waves, WaveStatus{Percent: w.Percent, Soak: w.Soak, Approval: w.Approval, Devices: perWave[i], WaveStat: stats[i]})
+		out.Waves = append(out.Waves, WaveStatus{Percent: w.Percent, Soak: w.Soak, Approval: w.Approval, MaxFailureRatio: w.MaxFailureRatio, MinReports: w.MinReports,
+			Devices: perWave[i], WaveStat: stats[i]})
 	}
 	out.KPI = ComputeRollout(id, st.Started, reps)
 	for _, pct := range []float64{50, 90, 100} {
