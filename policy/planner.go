@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/wire"
@@ -160,8 +161,8 @@ func WaveStats(r *Rollout, reports []wire.Report, since time.Time) []WaveStat {
 // In order: a zero state is started (first wave). An aborted rollout does not change.
 // If any started wave has at least MinReports reports (or, once it soaked, when fewer,
 // as many as the devices it offered the target to: WaveStat.Offered) and a failure ratio above
-// MaxFailureRatio, or the started waves together have at least the current wave's
-// MinReports reports and a failure ratio above its MaxFailureRatio, the rollout pauses
+// MaxFailureRatio, or the started waves that could not be judged alone together have
+// enough reports and a failure ratio above the most lenient of theirs, the rollout pauses
 // itself, completed or not: a completed rollout still offers its target. A paused
 // rollout waits for Resume. Otherwise, once the
 // current wave has soaked, the next wave starts, unless it needs an approval not yet
@@ -248,23 +249,34 @@ func PlanStats(r *Rollout, s RolloutState, stats []WaveStat, now time.Time) (Rol
 			emit(EventAutoPaused, s.Reason)
 		}
 	}
-	// The waves started so far, judged together: waves of fewer devices than their
-	// MinReports are never judged alone (until they soak), so a small fleet whose
-	// waves each hold a device or two, or waves without soaks (all started at once),
-	// never paused however many devices failed (found from outside, 2 Dec: four of
-	// four devices failed their probes, in three waves, and the rollout completed).
-	// Judged by the current wave's MinReports and MaxFailureRatio.
+	// The started waves too few of whose devices reported to be judged alone, judged
+	// together: waves of fewer devices than their MinReports are never judged alone
+	// (until they soak), so a small fleet whose waves each hold a device or two, or
+	// waves without soaks (all started at once), never paused however many devices
+	// failed (found from outside, 2 Dec: four of four devices failed their probes, in
+	// three waves, and the rollout completed). Judged by the most lenient of their
+	// thresholds (the largest MaxFailureRatio and MinReports), and without a wave
+	// judged alone already: a stricter wave after a lenient canary must not pause on
+	// the canary's failures, which its own threshold accepted (found in review).
 	if s.Wave > 0 && (s.status() == StatusActive || s.status() == StatusCompleted) {
-		var all WaveStat
+		var pool WaveStat
+		var ratio float64
+		need, waves := 0, []string{}
 		for i := 0; i <= s.Wave && i < len(stats); i++ {
-			all.Reported += stats[i].Reported
-			all.Failed += stats[i].Failed
+			w, st := r.Waves[i], stats[i]
+			soaked := i < s.Wave || s.status() == StatusCompleted || now.Sub(s.WaveStarted) >= w.Soak
+			if st.enough(w, soaked) {
+				continue
+			}
+			pool.Reported += st.Reported
+			pool.Failed += st.Failed
+			ratio, need = max(ratio, w.MaxFailureRatio), max(need, w.MinReports)
+			waves = append(waves, fmt.Sprint(i))
 		}
-		w := r.Waves[s.Wave]
-		if all.Reported > 0 && all.Reported >= w.MinReports {
-			if ratio := float64(all.Failed) / float64(all.Reported); ratio > w.MaxFailureRatio {
+		if len(waves) > 1 && pool.Reported > 0 && pool.Reported >= need {
+			if got := float64(pool.Failed) / float64(pool.Reported); got > ratio {
 				s.Status = StatusPaused
-				s.Reason = fmt.Sprintf("waves 0-%d together: %d of %d devices failed (%.0f%% > %.0f%%)", s.Wave, all.Failed, all.Reported, ratio*100, w.MaxFailureRatio*100)
+				s.Reason = fmt.Sprintf("waves %s together: %d of %d devices failed (%.0f%% > %.0f%%)", strings.Join(waves, ", "), pool.Failed, pool.Reported, got*100, ratio*100)
 				emit(EventAutoPaused, s.Reason)
 			}
 		}

@@ -334,7 +334,7 @@ func TestStartedWavesAreJudgedTogether(t *testing.T) {
 		if got.Status != tc.want {
 			t.Errorf("%+v: %s %q; want %s", tc.counts, got.Status, eventTypes(evs), tc.want)
 		}
-		if tc.want == StatusPaused && (!strings.Contains(got.Reason, "waves 0-2 together") || eventTypes(evs) != "auto_paused@2") {
+		if tc.want == StatusPaused && (!strings.Contains(got.Reason, "waves 0, 1, 2 together") || eventTypes(evs) != "auto_paused@2") {
 			t.Errorf("%+v: reason %q, events %q; want the waves judged together", tc.counts, got.Reason, eventTypes(evs))
 		}
 	}
@@ -348,5 +348,26 @@ func TestStartedWavesAreJudgedTogether(t *testing.T) {
 	got, _ := PlanStats(soaked, s, StatsOf(soaked, []Counts{{Failed: 2, Offered: 5}, {Failed: 1, Offered: 9}}), t0.Add(90*time.Minute))
 	if got.Status != StatusPaused {
 		t.Errorf("waves 0 and 1, 3 of 3 reports failed: %s; want paused", got.Status)
+	}
+	// A lenient canary judged alone, then a stricter wave: the canary's failures, which
+	// its own threshold accepted, do not pause the rollout once the stricter wave starts
+	// (they did when the waves were pooled under the current wave's threshold: found in
+	// review). Waves judged together take the most lenient of their thresholds.
+	mixed := &Rollout{ID: "vib", Target: r.Target, Waves: []Wave{
+		{Percent: 10, Soak: time.Hour, MaxFailureRatio: 0.5, MinReports: 10},
+		{Percent: 100, Soak: time.Hour, MaxFailureRatio: 0.05, MinReports: 10},
+	}}
+	if got, evs := PlanStats(mixed, s, StatsOf(mixed, []Counts{{Succeeded: 18, Failed: 2, Offered: 20}, {}}), t0.Add(90*time.Minute)); got.Status != StatusActive {
+		t.Errorf("lenient canary 2 of 20 failed, stricter wave started: %s %q %q; want active", got.Status, got.Reason, eventTypes(evs))
+	}
+	small := &Rollout{ID: "vib", Target: r.Target, Waves: []Wave{
+		{Percent: 10, Soak: time.Hour, MaxFailureRatio: 0.5, MinReports: 3},
+		{Percent: 100, Soak: time.Hour, MaxFailureRatio: 0.05, MinReports: 3},
+	}}
+	if got, _ := PlanStats(small, s, StatsOf(small, []Counts{{Succeeded: 1, Failed: 1, Offered: 2}, {Succeeded: 1, Offered: 9}}), t0.Add(90*time.Minute)); got.Status != StatusActive {
+		t.Errorf("1 of 3 failed together, the lenient threshold 50%%: %s %q; want active", got.Status, got.Reason)
+	}
+	if got, _ := PlanStats(small, s, StatsOf(small, []Counts{{Succeeded: 0, Failed: 2, Offered: 2}, {Succeeded: 1, Offered: 9}}), t0.Add(90*time.Minute)); got.Status != StatusPaused {
+		t.Errorf("2 of 3 failed together, over the lenient threshold 50%%: %s; want paused", got.Status)
 	}
 }
