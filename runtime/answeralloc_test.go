@@ -164,8 +164,8 @@ func TestAnswerReservationsAreEnough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a.overran || int64(len(a.b)) > a.taken || budget.used.Load() != a.taken {
-			t.Errorf("binary %v: wrote %d bytes, took %d (budget used %d), a piece written past its reservation: %v", bin != nil, len(a.b), a.taken, budget.used.Load(), a.overran)
+		if a.overran || int64(len(a.b)) > a.taken || int64(cap(a.b)) > a.taken || budget.used.Load() != a.taken {
+			t.Errorf("binary %v: wrote %d bytes in a buffer of %d, took %d (budget used %d), a piece written past its reservation: %v", bin != nil, len(a.b), cap(a.b), a.taken, budget.used.Load(), a.overran)
 		}
 		var v struct {
 			Outputs []struct {

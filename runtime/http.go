@@ -277,8 +277,7 @@ func (r *Runtime) serveInfer(w http.ResponseWriter, req *http.Request, name, ver
 	if err != nil {
 		return statusOf(err), m, m.version, err
 	}
-	r.bodies.give(ab.taken - int64(len(ab.b))) // what the longest forms did not use
-	ab.taken = int64(len(ab.b))
+	ab.settle() // what the longest forms did not use
 	h := w.Header()
 	if bin != nil {
 		h["Content-Type"] = octetStreamType
@@ -401,30 +400,49 @@ const (
 )
 
 // reserve makes sure that more bytes may be appended to a.b, taking what is missing.
+// The buffer's capacity is counted too when it grows (doubling, counted first, or as
+// much of it as the budget has room for): counted by length only, a doubled buffer held up to twice what was counted until it was written
+// (found in review, 2 Dec).
 func (a *answerBuf) reserve(more int) error {
 	if int64(len(a.b)) > a.taken {
 		a.overran = true
 	}
 	need := int64(len(a.b)) + int64(more)
-	if need <= a.taken {
-		return nil
+	if need > a.taken {
+		// Ahead by at least answerStep, so that a small answer takes once: refused
+		// that, exactly what is missing.
+		if ahead := max(need, a.taken+answerStep); a.budget.take(ahead - a.taken) {
+			a.taken = ahead
+		} else if err := a.budget.takeFor(a.own+a.taken, need-a.taken); err != nil {
+			return err
+		} else {
+			a.taken = need
+		}
 	}
-	// Ahead by at least answerStep, so that a small answer takes once: refused that,
-	// exactly what is missing.
-	if ahead := max(need, a.taken+answerStep); a.budget.take(ahead - a.taken) {
-		need = ahead
-	} else if err := a.budget.takeFor(a.own+a.taken, need-a.taken); err != nil {
-		return err
-	}
-	a.taken = need
 	if need > int64(cap(a.b)) {
 		// Doubling, not append's quarter steps: those allocate five times the final
 		// size on the way to it.
-		b := make([]byte, len(a.b), max(need, 2*int64(cap(a.b))))
+		// Near the bound, as much of the doubling as the budget has room for (halving
+		// what is asked): growing by what each piece needs alone copied the answer
+		// once a piece.
+		c := max(need, 2*int64(cap(a.b)))
+		for c > a.taken && !a.budget.take(c-a.taken) {
+			c = a.taken + (c-a.taken)/2
+		}
+		a.taken = max(a.taken, c)
+		b := make([]byte, len(a.b), c)
 		copy(b, a.b)
 		a.b = b
 	}
 	return nil
+}
+
+// settle gives back what a.taken holds beyond the buffer that is kept: its capacity
+// (a pooled buffer's capacity, never counted, is not given back either).
+func (a *answerBuf) settle() {
+	keep := min(a.taken, max(int64(cap(a.b)), int64(len(a.b))))
+	a.budget.give(a.taken - keep)
+	a.taken = keep
 }
 
 // encode appends the answer to a.b: JSON alone when bin is nil, else a JSON header
