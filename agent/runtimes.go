@@ -463,7 +463,7 @@ func (r *Runtimes) Start(ctx context.Context, lib *Library, hold bool) (*Runtime
 	p.held = !hold && r.restarting
 	r.mu.Unlock()
 	os.Remove(sock)
-	args := []string{"--listen-fd", "3", "--control", "unix:" + sock, "--parent-pid", strconv.Itoa(os.Getpid())}
+	args := []string{"--listen-fd", "3", "--control", "unix:" + sock}
 	if r.GRPCListener != nil {
 		args = append(args, "--grpc-listen-fd", "4")
 	}
@@ -481,6 +481,9 @@ func (r *Runtimes) Start(ctx context.Context, lib *Library, hold bool) (*Runtime
 	cmd.ExtraFiles = files // fd 3, then fd 4 (gRPC), then the library
 	cmd.Stdout, cmd.Stderr = r.stderr(), r.stderr()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive the agent
+	// And, should that signal be lost, the runtime watches its parent (--parent-pid): in
+	// the environment, which a runtime from before that flag ignores.
+	cmd.Env = append(os.Environ(), "EDGEWARD_PARENT_PID="+strconv.Itoa(os.Getpid()))
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start runtime %s: %w", r.Binary, err)
 	}

@@ -81,7 +81,7 @@ func run(ctx context.Context, args []string) error {
 		grace    = fs.Duration("drain-grace", time.Second, "on SIGTERM, how long to keep serving with keep-alives off before closing idle connections")
 		logFmt   = fs.String("log-format", logging.JSON, "log format: json or text (the agent passes its own, so a device's log is one format)")
 		procs    = fs.String("gomaxprocs", "auto", "Go scheduler threads (GOMAXPROCS): auto (1 while ONNX Runtime's runs are short, which saves the wake-ups of idle threads around each request; the CPUs available while runs of 1 ms or more take 10 % of the time or more, so that they do not queue behind each other: runtime.ProcsPolicy, docs/BENCHMARKS.md), a number, or 0 for Go's default (the CPUs available). Unless given, the GOMAXPROCS environment variable wins")
-		parent   = fs.Int("parent-pid", 0, "drain and stop once this process is no longer this one's parent (the agent passes its own PID: should its parent-death signal be lost, an orphaned runtime would keep the inference port from the agent's next start); 0: no watch")
+		parent   = fs.Int("parent-pid", envInt("EDGEWARD_PARENT_PID"), "drain and stop once the parent this process had at start is gone (the agent sets $EDGEWARD_PARENT_PID to its own PID: should its parent-death signal be lost, an orphaned runtime would keep the inference port from the agent's next start); a parent at start other than this PID (a wrapper script between) is watched instead; 0: no watch (default $EDGEWARD_PARENT_PID)")
 		_        = fs.Bool("sysmon-awake", true, "keep Go's monitor thread (sysmon) from parking while the process is idle, so that the first system or cgo call of each request does not wake it and it does not retake the P of each run (GODEBUG schedtrace at its largest period, set by re-executing at start: one scheduler line on stderr once uptime reaches 24.8 days, then every 24.8 days). false: Go's default")
 	)
 	fs.StringVar(&cfg.LibraryPath, "ort-lib", os.Getenv("ONNXRUNTIME_LIB"), "ONNX Runtime shared library (default $ONNXRUNTIME_LIB)")
@@ -191,12 +191,21 @@ func run(ctx context.Context, args []string) error {
 	defer stop()
 	var orphaned <-chan struct{} // nil: never
 	if *parent != 0 {
-		orphaned = watchParent(sig, *parent, time.Second, os.Getppid)
+		// The parent at start is watched: the agent, or a wrapper between (which the
+		// agent's parent-death signal then ends). Already init's, the agent is gone.
+		start := os.Getppid()
+		if start != *parent {
+			log.Info("the runtime's parent is not the one named: watching the parent it has", "parent_pid", *parent, "ppid", start)
+		}
+		if start == 1 {
+			start = -1 // gone already: the watch ends at once
+		}
+		orphaned = watchParent(sig, start, time.Second, os.Getppid)
 	}
 	select {
 	case <-sig.Done():
 	case <-orphaned:
-		log.Warn("parent gone, draining", "parent_pid", *parent, "now", os.Getppid())
+		log.Warn("parent gone, draining", "parent_pid", *parent, "ppid", os.Getppid())
 	}
 
 	// Drain. First keep serving for a grace period with every response closing its
@@ -255,6 +264,12 @@ func watchParent(ctx context.Context, pid int, period time.Duration, getppid fun
 		close(gone)
 	}()
 	return gone
+}
+
+// envInt is the integer in the environment variable name, 0 if unset or not one.
+func envInt(name string) int {
+	n, _ := strconv.Atoi(os.Getenv(name))
+	return n
 }
 
 // gomaxprocs returns the GOMAXPROCS to start with and whether TuneProcs should adjust

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -515,14 +516,26 @@ func grepLines(b []byte, s string) string {
 // served on for good: seen once after an agent was killed in e2e, 40 minutes later.
 func TestOrphanedRuntimeDrains(t *testing.T) {
 	lib := ortLib(t)
+	bin := buildRuntime(t, t.TempDir())
+	// The shell starts the runtime in the background naming itself as the parent, says
+	// the runtime's PID, and waits. In the environment, as the agent does, it names
+	// another process (the test): the shell stands for a wrapper script between the
+	// agent and the runtime, and is the parent watched.
+	t.Run("flag", func(t *testing.T) {
+		orphanedRuntimeDrains(t, bin, lib, `--parent-pid $$`, nil)
+	})
+	t.Run("environment, a wrapper between", func(t *testing.T) {
+		orphanedRuntimeDrains(t, bin, lib, ``, []string{"EDGEWARD_PARENT_PID=" + strconv.Itoa(os.Getpid())})
+	})
+}
+
+func orphanedRuntimeDrains(t *testing.T, bin, lib, flag string, env []string) {
 	dir := t.TempDir()
-	bin := buildRuntime(t, dir)
 	logPath := filepath.Join(dir, "runtime.log")
 	sock := filepath.Join(dir, "c.sock")
-	// The shell starts the runtime in the background naming itself as the parent, says
-	// the runtime's PID, and waits.
-	script := `"$0" --ort-lib "$1" --listen 127.0.0.1:0 --control "unix:$2" --model "iris=1.0.0=$3" --drain-grace 100ms --parent-pid $$ 2>"$4" & echo $!; wait`
+	script := `"$0" --ort-lib "$1" --listen 127.0.0.1:0 --control "unix:$2" --model "iris=1.0.0=$3" --drain-grace 100ms ` + flag + ` 2>"$4" & echo $!; wait`
 	sh := exec.Command("sh", "-c", script, bin, lib, sock, irisModel(t), logPath)
+	sh.Env = append(os.Environ(), env...)
 	out, err := sh.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
