@@ -31,7 +31,7 @@ func (w *Watcher) saveLastGood(p *Policy, files []File) {
 	if w.cfg.LastGood == "" {
 		return
 	}
-	data, err := json.Marshal(lastGood{Dir: filepath.Clean(w.cfg.Dir), Digest: p.Digest, SavedAt: w.cfg.Now().UTC(), Files: files})
+	data, err := json.Marshal(lastGood{Dir: absDir(w.cfg.Dir), Digest: p.Digest, SavedAt: w.cfg.Now().UTC(), Files: files})
 	if err == nil {
 		err = durable.WriteFile(w.cfg.LastGood, data, 0o600)
 	}
@@ -60,7 +60,7 @@ func readLastGood(parser *Parser, path, dir string) (*Policy, error) {
 	if err := json.Unmarshal(data, &lg); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if lg.Dir != filepath.Clean(dir) {
+	if lg.Dir != absDir(dir) && lg.Dir != filepath.Clean(dir) { // Clean: a copy saved before absDir
 		return nil, fmt.Errorf("%s holds the policy of %s, not of %s", path, lg.Dir, dir)
 	}
 	p, err := parser.Parse(lg.Files...)
@@ -71,4 +71,13 @@ func readLastGood(parser *Parser, path, dir string) (*Policy, error) {
 		return nil, fmt.Errorf("%s: policy digest %s; the copy says %s", path, p.Digest, lg.Digest)
 	}
 	return p, nil
+}
+
+// absDir is dir as the copy names it: absolute, so that a relative --repo and an
+// absolute one for the same directory agree (the copy was refused, found in review).
+func absDir(dir string) string {
+	if a, err := filepath.Abs(dir); err == nil {
+		return a
+	}
+	return filepath.Clean(dir)
 }

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,5 +65,33 @@ func TestNewWatcherStartsFromLastGood(t *testing.T) {
 	writeFile(t, filepath.Join(other, "fleet.yaml"), "rollouts: {}\n")
 	if _, err := NewWatcher(WatcherConfig{Dir: other, LastGood: last}); err == nil || !strings.Contains(err.Error(), "not of "+other) {
 		t.Errorf("NewWatcher(another directory's copy) = %v; want a refusal", err)
+	}
+}
+
+// TestLastGoodKnowsItsDirectoryByAnyPath: the copy saved for a directory named by a
+// relative path serves a start that names it by its absolute path (a relative --repo,
+// then an absolute one: the copy was refused, found in review).
+func TestLastGoodKnowsItsDirectoryByAnyPath(t *testing.T) {
+	base := t.TempDir()
+	t.Chdir(base)
+	if err := os.Mkdir("policy", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(base, "policy", "fleet.yaml"), policyV1)
+	last := filepath.Join(base, "last-good.json")
+	w, err := NewWatcher(WatcherConfig{Dir: "policy", LastGood: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := w.Policy().Digest
+	w.Close()
+	writeFile(t, filepath.Join(base, "policy", "20-typo.yaml"), "rollouts: [\n")
+	w, err = NewWatcher(WatcherConfig{Dir: filepath.Join(base, "policy"), LastGood: last})
+	if err != nil {
+		t.Fatalf("start by the absolute path from the copy saved by the relative one: %v", err)
+	}
+	defer w.Close()
+	if w.Policy().Digest != good {
+		t.Errorf("policy in force %s; want the copy's %s", w.Policy().Digest, good)
 	}
 }

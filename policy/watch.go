@@ -203,25 +203,30 @@ func (w *Watcher) Reload() error {
 		}
 	}
 	now := w.cfg.Now()
+	save := false
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if err != nil {
 		w.rejectLocked(err, now)
 		w.log.Error("policy rejected; the last good policy stays in force", "dir", w.cfg.Dir, "err", err, "digest", w.st.Digest)
 	} else {
 		w.st.Reloads++
-		changed := p.Digest != w.st.Digest
-		if changed {
+		save = p.Digest != w.st.Digest
+		if save {
 			w.log.Info("policy loaded", "dir", w.cfg.Dir, "digest", p.Digest, "rollouts", len(p.Rollouts))
 		}
 		w.installLocked(p, now)
 		w.reloads.WithLabelValues("success").Inc()
-		if changed {
-			w.saveLastGood(p, files)
-		}
 	}
-	close(w.changed)
+	w.mu.Unlock()
+	// Outside w.mu, which every check-in takes (Policy): the copy's write and fsyncs
+	// held them all (found in review). reloadMu orders the copies.
+	if save {
+		w.saveLastGood(p, files)
+	}
+	w.mu.Lock()
+	close(w.changed) // after the copy: a waiter may read it
 	w.changed = make(chan struct{})
+	w.mu.Unlock()
 	return err
 }
 
