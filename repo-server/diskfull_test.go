@@ -99,10 +99,21 @@ func startRun(t *testing.T, cfg Config) (base string, stop func(), err error) {
 // fleet.db's -wal and -shm at the clean stop and could not create them again, and the
 // start failed with "fleet store: open sqlite …/fleet.db: disk I/O error (4874)":
 // nothing was served.
+//
+// With TLSListen (the embedded step-ca) too: WriteConfig rewrote stepca/ca.json at every
+// start, and the start failed "embedded step-ca: stepca: write …/ca.json: no space left
+// on device".
 func TestRunStartsOnAFullDisk(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts the whole server twice")
 	}
+	t.Run("plain", func(t *testing.T) { testRunStartsOnAFullDisk(t, Config{Listen: "127.0.0.1:0"}) })
+	t.Run("tls", func(t *testing.T) {
+		testRunStartsOnAFullDisk(t, Config{Listen: "127.0.0.1:0", TLSListen: "127.0.0.1:0"})
+	})
+}
+
+func testRunStartsOnAFullDisk(t *testing.T, cfg Config) {
 	dir := t.TempDir()
 	fill, free := smallDisk(t, dir, "16m")
 	repoDir := filepath.Join(dir, "repo")
@@ -110,7 +121,7 @@ func TestRunStartsOnAFullDisk(t *testing.T) {
 		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Dir: repoDir, Listen: "127.0.0.1:0"}
+	cfg.Dir = repoDir
 	_, stop, err := startRun(t, cfg)
 	if err != nil {
 		t.Fatalf("first start: %v", err)
