@@ -17,11 +17,15 @@ import (
 // (no turn within queueTimeout) and ErrClosed, a connection that failed or was lost,
 // PostgreSQL's connection, resource (53xxx: disk full, out of memory, too many
 // connections) and shutdown (57P01–57P03) errors, and sqlite's full disk or busy
-// database. A caller answers these 503 with Retry-After (a proxy then tries another
-// replica), not 500.
+// database, and every storage fault (writeFault: no space, an I/O error, a read-only
+// database). A caller answers these 503 with Retry-After (a proxy then tries another
+// replica), not 500; NoSpace says whether the disk is full.
 func Unavailable(err error) bool {
 	if err == nil {
 		return false
+	}
+	if writeFault(err) {
+		return true
 	}
 	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrClosed) || errors.Is(err, driver.ErrBadConn) || errors.Is(err, context.DeadlineExceeded) {
 		return true
