@@ -66,6 +66,9 @@ func (o *operatorAPI) fail(w http.ResponseWriter, r *http.Request, what string, 
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case fleet.NoSpace(err):
+		o.s.log.Warn("operator API: the fleet database's disk is full", "what", what, "err", err)
+		writeError(w, http.StatusServiceUnavailable, what+": the fleet database cannot take writes (its disk is full): try again later")
 	case fleet.Unavailable(err):
 		o.s.log.Warn("operator API: the fleet database is not answering", "what", what, "err", err)
 		writeError(w, http.StatusServiceUnavailable, what+": the fleet database is not answering: try again later")

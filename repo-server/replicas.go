@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/edgeward/edgeward/attest/attestca"
@@ -29,14 +30,29 @@ func (c Challenges) AddChallenge(ctx context.Context, ch attestca.Challenge, b a
 	if errors.Is(err, fleet.ErrChallengesFull) {
 		return attestca.ErrBusy
 	}
-	return err
+	return caUnavailable(err)
+}
+
+// caUnavailable is err, of the fleet store, marked attestca.ErrUnavailable (503 with
+// Retry-After) when it says the database cannot do the work for now
+// (fleet.Unavailable), and syscall.ENOSPC too when its disk is full: an enrollment on
+// a full disk was answered 500 "internal error".
+func caUnavailable(err error) error {
+	switch {
+	case err == nil || !fleet.Unavailable(err):
+		return err
+	case fleet.NoSpace(err):
+		return fmt.Errorf("%w: %w: %w", attestca.ErrUnavailable, syscall.ENOSPC, err)
+	default:
+		return fmt.Errorf("%w: %w", attestca.ErrUnavailable, err)
+	}
 }
 
 // TakeChallenge implements attestca.ChallengeStore.
 func (c Challenges) TakeChallenge(ctx context.Context, id string) (*attestca.Challenge, error) {
 	ch, err := c.Fleet.TakeChallenge(ctx, id)
 	if ch == nil || err != nil {
-		return nil, err
+		return nil, caUnavailable(err)
 	}
 	return &attestca.Challenge{ID: ch.ID, EKID: ch.EKID, Source: ch.Source, Secret: ch.Secret, AKPublic: ch.AKPublic,
 		TPM: protocol.TPMInfo{Manufacturer: ch.Manufacturer, Model: ch.Model, Version: ch.Version}, Expires: ch.Expires}, nil

@@ -568,7 +568,7 @@ func refuseDecommissionedEK(store *fleet.Store) func(ctx context.Context, ekID s
 		if errors.Is(err, fleet.ErrDecommissioned) {
 			err = fmt.Errorf("%w (%w): %w", attestca.ErrRefused, attestca.ErrRefusedForGood, err)
 		}
-		return err
+		return caUnavailable(err)
 	}
 }
 

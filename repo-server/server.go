@@ -586,7 +586,8 @@ const readyTimeout = 3 * time.Second
 
 // serveReady is /healthz and, when the server has a fleet store, a write transaction
 // through it within readyTimeout: 503 when the database cannot take writes now (cut off,
-// stopped, full, or behind a writer that does not let go). /healthz said 200 throughout
+// stopped, full, or behind a writer that does not let go; fleet.Store.Ready writes only
+// after a write failed for its storage, and says so until a write commits again). /healthz said 200 throughout
 // a database outage, and a load balancer kept sending devices to a replica whose every
 // check-in waited (found from outside, 2 Dec).
 func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
@@ -597,7 +598,11 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 		defer cancel()
 		if err := st.Ready(ctx); err != nil {
-			writeError(w, http.StatusServiceUnavailable, "the fleet database cannot take writes now")
+			msg := "the fleet database cannot take writes now"
+			if fleet.NoSpace(err) {
+				msg += ": its disk is full"
+			}
+			writeError(w, http.StatusServiceUnavailable, msg)
 			return
 		}
 	}

@@ -15,10 +15,12 @@ import (
 
 // OpenDB opens the server's database at where: a PostgreSQL URL (postgres://…), or a
 // sqlite file, created if needed, in WAL mode with full synchronous writes and a busy
-// timeout, so that several processes may share it.
+// timeout, so that several processes may share it, keeping its -wal and -shm files
+// when it closes as the fleet store does (durable.SQLite.KeepLog: a server whose disk
+// filled up while it was stopped opens them again in place).
 func OpenDB(ctx context.Context, where string) (*sql.DB, error) {
 	if !fleet.IsPostgres(where) {
-		return durable.OpenSQLite(ctx, where, durable.SQLite{})
+		return durable.OpenSQLite(ctx, where, durable.SQLite{KeepLog: true, WALAutoCheckpoint: sqliteDefaultCheckpoint})
 	}
 	db, err := fleet.OpenPostgres(where)
 	if err != nil {
@@ -31,6 +33,10 @@ func OpenDB(ctx context.Context, where string) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// sqliteDefaultCheckpoint is sqlite's default wal_autocheckpoint, which OpenDB keeps
+// (KeepLog alone would checkpoint at every commit).
+const sqliteDefaultCheckpoint = 1000
 
 // DBLocation is the server's database: db when set (a PostgreSQL URL, or a sqlite
 // file), else DBPath(dir).

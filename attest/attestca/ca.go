@@ -54,6 +54,11 @@ var (
 	ErrUnknownChallenge = errors.New("attestca: unknown or expired challenge")
 	// ErrBusy: too many pending challenges (HTTP 503).
 	ErrBusy = errors.New("attestca: too many pending challenges")
+	// ErrUnavailable is what a ChallengeStore or Config.Refuse wraps when its store
+	// cannot do the work for now (its database away or out of space), beside
+	// syscall.ENOSPC when the disk is full: HTTP 503 with Retry-After, which the device
+	// retries and a proxy passes to another replica, not 500.
+	ErrUnavailable = errors.New("attestca: enrollment cannot be stored now: try again later")
 	// ErrRefused is what Config.Refuse wraps to refuse an EK (then ErrRejected, 403);
 	// its other errors fail the request as the CA's own (500: it may be retried).
 	ErrRefused = errors.New("refused")

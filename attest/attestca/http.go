@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"syscall"
 
 	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/protocol"
@@ -98,12 +99,25 @@ func (ca *CA) respond(w http.ResponseWriter, r *http.Request, v any, err error) 
 	case errors.Is(err, ErrUnknownChallenge):
 		writeError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ErrBusy):
+		w.Header().Set("Retry-After", retryAfter)
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		// The store's own error stays in the log: it may name hosts and files.
+		ca.cfg.Logger.WarnContext(r.Context(), "attestation CA: its store cannot take the request now", "path", r.URL.Path, "err", err)
+		msg := ErrUnavailable.Error()
+		if errors.Is(err, syscall.ENOSPC) {
+			msg += " (the server's disk is full)"
+		}
+		w.Header().Set("Retry-After", retryAfter)
+		writeError(w, http.StatusServiceUnavailable, msg)
 	default:
 		ca.cfg.Logger.ErrorContext(r.Context(), "attestation CA failed", "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusInternalServerError, "internal error")
 	}
 }
+
+// retryAfter is the Retry-After of a 503, in seconds.
+const retryAfter = "5"
 
 // remoteHost is the request's remote IP address without the port, the source for
 // the per-source bound on pending challenges.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestUnreadableRootIsNotReplaced: a root certificate that exists but cannot be read
@@ -51,5 +53,40 @@ func TestUnreadableRootIsNotReplaced(t *testing.T) {
 	again, err := ensureCALocked(dir)
 	if err != nil || !again.Equal(root) {
 		t.Fatalf("ensureCA once the root is readable = %v; want the original root", err)
+	}
+}
+
+// TestConfigWrittenOnlyWhenItChanges: WriteConfig leaves ca.json alone when its content
+// would not change (the same file, not a new one renamed over it), so a start needs no
+// free space for it; a change (another certificate duration) is written. Before, every
+// start wrote a new ca.json, and a server whose disk had filled could not start.
+func TestConfigWrittenOnlyWhenItChanges(t *testing.T) {
+	dir := t.TempDir()
+	c := Config{Dir: dir, Address: "127.0.0.1:1"}
+	path, _, _, err := WriteConfig(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inode := func() uint64 {
+		t.Helper()
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	before := inode()
+	if _, _, _, err := WriteConfig(c); err != nil {
+		t.Fatal(err)
+	}
+	if after := inode(); after != before {
+		t.Errorf("ca.json after WriteConfig of the same config: inode %d, was %d; want the file left alone", after, before)
+	}
+	c.CertDuration = time.Hour
+	if _, _, _, err := WriteConfig(c); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || !bytes.Contains(b, []byte(`"1h0m0s"`)) {
+		t.Errorf("ca.json after a change of duration = %s, %v; want it rewritten with 1h0m0s", b, err)
 	}
 }

@@ -9,6 +9,7 @@
 package stepca
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -446,6 +447,12 @@ func WriteConfig(c Config) (path string, root *x509.Certificate, addr string, er
 		return "", nil, "", err
 	}
 	path = filepath.Join(state, ConfigFile)
+	// Written only when it changes: a rewrite at every start needs free blocks, and a
+	// server whose disk had filled up could not start ("stepca: write …/ca.json: no
+	// space left on device"; found from outside).
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		return path, root, addr, nil
+	}
 	if err := durable.WriteFile(path, b, 0o600); err != nil {
 		return "", nil, "", fmt.Errorf("stepca: %w", err)
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
+	"syscall"
 	"time"
 
 	"modernc.org/sqlite"
@@ -43,12 +46,14 @@ type SQLite struct {
 	// (synchronous=FULL) before it returns.
 	WALAutoCheckpoint int
 	// KeepLog keeps the write-ahead log and shared-memory index (-wal, -shm) when the
-	// last connection closes (SQLITE_FCNTL_PERSIST_WAL), for a device's databases:
-	// sqlite otherwise deletes them then and creates them again at the next open, which
-	// needs free blocks, so a device whose disk had filled up could not open its state
-	// after a restart ("disk I/O error", SQLITE_IOERR_SHMSIZE) and stopped serving.
-	// Kept, they are reused in place: the open checkpoints the kept log (RESTART), and
-	// every commit is checkpointed (WALAutoCheckpoint 1), so the next commit writes the
+	// last connection closes (SQLITE_FCNTL_PERSIST_WAL): sqlite otherwise deletes them
+	// then and creates them again at the next open, which needs free blocks, so a
+	// device whose disk had filled up could not open its state after a restart ("disk
+	// I/O error", SQLITE_IOERR_SHMSIZE) and stopped serving, and a server stopped
+	// cleanly could not start again on a full disk (not even to serve TUF metadata).
+	// Kept, they are reused in place. With WALAutoCheckpoint 1 (the default with
+	// KeepLog, a device's) the open checkpoints the kept log (RESTART), and every commit
+	// is checkpointed, so the next commit writes the
 	// log from its start again, over blocks it already has: a commit that rewrites pages
 	// the database has (a device's status rows) succeeds on a full disk for as long as
 	// the agent runs. With sqlite's default the log grew a page or so per commit until
@@ -57,8 +62,12 @@ type SQLite struct {
 	// after a restart. A kept log belongs to its database: sqlite deletes one it finds
 	// beside a missing or empty database (a wiped state starts empty), but one beside
 	// an older copy of the database would be replayed over it, so whoever copies or
-	// restores the database copies or removes its -wal and -shm with it. The server's
-	// databases, which operators back up and restore, do not keep theirs.
+	// restores the database copies or removes its -wal and -shm with it
+	// (docs/OPERATORS.md, "Backups and restore", says so for the server's fleet.db).
+	// With a larger WALAutoCheckpoint (the server's databases) the open does not
+	// checkpoint, and the log is written from its start again once it reached that size
+	// and was checkpointed: until then a commit on a full disk fails once the log
+	// outgrows the blocks it had.
 	KeepLog bool
 }
 
@@ -109,19 +118,22 @@ func OpenSQLite(ctx context.Context, path string, cfg SQLite) (*sql.DB, error) {
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+		return nil, fmt.Errorf("open sqlite %s: %w", path, namedCause(path, err))
 	}
 	if mode != "wal" {
 		db.Close()
 		return nil, fmt.Errorf("open sqlite %s: journal mode %q, want wal", path, mode)
 	}
-	if cfg.KeepLog {
+	if cfg.KeepLog && autoCheckpoint == 1 {
 		// A kept log's frames were copied into the database before it closed, but the
 		// index rebuilt at this open does not know it, and the next commit would append
 		// to the log, growing it (on a full disk: "database or disk is full"). A RESTART
 		// checkpoint marks them copied, so the next commit writes the log from its
 		// start, over blocks it already has. Best effort: if another process holds a
-		// read, the log is left as it is and grows as before.
+		// read, the log is left as it is and grows as before. Only when every commit is
+		// checkpointed: a RESTART blocks the other processes' writers while it copies
+		// the log, and a larger log (the server's) is written from its start again
+		// anyway once it reached its size and was checkpointed.
 		db.ExecContext(ctx, "PRAGMA wal_checkpoint(RESTART)")
 	}
 	return db, nil
@@ -146,4 +158,70 @@ func (p persistWAL) Connect(ctx context.Context) (driver.Conn, error) {
 		return nil, fmt.Errorf("sqlite: keep the write-ahead log: %w", err)
 	}
 	return conn, nil
+}
+
+// sqlite's primary result codes that a storage fault gives (the extended codes keep
+// them in their low byte).
+const (
+	sqliteReadOnly = 8  // SQLITE_READONLY: a read-only file or file system
+	sqliteIOErr    = 10 // SQLITE_IOERR: a read, write, fsync or -shm mapping failed
+	sqliteFull     = 13 // SQLITE_FULL: "database or disk is full"
+	sqliteCantOpen = 14 // SQLITE_CANTOPEN: a file (the -wal, the -shm) cannot be created
+)
+
+// sqliteCode is err's sqlite primary result code, or 0 if it has none.
+func sqliteCode(err error) int {
+	var e *sqlite.Error
+	if errors.As(err, &e) {
+		return e.Code() & 0xff
+	}
+	return 0
+}
+
+// lowSpace is the free space below which an I/O error of sqlite's is taken to be for
+// want of space: creating the -shm file takes 32 KiB, a commit a few pages of log.
+const lowSpace = 1 << 20
+
+// namedCause is err, of an operation on the database at path, joined with
+// syscall.ENOSPC when its file system is full and the error is one a full disk gives:
+// sqlite says "disk I/O error (4874)" (SQLITE_IOERR_SHMSIZE) when it cannot create
+// the -shm file, which says nothing of the cause to an operator.
+func namedCause(path string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return err
+	}
+	switch sqliteCode(err) {
+	case sqliteIOErr, sqliteFull, sqliteCantOpen:
+	default:
+		return err
+	}
+	dir := filepath.Dir(path)
+	free, ok := freeBytes(dir)
+	if !ok || free >= lowSpace {
+		return err
+	}
+	return fmt.Errorf("%w: %w (%d bytes free in %s)", err, syscall.ENOSPC, free, dir)
+}
+
+// NoSpace reports whether err says a write failed for want of space: ENOSPC, sqlite's
+// "database or disk is full" (SQLITE_FULL), or an error OpenSQLite named so.
+func NoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || sqliteCode(err) == sqliteFull
+}
+
+// StorageFault reports whether err says the storage under a database cannot take
+// writes: NoSpace, an I/O error (EIO, SQLITE_IOERR) or a read-only file or file
+// system (EROFS, SQLITE_READONLY). A lock, a constraint or a bad query is not one.
+func StorageFault(err error) bool {
+	if err == nil {
+		return false
+	}
+	if NoSpace(err) || errors.Is(err, syscall.EIO) || errors.Is(err, syscall.EROFS) {
+		return true
+	}
+	switch sqliteCode(err) {
+	case sqliteIOErr, sqliteReadOnly:
+		return true
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package durable
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,7 +159,7 @@ func TestOpenSQLiteOnAFullDisk(t *testing.T) {
 // TestKeptLogWithoutItsDatabase: a kept log whose database was deleted (a wiped state)
 // is not replayed into the new database, which starts empty (sqlite deletes a log it
 // finds beside a missing or empty database); and without KeepLog the log is gone at
-// close, as sqlite does by default (the server's databases).
+// close, as sqlite does by default.
 func TestKeptLogWithoutItsDatabase(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -199,5 +200,80 @@ func TestKeptLogWithoutItsDatabase(t *testing.T) {
 	write(false)
 	if _, err := os.Stat(path + "-wal"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("without KeepLog the log after close: %v; want it deleted", err)
+	}
+}
+
+// TestOpenSQLiteNamesAFullDisk: a database that cannot be opened because its file
+// system is full says so: its -wal and -shm were not kept (no KeepLog), and sqlite's
+// "disk I/O error (4874)" (SQLITE_IOERR_SHMSIZE: the -shm could not be created) is
+// joined with ENOSPC, naming the directory and its free space. Before, the error said
+// only "disk I/O error (4874)". Root only (tmpfs).
+func TestOpenSQLiteNamesAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
+			t.Fatal("mounting a tmpfs needs root (EDGEWARD_REQUIRE_DEPS=1)")
+		}
+		t.Skip("mounting a tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %s", out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	ctx := context.Background()
+	path := filepath.Join(dir, "fleet.db")
+	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if err := os.WriteFile(filepath.Join(dir, "filler"), make([]byte, 8<<20), 0o600); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("filling the disk = %v; want ENOSPC", err)
+	}
+	_, err = OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no space left on device") || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("open on a full disk without a kept log = %v; want it to say no space left on device in %s", err, dir)
+	}
+	if !NoSpace(err) || !StorageFault(err) {
+		t.Errorf("NoSpace, StorageFault(%v) = %v, %v; want true, true", err, NoSpace(err), StorageFault(err))
+	}
+}
+
+// TestStorageFault: the errors of a storage that cannot take writes are told from
+// others.
+func TestStorageFault(t *testing.T) {
+	ctx := context.Background()
+	db, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "x.db"), SQLite{MaxOpenConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_, constraint := db.ExecContext(ctx, `CREATE TABLE t (k INTEGER PRIMARY KEY CHECK (k > 0)); INSERT INTO t VALUES (0)`)
+	// sqlite's own "database or disk is full" (SQLITE_FULL), here from a page limit.
+	_, full := db.ExecContext(ctx, `PRAGMA max_page_count = 3; CREATE TABLE big (v BLOB); INSERT INTO big VALUES (zeroblob(100000))`)
+	if full == nil || !strings.Contains(full.Error(), "database or disk is full") {
+		t.Fatalf("an insert past max_page_count = %v; want database or disk is full", full)
+	}
+	for _, c := range []struct {
+		err              error
+		noSpace, storage bool
+	}{
+		{nil, false, false},
+		{errors.New("database is locked"), false, false},
+		{constraint, false, false},
+		{full, true, true},
+		{&os.PathError{Op: "write", Path: "x", Err: syscall.ENOSPC}, true, true},
+		{fmt.Errorf("commit: %w", syscall.EIO), false, true},
+		{fmt.Errorf("commit: %w", syscall.EROFS), false, true},
+	} {
+		if got := NoSpace(c.err); got != c.noSpace {
+			t.Errorf("NoSpace(%v) = %v; want %v", c.err, got, c.noSpace)
+		}
+		if got := StorageFault(c.err); got != c.storage {
+			t.Errorf("StorageFault(%v) = %v; want %v", c.err, got, c.storage)
+		}
 	}
 }

@@ -184,6 +184,7 @@ func (c *committer) runBatch(batch []*txJob) {
 		}
 		err := c.runBatch1(batch)
 		if err == nil {
+			c.noteFaults(batch)
 			return
 		}
 		if !retryable(err) || attempt == txRetries {
@@ -192,10 +193,21 @@ func (c *committer) runBatch(batch []*txJob) {
 					j.err = err
 				}
 			}
+			c.noteFaults(batch)
 			return
 		}
 		time.Sleep(wait)
 		wait *= 2
+	}
+}
+
+// noteFaults remembers the storage fault a job of batch failed with, if any
+// (sqlDB.fault).
+func (c *committer) noteFaults(batch []*txJob) {
+	for _, j := range batch {
+		if c.db.noteFault(j.err) {
+			return
+		}
 	}
 }
 

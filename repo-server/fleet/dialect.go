@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,10 +46,27 @@ type sqlDB struct {
 	*sql.DB
 	dialect dialect
 	stmts   *stmtCache // nil: nothing prepared (tests' raw handles)
+
+	// fault is the storage fault (writeFault: no space, an I/O error, a read-only
+	// database) a write, through the committer or ExecContext, last failed with; nil
+	// if none did since Store.Ready's write probe last committed.
+	fault atomic.Pointer[error]
 }
 
+// noteFault remembers err as the store's storage fault if it is one, and says so.
+func (d *sqlDB) noteFault(err error) bool {
+	if !writeFault(err) {
+		return false
+	}
+	d.fault.Store(&err)
+	return true
+}
+
+// ExecContext runs a write outside the committer (noting a storage fault).
 func (d *sqlDB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return d.DB.ExecContext(ctx, d.dialect.rebind(query), d.dialect.args(args)...)
+	res, err := d.DB.ExecContext(ctx, d.dialect.rebind(query), d.dialect.args(args)...)
+	d.noteFault(err)
+	return res, err
 }
 
 func (d *sqlDB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {

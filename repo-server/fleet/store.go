@@ -91,8 +91,11 @@ func Open(ctx context.Context, where string) (*Store, error) {
 		return openPostgres(ctx, where)
 	}
 	// One connection: sqlite serialises writers anyway, and a single connection
-	// never sees SQLITE_BUSY. Reads are short.
-	db, err := durable.OpenSQLite(ctx, where, durable.SQLite{MaxOpenConns: 1, ImmediateTx: true, CacheMiB: sqliteCacheMiB, WALAutoCheckpoint: sqliteWALCheckpoint})
+	// never sees SQLITE_BUSY. Reads are short. The -wal and -shm files are kept when
+	// the store closes, so that it opens again on a full disk (durable.SQLite.KeepLog);
+	// every process opening the file keeps them (reposerver.OpenDB too), or the last
+	// to close would delete them.
+	db, err := durable.OpenSQLite(ctx, where, durable.SQLite{MaxOpenConns: 1, ImmediateTx: true, CacheMiB: sqliteCacheMiB, WALAutoCheckpoint: sqliteWALCheckpoint, KeepLog: true})
 	if err != nil {
 		return nil, fmt.Errorf("fleet store: %w", err)
 	}

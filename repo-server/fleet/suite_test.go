@@ -81,6 +81,7 @@ var storeSuite = []struct {
 	{"CheckInRate", testCheckInRate},
 	{"SmallWavePauses", testSmallWavePauses},
 	{"WaitingForATurnIsBounded", testWaitingForATurnIsBounded},
+	{"ReadyWhileWritesFail", testReadyWhileWritesFail},
 }
 
 func runStoreSuite(t *testing.T, db opener) {
