@@ -46,7 +46,7 @@ func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where st
 		return fmt.Errorf("%w: %s has database ID %s, while %s names %s. It was replaced, emptied or lost (a mistyped --db or $EDGEWARD_DB, a deleted fleet.db). "+
 			"Point --db at the database this repository was served with, or restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"). "+
 			"To serve this repository from a new database for good (a new audit log; no devices, tokens or rollout states), start once with --new-database",
-			ErrOtherDatabase, redactDB(where), id, path, want)
+			ErrOtherDatabase, fleet.Redacted(where), id, path, want)
 	case want != "":
 		log.Warn("serving the repository from a new database (--new-database): devices, tokens, rollout states and the audit log start again", "database_id", id, "was", want)
 	}
@@ -54,18 +54,4 @@ func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where st
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
-}
-
-// redactDB is a database location for a message: a URL without its password.
-func redactDB(where string) string {
-	if fleet.IsPostgres(where) {
-		if i := strings.Index(where, "://"); i >= 0 {
-			if at := strings.LastIndex(where, "@"); at > i {
-				if c := strings.Index(where[i+3:at], ":"); c >= 0 {
-					return where[:i+3+c] + ":xxxxx" + where[at:]
-				}
-			}
-		}
-	}
-	return where
 }

@@ -503,6 +503,14 @@ func TestUsageNeverShowsSecrets(t *testing.T) {
 	if !strings.Contains(stderr, "postgres://edgeward:xxxxx@db.example:5432/fleet") {
 		t.Errorf("the database URL is not shown redacted:\n%s", stderr)
 	}
+	// A password as a parameter, or in a URL that does not parse, is not shown either
+	// (found in review).
+	for _, db := range []string{"postgres://edgeward@db/fleet?sslmode=require&password=" + password, "postgres://u:" + password + "%zz@db/x"} {
+		c.env["EDGEWARD_DB"] = db
+		if _, stderr, _ := c.run("publish", "--bogus"); strings.Contains(stderr, password) || !strings.Contains(stderr, "-db") {
+			t.Errorf("usage with --db %s shows the password:\n%s", db, stderr)
+		}
+	}
 	var op opClient
 	fs := newFlagSet("t", &cliEnv{stderr: new(bytes.Buffer)})
 	op.register(fs, &cliEnv{getenv: func(k string) string { return c.env[k] }})

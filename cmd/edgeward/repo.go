@@ -53,7 +53,7 @@ func (f *repoFlags) registerRepo(fs *flag.FlagSet, env *cliEnv) {
 	}
 	fs.StringVar(&f.dir, "repo", def, "repository directory ($EDGEWARD_REPO)")
 	f.db = env.getenv("EDGEWARD_DB")
-	fs.Var(hiddenValue{p: &f.db, show: redactedURL}, "db", "the server's database (fleet store and audit log): a PostgreSQL URL postgres://USER@HOST:PORT/DB?sslmode=… (password from $PGPASSWORD or ~/.pgpass), or a sqlite file; default DIR/fleet.db ($EDGEWARD_DB)")
+	fs.Var(hiddenValue{p: &f.db, show: fleet.Redacted}, "db", "the server's database (fleet store and audit log): a PostgreSQL URL postgres://USER@HOST:PORT/DB?sslmode=… (password from $PGPASSWORD or ~/.pgpass), or a sqlite file; default DIR/fleet.db ($EDGEWARD_DB)")
 }
 
 func (f *repoFlags) registerPassphrase(fs *flag.FlagSet) {
@@ -111,15 +111,6 @@ func secretFlag(fs *flag.FlagSet, name, value, usage string) *string {
 	p := new(string)
 	secretVar(fs, p, name, value, usage)
 	return p
-}
-
-// redactedURL is a database URL's form for a usage message: with its password
-// replaced by xxxxx; a path as it is.
-func redactedURL(v string) string {
-	if u, err := url.Parse(v); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return v
 }
 
 func (f *repoFlags) open() (*repository.Repo, error) {

@@ -214,3 +214,28 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// Redacted is a database location as a message or a usage text may show it: a
+// PostgreSQL URL with its password replaced by xxxxx, in the user part or in a password
+// parameter; one that does not parse as a URL is not shown at all (it may hold a
+// password where no parser finds it); a sqlite path as it is. (Only the user part was
+// redacted, found in review.)
+func Redacted(where string) string {
+	if !IsPostgres(where) {
+		return where
+	}
+	u, err := neturl.Parse(where)
+	if err != nil {
+		return "postgres://… (not shown: it does not parse as a URL)"
+	}
+	q := u.Query()
+	for k := range q {
+		if strings.EqualFold(k, "password") {
+			q.Set(k, "xxxxx")
+		}
+	}
+	if u.RawQuery != "" {
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
+}
