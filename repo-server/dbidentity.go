@@ -29,7 +29,7 @@ var ErrOtherDatabase = errors.New("the fleet database is not the one this reposi
 // state, began a new audit log and would start again a rollout the operator had
 // paused (found from outside, 2 Dec).
 func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where string, fresh bool, log *slog.Logger) error {
-	id, err := store.ID(ctx)
+	id, made, err := store.Identity(ctx)
 	if err != nil {
 		return err
 	}
@@ -42,10 +42,19 @@ func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where st
 	switch {
 	case want == id:
 		return nil
+	case want != "" && !fresh && made:
+		if full, err := store.HoldsData(ctx); err == nil && full {
+			// Not an empty database: one from before identities, as a backup taken
+			// before the upgrade that brought them (found in review).
+			return fmt.Errorf("%w: %s holds a fleet but had no database ID (%s names %s): it was written by a server from before database IDs, as a backup taken before the upgrade. "+
+				"If it is this repository's database, start once with --new-database: it keeps what the database holds, and %s names it from then on",
+				ErrOtherDatabase, fleet.Redacted(where), path, want, DatabaseMarker)
+		}
+		fallthrough
 	case want != "" && !fresh:
 		return fmt.Errorf("%w: %s has database ID %s, while %s names %s. It was replaced, emptied or lost (a mistyped --db or $EDGEWARD_DB, a deleted fleet.db). "+
 			"Point --db at the database this repository was served with, or restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"). "+
-			"To serve this repository from a new database for good (a new audit log; no devices, tokens or rollout states), start once with --new-database",
+			"To serve this repository from this database for good (empty: a new audit log, no devices, tokens or rollout states), start once with --new-database",
 			ErrOtherDatabase, fleet.Redacted(where), id, path, want)
 	case want != "":
 		log.Warn("serving the repository from a new database (--new-database): devices, tokens, rollout states and the audit log start again", "database_id", id, "was", want)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/edgeward/edgeward/attest/attestca"
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/testport"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -493,5 +494,40 @@ func TestServerRefusesAnotherDatabase(t *testing.T) {
 	}
 	if err := run("", false); err != nil {
 		t.Fatalf("restart on the new database = %v; want it served from then on", err)
+	}
+
+	// A database from before identities that holds a fleet (a backup taken before the
+	// upgrade) is refused saying so, and --new-database keeps what it holds (the
+	// message said it would start afresh: found in review).
+	ctx := context.Background()
+	store, err := fleet.Open(ctx, DBPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Enroll(ctx, "dev-1", nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+	raw, err := durable.OpenSQLite(ctx, DBPath(dir), durable.SQLite{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.ExecContext(ctx, `DELETE FROM server_secrets WHERE name = 'database-id'`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	if err := run("", false); !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), "from before database IDs") || !strings.Contains(err.Error(), "keeps what the database holds") {
+		t.Fatalf("start on a database from before identities = %v; want it named as such", err)
+	}
+	if err := run("", true); err != nil {
+		t.Fatalf("--new-database on it = %v", err)
+	}
+	store, err = fleet.Open(ctx, DBPath(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := store.Device(ctx, "dev-1"); err != nil {
+		t.Errorf("its device after --new-database: %v; want it kept", err)
 	}
 }

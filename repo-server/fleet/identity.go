@@ -21,6 +21,29 @@ const databaseIDName = "database-id"
 // (reposerver.Run), so that a database replaced by an empty one (a mistyped --db, a
 // deleted fleet.db) is refused instead of silently starting the fleet again.
 func (s *Store) ID(ctx context.Context) (string, error) {
+	id, _, err := s.Identity(ctx)
+	return id, err
+}
+
+// Identity is ID, and whether this call made it: the database had none, being new or
+// written by a server from before identities (a backup taken before the upgrade).
+func (s *Store) Identity(ctx context.Context) (id string, made bool, err error) {
+	id, err = s.identity(ctx, &made)
+	return id, made, err
+}
+
+// HoldsData reports whether the database holds devices, operator tokens or rollout
+// states: whether it is anything but new.
+func (s *Store) HoldsData(ctx context.Context) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM devices LIMIT 1) d) + (SELECT count(*) FROM (SELECT 1 FROM tokens LIMIT 1) t) + (SELECT count(*) FROM (SELECT 1 FROM rollouts LIMIT 1) r)`).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("database contents: %w", err)
+	}
+	return n > 0, nil
+}
+
+func (s *Store) identity(ctx context.Context, made *bool) (string, error) {
 	read := func() (string, error) {
 		var id []byte
 		err := s.db.QueryRowContext(ctx, `SELECT secret FROM server_secrets WHERE name = ?`, databaseIDName).Scan(&id)
@@ -51,5 +74,6 @@ func (s *Store) ID(ctx context.Context) (string, error) {
 	if id, err = read(); err != nil {
 		return "", fmt.Errorf("database ID: %w", err)
 	}
+	*made = id == hex.EncodeToString(b)
 	return id, nil
 }
