@@ -221,6 +221,11 @@ func (s *Server) ServeWith(ctx context.Context, ln net.Listener, h http.Handler)
 	} else if n > 0 {
 		s.log.Info("removed incoming files that killed publishes left", "files", n, "bytes", size)
 	}
+	if n, err := s.cfg.Repo.SweepMetadataTemps(time.Now()); err != nil {
+		s.log.Warn("sweep abandoned metadata temporaries", "err", err)
+	} else if n > 0 {
+		s.log.Info("removed temporary metadata files that killed writes left", "files", n)
+	}
 	if s.leases() != nil {
 		// Know who leads before the jobs start, then keep the lease.
 		if _, err := s.LeaseOnce(ctx); err != nil {

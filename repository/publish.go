@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/keywrap"
@@ -697,4 +698,38 @@ func ConsistentTargetPath(tpath, sha256hex string) string {
 
 func sortTargets(ts []TargetInfo) {
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Path < ts[j].Path })
+}
+
+// staleTemp is how old a temporary metadata file must be for SweepMetadataTemps to
+// take it for one a killed writer left: a metadata write renames its file into place
+// within moments, so one an hour old has no writer.
+const staleTemp = time.Hour
+
+// SweepMetadataTemps removes the temporary files of metadata writes that a kill
+// stopped before their rename (".timestamp.json.tmp-…", ".12.snapshot.json.tmp-…")
+// once they are older than an hour: nothing removed them, and each kill during a
+// publish or a key rotation left one for good (found from outside, 2 Dec). Only names
+// of that form are touched. The server sweeps when it starts.
+func (r *Repo) SweepMetadataTemps(now time.Time) (files int, err error) {
+	entries, err := os.ReadDir(r.MetadataDir())
+	if err != nil {
+		return 0, fmt.Errorf("sweep metadata temporaries: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() || !strings.HasPrefix(name, ".") || !strings.Contains(name, ".json.tmp-") {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || now.Sub(info.ModTime()) < staleTemp {
+			continue // gone meanwhile, or perhaps a write under way
+		}
+		if err := os.Remove(filepath.Join(r.MetadataDir(), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		files++
+	}
+	return files, errors.Join(errs...)
 }

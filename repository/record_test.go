@@ -146,3 +146,51 @@ func TestInitFailsClosed(t *testing.T) {
 		t.Errorf("Init after the directory was removed: %v", err)
 	}
 }
+
+// TestSweepMetadataTemps: the temporary file of a metadata write a kill stopped is
+// removed once an hour old; a fresh one (a write perhaps under way) and every other
+// file stay. Before, nothing removed them (found from outside, 2 Dec: 40 kills left
+// .timestamp.json.tmp-*, .N.snapshot.json.tmp-* and .N.models.json.tmp-*).
+func TestSweepMetadataTemps(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(context.Background(), Config{Dir: dir, KDF: KDFParams{N: 1 << 10}}, InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := r.MetadataDir()
+	now := time.Now()
+	old := now.Add(-2 * time.Hour)
+	files := map[string]bool{ // name: removed
+		".timestamp.json.tmp-123":      true,
+		".7.snapshot.json.tmp-456":     true,
+		".fresh.models.json.tmp-789":   false,
+		"notes.txt":                    false,
+		".timestamp.json.tmp-is-a-dir": false,
+	}
+	for name := range files {
+		p := filepath.Join(md, name)
+		if strings.HasSuffix(name, "-dir") {
+			os.Mkdir(p, 0o755)
+		} else if err := os.WriteFile(p, []byte("{"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(name, ".fresh") {
+			os.Chtimes(p, old, old)
+		}
+	}
+	n, err := r.SweepMetadataTemps(now)
+	if err != nil || n != 2 {
+		t.Errorf("SweepMetadataTemps = %d, %v; want 2 removed", n, err)
+	}
+	for name, removed := range files {
+		if _, err := os.Stat(filepath.Join(md, name)); os.IsNotExist(err) != removed {
+			t.Errorf("%s: removed %v; want %v", name, os.IsNotExist(err), removed)
+		}
+	}
+	if _, err := r.Load(context.Background()); err != nil {
+		t.Errorf("the repository after the sweep: %v", err)
+	}
+}
