@@ -189,10 +189,22 @@ func otherFiles(id, path string, files []File, err error) error {
 	if !errors.As(err, &el) {
 		return err
 	}
+	own := false
 	for _, e := range el {
-		if e.File == path {
-			return err
+		own = own || e.File == path
+	}
+	if own {
+		// The new rollout's own problems: named after it, not after a generated file
+		// that was never created and whose line numbers the operator cannot see (found
+		// from outside, 2 Dec). Other files' problems it causes keep their place.
+		out := make(ErrorList, len(el))
+		for i, e := range el {
+			out[i] = e
+			if e.File == path {
+				out[i] = &Error{Pos: Pos{File: "rollout " + id}, Msg: strings.TrimPrefix(e.Msg, fmt.Sprintf("rollout %q: ", id))}
+			}
 		}
+		return out
 	}
 	rest := slices.DeleteFunc(slices.Clone(files), func(f File) bool { return f.Name == path })
 	if len(rest) == 0 {

@@ -179,3 +179,16 @@ func TestRemoveStaleStaged(t *testing.T) {
 		t.Errorf("RemoveStaleStaged(missing dir) = %q, %v; want nothing", removed, err)
 	}
 }
+
+// TestCreateRolloutErrorsNameTheRollout: a rollout refused for its own problems is
+// named in the error, without the generated file's path and line (a file that was
+// never created, lines the operator cannot see: found from outside, 2 Dec).
+func TestCreateRolloutErrorsNameTheRollout(t *testing.T) {
+	dir := t.TempDir()
+	_, err := StageRollout(dir, RolloutSpec{ID: "vib-x", Target: TargetSpec{Kind: "model", Name: "vib", Version: "1.0.0"},
+		Waves: []WaveSpec{{Percent: 0.001}}}, time.Now())
+	if err == nil || strings.Contains(err.Error(), CreatedPrefix) || strings.Contains(err.Error(), dir) || !strings.HasPrefix(err.Error(), "rollout vib-x: ") {
+		t.Fatalf("StageRollout(a bad wave) = %v; want the error named after the rollout, no file", err)
+	}
+	t.Log(err)
+}
