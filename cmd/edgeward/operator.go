@@ -777,7 +777,7 @@ func cmdDevicesClearFailed(ctx context.Context, env *cliEnv, args []string) erro
 	for _, k := range kinds {
 		// The store keeps a cleared version as Retry until the device's next result for it.
 		if sl := d.Slots[k]; sl.Retry != "" {
-			fmt.Fprintf(env.stdout, "device %s: cleared the failure of %s %s %s (running %s): it is offered again\n", d.ID, k, sl.Name, sl.Retry, orDash(sl.Version))
+			fmt.Fprintf(env.stdout, "device %s: cleared the failure of %s %s %s (running %s): a rollout that selects the device may offer it again\n", d.ID, k, sl.Name, sl.Retry, orDash(sl.Version))
 		} else {
 			fmt.Fprintf(env.stdout, "device %s: %s %s, no failed version to clear\n", d.ID, k, slotText(sl))
 		}
