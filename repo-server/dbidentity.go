@@ -29,16 +29,24 @@ var ErrOtherDatabase = errors.New("the fleet database is not the one this reposi
 // state, began a new audit log and would start again a rollout the operator had
 // paused (found from outside, 2 Dec).
 func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where string, fresh bool, log *slog.Logger) error {
-	id, made, err := store.Identity(ctx)
-	if err != nil {
-		return err
-	}
 	path := filepath.Join(dir, DatabaseMarker)
 	data, err := os.ReadFile(path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
 	want := strings.TrimSpace(string(data))
+	// Refused, a start leaves the database as it found it: an ID is made only for a
+	// database the directory takes (a first start, or --new-database).
+	id, err := store.ReadID(ctx)
+	if err != nil {
+		return err
+	}
+	made := id == ""
+	if made && (want == "" || fresh) {
+		if id, err = store.ID(ctx); err != nil {
+			return err
+		}
+	}
 	switch {
 	case want == id:
 		return nil
@@ -52,15 +60,44 @@ func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where st
 		}
 		fallthrough
 	case want != "" && !fresh:
-		return fmt.Errorf("%w: %s has database ID %s, while %s names %s. It was replaced, emptied or lost (a mistyped --db or $EDGEWARD_DB, a deleted fleet.db). "+
+		has := "database ID " + id
+		if id == "" {
+			has = "no database ID (a new, empty database)"
+		}
+		return fmt.Errorf("%w: %s has %s, while %s names %s. It was replaced, emptied or lost (a mistyped --db or $EDGEWARD_DB, a deleted fleet.db). "+
 			"Point --db at the database this repository was served with, or restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"). "+
 			"To serve this repository from this database for good (empty: a new audit log, no devices, tokens or rollout states), start once with --new-database",
-			ErrOtherDatabase, fleet.Redacted(where), id, path, want)
+			ErrOtherDatabase, fleet.Redacted(where), has, path, want)
 	case want != "":
-		log.Warn("serving the repository from a new database (--new-database): devices, tokens, rollout states and the audit log start again", "database_id", id, "was", want)
+		log.Warn("serving the repository from another database (--new-database), with what it holds", "database_id", id, "was", want)
 	}
 	if err := durable.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// guardLostDatabase refuses to open the sqlite database at where (creating it) when the
+// repository directory names the database it is served with (DatabaseMarker) and the
+// file is missing or empty: it was deleted or emptied, and a new one made there, by the
+// CLI as by the server, would hide that and hold little enough to pass for the real one
+// (found from outside, 2 Dec: 'token create --repo' then 'audit export --repo' made a
+// fleet.db of one token and one record over the emptied one). A PostgreSQL database
+// is checked by its ID once open (checkDatabase).
+func guardLostDatabase(dir, where string) error {
+	if fleet.IsPostgres(where) {
+		return nil
+	}
+	marker := filepath.Join(dir, DatabaseMarker)
+	want, err := os.ReadFile(marker)
+	if err != nil {
+		return nil // no marker (a first start, or a repository from before them)
+	}
+	if st, err := os.Stat(where); err == nil && st.Size() > 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is missing or empty, while %s names database %s: it was deleted or emptied. "+
+		"Restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"); nothing was created in its place. "+
+		"To serve this repository from a new, empty database for good (a new audit log; no devices, tokens or rollout states), start the server once with --new-database",
+		ErrOtherDatabase, where, marker, strings.TrimSpace(string(want)))
 }

@@ -197,6 +197,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	rec.s = srv
+	if !cfg.NewDatabase {
+		if err := guardLostDatabase(cfg.Dir, DBLocation(cfg.Dir, cfg.DB)); err != nil {
+			return err
+		}
+	}
 	store, err := fleet.Open(ctx, DBLocation(cfg.Dir, cfg.DB))
 	if err != nil {
 		return err

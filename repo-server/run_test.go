@@ -480,8 +480,22 @@ func TestServerRefusesAnotherDatabase(t *testing.T) {
 		os.Remove(filepath.Join(dir, name))
 	}
 	err = run("", false)
-	if !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), "--new-database") || !strings.Contains(err.Error(), "restore it") {
+	if !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), "--new-database") || !strings.Contains(strings.ToLower(err.Error()), "restore it") {
 		t.Fatalf("start on a new, empty fleet.db = %v; want ErrOtherDatabase saying what to do", err)
+	}
+	// Nothing was made in its place, by the server or by the CLI's own opens (a
+	// token, an audit export: they made a small fleet.db that then passed for one from
+	// before database IDs, found from outside).
+	if _, err := OpenAuditedFleet(context.Background(), dir, ""); !errors.Is(err, ErrOtherDatabase) {
+		t.Errorf("the CLI's fleet open on the deleted fleet.db = %v; want ErrOtherDatabase", err)
+	}
+	if repo, err := repository.Open(repository.Config{Dir: dir}); err != nil {
+		t.Fatal(err)
+	} else if _, _, err := OpenAudit(context.Background(), repo); !errors.Is(err, ErrOtherDatabase) {
+		t.Errorf("the CLI's audit open on the deleted fleet.db = %v; want ErrOtherDatabase", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "fleet.db")); !os.IsNotExist(err) {
+		t.Errorf("after the refusals, fleet.db: %v; want none made", err)
 	}
 	if err := run(filepath.Join(t.TempDir(), "typo.db"), false); !errors.Is(err, ErrOtherDatabase) {
 		t.Fatalf("start on a mistyped --db = %v; want ErrOtherDatabase", err)

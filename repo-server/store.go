@@ -74,6 +74,9 @@ func openAudit(ctx context.Context, dir, where string, now func() time.Time) (*a
 		return nil, nil, err
 	}
 	where = DBLocation(dir, where)
+	if err := guardLostDatabase(dir, where); err != nil {
+		return nil, nil, err
+	}
 	db, err := OpenDB(ctx, where)
 	if err != nil {
 		return nil, nil, err
@@ -127,6 +130,9 @@ func OpenAuditedFleet(ctx context.Context, dir, db string) (*fleet.Store, error)
 	key, err := repository.AuditKey(dir)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	if err := guardLostDatabase(dir, DBLocation(dir, db)); err != nil {
+		return nil, err
 	}
 	st, err := fleet.Open(ctx, DBLocation(dir, db))
 	if err != nil {

@@ -43,15 +43,28 @@ func (s *Store) HoldsData(ctx context.Context) (bool, error) {
 	return n > 0, nil
 }
 
-func (s *Store) identity(ctx context.Context, made *bool) (string, error) {
-	read := func() (string, error) {
-		var id []byte
-		err := s.db.QueryRowContext(ctx, `SELECT secret FROM server_secrets WHERE name = ?`, databaseIDName).Scan(&id)
-		if err != nil {
-			return "", err
-		}
-		return hex.EncodeToString(id), nil
+// ReadID is ID without making one: "" when the database has none yet.
+func (s *Store) ReadID(ctx context.Context) (string, error) {
+	id, err := s.readID(ctx)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
 	}
+	if err != nil {
+		return "", fmt.Errorf("database ID: %w", err)
+	}
+	return id, nil
+}
+
+func (s *Store) readID(ctx context.Context) (string, error) {
+	var id []byte
+	if err := s.db.QueryRowContext(ctx, `SELECT secret FROM server_secrets WHERE name = ?`, databaseIDName).Scan(&id); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(id), nil
+}
+
+func (s *Store) identity(ctx context.Context, made *bool) (string, error) {
+	read := func() (string, error) { return s.readID(ctx) }
 	id, err := read()
 	if err == nil {
 		return id, nil
