@@ -102,6 +102,8 @@ type ServerConfig struct {
 // use.
 type Server struct {
 	cfg ServerConfig
+	// pruned is when the leader last pruned old versioned metadata (RefreshOnce).
+	pruned time.Time
 	// publishing is the publish lease of the change under way (lockPublish), for the
 	// repository's check that it is still held (publishHeld).
 	publishing atomic.Pointer[LeaseHolder]
@@ -352,6 +354,10 @@ func (s *Server) RunRefresher(ctx context.Context) {
 	}
 }
 
+// pruneEvery is how often the leader prunes old versioned metadata
+// (repository.PruneMetadata).
+const pruneEvery = time.Hour
+
 // RefreshOnce performs one refresh check and updates the metadata gauges. With
 // replicas, only the leader re-signs, under the publish lock.
 func (s *Server) RefreshOnce(ctx context.Context) {
@@ -366,6 +372,15 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 		var delegated []string
 		if delegated, err = s.cfg.Repo.RenewDue(ctx, s.cfg.Renew); err == nil {
 			renewed = append(renewed, delegated...)
+		}
+	}
+	if now := time.Now(); now.Sub(s.pruned) >= pruneEvery {
+		// Old versions of the snapshot and the targets roles (never root), hourly.
+		s.pruned = now
+		if n, size, perr := s.cfg.Repo.PruneMetadata(ctx, now); perr != nil {
+			s.log.Warn("prune old metadata versions", "err", perr)
+		} else if n > 0 {
+			s.log.Info("removed old metadata versions", "files", n, "bytes", size)
 		}
 	}
 	switch {
