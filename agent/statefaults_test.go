@@ -6,63 +6,24 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/disktest"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/updater"
 	"github.com/edgeward/edgeward/updater/tuftest"
 )
 
-// fullDisk mounts a small tmpfs at dir (root only: skipped otherwise, or failed when
-// EDGEWARD_REQUIRE_DEPS=1) and returns a function that fills it up and one that frees it.
+// fullDisk mounts a small tmpfs at dir and returns a function that fills it up and one
+// that frees it (disktest).
 func fullDisk(t *testing.T, dir string) (fill, free func()) {
 	t.Helper()
-	skip := func(why string) {
-		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
-			t.Fatalf("%s (EDGEWARD_REQUIRE_DEPS=1)", why)
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		skip("mounting a tmpfs needs root")
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", dir).CombinedOutput(); err != nil {
-		skip("mount tmpfs: " + strings.TrimSpace(string(out)))
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	filler := filepath.Join(dir, "filler")
-	fill = func() {
-		f, err := os.OpenFile(filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		for _, chunk := range [][]byte{make([]byte, 1<<20), make([]byte, 512)} {
-			for {
-				if _, err := f.Write(chunk); err != nil {
-					if !errors.Is(err, syscall.ENOSPC) {
-						t.Fatal(err)
-					}
-					break
-				}
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, "probe"), make([]byte, 4096), 0o600); !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("writing to the filled disk = %v; want ENOSPC", err)
-		}
-	}
-	free = func() {
-		if err := os.Remove(filler); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return fill, free
+	disktest.Mount(t, dir, "20m")
+	return disktest.Filler(t, dir)
 }
 
 // TestStateOnFullDisk puts the state's TUF directory on a file system that fills up

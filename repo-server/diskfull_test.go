@@ -2,67 +2,22 @@ package reposerver
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/disktest"
 	"github.com/edgeward/edgeward/repository"
 )
 
-// smallDisk mounts a tmpfs of size at dir and returns functions that fill it (until a
-// write of a block fails with ENOSPC) and free it again. Root only: the test fails
-// under EDGEWARD_REQUIRE_DEPS=1 without root, else it is skipped.
+// smallDisk mounts a tmpfs of size at dir and returns functions that fill it and free
+// it again (disktest).
 func smallDisk(t *testing.T, dir, size string) (fill, free func()) {
 	t.Helper()
-	skip := func(why string) {
-		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
-			t.Fatal(why + " (EDGEWARD_REQUIRE_DEPS=1)")
-		}
-		t.Skip(why)
-	}
-	if os.Geteuid() != 0 {
-		skip("mounting a tmpfs needs root")
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		skip("mount tmpfs: " + strings.TrimSpace(string(out)))
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	filler := filepath.Join(dir, "filler")
-	fill = func() {
-		t.Helper()
-		f, err := os.OpenFile(filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		for _, chunk := range [][]byte{make([]byte, 1<<20), make([]byte, 512)} {
-			for {
-				if _, err := f.Write(chunk); err != nil {
-					if !errors.Is(err, syscall.ENOSPC) {
-						t.Fatal(err)
-					}
-					break
-				}
-			}
-		}
-		if err := os.WriteFile(filepath.Join(dir, "probe"), make([]byte, 4096), 0o600); !errors.Is(err, syscall.ENOSPC) {
-			t.Fatalf("writing to the filled disk = %v; want ENOSPC", err)
-		}
-	}
-	free = func() {
-		t.Helper()
-		if err := os.Remove(filler); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return fill, free
+	disktest.Mount(t, dir, size)
+	return disktest.Filler(t, dir)
 }
 
 // startRun starts Run with cfg (its Ready set here) and returns the plain listener's

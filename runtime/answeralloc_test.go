@@ -1,13 +1,10 @@
 package runtime
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	goruntime "runtime"
 	"strings"
 	"testing"
@@ -23,18 +20,7 @@ import (
 // requests with large JSON outputs allocated past the bound, each its whole answer
 // (2 Dec).
 func TestAnswerRefusedBeforeItIsBuilt(t *testing.T) {
-	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(context.Background()) })
-	path := filepath.Join(t.TempDir(), "echo.onnx")
-	if err := os.WriteFile(path, modelgen.EchoOf("FP64"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
-		t.Fatal(err)
-	}
+	r := runtimeServing(t, Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20}, "echo", modelgen.EchoOf("FP64"))
 	// 800 KB in; in JSON each element is the longest FP64 form, 24 bytes and a comma:
 	// an answer of 2.5 MB.
 	const n = 100_000

@@ -108,18 +108,7 @@ func TestClientThatNeverReadsIsCutOff(t *testing.T) {
 // 64 calls of 15.6 MB that were never read held 1.1 GB outside any bound (found from
 // outside, 2 Dec).
 func TestGRPCClientThatNeverReadsIsCutOff(t *testing.T) {
-	r, err := New(Config{LibraryPath: ortLib(t), WriteTimeout: 4 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(context.Background()) })
-	path := filepath.Join(t.TempDir(), "echo.onnx")
-	if err := os.WriteFile(path, modelgen.EchoOf("FP64"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
-		t.Fatal(err)
-	}
+	r := runtimeServing(t, Config{LibraryPath: ortLib(t), WriteTimeout: 4 * time.Second}, "echo", modelgen.EchoOf("FP64"))
 	addr := serveGRPC(t, r)
 	const n = 256 << 10 // 2 MiB of FP64 each way
 	raw := make([]byte, 0, 8*n)
@@ -212,18 +201,7 @@ func TestGRPCClientThatNeverReadsIsCutOff(t *testing.T) {
 // six times its length, floats several times their bytes) took 1.6 GB resident under a
 // 64 MiB bound (found from outside, 2 Dec).
 func TestAnswerMustFitTheBound(t *testing.T) {
-	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(context.Background()) })
-	path := filepath.Join(t.TempDir(), "echo.onnx")
-	if err := os.WriteFile(path, modelgen.EchoOf("FP64"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "echo", Version: "1.0.0", Path: path}); err != nil {
-		t.Fatal(err)
-	}
+	r := runtimeServing(t, Config{LibraryPath: ortLib(t), MaxRequestBytes: 1 << 20, MaxHeldBytes: 2 << 20}, "echo", modelgen.EchoOf("FP64"))
 	const n = 100_000 // 800 KB in; its JSON answer about 2 MB
 	data := make([]byte, 0, 8*n)
 	for i := range n {
@@ -254,18 +232,7 @@ func TestAnswerMustFitTheBound(t *testing.T) {
 // and then refused.
 func TestGRPCAnswerRefusedIsCountedAsRefused(t *testing.T) {
 	const n = 64 << 10 // 512 KiB of FP64 in, 1 MiB out
-	r, err := New(Config{LibraryPath: ortLib(t), MaxRequestBytes: 600 << 10, MaxHeldBytes: 768 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close(context.Background()) })
-	path := filepath.Join(t.TempDir(), "doubled.onnx")
-	if err := os.WriteFile(path, modelgen.Doubled("FP64"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "doubled", Version: "1.0.0", Path: path}); err != nil {
-		t.Fatal(err)
-	}
+	r := runtimeServing(t, Config{LibraryPath: ortLib(t), MaxRequestBytes: 600 << 10, MaxHeldBytes: 768 << 10}, "doubled", modelgen.Doubled("FP64"))
 	addr := serveGRPC(t, r)
 	call := func(elems int) error {
 		_, err := grpcClientOf(t, addr).ModelInfer(context.Background(), &inference.ModelInferRequest{ModelName: "doubled",
@@ -292,4 +259,23 @@ func TestGRPCAnswerRefusedIsCountedAsRefused(t *testing.T) {
 			t.Errorf("metrics lack %s:\n%s", line, grepLines(rec.Body.String(), "requests_total"))
 		}
 	}
+}
+
+// runtimeServing is a runtime with config cfg serving the model as NAME 1.0.0, closed
+// when the test ends.
+func runtimeServing(t *testing.T, cfg Config, name string, model []byte) *Runtime {
+	t.Helper()
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(context.Background()) })
+	path := filepath.Join(t.TempDir(), name+".onnx")
+	if err := os.WriteFile(path, model, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: name, Version: "1.0.0", Path: path}); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/disktest"
 )
 
 func TestOpenSQLitePragmas(t *testing.T) {
@@ -91,17 +92,8 @@ func TestOpenSQLiteErrors(t *testing.T) {
 // and could not create them again ("disk I/O error", SQLITE_IOERR_SHMSIZE), so a device
 // whose disk had filled could not open its state after a restart. Root only (tmpfs).
 func TestOpenSQLiteOnAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
-			t.Fatal("mounting a tmpfs needs root (EDGEWARD_REQUIRE_DEPS=1)")
-		}
-		t.Skip("mounting a tmpfs needs root")
-	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %s", out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	disktest.Mount(t, dir, "4m")
 	ctx := context.Background()
 	path := filepath.Join(dir, "state.db")
 	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1, KeepLog: true})
@@ -209,17 +201,8 @@ func TestKeptLogWithoutItsDatabase(t *testing.T) {
 // joined with ENOSPC, naming the directory and its free space. Before, the error said
 // only "disk I/O error (4874)". Root only (tmpfs).
 func TestOpenSQLiteNamesAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
-			t.Fatal("mounting a tmpfs needs root (EDGEWARD_REQUIRE_DEPS=1)")
-		}
-		t.Skip("mounting a tmpfs needs root")
-	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %s", out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	disktest.Mount(t, dir, "4m")
 	ctx := context.Background()
 	path := filepath.Join(dir, "fleet.db")
 	db, err := OpenSQLite(ctx, path, SQLite{MaxOpenConns: 1})

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/edgeward/edgeward/internal/disktest"
 )
 
 // testReadyWhileWritesFail: Ready says whether the store takes writes, not only whether
@@ -65,17 +66,8 @@ func testReadyWhileWritesFail(t *testing.T, db opener) {
 // Ready (a SELECT 1, which commits on a full disk) was nil throughout, and /readyz
 // said 200 while every check-in failed (found from outside). Root only (tmpfs).
 func TestReadyOnAFullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("EDGEWARD_REQUIRE_DEPS") == "1" {
-			t.Fatal("mounting a tmpfs needs root (EDGEWARD_REQUIRE_DEPS=1)")
-		}
-		t.Skip("mounting a tmpfs needs root")
-	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %s", out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	disktest.Mount(t, dir, "8m")
 	ctx := context.Background()
 	s, err := Open(ctx, filepath.Join(dir, "fleet.db"))
 	if err != nil {
