@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -93,5 +94,68 @@ func TestLastGoodKnowsItsDirectoryByAnyPath(t *testing.T) {
 	defer w.Close()
 	if w.Policy().Digest != good {
 		t.Errorf("policy in force %s; want the copy's %s", w.Policy().Digest, good)
+	}
+}
+
+// TestRejectedSinceStays: the time a rejected directory is shown "since" is that of
+// its first failed load, not of the latest attempt (another edit still wrong, or a
+// retry), and a restart does not move it to the restart: it is then the directory's
+// last change. Before, every attempt reset it, and a restart made a directory rejected
+// for days read "since" the restart.
+func TestRejectedSinceStays(t *testing.T) {
+	dir, state := t.TempDir(), t.TempDir()
+	last := filepath.Join(state, "last-good.json")
+	base := time.Now().Truncate(time.Second)
+	now := base.Add(-3 * time.Hour)
+	clock := func() time.Time { return now }
+	writeFile(t, filepath.Join(dir, "fleet.yaml"), policyV1)
+	if err := os.Chtimes(filepath.Join(dir, "fleet.yaml"), base.Add(-4*time.Hour), base.Add(-4*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWatcher(WatcherConfig{Dir: dir, LastGood: last, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	typo := filepath.Join(dir, "20-typo.yaml")
+	edit := func(at time.Time, content string) {
+		t.Helper()
+		writeFile(t, typo, content)
+		for _, p := range []string{typo, dir} {
+			if err := os.Chtimes(p, at, at); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	first := now
+	edit(first, "rollouts:\n  - id: t\n    target: {kind: model, name: m, version: 1.0.0}\n    waves: [{percent: 100, soak: 10}]\n")
+	if err := w.Reload(); err == nil || !w.Status().ErrAt.Equal(first) {
+		t.Fatalf("Reload(typo) = %v, rejected since %v; want an error since %v", err, w.Status().ErrAt, first)
+	}
+	now = base.Add(-2 * time.Hour)
+	second := now
+	edit(second, "rollouts:\n  - id: t\n    target: {kind: model, name: m, version: 1.0.0}\n    waves: [{percent: 100, soak: 10x}]\n")
+	if err := w.Reload(); err == nil || !w.Status().ErrAt.Equal(first) {
+		t.Errorf("Reload(another typo) = %v, rejected since %v; want still since the first failure, %v", err, w.Status().ErrAt, first)
+	}
+	w.Close()
+
+	now = base // the restart
+	w, err = NewWatcher(WatcherConfig{Dir: dir, LastGood: last, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if st := w.Status(); st.Err == nil || !st.ErrAt.Equal(second) {
+		t.Errorf("after a restart, rejected since %v (%v); want the directory's last change, %v, not the restart %v", st.ErrAt, st.Err, second, now)
+	}
+
+	edit(now, "rollouts: []\n")
+	if err := w.Reload(); err != nil || !w.Status().ErrAt.IsZero() {
+		t.Fatalf("Reload(fixed) = %v, since %v; want no error and no time", err, w.Status().ErrAt)
+	}
+	now = base.Add(time.Minute)
+	edit(now, "rollouts: [\n")
+	if err := w.Reload(); err == nil || !w.Status().ErrAt.Equal(now) {
+		t.Errorf("Reload(broken again) = %v, since %v; want since %v", err, w.Status().ErrAt, now)
 	}
 }

@@ -80,8 +80,12 @@ type ReloadStatus struct {
 	// Digest and LoadedAt are those of the policy in force.
 	Digest   string    `json:"digest"`
 	LoadedAt time.Time `json:"loaded_at"`
-	// Err is the error of the last load attempt, nil if it succeeded; ErrAt is when.
-	// An ErrorList carries every problem with its file and line.
+	// Err is the error of the last load attempt, nil if it succeeded. ErrAt is when
+	// the directory was first rejected in the current run of failed attempts (a later
+	// edit that is still wrong, or a retry, does not move it); for a directory
+	// rejected at start, when it last changed (its newest file's or entry's time, not
+	// the start: a restart does not hide how long the last good policy has been in
+	// force). An ErrorList carries every problem with its file and line.
 	Err   error     `json:"-"`
 	ErrAt time.Time `json:"error_at,omitzero"`
 	// Error is Err's text, for JSON.
@@ -143,7 +147,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	w.install(p)
 	if loadErr != nil {
 		w.mu.Lock()
-		w.rejectLocked(loadErr, w.cfg.Now())
+		w.rejectLocked(loadErr, changedAt(cfg.Dir, w.cfg.Now()))
 		w.mu.Unlock()
 		w.log.Error("POLICY DIRECTORY REJECTED AT START: serving the last good policy; fix the directory, the server loads it when it changes",
 			"dir", cfg.Dir, "err", loadErr, "digest", p.Digest, "last_good", cfg.LastGood)
@@ -256,13 +260,40 @@ func (w *Watcher) load() (*Policy, []File, error) {
 	return p, files, nil
 }
 
-// rejectLocked records a load that failed: the policy in force stays.
+// rejectLocked records a load that failed: the policy in force stays. ErrAt stays that
+// of the first failure after a success.
 func (w *Watcher) rejectLocked(err error, now time.Time) {
 	w.st.Reloads++
 	w.st.Failures++
-	w.st.Err, w.st.ErrAt, w.st.Error = err, now, err.Error()
+	if w.st.Err == nil {
+		w.st.ErrAt = now
+	}
+	w.st.Err, w.st.Error = err, err.Error()
 	w.valid.Set(0)
 	w.reloads.WithLabelValues("failure").Inc()
+}
+
+// changedAt is when dir last changed as far as its metadata tells: the newest
+// modification time of the directory (an entry added, removed or renamed) and of the
+// policy files in it, never after now (a clock set back); now if none can be read.
+func changedAt(dir string, now time.Time) time.Time {
+	var newest time.Time
+	if fi, err := os.Stat(dir); err == nil {
+		newest = fi.ModTime()
+	}
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !IsPolicyFile(e.Name()) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && fi.ModTime().After(newest) {
+			newest = fi.ModTime()
+		}
+	}
+	if newest.IsZero() || newest.After(now) {
+		return now
+	}
+	return newest
 }
 
 func (w *Watcher) install(p *Policy) {

@@ -637,7 +637,7 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 		if fleet.Unavailable(err) {
 			// Not the device's fault, nor for good: 503 with Retry-After, which a proxy
 			// in front of replicas takes as "try another" (a 500 it passed on).
-			writeError(w, http.StatusServiceUnavailable, "the fleet database is not answering: try again later")
+			writeError(w, http.StatusServiceUnavailable, unavailableMessage(err))
 			return
 		}
 		writeError(w, http.StatusInternalServerError, "check-in failed")
@@ -652,6 +652,17 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	d.checkins.WithLabelValues("ok").Inc()
 	d.verdicts.WithLabelValues(string(verdict)).Inc()
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// unavailableMessage is what a device is told when the fleet database could not take
+// its check-in for now (fleet.Unavailable): that its disk is full, when it is (an
+// operator reading the agent's log then knows where to look), else that it is not
+// answering.
+func unavailableMessage(err error) string {
+	if fleet.NoSpace(err) {
+		return "the fleet database cannot take writes (its disk is full): try again later"
+	}
+	return "the fleet database is not answering: try again later"
 }
 
 // admit records an authenticated check-in in one transaction (fleet.Store.Admit, around
