@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -77,27 +78,49 @@ func checkDatabase(ctx context.Context, dir string, store *fleet.Store, where st
 	return nil
 }
 
-// guardLostDatabase refuses to open the sqlite database at where (creating it) when the
-// repository directory names the database it is served with (DatabaseMarker) and the
-// file is missing or empty: it was deleted or emptied, and a new one made there, by the
-// CLI as by the server, would hide that and hold little enough to pass for the real one
-// (found from outside, 2 Dec: 'token create --repo' then 'audit export --repo' made a
-// fleet.db of one token and one record over the emptied one). A PostgreSQL database
-// is checked by its ID once open (checkDatabase).
-func guardLostDatabase(dir, where string) error {
-	if fleet.IsPostgres(where) {
-		return nil
-	}
+// guardLostDatabase refuses to open the database at where (creating or migrating it)
+// when the repository directory names the database it is served with (DatabaseMarker)
+// and the database at where is new: a sqlite file missing or empty, a PostgreSQL
+// database with no table. It was deleted or emptied, or --db names another one, and a
+// new one made there, by the CLI as by the server, would hide that and hold little
+// enough to pass for the real one (found from outside, 2 Dec: 'token create --repo'
+// then 'audit export --repo' made a fleet.db of one token and one record over the
+// emptied one). A PostgreSQL database is left as it was found: its tables were created
+// before checkDatabase refused it. Any other database is checked by its ID once open
+// (checkDatabase).
+func guardLostDatabase(ctx context.Context, dir, where string) error {
 	marker := filepath.Join(dir, DatabaseMarker)
 	want, err := os.ReadFile(marker)
 	if err != nil {
 		return nil // no marker (a first start, or a repository from before them)
 	}
-	if st, err := os.Stat(where); err == nil && st.Size() > 0 {
+	what := "is missing or empty"
+	if fleet.IsPostgres(where) {
+		if !emptyPostgres(ctx, where) {
+			return nil
+		}
+		what = "is a new database with no table"
+	} else if st, err := os.Stat(where); err == nil && st.Size() > 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: %s is missing or empty, while %s names database %s: it was deleted or emptied. "+
-		"Restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"); nothing was created in its place. "+
+	return fmt.Errorf("%w: %s %s, while %s names database %s: it was deleted, emptied or mistyped. "+
+		"Point --db at the database this repository was served with, or restore it from its backup (docs/OPERATORS.md, \"Backups and restore\"); nothing was created in it. "+
 		"To serve this repository from a new, empty database for good (a new audit log; no devices, tokens or rollout states), start the server once with --new-database",
-		ErrOtherDatabase, where, marker, strings.TrimSpace(string(want)))
+		ErrOtherDatabase, fleet.Redacted(where), what, marker, strings.TrimSpace(string(want)))
+}
+
+// emptyPostgres reports whether the PostgreSQL database at where answers and has no
+// table in its schema. One that does not answer is not called empty: opening it
+// then fails with its own error.
+func emptyPostgres(ctx context.Context, where string) bool {
+	db, err := fleet.OpenPostgres(where)
+	if err != nil {
+		return false
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var n int
+	err = db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()`).Scan(&n)
+	return err == nil && n == 0
 }

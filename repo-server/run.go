@@ -198,7 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	rec.s = srv
 	if !cfg.NewDatabase {
-		if err := guardLostDatabase(cfg.Dir, DBLocation(cfg.Dir, cfg.DB)); err != nil {
+		if err := guardLostDatabase(ctx, cfg.Dir, DBLocation(cfg.Dir, cfg.DB)); err != nil {
 			return err
 		}
 	}

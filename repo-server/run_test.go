@@ -545,3 +545,59 @@ func TestServerRefusesAnotherDatabase(t *testing.T) {
 		t.Errorf("its device after --new-database: %v; want it kept", err)
 	}
 }
+
+// TestServerLeavesAnEmptyPostgresAsFound: a start whose --db names a PostgreSQL
+// database other than the repository's, new and empty (a mistyped database name that
+// an administrator had created, a restore target not yet restored), is refused, and the
+// database is left with no table. Before, the store created and migrated its tables
+// first, and only then did the identity check refuse it.
+func TestServerLeavesAnEmptyPostgresAsFound(t *testing.T) {
+	served, other := pg.Database(t), pg.Database(t)
+	dir := t.TempDir()
+	if _, err := repository.Init(context.Background(), repository.Config{Dir: dir, KDF: repository.KDFParams{N: 1 << 10}, Recorder: AuditRecorder{Dir: dir, DB: served}},
+		repository.InitOptions{Passphrase: []byte(testPass)}); err != nil {
+		t.Fatal(err)
+	}
+	run := func(db string) error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ready := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- Run(ctx, Config{Dir: dir, DB: db, Listen: "127.0.0.1:0", Ready: func(net.Addr, net.Addr) { close(ready) }})
+		}()
+		select {
+		case <-ready:
+			cancel()
+			<-done
+			return nil
+		case err := <-done:
+			return err
+		case <-time.After(60 * time.Second):
+			t.Fatal("Run neither served nor failed in 60 s")
+			return nil
+		}
+	}
+	if err := run(served); err != nil {
+		t.Fatalf("first start: %v", err)
+	}
+	err := run(other)
+	if !errors.Is(err, ErrOtherDatabase) || !strings.Contains(err.Error(), "no table") || !strings.Contains(err.Error(), "--new-database") {
+		t.Fatalf("start on another, empty PostgreSQL database = %v; want ErrOtherDatabase naming it new", err)
+	}
+	if _, err := OpenAuditedFleet(context.Background(), dir, other); !errors.Is(err, ErrOtherDatabase) {
+		t.Errorf("the CLI's fleet open on it = %v; want ErrOtherDatabase", err)
+	}
+	db, err := OpenDB(context.Background(), other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("tables in the refused database: %d, %v; want none made", n, err)
+	}
+	if err := run(served); err != nil {
+		t.Fatalf("start on the served database again: %v", err)
+	}
+}

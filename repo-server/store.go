@@ -74,7 +74,7 @@ func openAudit(ctx context.Context, dir, where string, now func() time.Time) (*a
 		return nil, nil, err
 	}
 	where = DBLocation(dir, where)
-	if err := guardLostDatabase(dir, where); err != nil {
+	if err := guardLostDatabase(ctx, dir, where); err != nil {
 		return nil, nil, err
 	}
 	db, err := OpenDB(ctx, where)
@@ -131,7 +131,7 @@ func OpenAuditedFleet(ctx context.Context, dir, db string) (*fleet.Store, error)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", err)
 	}
-	if err := guardLostDatabase(dir, DBLocation(dir, db)); err != nil {
+	if err := guardLostDatabase(ctx, dir, DBLocation(dir, db)); err != nil {
 		return nil, err
 	}
 	st, err := fleet.Open(ctx, DBLocation(dir, db))
