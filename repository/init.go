@@ -227,11 +227,20 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	if err := writeMeta(r, "timestamp.json", timestamp, keys[metadata.TIMESTAMP]); err != nil {
 		return nil, err
 	}
+	// Every role's key IDs: the log is where an auditor, after a theft, reads which key
+	// signed what when; the models and runtimes keys were in no record until their first
+	// rotation (found from outside, 2 Dec).
+	keyIDs := map[string][]string{metadata.ROOT: root.Signed.Roles[metadata.ROOT].KeyIDs}
+	for _, role := range append([]string{metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP}, delegatedNames()...) {
+		for _, k := range keys[role] {
+			keyIDs[role] = append(keyIDs[role], k.ID())
+		}
+	}
 	// The settings file is written last: its presence means the repository is complete.
 	if err := r.record(ctx, event{"init", cfg.Dir, map[string]any{
 		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
 		"root_key_ids": root.Signed.Roles[metadata.ROOT].KeyIDs, "root_keys_from_holders": len(opt.RootPublicKeys) > 0,
-		"root_staged": res.RootProposal != "",
+		"root_staged": res.RootProposal != "", "key_ids": keyIDs,
 	}}); err != nil {
 		return nil, err
 	}
