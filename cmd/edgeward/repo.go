@@ -362,6 +362,7 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 	if len(expired) > 0 {
 		fmt.Fprintf(env.stdout, "expired: %s: devices refuse this repository's metadata until it is renewed ('edgeward repo renew --role ROLE' for targets, models, runtimes; the root by its ceremony; snapshot and timestamp by the server)\n", strings.Join(expired, ", "))
 	}
+	pendingRoot(ctx, env, repo)
 	fmt.Fprintln(env.stdout)
 	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tROLE\tBYTES\tSHA256")
@@ -520,6 +521,27 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "key files of no role any more, still on this disk: %s; remove them (securely, if a key was compromised)\n", strings.Join(stale, " "))
 	}
 	return nil
+}
+
+// pendingRoot says, for repo status, that a root proposal is staged, how far it is from
+// publication and what it changes: a rotation after a theft ('keys rotate --role
+// timestamp' without root keys) leaves the stolen key in force until it is published,
+// and status showed nothing of it.
+func pendingRoot(ctx context.Context, env *cliEnv, repo *repository.Repo) {
+	p, err := repo.RootProgress(ctx, "")
+	if err != nil {
+		return // none staged
+	}
+	fmt.Fprintf(env.stdout, "pending: %s; until 'edgeward root publish' makes it current, the keys above stay in force\n", p)
+	lines, err := repo.DescribeProposal(ctx, "")
+	if err != nil {
+		return
+	}
+	for _, l := range lines {
+		if strings.Contains(l, "ADDED") || strings.Contains(l, "REVOKED") || strings.Contains(l, "LOWERED") || strings.Contains(l, "REMOVED") {
+			fmt.Fprintf(env.stdout, "  %s\n", l)
+		}
+	}
 }
 
 func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
