@@ -428,7 +428,17 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("write public key: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
-	fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key')\n", pubPath)
+	// Where the public half goes: a root key into a new repository or a root change; a
+	// targets, snapshot or timestamp key into a root change. It named 'repo init
+	// --root-key' for every role (found from outside, 2 Dec, rotating a targets key).
+	switch *role {
+	case metadata.ROOT:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key', or 'edgeward root propose --add-key root=%s')\n", pubPath, pubPath)
+	case metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward root propose --add-key %s=%s')\n", pubPath, *role, pubPath)
+	default:
+		fmt.Fprintf(env.stdout, "public key: %s\n", pubPath)
+	}
 	return nil
 }
 

@@ -25,3 +25,18 @@ func TestRepoStatusShowsAPendingRootChange(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysGenSaysWhereThePublicKeyGoes: a targets key's public half goes into a root
+// change ('root propose --add-key targets=FILE'), not 'repo init --root-key', which is
+// what keys gen told the holder of every role's key.
+func TestKeysGenSaysWhereThePublicKeyGoes(t *testing.T) {
+	c := newCLI(t)
+	c.env["EDGEWARD_PASSPHRASE"] = "gen-secret"
+	dir := t.TempDir()
+	if out := c.must("keys", "gen", "--role", "targets", "--out", dir); !strings.Contains(out, "'edgeward root propose --add-key targets=") || strings.Contains(out, "repo init") {
+		t.Errorf("keys gen --role targets = %q; want it to point at root propose --add-key targets=", out)
+	}
+	if out := c.must("keys", "gen", "--role", "root", "--out", dir); !strings.Contains(out, "'edgeward repo init --root-key'") {
+		t.Errorf("keys gen --role root = %q; want it to point at repo init --root-key", out)
+	}
+}
