@@ -175,10 +175,6 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 		})
 	}
 	snapshot := metadata.Snapshot(r.expires(metadata.SNAPSHOT))
-	snapshot.Signed.Meta[metadata.TARGETS+".json"] = metadata.MetaFile(1)
-	for _, role := range delegatedNames() {
-		snapshot.Signed.Meta[role+".json"] = metadata.MetaFile(1)
-	}
 	timestamp := metadata.Timestamp(r.expires(metadata.TIMESTAMP))
 
 	if len(opt.RootPublicKeys) > 0 {
@@ -198,30 +194,57 @@ func Init(ctx context.Context, cfg Config, opt InitOptions) (*InitResult, error)
 	} else if err := writeMeta(r, "1.root.json", root, keys[metadata.ROOT]); err != nil {
 		return nil, err
 	}
-	if err := writeMeta(r, "1.targets.json", targets, keys[metadata.TARGETS]); err != nil {
+	// The snapshot names each targets role by version, length and hash, the timestamp
+	// the snapshot likewise (metaFileOf says why).
+	data, err := signMeta("1.targets.json", targets, keys[metadata.TARGETS])
+	if err != nil {
 		return nil, err
 	}
+	if err := r.writeMetaBytes("1.targets.json", data); err != nil {
+		return nil, err
+	}
+	snapshot.Signed.Meta[metadata.TARGETS+".json"] = metaFileOf(1, data)
 	for _, role := range delegatedNames() {
 		m := metadata.Targets(r.expires(role))
-		if err := writeMeta(r, "1."+role+".json", m, keys[role]); err != nil {
+		file := "1." + role + ".json"
+		data, err := signMeta(file, m, keys[role])
+		if err != nil {
 			return nil, err
 		}
+		if err := r.writeMetaBytes(file, data); err != nil {
+			return nil, err
+		}
+		snapshot.Signed.Meta[role+".json"] = metaFileOf(1, data)
 	}
-	if err := writeMeta(r, "1.snapshot.json", snapshot, keys[metadata.SNAPSHOT]); err != nil {
+	data, err = signMeta("1.snapshot.json", snapshot, keys[metadata.SNAPSHOT])
+	if err != nil {
 		return nil, err
 	}
+	if err := r.writeMetaBytes("1.snapshot.json", data); err != nil {
+		return nil, err
+	}
+	timestamp.Signed.Meta["snapshot.json"] = metaFileOf(1, data)
 	if err := writeMeta(r, "timestamp.json", timestamp, keys[metadata.TIMESTAMP]); err != nil {
 		return nil, err
+	}
+	// Every role's key IDs: the log is where an auditor, after a theft, reads which key
+	// signed what when; the models and runtimes keys were in no record until their first
+	// rotation (found from outside, 2 Dec).
+	keyIDs := map[string][]string{metadata.ROOT: root.Signed.Roles[metadata.ROOT].KeyIDs}
+	for _, role := range append([]string{metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP}, delegatedNames()...) {
+		for _, k := range keys[role] {
+			keyIDs[role] = append(keyIDs[role], k.ID())
+		}
 	}
 	// The settings file is written last: its presence means the repository is complete.
 	if err := r.record(ctx, event{"init", cfg.Dir, map[string]any{
 		"root_threshold": opt.RootThreshold, "root_keys": opt.RootKeys, "key_type": string(opt.KeyType),
 		"root_key_ids": root.Signed.Roles[metadata.ROOT].KeyIDs, "root_keys_from_holders": len(opt.RootPublicKeys) > 0,
-		"root_staged": res.RootProposal != "",
+		"root_staged": res.RootProposal != "", "key_ids": keyIDs,
 	}}); err != nil {
 		return nil, err
 	}
-	data, _ := json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry, Limits: r.limits}, "", "  ")
+	data, _ = json.MarshalIndent(settings{Format: settingsFormat, Expiry: r.expiry, Limits: r.limits}, "", "  ")
 	if err := r.fs.WriteFile(r.path("edgeward-repo.json"), data, 0o644); err != nil {
 		return nil, err
 	}

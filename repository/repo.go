@@ -25,6 +25,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -452,13 +453,13 @@ func sameFile(a, b string) bool {
 func (r *Repo) loadAt(dir string, rootVersion int) (*State, error) {
 	var err error
 	st := &State{Targets: map[string]*metadata.Metadata[metadata.TargetsType]{}}
-	if st.Root, err = loadMeta(dir, fmt.Sprintf("%d.root.json", rootVersion), metadata.Root()); err != nil {
+	if st.Root, err = loadMeta(dir, fmt.Sprintf("%d.root.json", rootVersion), metadata.Root(), nil); err != nil {
 		return nil, err
 	}
 	if err := st.Root.VerifyDelegate(metadata.ROOT, st.Root); err != nil {
 		return nil, &MetadataError{File: fmt.Sprintf("%d.root.json", rootVersion), Err: fmt.Errorf("not signed by its own threshold: %w", err)}
 	}
-	if st.Timestamp, err = loadMeta(dir, "timestamp.json", metadata.Timestamp()); err != nil {
+	if st.Timestamp, err = loadMeta(dir, "timestamp.json", metadata.Timestamp(), nil); err != nil {
 		return nil, err
 	}
 	if err := st.Root.VerifyDelegate(metadata.TIMESTAMP, st.Timestamp); err != nil {
@@ -469,7 +470,7 @@ func (r *Repo) loadAt(dir string, rootVersion int) (*State, error) {
 		return nil, &MetadataError{File: "timestamp.json", Err: errors.New("names no snapshot")}
 	}
 	snapFile := fmt.Sprintf("%d.snapshot.json", snapMeta.Version)
-	if st.Snapshot, err = loadMeta(dir, snapFile, metadata.Snapshot()); err != nil {
+	if st.Snapshot, err = loadMeta(dir, snapFile, metadata.Snapshot(), snapMeta); err != nil {
 		return nil, err
 	}
 	if err := st.Root.VerifyDelegate(metadata.SNAPSHOT, st.Snapshot); err != nil {
@@ -481,7 +482,7 @@ func (r *Repo) loadAt(dir string, rootVersion int) (*State, error) {
 			return nil, &MetadataError{File: snapFile, Err: fmt.Errorf("names no %s.json", role)}
 		}
 		file := fmt.Sprintf("%d.%s.json", m.Version, role)
-		t, err := loadMeta(dir, file, metadata.Targets())
+		t, err := loadMeta(dir, file, metadata.Targets(), m)
 		if err != nil {
 			return nil, err
 		}
@@ -505,7 +506,10 @@ func (r *Repo) loadAt(dir string, rootVersion int) (*State, error) {
 // maxMetadataBytes bounds what Load reads of one metadata file.
 const maxMetadataBytes = 32 << 20
 
-func loadMeta[T metadata.Roles](dir, name string, m *metadata.Metadata[T]) (*metadata.Metadata[T], error) {
+// loadMeta reads and parses the metadata file name in dir. want, if not nil, is how the
+// snapshot or the timestamp names the file: its length and hashes, when it has them,
+// must match (as a device checks them).
+func loadMeta[T metadata.Roles](dir, name string, m *metadata.Metadata[T], want *metadata.MetaFiles) (*metadata.Metadata[T], error) {
 	path := filepath.Join(dir, name)
 	f, err := os.Open(path)
 	if err != nil {
@@ -522,6 +526,11 @@ func loadMeta[T metadata.Roles](dir, name string, m *metadata.Metadata[T]) (*met
 	if !json.Valid(buf.Bytes()) {
 		return nil, &MetadataError{File: path, Err: errors.New("not valid JSON (truncated or corrupted)")}
 	}
+	if want != nil {
+		if err := want.VerifyLengthHashes(buf.Bytes()); err != nil {
+			return nil, &MetadataError{File: path, Err: fmt.Errorf("not the file the snapshot or timestamp names: %w", err)}
+		}
+	}
 	out, err := m.FromBytes(buf.Bytes())
 	if err != nil {
 		return nil, &MetadataError{File: path, Err: err}
@@ -537,6 +546,37 @@ func writeMeta[T metadata.Roles](r *Repo, file string, m *metadata.Metadata[T], 
 		return err
 	}
 	return r.writeMetaBytes(file, data)
+}
+
+// metaFileOf is how a snapshot names a targets role's file, or a timestamp the
+// snapshot's: its version, and its length and SHA-256. With the version alone, anyone
+// holding the role's key could make another file of the same version, which a device
+// that had not cached that version took for the one the snapshot signed: a models key
+// rotated out after a theft still signed a model that a device new to the repository,
+// or back after an absence, installed from a mirror replaying the metadata of before
+// the rotation, for as long as that timestamp had not expired (found from outside, 2
+// Dec). The hashes bind the file to the online keys' signature.
+func metaFileOf(version int64, data []byte) *metadata.MetaFiles {
+	sum := sha256.Sum256(data)
+	mf := metadata.MetaFile(version)
+	mf.Length = int64(len(data))
+	mf.Hashes = metadata.Hashes{"sha256": sum[:]}
+	return mf
+}
+
+// hashedMetaFile is mf with the length and hashes of the file it names (VERSION.role.json
+// in the metadata directory) when it has none: a snapshot or timestamp of a repository
+// from before hashes, whose roles did not change since, gets them at its next version.
+func (r *Repo) hashedMetaFile(role string, mf *metadata.MetaFiles) (*metadata.MetaFiles, error) {
+	if len(mf.Hashes) > 0 && mf.Length > 0 {
+		return mf, nil
+	}
+	file := fmt.Sprintf("%d.%s.json", mf.Version, role)
+	data, err := os.ReadFile(filepath.Join(r.MetadataDir(), file))
+	if err != nil {
+		return nil, fmt.Errorf("hash %s, which the new snapshot or timestamp names: %w", file, err)
+	}
+	return metaFileOf(mf.Version, data), nil
 }
 
 // signMeta signs m with keys (replacing its signatures) and encodes it as served. A key
@@ -659,7 +699,7 @@ func (t *txn) rollback() {
 	if len(t.created) == 0 {
 		return
 	}
-	ts, err := loadMeta(t.r.MetadataDir(), "timestamp.json", metadata.Timestamp())
+	ts, err := loadMeta(t.r.MetadataDir(), "timestamp.json", metadata.Timestamp(), nil)
 	if err == nil && ts.Signed.Version == t.st.Timestamp.Signed.Version && t.tsWritten {
 		return
 	}
@@ -760,18 +800,36 @@ func (t *txn) commit(ctx context.Context) error {
 		if err := t.r.writeMetaBytes(file, p.data); err != nil {
 			return err
 		}
-		t.st.Snapshot.Signed.Meta[p.role+".json"] = metadata.MetaFile(m.Signed.Version)
+		t.st.Snapshot.Signed.Meta[p.role+".json"] = metaFileOf(m.Signed.Version, p.data)
 	}
 	if len(todo) > 0 || t.newSnap {
 		s := t.st.Snapshot
+		for name, mf := range s.Signed.Meta {
+			hashed, err := t.r.hashedMetaFile(strings.TrimSuffix(name, ".json"), mf)
+			if err != nil {
+				return err
+			}
+			s.Signed.Meta[name] = hashed
+		}
 		s.Signed.Version++
 		s.Signed.Expires = t.r.expires(metadata.SNAPSHOT)
 		file := fmt.Sprintf("%d.snapshot.json", s.Signed.Version)
-		t.create(filepath.Join(t.r.MetadataDir(), file))
-		if err := writeMeta(t.r, file, s, append(snapKeys, t.extraSig[metadata.SNAPSHOT]...)); err != nil {
+		data, err := signMeta(file, s, append(snapKeys, t.extraSig[metadata.SNAPSHOT]...))
+		if err != nil {
 			return err
 		}
-		t.st.Timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(s.Signed.Version)
+		t.create(filepath.Join(t.r.MetadataDir(), file))
+		if err := t.r.writeMetaBytes(file, data); err != nil {
+			return err
+		}
+		t.st.Timestamp.Signed.Meta["snapshot.json"] = metaFileOf(s.Signed.Version, data)
+	}
+	if mf := t.st.Timestamp.Signed.Meta["snapshot.json"]; mf != nil {
+		hashed, err := t.r.hashedMetaFile(metadata.SNAPSHOT, mf)
+		if err != nil {
+			return err
+		}
+		t.st.Timestamp.Signed.Meta["snapshot.json"] = hashed
 	}
 	// A new root is written under a name nobody fetches, and takes its own name only
 	// once the change is recorded and the lock still held, right before timestamp.json:

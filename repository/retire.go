@@ -256,7 +256,7 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 // failed after that point is visible (its files stay, txn.rollback), and what it wrote
 // beside the metadata must stay with it.
 func (r *Repo) wentLive(before int64) bool {
-	ts, err := loadMeta(r.MetadataDir(), "timestamp.json", metadata.Timestamp())
+	ts, err := loadMeta(r.MetadataDir(), "timestamp.json", metadata.Timestamp(), nil)
 	return err == nil && ts.Signed.Version > before
 }
 

@@ -412,13 +412,23 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 		if prop.Signed.Expires.Before(r.now()) {
 			return fmt.Errorf("proposal expired at %s", prop.Signed.Expires)
 		}
+		var lost []string // online roles whose old keys are not here
 		for _, role := range []string{metadata.SNAPSHOT, metadata.TIMESTAMP} {
 			if !slices.Equal(sorted(cur.Signed.Roles[role].KeyIDs), sorted(prop.Signed.Roles[role].KeyIDs)) {
-				old, err := t.roleKeys(role)
-				if err != nil {
-					return fmt.Errorf("sign %s with the old keys during the rotation: %w", role, err)
+				// The old keys sign too when they are here, for a client that gets the
+				// new timestamp before it can fetch the new root. When they are lost, or
+				// wiped after a theft, the rotation goes on without them: clients fetch
+				// the new root before the timestamp (TUF 5.3) and verify the new key's
+				// signature alone. It was refused, and a lost online key could never be
+				// rotated away: the repository stopped for good (found from outside, 2 Dec).
+				if old, err := t.roleKeys(role); err == nil {
+					t.extraSig[role] = old
+				} else {
+					lost = append(lost, role)
+					if r.log != nil {
+						r.log.Warn("rotating away from online keys that are not here: the new metadata is signed by the new keys only", "role", role, "err", err)
+					}
 				}
-				t.extraSig[role] = old
 				if role == metadata.SNAPSHOT {
 					t.newSnap = true
 				}
@@ -431,6 +441,9 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 		version = prop.Signed.Version
 		ev := rootChangeData(&cur.Signed, &prop.Signed)
 		ev["signed_by"] = rootSigners(cur, prop)
+		if len(lost) > 0 {
+			ev["old_keys_missing"] = lost
+		}
 		t.record("root.publish", fmt.Sprintf("root v%d", version), ev)
 		if extra != nil {
 			t.events = append(t.events, *extra)

@@ -215,6 +215,7 @@ func (c *TUF) load(root []byte) error {
 	if c.cfg.MaxTargetsBytes > 0 {
 		ucfg.TargetsMaxLength = c.cfg.MaxTargetsBytes
 	}
+	c.fetcher.targetsMax = ucfg.TargetsMaxLength
 	ucfg.DisableLocalCache = true // see above: New must not rewrite root.json
 	up, err := updater.New(ucfg)
 	if err != nil {
@@ -646,6 +647,10 @@ type metaFetcher struct {
 	ctx    context.Context
 	// timeout bounds each request when go-tuf gives none (it passes 0).
 	timeout time.Duration
+	// targetsMax is the device's own bound on a targets role (go-tuf's
+	// TargetsMaxLength). go-tuf asks for less when the snapshot names the role's
+	// length: a longer file is then not the one signed, however small.
+	targetsMax int64
 }
 
 // DownloadFile fetches urlPath, at most maxLength bytes, within timeout (the fetcher's
@@ -677,7 +682,7 @@ func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, timeout time
 		return nil, &metadata.ErrDownloadHTTP{StatusCode: resp.StatusCode, URL: urlPath}
 	}
 	if resp.ContentLength > maxLength {
-		return nil, tooLarge(urlPath, resp.ContentLength, maxLength)
+		return nil, f.tooLarge(urlPath, resp.ContentLength, maxLength)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxLength+1))
 	if err != nil {
@@ -687,9 +692,33 @@ func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, timeout time
 		return nil, &metadata.ErrDownload{Msg: fmt.Sprintf("%s: %v", urlPath, err)}
 	}
 	if int64(len(b)) > maxLength {
-		return nil, tooLarge(urlPath, -1, maxLength)
+		return nil, f.tooLarge(urlPath, -1, maxLength)
 	}
 	return b, nil
+}
+
+// tooLarge is the error for a metadata file at urlPath longer than max: tooLarge's, or,
+// for a targets role asked for with less than the device's bound, a length mismatch:
+// the snapshot names the role's length (Edgeward's repository does since 2 Dec), so
+// the file is not the one signed, whatever its size. It was reported as the catalogue
+// outgrowing the device (metadata_too_large, "retire old versions"), which sent
+// operators to retire versions for a mirror's tampering (found from outside, 2 Dec).
+func (f *metaFetcher) tooLarge(urlPath string, announced, max int64) error {
+	name := path.Base(urlPath)
+	switch metadataRole(name) {
+	case metadata.ROOT, metadata.TIMESTAMP, metadata.SNAPSHOT:
+	default:
+		if f.targetsMax > 0 && max < f.targetsMax {
+			got := fmt.Sprintf("announces %d bytes", announced)
+			if announced < 0 {
+				got = fmt.Sprintf("sends more than %d bytes", max)
+			}
+			return &metadata.ErrLengthOrHashMismatch{Msg: fmt.Sprintf(
+				"%s %s but the snapshot names it with %d: it is not the file the repository signed, so the server or mirror sending it is broken or hostile; the device keeps the metadata it trusts and tries again (%s)",
+				name, got, max, urlPath)}
+		}
+	}
+	return tooLarge(urlPath, announced, max)
 }
 
 // tooLarge is go-tuf's length error, also ErrMetadataTooLarge, saying what to do about

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/durable"
 	reposerver "github.com/edgeward/edgeward/repo-server"
@@ -113,6 +114,7 @@ type auditTrust struct {
 	key, origin, state string
 	witnesses          listFlag
 	quorum             int
+	maxAge             time.Duration
 }
 
 func (a *auditTrust) register(fs *flag.FlagSet) {
@@ -121,6 +123,7 @@ func (a *auditTrust) register(fs *flag.FlagSet) {
 	fs.Var(&a.witnesses, "witness", "a trusted witness's verifier key (inline or a file); repeat for each")
 	fs.IntVar(&a.quorum, "quorum", 0, "how many of the --witness keys must have cosigned the newest checkpoint (default: all of them)")
 	fs.StringVar(&a.state, "state", "", "file keeping the last checkpoint this auditor verified: read, checked for consistency, and advanced on success (created if missing)")
+	fs.DurationVar(&a.maxAge, "max-age", 0, "with --witness: refuse a checkpoint that a quorum of the witnesses cosigned longer ago than this (e.g. 24h): a server rolled back to an earlier prefix of its log, or frozen, shows old cosignatures; 0: no bound")
 }
 
 func (a *auditTrust) options() (audit.VerifyOptions, error) {
@@ -146,6 +149,13 @@ func (a *auditTrust) options() (audit.VerifyOptions, error) {
 	if o.Quorum > len(o.Witnesses) {
 		return o, fmt.Errorf("--quorum %d with %d --witness keys", o.Quorum, len(o.Witnesses))
 	}
+	if a.maxAge < 0 {
+		return o, fmt.Errorf("--max-age %s: want a positive duration", a.maxAge)
+	}
+	if a.maxAge > 0 && len(o.Witnesses) == 0 {
+		return o, errors.New("--max-age needs --witness keys: only the witnesses' cosignatures carry a time")
+	}
+	o.MaxAge = a.maxAge
 	if a.state != "" {
 		data, err := os.ReadFile(a.state)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -260,8 +270,9 @@ func cmdAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 		if err != nil {
 			return err
 		}
+		at, _ := audit.CosignedAt(c.Note, o.Witnesses, o.Quorum)
 		fmt.Fprintf(env.stdout, "ok: record %d (%s %s by %s) is in the tree of %d records signed by %s%s%s\n",
-			p.Record.Seq, p.Record.Kind, p.Record.Subject, p.Record.Actor, c.Size, o.LogKey.Name(), quorumText(o), stateText(trust.state, adv, c))
+			p.Record.Seq, p.Record.Kind, p.Record.Subject, p.Record.Actor, c.Size, o.LogKey.Name(), quorumText(o, at), stateText(trust.state, adv, c))
 		return nil
 	}
 	var in io.Reader = env.stdin // "-": edgeward audit export … | edgeward audit verify - …
@@ -286,15 +297,22 @@ func cmdAuditVerify(ctx context.Context, env *cliEnv, args []string) error {
 		ext = fmt.Sprintf(", extends the last-seen checkpoint of %d records", rep.LastSeen)
 	}
 	fmt.Fprintf(env.stdout, "ok: %d records, all in the tree signed by %s (checkpoint %d)%s%s, all records covered%s\n",
-		rep.Records, o.LogKey.Name(), rep.Checkpoint.Size, quorumText(o), ext, stateText(trust.state, adv, rep.Checkpoint))
+		rep.Records, o.LogKey.Name(), rep.Checkpoint.Size, quorumText(o, rep.CosignedAt), ext, stateText(trust.state, adv, rep.Checkpoint))
 	return nil
 }
 
-func quorumText(o audit.VerifyOptions) string {
+// quorumText says how many witnesses cosigned and, at is when a quorum of them had
+// (zero: unknown), how long ago: an old cosignature is how a rolled-back or frozen log
+// shows to an auditor without a last-seen checkpoint (see --max-age).
+func quorumText(o audit.VerifyOptions, at time.Time) string {
 	if len(o.Witnesses) == 0 {
 		return ""
 	}
-	return fmt.Sprintf(", cosigned by at least %d of %d witnesses", o.Quorum, len(o.Witnesses))
+	s := fmt.Sprintf(", cosigned by at least %d of %d witnesses", o.Quorum, len(o.Witnesses))
+	if !at.IsZero() {
+		s += fmt.Sprintf(" (the quorum by %s, %s ago)", at.UTC().Format(time.RFC3339), time.Since(at).Round(time.Second))
+	}
+	return s
 }
 
 func stateText(state string, advanced bool, c *audit.Checkpoint) string {

@@ -362,6 +362,7 @@ func cmdRepoStatus(ctx context.Context, env *cliEnv, args []string) error {
 	if len(expired) > 0 {
 		fmt.Fprintf(env.stdout, "expired: %s: devices refuse this repository's metadata until it is renewed ('edgeward repo renew --role ROLE' for targets, models, runtimes; the root by its ceremony; snapshot and timestamp by the server)\n", strings.Join(expired, ", "))
 	}
+	pendingRoot(ctx, env, repo)
 	fmt.Fprintln(env.stdout)
 	tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TARGET\tROLE\tBYTES\tSHA256")
@@ -427,7 +428,17 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("write public key: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
-	fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key')\n", pubPath)
+	// Where the public half goes: a root key into a new repository or a root change; a
+	// targets, snapshot or timestamp key into a root change. It named 'repo init
+	// --root-key' for every role (found from outside, 2 Dec, rotating a targets key).
+	switch *role {
+	case metadata.ROOT:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key', or 'edgeward root propose --add-key root=%s')\n", pubPath, pubPath)
+	case metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward root propose --add-key %s=%s')\n", pubPath, *role, pubPath)
+	default:
+		fmt.Fprintf(env.stdout, "public key: %s\n", pubPath)
+	}
 	return nil
 }
 
@@ -520,6 +531,27 @@ func cmdKeysRotate(ctx context.Context, env *cliEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "key files of no role any more, still on this disk: %s; remove them (securely, if a key was compromised)\n", strings.Join(stale, " "))
 	}
 	return nil
+}
+
+// pendingRoot says, for repo status, that a root proposal is staged, how far it is from
+// publication and what it changes: a rotation after a theft ('keys rotate --role
+// timestamp' without root keys) leaves the stolen key in force until it is published,
+// and status showed nothing of it.
+func pendingRoot(ctx context.Context, env *cliEnv, repo *repository.Repo) {
+	p, err := repo.RootProgress(ctx, "")
+	if err != nil {
+		return // none staged
+	}
+	fmt.Fprintf(env.stdout, "pending: %s; until 'edgeward root publish' makes it current, the keys above stay in force\n", p)
+	lines, err := repo.DescribeProposal(ctx, "")
+	if err != nil {
+		return
+	}
+	for _, l := range lines {
+		if strings.Contains(l, "ADDED") || strings.Contains(l, "REVOKED") || strings.Contains(l, "LOWERED") || strings.Contains(l, "REMOVED") {
+			fmt.Fprintf(env.stdout, "  %s\n", l)
+		}
+	}
 }
 
 func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
@@ -110,6 +111,9 @@ type Report struct {
 	Checkpoint *Checkpoint // the checkpoint covering them (verified)
 	Cosigners  []string    // the trusted witnesses that cosigned it
 	LastSeen   int64       // size of the auditor's last-seen checkpoint the tree extends (0: none)
+	// CosignedAt is when a quorum of the trusted witnesses had cosigned the checkpoint
+	// (CosignedAt); zero without witnesses.
+	CosignedAt time.Time
 }
 
 // VerifyError says where an export stops being trustworthy.
@@ -150,6 +154,13 @@ type VerifyOptions struct {
 	// LastSeen is the auditor's last-seen checkpoint (a signed note), from an earlier
 	// verification, a witness or a device. The export's tree must extend it. nil: none.
 	LastSeen []byte
+	// MaxAge, if positive, is how long ago a quorum of Witnesses may have cosigned the
+	// checkpoint at most (their cosignatures carry a time); older fails with ErrStale:
+	// a server rolled back to an earlier prefix of its log, or frozen, shows old
+	// cosignatures, which nothing else catches without a last-seen checkpoint. Zero:
+	// no bound. Now is the clock it is measured with (nil: time.Now).
+	MaxAge time.Duration
+	Now    func() time.Time
 }
 
 // Verify checks an export offline. It proves that every record, numbered 1, 2, 3 … in
@@ -279,6 +290,9 @@ func Verify(r io.Reader, opts VerifyOptions) (*Report, error) {
 			}
 		}
 		rep.LastSeen = lastSeen.Size
+	}
+	if rep.CosignedAt, err = checkFresh(c, opts); err != nil {
+		return rep, &VerifyError{Line: n, Msg: "checkpoint", Err: err}
 	}
 	return rep, nil
 }

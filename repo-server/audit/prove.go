@@ -88,5 +88,8 @@ func VerifyProof(p *Proof, opts VerifyOptions) (*Checkpoint, error) {
 			return nil, err
 		}
 	}
+	if _, err := checkFresh(c, opts); err != nil {
+		return nil, err
+	}
 	return c, nil
 }

@@ -50,6 +50,20 @@ type Repo struct {
 	srv       *httptest.Server
 	// rootSigners are the extra keys signing the next root (the old root's, on rotation).
 	rootSigners []ed25519.PrivateKey
+	// NameHashes makes Publish name each targets role in the snapshot, and the snapshot
+	// in the timestamp, by length and SHA-256 besides the version, as Edgeward's
+	// repository does; false: by version only.
+	NameHashes bool
+}
+
+// metaFile is how the snapshot or timestamp names a file of version with content b.
+func (r *Repo) metaFile(version int64, b []byte) *metadata.MetaFiles {
+	mf := metadata.MetaFile(version)
+	if r.NameHashes {
+		sum := sha256.Sum256(b)
+		mf.Length, mf.Hashes = int64(len(b)), metadata.Hashes{"sha256": sum[:]}
+	}
+	return mf
 }
 
 // New serves a new repository over plain HTTP.
@@ -250,7 +264,7 @@ func (r *Repo) Publish() {
 	r.targets.Sign(signer(r.t, r.keys["targets"]))
 	tb, _ := r.targets.ToBytes(false)
 	r.Put(fmt.Sprintf("/metadata/%d.targets.json", r.targets.Signed.Version), tb)
-	r.snapshot.Signed.Meta["targets.json"] = metadata.MetaFile(r.targets.Signed.Version)
+	r.snapshot.Signed.Meta["targets.json"] = r.metaFile(r.targets.Signed.Version, tb)
 	for _, d := range r.delegated {
 		d.md.Signed.Version++
 		d.md.Signatures = nil
@@ -259,12 +273,12 @@ func (r *Repo) Publish() {
 		}
 		b, _ := d.md.ToBytes(false)
 		r.Put(fmt.Sprintf("/metadata/%d.%s.json", d.md.Signed.Version, d.name), b)
-		r.snapshot.Signed.Meta[d.name+".json"] = metadata.MetaFile(d.md.Signed.Version)
+		r.snapshot.Signed.Meta[d.name+".json"] = r.metaFile(d.md.Signed.Version, b)
 	}
 	r.snapshot.Sign(signer(r.t, r.keys["snapshot"]))
 	sb, _ := r.snapshot.ToBytes(false)
 	r.Put(fmt.Sprintf("/metadata/%d.snapshot.json", r.snapshot.Signed.Version), sb)
-	r.timestamp.Signed.Meta["snapshot.json"] = metadata.MetaFile(r.snapshot.Signed.Version)
+	r.timestamp.Signed.Meta["snapshot.json"] = r.metaFile(r.snapshot.Signed.Version, sb)
 	r.timestamp.Sign(signer(r.t, r.keys["timestamp"]))
 	ts, _ := r.timestamp.ToBytes(false)
 	r.Put("/metadata/timestamp.json", ts)
