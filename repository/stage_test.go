@@ -1,0 +1,202 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// holder is a key holder with their own key file, away from the repository's key
+// directories (the process test gives each their own passphrase too).
+type holder struct {
+	key  *Key
+	file string
+}
+
+func newHolder(t *testing.T, role string) holder {
+	t.Helper()
+	k, err := GenerateKey(role, KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := WriteKeyFile(OSFS{}, t.TempDir(), k, []byte(testPass), KDFParams{N: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return holder{k, p}
+}
+
+// stagingKeys is the operator's key ring on the repository (its targets key, the
+// delegated keys init made), staging what it cannot sign alone.
+func (f *fixture) stagingKeys(files ...string) *KeyRing {
+	kr := f.keyring(files...)
+	kr.Stage = true
+	return kr
+}
+
+// twoOfTwo makes models a 2-of-2 role of alice's and bob's keys (revoking the key init
+// made), through a staged change both sign, and returns them.
+func twoOfTwo(t *testing.T, f *fixture) (alice, bob holder) {
+	t.Helper()
+	ctx := context.Background()
+	alice, bob = newHolder(t, RoleModels), newHolder(t, RoleModels)
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := roleKeyIDs(st, RoleModels)
+	staged, err := f.repo.ChangeDelegation(ctx, DelegationChange{Role: RoleModels, AddKeys: []*metadata.Key{alice.key.Public, bob.key.Public}, RevokeKeys: old, Threshold: 2}, f.stagingKeys())
+	if err != nil {
+		t.Fatalf("ChangeDelegation(models 2 of alice, bob) = %v", err)
+	}
+	// targets is signed by the operator's targets key; models, re-signed under the new
+	// delegation, waits for both holders.
+	if staged == nil || staged.Version(metadata.TARGETS) == 0 || staged.Version(RoleModels) == 0 {
+		t.Fatalf("ChangeDelegation staged %+v; want targets and models", staged)
+	}
+	for _, h := range []holder{alice, bob} {
+		if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+			t.Fatalf("SignStaged(models) = %v", err)
+		}
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+		t.Fatalf("PublishStaged(delegation change) = %v", err)
+	}
+	return alice, bob
+}
+
+// TestThresholdSigningOfDelegatedRole: models needs 2 of alice's and bob's keys. A
+// publish by the operator, who holds neither, is staged (not served: a device does not
+// see it), and published only once both have signed; a signature by a key not in the
+// role does not count; a stale staged change (the role moved on meanwhile) is refused;
+// the audit log names the signers.
+func TestThresholdSigningOfDelegatedRole(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	c.mustRefresh()
+	alice, bob := twoOfTwo(t, f)
+	mallory := newHolder(t, RoleModels)
+	c.mustRefresh()
+
+	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("model one"), func(r *PublishRequest) {})
+	if !errors.Is(err, ErrNeedsSignatures) {
+		t.Fatalf("publish to a 2-of-2 role with a key ring that does not stage = %+v, %v; want ErrNeedsSignatures", res, err)
+	}
+	res, err = f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish with a staging key ring = %+v, %v; want staged", res, err)
+	}
+	if s := res.Staged.Roles[0]; s.Role != RoleModels || len(s.SignedBy) != 0 || s.Threshold != 2 || s.String() != fmt.Sprintf("models v%d: 0 of 2 signatures by its keys (2 more needed)", s.Version) {
+		t.Fatalf("staged %+v (%s); want models, unsigned, 0 of 2", s, s)
+	}
+	up := c.mustRefresh()
+	if _, err := up.GetTargetInfo("models/iris/1.0.0.onnx"); err == nil {
+		t.Fatal("a device finds the staged model before it is published")
+	}
+	// Another change of models while one is staged is refused.
+	if _, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "2.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model two"))}, f.stagingKeys()); !errors.Is(err, ErrStagedPending) {
+		t.Fatalf("a second staged publish = %v; want ErrStagedPending", err)
+	}
+
+	// A holder reviews it, on a copy away from the repository.
+	sf, _, err := f.repo.Staged(ctx, RoleModels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := strings.Join(DescribeStaged(RoleModels, &sf.Current.Signed, &sf.Staged.Signed, f.clock.Now()), "\n")
+	if !strings.Contains(desc, "ADDED models/iris/1.0.0.onnx: 9 bytes, sha256 ") || !strings.Contains(desc, `"name":"iris"`) {
+		t.Fatalf("DescribeStaged does not show the target added with its hash and custom metadata:\n%s", desc)
+	}
+	cp := filepath.Join(t.TempDir(), "proposal.json")
+	if err := os.WriteFile(cp, readFile(t, sf.Path), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		signers []holder
+		want    error // nil: published
+	}{
+		{"unsigned", nil, ErrThreshold},
+		{"alice only", []holder{alice}, ErrThreshold},
+		{"alice and a key not in the role", []holder{alice, mallory}, ErrThreshold},
+		{"alice and bob", []holder{alice, mallory, bob}, nil},
+	} {
+		for _, h := range tc.signers {
+			if _, err := SignStagedFile(nil, cp, h.key, f.clock.Now()); err != nil {
+				t.Fatalf("%s: SignStagedFile = %v", tc.name, err)
+			}
+		}
+		got, err := f.repo.PublishStaged(ctx, RoleModels, []string{cp})
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Fatalf("%s: PublishStaged = %+v, %v; want %v", tc.name, got, err, tc.want)
+		}
+		if err == nil && !slices.Equal(sorted(got.Roles[0].SignedBy), sorted([]string{alice.key.ID(), bob.key.ID()})) {
+			t.Errorf("%s: published signed by %v; want alice and bob only (mallory's signature dropped)", tc.name, got.Roles[0].SignedBy)
+		}
+	}
+	if _, err := SignStagedFile(nil, cp, mallory.key, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, mallory.key); !errors.Is(err, ErrNoStaged) {
+		t.Errorf("SignStaged after publication = %v; want ErrNoStaged", err)
+	}
+	up = c.mustRefresh()
+	if data, _, err := c.download(up, "models/iris/1.0.0.onnx"); err != nil || string(data) != "model one" {
+		t.Fatalf("device download after publication = %q, %v", data, err)
+	}
+	if ev := strings.Join(f.events.all(), "\n"); !strings.Contains(ev, "repo.role.stage models v") || !strings.Contains(ev, "repo.publish models/iris/1.0.0.onnx") || !strings.Contains(ev, "repo.role.publish models v") {
+		t.Errorf("events lack the staging, the target's publication and the role's:\n%s", ev)
+	}
+
+	// Stale: a renewal is staged, then models moves on (renewed by both holders at
+	// once); the staged renewal is refused and can be discarded.
+	if _, staged, err := f.repo.RenewOrStage(ctx, []string{RoleModels}, f.stagingKeys()); err != nil || staged == nil {
+		t.Fatalf("RenewOrStage(models) = %v, %v; want staged", staged, err)
+	}
+	if _, err := f.repo.Renew(ctx, []string{RoleModels}, f.keyring(alice.file, bob.file)); err != nil {
+		t.Fatalf("Renew with both holders' keys at hand = %v", err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, bob.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); !errors.Is(err, ErrStaleStaged) {
+		t.Fatalf("PublishStaged of a stale change = %v; want ErrStaleStaged", err)
+	}
+	if _, err := f.repo.DiscardStaged(ctx, RoleModels); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); !errors.Is(err, ErrNoStaged) {
+		t.Fatalf("PublishStaged after discard = %v; want ErrNoStaged", err)
+	}
+	c.mustRefresh()
+}
+
+// TestThresholdOneRolesUnchanged: a role whose threshold is 1 is never staged, even by
+// a key ring that stages: a missing key fails the publish as before, and nothing is
+// staged.
+func TestThresholdOneRolesUnchanged(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	moveAway(t, f.offDir, f.keys[RoleModels][0])
+	_, err := f.repo.Publish(context.Background(), PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("x"))}, f.stagingKeys())
+	var short *KeysShortError
+	if !errors.As(err, &short) || !strings.Contains(err.Error(), "role models needs 1 of its keys") {
+		t.Fatalf("publish without the models key = %v; want the missing key named", err)
+	}
+	if _, err := os.Stat(f.repo.path("staged", RoleModels)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("something was staged for a threshold-1 role: %v", err)
+	}
+}
