@@ -424,7 +424,14 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 				}
 			}
 		}
-		if !slices.Equal(sorted(cur.Signed.Roles[metadata.TARGETS].KeyIDs), sorted(prop.Signed.Roles[metadata.TARGETS].KeyIDs)) {
+		// targets is re-signed (by the new root's targets keys at hand) when its keys
+		// change, and when the current targets does not verify under the new root: a
+		// raised targets threshold, with keys unchanged, published a root under which
+		// the repository's own targets failed to verify, and the repository and every
+		// device with it failed to load (found building threshold signing). Short of
+		// keys, the commit refuses (ErrNeedsSignatures) and nothing changes.
+		if !slices.Equal(sorted(cur.Signed.Roles[metadata.TARGETS].KeyIDs), sorted(prop.Signed.Roles[metadata.TARGETS].KeyIDs)) ||
+			prop.VerifyDelegate(metadata.TARGETS, t.st.Targets[metadata.TARGETS]) != nil {
 			defer t.touch(metadata.TARGETS)
 		}
 		t.st.Root = prop

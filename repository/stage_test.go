@@ -200,3 +200,78 @@ func TestThresholdOneRolesUnchanged(t *testing.T) {
 		t.Errorf("something was staged for a threshold-1 role: %v", err)
 	}
 }
+
+// TestTargetsThresholdThroughRoot: the targets role's keys and threshold change by the
+// root ceremony. Raising its threshold to 2 while the current targets carries one
+// signature left a root under which the repository's own targets did not verify: the
+// repository, and every device, failed to load it (found building threshold signing).
+// Now root publish re-signs targets under the new root, with the keys at hand, or is
+// refused, changing nothing. Then a delegation change (a targets change) is staged until
+// the second targets holder signs.
+func TestTargetsThresholdThroughRoot(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	c.mustRefresh()
+	carol := newHolder(t, metadata.TARGETS)
+	rootChange := func(ch RootChange, keys *KeyRing) error {
+		t.Helper()
+		prop, err := f.repo.ProposeRoot(ctx, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, file := range f.rootKeyFiles(0, 1) {
+			k, err := f.keyring().Load(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := SignRootFile(nil, prop, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = f.repo.PublishRoot(ctx, prop, keys)
+		return err
+	}
+	// Carol's key is added at threshold 1: targets is re-signed by one key.
+	if err := rootChange(RootChange{AddKeys: map[string][]*metadata.Key{metadata.TARGETS: {carol.key.Public}}}, f.keyring()); err != nil {
+		t.Fatalf("root v2 (add carol's targets key) = %v", err)
+	}
+	// Threshold 2 without carol's key at hand: refused, nothing changed.
+	err := rootChange(RootChange{Thresholds: map[string]int{metadata.TARGETS: 2}, Replace: true}, f.keyring())
+	if !errors.Is(err, ErrNeedsSignatures) {
+		t.Fatalf("root v3 (targets threshold 2) without carol's key = %v; want ErrNeedsSignatures", err)
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after the refused root publish = %v", err)
+	}
+	// With both targets keys at hand (one passphrase here), targets is re-signed by both.
+	if err := rootChange(RootChange{Thresholds: map[string]int{metadata.TARGETS: 2}, Replace: true}, f.keyring(carol.file)); err != nil {
+		t.Fatalf("root v3 (targets threshold 2) with both keys = %v", err)
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after root v3 = %v", err)
+	}
+	c.mustRefresh()
+
+	// A targets change is staged for carol, then published.
+	dave := newHolder(t, RoleRuntimes)
+	staged, err := f.repo.ChangeDelegation(ctx, DelegationChange{Role: RoleRuntimes, AddKeys: []*metadata.Key{dave.key.Public}}, f.stagingKeys())
+	if err != nil || staged == nil || staged.Version(metadata.TARGETS) == 0 || staged.Version(RoleRuntimes) != 0 {
+		t.Fatalf("ChangeDelegation(add dave to runtimes) = %+v, %v; want targets staged alone", staged, err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, metadata.TARGETS, nil); !errors.Is(err, ErrThreshold) {
+		t.Fatalf("PublishStaged(targets, 1 of 2) = %v; want ErrThreshold", err)
+	}
+	if _, err := f.repo.SignStaged(ctx, metadata.TARGETS, carol.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, metadata.TARGETS, nil); err != nil {
+		t.Fatalf("PublishStaged(targets, 2 of 2) = %v", err)
+	}
+	up := c.mustRefresh()
+	for _, dr := range up.GetTrustedMetadataSet().Targets[metadata.TARGETS].Signed.Delegations.Roles {
+		if dr.Name == RoleRuntimes && !slices.Contains(dr.KeyIDs, dave.key.ID()) {
+			t.Errorf("device's runtimes delegation %v lacks dave's key", dr.KeyIDs)
+		}
+	}
+}
