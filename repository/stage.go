@@ -493,6 +493,9 @@ type StagedFile struct {
 	Path    string
 	Staged  *metadata.Metadata[metadata.TargetsType]
 	Current *metadata.Metadata[metadata.TargetsType]
+	// With describes the other roles of the change, published together with this one
+	// (a delegation change: the staged targets against the current one).
+	With []string
 	// delegator is the root (targets) or targets role (delegated roles) whose keys
 	// count.
 	delegator any
@@ -528,6 +531,11 @@ func (r *Repo) Staged(ctx context.Context, role string) (*StagedFile, *State, er
 		return nil, nil, err
 	}
 	f := &StagedFile{Role: role, Path: r.StagedPath(role, ch.Roles[role]), Staged: metas[role], Current: st.Targets[role]}
+	for _, ro := range slices.Sorted(maps.Keys(metas)) {
+		if ro != role {
+			f.With = append(f.With, DescribeStaged(ro, &st.Targets[ro].Signed, &metas[ro].Signed, r.now())...)
+		}
+	}
 	switch {
 	case role == metadata.TARGETS:
 		f.delegator = st.Root

@@ -427,7 +427,14 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 		return fmt.Errorf("write public key: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
-	fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key')\n", pubPath)
+	switch *role {
+	case metadata.ROOT:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key')\n", pubPath)
+	case repository.RoleModels, repository.RoleRuntimes:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward role keys --role %s --add-key')\n", pubPath, *role)
+	default:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward root propose --add-key %s=FILE')\n", pubPath, *role)
+	}
 	return nil
 }
 
@@ -535,9 +542,13 @@ func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	renewed, err := repo.Renew(ctx, roles, rf.keyring())
+	renewed, staged, err := repo.RenewOrStage(ctx, roles, rf.stagingKeyring())
 	if err != nil {
 		return err
+	}
+	if staged != nil {
+		printStaged(env, staged)
+		return nil
 	}
 	for _, role := range roles {
 		if exp, ok := renewed[role]; ok {
@@ -913,13 +924,18 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		if n <= 0 || kek != nil {
 			n = -1 // none; nor of an encrypted target: its ciphertexts share nothing
 		}
-		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n, KEK: kek}, rf.keyring())
+		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n, KEK: kek}, rf.stagingKeyring())
 	}
 	if err != nil {
 		return err
 	}
 	if res.Unchanged {
 		fmt.Fprintf(env.stdout, "%s already published with the same content and metadata (sha256 %s)\n", res.Path, res.SHA256)
+		return nil
+	}
+	if res.Staged != nil {
+		fmt.Fprintf(env.stdout, "%s (%d bytes, sha256 %s) is in %s v%d, which needs more signatures than the keys here made\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
+		printStaged(env, res.Staged)
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "published %s (%d bytes, sha256 %s) signed by %s v%d\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
@@ -1030,13 +1046,20 @@ func cmdRetire(ctx context.Context, env *cliEnv, args []string) error {
 	if *versions != "" {
 		req.Versions = strings.Split(*versions, ",")
 	}
-	res, err := repo.Retire(ctx, req, rf.keyring())
+	res, err := repo.Retire(ctx, req, rf.stagingKeyring())
 	if errors.Is(err, repository.ErrNothingToRetire) {
 		fmt.Fprintln(env.stdout, err) // --keep N with no more than N listed: nothing changed, as asked
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if res.Staged != nil {
+		for _, rt := range res.Retired {
+			fmt.Fprintf(env.stdout, "retiring %s (sha256 %s): staged, still listed until published\n", rt.Path, rt.SHA256)
+		}
+		printStaged(env, res.Staged)
+		return nil
 	}
 	for _, rt := range res.Retired {
 		fmt.Fprintf(env.stdout, "retired %s (sha256 %s; content kept until %s)\n", rt.Path, rt.SHA256, rt.KeepUntil.Format(time.RFC3339))
