@@ -557,6 +557,12 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 			if idx < 0 {
 				return fmt.Errorf("no delegated role %q", role)
 			}
+			if d.Roles[idx].Threshold > 1 {
+				// Its keys are held by different people: one new key on this machine
+				// would quietly take the role from all of them.
+				return fmt.Errorf("rotate %s: it needs %d of %d keys, held by their holders: change them with 'edgeward role keys --role %s --add-key NEW.pub --revoke-key ID' (see docs/REPOSITORY.md)",
+					role, d.Roles[idx].Threshold, len(d.Roles[idx].KeyIDs), role)
+			}
 			res.Revoked = d.Roles[idx].KeyIDs
 			d.Roles[idx].KeyIDs = []string{k.ID()}
 			d.Roles[idx].Threshold = 1

@@ -87,6 +87,10 @@ func TestThresholdSigningOfDelegatedRole(t *testing.T) {
 	alice, bob := twoOfTwo(t, f)
 	mallory := newHolder(t, RoleModels)
 	c.mustRefresh()
+	// One new key on the operator's machine does not replace the holders' keys.
+	if _, err := f.repo.RotateKey(ctx, RoleModels, KeyEd25519, t.TempDir(), f.keyring()); err == nil || !strings.Contains(err.Error(), "role keys") {
+		t.Fatalf("RotateKey(models, 2 of 2) = %v; want refused, naming 'role keys'", err)
+	}
 
 	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("model one"), func(r *PublishRequest) {})
 	if !errors.Is(err, ErrNeedsSignatures) {
