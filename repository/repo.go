@@ -13,6 +13,8 @@
 //	DIR/keys/offline/             root, targets, models, runtimes keys, encrypted (default place;
 //	                              key holders may keep theirs anywhere)
 //	DIR/staged/root/N.root.json   a proposed root collecting signatures
+//	DIR/staged/ROLE/N.ROLE.json   a staged change of targets, models or runtimes collecting
+//	                              its holders' signatures (stage.go)
 //	DIR/keys/online/audit-*.key   the audit log's checkpoint key (used by the server)
 //
 // Invariant: every mutation writes new versioned metadata first and timestamp.json last

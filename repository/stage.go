@@ -82,7 +82,8 @@ func (s *Staged) Version(role string) int64 {
 	return 0
 }
 
-// String says it for the operator: "models v5: 1 of 2 signatures (1 more needed)".
+// String says it for the operator: "models v5: 1 of 2 signatures by its keys (1 more
+// needed)".
 func (r StagedRole) String() string {
 	return progressLine(r.Role, r.Version, len(r.SignedBy), r.Threshold)
 }
