@@ -279,3 +279,85 @@ func TestTargetsThresholdThroughRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryChangeOfAThresholdRoleIsStaged: publish, retire and renew of a 2-of-2 role,
+// with a key ring that holds neither key, each stage the role's next version and change
+// nothing served; each is published once both holders have signed.
+func TestEveryChangeOfAThresholdRoleIsStaged(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	both := f.keyring(alice.file, bob.file)
+	if _, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, both); err != nil {
+		t.Fatalf("publish with both holders' keys at hand = %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func() (*Staged, error)
+		check  func(st *State) error
+	}{
+		{"publish", func() (*Staged, error) {
+			res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "2.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("two"))}, f.stagingKeys())
+			if err != nil {
+				return nil, err
+			}
+			return res.Staged, nil
+		}, func(st *State) error {
+			if _, ok := st.Targets[RoleModels].Signed.Targets["models/m/2.0.0.onnx"]; !ok {
+				return errors.New("models/m/2.0.0.onnx not listed")
+			}
+			return nil
+		}},
+		{"retire", func() (*Staged, error) {
+			res, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "m", Versions: []string{"1.0.0"}}, f.stagingKeys())
+			if err != nil {
+				return nil, err
+			}
+			return res.Staged, nil
+		}, func(st *State) error {
+			if _, ok := st.Targets[RoleModels].Signed.Targets["models/m/1.0.0.onnx"]; ok {
+				return errors.New("models/m/1.0.0.onnx still listed")
+			}
+			return nil
+		}},
+		{"renew", func() (*Staged, error) {
+			_, staged, err := f.repo.RenewOrStage(ctx, []string{RoleModels}, f.stagingKeys())
+			return staged, err
+		}, func(*State) error { return nil }},
+	} {
+		before, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged, err := tc.change()
+		if err != nil || staged == nil || staged.Version(RoleModels) != before.Targets[RoleModels].Signed.Version+1 {
+			t.Fatalf("%s: staged %+v, %v; want models v%d staged", tc.name, staged, err, before.Targets[RoleModels].Signed.Version+1)
+		}
+		mid, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mid.Timestamp.Signed.Version != before.Timestamp.Signed.Version || mid.Targets[RoleModels].Signed.Version != before.Targets[RoleModels].Signed.Version {
+			t.Fatalf("%s: staging changed the served metadata", tc.name)
+		}
+		for _, h := range []holder{alice, bob} {
+			if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+			t.Fatalf("%s: PublishStaged = %v", tc.name, err)
+		}
+		after, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Targets[RoleModels].Signed.Version != before.Targets[RoleModels].Signed.Version+1 {
+			t.Errorf("%s: models v%d after publication; want v%d", tc.name, after.Targets[RoleModels].Signed.Version, before.Targets[RoleModels].Signed.Version+1)
+		}
+		if err := tc.check(after); err != nil {
+			t.Errorf("%s: after publication: %v", tc.name, err)
+		}
+	}
+	f.newClient().mustRefresh()
+}
