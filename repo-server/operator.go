@@ -351,7 +351,9 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
-	case errors.Is(err, repository.ErrRoleNotHeld):
+	case errors.Is(err, repository.ErrRoleNotHeld), errors.Is(err, repository.ErrNeedsSignatures):
+		// The role needs signatures this server does not hold (its root or targets
+		// keys, or a threshold above the delegated keys it holds): nothing was signed.
 		writeError(w, http.StatusConflict, err.Error())
 		return
 	case errors.Is(err, repository.ErrTooLarge):

@@ -28,6 +28,13 @@ type KeyRing struct {
 	// so that an offline key lying in a directory it searches (the targets key in
 	// DIR/keys/offline, sharing the passphrase) is never decrypted in its memory.
 	Roles []string
+	// Stage, when set, lets a change to the targets, models or runtimes role whose
+	// threshold is above 1 and above the keys found here be staged for the role's other
+	// key holders (DIR/staged/ROLE/N.ROLE.json, signed by the keys found), instead of
+	// failing: they add their signatures with SignStagedFile and PublishStaged makes it
+	// current. Unset (the server), such a change fails with ErrNeedsSignatures. A role
+	// whose threshold is 1 is never staged: a missing key fails the change as before.
+	Stage bool
 
 	pass []byte
 }
@@ -83,15 +90,28 @@ func (kr *KeyRing) Find(role string, ids []string, threshold int, dirs []string)
 		short[i] = id[:min(8, len(id))]
 	}
 	where := append(append([]string{}, kr.Files...), append(kr.Dirs, dirs...)...)
-	err = fmt.Errorf("role %s needs %d of its keys [%s]; found %d in %s (name key files with --key)",
+	msg := fmt.Sprintf("role %s needs %d of its keys [%s]; found %d in %s (name key files with --key)",
 		role, threshold, strings.Join(short, " "), len(out), strings.Join(where, ", "))
 	if len(damaged) > 0 {
 		// Said, not skipped in silence: a truncated or damaged key file read as "found
 		// 0", with nothing to say which file to restore (found from outside, 2 Dec).
-		err = fmt.Errorf("%w; these files could not be read as keys (damaged or truncated? restore them from their backup): %s", err, strings.Join(damaged, "; "))
+		msg += "; these files could not be read as keys (damaged or truncated? restore them from their backup): " + strings.Join(damaged, "; ")
 	}
-	return nil, err
+	return nil, &KeysShortError{Role: role, Threshold: threshold, Found: out, msg: msg}
 }
+
+// KeysShortError is Find's error when fewer of a role's keys than its threshold are at
+// hand (none unreadable by the passphrase: that is another error). Found holds the
+// keys that are, opened: a change to a role whose threshold is above 1 is staged,
+// signed by them, for the role's other key holders (see KeyRing.Stage).
+type KeysShortError struct {
+	Role      string
+	Threshold int
+	Found     []*Key
+	msg       string
+}
+
+func (e *KeysShortError) Error() string { return e.msg }
 
 // Load decrypts one explicit key file.
 func (kr *KeyRing) Load(path string) (*Key, error) {

@@ -110,6 +110,10 @@ type PublishResult struct {
 	Version   int64
 	// Deltas are the deltas made from earlier versions to this one.
 	Deltas []DeltaResult `json:",omitempty"`
+	// Staged is set when the role needs more signatures than the keys at hand made
+	// (KeyRing.Stage): the target is in the staged new version of the role, not yet
+	// published; Version is then the staged version.
+	Staged *Staged `json:",omitempty"`
 }
 
 // Publish adds a target: it copies Content into the blob store (hashing as it goes),
@@ -209,7 +213,7 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 	if err != nil {
 		return nil, err
 	}
-	err = r.update(ctx, keys, func(t *txn) error {
+	staged, err := r.updateOrStage(ctx, keys, func(t *txn) error {
 		if _, ok := t.st.Targets[role]; !ok {
 			return fmt.Errorf("publish %s: no delegated role %q", tpath, role)
 		}
@@ -303,6 +307,10 @@ func (r *Repo) publishLocked(ctx context.Context, req PublishRequest, keys *KeyR
 	}
 	if err != nil {
 		return nil, err
+	}
+	if staged != nil {
+		res.Staged, res.Version = staged, staged.Version(role)
+		return res, nil
 	}
 	res.Version = 0
 	if st, lerr := r.Load(ctx); lerr == nil {

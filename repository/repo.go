@@ -13,6 +13,8 @@
 //	DIR/keys/offline/             root, targets, models, runtimes keys, encrypted (default place;
 //	                              key holders may keep theirs anywhere)
 //	DIR/staged/root/N.root.json   a proposed root collecting signatures
+//	DIR/staged/ROLE/N.ROLE.json   a staged change of targets, models or runtimes collecting
+//	                              its holders' signatures (stage.go)
 //	DIR/keys/online/audit-*.key   the audit log's checkpoint key (used by the server)
 //
 // Invariant: every mutation writes new versioned metadata first and timestamp.json last
@@ -637,6 +639,14 @@ type txn struct {
 	// timestamp left a repository its own Load, and every device, could not verify).
 	rootFile string
 	rootData []byte
+	// mayStage lets commit stage the change of one targets role whose threshold the
+	// keys at hand do not meet (KeyRing.Stage), instead of failing (updateOrStage).
+	mayStage bool
+	// staged is the change commit staged instead of publishing it.
+	staged *Staged
+	// presigned are targets roles whose new version is already signed (a staged
+	// change published with its holders' signatures): written as they are.
+	presigned map[string][]byte
 }
 
 // record adds an event that commit records before the change becomes visible.
@@ -647,49 +657,67 @@ func (t *txn) record(action, subject string, data map[string]any) {
 // update runs fn on the freshly loaded state under the repository lock, then writes what
 // it changed: delegated and targets metadata, then snapshot, then timestamp.
 func (r *Repo) update(ctx context.Context, keys *KeyRing, fn func(t *txn) error) error {
+	_, err := r.updateTxn(ctx, keys, false, fn)
+	return err
+}
+
+// updateOrStage is update for the changes that may be staged (publish, retire, renew,
+// a delegation change): when keys.Stage is set and the one targets role the change
+// touches needs more signatures than the keys at hand make, it stages the change for
+// the role's key holders and returns what it staged; nothing is published then.
+func (r *Repo) updateOrStage(ctx context.Context, keys *KeyRing, fn func(t *txn) error) (*Staged, error) {
+	return r.updateTxn(ctx, keys, keys != nil && keys.Stage, fn)
+}
+
+func (r *Repo) updateTxn(ctx context.Context, keys *KeyRing, mayStage bool, fn func(t *txn) error) (*Staged, error) {
 	unlock, err := r.lock(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unlock()
 	st, err := r.Load(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if st.Interrupted != "" {
 		// Under the lock: the interrupted publish's root goes, so that no device
 		// fetches it any more; its proposal is still staged.
 		if err := r.record(ctx, event{"root.publish.interrupted", st.Interrupted, map[string]any{"removed": st.Interrupted,
 			"reason": "the metadata does not verify under it: a root publish stopped before signing the timestamp under it; publish the staged proposal again (not a new one: devices may have fetched this one)"}}); err != nil {
-			return err
+			return nil, err
 		}
 		if err := os.Remove(filepath.Join(r.MetadataDir(), st.Interrupted)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove the interrupted root %s: %w", st.Interrupted, err)
+			return nil, fmt.Errorf("remove the interrupted root %s: %w", st.Interrupted, err)
 		}
 		st.Interrupted = ""
 	}
 	if st.Pending != "" {
 		if err := os.Remove(filepath.Join(r.MetadataDir(), st.Pending)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove %s: %w", st.Pending, err)
+			return nil, fmt.Errorf("remove %s: %w", st.Pending, err)
 		}
 		st.Pending = ""
 	}
 	if keys == nil {
 		keys = &KeyRing{}
 	}
-	t := &txn{r: r, st: st, keys: keys, changed: map[string]bool{}, extraSig: map[string][]*Key{}}
+	t := &txn{r: r, st: st, keys: keys, changed: map[string]bool{}, extraSig: map[string][]*Key{}, mayStage: mayStage}
 	if err := fn(t); err != nil {
 		t.rollback()
-		return err
+		return nil, err
 	}
 	if err := t.commit(ctx); err != nil {
+		if t.staged != nil && errors.Is(err, errStaged) {
+			// Staged, not published: what the change stored (the content, the staged
+			// files) stays for its publication; nothing served changed.
+			return t.staged, nil
+		}
 		t.rollback()
-		return err
+		return nil, err
 	}
 	if t.after != nil {
-		return t.after()
+		return nil, t.after()
 	}
-	return nil
+	return nil, nil
 }
 
 // rollback removes the files the transaction created, unless timestamp.json already
@@ -766,12 +794,36 @@ func (t *txn) commit(ctx context.Context) error {
 		roles = append(roles, role)
 	}
 	sort.Strings(roles)
+	keysFor := map[string][]*Key{}
+	var shorts []*KeysShortError
 	for _, role := range roles {
+		if data, ok := t.presigned[role]; ok {
+			todo = append(todo, pending{role: role, data: data})
+			continue
+		}
 		k, err := t.roleKeys(role)
 		if err != nil {
+			// A role whose threshold is above 1 and above the keys at hand: the change
+			// is staged for its holders (KeyRing.Stage), or refused. Never signed by
+			// fewer and published.
+			var short *KeysShortError
+			if errors.As(err, &short) && short.Threshold > 1 && stageable(role) {
+				shorts = append(shorts, short)
+				keysFor[role] = short.Found
+				continue
+			}
 			return err
 		}
+		keysFor[role] = k
 		todo = append(todo, pending{role: role, keys: append(k, t.extraSig[role]...)})
+	}
+	if len(shorts) > 0 {
+		if !t.mayStage || t.rootFile != "" || len(t.presigned) > 0 {
+			s := shorts[0]
+			return fmt.Errorf("%w: role %s needs %d signatures and the keys at hand make %d: nothing was published; make the change with 'edgeward' on the repository (publish, retire, repo renew, role keys), which stages it for the role's key holders to sign ('edgeward role sign') and then publish ('edgeward role publish'); see docs/REPOSITORY.md",
+				ErrNeedsSignatures, s.Role, s.Threshold, len(s.Found))
+		}
+		return t.stage(ctx, roles, keysFor)
 	}
 	snapKeys, err := t.roleKeys(metadata.SNAPSHOT)
 	if err != nil {
@@ -784,9 +836,11 @@ func (t *txn) commit(ctx context.Context) error {
 	for i, p := range todo {
 		m := t.st.Targets[p.role]
 		file := fmt.Sprintf("%d.%s.json", m.Signed.Version, p.role)
-		data, err := signMeta(file, m, p.keys)
-		if err != nil {
-			return err
+		data := p.data
+		if data == nil {
+			if data, err = signMeta(file, m, p.keys); err != nil {
+				return err
+			}
 		}
 		if err := t.checkSize(p.role, len(data)); err != nil {
 			return err
@@ -931,11 +985,23 @@ var errNothingToDo = errors.New("nothing to do")
 // holders renew it before then ('edgeward repo status' shows the time left). The root
 // is renewed by the root ceremony ('edgeward root propose --expires').
 func (r *Repo) Renew(ctx context.Context, roles []string, keys *KeyRing) (map[string]time.Time, error) {
+	out, staged, err := r.RenewOrStage(ctx, roles, keys)
+	if err == nil && staged != nil {
+		// Not reached: a key ring that stages is given to RenewOrStage.
+		return nil, fmt.Errorf("renew: %w: %s staged, not renewed", ErrNeedsSignatures, staged.Roles[0].Role)
+	}
+	return out, err
+}
+
+// RenewOrStage is Renew; with keys.Stage set, a role whose threshold the keys at hand
+// do not meet (renewed on its own) is staged for its key holders instead, and the
+// staged change is returned (the expiries are then the staged ones).
+func (r *Repo) RenewOrStage(ctx context.Context, roles []string, keys *KeyRing) (map[string]time.Time, *Staged, error) {
 	if len(roles) == 0 {
-		return nil, errors.New("renew: name the roles (targets, models, runtimes)")
+		return nil, nil, errors.New("renew: name the roles (targets, models, runtimes)")
 	}
 	out := map[string]time.Time{}
-	err := r.update(ctx, keys, func(t *txn) error {
+	staged, err := r.updateOrStage(ctx, keys, func(t *txn) error {
 		for _, role := range roles {
 			if role == metadata.ROOT || role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
 				return fmt.Errorf("renew %s: %w", role, errNotRenewable)
@@ -950,15 +1016,17 @@ func (r *Repo) Renew(ctx context.Context, roles []string, keys *KeyRing) (map[st
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return out, nil
+	return out, staged, nil
 }
 
 // RenewDue renews (Renew) the delegated roles (models, runtimes) past half their
 // lifetime, with keys: what a server that holds their keys (--sign-delegated) does
 // beside Refresh, so that a catalogue nobody publishes to for the delegated lifetime
 // (90 days by default) does not expire under the devices. It returns the roles renewed.
+// A role whose threshold the keys do not meet is not renewed, never signed by fewer:
+// the error names it and wraps ErrNeedsSignatures, and the other role is still renewed.
 func (r *Repo) RenewDue(ctx context.Context, keys *KeyRing) ([]string, error) {
 	st, err := r.Load(ctx)
 	if err != nil {
@@ -974,10 +1042,19 @@ func (r *Repo) RenewDue(ctx context.Context, keys *KeyRing) ([]string, error) {
 	if len(due) == 0 {
 		return nil, nil
 	}
-	if _, err := r.Renew(ctx, due, keys); err != nil {
-		return nil, err
+	// One role at a time: a role whose threshold the keys here do not meet is refused
+	// (ErrNeedsSignatures: its holders renew it with 'edgeward repo renew') and the
+	// other is still renewed.
+	var renewed []string
+	var errs []error
+	for _, role := range due {
+		if _, err := r.Renew(ctx, []string{role}, keys); err != nil {
+			errs = append(errs, fmt.Errorf("renew %s: %w", role, err))
+			continue
+		}
+		renewed = append(renewed, role)
 	}
-	return due, nil
+	return renewed, errors.Join(errs...)
 }
 
 // errNotRenewable names the roles Renew does not: the root (renewed by the ceremony)

@@ -77,6 +77,10 @@ func (t RetiredTarget) Meta() *artifact.Meta {
 type RetireResult struct {
 	Retired []RetiredTarget
 	Version int64 // the role's new version
+	// Staged is set when the role needs more signatures than the keys at hand made: the
+	// retirement is staged for the role's key holders, not published (the contents
+	// are listed in retired.json already, which keeps them; nothing else changed).
+	Staged *Staged
 }
 
 const retiredFile = "retired.json"
@@ -143,7 +147,7 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 	var prev []RetiredTarget
 	wrote := false
 	var tsBefore int64 // timestamp.json's version when the change began
-	err := r.update(ctx, keys, func(t *txn) error {
+	staged, err := r.updateOrStage(ctx, keys, func(t *txn) error {
 		tsBefore = t.st.Timestamp.Signed.Version
 		rm, ok := t.st.Targets[role]
 		if !ok {
@@ -245,6 +249,10 @@ func (r *Repo) Retire(ctx context.Context, req RetireRequest, keys *KeyRing) (*R
 	}
 	if err != nil {
 		return nil, err
+	}
+	if staged != nil {
+		res.Staged, res.Version = staged, staged.Version(role)
+		return res, nil
 	}
 	if st, lerr := r.Load(ctx); lerr == nil {
 		res.Version = st.Targets[role].Signed.Version

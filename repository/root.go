@@ -434,7 +434,14 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 				}
 			}
 		}
-		if !slices.Equal(sorted(cur.Signed.Roles[metadata.TARGETS].KeyIDs), sorted(prop.Signed.Roles[metadata.TARGETS].KeyIDs)) {
+		// targets is re-signed (by the new root's targets keys at hand) when its keys
+		// change, and when the current targets does not verify under the new root: a
+		// raised targets threshold, with keys unchanged, published a root under which
+		// the repository's own targets failed to verify, and the repository and every
+		// device with it failed to load (found building threshold signing). Short of
+		// keys, the commit refuses (ErrNeedsSignatures) and nothing changes.
+		if !slices.Equal(sorted(cur.Signed.Roles[metadata.TARGETS].KeyIDs), sorted(prop.Signed.Roles[metadata.TARGETS].KeyIDs)) ||
+			prop.VerifyDelegate(metadata.TARGETS, t.st.Targets[metadata.TARGETS]) != nil {
 			defer t.touch(metadata.TARGETS)
 		}
 		t.st.Root = prop
@@ -562,6 +569,12 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 			idx := slices.IndexFunc(d.Roles, func(dr metadata.DelegatedRole) bool { return dr.Name == role })
 			if idx < 0 {
 				return fmt.Errorf("no delegated role %q", role)
+			}
+			if d.Roles[idx].Threshold > 1 {
+				// Its keys are held by different people: one new key on this machine
+				// would quietly take the role from all of them.
+				return fmt.Errorf("rotate %s: it needs %d of %d keys, held by their holders: change them with 'edgeward role keys --role %s --add-key NEW.pub --revoke-key ID' (see docs/REPOSITORY.md)",
+					role, d.Roles[idx].Threshold, len(d.Roles[idx].KeyIDs), role)
 			}
 			res.Revoked = d.Roles[idx].KeyIDs
 			d.Roles[idx].KeyIDs = []string{k.ID()}

@@ -97,7 +97,7 @@ func TestCompletion(t *testing.T) {
 		words []string
 		want  string
 	}{
-		{[]string{"ro"}, "root rollout"},
+		{[]string{"ro"}, "root role rollout"},
 		{[]string{"rollout", "s"}, "status"},
 		{[]string{"root", "sign", "--pro"}, "--proposal"},
 		{[]string{"keys", "gen", "--r"}, "--role"},

@@ -429,15 +429,16 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
 	// Where the public half goes: a root key into a new repository or a root change; a
-	// targets, snapshot or timestamp key into a root change. It named 'repo init
-	// --root-key' for every role (found from outside, 2 Dec, rotating a targets key).
+	// targets, snapshot or timestamp key into a root change; a models or runtimes key
+	// into the targets delegation. It named 'repo init --root-key' for every role
+	// (found from outside, 2 Dec, rotating a targets key).
 	switch *role {
 	case metadata.ROOT:
 		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key', or 'edgeward root propose --add-key root=%s')\n", pubPath, pubPath)
-	case metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP:
-		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward root propose --add-key %s=%s')\n", pubPath, *role, pubPath)
+	case repository.RoleModels, repository.RoleRuntimes:
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward role keys --role %s --add-key %s')\n", pubPath, *role, pubPath)
 	default:
-		fmt.Fprintf(env.stdout, "public key: %s\n", pubPath)
+		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward root propose --add-key %s=%s')\n", pubPath, *role, pubPath)
 	}
 	return nil
 }
@@ -567,9 +568,13 @@ func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	renewed, err := repo.Renew(ctx, roles, rf.keyring())
+	renewed, staged, err := repo.RenewOrStage(ctx, roles, rf.stagingKeyring())
 	if err != nil {
 		return err
+	}
+	if staged != nil {
+		printStaged(env, staged)
+		return nil
 	}
 	for _, role := range roles {
 		if exp, ok := renewed[role]; ok {
@@ -945,13 +950,18 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		if n <= 0 || kek != nil {
 			n = -1 // none; nor of an encrypted target: its ciphertexts share nothing
 		}
-		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n, KEK: kek}, rf.keyring())
+		res, err = repo.Publish(ctx, repository.PublishRequest{Meta: meta, Ext: ext, Content: content, Deltas: n, KEK: kek}, rf.stagingKeyring())
 	}
 	if err != nil {
 		return err
 	}
 	if res.Unchanged {
 		fmt.Fprintf(env.stdout, "%s already published with the same content and metadata (sha256 %s)\n", res.Path, res.SHA256)
+		return nil
+	}
+	if res.Staged != nil {
+		fmt.Fprintf(env.stdout, "%s (%d bytes, sha256 %s) is in %s v%d, which needs more signatures than the keys here made\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
+		printStaged(env, res.Staged)
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "published %s (%d bytes, sha256 %s) signed by %s v%d\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
@@ -1062,13 +1072,20 @@ func cmdRetire(ctx context.Context, env *cliEnv, args []string) error {
 	if *versions != "" {
 		req.Versions = strings.Split(*versions, ",")
 	}
-	res, err := repo.Retire(ctx, req, rf.keyring())
+	res, err := repo.Retire(ctx, req, rf.stagingKeyring())
 	if errors.Is(err, repository.ErrNothingToRetire) {
 		fmt.Fprintln(env.stdout, err) // --keep N with no more than N listed: nothing changed, as asked
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if res.Staged != nil {
+		for _, rt := range res.Retired {
+			fmt.Fprintf(env.stdout, "retiring %s (sha256 %s): staged, still listed until published\n", rt.Path, rt.SHA256)
+		}
+		printStaged(env, res.Staged)
+		return nil
 	}
 	for _, rt := range res.Retired {
 		fmt.Fprintf(env.stdout, "retired %s (sha256 %s; content kept until %s)\n", rt.Path, rt.SHA256, rt.KeepUntil.Format(time.RFC3339))

@@ -1,0 +1,363 @@
+package repository
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// holder is a key holder with their own key file, away from the repository's key
+// directories (the process test gives each their own passphrase too).
+type holder struct {
+	key  *Key
+	file string
+}
+
+func newHolder(t *testing.T, role string) holder {
+	t.Helper()
+	k, err := GenerateKey(role, KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := WriteKeyFile(OSFS{}, t.TempDir(), k, []byte(testPass), KDFParams{N: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return holder{k, p}
+}
+
+// stagingKeys is the operator's key ring on the repository (its targets key, the
+// delegated keys init made), staging what it cannot sign alone.
+func (f *fixture) stagingKeys(files ...string) *KeyRing {
+	kr := f.keyring(files...)
+	kr.Stage = true
+	return kr
+}
+
+// twoOfTwo makes models a 2-of-2 role of alice's and bob's keys (revoking the key init
+// made), through a staged change both sign, and returns them.
+func twoOfTwo(t *testing.T, f *fixture) (alice, bob holder) {
+	t.Helper()
+	ctx := context.Background()
+	alice, bob = newHolder(t, RoleModels), newHolder(t, RoleModels)
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := roleKeyIDs(st, RoleModels)
+	staged, err := f.repo.ChangeDelegation(ctx, DelegationChange{Role: RoleModels, AddKeys: []*metadata.Key{alice.key.Public, bob.key.Public}, RevokeKeys: old, Threshold: 2}, f.stagingKeys())
+	if err != nil {
+		t.Fatalf("ChangeDelegation(models 2 of alice, bob) = %v", err)
+	}
+	// targets is signed by the operator's targets key; models, re-signed under the new
+	// delegation, waits for both holders.
+	if staged == nil || staged.Version(metadata.TARGETS) == 0 || staged.Version(RoleModels) == 0 {
+		t.Fatalf("ChangeDelegation staged %+v; want targets and models", staged)
+	}
+	for _, h := range []holder{alice, bob} {
+		if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+			t.Fatalf("SignStaged(models) = %v", err)
+		}
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+		t.Fatalf("PublishStaged(delegation change) = %v", err)
+	}
+	return alice, bob
+}
+
+// TestThresholdSigningOfDelegatedRole: models needs 2 of alice's and bob's keys. A
+// publish by the operator, who holds neither, is staged (not served: a device does not
+// see it), and published only once both have signed; a signature by a key not in the
+// role does not count; a stale staged change (the role moved on meanwhile) is refused;
+// the audit log names the signers.
+func TestThresholdSigningOfDelegatedRole(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	c.mustRefresh()
+	alice, bob := twoOfTwo(t, f)
+	mallory := newHolder(t, RoleModels)
+	c.mustRefresh()
+	// One new key on the operator's machine does not replace the holders' keys.
+	if _, err := f.repo.RotateKey(ctx, RoleModels, KeyEd25519, t.TempDir(), f.keyring()); err == nil || !strings.Contains(err.Error(), "role keys") {
+		t.Fatalf("RotateKey(models, 2 of 2) = %v; want refused, naming 'role keys'", err)
+	}
+
+	res, err := f.publish(artifact.KindModel, "iris", "1.0.0", ".onnx", []byte("model one"), func(r *PublishRequest) {})
+	if !errors.Is(err, ErrNeedsSignatures) {
+		t.Fatalf("publish to a 2-of-2 role with a key ring that does not stage = %+v, %v; want ErrNeedsSignatures", res, err)
+	}
+	res, err = f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish with a staging key ring = %+v, %v; want staged", res, err)
+	}
+	if s := res.Staged.Roles[0]; s.Role != RoleModels || len(s.SignedBy) != 0 || s.Threshold != 2 || s.String() != fmt.Sprintf("models v%d: 0 of 2 signatures by its keys (2 more needed)", s.Version) {
+		t.Fatalf("staged %+v (%s); want models, unsigned, 0 of 2", s, s)
+	}
+	up := c.mustRefresh()
+	if _, err := up.GetTargetInfo("models/iris/1.0.0.onnx"); err == nil {
+		t.Fatal("a device finds the staged model before it is published")
+	}
+	// Another change of models while one is staged is refused.
+	if _, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "2.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model two"))}, f.stagingKeys()); !errors.Is(err, ErrStagedPending) {
+		t.Fatalf("a second staged publish = %v; want ErrStagedPending", err)
+	}
+
+	// A holder reviews it, on a copy away from the repository.
+	sf, _, err := f.repo.Staged(ctx, RoleModels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc := strings.Join(DescribeStaged(RoleModels, &sf.Current.Signed, &sf.Staged.Signed, f.clock.Now()), "\n")
+	if !strings.Contains(desc, "ADDED models/iris/1.0.0.onnx: 9 bytes, sha256 ") || !strings.Contains(desc, `"name":"iris"`) {
+		t.Fatalf("DescribeStaged does not show the target added with its hash and custom metadata:\n%s", desc)
+	}
+	cp := filepath.Join(t.TempDir(), "proposal.json")
+	if err := os.WriteFile(cp, readFile(t, sf.Path), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		signers []holder
+		want    error // nil: published
+	}{
+		{"unsigned", nil, ErrThreshold},
+		{"alice only", []holder{alice}, ErrThreshold},
+		{"alice and a key not in the role", []holder{alice, mallory}, ErrThreshold},
+		{"alice and bob", []holder{alice, mallory, bob}, nil},
+	} {
+		for _, h := range tc.signers {
+			if _, err := SignStagedFile(nil, cp, h.key, f.clock.Now()); err != nil {
+				t.Fatalf("%s: SignStagedFile = %v", tc.name, err)
+			}
+		}
+		got, err := f.repo.PublishStaged(ctx, RoleModels, []string{cp})
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Fatalf("%s: PublishStaged = %+v, %v; want %v", tc.name, got, err, tc.want)
+		}
+		if err == nil && !slices.Equal(sorted(got.Roles[0].SignedBy), sorted([]string{alice.key.ID(), bob.key.ID()})) {
+			t.Errorf("%s: published signed by %v; want alice and bob only (mallory's signature dropped)", tc.name, got.Roles[0].SignedBy)
+		}
+	}
+	if _, err := SignStagedFile(nil, cp, mallory.key, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, mallory.key); !errors.Is(err, ErrNoStaged) {
+		t.Errorf("SignStaged after publication = %v; want ErrNoStaged", err)
+	}
+	up = c.mustRefresh()
+	if data, _, err := c.download(up, "models/iris/1.0.0.onnx"); err != nil || string(data) != "model one" {
+		t.Fatalf("device download after publication = %q, %v", data, err)
+	}
+	if ev := strings.Join(f.events.all(), "\n"); !strings.Contains(ev, "repo.role.stage models v") || !strings.Contains(ev, "repo.publish models/iris/1.0.0.onnx") || !strings.Contains(ev, "repo.role.publish models v") {
+		t.Errorf("events lack the staging, the target's publication and the role's:\n%s", ev)
+	}
+
+	// Stale: a renewal is staged, then models moves on (renewed by both holders at
+	// once); the staged renewal is refused and can be discarded.
+	if _, staged, err := f.repo.RenewOrStage(ctx, []string{RoleModels}, f.stagingKeys()); err != nil || staged == nil {
+		t.Fatalf("RenewOrStage(models) = %v, %v; want staged", staged, err)
+	}
+	if _, err := f.repo.Renew(ctx, []string{RoleModels}, f.keyring(alice.file, bob.file)); err != nil {
+		t.Fatalf("Renew with both holders' keys at hand = %v", err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, bob.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); !errors.Is(err, ErrStaleStaged) {
+		t.Fatalf("PublishStaged of a stale change = %v; want ErrStaleStaged", err)
+	}
+	if _, err := f.repo.DiscardStaged(ctx, RoleModels); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); !errors.Is(err, ErrNoStaged) {
+		t.Fatalf("PublishStaged after discard = %v; want ErrNoStaged", err)
+	}
+	c.mustRefresh()
+}
+
+// TestThresholdOneRolesUnchanged: a role whose threshold is 1 is never staged, even by
+// a key ring that stages: a missing key fails the publish as before, and nothing is
+// staged.
+func TestThresholdOneRolesUnchanged(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	moveAway(t, f.offDir, f.keys[RoleModels][0])
+	_, err := f.repo.Publish(context.Background(), PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("x"))}, f.stagingKeys())
+	var short *KeysShortError
+	if !errors.As(err, &short) || !strings.Contains(err.Error(), "role models needs 1 of its keys") {
+		t.Fatalf("publish without the models key = %v; want the missing key named", err)
+	}
+	if _, err := os.Stat(f.repo.path("staged", RoleModels)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("something was staged for a threshold-1 role: %v", err)
+	}
+}
+
+// TestTargetsThresholdThroughRoot: the targets role's keys and threshold change by the
+// root ceremony. Raising its threshold to 2 while the current targets carries one
+// signature left a root under which the repository's own targets did not verify: the
+// repository, and every device, failed to load it (found building threshold signing).
+// Now root publish re-signs targets under the new root, with the keys at hand, or is
+// refused, changing nothing. Then a delegation change (a targets change) is staged until
+// the second targets holder signs.
+func TestTargetsThresholdThroughRoot(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	c := f.newClient()
+	c.mustRefresh()
+	carol := newHolder(t, metadata.TARGETS)
+	rootChange := func(ch RootChange, keys *KeyRing) error {
+		t.Helper()
+		prop, err := f.repo.ProposeRoot(ctx, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, file := range f.rootKeyFiles(0, 1) {
+			k, err := f.keyring().Load(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := SignRootFile(nil, prop, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, err = f.repo.PublishRoot(ctx, prop, keys)
+		return err
+	}
+	// Carol's key is added at threshold 1: targets is re-signed by one key.
+	if err := rootChange(RootChange{AddKeys: map[string][]*metadata.Key{metadata.TARGETS: {carol.key.Public}}}, f.keyring()); err != nil {
+		t.Fatalf("root v2 (add carol's targets key) = %v", err)
+	}
+	// Threshold 2 without carol's key at hand: refused, nothing changed.
+	err := rootChange(RootChange{Thresholds: map[string]int{metadata.TARGETS: 2}, Replace: true}, f.keyring())
+	if !errors.Is(err, ErrNeedsSignatures) {
+		t.Fatalf("root v3 (targets threshold 2) without carol's key = %v; want ErrNeedsSignatures", err)
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after the refused root publish = %v", err)
+	}
+	// With both targets keys at hand (one passphrase here), targets is re-signed by both.
+	if err := rootChange(RootChange{Thresholds: map[string]int{metadata.TARGETS: 2}, Replace: true}, f.keyring(carol.file)); err != nil {
+		t.Fatalf("root v3 (targets threshold 2) with both keys = %v", err)
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatalf("Load after root v3 = %v", err)
+	}
+	c.mustRefresh()
+
+	// A targets change is staged for carol, then published.
+	dave := newHolder(t, RoleRuntimes)
+	staged, err := f.repo.ChangeDelegation(ctx, DelegationChange{Role: RoleRuntimes, AddKeys: []*metadata.Key{dave.key.Public}}, f.stagingKeys())
+	if err != nil || staged == nil || staged.Version(metadata.TARGETS) == 0 || staged.Version(RoleRuntimes) != 0 {
+		t.Fatalf("ChangeDelegation(add dave to runtimes) = %+v, %v; want targets staged alone", staged, err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, metadata.TARGETS, nil); !errors.Is(err, ErrThreshold) {
+		t.Fatalf("PublishStaged(targets, 1 of 2) = %v; want ErrThreshold", err)
+	}
+	if _, err := f.repo.SignStaged(ctx, metadata.TARGETS, carol.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, metadata.TARGETS, nil); err != nil {
+		t.Fatalf("PublishStaged(targets, 2 of 2) = %v", err)
+	}
+	up := c.mustRefresh()
+	for _, dr := range up.GetTrustedMetadataSet().Targets[metadata.TARGETS].Signed.Delegations.Roles {
+		if dr.Name == RoleRuntimes && !slices.Contains(dr.KeyIDs, dave.key.ID()) {
+			t.Errorf("device's runtimes delegation %v lacks dave's key", dr.KeyIDs)
+		}
+	}
+}
+
+// TestEveryChangeOfAThresholdRoleIsStaged: publish, retire and renew of a 2-of-2 role,
+// with a key ring that holds neither key, each stage the role's next version and change
+// nothing served; each is published once both holders have signed.
+func TestEveryChangeOfAThresholdRoleIsStaged(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	both := f.keyring(alice.file, bob.file)
+	if _, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, both); err != nil {
+		t.Fatalf("publish with both holders' keys at hand = %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func() (*Staged, error)
+		check  func(st *State) error
+	}{
+		{"publish", func() (*Staged, error) {
+			res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "2.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("two"))}, f.stagingKeys())
+			if err != nil {
+				return nil, err
+			}
+			return res.Staged, nil
+		}, func(st *State) error {
+			if _, ok := st.Targets[RoleModels].Signed.Targets["models/m/2.0.0.onnx"]; !ok {
+				return errors.New("models/m/2.0.0.onnx not listed")
+			}
+			return nil
+		}},
+		{"retire", func() (*Staged, error) {
+			res, err := f.repo.Retire(ctx, RetireRequest{Kind: artifact.KindModel, Name: "m", Versions: []string{"1.0.0"}}, f.stagingKeys())
+			if err != nil {
+				return nil, err
+			}
+			return res.Staged, nil
+		}, func(st *State) error {
+			if _, ok := st.Targets[RoleModels].Signed.Targets["models/m/1.0.0.onnx"]; ok {
+				return errors.New("models/m/1.0.0.onnx still listed")
+			}
+			return nil
+		}},
+		{"renew", func() (*Staged, error) {
+			_, staged, err := f.repo.RenewOrStage(ctx, []string{RoleModels}, f.stagingKeys())
+			return staged, err
+		}, func(*State) error { return nil }},
+	} {
+		before, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged, err := tc.change()
+		if err != nil || staged == nil || staged.Version(RoleModels) != before.Targets[RoleModels].Signed.Version+1 {
+			t.Fatalf("%s: staged %+v, %v; want models v%d staged", tc.name, staged, err, before.Targets[RoleModels].Signed.Version+1)
+		}
+		mid, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mid.Timestamp.Signed.Version != before.Timestamp.Signed.Version || mid.Targets[RoleModels].Signed.Version != before.Targets[RoleModels].Signed.Version {
+			t.Fatalf("%s: staging changed the served metadata", tc.name)
+		}
+		for _, h := range []holder{alice, bob} {
+			if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+			t.Fatalf("%s: PublishStaged = %v", tc.name, err)
+		}
+		after, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Targets[RoleModels].Signed.Version != before.Targets[RoleModels].Signed.Version+1 {
+			t.Errorf("%s: models v%d after publication; want v%d", tc.name, after.Targets[RoleModels].Signed.Version, before.Targets[RoleModels].Signed.Version+1)
+		}
+		if err := tc.check(after); err != nil {
+			t.Errorf("%s: after publication: %v", tc.name, err)
+		}
+	}
+	f.newClient().mustRefresh()
+}
