@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/attest"
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/internal/deviceapi"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/internal/printable"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/runtime/runtimeapi"
@@ -213,10 +214,17 @@ func Run(ctx context.Context, cfg Config) error {
 
 func run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
+	start := time.Now()
 	st, err := OpenState(ctx, StateConfig{Dir: cfg.StateDir, TPM: cfg.TPM, Roots: cfg.ServerRoots, Now: cfg.Now, Logger: log,
 		Downloader: downloader(log, cfg.CheckpointBytes), NoDeltas: cfg.NoDeltas})
 	if err != nil {
 		return err
+	}
+	// A crash or a power cut in the middle of a write leaves its temporary file, which
+	// nothing else removes: one more at every such loss, for the life of the device.
+	// This agent is the state directory's only writer, and its own writes are newer.
+	if removed, err := durable.RemoveInterrupted(string(st.Dir), start); len(removed) > 0 || err != nil {
+		log.Info("removed the temporary files of writes a crash interrupted", "files", removed, "err", err)
 	}
 	var statusSrv *statusServer
 	defer st.Close()

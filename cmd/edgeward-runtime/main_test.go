@@ -578,3 +578,57 @@ func orphanedRuntimeDrains(t *testing.T, bin, lib, flag string, env []string) {
 		t.Errorf("the runtime stopped without saying its parent was gone:\n%s", l)
 	}
 }
+
+// TestDrainDoesNotWaitForALoad: a runtime told to stop while its control API is loading a
+// model stops after its drain grace, not once the load is done. Whoever asked for the
+// load is the agent that is stopping it or that is gone (a runtime gets SIGTERM when its
+// agent is killed): nobody uses the answer. Before, the runtime of a killed agent went on
+// loading for as long as the load took, up to the drain timeout (30 s), beside the
+// runtime of the restarted agent: a 268 MB model took it to 833 MB resident while the
+// new runtime loaded the committed model (found from outside, 2 Dec, killing the agent
+// in the middle of trials). The load here reads a FIFO nobody writes: it never ends.
+func TestDrainDoesNotWaitForALoad(t *testing.T) {
+	lib := ortLib(t)
+	bin := buildRuntime(t, t.TempDir())
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "model.onnx")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := listenFile(t)
+	p := start(t, bin, lib, pub, filepath.Join(dir, "c.sock"), "--model", "iris=1.0.0="+irisModel(t), "--drain-grace", "100ms", "--drain-timeout", "30s")
+	loaded := make(chan error, 1)
+	go func() {
+		_, err := p.control.Load(context.Background(), runtimeapi.LoadRequest{Name: "slow", Version: "1.0.0", Path: fifo})
+		loaded <- err
+	}()
+	// Opening the FIFO for writing returns once the runtime has opened it to read the
+	// model: the load is then in flight, and stays so (nothing is written).
+	w, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	stopped := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err // for the cleanup, which waits for it too
+		if took := time.Since(stopped); took > 10*time.Second {
+			t.Errorf("the runtime took %v to stop with a load in flight; want about its drain grace (100 ms)", took)
+		}
+		if err != nil {
+			t.Errorf("the runtime stopped with %v; want a clean stop", err)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("the runtime was still running 25 s after SIGTERM, waiting for a load that nobody will use")
+	}
+	select {
+	case err := <-loaded:
+		if err == nil {
+			t.Error("the load of a model that was never read succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the agent's load request was left hanging after the runtime stopped")
+	}
+}

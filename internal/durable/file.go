@@ -8,9 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 )
 
 // WriteFile atomically replaces path with data. The data goes to a temporary file in
@@ -118,4 +121,56 @@ func SyncDir(dir string) error {
 		return fmt.Errorf("sync directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// RemoveInterrupted removes, under root, the temporary files of writes (WriteFile,
+// WriteFrom) that a crash or a power cut interrupted before their rename: files named
+// ".NAME.tmp-DIGITS" last modified before before. Nothing else ever removes them, so a
+// device that loses power while it writes keeps one more at every such loss. It returns
+// the paths removed. Call it only while no write under root is in progress from another
+// process; before is normally the caller's start, which spares its own writes.
+func RemoveInterrupted(root string, before time.Time) ([]string, error) {
+	var removed []string
+	var errs []error
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p != root {
+				errs = append(errs, err)
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() || !interruptedName(d.Name()) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil || !fi.ModTime().Before(before) {
+			return nil
+		}
+		if err := os.Remove(p); err != nil {
+			errs = append(errs, err)
+			return nil
+		}
+		removed = append(removed, p)
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// interruptedName reports whether name is one write's temporary file names: "." +
+// the file's name + ".tmp-" + os.CreateTemp's digits.
+func interruptedName(name string) bool {
+	i := strings.LastIndex(name, ".tmp-")
+	if !strings.HasPrefix(name, ".") || i < 2 || i+len(".tmp-") == len(name) {
+		return false
+	}
+	for _, c := range name[i+len(".tmp-"):] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
