@@ -240,7 +240,8 @@ func TestUnavailable(t *testing.T) {
 		{&pgconn.PgError{Code: "08006"}, true},
 		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, true},
 		{errors.New("sqlite: database or disk is full (13)"), true},
-		{&pgconn.PgError{Code: "23505"}, false}, // unique violation
+		{fmt.Errorf("rate limit: %w", errors.New("sql: database is closed")), true}, // the store closed (shutting down)
+		{&pgconn.PgError{Code: "23505"}, false},                                     // unique violation
 		{invalid("labels", "bad"), false},
 		{ErrNotFound, false},
 		{nil, false},
