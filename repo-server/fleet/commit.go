@@ -238,6 +238,7 @@ func (c *committer) runBatch1(batch []*txJob) (err error) {
 	defer func() {
 		if err != nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w: a transaction got no answer from the database for %v: %w", ErrUnavailable, c.batchTimeout, err)
+			c.db.dropIdle()
 		}
 	}()
 	tx, err := c.db.DB.BeginTx(ctx, nil)

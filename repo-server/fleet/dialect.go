@@ -53,6 +53,18 @@ type sqlDB struct {
 	fault atomic.Pointer[error]
 }
 
+// dropIdle closes the PostgreSQL pool's idle connections (a batch got no answer for
+// batchTimeout): whatever silenced that connection (a stalled proxy, a hung backend)
+// may hold the others opened before it too, and each would cost the next batches a
+// whole batchTimeout to find out. New ones are opened as needed.
+func (d *sqlDB) dropIdle() {
+	if d.dialect != postgresDialect {
+		return
+	}
+	d.SetMaxIdleConns(0)
+	d.SetMaxIdleConns(PostgresConns)
+}
+
 // noteFault remembers err as the store's storage fault if it is one, and says so.
 func (d *sqlDB) noteFault(err error) bool {
 	if !writeFault(err) {

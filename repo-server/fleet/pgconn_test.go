@@ -91,7 +91,7 @@ func TestHungConnectionDoesNotWedgeTheStore(t *testing.T) {
 			s.Close()
 		}
 	}()
-	s.commit.queueTimeout = time.Second
+	s.commit.queueTimeout = 5 * time.Second
 	s.commit.batchTimeout = time.Second
 	now := time.Now()
 	write := func(id string) error {
@@ -101,6 +101,18 @@ func TestHungConnectionDoesNotWedgeTheStore(t *testing.T) {
 	if err := write("before"); err != nil {
 		t.Fatal(err)
 	}
+	// Several connections open and idle in the pool, as on a busy replica.
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.db.ExecContext(ctx, `SELECT pg_sleep(0.2)`); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
 
 	p.hang() // every open connection silent for good; new ones unanswered while it lasts
 	done := make(chan error, 1)
@@ -115,6 +127,11 @@ func TestHungConnectionDoesNotWedgeTheStore(t *testing.T) {
 	}
 
 	p.release() // new connections answered again; the hung ones stay hung
+	// The idle connections opened before the hang were dropped with the one that got no
+	// answer: the next write takes a new one, rather than a batchTimeout per hung one.
+	if err := write("after"); err != nil {
+		t.Fatalf("the first write after the database answered again = %v; want it through", err)
+	}
 	start := time.Now()
 	for i := 0; ; i++ {
 		err := write(fmt.Sprint("after-", i))
