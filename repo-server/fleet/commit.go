@@ -81,10 +81,12 @@ type committer struct {
 }
 
 type txJob struct {
-	ctx  context.Context
-	f    func(*txn) error
-	err  error
-	done chan struct{}
+	ctx context.Context
+	f   func(*txn) error
+	// unbounded: its batch runs without batchTimeout (doUnbounded).
+	unbounded bool
+	err       error
+	done      chan struct{}
 	// state: jobQueued until the committer starts it (jobStarted) or its caller gives up
 	// waiting for its turn (jobAbandoned), whichever comes first.
 	state atomic.Int32
@@ -104,10 +106,21 @@ func newCommitter(db *sqlDB) *committer {
 
 // do runs f in a transaction that is committed (durably) before do returns nil.
 func (c *committer) do(ctx context.Context, f func(*txn) error) error {
+	return c.run1(ctx, f, false)
+}
+
+// doUnbounded is do for a transaction that may legitimately run longer than
+// batchTimeout (a schema migration and its backfill on a large database, at start):
+// its batch has no deadline.
+func (c *committer) doUnbounded(ctx context.Context, f func(*txn) error) error {
+	return c.run1(ctx, f, true)
+}
+
+func (c *committer) run1(ctx context.Context, f func(*txn) error, unbounded bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	j := &txJob{ctx: ctx, f: f, done: make(chan struct{})}
+	j := &txJob{ctx: ctx, f: f, unbounded: unbounded, done: make(chan struct{})}
 	// The bound starts now: with the committer stuck its queue fills, and a caller
 	// waiting to enter it (a check-in's context never ends) waited for good.
 	timer := time.NewTimer(c.queueTimeout)
@@ -232,11 +245,23 @@ func (c *committer) runBatch1(batch []*txJob) (err error) {
 	// The batch's own context: one caller going away must not abort the others. Its
 	// deadline (batchTimeout) bounds every statement of the batch, the jobs' own too
 	// (txn.bound): a connection that stopped answering is closed there.
-	ctx, cancel := context.WithTimeout(context.Background(), c.batchTimeout)
+	timeout := c.batchTimeout
+	for _, j := range batch {
+		if j.unbounded {
+			timeout = 0
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	}
 	defer cancel()
-	deadline, _ := ctx.Deadline()
+	deadline, _ := ctx.Deadline() // zero without a bound: txn.bound then changes nothing
+	// past says the bound was reached (the statements' own contexts, made from it by
+	// txn.bound, may end a moment before ctx does).
+	past := func() bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
 	defer func() {
-		if err != nil && ctx.Err() != nil {
+		if err != nil && past() {
 			err = fmt.Errorf("%w: a transaction got no answer from the database for %v: %w", ErrUnavailable, c.batchTimeout, err)
 			c.db.dropIdle()
 		}
@@ -273,7 +298,7 @@ func (c *committer) runBatch1(batch []*txJob) (err error) {
 				return fmt.Errorf("group commit: %w", err)
 			}
 			j.err = j.f(t)
-			if j.err != nil && ctx.Err() != nil {
+			if j.err != nil && past() {
 				j.err = fmt.Errorf("%w: a transaction got no answer from the database for %v: %w", ErrUnavailable, c.batchTimeout, j.err)
 			}
 			if j.err != nil {

@@ -268,3 +268,30 @@ func TestUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrationsAreNotBoundByTheBatchTimeout: the committer's batchTimeout, which ends a
+// transaction the database stopped answering, does not end a schema migration that is
+// merely long (a backfill on a large database, at start): those run through
+// txUnbounded. Anything else past the bound fails with ErrUnavailable.
+func TestMigrationsAreNotBoundByTheBatchTimeout(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, pg.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.commit.batchTimeout = 200 * time.Millisecond
+	slow := func(tx *txn) error {
+		_, err := tx.ExecContext(ctx, `SELECT pg_sleep(0.6)`)
+		return err
+	}
+	if err := s.txUnbounded(ctx, slow); err != nil {
+		t.Fatalf("a long migration-like transaction = %v; want it through", err)
+	}
+	if err := s.tx(ctx, slow); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a transaction past batchTimeout = %v; want ErrUnavailable", err)
+	}
+	if err := s.tx(ctx, func(tx *txn) error { _, err := tx.ExecContext(ctx, `SELECT 1`); return err }); err != nil {
+		t.Fatalf("the next transaction = %v; want it through", err)
+	}
+}
