@@ -211,8 +211,15 @@ func (o *operatorAPI) bearerAllowed(w http.ResponseWriter, r *http.Request) (don
 	src := requestSource(r)
 	left, wait, err := o.cfg.Fleet.CountAttemptsLeft(r.Context(), "bearer:"+src, o.cfg.BearerFailures, o.s.cfg.Repo.Now())
 	if err != nil {
+		if fleet.Unavailable(err) {
+			// Says what is wrong (the database away, its disk full), as every other
+			// answer of the API does: "cannot check the rate limit" was all an operator
+			// was told during an outage, since this check comes first.
+			o.fail(w, r, "check the bearer token", err)
+			return nil, false
+		}
 		o.s.log.Error("bearer token rate limit", "err", err)
-		writeError(w, http.StatusServiceUnavailable, "cannot check the rate limit: try again")
+		writeError(w, http.StatusServiceUnavailable, "cannot check the bearer token's rate limit: try again later")
 		return nil, false
 	}
 	o.checkingMu.Lock()

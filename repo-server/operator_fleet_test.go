@@ -998,3 +998,35 @@ func TestOperatorRequestsNameEachKeyOnce(t *testing.T) {
 		t.Errorf("pause with a reason named twice = %d %s; want 400", code, resp)
 	}
 }
+
+// TestOperatorAPIWhileTheDatabaseIsAway: with the fleet database away an operator's
+// request is answered 503 with Retry-After and a message that says the database is not
+// answering. Before 2 Dec the bearer token's rate-limit check, which comes first,
+// answered "cannot check the rate limit: try again" to every request (found from
+// outside, PostgreSQL stopped under three replicas).
+func TestOperatorAPIWhileTheDatabaseIsAway(t *testing.T) {
+	o := newOpFixture(t)
+	tok := o.tok[fleet.RoleReleaseManager]
+	if code, body := o.do("GET", "/v1/rollouts", tok, ""); code != http.StatusOK {
+		t.Fatalf("GET /v1/rollouts = %d %s; want 200", code, body)
+	}
+	o.store.Close()
+	for _, c := range []struct{ method, path, body string }{
+		{"GET", "/v1/rollouts", ""},
+		{"POST", "/v1/rollouts/vib-2/pause", `{"reason":"drift"}`},
+	} {
+		req, _ := http.NewRequest(c.method, o.http.URL+c.path, strings.NewReader(c.body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(b), "the fleet database is not answering") {
+			t.Errorf("%s %s with the database away = %d (Retry-After %q) %s; want 503 with Retry-After saying the database is not answering",
+				c.method, c.path, resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		}
+	}
+}

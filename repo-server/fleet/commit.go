@@ -23,6 +23,18 @@ var ErrUnavailable = errors.New("the fleet database is not answering: try again 
 // 2 Dec: 582 goroutines and 698 descriptors on one replica during an outage).
 const queueTimeout = 15 * time.Second
 
+// batchTimeout bounds how long one batch (its transaction, from BEGIN to COMMIT, and
+// the preparing of new statements after it) may take. Batches take milliseconds; a
+// turn of the PostgreSQL writer lock waits at most about IdleInTransactionTimeout
+// behind a replica that went quiet holding it. Without a bound, one connection that
+// stayed open but never answered again (a stalled proxy or connection pooler between
+// the replica and PostgreSQL, a backend hung on its storage: TCP keepalives and
+// TCP_USER_TIMEOUT are answered by the kernel) held the committer for good, and the
+// replica answered every write 503 until it was restarted, long after the database
+// was back (found from outside, 2 Dec). At the bound the connection is closed and the
+// batch fails with ErrUnavailable; the next batch takes a fresh connection.
+const batchTimeout = 2 * time.Minute
+
 // maxBatch bounds how many transactions share one commit.
 const maxBatch = 128
 
@@ -63,15 +75,18 @@ type committer struct {
 	// beforeCommit, for tests, runs before each batch's COMMIT; an error fails the
 	// batch. nil in production.
 	beforeCommit func(batch int) error
-	// queueTimeout is queueTimeout (tests shorten it).
+	// queueTimeout is queueTimeout, batchTimeout batchTimeout (tests shorten them).
 	queueTimeout time.Duration
+	batchTimeout time.Duration
 }
 
 type txJob struct {
-	ctx  context.Context
-	f    func(*txn) error
-	err  error
-	done chan struct{}
+	ctx context.Context
+	f   func(*txn) error
+	// unbounded: its batch runs without batchTimeout (doUnbounded).
+	unbounded bool
+	err       error
+	done      chan struct{}
 	// state: jobQueued until the committer starts it (jobStarted) or its caller gives up
 	// waiting for its turn (jobAbandoned), whichever comes first.
 	state atomic.Int32
@@ -84,17 +99,28 @@ const (
 )
 
 func newCommitter(db *sqlDB) *committer {
-	c := &committer{db: db, jobs: make(chan *txJob, maxBatch), done: make(chan struct{}), queueTimeout: queueTimeout}
+	c := &committer{db: db, jobs: make(chan *txJob, maxBatch), done: make(chan struct{}), queueTimeout: queueTimeout, batchTimeout: batchTimeout}
 	go c.run()
 	return c
 }
 
 // do runs f in a transaction that is committed (durably) before do returns nil.
 func (c *committer) do(ctx context.Context, f func(*txn) error) error {
+	return c.run1(ctx, f, false)
+}
+
+// doUnbounded is do for a transaction that may legitimately run longer than
+// batchTimeout (a schema migration and its backfill on a large database, at start):
+// its batch has no deadline.
+func (c *committer) doUnbounded(ctx context.Context, f func(*txn) error) error {
+	return c.run1(ctx, f, true)
+}
+
+func (c *committer) run1(ctx context.Context, f func(*txn) error, unbounded bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	j := &txJob{ctx: ctx, f: f, done: make(chan struct{})}
+	j := &txJob{ctx: ctx, f: f, unbounded: unbounded, done: make(chan struct{})}
 	// The bound starts now: with the committer stuck its queue fills, and a caller
 	// waiting to enter it (a check-in's context never ends) waited for good.
 	timer := time.NewTimer(c.queueTimeout)
@@ -169,7 +195,9 @@ func (c *committer) run() {
 		// Statements first seen in this batch are prepared now, with no transaction
 		// open (stmtCache).
 		if c.db.stmts.pending() {
-			c.db.stmts.prepare(context.Background(), c.db.DB)
+			ctx, cancel := context.WithTimeout(context.Background(), c.batchTimeout)
+			c.db.stmts.prepare(ctx, c.db.DB)
+			cancel()
 		}
 	}
 }
@@ -213,14 +241,37 @@ func (c *committer) noteFaults(batch []*txJob) {
 
 // runBatch1 runs batch in one transaction: each job's own failure is its err; the
 // error returned (the transaction's) is every other job's.
-func (c *committer) runBatch1(batch []*txJob) error {
-	// The batch's own context: one caller going away must not abort the others.
-	ctx := context.Background()
+func (c *committer) runBatch1(batch []*txJob) (err error) {
+	// The batch's own context: one caller going away must not abort the others. Its
+	// deadline (batchTimeout) bounds every statement of the batch, the jobs' own too
+	// (txn.bound): a connection that stopped answering is closed there.
+	timeout := c.batchTimeout
+	for _, j := range batch {
+		if j.unbounded {
+			timeout = 0
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	}
+	defer cancel()
+	deadline, _ := ctx.Deadline() // zero without a bound: txn.bound then changes nothing
+	// past says the bound was reached (the statements' own contexts, made from it by
+	// txn.bound, may end a moment before ctx does).
+	past := func() bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
+	defer func() {
+		if err != nil && past() {
+			err = fmt.Errorf("%w: a transaction got no answer from the database for %v: %w", ErrUnavailable, c.batchTimeout, err)
+			c.db.dropIdle()
+		}
+	}()
 	tx, err := c.db.DB.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	t := &txn{Tx: tx, dialect: c.db.dialect, stmts: c.db.stmts}
+	t := &txn{Tx: tx, dialect: c.db.dialect, stmts: c.db.stmts, deadline: deadline}
+	defer t.release()
 	if c.db.dialect == postgresDialect {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
 			tx.Rollback()
@@ -247,6 +298,9 @@ func (c *committer) runBatch1(batch []*txJob) error {
 				return fmt.Errorf("group commit: %w", err)
 			}
 			j.err = j.f(t)
+			if j.err != nil && past() {
+				j.err = fmt.Errorf("%w: a transaction got no answer from the database for %v: %w", ErrUnavailable, c.batchTimeout, j.err)
+			}
 			if j.err != nil {
 				if _, err := t.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+sp); err != nil {
 					tx.Rollback()

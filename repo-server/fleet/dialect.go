@@ -53,6 +53,18 @@ type sqlDB struct {
 	fault atomic.Pointer[error]
 }
 
+// dropIdle closes the PostgreSQL pool's idle connections (a batch got no answer for
+// batchTimeout): whatever silenced that connection (a stalled proxy, a hung backend)
+// may hold the others opened before it too, and each would cost the next batches a
+// whole batchTimeout to find out. New ones are opened as needed.
+func (d *sqlDB) dropIdle() {
+	if d.dialect != postgresDialect {
+		return
+	}
+	d.SetMaxIdleConns(0)
+	d.SetMaxIdleConns(PostgresConns)
+}
+
 // noteFault remembers err as the store's storage fault if it is one, and says so.
 func (d *sqlDB) noteFault(err error) bool {
 	if !writeFault(err) {
@@ -94,9 +106,37 @@ type txn struct {
 	dialect dialect
 	stmts   *stmtCache
 	local   map[*sql.Stmt]*sql.Stmt // stmts' statements, bound to Tx
+	// deadline, when set, bounds every statement of the transaction whatever the
+	// context its caller passed (the committer's batchTimeout); cancels are the
+	// contexts made for it, released with the transaction (release).
+	deadline time.Time
+	cancels  []context.CancelFunc
+}
+
+// bound returns ctx ending no later than t's deadline. The context lives until
+// release: rows and a row a query returns are read after the call.
+func (t *txn) bound(ctx context.Context) context.Context {
+	if t.deadline.IsZero() {
+		return ctx
+	}
+	if d, ok := ctx.Deadline(); ok && !d.After(t.deadline) {
+		return ctx
+	}
+	ctx, cancel := context.WithDeadline(ctx, t.deadline)
+	t.cancels = append(t.cancels, cancel)
+	return ctx
+}
+
+// release ends the contexts bound made, once the transaction is over.
+func (t *txn) release() {
+	for _, cancel := range t.cancels {
+		cancel()
+	}
+	t.cancels = nil
 }
 
 func (t *txn) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	ctx = t.bound(ctx)
 	query = t.dialect.rebind(query)
 	if st := t.stmt(ctx, query); st != nil {
 		return st.ExecContext(ctx, t.dialect.args(args)...)
@@ -105,6 +145,7 @@ func (t *txn) ExecContext(ctx context.Context, query string, args ...any) (sql.R
 }
 
 func (t *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	ctx = t.bound(ctx)
 	query = t.dialect.rebind(query)
 	if st := t.stmt(ctx, query); st != nil {
 		return st.QueryContext(ctx, t.dialect.args(args)...)
@@ -113,6 +154,7 @@ func (t *txn) QueryContext(ctx context.Context, query string, args ...any) (*sql
 }
 
 func (t *txn) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	ctx = t.bound(ctx)
 	query = t.dialect.rebind(query)
 	if st := t.stmt(ctx, query); st != nil {
 		return st.QueryRowContext(ctx, t.dialect.args(args)...)

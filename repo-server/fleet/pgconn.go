@@ -27,6 +27,8 @@ const (
 	// (a statement to a database that no longer answers fails, not hangs), and the
 	// keepalive probes find an idle connection's peer gone in about as long.
 	tcpUserTimeout = 30 * time.Second
+	// connectTimeout bounds opening a connection, PostgreSQL's startup included.
+	connectTimeout = 10 * time.Second
 )
 
 // OpenPostgres opens a connection pool on the PostgreSQL database at url with the
@@ -54,5 +56,10 @@ func OpenPostgres(url string) (*sql.DB, error) {
 		},
 	}
 	cfg.DialFunc = d.DialContext
+	if cfg.ConnectTimeout == 0 {
+		// The dialer's timeout covers the TCP handshake; this, PostgreSQL's startup
+		// too (a peer that accepts and never answers). connect_timeout in the URL wins.
+		cfg.ConnectTimeout = connectTimeout
+	}
 	return stdlib.OpenDB(*cfg), nil
 }

@@ -282,10 +282,11 @@ var ErrSchemaTooNew = errors.New("the fleet database's schema is newer than this
 // migrate brings the schema up to date, one migration per transaction (with its
 // backfill), each re-reading the version under the store's write lock, so replicas
 // starting together apply each migration once. A schema newer than this server's is
-// refused (ErrSchemaTooNew) before anything is written.
+// refused (ErrSchemaTooNew) before anything is written. A migration may run longer than
+// the committer's batchTimeout (a backfill on a large database): txUnbounded.
 func (s *Store) migrate(ctx context.Context) error {
 	if s.db.dialect == postgresDialect {
-		err := s.tx(ctx, func(tx *txn) error {
+		err := s.txUnbounded(ctx, func(tx *txn) error {
 			_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS edgeward_schema (id INTEGER PRIMARY KEY CHECK (id = 1), version BIGINT NOT NULL);
 				INSERT INTO edgeward_schema (id, version) VALUES (1, 0) ON CONFLICT DO NOTHING`)
 			return err
@@ -296,7 +297,7 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	for {
 		done := false
-		err := s.tx(ctx, func(tx *txn) error {
+		err := s.txUnbounded(ctx, func(tx *txn) error {
 			v, err := s.schemaVersion(ctx, tx)
 			if err != nil {
 				return fmt.Errorf("read schema version: %w", err)

@@ -192,6 +192,12 @@ func (s *Store) tx(ctx context.Context, f func(*txn) error) error {
 	return s.commit.do(ctx, f)
 }
 
+// txUnbounded is tx without the committer's batchTimeout, for schema migrations (not
+// fenced: they run at Open).
+func (s *Store) txUnbounded(ctx context.Context, f func(*txn) error) error {
+	return s.commit.doUnbounded(ctx, f)
+}
+
 // Times are stored as Unix nanoseconds, 0 for the zero time.
 func ns(t time.Time) int64 {
 	if t.IsZero() {

@@ -16,10 +16,11 @@ import (
 // now, rather than that the request or the data is wrong: the store's own ErrUnavailable
 // (no turn within queueTimeout) and ErrClosed, a connection that failed or was lost,
 // PostgreSQL's connection, resource (53xxx: disk full, out of memory, too many
-// connections) and shutdown (57P01–57P03) errors, and sqlite's full disk or busy
-// database, and every storage fault (writeFault: no space, an I/O error, a read-only
-// database). A caller answers these 503 with Retry-After (a proxy then tries another
-// replica), not 500; NoSpace says whether the disk is full.
+// connections) and shutdown (57P01–57P03) errors, sqlite's full disk or busy
+// database, a database handle already closed (the server shutting down), and every
+// storage fault (writeFault: no space, an I/O error, a read-only database). A caller
+// answers these 503 with Retry-After (a proxy then tries another replica), not 500;
+// NoSpace says whether the disk is full.
 func Unavailable(err error) bool {
 	if err == nil {
 		return false
@@ -41,7 +42,7 @@ func Unavailable(err error) bool {
 		return true
 	}
 	msg := err.Error()
-	for _, s := range []string{"database or disk is full", "database is locked", "SQLITE_FULL", "SQLITE_BUSY", "no space left on device", "unexpected EOF", "conn closed", "connection reset by peer"} {
+	for _, s := range []string{"database or disk is full", "database is locked", "SQLITE_FULL", "SQLITE_BUSY", "no space left on device", "unexpected EOF", "conn closed", "connection reset by peer", "sql: database is closed"} {
 		if strings.Contains(msg, s) {
 			return true
 		}
