@@ -361,3 +361,67 @@ func TestEveryChangeOfAThresholdRoleIsStaged(t *testing.T) {
 	}
 	f.newClient().mustRefresh()
 }
+
+// TestRenewSeveralRolesStagesOnlyTheShortOne: 'repo renew --role targets --role models
+// --role runtimes' (docs/REPOSITORY.md) with models 2 of 2 and the other keys at hand
+// renews and publishes targets and runtimes, and stages models alone. It staged all
+// three together: targets and runtimes waited for the models holders, and a runtimes
+// publish meanwhile made the staged change stale, the holders' signatures lost. With
+// every key at hand the roles are renewed in one change, as before.
+func TestRenewSeveralRolesStagesOnlyTheShortOne(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	version := func(role string) int64 {
+		t.Helper()
+		st, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Targets[role].Signed.Version
+	}
+	tg, md, rt := version(metadata.TARGETS), version(RoleModels), version(RoleRuntimes)
+	all := []string{metadata.TARGETS, RoleModels, RoleRuntimes}
+	out, staged, err := f.repo.RenewOrStage(ctx, all, f.stagingKeys())
+	if err != nil || staged == nil || len(staged.Roles) != 1 || staged.Roles[0].Role != RoleModels || len(out) != 3 {
+		t.Fatalf("RenewOrStage(targets, models, runtimes) = %v, %+v, %v; want models staged alone", out, staged, err)
+	}
+	if v := version(metadata.TARGETS); v != tg+1 {
+		t.Errorf("targets v%d after the renewal; want v%d, renewed (its key is at hand)", v, tg+1)
+	}
+	if v := version(RoleRuntimes); v != rt+1 {
+		t.Errorf("runtimes v%d after the renewal; want v%d, renewed (its key is at hand)", v, rt+1)
+	}
+	if v := version(RoleModels); v != md {
+		t.Errorf("models v%d after the renewal; want v%d until its holders sign", v, md)
+	}
+	// A change of runtimes meanwhile does not make the staged models renewal stale.
+	if _, err := f.publish(artifact.KindRuntime, "ort", "1.0.0", ".tar", []byte("runtime"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []holder{alice, bob} {
+		if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+		t.Fatalf("PublishStaged(models renewal) after a runtimes publish = %v", err)
+	}
+	if v := version(RoleModels); v != md+1 {
+		t.Errorf("models v%d after publication; want v%d", v, md+1)
+	}
+	f.newClient().mustRefresh()
+
+	// Every key at hand: one change, one new snapshot.
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := st.Snapshot.Signed.Version
+	if _, staged, err := f.repo.RenewOrStage(ctx, all, f.stagingKeys(alice.file, bob.file)); err != nil || staged != nil {
+		t.Fatalf("RenewOrStage with every key at hand = %+v, %v; want renewed", staged, err)
+	}
+	if st, err = f.repo.Load(ctx); err != nil || st.Snapshot.Signed.Version != snap+1 {
+		t.Fatalf("snapshot after renewing three roles with every key at hand: %v, %v; want v%d (one change)", st.Snapshot.Signed.Version, err, snap+1)
+	}
+}

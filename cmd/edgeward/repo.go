@@ -580,13 +580,15 @@ func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if staged != nil {
-		printStaged(env, staged)
-		return nil
-	}
+	// The roles whose keys are here are renewed; each other one is staged on its own.
 	for _, role := range roles {
-		if exp, ok := renewed[role]; ok {
+		if exp, ok := renewed[role]; ok && (staged == nil || staged.Version(role) == 0) {
 			fmt.Fprintf(env.stdout, "%s renewed: expires %s\n", role, exp.UTC().Format(time.RFC3339))
+		}
+	}
+	if staged != nil {
+		for _, r := range staged.Roles {
+			printStaged(env, &repository.Staged{Roles: []repository.StagedRole{r}})
 		}
 	}
 	return nil
