@@ -563,15 +563,17 @@ func (r *Repo) SignStaged(ctx context.Context, role string, key *Key) (*StagedFi
 	if !f.IsRoleKey(st, key.ID()) {
 		return nil, fmt.Errorf("key %s is not a key of %s: its signature would not count; sign with one of the role's keys ('edgeward repo status' lists them)", short(key.ID()), role)
 	}
+	// Signed first, recorded, then written: a signature refused (the staged version
+	// expired, the key unusable) was recorded as made (found in review, 2 Dec).
+	md, data, err := signStaged(f.Path, key, r.now())
+	if err != nil {
+		return nil, err
+	}
 	if err := r.record(ctx, event{"role.sign", fmt.Sprintf("%s v%d", role, f.Staged.Signed.Version), map[string]any{"role": role, "version": f.Staged.Signed.Version, "key": key.ID(), "staged": f.Path}}); err != nil {
 		return nil, err
 	}
-	if _, err := SignStagedFile(r.fs, f.Path, key, r.now()); err != nil {
-		return nil, err
-	}
-	md, err := readTargetsFile(f.Path)
-	if err != nil {
-		return nil, err
+	if err := r.fs.WriteFile(f.Path, data, 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", f.Path, err)
 	}
 	f.Staged = md
 	return f, nil
@@ -585,23 +587,7 @@ func SignStagedFile(fsys FS, path string, key *Key, now time.Time) ([]string, er
 	if fsys == nil {
 		fsys = OSFS{}
 	}
-	md, err := readTargetsFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if !md.Signed.Expires.After(now) {
-		return nil, fmt.Errorf("%s expired at %s: it cannot be published; have it staged again", path, md.Signed.Expires.UTC().Format(time.RFC3339))
-	}
-	id := key.ID()
-	md.Signatures = slices.DeleteFunc(md.Signatures, func(s metadata.Signature) bool { return s.KeyID == id })
-	signer, err := key.Signer()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := md.Sign(signer); err != nil {
-		return nil, fmt.Errorf("sign %s: %w", path, err)
-	}
-	out, err := md.ToBytes(true)
+	md, out, err := signStaged(path, key, now)
 	if err != nil {
 		return nil, err
 	}
@@ -613,6 +599,33 @@ func SignStagedFile(fsys FS, path string, key *Key, now time.Time) ([]string, er
 		ids = append(ids, s.KeyID)
 	}
 	return ids, nil
+}
+
+// signStaged reads the staged role version in path and adds key's signature (replacing
+// an earlier one by the same key), refusing one that has expired; it writes nothing and
+// returns the signed metadata and its encoding.
+func signStaged(path string, key *Key, now time.Time) (*metadata.Metadata[metadata.TargetsType], []byte, error) {
+	md, err := readTargetsFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !md.Signed.Expires.After(now) {
+		return nil, nil, fmt.Errorf("%s expired at %s: it cannot be published; have it staged again", path, md.Signed.Expires.UTC().Format(time.RFC3339))
+	}
+	id := key.ID()
+	md.Signatures = slices.DeleteFunc(md.Signatures, func(s metadata.Signature) bool { return s.KeyID == id })
+	signer, err := key.Signer()
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := md.Sign(signer); err != nil {
+		return nil, nil, fmt.Errorf("sign %s: %w", path, err)
+	}
+	out, err := md.ToBytes(true)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", path, err)
+	}
+	return md, out, nil
 }
 
 // DescribeStaged says what the staged version next of role is and changes from cur

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -423,5 +424,49 @@ func TestRenewSeveralRolesStagesOnlyTheShortOne(t *testing.T) {
 	}
 	if st, err = f.repo.Load(ctx); err != nil || st.Snapshot.Signed.Version != snap+1 {
 		t.Fatalf("snapshot after renewing three roles with every key at hand: %v, %v; want v%d (one change)", st.Snapshot.Signed.Version, err, snap+1)
+	}
+}
+
+// TestRefusedSignatureIsNotRecorded: a signature SignStaged refuses (the staged version
+// has expired) leaves no repo.role.sign record and the file as it was; one that cannot
+// be recorded is not written. The record was made before signing, and the audit log
+// named a signer who had signed nothing.
+func TestRefusedSignatureIsNotRecorded(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, _ := twoOfTwo(t, f)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish = %+v, %v; want staged", res, err)
+	}
+	path := res.Staged.Roles[0].Path
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f.events.mu.Lock()
+	f.events.fail = errors.New("audit log unavailable")
+	f.events.mu.Unlock()
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err == nil {
+		t.Error("SignStaged with the audit log failing succeeded")
+	}
+	f.events.mu.Lock()
+	f.events.fail = nil
+	f.events.mu.Unlock()
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("a signature that could not be recorded was written to the staged file")
+	}
+
+	f.clock.Add(f.repo.Expiry().RoleLife(RoleModels) + time.Hour)
+	n := len(f.events.all())
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("SignStaged(expired) = %v; want refused as expired", err)
+	}
+	if got := f.events.all()[n:]; len(got) != 0 {
+		t.Errorf("records for a refused signature: %q; want none", got)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("the staged file changed although the signature was refused")
 	}
 }
