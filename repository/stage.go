@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/secure-systems-lab/go-securesystemslib/cjson"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -258,11 +259,15 @@ func readTargetsFile(path string) (*metadata.Metadata[metadata.TargetsType], err
 	return m, nil
 }
 
-// sameSigned reports whether a and b sign the same content.
+// sameSigned reports whether a and b sign the same content: the same canonical JSON of
+// their signed part, the bytes a signature covers, so that a signature valid on one is
+// valid on the other. (json.Marshal kept the order of keys inside a target's custom
+// metadata: a copy that a JSON tool had re-encoded with its keys sorted, signed by its
+// holder, was refused as another change, found in review, 2 Dec.)
 func sameSigned(a, b *metadata.Metadata[metadata.TargetsType]) bool {
-	x, err1 := json.Marshal(a.Signed)
-	y, err2 := json.Marshal(b.Signed)
-	return err1 == nil && err2 == nil && string(x) == string(y)
+	x, err1 := cjson.EncodeCanonical(a.Signed)
+	y, err2 := cjson.EncodeCanonical(b.Signed)
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
 }
 
 // delegationOf returns role's key IDs, threshold and keys in delegator (root for

@@ -3,6 +3,7 @@ package repository
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -468,5 +469,66 @@ func TestRefusedSignatureIsNotRecorded(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
 		t.Error("the staged file changed although the signature was refused")
+	}
+}
+
+// TestCopyReencodedWithSortedKeysCounts: a holder's copy re-encoded by a JSON tool on
+// the way (keys sorted, as 'jq -S' or Python's sort_keys do, also inside a target's
+// custom metadata) signs the same canonical bytes: its signature counts. A copy whose
+// content differs (a target added) is still refused.
+func TestCopyReencodedWithSortedKeysCounts(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish = %+v, %v; want staged", res, err)
+	}
+	data, err := os.ReadFile(res.Staged.Roles[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	sorted, _ := json.Marshal(m) // every object's keys sorted
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err != nil || bytes.Equal(compact.Bytes(), sorted) {
+		t.Fatalf("sorting the keys changed nothing (%v): the test proves nothing", err)
+	}
+	dir := t.TempDir()
+	cp, other := filepath.Join(dir, "copy.json"), filepath.Join(dir, "other.json")
+	if err := os.WriteFile(cp, sorted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SignStagedFile(nil, cp, bob.key, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	md, err := readTargetsFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md.Signed.Targets["models/m/9.0.0.onnx"] = md.Signed.Targets["models/m/1.0.0.onnx"]
+	b, _ := md.ToBytes(true)
+	if err := os.WriteFile(other, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, []string{other}); err == nil || !strings.Contains(err.Error(), "signed content differs") {
+		t.Fatalf("PublishStaged(a copy with a target added) = %v; want refused", err)
+	}
+	out, err := f.repo.PublishStaged(ctx, RoleModels, []string{cp})
+	if err != nil {
+		t.Fatalf("PublishStaged(bob's copy, re-encoded with sorted keys) = %v; want published", err)
+	}
+	if got := out.Roles[0].SignedBy; len(got) != 2 {
+		t.Errorf("published signed by %v; want alice and bob", got)
+	}
+	up := f.newClient().mustRefresh()
+	if _, err := up.GetTargetInfo("models/m/1.0.0.onnx"); err != nil {
+		t.Errorf("a device does not find the published model: %v", err)
 	}
 }
