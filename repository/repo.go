@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1014,6 +1015,13 @@ func (r *Repo) RenewOrStage(ctx context.Context, roles []string, keys *KeyRing) 
 		}
 		return out, staged, nil
 	}
+	var uniq []string // a role named twice is renewed once
+	for _, role := range roles {
+		if !slices.Contains(uniq, role) {
+			uniq = append(uniq, role)
+		}
+	}
+	roles = uniq
 	out := map[string]time.Time{}
 	_, err := r.updateTxn(ctx, keys, false, r.renewFn(roles, out))
 	if err == nil {

@@ -384,7 +384,7 @@ func TestRenewSeveralRolesStagesOnlyTheShortOne(t *testing.T) {
 	}
 	tg, md, rt := version(metadata.TARGETS), version(RoleModels), version(RoleRuntimes)
 	all := []string{metadata.TARGETS, RoleModels, RoleRuntimes}
-	out, staged, err := f.repo.RenewOrStage(ctx, all, f.stagingKeys())
+	out, staged, err := f.repo.RenewOrStage(ctx, append(all, RoleModels), f.stagingKeys()) // models named twice
 	if err != nil || staged == nil || len(staged.Roles) != 1 || staged.Roles[0].Role != RoleModels || len(out) != 3 {
 		t.Fatalf("RenewOrStage(targets, models, runtimes) = %v, %+v, %v; want models staged alone", out, staged, err)
 	}
