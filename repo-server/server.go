@@ -354,6 +354,28 @@ func (s *Server) RunRefresher(ctx context.Context) {
 	}
 }
 
+// splitNeedsSignatures separates, in RenewDue's error (one per role, joined), the roles
+// that need more signatures than the server holds (short) from any other failure
+// (rest, nil when there is none).
+func splitNeedsSignatures(err error) (rest error, short []error) {
+	if err == nil {
+		return nil, nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var others []error
+	for _, e := range errs {
+		if errors.Is(e, repository.ErrNeedsSignatures) {
+			short = append(short, e)
+		} else {
+			others = append(others, e)
+		}
+	}
+	return errors.Join(others...), short
+}
+
 // pruneEvery is how often the leader prunes old versioned metadata
 // (repository.PruneMetadata).
 const pruneEvery = time.Hour
@@ -372,11 +394,13 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 		var delegated []string
 		delegated, err = s.cfg.Repo.RenewDue(ctx, s.cfg.Renew)
 		renewed = append(renewed, delegated...)
-		if errors.Is(err, repository.ErrNeedsSignatures) {
+		var short []error
+		err, short = splitNeedsSignatures(err)
+		if len(short) > 0 {
 			// A delegated role whose threshold is above the keys this server holds is
-			// its key holders' to renew; it is never signed by fewer.
-			s.log.Warn("a delegated role past half its lifetime needs more signatures than this server holds: its key holders renew it ('edgeward repo renew --role ROLE' stages it, 'edgeward role sign', 'edgeward role publish')", "err", err)
-			err = nil
+			// its key holders' to renew; it is never signed by fewer. Any other failure
+			// stays an error (it was folded into this warning, found in review, 2 Dec).
+			s.log.Warn("a delegated role past half its lifetime needs more signatures than this server holds: its key holders renew it ('edgeward repo renew --role ROLE' stages it, 'edgeward role sign', 'edgeward role publish')", "err", errors.Join(short...))
 		}
 	}
 	if now := time.Now(); now.Sub(s.pruned) >= pruneEvery {

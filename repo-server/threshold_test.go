@@ -4,12 +4,15 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgeward/edgeward/repo-server/fleet"
 	"github.com/edgeward/edgeward/repository"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -82,4 +85,38 @@ func TestServerRefusesUnderSignedDelegatedRole(t *testing.T) {
 		t.Errorf("runtimes v%d after the server's renewal; want v%d", v, runtimes+1)
 	}
 	f.newClient().mustRefresh()
+}
+
+// TestServerRenewalErrorNotHiddenByAThresholdRole: models needs more signatures than
+// the server holds (a warning, not an error: its holders renew it) and the renewal of
+// runtimes fails for another reason (its key file is gone). That failure is counted and
+// logged as an error; it was folded into the models warning and the refresh counted as
+// a success.
+func TestServerRenewalErrorNotHiddenByAThresholdRole(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, repository.KeyEd25519)
+	bob, err := repository.GenerateKey(repository.RoleModels, repository.KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobFile, err := repository.WriteKeyFile(repository.OSFS{}, t.TempDir(), bob, []byte(testPass), repository.KDFParams{N: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if staged, err := f.repo.ChangeDelegation(ctx, repository.DelegationChange{Role: repository.RoleModels, AddKeys: []*metadata.Key{bob.Public}, Threshold: 2}, f.keyring(bobFile)); err != nil || staged != nil {
+		t.Fatalf("ChangeDelegation(models 2 of 2) = %+v, %v; want published", staged, err)
+	}
+	for _, p := range f.keys[repository.RoleRuntimes] {
+		if err := os.Rename(p, filepath.Join(t.TempDir(), filepath.Base(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held := f.keyring()
+	held.Roles = repository.DelegatedAndOnlineRoles()
+	f.srv.cfg.Renew = held
+	f.clock.Add(f.repo.Expiry().RoleLife(repository.RoleModels)/2 + time.Hour)
+	f.srv.RefreshOnce(ctx)
+	if got := testutil.ToFloat64(f.srv.refreshes.WithLabelValues("error")); got != 1 {
+		t.Errorf("refreshes{result=error} = %v after a runtimes renewal that failed; want 1", got)
+	}
 }

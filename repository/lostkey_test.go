@@ -3,6 +3,7 @@ package repository
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,4 +49,48 @@ func TestRotateAwayFromALostOnlineKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRotationRefusedWhenTheOldOnlineKeyDoesNotOpen: the old timestamp key file is
+// there but does not open (sealed under a passphrase the operator mistyped): that is
+// not a lost key, and the rotation is refused, saying why, rather than published
+// without the old key's signature and recorded as old_keys_missing.
+func TestRotationRefusedWhenTheOldOnlineKeyDoesNotOpen(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	old, _ := filepath.Glob(filepath.Join(f.repo.OnlineKeyDir(), metadata.TIMESTAMP+"-*.key"))
+	if len(old) != 1 {
+		t.Fatalf("timestamp key files = %v", old)
+	}
+	k, err := LoadKeyFile(old[0], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moveAway(t, f.repo.OnlineKeyDir(), old[0])
+	if _, err := WriteKeyFile(OSFS{}, f.repo.OnlineKeyDir(), k, []byte("the right one"), KDFParams{N: 1 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr := f.keyring(f.rootKeyFiles(0, 1)...) // its passphrase is testPass, not "the right one"
+	if res, err := f.repo.RotateKey(ctx, metadata.TIMESTAMP, KeyEd25519, "", kr); err == nil {
+		t.Fatalf("RotateKey(timestamp) with its old key file not opening = %+v; want refused", res)
+	} else if !strings.Contains(err.Error(), "timestamp") || !strings.Contains(err.Error(), "passphrase") {
+		t.Errorf("RotateKey(timestamp) = %v; want it to name the old timestamp key and the passphrase", err)
+	}
+	after, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Root.Signed.Version != before.Root.Signed.Version {
+		t.Errorf("root v%d after the refused rotation; want v%d", after.Root.Signed.Version, before.Root.Signed.Version)
+	}
+	// With the file moved away (the key taken for lost), the staged root is published.
+	moveAway(t, f.repo.OnlineKeyDir(), old[0])
+	if _, err := f.repo.PublishRoot(ctx, "", kr); err != nil {
+		t.Fatalf("PublishRoot once the old key file is moved away = %v", err)
+	}
+	f.newClient().mustRefresh()
 }

@@ -33,9 +33,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -994,14 +996,70 @@ func (r *Repo) Renew(ctx context.Context, roles []string, keys *KeyRing) (map[st
 }
 
 // RenewOrStage is Renew; with keys.Stage set, a role whose threshold the keys at hand
-// do not meet (renewed on its own) is staged for its key holders instead, and the
-// staged change is returned (the expiries are then the staged ones).
+// do not meet is staged for its key holders instead, on its own: the roles named whose
+// keys are at hand are renewed and published (all in one change when every role's are),
+// and the staged roles are returned (their expiries in the map are the staged ones).
+// Renewing several roles staged them all together, those whose keys were at hand too:
+// 'repo renew --role targets --role models --role runtimes' with models 2 of 2 left
+// targets and runtimes unrenewed until the models holders signed, and any change to
+// them meanwhile made the staged change stale (found in review, 2 Dec).
 func (r *Repo) RenewOrStage(ctx context.Context, roles []string, keys *KeyRing) (map[string]time.Time, *Staged, error) {
 	if len(roles) == 0 {
 		return nil, nil, errors.New("renew: name the roles (targets, models, runtimes)")
 	}
+	if keys == nil || !keys.Stage || len(roles) == 1 {
+		out := map[string]time.Time{}
+		staged, err := r.updateOrStage(ctx, keys, r.renewFn(roles, out))
+		if err != nil {
+			return nil, nil, err
+		}
+		return out, staged, nil
+	}
+	var uniq []string // a role named twice is renewed once
+	for _, role := range roles {
+		if !slices.Contains(uniq, role) {
+			uniq = append(uniq, role)
+		}
+	}
+	roles = uniq
 	out := map[string]time.Time{}
-	staged, err := r.updateOrStage(ctx, keys, func(t *txn) error {
+	_, err := r.updateTxn(ctx, keys, false, r.renewFn(roles, out))
+	if err == nil {
+		return out, nil, nil
+	}
+	if !errors.Is(err, ErrNeedsSignatures) {
+		return nil, nil, err
+	}
+	// Each role on its own: those whose keys are here are published, the others staged.
+	out = map[string]time.Time{}
+	var staged *Staged
+	var done []string
+	for _, role := range roles {
+		one := map[string]time.Time{}
+		s, err := r.updateOrStage(ctx, keys, r.renewFn([]string{role}, one))
+		if err != nil {
+			if len(done) > 0 {
+				err = fmt.Errorf("%w (already done: %s)", err, strings.Join(done, ", "))
+			}
+			return nil, nil, err
+		}
+		maps.Copy(out, one)
+		if s == nil {
+			done = append(done, role+" renewed")
+			continue
+		}
+		done = append(done, role+" staged")
+		if staged == nil {
+			staged = &Staged{}
+		}
+		staged.Roles = append(staged.Roles, s.Roles...)
+	}
+	return out, staged, nil
+}
+
+// renewFn is the change that renews roles, their new expiries put in out.
+func (r *Repo) renewFn(roles []string, out map[string]time.Time) func(t *txn) error {
+	return func(t *txn) error {
 		for _, role := range roles {
 			if role == metadata.ROOT || role == metadata.SNAPSHOT || role == metadata.TIMESTAMP {
 				return fmt.Errorf("renew %s: %w", role, errNotRenewable)
@@ -1014,11 +1072,7 @@ func (r *Repo) RenewOrStage(ctx context.Context, roles []string, keys *KeyRing) 
 			t.record("renew", role, map[string]any{"version": t.st.Targets[role].Signed.Version, "expires": out[role]})
 		}
 		return nil
-	})
-	if err != nil {
-		return nil, nil, err
 	}
-	return out, staged, nil
 }
 
 // RenewDue renews (Renew) the delegated roles (models, runtimes) past half their

@@ -421,13 +421,21 @@ func (r *Repo) publishRoot(ctx context.Context, path string, keys *KeyRing, extr
 				// the new root before the timestamp (TUF 5.3) and verify the new key's
 				// signature alone. It was refused, and a lost online key could never be
 				// rotated away: the repository stopped for good (found from outside, 2 Dec).
-				if old, err := t.roleKeys(role); err == nil {
+				// Only keys that are not here (no file, or a damaged one) count as lost: a
+				// key file that is there and does not open (a wrong passphrase) refuses
+				// the rotation, as before (it was taken for a lost key, found in review).
+				old, err := t.roleKeys(role)
+				var short *KeysShortError
+				switch {
+				case err == nil:
 					t.extraSig[role] = old
-				} else {
+				case errors.As(err, &short):
 					lost = append(lost, role)
 					if r.log != nil {
 						r.log.Warn("rotating away from online keys that are not here: the new metadata is signed by the new keys only", "role", role, "err", err)
 					}
+				default:
+					return fmt.Errorf("sign %s with its old key during the rotation: %w (its key file is there but does not open); the root was not published: give the passphrase it is sealed with, or, if the key is lost, move the file away, then publish the root ('edgeward root publish')", role, err)
 				}
 				if role == metadata.SNAPSHOT {
 					t.newSnap = true

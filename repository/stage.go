@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/secure-systems-lab/go-securesystemslib/cjson"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
@@ -258,11 +259,15 @@ func readTargetsFile(path string) (*metadata.Metadata[metadata.TargetsType], err
 	return m, nil
 }
 
-// sameSigned reports whether a and b sign the same content.
+// sameSigned reports whether a and b sign the same content: the same canonical JSON of
+// their signed part, the bytes a signature covers, so that a signature valid on one is
+// valid on the other. (json.Marshal kept the order of keys inside a target's custom
+// metadata: a copy that a JSON tool had re-encoded with its keys sorted, signed by its
+// holder, was refused as another change, found in review, 2 Dec.)
 func sameSigned(a, b *metadata.Metadata[metadata.TargetsType]) bool {
-	x, err1 := json.Marshal(a.Signed)
-	y, err2 := json.Marshal(b.Signed)
-	return err1 == nil && err2 == nil && string(x) == string(y)
+	x, err1 := cjson.EncodeCanonical(a.Signed)
+	y, err2 := cjson.EncodeCanonical(b.Signed)
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
 }
 
 // delegationOf returns role's key IDs, threshold and keys in delegator (root for
@@ -563,15 +568,17 @@ func (r *Repo) SignStaged(ctx context.Context, role string, key *Key) (*StagedFi
 	if !f.IsRoleKey(st, key.ID()) {
 		return nil, fmt.Errorf("key %s is not a key of %s: its signature would not count; sign with one of the role's keys ('edgeward repo status' lists them)", short(key.ID()), role)
 	}
+	// Signed first, recorded, then written: a signature refused (the staged version
+	// expired, the key unusable) was recorded as made (found in review, 2 Dec).
+	md, data, err := signStaged(f.Path, key, r.now())
+	if err != nil {
+		return nil, err
+	}
 	if err := r.record(ctx, event{"role.sign", fmt.Sprintf("%s v%d", role, f.Staged.Signed.Version), map[string]any{"role": role, "version": f.Staged.Signed.Version, "key": key.ID(), "staged": f.Path}}); err != nil {
 		return nil, err
 	}
-	if _, err := SignStagedFile(r.fs, f.Path, key, r.now()); err != nil {
-		return nil, err
-	}
-	md, err := readTargetsFile(f.Path)
-	if err != nil {
-		return nil, err
+	if err := r.fs.WriteFile(f.Path, data, 0o644); err != nil {
+		return nil, fmt.Errorf("write %s: %w", f.Path, err)
 	}
 	f.Staged = md
 	return f, nil
@@ -585,23 +592,7 @@ func SignStagedFile(fsys FS, path string, key *Key, now time.Time) ([]string, er
 	if fsys == nil {
 		fsys = OSFS{}
 	}
-	md, err := readTargetsFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if !md.Signed.Expires.After(now) {
-		return nil, fmt.Errorf("%s expired at %s: it cannot be published; have it staged again", path, md.Signed.Expires.UTC().Format(time.RFC3339))
-	}
-	id := key.ID()
-	md.Signatures = slices.DeleteFunc(md.Signatures, func(s metadata.Signature) bool { return s.KeyID == id })
-	signer, err := key.Signer()
-	if err != nil {
-		return nil, err
-	}
-	if _, err := md.Sign(signer); err != nil {
-		return nil, fmt.Errorf("sign %s: %w", path, err)
-	}
-	out, err := md.ToBytes(true)
+	md, out, err := signStaged(path, key, now)
 	if err != nil {
 		return nil, err
 	}
@@ -613,6 +604,33 @@ func SignStagedFile(fsys FS, path string, key *Key, now time.Time) ([]string, er
 		ids = append(ids, s.KeyID)
 	}
 	return ids, nil
+}
+
+// signStaged reads the staged role version in path and adds key's signature (replacing
+// an earlier one by the same key), refusing one that has expired; it writes nothing and
+// returns the signed metadata and its encoding.
+func signStaged(path string, key *Key, now time.Time) (*metadata.Metadata[metadata.TargetsType], []byte, error) {
+	md, err := readTargetsFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !md.Signed.Expires.After(now) {
+		return nil, nil, fmt.Errorf("%s expired at %s: it cannot be published; have it staged again", path, md.Signed.Expires.UTC().Format(time.RFC3339))
+	}
+	id := key.ID()
+	md.Signatures = slices.DeleteFunc(md.Signatures, func(s metadata.Signature) bool { return s.KeyID == id })
+	signer, err := key.Signer()
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := md.Sign(signer); err != nil {
+		return nil, nil, fmt.Errorf("sign %s: %w", path, err)
+	}
+	out, err := md.ToBytes(true)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", path, err)
+	}
+	return md, out, nil
 }
 
 // DescribeStaged says what the staged version next of role is and changes from cur

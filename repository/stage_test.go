@@ -3,6 +3,7 @@ package repository
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -360,4 +362,173 @@ func TestEveryChangeOfAThresholdRoleIsStaged(t *testing.T) {
 		}
 	}
 	f.newClient().mustRefresh()
+}
+
+// TestRenewSeveralRolesStagesOnlyTheShortOne: 'repo renew --role targets --role models
+// --role runtimes' (docs/REPOSITORY.md) with models 2 of 2 and the other keys at hand
+// renews and publishes targets and runtimes, and stages models alone. It staged all
+// three together: targets and runtimes waited for the models holders, and a runtimes
+// publish meanwhile made the staged change stale, the holders' signatures lost. With
+// every key at hand the roles are renewed in one change, as before.
+func TestRenewSeveralRolesStagesOnlyTheShortOne(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	version := func(role string) int64 {
+		t.Helper()
+		st, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Targets[role].Signed.Version
+	}
+	tg, md, rt := version(metadata.TARGETS), version(RoleModels), version(RoleRuntimes)
+	all := []string{metadata.TARGETS, RoleModels, RoleRuntimes}
+	out, staged, err := f.repo.RenewOrStage(ctx, append(all, RoleModels), f.stagingKeys()) // models named twice
+	if err != nil || staged == nil || len(staged.Roles) != 1 || staged.Roles[0].Role != RoleModels || len(out) != 3 {
+		t.Fatalf("RenewOrStage(targets, models, runtimes) = %v, %+v, %v; want models staged alone", out, staged, err)
+	}
+	if v := version(metadata.TARGETS); v != tg+1 {
+		t.Errorf("targets v%d after the renewal; want v%d, renewed (its key is at hand)", v, tg+1)
+	}
+	if v := version(RoleRuntimes); v != rt+1 {
+		t.Errorf("runtimes v%d after the renewal; want v%d, renewed (its key is at hand)", v, rt+1)
+	}
+	if v := version(RoleModels); v != md {
+		t.Errorf("models v%d after the renewal; want v%d until its holders sign", v, md)
+	}
+	// A change of runtimes meanwhile does not make the staged models renewal stale.
+	if _, err := f.publish(artifact.KindRuntime, "ort", "1.0.0", ".tar", []byte("runtime"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []holder{alice, bob} {
+		if _, err := f.repo.SignStaged(ctx, RoleModels, h.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+		t.Fatalf("PublishStaged(models renewal) after a runtimes publish = %v", err)
+	}
+	if v := version(RoleModels); v != md+1 {
+		t.Errorf("models v%d after publication; want v%d", v, md+1)
+	}
+	f.newClient().mustRefresh()
+
+	// Every key at hand: one change, one new snapshot.
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := st.Snapshot.Signed.Version
+	if _, staged, err := f.repo.RenewOrStage(ctx, all, f.stagingKeys(alice.file, bob.file)); err != nil || staged != nil {
+		t.Fatalf("RenewOrStage with every key at hand = %+v, %v; want renewed", staged, err)
+	}
+	if st, err = f.repo.Load(ctx); err != nil || st.Snapshot.Signed.Version != snap+1 {
+		t.Fatalf("snapshot after renewing three roles with every key at hand: %v, %v; want v%d (one change)", st.Snapshot.Signed.Version, err, snap+1)
+	}
+}
+
+// TestRefusedSignatureIsNotRecorded: a signature SignStaged refuses (the staged version
+// has expired) leaves no repo.role.sign record and the file as it was; one that cannot
+// be recorded is not written. The record was made before signing, and the audit log
+// named a signer who had signed nothing.
+func TestRefusedSignatureIsNotRecorded(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, _ := twoOfTwo(t, f)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish = %+v, %v; want staged", res, err)
+	}
+	path := res.Staged.Roles[0].Path
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	f.events.mu.Lock()
+	f.events.fail = errors.New("audit log unavailable")
+	f.events.mu.Unlock()
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err == nil {
+		t.Error("SignStaged with the audit log failing succeeded")
+	}
+	f.events.mu.Lock()
+	f.events.fail = nil
+	f.events.mu.Unlock()
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("a signature that could not be recorded was written to the staged file")
+	}
+
+	f.clock.Add(f.repo.Expiry().RoleLife(RoleModels) + time.Hour)
+	n := len(f.events.all())
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err == nil || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("SignStaged(expired) = %v; want refused as expired", err)
+	}
+	if got := f.events.all()[n:]; len(got) != 0 {
+		t.Errorf("records for a refused signature: %q; want none", got)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, before) {
+		t.Error("the staged file changed although the signature was refused")
+	}
+}
+
+// TestCopyReencodedWithSortedKeysCounts: a holder's copy re-encoded by a JSON tool on
+// the way (keys sorted, as 'jq -S' or Python's sort_keys do, also inside a target's
+// custom metadata) signs the same canonical bytes: its signature counts. A copy whose
+// content differs (a target added) is still refused.
+func TestCopyReencodedWithSortedKeysCounts(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("publish = %+v, %v; want staged", res, err)
+	}
+	data, err := os.ReadFile(res.Staged.Roles[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	sorted, _ := json.Marshal(m) // every object's keys sorted
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, data); err != nil || bytes.Equal(compact.Bytes(), sorted) {
+		t.Fatalf("sorting the keys changed nothing (%v): the test proves nothing", err)
+	}
+	dir := t.TempDir()
+	cp, other := filepath.Join(dir, "copy.json"), filepath.Join(dir, "other.json")
+	if err := os.WriteFile(cp, sorted, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SignStagedFile(nil, cp, bob.key, f.clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	md, err := readTargetsFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md.Signed.Targets["models/m/9.0.0.onnx"] = md.Signed.Targets["models/m/1.0.0.onnx"]
+	b, _ := md.ToBytes(true)
+	if err := os.WriteFile(other, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.SignStaged(ctx, RoleModels, alice.key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, []string{other}); err == nil || !strings.Contains(err.Error(), "signed content differs") {
+		t.Fatalf("PublishStaged(a copy with a target added) = %v; want refused", err)
+	}
+	out, err := f.repo.PublishStaged(ctx, RoleModels, []string{cp})
+	if err != nil {
+		t.Fatalf("PublishStaged(bob's copy, re-encoded with sorted keys) = %v; want published", err)
+	}
+	if got := out.Roles[0].SignedBy; len(got) != 2 {
+		t.Errorf("published signed by %v; want alice and bob", got)
+	}
+	up := f.newClient().mustRefresh()
+	if _, err := up.GetTargetInfo("models/m/1.0.0.onnx"); err != nil {
+		t.Errorf("a device does not find the published model: %v", err)
+	}
 }

@@ -215,7 +215,7 @@ func (c *TUF) load(root []byte) error {
 	if c.cfg.MaxTargetsBytes > 0 {
 		ucfg.TargetsMaxLength = c.cfg.MaxTargetsBytes
 	}
-	c.fetcher.targetsMax = ucfg.TargetsMaxLength
+	c.fetcher.targetsMax, c.fetcher.snapshotMax = ucfg.TargetsMaxLength, ucfg.SnapshotMaxLength
 	ucfg.DisableLocalCache = true // see above: New must not rewrite root.json
 	up, err := updater.New(ucfg)
 	if err != nil {
@@ -651,6 +651,21 @@ type metaFetcher struct {
 	// TargetsMaxLength). go-tuf asks for less when the snapshot names the role's
 	// length: a longer file is then not the one signed, however small.
 	targetsMax int64
+	// snapshotMax is the device's bound on the snapshot (go-tuf's SnapshotMaxLength).
+	snapshotMax int64
+}
+
+// bound is the device's own bound on the metadata file at urlPath: targetsMax for a
+// targets role, snapshotMax for the snapshot, 0 (go-tuf's, passed as it is) for root
+// and timestamp.
+func (f *metaFetcher) bound(urlPath string) int64 {
+	switch metadataRole(path.Base(urlPath)) {
+	case metadata.ROOT, metadata.TIMESTAMP:
+		return 0
+	case metadata.SNAPSHOT:
+		return f.snapshotMax
+	}
+	return f.targetsMax
 }
 
 // DownloadFile fetches urlPath, at most maxLength bytes, within timeout (the fetcher's
@@ -658,6 +673,13 @@ type metaFetcher struct {
 func (f *metaFetcher) DownloadFile(urlPath string, maxLength int64, timeout time.Duration) ([]byte, error) {
 	if timeout <= 0 {
 		timeout = f.timeout
+	}
+	// go-tuf asks for a targets role at the length the snapshot names, and for the
+	// snapshot at the length the timestamp names, with no bound of its own: a role
+	// larger than the device's bound was downloaded whole, and a stolen online key
+	// could name any length (found in review, 2 Dec). The device's bound holds still.
+	if b := f.bound(urlPath); b > 0 && maxLength > b {
+		maxLength = b
 	}
 	timedOut := fmt.Errorf("%w: %s: no complete answer within %v: %w", ErrMetadataTimeout, urlPath, timeout, context.DeadlineExceeded)
 	ctx, cancel := context.WithTimeoutCause(f.ctx, timeout, timedOut)

@@ -400,6 +400,14 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	if *role == metadata.SNAPSHOT || *role == metadata.TIMESTAMP {
+		// An online key is kept in clear in DIR/keys/online, where the server signs with
+		// it unattended. One made here is encrypted, away from the repository: added to
+		// root (as this command used to advise), the root was published and the server
+		// could then re-sign neither the snapshot nor the timestamp, and every device
+		// stopped once the timestamp expired (found in review, 2 Dec).
+		return fmt.Errorf("keys gen --role %s: the %s key is an online key, kept unencrypted in the repository's keys/online for the server, not by a holder: make and publish a new one with 'edgeward keys rotate --role %s' on the repository (see docs/REPOSITORY.md, \"When a key is stolen\"); nothing was written", *role, *role, *role)
+	}
 	kt, err := repository.ParseKeyType(*keyType)
 	if err != nil {
 		return err
@@ -429,9 +437,9 @@ func cmdKeysGen(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "%s key %s written to %s (encrypted)\n", *role, k.ID(), p)
 	// Where the public half goes: a root key into a new repository or a root change; a
-	// targets, snapshot or timestamp key into a root change; a models or runtimes key
-	// into the targets delegation. It named 'repo init --root-key' for every role
-	// (found from outside, 2 Dec, rotating a targets key).
+	// targets key into a root change; a models or runtimes key into the targets
+	// delegation. It named 'repo init --root-key' for every role (found from outside,
+	// 2 Dec, rotating a targets key).
 	switch *role {
 	case metadata.ROOT:
 		fmt.Fprintf(env.stdout, "public key: %s (give this file, never the .key, to whoever runs 'edgeward repo init --root-key', or 'edgeward root propose --add-key root=%s')\n", pubPath, pubPath)
@@ -572,13 +580,15 @@ func cmdRepoRenew(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if staged != nil {
-		printStaged(env, staged)
-		return nil
-	}
+	// The roles whose keys are here are renewed; each other one is staged on its own.
 	for _, role := range roles {
-		if exp, ok := renewed[role]; ok {
+		if exp, ok := renewed[role]; ok && (staged == nil || staged.Version(role) == 0) {
 			fmt.Fprintf(env.stdout, "%s renewed: expires %s\n", role, exp.UTC().Format(time.RFC3339))
+		}
+	}
+	if staged != nil {
+		for _, r := range staged.Roles {
+			printStaged(env, &repository.Staged{Roles: []repository.StagedRole{r}})
 		}
 	}
 	return nil

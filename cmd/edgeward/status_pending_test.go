@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -38,5 +39,26 @@ func TestKeysGenSaysWhereThePublicKeyGoes(t *testing.T) {
 	}
 	if out := c.must("keys", "gen", "--role", "root", "--out", dir); !strings.Contains(out, "'edgeward repo init --root-key'") {
 		t.Errorf("keys gen --role root = %q; want it to point at repo init --root-key", out)
+	}
+}
+
+// TestKeysGenRefusesOnlineRoles: a snapshot or timestamp key made by keys gen is
+// encrypted and away from the repository, and the server signs with the clear key in
+// keys/online only; keys gen advised adding it to root ('root propose --add-key
+// timestamp=FILE'), after which the server could re-sign neither role and the devices
+// stopped once the timestamp expired (Refresh: "key file is encrypted: a passphrase is
+// needed"). It is refused, pointing at 'keys rotate', and writes nothing.
+func TestKeysGenRefusesOnlineRoles(t *testing.T) {
+	c := newCLI(t)
+	c.env["EDGEWARD_PASSPHRASE"] = "gen-secret"
+	for _, role := range []string{"snapshot", "timestamp"} {
+		dir := t.TempDir()
+		_, _, err := c.run("keys", "gen", "--role", role, "--out", dir)
+		if err == nil || !strings.Contains(err.Error(), "'edgeward keys rotate --role "+role+"'") || !strings.Contains(err.Error(), "nothing was written") {
+			t.Errorf("keys gen --role %s = %v; want it refused, pointing at keys rotate", role, err)
+		}
+		if files, _ := os.ReadDir(dir); len(files) != 0 {
+			t.Errorf("keys gen --role %s wrote %d files", role, len(files))
+		}
 	}
 }
