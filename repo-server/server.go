@@ -357,7 +357,7 @@ func (s *Server) RunRefresher(ctx context.Context) {
 // splitNeedsSignatures separates, in RenewDue's error (one per role, joined), the roles
 // that need more signatures than the server holds (short) from any other failure
 // (rest, nil when there is none).
-func splitNeedsSignatures(err error) (rest error, short []error) {
+func splitNeedsSignatures(err error) (short []error, rest error) {
 	if err == nil {
 		return nil, nil
 	}
@@ -373,7 +373,7 @@ func splitNeedsSignatures(err error) (rest error, short []error) {
 			others = append(others, e)
 		}
 	}
-	return errors.Join(others...), short
+	return short, errors.Join(others...)
 }
 
 // pruneEvery is how often the leader prunes old versioned metadata
@@ -395,7 +395,7 @@ func (s *Server) RefreshOnce(ctx context.Context) {
 		delegated, err = s.cfg.Repo.RenewDue(ctx, s.cfg.Renew)
 		renewed = append(renewed, delegated...)
 		var short []error
-		err, short = splitNeedsSignatures(err)
+		short, err = splitNeedsSignatures(err)
 		if len(short) > 0 {
 			// A delegated role whose threshold is above the keys this server holds is
 			// its key holders' to renew; it is never signed by fewer. Any other failure
