@@ -766,16 +766,11 @@ func DescribeRoot(cur, next *metadata.RootType, now time.Time) []string {
 		v += fmt.Sprintf(" (root v%d not known here: compare it with --current FILE)", next.Version-1)
 	}
 	out = append(out, v)
-	exp := "expires " + next.Expires.UTC().Format(time.RFC3339)
-	if left := next.Expires.Sub(now); left <= 0 {
-		exp += " (ALREADY EXPIRED: it cannot be published)"
-	} else {
-		exp += fmt.Sprintf(" (in %s)", roundDays(left))
+	var was time.Time
+	if cur != nil {
+		was = cur.Expires
 	}
-	if cur != nil && !cur.Expires.Equal(next.Expires) {
-		exp += ", was " + cur.Expires.UTC().Format(time.RFC3339)
-	}
-	out = append(out, exp)
+	out = append(out, expiryLine(next.Expires, was, now))
 	if cur != nil && cur.ConsistentSnapshot != next.ConsistentSnapshot {
 		out = append(out, fmt.Sprintf("consistent snapshots: %v, was %v", next.ConsistentSnapshot, cur.ConsistentSnapshot))
 	}
@@ -828,6 +823,22 @@ func DescribeRoot(cur, next *metadata.RootType, now time.Time) []string {
 }
 
 // roundDays is d in days (hours under two days).
+// expiryLine describes, for a holder about to sign, when a proposed version expires
+// (or that it has, and so cannot be published) and, when was is set and differs, the
+// expiry of the version it replaces.
+func expiryLine(expires, was, now time.Time) string {
+	exp := "expires " + expires.UTC().Format(time.RFC3339)
+	if left := expires.Sub(now); left <= 0 {
+		exp += " (ALREADY EXPIRED: it cannot be published)"
+	} else {
+		exp += fmt.Sprintf(" (in %s)", roundDays(left))
+	}
+	if !was.IsZero() && !was.Equal(expires) {
+		exp += ", was " + was.UTC().Format(time.RFC3339)
+	}
+	return exp
+}
+
 func roundDays(d time.Duration) string {
 	if d < 48*time.Hour {
 		return fmt.Sprintf("%dh", int(d.Hours()))

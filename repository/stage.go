@@ -651,16 +651,11 @@ func DescribeStaged(role string, cur, next *metadata.TargetsType, now time.Time)
 		v += fmt.Sprintf(" (v%d not known here: compare it with --current FILE)", next.Version-1)
 	}
 	out = append(out, v)
-	exp := "expires " + next.Expires.UTC().Format(time.RFC3339)
-	if left := next.Expires.Sub(now); left <= 0 {
-		exp += " (ALREADY EXPIRED: it cannot be published)"
-	} else {
-		exp += fmt.Sprintf(" (in %s)", roundDays(left))
+	var was time.Time
+	if cur != nil {
+		was = cur.Expires
 	}
-	if cur != nil && !cur.Expires.Equal(next.Expires) {
-		exp += ", was " + cur.Expires.UTC().Format(time.RFC3339)
-	}
-	out = append(out, exp)
+	out = append(out, expiryLine(next.Expires, was, now))
 	var old map[string]*metadata.TargetFiles
 	if cur != nil {
 		old = cur.Targets
