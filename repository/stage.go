@@ -17,6 +17,8 @@ package repository
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -291,14 +293,21 @@ func delegationOf(delegator any, role string) (ids []string, threshold int, keys
 }
 
 // validSigners are the key IDs of role's keys in delegator whose signatures on md
-// verify (go-tuf, one key at a time), each once. A signature by any other key does
-// not count.
+// verify (go-tuf, one key at a time), each public key once: a key listed under two IDs
+// counts once, as go-tuf's VerifyDelegate counts it (by the SHA-256 of its PKIX
+// encoding), so that progress never says "enough" where publication would refuse. A
+// signature by any other key does not count.
 func validSigners(delegator any, role string, md *metadata.Metadata[metadata.TargetsType]) []string {
 	ids, _, keys := delegationOf(delegator, role)
 	var out []string
+	seen := map[[32]byte]bool{}
 	for _, s := range md.Signatures {
 		k := keys[s.KeyID]
 		if k == nil || !slices.Contains(ids, s.KeyID) || slices.Contains(out, s.KeyID) {
+			continue
+		}
+		fp, ok := keyFingerprint(k)
+		if !ok || seen[fp] {
 			continue
 		}
 		var err error
@@ -317,10 +326,25 @@ func validSigners(delegator any, role string, md *metadata.Metadata[metadata.Tar
 			err = one.VerifyDelegate(role, md)
 		}
 		if err == nil {
+			seen[fp] = true
 			out = append(out, s.KeyID)
 		}
 	}
 	return out
+}
+
+// keyFingerprint is the SHA-256 of k's public key in PKIX form, the identity go-tuf
+// counts a threshold by; ok is false for a key go-tuf cannot read either.
+func keyFingerprint(k *metadata.Key) (fp [32]byte, ok bool) {
+	pub, err := k.ToPublicKey()
+	if err != nil {
+		return fp, false
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return fp, false
+	}
+	return sha256.Sum256(der), true
 }
 
 // verifyRole checks md against role's threshold in delegator with go-tuf, and says how

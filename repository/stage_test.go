@@ -532,3 +532,38 @@ func TestCopyReencodedWithSortedKeysCounts(t *testing.T) {
 		t.Errorf("a device does not find the published model: %v", err)
 	}
 }
+
+// TestKeyListedTwiceCountsOnce: a delegation that lists one public key under two key
+// IDs, the role signed once by it and the signature copied under the second ID. go-tuf
+// counts one key, so progress must too: it said 2 of 2 ("enough") for a change that
+// publication then refused.
+func TestKeyListedTwiceCountsOnce(t *testing.T) {
+	h := newHolder(t, RoleModels)
+	twin := "0000000000000000000000000000000000000000000000000000000000000b0b"
+	delegator := metadata.Targets(time.Now().Add(24 * time.Hour))
+	delegator.Signed.Delegations = &metadata.Delegations{
+		Keys: map[string]*metadata.Key{h.key.ID(): h.key.Public, twin: h.key.Public},
+		Roles: []metadata.DelegatedRole{{Name: RoleModels, KeyIDs: []string{h.key.ID(), twin},
+			Threshold: 2, Paths: []string{"models/*"}}},
+	}
+	md := metadata.Targets(time.Now().Add(24 * time.Hour))
+	signer, err := h.key.Signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := md.Sign(signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md.Signatures = append(md.Signatures, metadata.Signature{KeyID: twin, Signature: sig.Signature})
+
+	if got := validSigners(delegator, RoleModels, md); len(got) != 1 {
+		t.Errorf("validSigners = %v; want one signer (one public key under two IDs)", got)
+	}
+	if err := delegator.VerifyDelegate(RoleModels, md); err == nil {
+		t.Fatal("go-tuf accepted one key listed twice as 2 of 2; the test's premise is wrong")
+	}
+	if err := verifyRole(delegator, RoleModels, md); !errors.Is(err, ErrThreshold) || !strings.Contains(err.Error(), "needs 2 signatures by its keys, has 1 valid") {
+		t.Errorf("verifyRole = %v; want ErrThreshold saying it has 1 valid of 2", err)
+	}
+}
