@@ -192,11 +192,8 @@ func (t *txn) stage(ctx context.Context, roles []string, keysFor map[string][]*K
 		signedBy[s.Role], thresholds[s.Role] = s.SignedBy, s.Threshold
 		subj = append(subj, fmt.Sprintf("%s v%d", s.Role, s.Version))
 	}
-	if err := t.r.record(ctx, event{"role.stage", strings.Join(subj, ", "), map[string]any{
-		"roles": ch.Roles, "signed_by": signedBy, "thresholds": thresholds, "changes": ch.Events,
-	}}); err != nil {
-		return err
-	}
+	// The files first, then the record: a failure to write leaves no record of a change
+	// that was never staged, and a failure to record removes the files (rollback).
 	for _, s := range staged.Roles {
 		cp := t.r.stagedChangePath(s.Role, s.Version)
 		t.create(cp)
@@ -207,6 +204,11 @@ func (t *txn) stage(ctx context.Context, roles []string, keysFor map[string][]*K
 		if err := t.r.fs.WriteFile(s.Path, data[s.Role], 0o644); err != nil {
 			return fmt.Errorf("stage %s v%d: %w", s.Role, s.Version, err)
 		}
+	}
+	if err := t.r.record(ctx, event{"role.stage", strings.Join(subj, ", "), map[string]any{
+		"roles": ch.Roles, "signed_by": signedBy, "thresholds": thresholds, "changes": ch.Events,
+	}}); err != nil {
+		return err
 	}
 	t.staged = staged
 	return errStaged

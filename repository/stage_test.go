@@ -567,3 +567,47 @@ func TestKeyListedTwiceCountsOnce(t *testing.T) {
 		t.Errorf("verifyRole = %v; want ErrThreshold saying it has 1 valid of 2", err)
 	}
 }
+
+// TestFailedStageLeavesNoRecord: a staged publish whose staged files cannot be written
+// (a full disk) records nothing: the audit log used to say "role.stage" for a change
+// that was never staged, because it was recorded before the files were written. And a
+// stage whose record fails leaves no staged files behind.
+func TestFailedStageLeavesNoRecord(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		setup func(f *fixture)
+	}{
+		{"the staged files cannot be written", func(f *fixture) { f.repo.fs = failingFS{match: ".models.change.json"} }},
+		{"the record fails", func(f *fixture) {
+			f.events.mu.Lock()
+			f.events.fail = errors.New("database is locked")
+			f.events.mu.Unlock()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, KeyEd25519)
+			twoOfTwo(t, f)
+			before := len(f.events.all())
+			tc.setup(f)
+			_, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "m", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("one"))}, f.stagingKeys())
+			if err == nil {
+				t.Fatal("staged publish with the failure = nil; want its error")
+			}
+			f.repo.fs = OSFS{}
+			f.events.mu.Lock()
+			f.events.fail = nil
+			f.events.mu.Unlock()
+			if got := f.events.all()[before:]; len(got) != 0 {
+				t.Errorf("records of a change that was not staged: %q", got)
+			}
+			if vs := f.repo.stagedVersions(RoleModels); len(vs) != 0 {
+				t.Errorf("staged models versions %v left behind", vs)
+			}
+			left, _ := os.ReadDir(f.repo.path("staged", RoleModels)) // temporary files too
+			for _, e := range left {
+				t.Errorf("staged file left behind: %s", e.Name())
+			}
+		})
+	}
+}
