@@ -182,6 +182,16 @@ func (a *Attested) Standing() string {
 	return s
 }
 
+// AnnouncedRoot is the TUF root version the server said at the last check-in that it
+// publishes (0: none yet, or a server that does not say): the updater holds its
+// installs while the device's metadata source serves an older one.
+func (a *Attested) AnnouncedRoot() int64 {
+	if last := a.Last(); last != nil {
+		return last.RootVersion
+	}
+	return 0
+}
+
 // CheckIn reports the slots and returns the server's whole decision per slot kind
 // (target, action, gates, revert, rollout). The updater acts only on installs: a
 // target the server only wants downloaded (outside the maintenance window) waits.

@@ -103,6 +103,9 @@ type deviceAPI struct {
 	catMu  sync.Mutex
 	catKey *metaFile // the timestamp the catalog was loaded at
 	cat    map[policy.Target]repository.TargetInfo
+	// root is the version of the root the catalog was loaded under: check-ins announce
+	// it (wire.CheckInResponse.RootVersion).
+	root int64
 	// retired are the contents of retired targets, oldest first: a device still
 	// running one is measured against it, though it is never offered again. A listed
 	// encrypted target may have some too: its ciphertexts before a content-key
@@ -701,7 +704,8 @@ func (d *deviceAPI) admit(ctx context.Context, req *wire.CheckInRequest, nonce [
 		return nil, err
 	}
 	resp := &wire.CheckInResponse{DeviceID: req.DeviceID, Trusted: verdict == policy.VerdictTrusted, Reasons: reasons,
-		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, ReportsRefused: res.Refused, NextCheckIn: d.cfg.CheckInInterval, NextNonce: next}
+		Quarantined: res.Device.Quarantined, ReportsAccepted: res.Accepted, ReportsRefused: res.Refused, NextCheckIn: d.cfg.CheckInInterval, NextNonce: next,
+		RootVersion: d.publishedRoot()}
 	for _, r := range res.Refused {
 		d.s.log.Warn("install report refused", "device", req.DeviceID, "report", r.ID, "reason", r.Reason)
 	}
@@ -965,8 +969,16 @@ func (d *deviceAPI) catalog(ctx context.Context) (map[policy.Target]repository.T
 		}
 		cat[policy.Target{Kind: ti.Meta.Kind, Name: ti.Meta.Name, Version: ti.Meta.Version}] = ti
 	}
-	d.cat, d.retired, d.catKey = cat, retired, ts
+	d.cat, d.retired, d.catKey, d.root = cat, retired, ts, state.Root.Signed.Version
 	return cat, retired, nil
+}
+
+// publishedRoot is the version of the root the repository published when the catalog
+// was last loaded (every check-in loads it first).
+func (d *deviceAPI) publishedRoot() int64 {
+	d.catMu.Lock()
+	defer d.catMu.Unlock()
+	return d.root
 }
 
 func catalogFunc(cat map[policy.Target]repository.TargetInfo) policy.Catalog {

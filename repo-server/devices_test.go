@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"math/big"
 	"net/http"
 	"strings"
@@ -690,5 +691,30 @@ func TestRefusalTextIsBounded(t *testing.T) {
 	recs, _ := l.Records(ctx, audit.Query{Kind: "attestation.rejected"})
 	if len(recs) != 1 || len(recs[0].Data) > 8<<10 {
 		t.Fatalf("audit records of the refusal: %d, the first of %d bytes; want one within 8 KiB", len(recs), len(recs[0].Data))
+	}
+}
+
+// TestCheckInAnnouncesTheRoot: every check-in answer says which root the repository
+// publishes, and says the new one as soon as a rotation is published (the device holds
+// its installs while its metadata source serves an older one: a mirror withholding it).
+func TestCheckInAnnouncesTheRoot(t *testing.T) {
+	f, d := newDeviceFixture(t)
+	ctx := context.Background()
+	resp, err := d.checkIn(d.request())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.RootVersion != 1 {
+		t.Fatalf("check-in announces root v%d; want v1", resp.RootVersion)
+	}
+	res, err := f.repo.RotateKey(ctx, metadata.TIMESTAMP, repository.KeyEd25519, "", f.keyring(f.keys[metadata.ROOT]...))
+	if err != nil || !res.Published {
+		t.Fatalf("RotateKey(timestamp) = %+v, %v; want published", res, err)
+	}
+	if resp, err = d.checkIn(d.request()); err != nil {
+		t.Fatal(err)
+	}
+	if resp.RootVersion != 2 {
+		t.Errorf("check-in after the rotation announces root v%d; want v2", resp.RootVersion)
 	}
 }

@@ -43,6 +43,17 @@ type Standing interface {
 	Standing() string
 }
 
+// RootAnnouncer is implemented by a Director whose last check-in said which TUF root
+// version the repository publishes (0: it did not say).
+type RootAnnouncer interface {
+	AnnouncedRoot() int64
+}
+
+// ErrMetadataBehind: after its refresh, the device's metadata source still serves an
+// older root than the server announced. The round installs nothing: under the old
+// root, keys the new one revoked (perhaps stolen) still count.
+var ErrMetadataBehind = errors.New("the metadata source serves an older root than the server publishes")
+
 // Trial is a staged version to judge.
 type Trial struct {
 	Kind artifact.Kind
@@ -349,6 +360,10 @@ func (a *Agent) Step(ctx context.Context) error {
 			errs = append(errs, err)
 			updateErr = err
 			desired = nil
+		} else if err := a.rootBehind(); err != nil {
+			errs = append(errs, err)
+			updateErr = err
+			desired = nil
 		}
 	}
 	a.loadRefused(ctx)
@@ -556,6 +571,24 @@ func (a *Agent) LastError() *wire.UpdateError {
 	}
 	e := *a.lastErr
 	return &e
+}
+
+// rootBehind says whether the refreshed metadata's root is older than the one the
+// server announced at this round's check-in (ErrMetadataBehind): a mirror lagging, or
+// withholding the root that revoked a stolen key. nil when the server announced none or
+// the metadata has it (or a newer one: the server's own cache may lag a publish).
+func (a *Agent) rootBehind() error {
+	ra, ok := a.cfg.Director.(RootAnnouncer)
+	if !ok {
+		return nil
+	}
+	want := ra.AnnouncedRoot()
+	have := a.cfg.TUF.RootVersion()
+	if want <= 0 || have <= 0 || have >= want {
+		return nil
+	}
+	return fmt.Errorf("%w: %s serves root v%d, the server publishes root v%d: nothing is installed until the metadata source serves it (a mirror lagging, or withholding it)",
+		ErrMetadataBehind, a.cfg.TUF.cfg.MetadataURL, have, want)
 }
 
 // wantsInstall reports whether any decision asks for an install.

@@ -25,9 +25,13 @@ type director struct {
 	seen    []map[artifact.Kind]SlotStatus
 	// standing is what Standing says (the server's view of an untrusted device).
 	standing string
+	// root is the root version the server announces (0: none).
+	root int64
 }
 
 func (d *director) Standing() string { return d.standing }
+
+func (d *director) AnnouncedRoot() int64 { return d.root }
 
 func (d *director) CheckIn(_ context.Context, st map[artifact.Kind]SlotStatus) (map[artifact.Kind]wire.SlotDecision, error) {
 	d.seen = append(d.seen, st)
@@ -889,4 +893,79 @@ type fetchFunc func(ctx context.Context, t rollback.Target, dst string) error
 
 func (f fetchFunc) Fetch(ctx context.Context, t rollback.Target, dst string) error {
 	return f(ctx, t, dst)
+}
+
+// TestWithheldRootHoldsInstalls: the server announces root v2 at the check-in while the
+// device's metadata source still serves v1 (a mirror withholding the root that rotated
+// a stolen key away, under which the old keys still count). The round installs nothing
+// and says why (metadata_behind, both versions named); once the source serves v2 the
+// install goes ahead. A server that announces nothing (0) holds nothing back. The
+// device used to install whatever verified under the withheld root's keys.
+func TestWithheldRootHoldsInstalls(t *testing.T) {
+	ctx := context.Background()
+	r := tuftest.New(t)
+	p1, _ := r.AddModel("iris", "1.0.0", 0)
+	c, m, _ := deviceState(t, r)
+	d := &director{want: map[artifact.Kind]string{artifact.KindModel: p1}, root: 2}
+	a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+		RefreshEveryRound: true, Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	current := func() string {
+		s, _ := m.State(ctx, artifact.KindModel)
+		if s.Current == nil {
+			return ""
+		}
+		return s.Current.Version
+	}
+	err = a.Step(ctx)
+	if !errors.Is(err, ErrMetadataBehind) {
+		t.Fatalf("round with root v2 announced and v1 served = %v; want ErrMetadataBehind", err)
+	}
+	if got := current(); got != "" {
+		t.Fatalf("installed %q from a source that withholds the announced root; want nothing", got)
+	}
+	e := a.LastError()
+	if e == nil || e.Kind != wire.ErrorMetadataBehind || !strings.Contains(e.Message, "root v1") || !strings.Contains(e.Message, "root v2") {
+		t.Errorf("LastError() = %+v; want kind %q naming root v1 and root v2", e, wire.ErrorMetadataBehind)
+	}
+
+	r.RotateRoot()
+	r.Publish()
+	if err := a.Step(ctx); err != nil {
+		t.Fatalf("round once the source serves root v2 = %v", err)
+	}
+	if got := current(); got != "1.0.0" {
+		t.Errorf("committed %q once the source serves the announced root; want 1.0.0", got)
+	}
+	if e := a.LastError(); e != nil {
+		t.Errorf("LastError() = %+v after the install; want nil", e)
+	}
+}
+
+// TestUnannouncedRootHoldsNothing: a server that does not announce its root (0, before
+// 3 Dec), or announces an older one than the device has (its cache lagging a
+// publish), does not hold installs back.
+func TestUnannouncedRootHoldsNothing(t *testing.T) {
+	for _, announced := range []int64{0, 1} {
+		ctx := context.Background()
+		r := tuftest.New(t)
+		p1, _ := r.AddModel("iris", "1.0.0", 0)
+		r.RotateRoot()
+		r.Publish()
+		c, m, _ := deviceState(t, r)
+		d := &director{want: map[artifact.Kind]string{artifact.KindModel: p1}, root: announced}
+		a, err := NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: judge{},
+			RefreshEveryRound: true, Now: time.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Step(ctx); err != nil {
+			t.Errorf("announced root v%d, served v2: round = %v; want nil", announced, err)
+		}
+		if s, _ := m.State(ctx, artifact.KindModel); s.Current == nil || s.Current.Version != "1.0.0" {
+			t.Errorf("announced root v%d, served v2: slot %+v; want 1.0.0 committed", announced, s.Current)
+		}
+	}
 }

@@ -125,6 +125,8 @@ func ClassifyError(err error) wire.UpdateErrorKind {
 		return wire.ErrorExpiredMetadata
 	case errors.Is(err, ErrMetadataTooLarge):
 		return wire.ErrorMetadataTooLarge
+	case errors.Is(err, ErrMetadataBehind):
+		return wire.ErrorMetadataBehind
 	case errors.Is(err, ErrDiskFull), errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return wire.ErrorNoSpace
 	case errors.Is(err, ErrRuntimeDown), errors.Is(err, ErrDiedInTrial):

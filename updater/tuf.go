@@ -264,6 +264,19 @@ func (c *TUF) Refresh(ctx context.Context) error {
 	return c.persist()
 }
 
+// RootVersion is the version of the trusted root after the last refresh (0 before
+// any).
+func (c *TUF) RootVersion() int64 {
+	if c.up == nil {
+		return 0
+	}
+	ts := c.up.GetTrustedMetadataSet()
+	if ts.Root == nil {
+		return 0
+	}
+	return ts.Root.Signed.Version
+}
+
 // discardDamaged removes the local metadata files of roles that do not parse as their
 // role's metadata (emptied or truncated by a crash, overwritten): go-tuf, which reads
 // them before it downloads, treats a file that parses but does not verify as absent

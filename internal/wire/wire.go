@@ -184,7 +184,11 @@ const (
 	// ErrorMetadataTooLarge: a TUF role is larger than the device accepts (the
 	// catalogue outgrew it; retire old versions).
 	ErrorMetadataTooLarge UpdateErrorKind = "metadata_too_large"
-	ErrorOther            UpdateErrorKind = "other"
+	// ErrorMetadataBehind: the device's metadata source (a mirror) serves an older root
+	// than the server says it publishes (CheckInResponse.RootVersion): lagging, or
+	// withholding the new root. The device installs nothing until it gets it.
+	ErrorMetadataBehind UpdateErrorKind = "metadata_behind"
+	ErrorOther          UpdateErrorKind = "other"
 )
 
 // UpdateError is the agent's last update error: why its last update round failed, and
@@ -333,6 +337,13 @@ type CheckInResponse struct {
 	// PathNonce when the server refuses it (401: expired, or replaced by a nonce asked
 	// for since). Empty: the server issued none.
 	NextNonce []byte `json:"next_nonce,omitempty"`
+	// RootVersion is the version of the TUF root the repository publishes now (0: not
+	// said; servers before 3 Dec). The device checks it against the root its own
+	// metadata source gave it: a mirror that withholds a new root (one that rotated a
+	// stolen key away) would otherwise keep the device trusting the old keys until that
+	// root expired. The statement comes over the attested mTLS check-in, not from TUF:
+	// it can only make the device wait, never trust anything TUF did not verify.
+	RootVersion int64 `json:"root_version,omitempty"`
 }
 
 // AuditCheckpoint is a checkpoint of the audit log (C2SP tlog-checkpoint signed note)
