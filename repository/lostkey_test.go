@@ -79,6 +79,8 @@ func TestRotationRefusedWhenTheOldOnlineKeyDoesNotOpen(t *testing.T) {
 		t.Fatalf("RotateKey(timestamp) with its old key file not opening = %+v; want refused", res)
 	} else if !strings.Contains(err.Error(), "timestamp") || !strings.Contains(err.Error(), "passphrase") {
 		t.Errorf("RotateKey(timestamp) = %v; want it to name the old timestamp key and the passphrase", err)
+	} else if !strings.Contains(err.Error(), f.repo.ProposalPath(2)) || !strings.Contains(err.Error(), "edgeward root publish") {
+		t.Errorf("RotateKey(timestamp) = %v; want it to say the signed proposal %s stays for 'edgeward root publish'", err, f.repo.ProposalPath(2))
 	}
 	after, err := f.repo.Load(ctx)
 	if err != nil {

@@ -540,6 +540,7 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 			RevokeKeys: map[string][]string{role: res.Revoked},
 		})
 		if err != nil {
+			os.Remove(res.NewKey) // no proposal names it
 			return nil, err
 		}
 		rootKeys, err := keys.Find(metadata.ROOT, st.Root.Signed.Roles[metadata.ROOT].KeyIDs, st.Root.Signed.Roles[metadata.ROOT].Threshold, nil)
@@ -553,7 +554,11 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 		}
 		rotated := event{"keys.rotate", role, map[string]any{"role": role, "new": res.NewKeyID, "revoked": res.Revoked}}
 		if _, err := r.publishRoot(ctx, res.Proposal, keys, &rotated); err != nil {
-			return nil, err
+			// The signed proposal and the new key it names stay: the ceremony resumes
+			// from them (a lost key's file moved away, say), and a next rotation is
+			// refused while the proposal is pending.
+			return nil, fmt.Errorf("%w (the root v%d proposal %s, signed by the root keys at hand, and the new %s key %s stay: once that is fixed, 'edgeward root publish' publishes it; 'edgeward root propose --replace' drops it)",
+				err, res.RootVersion, res.Proposal, role, res.NewKey)
 		}
 		res.Published = true
 	case RoleModels, RoleRuntimes:
