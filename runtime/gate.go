@@ -68,9 +68,12 @@ func (g *runGate) leave() { <-g.slots }
 func (g *runGate) running() int { return len(g.slots) }
 func (g *runGate) queued() int  { return int(g.waiting.Load()) }
 
-// isBusy reports whether err is a refusal for want of a run slot or of memory (answered
+// isBusy reports whether err is a refusal for want of a run slot or of memory, or
+// because no model has loaded yet (errStarting) (answered
 // with Retry-After).
-func isBusy(err error) bool { return errors.Is(err, errBusy) || errors.Is(err, errNoRoom) }
+func isBusy(err error) bool {
+	return errors.Is(err, errBusy) || errors.Is(err, errNoRoom) || errors.Is(err, errStarting)
+}
 
 // byteBudget bounds the bytes of inference requests the runtime holds at once: bodies
 // being read, decoded tensors, requests waiting for a run slot and running. Without it,

@@ -148,6 +148,9 @@ func serverVersion() string {
 func (r *Runtime) handleMetadata(w http.ResponseWriter, req *http.Request) {
 	info, err := r.Metadata(req.PathValue("name"), req.PathValue("version"))
 	if err != nil {
+		if isBusy(err) {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, statusOf(err), err)
 		return
 	}
@@ -157,6 +160,9 @@ func (r *Runtime) handleMetadata(w http.ResponseWriter, req *http.Request) {
 func (r *Runtime) handleModelReady(w http.ResponseWriter, req *http.Request) {
 	name, version := req.PathValue("name"), req.PathValue("version")
 	if _, err := r.Metadata(name, version); err != nil {
+		if isBusy(err) {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeError(w, statusOf(err), err)
 		return
 	}

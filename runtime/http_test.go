@@ -55,8 +55,10 @@ func TestHTTPEmptyRuntime(t *testing.T) {
 		{"server: the public port advertises what it serves", "GET", "/v2", "", 200, `"extensions":["binary_tensor_data"]`},
 		{"live", "GET", "/v2/health/live", "", 200, `"live":true`},
 		{"not ready without models", "GET", "/v2/health/ready", "", 503, `"ready":false`},
-		{"unknown model metadata", "GET", "/v2/models/iris", "", 404, "not loaded"},
-		{"unknown model infer", "POST", "/v2/models/iris/infer", irisRow, 404, "not loaded"},
+		// Before its first model has loaded the runtime is starting: 503, retry
+		// (TestStartingRuntimeSaysRetry), not 404.
+		{"model metadata before any load", "GET", "/v2/models/iris", "", 503, "the runtime is starting"},
+		{"infer before any load", "POST", "/v2/models/iris/infer", irisRow, 503, "the runtime is starting"},
 		{"unknown path", "GET", "/v3/nothing", "", 404, "no endpoint"},
 		{"the repository extension is not on the public port", "POST", "/v2/repository/index", "", 404, "no endpoint"},
 		{"control not public", "POST", "/v2/repository/models/iris/load", `{}`, 404, "no endpoint"},

@@ -203,6 +203,12 @@ type Runtime struct {
 	mu     sync.RWMutex
 	models map[string]*modelVersions // by model name
 	closed bool
+	// loadedAny is set by the first model load and stays set. Until then a request
+	// for any model is answered 503 with Retry-After (errStarting), not 404: after a
+	// power cut, an agent restart or a crash the public port is open (it is inherited,
+	// or the kernel queues connections) while the committed model is still loading,
+	// and a 404 reads to clients as "this model does not exist".
+	loadedAny bool
 
 	draining atomic.Bool
 	probeMu  sync.Mutex // one probe at a time
@@ -374,6 +380,7 @@ func (r *Runtime) load(ctx context.Context, req runtimeapi.LoadRequest, held *in
 		return runtimeapi.ModelInfo{}, fmt.Errorf("%w: model %s version %s is already loaded", runtimeapi.ErrConflict, req.Name, req.Version)
 	}
 	r.models[req.Name] = mv
+	r.loadedAny = true
 	mv.versions[req.Version] = m
 	prev := mv.def
 	if mv.def == "" || req.Default {
@@ -510,6 +517,9 @@ func (r *Runtime) Unload(ctx context.Context, name, version string) error {
 // when the model or version is missing.
 func (r *Runtime) lookupLocked(name, version string) (*Model, error) {
 	mv := r.models[name]
+	if mv == nil && !r.loadedAny {
+		return nil, fmt.Errorf("%w: model %q: %w", runtimeapi.ErrUnavailable, name, errStarting)
+	}
 	if mv == nil {
 		return nil, fmt.Errorf("%w: model %q is not loaded", runtimeapi.ErrNotFound, name)
 	}
@@ -599,6 +609,10 @@ func (r *Runtime) Index() []runtimeapi.IndexEntry {
 	})
 	return out
 }
+
+// errStarting: the runtime has loaded no model since it started (answered 503 with
+// Retry-After; gRPC UNAVAILABLE).
+var errStarting = errors.New("no model is loaded yet: the runtime is starting (after a restart, its models are loading); retry")
 
 // Ready reports whether the runtime serves: it is not draining and has a model loaded.
 func (r *Runtime) Ready() bool {
