@@ -412,7 +412,11 @@ func (a *Attested) sendWith(ctx context.Context, id string, reports []wire.Repor
 	if a.Audit != nil {
 		if _, err := a.Audit.Accept(resp.Audit); err != nil {
 			if a.Logger != nil {
-				a.Logger.Error("the server's audit log does not extend what this device witnessed: its answer is refused", "err", err)
+				msg := "the server's audit log does not extend what this device witnessed: its answer is refused"
+				if errors.Is(err, ErrAuditStale) {
+					msg = "the server's audit checkpoint is older than this device accepts: its answer is refused"
+				}
+				a.Logger.Error(msg, "err", err)
 			}
 			return nil, err
 		}

@@ -66,6 +66,9 @@ type Config struct {
 	// required.
 	AuditWitnesses []note.Verifier
 	AuditQuorum    int
+	// AuditMaxAge, with AuditQuorum: the oldest quorum of cosignatures the device
+	// accepts on the server's checkpoint (AuditWitness.MaxAge). 0: no bound.
+	AuditMaxAge time.Duration
 	// PCR is the measurement PCR the quotes cover; 0: 16 (development). Production
 	// devices use 23 (both are resettable, so the log is per boot).
 	PCR int
@@ -324,7 +327,8 @@ func run(ctx context.Context, cfg Config) error {
 		link.OnAK = conn.cert.SetAK
 	}
 	if cfg.AuditKey != nil {
-		link.Audit = &AuditWitness{Key: cfg.AuditKey, Witnesses: cfg.AuditWitnesses, Quorum: cfg.AuditQuorum, Path: st.Dir.AuditCheckpoint(), Logger: log}
+		link.Audit = &AuditWitness{Key: cfg.AuditKey, Witnesses: cfg.AuditWitnesses, Quorum: cfg.AuditQuorum, MaxAge: cfg.AuditMaxAge, Now: cfg.Now,
+			Path: st.Dir.AuditCheckpoint(), Logger: log}
 	}
 	o := &lateOutbox{path: st.Dir.Outbox(), logger: log}
 	defer o.Close()

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/checkpoint"
 	"github.com/edgeward/edgeward/internal/durable"
@@ -39,6 +40,17 @@ type AuditWitness struct {
 	// refused every honest answer for good (found from outside, 2 Dec).
 	Witnesses []note.Verifier
 	Quorum    int
+	// MaxAge, with a Quorum: a checkpoint whose quorum of cosignatures is older than
+	// this is refused (ErrAuditStale). A server that serves an old cosigned checkpoint
+	// (its log rolled back to an earlier prefix, or frozen while it writes a fork no
+	// witness will cosign) passes the consistency check with an empty proof forever; a
+	// device new to it has nothing to check it against at all. The server has its
+	// checkpoint cosigned whenever its log grows and writes a record at least at every
+	// timestamp renewal (12 hours by default): a bound below that refuses a healthy
+	// quiet log. 0: no bound.
+	MaxAge time.Duration
+	// Now is the clock MaxAge is measured by; nil: time.Now.
+	Now func() time.Time
 	// Logger, if set, is told when the checkpoint could not be saved and when it is again.
 	Logger *slog.Logger
 
@@ -51,6 +63,10 @@ type AuditWitness struct {
 // ErrAuditInconsistent says the server's audit checkpoint does not extend the one the
 // device had verified: the check-in's answer is refused.
 var ErrAuditInconsistent = checkpoint.ErrInconsistent
+
+// ErrAuditStale says the server's audit checkpoint was cosigned by the witnesses'
+// quorum longer ago than AuditWitness.MaxAge: the check-in's answer is refused.
+var ErrAuditStale = errors.New("stale audit checkpoint")
 
 // Echo is the checkpoint to send in the next check-in ("" before the first).
 func (w *AuditWitness) Echo() (string, error) {
@@ -99,6 +115,9 @@ func (w *AuditWitness) Accept(a *wire.AuditCheckpoint) (*checkpoint.Checkpoint, 
 	if err != nil {
 		return nil, fmt.Errorf("audit checkpoint refused: %w", err)
 	}
+	if err := w.checkAge(c); err != nil {
+		return nil, err
+	}
 	newer := true
 	if w.last != nil {
 		if old, err := checkpoint.ParseUnverified(w.last); err == nil && old.Size >= c.Size {
@@ -112,6 +131,26 @@ func (w *AuditWitness) Accept(a *wire.AuditCheckpoint) (*checkpoint.Checkpoint, 
 		w.saveLocked()
 	}
 	return c, nil
+}
+
+// checkAge refuses c when its quorum of cosignatures is older than w.MaxAge.
+func (w *AuditWitness) checkAge(c *checkpoint.Checkpoint) error {
+	if w.MaxAge <= 0 || w.Quorum < 1 {
+		return nil
+	}
+	at, ok := checkpoint.CosignedAt(c.Note, w.Witnesses, w.Quorum)
+	if !ok {
+		return fmt.Errorf("audit checkpoint refused: %w: the checkpoint at size %d carries no time from %d of the trusted witnesses", ErrAuditStale, c.Size, w.Quorum)
+	}
+	now := time.Now
+	if w.Now != nil {
+		now = w.Now
+	}
+	if age := now().Sub(at); age > w.MaxAge {
+		return fmt.Errorf("audit checkpoint refused: %w: the checkpoint at size %d was cosigned by %d of the trusted witnesses at %s, %s ago, longer than --audit-max-age %s: the server shows an old checkpoint (its log rolled back or frozen, or its witnesses not reached since)",
+			ErrAuditStale, c.Size, w.Quorum, at.UTC().Format(time.RFC3339), age.Round(time.Second), w.MaxAge)
+	}
+	return nil
 }
 
 // saveLocked writes the checkpoint held in memory to Path, durably; a failure is kept

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -127,5 +128,80 @@ func TestDeviceRequiresAWitnessQuorum(t *testing.T) {
 	open := &AuditWitness{Key: logKey, Path: filepath.Join(t.TempDir(), "audit-checkpoint")}
 	if _, err := open.Accept(&wire.AuditCheckpoint{Checkpoint: sign(fork, false)}); err != nil {
 		t.Fatalf("Accept without a quorum = %v", err)
+	}
+}
+
+// TestDeviceRefusesAStaleCheckpoint: with --audit-max-age, a device refuses the answers
+// of a server whose checkpoint its witnesses' quorum cosigned too long ago (a log
+// rolled back to an earlier, once-cosigned prefix, or frozen while a fork grows that
+// no witness will cosign): a device new to the server used to accept it, and one that
+// had seen it accepted it again and again with an empty proof. A fresh cosignature of
+// the same tree is accepted again; without a bound nothing changes.
+func TestDeviceRefusesAStaleCheckpoint(t *testing.T) {
+	_, logPriv, _ := ed25519.GenerateKey(nil)
+	logSigner, err := checkpoint.Signer("log.example", logPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vk, _ := checkpoint.VerifierKey("log.example", logPriv.Public().(ed25519.PublicKey))
+	logKey, err := checkpoint.ParseVerifier(vk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, wPriv, _ := ed25519.GenerateKey(nil)
+	wKey, err := checkpoint.ParseVerifier(checkpoint.CosignerKey("w.example", wPriv.Public().(ed25519.PublicKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &memTree{}
+	for i := range 5 {
+		tr.add(t, fmt.Sprint("record ", i))
+	}
+	cosignedAt := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	sign := func(at time.Time) string {
+		t.Helper()
+		cosigner := checkpoint.Cosigner("w.example", wPriv, func() time.Time { return at })
+		msg, err := note.Sign(&note.Note{Text: checkpoint.Body("log.example", tr.n, tr.root(t))}, logSigner, cosigner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(msg)
+	}
+	old := sign(cosignedAt)
+	now := cosignedAt.Add(49 * time.Hour)
+	device := func(maxAge time.Duration) *AuditWitness {
+		return &AuditWitness{Key: logKey, Witnesses: []note.Verifier{wKey}, Quorum: 1, MaxAge: maxAge,
+			Now: func() time.Time { return now }, Path: filepath.Join(t.TempDir(), "audit-checkpoint")}
+	}
+
+	// A device new to the server: nothing to check the old checkpoint against but its age.
+	fresh := device(36 * time.Hour)
+	_, err = fresh.Accept(&wire.AuditCheckpoint{Checkpoint: old})
+	if !errors.Is(err, ErrAuditStale) || !strings.Contains(err.Error(), "49h0m0s ago") {
+		t.Fatalf("new device, checkpoint cosigned 49h ago, max age 36h: Accept = %v; want ErrAuditStale saying 49h0m0s ago", err)
+	}
+	if echo, _ := fresh.Echo(); echo != "" {
+		t.Errorf("the refused checkpoint was kept: Echo = %q", echo)
+	}
+
+	// A device that accepted it while it was fresh, shown it again and again.
+	now = cosignedAt.Add(time.Hour)
+	seen := device(36 * time.Hour)
+	if _, err := seen.Accept(&wire.AuditCheckpoint{Checkpoint: old}); err != nil {
+		t.Fatalf("checkpoint cosigned 1h ago, max age 36h: Accept = %v", err)
+	}
+	now = cosignedAt.Add(49 * time.Hour)
+	if _, err := seen.Accept(&wire.AuditCheckpoint{Checkpoint: old}); !errors.Is(err, ErrAuditStale) {
+		t.Fatalf("the same checkpoint 49h after its cosignature: Accept = %v; want ErrAuditStale", err)
+	}
+	// The witness cosigns the same tree again (the log grew elsewhere, or was checked):
+	// accepted.
+	if _, err := seen.Accept(&wire.AuditCheckpoint{Checkpoint: sign(now.Add(-time.Minute))}); err != nil {
+		t.Fatalf("a fresh cosignature of the same tree: Accept = %v", err)
+	}
+
+	// No bound (the default): the old checkpoint is accepted, as before.
+	if _, err := device(0).Accept(&wire.AuditCheckpoint{Checkpoint: old}); err != nil {
+		t.Fatalf("no max age: Accept = %v", err)
 	}
 }

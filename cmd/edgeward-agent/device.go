@@ -47,6 +47,7 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	var auditWitness stringList
 	fs.Var(&auditWitness, "audit-witness", "with --audit-key: a witness's verifier key, inline or a file (repeatable); with --audit-quorum the device accepts only checkpoints cosigned by that many of them")
 	auditQuorum := fs.Int("audit-quorum", 0, "with --audit-witness: how many of the witnesses must have cosigned a checkpoint for the device to accept it (0: none)")
+	auditMaxAge := fs.Duration("audit-max-age", 0, "with --audit-quorum: refuse the server's answers while its audit checkpoint was cosigned by the quorum longer ago than this (a log rolled back or frozen); the server records at least every timestamp renewal (12h by default), so e.g. 36h; 0: no bound")
 	if err := parseFlags(fs, args, stdout); err != nil {
 		return err
 	}
@@ -80,8 +81,12 @@ func runDevice(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 		return errors.New("--audit-witness and --audit-quorum need --audit-key")
 	case *auditQuorum < 0 || *auditQuorum > len(witnesses):
 		return fmt.Errorf("--audit-quorum %d: want between 0 and the %d witnesses given", *auditQuorum, len(witnesses))
+	case *auditMaxAge < 0:
+		return fmt.Errorf("--audit-max-age %s: want a positive duration", *auditMaxAge)
+	case *auditMaxAge > 0 && *auditQuorum == 0:
+		return errors.New("--audit-max-age needs --audit-witness and --audit-quorum: only the witnesses' cosignatures carry a time")
 	}
-	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak, AuditWitnesses: witnesses, AuditQuorum: *auditQuorum,
+	return agent.Run(ctx, agent.Config{StateDir: agent.StateDir(*stateDir), Server: *server, ServerRoots: roots, AuditKey: ak, AuditWitnesses: witnesses, AuditQuorum: *auditQuorum, AuditMaxAge: *auditMaxAge,
 		Labels: lbl, Hardware: *hardware, PCR: *pcr, BootLog: *bootLog, IMALog: *imaLog, RuntimeBinary: *rtBin, Listen: *listen, GRPCListen: *grpcAddr, RuntimeControl: *rtURL,
 		Interval: *interval, TrialTimeout: *trial, CheckpointBytes: *ckpt, NoDeltas: !*deltas, Once: *once, Logger: log, LogFormat: logFormat})
 }

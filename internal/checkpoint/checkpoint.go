@@ -341,6 +341,27 @@ func CosignatureTime(s note.Signature) (time.Time, bool) {
 	return time.Unix(int64(binary.BigEndian.Uint64(b[4:12])), 0).UTC(), true
 }
 
+// CosignedAt is when a quorum of witnesses had cosigned the checkpoint msg: the
+// quorum-th newest time among the cosignatures of witnesses that verify (each witness
+// counted once). ok is false when fewer than quorum of them carry a time.
+func CosignedAt(msg []byte, witnesses []note.Verifier, quorum int) (at time.Time, ok bool) {
+	var times []time.Time
+	for _, w := range witnesses {
+		n, err := note.Open(msg, note.VerifierList(w))
+		if err != nil || len(n.Sigs) != 1 {
+			continue
+		}
+		if t, ok := CosignatureTime(n.Sigs[0]); ok {
+			times = append(times, t)
+		}
+	}
+	if quorum < 1 || len(times) < quorum {
+		return time.Time{}, false
+	}
+	slices.SortFunc(times, func(a, b time.Time) int { return b.Compare(a) })
+	return times[quorum-1], true
+}
+
 // ErrInconsistent says a checkpoint does not extend an earlier one: the log was forked,
 // rewritten or rolled back.
 var ErrInconsistent = errors.New("inconsistent checkpoints")

@@ -3,9 +3,9 @@ package audit
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
+	"github.com/edgeward/edgeward/internal/checkpoint"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -22,25 +22,9 @@ import (
 // 2 witnesses that both held size 5).
 var ErrStale = errors.New("stale checkpoint")
 
-// CosignedAt is when a quorum of witnesses had cosigned the checkpoint msg: the
-// quorum-th newest time among the cosignatures of witnesses that verify (each witness
-// counted once). ok is false when fewer than quorum of them carry a time.
+// CosignedAt is checkpoint.CosignedAt: when a quorum of witnesses had cosigned msg.
 func CosignedAt(msg []byte, witnesses []note.Verifier, quorum int) (at time.Time, ok bool) {
-	var times []time.Time
-	for _, w := range witnesses {
-		n, err := note.Open(msg, note.VerifierList(w))
-		if err != nil || len(n.Sigs) != 1 {
-			continue
-		}
-		if t, ok := CosignatureTime(n.Sigs[0]); ok {
-			times = append(times, t)
-		}
-	}
-	if quorum < 1 || len(times) < quorum {
-		return time.Time{}, false
-	}
-	slices.SortFunc(times, func(a, b time.Time) int { return b.Compare(a) })
-	return times[quorum-1], true
+	return checkpoint.CosignedAt(msg, witnesses, quorum)
 }
 
 // checkFresh returns when a quorum of opts.Witnesses cosigned c (zero without
