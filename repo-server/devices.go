@@ -25,6 +25,7 @@ import (
 	"github.com/edgeward/edgeward/internal/eventlog"
 	"github.com/edgeward/edgeward/internal/jsonstrict"
 	"github.com/edgeward/edgeward/internal/keywrap"
+	"github.com/edgeward/edgeward/internal/logging"
 	"github.com/edgeward/edgeward/internal/reference"
 	"github.com/edgeward/edgeward/internal/wire"
 	"github.com/edgeward/edgeward/policy"
@@ -100,6 +101,11 @@ type deviceAPI struct {
 	nonces dbNonces
 	akc    *verify.AKCache // nil: none (cfg.AKCacheSize < 0)
 
+	// outage logs check-ins refused because the fleet database is unavailable once a
+	// minute with a count, and once when they stop (a line per refusal flooded the log
+	// at fleet scale).
+	outage logging.Throttle
+
 	catMu  sync.Mutex
 	catKey *metaFile // the timestamp the catalog was loaded at
 	cat    map[policy.Target]repository.TargetInfo
@@ -152,6 +158,7 @@ func (s *Server) EnableDeviceAPI(cfg DeviceConfig) error {
 		return fmt.Errorf("device API: %w", err)
 	}
 	d := &deviceAPI{s: s, cfg: cfg, fleet: audited}
+	d.outage.Logger = s.log
 	if cfg.AKCacheSize >= 0 {
 		d.akc = verify.NewAKCache(cfg.AKCacheSize)
 	}
@@ -631,21 +638,24 @@ func (d *deviceAPI) checkIn(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		d.checkins.WithLabelValues("error").Inc()
-		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
 		var inv *fleet.InvalidError
 		if errors.As(err, &inv) {
+			d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
 			writeError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		if fleet.Unavailable(err) {
 			// Not the device's fault, nor for good: 503 with Retry-After, which a proxy
 			// in front of replicas takes as "try another" (a 500 it passed on).
+			d.outage.Failed("check-ins refused: the fleet database is unavailable", "device", req.DeviceID, "err", err)
 			writeError(w, http.StatusServiceUnavailable, unavailableMessage(err))
 			return
 		}
+		d.s.log.Error("check-in", "device", req.DeviceID, "err", err)
 		writeError(w, http.StatusInternalServerError, "check-in failed")
 		return
 	}
+	d.outage.Recovered("the fleet database takes check-ins again")
 	if err := d.releaseKeys(storeCtx, &req, bound, resp, cat); err != nil {
 		d.checkins.WithLabelValues("error").Inc()
 		writeError(w, http.StatusInternalServerError, "check-in failed")

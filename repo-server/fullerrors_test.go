@@ -124,3 +124,50 @@ func testCheckInOnAFullDisk(t *testing.T, f *deviceFixture, d *device, full func
 		t.Fatalf("check-in once there is room = %+v, %v; want the report accepted", resp, err)
 	}
 }
+
+// TestOutageRefusalsAreLoggedOnce: while the fleet database cannot take writes, every
+// check-in is refused 503, and the server logs the refusals once a minute with a count
+// and once when they stop, not a line per check-in (at fleet scale a flood that buried
+// everything else during an outage).
+func TestOutageRefusalsAreLoggedOnce(t *testing.T) {
+	where := pg.Database(t)
+	f, d := newDeviceFixtureOn(t, testPolicy, where)
+	var buf lockedBuffer
+	f.srv.devices.outage.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+	if _, err := d.checkIn(d.request()); err != nil {
+		t.Fatalf("first check-in: %v", err)
+	}
+	db, err := OpenDB(context.Background(), DBLocation(f.repo.Dir(), where))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{
+		`CREATE OR REPLACE FUNCTION inject_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$`,
+		`CREATE TRIGGER inject BEFORE INSERT OR UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION inject_disk_full()`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const refused = 5
+	for i := range refused {
+		var apiErr *deviceapi.Error
+		if _, err := d.checkIn(d.request()); !errors.As(err, &apiErr) || apiErr.Status != http.StatusServiceUnavailable {
+			t.Fatalf("check-in %d during the outage = %v; want 503", i+1, err)
+		}
+	}
+	if _, err := db.Exec(`DROP TRIGGER inject ON devices`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.checkIn(d.request()); err != nil {
+		t.Fatalf("check-in after the outage: %v", err)
+	}
+	out := buf.String()
+	if n := strings.Count(out, "check-ins refused"); n != 1 {
+		t.Errorf("%d log lines for %d refused check-ins within a minute; want 1:\n%s", n, refused, out)
+	}
+	if !strings.Contains(out, "takes check-ins again") || !strings.Contains(out, fmt.Sprintf("failures=%d", refused)) {
+		t.Errorf("no recovery line counting %d failures:\n%s", refused, out)
+	}
+}
