@@ -53,7 +53,7 @@ func NewDeviceCert(ctx context.Context, tpm *attest.TPM, ak *attest.AKCertificat
 		return nil, fmt.Errorf("ACME account key: %w", err)
 	}
 	d := &DeviceCert{acct: acct, tpm: tpm, ak: ak, key: key, dir: ca.DirectoryURL, now: time.Now,
-		http: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}}
+		http: &http.Client{Timeout: time.Minute, Transport: serverTransport(roots)}}
 	if err := d.Renew(ctx); err != nil {
 		d.Close()
 		return nil, err

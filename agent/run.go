@@ -591,13 +591,27 @@ func enrollClient(cfg Config, httpc *http.Client) *attest.EnrollClient {
 // serverClient is the HTTP client for the server: roots nil keeps the system roots.
 // Either way a request has two minutes: without a timeout a server (or a middlebox)
 // that accepts and never answers held the agent's round, and with it every trial and
-// report, for ever.
+// report, for ever. The transport (serverTransport) gives up sooner on a connection
+// that never gets going.
 func serverClient(roots *x509.CertPool) *http.Client {
-	if roots == nil {
-		return &http.Client{Timeout: 2 * time.Minute}
-	}
-	return &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+	return &http.Client{Timeout: 2 * time.Minute, Transport: serverTransport(roots)}
 }
+
+// serverTransport is Go's default transport (the environment's proxy, a 30 s dial
+// timeout, keep-alives) with a 10 s TLS handshake timeout, trusting roots (nil: the
+// system's). A replica that accepts connections but does not run (stopped, wedged),
+// behind a TCP load balancer that hands it a device's connection, then costs the
+// device 10 s and a new connection, not the request's whole two minutes: with a
+// --server-ca the transport had no handshake timeout at all.
+func serverTransport(roots *x509.CertPool) *http.Transport {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSHandshakeTimeout = serverHandshakeTimeout
+	tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	return tr
+}
+
+// serverHandshakeTimeout bounds a TLS handshake with the server.
+const serverHandshakeTimeout = 10 * time.Second
 
 // deviceClient returns the device API client. When the server names a device CA, the
 // device obtains a certificate for a TPM-resident key (ACME device-attest-01) and
