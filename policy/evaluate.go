@@ -191,11 +191,19 @@ func Evaluate(p *Policy, d *Device, states map[string]RolloutState, now time.Tim
 	return dec
 }
 
-func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]RolloutState, now time.Time, cat Catalog) SlotDecision {
+// Deciding is the rollout that sets the target of d's slot of kind (Evaluate's choice:
+// the first in policy order that selects d, is not aborted, and whose current wave
+// includes d), or nil when none does. It is pure.
+func (p *Policy) Deciding(kind artifact.Kind, d *Device, states map[string]RolloutState) *Rollout {
+	chosen, _, _, _ := p.choose(kind, d, states)
+	return chosen
+}
+
+// choose is Evaluate's pick among the rollouts of kind for d (see Evaluate): the one that
+// decides, with its state, else what a hold says: the first rollout whose wave has not
+// reached d, and the first aborted one whose target d runs.
+func (p *Policy) choose(kind artifact.Kind, d *Device, states map[string]RolloutState) (chosen *Rollout, chosenState RolloutState, notReached, aborted *SlotDecision) {
 	cur := d.Slots[kind]
-	var chosen *Rollout
-	var chosenState RolloutState
-	var notReached, aborted *SlotDecision
 	for _, r := range p.Rollouts {
 		if r.Target.Kind != kind {
 			continue
@@ -227,7 +235,12 @@ func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]R
 		chosen, chosenState = r, st
 		break
 	}
+	return chosen, chosenState, notReached, aborted
+}
 
+func (p *Policy) evaluateSlot(kind artifact.Kind, d *Device, states map[string]RolloutState, now time.Time, cat Catalog) SlotDecision {
+	cur := d.Slots[kind]
+	chosen, chosenState, notReached, aborted := p.choose(kind, d, states)
 	if chosen == nil {
 		if aborted != nil && cur.Previous != "" {
 			t := Target{Kind: kind, Name: cur.Name, Version: cur.Previous}

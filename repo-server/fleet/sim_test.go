@@ -359,6 +359,28 @@ func testStatus(t *testing.T, db opener) {
 	if want := "completed (300 of 300 selected devices committed); 300 of them ran the target already"; st.Progress != want || st.AlreadyRunning != 300 {
 		t.Errorf("a rollout of the version the fleet runs: progress %q, already running %d; want %q", st.Progress, st.AlreadyRunning, want)
 	}
+	// A rollout listed after one that selects the same devices gets none of them (the
+	// first listed decides): its status says which rollout decides for them instead
+	// of only "waiting for devices" (a hand-written file sorting first shadows the
+	// rollouts created through the API; found by an outside operator journey).
+	newer, err := policy.Parse(policy.File{Name: "sim.yaml", Data: []byte(simPolicy + "  - id: vib-newer\n    target: {kind: model, name: vib, version: 3.2.0}\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.s.PlanRollouts(ctx, newer, f.now); err != nil {
+		t.Fatal(err)
+	}
+	st, err = f.s.Status(ctx, newer, "vib-newer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "waiting for devices (0 of 300 selected devices committed); 300 of them get the target of rollout vib-3.1.0 instead, listed before this one in the policy (sim.yaml): it takes precedence while it selects them"
+	if st.ShadowedBy["vib-3.1.0"] != 300 || st.Progress != want {
+		t.Errorf("a rollout listed after one that decides for its devices: shadowed by %v, progress %q; want 300 by vib-3.1.0 and %q", st.ShadowedBy, st.Progress, want)
+	}
+	if st, _ = f.s.Status(ctx, newer, "vib-3.1.0"); len(st.ShadowedBy) != 0 {
+		t.Errorf("the rollout listed first: shadowed by %v; want none", st.ShadowedBy)
+	}
 }
 
 // Progress says "completed" only when the waves are done and so is every selected

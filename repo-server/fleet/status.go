@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/edgeward/edgeward/internal/wire"
@@ -39,6 +41,12 @@ type RolloutStatus struct {
 	// (Progress): the planner's State.Status says only how far its waves went, and
 	// "completed" there means that the last wave soaked, not that any device installed.
 	Progress string `json:"progress"`
+	// ShadowedBy counts, by rollout ID, the selected devices whose target a rollout
+	// listed before this one in the policy decides (policy.Policy.Deciding): they do not
+	// get this rollout's target while it does. A rollout created through the API is
+	// listed before the ones created earlier, but a hand-written file whose name sorts
+	// first takes precedence over it.
+	ShadowedBy map[string]int `json:"shadowed_by,omitempty"`
 	// NextWaveAt is when the next wave may start (its soak ends), if the rollout is
 	// active and has one.
 	NextWaveAt time.Time      `json:"next_wave_at,omitzero"`
@@ -80,6 +88,14 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	if err != nil {
 		return RolloutStatus{}, err
 	}
+	states, err := s.RolloutStates(ctx)
+	if err != nil {
+		return RolloutStatus{}, err
+	}
+	order := map[string]int{}
+	for i, ro := range p.Rollouts {
+		order[ro.ID] = i
+	}
 	out := RolloutStatus{ID: id, Target: r.Target, State: st, TimeTo: map[string]time.Duration{}}
 	perWave := make([]int, len(r.Waves)+1)
 	selected := map[string]bool{}
@@ -105,6 +121,11 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 				selected[devs[i].ID] = true
 				if sl := devs[i].Slots[r.Target.Kind]; sl.Name == r.Target.Name && sl.Version == r.Target.Version && !sl.Rekey {
 					running[devs[i].ID] = true
+				} else if dec := p.Deciding(r.Target.Kind, &devs[i].Device, states); dec != nil && order[dec.ID] < order[id] {
+					if out.ShadowedBy == nil {
+						out.ShadowedBy = map[string]int{}
+					}
+					out.ShadowedBy[dec.ID]++
 				}
 			}
 		}
@@ -120,6 +141,10 @@ func (s *Store) Status(ctx context.Context, p *policy.Policy, id string) (Rollou
 	}
 	if out.Quarantined > 0 {
 		out.Progress += fmt.Sprintf("; %d more selected but quarantined, held until released", out.Quarantined)
+	}
+	for _, by := range slices.Sorted(maps.Keys(out.ShadowedBy)) {
+		out.Progress += fmt.Sprintf("; %d of them get the target of rollout %s instead, listed before this one in the policy (%s): it takes precedence while it selects them",
+			out.ShadowedBy[by], by, p.Rollout(by).Pos.File)
 	}
 	stats := policy.WaveStats(r, reps, st.CountSince)
 	for i, w := range r.Waves {
