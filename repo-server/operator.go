@@ -330,6 +330,16 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
 	}
+	// What Publish would refuse whatever the bytes is refused before they are read (a
+	// client that sent "Expect: 100-continue" then sends none of them).
+	switch err := o.s.cfg.Repo.CheckPublish(r.Context(), repository.PublishRequest{Meta: meta, Ext: ext}); {
+	case errors.Is(err, repository.ErrInvalid):
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case errors.Is(err, repository.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
+		return
+	}
 	// The upload may take long (GiBs): from here the body's deadline moves with it,
 	// BodyTimeout for each read rather than for the whole body, so a stalled upload
 	// still ends.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,6 +121,24 @@ func TestOperatorAPI(t *testing.T) {
 	// would fail its trial).
 	if code, body := do("POST", "/v1/publish?kind=model&name=iris&version=1.0.7&ext=.onnx", rm, strings.NewReader("m"), "X-Edgeward-Meta", `{"gates":{"max_rss_mb":"256"}}`); code != http.StatusBadRequest || !strings.Contains(body, "publish the probe set first") {
 		t.Fatalf("publish with gates and no probe set = %d %s; want 400 saying to publish the probe set first", code, body)
+	}
+	// And refused before its bytes are read: a client that asks first (Expect:
+	// 100-continue, as curl does for large bodies) sends none of them. The server read
+	// the whole upload (GiBs perhaps) before refusing it.
+	counted := &countingReader{r: strings.NewReader(strings.Repeat("m", 512<<10))}
+	req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version=1.0.6&ext=.onnx", counted)
+	req.ContentLength = 512 << 10
+	req.Header.Set("Authorization", "Bearer "+rm)
+	req.Header.Set("X-Edgeward-Meta", `{"gates":{"min_accuracy":"0.9"}}`)
+	req.Header.Set("Expect", "100-continue")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "publish the probe set first") || counted.n.Load() != 0 {
+		t.Fatalf("gated publish without a probe set, asking to continue = %d %s after %d bytes sent; want 400 before any byte", resp.StatusCode, b, counted.n.Load())
 	}
 
 	// The published target reaches a TUF client with its custom metadata.
@@ -298,4 +317,16 @@ func TestStalledUploadHoldsUpNoOtherPublication(t *testing.T) {
 	}
 	pw.CloseWithError(io.ErrUnexpectedEOF)
 	<-stalled
+}
+
+// countingReader counts the bytes read from r.
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
 }

@@ -116,43 +116,54 @@ type PublishResult struct {
 	Staged *Staged `json:",omitempty"`
 }
 
+// checkRequest runs Publish's checks that need no content and no repository state,
+// and returns the metadata to sign (gates normalised), its canonical JSON and the role.
+func (r *Repo) checkRequest(req PublishRequest) (m artifact.Meta, custom []byte, role string, err error) {
+	if g := req.Meta.Gates; g != nil && *g == (artifact.Gates{}) {
+		// No gate set: signed as "gates":{}, a device would take it for gates and
+		// refuse a trial without a probe set.
+		req.Meta.Gates = nil
+	}
+	m = req.Meta
+	if err := m.Validate(); err != nil {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish: %w: %w", ErrInvalid, err)
+	}
+	if m.Encryption != nil {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish: %w: custom metadata claims encryption; publish the plaintext with encryption on instead", ErrInvalid)
+	}
+	if req.KEK != nil && len(req.KEK) != keywrap.KeySize {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish: key-encryption key is %d bytes, want %d", len(req.KEK), keywrap.KeySize)
+	}
+	if req.Ext != "" && !slices.Contains(artifact.Exts, req.Ext) {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish: %w: extension %q: want none or one of %s", ErrInvalid, req.Ext, strings.Join(artifact.Exts, " "))
+	}
+	role = req.Role
+	if role == "" {
+		role = m.Kind.Role()
+	}
+	custom, err = cjson.EncodeCanonical(m)
+	if err != nil {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish: %w: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", ErrInvalid, err)
+	}
+	// Bounded before anything is received: the probe link added later is a target path.
+	if max := r.limits.MaxCustomBytes; len(custom) > max {
+		return artifact.Meta{}, nil, "", fmt.Errorf("publish %s %s %s: %w: custom metadata is %d bytes, more than the %d allowed per target (limits.max_custom_bytes in %s)",
+			m.Kind, m.Name, m.Version, ErrTooLarge, len(custom), max, r.path("edgeward-repo.json"))
+	}
+	return m, custom, role, nil
+}
+
 // Publish adds a target: it copies Content into the blob store (hashing as it goes),
 // adds the target with its custom metadata to the delegated role, and re-signs that role,
 // the snapshot and the timestamp. Publishing the same name+version again with the same
 // bytes and custom metadata changes nothing; with other bytes it fails with ErrConflict,
 // with the same bytes and other metadata with ErrMetadataConflict (an ErrConflict).
 func (r *Repo) Publish(ctx context.Context, req PublishRequest, keys *KeyRing) (*PublishResult, error) {
-	if g := req.Meta.Gates; g != nil && *g == (artifact.Gates{}) {
-		// No gate set: signed as "gates":{}, a device would take it for gates and
-		// refuse a trial without a probe set.
-		req.Meta.Gates = nil
-	}
-	m := req.Meta
-	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("publish: %w: %w", ErrInvalid, err)
-	}
-	if m.Encryption != nil {
-		return nil, fmt.Errorf("publish: %w: custom metadata claims encryption; publish the plaintext with encryption on instead", ErrInvalid)
-	}
-	if req.KEK != nil && len(req.KEK) != keywrap.KeySize {
-		return nil, fmt.Errorf("publish: key-encryption key is %d bytes, want %d", len(req.KEK), keywrap.KeySize)
-	}
-	if req.Ext != "" && !slices.Contains(artifact.Exts, req.Ext) {
-		return nil, fmt.Errorf("publish: %w: extension %q: want none or one of %s", ErrInvalid, req.Ext, strings.Join(artifact.Exts, " "))
-	}
-	role := req.Role
-	if role == "" {
-		role = m.Kind.Role()
-	}
-	custom, err := cjson.EncodeCanonical(m)
+	m, _, role, err := r.checkRequest(req)
 	if err != nil {
-		return nil, fmt.Errorf("publish: %w: custom metadata cannot be signed (TUF canonical JSON has no floating-point numbers; give them as strings): %w", ErrInvalid, err)
+		return nil, err
 	}
-	// Bounded before anything is received: the probe link added later is a target path.
-	if max := r.limits.MaxCustomBytes; len(custom) > max {
-		return nil, fmt.Errorf("publish %s %s %s: %w: custom metadata is %d bytes, more than the %d allowed per target (limits.max_custom_bytes in %s)",
-			m.Kind, m.Name, m.Version, ErrTooLarge, len(custom), max, r.path("edgeward-repo.json"))
-	}
+	req.Meta = m // gates normalised
 	tpath := artifact.TargetPath(m.Kind, m.Name, m.Version, req.Ext)
 	pk, pn, pv, err := artifact.ParseTargetPath(tpath)
 	if err != nil {
@@ -393,6 +404,37 @@ func probeOf(m *artifact.Meta, probes map[string]*metadata.TargetFiles) string {
 		return probe
 	}
 	return ""
+}
+
+// CheckPublish refuses, before any content is read (req.Content is not used), a publish
+// that Publish would refuse whatever the content: its checks of the request (invalid
+// metadata or extension: ErrInvalid; metadata too large: ErrTooLarge), and a new version of a
+// model with gates but no published probe set (ErrNoProbeSet), or naming a probe set
+// that is not published. It reads the repository's state and changes nothing. A server
+// runs it before it takes an upload: a gated model without its probe set was refused
+// only once its bytes, GiBs perhaps, had all arrived. A version already listed is
+// Publish's to judge on its content (unchanged, or a conflict).
+func (r *Repo) CheckPublish(ctx context.Context, req PublishRequest) error {
+	m, _, _, err := r.checkRequest(req)
+	if err != nil {
+		return err
+	}
+	if m.Kind != artifact.KindModel {
+		return nil
+	}
+	st, err := r.Load(ctx)
+	if err != nil {
+		return err
+	}
+	for _, ti := range st.List() {
+		if ti.Meta != nil && ti.Meta.Kind == m.Kind && ti.Meta.Name == m.Name && ti.Meta.Version == m.Version {
+			return nil
+		}
+	}
+	if err := linkProbe(&m, probeSets(st)); err != nil {
+		return fmt.Errorf("publish %s %s %s: %w; nothing was published", m.Kind, m.Name, m.Version, err)
+	}
+	return nil
 }
 
 // linkProbe fills in m.Probe (probeOf) and refuses, wrapping ErrInvalid, a probe set
