@@ -926,8 +926,11 @@ func operatorHTTP(env *cliEnv) (*http.Client, error) {
 	if env != nil {
 		ca, certFile, keyFile = env.getenv("EDGEWARD_SERVER_CA"), env.getenv("EDGEWARD_CLIENT_CERT"), env.getenv("EDGEWARD_CLIENT_KEY")
 	}
+	// A clone of the default transport keeps its dial and TLS handshake timeouts, its
+	// proxy and its ExpectContinueTimeout (a publish asks before sending its body).
+	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if ca == "" && certFile == "" {
-		return &http.Client{CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
+		return &http.Client{Transport: tr, CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if ca != "" {
@@ -950,7 +953,8 @@ func operatorHTTP(env *cliEnv) (*http.Client, error) {
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
+	tr.TLSClientConfig = cfg
+	return &http.Client{Transport: tr, CheckRedirect: operatorapi.RefuseInsecureRedirects}, nil
 }
 
 // probeFigures says what the probes of a rollout's committed installs measured on

@@ -997,6 +997,11 @@ func fileExt(name string) string {
 	return filepath.Ext(base)
 }
 
+// expectContinueOver is the body size above which publishRemote asks the server
+// (Expect: 100-continue) before sending: below it the round trip costs more than
+// the bytes a refusal would waste.
+const expectContinueOver = 1 << 20
+
 // publishRemote streams a target to a server's operator API.
 func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta artifact.Meta, ext string, body io.Reader, size int64, deltas int, encrypt bool) (*repository.PublishResult, error) {
 	if token == "" && env.getenv("EDGEWARD_CLIENT_CERT") == "" {
@@ -1023,6 +1028,12 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	req.Header.Set("Content-Type", "application/octet-stream")
+	if size > expectContinueOver {
+		// The server refuses what it would refuse whatever the bytes (a gated model
+		// without its probe set, a bad token, a version already published) before it
+		// reads the body: asking first sends none of a refused upload.
+		req.Header.Set("Expect", "100-continue")
+	}
 	hc, err := operatorHTTP(env)
 	if err != nil {
 		return nil, err
