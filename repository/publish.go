@@ -49,8 +49,8 @@ var ErrInvalid = errors.New("invalid publish request")
 
 // ErrNoProbeSet is returned for a model published with commit gates but no probe set
 // (none named, none published for its name and version). A device judges every gate
-// (min_accuracy, max_abs_error, max_p99_ms, max_rss_mb: peak memory is measured during
-// the probe run too) on a run of the model's probe set, and fails a trial with gates and
+// (min_accuracy, max_abs_error, max_p99_ms, max_rss_mb: peak memory is measured while
+// the version loads and during the probe run) on a run of the model's probe set, and fails a trial with gates and
 // no probe set; such a model would fail on every device and its version could never be
 // installed. It matches ErrInvalid.
 var ErrNoProbeSet = fmt.Errorf("%w: a model with commit gates needs a probe set", ErrInvalid)

@@ -42,6 +42,9 @@ type Model struct {
 	sha256        string
 	plainSHA256   string // of the decrypted model, for an encrypted one (issue 18)
 	loadedAt      time.Time
+	// loadPeakRSSMB is the runtime process's peak resident set while it read this
+	// version and created its session (0 when unknown): a probe's peak RSS includes it.
+	loadPeakRSSMB float64
 	inputs        []runtimeapi.TensorMeta
 	outputs       []runtimeapi.TensorMeta // tensor outputs only; others are not served
 	session       *ort.DynamicAdvancedSession

@@ -19,7 +19,8 @@ import (
 // Probe runs a probe set against a loaded version (it must be named: probes judge one
 // version) and decides gates (nil means no gate: Pass is true). Probes run one at a time
 // so that their latencies do not disturb each other; serving continues meanwhile.
-// Peak RSS is that of the whole runtime process during the probe.
+// Peak RSS is that of the whole runtime process during the probe or while it loaded
+// this version, whichever is higher (LoadPeakRSSMB is the latter).
 func (r *Runtime) Probe(ctx context.Context, name, version string, ps *runtimeapi.ProbeSet, gates *artifact.Gates) (runtimeapi.ProbeReport, error) {
 	if version == "" {
 		return runtimeapi.ProbeReport{}, fmt.Errorf("%w: probe needs a model version", runtimeapi.ErrInvalid)
@@ -64,7 +65,8 @@ func (r *Runtime) Probe(ctx context.Context, name, version string, ps *runtimeap
 	}
 	rep.Accuracy = float64(rep.Correct) / float64(len(cases))
 	rep.P50Ms, rep.P99Ms, rep.MeanMs = Latency(lat)
-	rep.PeakRSSMB = peakRSSMB()
+	rep.LoadPeakRSSMB = m.loadPeakRSSMB
+	rep.PeakRSSMB = max(peakRSSMB(), m.loadPeakRSSMB)
 	rep.Failures = runtimeapi.Decide(gates, rep)
 	rep.Pass = len(rep.Failures) == 0
 	r.log.Info("probe", "model", name, "version", version, "accuracy", rep.Accuracy,

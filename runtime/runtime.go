@@ -211,11 +211,13 @@ type Runtime struct {
 	loadedAny bool
 
 	draining atomic.Bool
-	probeMu  sync.Mutex // one probe at a time
-	scratch  sync.Pool  // of *inferScratch, for the HTTP inference path
-	meter    runMeter   // long ONNX Runtime runs, for TuneProcs
-	gate     *runGate   // runs in flight and requests waiting for one, across models
-	bodies   *byteBudget
+	// probeMu holds one probe or one load at a time: each measures the process's
+	// peak RSS from a reset of the kernel's mark, which the other would disturb.
+	probeMu sync.Mutex
+	scratch sync.Pool // of *inferScratch, for the HTTP inference path
+	meter   runMeter  // long ONNX Runtime runs, for TuneProcs
+	gate    *runGate  // runs in flight and requests waiting for one, across models
+	bodies  *byteBudget
 	// reads bounds the gRPC ModelInfer messages being read at once (and the calls
 	// waiting to be read): grpc-go holds a message whole once its read begins.
 	reads *readGate
@@ -297,9 +299,17 @@ func checkNameVersion(name, version string) error {
 // for good (found from outside under a memory cgroup, 2 Dec), about twice what the
 // session needs. So a load of releaseAfter bytes or more, done or failed, returns them
 // to the system at once (309 MB resident for that model).
+//
+// The process's peak RSS during the load (the model's bytes and the session being
+// built from them: 241 MB for a 64 MB model whose probe alone peaked at 114 MB) is kept
+// with the model and counted in its probes' peak RSS, for the max_rss_mb gate: a
+// device must have the memory to load a version, not only to serve it.
 func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtimeapi.ModelInfo, error) {
 	var held int
+	r.probeMu.Lock()
+	resetPeakRSS()
 	info, err := r.load(ctx, req, &held)
+	r.probeMu.Unlock()
 	if held >= releaseAfter {
 		debug.FreeOSMemory()
 	}
@@ -361,6 +371,7 @@ func (r *Runtime) load(ctx context.Context, req runtimeapi.LoadRequest, held *in
 		m.sha256, m.plainSHA256 = fileDigest, digest
 	}
 	m.loadedAt = r.cfg.now()
+	m.loadPeakRSSMB = peakRSSMB()
 
 	// The metric series change under r.mu, in the same critical section as the map, so
 	// they follow the order of loads, default switches and unloads: an Unload of this

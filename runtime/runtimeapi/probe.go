@@ -63,19 +63,22 @@ func (ps *ProbeSet) Check() (cases int, err error) {
 // ProbeReport is the outcome of a probe run: the measures and the gate decision
 // (Failures is Decide's answer; Pass means it is empty).
 type ProbeReport struct {
-	Model       string   `json:"model"`
-	Version     string   `json:"version"`
-	Cases       int      `json:"cases"`
-	Runs        int      `json:"runs"`
-	Correct     int      `json:"correct"`
-	Accuracy    float64  `json:"accuracy"`
-	MaxAbsError float64  `json:"max_abs_error"`
-	P50Ms       float64  `json:"p50_ms"`
-	P99Ms       float64  `json:"p99_ms"`
-	MeanMs      float64  `json:"mean_ms"`
-	PeakRSSMB   float64  `json:"peak_rss_mb"`
-	Pass        bool     `json:"pass"`
-	Failures    []string `json:"failures,omitempty"`
+	Model       string  `json:"model"`
+	Version     string  `json:"version"`
+	Cases       int     `json:"cases"`
+	Runs        int     `json:"runs"`
+	Correct     int     `json:"correct"`
+	Accuracy    float64 `json:"accuracy"`
+	MaxAbsError float64 `json:"max_abs_error"`
+	P50Ms       float64 `json:"p50_ms"`
+	P99Ms       float64 `json:"p99_ms"`
+	MeanMs      float64 `json:"mean_ms"`
+	// PeakRSSMB is the runtime process's peak resident set during the probe or while
+	// it loaded the version, whichever is higher; LoadPeakRSSMB is the load's alone.
+	PeakRSSMB     float64  `json:"peak_rss_mb"`
+	LoadPeakRSSMB float64  `json:"load_peak_rss_mb,omitempty"`
+	Pass          bool     `json:"pass"`
+	Failures      []string `json:"failures,omitempty"`
 }
 
 // ProbeRequest is the body of POST /v2/models/{name}/versions/{version}/probe. Nil Gates

@@ -1,0 +1,62 @@
+package runtime
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"testing"
+
+	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/runtime/modelgen"
+	"github.com/edgeward/edgeward/runtime/runtimeapi"
+)
+
+// A probe's peak RSS counts the version's load: loading a 64 MB model holds its bytes
+// and the session being built from them at once (241 MB resident at the peak, 2 Dec),
+// while its probe alone peaked at 114 MB. Before, the probe reset the kernel's mark
+// and reported only its own peak, so a max_rss_mb gate passed a version the device
+// had not the memory to load.
+func TestProbePeakCountsTheLoad(t *testing.T) {
+	if _, err := os.Stat("/proc/self/clear_refs"); err != nil {
+		t.Skip("no /proc/self/clear_refs: peak RSS is not measured here")
+	}
+	r := newTestRuntime(t)
+	model := modelgen.WideModel("1.1.0", 4096, 0)
+	sizeMB := float64(len(model)) / (1 << 20)
+	path := filepath.Join(t.TempDir(), "wide.onnx")
+	if err := os.WriteFile(path, model, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	model = nil
+	debug.FreeOSMemory()
+	resetPeakRSS()
+	before := peakRSSMB()
+	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "wide", Version: "1.0.0", Path: path, Default: true}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := modelgen.ProbeSet("1.1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps runtimeapi.ProbeSet
+	if err := json.Unmarshal(b, &ps); err != nil {
+		t.Fatal(err)
+	}
+	// The model's bytes and its session's copy were resident together: at least
+	// twice the model above what the process held before the load.
+	budget := before + 1.5*sizeMB
+	rep, err := r.Probe(context.Background(), "wide", "1.0.0", &ps, &artifact.Gates{MaxRSSMB: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("model %.1f MB; resident before the load %.1f MB; probe: peak %.1f MB, load peak %.1f MB", sizeMB, before, rep.PeakRSSMB, rep.LoadPeakRSSMB)
+	if rep.PeakRSSMB < budget || rep.Pass {
+		t.Errorf("probe peak RSS %.1f MB, pass %v under max_rss_mb %.1f; want the load's peak (over %.1f MB) counted and the gate failed",
+			rep.PeakRSSMB, rep.Pass, budget, budget)
+	}
+	if rep.LoadPeakRSSMB != rep.PeakRSSMB {
+		t.Errorf("load peak %.1f MB, probe peak %.1f MB; want the load's the higher", rep.LoadPeakRSSMB, rep.PeakRSSMB)
+	}
+}
