@@ -90,7 +90,7 @@ func (r *Repo) RotateTimestampKey(ctx context.Context) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if _, err := repository.SignRootFile(nil, rot.Proposal, k); err != nil {
+		if _, err := repository.SignRootFile(nil, rot.Proposal, k, nil); err != nil {
 			return 0, err
 		}
 	}

@@ -68,7 +68,7 @@ func TestFirstRootIsTheStagedOne(t *testing.T) {
 	if err := os.WriteFile(evilFile, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := SignRootFile(nil, evilFile, mallory); err != nil {
+	if _, err := SignRootFile(nil, evilFile, mallory, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := repo.PublishRoot(ctx, evilFile, nil); err == nil || !strings.Contains(err.Error(), "not the root v1") {
@@ -84,7 +84,7 @@ func TestFirstRootIsTheStagedOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, h := range holders[:2] {
-		if _, err := SignRootFile(nil, copyFile, h); err != nil {
+		if _, err := SignRootFile(nil, copyFile, h, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -132,7 +132,7 @@ func TestPendingProposalIsNotReplaced(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := SignRootFile(nil, copyFile, k); err != nil {
+		if _, err := SignRootFile(nil, copyFile, k, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

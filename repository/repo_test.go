@@ -272,14 +272,47 @@ func TestRootRotationByThreshold(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Each holder signs the proposal file alone, as on their own machine.
-		if _, err := SignRootFile(nil, prop, k); err != nil {
+		// Each holder signs the proposal file alone, as on their own machine, with a
+		// copy of the root in force (an old key signs a root that drops it).
+		if _, err := SignRootFile(nil, prop, k, &st.Root.Signed); err != nil {
 			t.Fatalf("SignRootFile: %v", err)
 		}
 	}
 	publish := func() error {
 		_, err := f.repo.PublishRoot(ctx, prop, f.keyring())
 		return err
+	}
+
+	// A key of neither root is refused, and the file is left as it was: its signature
+	// would count toward no threshold. Before, it was added without a word.
+	before, err := os.ReadFile(prop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := GenerateKey("targets", KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SignRootFile(nil, prop, stranger, &st.Root.Signed); err == nil || !strings.Contains(err.Error(), "count for neither") {
+		t.Errorf("SignRootFile with a key of neither root = %v; want a refusal", err)
+	}
+	// An old key the proposal drops, with the root in force not at hand: refused,
+	// saying how to sign.
+	old, err := f.keyring().Load(f.rootKeyFiles(2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SignRootFile(nil, prop, old, nil); err == nil || !strings.Contains(err.Error(), "--current") {
+		t.Errorf("SignRootFile with a dropped key and no current root = %v; want a refusal naming --current", err)
+	}
+	// The root in force must be the one the proposal follows.
+	older := st.Root.Signed
+	older.Version--
+	if _, err := SignRootFile(nil, prop, old, &older); err == nil || !strings.Contains(err.Error(), "follows") {
+		t.Errorf("SignRootFile with the wrong current root = %v; want a refusal", err)
+	}
+	if after, _ := os.ReadFile(prop); !bytes.Equal(after, before) {
+		t.Errorf("refused signatures changed the proposal")
 	}
 
 	if err := publish(); !errors.Is(err, ErrThreshold) {
@@ -302,13 +335,19 @@ func TestRootRotationByThreshold(t *testing.T) {
 		t.Fatalf("client root version = %d; want 2", v)
 	}
 
-	// v3 signed by the new keys only: the old ones no longer matter.
+	// v3 signed by the new keys only: the old ones no longer matter, and one of them
+	// is refused (its signature would be noise).
+	if st, err = f.repo.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
 	prop, err = f.repo.ProposeRoot(ctx, RootChange{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sign(newFiles[0])
-	sign(f.rootKeyFiles(0)[0]) // an old key's signature is now just noise
+	if _, err := SignRootFile(nil, prop, old, &st.Root.Signed); err == nil || !strings.Contains(err.Error(), "not a root key of v2 or v3") {
+		t.Errorf("SignRootFile v3 with a key v2 dropped = %v; want a refusal", err)
+	}
 	if err := publish(); !errors.Is(err, ErrThreshold) {
 		t.Fatalf("publish v3 with one current key = %v; want ErrThreshold", err)
 	}

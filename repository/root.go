@@ -144,10 +144,13 @@ func mustBytes[T metadata.Roles](m *metadata.Metadata[T]) []byte {
 }
 
 // SignRootFile adds key's signature to the proposed root in file. The key must be a root
-// key of the proposal or of the root before it (old keys sign a rotation away from
-// them). It works on the file alone: a key holder needs nothing else of the repository.
-// It returns the key IDs that have signed.
-func SignRootFile(fsys FS, path string, key *Key) ([]string, error) {
+// key of the proposal or of current, the root before it (old keys sign a rotation away
+// from them); a key that is neither is refused and the file left as it was: its
+// signature would count toward no threshold while the holder believed it did. current
+// nil means the root before it is not at hand: then only the proposal's own root keys
+// sign (a root v1 has none before it). It works on the file alone: a key holder needs
+// nothing else of the repository. It returns the key IDs that have signed.
+func SignRootFile(fsys FS, path string, key *Key, current *metadata.RootType) ([]string, error) {
 	if fsys == nil {
 		fsys = OSFS{}
 	}
@@ -156,6 +159,20 @@ func SignRootFile(fsys FS, path string, key *Key) ([]string, error) {
 		return nil, err
 	}
 	id := key.ID()
+	next := prop.Signed.Version
+	if current != nil && current.Version != next-1 {
+		return nil, fmt.Errorf("the current root given is v%d; the proposal is root v%d, which follows v%d", current.Version, next, next-1)
+	}
+	if !slices.Contains(prop.Signed.Roles[metadata.ROOT].KeyIDs, id) {
+		switch {
+		case current != nil && !slices.Contains(current.Roles[metadata.ROOT].KeyIDs, id):
+			return nil, fmt.Errorf("key %s is not a root key of v%d or v%d: its signature would count for neither", short(id), next-1, next)
+		case current == nil && next == 1:
+			return nil, fmt.Errorf("key %s is not a root key of root v1", short(id))
+		case current == nil:
+			return nil, fmt.Errorf("key %s is not a root key of the proposed root v%d; a key of v%d that v%d drops signs with the root now in force at hand (--current FILE, a copy of %d.root.json, or in the repository)", short(id), next, next-1, next, next-1)
+		}
+	}
 	sigs := prop.Signatures[:0]
 	for _, s := range prop.Signatures {
 		if s.KeyID != id {
@@ -212,7 +229,11 @@ func (r *Repo) SignRoot(ctx context.Context, key *Key) (string, []string, error)
 	if err := r.record(ctx, event{"root.sign", fmt.Sprintf("root v%d", prop.Signed.Version), map[string]any{"version": prop.Signed.Version, "key": id, "proposal": path}}); err != nil {
 		return "", nil, err
 	}
-	ids, err := SignRootFile(r.fs, path, key)
+	var curRoot *metadata.RootType
+	if cur != nil {
+		curRoot = &cur.Signed
+	}
+	ids, err := SignRootFile(r.fs, path, key, curRoot)
 	return path, ids, err
 }
 
@@ -548,7 +569,7 @@ func (r *Repo) RotateKey(ctx context.Context, role string, kt KeyType, keyDir st
 			return res, nil // the ceremony continues with root sign / root publish
 		}
 		for _, rk := range rootKeys {
-			if _, err := SignRootFile(r.fs, res.Proposal, rk); err != nil {
+			if _, err := SignRootFile(r.fs, res.Proposal, rk, &st.Root.Signed); err != nil {
 				return nil, err
 			}
 		}

@@ -231,7 +231,7 @@ func TestTargetsThresholdThroughRoot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := SignRootFile(nil, prop, k); err != nil {
+			if _, err := SignRootFile(nil, prop, k, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

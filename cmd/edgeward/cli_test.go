@@ -151,6 +151,16 @@ func TestCLIRepositoryLifecycle(t *testing.T) {
 	if out := c.must("root", "show", "--proposal", filepath.Join(holder, "2.root.json"), "--current", filepath.Join(c.repo, "repository", "metadata", "1.root.json")); !strings.Contains(out, "root: 3 of 4 keys (was 2 of 3)") || !strings.Contains(out, " ADDED") {
 		t.Fatalf("root show --current does not name the added key and the threshold:\n%s", out)
 	}
+	// A key of neither root is refused: its signature would count for nothing.
+	stranger := t.TempDir()
+	c.must("keys", "gen", "--role", "targets", "--out", stranger)
+	strangerKey, _ := filepath.Glob(filepath.Join(stranger, "targets-*.key"))
+	if len(strangerKey) != 1 {
+		t.Fatalf("keys gen wrote %v", strangerKey)
+	}
+	if _, _, err := c.run("root", "sign", "--proposal", filepath.Join(holder, "2.root.json"), "--key", strangerKey[0]); err == nil || !strings.Contains(err.Error(), "count for neither") {
+		t.Fatalf("root sign --proposal with a targets key = %v; want a refusal", err)
+	}
 	c.must("root", "sign", "--proposal", filepath.Join(holder, "2.root.json"), "--key", newKey[0])
 	out = c.must("root", "publish", "--proposal", filepath.Join(holder, "2.root.json"))
 	if !strings.Contains(out, "root v2 published") {

@@ -690,7 +690,7 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	rf.registerPassphrase(fs)
 	rf.registerKeys(fs)
 	proposal := fs.String("proposal", "", "proposal file to sign (default: the repository's staged proposal); lets a key holder sign a copy away from the repository")
-	current := fs.String("current", "", "the root now in force (a copy of its file), to show what the proposal changes when signing away from the repository")
+	current := fs.String("current", "", "the root now in force (a copy of its file), to show what the proposal changes when signing away from the repository (and to let a root key it drops sign)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -719,12 +719,20 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 	var progress repository.RootProgress
 	path := *proposal
 	if path != "" {
-		if ids, err = repository.SignRootFile(nil, path, key); err != nil {
+		// The root now in force, where it is at hand (--current, or the repository):
+		// a key it lists that the proposal drops may sign; without it only the
+		// proposal's own root keys may.
+		repo, oerr := rf.open()
+		cur, err := currentRootAt(ctx, repo, oerr, *current)
+		if err != nil {
+			return err
+		}
+		if ids, err = repository.SignRootFile(nil, path, key, cur); err != nil {
 			return err
 		}
 		// Away from the repository the current root may be unknown; the count then
 		// covers the proposal's own keys and says the current root's are still checked.
-		if repo, oerr := rf.open(); oerr == nil {
+		if oerr == nil {
 			progress, err = repo.RootProgress(ctx, path)
 		} else {
 			progress, err = repository.ProposalProgress(nil, path)
@@ -753,6 +761,30 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 // describeProposal is repository.DescribeRoot of the proposal in path ("": the staged
 // one) against the root in current, else the repository's current root when the
 // repository opens here; it also says whether the proposal has expired.
+// currentRootAt is the root in force, for signing a proposal away from the repository:
+// the file current (a copy of it) when given, else the repository's (repo, when it
+// opened: openErr nil) or nil when neither is at hand or no root is published yet.
+func currentRootAt(ctx context.Context, repo *repository.Repo, openErr error, current string) (*metadata.RootType, error) {
+	if current != "" {
+		c, err := repository.ReadProposal(current)
+		if err != nil {
+			return nil, fmt.Errorf("--current: %w", err)
+		}
+		return &c.Signed, nil
+	}
+	if openErr != nil {
+		return nil, nil
+	}
+	st, err := repo.Load(ctx)
+	if errors.Is(err, repository.ErrRootPending) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &st.Root.Signed, nil
+}
+
 func describeProposal(ctx context.Context, rf *repoFlags, path, current string) ([]string, bool, error) {
 	now := time.Now()
 	if current != "" || path != "" {
