@@ -36,18 +36,11 @@ func TestProbePeakCountsTheLoad(t *testing.T) {
 	if _, err := r.Load(context.Background(), runtimeapi.LoadRequest{Name: "wide", Version: "1.0.0", Path: path, Default: true}); err != nil {
 		t.Fatal(err)
 	}
-	b, err := modelgen.ProbeSet("1.1.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps runtimeapi.ProbeSet
-	if err := json.Unmarshal(b, &ps); err != nil {
-		t.Fatal(err)
-	}
+	ps := vibrationProbeSet(t)
 	// The model's bytes and its session's copy were resident together: at least
 	// twice the model above what the process held before the load.
 	budget := before + 1.5*sizeMB
-	rep, err := r.Probe(context.Background(), "wide", "1.0.0", &ps, &artifact.Gates{MaxRSSMB: budget})
+	rep, err := r.Probe(context.Background(), "wide", "1.0.0", ps, &artifact.Gates{MaxRSSMB: budget})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,4 +52,19 @@ func TestProbePeakCountsTheLoad(t *testing.T) {
 	if rep.LoadPeakRSSMB != rep.PeakRSSMB {
 		t.Errorf("load peak %.1f MB, probe peak %.1f MB; want the load's the higher", rep.LoadPeakRSSMB, rep.PeakRSSMB)
 	}
+}
+
+// vibrationProbeSet is the probe set of the vibration model 1.1.0, which every
+// modelgen.WideModel classifies like.
+func vibrationProbeSet(t testing.TB) *runtimeapi.ProbeSet {
+	t.Helper()
+	b, err := modelgen.ProbeSet("1.1.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ps runtimeapi.ProbeSet
+	if err := json.Unmarshal(b, &ps); err != nil {
+		t.Fatal(err)
+	}
+	return &ps
 }

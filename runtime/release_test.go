@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -47,15 +46,8 @@ func TestLoadReturnsTheModelBytes(t *testing.T) {
 		t.Errorf("after loading a %d-byte model the Go heap keeps %d bytes more from the system (%d before, %d after); want the model's bytes returned", size, grew, before, after)
 	}
 	// The model serves from its session, not from the bytes returned.
-	b, err := modelgen.ProbeSet("1.1.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ps runtimeapi.ProbeSet
-	if err := json.Unmarshal(b, &ps); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := r.Probe(context.Background(), "wide", "1.0.0", &ps, nil)
+	ps := vibrationProbeSet(t)
+	rep, err := r.Probe(context.Background(), "wide", "1.0.0", ps, nil)
 	if err != nil || rep.Accuracy < 0.85 {
 		t.Fatalf("probe after the load: accuracy %v, %v", rep.Accuracy, err)
 	}
