@@ -3,10 +3,12 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
 	"github.com/edgeward/edgeward/runtime/modelgen"
@@ -67,4 +69,28 @@ func vibrationProbeSet(t testing.TB) *runtimeapi.ProbeSet {
 		t.Fatal(err)
 	}
 	return &ps
+}
+
+// A load that waits for a probe to end (the two measure peak RSS one at a time) gives
+// up with its context rather than waiting on.
+func TestLoadWaitingForAProbeEndsWithItsContext(t *testing.T) {
+	r := newTestRuntime(t)
+	release, err := r.measure(context.Background()) // a probe under way
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "wide.onnx")
+	if err := os.WriteFile(path, modelgen.WideModel("1.1.0", 64, 0), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	req := runtimeapi.LoadRequest{Name: "wide", Version: "1.0.0", Path: path, Default: true}
+	if _, err := r.Load(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("load while a probe runs, its context ending = %v; want DeadlineExceeded", err)
+	}
+	release()
+	if _, err := r.Load(context.Background(), req); err != nil {
+		t.Fatalf("load once the probe ended: %v", err)
+	}
 }

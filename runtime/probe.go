@@ -34,8 +34,11 @@ func (r *Runtime) Probe(ctx context.Context, name, version string, ps *runtimeap
 	if err != nil {
 		return runtimeapi.ProbeReport{}, err
 	}
-	r.probeMu.Lock()
-	defer r.probeMu.Unlock()
+	release, err := r.measure(ctx)
+	if err != nil {
+		return runtimeapi.ProbeReport{}, fmt.Errorf("probe %s %s: waiting for another probe or a load to end: %w", name, version, err)
+	}
+	defer release()
 
 	resetPeakRSS()
 	warmup := orDefault(ps.Warmup, 10)

@@ -211,13 +211,14 @@ type Runtime struct {
 	loadedAny bool
 
 	draining atomic.Bool
-	// probeMu holds one probe or one load at a time: each measures the process's
-	// peak RSS from a reset of the kernel's mark, which the other would disturb.
-	probeMu sync.Mutex
-	scratch sync.Pool // of *inferScratch, for the HTTP inference path
-	meter   runMeter  // long ONNX Runtime runs, for TuneProcs
-	gate    *runGate  // runs in flight and requests waiting for one, across models
-	bodies  *byteBudget
+	// measuring holds one probe or one load at a time (a one-slot semaphore, so a wait
+	// ends with its context): each measures the process's peak RSS from a reset of the
+	// kernel's mark, which the other would disturb.
+	measuring chan struct{}
+	scratch   sync.Pool // of *inferScratch, for the HTTP inference path
+	meter     runMeter  // long ONNX Runtime runs, for TuneProcs
+	gate      *runGate  // runs in flight and requests waiting for one, across models
+	bodies    *byteBudget
 	// reads bounds the gRPC ModelInfer messages being read at once (and the calls
 	// waiting to be read): grpc-go holds a message whole once its read begins.
 	reads *readGate
@@ -245,7 +246,7 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	r := &Runtime{cfg: cfg, log: log, metrics: newMetrics(), models: map[string]*modelVersions{},
 		gate: newRunGate(cfg.maxRuns(), cfg.maxWaiting()), bodies: &byteBudget{max: cfg.maxHeldBytes()},
-		reads: newReadGate(cfg.grpcReads(), cfg.maxWaiting(), cfg.grpcReadGrace())}
+		reads: newReadGate(cfg.grpcReads(), cfg.maxWaiting(), cfg.grpcReadGrace()), measuring: make(chan struct{}, 1)}
 	r.metrics.watchGate(r.gate, r.bodies, r.reads)
 	return r, nil
 }
@@ -306,14 +307,28 @@ func checkNameVersion(name, version string) error {
 // device must have the memory to load a version, not only to serve it.
 func (r *Runtime) Load(ctx context.Context, req runtimeapi.LoadRequest) (runtimeapi.ModelInfo, error) {
 	var held int
-	r.probeMu.Lock()
+	release, err := r.measure(ctx)
+	if err != nil {
+		return runtimeapi.ModelInfo{}, fmt.Errorf("load %s %s: waiting for a probe to end: %w", req.Name, req.Version, err)
+	}
 	resetPeakRSS()
 	info, err := r.load(ctx, req, &held)
-	r.probeMu.Unlock()
+	release()
 	if held >= releaseAfter {
 		debug.FreeOSMemory()
 	}
 	return info, err
+}
+
+// measure waits for the turn to measure peak RSS (see Runtime.measuring) and returns
+// its release.
+func (r *Runtime) measure(ctx context.Context) (func(), error) {
+	select {
+	case r.measuring <- struct{}{}:
+		return func() { <-r.measuring }, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 }
 
 // releaseAfter is the size of a model's bytes from which Load returns them to the system
