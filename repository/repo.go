@@ -704,8 +704,7 @@ func (r *Repo) updateTxn(ctx context.Context, keys *KeyRing, mayStage bool, fn f
 	}
 	t := &txn{r: r, st: st, keys: keys, changed: map[string]bool{}, extraSig: map[string][]*Key{}, mayStage: mayStage}
 	if err := fn(t); err != nil {
-		t.rollback()
-		return nil, err
+		return nil, errors.Join(err, t.rollback())
 	}
 	if err := t.commit(ctx); err != nil {
 		if t.staged != nil && errors.Is(err, errStaged) {
@@ -713,8 +712,7 @@ func (r *Repo) updateTxn(ctx context.Context, keys *KeyRing, mayStage bool, fn f
 			// files) stays for its publication; nothing served changed.
 			return t.staged, nil
 		}
-		t.rollback()
-		return nil, err
+		return nil, errors.Join(err, t.rollback())
 	}
 	if t.after != nil {
 		return nil, t.after()
@@ -724,19 +722,45 @@ func (r *Repo) updateTxn(ctx context.Context, keys *KeyRing, mayStage bool, fn f
 
 // rollback removes the files the transaction created, unless timestamp.json already
 // names its snapshot (the rename happened and only a later step failed): then they are
-// live and must stay.
-func (t *txn) rollback() {
+// live and must stay. Under a lease (Config.Held), it removes them only while the lease
+// is still this change's: once it has passed to another writer (this one stalled past
+// its time, or lost the database), that writer may have written the same names since —
+// the next versions of the same metadata, content it publishes too — and removing them
+// took files its live metadata names (a next holder's snapshot, which devices then could
+// not fetch). They stay then, named by the error it returns; none is referenced by the
+// live metadata unless the other writer's own.
+func (t *txn) rollback() error {
 	if len(t.created) == 0 {
-		return
+		return nil
 	}
 	ts, err := loadMeta(t.r.MetadataDir(), "timestamp.json", metadata.Timestamp(), nil)
 	if err == nil && ts.Signed.Version == t.st.Timestamp.Signed.Version && t.tsWritten {
-		return
+		return nil
+	}
+	if t.r.cfg.Lock != nil && t.r.cfg.Held != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), heldCheckTimeout)
+		defer cancel()
+		if err := t.r.cfg.Held(ctx); err != nil {
+			var left []string
+			for _, f := range t.created {
+				if _, err := os.Lstat(f); err == nil {
+					left = append(left, f)
+				}
+			}
+			if len(left) == 0 {
+				return nil
+			}
+			return fmt.Errorf("the change's %d files stay (%s): the repository lock is no longer this change's (%v), and another writer may have written them since", len(left), strings.Join(left, ", "), err)
+		}
 	}
 	for _, f := range t.created {
 		os.Remove(f)
 	}
+	return nil
 }
+
+// heldCheckTimeout bounds rollback's check that the lock is still held.
+const heldCheckTimeout = 5 * time.Second
 
 // create records that the transaction added file.
 func (t *txn) create(file string) { t.created = append(t.created, file) }

@@ -3,6 +3,8 @@ package repository
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -872,6 +874,83 @@ func TestChangeFailsWhenItsLockIsLost(t *testing.T) {
 	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, func(context.Context) error { return nil })
 	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); err != nil {
 		t.Fatalf("publish with its lock held: %v", err)
+	}
+}
+
+// TestLostLockLeavesTheNextHoldersFiles: a change that finds its lock (a lease) lost
+// leaves the files it created, for the next holder may have written the same names
+// since: here the next versions of the targets and snapshot metadata, which its live
+// timestamp would name. Before, the failed change removed them, and devices could no
+// longer fetch the next holder's snapshot.
+func TestLostLockLeavesTheNextHoldersFiles(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	lost := errors.New("lease lost to another holder")
+	names := func() map[string]bool {
+		m := map[string]bool{}
+		for _, dir := range []string{f.repo.MetadataDir(), filepath.Join(f.repo.Dir(), "blobs", "sha256")} {
+			des, _ := os.ReadDir(dir)
+			for _, de := range des {
+				m[filepath.Join(dir, de.Name())] = true
+			}
+		}
+		return m
+	}
+	before := names()
+	theirs := map[string][]byte{}
+	held := func(context.Context) error {
+		// Meanwhile the next holder published: it wrote the next metadata versions
+		// under the same names (and shares the content).
+		for name := range names() {
+			if before[name] || theirs[name] != nil || filepath.Dir(name) != f.repo.MetadataDir() {
+				continue
+			}
+			theirs[name] = []byte("the next holder's " + filepath.Base(name))
+			if err := os.WriteFile(name, theirs[name], 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return lost
+	}
+	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, held)
+	_, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil)
+	if !errors.Is(err, lost) || !strings.Contains(err.Error(), "another writer may have written them") {
+		t.Errorf("publish with its lock lost = %v; want the loss, naming the files left", err)
+	}
+	if len(theirs) < 2 {
+		t.Fatalf("the change created %d metadata files; want the next targets and snapshot", len(theirs))
+	}
+	for name, want := range theirs {
+		if got, err := os.ReadFile(name); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s after the change that lost its lock failed: %q, %v; want the next holder's", filepath.Base(name), got, err)
+		}
+	}
+	sum := sha256.Sum256([]byte("model"))
+	if _, err := os.Stat(f.repo.BlobPath(hex.EncodeToString(sum[:]))); err != nil {
+		t.Errorf("the content the next holder may share was removed: %v", err)
+	}
+	// With the lock held, a failed change still removes what it created.
+	for name := range theirs {
+		os.Remove(name)
+	}
+	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, func(context.Context) error { return nil })
+	before = names()
+	f.events.mu.Lock()
+	f.events.fail = errors.New("audit log unavailable")
+	f.events.mu.Unlock()
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.1", ".onnx", []byte("model 1.0.1"), nil); err == nil {
+		t.Fatal("publish with the audit log failing succeeded")
+	}
+	f.events.mu.Lock()
+	f.events.fail = nil
+	f.events.mu.Unlock()
+	for name := range names() {
+		if !before[name] {
+			t.Errorf("%s stays after a failed change that held its lock", name)
+		}
+	}
+	if _, err := f.repo.Load(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
