@@ -937,6 +937,16 @@ func (t *txn) commit(ctx context.Context) error {
 			return err
 		}
 	}
+	// And again once recorded (the audit log is a database; its writes may outlast the
+	// lease): a change whose lease passed to another writer meanwhile must not put its
+	// timestamp over the one the other may have written since. Its records then name a
+	// change that did not become visible, as when the write below fails; the other
+	// writer's metadata, which devices may have fetched, stays.
+	if t.r.cfg.Lock != nil && t.r.cfg.Held != nil && len(t.events) > 0 {
+		if err := t.r.cfg.Held(ctx); err != nil {
+			return fmt.Errorf("the repository lock was lost while the change was recorded, before it became visible (the audit log records it; it did not happen): %w", err)
+		}
+	}
 	if pendingRoot != "" {
 		// A copy, not a rename: the pending copy stays until the timestamp is signed
 		// under the new root, the evidence Load needs to tell a publish stopped here from

@@ -954,6 +954,39 @@ func TestLostLockLeavesTheNextHoldersFiles(t *testing.T) {
 	}
 }
 
+// TestLockLostWhileRecording: the lock is checked again once the change is recorded
+// (the audit log, a database, may take longer than the lease): a change whose lease
+// passed to another writer while it recorded does not write its timestamp over the
+// other's. Before, it did.
+func TestLockLostWhileRecording(t *testing.T) {
+	f := newFixture(t, KeyEd25519)
+	ctx := context.Background()
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := st.Timestamp.Signed.Version
+	lost := errors.New("lease lost to another holder")
+	checks := 0
+	held := func(context.Context) error {
+		checks++
+		if checks > 1 {
+			return lost
+		}
+		return nil
+	}
+	f.repo = f.repo.WithLease(func(context.Context) (func(), error) { return func() {}, nil }, held)
+	if _, err := f.publish(artifact.KindModel, "m", "1.0.0", ".onnx", []byte("model"), nil); !errors.Is(err, lost) {
+		t.Errorf("publish whose lease was lost while it recorded = %v; want the loss", err)
+	}
+	if st, err = f.repo.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st.Timestamp.Signed.Version != version {
+		t.Errorf("timestamp v%d after the change lost its lease; want v%d, untouched", st.Timestamp.Signed.Version, version)
+	}
+}
+
 // signStagedRoot signs the staged root proposal with the fixture's root keys idx, each
 // loaded as its holder would (SignRoot).
 func (f *fixture) signStagedRoot(idx ...int) {
