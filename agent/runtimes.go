@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -262,7 +261,7 @@ func (r *Runtimes) Supervise(ctx context.Context) {
 		r.cur = nil
 		delete(r.all, p)
 		var why string
-		cause := deathCause(p.cmd.Process.Pid, p.cmd.ProcessState, hung, p.oomAtStart, readOOMKills(procVMStat))
+		cause := deathCause(p.cmd.Process.Pid, p.cmd.ProcessState, hung, p.oom.after(p.cmd.Process.Pid))
 		if r.trials > 0 {
 			r.health, why = noteTrialDeath(r.health, cause, time.Now())
 		} else {
@@ -421,46 +420,6 @@ func (p *RuntimeProc) killed() bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
-// procVMStat holds the kernel's count of OOM kills (oom_kill, Linux 4.13 and later; both
-// the whole system's and a memory cgroup's kills count).
-const procVMStat = "/proc/vmstat"
-
-// readOOMKills is the oom_kill count in the vmstat file at path, -1 when unknown.
-func readOOMKills(path string) int64 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "oom_kill "); ok {
-			if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-				return n
-			}
-		}
-	}
-	return -1
-}
-
-// deathCause says how a runtime process died, for the log, the device's health and a
-// trial's report. A SIGKILL the agent did not send (hung empty) is put down to the OOM
-// killer when the kernel's count of OOM kills rose while the process ran (before and
-// after; -1: unknown), and to someone else otherwise: a trial killed for memory was
-// reported as "signal: killed", which sent no one to look at memory.
-func deathCause(pid int, st *os.ProcessState, hung string, oomBefore, oomAfter int64) string {
-	cause := fmt.Sprintf("runtime pid %d: %v%s", pid, st, hung)
-	if hung != "" || st == nil {
-		return cause
-	}
-	ws, ok := st.Sys().(syscall.WaitStatus)
-	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		return cause
-	}
-	if oomBefore >= 0 && oomAfter > oomBefore {
-		return cause + fmt.Sprintf(" by the kernel's OOM killer (oom_kill %d → %d in %s): the device ran out of memory; a model needs about 3× its size while it loads (docs/DEVICES.md)", oomBefore, oomAfter, procVMStat)
-	}
-	return cause + " (SIGKILL, not sent by the agent: the kernel's OOM killer counted none, so by another process)"
-}
-
 // RuntimeProc is one edgeward-runtime process.
 type RuntimeProc struct {
 	// Client calls its control API.
@@ -471,9 +430,9 @@ type RuntimeProc struct {
 	sock        string
 	cmd         *exec.Cmd
 	done        chan struct{}
-	oomAtStart  int64 // the system's OOM kills when it started (readOOMKills; -1: unknown)
-	stopping    bool  // Stop was called: its exit is not a death (guarded by Runtimes.mu)
-	held        bool  // started as the serving process during a restart, held until restart calls Serve
+	oom         oomWatch // what tells an OOM kill of it from another death
+	stopping    bool     // Stop was called: its exit is not a death (guarded by Runtimes.mu)
+	held        bool     // started as the serving process during a restart, held until restart calls Serve
 }
 
 // Start starts a runtime process with the sealed ONNX Runtime library lib (nil = the
@@ -481,7 +440,7 @@ type RuntimeProc struct {
 // and waits until its control API answers. With hold it does not accept public
 // connections until Serve. The caller still closes lib.
 func (r *Runtimes) Start(ctx context.Context, lib *Library, hold bool) (*RuntimeProc, error) {
-	p := &RuntimeProc{done: make(chan struct{}), oomAtStart: readOOMKills(procVMStat)}
+	p := &RuntimeProc{done: make(chan struct{}), oom: watchOOM()}
 	if lib != nil {
 		p.Lib, p.SHA256 = lib.Path, lib.SHA256
 	}
