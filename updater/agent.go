@@ -378,7 +378,7 @@ func (a *Agent) Step(ctx context.Context) error {
 		// refusing it, and clear-failed changed nothing on a real device.)
 		retry := d.Reason == wire.ReasonRetry && a.retried[string(k)] != d.Target
 		if d.Reason != wire.ReasonRetry {
-			delete(a.retried, string(k))
+			a.setRetried(ctx, k, "")
 		}
 		if !ok || d.Action != wire.ActionInstall || d.Target == "" || same || (a.refused[string(k)] == d.Target && !retry) {
 			continue
@@ -387,7 +387,7 @@ func (a *Agent) Step(ctx context.Context) error {
 			continue
 		}
 		if retry {
-			a.retried[string(k)] = d.Target
+			a.setRetried(ctx, k, d.Target)
 		}
 		a.refuse(ctx, k, "")
 		if err := a.install(ctx, k, d); err != nil {
@@ -428,7 +428,8 @@ func (a *Agent) Step(ctx context.Context) error {
 }
 
 // outbox returns the agent's outbox, opening it with OpenOutbox if it is not open yet:
-// the reports held meanwhile are then moved into it and the refused targets stored. It
+// the reports held meanwhile are then moved into it and the refused and retried targets
+// stored. It
 // returns nil when there is no outbox, with the error that kept OpenOutbox from opening
 // it (nil without OpenOutbox). The caller holds a.mu.
 func (a *Agent) outbox(ctx context.Context) (*Outbox, error) {
@@ -442,6 +443,11 @@ func (a *Agent) outbox(ctx context.Context) (*Outbox, error) {
 		for k, t := range a.refused {
 			if err := o.SetRefused(ctx, k, t); err != nil {
 				a.cfg.Logger.Warn("refused target not stored; it is remembered until the agent restarts", "kind", k, "target", t, "err", err)
+			}
+		}
+		for k, t := range a.retried {
+			if err := o.SetRetried(ctx, k, t); err != nil {
+				a.cfg.Logger.Warn("retried target not stored; it is remembered until the agent restarts", "kind", k, "target", t, "err", err)
 			}
 		}
 		a.cfg.Logger.Info("outbox opened: reports are durable", "held", len(a.held))
@@ -831,7 +837,27 @@ func (a *Agent) refuse(ctx context.Context, kind artifact.Kind, targetPath strin
 	}
 }
 
-// loadRefused loads the refused targets an earlier agent stored, once.
+// setRetried records (or, with "", forgets) the target of kind installed once more
+// because the server said its failure was cleared; with an Outbox it is stored there
+// too, so that a restart (a power cut at the edge, before the server heard of a second
+// failure) does not make it one more try.
+func (a *Agent) setRetried(ctx context.Context, kind artifact.Kind, targetPath string) {
+	if a.retried[string(kind)] == targetPath {
+		return
+	}
+	if targetPath == "" {
+		delete(a.retried, string(kind))
+	} else {
+		a.retried[string(kind)] = targetPath
+	}
+	if a.cfg.Outbox != nil {
+		if err := a.cfg.Outbox.SetRetried(ctx, string(kind), targetPath); err != nil {
+			a.cfg.Logger.Warn("retried target not stored; it is remembered until the agent restarts", "kind", kind, "target", targetPath, "err", err)
+		}
+	}
+}
+
+// loadRefused loads the refused and retried targets an earlier agent stored, once.
 func (a *Agent) loadRefused(ctx context.Context) {
 	if a.refusedLoaded || a.cfg.Outbox == nil {
 		return
@@ -841,10 +867,20 @@ func (a *Agent) loadRefused(ctx context.Context) {
 		a.cfg.Logger.Warn("refused targets not loaded", "err", err)
 		return
 	}
+	retried, err := a.cfg.Outbox.Retried(ctx)
+	if err != nil {
+		a.cfg.Logger.Warn("retried targets not loaded", "err", err)
+		return
+	}
 	a.refusedLoaded = true
 	for k, t := range stored {
 		if _, ok := a.refused[k]; !ok {
 			a.refused[k] = t
+		}
+	}
+	for k, t := range retried {
+		if _, ok := a.retried[k]; !ok {
+			a.retried[k] = t
 		}
 	}
 }

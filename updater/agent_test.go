@@ -768,6 +768,16 @@ func TestClearedFailureIsTriedAgain(t *testing.T) {
 	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0, rolled back 2.0.0" {
 		t.Fatalf("after a clear: %s; want 2.0.0 trialled once more, once", got)
 	}
+	// The agent restarts (a power cut) before the server has heard: the server still
+	// says the failure was cleared, and the new agent knows it tried once more already.
+	// Before, a restarted agent tried it yet again, once per restart.
+	if a, err = NewAgent(AgentConfig{DeviceID: "dev-1", TUF: c, Slots: m, Director: d, Judge: hj, Outbox: o}); err != nil {
+		t.Fatal(err)
+	}
+	step(p2, wire.ReasonRetry)
+	if got := strings.Join(hj.events, ", "); got != "committed 1.0.0, rolled back 2.0.0, rolled back 2.0.0" {
+		t.Fatalf("after a restart: %s; want 2.0.0 not trialled a third time", got)
+	}
 	step(p2, "in_wave") // the server heard: back to refusing
 	delete(hj.judge, "2.0.0")
 	step(p2, wire.ReasonRetry) // cleared again, and now it passes

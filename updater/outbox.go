@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS queued (id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS dead (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, created TEXT NOT NULL,
   attempts INTEGER NOT NULL, refused_at TEXT NOT NULL, reason TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS refused (kind TEXT PRIMARY KEY, target TEXT NOT NULL)`); err != nil {
+CREATE TABLE IF NOT EXISTS refused (kind TEXT PRIMARY KEY, target TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retried (kind TEXT PRIMARY KEY, target TEXT NOT NULL)`); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open outbox %s: %w", path, err)
 	}
@@ -102,32 +103,55 @@ func (o *Outbox) Close() error { return o.db.Close() }
 // trial failed, or whose install failed for a cause of its own), so that a restarted
 // agent does not try it again while it is still the one desired.
 func (o *Outbox) Refused(ctx context.Context) (map[string]string, error) {
-	rows, err := o.db.QueryContext(ctx, `SELECT kind, target FROM refused`)
+	return o.perKind(ctx, "refused")
+}
+
+// SetRefused records target as kind's refused target; "" forgets kind's.
+func (o *Outbox) SetRefused(ctx context.Context, kind, target string) error {
+	return o.setPerKind(ctx, "refused", kind, target)
+}
+
+// Retried returns the target the agent installed once more per slot kind because the
+// server said an operator cleared its failure (wire.ReasonRetry), while the server still
+// says so: a restarted agent does not install it yet again after a second failure the
+// server has not heard of.
+func (o *Outbox) Retried(ctx context.Context) (map[string]string, error) {
+	return o.perKind(ctx, "retried")
+}
+
+// SetRetried records target as kind's retried target; "" forgets kind's.
+func (o *Outbox) SetRetried(ctx context.Context, kind, target string) error {
+	return o.setPerKind(ctx, "retried", kind, target)
+}
+
+// perKind reads table, one of the kind → target tables.
+func (o *Outbox) perKind(ctx context.Context, table string) (map[string]string, error) {
+	rows, err := o.db.QueryContext(ctx, `SELECT kind, target FROM `+table)
 	if err != nil {
-		return nil, fmt.Errorf("refused targets: %w", err)
+		return nil, fmt.Errorf("%s targets: %w", table, err)
 	}
 	defer rows.Close()
 	out := map[string]string{}
 	for rows.Next() {
 		var kind, target string
 		if err := rows.Scan(&kind, &target); err != nil {
-			return nil, fmt.Errorf("refused targets: %w", err)
+			return nil, fmt.Errorf("%s targets: %w", table, err)
 		}
 		out[kind] = target
 	}
 	return out, rows.Err()
 }
 
-// SetRefused records target as kind's refused target; "" forgets kind's.
-func (o *Outbox) SetRefused(ctx context.Context, kind, target string) error {
+// setPerKind sets kind's target in table, one of the kind → target tables; "" forgets it.
+func (o *Outbox) setPerKind(ctx context.Context, table, kind, target string) error {
 	var err error
 	if target == "" {
-		_, err = o.db.ExecContext(ctx, `DELETE FROM refused WHERE kind = ?`, kind)
+		_, err = o.db.ExecContext(ctx, `DELETE FROM `+table+` WHERE kind = ?`, kind)
 	} else {
-		_, err = o.db.ExecContext(ctx, `INSERT INTO refused (kind, target) VALUES (?, ?) ON CONFLICT (kind) DO UPDATE SET target = excluded.target`, kind, target)
+		_, err = o.db.ExecContext(ctx, `INSERT INTO `+table+` (kind, target) VALUES (?, ?) ON CONFLICT (kind) DO UPDATE SET target = excluded.target`, kind, target)
 	}
 	if err != nil {
-		return fmt.Errorf("refused target of %s: %w", kind, err)
+		return fmt.Errorf("%s target of %s: %w", table, kind, err)
 	}
 	return nil
 }
