@@ -322,6 +322,10 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	encrypt := q.Get("encrypt") == "1"
+	// stage=1: a role whose threshold the keys this server holds do not meet (models 2
+	// of 3 holders, say) gets the change staged for its key holders (202), as a publish
+	// on the repository directory does, instead of 409.
+	stage := q.Get("stage") == "1"
 	if encrypt && o.cfg.KEK == nil {
 		writeError(w, http.StatusBadRequest, "encrypt=1: this server holds no key-encryption key (start it with --kek FILE)")
 		return
@@ -356,6 +360,7 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		preq.KEK, preq.Deltas = o.cfg.KEK, -1 // an encrypted target's ciphertexts share nothing
 	}
 	signing := *o.cfg.Signing
+	signing.Stage = stage
 	res, err := repo.Publish(r.Context(), preq, &signing)
 	var mbe *http.MaxBytesError
 	switch {
@@ -368,9 +373,13 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	case errors.Is(err, repository.ErrNeedsSignatures) && !stage:
+		// A threshold above the delegated keys this server holds: nothing was signed.
+		writeError(w, http.StatusConflict, err.Error()+"; through this server: publish with stage=1 ('edgeward publish --server' does) to stage it for the role's key holders")
+		return
 	case errors.Is(err, repository.ErrRoleNotHeld), errors.Is(err, repository.ErrNeedsSignatures):
 		// The role needs signatures this server does not hold (its root or targets
-		// keys, or a threshold above the delegated keys it holds): nothing was signed.
+		// keys; a change that would touch a role never staged): nothing was signed.
 		writeError(w, http.StatusConflict, err.Error())
 		return
 	case errors.Is(err, repository.ErrTooLarge):
@@ -382,7 +391,12 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if !res.Unchanged {
+	switch {
+	case res.Staged != nil:
+		// Staged for the role's key holders ('edgeward role sign', then 'role
+		// publish'): accepted, not yet published.
+		w.WriteHeader(http.StatusAccepted)
+	case !res.Unchanged:
 		w.WriteHeader(http.StatusCreated)
 	}
 	json.NewEncoder(w).Encode(res)

@@ -66,3 +66,30 @@ func TestPublishAsksBeforeSending(t *testing.T) {
 		t.Errorf("the server read %d bytes of a refused 16 MiB publish; want only the request head", n)
 	}
 }
+
+// publish --server asks the server to stage a change its keys cannot sign alone
+// (stage=1) and takes its 202 for the staged result, as a publish on the repository
+// directory stages it. Before, the CLI took the 202 for an error (and sent no stage=1,
+// so the server refused with 409).
+func TestPublishRemoteStages(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("stage") != "1" {
+			w.WriteHeader(http.StatusConflict)
+			w.Write([]byte(`{"error":"the role needs more signatures than the keys at hand make"}`))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		w.Write([]byte(`{"Path":"models/vib/1.0.0.onnx","Role":"models","Version":3,"Staged":{"roles":[{"role":"models","version":3,"path":"/srv/repo/staged/models/3.models.json","signed_by":[],"threshold":2}]}}`))
+	}))
+	defer srv.Close()
+	env := &cliEnv{getenv: func(string) string { return "" }}
+	meta := artifact.Meta{Kind: artifact.KindModel, Name: "vib", Version: "1.0.0"}
+	res, err := publishRemote(t.Context(), env, srv.URL, "tok", meta, "onnx", strings.NewReader("m"), 1, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Staged == nil || res.Staged.Version("models") != 3 || res.Staged.Roles[0].Threshold != 2 {
+		t.Fatalf("publish --server to a role needing more signatures = %+v; want its staged version", res)
+	}
+}

@@ -1002,7 +1002,11 @@ func cmdPublish(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	if res.Staged != nil {
-		fmt.Fprintf(env.stdout, "%s (%d bytes, sha256 %s) is in %s v%d, which needs more signatures than the keys here made\n", res.Path, res.Length, res.SHA256, res.Role, res.Version)
+		where := "the keys here"
+		if *server != "" {
+			where = "the server's keys"
+		}
+		fmt.Fprintf(env.stdout, "%s (%d bytes, sha256 %s) is in %s v%d, which needs more signatures than %s made\n", res.Path, res.Length, res.SHA256, res.Role, res.Version, where)
 		printStaged(env, res.Staged)
 		return nil
 	}
@@ -1042,7 +1046,9 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 	if err := operatorapi.CheckTransport(server); err != nil && token != "" {
 		return nil, err
 	}
-	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}, "deltas": {strconv.Itoa(deltas)}}
+	// stage=1: a role needing more signatures than the server's keys make is staged for
+	// its key holders, as a publish on the repository directory is.
+	q := url.Values{"kind": {string(meta.Kind)}, "name": {meta.Name}, "version": {meta.Version}, "ext": {ext}, "deltas": {strconv.Itoa(deltas)}, "stage": {"1"}}
 	if encrypt {
 		q.Set("encrypt", "1")
 	}
@@ -1076,7 +1082,7 @@ func publishRemote(ctx context.Context, env *cliEnv, server, token string, meta 
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusAccepted {
 		var e struct{ Error string }
 		json.Unmarshal(data, &e)
 		return nil, fmt.Errorf("publish to %s: %s: %s", server, resp.Status, e.Error)

@@ -1,0 +1,127 @@
+package reposerver
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgeward/edgeward/repo-server/audit"
+	"github.com/edgeward/edgeward/repo-server/fleet"
+	"github.com/edgeward/edgeward/repository"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+)
+
+// A publish through the operator API to a role whose threshold the server's keys do not
+// meet (models, 2 of alice's and bob's keys) is staged for the role's key holders when
+// the operator asks (stage=1, as 'edgeward publish --server' does): 202 with the staged
+// version, audited under the operator's name, not served until both have signed and it
+// is published. Without stage=1 it is refused (409) saying so. Before, it was refused
+// whatever the operator asked: a release manager had to go to the repository machine.
+func TestOperatorPublishStagesForKeyHolders(t *testing.T) {
+	f := newFixture(t, repository.KeyEd25519)
+	ctx := context.Background()
+	alice, bob := newRoleKey(t), newRoleKey(t)
+	st, err := f.repo.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old []string
+	for _, dr := range st.Targets[metadata.TARGETS].Signed.Delegations.Roles {
+		if dr.Name == repository.RoleModels {
+			old = dr.KeyIDs
+		}
+	}
+	stagingKeys := f.keyring()
+	stagingKeys.Stage = true
+	if _, err := f.repo.ChangeDelegation(ctx, repository.DelegationChange{Role: repository.RoleModels, AddKeys: []*metadata.Key{alice.Public, bob.Public}, RevokeKeys: old, Threshold: 2}, stagingKeys); err != nil {
+		t.Fatal(err)
+	}
+	signAndPublish := func() {
+		t.Helper()
+		for _, k := range []*repository.Key{alice, bob} {
+			if _, err := f.repo.SignStaged(ctx, repository.RoleModels, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := f.repo.PublishStaged(ctx, repository.RoleModels, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signAndPublish() // models is now 2 of 2, neither key on the server
+
+	store, err := fleet.Open(ctx, DBLocation(f.repo.Dir(), f.db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if err := f.srv.EnableOperatorAPI(OperatorConfig{Fleet: store, Signing: f.keyring(), MaxPublishBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	rm, _, err := store.CreateToken(ctx, "rita", fleet.RoleReleaseManager, time.Hour, f.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(query string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version=1.0.0&ext=.onnx"+query, strings.NewReader("model one"))
+		req.Header.Set("Authorization", "Bearer "+rm)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	listed := func() bool {
+		t.Helper()
+		st, err := f.repo.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Targets[repository.RoleModels].Signed.Targets["models/iris/1.0.0.onnx"] != nil
+	}
+
+	if code, body := publish(""); code != http.StatusConflict || !strings.Contains(body, "stage=1") {
+		t.Fatalf("publish to a 2-of-2 role without stage=1 = %d %s; want 409 naming stage=1", code, body)
+	}
+	code, body := publish("&stage=1")
+	if code != http.StatusAccepted {
+		t.Fatalf("publish with stage=1 = %d %s; want 202", code, body)
+	}
+	var res repository.PublishResult
+	if err := json.Unmarshal([]byte(body), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Staged == nil || len(res.Staged.Roles) != 1 || res.Staged.Roles[0].Role != repository.RoleModels || res.Staged.Roles[0].Threshold != 2 || len(res.Staged.Roles[0].SignedBy) != 0 {
+		t.Fatalf("staged %+v; want models, 0 of 2 signatures", res.Staged)
+	}
+	if listed() {
+		t.Fatal("the staged model is served before its key holders signed it")
+	}
+	l, err := f.srv.AuditLog(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := l.Records(ctx, audit.Query{Kind: "repo.role.stage"})
+	if err != nil || len(recs) != 2 || !strings.Contains(recs[1].Actor, "rita") {
+		t.Errorf("repo.role.stage records = %+v, %v; want the delegation change's and then rita's", recs, err)
+	}
+	signAndPublish()
+	if !listed() {
+		t.Fatal("the model is not served once both key holders signed and it was published")
+	}
+}
+
+func newRoleKey(t *testing.T) *repository.Key {
+	t.Helper()
+	k, err := repository.GenerateKey(repository.RoleModels, repository.KeyEd25519, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
