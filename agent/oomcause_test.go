@@ -122,7 +122,7 @@ func TestRealOOMKillIsTold(t *testing.T) {
 	bystanderWatch := watchOOM()
 
 	// A shell that joins the cgroup, then becomes a process allocating 256 MiB.
-	hog := exec.Command("sh", "-c", `echo $$ > "$1" && exec python3 -c 'a = bytearray(256 << 20); import time; time.sleep(30)'`, "sh", cg)
+	hog := exec.Command("sh", "-c", `echo $$ > "$1" && exec python3 -c 'a = bytearray(256 << 20); import time; time.sleep(10)'`, "sh", cg)
 	if _, err := exec.LookPath("python3"); err != nil {
 		hog = exec.Command("sh", "-c", `echo $$ > "$1" && exec sh -c 'x=a; while :; do x=$x$x; done'`, "sh", cg)
 	}
@@ -131,6 +131,9 @@ func TestRealOOMKillIsTold(t *testing.T) {
 		t.Fatal(err)
 	}
 	hog.Wait()
+	if ws, ok := hog.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Fatalf("the process allocating 256 MiB in a 32 MiB memory cgroup ended %v, not killed by the kernel", hog.ProcessState)
+	}
 	bystander.Process.Kill()
 	bystander.Wait()
 
@@ -161,7 +164,7 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		t.Skipf("no cgroups: %v", err)
 	}
 	defer f.Close()
-	type cand struct{ dir, limitFile string }
+	type cand struct{ dir, limitFile, swapFile, swapLimit string }
 	var cands []cand
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -172,10 +175,10 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		switch {
 		case parts[0] == "0" && parts[1] == "":
 			for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-				cands = append(cands, cand{filepath.Join(root, parts[2]), "memory.max"})
+				cands = append(cands, cand{filepath.Join(root, parts[2]), "memory.max", "memory.swap.max", "0"})
 			}
 		case strings.Contains(","+parts[1]+",", ",memory,"):
-			cands = append(cands, cand{filepath.Join("/sys/fs/cgroup/memory", parts[2]), "memory.limit_in_bytes"})
+			cands = append(cands, cand{filepath.Join("/sys/fs/cgroup/memory", parts[2]), "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", strconv.FormatInt(limit, 10)})
 		}
 	}
 	for _, c := range cands {
@@ -187,6 +190,9 @@ func memoryCgroup(t *testing.T, limit int64) string {
 		if err := os.WriteFile(filepath.Join(dir, c.limitFile), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
 			continue
 		}
+		// No swap either, where it is accounted: the process is to be killed, not
+		// swapped out.
+		os.WriteFile(filepath.Join(dir, c.swapFile), []byte(c.swapLimit), 0o644)
 		return filepath.Join(dir, "cgroup.procs")
 	}
 	t.Skip("no memory cgroup can be made here (needs root and a memory controller)")
