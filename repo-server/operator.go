@@ -367,7 +367,9 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	case errors.As(err, &mbe):
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
 		return
-	case errors.Is(err, repository.ErrConflict):
+	case errors.Is(err, repository.ErrConflict), errors.Is(err, repository.ErrStagedPending):
+		// Other bytes under a published name; or a change of the role already staged
+		// for its key holders, to publish or discard first.
 		writeError(w, http.StatusConflict, err.Error())
 		return
 	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):

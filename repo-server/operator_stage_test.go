@@ -103,6 +103,19 @@ func TestOperatorPublishStagesForKeyHolders(t *testing.T) {
 	if listed() {
 		t.Fatal("the staged model is served before its key holders signed it")
 	}
+	// Another publish while that change waits for its holders: 409 saying what is
+	// staged (it was a 500 "publish failed").
+	req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version=2.0.0&ext=.onnx&stage=1", strings.NewReader("model two"))
+	req.Header.Set("Authorization", "Bearer "+rm)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(b), "is staged") {
+		t.Errorf("a second staged publish while one is pending = %d %s; want 409 naming the staged change", resp.StatusCode, b)
+	}
 	l, err := f.srv.AuditLog(ctx)
 	if err != nil {
 		t.Fatal(err)
