@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgeward/edgeward/internal/artifact"
+	"github.com/edgeward/edgeward/internal/durable"
 	"github.com/edgeward/edgeward/policy"
 	"github.com/edgeward/edgeward/repo-server/audit"
 	"github.com/edgeward/edgeward/repo-server/fleet"
@@ -362,34 +363,12 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 	signing := *o.cfg.Signing
 	signing.Stage = stage
 	res, err := repo.Publish(r.Context(), preq, &signing)
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", o.cfg.MaxPublishBytes))
-		return
-	case errors.Is(err, repository.ErrConflict), errors.Is(err, repository.ErrStagedPending):
-		// Other bytes under a published name; or a change of the role already staged
-		// for its key holders, to publish or discard first.
-		writeError(w, http.StatusConflict, err.Error())
-		return
-	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
-	case errors.Is(err, repository.ErrNeedsSignatures) && !stage:
-		// A threshold above the delegated keys this server holds: nothing was signed.
-		writeError(w, http.StatusConflict, err.Error()+"; through this server: publish with stage=1 ('edgeward publish --server' does) to stage it for the role's key holders")
-		return
-	case errors.Is(err, repository.ErrRoleNotHeld), errors.Is(err, repository.ErrNeedsSignatures):
-		// The role needs signatures this server does not hold (its root or targets
-		// keys; a change that would touch a role never staged): nothing was signed.
-		writeError(w, http.StatusConflict, err.Error())
-		return
-	case errors.Is(err, repository.ErrTooLarge):
-		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
-		return
-	case err != nil:
-		o.s.log.Error("publish through the operator API", "operator", p.Name, "err", err)
-		writeError(w, http.StatusInternalServerError, "publish failed: "+err.Error())
+	if err != nil {
+		code, msg := publishFailure(err, stage, o.cfg.MaxPublishBytes)
+		if code == http.StatusInternalServerError {
+			o.s.log.Error("publish through the operator API", "operator", p.Name, "err", err)
+		}
+		writeError(w, code, msg)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -402,6 +381,41 @@ func (o *operatorAPI) publish(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusCreated)
 	}
 	json.NewEncoder(w).Encode(res)
+}
+
+// publishFailure is the status and message of a failed publish through the operator API
+// (stage: the request asked for staging). Nothing was published in any of these cases.
+func publishFailure(err error, stage bool, maxBytes int64) (int, string) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("target larger than %d bytes", maxBytes)
+	case errors.Is(err, repository.ErrConflict), errors.Is(err, repository.ErrStagedPending):
+		// Other bytes under a published name; or a change of the role already staged
+		// for its key holders, to publish or discard first.
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, repository.ErrOutsideDelegation), errors.Is(err, repository.ErrInvalid):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, repository.ErrNeedsSignatures) && !stage:
+		// A threshold above the delegated keys this server holds: nothing was signed.
+		return http.StatusConflict, err.Error() + "; through this server: publish with stage=1 ('edgeward publish --server' does) to stage it for the role's key holders"
+	case errors.Is(err, repository.ErrRoleNotHeld), errors.Is(err, repository.ErrNeedsSignatures):
+		// The role needs signatures this server does not hold (its root or targets
+		// keys; a change that would touch a role never staged): nothing was signed.
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, repository.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, err.Error()
+	case errors.Is(err, fleet.ErrLeaseLost):
+		// This replica stalled, or lost the database, past its publish lease, and
+		// another may have written since: the change was dropped, and a retry takes
+		// the lease afresh (503: a proxy or the client tries again).
+		return http.StatusServiceUnavailable, "publish not made: this server lost the publish lease to another writer while it published (" + err.Error() + "): publish again"
+	case durable.NoSpace(err):
+		return http.StatusInsufficientStorage, "publish failed: no space left on disk (" + err.Error() + "): nothing was published"
+	case fleet.Unavailable(err):
+		return http.StatusServiceUnavailable, "publish not made: the fleet database is not answering (" + err.Error() + "): try again later"
+	}
+	return http.StatusInternalServerError, "publish failed: " + err.Error()
 }
 
 func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {

@@ -3,9 +3,13 @@ package reposerver
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,4 +141,31 @@ func newRoleKey(t *testing.T) *repository.Key {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// A failed publish is answered with a status its client can act on. A lost publish
+// lease (this replica stalled past it) and a database not answering are 503 (try
+// again), a full disk 507; they were 500 "publish failed".
+func TestPublishFailureStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		stage bool
+		want  int
+		says  string
+	}{
+		{"lease lost", fmt.Errorf("the repository lock was lost before the change became visible: %w", fmt.Errorf("%w: publish is held by r2", fleet.ErrLeaseLost)), false, http.StatusServiceUnavailable, "publish again"},
+		{"disk full", fmt.Errorf("write blob: %w", &os.PathError{Op: "write", Path: "/repo/blobs/x", Err: syscall.ENOSPC}), false, http.StatusInsufficientStorage, "no space left"},
+		{"database away", fmt.Errorf("record: %w", fleet.ErrUnavailable), false, http.StatusServiceUnavailable, "not answering"},
+		{"needs signatures", fmt.Errorf("%w: models 2 of 2", repository.ErrNeedsSignatures), false, http.StatusConflict, "stage=1"},
+		{"needs signatures, staging refused", fmt.Errorf("%w: this change also changes root", repository.ErrNeedsSignatures), true, http.StatusConflict, "also changes root"},
+		{"staged pending", fmt.Errorf("%w: models v3 is staged", repository.ErrStagedPending), true, http.StatusConflict, "is staged"},
+		{"too large", &http.MaxBytesError{Limit: 10}, false, http.StatusRequestEntityTooLarge, "larger than 10 bytes"},
+		{"unexpected", errors.New("boom"), false, http.StatusInternalServerError, "publish failed: boom"},
+	} {
+		code, msg := publishFailure(tc.err, tc.stage, 10)
+		if code != tc.want || !strings.Contains(msg, tc.says) {
+			t.Errorf("%s: %d %q; want %d saying %q", tc.name, code, msg, tc.want, tc.says)
+		}
+	}
 }
