@@ -723,8 +723,8 @@ func cmdRootSign(ctx context.Context, env *cliEnv, args []string) error {
 		// a key it lists that the proposal drops may sign; without it only the
 		// proposal's own root keys may.
 		repo, oerr := rf.open()
-		cur, err := currentRootAt(ctx, repo, oerr, *current)
-		if err != nil {
+		var cur *metadata.RootType
+		if cur, err = currentRootAt(ctx, repo, oerr, *current); err != nil {
 			return err
 		}
 		if ids, err = repository.SignRootFile(nil, path, key, cur); err != nil {
