@@ -19,6 +19,7 @@ import (
 	"github.com/edgeward/edgeward/repo-server/fleet"
 
 	"github.com/edgeward/edgeward/repository"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 // OperatorConfig enables the operator API on a Server.
@@ -424,10 +425,33 @@ func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
+	// The changes staged for key holders (a publish with stage=1 among them), with how
+	// far each is from its threshold: what a release manager waits for.
+	type stagedView struct {
+		Role       string `json:"role"`
+		Version    int64  `json:"version,omitempty"`
+		Path       string `json:"path,omitempty"`
+		Signatures int    `json:"signatures"` // valid signatures by the role's keys
+		Threshold  int    `json:"threshold"`
+		Error      string `json:"error,omitempty"`
+	}
+	staged := []stagedView{}
+	for _, role := range []string{metadata.TARGETS, repository.RoleModels, repository.RoleRuntimes} {
+		f, _, err := o.s.cfg.Repo.Staged(r.Context(), role)
+		if errors.Is(err, repository.ErrNoStaged) {
+			continue
+		}
+		if err != nil {
+			staged = append(staged, stagedView{Role: role, Error: err.Error()})
+			continue
+		}
+		have, threshold := f.Progress(nil)
+		staged = append(staged, stagedView{Role: role, Version: f.Staged.Signed.Version, Path: f.Path, Signatures: have, Threshold: threshold})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{
 		"root": st.Root.Signed.Version, "timestamp": st.Timestamp.Signed.Version, "snapshot": st.Snapshot.Signed.Version,
-		"targets": st.List(),
+		"targets": st.List(), "staged": staged,
 	})
 }
 

@@ -107,6 +107,26 @@ func TestOperatorPublishStagesForKeyHolders(t *testing.T) {
 	if listed() {
 		t.Fatal("the staged model is served before its key holders signed it")
 	}
+	// GET /v1/repository says what waits for signatures.
+	req0, _ := http.NewRequest("GET", f.http.URL+"/v1/repository", nil)
+	req0.Header.Set("Authorization", "Bearer "+rm)
+	resp0, err := http.DefaultClient.Do(req0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var view struct {
+		Staged []struct {
+			Role       string
+			Version    int64
+			Signatures int
+			Threshold  int
+		}
+	}
+	err = json.NewDecoder(resp0.Body).Decode(&view)
+	resp0.Body.Close()
+	if err != nil || len(view.Staged) != 1 || view.Staged[0].Role != "models" || view.Staged[0].Version != res.Version || view.Staged[0].Signatures != 0 || view.Staged[0].Threshold != 2 {
+		t.Errorf("GET /v1/repository staged = %+v, %v; want models v%d, 0 of 2", view.Staged, err, res.Version)
+	}
 	// Another publish while that change waits for its holders: 409 saying what is
 	// staged (it was a 500 "publish failed").
 	req, _ := http.NewRequest("POST", f.http.URL+"/v1/publish?kind=model&name=iris&version=2.0.0&ext=.onnx&stage=1", strings.NewReader("model two"))
