@@ -610,6 +610,63 @@ func (r *Repo) SignStaged(ctx context.Context, role string, key *Key) (*StagedFi
 	return f, nil
 }
 
+// AddStagedSignatures adds to the staged version of role the signatures of copy (a copy
+// of it that key holders signed away from the repository, as JSON) that are valid and by
+// keys of the role, and records them; it returns the staged file and the key IDs whose
+// signatures it added. A copy of other content, or one that adds no valid signature, is
+// refused and changes nothing: the staged file holds only signatures that count.
+func (r *Repo) AddStagedSignatures(ctx context.Context, role string, copy []byte) (*StagedFile, []string, error) {
+	cm, err := metadata.Targets().FromBytes(copy)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: the signed copy of %s: %w", ErrInvalid, role, err)
+	}
+	unlock, err := r.lock(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer unlock()
+	f, _, err := r.Staged(ctx, role)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !sameSigned(cm, f.Staged) {
+		return nil, nil, fmt.Errorf("%w: the copy is not of the staged %s v%d: its signed content differs; sign the staged one", ErrInvalid, role, f.Staged.Signed.Version)
+	}
+	if !f.Staged.Signed.Expires.After(r.now()) {
+		return nil, nil, fmt.Errorf("staged %s v%d expired at %s: discard it and make the change again", role, f.Staged.Signed.Version, f.Staged.Signed.Expires.UTC().Format(time.RFC3339))
+	}
+	probe := *f.Staged
+	probe.Signatures = nil
+	for _, s := range cm.Signatures {
+		if !slices.ContainsFunc(f.Staged.Signatures, func(x metadata.Signature) bool { return x.KeyID == s.KeyID }) {
+			probe.Signatures = append(probe.Signatures, s)
+		}
+	}
+	added := validSigners(f.delegator, role, &probe)
+	if len(added) == 0 {
+		return nil, nil, fmt.Errorf("%w: the copy adds no valid signature by a key of %s to the staged v%d", ErrInvalid, role, f.Staged.Signed.Version)
+	}
+	md := *f.Staged
+	md.Signatures = slices.Clone(f.Staged.Signatures)
+	for _, s := range probe.Signatures {
+		if slices.Contains(added, s.KeyID) {
+			md.Signatures = append(md.Signatures, s)
+		}
+	}
+	data, err := md.ToBytes(true)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode %s: %w", f.Path, err)
+	}
+	if err := r.record(ctx, event{"role.sign", fmt.Sprintf("%s v%d", role, md.Signed.Version), map[string]any{"role": role, "version": md.Signed.Version, "keys": added, "staged": f.Path}}); err != nil {
+		return nil, nil, err
+	}
+	if err := r.fs.WriteFile(f.Path, data, 0o644); err != nil {
+		return nil, nil, fmt.Errorf("write %s: %w", f.Path, err)
+	}
+	f.Staged = &md
+	return f, added, nil
+}
+
 // SignStagedFile adds key's signature to the staged role version in path (replacing
 // an earlier one by the same key), refusing one that has expired. It works on the file
 // alone, so that a key holder signs a copy away from the repository; which keys count

@@ -611,3 +611,87 @@ func TestFailedStageLeavesNoRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestAddStagedSignatures: copies of a staged version signed away from the repository
+// bring their signatures to it one at a time (as they arrive through the server), only
+// valid ones by the role's keys; a copy of other content or one adding nothing counts
+// is refused and changes nothing; once the threshold is met, it publishes.
+func TestAddStagedSignatures(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, bob := twoOfTwo(t, f)
+	mallory := newHolder(t, RoleModels)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("staged publish = %+v, %v", res, err)
+	}
+	staged := res.Staged.Roles[0].Path
+	signedCopy := func(h holder) []byte {
+		t.Helper()
+		c := filepath.Join(t.TempDir(), "copy.json")
+		data, err := os.ReadFile(staged)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(c, data, 0o644)
+		if _, err := SignStagedFile(nil, c, h.key, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := os.ReadFile(c)
+		return out
+	}
+	before, _ := os.ReadFile(staged)
+	for _, tc := range []struct {
+		name string
+		copy []byte
+		says string
+	}{
+		{"a key not of the role", signedCopy(mallory), "no valid signature"},
+		{"not JSON metadata", []byte("{"), "signed copy"},
+		{"other content", otherContent(t, signedCopy(alice)), "signed content differs"},
+	} {
+		if _, _, err := f.repo.AddStagedSignatures(ctx, RoleModels, tc.copy); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: AddStagedSignatures = %v; want ErrInvalid saying %q", tc.name, err, tc.says)
+		}
+	}
+	if after, _ := os.ReadFile(staged); !bytes.Equal(before, after) {
+		t.Fatal("a refused copy changed the staged file")
+	}
+	sf, added, err := f.repo.AddStagedSignatures(ctx, RoleModels, signedCopy(alice))
+	if err != nil || len(added) != 1 || added[0] != alice.key.ID() {
+		t.Fatalf("alice's copy: added %v, %v", added, err)
+	}
+	if have, threshold := sf.Progress(nil); have != 1 || threshold != 2 {
+		t.Fatalf("after alice: %d of %d", have, threshold)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err == nil {
+		t.Fatal("published with 1 of 2 signatures")
+	}
+	if _, _, err := f.repo.AddStagedSignatures(ctx, RoleModels, signedCopy(alice)); err == nil {
+		t.Error("alice's signature again was taken as new")
+	}
+	if _, _, err := f.repo.AddStagedSignatures(ctx, RoleModels, signedCopy(bob)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.repo.PublishStaged(ctx, RoleModels, nil); err != nil {
+		t.Fatalf("publish with both signatures: %v", err)
+	}
+	if got := f.events.all(); !slices.ContainsFunc(got, func(e string) bool { return strings.Contains(e, "repo.role.sign models") }) {
+		t.Errorf("events %v; want repo.role.sign records", got)
+	}
+}
+
+// otherContent is the metadata in data with its expiry moved (its signatures kept).
+func otherContent(t *testing.T, data []byte) []byte {
+	t.Helper()
+	md, err := metadata.Targets().FromBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md.Signed.Expires = md.Signed.Expires.Add(time.Hour)
+	out, err := md.ToBytes(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
