@@ -144,6 +144,9 @@ func (o *operatorAPI) endpoints() []endpoint {
 	return []endpoint{
 		{"POST /v1/publish", fleet.ActionPublish, o.publish},
 		{"GET /v1/repository", fleet.ActionFleetRead, o.status},
+		{"GET /v1/staged/{role}", fleet.ActionFleetRead, o.stagedGet},
+		{"POST /v1/staged/{role}/signatures", fleet.ActionKeys, o.stagedSign},
+		{"POST /v1/staged/{role}/publish", fleet.ActionPublish, o.stagedPublish},
 		{"GET /v1/audit/export", fleet.ActionAuditExport, o.s.stallGuard(http.HandlerFunc(o.auditExport)).ServeHTTP},
 		{"GET /v1/audit/prove", fleet.ActionAuditExport, o.auditProve},
 		{"GET /v1/policy", fleet.ActionFleetRead, o.policyStatus},
@@ -417,6 +420,92 @@ func publishFailure(err error, stage bool, maxBytes int64) (int, string) {
 		return http.StatusServiceUnavailable, "publish not made: the fleet database is not answering (" + err.Error() + "): try again later"
 	}
 	return http.StatusInternalServerError, "publish failed: " + err.Error()
+}
+
+// stagedRole is the {role} of a /v1/staged request when it names a role that may be
+// staged; otherwise it answers 400 and returns "".
+func stagedRole(w http.ResponseWriter, r *http.Request) string {
+	role := r.PathValue("role")
+	if role != metadata.TARGETS && role != repository.RoleModels && role != repository.RoleRuntimes {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("role %q: want targets, models or runtimes", role))
+		return ""
+	}
+	return role
+}
+
+// stagedFailure answers an error of a staged change's read, signature or publication.
+func (o *operatorAPI) stagedFailure(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, repository.ErrNoStaged):
+		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, repository.ErrThreshold), errors.Is(err, repository.ErrStaleStaged):
+		writeError(w, http.StatusConflict, err.Error())
+	default:
+		code, msg := publishFailure(err, true, repository.ClientMaxRoleBytes)
+		if code == http.StatusInternalServerError {
+			o.s.log.Error("staged change through the operator API", "operator", principal(r).Name, "err", err)
+		}
+		writeError(w, code, msg)
+	}
+}
+
+// stagedGet answers the staged version of a role, as its key holders sign it: they
+// review it ('edgeward role show --proposal'), sign the copy ('edgeward role sign
+// --proposal') and send it back (stagedSign); 'edgeward role sign --server' does all.
+func (o *operatorAPI) stagedGet(w http.ResponseWriter, r *http.Request) {
+	role := stagedRole(w, r)
+	if role == "" {
+		return
+	}
+	f, _, err := o.s.cfg.Repo.Staged(r.Context(), role)
+	if err != nil {
+		o.stagedFailure(w, r, err)
+		return
+	}
+	data, err := f.Staged.ToBytes(true)
+	if err != nil {
+		o.stagedFailure(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(data)
+}
+
+// stagedSign adds the valid signatures of a signed copy of a role's staged version
+// (Repo.AddStagedSignatures) and says how far it is from its threshold. The signatures
+// are checked against the role's keys, whoever sends them.
+func (o *operatorAPI) stagedSign(w http.ResponseWriter, r *http.Request) {
+	role := stagedRole(w, r)
+	if role == "" {
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, repository.ClientMaxRoleBytes))
+	if err != nil {
+		o.stagedFailure(w, r, err)
+		return
+	}
+	f, added, err := o.s.cfg.Repo.WithActor(principal(r).Actor()).AddStagedSignatures(r.Context(), role, body)
+	if err != nil {
+		o.stagedFailure(w, r, err)
+		return
+	}
+	have, threshold := f.Progress(nil)
+	writeJSON(w, http.StatusOK, map[string]any{"role": role, "version": f.Staged.Signed.Version, "added": added, "signatures": have, "threshold": threshold})
+}
+
+// stagedPublish publishes a role's staged change once its threshold is met.
+func (o *operatorAPI) stagedPublish(w http.ResponseWriter, r *http.Request) {
+	role := stagedRole(w, r)
+	if role == "" {
+		return
+	}
+	res, err := o.s.cfg.Repo.WithActor(principal(r).Actor()).PublishStaged(r.Context(), role, nil)
+	if err != nil {
+		o.stagedFailure(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
 func (o *operatorAPI) status(w http.ResponseWriter, r *http.Request) {

@@ -168,6 +168,9 @@ func routeCases() []routeCase {
 	return []routeCase{
 		{"POST /v1/publish", "POST", "/v1/publish?kind=firmware&name=x&version=1.0.0", "", "r"},
 		{"GET /v1/repository", "GET", "/v1/repository", "", "sra"},
+		{"GET /v1/staged/{role}", "GET", "/v1/staged/models", "", "sra"},
+		{"POST /v1/staged/{role}/signatures", "POST", "/v1/staged/models/signatures", "{", "s"},
+		{"POST /v1/staged/{role}/publish", "POST", "/v1/staged/models/publish", "", "r"},
 		{"GET /v1/audit/export", "GET", "/v1/audit/export", "", "sa"},
 		{"GET /v1/audit/prove", "GET", "/v1/audit/prove?seq=1", "", "sa"},
 		{"GET /v1/policy", "GET", "/v1/policy", "", "sra"},

@@ -1,6 +1,7 @@
 package reposerver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -148,9 +150,64 @@ func TestOperatorPublishStagesForKeyHolders(t *testing.T) {
 	if err != nil || len(recs) != 2 || !strings.Contains(recs[1].Actor, "rita") {
 		t.Errorf("repo.role.stage records = %+v, %v; want the delegation change's and then rita's", recs, err)
 	}
-	signAndPublish()
+	// The key holders sign through the server: each fetches the staged version, signs
+	// the copy on their own machine, and sends it back; the release manager publishes.
+	sam, _, err := store.CreateToken(ctx, "sam", fleet.RoleSecurityAdmin, time.Hour, f.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(method, path, tok string, body []byte) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(method, f.http.URL+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	signed := func(k *repository.Key) []byte {
+		t.Helper()
+		code, data := call("GET", "/v1/staged/models", rm, nil)
+		if code != http.StatusOK {
+			t.Fatalf("GET /v1/staged/models = %d %s", code, data)
+		}
+		c := filepath.Join(t.TempDir(), "copy.json")
+		os.WriteFile(c, data, 0o644)
+		if _, err := repository.SignStagedFile(nil, c, k, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := os.ReadFile(c)
+		return out
+	}
+	if code, b := call("POST", "/v1/staged/models/signatures", rm, signed(alice)); code != http.StatusForbidden {
+		t.Errorf("signatures sent by a release manager = %d %s; want 403 (a security admin's)", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/models/signatures", sam, signed(alice)); code != http.StatusOK || !strings.Contains(string(b), `"signatures":1`) {
+		t.Fatalf("alice's signed copy = %d %s; want 1 of 2", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/models/publish", rm, nil); code != http.StatusConflict || listed() {
+		t.Fatalf("publish with 1 of 2 signatures = %d %s; want 409, nothing served", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/models/signatures", sam, []byte("{")); code != http.StatusBadRequest {
+		t.Errorf("a copy that is not metadata = %d %s; want 400", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/runtimes/signatures", sam, signed(bob)); code != http.StatusNotFound {
+		t.Errorf("signatures for a role with nothing staged = %d %s; want 404", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/models/signatures", sam, signed(bob)); code != http.StatusOK || !strings.Contains(string(b), `"signatures":2`) {
+		t.Fatalf("bob's signed copy = %d %s; want 2 of 2", code, b)
+	}
+	if code, b := call("POST", "/v1/staged/models/publish", rm, nil); code != http.StatusOK {
+		t.Fatalf("publish with 2 of 2 = %d %s", code, b)
+	}
 	if !listed() {
 		t.Fatal("the model is not served once both key holders signed and it was published")
+	}
+	if recs, err := l.Records(ctx, audit.Query{Kind: "repo.role.sign"}); err != nil || len(recs) < 2 || !strings.Contains(recs[len(recs)-1].Actor, "sam") {
+		t.Errorf("repo.role.sign records = %+v, %v; want the signatures sent through the server, by sam", recs, err)
 	}
 }
 
