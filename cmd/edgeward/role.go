@@ -5,6 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -181,11 +185,20 @@ func cmdRoleSign(ctx context.Context, env *cliEnv, args []string) error {
 	role := roleFlag(fs)
 	proposal := fs.String("proposal", "", "a copy of the staged file to sign away from the repository (default: the repository's staged one, signed in place)")
 	current := fs.String("current", "", "a copy of the role's current version, to show what the staged one changes when away from the repository")
+	server := fs.String("server", "", "sign the change staged on this server (its operator API: fetched, shown, signed here, sent back; a security admin's token)")
+	var token string
+	secretVar(fs, &token, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token for --server ($EDGEWARD_TOKEN)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	if len(rf.keys) != 1 {
 		return errors.New("role sign needs exactly one --key")
+	}
+	if *server != "" {
+		if *proposal != "" {
+			return errors.New("--server signs the server's staged change: --proposal is for a copy at hand")
+		}
+		return roleSignRemote(ctx, env, rf, *role, *current, &opClient{server: *server, token: token, env: env})
 	}
 	// What is signed, first.
 	desc, err := describeStaged(ctx, rf, *role, *proposal, *current)
@@ -236,6 +249,100 @@ func cmdRoleSign(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
+// roleSignRemote signs the change of role staged on a server: it fetches the staged
+// version, shows what it changes (against --current, or the role's current version as
+// the server serves it), signs it with the key here and sends the signed copy back.
+func roleSignRemote(ctx context.Context, env *cliEnv, rf *repoFlags, role, current string, c *opClient) error {
+	api, err := c.api()
+	if err != nil {
+		return err
+	}
+	data, err := api.Staged(ctx, role)
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "edgeward-sign-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	copyFile := filepath.Join(dir, "staged."+role+".json")
+	if err := os.WriteFile(copyFile, data, 0o600); err != nil {
+		return err
+	}
+	md, err := stagedCopy(copyFile)
+	if err != nil {
+		return fmt.Errorf("the server's staged %s: %w", role, err)
+	}
+	fetched := false
+	if current == "" {
+		// The version it replaces, as the server serves it to devices (for the review
+		// only: what counts is what is signed).
+		if cur, err := fetchMetadata(ctx, c, fmt.Sprintf("%d.%s.json", md.Signed.Version-1, role)); err == nil {
+			current = filepath.Join(dir, "current."+role+".json")
+			if err := os.WriteFile(current, cur, 0o600); err != nil {
+				return err
+			}
+			fetched = true
+		}
+	}
+	desc, err := describeStaged(ctx, rf, role, copyFile, current)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, "signing:")
+	for _, l := range desc {
+		fmt.Fprintln(env.stdout, "  "+l)
+	}
+	if fetched {
+		// The server chose what it is compared with: a review that does not trust the
+		// server compares it with a copy of its own (--current).
+		fmt.Fprintf(env.stdout, "  (compared with v%d as %s serves it; --current FILE compares it with a copy you trust)\n", md.Signed.Version-1, c.server)
+	}
+	key, err := rf.keyring().Load(rf.keys[0])
+	if err != nil {
+		return err
+	}
+	if _, err := repository.SignStagedFile(nil, copyFile, key, time.Now()); err != nil {
+		return err
+	}
+	signed, err := os.ReadFile(copyFile)
+	if err != nil {
+		return err
+	}
+	res, _, err := api.SignStaged(ctx, role, signed)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "signed %s v%d with %s on %s\n", role, res.Version, key.ID()[:8], c.server)
+	fmt.Fprintln(env.stdout, repository.StagedRole{Role: role, Version: res.Version, SignedBy: make([]string, res.Signatures), Threshold: res.Threshold})
+	if res.Threshold > 0 && res.Signatures >= res.Threshold {
+		fmt.Fprintf(env.stdout, "ready: 'edgeward role publish --role %s --server %s' publishes it (a release manager's token)\n", role, c.server)
+	}
+	return nil
+}
+
+// fetchMetadata reads a metadata file the server serves to devices (/metadata/NAME).
+func fetchMetadata(ctx context.Context, c *opClient, name string) ([]byte, error) {
+	hc, err := operatorHTTP(c.env)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.server, "/")+"/metadata/"+name, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metadata/%s: %s", name, resp.Status)
+	}
+	return io.ReadAll(io.LimitReader(resp.Body, repository.ClientMaxRoleBytes))
+}
+
 func printProgress(env *cliEnv, role string, v int64, have, want int) {
 	fmt.Fprintln(env.stdout, repository.StagedRole{Role: role, Version: v, SignedBy: make([]string, have), Threshold: want})
 	if want > 0 && have >= want {
@@ -248,8 +355,28 @@ func cmdRolePublish(ctx context.Context, env *cliEnv, args []string) error {
 	role := roleFlag(fs)
 	var copies multi
 	fs.Var(&copies, "proposal", "a copy of the staged file signed away from the repository: its signatures are added (repeatable)")
+	server := fs.String("server", "", "publish the change staged on this server (its operator API; a release manager's token)")
+	var token string
+	secretVar(fs, &token, "token", env.getenv("EDGEWARD_TOKEN"), "operator API token for --server ($EDGEWARD_TOKEN)")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if *server != "" {
+		if len(copies) > 0 {
+			return errors.New("--server publishes with the signatures sent to the server ('edgeward role sign --server'): --proposal is for copies at hand")
+		}
+		api, err := (&opClient{server: *server, token: token, env: env}).api()
+		if err != nil {
+			return err
+		}
+		res, _, err := api.PublishStaged(ctx, *role)
+		if err != nil {
+			return err
+		}
+		for _, r := range res.Roles {
+			fmt.Fprintf(env.stdout, "%s v%d published, signed by %s (%d needed)\n", r.Role, r.Version, shortIDs(r.SignedBy), r.Threshold)
+		}
+		return nil
 	}
 	repo, err := rf.open()
 	if err != nil {

@@ -237,3 +237,42 @@ func (c *Client) auditExport(ctx context.Context, path string, w io.Writer) erro
 	}
 	return nil
 }
+
+// StagedPath is the path of a role's staged change.
+func StagedPath(role string) string { return "/v1/staged/" + url.PathEscape(role) }
+
+// StagedSignatures is the answer to a signed copy of a staged change: the key IDs whose
+// signatures it added and how far the change now is from its threshold.
+type StagedSignatures struct {
+	Role       string   `json:"role"`
+	Version    int64    `json:"version"`
+	Added      []string `json:"added"`
+	Signatures int      `json:"signatures"`
+	Threshold  int      `json:"threshold"`
+}
+
+// Staged returns the staged version of role, as its key holders sign it.
+func (c *Client) Staged(ctx context.Context, role string) ([]byte, error) {
+	return c.Do(ctx, http.MethodGet, StagedPath(role), nil, nil)
+}
+
+// SignStaged sends a copy of role's staged version signed away from the repository.
+func (c *Client) SignStaged(ctx context.Context, role string, signed []byte) (StagedSignatures, []byte, error) {
+	return get[StagedSignatures](ctx, c, http.MethodPost, StagedPath(role)+"/signatures", json.RawMessage(signed))
+}
+
+// PublishStaged publishes role's staged change once its threshold is met.
+func (c *Client) PublishStaged(ctx context.Context, role string) (StagedPublished, []byte, error) {
+	return get[StagedPublished](ctx, c, http.MethodPost, StagedPath(role)+"/publish", nil)
+}
+
+// StagedPublished is the answer to a staged change's publication: the role versions
+// published and who signed them.
+type StagedPublished struct {
+	Roles []struct {
+		Role      string   `json:"role"`
+		Version   int64    `json:"version"`
+		SignedBy  []string `json:"signed_by"`
+		Threshold int      `json:"threshold"`
+	} `json:"roles"`
+}
