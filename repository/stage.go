@@ -635,23 +635,27 @@ func (r *Repo) AddStagedSignatures(ctx context.Context, role string, copy []byte
 	if !f.Staged.Signed.Expires.After(r.now()) {
 		return nil, nil, fmt.Errorf("staged %s v%d expired at %s: discard it and make the change again", role, f.Staged.Signed.Version, f.Staged.Signed.Expires.UTC().Format(time.RFC3339))
 	}
-	probe := *f.Staged
-	probe.Signatures = nil
-	for _, s := range cm.Signatures {
-		if !slices.ContainsFunc(f.Staged.Signatures, func(x metadata.Signature) bool { return x.KeyID == s.KeyID }) {
-			probe.Signatures = append(probe.Signatures, s)
-		}
-	}
-	added := validSigners(f.delegator, role, &probe)
-	if len(added) == 0 {
-		return nil, nil, fmt.Errorf("%w: the copy adds no valid signature by a key of %s to the staged v%d", ErrInvalid, role, f.Staged.Signed.Version)
-	}
+	// The first signature of each key not yet signed is checked, and kept if it adds a
+	// valid signer: an invalid signature, a key outside the role, or a second ID of a
+	// key that signed already adds nothing.
 	md := *f.Staged
 	md.Signatures = slices.Clone(f.Staged.Signatures)
-	for _, s := range probe.Signatures {
-		if slices.Contains(added, s.KeyID) {
-			md.Signatures = append(md.Signatures, s)
+	var added []string
+	tried := map[string]bool{} // one signature per key ID is checked: a copy cannot make the server verify thousands
+	for _, s := range cm.Signatures {
+		if tried[s.KeyID] || slices.ContainsFunc(md.Signatures, func(x metadata.Signature) bool { return x.KeyID == s.KeyID }) {
+			continue
 		}
+		tried[s.KeyID] = true
+		probe := md
+		probe.Signatures = append(slices.Clone(md.Signatures), s)
+		if len(validSigners(f.delegator, role, &probe)) > len(validSigners(f.delegator, role, &md)) {
+			md.Signatures = probe.Signatures
+			added = append(added, s.KeyID)
+		}
+	}
+	if len(added) == 0 {
+		return nil, nil, fmt.Errorf("%w: the copy adds no valid signature by a key of %s to the staged v%d", ErrInvalid, role, f.Staged.Signed.Version)
 	}
 	data, err := md.ToBytes(true)
 	if err != nil {

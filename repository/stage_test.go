@@ -695,3 +695,56 @@ func otherContent(t *testing.T, data []byte) []byte {
 	}
 	return out
 }
+
+// A copy carrying a signature by a key of the role among thousands by keys outside it
+// adds that one alone; an invalid one by the role's key adds nothing; two by one key
+// are refused as the copy is read.
+func TestAddStagedSignaturesKeepsOnlyWhatCounts(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, KeyEd25519)
+	alice, _ := twoOfTwo(t, f)
+	res, err := f.repo.Publish(ctx, PublishRequest{Meta: artifact.Meta{Kind: artifact.KindModel, Name: "iris", Version: "1.0.0", Format: "onnx"}, Ext: ".onnx", Content: bytes.NewReader([]byte("model one"))}, f.stagingKeys())
+	if err != nil || res.Staged == nil {
+		t.Fatalf("staged publish = %+v, %v", res, err)
+	}
+	c := filepath.Join(t.TempDir(), "copy.json")
+	data, _ := os.ReadFile(res.Staged.Roles[0].Path)
+	os.WriteFile(c, data, 0o644)
+	if _, err := SignStagedFile(nil, c, alice.key, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	signed, _ := os.ReadFile(c)
+	md, err := metadata.Targets().FromBytes(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := md.Signatures[0]
+	bad := valid
+	bad.Signature = append([]byte(nil), valid.Signature...)
+	bad.Signature[0] ^= 0xff
+	copyWith := func(first metadata.Signature, more ...metadata.Signature) []byte {
+		t.Helper()
+		md.Signatures = append([]metadata.Signature{first}, more...)
+		for i := range 5000 {
+			md.Signatures = append(md.Signatures, metadata.Signature{KeyID: fmt.Sprintf("%064x", i), Signature: valid.Signature})
+		}
+		out, err := md.ToBytes(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if _, _, err := f.repo.AddStagedSignatures(ctx, RoleModels, copyWith(bad, valid)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "multiple signatures") {
+		t.Fatalf("a copy with two signatures by alice's key = %v; want refused", err)
+	}
+	if _, _, err := f.repo.AddStagedSignatures(ctx, RoleModels, copyWith(bad)); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no valid signature") {
+		t.Fatalf("a copy whose signature by alice's key is invalid = %v; want refused", err)
+	}
+	sf, added, err := f.repo.AddStagedSignatures(ctx, RoleModels, copyWith(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(added) != 1 || added[0] != alice.key.ID() || len(sf.Staged.Signatures) != 1 {
+		t.Fatalf("added %v, staged signatures %d; want alice's alone", added, len(sf.Staged.Signatures))
+	}
+}
